@@ -1,0 +1,37 @@
+"""Discovery: versions, well-known, capabilities."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from homeserver.web import homeserver_of, json_response, require_user
+
+SUPPORTED_VERSIONS = ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8",
+                      "v1.9", "v1.10", "v1.11", "v1.12"]
+
+
+async def get_versions(request: Request) -> Response:
+    """GET /_matrix/client/versions"""
+    return json_response({"versions": SUPPORTED_VERSIONS, "unstable_features": {}})
+
+
+async def get_well_known_client(request: Request) -> Response:
+    """GET /.well-known/matrix/client"""
+    hs = homeserver_of(request)
+    return json_response({"m.homeserver": {"base_url": hs.config.base_url}})
+
+
+async def get_capabilities(request: Request) -> Response:
+    """GET /_matrix/client/v3/capabilities"""
+    hs = homeserver_of(request)
+    await require_user(request)
+    return json_response({"capabilities": hs.capabilities()})
+
+
+client_routes = [
+    Route("/versions", get_versions, methods=["GET"]),
+    Route("/v3/capabilities", get_capabilities, methods=["GET"]),
+]
+root_routes = [Route("/.well-known/matrix/client", get_well_known_client, methods=["GET"])]

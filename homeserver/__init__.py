@@ -1,0 +1,1 @@
+"""A Matrix homeserver: config, CLI, app factory, domain services, storage and bus."""

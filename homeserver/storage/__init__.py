@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy Core stores over one schema for SQLite and PostgreSQL."""

@@ -1,0 +1,191 @@
+"""The one schema, as SQLAlchemy Core tables; Alembic migrations are generated from it."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+stream_positions = sa.Table(
+    "stream_positions", metadata,
+    sa.Column("stream", sa.Text, primary_key=True),
+    sa.Column("position", BigInt, nullable=False),
+)
+
+# --- accounts ---------------------------------------------------------------------------
+
+users = sa.Table(
+    "users", metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("password_hash", sa.Text, nullable=True),
+    sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
+    sa.Column("deactivated", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_ts", BigInt, nullable=False),
+)
+
+profiles = sa.Table(
+    "profiles", metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("displayname", sa.Text, nullable=True),
+    sa.Column("avatar_url", sa.Text, nullable=True),
+)
+
+devices = sa.Table(
+    "devices", metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("device_id", sa.Text, primary_key=True),
+    sa.Column("display_name", sa.Text, nullable=True),
+    sa.Column("created_ts", BigInt, nullable=False),
+    sa.Column("last_seen_ts", BigInt, nullable=True),
+    sa.Column("last_seen_ip", sa.Text, nullable=True),
+)
+
+access_tokens = sa.Table(
+    "access_tokens", metadata,
+    sa.Column("id", BigInt, primary_key=True, autoincrement=True),
+    sa.Column("token_hash", sa.LargeBinary, nullable=False, unique=True),
+    sa.Column("user_id", sa.Text, nullable=False, index=True),
+    sa.Column("device_id", sa.Text, nullable=False),
+    sa.Column("created_ts", BigInt, nullable=False),
+    sa.Column("valid_until_ms", BigInt, nullable=True),
+    sa.Column("refresh_token_id", BigInt, nullable=True),
+    sa.Index(None, "user_id", "device_id"),
+)
+
+refresh_tokens = sa.Table(
+    "refresh_tokens", metadata,
+    sa.Column("id", BigInt, primary_key=True, autoincrement=True),
+    sa.Column("token_hash", sa.LargeBinary, nullable=False, unique=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("device_id", sa.Text, nullable=False),
+    sa.Column("created_ts", BigInt, nullable=False),
+    # Set once the token has been exchanged; a second use of it is refused.
+    sa.Column("next_token_id", BigInt, nullable=True),
+    sa.Index(None, "user_id", "device_id"),
+)
+
+registration_tokens = sa.Table(
+    "registration_tokens", metadata,
+    sa.Column("token", sa.Text, primary_key=True),
+    sa.Column("uses_allowed", sa.Integer, nullable=True),
+    sa.Column("pending", sa.Integer, nullable=False, default=0),
+    sa.Column("completed", sa.Integer, nullable=False, default=0),
+    sa.Column("expiry_time", BigInt, nullable=True),
+)
+
+uia_sessions = sa.Table(
+    "uia_sessions", metadata,
+    sa.Column("session_id", sa.Text, primary_key=True),
+    sa.Column("created_ts", BigInt, nullable=False),
+    sa.Column("completed", sa.JSON, nullable=False),  # stage types done, in order
+    sa.Column("params", sa.JSON, nullable=False),  # what stages remembered (user, token)
+    sa.Column("request_fingerprint", sa.Text, nullable=False),  # method and path it protects
+)
+
+filters = sa.Table(
+    "filters", metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("filter_id", BigInt, primary_key=True),
+    sa.Column("filter_json", sa.JSON, nullable=False),
+)
+
+# --- rooms and events ---------------------------------------------------------------------
+
+rooms = sa.Table(
+    "rooms", metadata,
+    sa.Column("room_id", sa.Text, primary_key=True),
+    sa.Column("room_version", sa.Text, nullable=False),
+    sa.Column("creator", sa.Text, nullable=False),
+    sa.Column("created_ts", BigInt, nullable=False),
+    sa.Column("is_public", sa.Boolean, nullable=False, default=False),  # in the room directory
+    # The forward extremity and its state: the next local event builds on these, and
+    # persisting compares-and-swaps them so two writers never fork the room by accident.
+    sa.Column("latest_event_id", sa.Text, nullable=True),
+    sa.Column("current_depth", BigInt, nullable=False, default=0),
+    sa.Column("current_state_group", BigInt, nullable=True),
+)
+
+events = sa.Table(
+    "events", metadata,
+    sa.Column("stream_ordering", BigInt, primary_key=True, autoincrement=False),
+    sa.Column("event_id", sa.Text, nullable=False, unique=True),
+    sa.Column("room_id", sa.Text, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("state_key", sa.Text, nullable=True),
+    sa.Column("sender", sa.Text, nullable=False),
+    sa.Column("depth", BigInt, nullable=False),
+    sa.Column("origin_server_ts", BigInt, nullable=False),
+    sa.Column("json", sa.Text, nullable=False),  # the PDU, as signed
+    # What clients see in ``unsigned`` that never changes (prev_content, replaces_state).
+    sa.Column("unsigned_json", sa.Text, nullable=True),
+    # The state after this event (for a state event, including it).
+    sa.Column("state_group", BigInt, nullable=False),
+    sa.Column("redacted_by", sa.Text, nullable=True),
+    sa.Index(None, "room_id", "stream_ordering"),
+)
+
+event_txns = sa.Table(
+    "event_txns", metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("device_id", sa.Text, primary_key=True),
+    sa.Column("scope", sa.Text, primary_key=True),  # the endpoint: send, redact
+    sa.Column("txn_id", sa.Text, primary_key=True),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("created_ts", BigInt, nullable=False),
+)
+
+state_groups = sa.Table(
+    "state_groups", metadata,
+    sa.Column("id", BigInt, primary_key=True, autoincrement=True),
+    sa.Column("room_id", sa.Text, nullable=False),
+    # The group this one changes (its state before the change); NULL for the first.
+    sa.Column("prev_group", BigInt, nullable=True),
+    # A snapshot holds all of the state; other groups hold only their delta from prev_group.
+    sa.Column("is_snapshot", sa.Boolean, nullable=False),
+    sa.Column("chain_length", sa.Integer, nullable=False),  # deltas since the last snapshot
+)
+
+state_group_entries = sa.Table(
+    "state_group_entries", metadata,
+    sa.Column("state_group", BigInt, primary_key=True),
+    sa.Column("type", sa.Text, primary_key=True),
+    sa.Column("state_key", sa.Text, primary_key=True),
+    sa.Column("event_id", sa.Text, nullable=False),
+)
+
+current_state = sa.Table(
+    "current_state", metadata,
+    sa.Column("room_id", sa.Text, primary_key=True),
+    sa.Column("type", sa.Text, primary_key=True),
+    sa.Column("state_key", sa.Text, primary_key=True),
+    sa.Column("event_id", sa.Text, nullable=False),
+)
+
+room_memberships = sa.Table(
+    "room_memberships", metadata,
+    sa.Column("room_id", sa.Text, primary_key=True),
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("membership", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("sender", sa.Text, nullable=False),
+    sa.Column("stream_ordering", BigInt, nullable=False),
+    sa.Column("forgotten", sa.Boolean, nullable=False, default=False),
+    sa.Column("displayname", sa.Text, nullable=True),
+    sa.Column("avatar_url", sa.Text, nullable=True),
+    sa.Index(None, "user_id", "membership"),
+)
+
+room_aliases = sa.Table(
+    "room_aliases", metadata,
+    sa.Column("alias", sa.Text, primary_key=True),
+    sa.Column("room_id", sa.Text, nullable=False, index=True),
+    sa.Column("creator", sa.Text, nullable=False),
+)

@@ -1,0 +1,115 @@
+"""Fixtures: a database of each kind, a running homeserver, an HTTP client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from homeserver.app import Homeserver, running_homeserver
+from homeserver.clock import FakeClock
+from homeserver.config import HomeserverConfig, parse_config
+from homeserver.migrate import upgrade_head
+from homeserver.storage.database import Database
+from homeserver.storage.schema import metadata, stream_positions
+
+PG_ADMIN_URL = os.environ.get("HS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def in_thread(factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a coroutine to completion on its own loop (fixtures may run inside a test loop)."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: asyncio.run(factory())).result()
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """One PostgreSQL database for the whole run, migrated once; dropped at the end."""
+    name = f"hs_test_{secrets.token_hex(4)}"
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    in_thread(lambda: run(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    url = f"{url}/{name}"
+
+    async def migrate() -> None:
+        db = Database(url)
+        await upgrade_head(db.engine)
+        await db.close()
+
+    in_thread(migrate)
+    yield url
+    in_thread(lambda: run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _truncate(url: str) -> None:
+    db = Database(url)
+    try:
+        async with db.write() as conn:
+            names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables
+                              if t.name != "stream_positions")
+            await conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY"))
+            await conn.execute(sa.update(stream_positions).values(position=0))
+    finally:
+        await db.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'homeserver.db'}"
+    url: str = request.getfixturevalue("pg_database")
+    await _truncate(url)
+    return url
+
+
+def make_config(tmp_path: Path, db_url: str, **overrides: object) -> HomeserverConfig:
+    data: dict[str, object] = {
+        "server_name": "test",
+        "data_dir": str(tmp_path),
+        "database": {"url": db_url},
+        "registration": {"enabled": True},
+        "rate_limits": {"enabled": False},
+        # Cheap hashing keeps the suite fast; production defaults are tested in unit tests.
+        "auth": {"password_hash_memory_kib": 64, "password_hash_time_cost": 1},
+    }
+    data.update(overrides)
+    return parse_config(data)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def config(tmp_path: Path, db_url: str) -> HomeserverConfig:
+    return make_config(tmp_path, db_url)
+
+
+@pytest.fixture
+async def hs(config: HomeserverConfig, clock: FakeClock) -> AsyncIterator[Homeserver]:
+    async with running_homeserver(config, clock=clock) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(hs: Homeserver) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=hs.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        yield c
