@@ -17,16 +17,34 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
 
+from homeserver.accounts import AccountService
 from homeserver.auth import AuthService
 from homeserver.bus import InMemoryBus
 from homeserver.clock import Clock, SystemClock
 from homeserver.config import HomeserverConfig
 from homeserver.errors import MatrixError
+from homeserver.filters import FilterService
+from homeserver.ids import UserID
 from homeserver.keys import SigningKey, load_or_create_signing_key
 from homeserver.migrate import upgrade_head
 from homeserver.notifier import Notifier
+from homeserver.profile import ProfileService
+from homeserver.ratelimit import RateLimiter
+from homeserver.rooms.create import RoomCreator
+from homeserver.rooms.directory import DirectoryService
+from homeserver.rooms.membership import MembershipService
+from homeserver.rooms.sender import EventSender
+from homeserver.rooms.service import RoomService
+from homeserver.rooms.visibility import Visibility
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.database import Database
+from homeserver.storage.events import EventStore
+from homeserver.storage.filters import FilterStore
+from homeserver.storage.registration_tokens import RegistrationTokenStore
+from homeserver.storage.rooms import RoomStore
+from homeserver.storage.uia import UiaStore
+from homeserver.sync.service import SyncService
+from homeserver.uia import UiaService
 from homeserver.web import http_error_handler, internal_error_handler, matrix_error_handler
 
 logger = logging.getLogger(__name__)
@@ -46,7 +64,48 @@ class Homeserver:
         self.notifier = Notifier(self.bus)
         self.account_store = AccountStore(db)
         self.auth = AuthService(self.account_store, clock, config.auth)
+        self.ratelimiter = RateLimiter(config.rate_limits, clock)
+        self.registration_tokens = RegistrationTokenStore(db)
+        self.uia = UiaService(UiaStore(db), self.account_store, self.registration_tokens,
+                              self.auth, self.ratelimiter, clock, config.server_name,
+                              config.registration)
+        self.accounts = AccountService(self.account_store, self.auth, self.uia,
+                                       self.ratelimiter, clock, config.server_name,
+                                       config.registration)
+        self.profiles = ProfileService(self.account_store, config.server_name)
+        self.filters = FilterService(FilterStore(db))
+        self._build_rooms(config, db, signing_key, clock)
         self.app = create_app(self)
+
+    def _build_rooms(self, config: HomeserverConfig, db: Database, signing_key: SigningKey,
+                     clock: Clock) -> None:
+        self.event_store = EventStore(db)
+        self.room_store = RoomStore(db)
+        self.event_sender = EventSender(self.event_store, self.room_store, self.notifier, clock,
+                                        config.server_name, signing_key)
+        self.visibility = Visibility(self.event_store, self.room_store)
+        self.memberships = MembershipService(self.event_sender, self.room_store,
+                                             config.server_name, self._profile_of)
+        self.directory = DirectoryService(self.room_store, self.event_store, config.server_name)
+        self.room_creator = RoomCreator(self.event_sender, self.room_store, self.memberships,
+                                        self.directory, config.server_name,
+                                        config.rooms.default_room_version, clock)
+        self.rooms = RoomService(self.event_sender, self.event_store, self.room_store,
+                                 self.visibility, clock)
+        self.sync = SyncService(db, self.event_store, self.room_store, self.rooms,
+                                self.visibility, self.notifier, clock)
+        self.profiles.on_profile_changed = self._on_profile_changed
+        self.accounts.on_deactivated = self.memberships.leave_all
+
+    async def _on_profile_changed(self, user_id: UserID, displayname: str | None,
+                                  avatar_url: str | None) -> None:
+        await self.memberships.update_profile_everywhere(user_id)
+
+    async def _profile_of(self, user_id: str) -> tuple[str | None, str | None] | None:
+        profile = await self.profiles.get_profile(UserID(user_id))
+        if profile is None:
+            return None
+        return profile.displayname, profile.avatar_url
 
     def capabilities(self) -> dict[str, Any]:
         from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS

@@ -21,6 +21,9 @@ class Listener:
     def wake(self) -> None:
         self._event.set()
 
+    def clear(self) -> None:
+        self._event.clear()
+
     async def wait(self, timeout_s: float) -> bool:
         if self._event.is_set():
             return True

@@ -17,3 +17,41 @@ class Stream(StrEnum):
 
 # The order of positions inside a sync token; append only, never reorder.
 TOKEN_STREAMS: tuple[Stream, ...] = tuple(Stream)
+
+
+class StreamToken:
+    """A sync token: one position per stream, ``s<events>_<account_data>_..._<device_lists>``.
+
+    Opaque to clients; stable across restarts and workers because positions come from the
+    database. A token with fewer positions (from an older server) reads the rest as 0.
+    """
+
+    __slots__ = ("positions",)
+
+    def __init__(self, positions: dict[Stream, int]) -> None:
+        self.positions = positions
+
+    @classmethod
+    def parse(cls, token: str) -> StreamToken:
+        from homeserver.errors import Codes, MatrixError
+
+        parts = token[1:].split("_") if token.startswith("s") else []
+        if not parts or len(parts) > len(TOKEN_STREAMS) or not all(p.isdigit() for p in parts):
+            raise MatrixError(Codes.INVALID_PARAM, f"Invalid stream token {token!r}")
+        values = [int(p) for p in parts] + [0] * (len(TOKEN_STREAMS) - len(parts))
+        return cls(dict(zip(TOKEN_STREAMS, values, strict=True)))
+
+    def serialize(self) -> str:
+        return "s" + "_".join(str(self.positions.get(s, 0)) for s in TOKEN_STREAMS)
+
+    def get(self, stream: Stream) -> int:
+        return self.positions.get(stream, 0)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StreamToken) and self.serialize() == other.serialize()
+
+    def __hash__(self) -> int:
+        return hash(self.serialize())
+
+    def __repr__(self) -> str:
+        return f"StreamToken({self.serialize()})"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver.ids import UserID
@@ -20,6 +19,12 @@ class User:
     is_admin: bool
     deactivated: bool
     created_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    displayname: str | None
+    avatar_url: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,13 @@ class AccountStore:
         return User(UserID(row.user_id), row.password_hash, row.is_admin, row.deactivated,
                     row.created_ts)
 
+    async def user_exists_ignoring_case(self, user_id: UserID) -> bool:
+        """Whether this ID or another case of it is taken (new IDs must not be confusable)."""
+        async with self._db.read() as conn:
+            row = (await conn.execute(sa.select(users.c.user_id).where(
+                sa.func.lower(users.c.user_id) == user_id.lower()).limit(1))).first()
+        return row is not None
+
     async def set_password_hash(self, user_id: UserID, password_hash: str | None) -> None:
         async with self._db.write() as conn:
             await conn.execute(sa.update(users).where(users.c.user_id == user_id)
@@ -101,6 +113,25 @@ class AccountStore:
         async with self._db.write() as conn:
             await conn.execute(sa.update(users).where(users.c.user_id == user_id)
                                .values(deactivated=True, password_hash=None))
+
+    # --- profiles --------------------------------------------------------------------------
+
+    async def get_profile(self, user_id: UserID) -> Profile | None:
+        async with self._db.read() as conn:
+            row = (await conn.execute(sa.select(profiles).where(
+                profiles.c.user_id == user_id))).first()
+        return None if row is None else Profile(row.displayname, row.avatar_url)
+
+    async def set_profile_field(self, user_id: UserID, field: str, value: str | None) -> Profile:
+        """Set ``displayname`` or ``avatar_url``; returns the whole profile as it now is."""
+        if field not in ("displayname", "avatar_url"):
+            raise ValueError(f"not a profile column: {field}")
+        async with self._db.write() as conn:
+            await conn.execute(self._db.upsert(profiles, {"user_id": user_id, field: value},
+                                               keys=("user_id",)))
+            row = (await conn.execute(sa.select(profiles).where(
+                profiles.c.user_id == user_id))).one()
+        return Profile(row.displayname, row.avatar_url)
 
     # --- devices ---------------------------------------------------------------------------
 
@@ -155,6 +186,39 @@ class AccountStore:
             for table in (access_tokens, refresh_tokens, devices):
                 await conn.execute(sa.delete(table).where(
                     table.c.user_id == user_id, table.c.device_id.in_(device_ids)))
+        return hashes
+
+    async def delete_devices_except(self, user_id: UserID, keep_device: str | None
+                                    ) -> tuple[list[str], list[bytes]]:
+        """Delete every device but ``keep_device`` with its tokens, in one transaction.
+
+        Returns the deleted device IDs and access-token hashes.
+        """
+        async with self._db.write() as conn:
+            device_query = sa.select(devices.c.device_id).where(devices.c.user_id == user_id)
+            token_query = sa.select(access_tokens.c.token_hash).where(
+                access_tokens.c.user_id == user_id)
+            if keep_device is not None:
+                device_query = device_query.where(devices.c.device_id != keep_device)
+                token_query = token_query.where(access_tokens.c.device_id != keep_device)
+            device_ids = [r.device_id for r in (await conn.execute(device_query)).all()]
+            hashes = [bytes(r.token_hash) for r in (await conn.execute(token_query)).all()]
+            for table in (access_tokens, refresh_tokens, devices):
+                stmt = sa.delete(table).where(table.c.user_id == user_id)
+                if keep_device is not None:
+                    stmt = stmt.where(table.c.device_id != keep_device)
+                await conn.execute(stmt)
+        return device_ids, hashes
+
+    async def delete_device_tokens(self, user_id: UserID, device_id: str) -> list[bytes]:
+        """Revoke the access and refresh tokens of one device, keeping the device."""
+        async with self._db.write() as conn:
+            hashes = [bytes(r.token_hash) for r in (await conn.execute(
+                sa.delete(access_tokens).where(access_tokens.c.user_id == user_id,
+                                               access_tokens.c.device_id == device_id)
+                .returning(access_tokens.c.token_hash))).all()]
+            await conn.execute(sa.delete(refresh_tokens).where(
+                refresh_tokens.c.user_id == user_id, refresh_tokens.c.device_id == device_id))
         return hashes
 
     # --- tokens ----------------------------------------------------------------------------

@@ -129,6 +129,9 @@ events = sa.Table(
     # The state after this event (for a state event, including it).
     sa.Column("state_group", BigInt, nullable=False),
     sa.Column("redacted_by", sa.Text, nullable=True),
+    # The sending device and its transaction ID, echoed to that device only (spec: unsigned).
+    sa.Column("device_id", sa.Text, nullable=True),
+    sa.Column("txn_id", sa.Text, nullable=True),
     sa.Index(None, "room_id", "stream_ordering"),
 )
 

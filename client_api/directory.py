@@ -1,0 +1,138 @@
+"""Room aliases and the public room directory (spec: directory, list_public_rooms)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from homeserver.errors import Codes, MatrixError
+from homeserver.ids import RoomAlias, RoomID
+from homeserver.web import (
+    RequestBody,
+    homeserver_of,
+    json_response,
+    parse_body,
+    query_int,
+    require_user,
+)
+
+
+class AliasBody(RequestBody):
+    room_id: str
+
+
+class VisibilityBody(RequestBody):
+    visibility: Literal["public", "private"]
+
+
+class PublicRoomsFilter(RequestBody):
+    generic_search_term: str | None = None
+    room_types: list[str | None] | None = None
+
+
+class PublicRoomsBody(RequestBody):
+    limit: int | None = Field(default=None, ge=0)
+    since: str | None = None
+    filter: PublicRoomsFilter | None = None
+    include_all_networks: bool = False
+    third_party_instance_id: str | None = None
+
+
+def _alias(request: Request) -> RoomAlias:
+    return RoomAlias.parse(request.path_params["room_alias"])
+
+
+async def get_alias(request: Request) -> Response:
+    """GET /_matrix/client/v3/directory/room/{roomAlias}"""
+    hs = homeserver_of(request)
+    room_id, servers = await hs.directory.resolve_alias(_alias(request))
+    return json_response({"room_id": room_id, "servers": servers})
+
+
+async def put_alias(request: Request) -> Response:
+    """PUT /_matrix/client/v3/directory/room/{roomAlias}"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    body = await parse_body(request, AliasBody)
+    await hs.directory.create_alias(requester, _alias(request), RoomID.parse(body.room_id))
+    return json_response({})
+
+
+async def delete_alias(request: Request) -> Response:
+    """DELETE /_matrix/client/v3/directory/room/{roomAlias}"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    await hs.directory.delete_alias(requester, _alias(request))
+    return json_response({})
+
+
+async def get_room_aliases(request: Request) -> Response:
+    """GET /_matrix/client/v3/rooms/{roomId}/aliases"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    aliases = await hs.directory.room_aliases(requester,
+                                              RoomID.parse(request.path_params["room_id"]))
+    return json_response({"aliases": aliases})
+
+
+async def get_room_visibility(request: Request) -> Response:
+    """GET /_matrix/client/v3/directory/list/room/{roomId}"""
+    hs = homeserver_of(request)
+    visibility = await hs.directory.get_visibility(RoomID.parse(request.path_params["room_id"]))
+    return json_response({"visibility": visibility})
+
+
+async def put_room_visibility(request: Request) -> Response:
+    """PUT /_matrix/client/v3/directory/list/room/{roomId}"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    body = await parse_body(request, VisibilityBody)
+    await hs.directory.set_visibility(requester, RoomID.parse(request.path_params["room_id"]),
+                                      body.visibility)
+    return json_response({})
+
+
+def _check_server(server: str | None, ours: str) -> None:
+    if server is not None and server != ours:
+        raise MatrixError(Codes.UNKNOWN, "Other servers' directories need federation",
+                          status=400)
+
+
+async def get_public_rooms(request: Request) -> Response:
+    """GET /_matrix/client/v3/publicRooms"""
+    hs = homeserver_of(request)
+    _check_server(request.query_params.get("server"), hs.server_name)
+    result = await hs.directory.public_rooms(
+        limit=query_int(request, "limit", None, minimum=0),
+        since=request.query_params.get("since"), search_term=None, room_types=None)
+    return json_response(result)
+
+
+async def post_public_rooms(request: Request) -> Response:
+    """POST /_matrix/client/v3/publicRooms"""
+    hs = homeserver_of(request)
+    await require_user(request)
+    _check_server(request.query_params.get("server"), hs.server_name)
+    body = await parse_body(request, PublicRoomsBody)
+    room_filter = body.filter or PublicRoomsFilter()
+    room_types: Any = room_filter.room_types
+    result = await hs.directory.public_rooms(
+        limit=body.limit, since=body.since, search_term=room_filter.generic_search_term,
+        room_types=tuple(room_types) if room_types is not None else None)
+    return json_response(result)
+
+
+client_routes = [
+    Route("/v3/directory/room/{room_alias}", get_alias, methods=["GET"]),
+    Route("/v3/directory/room/{room_alias}", put_alias, methods=["PUT"]),
+    Route("/v3/directory/room/{room_alias}", delete_alias, methods=["DELETE"]),
+    Route("/v3/rooms/{room_id}/aliases", get_room_aliases, methods=["GET"]),
+    Route("/v3/directory/list/room/{room_id}", get_room_visibility, methods=["GET"]),
+    Route("/v3/directory/list/room/{room_id}", put_room_visibility, methods=["PUT"]),
+    Route("/v3/publicRooms", get_public_rooms, methods=["GET"]),
+    Route("/v3/publicRooms", post_public_rooms, methods=["POST"]),
+]

@@ -1,0 +1,36 @@
+"""Filters for /sync and /messages."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from homeserver.ids import UserID
+from homeserver.web import homeserver_of, json_response, read_json_object, require_user
+
+
+async def post_filter(request: Request) -> Response:
+    """POST /_matrix/client/v3/user/{userId}/filter"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    user_id = UserID.parse(request.path_params["user_id"])
+    # The filter service validates the body against the spec's filter shape.
+    body = await read_json_object(request)
+    filter_id = await hs.filters.create_filter(requester, user_id, body)
+    return json_response({"filter_id": filter_id})
+
+
+async def get_filter(request: Request) -> Response:
+    """GET /_matrix/client/v3/user/{userId}/filter/{filterId}"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    user_id = UserID.parse(request.path_params["user_id"])
+    return json_response(await hs.filters.get_filter_for(requester, user_id,
+                                                         request.path_params["filter_id"]))
+
+
+client_routes = [
+    Route("/v3/user/{user_id}/filter", post_filter, methods=["POST"]),
+    Route("/v3/user/{user_id}/filter/{filter_id}", get_filter, methods=["GET"]),
+]

@@ -1,0 +1,325 @@
+"""Rooms: create, membership, send, state, redact, read (spec: rooms, membership, state)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from homeserver import jsonutil
+from homeserver.errors import Codes, MatrixError
+from homeserver.filtering import EventFilter
+from homeserver.ids import RoomAlias, RoomID, UserID
+from homeserver.jsonutil import check_json_numbers
+from homeserver.ratelimit import Action
+from homeserver.rooms.create import CreateRoomRequest
+from homeserver.web import (
+    RequestBody,
+    homeserver_of,
+    json_response,
+    parse_body,
+    query_int,
+    read_json_object,
+    require_user,
+    validate_body,
+)
+
+
+class CreateRoomBody(RequestBody):
+    visibility: Literal["public", "private"] = "private"
+    room_alias_name: str | None = None
+    name: str | None = None
+    topic: str | None = None
+    invite: list[str] = Field(default_factory=list, max_length=100)
+    invite_3pid: list[dict[str, Any]] = Field(default_factory=list)
+    room_version: str | None = None
+    creation_content: dict[str, Any] = Field(default_factory=dict)
+    initial_state: list[dict[str, Any]] = Field(default_factory=list)
+    preset: Literal["private_chat", "public_chat", "trusted_private_chat"] | None = None
+    is_direct: bool = False
+    power_level_content_override: dict[str, Any] | None = None
+
+
+class ReasonBody(RequestBody):
+    reason: str | None = None
+
+
+class TargetBody(RequestBody):
+    user_id: str
+    reason: str | None = None
+
+
+async def create_room(request: Request) -> Response:
+    """POST /_matrix/client/v3/createRoom"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    raw = await read_json_object(request)
+    check_json_numbers(raw)
+    body = validate_body(raw, CreateRoomBody)
+    if body.invite_3pid:
+        raise MatrixError(Codes.UNKNOWN, "Third-party invites need an identity server, which "
+                          "this server does not use", status=400)
+    room_id = await hs.room_creator.create_room(requester, CreateRoomRequest(
+        visibility=body.visibility, room_alias_name=body.room_alias_name, name=body.name,
+        topic=body.topic, invite=tuple(body.invite), room_version=body.room_version,
+        creation_content=body.creation_content, initial_state=tuple(body.initial_state),
+        preset=body.preset, is_direct=body.is_direct,
+        power_level_content_override=body.power_level_content_override))
+    return json_response({"room_id": room_id})
+
+
+def _room_id(request: Request) -> RoomID:
+    return RoomID.parse(request.path_params["room_id"])
+
+
+async def join_room_by_id(request: Request) -> Response:
+    """POST /_matrix/client/v3/rooms/{roomId}/join"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    body = await parse_body(request, ReasonBody)
+    room_id = _room_id(request)
+    hs.ratelimiter.check(Action.JOIN, requester.user_id)
+    await hs.memberships.join(requester, room_id, body.reason)
+    return json_response({"room_id": room_id})
+
+
+async def join_room(request: Request) -> Response:
+    """POST /_matrix/client/v3/join/{roomIdOrAlias}"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    body = await parse_body(request, ReasonBody)
+    target = request.path_params["room_id_or_alias"]
+    if target.startswith("#"):
+        room_id, _ = await hs.directory.resolve_alias(RoomAlias.parse(target))
+    elif target.startswith("!"):
+        room_id = RoomID.parse(target)
+    else:
+        raise MatrixError(Codes.INVALID_PARAM, "Expected a room ID or a room alias")
+    hs.ratelimiter.check(Action.JOIN, requester.user_id)
+    await hs.memberships.join(requester, room_id, body.reason)
+    return json_response({"room_id": room_id})
+
+
+async def leave_room(request: Request) -> Response:
+    """POST /_matrix/client/v3/rooms/{roomId}/leave"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    body = await parse_body(request, ReasonBody)
+    await hs.memberships.leave(requester, _room_id(request), body.reason)
+    return json_response({})
+
+
+async def forget_room(request: Request) -> Response:
+    """POST /_matrix/client/v3/rooms/{roomId}/forget"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    await hs.memberships.forget(requester, _room_id(request))
+    return json_response({})
+
+
+async def invite_user(request: Request) -> Response:
+    """POST /_matrix/client/v3/rooms/{roomId}/invite"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    body = await parse_body(request, TargetBody)
+    await hs.memberships.invite(requester, _room_id(request), UserID.parse(body.user_id),
+                                reason=body.reason)
+    return json_response({})
+
+
+async def kick_user(request: Request) -> Response:
+    """POST /_matrix/client/v3/rooms/{roomId}/kick"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    body = await parse_body(request, TargetBody)
+    await hs.memberships.set_membership_of(requester, _room_id(request),
+                                           UserID.parse(body.user_id), "leave", body.reason)
+    return json_response({})
+
+
+async def ban_user(request: Request) -> Response:
+    """POST /_matrix/client/v3/rooms/{roomId}/ban"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    body = await parse_body(request, TargetBody)
+    await hs.memberships.set_membership_of(requester, _room_id(request),
+                                           UserID.parse(body.user_id), "ban", body.reason)
+    return json_response({})
+
+
+async def unban_user(request: Request) -> Response:
+    """POST /_matrix/client/v3/rooms/{roomId}/unban"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    body = await parse_body(request, TargetBody)
+    await hs.memberships.unban(requester, _room_id(request), UserID.parse(body.user_id),
+                               body.reason)
+    return json_response({})
+
+
+async def joined_rooms(request: Request) -> Response:
+    """GET /_matrix/client/v3/joined_rooms"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    return json_response({"joined_rooms": await hs.memberships.joined_rooms(requester)})
+
+
+async def send_event(request: Request) -> Response:
+    """PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    content = await read_json_object(request)
+    hs.ratelimiter.check(Action.MESSAGE, requester.user_id)
+    event_id = await hs.rooms.send_event(requester, _room_id(request),
+                                         request.path_params["event_type"],
+                                         request.path_params["txn_id"], content)
+    return json_response({"event_id": event_id})
+
+
+async def put_state(request: Request) -> Response:
+    """PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    content = await read_json_object(request)
+    event_id = await hs.rooms.set_state(requester, _room_id(request),
+                                        request.path_params["event_type"],
+                                        request.path_params.get("state_key", ""), content)
+    return json_response({"event_id": event_id})
+
+
+async def get_state_event(request: Request) -> Response:
+    """GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    room_id = _room_id(request)
+    event_type = request.path_params["event_type"]
+    state_key = request.path_params.get("state_key", "")
+    if request.query_params.get("format") == "event":
+        event = await hs.rooms.get_state_event(requester, room_id, event_type, state_key)
+        serialized = await hs.rooms.serialize(requester, [event],
+                                              await hs.rooms.room_version(room_id))
+        return json_response(serialized[0])
+    return json_response(await hs.rooms.state_content(requester, room_id, event_type,
+                                                      state_key))
+
+
+async def get_state(request: Request) -> Response:
+    """GET /_matrix/client/v3/rooms/{roomId}/state"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    return json_response(await hs.rooms.get_state(requester, _room_id(request)))
+
+
+async def redact_event(request: Request) -> Response:
+    """PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    body = await parse_body(request, ReasonBody)
+    event_id = await hs.rooms.redact(requester, _room_id(request),
+                                     request.path_params["event_id"],
+                                     request.path_params["txn_id"], body.reason)
+    return json_response({"event_id": event_id})
+
+
+async def get_event(request: Request) -> Response:
+    """GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    return json_response(await hs.rooms.get_event(requester, _room_id(request),
+                                                  request.path_params["event_id"]))
+
+
+def _filter_param(request: Request) -> EventFilter:
+    raw = request.query_params.get("filter")
+    if raw is None:
+        return EventFilter()
+    try:
+        data = jsonutil.loads(raw)
+    except ValueError:
+        raise MatrixError(Codes.BAD_JSON, "filter is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise MatrixError(Codes.BAD_JSON, "filter must be a JSON object")
+    return EventFilter.from_json(data)
+
+
+async def get_messages(request: Request) -> Response:
+    """GET /_matrix/client/v3/rooms/{roomId}/messages"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    direction = request.query_params.get("dir", "b")
+    if direction not in ("b", "f"):
+        raise MatrixError(Codes.INVALID_PARAM, "dir must be 'b' or 'f'")
+    page = await hs.rooms.messages(
+        requester, _room_id(request), from_token=request.query_params.get("from"),
+        to_token=request.query_params.get("to"), backwards=direction == "b",
+        limit=query_int(request, "limit", None, minimum=0), event_filter=_filter_param(request))
+    body: dict[str, Any] = {"chunk": page.chunk, "start": page.start}
+    if page.end is not None:
+        body["end"] = page.end
+    if page.state:
+        body["state"] = page.state
+    return json_response(body)
+
+
+async def get_context(request: Request) -> Response:
+    """GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    limit = query_int(request, "limit", 10, minimum=0, maximum=100)
+    assert limit is not None
+    return json_response(await hs.rooms.context(
+        requester, _room_id(request), request.path_params["event_id"], limit,
+        _filter_param(request)))
+
+
+async def get_members(request: Request) -> Response:
+    """GET /_matrix/client/v3/rooms/{roomId}/members"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    q = request.query_params
+    memberships = ("join", "invite", "knock", "leave", "ban")
+    for name in ("membership", "not_membership"):
+        if q.get(name) is not None and q[name] not in memberships:
+            raise MatrixError(Codes.INVALID_PARAM, f"{name} must be one of {memberships}")
+    chunk = await hs.rooms.members(requester, _room_id(request), at=q.get("at"),
+                                   membership=q.get("membership"),
+                                   not_membership=q.get("not_membership"))
+    return json_response({"chunk": chunk})
+
+
+async def get_joined_members(request: Request) -> Response:
+    """GET /_matrix/client/v3/rooms/{roomId}/joined_members"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    return json_response({"joined": await hs.rooms.joined_members(requester,
+                                                                  _room_id(request))})
+
+
+_R = "/v3/rooms/{room_id}"
+client_routes = [
+    Route("/v3/createRoom", create_room, methods=["POST"]),
+    Route("/v3/join/{room_id_or_alias}", join_room, methods=["POST"]),
+    Route("/v3/joined_rooms", joined_rooms, methods=["GET"]),
+    Route(f"{_R}/join", join_room_by_id, methods=["POST"]),
+    Route(f"{_R}/leave", leave_room, methods=["POST"]),
+    Route(f"{_R}/forget", forget_room, methods=["POST"]),
+    Route(f"{_R}/invite", invite_user, methods=["POST"]),
+    Route(f"{_R}/kick", kick_user, methods=["POST"]),
+    Route(f"{_R}/ban", ban_user, methods=["POST"]),
+    Route(f"{_R}/unban", unban_user, methods=["POST"]),
+    Route(f"{_R}/send/{{event_type}}/{{txn_id}}", send_event, methods=["PUT"]),
+    Route(f"{_R}/state", get_state, methods=["GET"]),
+    Route(f"{_R}/state/{{event_type}}", put_state, methods=["PUT"]),
+    Route(f"{_R}/state/{{event_type}}", get_state_event, methods=["GET"]),
+    Route(f"{_R}/state/{{event_type}}/{{state_key:path}}", put_state, methods=["PUT"]),
+    Route(f"{_R}/state/{{event_type}}/{{state_key:path}}", get_state_event, methods=["GET"]),
+    Route(f"{_R}/redact/{{event_id}}/{{txn_id}}", redact_event, methods=["PUT"]),
+    Route(f"{_R}/event/{{event_id}}", get_event, methods=["GET"]),
+    Route(f"{_R}/context/{{event_id}}", get_context, methods=["GET"]),
+    Route(f"{_R}/messages", get_messages, methods=["GET"]),
+    Route(f"{_R}/members", get_members, methods=["GET"]),
+    Route(f"{_R}/joined_members", get_joined_members, methods=["GET"]),
+]

@@ -1,0 +1,1 @@
+"""Rooms: building and sending events, creating rooms, memberships, state and history."""

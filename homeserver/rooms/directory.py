@@ -1,0 +1,169 @@
+"""Room aliases and the public room directory."""
+
+from __future__ import annotations
+
+from homeserver import jsonutil
+from homeserver.errors import Codes, MatrixError
+from homeserver.events.auth import get_send_level, get_user_power_level
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from homeserver.ids import MAX_ID_BYTES, RoomAlias
+from homeserver.storage.events import EventStore
+from homeserver.storage.rooms import RoomStore
+from homeserver.types import JsonDict, Requester
+
+MAX_PUBLIC_ROOMS_LIMIT = 500
+_DIRECTORY_STATE = ("m.room.name", "m.room.topic", "m.room.avatar", "m.room.canonical_alias",
+                    "m.room.join_rules", "m.room.history_visibility", "m.room.guest_access",
+                    "m.room.create")
+
+
+class DirectoryService:
+    def __init__(self, rooms: RoomStore, events: EventStore, server_name: str) -> None:
+        self._rooms = rooms
+        self._events = events
+        self._server_name = server_name
+
+    def local_alias(self, localpart: str) -> RoomAlias:
+        if not localpart or any(c in localpart for c in ":#\x00 \t\n"):
+            raise MatrixError(Codes.INVALID_PARAM, "Invalid room alias name")
+        alias = f"#{localpart}:{self._server_name}"
+        if len(alias.encode()) > MAX_ID_BYTES:
+            raise MatrixError(Codes.INVALID_PARAM, "Room alias is too long")
+        return RoomAlias.parse(alias)
+
+    async def check_alias_free(self, alias: RoomAlias) -> None:
+        if await self._rooms.get_alias(alias) is not None:
+            raise MatrixError(Codes.ROOM_IN_USE, "Room alias already taken")
+
+    async def create_alias(self, requester: Requester, alias: RoomAlias, room_id: str, *,
+                           check_power: bool = True) -> None:
+        if alias.server_name != self._server_name:
+            raise MatrixError(Codes.INVALID_PARAM, "Aliases must be on this server")
+        if await self._rooms.get_room(room_id) is None:
+            raise MatrixError(Codes.NOT_FOUND, "Unknown room")
+        if check_power:
+            m = await self._rooms.get_membership(room_id, requester.user_id)
+            if m is None or m.membership != "join":
+                raise MatrixError(Codes.FORBIDDEN, "You are not in this room")
+        if not await self._rooms.create_alias(alias, room_id, requester.user_id):
+            raise MatrixError(Codes.ROOM_IN_USE, "Room alias already taken")
+
+    async def resolve_alias(self, alias: RoomAlias) -> tuple[str, list[str]]:
+        found = await self._rooms.get_alias(alias)
+        if found is None:
+            raise MatrixError(Codes.NOT_FOUND, f"Room alias {alias} not found")
+        return found[0], [self._server_name]
+
+    async def delete_alias(self, requester: Requester, alias: RoomAlias) -> None:
+        found = await self._rooms.get_alias(alias)
+        if found is None:
+            raise MatrixError(Codes.NOT_FOUND, f"Room alias {alias} not found")
+        room_id, creator = found
+        if creator != requester.user_id and not requester.is_admin:
+            if not await self.can_send_state(requester.user_id, room_id,
+                                             "m.room.canonical_alias"):
+                raise MatrixError(Codes.FORBIDDEN, "You may not delete this alias")
+        await self._rooms.delete_alias(alias)
+
+    async def room_aliases(self, requester: Requester, room_id: str) -> list[str]:
+        await self._require_member_or_world_readable(requester.user_id, room_id)
+        return await self._rooms.get_aliases(room_id)
+
+    async def can_send_state(self, user_id: str, room_id: str, event_type: str) -> bool:
+        room = await self._rooms.get_room(room_id)
+        if room is None:
+            return False
+        version = KNOWN_ROOM_VERSIONS[room.room_version]
+        pl = await self._events.get_current_state_event(room_id, "m.room.power_levels", "")
+        create = await self._events.get_current_state_event(room_id, "m.room.create", "")
+        level = get_user_power_level(version, user_id, pl.content if pl else None,
+                                     create.pdu if create else None)
+        return level >= get_send_level(version, event_type, True, pl.content if pl else None)
+
+    async def _require_member_or_world_readable(self, user_id: str, room_id: str) -> None:
+        if await self._rooms.get_room(room_id) is None:
+            raise MatrixError(Codes.NOT_FOUND, "Unknown room")
+        m = await self._rooms.get_membership(room_id, user_id)
+        if m is not None and m.membership == "join":
+            return
+        hv = await self._events.get_current_state_event(room_id, "m.room.history_visibility",
+                                                        "")
+        if hv is None or hv.content.get("history_visibility") != "world_readable":
+            raise MatrixError(Codes.FORBIDDEN, "You are not in this room")
+
+    # --- the public room directory ---------------------------------------------------------
+
+    async def get_visibility(self, room_id: str) -> str:
+        room = await self._rooms.get_room(room_id)
+        if room is None:
+            raise MatrixError(Codes.NOT_FOUND, "Unknown room")
+        return "public" if room.is_public else "private"
+
+    async def set_visibility(self, requester: Requester, room_id: str, visibility: str) -> None:
+        if await self._rooms.get_room(room_id) is None:
+            raise MatrixError(Codes.NOT_FOUND, "Unknown room")
+        if not requester.is_admin and not await self.can_send_state(
+                requester.user_id, room_id, "m.room.canonical_alias"):
+            raise MatrixError(Codes.FORBIDDEN, "You may not change this room's visibility")
+        await self._rooms.set_public(room_id, visibility == "public")
+
+    async def public_rooms(self, *, limit: int | None, since: str | None,
+                           search_term: str | None,
+                           room_types: tuple[str | None, ...] | None) -> JsonDict:
+        rooms = await self._rooms.get_public_room_ids()
+        contents = await self._rooms.get_current_state_contents(
+            [r for r, _ in rooms], _DIRECTORY_STATE)
+        chunk = [entry for room_id, joined in rooms
+                 if (entry := _directory_entry(room_id, joined, contents.get(room_id, {})))
+                 is not None and _matches(entry, search_term)
+                 and (room_types is None or entry.get("room_type") in room_types)]
+        offset = _parse_since(since)
+        limit = MAX_PUBLIC_ROOMS_LIMIT if limit is None else min(limit, MAX_PUBLIC_ROOMS_LIMIT)
+        page = chunk[offset:offset + limit]
+        out: JsonDict = {"chunk": page, "total_room_count_estimate": len(chunk)}
+        if offset + limit < len(chunk):
+            out["next_batch"] = f"p{offset + limit}"
+        if offset > 0:
+            out["prev_batch"] = f"p{max(0, offset - limit)}"
+        return out
+
+
+def _parse_since(since: str | None) -> int:
+    if since is None:
+        return 0
+    if not since.startswith("p") or not since[1:].isdigit():
+        raise MatrixError(Codes.INVALID_PARAM, "Invalid pagination token")
+    return int(since[1:])
+
+
+def _directory_entry(room_id: str, joined: int, state: dict[str, str]) -> JsonDict | None:
+    content = {t: jsonutil.loads(j).get("content", {}) for t, j in state.items()}
+    join_rule = content.get("m.room.join_rules", {}).get("join_rule", "invite")
+    entry: JsonDict = {
+        "room_id": room_id,
+        "num_joined_members": joined,
+        "world_readable": content.get("m.room.history_visibility", {}).get(
+            "history_visibility") == "world_readable",
+        "guest_can_join": content.get("m.room.guest_access", {}).get(
+            "guest_access") == "can_join",
+        "join_rule": join_rule,
+    }
+    for key, event_type, field in (("name", "m.room.name", "name"),
+                                   ("topic", "m.room.topic", "topic"),
+                                   ("avatar_url", "m.room.avatar", "url"),
+                                   ("canonical_alias", "m.room.canonical_alias", "alias")):
+        value = content.get(event_type, {}).get(field)
+        if isinstance(value, str) and value:
+            entry[key] = value
+    room_type = content.get("m.room.create", {}).get("type")
+    if isinstance(room_type, str):
+        entry["room_type"] = room_type
+    return entry
+
+
+def _matches(entry: JsonDict, term: str | None) -> bool:
+    if not term:
+        return True
+    needle = term.casefold()
+    return any(needle in str(entry.get(k, "")).casefold()
+               for k in ("name", "topic", "canonical_alias", "room_id"))

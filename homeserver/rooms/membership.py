@@ -1,0 +1,134 @@
+"""Joining, inviting, leaving, kicking, banning and forgetting rooms."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from homeserver.errors import Codes, MatrixError
+from homeserver.ids import UserID
+from homeserver.rooms.sender import EventSender, SentEvent
+from homeserver.storage.rooms import RoomStore
+from homeserver.types import JsonDict, Requester
+
+# (user_id) -> (displayname, avatar_url), or None for an unknown local user.
+ProfileLookup = Callable[[str], Awaitable[tuple[str | None, str | None] | None]]
+
+
+class MembershipService:
+    def __init__(self, sender: EventSender, rooms: RoomStore, server_name: str,
+                 profile_of: ProfileLookup) -> None:
+        self._sender = sender
+        self._rooms = rooms
+        self._server_name = server_name
+        self._profile_of = profile_of
+
+    async def check_invitable(self, user_id: UserID) -> None:
+        if user_id.server_name != self._server_name:
+            raise MatrixError(Codes.FORBIDDEN,
+                              "Inviting users of other servers needs federation, which this "
+                              "server does not run yet")
+        if await self._profile_of(user_id) is None:
+            raise MatrixError(Codes.NOT_FOUND, f"Unknown user {user_id}")
+
+    async def _member_content(self, user_id: str, membership: str, reason: str | None,
+                              **extra: object) -> JsonDict:
+        content: JsonDict = {"membership": membership}
+        if membership in ("join", "invite", "knock"):
+            profile = await self._profile_of(user_id)
+            if profile is not None:
+                displayname, avatar_url = profile
+                if displayname is not None:
+                    content["displayname"] = displayname
+                if avatar_url is not None:
+                    content["avatar_url"] = avatar_url
+        if reason is not None:
+            content["reason"] = reason
+        content.update({k: v for k, v in extra.items() if v is not None})
+        return content
+
+    async def _require_room(self, room_id: str) -> None:
+        if await self._rooms.get_room(room_id) is None:
+            raise MatrixError(Codes.NOT_FOUND, "Unknown room")
+
+    async def send_own_membership(self, room_id: str, user_id: str, membership: str,
+                                  reason: str | None = None) -> SentEvent:
+        content = await self._member_content(user_id, membership, reason)
+        return await self._sender.send(room_id, user_id, "m.room.member", content,
+                                       state_key=user_id)
+
+    async def join(self, requester: Requester, room_id: str, reason: str | None = None
+                   ) -> SentEvent:
+        await self._require_room(room_id)
+        return await self.send_own_membership(room_id, requester.user_id, "join", reason)
+
+    async def invite(self, requester: Requester, room_id: str, target: UserID, *,
+                     reason: str | None = None, is_direct: bool = False) -> SentEvent:
+        await self._require_room(room_id)
+        await self.check_invitable(target)
+        current = await self._rooms.get_membership(room_id, target)
+        if current is not None and current.membership in ("join", "ban"):
+            raise MatrixError(Codes.FORBIDDEN, f"{target} is already {current.membership}ed"
+                              if current.membership == "join" else f"{target} is banned")
+        content = await self._member_content(target, "invite", reason,
+                                             is_direct=True if is_direct else None)
+        return await self._sender.send(room_id, requester.user_id, "m.room.member", content,
+                                       state_key=target)
+
+    async def leave(self, requester: Requester, room_id: str, reason: str | None = None
+                    ) -> SentEvent | None:
+        await self._require_room(room_id)
+        current = await self._rooms.get_membership(room_id, requester.user_id)
+        if current is None or current.membership in ("leave", "ban"):
+            if current is not None and current.membership == "leave":
+                return None  # already gone: leaving is idempotent, as clients expect
+            raise MatrixError(Codes.FORBIDDEN, "You are not in this room")
+        return await self.send_own_membership(room_id, requester.user_id, "leave", reason)
+
+    async def set_membership_of(self, requester: Requester, room_id: str, target: UserID,
+                                membership: str, reason: str | None) -> SentEvent:
+        """kick (leave), ban and unban (leave) of another user, checked by the auth rules."""
+        await self._require_room(room_id)
+        current = await self._rooms.get_membership(room_id, target)
+        if membership == "leave" and (current is None or current.membership == "leave"):
+            raise MatrixError(Codes.FORBIDDEN, f"{target} is not in this room")
+        content = await self._member_content(target, membership, reason)
+        return await self._sender.send(room_id, requester.user_id, "m.room.member", content,
+                                       state_key=target)
+
+    async def unban(self, requester: Requester, room_id: str, target: UserID,
+                    reason: str | None) -> SentEvent:
+        await self._require_room(room_id)
+        current = await self._rooms.get_membership(room_id, target)
+        if current is None or current.membership != "ban":
+            raise MatrixError(Codes.FORBIDDEN, f"{target} is not banned")
+        content = await self._member_content(target, "leave", reason)
+        return await self._sender.send(room_id, requester.user_id, "m.room.member", content,
+                                       state_key=target)
+
+    async def forget(self, requester: Requester, room_id: str) -> None:
+        current = await self._rooms.get_membership(room_id, requester.user_id)
+        if current is None:
+            raise MatrixError(Codes.NOT_FOUND, "You have never been in this room")
+        if current.membership in ("join", "invite", "knock"):
+            raise MatrixError(Codes.UNKNOWN, "Leave the room before forgetting it", status=400)
+        await self._rooms.set_forgotten(room_id, requester.user_id)
+
+    async def joined_rooms(self, requester: Requester) -> list[str]:
+        return sorted(m.room_id for m in await self._rooms.get_user_memberships(
+            requester.user_id, ["join"]))
+
+    async def update_profile_everywhere(self, user_id: str) -> None:
+        """Send a fresh join event into every joined room after a profile change."""
+        for m in await self._rooms.get_user_memberships(user_id, ["join"]):
+            try:
+                await self.send_own_membership(m.room_id, user_id, "join")
+            except MatrixError:
+                continue  # e.g. the user lost the right to join since: the profile stays old
+
+    async def leave_all(self, user_id: str) -> None:
+        """A deactivated user leaves every room and declines every invite."""
+        for m in await self._rooms.get_user_memberships(user_id, ["join", "invite", "knock"]):
+            try:
+                await self.send_own_membership(m.room_id, user_id, "leave")
+            except MatrixError:
+                continue  # already unable to leave (e.g. the room was left meanwhile)

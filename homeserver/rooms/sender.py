@@ -1,0 +1,168 @@
+"""Building, authorizing, signing and persisting local events: the send half of the hot path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass
+from weakref import WeakValueDictionary
+
+from homeserver.clock import Clock
+from homeserver.errors import Codes, MatrixError
+from homeserver.events.auth import auth_types_for_event, check_auth
+from homeserver.events.format import (
+    MAX_PDU_BYTES,
+    canonical_json,
+    check_event_size_and_shape,
+    compute_event_id,
+    compute_room_id_v12,
+    hash_and_sign_event,
+)
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from homeserver.keys import SigningKey
+from homeserver.notifier import Notifier
+from homeserver.storage.events import EventStore, NewEvent
+from homeserver.storage.rooms import Room, RoomStore
+from homeserver.streams import Stream
+from homeserver.types import JsonDict
+
+logger = logging.getLogger(__name__)
+
+# How often a send is rebuilt when another writer moved the room on in between.
+MAX_BUILD_ATTEMPTS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class SentEvent:
+    event_id: str
+    stream_ordering: int
+
+
+@dataclass(frozen=True, slots=True)
+class Txn:
+    device_id: str
+    txn_id: str
+    scope: str
+
+
+class EventSender:
+    def __init__(self, events: EventStore, rooms: RoomStore, notifier: Notifier, clock: Clock,
+                 server_name: str, signing_key: SigningKey) -> None:
+        self._events = events
+        self._rooms = rooms
+        self._notifier = notifier
+        self._clock = clock
+        self._server_name = server_name
+        self._signing_key = signing_key
+        # One builder at a time per room on this worker; other workers are kept out by the
+        # compare-and-swap in EventStore.persist_event.
+        self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
+
+    def version(self, room: Room) -> RoomVersion:
+        return KNOWN_ROOM_VERSIONS[room.room_version]
+
+    def _finish(self, pdu: JsonDict, version: RoomVersion) -> str:
+        hash_and_sign_event(pdu, self._server_name, self._signing_key, version)
+        if len(canonical_json(pdu)) > MAX_PDU_BYTES:
+            raise MatrixError(Codes.TOO_LARGE, f"Event is larger than {MAX_PDU_BYTES} bytes")
+        return compute_event_id(pdu, version)
+
+    def build_create_event(self, version: RoomVersion, sender: str, content: JsonDict
+                           ) -> tuple[str, JsonDict, str]:
+        """(room_id, pdu, event_id) of a new room's ``m.room.create`` event."""
+        pdu: JsonDict = {
+            "type": "m.room.create", "state_key": "", "sender": sender, "content": content,
+            "origin_server_ts": self._clock.now_ms(), "depth": 1, "prev_events": [],
+            "auth_events": [],
+        }
+        if version.room_id_is_create_event_hash:
+            check_event_size_and_shape(pdu)
+            check_auth(version, pdu, {})
+            event_id = self._finish(pdu, version)
+            return compute_room_id_v12(pdu, version), pdu, event_id
+        room_id = _random_room_id(self._server_name)
+        pdu["room_id"] = room_id
+        check_event_size_and_shape(pdu)
+        check_auth(version, pdu, {})
+        return room_id, pdu, self._finish(pdu, version)
+
+    async def persist_create_event(self, room_id: str, pdu: JsonDict, event_id: str) -> SentEvent:
+        position = await self._events.persist_event(
+            NewEvent(pdu, event_id, room_id, {}), expected_latest=None)
+        if position is None:
+            raise MatrixError(Codes.ROOM_IN_USE, "Room already exists")
+        await self._notifier.notify(Stream.EVENTS, position, room_id=room_id,
+                                    user_ids=(pdu["sender"],))
+        return SentEvent(event_id, position)
+
+    async def send(self, room_id: str, sender: str, event_type: str, content: JsonDict, *,
+                   state_key: str | None = None, txn: Txn | None = None,
+                   redacts: str | None = None) -> SentEvent:
+        """Build the next event of the room on its current state, check it, persist it."""
+        lock = self._locks.get(room_id)
+        if lock is None:
+            lock = self._locks[room_id] = asyncio.Lock()
+        async with lock:
+            for _ in range(MAX_BUILD_ATTEMPTS):
+                room = await self._rooms.get_room(room_id)
+                if room is None or room.current_state_group is None:
+                    raise MatrixError(Codes.NOT_FOUND, "Unknown room")
+                new = await self._build(room, sender, event_type, content, state_key, txn,
+                                        redacts)
+                position = await self._events.persist_event(new, room.latest_event_id)
+                if position is not None:
+                    break
+            else:
+                raise MatrixError(Codes.UNKNOWN, "The room is too busy, try again",
+                                  status=503)
+        concerned = (state_key,) if event_type == "m.room.member" and state_key else ()
+        await self._notifier.notify(Stream.EVENTS, position, room_id=room_id,
+                                    user_ids=concerned)
+        return SentEvent(new.event_id, position)
+
+    async def _build(self, room: Room, sender: str, event_type: str, content: JsonDict,
+                     state_key: str | None, txn: Txn | None, redacts: str | None) -> NewEvent:
+        version = self.version(room)
+        assert room.current_state_group is not None
+        state = await self._events.get_state_ids(room.current_state_group)
+        wanted = auth_types_for_event(version, event_type, state_key, sender, content)
+        auth_ids = [state[k] for k in wanted if k in state]
+        create_id = state.get(("m.room.create", ""))
+        loaded = await self._events.get_events(
+            [*auth_ids, create_id] if create_id is not None else auth_ids)
+        pdu: JsonDict = {
+            "room_id": room.room_id, "sender": sender, "type": event_type, "content": content,
+            "origin_server_ts": self._clock.now_ms(), "depth": room.current_depth + 1,
+            "prev_events": [room.latest_event_id], "auth_events": auth_ids,
+        }
+        if state_key is not None:
+            pdu["state_key"] = state_key
+        if redacts is not None:
+            if version.redacts_in_content:
+                pdu["content"] = {**content, "redacts": redacts}
+            else:
+                pdu["redacts"] = redacts
+        check_event_size_and_shape(pdu)
+        auth_events = {(e.type, e.state_key or ""): e.pdu for e in loaded.values()
+                       if e.event_id in auth_ids}
+        create = loaded[create_id].pdu if create_id in loaded else None
+        check_auth(version, pdu, auth_events, create_event=create)
+        event_id = self._finish(pdu, version)
+        unsigned: JsonDict = {}
+        if state_key is not None:
+            replaced = state.get((event_type, state_key))
+            if replaced is not None:
+                previous = await self._events.get_event(replaced)
+                unsigned["replaces_state"] = replaced
+                if previous is not None:
+                    unsigned["prev_content"] = previous.content
+                    unsigned["prev_sender"] = previous.sender
+        return NewEvent(pdu, event_id, room.room_id, unsigned,
+                        device_id=txn.device_id if txn else None,
+                        txn_id=txn.txn_id if txn else None,
+                        txn_scope=txn.scope if txn else None)
+
+
+def _random_room_id(server_name: str) -> str:
+    return f"!{secrets.token_urlsafe(18)}:{server_name}"

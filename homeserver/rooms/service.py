@@ -1,0 +1,329 @@
+"""Sending into a room and reading it back: events, state, members, /messages, /context."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from homeserver.clock import Clock
+from homeserver.errors import Codes, MatrixError
+from homeserver.events.auth import client_can_redact
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from homeserver.filtering import EventFilter
+from homeserver.jsonutil import check_json_numbers
+from homeserver.rooms.sender import EventSender, Txn
+from homeserver.rooms.serialize import client_event
+from homeserver.rooms.visibility import Visibility
+from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.storage.rooms import Membership, Room, RoomStore
+from homeserver.streams import Stream, StreamToken
+from homeserver.types import JsonDict, Requester
+
+DEFAULT_MESSAGES_LIMIT = 10
+MAX_MESSAGES_LIMIT = 1000
+# Event types clients may not send through /send or /state: they go through their own APIs.
+_MEMBERSHIP = "m.room.member"
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    chunk: list[JsonDict]
+    start: str
+    end: str | None
+    state: list[JsonDict]
+
+
+def position_token(position: int) -> str:
+    """A /messages token: the gap just after the event at ``position``."""
+    return f"s{position}"
+
+
+def parse_position(token: str) -> int:
+    return StreamToken.parse(token).get(Stream.EVENTS)
+
+
+class RoomService:
+    def __init__(self, sender: EventSender, events: EventStore, rooms: RoomStore,
+                 visibility: Visibility, clock: Clock) -> None:
+        self._sender = sender
+        self._events = events
+        self._rooms = rooms
+        self._visibility = visibility
+        self._clock = clock
+
+    # --- sending ---------------------------------------------------------------------------
+
+    async def send_event(self, requester: Requester, room_id: str, event_type: str,
+                         txn_id: str, content: JsonDict) -> str:
+        """PUT /send: idempotent per device and transaction ID."""
+        scope = f"send:{room_id}:{event_type}"
+        known = await self._events.get_txn_event_id(requester.user_id, requester.device_id,
+                                                    scope, txn_id)
+        if known is not None:
+            return known
+        check_json_numbers(content, "content")
+        if event_type == _MEMBERSHIP:
+            raise MatrixError(Codes.FORBIDDEN, "Use the membership endpoints for m.room.member")
+        await self._require_joined(requester.user_id, room_id)
+        sent = await self._sender.send(room_id, requester.user_id, event_type, content,
+                                       txn=Txn(requester.device_id, txn_id, scope))
+        return sent.event_id
+
+    async def set_state(self, requester: Requester, room_id: str, event_type: str,
+                        state_key: str, content: JsonDict) -> str:
+        check_json_numbers(content, "content")
+        if event_type == _MEMBERSHIP:
+            raise MatrixError(Codes.FORBIDDEN, "Use the membership endpoints for m.room.member")
+        if event_type == "m.room.create":
+            raise MatrixError(Codes.FORBIDDEN, "The create event cannot be replaced")
+        await self._require_joined(requester.user_id, room_id)
+        current = await self._events.get_current_state_event(room_id, event_type, state_key)
+        if current is not None and current.content == content and current.redacted_by is None:
+            # Same content: no new event (as current servers do, and clients rely on).
+            return current.event_id
+        sent = await self._sender.send(room_id, requester.user_id, event_type, content,
+                                       state_key=state_key)
+        return sent.event_id
+
+    async def redact(self, requester: Requester, room_id: str, event_id: str, txn_id: str,
+                     reason: str | None) -> str:
+        scope = f"redact:{room_id}"
+        known = await self._events.get_txn_event_id(requester.user_id, requester.device_id,
+                                                    scope, txn_id)
+        if known is not None:
+            return known
+        room = await self._require_joined(requester.user_id, room_id)
+        target = await self._events.get_event(event_id)
+        if target is None or target.room_id != room_id:
+            raise MatrixError(Codes.NOT_FOUND, "Event not found")
+        version = KNOWN_ROOM_VERSIONS[room.room_version]
+        pl = await self._events.get_current_state_event(room_id, "m.room.power_levels", "")
+        create = await self._events.get_current_state_event(room_id, "m.room.create", "")
+        if not client_can_redact(version, requester.user_id, target.sender,
+                                 pl.content if pl else None, create.pdu if create else None):
+            raise MatrixError(Codes.FORBIDDEN, "You may not redact this event")
+        content: JsonDict = {"reason": reason} if reason is not None else {}
+        sent = await self._sender.send(room_id, requester.user_id, "m.room.redaction", content,
+                                       txn=Txn(requester.device_id, txn_id, scope),
+                                       redacts=event_id)
+        return sent.event_id
+
+    async def _require_joined(self, user_id: str, room_id: str) -> Room:
+        room = await self._rooms.get_room(room_id)
+        m = await self._rooms.get_membership(room_id, user_id) if room else None
+        if room is None or m is None or m.membership != "join":
+            raise MatrixError(Codes.FORBIDDEN, "You are not joined to this room")
+        return room
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def _access(self, user_id: str, room_id: str) -> tuple[Room, Membership | None]:
+        """The room, and the user's membership; M_FORBIDDEN if they may see nothing in it."""
+        room = await self._rooms.get_room(room_id)
+        if room is None:
+            raise MatrixError(Codes.FORBIDDEN, "You are not in this room")
+        m = await self._rooms.get_membership(room_id, user_id)
+        if m is None or m.membership not in ("join", "leave", "ban", "invite"):
+            hv = await self._events.get_current_state_event(
+                room_id, "m.room.history_visibility", "")
+            if hv is None or hv.content.get("history_visibility") != "world_readable":
+                raise MatrixError(Codes.FORBIDDEN, "You are not in this room")
+        return room, m
+
+    def _upto(self, m: Membership | None) -> int | None:
+        """Users who left see the room as it was when they left."""
+        if m is not None and m.membership in ("leave", "ban"):
+            return m.stream_ordering
+        return None
+
+    async def serialize(self, requester: Requester, events: Sequence[StoredEvent],
+                        room_version: str, *, with_room_id: bool = True) -> list[JsonDict]:
+        redaction_ids = [e.redacted_by for e in events if e.redacted_by is not None]
+        redactions = await self._events.get_events(redaction_ids) if redaction_ids else {}
+        now = self._clock.now_ms()
+        return [client_event(e, now, room_version, requester=requester,
+                             redaction=redactions.get(e.redacted_by) if e.redacted_by else None,
+                             with_room_id=with_room_id) for e in events]
+
+    async def get_event(self, requester: Requester, room_id: str, event_id: str) -> JsonDict:
+        room, _ = await self._access(requester.user_id, room_id)
+        event = await self._events.get_event(event_id)
+        if event is None or event.room_id != room_id:
+            raise MatrixError(Codes.NOT_FOUND, "Event not found")
+        if not await self._visibility.filter_events(requester.user_id, [event]):
+            raise MatrixError(Codes.NOT_FOUND, "Event not found")
+        return (await self.serialize(requester, [event], room.room_version))[0]
+
+    async def get_state(self, requester: Requester, room_id: str) -> list[JsonDict]:
+        room, m = await self._access(requester.user_id, room_id)
+        upto = self._upto(m)
+        if upto is None:
+            state = await self._events.get_current_state_events(room_id)
+        else:
+            leave = await self._events.get_event(m.event_id) if m else None
+            ids = await self._events.get_state_ids(leave.state_group) if leave else {}
+            state = list((await self._events.get_events(ids.values())).values())
+        return await self.serialize(requester, state, room.room_version)
+
+    async def get_state_event(self, requester: Requester, room_id: str, event_type: str,
+                              state_key: str) -> StoredEvent:
+        _, m = await self._access(requester.user_id, room_id)
+        upto = self._upto(m)
+        if upto is None:
+            event = await self._events.get_current_state_event(room_id, event_type, state_key)
+        else:
+            leave = await self._events.get_event(m.event_id) if m else None
+            ids = await self._events.get_state_ids(leave.state_group) if leave else {}
+            found = ids.get((event_type, state_key))
+            event = await self._events.get_event(found) if found else None
+        if event is None:
+            raise MatrixError(Codes.NOT_FOUND, "No such state event")
+        return event
+
+    async def state_content(self, requester: Requester, room_id: str, event_type: str,
+                            state_key: str) -> JsonDict:
+        event = await self.get_state_event(requester, room_id, event_type, state_key)
+        room = await self._rooms.get_room(room_id)
+        assert room is not None
+        return (await self.serialize(requester, [event], room.room_version))[0]["content"]
+
+    async def members(self, requester: Requester, room_id: str, *, at: str | None,
+                      membership: str | None, not_membership: str | None) -> list[JsonDict]:
+        room, m = await self._access(requester.user_id, room_id)
+        upto = self._upto(m)
+        if at is not None:
+            position = parse_position(at)
+            upto = position if upto is None else min(upto, position)
+        if upto is None:
+            events = [e for e in await self._events.get_current_state_events(room_id)
+                      if e.type == _MEMBERSHIP]
+        else:
+            last = await self._events.get_max_stream_ordering_before(room_id, upto)
+            events = []
+            if last is not None:
+                latest = await self._events.get_room_events(room_id, upto=last, limit=1,
+                                                            descending=True)
+                ids = await self._events.get_state_ids(latest[0].state_group)
+                loaded = await self._events.get_events(
+                    i for (t, _), i in ids.items() if t == _MEMBERSHIP)
+                events = list(loaded.values())
+        events = [e for e in events
+                  if (membership is None or e.content.get("membership") == membership)
+                  and (not_membership is None or e.content.get("membership") != not_membership)]
+        events.sort(key=lambda e: e.state_key or "")
+        return await self.serialize(requester, events, room.room_version)
+
+    async def joined_members(self, requester: Requester, room_id: str) -> JsonDict:
+        await self._access(requester.user_id, room_id)
+        members = await self._rooms.get_room_members(room_id, ["join"])
+        out: JsonDict = {}
+        for member in members:
+            entry: JsonDict = {}
+            if member.displayname is not None:
+                entry["display_name"] = member.displayname
+            if member.avatar_url is not None:
+                entry["avatar_url"] = member.avatar_url
+            out[member.user_id] = entry
+        return out
+
+    async def messages(self, requester: Requester, room_id: str, *, from_token: str | None,
+                       to_token: str | None, backwards: bool, limit: int | None,
+                       event_filter: EventFilter) -> Page:
+        room, m = await self._access(requester.user_id, room_id)
+        limit = DEFAULT_MESSAGES_LIMIT if limit is None else max(0, min(limit,
+                                                                          MAX_MESSAGES_LIMIT))
+        if event_filter.limit is not None:
+            limit = min(limit, event_filter.limit)
+        upto_membership = self._upto(m)
+        if from_token is not None:
+            start = parse_position(from_token)
+        elif backwards:
+            start = (await self._events.get_max_stream_ordering_before(room_id, 2**62)) or 0
+        else:
+            start = 0
+        bound = parse_position(to_token) if to_token is not None else None
+        chunk: list[StoredEvent] = []
+        cursor = start
+        exhausted = False
+        while len(chunk) < limit and not exhausted:
+            want = limit - len(chunk)
+            if backwards:
+                upto = cursor if upto_membership is None else min(cursor, upto_membership)
+                batch = await self._events.get_room_events(room_id, after=bound, upto=upto,
+                                                           limit=want, descending=True)
+                if batch:
+                    cursor = batch[-1].stream_ordering - 1
+            else:
+                upto = bound if upto_membership is None else (
+                    upto_membership if bound is None else min(bound, upto_membership))
+                batch = await self._events.get_room_events(room_id, after=cursor, upto=upto,
+                                                           limit=want, descending=False)
+                if batch:
+                    cursor = batch[-1].stream_ordering
+            exhausted = len(batch) < want
+            allowed = [e for e in batch if event_filter.allows(e)]
+            chunk.extend(await self._visibility.filter_events(requester.user_id, allowed))
+            if limit == 0:
+                break
+        serialized = await self.serialize(requester, chunk, room.room_version)
+        state: list[JsonDict] = []
+        if event_filter.lazy_load_members and chunk:
+            state = await self._member_events_for(requester, room, chunk)
+        end = None if exhausted or limit == 0 else position_token(cursor)
+        return Page(serialized, from_token or position_token(start), end, state)
+
+    async def _member_events_for(self, requester: Requester, room: Room,
+                                 events: Sequence[StoredEvent]) -> list[JsonDict]:
+        """Lazy-loading: the member events of the senders, as of the events' state."""
+        wanted: dict[str, str] = {}
+        for event in events:
+            if event.sender in wanted:
+                continue
+            state = await self._events.get_state_ids(event.state_group)
+            member_id = state.get((_MEMBERSHIP, event.sender))
+            if member_id is not None:
+                wanted[event.sender] = member_id
+        loaded = await self._events.get_events(wanted.values())
+        return await self.serialize(requester, list(loaded.values()), room.room_version)
+
+    async def context(self, requester: Requester, room_id: str, event_id: str, limit: int,
+                      event_filter: EventFilter) -> JsonDict:
+        room, m = await self._access(requester.user_id, room_id)
+        event = await self._events.get_event(event_id)
+        if event is None or event.room_id != room_id or not \
+                await self._visibility.filter_events(requester.user_id, [event]):
+            raise MatrixError(Codes.NOT_FOUND, "Event not found")
+        before_n = limit // 2
+        after_n = limit - before_n
+        upto = self._upto(m)
+        before = await self._events.get_room_events(room_id, upto=event.stream_ordering - 1,
+                                                    limit=before_n, descending=True)
+        after = await self._events.get_room_events(
+            room_id, after=event.stream_ordering, upto=upto, limit=after_n, descending=False)
+        before = await self._visibility.filter_events(
+            requester.user_id, [e for e in before if event_filter.allows(e)])
+        after = await self._visibility.filter_events(
+            requester.user_id, [e for e in after if event_filter.allows(e)])
+        last = after[-1] if after else event
+        state_ids = await self._events.get_state_ids(last.state_group)
+        if event_filter.lazy_load_members:
+            senders = {e.sender for e in (*before, event, *after)}
+            state_ids = {k: v for k, v in state_ids.items()
+                         if k[0] != _MEMBERSHIP or k[1] in senders}
+        state = list((await self._events.get_events(state_ids.values())).values())
+        start = (before[-1].stream_ordering - 1) if before else event.stream_ordering - 1
+        end = after[-1].stream_ordering if after else event.stream_ordering
+        return {
+            "event": (await self.serialize(requester, [event], room.room_version))[0],
+            "events_before": await self.serialize(requester, before, room.room_version),
+            "events_after": await self.serialize(requester, after, room.room_version),
+            "state": await self.serialize(requester, state, room.room_version),
+            "start": position_token(start),
+            "end": position_token(end),
+        }
+
+    async def room_version(self, room_id: str) -> str:
+        room = await self._rooms.get_room(room_id)
+        if room is None:
+            raise MatrixError(Codes.NOT_FOUND, "Unknown room")
+        return room.room_version

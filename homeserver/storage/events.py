@@ -1,0 +1,303 @@
+"""Events, room state and memberships: what commits together when an event is persisted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from cachetools import LRUCache
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from homeserver import jsonutil
+from homeserver.storage.database import Database
+from homeserver.storage.schema import (
+    current_state,
+    event_txns,
+    events,
+    room_memberships,
+    rooms,
+    state_group_entries,
+    state_groups,
+)
+from homeserver.streams import Stream
+from homeserver.types import JsonDict
+
+StateKey = tuple[str, str]
+StateMap = dict[StateKey, str]  # (type, state_key) -> event_id
+
+# A state group stores only its delta from the previous one; every this many deltas a full
+# snapshot is written, so reading any state walks at most this many groups.
+MAX_STATE_CHAIN = 50
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    stream_ordering: int
+    event_id: str
+    room_id: str
+    type: str
+    state_key: str | None
+    sender: str
+    origin_server_ts: int
+    depth: int
+    pdu: JsonDict
+    unsigned: JsonDict
+    state_group: int
+    redacted_by: str | None
+    device_id: str | None
+    txn_id: str | None
+
+    @property
+    def content(self) -> JsonDict:
+        content: JsonDict = self.pdu.get("content", {})
+        return content
+
+    @property
+    def is_state(self) -> bool:
+        return self.state_key is not None
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event ready to persist, with what its persistence must also record."""
+
+    pdu: JsonDict
+    event_id: str
+    room_id: str
+    unsigned: JsonDict
+    device_id: str | None = None
+    txn_id: str | None = None
+    txn_scope: str | None = None
+
+
+_EVENT_COLUMNS = (events.c.stream_ordering, events.c.event_id, events.c.room_id, events.c.type,
+                  events.c.state_key, events.c.sender, events.c.origin_server_ts, events.c.depth,
+                  events.c.json, events.c.unsigned_json, events.c.state_group,
+                  events.c.redacted_by, events.c.device_id, events.c.txn_id)
+
+
+def _to_event(r: Any) -> StoredEvent:
+    return StoredEvent(
+        int(r.stream_ordering), r.event_id, r.room_id, r.type, r.state_key, r.sender,
+        int(r.origin_server_ts), int(r.depth), jsonutil.loads(r.json),
+        jsonutil.loads(r.unsigned_json) if r.unsigned_json else {}, int(r.state_group),
+        r.redacted_by, r.device_id, r.txn_id)
+
+
+class EventStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        # State groups never change once written.
+        self._state_cache: LRUCache[int, StateMap] = LRUCache(maxsize=2000)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    async def persist_event(self, new: NewEvent, expected_latest: str | None) -> int | None:
+        """Persist one event as the room's new forward extremity, in one transaction.
+
+        Returns its stream position, or None when the room's latest event is no longer
+        ``expected_latest`` (another writer got there first: rebuild and try again).
+        """
+        pdu = new.pdu
+        state_key: str | None = pdu.get("state_key")
+        async with self._db.write() as conn:
+            room = (await conn.execute(
+                sa.select(rooms.c.latest_event_id, rooms.c.current_state_group)
+                .where(rooms.c.room_id == new.room_id)
+                .with_for_update())).first()
+            if room is None or room.latest_event_id != expected_latest:
+                return None
+            group = room.current_state_group
+            if state_key is not None:
+                group = await self._add_state_group(conn, new.room_id, group,
+                                                    {(pdu["type"], state_key): new.event_id})
+            await conn.execute(sa.update(rooms).where(rooms.c.room_id == new.room_id).values(
+                latest_event_id=new.event_id, current_depth=pdu["depth"],
+                current_state_group=group))
+            position = await self._db.next_position(conn, Stream.EVENTS)
+            await conn.execute(sa.insert(events).values(
+                stream_ordering=position, event_id=new.event_id, room_id=new.room_id,
+                type=pdu["type"], state_key=state_key, sender=pdu["sender"],
+                depth=pdu["depth"], origin_server_ts=pdu["origin_server_ts"],
+                json=jsonutil.dumps_str(pdu),
+                unsigned_json=jsonutil.dumps_str(new.unsigned) if new.unsigned else None,
+                state_group=group, device_id=new.device_id, txn_id=new.txn_id))
+            if state_key is not None:
+                await self._update_current_state(conn, new, state_key, position)
+            redacts = _redacts(pdu)
+            if pdu["type"] == "m.room.redaction" and redacts is not None:
+                await conn.execute(sa.update(events).where(
+                    events.c.event_id == redacts, events.c.room_id == new.room_id,
+                    events.c.redacted_by.is_(None)).values(redacted_by=new.event_id))
+            if new.txn_id is not None and new.device_id is not None:
+                await conn.execute(sa.insert(event_txns).values(
+                    user_id=pdu["sender"], device_id=new.device_id, scope=new.txn_scope or "",
+                    txn_id=new.txn_id, event_id=new.event_id,
+                    created_ts=pdu["origin_server_ts"]))
+        return position
+
+    async def _add_state_group(self, conn: AsyncConnection, room_id: str, prev: int | None,
+                               delta: StateMap) -> int:
+        chain = 0
+        if prev is not None:
+            chain = int((await conn.execute(sa.select(state_groups.c.chain_length)
+                                            .where(state_groups.c.id == prev))).scalar_one())
+        snapshot = prev is None or chain + 1 >= MAX_STATE_CHAIN
+        entries = delta
+        if snapshot and prev is not None:
+            entries = {**await self._state_for_group(conn, prev), **delta}
+        group = int((await conn.execute(sa.insert(state_groups).values(
+            room_id=room_id, prev_group=prev, is_snapshot=snapshot,
+            chain_length=0 if snapshot else chain + 1).returning(state_groups.c.id)))
+            .scalar_one())
+        await conn.execute(sa.insert(state_group_entries), [
+            {"state_group": group, "type": t, "state_key": k, "event_id": e}
+            for (t, k), e in entries.items()])
+        return group
+
+    async def _update_current_state(self, conn: AsyncConnection, new: NewEvent, state_key: str,
+                                    position: int) -> None:
+        pdu = new.pdu
+        await conn.execute(self._db.upsert(current_state, {
+            "room_id": new.room_id, "type": pdu["type"], "state_key": state_key,
+            "event_id": new.event_id}, keys=("room_id", "type", "state_key")))
+        if pdu["type"] != "m.room.member":
+            return
+        content = pdu.get("content", {})
+        displayname = content.get("displayname")
+        avatar_url = content.get("avatar_url")
+        await conn.execute(self._db.upsert(room_memberships, {
+            "room_id": new.room_id, "user_id": state_key,
+            "membership": content.get("membership"), "event_id": new.event_id,
+            "sender": pdu["sender"], "stream_ordering": position, "forgotten": False,
+            "displayname": displayname if isinstance(displayname, str) else None,
+            "avatar_url": avatar_url if isinstance(avatar_url, str) else None,
+        }, keys=("room_id", "user_id")))
+
+    # --- reading events --------------------------------------------------------------------
+
+    async def get_event(self, event_id: str) -> StoredEvent | None:
+        found = await self.get_events([event_id])
+        return found.get(event_id)
+
+    async def get_events(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return {}
+        async with self._db.read() as conn:
+            rows = (await conn.execute(sa.select(*_EVENT_COLUMNS)
+                                       .where(events.c.event_id.in_(ids)))).all()
+        return {r.event_id: _to_event(r) for r in rows}
+
+    async def get_txn_event_id(self, user_id: str, device_id: str, scope: str,
+                               txn_id: str) -> str | None:
+        async with self._db.read() as conn:
+            value = (await conn.execute(sa.select(event_txns.c.event_id).where(
+                event_txns.c.user_id == user_id, event_txns.c.device_id == device_id,
+                event_txns.c.scope == scope, event_txns.c.txn_id == txn_id))).scalar()
+        return value
+
+    async def get_room_events(self, room_id: str, *, after: int | None = None,
+                              upto: int | None = None, limit: int,
+                              descending: bool) -> list[StoredEvent]:
+        """Events of one room with ``after < stream_ordering <= upto``, newest or oldest first."""
+        query = sa.select(*_EVENT_COLUMNS).where(events.c.room_id == room_id)
+        if after is not None:
+            query = query.where(events.c.stream_ordering > after)
+        if upto is not None:
+            query = query.where(events.c.stream_ordering <= upto)
+        order = events.c.stream_ordering.desc() if descending else events.c.stream_ordering.asc()
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query.order_by(order).limit(limit))).all()
+        return [_to_event(r) for r in rows]
+
+    async def get_rooms_changed(self, room_ids: Sequence[str], after: int, upto: int
+                                ) -> set[str]:
+        """Which of ``room_ids`` have events in ``(after, upto]``."""
+        if not room_ids or upto <= after:
+            return set()
+        async with self._db.read() as conn:
+            rows = (await conn.execute(sa.select(events.c.room_id).distinct().where(
+                events.c.stream_ordering > after, events.c.stream_ordering <= upto,
+                events.c.room_id.in_(list(room_ids))))).all()
+        return {r.room_id for r in rows}
+
+    async def get_max_stream_ordering_before(self, room_id: str, upto: int) -> int | None:
+        async with self._db.read() as conn:
+            value = (await conn.execute(sa.select(sa.func.max(events.c.stream_ordering)).where(
+                events.c.room_id == room_id, events.c.stream_ordering <= upto))).scalar()
+        return int(value) if value is not None else None
+
+    # --- reading state ---------------------------------------------------------------------
+
+    async def get_state_ids(self, state_group: int) -> StateMap:
+        cached = self._state_cache.get(state_group)
+        if cached is None:
+            async with self._db.read() as conn:
+                cached = await self._state_for_group(conn, state_group)
+            self._state_cache[state_group] = cached
+        return dict(cached)
+
+    async def get_state_before(self, event: StoredEvent) -> StateMap:
+        """The state the event was sent in (for a state event, without itself)."""
+        if event.state_key is None:
+            return await self.get_state_ids(event.state_group)
+        async with self._db.read() as conn:
+            prev = (await conn.execute(sa.select(state_groups.c.prev_group).where(
+                state_groups.c.id == event.state_group))).scalar()
+        return await self.get_state_ids(int(prev)) if prev is not None else {}
+
+    async def _state_for_group(self, conn: AsyncConnection, group: int) -> StateMap:
+        # Walk from the group back to the nearest snapshot, then apply the deltas oldest first.
+        chain = sa.select(state_groups.c.id, state_groups.c.prev_group,
+                          state_groups.c.is_snapshot, sa.literal(0).label("n")).where(
+            state_groups.c.id == group).cte("chain", recursive=True)
+        parent = state_groups.alias("parent")
+        chain = chain.union_all(
+            sa.select(parent.c.id, parent.c.prev_group, parent.c.is_snapshot,
+                      (chain.c.n + 1).label("n"))
+            .where(parent.c.id == chain.c.prev_group, chain.c.is_snapshot.is_(False)))
+        rows = (await conn.execute(
+            sa.select(chain.c.n, state_group_entries.c.type, state_group_entries.c.state_key,
+                      state_group_entries.c.event_id)
+            .join(state_group_entries, state_group_entries.c.state_group == chain.c.id)
+            .order_by(chain.c.n.desc()))).all()
+        state: StateMap = {}
+        for r in rows:
+            state[(r.type, r.state_key)] = r.event_id
+        return state
+
+    async def get_current_state_ids(self, room_id: str,
+                                    types: Iterable[str] | None = None) -> StateMap:
+        query = sa.select(current_state.c.type, current_state.c.state_key,
+                          current_state.c.event_id).where(current_state.c.room_id == room_id)
+        if types is not None:
+            query = query.where(current_state.c.type.in_(list(types)))
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return {(r.type, r.state_key): r.event_id for r in rows}
+
+    async def get_current_state_event(self, room_id: str, event_type: str,
+                                      state_key: str) -> StoredEvent | None:
+        query = (sa.select(*_EVENT_COLUMNS)
+                 .join(current_state, current_state.c.event_id == events.c.event_id)
+                 .where(current_state.c.room_id == room_id, current_state.c.type == event_type,
+                        current_state.c.state_key == state_key))
+        async with self._db.read() as conn:
+            r = (await conn.execute(query)).first()
+        return _to_event(r) if r is not None else None
+
+    async def get_current_state_events(self, room_id: str) -> list[StoredEvent]:
+        query = (sa.select(*_EVENT_COLUMNS)
+                 .join(current_state, current_state.c.event_id == events.c.event_id)
+                 .where(current_state.c.room_id == room_id))
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_to_event(r) for r in rows]
+
+
+def _redacts(pdu: JsonDict) -> str | None:
+    value = pdu.get("content", {}).get("redacts", pdu.get("redacts"))
+    return value if isinstance(value, str) else None

@@ -1,0 +1,178 @@
+"""Rooms, their memberships as of now, aliases and the public room directory."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from homeserver.storage.database import Database
+from homeserver.storage.schema import current_state, events, room_aliases, room_memberships, rooms
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    room_id: str
+    room_version: str
+    creator: str
+    is_public: bool
+    latest_event_id: str | None
+    current_depth: int
+    current_state_group: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    room_id: str
+    user_id: str
+    membership: str
+    event_id: str
+    stream_ordering: int
+    forgotten: bool
+    displayname: str | None = None
+    avatar_url: str | None = None
+
+
+def _membership(r: sa.Row[tuple[object, ...]]) -> Membership:
+    return Membership(r.room_id, r.user_id, r.membership, r.event_id, int(r.stream_ordering),
+                      bool(r.forgotten), r.displayname, r.avatar_url)
+
+
+class RoomStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create_room(self, room_id: str, room_version: str, creator: str,
+                          created_ts: int, is_public: bool) -> bool:
+        async with self._db.write() as conn:
+            result = await conn.execute(self._db.insert_ignore(rooms, {
+                "room_id": room_id, "room_version": room_version, "creator": creator,
+                "created_ts": created_ts, "is_public": is_public, "current_depth": 0},
+                keys=("room_id",)))
+        return result.rowcount > 0
+
+    async def get_room(self, room_id: str) -> Room | None:
+        async with self._db.read() as conn:
+            r = (await conn.execute(sa.select(rooms).where(rooms.c.room_id == room_id))).first()
+        if r is None:
+            return None
+        return Room(r.room_id, r.room_version, r.creator, bool(r.is_public), r.latest_event_id,
+                    int(r.current_depth), r.current_state_group)
+
+    async def set_public(self, room_id: str, is_public: bool) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(sa.update(rooms).where(rooms.c.room_id == room_id)
+                               .values(is_public=is_public))
+
+    # --- memberships -----------------------------------------------------------------------
+
+    async def get_membership(self, room_id: str, user_id: str) -> Membership | None:
+        async with self._db.read() as conn:
+            r = (await conn.execute(sa.select(room_memberships).where(
+                room_memberships.c.room_id == room_id,
+                room_memberships.c.user_id == user_id))).first()
+        return _membership(r) if r is not None else None
+
+    async def get_user_memberships(self, user_id: str,
+                                   memberships: Sequence[str] | None = None
+                                   ) -> list[Membership]:
+        query = sa.select(room_memberships).where(room_memberships.c.user_id == user_id)
+        if memberships is not None:
+            query = query.where(room_memberships.c.membership.in_(list(memberships)))
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_membership(r) for r in rows]
+
+    async def get_room_members(self, room_id: str, memberships: Sequence[str] | None = None
+                               ) -> list[Membership]:
+        query = sa.select(room_memberships).where(room_memberships.c.room_id == room_id)
+        if memberships is not None:
+            query = query.where(room_memberships.c.membership.in_(list(memberships)))
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query.order_by(room_memberships.c.user_id))).all()
+        return [_membership(r) for r in rows]
+
+    async def count_joined(self, room_ids: Sequence[str]) -> dict[str, int]:
+        if not room_ids:
+            return {}
+        async with self._db.read() as conn:
+            rows = (await conn.execute(
+                sa.select(room_memberships.c.room_id, sa.func.count())
+                .where(room_memberships.c.room_id.in_(list(room_ids)),
+                       room_memberships.c.membership == "join")
+                .group_by(room_memberships.c.room_id))).all()
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def set_forgotten(self, room_id: str, user_id: str) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(sa.update(room_memberships).where(
+                room_memberships.c.room_id == room_id, room_memberships.c.user_id == user_id)
+                .values(forgotten=True))
+
+    async def share_a_room(self, user_a: str, user_b: str) -> bool:
+        a = room_memberships.alias("a")
+        b = room_memberships.alias("b")
+        async with self._db.read() as conn:
+            found = (await conn.execute(sa.select(a.c.room_id).join(
+                b, a.c.room_id == b.c.room_id).where(
+                a.c.user_id == user_a, b.c.user_id == user_b, a.c.membership == "join",
+                b.c.membership == "join").limit(1))).first()
+        return found is not None
+
+    # --- aliases ---------------------------------------------------------------------------
+
+    async def create_alias(self, alias: str, room_id: str, creator: str) -> bool:
+        async with self._db.write() as conn:
+            result = await conn.execute(self._db.insert_ignore(room_aliases, {
+                "alias": alias, "room_id": room_id, "creator": creator}, keys=("alias",)))
+        return result.rowcount > 0
+
+    async def get_alias(self, alias: str) -> tuple[str, str] | None:
+        """(room_id, creator) of an alias."""
+        async with self._db.read() as conn:
+            r = (await conn.execute(sa.select(room_aliases.c.room_id, room_aliases.c.creator)
+                                    .where(room_aliases.c.alias == alias))).first()
+        return (r.room_id, r.creator) if r is not None else None
+
+    async def delete_alias(self, alias: str) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(sa.delete(room_aliases).where(room_aliases.c.alias == alias))
+
+    async def get_aliases(self, room_id: str) -> list[str]:
+        async with self._db.read() as conn:
+            rows = (await conn.execute(sa.select(room_aliases.c.alias).where(
+                room_aliases.c.room_id == room_id).order_by(room_aliases.c.alias))).all()
+        return [r.alias for r in rows]
+
+    # --- directory -------------------------------------------------------------------------
+
+    async def get_public_room_ids(self) -> list[tuple[str, int]]:
+        """Public rooms with their joined-member counts, largest first (then by room ID)."""
+        joined = (sa.select(room_memberships.c.room_id, sa.func.count().label("n"))
+                  .where(room_memberships.c.membership == "join")
+                  .group_by(room_memberships.c.room_id).subquery())
+        query = (sa.select(rooms.c.room_id, sa.func.coalesce(joined.c.n, 0).label("n"))
+                 .outerjoin(joined, joined.c.room_id == rooms.c.room_id)
+                 .where(rooms.c.is_public.is_(True))
+                 .order_by(sa.desc("n"), rooms.c.room_id))
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(r.room_id, int(r.n)) for r in rows]
+
+    async def get_current_state_contents(self, room_ids: Sequence[str], types: Sequence[str]
+                                         ) -> dict[str, dict[str, str]]:
+        """room_id -> event type -> event JSON, for the state events with empty state keys."""
+        if not room_ids:
+            return {}
+        query = (sa.select(current_state.c.room_id, current_state.c.type, events.c.json)
+                 .join(events, events.c.event_id == current_state.c.event_id)
+                 .where(current_state.c.room_id.in_(list(room_ids)),
+                        current_state.c.type.in_(list(types)),
+                        current_state.c.state_key == ""))
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        out: dict[str, dict[str, str]] = {}
+        for r in rows:
+            out.setdefault(r.room_id, {})[r.type] = r.json
+        return out

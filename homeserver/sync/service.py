@@ -1,0 +1,216 @@
+"""Computes sync responses from storage, and holds long-polls until something arrives."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from homeserver.clock import Clock
+from homeserver.filtering import SyncFilter, apply_event_fields
+from homeserver.notifier import Notifier
+from homeserver.rooms.service import RoomService, position_token
+from homeserver.rooms.visibility import Visibility
+from homeserver.storage.database import Database
+from homeserver.storage.events import EventStore, StateMap, StoredEvent
+from homeserver.storage.rooms import Membership, RoomStore
+from homeserver.streams import Stream, StreamToken
+from homeserver.types import JsonDict, Requester
+
+# spec, "Stripped state": what an invited user sees of the room.
+STRIPPED_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
+                        "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
+MEMBER = "m.room.member"
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    since: StreamToken | None
+    timeout_ms: int
+    full_state: bool
+    filter: SyncFilter
+
+
+class SyncService:
+    def __init__(self, db: Database, events: EventStore, rooms: RoomStore,
+                 room_service: RoomService, visibility: Visibility, notifier: Notifier,
+                 clock: Clock) -> None:
+        self._db = db
+        self._events = events
+        self._rooms = rooms
+        self._room_service = room_service
+        self._visibility = visibility
+        self._notifier = notifier
+        self._clock = clock
+
+    async def sync(self, requester: Requester, req: SyncRequest) -> JsonDict:
+        if req.since is None or req.full_state or req.timeout_ms <= 0:
+            return await self._compute(requester, req)
+        memberships = await self._rooms.get_user_memberships(requester.user_id)
+        room_ids = [m.room_id for m in memberships if m.membership in ("join", "invite")]
+        # Listen before computing, so that a wake-up during the computation is not lost.
+        listener = self._notifier.listen(requester.user_id, room_ids)
+        try:
+            deadline = time.monotonic() + req.timeout_ms / 1000
+            while True:
+                listener.clear()
+                response = await self._compute(requester, req)
+                remaining = deadline - time.monotonic()
+                if not _is_empty(response) or remaining <= 0:
+                    return response
+                if not await listener.wait(remaining):
+                    return await self._compute(requester, req)
+        finally:
+            self._notifier.unlisten(listener, requester.user_id, room_ids)
+
+    async def _compute(self, requester: Requester, req: SyncRequest) -> JsonDict:
+        now = StreamToken(await self._db.current_positions())
+        since = req.since
+        upto = now.get(Stream.EVENTS)
+        after = since.get(Stream.EVENTS) if since is not None else None
+        memberships = await self._rooms.get_user_memberships(requester.user_id)
+        memberships = [m for m in memberships if req.filter.allows_room(m.room_id)]
+        if after is not None:
+            changed = await self._events.get_rooms_changed(
+                [m.room_id for m in memberships], after, upto)
+        joined: JsonDict = {}
+        invited: JsonDict = {}
+        left: JsonDict = {}
+        for m in memberships:
+            if m.stream_ordering > upto:
+                continue  # a change after our token: the next sync carries it
+            membership_changed = after is None or m.stream_ordering > after
+            if m.membership == "join":
+                if after is None or req.full_state or m.room_id in changed:
+                    newly = after is not None and membership_changed and \
+                        not await self._was_joined_before(m)
+                    joined[m.room_id] = await self._room_entry(
+                        requester, m.room_id, after, upto, req,
+                        full=after is None or req.full_state or newly)
+            elif m.membership == "invite":
+                if membership_changed:
+                    invited[m.room_id] = {"invite_state": {
+                        "events": await self._stripped_state(m)}}
+            elif m.membership in ("leave", "ban") and not m.forgotten:
+                include = (req.filter.include_leave or req.full_state) if after is None \
+                    else membership_changed
+                if include and await self._was_in_room(m):
+                    left[m.room_id] = await self._room_entry(
+                        requester, m.room_id, after, m.stream_ordering, req,
+                        full=after is None or req.full_state)
+        rooms: JsonDict = {}
+        if joined:
+            rooms["join"] = joined
+        if invited:
+            rooms["invite"] = invited
+        if left:
+            rooms["leave"] = left
+        response: JsonDict = {"next_batch": now.serialize()}
+        if rooms:
+            response["rooms"] = rooms
+        return response
+
+    async def _was_joined_before(self, m: Membership) -> bool:
+        """Whether this join replaced a join (a profile change), not a new arrival."""
+        event = await self._events.get_event(m.event_id)
+        prev = event.unsigned.get("prev_content", {}) if event else {}
+        return isinstance(prev, dict) and prev.get("membership") == "join"
+
+    async def _was_in_room(self, m: Membership) -> bool:
+        """A leave that follows a join, invite or knock: a rejected invite counts too."""
+        event = await self._events.get_event(m.event_id)
+        prev = event.unsigned.get("prev_content", {}) if event else {}
+        return isinstance(prev, dict) and prev.get("membership") in ("join", "invite", "knock")
+
+    async def _room_entry(self, requester: Requester, room_id: str, after: int | None,
+                          upto: int, req: SyncRequest, *, full: bool) -> JsonDict:
+        f = req.filter
+        limit = f.timeline_limit
+        raw = await self._events.get_room_events(room_id, after=after, upto=upto,
+                                                 limit=limit + 1, descending=True)
+        limited = len(raw) > limit
+        raw = list(reversed(raw[:limit]))
+        timeline = await self._visibility.filter_events(
+            requester.user_id, [e for e in raw if f.timeline.allows(e)])
+        room_version = await self._room_service.room_version(room_id)
+
+        state_ids: StateMap = {}
+        if full or limited:
+            start_state = await self._state_before_timeline(room_id, raw, upto)
+            if full:
+                state_ids = start_state
+            else:
+                assert after is not None
+                since_state = await self._state_at_position(room_id, after)
+                state_ids = {k: v for k, v in start_state.items() if since_state.get(k) != v}
+        timeline_ids = {e.event_id for e in raw}
+        state_ids = {k: v for k, v in state_ids.items() if v not in timeline_ids}
+        if f.lazy_load_members:
+            senders = {e.sender for e in timeline} | {requester.user_id}
+            state_ids = {k: v for k, v in state_ids.items() if k[0] != MEMBER or k[1] in senders}
+            if not full:
+                state_ids.update(await self._members_of(room_id, raw, senders, state_ids))
+        loaded = await self._events.get_events(state_ids.values())
+        state = [e for e in loaded.values() if f.state.allows(e)]
+
+        prev_batch = position_token(raw[0].stream_ordering - 1) if raw else position_token(upto)
+        entry: JsonDict = {
+            "timeline": {
+                "events": self._shape(await self._room_service.serialize(
+                    requester, timeline, room_version, with_room_id=False), f),
+                "limited": limited,
+                "prev_batch": prev_batch,
+            },
+            "state": {"events": self._shape(await self._room_service.serialize(
+                requester, state, room_version, with_room_id=False), f)},
+        }
+        summary = await self._summary(requester.user_id, room_id)
+        if summary:
+            entry["summary"] = summary
+        return entry
+
+    def _shape(self, events: list[JsonDict], f: SyncFilter) -> list[JsonDict]:
+        if f.event_fields is None:
+            return events
+        return [apply_event_fields(e, f.event_fields) for e in events]
+
+    async def _members_of(self, room_id: str, raw: Sequence[StoredEvent], senders: set[str],
+                          have: StateMap) -> StateMap:
+        """Lazy-loading in an incremental sync: the senders' member events (redundantly)."""
+        if not raw:
+            return {}
+        state = await self._state_before_timeline(room_id, raw, raw[-1].stream_ordering)
+        return {k: v for k, v in state.items()
+                if k[0] == MEMBER and k[1] in senders and k not in have}
+
+    async def _state_before_timeline(self, room_id: str, raw: Sequence[StoredEvent],
+                                     upto: int) -> StateMap:
+        if raw:
+            return await self._events.get_state_before(raw[0])
+        return await self._state_at_position(room_id, upto)
+
+    async def _state_at_position(self, room_id: str, position: int) -> StateMap:
+        last = await self._events.get_room_events(room_id, upto=position, limit=1,
+                                                  descending=True)
+        if not last:
+            return {}
+        return await self._events.get_state_ids(last[0].state_group)
+
+    async def _summary(self, user_id: str, room_id: str) -> JsonDict:
+        members = await self._rooms.get_room_members(room_id, ["join", "invite"])
+        joined = sum(1 for m in members if m.membership == "join")
+        invited = len(members) - joined
+        heroes = [m.user_id for m in members if m.user_id != user_id][:5]
+        return {"m.joined_member_count": joined, "m.invited_member_count": invited,
+                "m.heroes": heroes}
+
+    async def _stripped_state(self, m: Membership) -> list[JsonDict]:
+        state = await self._events.get_current_state_ids(m.room_id, STRIPPED_STATE_TYPES)
+        ids = [i for (_, k), i in state.items() if k == ""] + [m.event_id]
+        loaded = await self._events.get_events(ids)
+        return [{"type": e.type, "state_key": e.state_key or "", "sender": e.sender,
+                 "content": e.content} for e in loaded.values()]
+
+
+def _is_empty(response: JsonDict) -> bool:
+    return not response.get("rooms")
