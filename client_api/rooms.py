@@ -79,7 +79,7 @@ async def join_room_by_id(request: Request) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/join"""
     hs = homeserver_of(request)
     requester = await require_user(request)
-    body = await parse_body(request, ReasonBody)
+    body = await parse_body(request, ReasonBody, empty_ok=True)
     room_id = _room_id(request)
     hs.ratelimiter.check(Action.JOIN, requester.user_id)
     await hs.memberships.join(requester, room_id, body.reason)
@@ -90,7 +90,7 @@ async def join_room(request: Request) -> Response:
     """POST /_matrix/client/v3/join/{roomIdOrAlias}"""
     hs = homeserver_of(request)
     requester = await require_user(request)
-    body = await parse_body(request, ReasonBody)
+    body = await parse_body(request, ReasonBody, empty_ok=True)
     target = request.path_params["room_id_or_alias"]
     if target.startswith("#"):
         room_id, _ = await hs.directory.resolve_alias(RoomAlias.parse(target))
@@ -107,7 +107,7 @@ async def leave_room(request: Request) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/leave"""
     hs = homeserver_of(request)
     requester = await require_user(request)
-    body = await parse_body(request, ReasonBody)
+    body = await parse_body(request, ReasonBody, empty_ok=True)
     await hs.memberships.leave(requester, _room_id(request), body.reason)
     return json_response({})
 
@@ -116,6 +116,7 @@ async def forget_room(request: Request) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/forget"""
     hs = homeserver_of(request)
     requester = await require_user(request)
+    await read_json_object(request, empty_ok=True)
     await hs.memberships.forget(requester, _room_id(request))
     return json_response({})
 
@@ -217,7 +218,7 @@ async def redact_event(request: Request) -> Response:
     """PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}"""
     hs = homeserver_of(request)
     requester = await require_user(request)
-    body = await parse_body(request, ReasonBody)
+    body = await parse_body(request, ReasonBody, empty_ok=True)
     event_id = await hs.rooms.redact(requester, _room_id(request),
                                      request.path_params["event_id"],
                                      request.path_params["txn_id"], body.reason)

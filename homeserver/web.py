@@ -49,8 +49,11 @@ def homeserver_of(request: Request) -> Homeserver:
     return hs
 
 
-async def read_json(request: Request) -> Any:
-    """The decoded body; ``M_NOT_JSON`` unless it is JSON, ``M_TOO_LARGE`` past the limit."""
+async def read_json(request: Request, *, empty_ok: bool = False) -> Any:
+    """The decoded body; ``M_NOT_JSON`` unless it is JSON, ``M_TOO_LARGE`` past the limit.
+
+    ``empty_ok``: an empty body reads as ``{}`` (clients send none to /join and /leave).
+    """
     hs = homeserver_of(request)
     limit = hs.config.limits.max_request_body_bytes
     declared = request.headers.get("content-length")
@@ -64,6 +67,8 @@ async def read_json(request: Request) -> Any:
             raise MatrixError(Codes.TOO_LARGE, f"Request body is larger than {limit} bytes")
         chunks.append(chunk)
     raw = b"".join(chunks)
+    if empty_ok and not raw.strip():
+        return {}
     try:
         # orjson refuses NaN, Infinity and integers past 64 bits, as Matrix JSON must.
         return orjson.loads(raw)
@@ -71,8 +76,8 @@ async def read_json(request: Request) -> Any:
         raise MatrixError(Codes.NOT_JSON, "Content not JSON") from e
 
 
-async def read_json_object(request: Request) -> dict[str, Any]:
-    body = await read_json(request)
+async def read_json_object(request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
+    body = await read_json(request, empty_ok=empty_ok)
     if not isinstance(body, dict):
         raise MatrixError(Codes.BAD_JSON, "Body must be a JSON object")
     return body
@@ -89,8 +94,8 @@ def validate_body(body: dict[str, Any], model: type[BodyT]) -> BodyT:
         raise MatrixError(Codes.BAD_JSON, f"Invalid parameter {where}: {first['msg']}") from e
 
 
-async def parse_body(request: Request, model: type[BodyT]) -> BodyT:
-    return validate_body(await read_json_object(request), model)
+async def parse_body(request: Request, model: type[BodyT], *, empty_ok: bool = False) -> BodyT:
+    return validate_body(await read_json_object(request, empty_ok=empty_ok), model)
 
 
 def access_token_of(request: Request) -> str | None:

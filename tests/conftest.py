@@ -57,7 +57,7 @@ def pg_database() -> Iterator[str]:
     in_thread(lambda: run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-async def _truncate(url: str) -> None:
+async def truncate(url: str) -> None:
     db = Database(url)
     try:
         async with db.write() as conn:
@@ -74,7 +74,7 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'homeserver.db'}"
     url: str = request.getfixturevalue("pg_database")
-    await _truncate(url)
+    await truncate(url)
     return url
 
 

@@ -1,0 +1,140 @@
+"""The ``homeserver`` command: run, generate-config, migrate, register-user."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from pathlib import Path
+
+from homeserver.config import ConfigError, HomeserverConfig, default_config_yaml, load_config
+from homeserver.errors import MatrixError
+
+DEFAULT_CONFIG = "homeserver.yaml"
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get("HS_CONFIG", DEFAULT_CONFIG))
+
+
+def _load(path: Path, *, create: bool) -> HomeserverConfig:
+    if not path.exists():
+        if not create:
+            raise ConfigError(f"no config at {path}; run `homeserver generate-config` first")
+        path.write_text(default_config_yaml())
+        print(f"Generated {path} (server name localhost, SQLite in ./data)", file=sys.stderr)
+    return load_config(path)
+
+
+def cmd_generate_config(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    if path.exists() and not args.force:
+        print(f"{path} exists; pass --force to overwrite", file=sys.stderr)
+        return 1
+    path.write_text(default_config_yaml(server_name=args.server_name, data_dir=args.data_dir))
+    print(f"Wrote {path}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from homeserver.migrate import upgrade_head
+    from homeserver.storage.database import Database
+
+    config = _load(_config_path(args), create=False)
+    config.data_path.mkdir(parents=True, exist_ok=True)
+
+    async def run() -> None:
+        db = Database(config.database_url)
+        try:
+            await upgrade_head(db.engine)
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+    print("Database is at the newest schema")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from homeserver.app import asgi_app
+    from homeserver.logging import configure_logging
+
+    config = _load(_config_path(args), create=True)
+    configure_logging(args.log_level)
+    print(f"Serving {config.server_name} on http://{config.listen.host}:{config.listen.port}",
+          file=sys.stderr)
+    uvicorn.run(asgi_app(config), host=config.listen.host, port=config.listen.port,
+                log_level=args.log_level.lower(), access_log=False, loop="auto",
+                http="auto", lifespan="on", log_config=None)
+    return 0
+
+
+def cmd_register_user(args: argparse.Namespace) -> int:
+    from homeserver.app import running_homeserver
+
+    config = _load(_config_path(args), create=False)
+    password = args.password
+    if password is None:
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Confirm password: "):
+            print("Passwords do not match", file=sys.stderr)
+            return 1
+
+    async def run() -> str:
+        async with running_homeserver(config) as hs:
+            return str(await hs.accounts.register_user_admin(args.localpart, password,
+                                                              args.admin))
+
+    try:
+        user_id = asyncio.run(run())
+    except MatrixError as e:
+        print(f"{e.code}: {e.message}", file=sys.stderr)
+        return 1
+    print(f"Registered {user_id}{' (admin)' if args.admin else ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="homeserver", description="A Matrix homeserver")
+    parser.add_argument("-c", "--config", help=f"config file (default: $HS_CONFIG or "
+                        f"./{DEFAULT_CONFIG})")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve; generates a config and a key on first run")
+    run.add_argument("--log-level", default="INFO",
+                     choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.set_defaults(func=cmd_run)
+
+    gen = sub.add_parser("generate-config", help="write a config file with the defaults")
+    gen.add_argument("--server-name", default="localhost")
+    gen.add_argument("--data-dir", default="data")
+    gen.add_argument("--force", action="store_true")
+    gen.set_defaults(func=cmd_generate_config)
+
+    mig = sub.add_parser("migrate", help="bring the database to the newest schema")
+    mig.set_defaults(func=cmd_migrate)
+
+    reg = sub.add_parser("register-user", help="create an account (registration may be closed)")
+    reg.add_argument("localpart")
+    reg.add_argument("--password", help="prompted for when omitted")
+    reg.add_argument("--admin", action="store_true")
+    reg.set_defaults(func=cmd_register_user)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as e:
+        print(f"Config error: {e}", file=sys.stderr)
+        return 2
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

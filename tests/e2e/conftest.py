@@ -1,0 +1,91 @@
+"""Real server processes: ``homeserver run`` under uvicorn on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+START_TIMEOUT_S = 30
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    def __init__(self, workdir: Path, database_url: str | None, **config: object) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        data: dict[str, object] = {
+            "server_name": "localhost",
+            "data_dir": str(workdir / "data"),
+            "listen": {"host": "127.0.0.1", "port": self.port},
+            "registration": {"enabled": True},
+            "rate_limits": {"enabled": False},
+            "auth": {"password_hash_memory_kib": 64, "password_hash_time_cost": 1},
+        }
+        if database_url is not None:
+            data["database"] = {"url": database_url}
+        data.update(config)
+        self.config_path = workdir / "homeserver.yaml"
+        self.config_path.write_text(yaml.safe_dump(data))
+        self.log_path = workdir / "server.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HS_")}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "homeserver", "-c", str(self.config_path), "run",
+             "--log-level", "WARNING"], stdout=log, stderr=log, env=env)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.base_url}/_matrix/client/versions", timeout=1).is_success:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not start: {self.log_path.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        os.kill(self._proc.pid, signal.SIGTERM)
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    database_url = None
+    if request.param == "postgresql":
+        database_url = request.getfixturevalue("pg_database")
+        from tests.conftest import in_thread, truncate
+
+        in_thread(lambda: truncate(database_url))
+    proc = ServerProcess(tmp_path, database_url)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
