@@ -14,6 +14,7 @@ from homeserver.rooms.sender import EventSender
 from homeserver.storage.rooms import RoomStore
 from homeserver.types import JsonDict, Requester
 
+MAX_CREATE_ATTEMPTS = 100
 PRESETS = ("private_chat", "public_chat", "trusted_private_chat")
 
 # spec, createRoom: the events each preset sets (join rules, history, guest access).
@@ -76,10 +77,18 @@ class RoomCreator:
 
         creator = requester.user_id
         create_content = self._create_content(version, creator, req, preset, invitees)
-        room_id, create_pdu, create_id = self._sender.build_create_event(
-            version, creator, create_content)
-        await self._rooms.create_room(room_id, version.identifier, creator, self._clock.now_ms(),
-                                      is_public=req.visibility == "public")
+        now = self._clock.now_ms()
+        for attempt in range(MAX_CREATE_ATTEMPTS):
+            # In room version 12 the room ID is the create event's hash: the same user
+            # creating two rooms alike in the same millisecond would get the same ID, so the
+            # timestamp moves on until the ID is new.
+            room_id, create_pdu, create_id = self._sender.build_create_event(
+                version, creator, create_content, now + attempt)
+            if await self._rooms.create_room(room_id, version.identifier, creator, now,
+                                             is_public=req.visibility == "public"):
+                break
+        else:
+            raise MatrixError(Codes.UNKNOWN, "Could not pick a room ID, try again", status=503)
         await self._sender.persist_create_event(room_id, create_pdu, create_id)
         await self._memberships.send_own_membership(room_id, creator, "join")
 
@@ -126,9 +135,10 @@ class RoomCreator:
                       invitees: list[UserID], override: JsonDict | None) -> JsonDict:
         users: dict[str, int] = {}
         if not version.creators_have_infinite_power:
-            users[creator] = 100
+            # str(): orjson refuses str subclasses (UserID) as keys.
+            users[str(creator)] = 100
             if preset == "trusted_private_chat":
-                users.update({u: 100 for u in invitees})
+                users.update({str(u): 100 for u in invitees})
         content: JsonDict = {
             "users": users, "users_default": 0,
             "events": {"m.room.name": 50, "m.room.power_levels": 100,

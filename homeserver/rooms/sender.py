@@ -68,12 +68,12 @@ class EventSender:
             raise MatrixError(Codes.TOO_LARGE, f"Event is larger than {MAX_PDU_BYTES} bytes")
         return compute_event_id(pdu, version)
 
-    def build_create_event(self, version: RoomVersion, sender: str, content: JsonDict
-                           ) -> tuple[str, JsonDict, str]:
+    def build_create_event(self, version: RoomVersion, sender: str, content: JsonDict,
+                           origin_server_ts: int) -> tuple[str, JsonDict, str]:
         """(room_id, pdu, event_id) of a new room's ``m.room.create`` event."""
         pdu: JsonDict = {
             "type": "m.room.create", "state_key": "", "sender": sender, "content": content,
-            "origin_server_ts": self._clock.now_ms(), "depth": 1, "prev_events": [],
+            "origin_server_ts": origin_server_ts, "depth": 1, "prev_events": [],
             "auth_events": [],
         }
         if version.room_id_is_create_event_hash:
