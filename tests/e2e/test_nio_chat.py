@@ -66,13 +66,15 @@ async def test_direct_message_both_ways(people: dict[str, nio.AsyncClient]) -> N
     await alice.sync(timeout=0)
     await _accept_invite(bob, room_id)
 
-    sent = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "hi Bob"})
+    sent = await alice.room_send(room_id, "m.room.message",
+                                 {"msgtype": "m.text", "body": "hi Bob"})
     assert isinstance(sent, nio.RoomSendResponse), sent
     received = await _wait_for_message(bob, room_id, "hi Bob")
     assert received.sender == alice.user_id
     assert received.event_id == sent.event_id
 
-    reply = await bob.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "hi Alice"})
+    reply = await bob.room_send(room_id, "m.room.message",
+                                {"msgtype": "m.text", "body": "hi Alice"})
     assert isinstance(reply, nio.RoomSendResponse), reply
     got = await _wait_for_message(alice, room_id, "hi Alice")
     assert got.sender == bob.user_id
