@@ -7,7 +7,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from signedjson.key import (  # type: ignore[import-untyped]
+from signedjson.key import (
     encode_verify_key_base64,
     generate_signing_key,
     get_verify_key,

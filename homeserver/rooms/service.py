@@ -185,7 +185,9 @@ class RoomService:
         event = await self.get_state_event(requester, room_id, event_type, state_key)
         room = await self._rooms.get_room(room_id)
         assert room is not None
-        return (await self.serialize(requester, [event], room.room_version))[0]["content"]
+        content: JsonDict = (await self.serialize(requester, [event],
+                                                  room.room_version))[0]["content"]
+        return content
 
     async def members(self, requester: Requester, room_id: str, *, at: str | None,
                       membership: str | None, not_membership: str | None) -> list[JsonDict]:
@@ -247,6 +249,7 @@ class RoomService:
         exhausted = False
         while len(chunk) < limit and not exhausted:
             want = limit - len(chunk)
+            upto: int | None
             if backwards:
                 upto = cursor if upto_membership is None else min(cursor, upto_membership)
                 batch = await self._events.get_room_events(room_id, after=bound, upto=upto,

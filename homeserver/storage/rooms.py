@@ -93,32 +93,30 @@ class RoomStore:
             rows = (await conn.execute(query.order_by(room_memberships.c.user_id))).all()
         return [_membership(r) for r in rows]
 
-    async def count_joined(self, room_ids: Sequence[str]) -> dict[str, int]:
-        if not room_ids:
-            return {}
+    async def count_memberships(self, room_id: str) -> dict[str, int]:
         async with self._db.read() as conn:
             rows = (await conn.execute(
-                sa.select(room_memberships.c.room_id, sa.func.count())
-                .where(room_memberships.c.room_id.in_(list(room_ids)),
-                       room_memberships.c.membership == "join")
-                .group_by(room_memberships.c.room_id))).all()
+                sa.select(room_memberships.c.membership, sa.func.count())
+                .where(room_memberships.c.room_id == room_id)
+                .group_by(room_memberships.c.membership))).all()
         return {r[0]: int(r[1]) for r in rows}
+
+    async def get_heroes(self, room_id: str, exclude: str, limit: int) -> list[str]:
+        """Joined or invited members other than ``exclude``, by user ID."""
+        async with self._db.read() as conn:
+            rows = (await conn.execute(
+                sa.select(room_memberships.c.user_id)
+                .where(room_memberships.c.room_id == room_id,
+                       room_memberships.c.membership.in_(["join", "invite"]),
+                       room_memberships.c.user_id != exclude)
+                .order_by(room_memberships.c.user_id).limit(limit))).all()
+        return [r.user_id for r in rows]
 
     async def set_forgotten(self, room_id: str, user_id: str) -> None:
         async with self._db.write() as conn:
             await conn.execute(sa.update(room_memberships).where(
                 room_memberships.c.room_id == room_id, room_memberships.c.user_id == user_id)
                 .values(forgotten=True))
-
-    async def share_a_room(self, user_a: str, user_b: str) -> bool:
-        a = room_memberships.alias("a")
-        b = room_memberships.alias("b")
-        async with self._db.read() as conn:
-            found = (await conn.execute(sa.select(a.c.room_id).join(
-                b, a.c.room_id == b.c.room_id).where(
-                a.c.user_id == user_a, b.c.user_id == user_b, a.c.membership == "join",
-                b.c.membership == "join").limit(1))).first()
-        return found is not None
 
     # --- aliases ---------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from homeserver.types import JsonDict, Requester
 STRIPPED_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
                         "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
 MEMBER = "m.room.member"
+MAX_HEROES = 5  # spec: "m.heroes": up to 5 members, for naming rooms without a name
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,9 +165,10 @@ class SyncService:
             "state": {"events": self._shape(await self._room_service.serialize(
                 requester, state, room_version, with_room_id=False), f)},
         }
-        summary = await self._summary(requester.user_id, room_id)
-        if summary:
-            entry["summary"] = summary
+        # The summary (member counts, heroes) only changes with memberships: sent when the
+        # client starts from scratch, lazy-loads members, or a membership changed.
+        if full or f.lazy_load_members or any(e.type == MEMBER for e in raw):
+            entry["summary"] = await self._summary(requester.user_id, room_id)
         return entry
 
     def _shape(self, events: list[JsonDict], f: SyncFilter) -> list[JsonDict]:
@@ -197,12 +199,10 @@ class SyncService:
         return await self._events.get_state_ids(last[0].state_group)
 
     async def _summary(self, user_id: str, room_id: str) -> JsonDict:
-        members = await self._rooms.get_room_members(room_id, ["join", "invite"])
-        joined = sum(1 for m in members if m.membership == "join")
-        invited = len(members) - joined
-        heroes = [m.user_id for m in members if m.user_id != user_id][:5]
-        return {"m.joined_member_count": joined, "m.invited_member_count": invited,
-                "m.heroes": heroes}
+        counts = await self._rooms.count_memberships(room_id)
+        heroes = await self._rooms.get_heroes(room_id, user_id, MAX_HEROES)
+        return {"m.joined_member_count": counts.get("join", 0),
+                "m.invited_member_count": counts.get("invite", 0), "m.heroes": heroes}
 
     async def _stripped_state(self, m: Membership) -> list[JsonDict]:
         state = await self._events.get_current_state_ids(m.room_id, STRIPPED_STATE_TYPES)
