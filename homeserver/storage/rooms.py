@@ -28,6 +28,7 @@ class Membership:
     user_id: str
     membership: str
     event_id: str
+    sender: str
     stream_ordering: int
     forgotten: bool
     displayname: str | None = None
@@ -35,8 +36,8 @@ class Membership:
 
 
 def _membership(r: sa.Row[tuple[object, ...]]) -> Membership:
-    return Membership(r.room_id, r.user_id, r.membership, r.event_id, int(r.stream_ordering),
-                      bool(r.forgotten), r.displayname, r.avatar_url)
+    return Membership(r.room_id, r.user_id, r.membership, r.event_id, r.sender,
+                      int(r.stream_ordering), bool(r.forgotten), r.displayname, r.avatar_url)
 
 
 class RoomStore:

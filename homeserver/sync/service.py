@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from homeserver.clock import Clock
-from homeserver.filtering import SyncFilter, apply_event_fields
+from homeserver.filtering import EventFilter, SyncFilter, apply_event_fields
 from homeserver.notifier import Notifier
 from homeserver.rooms.service import RoomService, position_token
 from homeserver.rooms.visibility import Visibility
@@ -15,6 +15,7 @@ from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, StateMap, StoredEvent
 from homeserver.storage.rooms import Membership, RoomStore
 from homeserver.streams import Stream, StreamToken
+from homeserver.sync.sources import GlobalSource, IgnoredUsers, RoomSource, UnreadCounts
 from homeserver.types import JsonDict, Requester
 
 # spec, "Stripped state": what an invited user sees of the room.
@@ -36,6 +37,11 @@ class SyncService:
     def __init__(self, db: Database, events: EventStore, rooms: RoomStore,
                  room_service: RoomService, visibility: Visibility, notifier: Notifier,
                  clock: Clock) -> None:
+        # Filled in by the app as the services that feed sync are built.
+        self._global_sources: dict[str, GlobalSource] = {}
+        self._room_sources: dict[str, RoomSource] = {}
+        self._unread: UnreadCounts | None = None
+        self._ignored: IgnoredUsers | None = None
         self._db = db
         self._events = events
         self._rooms = rooms
@@ -43,6 +49,20 @@ class SyncService:
         self._visibility = visibility
         self._notifier = notifier
         self._clock = clock
+
+    def add_global_source(self, key: str, source: GlobalSource) -> None:
+        """``key``: ``account_data``, ``presence`` or ``to_device``."""
+        self._global_sources[key] = source
+
+    def add_room_source(self, key: str, source: RoomSource) -> None:
+        """``key``: ``ephemeral`` or ``account_data``."""
+        self._room_sources[key] = source
+
+    def set_unread_counts(self, unread: UnreadCounts) -> None:
+        self._unread = unread
+
+    def set_ignored_users(self, ignored: IgnoredUsers) -> None:
+        self._ignored = ignored
 
     async def sync(self, requester: Requester, req: SyncRequest) -> JsonDict:
         if req.since is None or req.full_state or req.timeout_ms <= 0:
@@ -70,26 +90,31 @@ class SyncService:
         upto = now.get(Stream.EVENTS)
         after = since.get(Stream.EVENTS) if since is not None else None
         memberships = await self._rooms.get_user_memberships(requester.user_id)
-        memberships = [m for m in memberships if req.filter.allows_room(m.room_id)]
-        if after is not None:
-            changed = await self._events.get_rooms_changed(
-                [m.room_id for m in memberships], after, upto)
+        memberships = [m for m in memberships
+                       if req.filter.allows_room(m.room_id) and m.stream_ordering <= upto]
+        # A membership after our token is left for the next sync, which carries it.
+        joined_ids = [m.room_id for m in memberships if m.membership == "join"]
+        changed = set(joined_ids) if after is None else await self._events.get_rooms_changed(
+            [m.room_id for m in memberships], after, upto)
+        extras = await self._room_extras(requester, joined_ids, req, now)
+        ignored = await self._ignored.ignored_users(requester.user_id) if self._ignored \
+            else frozenset()
         joined: JsonDict = {}
         invited: JsonDict = {}
         left: JsonDict = {}
         for m in memberships:
-            if m.stream_ordering > upto:
-                continue  # a change after our token: the next sync carries it
             membership_changed = after is None or m.stream_ordering > after
             if m.membership == "join":
-                if after is None or req.full_state or m.room_id in changed:
+                if req.full_state or m.room_id in changed or m.room_id in extras:
                     newly = after is not None and membership_changed and \
                         not await self._was_joined_before(m)
-                    joined[m.room_id] = await self._room_entry(
-                        requester, m.room_id, after, upto, req,
+                    entry = await self._room_entry(
+                        requester, m.room_id, after, upto, req, ignored,
                         full=after is None or req.full_state or newly)
+                    entry.update(extras.get(m.room_id, {}))
+                    joined[m.room_id] = entry
             elif m.membership == "invite":
-                if membership_changed:
+                if membership_changed and m.sender not in ignored:
                     invited[m.room_id] = {"invite_state": {
                         "events": await self._stripped_state(m)}}
             elif m.membership in ("leave", "ban") and not m.forgotten:
@@ -97,19 +122,40 @@ class SyncService:
                     else membership_changed
                 if include and await self._was_in_room(m):
                     left[m.room_id] = await self._room_entry(
-                        requester, m.room_id, after, m.stream_ordering, req,
+                        requester, m.room_id, after, m.stream_ordering, req, ignored,
                         full=after is None or req.full_state)
+        if self._unread is not None and joined:
+            counts = await self._unread.unread_counts(requester, list(joined))
+            for room_id, entry in joined.items():
+                entry["unread_notifications"] = counts.get(
+                    room_id, {"notification_count": 0, "highlight_count": 0})
         rooms: JsonDict = {}
-        if joined:
-            rooms["join"] = joined
-        if invited:
-            rooms["invite"] = invited
-        if left:
-            rooms["leave"] = left
+        for key, section in (("join", joined), ("invite", invited), ("leave", left)):
+            if section:
+                rooms[key] = section
         response: JsonDict = {"next_batch": now.serialize()}
         if rooms:
             response["rooms"] = rooms
+        for key, source in self._global_sources.items():
+            events = await source.global_events(requester, since, now)
+            allowed = [e for e in events if _global_filter(req.filter, key).allows_json(e)]
+            if allowed:
+                response[key] = {"events": allowed}
         return response
+
+    async def _room_extras(self, requester: Requester, room_ids: list[str], req: SyncRequest,
+                           now: StreamToken) -> dict[str, JsonDict]:
+        """Ephemeral events and room account data, by room: {room_id: {section: {...}}}."""
+        extras: dict[str, JsonDict] = {}
+        for key, source in self._room_sources.items():
+            event_filter = req.filter.ephemeral if key == "ephemeral" \
+                else req.filter.room_account_data
+            found = await source.room_events(requester, room_ids, req.since, now)
+            for room_id, events in found.items():
+                allowed = [e for e in events if event_filter.allows_json(e)]
+                if allowed:
+                    extras.setdefault(room_id, {})[key] = {"events": allowed}
+        return extras
 
     async def _was_joined_before(self, m: Membership) -> bool:
         """Whether this join replaced a join (a profile change), not a new arrival."""
@@ -124,7 +170,8 @@ class SyncService:
         return isinstance(prev, dict) and prev.get("membership") in ("join", "invite", "knock")
 
     async def _room_entry(self, requester: Requester, room_id: str, after: int | None,
-                          upto: int, req: SyncRequest, *, full: bool) -> JsonDict:
+                          upto: int, req: SyncRequest, ignored: frozenset[str], *,
+                          full: bool) -> JsonDict:
         f = req.filter
         limit = f.timeline_limit
         raw = await self._events.get_room_events(room_id, after=after, upto=upto,
@@ -132,7 +179,8 @@ class SyncService:
         limited = len(raw) > limit
         raw = list(reversed(raw[:limit]))
         timeline = await self._visibility.filter_events(
-            requester.user_id, [e for e in raw if f.timeline.allows(e)])
+            requester.user_id,
+            [e for e in raw if f.timeline.allows(e) and e.sender not in ignored])
         room_version = await self._room_service.room_version(room_id)
 
         state_ids: StateMap = {}
@@ -213,4 +261,12 @@ class SyncService:
 
 
 def _is_empty(response: JsonDict) -> bool:
-    return not response.get("rooms")
+    return len(response) == 1  # only next_batch
+
+
+def _global_filter(f: SyncFilter, key: str) -> EventFilter:
+    if key == "account_data":
+        return f.account_data
+    if key == "presence":
+        return f.presence
+    return EventFilter()

@@ -1,0 +1,45 @@
+"""What other services contribute to a sync response besides room events.
+
+Each source reads its own stream between two tokens; the sync service asks every source it
+was given and places the answers (spec: /sync response). A source never blocks: waiting is
+the sync service's job, and every source's stream wakes it through the notifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from homeserver.streams import StreamToken
+from homeserver.types import JsonDict, Requester
+
+
+class GlobalSource(Protocol):
+    """A top-level section: ``account_data``, ``presence`` or ``to_device``."""
+
+    async def global_events(self, requester: Requester, since: StreamToken | None,
+                            now: StreamToken) -> list[JsonDict]: ...
+
+
+class RoomSource(Protocol):
+    """Per-room events outside the timeline: ``ephemeral`` or ``account_data``.
+
+    Returns only the rooms that have something; with ``since`` None, everything current.
+    """
+
+    async def room_events(self, requester: Requester, room_ids: Sequence[str],
+                          since: StreamToken | None, now: StreamToken
+                          ) -> dict[str, list[JsonDict]]: ...
+
+
+class UnreadCounts(Protocol):
+    """``unread_notifications`` per joined room (and per thread when asked)."""
+
+    async def unread_counts(self, requester: Requester, room_ids: Sequence[str]
+                            ) -> dict[str, JsonDict]: ...
+
+
+class IgnoredUsers(Protocol):
+    """Whose events a user has asked never to see (``m.ignored_user_list``)."""
+
+    async def ignored_users(self, user_id: str) -> frozenset[str]: ...
