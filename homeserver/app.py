@@ -7,10 +7,11 @@ constructor injection here.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -49,6 +50,11 @@ from homeserver.web import http_error_handler, internal_error_handler, matrix_er
 
 logger = logging.getLogger(__name__)
 
+# A background job runs for the life of the worker (a loop with its own sleeps); one that
+# raises is logged and restarted after this pause.
+BackgroundJob = Callable[[], Awaitable[None]]
+BACKGROUND_RETRY_S = 5.0
+
 
 class Homeserver:
     """Everything one worker runs, built once from the config."""
@@ -60,6 +66,8 @@ class Homeserver:
         self.clock = clock
         self.signing_key = signing_key
         self.server_name = config.server_name
+        # Jobs the services register (timers, sweepers); started by running_homeserver.
+        self.background_jobs: list[BackgroundJob] = []
         self.bus = InMemoryBus()
         self.notifier = Notifier(self.bus)
         self.account_store = AccountStore(db)
@@ -151,9 +159,26 @@ async def running_homeserver(config: HomeserverConfig, *, clock: Clock | None = 
         if migrate:
             await upgrade_head(db.engine)
         signing_key = load_or_create_signing_key(config.signing_key_file)
-        yield Homeserver(config, db, signing_key, clock or SystemClock())
+        hs = Homeserver(config, db, signing_key, clock or SystemClock())
+        async with anyio.create_task_group() as tasks:
+            for job in hs.background_jobs:
+                tasks.start_soon(_run_forever, job)
+            try:
+                yield hs
+            finally:
+                tasks.cancel_scope.cancel()
     finally:
         await db.close()
+
+
+async def _run_forever(job: BackgroundJob) -> None:
+    """Run a background job; if it fails, log it and start it again after a pause."""
+    while True:
+        try:
+            await job()
+        except Exception:
+            logger.exception("background job failed", extra={"job": repr(job)})
+        await anyio.sleep(BACKGROUND_RETRY_S)
 
 
 def asgi_app(config: HomeserverConfig) -> Any:
