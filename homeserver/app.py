@@ -6,12 +6,12 @@ constructor injection here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -160,13 +160,15 @@ async def running_homeserver(config: HomeserverConfig, *, clock: Clock | None = 
             await upgrade_head(db.engine)
         signing_key = load_or_create_signing_key(config.signing_key_file)
         hs = Homeserver(config, db, signing_key, clock or SystemClock())
-        async with anyio.create_task_group() as tasks:
-            for job in hs.background_jobs:
-                tasks.start_soon(_run_forever, job)
-            try:
-                yield hs
-            finally:
-                tasks.cancel_scope.cancel()
+        # Plain tasks, not a task group: the caller may leave this context from another task
+        # than the one that entered it (test fixtures, lifespans).
+        tasks = [asyncio.create_task(_run_forever(job)) for job in hs.background_jobs]
+        try:
+            yield hs
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         await db.close()
 
@@ -178,7 +180,7 @@ async def _run_forever(job: BackgroundJob) -> None:
             await job()
         except Exception:
             logger.exception("background job failed", extra={"job": repr(job)})
-        await anyio.sleep(BACKGROUND_RETRY_S)
+        await asyncio.sleep(BACKGROUND_RETRY_S)
 
 
 def asgi_app(config: HomeserverConfig) -> Any:
