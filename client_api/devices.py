@@ -23,14 +23,10 @@ from homeserver.web import (
 
 
 def device_json(device: Device) -> JsonDict:
-    out: JsonDict = {"device_id": device.device_id}
-    if device.display_name is not None:
-        out["display_name"] = device.display_name
-    if device.last_seen_ip is not None:
-        out["last_seen_ip"] = device.last_seen_ip
-    if device.last_seen_ts is not None:
-        out["last_seen_ts"] = device.last_seen_ts
-    return out
+    # The spec would leave out what is unknown, but matrix-nio requires all four keys
+    # (null allowed), as Synapse sends them: present, and null only when really unknown.
+    return {"device_id": device.device_id, "display_name": device.display_name,
+            "last_seen_ip": device.last_seen_ip, "last_seen_ts": device.last_seen_ts}
 
 
 async def parse_body_or_empty(request: Request, model: type[BodyT]) -> BodyT:

@@ -4,9 +4,30 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from client_api import account, devices, filters, profile, rooms, sync, versions
+from client_api import (
+    account,
+    account_data,
+    devices,
+    directory,
+    filters,
+    knock,
+    presence,
+    profile,
+    receipts,
+    relations,
+    rooms,
+    sync,
+    to_device,
+    typing_notifications,
+    upgrade,
+    user_directory,
+    versions,
+    websocket,
+)
 
-_MODULES = [versions, rooms, sync, account, devices, profile, filters]
+_MODULES = [versions, rooms, directory, sync, account, devices, profile, filters, account_data,
+            to_device, user_directory, websocket, presence, typing_notifications, receipts,
+            relations, upgrade, knock]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]
 root_routes: list[BaseRoute] = [r for m in _MODULES for r in getattr(m, "root_routes", [])]

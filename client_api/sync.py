@@ -28,9 +28,10 @@ async def sync(request: Request) -> Response:
         raise MatrixError(Codes.INVALID_PARAM, "set_presence must be online, offline or "
                           "unavailable")
     sync_filter = await _sync_filter(request, requester.user_id)
-    response = await hs.sync.sync(requester, SyncRequest(
-        since=since, timeout_ms=timeout or 0, full_state=query_bool(request, "full_state"),
-        filter=sync_filter))
+    async with hs.presence.syncing(requester, presence):  # online while the request is open
+        response = await hs.sync.sync(requester, SyncRequest(
+            since=since, timeout_ms=timeout or 0, full_state=query_bool(request, "full_state"),
+            filter=sync_filter))
     return json_response(response)
 
 

@@ -7,6 +7,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from homeserver.web import homeserver_of, json_response, require_user
+from homeserver.websocket import UNSTABLE_FEATURE
 
 SUPPORTED_VERSIONS = ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8",
                       "v1.9", "v1.10", "v1.11", "v1.12"]
@@ -14,7 +15,10 @@ SUPPORTED_VERSIONS = ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", 
 
 async def get_versions(request: Request) -> Response:
     """GET /_matrix/client/versions"""
-    return json_response({"versions": SUPPORTED_VERSIONS, "unstable_features": {}})
+    hs = homeserver_of(request)
+    # docs/websocket.md: clients look for this flag before trying the WebSocket transport.
+    unstable = {UNSTABLE_FEATURE: hs.config.websocket.enabled}
+    return json_response({"versions": SUPPORTED_VERSIONS, "unstable_features": unstable})
 
 
 async def get_well_known_client(request: Request) -> Response:

@@ -93,10 +93,15 @@ class AccountService:
 
     # --- registration ----------------------------------------------------------------------
 
-    async def registration_flows(self) -> list[list[str]]:
+    async def registration_flows(self, *, in_session: bool = False) -> list[list[str]]:
+        """The flows /register offers; ``M_FORBIDDEN`` when nobody could register now.
+
+        ``in_session``: the client continues a session, which may hold the last use of a
+        token (reserved by its completed stage), so tokens still count as possible.
+        """
         if self._registration.enabled and not self._registration.require_token:
             return [[LOGIN_DUMMY]]
-        if await self._uia.registration_token_possible():
+        if in_session or await self._uia.registration_token_possible():
             return [[LOGIN_REGISTRATION_TOKEN]]
         raise MatrixError(Codes.FORBIDDEN, "Registration is disabled")
 
@@ -104,7 +109,8 @@ class AccountService:
                        ) -> Registered | AuthChallenge:
         if request.client_ip is not None:
             self._ratelimiter.check(Action.REGISTRATION, f"ip:{request.client_ip}")
-        flows = await self.registration_flows()
+        flows = await self.registration_flows(
+            in_session=request.auth is not None and request.auth.get("session") is not None)
         # spec: the user ID and password are checked before user-interactive authentication.
         user_id = None
         if request.username is not None:
@@ -132,7 +138,8 @@ class AccountService:
             return Registered(user_id, None)
         session = await self._start_session(user_id, request.device_id,
                                             request.initial_device_display_name,
-                                            refreshable=request.refresh_token)
+                                            refreshable=request.refresh_token,
+                                            client_ip=request.client_ip)
         return Registered(user_id, session)
 
     async def check_username_available(self, username: str, client_ip: str | None) -> None:
@@ -147,10 +154,15 @@ class AccountService:
         # spec: rate-limited against brute force.
         if client_ip is not None:
             self._ratelimiter.check(Action.REGISTRATION, f"token-validity:{client_ip}")
-        if not (self._registration.enabled and not self._registration.require_token) and \
-                not await self._uia.registration_token_possible():
+        if await self._uia.registration_token_valid(token):
+            return True
+        open_to_all = self._registration.enabled and not self._registration.require_token
+        if not open_to_all and not await self._uia.registration_token_possible() and \
+                not await self._uia.registration_token_known(token):
+            # spec: 403 where registration is closed, so every token is invalid. A known but
+            # used-up or expired token is rather reported invalid: it tells its holder why.
             raise MatrixError(Codes.FORBIDDEN, "Registration is disabled")
-        return await self._uia.registration_token_valid(token)
+        return False
 
     async def register_user_admin(self, localpart: str, password: str, admin: bool) -> UserID:
         """Create an account from the command line (``homeserver register-user``)."""
@@ -233,7 +245,8 @@ class AccountService:
             raise MatrixError(Codes.FORBIDDEN, "Invalid username or password")
         session = await self._start_session(user.user_id, request.device_id,
                                             request.initial_device_display_name,
-                                            refreshable=request.refresh_token)
+                                            refreshable=request.refresh_token,
+                                            client_ip=request.client_ip)
         logger.info("user logged in", extra={"user_id": user.user_id,
                                              "device_id": session.device_id})
         return session
@@ -254,7 +267,8 @@ class AccountService:
                 "is_guest": False}
 
     async def _start_session(self, user_id: UserID, device_id: str | None,
-                             display_name: str | None, *, refreshable: bool) -> Session:
+                             display_name: str | None, *, refreshable: bool,
+                             client_ip: str | None) -> Session:
         if device_id is None:
             device_id = new_device_id()
         elif await self._store.get_device(user_id, device_id) is not None:
@@ -262,7 +276,8 @@ class AccountService:
             # access and refresh tokens stop working; its display name is kept.
             self._auth.forget_cached(await self._store.delete_device_tokens(user_id, device_id))
             display_name = None
-        await self._store.upsert_device(user_id, device_id, display_name, self._clock.now_ms())
+        await self._store.upsert_device(user_id, device_id, display_name, self._clock.now_ms(),
+                                        client_ip)
         return await self._auth.create_session(user_id, device_id, refreshable=refreshable)
 
     def _check_device(self, device_id: str | None, display_name: str | None) -> None:

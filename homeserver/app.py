@@ -18,6 +18,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
 
+from homeserver.account_data import AccountDataService
 from homeserver.accounts import AccountService
 from homeserver.auth import AuthService
 from homeserver.bus import InMemoryBus
@@ -29,24 +30,40 @@ from homeserver.ids import UserID
 from homeserver.keys import SigningKey, load_or_create_signing_key
 from homeserver.migrate import upgrade_head
 from homeserver.notifier import Notifier
+from homeserver.presence import PresenceService
 from homeserver.profile import ProfileService
 from homeserver.ratelimit import RateLimiter
+from homeserver.receipts import EphemeralSource, ReceiptService
+from homeserver.relations import Aggregations, RelationsService
 from homeserver.rooms.create import RoomCreator
 from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.sender import EventSender
 from homeserver.rooms.service import RoomService
+from homeserver.rooms.upgrade import RoomUpgrader
 from homeserver.rooms.visibility import Visibility
+from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore
 from homeserver.storage.filters import FilterStore
+from homeserver.storage.presence import PresenceStore
+from homeserver.storage.receipts import ReceiptStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
+from homeserver.storage.relations import RelationStore
 from homeserver.storage.rooms import RoomStore
+from homeserver.storage.to_device import ToDeviceStore
+from homeserver.storage.typing_notifications import TypingStore
 from homeserver.storage.uia import UiaStore
+from homeserver.storage.user_directory import UserDirectoryStore
 from homeserver.sync.service import SyncService
+from homeserver.to_device import ToDeviceService
+from homeserver.typing_notifications import TypingService
 from homeserver.uia import UiaService
+from homeserver.unread import UnreadCountService
+from homeserver.user_directory import UserDirectoryService
 from homeserver.web import http_error_handler, internal_error_handler, matrix_error_handler
+from homeserver.websocket import WebSocketService
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +100,9 @@ class Homeserver:
         self.profiles = ProfileService(self.account_store, config.server_name)
         self.filters = FilterService(FilterStore(db))
         self._build_rooms(config, db, signing_key, clock)
+        self._build_user_data(config, db, clock)
+        self._build_status(config, db, clock)
+        self._build_websocket(config)
         self.app = create_app(self)
 
     def _build_rooms(self, config: HomeserverConfig, db: Database, signing_key: SigningKey,
@@ -98,12 +118,53 @@ class Homeserver:
         self.room_creator = RoomCreator(self.event_sender, self.room_store, self.memberships,
                                         self.directory, config.server_name,
                                         config.rooms.default_room_version, clock)
+        self.relation_store = RelationStore(db)
+        self.aggregations = Aggregations(self.relation_store, self.event_store, clock)
         self.rooms = RoomService(self.event_sender, self.event_store, self.room_store,
-                                 self.visibility, clock)
+                                 self.visibility, clock, aggregations=self.aggregations)
+        self.relations = RelationsService(self.relation_store, self.event_store, self.rooms,
+                                          self.visibility)
+        self.room_upgrader = RoomUpgrader(self.event_sender, self.event_store, self.room_store,
+                                          self.memberships, clock)
         self.sync = SyncService(db, self.event_store, self.room_store, self.rooms,
                                 self.visibility, self.notifier, clock)
         self.profiles.on_profile_changed = self._on_profile_changed
         self.accounts.on_deactivated = self.memberships.leave_all
+
+    def _build_user_data(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
+        """Account data (with tags and ignored users), to-device messages, user directory."""
+        self.account_data = AccountDataService(AccountDataStore(db), self.room_store,
+                                               self.notifier)
+        self.sync.add_global_source("account_data", self.account_data)
+        self.sync.add_room_source("account_data", self.account_data)
+        self.sync.set_ignored_users(self.account_data)
+        self.rooms.set_ignored_users(self.account_data)
+        self.aggregations.set_ignored_users(self.account_data)
+        self.to_device = ToDeviceService(ToDeviceStore(db), self.notifier, clock,
+                                         config.server_name)
+        self.sync.add_global_source("to_device", self.to_device)
+        self.accounts.on_devices_deleted = self.to_device.delete_for_devices
+        self.user_directory = UserDirectoryService(UserDirectoryStore(db))
+
+    def _build_status(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
+        """Presence, typing, receipts and read markers, unread counts (issue 3)."""
+        self.presence = PresenceService(PresenceStore(db), self.notifier, clock, config.presence)
+        self.sync.add_global_source("presence", self.presence)
+        if self.presence.enabled:
+            self.background_jobs.append(self.presence.run_sweeper)
+        self.typing = TypingService(TypingStore(db), self.room_store, self.notifier, clock)
+        self.background_jobs.append(self.typing.run_expiry)
+        receipt_store = ReceiptStore(db)
+        self.receipts = ReceiptService(receipt_store, self.event_store, self.room_store,
+                                       self.account_data, self.notifier, clock)
+        self.sync.add_room_source("ephemeral", EphemeralSource(self.typing, self.receipts))
+        self.sync.set_unread_counts(UnreadCountService(receipt_store))
+
+    def _build_websocket(self, config: HomeserverConfig) -> None:
+        """The WebSocket transport: built last, it answers requests with the other services."""
+        self.websocket = WebSocketService(config.websocket, self.auth, self.sync, self.filters,
+                                          self.rooms, self.ratelimiter, self.typing,
+                                          self.receipts, self.presence)
 
     async def _on_profile_changed(self, user_id: UserID, displayname: str | None,
                                   avatar_url: str | None) -> None:

@@ -69,7 +69,11 @@ def cmd_run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     uvicorn.run(asgi_app(config), host=config.listen.host, port=config.listen.port,
                 log_level=args.log_level.lower(), access_log=False, loop="auto",
-                http="auto", lifespan="on", log_config=None)
+                http="auto", lifespan="on", log_config=None,
+                # The WebSocket transport has its own heartbeat (docs/websocket.md) and its
+                # own frame limit (an error frame up to twice max_frame_bytes, 1009 past it).
+                ws_ping_interval=None, ws_ping_timeout=None,
+                ws_max_size=2 * config.websocket.max_frame_bytes)
     return 0
 
 

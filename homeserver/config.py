@@ -63,8 +63,32 @@ class LimitsConfig(Section):
     sync_timeout_max_ms: int = Field(default=60_000, ge=0)
 
 
+class PresenceConfig(Section):
+    # Disabled: PUT /presence is accepted and ignored, sync carries no presence (as Synapse).
+    enabled: bool = True
+    # Online without activity (a sent event, PUT /presence) for this long: unavailable.
+    idle_after_ms: int = Field(default=5 * 60 * 1000, ge=1000)
+    # No open sync and no activity for this long: offline.
+    offline_after_ms: int = Field(default=30 * 1000, ge=1000)
+
+
 class RoomsConfig(Section):
     default_room_version: str = "12"
+
+
+class WebSocketConfig(Section):
+    """The WebSocket sync transport (docs/websocket.md)."""
+
+    enabled: bool = True
+    # The server sends {"type": "ping"} this often; a client silent for ping_timeout_ms
+    # after a ping is closed (4002). Also the time a browser has to send its auth frame.
+    ping_interval_ms: int = Field(default=30_000, ge=100)
+    ping_timeout_ms: int = Field(default=20_000, ge=100)
+    # Frames waiting for a client that does not read; past this it is closed (4008) and
+    # resumes from its last next_batch, so a slow reader never holds more than this.
+    max_queued_frames: int = Field(default=64, ge=1)
+    # The largest frame a client may send: a 65 536-byte event plus the request around it.
+    max_frame_bytes: int = Field(default=131_072, ge=1024)
 
 
 class HomeserverConfig(BaseModel):
@@ -81,6 +105,8 @@ class HomeserverConfig(BaseModel):
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     rooms: RoomsConfig = RoomsConfig()
+    websocket: WebSocketConfig = WebSocketConfig()
+    presence: PresenceConfig = PresenceConfig()
 
     @field_validator("server_name")
     @classmethod

@@ -157,6 +157,10 @@ class UiaService:
             return False
         return await self._tokens.is_usable(token, self._clock.now_ms())
 
+    async def registration_token_known(self, token: str) -> bool:
+        """Whether the token exists at all, usable or not."""
+        return self._is_static_token(token) or await self._tokens.get_token(token) is not None
+
     def _is_static_token(self, token: str) -> bool:
         # Compare every configured token in constant time: the result must not leak a prefix.
         found = False

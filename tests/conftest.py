@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -69,10 +70,26 @@ async def truncate(url: str) -> None:
         await db.close()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite database, copied for each test instead of migrating each time."""
+    path = tmp_path_factory.mktemp("template") / "homeserver.db"
+
+    async def migrate() -> None:
+        db = Database(f"sqlite+aiosqlite:///{path}")
+        await upgrade_head(db.engine)
+        await db.close()  # the last connection to close folds the WAL into the file
+
+    in_thread(migrate)
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'homeserver.db'}"
+        path = tmp_path / "homeserver.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite+aiosqlite:///{path}"
     url: str = request.getfixturevalue("pg_database")
     await truncate(url)
     return url

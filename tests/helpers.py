@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
 import httpx
+
+from homeserver.app import Homeserver, running_homeserver
+from homeserver.clock import FakeClock
+from homeserver.config import HomeserverConfig
 
 DEFAULT_PASSWORD = "correct horse battery"
 
@@ -26,3 +34,40 @@ async def register(client: httpx.AsyncClient, localpart: str,
 
 def auth_header(access_token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {access_token}"}
+
+
+@asynccontextmanager
+async def serve(config: HomeserverConfig, clock: FakeClock | None = None
+                ) -> AsyncIterator[tuple[Homeserver, httpx.AsyncClient]]:
+    """A homeserver of one's own config (the ``hs`` fixture's is fixed) and a client to it."""
+    async with running_homeserver(config, clock=clock or FakeClock()) as hs:
+        transport = httpx.ASGITransport(app=hs.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield hs, client
+
+
+async def login(client: httpx.AsyncClient, user: str, password: str = DEFAULT_PASSWORD,
+                **extra: object) -> dict[str, Any]:
+    """``POST /login`` with ``m.login.password``; returns the 200 body."""
+    body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user},
+            "password": password, **extra}
+    response = await client.post("/_matrix/client/v3/login", json=body)
+    assert response.status_code == 200, response.text
+    data: dict[str, Any] = response.json()
+    return data
+
+
+async def assert_errors(client: httpx.AsyncClient, method: str, path: str,
+                        cases: Sequence[tuple[object, int, str]],
+                        headers: dict[str, str] | None = None) -> None:
+    """Send each body (``bytes`` as is, anything else as JSON); check status and errcode.
+
+    One server for many bad inputs keeps the suite fast; the failing case is in the message.
+    """
+    for body, status, errcode in cases:
+        if isinstance(body, bytes):
+            response = await client.request(method, path, headers=headers, content=body)
+        else:
+            response = await client.request(method, path, headers=headers, json=body)
+        got = (response.status_code, response.json().get("errcode"))
+        assert got == (status, errcode), (body, response.text)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
+from homeserver.events.auth import check_auth
+from homeserver.events.format import check_event_size_and_shape
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from homeserver.ids import RoomAlias, UserID
 from homeserver.rooms.directory import DirectoryService
@@ -59,7 +61,7 @@ class RoomCreator:
         self._clock = clock
 
     async def create_room(self, requester: Requester, req: CreateRoomRequest) -> str:
-        version_id = req.room_version or self._default_version
+        version_id = self._default_version if req.room_version is None else req.room_version
         version = KNOWN_ROOM_VERSIONS.get(version_id)
         if version is None:
             raise MatrixError(Codes.UNSUPPORTED_ROOM_VERSION,
@@ -77,7 +79,11 @@ class RoomCreator:
 
         creator = requester.user_id
         create_content = self._create_content(version, creator, req, preset, invitees)
+        power_levels = self._power_levels(version, creator, preset, invitees,
+                                          req.power_level_content_override)
+        setup = self._initial_state(req, preset, alias, power_levels)
         now = self._clock.now_ms()
+        self._check_setup(version, creator, create_content, setup, invitees, now)
         for attempt in range(MAX_CREATE_ATTEMPTS):
             # In room version 12 the room ID is the create event's hash: the same user
             # creating two rooms alike in the same millisecond would get the same ID, so the
@@ -91,27 +97,53 @@ class RoomCreator:
             raise MatrixError(Codes.UNKNOWN, "Could not pick a room ID, try again", status=503)
         await self._sender.persist_create_event(room_id, create_pdu, create_id)
         await self._memberships.send_own_membership(room_id, creator, "join")
-
-        power_levels = self._power_levels(version, creator, preset, invitees,
-                                          req.power_level_content_override)
-        await self._send_state(room_id, creator, "m.room.power_levels", power_levels)
         if alias is not None:
             await self._directory.create_alias(requester, alias, room_id, check_power=False)
-            await self._send_state(room_id, creator, "m.room.canonical_alias",
-                                   {"alias": alias})
-        initial = {(s["type"], s.get("state_key", "")): s["content"] for s in req.initial_state}
-        for event_type, content in _PRESET_STATE[preset].items():
-            if (event_type, "") not in initial:
-                await self._send_state(room_id, creator, event_type, content)
-        for (event_type, state_key), content in initial.items():
+        for event_type, state_key, content in setup:
             await self._send_state(room_id, creator, event_type, content, state_key)
-        if req.name is not None:
-            await self._send_state(room_id, creator, "m.room.name", {"name": req.name})
-        if req.topic is not None:
-            await self._send_state(room_id, creator, "m.room.topic", _topic_content(req.topic))
         for invitee in invitees:
             await self._memberships.invite(requester, room_id, invitee, is_direct=req.is_direct)
         return room_id
+
+    def _initial_state(self, req: CreateRoomRequest, preset: str, alias: RoomAlias | None,
+                       power_levels: JsonDict) -> list[tuple[str, str, JsonDict]]:
+        """(type, state_key, content) of the state events after the creator's join, in order."""
+        out: list[tuple[str, str, JsonDict]] = [("m.room.power_levels", "", power_levels)]
+        if alias is not None:
+            out.append(("m.room.canonical_alias", "", {"alias": alias}))
+        initial = {(s["type"], s.get("state_key", "")): s["content"] for s in req.initial_state}
+        out += [(event_type, "", content) for event_type, content in _PRESET_STATE[preset].items()
+                if (event_type, "") not in initial]
+        out += [(event_type, state_key, content)
+                for (event_type, state_key), content in initial.items()]
+        if req.name is not None:
+            out.append(("m.room.name", "", {"name": req.name}))
+        if req.topic is not None:
+            out.append(("m.room.topic", "", _topic_content(req.topic)))
+        return out
+
+    def _check_setup(self, version: RoomVersion, creator: str, create_content: JsonDict,
+                     state: list[tuple[str, str, JsonDict]], invitees: list[UserID],
+                     now: int) -> None:
+        """Run the room's first events through the auth rules before any is stored: a room
+        that cannot be set up as asked is refused whole, not left half made (spec, createRoom:
+        400 M_INVALID_ROOM_STATE, e.g. power levels too low to set the name)."""
+        room_id, create, create_id = self._sender.build_create_event(
+            version, creator, create_content, now)
+        auth_state: dict[tuple[str, str], JsonDict] = {("m.room.create", ""): create}
+        events = [("m.room.member", creator, {"membership": "join"}), *state,
+                  *(("m.room.member", str(u), {"membership": "invite"}) for u in invitees)]
+        for event_type, state_key, content in events:
+            pdu: JsonDict = {"room_id": room_id, "sender": creator, "type": event_type,
+                             "state_key": state_key, "content": content,
+                             "origin_server_ts": now, "prev_events": [create_id]}
+            check_event_size_and_shape(pdu)
+            try:
+                check_auth(version, pdu, auth_state, create_event=create)
+            except MatrixError as e:
+                raise MatrixError(Codes.INVALID_ROOM_STATE,
+                                  f"Cannot send {event_type}: {e.message}") from e
+            auth_state[(event_type, state_key)] = pdu
 
     async def _send_state(self, room_id: str, sender: str, event_type: str, content: JsonDict,
                           state_key: str = "") -> None:

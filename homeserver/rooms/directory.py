@@ -46,7 +46,8 @@ class DirectoryService:
             if m is None or m.membership != "join":
                 raise MatrixError(Codes.FORBIDDEN, "You are not in this room")
         if not await self._rooms.create_alias(alias, room_id, requester.user_id):
-            raise MatrixError(Codes.ROOM_IN_USE, "Room alias already taken")
+            # spec, PUT /directory/room: a taken alias is a 409 (createRoom checks first: 400).
+            raise MatrixError(Codes.ROOM_IN_USE, "Room alias already taken", status=409)
 
     async def resolve_alias(self, alias: RoomAlias) -> tuple[str, list[str]]:
         found = await self._rooms.get_alias(alias)
@@ -82,7 +83,9 @@ class DirectoryService:
 
     async def _require_member_or_world_readable(self, user_id: str, room_id: str) -> None:
         if await self._rooms.get_room(room_id) is None:
-            raise MatrixError(Codes.NOT_FOUND, "Unknown room")
+            # spec, GET /rooms/{roomId}/aliases: outsiders get M_FORBIDDEN (no 404), which
+            # also keeps the room's existence private.
+            raise MatrixError(Codes.FORBIDDEN, "You are not in this room")
         m = await self._rooms.get_membership(room_id, user_id)
         if m is not None and m.membership == "join":
             return

@@ -28,7 +28,8 @@ class MembershipService:
                               "Inviting users of other servers needs federation, which this "
                               "server does not run yet")
         if await self._profile_of(user_id) is None:
-            raise MatrixError(Codes.NOT_FOUND, f"Unknown user {user_id}")
+            # 400: createRoom and /invite document no 404 ("the request is invalid").
+            raise MatrixError(Codes.INVALID_PARAM, f"Unknown user {user_id}")
 
     async def _member_content(self, user_id: str, membership: str, reason: str | None,
                               **extra: object) -> JsonDict:
@@ -61,6 +62,13 @@ class MembershipService:
         await self._require_room(room_id)
         return await self.send_own_membership(room_id, requester.user_id, "join", reason)
 
+    async def knock(self, requester: Requester, room_id: str, reason: str | None = None
+                    ) -> SentEvent:
+        """The auth rules decide: a `knock` or `knock_restricted` join rule, and the user
+        neither joined, invited nor banned (spec: "Knocking on rooms")."""
+        await self._require_room(room_id)
+        return await self.send_own_membership(room_id, requester.user_id, "knock", reason)
+
     async def invite(self, requester: Requester, room_id: str, target: UserID, *,
                      reason: str | None = None, is_direct: bool = False) -> SentEvent:
         await self._require_room(room_id)
@@ -89,7 +97,10 @@ class MembershipService:
         """kick (leave), ban and unban (leave) of another user, checked by the auth rules."""
         await self._require_room(room_id)
         current = await self._rooms.get_membership(room_id, target)
-        if membership == "leave" and (current is None or current.membership == "leave"):
+        # spec, kick: "the kickee is not currently in the room" is a 403; a kick also revokes
+        # an invite or refuses a knock, but never lifts a ban (that is /unban).
+        if membership == "leave" and (current is None
+                                      or current.membership not in ("join", "invite", "knock")):
             raise MatrixError(Codes.FORBIDDEN, f"{target} is not in this room")
         content = await self._member_content(target, membership, reason)
         return await self._sender.send(room_id, requester.user_id, "m.room.member", content,

@@ -105,6 +105,12 @@ class EventSender:
             lock = self._locks[room_id] = asyncio.Lock()
         async with lock:
             for _ in range(MAX_BUILD_ATTEMPTS):
+                if txn is not None:
+                    # A retry of the same transaction raced this one (here, or on another
+                    # worker, whose commit then moved the room on): its event is the answer.
+                    known = await self._known_txn(sender, txn)
+                    if known is not None:
+                        return known
                 room = await self._rooms.get_room(room_id)
                 if room is None or room.current_state_group is None:
                     raise MatrixError(Codes.NOT_FOUND, "Unknown room")
@@ -120,6 +126,12 @@ class EventSender:
         await self._notifier.notify(Stream.EVENTS, position, room_id=room_id,
                                     user_ids=concerned)
         return SentEvent(new.event_id, position)
+
+    async def _known_txn(self, sender: str, txn: Txn) -> SentEvent | None:
+        event_id = await self._events.get_txn_event_id(sender, txn.device_id, txn.scope,
+                                                       txn.txn_id)
+        event = await self._events.get_event(event_id) if event_id is not None else None
+        return SentEvent(event.event_id, event.stream_ordering) if event is not None else None
 
     async def _build(self, room: Room, sender: str, event_type: str, content: JsonDict,
                      state_key: str | None, txn: Txn | None, redacts: str | None) -> NewEvent:

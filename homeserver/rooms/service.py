@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
@@ -17,7 +18,11 @@ from homeserver.rooms.visibility import Visibility
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.rooms import Membership, Room, RoomStore
 from homeserver.streams import Stream, StreamToken
+from homeserver.sync.sources import IgnoredUsers
 from homeserver.types import JsonDict, Requester
+
+if TYPE_CHECKING:
+    from homeserver.relations import Aggregations
 
 DEFAULT_MESSAGES_LIMIT = 10
 MAX_MESSAGES_LIMIT = 1000
@@ -44,12 +49,19 @@ def parse_position(token: str) -> int:
 
 class RoomService:
     def __init__(self, sender: EventSender, events: EventStore, rooms: RoomStore,
-                 visibility: Visibility, clock: Clock) -> None:
+                 visibility: Visibility, clock: Clock, *,
+                 aggregations: Aggregations | None = None) -> None:
         self._sender = sender
         self._events = events
         self._rooms = rooms
         self._visibility = visibility
         self._clock = clock
+        self._aggregations = aggregations
+        self._ignored: IgnoredUsers | None = None
+
+    def set_ignored_users(self, ignored: IgnoredUsers) -> None:
+        """Whose events /messages hides from a user (built after this service)."""
+        self._ignored = ignored
 
     # --- sending ---------------------------------------------------------------------------
 
@@ -65,6 +77,9 @@ class RoomService:
         if event_type == _MEMBERSHIP:
             raise MatrixError(Codes.FORBIDDEN, "Use the membership endpoints for m.room.member")
         await self._require_joined(requester.user_id, room_id)
+        if self._aggregations is not None:
+            await self._aggregations.check_new_relation(requester.user_id, room_id, event_type,
+                                                        content)
         sent = await self._sender.send(room_id, requester.user_id, event_type, content,
                                        txn=Txn(requester.device_id, txn_id, scope))
         return sent.event_id
@@ -117,13 +132,19 @@ class RoomService:
 
     # --- reading ---------------------------------------------------------------------------
 
-    async def _access(self, user_id: str, room_id: str) -> tuple[Room, Membership | None]:
-        """The room, and the user's membership; M_FORBIDDEN if they may see nothing in it."""
+    async def _access(self, user_id: str, room_id: str, *, allow_departed: bool = True
+                      ) -> tuple[Room, Membership | None]:
+        """The room, and the user's membership; M_FORBIDDEN if they may see nothing in it.
+
+        Members, and (``allow_departed``) users who left, who see the room as of their leave.
+        An invitee is not a member yet: the invite's stripped state is all they get.
+        """
         room = await self._rooms.get_room(room_id)
         if room is None:
             raise MatrixError(Codes.FORBIDDEN, "You are not in this room")
         m = await self._rooms.get_membership(room_id, user_id)
-        if m is None or m.membership not in ("join", "leave", "ban", "invite"):
+        allowed = ("join", "leave", "ban") if allow_departed else ("join",)
+        if m is None or m.membership not in allowed:
             hv = await self._events.get_current_state_event(
                 room_id, "m.room.history_visibility", "")
             if hv is None or hv.content.get("history_visibility") != "world_readable":
@@ -141,9 +162,32 @@ class RoomService:
         redaction_ids = [e.redacted_by for e in events if e.redacted_by is not None]
         redactions = await self._events.get_events(redaction_ids) if redaction_ids else {}
         now = self._clock.now_ms()
-        return [client_event(e, now, room_version, requester=requester,
-                             redaction=redactions.get(e.redacted_by) if e.redacted_by else None,
-                             with_room_id=with_room_id) for e in events]
+        out = [client_event(e, now, room_version, requester=requester,
+                            redaction=redactions.get(e.redacted_by) if e.redacted_by else None,
+                            with_room_id=with_room_id) for e in events]
+        if self._aggregations is not None:  # spec: "Aggregations of child events"
+            bundles = await self._aggregations.bundle(requester, events, room_version,
+                                                      with_room_id=with_room_id)
+            for event, serialized in zip(events, out, strict=True):
+                if event.event_id in bundles:
+                    serialized["unsigned"]["m.relations"] = bundles[event.event_id]
+        return out
+
+    async def access(self, requester: Requester, room_id: str
+                     ) -> tuple[Room, Membership | None]:
+        """The room and the requester's membership; M_FORBIDDEN if they may see nothing."""
+        return await self._access(requester.user_id, room_id)
+
+    async def visible_event(self, requester: Requester, room_id: str, event_id: str
+                            ) -> tuple[Room, Membership | None, StoredEvent]:
+        """An event of the room the requester may see: M_FORBIDDEN outside the room,
+        M_NOT_FOUND for an unknown event or one hidden by history visibility."""
+        room, m = await self._access(requester.user_id, room_id)
+        event = await self._events.get_event(event_id)
+        if event is None or event.room_id != room_id or not \
+                await self._visibility.filter_events(requester.user_id, [event]):
+            raise MatrixError(Codes.NOT_FOUND, "Event not found")
+        return room, m, event
 
     async def get_event(self, requester: Requester, room_id: str, event_id: str) -> JsonDict:
         room, _ = await self._access(requester.user_id, room_id)
@@ -216,7 +260,8 @@ class RoomService:
         return await self.serialize(requester, events, room.room_version)
 
     async def joined_members(self, requester: Requester, room_id: str) -> JsonDict:
-        await self._access(requester.user_id, room_id)
+        # spec: "The current user must be in the room"; this is the current membership.
+        await self._access(requester.user_id, room_id, allow_departed=False)
         members = await self._rooms.get_room_members(room_id, ["join"])
         out: JsonDict = {}
         for member in members:
@@ -232,6 +277,8 @@ class RoomService:
                        to_token: str | None, backwards: bool, limit: int | None,
                        event_filter: EventFilter) -> Page:
         room, m = await self._access(requester.user_id, room_id)
+        ignored = await self._ignored.ignored_users(requester.user_id) if self._ignored \
+            else frozenset()
         limit = DEFAULT_MESSAGES_LIMIT if limit is None else max(0, min(limit,
                                                                           MAX_MESSAGES_LIMIT))
         if event_filter.limit is not None:
@@ -264,7 +311,8 @@ class RoomService:
                 if batch:
                     cursor = batch[-1].stream_ordering
             exhausted = len(batch) < want
-            allowed = [e for e in batch if event_filter.allows(e)]
+            allowed = [e for e in batch if event_filter.allows(e)
+                       and (e.sender not in ignored or e.state_key is not None)]
             chunk.extend(await self._visibility.filter_events(requester.user_id, allowed))
             if limit == 0:
                 break

@@ -136,12 +136,13 @@ class AccountStore:
     # --- devices ---------------------------------------------------------------------------
 
     async def upsert_device(self, user_id: UserID, device_id: str, display_name: str | None,
-                            now_ms: int) -> None:
+                            now_ms: int, ip: str | None = None) -> None:
         """Create the device; an existing one keeps its display name unless one is given."""
         async with self._db.write() as conn:
             row = {"user_id": user_id, "device_id": device_id, "display_name": display_name,
-                   "created_ts": now_ms, "last_seen_ts": now_ms}
+                   "created_ts": now_ms, "last_seen_ts": now_ms, "last_seen_ip": ip}
             update = ["last_seen_ts"] + (["display_name"] if display_name is not None else [])
+            update += ["last_seen_ip"] if ip is not None else []
             await conn.execute(self._db.upsert(devices, row, keys=("user_id", "device_id"),
                                                update=update))
 

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver import jsonutil
 from homeserver.storage.database import Database
+from homeserver.storage.relations import record_relation
 from homeserver.storage.schema import (
     current_state,
     event_txns,
@@ -131,6 +132,7 @@ class EventStore:
                 await conn.execute(sa.update(events).where(
                     events.c.event_id == redacts, events.c.room_id == new.room_id,
                     events.c.redacted_by.is_(None)).values(redacted_by=new.event_id))
+            await record_relation(conn, pdu, new.event_id, new.room_id, position, redacts)
             if new.txn_id is not None and new.device_id is not None:
                 await conn.execute(sa.insert(event_txns).values(
                     user_id=pdu["sender"], device_id=new.device_id, scope=new.txn_scope or "",

@@ -101,6 +101,7 @@ class SyncService:
             else frozenset()
         joined: JsonDict = {}
         invited: JsonDict = {}
+        knocked: JsonDict = {}
         left: JsonDict = {}
         for m in memberships:
             membership_changed = after is None or m.stream_ordering > after
@@ -117,6 +118,10 @@ class SyncService:
                 if membership_changed and m.sender not in ignored:
                     invited[m.room_id] = {"invite_state": {
                         "events": await self._stripped_state(m)}}
+            elif m.membership == "knock":  # spec: the knocker sees the room as an invitee does
+                if membership_changed:
+                    knocked[m.room_id] = {"knock_state": {
+                        "events": await self._stripped_state(m)}}
             elif m.membership in ("leave", "ban") and not m.forgotten:
                 include = (req.filter.include_leave or req.full_state) if after is None \
                     else membership_changed
@@ -130,7 +135,8 @@ class SyncService:
                 entry["unread_notifications"] = counts.get(
                     room_id, {"notification_count": 0, "highlight_count": 0})
         rooms: JsonDict = {}
-        for key, section in (("join", joined), ("invite", invited), ("leave", left)):
+        for key, section in (("join", joined), ("invite", invited), ("knock", knocked),
+                             ("leave", left)):
             if section:
                 rooms[key] = section
         response: JsonDict = {"next_batch": now.serialize()}
@@ -180,7 +186,9 @@ class SyncService:
         raw = list(reversed(raw[:limit]))
         timeline = await self._visibility.filter_events(
             requester.user_id,
-            [e for e in raw if f.timeline.allows(e) and e.sender not in ignored])
+            # spec, ignoring users: their state events are still sent, the rest is hidden.
+            [e for e in raw if f.timeline.allows(e)
+             and (e.sender not in ignored or e.state_key is not None)])
         room_version = await self._room_service.room_version(room_id)
 
         state_ids: StateMap = {}

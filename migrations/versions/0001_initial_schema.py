@@ -51,12 +51,47 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "account_data",
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("room_id", sa.Text(), nullable=False),
+        sa.Column("type", sa.Text(), nullable=False),
+        sa.Column("content", sa.JSON(), nullable=False),
+        sa.Column(
+            "stream_position", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("user_id", "room_id", "type", name=op.f("pk_account_data")),
+    )
+    with op.batch_alter_table("account_data", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_account_data_user_id_stream_position"),
+            ["user_id", "stream_position"],
+            unique=False,
+        )
+
+    op.create_table(
         "current_state",
         sa.Column("room_id", sa.Text(), nullable=False),
         sa.Column("type", sa.Text(), nullable=False),
         sa.Column("state_key", sa.Text(), nullable=False),
         sa.Column("event_id", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("room_id", "type", "state_key", name=op.f("pk_current_state")),
+    )
+    op.create_table(
+        "device_inbox",
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("device_id", sa.Text(), nullable=False),
+        sa.Column(
+            "stream_position", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("sender", sa.Text(), nullable=False),
+        sa.Column("type", sa.Text(), nullable=False),
+        sa.Column("content", sa.JSON(), nullable=False),
+        sa.Column(
+            "delivered_at", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
+        sa.PrimaryKeyConstraint(
+            "user_id", "device_id", "stream_position", name=op.f("pk_device_inbox")
+        ),
     )
     op.create_table(
         "devices",
@@ -72,6 +107,35 @@ def upgrade() -> None:
         sa.Column("last_seen_ip", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("user_id", "device_id", name=op.f("pk_devices")),
     )
+    op.create_table(
+        "event_relations",
+        sa.Column("event_id", sa.Text(), nullable=False),
+        sa.Column("relates_to_id", sa.Text(), nullable=False),
+        sa.Column("rel_type", sa.Text(), nullable=False),
+        sa.Column("room_id", sa.Text(), nullable=False),
+        sa.Column("type", sa.Text(), nullable=False),
+        sa.Column("sender", sa.Text(), nullable=False),
+        sa.Column("aggregation_key", sa.Text(), nullable=True),
+        sa.Column(
+            "origin_server_ts", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column(
+            "stream_ordering", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("event_id", name=op.f("pk_event_relations")),
+    )
+    with op.batch_alter_table("event_relations", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_event_relations_relates_to_id_rel_type_stream_ordering"),
+            ["relates_to_id", "rel_type", "stream_ordering"],
+            unique=False,
+        )
+        batch_op.create_index(
+            batch_op.f("ix_event_relations_room_id_rel_type_stream_ordering"),
+            ["room_id", "rel_type", "stream_ordering"],
+            unique=False,
+        )
+
     op.create_table(
         "event_txns",
         sa.Column("user_id", sa.Text(), nullable=False),
@@ -116,6 +180,11 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.create_index(
+            batch_op.f("ix_events_room_id_sender_stream_ordering"),
+            ["room_id", "sender", "stream_ordering"],
+            unique=False,
+        )
+        batch_op.create_index(
             batch_op.f("ix_events_room_id_stream_ordering"),
             ["room_id", "stream_ordering"],
             unique=False,
@@ -131,12 +200,61 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("user_id", "filter_id", name=op.f("pk_filters")),
     )
     op.create_table(
+        "presence",
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("state", sa.Text(), nullable=False),
+        sa.Column("status_msg", sa.Text(), nullable=True),
+        sa.Column(
+            "last_active_ts", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column(
+            "last_sync_ts", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("currently_active", sa.Boolean(), nullable=False),
+        sa.Column(
+            "stream_position", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_presence")),
+    )
+    with op.batch_alter_table("presence", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_presence_stream_position"), ["stream_position"], unique=False
+        )
+
+    op.create_table(
         "profiles",
         sa.Column("user_id", sa.Text(), nullable=False),
         sa.Column("displayname", sa.Text(), nullable=True),
         sa.Column("avatar_url", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("user_id", name=op.f("pk_profiles")),
     )
+    op.create_table(
+        "receipts",
+        sa.Column("room_id", sa.Text(), nullable=False),
+        sa.Column("receipt_type", sa.Text(), nullable=False),
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("thread_id", sa.Text(), nullable=False),
+        sa.Column("event_id", sa.Text(), nullable=False),
+        sa.Column(
+            "event_stream_ordering",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            nullable=False,
+        ),
+        sa.Column("ts", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column(
+            "stream_position", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint(
+            "room_id", "receipt_type", "user_id", "thread_id", name=op.f("pk_receipts")
+        ),
+    )
+    with op.batch_alter_table("receipts", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_receipts_room_id_stream_position"),
+            ["room_id", "stream_position"],
+            unique=False,
+        )
+
     op.create_table(
         "refresh_tokens",
         sa.Column(
@@ -208,6 +326,24 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "room_tags",
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("room_id", sa.Text(), nullable=False),
+        sa.Column("tag", sa.Text(), nullable=False),
+        sa.Column("content", sa.JSON(), nullable=True),
+        sa.Column(
+            "stream_position", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("user_id", "room_id", "tag", name=op.f("pk_room_tags")),
+    )
+    with op.batch_alter_table("room_tags", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_room_tags_user_id_stream_position"),
+            ["user_id", "stream_position"],
+            unique=False,
+        )
+
+    op.create_table(
         "rooms",
         sa.Column("room_id", sa.Text(), nullable=False),
         sa.Column("room_version", sa.Text(), nullable=False),
@@ -262,6 +398,43 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("stream", name=op.f("pk_stream_positions")),
     )
     op.create_table(
+        "to_device_txns",
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("device_id", sa.Text(), nullable=False),
+        sa.Column("txn_id", sa.Text(), nullable=False),
+        sa.Column(
+            "created_ts", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("user_id", "device_id", "txn_id", name=op.f("pk_to_device_txns")),
+    )
+    op.create_table(
+        "typing_notifications",
+        sa.Column("room_id", sa.Text(), nullable=False),
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column(
+            "expires_ts", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("room_id", "user_id", name=op.f("pk_typing_notifications")),
+    )
+    with op.batch_alter_table("typing_notifications", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_typing_notifications_expires_ts"), ["expires_ts"], unique=False
+        )
+
+    op.create_table(
+        "typing_rooms",
+        sa.Column("room_id", sa.Text(), nullable=False),
+        sa.Column(
+            "stream_position", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("room_id", name=op.f("pk_typing_rooms")),
+    )
+    with op.batch_alter_table("typing_rooms", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_typing_rooms_stream_position"), ["stream_position"], unique=False
+        )
+
+    op.create_table(
         "uia_sessions",
         sa.Column("session_id", sa.Text(), nullable=False),
         sa.Column(
@@ -297,10 +470,23 @@ def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
     op.drop_table("users")
     op.drop_table("uia_sessions")
+    with op.batch_alter_table("typing_rooms", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_typing_rooms_stream_position"))
+
+    op.drop_table("typing_rooms")
+    with op.batch_alter_table("typing_notifications", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_typing_notifications_expires_ts"))
+
+    op.drop_table("typing_notifications")
+    op.drop_table("to_device_txns")
     op.drop_table("stream_positions")
     op.drop_table("state_groups")
     op.drop_table("state_group_entries")
     op.drop_table("rooms")
+    with op.batch_alter_table("room_tags", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_room_tags_user_id_stream_position"))
+
+    op.drop_table("room_tags")
     with op.batch_alter_table("room_memberships", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_room_memberships_user_id_membership"))
 
@@ -314,15 +500,34 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_refresh_tokens_user_id_device_id"))
 
     op.drop_table("refresh_tokens")
+    with op.batch_alter_table("receipts", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_receipts_room_id_stream_position"))
+
+    op.drop_table("receipts")
     op.drop_table("profiles")
+    with op.batch_alter_table("presence", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_presence_stream_position"))
+
+    op.drop_table("presence")
     op.drop_table("filters")
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_events_room_id_stream_ordering"))
+        batch_op.drop_index(batch_op.f("ix_events_room_id_sender_stream_ordering"))
 
     op.drop_table("events")
     op.drop_table("event_txns")
+    with op.batch_alter_table("event_relations", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_event_relations_room_id_rel_type_stream_ordering"))
+        batch_op.drop_index(batch_op.f("ix_event_relations_relates_to_id_rel_type_stream_ordering"))
+
+    op.drop_table("event_relations")
     op.drop_table("devices")
+    op.drop_table("device_inbox")
     op.drop_table("current_state")
+    with op.batch_alter_table("account_data", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_account_data_user_id_stream_position"))
+
+    op.drop_table("account_data")
     with op.batch_alter_table("access_tokens", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_access_tokens_user_id_device_id"))
         batch_op.drop_index(batch_op.f("ix_access_tokens_user_id"))

@@ -1,0 +1,206 @@
+"""``./bench.sh [options]``: the scenarios against our server and Synapse, one at a time."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import platform
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import aiohttp
+
+from bench import report
+from bench.client import Matrix
+from bench.procstat import ProcessWatch
+from bench.progress import log
+from bench.querycount import QueryLog, count_queries, describe
+from bench.scenarios import NOT_YET, SCENARIOS, Bench
+from bench.servers import REPO, OurServer, PostgresDatabase, Server, SynapseServer
+
+SERVERS = ("ours", "synapse")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench.sh", description="The same client-API workload against this homeserver "
+        "and Synapse, side by side. Writes bench/results/<timestamp>/{result.json,table.txt,"
+        "latency.png}.")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help="comma-separated, run in this order (default: ours,synapse)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiplies user, room and event counts (default 1.0)")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="database of the servers started here (postgresql: a fresh "
+                        "database per server on 127.0.0.1:5432 as postgres, dropped after)")
+    parser.add_argument("--url", action="append", default=[], metavar="[NAME=]URL",
+                        help="benchmark a server already running there instead of starting "
+                        "one (registration must be open, rate limits off); NAME defaults to "
+                        "the next of --servers; repeat for two servers")
+    parser.add_argument("--pid", action="append", default=[], metavar="[NAME=]PID",
+                        help="PID of a --url server, to read its CPU and RSS from /proc")
+    parser.add_argument("--throughput-seconds", type=float, default=10.0,
+                        help="duration of each send-throughput level (default 10)")
+    parser.add_argument("--budget-seconds", type=float, default=60.0,
+                        help="a latency scenario stops sending after this long and reports "
+                        "what it measured (default 60)")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample our server with py-spy during the measured parts")
+    parser.add_argument("--count-queries", action="store_true",
+                        help="also count SQL statements per send and per sync wake-up on our "
+                        "server (runs it with statement logging; only for servers started here)")
+    parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args(argv)
+    args.servers = [s for s in args.servers.split(",") if s]
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    for scenario in args.scenarios:
+        if scenario not in SCENARIOS:
+            parser.error(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    if not args.url:
+        for name in args.servers:
+            if name not in SERVERS:
+                parser.error(f"unknown server {name!r}; known: {', '.join(SERVERS)}")
+    if args.scale <= 0:
+        parser.error("--scale must be positive")
+    return args
+
+
+def _named(values: list[str], defaults: list[str]) -> dict[str, str]:
+    named: dict[str, str] = {}
+    for i, value in enumerate(values):
+        name, sep, rest = value.partition("=")
+        if sep and not name.startswith("http"):
+            named[name] = rest
+        else:
+            named[defaults[i] if i < len(defaults) else f"server{i + 1}"] = value
+    return named
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every finally: servers stop by PID
+
+
+async def run_server(server: Server, args: argparse.Namespace, run_id: str,
+                     directory: Path, query_log: Path | None) -> dict[str, Any]:
+    watch = ProcessWatch(server.pid)
+    profiler = None
+    if args.profile and server.name == "ours" and server.pid:
+        from bench.profile import PySpy
+
+        profiler = PySpy(server.pid, directory)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+    results: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    async with aiohttp.ClientSession(connector=connector) as session:
+        mx = Matrix(session, server.base_url)
+        bench = Bench(mx, watch, server.name, args.scale, run_id, args.throughput_seconds,
+                      args.budget_seconds, profiler)
+        for scenario in args.scenarios:
+            started = time.monotonic()
+            try:
+                for result in await getattr(bench, scenario)():
+                    results[result.name] = result.as_json()
+                    log(f"{server.name}: {result.name}: " + ", ".join(
+                        f"{k}={v:.4g}" for k, v in result.figures.items() if v is not None)
+                        + (f", errors={result.errors}" if result.errors else "")
+                        + (f" ({result.note})" if result.note else ""))
+            except Exception as e:  # one failed scenario must not lose the others
+                log(f"{server.name}: {scenario} FAILED: {e!r}")
+                traceback.print_exc()
+                results[scenario] = {"error": repr(e), "figures": {}, "errors": 0}
+            log(f"{server.name}: {scenario} took {time.monotonic() - started:.0f} s")
+        if query_log is not None:
+            extra["queries"] = await count_queries(mx, QueryLog(query_log), run_id)
+    if profiler is not None and profiler.outputs:
+        from bench.profile import hottest
+
+        text = hottest(profiler.outputs)
+        (directory / "profile_top.txt").write_text(text)
+        extra["profile_top"] = text
+    usage = watch.totals()
+    return {"url": server.base_url, "pid": server.pid, "version": server.version,
+            "results": results, "totals": {"cpu_s": usage.cpu_s,
+                                           "peak_rss_mb": usage.peak_rss_mb},
+            "peak_rss_resettable": watch.can_reset, **extra}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    directory = args.results_dir / stamp
+    directory.mkdir(parents=True, exist_ok=True)
+    run_id = secrets.token_hex(3)
+    loadavg_before = Path("/proc/loadavg").read_text().split()[:3]
+    log(f"results in {directory}; load average {' '.join(loadavg_before)} on "
+        f"{os.cpu_count()} cores")
+    urls = _named(args.url, args.servers)
+    pids = _named(args.pid, list(urls) or args.servers)
+    names = list(urls) or args.servers
+    run: dict[str, Any] = {"meta": {
+        "timestamp": stamp, "db": "external" if urls else args.db, "scale": args.scale,
+        "scenarios": args.scenarios, "servers": names,
+        "throughput_seconds": args.throughput_seconds,
+        "loadavg_before": " ".join(loadavg_before), "cpus": os.cpu_count(),
+        "python": platform.python_version(), "argv": sys.argv[1:],
+        "skipped": [f"{k}: {v}" for k, v in NOT_YET.items()]}, "servers": {}}
+    started = time.monotonic()
+    for name in names:
+        workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+        database: PostgresDatabase | None = None
+        server: Server | None = None
+        query_log: Path | None = None
+        try:
+            if name in urls:
+                server = Server(name, urls[name], int(pids[name]) if name in pids else None)
+            else:
+                if args.db == "postgresql":
+                    database = PostgresDatabase(name)
+                    database.create()
+                if name == "ours":
+                    ours = OurServer(workdir, database.asyncpg_url if database else None)
+                    if args.count_queries:
+                        query_log = workdir / "queries.log"
+                        ours.wrapper_module = ["-m", "bench.querylog", str(query_log)]
+                    server = ours
+                else:
+                    server = SynapseServer(workdir, database.name if database else None)
+            log(f"{name}: starting")
+            server.start()
+            run["servers"][name] = asyncio.run(
+                run_server(server, args, run_id, directory, query_log))
+        finally:
+            if server is not None:
+                server.stop()
+            if database is not None:
+                database.drop()
+            if server is not None and isinstance(server, (OurServer, SynapseServer)):
+                log_path = server.log_path
+                if log_path.exists():
+                    shutil.copy(log_path, directory / f"{name}-server.log")
+            shutil.rmtree(workdir, ignore_errors=True)
+    run["meta"]["loadavg_after"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    run["meta"]["wall_s"] = time.monotonic() - started
+    text = report.write(run, directory)
+    print(text)
+    for name, info in run["servers"].items():
+        if "queries" in info:
+            (directory / f"queries-{name}.txt").write_text(describe(info["queries"]))
+            print(f"{name}: " + describe(info["queries"]).split("\n\n")[0])
+        if "profile_top" in info:
+            print(f"{name} profile ({directory / 'profile_top.txt'}):\n{info['profile_top']}")
+    log(f"done in {run['meta']['wall_s']:.0f} s: {directory}")
+    return 0

@@ -1,0 +1,185 @@
+"""A minimal Matrix client over aiohttp: only the public Client-Server API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+LONG_POLL_MS = 30_000
+# Only for the first token of a listener: no rooms, so it is cheap on both servers.
+PRIME_FILTER = orjson.dumps({"room": {"rooms": []}, "presence": {"types": []},
+                             "account_data": {"types": []}}).decode()
+
+
+class MatrixCallError(Exception):
+    def __init__(self, method: str, path: str, status: int, body: str) -> None:
+        super().__init__(f"{method} {path}: {status} {body[:300]}")
+        self.status = status
+
+
+@dataclass
+class User:
+    localpart: str
+    user_id: str
+    access_token: str
+
+
+class Matrix:
+    """Calls one server's client API; one connection pool for every simulated user."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self.session = session
+        self.base_url = base_url
+
+    async def call(self, method: str, path: str, *, token: str | None = None,
+                   body: Mapping[str, Any] | None = None, params: Mapping[str, str] | None = None,
+                   timeout_s: float = 120, ok: tuple[int, ...] = (200,),
+                   retry_limited: bool = True) -> tuple[int, Any, int]:
+        """One request; returns ``(status, parsed body, body bytes)``.
+
+        A 429 is waited out and retried (setup only: rate limits are raised on both servers).
+        """
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        data = orjson.dumps(body) if body is not None else None
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        while True:
+            async with self.session.request(
+                    method, self.base_url + path, data=data, params=params, headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+                raw = await response.read()
+                status = response.status
+            if status == 429 and retry_limited:
+                wait_ms = orjson.loads(raw).get("retry_after_ms", 1000) if raw else 1000
+                await asyncio.sleep(min(wait_ms, 10_000) / 1000)
+                continue
+            if status not in ok:
+                raise MatrixCallError(method, path, status, raw.decode(errors="replace"))
+            return status, orjson.loads(raw) if raw else None, len(raw)
+
+    async def register(self, localpart: str, password: str) -> User:
+        body: dict[str, Any] = {"username": localpart, "password": password,
+                                "auth": {"type": "m.login.dummy"},
+                                "initial_device_display_name": "bench"}
+        status, data, _ = await self.call("POST", "/_matrix/client/v3/register", body=body,
+                                          ok=(200, 401))
+        if status == 401:
+            # A server that insists on a UIA session first: complete the stage inside it.
+            body["auth"] = {"type": "m.login.dummy", "session": data["session"]}
+            _, data, _ = await self.call("POST", "/_matrix/client/v3/register", body=body)
+        return User(localpart, data["user_id"], data["access_token"])
+
+    async def login(self, localpart: str, password: str) -> str:
+        body = {"type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": localpart}, "password": password}
+        _, data, _ = await self.call("POST", "/_matrix/client/v3/login", body=body)
+        return str(data["access_token"])
+
+    async def create_room(self, user: User, **body: Any) -> str:
+        _, data, _ = await self.call("POST", "/_matrix/client/v3/createRoom",
+                                     token=user.access_token, body=body)
+        return str(data["room_id"])
+
+    async def join(self, user: User, room_id: str) -> None:
+        await self.call("POST", f"/_matrix/client/v3/join/{quote(room_id, safe='')}",
+                        token=user.access_token, body={})
+
+    async def send_text(self, user: User, room_id: str, text: str) -> str:
+        txn = uuid.uuid4().hex
+        path = (f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/send/m.room.message/"
+                f"{txn}")
+        _, data, _ = await self.call("PUT", path, token=user.access_token,
+                                     body={"msgtype": "m.text", "body": text},
+                                     retry_limited=False)
+        return str(data["event_id"])
+
+    async def sync(self, user: User, *, since: str | None = None, timeout_ms: int = 0,
+                   filter_: str | None = None) -> tuple[dict[str, Any], int]:
+        params = {"timeout": str(timeout_ms)}
+        if since is not None:
+            params["since"] = since
+        if filter_ is not None:
+            params["filter"] = filter_
+        _, data, size = await self.call("GET", "/_matrix/client/v3/sync",
+                                        token=user.access_token, params=params,
+                                        timeout_s=timeout_ms / 1000 + 120)
+        return data, size
+
+
+def timeline_event_ids(sync_body: Mapping[str, Any]) -> list[str]:
+    """Event IDs in the joined rooms' timelines of a /sync response."""
+    ids: list[str] = []
+    for room in sync_body.get("rooms", {}).get("join", {}).values():
+        for event in room.get("timeline", {}).get("events", []):
+            event_id = event.get("event_id")
+            if isinstance(event_id, str):
+                ids.append(event_id)
+    return ids
+
+
+class Listener:
+    """One user's long-poll loop: a filter-less ``/sync?since=…&timeout=30000``.
+
+    Records when each event ID first arrives (``time.perf_counter()`` after the response
+    is read and parsed), so a sender can wait for the very event it sent.
+    """
+
+    def __init__(self, mx: Matrix, user: User) -> None:
+        self.mx = mx
+        self.user = user
+        self.since: str | None = None
+        self.arrivals: dict[str, float] = {}
+        self.errors = 0
+        self._waiters: dict[str, asyncio.Future[float]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def prime(self) -> None:
+        body, _ = await self.mx.sync(self.user, filter_=PRIME_FILTER)
+        self.since = body["next_batch"]
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                body, _ = await self.mx.sync(self.user, since=self.since,
+                                             timeout_ms=LONG_POLL_MS)
+            except (TimeoutError, aiohttp.ClientError, MatrixCallError):
+                self.errors += 1
+                await asyncio.sleep(0.5)
+                continue
+            now = time.perf_counter()
+            self.since = body["next_batch"]
+            for event_id in timeline_event_ids(body):
+                if event_id not in self.arrivals:
+                    self.arrivals[event_id] = now
+                    waiter = self._waiters.pop(event_id, None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(now)
+
+    async def wait_for(self, event_id: str, timeout_s: float) -> float | None:
+        """When ``event_id`` arrived (perf_counter), or None if not within ``timeout_s``."""
+        if event_id in self.arrivals:
+            return self.arrivals[event_id]
+        waiter = self._waiters.setdefault(event_id, asyncio.get_running_loop().create_future())
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+        except TimeoutError:
+            return None
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass

@@ -1,0 +1,268 @@
+"""The servers under test: ours and Synapse, configured and started here, stopped by PID."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.progress import log
+
+REPO = Path(__file__).resolve().parent.parent
+SYNAPSE_VERSION = "1.163.2"
+SYNAPSE_VENV = REPO / "bench" / ".venv-synapse"
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+START_TIMEOUT_S = 120
+# Rate limits as good as off: the benchmark measures the servers, not their limiters.
+UNLIMITED = {"per_second": 1_000_000, "burst_count": 1_000_000}
+SYNAPSE_RATE_LIMITS: dict[str, Any] = {
+    "rc_message": UNLIMITED,
+    "rc_registration": UNLIMITED,
+    "rc_registration_token_validity": UNLIMITED,
+    "rc_login": {"address": UNLIMITED, "account": UNLIMITED, "failed_attempts": UNLIMITED},
+    "rc_admin_redaction": UNLIMITED,
+    "rc_joins": {"local": UNLIMITED, "remote": UNLIMITED},
+    "rc_joins_per_room": UNLIMITED,
+    "rc_key_requests": UNLIMITED,
+    "rc_3pid_validation": UNLIMITED,
+    "rc_invites": {"per_room": UNLIMITED, "per_user": UNLIMITED, "per_issuer": UNLIMITED},
+    "rc_third_party_invite": UNLIMITED,
+    "rc_media_create": UNLIMITED,
+    "rc_presence": {"per_user": UNLIMITED},
+    "rc_delayed_event_mgmt": UNLIMITED,
+    "rc_room_creation": UNLIMITED,
+    "rc_reports": UNLIMITED,
+    "rc_user_directory": UNLIMITED,
+    "rc_profile": UNLIMITED,
+    "rc_federation": {"window_size": 1000, "sleep_limit": 1_000_000, "sleep_delay": 0,
+                      "reject_limit": 1_000_000, "concurrent": 1_000_000},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A server to benchmark: a base URL and, when known, the PID to read /proc of."""
+
+    def __init__(self, name: str, base_url: str, pid: int | None = None) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.pid = pid
+        self.version = "unknown"
+
+    def start(self) -> None:
+        """Nothing to start for a server that is already running."""
+
+    def stop(self) -> None:
+        """Nothing to stop for a server that is already running."""
+
+
+class ManagedServer(Server):
+    """A server process started here and stopped by its PID, whatever happens."""
+
+    def __init__(self, name: str, workdir: Path) -> None:
+        self.port = free_port()
+        super().__init__(name, f"http://127.0.0.1:{self.port}")
+        self.workdir = workdir
+        self.log_path = workdir / "server.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if not k.startswith("HS_")}
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as out:
+            self._proc = subprocess.Popen(self.command(), stdout=out, stderr=out,
+                                          stdin=subprocess.DEVNULL, cwd=self.workdir,
+                                          env=self.environment())
+        self.pid = self._proc.pid
+        log(f"{self.name}: started as PID {self.pid} on {self.base_url}")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        import httpx
+
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self._log_tail()}")
+            try:
+                if httpx.get(f"{self.base_url}/_matrix/client/versions", timeout=2).is_success:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not start in {START_TIMEOUT_S} s: {self._log_tail()}")
+
+    def stop(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        os.kill(self._proc.pid, signal.SIGTERM)
+        try:
+            self._proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.kill(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+        log(f"{self.name}: PID {self._proc.pid} stopped")
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return "(no log)"
+
+
+class OurServer(ManagedServer):
+    """``python -m homeserver -c CONFIG run`` from the repo's venv, default password hashing."""
+
+    def __init__(self, workdir: Path, database_url: str | None) -> None:
+        super().__init__("ours", workdir)
+        config: dict[str, Any] = {
+            "server_name": "localhost",
+            "data_dir": str(workdir / "data"),
+            "listen": {"host": "127.0.0.1", "port": self.port},
+            "registration": {"enabled": True},
+            "rate_limits": {"enabled": False},
+        }
+        if database_url is not None:
+            config["database"] = {"url": database_url}
+        self.config_path = workdir / "homeserver.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.version = _git_describe()
+        # ``-m bench.querylog LOG`` to log every SQL statement (``--count-queries``).
+        self.wrapper_module = ["-m", "homeserver"]
+
+    def command(self) -> list[str]:
+        return [sys.executable, *self.wrapper_module, "-c", str(self.config_path),
+                "run", "--log-level", "WARNING"]
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        env["PYTHONPATH"] = str(REPO)
+        return env
+
+
+class SynapseServer(ManagedServer):
+    """Synapse from its own venv, with a config generated by Synapse and edited here."""
+
+    def __init__(self, workdir: Path, database: str | None) -> None:
+        super().__init__("synapse", workdir)
+        self.version = SYNAPSE_VERSION
+        ensure_synapse_venv()
+        self.config_path = workdir / "homeserver.yaml"
+        data_dir = workdir / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [str(SYNAPSE_VENV / "bin" / "python"), "-m", "synapse.app.homeserver",
+             "--server-name", "localhost", "--config-path", str(self.config_path),
+             "--generate-config", "--report-stats", "no",
+             "--config-directory", str(workdir), "--data-directory", str(data_dir)],
+            check=True, capture_output=True, cwd=workdir)
+        config = yaml.safe_load(self.config_path.read_text())
+        config.update(synapse_overrides(self.port, database))
+        self.config_path.write_text(yaml.safe_dump(config))
+        log_config = workdir / "localhost.log.config"
+        # Same log level as ours (WARNING): INFO would log every request.
+        logging_config = yaml.safe_load(log_config.read_text())
+        logging_config["root"]["level"] = "WARNING"
+        for logger in logging_config.get("loggers", {}).values():
+            logger["level"] = "WARNING"
+        log_config.write_text(yaml.safe_dump(logging_config))
+
+    def command(self) -> list[str]:
+        return [str(SYNAPSE_VENV / "bin" / "python"), "-m", "synapse.app.homeserver",
+                "--config-path", str(self.config_path)]
+
+
+def synapse_overrides(port: int, database: str | None) -> dict[str, Any]:
+    """The keys changed in Synapse's generated config, to match our server's benchmark config."""
+    overrides: dict[str, Any] = {
+        "listeners": [{"port": port, "bind_addresses": ["127.0.0.1"], "type": "http",
+                       "tls": False, "x_forwarded": False,
+                       "resources": [{"names": ["client"], "compress": False}]}],
+        "enable_registration": True,
+        "enable_registration_without_verification": True,
+        "report_stats": False,
+        "presence": {"enabled": False},  # ours has no presence yet: same workload on both
+        "trusted_key_servers": [],  # no network beyond loopback
+        "suppress_key_server_warning": True,
+        "url_preview_enabled": False,
+        "enable_metrics": False,
+        **SYNAPSE_RATE_LIMITS,
+    }
+    if database is not None:
+        overrides["database"] = {"name": "psycopg2", "args": {
+            "user": PG_USER, "host": PG_HOST, "port": PG_PORT, "database": database,
+            "cp_min": 5, "cp_max": 10}}
+    return overrides
+
+
+def ensure_synapse_venv() -> None:
+    python = SYNAPSE_VENV / "bin" / "python"
+    check = [str(python), "-c", "import synapse, psycopg2; print(synapse.__version__)"]
+    if python.exists():
+        done = subprocess.run(check, capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.startswith(SYNAPSE_VERSION):
+            return
+    log(f"installing matrix-synapse=={SYNAPSE_VERSION} into {SYNAPSE_VENV} (once)")
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(SYNAPSE_VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q",
+                    f"matrix-synapse[postgres]=={SYNAPSE_VERSION}"], check=True)
+
+
+def _git_describe() -> str:
+    try:
+        done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() or "unknown"
+
+
+class PostgresDatabase:
+    """A fresh database on the local PostgreSQL for one server, dropped afterwards."""
+
+    def __init__(self, label: str) -> None:
+        self.name = f"bench_{label}_{uuid.uuid4().hex[:8]}"
+
+    @property
+    def asyncpg_url(self) -> str:
+        return f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{self.name}"
+
+    def create(self) -> None:
+        # Synapse requires C collation; ours gets the same database for a like-for-like run.
+        _pg(f"CREATE DATABASE {self.name} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' "
+            "TEMPLATE template0")
+        log(f"postgresql: created database {self.name}")
+
+    def drop(self) -> None:
+        _pg(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+        log(f"postgresql: dropped database {self.name}")
+
+
+def _pg(sql: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    async def run() -> None:
+        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER,
+                                     database="postgres")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())

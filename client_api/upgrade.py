@@ -1,0 +1,32 @@
+"""Room upgrades (spec: "Room Upgrades")."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from homeserver.ids import RoomID
+from homeserver.web import RequestBody, homeserver_of, json_response, parse_body, require_user
+
+
+class UpgradeBody(RequestBody):
+    new_version: str
+    additional_creators: list[str] = Field(default_factory=list, max_length=100)
+
+
+async def upgrade_room(request: Request) -> Response:
+    """POST /_matrix/client/v3/rooms/{roomId}/upgrade"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    body = await parse_body(request, UpgradeBody)
+    replacement = await hs.room_upgrader.upgrade(
+        requester, RoomID.parse(request.path_params["room_id"]), body.new_version,
+        body.additional_creators)
+    return json_response({"replacement_room": replacement})
+
+
+client_routes = [
+    Route("/v3/rooms/{room_id}/upgrade", upgrade_room, methods=["POST"]),
+]

@@ -1,0 +1,69 @@
+"""The WebSocket sync endpoint (docs/websocket.md): accepts, then hands over to the service.
+
+Only the transport lives here; the protocol is ``homeserver/websocket.py``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
+
+from homeserver.errors import Codes
+from homeserver.web import JSONResponse
+from homeserver.websocket import PATH, TransportClosed
+
+if TYPE_CHECKING:
+    from homeserver.app import Homeserver
+
+
+class StarletteTransport:
+    """``homeserver.websocket.Transport`` over a Starlette WebSocket."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._ws = websocket
+
+    async def receive(self) -> str | bytes | None:
+        try:
+            message = await self._ws.receive()
+        except (WebSocketDisconnect, WebSocketDisconnected):
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        if text is not None:
+            return str(text)
+        return bytes(message.get("bytes") or b"")
+
+    async def send(self, text: str) -> None:
+        try:
+            await self._ws.send_text(text)
+        except (WebSocketDisconnect, WebSocketDisconnected, OSError) as e:
+            raise TransportClosed from e
+
+    async def close(self, code: int, reason: str) -> None:
+        try:
+            await self._ws.close(code, reason)
+        except (WebSocketDisconnect, WebSocketDisconnected, OSError) as e:
+            raise TransportClosed from e
+
+
+async def websocket_sync(websocket: WebSocket) -> None:
+    """GET /_matrix/client/unstable/org.homeserver.ws/v1/sync (WebSocket upgrade)"""
+    hs: Homeserver = websocket.app.state.homeserver
+    if not hs.config.websocket.enabled:
+        await websocket.send_denial_response(JSONResponse(
+            {"errcode": Codes.UNRECOGNIZED, "error": "Unrecognized request"}, status_code=404))
+        return
+    # Accept first, even a request we refuse: a browser sees a close code and an error frame,
+    # never the body of a refused upgrade.
+    await websocket.accept()
+    await hs.websocket.serve(
+        StarletteTransport(websocket),
+        authorization=websocket.headers.get("authorization"),
+        token_in_url="access_token" in websocket.query_params,
+        query=websocket.query_params)
+
+
+client_routes = [WebSocketRoute(PATH, websocket_sync)]

@@ -1,0 +1,197 @@
+"""EventStore on both databases: persisting, compare-and-swap, state groups and snapshots."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from homeserver.migrate import upgrade_head
+from homeserver.storage.database import Database
+from homeserver.storage.events import MAX_STATE_CHAIN, EventStore, NewEvent, StateMap
+from homeserver.storage.rooms import RoomStore
+from homeserver.storage.schema import state_groups
+
+ROOM = "!room:test"
+ALICE = "@alice:test"
+NOW = 1_700_000_000_000
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = Database(db_url)
+    await upgrade_head(database.engine)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+class Room:
+    """Builds a chain of events in one room; the store is not asked to check them."""
+
+    def __init__(self, store: EventStore, room_id: str = ROOM) -> None:
+        self.store = store
+        self.room_id = room_id
+        self.latest: str | None = None
+        self.depth = 0
+        self.count = 0
+
+    def event(self, event_type: str, content: dict[str, Any], state_key: str | None = None,
+              **extra: Any) -> NewEvent:
+        self.count += 1
+        pdu: dict[str, Any] = {"room_id": self.room_id, "type": event_type, "sender": ALICE,
+                               "content": content, "depth": self.depth + 1,
+                               "origin_server_ts": NOW + self.count,
+                               "prev_events": [self.latest] if self.latest else []}
+        if state_key is not None:
+            pdu["state_key"] = state_key
+        return NewEvent(pdu, f"${self.room_id}-{self.count}", self.room_id, {}, **extra)
+
+    async def persist(self, event: NewEvent) -> int:
+        position = await self.store.persist_event(event, self.latest)
+        assert position is not None
+        self.latest = event.event_id
+        self.depth = event.pdu["depth"]
+        return position
+
+
+async def new_room(db: Database, room_id: str = ROOM) -> Room:
+    assert await RoomStore(db).create_room(room_id, "11", ALICE, NOW, is_public=False)
+    room = Room(EventStore(db), room_id)
+    await room.persist(room.event("m.room.create", {"room_version": "11"}, ""))
+    return room
+
+
+async def test_state_groups_snapshot_every_50(db: Database) -> None:
+    room = await new_room(db)
+    expected: StateMap = {("m.room.create", ""): room.latest or ""}
+    history: list[tuple[str, StateMap]] = []
+    for i in range(120):
+        # New keys and replacements of old ones, with messages in between.
+        key = ("org.example.counter", str(i % 37))
+        event = room.event(key[0], {"i": i}, key[1])
+        await room.persist(event)
+        expected[key] = event.event_id
+        history.append((event.event_id, dict(expected)))
+        if i % 10 == 0:
+            await room.persist(room.event("m.room.message", {"body": str(i)}))
+    # A fresh store: nothing comes from the cache of the one that wrote.
+    reader = EventStore(db)
+    current = await reader.get_current_state_ids(ROOM)
+    assert current == expected
+    stored = await reader.get_events([event_id for event_id, _ in history])
+    latest_group = stored[history[-1][0]].state_group
+    assert await reader.get_state_ids(latest_group) == current
+    # The state after every one of the 120 changes, read back through its group.
+    for event_id, state in history:
+        assert await reader.get_state_ids(stored[event_id].state_group) == state, event_id
+    # A message shares the group of the state before it.
+    messages = await reader.get_room_events(ROOM, limit=200, descending=False)
+    for before, message in zip(messages, messages[1:], strict=False):
+        if message.state_key is None:
+            assert message.state_group == before.state_group
+    # One group per state event (121 with the create); a snapshot every MAX_STATE_CHAIN.
+    async with db.read() as conn:
+        rows = (await conn.execute(sa.select(
+            state_groups.c.id, state_groups.c.prev_group, state_groups.c.is_snapshot,
+            state_groups.c.chain_length).where(state_groups.c.room_id == ROOM)
+            .order_by(state_groups.c.id))).all()
+    assert len(rows) == 121
+    snapshots = [i for i, r in enumerate(rows) if r.is_snapshot]
+    assert snapshots == list(range(0, 121, MAX_STATE_CHAIN))
+    assert max(r.chain_length for r in rows) == MAX_STATE_CHAIN - 1
+    assert all(r.prev_group == rows[i - 1].id for i, r in enumerate(rows) if i > 0)
+
+
+async def test_state_before_an_event(db: Database) -> None:
+    room = await new_room(db)
+    first = room.event("m.room.topic", {"topic": "a"}, "")
+    await room.persist(first)
+    second = room.event("m.room.topic", {"topic": "b"}, "")
+    await room.persist(second)
+    reader = EventStore(db)
+    stored = await reader.get_event(second.event_id)
+    assert stored is not None
+    before = await reader.get_state_before(stored)
+    assert before[("m.room.topic", "")] == first.event_id
+    after = await reader.get_state_ids(stored.state_group)
+    assert after[("m.room.topic", "")] == second.event_id
+
+
+async def test_persist_compare_and_swap(db: Database) -> None:
+    room = await new_room(db)
+    stale = room.latest
+    first = room.event("m.room.message", {"body": "first"})
+    position = await room.persist(first)
+    # Another writer built on the old latest event: refused, and nothing of it is stored.
+    loser = room.event("m.room.message", {"body": "lost"})
+    assert await room.store.persist_event(loser, stale) is None
+    assert await room.store.get_event(loser.event_id) is None
+    # A state event built on a stale extremity changes no state either.
+    loser_state = room.event("m.room.name", {"name": "lost"}, "")
+    assert await room.store.persist_event(loser_state, stale) is None
+    assert ("m.room.name", "") not in await room.store.get_current_state_ids(ROOM)
+    # A second create (expected_latest None) of an existing room: refused.
+    again = room.event("m.room.create", {}, "")
+    assert await room.store.persist_event(again, None) is None
+    # An unknown room: refused.
+    elsewhere = Room(room.store, "!unknown:test").event("m.room.message", {})
+    assert await room.store.persist_event(elsewhere, None) is None
+    # The latest event is still the winner, and the next one builds on it.
+    stored = await RoomStore(db).get_room(ROOM)
+    assert stored is not None and stored.latest_event_id == first.event_id
+    nxt = room.event("m.room.message", {"body": "next"})
+    assert await room.persist(nxt) > position
+    events = await room.store.get_room_events(ROOM, limit=10, descending=False)
+    assert [e.content.get("body") for e in events] == [None, "first", "next"]
+
+
+async def test_memberships_redactions_and_txns(db: Database) -> None:
+    room = await new_room(db)
+    rooms = RoomStore(db)
+    join = room.event("m.room.member", {"membership": "join", "displayname": "Alice"}, ALICE)
+    join_position = await room.persist(join)
+    m = await rooms.get_membership(ROOM, ALICE)
+    assert m is not None and (m.membership, m.displayname) == ("join", "Alice")
+    assert (m.event_id, m.stream_ordering) == (join.event_id, join_position)
+    message = room.event("m.room.message", {"body": "x"}, device_id="DEV", txn_id="t1",
+                         txn_scope="send")
+    await room.persist(message)
+    assert await room.store.get_txn_event_id(ALICE, "DEV", "send", "t1") == message.event_id
+    assert await room.store.get_txn_event_id(ALICE, "OTHER", "send", "t1") is None
+    assert await room.store.get_txn_event_id(ALICE, "DEV", "redact", "t1") is None
+    redaction = room.event("m.room.redaction", {"redacts": message.event_id})
+    await room.persist(redaction)
+    stored = await room.store.get_event(message.event_id)
+    assert stored is not None and stored.redacted_by == redaction.event_id
+    assert (stored.device_id, stored.txn_id) == ("DEV", "t1")
+    # A second redaction keeps the first as the one that counts.
+    await room.persist(room.event("m.room.redaction", {"redacts": message.event_id}))
+    stored = await room.store.get_event(message.event_id)
+    assert stored is not None and stored.redacted_by == redaction.event_id
+    leave = room.event("m.room.member", {"membership": "leave"}, ALICE)
+    await room.persist(leave)
+    m = await rooms.get_membership(ROOM, ALICE)
+    assert m is not None and m.membership == "leave" and m.displayname is None
+
+
+async def test_room_events_bounds(db: Database) -> None:
+    room = await new_room(db)
+    positions = [await room.persist(room.event("m.room.message", {"body": str(i)}))
+                 for i in range(10)]
+    other = await new_room(db, "!other:test")
+    await other.persist(other.event("m.room.message", {"body": "elsewhere"}))
+    store = room.store
+    got = await store.get_room_events(ROOM, after=positions[2], upto=positions[6], limit=10,
+                                      descending=False)
+    assert [e.content["body"] for e in got] == ["3", "4", "5", "6"]
+    got = await store.get_room_events(ROOM, after=positions[2], upto=positions[6], limit=2,
+                                      descending=True)
+    assert [e.content["body"] for e in got] == ["6", "5"]
+    assert await store.get_max_stream_ordering_before(ROOM, positions[4] + 0) == positions[4]
+    assert await store.get_max_stream_ordering_before("!nothing:test", 10**9) is None
+    changed = await store.get_rooms_changed([ROOM, "!other:test"], positions[-1], 10**9)
+    assert changed == {"!other:test"}
