@@ -29,6 +29,7 @@ def table(run: dict[str, Any]) -> str:
     header = ["scenario", "figure", "unit", *servers] + (["ratio"] if pair else [])
     rows: list[list[str]] = []
     names: list[str] = []
+    notes: list[str] = []
     for name in servers:
         for result in run["servers"][name]["results"]:
             if result not in names:
@@ -56,8 +57,7 @@ def table(run: dict[str, Any]) -> str:
                         + ([""] if pair else []))
         for s, r in zip(servers, per_server, strict=True):
             if r and r.get("note"):
-                rows.append([result_name, f"note, {s}: {r['note']}", "", *("" for _ in servers)]
-                            + ([""] if pair else []))
+                notes.append(f"{result_name}, {s}: {r['note']}")
         for error in errors:
             rows.append([result_name, f"FAILED: {error[:80]}", "", *("" for _ in servers)]
                         + ([""] if pair else []))
@@ -80,6 +80,8 @@ def table(run: dict[str, Any]) -> str:
         out.append("  ".join(
             c.ljust(w) if i < 3 else c.rjust(w)
             for i, (c, w) in enumerate(zip(shown, widths, strict=True))).rstrip())
+    for note in notes:
+        out.append(f"note: {note}")
     for note in meta.get("skipped", []):
         out.append(f"skipped: {note}")
     return "\n".join(out) + "\n"

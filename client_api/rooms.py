@@ -177,6 +177,7 @@ async def send_event(request: Request) -> Response:
     event_id = await hs.rooms.send_event(requester, _room_id(request),
                                          request.path_params["event_type"],
                                          request.path_params["txn_id"], content)
+    await hs.presence.bump_active(requester.user_id)
     return json_response({"event_id": event_id})
 
 

@@ -41,6 +41,9 @@ TOUCH_GRANULARITY_MS = 5_000
 MAX_SWEEP_INTERVAL_S = 5.0
 
 
+MAX_ACTIVE_SEEN = 100_000  # bound on the in-memory activity cache
+
+
 class PresenceService:
     def __init__(self, store: PresenceStore, notifier: Notifier, clock: Clock,
                  config: PresenceConfig) -> None:
@@ -52,6 +55,9 @@ class PresenceService:
         self._open: Counter[str] = Counter()
         self._touched: dict[str, int] = {}  # user -> last_sync_ts this worker last wrote
         self._touch_ms = min(TOUCH_GRANULARITY_MS, config.offline_after_ms // 4)
+        # user -> when this worker last saw them online and active; sends in between skip
+        # the database (a send is the hot path, activity is only needed to the second).
+        self._active_seen: dict[str, int] = {}
 
     @property
     def enabled(self) -> bool:
@@ -111,7 +117,12 @@ class PresenceService:
         if not self.enabled:
             return
         now = self._clock.now_ms()
+        if now - self._active_seen.get(user_id, -self._touch_ms) < self._touch_ms:
+            return
         current = await self._store.get(user_id)
+        self._active_seen[user_id] = now
+        if len(self._active_seen) > MAX_ACTIVE_SEEN:
+            self._active_seen.clear()
         if current is None or current.state != ONLINE or not current.currently_active:
             await self._put(user_id, ONLINE, current.status_msg if current else None,
                             last_active_ts=now,
@@ -211,6 +222,8 @@ class PresenceService:
 
     async def _put(self, user_id: str, state: str, status_msg: str | None, *,
                    last_active_ts: int, last_sync_ts: int) -> None:
+        if state != ONLINE:
+            self._active_seen.pop(user_id, None)  # the next send must bring them back
         position = await self._store.put(
             user_id, state=state, status_msg=status_msg, last_active_ts=last_active_ts,
             last_sync_ts=last_sync_ts, currently_active=state == ONLINE)

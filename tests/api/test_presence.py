@@ -255,3 +255,20 @@ async def test_activity_brings_an_idle_user_back(client: httpx.AsyncClient, hs: 
     await hs.presence.bump_active(alice)  # what sending an event does
     assert await _get(client, token, alice) == {"presence": "online", "currently_active": True,
                                                 "last_active_ago": 0}
+
+
+async def test_sending_a_message_is_activity(client: httpx.AsyncClient) -> None:
+    alice, token = await register(client, "alice")
+    r = await client.post("/_matrix/client/v3/createRoom", json={}, headers=auth_header(token))
+    room_id = r.json()["room_id"]
+    send = f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message"
+    # A first send marks alice active; going unavailable by hand and sending again, even at
+    # once, brings her back (the in-memory shortcut must not skip that).
+    r = await client.put(f"{send}/1", json={"msgtype": "m.text", "body": "a"},
+                         headers=auth_header(token))
+    assert r.status_code == 200, r.text
+    await _put(client, token, alice, {"presence": "unavailable"})
+    r = await client.put(f"{send}/2", json={"msgtype": "m.text", "body": "b"},
+                         headers=auth_header(token))
+    assert r.status_code == 200, r.text
+    assert (await _get(client, token, alice))["presence"] == "online"

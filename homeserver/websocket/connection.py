@@ -1,17 +1,4 @@
-"""The WebSocket sync transport: one long-lived connection pushing what ``/sync`` returns.
-
-The protocol (docs/websocket.md) lives here, free of any web framework: the route hands a
-``Transport`` (receive a text frame, send one, close) to ``WebSocketService.serve``. A
-connection is a loop of ``SyncService.sync`` calls, each starting from the last
-``next_batch``, so a frame is exactly a ``/sync`` response and a client that reconnects with
-its last token gets what it missed, no more, no less. Nothing is computed twice: the sync
-service already waits on the notifier.
-
-Each connection has four tasks: a reader (frames from the client, requests answered in
-order), a sync loop, a heartbeat and a writer. Everything the client gets goes through one
-bounded outbox; a client that stops reading fills it and is closed (4008), so it costs at
-most ``max_queued_frames`` frames of memory and never slows anyone else.
-"""
+"""One WebSocket connection: its reader, sync loop, heartbeat and writer, and its outbox."""
 
 from __future__ import annotations
 
@@ -19,251 +6,34 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import IntEnum
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from homeserver.auth import AuthService
-from homeserver.config import WebSocketConfig
 from homeserver.errors import Codes, MatrixError
-from homeserver.filtering import SyncFilter
-from homeserver.filters import FilterService
-from homeserver.ids import EventID, RoomID, UserID
 from homeserver.jsonutil import dumps_str
-from homeserver.presence import PresenceService
-from homeserver.ratelimit import Action, RateLimiter
-from homeserver.receipts import ReceiptService
-from homeserver.rooms.service import RoomService
 from homeserver.streams import StreamToken
-from homeserver.sync.service import SyncRequest, SyncService
+from homeserver.sync.service import SyncRequest
 from homeserver.types import JsonDict, Requester
-from homeserver.typing_notifications import TypingService
+from homeserver.websocket.protocol import (
+    MAX_CLOSE_REASON_BYTES,
+    SYNC_WAIT_MS,
+    CloseCode,
+    Request,
+    SyncParams,
+    Transport,
+    TransportClosed,
+    bearer_token,
+    sync_params_from_query,
+    validate,
+)
+
+if TYPE_CHECKING:
+    from homeserver.websocket.service import WebSocketService
 
 logger = logging.getLogger(__name__)
-
-# The path, under /_matrix/client; "org.homeserver.ws" is the unstable feature name that
-# /versions advertises.
-UNSTABLE_FEATURE = "org.homeserver.ws"
-PATH = f"/unstable/{UNSTABLE_FEATURE}/v1/sync"
-# One SyncService.sync call waits this long for news; an empty answer is not sent, the loop
-# just asks again from the same position.
-SYNC_WAIT_MS = 30_000
-# RFC 6455: a close reason is at most 123 bytes.
-MAX_CLOSE_REASON_BYTES = 123
-
-
-class CloseCode(IntEnum):
-    """Why the server closed a connection (4000-4999 are ours, RFC 6455 section 7.4.2)."""
-
-    NORMAL = 1000
-    TOO_LARGE = 1009  # a frame over max_frame_bytes
-    INTERNAL_ERROR = 1011  # a bug or the database is down: reconnect with your token
-    BAD_REQUEST = 4000  # the sync parameters given at connect are invalid
-    UNAUTHORIZED = 4001  # no token, a token in the URL, an unknown or revoked one
-    HEARTBEAT_TIMEOUT = 4002  # nothing received for ping_timeout_ms after a ping
-    TOO_SLOW = 4008  # the outbox is full: reconnect and resume from your last next_batch
-
-
-class TransportClosed(Exception):
-    """The connection is gone; raised by a ``Transport`` that can no longer send."""
-
-
-class Transport(Protocol):
-    async def receive(self) -> str | bytes | None:
-        """The next frame; None once the peer has closed the connection."""
-
-    async def send(self, text: str) -> None: ...
-
-    async def close(self, code: int, reason: str) -> None: ...
-
-
-# --- request parameters: strict, like HTTP request bodies ---------------------------------
-
-
-class Params(BaseModel):
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
-
-
-ParamsT = TypeVar("ParamsT", bound=Params)
-Presence = Literal["online", "offline", "unavailable"]
-
-
-class SyncParams(Params):
-    since: str | None = None
-    filter: str | dict[str, Any] | None = None  # a filter ID or an inline filter
-    full_state: bool = False
-    set_presence: Presence = "online"
-
-
-class SendParams(Params):
-    room_id: str
-    event_type: str
-    txn_id: str
-    content: dict[str, Any]
-
-
-class TypingParams(Params):
-    room_id: str
-    typing: bool
-    timeout: int | None = Field(default=None, ge=0)  # ms; optional when typing is false
-
-
-class ReceiptParams(Params):
-    room_id: str
-    receipt_type: str
-    event_id: str
-    thread_id: str | None = None  # absent: an unthreaded receipt
-
-
-class PresenceParams(Params):
-    presence: Presence
-    status_msg: str | None = None
-
-
-class Request(Params):
-    id: str
-    method: str
-    params: dict[str, Any] = {}
-
-
-def validate(data: Mapping[str, Any], model: type[ParamsT], where: str = "params") -> ParamsT:
-    """The same errors as an HTTP body: ``M_MISSING_PARAM`` or ``M_BAD_JSON`` with its path."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        path = ".".join([where, *(str(p) for p in first["loc"])])
-        if first["type"] == "missing":
-            raise MatrixError(Codes.MISSING_PARAM, f"Missing parameter: {path}") from e
-        raise MatrixError(Codes.BAD_JSON, f"Invalid parameter {path}: {first['msg']}") from e
-
-
-def sync_params_from_query(query: Mapping[str, str]) -> SyncParams:
-    """The connect URL's query takes /sync's parameters (``timeout`` is meaningless here)."""
-    full_state = query.get("full_state", "false")
-    if full_state not in ("true", "false"):
-        raise MatrixError(Codes.INVALID_PARAM, "full_state must be true or false")
-    data: dict[str, Any] = {"full_state": full_state == "true"}
-    for key in ("since", "filter", "set_presence"):
-        if query.get(key):
-            data[key] = query[key]
-    return validate(data, SyncParams, "query")
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    if authorization is None:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise MatrixError(Codes.MISSING_TOKEN, "Invalid Authorization header")
-    return token.strip()
-
-
-# --- the service -------------------------------------------------------------------------
-
-
-Method = Callable[[Requester, JsonDict], Awaitable[JsonDict]]
-
-
-class WebSocketService:
-    def __init__(self, config: WebSocketConfig, auth: AuthService, sync: SyncService,
-                 filters: FilterService, rooms: RoomService, ratelimiter: RateLimiter,
-                 typing: TypingService, receipts: ReceiptService,
-                 presence: PresenceService) -> None:
-        self.config = config
-        self._auth = auth
-        self._sync = sync
-        self._filters = filters
-        self._rooms = rooms
-        self._ratelimiter = ratelimiter
-        self._typing = typing
-        self._receipts = receipts
-        self._presence = presence
-        # Request methods besides sync and ping (which act on the connection itself).
-        self.methods: dict[str, Method] = {"send": self._send, "typing": self._set_typing,
-                                           "receipt": self._post_receipt,
-                                           "presence": self._set_presence}
-        self.open_connections = 0
-
-    async def serve(self, transport: Transport, *, authorization: str | None,
-                    token_in_url: bool, query: Mapping[str, str]) -> None:
-        """Run one connection, already accepted, until either side closes it."""
-        self.open_connections += 1
-        try:
-            await Connection(self, transport).run(authorization, token_in_url, query)
-        finally:
-            self.open_connections -= 1
-
-    async def authenticate(self, access_token: str) -> Requester:
-        return await self._auth.get_requester(access_token)
-
-    async def resolve(self, requester: Requester, params: SyncParams) -> SyncRequest:
-        """Parse the token, fetch the filter: errors now, before any stream (re)starts."""
-        since = StreamToken.parse(params.since) if params.since else None
-        if params.filter is None:
-            sync_filter = SyncFilter()
-        elif isinstance(params.filter, dict):
-            sync_filter = SyncFilter.from_json(params.filter)
-        elif params.filter.startswith("{"):
-            try:
-                sync_filter = SyncFilter.from_json(orjson.loads(params.filter))
-            except orjson.JSONDecodeError:
-                raise MatrixError(Codes.BAD_JSON, "filter is not valid JSON") from None
-        else:
-            sync_filter = SyncFilter.from_json(
-                await self._filters.get_filter(UserID(requester.user_id), params.filter))
-        return SyncRequest(since=since, timeout_ms=SYNC_WAIT_MS, full_state=params.full_state,
-                           filter=sync_filter)
-
-    async def sync(self, requester: Requester, req: SyncRequest) -> JsonDict:
-        return await self._sync.sync(requester, req)
-
-    def online(self, requester: Requester, set_presence: str) -> AbstractAsyncContextManager[None]:
-        """Presence counts an open stream as a connected client, as it does a long-poll."""
-        return self._presence.syncing(requester, set_presence)
-
-    async def _send(self, requester: Requester, raw: JsonDict) -> JsonDict:
-        """As PUT /rooms/{roomId}/send/{eventType}/{txnId}: same limit, same idempotency."""
-        params = validate(raw, SendParams)
-        room_id = RoomID.parse(params.room_id)
-        self._ratelimiter.check(Action.MESSAGE, requester.user_id)
-        event_id = await self._rooms.send_event(requester, room_id, params.event_type,
-                                                params.txn_id, params.content)
-        return {"event_id": event_id}
-
-    async def _set_typing(self, requester: Requester, raw: JsonDict) -> JsonDict:
-        """As PUT /rooms/{roomId}/typing/{userId}, for the connection's own user."""
-        params = validate(raw, TypingParams)
-        await self._typing.set_typing(requester, RoomID.parse(params.room_id),
-                                      requester.user_id, params.typing, params.timeout)
-        return {}
-
-    async def _post_receipt(self, requester: Requester, raw: JsonDict) -> JsonDict:
-        """As POST /rooms/{roomId}/receipt/{receiptType}/{eventId}."""
-        params = validate(raw, ReceiptParams)
-        if params.thread_id == "":
-            raise MatrixError(Codes.INVALID_PARAM, "thread_id must be a non-empty string")
-        await self._receipts.post_receipt(requester, RoomID.parse(params.room_id),
-                                          params.receipt_type, EventID.parse(params.event_id),
-                                          params.thread_id)
-        return {}
-
-    async def _set_presence(self, requester: Requester, raw: JsonDict) -> JsonDict:
-        """As PUT /presence/{userId}/status, for the connection's own user."""
-        params = validate(raw, PresenceParams)
-        await self._presence.set_presence(
-            requester, requester.user_id, params.presence, params.status_msg,
-            status_msg_given="status_msg" in params.model_fields_set)
-        return {}
-
-
-# --- one connection ----------------------------------------------------------------------
-
 
 @dataclass(frozen=True, slots=True)
 class _Close:
@@ -292,6 +62,9 @@ class _Outbox:
 
     def clear(self) -> None:
         self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     async def get(self) -> str | _Close:
         while not self._items:
@@ -323,6 +96,15 @@ class Connection:
         self._requester: Requester | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+
+    @property
+    def queued_frames(self) -> int:
+        """Frames waiting for the client (the one being written is no longer counted)."""
+        return len(self._outbox)
+
+    @property
+    def close_code(self) -> int | None:
+        return self._close.code if self._close else None
 
     # --- life cycle -------------------------------------------------------------------------
 

@@ -1,0 +1,130 @@
+"""The WebSocket service: authenticates, resolves sync parameters, answers the requests."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+
+import orjson
+
+from homeserver.auth import AuthService
+from homeserver.config import WebSocketConfig
+from homeserver.errors import Codes, MatrixError
+from homeserver.filtering import SyncFilter
+from homeserver.filters import FilterService
+from homeserver.ids import EventID, RoomID, UserID
+from homeserver.presence import PresenceService
+from homeserver.ratelimit import Action, RateLimiter
+from homeserver.receipts import ReceiptService
+from homeserver.rooms.service import RoomService
+from homeserver.streams import StreamToken
+from homeserver.sync.service import SyncRequest, SyncService
+from homeserver.types import JsonDict, Requester
+from homeserver.typing_notifications import TypingService
+from homeserver.websocket.connection import Connection
+from homeserver.websocket.protocol import (
+    SYNC_WAIT_MS,
+    PresenceParams,
+    ReceiptParams,
+    SendParams,
+    SyncParams,
+    Transport,
+    TypingParams,
+    validate,
+)
+
+Method = Callable[[Requester, JsonDict], Awaitable[JsonDict]]
+
+
+class WebSocketService:
+    def __init__(self, config: WebSocketConfig, auth: AuthService, sync: SyncService,
+                 filters: FilterService, rooms: RoomService, ratelimiter: RateLimiter,
+                 typing: TypingService, receipts: ReceiptService,
+                 presence: PresenceService) -> None:
+        self.config = config
+        self._auth = auth
+        self._sync = sync
+        self._filters = filters
+        self._rooms = rooms
+        self._ratelimiter = ratelimiter
+        self._typing = typing
+        self._receipts = receipts
+        self._presence = presence
+        # Request methods besides sync and ping (which act on the connection itself).
+        self.methods: dict[str, Method] = {"send": self._send, "typing": self._set_typing,
+                                           "receipt": self._post_receipt,
+                                           "presence": self._set_presence}
+        self.connections: set[Connection] = set()  # open on this worker
+
+    async def serve(self, transport: Transport, *, authorization: str | None,
+                    token_in_url: bool, query: Mapping[str, str]) -> None:
+        """Run one connection, already accepted, until either side closes it."""
+        connection = Connection(self, transport)
+        self.connections.add(connection)
+        try:
+            await connection.run(authorization, token_in_url, query)
+        finally:
+            self.connections.discard(connection)
+
+    async def authenticate(self, access_token: str) -> Requester:
+        return await self._auth.get_requester(access_token)
+
+    async def resolve(self, requester: Requester, params: SyncParams) -> SyncRequest:
+        """Parse the token, fetch the filter: errors now, before any stream (re)starts."""
+        since = StreamToken.parse(params.since) if params.since else None
+        if params.filter is None:
+            sync_filter = SyncFilter()
+        elif isinstance(params.filter, dict):
+            sync_filter = SyncFilter.from_json(params.filter)
+        elif params.filter.startswith("{"):
+            try:
+                sync_filter = SyncFilter.from_json(orjson.loads(params.filter))
+            except orjson.JSONDecodeError:
+                raise MatrixError(Codes.BAD_JSON, "filter is not valid JSON") from None
+        else:
+            sync_filter = SyncFilter.from_json(
+                await self._filters.get_filter(UserID(requester.user_id), params.filter))
+        return SyncRequest(since=since, timeout_ms=SYNC_WAIT_MS, full_state=params.full_state,
+                           filter=sync_filter)
+
+    async def sync(self, requester: Requester, req: SyncRequest) -> JsonDict:
+        return await self._sync.sync(requester, req)
+
+    def online(self, requester: Requester, set_presence: str) -> AbstractAsyncContextManager[None]:
+        """Presence counts an open stream as a connected client, as it does a long-poll."""
+        return self._presence.syncing(requester, set_presence)
+
+    async def _send(self, requester: Requester, raw: JsonDict) -> JsonDict:
+        """As PUT /rooms/{roomId}/send/{eventType}/{txnId}: same limit, same idempotency."""
+        params = validate(raw, SendParams)
+        room_id = RoomID.parse(params.room_id)
+        self._ratelimiter.check(Action.MESSAGE, requester.user_id)
+        event_id = await self._rooms.send_event(requester, room_id, params.event_type,
+                                                params.txn_id, params.content)
+        return {"event_id": event_id}
+
+    async def _set_typing(self, requester: Requester, raw: JsonDict) -> JsonDict:
+        """As PUT /rooms/{roomId}/typing/{userId}, for the connection's own user."""
+        params = validate(raw, TypingParams)
+        await self._typing.set_typing(requester, RoomID.parse(params.room_id),
+                                      requester.user_id, params.typing, params.timeout)
+        return {}
+
+    async def _post_receipt(self, requester: Requester, raw: JsonDict) -> JsonDict:
+        """As POST /rooms/{roomId}/receipt/{receiptType}/{eventId}."""
+        params = validate(raw, ReceiptParams)
+        if params.thread_id == "":
+            raise MatrixError(Codes.INVALID_PARAM, "thread_id must be a non-empty string")
+        await self._receipts.post_receipt(requester, RoomID.parse(params.room_id),
+                                          params.receipt_type, EventID.parse(params.event_id),
+                                          params.thread_id)
+        return {}
+
+    async def _set_presence(self, requester: Requester, raw: JsonDict) -> JsonDict:
+        """As PUT /presence/{userId}/status, for the connection's own user."""
+        params = validate(raw, PresenceParams)
+        await self._presence.set_presence(
+            requester, requester.user_id, params.presence, params.status_msg,
+            status_msg_given="status_msg" in params.model_fields_set)
+        return {}
+
