@@ -15,7 +15,13 @@ from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, StateMap, StoredEvent
 from homeserver.storage.rooms import Membership, RoomStore
 from homeserver.streams import Stream, StreamToken
-from homeserver.sync.sources import GlobalSource, IgnoredUsers, RoomSource, UnreadCounts
+from homeserver.sync.sources import (
+    GlobalSource,
+    IgnoredUsers,
+    RoomSource,
+    TopLevelSource,
+    UnreadCounts,
+)
 from homeserver.types import JsonDict, Requester
 
 # spec, "Stripped state": what an invited user sees of the room.
@@ -41,6 +47,7 @@ class SyncService:
         self._global_sources: dict[str, GlobalSource] = {}
         self._room_sources: dict[str, RoomSource] = {}
         self._unread: UnreadCounts | None = None
+        self._extensions: list[TopLevelSource] = []
         self._ignored: IgnoredUsers | None = None
         self._db = db
         self._events = events
@@ -57,6 +64,10 @@ class SyncService:
     def add_room_source(self, key: str, source: RoomSource) -> None:
         """``key``: ``ephemeral`` or ``account_data``."""
         self._room_sources[key] = source
+
+    def add_extension(self, extension: TopLevelSource) -> None:
+        """Adds top-level keys that are not event lists (``device_lists``, key counts)."""
+        self._extensions.append(extension)
 
     def set_unread_counts(self, unread: UnreadCounts) -> None:
         self._unread = unread
@@ -147,6 +158,8 @@ class SyncService:
             allowed = [e for e in events if _global_filter(req.filter, key).allows_json(e)]
             if allowed:
                 response[key] = {"events": allowed}
+        for extension in self._extensions:
+            response.update(await extension.top_level(requester, since, now))
         return response
 
     async def _room_extras(self, requester: Requester, room_ids: list[str], req: SyncRequest,
@@ -268,8 +281,13 @@ class SyncService:
                  "content": e.content} for e in loaded.values()]
 
 
+# Keys that every response may carry without being news: a long-poll keeps waiting.
+_NOT_NEWS = frozenset({"next_batch", "device_one_time_keys_count",
+                       "device_unused_fallback_key_types"})
+
+
 def _is_empty(response: JsonDict) -> bool:
-    return len(response) == 1  # only next_batch
+    return all(key in _NOT_NEWS for key in response)
 
 
 def _global_filter(f: SyncFilter, key: str) -> EventFilter:

@@ -39,6 +39,19 @@ class UnreadCounts(Protocol):
                             ) -> dict[str, JsonDict]: ...
 
 
+class TopLevelSource(Protocol):
+    """Top-level keys that are not event lists: ``device_lists``,
+    ``device_one_time_keys_count``, ``device_unused_fallback_key_types``.
+
+    Returns only keys with something to say. ``device_lists`` counts as news (a waiting
+    long-poll answers at once), so it must hold only changes since ``since``; the key
+    counts may come in every response (clients expect them) and never end a long-poll.
+    """
+
+    async def top_level(self, requester: Requester, since: StreamToken | None,
+                        now: StreamToken) -> JsonDict: ...
+
+
 class IgnoredUsers(Protocol):
     """Whose events a user has asked never to see (``m.ignored_user_list``)."""
 
