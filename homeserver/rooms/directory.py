@@ -124,7 +124,7 @@ class DirectoryService:
         limit = MAX_PUBLIC_ROOMS_LIMIT if limit is None else min(limit, MAX_PUBLIC_ROOMS_LIMIT)
         page = chunk[offset:offset + limit]
         out: JsonDict = {"chunk": page, "total_room_count_estimate": len(chunk)}
-        if offset + limit < len(chunk):
+        if limit > 0 and offset + limit < len(chunk):
             out["next_batch"] = f"p{offset + limit}"
         if offset > 0:
             out["prev_batch"] = f"p{max(0, offset - limit)}"

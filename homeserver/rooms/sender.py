@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 from weakref import WeakValueDictionary
 
 from homeserver.clock import Clock
@@ -18,11 +20,13 @@ from homeserver.events.format import (
     compute_event_id,
     compute_room_id_v12,
     hash_and_sign_event,
+    redact,
 )
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from homeserver.keys import SigningKey
 from homeserver.notifier import Notifier
 from homeserver.storage.events import EventStore, NewEvent
+from homeserver.storage.push import PushAction
 from homeserver.storage.rooms import Room, RoomStore
 from homeserver.streams import Stream
 from homeserver.types import JsonDict
@@ -46,6 +50,14 @@ class Txn:
     scope: str
 
 
+class PushActions(Protocol):
+    """Evaluates the members' push rules for an event about to be persisted (issue 6)."""
+
+    async def actions_for(self, room: Room, pdu: JsonDict, event_id: str,
+                          auth_events: Mapping[tuple[str, str], JsonDict],
+                          create: JsonDict | None) -> tuple[PushAction, ...]: ...
+
+
 class EventSender:
     def __init__(self, events: EventStore, rooms: RoomStore, notifier: Notifier, clock: Clock,
                  server_name: str, signing_key: SigningKey) -> None:
@@ -58,6 +70,11 @@ class EventSender:
         # One builder at a time per room on this worker; other workers are kept out by the
         # compare-and-swap in EventStore.persist_event.
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
+        self._push: PushActions | None = None
+
+    def set_push_actions(self, push: PushActions) -> None:
+        """Push rules are built after the sender (they need account data)."""
+        self._push = push
 
     def version(self, room: Room) -> RoomVersion:
         return KNOWN_ROOM_VERSIONS[room.room_version]
@@ -156,8 +173,10 @@ class EventSender:
             else:
                 pdu["redacts"] = redacts
         check_event_size_and_shape(pdu)
-        auth_events = {(e.type, e.state_key or ""): e.pdu for e in loaded.values()
-                       if e.event_id in auth_ids}
+        # A redacted auth event counts in its redacted form, as every server sees it.
+        auth_events = {(e.type, e.state_key or ""):
+                       e.pdu if e.redacted_by is None else redact(e.pdu, version)
+                       for e in loaded.values() if e.event_id in auth_ids}
         create = loaded[create_id].pdu if create_id in loaded else None
         check_auth(version, pdu, auth_events, create_event=create)
         event_id = self._finish(pdu, version)
@@ -170,10 +189,12 @@ class EventSender:
                 if previous is not None:
                     unsigned["prev_content"] = previous.content
                     unsigned["prev_sender"] = previous.sender
+        push_actions = await self._push.actions_for(room, pdu, event_id, auth_events, create) \
+            if self._push is not None else ()
         return NewEvent(pdu, event_id, room.room_id, unsigned,
                         device_id=txn.device_id if txn else None,
                         txn_id=txn.txn_id if txn else None,
-                        txn_scope=txn.scope if txn else None)
+                        txn_scope=txn.scope if txn else None, push_actions=push_actions)
 
 
 def _random_room_id(server_name: str) -> str:

@@ -92,28 +92,28 @@ async def test_presets(client: httpx.AsyncClient, version: str) -> None:
         assert (r.json()["content"]["body"], r.json()["room_id"]) == ("hi", room_id)
 
 
-async def test_visibility_picks_the_default_preset(client: httpx.AsyncClient) -> None:
-    _, tok = await register(client, "alice")
+async def test_defaults(client: httpx.AsyncClient) -> None:
+    alice, tok = await register(client, "alice")
     public = await create(client, tok, visibility="public")
     private = await create(client, tok)
+    # The creator is joined, alone, to rooms of the default version.
+    r = await client.get(f"{V3}/joined_rooms", headers=auth_header(tok))
+    assert sorted(r.json()["joined_rooms"]) == sorted([public, private])
+    r = await client.get(f"{V3}/rooms/{private}/joined_members", headers=auth_header(tok))
+    assert list(r.json()["joined"]) == [alice]
+    r = await client.get(f"{V3}/capabilities", headers=auth_header(tok))
+    assert r.status_code == 200, r.text
+    default_version = r.json()["capabilities"]["m.room_versions"]["default"]
+    # visibility picks the preset when none is given.
     s = await state(client, tok, public)
     assert s[("m.room.join_rules", "")]["content"]["join_rule"] == "public"
     s = await state(client, tok, private)
     assert s[("m.room.join_rules", "")]["content"]["join_rule"] == "invite"
+    assert s[("m.room.create", "")]["content"]["room_version"] == default_version
     r = await client.get(f"{V3}/directory/list/room/{public}")
     assert r.json() == {"visibility": "public"}
     r = await client.get(f"{V3}/directory/list/room/{private}")
     assert r.json() == {"visibility": "private"}
-
-
-async def test_default_room_version_is_supported(client: httpx.AsyncClient) -> None:
-    _, tok = await register(client, "alice")
-    room_id = await create(client, tok)
-    s = await state(client, tok, room_id)
-    r = await client.get(f"{V3}/capabilities", headers=auth_header(tok))
-    assert r.status_code == 200, r.text
-    caps = r.json()["capabilities"]["m.room_versions"]
-    assert s[("m.room.create", "")]["content"]["room_version"] == caps["default"]
 
 
 async def test_unsupported_room_version(client: httpx.AsyncClient) -> None:
@@ -198,10 +198,7 @@ async def test_initial_state(client: httpx.AsyncClient) -> None:
     assert s[("m.room.encryption", "")]["content"] == {"algorithm": "m.megolm.v1.aes-sha2"}
     assert s[("org.example.custom", "k")]["content"] == {"x": 1}
     assert s[("m.room.join_rules", "")]["content"] == {"join_rule": "invite"}
-
-
-async def test_name_and_topic_win_over_initial_state(client: httpx.AsyncClient) -> None:
-    _, tok = await register(client, "alice")
+    # `name` and `topic` win over initial_state.
     room_id = await create(client, tok, name="Explicit", initial_state=[
         {"type": "m.room.name", "content": {"name": "From state"}}])
     s = await state(client, tok, room_id)
@@ -263,34 +260,16 @@ async def test_bad_types(client: httpx.AsyncClient) -> None:
     for body in BAD_BODIES:
         r = await create_error(client, tok, body)
         assert (r.status_code, r.json()["errcode"]) == (400, "M_BAD_JSON"), (body, r.text)
-    r = await client.get(f"{V3}/joined_rooms", headers=auth_header(tok))
-    assert r.json() == {"joined_rooms": []}
-
-
-async def test_not_json_and_not_object(client: httpx.AsyncClient) -> None:
-    _, tok = await register(client, "alice")
     r = await client.post(f"{V3}/createRoom", headers=auth_header(tok), content=b"{")
     assert (r.status_code, r.json()["errcode"]) == (400, "M_NOT_JSON")
     r = await client.post(f"{V3}/createRoom", headers=auth_header(tok), json=[])
     assert (r.status_code, r.json()["errcode"]) == (400, "M_BAD_JSON")
-
-
-async def test_requires_auth(client: httpx.AsyncClient) -> None:
     r = await client.post(f"{V3}/createRoom", json={})
     assert (r.status_code, r.json()["errcode"]) == (401, "M_MISSING_TOKEN")
     r = await client.post(f"{V3}/createRoom", json={}, headers=auth_header("nope"))
     assert (r.status_code, r.json()["errcode"]) == (401, "M_UNKNOWN_TOKEN")
-
-
-async def test_creator_is_joined(client: httpx.AsyncClient) -> None:
-    alice, tok = await register(client, "alice")
-    a = await create(client, tok)
-    b = await create(client, tok, room_version="12")
     r = await client.get(f"{V3}/joined_rooms", headers=auth_header(tok))
-    assert r.status_code == 200
-    assert sorted(r.json()["joined_rooms"]) == sorted([a, b])
-    r = await client.get(f"{V3}/rooms/{b}/joined_members", headers=auth_header(tok))
-    assert list(r.json()["joined"]) == [alice]
+    assert r.json() == {"joined_rooms": []}
 
 
 async def test_invalid_room_state_makes_no_room(client: httpx.AsyncClient) -> None:

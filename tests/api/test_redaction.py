@@ -192,3 +192,26 @@ async def test_redacted_event_in_v12_room(client: httpx.AsyncClient) -> None:
     assert event["content"] == {}
     assert event["unsigned"]["redacted_because"]["event_id"] == redaction
     assert event["unsigned"]["redacted_because"]["sender"] == ids["bob"]
+
+
+async def test_redacted_power_levels_authorize_in_redacted_form(
+        client: httpx.AsyncClient) -> None:
+    """Room v10 prunes `invite` from redacted power levels: the default (0) applies again."""
+    ids, toks = {}, {}
+    for name in ("alice", "carol", "dave"):
+        ids[name], toks[name] = await register(client, name)
+    room_id = await create(client, toks["alice"], preset="public_chat", room_version="10",
+                           power_level_content_override={"invite": 100})
+    r = await client.post(f"{V3}/join/{room_id}", headers=auth_header(toks["carol"]), json={})
+    checked(r)
+    invite = {"user_id": ids["dave"]}
+    r = await client.post(f"{V3}/rooms/{room_id}/invite", headers=auth_header(toks["carol"]),
+                          json=invite)
+    checked(r, 403, "M_FORBIDDEN", documented=False)
+    r = await client.get(f"{V3}/rooms/{room_id}/state/m.room.power_levels/",
+                         headers=auth_header(toks["alice"]), params={"format": "event"})
+    pl_event = r.json()["event_id"]
+    checked(await redact(client, toks["alice"], room_id, pl_event, "pl"))
+    r = await client.post(f"{V3}/rooms/{room_id}/invite", headers=auth_header(toks["carol"]),
+                          json=invite)
+    checked(r, documented=False)
