@@ -6,8 +6,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.errors import Codes, MatrixError
-from homeserver.ids import RoomAlias, RoomID
 from homeserver.ratelimit import Action
 from homeserver.web import RequestBody, homeserver_of, json_response, parse_body, require_user
 
@@ -22,13 +20,7 @@ async def knock_room(request: Request) -> Response:
     requester = await require_user(request)
     # `via` names servers to knock through; every room this server knows is local to it.
     body = await parse_body(request, KnockBody, empty_ok=True)
-    target = request.path_params["room_id_or_alias"]
-    if target.startswith("#"):
-        room_id, _ = await hs.directory.resolve_alias(RoomAlias.parse(target))
-    elif target.startswith("!"):
-        room_id = RoomID.parse(target)
-    else:
-        raise MatrixError(Codes.INVALID_PARAM, "Expected a room ID or a room alias")
+    room_id = await hs.directory.resolve_room(request.path_params["room_id_or_alias"])
     hs.ratelimiter.check(Action.JOIN, requester.user_id)
     await hs.memberships.knock(requester, room_id, body.reason)
     return json_response({"room_id": room_id})

@@ -12,7 +12,7 @@ from starlette.routing import Route
 from homeserver import jsonutil
 from homeserver.errors import Codes, MatrixError
 from homeserver.filtering import EventFilter
-from homeserver.ids import RoomAlias, RoomID, UserID
+from homeserver.ids import RoomID, UserID
 from homeserver.jsonutil import check_json_numbers
 from homeserver.ratelimit import Action
 from homeserver.rooms.create import CreateRoomRequest
@@ -91,13 +91,7 @@ async def join_room(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     body = await parse_body(request, ReasonBody, empty_ok=True)
-    target = request.path_params["room_id_or_alias"]
-    if target.startswith("#"):
-        room_id, _ = await hs.directory.resolve_alias(RoomAlias.parse(target))
-    elif target.startswith("!"):
-        room_id = RoomID.parse(target)
-    else:
-        raise MatrixError(Codes.INVALID_PARAM, "Expected a room ID or a room alias")
+    room_id = await hs.directory.resolve_room(request.path_params["room_id_or_alias"])
     hs.ratelimiter.check(Action.JOIN, requester.user_id)
     await hs.memberships.join(requester, room_id, body.reason)
     return json_response({"room_id": room_id})

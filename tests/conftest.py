@@ -121,7 +121,8 @@ def config(tmp_path: Path, db_url: str) -> HomeserverConfig:
 
 @pytest.fixture
 async def hs(config: HomeserverConfig, clock: FakeClock) -> AsyncIterator[Homeserver]:
-    async with running_homeserver(config, clock=clock) as server:
+    # db_url is migrated already (template copy or per-run database).
+    async with running_homeserver(config, clock=clock, migrate=False) as server:
         yield server
 
 

@@ -40,7 +40,7 @@ def auth_header(access_token: str) -> dict[str, str]:
 async def serve(config: HomeserverConfig, clock: FakeClock | None = None
                 ) -> AsyncIterator[tuple[Homeserver, httpx.AsyncClient]]:
     """A homeserver of one's own config (the ``hs`` fixture's is fixed) and a client to it."""
-    async with running_homeserver(config, clock=clock or FakeClock()) as hs:
+    async with running_homeserver(config, clock=clock or FakeClock(), migrate=False) as hs:
         transport = httpx.ASGITransport(app=hs.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield hs, client

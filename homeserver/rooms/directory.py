@@ -6,7 +6,7 @@ from homeserver import jsonutil
 from homeserver.errors import Codes, MatrixError
 from homeserver.events.auth import get_send_level, get_user_power_level
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
-from homeserver.ids import MAX_ID_BYTES, RoomAlias
+from homeserver.ids import MAX_ID_BYTES, RoomAlias, RoomID
 from homeserver.storage.events import EventStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.types import JsonDict, Requester
@@ -54,6 +54,15 @@ class DirectoryService:
         if found is None:
             raise MatrixError(Codes.NOT_FOUND, f"Room alias {alias} not found")
         return found[0], [self._server_name]
+
+    async def resolve_room(self, room_id_or_alias: str) -> str:
+        """A room ID, or the room an alias points to (join and knock take either)."""
+        if room_id_or_alias.startswith("#"):
+            room_id, _ = await self.resolve_alias(RoomAlias.parse(room_id_or_alias))
+            return room_id
+        if room_id_or_alias.startswith("!"):
+            return RoomID.parse(room_id_or_alias)
+        raise MatrixError(Codes.INVALID_PARAM, "Expected a room ID or a room alias")
 
     async def delete_alias(self, requester: Requester, alias: RoomAlias) -> None:
         found = await self._rooms.get_alias(alias)
