@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="PID of a --url server, to read its CPU and RSS from /proc")
     parser.add_argument("--throughput-seconds", type=float, default=10.0,
                         help="duration of each send-throughput level (default 10)")
+    parser.add_argument("--presence", choices=("off", "on"), default="off",
+                        help="presence on both servers or on neither (default off)")
     parser.add_argument("--budget-seconds", type=float, default=60.0,
                         help="a latency scenario stops sending after this long and reports "
                         "what it measured (default 60)")
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     run: dict[str, Any] = {"meta": {
         "timestamp": stamp, "db": "external" if urls else args.db, "scale": args.scale,
         "scenarios": args.scenarios, "servers": names,
-        "throughput_seconds": args.throughput_seconds,
+        "throughput_seconds": args.throughput_seconds, "presence": args.presence,
         "loadavg_before": " ".join(loadavg_before), "cpus": os.cpu_count(),
         "python": platform.python_version(), "argv": sys.argv[1:],
         "skipped": [f"{k}: {v}" for k, v in NOT_YET.items()]}, "servers": {}}
@@ -171,13 +173,15 @@ def main(argv: list[str] | None = None) -> int:
                     database = PostgresDatabase(name)
                     database.create()
                 if name == "ours":
-                    ours = OurServer(workdir, database.asyncpg_url if database else None)
+                    ours = OurServer(workdir, database.asyncpg_url if database else None,
+                                     args.presence == "on")
                     if args.count_queries:
                         query_log = workdir / "queries.log"
                         ours.wrapper_module = ["-m", "bench.querylog", str(query_log)]
                     server = ours
                 else:
-                    server = SynapseServer(workdir, database.name if database else None)
+                    server = SynapseServer(workdir, database.name if database else None,
+                                           args.presence == "on")
             log(f"{name}: starting")
             server.start()
             run["servers"][name] = asyncio.run(
@@ -191,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                 log_path = server.log_path
                 if log_path.exists():
                     shutil.copy(log_path, directory / f"{name}-server.log")
+                own_log = workdir / "homeserver.log"  # Synapse's own log file
+                if own_log.exists():
+                    shutil.copy(own_log, directory / f"{name}-homeserver.log")
             shutil.rmtree(workdir, ignore_errors=True)
     run["meta"]["loadavg_after"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     run["meta"]["wall_s"] = time.monotonic() - started
@@ -199,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, info in run["servers"].items():
         if "queries" in info:
             (directory / f"queries-{name}.txt").write_text(describe(info["queries"]))
-            print(f"{name}: " + describe(info["queries"]).split("\n\n")[0])
+            print(f"{name}: " + describe(info["queries"]).split("\n\n")[0] + "\n")
         if "profile_top" in info:
             print(f"{name} profile ({directory / 'profile_top.txt'}):\n{info['profile_top']}")
     log(f"done in {run['meta']['wall_s']:.0f} s: {directory}")

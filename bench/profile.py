@@ -87,7 +87,8 @@ def hottest(paths: list[Path], top: int = 15) -> str:
     main = [(f, c) for t, f, c in stacks if t in main_threads]
     other = [(f, c) for t, f, c in stacks if t not in main_threads]
     main_total = sum(c for _, c in main)
-    lines = [f"{total} non-idle samples (waits for work left out) from {', '.join(p.name for p in paths)}: "
+    names = ", ".join(p.name for p in paths)
+    lines = [f"{total} non-idle samples (waits for work left out) from {names}: "
              f"{100 * main_total / total:.1f}% in the event-loop thread, "
              f"{100 * (total - main_total) / total:.1f}% in other threads", ""]
     for title, group in (("all threads", main + other), ("event-loop thread", main),

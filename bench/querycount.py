@@ -67,7 +67,9 @@ async def count_queries(mx: Matrix, qlog: QueryLog, run_id: str) -> dict[str, An
         wake_example = lines
 
     def avg(samples: list[list[str]], commits: bool = False) -> float:
-        return sum(sum(1 for s in lines if (s == "COMMIT") == commits)
+        """Mean SQL statements (BEGIN and COMMIT not counted) or transactions (commits)."""
+        return sum(sum(1 for s in lines if (s == "COMMIT" if commits else
+                                              not s.startswith(("BEGIN", "COMMIT"))))
                    for lines in samples) / len(samples)
 
     send_q, both_q = avg(send_counts), avg(wake_counts)
@@ -77,22 +79,26 @@ async def count_queries(mx: Matrix, qlog: QueryLog, run_id: str) -> dict[str, An
         "statements_per_long_poll_entry": avg(enter_counts),
         "statements_per_send_plus_wakeup": both_q,
         "statements_per_wakeup": both_q - send_q,
+        "transactions_per_wakeup": avg(wake_counts, True) - avg(send_counts, True),
+        "transactions_per_long_poll_entry": avg(enter_counts, True),
         "send_statements_example": send_example,
         "send_plus_wakeup_statements_example": wake_example,
     }
-    log(f"ours: {send_q:.1f} statements per send, {both_q - send_q:.1f} per sync wake-up, "
-        f"{avg(enter_counts):.1f} on entering an idle long-poll")
+    log(f"ours: {send_q:.1f} SQL statements per send, {both_q - send_q:.1f} per sync "
+        f"wake-up, {avg(enter_counts):.1f} on entering an idle long-poll")
     return result
 
 
 def describe(result: dict[str, Any]) -> str:
     lines = [
-        f"statements per send (nobody listening): {result['statements_per_send']:.1f} "
-        f"({result['commits_per_send']:.1f} commits)",
-        f"statements per sync wake-up (send+wake-up minus send): "
-        f"{result['statements_per_wakeup']:.1f}",
-        f"statements on entering an idle long-poll: "
-        f"{result['statements_per_long_poll_entry']:.1f}", "",
+        "SQL statements (BEGIN/COMMIT not counted) and transactions, mean of "
+        f"{ROUNDS} rounds:",
+        f"  per send (nobody listening): {result['statements_per_send']:.1f} statements in "
+        f"{result['commits_per_send']:.1f} transactions",
+        f"  per sync wake-up (send+wake-up minus send): {result['statements_per_wakeup']:.1f} "
+        f"statements in {result['transactions_per_wakeup']:.1f} transactions",
+        f"  on entering an idle long-poll: {result['statements_per_long_poll_entry']:.1f} "
+        f"statements in {result['transactions_per_long_poll_entry']:.1f} transactions", "",
         "one send:"]
     lines += [f"  {s}" for s in result["send_statements_example"]]
     lines += ["", "one send plus the receiver's wake-up:"]

@@ -16,6 +16,7 @@ def table(run: dict[str, Any]) -> str:
     meta = run["meta"]
     lines = [
         f"bench {meta['timestamp']}  db={meta['db']}  scale={meta['scale']}  "
+        f"presence={meta.get('presence', 'off')}  "
         f"load before={meta['loadavg_before']}  after={meta['loadavg_after']}",
     ]
     for name in servers:

@@ -10,9 +10,14 @@ from client_api import (
     devices,
     directory,
     filters,
+    key_backup,
+    keys,
     knock,
+    notifications,
     presence,
     profile,
+    pushers,
+    pushrules,
     receipts,
     relations,
     rooms,
@@ -27,7 +32,8 @@ from client_api import (
 
 _MODULES = [versions, rooms, directory, sync, account, devices, profile, filters, account_data,
             to_device, user_directory, websocket, presence, typing_notifications, receipts,
-            relations, upgrade, knock]
+            relations, upgrade, knock, keys, key_backup,
+            pushrules, pushers, notifications]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]
 root_routes: list[BaseRoute] = [r for m in _MODULES for r in getattr(m, "root_routes", [])]

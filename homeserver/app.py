@@ -10,13 +10,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount
 
 from homeserver.account_data import AccountDataService
 from homeserver.accounts import AccountService
@@ -24,14 +25,22 @@ from homeserver.auth import AuthService
 from homeserver.bus import InMemoryBus
 from homeserver.clock import Clock, SystemClock
 from homeserver.config import HomeserverConfig
+from homeserver.device_lists import DeviceListService
+from homeserver.e2e_keys import E2eKeyService
 from homeserver.errors import MatrixError
 from homeserver.filters import FilterService
 from homeserver.ids import UserID
+from homeserver.key_backup import KeyBackupService
 from homeserver.keys import SigningKey, load_or_create_signing_key
 from homeserver.migrate import upgrade_head
 from homeserver.notifier import Notifier
 from homeserver.presence import PresenceService
 from homeserver.profile import ProfileService
+from homeserver.push.actions import PushActionGenerator
+from homeserver.push.notifications import NotificationService
+from homeserver.push.pushers import PusherService, Unsubscriber
+from homeserver.push.sender import PusherSender
+from homeserver.push.service import AccountDataWithPushRules, PushRuleService
 from homeserver.ratelimit import RateLimiter
 from homeserver.receipts import EphemeralSource, ReceiptService
 from homeserver.relations import Aggregations, RelationsService
@@ -45,9 +54,14 @@ from homeserver.rooms.visibility import Visibility
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.database import Database
+from homeserver.storage.device_lists import DeviceListStore
+from homeserver.storage.e2e_keys import E2eKeyStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.filters import FilterStore
+from homeserver.storage.key_backup import KeyBackupStore
+from homeserver.storage.media import MediaStore
 from homeserver.storage.presence import PresenceStore
+from homeserver.storage.push import PushStore
 from homeserver.storage.receipts import ReceiptStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.relations import RelationStore
@@ -64,6 +78,9 @@ from homeserver.unread import UnreadCountService
 from homeserver.user_directory import UserDirectoryService
 from homeserver.web import http_error_handler, internal_error_handler, matrix_error_handler
 from homeserver.websocket import WebSocketService
+from media_repo.backends import build_backend, spool_dir
+from media_repo.preview import UrlPreviewer
+from media_repo.service import MediaService
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +119,10 @@ class Homeserver:
         self._build_rooms(config, db, signing_key, clock)
         self._build_user_data(config, db, clock)
         self._build_status(config, db, clock)
+        self._build_push(config, db, clock, signing_key)
+        self._build_e2e(config, db)
         self._build_websocket(config)
+        self._build_media(config, db, clock)
         self.app = create_app(self)
 
     def _build_rooms(self, config: HomeserverConfig, db: Database, signing_key: SigningKey,
@@ -143,7 +163,7 @@ class Homeserver:
         self.to_device = ToDeviceService(ToDeviceStore(db), self.notifier, clock,
                                          config.server_name)
         self.sync.add_global_source("to_device", self.to_device)
-        self.accounts.on_devices_deleted = self.to_device.delete_for_devices
+        self.accounts.on_devices_deleted = self._on_devices_deleted
         self.user_directory = UserDirectoryService(UserDirectoryStore(db))
 
     def _build_status(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
@@ -158,13 +178,70 @@ class Homeserver:
         self.receipts = ReceiptService(receipt_store, self.event_store, self.room_store,
                                        self.account_data, self.notifier, clock)
         self.sync.add_room_source("ephemeral", EphemeralSource(self.typing, self.receipts))
-        self.sync.set_unread_counts(UnreadCountService(receipt_store))
+        self.unread = UnreadCountService(PushStore(db))
+        self.sync.set_unread_counts(self.unread)
+
+    def _build_e2e(self, config: HomeserverConfig, db: Database) -> None:
+        """End-to-end encryption: device and cross-signing keys, device lists, key backup
+        (issue 7)."""
+        self.device_lists = DeviceListService(DeviceListStore(db), self.notifier)
+        self.e2e_keys = E2eKeyService(E2eKeyStore(db), self.device_lists, self.uia,
+                                      config.server_name)
+        self.sync.add_extension(self.e2e_keys)
+        self.key_backup = KeyBackupService(KeyBackupStore(db))
+
+    async def _on_devices_deleted(self, user_id: UserID, device_ids: list[str]) -> None:
+        """Deleted devices take their to-device messages and keys with them."""
+        await self.to_device.delete_for_devices(user_id, device_ids)
+        await self.e2e_keys.delete_for_devices(user_id, device_ids)
+        await self.pushers.delete_for_devices(user_id, device_ids)
+
+    def _build_push(self, config: HomeserverConfig, db: Database, clock: Clock,
+                    signing_key: SigningKey) -> None:
+        """Push rules (evaluated as events are persisted), pushers, the pusher sender and
+        missed-message e-mails (issue 6)."""
+        push_store = PushStore(db)
+        self.push_rules = PushRuleService(push_store, self.account_data, self.bus)
+        self.event_sender.set_push_actions(PushActionGenerator(
+            self.push_rules, push_store, self.event_store, config.server_name))
+        self.sync.add_global_source("account_data",
+                                    AccountDataWithPushRules(self.account_data, self.push_rules))
+        unsubscriber = Unsubscriber(bytes(signing_key.encode()))
+        self.pushers = PusherService(push_store, config.push, config.email, clock, unsubscriber)
+        self.push_notifications = NotificationService(push_store, self.event_store, self.rooms)
+        self.pusher_sender = PusherSender(
+            db, push_store, self.event_store, self.room_store, self.unread, clock, self.bus,
+            config=config.push, email=config.email, presence=config.presence,
+            base_url=config.base_url, unsubscriber=unsubscriber)
+        self.background_jobs.append(self.pusher_sender.run)
+        self.push_gateway_routes: list[BaseRoute] = []
+        if config.push.gateway_config is not None:
+            from push_gateway.app import Gateway
+            from push_gateway.config import load_gateway_config
+
+            gateway = Gateway(load_gateway_config(Path(config.push.gateway_config)))
+            self.push_gateway_routes = gateway.routes
+
+            async def close_gateway_at_exit() -> None:  # a "job" that only waits to close
+                try:
+                    await asyncio.Event().wait()
+                finally:
+                    await gateway.aclose()
+            self.background_jobs.append(close_gateway_at_exit)
 
     def _build_websocket(self, config: HomeserverConfig) -> None:
         """The WebSocket transport: built last, it answers requests with the other services."""
         self.websocket = WebSocketService(config.websocket, self.auth, self.sync, self.filters,
                                           self.rooms, self.ratelimiter, self.typing,
                                           self.receipts, self.presence)
+
+    def _build_media(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
+        """The media repository (issue 5): storage backend, uploads, thumbnails, previews."""
+        self.media = MediaService(MediaStore(db), build_backend(config.media.storage,
+                                                                config.data_path),
+                                  clock, config.server_name, config.media,
+                                  spool_dir(config.media.storage, config.data_path))
+        self.url_previews = UrlPreviewer(config.media.url_preview, self.media)
 
     async def _on_profile_changed(self, user_id: UserID, displayname: str | None,
                                   avatar_url: str | None) -> None:
@@ -194,10 +271,14 @@ class Homeserver:
 
 def create_app(hs: Homeserver) -> Starlette:
     from client_api import routes as client_routes
+    from media_repo import routes as media_routes
 
     app = Starlette(
-        routes=[Mount("/_matrix/client", routes=client_routes.client_routes),
-                *client_routes.root_routes],
+        routes=[Mount("/_matrix/media", routes=media_routes.media_routes),
+                # Before /_matrix/client: a Mount that matches a prefix never falls through.
+                Mount("/_matrix/client/v1/media", routes=media_routes.client_media_routes),
+                Mount("/_matrix/client", routes=client_routes.client_routes),
+                *client_routes.root_routes, *hs.push_gateway_routes],
         middleware=[Middleware(
             CORSMiddleware, allow_origins=["*"],
             allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"],
@@ -230,6 +311,7 @@ async def running_homeserver(config: HomeserverConfig, *, clock: Clock | None = 
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await hs.media.close()
     finally:
         await db.close()
 

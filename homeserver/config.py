@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from homeserver.ids import is_valid_server_name
 
@@ -91,6 +99,138 @@ class WebSocketConfig(Section):
     max_frame_bytes: int = Field(default=131_072, ge=1024)
 
 
+class MediaStorageS3Config(Section):
+    """An S3-compatible bucket (AWS S3, SeaweedFS, MinIO, ...): path-style, SigV4."""
+
+    endpoint_url: str | None = None  # None: AWS itself
+    bucket: str = "media"
+    region: str = "us-east-1"
+    # None: the usual AWS chain (AWS_ACCESS_KEY_ID, ~/.aws, instance roles).
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    prefix: str = ""  # prepended to every object key, e.g. "homeserver/"
+
+
+class MediaStorageConfig(Section):
+    backend: Literal["filesystem", "s3"] = "filesystem"
+    # Filesystem: the media root, relative to data_dir. Both backends keep upload spool
+    # files under <path>/tmp while a body streams in.
+    path: str = "media"
+    s3: MediaStorageS3Config = MediaStorageS3Config()
+
+
+class ThumbnailSize(Section):
+    width: int = Field(ge=1, le=4096)
+    height: int = Field(ge=1, le=4096)
+    method: Literal["crop", "scale"]
+
+
+class ThumbnailsConfig(Section):
+    enabled: bool = True
+    # Made when an image is uploaded; a request for another size is served the smallest of
+    # these at least as large, or made on demand (and kept) past the largest.
+    sizes: tuple[ThumbnailSize, ...] = (
+        ThumbnailSize(width=32, height=32, method="crop"),
+        ThumbnailSize(width=96, height=96, method="crop"),
+        ThumbnailSize(width=320, height=240, method="scale"),
+        ThumbnailSize(width=640, height=480, method="scale"),
+        ThumbnailSize(width=800, height=600, method="scale"),
+    )
+    # Decoding is bounded: images past these are refused before their pixels are decoded.
+    max_image_pixels: int = Field(default=32_000_000, ge=1)
+    max_source_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
+    # Images decoded at once per worker (each may take width*height*4 bytes).
+    concurrency: int = Field(default=2, ge=1)
+
+
+class MediaCdnConfig(Section):
+    """Downloads redirected to short-lived signed URLs on a caching edge (docs/media.md)."""
+
+    base_url: str | None = None  # e.g. https://media-cdn.example.org; None: no CDN
+    secret: str | None = None  # shared with the edge's secure_link_md5
+    url_lifetime_ms: int = Field(default=300_000, ge=1000)
+
+    @model_validator(mode="after")
+    def _check_secret(self) -> MediaCdnConfig:
+        if self.base_url is not None and (self.secret is None or len(self.secret) < 16):
+            raise ValueError("media.cdn.base_url needs a secret of at least 16 characters")
+        return self
+
+
+class UrlPreviewConfig(Section):
+    enabled: bool = False
+    # Outbound requests never go to private, loopback, link-local, multicast or reserved
+    # addresses unless the address is inside one of these CIDR ranges.
+    ip_range_allowlist: tuple[str, ...] = ()
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    timeout_ms: int = Field(default=10_000, ge=100)
+    max_redirects: int = Field(default=5, ge=0)
+    user_agent: str = "homeserver-url-preview/0.1"
+
+    @field_validator("ip_range_allowlist")
+    @classmethod
+    def _check_ranges(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)  # a ValueError names the bad range
+        return value
+
+
+class MediaConfig(Section):
+    """The media repository (docs/media.md)."""
+
+    max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    user_quota_bytes: int | None = Field(default=None, ge=0)  # None: no quota
+    # POST /media/v1/create: IDs waiting for content per user, and how long one waits.
+    max_pending_uploads: int = Field(default=10, ge=1)
+    pending_upload_lifetime_ms: int = Field(default=24 * 3600 * 1000, ge=1000)
+    # The most a download of pending media waits for its content (timeout_ms is capped here).
+    max_download_wait_ms: int = Field(default=20_000, ge=0)
+    # The legacy unauthenticated /_matrix/media/v3/download and /thumbnail: media created
+    # before unauthenticated_freeze_ts (ms) is still served there; allow_... serves all of it.
+    allow_unauthenticated_downloads: bool = False
+    unauthenticated_freeze_ts: int = Field(default=0, ge=0)
+    storage: MediaStorageConfig = MediaStorageConfig()
+    thumbnails: ThumbnailsConfig = ThumbnailsConfig()
+    cdn: MediaCdnConfig = MediaCdnConfig()
+    url_preview: UrlPreviewConfig = UrlPreviewConfig()
+
+
+class EmailConfig(Section):
+    """Outgoing e-mail: missed-message notifications (docs/push.md)."""
+
+    enabled: bool = False
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    # none: plain SMTP; starttls: upgrade a plain connection (port 587); tls: TLS from the
+    # first byte (port 465).
+    smtp_security: Literal["none", "starttls", "tls"] = "starttls"
+    from_address: str = "Matrix <noreply@localhost>"
+    app_name: str = "Matrix"
+    # A missed-message mail waits this long after the first unread event it reports.
+    notif_delay_ms: int = Field(default=10 * 60 * 1000, ge=0)
+    client_url: str | None = None  # links in mails open this client (e.g. a web client)
+
+
+class PushConfig(Section):
+    """Pushers and the pusher sender (docs/push.md)."""
+
+    # true: push only to users with no open sync or WebSocket; false: every notifying event.
+    only_when_offline: bool = True
+    # SSRF: push gateway URLs resolving to private, loopback or link-local addresses are
+    # refused unless allowed; http:// (not https://) likewise.
+    allow_private_addresses: bool = False
+    allow_http: bool = False
+    include_content: bool = True  # full-format pushes carry the event's content
+    retry_initial_ms: int = Field(default=1000, ge=1)
+    retry_max_ms: int = Field(default=30 * 60 * 1000, ge=1)
+    give_up_after_ms: int = Field(default=24 * 3600 * 1000, ge=1000)  # then a push is dropped
+    request_timeout_ms: int = Field(default=10_000, ge=100)
+    poll_interval_ms: int = Field(default=5_000, ge=10)  # besides wake-ups from new events
+    gateway_config: str | None = None  # a push_gateway YAML: mount it at /_matrix/push/v1
+
+
 class HomeserverConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -107,6 +247,9 @@ class HomeserverConfig(BaseModel):
     rooms: RoomsConfig = RoomsConfig()
     websocket: WebSocketConfig = WebSocketConfig()
     presence: PresenceConfig = PresenceConfig()
+    media: MediaConfig = MediaConfig()
+    push: PushConfig = PushConfig()
+    email: EmailConfig = EmailConfig()
 
     @field_validator("server_name")
     @classmethod

@@ -45,6 +45,7 @@ class EventFilter:
     limit: int | None = None
     lazy_load_members: bool = False
     include_redundant_members: bool = False
+    unread_thread_notifications: bool = False  # spec: per-thread counts in /sync
 
     @classmethod
     def from_json(cls, data: Any) -> EventFilter:
@@ -64,6 +65,7 @@ class EventFilter:
             else None,
             lazy_load_members=data.get("lazy_load_members") is True,
             include_redundant_members=data.get("include_redundant_members") is True,
+            unread_thread_notifications=data.get("unread_thread_notifications") is True,
         )
 
     def allows_room(self, room_id: str) -> bool:

@@ -1,29 +1,55 @@
-"""Unread counts (spec: "Receiving notifications"), until push rules decide (issue 6).
+"""Unread counts (spec: "Receiving notifications"), from the push actions of each event.
 
-A room's count is the events a client would badge (messages, encrypted events, stickers)
-sent by others after the user's read mark; nothing is a highlight yet. Per-thread counts
-(``unread_thread_notifications``) are not computed: the room count includes threads.
+An event counts for a user when their push rules made it notify them (``highlight_count``:
+with the highlight tweak) and it lies after their read mark: the later of their unthreaded
+``m.read`` / ``m.read.private`` receipt and their own latest event in the room, and, for an
+event in a thread (the main timeline is the thread "main"), their receipt in that thread.
+Per-thread counts (``unread_thread_notifications``) split the room's count by thread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from homeserver.storage.receipts import ReceiptStore
+from homeserver.storage.push import PushStore
 from homeserver.types import JsonDict, Requester
 
-# TODO(issue 6): push rules decide what notifies and what highlights.
-COUNTED_TYPES = ("m.room.message", "m.room.encrypted", "m.sticker")
+MAIN_THREAD = "main"
+
+
+def _counts(notifications: int, highlights: int) -> JsonDict:
+    return {"notification_count": notifications, "highlight_count": highlights}
 
 
 class UnreadCountService:
     """Implements the sync's ``UnreadCounts``: one query for all the rooms of a response."""
 
-    def __init__(self, receipts: ReceiptStore) -> None:
-        self._receipts = receipts
+    def __init__(self, store: PushStore) -> None:
+        self._store = store
 
-    async def unread_counts(self, requester: Requester, room_ids: Sequence[str]
-                            ) -> dict[str, JsonDict]:
-        counts = await self._receipts.count_unread(requester.user_id, room_ids, COUNTED_TYPES)
-        return {room_id: {"notification_count": counts.get(room_id, 0), "highlight_count": 0}
-                for room_id in room_ids}
+    async def unread_counts(self, requester: Requester, room_ids: Sequence[str], *,
+                            threads: bool = False) -> dict[str, JsonDict]:
+        """Per room: ``unread_notifications``, and with ``threads`` the main timeline's only,
+        the threads' in ``unread_thread_notifications`` (those with something unread)."""
+        found = await self._store.count_unread(requester.user_id, room_ids)
+        out: dict[str, JsonDict] = {}
+        for room_id in room_ids:
+            by_thread = found.get(room_id, {})
+            if not threads:
+                out[room_id] = {"unread_notifications": _counts(
+                    sum(n for n, _ in by_thread.values()),
+                    sum(h for _, h in by_thread.values()))}
+                continue
+            entry: JsonDict = {"unread_notifications": _counts(*by_thread.get(MAIN_THREAD,
+                                                                              (0, 0)))}
+            in_threads = {t: _counts(n, h) for t, (n, h) in by_thread.items()
+                          if t != MAIN_THREAD}
+            if in_threads:
+                entry["unread_thread_notifications"] = in_threads
+            out[room_id] = entry
+        return out
+
+    async def total_unread(self, user_id: str, room_ids: Sequence[str]) -> int:
+        """Notifications across the rooms (a push's ``counts.unread``)."""
+        found = await self._store.count_unread(user_id, room_ids)
+        return sum(n for threads in found.values() for n, _ in threads.values())

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver import jsonutil
 from homeserver.storage.database import Database
+from homeserver.storage.push import PushAction, record_push_actions
 from homeserver.storage.relations import record_relation
 from homeserver.storage.schema import (
     current_state,
@@ -71,6 +72,8 @@ class NewEvent:
     device_id: str | None = None
     txn_id: str | None = None
     txn_scope: str | None = None
+    # The members it notifies (push rules evaluated before persisting; issue 6).
+    push_actions: tuple[PushAction, ...] = ()
 
 
 _EVENT_COLUMNS = (events.c.stream_ordering, events.c.event_id, events.c.room_id, events.c.type,
@@ -133,6 +136,8 @@ class EventStore:
                     events.c.event_id == redacts, events.c.room_id == new.room_id,
                     events.c.redacted_by.is_(None)).values(redacted_by=new.event_id))
             await record_relation(conn, pdu, new.event_id, new.room_id, position, redacts)
+            await record_push_actions(conn, new.push_actions, new.room_id, new.event_id,
+                                      position, pdu["origin_server_ts"])
             if new.txn_id is not None and new.device_id is not None:
                 await conn.execute(sa.insert(event_txns).values(
                     user_id=pdu["sender"], device_id=new.device_id, scope=new.txn_scope or "",

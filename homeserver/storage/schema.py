@@ -304,3 +304,209 @@ event_relations = sa.Table(
     # The thread list of a room, by latest activity.
     sa.Index(None, "room_id", "rel_type", "stream_ordering"),
 )
+
+# --- end-to-end encryption: device keys, cross-signing, device lists, backup (issue 7) ---------
+
+# The device's identity keys as uploaded and signed by the device (without `unsigned`).
+e2e_device_keys = sa.Table(
+    "e2e_device_keys", metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("device_id", sa.Text, primary_key=True),
+    sa.Column("key_json", sa.Text, nullable=False),  # canonical JSON
+)
+
+# Claimed keys are deleted. `id` orders them by upload (spec: given out in upload order).
+e2e_one_time_keys = sa.Table(
+    "e2e_one_time_keys", metadata,
+    sa.Column("id", BigInt, primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("device_id", sa.Text, nullable=False),
+    sa.Column("algorithm", sa.Text, nullable=False),
+    sa.Column("key_id", sa.Text, nullable=False),
+    sa.Column("key_json", sa.Text, nullable=False),  # canonical JSON: a string or an object
+    sa.UniqueConstraint("user_id", "device_id", "algorithm", "key_id"),
+)
+
+# One fallback key per device and algorithm; handed out (and marked used) when no one-time
+# key is left, until the device replaces it.
+e2e_fallback_keys = sa.Table(
+    "e2e_fallback_keys", metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("device_id", sa.Text, primary_key=True),
+    sa.Column("algorithm", sa.Text, primary_key=True),
+    sa.Column("key_id", sa.Text, nullable=False),
+    sa.Column("key_json", sa.Text, nullable=False),
+    sa.Column("used", sa.Boolean, nullable=False, default=False),
+)
+
+# A user's current master, self-signing and user-signing keys.
+e2e_cross_signing_keys = sa.Table(
+    "e2e_cross_signing_keys", metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("key_type", sa.Text, primary_key=True),  # master, self_signing, user_signing
+    sa.Column("public_key", sa.Text, nullable=False),  # unpadded base64 ed25519
+    sa.Column("key_json", sa.Text, nullable=False),
+)
+
+# Signatures uploaded through /keys/signatures/upload, verified before they were stored.
+# The target is a device (its device ID) or a cross-signing key (its public key).
+e2e_signatures = sa.Table(
+    "e2e_signatures", metadata,
+    sa.Column("target_user_id", sa.Text, primary_key=True),
+    sa.Column("target_key_id", sa.Text, primary_key=True),
+    sa.Column("signer_user_id", sa.Text, primary_key=True),
+    sa.Column("signer_key_id", sa.Text, primary_key=True),  # ed25519:<device or public key>
+    sa.Column("signature", sa.Text, nullable=False),
+)
+
+# The device-lists position of each user's latest change of devices or keys.
+device_list_changes = sa.Table(
+    "device_list_changes", metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("stream_position", BigInt, nullable=False, index=True),
+)
+
+# Server-side key backup versions; a deleted one keeps its row so its number is never reused.
+room_key_backup_versions = sa.Table(
+    "room_key_backup_versions", metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("version", BigInt, primary_key=True, autoincrement=False),
+    sa.Column("algorithm", sa.Text, nullable=False),
+    sa.Column("auth_data", sa.JSON, nullable=False),
+    sa.Column("etag", BigInt, nullable=False),  # bumped whenever the keys change
+    sa.Column("deleted", sa.Boolean, nullable=False, default=False),
+)
+
+room_key_backup_keys = sa.Table(
+    "room_key_backup_keys", metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("version", BigInt, primary_key=True),
+    sa.Column("room_id", sa.Text, primary_key=True),
+    sa.Column("session_id", sa.Text, primary_key=True),
+    sa.Column("first_message_index", BigInt, nullable=False),
+    sa.Column("forwarded_count", BigInt, nullable=False),
+    sa.Column("is_verified", sa.Boolean, nullable=False),
+    sa.Column("session_data", sa.JSON, nullable=False),
+)
+
+# --- push rules, push actions, pushers (issue 6) ---------------------------------------------
+
+# A user's own push rules; within a kind, the higher priority is evaluated first.
+push_rules = sa.Table(
+    "push_rules", metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, primary_key=True),  # override, content, room, sender, underride
+    sa.Column("rule_id", sa.Text, primary_key=True),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("conditions", sa.JSON, nullable=True),  # override and underride
+    sa.Column("pattern", sa.Text, nullable=True),  # content
+    sa.Column("actions", sa.JSON, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+)
+
+# What a user changed in a server-default rule: NULL keeps the server's value.
+push_rule_defaults = sa.Table(
+    "push_rule_defaults", metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("rule_id", sa.Text, primary_key=True),
+    sa.Column("enabled", sa.Boolean, nullable=True),
+    sa.Column("actions", sa.JSON, nullable=True),
+)
+
+# The notifying outcome of each event for each local member, written with the event (one row
+# per member it notifies, none for the rest): unread counts, /notifications and pushers.
+event_push_actions = sa.Table(
+    "event_push_actions", metadata,
+    # By position first: the pusher sender tails the table, and a large room's event writes
+    # a thousand rows, so every index costs on the send path (one secondary index only).
+    sa.Column("stream_ordering", BigInt, primary_key=True),
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("room_id", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("thread_id", sa.Text, nullable=False),  # "main", or the thread root's event ID
+    sa.Column("actions", sa.Text, nullable=False),  # JSON, as the matching rule has them
+    sa.Column("highlight", sa.Boolean, nullable=False),
+    sa.Column("ts", BigInt, nullable=False),
+    sa.Index(None, "user_id", "room_id", "stream_ordering"),  # counts, /notifications
+)
+
+# Pushers; also the unit the sender claims: one worker at a time holds a pusher (until
+# claimed_until) and sends its queue in order, backing off per pusher after a failure.
+pushers = sa.Table(
+    "pushers", metadata,
+    sa.Column("id", BigInt, primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.Text, nullable=False, index=True),
+    sa.Column("kind", sa.Text, nullable=False),  # http, email
+    sa.Column("app_id", sa.Text, nullable=False),
+    sa.Column("pushkey", sa.Text, nullable=False),
+    sa.Column("app_display_name", sa.Text, nullable=False),
+    sa.Column("device_display_name", sa.Text, nullable=False),
+    sa.Column("profile_tag", sa.Text, nullable=True),
+    sa.Column("lang", sa.Text, nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("pushkey_ts", BigInt, nullable=False),  # ms
+    sa.Column("device_id", sa.Text, nullable=True),  # the device that set it
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),  # failures in a row
+    sa.Column("next_attempt_ts", BigInt, nullable=False, default=0),
+    sa.Column("claimed_by", sa.Text, nullable=True),
+    sa.Column("claimed_until", BigInt, nullable=False, default=0),
+    sa.UniqueConstraint("app_id", "pushkey", "user_id"),
+)
+
+# Notifications waiting for a pusher: one row per pusher and event, deleted once delivered.
+push_queue = sa.Table(
+    "push_queue", metadata,
+    sa.Column("pusher_id", BigInt, primary_key=True),
+    sa.Column("stream_ordering", BigInt, primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("room_id", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("actions", sa.Text, nullable=False),
+    sa.Column("event_ts", BigInt, nullable=False),
+    sa.Column("due_ts", BigInt, nullable=False, index=True),  # e-mail waits for its delay
+)
+
+# How far the sender has turned push actions into queue rows (one row, "pusher").
+push_cursors = sa.Table(
+    "push_cursors", metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("stream_ordering", BigInt, nullable=False),
+)
+
+# --- media repository (issue 5) --------------------------------------------------------------
+
+# Local media: one row per mxc://<server_name>/<media_id>. Content is stored once per sha256
+# (identical uploads share it); a row from POST /media/v1/create has no upload_ts until its
+# content arrives, and lapses at expires_ts. Remote media (federation) gets its own table.
+media = sa.Table(
+    "media", metadata,
+    sa.Column("media_id", sa.Text, primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False),  # the uploader
+    sa.Column("created_ts", BigInt, nullable=False),
+    sa.Column("expires_ts", BigInt, nullable=True),  # pending IDs only
+    sa.Column("upload_ts", BigInt, nullable=True),  # None: created, content not yet uploaded
+    sa.Column("content_type", sa.Text, nullable=True),
+    sa.Column("upload_name", sa.Text, nullable=True),
+    sa.Column("size", BigInt, nullable=True),
+    sa.Column("sha256", sa.Text, nullable=True, index=True),  # hex; names the stored content
+    # Images only, read from the header at upload: thumbnail sizes are computed from them.
+    sa.Column("width", sa.Integer, nullable=True),
+    sa.Column("height", sa.Integer, nullable=True),
+    sa.Column("animated", sa.Boolean, nullable=False, default=False),
+    # Quotas sum a user's sizes; pending uploads are counted per user.
+    sa.Index(None, "user_id", "upload_ts"),
+)
+
+# Thumbnails belong to content (sha256), not to a media ID: identical uploads share them.
+# width and height are the thumbnail's own, so two requests that give the same image share it.
+media_thumbnails = sa.Table(
+    "media_thumbnails", metadata,
+    sa.Column("sha256", sa.Text, primary_key=True),
+    sa.Column("width", sa.Integer, primary_key=True),
+    sa.Column("height", sa.Integer, primary_key=True),
+    sa.Column("method", sa.Text, primary_key=True),  # crop, scale
+    sa.Column("animated", sa.Boolean, primary_key=True),
+    sa.Column("content_type", sa.Text, nullable=False),
+    sa.Column("size", BigInt, nullable=False),
+    sa.Column("created_ts", BigInt, nullable=False),
+)

@@ -141,10 +141,11 @@ class SyncService:
                         requester, m.room_id, after, m.stream_ordering, req, ignored,
                         full=after is None or req.full_state)
         if self._unread is not None and joined:
-            counts = await self._unread.unread_counts(requester, list(joined))
+            counts = await self._unread.unread_counts(
+                requester, list(joined), threads=req.filter.timeline.unread_thread_notifications)
             for room_id, entry in joined.items():
-                entry["unread_notifications"] = counts.get(
-                    room_id, {"notification_count": 0, "highlight_count": 0})
+                entry.update(counts.get(room_id, {"unread_notifications": {
+                    "notification_count": 0, "highlight_count": 0}}))
         rooms: JsonDict = {}
         for key, section in (("join", joined), ("invite", invited), ("knock", knocked),
                              ("leave", left)):
@@ -288,6 +289,11 @@ _NOT_NEWS = frozenset({"next_batch", "device_one_time_keys_count",
 
 def _is_empty(response: JsonDict) -> bool:
     return all(key in _NOT_NEWS for key in response)
+
+
+def has_news(response: JsonDict) -> bool:
+    """Whether a response carries anything new (the WebSocket transport sends only those)."""
+    return not _is_empty(response)
 
 
 def _global_filter(f: SyncFilter, key: str) -> EventFilter:

@@ -33,10 +33,11 @@ class RoomSource(Protocol):
 
 
 class UnreadCounts(Protocol):
-    """``unread_notifications`` per joined room (and per thread when asked)."""
+    """Per joined room, the keys ``unread_notifications`` and, when ``threads`` is asked
+    (the filter's ``unread_thread_notifications``), ``unread_thread_notifications``."""
 
-    async def unread_counts(self, requester: Requester, room_ids: Sequence[str]
-                            ) -> dict[str, JsonDict]: ...
+    async def unread_counts(self, requester: Requester, room_ids: Sequence[str], *,
+                            threads: bool = False) -> dict[str, JsonDict]: ...
 
 
 class TopLevelSource(Protocol):

@@ -15,7 +15,7 @@ import orjson
 from homeserver.errors import Codes, MatrixError
 from homeserver.jsonutil import dumps_str
 from homeserver.streams import StreamToken
-from homeserver.sync.service import SyncRequest
+from homeserver.sync.service import SyncRequest, has_news
 from homeserver.types import JsonDict, Requester
 from homeserver.websocket.protocol import (
     MAX_CLOSE_REASON_BYTES,
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from homeserver.websocket.service import WebSocketService
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class _Close:
@@ -333,7 +334,7 @@ class Connection:
                 response = await self._service.sync(requester, req)
                 # An initial sync is always sent (it is the client's starting point); after
                 # that only batches with something in them.
-                if first and req.since is None or len(response) > 1:
+                if first and req.since is None or has_news(response):
                     if not self._enqueue({"type": "sync", **response}):
                         return
                 first = False

@@ -101,6 +101,7 @@ class WebSocketService:
         self._ratelimiter.check(Action.MESSAGE, requester.user_id)
         event_id = await self._rooms.send_event(requester, room_id, params.event_type,
                                                 params.txn_id, params.content)
+        await self._presence.bump_active(requester.user_id)  # sending is activity, as over HTTP
         return {"event_id": event_id}
 
     async def _set_typing(self, requester: Requester, raw: JsonDict) -> JsonDict:

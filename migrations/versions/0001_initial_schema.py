@@ -94,6 +94,19 @@ def upgrade() -> None:
         ),
     )
     op.create_table(
+        "device_list_changes",
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column(
+            "stream_position", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_device_list_changes")),
+    )
+    with op.batch_alter_table("device_list_changes", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_device_list_changes_stream_position"), ["stream_position"], unique=False
+        )
+
+    op.create_table(
         "devices",
         sa.Column("user_id", sa.Text(), nullable=False),
         sa.Column("device_id", sa.Text(), nullable=False),
@@ -107,6 +120,91 @@ def upgrade() -> None:
         sa.Column("last_seen_ip", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("user_id", "device_id", name=op.f("pk_devices")),
     )
+    op.create_table(
+        "e2e_cross_signing_keys",
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("key_type", sa.Text(), nullable=False),
+        sa.Column("public_key", sa.Text(), nullable=False),
+        sa.Column("key_json", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("user_id", "key_type", name=op.f("pk_e2e_cross_signing_keys")),
+    )
+    op.create_table(
+        "e2e_device_keys",
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("device_id", sa.Text(), nullable=False),
+        sa.Column("key_json", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("user_id", "device_id", name=op.f("pk_e2e_device_keys")),
+    )
+    op.create_table(
+        "e2e_fallback_keys",
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("device_id", sa.Text(), nullable=False),
+        sa.Column("algorithm", sa.Text(), nullable=False),
+        sa.Column("key_id", sa.Text(), nullable=False),
+        sa.Column("key_json", sa.Text(), nullable=False),
+        sa.Column("used", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "user_id", "device_id", "algorithm", name=op.f("pk_e2e_fallback_keys")
+        ),
+    )
+    op.create_table(
+        "e2e_one_time_keys",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("device_id", sa.Text(), nullable=False),
+        sa.Column("algorithm", sa.Text(), nullable=False),
+        sa.Column("key_id", sa.Text(), nullable=False),
+        sa.Column("key_json", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_e2e_one_time_keys")),
+        sa.UniqueConstraint(
+            "user_id",
+            "device_id",
+            "algorithm",
+            "key_id",
+            name=op.f("uq_e2e_one_time_keys_user_id_device_id_algorithm_key_id"),
+        ),
+    )
+    op.create_table(
+        "e2e_signatures",
+        sa.Column("target_user_id", sa.Text(), nullable=False),
+        sa.Column("target_key_id", sa.Text(), nullable=False),
+        sa.Column("signer_user_id", sa.Text(), nullable=False),
+        sa.Column("signer_key_id", sa.Text(), nullable=False),
+        sa.Column("signature", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "target_user_id",
+            "target_key_id",
+            "signer_user_id",
+            "signer_key_id",
+            name=op.f("pk_e2e_signatures"),
+        ),
+    )
+    op.create_table(
+        "event_push_actions",
+        sa.Column(
+            "stream_ordering", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("room_id", sa.Text(), nullable=False),
+        sa.Column("event_id", sa.Text(), nullable=False),
+        sa.Column("thread_id", sa.Text(), nullable=False),
+        sa.Column("actions", sa.Text(), nullable=False),
+        sa.Column("highlight", sa.Boolean(), nullable=False),
+        sa.Column("ts", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.PrimaryKeyConstraint("stream_ordering", "user_id", name=op.f("pk_event_push_actions")),
+    )
+    with op.batch_alter_table("event_push_actions", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_event_push_actions_user_id_room_id_stream_ordering"),
+            ["user_id", "room_id", "stream_ordering"],
+            unique=False,
+        )
+
     op.create_table(
         "event_relations",
         sa.Column("event_id", sa.Text(), nullable=False),
@@ -200,6 +298,48 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("user_id", "filter_id", name=op.f("pk_filters")),
     )
     op.create_table(
+        "media",
+        sa.Column("media_id", sa.Text(), nullable=False),
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column(
+            "created_ts", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column(
+            "expires_ts", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
+        sa.Column("upload_ts", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
+        sa.Column("content_type", sa.Text(), nullable=True),
+        sa.Column("upload_name", sa.Text(), nullable=True),
+        sa.Column("size", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
+        sa.Column("sha256", sa.Text(), nullable=True),
+        sa.Column("width", sa.Integer(), nullable=True),
+        sa.Column("height", sa.Integer(), nullable=True),
+        sa.Column("animated", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("media_id", name=op.f("pk_media")),
+    )
+    with op.batch_alter_table("media", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_media_sha256"), ["sha256"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_media_user_id_upload_ts"), ["user_id", "upload_ts"], unique=False
+        )
+
+    op.create_table(
+        "media_thumbnails",
+        sa.Column("sha256", sa.Text(), nullable=False),
+        sa.Column("width", sa.Integer(), nullable=False),
+        sa.Column("height", sa.Integer(), nullable=False),
+        sa.Column("method", sa.Text(), nullable=False),
+        sa.Column("animated", sa.Boolean(), nullable=False),
+        sa.Column("content_type", sa.Text(), nullable=False),
+        sa.Column("size", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column(
+            "created_ts", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint(
+            "sha256", "width", "height", "method", "animated", name=op.f("pk_media_thumbnails")
+        ),
+    )
+    op.create_table(
         "presence",
         sa.Column("user_id", sa.Text(), nullable=False),
         sa.Column("state", sa.Text(), nullable=False),
@@ -228,6 +368,90 @@ def upgrade() -> None:
         sa.Column("avatar_url", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("user_id", name=op.f("pk_profiles")),
     )
+    op.create_table(
+        "push_cursors",
+        sa.Column("name", sa.Text(), nullable=False),
+        sa.Column(
+            "stream_ordering", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_push_cursors")),
+    )
+    op.create_table(
+        "push_queue",
+        sa.Column(
+            "pusher_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column(
+            "stream_ordering", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("room_id", sa.Text(), nullable=False),
+        sa.Column("event_id", sa.Text(), nullable=False),
+        sa.Column("actions", sa.Text(), nullable=False),
+        sa.Column("event_ts", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("due_ts", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.PrimaryKeyConstraint("pusher_id", "stream_ordering", name=op.f("pk_push_queue")),
+    )
+    with op.batch_alter_table("push_queue", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_push_queue_due_ts"), ["due_ts"], unique=False)
+
+    op.create_table(
+        "push_rule_defaults",
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("rule_id", sa.Text(), nullable=False),
+        sa.Column("enabled", sa.Boolean(), nullable=True),
+        sa.Column("actions", sa.JSON(), nullable=True),
+        sa.PrimaryKeyConstraint("user_id", "rule_id", name=op.f("pk_push_rule_defaults")),
+    )
+    op.create_table(
+        "push_rules",
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("kind", sa.Text(), nullable=False),
+        sa.Column("rule_id", sa.Text(), nullable=False),
+        sa.Column("priority", sa.Integer(), nullable=False),
+        sa.Column("conditions", sa.JSON(), nullable=True),
+        sa.Column("pattern", sa.Text(), nullable=True),
+        sa.Column("actions", sa.JSON(), nullable=False),
+        sa.Column("enabled", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("user_id", "kind", "rule_id", name=op.f("pk_push_rules")),
+    )
+    op.create_table(
+        "pushers",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("kind", sa.Text(), nullable=False),
+        sa.Column("app_id", sa.Text(), nullable=False),
+        sa.Column("pushkey", sa.Text(), nullable=False),
+        sa.Column("app_display_name", sa.Text(), nullable=False),
+        sa.Column("device_display_name", sa.Text(), nullable=False),
+        sa.Column("profile_tag", sa.Text(), nullable=True),
+        sa.Column("lang", sa.Text(), nullable=False),
+        sa.Column("data", sa.JSON(), nullable=False),
+        sa.Column(
+            "pushkey_ts", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("device_id", sa.Text(), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column(
+            "next_attempt_ts", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("claimed_by", sa.Text(), nullable=True),
+        sa.Column(
+            "claimed_until", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_pushers")),
+        sa.UniqueConstraint(
+            "app_id", "pushkey", "user_id", name=op.f("uq_pushers_app_id_pushkey_user_id")
+        ),
+    )
+    with op.batch_alter_table("pushers", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_pushers_user_id"), ["user_id"], unique=False)
+
     op.create_table(
         "receipts",
         sa.Column("room_id", sa.Text(), nullable=False),
@@ -303,6 +527,41 @@ def upgrade() -> None:
     with op.batch_alter_table("room_aliases", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_room_aliases_room_id"), ["room_id"], unique=False)
 
+    op.create_table(
+        "room_key_backup_keys",
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("version", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("room_id", sa.Text(), nullable=False),
+        sa.Column("session_id", sa.Text(), nullable=False),
+        sa.Column(
+            "first_message_index",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            nullable=False,
+        ),
+        sa.Column(
+            "forwarded_count", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("is_verified", sa.Boolean(), nullable=False),
+        sa.Column("session_data", sa.JSON(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "user_id", "version", "room_id", "session_id", name=op.f("pk_room_key_backup_keys")
+        ),
+    )
+    op.create_table(
+        "room_key_backup_versions",
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column(
+            "version",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=False,
+            nullable=False,
+        ),
+        sa.Column("algorithm", sa.Text(), nullable=False),
+        sa.Column("auth_data", sa.JSON(), nullable=False),
+        sa.Column("etag", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("deleted", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("user_id", "version", name=op.f("pk_room_key_backup_versions")),
+    )
     op.create_table(
         "room_memberships",
         sa.Column("room_id", sa.Text(), nullable=False),
@@ -491,6 +750,8 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_room_memberships_user_id_membership"))
 
     op.drop_table("room_memberships")
+    op.drop_table("room_key_backup_versions")
+    op.drop_table("room_key_backup_keys")
     with op.batch_alter_table("room_aliases", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_room_aliases_room_id"))
 
@@ -504,11 +765,28 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_receipts_room_id_stream_position"))
 
     op.drop_table("receipts")
+    with op.batch_alter_table("pushers", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_pushers_user_id"))
+
+    op.drop_table("pushers")
+    op.drop_table("push_rules")
+    op.drop_table("push_rule_defaults")
+    with op.batch_alter_table("push_queue", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_push_queue_due_ts"))
+
+    op.drop_table("push_queue")
+    op.drop_table("push_cursors")
     op.drop_table("profiles")
     with op.batch_alter_table("presence", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_presence_stream_position"))
 
     op.drop_table("presence")
+    op.drop_table("media_thumbnails")
+    with op.batch_alter_table("media", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_media_user_id_upload_ts"))
+        batch_op.drop_index(batch_op.f("ix_media_sha256"))
+
+    op.drop_table("media")
     op.drop_table("filters")
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_events_room_id_stream_ordering"))
@@ -521,7 +799,20 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_event_relations_relates_to_id_rel_type_stream_ordering"))
 
     op.drop_table("event_relations")
+    with op.batch_alter_table("event_push_actions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_event_push_actions_user_id_room_id_stream_ordering"))
+
+    op.drop_table("event_push_actions")
+    op.drop_table("e2e_signatures")
+    op.drop_table("e2e_one_time_keys")
+    op.drop_table("e2e_fallback_keys")
+    op.drop_table("e2e_device_keys")
+    op.drop_table("e2e_cross_signing_keys")
     op.drop_table("devices")
+    with op.batch_alter_table("device_list_changes", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_device_list_changes_stream_position"))
+
+    op.drop_table("device_list_changes")
     op.drop_table("device_inbox")
     op.drop_table("current_state")
     with op.batch_alter_table("account_data", schema=None) as batch_op:

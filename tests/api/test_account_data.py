@@ -43,7 +43,9 @@ def _error(response: httpx.Response, status: int, errcode: str) -> None:
 
 
 def _global(body: dict[str, Any]) -> dict[str, Any]:
-    return {e["type"]: e["content"] for e in body.get("account_data", {}).get("events", [])}
+    # m.push_rules comes in every initial sync (tests/api/test_pushrules.py checks it).
+    return {e["type"]: e["content"] for e in body.get("account_data", {}).get("events", [])
+            if e["type"] != "m.push_rules"}
 
 
 def _room_data(body: dict[str, Any], room_id: str) -> dict[str, Any]:

@@ -46,13 +46,26 @@ class Ws:
         if self._backlog:
             return self._backlog.popleft()
         while True:
-            frame: dict[str, Any] = json.loads(await asyncio.wait_for(self.conn.recv(), WAIT_S))
-            if frame.get("type") == "ping":
-                self.pings += 1
-                if self.answer_pings:
-                    await self.conn.send(json.dumps({"type": "pong"}))
-                continue
+            frame = await self._receive()
+            if frame is not None:
+                return frame
+
+    async def _receive(self) -> dict[str, Any] | None:
+        """The next frame, or None for a ping (counted, and answered if we answer)."""
+        frame: dict[str, Any] = json.loads(await asyncio.wait_for(self.conn.recv(), WAIT_S))
+        if frame.get("type") != "ping":
             return frame
+        self.pings += 1
+        if self.answer_pings:
+            await self.conn.send(json.dumps({"type": "pong"}))
+        return None
+
+    async def until_pings(self, count: int) -> None:
+        """Read (keeping other frames for later) until ``count`` pings have come."""
+        while self.pings < count:
+            frame = await self._receive()
+            if frame is not None:
+                self._backlog.append(frame)
 
     async def next_sync(self) -> dict[str, Any]:
         while True:
@@ -537,8 +550,7 @@ async def test_heartbeats_presence_and_revocation(tuned_server: ServerProcess) -
 
         # One that answers stays; its open socket keeps Alice online past offline_after_ms.
         async with ws_connect(tuned_server, alice_token) as ws:
-            while ws.pings < 10:
-                await ws.next()
+            await ws.until_pings(10)
             assert await alice_presence() == "online"
             # Logging out revokes the token: the connection it opened ends at the next ping.
             r = await c.http.post("/_matrix/client/v3/logout", headers=auth_header(alice_token))

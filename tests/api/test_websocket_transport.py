@@ -103,6 +103,32 @@ async def test_a_peer_that_goes_away_ends_its_connection(tmp_path: Path, db_url:
         assert not hs.websocket.connections
 
 
+async def test_send_has_the_rate_limit_of_the_http_endpoint(tmp_path: Path,
+                                                           db_url: str) -> None:
+    config = make_config(tmp_path, db_url, rate_limits={
+        "enabled": True, "message": {"per_second": 0.001, "burst": 1}})
+    async with serve(config) as (hs, client):
+        _, token = await register(client, "alice")
+        r = await client.post("/_matrix/client/v3/createRoom", json={},
+                              headers=auth_header(token))
+        room_id = r.json()["room_id"]
+        peer = StuckClient()
+        peer.reading.set()
+        task = asyncio.create_task(hs.websocket.serve(
+            peer, authorization=f"Bearer {token}", token_in_url=False, query={}))
+        for i in range(2):
+            await peer.incoming.put(orjson.dumps({"id": str(i), "method": "send", "params": {
+                "room_id": room_id, "event_type": "m.room.message", "txn_id": f"t{i}",
+                "content": {"body": "hi"}}}).decode())
+        await _until(lambda: sum("id" in f for f in peer.sent) == 2)
+        first, second = [f for f in peer.sent if "id" in f]
+        assert "event_id" in first["result"]
+        assert second["error"]["errcode"] == "M_LIMIT_EXCEEDED"
+        assert second["error"]["retry_after_ms"] > 0
+        await peer.incoming.put(None)
+        await asyncio.wait_for(task, WAIT_S)
+
+
 async def _websocket_upgrade(app: Any) -> list[dict[str, Any]]:
     """Ask ``app`` for an upgrade as an ASGI server would; what it sends back."""
     scope = {"type": "websocket", "path": f"/_matrix/client{PATH}", "raw_path": b"",

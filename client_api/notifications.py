@@ -1,0 +1,21 @@
+"""GET /notifications (spec: "Listing Notifications")."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from homeserver.web import homeserver_of, json_response, query_int, require_user
+
+
+async def get_notifications(request: Request) -> Response:
+    """GET /_matrix/client/v3/notifications"""
+    hs = homeserver_of(request)
+    requester = await require_user(request)
+    q = request.query_params
+    return json_response(await hs.push_notifications.get_notifications(
+        requester, q.get("from"), query_int(request, "limit", minimum=1), q.get("only")))
+
+
+client_routes = [Route("/v3/notifications", get_notifications, methods=["GET"])]

@@ -1,0 +1,206 @@
+"""Pushers (spec: "Pushers"): GET /pushers and POST /pushers/set, validated.
+
+An ``http`` pusher's URL must be a push gateway's notify endpoint and, unless the config
+allows it, must not lead to a private address (SSRF: the server makes requests to it). An
+``email`` pusher sends missed-message mails to its pushkey, when e-mail is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from homeserver.clock import Clock
+from homeserver.config import EmailConfig, PushConfig
+from homeserver.errors import Codes, MatrixError
+from homeserver.storage.push import Pusher, PushStore
+from homeserver.types import JsonDict, Requester
+
+NOTIFY_PATH = "/_matrix/push/v1/notify"
+MAX_PUSHKEY_BYTES = 512  # spec
+MAX_APP_ID_CHARS = 64  # spec
+MAX_FIELD_CHARS = 1024  # ours: display names, lang, profile tag
+MAX_DATA_BYTES = 4096  # ours: data is sent with every push
+EMAIL_APP_ID = "m.email"  # spec: an email pusher's app_id
+FORMATS = ("event_id_only",)
+_EMAIL = re.compile(r"^[^@\s<>\"(),;:]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}$")
+
+
+@dataclass(frozen=True, slots=True)
+class PusherRequest:
+    """A /pushers/set body, as the route parsed it."""
+
+    kind: str | None
+    app_id: str
+    pushkey: str
+    app_display_name: str | None = None
+    device_display_name: str | None = None
+    profile_tag: str | None = None
+    lang: str | None = None
+    data: JsonDict | None = None
+    append: bool = False
+
+
+def pusher_json(p: Pusher) -> JsonDict:
+    out: JsonDict = {"pushkey": p.pushkey, "kind": p.kind, "app_id": p.app_id,
+                     "app_display_name": p.app_display_name,
+                     "device_display_name": p.device_display_name, "lang": p.lang,
+                     "data": p.data}
+    if p.profile_tag is not None:
+        out["profile_tag"] = p.profile_tag
+    return out
+
+
+def is_forbidden_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+async def check_gateway_url(url: Any, config: PushConfig) -> str:
+    """The URL, if pushes may go there; M_INVALID_PARAM otherwise. Also checked before
+    every request, as the name may resolve elsewhere by then."""
+    if not isinstance(url, str) or not url:
+        raise MatrixError(Codes.INVALID_PARAM, "data.url must be the push gateway's URL")
+    parts = urlsplit(url)
+    allowed = ("https", "http") if config.allow_http else ("https",)
+    if parts.scheme not in allowed:
+        raise MatrixError(Codes.INVALID_PARAM, "data.url must be an https:// URL")
+    if not parts.hostname or parts.username or parts.password:
+        raise MatrixError(Codes.INVALID_PARAM, "data.url must name a host, without "
+                          "credentials")
+    if not parts.path.endswith(NOTIFY_PATH) or parts.query or parts.fragment:
+        raise MatrixError(Codes.INVALID_PARAM, f"data.url must end with {NOTIFY_PATH}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise MatrixError(Codes.INVALID_PARAM, "data.url has an invalid port") from None
+    if not config.allow_private_addresses:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                parts.hostname, port or (443 if parts.scheme == "https" else 80),
+                type=socket.SOCK_STREAM)
+        except OSError:
+            raise MatrixError(Codes.INVALID_PARAM, "data.url's host does not resolve"
+                              ) from None
+        if any(is_forbidden_address(str(info[4][0])) for info in infos):
+            raise MatrixError(Codes.INVALID_PARAM, "data.url leads to a private address")
+    return url
+
+
+class Unsubscriber:
+    """Signed one-click unsubscribe tokens for e-mail pushers (no login needed)."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._key = hmac.new(secret, b"push-unsubscribe", hashlib.sha256).digest()
+
+    def token(self, user_id: str, app_id: str, pushkey: str) -> str:
+        payload = base64.urlsafe_b64encode(orjson.dumps([user_id, app_id, pushkey])).decode()
+        return f"{payload}.{self._sign(payload)}"
+
+    def parse(self, token: str) -> tuple[str, str, str] | None:
+        payload, _, signature = token.partition(".")
+        if not hmac.compare_digest(signature, self._sign(payload)):
+            return None
+        try:
+            user_id, app_id, pushkey = orjson.loads(base64.urlsafe_b64decode(payload))
+        except (ValueError, TypeError):
+            return None
+        if not all(isinstance(v, str) for v in (user_id, app_id, pushkey)):
+            return None
+        return user_id, app_id, pushkey
+
+    def _sign(self, payload: str) -> str:
+        digest = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+class PusherService:
+    def __init__(self, store: PushStore, config: PushConfig, email: EmailConfig,
+                 clock: Clock, unsubscriber: Unsubscriber) -> None:
+        self._store = store
+        self._config = config
+        self._email = email
+        self._clock = clock
+        self.unsubscriber = unsubscriber
+
+    async def get_pushers(self, requester: Requester) -> list[JsonDict]:
+        """GET /pushers"""
+        return [pusher_json(p) for p in await self._store.get_pushers(requester.user_id)]
+
+    async def set_pusher(self, requester: Requester, req: PusherRequest) -> None:
+        """POST /pushers/set"""
+        _check_ids(req)
+        if req.kind is None:
+            # spec: kind null deletes the pusher; deleting what is not there is a no-op.
+            await self._store.delete_pusher(requester.user_id, req.app_id, req.pushkey)
+            return
+        missing = [name for name in ("app_display_name", "device_display_name", "lang",
+                                     "data") if getattr(req, name) is None]
+        if missing:
+            raise MatrixError(Codes.MISSING_PARAM, f"Missing parameters: {', '.join(missing)}")
+        assert req.data is not None and req.lang is not None
+        for name in ("app_display_name", "device_display_name", "lang", "profile_tag"):
+            value = getattr(req, name)
+            if value is not None and len(value) > MAX_FIELD_CHARS:
+                raise MatrixError(Codes.INVALID_PARAM, f"{name} is too long")
+        if len(orjson.dumps(req.data)) > MAX_DATA_BYTES:
+            raise MatrixError(Codes.INVALID_PARAM, f"data is larger than {MAX_DATA_BYTES} bytes")
+        fmt = req.data.get("format")
+        if fmt is not None and fmt not in FORMATS:
+            raise MatrixError(Codes.INVALID_PARAM, "data.format must be event_id_only")
+        if req.kind == "http":
+            await check_gateway_url(req.data.get("url"), self._config)
+        elif req.kind == "email":
+            self._check_email(req)
+        else:
+            raise MatrixError(Codes.INVALID_PARAM, "kind must be http, email or null")
+        await self._store.set_pusher(
+            user_id=requester.user_id, kind=req.kind, app_id=req.app_id, pushkey=req.pushkey,
+            app_display_name=req.app_display_name or "",
+            device_display_name=req.device_display_name or "", profile_tag=req.profile_tag,
+            lang=req.lang, data=req.data, ts=self._clock.now_ms(),
+            device_id=requester.device_id, append=req.append)
+
+    def _check_email(self, req: PusherRequest) -> None:
+        if not self._email.enabled:
+            raise MatrixError(Codes.INVALID_PARAM, "E-mail notifications are not configured "
+                              "on this server")
+        if req.app_id != EMAIL_APP_ID:
+            raise MatrixError(Codes.INVALID_PARAM, f"An email pusher's app_id is "
+                              f"{EMAIL_APP_ID}")
+        if not _EMAIL.match(req.pushkey):
+            raise MatrixError(Codes.INVALID_PARAM, "An email pusher's pushkey is an e-mail "
+                              "address")
+
+    async def unsubscribe(self, token: str) -> bool:
+        """The link in a missed-message mail: removes that e-mail pusher."""
+        parsed = self.unsubscriber.parse(token)
+        if parsed is None:
+            raise MatrixError(Codes.FORBIDDEN, "Invalid or expired unsubscribe link")
+        user_id, app_id, pushkey = parsed
+        return await self._store.delete_pusher(user_id, app_id, pushkey)
+
+    async def delete_for_devices(self, user_id: str, device_ids: list[str]) -> None:
+        """A deleted device (or logged-out session) takes its pushers with it."""
+        await self._store.delete_pushers_for_devices(user_id, device_ids)
+
+
+def _check_ids(req: PusherRequest) -> None:
+    if not req.app_id or len(req.app_id) > MAX_APP_ID_CHARS:
+        raise MatrixError(Codes.INVALID_PARAM, f"app_id must be 1 to {MAX_APP_ID_CHARS} "
+                          "characters")
+    if not req.pushkey or len(req.pushkey.encode()) > MAX_PUSHKEY_BYTES:
+        raise MatrixError(Codes.INVALID_PARAM, f"pushkey must be 1 to {MAX_PUSHKEY_BYTES} "
+                          "bytes")

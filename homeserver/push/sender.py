@@ -1,0 +1,358 @@
+"""The pusher sender: delivers notifying events to push gateways and by e-mail.
+
+One background job per worker; the database makes it safe to run on several:
+1. *Enqueue*: push actions of users who have pushers are turned into ``push_queue`` rows, one
+   per pusher and event, as the shared cursor moves on (compare-and-swap: one worker wins
+   each batch). Users with a live connection are skipped when ``push.only_when_offline``.
+2. *Deliver*: a pusher with due rows is claimed (a lease in its row) and its queue sent in
+   order. A failure backs the pusher off exponentially; rows survive restarts, so a
+   notification is delivered once the gateway is back (or dropped after
+   ``give_up_after_ms``). Pushkeys the gateway reports ``rejected`` lose their pusher.
+E-mail rows wait ``email.notif_delay_ms``; then one digest reports every event of the pusher
+that is still unread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+from homeserver.bus import Bus, Wakeup
+from homeserver.clock import Clock
+from homeserver.config import EmailConfig, PresenceConfig, PushConfig
+from homeserver.errors import MatrixError
+from homeserver.push.email import MailedEvent, MailedRoom, Mailer
+from homeserver.push.evaluator import tweaks_of
+from homeserver.push.pushers import Unsubscriber, check_gateway_url
+from homeserver.storage.database import Database
+from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.storage.push import Pusher, PushStore, QueuedPush
+from homeserver.storage.rooms import RoomStore
+from homeserver.streams import Stream
+from homeserver.types import JsonDict
+from homeserver.unread import UnreadCountService
+
+logger = logging.getLogger(__name__)
+
+ENQUEUE_BATCH_EVENTS = 200
+CLAIM_BATCH = 20
+QUEUE_BATCH = 100
+LEASE_MS = 5 * 60 * 1000  # a worker that dies holding a pusher frees it after this
+UNSUBSCRIBE_PATH = "_homeserver/client/unsubscribe"
+
+
+def backoff_ms(attempts: int, config: PushConfig) -> int:
+    """1, 2, 4, ... times the initial back-off, up to the maximum."""
+    return int(min(config.retry_max_ms, config.retry_initial_ms * 2 ** min(attempts - 1, 30)))
+
+
+class PusherSender:
+    def __init__(self, db: Database, store: PushStore, events: EventStore, rooms: RoomStore,
+                 unread: UnreadCountService, clock: Clock, bus: Bus, *, config: PushConfig,
+                 email: EmailConfig, presence: PresenceConfig, base_url: str,
+                 unsubscriber: Unsubscriber) -> None:
+        self._db = db
+        self._store = store
+        self._events = events
+        self._rooms = rooms
+        self._unread = unread
+        self._clock = clock
+        self._config = config
+        self._email = email
+        self._presence = presence
+        self._base_url = base_url
+        self._unsubscriber = unsubscriber
+        self._mailer = Mailer(email)
+        self._worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._wake = asyncio.Event()
+        self._http: httpx.AsyncClient | None = None
+        bus.subscribe(self._on_wakeup)
+
+    async def _on_wakeup(self, wakeup: Wakeup) -> None:
+        if wakeup.stream == Stream.EVENTS:
+            self._wake.set()
+
+    # --- the job -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The background job: work, then sleep until woken or the poll interval is up."""
+        try:
+            while True:
+                self._wake.clear()
+                await self.run_once()
+                try:
+                    await asyncio.wait_for(self._wake.wait(),
+                                           self._config.poll_interval_ms / 1000)
+                except TimeoutError:
+                    pass
+        finally:
+            if self._http is not None:
+                await self._http.aclose()
+                self._http = None
+
+    async def run_once(self) -> None:
+        await self.enqueue_new()
+        await self.deliver_due()
+
+    # --- enqueue -----------------------------------------------------------------------------
+
+    async def enqueue_new(self) -> None:
+        upto = (await self._db.current_positions()).get(Stream.EVENTS, 0)
+        cursor = await self._store.get_cursor(upto)
+        while cursor < upto:
+            pending, reach = await self._store.get_pending(cursor, upto, ENQUEUE_BATCH_EVENTS)
+            now = self._clock.now_ms()
+            connected: set[str] = set()
+            if self._config.only_when_offline and self._presence.enabled:
+                connected = await self._store.get_connected_users(
+                    {a.user_id for a, p in pending if p.kind == "http"},
+                    now - self._presence.offline_after_ms)
+            rows = []
+            for action, pusher in pending:
+                if pusher.kind == "email":
+                    if not self._email.enabled:
+                        continue
+                    due = action.ts + self._email.notif_delay_ms
+                elif pusher.kind == "http" and action.user_id not in connected:
+                    due = now
+                else:
+                    continue
+                rows.append(QueuedPush(pusher.id, action.stream_ordering, action.user_id,
+                                       action.room_id, action.event_id, action.actions_json,
+                                       action.ts, due))
+            if not await self._store.enqueue(rows, cursor, reach):
+                cursor = await self._store.get_cursor(upto)  # another worker did it
+                continue
+            cursor = reach
+
+    # --- deliver -----------------------------------------------------------------------------
+
+    async def deliver_due(self) -> None:
+        while True:
+            now = self._clock.now_ms()
+            # Unique per claim, so that two rounds of this worker never share a pusher.
+            claim = f"{self._worker}:{secrets.token_hex(4)}"
+            claimed = await self._store.claim_pushers(claim, now, LEASE_MS, CLAIM_BATCH)
+            if not claimed:
+                return
+            await asyncio.gather(*(self._deliver(p, claim) for p in claimed))
+
+    async def _deliver(self, pusher: Pusher, claim: str) -> None:
+        # Released however this ends, cancelled too (a worker shutting down), so that the
+        # pusher does not wait out the lease; what was not sent stays queued.
+        attempts, next_ts = pusher.attempts, 0
+        try:
+            attempts = 0
+            queue = await self._store.get_queue(pusher.id, QUEUE_BATCH)
+            now = self._clock.now_ms()
+            stale = [q.stream_ordering for q in queue
+                     if q.event_ts < now - self._config.give_up_after_ms]
+            if stale:
+                logger.warning("pushes dropped after retrying too long",
+                               extra={"pusher_id": pusher.id, "count": len(stale)})
+                await self._store.delete_queued(pusher.id, stale)
+            dropped = set(stale)
+            queue = [q for q in queue if q.stream_ordering not in dropped]
+            ok: bool | None
+            if pusher.kind == "email":
+                ok = await self._send_email(pusher, queue)
+            else:
+                ok = await self._send_http(pusher, queue)
+            if ok is None:
+                return  # the pusher is gone
+            if not ok:
+                attempts = pusher.attempts + 1
+                next_ts = self._clock.now_ms() + backoff_ms(attempts, self._config)
+        except Exception:
+            logger.exception("pusher failed", extra={"pusher_id": pusher.id})
+            attempts = pusher.attempts + 1
+            next_ts = self._clock.now_ms() + backoff_ms(attempts, self._config)
+        finally:
+            await self._store.release_pusher(pusher.id, claim, attempts=attempts,
+                                             next_attempt_ts=next_ts)
+
+    async def _send_http(self, pusher: Pusher, queue: Sequence[QueuedPush]) -> bool | None:
+        """True when the queue went out, False to back off, None when the pusher was removed
+        (the gateway rejected its pushkey)."""
+        url = pusher.data.get("url")
+        for item in queue:
+            try:
+                await check_gateway_url(url, self._config)
+            except MatrixError:
+                logger.warning("push gateway URL refused", extra={"pusher_id": pusher.id})
+                return False
+            assert isinstance(url, str)
+            body = await self._notification(pusher, item)
+            if body is None:
+                await self._store.delete_queued(pusher.id, [item.stream_ordering])
+                continue
+            try:
+                response = await self._client().post(url, json=body)
+            except httpx.HTTPError as e:
+                logger.info("push gateway unreachable",
+                            extra={"pusher_id": pusher.id, "error": type(e).__name__})
+                return False
+            if response.status_code // 100 != 2:
+                logger.info("push gateway error", extra={"pusher_id": pusher.id,
+                                                          "status": response.status_code})
+                return False
+            if pusher.pushkey in _rejected(response):
+                logger.info("pushkey rejected: pusher removed", extra={"pusher_id": pusher.id})
+                await self._store.delete_pushers_by_id([pusher.id])
+                return None
+            await self._store.delete_queued(pusher.id, [item.stream_ordering])
+        return True
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            # No redirects: a gateway must not bounce us to an address we did not check.
+            self._http = httpx.AsyncClient(timeout=self._config.request_timeout_ms / 1000,
+                                           follow_redirects=False)
+        return self._http
+
+    async def _notification(self, pusher: Pusher, item: QueuedPush) -> JsonDict | None:
+        """The /_matrix/push/v1/notify body (spec, push gateway API)."""
+        actions = orjson.loads(item.actions_json)
+        tweaks = tweaks_of(actions)
+        device: JsonDict = {"app_id": pusher.app_id, "pushkey": pusher.pushkey,
+                            "pushkey_ts": pusher.pushkey_ts // 1000,
+                            "data": {k: v for k, v in pusher.data.items() if k != "url"},
+                            "tweaks": tweaks}
+        joined = [m.room_id for m in await self._rooms.get_user_memberships(
+            pusher.user_id, ["join"])]
+        unread = await self._unread.total_unread(pusher.user_id, joined)
+        counts: JsonDict = {"unread": unread} if unread else {}
+        note: JsonDict = {"event_id": item.event_id, "room_id": item.room_id,
+                          "counts": counts, "devices": [device]}
+        if pusher.data.get("format") == "event_id_only":
+            return {"notification": note}
+        event = await self._events.get_event(item.event_id)
+        if event is None:
+            return None
+        note.update({"type": event.type, "sender": event.sender,
+                     "prio": "high" if tweaks.get("sound") or tweaks.get("highlight")
+                     else "low"})
+        member = await self._rooms.get_membership(item.room_id, event.sender)
+        if member is not None and member.displayname:
+            note["sender_display_name"] = member.displayname
+        state = (await self._rooms.get_current_state_contents(
+            [item.room_id], ["m.room.name", "m.room.canonical_alias"])).get(item.room_id, {})
+        name = _state_field(state.get("m.room.name"), "name")
+        alias = _state_field(state.get("m.room.canonical_alias"), "alias")
+        if name:
+            note["room_name"] = name
+        if alias:
+            note["room_alias"] = alias
+        if event.type == "m.room.member":
+            note["user_is_target"] = event.state_key == pusher.user_id
+        if self._config.include_content and event.redacted_by is None and event.content:
+            note["content"] = event.content
+        return {"notification": note}
+
+    # --- e-mail ------------------------------------------------------------------------------
+
+    async def _send_email(self, pusher: Pusher, queue: Sequence[QueuedPush]) -> bool:
+        if not self._email.enabled:
+            await self._store.delete_queued(pusher.id, [q.stream_ordering for q in queue])
+            return True
+        unread = await self._store.unread_among(pusher.user_id,
+                                                [q.stream_ordering for q in queue])
+        wanted = [q for q in queue if q.stream_ordering in unread]
+        if wanted:
+            rooms = await self._mailed_rooms(pusher.user_id, wanted)
+            if rooms:
+                user_name = await self._user_name(pusher.user_id, wanted[0].room_id)
+                message = self._mailer.missed_messages(
+                    pusher.pushkey, user_name, rooms, self._unsubscribe_url(pusher))
+                try:
+                    await self._mailer.send(message)
+                except Exception as e:  # aiosmtplib's errors and OSError alike
+                    logger.info("mail not sent", extra={"pusher_id": pusher.id,
+                                                        "error": type(e).__name__})
+                    return False
+        await self._store.delete_queued(pusher.id, [q.stream_ordering for q in queue])
+        return True
+
+    async def _mailed_rooms(self, user_id: str, items: Sequence[QueuedPush]
+                            ) -> list[MailedRoom]:
+        loaded = await self._events.get_events(q.event_id for q in items)
+        by_room: dict[str, list[StoredEvent]] = {}
+        for q in items:
+            event = loaded.get(q.event_id)
+            if event is not None:
+                by_room.setdefault(q.room_id, []).append(event)
+        state = await self._rooms.get_current_state_contents(
+            list(by_room), ["m.room.name", "m.room.canonical_alias"])
+        out = []
+        for room_id, room_events in by_room.items():
+            names: dict[str, str] = {}
+            mailed = []
+            for event in room_events:
+                if event.sender not in names:
+                    m = await self._rooms.get_membership(room_id, event.sender)
+                    names[event.sender] = (m.displayname if m and m.displayname
+                                           else event.sender)
+                mailed.append(MailedEvent(names[event.sender], _event_text(event),
+                                          event.origin_server_ts))
+            room_state = state.get(room_id, {})
+            name = _state_field(room_state.get("m.room.name"), "name") or \
+                _state_field(room_state.get("m.room.canonical_alias"), "alias") or \
+                await self._room_fallback_name(room_id, user_id)
+            out.append(MailedRoom(room_id, name, tuple(mailed)))
+        return out
+
+    async def _room_fallback_name(self, room_id: str, user_id: str) -> str:
+        heroes = await self._rooms.get_heroes(room_id, user_id, 3)
+        names = []
+        for hero in heroes:
+            m = await self._rooms.get_membership(room_id, hero)
+            names.append(m.displayname if m and m.displayname else hero)
+        return ", ".join(names) if names else "an empty room"
+
+    async def _user_name(self, user_id: str, room_id: str) -> str:
+        m = await self._rooms.get_membership(room_id, user_id)
+        return m.displayname if m and m.displayname else user_id
+
+    def _unsubscribe_url(self, pusher: Pusher) -> str:
+        token = self._unsubscriber.token(pusher.user_id, pusher.app_id, pusher.pushkey)
+        return f"{self._base_url}{UNSUBSCRIBE_PATH}?token={quote(token)}"
+
+
+def _rejected(response: httpx.Response) -> set[str]:
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return set()
+    rejected = body.get("rejected") if isinstance(body, dict) else None
+    return {k for k in rejected if isinstance(k, str)} if isinstance(rejected, list) else set()
+
+
+def _state_field(event_json: str | None, key: str) -> str | None:
+    if event_json is None:
+        return None
+    try:
+        value = orjson.loads(event_json).get("content", {}).get(key)
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _event_text(event: StoredEvent) -> str:
+    if event.redacted_by is not None:
+        return "(deleted)"
+    if event.type == "m.room.encrypted":
+        return "(encrypted message)"
+    if event.type == "m.room.member":
+        return "invited you to the room" if event.content.get("membership") == "invite" \
+            else "membership change"
+    body = event.content.get("body")
+    return body if isinstance(body, str) else f"({event.type})"

@@ -1,0 +1,103 @@
+"""Device-list changes: the device-lists stream position of each user's latest change, and
+the memberships that decide who is told about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from homeserver.storage.database import Database
+from homeserver.storage.schema import device_list_changes, room_memberships
+from homeserver.streams import Stream
+
+JOIN = "join"
+DEPARTED = ("leave", "ban")
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChanges:
+    """Between two event positions, as seen by one user.
+
+    ``arrived``: users now joined to a room the user shares with them, who joined it in the
+    range, or who were there when the user joined it. ``departed``: users who left or were
+    banned from a room the user is in, or who are in a room the user left, in the range.
+    """
+
+    arrived: frozenset[str]
+    departed: frozenset[str]
+
+
+class DeviceListStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def mark_changed(self, user_id: str) -> int:
+        """Record that the user's devices or keys changed; returns the new position."""
+        async with self._db.write() as conn:
+            position = await self._db.next_position(conn, Stream.DEVICE_LISTS)
+            await conn.execute(self._db.upsert(device_list_changes, {
+                "user_id": user_id, "stream_position": position}, keys=("user_id",)))
+        return position
+
+    async def changed_between(self, after: int, upto: int) -> set[str]:
+        """Users whose latest change is in (after, upto]; a later change shows up later."""
+        t = device_list_changes
+        async with self._db.read() as conn:
+            rows = (await conn.execute(sa.select(t.c.user_id).where(
+                t.c.stream_position > after, t.c.stream_position <= upto))).all()
+        return {r.user_id for r in rows}
+
+    async def users_sharing_room(self, user_id: str) -> set[str]:
+        """Everyone joined to a room the user is joined to, the user included."""
+        mine = room_memberships.alias("mine")
+        theirs = room_memberships.alias("theirs")
+        query = (sa.select(theirs.c.user_id).distinct()
+                 .join(mine, mine.c.room_id == theirs.c.room_id)
+                 .where(mine.c.user_id == user_id, mine.c.membership == JOIN,
+                        theirs.c.membership == JOIN))
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return {r.user_id for r in rows}
+
+    async def membership_changes(self, user_id: str, after: int, upto: int
+                                 ) -> MembershipChanges:
+        """Membership changes in (after, upto] that matter to ``user_id``'s device lists.
+
+        Reads current memberships: one changed again after ``upto`` is seen by the next
+        range instead, which is late but never lost.
+        """
+        m = room_memberships
+        in_range = (m.c.stream_ordering > after, m.c.stream_ordering <= upto)
+        arrived: set[str] = set()
+        departed: set[str] = set()
+        async with self._db.read() as conn:
+            own = (await conn.execute(sa.select(m.c.room_id, m.c.membership).where(
+                m.c.user_id == user_id, *in_range))).all()
+            # The user's own joins and departures: everyone joined there arrives or departs.
+            arrived |= await self._joined_members(
+                conn, [r.room_id for r in own if r.membership == JOIN], user_id)
+            departed |= await self._joined_members(
+                conn, [r.room_id for r in own if r.membership in DEPARTED], user_id)
+            # Others joining or leaving the rooms the user is in now.
+            mine = m.alias("mine")
+            my_rooms = sa.select(mine.c.room_id).where(mine.c.user_id == user_id,
+                                                       mine.c.membership == JOIN)
+            others = (await conn.execute(sa.select(m.c.user_id, m.c.membership).where(
+                m.c.room_id.in_(my_rooms), m.c.user_id != user_id, *in_range))).all()
+        for r in others:
+            if r.membership == JOIN:
+                arrived.add(r.user_id)
+            elif r.membership in DEPARTED:
+                departed.add(r.user_id)
+        return MembershipChanges(frozenset(arrived), frozenset(departed))
+
+    async def _joined_members(self, conn: AsyncConnection, room_ids: list[str],
+                              but: str) -> set[str]:
+        if not room_ids:
+            return set()
+        m = room_memberships
+        rows = (await conn.execute(sa.select(m.c.user_id).where(
+            m.c.room_id.in_(room_ids), m.c.membership == JOIN, m.c.user_id != but))).all()
+        return {r.user_id for r in rows}

@@ -1,0 +1,529 @@
+"""Push rules, push actions (with the unread counts they make), pushers and their queue."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from homeserver.storage.database import Database
+from homeserver.storage.schema import (
+    event_push_actions,
+    events,
+    presence,
+    push_cursors,
+    push_queue,
+    push_rule_defaults,
+    push_rules,
+    pushers,
+    receipts,
+    room_memberships,
+)
+from homeserver.types import JsonDict
+
+READ_RECEIPTS = ("m.read", "m.read.private")
+UNTHREADED = ""  # receipts.thread_id of an unthreaded receipt
+PUSHER_CURSOR = "pusher"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRule:
+    """A user-defined push rule as stored (``priority``: higher is evaluated first)."""
+
+    kind: str
+    rule_id: str
+    priority: int
+    actions: tuple[Any, ...]
+    enabled: bool
+    conditions: tuple[JsonDict, ...] | None
+    pattern: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultChange:
+    """What a user changed in a server-default rule (``None``: as the server has it)."""
+
+    enabled: bool | None
+    actions: tuple[Any, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserRules:
+    """Everything stored about one user's push rules."""
+
+    rules: tuple[StoredRule, ...] = ()
+    defaults: Mapping[str, DefaultChange] | None = None
+
+
+class PushAction(NamedTuple):
+    """One member's notifying outcome for an event being persisted (a tuple: a large
+    room makes a thousand per event)."""
+
+    user_id: str
+    thread_id: str
+    actions_json: str
+    highlight: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    room_id: str
+    event_id: str
+    stream_ordering: int
+    thread_id: str
+    actions_json: str
+    highlight: bool
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pusher:
+    id: int
+    user_id: str
+    kind: str
+    app_id: str
+    pushkey: str
+    app_display_name: str
+    device_display_name: str
+    profile_tag: str | None
+    lang: str
+    data: JsonDict
+    pushkey_ts: int
+    device_id: str | None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedPush:
+    pusher_id: int
+    stream_ordering: int
+    user_id: str
+    room_id: str
+    event_id: str
+    actions_json: str
+    event_ts: int
+    due_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAction:
+    """A push action of a user who has pushers, not yet queued."""
+
+    user_id: str
+    stream_ordering: int
+    room_id: str
+    event_id: str
+    actions_json: str
+    ts: int
+
+
+async def record_push_actions(conn: AsyncConnection, actions: Sequence[PushAction],
+                              room_id: str, event_id: str, stream_ordering: int,
+                              ts: int) -> None:
+    """Inside the event's persist transaction: one row per notified member."""
+    if not actions:
+        return
+    await conn.execute(sa.insert(event_push_actions), [
+        {"user_id": a.user_id, "stream_ordering": stream_ordering, "room_id": room_id,
+         "event_id": event_id, "thread_id": a.thread_id, "actions": a.actions_json,
+         "highlight": a.highlight, "ts": ts} for a in actions])
+
+
+def _pusher(r: Any) -> Pusher:
+    return Pusher(int(r.id), r.user_id, r.kind, r.app_id, r.pushkey, r.app_display_name,
+                  r.device_display_name, r.profile_tag, r.lang, r.data, int(r.pushkey_ts),
+                  r.device_id, int(r.attempts))
+
+
+class PushStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # --- rules -----------------------------------------------------------------------------
+
+    async def get_user_rules(self, user_ids: Collection[str]) -> dict[str, UserRules]:
+        """Stored rules of each user who has any (others are left out), in two queries."""
+        if not user_ids:
+            return {}
+        ids = list(user_ids)
+        async with self._db.read() as conn:
+            own = (await conn.execute(sa.select(push_rules)
+                                      .where(push_rules.c.user_id.in_(ids)))).all()
+            changed = (await conn.execute(sa.select(push_rule_defaults)
+                                          .where(push_rule_defaults.c.user_id.in_(ids)))).all()
+        rules: dict[str, list[StoredRule]] = {}
+        for r in own:
+            rules.setdefault(r.user_id, []).append(StoredRule(
+                r.kind, r.rule_id, int(r.priority), tuple(r.actions), bool(r.enabled),
+                tuple(r.conditions) if r.conditions is not None else None, r.pattern))
+        defaults: dict[str, dict[str, DefaultChange]] = {}
+        for r in changed:
+            defaults.setdefault(r.user_id, {})[r.rule_id] = DefaultChange(
+                r.enabled, tuple(r.actions) if r.actions is not None else None)
+        return {u: UserRules(tuple(rules.get(u, ())), defaults.get(u))
+                for u in set(rules) | set(defaults)}
+
+    async def put_rule(self, user_id: str, kind: str, rule_id: str, *,
+                       conditions: Sequence[JsonDict] | None, pattern: str | None,
+                       actions: Sequence[Any], before: str | None,
+                       after: str | None) -> str | None:
+        """Add or replace a user rule, placed before/after another (or first when new, in
+        place when it exists). Returns None, or the ``before``/``after`` rule ID not found."""
+        async with self._db.write() as conn:
+            rows = (await conn.execute(
+                sa.select(push_rules.c.rule_id, push_rules.c.priority)
+                .where(push_rules.c.user_id == user_id, push_rules.c.kind == kind)
+                .order_by(push_rules.c.priority.desc(), push_rules.c.rule_id))).all()
+            order = [r.rule_id for r in rows]
+            existed = rule_id in order
+            position = order.index(rule_id) if existed else 0
+            order = [r for r in order if r != rule_id]
+            if before is not None:
+                if before not in order:
+                    return before
+                position = order.index(before)
+            elif after is not None:
+                if after not in order:
+                    return after
+                position = order.index(after) + 1
+            order.insert(position, rule_id)
+            old = {r.rule_id: int(r.priority) for r in rows}
+            new = {rid: len(order) - i for i, rid in enumerate(order)}
+            for rid, priority in new.items():
+                if rid != rule_id and old.get(rid) != priority:
+                    await conn.execute(sa.update(push_rules).where(
+                        push_rules.c.user_id == user_id, push_rules.c.kind == kind,
+                        push_rules.c.rule_id == rid).values(priority=priority))
+            await conn.execute(self._db.upsert(push_rules, {
+                "user_id": user_id, "kind": kind, "rule_id": rule_id,
+                "priority": new[rule_id],
+                "conditions": list(conditions) if conditions is not None else None,
+                "pattern": pattern, "actions": list(actions), "enabled": True,
+            }, keys=("user_id", "kind", "rule_id")))
+        return None
+
+    async def delete_rule(self, user_id: str, kind: str, rule_id: str) -> bool:
+        async with self._db.write() as conn:
+            result = await conn.execute(sa.delete(push_rules).where(
+                push_rules.c.user_id == user_id, push_rules.c.kind == kind,
+                push_rules.c.rule_id == rule_id))
+        return bool(result.rowcount)
+
+    async def update_rule(self, user_id: str, kind: str, rule_id: str, *,
+                          enabled: bool | None = None,
+                          actions: Sequence[Any] | None = None) -> bool:
+        values: dict[str, Any] = {}
+        if enabled is not None:
+            values["enabled"] = enabled
+        if actions is not None:
+            values["actions"] = list(actions)
+        async with self._db.write() as conn:
+            result = await conn.execute(sa.update(push_rules).where(
+                push_rules.c.user_id == user_id, push_rules.c.kind == kind,
+                push_rules.c.rule_id == rule_id).values(**values))
+        return bool(result.rowcount)
+
+    async def change_default(self, user_id: str, rule_id: str, *, enabled: bool | None = None,
+                             actions: Sequence[Any] | None = None) -> None:
+        row: dict[str, Any] = {"user_id": user_id, "rule_id": rule_id}
+        update = []
+        if enabled is not None:
+            row["enabled"] = enabled
+            update.append("enabled")
+        if actions is not None:
+            row["actions"] = list(actions)
+            update.append("actions")
+        async with self._db.write() as conn:
+            await conn.execute(self._db.upsert(push_rule_defaults, row,
+                                               keys=("user_id", "rule_id"), update=update))
+
+    # --- members, for evaluation -------------------------------------------------------------
+
+    async def get_joined_members(self, room_id: str) -> list[tuple[str, str | None]]:
+        """(user_id, display name in the room) of every joined member."""
+        async with self._db.read() as conn:
+            rows = (await conn.execute(
+                sa.select(room_memberships.c.user_id, room_memberships.c.displayname)
+                .where(room_memberships.c.room_id == room_id,
+                       room_memberships.c.membership == "join"))).all()
+        return [(r.user_id, r.displayname) for r in rows]
+
+    # --- counts and notifications ------------------------------------------------------------
+
+    def _marks(self, user_id: str, room_ids: Sequence[str] | None
+               ) -> tuple[sa.Subquery, sa.Subquery]:
+        """Read marks: per room (unthreaded receipts and the user's own latest event, which
+        spec counts as a receipt), and per room and thread (threaded receipts, "main" too)."""
+        unthreaded_receipts = (
+            sa.select(receipts.c.room_id.label("room_id"),
+                      receipts.c.event_stream_ordering.label("mark"))
+            .where(receipts.c.user_id == user_id, receipts.c.receipt_type.in_(READ_RECEIPTS),
+                   receipts.c.thread_id == UNTHREADED))
+        own = (sa.select(events.c.room_id.label("room_id"),
+                         sa.func.max(events.c.stream_ordering).label("mark"))
+               .where(events.c.sender == user_id).group_by(events.c.room_id))
+        threaded = (sa.select(receipts.c.room_id, receipts.c.thread_id,
+                              sa.func.max(receipts.c.event_stream_ordering).label("mark"))
+                    .where(receipts.c.user_id == user_id,
+                           receipts.c.receipt_type.in_(READ_RECEIPTS),
+                           receipts.c.thread_id != UNTHREADED)
+                    .group_by(receipts.c.room_id, receipts.c.thread_id))
+        if room_ids is not None:
+            rooms = list(room_ids)
+            unthreaded_receipts = unthreaded_receipts.where(receipts.c.room_id.in_(rooms))
+            own = own.where(events.c.room_id.in_(rooms))
+            threaded = threaded.where(receipts.c.room_id.in_(rooms))
+        both = sa.union_all(unthreaded_receipts, own).subquery()
+        unthreaded = (sa.select(both.c.room_id, sa.func.max(both.c.mark).label("mark"))
+                      .group_by(both.c.room_id).subquery())
+        return unthreaded, threaded.subquery()
+
+    async def count_unread(self, user_id: str, room_ids: Sequence[str] | None
+                           ) -> dict[str, dict[str, tuple[int, int]]]:
+        """room -> thread -> (notifications, highlights) after the user's read marks, in one
+        query; ``room_ids`` None: every room. Rooms and threads with nothing are left out."""
+        if room_ids is not None and not room_ids:
+            return {}
+        unthreaded, threaded = self._marks(user_id, room_ids)
+        epa = event_push_actions
+        query = (sa.select(epa.c.room_id, epa.c.thread_id, sa.func.count().label("n"),
+                           sa.func.sum(sa.case((epa.c.highlight, 1), else_=0)).label("h"))
+                 .select_from(epa)
+                 .outerjoin(unthreaded, unthreaded.c.room_id == epa.c.room_id)
+                 .outerjoin(threaded, sa.and_(threaded.c.room_id == epa.c.room_id,
+                                              threaded.c.thread_id == epa.c.thread_id))
+                 .where(epa.c.user_id == user_id,
+                        epa.c.stream_ordering > sa.func.coalesce(unthreaded.c.mark, -1),
+                        epa.c.stream_ordering > sa.func.coalesce(threaded.c.mark, -1))
+                 .group_by(epa.c.room_id, epa.c.thread_id))
+        if room_ids is not None:
+            query = query.where(epa.c.room_id.in_(list(room_ids)))
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        out: dict[str, dict[str, tuple[int, int]]] = {}
+        for r in rows:
+            out.setdefault(r.room_id, {})[r.thread_id] = (int(r.n), int(r.h or 0))
+        return out
+
+    async def get_notifications(self, user_id: str, before: int | None, limit: int,
+                                only_highlight: bool) -> list[tuple[Notification, bool]]:
+        """The user's notifications, newest first, each with whether it has been read."""
+        epa = event_push_actions
+        query = sa.select(epa).where(epa.c.user_id == user_id)
+        if before is not None:
+            query = query.where(epa.c.stream_ordering < before)
+        if only_highlight:
+            query = query.where(epa.c.highlight.is_(True))
+        query = query.order_by(epa.c.stream_ordering.desc()).limit(limit)
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+            room_ids = sorted({r.room_id for r in rows})
+            unthreaded, threaded = self._marks(user_id, room_ids)
+            marks = {r.room_id: int(r.mark) for r in
+                     (await conn.execute(sa.select(unthreaded))).all() if r.mark is not None}
+            thread_marks = {(r.room_id, r.thread_id): int(r.mark) for r in
+                            (await conn.execute(sa.select(threaded))).all()}
+        out = []
+        for r in rows:
+            n = Notification(r.room_id, r.event_id, int(r.stream_ordering), r.thread_id,
+                             r.actions, bool(r.highlight), int(r.ts))
+            mark = max(marks.get(r.room_id, -1), thread_marks.get((r.room_id, r.thread_id), -1))
+            out.append((n, n.stream_ordering <= mark))
+        return out
+
+    # --- pushers ---------------------------------------------------------------------------
+
+    async def get_pushers(self, user_id: str) -> list[Pusher]:
+        async with self._db.read() as conn:
+            rows = (await conn.execute(sa.select(pushers).where(pushers.c.user_id == user_id)
+                                       .order_by(pushers.c.id))).all()
+        return [_pusher(r) for r in rows]
+
+    async def get_pusher(self, pusher_id: int) -> Pusher | None:
+        async with self._db.read() as conn:
+            r = (await conn.execute(sa.select(pushers)
+                                    .where(pushers.c.id == pusher_id))).first()
+        return _pusher(r) if r is not None else None
+
+    async def set_pusher(self, *, user_id: str, kind: str, app_id: str, pushkey: str,
+                         app_display_name: str, device_display_name: str,
+                         profile_tag: str | None, lang: str, data: JsonDict, ts: int,
+                         device_id: str | None, append: bool) -> None:
+        """Create or update the user's pusher for (app_id, pushkey); unless ``append``, the
+        same pushkey's pushers of other users go (spec: /pushers/set ``append``)."""
+        async with self._db.write() as conn:
+            if not append:
+                gone = (await conn.execute(sa.select(pushers.c.id).where(
+                    pushers.c.app_id == app_id, pushers.c.pushkey == pushkey,
+                    pushers.c.user_id != user_id))).scalars().all()
+                await self._delete_pushers(conn, [int(i) for i in gone])
+            current = (await conn.execute(sa.select(pushers.c.pushkey_ts).where(
+                pushers.c.app_id == app_id, pushers.c.pushkey == pushkey,
+                pushers.c.user_id == user_id))).first()
+            row = {"user_id": user_id, "kind": kind, "app_id": app_id, "pushkey": pushkey,
+                   "app_display_name": app_display_name,
+                   "device_display_name": device_display_name, "profile_tag": profile_tag,
+                   "lang": lang, "data": data, "device_id": device_id,
+                   "pushkey_ts": int(current.pushkey_ts) if current is not None else ts}
+            if current is None:
+                await conn.execute(sa.insert(pushers).values(
+                    **row, attempts=0, next_attempt_ts=0, claimed_until=0))
+            else:
+                await conn.execute(sa.update(pushers).where(
+                    pushers.c.app_id == app_id, pushers.c.pushkey == pushkey,
+                    pushers.c.user_id == user_id).values(**row))
+
+    async def delete_pusher(self, user_id: str, app_id: str, pushkey: str) -> bool:
+        async with self._db.write() as conn:
+            ids = (await conn.execute(sa.select(pushers.c.id).where(
+                pushers.c.user_id == user_id, pushers.c.app_id == app_id,
+                pushers.c.pushkey == pushkey))).scalars().all()
+            await self._delete_pushers(conn, [int(i) for i in ids])
+        return bool(ids)
+
+    async def delete_pushers_by_id(self, pusher_ids: Collection[int]) -> None:
+        async with self._db.write() as conn:
+            await self._delete_pushers(conn, list(pusher_ids))
+
+    async def delete_pushers_for_devices(self, user_id: str, device_ids: Iterable[str]) -> None:
+        async with self._db.write() as conn:
+            ids = (await conn.execute(sa.select(pushers.c.id).where(
+                pushers.c.user_id == user_id,
+                pushers.c.device_id.in_(list(device_ids))))).scalars().all()
+            await self._delete_pushers(conn, [int(i) for i in ids])
+
+    async def _delete_pushers(self, conn: AsyncConnection, ids: list[int]) -> None:
+        if ids:
+            await conn.execute(sa.delete(push_queue).where(push_queue.c.pusher_id.in_(ids)))
+            await conn.execute(sa.delete(pushers).where(pushers.c.id.in_(ids)))
+
+    # --- the queue ---------------------------------------------------------------------------
+
+    async def get_cursor(self, upto: int) -> int:
+        """Where the sender stopped; a new database starts at ``upto`` (no old news)."""
+        async with self._db.write() as conn:
+            await conn.execute(self._db.insert_ignore(
+                push_cursors, {"name": PUSHER_CURSOR, "stream_ordering": upto}, keys=("name",)))
+            value = (await conn.execute(sa.select(push_cursors.c.stream_ordering).where(
+                push_cursors.c.name == PUSHER_CURSOR))).scalar_one()
+        return int(value)
+
+    async def get_pending(self, after: int, upto: int, max_events: int
+                          ) -> tuple[list[tuple[PendingAction, Pusher]], int]:
+        """Push actions in (after, upto] of users with pushers, at most ``max_events`` events'
+        worth, each with every pusher of its user; and the position they reach."""
+        epa = event_push_actions
+        window = (sa.select(epa.c.stream_ordering).distinct()
+                  .where(epa.c.stream_ordering > after, epa.c.stream_ordering <= upto)
+                  .order_by(epa.c.stream_ordering).limit(max_events).subquery())
+        async with self._db.read() as conn:
+            reach = (await conn.execute(sa.select(sa.func.max(window.c.stream_ordering))
+                                        )).scalar()
+            if reach is None:
+                return [], upto
+            rows = (await conn.execute(
+                sa.select(epa, pushers.c.id.label("pusher_id"))
+                .join(pushers, pushers.c.user_id == epa.c.user_id)
+                .where(epa.c.stream_ordering > after, epa.c.stream_ordering <= reach)
+                .order_by(epa.c.stream_ordering))).all()
+            ids = sorted({int(r.pusher_id) for r in rows})
+            found = {int(p.id): _pusher(p) for p in (await conn.execute(
+                sa.select(pushers).where(pushers.c.id.in_(ids)))).all()} if ids else {}
+        out = [(PendingAction(r.user_id, int(r.stream_ordering), r.room_id, r.event_id,
+                              r.actions, int(r.ts)), found[int(r.pusher_id)])
+               for r in rows if int(r.pusher_id) in found]
+        return out, int(reach)
+
+    async def enqueue(self, rows: Sequence[QueuedPush], cursor: int, reach: int) -> bool:
+        """Queue the rows and move the cursor from ``cursor`` to ``reach``, atomically; False
+        (nothing written) when another worker moved the cursor first."""
+        async with self._db.write() as conn:
+            moved = await conn.execute(sa.update(push_cursors).where(
+                push_cursors.c.name == PUSHER_CURSOR,
+                push_cursors.c.stream_ordering == cursor).values(stream_ordering=reach))
+            if not moved.rowcount:
+                return False
+            for q in rows:
+                await conn.execute(self._db.insert_ignore(push_queue, {
+                    "pusher_id": q.pusher_id, "stream_ordering": q.stream_ordering,
+                    "user_id": q.user_id, "room_id": q.room_id, "event_id": q.event_id,
+                    "actions": q.actions_json, "event_ts": q.event_ts, "due_ts": q.due_ts,
+                }, keys=("pusher_id", "stream_ordering")))
+        return True
+
+    async def claim_pushers(self, claim: str, now: int, lease_ms: int,
+                            limit: int) -> list[Pusher]:
+        """Pushers with something due and no back-off, not held by a live claim: now held by
+        ``claim`` (unique to this call) until ``now + lease_ms``."""
+        due = sa.exists().where(push_queue.c.pusher_id == pushers.c.id,
+                                push_queue.c.due_ts <= now)
+        async with self._db.write() as conn:
+            ids = (await conn.execute(
+                sa.select(pushers.c.id).where(pushers.c.next_attempt_ts <= now,
+                                              pushers.c.claimed_until <= now, due)
+                .order_by(pushers.c.next_attempt_ts, pushers.c.id).limit(limit))
+            ).scalars().all()
+            if not ids:
+                return []
+            await conn.execute(sa.update(pushers).where(
+                pushers.c.id.in_(list(ids)), pushers.c.claimed_until <= now)
+                .values(claimed_by=claim, claimed_until=now + lease_ms))
+            rows = (await conn.execute(sa.select(pushers).where(
+                pushers.c.id.in_(list(ids)), pushers.c.claimed_by == claim))).all()
+        return [_pusher(r) for r in rows]
+
+    async def release_pusher(self, pusher_id: int, claim: str, *, attempts: int,
+                             next_attempt_ts: int) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(sa.update(pushers).where(
+                pushers.c.id == pusher_id, pushers.c.claimed_by == claim)
+                .values(claimed_by=None, claimed_until=0, attempts=attempts,
+                        next_attempt_ts=next_attempt_ts))
+
+    async def get_queue(self, pusher_id: int, limit: int) -> list[QueuedPush]:
+        async with self._db.read() as conn:
+            rows = (await conn.execute(
+                sa.select(push_queue).where(push_queue.c.pusher_id == pusher_id)
+                .order_by(push_queue.c.stream_ordering).limit(limit))).all()
+        return [QueuedPush(int(r.pusher_id), int(r.stream_ordering), r.user_id, r.room_id,
+                           r.event_id, r.actions, int(r.event_ts), int(r.due_ts)) for r in rows]
+
+    async def delete_queued(self, pusher_id: int, stream_orderings: Collection[int]) -> None:
+        if not stream_orderings:
+            return
+        async with self._db.write() as conn:
+            await conn.execute(sa.delete(push_queue).where(
+                push_queue.c.pusher_id == pusher_id,
+                push_queue.c.stream_ordering.in_(list(stream_orderings))))
+
+    async def get_connected_users(self, user_ids: Collection[str], since_ts: int) -> set[str]:
+        """Users whose presence is not offline and whose last sync ended after ``since_ts``."""
+        if not user_ids:
+            return set()
+        async with self._db.read() as conn:
+            rows = (await conn.execute(sa.select(presence.c.user_id).where(
+                presence.c.user_id.in_(list(user_ids)), presence.c.state != "offline",
+                presence.c.last_sync_ts >= since_ts))).all()
+        return {r.user_id for r in rows}
+
+    async def unread_among(self, user_id: str, stream_orderings: Collection[int]) -> set[int]:
+        """Which of the user's notifications (by position) are still unread."""
+        if not stream_orderings:
+            return set()
+        epa = event_push_actions
+        async with self._db.read() as conn:
+            rows = (await conn.execute(sa.select(epa.c.room_id, epa.c.thread_id,
+                                                 epa.c.stream_ordering).where(
+                epa.c.user_id == user_id,
+                epa.c.stream_ordering.in_(list(stream_orderings))))).all()
+            unthreaded, threaded = self._marks(user_id, sorted({r.room_id for r in rows}))
+            marks = {r.room_id: int(r.mark) for r in
+                     (await conn.execute(sa.select(unthreaded))).all() if r.mark is not None}
+            thread_marks = {(r.room_id, r.thread_id): int(r.mark) for r in
+                            (await conn.execute(sa.select(threaded))).all()}
+        return {int(r.stream_ordering) for r in rows
+                if int(r.stream_ordering) > max(marks.get(r.room_id, -1),
+                                                thread_marks.get((r.room_id, r.thread_id), -1))}
