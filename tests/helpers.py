@@ -11,6 +11,7 @@ import httpx
 from homeserver.app import Homeserver, running_homeserver
 from homeserver.clock import FakeClock
 from homeserver.config import HomeserverConfig
+from tests.openapi_schema import assert_response_matches
 
 DEFAULT_PASSWORD = "correct horse battery"
 
@@ -71,3 +72,22 @@ async def assert_errors(client: httpx.AsyncClient, method: str, path: str,
             response = await client.request(method, path, headers=headers, json=body)
         got = (response.status_code, response.json().get("errcode"))
         assert got == (status, errcode), (body, response.text)
+
+
+def checked(r: httpx.Response, status: int = 200, errcode: str | None = None,
+            *, documented: bool = True) -> Any:
+    """Assert status (and errcode); validate the body against the spec when it documents it."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    if errcode is not None:
+        assert body["errcode"] == errcode, r.text
+    if documented:
+        assert_response_matches(r.request.method, r.request.url.raw_path.decode(), status,
+                                body)
+    return body
+
+
+async def create_room(client: httpx.AsyncClient, token: str, **body: Any) -> str:
+    """POST /createRoom, checked; the new room's ID."""
+    r = await client.post("/_matrix/client/v3/createRoom", headers=auth_header(token), json=body)
+    return str(checked(r)["room_id"])

@@ -7,28 +7,12 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import auth_header, login, register
-from tests.openapi_schema import assert_response_matches
+from tests.helpers import auth_header, checked, login, register
+from tests.helpers import create_room as create
 
 V3 = "/_matrix/client/v3"
 
 
-def checked(r: httpx.Response, status: int = 200, errcode: str | None = None,
-            *, documented: bool = True) -> Any:
-    """Assert status (and errcode); validate the body against the spec when it documents it."""
-    assert r.status_code == status, r.text
-    body = r.json()
-    if errcode is not None:
-        assert body["errcode"] == errcode, r.text
-    if documented:
-        assert_response_matches(r.request.method, r.request.url.raw_path.decode(), status,
-                                body)
-    return body
-
-
-async def create(client: httpx.AsyncClient, token: str, **body: Any) -> str:
-    r = await client.post(f"{V3}/createRoom", headers=auth_header(token), json=body)
-    return str(checked(r)["room_id"])
 
 
 async def send(client: httpx.AsyncClient, token: str, room_id: str, txn: str,

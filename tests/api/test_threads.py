@@ -6,23 +6,11 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import auth_header, register
-from tests.openapi_schema import assert_response_matches
+from tests.helpers import auth_header, checked, register
 
 V1 = "/_matrix/client/v1"
 V3 = "/_matrix/client/v3"
 
-
-def checked(r: httpx.Response, status: int = 200, errcode: str | None = None,
-            *, documented: bool = True) -> Any:
-    assert r.status_code == status, r.text
-    body = r.json()
-    if errcode is not None:
-        assert body["errcode"] == errcode, r.text
-    if documented:
-        assert_response_matches(r.request.method, r.request.url.raw_path.decode(), status,
-                                body)
-    return body
 
 
 class Room:
