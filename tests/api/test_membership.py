@@ -25,7 +25,8 @@ async def membership_of(client: httpx.AsyncClient, token: str, room_id: str,
     r = await client.get(f"{V3}/rooms/{room_id}/state/m.room.member/{user_id}",
                          headers=auth_header(token), params={"format": "event"})
     # Not validated: the spec's `oneOf: [object, state event]` matches a full event twice.
-    return checked(r, documented=False)
+    event: dict[str, Any] = checked(r, documented=False)
+    return event
 
 
 async def test_join_by_id_and_by_alias(client: httpx.AsyncClient) -> None:
