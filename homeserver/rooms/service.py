@@ -374,7 +374,7 @@ class RoomService:
         }
 
     async def room_version(self, room_id: str) -> str:
-        room = await self._rooms.get_room(room_id)
-        if room is None:
+        version = await self._rooms.get_room_version(room_id)
+        if version is None:
             raise MatrixError(Codes.NOT_FOUND, "Unknown room")
-        return room.room_version
+        return version

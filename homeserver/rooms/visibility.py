@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from homeserver.storage.events import EventStore, StateMap, StoredEvent
-from homeserver.storage.rooms import RoomStore
+from homeserver.storage.rooms import Membership, RoomStore
 
 HISTORY_VISIBILITY = "m.room.history_visibility"
 
@@ -15,20 +15,32 @@ class Visibility:
         self._events = events
         self._rooms = rooms
 
-    async def filter_events(self, user_id: str, events: Sequence[StoredEvent]
-                            ) -> list[StoredEvent]:
-        """The events ``user_id`` may see, in the same order."""
+    async def filter_events(self, user_id: str, events: Sequence[StoredEvent],
+                            membership: Membership | None = None) -> list[StoredEvent]:
+        """The events ``user_id`` may see, in the same order.
+
+        ``membership``: the user's current membership of the events' room, when the caller
+        has it (one query fewer).
+        """
         if not events:
             return []
         # Memberships are read once per room: "shared" history opens to current members.
-        current: dict[str, str | None] = {}
+        current: dict[str, Membership | None] = {}
+        if membership is not None:
+            current[membership.room_id] = membership
         states: dict[int, StateMap] = {}
         wanted: set[str] = set()
         plans: list[tuple[StoredEvent, str | None, str | None]] = []
         for event in events:
             if event.room_id not in current:
-                m = await self._rooms.get_membership(event.room_id, user_id)
-                current[event.room_id] = m.membership if m is not None else None
+                current[event.room_id] = await self._rooms.get_membership(event.room_id,
+                                                                          user_id)
+            m = current[event.room_id]
+            if m is not None and m.membership == "join" and \
+                    event.stream_ordering > m.stream_ordering:
+                # Joined since before this event, and still: it was sent while they were in.
+                plans.append((event, None, None))
+                continue
             state = await self._state_at(event, states)
             hv_id = state.get((HISTORY_VISIBILITY, ""))
             member_id = state.get(("m.room.member", user_id))
@@ -37,6 +49,11 @@ class Visibility:
         loaded = await self._events.get_events(wanted)
         visible = []
         for event, hv_id, member_id in plans:
+            now = current[event.room_id]
+            if hv_id is None and member_id is None and now is not None and \
+                    now.membership == "join" and event.stream_ordering > now.stream_ordering:
+                visible.append(event)
+                continue
             hv = "shared"
             if hv_id in loaded:
                 value = loaded[hv_id].content.get("history_visibility")
@@ -44,7 +61,7 @@ class Visibility:
             membership = None
             if member_id in loaded:
                 membership = loaded[member_id].content.get("membership")
-            if _visible(event, user_id, hv, membership, current[event.room_id]):
+            if _visible(event, user_id, hv, membership, now.membership if now else None):
                 visible.append(event)
         return visible
 

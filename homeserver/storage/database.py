@@ -32,7 +32,9 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             self._writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1)
-            self._reader = _sqlite_engine(url, begin="BEGIN", pool_size=pool_size)
+            # Readers run each statement on its own (autocommit): in WAL mode one statement
+            # sees one consistent snapshot, and a read costs no BEGIN/ROLLBACK round trips.
+            self._reader = _sqlite_engine(url, begin=None, pool_size=pool_size)
         else:
             self._writer = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size,
                                                pool_pre_ping=False)
@@ -55,6 +57,9 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         async with self._reader.connect() as conn:
+            if self.is_sqlite:
+                yield conn
+                return
             async with conn.begin():
                 yield conn
 
@@ -102,8 +107,10 @@ class Database:
         return {known[r.stream]: int(r.position) for r in rows if r.stream in known}
 
 
-def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
+def _sqlite_engine(url: str, *, begin: str | None, pool_size: int) -> AsyncEngine:
+    """``begin``: the statement that opens a transaction; None for an autocommit reader."""
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0,
+                                 pool_reset_on_return="rollback" if begin else None)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -118,8 +125,9 @@ def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin)
+    if begin is not None:
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql(begin)
 
     return engine

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from cachetools import LRUCache
 
 from homeserver.storage.database import Database
 from homeserver.storage.schema import current_state, events, room_aliases, room_memberships, rooms
@@ -43,6 +44,7 @@ def _membership(r: sa.Row[tuple[object, ...]]) -> Membership:
 class RoomStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._versions: LRUCache[str, str] = LRUCache(maxsize=100_000)
 
     async def create_room(self, room_id: str, room_version: str, creator: str,
                           created_ts: int, is_public: bool) -> bool:
@@ -60,6 +62,16 @@ class RoomStore:
             return None
         return Room(r.room_id, r.room_version, r.creator, bool(r.is_public), r.latest_event_id,
                     int(r.current_depth), r.current_state_group)
+
+    async def get_room_version(self, room_id: str) -> str | None:
+        """The room's version; it never changes, so it is cached."""
+        version = self._versions.get(room_id)
+        if version is None:
+            room = await self.get_room(room_id)
+            if room is None:
+                return None
+            version = self._versions[room_id] = room.room_version
+        return version
 
     async def set_public(self, room_id: str, is_public: bool) -> None:
         async with self._db.write() as conn:

@@ -121,7 +121,7 @@ class SyncService:
                     newly = after is not None and membership_changed and \
                         not await self._was_joined_before(m)
                     entry = await self._room_entry(
-                        requester, m.room_id, after, upto, req, ignored,
+                        requester, m, after, upto, req, ignored,
                         full=after is None or req.full_state or newly)
                     entry.update(extras.get(m.room_id, {}))
                     joined[m.room_id] = entry
@@ -138,7 +138,7 @@ class SyncService:
                     else membership_changed
                 if include and await self._was_in_room(m):
                     left[m.room_id] = await self._room_entry(
-                        requester, m.room_id, after, m.stream_ordering, req, ignored,
+                        requester, m, after, m.stream_ordering, req, ignored,
                         full=after is None or req.full_state)
         if self._unread is not None and joined:
             counts = await self._unread.unread_counts(
@@ -189,9 +189,10 @@ class SyncService:
         prev = event.unsigned.get("prev_content", {}) if event else {}
         return isinstance(prev, dict) and prev.get("membership") in ("join", "invite", "knock")
 
-    async def _room_entry(self, requester: Requester, room_id: str, after: int | None,
-                          upto: int, req: SyncRequest, ignored: frozenset[str], *,
-                          full: bool) -> JsonDict:
+    async def _room_entry(self, requester: Requester, membership: Membership,
+                          after: int | None, upto: int, req: SyncRequest,
+                          ignored: frozenset[str], *, full: bool) -> JsonDict:
+        room_id = membership.room_id
         f = req.filter
         limit = f.timeline_limit
         raw = await self._events.get_room_events(room_id, after=after, upto=upto,
@@ -202,7 +203,7 @@ class SyncService:
             requester.user_id,
             # spec, ignoring users: their state events are still sent, the rest is hidden.
             [e for e in raw if f.timeline.allows(e)
-             and (e.sender not in ignored or e.state_key is not None)])
+             and (e.sender not in ignored or e.state_key is not None)], membership)
         room_version = await self._room_service.room_version(room_id)
 
         state_ids: StateMap = {}

@@ -18,7 +18,7 @@ from typing import Any
 
 import http_ece  # type: ignore[import-untyped]
 import httpx
-import nio
+import nio  # type: ignore[import-untyped]
 import pytest
 import yaml
 from aiohttp import web
@@ -107,7 +107,7 @@ async def _dm(alice: nio.AsyncClient, bob: nio.AsyncClient) -> str:
     assert isinstance(created, nio.RoomCreateResponse), created
     joined = await bob.join(created.room_id)
     assert isinstance(joined, nio.JoinResponse), joined
-    return created.room_id
+    return str(created.room_id)
 
 
 async def _set_pusher(server: ServerProcess, bob: nio.AsyncClient, body: dict[str, Any]
