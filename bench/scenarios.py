@@ -22,9 +22,9 @@ from bench.stats import percentile, rate, summarize
 
 SETUP_CONCURRENCY = 8  # bounded: password hashing and joins are CPU heavy on both servers
 DELIVERY_TIMEOUT_S = 30
-SCENARIOS = ("dm", "fanout", "throughput", "initial_sync", "register")
-NOT_YET = {"media": "media repository not implemented yet (issue text: scenario 6)",
-           "websocket": "WebSocket transport not implemented yet (issue text: scenario 7)"}
+SCENARIOS = ("dm", "fanout", "throughput", "initial_sync", "register", "websocket")
+NOT_YET = {"media": "media upload/download/thumbnail scenario not written yet (issue text: "
+                    "scenario 6)"}
 
 
 @dataclass
@@ -302,6 +302,12 @@ class Bench:
 
     # -- 4. Initial sync ------------------------------------------------------------------
 
+    async def websocket(self) -> list[Result]:
+        # Imported here: scenario_ws builds on this module's Bench, Figure and Result.
+        from bench.scenario_ws import websocket
+
+        return await websocket(self)
+
     async def initial_sync(self) -> list[Result]:
         room_count, per_room, repeats = self.n(100), 20, 5
         result = Result("initial_sync", f"a user in {room_count} rooms with {per_room} events "
@@ -378,3 +384,12 @@ class Bench:
 def figures_for(result_name: str) -> dict[str, Figure]:
     return FIGURES[result_name.split("_")[0] if not result_name.startswith("initial_sync")
                    else "initial_sync"]
+
+
+def _add_websocket_figures() -> None:
+    from bench.scenario_ws import WS_FIGURES
+
+    FIGURES.update(WS_FIGURES)
+
+
+_add_websocket_figures()
