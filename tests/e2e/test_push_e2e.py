@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ def gateway(tmp_path: Path) -> Iterator[str]:
                 pass
             if proc.poll() is not None:
                 raise RuntimeError((tmp_path / "gateway.log").read_text())
-            asyncio.run(asyncio.sleep(0.05))
+            time.sleep(0.05)
         yield url
     finally:
         os.kill(proc.pid, signal.SIGTERM)
