@@ -88,6 +88,8 @@ logger = logging.getLogger(__name__)
 # raises is logged and restarted after this pause.
 BackgroundJob = Callable[[], Awaitable[None]]
 BACKGROUND_RETRY_S = 5.0
+STOP_ATTEMPTS = 20
+STOP_WAIT_S = 0.5
 
 
 class Homeserver:
@@ -308,21 +310,43 @@ async def running_homeserver(config: HomeserverConfig, *, clock: Clock | None = 
         try:
             yield hs
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _stop(tasks)
             await hs.media.close()
     finally:
         await db.close()
 
 
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the background tasks and wait for them, cancelling again while any is left: a
+    cancellation can be lost in a race inside the job (asyncio.wait_for before 3.12)."""
+    for _ in range(STOP_ATTEMPTS):
+        tasks = [t for t in tasks if not t.done()]
+        if not tasks:
+            return
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+    logger.error("background jobs did not stop", extra={"jobs": len(tasks)})
+
+
 async def _run_forever(job: BackgroundJob) -> None:
-    """Run a background job; if it fails, log it and start it again after a pause."""
+    """Run a background job; if it fails, log it and start it again after a pause.
+
+    Stops for good once the task is being cancelled, even when the job turned the
+    cancellation into another exception (a driver cancelled mid-query may) or returned.
+    """
+    task = asyncio.current_task()
     while True:
         try:
             await job()
+        except asyncio.CancelledError:
+            raise
         except Exception:
+            if task is not None and task.cancelling():
+                return
             logger.exception("background job failed", extra={"job": repr(job)})
+        if task is not None and task.cancelling():
+            return
         await asyncio.sleep(BACKGROUND_RETRY_S)
 
 

@@ -28,7 +28,9 @@ class Listener:
         if self._event.is_set():
             return True
         try:
-            await asyncio.wait_for(self._event.wait(), timeout_s)
+            # asyncio.timeout, not wait_for: wait_for can swallow a cancellation (3.11).
+            async with asyncio.timeout(timeout_s):
+                await self._event.wait()
         except TimeoutError:
             return False
         return True

@@ -90,8 +90,9 @@ class PusherSender:
                 self._wake.clear()
                 await self.run_once()
                 try:
-                    await asyncio.wait_for(self._wake.wait(),
-                                           self._config.poll_interval_ms / 1000)
+                    # asyncio.timeout, not wait_for: wait_for can swallow a cancellation.
+                    async with asyncio.timeout(self._config.poll_interval_ms / 1000):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
         finally:
