@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import time
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import orjson
 
-from bench.client import Listener, Matrix, MatrixCallError, User, timeline_event_ids
-from bench.scenarios import DELIVERY_TIMEOUT_S, Bench, Figure, Result
-from bench.stats import summarize
+from bench.client import Listener, Matrix, User, timeline_event_ids
+from bench.scenarios import DELIVERY_TIMEOUT_S, Bench, Figure, PairListener, Result
 
 WS_PATH = "/_matrix/client/unstable/org.homeserver.ws/v1/sync"
 UNSTABLE_FEATURE = "org.homeserver.ws"
@@ -31,14 +30,6 @@ WS_FIGURES = {"ws": {"p50_ms": Figure("delivery p50", "ms"),
                      "p95_ms": Figure("delivery p95", "ms"),
                      "p99_ms": Figure("delivery p99", "ms"),
                      "max_ms": Figure("delivery max", "ms")}}
-
-
-class Receiver(Protocol):
-    errors: int
-
-    async def wait_for(self, event_id: str, timeout_s: float) -> float | None: ...
-
-    async def stop(self) -> None: ...
 
 
 class WsListener:
@@ -136,7 +127,8 @@ async def websocket(bench: Bench) -> list[Result]:
     return results
 
 
-async def _listen(bench: Bench, transport: str, receivers: list[User]) -> list[Receiver]:
+async def _listen(bench: Bench, transport: str,
+                  receivers: list[User]) -> list[PairListener]:
     if transport == "longpoll":
         return list(await bench.listeners(receivers))
     primers = [Listener(bench.mx, user) for user in receivers]
@@ -157,42 +149,5 @@ async def _run(bench: Bench, transport: str, senders: list[User], rooms: list[st
     result = Result(f"ws_{transport}", f"{len(senders)} pairs, {per_pair} events each, "
                     f"receivers {how}; PUT /send start to the receiver getting the event")
     listeners = await _listen(bench, transport, receivers)
-    samples: list[float] = []
-    deadline = 0.0
-    sent = 0
-
-    async def pair(sender: User, room_id: str, listener: Receiver) -> None:
-        nonlocal sent
-        for i in range(per_pair):
-            if time.perf_counter() > deadline:
-                break
-            sent += 1
-            start = time.perf_counter()
-            try:
-                event_id = await bench.mx.send_text(sender, room_id, f"{transport} {i}")
-            except MatrixCallError:
-                result.errors += 1
-                continue
-            arrived = await listener.wait_for(event_id, DELIVERY_TIMEOUT_S)
-            if arrived is None:
-                result.errors += 1
-            else:
-                samples.append((arrived - start) * 1000)
-            # The same pause in both halves (a long-poll needs it to get back to the server).
-            await asyncio.sleep(0.05)
-
-    try:
-        with bench.measure(result):
-            deadline = time.perf_counter() + bench.budget_seconds
-            await asyncio.gather(*(pair(s, r, lst) for s, r, lst
-                                   in zip(senders, rooms, listeners, strict=True)))
-    finally:
-        await asyncio.gather(*(listener.stop() for listener in listeners))
-    result.listener_errors = sum(listener.errors for listener in listeners)
-    if sent < len(senders) * per_pair:
-        result.note = f"time budget reached: {sent} of {len(senders) * per_pair} events sent"
-    summary = summarize(samples)
-    result.samples_ms["delivery"] = samples
-    result.figures = {"p50_ms": summary["p50"], "p95_ms": summary["p95"],
-                      "p99_ms": summary["p99"], "max_ms": summary["max"]}
+    await bench.deliver_pairs(result, senders, rooms, listeners, per_pair, transport)
     return result

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from bench.client import Listener, Matrix, MatrixCallError, User, timeline_event_ids
 from bench.procstat import ProcessWatch
@@ -25,6 +25,16 @@ DELIVERY_TIMEOUT_S = 30
 SCENARIOS = ("dm", "fanout", "throughput", "initial_sync", "register", "websocket")
 NOT_YET = {"media": "media upload/download/thumbnail scenario not written yet (issue text: "
                     "scenario 6)"}
+
+
+class PairListener(Protocol):
+    """What ``Bench.deliver_pairs`` needs of a receiver: long-poll or WebSocket."""
+
+    errors: int
+
+    async def wait_for(self, event_id: str, timeout_s: float) -> float | None: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -164,6 +174,54 @@ class Bench:
 
     # -- 1. DM latency --------------------------------------------------------------------
 
+    async def deliver_pairs(self, result: Result, senders: list[User], rooms: list[str],
+                            listeners: Sequence[PairListener], per_pair: int,
+                            label: str) -> None:
+        """Each sender sends ``per_pair`` events into its room, one at a time, each timed from
+        the start of PUT /send to its listener receiving it; fills ``result`` (delivery
+        percentiles, errors, a note when the time budget cut the run short) and stops the
+        listeners."""
+        samples: list[float] = []
+        deadline = 0.0
+        sent = 0
+
+        async def pair(sender: User, room_id: str, listener: PairListener) -> None:
+            nonlocal sent
+            for i in range(per_pair):
+                if time.perf_counter() > deadline:
+                    break
+                sent += 1
+                start = time.perf_counter()
+                try:
+                    event_id = await self.mx.send_text(sender, room_id, f"{label} {i}")
+                except MatrixCallError:
+                    result.errors += 1
+                    continue
+                arrived = await listener.wait_for(event_id, DELIVERY_TIMEOUT_S)
+                if arrived is None:
+                    result.errors += 1
+                else:
+                    samples.append((arrived - start) * 1000)
+                # The same pause for every transport: a long-poll needs it to get back to
+                # the server before the next event.
+                await asyncio.sleep(0.05)
+
+        try:
+            with self.measure(result):
+                deadline = time.perf_counter() + self.budget_seconds
+                await asyncio.gather(*(pair(s, r, lst) for s, r, lst
+                                       in zip(senders, rooms, listeners, strict=True)))
+        finally:
+            await asyncio.gather(*(listener.stop() for listener in listeners))
+        result.listener_errors = sum(listener.errors for listener in listeners)
+        total = len(senders) * per_pair
+        if sent < total:
+            result.note = f"time budget reached: {sent} of {total} events sent"
+        summary = summarize(samples)
+        result.samples_ms["delivery"] = samples
+        result.figures = {"p50_ms": summary["p50"], "p95_ms": summary["p95"],
+                          "p99_ms": summary["p99"], "max_ms": summary["max"]}
+
     async def dm(self) -> list[Result]:
         pairs, per_pair = self.n(8), self.n(25, 5)
         result = Result("dm", f"{pairs} pairs, {per_pair} events each; PUT /send start to the "
@@ -180,44 +238,7 @@ class Bench:
         rooms = await self.bounded("DM rooms (setup)", [
             partial(make, s, r) for s, r in zip(senders, receivers, strict=True)])
         listeners = await self.listeners(receivers)
-        samples: list[float] = []
-
-        deadline = 0.0
-        sent = 0
-
-        async def pair(sender: User, room_id: str, listener: Listener) -> None:
-            nonlocal sent
-            for i in range(per_pair):
-                if time.perf_counter() > deadline:
-                    break
-                sent += 1
-                start = time.perf_counter()
-                try:
-                    event_id = await self.mx.send_text(sender, room_id, f"dm {i}")
-                except MatrixCallError:
-                    result.errors += 1
-                    continue
-                arrived = await listener.wait_for(event_id, DELIVERY_TIMEOUT_S)
-                if arrived is None:
-                    result.errors += 1
-                else:
-                    samples.append((arrived - start) * 1000)
-                await asyncio.sleep(0.05)  # let the receiver's next long-poll reach the server
-
-        try:
-            with self.measure(result):
-                deadline = time.perf_counter() + self.budget_seconds
-                await asyncio.gather(*(pair(s, r, lst) for s, r, lst
-                                       in zip(senders, rooms, listeners, strict=True)))
-        finally:
-            await asyncio.gather(*(listener.stop() for listener in listeners))
-        result.listener_errors = sum(listener.errors for listener in listeners)
-        if sent < pairs * per_pair:
-            result.note = f"time budget reached: {sent} of {pairs * per_pair} events sent"
-        summary = summarize(samples)
-        result.samples_ms["delivery"] = samples
-        result.figures = {"p50_ms": summary["p50"], "p95_ms": summary["p95"],
-                          "p99_ms": summary["p99"], "max_ms": summary["max"]}
+        await self.deliver_pairs(result, senders, rooms, listeners, per_pair, "dm")
         return [result]
 
     # -- 2. Group fan-out -----------------------------------------------------------------
