@@ -107,11 +107,11 @@ class RoomService:
                                                     scope, txn_id)
         if known is not None:
             return known
-        room = await self._require_joined(requester.user_id, room_id)
+        await self._require_joined(requester.user_id, room_id)
         target = await self._events.get_event(event_id)
         if target is None or target.room_id != room_id:
             raise MatrixError(Codes.NOT_FOUND, "Event not found")
-        version = KNOWN_ROOM_VERSIONS[room.room_version]
+        version = KNOWN_ROOM_VERSIONS[await self.room_version(room_id)]
         pl = await self._events.get_current_state_event(room_id, "m.room.power_levels", "")
         create = await self._events.get_current_state_event(room_id, "m.room.create", "")
         if not client_can_redact(version, requester.user_id, target.sender,
@@ -123,12 +123,12 @@ class RoomService:
                                        redacts=event_id)
         return sent.event_id
 
-    async def _require_joined(self, user_id: str, room_id: str) -> Room:
-        room = await self._rooms.get_room(room_id)
-        m = await self._rooms.get_membership(room_id, user_id) if room else None
-        if room is None or m is None or m.membership != "join":
+    async def _require_joined(self, user_id: str, room_id: str) -> None:
+        # A membership row exists only for a stored room: no separate room read on the
+        # send path (the sender reads the room row itself, under its lock).
+        m = await self._rooms.get_membership(room_id, user_id)
+        if m is None or m.membership != "join":
             raise MatrixError(Codes.FORBIDDEN, "You are not joined to this room")
-        return room
 
     # --- reading ---------------------------------------------------------------------------
 
