@@ -25,7 +25,7 @@ from bench.client import Matrix
 from bench.procstat import ProcessWatch
 from bench.progress import log
 from bench.querycount import QueryLog, count_queries, describe
-from bench.scenarios import NOT_YET, SCENARIOS, Bench
+from bench.scenarios import SCENARIOS, Bench
 from bench.servers import REPO, OurServer, PostgresDatabase, Server, SynapseServer
 
 SERVERS = ("ours", "synapse")
@@ -157,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": args.scenarios, "servers": names,
         "throughput_seconds": args.throughput_seconds, "presence": args.presence,
         "loadavg_before": " ".join(loadavg_before), "cpus": os.cpu_count(),
-        "python": platform.python_version(), "argv": sys.argv[1:],
-        "skipped": [f"{k}: {v}" for k, v in NOT_YET.items()]}, "servers": {}}
+        "python": platform.python_version(), "argv": sys.argv[1:]}, "servers": {}}
     started = time.monotonic()
     for name in names:
         workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))

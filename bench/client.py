@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -112,6 +112,41 @@ class Matrix:
                                         token=user.access_token, params=params,
                                         timeout_s=timeout_ms / 1000 + 120)
         return data, size
+
+
+    async def upload(self, user: User, data: bytes | AsyncIterable[bytes], size: int,
+                     content_type: str, filename: str, timeout_s: float = 300) -> str:
+        """POST /_matrix/media/v3/upload; returns the ``mxc://`` URI. The length is always
+        declared (Synapse refuses an upload without one), also for a streamed body."""
+        path = "/_matrix/media/v3/upload"
+        headers = {"Authorization": f"Bearer {user.access_token}",
+                   "Content-Type": content_type, "Content-Length": str(size)}
+        async with self.session.post(
+                self.base_url + path, data=data, params={"filename": filename},
+                headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+            raw = await response.read()
+            if response.status != 200:
+                raise MatrixCallError("POST", path, response.status,
+                                      raw.decode(errors="replace"))
+        return str(orjson.loads(raw)["content_uri"])
+
+    async def media(self, user: User, kind: str, mxc: str,
+                    params: Mapping[str, str] | None = None,
+                    timeout_s: float = 300) -> tuple[bytes, str]:
+        """GET /_matrix/client/v1/media/{kind}/{serverName}/{mediaId} (authenticated media;
+        ``kind`` is ``download`` or ``thumbnail``); returns the body and its Content-Type."""
+        server_name, _, media_id = mxc.removeprefix("mxc://").partition("/")
+        path = (f"/_matrix/client/v1/media/{kind}/{quote(server_name, safe='')}/"
+                f"{quote(media_id, safe='')}")
+        async with self.session.get(
+                self.base_url + path, params=params,
+                headers={"Authorization": f"Bearer {user.access_token}"},
+                timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+            raw = await response.read()
+            if response.status != 200:
+                raise MatrixCallError("GET", path, response.status,
+                                      raw.decode(errors="replace"))
+            return raw, response.headers.get("Content-Type", "")
 
 
 def timeline_event_ids(sync_body: Mapping[str, Any]) -> list[str]:

@@ -26,7 +26,7 @@ def table(run: dict[str, Any]) -> str:
     pair = len(servers) == 2
     if pair:
         lines.append(f"ratio = {servers[0]} / {servers[1]};  lower is better for ms, s, MB; "
-                     "higher for /s")
+                     "higher for 1/s and MiB/s")
     header = ["scenario", "figure", "unit", *servers] + (["ratio"] if pair else [])
     rows: list[list[str]] = []
     names: list[str] = []
@@ -83,8 +83,6 @@ def table(run: dict[str, Any]) -> str:
             for i, (c, w) in enumerate(zip(shown, widths, strict=True))).rstrip())
     for note in notes:
         out.append(f"note: {note}")
-    for note in meta.get("skipped", []):
-        out.append(f"skipped: {note}")
     return "\n".join(out) + "\n"
 
 

@@ -6,8 +6,8 @@ the same rooms: receivers long-polling ``/sync``, then receivers on the WebSocke
 ``ws_websocket``, with the delivery percentiles and each part's server CPU and peak RSS. A
 server without the transport (Synapse) gets the long-poll half and an error for the other.
 
-Hooked into ``bench/scenarios.py`` by: ``"websocket"`` in ``SCENARIOS`` (and out of
-``NOT_YET``), ``FIGURES.update(WS_FIGURES)``, and ``Bench.websocket`` returning
+Hooked into ``bench/scenarios.py`` by: ``"websocket"`` in ``SCENARIOS``,
+``FIGURES.update(WS_FIGURES)``, and ``Bench.websocket`` returning
 ``await websocket(self)``.
 """
 

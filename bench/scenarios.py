@@ -22,9 +22,7 @@ from bench.stats import percentile, rate, summarize
 
 SETUP_CONCURRENCY = 8  # bounded: password hashing and joins are CPU heavy on both servers
 DELIVERY_TIMEOUT_S = 30
-SCENARIOS = ("dm", "fanout", "throughput", "initial_sync", "register", "websocket")
-NOT_YET = {"media": "media upload/download/thumbnail scenario not written yet (issue text: "
-                    "scenario 6)"}
+SCENARIOS = ("dm", "fanout", "throughput", "initial_sync", "register", "media", "websocket")
 
 
 class PairListener(Protocol):
@@ -44,7 +42,8 @@ class Figure:
     higher_is_better: bool = False
 
 
-# Every figure of the table, in order; keyed by the result name's prefix.
+# Every figure of the table, in order; keyed by the result name or a prefix of it
+# (``figures_for``).
 FIGURES: dict[str, dict[str, Figure]] = {
     "dm": {"p50_ms": Figure("delivery p50", "ms"), "p95_ms": Figure("delivery p95", "ms"),
            "p99_ms": Figure("delivery p99", "ms"), "max_ms": Figure("delivery max", "ms")},
@@ -323,12 +322,6 @@ class Bench:
 
     # -- 4. Initial sync ------------------------------------------------------------------
 
-    async def websocket(self) -> list[Result]:
-        # Imported here: scenario_ws builds on this module's Bench, Figure and Result.
-        from bench.scenario_ws import websocket
-
-        return await websocket(self)
-
     async def initial_sync(self) -> list[Result]:
         room_count, per_room, repeats = self.n(100), 20, 5
         result = Result("initial_sync", f"a user in {room_count} rooms with {per_room} events "
@@ -401,16 +394,38 @@ class Bench:
                           "login_p50_ms": percentile(login, 50)}
         return [result]
 
+    # -- 6. Media, 7. WebSocket: in modules of their own --------------------------------
+
+    async def media(self) -> list[Result]:
+        # Imported here: scenario_media builds on this module's Bench, Figure and Result.
+        from bench.scenario_media import media
+
+        return await media(self)
+
+    async def websocket(self) -> list[Result]:
+        from bench.scenario_ws import websocket
+
+        return await websocket(self)
+
 
 def figures_for(result_name: str) -> dict[str, Figure]:
-    return FIGURES[result_name.split("_")[0] if not result_name.startswith("initial_sync")
-                   else "initial_sync"]
+    """The figures of a result: those of the longest key of ``FIGURES`` that is its name or a
+    ``_``-separated prefix of it (``media_upload_10mib`` -> ``media_upload``, ``fanout_50`` ->
+    ``fanout``); none for a name without one (a scenario that failed as a whole)."""
+    parts = result_name.split("_")
+    for end in range(len(parts), 0, -1):
+        figures = FIGURES.get("_".join(parts[:end]))
+        if figures is not None:
+            return figures
+    return {}
 
 
-def _add_websocket_figures() -> None:
+def _add_module_figures() -> None:
+    from bench.scenario_media import MEDIA_FIGURES
     from bench.scenario_ws import WS_FIGURES
 
+    FIGURES.update(MEDIA_FIGURES)
     FIGURES.update(WS_FIGURES)
 
 
-_add_websocket_figures()
+_add_module_figures()

@@ -22,6 +22,9 @@ SYNAPSE_VERSION = "1.163.2"
 SYNAPSE_VENV = REPO / "bench" / ".venv-synapse"
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 START_TIMEOUT_S = 120
+# The same upload limit on both (Synapse's default is 50 MiB, ours 100 MiB): room for the
+# media scenario's 100 MiB file.
+MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 # Rate limits as good as off: the benchmark measures the servers, not their limiters.
 UNLIMITED = {"per_second": 1_000_000, "burst_count": 1_000_000}
 SYNAPSE_RATE_LIMITS: dict[str, Any] = {
@@ -136,6 +139,7 @@ class OurServer(ManagedServer):
             "listen": {"host": "127.0.0.1", "port": self.port},
             "registration": {"enabled": True},
             "rate_limits": {"enabled": False},
+            "media": {"max_upload_bytes": MAX_UPLOAD_BYTES},
         }
         from homeserver.config import HomeserverConfig
 
@@ -179,7 +183,8 @@ class SynapseServer(ManagedServer):
              "--config-directory", str(workdir), "--data-directory", str(data_dir)],
             check=True, capture_output=True, cwd=workdir)
         config = yaml.safe_load(self.config_path.read_text())
-        config.update(synapse_overrides(self.port, database, presence))
+        config.update(synapse_overrides(self.port, database, presence,
+                                        data_dir / "media_store"))
         self.config_path.write_text(yaml.safe_dump(config))
         log_config = workdir / "localhost.log.config"
         # Same log level as ours (WARNING): INFO would log every request.
@@ -194,8 +199,13 @@ class SynapseServer(ManagedServer):
                 "--config-path", str(self.config_path)]
 
 
-def synapse_overrides(port: int, database: str | None, presence: bool) -> dict[str, Any]:
+def synapse_overrides(port: int, database: str | None, presence: bool,
+                      media_store: Path) -> dict[str, Any]:
     """The keys changed in Synapse's generated config, to match our server's benchmark config."""
+    from homeserver.config import ThumbnailsConfig
+
+    # Our default thumbnail sizes, made on upload by both (Synapse's defaults are the same).
+    thumbnail_sizes = [size.model_dump() for size in ThumbnailsConfig().sizes]
     overrides: dict[str, Any] = {
         "listeners": [{"port": port, "bind_addresses": ["127.0.0.1"], "type": "http",
                        "tls": False, "x_forwarded": False,
@@ -208,6 +218,11 @@ def synapse_overrides(port: int, database: str | None, presence: bool) -> dict[s
         "suppress_key_server_warning": True,
         "url_preview_enabled": False,
         "enable_metrics": False,
+        "media_store_path": str(media_store),
+        "max_upload_size": MAX_UPLOAD_BYTES,
+        "thumbnail_sizes": thumbnail_sizes,
+        "dynamic_thumbnails": False,  # its default: only the sizes above, made on upload
+        "enable_authenticated_media": True,  # its default; the scenario downloads through it
         **SYNAPSE_RATE_LIMITS,
     }
     if database is not None:

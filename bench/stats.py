@@ -50,6 +50,13 @@ def rate(count: int, seconds: float) -> float | None:
     return count / seconds
 
 
+def mib_per_s(size_bytes: int, seconds: float) -> float | None:
+    """Throughput in MiB (2**20 bytes) per second, ``None`` for an empty interval."""
+    if seconds <= 0:
+        return None
+    return size_bytes / (1024 * 1024) / seconds
+
+
 def format_value(value: float | None, digits: int = 3) -> str:
     """A figure for the table: ``-`` when missing, otherwise ``digits`` significant digits."""
     if value is None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from bench.stats import format_ratio, format_value, percentile, rate, ratio, summarize
+from bench.stats import (
+    format_ratio,
+    format_value,
+    mib_per_s,
+    percentile,
+    rate,
+    ratio,
+    summarize,
+)
 
 
 def test_percentile_interpolates_between_closest_ranks() -> None:
@@ -43,6 +51,8 @@ def test_ratio_and_rate() -> None:
     assert ratio(1.0, 0.0) is None
     assert rate(50, 2.0) == 25
     assert rate(5, 0.0) is None
+    assert mib_per_s(10 * 1024 * 1024, 2.0) == pytest.approx(5.0)
+    assert mib_per_s(1, 0.0) is None
 
 
 def test_formatting() -> None:
