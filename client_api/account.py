@@ -117,6 +117,8 @@ class UserIdentifier(RequestBody):
     model_config = ConfigDict(extra="allow")  # third-party identifiers carry other keys
     type: str
     user: str | None = None
+    medium: str | None = None  # m.id.thirdparty
+    address: str | None = None
 
 
 class LoginBody(RequestBody):
@@ -145,7 +147,8 @@ async def post_login(request: Request) -> Response:
         login_type=body.type,
         identifier_type=identifier.type if identifier is not None else None,
         user=identifier.user if identifier is not None else body.user,
-        third_party=identifier is None and (body.medium is not None or body.address is not None),
+        medium=identifier.medium if identifier is not None else body.medium,
+        address=identifier.address if identifier is not None else body.address,
         password=body.password, device_id=body.device_id,
         initial_device_display_name=body.initial_device_display_name,
         refresh_token=body.refresh_token, client_ip=client_ip(request)))
@@ -230,7 +233,7 @@ async def post_deactivate(request: Request) -> Response:
     if challenge is not None:
         return challenge_response(challenge)
     # spec: "success" when there was nothing to unbind, which is always the case here (no
-    # third-party identifiers are ever bound).
+    # identity server is ever bound to; the account's own addresses go with it).
     return json_response({"id_server_unbind_result": "success"})
 
 

@@ -22,6 +22,7 @@ from client_api import (
     relations,
     rooms,
     sync,
+    threepids,
     to_device,
     typing_notifications,
     upgrade,
@@ -33,7 +34,7 @@ from client_api import (
 _MODULES = [versions, rooms, directory, sync, account, devices, profile, filters, account_data,
             to_device, user_directory, websocket, presence, typing_notifications, receipts,
             relations, upgrade, knock, keys, key_backup,
-            pushrules, pushers, notifications]
+            pushrules, pushers, notifications, threepids]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]
 root_routes: list[BaseRoute] = [r for m in _MODULES for r in getattr(m, "root_routes", [])]

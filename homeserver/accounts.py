@@ -21,9 +21,11 @@ from homeserver.storage.accounts import AccountStore, Device
 from homeserver.types import JsonDict, Requester
 from homeserver.uia import (
     LOGIN_DUMMY,
+    LOGIN_EMAIL_IDENTITY,
     LOGIN_PASSWORD,
     LOGIN_REGISTRATION_TOKEN,
     AuthChallenge,
+    EmailIdentity,
     UiaService,
     parse_user_identifier,
 )
@@ -65,7 +67,9 @@ class LoginRequest:
     login_type: str
     identifier_type: str | None  # from ``identifier``; None when it is absent
     user: str | None  # ``identifier.user``, or the deprecated top-level ``user``
-    third_party: bool  # the deprecated top-level ``medium``/``address`` were given
+    # ``identifier.medium``/``address`` of m.id.thirdparty, or the deprecated top-level ones
+    medium: str | None
+    address: str | None
     password: str | None
     device_id: str | None
     initial_device_display_name: str | None
@@ -90,6 +94,9 @@ class AccountService:
         # device keys and to-device messages go with their device).
         self.on_deactivated = on_deactivated
         self.on_devices_deleted = on_devices_deleted
+        # The e-mail addresses bound to accounts (login by address, password reset by mail):
+        # set by app.py when the server can send mail.
+        self.email_identity: EmailIdentity | None = None
 
     # --- registration ----------------------------------------------------------------------
 
@@ -220,19 +227,34 @@ class AccountService:
         if request.login_type != LOGIN_PASSWORD:
             raise MatrixError(Codes.UNKNOWN, f"Unknown login type {request.login_type}",
                               status=400)
-        if request.third_party or request.identifier_type in ("m.id.thirdparty", "m.id.phone"):
-            # No third-party identifiers are bound to accounts here (spec: unknown 3PID: 403).
+        if request.identifier_type == "m.id.phone":
+            # No phone number is ever bound to an account here (spec: unknown 3PID: 403).
             raise MatrixError(Codes.FORBIDDEN, "Unknown third-party identifier")
-        if request.identifier_type not in (None, "m.id.user"):
+        third_party = request.identifier_type == "m.id.thirdparty" or (
+            request.identifier_type is None and request.user is None and
+            (request.medium is not None or request.address is not None))
+        if request.identifier_type not in (None, "m.id.user", "m.id.thirdparty"):
             raise MatrixError(Codes.UNKNOWN, f"Unknown identifier type "
                               f"{request.identifier_type}", status=400)
-        if request.user is None:
+        if third_party:
+            for name in ("medium", "address"):
+                if getattr(request, name) is None:
+                    where = f"identifier.{name}" if request.identifier_type else name
+                    raise MatrixError(Codes.MISSING_PARAM, f"Missing parameter: {where}")
+        elif request.user is None:
             where = "identifier.user" if request.identifier_type else "identifier"
             raise MatrixError(Codes.MISSING_PARAM, f"Missing parameter: {where}")
         if request.password is None:
             raise MatrixError(Codes.MISSING_PARAM, "Missing parameter: password")
         self._check_device(request.device_id, request.initial_device_display_name)
-        user_id = parse_user_identifier(request.user, self._server_name)
+        if third_party:
+            assert request.medium is not None and request.address is not None
+            # spec: a 3PID bound to no account is a 403, like a wrong password.
+            user_id = await self.email_identity.owner_of(request.medium, request.address) \
+                if self.email_identity is not None else None
+        else:
+            assert request.user is not None
+            user_id = parse_user_identifier(request.user, self._server_name)
         if user_id is None:
             raise MatrixError(Codes.FORBIDDEN, "Invalid username or password")
         self._ratelimiter.check(Action.LOGIN, f"user:{user_id.lower()}")
@@ -297,10 +319,14 @@ class AccountService:
     async def change_password(self, requester: Requester | None, new_password: str,
                               logout_devices: bool, auth: JsonDict | None,
                               fingerprint: str) -> AuthChallenge | None:
-        """spec: /account/password; without an access token the password stage says who."""
+        """spec: /account/password; without an access token the password stage (or the
+        validated e-mail address of ``m.login.email.identity``) says who."""
         self.check_password_strength(new_password)
+        flows = PASSWORD_FLOWS
+        if self.email_identity is not None and self.email_identity.enabled:
+            flows = [*PASSWORD_FLOWS, [LOGIN_EMAIL_IDENTITY]]  # password reset by mail
         result = await self._uia.authenticate(
-            auth, PASSWORD_FLOWS, fingerprint,
+            auth, flows, fingerprint,
             requester=requester.user_id if requester is not None else None)
         if isinstance(result, AuthChallenge):
             return result

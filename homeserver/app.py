@@ -66,11 +66,13 @@ from homeserver.storage.receipts import ReceiptStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.relations import RelationStore
 from homeserver.storage.rooms import RoomStore
+from homeserver.storage.threepids import ThreepidStore
 from homeserver.storage.to_device import ToDeviceStore
 from homeserver.storage.typing_notifications import TypingStore
 from homeserver.storage.uia import UiaStore
 from homeserver.storage.user_directory import UserDirectoryStore
 from homeserver.sync.service import SyncService
+from homeserver.threepids import ThreepidService
 from homeserver.to_device import ToDeviceService
 from homeserver.typing_notifications import TypingService
 from homeserver.uia import UiaService
@@ -116,6 +118,11 @@ class Homeserver:
         self.accounts = AccountService(self.account_store, self.auth, self.uia,
                                        self.ratelimiter, clock, config.server_name,
                                        config.registration)
+        self.threepids = ThreepidService(ThreepidStore(db), PushStore(db), self.uia,
+                                         self.ratelimiter, clock, config.email,
+                                         config.base_url)
+        self.uia.set_email_identity(self.threepids)
+        self.accounts.email_identity = self.threepids
         self.profiles = ProfileService(self.account_store, config.server_name)
         self.filters = FilterService(FilterStore(db))
         self._build_rooms(config, db, signing_key, clock)
@@ -151,7 +158,7 @@ class Homeserver:
         self.sync = SyncService(db, self.event_store, self.room_store, self.rooms,
                                 self.visibility, self.notifier, clock)
         self.profiles.on_profile_changed = self._on_profile_changed
-        self.accounts.on_deactivated = self.memberships.leave_all
+        self.accounts.on_deactivated = self._on_deactivated
 
     def _build_user_data(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
         """Account data (with tags and ignored users), to-device messages, user directory."""
@@ -192,6 +199,11 @@ class Homeserver:
         self.sync.add_extension(self.e2e_keys)
         self.key_backup = KeyBackupService(KeyBackupStore(db))
 
+    async def _on_deactivated(self, user_id: UserID) -> None:
+        """A deactivated account leaves its rooms and lets go of its e-mail addresses."""
+        await self.memberships.leave_all(user_id)
+        await self.threepids.delete_all(user_id)
+
     async def _on_devices_deleted(self, user_id: UserID, device_ids: list[str]) -> None:
         """Deleted devices take their to-device messages and keys with them."""
         await self.to_device.delete_for_devices(user_id, device_ids)
@@ -209,7 +221,8 @@ class Homeserver:
         self.sync.add_global_source("account_data",
                                     AccountDataWithPushRules(self.account_data, self.push_rules))
         unsubscriber = Unsubscriber(bytes(signing_key.encode()))
-        self.pushers = PusherService(push_store, config.push, config.email, clock, unsubscriber)
+        self.pushers = PusherService(push_store, config.push, config.email, clock, unsubscriber,
+                                     self.threepids)
         self.push_notifications = NotificationService(push_store, self.event_store, self.rooms)
         self.pusher_sender = PusherSender(
             db, push_store, self.event_store, self.room_store, self.unread, clock, self.bus,
@@ -266,7 +279,8 @@ class Homeserver:
             },
             "m.set_displayname": {"enabled": True},
             "m.set_avatar_url": {"enabled": True},
-            "m.3pid_changes": {"enabled": False},
+            # E-mail addresses can be added and removed once the server can mail.
+            "m.3pid_changes": {"enabled": self.threepids.enabled},
             "m.get_login_token": {"enabled": False},
         }
 

@@ -55,6 +55,9 @@ class RateLimitsConfig(Section):
     registration: RateLimit = RateLimit(per_second=0.2, burst=5)
     message: RateLimit = RateLimit(per_second=10, burst=50)
     join: RateLimit = RateLimit(per_second=0.5, burst=10)
+    # Validation mails (requestToken), per client IP and per e-mail address: each one is a
+    # mail to an address the requester may not own.
+    threepid_validation: RateLimit = RateLimit(per_second=0.003, burst=5)
 
 
 class AuthConfig(Section):
@@ -196,7 +199,8 @@ class MediaConfig(Section):
 
 
 class EmailConfig(Section):
-    """Outgoing e-mail: missed-message notifications (docs/push.md)."""
+    """Outgoing e-mail: missed-message notifications, validation of e-mail addresses and
+    password reset (docs/push.md)."""
 
     enabled: bool = False
     smtp_host: str = "localhost"
@@ -211,6 +215,16 @@ class EmailConfig(Section):
     # A missed-message mail waits this long after the first unread event it reports.
     notif_delay_ms: int = Field(default=10 * 60 * 1000, ge=0)
     client_url: str | None = None  # links in mails open this client (e.g. a web client)
+    # A validation mail's link (adding an address, resetting a password) works this long;
+    # a validated session must be used within the same time.
+    validation_token_lifetime_ms: int = Field(default=3600 * 1000, ge=60_000)
+    # true: requestToken answers an unknown address (password reset) or one bound to another
+    # account (adding it) like any other, with a session that never validates, and sends
+    # nothing: nobody learns from it whether an address has an account here.
+    inhibit_threepid_errors: bool = False
+    # Hosts a requestToken's next_link may lead to (the page a validation link redirects to);
+    # None: any http(s) URL. Restricting it keeps validation mails from being open redirects.
+    next_link_hosts: tuple[str, ...] | None = None
 
 
 class PushConfig(Section):
@@ -229,6 +243,9 @@ class PushConfig(Section):
     request_timeout_ms: int = Field(default=10_000, ge=100)
     poll_interval_ms: int = Field(default=5_000, ge=10)  # besides wake-ups from new events
     gateway_config: str | None = None  # a push_gateway YAML: mount it at /_matrix/push/v1
+    # Push actions (unread counts, /notifications) older than this are deleted, read or not.
+    action_retention_ms: int = Field(default=30 * 24 * 3600 * 1000, ge=60_000)
+    prune_interval_ms: int = Field(default=3600 * 1000, ge=1000)  # how often that runs
 
 
 class HomeserverConfig(BaseModel):

@@ -29,6 +29,7 @@ class Action(StrEnum):
     REGISTRATION = "registration"
     MESSAGE = "message"
     JOIN = "join"
+    THREEPID_VALIDATION = "threepid_validation"
 
 
 class RateLimiter:

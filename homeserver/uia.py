@@ -5,7 +5,8 @@ order inside a session, resubmitting its request with an ``auth`` dict each time
 bound to the method and path it was started for (and to the user who started it), so a session
 completed for one request cannot authorise another; it is used up when the request succeeds.
 
-Stages: ``m.login.dummy``, ``m.login.password`` and ``m.login.registration_token``.
+Stages: ``m.login.dummy``, ``m.login.password``, ``m.login.registration_token`` and
+``m.login.email.identity`` (a session validated by the homeserver's own mail).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from homeserver.auth import AuthService
 from homeserver.clock import Clock
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 LOGIN_DUMMY = "m.login.dummy"
 LOGIN_PASSWORD = "m.login.password"
 LOGIN_REGISTRATION_TOKEN = "m.login.registration_token"
+LOGIN_EMAIL_IDENTITY = "m.login.email.identity"
 
 # A session not finished within this time is forgotten (and its registration token use freed).
 SESSION_LIFETIME_MS = 30 * 60 * 1000
@@ -74,6 +76,24 @@ def parse_user_identifier(user: str, server_name: str) -> UserID | None:
         return None
 
 
+class EmailIdentity(Protocol):
+    """The homeserver's e-mail validation (``ThreepidService``), as stages need it."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the server mails, so that a password can be reset by mail."""
+        ...
+
+    async def password_reset_owner(self, sid: str, client_secret: str) -> UserID:
+        """The account a validated password-reset session is for; a ``MatrixError`` if the
+        session is unknown, expired or not validated yet."""
+        ...
+
+    async def use_session(self, sid: str) -> None: ...
+
+    async def owner_of(self, medium: str, address: str) -> UserID | None: ...
+
+
 class UiaService:
     def __init__(self, store: UiaStore, accounts: AccountStore,
                  registration_tokens: RegistrationTokenStore, auth: AuthService,
@@ -87,6 +107,11 @@ class UiaService:
         self._clock = clock
         self._server_name = server_name
         self._registration = registration
+        self._email_identity: EmailIdentity | None = None
+
+    def set_email_identity(self, email_identity: EmailIdentity) -> None:
+        """Wired by app.py once the e-mail service exists (it authenticates through us)."""
+        self._email_identity = email_identity
 
     async def authenticate(self, auth: JsonDict | None, flows: Sequence[Sequence[str]],
                            fingerprint: str, *, requester: UserID | None = None
@@ -141,6 +166,10 @@ class UiaService:
         session = await self._store.delete_session(result.session_id)
         if session is not None and session.params.get("token_in_db"):
             await self._tokens.complete(str(session.params["registration_token"]))
+        if session is not None and session.params.get("threepid_sid") and \
+                self._email_identity is not None:
+            # A validated mail authorises one request (one password reset), not several.
+            await self._email_identity.use_session(str(session.params["threepid_sid"]))
 
     # --- registration tokens ---------------------------------------------------------------
 
@@ -199,7 +228,41 @@ class UiaService:
             return await self._password_stage(auth, params, requester)
         if stage == LOGIN_REGISTRATION_TOKEN:
             return await self._registration_token_stage(auth, params)
+        if stage == LOGIN_EMAIL_IDENTITY and self._email_identity is not None:
+            return await self._email_identity_stage(auth, params, requester)
         return Codes.FORBIDDEN, f"Unsupported authentication stage {stage}"
+
+    async def _email_identity_stage(self, auth: JsonDict, params: dict[str, Any],
+                                    requester: UserID | None) -> tuple[Codes, str] | None:
+        """spec: ``threepid_creds`` names a session the homeserver validated by mail (the
+        identity server fields are ignored: we are our own). It establishes the address's
+        owner; a session still waiting for its link fails with M_UNAUTHORIZED, which clients
+        retry once the user has opened the link."""
+        assert self._email_identity is not None
+        creds = auth.get("threepid_creds", auth.get("threePidCreds"))  # the latter: legacy
+        if creds is None:
+            raise MatrixError(Codes.MISSING_PARAM, "Missing parameter: auth.threepid_creds")
+        if not isinstance(creds, dict):
+            raise MatrixError(Codes.BAD_JSON, "auth.threepid_creds must be an object")
+        sid, secret = creds.get("sid"), creds.get("client_secret")
+        if sid is None or secret is None:
+            raise MatrixError(Codes.MISSING_PARAM, "Missing parameter: auth.threepid_creds."
+                              + ("sid" if sid is None else "client_secret"))
+        if not isinstance(sid, str) or not isinstance(secret, str):
+            raise MatrixError(Codes.BAD_JSON, "auth.threepid_creds.sid and client_secret "
+                              "must be strings")
+        try:
+            owner = await self._email_identity.password_reset_owner(sid, secret)
+        except MatrixError as e:
+            return e.code, e.message
+        account = await self._accounts.get_user(owner)
+        if account is None or account.deactivated:
+            return Codes.USER_DEACTIVATED, "This account has been deactivated"
+        if requester is not None and owner != requester:
+            return Codes.FORBIDDEN, "The e-mail address is not one of the logged-in user"
+        params["user_id"] = owner
+        params["threepid_sid"] = sid
+        return None
 
     async def _password_stage(self, auth: JsonDict, params: dict[str, Any],
                               requester: UserID | None) -> tuple[Codes, str] | None:
@@ -208,11 +271,20 @@ class UiaService:
         if identifier is not None:
             if not isinstance(identifier, dict):
                 raise MatrixError(Codes.BAD_JSON, "auth.identifier must be an object")
-            if identifier.get("type") != "m.id.user":
-                # No third-party identifiers are bound to accounts here (spec: unknown 3PID
-                # is a 403).
+            if identifier.get("type") == "m.id.thirdparty":
+                medium, address = identifier.get("medium"), identifier.get("address")
+                if not isinstance(medium, str) or not isinstance(address, str):
+                    raise MatrixError(Codes.BAD_JSON, "auth.identifier.medium and address "
+                                      "must be strings")
+                owner = await self._email_identity.owner_of(medium, address) \
+                    if self._email_identity is not None else None
+                if owner is None:
+                    return Codes.FORBIDDEN, "Invalid username or password"  # spec: 403
+                user = owner
+            elif identifier.get("type") != "m.id.user":
                 return Codes.FORBIDDEN, "Unknown identifier"
-            user = identifier.get("user")
+            else:
+                user = identifier.get("user")
         if user is None:
             raise MatrixError(Codes.MISSING_PARAM, "Missing parameter: auth.identifier.user")
         password = auth.get("password")

@@ -54,6 +54,18 @@ async def read_json(request: Request, *, empty_ok: bool = False) -> Any:
 
     ``empty_ok``: an empty body reads as ``{}`` (clients send none to /join and /leave).
     """
+    raw = await read_body(request)
+    if empty_ok and not raw.strip():
+        return {}
+    try:
+        # orjson refuses NaN, Infinity and integers past 64 bits, as Matrix JSON must.
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise MatrixError(Codes.NOT_JSON, "Content not JSON") from e
+
+
+async def read_body(request: Request) -> bytes:
+    """The raw body, ``M_TOO_LARGE`` past the configured limit."""
     hs = homeserver_of(request)
     limit = hs.config.limits.max_request_body_bytes
     declared = request.headers.get("content-length")
@@ -66,14 +78,7 @@ async def read_json(request: Request, *, empty_ok: bool = False) -> Any:
         if size > limit:
             raise MatrixError(Codes.TOO_LARGE, f"Request body is larger than {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
-    if empty_ok and not raw.strip():
-        return {}
-    try:
-        # orjson refuses NaN, Infinity and integers past 64 bits, as Matrix JSON must.
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise MatrixError(Codes.NOT_JSON, "Content not JSON") from e
+    return b"".join(chunks)
 
 
 async def read_json_object(request: Request, *, empty_ok: bool = False) -> dict[str, Any]:

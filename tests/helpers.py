@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -13,7 +17,11 @@ from homeserver.clock import FakeClock
 from homeserver.config import HomeserverConfig
 from tests.openapi_schema import assert_response_matches
 
+if TYPE_CHECKING:
+    from tests.push_servers import SmtpServer
+
 DEFAULT_PASSWORD = "correct horse battery"
+_LINK = re.compile(r"https?://\S+/_homeserver/client/email/submit_token\?\S+")
 
 
 async def register(client: httpx.AsyncClient, localpart: str,
@@ -91,3 +99,44 @@ async def create_room(client: httpx.AsyncClient, token: str, **body: Any) -> str
     """POST /createRoom, checked; the new room's ID."""
     r = await client.post("/_matrix/client/v3/createRoom", headers=auth_header(token), json=body)
     return str(checked(r)["room_id"])
+
+
+def email_config(smtp: SmtpServer, **extra: Any) -> dict[str, Any]:
+    """The ``email`` config section that mails to a test SMTP server."""
+    return {"enabled": True, "smtp_host": "127.0.0.1", "smtp_port": smtp.port,
+            "smtp_security": "none", "from_address": "Chat <chat@test.org>",
+            "app_name": "Chat", **extra}
+
+
+def last_mail(smtp: SmtpServer, to: str) -> EmailMessage:
+    """The newest mail received for ``to`` (requestToken sends before it answers)."""
+    mails = [m for envelope, m in smtp.messages if envelope.rcpt_tos == [to]]
+    assert mails, f"no mail to {to}"
+    return mails[-1]
+
+
+def mailed_link(mail: EmailMessage) -> str:
+    """The validation link of a mail, as a path and query for the test client."""
+    part = mail.get_body(("plain",))
+    assert part is not None
+    found = _LINK.search(part.get_content())
+    assert found is not None, part.get_content()
+    url = urlsplit(found.group(0))
+    return f"{url.path}?{url.query}"
+
+
+async def bind_email(client: httpx.AsyncClient, smtp: SmtpServer, access_token: str,
+                     user_id: str, address: str, password: str = DEFAULT_PASSWORD) -> None:
+    """Add ``address`` to the account the real way: requestToken, the mailed link, then
+    /account/3pid/add with the password."""
+    secret = f"secret-{secrets.token_hex(6)}"
+    r = await client.post("/_matrix/client/v3/account/3pid/email/requestToken",
+                          json={"client_secret": secret, "email": address, "send_attempt": 1})
+    sid = checked(r)["sid"]
+    r = await client.get(mailed_link(last_mail(smtp, address.lower())))
+    assert r.status_code == 200, r.text
+    r = await client.post("/_matrix/client/v3/account/3pid/add", headers=auth_header(
+        access_token), json={"sid": sid, "client_secret": secret, "auth": {
+            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": user_id},
+            "password": password}})
+    checked(r)

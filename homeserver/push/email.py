@@ -1,7 +1,9 @@
-"""Missed-message e-mails: one digest per pusher, its events grouped by room.
+"""The server's e-mails, sent with aiosmtplib to the configured SMTP server.
 
-Sent with aiosmtplib to the configured SMTP server. Bodies are plain text and HTML (every
-value from an event is escaped); the unsubscribe link removes the e-mail pusher.
+Missed-message digests (one per e-mail pusher, its events grouped by room; the unsubscribe
+link removes the pusher) and validation mails (a link and token that prove the reader owns
+the address: adding it to an account, resetting a password). Bodies are plain text and HTML,
+every value from a user or an event escaped.
 """
 
 from __future__ import annotations
@@ -76,6 +78,45 @@ class Mailer:
         lines += ["--", f"Unsubscribe from these mails: {unsubscribe_url}"]
         parts.append(f'<p><small><a href="{html.escape(unsubscribe_url, quote=True)}">'
                      f"Unsubscribe from these mails</a></small></p>")
+        msg = self._message(to, subject)
+        # RFC 2369 and RFC 8058: mail clients offer a one-click unsubscribe (a POST).
+        msg["List-Unsubscribe"] = f"<{unsubscribe_url}>"
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        msg.set_content("\n".join(lines))
+        msg.add_alternative("<html><body>" + "".join(parts) + "</body></html>",
+                            subtype="html")
+        return msg
+
+    def validation(self, to: str, purpose: str, link: str, token: str,
+                   lifetime_ms: int) -> EmailMessage:
+        """The mail that validates an address: ``purpose`` is ``add`` (to an account) or
+        ``password_reset``. The link validates the session; the token is the same proof, for
+        a client that asks its user to type it."""
+        app = self._config.app_name
+        minutes = max(1, lifetime_ms // 60_000)
+        if purpose == "password_reset":
+            subject = f"[{app}] Password reset"
+            intro = (f"Someone asked to reset the password of the {app} account with this "
+                     "e-mail address. To go on, open this link and confirm:")
+            outro = ("If it was not you, ignore this mail: nothing changes unless the link "
+                     "is opened and confirmed.")
+        else:
+            subject = f"[{app}] Confirm your e-mail address"
+            intro = (f"Someone asked to add this e-mail address to a {app} account. If it was "
+                     "you, open this link to confirm:")
+            outro = "If it was not you, ignore this mail: the address will not be added."
+        expiry = f"The link works for {minutes} minutes. Or enter this code: {token}"
+        msg = self._message(to, subject)
+        msg.set_content("\n".join(["Hello,", "", intro, "", link, "", expiry, "", outro]))
+        quoted = html.escape(link, quote=True)
+        msg.add_alternative(
+            f"<html><body><p>Hello,</p><p>{html.escape(intro)}</p>"
+            f'<p><a href="{quoted}">{html.escape(link)}</a></p>'
+            f"<p>{html.escape(expiry)}</p><p>{html.escape(outro)}</p></body></html>",
+            subtype="html")
+        return msg
+
+    def _message(self, to: str, subject: str) -> EmailMessage:
         msg = EmailMessage()
         msg["From"] = self._config.from_address
         msg["To"] = to
@@ -83,12 +124,6 @@ class Mailer:
         msg["Date"] = formatdate(localtime=False)
         domain = parseaddr(self._config.from_address)[1].partition("@")[2] or None
         msg["Message-ID"] = make_msgid(domain=domain)
-        # RFC 2369 and RFC 8058: mail clients offer a one-click unsubscribe (a POST).
-        msg["List-Unsubscribe"] = f"<{unsubscribe_url}>"
-        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        msg.set_content("\n".join(lines))
-        msg.add_alternative("<html><body>" + "".join(parts) + "</body></html>",
-                            subtype="html")
         return msg
 
     async def send(self, message: EmailMessage) -> None:

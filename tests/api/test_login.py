@@ -69,7 +69,7 @@ async def test_login_bad_input(client: httpx.AsyncClient) -> None:
         *((_password_login(user, password), 403, "M_FORBIDDEN") for user, password in (
             ("alice", "wrong password"), ("nobody", DEFAULT_PASSWORD),
             ("@alice:elsewhere", DEFAULT_PASSWORD), ("not a user", DEFAULT_PASSWORD))),
-        # No third-party identifiers are bound: an unknown 3PID is a 403.
+        # An address bound to no account is a 403 (tests/api/test_threepids.py binds one).
         ({"type": "m.login.password", "password": DEFAULT_PASSWORD, "identifier": {
             "type": "m.id.thirdparty", "medium": "email", "address": "a@example.org"}},
          403, "M_FORBIDDEN"),
