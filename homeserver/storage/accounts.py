@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver.ids import UserID
-from homeserver.storage.database import Database
+from homeserver.storage.database import Connection, Database
 from homeserver.storage.schema import access_tokens, devices, profiles, refresh_tokens, users
 
 
@@ -285,7 +284,7 @@ class AccountStore:
             return False
         return True
 
-    async def _swap_access_token(self, conn: AsyncConnection, old_id: int, new_id: int,
+    async def _swap_access_token(self, conn: Connection, old_id: int, new_id: int,
                                  user_id: UserID, device_id: str, new_access_hash: bytes,
                                  now_ms: int, valid_until_ms: int) -> None:
         await conn.execute(sa.delete(access_tokens).where(

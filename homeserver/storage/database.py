@@ -6,17 +6,71 @@ Everything that differs between SQLite and PostgreSQL lives here and nowhere els
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol, TypeVar, TypeVarTuple, Unpack, overload
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.selectable import TypedReturnsRows
 
 from homeserver.storage.schema import stream_positions
 from homeserver.streams import Stream
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+Params = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+
+
+class Connection(Protocol):
+    """What storage code uses of a connection: ``await conn.execute(statement, params)``.
+
+    On PostgreSQL it is SQLAlchemy's ``AsyncConnection``; on SQLite a ``SqliteConnection``.
+    """
+
+    @overload
+    async def execute(self, statement: TypedReturnsRows[Unpack[Ts]],
+                      parameters: Params = None) -> CursorResult[Unpack[Ts]]: ...
+
+    @overload
+    async def execute(self, statement: Executable,
+                      parameters: Params = None) -> CursorResult[Unpack[tuple[Any, ...]]]: ...
+
+
+class SqliteConnection:
+    """A synchronous SQLAlchemy connection behind the awaitable ``execute`` storage uses.
+
+    SQLite statements run on the event-loop thread: an indexed read or a write before the
+    commit takes tens of microseconds, far less than handing it to a thread and back (what
+    aiosqlite does for every statement, several times over). Only the steps that may wait
+    on the disk or on another process's lock (BEGIN IMMEDIATE, COMMIT with its fsync) go to
+    the writer's own thread.
+    """
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+
+    @overload
+    async def execute(self, statement: TypedReturnsRows[Unpack[Ts]],
+                      parameters: Params = None) -> CursorResult[Unpack[Ts]]: ...
+
+    @overload
+    async def execute(self, statement: Executable,
+                      parameters: Params = None) -> CursorResult[Unpack[tuple[Any, ...]]]: ...
+
+    async def execute(self, statement: Executable,
+                      parameters: Params = None) -> CursorResult[Unpack[tuple[Any, ...]]]:
+        return self._conn.execute(statement, parameters)
 
 
 class Database:
@@ -24,49 +78,89 @@ class Database:
 
     On SQLite there is one writer connection behind an asyncio lock, and the writer starts
     with ``BEGIN IMMEDIATE`` so that a write never fails half-way on a lock upgrade; reads
-    go to a pool of WAL readers. On PostgreSQL both use one pool.
+    go to one autocommit WAL reader (each statement sees one consistent snapshot). On
+    PostgreSQL both use one asyncpg pool.
     """
 
     def __init__(self, url: str, pool_size: int = 10) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self._async_engine: AsyncEngine | None = None
         if self.is_sqlite:
-            self._writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1)
-            # Readers run each statement on its own (autocommit): in WAL mode one statement
-            # sees one consistent snapshot, and a read costs no BEGIN/ROLLBACK round trips.
-            self._reader = _sqlite_engine(url, begin=None, pool_size=pool_size)
+            sync_url = sa.make_url(url).set(drivername="sqlite")
+            self._sqlite_writer = _sqlite_engine(sync_url, writer=True)
+            self._sqlite_reader = _sqlite_engine(sync_url, writer=False)
+            self._read_conn: SqliteConnection | None = None
+            self._write_conn: sa.Connection | None = None
+            # The writer's thread: BEGIN and COMMIT, one at a time, in order.
+            self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+            self._write_lock = asyncio.Lock()
         else:
-            self._writer = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size,
-                                               pool_pre_ping=False)
-            self._reader = self._writer
-        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+            self._async_engine = create_async_engine(url, pool_size=pool_size,
+                                                     max_overflow=pool_size,
+                                                     pool_pre_ping=False)
 
     @property
     def engine(self) -> AsyncEngine:
-        return self._writer
+        """An async engine for Alembic and tests (on SQLite, a separate aiosqlite one)."""
+        if self._async_engine is None:
+            self._async_engine = create_async_engine(self.url, poolclass=sa.NullPool)
+        return self._async_engine
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncConnection]:
-        if self._write_lock is not None:
-            async with self._write_lock, self._writer.begin() as conn:
+    async def write(self) -> AsyncIterator[Connection]:
+        if not self.is_sqlite:
+            async with self.engine.begin() as conn:
                 yield conn
-        else:
-            async with self._writer.begin() as conn:
-                yield conn
+            return
+        async with self._write_lock:
+            writer = self._write_conn
+            if writer is None:
+                writer = self._write_conn = await self._in_writer_thread(
+                    self._sqlite_writer.connect)
+            transaction = await self._in_writer_thread(writer.begin)
+            try:
+                yield SqliteConnection(writer)
+            except BaseException:
+                if transaction.is_active:
+                    transaction.rollback()
+                raise
+            await self._in_writer_thread(transaction.commit)
+
+    async def _in_writer_thread(self, fn: Callable[[], T]) -> T:
+        """Runs ``fn`` on the writer's thread; a cancelled caller still waits for it to end,
+        so the writer connection is never used by two threads at once."""
+        future = asyncio.get_running_loop().run_in_executor(self._write_thread, fn)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await future
+            raise
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._reader.connect() as conn:
-            if self.is_sqlite:
+    async def read(self) -> AsyncIterator[Connection]:
+        if not self.is_sqlite:
+            async with self.engine.connect() as conn, conn.begin():
                 yield conn
-                return
-            async with conn.begin():
-                yield conn
+            return
+        if self._read_conn is None:
+            self._read_conn = SqliteConnection(self._sqlite_reader.connect())
+        yield self._read_conn
 
     async def close(self) -> None:
-        await self._writer.dispose()
-        if self._reader is not self._writer:
-            await self._reader.dispose()
+        if self.is_sqlite:
+            if self._write_conn is not None:
+                await self._in_writer_thread(self._write_conn.close)
+                self._write_conn = None
+            if self._read_conn is not None:
+                self._read_conn._conn.close()
+                self._read_conn = None
+            self._sqlite_writer.dispose()
+            self._sqlite_reader.dispose()
+            self._write_thread.shutdown(wait=True)
+        if self._async_engine is not None:
+            await self._async_engine.dispose()
 
     def upsert(self, table: sa.Table, row: Mapping[str, Any], keys: Sequence[str],
                update: Sequence[str] | None = None) -> sa.Insert:
@@ -84,7 +178,7 @@ class Database:
         insert = sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
         return insert.values(**row).on_conflict_do_nothing(index_elements=list(keys))
 
-    async def next_position(self, conn: AsyncConnection, stream: Stream) -> int:
+    async def next_position(self, conn: Connection, stream: Stream) -> int:
         """Allocate the next position of ``stream`` inside the caller's write transaction.
 
         The row stays locked until the transaction ends, so positions commit in order on
@@ -96,7 +190,7 @@ class Database:
             .returning(stream_positions.c.position))
         return int(result.scalar_one())
 
-    async def current_positions(self, conn: AsyncConnection | None = None) -> dict[Stream, int]:
+    async def current_positions(self, conn: Connection | None = None) -> dict[Stream, int]:
         query = sa.select(stream_positions.c.stream, stream_positions.c.position)
         if conn is None:
             async with self.read() as c:
@@ -107,12 +201,12 @@ class Database:
         return {known[r.stream]: int(r.position) for r in rows if r.stream in known}
 
 
-def _sqlite_engine(url: str, *, begin: str | None, pool_size: int) -> AsyncEngine:
-    """``begin``: the statement that opens a transaction; None for an autocommit reader."""
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0,
-                                 pool_reset_on_return="rollback" if begin else None)
+def _sqlite_engine(url: sa.URL, *, writer: bool) -> sa.Engine:
+    """The writer begins with BEGIN IMMEDIATE; the reader never begins (autocommit)."""
+    engine = sa.create_engine(url, poolclass=sa.NullPool,
+                              connect_args={"check_same_thread": False})
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's begin event issue BEGIN itself (pysqlite's own transaction
         # handling would defer it and break BEGIN IMMEDIATE).
@@ -125,9 +219,10 @@ def _sqlite_engine(url: str, *, begin: str | None, pool_size: int) -> AsyncEngin
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    if begin is not None:
-        @event.listens_for(engine.sync_engine, "begin")
+    if writer:
+        @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql(begin)
+            # Take the write lock at once, so a write never fails half-way on an upgrade.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine

@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from homeserver.storage.database import Database
+from homeserver.storage.database import Connection, Database
 from homeserver.storage.schema import device_list_changes, room_memberships
 from homeserver.streams import Stream
 
@@ -93,7 +92,7 @@ class DeviceListStore:
                 departed.add(r.user_id)
         return MembershipChanges(frozenset(arrived), frozenset(departed))
 
-    async def _joined_members(self, conn: AsyncConnection, room_ids: list[str],
+    async def _joined_members(self, conn: Connection, room_ids: list[str],
                               but: str) -> set[str]:
         if not room_ids:
             return set()

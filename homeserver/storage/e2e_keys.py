@@ -14,9 +14,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from canonicaljson import encode_canonical_json
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from homeserver.storage.database import Database
+from homeserver.storage.database import Connection, Database
 from homeserver.storage.schema import (
     devices,
     e2e_cross_signing_keys,
@@ -131,7 +130,7 @@ class E2eKeyStore:
             return UploadResult(conflict=e.key_id)
         return UploadResult(device_keys_changed=changed, counts=counts)
 
-    async def _put_device_keys(self, conn: AsyncConnection, user_id: str, device_id: str,
+    async def _put_device_keys(self, conn: Connection, user_id: str, device_id: str,
                                key_json: str) -> bool:
         where = (e2e_device_keys.c.user_id == user_id, e2e_device_keys.c.device_id == device_id)
         old = (await conn.execute(sa.select(e2e_device_keys.c.key_json).where(*where))).first()
@@ -147,7 +146,7 @@ class E2eKeyStore:
                 e2e_signatures.c.target_key_id == device_id))
         return True
 
-    async def _add_one_time_keys(self, conn: AsyncConnection, user_id: str, device_id: str,
+    async def _add_one_time_keys(self, conn: Connection, user_id: str, device_id: str,
                                  keys: Sequence[NewKey]) -> None:
         if not keys:
             return
@@ -173,7 +172,7 @@ class E2eKeyStore:
         if new_rows:
             await conn.execute(sa.insert(t), new_rows)
 
-    async def _put_fallback_key(self, conn: AsyncConnection, user_id: str, device_id: str,
+    async def _put_fallback_key(self, conn: Connection, user_id: str, device_id: str,
                                 key: NewKey) -> None:
         t = e2e_fallback_keys
         key_json = canonical(key.key)
@@ -187,7 +186,7 @@ class E2eKeyStore:
             "key_id": key.key_id, "key_json": key_json, "used": False},
             keys=("user_id", "device_id", "algorithm")))
 
-    async def _count(self, conn: AsyncConnection, user_id: str, device_id: str
+    async def _count(self, conn: Connection, user_id: str, device_id: str
                      ) -> dict[str, int]:
         t = e2e_one_time_keys
         rows = (await conn.execute(sa.select(t.c.algorithm, sa.func.count()).where(

@@ -8,10 +8,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from cachetools import LRUCache
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver import jsonutil
-from homeserver.storage.database import Database
+from homeserver.storage.database import Connection, Database
 from homeserver.storage.push import PushAction, record_push_actions
 from homeserver.storage.relations import record_relation
 from homeserver.storage.schema import (
@@ -145,7 +144,7 @@ class EventStore:
                     created_ts=pdu["origin_server_ts"]))
         return position
 
-    async def _add_state_group(self, conn: AsyncConnection, room_id: str, prev: int | None,
+    async def _add_state_group(self, conn: Connection, room_id: str, prev: int | None,
                                delta: StateMap) -> int:
         chain = 0
         if prev is not None:
@@ -164,7 +163,7 @@ class EventStore:
             for (t, k), e in entries.items()])
         return group
 
-    async def _update_current_state(self, conn: AsyncConnection, new: NewEvent, state_key: str,
+    async def _update_current_state(self, conn: Connection, new: NewEvent, state_key: str,
                                     position: int) -> None:
         pdu = new.pdu
         await conn.execute(self._db.upsert(current_state, {
@@ -256,7 +255,7 @@ class EventStore:
                 state_groups.c.id == event.state_group))).scalar()
         return await self.get_state_ids(int(prev)) if prev is not None else {}
 
-    async def _state_for_group(self, conn: AsyncConnection, group: int) -> StateMap:
+    async def _state_for_group(self, conn: Connection, group: int) -> StateMap:
         # Walk from the group back to the nearest snapshot, then apply the deltas oldest first.
         chain = sa.select(state_groups.c.id, state_groups.c.prev_group,
                           state_groups.c.is_snapshot, sa.literal(0).label("n")).where(

@@ -6,9 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from homeserver.storage.database import Database
+from homeserver.storage.database import Connection, Database
 from homeserver.storage.schema import room_key_backup_keys, room_key_backup_versions
 from homeserver.types import JsonDict
 
@@ -71,7 +70,7 @@ class KeyBackupStore:
         async with self._db.read() as conn:
             return await self._get_version(conn, user_id, version)
 
-    async def _get_version(self, conn: AsyncConnection, user_id: str, version: int | None
+    async def _get_version(self, conn: Connection, user_id: str, version: int | None
                            ) -> BackupVersion | None:
         v = room_key_backup_versions
         query = sa.select(v).where(v.c.user_id == user_id, v.c.deleted.is_(False))
@@ -173,13 +172,13 @@ class KeyBackupStore:
             etag = await self._bump_etag(conn, user_id, version)
             return KeysUpdated(etag, await self._count(conn, user_id, version))
 
-    async def _bump_etag(self, conn: AsyncConnection, user_id: str, version: int) -> int:
+    async def _bump_etag(self, conn: Connection, user_id: str, version: int) -> int:
         v = room_key_backup_versions
         return int((await conn.execute(sa.update(v).where(
             v.c.user_id == user_id, v.c.version == version).values(etag=v.c.etag + 1)
             .returning(v.c.etag))).scalar_one())
 
-    async def _count(self, conn: AsyncConnection, user_id: str, version: int) -> int:
+    async def _count(self, conn: Connection, user_id: str, version: int) -> int:
         k = room_key_backup_keys
         return int((await conn.execute(sa.select(sa.func.count()).select_from(k).where(
             k.c.user_id == user_id, k.c.version == version))).scalar_one())

@@ -6,9 +6,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from homeserver.storage.database import Database
+from homeserver.storage.database import Connection, Database
 from homeserver.storage.schema import presence, room_memberships
 from homeserver.streams import Stream
 
@@ -202,7 +201,7 @@ class PresenceStore:
         return {r.user_id for r in rows} | set(subjects)
 
 
-async def _update_returning(conn: AsyncConnection, condition: sa.ColumnElement[bool],
+async def _update_returning(conn: Connection, condition: sa.ColumnElement[bool],
                             values: dict[str, object], position: int) -> list[str]:
     result = await conn.execute(sa.update(presence).where(condition)
                                 .values(**values, stream_position=position)

@@ -13,9 +13,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from homeserver.storage.database import Database
+from homeserver.storage.database import Connection, Database
 from homeserver.storage.schema import event_relations, events, room_memberships
 from homeserver.types import JsonDict
 
@@ -98,7 +97,7 @@ def parse_relation(content: object, *, event_type: str | None = None,
     return Relation(rel_type, parent_id, key if rel_type == ANNOTATION else None)
 
 
-async def record_relation(conn: AsyncConnection, pdu: JsonDict, event_id: str, room_id: str,
+async def record_relation(conn: Connection, pdu: JsonDict, event_id: str, room_id: str,
                           position: int, redacts: str | None) -> None:
     """Called inside ``EventStore.persist_event``'s transaction for every event.
 

@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from homeserver.storage.database import Database
+from homeserver.storage.database import Connection, Database
 from homeserver.storage.schema import typing_notifications, typing_rooms
 from homeserver.streams import Stream
 
@@ -98,7 +97,7 @@ class TypingStore:
             out.setdefault(r.room_id, []).append(r.user_id)
         return out
 
-    async def _room_changed(self, conn: AsyncConnection, room_ids: Sequence[str]) -> int:
+    async def _room_changed(self, conn: Connection, room_ids: Sequence[str]) -> int:
         position = await self._db.next_position(conn, Stream.TYPING)
         for room_id in room_ids:
             await conn.execute(self._db.upsert(

@@ -9,10 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver import jsonutil
-from homeserver.storage.database import Database
+from homeserver.storage.database import Connection, Database
 from homeserver.storage.schema import current_state, events, profiles, room_memberships
 
 JOIN_RULES = "m.room.join_rules"
@@ -79,7 +78,7 @@ class UserDirectoryStore:
                 out.append(DirectoryUser(r.user_id, r.member_name, r.member_avatar))
         return out
 
-    async def _open_rooms(self, conn: AsyncConnection) -> set[str]:
+    async def _open_rooms(self, conn: Connection) -> set[str]:
         """Rooms with a ``public`` join rule or ``world_readable`` history visibility."""
         # The LIKE is a cheap necessary condition on the stored JSON; parsing decides.
         rows = (await conn.execute(
