@@ -10,6 +10,7 @@ truncated files raise ``ThumbnailError``, never something else. Output carries n
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,12 +157,28 @@ class _guard:
         raise ThumbnailError("corrupt", "The image is corrupt or truncated") from exc
 
 
+def draft_box(stored: tuple[int, int], transposed: bool,
+              specs: list[ThumbnailSpec]) -> tuple[int, int]:
+    """The smallest stored-orientation size that every thumbnail in ``specs`` can be made
+    from without upscaling: what a JPEG may be decoded at (``Image.draft``).
+
+    Each spec needs the image scaled by at least ``max(width / W, height / H)`` (W x H as
+    displayed: ``transposed`` for EXIF orientations 5-8); a square box of the largest side
+    would ask a 4:3 photo's short side for the long side's pixels and so never let the
+    decoder scale down.
+    """
+    width, height = stored
+    shown_w, shown_h = (height, width) if transposed else (width, height)
+    factor = min(1.0, max(max(s.width / shown_w, s.height / shown_h) for s in specs))
+    return max(1, math.ceil(width * factor)), max(1, math.ceil(height * factor))
+
+
 def _render_still(image: Image.Image, specs: list[ThumbnailSpec]) -> list[Rendered]:
     fmt = image.format
     if fmt == "JPEG":
         # Decode at the smallest power-of-two scale still at least as large as needed.
-        need = max(max(s.width, s.height) for s in specs)
-        image.draft("RGB", (need, need))
+        transposed = _orientation(image) in _TRANSPOSED_ORIENTATIONS
+        image.draft("RGB", draft_box(image.size, transposed, specs))
     image.load()
     frame = ImageOps.exif_transpose(image)
     has_alpha = frame.mode in ("RGBA", "LA", "PA") or "transparency" in frame.info

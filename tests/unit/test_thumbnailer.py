@@ -16,6 +16,7 @@ from PIL import Image
 from media_repo.thumbnailer import (
     ThumbnailError,
     ThumbnailSpec,
+    draft_box,
     probe,
     render,
     thumbnail_size,
@@ -88,6 +89,34 @@ def _open(data: bytes) -> Image.Image:
 def test_thumbnail_size(src: tuple[int, int], box: tuple[int, int], method: str,
                         expected: tuple[int, int]) -> None:
     assert thumbnail_size(*src, *box, method) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("stored", "transposed", "specs", "expected"), [
+    # A 4:3 photo for 800x600 and 96x96: 800x600 is enough, so a 1/2 decode (1000x750) will do.
+    ((2000, 1500), False, [(800, 600, "scale"), (96, 96, "crop")], (800, 600)),
+    # Stored 1500x2000, shown 2000x1500 (orientation 6): the same, in stored orientation.
+    ((1500, 2000), True, [(800, 600, "scale"), (96, 96, "crop")], (600, 800)),
+    # A panorama cropped square: the short side decides.
+    ((2000, 500), False, [(96, 96, "crop")], (384, 96)),
+    # Never more than the image itself.
+    ((100, 50), False, [(800, 600, "scale")], (100, 50)),
+])
+def test_draft_box(stored: tuple[int, int], transposed: bool,
+                   specs: list[tuple[int, int, str]], expected: tuple[int, int]) -> None:
+    box = draft_box(stored, transposed,
+                    [ThumbnailSpec(w, h, m) for w, h, m in specs])  # type: ignore[arg-type]
+    assert box == expected
+
+
+def test_large_jpeg_thumbnails_from_a_reduced_decode(tmp_path: Path) -> None:
+    path = _write(tmp_path, make_image("JPEG", 2000, 1500))
+    with Image.open(path) as image:
+        image.draft("RGB", draft_box(image.size, False, [ThumbnailSpec(800, 600, "scale")]))
+        assert image.size == (1000, 750)  # what render decodes: a quarter of the pixels
+    scale, crop = render(path, [ThumbnailSpec(800, 600, "scale"),
+                                ThumbnailSpec(96, 96, "crop")], MAX_PIXELS)
+    assert _open(scale.data).size == (800, 600)
+    assert _open(crop.data).size == (96, 96)
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP"])
