@@ -74,12 +74,12 @@ class SqliteConnection:
 
 
 class Database:
-    """One database: ``read()`` and ``write()`` each yield a connection in one transaction.
+    """One database: ``write()`` yields a connection in one transaction, ``read()`` an
+    autocommit one (each statement sees one consistent snapshot; no BEGIN/ROLLBACK).
 
     On SQLite there is one writer connection behind an asyncio lock, and the writer starts
     with ``BEGIN IMMEDIATE`` so that a write never fails half-way on a lock upgrade; reads
-    go to one autocommit WAL reader (each statement sees one consistent snapshot). On
-    PostgreSQL both use one asyncpg pool.
+    go to one WAL reader. On PostgreSQL, two asyncpg pools: transactions and autocommit.
     """
 
     def __init__(self, url: str, pool_size: int = 10) -> None:
@@ -99,6 +99,12 @@ class Database:
             self._async_engine = create_async_engine(url, pool_size=pool_size,
                                                      max_overflow=pool_size,
                                                      pool_pre_ping=False)
+            # Reads are autocommit: no BEGIN and ROLLBACK round trips around each one (read
+            # committed gives every statement its own snapshot either way).
+            self._pg_reader = create_async_engine(url, pool_size=pool_size,
+                                                  max_overflow=pool_size, pool_pre_ping=False,
+                                                  isolation_level="AUTOCOMMIT",
+                                                  pool_reset_on_return=None)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -141,7 +147,7 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[Connection]:
         if not self.is_sqlite:
-            async with self.engine.connect() as conn, conn.begin():
+            async with self._pg_reader.connect() as conn:
                 yield conn
             return
         if self._read_conn is None:
@@ -159,6 +165,8 @@ class Database:
             self._sqlite_writer.dispose()
             self._sqlite_reader.dispose()
             self._write_thread.shutdown(wait=True)
+        else:
+            await self._pg_reader.dispose()
         if self._async_engine is not None:
             await self._async_engine.dispose()
 
