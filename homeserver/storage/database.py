@@ -45,6 +45,13 @@ class Connection(Protocol):
                       parameters: Params = None) -> CursorResult[Unpack[tuple[Any, ...]]]: ...
 
 
+_POSITIONS = sa.select(stream_positions.c.stream, stream_positions.c.position)
+_NEXT_POSITION = (sa.update(stream_positions)
+                  .where(stream_positions.c.stream == sa.bindparam("name"))
+                  .values(position=stream_positions.c.position + 1)
+                  .returning(stream_positions.c.position))
+
+
 class SqliteConnection:
     """A synchronous SQLAlchemy connection behind the awaitable ``execute`` storage uses.
 
@@ -192,19 +199,15 @@ class Database:
         The row stays locked until the transaction ends, so positions commit in order on
         every worker: whoever reads position N sees everything below N committed.
         """
-        result = await conn.execute(
-            sa.update(stream_positions).where(stream_positions.c.stream == stream.value)
-            .values(position=stream_positions.c.position + 1)
-            .returning(stream_positions.c.position))
+        result = await conn.execute(_NEXT_POSITION, {"name": stream.value})
         return int(result.scalar_one())
 
     async def current_positions(self, conn: Connection | None = None) -> dict[Stream, int]:
-        query = sa.select(stream_positions.c.stream, stream_positions.c.position)
         if conn is None:
             async with self.read() as c:
-                rows = (await c.execute(query)).all()
+                rows = (await c.execute(_POSITIONS)).all()
         else:
-            rows = (await conn.execute(query)).all()
+            rows = (await conn.execute(_POSITIONS)).all()
         known = {s.value: s for s in Stream}
         return {known[r.stream]: int(r.position) for r in rows if r.stream in known}
 

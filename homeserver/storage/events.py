@@ -81,6 +81,42 @@ _EVENT_COLUMNS = (events.c.stream_ordering, events.c.event_id, events.c.room_id,
                   events.c.redacted_by, events.c.device_id, events.c.txn_id)
 
 
+# Hot statements, built once: building a statement costs more than running it on SQLite.
+_e = events
+_LOCK_ROOM = (sa.select(rooms.c.latest_event_id, rooms.c.current_state_group)
+              .where(rooms.c.room_id == sa.bindparam("room_id")).with_for_update())
+_MOVE_ROOM = (sa.update(rooms).where(rooms.c.room_id == sa.bindparam("id"))
+              .values(latest_event_id=sa.bindparam("latest"),
+                      current_depth=sa.bindparam("depth"),
+                      current_state_group=sa.bindparam("group")))
+_INSERT_EVENT = sa.insert(events)
+_INSERT_TXN = sa.insert(event_txns)
+_EVENTS_BY_ID = sa.select(*_EVENT_COLUMNS).where(
+    _e.c.event_id.in_(sa.bindparam("ids", expanding=True)))
+_TXN = sa.select(event_txns.c.event_id).where(
+    event_txns.c.user_id == sa.bindparam("user_id"),
+    event_txns.c.device_id == sa.bindparam("device_id"),
+    event_txns.c.scope == sa.bindparam("scope"), event_txns.c.txn_id == sa.bindparam("txn_id"))
+_ROOMS_CHANGED = sa.select(_e.c.room_id).distinct().where(
+    _e.c.stream_ordering > sa.bindparam("after"), _e.c.stream_ordering <= sa.bindparam("upto"),
+    _e.c.room_id.in_(sa.bindparam("rooms", expanding=True)))
+_PREV_GROUP = sa.select(state_groups.c.prev_group).where(state_groups.c.id == sa.bindparam("id"))
+
+
+def _room_events_query(after: bool, upto: bool, descending: bool) -> sa.Select[Any]:
+    query = sa.select(*_EVENT_COLUMNS).where(_e.c.room_id == sa.bindparam("room_id"))
+    if after:
+        query = query.where(_e.c.stream_ordering > sa.bindparam("after"))
+    if upto:
+        query = query.where(_e.c.stream_ordering <= sa.bindparam("upto"))
+    order = _e.c.stream_ordering.desc() if descending else _e.c.stream_ordering.asc()
+    return query.order_by(order).limit(sa.bindparam("limit"))
+
+
+_ROOM_EVENTS = {(a, u, d): _room_events_query(a, u, d)
+                for a in (False, True) for u in (False, True) for d in (False, True)}
+
+
 def _to_event(r: Any) -> StoredEvent:
     return StoredEvent(
         int(r.stream_ordering), r.event_id, r.room_id, r.type, r.state_key, r.sender,
@@ -106,27 +142,23 @@ class EventStore:
         pdu = new.pdu
         state_key: str | None = pdu.get("state_key")
         async with self._db.write() as conn:
-            room = (await conn.execute(
-                sa.select(rooms.c.latest_event_id, rooms.c.current_state_group)
-                .where(rooms.c.room_id == new.room_id)
-                .with_for_update())).first()
+            room = (await conn.execute(_LOCK_ROOM, {"room_id": new.room_id})).first()
             if room is None or room.latest_event_id != expected_latest:
                 return None
             group = room.current_state_group
             if state_key is not None:
                 group = await self._add_state_group(conn, new.room_id, group,
                                                     {(pdu["type"], state_key): new.event_id})
-            await conn.execute(sa.update(rooms).where(rooms.c.room_id == new.room_id).values(
-                latest_event_id=new.event_id, current_depth=pdu["depth"],
-                current_state_group=group))
+            await conn.execute(_MOVE_ROOM, {"id": new.room_id, "latest": new.event_id,
+                                            "depth": pdu["depth"], "group": group})
             position = await self._db.next_position(conn, Stream.EVENTS)
-            await conn.execute(sa.insert(events).values(
-                stream_ordering=position, event_id=new.event_id, room_id=new.room_id,
-                type=pdu["type"], state_key=state_key, sender=pdu["sender"],
-                depth=pdu["depth"], origin_server_ts=pdu["origin_server_ts"],
-                json=jsonutil.dumps_str(pdu),
-                unsigned_json=jsonutil.dumps_str(new.unsigned) if new.unsigned else None,
-                state_group=group, device_id=new.device_id, txn_id=new.txn_id))
+            await conn.execute(_INSERT_EVENT, {
+                "stream_ordering": position, "event_id": new.event_id, "room_id": new.room_id,
+                "type": pdu["type"], "state_key": state_key, "sender": pdu["sender"],
+                "depth": pdu["depth"], "origin_server_ts": pdu["origin_server_ts"],
+                "json": jsonutil.dumps_str(pdu),
+                "unsigned_json": jsonutil.dumps_str(new.unsigned) if new.unsigned else None,
+                "state_group": group, "device_id": new.device_id, "txn_id": new.txn_id})
             if state_key is not None:
                 await self._update_current_state(conn, new, state_key, position)
             redacts = _redacts(pdu)
@@ -138,10 +170,10 @@ class EventStore:
             await record_push_actions(conn, new.push_actions, new.room_id, new.event_id,
                                       position, pdu["origin_server_ts"])
             if new.txn_id is not None and new.device_id is not None:
-                await conn.execute(sa.insert(event_txns).values(
-                    user_id=pdu["sender"], device_id=new.device_id, scope=new.txn_scope or "",
-                    txn_id=new.txn_id, event_id=new.event_id,
-                    created_ts=pdu["origin_server_ts"]))
+                await conn.execute(_INSERT_TXN, {
+                    "user_id": pdu["sender"], "device_id": new.device_id,
+                    "scope": new.txn_scope or "", "txn_id": new.txn_id,
+                    "event_id": new.event_id, "created_ts": pdu["origin_server_ts"]})
         return position
 
     async def _add_state_group(self, conn: Connection, room_id: str, prev: int | None,
@@ -193,30 +225,24 @@ class EventStore:
         if not ids:
             return {}
         async with self._db.read() as conn:
-            rows = (await conn.execute(sa.select(*_EVENT_COLUMNS)
-                                       .where(events.c.event_id.in_(ids)))).all()
+            rows = (await conn.execute(_EVENTS_BY_ID, {"ids": ids})).all()
         return {r.event_id: _to_event(r) for r in rows}
 
     async def get_txn_event_id(self, user_id: str, device_id: str, scope: str,
                                txn_id: str) -> str | None:
         async with self._db.read() as conn:
-            value = (await conn.execute(sa.select(event_txns.c.event_id).where(
-                event_txns.c.user_id == user_id, event_txns.c.device_id == device_id,
-                event_txns.c.scope == scope, event_txns.c.txn_id == txn_id))).scalar()
+            value = (await conn.execute(_TXN, {"user_id": user_id, "device_id": device_id,
+                                               "scope": scope, "txn_id": txn_id})).scalar()
         return value
 
     async def get_room_events(self, room_id: str, *, after: int | None = None,
                               upto: int | None = None, limit: int,
                               descending: bool) -> list[StoredEvent]:
         """Events of one room with ``after < stream_ordering <= upto``, newest or oldest first."""
-        query = sa.select(*_EVENT_COLUMNS).where(events.c.room_id == room_id)
-        if after is not None:
-            query = query.where(events.c.stream_ordering > after)
-        if upto is not None:
-            query = query.where(events.c.stream_ordering <= upto)
-        order = events.c.stream_ordering.desc() if descending else events.c.stream_ordering.asc()
+        query = _ROOM_EVENTS[(after is not None, upto is not None, descending)]
         async with self._db.read() as conn:
-            rows = (await conn.execute(query.order_by(order).limit(limit))).all()
+            rows = (await conn.execute(query, {"room_id": room_id, "after": after,
+                                               "upto": upto, "limit": limit})).all()
         return [_to_event(r) for r in rows]
 
     async def get_rooms_changed(self, room_ids: Sequence[str], after: int, upto: int
@@ -225,9 +251,8 @@ class EventStore:
         if not room_ids or upto <= after:
             return set()
         async with self._db.read() as conn:
-            rows = (await conn.execute(sa.select(events.c.room_id).distinct().where(
-                events.c.stream_ordering > after, events.c.stream_ordering <= upto,
-                events.c.room_id.in_(list(room_ids))))).all()
+            rows = (await conn.execute(_ROOMS_CHANGED, {"after": after, "upto": upto,
+                                                        "rooms": list(room_ids)})).all()
         return {r.room_id for r in rows}
 
     async def get_max_stream_ordering_before(self, room_id: str, upto: int) -> int | None:
@@ -251,8 +276,7 @@ class EventStore:
         if event.state_key is None:
             return await self.get_state_ids(event.state_group)
         async with self._db.read() as conn:
-            prev = (await conn.execute(sa.select(state_groups.c.prev_group).where(
-                state_groups.c.id == event.state_group))).scalar()
+            prev = (await conn.execute(_PREV_GROUP, {"id": event.state_group})).scalar()
         return await self.get_state_ids(int(prev)) if prev is not None else {}
 
     async def _state_for_group(self, conn: Connection, group: int) -> StateMap:

@@ -41,6 +41,24 @@ def _membership(r: sa.Row[tuple[object, ...]]) -> Membership:
                       int(r.stream_ordering), bool(r.forgotten), r.displayname, r.avatar_url)
 
 
+# Hot statements, built once: building a statement costs more than running it on SQLite.
+_m = room_memberships
+_GET_ROOM = sa.select(rooms).where(rooms.c.room_id == sa.bindparam("room_id"))
+_GET_MEMBERSHIP = sa.select(_m).where(_m.c.room_id == sa.bindparam("room_id"),
+                                      _m.c.user_id == sa.bindparam("user_id"))
+_USER_MEMBERSHIPS = sa.select(_m).where(_m.c.user_id == sa.bindparam("user_id"))
+_USER_MEMBERSHIPS_IN = _USER_MEMBERSHIPS.where(
+    _m.c.membership.in_(sa.bindparam("memberships", expanding=True)))
+_COUNT_MEMBERSHIPS = (sa.select(_m.c.membership, sa.func.count())
+                      .where(_m.c.room_id == sa.bindparam("room_id"))
+                      .group_by(_m.c.membership))
+_HEROES = (sa.select(_m.c.user_id)
+           .where(_m.c.room_id == sa.bindparam("room_id"),
+                  _m.c.membership.in_(["join", "invite"]),
+                  _m.c.user_id != sa.bindparam("exclude"))
+           .order_by(_m.c.user_id).limit(sa.bindparam("limit")))
+
+
 class RoomStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -57,7 +75,7 @@ class RoomStore:
 
     async def get_room(self, room_id: str) -> Room | None:
         async with self._db.read() as conn:
-            r = (await conn.execute(sa.select(rooms).where(rooms.c.room_id == room_id))).first()
+            r = (await conn.execute(_GET_ROOM, {"room_id": room_id})).first()
         if r is None:
             return None
         return Room(r.room_id, r.room_version, r.creator, bool(r.is_public), r.latest_event_id,
@@ -82,19 +100,19 @@ class RoomStore:
 
     async def get_membership(self, room_id: str, user_id: str) -> Membership | None:
         async with self._db.read() as conn:
-            r = (await conn.execute(sa.select(room_memberships).where(
-                room_memberships.c.room_id == room_id,
-                room_memberships.c.user_id == user_id))).first()
+            r = (await conn.execute(_GET_MEMBERSHIP,
+                                    {"room_id": room_id, "user_id": user_id})).first()
         return _membership(r) if r is not None else None
 
     async def get_user_memberships(self, user_id: str,
                                    memberships: Sequence[str] | None = None
                                    ) -> list[Membership]:
-        query = sa.select(room_memberships).where(room_memberships.c.user_id == user_id)
-        if memberships is not None:
-            query = query.where(room_memberships.c.membership.in_(list(memberships)))
         async with self._db.read() as conn:
-            rows = (await conn.execute(query)).all()
+            if memberships is None:
+                rows = (await conn.execute(_USER_MEMBERSHIPS, {"user_id": user_id})).all()
+            else:
+                rows = (await conn.execute(_USER_MEMBERSHIPS_IN, {
+                    "user_id": user_id, "memberships": list(memberships)})).all()
         return [_membership(r) for r in rows]
 
     async def get_room_members(self, room_id: str, memberships: Sequence[str] | None = None
@@ -108,21 +126,14 @@ class RoomStore:
 
     async def count_memberships(self, room_id: str) -> dict[str, int]:
         async with self._db.read() as conn:
-            rows = (await conn.execute(
-                sa.select(room_memberships.c.membership, sa.func.count())
-                .where(room_memberships.c.room_id == room_id)
-                .group_by(room_memberships.c.membership))).all()
+            rows = (await conn.execute(_COUNT_MEMBERSHIPS, {"room_id": room_id})).all()
         return {r[0]: int(r[1]) for r in rows}
 
     async def get_heroes(self, room_id: str, exclude: str, limit: int) -> list[str]:
         """Joined or invited members other than ``exclude``, by user ID."""
         async with self._db.read() as conn:
-            rows = (await conn.execute(
-                sa.select(room_memberships.c.user_id)
-                .where(room_memberships.c.room_id == room_id,
-                       room_memberships.c.membership.in_(["join", "invite"]),
-                       room_memberships.c.user_id != exclude)
-                .order_by(room_memberships.c.user_id).limit(limit))).all()
+            rows = (await conn.execute(_HEROES, {"room_id": room_id, "exclude": exclude,
+                                                 "limit": limit})).all()
         return [r.user_id for r in rows]
 
     async def set_forgotten(self, room_id: str, user_id: str) -> None:
