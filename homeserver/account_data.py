@@ -148,11 +148,18 @@ class AccountDataService:
 
     async def ignored_users(self, user_id: str) -> frozenset[str]:
         """``IgnoredUsers``: the keys of the user's ``m.ignored_user_list``."""
-        content = await self._store.get(user_id, None, IGNORED_USER_LIST)
-        ignored = content.get("ignored_users") if content is not None else None
-        if not isinstance(ignored, dict):
-            return frozenset()
-        return frozenset(ignored)
+        return parse_ignored_users(await self._store.get(user_id, None, IGNORED_USER_LIST))
+
+
+NOBODY: frozenset[str] = frozenset()
+
+
+def parse_ignored_users(content: JsonDict | None) -> frozenset[str]:
+    """The user IDs an ``m.ignored_user_list`` content ignores."""
+    ignored = content.get("ignored_users") if content is not None else None
+    if not isinstance(ignored, dict) or not ignored:
+        return NOBODY
+    return frozenset(ignored)
 
 
 def _range(since: StreamToken | None, now: StreamToken) -> tuple[int | None, int]:

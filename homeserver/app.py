@@ -37,7 +37,8 @@ from homeserver.notifier import Notifier
 from homeserver.presence import PresenceService
 from homeserver.profile import ProfileService
 from homeserver.push.actions import PushActionGenerator
-from homeserver.push.notifications import NotificationService
+from homeserver.push.ignored import IgnoreLists
+from homeserver.push.notifications import NotificationService, PushActionPruner
 from homeserver.push.pushers import PusherService, Unsubscriber
 from homeserver.push.sender import PusherSender
 from homeserver.push.service import AccountDataWithPushRules, PushRuleService
@@ -169,6 +170,8 @@ class Homeserver:
         self.sync.set_ignored_users(self.account_data)
         self.rooms.set_ignored_users(self.account_data)
         self.aggregations.set_ignored_users(self.account_data)
+        # Cached, for notifications: read for every member of a room as events are sent.
+        self.ignore_lists = IgnoreLists(AccountDataStore(db), self.bus)
         self.to_device = ToDeviceService(ToDeviceStore(db), self.notifier, clock,
                                          config.server_name)
         self.sync.add_global_source("to_device", self.to_device)
@@ -187,7 +190,7 @@ class Homeserver:
         self.receipts = ReceiptService(receipt_store, self.event_store, self.room_store,
                                        self.account_data, self.notifier, clock)
         self.sync.add_room_source("ephemeral", EphemeralSource(self.typing, self.receipts))
-        self.unread = UnreadCountService(PushStore(db))
+        self.unread = UnreadCountService(PushStore(db), self.ignore_lists)
         self.sync.set_unread_counts(self.unread)
 
     def _build_e2e(self, config: HomeserverConfig, db: Database) -> None:
@@ -217,18 +220,22 @@ class Homeserver:
         push_store = PushStore(db)
         self.push_rules = PushRuleService(push_store, self.account_data, self.bus)
         self.event_sender.set_push_actions(PushActionGenerator(
-            self.push_rules, push_store, self.event_store, config.server_name))
+            self.push_rules, push_store, self.event_store, config.server_name,
+            self.ignore_lists))
         self.sync.add_global_source("account_data",
                                     AccountDataWithPushRules(self.account_data, self.push_rules))
         unsubscriber = Unsubscriber(bytes(signing_key.encode()))
         self.pushers = PusherService(push_store, config.push, config.email, clock, unsubscriber,
                                      self.threepids)
-        self.push_notifications = NotificationService(push_store, self.event_store, self.rooms)
+        self.push_notifications = NotificationService(push_store, self.event_store, self.rooms,
+                                                      self.ignore_lists)
         self.pusher_sender = PusherSender(
             db, push_store, self.event_store, self.room_store, self.unread, clock, self.bus,
             config=config.push, email=config.email, presence=config.presence,
-            base_url=config.base_url, unsubscriber=unsubscriber)
+            base_url=config.base_url, unsubscriber=unsubscriber, ignored=self.ignore_lists)
         self.background_jobs.append(self.pusher_sender.run)
+        self.push_action_pruner = PushActionPruner(push_store, clock, config.push)
+        self.background_jobs.append(self.push_action_pruner.run)
         self.push_gateway_routes: list[BaseRoute] = []
         if config.push.gateway_config is not None:
             from push_gateway.app import Gateway

@@ -2,8 +2,8 @@
 
 Called by the event sender for every local event; the result commits with the event (spec,
 "Server behaviour": the new counts appear in the same /sync as the event). Only local joined
-members other than the sender are evaluated (and the invitee of an invite); only notifying
-outcomes are kept.
+members other than the sender are evaluated (and the invitee of an invite), not those who
+ignore the sender; only notifying outcomes are kept.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from cachetools import LRUCache
 from homeserver.events.auth import get_user_power_level
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.push.evaluator import CompiledRuleset, EventContext
+from homeserver.push.ignored import IgnoreLists
 from homeserver.push.service import PushRuleService
 from homeserver.storage.events import EventStore
 from homeserver.storage.push import PushAction, PushStore
@@ -40,10 +41,11 @@ class RoomMembers:
 
 class PushActionGenerator:
     def __init__(self, rules: PushRuleService, store: PushStore, events: EventStore,
-                 server_name: str) -> None:
+                 server_name: str, ignored: IgnoreLists) -> None:
         self._rules = rules
         self._store = store
         self._events = events
+        self._ignored = ignored
         self._suffix = ":" + server_name
         # Keyed by room; valid while the room's state group is the one it was read at (the
         # members only change with a state event, which makes a new group).
@@ -63,6 +65,12 @@ class PushActionGenerator:
             targets.append((invitee, None))  # spec: .m.rule.invite_for_me
         if not targets:
             return ()
+        # spec, "Ignoring Users": what they do not see must not notify them.
+        ignoring = await self._ignored.ignoring(sender, [u for u, _ in targets])
+        if ignoring:
+            targets = [(u, dn) for u, dn in targets if u not in ignoring]
+            if not targets:
+                return ()
         version = KNOWN_ROOM_VERSIONS[room.room_version]
         power_levels = auth_events.get(("m.room.power_levels", ""))
         pl_content = power_levels.get("content") if power_levels is not None else None

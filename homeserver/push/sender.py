@@ -32,6 +32,7 @@ from homeserver.config import EmailConfig, PresenceConfig, PushConfig
 from homeserver.errors import MatrixError
 from homeserver.push.email import MailedEvent, MailedRoom, Mailer
 from homeserver.push.evaluator import tweaks_of
+from homeserver.push.ignored import IgnoreLists
 from homeserver.push.pushers import Unsubscriber, check_gateway_url
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, StoredEvent
@@ -59,7 +60,7 @@ class PusherSender:
     def __init__(self, db: Database, store: PushStore, events: EventStore, rooms: RoomStore,
                  unread: UnreadCountService, clock: Clock, bus: Bus, *, config: PushConfig,
                  email: EmailConfig, presence: PresenceConfig, base_url: str,
-                 unsubscriber: Unsubscriber) -> None:
+                 unsubscriber: Unsubscriber, ignored: IgnoreLists) -> None:
         self._db = db
         self._store = store
         self._events = events
@@ -71,6 +72,7 @@ class PusherSender:
         self._presence = presence
         self._base_url = base_url
         self._unsubscriber = unsubscriber
+        self._ignored = ignored
         self._mailer = Mailer(email)
         self._worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
@@ -234,11 +236,15 @@ class PusherSender:
         counts: JsonDict = {"unread": unread} if unread else {}
         note: JsonDict = {"event_id": item.event_id, "room_id": item.room_id,
                           "counts": counts, "devices": [device]}
-        if pusher.data.get("format") == "event_id_only":
+        # Queued before the user ignored its sender: not pushed after all.
+        ignored = await self._ignored.ignored_users(pusher.user_id)
+        if pusher.data.get("format") == "event_id_only" and not ignored:
             return {"notification": note}
         event = await self._events.get_event(item.event_id)
-        if event is None:
+        if event is None or event.sender in ignored:
             return None
+        if pusher.data.get("format") == "event_id_only":
+            return {"notification": note}
         note.update({"type": event.type, "sender": event.sender,
                      "prio": "high" if tweaks.get("sound") or tweaks.get("highlight")
                      else "low"})
@@ -286,10 +292,11 @@ class PusherSender:
     async def _mailed_rooms(self, user_id: str, items: Sequence[QueuedPush]
                             ) -> list[MailedRoom]:
         loaded = await self._events.get_events(q.event_id for q in items)
+        ignored = await self._ignored.ignored_users(user_id)
         by_room: dict[str, list[StoredEvent]] = {}
         for q in items:
             event = loaded.get(q.event_id)
-            if event is not None:
+            if event is not None and event.sender not in ignored:
                 by_room.setdefault(q.room_id, []).append(event)
         state = await self._rooms.get_current_state_contents(
             list(by_room), ["m.room.name", "m.room.canonical_alias"])

@@ -66,6 +66,18 @@ class AccountDataStore:
         return [AccountData(r.room_id or None, r.type, r.content, int(r.stream_position))
                 for r in rows]
 
+    async def get_global_for_users(self, user_ids: Collection[str], data_type: str
+                                   ) -> dict[str, JsonDict]:
+        """One global type of several users (those who have it), in one query."""
+        if not user_ids:
+            return {}
+        async with self._db.read() as conn:
+            rows = (await conn.execute(sa.select(account_data.c.user_id,
+                                                 account_data.c.content).where(
+                account_data.c.user_id.in_(list(user_ids)),
+                account_data.c.room_id == GLOBAL, account_data.c.type == data_type))).all()
+        return {r.user_id: r.content for r in rows}
+
     # --- tags ------------------------------------------------------------------------------
 
     async def put_room_tag(self, user_id: str, room_id: str, tag: str,

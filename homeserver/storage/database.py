@@ -10,7 +10,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, TypeVar, TypeVarTuple, Unpack, overload
+from typing import Any, Protocol, TypeVar, TypeVarTuple, overload
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -37,12 +37,12 @@ class Connection(Protocol):
     """
 
     @overload
-    async def execute(self, statement: TypedReturnsRows[Unpack[Ts]],
-                      parameters: Params = None) -> CursorResult[Unpack[Ts]]: ...
+    async def execute(self, statement: TypedReturnsRows[*Ts],
+                      parameters: Params = None) -> CursorResult[*Ts]: ...
 
     @overload
     async def execute(self, statement: Executable,
-                      parameters: Params = None) -> CursorResult[Unpack[tuple[Any, ...]]]: ...
+                      parameters: Params = None) -> CursorResult[*tuple[Any, ...]]: ...
 
 
 _POSITIONS = sa.select(stream_positions.c.stream, stream_positions.c.position)
@@ -68,15 +68,15 @@ class SqliteConnection:
         self._conn = conn
 
     @overload
-    async def execute(self, statement: TypedReturnsRows[Unpack[Ts]],
-                      parameters: Params = None) -> CursorResult[Unpack[Ts]]: ...
+    async def execute(self, statement: TypedReturnsRows[*Ts],
+                      parameters: Params = None) -> CursorResult[*Ts]: ...
 
     @overload
     async def execute(self, statement: Executable,
-                      parameters: Params = None) -> CursorResult[Unpack[tuple[Any, ...]]]: ...
+                      parameters: Params = None) -> CursorResult[*tuple[Any, ...]]: ...
 
     async def execute(self, statement: Executable,
-                      parameters: Params = None) -> CursorResult[Unpack[tuple[Any, ...]]]:
+                      parameters: Params = None) -> CursorResult[*tuple[Any, ...]]:
         return self._conn.execute(statement, parameters)
 
 

@@ -4,6 +4,7 @@ the memberships that decide who is told about it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -26,6 +27,25 @@ class MembershipChanges:
 
     arrived: frozenset[str]
     departed: frozenset[str]
+
+
+def _membership_changes_queries() -> tuple[sa.Select[Any], sa.Select[Any]]:
+    """The user's own membership changes in a range, and those of others in the user's rooms
+    (built once: every sync wake-up runs them)."""
+    m = room_memberships
+    user_id: sa.BindParameter[str] = sa.bindparam("user_id")
+    in_range = (m.c.stream_ordering > sa.bindparam("after"),
+                m.c.stream_ordering <= sa.bindparam("upto"))
+    own = sa.select(m.c.room_id, m.c.membership).where(m.c.user_id == user_id, *in_range)
+    mine = m.alias("mine")
+    my_rooms = sa.select(mine.c.room_id).where(mine.c.user_id == user_id,
+                                               mine.c.membership == JOIN)
+    others = sa.select(m.c.user_id, m.c.membership).where(
+        m.c.room_id.in_(my_rooms), m.c.user_id != user_id, *in_range)
+    return own, others
+
+
+_OWN_CHANGES, _OTHERS_CHANGES = _membership_changes_queries()
 
 
 class DeviceListStore:
@@ -67,24 +87,18 @@ class DeviceListStore:
         Reads current memberships: one changed again after ``upto`` is seen by the next
         range instead, which is late but never lost.
         """
-        m = room_memberships
-        in_range = (m.c.stream_ordering > after, m.c.stream_ordering <= upto)
+        params = {"user_id": user_id, "after": after, "upto": upto}
         arrived: set[str] = set()
         departed: set[str] = set()
         async with self._db.read() as conn:
-            own = (await conn.execute(sa.select(m.c.room_id, m.c.membership).where(
-                m.c.user_id == user_id, *in_range))).all()
+            own = (await conn.execute(_OWN_CHANGES, params)).all()
             # The user's own joins and departures: everyone joined there arrives or departs.
             arrived |= await self._joined_members(
                 conn, [r.room_id for r in own if r.membership == JOIN], user_id)
             departed |= await self._joined_members(
                 conn, [r.room_id for r in own if r.membership in DEPARTED], user_id)
             # Others joining or leaving the rooms the user is in now.
-            mine = m.alias("mine")
-            my_rooms = sa.select(mine.c.room_id).where(mine.c.user_id == user_id,
-                                                       mine.c.membership == JOIN)
-            others = (await conn.execute(sa.select(m.c.user_id, m.c.membership).where(
-                m.c.room_id.in_(my_rooms), m.c.user_id != user_id, *in_range))).all()
+            others = (await conn.execute(_OTHERS_CHANGES, params)).all()
         for r in others:
             if r.membership == JOIN:
                 arrived.add(r.user_id)

@@ -31,6 +31,20 @@ def canonical(value: Any) -> str:
     return encode_canonical_json(value).decode()
 
 
+# Read by every sync: built once.
+_COUNT_ONE_TIME_KEYS = (
+    sa.select(e2e_one_time_keys.c.algorithm, sa.func.count())
+    .where(e2e_one_time_keys.c.user_id == sa.bindparam("user_id"),
+           e2e_one_time_keys.c.device_id == sa.bindparam("device_id"))
+    .group_by(e2e_one_time_keys.c.algorithm))
+_UNUSED_FALLBACK_KEYS = (
+    sa.select(e2e_fallback_keys.c.algorithm)
+    .where(e2e_fallback_keys.c.user_id == sa.bindparam("user_id"),
+           e2e_fallback_keys.c.device_id == sa.bindparam("device_id"),
+           e2e_fallback_keys.c.used.is_(False))
+    .order_by(e2e_fallback_keys.c.algorithm))
+
+
 @dataclass(frozen=True, slots=True)
 class NewKey:
     """A one-time or fallback key to store: ``algorithm:key_id`` and its value."""
@@ -188,9 +202,8 @@ class E2eKeyStore:
 
     async def _count(self, conn: Connection, user_id: str, device_id: str
                      ) -> dict[str, int]:
-        t = e2e_one_time_keys
-        rows = (await conn.execute(sa.select(t.c.algorithm, sa.func.count()).where(
-            t.c.user_id == user_id, t.c.device_id == device_id).group_by(t.c.algorithm))).all()
+        rows = (await conn.execute(_COUNT_ONE_TIME_KEYS,
+                                   {"user_id": user_id, "device_id": device_id})).all()
         return {r[0]: int(r[1]) for r in rows}
 
     # --- counts for sync -------------------------------------------------------------------
@@ -200,11 +213,9 @@ class E2eKeyStore:
             return await self._count(conn, user_id, device_id)
 
     async def unused_fallback_algorithms(self, user_id: str, device_id: str) -> list[str]:
-        t = e2e_fallback_keys
         async with self._db.read() as conn:
-            rows = (await conn.execute(sa.select(t.c.algorithm).where(
-                t.c.user_id == user_id, t.c.device_id == device_id, t.c.used.is_(False))
-                .order_by(t.c.algorithm))).all()
+            rows = (await conn.execute(_UNUSED_FALLBACK_KEYS,
+                                       {"user_id": user_id, "device_id": device_id})).all()
         return [r.algorithm for r in rows]
 
     # --- query -----------------------------------------------------------------------------

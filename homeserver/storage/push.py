@@ -281,10 +281,12 @@ class PushStore:
                       .group_by(both.c.room_id).subquery())
         return unthreaded, threaded.subquery()
 
-    async def count_unread(self, user_id: str, room_ids: Sequence[str] | None
+    async def count_unread(self, user_id: str, room_ids: Sequence[str] | None,
+                           ignored_senders: Collection[str] = ()
                            ) -> dict[str, dict[str, tuple[int, int]]]:
         """room -> thread -> (notifications, highlights) after the user's read marks, in one
-        query; ``room_ids`` None: every room. Rooms and threads with nothing are left out."""
+        query; ``room_ids`` None: every room. Rooms and threads with nothing are left out.
+        Events of ``ignored_senders`` do not count."""
         if room_ids is not None and not room_ids:
             return {}
         unthreaded, threaded = self._marks(user_id, room_ids)
@@ -301,6 +303,11 @@ class PushStore:
                  .group_by(epa.c.room_id, epa.c.thread_id))
         if room_ids is not None:
             query = query.where(epa.c.room_id.in_(list(room_ids)))
+        if ignored_senders:
+            # Only for users who ignore someone: the others' counts need no event row.
+            query = query.where(~sa.exists().where(
+                events.c.event_id == epa.c.event_id,
+                events.c.sender.in_(list(ignored_senders))))
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
         out: dict[str, dict[str, tuple[int, int]]] = {}
@@ -333,6 +340,34 @@ class PushStore:
             mark = max(marks.get(r.room_id, -1), thread_marks.get((r.room_id, r.thread_id), -1))
             out.append((n, n.stream_ordering <= mark))
         return out
+
+    async def prune_push_actions(self, before_ts: int, limit: int) -> int:
+        """Delete up to ``limit`` push actions made before ``before_ts`` (ms), oldest first;
+        returns how many went.
+
+        Bounded by the oldest ``limit`` rows in position order (the primary key's order, so
+        no scan of the table): push actions are written as events are, so their ``ts`` grows
+        with their position. A row younger than the cut-off among them (a clock that went
+        back) only delays the older rows behind it until it is old enough itself.
+        """
+        epa = event_push_actions
+        oldest = (sa.select(epa.c.stream_ordering, epa.c.user_id, epa.c.ts)
+                  .order_by(epa.c.stream_ordering, epa.c.user_id).limit(limit).subquery())
+        async with self._db.write() as conn:
+            rows = (await conn.execute(sa.select(oldest.c.stream_ordering, oldest.c.user_id)
+                                       .where(oldest.c.ts < before_ts))).all()
+            if not rows:
+                return 0
+            # Whole positions below the last one, then the rows of the last one: two plain
+            # range and key deletes, on both databases.
+            last = max(int(r.stream_ordering) for r in rows)
+            await conn.execute(sa.delete(epa).where(epa.c.stream_ordering < last,
+                                                    epa.c.ts < before_ts))
+            await conn.execute(sa.delete(epa).where(
+                epa.c.stream_ordering == last,
+                epa.c.user_id.in_([r.user_id for r in rows
+                                   if int(r.stream_ordering) == last])))
+        return len(rows)
 
     # --- pushers ---------------------------------------------------------------------------
 

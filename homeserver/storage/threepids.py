@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from homeserver.storage.database import Database
 from homeserver.storage.schema import threepid_sessions, threepid_tokens, user_threepids
@@ -46,6 +45,12 @@ def _session(r: Any) -> ValidationSession:
                              int(r.expires_ts))
 
 
+def _delete_session(session_id: str) -> tuple[sa.Delete, sa.Delete]:
+    """A session's tokens, then the session."""
+    return (sa.delete(threepid_tokens).where(threepid_tokens.c.session_id == session_id),
+            sa.delete(threepid_sessions).where(threepid_sessions.c.session_id == session_id))
+
+
 class ThreepidStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -79,7 +84,8 @@ class ThreepidStore:
                 user_threepids.c.medium == medium,
                 user_threepids.c.address == address))).scalar_one()
             if owner == user_id:
-                await self._delete_session(conn, session_id)
+                for statement in _delete_session(session_id):
+                    await conn.execute(statement)
         return str(owner)
 
     async def delete_threepid(self, user_id: str, medium: str, address: str) -> bool:
@@ -171,14 +177,10 @@ class ThreepidStore:
 
     async def delete_session(self, session_id: str) -> bool:
         """Use the session up; False if it was gone already (used by a concurrent request)."""
+        tokens, session = _delete_session(session_id)
         async with self._db.write() as conn:
-            return await self._delete_session(conn, session_id)
-
-    async def _delete_session(self, conn: AsyncConnection, session_id: str) -> bool:
-        await conn.execute(sa.delete(threepid_tokens)
-                           .where(threepid_tokens.c.session_id == session_id))
-        result = await conn.execute(sa.delete(threepid_sessions)
-                                    .where(threepid_sessions.c.session_id == session_id))
+            await conn.execute(tokens)
+            result = await conn.execute(session)
         return bool(result.rowcount)
 
     async def delete_expired(self, before: int) -> None:

@@ -29,6 +29,11 @@ class ToDeviceMessage:
     stream_position: int
 
 
+_ANY_PENDING = sa.select(device_inbox.c.stream_position).where(
+    device_inbox.c.user_id == sa.bindparam("user_id"),
+    device_inbox.c.device_id == sa.bindparam("device_id")).limit(1)
+
+
 class ToDeviceStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -83,8 +88,8 @@ class ToDeviceStore:
         where = (device_inbox.c.user_id == user_id, device_inbox.c.device_id == device_id)
         async with self._db.read() as conn:
             # Most syncs find an empty inbox: no write transaction for them.
-            pending = (await conn.execute(sa.select(device_inbox.c.stream_position)
-                                          .where(*where).limit(1))).first()
+            pending = (await conn.execute(_ANY_PENDING, {"user_id": user_id,
+                                                         "device_id": device_id})).first()
         if pending is None:
             return []
         async with self._db.write() as conn:
