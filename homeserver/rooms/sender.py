@@ -6,9 +6,11 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 from weakref import WeakValueDictionary
+
+from cachetools import LRUCache
 
 from homeserver.clock import Clock
 from homeserver.errors import Codes, MatrixError
@@ -25,7 +27,7 @@ from homeserver.events.format import (
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from homeserver.keys import SigningKey
 from homeserver.notifier import Notifier
-from homeserver.storage.events import EventStore, NewEvent
+from homeserver.storage.events import DuplicateTxn, EventStore, NewEvent
 from homeserver.storage.push import PushAction
 from homeserver.storage.rooms import Room, RoomStore
 from homeserver.streams import Stream
@@ -70,6 +72,9 @@ class EventSender:
         # One builder at a time per room on this worker; other workers are kept out by the
         # compare-and-swap in EventStore.persist_event.
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
+        # Each room's row as this worker last moved it on. Only a starting guess: a stale one
+        # fails the compare-and-swap and the room is read again.
+        self._heads: LRUCache[str, Room] = LRUCache(maxsize=10_000)
         self._push: PushActions | None = None
 
     def set_push_actions(self, push: PushActions) -> None:
@@ -121,24 +126,35 @@ class EventSender:
         if lock is None:
             lock = self._locks[room_id] = asyncio.Lock()
         async with lock:
-            for _ in range(MAX_BUILD_ATTEMPTS):
-                if txn is not None:
-                    # A retry of the same transaction raced this one (here, or on another
-                    # worker, whose commit then moved the room on): its event is the answer.
-                    known = await self._known_txn(sender, txn)
-                    if known is not None:
-                        return known
-                room = await self._rooms.get_room(room_id)
-                if room is None or room.current_state_group is None:
-                    raise MatrixError(Codes.NOT_FOUND, "Unknown room")
+            for attempt in range(MAX_BUILD_ATTEMPTS):
+                room = self._heads.get(room_id) if attempt == 0 else None
+                if room is None:
+                    room = await self._rooms.get_room(room_id)
+                    if room is None or room.current_state_group is None:
+                        raise MatrixError(Codes.NOT_FOUND, "Unknown room")
                 new = await self._build(room, sender, event_type, content, state_key, txn,
                                         redacts)
-                position = await self._events.persist_event(new, room.latest_event_id)
+                try:
+                    position = await self._events.persist_event(new, room.latest_event_id)
+                except DuplicateTxn:
+                    # A retry of the same transaction raced this one (here, or on another
+                    # worker): its event is the answer.
+                    assert txn is not None
+                    known = await self._known_txn(sender, txn)
+                    if known is None:
+                        raise
+                    return known
                 if position is not None:
                     break
+                self._heads.pop(room_id, None)
             else:
                 raise MatrixError(Codes.UNKNOWN, "The room is too busy, try again",
                                   status=503)
+            if state_key is None:
+                self._heads[room_id] = replace(room, latest_event_id=new.event_id,
+                                               current_depth=new.pdu["depth"])
+            else:  # a new state group, which only the store knows: read the room next time
+                self._heads.pop(room_id, None)
         concerned = (state_key,) if event_type == "m.room.member" and state_key else ()
         await self._notifier.notify(Stream.EVENTS, position, room_id=room_id,
                                     user_ids=concerned)

@@ -60,6 +60,10 @@ class StoredEvent:
         return self.state_key is not None
 
 
+class DuplicateTxn(Exception):
+    """The event's transaction ID was taken by another event: nothing was persisted."""
+
+
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     """An event ready to persist, with what its persistence must also record."""
@@ -90,7 +94,6 @@ _MOVE_ROOM = (sa.update(rooms).where(rooms.c.room_id == sa.bindparam("id"))
                       current_depth=sa.bindparam("depth"),
                       current_state_group=sa.bindparam("group")))
 _INSERT_EVENT = sa.insert(events)
-_INSERT_TXN = sa.insert(event_txns)
 _EVENTS_BY_ID = sa.select(*_EVENT_COLUMNS).where(
     _e.c.event_id.in_(sa.bindparam("ids", expanding=True)))
 _TXN = sa.select(event_txns.c.event_id).where(
@@ -137,7 +140,8 @@ class EventStore:
         """Persist one event as the room's new forward extremity, in one transaction.
 
         Returns its stream position, or None when the room's latest event is no longer
-        ``expected_latest`` (another writer got there first: rebuild and try again).
+        ``expected_latest`` (another writer got there first: rebuild and try again). Raises
+        ``DuplicateTxn`` when a retry of the same transaction persisted its event first.
         """
         pdu = new.pdu
         state_key: str | None = pdu.get("state_key")
@@ -170,10 +174,13 @@ class EventStore:
             await record_push_actions(conn, new.push_actions, new.room_id, new.event_id,
                                       position, pdu["origin_server_ts"])
             if new.txn_id is not None and new.device_id is not None:
-                await conn.execute(_INSERT_TXN, {
+                taken = await conn.execute(self._db.insert_ignore(event_txns, {
                     "user_id": pdu["sender"], "device_id": new.device_id,
                     "scope": new.txn_scope or "", "txn_id": new.txn_id,
-                    "event_id": new.event_id, "created_ts": pdu["origin_server_ts"]})
+                    "event_id": new.event_id, "created_ts": pdu["origin_server_ts"]},
+                    keys=("user_id", "device_id", "scope", "txn_id")))
+                if taken.rowcount == 0:
+                    raise DuplicateTxn(new.txn_id)  # rolls the whole transaction back
         return position
 
     async def _add_state_group(self, conn: Connection, room_id: str, prev: int | None,
