@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -40,7 +41,7 @@ def _state(r: sa.Row[tuple[object, ...]]) -> PresenceState:
                          int(r.last_sync_ts), bool(r.currently_active), int(r.stream_position))
 
 
-def _sharing_users(user_id: str) -> sa.Select[tuple[str]]:
+def _sharing_users(user_id: str | sa.BindParameter[str]) -> sa.Select[tuple[str]]:
     """Users joined to a room that ``user_id`` is joined to (themselves included)."""
     mine = room_memberships.alias("mine")
     theirs = room_memberships.alias("theirs")
@@ -48,6 +49,40 @@ def _sharing_users(user_id: str) -> sa.Select[tuple[str]]:
             .join(mine, mine.c.room_id == theirs.c.room_id)
             .where(mine.c.user_id == user_id, mine.c.membership == "join",
                    theirs.c.membership == "join"))
+
+
+def _newly_shared_query(exclude_offline: bool) -> sa.Select[Any]:
+    """Presence of users who began to share a room with :user_id in (:after, :upto]."""
+    mine = room_memberships.alias("mine")
+    theirs = room_memberships.alias("theirs")
+    after: sa.BindParameter[int] = sa.bindparam("after")
+    upto: sa.BindParameter[int] = sa.bindparam("upto")
+    joined = sa.or_(sa.and_(mine.c.stream_ordering > after, mine.c.stream_ordering <= upto),
+                    sa.and_(theirs.c.stream_ordering > after, theirs.c.stream_ordering <= upto))
+    user_id: sa.BindParameter[str] = sa.bindparam("user_id")
+    newcomers = (sa.select(theirs.c.user_id)
+                 .join(mine, mine.c.room_id == theirs.c.room_id)
+                 .where(mine.c.user_id == user_id, mine.c.membership == "join",
+                        theirs.c.membership == "join", theirs.c.user_id != user_id, joined))
+    query = sa.select(presence).where(presence.c.user_id.in_(newcomers))
+    if exclude_offline:
+        query = query.where(presence.c.state != OFFLINE)
+    return query.order_by(presence.c.user_id)
+
+
+def _changed_query() -> sa.Select[Any]:
+    user_id: sa.BindParameter[str] = sa.bindparam("user_id")
+    return (sa.select(presence)
+            .where(presence.c.stream_position > sa.bindparam("after"),
+                   presence.c.stream_position <= sa.bindparam("upto"),
+                   sa.or_(presence.c.user_id == user_id,
+                          presence.c.user_id.in_(_sharing_users(user_id))))
+            .order_by(presence.c.user_id))
+
+
+# Every incremental sync runs these: built once.
+_NEWLY_SHARED = {exclude: _newly_shared_query(exclude) for exclude in (False, True)}
+_CHANGED = _changed_query()
 
 
 class PresenceStore:
@@ -131,35 +166,18 @@ class PresenceStore:
                           ) -> list[PresenceState]:
         """States moved in (since, upto] of users who share a room with ``user_id``, and
         of ``user_id`` themselves."""
-        query = (sa.select(presence)
-                 .where(presence.c.stream_position > since,
-                        presence.c.stream_position <= upto,
-                        sa.or_(presence.c.user_id == user_id,
-                               presence.c.user_id.in_(_sharing_users(user_id))))
-                 .order_by(presence.c.user_id))
         async with self._db.read() as conn:
-            rows = (await conn.execute(query)).all()
+            rows = (await conn.execute(_CHANGED, {"user_id": user_id, "after": since,
+                                                  "upto": upto})).all()
         return [_state(r) for r in rows]
 
     async def get_newly_shared(self, user_id: str, since_event: int, upto_event: int,
                                exclude_offline: bool = True) -> list[PresenceState]:
         """Current states of users who began to share a room with ``user_id`` (either joined)
         in (since_event, upto_event] of the events stream."""
-        mine = room_memberships.alias("mine")
-        theirs = room_memberships.alias("theirs")
-        joined = sa.or_(
-            sa.and_(mine.c.stream_ordering > since_event, mine.c.stream_ordering <= upto_event),
-            sa.and_(theirs.c.stream_ordering > since_event,
-                    theirs.c.stream_ordering <= upto_event))
-        newcomers = (sa.select(theirs.c.user_id)
-                     .join(mine, mine.c.room_id == theirs.c.room_id)
-                     .where(mine.c.user_id == user_id, mine.c.membership == "join",
-                            theirs.c.membership == "join", theirs.c.user_id != user_id, joined))
-        query = sa.select(presence).where(presence.c.user_id.in_(newcomers))
-        if exclude_offline:
-            query = query.where(presence.c.state != OFFLINE)
         async with self._db.read() as conn:
-            rows = (await conn.execute(query.order_by(presence.c.user_id))).all()
+            rows = (await conn.execute(_NEWLY_SHARED[exclude_offline], {
+                "user_id": user_id, "after": since_event, "upto": upto_event})).all()
         return [_state(r) for r in rows]
 
     async def get_all_shared(self, user_id: str, upto: int) -> list[PresenceState]:
