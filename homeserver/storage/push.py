@@ -21,7 +21,9 @@ from homeserver.storage.schema import (
     pushers,
     receipts,
     room_memberships,
+    stream_positions,
 )
+from homeserver.streams import Stream
 from homeserver.types import JsonDict
 
 READ_RECEIPTS = ("m.read", "m.read.private")
@@ -404,8 +406,13 @@ class PushStore:
                    "lang": lang, "data": data, "device_id": device_id,
                    "pushkey_ts": int(current.pushkey_ts) if current is not None else ts}
             if current is None:
+                # A new pusher hears of events from now on, not of those the sender has yet
+                # to reach (as Synapse's last_stream_ordering).
+                start = (await conn.execute(sa.select(stream_positions.c.position).where(
+                    stream_positions.c.stream == Stream.EVENTS.value))).scalar()
                 await conn.execute(sa.insert(pushers).values(
-                    **row, attempts=0, next_attempt_ts=0, claimed_until=0))
+                    **row, attempts=0, next_attempt_ts=0, claimed_until=0,
+                    start_stream_ordering=int(start or 0)))
             else:
                 await conn.execute(sa.update(pushers).where(
                     pushers.c.app_id == app_id, pushers.c.pushkey == pushkey,
@@ -461,7 +468,9 @@ class PushStore:
                 return [], upto
             rows = (await conn.execute(
                 sa.select(epa, pushers.c.id.label("pusher_id"))
-                .join(pushers, pushers.c.user_id == epa.c.user_id)
+                .join(pushers, sa.and_(
+                    pushers.c.user_id == epa.c.user_id,
+                    epa.c.stream_ordering > pushers.c.start_stream_ordering))
                 .where(epa.c.stream_ordering > after, epa.c.stream_ordering <= reach)
                 .order_by(epa.c.stream_ordering))).all()
             ids = sorted({int(r.pusher_id) for r in rows})

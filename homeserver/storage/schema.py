@@ -446,6 +446,8 @@ pushers = sa.Table(
     sa.Column("data", sa.JSON, nullable=False),
     sa.Column("pushkey_ts", BigInt, nullable=False),  # ms
     sa.Column("device_id", sa.Text, nullable=True),  # the device that set it
+    # The events position when it was created: it is not pushed what came before.
+    sa.Column("start_stream_ordering", BigInt, nullable=False, default=0),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),  # failures in a row
     sa.Column("next_attempt_ts", BigInt, nullable=False, default=0),
     sa.Column("claimed_by", sa.Text, nullable=True),
