@@ -23,9 +23,12 @@ Hooked into ``bench/scenarios.py`` like ``scenario_ws``: ``"media"`` in ``SCENAR
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator
+
+import aiohttp
 
 from bench.client import MatrixCallError, User
 from bench.media_files import MIB, blob, photo, stream
@@ -37,6 +40,8 @@ THUMBNAIL_REPEATS = 10
 THUMBNAIL_BOX = {"width": "96", "height": "96"}
 METHODS = ("scale", "crop")
 IMAGE_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
+# A request that fails is counted and the part goes on.
+REQUEST_ERRORS = (MatrixCallError, aiohttp.ClientError, TimeoutError)
 
 
 def _transfer_figures(what: str) -> dict[str, Figure]:
@@ -92,9 +97,9 @@ async def _uploads(bench: Bench, user: User, mib: int, count: int,
     seeds = [f"{bench.run_id}-{mib}mib-{i}" for i in range(count)]
     if streamed:
         bodies: list[bytes] = []
-        digests = [_stream_digest(size, seed) for seed in seeds]
+        digests = [await asyncio.to_thread(_stream_digest, size, seed) for seed in seeds]
     else:
-        bodies = [blob(size, seed) for seed in seeds]
+        bodies = [await asyncio.to_thread(blob, size, seed) for seed in seeds]
         digests = [hashlib.sha256(body).hexdigest() for body in bodies]
     uploaded: list[tuple[str, str]] = []
     samples: list[float] = []
@@ -110,7 +115,7 @@ async def _uploads(bench: Bench, user: User, mib: int, count: int,
             try:
                 mxc = await bench.mx.upload(user, data, size, "application/octet-stream",
                                             f"bench-{mib}mib-{i}.bin")
-            except MatrixCallError as e:
+            except REQUEST_ERRORS as e:
                 _failed(bench, result, e)
                 continue
             samples.append((time.perf_counter() - start) * 1000)
@@ -145,7 +150,7 @@ async def _downloads(bench: Bench, user: User, mib: int, uploaded: list[tuple[st
                 start = time.perf_counter()
                 try:
                     body, _ = await bench.mx.media(user, "download", mxc)
-                except MatrixCallError as e:
+                except REQUEST_ERRORS as e:
                     _failed(bench, result, e)
                     continue
                 samples.append((time.perf_counter() - start) * 1000)
@@ -165,7 +170,10 @@ def _failed(bench: Bench, result: Result, error: object) -> None:
 
 async def _thumbnails(bench: Bench, user: User, fmt: str, count: int) -> Result:
     content_type = IMAGE_TYPES[fmt]
-    images = [photo(f"{bench.run_id}-{i}", fmt) for i in range(count)]
+    # Made in a thread: a PNG takes a second to encode, and an event loop blocked for longer
+    # than the server's keep-alive timeout (uvicorn: 5 s) would send the next upload on a
+    # connection the server has closed meanwhile (a broken pipe).
+    images = [await asyncio.to_thread(photo, f"{bench.run_id}-{i}", fmt) for i in range(count)]
     mean_mib = sum(map(len, images)) / len(images) / MIB
     result = Result(f"media_thumbnail_{fmt.lower()}",
                     f"{count} {fmt} images of 2000x1500 ({mean_mib:.1f} MiB on average): "
@@ -180,7 +188,7 @@ async def _thumbnails(bench: Bench, user: User, fmt: str, count: int) -> Result:
         try:
             _, got_type = await bench.mx.media(user, "thumbnail", mxc,
                                                {**THUMBNAIL_BOX, "method": method})
-        except MatrixCallError as e:
+        except REQUEST_ERRORS as e:
             _failed(bench, result, e)
             return
         samples.append((time.perf_counter() - start) * 1000)
@@ -197,7 +205,7 @@ async def _thumbnails(bench: Bench, user: User, fmt: str, count: int) -> Result:
             try:
                 mxc = await bench.mx.upload(user, data, len(data), content_type,
                                             f"photo-{i}.{fmt.lower()}")
-            except MatrixCallError as e:
+            except REQUEST_ERRORS as e:
                 _failed(bench, result, e)
                 continue
             uploads.append((time.perf_counter() - start) * 1000)
