@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from homeserver.storage.database import Database
+from homeserver.storage.database import Connection, Database
 from homeserver.storage.schema import (
     event_push_actions,
     events,
@@ -122,7 +122,7 @@ class PendingAction:
     ts: int
 
 
-async def record_push_actions(conn: AsyncConnection, actions: Sequence[PushAction],
+async def record_push_actions(conn: Connection, actions: Sequence[PushAction],
                               room_id: str, event_id: str, stream_ordering: int,
                               ts: int) -> None:
     """Inside the event's persist transaction: one row per notified member."""
@@ -138,6 +138,62 @@ def _pusher(r: Any) -> Pusher:
     return Pusher(int(r.id), r.user_id, r.kind, r.app_id, r.pushkey, r.app_display_name,
                   r.device_display_name, r.profile_tag, r.lang, r.data, int(r.pushkey_ts),
                   r.device_id, int(r.attempts))
+
+
+@functools.cache
+def _marks(*, with_rooms: bool) -> tuple[sa.Subquery, sa.Subquery]:
+    """Read marks of :user_id (in :rooms): per room (unthreaded receipts and the user's own
+    latest event, which the spec counts as a receipt), and per room and thread (threaded
+    receipts, "main" too). Built once per shape: building costs more than running."""
+    user_id: sa.BindParameter[str] = sa.bindparam("user_id")
+    unthreaded_receipts = (
+        sa.select(receipts.c.room_id.label("room_id"),
+                  receipts.c.event_stream_ordering.label("mark"))
+        .where(receipts.c.user_id == user_id, receipts.c.receipt_type.in_(READ_RECEIPTS),
+               receipts.c.thread_id == UNTHREADED))
+    own = (sa.select(events.c.room_id.label("room_id"),
+                     sa.func.max(events.c.stream_ordering).label("mark"))
+           .where(events.c.sender == user_id).group_by(events.c.room_id))
+    threaded = (sa.select(receipts.c.room_id, receipts.c.thread_id,
+                          sa.func.max(receipts.c.event_stream_ordering).label("mark"))
+                .where(receipts.c.user_id == user_id,
+                       receipts.c.receipt_type.in_(READ_RECEIPTS),
+                       receipts.c.thread_id != UNTHREADED)
+                .group_by(receipts.c.room_id, receipts.c.thread_id))
+    if with_rooms:
+        rooms: sa.BindParameter[list[str]] = sa.bindparam("rooms", expanding=True)
+        unthreaded_receipts = unthreaded_receipts.where(receipts.c.room_id.in_(rooms))
+        own = own.where(events.c.room_id.in_(rooms))
+        threaded = threaded.where(receipts.c.room_id.in_(rooms))
+    both = sa.union_all(unthreaded_receipts, own).subquery()
+    unthreaded = (sa.select(both.c.room_id, sa.func.max(both.c.mark).label("mark"))
+                  .group_by(both.c.room_id).subquery())
+    return unthreaded, threaded.subquery()
+
+
+@functools.cache
+def _count_unread(*, with_rooms: bool, with_ignored: bool) -> sa.Select[Any]:
+    """Notifications and highlights of :user_id after the read marks, by room and thread."""
+    unthreaded, threaded = _marks(with_rooms=with_rooms)
+    epa = event_push_actions
+    query = (sa.select(epa.c.room_id, epa.c.thread_id, sa.func.count().label("n"),
+                       sa.func.sum(sa.case((epa.c.highlight, 1), else_=0)).label("h"))
+             .select_from(epa)
+             .outerjoin(unthreaded, unthreaded.c.room_id == epa.c.room_id)
+             .outerjoin(threaded, sa.and_(threaded.c.room_id == epa.c.room_id,
+                                          threaded.c.thread_id == epa.c.thread_id))
+             .where(epa.c.user_id == sa.bindparam("user_id"),
+                    epa.c.stream_ordering > sa.func.coalesce(unthreaded.c.mark, -1),
+                    epa.c.stream_ordering > sa.func.coalesce(threaded.c.mark, -1))
+             .group_by(epa.c.room_id, epa.c.thread_id))
+    if with_rooms:
+        query = query.where(epa.c.room_id.in_(sa.bindparam("rooms", expanding=True)))
+    if with_ignored:
+        # Only for users who ignore someone: the others' counts need no event row.
+        query = query.where(~sa.exists().where(
+            events.c.event_id == epa.c.event_id,
+            events.c.sender.in_(sa.bindparam("ignored", expanding=True))))
+    return query
 
 
 class PushStore:
@@ -255,33 +311,16 @@ class PushStore:
 
     # --- counts and notifications ------------------------------------------------------------
 
-    def _marks(self, user_id: str, room_ids: Sequence[str] | None
-               ) -> tuple[sa.Subquery, sa.Subquery]:
-        """Read marks: per room (unthreaded receipts and the user's own latest event, which
-        spec counts as a receipt), and per room and thread (threaded receipts, "main" too)."""
-        unthreaded_receipts = (
-            sa.select(receipts.c.room_id.label("room_id"),
-                      receipts.c.event_stream_ordering.label("mark"))
-            .where(receipts.c.user_id == user_id, receipts.c.receipt_type.in_(READ_RECEIPTS),
-                   receipts.c.thread_id == UNTHREADED))
-        own = (sa.select(events.c.room_id.label("room_id"),
-                         sa.func.max(events.c.stream_ordering).label("mark"))
-               .where(events.c.sender == user_id).group_by(events.c.room_id))
-        threaded = (sa.select(receipts.c.room_id, receipts.c.thread_id,
-                              sa.func.max(receipts.c.event_stream_ordering).label("mark"))
-                    .where(receipts.c.user_id == user_id,
-                           receipts.c.receipt_type.in_(READ_RECEIPTS),
-                           receipts.c.thread_id != UNTHREADED)
-                    .group_by(receipts.c.room_id, receipts.c.thread_id))
-        if room_ids is not None:
-            rooms = list(room_ids)
-            unthreaded_receipts = unthreaded_receipts.where(receipts.c.room_id.in_(rooms))
-            own = own.where(events.c.room_id.in_(rooms))
-            threaded = threaded.where(receipts.c.room_id.in_(rooms))
-        both = sa.union_all(unthreaded_receipts, own).subquery()
-        unthreaded = (sa.select(both.c.room_id, sa.func.max(both.c.mark).label("mark"))
-                      .group_by(both.c.room_id).subquery())
-        return unthreaded, threaded.subquery()
+    async def _read_marks(self, conn: Connection, user_id: str, room_ids: Sequence[str]
+                          ) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+        """The user's read marks in the rooms: per room, and per (room, thread)."""
+        unthreaded, threaded = _marks(with_rooms=True)
+        params = {"user_id": user_id, "rooms": list(room_ids)}
+        marks = {r.room_id: int(r.mark) for r in
+                 (await conn.execute(sa.select(unthreaded), params)).all() if r.mark is not None}
+        thread_marks = {(r.room_id, r.thread_id): int(r.mark) for r in
+                        (await conn.execute(sa.select(threaded), params)).all()}
+        return marks, thread_marks
 
     async def count_unread(self, user_id: str, room_ids: Sequence[str] | None,
                            ignored_senders: Collection[str] = ()
@@ -291,27 +330,11 @@ class PushStore:
         Events of ``ignored_senders`` do not count."""
         if room_ids is not None and not room_ids:
             return {}
-        unthreaded, threaded = self._marks(user_id, room_ids)
-        epa = event_push_actions
-        query = (sa.select(epa.c.room_id, epa.c.thread_id, sa.func.count().label("n"),
-                           sa.func.sum(sa.case((epa.c.highlight, 1), else_=0)).label("h"))
-                 .select_from(epa)
-                 .outerjoin(unthreaded, unthreaded.c.room_id == epa.c.room_id)
-                 .outerjoin(threaded, sa.and_(threaded.c.room_id == epa.c.room_id,
-                                              threaded.c.thread_id == epa.c.thread_id))
-                 .where(epa.c.user_id == user_id,
-                        epa.c.stream_ordering > sa.func.coalesce(unthreaded.c.mark, -1),
-                        epa.c.stream_ordering > sa.func.coalesce(threaded.c.mark, -1))
-                 .group_by(epa.c.room_id, epa.c.thread_id))
-        if room_ids is not None:
-            query = query.where(epa.c.room_id.in_(list(room_ids)))
-        if ignored_senders:
-            # Only for users who ignore someone: the others' counts need no event row.
-            query = query.where(~sa.exists().where(
-                events.c.event_id == epa.c.event_id,
-                events.c.sender.in_(list(ignored_senders))))
+        query = _count_unread(with_rooms=room_ids is not None, with_ignored=bool(ignored_senders))
         async with self._db.read() as conn:
-            rows = (await conn.execute(query)).all()
+            rows = (await conn.execute(query, {
+                "user_id": user_id, "rooms": list(room_ids or ()),
+                "ignored": list(ignored_senders)})).all()
         out: dict[str, dict[str, tuple[int, int]]] = {}
         for r in rows:
             out.setdefault(r.room_id, {})[r.thread_id] = (int(r.n), int(r.h or 0))
@@ -329,12 +352,8 @@ class PushStore:
         query = query.order_by(epa.c.stream_ordering.desc()).limit(limit)
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
-            room_ids = sorted({r.room_id for r in rows})
-            unthreaded, threaded = self._marks(user_id, room_ids)
-            marks = {r.room_id: int(r.mark) for r in
-                     (await conn.execute(sa.select(unthreaded))).all() if r.mark is not None}
-            thread_marks = {(r.room_id, r.thread_id): int(r.mark) for r in
-                            (await conn.execute(sa.select(threaded))).all()}
+            marks, thread_marks = await self._read_marks(
+                conn, user_id, sorted({r.room_id for r in rows}))
         out = []
         for r in rows:
             n = Notification(r.room_id, r.event_id, int(r.stream_ordering), r.thread_id,
@@ -437,7 +456,7 @@ class PushStore:
                 pushers.c.device_id.in_(list(device_ids))))).scalars().all()
             await self._delete_pushers(conn, [int(i) for i in ids])
 
-    async def _delete_pushers(self, conn: AsyncConnection, ids: list[int]) -> None:
+    async def _delete_pushers(self, conn: Connection, ids: list[int]) -> None:
         if ids:
             await conn.execute(sa.delete(push_queue).where(push_queue.c.pusher_id.in_(ids)))
             await conn.execute(sa.delete(pushers).where(pushers.c.id.in_(ids)))
@@ -563,11 +582,8 @@ class PushStore:
                                                  epa.c.stream_ordering).where(
                 epa.c.user_id == user_id,
                 epa.c.stream_ordering.in_(list(stream_orderings))))).all()
-            unthreaded, threaded = self._marks(user_id, sorted({r.room_id for r in rows}))
-            marks = {r.room_id: int(r.mark) for r in
-                     (await conn.execute(sa.select(unthreaded))).all() if r.mark is not None}
-            thread_marks = {(r.room_id, r.thread_id): int(r.mark) for r in
-                            (await conn.execute(sa.select(threaded))).all()}
+            marks, thread_marks = await self._read_marks(
+                conn, user_id, sorted({r.room_id for r in rows}))
         return {int(r.stream_ordering) for r in rows
                 if int(r.stream_ordering) > max(marks.get(r.room_id, -1),
                                                 thread_marks.get((r.room_id, r.thread_id), -1))}
