@@ -45,6 +45,10 @@ from homeserver.unread import UnreadCountService
 logger = logging.getLogger(__name__)
 
 ENQUEUE_BATCH_EVENTS = 200
+# A scanned range with nothing to push is saved at most this often (a restart rescans it).
+CURSOR_SAVE_INTERVAL_MS = 10_000
+# After a wake-up, events of the next moment are gathered into the same round.
+GATHER_S = 0.02
 CLAIM_BATCH = 20
 QUEUE_BATCH = 100
 LEASE_MS = 5 * 60 * 1000  # a worker that dies holding a pusher frees it after this
@@ -76,6 +80,10 @@ class PusherSender:
         self._mailer = Mailer(email)
         self._worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
+        # Events up to here were looked at and had nothing to queue; the stored cursor may be
+        # behind (it is saved with queued pushes, or every CURSOR_SAVE_INTERVAL_MS).
+        self._scanned = 0
+        self._cursor_saved_ms = clock.now_ms()
         self._http: httpx.AsyncClient | None = None
         bus.subscribe(self._on_wakeup)
 
@@ -95,6 +103,7 @@ class PusherSender:
                     # asyncio.timeout, not wait_for: wait_for can swallow a cancellation.
                     async with asyncio.timeout(self._config.poll_interval_ms / 1000):
                         await self._wake.wait()
+                    await asyncio.sleep(GATHER_S)
                 except TimeoutError:
                     pass
         finally:
@@ -110,9 +119,20 @@ class PusherSender:
 
     async def enqueue_new(self) -> None:
         upto = (await self._db.current_positions()).get(Stream.EVENTS, 0)
+        if upto <= self._scanned:
+            return
         cursor = await self._store.get_cursor(upto)
-        while cursor < upto:
-            pending, reach = await self._store.get_pending(cursor, upto, ENQUEUE_BATCH_EVENTS)
+        while max(cursor, self._scanned) < upto:
+            if self._scanned > cursor and \
+                    self._clock.now_ms() - self._cursor_saved_ms > CURSOR_SAVE_INTERVAL_MS:
+                # Save the skipped range now and then, so a restart does not rescan it all.
+                if not await self._store.enqueue([], cursor, self._scanned):
+                    cursor = await self._store.get_cursor(upto)
+                    continue
+                cursor = self._scanned
+                self._cursor_saved_ms = self._clock.now_ms()
+            start = max(cursor, self._scanned)
+            pending, reach = await self._store.get_pending(start, upto, ENQUEUE_BATCH_EVENTS)
             now = self._clock.now_ms()
             connected: set[str] = set()
             if self._config.only_when_offline and self._presence.enabled:
@@ -132,10 +152,17 @@ class PusherSender:
                 rows.append(QueuedPush(pusher.id, action.stream_ordering, action.user_id,
                                        action.room_id, action.event_id, action.actions_json,
                                        action.ts, due))
+            if not rows:
+                # Nothing to queue: move on in memory, without a write transaction per event.
+                # Whoever scans this range again finds nothing either (push actions commit
+                # with their event, below ``upto``).
+                self._scanned = reach
+                continue
             if not await self._store.enqueue(rows, cursor, reach):
                 cursor = await self._store.get_cursor(upto)  # another worker did it
                 continue
-            cursor = reach
+            cursor = self._scanned = reach
+            self._cursor_saved_ms = self._clock.now_ms()
 
     # --- deliver -----------------------------------------------------------------------------
 

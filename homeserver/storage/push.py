@@ -140,6 +140,17 @@ def _pusher(r: Any) -> Pusher:
                   r.device_id, int(r.attempts))
 
 
+_CURSOR = sa.select(push_cursors.c.stream_ordering).where(
+    push_cursors.c.name == sa.bindparam("name"))
+# Pushers with something due and no back-off, not held by a live claim.
+_CLAIMABLE = (sa.select(pushers.c.id)
+              .where(pushers.c.next_attempt_ts <= sa.bindparam("now"),
+                     pushers.c.claimed_until <= sa.bindparam("now"),
+                     sa.exists().where(push_queue.c.pusher_id == pushers.c.id,
+                                       push_queue.c.due_ts <= sa.bindparam("now")))
+              .order_by(pushers.c.next_attempt_ts, pushers.c.id).limit(sa.bindparam("limit")))
+
+
 @functools.cache
 def _marks(*, with_rooms: bool) -> tuple[sa.Subquery, sa.Subquery]:
     """Read marks of :user_id (in :rooms): per room (unthreaded receipts and the user's own
@@ -465,6 +476,10 @@ class PushStore:
 
     async def get_cursor(self, upto: int) -> int:
         """Where the sender stopped; a new database starts at ``upto`` (no old news)."""
+        async with self._db.read() as conn:
+            value = (await conn.execute(_CURSOR, {"name": PUSHER_CURSOR})).scalar()
+        if value is not None:
+            return int(value)
         async with self._db.write() as conn:
             await conn.execute(self._db.insert_ignore(
                 push_cursors, {"name": PUSHER_CURSOR, "stream_ordering": upto}, keys=("name",)))
@@ -521,14 +536,13 @@ class PushStore:
                             limit: int) -> list[Pusher]:
         """Pushers with something due and no back-off, not held by a live claim: now held by
         ``claim`` (unique to this call) until ``now + lease_ms``."""
-        due = sa.exists().where(push_queue.c.pusher_id == pushers.c.id,
-                                push_queue.c.due_ts <= now)
+        params = {"now": now, "limit": limit}
+        async with self._db.read() as conn:
+            # Mostly there is nothing due: a read, and no write transaction, says so.
+            if (await conn.execute(_CLAIMABLE, params)).first() is None:
+                return []
         async with self._db.write() as conn:
-            ids = (await conn.execute(
-                sa.select(pushers.c.id).where(pushers.c.next_attempt_ts <= now,
-                                              pushers.c.claimed_until <= now, due)
-                .order_by(pushers.c.next_attempt_ts, pushers.c.id).limit(limit))
-            ).scalars().all()
+            ids = (await conn.execute(_CLAIMABLE, params)).scalars().all()
             if not ids:
                 return []
             await conn.execute(sa.update(pushers).where(

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02  # type: ignore[import-untyped]
 
 from tests.e2e.conftest import ServerProcess, free_port
+from tests.helpers import bind_email
 from tests.push_servers import LocalHTTP, SmtpServer, until
 
 PASSWORD = "correct horse battery"
@@ -161,6 +162,11 @@ async def test_push_and_mail_to_an_offline_user(
             "device_display_name": "Browser", "lang": "en",
             "data": {"url": gateway, "endpoint": f"{push_service.base_url}/wp/bob",
                      "auth": _b64url(auth)}})
+        # An e-mail pusher needs an address bound to the account: the verification mail.
+        async with httpx.AsyncClient(base_url=server.base_url) as http:
+            await bind_email(http, smtp, bob.access_token, bob.user_id, "bob@test.org",
+                             password=PASSWORD)
+        smtp.messages.clear()
         await _set_pusher(server, bob, {
             "kind": "email", "app_id": "m.email", "pushkey": "bob@test.org",
             "app_display_name": "E-mail", "device_display_name": "bob@test.org",
