@@ -167,11 +167,12 @@ class Homeserver:
                                                self.notifier)
         self.sync.add_global_source("account_data", self.account_data)
         self.sync.add_room_source("account_data", self.account_data)
-        self.sync.set_ignored_users(self.account_data)
-        self.rooms.set_ignored_users(self.account_data)
-        self.aggregations.set_ignored_users(self.account_data)
-        # Cached, for notifications: read for every member of a room as events are sent.
+        # Cached (dropped on every worker by the account-data wake-up): read by every sync
+        # and, for every member of a room, as events are sent.
         self.ignore_lists = IgnoreLists(AccountDataStore(db), self.bus)
+        self.sync.set_ignored_users(self.ignore_lists)
+        self.rooms.set_ignored_users(self.ignore_lists)
+        self.aggregations.set_ignored_users(self.ignore_lists)
         self.to_device = ToDeviceService(ToDeviceStore(db), self.notifier, clock,
                                          config.server_name)
         self.sync.add_global_source("to_device", self.to_device)
