@@ -83,6 +83,7 @@ def _changed_query() -> sa.Select[Any]:
 # Every incremental sync runs these: built once.
 _NEWLY_SHARED = {exclude: _newly_shared_query(exclude) for exclude in (False, True)}
 _CHANGED = _changed_query()
+_GET = sa.select(presence).where(presence.c.user_id == sa.bindparam("user_id"))
 
 
 class PresenceStore:
@@ -91,8 +92,7 @@ class PresenceStore:
 
     async def get(self, user_id: str) -> PresenceState | None:
         async with self._db.read() as conn:
-            r = (await conn.execute(
-                sa.select(presence).where(presence.c.user_id == user_id))).first()
+            r = (await conn.execute(_GET, {"user_id": user_id})).first()
         return _state(r) if r is not None else None
 
     async def put(self, user_id: str, *, state: str, status_msg: str | None,

@@ -142,6 +142,21 @@ def _pusher(r: Any) -> Pusher:
 
 _CURSOR = sa.select(push_cursors.c.stream_ordering).where(
     push_cursors.c.name == sa.bindparam("name"))
+# The push sender's scan, on every round: how far a batch of events reaches, and the push
+# actions in it of users with a pusher created before them.
+_window = (sa.select(event_push_actions.c.stream_ordering).distinct()
+           .where(event_push_actions.c.stream_ordering > sa.bindparam("after"),
+                  event_push_actions.c.stream_ordering <= sa.bindparam("upto"))
+           .order_by(event_push_actions.c.stream_ordering).limit(sa.bindparam("limit"))
+           .subquery())
+_PENDING_REACH = sa.select(sa.func.max(_window.c.stream_ordering))
+_PENDING = (sa.select(event_push_actions, pushers.c.id.label("pusher_id"))
+            .join(pushers, sa.and_(
+                pushers.c.user_id == event_push_actions.c.user_id,
+                event_push_actions.c.stream_ordering > pushers.c.start_stream_ordering))
+            .where(event_push_actions.c.stream_ordering > sa.bindparam("after"),
+                   event_push_actions.c.stream_ordering <= sa.bindparam("reach"))
+            .order_by(event_push_actions.c.stream_ordering))
 # Pushers with something due and no back-off, not held by a live claim.
 _CLAIMABLE = (sa.select(pushers.c.id)
               .where(pushers.c.next_attempt_ts <= sa.bindparam("now"),
@@ -491,22 +506,12 @@ class PushStore:
                           ) -> tuple[list[tuple[PendingAction, Pusher]], int]:
         """Push actions in (after, upto] of users with pushers, at most ``max_events`` events'
         worth, each with every pusher of its user; and the position they reach."""
-        epa = event_push_actions
-        window = (sa.select(epa.c.stream_ordering).distinct()
-                  .where(epa.c.stream_ordering > after, epa.c.stream_ordering <= upto)
-                  .order_by(epa.c.stream_ordering).limit(max_events).subquery())
         async with self._db.read() as conn:
-            reach = (await conn.execute(sa.select(sa.func.max(window.c.stream_ordering))
-                                        )).scalar()
+            reach = (await conn.execute(_PENDING_REACH, {
+                "after": after, "upto": upto, "limit": max_events})).scalar()
             if reach is None:
                 return [], upto
-            rows = (await conn.execute(
-                sa.select(epa, pushers.c.id.label("pusher_id"))
-                .join(pushers, sa.and_(
-                    pushers.c.user_id == epa.c.user_id,
-                    epa.c.stream_ordering > pushers.c.start_stream_ordering))
-                .where(epa.c.stream_ordering > after, epa.c.stream_ordering <= reach)
-                .order_by(epa.c.stream_ordering))).all()
+            rows = (await conn.execute(_PENDING, {"after": after, "reach": reach})).all()
             ids = sorted({int(r.pusher_id) for r in rows})
             found = {int(p.id): _pusher(p) for p in (await conn.execute(
                 sa.select(pushers).where(pushers.c.id.in_(ids)))).all()} if ids else {}
