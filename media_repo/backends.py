@@ -83,18 +83,22 @@ class FilesystemBackend:
         return await anyio.to_thread.run_sync(self._path(key).is_file)
 
     async def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
-        f: BinaryIO = await anyio.to_thread.run_sync(open, self._path(key), "rb")
+        # One thread hop per chunk: open, seek and the first read share one, and the last
+        # read closes the file, so a file of one chunk (most media) costs a single hop.
+        remaining = end - start + 1
+        f, chunk = await anyio.to_thread.run_sync(_open_and_read, self._path(key), start,
+                                                  remaining)
         try:
-            await anyio.to_thread.run_sync(f.seek, start)
-            remaining = end - start + 1
-            while remaining > 0:
-                chunk = await anyio.to_thread.run_sync(f.read, min(READ_CHUNK_BYTES, remaining))
-                if not chunk:
-                    break
+            while chunk:
                 remaining -= len(chunk)
                 yield chunk
+                if f is None:
+                    return
+                f, chunk = await anyio.to_thread.run_sync(_read_on, f, remaining)
         finally:
-            await anyio.to_thread.run_sync(f.close)
+            if f is not None:  # the reader stopped early (a client gone, a cancellation)
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(f.close)
 
     async def fetch_to_file(self, key: str, path: Path) -> None:
         raise NotImplementedError("a local backend is read in place: use local_path")
@@ -104,6 +108,30 @@ class FilesystemBackend:
 
     async def close(self) -> None:
         return None
+
+
+def _open_and_read(path: Path, start: int, length: int) -> tuple[BinaryIO | None, bytes]:
+    f = open(path, "rb")  # noqa: SIM115 (closed by _read_on, or by the reader)
+    try:
+        f.seek(start)
+    except BaseException:
+        f.close()
+        raise
+    return _read_on(f, length)
+
+
+def _read_on(f: BinaryIO, remaining: int) -> tuple[BinaryIO | None, bytes]:
+    """The next chunk of ``f``, with ``f`` unless that was the last read, which closes it.
+    Only an empty read is the end of the file, not a short one."""
+    try:
+        chunk = f.read(min(READ_CHUNK_BYTES, remaining))
+    except BaseException:
+        f.close()
+        raise
+    if not chunk or len(chunk) >= remaining:
+        f.close()
+        return None, chunk
+    return f, chunk
 
 
 def build_backend(config: MediaStorageConfig, data_path: Path) -> MediaBackend:

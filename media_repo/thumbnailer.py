@@ -5,6 +5,10 @@ the header's width x height must be under the configured pixel limit, so a decom
 (a small file that claims a huge canvas) costs a header read, not gigabytes. Corrupt or
 truncated files raise ``ThumbnailError``, never something else. Output carries no metadata
 (EXIF, XMP, ICC, comments): EXIF orientation is applied to the pixels, then dropped.
+
+Pixels are decoded once per ``render``, never by ``probe``: the orientation is what the header
+says (see ``_orientation``), and the sizes are made largest first, each smaller one from a
+larger one already made when that keeps its quality (see ``CASCADE_MIN_RATIO``).
 """
 
 from __future__ import annotations
@@ -32,9 +36,25 @@ MAX_ANIMATED_OUTPUT_PIXELS = 16_000_000
 JPEG_QUALITY = 80
 WEBP_QUALITY = 75
 DEFAULT_FRAME_MS = 100
+# A thumbnail is made from a larger one already made (of the whole image) when that one is at
+# least this many times its size on both sides, else from the decoded image: from 2x or more,
+# the second Lanczos pass stays above 50 dB PSNR against resizing the full image, even on
+# noise, at a sixth to a twentieth of the time; from 1.25x (640x480 out of 800x600) fine
+# detail visibly softens (40 dB on noise).
+CASCADE_MIN_RATIO = 2.0
 # EXIF orientations 5-8 turn the image a quarter: its displayed width is its stored height.
 _TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
 _EXIF_ORIENTATION = 0x0112
+# What turns stored pixels into displayed ones, per EXIF orientation (as ImageOps.exif_transpose).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 Method = Literal["crop", "scale"]
 ErrorKind = Literal["too_large", "unsupported", "corrupt"]
@@ -104,8 +124,16 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
 
 
 def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation from the metadata ahead of the pixels, without decoding them.
+
+    JPEG and WebP keep EXIF in the header. A PNG's eXIf chunk (or EXIF/XMP text chunk) counts
+    only before the image data, as browsers do (PNG third edition; WPT
+    image-orientation-exif-png): ``PngImageFile.getexif`` would decode every pixel to look
+    for one after it, so the base ``Image.getexif`` reads what the header parse found. The
+    probe's size and the thumbnails' pixels both come from here, so they always agree.
+    """
     try:
-        value = image.getexif().get(_EXIF_ORIENTATION, 1)
+        value = Image.Image.getexif(image).get(_EXIF_ORIENTATION, 1)
     except Exception:
         return 1  # a broken EXIF block is ignored, as browsers do
     return value if isinstance(value, int) else 1
@@ -175,18 +203,20 @@ def draft_box(stored: tuple[int, int], transposed: bool,
 
 def _render_still(image: Image.Image, specs: list[ThumbnailSpec]) -> list[Rendered]:
     fmt = image.format
+    orientation = _orientation(image)  # read before load(): a late PNG eXIf is not honoured
+    transposed = orientation in _TRANSPOSED_ORIENTATIONS
     if fmt == "JPEG":
         # Decode at the smallest power-of-two scale still at least as large as needed.
-        transposed = _orientation(image) in _TRANSPOSED_ORIENTATIONS
         image.draft("RGB", draft_box(image.size, transposed, specs))
     image.load()
-    frame = ImageOps.exif_transpose(image)
-    has_alpha = frame.mode in ("RGBA", "LA", "PA") or "transparency" in frame.info
-    frame = frame.convert("RGBA" if has_alpha else "RGB")
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    frame = image.convert("RGBA" if has_alpha else "RGB")
     as_jpeg = fmt == "JPEG" and not has_alpha
+    transpose = _TRANSPOSE.get(orientation)
     out: list[Rendered] = []
-    for spec in specs:
-        thumb = _resize(frame, spec)
+    for spec, thumb in zip(specs, _resize_all(frame, specs, transposed), strict=True):
+        if transpose is not None:
+            thumb = thumb.transpose(transpose)  # the small image turns, not the full one
         thumb.info.clear()  # no metadata carried over from the source
         buf = io.BytesIO()
         if as_jpeg:
@@ -196,6 +226,30 @@ def _render_still(image: Image.Image, specs: list[ThumbnailSpec]) -> list[Render
             thumb.save(buf, "PNG", optimize=False)
             out.append(Rendered(spec, buf.getvalue(), "image/png"))
     return out
+
+
+def _resize_all(frame: Image.Image, specs: list[ThumbnailSpec],
+                transposed: bool) -> list[Image.Image]:
+    """Each spec's thumbnail of ``frame``, in stored orientation (``transposed``: the spec is
+    the displayed size, width and height swapped), in the order of ``specs``.
+
+    Largest first, each from the smallest whole-image thumbnail made so far (a ``scale`` one)
+    that is at least ``CASCADE_MIN_RATIO`` times larger than what it needs, else from
+    ``frame``. Crop and scale are as ``_resize`` makes them from ``frame``: a centred crop of
+    a scaled whole image is the same part of the image.
+    """
+    sizes = [(s.height, s.width) if transposed else (s.width, s.height) for s in specs]
+    order = sorted(range(len(specs)), key=lambda i: sizes[i][0] * sizes[i][1], reverse=True)
+    sources = [frame]  # whole images, largest first
+    made: dict[int, Image.Image] = {}
+    for i in order:
+        width, height = sizes[i]
+        source = next((s for s in reversed(sources)
+                       if min(s.width / width, s.height / height) >= CASCADE_MIN_RATIO), frame)
+        made[i] = _resize(source, sizes[i], specs[i].method)
+        if specs[i].method == "scale":
+            sources.append(made[i])
+    return [made[i] for i in range(len(specs))]
 
 
 def _render_animated(image: Image.Image, spec: ThumbnailSpec) -> Rendered | None:
@@ -209,7 +263,7 @@ def _render_animated(image: Image.Image, spec: ThumbnailSpec) -> Rendered | None
         if (index >= MAX_ANIMATED_FRAMES or decoded > MAX_ANIMATED_DECODED_PIXELS
                 or (index + 1) * spec.width * spec.height > MAX_ANIMATED_OUTPUT_PIXELS):
             return None
-        thumb = _resize(frame.convert("RGBA"), spec)
+        thumb = _resize(frame.convert("RGBA"), (spec.width, spec.height), spec.method)
         thumb.info.clear()
         frames.append(thumb)
         duration = frame.info.get("duration")
@@ -224,8 +278,7 @@ def _render_animated(image: Image.Image, spec: ThumbnailSpec) -> Rendered | None
     return Rendered(spec, buf.getvalue(), "image/webp")
 
 
-def _resize(frame: Image.Image, spec: ThumbnailSpec) -> Image.Image:
-    size = (spec.width, spec.height)
-    if spec.method == "crop":
+def _resize(frame: Image.Image, size: tuple[int, int], method: Method) -> Image.Image:
+    if method == "crop":
         return ImageOps.fit(frame, size, method=Image.Resampling.LANCZOS)
     return frame.resize(size, Image.Resampling.LANCZOS)

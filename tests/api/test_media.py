@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import httpx
 import pytest
 
 from homeserver.app import Homeserver
 from homeserver.clock import FakeClock
+from media_repo import backends
 from tests.conftest import make_config
 from tests.helpers import assert_errors, auth_header, register, serve
 from tests.openapi_schema import assert_response_matches
@@ -189,6 +191,51 @@ async def test_ranges_and_etags(client: httpx.AsyncClient) -> None:
     r = await client.get(f"{MEDIA}/download/{path_of(empty)}",
                          headers={**auth_header(token), "Range": "bytes=0-"})
     assert r.status_code == 416
+
+
+async def test_downloads_take_one_thread_hop_per_chunk(client: httpx.AsyncClient, hs: Homeserver,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    _, token = await register(client, "alice")
+    data = os.urandom(5000)
+    mxc = await upload(client, token, data)
+    url = f"{MEDIA}/download/{path_of(mxc)}"
+    hops: list[str] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counting(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        result = await run_sync(fn, *args, **kwargs)
+        hops.append(fn.__name__)  # once done: a call cancelled before it ran is no hop
+        return result
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+
+    async def get(expected: bytes, **headers: str) -> list[str]:
+        hops.clear()
+        response = await client.get(url, headers={**auth_header(token), **headers})
+        assert response.content == expected
+        assert response.headers["content-length"] == str(len(expected))
+        return hops[:]
+
+    # One chunk: open, seek, read and close in a single hop.
+    assert await get(data) == ["_open_and_read"]
+    assert await get(data[4000:], Range="bytes=4000-") == ["_open_and_read"]
+    # Several: one hop per chunk, the last read closing the file.
+    monkeypatch.setattr(backends, "READ_CHUNK_BYTES", 1000)
+    assert await get(data) == ["_open_and_read"] + ["_read_on"] * 4
+    assert await get(data[1500:3500], Range="bytes=1500-3499") == ["_open_and_read", "_read_on"]
+    assert await get(data[999:1001], Range="bytes=999-1000") == ["_open_and_read"]
+    assert await get(data[-1:], Range="bytes=-1") == ["_open_and_read"]
+    # A reader that stops early closes the file, even if cancelled.
+    key = hs.media.download_blob(await hs.media.get_media(_mxc(mxc), timeout_ms=0), None).key
+    for cancelled in (False, True):
+        hops.clear()
+        reader = cast(AsyncGenerator[bytes, None], hs.media._backend.read(key, 0, len(data) - 1))
+        assert await anext(reader) == data[:1000]
+        with anyio.CancelScope() as scope:
+            if cancelled:
+                scope.cancel()
+            await reader.aclose()
+        assert hops == ["_open_and_read", "close"]
 
 
 def _config_server(tmp_path: Path, db_url: str, **media: Any) -> Any:

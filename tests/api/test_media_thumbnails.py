@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from homeserver.app import Homeserver
+from media_repo.mxc import MxcUri
 from tests.api.test_media import MEDIA, path_of, upload
 from tests.conftest import make_config
 from tests.helpers import assert_errors, auth_header, register, serve
@@ -84,16 +85,28 @@ async def test_on_demand_sizes_are_kept_and_never_upscaled(client: httpx.AsyncCl
     assert r304.status_code == 304
 
 
-async def test_exif_rotation_and_no_metadata(client: httpx.AsyncClient) -> None:
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+async def test_exif_rotation_and_no_metadata(client: httpx.AsyncClient, hs: Homeserver,
+                                             fmt: str) -> None:
     _, token = await register(client, "alice")
-    mxc = await upload(client, token, make_image("JPEG", 800, 400, orientation=6, gps=True),
-                       "image/jpeg")
-    image = image_of(await thumbnail(client, token, mxc, 800, 600))
-    assert image.size == (300, 600)  # shown upright: taller than wide
-    top, bottom = image.getpixel((150, 10)), image.getpixel((150, 590))
-    assert isinstance(top, tuple) and isinstance(bottom, tuple)
-    assert top[0] > 200 and bottom[2] > 200
-    assert len(image.getexif()) == 0 and "icc_profile" not in image.info
+    data = make_image(fmt, 800, 400, orientation=6, gps=True)
+    mxc = await upload(client, token, data, f"image/{fmt.lower()}")
+    media = await hs.media.get_media(MxcUri.parse(mxc), timeout_ms=0)
+    assert (media.width, media.height) == (400, 800)  # the displayed size
+    # Every size, made on upload from one another (largest first), is shown upright.
+    for box, size in [((800, 600), (300, 600)), ((640, 480), (240, 480)),
+                      ((320, 240), (120, 240))]:
+        image = image_of(await thumbnail(client, token, mxc, *box)).convert("RGB")
+        assert image.size == size  # taller than wide
+        top = image.getpixel((size[0] // 2, 5))
+        bottom = image.getpixel((size[0] // 2, size[1] - 5))
+        assert isinstance(top, tuple) and isinstance(bottom, tuple)
+        assert top[0] > 200 and bottom[2] > 200
+    for crop in (96, 32):
+        image = image_of(await thumbnail(client, token, mxc, crop, crop, "crop"))
+        assert image.size == (crop, crop)
+        assert len(image.getexif()) == 0 and "icc_profile" not in image.info
+    assert await _count(hs, data) == 5  # all made on upload
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP"])

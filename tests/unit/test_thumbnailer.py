@@ -6,13 +6,16 @@ The image makers here are also used by tests/api/test_media_thumbnails.py.
 from __future__ import annotations
 
 import io
+import math
+import random
 import struct
 import zlib
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageChops, ImageFile, ImageStat
 
+from media_repo import thumbnailer
 from media_repo.thumbnailer import (
     ThumbnailError,
     ThumbnailSpec,
@@ -65,6 +68,24 @@ def make_png_header(width: int, height: int) -> bytes:
     idat = zlib.compress(b"\x00" * 1024)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat)
             + chunk(b"IEND", b""))
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """A PNG's chunks as (type, whole chunk with length and CRC)."""
+    chunks, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        chunks.append((data[pos + 4:pos + 8], data[pos:pos + 12 + length]))
+        pos += 12 + length
+    return chunks
+
+
+def move_exif_after_idat(data: bytes) -> bytes:
+    """The same PNG with its eXIf chunk after the image data, just before IEND."""
+    chunks = png_chunks(data)
+    exif = [whole for kind, whole in chunks if kind == b"eXIf"]
+    rest = [whole for kind, whole in chunks if kind not in (b"eXIf", b"IEND")]
+    return data[:8] + b"".join(rest + exif) + chunks[-1][1]
 
 
 def _write(tmp_path: Path, data: bytes, name: str = "image") -> Path:
@@ -137,20 +158,116 @@ def test_formats(tmp_path: Path, fmt: str) -> None:
     assert left[0] > 200 and left[2] < 60 and right[2] > 200 and right[0] < 60
 
 
-def test_exif_orientation_applied_and_metadata_stripped(tmp_path: Path) -> None:
-    # Stored 200x100 (red left), orientation 6: shown turned 90° clockwise, so 100x200 with
-    # red on top.
-    path = _write(tmp_path, make_image("JPEG", 200, 100, orientation=6, gps=True))
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize(("orientation", "shown", "red", "blue"), [
+    # Stored 200x100, red on the left half; thumbnails are half the displayed size.
+    (1, (100, 50), (5, 25), (95, 25)),
+    (3, (100, 50), (95, 25), (5, 25)),  # turned 180°: red on the right
+    (6, (50, 100), (25, 5), (25, 95)),  # turned 90° clockwise: red on top
+    (8, (50, 100), (25, 95), (25, 5)),  # turned 90° anticlockwise: red at the bottom
+])
+def test_exif_orientation_applied_and_metadata_stripped(
+        tmp_path: Path, fmt: str, orientation: int, shown: tuple[int, int],
+        red: tuple[int, int], blue: tuple[int, int]) -> None:
+    path = _write(tmp_path, make_image(fmt, 200, 100, orientation=orientation, gps=True))
     info = probe(path, MAX_PIXELS)
-    assert (info.width, info.height) == (100, 200)
-    (thumb,) = render(path, [ThumbnailSpec(50, 100, "scale")], MAX_PIXELS)
-    image = _open(thumb.data)
-    assert image.size == (50, 100)
-    top, bottom = image.getpixel((25, 5)), image.getpixel((25, 95))
-    assert isinstance(top, tuple) and isinstance(bottom, tuple)
-    assert top[0] > 200 and bottom[2] > 200
-    assert len(image.getexif()) == 0
-    assert "icc_profile" not in image.info and "exif" not in image.info
+    assert (info.width, info.height) == (shown[0] * 2, shown[1] * 2)
+    scale, crop = render(path, [ThumbnailSpec(*shown, "scale"), ThumbnailSpec(40, 40, "crop")],
+                         MAX_PIXELS)
+    image = _open(scale.data)
+    assert image.size == shown
+    _assert_red_and_blue(image.convert("RGB"), red, blue)
+    for out in (image, _open(crop.data)):
+        assert len(out.getexif()) == 0
+        assert not {"icc_profile", "exif", "xmp"} & set(out.info)
+
+
+def _assert_red_and_blue(image: Image.Image, red: tuple[int, int],
+                         blue: tuple[int, int]) -> None:
+    r, b = image.getpixel(red), image.getpixel(blue)
+    assert isinstance(r, tuple) and isinstance(b, tuple)
+    assert r[0] > 200 and r[2] < 60 and b[2] > 200 and b[0] < 60, (r, b)
+
+
+def test_png_exif_after_the_pixels_is_ignored(tmp_path: Path) -> None:
+    # Browsers honour a PNG's eXIf only before IDAT (PNG third edition): so do the probe and
+    # the thumbnails, which therefore never disagree about the size.
+    data = move_exif_after_idat(make_image("PNG", 200, 100, orientation=6))
+    assert [kind for kind, _ in png_chunks(data)][-2:] == [b"eXIf", b"IEND"]
+    path = _write(tmp_path, data)
+    info = probe(path, MAX_PIXELS)
+    assert (info.width, info.height) == (200, 100)
+    (thumb,) = render(path, [ThumbnailSpec(100, 50, "scale")], MAX_PIXELS)
+    image = _open(thumb.data).convert("RGB")
+    assert image.size == (100, 50)
+    _assert_red_and_blue(image, (5, 25), (95, 25))
+
+
+@pytest.mark.parametrize(("fmt", "orientation"), [
+    ("JPEG", None), ("JPEG", 6), ("PNG", None), ("PNG", 6), ("WEBP", None), ("WEBP", 6),
+    ("GIF", None),
+])
+def test_probe_decodes_no_pixels(tmp_path: Path, fmt: str, orientation: int | None,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # A PNG without eXIf is the case Pillow's own getexif() decodes the whole image for.
+    path = _write(tmp_path, make_image(fmt, 300, 200, orientation=orientation))
+
+    decoded: list[Image.Image] = []
+
+    def load(self: Image.Image) -> None:
+        decoded.append(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    info = probe(path, MAX_PIXELS)
+    assert decoded == []
+    assert (info.width, info.height) == ((300, 200) if orientation is None else (200, 300))
+
+
+def test_smaller_sizes_made_from_larger_ones(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stored 1500x2000, shown 2000x1500 (orientation 6): resized in stored orientation.
+    path = _write(tmp_path, make_image("PNG", 1500, 2000, orientation=6))
+    sources: dict[tuple[int, int], tuple[int, int]] = {}
+    resize = thumbnailer._resize
+
+    def recording(frame: Image.Image, size: tuple[int, int], method: str) -> Image.Image:
+        sources[size] = frame.size
+        return resize(frame, size, method)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(thumbnailer, "_resize", recording)
+    specs = [ThumbnailSpec(32, 32, "crop"), ThumbnailSpec(96, 96, "crop"),
+             ThumbnailSpec(320, 240, "scale"), ThumbnailSpec(640, 480, "scale"),
+             ThumbnailSpec(800, 600, "scale")]
+    out = render(path, specs, MAX_PIXELS)
+    assert [_open(r.data).size for r in out] == [(32, 32), (96, 96), (320, 240), (640, 480),
+                                                 (800, 600)]
+    assert [r.spec for r in out] == specs
+    assert sources == {
+        (600, 800): (1500, 2000),
+        (480, 640): (1500, 2000),  # 800x600 is only 1.25x as large: from the image
+        (240, 320): (480, 640),
+        (96, 96): (240, 320),  # crops come from whole-image thumbnails
+        (32, 32): (240, 320),
+    }
+
+
+def test_sizes_made_from_larger_ones_look_the_same(tmp_path: Path) -> None:
+    # Noise is the worst case for resizing twice: every pixel is fine detail.
+    noise = Image.frombytes("RGB", (1000, 750), random.Random(7).randbytes(1000 * 750 * 3))
+    buf = io.BytesIO()
+    noise.save(buf, "PNG")
+    path = _write(tmp_path, buf.getvalue())
+    specs = [ThumbnailSpec(400, 300, "scale"), ThumbnailSpec(160, 120, "scale"),
+             ThumbnailSpec(48, 48, "crop"), ThumbnailSpec(16, 16, "crop")]
+    for spec, rendered in zip(specs, render(path, specs, MAX_PIXELS), strict=True):
+        direct = thumbnailer._resize(noise, (spec.width, spec.height), spec.method)
+        assert _psnr(_open(rendered.data).convert("RGB"), direct) > 45, spec
+
+
+def _psnr(a: Image.Image, b: Image.Image) -> float:
+    rms = ImageStat.Stat(ImageChops.difference(a, b)).rms
+    mse = sum(x * x for x in rms) / len(rms)
+    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 
 def test_png_text_and_transparency(tmp_path: Path) -> None:
