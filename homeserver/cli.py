@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import getpass
 import os
 import sys
@@ -65,6 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(_config_path(args), create=True)
     configure_logging(args.log_level)
+    _return_large_blocks_to_the_system()
     print(f"Serving {config.server_name} on http://{config.listen.host}:{config.listen.port}",
           file=sys.stderr)
     uvicorn.run(asgi_app(config), host=config.listen.host, port=config.listen.port,
@@ -75,6 +77,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                 ws_ping_interval=None, ws_ping_timeout=None,
                 ws_max_size=2 * config.websocket.max_frame_bytes)
     return 0
+
+
+def _return_large_blocks_to_the_system() -> None:
+    """glibc raises its mmap threshold after a large block is freed, so later large blocks
+    (a password hash's 19 MiB, a thumbnail's pixels) come from the heap and stay in the
+    process after use. A fixed threshold keeps them mmapped: freed, they are given back."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, 1024 * 1024)
 
 
 def cmd_register_user(args: argparse.Namespace) -> int:
