@@ -93,6 +93,7 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._async_engine: AsyncEngine | None = None
+        self._ignoring: dict[tuple[str, tuple[str, ...]], sa.Insert] = {}
         if self.is_sqlite:
             sync_url = sa.make_url(url).set(drivername="sqlite")
             self._sqlite_writer = _sqlite_engine(sync_url, writer=True)
@@ -187,6 +188,17 @@ class Database:
             return stmt.on_conflict_do_nothing(index_elements=list(keys))
         return stmt.on_conflict_do_update(
             index_elements=list(keys), set_={c: stmt.excluded[c] for c in columns})
+
+    def insert_ignore_statement(self, table: sa.Table, keys: Sequence[str]) -> sa.Insert:
+        """INSERT ... ON CONFLICT (keys) DO NOTHING without values (bind them at execute),
+        built once per table and keys."""
+        key = (table.name, tuple(keys))
+        statement = self._ignoring.get(key)
+        if statement is None:
+            insert = sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
+            statement = self._ignoring[key] = insert.on_conflict_do_nothing(
+                index_elements=list(keys))
+        return statement
 
     def insert_ignore(self, table: sa.Table, row: Mapping[str, Any],
                       keys: Sequence[str]) -> sa.Insert:

@@ -174,11 +174,11 @@ class EventStore:
             await record_push_actions(conn, new.push_actions, new.room_id, new.event_id,
                                       position, pdu["origin_server_ts"])
             if new.txn_id is not None and new.device_id is not None:
-                taken = await conn.execute(self._db.insert_ignore(event_txns, {
+                taken = await conn.execute(self._db.insert_ignore_statement(
+                    event_txns, ("user_id", "device_id", "scope", "txn_id")), {
                     "user_id": pdu["sender"], "device_id": new.device_id,
                     "scope": new.txn_scope or "", "txn_id": new.txn_id,
-                    "event_id": new.event_id, "created_ts": pdu["origin_server_ts"]},
-                    keys=("user_id", "device_id", "scope", "txn_id")))
+                    "event_id": new.event_id, "created_ts": pdu["origin_server_ts"]})
                 if taken.rowcount == 0:
                     raise DuplicateTxn(new.txn_id)  # rolls the whole transaction back
         return position
