@@ -132,8 +132,9 @@ class EventSender:
                     room = await self._rooms.get_room(room_id)
                     if room is None or room.current_state_group is None:
                         raise MatrixError(Codes.NOT_FOUND, "Unknown room")
-                new = await self._build(room, sender, event_type, content, state_key, txn,
-                                        redacts)
+                async with self._events.pinned_reads():  # one connection for its reads
+                    new = await self._build(room, sender, event_type, content, state_key, txn,
+                                            redacts)
                 try:
                     position = await self._events.persist_event(new, room.latest_event_id)
                 except DuplicateTxn:

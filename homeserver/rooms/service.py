@@ -69,17 +69,19 @@ class RoomService:
                          txn_id: str, content: JsonDict) -> str:
         """PUT /send: idempotent per device and transaction ID."""
         scope = f"send:{room_id}:{event_type}"
-        known = await self._events.get_txn_event_id(requester.user_id, requester.device_id,
-                                                    scope, txn_id)
-        if known is not None:
-            return known
-        check_json_numbers(content, "content")
-        if event_type == _MEMBERSHIP:
-            raise MatrixError(Codes.FORBIDDEN, "Use the membership endpoints for m.room.member")
-        await self._require_joined(requester.user_id, room_id)
-        if self._aggregations is not None:
-            await self._aggregations.check_new_relation(requester.user_id, room_id, event_type,
-                                                        content)
+        async with self._events.pinned_reads():
+            known = await self._events.get_txn_event_id(requester.user_id,
+                                                        requester.device_id, scope, txn_id)
+            if known is not None:
+                return known
+            check_json_numbers(content, "content")
+            if event_type == _MEMBERSHIP:
+                raise MatrixError(Codes.FORBIDDEN,
+                                  "Use the membership endpoints for m.room.member")
+            await self._require_joined(requester.user_id, room_id)
+            if self._aggregations is not None:
+                await self._aggregations.check_new_relation(requester.user_id, room_id,
+                                                            event_type, content)
         sent = await self._sender.send(room_id, requester.user_id, event_type, content,
                                        txn=Txn(requester.device_id, txn_id, scope))
         return sent.event_id

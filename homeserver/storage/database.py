@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar, TypeVarTuple, overload
 
 import sqlalchemy as sa
@@ -113,6 +114,9 @@ class Database:
                                                   max_overflow=pool_size, pool_pre_ping=False,
                                                   isolation_level="AUTOCOMMIT",
                                                   pool_reset_on_return=None)
+        # The read connection that pinned_reads() holds for the current task, if any.
+        self._pinned: ContextVar[Connection | None] = ContextVar(f"pinned-{id(self)}",
+                                                                 default=None)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -153,8 +157,27 @@ class Database:
             raise
 
     @asynccontextmanager
+    async def pinned_reads(self) -> AsyncIterator[None]:
+        """Every ``read()`` inside shares one connection: one pool checkout (about 0.3 ms of
+        CPU on PostgreSQL) for a computation of many statements, such as a sync. The code
+        inside must not read from concurrent tasks (they would share the connection)."""
+        if self.is_sqlite or self._pinned.get() is not None:
+            yield
+            return
+        async with self._pg_reader.connect() as conn:
+            token = self._pinned.set(conn)
+            try:
+                yield
+            finally:
+                self._pinned.reset(token)
+
+    @asynccontextmanager
     async def read(self) -> AsyncIterator[Connection]:
         if not self.is_sqlite:
+            pinned = self._pinned.get()
+            if pinned is not None:
+                yield pinned
+                return
             async with self._pg_reader.connect() as conn:
                 yield conn
             return

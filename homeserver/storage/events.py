@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +134,10 @@ class EventStore:
         self._db = db
         # State groups never change once written.
         self._state_cache: LRUCache[int, StateMap] = LRUCache(maxsize=2000)
+
+    def pinned_reads(self) -> AbstractAsyncContextManager[None]:
+        """Reads of every store inside share one connection (see Database.pinned_reads)."""
+        return self._db.pinned_reads()
 
     # --- writing ---------------------------------------------------------------------------
 

@@ -96,6 +96,10 @@ class SyncService:
             self._notifier.unlisten(listener, requester.user_id, room_ids)
 
     async def _compute(self, requester: Requester, req: SyncRequest) -> JsonDict:
+        async with self._db.pinned_reads():  # one connection for its dozen reads
+            return await self._compute_pinned(requester, req)
+
+    async def _compute_pinned(self, requester: Requester, req: SyncRequest) -> JsonDict:
         now = StreamToken(await self._db.current_positions())
         since = req.since
         upto = now.get(Stream.EVENTS)
