@@ -137,7 +137,9 @@ class Connection:
             # What is queued (an error frame, say) goes out, then the close frame; a peer that
             # does not read by then is left to the server, which drops the connection.
             with contextlib.suppress(TimeoutError, TransportClosed):
-                await asyncio.wait_for(writer, self._ping_timeout_s)
+                # asyncio.timeout, not wait_for: wait_for can swallow a cancellation (3.11).
+                async with asyncio.timeout(self._ping_timeout_s):
+                    await writer
         logger.info("websocket closed", extra={
             **self._log_fields(), "code": self._close.code if self._close else None})
 
@@ -241,7 +243,8 @@ class Connection:
     async def _auth_frame(self) -> str:
         """A browser cannot set headers: its first frame is {"type": "auth", ...}."""
         try:
-            raw = await asyncio.wait_for(self._receive(), self._ping_timeout_s)
+            async with asyncio.timeout(self._ping_timeout_s):
+                raw = await self._receive()
         except TimeoutError:
             raise MatrixError(Codes.MISSING_TOKEN, "No auth frame in time") from None
         if raw is None:
@@ -354,7 +357,8 @@ class Connection:
             if not self._enqueue({"type": "ping"}):
                 return
             try:
-                await asyncio.wait_for(self._received.wait(), self._ping_timeout_s)
+                async with asyncio.timeout(self._ping_timeout_s):
+                    await self._received.wait()
             except TimeoutError:
                 self._shut(CloseCode.HEARTBEAT_TIMEOUT,
                            f"no frame within {self._ping_timeout_s * 1000:.0f} ms of a ping")
