@@ -221,11 +221,10 @@ class E2eKeyService:
             changes = await self._device_lists.changes(requester.user_id, since, now)
             if changes.changed or changes.left:
                 out["device_lists"] = {"changed": changes.changed, "left": changes.left}
-        counts = await self._store.count_one_time_keys(requester.user_id, requester.device_id)
+        counts, fallback = await self._store.key_counts(requester.user_id, requester.device_id)
         # matrix-nio reads signed_curve25519 to decide on uploads: always there, 0 included.
         out["device_one_time_keys_count"] = {SIGNED_CURVE25519: 0, **counts}
-        out["device_unused_fallback_key_types"] = await self._store.unused_fallback_algorithms(
-            requester.user_id, requester.device_id)
+        out["device_unused_fallback_key_types"] = fallback
         return out
 
     # --- deleted devices -------------------------------------------------------------------

@@ -37,12 +37,19 @@ _COUNT_ONE_TIME_KEYS = (
     .where(e2e_one_time_keys.c.user_id == sa.bindparam("user_id"),
            e2e_one_time_keys.c.device_id == sa.bindparam("device_id"))
     .group_by(e2e_one_time_keys.c.algorithm))
-_UNUSED_FALLBACK_KEYS = (
-    sa.select(e2e_fallback_keys.c.algorithm)
+# Both in one round trip: (True, algorithm, count) per one-time key algorithm, and
+# (False, algorithm, 0) per unused fallback key.
+_KEY_COUNTS = sa.union_all(
+    sa.select(sa.literal(True).label("one_time"), e2e_one_time_keys.c.algorithm,
+              sa.func.count().label("n"))
+    .where(e2e_one_time_keys.c.user_id == sa.bindparam("user_id"),
+           e2e_one_time_keys.c.device_id == sa.bindparam("device_id"))
+    .group_by(e2e_one_time_keys.c.algorithm),
+    sa.select(sa.literal(False).label("one_time"), e2e_fallback_keys.c.algorithm,
+              sa.literal(0).label("n"))
     .where(e2e_fallback_keys.c.user_id == sa.bindparam("user_id"),
            e2e_fallback_keys.c.device_id == sa.bindparam("device_id"),
-           e2e_fallback_keys.c.used.is_(False))
-    .order_by(e2e_fallback_keys.c.algorithm))
+           e2e_fallback_keys.c.used.is_(False)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,15 +215,14 @@ class E2eKeyStore:
 
     # --- counts for sync -------------------------------------------------------------------
 
-    async def count_one_time_keys(self, user_id: str, device_id: str) -> dict[str, int]:
+    async def key_counts(self, user_id: str, device_id: str) -> tuple[dict[str, int], list[str]]:
+        """For every sync: the device's one-time key counts by algorithm, and the algorithms
+        of its unused fallback keys (sorted), in one statement."""
         async with self._db.read() as conn:
-            return await self._count(conn, user_id, device_id)
-
-    async def unused_fallback_algorithms(self, user_id: str, device_id: str) -> list[str]:
-        async with self._db.read() as conn:
-            rows = (await conn.execute(_UNUSED_FALLBACK_KEYS,
+            rows = (await conn.execute(_KEY_COUNTS,
                                        {"user_id": user_id, "device_id": device_id})).all()
-        return [r.algorithm for r in rows]
+        counts = {r.algorithm: int(r.n) for r in rows if r.one_time}
+        return counts, sorted(r.algorithm for r in rows if not r.one_time)
 
     # --- query -----------------------------------------------------------------------------
 
