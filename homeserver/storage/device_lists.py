@@ -29,23 +29,25 @@ class MembershipChanges:
     departed: frozenset[str]
 
 
-def _membership_changes_queries() -> tuple[sa.Select[Any], sa.Select[Any]]:
-    """The user's own membership changes in a range, and those of others in the user's rooms
-    (built once: every sync wake-up runs them)."""
+def _membership_changes_query() -> sa.CompoundSelect[Any]:
+    """In one statement (every sync wake-up runs it): the user's own membership changes in
+    a range, and those of others in the rooms the user is in now; ``own`` tells them apart."""
     m = room_memberships
     user_id: sa.BindParameter[str] = sa.bindparam("user_id")
     in_range = (m.c.stream_ordering > sa.bindparam("after"),
                 m.c.stream_ordering <= sa.bindparam("upto"))
-    own = sa.select(m.c.room_id, m.c.membership).where(m.c.user_id == user_id, *in_range)
+    own = sa.select(sa.literal(True).label("own"), m.c.room_id, m.c.user_id,
+                    m.c.membership).where(m.c.user_id == user_id, *in_range)
     mine = m.alias("mine")
     my_rooms = sa.select(mine.c.room_id).where(mine.c.user_id == user_id,
                                                mine.c.membership == JOIN)
-    others = sa.select(m.c.user_id, m.c.membership).where(
-        m.c.room_id.in_(my_rooms), m.c.user_id != user_id, *in_range)
-    return own, others
+    others = sa.select(sa.literal(False).label("own"), m.c.room_id, m.c.user_id,
+                       m.c.membership).where(m.c.room_id.in_(my_rooms),
+                                             m.c.user_id != user_id, *in_range)
+    return sa.union_all(own, others)
 
 
-_OWN_CHANGES, _OTHERS_CHANGES = _membership_changes_queries()
+_MEMBERSHIP_CHANGES = _membership_changes_query()
 
 
 class DeviceListStore:
@@ -91,14 +93,15 @@ class DeviceListStore:
         arrived: set[str] = set()
         departed: set[str] = set()
         async with self._db.read() as conn:
-            own = (await conn.execute(_OWN_CHANGES, params)).all()
+            rows = (await conn.execute(_MEMBERSHIP_CHANGES, params)).all()
+            own = [r for r in rows if r.own]
             # The user's own joins and departures: everyone joined there arrives or departs.
             arrived |= await self._joined_members(
                 conn, [r.room_id for r in own if r.membership == JOIN], user_id)
             departed |= await self._joined_members(
                 conn, [r.room_id for r in own if r.membership in DEPARTED], user_id)
             # Others joining or leaving the rooms the user is in now.
-            others = (await conn.execute(_OTHERS_CHANGES, params)).all()
+            others = [r for r in rows if not r.own]
         for r in others:
             if r.membership == JOIN:
                 arrived.add(r.user_id)
