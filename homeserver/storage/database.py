@@ -136,14 +136,21 @@ class Database:
             if writer is None:
                 writer = self._write_conn = await self._in_writer_thread(
                     self._sqlite_writer.connect)
-            transaction = await self._in_writer_thread(writer.begin)
             try:
+                transaction = await self._in_writer_thread(writer.begin)
                 yield SqliteConnection(writer)
+                await self._in_writer_thread(transaction.commit)
             except BaseException:
-                if transaction.is_active:
-                    transaction.rollback()
+                # A failed body, a failed COMMIT (a deferred constraint, a full disk) or a
+                # cancellation leaves nothing half-done and the connection ready for the next
+                # transaction.
+                if writer.get_transaction() is not None:  # active, or failed to commit
+                    writer.rollback()
+                # SQLite keeps a transaction whose COMMIT failed open; so does its driver.
+                raw = writer.connection.dbapi_connection
+                if raw is not None and raw.in_transaction:
+                    raw.rollback()
                 raise
-            await self._in_writer_thread(transaction.commit)
 
     async def _in_writer_thread(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` on the writer's thread; a cancelled caller still waits for it to end,
