@@ -127,51 +127,21 @@ async def put_session_key(request: Request) -> Response:
 
 
 async def get_keys(request: Request) -> Response:
-    """GET /_matrix/client/v3/room_keys/keys"""
-    hs = homeserver_of(request)
-    requester = await require_user(request)
-    return json_response(await hs.key_backup.get_keys(requester, _version_param(request)))
-
-
-async def get_room_keys(request: Request) -> Response:
-    """GET /_matrix/client/v3/room_keys/keys/{roomId}"""
-    hs = homeserver_of(request)
-    requester = await require_user(request)
-    return json_response(await hs.key_backup.get_keys(
-        requester, _version_param(request), request.path_params["room_id"]))
-
-
-async def get_session_key(request: Request) -> Response:
-    """GET /_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}"""
+    """GET /_matrix/client/v3/room_keys/keys[/{roomId}[/{sessionId}]]"""
     hs = homeserver_of(request)
     requester = await require_user(request)
     p = request.path_params
     return json_response(await hs.key_backup.get_keys(
-        requester, _version_param(request), p["room_id"], p["session_id"]))
+        requester, _version_param(request), p.get("room_id"), p.get("session_id")))
 
 
 async def delete_keys(request: Request) -> Response:
-    """DELETE /_matrix/client/v3/room_keys/keys"""
-    hs = homeserver_of(request)
-    requester = await require_user(request)
-    return json_response(await hs.key_backup.delete_keys(requester, _version_param(request)))
-
-
-async def delete_room_keys(request: Request) -> Response:
-    """DELETE /_matrix/client/v3/room_keys/keys/{roomId}"""
-    hs = homeserver_of(request)
-    requester = await require_user(request)
-    return json_response(await hs.key_backup.delete_keys(
-        requester, _version_param(request), request.path_params["room_id"]))
-
-
-async def delete_session_key(request: Request) -> Response:
-    """DELETE /_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}"""
+    """DELETE /_matrix/client/v3/room_keys/keys[/{roomId}[/{sessionId}]]"""
     hs = homeserver_of(request)
     requester = await require_user(request)
     p = request.path_params
     return json_response(await hs.key_backup.delete_keys(
-        requester, _version_param(request), p["room_id"], p["session_id"]))
+        requester, _version_param(request), p.get("room_id"), p.get("session_id")))
 
 
 client_routes = [
@@ -184,12 +154,11 @@ client_routes = [
     Route("/v3/room_keys/keys", get_keys, methods=["GET"]),
     Route("/v3/room_keys/keys", delete_keys, methods=["DELETE"]),
     Route("/v3/room_keys/keys/{room_id}", put_room_keys, methods=["PUT"]),
-    Route("/v3/room_keys/keys/{room_id}", get_room_keys, methods=["GET"]),
-    Route("/v3/room_keys/keys/{room_id}", delete_room_keys, methods=["DELETE"]),
+    Route("/v3/room_keys/keys/{room_id}", get_keys, methods=["GET"]),
+    Route("/v3/room_keys/keys/{room_id}", delete_keys, methods=["DELETE"]),
     # Megolm session IDs are standard base64, which has `/` (sent as %2F): the last segment
     # is a path.
     Route("/v3/room_keys/keys/{room_id}/{session_id:path}", put_session_key, methods=["PUT"]),
-    Route("/v3/room_keys/keys/{room_id}/{session_id:path}", get_session_key, methods=["GET"]),
-    Route("/v3/room_keys/keys/{room_id}/{session_id:path}", delete_session_key,
-          methods=["DELETE"]),
+    Route("/v3/room_keys/keys/{room_id}/{session_id:path}", get_keys, methods=["GET"]),
+    Route("/v3/room_keys/keys/{room_id}/{session_id:path}", delete_keys, methods=["DELETE"]),
 ]
