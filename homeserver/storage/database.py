@@ -232,8 +232,7 @@ class Database:
 
     def insert_ignore(self, table: sa.Table, row: Mapping[str, Any],
                       keys: Sequence[str]) -> sa.Insert:
-        insert = sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
-        return insert.values(**row).on_conflict_do_nothing(index_elements=list(keys))
+        return self.insert_ignore_statement(table, keys).values(**row)
 
     async def next_position(self, conn: Connection, stream: Stream) -> int:
         """Allocate the next position of ``stream`` inside the caller's write transaction.
