@@ -20,10 +20,32 @@ from homeserver.app import Homeserver, running_homeserver
 from homeserver.clock import FakeClock
 from homeserver.config import HomeserverConfig, parse_config
 from homeserver.migrate import upgrade_head
-from homeserver.storage.database import Database
+from homeserver.storage.database import Database, LeanResult, SqliteConnection
 from homeserver.storage.schema import metadata, stream_positions
 
 PG_ADMIN_URL = os.environ.get("HS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def lean_reads_checked() -> Iterator[None]:
+    """Every read on SQLite's lean path (prepared statements) is run through SQLAlchemy too,
+    and both must give the same rows: the same values of the same types, the same names."""
+    lean = SqliteConnection.execute
+
+    async def checked(self: SqliteConnection, statement: Any, parameters: Any = None) -> Any:
+        result = await lean(self, statement, parameters)
+        if isinstance(result, LeanResult) and isinstance(statement, sa.Select | sa.CompoundSelect):
+            expected = self._conn.execute(statement, parameters)
+            keys, rows = list(expected.keys()), expected.all()
+            got = result.all()
+            assert [[(type(v), v) for v in r] for r in got] == \
+                [[(type(v), v) for v in r] for r in rows], statement
+            assert all(list(r._fields) == keys for r in got), (keys, statement)
+        return result
+
+    SqliteConnection.execute = checked  # type: ignore[method-assign]
+    yield
+    SqliteConnection.execute = lean  # type: ignore[method-assign]
 
 
 def in_thread(factory: Callable[[], Coroutine[Any, Any, None]]) -> None:

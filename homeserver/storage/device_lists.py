@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from homeserver.storage.database import Connection, Database
+from homeserver.storage.database import Connection, Database, prepared
 from homeserver.storage.schema import device_list_changes, room_memberships
 from homeserver.streams import Stream
 
@@ -47,7 +47,7 @@ def _membership_changes_query() -> sa.CompoundSelect[Any]:
     return sa.union_all(own, others)
 
 
-_MEMBERSHIP_CHANGES = _membership_changes_query()
+_MEMBERSHIP_CHANGES = prepared(_membership_changes_query())
 
 
 class DeviceListStore:

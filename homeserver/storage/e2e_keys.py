@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from canonicaljson import encode_canonical_json
 
-from homeserver.storage.database import Connection, Database
+from homeserver.storage.database import Connection, Database, prepared
 from homeserver.storage.schema import (
     devices,
     e2e_cross_signing_keys,
@@ -32,14 +32,14 @@ def canonical(value: Any) -> str:
 
 
 # Read by every sync: built once.
-_COUNT_ONE_TIME_KEYS = (
+_COUNT_ONE_TIME_KEYS = prepared(
     sa.select(e2e_one_time_keys.c.algorithm, sa.func.count())
     .where(e2e_one_time_keys.c.user_id == sa.bindparam("user_id"),
            e2e_one_time_keys.c.device_id == sa.bindparam("device_id"))
     .group_by(e2e_one_time_keys.c.algorithm))
 # Both in one round trip: (True, algorithm, count) per one-time key algorithm, and
 # (False, algorithm, 0) per unused fallback key.
-_KEY_COUNTS = sa.union_all(
+_KEY_COUNTS = prepared(sa.union_all(
     sa.select(sa.literal(True).label("one_time"), e2e_one_time_keys.c.algorithm,
               sa.func.count().label("n"))
     .where(e2e_one_time_keys.c.user_id == sa.bindparam("user_id"),
@@ -49,7 +49,7 @@ _KEY_COUNTS = sa.union_all(
               sa.literal(0).label("n"))
     .where(e2e_fallback_keys.c.user_id == sa.bindparam("user_id"),
            e2e_fallback_keys.c.device_id == sa.bindparam("device_id"),
-           e2e_fallback_keys.c.used.is_(False)))
+           e2e_fallback_keys.c.used.is_(False))))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from cachetools import LRUCache
 
 from homeserver import jsonutil
-from homeserver.storage.database import Connection, Database
+from homeserver.storage.database import Connection, Database, prepared
 from homeserver.storage.push import PushAction, record_push_actions
 from homeserver.storage.relations import record_relation
 from homeserver.storage.schema import (
@@ -88,23 +88,24 @@ _EVENT_COLUMNS = (events.c.stream_ordering, events.c.event_id, events.c.room_id,
 
 # Hot statements, built once: building a statement costs more than running it on SQLite.
 _e = events
-_LOCK_ROOM = (sa.select(rooms.c.latest_event_id, rooms.c.current_state_group)
-              .where(rooms.c.room_id == sa.bindparam("room_id")).with_for_update())
-_MOVE_ROOM = (sa.update(rooms).where(rooms.c.room_id == sa.bindparam("id"))
-              .values(latest_event_id=sa.bindparam("latest"),
-                      current_depth=sa.bindparam("depth"),
-                      current_state_group=sa.bindparam("group")))
-_INSERT_EVENT = sa.insert(events)
-_EVENTS_BY_ID = sa.select(*_EVENT_COLUMNS).where(
-    _e.c.event_id.in_(sa.bindparam("ids", expanding=True)))
-_TXN = sa.select(event_txns.c.event_id).where(
+_LOCK_ROOM = prepared(sa.select(rooms.c.latest_event_id, rooms.c.current_state_group)
+                      .where(rooms.c.room_id == sa.bindparam("room_id")).with_for_update())
+_MOVE_ROOM = prepared(sa.update(rooms).where(rooms.c.room_id == sa.bindparam("id"))
+                      .values(latest_event_id=sa.bindparam("latest"),
+                              current_depth=sa.bindparam("depth"),
+                              current_state_group=sa.bindparam("group")))
+_INSERT_EVENT = prepared(sa.insert(events))
+_EVENTS_BY_ID = prepared(sa.select(*_EVENT_COLUMNS).where(
+    _e.c.event_id.in_(sa.bindparam("ids", expanding=True))))
+_TXN = prepared(sa.select(event_txns.c.event_id).where(
     event_txns.c.user_id == sa.bindparam("user_id"),
     event_txns.c.device_id == sa.bindparam("device_id"),
-    event_txns.c.scope == sa.bindparam("scope"), event_txns.c.txn_id == sa.bindparam("txn_id"))
-_ROOMS_CHANGED = sa.select(_e.c.room_id).distinct().where(
+    event_txns.c.scope == sa.bindparam("scope"), event_txns.c.txn_id == sa.bindparam("txn_id")))
+_ROOMS_CHANGED = prepared(sa.select(_e.c.room_id).distinct().where(
     _e.c.stream_ordering > sa.bindparam("after"), _e.c.stream_ordering <= sa.bindparam("upto"),
-    _e.c.room_id.in_(sa.bindparam("rooms", expanding=True)))
-_PREV_GROUP = sa.select(state_groups.c.prev_group).where(state_groups.c.id == sa.bindparam("id"))
+    _e.c.room_id.in_(sa.bindparam("rooms", expanding=True))))
+_PREV_GROUP = prepared(sa.select(state_groups.c.prev_group)
+                       .where(state_groups.c.id == sa.bindparam("id")))
 
 
 def _room_events_query(after: bool, upto: bool, descending: bool) -> sa.Select[Any]:
@@ -117,7 +118,7 @@ def _room_events_query(after: bool, upto: bool, descending: bool) -> sa.Select[A
     return query.order_by(order).limit(sa.bindparam("limit"))
 
 
-_ROOM_EVENTS = {(a, u, d): _room_events_query(a, u, d)
+_ROOM_EVENTS = {(a, u, d): prepared(_room_events_query(a, u, d))
                 for a in (False, True) for u in (False, True) for d in (False, True)}
 
 

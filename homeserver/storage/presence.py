@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from homeserver.storage.database import Connection, Database
+from homeserver.storage.database import Connection, Database, prepared
 from homeserver.storage.schema import presence, room_memberships
 from homeserver.streams import Stream
 
@@ -81,9 +81,10 @@ def _changed_query() -> sa.Select[Any]:
 
 
 # Every incremental sync runs these: built once.
-_NEWLY_SHARED = {exclude: _newly_shared_query(exclude) for exclude in (False, True)}
-_CHANGED = _changed_query()
-_GET = sa.select(presence).where(presence.c.user_id == sa.bindparam("user_id"))
+_NEWLY_SHARED = {exclude: prepared(_newly_shared_query(exclude))
+                 for exclude in (False, True)}
+_CHANGED = prepared(_changed_query())
+_GET = prepared(sa.select(presence).where(presence.c.user_id == sa.bindparam("user_id")))
 
 
 class PresenceStore:

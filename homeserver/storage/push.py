@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
-from homeserver.storage.database import Connection, Database
+from homeserver.storage.database import Connection, Database, prepared
 from homeserver.storage.schema import (
     event_push_actions,
     events,
@@ -140,8 +140,8 @@ def _pusher(r: Any) -> Pusher:
                   r.device_id, int(r.attempts))
 
 
-_CURSOR = sa.select(push_cursors.c.stream_ordering).where(
-    push_cursors.c.name == sa.bindparam("name"))
+_CURSOR = prepared(sa.select(push_cursors.c.stream_ordering).where(
+    push_cursors.c.name == sa.bindparam("name")))
 # The push sender's scan, on every round: how far a batch of events reaches, and the push
 # actions in it of users with a pusher created before them.
 _window = (sa.select(event_push_actions.c.stream_ordering).distinct()
@@ -149,21 +149,22 @@ _window = (sa.select(event_push_actions.c.stream_ordering).distinct()
                   event_push_actions.c.stream_ordering <= sa.bindparam("upto"))
            .order_by(event_push_actions.c.stream_ordering).limit(sa.bindparam("limit"))
            .subquery())
-_PENDING_REACH = sa.select(sa.func.max(_window.c.stream_ordering))
-_PENDING = (sa.select(event_push_actions, pushers.c.id.label("pusher_id"))
-            .join(pushers, sa.and_(
-                pushers.c.user_id == event_push_actions.c.user_id,
-                event_push_actions.c.stream_ordering > pushers.c.start_stream_ordering))
-            .where(event_push_actions.c.stream_ordering > sa.bindparam("after"),
-                   event_push_actions.c.stream_ordering <= sa.bindparam("reach"))
-            .order_by(event_push_actions.c.stream_ordering))
+_PENDING_REACH = prepared(sa.select(sa.func.max(_window.c.stream_ordering)))
+_PENDING = prepared(sa.select(event_push_actions, pushers.c.id.label("pusher_id"))
+                    .join(pushers, sa.and_(
+                        pushers.c.user_id == event_push_actions.c.user_id,
+                        event_push_actions.c.stream_ordering > pushers.c.start_stream_ordering))
+                    .where(event_push_actions.c.stream_ordering > sa.bindparam("after"),
+                           event_push_actions.c.stream_ordering <= sa.bindparam("reach"))
+                    .order_by(event_push_actions.c.stream_ordering))
 # Pushers with something due and no back-off, not held by a live claim.
-_CLAIMABLE = (sa.select(pushers.c.id)
-              .where(pushers.c.next_attempt_ts <= sa.bindparam("now"),
-                     pushers.c.claimed_until <= sa.bindparam("now"),
-                     sa.exists().where(push_queue.c.pusher_id == pushers.c.id,
-                                       push_queue.c.due_ts <= sa.bindparam("now")))
-              .order_by(pushers.c.next_attempt_ts, pushers.c.id).limit(sa.bindparam("limit")))
+_CLAIMABLE = prepared(sa.select(pushers.c.id)
+                      .where(pushers.c.next_attempt_ts <= sa.bindparam("now"),
+                             pushers.c.claimed_until <= sa.bindparam("now"),
+                             sa.exists().where(push_queue.c.pusher_id == pushers.c.id,
+                                               push_queue.c.due_ts <= sa.bindparam("now")))
+                      .order_by(pushers.c.next_attempt_ts, pushers.c.id)
+                      .limit(sa.bindparam("limit")))
 
 
 @functools.cache
@@ -219,7 +220,7 @@ def _count_unread(*, with_rooms: bool, with_ignored: bool) -> sa.Select[Any]:
         query = query.where(~sa.exists().where(
             events.c.event_id == epa.c.event_id,
             events.c.sender.in_(sa.bindparam("ignored", expanding=True))))
-    return query
+    return prepared(query)
 
 
 class PushStore:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from homeserver.storage.database import Connection, Database
+from homeserver.storage.database import Connection, Database, prepared
 from homeserver.storage.schema import event_relations, events, room_memberships
 from homeserver.types import JsonDict
 
@@ -125,9 +125,9 @@ def _child(r: sa.Row[tuple[object, ...]]) -> Child:
 _r = event_relations
 
 
-_ANY_CHILD = sa.select(_r.c.relates_to_id).where(
+_ANY_CHILD = prepared(sa.select(_r.c.relates_to_id).where(
     _r.c.relates_to_id.in_(sa.bindparam("ids", expanding=True)),
-    _r.c.room_id == sa.bindparam("room_id")).limit(1)
+    _r.c.room_id == sa.bindparam("room_id")).limit(1))
 
 
 class RelationStore:

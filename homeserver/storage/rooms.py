@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from cachetools import LRUCache
 
-from homeserver.storage.database import Database
+from homeserver.storage.database import Database, prepared
 from homeserver.storage.schema import current_state, events, room_aliases, room_memberships, rooms
 
 
@@ -43,20 +43,20 @@ def _membership(r: sa.Row[tuple[object, ...]]) -> Membership:
 
 # Hot statements, built once: building a statement costs more than running it on SQLite.
 _m = room_memberships
-_GET_ROOM = sa.select(rooms).where(rooms.c.room_id == sa.bindparam("room_id"))
-_GET_MEMBERSHIP = sa.select(_m).where(_m.c.room_id == sa.bindparam("room_id"),
-                                      _m.c.user_id == sa.bindparam("user_id"))
-_USER_MEMBERSHIPS = sa.select(_m).where(_m.c.user_id == sa.bindparam("user_id"))
-_USER_MEMBERSHIPS_IN = _USER_MEMBERSHIPS.where(
-    _m.c.membership.in_(sa.bindparam("memberships", expanding=True)))
-_COUNT_MEMBERSHIPS = (sa.select(_m.c.membership, sa.func.count())
-                      .where(_m.c.room_id == sa.bindparam("room_id"))
-                      .group_by(_m.c.membership))
-_HEROES = (sa.select(_m.c.user_id)
-           .where(_m.c.room_id == sa.bindparam("room_id"),
-                  _m.c.membership.in_(["join", "invite"]),
-                  _m.c.user_id != sa.bindparam("exclude"))
-           .order_by(_m.c.user_id).limit(sa.bindparam("limit")))
+_GET_ROOM = prepared(sa.select(rooms).where(rooms.c.room_id == sa.bindparam("room_id")))
+_GET_MEMBERSHIP = prepared(sa.select(_m).where(_m.c.room_id == sa.bindparam("room_id"),
+                                               _m.c.user_id == sa.bindparam("user_id")))
+_USER_MEMBERSHIPS = prepared(sa.select(_m).where(_m.c.user_id == sa.bindparam("user_id")))
+_USER_MEMBERSHIPS_IN = prepared(_USER_MEMBERSHIPS.where(
+    _m.c.membership.in_(sa.bindparam("memberships", expanding=True))))
+_COUNT_MEMBERSHIPS = prepared(sa.select(_m.c.membership, sa.func.count())
+                              .where(_m.c.room_id == sa.bindparam("room_id"))
+                              .group_by(_m.c.membership))
+_HEROES = prepared(sa.select(_m.c.user_id)
+                   .where(_m.c.room_id == sa.bindparam("room_id"),
+                          _m.c.membership.in_(["join", "invite"]),
+                          _m.c.user_id != sa.bindparam("exclude"))
+                   .order_by(_m.c.user_id).limit(sa.bindparam("limit")))
 
 
 class RoomStore:

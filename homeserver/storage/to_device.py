@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from homeserver.storage.database import Database
+from homeserver.storage.database import Database, prepared
 from homeserver.storage.schema import device_inbox, devices, to_device_txns
 from homeserver.streams import Stream
 from homeserver.types import JsonDict
@@ -29,9 +29,9 @@ class ToDeviceMessage:
     stream_position: int
 
 
-_ANY_PENDING = sa.select(device_inbox.c.stream_position).where(
+_ANY_PENDING = prepared(sa.select(device_inbox.c.stream_position).where(
     device_inbox.c.user_id == sa.bindparam("user_id"),
-    device_inbox.c.device_id == sa.bindparam("device_id")).limit(1)
+    device_inbox.c.device_id == sa.bindparam("device_id")).limit(1))
 
 
 class ToDeviceStore:

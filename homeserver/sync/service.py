@@ -84,6 +84,13 @@ class SyncService:
         listener = self._notifier.listen(requester.user_id, room_ids)
         try:
             deadline = time.monotonic() + req.timeout_ms / 1000
+            if StreamToken(await self._db.current_positions()) == req.since:
+                # No stream has moved past the token, so nothing can be new: wait for the first
+                # wake-up before computing (one statement instead of a whole computation, for
+                # every client coming back to wait after a response). A wake-up since listen()
+                # is not lost: the listener stays set.
+                if not await listener.wait(deadline - time.monotonic()):
+                    return await self._compute(requester, req)
             while True:
                 listener.clear()
                 response = await self._compute(requester, req)

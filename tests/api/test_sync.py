@@ -99,6 +99,49 @@ async def test_long_poll_times_out_empty(client: httpx.AsyncClient) -> None:
     since = (await _sync(client, token))["next_batch"]
     body = await _sync(client, token, since=since, timeout=50)
     assert "rooms" not in body and body["next_batch"] == since
+    # It waited without computing, but the answer at the timeout is a whole one.
+    assert body["device_one_time_keys_count"] == {"signed_curve25519": 0}
+
+
+async def test_long_poll_on_a_current_token_wakes_for_every_stream(
+        client: httpx.AsyncClient) -> None:
+    """A long-poll whose token is current waits before computing anything; each kind of
+    news still wakes it: a message, account data, a to-device message."""
+    alice, a_token = await register(client, "alice")
+    room_id = await _room(client, a_token)
+    since = (await _sync(client, a_token))["next_batch"]
+
+    async def poll_during(action: Any) -> dict[str, Any]:
+        nonlocal since
+        waiting = asyncio.create_task(_sync(client, a_token, since=since, timeout=30_000))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        await action()
+        body: dict[str, Any] = await asyncio.wait_for(waiting, 10)
+        since = body["next_batch"]
+        return body
+
+    async def message() -> None:
+        await _send(client, a_token, room_id, "news")
+
+    async def account_data() -> None:
+        r = await client.put(f"/_matrix/client/v3/user/{alice}/account_data/org.example",
+                             json={"x": 1}, headers=auth_header(a_token))
+        assert r.status_code == 200, r.text
+
+    async def to_device() -> None:
+        r = await client.put("/_matrix/client/v3/sendToDevice/org.example/t1",
+                             json={"messages": {alice: {"*": {"hello": True}}}},
+                             headers=auth_header(a_token))
+        assert r.status_code == 200, r.text
+
+    body = await poll_during(message)
+    assert body["rooms"]["join"][room_id]["timeline"]["events"][0]["content"]["body"] == "news"
+    body = await poll_during(account_data)
+    assert body["account_data"]["events"] == [{"type": "org.example", "content": {"x": 1}}]
+    body = await poll_during(to_device)
+    assert [e["content"] for e in body["to_device"]["events"]] == [{"hello": True}]
+    assert "rooms" not in body  # each answer carries its own news only
 
 
 async def test_long_poll_wakes_for_an_invite(client: httpx.AsyncClient) -> None:
