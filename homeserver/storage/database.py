@@ -345,6 +345,16 @@ class Database:
                     raw.rollback()
                 raise
 
+    def prepare_statements(self) -> None:
+        """Compiles the lean plans of every prepared read now, at start-up, rather than in
+        the first request of each kind (~0.5 ms each, a few dozen in a first send and sync).
+        An INSERT or UPDATE is compiled on first use, for the columns it is given."""
+        if not self.is_sqlite:
+            return
+        for key, statement in list(_PREPARED.items()):
+            if not isinstance(statement, UpdateBase) and key not in self._plans:
+                self._plans[key] = _Plan.compile(statement, self._sqlite_reader.dialect, ())
+
     async def _in_writer_thread(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` on the writer's thread; a cancelled caller still waits for it to end,
         so the writer connection is never used by two threads at once."""

@@ -118,6 +118,24 @@ def _room_events_query(after: bool, upto: bool, descending: bool) -> sa.Select[A
     return query.order_by(order).limit(sa.bindparam("limit"))
 
 
+def _state_of_group_query() -> sa.Select[Any]:
+    """The entries of :group and of its chain back to the nearest snapshot, oldest first
+    (later ones override earlier ones)."""
+    chain = sa.select(state_groups.c.id, state_groups.c.prev_group,
+                      state_groups.c.is_snapshot, sa.literal(0).label("n")).where(
+        state_groups.c.id == sa.bindparam("group")).cte("chain", recursive=True)
+    parent = state_groups.alias("parent")
+    chain = chain.union_all(
+        sa.select(parent.c.id, parent.c.prev_group, parent.c.is_snapshot,
+                  (chain.c.n + 1).label("n"))
+        .where(parent.c.id == chain.c.prev_group, chain.c.is_snapshot.is_(False)))
+    return (sa.select(chain.c.n, state_group_entries.c.type, state_group_entries.c.state_key,
+                      state_group_entries.c.event_id)
+            .join(state_group_entries, state_group_entries.c.state_group == chain.c.id)
+            .order_by(chain.c.n.desc()))
+
+
+_STATE_OF_GROUP = prepared(_state_of_group_query())
 _ROOM_EVENTS = {(a, u, d): prepared(_room_events_query(a, u, d))
                 for a in (False, True) for u in (False, True) for d in (False, True)}
 
@@ -155,9 +173,9 @@ class EventStore:
             room = (await conn.execute(_LOCK_ROOM, {"room_id": new.room_id})).first()
             if room is None or room.latest_event_id != expected_latest:
                 return None
-            group = room.current_state_group
+            group = before = room.current_state_group
             if state_key is not None:
-                group = await self._add_state_group(conn, new.room_id, group,
+                group = await self._add_state_group(conn, new.room_id, before,
                                                     {(pdu["type"], state_key): new.event_id})
             await conn.execute(_MOVE_ROOM, {"id": new.room_id, "latest": new.event_id,
                                             "depth": pdu["depth"], "group": group})
@@ -187,6 +205,12 @@ class EventStore:
                     "event_id": new.event_id, "created_ts": pdu["origin_server_ts"]})
                 if taken.rowcount == 0:
                     raise DuplicateTxn(new.txn_id)  # rolls the whole transaction back
+        if state_key is not None:
+            # Committed: the new group's state is the previous one's plus this event, so the
+            # room's next send does not load it (an uncommitted group's ID may be reused).
+            previous = {} if before is None else self._state_cache.get(before)
+            if previous is not None:
+                self._state_cache[group] = {**previous, (pdu["type"], state_key): new.event_id}
         return position
 
     async def _add_state_group(self, conn: Connection, room_id: str, prev: int | None,
@@ -293,20 +317,7 @@ class EventStore:
         return await self.get_state_ids(int(prev)) if prev is not None else {}
 
     async def _state_for_group(self, conn: Connection, group: int) -> StateMap:
-        # Walk from the group back to the nearest snapshot, then apply the deltas oldest first.
-        chain = sa.select(state_groups.c.id, state_groups.c.prev_group,
-                          state_groups.c.is_snapshot, sa.literal(0).label("n")).where(
-            state_groups.c.id == group).cte("chain", recursive=True)
-        parent = state_groups.alias("parent")
-        chain = chain.union_all(
-            sa.select(parent.c.id, parent.c.prev_group, parent.c.is_snapshot,
-                      (chain.c.n + 1).label("n"))
-            .where(parent.c.id == chain.c.prev_group, chain.c.is_snapshot.is_(False)))
-        rows = (await conn.execute(
-            sa.select(chain.c.n, state_group_entries.c.type, state_group_entries.c.state_key,
-                      state_group_entries.c.event_id)
-            .join(state_group_entries, state_group_entries.c.state_group == chain.c.id)
-            .order_by(chain.c.n.desc()))).all()
+        rows = (await conn.execute(_STATE_OF_GROUP, {"group": group})).all()
         state: StateMap = {}
         for r in rows:
             state[(r.type, r.state_key)] = r.event_id

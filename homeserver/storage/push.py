@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -221,6 +222,11 @@ def _count_unread(*, with_rooms: bool, with_ignored: bool) -> sa.Select[Any]:
             events.c.event_id == epa.c.event_id,
             events.c.sender.in_(sa.bindparam("ignored", expanding=True))))
     return prepared(query)
+
+
+# Every shape built at import, so that start-up compiles them (Database.prepare_statements).
+for _with_rooms, _with_ignored in itertools.product((False, True), repeat=2):
+    _count_unread(with_rooms=_with_rooms, with_ignored=_with_ignored)
 
 
 class PushStore:
