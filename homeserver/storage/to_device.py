@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from cachetools import LRUCache
 
 from homeserver.storage.database import Database, prepared
 from homeserver.storage.schema import device_inbox, devices, to_device_txns
@@ -37,6 +38,10 @@ _ANY_PENDING = prepared(sa.select(device_inbox.c.stream_position).where(
 class ToDeviceStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Device -> a to-device position at which its inbox was seen empty. Every message
+        # takes a new position, and positions commit in order, so while the stream is still
+        # there the inbox is still empty: no query (true on every worker alike).
+        self._empty_at: LRUCache[tuple[str, str], int] = LRUCache(maxsize=100_000)
 
     async def add_messages(self, sender: str, sender_device: str, txn_id: str, event_type: str,
                            messages: Mapping[str, Mapping[str, JsonDict]], now_ms: int
@@ -86,11 +91,16 @@ class ToDeviceStore:
         position): each is marked as carried by that response, if it was not already.
         """
         where = (device_inbox.c.user_id == user_id, device_inbox.c.device_id == device_id)
+        if self._empty_at.get((user_id, device_id)) == upto:
+            return []
         async with self._db.read() as conn:
             # Most syncs find an empty inbox: no write transaction for them.
             pending = (await conn.execute(_ANY_PENDING, {"user_id": user_id,
                                                          "device_id": device_id})).first()
         if pending is None:
+            # Everything up to ``upto`` was committed before this read (positions commit in
+            # order), so the inbox is empty at ``upto``.
+            self._empty_at[(user_id, device_id)] = upto
             return []
         async with self._db.write() as conn:
             if acknowledged is not None:
