@@ -20,7 +20,7 @@ from homeserver.app import Homeserver, running_homeserver
 from homeserver.clock import FakeClock
 from homeserver.config import HomeserverConfig, parse_config
 from homeserver.migrate import upgrade_head
-from homeserver.storage.database import Database, LeanResult, SqliteConnection
+from homeserver.storage.database import Database, LeanResult, PgConnection, SqliteConnection
 from homeserver.storage.schema import metadata, stream_positions
 
 PG_ADMIN_URL = os.environ.get("HS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -28,24 +28,49 @@ PG_ADMIN_URL = os.environ.get("HS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0
 
 @pytest.fixture(autouse=True, scope="session")
 def lean_reads_checked() -> Iterator[None]:
-    """Every read on SQLite's lean path (prepared statements) is run through SQLAlchemy too,
-    and both must give the same rows: the same values of the same types, the same names."""
-    lean = SqliteConnection.execute
+    """Every read on the lean path (prepared statements, both databases) is run through
+    SQLAlchemy too, and both must give the same rows: the same values of the same types,
+    the same names."""
+    lean = {cls: cls.execute for cls in (SqliteConnection, PgConnection)}
 
-    async def checked(self: SqliteConnection, statement: Any, parameters: Any = None) -> Any:
-        result = await lean(self, statement, parameters)
-        if isinstance(result, LeanResult) and isinstance(statement, sa.Select | sa.CompoundSelect):
-            expected = self._conn.execute(statement, parameters)
-            keys, rows = list(expected.keys()), expected.all()
-            got = result.all()
-            assert [[(type(v), v) for v in r] for r in got] == \
-                [[(type(v), v) for v in r] for r in rows], statement
-            assert all(list(r._fields) == keys for r in got), (keys, statement)
+    def differences(got: list[Any], expected: Any) -> tuple[Any, ...] | None:
+        keys, rows = list(expected.keys()), expected.all()
+        typed = [[(type(v), v) for v in r] for r in got], [[(type(v), v) for v in r] for r in rows]
+        if typed[0] != typed[1] or any(list(r._fields) != keys for r in got):
+            return (*typed, keys)
+        return None
+
+    def is_read(result: Any, statement: Any) -> bool:
+        return isinstance(result, LeanResult) and \
+            isinstance(statement, sa.Select | sa.CompoundSelect)
+
+    async def sqlite_checked(self: SqliteConnection, statement: Any,
+                             parameters: Any = None) -> Any:
+        result = await lean[SqliteConnection](self, statement, parameters)
+        if is_read(result, statement):
+            found = differences(result.all(), self._conn.execute(statement, parameters))
+            assert found is None, (statement, found)
         return result
 
-    SqliteConnection.execute = checked  # type: ignore[method-assign]
+    async def pg_checked(self: PgConnection, statement: Any, parameters: Any = None) -> Any:
+        result = await lean[PgConnection](self, statement, parameters)
+        if is_read(result, statement):
+            # A commit between the two reads (autocommit reads, concurrent writers) can make
+            # them differ: read both again; a real difference stays.
+            for _ in range(5):
+                found = differences(result.all(),
+                                    await self._conn.execute(statement, parameters))
+                if found is None:
+                    break
+                result = await lean[PgConnection](self, statement, parameters)
+            assert found is None, (statement, found)
+        return result
+
+    SqliteConnection.execute = sqlite_checked  # type: ignore[method-assign]
+    PgConnection.execute = pg_checked  # type: ignore[method-assign]
     yield
-    SqliteConnection.execute = lean  # type: ignore[method-assign]
+    for cls, execute in lean.items():
+        cls.execute = execute  # type: ignore[method-assign]
 
 
 def in_thread(factory: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -1,0 +1,114 @@
+"""Prepared statements on the lean path, both databases: the same rows, conversions, errors
+and counts as through SQLAlchemy (every lean read is also compared with SQLAlchemy's in
+the suite: tests/conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import sqlalchemy as sa
+
+from homeserver.migrate import upgrade_head
+from homeserver.storage.database import Database, LeanResult, prepared
+from homeserver.storage.schema import filters, users
+
+# A list expanded between other values: on PostgreSQL the $n after it are renumbered.
+_USERS = prepared(sa.select(users.c.user_id, users.c.is_admin, users.c.created_ts)
+                  .where(users.c.created_ts > sa.bindparam("after"),
+                         users.c.user_id.in_(sa.bindparam("ids", expanding=True)),
+                         users.c.is_admin == sa.bindparam("admin"))
+                  .order_by(users.c.user_id).limit(sa.bindparam("limit")))
+_ADD_USER = prepared(sa.insert(users))
+_PROMOTE = prepared(sa.update(users).where(users.c.created_ts >= sa.bindparam("since"))
+                    .values(is_admin=True))
+_ADD_FILTER = prepared(sa.insert(filters))
+_FILTER = prepared(sa.select(filters.c.filter_json).where(
+    filters.c.user_id == sa.bindparam("user_id")))
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = Database(db_url)
+    await upgrade_head(database.engine)
+    database.prepare_statements()
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+async def _add(db: Database, *rows: tuple[str, bool, int]) -> None:
+    async with db.write() as conn:
+        for user_id, admin, ts in rows:
+            await conn.execute(_ADD_USER, {"user_id": user_id, "password_hash": None,
+                                           "is_admin": admin, "deactivated": False,
+                                           "created_ts": ts})
+
+
+async def test_values_in_place_and_a_list_in_the_middle(db: Database) -> None:
+    await _add(db, ("@a:t", False, 1), ("@b:t", False, 2), ("@c:t", True, 3), ("@d:t", False, 4))
+    async with db.read() as conn:
+        result = await conn.execute(_USERS, {"after": 1, "ids": ["@d:t", "@b:t", "@c:t", "@x:t"],
+                                             "admin": False, "limit": 10})
+        assert isinstance(result, LeanResult)
+        rows = result.all()
+        assert [tuple(r) for r in rows] == [("@b:t", False, 2), ("@d:t", False, 4)]
+        assert rows[0].is_admin is False and rows[0].created_ts == 2
+        assert rows[0]._mapping == {"user_id": "@b:t", "is_admin": False, "created_ts": 2}
+        # Another length of the same list, and a single row's accessors.
+        one = await conn.execute(_USERS, {"after": 0, "ids": ["@c:t"], "admin": True,
+                                          "limit": 1})
+        assert one.scalar() == "@c:t"
+        assert one.one().is_admin is True
+
+
+async def test_json_is_converted_both_ways(db: Database) -> None:
+    await _add(db, ("@a:t", False, 1))
+    async with db.write() as conn:
+        await conn.execute(_ADD_FILTER,
+                           {"user_id": "@a:t", "filter_id": 0,
+                            "filter_json": {"room": {"timeline": {"limit": 5}}}})
+    async with db.read() as conn:
+        assert (await conn.execute(_FILTER, {"user_id": "@a:t"})).scalar_one() == \
+            {"room": {"timeline": {"limit": 5}}}
+
+
+async def test_counts_of_changed_rows(db: Database) -> None:
+    await _add(db, ("@a:t", False, 1), ("@b:t", False, 2), ("@c:t", False, 3))
+    async with db.write() as conn:
+        result = await conn.execute(_PROMOTE, {"since": 2})
+        assert isinstance(result, LeanResult) and result.rowcount == 2
+
+
+async def test_a_constraint_error_is_sqlalchemys_and_rolls_back(db: Database) -> None:
+    await _add(db, ("@a:t", False, 1))
+    with pytest.raises(sa.exc.IntegrityError):
+        async with db.write() as conn:
+            await conn.execute(_PROMOTE, {"since": 0})
+            await conn.execute(_ADD_USER, {"user_id": "@a:t", "password_hash": None,
+                                           "is_admin": False, "deactivated": False,
+                                           "created_ts": 9})
+    # Nothing of the failed transaction is left, and the next one works.
+    await _add(db, ("@b:t", False, 2))
+    async with db.read() as conn:
+        rows = (await conn.execute(_USERS, {"after": 0, "ids": ["@a:t", "@b:t"],
+                                            "admin": False, "limit": 10})).all()
+    assert [r.user_id for r in rows] == ["@a:t", "@b:t"]
+
+
+async def test_what_the_lean_path_leaves_to_sqlalchemy(db: Database) -> None:
+    # Python-side column defaults: SQLAlchemy fills them in (the lean path would write NULL).
+    async with db.write() as conn:
+        await conn.execute(_ADD_USER, {"user_id": "@a:t", "created_ts": 1})
+    async with db.read() as conn:
+        rows = (await conn.execute(_USERS, {"after": 0, "ids": ["@a:t"], "admin": False,
+                                            "limit": 5})).all()
+        assert [r.user_id for r in rows] == ["@a:t"]
+        # An empty list, which SQLAlchemy renders as an empty set.
+        empty = await conn.execute(_USERS, {"after": 0, "ids": [], "admin": False,
+                                            "limit": 5})
+        assert not isinstance(empty, LeanResult) and empty.all() == []
+        # A missing value: SQLAlchemy's error, not a NULL compared.
+        with pytest.raises(sa.exc.StatementError):
+            await conn.execute(_USERS, {"ids": ["@a:t"], "admin": False, "limit": 5})
