@@ -432,9 +432,12 @@ class Database:
                                                      max_overflow=pool_size,
                                                      pool_pre_ping=False)
             # Reads are autocommit: no BEGIN and ROLLBACK round trips around each one (read
-            # committed gives every statement its own snapshot either way).
-            self._pg_reader = create_async_engine(url, pool_size=pool_size,
-                                                  max_overflow=pool_size, pool_pre_ping=False,
+            # committed gives every statement its own snapshot either way). Twice the
+            # connections and none on demand: a burst of syncs (a message to a big room) waits
+            # for one rather than opening connections, preparing their statements again and
+            # closing them (that churn cost more CPU than the reads themselves).
+            self._pg_reader = create_async_engine(url, pool_size=2 * pool_size,
+                                                  max_overflow=0, pool_pre_ping=False,
                                                   isolation_level="AUTOCOMMIT",
                                                   pool_reset_on_return=None)
         # The read connection that pinned_reads() holds for the current task, if any.
