@@ -401,13 +401,39 @@ def _lean(plans: dict[Any, _Plan | None], statement: Executable, parameters: Par
 _UNPLANNED: Any = object()
 
 
+# Bodies sharing one SQLite transaction at most: bounds how long the first one waits.
+MAX_GROUP_MEMBERS = 64
+
+
+class _Group:
+    """Bodies of ``Database.write()`` that ran one after another in one SQLite transaction,
+    each inside its own savepoint, and are committed together (one fsync for all)."""
+
+    __slots__ = ("committed", "flusher", "members", "transaction")
+
+    def __init__(self, transaction: sa.RootTransaction) -> None:
+        self.transaction = transaction
+        self.members = 0
+        self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.flusher: asyncio.Task[None] | None = None
+
+    def fail(self, error: BaseException) -> None:
+        if not self.committed.done():
+            self.committed.set_exception(error)
+            self.committed.exception()  # retrieved: members that left early do not care
+
+
 class Database:
     """One database: ``write()`` yields a connection in one transaction, ``read()`` an
     autocommit one (each statement sees one consistent snapshot; no BEGIN/ROLLBACK).
 
     On SQLite there is one writer connection behind an asyncio lock, and the writer starts
     with ``BEGIN IMMEDIATE`` so that a write never fails half-way on a lock upgrade; reads
-    go to one WAL reader. On PostgreSQL, two asyncpg pools: transactions and autocommit.
+    go to one WAL reader. Group commit: bodies that queued for the writer while another ran
+    join its transaction, each in a savepoint (a failed body undoes only itself), and all are
+    committed by one COMMIT, so by one fsync; ``write()`` returns once that COMMIT is done,
+    so an acknowledged write is on disk as before. On PostgreSQL, two asyncpg pools:
+    transactions and autocommit (its own commits share fsyncs already).
     """
 
     def __init__(self, url: str, pool_size: int = 10) -> None:
@@ -427,6 +453,8 @@ class Database:
             # The writer's thread: BEGIN and COMMIT, one at a time, in order.
             self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
             self._write_lock = asyncio.Lock()
+            self._queued = 0  # bodies waiting for the writer lock
+            self._group: _Group | None = None  # the open group transaction
         else:
             self._async_engine = create_async_engine(url, pool_size=pool_size,
                                                      max_overflow=pool_size,
@@ -457,26 +485,121 @@ class Database:
             async with self.engine.begin() as conn:
                 yield PgConnection(conn, self._plans)
             return
-        async with self._write_lock:
+        await self._take_writer()
+        try:
+            group = await self._open_group()
             writer = self._write_conn
-            if writer is None:
-                writer = self._write_conn = await self._in_writer_thread(
-                    self._sqlite_writer.connect)
+            assert writer is not None
+            raw = writer.connection.dbapi_connection
+            assert raw is not None
+            raw.execute("SAVEPOINT body")
             try:
-                transaction = await self._in_writer_thread(writer.begin)
                 yield SqliteConnection(writer, self._plans)
-                await self._in_writer_thread(transaction.commit)
             except BaseException:
-                # A failed body, a failed COMMIT (a deferred constraint, a full disk) or a
-                # cancellation leaves nothing half-done and the connection ready for the next
-                # transaction.
-                if writer.get_transaction() is not None:  # active, or failed to commit
-                    writer.rollback()
-                # SQLite keeps a transaction whose COMMIT failed open; so does its driver.
-                raw = writer.connection.dbapi_connection
-                if raw is not None and raw.in_transaction:
-                    raw.rollback()
+                # This body leaves nothing behind; the others of the group are unaffected.
+                self._undo_body(group, raw)
+                await self._settle(group)
                 raise
+            raw.execute("RELEASE body")
+            group.members += 1
+            await self._settle(group)
+        finally:
+            self._write_lock.release()
+        # Acknowledged once the group's COMMIT is on disk (its error is this body's too).
+        await asyncio.shield(group.committed)
+
+    async def _take_writer(self) -> None:
+        """The writer lock, counted while waited for (a body that sees others waiting leaves
+        the group's transaction open for them)."""
+        self._queued += 1
+        try:
+            await self._write_lock.acquire()
+        finally:
+            self._queued -= 1
+
+    async def _open_group(self) -> _Group:
+        """The open group transaction, or a new one (BEGIN IMMEDIATE)."""
+        if self._group is not None:
+            return self._group
+        if self._write_conn is None:
+            self._write_conn = await self._in_writer_thread(self._sqlite_writer.connect)
+        writer = self._write_conn
+        try:
+            transaction = await self._in_writer_thread(writer.begin)
+        except BaseException:
+            self._rollback_writer()
+            raise
+        self._group = _Group(transaction)
+        return self._group
+
+    def _undo_body(self, group: _Group, raw: Any) -> None:
+        try:
+            raw.execute("ROLLBACK TO body")
+            raw.execute("RELEASE body")
+        except sqlite3.Error as error:  # the whole transaction is gone (an I/O error)
+            self._group = None
+            self._rollback_writer()
+            group.fail(error)
+
+    async def _settle(self, group: _Group) -> None:
+        """After a body, holding the writer: commit the group now, or leave it open for the
+        bodies waiting for the writer (they run first; a flusher queued behind them commits
+        what they add, so that no body waits on one that never comes)."""
+        if self._group is not group:
+            return  # already ended (failed)
+        if self._queued and group.members < MAX_GROUP_MEMBERS:
+            if group.flusher is None:
+                group.flusher = asyncio.create_task(self._flush(group))
+            return
+        await self._end_group(group)
+
+    async def _flush(self, group: _Group) -> None:
+        await self._take_writer()
+        try:
+            if self._group is group:
+                await self._end_group(group)
+        finally:
+            self._write_lock.release()
+
+    async def _end_group(self, group: _Group) -> None:
+        """COMMIT (or, with no body to keep, ROLLBACK) the group's transaction; its outcome
+        goes to every member. A cancelled caller still waits for the COMMIT to end."""
+        self._group = None
+        if not group.members:
+            self._rollback_writer()
+            group.committed.set_result(None)
+            return
+        future = asyncio.get_running_loop().run_in_executor(self._write_thread,
+                                                           group.transaction.commit)
+        cancelled = False
+        while not future.done():
+            try:
+                await asyncio.shield(future)
+            except asyncio.CancelledError:
+                cancelled = True
+            except BaseException:
+                break
+        error = future.exception()
+        if error is None:
+            group.committed.set_result(None)
+        else:
+            # A failed COMMIT (a deferred constraint, a full disk) leaves nothing half-done
+            # and the connection ready for the next transaction.
+            self._rollback_writer()
+            group.fail(error)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _rollback_writer(self) -> None:
+        writer = self._write_conn
+        if writer is None:
+            return
+        if writer.get_transaction() is not None:  # active, or failed to commit
+            writer.rollback()
+        # SQLite keeps a transaction whose COMMIT failed open; so does its driver.
+        raw = writer.connection.dbapi_connection
+        if raw is not None and raw.in_transaction:
+            raw.rollback()
 
     def prepare_statements(self) -> None:
         """Compiles the lean plans of every prepared read now, at start-up, rather than in
@@ -529,6 +652,9 @@ class Database:
 
     async def close(self) -> None:
         if self.is_sqlite:
+            group = self._group
+            if group is not None and group.flusher is not None:
+                await group.flusher  # commits what its bodies wrote
             if self._write_conn is not None:
                 await self._in_writer_thread(self._write_conn.close)
                 self._write_conn = None

@@ -1,13 +1,16 @@
-"""The SQLite handle: statements on the event loop, BEGIN and COMMIT on the writer's thread."""
+"""The SQLite handle: statements on the event loop, BEGIN and COMMIT on the writer's thread,
+group commit."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import event
 
 from homeserver.storage.database import Database
 
@@ -85,3 +88,82 @@ async def test_a_cancelled_writer_waits_for_its_commit(db: Database) -> None:
         await conn.execute(sa.text("INSERT INTO parent VALUES (8)"))
     assert set(await _ids(db, "parent")) <= {7, 8}
     assert 8 in await _ids(db, "parent")
+
+
+def _count_commits(db: Database) -> list[int]:
+    commits = [0]
+
+    @event.listens_for(db._sqlite_writer, "commit")
+    def _commit(_conn: Any) -> None:
+        commits[0] += 1
+
+    return commits
+
+
+async def test_writers_that_queue_share_one_commit(db: Database) -> None:
+    commits = _count_commits(db)
+
+    async def write(n: int) -> None:
+        async with db.write() as conn:
+            await conn.execute(sa.text("INSERT INTO parent VALUES (:n)"), {"n": n})
+        # Returned: committed, visible to readers.
+        assert n in await _ids(db, "parent")
+
+    await asyncio.gather(*(write(n) for n in range(1, 31)))
+    assert await _ids(db, "parent") == list(range(1, 31))
+    assert 1 <= commits[0] < 30
+
+
+async def test_a_failed_body_in_a_group_undoes_only_itself(db: Database) -> None:
+    async def write(n: int) -> None:
+        async with db.write() as conn:
+            await conn.execute(sa.text("INSERT INTO parent VALUES (:n)"), {"n": n})
+            if n % 3 == 0:
+                raise RuntimeError(f"body {n} changed its mind")
+
+    results = await asyncio.gather(*(write(n) for n in range(1, 13)), return_exceptions=True)
+    assert [n for n, r in zip(range(1, 13), results, strict=True)
+            if isinstance(r, RuntimeError)] == [3, 6, 9, 12]
+    assert await _ids(db, "parent") == [1, 2, 4, 5, 7, 8, 10, 11]
+
+
+async def test_a_failed_group_commit_fails_every_member(db: Database) -> None:
+    async def write(n: int, parent: int) -> None:
+        async with db.write() as conn:
+            # Deferred: a missing parent is only found by COMMIT.
+            await conn.execute(sa.text("INSERT INTO child VALUES (:n, :p)"), {"n": n, "p": parent})
+
+    results = await asyncio.gather(write(1, 1), write(2, 99), write(3, 1),
+                                   return_exceptions=True)
+    # Those that shared the failed COMMIT were not acknowledged, and nothing was kept.
+    assert any(isinstance(r, sa.exc.IntegrityError) for r in results)
+    assert all(r is None or isinstance(r, sa.exc.IntegrityError) for r in results)
+    assert await _ids(db, "child") == []
+    async with db.write() as conn:
+        await conn.execute(sa.text("INSERT INTO parent VALUES (1)"))
+        await conn.execute(sa.text("INSERT INTO child VALUES (1, 1)"))
+    assert await _ids(db, "child") == [1]
+
+
+async def test_a_writer_cancelled_in_the_queue_does_not_hold_up_the_group(db: Database) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        async with db.write() as conn:
+            await conn.execute(sa.text("INSERT INTO parent VALUES (1)"))
+            started.set()
+            await release.wait()
+
+    async def write(n: int) -> None:
+        async with db.write() as conn:
+            await conn.execute(sa.text("INSERT INTO parent VALUES (:n)"), {"n": n})
+
+    tasks = [asyncio.create_task(first())]
+    await started.wait()
+    tasks += [asyncio.create_task(write(n)) for n in (2, 3)]
+    await asyncio.sleep(0)  # both queued behind the first
+    tasks[1].cancel()
+    release.set()
+    done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    assert isinstance(done[1], asyncio.CancelledError)
+    assert await _ids(db, "parent") == [1, 3]
