@@ -1,5 +1,11 @@
 """Runs our server with every SQL statement appended to a file: ``python -m bench.querylog
-LOG [homeserver args]``. For counting database round trips; the server code is unchanged."""
+LOG [homeserver args]``. For counting database round trips; the server code is unchanged.
+
+Statements are taken from the drivers, not from SQLAlchemy, since prepared statements
+bypass SQLAlchemy's execution (homeserver/storage/database.py): SQLite's trace callback
+(which also sees BEGIN, COMMIT and the savepoints of group commit) and asyncpg's query
+logger.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +20,18 @@ from sqlalchemy.engine import Engine
 def main() -> None:
     log = open(sys.argv[1], "a", buffering=1)  # noqa: SIM115 - open for the process's life
 
-    @event.listens_for(Engine, "before_cursor_execute")
-    def _statement(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        log.write(" ".join(statement.split())[:160] + "\n")
+    def statement(sql: str) -> None:
+        line = " ".join(sql.split()).rstrip(";")
+        log.write(line[:160] + "\n")
 
-    @event.listens_for(Engine, "commit")
-    def _commit(conn: Any) -> None:
-        log.write("COMMIT\n")
+    @event.listens_for(Engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        driver = getattr(dbapi_conn, "driver_connection", None)
+        if hasattr(dbapi_conn, "set_trace_callback"):  # sqlite3
+            dbapi_conn.set_trace_callback(statement)
+        elif hasattr(driver, "add_query_logger"):  # asyncpg, behind SQLAlchemy's adapter
+            driver.add_query_logger(lambda query: statement(query.query))
+        # (aiosqlite only runs the migrations at start-up.)
 
     sys.argv = ["homeserver", *sys.argv[2:]]
     runpy.run_module("homeserver", run_name="__main__", alter_sys=True)
