@@ -184,6 +184,7 @@ room_memberships = sa.Table(
     sa.Column("displayname", sa.Text, nullable=True),
     sa.Column("avatar_url", sa.Text, nullable=True),
     sa.Index(None, "user_id", "membership"),
+    sa.Index(None, "room_id", "stream_ordering"),  # membership changes in a range
 )
 
 room_aliases = sa.Table(
