@@ -403,6 +403,11 @@ _UNPLANNED: Any = object()
 
 # Bodies sharing one SQLite transaction at most: bounds how long the first one waits.
 MAX_GROUP_MEMBERS = 64
+# A body leaves its transaction open only for at least this many bodies queued: it then
+# waits for them to run, behind whatever else the event loop has ready, while its own COMMIT
+# would have overlapped that work on the writer's thread. Worth it under a queue, not for
+# the odd collision.
+GROUP_WHEN_QUEUED = 2
 
 
 class _Group:
@@ -542,12 +547,14 @@ class Database:
             group.fail(error)
 
     async def _settle(self, group: _Group) -> None:
-        """After a body, holding the writer: commit the group now, or leave it open for the
-        bodies waiting for the writer (they run first; a flusher queued behind them commits
-        what they add, so that no body waits on one that never comes)."""
+        """After a body, holding the writer: commit the group now, or, with a queue, leave it
+        open for the bodies waiting for the writer (they run first; a flusher queued behind
+        them commits what they add, so that no body waits on one that never comes)."""
         if self._group is not group:
             return  # already ended (failed)
-        if self._queued and group.members < MAX_GROUP_MEMBERS:
+        waiting = self._queued - (group.flusher is not None)  # its flusher waits too
+        if (group.flusher is not None or waiting >= GROUP_WHEN_QUEUED) and waiting > 0 \
+                and group.members < MAX_GROUP_MEMBERS:
             if group.flusher is None:
                 group.flusher = asyncio.create_task(self._flush(group))
             return

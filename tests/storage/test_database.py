@@ -112,6 +112,11 @@ async def test_writers_that_queue_share_one_commit(db: Database) -> None:
     await asyncio.gather(*(write(n) for n in range(1, 31)))
     assert await _ids(db, "parent") == list(range(1, 31))
     assert 1 <= commits[0] < 30
+    # A single writer waiting is no queue: each commits on its own (its COMMIT overlaps the
+    # event loop's other work instead of waiting for the other body).
+    commits[0] = 0
+    await asyncio.gather(write(31), write(32))
+    assert commits[0] == 2
 
 
 async def test_a_failed_body_in_a_group_undoes_only_itself(db: Database) -> None:
