@@ -381,7 +381,7 @@ def asgi_app(config: HomeserverConfig) -> Any:
     async def lifespan(_: Any) -> AsyncIterator[None]:
         async with running_homeserver(config) as hs:
             holder["hs"] = hs
-            hs.db.prepare_statements()
+            await hs.db.prepare_statements()
             # What start-up built lives as long as the process: keep full collections from
             # walking it again and again (they were the DM latency's tail, ~100 ms each).
             gc.collect()

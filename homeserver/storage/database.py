@@ -461,14 +461,16 @@ class Database:
             self._queued = 0  # bodies waiting for the writer lock
             self._group: _Group | None = None  # the open group transaction
         else:
+            # A fixed number of connections, none opened on demand: opening one (and preparing
+            # its statements again) under load cost more than waiting for one.
+            self._pool_size = pool_size
             self._async_engine = create_async_engine(url, pool_size=pool_size,
-                                                     max_overflow=pool_size,
-                                                     pool_pre_ping=False)
+                                                     max_overflow=0, pool_pre_ping=False)
             # Reads are autocommit: no BEGIN and ROLLBACK round trips around each one (read
             # committed gives every statement its own snapshot either way). Twice the
-            # connections and none on demand: a burst of syncs (a message to a big room) waits
-            # for one rather than opening connections, preparing their statements again and
-            # closing them (that churn cost more CPU than the reads themselves).
+            # connections: a burst of syncs (a message to a big room) waits for one rather
+            # than opening connections, preparing their statements again and closing them
+            # (that churn cost more CPU than the reads themselves).
             self._pg_reader = create_async_engine(url, pool_size=2 * pool_size,
                                                   max_overflow=0, pool_pre_ping=False,
                                                   isolation_level="AUTOCOMMIT",
@@ -608,14 +610,32 @@ class Database:
         if raw is not None and raw.in_transaction:
             raw.rollback()
 
-    def prepare_statements(self) -> None:
-        """Compiles the lean plans of every prepared read now, at start-up, rather than in
-        the first request of each kind (~0.5 ms each, a few dozen in a first send and sync).
-        An INSERT or UPDATE is compiled on first use, for the columns it is given."""
+    async def prepare_statements(self) -> None:
+        """At start-up rather than in the first requests: compiles the lean plans of every
+        prepared read (~0.5 ms each, a few dozen in a first send and sync), and on
+        PostgreSQL opens every pooled connection and has it prepare them (a first use of a
+        connection costs a connect and a round trip per statement). An INSERT or UPDATE is
+        compiled on first use, for the columns it is given."""
         dialect = self._sqlite_reader.dialect if self.is_sqlite else self.engine.dialect
         for key, statement in list(_PREPARED.items()):
             if not isinstance(statement, UpdateBase) and key not in self._plans:
                 self._plans[key] = _Plan.compile(statement, dialect, ())
+        if self.is_sqlite:
+            return
+        fixed = [plan.sql for plan in self._plans.values() if plan is not None and
+                 plan.parts is None]
+        pools = ((self.engine, self._pool_size), (self._pg_reader, 2 * self._pool_size))
+        schema_asof = cast(Any, dialect)._invalidate_schema_cache_asof
+        for engine, size in pools:
+            connections = [await engine.connect() for _ in range(size)]
+            try:
+                for conn in connections:
+                    adapter: Any = (await conn.get_raw_connection()).dbapi_connection
+                    for sql in fixed:
+                        await adapter._prepare(sql, schema_asof)
+            finally:
+                for conn in connections:
+                    await conn.close()  # back to the pool, open and prepared
 
     async def _in_writer_thread(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` on the writer's thread; a cancelled caller still waits for it to end,

@@ -31,7 +31,7 @@ _FILTER = prepared(sa.select(filters.c.filter_json).where(
 async def db(db_url: str) -> AsyncIterator[Database]:
     database = Database(db_url)
     await upgrade_head(database.engine)
-    database.prepare_statements()
+    await database.prepare_statements()
     try:
         yield database
     finally:
