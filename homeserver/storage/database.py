@@ -737,10 +737,10 @@ class Database:
                 rows = (await c.execute(_POSITIONS)).all()
         else:
             rows = (await conn.execute(_POSITIONS)).all()
-        known = {s.value: s for s in Stream}
-        return {known[r.stream]: int(r.position) for r in rows if r.stream in known}
+        return {_STREAMS[r.stream]: int(r.position) for r in rows if r.stream in _STREAMS}
 
 
+_STREAMS = {s.value: s for s in Stream}
 _POSITIONS = prepared(sa.select(stream_positions.c.stream, stream_positions.c.position))
 _NEXT_POSITION = prepared(sa.update(stream_positions)
                           .where(stream_positions.c.stream == sa.bindparam("name"))

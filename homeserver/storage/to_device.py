@@ -90,7 +90,6 @@ class ToDeviceStore:
         At most ``limit``, oldest first, up to position ``upto`` (the response's to-device
         position): each is marked as carried by that response, if it was not already.
         """
-        where = (device_inbox.c.user_id == user_id, device_inbox.c.device_id == device_id)
         if self._empty_at.get((user_id, device_id)) == upto:
             return []
         async with self._db.read() as conn:
@@ -102,6 +101,7 @@ class ToDeviceStore:
             # order), so the inbox is empty at ``upto``.
             self._empty_at[(user_id, device_id)] = upto
             return []
+        where = (device_inbox.c.user_id == user_id, device_inbox.c.device_id == device_id)
         async with self._db.write() as conn:
             if acknowledged is not None:
                 await conn.execute(sa.delete(device_inbox).where(
