@@ -85,6 +85,9 @@ class PusherSender:
         self._scanned = 0
         self._cursor_saved_ms = clock.now_ms()
         self._http: httpx.AsyncClient | None = None
+        # One round at a time on this worker: a round run directly (tests, admin tools) waits
+        # for the background job's, rather than racing it for the same claims and requests.
+        self._round = asyncio.Lock()
         bus.subscribe(self._on_wakeup)
 
     async def _on_wakeup(self, wakeup: Wakeup) -> None:
@@ -112,8 +115,9 @@ class PusherSender:
                 self._http = None
 
     async def run_once(self) -> None:
-        await self.enqueue_new()
-        await self.deliver_due()
+        async with self._round:
+            await self.enqueue_new()
+            await self.deliver_due()
 
     # --- enqueue -----------------------------------------------------------------------------
 
