@@ -169,10 +169,22 @@ class EventStore:
         """
         pdu = new.pdu
         state_key: str | None = pdu.get("state_key")
+        event_json = jsonutil.dumps_str(pdu)
+        unsigned_json = jsonutil.dumps_str(new.unsigned) if new.unsigned else None
         async with self._db.write() as conn:
             room = (await conn.execute(_LOCK_ROOM, {"room_id": new.room_id})).first()
             if room is None or room.latest_event_id != expected_latest:
                 return None
+            # Everything that needs no stream position comes first: on PostgreSQL the
+            # position's row stays locked from next_position to COMMIT, for every room.
+            if new.txn_id is not None and new.device_id is not None:
+                taken = await conn.execute(self._db.insert_ignore_statement(
+                    event_txns, ("user_id", "device_id", "scope", "txn_id")), {
+                    "user_id": pdu["sender"], "device_id": new.device_id,
+                    "scope": new.txn_scope or "", "txn_id": new.txn_id,
+                    "event_id": new.event_id, "created_ts": pdu["origin_server_ts"]})
+                if taken.rowcount == 0:
+                    raise DuplicateTxn(new.txn_id)  # rolls the whole transaction back
             group = before = room.current_state_group
             if state_key is not None:
                 group = await self._add_state_group(conn, new.room_id, before,
@@ -184,9 +196,8 @@ class EventStore:
                 "stream_ordering": position, "event_id": new.event_id, "room_id": new.room_id,
                 "type": pdu["type"], "state_key": state_key, "sender": pdu["sender"],
                 "depth": pdu["depth"], "origin_server_ts": pdu["origin_server_ts"],
-                "json": jsonutil.dumps_str(pdu),
-                "unsigned_json": jsonutil.dumps_str(new.unsigned) if new.unsigned else None,
-                "state_group": group, "device_id": new.device_id, "txn_id": new.txn_id})
+                "json": event_json, "unsigned_json": unsigned_json, "state_group": group,
+                "device_id": new.device_id, "txn_id": new.txn_id})
             if state_key is not None:
                 await self._update_current_state(conn, new, state_key, position)
             redacts = _redacts(pdu)
@@ -197,14 +208,6 @@ class EventStore:
             await record_relation(conn, pdu, new.event_id, new.room_id, position, redacts)
             await record_push_actions(conn, new.push_actions, new.room_id, new.event_id,
                                       position, pdu["origin_server_ts"])
-            if new.txn_id is not None and new.device_id is not None:
-                taken = await conn.execute(self._db.insert_ignore_statement(
-                    event_txns, ("user_id", "device_id", "scope", "txn_id")), {
-                    "user_id": pdu["sender"], "device_id": new.device_id,
-                    "scope": new.txn_scope or "", "txn_id": new.txn_id,
-                    "event_id": new.event_id, "created_ts": pdu["origin_server_ts"]})
-                if taken.rowcount == 0:
-                    raise DuplicateTxn(new.txn_id)  # rolls the whole transaction back
         if state_key is not None:
             # Committed: the new group's state is the previous one's plus this event, so the
             # room's next send does not load it (an uncommitted group's ID may be reused).
