@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from canonicaljson import encode_canonical_json
@@ -86,35 +87,44 @@ def add_content_hash(event: JsonDict) -> None:
 
 def redact(event: JsonDict, version: RoomVersion) -> JsonDict:
     """Apply the room version's redaction algorithm; returns a new dict, `event` is untouched."""
+    return _redact(event, version, copy.deepcopy)
+
+
+def _redact(event: JsonDict, version: RoomVersion, clone: Callable[[Any], Any]) -> JsonDict:
+    """``redact`` with the kept values passed through ``clone``: a deep copy for a redacted
+    event that lives on, as they are for one that is only encoded (hashing, signing)."""
     rules = version.redaction_rules
-    redacted = {
-        k: copy.deepcopy(v) for k, v in event.items() if k in _TOP_LEVEL_KEYS[rules]
-    }
+    redacted = {k: clone(v) for k, v in event.items() if k in _TOP_LEVEL_KEYS[rules]}
     if "content" not in event:
         return redacted
     content = event["content"] if isinstance(event["content"], dict) else {}
     event_type = event.get("type")
     if rules is RedactionRules.V11 and event_type == "m.room.create":
-        new_content = copy.deepcopy(content)
+        new_content = clone(content)
     else:
         allowed = _CONTENT_KEYS[rules].get(event_type, frozenset()) if isinstance(
             event_type, str) else frozenset()
-        new_content = {k: copy.deepcopy(v) for k, v in content.items() if k in allowed}
+        new_content = {k: clone(v) for k, v in content.items() if k in allowed}
         third_party_invite = content.get("third_party_invite")
         if (rules is RedactionRules.V11 and event_type == "m.room.member"
                 and isinstance(third_party_invite, dict)):
             # v11: "it allows the `signed` key of the `third_party_invite` key", so that
             # a redacted third-party invite can still be authorised.
             new_content["third_party_invite"] = (
-                {"signed": copy.deepcopy(third_party_invite["signed"])}
+                {"signed": clone(third_party_invite["signed"])}
                 if "signed" in third_party_invite else {})
     redacted["content"] = new_content
     return redacted
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 def _signable(event: JsonDict, version: RoomVersion) -> JsonDict:
-    """The redacted event without `signatures` and `unsigned`: what is hashed and signed."""
-    redacted = redact(event, version)
+    """The redacted event without `signatures` and `unsigned`: what is hashed and signed.
+    Only encoded, never changed below the top level: its values are the event's own."""
+    redacted = _redact(event, version, _same)
     redacted.pop("signatures", None)
     redacted.pop("unsigned", None)
     return redacted
