@@ -64,6 +64,12 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"server did not start: {self.log_path.read_text()[-2000:]}")
 
+    def kill(self) -> None:
+        """kill -9: no shutdown of any kind."""
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGKILL)
+        self._proc.wait()
+
     def stop(self) -> None:
         if self._proc is None or self._proc.poll() is not None:
             return
