@@ -93,8 +93,12 @@ _LOCK_ROOM = prepared(sa.select(rooms.c.latest_event_id, rooms.c.current_state_g
 _MOVE_ROOM = prepared(sa.update(rooms).where(rooms.c.room_id == sa.bindparam("id"))
                       .values(latest_event_id=sa.bindparam("latest"),
                               current_depth=sa.bindparam("depth"),
-                              current_state_group=sa.bindparam("group")))
-_INSERT_EVENT = prepared(sa.insert(events))
+                              current_state_group=sa.bindparam("group")),
+                      columns=("id", "latest", "depth", "group"))
+# The columns persist_event gives every new event.
+_INSERT_EVENT = prepared(sa.insert(events), columns=(
+    "stream_ordering", "event_id", "room_id", "type", "state_key", "sender", "depth",
+    "origin_server_ts", "json", "unsigned_json", "state_group", "device_id", "txn_id"))
 _EVENTS_BY_ID = prepared(sa.select(*_EVENT_COLUMNS).where(
     _e.c.event_id.in_(sa.bindparam("ids", expanding=True))))
 _TXN = prepared(sa.select(event_txns.c.event_id).where(
