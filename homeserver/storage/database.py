@@ -505,15 +505,15 @@ class Database:
             assert writer is not None
             raw = writer.connection.dbapi_connection
             assert raw is not None
-            raw.execute("SAVEPOINT body")
+            self._savepoint(group, raw, "SAVEPOINT body")
             try:
                 yield SqliteConnection(writer, self._plans)
             except BaseException:
                 # This body leaves nothing behind; the others of the group are unaffected.
-                self._undo_body(group, raw)
+                self._savepoint(group, raw, "ROLLBACK TO body", "RELEASE body")
                 await self._settle(group)
                 raise
-            raw.execute("RELEASE body")
+            self._savepoint(group, raw, "RELEASE body")
             group.members += 1
             await self._settle(group)
         finally:
@@ -545,14 +545,20 @@ class Database:
         self._group = _Group(transaction)
         return self._group
 
-    def _undo_body(self, group: _Group, raw: Any) -> None:
+    def _savepoint(self, group: _Group, raw: Any, *statements: str) -> None:
+        """A savepoint step of a body; if SQLite fails it (the transaction is gone: an I/O
+        error, a full disk), the whole group fails and the writer is ready for the next."""
+        statement = ""
         try:
-            raw.execute("ROLLBACK TO body")
-            raw.execute("RELEASE body")
-        except sqlite3.Error as error:  # the whole transaction is gone (an I/O error)
-            self._group = None
-            self._rollback_writer()
-            group.fail(error)
+            for statement in statements:
+                raw.execute(statement)
+        except sqlite3.Error as error:
+            if self._group is group:
+                self._group = None
+                self._rollback_writer()
+            translated = DBAPIError.instance(statement, None, error, sqlite3.Error)
+            group.fail(translated)
+            raise translated from error
 
     async def _settle(self, group: _Group) -> None:
         """After a body, holding the writer: commit the group now, or, with a queue, leave it

@@ -172,3 +172,21 @@ async def test_a_writer_cancelled_in_the_queue_does_not_hold_up_the_group(db: Da
     done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
     assert isinstance(done[1], asyncio.CancelledError)
     assert await _ids(db, "parent") == [1, 3]
+
+
+async def test_a_group_whose_transaction_is_gone_fails_and_the_writer_recovers(
+        db: Database) -> None:
+    async def write(n: int) -> None:
+        async with db.write() as conn:
+            await conn.execute(sa.text("INSERT INTO parent VALUES (:n)"), {"n": n})
+            if n == 2:  # as an I/O error would: SQLite ends the whole transaction
+                await conn.execute(sa.text("ROLLBACK"))
+
+    results = await asyncio.gather(*(write(n) for n in range(1, 5)), return_exceptions=True)
+    # Those that shared the lost transaction were not acknowledged; none was kept.
+    assert isinstance(results[1], sa.exc.OperationalError)
+    acknowledged = {n for n, r in zip(range(1, 5), results, strict=True) if r is None}
+    assert set(await _ids(db, "parent")) == acknowledged
+    async with db.write() as conn:
+        await conn.execute(sa.text("INSERT INTO parent VALUES (9)"))
+    assert 9 in await _ids(db, "parent")
