@@ -6,7 +6,6 @@ Everything that differs between SQLite and PostgreSQL lives here and nowhere els
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import keyword
 import re
 import sqlite3
@@ -407,6 +406,20 @@ def _lean(plans: dict[Any, _Plan | None], statement: Executable, parameters: Par
 _UNPLANNED: Any = object()
 
 
+async def _until_done(future: asyncio.Future[Any]) -> bool:
+    """Waits for the writer thread's ``future`` however often the caller is cancelled
+    meanwhile (work on a thread cannot be stopped half-way); whether it was cancelled."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = True
+        except BaseException:
+            break  # done, with an error for the caller to read
+    return cancelled
+
+
 # Bodies sharing one SQLite transaction at most: bounds how long the first one waits.
 MAX_GROUP_MEMBERS = 64
 # A body leaves its transaction open only for at least this many bodies queued: it then
@@ -592,14 +605,7 @@ class Database:
             return
         future = asyncio.get_running_loop().run_in_executor(self._write_thread,
                                                            group.transaction.commit)
-        cancelled = False
-        while not future.done():
-            try:
-                await asyncio.shield(future)
-            except asyncio.CancelledError:
-                cancelled = True
-            except BaseException:
-                break
+        cancelled = await _until_done(future)
         error = future.exception()
         if error is None:
             group.committed.set_result(None)
@@ -659,12 +665,9 @@ class Database:
         """Runs ``fn`` on the writer's thread; a cancelled caller still waits for it to end,
         so the writer connection is never used by two threads at once."""
         future = asyncio.get_running_loop().run_in_executor(self._write_thread, fn)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            with contextlib.suppress(BaseException):
-                await future
-            raise
+        if await _until_done(future):
+            raise asyncio.CancelledError
+        return future.result()
 
     @asynccontextmanager
     async def pinned_reads(self) -> AsyncIterator[None]:
