@@ -31,7 +31,9 @@ from client_api import (
     websocket,
 )
 
-_MODULES = [versions, rooms, directory, sync, account, devices, profile, filters, account_data,
+# Starlette tries routes in order: the long-poll /sync first, then sending (rooms), as
+# they are most of the requests.
+_MODULES = [sync, rooms, versions, directory, account, devices, profile, filters, account_data,
             to_device, user_directory, websocket, presence, typing_notifications, receipts,
             relations, upgrade, knock, keys, key_backup,
             pushrules, pushers, notifications, threepids]

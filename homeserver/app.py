@@ -139,7 +139,7 @@ class Homeserver:
     def _build_rooms(self, config: HomeserverConfig, db: Database, signing_key: SigningKey,
                      clock: Clock) -> None:
         self.event_store = EventStore(db)
-        self.room_store = RoomStore(db)
+        self.room_store = RoomStore(db, self.event_store)
         self.event_sender = EventSender(self.event_store, self.room_store, self.notifier, clock,
                                         config.server_name, signing_key)
         self.visibility = Visibility(self.event_store, self.room_store)
@@ -182,7 +182,8 @@ class Homeserver:
 
     def _build_status(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
         """Presence, typing, receipts and read markers, unread counts (issue 3)."""
-        self.presence = PresenceService(PresenceStore(db), self.notifier, clock, config.presence)
+        self.presence = PresenceService(PresenceStore(db), self.notifier, clock,
+                                        config.presence, self.event_store)
         self.sync.add_global_source("presence", self.presence)
         if self.presence.enabled:
             self.background_jobs.append(self.presence.run_sweeper)
@@ -198,7 +199,8 @@ class Homeserver:
     def _build_e2e(self, config: HomeserverConfig, db: Database) -> None:
         """End-to-end encryption: device and cross-signing keys, device lists, key backup
         (issue 7)."""
-        self.device_lists = DeviceListService(DeviceListStore(db), self.notifier)
+        self.device_lists = DeviceListService(DeviceListStore(db), self.notifier,
+                                              self.event_store)
         self.e2e_keys = E2eKeyService(E2eKeyStore(db), self.device_lists, self.uia,
                                       config.server_name)
         self.sync.add_extension(self.e2e_keys)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from homeserver.notifier import Notifier
 from homeserver.storage.device_lists import DeviceListStore
+from homeserver.storage.events import EventStore
 from homeserver.streams import Stream, StreamToken
 
 
@@ -27,9 +28,10 @@ class DeviceListChanges:
 
 
 class DeviceListService:
-    def __init__(self, store: DeviceListStore, notifier: Notifier) -> None:
+    def __init__(self, store: DeviceListStore, notifier: Notifier, events: EventStore) -> None:
         self._store = store
         self._notifier = notifier
+        self._events = events
 
     async def mark_changed(self, user_id: str) -> None:
         """The user's devices, device keys or cross-signing keys changed."""
@@ -38,15 +40,23 @@ class DeviceListService:
         await self._notifier.notify(Stream.DEVICE_LISTS, position,
                                     user_ids=sorted(peers | {user_id}))
 
-    async def changes(self, user_id: str, since: StreamToken, upto: StreamToken
-                      ) -> DeviceListChanges:
-        """Between two sync tokens, as seen by ``user_id``."""
+    async def changes(self, user_id: str, since: StreamToken, upto: StreamToken, *,
+                      committed: bool = False) -> DeviceListChanges:
+        """Between two sync tokens, as seen by ``user_id``. ``committed``: ``upto`` is a
+        sync's current position, not a client's token, so the events in between may be
+        looked up in the window every woken sync shares."""
         after_d, upto_d = since.get(Stream.DEVICE_LISTS), upto.get(Stream.DEVICE_LISTS)
         after_e, upto_e = since.get(Stream.EVENTS), upto.get(Stream.EVENTS)
         moved = await self._store.changed_between(after_d, upto_d) if after_d < upto_d \
             else set()
         arrived: frozenset[str] = frozenset()
         departed: frozenset[str] = frozenset()
+        if after_e < upto_e and committed:
+            # Memberships change only through membership events: none in the range, nothing
+            # to look up (a message to a big room wakes every member's sync).
+            window = await self._events.get_window(after_e, upto_e)
+            if window is not None and not window.members:
+                after_e = upto_e
         if after_e < upto_e:
             members = await self._store.membership_changes(user_id, after_e, upto_e)
             arrived, departed = members.arrived, members.departed

@@ -218,7 +218,8 @@ class E2eKeyService:
         """``TopLevelSource``: device lists (incremental syncs only) and the key counts."""
         out: JsonDict = {}
         if since is not None:
-            changes = await self._device_lists.changes(requester.user_id, since, now)
+            changes = await self._device_lists.changes(requester.user_id, since, now,
+                                                       committed=True)
             if changes.changed or changes.left:
                 out["device_lists"] = {"changed": changes.changed, "left": changes.left}
         counts, fallback = await self._store.key_counts(requester.user_id, requester.device_id)

@@ -41,13 +41,23 @@ class Notifier:
         self._bus = bus
         self._by_user: defaultdict[str, set[Listener]] = defaultdict(set)
         self._by_room: defaultdict[str, set[Listener]] = defaultdict(set)
+        # The highest position of each stream that a wake-up announced. Every position is
+        # announced after its commit, and positions commit in order, so everything up to
+        # these is committed.
+        self._announced: dict[Stream, int] = {}
         bus.subscribe(self._on_wakeup)
+
+    def announced(self) -> dict[Stream, int]:
+        """The highest position of each stream that a wake-up announced (committed)."""
+        return self._announced
 
     async def notify(self, stream: Stream, position: int, *, room_id: str | None = None,
                      user_ids: Iterable[str] = ()) -> None:
         await self._bus.publish(Wakeup(stream, position, room_id, tuple(user_ids)))
 
     async def _on_wakeup(self, wakeup: Wakeup) -> None:
+        if wakeup.position > self._announced.get(wakeup.stream, 0):
+            self._announced[wakeup.stream] = wakeup.position
         targets: set[Listener] = set()
         if wakeup.room_id is not None:
             targets.update(self._by_room.get(wakeup.room_id, ()))

@@ -19,6 +19,7 @@ from homeserver.config import PresenceConfig
 from homeserver.errors import Codes, MatrixError
 from homeserver.ids import UserID
 from homeserver.notifier import Notifier
+from homeserver.storage.events import EventStore
 from homeserver.storage.presence import (
     OFFLINE,
     ONLINE,
@@ -46,8 +47,9 @@ MAX_ACTIVE_SEEN = 100_000  # bound on the in-memory activity cache
 
 class PresenceService:
     def __init__(self, store: PresenceStore, notifier: Notifier, clock: Clock,
-                 config: PresenceConfig) -> None:
+                 config: PresenceConfig, events: EventStore) -> None:
         self._store = store
+        self._events = events
         self._notifier = notifier
         self._clock = clock
         self._config = config
@@ -208,8 +210,11 @@ class PresenceService:
             if since.get(Stream.PRESENCE) < upto:
                 by_user = {s.user_id: s for s in await self._store.get_changed(
                     user_id, since.get(Stream.PRESENCE), upto)}
-            if since.get(Stream.EVENTS) < now.get(Stream.EVENTS):
-                # Someone new shares a room: their presence, though it did not change.
+            window = await self._events.get_window(since.get(Stream.EVENTS),
+                                                   now.get(Stream.EVENTS))
+            if window is None or window.members:
+                # Someone new shares a room: their presence, though it did not change. Only a
+                # membership event can bring them (a sync's ``now`` is committed).
                 for s in await self._store.get_newly_shared(
                         user_id, since.get(Stream.EVENTS), now.get(Stream.EVENTS)):
                     by_user.setdefault(s.user_id, s)

@@ -23,6 +23,7 @@ from homeserver.storage.schema import (
     state_group_entries,
     state_groups,
 )
+from homeserver.storage.shared_reads import SharedReads
 from homeserver.streams import Stream
 from homeserver.types import JsonDict
 
@@ -59,6 +60,26 @@ class StoredEvent:
     @property
     def is_state(self) -> bool:
         return self.state_key is not None
+
+
+# A sync from at most this many positions back reads the events stream in between once for
+# everyone (a StreamWindow); from further back it asks about its own rooms only.
+WINDOW_MAX_EVENTS = 100
+# A sync's timeline from at most this many positions back is kept for the room's other
+# members, woken by the same events (so at most this many events are kept per timeline).
+SHARED_TIMELINE_MAX_EVENTS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class StreamWindow:
+    """The events stream between two committed positions, when few events lie there: the
+    rooms that have events, and the users whose membership of a room changed."""
+
+    rooms: frozenset[str]
+    members: frozenset[str]
+
+
+_EMPTY_WINDOW = StreamWindow(frozenset(), frozenset())
 
 
 class DuplicateTxn(Exception):
@@ -105,6 +126,8 @@ _TXN = prepared(sa.select(event_txns.c.event_id).where(
     event_txns.c.user_id == sa.bindparam("user_id"),
     event_txns.c.device_id == sa.bindparam("device_id"),
     event_txns.c.scope == sa.bindparam("scope"), event_txns.c.txn_id == sa.bindparam("txn_id")))
+_WINDOW = prepared(sa.select(_e.c.room_id, _e.c.type, _e.c.state_key).where(
+    _e.c.stream_ordering > sa.bindparam("after"), _e.c.stream_ordering <= sa.bindparam("upto")))
 _ROOMS_CHANGED = prepared(sa.select(_e.c.room_id).distinct().where(
     _e.c.stream_ordering > sa.bindparam("after"), _e.c.stream_ordering <= sa.bindparam("upto"),
     _e.c.room_id.in_(sa.bindparam("rooms", expanding=True))))
@@ -157,6 +180,10 @@ class EventStore:
         self._db = db
         # State groups never change once written.
         self._state_cache: LRUCache[int, StateMap] = LRUCache(maxsize=2000)
+        # Nor does what lies between two committed positions.
+        self._windows: SharedReads[tuple[int, int], StreamWindow] = SharedReads(1024)
+        self._timelines: SharedReads[tuple[str, int, int, int], tuple[StoredEvent, ...]] = \
+            SharedReads(256)
 
     def pinned_reads(self) -> AbstractAsyncContextManager[None]:
         """Reads of every store inside share one connection (see Database.pinned_reads)."""
@@ -289,11 +316,45 @@ class EventStore:
                                                "upto": upto, "limit": limit})).all()
         return [_to_event(r) for r in rows]
 
+    async def get_window(self, after: int, upto: int) -> StreamWindow | None:
+        """The events stream in ``(after, upto]``; None when more than ``WINDOW_MAX_EVENTS``
+        positions lie there. ``upto`` must be committed (a sync's current position): the
+        answer is kept for everyone who asks for the same range."""
+        if upto <= after:
+            return _EMPTY_WINDOW
+        if upto - after > WINDOW_MAX_EVENTS:
+            return None
+        return await self._windows.get((after, upto), lambda: self._read_window(after, upto))
+
+    async def _read_window(self, after: int, upto: int) -> StreamWindow:
+        async with self._db.read() as conn:
+            rows = (await conn.execute(_WINDOW, {"after": after, "upto": upto})).all()
+        return StreamWindow(frozenset(r.room_id for r in rows), frozenset(
+            r.state_key for r in rows if r.type == "m.room.member" and r.state_key is not None))
+
+    async def get_recent_events(self, room_id: str, after: int, upto: int,
+                                limit: int) -> list[StoredEvent]:
+        """A sync's timeline: the room's newest ``limit`` events in ``(after, upto]``, newest
+        first. ``upto`` must be committed: a short range's answer is kept for the room's
+        other members, woken by the same events."""
+        if upto - after > SHARED_TIMELINE_MAX_EVENTS:
+            return await self.get_room_events(room_id, after=after, upto=upto, limit=limit,
+                                              descending=True)
+
+        async def read() -> tuple[StoredEvent, ...]:
+            return tuple(await self.get_room_events(room_id, after=after, upto=upto,
+                                                    limit=limit, descending=True))
+
+        return list(await self._timelines.get((room_id, after, upto, limit), read))
+
     async def get_rooms_changed(self, room_ids: Sequence[str], after: int, upto: int
                                 ) -> set[str]:
-        """Which of ``room_ids`` have events in ``(after, upto]``."""
+        """Which of ``room_ids`` have events in ``(after, upto]`` (``upto`` committed)."""
         if not room_ids or upto <= after:
             return set()
+        window = await self.get_window(after, upto)
+        if window is not None:
+            return set(window.rooms.intersection(room_ids))
         async with self._db.read() as conn:
             rows = (await conn.execute(_ROOMS_CHANGED, {"after": after, "upto": upto,
                                                         "rooms": list(room_ids)})).all()

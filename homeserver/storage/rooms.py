@@ -9,7 +9,11 @@ import sqlalchemy as sa
 from cachetools import LRUCache
 
 from homeserver.storage.database import Database, prepared
+from homeserver.storage.events import EventStore
 from homeserver.storage.schema import current_state, events, room_aliases, room_memberships, rooms
+
+# How many users' memberships syncs keep (RoomStore.get_sync_memberships).
+SYNC_MEMBERSHIPS_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +64,14 @@ _HEROES = prepared(sa.select(_m.c.user_id)
 
 
 class RoomStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, events: EventStore | None = None) -> None:
         self._db = db
         self._versions: LRUCache[str, str] = LRUCache(maxsize=100_000)
+        # user -> (events position, their memberships as of at least that position), for
+        # syncs: checked against the events since (``events``' windows) before use.
+        self._events = events
+        self._for_sync: LRUCache[str, tuple[int, tuple[Membership, ...]]] = \
+            LRUCache(maxsize=SYNC_MEMBERSHIPS_KEPT)
 
     async def create_room(self, room_id: str, room_version: str, creator: str,
                           created_ts: int, is_public: bool) -> bool:
@@ -115,6 +124,30 @@ class RoomStore:
                     "user_id": user_id, "memberships": list(memberships)})).all()
         return [_membership(r) for r in rows]
 
+    async def get_sync_memberships(self, user_id: str, upto: int) -> Sequence[Membership]:
+        """The user's memberships for a sync at the committed events position ``upto``.
+
+        Kept per user with the position they were read at: a later sync uses them again when
+        no membership event of the user lies in between (one window of the events stream,
+        shared by every sync woken by the same events), so a message to a room costs its
+        members no membership read. A forgotten room drops this worker's copy.
+        """
+        events = self._events
+        kept = self._for_sync.get(user_id)
+        if kept is not None and events is not None:
+            position, found = kept
+            if position >= upto:
+                return found
+            window = await events.get_window(position, upto)
+            if window is not None and user_id not in window.members:
+                self._for_sync[user_id] = (upto, found)
+                return found
+        # Read after ``upto`` was committed, so it holds every change up to there.
+        found = tuple(await self.get_user_memberships(user_id))
+        if events is not None:
+            self._for_sync[user_id] = (upto, found)
+        return found
+
     async def get_room_members(self, room_id: str, memberships: Sequence[str] | None = None
                                ) -> list[Membership]:
         query = sa.select(room_memberships).where(room_memberships.c.room_id == room_id)
@@ -141,6 +174,7 @@ class RoomStore:
             await conn.execute(sa.update(room_memberships).where(
                 room_memberships.c.room_id == room_id, room_memberships.c.user_id == user_id)
                 .values(forgotten=True))
+        self._for_sync.pop(user_id, None)
 
     # --- aliases ---------------------------------------------------------------------------
 

@@ -78,41 +78,60 @@ class SyncService:
     async def sync(self, requester: Requester, req: SyncRequest) -> JsonDict:
         if req.since is None or req.full_state or req.timeout_ms <= 0:
             return await self._compute(requester, req)
-        memberships = await self._rooms.get_user_memberships(requester.user_id)
+        known = await self._db.current_positions()
+        memberships = await self._rooms.get_sync_memberships(requester.user_id,
+                                                             known.get(Stream.EVENTS, 0))
         room_ids = [m.room_id for m in memberships if m.membership in ("join", "invite")]
         # Listen before computing, so that a wake-up during the computation is not lost.
         listener = self._notifier.listen(requester.user_id, room_ids)
         try:
             deadline = time.monotonic() + req.timeout_ms / 1000
-            if StreamToken(await self._db.current_positions()) == req.since:
+            now: StreamToken | None = None
+            if StreamToken(known) == req.since:
                 # No stream has moved past the token, so nothing can be new: wait for the first
                 # wake-up before computing (one statement instead of a whole computation, for
                 # every client coming back to wait after a response). A wake-up since listen()
                 # is not lost: the listener stays set.
                 if not await listener.wait(deadline - time.monotonic()):
                     return await self._compute(requester, req)
+                now = self._woken_at(known)
             while True:
                 listener.clear()
-                response = await self._compute(requester, req)
+                now, response = await self._compute_at(requester, req, now)
                 remaining = deadline - time.monotonic()
                 if not _is_empty(response) or remaining <= 0:
                     return response
                 if not await listener.wait(remaining):
                     return await self._compute(requester, req)
+                now = self._woken_at(now.positions)
         finally:
             self._notifier.unlisten(listener, requester.user_id, room_ids)
 
-    async def _compute(self, requester: Requester, req: SyncRequest) -> JsonDict:
-        async with self._db.pinned_reads():  # one connection for its dozen reads
-            return await self._compute_pinned(requester, req)
+    def _woken_at(self, known: dict[Stream, int]) -> StreamToken:
+        """Where a woken long-poll computes up to, without reading the positions again: the
+        positions it knew, raised to what the wake-ups announced since. Both are committed,
+        and the wake-up that woke it is among those announced; a position that moved without
+        a wake-up would only come in a later response, never be skipped."""
+        announced = self._notifier.announced()
+        return StreamToken({s: max(p, announced.get(s, 0)) for s, p in known.items()})
 
-    async def _compute_pinned(self, requester: Requester, req: SyncRequest) -> JsonDict:
-        now = StreamToken(await self._db.current_positions())
+    async def _compute(self, requester: Requester, req: SyncRequest) -> JsonDict:
+        return (await self._compute_at(requester, req, None))[1]
+
+    async def _compute_at(self, requester: Requester, req: SyncRequest,
+                          now: StreamToken | None) -> tuple[StreamToken, JsonDict]:
+        """The response up to ``now`` (None: the current positions), and that token."""
+        async with self._db.pinned_reads():  # one connection for its dozen reads
+            if now is None:
+                now = StreamToken(await self._db.current_positions())
+            return now, await self._compute_pinned(requester, req, now)
+
+    async def _compute_pinned(self, requester: Requester, req: SyncRequest,
+                              now: StreamToken) -> JsonDict:
         since = req.since
         upto = now.get(Stream.EVENTS)
         after = since.get(Stream.EVENTS) if since is not None else None
-        memberships = await self._rooms.get_user_memberships(requester.user_id)
-        memberships = [m for m in memberships
+        memberships = [m for m in await self._rooms.get_sync_memberships(requester.user_id, upto)
                        if req.filter.allows_room(m.room_id) and m.stream_ordering <= upto]
         # A membership after our token is left for the next sync, which carries it.
         joined_ids = [m.room_id for m in memberships if m.membership == "join"]
@@ -206,8 +225,9 @@ class SyncService:
         room_id = membership.room_id
         f = req.filter
         limit = f.timeline_limit
-        raw = await self._events.get_room_events(room_id, after=after, upto=upto,
-                                                 limit=limit + 1, descending=True)
+        raw = await self._events.get_room_events(
+            room_id, upto=upto, limit=limit + 1, descending=True) if after is None \
+            else await self._events.get_recent_events(room_id, after, upto, limit + 1)
         limited = len(raw) > limit
         raw = list(reversed(raw[:limit]))
         timeline = await self._visibility.filter_events(

@@ -10,9 +10,15 @@ import sqlalchemy as sa
 
 from homeserver.migrate import upgrade_head
 from homeserver.storage.database import Database
-from homeserver.storage.events import MAX_STATE_CHAIN, EventStore, NewEvent, StateMap
+from homeserver.storage.events import (
+    MAX_STATE_CHAIN,
+    WINDOW_MAX_EVENTS,
+    EventStore,
+    NewEvent,
+    StateMap,
+)
 from homeserver.storage.rooms import RoomStore
-from homeserver.storage.schema import state_groups
+from homeserver.storage.schema import room_memberships, state_groups
 
 ROOM = "!room:test"
 ALICE = "@alice:test"
@@ -195,3 +201,81 @@ async def test_room_events_bounds(db: Database) -> None:
     assert await store.get_max_stream_ordering_before("!nothing:test", 10**9) is None
     changed = await store.get_rooms_changed([ROOM, "!other:test"], positions[-1], 10**9)
     assert changed == {"!other:test"}
+
+
+# --- what syncs share: windows of the events stream, timelines, memberships -----------------
+
+
+async def test_stream_window_lists_rooms_and_membership_changes(db: Database) -> None:
+    room = await new_room(db)
+    other = await new_room(db, "!other:test")
+    start = await room.persist(room.event("m.room.message", {"body": "before"}))
+    await room.persist(room.event("m.room.member", {"membership": "join"}, "@bob:test"))
+    await other.persist(other.event("m.room.message", {"body": "elsewhere"}))
+    end = await room.persist(room.event("m.room.message", {"body": "after"}))
+    store = EventStore(db)
+    window = await store.get_window(start, end)
+    assert window is not None
+    assert window.rooms == {ROOM, "!other:test"}
+    assert window.members == {"@bob:test"}
+    # Only the range counts: the message before it is not in, the join alone is.
+    assert await store.get_window(start + 1, start + 1) == await store.get_window(end, start)
+    only_join = await store.get_window(start, start + 1)
+    assert only_join is not None and only_join.members == {"@bob:test"}
+    last = await store.get_window(end - 1, end)
+    assert last is not None and last.rooms == {ROOM} and not last.members
+    # Further back than WINDOW_MAX_EVENTS: no window, and syncs ask about their rooms.
+    assert await store.get_window(end - WINDOW_MAX_EVENTS - 1, end) is None
+    assert await store.get_rooms_changed([ROOM, "!none:test"], 0, end) == {ROOM}
+    assert await store.get_rooms_changed([ROOM, "!none:test"], end - 1, end) == {ROOM}
+    assert await store.get_rooms_changed(["!other:test"], end - 1, end) == set()
+
+
+async def test_recent_events_match_the_room_events_and_are_not_shared_mutably(
+        db: Database) -> None:
+    room = await new_room(db)
+    start = await room.persist(room.event("m.room.message", {"body": "0"}))
+    for i in range(1, 6):
+        end = await room.persist(room.event("m.room.message", {"body": str(i)}))
+    store = EventStore(db)
+    for after, limit in ((start, 3), (start, 10), (end - 1, 3), (0, 4)):
+        expected = await store.get_room_events(ROOM, after=after, upto=end, limit=limit,
+                                               descending=True)
+        first = await store.get_recent_events(ROOM, after, end, limit)
+        first.clear()  # a caller's list is its own
+        assert await store.get_recent_events(ROOM, after, end, limit) == expected
+
+
+async def test_sync_memberships_are_read_again_only_after_a_membership_change(
+        db: Database) -> None:
+    room = await new_room(db)
+    events = EventStore(db)
+    store = RoomStore(db, events)
+    bob = "@bob:test"
+    joined = await room.persist(room.event("m.room.member", {"membership": "join"}, bob))
+    assert [m.membership for m in await store.get_sync_memberships(bob, joined)] == ["join"]
+    # A message changes no membership: the kept list is used (even if the table said
+    # otherwise, which only a membership event can make it do).
+    message = await room.persist(room.event("m.room.message", {"body": "hi"}))
+    async with db.write() as conn:
+        await conn.execute(sa.update(room_memberships).where(
+            room_memberships.c.user_id == bob).values(displayname="unseen"))
+    kept = await store.get_sync_memberships(bob, message)
+    assert [m.displayname for m in kept] == [None]
+    # Someone else's membership event does not concern bob either.
+    carol = await room.persist(room.event("m.room.member", {"membership": "join"}, "@c:test"))
+    assert [m.displayname for m in await store.get_sync_memberships(bob, carol)] == [None]
+    # Bob's own does: read again.
+    left = await room.persist(room.event("m.room.member", {"membership": "leave"}, bob))
+    found = await store.get_sync_memberships(bob, left)
+    assert [(m.membership, m.stream_ordering) for m in found] == [("leave", left)]
+    # Forgetting the room drops the kept list at once.
+    await store.set_forgotten(ROOM, bob)
+    assert [m.forgotten for m in await store.get_sync_memberships(bob, left)] == [True]
+    # Too far apart for a window: read again.
+    for i in range(WINDOW_MAX_EVENTS + 1):
+        last = await room.persist(room.event("m.room.message", {"body": str(i)}))
+    async with db.write() as conn:
+        await conn.execute(sa.update(room_memberships).where(
+            room_memberships.c.user_id == bob).values(displayname="seen"))
+    assert [m.displayname for m in await store.get_sync_memberships(bob, last)] == ["seen"]

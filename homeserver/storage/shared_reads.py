@@ -1,0 +1,62 @@
+"""Reads whose answer never changes, done once for everyone who asks.
+
+A message to a big room wakes every member's long-poll at once, and each computes its sync
+between the same two positions of the events stream. What lies in a committed range of a
+stream never changes (positions commit in order, and a sync never reads past what is
+committed), so such a read can be kept and handed to every member: one statement instead of
+one per member. Concurrent callers of the same key wait for the first one's read (on
+PostgreSQL the woken syncs interleave at each statement) instead of each reading it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+from cachetools import LRUCache
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _Failed:
+    """What waiters get when the read they waited for failed or was cancelled."""
+
+
+_FAILED = _Failed()
+
+
+class SharedReads(Generic[K, V]):
+    """A bounded cache of immutable reads; one read at a time per key."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._done: LRUCache[K, V] = LRUCache(maxsize=maxsize)
+        self._reading: dict[K, asyncio.Future[V | _Failed]] = {}
+
+    async def get(self, key: K, read: Callable[[], Awaitable[V]]) -> V:
+        """The kept answer for ``key``, or ``read()``'s, which is then kept."""
+        while True:
+            try:
+                return self._done[key]
+            except KeyError:
+                pass
+            pending = self._reading.get(key)
+            if pending is None:
+                break
+            found = await asyncio.shield(pending)
+            if not isinstance(found, _Failed):
+                return found
+            # The reader failed or was cancelled: the first waiter to get here reads.
+        future: asyncio.Future[V | _Failed] = asyncio.get_running_loop().create_future()
+        self._reading[key] = future
+        try:
+            value = await read()
+        except BaseException:
+            future.set_result(_FAILED)
+            raise
+        finally:
+            del self._reading[key]
+        self._done[key] = value
+        future.set_result(value)
+        return value
