@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "what it measured (default 60)")
     parser.add_argument("--profile", action="store_true",
                         help="sample our server with py-spy during the measured parts")
+    parser.add_argument("--profile-rate", type=int, default=100, metavar="HZ",
+                        help="py-spy samples per second with --profile (default 100; more "
+                        "slows the server down while it is sampled)")
     parser.add_argument("--count-queries", action="store_true",
                         help="also count SQL statements per send and per sync wake-up on our "
                         "server (runs it with statement logging; only for servers started here)")
@@ -101,7 +104,7 @@ async def run_server(server: Server, args: argparse.Namespace, run_id: str,
     if args.profile and server.name == "ours" and server.pid:
         from bench.profile import PySpy
 
-        profiler = PySpy(server.pid, directory)
+        profiler = PySpy(server.pid, directory, rate=args.profile_rate)
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
     results: dict[str, Any] = {}
     extra: dict[str, Any] = {}

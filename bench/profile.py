@@ -30,7 +30,7 @@ def ensure_py_spy() -> Path:
 class PySpy:
     """``py-spy record`` attached to ``pid`` from the start to the end of each measured part."""
 
-    def __init__(self, pid: int, directory: Path, rate: int = int(os.environ.get("BENCH_PYSPY_RATE", "100"))) -> None:
+    def __init__(self, pid: int, directory: Path, rate: int = 100) -> None:
         self.pid = pid
         self.directory = directory
         self.rate = rate
