@@ -160,14 +160,18 @@ class RoomService:
         return None
 
     async def serialize(self, requester: Requester, events: Sequence[StoredEvent],
-                        room_version: str, *, with_room_id: bool = True) -> list[JsonDict]:
+                        room_version: str, *, with_room_id: bool = True,
+                        may_have_children: bool = True) -> list[JsonDict]:
+        """Client events; ``may_have_children`` False: the caller knows that none of them has
+        a child event, so there is nothing to bundle (and no need to look)."""
         redaction_ids = [e.redacted_by for e in events if e.redacted_by is not None]
         redactions = await self._events.get_events(redaction_ids) if redaction_ids else {}
         now = self._clock.now_ms()
         out = [client_event(e, now, room_version, requester=requester,
                             redaction=redactions.get(e.redacted_by) if e.redacted_by else None,
                             with_room_id=with_room_id) for e in events]
-        if self._aggregations is not None:  # spec: "Aggregations of child events"
+        if self._aggregations is not None and may_have_children:
+            # spec: "Aggregations of child events"
             bundles = await self._aggregations.bundle(requester, events, room_version,
                                                       with_room_id=with_room_id)
             for event, serialized in zip(events, out, strict=True):

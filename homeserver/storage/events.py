@@ -16,6 +16,7 @@ from homeserver.storage.push import PushAction, record_push_actions
 from homeserver.storage.relations import record_relation
 from homeserver.storage.schema import (
     current_state,
+    event_relations,
     event_txns,
     events,
     room_memberships,
@@ -73,13 +74,15 @@ SHARED_TIMELINE_MAX_EVENTS = 20
 @dataclass(frozen=True, slots=True)
 class StreamWindow:
     """The events stream between two committed positions, when few events lie there: the
-    rooms that have events, and the users whose membership of a room changed."""
+    rooms that have events, the users whose membership of a room changed, and the events
+    that got a child (a relation to them: edit, reaction, thread reply, reference)."""
 
     rooms: frozenset[str]
     members: frozenset[str]
+    parents: frozenset[str]
 
 
-_EMPTY_WINDOW = StreamWindow(frozenset(), frozenset())
+_EMPTY_WINDOW = StreamWindow(frozenset(), frozenset(), frozenset())
 
 
 class DuplicateTxn(Exception):
@@ -126,8 +129,11 @@ _TXN = prepared(sa.select(event_txns.c.event_id).where(
     event_txns.c.user_id == sa.bindparam("user_id"),
     event_txns.c.device_id == sa.bindparam("device_id"),
     event_txns.c.scope == sa.bindparam("scope"), event_txns.c.txn_id == sa.bindparam("txn_id")))
-_WINDOW = prepared(sa.select(_e.c.room_id, _e.c.type, _e.c.state_key).where(
-    _e.c.stream_ordering > sa.bindparam("after"), _e.c.stream_ordering <= sa.bindparam("upto")))
+_WINDOW = prepared(
+    sa.select(_e.c.room_id, _e.c.type, _e.c.state_key, event_relations.c.relates_to_id)
+    .select_from(_e.outerjoin(event_relations, event_relations.c.event_id == _e.c.event_id))
+    .where(_e.c.stream_ordering > sa.bindparam("after"),
+           _e.c.stream_ordering <= sa.bindparam("upto")))
 _ROOMS_CHANGED = prepared(sa.select(_e.c.room_id).distinct().where(
     _e.c.stream_ordering > sa.bindparam("after"), _e.c.stream_ordering <= sa.bindparam("upto"),
     _e.c.room_id.in_(sa.bindparam("rooms", expanding=True))))
@@ -329,8 +335,11 @@ class EventStore:
     async def _read_window(self, after: int, upto: int) -> StreamWindow:
         async with self._db.read() as conn:
             rows = (await conn.execute(_WINDOW, {"after": after, "upto": upto})).all()
-        return StreamWindow(frozenset(r.room_id for r in rows), frozenset(
-            r.state_key for r in rows if r.type == "m.room.member" and r.state_key is not None))
+        return StreamWindow(
+            frozenset(r.room_id for r in rows),
+            frozenset(r.state_key for r in rows
+                      if r.type == "m.room.member" and r.state_key is not None),
+            frozenset(r.relates_to_id for r in rows if r.relates_to_id is not None))
 
     async def get_recent_events(self, room_id: str, after: int, upto: int,
                                 limit: int) -> list[StoredEvent]:

@@ -12,7 +12,7 @@ from homeserver.notifier import Notifier
 from homeserver.rooms.service import RoomService, position_token
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.database import Database
-from homeserver.storage.events import EventStore, StateMap, StoredEvent
+from homeserver.storage.events import EventStore, StateMap, StoredEvent, StreamWindow
 from homeserver.storage.rooms import Membership, RoomStore
 from homeserver.streams import Stream, StreamToken
 from homeserver.sync.sources import (
@@ -137,6 +137,8 @@ class SyncService:
         joined_ids = [m.room_id for m in memberships if m.membership == "join"]
         changed = set(joined_ids) if after is None else await self._events.get_rooms_changed(
             [m.room_id for m in memberships], after, upto)
+        # The events since the token, when few (woken syncs share it): whose got children.
+        window = await self._events.get_window(after, upto) if after is not None else None
         extras = await self._room_extras(requester, joined_ids, req, now)
         ignored = await self._ignored.ignored_users(requester.user_id) if self._ignored \
             else frozenset()
@@ -151,7 +153,7 @@ class SyncService:
                     newly = after is not None and membership_changed and \
                         not await self._was_joined_before(m)
                     entry = await self._room_entry(
-                        requester, m, after, upto, req, ignored,
+                        requester, m, after, upto, req, ignored, window,
                         full=after is None or req.full_state or newly)
                     entry.update(extras.get(m.room_id, {}))
                     joined[m.room_id] = entry
@@ -168,7 +170,7 @@ class SyncService:
                     else membership_changed
                 if include and await self._was_in_room(m):
                     left[m.room_id] = await self._room_entry(
-                        requester, m, after, m.stream_ordering, req, ignored,
+                        requester, m, after, m.stream_ordering, req, ignored, window,
                         full=after is None or req.full_state)
         if self._unread is not None and joined:
             counts = await self._unread.unread_counts(
@@ -221,7 +223,8 @@ class SyncService:
 
     async def _room_entry(self, requester: Requester, membership: Membership,
                           after: int | None, upto: int, req: SyncRequest,
-                          ignored: frozenset[str], *, full: bool) -> JsonDict:
+                          ignored: frozenset[str], window: StreamWindow | None, *,
+                          full: bool) -> JsonDict:
         room_id = membership.room_id
         f = req.filter
         limit = f.timeline_limit
@@ -260,7 +263,10 @@ class SyncService:
         entry: JsonDict = {
             "timeline": {
                 "events": self._shape(await self._room_service.serialize(
-                    requester, timeline, room_version, with_room_id=False), f),
+                    requester, timeline, room_version, with_room_id=False,
+                    # Its events lie in the window: a child of one would lie there too.
+                    may_have_children=window is None or
+                    any(e.event_id in window.parents for e in timeline)), f),
                 "limited": limited,
                 "prev_batch": prev_batch,
             },

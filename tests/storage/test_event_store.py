@@ -224,6 +224,13 @@ async def test_stream_window_lists_rooms_and_membership_changes(db: Database) ->
     assert only_join is not None and only_join.members == {"@bob:test"}
     last = await store.get_window(end - 1, end)
     assert last is not None and last.rooms == {ROOM} and not last.members
+    assert window.parents == frozenset()
+    # A reaction to the last message: its parent got a child in the window.
+    parent = room.latest
+    reaction = await room.persist(room.event("m.reaction", {"m.relates_to": {
+        "rel_type": "m.annotation", "event_id": parent, "key": "+1"}}))
+    with_child = await store.get_window(start, reaction)
+    assert with_child is not None and with_child.parents == {parent}
     # Further back than WINDOW_MAX_EVENTS: no window, and syncs ask about their rooms.
     assert await store.get_window(end - WINDOW_MAX_EVENTS - 1, end) is None
     assert await store.get_rooms_changed([ROOM, "!none:test"], 0, end) == {ROOM}

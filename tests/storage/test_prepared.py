@@ -4,6 +4,7 @@ the suite: tests/conftest.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -112,3 +113,85 @@ async def test_what_the_lean_path_leaves_to_sqlalchemy(db: Database) -> None:
         # A missing value: SQLAlchemy's error, not a NULL compared.
         with pytest.raises(sa.exc.StatementError):
             await conn.execute(_USERS, {"ids": ["@a:t"], "admin": False, "limit": 5})
+
+
+# --- PostgreSQL's read connections, kept out of SQLAlchemy's pool between uses --------------
+
+
+async def _backend_pid(db: Database) -> int:
+    async with db.read() as conn:
+        return int((await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def test_pg_reads_reuse_a_connection_and_drop_a_broken_one(db: Database) -> None:
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL's read pool")
+    first = await _backend_pid(db)
+    assert await _backend_pid(db) == first  # the most recently used comes back
+    # An error that is not the database's leaves the connection as it was.
+    with pytest.raises(ValueError):
+        async with db.read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+            raise ValueError("a caller's own error")
+    assert await _backend_pid(db) == first
+    # A database error: never reused (it may be broken); a new one takes its place.
+    with pytest.raises(sa.exc.DBAPIError):
+        async with db.read() as conn:
+            await conn.execute(sa.text("SELECT 1/0"))
+    second = await _backend_pid(db)
+    assert second != first
+    # Killed by the server: the read that finds out fails, the next one works.
+    async with db.write() as conn:
+        await conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": second})
+    with pytest.raises(sa.exc.DBAPIError):
+        await _backend_pid(db)
+    assert await _backend_pid(db) not in (first, second)
+
+
+async def test_pg_a_read_cancelled_mid_statement_does_not_come_back(db: Database) -> None:
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL's read pool")
+    first = await _backend_pid(db)
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        async with db.read() as conn:
+            started.set()
+            await conn.execute(sa.text("SELECT pg_sleep(30)"))
+
+    task = asyncio.create_task(slow())
+    await started.wait()
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _backend_pid(db) != first
+    async with db.read() as conn:
+        assert (await conn.execute(_FILTER, {"user_id": "@nobody:t"})).all() == []
+
+
+async def test_pg_reads_wait_for_a_connection_when_all_are_in_use(db_url: str) -> None:
+    if db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's read pool")
+    db = Database(db_url, pool_size=1)  # two read connections
+    try:
+        held = asyncio.Event()
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with db.read() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+                held.set()
+                await release.wait()
+
+        holders = [asyncio.create_task(hold()) for _ in range(2)]
+        await held.wait()
+        await asyncio.sleep(0)
+        waiter = asyncio.create_task(_backend_pid(db))
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        release.set()
+        await asyncio.gather(*holders)
+        assert await waiter > 0
+    finally:
+        await db.close()
