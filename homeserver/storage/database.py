@@ -286,10 +286,13 @@ class _Plan:
             for r in raw]
 
     def run(self, dbapi_conn: sqlite3.Connection, sql: str, values: list[Any],
-            dialect: Dialect) -> LeanResult:
+            dialect: Dialect, many: bool = False) -> LeanResult:
         cursor = dbapi_conn.cursor()
         try:
-            cursor.execute(sql, values)
+            if many:
+                cursor.executemany(sql, values)
+            else:
+                cursor.execute(sql, values)
             raw = cursor.fetchall() if cursor.description is not None else []
             rowcount = cursor.rowcount
         except sqlite3.Error as err:
@@ -300,7 +303,7 @@ class _Plan:
         return LeanResult(self._rows(raw), rowcount)
 
     async def run_pg(self, adapter: Any, sql: str, values: list[Any],
-                     dialect: Dialect) -> LeanResult:
+                     dialect: Dialect, many: bool = False) -> LeanResult:
         """On SQLAlchemy's asyncpg connection adapter, as its cursor does it: the same lock,
         transaction (begun on first use, unless autocommit) and prepared-statement cache."""
         async with adapter._execute_mutex:
@@ -309,6 +312,9 @@ class _Plan:
                     await adapter._start_transaction()
                 prepared_statement, _ = await adapter._prepare(
                     sql, dialect._invalidate_schema_cache_asof)  # type: ignore[attr-defined]
+                if many:  # one round trip for all the rows; no count, as SQLAlchemy's
+                    await prepared_statement.executemany(values)
+                    return LeanResult([], -1)
                 raw = await prepared_statement.fetch(*values)
                 status = prepared_statement.get_statusmsg()
             except Exception as error:
@@ -362,10 +368,11 @@ class SqliteConnection:
         lean = _lean(self._plans, statement, parameters, self._conn.dialect)
         if lean is None:
             return self._conn.execute(statement, parameters)
-        plan, sql, values = lean
+        plan, sql, values, many = lean
         dbapi_conn = self._conn.connection.dbapi_connection
         assert dbapi_conn is not None
-        result = plan.run(cast(sqlite3.Connection, dbapi_conn), sql, values, self._conn.dialect)
+        result = plan.run(cast(sqlite3.Connection, dbapi_conn), sql, values, self._conn.dialect,
+                          many)
         # The subset of CursorResult that storage code uses (LeanResult).
         return cast("CursorResult[*tuple[Any, ...]]", result)
 
@@ -403,9 +410,9 @@ class PgConnection:
         lean = _lean(self._plans, statement, parameters, dialect)
         if lean is None:
             return await self._conn.execute(statement, parameters)
-        plan, sql, values = lean
+        plan, sql, values, many = lean
         adapter = self._adapter if self._adapter is not None else await self.adapter()
-        result = await plan.run_pg(adapter, sql, values, dialect)
+        result = await plan.run_pg(adapter, sql, values, dialect, many)
         return cast("CursorResult[*tuple[Any, ...]]", result)
 
     async def adapter(self) -> Any:
@@ -426,14 +433,24 @@ class PgConnection:
 
 
 def _lean(plans: dict[Any, _Plan | None], statement: Executable, parameters: Params,
-          dialect: Dialect) -> tuple[_Plan, str, list[Any]] | None:
-    """The plan of a prepared statement and its SQL and values for these parameters; None
-    for SQLAlchemy to run it (not prepared, many rows of parameters, or not for the lean
-    path)."""
+          dialect: Dialect) -> tuple[_Plan, str, list[Any], bool] | None:
+    """The plan of a prepared statement, its SQL and values for these parameters, and
+    whether they are many rows of values (an INSERT, UPDATE or DELETE without RETURNING, run
+    once per row, as ``executemany``); None for SQLAlchemy to run it (not prepared, or not
+    for the lean path)."""
     key: Any = id(statement)
-    if key not in _PREPARED or not (parameters is None or isinstance(parameters, Mapping)):
+    if key not in _PREPARED:
         return None
-    columns = parameters or {}
+    rows: Sequence[Mapping[str, Any]] | None = None
+    if parameters is None or isinstance(parameters, Mapping):
+        columns: Mapping[str, Any] = parameters or {}
+    elif isinstance(statement, UpdateBase) and isinstance(parameters, list) and parameters \
+            and all(isinstance(r, Mapping) and r.keys() == parameters[0].keys()
+                    for r in parameters):
+        rows = parameters
+        columns = rows[0]
+    else:
+        return None
     if isinstance(statement, UpdateBase):  # compiled for the columns it is given
         key = (key, frozenset(columns))
     plan = plans.get(key, _UNPLANNED)
@@ -441,8 +458,20 @@ def _lean(plans: dict[Any, _Plan | None], statement: Executable, parameters: Par
         plan = plans[key] = _Plan.compile(statement, dialect, list(columns))
     if plan is None:
         return None
-    found = plan.arguments(parameters)
-    return None if found is None else (plan, *found)
+    if rows is None:
+        found = plan.arguments(cast("Mapping[str, Any] | None", parameters))
+        return None if found is None else (plan, found[0], found[1], False)
+    if plan.row is not None:
+        return None  # RETURNING rows of several executions: SQLAlchemy's business
+    sql = ""
+    values: list[Any] = []
+    for row in rows:
+        found = plan.arguments(row)
+        if found is None:
+            return None
+        sql = found[0]
+        values.append(found[1])
+    return plan, sql, values, True
 
 
 _UNPLANNED: Any = object()

@@ -129,10 +129,15 @@ async def record_push_actions(conn: Connection, actions: Sequence[PushAction],
     """Inside the event's persist transaction: one row per notified member."""
     if not actions:
         return
-    await conn.execute(sa.insert(event_push_actions), [
+    await conn.execute(_INSERT_PUSH_ACTION, [
         {"user_id": a.user_id, "stream_ordering": stream_ordering, "room_id": room_id,
          "event_id": event_id, "thread_id": a.thread_id, "actions": a.actions_json,
          "highlight": a.highlight, "ts": ts} for a in actions])
+
+
+_INSERT_PUSH_ACTION = prepared(sa.insert(event_push_actions), columns=(
+    "user_id", "stream_ordering", "room_id", "event_id", "thread_id", "actions", "highlight",
+    "ts"))
 
 
 def _pusher(r: Any) -> Pusher:

@@ -115,6 +115,34 @@ async def test_what_the_lean_path_leaves_to_sqlalchemy(db: Database) -> None:
             await conn.execute(_USERS, {"ids": ["@a:t"], "admin": False, "limit": 5})
 
 
+def _user(user_id: str, ts: int, **extra: object) -> dict[str, object]:
+    return {"user_id": user_id, "password_hash": None, "is_admin": False, "deactivated": False,
+            "created_ts": ts, **extra}
+
+
+async def test_many_rows_of_values_in_one_execution(db: Database) -> None:
+    async with db.write() as conn:
+        result = await conn.execute(_ADD_USER, [_user(f"@{i}:t", i) for i in range(5)])
+        assert isinstance(result, LeanResult)
+        # Rows that leave Python-side defaults to fill in: SQLAlchemy runs them.
+        defaults = await conn.execute(_ADD_USER, [{"user_id": "@x:t", "created_ts": 7},
+                                                  {"user_id": "@y:t", "created_ts": 8}])
+        assert not isinstance(defaults, LeanResult)
+    async with db.read() as conn:
+        rows = (await conn.execute(_USERS, {"after": -1, "admin": False, "limit": 10,
+                                            "ids": [f"@{i}:t" for i in range(5)] + ["@x:t"]}
+                                   )).all()
+    assert [(r.user_id, r.created_ts) for r in rows] == \
+        [(f"@{i}:t", i) for i in range(5)] + [("@x:t", 7)]
+    # A duplicate among the rows: SQLAlchemy's error, and none of them is kept.
+    with pytest.raises(sa.exc.IntegrityError):
+        async with db.write() as conn:
+            await conn.execute(_ADD_USER, [_user("@new:t", 20), _user("@0:t", 21)])
+    async with db.read() as conn:
+        assert (await conn.execute(_USERS, {"after": -1, "admin": False, "limit": 10,
+                                            "ids": ["@new:t"]})).all() == []
+
+
 # --- PostgreSQL's read connections, kept out of SQLAlchemy's pool between uses --------------
 
 
