@@ -41,23 +41,32 @@ class Notifier:
         self._bus = bus
         self._by_user: defaultdict[str, set[Listener]] = defaultdict(set)
         self._by_room: defaultdict[str, set[Listener]] = defaultdict(set)
-        # The highest position of each stream that a wake-up announced. Every position is
-        # announced after its commit, and positions commit in order, so everything up to
-        # these is committed.
-        self._announced: dict[Stream, int] = {}
+        # The highest position of each stream known to be committed: announced by a wake-up
+        # (every position is announced after its commit, and positions commit in order) or
+        # read from the database (``learn``).
+        self._committed: dict[Stream, int] = {}
         bus.subscribe(self._on_wakeup)
 
-    def announced(self) -> dict[Stream, int]:
-        """The highest position of each stream that a wake-up announced (committed)."""
-        return self._announced
+    def committed(self) -> dict[Stream, int] | None:
+        """A copy of the highest committed position of each stream known here; None until
+        every stream's is known (``learn`` positions read from the database first)."""
+        if len(self._committed) < len(Stream):
+            return None
+        return dict(self._committed)
+
+    def learn(self, positions: dict[Stream, int]) -> None:
+        """Positions read from the database, committed: known from now on."""
+        for stream, position in positions.items():
+            if position > self._committed.get(stream, -1):
+                self._committed[stream] = position
 
     async def notify(self, stream: Stream, position: int, *, room_id: str | None = None,
                      user_ids: Iterable[str] = ()) -> None:
         await self._bus.publish(Wakeup(stream, position, room_id, tuple(user_ids)))
 
     async def _on_wakeup(self, wakeup: Wakeup) -> None:
-        if wakeup.position > self._announced.get(wakeup.stream, 0):
-            self._announced[wakeup.stream] = wakeup.position
+        if wakeup.position > self._committed.get(wakeup.stream, -1):
+            self._committed[wakeup.stream] = wakeup.position
         targets: set[Listener] = set()
         if wakeup.room_id is not None:
             targets.update(self._by_room.get(wakeup.room_id, ()))

@@ -78,7 +78,14 @@ class SyncService:
     async def sync(self, requester: Requester, req: SyncRequest) -> JsonDict:
         if req.since is None or req.full_state or req.timeout_ms <= 0:
             return await self._compute(requester, req)
-        known = await self._db.current_positions()
+        # The committed positions known here (from wake-ups and earlier reads): coming back
+        # with the token of the last response, a client finds them equal and waits, without
+        # a statement. A position that moved without a wake-up (none does) would come with
+        # the next wake-up or a read, never be skipped.
+        known = self._notifier.committed()
+        if known is None:
+            known = await self._db.current_positions()
+            self._notifier.learn(known)
         memberships = await self._rooms.get_sync_memberships(requester.user_id,
                                                              known.get(Stream.EVENTS, 0))
         room_ids = [m.room_id for m in memberships if m.membership in ("join", "invite")]
@@ -109,11 +116,10 @@ class SyncService:
 
     def _woken_at(self, known: dict[Stream, int]) -> StreamToken:
         """Where a woken long-poll computes up to, without reading the positions again: the
-        positions it knew, raised to what the wake-ups announced since. Both are committed,
-        and the wake-up that woke it is among those announced; a position that moved without
-        a wake-up would only come in a later response, never be skipped."""
-        announced = self._notifier.announced()
-        return StreamToken({s: max(p, announced.get(s, 0)) for s, p in known.items()})
+        positions it knew, raised to the committed ones known now, among which the wake-up
+        that woke it."""
+        committed = self._notifier.committed() or {}
+        return StreamToken({s: max(p, committed.get(s, 0)) for s, p in known.items()})
 
     async def _compute(self, requester: Requester, req: SyncRequest) -> JsonDict:
         return (await self._compute_at(requester, req, None))[1]
@@ -123,7 +129,9 @@ class SyncService:
         """The response up to ``now`` (None: the current positions), and that token."""
         async with self._db.pinned_reads():  # one connection for its dozen reads
             if now is None:
-                now = StreamToken(await self._db.current_positions())
+                positions = await self._db.current_positions()
+                self._notifier.learn(positions)
+                now = StreamToken(dict(positions))
             return now, await self._compute_pinned(requester, req, now)
 
     async def _compute_pinned(self, requester: Requester, req: SyncRequest,
