@@ -612,6 +612,9 @@ class Database:
         # Lean-path plans of prepared statements, by statement (and columns, for DML).
         self._plans: dict[Any, _Plan | None] = {}
         self._ignoring: dict[tuple[str, tuple[str, ...]], sa.Insert] = {}
+        # Statements built for this database's dialect, and the columns start-up compiles
+        # them for (the ``columns`` of ``prepared``, which is for statements of any dialect).
+        self._own_dml: dict[int, frozenset[str]] = {}
         if self.is_sqlite:
             sync_url = sa.make_url(url).set(drivername="sqlite")
             self._sqlite_writer = _sqlite_engine(sync_url, writer=True)
@@ -785,8 +788,8 @@ class Database:
             if not isinstance(statement, UpdateBase):
                 if key not in self._plans:
                     self._plans[key] = _Plan.compile(statement, dialect, ())
-            elif key in _DML_COLUMNS:
-                columns = _DML_COLUMNS[key]
+            elif key in _DML_COLUMNS or key in self._own_dml:
+                columns = _DML_COLUMNS.get(key) or self._own_dml[key]
                 if (key, columns) not in self._plans:
                     self._plans[(key, columns)] = _Plan.compile(statement, dialect,
                                                                 sorted(columns))
@@ -876,15 +879,19 @@ class Database:
         return stmt.on_conflict_do_update(
             index_elements=list(keys), set_={c: stmt.excluded[c] for c in columns})
 
-    def insert_ignore_statement(self, table: sa.Table, keys: Sequence[str]) -> sa.Insert:
+    def insert_ignore_statement(self, table: sa.Table, keys: Sequence[str],
+                                columns: Sequence[str] | None = None) -> sa.Insert:
         """INSERT ... ON CONFLICT (keys) DO NOTHING without values (bind them at execute),
-        built once per table and keys."""
+        built once per table and keys; ``columns``, those it is always run with, lets
+        start-up compile it (``prepared``)."""
         key = (table.name, tuple(keys))
         statement = self._ignoring.get(key)
         if statement is None:
             insert = sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
             statement = self._ignoring[key] = prepared(insert.on_conflict_do_nothing(
                 index_elements=list(keys)))
+        if columns is not None:  # this database's dialect only: not in the global registry
+            self._own_dml[id(statement)] = frozenset(columns)
         return statement
 
     def insert_ignore(self, table: sa.Table, row: Mapping[str, Any],

@@ -186,6 +186,10 @@ class EventStore:
         self._db = db
         # State groups never change once written.
         self._state_cache: LRUCache[int, StateMap] = LRUCache(maxsize=2000)
+        # Built here, so that start-up compiles it (Database.prepare_statements).
+        self._claim_txn = db.insert_ignore_statement(
+            event_txns, ("user_id", "device_id", "scope", "txn_id"),
+            columns=("user_id", "device_id", "scope", "txn_id", "event_id", "created_ts"))
         # Nor does what lies between two committed positions.
         self._windows: SharedReads[tuple[int, int], StreamWindow] = SharedReads(1024)
         self._timelines: SharedReads[tuple[str, int, int, int], tuple[StoredEvent, ...]] = \
@@ -215,8 +219,7 @@ class EventStore:
             # Everything that needs no stream position comes first: on PostgreSQL the
             # position's row stays locked from next_position to COMMIT, for every room.
             if new.txn_id is not None and new.device_id is not None:
-                taken = await conn.execute(self._db.insert_ignore_statement(
-                    event_txns, ("user_id", "device_id", "scope", "txn_id")), {
+                taken = await conn.execute(self._claim_txn, {
                     "user_id": pdu["sender"], "device_id": new.device_id,
                     "scope": new.txn_scope or "", "txn_id": new.txn_id,
                     "event_id": new.event_id, "created_ts": pdu["origin_server_ts"]})

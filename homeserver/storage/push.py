@@ -135,6 +135,10 @@ async def record_push_actions(conn: Connection, actions: Sequence[PushAction],
          "highlight": a.highlight, "ts": ts} for a in actions])
 
 
+_JOINED_MEMBERS = prepared(
+    sa.select(room_memberships.c.user_id, room_memberships.c.displayname)
+    .where(room_memberships.c.room_id == sa.bindparam("room_id"),
+           room_memberships.c.membership == "join"))
 _INSERT_PUSH_ACTION = prepared(sa.insert(event_push_actions), columns=(
     "user_id", "stream_ordering", "room_id", "event_id", "thread_id", "actions", "highlight",
     "ts"))
@@ -341,10 +345,7 @@ class PushStore:
     async def get_joined_members(self, room_id: str) -> list[tuple[str, str | None]]:
         """(user_id, display name in the room) of every joined member."""
         async with self._db.read() as conn:
-            rows = (await conn.execute(
-                sa.select(room_memberships.c.user_id, room_memberships.c.displayname)
-                .where(room_memberships.c.room_id == room_id,
-                       room_memberships.c.membership == "join"))).all()
+            rows = (await conn.execute(_JOINED_MEMBERS, {"room_id": room_id})).all()
         return [(r.user_id, r.displayname) for r in rows]
 
     # --- counts and notifications ------------------------------------------------------------
