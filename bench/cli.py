@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import os
 import platform
@@ -19,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 import aiohttp
+import uvloop
 
 from bench import report
 from bench.client import Matrix
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                                            args.presence == "on")
             log(f"{name}: starting")
             server.start()
-            run["servers"][name] = asyncio.run(
+            run["servers"][name] = uvloop.run(
                 run_server(server, args, run_id, directory, query_log))
         finally:
             if server is not None:
