@@ -80,8 +80,8 @@ class SyncService:
             return await self._compute(requester, req)
         # The committed positions known here (from wake-ups and earlier reads): coming back
         # with the token of the last response, a client finds them equal and waits, without
-        # a statement. A position that moved without a wake-up (none does) would come with
-        # the next wake-up or a read, never be skipped.
+        # a statement. A position taken without a wake-up (a to-device message for no known
+        # device) comes with the next wake-up or read: late, never skipped.
         known = self._notifier.committed()
         if known is None:
             known = await self._db.current_positions()
