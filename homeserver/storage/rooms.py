@@ -12,8 +12,10 @@ from homeserver.storage.database import Database, prepared
 from homeserver.storage.events import EventStore
 from homeserver.storage.schema import current_state, events, room_aliases, room_memberships, rooms
 
-# How many users' memberships syncs keep (RoomStore.get_sync_memberships).
-SYNC_MEMBERSHIPS_KEPT = 4096
+# How many memberships syncs keep, all users together (RoomStore.get_sync_memberships):
+# counted by membership, not by user, so that accounts in thousands of rooms cannot make
+# it hold hundreds of megabytes (~250 bytes each: ~25 MB at most).
+SYNC_MEMBERSHIPS_KEPT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +72,8 @@ class RoomStore:
         # user -> (events position, their memberships as of at least that position), for
         # syncs: checked against the events since (``events``' windows) before use.
         self._events = events
-        self._for_sync: LRUCache[str, tuple[int, tuple[Membership, ...]]] = \
-            LRUCache(maxsize=SYNC_MEMBERSHIPS_KEPT)
+        self._for_sync: LRUCache[str, tuple[int, tuple[Membership, ...]]] = LRUCache(
+            maxsize=SYNC_MEMBERSHIPS_KEPT, getsizeof=lambda kept: len(kept[1]) + 1)
 
     async def create_room(self, room_id: str, room_version: str, creator: str,
                           created_ts: int, is_public: bool) -> bool:
@@ -140,13 +142,17 @@ class RoomStore:
                 return found
             window = await events.get_window(position, upto)
             if window is not None and user_id not in window.members:
-                self._for_sync[user_id] = (upto, found)
+                self._keep(user_id, upto, found)
                 return found
         # Read after ``upto`` was committed, so it holds every change up to there.
         found = tuple(await self.get_user_memberships(user_id))
         if events is not None:
-            self._for_sync[user_id] = (upto, found)
+            self._keep(user_id, upto, found)
         return found
+
+    def _keep(self, user_id: str, position: int, found: tuple[Membership, ...]) -> None:
+        if len(found) < SYNC_MEMBERSHIPS_KEPT:  # the cache refuses what exceeds it whole
+            self._for_sync[user_id] = (position, found)
 
     async def get_room_members(self, room_id: str, memberships: Sequence[str] | None = None
                                ) -> list[Membership]:

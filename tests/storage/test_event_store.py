@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+import homeserver.storage.rooms as rooms_module
 from homeserver.migrate import upgrade_head
 from homeserver.storage.database import Database
 from homeserver.storage.events import (
@@ -286,3 +287,29 @@ async def test_sync_memberships_are_read_again_only_after_a_membership_change(
         await conn.execute(sa.update(room_memberships).where(
             room_memberships.c.user_id == bob).values(displayname="seen"))
     assert [m.displayname for m in await store.get_sync_memberships(bob, last)] == ["seen"]
+
+
+async def test_kept_memberships_are_bounded_by_their_number(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rooms_module, "SYNC_MEMBERSHIPS_KEPT", 3)
+    events = EventStore(db)
+    store = RoomStore(db, events)
+    first = await new_room(db)
+    second = await new_room(db, "!second:test")
+    for room in (first, second):
+        for user in ("@bob:test", "@carol:test"):
+            await room.persist(room.event("m.room.member", {"membership": "join"}, user))
+    upto = await first.persist(first.event("m.room.member", {"membership": "join"}, "@d:test"))
+    # Two memberships and the entry itself: 3, all the room there is.
+    assert len(await store.get_sync_memberships("@bob:test", upto)) == 2
+    assert set(store._for_sync) == {"@bob:test"}
+    # Another user's take the place; one too many to keep at all is read and not kept.
+    assert len(await store.get_sync_memberships("@d:test", upto)) == 1
+    assert set(store._for_sync) == {"@d:test"}
+    async with db.write() as conn:
+        await conn.execute(sa.insert(room_memberships), [
+            {"room_id": f"!extra{i}:test", "user_id": "@carol:test", "membership": "join",
+             "event_id": f"$x{i}", "sender": "@carol:test", "stream_ordering": 1,
+             "forgotten": False} for i in range(2)])
+    assert len(await store.get_sync_memberships("@carol:test", upto)) == 4
+    assert "@carol:test" not in store._for_sync
