@@ -186,14 +186,14 @@ class EventStore:
         self._db = db
         # State groups never change once written.
         self._state_cache: LRUCache[int, StateMap] = LRUCache(maxsize=2000)
-        # Built here, so that start-up compiles it (Database.prepare_statements).
-        self._claim_txn = db.insert_ignore_statement(
-            event_txns, ("user_id", "device_id", "scope", "txn_id"),
-            columns=("user_id", "device_id", "scope", "txn_id", "event_id", "created_ts"))
         # Nor does what lies between two committed positions.
         self._windows: SharedReads[tuple[int, int], StreamWindow] = SharedReads(1024)
         self._timelines: SharedReads[tuple[str, int, int, int], tuple[StoredEvent, ...]] = \
             SharedReads(256)
+        # Built here, so that start-up compiles it (Database.prepare_statements).
+        self._claim_txn = db.insert_ignore_statement(
+            event_txns, ("user_id", "device_id", "scope", "txn_id"),
+            columns=("user_id", "device_id", "scope", "txn_id", "event_id", "created_ts"))
 
     def pinned_reads(self) -> AbstractAsyncContextManager[None]:
         """Reads of every store inside share one connection (see Database.pinned_reads)."""
