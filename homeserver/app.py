@@ -202,7 +202,7 @@ class Homeserver:
         self.device_lists = DeviceListService(DeviceListStore(db), self.notifier,
                                               self.event_store)
         self.e2e_keys = E2eKeyService(E2eKeyStore(db), self.device_lists, self.uia,
-                                      config.server_name)
+                                      config.server_name, self.notifier)
         self.sync.add_extension(self.e2e_keys)
         self.key_backup = KeyBackupService(KeyBackupStore(db))
 

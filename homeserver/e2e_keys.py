@@ -16,6 +16,7 @@ import binascii
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cachetools import LRUCache
 from canonicaljson import encode_canonical_json
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
@@ -26,6 +27,7 @@ from homeserver.device_lists import DeviceListService
 from homeserver.errors import Codes, MatrixError
 from homeserver.ids import UserID
 from homeserver.jsonutil import check_json_numbers
+from homeserver.notifier import Notifier
 from homeserver.storage.e2e_keys import (
     ClaimRequest,
     CrossSigningKey,
@@ -33,12 +35,14 @@ from homeserver.storage.e2e_keys import (
     NewKey,
     Signature,
 )
-from homeserver.streams import StreamToken
+from homeserver.streams import Stream, StreamToken
 from homeserver.types import JsonDict, Requester
 from homeserver.uia import AuthChallenge, UiaService
 
 ED25519 = "ed25519"
 SIGNED_CURVE25519 = "signed_curve25519"
+# Devices whose key counts syncs keep (E2eKeyService._key_counts).
+KEY_COUNTS_KEPT = 20_000
 MASTER = "master"
 SELF_SIGNING = "self_signing"
 USER_SIGNING = "user_signing"
@@ -100,11 +104,16 @@ class E2eKeyService:
     """Also the sync extension (``TopLevelSource``) for device lists and key counts."""
 
     def __init__(self, store: E2eKeyStore, device_lists: DeviceListService, uia: UiaService,
-                 server_name: str) -> None:
+                 server_name: str, notifier: Notifier) -> None:
         self._store = store
         self._device_lists = device_lists
         self._uia = uia
         self._server_name = server_name
+        self._notifier = notifier
+        # (user, device) -> (one-time-keys position, counts, fallback types): what syncs
+        # send, read again once the stream has moved (an upload or claim, by anyone).
+        self._counts: LRUCache[tuple[str, str], tuple[int, dict[str, int], list[str]]] = \
+            LRUCache(maxsize=KEY_COUNTS_KEPT)
 
     # --- /keys/upload ----------------------------------------------------------------------
 
@@ -131,6 +140,9 @@ class E2eKeyService:
                               "exists with different content")
         if result.device_keys_changed:
             await self._device_lists.mark_changed(requester.user_id)
+        if result.keys_position is not None:
+            await self._notifier.notify(Stream.ONE_TIME_KEYS, result.keys_position,
+                                        user_ids=(requester.user_id,))
         return {SIGNED_CURVE25519: 0, **result.counts}
 
     def _check_device_keys(self, requester: Requester, device_keys: JsonDict) -> JsonDict:
@@ -201,9 +213,14 @@ class E2eKeyService:
                                          check_name(algorithm, "algorithm"))
                             for device_id, algorithm in by_device.items())
         one_time_keys: JsonDict = {}
-        for claimed in await self._store.claim(requests):
+        taken, position = await self._store.claim(requests)
+        for claimed in taken:
             one_time_keys.setdefault(claimed.user_id, {}).setdefault(
                 claimed.device_id, {})[claimed.key_id] = claimed.key
+        if position is not None:
+            # The owners' syncs learn their new counts (and every worker the new position).
+            await self._notifier.notify(Stream.ONE_TIME_KEYS, position,
+                                        user_ids=sorted(one_time_keys))
         return {"one_time_keys": one_time_keys, "failures": failures}
 
     # --- /keys/changes and the sync extension ----------------------------------------------
@@ -222,17 +239,33 @@ class E2eKeyService:
                                                        committed=True)
             if changes.changed or changes.left:
                 out["device_lists"] = {"changed": changes.changed, "left": changes.left}
-        counts, fallback = await self._store.key_counts(requester.user_id, requester.device_id)
+        counts, fallback = await self._key_counts(requester, now.get(Stream.ONE_TIME_KEYS))
         # matrix-nio reads signed_curve25519 to decide on uploads: always there, 0 included.
         out["device_one_time_keys_count"] = {SIGNED_CURVE25519: 0, **counts}
         out["device_unused_fallback_key_types"] = fallback
         return out
 
+    async def _key_counts(self, requester: Requester, upto: int
+                          ) -> tuple[dict[str, int], list[str]]:
+        """The device's key counts at the committed one-time-keys position ``upto``: kept
+        until the stream moves past the position they were read at (counts only change with
+        an upload, a claim or the device's deletion, and each takes a position)."""
+        key = (requester.user_id, requester.device_id)
+        kept = self._counts.get(key)
+        if kept is not None and kept[0] >= upto:
+            return dict(kept[1]), list(kept[2])
+        # Read after ``upto`` was committed: it holds every change up to there.
+        counts, fallback = await self._store.key_counts(*key)
+        self._counts[key] = (upto, dict(counts), list(fallback))
+        return counts, fallback
+
     # --- deleted devices -------------------------------------------------------------------
 
     async def delete_for_devices(self, user_id: str, device_ids: Sequence[str]) -> None:
         """Deleted devices lose their keys; the user's contacts refetch the device list."""
-        await self._store.delete_for_devices(user_id, device_ids)
+        position = await self._store.delete_for_devices(user_id, device_ids)
+        if position is not None:
+            await self._notifier.notify(Stream.ONE_TIME_KEYS, position, user_ids=(user_id,))
         await self._device_lists.mark_changed(user_id)
 
     # --- /keys/device_signing/upload -------------------------------------------------------

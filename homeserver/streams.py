@@ -13,6 +13,9 @@ class Stream(StrEnum):
     PRESENCE = "presence"
     TO_DEVICE = "to_device"
     DEVICE_LISTS = "device_lists"
+    # Moves when a device's one-time or fallback keys change (an upload, a claim): syncs
+    # keep each device's key counts until it moves.
+    ONE_TIME_KEYS = "one_time_keys"
 
 
 # The order of positions inside a sync token; append only, never reorder.

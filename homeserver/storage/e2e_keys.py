@@ -24,6 +24,7 @@ from homeserver.storage.schema import (
     e2e_one_time_keys,
     e2e_signatures,
 )
+from homeserver.streams import Stream
 from homeserver.types import JsonDict
 
 
@@ -70,6 +71,8 @@ class UploadResult:
     conflict: str | None = None
     device_missing: bool = False
     counts: dict[str, int] = field(default_factory=dict)
+    # The one-time-keys stream's position, when one-time or fallback keys came.
+    keys_position: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +150,11 @@ class E2eKeyStore:
                 for key in fallback_keys:
                     await self._put_fallback_key(conn, user_id, device_id, key)
                 counts = await self._count(conn, user_id, device_id)
+                position = await self._db.next_position(conn, Stream.ONE_TIME_KEYS) \
+                    if one_time_keys or fallback_keys else None
         except _Conflict as e:
             return UploadResult(conflict=e.key_id)
-        return UploadResult(device_keys_changed=changed, counts=counts)
+        return UploadResult(device_keys_changed=changed, counts=counts, keys_position=position)
 
     async def _put_device_keys(self, conn: Connection, user_id: str, device_id: str,
                                key_json: str) -> bool:
@@ -279,8 +284,10 @@ class E2eKeyStore:
 
     # --- claim -----------------------------------------------------------------------------
 
-    async def claim(self, requests: Sequence[ClaimRequest]) -> list[ClaimedKey]:
-        """Take one key per request, in one write transaction.
+    async def claim(self, requests: Sequence[ClaimRequest]
+                    ) -> tuple[list[ClaimedKey], int | None]:
+        """Take one key per request, in one write transaction; with the one-time-keys
+        stream's new position when any key was taken.
 
         A one-time key is deleted as it is returned, so it goes to one claimer only: the row
         is chosen and deleted in one statement, and a row another transaction has just
@@ -308,7 +315,9 @@ class E2eKeyStore:
                     claimed.append(ClaimedKey(req.user_id, req.device_id,
                                               f"{req.algorithm}:{row.key_id}",
                                               json.loads(row.key_json)))
-        return claimed
+            position = await self._db.next_position(conn, Stream.ONE_TIME_KEYS) \
+                if claimed else None
+        return claimed, position
 
     # --- cross-signing ---------------------------------------------------------------------
 
@@ -353,12 +362,15 @@ class E2eKeyStore:
 
     # --- deleted devices -------------------------------------------------------------------
 
-    async def delete_for_devices(self, user_id: str, device_ids: Sequence[str]) -> None:
-        """A deleted device takes its keys and the signatures made by or for it along."""
+    async def delete_for_devices(self, user_id: str, device_ids: Sequence[str]) -> int | None:
+        """A deleted device takes its keys and the signatures made by or for it along; the
+        one-time-keys stream's new position (a device created again with the same ID starts
+        from no keys, not from counts kept for the old one)."""
         if not device_ids:
-            return
+            return None
         ids = list(device_ids)
         async with self._db.write() as conn:
+            position = await self._db.next_position(conn, Stream.ONE_TIME_KEYS)
             for table in (e2e_device_keys, e2e_one_time_keys, e2e_fallback_keys):
                 await conn.execute(sa.delete(table).where(
                     table.c.user_id == user_id, table.c.device_id.in_(ids)))
@@ -368,3 +380,4 @@ class E2eKeyStore:
             await conn.execute(sa.delete(s).where(
                 s.c.signer_user_id == user_id,
                 s.c.signer_key_id.in_([f"ed25519:{d}" for d in ids])))
+        return position

@@ -48,6 +48,31 @@ async def test_counts_in_every_sync_even_without_keys(client: httpx.AsyncClient)
     assert "device_lists" not in later
 
 
+async def test_incremental_syncs_follow_claims_and_uploads(client: httpx.AsyncClient) -> None:
+    """Syncs keep a device's counts between changes: every claim and upload moves them."""
+    alice = await new_device(client, "alice")
+    bob = await new_device(client, "bob")
+    await upload(client, alice, {"one_time_keys": alice.one_time_keys(3)})
+    since = (await sync(client, alice))["next_batch"]
+    quiet = await sync(client, alice, since=since, timeout=50)
+    assert quiet["device_one_time_keys_count"] == {"signed_curve25519": 3}
+    wanted = {alice.user_id: {alice.device_id: "signed_curve25519"}}
+    await claim(client, bob, wanted)
+    after_claim = await sync(client, alice, since=quiet["next_batch"], timeout=50)
+    assert after_claim["device_one_time_keys_count"] == {"signed_curve25519": 2}
+    # A claim while alice waits: no news to end her long-poll, the new count at its end.
+    waiting = asyncio.create_task(sync(client, alice, since=after_claim["next_batch"],
+                                       timeout=500))
+    await asyncio.sleep(0.1)
+    await claim(client, bob, wanted)
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    assert (await waiting)["device_one_time_keys_count"] == {"signed_curve25519": 1}
+    await upload(client, alice, {"one_time_keys": alice.one_time_keys(2, start=3)})
+    later = await sync(client, alice, since=after_claim["next_batch"], timeout=50)
+    assert later["device_one_time_keys_count"] == {"signed_curve25519": 3}
+
+
 async def test_reupload_same_key_is_fine_different_is_400(client: httpx.AsyncClient) -> None:
     alice = await new_device(client, "alice")
     keys = alice.one_time_keys(3)
@@ -243,6 +268,9 @@ async def test_deleted_device_takes_its_keys(client: httpx.AsyncClient) -> None:
     await upload(client, phone, {"device_keys": phone.device_keys(),
                                  "one_time_keys": phone.one_time_keys(3),
                                  "fallback_keys": phone.fallback_key()})
+    # Its counts are kept for its syncs: the deletion must not leave them to a successor.
+    assert (await sync(client, phone))["device_one_time_keys_count"] == \
+        {"signed_curve25519": 3}
     r = await client.request("DELETE", f"{V3}/devices/{phone.device_id}", json={"auth": {
         "type": "m.login.password", "password": DEFAULT_PASSWORD,
         "identifier": {"type": "m.id.user", "user": "alice"}}}, headers=alice.headers)
