@@ -57,16 +57,18 @@ class Notifier:
     def learn(self, positions: dict[Stream, int]) -> None:
         """Positions read from the database, committed: known from now on."""
         for stream, position in positions.items():
-            if position > self._committed.get(stream, -1):
-                self._committed[stream] = position
+            self._raise(stream, position)
+
+    def _raise(self, stream: Stream, position: int) -> None:
+        if position > self._committed.get(stream, -1):
+            self._committed[stream] = position
 
     async def notify(self, stream: Stream, position: int, *, room_id: str | None = None,
                      user_ids: Iterable[str] = ()) -> None:
         await self._bus.publish(Wakeup(stream, position, room_id, tuple(user_ids)))
 
     async def _on_wakeup(self, wakeup: Wakeup) -> None:
-        if wakeup.position > self._committed.get(wakeup.stream, -1):
-            self._committed[wakeup.stream] = wakeup.position
+        self._raise(wakeup.stream, wakeup.position)
         targets: set[Listener] = set()
         if wakeup.room_id is not None:
             targets.update(self._by_room.get(wakeup.room_id, ()))

@@ -131,7 +131,7 @@ class SyncService:
             if now is None:
                 positions = await self._db.current_positions()
                 self._notifier.learn(positions)
-                now = StreamToken(dict(positions))
+                now = StreamToken(positions)
             return now, await self._compute_pinned(requester, req, now)
 
     async def _compute_pinned(self, requester: Requester, req: SyncRequest,

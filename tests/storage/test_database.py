@@ -36,15 +36,20 @@ async def _ids(db: Database, table: str) -> list[int]:
                     .scalars())
 
 
+async def _writes_again(db: Database, parent: int) -> None:
+    """The writer takes the next transaction: a child of ``parent`` (new) as child 1."""
+    async with db.write() as conn:
+        await conn.execute(sa.text("INSERT INTO parent VALUES (:p)"), {"p": parent})
+        await conn.execute(sa.text("INSERT INTO child VALUES (1, :p)"), {"p": parent})
+    assert await _ids(db, "child") == [1]
+
+
 async def test_a_failed_commit_leaves_nothing_and_the_writer_usable(db: Database) -> None:
     with pytest.raises(sa.exc.IntegrityError):
         async with db.write() as conn:
             await conn.execute(sa.text("INSERT INTO child VALUES (1, 99)"))
     assert await _ids(db, "child") == []
-    async with db.write() as conn:
-        await conn.execute(sa.text("INSERT INTO parent VALUES (99)"))
-        await conn.execute(sa.text("INSERT INTO child VALUES (1, 99)"))
-    assert await _ids(db, "child") == [1]
+    await _writes_again(db, 99)
 
 
 async def test_a_failed_body_rolls_back(db: Database) -> None:
@@ -144,10 +149,7 @@ async def test_a_failed_group_commit_fails_every_member(db: Database) -> None:
     assert any(isinstance(r, sa.exc.IntegrityError) for r in results)
     assert all(r is None or isinstance(r, sa.exc.IntegrityError) for r in results)
     assert await _ids(db, "child") == []
-    async with db.write() as conn:
-        await conn.execute(sa.text("INSERT INTO parent VALUES (1)"))
-        await conn.execute(sa.text("INSERT INTO child VALUES (1, 1)"))
-    assert await _ids(db, "child") == [1]
+    await _writes_again(db, 1)
 
 
 async def test_a_writer_cancelled_in_the_queue_does_not_hold_up_the_group(db: Database) -> None:
