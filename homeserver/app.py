@@ -193,7 +193,9 @@ class Homeserver:
         self.receipts = ReceiptService(receipt_store, self.event_store, self.room_store,
                                        self.account_data, self.notifier, clock)
         self.sync.add_room_source("ephemeral", EphemeralSource(self.typing, self.receipts))
-        self.unread = UnreadCountService(PushStore(db), self.ignore_lists)
+        self.unread = UnreadCountService(PushStore(db), self.ignore_lists, self.event_store,
+                                         receipt_store, clock,
+                                         config.push.action_retention_ms)
         self.sync.set_unread_counts(self.unread)
 
     def _build_e2e(self, config: HomeserverConfig, db: Database) -> None:

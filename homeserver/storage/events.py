@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -74,15 +74,17 @@ SHARED_TIMELINE_MAX_EVENTS = 20
 @dataclass(frozen=True, slots=True)
 class StreamWindow:
     """The events stream between two committed positions, when few events lie there: the
-    rooms that have events, the users whose membership of a room changed, and the events
-    that got a child (a relation to them: edit, reaction, thread reply, reference)."""
+    rooms that have events, the users whose membership of a room changed, the events that
+    got a child (a relation to them: edit, reaction, thread reply, reference), and the rooms
+    each sender sent to (read-only)."""
 
     rooms: frozenset[str]
     members: frozenset[str]
     parents: frozenset[str]
+    senders: Mapping[str, frozenset[str]]
 
 
-_EMPTY_WINDOW = StreamWindow(frozenset(), frozenset(), frozenset())
+_EMPTY_WINDOW = StreamWindow(frozenset(), frozenset(), frozenset(), {})
 
 
 class DuplicateTxn(Exception):
@@ -130,7 +132,8 @@ _TXN = prepared(sa.select(event_txns.c.event_id).where(
     event_txns.c.device_id == sa.bindparam("device_id"),
     event_txns.c.scope == sa.bindparam("scope"), event_txns.c.txn_id == sa.bindparam("txn_id")))
 _WINDOW = prepared(
-    sa.select(_e.c.room_id, _e.c.type, _e.c.state_key, event_relations.c.relates_to_id)
+    sa.select(_e.c.room_id, _e.c.type, _e.c.state_key, _e.c.sender,
+              event_relations.c.relates_to_id)
     .select_from(_e.outerjoin(event_relations, event_relations.c.event_id == _e.c.event_id))
     .where(_e.c.stream_ordering > sa.bindparam("after"),
            _e.c.stream_ordering <= sa.bindparam("upto")))
@@ -338,11 +341,15 @@ class EventStore:
     async def _read_window(self, after: int, upto: int) -> StreamWindow:
         async with self._db.read() as conn:
             rows = (await conn.execute(_WINDOW, {"after": after, "upto": upto})).all()
+        senders: dict[str, set[str]] = {}
+        for r in rows:
+            senders.setdefault(r.sender, set()).add(r.room_id)
         return StreamWindow(
             frozenset(r.room_id for r in rows),
             frozenset(r.state_key for r in rows
                       if r.type == "m.room.member" and r.state_key is not None),
-            frozenset(r.relates_to_id for r in rows if r.relates_to_id is not None))
+            frozenset(r.relates_to_id for r in rows if r.relates_to_id is not None),
+            {sender: frozenset(rooms) for sender, rooms in senders.items()})
 
     async def get_recent_events(self, room_id: str, after: int, upto: int,
                                 limit: int) -> list[StoredEvent]:

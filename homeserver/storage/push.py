@@ -24,6 +24,7 @@ from homeserver.storage.schema import (
     room_memberships,
     stream_positions,
 )
+from homeserver.storage.shared_reads import SharedReads
 from homeserver.streams import Stream
 from homeserver.types import JsonDict
 
@@ -150,6 +151,39 @@ def _pusher(r: Any) -> Pusher:
                   r.device_id, int(r.attempts))
 
 
+# No position reaches this: ``upto`` of a count without a bound.
+MAX_POSITION = 2**63 - 1
+# The push actions between two positions, for all users, are read once for the syncs they
+# wake (homeserver/unread.py), for short ranges of few rows only.
+ACTION_WINDOW_MAX_EVENTS = 20
+ACTION_WINDOW_MAX_ROWS = 4096
+_ACTION_WINDOW = prepared(
+    sa.select(event_push_actions.c.user_id, event_push_actions.c.room_id,
+              event_push_actions.c.thread_id, event_push_actions.c.highlight,
+              event_push_actions.c.ts)
+    .where(event_push_actions.c.stream_ordering > sa.bindparam("after"),
+           event_push_actions.c.stream_ordering <= sa.bindparam("upto"))
+    .limit(sa.bindparam("limit")))
+
+
+class WindowAction(NamedTuple):
+    """A push action of a range of positions, for unread counts."""
+
+    room_id: str
+    thread_id: str
+    highlight: bool
+    ts: int
+
+
+class ThreadUnread(NamedTuple):
+    """A thread's unread notifications and highlights, and when the oldest was made (ms;
+    push actions are pruned by age)."""
+
+    notifications: int
+    highlights: int
+    oldest_ts: int
+
+
 _CURSOR = prepared(sa.select(push_cursors.c.stream_ordering).where(
     push_cursors.c.name == sa.bindparam("name")))
 # The push sender's scan, on every round: how far a batch of events reaches, and the push
@@ -180,8 +214,9 @@ _CLAIMABLE = prepared(sa.select(pushers.c.id)
 @functools.cache
 def _marks(*, with_rooms: bool) -> tuple[sa.Subquery, sa.Subquery]:
     """Read marks of :user_id (in :rooms): per room (unthreaded receipts and the user's own
-    latest event, which the spec counts as a receipt), and per room and thread (threaded
-    receipts, "main" too). Built once per shape: building costs more than running."""
+    latest event up to :upto, which the spec counts as a receipt), and per room and thread
+    (threaded receipts, "main" too). Built once per shape: building costs more than running.
+    """
     user_id: sa.BindParameter[str] = sa.bindparam("user_id")
     unthreaded_receipts = (
         sa.select(receipts.c.room_id.label("room_id"),
@@ -190,7 +225,8 @@ def _marks(*, with_rooms: bool) -> tuple[sa.Subquery, sa.Subquery]:
                receipts.c.thread_id == UNTHREADED))
     own = (sa.select(events.c.room_id.label("room_id"),
                      sa.func.max(events.c.stream_ordering).label("mark"))
-           .where(events.c.sender == user_id).group_by(events.c.room_id))
+           .where(events.c.sender == user_id, events.c.stream_ordering <= sa.bindparam("upto"))
+           .group_by(events.c.room_id))
     threaded = (sa.select(receipts.c.room_id, receipts.c.thread_id,
                           sa.func.max(receipts.c.event_stream_ordering).label("mark"))
                 .where(receipts.c.user_id == user_id,
@@ -210,16 +246,19 @@ def _marks(*, with_rooms: bool) -> tuple[sa.Subquery, sa.Subquery]:
 
 @functools.cache
 def _count_unread(*, with_rooms: bool, with_ignored: bool) -> sa.Select[Any]:
-    """Notifications and highlights of :user_id after the read marks, by room and thread."""
+    """Notifications and highlights of :user_id after the read marks, up to :upto, by room
+    and thread."""
     unthreaded, threaded = _marks(with_rooms=with_rooms)
     epa = event_push_actions
     query = (sa.select(epa.c.room_id, epa.c.thread_id, sa.func.count().label("n"),
-                       sa.func.sum(sa.case((epa.c.highlight, 1), else_=0)).label("h"))
+                       sa.func.sum(sa.case((epa.c.highlight, 1), else_=0)).label("h"),
+                       sa.func.min(epa.c.ts).label("oldest"))
              .select_from(epa)
              .outerjoin(unthreaded, unthreaded.c.room_id == epa.c.room_id)
              .outerjoin(threaded, sa.and_(threaded.c.room_id == epa.c.room_id,
                                           threaded.c.thread_id == epa.c.thread_id))
              .where(epa.c.user_id == sa.bindparam("user_id"),
+                    epa.c.stream_ordering <= sa.bindparam("upto"),
                     epa.c.stream_ordering > sa.func.coalesce(unthreaded.c.mark, -1),
                     epa.c.stream_ordering > sa.func.coalesce(threaded.c.mark, -1))
              .group_by(epa.c.room_id, epa.c.thread_id))
@@ -241,6 +280,9 @@ for _with_rooms, _with_ignored in itertools.product((False, True), repeat=2):
 class PushStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._action_windows: SharedReads[tuple[int, int],
+                                          Mapping[str, tuple[WindowAction, ...]] | None] = \
+            SharedReads(32)
 
     # --- rules -----------------------------------------------------------------------------
 
@@ -354,7 +396,7 @@ class PushStore:
                           ) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
         """The user's read marks in the rooms: per room, and per (room, thread)."""
         unthreaded, threaded = _marks(with_rooms=True)
-        params = {"user_id": user_id, "rooms": list(room_ids)}
+        params = {"user_id": user_id, "rooms": list(room_ids), "upto": MAX_POSITION}
         marks = {r.room_id: int(r.mark) for r in
                  (await conn.execute(sa.select(unthreaded), params)).all() if r.mark is not None}
         thread_marks = {(r.room_id, r.thread_id): int(r.mark) for r in
@@ -362,22 +404,52 @@ class PushStore:
         return marks, thread_marks
 
     async def count_unread(self, user_id: str, room_ids: Sequence[str] | None,
-                           ignored_senders: Collection[str] = ()
-                           ) -> dict[str, dict[str, tuple[int, int]]]:
-        """room -> thread -> (notifications, highlights) after the user's read marks, in one
-        query; ``room_ids`` None: every room. Rooms and threads with nothing are left out.
-        Events of ``ignored_senders`` do not count."""
+                           ignored_senders: Collection[str] = (), upto: int | None = None
+                           ) -> dict[str, dict[str, ThreadUnread]]:
+        """room -> thread -> counts after the user's read marks, in one query; ``room_ids``
+        None: every room. Rooms and threads with nothing are left out.
+        Events of ``ignored_senders`` do not count. With ``upto``, the events up to that
+        position only, and the user's own events up to there only move the marks (receipts
+        are the latest: they are overwritten as they move)."""
         if room_ids is not None and not room_ids:
             return {}
         query = _count_unread(with_rooms=room_ids is not None, with_ignored=bool(ignored_senders))
         async with self._db.read() as conn:
             rows = (await conn.execute(query, {
                 "user_id": user_id, "rooms": list(room_ids or ()),
-                "ignored": list(ignored_senders)})).all()
-        out: dict[str, dict[str, tuple[int, int]]] = {}
+                "ignored": list(ignored_senders),
+                "upto": MAX_POSITION if upto is None else upto})).all()
+        out: dict[str, dict[str, ThreadUnread]] = {}
         for r in rows:
-            out.setdefault(r.room_id, {})[r.thread_id] = (int(r.n), int(r.h or 0))
+            out.setdefault(r.room_id, {})[r.thread_id] = ThreadUnread(
+                int(r.n), int(r.h or 0), int(r.oldest))
         return out
+
+    async def get_action_window(self, after: int, upto: int
+                                ) -> Mapping[str, tuple[WindowAction, ...]] | None:
+        """The push actions of the events in ``(after, upto]``, by user (read-only); None
+        when the range is longer than ``ACTION_WINDOW_MAX_EVENTS`` or holds more than
+        ``ACTION_WINDOW_MAX_ROWS`` actions. ``upto`` must be committed: the answer is kept
+        for everyone who asks for the same range."""
+        if upto <= after:
+            return {}
+        if upto - after > ACTION_WINDOW_MAX_EVENTS:
+            return None
+        return await self._action_windows.get(
+            (after, upto), lambda: self._read_action_window(after, upto))
+
+    async def _read_action_window(self, after: int, upto: int
+                                  ) -> Mapping[str, tuple[WindowAction, ...]] | None:
+        async with self._db.read() as conn:
+            rows = (await conn.execute(_ACTION_WINDOW, {
+                "after": after, "upto": upto, "limit": ACTION_WINDOW_MAX_ROWS + 1})).all()
+        if len(rows) > ACTION_WINDOW_MAX_ROWS:
+            return None
+        by_user: dict[str, list[WindowAction]] = {}
+        for r in rows:
+            by_user.setdefault(r.user_id, []).append(
+                WindowAction(r.room_id, r.thread_id, bool(r.highlight), int(r.ts)))
+        return {user_id: tuple(actions) for user_id, actions in by_user.items()}
 
     async def get_notifications(self, user_id: str, before: int | None, limit: int,
                                 only_highlight: bool) -> list[tuple[Notification, bool]]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from homeserver.storage.database import Database
+from homeserver.storage.database import Database, prepared
 from homeserver.storage.schema import events, receipts
+from homeserver.storage.shared_reads import SharedReads
 from homeserver.streams import Stream
 
 READ = "m.read"
@@ -28,9 +29,43 @@ class Receipt:
     stream_position: int
 
 
+# Whose receipts moved after a position is read for ranges of up to this many positions.
+MOVED_MAX_POSITIONS = 100
+_MOVED = prepared(sa.select(receipts.c.user_id, receipts.c.room_id)
+                  .where(receipts.c.stream_position > sa.bindparam("after"))
+                  .limit(sa.bindparam("limit")))
+
+
 class ReceiptStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._moved: SharedReads[tuple[int, int], Mapping[str, frozenset[str]] | None] = \
+            SharedReads(32)
+
+    async def get_moved(self, after: int, upto: int) -> Mapping[str, frozenset[str]] | None:
+        """The rooms in which each user's receipts moved in ``(after, upto]`` (read-only),
+        and maybe some that moved later; None when more than ``MOVED_MAX_POSITIONS`` lie
+        there. ``upto`` must be committed: the answer is kept for everyone who asks.
+
+        A receipt keeps only its latest position, so the read is of everything after
+        ``after``: a receipt that moved in the range and again after it is still found."""
+        if upto <= after:
+            return {}
+        if upto - after > MOVED_MAX_POSITIONS:
+            return None
+        return await self._moved.get((after, upto), lambda: self._read_moved(after, upto))
+
+    async def _read_moved(self, after: int, upto: int) -> Mapping[str, frozenset[str]] | None:
+        # Later receipts may be read too, up to as many again.
+        limit = 2 * MOVED_MAX_POSITIONS
+        async with self._db.read() as conn:
+            rows = (await conn.execute(_MOVED, {"after": after, "limit": limit + 1})).all()
+        if len(rows) > limit:
+            return None
+        moved: dict[str, set[str]] = {}
+        for r in rows:
+            moved.setdefault(r.user_id, set()).add(r.room_id)
+        return {user_id: frozenset(rooms) for user_id, rooms in moved.items()}
 
     async def put_receipt(self, room_id: str, receipt_type: str, user_id: str,
                           thread_id: str | None, event_id: str, event_stream_ordering: int,

@@ -280,6 +280,9 @@ receipts = sa.Table(
     sa.Column("ts", BigInt, nullable=False),
     sa.Column("stream_position", BigInt, nullable=False),
     sa.Index(None, "room_id", "stream_position"),
+    # Whose receipts moved after a position, in all rooms: a woken sync keeps its unread
+    # counts unless its user's read marks moved (homeserver/unread.py).
+    sa.Index(None, "stream_position"),
 )
 
 # Unread counts start after the user's own latest event in a room (spec: sending an event

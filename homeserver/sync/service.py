@@ -182,7 +182,8 @@ class SyncService:
                         full=after is None or req.full_state)
         if self._unread is not None and joined:
             counts = await self._unread.unread_counts(
-                requester, list(joined), threads=req.filter.timeline.unread_thread_notifications)
+                requester, list(joined), threads=req.filter.timeline.unread_thread_notifications,
+                at=now)
             for room_id, entry in joined.items():
                 entry.update(counts.get(room_id, {"unread_notifications": {
                     "notification_count": 0, "highlight_count": 0}}))

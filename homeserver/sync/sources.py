@@ -34,10 +34,12 @@ class RoomSource(Protocol):
 
 class UnreadCounts(Protocol):
     """Per joined room, the keys ``unread_notifications`` and, when ``threads`` is asked
-    (the filter's ``unread_thread_notifications``), ``unread_thread_notifications``."""
+    (the filter's ``unread_thread_notifications``), ``unread_thread_notifications``; up to
+    the positions ``at``."""
 
     async def unread_counts(self, requester: Requester, room_ids: Sequence[str], *,
-                            threads: bool = False) -> dict[str, JsonDict]: ...
+                            threads: bool = False, at: StreamToken | None = None
+                            ) -> dict[str, JsonDict]: ...
 
 
 class TopLevelSource(Protocol):

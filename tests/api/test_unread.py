@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import httpx
+import orjson
 
+from homeserver.app import Homeserver
+from homeserver.storage.push import PushStore
+from homeserver.streams import Stream, StreamToken
 from tests.helpers import auth_header, register
 from tests.openapi_schema import assert_response_matches
 
@@ -125,3 +130,74 @@ async def test_receipt_updates_the_count_of_a_waiting_sync(client: httpx.AsyncCl
     body = await asyncio.wait_for(waiting, 10)
     assert body["rooms"]["join"][room_id]["unread_notifications"] == {
         "notification_count": 0, "highlight_count": 0}
+
+
+async def test_kept_counts_equal_counts_from_scratch(hs: Homeserver,
+                                                     client: httpx.AsyncClient) -> None:
+    """Syncs keep each user's counts and move them on; after every step of a random mix of
+    messages, mentions, thread replies, receipts of each kind and the user's own messages,
+    in two rooms, a sync's counts equal a count from scratch at its positions."""
+    alice, a_token = await register(client, "alice")
+    _, b_token = await register(client, "bob")
+    rooms = [await _room(client, a_token, b_token) for _ in range(2)]
+    roots = {room_id: await _send(client, b_token, room_id, f"root-{n}")
+             for n, room_id in enumerate(rooms)}
+    seen: dict[str, list[str]] = {room_id: [] for room_id in rooms}  # main timeline
+    in_thread: dict[str, list[str]] = {room_id: [root] for room_id, root in roots.items()}
+    store = PushStore(hs.db)
+    threads_filter = orjson.dumps(
+        {"room": {"timeline": {"unread_thread_notifications": True}}}).decode()
+    rng = random.Random(8)
+    since: str | None = None
+    checked = 0
+    for step in range(40):
+        room_id = rng.choice(rooms)
+        root = roots[room_id]
+        action = rng.choice(["message", "message", "mention", "reply", "read", "read_thread",
+                             "read_private", "own"])
+        content: dict[str, Any] = {"msgtype": "m.text", "body": f"s{step}"}
+        token = b_token
+        if action == "mention":
+            content["m.mentions"] = {"user_ids": [alice]}
+        elif action == "reply":
+            content["m.relates_to"] = {"rel_type": "m.thread", "event_id": root}
+        elif action == "own":
+            token = a_token
+        if action.startswith("read"):
+            if not seen[room_id]:
+                continue
+            if action == "read_thread":  # in the thread, or a threaded one in "main"
+                thread_id = rng.choice([root, "main"])
+                targets = in_thread[room_id] if thread_id == root else seen[room_id]
+                await _receipt(client, a_token, room_id, "m.read", rng.choice(targets),
+                               {"thread_id": thread_id})
+            else:
+                await _receipt(client, a_token, room_id,
+                               "m.read.private" if action == "read_private" else "m.read",
+                               rng.choice(seen[room_id]))
+        else:
+            r = await client.put(f"{CS}/rooms/{room_id}/send/m.room.message/t{step}",
+                                 json=content, headers=auth_header(token))
+            assert r.status_code == 200, r.text
+            (in_thread if action == "reply" else seen)[room_id].append(r.json()["event_id"])
+        # Incremental syncs mostly (woken syncs move kept counts on), sometimes from scratch.
+        params: dict[str, Any] = {"filter": threads_filter}
+        if since is not None and step % 5:
+            params["since"] = since
+        body = await _sync(client, a_token, **params)
+        since = body["next_batch"]
+        upto = StreamToken.parse(since).get(Stream.EVENTS)
+        joined = body.get("rooms", {}).get("join", {})
+        truth = await store.count_unread(alice, list(joined), upto=upto)
+        for synced_room, entry in joined.items():
+            expected = truth.get(synced_room, {})
+            main = expected.get("main")
+            assert entry["unread_notifications"] == (
+                {"notification_count": main.notifications, "highlight_count": main.highlights}
+                if main else {"notification_count": 0, "highlight_count": 0}), (step, action)
+            assert entry.get("unread_thread_notifications", {}) == {
+                thread_id: {"notification_count": t.notifications,
+                            "highlight_count": t.highlights}
+                for thread_id, t in expected.items() if thread_id != "main"}, (step, action)
+            checked += 1
+    assert checked >= 30
