@@ -584,6 +584,31 @@ class _ReadPool:
                 await item.close()
 
 
+class _Pin:
+    """The read connection ``pinned_reads`` holds for a task, checked out by its first read
+    (a read is ``async with``; the connection stays checked out until the pin ends)."""
+
+    __slots__ = ("_pool", "conn", "error")
+
+    def __init__(self, pool: _ReadPool) -> None:
+        self._pool = pool
+        self.conn: PgConnection | None = None
+        self.error: BaseException | None = None  # of a read, for the release
+
+    async def __aenter__(self) -> Connection:
+        if self.conn is None:
+            conn = await self._pool.acquire()
+            if self.conn is None:
+                self.conn = conn
+            else:  # another task of the pin's got one meanwhile
+                await self._pool.release(conn, None)
+        return self.conn
+
+    async def __aexit__(self, _type: object, error: BaseException | None, _tb: object) -> None:
+        if error is not None and isinstance(error, _CONNECTION_SUSPECT):
+            self.error = error
+
+
 # How long a read waits for a connection when all are in use (SQLAlchemy's default).
 READ_POOL_TIMEOUT_S = 30.0
 
@@ -644,8 +669,7 @@ class Database:
                                                   pool_reset_on_return=None)
             self._reads = _ReadPool(self._pg_reader, 2 * pool_size, self._plans)
         # The read connection that pinned_reads() holds for the current task, if any.
-        self._pinned: ContextVar[Connection | None] = ContextVar(f"pinned-{id(self)}",
-                                                                 default=None)
+        self._pinned: ContextVar[_Pin | None] = ContextVar(f"pinned-{id(self)}", default=None)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -823,17 +847,26 @@ class Database:
     @asynccontextmanager
     async def pinned_reads(self) -> AsyncIterator[None]:
         """Every ``read()`` inside shares one connection: one pool checkout (about 0.3 ms of
-        CPU on PostgreSQL) for a computation of many statements, such as a sync. The code
-        inside must not read from concurrent tasks (they would share the connection)."""
+        CPU on PostgreSQL) for a computation of many statements, such as a sync. It is
+        checked out by the first read, if any: the syncs a message to a big room wakes find
+        what they read kept by the first of them, and must not queue for connections they
+        do not use. The code inside must not read from concurrent tasks (they would share
+        the connection)."""
         if self.is_sqlite or self._pinned.get() is not None:
             yield
             return
-        async with self._reads.connection() as conn:
-            token = self._pinned.set(conn)
-            try:
-                yield
-            finally:
-                self._pinned.reset(token)
+        pin = _Pin(self._reads)
+        token = self._pinned.set(pin)
+        error: BaseException | None = None
+        try:
+            yield
+        except BaseException as raised:
+            error = raised
+            raise
+        finally:
+            self._pinned.reset(token)
+            if pin.conn is not None:
+                await self._reads.release(pin.conn, pin.error or error)
 
     def read(self) -> AbstractAsyncContextManager[Connection]:
         """A connection for reads: SQLite's one reader, or the connection ``pinned_reads``

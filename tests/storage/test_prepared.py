@@ -223,3 +223,39 @@ async def test_pg_reads_wait_for_a_connection_when_all_are_in_use(db_url: str) -
         assert await waiter > 0
     finally:
         await db.close()
+
+
+async def test_pg_pinned_reads_take_a_connection_at_their_first_read(db_url: str) -> None:
+    """A pinned computation that reads nothing (a woken sync whose reads another sync did)
+    takes no connection; one that reads keeps one connection for all its reads, and one
+    whose read failed on the database gives it up for good."""
+    if db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's read pool")
+    db = Database(db_url, pool_size=1)  # two read connections
+    try:
+        release = asyncio.Event()
+        entered = 0
+
+        async def reads_nothing() -> None:
+            nonlocal entered
+            async with db.pinned_reads():
+                entered += 1
+                await release.wait()
+
+        idle = [asyncio.create_task(reads_nothing()) for _ in range(5)]
+        await asyncio.sleep(0.1)
+        assert entered == 5  # none waited for one of the two connections
+        async with db.pinned_reads():
+            first = await _backend_pid(db)
+            assert await _backend_pid(db) == first
+        release.set()
+        await asyncio.gather(*idle)
+
+        with pytest.raises(sa.exc.DBAPIError):
+            async with db.pinned_reads():
+                assert await _backend_pid(db) == first
+                async with db.read() as conn:
+                    await conn.execute(sa.text("SELECT 1/0"))
+        assert await _backend_pid(db) != first
+    finally:
+        await db.close()
