@@ -19,6 +19,7 @@ events position (push actions and own events up to there) with the latest receip
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -55,6 +56,69 @@ class _Kept:
     rooms: Counts
 
 
+_BatchKey = tuple[tuple[str, ...], int]  # rooms, position
+
+
+class _CountBatch:
+    """Counts asked for while a count of the same rooms up to the same position runs, by
+    other users, are made together in one query once it is done: a message to a room
+    wakes every member, and those whose counts are not kept (the first message after they
+    came, a receipt of theirs) would each count on their own. A count asked for alone
+    runs at once, in its caller's task."""
+
+    def __init__(self, store: PushStore) -> None:
+        self._store = store
+        self._next: dict[_BatchKey, dict[str, asyncio.Future[Counts]]] = {}
+        self._running: set[_BatchKey] = set()
+
+    async def count(self, user_id: str, room_ids: Sequence[str], upto: int) -> Counts:
+        key = (tuple(sorted(set(room_ids))), upto)
+        if key not in self._running:
+            self._running.add(key)
+            try:
+                counted = await self._store.count_unread_of([user_id], key[0], upto=upto)
+            finally:
+                self._done(key)
+            return counted.get(user_id, {})
+        batch = self._next.setdefault(key, {})
+        future = batch.get(user_id)
+        if future is None:
+            future = batch[user_id] = asyncio.get_running_loop().create_future()
+        # Shielded: a caller that goes away does not take the others' answer with it.
+        return await asyncio.shield(future)
+
+    def _done(self, key: _BatchKey) -> None:
+        """A count of ``key`` ended: those who asked meanwhile are counted now, together."""
+        self._running.discard(key)
+        futures = self._next.pop(key, None)
+        if futures:
+            self._running.add(key)
+            task = asyncio.create_task(self._count(key, futures))
+            _running.add(task)
+            task.add_done_callback(_running.discard)
+
+    async def _count(self, key: _BatchKey, futures: dict[str, asyncio.Future[Counts]]) -> None:
+        room_ids, upto = key
+        try:
+            counted = await self._store.count_unread_of(list(futures), room_ids, upto=upto)
+        except Exception as error:  # each caller raises it
+            for future in futures.values():
+                future.set_exception(error)
+            return
+        except BaseException:
+            for future in futures.values():
+                future.cancel()
+            raise
+        finally:
+            self._done(key)
+        for user_id, future in futures.items():
+            future.set_result(counted.get(user_id, {}))
+
+
+# Batch queries under way (asyncio keeps only weak references to tasks).
+_running: set[asyncio.Task[None]] = set()
+
+
 def _min(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else min(a, b)
 
@@ -74,6 +138,7 @@ class UnreadCountService:
         self._receipts = receipts
         self._clock = clock
         self._retention_ms = retention_ms  # push.action_retention_ms
+        self._batch = _CountBatch(store)
         self._kept: LRUCache[str, _Kept] = LRUCache(
             maxsize=KEPT_ROOMS, getsizeof=lambda kept: len(kept.rooms) + 1)
 
@@ -129,7 +194,7 @@ class UnreadCountService:
             counted_ms = kept.counted_ms
         missing = [room_id for room_id in room_ids if room_id not in rooms]
         if missing:
-            counted = await self._store.count_unread(user_id, missing, upto=events)
+            counted = await self._batch.count(user_id, missing, events)
             for room_id in missing:
                 rooms[room_id] = threads = counted.get(room_id, {})
                 for thread in threads.values():

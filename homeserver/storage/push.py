@@ -213,55 +213,58 @@ _CLAIMABLE = prepared(sa.select(pushers.c.id)
 
 @functools.cache
 def _marks(*, with_rooms: bool) -> tuple[sa.Subquery, sa.Subquery]:
-    """Read marks of :user_id (in :rooms): per room (unthreaded receipts and the user's own
-    latest event up to :upto, which the spec counts as a receipt), and per room and thread
-    (threaded receipts, "main" too). Built once per shape: building costs more than running.
-    """
-    user_id: sa.BindParameter[str] = sa.bindparam("user_id")
+    """Read marks of :users (in :rooms): per user and room (unthreaded receipts and the
+    user's own latest event up to :upto, which the spec counts as a receipt), and per user,
+    room and thread (threaded receipts, "main" too). Built once per shape: building costs
+    more than running."""
+    users: sa.BindParameter[list[str]] = sa.bindparam("users", expanding=True)
     unthreaded_receipts = (
-        sa.select(receipts.c.room_id.label("room_id"),
+        sa.select(receipts.c.user_id.label("user_id"), receipts.c.room_id.label("room_id"),
                   receipts.c.event_stream_ordering.label("mark"))
-        .where(receipts.c.user_id == user_id, receipts.c.receipt_type.in_(READ_RECEIPTS),
+        .where(receipts.c.user_id.in_(users), receipts.c.receipt_type.in_(READ_RECEIPTS),
                receipts.c.thread_id == UNTHREADED))
-    own = (sa.select(events.c.room_id.label("room_id"),
+    own = (sa.select(events.c.sender.label("user_id"), events.c.room_id.label("room_id"),
                      sa.func.max(events.c.stream_ordering).label("mark"))
-           .where(events.c.sender == user_id, events.c.stream_ordering <= sa.bindparam("upto"))
-           .group_by(events.c.room_id))
-    threaded = (sa.select(receipts.c.room_id, receipts.c.thread_id,
+           .where(events.c.sender.in_(users), events.c.stream_ordering <= sa.bindparam("upto"))
+           .group_by(events.c.sender, events.c.room_id))
+    threaded = (sa.select(receipts.c.user_id, receipts.c.room_id, receipts.c.thread_id,
                           sa.func.max(receipts.c.event_stream_ordering).label("mark"))
-                .where(receipts.c.user_id == user_id,
+                .where(receipts.c.user_id.in_(users),
                        receipts.c.receipt_type.in_(READ_RECEIPTS),
                        receipts.c.thread_id != UNTHREADED)
-                .group_by(receipts.c.room_id, receipts.c.thread_id))
+                .group_by(receipts.c.user_id, receipts.c.room_id, receipts.c.thread_id))
     if with_rooms:
         rooms: sa.BindParameter[list[str]] = sa.bindparam("rooms", expanding=True)
         unthreaded_receipts = unthreaded_receipts.where(receipts.c.room_id.in_(rooms))
         own = own.where(events.c.room_id.in_(rooms))
         threaded = threaded.where(receipts.c.room_id.in_(rooms))
     both = sa.union_all(unthreaded_receipts, own).subquery()
-    unthreaded = (sa.select(both.c.room_id, sa.func.max(both.c.mark).label("mark"))
-                  .group_by(both.c.room_id).subquery())
+    unthreaded = (sa.select(both.c.user_id, both.c.room_id, sa.func.max(both.c.mark).label("mark"))
+                  .group_by(both.c.user_id, both.c.room_id).subquery())
     return unthreaded, threaded.subquery()
 
 
 @functools.cache
 def _count_unread(*, with_rooms: bool, with_ignored: bool) -> sa.Select[Any]:
-    """Notifications and highlights of :user_id after the read marks, up to :upto, by room
-    and thread."""
+    """Notifications and highlights of :users after their read marks, up to :upto, by user,
+    room and thread."""
     unthreaded, threaded = _marks(with_rooms=with_rooms)
     epa = event_push_actions
-    query = (sa.select(epa.c.room_id, epa.c.thread_id, sa.func.count().label("n"),
+    query = (sa.select(epa.c.user_id, epa.c.room_id, epa.c.thread_id,
+                       sa.func.count().label("n"),
                        sa.func.sum(sa.case((epa.c.highlight, 1), else_=0)).label("h"),
                        sa.func.min(epa.c.ts).label("oldest"))
              .select_from(epa)
-             .outerjoin(unthreaded, unthreaded.c.room_id == epa.c.room_id)
-             .outerjoin(threaded, sa.and_(threaded.c.room_id == epa.c.room_id,
+             .outerjoin(unthreaded, sa.and_(unthreaded.c.user_id == epa.c.user_id,
+                                            unthreaded.c.room_id == epa.c.room_id))
+             .outerjoin(threaded, sa.and_(threaded.c.user_id == epa.c.user_id,
+                                          threaded.c.room_id == epa.c.room_id,
                                           threaded.c.thread_id == epa.c.thread_id))
-             .where(epa.c.user_id == sa.bindparam("user_id"),
+             .where(epa.c.user_id.in_(sa.bindparam("users", expanding=True)),
                     epa.c.stream_ordering <= sa.bindparam("upto"),
                     epa.c.stream_ordering > sa.func.coalesce(unthreaded.c.mark, -1),
                     epa.c.stream_ordering > sa.func.coalesce(threaded.c.mark, -1))
-             .group_by(epa.c.room_id, epa.c.thread_id))
+             .group_by(epa.c.user_id, epa.c.room_id, epa.c.thread_id))
     if with_rooms:
         query = query.where(epa.c.room_id.in_(sa.bindparam("rooms", expanding=True)))
     if with_ignored:
@@ -396,7 +399,7 @@ class PushStore:
                           ) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
         """The user's read marks in the rooms: per room, and per (room, thread)."""
         unthreaded, threaded = _marks(with_rooms=True)
-        params = {"user_id": user_id, "rooms": list(room_ids), "upto": MAX_POSITION}
+        params = {"users": [user_id], "rooms": list(room_ids), "upto": MAX_POSITION}
         marks = {r.room_id: int(r.mark) for r in
                  (await conn.execute(sa.select(unthreaded), params)).all() if r.mark is not None}
         thread_marks = {(r.room_id, r.thread_id): int(r.mark) for r in
@@ -411,18 +414,26 @@ class PushStore:
         Events of ``ignored_senders`` do not count. With ``upto``, the events up to that
         position only, and the user's own events up to there only move the marks (receipts
         are the latest: they are overwritten as they move)."""
-        if room_ids is not None and not room_ids:
+        counted = await self.count_unread_of([user_id], room_ids, ignored_senders, upto)
+        return counted.get(user_id, {})
+
+    async def count_unread_of(self, user_ids: Sequence[str], room_ids: Sequence[str] | None,
+                              ignored_senders: Collection[str] = (), upto: int | None = None
+                              ) -> dict[str, dict[str, dict[str, ThreadUnread]]]:
+        """``count_unread`` of several users in one query: user -> room -> thread -> counts
+        (``ignored_senders`` are ignored for all of them)."""
+        if not user_ids or (room_ids is not None and not room_ids):
             return {}
         query = _count_unread(with_rooms=room_ids is not None, with_ignored=bool(ignored_senders))
         async with self._db.read() as conn:
             rows = (await conn.execute(query, {
-                "user_id": user_id, "rooms": list(room_ids or ()),
+                "users": list(user_ids), "rooms": list(room_ids or ()),
                 "ignored": list(ignored_senders),
                 "upto": MAX_POSITION if upto is None else upto})).all()
-        out: dict[str, dict[str, ThreadUnread]] = {}
+        out: dict[str, dict[str, dict[str, ThreadUnread]]] = {}
         for r in rows:
-            out.setdefault(r.room_id, {})[r.thread_id] = ThreadUnread(
-                int(r.n), int(r.h or 0), int(r.oldest))
+            out.setdefault(r.user_id, {}).setdefault(r.room_id, {})[r.thread_id] = \
+                ThreadUnread(int(r.n), int(r.h or 0), int(r.oldest))
         return out
 
     async def get_action_window(self, after: int, upto: int

@@ -201,3 +201,23 @@ async def test_kept_counts_equal_counts_from_scratch(hs: Homeserver,
                 for thread_id, t in expected.items() if thread_id != "main"}, (step, action)
             checked += 1
     assert checked >= 30
+
+
+async def test_members_woken_together_without_kept_counts(client: httpx.AsyncClient) -> None:
+    """Members of a room whose counts are not kept yet (they came without rooms), woken by
+    one message, each get their counts (counted together where the counts interleave)."""
+    tokens = [(await register(client, name))[1] for name in ("alice", "bob", "carol", "dan")]
+    room_id = await _room(client, tokens[0], tokens[1])
+    for token in tokens[2:]:
+        r = await client.post(f"{CS}/join/{room_id}", json={}, headers=auth_header(token))
+        assert r.status_code == 200, r.text
+    await _send(client, tokens[1], room_id, "before")
+    no_rooms = orjson.dumps({"room": {"rooms": []}}).decode()
+    since = [(await _sync(client, token, filter=no_rooms))["next_batch"] for token in tokens]
+    waiting = [asyncio.create_task(_sync(client, token, since=s, timeout=30_000))
+               for token, s in zip(tokens, since, strict=True)]
+    await asyncio.sleep(0.2)
+    await _send(client, tokens[0], room_id, "hello")
+    bodies = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+    assert [b["rooms"]["join"][room_id]["unread_notifications"]["notification_count"]
+            for b in bodies] == [0, 1, 2, 2]
