@@ -161,14 +161,15 @@ def timeline_event_ids(sync_body: Mapping[str, Any]) -> list[str]:
     return ids
 
 
-class _SyncConnection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection carrying one user's long-polls, one at a time.
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection carrying one user's requests, one at a time.
 
-    The listeners' own client, leaner than aiohttp's per-request machinery: a fan-out to
-    hundreds of members is received by this one process, and what it spends per response
-    delays the responses behind it, which would be measured as the server's latency. A
-    response's time is taken when its last byte has been parsed (httptools), before its
-    JSON is decoded.
+    The long-poll listeners' and the throughput senders' own client, leaner than aiohttp's
+    per-request machinery: a fan-out to hundreds of members is received by this one
+    process, and what it spends per response delays the responses behind it, which would
+    be measured as the server's latency; senders back to back compete with the server for
+    the machine's cores. A response's time is taken when its last byte has been parsed
+    (httptools), before its JSON is decoded.
     """
 
     def __init__(self) -> None:
@@ -212,11 +213,11 @@ class _SyncConnection(asyncio.Protocol):
         if self._pending is not None and not self._pending.done():
             self._pending.set_exception(error)
 
-    async def request(self, head: bytes, timeout_s: float) -> tuple[int, bytes, float]:
-        """Sends a request head (no body); ``(status, body, perf_counter at arrival)``."""
+    async def request(self, data: bytes, timeout_s: float) -> tuple[int, bytes, float]:
+        """Sends a whole request; ``(status, body, perf_counter at arrival)``."""
         assert self._transport is not None
         self._pending = asyncio.get_running_loop().create_future()
-        self._transport.write(head)
+        self._transport.write(data)
         return await asyncio.wait_for(self._pending, timeout_s)
 
     def close(self) -> None:
@@ -225,9 +226,59 @@ class _SyncConnection(asyncio.Protocol):
             self._transport.close()
 
 
+class LeanClient:
+    """One user's requests on a ``_Connection`` of their own, opened on first use."""
+
+    def __init__(self, mx: Matrix, user: User) -> None:
+        self.user = user
+        url = urlsplit(mx.base_url)
+        self._host, self._port, self._netloc = url.hostname or "127.0.0.1", url.port or 80, \
+            url.netloc
+        self._conn: _Connection | None = None
+
+    async def call(self, method: str, path: str, body: bytes | None = None,
+                   timeout_s: float = 120) -> tuple[bytes, float]:
+        """``(response body, perf_counter at arrival)``; raises ``MatrixCallError`` on a
+        status other than 200."""
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self._netloc}\r\n"
+                f"Authorization: Bearer {self.user.access_token}\r\n")
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        data = (head + "\r\n").encode() + (body or b"")
+        reused = self._conn is not None and not self._conn.closed
+        while True:
+            if self._conn is None or self._conn.closed:
+                _, self._conn = await asyncio.get_running_loop().create_connection(
+                    _Connection, self._host, self._port)
+            try:
+                status, raw, arrived = await self._conn.request(data, timeout_s)
+                break
+            except ConnectionError:
+                # A kept connection the server closed meanwhile: once more on a new one.
+                if not reused:
+                    raise
+                reused = False
+            except BaseException:
+                self.close()  # mid-request: the connection cannot be reused
+                raise
+        if status != 200:
+            raise MatrixCallError(method, path, status, raw.decode(errors="replace"))
+        return raw, arrived
+
+    async def send_text(self, room_id: str, text: str) -> str:
+        path = (f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/send/m.room.message/"
+                f"{uuid.uuid4().hex}")
+        raw, _ = await self.call("PUT", path, orjson.dumps({"msgtype": "m.text", "body": text}))
+        return str(orjson.loads(raw)["event_id"])
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
 class Listener:
     """One user's long-poll loop: a filter-less ``/sync?since=…&timeout=30000`` on a
-    connection of its own (``_SyncConnection``).
+    connection of its own (``LeanClient``).
 
     Records when each event ID first arrives (``time.perf_counter()`` when the response has
     been received), so a sender can wait for the very event it sent.
@@ -241,7 +292,7 @@ class Listener:
         self.errors = 0
         self._waiters: dict[str, asyncio.Future[float]] = {}
         self._task: asyncio.Task[None] | None = None
-        self._conn: _SyncConnection | None = None
+        self._client = LeanClient(mx, user)
 
     async def prime(self) -> None:
         body, _ = await self.mx.sync(self.user, filter_=PRIME_FILTER)
@@ -251,27 +302,9 @@ class Listener:
         self._task = asyncio.create_task(self._run())
 
     async def _long_poll(self) -> tuple[dict[str, Any], float]:
-        url = urlsplit(self.mx.base_url)
         query = urlencode({"timeout": LONG_POLL_MS, "since": self.since or ""})
-        head = (f"GET /_matrix/client/v3/sync?{query} HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                f"Authorization: Bearer {self.user.access_token}\r\n\r\n").encode()
-        reused = self._conn is not None and not self._conn.closed
-        for _ in range(2):
-            if self._conn is None or self._conn.closed:
-                _, self._conn = await asyncio.get_running_loop().create_connection(
-                    _SyncConnection, url.hostname or "127.0.0.1", url.port or 80)
-            try:
-                status, raw, arrived = await self._conn.request(head,
-                                                                LONG_POLL_MS / 1000 + 120)
-                break
-            except ConnectionError:
-                # A kept connection the server closed meanwhile: once more on a new one.
-                if not reused:
-                    raise
-                reused = False
-        if status != 200:
-            raise MatrixCallError("GET", "/_matrix/client/v3/sync", status,
-                                  raw.decode(errors="replace"))
+        raw, arrived = await self._client.call("GET", f"/_matrix/client/v3/sync?{query}",
+                                               timeout_s=LONG_POLL_MS / 1000 + 120)
         return orjson.loads(raw), arrived
 
     async def _run(self) -> None:
@@ -280,8 +313,7 @@ class Listener:
                 body, now = await self._long_poll()
             except (TimeoutError, OSError, MatrixCallError, orjson.JSONDecodeError):
                 self.errors += 1
-                if self._conn is not None:
-                    self._conn.close()
+                self._client.close()
                 await asyncio.sleep(0.5)
                 continue
             self.since = body["next_batch"]
@@ -309,5 +341,4 @@ class Listener:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        if self._conn is not None:
-            self._conn.close()
+        self._client.close()
