@@ -26,7 +26,14 @@ from bench.procstat import ProcessWatch
 from bench.progress import log
 from bench.querycount import QueryLog, count_queries, describe
 from bench.scenarios import SCENARIOS, Bench
-from bench.servers import REPO, OurServer, PostgresDatabase, Server, SynapseServer
+from bench.servers import (
+    REPO,
+    ManagedServer,
+    OurServer,
+    PostgresDatabase,
+    Server,
+    SynapseServer,
+)
 
 SERVERS = ("ours", "synapse")
 
@@ -66,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--count-queries", action="store_true",
                         help="also count SQL statements per send and per sync wake-up on our "
                         "server (runs it with statement logging; only for servers started here)")
+    parser.add_argument("--pin", choices=("on", "off"), default="off",
+                        help="servers started here on every core but the last, this client "
+                        "on the last (with 2 cores or more; default off); see bench/README.md")
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     args.servers = [s for s in args.servers.split(",") if s]
@@ -141,6 +151,17 @@ async def run_server(server: Server, args: argparse.Namespace, run_id: str,
             "peak_rss_resettable": watch.can_reset, **extra}
 
 
+def _pin_client() -> set[int] | None:
+    """Moves this process to the last core it may use and returns the others, for the
+    servers started here; None with a single core."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    os.sched_setaffinity(0, {cpus[-1]})
+    log(f"this client on core {cpus[-1]}, servers on {','.join(map(str, cpus[:-1]))}")
+    return set(cpus[:-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
@@ -152,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     loadavg_before = Path("/proc/loadavg").read_text().split()[:3]
     log(f"results in {directory}; load average {' '.join(loadavg_before)} on "
         f"{os.cpu_count()} cores")
+    server_cpus = _pin_client() if args.pin == "on" else None
     urls = _named(args.url, args.servers)
     pids = _named(args.pid, list(urls) or args.servers)
     names = list(urls) or args.servers
@@ -160,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": args.scenarios, "servers": names,
         "throughput_seconds": args.throughput_seconds, "presence": args.presence,
         "loadavg_before": " ".join(loadavg_before), "cpus": os.cpu_count(),
-        "python": platform.python_version(), "argv": sys.argv[1:]}, "servers": {}}
+        "python": platform.python_version(), "argv": sys.argv[1:],
+        "server_cpus": sorted(server_cpus) if server_cpus else None,
+        "client_cpus": sorted(os.sched_getaffinity(0))}, "servers": {}}
     started = time.monotonic()
     for name in names:
         workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
@@ -185,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                     server = SynapseServer(workdir, database.name if database else None,
                                            args.presence == "on")
             log(f"{name}: starting")
+            if isinstance(server, ManagedServer):
+                server.cpus = server_cpus
             server.start()
             run["servers"][name] = uvloop.run(
                 run_server(server, args, run_id, directory, query_log))

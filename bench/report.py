@@ -19,6 +19,9 @@ def table(run: dict[str, Any]) -> str:
         f"presence={meta.get('presence', 'off')}  "
         f"load before={meta['loadavg_before']}  after={meta['loadavg_after']}",
     ]
+    if meta.get("server_cpus"):
+        lines.append(f"  cores: servers started here on {meta['server_cpus']}, this client on "
+                     f"{meta['client_cpus']}")
     for name in servers:
         info = run["servers"][name]
         lines.append(f"  {name}: {info['version']} at {info['url']}"

@@ -82,6 +82,7 @@ class ManagedServer(Server):
         self.workdir = workdir
         self.log_path = workdir / "server.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self.cpus: set[int] | None = None  # the cores it runs on (all its threads)
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -91,9 +92,11 @@ class ManagedServer(Server):
 
     def start(self) -> None:
         with open(self.log_path, "ab") as out:
-            self._proc = subprocess.Popen(self.command(), stdout=out, stderr=out,
-                                          stdin=subprocess.DEVNULL, cwd=self.workdir,
-                                          env=self.environment())
+            cpus = self.cpus
+            self._proc = subprocess.Popen(
+                self.command(), stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                cwd=self.workdir, env=self.environment(),
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         self.pid = self._proc.pid
         log(f"{self.name}: started as PID {self.pid} on {self.base_url}")
         deadline = time.monotonic() + START_TIMEOUT_S
