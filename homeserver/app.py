@@ -17,7 +17,6 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount
 
 from homeserver.account_data import AccountDataService
@@ -26,6 +25,7 @@ from homeserver.auth import AuthService
 from homeserver.bus import InMemoryBus
 from homeserver.clock import Clock, SystemClock
 from homeserver.config import HomeserverConfig
+from homeserver.cors import CorsMiddleware
 from homeserver.device_lists import DeviceListService
 from homeserver.e2e_keys import E2eKeyService
 from homeserver.errors import MatrixError
@@ -308,10 +308,7 @@ def create_app(hs: Homeserver) -> Starlette:
                 Mount("/_matrix/client/v1/media", routes=media_routes.client_media_routes),
                 Mount("/_matrix/client", routes=client_routes.client_routes),
                 *client_routes.root_routes, *hs.push_gateway_routes],
-        middleware=[Middleware(
-            CORSMiddleware, allow_origins=["*"],
-            allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"],
-            allow_headers=["X-Requested-With", "Content-Type", "Authorization", "Date"])],
+        middleware=[Middleware(CorsMiddleware)],
         exception_handlers={MatrixError: matrix_error_handler,
                             HTTPException: http_error_handler,
                             Exception: internal_error_handler},

@@ -94,5 +94,15 @@ async def test_cors_on_client_endpoints(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200
     assert r.headers["access-control-allow-origin"] == "*"
     assert "Authorization" in r.headers["access-control-allow-headers"]
+    assert "OPTIONS" in r.headers["access-control-allow-methods"]
+    assert r.json() == {}
     r = await client.get("/_matrix/client/versions", headers={"Origin": "https://x.example"})
     assert r.headers["access-control-allow-origin"] == "*"
+    # Errors carry them too (a browser client must read the error), and any path answers a
+    # preflight (spec, "Web Browser Clients").
+    r = await client.get("/_matrix/client/v3/sync")
+    assert (r.status_code, r.headers["access-control-allow-origin"]) == (401, "*")
+    assert "Content-Type" in r.headers["access-control-allow-headers"]
+    r = await client.options("/_matrix/media/v3/upload", headers={
+        "Origin": "https://app.element.io", "Access-Control-Request-Method": "POST"})
+    assert (r.status_code, r.headers["access-control-allow-origin"]) == (200, "*")
