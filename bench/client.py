@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import quote, urlencode, urlsplit
@@ -150,6 +150,30 @@ class Matrix:
             return raw, response.headers.get("Content-Type", "")
 
 
+async def wait_for_all(listeners: Sequence[Listener], event_id: str,
+                       timeout_s: float) -> list[float | None]:
+    """When each listener received ``event_id`` (None: not within ``timeout_s``). One
+    future for all of them, not a task each: the client's work when a send returns runs
+    while the deliveries it measures come in."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    left = len(listeners)
+
+    def arrived() -> None:
+        nonlocal left
+        left -= 1
+        if left == 0 and not done.done():
+            done.set_result(None)
+
+    for listener in listeners:
+        listener.on_arrival(event_id, arrived)
+    if listeners:
+        try:
+            await asyncio.wait_for(done, timeout_s)
+        except TimeoutError:
+            pass
+    return [listener.arrivals.get(event_id) for listener in listeners]
+
+
 def timeline_event_ids(sync_body: Mapping[str, Any]) -> list[str]:
     """Event IDs in the joined rooms' timelines of a /sync response."""
     ids: list[str] = []
@@ -291,6 +315,7 @@ class Listener:
         self.arrivals: dict[str, float] = {}
         self.errors = 0
         self._waiters: dict[str, asyncio.Future[float]] = {}
+        self._callbacks: dict[str, Callable[[], None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._client = LeanClient(mx, user)
 
@@ -323,6 +348,9 @@ class Listener:
                     waiter = self._waiters.pop(event_id, None)
                     if waiter is not None and not waiter.done():
                         waiter.set_result(now)
+                    callback = self._callbacks.pop(event_id, None)
+                    if callback is not None:
+                        callback()
 
     async def wait_for(self, event_id: str, timeout_s: float) -> float | None:
         """When ``event_id`` arrived (perf_counter), or None if not within ``timeout_s``."""
@@ -333,6 +361,13 @@ class Listener:
             return await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
         except TimeoutError:
             return None
+
+    def on_arrival(self, event_id: str, callback: Callable[[], None]) -> None:
+        """Calls ``callback`` when ``event_id`` arrives (now, if it has)."""
+        if event_id in self.arrivals:
+            callback()
+        else:
+            self._callbacks[event_id] = callback
 
     async def stop(self) -> None:
         if self._task is not None:

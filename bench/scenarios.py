@@ -22,6 +22,7 @@ from bench.client import (
     MatrixCallError,
     User,
     timeline_event_ids,
+    wait_for_all,
 )
 from bench.procstat import ProcessWatch
 from bench.progress import log
@@ -295,8 +296,7 @@ class Bench:
                         break
                     start = time.perf_counter()
                     event_id = await client.send_text(room_id, f"fanout {i}")
-                    arrivals = await asyncio.gather(
-                        *(lst.wait_for(event_id, DELIVERY_TIMEOUT_S) for lst in listeners))
+                    arrivals = await wait_for_all(listeners, event_id, DELIVERY_TIMEOUT_S)
                     got = [a for a in arrivals if a is not None]
                     result.errors += len(arrivals) - len(got)
                     samples += [(a - start) * 1000 for a in got]

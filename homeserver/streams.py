@@ -36,22 +36,28 @@ class StreamToken:
 
     @classmethod
     def parse(cls, token: str) -> StreamToken:
-        from homeserver.errors import Codes, MatrixError
-
         parts = token[1:].split("_") if token.startswith("s") else []
         if not parts or len(parts) > len(TOKEN_STREAMS) or not all(p.isdigit() for p in parts):
+            from homeserver.errors import Codes, MatrixError
+
             raise MatrixError(Codes.INVALID_PARAM, f"Invalid stream token {token!r}")
-        values = [int(p) for p in parts] + [0] * (len(TOKEN_STREAMS) - len(parts))
-        return cls(dict(zip(TOKEN_STREAMS, values, strict=True)))
+        positions = dict.fromkeys(TOKEN_STREAMS, 0)
+        for stream, part in zip(TOKEN_STREAMS, parts, strict=False):  # fewer: 0
+            positions[stream] = int(part)
+        return cls(positions)
 
     def serialize(self) -> str:
-        return "s" + "_".join(str(self.positions.get(s, 0)) for s in TOKEN_STREAMS)
+        get = self.positions.get
+        return "s" + "_".join([str(get(s, 0)) for s in TOKEN_STREAMS])
 
     def get(self, stream: Stream) -> int:
         return self.positions.get(stream, 0)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, StreamToken) and self.serialize() == other.serialize()
+        if not isinstance(other, StreamToken):
+            return False
+        mine, theirs = self.positions.get, other.positions.get
+        return all(mine(s, 0) == theirs(s, 0) for s in TOKEN_STREAMS)
 
     def __hash__(self) -> int:
         return hash(self.serialize())
