@@ -177,6 +177,18 @@ class UnreadCountService:
             out[room_id] = entry
         return out
 
+    async def prepare(self, requester: Requester, room_ids: Sequence[str],
+                      at: StreamToken) -> None:
+        """Counts the rooms now if nothing of the user's is kept (their first long-poll here,
+        after a sync that left the rooms out, or on another worker), so that the sync a
+        message wakes moves the counts on instead of counting while it is awaited."""
+        user_id = requester.user_id
+        if not room_ids or user_id in self._kept or \
+                await self._ignored.ignored_users(user_id):
+            return
+        await self._kept_counts(user_id, room_ids, at.get(Stream.EVENTS),
+                                at.get(Stream.RECEIPTS))
+
     async def _kept_counts(self, user_id: str, room_ids: Sequence[str], events: int,
                            receipts: int) -> Counts:
         """The counts up to these positions: the kept ones moved on, the others counted (and

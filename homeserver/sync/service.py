@@ -99,6 +99,9 @@ class SyncService:
                 # wake-up before computing (one statement instead of a whole computation, for
                 # every client coming back to wait after a response). A wake-up since listen()
                 # is not lost: the listener stays set.
+                if self._unread is not None:
+                    await self._unread.prepare(requester, [
+                        m.room_id for m in memberships if m.membership == "join"], req.since)
                 if not await listener.wait(deadline - time.monotonic()):
                     return await self._compute(requester, req)
                 now = self._woken_at(known)

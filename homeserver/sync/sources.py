@@ -41,6 +41,10 @@ class UnreadCounts(Protocol):
                             threads: bool = False, at: StreamToken | None = None
                             ) -> dict[str, JsonDict]: ...
 
+    async def prepare(self, requester: Requester, room_ids: Sequence[str],
+                      at: StreamToken) -> None:
+        """Before a long-poll waits: get ready to answer quickly when it is woken."""
+
 
 class TopLevelSource(Protocol):
     """Top-level keys that are not event lists: ``device_lists``,

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from homeserver.app import Homeserver
 from homeserver.storage.push import PushStore
@@ -204,8 +205,8 @@ async def test_kept_counts_equal_counts_from_scratch(hs: Homeserver,
 
 
 async def test_members_woken_together_without_kept_counts(client: httpx.AsyncClient) -> None:
-    """Members of a room whose counts are not kept yet (they came without rooms), woken by
-    one message, each get their counts (counted together where the counts interleave)."""
+    """Members of a room who came without rooms (nothing kept of their counts), woken
+    together by one message, each get their counts."""
     tokens = [(await register(client, name))[1] for name in ("alice", "bob", "carol", "dan")]
     room_id = await _room(client, tokens[0], tokens[1])
     for token in tokens[2:]:
@@ -221,3 +222,35 @@ async def test_members_woken_together_without_kept_counts(client: httpx.AsyncCli
     bodies = await asyncio.wait_for(asyncio.gather(*waiting), 10)
     assert [b["rooms"]["join"][room_id]["unread_notifications"]["notification_count"]
             for b in bodies] == [0, 1, 2, 2]
+
+
+async def test_a_waiting_long_poll_has_its_counts_ready(
+        client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counts nobody kept yet (a first sync that left the rooms out) are counted while the
+    long-poll waits, not once a message wakes it: only the sender, whose own event moved
+    its read mark, counts again."""
+    tokens = [(await register(client, name))[1] for name in ("alice", "bob", "carol")]
+    room_id = await _room(client, tokens[0], tokens[1])
+    r = await client.post(f"{CS}/join/{room_id}", json={}, headers=auth_header(tokens[2]))
+    assert r.status_code == 200, r.text
+    no_rooms = orjson.dumps({"room": {"rooms": []}}).decode()
+    since = [(await _sync(client, token, filter=no_rooms))["next_batch"] for token in tokens]
+    counted: list[list[str]] = []
+    count_unread_of = PushStore.count_unread_of
+
+    async def counting(store: PushStore, user_ids: Any, *args: Any, **kwargs: Any) -> Any:
+        counted.append(sorted(user_ids))
+        return await count_unread_of(store, user_ids, *args, **kwargs)
+
+    monkeypatch.setattr(PushStore, "count_unread_of", counting)
+    waiting = [asyncio.create_task(_sync(client, token, since=s, timeout=30_000))
+               for token, s in zip(tokens, since, strict=True)]
+    await asyncio.sleep(0.2)
+    assert sorted(u for users in counted for u in users) == ["@alice:test", "@bob:test",
+                                                             "@carol:test"]
+    counted.clear()
+    await _send(client, tokens[0], room_id, "hello")
+    bodies = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+    assert [b["rooms"]["join"][room_id]["unread_notifications"]["notification_count"]
+            for b in bodies] == [0, 1, 1]
+    assert counted == [["@alice:test"]]
