@@ -314,8 +314,7 @@ class Listener:
         self.since: str | None = None
         self.arrivals: dict[str, float] = {}
         self.errors = 0
-        self._waiters: dict[str, asyncio.Future[float]] = {}
-        self._callbacks: dict[str, Callable[[], None]] = {}
+        self._callbacks: dict[str, list[Callable[[], None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._client = LeanClient(mx, user)
 
@@ -345,29 +344,19 @@ class Listener:
             for event_id in timeline_event_ids(body):
                 if event_id not in self.arrivals:
                     self.arrivals[event_id] = now
-                    waiter = self._waiters.pop(event_id, None)
-                    if waiter is not None and not waiter.done():
-                        waiter.set_result(now)
-                    callback = self._callbacks.pop(event_id, None)
-                    if callback is not None:
+                    for callback in self._callbacks.pop(event_id, ()):
                         callback()
 
     async def wait_for(self, event_id: str, timeout_s: float) -> float | None:
         """When ``event_id`` arrived (perf_counter), or None if not within ``timeout_s``."""
-        if event_id in self.arrivals:
-            return self.arrivals[event_id]
-        waiter = self._waiters.setdefault(event_id, asyncio.get_running_loop().create_future())
-        try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
-        except TimeoutError:
-            return None
+        return (await wait_for_all([self], event_id, timeout_s))[0]
 
     def on_arrival(self, event_id: str, callback: Callable[[], None]) -> None:
         """Calls ``callback`` when ``event_id`` arrives (now, if it has)."""
         if event_id in self.arrivals:
             callback()
         else:
-            self._callbacks[event_id] = callback
+            self._callbacks.setdefault(event_id, []).append(callback)
 
     async def stop(self) -> None:
         if self._task is not None:
