@@ -143,19 +143,18 @@ class UnreadCountService:
             maxsize=KEPT_ROOMS, getsizeof=lambda kept: len(kept.rooms) + 1)
 
     async def unread_counts(self, requester: Requester, room_ids: Sequence[str], *,
-                            threads: bool = False, at: StreamToken | None = None
-                            ) -> dict[str, JsonDict]:
+                            at: StreamToken, threads: bool = False) -> dict[str, JsonDict]:
         """Per room: ``unread_notifications``, and with ``threads`` the main timeline's only,
         the threads' in ``unread_thread_notifications`` (those with something unread).
         ``at``: a sync's (committed) positions, up to which it counts."""
         user_id = requester.user_id
         ignored = await self._ignored.ignored_users(user_id)
         found: Counts
-        if at is None or ignored:
+        if ignored:
             # Ignoring someone is rare: such counts are never kept (a window's push actions
             # do not say whose events they are).
-            found = await self._store.count_unread(
-                user_id, room_ids, ignored, upto=at.get(Stream.EVENTS) if at else None)
+            found = await self._store.count_unread(user_id, room_ids, ignored,
+                                                   upto=at.get(Stream.EVENTS))
         else:
             found = await self._kept_counts(user_id, room_ids, at.get(Stream.EVENTS),
                                             at.get(Stream.RECEIPTS))

@@ -38,8 +38,7 @@ class UnreadCounts(Protocol):
     the positions ``at``."""
 
     async def unread_counts(self, requester: Requester, room_ids: Sequence[str], *,
-                            threads: bool = False, at: StreamToken | None = None
-                            ) -> dict[str, JsonDict]: ...
+                            at: StreamToken, threads: bool = False) -> dict[str, JsonDict]: ...
 
     async def prepare(self, requester: Requester, room_ids: Sequence[str],
                       at: StreamToken) -> None:
