@@ -41,30 +41,34 @@ def lean_reads_checked() -> Iterator[None]:
         return None
 
     def is_read(result: Any, statement: Any) -> bool:
+        # A SELECT with data-modifying CTEs (add_cte) writes: it runs once.
         return isinstance(result, LeanResult) and \
-            isinstance(statement, sa.Select | sa.CompoundSelect)
+            isinstance(statement, sa.Select | sa.CompoundSelect) and \
+            not getattr(statement, "_independent_ctes", ())
+
+    async def checked(cls: type[Any], conn: Any, statement: Any, parameters: Any) -> Any:
+        result = await lean[cls](conn, statement, parameters)
+        if is_read(result, statement):
+            # A commit between the two reads (autocommit reads, a concurrent writer: the
+            # SQLite writer's thread, a PostgreSQL connection) can make them differ: read
+            # both again; a real difference stays.
+            for _ in range(5):
+                expected = conn._conn.execute(statement, parameters)
+                if cls is PgConnection:
+                    expected = await expected
+                found = differences(result.all(), expected)
+                if found is None:
+                    break
+                result = await lean[cls](conn, statement, parameters)
+            assert found is None, (statement, found)
+        return result
 
     async def sqlite_checked(self: SqliteConnection, statement: Any,
                              parameters: Any = None) -> Any:
-        result = await lean[SqliteConnection](self, statement, parameters)
-        if is_read(result, statement):
-            found = differences(result.all(), self._conn.execute(statement, parameters))
-            assert found is None, (statement, found)
-        return result
+        return await checked(SqliteConnection, self, statement, parameters)
 
     async def pg_checked(self: PgConnection, statement: Any, parameters: Any = None) -> Any:
-        result = await lean[PgConnection](self, statement, parameters)
-        if is_read(result, statement):
-            # A commit between the two reads (autocommit reads, concurrent writers) can make
-            # them differ: read both again; a real difference stays.
-            for _ in range(5):
-                found = differences(result.all(),
-                                    await self._conn.execute(statement, parameters))
-                if found is None:
-                    break
-                result = await lean[PgConnection](self, statement, parameters)
-            assert found is None, (statement, found)
-        return result
+        return await checked(PgConnection, self, statement, parameters)
 
     SqliteConnection.execute = sqlite_checked  # type: ignore[method-assign]
     PgConnection.execute = pg_checked  # type: ignore[method-assign]

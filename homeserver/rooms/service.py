@@ -67,23 +67,32 @@ class RoomService:
 
     async def send_event(self, requester: Requester, room_id: str, event_type: str,
                          txn_id: str, content: JsonDict) -> str:
-        """PUT /send: idempotent per device and transaction ID."""
+        """PUT /send: idempotent per device and transaction ID.
+
+        A retry is not looked for up front (a read on every send for the odd retry): its
+        event is built again and refused by the store on the transaction ID, whose event is
+        then the answer (``EventSender.send``); and so it is when the retry would be refused
+        now (its sender has left since; a reaction, a duplicate of itself).
+        """
         scope = f"send:{room_id}:{event_type}"
-        async with self._events.pinned_reads():
+        try:
+            async with self._events.pinned_reads():
+                check_json_numbers(content, "content")
+                if event_type == _MEMBERSHIP:
+                    raise MatrixError(Codes.FORBIDDEN,
+                                      "Use the membership endpoints for m.room.member")
+                await self._require_joined(requester.user_id, room_id)
+                if self._aggregations is not None:
+                    await self._aggregations.check_new_relation(requester.user_id, room_id,
+                                                                event_type, content)
+            sent = await self._sender.send(room_id, requester.user_id, event_type, content,
+                                           txn=Txn(requester.device_id, txn_id, scope))
+        except MatrixError:
             known = await self._events.get_txn_event_id(requester.user_id,
                                                         requester.device_id, scope, txn_id)
-            if known is not None:
-                return known
-            check_json_numbers(content, "content")
-            if event_type == _MEMBERSHIP:
-                raise MatrixError(Codes.FORBIDDEN,
-                                  "Use the membership endpoints for m.room.member")
-            await self._require_joined(requester.user_id, room_id)
-            if self._aggregations is not None:
-                await self._aggregations.check_new_relation(requester.user_id, room_id,
-                                                            event_type, content)
-        sent = await self._sender.send(room_id, requester.user_id, event_type, content,
-                                       txn=Txn(requester.device_id, txn_id, scope))
+            if known is None:
+                raise
+            return known
         return sent.event_id
 
     async def set_state(self, requester: Requester, room_id: str, event_type: str,

@@ -59,7 +59,8 @@ class Connection(Protocol):
 
 
 
-def prepared(statement: S, columns: Sequence[str] | None = None) -> S:
+def prepared(statement: S, columns: Sequence[str] | None = None,
+             dialect: str | None = None) -> S:
     """Marks a statement built once (at import, or cached for good) with bound parameters.
 
     It then runs on the lean path: compiled once per dialect, executed on the driver's own
@@ -70,15 +71,19 @@ def prepared(statement: S, columns: Sequence[str] | None = None) -> S:
 
     An INSERT or UPDATE is compiled for the parameter names it is run with; ``columns``, the
     names it is always run with, lets start-up compile (and prepare) it ahead of use.
+    ``dialect``: the one database kind it is written for (start-up leaves it alone on others).
     """
     _PREPARED[id(statement)] = statement  # kept alive, so the id stays its own
     if columns is not None:
         _DML_COLUMNS[id(statement)] = frozenset(columns)
+    if dialect is not None:
+        _DIALECT_ONLY[id(statement)] = dialect
     return statement
 
 
 _PREPARED: dict[int, Executable] = {}
 _DML_COLUMNS: dict[int, frozenset[str]] = {}
+_DIALECT_ONLY: dict[int, str] = {}
 
 
 class LeanRow(tuple[Any, ...]):
@@ -451,11 +456,13 @@ def _lean(plans: dict[Any, _Plan | None], statement: Executable, parameters: Par
         columns = rows[0]
     else:
         return None
-    if isinstance(statement, UpdateBase):  # compiled for the columns it is given
+    dml = isinstance(statement, UpdateBase)
+    if dml:  # compiled for the columns it is given
         key = (key, frozenset(columns))
     plan = plans.get(key, _UNPLANNED)
     if plan is _UNPLANNED:
-        plan = plans[key] = _Plan.compile(statement, dialect, list(columns))
+        # (The columns would apply to the INSERTs of a SELECT's CTEs too.)
+        plan = plans[key] = _Plan.compile(statement, dialect, list(columns) if dml else ())
     if plan is None:
         return None
     if rows is None:
@@ -518,8 +525,9 @@ class _Group:
             self.committed.exception()  # retrieved: members that left early do not care
 
 
-class _ReadPool:
-    """PostgreSQL's read connections, kept checked out of SQLAlchemy's pool between uses.
+class _AutocommitPool:
+    """PostgreSQL's autocommit connections (reads, and ``Database.write_alone``), kept
+    checked out of SQLAlchemy's pool between uses.
 
     Checking a connection out of SQLAlchemy's async engine and back costs three greenlet
     hand-offs and the pool's bookkeeping (~60 µs of CPU), and every woken sync takes two.
@@ -590,7 +598,7 @@ class _Pin:
 
     __slots__ = ("_pool", "conn", "error")
 
-    def __init__(self, pool: _ReadPool) -> None:
+    def __init__(self, pool: _AutocommitPool) -> None:
         self._pool = pool
         self.conn: PgConnection | None = None
         self.error: BaseException | None = None  # of a read, for the release
@@ -659,7 +667,8 @@ class Database:
             self._async_engine = create_async_engine(url, pool_size=pool_size,
                                                      max_overflow=0, pool_pre_ping=False)
             # Reads are autocommit: no BEGIN and ROLLBACK round trips around each one (read
-            # committed gives every statement its own snapshot either way). Twice the
+            # committed gives every statement its own snapshot either way); so are the writes
+            # of one statement (write_alone). Twice the
             # connections: a burst of syncs (a message to a big room) waits for one rather
             # than opening connections, preparing their statements again and closing them
             # (that churn cost more CPU than the reads themselves).
@@ -667,7 +676,7 @@ class Database:
                                                   max_overflow=0, pool_pre_ping=False,
                                                   isolation_level="AUTOCOMMIT",
                                                   pool_reset_on_return=None)
-            self._reads = _ReadPool(self._pg_reader, 2 * pool_size, self._plans)
+            self._autocommit = _AutocommitPool(self._pg_reader, 2 * pool_size, self._plans)
         # The read connection that pinned_reads() holds for the current task, if any.
         self._pinned: ContextVar[_Pin | None] = ContextVar(f"pinned-{id(self)}", default=None)
 
@@ -706,6 +715,22 @@ class Database:
             self._write_lock.release()
         # Acknowledged once the group's COMMIT is on disk (its error is this body's too).
         await asyncio.shield(group.committed)
+
+    async def write_alone(self, statement: Executable,
+                          parameters: Params = None) -> CursorResult[*tuple[Any, ...]]:
+        """One statement as a transaction of its own, committed when this returns.
+
+        On PostgreSQL it runs on an autocommit connection: one round trip instead of three
+        (BEGIN, the statement, COMMIT), and the row locks it takes are held only while the
+        server runs it and flushes its commit, never across a round trip to this process,
+        whose event loop may be busy with other requests when the answer comes. On SQLite
+        it is a ``write()`` body like any other.
+        """
+        if self.is_sqlite:
+            async with self.write() as conn:
+                return await conn.execute(statement, parameters)
+        async with self._autocommit.connection() as pg:
+            return await pg.execute(statement, parameters)
 
     async def _take_writer(self) -> None:
         """The writer lock, counted while waited for (a body that sees others waiting leaves
@@ -809,6 +834,8 @@ class Database:
         a round trip per statement)."""
         dialect = self._sqlite_reader.dialect if self.is_sqlite else self.engine.dialect
         for key, statement in list(_PREPARED.items()):
+            if _DIALECT_ONLY.get(key, dialect.name) != dialect.name:
+                continue
             if not isinstance(statement, UpdateBase):
                 if key not in self._plans:
                     self._plans[key] = _Plan.compile(statement, dialect, ())
@@ -824,7 +851,7 @@ class Database:
         schema_asof = cast(Any, dialect)._invalidate_schema_cache_asof
         writers = [PgConnection(await self.engine.connect(), self._plans)
                    for _ in range(self._pool_size)]
-        readers = [await self._reads.acquire() for _ in range(self._reads.size)]
+        readers = [await self._autocommit.acquire() for _ in range(self._autocommit.size)]
         try:
             for conn in writers + readers:
                 adapter = await conn.adapter()
@@ -834,7 +861,7 @@ class Database:
             for conn in writers:
                 await conn.close()  # back to the pool, open and prepared
             for conn in readers:
-                await self._reads.release(conn, None)
+                await self._autocommit.release(conn, None)
 
     async def _in_writer_thread(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` on the writer's thread; a cancelled caller still waits for it to end,
@@ -855,7 +882,7 @@ class Database:
         if self.is_sqlite or self._pinned.get() is not None:
             yield
             return
-        pin = _Pin(self._reads)
+        pin = _Pin(self._autocommit)
         token = self._pinned.set(pin)
         error: BaseException | None = None
         try:
@@ -866,7 +893,7 @@ class Database:
         finally:
             self._pinned.reset(token)
             if pin.conn is not None:
-                await self._reads.release(pin.conn, pin.error or error)
+                await self._autocommit.release(pin.conn, pin.error or error)
 
     def read(self) -> AbstractAsyncContextManager[Connection]:
         """A connection for reads: SQLite's one reader, or the connection ``pinned_reads``
@@ -879,7 +906,7 @@ class Database:
         pinned = self._pinned.get()
         if pinned is not None:
             return pinned
-        return self._reads.connection()
+        return self._autocommit.connection()
 
     async def close(self) -> None:
         if self.is_sqlite:
@@ -896,7 +923,7 @@ class Database:
             self._sqlite_reader.dispose()
             self._write_thread.shutdown(wait=True)
         else:
-            await self._reads.close()
+            await self._autocommit.close()
             await self._pg_reader.dispose()
         if self._async_engine is not None:
             await self._async_engine.dispose()
@@ -968,10 +995,14 @@ def _sqlite_engine(url: sa.URL, *, writer: bool) -> sa.Engine:
         # handling would defer it and break BEGIN IMMEDIATE).
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        if writer:
+            # WAL is kept in the file: the writer sets it. Were the reader to set it too, two
+            # connections opening a new file at once would both want it exclusively, and
+            # SQLite fails one at once ("database is locked") rather than have it wait.
+            cursor.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit survives power loss, not only a crash; "acknowledged is never lost".
         cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from cachetools import LRUCache
+from sqlalchemy.dialects import postgresql
 
 from homeserver import jsonutil
 from homeserver.storage.database import Connection, Database, prepared
 from homeserver.storage.push import PushAction, record_push_actions
-from homeserver.storage.relations import record_relation
+from homeserver.storage.relations import parse_relation, record_relation
 from homeserver.storage.schema import (
+    BigInt,
     current_state,
+    event_push_actions,
     event_relations,
     event_txns,
     events,
@@ -23,6 +26,7 @@ from homeserver.storage.schema import (
     rooms,
     state_group_entries,
     state_groups,
+    stream_positions,
 )
 from homeserver.storage.shared_reads import SharedReads
 from homeserver.streams import Stream
@@ -66,9 +70,11 @@ class StoredEvent:
 # A sync from at most this many positions back reads the events stream in between once for
 # everyone (a StreamWindow); from further back it asks about its own rooms only.
 WINDOW_MAX_EVENTS = 100
-# A sync's timeline from at most this many positions back is kept for the room's other
-# members, woken by the same events (so at most this many events are kept per timeline).
+# A window of at most this many positions holds the events themselves: a sync's timeline
+# from that far back is taken from it, not read (so at most this many events per window).
 SHARED_TIMELINE_MAX_EVENTS = 20
+# Windows kept, weighed as one each plus the events they hold.
+WINDOWS_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +82,37 @@ class StreamWindow:
     """The events stream between two committed positions, when few events lie there: the
     rooms that have events, the users whose membership of a room changed, the events that
     got a child (a relation to them: edit, reaction, thread reply, reference), and the rooms
-    each sender sent to (read-only)."""
+    each sender sent to (read-only).
+
+    A short window also holds the rows of its events (``rows``, oldest first), which become
+    events a room at a time (``events_of``), when a sync first asks for that room's.
+    """
 
     rooms: frozenset[str]
     members: frozenset[str]
     parents: frozenset[str]
     senders: Mapping[str, frozenset[str]]
+    rows: tuple[Any, ...] | None = None
+    _parsed: dict[str, tuple[StoredEvent, ...]] = field(default_factory=dict, compare=False,
+                                                         repr=False)
+
+    def events_of(self, room_id: str) -> tuple[StoredEvent, ...] | None:
+        """The room's events in the window, oldest first (shared: do not change them); None
+        when the window does not hold its events."""
+        if self.rows is None:
+            return None
+        found = self._parsed.get(room_id)
+        if found is None:
+            found = self._parsed[room_id] = tuple(_to_event(r) for r in self.rows
+                                                  if r.room_id == room_id)
+        return found
+
+    @property
+    def weight(self) -> int:
+        return 1 + len(self.rows or ())
 
 
-_EMPTY_WINDOW = StreamWindow(frozenset(), frozenset(), frozenset(), {})
+_EMPTY_WINDOW = StreamWindow(frozenset(), frozenset(), frozenset(), {}, ())
 
 
 class DuplicateTxn(Exception):
@@ -131,17 +159,94 @@ _TXN = prepared(sa.select(event_txns.c.event_id).where(
     event_txns.c.user_id == sa.bindparam("user_id"),
     event_txns.c.device_id == sa.bindparam("device_id"),
     event_txns.c.scope == sa.bindparam("scope"), event_txns.c.txn_id == sa.bindparam("txn_id")))
+_WINDOW_FROM = _e.outerjoin(event_relations, event_relations.c.event_id == _e.c.event_id)
+_IN_WINDOW = (_e.c.stream_ordering > sa.bindparam("after"),
+              _e.c.stream_ordering <= sa.bindparam("upto"))
 _WINDOW = prepared(
     sa.select(_e.c.room_id, _e.c.type, _e.c.state_key, _e.c.sender,
-              event_relations.c.relates_to_id)
-    .select_from(_e.outerjoin(event_relations, event_relations.c.event_id == _e.c.event_id))
-    .where(_e.c.stream_ordering > sa.bindparam("after"),
-           _e.c.stream_ordering <= sa.bindparam("upto")))
+              event_relations.c.relates_to_id).select_from(_WINDOW_FROM).where(*_IN_WINDOW))
+# A short window's: the events themselves too.
+_WINDOW_EVENTS = prepared(
+    sa.select(*_EVENT_COLUMNS, event_relations.c.relates_to_id).select_from(_WINDOW_FROM)
+    .where(*_IN_WINDOW).order_by(_e.c.stream_ordering))
 _ROOMS_CHANGED = prepared(sa.select(_e.c.room_id).distinct().where(
     _e.c.stream_ordering > sa.bindparam("after"), _e.c.stream_ordering <= sa.bindparam("upto"),
     _e.c.room_id.in_(sa.bindparam("rooms", expanding=True))))
 _PREV_GROUP = prepared(sa.select(state_groups.c.prev_group)
                        .where(state_groups.c.id == sa.bindparam("id")))
+
+
+def _text(name: str) -> sa.BindParameter[str]:
+    return sa.bindparam(name, type_=sa.Text)
+
+
+def _message_statement(claim: bool, relation: bool) -> sa.Select[Any]:
+    """PostgreSQL: everything a message (an event that is neither state nor a redaction)
+    writes, in one statement, so in one round trip that is its own transaction.
+
+    The room's row is compared-and-swapped (no row when its latest event is no longer
+    :expected: nothing else is written and the position is NULL); then the events stream's
+    position is taken, and the event, its push actions, its transaction ID (a taken one
+    fails the whole statement on the primary key) and its relation are inserted at it. The
+    room's row, then the position's, stay locked until the commit, in that order, as in
+    ``persist_event``'s transaction.
+    """
+    moved = (sa.update(rooms)
+             .where(rooms.c.room_id == sa.bindparam("room_id"),
+                    rooms.c.latest_event_id == sa.bindparam("expected"))
+             .values(latest_event_id=sa.bindparam("event_id"),
+                     current_depth=sa.bindparam("depth"))
+             .returning(rooms.c.current_state_group).cte("moved"))
+    position = (sa.update(stream_positions)
+                .where(stream_positions.c.stream == Stream.EVENTS.value,
+                       sa.select(moved).exists())
+                .values(position=stream_positions.c.position + 1)
+                .returning(stream_positions.c.position).cte("position"))
+    event = sa.insert(events).from_select(
+        ["stream_ordering", "event_id", "room_id", "type", "sender", "depth",
+         "origin_server_ts", "json", "unsigned_json", "state_group", "device_id", "txn_id"],
+        sa.select(position.c.position, _text("event_id"), _text("room_id"), _text("type"),
+                  _text("sender"), sa.bindparam("depth", type_=BigInt),
+                  sa.bindparam("ts", type_=BigInt), _text("json"), _text("unsigned_json"),
+                  moved.c.current_state_group, _text("device_id"), _text("txn_id"))
+        .select_from(position.join(moved, sa.true())),
+    ).cte("event")
+    notified = sa.func.unnest(
+        sa.bindparam("users", type_=postgresql.ARRAY(sa.Text)),
+        sa.bindparam("threads", type_=postgresql.ARRAY(sa.Text)),
+        sa.bindparam("actions", type_=postgresql.ARRAY(sa.Text)),
+        sa.bindparam("highlights", type_=postgresql.ARRAY(sa.Boolean)),
+    ).table_valued("user_id", "thread_id", "actions", "highlight").render_derived()
+    pushed = sa.insert(event_push_actions).from_select(
+        ["stream_ordering", "user_id", "room_id", "event_id", "thread_id", "actions",
+         "highlight", "ts"],
+        sa.select(position.c.position, notified.c.user_id, _text("room_id"),
+                  _text("event_id"), notified.c.thread_id, notified.c.actions,
+                  notified.c.highlight, sa.bindparam("ts", type_=BigInt))
+        .select_from(position.join(notified, sa.true())),
+    ).cte("pushed")
+    statement = sa.select(position.c.position).add_cte(event, pushed)
+    if claim:
+        statement = statement.add_cte(sa.insert(event_txns).from_select(
+            ["user_id", "device_id", "scope", "txn_id", "event_id", "created_ts"],
+            sa.select(_text("sender"), _text("device_id"), _text("scope"), _text("txn_id"),
+                      _text("event_id"), sa.bindparam("ts", type_=BigInt))
+            .select_from(position)).cte("claimed"))
+    if relation:
+        statement = statement.add_cte(sa.insert(event_relations).from_select(
+            ["event_id", "relates_to_id", "rel_type", "room_id", "type", "sender",
+             "aggregation_key", "origin_server_ts", "stream_ordering"],
+            sa.select(_text("event_id"), _text("relates_to_id"), _text("rel_type"),
+                      _text("room_id"), _text("type"), _text("sender"),
+                      _text("aggregation_key"), sa.bindparam("ts", type_=BigInt),
+                      position.c.position)).cte("related"))
+    return statement
+
+
+_MESSAGE = {(c, r): prepared(_message_statement(c, r), dialect="postgresql")
+            for c in (False, True) for r in (False, True)}
+# The constraint a taken transaction ID violates.
+_TXN_KEY = str(event_txns.primary_key.name)
 
 
 def _room_events_query(after: bool, upto: bool, descending: bool) -> sa.Select[Any]:
@@ -190,9 +295,8 @@ class EventStore:
         # State groups never change once written.
         self._state_cache: LRUCache[int, StateMap] = LRUCache(maxsize=2000)
         # Nor does what lies between two committed positions.
-        self._windows: SharedReads[tuple[int, int], StreamWindow] = SharedReads(1024)
-        self._timelines: SharedReads[tuple[str, int, int, int], tuple[StoredEvent, ...]] = \
-            SharedReads(256)
+        self._windows: SharedReads[tuple[int, int], StreamWindow] = SharedReads(
+            WINDOWS_KEPT, getsizeof=lambda window: window.weight)
         # Built here, so that start-up compiles it (Database.prepare_statements).
         self._claim_txn = db.insert_ignore_statement(
             event_txns, ("user_id", "device_id", "scope", "txn_id"),
@@ -215,6 +319,10 @@ class EventStore:
         state_key: str | None = pdu.get("state_key")
         event_json = jsonutil.dumps_str(pdu)
         unsigned_json = jsonutil.dumps_str(new.unsigned) if new.unsigned else None
+        if not self._db.is_sqlite and state_key is None and expected_latest is not None \
+                and pdu["type"] != "m.room.redaction":
+            return await self._persist_message(new, expected_latest, event_json,
+                                               unsigned_json)
         async with self._db.write() as conn:
             room = (await conn.execute(_LOCK_ROOM, {"room_id": new.room_id})).first()
             if room is None or room.latest_event_id != expected_latest:
@@ -258,6 +366,34 @@ class EventStore:
             if previous is not None:
                 self._state_cache[group] = {**previous, (pdu["type"], state_key): new.event_id}
         return position
+
+    async def _persist_message(self, new: NewEvent, expected_latest: str, event_json: str,
+                               unsigned_json: str | None) -> int | None:
+        """``persist_event`` of a message on PostgreSQL: one statement (``_MESSAGE``)."""
+        pdu = new.pdu
+        claim = new.txn_id is not None and new.device_id is not None
+        relation = parse_relation(pdu.get("content"), event_type=pdu["type"])
+        actions = new.push_actions
+        try:
+            result = await self._db.write_alone(_MESSAGE[(claim, relation is not None)], {
+                "room_id": new.room_id, "expected": expected_latest,
+                "event_id": new.event_id, "type": pdu["type"], "sender": pdu["sender"],
+                "depth": pdu["depth"], "ts": pdu["origin_server_ts"], "json": event_json,
+                "unsigned_json": unsigned_json, "device_id": new.device_id,
+                "txn_id": new.txn_id, "scope": new.txn_scope or "",
+                "users": [a.user_id for a in actions],
+                "threads": [a.thread_id for a in actions],
+                "actions": [a.actions_json for a in actions],
+                "highlights": [a.highlight for a in actions],
+                "relates_to_id": relation.parent_id if relation else None,
+                "rel_type": relation.rel_type if relation else None,
+                "aggregation_key": relation.key if relation else None})
+        except sa.exc.IntegrityError as error:
+            if claim and _TXN_KEY in str(error.orig):
+                raise DuplicateTxn(new.txn_id) from error
+            raise
+        position = result.scalar()
+        return None if position is None else int(position)
 
     async def _add_state_group(self, conn: Connection, room_id: str, prev: int | None,
                                delta: StateMap) -> int:
@@ -339,8 +475,10 @@ class EventStore:
         return await self._windows.get((after, upto), lambda: self._read_window(after, upto))
 
     async def _read_window(self, after: int, upto: int) -> StreamWindow:
+        short = upto - after <= SHARED_TIMELINE_MAX_EVENTS
         async with self._db.read() as conn:
-            rows = (await conn.execute(_WINDOW, {"after": after, "upto": upto})).all()
+            rows = (await conn.execute(_WINDOW_EVENTS if short else _WINDOW,
+                                       {"after": after, "upto": upto})).all()
         senders: dict[str, set[str]] = {}
         for r in rows:
             senders.setdefault(r.sender, set()).add(r.room_id)
@@ -349,22 +487,21 @@ class EventStore:
             frozenset(r.state_key for r in rows
                       if r.type == "m.room.member" and r.state_key is not None),
             frozenset(r.relates_to_id for r in rows if r.relates_to_id is not None),
-            {sender: frozenset(rooms) for sender, rooms in senders.items()})
+            {sender: frozenset(rooms) for sender, rooms in senders.items()},
+            tuple(rows) if short else None)
 
     async def get_recent_events(self, room_id: str, after: int, upto: int,
                                 limit: int) -> list[StoredEvent]:
         """A sync's timeline: the room's newest ``limit`` events in ``(after, upto]``, newest
-        first. ``upto`` must be committed: a short range's answer is kept for the room's
-        other members, woken by the same events."""
-        if upto - after > SHARED_TIMELINE_MAX_EVENTS:
-            return await self.get_room_events(room_id, after=after, upto=upto, limit=limit,
-                                              descending=True)
-
-        async def read() -> tuple[StoredEvent, ...]:
-            return tuple(await self.get_room_events(room_id, after=after, upto=upto,
-                                                    limit=limit, descending=True))
-
-        return list(await self._timelines.get((room_id, after, upto, limit), read))
+        first. ``upto`` must be committed: from a short range they come from its window (the
+        sync has it already), read once for every sync woken by the same events."""
+        if upto - after <= SHARED_TIMELINE_MAX_EVENTS and limit > 0:
+            window = await self.get_window(after, upto)
+            events = window.events_of(room_id) if window is not None else None
+            if events is not None:
+                return list(reversed(events[-limit:]))
+        return await self.get_room_events(room_id, after=after, upto=upto, limit=limit,
+                                          descending=True)
 
     async def get_rooms_changed(self, room_ids: Sequence[str], after: int, upto: int
                                 ) -> set[str]:

@@ -30,8 +30,9 @@ _FAILED = _Failed()
 class SharedReads(Generic[K, V]):
     """A bounded cache of immutable reads; one read at a time per key."""
 
-    def __init__(self, maxsize: int) -> None:
-        self._done: LRUCache[K, V] = LRUCache(maxsize=maxsize)
+    def __init__(self, maxsize: int, getsizeof: Callable[[V], int] | None = None) -> None:
+        """``maxsize`` answers, or of ``getsizeof`` weight (each answer's, 1 without)."""
+        self._done: LRUCache[K, V] = LRUCache(maxsize=maxsize, getsizeof=getsizeof)
         self._reading: dict[K, asyncio.Future[V | _Failed]] = {}
 
     async def get(self, key: K, read: Callable[[], Awaitable[V]]) -> V:

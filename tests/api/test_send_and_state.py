@@ -58,6 +58,27 @@ async def test_send_is_idempotent_per_device(client: httpx.AsyncClient) -> None:
     assert event["room_id"] == room_id
 
 
+async def test_a_retry_is_answered_even_when_it_would_be_refused_now(
+        client: httpx.AsyncClient) -> None:
+    _, tok = await register(client, "alice")
+    room_id = await create(client, tok)
+    first = checked(await send(client, tok, room_id, "t1", MESSAGE))["event_id"]
+    reaction = {"m.relates_to": {"rel_type": "m.annotation", "event_id": first, "key": "+1"}}
+    reacted = checked(await send(client, tok, room_id, "t2", reaction,
+                                 event_type="m.reaction"))["event_id"]
+    # The same reaction under a new transaction ID is a duplicate; under its own, the answer.
+    r = await send(client, tok, room_id, "t3", reaction, event_type="m.reaction")
+    assert r.status_code == 400, r.text
+    assert checked(await send(client, tok, room_id, "t2", reaction,
+                              event_type="m.reaction"))["event_id"] == reacted
+    checked(await client.post(f"{V3}/rooms/{room_id}/leave", json={},
+                              headers=auth_header(tok)))
+    # Gone from the room: a retry still gets its event, a new message is refused.
+    assert checked(await send(client, tok, room_id, "t1", MESSAGE))["event_id"] == first
+    r = await send(client, tok, room_id, "t4", MESSAGE)
+    assert r.status_code == 403 and r.json()["errcode"] == "M_FORBIDDEN"
+
+
 async def test_concurrent_retries_of_one_transaction(client: httpx.AsyncClient) -> None:
     _, tok = await register(client, "alice")
     room_id = await create(client, tok)

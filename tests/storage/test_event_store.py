@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,13 +14,21 @@ from homeserver.migrate import upgrade_head
 from homeserver.storage.database import Database
 from homeserver.storage.events import (
     MAX_STATE_CHAIN,
+    SHARED_TIMELINE_MAX_EVENTS,
     WINDOW_MAX_EVENTS,
+    DuplicateTxn,
     EventStore,
     NewEvent,
     StateMap,
 )
+from homeserver.storage.push import PushAction
 from homeserver.storage.rooms import RoomStore
-from homeserver.storage.schema import room_memberships, state_groups
+from homeserver.storage.schema import (
+    event_push_actions,
+    event_relations,
+    room_memberships,
+    state_groups,
+)
 
 ROOM = "!room:test"
 ALICE = "@alice:test"
@@ -185,6 +194,83 @@ async def test_memberships_redactions_and_txns(db: Database) -> None:
     assert m is not None and m.membership == "leave" and m.displayname is None
 
 
+async def _rows_of(db: Database, table: sa.Table, event_id: str) -> list[tuple[Any, ...]]:
+    async with db.read() as conn:
+        return [tuple(r) for r in (await conn.execute(
+            sa.select(table).where(table.c.event_id == event_id))).all()]
+
+
+async def test_a_message_writes_everything_or_nothing(db: Database) -> None:
+    """A message (on PostgreSQL one statement, ``_MESSAGE``): its event row, push actions,
+    relation and transaction ID at one position; a stale room or a taken transaction ID
+    writes none of them."""
+    room = await new_room(db)
+    parent = room.latest
+    assert parent is not None
+    actions = (PushAction("@bob:test", "main", '["notify"]', False),
+               PushAction("@carol:test", "main", '["notify",{"set_tweak":"highlight"}]',
+                          True))
+    stale = room.latest
+    reaction = room.event("m.reaction", {"m.relates_to": {
+        "rel_type": "m.annotation", "event_id": parent, "key": "+1"}},
+        device_id="DEV", txn_id="t1", txn_scope="send", push_actions=actions)
+    position = await room.persist(reaction)
+    stored = await room.store.get_event(reaction.event_id)
+    room_row = await RoomStore(db).get_room(ROOM)
+    assert stored is not None and room_row is not None
+    assert (stored.stream_ordering, stored.depth, stored.device_id, stored.txn_id) == \
+        (position, reaction.pdu["depth"], "DEV", "t1")
+    assert stored.pdu == reaction.pdu and stored.unsigned == {}
+    assert stored.state_group == room_row.current_state_group
+    assert (room_row.latest_event_id, room_row.current_depth) == \
+        (reaction.event_id, reaction.pdu["depth"])
+    pushed = await _rows_of(db, event_push_actions, reaction.event_id)
+    assert sorted((r[1], r[0], r[4], r[5], r[6], r[7]) for r in pushed) == [
+        (a.user_id, position, a.thread_id, a.actions_json, a.highlight,
+         reaction.pdu["origin_server_ts"]) for a in actions]
+    related = await _rows_of(db, event_relations, reaction.event_id)
+    assert [(r[1], r[2], r[6], r[8]) for r in related] == \
+        [(parent, "m.annotation", "+1", position)]
+    assert await room.store.get_txn_event_id(ALICE, "DEV", "send", "t1") == reaction.event_id
+
+    # Built on a stale latest event: nothing of it, not even its transaction ID.
+    lost = room.event("m.room.message", {"body": "lost"}, device_id="DEV", txn_id="t2",
+                      txn_scope="send", push_actions=actions[:1])
+    assert await room.store.persist_event(lost, stale) is None
+    assert await room.store.get_txn_event_id(ALICE, "DEV", "send", "t2") is None
+    # The transaction ID of the first, again: refused whole.
+    again = room.event("m.room.message", {"body": "again"}, device_id="DEV", txn_id="t1",
+                       txn_scope="send", push_actions=actions[:1])
+    with pytest.raises(DuplicateTxn):
+        await room.store.persist_event(again, room.latest)
+    for refused in (lost, again):
+        assert await room.store.get_event(refused.event_id) is None
+        assert await _rows_of(db, event_push_actions, refused.event_id) == []
+    room_row = await RoomStore(db).get_room(ROOM)
+    assert room_row is not None and room_row.latest_event_id == reaction.event_id
+    # Neither took a position: the next message has the one after the reaction's.
+    assert await room.persist(room.event("m.room.message", {"body": "next"})) == position + 1
+
+
+async def test_messages_sent_at_once_get_one_position_each(db: Database) -> None:
+    """Rooms written concurrently (on PostgreSQL, on separate connections): every event gets
+    its own position, with no gap, and each room keeps its order."""
+    rooms = [await new_room(db, f"!r{i}:test") for i in range(4)]
+    start = await rooms[0].persist(rooms[0].event("m.room.message", {"body": "start"}))
+
+    async def send(room: Room) -> list[int]:
+        return [await room.persist(room.event("m.room.message", {"body": str(i)}))
+                for i in range(5)]
+
+    sent = await asyncio.gather(*(send(room) for room in rooms))
+    positions = sorted(p for per_room in sent for p in per_room)
+    assert positions == list(range(start + 1, start + 1 + 4 * 5))
+    assert all(per_room == sorted(per_room) for per_room in sent)
+    for room in rooms:
+        events = await room.store.get_room_events(room.room_id, limit=10, descending=False)
+        assert [e.content.get("body") for e in events][-5:] == ["0", "1", "2", "3", "4"]
+
+
 async def test_room_events_bounds(db: Database) -> None:
     room = await new_room(db)
     positions = [await room.persist(room.event("m.room.message", {"body": str(i)}))
@@ -242,16 +328,28 @@ async def test_stream_window_lists_rooms_and_membership_changes(db: Database) ->
 async def test_recent_events_match_the_room_events_and_are_not_shared_mutably(
         db: Database) -> None:
     room = await new_room(db)
+    other = await new_room(db, "!other:test")
     start = await room.persist(room.event("m.room.message", {"body": "0"}))
-    for i in range(1, 6):
+    for i in range(1, 15):  # two rooms' events interleaved, as a window holds them
         end = await room.persist(room.event("m.room.message", {"body": str(i)}))
+        await other.persist(other.event("m.room.message", {"body": f"other {i}"}))
     store = EventStore(db)
-    for after, limit in ((start, 3), (start, 10), (end - 1, 3), (0, 4)):
+    short = end - SHARED_TIMELINE_MAX_EVENTS
+    for after, limit in ((start, 3), (start, 30), (end - 1, 3), (end - 2, 3), (short, 4),
+                         (short, 0), (short - 1, 5), (0, 4), (end, 3)):
         expected = await store.get_room_events(ROOM, after=after, upto=end, limit=limit,
                                                descending=True)
         first = await store.get_recent_events(ROOM, after, end, limit)
         first.clear()  # a caller's list is its own
         assert await store.get_recent_events(ROOM, after, end, limit) == expected
+    # A short range's come from its window (which every sync woken by them shares).
+    window = await store.get_window(short, end)
+    assert window is not None and window.rows is not None
+    assert len(window.rows) == SHARED_TIMELINE_MAX_EVENTS
+    assert [e.content["body"] for e in window.events_of(ROOM) or ()] == \
+        [str(i) for i in range(5, 15)]
+    longer = await store.get_window(short - 1, end)
+    assert longer is not None and longer.rows is None and longer.events_of(ROOM) is None
 
 
 async def test_sync_memberships_are_read_again_only_after_a_membership_change(
