@@ -44,7 +44,8 @@ from homeserver.unread import UnreadCountService
 
 logger = logging.getLogger(__name__)
 
-ENQUEUE_BATCH_EVENTS = 200
+# Push actions (of users with pushers) queued per write at most.
+ENQUEUE_BATCH_ROWS = 1000
 # A scanned range with nothing to push is saved at most this often (a restart rescans it).
 CURSOR_SAVE_INTERVAL_MS = 10_000
 # After a wake-up, events of the next moment are gathered into the same round.
@@ -83,6 +84,12 @@ class PusherSender:
         # Events up to here were looked at and had nothing to queue; the stored cursor may be
         # behind (it is saved with queued pushes, or every CURSOR_SAVE_INTERVAL_MS).
         self._scanned = 0
+        # The stored cursor as this worker last knew it. Behind is harmless: a range queued
+        # since by another worker is found again, and queuing it fails on the cursor (read
+        # again then).
+        self._cursor: int | None = None
+        # The newest events position a wake-up told of (committed).
+        self._woken_upto = 0
         self._cursor_saved_ms = clock.now_ms()
         self._http: httpx.AsyncClient | None = None
         # One round at a time on this worker: a round run directly (tests, admin tools) waits
@@ -92,20 +99,26 @@ class PusherSender:
 
     async def _on_wakeup(self, wakeup: Wakeup) -> None:
         if wakeup.stream == Stream.EVENTS:
+            self._woken_upto = max(self._woken_upto, wakeup.position)
             self._wake.set()
 
     # --- the job -----------------------------------------------------------------------------
 
     async def run(self) -> None:
         """The background job: work, then sleep until woken or the poll interval is up."""
+        woken = False
         try:
             while True:
                 self._wake.clear()
-                await self.run_once()
+                # Woken, the events position is the wake-ups'; else (the poll: a wake-up
+                # may have been lost) it is read.
+                await self.run_once(self._woken_upto if woken else None)
+                woken = False
                 try:
                     # asyncio.timeout, not wait_for: wait_for can swallow a cancellation.
                     async with asyncio.timeout(self._config.poll_interval_ms / 1000):
                         await self._wake.wait()
+                    woken = True
                     await asyncio.sleep(GATHER_S)
                 except TimeoutError:
                     pass
@@ -114,29 +127,34 @@ class PusherSender:
                 await self._http.aclose()
                 self._http = None
 
-    async def run_once(self) -> None:
+    async def run_once(self, upto: int | None = None) -> None:
+        """A round: queue what events up to ``upto`` (committed; None: the current position)
+        push, then send what is due."""
         async with self._round:
-            await self.enqueue_new()
+            await self.enqueue_new(upto)
             await self.deliver_due()
 
     # --- enqueue -----------------------------------------------------------------------------
 
-    async def enqueue_new(self) -> None:
-        upto = (await self._db.current_positions()).get(Stream.EVENTS, 0)
+    async def enqueue_new(self, upto: int | None = None) -> None:
+        if upto is None:
+            upto = (await self._db.current_positions()).get(Stream.EVENTS, 0)
         if upto <= self._scanned:
             return
-        cursor = await self._store.get_cursor(upto)
+        cursor = self._cursor
+        if cursor is None:
+            cursor = self._cursor = await self._store.get_cursor(upto)
         while max(cursor, self._scanned) < upto:
             if self._scanned > cursor and \
                     self._clock.now_ms() - self._cursor_saved_ms > CURSOR_SAVE_INTERVAL_MS:
                 # Save the skipped range now and then, so a restart does not rescan it all.
                 if not await self._store.enqueue([], cursor, self._scanned):
-                    cursor = await self._store.get_cursor(upto)
+                    cursor = self._cursor = await self._store.get_cursor(upto)
                     continue
-                cursor = self._scanned
+                cursor = self._cursor = self._scanned
                 self._cursor_saved_ms = self._clock.now_ms()
             start = max(cursor, self._scanned)
-            pending, reach = await self._store.get_pending(start, upto, ENQUEUE_BATCH_EVENTS)
+            pending, reach = await self._store.get_pending(start, upto, ENQUEUE_BATCH_ROWS)
             now = self._clock.now_ms()
             connected: set[str] = set()
             if self._config.only_when_offline and self._presence.enabled:
@@ -163,9 +181,9 @@ class PusherSender:
                 self._scanned = reach
                 continue
             if not await self._store.enqueue(rows, cursor, reach):
-                cursor = await self._store.get_cursor(upto)  # another worker did it
+                cursor = self._cursor = await self._store.get_cursor(upto)  # another worker did it
                 continue
-            cursor = self._scanned = reach
+            cursor = self._cursor = self._scanned = reach
             self._cursor_saved_ms = self._clock.now_ms()
 
     # --- deliver -----------------------------------------------------------------------------

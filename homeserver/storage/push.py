@@ -186,21 +186,16 @@ class ThreadUnread(NamedTuple):
 
 _CURSOR = prepared(sa.select(push_cursors.c.stream_ordering).where(
     push_cursors.c.name == sa.bindparam("name")))
-# The push sender's scan, on every round: how far a batch of events reaches, and the push
-# actions in it of users with a pusher created before them.
-_window = (sa.select(event_push_actions.c.stream_ordering).distinct()
-           .where(event_push_actions.c.stream_ordering > sa.bindparam("after"),
-                  event_push_actions.c.stream_ordering <= sa.bindparam("upto"))
-           .order_by(event_push_actions.c.stream_ordering).limit(sa.bindparam("limit"))
-           .subquery())
-_PENDING_REACH = prepared(sa.select(sa.func.max(_window.c.stream_ordering)))
+# The push sender's scan, on every round: the push actions of a range of events for users
+# with a pusher created before them, oldest first, a batch at a time.
 _PENDING = prepared(sa.select(event_push_actions, pushers.c.id.label("pusher_id"))
                     .join(pushers, sa.and_(
                         pushers.c.user_id == event_push_actions.c.user_id,
                         event_push_actions.c.stream_ordering > pushers.c.start_stream_ordering))
                     .where(event_push_actions.c.stream_ordering > sa.bindparam("after"),
-                           event_push_actions.c.stream_ordering <= sa.bindparam("reach"))
-                    .order_by(event_push_actions.c.stream_ordering))
+                           event_push_actions.c.stream_ordering <= sa.bindparam("upto"))
+                    .order_by(event_push_actions.c.stream_ordering)
+                    .limit(sa.bindparam("limit")))
 # Pushers with something due and no back-off, not held by a live claim.
 _CLAIMABLE = prepared(sa.select(pushers.c.id)
                       .where(pushers.c.next_attempt_ts <= sa.bindparam("now"),
@@ -598,23 +593,31 @@ class PushStore:
                 push_cursors.c.name == PUSHER_CURSOR))).scalar_one()
         return int(value)
 
-    async def get_pending(self, after: int, upto: int, max_events: int
+    async def get_pending(self, after: int, upto: int, max_rows: int
                           ) -> tuple[list[tuple[PendingAction, Pusher]], int]:
-        """Push actions in (after, upto] of users with pushers, at most ``max_events`` events'
-        worth, each with every pusher of its user; and the position they reach."""
+        """Push actions in (after, upto] of users with pushers, each with every pusher of its
+        user: at most ``max_rows`` of them, and only whole events' (one event with more is
+        read alone, whole); and the position they reach (``upto`` when they are all there
+        are: mostly one statement, whose answer is that there is nothing to push)."""
         async with self._db.read() as conn:
-            reach = (await conn.execute(_PENDING_REACH, {
-                "after": after, "upto": upto, "limit": max_events})).scalar()
-            if reach is None:
-                return [], upto
-            rows = (await conn.execute(_PENDING, {"after": after, "reach": reach})).all()
+            rows = (await conn.execute(_PENDING, {"after": after, "upto": upto,
+                                                  "limit": max_rows + 1})).all()
+            reach = upto
+            if len(rows) > max_rows:
+                reach = int(rows[-1].stream_ordering)  # maybe not all of its are here
+                rows = [r for r in rows if r.stream_ordering < reach]
+                if rows:
+                    reach -= 1
+                else:
+                    rows = (await conn.execute(_PENDING, {"after": reach - 1, "upto": reach,
+                                                          "limit": MAX_POSITION})).all()
             ids = sorted({int(r.pusher_id) for r in rows})
             found = {int(p.id): _pusher(p) for p in (await conn.execute(
                 sa.select(pushers).where(pushers.c.id.in_(ids)))).all()} if ids else {}
         out = [(PendingAction(r.user_id, int(r.stream_ordering), r.room_id, r.event_id,
                               r.actions, int(r.ts)), found[int(r.pusher_id)])
                for r in rows if int(r.pusher_id) in found]
-        return out, int(reach)
+        return out, reach
 
     async def enqueue(self, rows: Sequence[QueuedPush], cursor: int, reach: int) -> bool:
         """Queue the rows and move the cursor from ``cursor`` to ``reach``, atomically; False
