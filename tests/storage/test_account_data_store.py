@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from homeserver.ids import UserID
-from homeserver.migrate import upgrade_head
 from homeserver.storage.account_data import AccountData, AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.database import Database
@@ -19,16 +14,6 @@ BOB = UserID("@bob:test")
 ROOM = "!room:test"
 OTHER_ROOM = "!other:test"
 NOW = 1_700_000_000_000
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
-    await upgrade_head(database.engine)
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 async def _position(db: Database, stream: Stream) -> int:

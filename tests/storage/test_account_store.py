@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from homeserver.ids import UserID
-from homeserver.migrate import upgrade_head
 from homeserver.storage.accounts import AccountStore, Profile
 from homeserver.storage.database import Database
 from homeserver.storage.filters import FilterStore
@@ -17,16 +14,6 @@ from homeserver.storage.uia import UiaStore
 ALICE = UserID("@alice:test")
 BOB = UserID("@bob:test")
 NOW = 1_700_000_000_000
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
-    await upgrade_head(database.engine)
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 async def test_create_and_get_user(db: Database) -> None:

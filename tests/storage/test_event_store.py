@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 import homeserver.storage.rooms as rooms_module
-from homeserver.migrate import upgrade_head
 from homeserver.storage.database import Database
 from homeserver.storage.events import (
     MAX_STATE_CHAIN,
@@ -33,16 +31,6 @@ from homeserver.storage.schema import (
 ROOM = "!room:test"
 ALICE = "@alice:test"
 NOW = 1_700_000_000_000
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
-    await upgrade_head(database.engine)
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 class Room:

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 import sqlalchemy as sa
 
-from homeserver.migrate import upgrade_head
 from homeserver.storage.database import Database
 from homeserver.storage.push import PendingAction, Pusher, PushStore
 from homeserver.storage.schema import event_push_actions, stream_positions
 
 ROOM = "!room:test"
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
-    await upgrade_head(database.engine)
-    try:
-        yield database
-    finally:
-        await database.close()
 
 
 async def _pusher(store: PushStore, user_id: str) -> None:

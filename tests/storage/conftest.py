@@ -1,0 +1,20 @@
+"""The storage tests' database: migrated, on both kinds (``db_url``), closed after."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from homeserver.migrate import upgrade_head
+from homeserver.storage.database import Database
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = Database(db_url)
+    await upgrade_head(database.engine)
+    try:
+        yield database
+    finally:
+        await database.close()
