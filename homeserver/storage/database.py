@@ -668,10 +668,10 @@ class Database:
                                                      max_overflow=0, pool_pre_ping=False)
             # Reads are autocommit: no BEGIN and ROLLBACK round trips around each one (read
             # committed gives every statement its own snapshot either way); so are the writes
-            # of one statement (write_alone). Twice the
-            # connections: a burst of syncs (a message to a big room) waits for one rather
-            # than opening connections, preparing their statements again and closing them
-            # (that churn cost more CPU than the reads themselves).
+            # of one statement (write_alone). Twice the connections: a burst of syncs (a
+            # message to a big room) waits for one rather than opening connections,
+            # preparing their statements again and closing them (that churn cost more CPU
+            # than the reads themselves).
             self._pg_reader = create_async_engine(url, pool_size=2 * pool_size,
                                                   max_overflow=0, pool_pre_ping=False,
                                                   isolation_level="AUTOCOMMIT",
