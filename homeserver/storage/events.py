@@ -28,7 +28,7 @@ from homeserver.storage.schema import (
     state_groups,
     stream_positions,
 )
-from homeserver.storage.shared_reads import SharedReads
+from homeserver.storage.shared_reads import RangeReads
 from homeserver.streams import Stream
 from homeserver.types import JsonDict
 
@@ -295,8 +295,8 @@ class EventStore:
         # State groups never change once written.
         self._state_cache: LRUCache[int, StateMap] = LRUCache(maxsize=2000)
         # Nor does what lies between two committed positions.
-        self._windows: SharedReads[tuple[int, int], StreamWindow] = SharedReads(
-            WINDOWS_KEPT, getsizeof=lambda window: window.weight)
+        self._windows: RangeReads[StreamWindow] = RangeReads(
+            WINDOWS_KEPT, WINDOW_MAX_EVENTS, _EMPTY_WINDOW, lambda window: window.weight)
         # Built here, so that start-up compiles it (Database.prepare_statements).
         self._claim_txn = db.insert_ignore_statement(
             event_txns, ("user_id", "device_id", "scope", "txn_id"),
@@ -468,11 +468,7 @@ class EventStore:
         """The events stream in ``(after, upto]``; None when more than ``WINDOW_MAX_EVENTS``
         positions lie there. ``upto`` must be committed (a sync's current position): the
         answer is kept for everyone who asks for the same range."""
-        if upto <= after:
-            return _EMPTY_WINDOW
-        if upto - after > WINDOW_MAX_EVENTS:
-            return None
-        return await self._windows.get((after, upto), lambda: self._read_window(after, upto))
+        return await self._windows.get(after, upto, self._read_window)
 
     async def _read_window(self, after: int, upto: int) -> StreamWindow:
         short = upto - after <= SHARED_TIMELINE_MAX_EVENTS

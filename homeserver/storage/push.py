@@ -24,7 +24,7 @@ from homeserver.storage.schema import (
     room_memberships,
     stream_positions,
 )
-from homeserver.storage.shared_reads import SharedReads
+from homeserver.storage.shared_reads import RangeReads
 from homeserver.streams import Stream
 from homeserver.types import JsonDict
 
@@ -278,9 +278,8 @@ for _with_rooms, _with_ignored in itertools.product((False, True), repeat=2):
 class PushStore:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._action_windows: SharedReads[tuple[int, int],
-                                          Mapping[str, tuple[WindowAction, ...]] | None] = \
-            SharedReads(32)
+        self._action_windows: RangeReads[Mapping[str, tuple[WindowAction, ...]] | None] = \
+            RangeReads(32, ACTION_WINDOW_MAX_EVENTS, {})
 
     # --- rules -----------------------------------------------------------------------------
 
@@ -437,12 +436,7 @@ class PushStore:
         when the range is longer than ``ACTION_WINDOW_MAX_EVENTS`` or holds more than
         ``ACTION_WINDOW_MAX_ROWS`` actions. ``upto`` must be committed: the answer is kept
         for everyone who asks for the same range."""
-        if upto <= after:
-            return {}
-        if upto - after > ACTION_WINDOW_MAX_EVENTS:
-            return None
-        return await self._action_windows.get(
-            (after, upto), lambda: self._read_action_window(after, upto))
+        return await self._action_windows.get(after, upto, self._read_action_window)
 
     async def _read_action_window(self, after: int, upto: int
                                   ) -> Mapping[str, tuple[WindowAction, ...]] | None:

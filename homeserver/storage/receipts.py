@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from homeserver.storage.database import Database, prepared
 from homeserver.storage.schema import events, receipts
-from homeserver.storage.shared_reads import SharedReads
+from homeserver.storage.shared_reads import RangeReads
 from homeserver.streams import Stream
 
 READ = "m.read"
@@ -39,8 +39,8 @@ _MOVED = prepared(sa.select(receipts.c.user_id, receipts.c.room_id)
 class ReceiptStore:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._moved: SharedReads[tuple[int, int], Mapping[str, frozenset[str]] | None] = \
-            SharedReads(32)
+        self._moved: RangeReads[Mapping[str, frozenset[str]] | None] = \
+            RangeReads(32, MOVED_MAX_POSITIONS, {})
 
     async def get_moved(self, after: int, upto: int) -> Mapping[str, frozenset[str]] | None:
         """The rooms in which each user's receipts moved in ``(after, upto]`` (read-only),
@@ -49,11 +49,7 @@ class ReceiptStore:
 
         A receipt keeps only its latest position, so the read is of everything after
         ``after``: a receipt that moved in the range and again after it is still found."""
-        if upto <= after:
-            return {}
-        if upto - after > MOVED_MAX_POSITIONS:
-            return None
-        return await self._moved.get((after, upto), lambda: self._read_moved(after, upto))
+        return await self._moved.get(after, upto, self._read_moved)
 
     async def _read_moved(self, after: int, upto: int) -> Mapping[str, frozenset[str]] | None:
         # Later receipts may be read too, up to as many again.

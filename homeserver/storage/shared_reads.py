@@ -61,3 +61,23 @@ class SharedReads(Generic[K, V]):
         self._done[key] = value
         future.set_result(value)
         return value
+
+
+class RangeReads(Generic[V]):
+    """Shared reads of a stream between two committed positions ``(after, upto]``, for
+    ranges of at most ``longest`` positions: an empty range is ``empty`` without a read, a
+    longer one None (the caller asks about what concerns it instead)."""
+
+    def __init__(self, maxsize: int, longest: int, empty: V,
+                 getsizeof: Callable[[V], int] | None = None) -> None:
+        self._reads: SharedReads[tuple[int, int], V] = SharedReads(maxsize, getsizeof)
+        self._longest = longest
+        self._empty = empty
+
+    async def get(self, after: int, upto: int,
+                  read: Callable[[int, int], Awaitable[V]]) -> V | None:
+        if upto <= after:
+            return self._empty
+        if upto - after > self._longest:
+            return None
+        return await self._reads.get((after, upto), lambda: read(after, upto))

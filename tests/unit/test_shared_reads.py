@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from homeserver.storage.shared_reads import SharedReads
+from homeserver.storage.shared_reads import RangeReads, SharedReads
 
 
 async def test_concurrent_callers_share_one_read_and_later_ones_get_it_kept() -> None:
@@ -98,3 +98,19 @@ async def test_a_cancelled_reader_leaves_the_read_to_a_waiter() -> None:
     assert await reading == 9
     with pytest.raises(asyncio.CancelledError):
         await impatient
+
+
+async def test_range_reads_read_short_ranges_once_and_no_others() -> None:
+    ranges: RangeReads[tuple[int, int]] = RangeReads(maxsize=4, longest=3, empty=(0, 0))
+    asked: list[tuple[int, int]] = []
+
+    async def read(after: int, upto: int) -> tuple[int, int]:
+        asked.append((after, upto))
+        return after, upto
+
+    assert await ranges.get(5, 5, read) == (0, 0)  # empty: no read
+    assert await ranges.get(5, 4, read) == (0, 0)
+    assert await ranges.get(1, 5, read) is None  # longer than 3: no read
+    assert await ranges.get(2, 5, read) == (2, 5)
+    assert await ranges.get(2, 5, read) == (2, 5)  # kept
+    assert asked == [(2, 5)]
