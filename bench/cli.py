@@ -40,42 +40,95 @@ SERVERS = ("ours", "synapse")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="bench.sh", description="The same client-API workload against this homeserver "
+        prog="bench.sh",
+        description="The same client-API workload against this homeserver "
         "and Synapse, side by side. Writes bench/results/<timestamp>/{result.json,table.txt,"
-        "latency.png}.")
-    parser.add_argument("--servers", default=",".join(SERVERS),
-                        help="comma-separated, run in this order (default: ours,synapse)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help=f"comma-separated subset of {','.join(SCENARIOS)}")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="multiplies user, room and event counts (default 1.0)")
-    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
-                        help="database of the servers started here (postgresql: a fresh "
-                        "database per server on 127.0.0.1:5432 as postgres, dropped after)")
-    parser.add_argument("--url", action="append", default=[], metavar="[NAME=]URL",
-                        help="benchmark a server already running there instead of starting "
-                        "one (registration must be open, rate limits off); NAME defaults to "
-                        "the next of --servers; repeat for two servers")
-    parser.add_argument("--pid", action="append", default=[], metavar="[NAME=]PID",
-                        help="PID of a --url server, to read its CPU and RSS from /proc")
-    parser.add_argument("--throughput-seconds", type=float, default=10.0,
-                        help="duration of each send-throughput level (default 10)")
-    parser.add_argument("--presence", choices=("off", "on"), default="off",
-                        help="presence on both servers or on neither (default off)")
-    parser.add_argument("--budget-seconds", type=float, default=60.0,
-                        help="a latency scenario stops sending after this long and reports "
-                        "what it measured (default 60)")
-    parser.add_argument("--profile", action="store_true",
-                        help="sample our server with py-spy during the measured parts")
-    parser.add_argument("--profile-rate", type=int, default=100, metavar="HZ",
-                        help="py-spy samples per second with --profile (default 100; more "
-                        "slows the server down while it is sampled)")
-    parser.add_argument("--count-queries", action="store_true",
-                        help="also count SQL statements per send and per sync wake-up on our "
-                        "server (runs it with statement logging; only for servers started here)")
-    parser.add_argument("--pin", choices=("on", "off"), default="off",
-                        help="servers started here on every core but the last, this client "
-                        "on the last (with 2 cores or more; default off); see bench/README.md")
+        "latency.png}.",
+    )
+    parser.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help="comma-separated, run in this order (default: ours,synapse)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiplies user, room and event counts (default 1.0)",
+    )
+    parser.add_argument(
+        "--db",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="database of the servers started here (postgresql: a fresh "
+        "database per server on 127.0.0.1:5432 as postgres, dropped after)",
+    )
+    parser.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        metavar="[NAME=]URL",
+        help="benchmark a server already running there instead of starting "
+        "one (registration must be open, rate limits off); NAME defaults to "
+        "the next of --servers; repeat for two servers",
+    )
+    parser.add_argument(
+        "--pid",
+        action="append",
+        default=[],
+        metavar="[NAME=]PID",
+        help="PID of a --url server, to read its CPU and RSS from /proc",
+    )
+    parser.add_argument(
+        "--throughput-seconds",
+        type=float,
+        default=10.0,
+        help="duration of each send-throughput level (default 10)",
+    )
+    parser.add_argument(
+        "--presence",
+        choices=("off", "on"),
+        default="off",
+        help="presence on both servers or on neither (default off)",
+    )
+    parser.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=60.0,
+        help="a latency scenario stops sending after this long and reports "
+        "what it measured (default 60)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample our server with py-spy during the measured parts",
+    )
+    parser.add_argument(
+        "--profile-rate",
+        type=int,
+        default=100,
+        metavar="HZ",
+        help="py-spy samples per second with --profile (default 100; more "
+        "slows the server down while it is sampled)",
+    )
+    parser.add_argument(
+        "--count-queries",
+        action="store_true",
+        help="also count SQL statements per send and per sync wake-up on our "
+        "server (runs it with statement logging; only for servers started here)",
+    )
+    parser.add_argument(
+        "--pin",
+        choices=("on", "off"),
+        default="off",
+        help="servers started here on every core but the last, this client "
+        "on the last (with 2 cores or more; default off); see bench/README.md",
+    )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     args.servers = [s for s in args.servers.split(",") if s]
@@ -107,8 +160,9 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through every finally: servers stop by PID
 
 
-async def run_server(server: Server, args: argparse.Namespace, run_id: str,
-                     directory: Path, query_log: Path | None) -> dict[str, Any]:
+async def run_server(
+    server: Server, args: argparse.Namespace, run_id: str, directory: Path, query_log: Path | None
+) -> dict[str, Any]:
     watch = ProcessWatch(server.pid)
     profiler = None
     if args.profile and server.name == "ours" and server.pid:
@@ -120,17 +174,29 @@ async def run_server(server: Server, args: argparse.Namespace, run_id: str,
     extra: dict[str, Any] = {}
     async with aiohttp.ClientSession(connector=connector) as session:
         mx = Matrix(session, server.base_url)
-        bench = Bench(mx, watch, server.name, args.scale, run_id, args.throughput_seconds,
-                      args.budget_seconds, profiler)
+        bench = Bench(
+            mx,
+            watch,
+            server.name,
+            args.scale,
+            run_id,
+            args.throughput_seconds,
+            args.budget_seconds,
+            profiler,
+        )
         for scenario in args.scenarios:
             started = time.monotonic()
             try:
                 for result in await getattr(bench, scenario)():
                     results[result.name] = result.as_json()
-                    log(f"{server.name}: {result.name}: " + ", ".join(
-                        f"{k}={v:.4g}" for k, v in result.figures.items() if v is not None)
+                    log(
+                        f"{server.name}: {result.name}: "
+                        + ", ".join(
+                            f"{k}={v:.4g}" for k, v in result.figures.items() if v is not None
+                        )
                         + (f", errors={result.errors}" if result.errors else "")
-                        + (f" ({result.note})" if result.note else ""))
+                        + (f" ({result.note})" if result.note else "")
+                    )
             except Exception as e:  # one failed scenario must not lose the others
                 log(f"{server.name}: {scenario} FAILED: {e!r}")
                 traceback.print_exc()
@@ -145,10 +211,15 @@ async def run_server(server: Server, args: argparse.Namespace, run_id: str,
         (directory / "profile_top.txt").write_text(text)
         extra["profile_top"] = text
     usage = watch.totals()
-    return {"url": server.base_url, "pid": server.pid, "version": server.version,
-            "results": results, "totals": {"cpu_s": usage.cpu_s,
-                                           "peak_rss_mb": usage.peak_rss_mb},
-            "peak_rss_resettable": watch.can_reset, **extra}
+    return {
+        "url": server.base_url,
+        "pid": server.pid,
+        "version": server.version,
+        "results": results,
+        "totals": {"cpu_s": usage.cpu_s, "peak_rss_mb": usage.peak_rss_mb},
+        "peak_rss_resettable": watch.can_reset,
+        **extra,
+    }
 
 
 def _pin_client() -> set[int] | None:
@@ -171,20 +242,31 @@ def main(argv: list[str] | None = None) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     run_id = secrets.token_hex(3)
     loadavg_before = Path("/proc/loadavg").read_text().split()[:3]
-    log(f"results in {directory}; load average {' '.join(loadavg_before)} on "
-        f"{os.cpu_count()} cores")
+    log(
+        f"results in {directory}; load average {' '.join(loadavg_before)} on {os.cpu_count()} cores"
+    )
     server_cpus = _pin_client() if args.pin == "on" else None
     urls = _named(args.url, args.servers)
     pids = _named(args.pid, list(urls) or args.servers)
     names = list(urls) or args.servers
-    run: dict[str, Any] = {"meta": {
-        "timestamp": stamp, "db": "external" if urls else args.db, "scale": args.scale,
-        "scenarios": args.scenarios, "servers": names,
-        "throughput_seconds": args.throughput_seconds, "presence": args.presence,
-        "loadavg_before": " ".join(loadavg_before), "cpus": os.cpu_count(),
-        "python": platform.python_version(), "argv": sys.argv[1:],
-        "server_cpus": sorted(server_cpus) if server_cpus else None,
-        "client_cpus": sorted(os.sched_getaffinity(0))}, "servers": {}}
+    run: dict[str, Any] = {
+        "meta": {
+            "timestamp": stamp,
+            "db": "external" if urls else args.db,
+            "scale": args.scale,
+            "scenarios": args.scenarios,
+            "servers": names,
+            "throughput_seconds": args.throughput_seconds,
+            "presence": args.presence,
+            "loadavg_before": " ".join(loadavg_before),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "argv": sys.argv[1:],
+            "server_cpus": sorted(server_cpus) if server_cpus else None,
+            "client_cpus": sorted(os.sched_getaffinity(0)),
+        },
+        "servers": {},
+    }
     started = time.monotonic()
     for name in names:
         workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
@@ -199,21 +281,24 @@ def main(argv: list[str] | None = None) -> int:
                     database = PostgresDatabase(name)
                     database.create()
                 if name == "ours":
-                    ours = OurServer(workdir, database.asyncpg_url if database else None,
-                                     args.presence == "on")
+                    ours = OurServer(
+                        workdir, database.asyncpg_url if database else None, args.presence == "on"
+                    )
                     if args.count_queries:
                         query_log = workdir / "queries.log"
                         ours.wrapper_module = ["-m", "bench.querylog", str(query_log)]
                     server = ours
                 else:
-                    server = SynapseServer(workdir, database.name if database else None,
-                                           args.presence == "on")
+                    server = SynapseServer(
+                        workdir, database.name if database else None, args.presence == "on"
+                    )
             log(f"{name}: starting")
             if isinstance(server, ManagedServer):
                 server.cpus = server_cpus
             server.start()
             run["servers"][name] = uvloop.run(
-                run_server(server, args, run_id, directory, query_log))
+                run_server(server, args, run_id, directory, query_log)
+            )
         finally:
             if server is not None:
                 server.stop()

@@ -16,8 +16,9 @@ import orjson
 
 LONG_POLL_MS = 30_000
 # Only for the first token of a listener: no rooms, so it is cheap on both servers.
-PRIME_FILTER = orjson.dumps({"room": {"rooms": []}, "presence": {"types": []},
-                             "account_data": {"types": []}}).decode()
+PRIME_FILTER = orjson.dumps(
+    {"room": {"rooms": []}, "presence": {"types": []}, "account_data": {"types": []}}
+).decode()
 
 
 class MatrixCallError(Exception):
@@ -40,10 +41,18 @@ class Matrix:
         self.session = session
         self.base_url = base_url
 
-    async def call(self, method: str, path: str, *, token: str | None = None,
-                   body: Mapping[str, Any] | None = None, params: Mapping[str, str] | None = None,
-                   timeout_s: float = 120, ok: tuple[int, ...] = (200,),
-                   retry_limited: bool = True) -> tuple[int, Any, int]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+        timeout_s: float = 120,
+        ok: tuple[int, ...] = (200,),
+        retry_limited: bool = True,
+    ) -> tuple[int, Any, int]:
         """One request; returns ``(status, parsed body, body bytes)``.
 
         A 429 is waited out and retried (setup only: rate limits are raised on both servers).
@@ -54,8 +63,13 @@ class Matrix:
             headers["Content-Type"] = "application/json"
         while True:
             async with self.session.request(
-                    method, self.base_url + path, data=data, params=params, headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+                method,
+                self.base_url + path,
+                data=data,
+                params=params,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as response:
                 raw = await response.read()
                 status = response.status
             if status == 429 and retry_limited:
@@ -67,11 +81,15 @@ class Matrix:
             return status, orjson.loads(raw) if raw else None, len(raw)
 
     async def register(self, localpart: str, password: str) -> User:
-        body: dict[str, Any] = {"username": localpart, "password": password,
-                                "auth": {"type": "m.login.dummy"},
-                                "initial_device_display_name": "bench"}
-        status, data, _ = await self.call("POST", "/_matrix/client/v3/register", body=body,
-                                          ok=(200, 401))
+        body: dict[str, Any] = {
+            "username": localpart,
+            "password": password,
+            "auth": {"type": "m.login.dummy"},
+            "initial_device_display_name": "bench",
+        }
+        status, data, _ = await self.call(
+            "POST", "/_matrix/client/v3/register", body=body, ok=(200, 401)
+        )
         if status == 401:
             # A server that insists on a UIA session first: complete the stage inside it.
             body["auth"] = {"type": "m.login.dummy", "session": data["session"]}
@@ -79,79 +97,121 @@ class Matrix:
         return User(localpart, data["user_id"], data["access_token"])
 
     async def login(self, localpart: str, password: str) -> str:
-        body = {"type": "m.login.password",
-                "identifier": {"type": "m.id.user", "user": localpart}, "password": password}
+        body = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": localpart},
+            "password": password,
+        }
         _, data, _ = await self.call("POST", "/_matrix/client/v3/login", body=body)
         return str(data["access_token"])
 
     async def create_room(self, user: User, **body: Any) -> str:
-        _, data, _ = await self.call("POST", "/_matrix/client/v3/createRoom",
-                                     token=user.access_token, body=body)
+        _, data, _ = await self.call(
+            "POST", "/_matrix/client/v3/createRoom", token=user.access_token, body=body
+        )
         return str(data["room_id"])
 
     async def join(self, user: User, room_id: str) -> None:
-        await self.call("POST", f"/_matrix/client/v3/join/{quote(room_id, safe='')}",
-                        token=user.access_token, body={})
+        await self.call(
+            "POST",
+            f"/_matrix/client/v3/join/{quote(room_id, safe='')}",
+            token=user.access_token,
+            body={},
+        )
 
     async def send_text(self, user: User, room_id: str, text: str) -> str:
         txn = uuid.uuid4().hex
-        path = (f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/send/m.room.message/"
-                f"{txn}")
-        _, data, _ = await self.call("PUT", path, token=user.access_token,
-                                     body={"msgtype": "m.text", "body": text},
-                                     retry_limited=False)
+        path = f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/send/m.room.message/{txn}"
+        _, data, _ = await self.call(
+            "PUT",
+            path,
+            token=user.access_token,
+            body={"msgtype": "m.text", "body": text},
+            retry_limited=False,
+        )
         return str(data["event_id"])
 
-    async def sync(self, user: User, *, since: str | None = None, timeout_ms: int = 0,
-                   filter_: str | None = None) -> tuple[dict[str, Any], int]:
+    async def sync(
+        self,
+        user: User,
+        *,
+        since: str | None = None,
+        timeout_ms: int = 0,
+        filter_: str | None = None,
+    ) -> tuple[dict[str, Any], int]:
         params = {"timeout": str(timeout_ms)}
         if since is not None:
             params["since"] = since
         if filter_ is not None:
             params["filter"] = filter_
-        _, data, size = await self.call("GET", "/_matrix/client/v3/sync",
-                                        token=user.access_token, params=params,
-                                        timeout_s=timeout_ms / 1000 + 120)
+        _, data, size = await self.call(
+            "GET",
+            "/_matrix/client/v3/sync",
+            token=user.access_token,
+            params=params,
+            timeout_s=timeout_ms / 1000 + 120,
+        )
         return data, size
 
-
-    async def upload(self, user: User, data: bytes | AsyncIterable[bytes], size: int,
-                     content_type: str, filename: str, timeout_s: float = 300) -> str:
+    async def upload(
+        self,
+        user: User,
+        data: bytes | AsyncIterable[bytes],
+        size: int,
+        content_type: str,
+        filename: str,
+        timeout_s: float = 300,
+    ) -> str:
         """POST /_matrix/media/v3/upload; returns the ``mxc://`` URI. The length is always
         declared (Synapse refuses an upload without one), also for a streamed body."""
         path = "/_matrix/media/v3/upload"
-        headers = {"Authorization": f"Bearer {user.access_token}",
-                   "Content-Type": content_type, "Content-Length": str(size)}
+        headers = {
+            "Authorization": f"Bearer {user.access_token}",
+            "Content-Type": content_type,
+            "Content-Length": str(size),
+        }
         async with self.session.post(
-                self.base_url + path, data=data, params={"filename": filename},
-                headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+            self.base_url + path,
+            data=data,
+            params={"filename": filename},
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as response:
             raw = await response.read()
             if response.status != 200:
-                raise MatrixCallError("POST", path, response.status,
-                                      raw.decode(errors="replace"))
+                raise MatrixCallError("POST", path, response.status, raw.decode(errors="replace"))
         return str(orjson.loads(raw)["content_uri"])
 
-    async def media(self, user: User, kind: str, mxc: str,
-                    params: Mapping[str, str] | None = None,
-                    timeout_s: float = 300) -> tuple[bytes, str]:
+    async def media(
+        self,
+        user: User,
+        kind: str,
+        mxc: str,
+        params: Mapping[str, str] | None = None,
+        timeout_s: float = 300,
+    ) -> tuple[bytes, str]:
         """GET /_matrix/client/v1/media/{kind}/{serverName}/{mediaId} (authenticated media;
         ``kind`` is ``download`` or ``thumbnail``); returns the body and its Content-Type."""
         server_name, _, media_id = mxc.removeprefix("mxc://").partition("/")
-        path = (f"/_matrix/client/v1/media/{kind}/{quote(server_name, safe='')}/"
-                f"{quote(media_id, safe='')}")
+        path = (
+            f"/_matrix/client/v1/media/{kind}/{quote(server_name, safe='')}/"
+            f"{quote(media_id, safe='')}"
+        )
         async with self.session.get(
-                self.base_url + path, params=params,
-                headers={"Authorization": f"Bearer {user.access_token}"},
-                timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+            self.base_url + path,
+            params=params,
+            headers={"Authorization": f"Bearer {user.access_token}"},
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as response:
             raw = await response.read()
             if response.status != 200:
-                raise MatrixCallError("GET", path, response.status,
-                                      raw.decode(errors="replace"))
+                raise MatrixCallError("GET", path, response.status, raw.decode(errors="replace"))
             return raw, response.headers.get("Content-Type", "")
 
 
-async def wait_for_all(listeners: Sequence[Listener], event_id: str,
-                       timeout_s: float) -> list[float | None]:
+async def wait_for_all(
+    listeners: Sequence[Listener], event_id: str, timeout_s: float
+) -> list[float | None]:
     """When each listener received ``event_id`` (None: not within ``timeout_s``). One
     future for all of them, not a task each: the client's work when a send returns runs
     while the deliveries it measures come in."""
@@ -256,16 +316,22 @@ class LeanClient:
     def __init__(self, mx: Matrix, user: User) -> None:
         self.user = user
         url = urlsplit(mx.base_url)
-        self._host, self._port, self._netloc = url.hostname or "127.0.0.1", url.port or 80, \
-            url.netloc
+        self._host, self._port, self._netloc = (
+            url.hostname or "127.0.0.1",
+            url.port or 80,
+            url.netloc,
+        )
         self._conn: _Connection | None = None
 
-    async def call(self, method: str, path: str, body: bytes | None = None,
-                   timeout_s: float = 120) -> tuple[bytes, float]:
+    async def call(
+        self, method: str, path: str, body: bytes | None = None, timeout_s: float = 120
+    ) -> tuple[bytes, float]:
         """``(response body, perf_counter at arrival)``; raises ``MatrixCallError`` on a
         status other than 200."""
-        head = (f"{method} {path} HTTP/1.1\r\nHost: {self._netloc}\r\n"
-                f"Authorization: Bearer {self.user.access_token}\r\n")
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self._netloc}\r\n"
+            f"Authorization: Bearer {self.user.access_token}\r\n"
+        )
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         data = (head + "\r\n").encode() + (body or b"")
@@ -273,7 +339,8 @@ class LeanClient:
         while True:
             if self._conn is None or self._conn.closed:
                 _, self._conn = await asyncio.get_running_loop().create_connection(
-                    _Connection, self._host, self._port)
+                    _Connection, self._host, self._port
+                )
             try:
                 status, raw, arrived = await self._conn.request(data, timeout_s)
                 break
@@ -290,8 +357,10 @@ class LeanClient:
         return raw, arrived
 
     async def send_text(self, room_id: str, text: str) -> str:
-        path = (f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/send/m.room.message/"
-                f"{uuid.uuid4().hex}")
+        path = (
+            f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/send/m.room.message/"
+            f"{uuid.uuid4().hex}"
+        )
         raw, _ = await self.call("PUT", path, orjson.dumps({"msgtype": "m.text", "body": text}))
         return str(orjson.loads(raw)["event_id"])
 
@@ -327,8 +396,9 @@ class Listener:
 
     async def _long_poll(self) -> tuple[dict[str, Any], float]:
         query = urlencode({"timeout": LONG_POLL_MS, "since": self.since or ""})
-        raw, arrived = await self._client.call("GET", f"/_matrix/client/v3/sync?{query}",
-                                               timeout_s=LONG_POLL_MS / 1000 + 120)
+        raw, arrived = await self._client.call(
+            "GET", f"/_matrix/client/v3/sync?{query}", timeout_s=LONG_POLL_MS / 1000 + 120
+        )
         return orjson.loads(raw), arrived
 
     async def _run(self) -> None:

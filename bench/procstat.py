@@ -13,7 +13,7 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of ``pid`` (all its threads) so far."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     # The command name (field 2) may contain spaces: split after its closing parenthesis.
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
     return (utime + stime) / CLOCK_TICKS
 

@@ -22,8 +22,17 @@ def ensure_py_spy() -> Path:
         log(f"installing py-spy=={PY_SPY_VERSION} into {TOOLS_VENV} (once)")
         base = getattr(sys, "_base_executable", sys.executable)
         subprocess.run([base, "-m", "venv", str(TOOLS_VENV)], check=True)
-        subprocess.run([str(TOOLS_VENV / "bin" / "python"), "-m", "pip", "install", "-q",
-                        f"py-spy=={PY_SPY_VERSION}"], check=True)
+        subprocess.run(
+            [
+                str(TOOLS_VENV / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                f"py-spy=={PY_SPY_VERSION}",
+            ],
+            check=True,
+        )
     return binary
 
 
@@ -43,9 +52,22 @@ class PySpy:
         # Blocking sampling (the default): exact stacks, at the cost of brief pauses of the
         # server, so the figures of a profiled run are not the benchmark's figures.
         proc = subprocess.Popen(
-            [str(self.binary), "record", "--pid", str(self.pid), "--rate", str(self.rate),
-             "--format", "raw", "--threads", "-o", str(output)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                str(self.binary),
+                "record",
+                "--pid",
+                str(self.pid),
+                "--rate",
+                str(self.rate),
+                "--format",
+                "raw",
+                "--threads",
+                "-o",
+                str(output),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
 
         def stop() -> None:
             os.kill(proc.pid, signal.SIGINT)
@@ -88,25 +110,36 @@ def hottest(paths: list[Path], top: int = 15) -> str:
     other = [(f, c) for t, f, c in stacks if t not in main_threads]
     main_total = sum(c for _, c in main)
     names = ", ".join(p.name for p in paths)
-    lines = [f"{total} non-idle samples (waits for work left out) from {names}: "
-             f"{100 * main_total / total:.1f}% in the event-loop thread, "
-             f"{100 * (total - main_total) / total:.1f}% in other threads", ""]
-    for title, group in (("all threads", main + other), ("event-loop thread", main),
-                         ("other threads", other)):
+    lines = [
+        f"{total} non-idle samples (waits for work left out) from {names}: "
+        f"{100 * main_total / total:.1f}% in the event-loop thread, "
+        f"{100 * (total - main_total) / total:.1f}% in other threads",
+        "",
+    ]
+    for title, group in (
+        ("all threads", main + other),
+        ("event-loop thread", main),
+        ("other threads", other),
+    ):
         own: collections.Counter[str] = collections.Counter()
         for frames, count in group:
             own[_function(frames[-1])] += count
-        lines.append(f"{title}: top {top} by own time (the function itself, not its callees), "
-                     "% of all samples:")
+        lines.append(
+            f"{title}: top {top} by own time (the function itself, not its callees), "
+            "% of all samples:"
+        )
         lines += [f"  {100 * c / total:5.1f}%  {f}" for f, c in own.most_common(top)]
         lines.append("")
     inclusive: collections.Counter[str] = collections.Counter()
     for _, frames, count in stacks:
         for frame in set(map(_function, frames)):
             inclusive[frame] += count
-    ours = [(f, c) for f, c in inclusive.most_common()
-            if any(part in f for part in ("homeserver/", "client_api/"))
-            and not f.startswith(("<module>", "main ", "cmd_run "))]
+    ours = [
+        (f, c)
+        for f, c in inclusive.most_common()
+        if any(part in f for part in ("homeserver/", "client_api/"))
+        and not f.startswith(("<module>", "main ", "cmd_run "))
+    ]
     lines.append(f"our own code: top {top} by inclusive time (with callees), % of all samples:")
     lines += [f"  {100 * c / total:5.1f}%  {f}" for f, c in ours[:top]]
     return "\n".join(lines) + "\n"

@@ -10,5 +10,6 @@ _START = time.monotonic()
 
 def log(message: str) -> None:
     elapsed = time.monotonic() - _START
-    print(f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] {message}", file=sys.stderr,
-          flush=True)
+    print(
+        f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] {message}", file=sys.stderr, flush=True
+    )

@@ -68,9 +68,14 @@ async def count_queries(mx: Matrix, qlog: QueryLog, run_id: str) -> dict[str, An
 
     def avg(samples: list[list[str]], commits: bool = False) -> float:
         """Mean SQL statements (BEGIN and COMMIT not counted) or transactions (commits)."""
-        return sum(sum(1 for s in lines if (s == "COMMIT" if commits else
-                                              not s.startswith(("BEGIN", "COMMIT"))))
-                   for lines in samples) / len(samples)
+        return sum(
+            sum(
+                1
+                for s in lines
+                if (s == "COMMIT" if commits else not s.startswith(("BEGIN", "COMMIT")))
+            )
+            for lines in samples
+        ) / len(samples)
 
     send_q, both_q = avg(send_counts), avg(wake_counts)
     result = {
@@ -84,26 +89,30 @@ async def count_queries(mx: Matrix, qlog: QueryLog, run_id: str) -> dict[str, An
         "send_statements_example": send_example,
         "send_plus_wakeup_statements_example": wake_example,
     }
-    log(f"ours: {send_q:.1f} SQL statements per send, {both_q - send_q:.1f} per sync "
-        f"wake-up, {avg(enter_counts):.1f} on entering an idle long-poll")
+    log(
+        f"ours: {send_q:.1f} SQL statements per send, {both_q - send_q:.1f} per sync "
+        f"wake-up, {avg(enter_counts):.1f} on entering an idle long-poll"
+    )
     return result
 
 
 def describe(result: dict[str, Any]) -> str:
     lines = [
-        "SQL statements (BEGIN/COMMIT not counted) and transactions, mean of "
-        f"{ROUNDS} rounds:",
+        f"SQL statements (BEGIN/COMMIT not counted) and transactions, mean of {ROUNDS} rounds:",
         f"  per send (nobody listening): {result['statements_per_send']:.1f} statements in "
         f"{result['commits_per_send']:.1f} transactions",
         f"  per sync wake-up (send+wake-up minus send): {result['statements_per_wakeup']:.1f} "
         f"statements in {result['transactions_per_wakeup']:.1f} transactions",
         f"  on entering an idle long-poll: {result['statements_per_long_poll_entry']:.1f} "
-        f"statements in {result['transactions_per_long_poll_entry']:.1f} transactions", "",
-        "one send:"]
+        f"statements in {result['transactions_per_long_poll_entry']:.1f} transactions",
+        "",
+        "one send:",
+    ]
     lines += [f"  {s}" for s in result["send_statements_example"]]
     lines += ["", "one send plus the receiver's wake-up:"]
     lines += [f"  {s}" for s in result["send_plus_wakeup_statements_example"]]
-    kinds = collections.Counter(s.split(" ")[0] for s in
-                                result["send_plus_wakeup_statements_example"])
+    kinds = collections.Counter(
+        s.split(" ")[0] for s in result["send_plus_wakeup_statements_example"]
+    )
     lines += ["", "by kind: " + ", ".join(f"{k} {v}" for k, v in kinds.most_common())]
     return "\n".join(lines) + "\n"

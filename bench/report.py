@@ -20,16 +20,22 @@ def table(run: dict[str, Any]) -> str:
         f"load before={meta['loadavg_before']}  after={meta['loadavg_after']}",
     ]
     if meta.get("server_cpus"):
-        lines.append(f"  cores: servers started here on {meta['server_cpus']}, this client on "
-                     f"{meta['client_cpus']}")
+        lines.append(
+            f"  cores: servers started here on {meta['server_cpus']}, this client on "
+            f"{meta['client_cpus']}"
+        )
     for name in servers:
         info = run["servers"][name]
-        lines.append(f"  {name}: {info['version']} at {info['url']}"
-                     f"{'' if info.get('pid') else ' (no PID: no CPU/RSS)'}")
+        lines.append(
+            f"  {name}: {info['version']} at {info['url']}"
+            f"{'' if info.get('pid') else ' (no PID: no CPU/RSS)'}"
+        )
     pair = len(servers) == 2
     if pair:
-        lines.append(f"ratio = {servers[0]} / {servers[1]};  lower is better for ms, s, MB; "
-                     "higher for 1/s and MiB/s")
+        lines.append(
+            f"ratio = {servers[0]} / {servers[1]};  lower is better for ms, s, MB; "
+            "higher for 1/s and MiB/s"
+        )
     header = ["scenario", "figure", "unit", *servers] + (["ratio"] if pair else [])
     rows: list[list[str]] = []
     names: list[str] = []
@@ -56,18 +62,28 @@ def table(run: dict[str, Any]) -> str:
                 row.append(format_ratio(ratio(values[0], values[1])))
             rows.append(row)
         if any(r and r.get("errors") for r in per_server):
-            rows.append([result_name, "missed or failed requests", "",
-                         *(str(r["errors"]) if r else "-" for r in per_server)]
-                        + ([""] if pair else []))
+            rows.append(
+                [
+                    result_name,
+                    "missed or failed requests",
+                    "",
+                    *(str(r["errors"]) if r else "-" for r in per_server),
+                ]
+                + ([""] if pair else [])
+            )
         for s, r in zip(servers, per_server, strict=True):
             if r and r.get("note"):
                 notes.append(f"{result_name}, {s}: {r['note']}")
         for error in errors:
-            rows.append([result_name, f"FAILED: {error[:80]}", "", *("" for _ in servers)]
-                        + ([""] if pair else []))
+            rows.append(
+                [result_name, f"FAILED: {error[:80]}", "", *("" for _ in servers)]
+                + ([""] if pair else [])
+            )
     totals = [run["servers"][s]["totals"] for s in servers]
-    for key, label, unit in (("cpu_s", "server CPU, whole run", "s"),
-                             ("peak_rss_mb", "server peak RSS, whole run", "MB")):
+    for key, label, unit in (
+        ("cpu_s", "server CPU, whole run", "s"),
+        ("peak_rss_mb", "server peak RSS, whole run", "MB"),
+    ):
         values = [t.get(key) for t in totals]
         row = ["all", label, unit, *(format_value(v) for v in values)]
         if pair:
@@ -81,9 +97,12 @@ def table(run: dict[str, Any]) -> str:
     for row in rows:
         shown = [row[0] if row[0] != previous else "", *row[1:]]
         previous = row[0]
-        out.append("  ".join(
-            c.ljust(w) if i < 3 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(shown, widths, strict=True))).rstrip())
+        out.append(
+            "  ".join(
+                c.ljust(w) if i < 3 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(shown, widths, strict=True))
+            ).rstrip()
+        )
     for note in notes:
         out.append(f"note: {note}")
     return "\n".join(out) + "\n"
@@ -116,8 +135,13 @@ def plot(run: dict[str, Any], path: Path) -> None:
             samples = result.get("samples_ms", {}).get(series) or []
             data.append([max(x, 1e-3) for x in samples] or [float("nan")])
             labels.append(f"{s}\n(n={len(samples)})")
-        boxes = ax.boxplot(data, whis=(1, 99), patch_artist=True, widths=0.6,
-                           flierprops={"markersize": 2, "alpha": 0.4})
+        boxes = ax.boxplot(
+            data,
+            whis=(1, 99),
+            patch_artist=True,
+            widths=0.6,
+            flierprops={"markersize": 2, "alpha": 0.4},
+        )
         ax.set_xticks(range(1, len(labels) + 1), labels)
         for patch, color in zip(boxes["boxes"], colors, strict=False):
             patch.set_facecolor(color)
@@ -126,11 +150,14 @@ def plot(run: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{result_name}: {series}", fontsize=10)
         ax.set_ylabel("ms (log)")
         ax.grid(True, axis="y", which="both", alpha=0.3)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     meta = run["meta"]
-    fig.suptitle(f"latency, {' vs '.join(servers)} ({meta['db']}, scale {meta['scale']}); "
-                 "box p25-p75, line p50, whiskers p1-p99", fontsize=11)
+    fig.suptitle(
+        f"latency, {' vs '.join(servers)} ({meta['db']}, scale {meta['scale']}); "
+        "box p25-p75, line p50, whiskers p1-p99",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -45,8 +45,11 @@ REQUEST_ERRORS = (MatrixCallError, aiohttp.ClientError, TimeoutError)
 
 
 def _transfer_figures(what: str) -> dict[str, Figure]:
-    return {"mib_per_s": Figure(f"{what} throughput", "MiB/s", True),
-            "p50_ms": Figure(f"{what} p50", "ms"), "p99_ms": Figure(f"{what} p99", "ms")}
+    return {
+        "mib_per_s": Figure(f"{what} throughput", "MiB/s", True),
+        "p50_ms": Figure(f"{what} p50", "ms"),
+        "p99_ms": Figure(f"{what} p99", "ms"),
+    }
 
 
 MEDIA_FIGURES = {
@@ -54,8 +57,12 @@ MEDIA_FIGURES = {
     "media_download": _transfer_figures("download"),
     "media_thumbnail": {
         "upload_p50_ms": Figure("image upload p50", "ms"),
-        **{f"{when}_{method}_{q}_ms": Figure(f"96x96 {method} {when} {q}", "ms")
-           for when in ("first", "cached") for method in METHODS for q in ("p50", "p99")},
+        **{
+            f"{when}_{method}_{q}_ms": Figure(f"96x96 {method} {when} {q}", "ms")
+            for when in ("first", "cached")
+            for method in METHODS
+            for q in ("p50", "p99")
+        },
     },
 }
 
@@ -78,8 +85,11 @@ def _transfer_result(result: Result, samples: list[float], total_bytes: int) -> 
     """Throughput over the requests' own time: what the client does between two requests
     (checking a download) is not counted."""
     result.samples_ms["request"] = samples
-    result.figures = {"mib_per_s": mib_per_s(total_bytes, sum(samples) / 1000),
-                      "p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99)}
+    result.figures = {
+        "mib_per_s": mib_per_s(total_bytes, sum(samples) / 1000),
+        "p50_ms": percentile(samples, 50),
+        "p99_ms": percentile(samples, 99),
+    }
 
 
 async def _chunks(size: int, seed: str) -> AsyncIterator[bytes]:
@@ -87,13 +97,17 @@ async def _chunks(size: int, seed: str) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _uploads(bench: Bench, user: User, mib: int, count: int,
-                   results: list[Result]) -> list[tuple[str, str]]:
+async def _uploads(
+    bench: Bench, user: User, mib: int, count: int, results: list[Result]
+) -> list[tuple[str, str]]:
     """Upload ``count`` files of ``mib`` MiB; returns each one's mxc URI and sha256."""
     size = mib * MIB
     streamed = mib >= 100
-    result = Result(f"media_upload_{mib}mib", f"{count} uploads of {mib} MiB, one at a time"
-                    + (", streamed by the client in 1 MiB chunks" if streamed else ""))
+    result = Result(
+        f"media_upload_{mib}mib",
+        f"{count} uploads of {mib} MiB, one at a time"
+        + (", streamed by the client in 1 MiB chunks" if streamed else ""),
+    )
     seeds = [f"{bench.run_id}-{mib}mib-{i}" for i in range(count)]
     if streamed:
         bodies: list[bytes] = []
@@ -113,8 +127,9 @@ async def _uploads(bench: Bench, user: User, mib: int, count: int,
             data = _chunks(size, seed) if streamed else bodies[i]
             start = time.perf_counter()
             try:
-                mxc = await bench.mx.upload(user, data, size, "application/octet-stream",
-                                            f"bench-{mib}mib-{i}.bin")
+                mxc = await bench.mx.upload(
+                    user, data, size, "application/octet-stream", f"bench-{mib}mib-{i}.bin"
+                )
             except REQUEST_ERRORS as e:
                 _failed(bench, result, e)
                 continue
@@ -133,11 +148,15 @@ def _stream_digest(size: int, seed: str) -> str:
     return digest.hexdigest()
 
 
-async def _downloads(bench: Bench, user: User, mib: int, uploaded: list[tuple[str, str]],
-                     results: list[Result]) -> None:
+async def _downloads(
+    bench: Bench, user: User, mib: int, uploaded: list[tuple[str, str]], results: list[Result]
+) -> None:
     passes = 1 if mib >= 100 else DOWNLOAD_PASSES
-    result = Result(f"media_download_{mib}mib", f"{len(uploaded)} files of {mib} MiB, "
-                    f"downloaded {passes}x each, one at a time; authenticated media")
+    result = Result(
+        f"media_download_{mib}mib",
+        f"{len(uploaded)} files of {mib} MiB, "
+        f"downloaded {passes}x each, one at a time; authenticated media",
+    )
     samples: list[float] = []
     done_bytes = 0
     with bench.measure(result):
@@ -175,10 +194,12 @@ async def _thumbnails(bench: Bench, user: User, fmt: str, count: int) -> Result:
     # connection the server has closed meanwhile (a broken pipe).
     images = [await asyncio.to_thread(photo, f"{bench.run_id}-{i}", fmt) for i in range(count)]
     mean_mib = sum(map(len, images)) / len(images) / MIB
-    result = Result(f"media_thumbnail_{fmt.lower()}",
-                    f"{count} {fmt} images of 2000x1500 ({mean_mib:.1f} MiB on average): "
-                    f"each uploaded, then its 96x96 scale and crop thumbnails asked for once "
-                    f"(first) and {THUMBNAIL_REPEATS}x more (cached)")
+    result = Result(
+        f"media_thumbnail_{fmt.lower()}",
+        f"{count} {fmt} images of 2000x1500 ({mean_mib:.1f} MiB on average): "
+        f"each uploaded, then its 96x96 scale and crop thumbnails asked for once "
+        f"(first) and {THUMBNAIL_REPEATS}x more (cached)",
+    )
     uploads: list[float] = []
     first: dict[str, list[float]] = {m: [] for m in METHODS}
     cached: dict[str, list[float]] = {m: [] for m in METHODS}
@@ -186,8 +207,9 @@ async def _thumbnails(bench: Bench, user: User, fmt: str, count: int) -> Result:
     async def thumbnail(mxc: str, method: str, samples: list[float]) -> None:
         start = time.perf_counter()
         try:
-            _, got_type = await bench.mx.media(user, "thumbnail", mxc,
-                                               {**THUMBNAIL_BOX, "method": method})
+            _, got_type = await bench.mx.media(
+                user, "thumbnail", mxc, {**THUMBNAIL_BOX, "method": method}
+            )
         except REQUEST_ERRORS as e:
             _failed(bench, result, e)
             return
@@ -203,8 +225,9 @@ async def _thumbnails(bench: Bench, user: User, fmt: str, count: int) -> Result:
                 break
             start = time.perf_counter()
             try:
-                mxc = await bench.mx.upload(user, data, len(data), content_type,
-                                            f"photo-{i}.{fmt.lower()}")
+                mxc = await bench.mx.upload(
+                    user, data, len(data), content_type, f"photo-{i}.{fmt.lower()}"
+                )
             except REQUEST_ERRORS as e:
                 _failed(bench, result, e)
                 continue
@@ -214,9 +237,11 @@ async def _thumbnails(bench: Bench, user: User, fmt: str, count: int) -> Result:
             for _ in range(THUMBNAIL_REPEATS):
                 for method in METHODS:
                     await thumbnail(mxc, method, cached[method])
-    result.samples_ms = {"upload": uploads,
-                         **{f"first_{m}": first[m] for m in METHODS},
-                         **{f"cached_{m}": cached[m] for m in METHODS}}
+    result.samples_ms = {
+        "upload": uploads,
+        **{f"first_{m}": first[m] for m in METHODS},
+        **{f"cached_{m}": cached[m] for m in METHODS},
+    }
     result.figures = {"upload_p50_ms": percentile(uploads, 50)}
     for when, samples in (("first", first), ("cached", cached)):
         for method in METHODS:

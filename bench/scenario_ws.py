@@ -26,10 +26,14 @@ from bench.scenarios import DELIVERY_TIMEOUT_S, Bench, Figure, PairListener, Res
 
 WS_PATH = "/_matrix/client/unstable/org.homeserver.ws/v1/sync"
 UNSTABLE_FEATURE = "org.homeserver.ws"
-WS_FIGURES = {"ws": {"p50_ms": Figure("delivery p50", "ms"),
-                     "p95_ms": Figure("delivery p95", "ms"),
-                     "p99_ms": Figure("delivery p99", "ms"),
-                     "max_ms": Figure("delivery max", "ms")}}
+WS_FIGURES = {
+    "ws": {
+        "p50_ms": Figure("delivery p50", "ms"),
+        "p95_ms": Figure("delivery p95", "ms"),
+        "p99_ms": Figure("delivery p99", "ms"),
+        "max_ms": Figure("delivery max", "ms"),
+    }
+}
 
 
 class WsListener:
@@ -56,8 +60,12 @@ class WsListener:
         while True:
             try:
                 async with self.mx.session.ws_connect(
-                        url, params={"since": self.since}, max_msg_size=0, autoping=True,
-                        headers={"Authorization": f"Bearer {self.user.access_token}"}) as ws:
+                    url,
+                    params={"since": self.since},
+                    max_msg_size=0,
+                    autoping=True,
+                    headers={"Authorization": f"Bearer {self.user.access_token}"},
+                ) as ws:
                     async for message in ws:
                         if message.type != aiohttp.WSMsgType.TEXT:
                             break
@@ -112,13 +120,16 @@ async def websocket(bench: Bench) -> list[Result]:
     senders, receivers = users[0::2], users[1::2]
 
     async def make(sender: User, receiver: User) -> str:
-        room_id = await bench.mx.create_room(sender, preset="trusted_private_chat",
-                                             is_direct=True, invite=[receiver.user_id])
+        room_id = await bench.mx.create_room(
+            sender, preset="trusted_private_chat", is_direct=True, invite=[receiver.user_id]
+        )
         await bench.mx.join(receiver, room_id)
         return room_id
 
-    rooms = await bench.bounded("WebSocket scenario rooms (setup)", [
-        partial(make, s, r) for s, r in zip(senders, receivers, strict=True)])
+    rooms = await bench.bounded(
+        "WebSocket scenario rooms (setup)",
+        [partial(make, s, r) for s, r in zip(senders, receivers, strict=True)],
+    )
     results = [await _run(bench, "longpoll", senders, rooms, receivers, per_pair)]
     if await supports_websocket(bench.mx):
         results.append(await _run(bench, "websocket", senders, rooms, receivers, per_pair))
@@ -127,8 +138,7 @@ async def websocket(bench: Bench) -> list[Result]:
     return results
 
 
-async def _listen(bench: Bench, transport: str,
-                  receivers: list[User]) -> list[PairListener]:
+async def _listen(bench: Bench, transport: str, receivers: list[User]) -> list[PairListener]:
     if transport == "longpoll":
         return list(await bench.listeners(receivers))
     primers = [Listener(bench.mx, user) for user in receivers]
@@ -136,18 +146,28 @@ async def _listen(bench: Bench, transport: str,
     listeners = [WsListener(bench.mx, p.user, p.since or "") for p in primers]
     for listener in listeners:
         listener.start()
-    await asyncio.wait_for(asyncio.gather(*(lst.ready.wait() for lst in listeners)),
-                           DELIVERY_TIMEOUT_S)
+    await asyncio.wait_for(
+        asyncio.gather(*(lst.ready.wait() for lst in listeners)), DELIVERY_TIMEOUT_S
+    )
     # As for long-polls: let every stream reach its first wait before the first send.
     await asyncio.sleep(1.0 + len(listeners) / 100)
     return list(listeners)
 
 
-async def _run(bench: Bench, transport: str, senders: list[User], rooms: list[str],
-               receivers: list[User], per_pair: int) -> Result:
+async def _run(
+    bench: Bench,
+    transport: str,
+    senders: list[User],
+    rooms: list[str],
+    receivers: list[User],
+    per_pair: int,
+) -> Result:
     how = "long-polling /sync" if transport == "longpoll" else "on the WebSocket transport"
-    result = Result(f"ws_{transport}", f"{len(senders)} pairs, {per_pair} events each, "
-                    f"receivers {how}; PUT /send start to the receiver getting the event")
+    result = Result(
+        f"ws_{transport}",
+        f"{len(senders)} pairs, {per_pair} events each, "
+        f"receivers {how}; PUT /send start to the receiver getting the event",
+    )
     listeners = await _listen(bench, transport, receivers)
     await bench.deliver_pairs(result, senders, rooms, listeners, per_pair, transport)
     return result

@@ -53,28 +53,43 @@ class Figure:
 # Every figure of the table, in order; keyed by the result name or a prefix of it
 # (``figures_for``).
 FIGURES: dict[str, dict[str, Figure]] = {
-    "dm": {"p50_ms": Figure("delivery p50", "ms"), "p95_ms": Figure("delivery p95", "ms"),
-           "p99_ms": Figure("delivery p99", "ms"), "max_ms": Figure("delivery max", "ms")},
-    "fanout": {"p50_ms": Figure("delivery p50", "ms"), "p99_ms": Figure("delivery p99", "ms"),
-               "deliveries_per_s": Figure("deliveries/s", "1/s", True)},
-    "throughput": {"msgs_per_s": Figure("sends accepted/s", "1/s", True),
-                   "send_p50_ms": Figure("send p50", "ms"),
-                   "send_p99_ms": Figure("send p99", "ms")},
-    "initial_sync": {"full_p50_ms": Figure("full sync p50", "ms"),
-                     "full_max_ms": Figure("full sync max", "ms"),
-                     "full_kb": Figure("full sync size", "KB"),
-                     "incr_p50_ms": Figure("incremental p50", "ms"),
-                     "incr_kb": Figure("incremental size", "KB")},
-    "register": {"register_per_s": Figure("registrations/s", "1/s", True),
-                 "register_p50_ms": Figure("register p50", "ms"),
-                 "login_per_s": Figure("logins/s", "1/s", True),
-                 "login_p50_ms": Figure("login p50", "ms")},
+    "dm": {
+        "p50_ms": Figure("delivery p50", "ms"),
+        "p95_ms": Figure("delivery p95", "ms"),
+        "p99_ms": Figure("delivery p99", "ms"),
+        "max_ms": Figure("delivery max", "ms"),
+    },
+    "fanout": {
+        "p50_ms": Figure("delivery p50", "ms"),
+        "p99_ms": Figure("delivery p99", "ms"),
+        "deliveries_per_s": Figure("deliveries/s", "1/s", True),
+    },
+    "throughput": {
+        "msgs_per_s": Figure("sends accepted/s", "1/s", True),
+        "send_p50_ms": Figure("send p50", "ms"),
+        "send_p99_ms": Figure("send p99", "ms"),
+    },
+    "initial_sync": {
+        "full_p50_ms": Figure("full sync p50", "ms"),
+        "full_max_ms": Figure("full sync max", "ms"),
+        "full_kb": Figure("full sync size", "KB"),
+        "incr_p50_ms": Figure("incremental p50", "ms"),
+        "incr_kb": Figure("incremental size", "KB"),
+    },
+    "register": {
+        "register_per_s": Figure("registrations/s", "1/s", True),
+        "register_p50_ms": Figure("register p50", "ms"),
+        "login_per_s": Figure("logins/s", "1/s", True),
+        "login_p50_ms": Figure("login p50", "ms"),
+    },
 }
-USAGE_FIGURES = {"cpu_s": Figure("server CPU", "s"),
-                 "peak_rss_mb": Figure("server peak RSS", "MB"),
-                 # The load generator's own: near the measured part's wall time, it was the
-                 # bottleneck, and latencies include its queueing.
-                 "client_cpu_s": Figure("bench client CPU", "s")}
+USAGE_FIGURES = {
+    "cpu_s": Figure("server CPU", "s"),
+    "peak_rss_mb": Figure("server peak RSS", "MB"),
+    # The load generator's own: near the measured part's wall time, it was the
+    # bottleneck, and latencies include its queueing.
+    "client_cpu_s": Figure("bench client CPU", "s"),
+}
 
 
 @dataclass
@@ -93,21 +108,36 @@ class Result:
     note: str = ""
 
     def as_json(self) -> dict[str, Any]:
-        return {"description": self.description, "figures": self.figures,
-                "cpu_s": self.cpu_s, "peak_rss_mb": self.peak_rss_mb,
-                "client_cpu_s": self.client_cpu_s, "wall_s": self.wall_s,
-                "errors": self.errors, "error": self.error,
-                "listener_errors": self.listener_errors, "note": self.note,
-                "summaries_ms": {k: summarize(v) for k, v in self.samples_ms.items()},
-                "samples_ms": {k: [round(x, 3) for x in v] for k, v in self.samples_ms.items()}}
+        return {
+            "description": self.description,
+            "figures": self.figures,
+            "cpu_s": self.cpu_s,
+            "peak_rss_mb": self.peak_rss_mb,
+            "client_cpu_s": self.client_cpu_s,
+            "wall_s": self.wall_s,
+            "errors": self.errors,
+            "error": self.error,
+            "listener_errors": self.listener_errors,
+            "note": self.note,
+            "summaries_ms": {k: summarize(v) for k, v in self.samples_ms.items()},
+            "samples_ms": {k: [round(x, 3) for x in v] for k, v in self.samples_ms.items()},
+        }
 
 
 class Bench:
     """Runs the scenarios against one server; users are pooled across scenarios."""
 
-    def __init__(self, mx: Matrix, watch: ProcessWatch, server: str, scale: float,
-                 run_id: str, throughput_seconds: float, budget_seconds: float,
-                 profiler: Callable[[str], Any] | None = None) -> None:
+    def __init__(
+        self,
+        mx: Matrix,
+        watch: ProcessWatch,
+        server: str,
+        scale: float,
+        run_id: str,
+        throughput_seconds: float,
+        budget_seconds: float,
+        profiler: Callable[[str], Any] | None = None,
+    ) -> None:
         self.mx = mx
         self.watch = watch
         self.server = server
@@ -132,8 +162,9 @@ class Bench:
         self._counter += 1
         return f"b{self.run_id}_{kind}{self._counter}"
 
-    async def bounded(self, label: str, jobs: list[Callable[[], Awaitable[Any]]],
-                      limit: int = SETUP_CONCURRENCY) -> list[Any]:
+    async def bounded(
+        self, label: str, jobs: list[Callable[[], Awaitable[Any]]], limit: int = SETUP_CONCURRENCY
+    ) -> list[Any]:
         """Run setup jobs with at most ``limit`` at a time, reporting progress."""
         semaphore = asyncio.Semaphore(limit)
         done = 0
@@ -156,7 +187,8 @@ class Bench:
             names = [self.localpart("u") for _ in range(missing)]
             self.pool += await self.bounded(
                 "registering users (setup)",
-                [partial(self.mx.register, name, self.password) for name in names])
+                [partial(self.mx.register, name, self.password) for name in names],
+            )
         return self.pool[:count]
 
     @contextmanager
@@ -186,8 +218,9 @@ class Bench:
 
     async def listeners(self, users: list[User]) -> list[Listener]:
         listeners = [Listener(self.mx, user) for user in users]
-        await self.bounded("first sync tokens (setup)",
-                           [listener.prime for listener in listeners], limit=16)
+        await self.bounded(
+            "first sync tokens (setup)", [listener.prime for listener in listeners], limit=16
+        )
         for listener in listeners:
             listener.start()
         # Let every long-poll reach the server and settle before the first send.
@@ -196,9 +229,15 @@ class Bench:
 
     # -- 1. DM latency --------------------------------------------------------------------
 
-    async def deliver_pairs(self, result: Result, senders: list[User], rooms: list[str],
-                            listeners: Sequence[PairListener], per_pair: int,
-                            label: str) -> None:
+    async def deliver_pairs(
+        self,
+        result: Result,
+        senders: list[User],
+        rooms: list[str],
+        listeners: Sequence[PairListener],
+        per_pair: int,
+        label: str,
+    ) -> None:
         """Each sender sends ``per_pair`` events into its room, one at a time, each timed from
         the start of PUT /send to its listener receiving it; fills ``result`` (delivery
         percentiles, errors, a note when the time budget cut the run short) and stops the
@@ -235,8 +274,9 @@ class Bench:
         try:
             with self.measure(result):
                 deadline = time.perf_counter() + self.budget_seconds
-                await asyncio.gather(*(pair(c, r, lst) for c, r, lst
-                                       in zip(clients, rooms, listeners, strict=True)))
+                await asyncio.gather(
+                    *(pair(c, r, lst) for c, r, lst in zip(clients, rooms, listeners, strict=True))
+                )
         finally:
             await asyncio.gather(*(listener.stop() for listener in listeners))
             for client in clients:
@@ -247,24 +287,34 @@ class Bench:
             result.note = f"time budget reached: {sent} of {total} events sent"
         summary = summarize(samples)
         result.samples_ms["delivery"] = samples
-        result.figures = {"p50_ms": summary["p50"], "p95_ms": summary["p95"],
-                          "p99_ms": summary["p99"], "max_ms": summary["max"]}
+        result.figures = {
+            "p50_ms": summary["p50"],
+            "p95_ms": summary["p95"],
+            "p99_ms": summary["p99"],
+            "max_ms": summary["max"],
+        }
 
     async def dm(self) -> list[Result]:
         pairs, per_pair = self.n(8), self.n(25, 5)
-        result = Result("dm", f"{pairs} pairs, {per_pair} events each; PUT /send start to the "
-                        "receiver's long-poll /sync returning the event")
+        result = Result(
+            "dm",
+            f"{pairs} pairs, {per_pair} events each; PUT /send start to the "
+            "receiver's long-poll /sync returning the event",
+        )
         users = await self.users(2 * pairs)
         senders, receivers = users[0::2], users[1::2]
 
         async def make(sender: User, receiver: User) -> str:
-            room_id = await self.mx.create_room(sender, preset="trusted_private_chat",
-                                                is_direct=True, invite=[receiver.user_id])
+            room_id = await self.mx.create_room(
+                sender, preset="trusted_private_chat", is_direct=True, invite=[receiver.user_id]
+            )
             await self.mx.join(receiver, room_id)
             return room_id
 
-        rooms = await self.bounded("DM rooms (setup)", [
-            partial(make, s, r) for s, r in zip(senders, receivers, strict=True)])
+        rooms = await self.bounded(
+            "DM rooms (setup)",
+            [partial(make, s, r) for s, r in zip(senders, receivers, strict=True)],
+        )
         listeners = await self.listeners(receivers)
         await self.deliver_pairs(result, senders, rooms, listeners, per_pair, "dm")
         return [result]
@@ -276,13 +326,18 @@ class Bench:
 
     async def _fanout(self, size: int) -> Result:
         events = self.n(10, 3)
-        result = Result(f"fanout_{size}", f"room of {size} members all long-polling, one sender, "
-                        f"{events} events one after another; delivery to every member")
+        result = Result(
+            f"fanout_{size}",
+            f"room of {size} members all long-polling, one sender, "
+            f"{events} events one after another; delivery to every member",
+        )
         members = await self.users(size)
         sender = members[0]
         room_id = await self.mx.create_room(sender, preset="public_chat")
-        await self.bounded(f"joining the {size}-member room (setup)",
-                           [partial(self.mx.join, u, room_id) for u in members[1:]])
+        await self.bounded(
+            f"joining the {size}-member room (setup)",
+            [partial(self.mx.join, u, room_id) for u in members[1:]],
+        )
         listeners = await self.listeners(members)
         [client] = await self.lean_clients([sender])
         samples: list[float] = []
@@ -309,8 +364,11 @@ class Bench:
             client.close()
         result.listener_errors = sum(listener.errors for listener in listeners)
         result.samples_ms["delivery"] = samples
-        result.figures = {"p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99),
-                          "deliveries_per_s": rate(deliveries, window)}
+        result.figures = {
+            "p50_ms": percentile(samples, 50),
+            "p99_ms": percentile(samples, 99),
+            "deliveries_per_s": rate(deliveries, window),
+        }
         return result
 
     # -- 3. Send throughput ---------------------------------------------------------------
@@ -320,11 +378,16 @@ class Bench:
 
     async def _throughput(self, senders: int) -> Result:
         seconds = self.throughput_seconds
-        result = Result(f"throughput_{senders}", f"{senders} concurrent senders, each in its own "
-                        f"room, sending back to back for {seconds:g} s")
+        result = Result(
+            f"throughput_{senders}",
+            f"{senders} concurrent senders, each in its own "
+            f"room, sending back to back for {seconds:g} s",
+        )
         users = await self.users(senders)
-        rooms = await self.bounded("sender rooms (setup)", [
-            partial(self.mx.create_room, u, preset="private_chat") for u in users])
+        rooms = await self.bounded(
+            "sender rooms (setup)",
+            [partial(self.mx.create_room, u, preset="private_chat") for u in users],
+        )
         samples: list[float] = []
         # Each sender on a connection of its own, opened before the measured part: a client
         # that spends less per request leaves the machine's cores to the server.
@@ -346,32 +409,47 @@ class Bench:
         try:
             with self.measure(result):
                 start = time.perf_counter()
-                await asyncio.gather(*(sender(c, r, start + seconds)
-                                       for c, r in zip(clients, rooms, strict=True)))
+                await asyncio.gather(
+                    *(sender(c, r, start + seconds) for c, r in zip(clients, rooms, strict=True))
+                )
                 elapsed = time.perf_counter() - start
         finally:
             for client in clients:
                 client.close()
         result.samples_ms["send"] = samples
-        result.figures = {"msgs_per_s": rate(len(samples), elapsed),
-                          "send_p50_ms": percentile(samples, 50),
-                          "send_p99_ms": percentile(samples, 99)}
+        result.figures = {
+            "msgs_per_s": rate(len(samples), elapsed),
+            "send_p50_ms": percentile(samples, 50),
+            "send_p99_ms": percentile(samples, 99),
+        }
         return result
 
     # -- 4. Initial sync ------------------------------------------------------------------
 
     async def initial_sync(self) -> list[Result]:
         room_count, per_room, repeats = self.n(100), 20, 5
-        result = Result("initial_sync", f"a user in {room_count} rooms with {per_room} events "
-                        f"each: full /sync (x{repeats}), then incremental /sync after one new "
-                        f"event (x{repeats})")
+        result = Result(
+            "initial_sync",
+            f"a user in {room_count} rooms with {per_room} events "
+            f"each: full /sync (x{repeats}), then incremental /sync after one new "
+            f"event (x{repeats})",
+        )
         user = await self.mx.register(self.localpart("sync"), self.password)
-        rooms = await self.bounded(f"{room_count} rooms (setup)", [
-            partial(self.mx.create_room, user, preset="private_chat", name=f"bench {i}")
-            for i in range(room_count)])
-        await self.bounded(f"{room_count * per_room} events (setup)", [
-            partial(self.mx.send_text, user, r, f"history {i}")
-            for i in range(per_room) for r in rooms])
+        rooms = await self.bounded(
+            f"{room_count} rooms (setup)",
+            [
+                partial(self.mx.create_room, user, preset="private_chat", name=f"bench {i}")
+                for i in range(room_count)
+            ],
+        )
+        await self.bounded(
+            f"{room_count * per_room} events (setup)",
+            [
+                partial(self.mx.send_text, user, r, f"history {i}")
+                for i in range(per_room)
+                for r in rooms
+            ],
+        )
         full, incremental, full_sizes, incr_sizes = [], [], [], []
         with self.measure(result):
             token = ""
@@ -393,18 +471,24 @@ class Bench:
                     result.errors += 1
                 token = body["next_batch"]
         result.samples_ms = {"full": full, "incremental": incremental}
-        result.figures = {"full_p50_ms": percentile(full, 50), "full_max_ms": max(full),
-                          "full_kb": percentile(full_sizes, 50) / 1024,  # type: ignore[operator]
-                          "incr_p50_ms": percentile(incremental, 50),
-                          "incr_kb": percentile(incr_sizes, 50) / 1024}  # type: ignore[operator]
+        result.figures = {
+            "full_p50_ms": percentile(full, 50),
+            "full_max_ms": max(full),
+            "full_kb": percentile(full_sizes, 50) / 1024,  # type: ignore[operator]
+            "incr_p50_ms": percentile(incremental, 50),
+            "incr_kb": percentile(incr_sizes, 50) / 1024,
+        }  # type: ignore[operator]
         return [result]
 
     # -- 5. Registration and login --------------------------------------------------------
 
     async def register(self) -> list[Result]:
         count, concurrency = self.n(16, 2), 4
-        result = Result("register", f"{count} registrations then {count} password logins, "
-                        f"{concurrency} at a time; each server's default password hashing")
+        result = Result(
+            "register",
+            f"{count} registrations then {count} password logins, "
+            f"{concurrency} at a time; each server's default password hashing",
+        )
         names = [self.localpart("reg") for _ in range(count)]
         reg: list[float] = []
         login: list[float] = []
@@ -418,18 +502,22 @@ class Bench:
 
         with self.measure(result):
             start = time.perf_counter()
-            await asyncio.gather(*(timed(reg, partial(self.mx.register, n, self.password))
-                                   for n in names))
+            await asyncio.gather(
+                *(timed(reg, partial(self.mx.register, n, self.password)) for n in names)
+            )
             reg_s = time.perf_counter() - start
             start = time.perf_counter()
-            await asyncio.gather(*(timed(login, partial(self.mx.login, n, self.password))
-                                   for n in names))
+            await asyncio.gather(
+                *(timed(login, partial(self.mx.login, n, self.password)) for n in names)
+            )
             login_s = time.perf_counter() - start
         result.samples_ms = {"register": reg, "login": login}
-        result.figures = {"register_per_s": rate(len(reg), reg_s),
-                          "register_p50_ms": percentile(reg, 50),
-                          "login_per_s": rate(len(login), login_s),
-                          "login_p50_ms": percentile(login, 50)}
+        result.figures = {
+            "register_per_s": rate(len(reg), reg_s),
+            "register_p50_ms": percentile(reg, 50),
+            "login_per_s": rate(len(login), login_s),
+            "login_p50_ms": percentile(login, 50),
+        }
         return [result]
 
     # -- 6. Media, 7. WebSocket: in modules of their own --------------------------------

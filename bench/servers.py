@@ -46,8 +46,13 @@ SYNAPSE_RATE_LIMITS: dict[str, Any] = {
     "rc_reports": UNLIMITED,
     "rc_user_directory": UNLIMITED,
     "rc_profile": UNLIMITED,
-    "rc_federation": {"window_size": 1000, "sleep_limit": 1_000_000, "sleep_delay": 0,
-                      "reject_limit": 1_000_000, "concurrent": 1_000_000},
+    "rc_federation": {
+        "window_size": 1000,
+        "sleep_limit": 1_000_000,
+        "sleep_delay": 0,
+        "reject_limit": 1_000_000,
+        "concurrent": 1_000_000,
+    },
 }
 
 
@@ -94,9 +99,14 @@ class ManagedServer(Server):
         with open(self.log_path, "ab") as out:
             cpus = self.cpus
             self._proc = subprocess.Popen(
-                self.command(), stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-                cwd=self.workdir, env=self.environment(),
-                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+                self.command(),
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                env=self.environment(),
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            )
         self.pid = self._proc.pid
         log(f"{self.name}: started as PID {self.pid} on {self.base_url}")
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -160,8 +170,15 @@ class OurServer(ManagedServer):
         self.wrapper_module = ["-m", "homeserver"]
 
     def command(self) -> list[str]:
-        return [sys.executable, *self.wrapper_module, "-c", str(self.config_path),
-                "run", "--log-level", "WARNING"]
+        return [
+            sys.executable,
+            *self.wrapper_module,
+            "-c",
+            str(self.config_path),
+            "run",
+            "--log-level",
+            "WARNING",
+        ]
 
     def environment(self) -> dict[str, str]:
         env = super().environment()
@@ -180,14 +197,28 @@ class SynapseServer(ManagedServer):
         data_dir = workdir / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [str(SYNAPSE_VENV / "bin" / "python"), "-m", "synapse.app.homeserver",
-             "--server-name", "localhost", "--config-path", str(self.config_path),
-             "--generate-config", "--report-stats", "no",
-             "--config-directory", str(workdir), "--data-directory", str(data_dir)],
-            check=True, capture_output=True, cwd=workdir)
+            [
+                str(SYNAPSE_VENV / "bin" / "python"),
+                "-m",
+                "synapse.app.homeserver",
+                "--server-name",
+                "localhost",
+                "--config-path",
+                str(self.config_path),
+                "--generate-config",
+                "--report-stats",
+                "no",
+                "--config-directory",
+                str(workdir),
+                "--data-directory",
+                str(data_dir),
+            ],
+            check=True,
+            capture_output=True,
+            cwd=workdir,
+        )
         config = yaml.safe_load(self.config_path.read_text())
-        config.update(synapse_overrides(self.port, database, presence,
-                                        data_dir / "media_store"))
+        config.update(synapse_overrides(self.port, database, presence, data_dir / "media_store"))
         self.config_path.write_text(yaml.safe_dump(config))
         log_config = workdir / "localhost.log.config"
         # Same log level as ours (WARNING): INFO would log every request.
@@ -198,21 +229,34 @@ class SynapseServer(ManagedServer):
         log_config.write_text(yaml.safe_dump(logging_config))
 
     def command(self) -> list[str]:
-        return [str(SYNAPSE_VENV / "bin" / "python"), "-m", "synapse.app.homeserver",
-                "--config-path", str(self.config_path)]
+        return [
+            str(SYNAPSE_VENV / "bin" / "python"),
+            "-m",
+            "synapse.app.homeserver",
+            "--config-path",
+            str(self.config_path),
+        ]
 
 
-def synapse_overrides(port: int, database: str | None, presence: bool,
-                      media_store: Path) -> dict[str, Any]:
+def synapse_overrides(
+    port: int, database: str | None, presence: bool, media_store: Path
+) -> dict[str, Any]:
     """The keys changed in Synapse's generated config, to match our server's benchmark config."""
     from homeserver.config import ThumbnailsConfig
 
     # Our default thumbnail sizes, made on upload by both (Synapse's defaults are the same).
     thumbnail_sizes = [size.model_dump() for size in ThumbnailsConfig().sizes]
     overrides: dict[str, Any] = {
-        "listeners": [{"port": port, "bind_addresses": ["127.0.0.1"], "type": "http",
-                       "tls": False, "x_forwarded": False,
-                       "resources": [{"names": ["client"], "compress": False}]}],
+        "listeners": [
+            {
+                "port": port,
+                "bind_addresses": ["127.0.0.1"],
+                "type": "http",
+                "tls": False,
+                "x_forwarded": False,
+                "resources": [{"names": ["client"], "compress": False}],
+            }
+        ],
         "enable_registration": True,
         "enable_registration_without_verification": True,
         "report_stats": False,
@@ -229,9 +273,17 @@ def synapse_overrides(port: int, database: str | None, presence: bool,
         **SYNAPSE_RATE_LIMITS,
     }
     if database is not None:
-        overrides["database"] = {"name": "psycopg2", "args": {
-            "user": PG_USER, "host": PG_HOST, "port": PG_PORT, "database": database,
-            "cp_min": 5, "cp_max": 10}}
+        overrides["database"] = {
+            "name": "psycopg2",
+            "args": {
+                "user": PG_USER,
+                "host": PG_HOST,
+                "port": PG_PORT,
+                "database": database,
+                "cp_min": 5,
+                "cp_max": 10,
+            },
+        }
     return overrides
 
 
@@ -245,14 +297,20 @@ def ensure_synapse_venv() -> None:
     log(f"installing matrix-synapse=={SYNAPSE_VERSION} into {SYNAPSE_VENV} (once)")
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", str(SYNAPSE_VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q",
-                    f"matrix-synapse[postgres]=={SYNAPSE_VERSION}"], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", f"matrix-synapse[postgres]=={SYNAPSE_VERSION}"],
+        check=True,
+    )
 
 
 def _git_describe() -> str:
     try:
-        done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10)
+        done = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return done.stdout.strip() or "unknown"
@@ -270,8 +328,10 @@ class PostgresDatabase:
 
     def create(self) -> None:
         # Synapse requires C collation; ours gets the same database for a like-for-like run.
-        _pg(f"CREATE DATABASE {self.name} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' "
-            "TEMPLATE template0")
+        _pg(
+            f"CREATE DATABASE {self.name} ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' "
+            "TEMPLATE template0"
+        )
         log(f"postgresql: created database {self.name}")
 
     def drop(self) -> None:
@@ -283,8 +343,7 @@ def _pg(sql: str) -> None:
     import asyncpg  # type: ignore[import-untyped]
 
     async def run() -> None:
-        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER,
-                                     database="postgres")
+        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
         try:
             await conn.execute(sql)
         finally:

@@ -47,8 +47,11 @@ async def optional_user(request: Request) -> Requester | None:
 
 
 def session_json(session: Session) -> JsonDict:
-    out: JsonDict = {"user_id": session.user_id, "access_token": session.access_token,
-                     "device_id": session.device_id}
+    out: JsonDict = {
+        "user_id": session.user_id,
+        "access_token": session.access_token,
+        "device_id": session.device_id,
+    }
     if session.refresh_token is not None:
         out["refresh_token"] = session.refresh_token
     if session.expires_in_ms is not None:
@@ -78,11 +81,19 @@ async def post_register(request: Request) -> Response:
     if kind != "user":
         raise MatrixError(Codes.INVALID_PARAM, "kind must be 'user' or 'guest'")
     body = await parse_body(request, RegisterBody)
-    result = await hs.accounts.register(RegistrationRequest(
-        username=body.username, password=body.password, device_id=body.device_id,
-        initial_device_display_name=body.initial_device_display_name,
-        inhibit_login=body.inhibit_login, refresh_token=body.refresh_token, auth=body.auth,
-        client_ip=client_ip(request)), uia_fingerprint(request))
+    result = await hs.accounts.register(
+        RegistrationRequest(
+            username=body.username,
+            password=body.password,
+            device_id=body.device_id,
+            initial_device_display_name=body.initial_device_display_name,
+            inhibit_login=body.inhibit_login,
+            refresh_token=body.refresh_token,
+            auth=body.auth,
+            client_ip=client_ip(request),
+        ),
+        uia_fingerprint(request),
+    )
     if isinstance(result, AuthChallenge):
         return challenge_response(result)
     if result.session is None:
@@ -143,17 +154,27 @@ async def post_login(request: Request) -> Response:
     hs = homeserver_of(request)
     body = await parse_body(request, LoginBody)
     identifier = body.identifier
-    session = await hs.accounts.login(LoginRequest(
-        login_type=body.type,
-        identifier_type=identifier.type if identifier is not None else None,
-        user=identifier.user if identifier is not None else body.user,
-        medium=identifier.medium if identifier is not None else body.medium,
-        address=identifier.address if identifier is not None else body.address,
-        password=body.password, device_id=body.device_id,
-        initial_device_display_name=body.initial_device_display_name,
-        refresh_token=body.refresh_token, client_ip=client_ip(request)))
-    return json_response({**session_json(session), "home_server": hs.server_name,
-                          "well_known": {"m.homeserver": {"base_url": hs.config.base_url}}})
+    session = await hs.accounts.login(
+        LoginRequest(
+            login_type=body.type,
+            identifier_type=identifier.type if identifier is not None else None,
+            user=identifier.user if identifier is not None else body.user,
+            medium=identifier.medium if identifier is not None else body.medium,
+            address=identifier.address if identifier is not None else body.address,
+            password=body.password,
+            device_id=body.device_id,
+            initial_device_display_name=body.initial_device_display_name,
+            refresh_token=body.refresh_token,
+            client_ip=client_ip(request),
+        )
+    )
+    return json_response(
+        {
+            **session_json(session),
+            "home_server": hs.server_name,
+            "well_known": {"m.homeserver": {"base_url": hs.config.base_url}},
+        }
+    )
 
 
 class RefreshBody(RequestBody):
@@ -210,9 +231,9 @@ async def post_password(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await optional_user(request)
     body = await parse_body(request, PasswordBody)
-    challenge = await hs.accounts.change_password(requester, body.new_password,
-                                                  body.logout_devices, body.auth,
-                                                  uia_fingerprint(request))
+    challenge = await hs.accounts.change_password(
+        requester, body.new_password, body.logout_devices, body.auth, uia_fingerprint(request)
+    )
     if challenge is not None:
         return challenge_response(challenge)
     return json_response({})
@@ -240,8 +261,11 @@ async def post_deactivate(request: Request) -> Response:
 client_routes = [
     Route("/v3/register", post_register, methods=["POST"]),
     Route("/v3/register/available", get_register_available, methods=["GET"]),
-    Route("/v1/register/m.login.registration_token/validity", get_registration_token_validity,
-          methods=["GET"]),
+    Route(
+        "/v1/register/m.login.registration_token/validity",
+        get_registration_token_validity,
+        methods=["GET"],
+    ),
     Route("/v3/login", get_login, methods=["GET"]),
     Route("/v3/login", post_login, methods=["POST"]),
     Route("/v3/refresh", post_refresh, methods=["POST"]),

@@ -27,8 +27,11 @@ async def get_account_data(request: Request) -> Response:
     """GET /_matrix/client/v3/user/{userId}/account_data/{type}"""
     hs = homeserver_of(request)
     requester = await require_user(request)
-    return json_response(await hs.account_data.get_account_data(
-        requester, UserID.parse(request.path_params["user_id"]), request.path_params["type"]))
+    return json_response(
+        await hs.account_data.get_account_data(
+            requester, UserID.parse(request.path_params["user_id"]), request.path_params["type"]
+        )
+    )
 
 
 async def put_account_data(request: Request) -> Response:
@@ -37,8 +40,7 @@ async def put_account_data(request: Request) -> Response:
     requester = await require_user(request)
     user_id = UserID.parse(request.path_params["user_id"])
     content = await read_json_object(request)
-    await hs.account_data.set_account_data(requester, user_id, request.path_params["type"],
-                                           content)
+    await hs.account_data.set_account_data(requester, user_id, request.path_params["type"], content)
     return json_response({})
 
 
@@ -46,9 +48,14 @@ async def get_room_account_data(request: Request) -> Response:
     """GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}"""
     hs = homeserver_of(request)
     requester = await require_user(request)
-    return json_response(await hs.account_data.get_room_account_data(
-        requester, UserID.parse(request.path_params["user_id"]),
-        RoomID.parse(request.path_params["room_id"]), request.path_params["type"]))
+    return json_response(
+        await hs.account_data.get_room_account_data(
+            requester,
+            UserID.parse(request.path_params["user_id"]),
+            RoomID.parse(request.path_params["room_id"]),
+            request.path_params["type"],
+        )
+    )
 
 
 async def put_room_account_data(request: Request) -> Response:
@@ -58,8 +65,9 @@ async def put_room_account_data(request: Request) -> Response:
     user_id = UserID.parse(request.path_params["user_id"])
     room_id = RoomID.parse(request.path_params["room_id"])
     content = await read_json_object(request)
-    await hs.account_data.set_room_account_data(requester, user_id, room_id,
-                                                request.path_params["type"], content)
+    await hs.account_data.set_room_account_data(
+        requester, user_id, room_id, request.path_params["type"], content
+    )
     return json_response({})
 
 
@@ -68,8 +76,10 @@ async def get_tags(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     tags = await hs.account_data.get_room_tags(
-        requester, UserID.parse(request.path_params["user_id"]),
-        RoomID.parse(request.path_params["room_id"]))
+        requester,
+        UserID.parse(request.path_params["user_id"]),
+        RoomID.parse(request.path_params["room_id"]),
+    )
     return json_response({"tags": tags})
 
 
@@ -79,9 +89,12 @@ async def put_tag(request: Request) -> Response:
     requester = await require_user(request)
     body = await parse_body(request, TagBody)
     await hs.account_data.set_room_tag(
-        requester, UserID.parse(request.path_params["user_id"]),
-        RoomID.parse(request.path_params["room_id"]), request.path_params["tag"],
-        body.model_dump(exclude_unset=True))
+        requester,
+        UserID.parse(request.path_params["user_id"]),
+        RoomID.parse(request.path_params["room_id"]),
+        request.path_params["tag"],
+        body.model_dump(exclude_unset=True),
+    )
     return json_response({})
 
 
@@ -90,8 +103,11 @@ async def delete_tag(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     await hs.account_data.delete_room_tag(
-        requester, UserID.parse(request.path_params["user_id"]),
-        RoomID.parse(request.path_params["room_id"]), request.path_params["tag"])
+        requester,
+        UserID.parse(request.path_params["user_id"]),
+        RoomID.parse(request.path_params["room_id"]),
+        request.path_params["tag"],
+    )
     return json_response({})
 
 
@@ -99,12 +115,17 @@ async def delete_tag(request: Request) -> Response:
 client_routes = [
     Route("/v3/user/{user_id}/account_data/{type:path}", get_account_data, methods=["GET"]),
     Route("/v3/user/{user_id}/account_data/{type:path}", put_account_data, methods=["PUT"]),
-    Route("/v3/user/{user_id}/rooms/{room_id}/account_data/{type:path}",
-          get_room_account_data, methods=["GET"]),
-    Route("/v3/user/{user_id}/rooms/{room_id}/account_data/{type:path}",
-          put_room_account_data, methods=["PUT"]),
+    Route(
+        "/v3/user/{user_id}/rooms/{room_id}/account_data/{type:path}",
+        get_room_account_data,
+        methods=["GET"],
+    ),
+    Route(
+        "/v3/user/{user_id}/rooms/{room_id}/account_data/{type:path}",
+        put_room_account_data,
+        methods=["PUT"],
+    ),
     Route("/v3/user/{user_id}/rooms/{room_id}/tags", get_tags, methods=["GET"]),
     Route("/v3/user/{user_id}/rooms/{room_id}/tags/{tag:path}", put_tag, methods=["PUT"]),
-    Route("/v3/user/{user_id}/rooms/{room_id}/tags/{tag:path}", delete_tag,
-          methods=["DELETE"]),
+    Route("/v3/user/{user_id}/rooms/{room_id}/tags/{tag:path}", delete_tag, methods=["DELETE"]),
 ]

@@ -25,14 +25,20 @@ from homeserver.web import (
 def device_json(device: Device) -> JsonDict:
     # The spec would leave out what is unknown, but matrix-nio requires all four keys
     # (null allowed), as Synapse sends them: present, and null only when really unknown.
-    return {"device_id": device.device_id, "display_name": device.display_name,
-            "last_seen_ip": device.last_seen_ip, "last_seen_ts": device.last_seen_ts}
+    return {
+        "device_id": device.device_id,
+        "display_name": device.display_name,
+        "last_seen_ip": device.last_seen_ip,
+        "last_seen_ts": device.last_seen_ts,
+    }
 
 
 async def parse_body_or_empty(request: Request, model: type[BodyT]) -> BodyT:
     """A DELETE may come without a body (clients do, for the first UIA round): ``{}``."""
-    if request.headers.get("content-length", "0") == "0" and \
-            "transfer-encoding" not in request.headers:
+    if (
+        request.headers.get("content-length", "0") == "0"
+        and "transfer-encoding" not in request.headers
+    ):
         return validate_body({}, model)
     return await parse_body(request, model)
 
@@ -62,8 +68,7 @@ async def put_device(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     body = await parse_body(request, UpdateDeviceBody)
-    await hs.accounts.update_device(requester, request.path_params["device_id"],
-                                    body.display_name)
+    await hs.accounts.update_device(requester, request.path_params["device_id"], body.display_name)
     return json_response({})
 
 
@@ -76,8 +81,9 @@ async def delete_device(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     body = await parse_body_or_empty(request, DeleteDeviceBody)
-    challenge = await hs.accounts.delete_devices(requester, [request.path_params["device_id"]],
-                                                 body.auth, uia_fingerprint(request))
+    challenge = await hs.accounts.delete_devices(
+        requester, [request.path_params["device_id"]], body.auth, uia_fingerprint(request)
+    )
     if challenge is not None:
         return challenge_response(challenge)
     return json_response({})
@@ -93,8 +99,9 @@ async def post_delete_devices(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     body = await parse_body(request, DeleteDevicesBody)
-    challenge = await hs.accounts.delete_devices(requester, body.devices, body.auth,
-                                                 uia_fingerprint(request))
+    challenge = await hs.accounts.delete_devices(
+        requester, body.devices, body.auth, uia_fingerprint(request)
+    )
     if challenge is not None:
         return challenge_response(challenge)
     return json_response({})

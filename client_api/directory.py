@@ -74,8 +74,9 @@ async def get_room_aliases(request: Request) -> Response:
     """GET /_matrix/client/v3/rooms/{roomId}/aliases"""
     hs = homeserver_of(request)
     requester = await require_user(request)
-    aliases = await hs.directory.room_aliases(requester,
-                                              RoomID.parse(request.path_params["room_id"]))
+    aliases = await hs.directory.room_aliases(
+        requester, RoomID.parse(request.path_params["room_id"])
+    )
     return json_response({"aliases": aliases})
 
 
@@ -91,15 +92,15 @@ async def put_room_visibility(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     body = await parse_body(request, VisibilityBody)
-    await hs.directory.set_visibility(requester, RoomID.parse(request.path_params["room_id"]),
-                                      body.visibility)
+    await hs.directory.set_visibility(
+        requester, RoomID.parse(request.path_params["room_id"]), body.visibility
+    )
     return json_response({})
 
 
 def _check_server(server: str | None, ours: str) -> None:
     if server is not None and server != ours:
-        raise MatrixError(Codes.UNKNOWN, "Other servers' directories need federation",
-                          status=400)
+        raise MatrixError(Codes.UNKNOWN, "Other servers' directories need federation", status=400)
 
 
 async def get_public_rooms(request: Request) -> Response:
@@ -108,7 +109,10 @@ async def get_public_rooms(request: Request) -> Response:
     _check_server(request.query_params.get("server"), hs.server_name)
     result = await hs.directory.public_rooms(
         limit=query_int(request, "limit", None, minimum=0),
-        since=request.query_params.get("since"), search_term=None, room_types=None)
+        since=request.query_params.get("since"),
+        search_term=None,
+        room_types=None,
+    )
     return json_response(result)
 
 
@@ -121,8 +125,11 @@ async def post_public_rooms(request: Request) -> Response:
     room_filter = body.filter or PublicRoomsFilter()
     room_types: Any = room_filter.room_types
     result = await hs.directory.public_rooms(
-        limit=body.limit, since=body.since, search_term=room_filter.generic_search_term,
-        room_types=tuple(room_types) if room_types is not None else None)
+        limit=body.limit,
+        since=body.since,
+        search_term=room_filter.generic_search_term,
+        room_types=tuple(room_types) if room_types is not None else None,
+    )
     return json_response(result)
 
 

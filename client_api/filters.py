@@ -26,8 +26,9 @@ async def get_filter(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     user_id = UserID.parse(request.path_params["user_id"])
-    return json_response(await hs.filters.get_filter_for(requester, user_id,
-                                                         request.path_params["filter_id"]))
+    return json_response(
+        await hs.filters.get_filter_for(requester, user_id, request.path_params["filter_id"])
+    )
 
 
 client_routes = [

@@ -33,8 +33,9 @@ class KeyBackupDataBody(RequestBody):
     session_data: dict[str, Any]
 
     def data(self) -> KeyData:
-        return KeyData(self.first_message_index, self.forwarded_count, self.is_verified,
-                       self.session_data)
+        return KeyData(
+            self.first_message_index, self.forwarded_count, self.is_verified, self.session_data
+        )
 
 
 class RoomKeyBackupBody(RequestBody):
@@ -72,8 +73,7 @@ async def get_version(request: Request) -> Response:
     """GET /_matrix/client/v3/room_keys/version/{version}"""
     hs = homeserver_of(request)
     requester = await require_user(request)
-    return json_response(await hs.key_backup.get_version(requester,
-                                                         request.path_params["version"]))
+    return json_response(await hs.key_backup.get_version(requester, request.path_params["version"]))
 
 
 async def put_version(request: Request) -> Response:
@@ -81,8 +81,9 @@ async def put_version(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     body = await parse_body(request, UpdateVersionBody)
-    await hs.key_backup.update_version(requester, request.path_params["version"],
-                                       body.algorithm, body.auth_data, body.version)
+    await hs.key_backup.update_version(
+        requester, request.path_params["version"], body.algorithm, body.auth_data, body.version
+    )
     return json_response({})
 
 
@@ -100,8 +101,10 @@ async def put_keys(request: Request) -> Response:
     requester = await require_user(request)
     version = _version_param(request)
     body = await parse_body(request, RoomKeysBody)
-    rooms = {room_id: {s: d.data() for s, d in room.sessions.items()}
-             for room_id, room in body.rooms.items()}
+    rooms = {
+        room_id: {s: d.data() for s, d in room.sessions.items()}
+        for room_id, room in body.rooms.items()
+    }
     return json_response(await hs.key_backup.put_keys(requester, version, rooms))
 
 
@@ -131,8 +134,11 @@ async def get_keys(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     p = request.path_params
-    return json_response(await hs.key_backup.get_keys(
-        requester, _version_param(request), p.get("room_id"), p.get("session_id")))
+    return json_response(
+        await hs.key_backup.get_keys(
+            requester, _version_param(request), p.get("room_id"), p.get("session_id")
+        )
+    )
 
 
 async def delete_keys(request: Request) -> Response:
@@ -140,8 +146,11 @@ async def delete_keys(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     p = request.path_params
-    return json_response(await hs.key_backup.delete_keys(
-        requester, _version_param(request), p.get("room_id"), p.get("session_id")))
+    return json_response(
+        await hs.key_backup.delete_keys(
+            requester, _version_param(request), p.get("room_id"), p.get("session_id")
+        )
+    )
 
 
 client_routes = [

@@ -59,9 +59,11 @@ async def post_keys_upload(request: Request) -> Response:
     requester = await require_user(request)
     body = await parse_body(request, UploadKeysBody)
     counts = await hs.e2e_keys.upload_keys(
-        requester, _signed(body.device_keys) if body.device_keys is not None else None,
+        requester,
+        _signed(body.device_keys) if body.device_keys is not None else None,
         {k: _signed(v) for k, v in body.one_time_keys.items()},
-        {k: _signed(v) for k, v in body.fallback_keys.items()})
+        {k: _signed(v) for k, v in body.fallback_keys.items()},
+    )
     return json_response({"one_time_key_counts": counts})
 
 
@@ -124,11 +126,18 @@ async def post_device_signing_upload(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     body = await parse_body(request, DeviceSigningUploadBody)
-    keys = {key_type: _signed(key) for key_type, key in (
-        ("master", body.master_key), ("self_signing", body.self_signing_key),
-        ("user_signing", body.user_signing_key)) if key is not None}
-    challenge = await hs.e2e_keys.upload_cross_signing_keys(requester, keys, body.auth,
-                                                            uia_fingerprint(request))
+    keys = {
+        key_type: _signed(key)
+        for key_type, key in (
+            ("master", body.master_key),
+            ("self_signing", body.self_signing_key),
+            ("user_signing", body.user_signing_key),
+        )
+        if key is not None
+    }
+    challenge = await hs.e2e_keys.upload_cross_signing_keys(
+        requester, keys, body.auth, uia_fingerprint(request)
+    )
     if challenge is not None:
         return challenge_response(challenge)
     return json_response({})
@@ -141,8 +150,7 @@ async def post_signatures_upload(request: Request) -> Response:
     body = await read_json_object(request)
     signed: dict[str, dict[str, JsonDict]] = {}
     for user_id, by_key in body.items():
-        if not isinstance(by_key, dict) or not all(isinstance(o, dict)
-                                                   for o in by_key.values()):
+        if not isinstance(by_key, dict) or not all(isinstance(o, dict) for o in by_key.values()):
             raise MatrixError(Codes.BAD_JSON, f"{user_id} must map key IDs to signed objects")
         signed[user_id] = by_key
     failures = await hs.e2e_keys.upload_signatures(requester, signed)

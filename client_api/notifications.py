@@ -14,8 +14,11 @@ async def get_notifications(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     q = request.query_params
-    return json_response(await hs.push_notifications.get_notifications(
-        requester, q.get("from"), query_int(request, "limit", minimum=1), q.get("only")))
+    return json_response(
+        await hs.push_notifications.get_notifications(
+            requester, q.get("from"), query_int(request, "limit", minimum=1), q.get("only")
+        )
+    )
 
 
 client_routes = [Route("/v3/notifications", get_notifications, methods=["GET"])]

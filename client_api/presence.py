@@ -23,8 +23,13 @@ async def put_presence(request: Request) -> Response:
     requester = await require_user(request)
     user_id = UserID.parse(request.path_params["user_id"])
     body = await parse_body(request, PresenceBody)
-    await hs.presence.set_presence(requester, user_id, body.presence, body.status_msg,
-                                   status_msg_given="status_msg" in body.model_fields_set)
+    await hs.presence.set_presence(
+        requester,
+        user_id,
+        body.presence,
+        body.status_msg,
+        status_msg_given="status_msg" in body.model_fields_set,
+    )
     return json_response({})
 
 

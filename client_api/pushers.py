@@ -43,8 +43,10 @@ async def post_pushers_set(request: Request) -> Response:
     return json_response({})
 
 
-_PAGE = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>"
-         "<body><p>{text}</p>{form}</body></html>")
+_PAGE = (
+    '<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title></head>'
+    "<body><p>{text}</p>{form}</body></html>"
+)
 
 
 async def unsubscribe(request: Request) -> Response:
@@ -54,13 +56,21 @@ async def unsubscribe(request: Request) -> Response:
     if request.method == "GET":
         if hs.pushers.unsubscriber.parse(token) is None:
             raise MatrixError(Codes.FORBIDDEN, "Invalid or expired unsubscribe link")
-        form = (f'<form method="post" action="?token={html.escape(token, quote=True)}">'
-                '<button type="submit">Unsubscribe</button></form>')
-        return HTMLResponse(_PAGE.format(title="Unsubscribe", form=form,
-                                         text="Stop e-mail notifications to this address?"))
+        form = (
+            f'<form method="post" action="?token={html.escape(token, quote=True)}">'
+            '<button type="submit">Unsubscribe</button></form>'
+        )
+        return HTMLResponse(
+            _PAGE.format(
+                title="Unsubscribe", form=form, text="Stop e-mail notifications to this address?"
+            )
+        )
     await hs.pushers.unsubscribe(token)
-    return HTMLResponse(_PAGE.format(title="Unsubscribed", form="",
-                                     text="You will no longer receive these e-mails."))
+    return HTMLResponse(
+        _PAGE.format(
+            title="Unsubscribed", form="", text="You will no longer receive these e-mails."
+        )
+    )
 
 
 client_routes = [

@@ -56,9 +56,15 @@ async def put_push_rule(request: Request) -> Response:
     requester = await require_user(request)
     body = await read_json_object(request)
     scope, kind, rule_id = _where(request)
-    await hs.push_rules.put_rule(requester, scope, kind, rule_id, body,
-                                 request.query_params.get("before"),
-                                 request.query_params.get("after"))
+    await hs.push_rules.put_rule(
+        requester,
+        scope,
+        kind,
+        rule_id,
+        body,
+        request.query_params.get("before"),
+        request.query_params.get("after"),
+    )
     return json_response({})
 
 
@@ -120,6 +126,5 @@ client_routes = [
     Route(_RULE + "/actions", put_push_rule_actions, methods=["PUT"]),
     Route("/v3/pushrules/{scope}/{kind}/{rule_id:path}", get_push_rule, methods=["GET"]),
     Route("/v3/pushrules/{scope}/{kind}/{rule_id:path}", put_push_rule, methods=["PUT"]),
-    Route("/v3/pushrules/{scope}/{kind}/{rule_id:path}", delete_push_rule,
-          methods=["DELETE"]),
+    Route("/v3/pushrules/{scope}/{kind}/{rule_id:path}", delete_push_rule, methods=["DELETE"]),
 ]

@@ -29,8 +29,9 @@ async def post_receipt(request: Request) -> Response:
     event_id = EventID.parse(request.path_params["event_id"])
     # Clients have long sent no body at all; the spec's body only adds thread_id.
     body = await parse_body(request, ReceiptBody, empty_ok=True)
-    await hs.receipts.post_receipt(requester, room_id, request.path_params["receipt_type"],
-                                   event_id, body.thread_id)
+    await hs.receipts.post_receipt(
+        requester, room_id, request.path_params["receipt_type"], event_id, body.thread_id
+    )
     return json_response({})
 
 
@@ -40,8 +41,13 @@ async def post_read_markers(request: Request) -> Response:
     requester = await require_user(request)
     room_id = RoomID.parse(request.path_params["room_id"])
     body = await parse_body(request, ReadMarkersBody)
-    await hs.receipts.set_read_markers(requester, room_id, _event_id(body.fully_read),
-                                       _event_id(body.read), _event_id(body.read_private))
+    await hs.receipts.set_read_markers(
+        requester,
+        room_id,
+        _event_id(body.fully_read),
+        _event_id(body.read),
+        _event_id(body.read_private),
+    )
     return json_response({})
 
 
@@ -50,7 +56,6 @@ def _event_id(value: str | None) -> EventID | None:
 
 
 client_routes = [
-    Route("/v3/rooms/{room_id}/receipt/{receipt_type}/{event_id}", post_receipt,
-          methods=["POST"]),
+    Route("/v3/rooms/{room_id}/receipt/{receipt_type}/{event_id}", post_receipt, methods=["POST"]),
     Route("/v3/rooms/{room_id}/read_markers", post_read_markers, methods=["POST"]),
 ]

@@ -19,12 +19,20 @@ async def _get_relations(request: Request) -> Response:
     if direction not in ("b", "f"):
         raise MatrixError(Codes.INVALID_PARAM, "dir must be 'b' or 'f'")
     recurse = query_bool(request, "recurse") if "recurse" in q else None
-    return json_response(await hs.relations.relations(
-        requester, RoomID.parse(request.path_params["room_id"]),
-        request.path_params["event_id"], rel_type=request.path_params.get("rel_type"),
-        event_type=request.path_params.get("event_type"), from_token=q.get("from"),
-        to_token=q.get("to"), backwards=direction == "b",
-        limit=query_int(request, "limit", None, minimum=1), recurse=recurse))
+    return json_response(
+        await hs.relations.relations(
+            requester,
+            RoomID.parse(request.path_params["room_id"]),
+            request.path_params["event_id"],
+            rel_type=request.path_params.get("rel_type"),
+            event_type=request.path_params.get("event_type"),
+            from_token=q.get("from"),
+            to_token=q.get("to"),
+            backwards=direction == "b",
+            limit=query_int(request, "limit", None, minimum=1),
+            recurse=recurse,
+        )
+    )
 
 
 async def get_relations(request: Request) -> Response:
@@ -49,19 +57,27 @@ async def get_threads(request: Request) -> Response:
     include = request.query_params.get("include", "all")
     if include not in ("all", "participated"):
         raise MatrixError(Codes.INVALID_PARAM, "include must be 'all' or 'participated'")
-    return json_response(await hs.relations.threads(
-        requester, RoomID.parse(request.path_params["room_id"]),
-        participated_only=include == "participated",
-        from_token=request.query_params.get("from"),
-        limit=query_int(request, "limit", None, minimum=1)))
+    return json_response(
+        await hs.relations.threads(
+            requester,
+            RoomID.parse(request.path_params["room_id"]),
+            participated_only=include == "participated",
+            from_token=request.query_params.get("from"),
+            limit=query_int(request, "limit", None, minimum=1),
+        )
+    )
 
 
 _R = "/v1/rooms/{room_id}"
 client_routes = [
     Route(f"{_R}/relations/{{event_id}}", get_relations, methods=["GET"]),
-    Route(f"{_R}/relations/{{event_id}}/{{rel_type}}", get_relations_with_rel_type,
-          methods=["GET"]),
-    Route(f"{_R}/relations/{{event_id}}/{{rel_type}}/{{event_type}}",
-          get_relations_with_rel_type_and_event_type, methods=["GET"]),
+    Route(
+        f"{_R}/relations/{{event_id}}/{{rel_type}}", get_relations_with_rel_type, methods=["GET"]
+    ),
+    Route(
+        f"{_R}/relations/{{event_id}}/{{rel_type}}/{{event_type}}",
+        get_relations_with_rel_type_and_event_type,
+        methods=["GET"],
+    ),
     Route(f"{_R}/threads", get_threads, methods=["GET"]),
 ]

@@ -60,14 +60,27 @@ async def create_room(request: Request) -> Response:
     check_json_numbers(raw)
     body = validate_body(raw, CreateRoomBody)
     if body.invite_3pid:
-        raise MatrixError(Codes.UNKNOWN, "Third-party invites need an identity server, which "
-                          "this server does not use", status=400)
-    room_id = await hs.room_creator.create_room(requester, CreateRoomRequest(
-        visibility=body.visibility, room_alias_name=body.room_alias_name, name=body.name,
-        topic=body.topic, invite=tuple(body.invite), room_version=body.room_version,
-        creation_content=body.creation_content, initial_state=tuple(body.initial_state),
-        preset=body.preset, is_direct=body.is_direct,
-        power_level_content_override=body.power_level_content_override))
+        raise MatrixError(
+            Codes.UNKNOWN,
+            "Third-party invites need an identity server, which this server does not use",
+            status=400,
+        )
+    room_id = await hs.room_creator.create_room(
+        requester,
+        CreateRoomRequest(
+            visibility=body.visibility,
+            room_alias_name=body.room_alias_name,
+            name=body.name,
+            topic=body.topic,
+            invite=tuple(body.invite),
+            room_version=body.room_version,
+            creation_content=body.creation_content,
+            initial_state=tuple(body.initial_state),
+            preset=body.preset,
+            is_direct=body.is_direct,
+            power_level_content_override=body.power_level_content_override,
+        ),
+    )
     return json_response({"room_id": room_id})
 
 
@@ -120,8 +133,9 @@ async def invite_user(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     body = await parse_body(request, TargetBody)
-    await hs.memberships.invite(requester, _room_id(request), UserID.parse(body.user_id),
-                                reason=body.reason)
+    await hs.memberships.invite(
+        requester, _room_id(request), UserID.parse(body.user_id), reason=body.reason
+    )
     return json_response({})
 
 
@@ -130,8 +144,9 @@ async def kick_user(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     body = await parse_body(request, TargetBody)
-    await hs.memberships.set_membership_of(requester, _room_id(request),
-                                           UserID.parse(body.user_id), "leave", body.reason)
+    await hs.memberships.set_membership_of(
+        requester, _room_id(request), UserID.parse(body.user_id), "leave", body.reason
+    )
     return json_response({})
 
 
@@ -140,8 +155,9 @@ async def ban_user(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     body = await parse_body(request, TargetBody)
-    await hs.memberships.set_membership_of(requester, _room_id(request),
-                                           UserID.parse(body.user_id), "ban", body.reason)
+    await hs.memberships.set_membership_of(
+        requester, _room_id(request), UserID.parse(body.user_id), "ban", body.reason
+    )
     return json_response({})
 
 
@@ -150,8 +166,9 @@ async def unban_user(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     body = await parse_body(request, TargetBody)
-    await hs.memberships.unban(requester, _room_id(request), UserID.parse(body.user_id),
-                               body.reason)
+    await hs.memberships.unban(
+        requester, _room_id(request), UserID.parse(body.user_id), body.reason
+    )
     return json_response({})
 
 
@@ -168,9 +185,13 @@ async def send_event(request: Request) -> Response:
     requester = await require_user(request)
     content = await read_json_object(request)
     hs.ratelimiter.check(Action.MESSAGE, requester.user_id)
-    event_id = await hs.rooms.send_event(requester, _room_id(request),
-                                         request.path_params["event_type"],
-                                         request.path_params["txn_id"], content)
+    event_id = await hs.rooms.send_event(
+        requester,
+        _room_id(request),
+        request.path_params["event_type"],
+        request.path_params["txn_id"],
+        content,
+    )
     await hs.presence.bump_active(requester.user_id)
     return json_response({"event_id": event_id})
 
@@ -180,9 +201,13 @@ async def put_state(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     content = await read_json_object(request)
-    event_id = await hs.rooms.set_state(requester, _room_id(request),
-                                        request.path_params["event_type"],
-                                        request.path_params.get("state_key", ""), content)
+    event_id = await hs.rooms.set_state(
+        requester,
+        _room_id(request),
+        request.path_params["event_type"],
+        request.path_params.get("state_key", ""),
+        content,
+    )
     return json_response({"event_id": event_id})
 
 
@@ -195,11 +220,11 @@ async def get_state_event(request: Request) -> Response:
     state_key = request.path_params.get("state_key", "")
     if request.query_params.get("format") == "event":
         event = await hs.rooms.get_state_event(requester, room_id, event_type, state_key)
-        serialized = await hs.rooms.serialize(requester, [event],
-                                              await hs.rooms.room_version(room_id))
+        serialized = await hs.rooms.serialize(
+            requester, [event], await hs.rooms.room_version(room_id)
+        )
         return json_response(serialized[0])
-    return json_response(await hs.rooms.state_content(requester, room_id, event_type,
-                                                      state_key))
+    return json_response(await hs.rooms.state_content(requester, room_id, event_type, state_key))
 
 
 async def get_state(request: Request) -> Response:
@@ -214,9 +239,13 @@ async def redact_event(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     body = await parse_body(request, ReasonBody, empty_ok=True)
-    event_id = await hs.rooms.redact(requester, _room_id(request),
-                                     request.path_params["event_id"],
-                                     request.path_params["txn_id"], body.reason)
+    event_id = await hs.rooms.redact(
+        requester,
+        _room_id(request),
+        request.path_params["event_id"],
+        request.path_params["txn_id"],
+        body.reason,
+    )
     return json_response({"event_id": event_id})
 
 
@@ -224,8 +253,9 @@ async def get_event(request: Request) -> Response:
     """GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}"""
     hs = homeserver_of(request)
     requester = await require_user(request)
-    return json_response(await hs.rooms.get_event(requester, _room_id(request),
-                                                  request.path_params["event_id"]))
+    return json_response(
+        await hs.rooms.get_event(requester, _room_id(request), request.path_params["event_id"])
+    )
 
 
 def _filter_param(request: Request) -> EventFilter:
@@ -249,9 +279,14 @@ async def get_messages(request: Request) -> Response:
     if direction not in ("b", "f"):
         raise MatrixError(Codes.INVALID_PARAM, "dir must be 'b' or 'f'")
     page = await hs.rooms.messages(
-        requester, _room_id(request), from_token=request.query_params.get("from"),
-        to_token=request.query_params.get("to"), backwards=direction == "b",
-        limit=query_int(request, "limit", None, minimum=0), event_filter=_filter_param(request))
+        requester,
+        _room_id(request),
+        from_token=request.query_params.get("from"),
+        to_token=request.query_params.get("to"),
+        backwards=direction == "b",
+        limit=query_int(request, "limit", None, minimum=0),
+        event_filter=_filter_param(request),
+    )
     body: dict[str, Any] = {"chunk": page.chunk, "start": page.start}
     if page.end is not None:
         body["end"] = page.end
@@ -266,9 +301,15 @@ async def get_context(request: Request) -> Response:
     requester = await require_user(request)
     limit = query_int(request, "limit", 10, minimum=0, maximum=100)
     assert limit is not None
-    return json_response(await hs.rooms.context(
-        requester, _room_id(request), request.path_params["event_id"], limit,
-        _filter_param(request)))
+    return json_response(
+        await hs.rooms.context(
+            requester,
+            _room_id(request),
+            request.path_params["event_id"],
+            limit,
+            _filter_param(request),
+        )
+    )
 
 
 async def get_members(request: Request) -> Response:
@@ -280,9 +321,13 @@ async def get_members(request: Request) -> Response:
     for name in ("membership", "not_membership"):
         if q.get(name) is not None and q[name] not in memberships:
             raise MatrixError(Codes.INVALID_PARAM, f"{name} must be one of {memberships}")
-    chunk = await hs.rooms.members(requester, _room_id(request), at=q.get("at"),
-                                   membership=q.get("membership"),
-                                   not_membership=q.get("not_membership"))
+    chunk = await hs.rooms.members(
+        requester,
+        _room_id(request),
+        at=q.get("at"),
+        membership=q.get("membership"),
+        not_membership=q.get("not_membership"),
+    )
     return json_response({"chunk": chunk})
 
 
@@ -290,8 +335,7 @@ async def get_joined_members(request: Request) -> Response:
     """GET /_matrix/client/v3/rooms/{roomId}/joined_members"""
     hs = homeserver_of(request)
     requester = await require_user(request)
-    return json_response({"joined": await hs.rooms.joined_members(requester,
-                                                                  _room_id(request))})
+    return json_response({"joined": await hs.rooms.joined_members(requester, _room_id(request))})
 
 
 _R = "/v3/rooms/{room_id}"

@@ -33,10 +33,32 @@ from client_api import (
 
 # Starlette tries routes in order: the long-poll /sync first, then sending (rooms), as
 # they are most of the requests.
-_MODULES = [sync, rooms, versions, directory, account, devices, profile, filters, account_data,
-            to_device, user_directory, websocket, presence, typing_notifications, receipts,
-            relations, upgrade, knock, keys, key_backup,
-            pushrules, pushers, notifications, threepids]
+_MODULES = [
+    sync,
+    rooms,
+    versions,
+    directory,
+    account,
+    devices,
+    profile,
+    filters,
+    account_data,
+    to_device,
+    user_directory,
+    websocket,
+    presence,
+    typing_notifications,
+    receipts,
+    relations,
+    upgrade,
+    knock,
+    keys,
+    key_backup,
+    pushrules,
+    pushers,
+    notifications,
+    threepids,
+]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]
 root_routes: list[BaseRoute] = [r for m in _MODULES for r in getattr(m, "root_routes", [])]

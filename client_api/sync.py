@@ -21,17 +21,25 @@ async def sync(request: Request) -> Response:
     requester = await require_user(request)
     q = request.query_params
     since = StreamToken.parse(q["since"]) if q.get("since") else None
-    timeout = query_int(request, "timeout", 0, minimum=0,
-                        maximum=hs.config.limits.sync_timeout_max_ms)
+    timeout = query_int(
+        request, "timeout", 0, minimum=0, maximum=hs.config.limits.sync_timeout_max_ms
+    )
     presence = q.get("set_presence", "online")
     if presence not in ("online", "offline", "unavailable"):
-        raise MatrixError(Codes.INVALID_PARAM, "set_presence must be online, offline or "
-                          "unavailable")
+        raise MatrixError(
+            Codes.INVALID_PARAM, "set_presence must be online, offline or unavailable"
+        )
     sync_filter = await _sync_filter(request, requester.user_id)
     async with hs.presence.syncing(requester, presence):  # online while the request is open
-        response = await hs.sync.sync(requester, SyncRequest(
-            since=since, timeout_ms=timeout or 0, full_state=query_bool(request, "full_state"),
-            filter=sync_filter))
+        response = await hs.sync.sync(
+            requester,
+            SyncRequest(
+                since=since,
+                timeout_ms=timeout or 0,
+                full_state=query_bool(request, "full_state"),
+                filter=sync_filter,
+            ),
+        )
     return json_response(response)
 
 

@@ -42,9 +42,16 @@ class RequestTokenBody(RequestBody):
 async def _request_token(request: Request, purpose: str) -> Response:
     hs = homeserver_of(request)
     body = await parse_body(request, RequestTokenBody)
-    result = await hs.threepids.request_token(purpose, TokenRequest(
-        client_secret=body.client_secret, email=body.email, send_attempt=body.send_attempt,
-        next_link=body.next_link, client_ip=client_ip(request)))
+    result = await hs.threepids.request_token(
+        purpose,
+        TokenRequest(
+            client_secret=body.client_secret,
+            email=body.email,
+            send_attempt=body.send_attempt,
+            next_link=body.next_link,
+            client_ip=client_ip(request),
+        ),
+    )
     return json_response({"sid": result.sid, "submit_url": result.submit_url})
 
 
@@ -60,14 +67,18 @@ async def post_password_email_request_token(request: Request) -> Response:
 
 async def post_register_email_request_token(request: Request) -> Response:
     """POST /_matrix/client/v3/register/email/requestToken"""
-    raise MatrixError(Codes.THREEPID_DENIED, "Registration with an e-mail address is not "
-                      "supported on this server; register, then add the address")
+    raise MatrixError(
+        Codes.THREEPID_DENIED,
+        "Registration with an e-mail address is not "
+        "supported on this server; register, then add the address",
+    )
 
 
 async def post_msisdn_request_token(request: Request) -> Response:
     """POST /_matrix/client/v3/{register,account/3pid,account/password}/msisdn/requestToken"""
-    raise MatrixError(Codes.THREEPID_MEDIUM_NOT_SUPPORTED, "This server does not support "
-                      "phone numbers")
+    raise MatrixError(
+        Codes.THREEPID_MEDIUM_NOT_SUPPORTED, "This server does not support phone numbers"
+    )
 
 
 # --- /account/3pid ------------------------------------------------------------------------------
@@ -91,8 +102,9 @@ async def post_3pid_add(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     body = await parse_body(request, AddBody)
-    challenge = await hs.threepids.add_threepid(requester, body.sid, body.client_secret,
-                                                body.auth, uia_fingerprint(request))
+    challenge = await hs.threepids.add_threepid(
+        requester, body.sid, body.client_secret, body.auth, uia_fingerprint(request)
+    )
     if challenge is not None:
         return challenge_response(challenge)
     return json_response({})
@@ -122,8 +134,10 @@ async def post_3pid_bind(request: Request) -> Response:
         await parse_body(request, LegacyAddBody)
     # spec: M_SERVER_NOT_TRUSTED, the identity server is not one this server works with (it
     # works with none); addresses are added with /account/3pid/add.
-    raise MatrixError(Codes.SERVER_NOT_TRUSTED, "This server does not bind addresses on "
-                      "identity servers; use /account/3pid/add")
+    raise MatrixError(
+        Codes.SERVER_NOT_TRUSTED,
+        "This server does not bind addresses on identity servers; use /account/3pid/add",
+    )
 
 
 class ThreepidBody(RequestBody):
@@ -160,18 +174,26 @@ class SubmitBody(RequestBody):
     token: str
 
 
-_PAGE = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>"
-         "<body><h1>{title}</h1><p>{text}</p>{form}</body></html>")
+_PAGE = (
+    '<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title></head>'
+    "<body><h1>{title}</h1><p>{text}</p>{form}</body></html>"
+)
 # The page carries the token in its URL and a button that validates: nothing may frame it,
 # load anything from elsewhere or send its address on.
-_PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; form-action 'self'; "
-                 "frame-ancestors 'none'", "Referrer-Policy": "no-referrer",
-                 "X-Frame-Options": "DENY", "Cache-Control": "no-store"}
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
 
 
 def _page(title: str, text: str, form: str = "", status: int = 200) -> Response:
-    return HTMLResponse(_PAGE.format(title=html.escape(title), text=html.escape(text),
-                                     form=form), status_code=status, headers=_PAGE_HEADERS)
+    return HTMLResponse(
+        _PAGE.format(title=html.escape(title), text=html.escape(text), form=form),
+        status_code=status,
+        headers=_PAGE_HEADERS,
+    )
 
 
 def _done(validated: Validated) -> Response:
@@ -179,17 +201,25 @@ def _done(validated: Validated) -> Response:
         return RedirectResponse(validated.next_link, status_code=302, headers=_PAGE_HEADERS)
     if validated.purpose == PURPOSE_PASSWORD_RESET:
         return _page("Address confirmed", "Go back to your client to choose a new password.")
-    return _page("Address confirmed", "Your e-mail address has been validated. Go back to "
-                 "your client to finish adding it.")
+    return _page(
+        "Address confirmed",
+        "Your e-mail address has been validated. Go back to your client to finish adding it.",
+    )
 
 
 def _confirm_form(body: SubmitBody) -> str:
-    fields = "".join(f'<input type="hidden" name="{name}" value="{html.escape(value, True)}">'
-                     for name, value in (("sid", body.sid),
-                                         ("client_secret", body.client_secret),
-                                         ("token", body.token)))
-    return (f'<form method="post">{fields}<button type="submit">Yes, it was me: reset my '
-            "password</button></form>")
+    fields = "".join(
+        f'<input type="hidden" name="{name}" value="{html.escape(value, True)}">'
+        for name, value in (
+            ("sid", body.sid),
+            ("client_secret", body.client_secret),
+            ("token", body.token),
+        )
+    )
+    return (
+        f'<form method="post">{fields}<button type="submit">Yes, it was me: reset my '
+        "password</button></form>"
+    )
 
 
 def _wants_html(request: Request) -> bool:
@@ -212,9 +242,13 @@ async def get_submit_token(request: Request) -> Response:
             return _error_page(e)
         raise
     if not validated.validated:
-        return _page("Reset your password?", "Someone asked to reset the password of the "
-                     "account with this e-mail address. If it was you, confirm; if not, close "
-                     "this page and nothing changes.", _confirm_form(body))
+        return _page(
+            "Reset your password?",
+            "Someone asked to reset the password of the "
+            "account with this e-mail address. If it was you, confirm; if not, close "
+            "this page and nothing changes.",
+            _confirm_form(body),
+        )
     return _done(validated)
 
 
@@ -243,15 +277,15 @@ client_routes = [
     Route("/v3/account/3pid/bind", post_3pid_bind, methods=["POST"]),
     Route("/v3/account/3pid/delete", post_3pid_delete, methods=["POST"]),
     Route("/v3/account/3pid/unbind", post_3pid_unbind, methods=["POST"]),
-    Route("/v3/account/3pid/email/requestToken", post_3pid_email_request_token,
-          methods=["POST"]),
-    Route("/v3/account/password/email/requestToken", post_password_email_request_token,
-          methods=["POST"]),
-    Route("/v3/register/email/requestToken", post_register_email_request_token,
-          methods=["POST"]),
+    Route("/v3/account/3pid/email/requestToken", post_3pid_email_request_token, methods=["POST"]),
+    Route(
+        "/v3/account/password/email/requestToken",
+        post_password_email_request_token,
+        methods=["POST"],
+    ),
+    Route("/v3/register/email/requestToken", post_register_email_request_token, methods=["POST"]),
     Route("/v3/account/3pid/msisdn/requestToken", post_msisdn_request_token, methods=["POST"]),
-    Route("/v3/account/password/msisdn/requestToken", post_msisdn_request_token,
-          methods=["POST"]),
+    Route("/v3/account/password/msisdn/requestToken", post_msisdn_request_token, methods=["POST"]),
     Route("/v3/register/msisdn/requestToken", post_msisdn_request_token, methods=["POST"]),
 ]
 root_routes = [

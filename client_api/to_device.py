@@ -21,8 +21,9 @@ async def put_send_to_device(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     body = await parse_body(request, SendToDeviceBody)
-    await hs.to_device.send(requester, request.path_params["event_type"],
-                            request.path_params["txn_id"], body.messages)
+    await hs.to_device.send(
+        requester, request.path_params["event_type"], request.path_params["txn_id"], body.messages
+    )
     return json_response({})
 
 

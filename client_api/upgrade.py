@@ -22,8 +22,11 @@ async def upgrade_room(request: Request) -> Response:
     requester = await require_user(request)
     body = await parse_body(request, UpgradeBody)
     replacement = await hs.room_upgrader.upgrade(
-        requester, RoomID.parse(request.path_params["room_id"]), body.new_version,
-        body.additional_creators)
+        requester,
+        RoomID.parse(request.path_params["room_id"]),
+        body.new_version,
+        body.additional_creators,
+    )
     return json_response({"replacement_room": replacement})
 
 

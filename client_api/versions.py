@@ -9,8 +9,21 @@ from starlette.routing import Route
 from homeserver.web import homeserver_of, json_response, require_user
 from homeserver.websocket import UNSTABLE_FEATURE
 
-SUPPORTED_VERSIONS = ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8",
-                      "v1.9", "v1.10", "v1.11", "v1.12"]
+SUPPORTED_VERSIONS = [
+    "r0.6.1",
+    "v1.1",
+    "v1.2",
+    "v1.3",
+    "v1.4",
+    "v1.5",
+    "v1.6",
+    "v1.7",
+    "v1.8",
+    "v1.9",
+    "v1.10",
+    "v1.11",
+    "v1.12",
+]
 
 
 async def get_versions(request: Request) -> Response:

@@ -53,8 +53,11 @@ async def websocket_sync(websocket: WebSocket) -> None:
     """GET /_matrix/client/unstable/org.homeserver.ws/v1/sync (WebSocket upgrade)"""
     hs: Homeserver = websocket.app.state.homeserver
     if not hs.config.websocket.enabled:
-        await websocket.send_denial_response(JSONResponse(
-            {"errcode": Codes.UNRECOGNIZED, "error": "Unrecognized request"}, status_code=404))
+        await websocket.send_denial_response(
+            JSONResponse(
+                {"errcode": Codes.UNRECOGNIZED, "error": "Unrecognized request"}, status_code=404
+            )
+        )
         return
     # Accept first, even a request we refuse: a browser sees a close code and an error frame,
     # never the body of a refused upgrade.
@@ -63,7 +66,8 @@ async def websocket_sync(websocket: WebSocket) -> None:
         StarletteTransport(websocket),
         authorization=websocket.headers.get("authorization"),
         token_in_url="access_token" in websocket.query_params,
-        query=websocket.query_params)
+        query=websocket.query_params,
+    )
 
 
 client_routes = [WebSocketRoute(PATH, websocket_sync)]

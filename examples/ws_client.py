@@ -28,10 +28,16 @@ GIVE_UP = {4000, 4001}  # bad parameters or credentials: reconnecting would not 
 
 
 def login(server: str, user: str, password: str) -> str:
-    body = json.dumps({"type": "m.login.password", "password": password,
-                       "identifier": {"type": "m.id.user", "user": user}}).encode()
-    request = urllib.request.Request(f"{server}/_matrix/client/v3/login", data=body,
-                                     headers={"Content-Type": "application/json"})
+    body = json.dumps(
+        {
+            "type": "m.login.password",
+            "password": password,
+            "identifier": {"type": "m.id.user", "user": user},
+        }
+    ).encode()
+    request = urllib.request.Request(
+        f"{server}/_matrix/client/v3/login", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request) as response:
         return str(json.load(response)["access_token"])
 
@@ -48,14 +54,17 @@ class Client:
         lines: asyncio.Queue[str] = asyncio.Queue()
         # Unix: stdin is read as lines arrive; at its end, leave.
         asyncio.get_running_loop().add_reader(
-            sys.stdin, lambda: lines.put_nowait(sys.stdin.readline() or "/quit"))
+            sys.stdin, lambda: lines.put_nowait(sys.stdin.readline() or "/quit")
+        )
         delay = 1.0
         while True:
             query = f"?since={self.since}" if self.since else ""
             try:
-                async with connect(self.url + query, max_size=None,
-                                   additional_headers={"Authorization": f"Bearer {self.token}"}
-                                   ) as ws:
+                async with connect(
+                    self.url + query,
+                    max_size=None,
+                    additional_headers={"Authorization": f"Bearer {self.token}"},
+                ) as ws:
                     delay = 1.0
                     await self._session(ws, lines)
                     return  # /quit
@@ -75,8 +84,7 @@ class Client:
         received = asyncio.create_task(ws.recv())
         try:
             while True:
-                done, _ = await asyncio.wait({typed, received},
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({typed, received}, return_when=asyncio.FIRST_COMPLETED)
                 if received in done:
                     await self._on_frame(ws, json.loads(received.result()))
                     received = asyncio.create_task(ws.recv())
@@ -116,11 +124,21 @@ class Client:
         elif line and self.room_id is None:
             print("* no room yet: /room !id")
         elif line:
-            await ws.send(json.dumps({"id": str(next(self.ids)), "method": "send", "params": {
-                "room_id": self.room_id, "event_type": "m.room.message",
-                # One txn_id per message, so that a retry cannot post it twice.
-                "txn_id": f"ws{time.time_ns()}",
-                "content": {"msgtype": "m.text", "body": line}}}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "id": str(next(self.ids)),
+                        "method": "send",
+                        "params": {
+                            "room_id": self.room_id,
+                            "event_type": "m.room.message",
+                            # One txn_id per message, so that a retry cannot post it twice.
+                            "txn_id": f"ws{time.time_ns()}",
+                            "content": {"msgtype": "m.text", "body": line},
+                        },
+                    }
+                )
+            )
         return True
 
 

@@ -36,8 +36,9 @@ class AccountDataService:
 
     # --- global ----------------------------------------------------------------------------
 
-    async def set_account_data(self, requester: Requester, user_id: UserID, data_type: str,
-                               content: JsonDict) -> None:
+    async def set_account_data(
+        self, requester: Requester, user_id: UserID, data_type: str, content: JsonDict
+    ) -> None:
         _check_owner(requester, user_id, "set account data")
         _check_writable(data_type)
         if data_type == IGNORED_USER_LIST:
@@ -46,16 +47,18 @@ class AccountDataService:
             _check_direct(content)
         await self.set_server_account_data(user_id, None, data_type, content)
 
-    async def get_account_data(self, requester: Requester, user_id: UserID,
-                               data_type: str) -> JsonDict:
+    async def get_account_data(
+        self, requester: Requester, user_id: UserID, data_type: str
+    ) -> JsonDict:
         _check_owner(requester, user_id, "read account data")
         content = await self._store.get(user_id, None, data_type)
         if content is None:
             raise MatrixError(Codes.NOT_FOUND, "Account data not found")
         return content
 
-    async def set_server_account_data(self, user_id: str, room_id: str | None, data_type: str,
-                                      content: JsonDict) -> None:
+    async def set_server_account_data(
+        self, user_id: str, room_id: str | None, data_type: str, content: JsonDict
+    ) -> None:
         """Write any type unchecked: for services that own a type (read markers' m.fully_read,
         push rules' m.push_rules). Wakes the user's syncs."""
         position = await self._store.put(user_id, room_id, data_type, content)
@@ -63,18 +66,24 @@ class AccountDataService:
 
     # --- per room --------------------------------------------------------------------------
 
-    async def set_room_account_data(self, requester: Requester, user_id: UserID,
-                                    room_id: RoomID, data_type: str, content: JsonDict) -> None:
+    async def set_room_account_data(
+        self,
+        requester: Requester,
+        user_id: UserID,
+        room_id: RoomID,
+        data_type: str,
+        content: JsonDict,
+    ) -> None:
         _check_owner(requester, user_id, "set account data")
         _check_writable(data_type)
         if data_type == TAG:
-            raise MatrixError(Codes.BAD_JSON, "Room tags are set through the tags API",
-                              status=405)
+            raise MatrixError(Codes.BAD_JSON, "Room tags are set through the tags API", status=405)
         await self._check_membership(user_id, room_id)
         await self.set_server_account_data(user_id, room_id, data_type, content)
 
-    async def get_room_account_data(self, requester: Requester, user_id: UserID,
-                                    room_id: RoomID, data_type: str) -> JsonDict:
+    async def get_room_account_data(
+        self, requester: Requester, user_id: UserID, room_id: RoomID, data_type: str
+    ) -> JsonDict:
         _check_owner(requester, user_id, "read account data")
         if data_type == TAG:
             tags = await self._store.get_room_tags(user_id, room_id)
@@ -88,21 +97,24 @@ class AccountDataService:
 
     # --- tags ------------------------------------------------------------------------------
 
-    async def get_room_tags(self, requester: Requester, user_id: UserID,
-                            room_id: RoomID) -> dict[str, JsonDict]:
+    async def get_room_tags(
+        self, requester: Requester, user_id: UserID, room_id: RoomID
+    ) -> dict[str, JsonDict]:
         _check_owner(requester, user_id, "read tags")
         return await self._store.get_room_tags(user_id, room_id)
 
-    async def set_room_tag(self, requester: Requester, user_id: UserID, room_id: RoomID,
-                           tag: str, content: JsonDict) -> None:
+    async def set_room_tag(
+        self, requester: Requester, user_id: UserID, room_id: RoomID, tag: str, content: JsonDict
+    ) -> None:
         _check_owner(requester, user_id, "set tags")
         _check_tag(tag)
         await self._check_membership(user_id, room_id)
         position = await self._store.put_room_tag(user_id, room_id, tag, content)
         await self._notifier.notify(Stream.ACCOUNT_DATA, position, user_ids=(user_id,))
 
-    async def delete_room_tag(self, requester: Requester, user_id: UserID, room_id: RoomID,
-                              tag: str) -> None:
+    async def delete_room_tag(
+        self, requester: Requester, user_id: UserID, room_id: RoomID, tag: str
+    ) -> None:
         _check_owner(requester, user_id, "remove tags")
         _check_tag(tag)
         if tag not in await self._store.get_room_tags(user_id, room_id):
@@ -116,32 +128,39 @@ class AccountDataService:
 
     # --- sync ------------------------------------------------------------------------------
 
-    async def global_events(self, requester: Requester, since: StreamToken | None,
-                            now: StreamToken) -> list[JsonDict]:
+    async def global_events(
+        self, requester: Requester, since: StreamToken | None, now: StreamToken
+    ) -> list[JsonDict]:
         """``GlobalSource``: the top-level ``account_data`` events."""
         after, upto = _range(since, now)
         if after is not None and after >= upto:
             return []
-        items = await self._store.get_changed(requester.user_id, rooms=False, after=after,
-                                              upto=upto)
+        items = await self._store.get_changed(
+            requester.user_id, rooms=False, after=after, upto=upto
+        )
         return [{"type": i.type, "content": i.content} for i in items]
 
-    async def room_events(self, requester: Requester, room_ids: Sequence[str],
-                          since: StreamToken | None, now: StreamToken
-                          ) -> dict[str, list[JsonDict]]:
+    async def room_events(
+        self,
+        requester: Requester,
+        room_ids: Sequence[str],
+        since: StreamToken | None,
+        now: StreamToken,
+    ) -> dict[str, list[JsonDict]]:
         """``RoomSource``: each room's ``account_data``, tags as one ``m.tag`` event."""
         after, upto = _range(since, now)
         if not room_ids or (after is not None and after >= upto):
             return {}
         wanted = set(room_ids)
         out: dict[str, list[JsonDict]] = {}
-        for item in await self._store.get_changed(requester.user_id, rooms=True, after=after,
-                                                  upto=upto):
+        for item in await self._store.get_changed(
+            requester.user_id, rooms=True, after=after, upto=upto
+        ):
             if item.room_id in wanted and item.type != TAG:
                 out.setdefault(item.room_id, []).append(
-                    {"type": item.type, "content": item.content})
-        tags = await self._store.get_tags_changed(requester.user_id, wanted, after=after,
-                                                  upto=upto)
+                    {"type": item.type, "content": item.content}
+                )
+        tags = await self._store.get_tags_changed(requester.user_id, wanted, after=after, upto=upto)
         for room_id, room_tags in tags.items():
             out.setdefault(room_id, []).append({"type": TAG, "content": {"tags": room_tags}})
         return out
@@ -178,8 +197,7 @@ def _check_writable(data_type: str) -> None:
     if len(data_type.encode()) > MAX_TYPE_BYTES:
         raise MatrixError(Codes.INVALID_PARAM, f"Type is longer than {MAX_TYPE_BYTES} bytes")
     if data_type in SERVER_MANAGED:
-        raise MatrixError(Codes.BAD_JSON, f"Cannot set {data_type} through this API",
-                          status=405)
+        raise MatrixError(Codes.BAD_JSON, f"Cannot set {data_type} through this API", status=405)
 
 
 def _check_tag(tag: str) -> None:

@@ -78,11 +78,19 @@ class LoginRequest:
 
 
 class AccountService:
-    def __init__(self, store: AccountStore, auth: AuthService, uia: UiaService,
-                 ratelimiter: RateLimiter, clock: Clock, server_name: str,
-                 registration: RegistrationConfig, *,
-                 on_deactivated: OnDeactivated | None = None,
-                 on_devices_deleted: OnDevicesDeleted | None = None) -> None:
+    def __init__(
+        self,
+        store: AccountStore,
+        auth: AuthService,
+        uia: UiaService,
+        ratelimiter: RateLimiter,
+        clock: Clock,
+        server_name: str,
+        registration: RegistrationConfig,
+        *,
+        on_deactivated: OnDeactivated | None = None,
+        on_devices_deleted: OnDevicesDeleted | None = None,
+    ) -> None:
         self._store = store
         self._auth = auth
         self._uia = uia
@@ -112,12 +120,14 @@ class AccountService:
             return [[LOGIN_REGISTRATION_TOKEN]]
         raise MatrixError(Codes.FORBIDDEN, "Registration is disabled")
 
-    async def register(self, request: RegistrationRequest, fingerprint: str
-                       ) -> Registered | AuthChallenge:
+    async def register(
+        self, request: RegistrationRequest, fingerprint: str
+    ) -> Registered | AuthChallenge:
         if request.client_ip is not None:
             self._ratelimiter.check(Action.REGISTRATION, f"ip:{request.client_ip}")
         flows = await self.registration_flows(
-            in_session=request.auth is not None and request.auth.get("session") is not None)
+            in_session=request.auth is not None and request.auth.get("session") is not None
+        )
         # spec: the user ID and password are checked before user-interactive authentication.
         user_id = None
         if request.username is not None:
@@ -143,10 +153,13 @@ class AccountService:
         logger.info("user registered", extra={"user_id": user_id})
         if request.inhibit_login:
             return Registered(user_id, None)
-        session = await self._start_session(user_id, request.device_id,
-                                            request.initial_device_display_name,
-                                            refreshable=request.refresh_token,
-                                            client_ip=request.client_ip)
+        session = await self._start_session(
+            user_id,
+            request.device_id,
+            request.initial_device_display_name,
+            refreshable=request.refresh_token,
+            client_ip=request.client_ip,
+        )
         return Registered(user_id, session)
 
     async def check_username_available(self, username: str, client_ip: str | None) -> None:
@@ -164,8 +177,11 @@ class AccountService:
         if await self._uia.registration_token_valid(token):
             return True
         open_to_all = self._registration.enabled and not self._registration.require_token
-        if not open_to_all and not await self._uia.registration_token_possible() and \
-                not await self._uia.registration_token_known(token):
+        if (
+            not open_to_all
+            and not await self._uia.registration_token_possible()
+            and not await self._uia.registration_token_known(token)
+        ):
             # spec: 403 where registration is closed, so every token is invalid. A known but
             # used-up or expired token is rather reported invalid: it tells its holder why.
             raise MatrixError(Codes.FORBIDDEN, "Registration is disabled")
@@ -176,37 +192,48 @@ class AccountService:
         user_id = self._new_user_id(localpart)
         self.check_password_strength(password)
         if await self._store.user_exists_ignoring_case(user_id) or not await self._create_user(
-                user_id, await self._auth.hash_password(password), is_admin=admin):
+            user_id, await self._auth.hash_password(password), is_admin=admin
+        ):
             raise MatrixError(Codes.USER_IN_USE, "User ID already taken")
         logger.info("user registered by an administrator", extra={"user_id": user_id})
         return user_id
 
     def check_password_strength(self, password: str) -> None:
         if len(password) < self._registration.min_password_length:
-            raise MatrixError(Codes.WEAK_PASSWORD, "Password must be at least "
-                              f"{self._registration.min_password_length} characters long")
+            raise MatrixError(
+                Codes.WEAK_PASSWORD,
+                "Password must be at least "
+                f"{self._registration.min_password_length} characters long",
+            )
         if len(password.encode()) > MAX_PASSWORD_BYTES:
-            raise MatrixError(Codes.INVALID_PARAM,
-                              f"Password is longer than {MAX_PASSWORD_BYTES} bytes")
+            raise MatrixError(
+                Codes.INVALID_PARAM, f"Password is longer than {MAX_PASSWORD_BYTES} bytes"
+            )
 
     def _new_user_id(self, username: str) -> UserID:
         # spec: a server maps a username onto the grammar or refuses it; upper case maps to
         # lower case (user IDs are case-insensitive in practice), anything else is refused.
         localpart = username.lower()
         if not localpart or not is_valid_new_localpart(localpart):
-            raise MatrixError(Codes.INVALID_USERNAME, "User ID may only contain a-z, 0-9, "
-                              "'.', '_', '=', '-', '/' and '+'")
+            raise MatrixError(
+                Codes.INVALID_USERNAME,
+                "User ID may only contain a-z, 0-9, '.', '_', '=', '-', '/' and '+'",
+            )
         user_id = UserID.of(localpart, self._server_name)
         if len(user_id.encode()) > MAX_ID_BYTES:
-            raise MatrixError(Codes.INVALID_USERNAME,
-                              f"User ID is longer than {MAX_ID_BYTES} bytes")
+            raise MatrixError(
+                Codes.INVALID_USERNAME, f"User ID is longer than {MAX_ID_BYTES} bytes"
+            )
         return user_id
 
-    async def _create_user(self, user_id: UserID, password_hash: str, *,
-                           is_admin: bool) -> bool:
-        return await self._store.create_user(user_id, password_hash, is_admin=is_admin,
-                                             created_ts=self._clock.now_ms(),
-                                             displayname=user_id.localpart)
+    async def _create_user(self, user_id: UserID, password_hash: str, *, is_admin: bool) -> bool:
+        return await self._store.create_user(
+            user_id,
+            password_hash,
+            is_admin=is_admin,
+            created_ts=self._clock.now_ms(),
+            displayname=user_id.localpart,
+        )
 
     async def _create_generated_user(self, password_hash: str) -> UserID:
         # spec: without ``username`` the server picks the localpart.
@@ -225,17 +252,19 @@ class AccountService:
         if request.client_ip is not None:
             self._ratelimiter.check(Action.LOGIN, f"ip:{request.client_ip}")
         if request.login_type != LOGIN_PASSWORD:
-            raise MatrixError(Codes.UNKNOWN, f"Unknown login type {request.login_type}",
-                              status=400)
+            raise MatrixError(Codes.UNKNOWN, f"Unknown login type {request.login_type}", status=400)
         if request.identifier_type == "m.id.phone":
             # No phone number is ever bound to an account here (spec: unknown 3PID: 403).
             raise MatrixError(Codes.FORBIDDEN, "Unknown third-party identifier")
         third_party = request.identifier_type == "m.id.thirdparty" or (
-            request.identifier_type is None and request.user is None and
-            (request.medium is not None or request.address is not None))
+            request.identifier_type is None
+            and request.user is None
+            and (request.medium is not None or request.address is not None)
+        )
         if request.identifier_type not in (None, "m.id.user", "m.id.thirdparty"):
-            raise MatrixError(Codes.UNKNOWN, f"Unknown identifier type "
-                              f"{request.identifier_type}", status=400)
+            raise MatrixError(
+                Codes.UNKNOWN, f"Unknown identifier type {request.identifier_type}", status=400
+            )
         if third_party:
             for name in ("medium", "address"):
                 if getattr(request, name) is None:
@@ -250,8 +279,11 @@ class AccountService:
         if third_party:
             assert request.medium is not None and request.address is not None
             # spec: a 3PID bound to no account is a 403, like a wrong password.
-            user_id = await self.email_identity.owner_of(request.medium, request.address) \
-                if self.email_identity is not None else None
+            user_id = (
+                await self.email_identity.owner_of(request.medium, request.address)
+                if self.email_identity is not None
+                else None
+            )
         else:
             assert request.user is not None
             user_id = parse_user_identifier(request.user, self._server_name)
@@ -262,15 +294,20 @@ class AccountService:
         if user is not None and user.deactivated:
             # Its password is wiped on deactivation, so say why rather than "wrong password".
             raise MatrixError(Codes.USER_DEACTIVATED, "This account has been deactivated")
-        if user is None or not await self._auth.check_password(user.password_hash,
-                                                               request.password):
+        if user is None or not await self._auth.check_password(
+            user.password_hash, request.password
+        ):
             raise MatrixError(Codes.FORBIDDEN, "Invalid username or password")
-        session = await self._start_session(user.user_id, request.device_id,
-                                            request.initial_device_display_name,
-                                            refreshable=request.refresh_token,
-                                            client_ip=request.client_ip)
-        logger.info("user logged in", extra={"user_id": user.user_id,
-                                             "device_id": session.device_id})
+        session = await self._start_session(
+            user.user_id,
+            request.device_id,
+            request.initial_device_display_name,
+            refreshable=request.refresh_token,
+            client_ip=request.client_ip,
+        )
+        logger.info(
+            "user logged in", extra={"user_id": user.user_id, "device_id": session.device_id}
+        )
         return session
 
     async def refresh(self, refresh_token: str) -> Session:
@@ -285,12 +322,17 @@ class AccountService:
         await self._devices_deleted(requester.user_id, device_ids, hashes)
 
     def whoami(self, requester: Requester) -> JsonDict:
-        return {"user_id": requester.user_id, "device_id": requester.device_id,
-                "is_guest": False}
+        return {"user_id": requester.user_id, "device_id": requester.device_id, "is_guest": False}
 
-    async def _start_session(self, user_id: UserID, device_id: str | None,
-                             display_name: str | None, *, refreshable: bool,
-                             client_ip: str | None) -> Session:
+    async def _start_session(
+        self,
+        user_id: UserID,
+        device_id: str | None,
+        display_name: str | None,
+        *,
+        refreshable: bool,
+        client_ip: str | None,
+    ) -> Session:
         if device_id is None:
             device_id = new_device_id()
         elif await self._store.get_device(user_id, device_id) is not None:
@@ -298,27 +340,36 @@ class AccountService:
             # access and refresh tokens stop working; its display name is kept.
             self._auth.forget_cached(await self._store.delete_device_tokens(user_id, device_id))
             display_name = None
-        await self._store.upsert_device(user_id, device_id, display_name, self._clock.now_ms(),
-                                        client_ip)
+        await self._store.upsert_device(
+            user_id, device_id, display_name, self._clock.now_ms(), client_ip
+        )
         return await self._auth.create_session(user_id, device_id, refreshable=refreshable)
 
     def _check_device(self, device_id: str | None, display_name: str | None) -> None:
         if device_id is not None and not 0 < len(device_id.encode()) <= MAX_DEVICE_ID_BYTES:
-            raise MatrixError(Codes.INVALID_PARAM, "device_id must be 1 to "
-                              f"{MAX_DEVICE_ID_BYTES} bytes long")
+            raise MatrixError(
+                Codes.INVALID_PARAM, f"device_id must be 1 to {MAX_DEVICE_ID_BYTES} bytes long"
+            )
         if display_name is not None:
             self._check_display_name(display_name)
 
     def _check_display_name(self, display_name: str) -> None:
         if len(display_name) > MAX_DEVICE_DISPLAY_NAME_CHARS:
-            raise MatrixError(Codes.INVALID_PARAM, "Device display name is longer than "
-                              f"{MAX_DEVICE_DISPLAY_NAME_CHARS} characters")
+            raise MatrixError(
+                Codes.INVALID_PARAM,
+                f"Device display name is longer than {MAX_DEVICE_DISPLAY_NAME_CHARS} characters",
+            )
 
     # --- password and deactivation ---------------------------------------------------------
 
-    async def change_password(self, requester: Requester | None, new_password: str,
-                              logout_devices: bool, auth: JsonDict | None,
-                              fingerprint: str) -> AuthChallenge | None:
+    async def change_password(
+        self,
+        requester: Requester | None,
+        new_password: str,
+        logout_devices: bool,
+        auth: JsonDict | None,
+        fingerprint: str,
+    ) -> AuthChallenge | None:
         """spec: /account/password; without an access token the password stage (or the
         validated e-mail address of ``m.login.email.identity``) says who."""
         self.check_password_strength(new_password)
@@ -326,8 +377,8 @@ class AccountService:
         if self.email_identity is not None and self.email_identity.enabled:
             flows = [*PASSWORD_FLOWS, [LOGIN_EMAIL_IDENTITY]]  # password reset by mail
         result = await self._uia.authenticate(
-            auth, flows, fingerprint,
-            requester=requester.user_id if requester is not None else None)
+            auth, flows, fingerprint, requester=requester.user_id if requester is not None else None
+        )
         if isinstance(result, AuthChallenge):
             return result
         user_id = requester.user_id if requester is not None else result.user_id
@@ -342,11 +393,15 @@ class AccountService:
         logger.info("password changed", extra={"user_id": user_id})
         return None
 
-    async def deactivate(self, requester: Requester | None, auth: JsonDict | None,
-                         fingerprint: str) -> AuthChallenge | None:
+    async def deactivate(
+        self, requester: Requester | None, auth: JsonDict | None, fingerprint: str
+    ) -> AuthChallenge | None:
         result = await self._uia.authenticate(
-            auth, PASSWORD_FLOWS, fingerprint,
-            requester=requester.user_id if requester is not None else None)
+            auth,
+            PASSWORD_FLOWS,
+            fingerprint,
+            requester=requester.user_id if requester is not None else None,
+        )
         if isinstance(result, AuthChallenge):
             return result
         user_id = requester.user_id if requester is not None else result.user_id
@@ -372,21 +427,29 @@ class AccountService:
             raise MatrixError(Codes.NOT_FOUND, "Unknown device")
         return device
 
-    async def update_device(self, requester: Requester, device_id: str,
-                            display_name: str | None) -> None:
+    async def update_device(
+        self, requester: Requester, device_id: str, display_name: str | None
+    ) -> None:
         """spec: only application services may create devices here; others update theirs."""
         if display_name is None:
             await self.get_device(requester, device_id)
             return
         self._check_display_name(display_name)
-        if not await self._store.set_device_display_name(requester.user_id, device_id,
-                                                         display_name):
+        if not await self._store.set_device_display_name(
+            requester.user_id, device_id, display_name
+        ):
             raise MatrixError(Codes.NOT_FOUND, "Unknown device")
 
-    async def delete_devices(self, requester: Requester, device_ids: Sequence[str],
-                             auth: JsonDict | None, fingerprint: str) -> AuthChallenge | None:
-        result = await self._uia.authenticate(auth, PASSWORD_FLOWS, fingerprint,
-                                              requester=requester.user_id)
+    async def delete_devices(
+        self,
+        requester: Requester,
+        device_ids: Sequence[str],
+        auth: JsonDict | None,
+        fingerprint: str,
+    ) -> AuthChallenge | None:
+        result = await self._uia.authenticate(
+            auth, PASSWORD_FLOWS, fingerprint, requester=requester.user_id
+        )
         if isinstance(result, AuthChallenge):
             return result
         await self._uia.finish(result)
@@ -400,8 +463,9 @@ class AccountService:
         hashes = await self._store.delete_devices(user_id, device_ids)
         await self._devices_deleted(user_id, device_ids, hashes)
 
-    async def _devices_deleted(self, user_id: UserID, device_ids: list[str],
-                               token_hashes: list[bytes]) -> None:
+    async def _devices_deleted(
+        self, user_id: UserID, device_ids: list[str], token_hashes: list[bytes]
+    ) -> None:
         self._auth.forget_cached([bytes(h) for h in token_hashes])
         if device_ids and self.on_devices_deleted is not None:
             await self.on_devices_deleted(user_id, device_ids)

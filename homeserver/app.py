@@ -99,8 +99,9 @@ STOP_WAIT_S = 0.5
 class Homeserver:
     """Everything one worker runs, built once from the config."""
 
-    def __init__(self, config: HomeserverConfig, db: Database, signing_key: SigningKey,
-                 clock: Clock) -> None:
+    def __init__(
+        self, config: HomeserverConfig, db: Database, signing_key: SigningKey, clock: Clock
+    ) -> None:
         self.config = config
         self.db = db
         self.clock = clock
@@ -114,15 +115,34 @@ class Homeserver:
         self.auth = AuthService(self.account_store, clock, config.auth)
         self.ratelimiter = RateLimiter(config.rate_limits, clock)
         self.registration_tokens = RegistrationTokenStore(db)
-        self.uia = UiaService(UiaStore(db), self.account_store, self.registration_tokens,
-                              self.auth, self.ratelimiter, clock, config.server_name,
-                              config.registration)
-        self.accounts = AccountService(self.account_store, self.auth, self.uia,
-                                       self.ratelimiter, clock, config.server_name,
-                                       config.registration)
-        self.threepids = ThreepidService(ThreepidStore(db), PushStore(db), self.uia,
-                                         self.ratelimiter, clock, config.email,
-                                         config.base_url)
+        self.uia = UiaService(
+            UiaStore(db),
+            self.account_store,
+            self.registration_tokens,
+            self.auth,
+            self.ratelimiter,
+            clock,
+            config.server_name,
+            config.registration,
+        )
+        self.accounts = AccountService(
+            self.account_store,
+            self.auth,
+            self.uia,
+            self.ratelimiter,
+            clock,
+            config.server_name,
+            config.registration,
+        )
+        self.threepids = ThreepidService(
+            ThreepidStore(db),
+            PushStore(db),
+            self.uia,
+            self.ratelimiter,
+            clock,
+            config.email,
+            config.base_url,
+        )
         self.uia.set_email_identity(self.threepids)
         self.accounts.email_identity = self.threepids
         self.profiles = ProfileService(self.account_store, config.server_name)
@@ -136,36 +156,53 @@ class Homeserver:
         self._build_media(config, db, clock)
         self.app = create_app(self)
 
-    def _build_rooms(self, config: HomeserverConfig, db: Database, signing_key: SigningKey,
-                     clock: Clock) -> None:
+    def _build_rooms(
+        self, config: HomeserverConfig, db: Database, signing_key: SigningKey, clock: Clock
+    ) -> None:
         self.event_store = EventStore(db)
         self.room_store = RoomStore(db, self.event_store)
-        self.event_sender = EventSender(self.event_store, self.room_store, self.notifier, clock,
-                                        config.server_name, signing_key)
+        self.event_sender = EventSender(
+            self.event_store, self.room_store, self.notifier, clock, config.server_name, signing_key
+        )
         self.visibility = Visibility(self.event_store, self.room_store)
-        self.memberships = MembershipService(self.event_sender, self.room_store,
-                                             config.server_name, self._profile_of)
+        self.memberships = MembershipService(
+            self.event_sender, self.room_store, config.server_name, self._profile_of
+        )
         self.directory = DirectoryService(self.room_store, self.event_store, config.server_name)
-        self.room_creator = RoomCreator(self.event_sender, self.room_store, self.memberships,
-                                        self.directory, config.server_name,
-                                        config.rooms.default_room_version, clock)
+        self.room_creator = RoomCreator(
+            self.event_sender,
+            self.room_store,
+            self.memberships,
+            self.directory,
+            config.server_name,
+            config.rooms.default_room_version,
+            clock,
+        )
         self.relation_store = RelationStore(db)
         self.aggregations = Aggregations(self.relation_store, self.event_store, clock)
-        self.rooms = RoomService(self.event_sender, self.event_store, self.room_store,
-                                 self.visibility, clock, aggregations=self.aggregations)
-        self.relations = RelationsService(self.relation_store, self.event_store, self.rooms,
-                                          self.visibility)
-        self.room_upgrader = RoomUpgrader(self.event_sender, self.event_store, self.room_store,
-                                          self.memberships, clock)
-        self.sync = SyncService(db, self.event_store, self.room_store, self.rooms,
-                                self.visibility, self.notifier, clock)
+        self.rooms = RoomService(
+            self.event_sender,
+            self.event_store,
+            self.room_store,
+            self.visibility,
+            clock,
+            aggregations=self.aggregations,
+        )
+        self.relations = RelationsService(
+            self.relation_store, self.event_store, self.rooms, self.visibility
+        )
+        self.room_upgrader = RoomUpgrader(
+            self.event_sender, self.event_store, self.room_store, self.memberships, clock
+        )
+        self.sync = SyncService(
+            db, self.event_store, self.room_store, self.rooms, self.visibility, self.notifier, clock
+        )
         self.profiles.on_profile_changed = self._on_profile_changed
         self.accounts.on_deactivated = self._on_deactivated
 
     def _build_user_data(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
         """Account data (with tags and ignored users), to-device messages, user directory."""
-        self.account_data = AccountDataService(AccountDataStore(db), self.room_store,
-                                               self.notifier)
+        self.account_data = AccountDataService(AccountDataStore(db), self.room_store, self.notifier)
         self.sync.add_global_source("account_data", self.account_data)
         self.sync.add_room_source("account_data", self.account_data)
         # Cached (dropped on every worker by the account-data wake-up): read by every sync
@@ -174,37 +211,50 @@ class Homeserver:
         self.sync.set_ignored_users(self.ignore_lists)
         self.rooms.set_ignored_users(self.ignore_lists)
         self.aggregations.set_ignored_users(self.ignore_lists)
-        self.to_device = ToDeviceService(ToDeviceStore(db), self.notifier, clock,
-                                         config.server_name)
+        self.to_device = ToDeviceService(
+            ToDeviceStore(db), self.notifier, clock, config.server_name
+        )
         self.sync.add_global_source("to_device", self.to_device)
         self.accounts.on_devices_deleted = self._on_devices_deleted
         self.user_directory = UserDirectoryService(UserDirectoryStore(db))
 
     def _build_status(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
         """Presence, typing, receipts and read markers, unread counts (issue 3)."""
-        self.presence = PresenceService(PresenceStore(db), self.notifier, clock,
-                                        config.presence, self.event_store)
+        self.presence = PresenceService(
+            PresenceStore(db), self.notifier, clock, config.presence, self.event_store
+        )
         self.sync.add_global_source("presence", self.presence)
         if self.presence.enabled:
             self.background_jobs.append(self.presence.run_sweeper)
         self.typing = TypingService(TypingStore(db), self.room_store, self.notifier, clock)
         self.background_jobs.append(self.typing.run_expiry)
         receipt_store = ReceiptStore(db)
-        self.receipts = ReceiptService(receipt_store, self.event_store, self.room_store,
-                                       self.account_data, self.notifier, clock)
+        self.receipts = ReceiptService(
+            receipt_store,
+            self.event_store,
+            self.room_store,
+            self.account_data,
+            self.notifier,
+            clock,
+        )
         self.sync.add_room_source("ephemeral", EphemeralSource(self.typing, self.receipts))
-        self.unread = UnreadCountService(PushStore(db), self.ignore_lists, self.event_store,
-                                         receipt_store, clock,
-                                         config.push.action_retention_ms)
+        self.unread = UnreadCountService(
+            PushStore(db),
+            self.ignore_lists,
+            self.event_store,
+            receipt_store,
+            clock,
+            config.push.action_retention_ms,
+        )
         self.sync.set_unread_counts(self.unread)
 
     def _build_e2e(self, config: HomeserverConfig, db: Database) -> None:
         """End-to-end encryption: device and cross-signing keys, device lists, key backup
         (issue 7)."""
-        self.device_lists = DeviceListService(DeviceListStore(db), self.notifier,
-                                              self.event_store)
-        self.e2e_keys = E2eKeyService(E2eKeyStore(db), self.device_lists, self.uia,
-                                      config.server_name, self.notifier)
+        self.device_lists = DeviceListService(DeviceListStore(db), self.notifier, self.event_store)
+        self.e2e_keys = E2eKeyService(
+            E2eKeyStore(db), self.device_lists, self.uia, config.server_name, self.notifier
+        )
         self.sync.add_extension(self.e2e_keys)
         self.key_backup = KeyBackupService(KeyBackupStore(db))
 
@@ -219,26 +269,43 @@ class Homeserver:
         await self.e2e_keys.delete_for_devices(user_id, device_ids)
         await self.pushers.delete_for_devices(user_id, device_ids)
 
-    def _build_push(self, config: HomeserverConfig, db: Database, clock: Clock,
-                    signing_key: SigningKey) -> None:
+    def _build_push(
+        self, config: HomeserverConfig, db: Database, clock: Clock, signing_key: SigningKey
+    ) -> None:
         """Push rules (evaluated as events are persisted), pushers, the pusher sender and
         missed-message e-mails (issue 6)."""
         push_store = PushStore(db)
         self.push_rules = PushRuleService(push_store, self.account_data, self.bus)
-        self.event_sender.set_push_actions(PushActionGenerator(
-            self.push_rules, push_store, self.event_store, config.server_name,
-            self.ignore_lists))
-        self.sync.add_global_source("account_data",
-                                    AccountDataWithPushRules(self.account_data, self.push_rules))
+        self.event_sender.set_push_actions(
+            PushActionGenerator(
+                self.push_rules, push_store, self.event_store, config.server_name, self.ignore_lists
+            )
+        )
+        self.sync.add_global_source(
+            "account_data", AccountDataWithPushRules(self.account_data, self.push_rules)
+        )
         unsubscriber = Unsubscriber(bytes(signing_key.encode()))
-        self.pushers = PusherService(push_store, config.push, config.email, clock, unsubscriber,
-                                     self.threepids)
-        self.push_notifications = NotificationService(push_store, self.event_store, self.rooms,
-                                                      self.ignore_lists)
+        self.pushers = PusherService(
+            push_store, config.push, config.email, clock, unsubscriber, self.threepids
+        )
+        self.push_notifications = NotificationService(
+            push_store, self.event_store, self.rooms, self.ignore_lists
+        )
         self.pusher_sender = PusherSender(
-            db, push_store, self.event_store, self.room_store, self.unread, clock, self.bus,
-            config=config.push, email=config.email, presence=config.presence,
-            base_url=config.base_url, unsubscriber=unsubscriber, ignored=self.ignore_lists)
+            db,
+            push_store,
+            self.event_store,
+            self.room_store,
+            self.unread,
+            clock,
+            self.bus,
+            config=config.push,
+            email=config.email,
+            presence=config.presence,
+            base_url=config.base_url,
+            unsubscriber=unsubscriber,
+            ignored=self.ignore_lists,
+        )
         self.background_jobs.append(self.pusher_sender.run)
         self.push_action_pruner = PushActionPruner(push_store, clock, config.push)
         self.background_jobs.append(self.push_action_pruner.run)
@@ -255,24 +322,38 @@ class Homeserver:
                     await asyncio.Event().wait()
                 finally:
                     await gateway.aclose()
+
             self.background_jobs.append(close_gateway_at_exit)
 
     def _build_websocket(self, config: HomeserverConfig) -> None:
         """The WebSocket transport: built last, it answers requests with the other services."""
-        self.websocket = WebSocketService(config.websocket, self.auth, self.sync, self.filters,
-                                          self.rooms, self.ratelimiter, self.typing,
-                                          self.receipts, self.presence)
+        self.websocket = WebSocketService(
+            config.websocket,
+            self.auth,
+            self.sync,
+            self.filters,
+            self.rooms,
+            self.ratelimiter,
+            self.typing,
+            self.receipts,
+            self.presence,
+        )
 
     def _build_media(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
         """The media repository (issue 5): storage backend, uploads, thumbnails, previews."""
-        self.media = MediaService(MediaStore(db), build_backend(config.media.storage,
-                                                                config.data_path),
-                                  clock, config.server_name, config.media,
-                                  spool_dir(config.media.storage, config.data_path))
+        self.media = MediaService(
+            MediaStore(db),
+            build_backend(config.media.storage, config.data_path),
+            clock,
+            config.server_name,
+            config.media,
+            spool_dir(config.media.storage, config.data_path),
+        )
         self.url_previews = UrlPreviewer(config.media.url_preview, self.media)
 
-    async def _on_profile_changed(self, user_id: UserID, displayname: str | None,
-                                  avatar_url: str | None) -> None:
+    async def _on_profile_changed(
+        self, user_id: UserID, displayname: str | None, avatar_url: str | None
+    ) -> None:
         await self.memberships.update_profile_everywhere(user_id)
 
     async def _profile_of(self, user_id: str) -> tuple[str | None, str | None] | None:
@@ -303,23 +384,29 @@ def create_app(hs: Homeserver) -> Starlette:
     from media_repo import routes as media_routes
 
     app = Starlette(
-        routes=[Mount("/_matrix/media", routes=media_routes.media_routes),
-                # Before /_matrix/client: a Mount that matches a prefix never falls through.
-                Mount("/_matrix/client/v1/media", routes=media_routes.client_media_routes),
-                Mount("/_matrix/client", routes=client_routes.client_routes),
-                *client_routes.root_routes, *hs.push_gateway_routes],
+        routes=[
+            Mount("/_matrix/media", routes=media_routes.media_routes),
+            # Before /_matrix/client: a Mount that matches a prefix never falls through.
+            Mount("/_matrix/client/v1/media", routes=media_routes.client_media_routes),
+            Mount("/_matrix/client", routes=client_routes.client_routes),
+            *client_routes.root_routes,
+            *hs.push_gateway_routes,
+        ],
         middleware=[Middleware(CorsMiddleware)],
-        exception_handlers={MatrixError: matrix_error_handler,
-                            HTTPException: http_error_handler,
-                            Exception: internal_error_handler},
+        exception_handlers={
+            MatrixError: matrix_error_handler,
+            HTTPException: http_error_handler,
+            Exception: internal_error_handler,
+        },
     )
     app.state.homeserver = hs
     return app
 
 
 @asynccontextmanager
-async def running_homeserver(config: HomeserverConfig, *, clock: Clock | None = None,
-                             migrate: bool = True) -> AsyncIterator[Homeserver]:
+async def running_homeserver(
+    config: HomeserverConfig, *, clock: Clock | None = None, migrate: bool = True
+) -> AsyncIterator[Homeserver]:
     """Open the database (migrated to head), build the services, close them on exit."""
     config.data_path.mkdir(parents=True, exist_ok=True)
     db = Database(config.database_url, pool_size=config.database.pool_size)

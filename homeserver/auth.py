@@ -57,11 +57,14 @@ class AuthService:
         self._store = store
         self._clock = clock
         self._config = config
-        self._hasher = PasswordHasher(time_cost=config.password_hash_time_cost,
-                                      memory_cost=config.password_hash_memory_kib,
-                                      parallelism=1)
+        self._hasher = PasswordHasher(
+            time_cost=config.password_hash_time_cost,
+            memory_cost=config.password_hash_memory_kib,
+            parallelism=1,
+        )
         self._cache: TTLCache[bytes, tuple[Requester, int | None]] = TTLCache(
-            maxsize=max(1, config.token_cache_size), ttl=TOKEN_CACHE_TTL_S)
+            maxsize=max(1, config.token_cache_size), ttl=TOKEN_CACHE_TTL_S
+        )
         # Hashing is CPU-bound and takes password_hash_memory_kib each: more at once than
         # there are cores adds no speed, only memory (eight at once held 150 MB more).
         self._hashing = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
@@ -69,8 +72,7 @@ class AuthService:
     # --- passwords -------------------------------------------------------------------------
 
     async def hash_password(self, password: str) -> str:
-        return await anyio.to_thread.run_sync(self._hasher.hash, password,
-                                              limiter=self._hashing)
+        return await anyio.to_thread.run_sync(self._hasher.hash, password, limiter=self._hashing)
 
     async def check_password(self, password_hash: str | None, password: str) -> bool:
         if password_hash is None:
@@ -95,8 +97,10 @@ class AuthService:
                 raise MatrixError(Codes.UNKNOWN_TOKEN, "Unknown access token", soft_logout=False)
             if info.deactivated:
                 raise MatrixError(Codes.UNKNOWN_TOKEN, "User is deactivated", soft_logout=False)
-            cached = (Requester(info.user_id, info.device_id, info.token_id, info.is_admin),
-                      info.valid_until_ms)
+            cached = (
+                Requester(info.user_id, info.device_id, info.token_id, info.is_admin),
+                info.valid_until_ms,
+            )
             self._cache[key] = cached
         requester, valid_until_ms = cached
         if valid_until_ms is not None and self._clock.now_ms() >= valid_until_ms:
@@ -104,20 +108,24 @@ class AuthService:
             raise MatrixError(Codes.UNKNOWN_TOKEN, "Access token has expired", soft_logout=True)
         return requester
 
-    async def create_session(self, user_id: UserID, device_id: str, *,
-                             refreshable: bool) -> Session:
+    async def create_session(
+        self, user_id: UserID, device_id: str, *, refreshable: bool
+    ) -> Session:
         now = self._clock.now_ms()
         access = new_token("mat")
         if not refreshable:
-            await self._store.add_access_token(user_id, device_id, hash_token(access), now,
-                                               None, None)
+            await self._store.add_access_token(
+                user_id, device_id, hash_token(access), now, None, None
+            )
             return Session(user_id, device_id, access, None, None)
         refresh = new_token("mar")
         lifetime = self._config.access_token_lifetime_ms
-        refresh_id = await self._store.add_refresh_token(user_id, device_id,
-                                                         hash_token(refresh), now)
-        await self._store.add_access_token(user_id, device_id, hash_token(access), now,
-                                           now + lifetime, refresh_id)
+        refresh_id = await self._store.add_refresh_token(
+            user_id, device_id, hash_token(refresh), now
+        )
+        await self._store.add_access_token(
+            user_id, device_id, hash_token(access), now, now + lifetime, refresh_id
+        )
         return Session(user_id, device_id, access, refresh, lifetime)
 
     async def refresh(self, refresh_token: str) -> Session:
@@ -128,10 +136,15 @@ class AuthService:
         access, refresh = new_token("mat"), new_token("mar")
         lifetime = self._config.access_token_lifetime_ms
         if not await self._store.replace_refresh_token(
-                info.token_id, info.user_id, info.device_id, hash_token(refresh),
-                hash_token(access), now, now + lifetime):
-            raise MatrixError(Codes.UNKNOWN_TOKEN, "Refresh token already used",
-                              soft_logout=False)
+            info.token_id,
+            info.user_id,
+            info.device_id,
+            hash_token(refresh),
+            hash_token(access),
+            now,
+            now + lifetime,
+        ):
+            raise MatrixError(Codes.UNKNOWN_TOKEN, "Refresh token already used", soft_logout=False)
         self.forget_tokens_of_device_cache(info.user_id, info.device_id)
         return Session(info.user_id, info.device_id, access, refresh, lifetime)
 

@@ -67,15 +67,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(_config_path(args), create=True)
     configure_logging(args.log_level)
     _return_large_blocks_to_the_system()
-    print(f"Serving {config.server_name} on http://{config.listen.host}:{config.listen.port}",
-          file=sys.stderr)
-    uvicorn.run(asgi_app(config), host=config.listen.host, port=config.listen.port,
-                log_level=args.log_level.lower(), access_log=False, loop="auto",
-                http="auto", lifespan="on", log_config=None,
-                # The WebSocket transport has its own heartbeat (docs/websocket.md) and its
-                # own frame limit (an error frame up to twice max_frame_bytes, 1009 past it).
-                ws_ping_interval=None, ws_ping_timeout=None,
-                ws_max_size=2 * config.websocket.max_frame_bytes)
+    print(
+        f"Serving {config.server_name} on http://{config.listen.host}:{config.listen.port}",
+        file=sys.stderr,
+    )
+    uvicorn.run(
+        asgi_app(config),
+        host=config.listen.host,
+        port=config.listen.port,
+        log_level=args.log_level.lower(),
+        access_log=False,
+        loop="auto",
+        http="auto",
+        lifespan="on",
+        log_config=None,
+        # The WebSocket transport has its own heartbeat (docs/websocket.md) and its
+        # own frame limit (an error frame up to twice max_frame_bytes, 1009 past it).
+        ws_ping_interval=None,
+        ws_ping_timeout=None,
+        ws_max_size=2 * config.websocket.max_frame_bytes,
+    )
     return 0
 
 
@@ -104,8 +115,7 @@ def cmd_register_user(args: argparse.Namespace) -> int:
 
     async def run() -> str:
         async with running_homeserver(config) as hs:
-            return str(await hs.accounts.register_user_admin(args.localpart, password,
-                                                              args.admin))
+            return str(await hs.accounts.register_user_admin(args.localpart, password, args.admin))
 
     try:
         user_id = asyncio.run(run())
@@ -118,13 +128,13 @@ def cmd_register_user(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="homeserver", description="A Matrix homeserver")
-    parser.add_argument("-c", "--config", help=f"config file (default: $HS_CONFIG or "
-                        f"./{DEFAULT_CONFIG})")
+    parser.add_argument(
+        "-c", "--config", help=f"config file (default: $HS_CONFIG or ./{DEFAULT_CONFIG})"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="serve; generates a config and a key on first run")
-    run.add_argument("--log-level", default="INFO",
-                     choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=cmd_run)
 
     gen = sub.add_parser("generate-config", help="write a config file with the defaults")

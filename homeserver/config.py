@@ -288,8 +288,8 @@ class HomeserverConfig(BaseModel):
         """The URL with a relative SQLite path resolved against the data directory."""
         prefix = "sqlite+aiosqlite:///"
         url = self.database.url
-        if url.startswith(prefix) and not url[len(prefix):].startswith("/"):
-            rest = url[len(prefix):]
+        if url.startswith(prefix) and not url[len(prefix) :].startswith("/"):
+            rest = url[len(prefix) :]
             if rest and rest != ":memory:":
                 return prefix + str((self.data_path / rest).resolve())
         return url
@@ -314,7 +314,7 @@ def _overlay_environ(data: dict[str, Any], environ: Mapping[str, str]) -> dict[s
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX):
             continue
-        path = key[len(ENV_PREFIX):].lower().split("__")
+        path = key[len(ENV_PREFIX) :].lower().split("__")
         node = data
         for part in path[:-1]:
             child = node.get(part)
@@ -326,8 +326,9 @@ def _overlay_environ(data: dict[str, Any], environ: Mapping[str, str]) -> dict[s
     return data
 
 
-def parse_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = None
-                 ) -> HomeserverConfig:
+def parse_config(
+    data: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> HomeserverConfig:
     merged = _overlay_environ(dict(data), environ if environ is not None else {})
     try:
         return HomeserverConfig.model_validate(merged)

@@ -19,8 +19,12 @@ _HEADERS = [
     (b"access-control-allow-headers", b"X-Requested-With, Content-Type, Authorization, Date"),
 ]
 # A browser may keep a preflight's answer this long (seconds).
-_PREFLIGHT = [*_HEADERS, (b"access-control-max-age", b"600"),
-              (b"content-type", b"application/json"), (b"content-length", b"2")]
+_PREFLIGHT = [
+    *_HEADERS,
+    (b"access-control-max-age", b"600"),
+    (b"content-type", b"application/json"),
+    (b"content-length", b"2"),
+]
 
 
 class CorsMiddleware:

@@ -37,18 +37,19 @@ class DeviceListService:
         """The user's devices, device keys or cross-signing keys changed."""
         position = await self._store.mark_changed(user_id)
         peers = await self._store.users_sharing_room(user_id)
-        await self._notifier.notify(Stream.DEVICE_LISTS, position,
-                                    user_ids=sorted(peers | {user_id}))
+        await self._notifier.notify(
+            Stream.DEVICE_LISTS, position, user_ids=sorted(peers | {user_id})
+        )
 
-    async def changes(self, user_id: str, since: StreamToken, upto: StreamToken, *,
-                      committed: bool = False) -> DeviceListChanges:
+    async def changes(
+        self, user_id: str, since: StreamToken, upto: StreamToken, *, committed: bool = False
+    ) -> DeviceListChanges:
         """Between two sync tokens, as seen by ``user_id``. ``committed``: ``upto`` is a
         sync's current position, not a client's token, so the events in between may be
         looked up in the window every woken sync shares."""
         after_d, upto_d = since.get(Stream.DEVICE_LISTS), upto.get(Stream.DEVICE_LISTS)
         after_e, upto_e = since.get(Stream.EVENTS), upto.get(Stream.EVENTS)
-        moved = await self._store.changed_between(after_d, upto_d) if after_d < upto_d \
-            else set()
+        moved = await self._store.changed_between(after_d, upto_d) if after_d < upto_d else set()
         arrived: frozenset[str] = frozenset()
         departed: frozenset[str] = frozenset()
         if after_e < upto_e and committed:

@@ -107,8 +107,9 @@ class MatrixError(Exception):
     (an unknown room version is 400, but an unsupported media type is 415 ``M_UNKNOWN``...).
     """
 
-    def __init__(self, code: Codes, message: str, *, status: int | None = None,
-                 **extra: Any) -> None:
+    def __init__(
+        self, code: Codes, message: str, *, status: int | None = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

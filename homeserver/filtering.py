@@ -61,7 +61,8 @@ class EventFilter:
             rooms=_strings(data.get("rooms")),
             not_rooms=_strings(data.get("not_rooms")) or (),
             contains_url=contains_url if isinstance(contains_url, bool) else None,
-            limit=limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0
+            limit=limit
+            if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0
             else None,
             lazy_load_members=data.get("lazy_load_members") is True,
             include_redundant_members=data.get("include_redundant_members") is True,

@@ -80,14 +80,16 @@ class FilterService:
     def __init__(self, store: FilterStore) -> None:
         self._store = store
 
-    async def create_filter(self, requester: Requester, user_id: UserID,
-                            filter_json: JsonDict) -> str:
+    async def create_filter(
+        self, requester: Requester, user_id: UserID, filter_json: JsonDict
+    ) -> str:
         if requester.user_id != user_id:
             raise MatrixError(Codes.FORBIDDEN, "Cannot create filters for another user")
         return str(await self._store.add_filter(user_id, validate_filter(filter_json)))
 
-    async def get_filter_for(self, requester: Requester, user_id: UserID,
-                             filter_id: str) -> JsonDict:
+    async def get_filter_for(
+        self, requester: Requester, user_id: UserID, filter_id: str
+    ) -> JsonDict:
         """spec: GET /user/{userId}/filter/{filterId}: only one's own filters."""
         if requester.user_id != user_id:
             raise MatrixError(Codes.FORBIDDEN, "Cannot read another user's filters")

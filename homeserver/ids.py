@@ -14,7 +14,8 @@ MAX_ID_BYTES = 255  # spec, appendices: identifiers are at most 255 bytes includ
 
 # spec, appendices "Server name": hostname (IPv4, [IPv6] or DNS name) and an optional port.
 _SERVER_NAME = re.compile(
-    r"^(?:\[[0-9A-Fa-f:.]{2,45}\]|[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[A-Za-z0-9.-]{1,255})(?::[0-9]{1,5})?$")
+    r"^(?:\[[0-9A-Fa-f:.]{2,45}\]|[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[A-Za-z0-9.-]{1,255})(?::[0-9]{1,5})?$"
+)
 # spec, appendices "User Identifiers": the historical grammar is accepted for existing users;
 # new localparts use the strict one (see ``is_valid_new_localpart``).
 _HISTORICAL_LOCALPART = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")

@@ -35,8 +35,9 @@ def check_json_numbers(value: Any, path: str = "") -> None:
             if not -MAX_SAFE_INT <= item <= MAX_SAFE_INT:
                 raise MatrixError(Codes.BAD_JSON, f"Integer out of range at {where or 'body'}")
         elif isinstance(item, float):
-            raise MatrixError(Codes.BAD_JSON,
-                              f"Floats are not allowed in canonical JSON at {where or 'body'}")
+            raise MatrixError(
+                Codes.BAD_JSON, f"Floats are not allowed in canonical JSON at {where or 'body'}"
+            )
         elif isinstance(item, dict):
             stack.extend((v, f"{where}.{k}" if where else k) for k, v in item.items())
         elif isinstance(item, list):

@@ -48,8 +48,13 @@ def _version_number(version: str) -> int | None:
 
 
 def _version_json(v: BackupVersion) -> JsonDict:
-    return {"algorithm": v.algorithm, "auth_data": v.auth_data, "count": v.count,
-            "etag": str(v.etag), "version": str(v.version)}
+    return {
+        "algorithm": v.algorithm,
+        "auth_data": v.auth_data,
+        "count": v.count,
+        "etag": str(v.etag),
+        "version": str(v.version),
+    }
 
 
 def _updated_json(u: KeysUpdated) -> JsonDict:
@@ -57,8 +62,12 @@ def _updated_json(u: KeysUpdated) -> JsonDict:
 
 
 def _key_json(k: RoomKey) -> JsonDict:
-    return {"first_message_index": k.first_message_index, "forwarded_count": k.forwarded_count,
-            "is_verified": k.is_verified, "session_data": k.session_data}
+    return {
+        "first_message_index": k.first_message_index,
+        "forwarded_count": k.forwarded_count,
+        "is_verified": k.is_verified,
+        "session_data": k.session_data,
+    }
 
 
 class KeyBackupService:
@@ -67,8 +76,9 @@ class KeyBackupService:
 
     # --- versions --------------------------------------------------------------------------
 
-    async def create_version(self, requester: Requester, algorithm: str,
-                             auth_data: JsonDict) -> str:
+    async def create_version(
+        self, requester: Requester, algorithm: str, auth_data: JsonDict
+    ) -> str:
         self._check_algorithm(algorithm)
         check_json_numbers(auth_data, "auth_data")
         return str(await self._store.create_version(requester.user_id, algorithm, auth_data))
@@ -82,8 +92,14 @@ class KeyBackupService:
             return _version_json(found)
         return _version_json(await self._existing(requester, version))
 
-    async def update_version(self, requester: Requester, version: str, algorithm: str,
-                             auth_data: JsonDict, body_version: str | None) -> None:
+    async def update_version(
+        self,
+        requester: Requester,
+        version: str,
+        algorithm: str,
+        auth_data: JsonDict,
+        body_version: str | None,
+    ) -> None:
         """spec: only ``auth_data`` changes; the algorithm and version must be the same."""
         if body_version is not None and body_version != version:
             raise MatrixError(Codes.INVALID_PARAM, "version does not match the path")
@@ -91,8 +107,7 @@ class KeyBackupService:
         current = await self._existing(requester, version)
         if algorithm != current.algorithm:
             raise MatrixError(Codes.INVALID_PARAM, "Algorithm does not match")
-        if not await self._store.update_auth_data(requester.user_id, current.version,
-                                                  auth_data):
+        if not await self._store.update_auth_data(requester.user_id, current.version, auth_data):
             raise MatrixError(Codes.NOT_FOUND, "Unknown backup version")
 
     async def delete_version(self, requester: Requester, version: str) -> None:
@@ -103,36 +118,51 @@ class KeyBackupService:
 
     # --- keys ------------------------------------------------------------------------------
 
-    async def put_keys(self, requester: Requester, version: str,
-                       rooms: Mapping[str, Mapping[str, KeyData]]) -> JsonDict:
+    async def put_keys(
+        self, requester: Requester, version: str, rooms: Mapping[str, Mapping[str, KeyData]]
+    ) -> JsonDict:
         keys = []
         for room_id, sessions in rooms.items():
             RoomID.parse(room_id)
             for session_id, data in sessions.items():
                 self._check_session_id(session_id)
                 check_json_numbers(data.session_data, "session_data")
-                keys.append(RoomKey(room_id, session_id, data.first_message_index,
-                                    data.forwarded_count, data.is_verified, data.session_data))
+                keys.append(
+                    RoomKey(
+                        room_id,
+                        session_id,
+                        data.first_message_index,
+                        data.forwarded_count,
+                        data.is_verified,
+                        data.session_data,
+                    )
+                )
         number = _version_number(version)
         updated = None
         if number is not None:
-            updated = await self._store.put_keys(requester.user_id, number, keys,
-                                                 should_replace)
+            updated = await self._store.put_keys(requester.user_id, number, keys, should_replace)
         if updated is None:
             latest = await self._store.get_version(requester.user_id, None)
             if latest is None:
                 raise MatrixError(Codes.NOT_FOUND, "Unknown backup version")
             # spec: only the latest version takes keys; the client is told which it is.
-            raise MatrixError(Codes.WRONG_ROOM_KEYS_VERSION, "Wrong backup version",
-                              current_version=str(latest.version))
+            raise MatrixError(
+                Codes.WRONG_ROOM_KEYS_VERSION,
+                "Wrong backup version",
+                current_version=str(latest.version),
+            )
         return _updated_json(updated)
 
-    async def get_keys(self, requester: Requester, version: str, room_id: str | None = None,
-                       session_id: str | None = None) -> JsonDict:
+    async def get_keys(
+        self,
+        requester: Requester,
+        version: str,
+        room_id: str | None = None,
+        session_id: str | None = None,
+    ) -> JsonDict:
         self._check_location(room_id, session_id)
         backup = await self._existing(requester, version)
-        keys = await self._store.get_keys(requester.user_id, backup.version, room_id,
-                                          session_id)
+        keys = await self._store.get_keys(requester.user_id, backup.version, room_id, session_id)
         if session_id is not None:
             if not keys:
                 raise MatrixError(Codes.NOT_FOUND, "Key not found")
@@ -140,21 +170,24 @@ class KeyBackupService:
         sessions: dict[str, JsonDict] = {}
         rooms: dict[str, JsonDict] = {}
         for k in keys:
-            rooms.setdefault(k.room_id, {"sessions": {}})["sessions"][k.session_id] = \
-                _key_json(k)
+            rooms.setdefault(k.room_id, {"sessions": {}})["sessions"][k.session_id] = _key_json(k)
             sessions[k.session_id] = _key_json(k)
         if room_id is not None:
             return {"sessions": sessions}
         return {"rooms": rooms}
 
-    async def delete_keys(self, requester: Requester, version: str, room_id: str | None = None,
-                          session_id: str | None = None) -> JsonDict:
+    async def delete_keys(
+        self,
+        requester: Requester,
+        version: str,
+        room_id: str | None = None,
+        session_id: str | None = None,
+    ) -> JsonDict:
         self._check_location(room_id, session_id)
         number = _version_number(version)
         updated = None
         if number is not None:
-            updated = await self._store.delete_keys(requester.user_id, number, room_id,
-                                                    session_id)
+            updated = await self._store.delete_keys(requester.user_id, number, room_id, session_id)
         if updated is None:
             raise MatrixError(Codes.NOT_FOUND, "Unknown backup version")
         return _updated_json(updated)
@@ -163,8 +196,7 @@ class KeyBackupService:
 
     async def _existing(self, requester: Requester, version: str) -> BackupVersion:
         number = _version_number(version)
-        found = None if number is None else await self._store.get_version(requester.user_id,
-                                                                          number)
+        found = None if number is None else await self._store.get_version(requester.user_id, number)
         if found is None:
             raise MatrixError(Codes.NOT_FOUND, "Unknown backup version")
         return found
@@ -180,17 +212,22 @@ class KeyBackupService:
     def _check_algorithm(algorithm: str) -> None:
         # Any algorithm is stored (clients agree on them among themselves); it must name one.
         if not _is_name(algorithm, MAX_ALGORITHM_BYTES):
-            raise MatrixError(Codes.INVALID_PARAM, f"algorithm must be 1 to "
-                              f"{MAX_ALGORITHM_BYTES} bytes without control characters")
+            raise MatrixError(
+                Codes.INVALID_PARAM,
+                f"algorithm must be 1 to {MAX_ALGORITHM_BYTES} bytes without control characters",
+            )
 
     @staticmethod
     def _check_session_id(session_id: str) -> None:
         if not _is_name(session_id, MAX_SESSION_ID_BYTES):
-            raise MatrixError(Codes.INVALID_PARAM, f"Session IDs must be 1 to "
-                              f"{MAX_SESSION_ID_BYTES} bytes without control characters")
+            raise MatrixError(
+                Codes.INVALID_PARAM,
+                f"Session IDs must be 1 to {MAX_SESSION_ID_BYTES} bytes without control characters",
+            )
 
 
 def _is_name(value: str, max_bytes: int) -> bool:
     """1 to ``max_bytes`` bytes, no control characters (not every database stores them)."""
-    return 0 < len(value.encode()) <= max_bytes and \
-        not any(ord(c) < 0x20 or c == "\x7f" for c in value)
+    return 0 < len(value.encode()) <= max_bytes and not any(
+        ord(c) < 0x20 or c == "\x7f" for c in value
+    )

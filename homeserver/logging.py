@@ -10,8 +10,7 @@ from typing import Any
 import orjson
 
 # Attributes every LogRecord has; anything else came in through ``extra=`` and is a field.
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message",
-                                                                            "asctime"}
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -63,8 +63,14 @@ class Notifier:
         if position > self._committed.get(stream, -1):
             self._committed[stream] = position
 
-    async def notify(self, stream: Stream, position: int, *, room_id: str | None = None,
-                     user_ids: Iterable[str] = ()) -> None:
+    async def notify(
+        self,
+        stream: Stream,
+        position: int,
+        *,
+        room_id: str | None = None,
+        user_ids: Iterable[str] = (),
+    ) -> None:
         await self._bus.publish(Wakeup(stream, position, room_id, tuple(user_ids)))
 
     async def _on_wakeup(self, wakeup: Wakeup) -> None:

@@ -46,8 +46,14 @@ MAX_ACTIVE_SEEN = 100_000  # bound on the in-memory activity cache
 
 
 class PresenceService:
-    def __init__(self, store: PresenceStore, notifier: Notifier, clock: Clock,
-                 config: PresenceConfig, events: EventStore) -> None:
+    def __init__(
+        self,
+        store: PresenceStore,
+        notifier: Notifier,
+        clock: Clock,
+        config: PresenceConfig,
+        events: EventStore,
+    ) -> None:
         self._store = store
         self._events = events
         self._notifier = notifier
@@ -101,9 +107,13 @@ class PresenceService:
             await self._put(user_id, ONLINE, status_msg, last_active_ts=now, last_sync_ts=now)
             return
         if set_presence == UNAVAILABLE and (current is None or current.state != UNAVAILABLE):
-            await self._put(user_id, UNAVAILABLE, status_msg,
-                            last_active_ts=current.last_active_ts if current else 0,
-                            last_sync_ts=now)
+            await self._put(
+                user_id,
+                UNAVAILABLE,
+                status_msg,
+                last_active_ts=current.last_active_ts if current else 0,
+                last_sync_ts=now,
+            )
             return
         await self._touch_sync(user_id, now)
 
@@ -126,22 +136,34 @@ class PresenceService:
         if len(self._active_seen) > MAX_ACTIVE_SEEN:
             self._active_seen.clear()
         if current is None or current.state != ONLINE or not current.currently_active:
-            await self._put(user_id, ONLINE, current.status_msg if current else None,
-                            last_active_ts=now,
-                            last_sync_ts=current.last_sync_ts if current else 0)
+            await self._put(
+                user_id,
+                ONLINE,
+                current.status_msg if current else None,
+                last_active_ts=now,
+                last_sync_ts=current.last_sync_ts if current else 0,
+            )
         elif now - current.last_active_ts >= self._touch_ms:
             await self._store.touch(user_id, last_active_ts=now)
 
     # --- the presence API ------------------------------------------------------------------
 
-    async def set_presence(self, requester: Requester, user_id: UserID, presence: str,
-                           status_msg: str | None, *, status_msg_given: bool) -> None:
+    async def set_presence(
+        self,
+        requester: Requester,
+        user_id: UserID,
+        presence: str,
+        status_msg: str | None,
+        *,
+        status_msg_given: bool,
+    ) -> None:
         """PUT /presence/{userId}/status; without ``status_msg`` the message is kept."""
         if requester.user_id != user_id:
             raise MatrixError(Codes.FORBIDDEN, "You cannot set the presence of another user")
         if presence not in PRESENCE_STATES:
-            raise MatrixError(Codes.INVALID_PARAM, "presence must be online, unavailable or "
-                              "offline")
+            raise MatrixError(
+                Codes.INVALID_PARAM, "presence must be online, unavailable or offline"
+            )
         if not self.enabled:
             return  # accepted and ignored, as the spec leaves presence optional
         now = self._clock.now_ms()
@@ -151,17 +173,26 @@ class PresenceService:
         status_msg = status_msg or None
         active = presence == ONLINE
         # spec: "When setting the status, the activity time is updated".
-        if current is None or (current.state, current.status_msg, current.currently_active) \
-                != (presence, status_msg, active):
-            await self._put(user_id, presence, status_msg, last_active_ts=now,
-                            last_sync_ts=current.last_sync_ts if current else 0)
+        if current is None or (current.state, current.status_msg, current.currently_active) != (
+            presence,
+            status_msg,
+            active,
+        ):
+            await self._put(
+                user_id,
+                presence,
+                status_msg,
+                last_active_ts=now,
+                last_sync_ts=current.last_sync_ts if current else 0,
+            )
         else:
             await self._store.touch(user_id, last_active_ts=now)
 
     async def get_presence(self, requester: Requester, user_id: UserID) -> JsonDict:
         """GET /presence/{userId}/status: oneself, or someone who shares a room."""
-        if requester.user_id != user_id and \
-                not await self._store.shares_a_room(requester.user_id, user_id):
+        if requester.user_id != user_id and not await self._store.shares_a_room(
+            requester.user_id, user_id
+        ):
             raise MatrixError(Codes.FORBIDDEN, "You are not allowed to see their presence")
         state = await self._store.get(user_id) if self.enabled else None
         if state is None:
@@ -178,26 +209,30 @@ class PresenceService:
 
     async def sweep_once(self) -> None:
         now = self._clock.now_ms()
-        connected = [u for u in self._open
-                     if now - self._touched.get(u, 0) >= self._touch_ms]
+        connected = [u for u in self._open if now - self._touched.get(u, 0) >= self._touch_ms]
         if connected:
             await self._store.keep_connected(connected, now)
             self._touched.update(dict.fromkeys(connected, now))
-        for user_id in [u for u, ts in self._touched.items()
-                        if u not in self._open and now - ts > self._config.offline_after_ms]:
+        for user_id in [
+            u
+            for u, ts in self._touched.items()
+            if u not in self._open and now - ts > self._config.offline_after_ms
+        ]:
             del self._touched[user_id]
         result = await self._store.sweep(
             offline_before=now - self._config.offline_after_ms,
             idle_before=now - self._config.idle_after_ms,
-            inactive_before=now - ACTIVE_WINDOW_MS)
+            inactive_before=now - ACTIVE_WINDOW_MS,
+        )
         if result.user_ids:
             logger.debug("presence timers applied", extra={"count": len(result.user_ids)})
             await self._announce(result.user_ids, result.position)
 
     # --- sync ------------------------------------------------------------------------------
 
-    async def global_events(self, requester: Requester, since: StreamToken | None,
-                            now: StreamToken) -> list[JsonDict]:
+    async def global_events(
+        self, requester: Requester, since: StreamToken | None, now: StreamToken
+    ) -> list[JsonDict]:
         """The ``presence`` section: changes of oneself and of users sharing a room."""
         if not self.enabled:
             return []
@@ -208,30 +243,48 @@ class PresenceService:
         else:
             by_user: dict[str, PresenceState] = {}
             if since.get(Stream.PRESENCE) < upto:
-                by_user = {s.user_id: s for s in await self._store.get_changed(
-                    user_id, since.get(Stream.PRESENCE), upto)}
-            window = await self._events.get_window(since.get(Stream.EVENTS),
-                                                   now.get(Stream.EVENTS))
+                by_user = {
+                    s.user_id: s
+                    for s in await self._store.get_changed(
+                        user_id, since.get(Stream.PRESENCE), upto
+                    )
+                }
+            window = await self._events.get_window(since.get(Stream.EVENTS), now.get(Stream.EVENTS))
             if window is None or window.members:
                 # Someone new shares a room: their presence, though it did not change. Only a
                 # membership event can bring them (a sync's ``now`` is committed).
                 for s in await self._store.get_newly_shared(
-                        user_id, since.get(Stream.EVENTS), now.get(Stream.EVENTS)):
+                    user_id, since.get(Stream.EVENTS), now.get(Stream.EVENTS)
+                ):
                     by_user.setdefault(s.user_id, s)
             states = [by_user[u] for u in sorted(by_user)]
         now_ms = self._clock.now_ms()
-        return [{"type": "m.presence", "sender": s.user_id, "content": self._content(s, now_ms)}
-                for s in states]
+        return [
+            {"type": "m.presence", "sender": s.user_id, "content": self._content(s, now_ms)}
+            for s in states
+        ]
 
     # --- helpers ---------------------------------------------------------------------------
 
-    async def _put(self, user_id: str, state: str, status_msg: str | None, *,
-                   last_active_ts: int, last_sync_ts: int) -> None:
+    async def _put(
+        self,
+        user_id: str,
+        state: str,
+        status_msg: str | None,
+        *,
+        last_active_ts: int,
+        last_sync_ts: int,
+    ) -> None:
         if state != ONLINE:
             self._active_seen.pop(user_id, None)  # the next send must bring them back
         position = await self._store.put(
-            user_id, state=state, status_msg=status_msg, last_active_ts=last_active_ts,
-            last_sync_ts=last_sync_ts, currently_active=state == ONLINE)
+            user_id,
+            state=state,
+            status_msg=status_msg,
+            last_active_ts=last_active_ts,
+            last_sync_ts=last_sync_ts,
+            currently_active=state == ONLINE,
+        )
         if last_sync_ts:
             self._touched[user_id] = last_sync_ts
         await self._announce((user_id,), position)

@@ -32,8 +32,13 @@ def is_valid_mxc_uri(uri: str) -> bool:
 
 
 class ProfileService:
-    def __init__(self, store: AccountStore, server_name: str, *,
-                 on_profile_changed: OnProfileChanged | None = None) -> None:
+    def __init__(
+        self,
+        store: AccountStore,
+        server_name: str,
+        *,
+        on_profile_changed: OnProfileChanged | None = None,
+    ) -> None:
         self._store = store
         self._server_name = server_name
         # Wired by app.py to the room service: a changed profile goes into member events.
@@ -59,8 +64,9 @@ class ProfileService:
             raise MatrixError(Codes.NOT_FOUND, f"The user has no {key}")
         return {key: fields[key]}
 
-    async def set_field(self, requester: Requester, user_id: UserID, key: str,
-                        value: object) -> None:
+    async def set_field(
+        self, requester: Requester, user_id: UserID, key: str, value: object
+    ) -> None:
         """Set ``displayname`` or ``avatar_url``; an empty string clears the field."""
         self._check_key(key)
         if requester.user_id != user_id:
@@ -70,10 +76,15 @@ class ProfileService:
         if not isinstance(value, str):
             raise MatrixError(Codes.BAD_JSON, f"{key} must be a string")
         if key == DISPLAYNAME and len(value) > MAX_DISPLAYNAME_CHARS:
-            raise MatrixError(Codes.INVALID_PARAM,
-                              f"displayname is longer than {MAX_DISPLAYNAME_CHARS} characters")
-        if key == AVATAR_URL and value and (len(value) > MAX_AVATAR_URL_CHARS
-                                            or not is_valid_mxc_uri(value)):
+            raise MatrixError(
+                Codes.INVALID_PARAM,
+                f"displayname is longer than {MAX_DISPLAYNAME_CHARS} characters",
+            )
+        if (
+            key == AVATAR_URL
+            and value
+            and (len(value) > MAX_AVATAR_URL_CHARS or not is_valid_mxc_uri(value))
+        ):
             raise MatrixError(Codes.INVALID_PARAM, "avatar_url must be an mxc:// URI")
         await self._set(user_id, key, value or None)
 

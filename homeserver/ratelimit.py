@@ -40,9 +40,9 @@ class RateLimiter:
         for action in Action:
             limit = self.limit_of(action)
             # A bucket untouched for the time it takes to refill is full: forget it.
-            self._buckets[action] = TTLCache(maxsize=MAX_KEYS_PER_ACTION,
-                                             ttl=limit.burst / limit.per_second,
-                                             timer=self._now_s)
+            self._buckets[action] = TTLCache(
+                maxsize=MAX_KEYS_PER_ACTION, ttl=limit.burst / limit.per_second, timer=self._now_s
+            )
 
     def _now_s(self) -> float:
         return self._clock.now_ms() / 1000
@@ -59,11 +59,13 @@ class RateLimiter:
         buckets = self._buckets[action]
         now_ms = self._clock.now_ms()
         tokens, last_ms = buckets.get(key, (float(limit.burst), now_ms))
-        tokens = min(float(limit.burst),
-                     tokens + max(0, now_ms - last_ms) / 1000 * limit.per_second)
+        tokens = min(
+            float(limit.burst), tokens + max(0, now_ms - last_ms) / 1000 * limit.per_second
+        )
         if tokens < 1:
             retry_after_ms = math.ceil((1 - tokens) / limit.per_second * 1000)
             buckets[key] = (tokens, now_ms)
-            raise MatrixError(Codes.LIMIT_EXCEEDED, "Too many requests, slow down",
-                              retry_after_ms=retry_after_ms)
+            raise MatrixError(
+                Codes.LIMIT_EXCEEDED, "Too many requests, slow down", retry_after_ms=retry_after_ms
+            )
         buckets[key] = (tokens - 1, now_ms)

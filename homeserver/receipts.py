@@ -31,13 +31,21 @@ MAX_THREAD_HOPS = 3
 class ServerAccountData(Protocol):
     """Where ``m.fully_read`` goes: room account data that clients cannot write directly."""
 
-    async def set_server_account_data(self, user_id: str, room_id: str | None,
-                                      data_type: str, content: JsonDict) -> None: ...
+    async def set_server_account_data(
+        self, user_id: str, room_id: str | None, data_type: str, content: JsonDict
+    ) -> None: ...
 
 
 class ReceiptService:
-    def __init__(self, store: ReceiptStore, events: EventStore, rooms: RoomStore,
-                 account_data: ServerAccountData, notifier: Notifier, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: ReceiptStore,
+        events: EventStore,
+        rooms: RoomStore,
+        account_data: ServerAccountData,
+        notifier: Notifier,
+        clock: Clock,
+    ) -> None:
         self._store = store
         self._events = events
         self._rooms = rooms
@@ -45,20 +53,26 @@ class ReceiptService:
         self._notifier = notifier
         self._clock = clock
 
-    async def post_receipt(self, requester: Requester, room_id: RoomID, receipt_type: str,
-                           event_id: EventID, thread_id: str | None) -> None:
+    async def post_receipt(
+        self,
+        requester: Requester,
+        room_id: RoomID,
+        receipt_type: str,
+        event_id: EventID,
+        thread_id: str | None,
+    ) -> None:
         """POST /rooms/{roomId}/receipt/{receiptType}/{eventId}"""
         if receipt_type not in RECEIPT_TYPES:
-            raise MatrixError(Codes.INVALID_PARAM,
-                              f"Receipt type must be one of {', '.join(RECEIPT_TYPES)}")
+            raise MatrixError(
+                Codes.INVALID_PARAM, f"Receipt type must be one of {', '.join(RECEIPT_TYPES)}"
+            )
         if thread_id == "":
             raise MatrixError(Codes.INVALID_PARAM, "thread_id must be a non-empty string")
         await self._require_joined(requester.user_id, room_id)
         if receipt_type == FULLY_READ:
             # spec: this endpoint "effectively calls /read_markers" for m.fully_read.
             if thread_id is not None:
-                raise MatrixError(Codes.INVALID_PARAM, "thread_id is not allowed for "
-                                  "m.fully_read")
+                raise MatrixError(Codes.INVALID_PARAM, "thread_id is not allowed for m.fully_read")
             await self._event_in_room(room_id, event_id)
             await self._set_fully_read(requester.user_id, room_id, event_id)
             return
@@ -67,9 +81,14 @@ class ReceiptService:
             await self._check_thread(event, thread_id)
         await self._put(requester.user_id, room_id, receipt_type, event, thread_id)
 
-    async def set_read_markers(self, requester: Requester, room_id: RoomID,
-                               fully_read: EventID | None, read: EventID | None,
-                               read_private: EventID | None) -> None:
+    async def set_read_markers(
+        self,
+        requester: Requester,
+        room_id: RoomID,
+        fully_read: EventID | None,
+        read: EventID | None,
+        read_private: EventID | None,
+    ) -> None:
         """POST /rooms/{roomId}/read_markers: all three checked before any is written."""
         await self._require_joined(requester.user_id, room_id)
         loaded: dict[str, StoredEvent] = {}
@@ -81,12 +100,15 @@ class ReceiptService:
         if read is not None:
             await self._put(requester.user_id, room_id, READ, loaded[read], None)
         if read_private is not None:
-            await self._put(requester.user_id, room_id, READ_PRIVATE, loaded[read_private],
-                            None)
+            await self._put(requester.user_id, room_id, READ_PRIVATE, loaded[read_private], None)
 
-    async def room_events(self, requester: Requester, room_ids: Sequence[str],
-                          since: StreamToken | None, now: StreamToken
-                          ) -> dict[str, list[JsonDict]]:
+    async def room_events(
+        self,
+        requester: Requester,
+        room_ids: Sequence[str],
+        since: StreamToken | None,
+        now: StreamToken,
+    ) -> dict[str, list[JsonDict]]:
         """``m.receipt`` events of what moved since the token (everything without one), one
         per room and thread (spec: "batched into one event per room and thread")."""
         after = since.get(Stream.RECEIPTS) if since is not None else None
@@ -100,18 +122,31 @@ class ReceiptService:
             receipt: JsonDict = {"ts": r.ts}
             if r.thread_id is not None:
                 receipt["thread_id"] = r.thread_id
-            content.setdefault(r.event_id, {}).setdefault(r.receipt_type, {})[r.user_id] = \
-                receipt
-        return {room_id: [{"type": "m.receipt", "content": threads[t]} for t in sorted(threads)]
-                for room_id, threads in by_room.items()}
+            content.setdefault(r.event_id, {}).setdefault(r.receipt_type, {})[r.user_id] = receipt
+        return {
+            room_id: [{"type": "m.receipt", "content": threads[t]} for t in sorted(threads)]
+            for room_id, threads in by_room.items()
+        }
 
     # --- helpers ---------------------------------------------------------------------------
 
-    async def _put(self, user_id: str, room_id: str, receipt_type: str, event: StoredEvent,
-                   thread_id: str | None) -> None:
+    async def _put(
+        self,
+        user_id: str,
+        room_id: str,
+        receipt_type: str,
+        event: StoredEvent,
+        thread_id: str | None,
+    ) -> None:
         position = await self._store.put_receipt(
-            room_id, receipt_type, user_id, thread_id, event.event_id, event.stream_ordering,
-            self._clock.now_ms())
+            room_id,
+            receipt_type,
+            user_id,
+            thread_id,
+            event.event_id,
+            event.stream_ordering,
+            self._clock.now_ms(),
+        )
         if position is None:
             return
         if receipt_type == READ_PRIVATE:
@@ -121,8 +156,9 @@ class ReceiptService:
             await self._notifier.notify(Stream.RECEIPTS, position, room_id=room_id)
 
     async def _set_fully_read(self, user_id: str, room_id: str, event_id: str) -> None:
-        await self._account_data.set_server_account_data(user_id, room_id, FULLY_READ,
-                                                         {"event_id": event_id})
+        await self._account_data.set_server_account_data(
+            user_id, room_id, FULLY_READ, {"event_id": event_id}
+        )
 
     async def _require_joined(self, user_id: str, room_id: str) -> None:
         membership = await self._rooms.get_membership(room_id, user_id)
@@ -139,8 +175,9 @@ class ReceiptService:
         """spec: 400 when the thread_id is empty, malformed or not the event's thread."""
         if thread_id != MAIN_THREAD:
             if not thread_id.startswith("$"):
-                raise MatrixError(Codes.INVALID_PARAM,
-                                  "thread_id must be \"main\" or a thread root's event ID")
+                raise MatrixError(
+                    Codes.INVALID_PARAM, 'thread_id must be "main" or a thread root\'s event ID'
+                )
             if event.event_id == thread_id:
                 return  # a thread's root may be marked read within its thread
         if await self._thread_of(event) != thread_id:
@@ -168,12 +205,17 @@ class EphemeralSource:
     def __init__(self, *sources: RoomSource) -> None:
         self._sources = sources
 
-    async def room_events(self, requester: Requester, room_ids: Sequence[str],
-                          since: StreamToken | None, now: StreamToken
-                          ) -> dict[str, list[JsonDict]]:
+    async def room_events(
+        self,
+        requester: Requester,
+        room_ids: Sequence[str],
+        since: StreamToken | None,
+        now: StreamToken,
+    ) -> dict[str, list[JsonDict]]:
         merged: dict[str, list[JsonDict]] = {}
         for source in self._sources:
-            for room_id, events in (await source.room_events(requester, room_ids, since,
-                                                             now)).items():
+            for room_id, events in (
+                await source.room_events(requester, room_ids, since, now)
+            ).items():
                 merged.setdefault(room_id, []).extend(events)
         return merged

@@ -92,16 +92,27 @@ class Validated:
 
 
 def threepid_json(medium: str, address: str, validated_at: int, added_at: int) -> JsonDict:
-    return {"medium": medium, "address": address, "validated_at": validated_at,
-            "added_at": added_at}
+    return {
+        "medium": medium,
+        "address": address,
+        "validated_at": validated_at,
+        "added_at": added_at,
+    }
 
 
 class ThreepidService:
     """Also what the UIA ``m.login.email.identity`` stage asks (``uia.EmailIdentity``)."""
 
-    def __init__(self, store: ThreepidStore, push_store: PushStore, uia: UiaService,
-                 ratelimiter: RateLimiter, clock: Clock, email: EmailConfig,
-                 base_url: str) -> None:
+    def __init__(
+        self,
+        store: ThreepidStore,
+        push_store: PushStore,
+        uia: UiaService,
+        ratelimiter: RateLimiter,
+        clock: Clock,
+        email: EmailConfig,
+        base_url: str,
+    ) -> None:
         self._store = store
         self._push_store = push_store
         self._uia = uia
@@ -122,11 +133,13 @@ class ThreepidService:
         """POST /account/3pid/email/requestToken (``add``) and
         /account/password/email/requestToken (``password_reset``)."""
         if not self.enabled:
-            raise MatrixError(Codes.THREEPID_MEDIUM_NOT_SUPPORTED,
-                              "This server does not send e-mail")
+            raise MatrixError(
+                Codes.THREEPID_MEDIUM_NOT_SUPPORTED, "This server does not send e-mail"
+            )
         if not _SECRET.match(req.client_secret):
-            raise MatrixError(Codes.INVALID_PARAM, "client_secret must be 1 to 255 characters "
-                              "of [0-9a-zA-Z.=_-]")
+            raise MatrixError(
+                Codes.INVALID_PARAM, "client_secret must be 1 to 255 characters of [0-9a-zA-Z.=_-]"
+            )
         address = canonical_email(req.email)
         if address is None:
             raise MatrixError(Codes.INVALID_PARAM, "email is not a valid e-mail address")
@@ -142,22 +155,31 @@ class ThreepidService:
         inhibit = False
         if purpose == PURPOSE_ADD and owner is not None:
             if not self._email.inhibit_threepid_errors:
-                raise MatrixError(Codes.THREEPID_IN_USE, "This e-mail address is already "
-                                  "bound to an account")
+                raise MatrixError(
+                    Codes.THREEPID_IN_USE, "This e-mail address is already bound to an account"
+                )
             inhibit = True
         elif purpose == PURPOSE_PASSWORD_RESET and owner is None:
             if not self._email.inhibit_threepid_errors:
-                raise MatrixError(Codes.THREEPID_NOT_FOUND, "No account has this e-mail "
-                                  "address")
+                raise MatrixError(Codes.THREEPID_NOT_FOUND, "No account has this e-mail address")
             inhibit = True
         now = self._clock.now_ms()
         lifetime = self._email.validation_token_lifetime_ms
         await self._store.delete_expired(now - EXPIRED_KEPT_MS)
-        session = await self._store.get_or_create_session(ValidationSession(
-            session_id=secrets.token_urlsafe(18), purpose=purpose, medium=MEDIUM_EMAIL,
-            address=address, client_secret=req.client_secret, last_send_attempt=-1,
-            next_link=req.next_link, created_ts=now, validated_ts=None,
-            expires_ts=now + lifetime))
+        session = await self._store.get_or_create_session(
+            ValidationSession(
+                session_id=secrets.token_urlsafe(18),
+                purpose=purpose,
+                medium=MEDIUM_EMAIL,
+                address=address,
+                client_secret=req.client_secret,
+                last_send_attempt=-1,
+                next_link=req.next_link,
+                created_ts=now,
+                validated_ts=None,
+                expires_ts=now + lifetime,
+            )
+        )
         out = RequestedToken(session.session_id, self._submit_url)
         if req.send_attempt <= session.last_send_attempt:
             return out  # spec: a retry of this attempt; its mail went out already
@@ -166,23 +188,31 @@ class ThreepidService:
         token_hash = _token_hash(token) if token is not None else None
         # The attempt is recorded before the mail goes out, so that concurrent retries send
         # one mail; if sending fails it is taken back and the client can retry it.
-        if not await self._store.record_send(session.session_id, req.send_attempt,
-                                             req.next_link, token_hash, now + lifetime,
-                                             now + lifetime):
+        if not await self._store.record_send(
+            session.session_id,
+            req.send_attempt,
+            req.next_link,
+            token_hash,
+            now + lifetime,
+            now + lifetime,
+        ):
             return out
         if token is None:
             return out
-        link = f"{self._submit_url}?" + urlencode({
-            "sid": session.session_id, "client_secret": req.client_secret, "token": token})
+        link = f"{self._submit_url}?" + urlencode(
+            {"sid": session.session_id, "client_secret": req.client_secret, "token": token}
+        )
         mail = self._mailer.validation(address, purpose, link, token, lifetime)
         try:
             await self._mailer.send(mail)
         except Exception as e:
-            await self._store.undo_send(session.session_id, req.send_attempt,
-                                        session.last_send_attempt, _token_hash(token))
+            await self._store.undo_send(
+                session.session_id, req.send_attempt, session.last_send_attempt, _token_hash(token)
+            )
             logger.warning("validation mail not sent", extra={"error": repr(e)})
-            raise MatrixError(Codes.EMAIL_SEND_ERROR, "The e-mail could not be sent; try "
-                              "again later") from e
+            raise MatrixError(
+                Codes.EMAIL_SEND_ERROR, "The e-mail could not be sent; try again later"
+            ) from e
         logger.info("validation mail sent", extra={"purpose": purpose})
         return out
 
@@ -190,8 +220,11 @@ class ThreepidService:
         if next_link is None:
             return
         parts = urlsplit(next_link)
-        if len(next_link) > MAX_NEXT_LINK_CHARS or parts.scheme not in ("http", "https") or \
-                not parts.hostname:
+        if (
+            len(next_link) > MAX_NEXT_LINK_CHARS
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+        ):
             raise MatrixError(Codes.INVALID_PARAM, "next_link must be an http(s) URL")
         allowed = self._email.next_link_hosts
         if allowed is not None and parts.hostname.lower() not in {h.lower() for h in allowed}:
@@ -199,31 +232,37 @@ class ThreepidService:
 
     # --- the submit_url ----------------------------------------------------------------------
 
-    async def submit_token(self, sid: str, client_secret: str, token: str, *,
-                           validate: bool = True) -> Validated:
+    async def submit_token(
+        self, sid: str, client_secret: str, token: str, *, validate: bool = True
+    ) -> Validated:
         """The mailed token (by the link, or as a client submits it): validates the session.
         ``validate`` False only checks it (a page that asks to confirm first)."""
         session = await self._store.get_session(sid)
-        if session is None or not hmac.compare_digest(session.client_secret.encode(),
-                                                      client_secret.encode()):
-            raise MatrixError(Codes.INVALID_PARAM, "Unknown validation session: the link may "
-                              "have been used already")
+        if session is None or not hmac.compare_digest(
+            session.client_secret.encode(), client_secret.encode()
+        ):
+            raise MatrixError(
+                Codes.INVALID_PARAM,
+                "Unknown validation session: the link may have been used already",
+            )
         now = self._clock.now_ms()
         if session.expires_ts <= now:
-            raise MatrixError(Codes.SESSION_EXPIRED, "This validation session has expired; "
-                              "ask for a new mail")
+            raise MatrixError(
+                Codes.SESSION_EXPIRED, "This validation session has expired; ask for a new mail"
+            )
         token_expires = await self._store.get_token_expiry(sid, _token_hash(token))
         if token_expires is None:
             raise MatrixError(Codes.TOKEN_INCORRECT, "The token is incorrect")
         if token_expires <= now and session.validated_ts is None:
-            raise MatrixError(Codes.SESSION_EXPIRED, "This link has expired; ask for a new "
-                              "mail")
+            raise MatrixError(Codes.SESSION_EXPIRED, "This link has expired; ask for a new mail")
         if validate and session.validated_ts is None:
-            await self._store.mark_validated(sid, now,
-                                             now + self._email.validation_token_lifetime_ms)
+            await self._store.mark_validated(
+                sid, now, now + self._email.validation_token_lifetime_ms
+            )
             logger.info("e-mail address validated", extra={"purpose": session.purpose})
-        return Validated(session.purpose, session.next_link,
-                         validate or session.validated_ts is not None)
+        return Validated(
+            session.purpose, session.next_link, validate or session.validated_ts is not None
+        )
 
     async def open_link(self, sid: str, client_secret: str, token: str) -> Validated:
         """A GET of the mailed link. Adding an address is validated at once; a password
@@ -234,28 +273,36 @@ class ThreepidService:
             return checked
         return await self.submit_token(sid, client_secret, token)
 
-    async def validated_session(self, sid: str, client_secret: str, purpose: str,
-                                not_validated: Codes) -> ValidationSession:
+    async def validated_session(
+        self, sid: str, client_secret: str, purpose: str, not_validated: Codes
+    ) -> ValidationSession:
         """The validated session these credentials name, for ``purpose``; else an error
         (``not_validated`` when it is only waiting for its link to be opened)."""
         session = await self._store.get_session(sid)
-        if session is None or session.purpose != purpose or not hmac.compare_digest(
-                session.client_secret.encode(), client_secret.encode()):
+        if (
+            session is None
+            or session.purpose != purpose
+            or not hmac.compare_digest(session.client_secret.encode(), client_secret.encode())
+        ):
             raise MatrixError(Codes.THREEPID_AUTH_FAILED, "No such validation session")
         if session.expires_ts <= self._clock.now_ms():
-            raise MatrixError(Codes.THREEPID_AUTH_FAILED, "The validation session has "
-                              "expired; ask for a new mail")
+            raise MatrixError(
+                Codes.THREEPID_AUTH_FAILED, "The validation session has expired; ask for a new mail"
+            )
         if session.validated_ts is None:
-            raise MatrixError(not_validated, "The e-mail address has not been validated yet: "
-                              "open the link in the mail first")
+            raise MatrixError(
+                not_validated,
+                "The e-mail address has not been validated yet: open the link in the mail first",
+            )
         return session
 
     # --- m.login.email.identity (uia.EmailIdentity) ----------------------------------------
 
     async def password_reset_owner(self, sid: str, client_secret: str) -> UserID:
         """Whose password a validated password-reset session may change."""
-        session = await self.validated_session(sid, client_secret, PURPOSE_PASSWORD_RESET,
-                                               Codes.UNAUTHORIZED)
+        session = await self.validated_session(
+            sid, client_secret, PURPOSE_PASSWORD_RESET, Codes.UNAUTHORIZED
+        )
         owner = await self._store.get_owner(session.medium, session.address)
         if owner is None:
             raise MatrixError(Codes.THREEPID_NOT_FOUND, "No account has this e-mail address")
@@ -278,33 +325,49 @@ class ThreepidService:
 
     async def get_threepids(self, requester: Requester) -> list[JsonDict]:
         """GET /account/3pid"""
-        return [threepid_json(t.medium, t.address, t.validated_at, t.added_at)
-                for t in await self._store.get_threepids(requester.user_id)]
+        return [
+            threepid_json(t.medium, t.address, t.validated_at, t.added_at)
+            for t in await self._store.get_threepids(requester.user_id)
+        ]
 
-    async def add_threepid(self, requester: Requester, sid: str, client_secret: str,
-                           auth: JsonDict | None, fingerprint: str) -> AuthChallenge | None:
+    async def add_threepid(
+        self,
+        requester: Requester,
+        sid: str,
+        client_secret: str,
+        auth: JsonDict | None,
+        fingerprint: str,
+    ) -> AuthChallenge | None:
         """POST /account/3pid/add: the session is checked before and after authentication
         (before: no password asked for a request that cannot succeed)."""
         if not self.enabled:
-            raise MatrixError(Codes.THREEPID_MEDIUM_NOT_SUPPORTED,
-                              "This server does not send e-mail")
-        await self.validated_session(sid, client_secret, PURPOSE_ADD,
-                                     Codes.THREEPID_AUTH_FAILED)
-        result = await self._uia.authenticate(auth, ADD_FLOWS, fingerprint,
-                                              requester=requester.user_id)
+            raise MatrixError(
+                Codes.THREEPID_MEDIUM_NOT_SUPPORTED, "This server does not send e-mail"
+            )
+        await self.validated_session(sid, client_secret, PURPOSE_ADD, Codes.THREEPID_AUTH_FAILED)
+        result = await self._uia.authenticate(
+            auth, ADD_FLOWS, fingerprint, requester=requester.user_id
+        )
         if isinstance(result, AuthChallenge):
             return result
-        session = await self.validated_session(sid, client_secret, PURPOSE_ADD,
-                                               Codes.THREEPID_AUTH_FAILED)
+        session = await self.validated_session(
+            sid, client_secret, PURPOSE_ADD, Codes.THREEPID_AUTH_FAILED
+        )
         now = self._clock.now_ms()
         assert session.validated_ts is not None
         owner = await self._store.add_threepid(
-            requester.user_id, session.medium, session.address,
-            validated_at=session.validated_ts, added_at=now, session_id=sid)
+            requester.user_id,
+            session.medium,
+            session.address,
+            validated_at=session.validated_ts,
+            added_at=now,
+            session_id=sid,
+        )
         if owner != requester.user_id:
             # spec: homeservers should not let two accounts have one address.
-            raise MatrixError(Codes.THREEPID_IN_USE, "This e-mail address is already bound "
-                              "to an account")
+            raise MatrixError(
+                Codes.THREEPID_IN_USE, "This e-mail address is already bound to an account"
+            )
         await self._uia.finish(result)
         logger.info("e-mail address added", extra={"user_id": requester.user_id})
         return None
@@ -323,8 +386,11 @@ class ThreepidService:
         await self.delete_email_pushers(requester.user_id, [canonical])
 
     async def delete_email_pushers(self, user_id: str, addresses: Sequence[str]) -> None:
-        gone = [p.id for p in await self._push_store.get_pushers(user_id)
-                if p.kind == MEDIUM_EMAIL and canonical_email(p.pushkey) in addresses]
+        gone = [
+            p.id
+            for p in await self._push_store.get_pushers(user_id)
+            if p.kind == MEDIUM_EMAIL and canonical_email(p.pushkey) in addresses
+        ]
         if gone:
             await self._push_store.delete_pushers_by_id(gone)
 

@@ -26,15 +26,22 @@ EXPIRY_INTERVAL_S = 1.0  # how late, at most, a typing notification stops
 
 
 class TypingService:
-    def __init__(self, store: TypingStore, rooms: RoomStore, notifier: Notifier,
-                 clock: Clock) -> None:
+    def __init__(
+        self, store: TypingStore, rooms: RoomStore, notifier: Notifier, clock: Clock
+    ) -> None:
         self._store = store
         self._rooms = rooms
         self._notifier = notifier
         self._clock = clock
 
-    async def set_typing(self, requester: Requester, room_id: RoomID, user_id: UserID,
-                         typing: bool, timeout_ms: int | None) -> None:
+    async def set_typing(
+        self,
+        requester: Requester,
+        room_id: RoomID,
+        user_id: UserID,
+        typing: bool,
+        timeout_ms: int | None,
+    ) -> None:
         """PUT /rooms/{roomId}/typing/{userId}"""
         if requester.user_id != user_id:
             raise MatrixError(Codes.FORBIDDEN, "You cannot set another user's typing state")
@@ -45,7 +52,8 @@ class TypingService:
         if typing:
             timeout = DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms
             position = await self._store.start(
-                room_id, user_id, now + min(timeout, MAX_TIMEOUT_MS), now)
+                room_id, user_id, now + min(timeout, MAX_TIMEOUT_MS), now
+            )
         else:
             position = await self._store.stop(room_id, user_id)
         if position is not None:
@@ -62,14 +70,21 @@ class TypingService:
             await self.expire_once()
             await asyncio.sleep(EXPIRY_INTERVAL_S)
 
-    async def room_events(self, requester: Requester, room_ids: Sequence[str],
-                          since: StreamToken | None, now: StreamToken
-                          ) -> dict[str, list[JsonDict]]:
+    async def room_events(
+        self,
+        requester: Requester,
+        room_ids: Sequence[str],
+        since: StreamToken | None,
+        now: StreamToken,
+    ) -> dict[str, list[JsonDict]]:
         """``m.typing`` of each room whose list changed since the token (or is not empty)."""
         after = since.get(Stream.TYPING) if since is not None else None
         if after is not None and after >= now.get(Stream.TYPING):
             return {}
-        found = await self._store.get_typing(room_ids, after, now.get(Stream.TYPING),
-                                             self._clock.now_ms())
-        return {room_id: [{"type": "m.typing", "content": {"user_ids": user_ids}}]
-                for room_id, user_ids in found.items()}
+        found = await self._store.get_typing(
+            room_ids, after, now.get(Stream.TYPING), self._clock.now_ms()
+        )
+        return {
+            room_id: [{"type": "m.typing", "content": {"user_ids": user_ids}}]
+            for room_id, user_ids in found.items()
+        }

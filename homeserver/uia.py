@@ -95,10 +95,17 @@ class EmailIdentity(Protocol):
 
 
 class UiaService:
-    def __init__(self, store: UiaStore, accounts: AccountStore,
-                 registration_tokens: RegistrationTokenStore, auth: AuthService,
-                 ratelimiter: RateLimiter, clock: Clock, server_name: str,
-                 registration: RegistrationConfig) -> None:
+    def __init__(
+        self,
+        store: UiaStore,
+        accounts: AccountStore,
+        registration_tokens: RegistrationTokenStore,
+        auth: AuthService,
+        ratelimiter: RateLimiter,
+        clock: Clock,
+        server_name: str,
+        registration: RegistrationConfig,
+    ) -> None:
         self._store = store
         self._accounts = accounts
         self._tokens = registration_tokens
@@ -113,9 +120,14 @@ class UiaService:
         """Wired by app.py once the e-mail service exists (it authenticates through us)."""
         self._email_identity = email_identity
 
-    async def authenticate(self, auth: JsonDict | None, flows: Sequence[Sequence[str]],
-                           fingerprint: str, *, requester: UserID | None = None
-                           ) -> UiaResult | AuthChallenge:
+    async def authenticate(
+        self,
+        auth: JsonDict | None,
+        flows: Sequence[Sequence[str]],
+        fingerprint: str,
+        *,
+        requester: UserID | None = None,
+    ) -> UiaResult | AuthChallenge:
         """Run the stage in ``auth``; a result once a flow is complete, else a challenge.
 
         ``fingerprint`` names the request (method and path); ``requester`` is the user of the
@@ -136,29 +148,41 @@ class UiaService:
         else:
             session = await self._get_session(session_id)
             if session.request_fingerprint != fingerprint:
-                raise MatrixError(Codes.FORBIDDEN, "The authentication session was started "
-                                  "for another request")
+                raise MatrixError(
+                    Codes.FORBIDDEN, "The authentication session was started for another request"
+                )
             if session.params.get("requester") != requester:
-                raise MatrixError(Codes.FORBIDDEN, "The authentication session belongs to "
-                                  "another user")
+                raise MatrixError(
+                    Codes.FORBIDDEN, "The authentication session belongs to another user"
+                )
         completed = list(session.completed)
         params = dict(session.params)
         if stage is not None and stage not in completed:
             # spec: a flow's stages are completed in order; anything else is a 401.
-            if not any(list(flow[:len(completed) + 1]) == [*completed, stage] for flow in flows):
-                raise self._failure(flows, session, Codes.FORBIDDEN,
-                                    f"Authentication stage {stage} is not expected now")
+            if not any(list(flow[: len(completed) + 1]) == [*completed, stage] for flow in flows):
+                raise self._failure(
+                    flows,
+                    session,
+                    Codes.FORBIDDEN,
+                    f"Authentication stage {stage} is not expected now",
+                )
             failure = await self._run_stage(stage, auth, params, requester)
             if failure is not None:
                 raise self._failure(flows, session, *failure)
             completed.append(stage)
-            session = UiaSession(session.session_id, session.created_ts, completed, params,
-                                 session.request_fingerprint)
+            session = UiaSession(
+                session.session_id,
+                session.created_ts,
+                completed,
+                params,
+                session.request_fingerprint,
+            )
             await self._store.update_session(session.session_id, completed, params)
         if any(list(flow) == completed for flow in flows):
             user = params.get("user_id")
-            return UiaResult(session.session_id, UserID(user) if user else None,
-                             params.get("registration_token"))
+            return UiaResult(
+                session.session_id, UserID(user) if user else None, params.get("registration_token")
+            )
         return self._challenge(flows, session)
 
     async def finish(self, result: UiaResult) -> None:
@@ -166,8 +190,11 @@ class UiaService:
         session = await self._store.delete_session(result.session_id)
         if session is not None and session.params.get("token_in_db"):
             await self._tokens.complete(str(session.params["registration_token"]))
-        if session is not None and session.params.get("threepid_sid") and \
-                self._email_identity is not None:
+        if (
+            session is not None
+            and session.params.get("threepid_sid")
+            and self._email_identity is not None
+        ):
             # A validated mail authorises one request (one password reset), not several.
             await self._email_identity.use_session(str(session.params["threepid_sid"]))
 
@@ -202,16 +229,18 @@ class UiaService:
     async def _new_session(self, fingerprint: str, requester: UserID | None) -> UiaSession:
         now = self._clock.now_ms()
         await self._purge_expired(now)
-        session = UiaSession(secrets.token_urlsafe(24), now, [], {"requester": requester},
-                             fingerprint)
+        session = UiaSession(
+            secrets.token_urlsafe(24), now, [], {"requester": requester}, fingerprint
+        )
         await self._store.create_session(session.session_id, now, fingerprint, session.params)
         return session
 
     async def _get_session(self, session_id: str) -> UiaSession:
         session = await self._store.get_session(session_id)
         if session is None or self._clock.now_ms() - session.created_ts > SESSION_LIFETIME_MS:
-            raise MatrixError(Codes.UNKNOWN, "Unknown or expired authentication session",
-                              status=400)
+            raise MatrixError(
+                Codes.UNKNOWN, "Unknown or expired authentication session", status=400
+            )
         return session
 
     async def _purge_expired(self, now: int) -> None:
@@ -219,8 +248,9 @@ class UiaService:
             if session.params.get("token_in_db"):
                 await self._tokens.release(str(session.params["registration_token"]))
 
-    async def _run_stage(self, stage: str, auth: JsonDict, params: dict[str, Any],
-                         requester: UserID | None) -> tuple[Codes, str] | None:
+    async def _run_stage(
+        self, stage: str, auth: JsonDict, params: dict[str, Any], requester: UserID | None
+    ) -> tuple[Codes, str] | None:
         """Complete one stage, recording what it established in ``params``; or why not."""
         if stage == LOGIN_DUMMY:
             return None
@@ -232,8 +262,9 @@ class UiaService:
             return await self._email_identity_stage(auth, params, requester)
         return Codes.FORBIDDEN, f"Unsupported authentication stage {stage}"
 
-    async def _email_identity_stage(self, auth: JsonDict, params: dict[str, Any],
-                                    requester: UserID | None) -> tuple[Codes, str] | None:
+    async def _email_identity_stage(
+        self, auth: JsonDict, params: dict[str, Any], requester: UserID | None
+    ) -> tuple[Codes, str] | None:
         """spec: ``threepid_creds`` names a session the homeserver validated by mail (the
         identity server fields are ignored: we are our own). It establishes the address's
         owner; a session still waiting for its link fails with M_UNAUTHORIZED, which clients
@@ -246,11 +277,15 @@ class UiaService:
             raise MatrixError(Codes.BAD_JSON, "auth.threepid_creds must be an object")
         sid, secret = creds.get("sid"), creds.get("client_secret")
         if sid is None or secret is None:
-            raise MatrixError(Codes.MISSING_PARAM, "Missing parameter: auth.threepid_creds."
-                              + ("sid" if sid is None else "client_secret"))
+            raise MatrixError(
+                Codes.MISSING_PARAM,
+                "Missing parameter: auth.threepid_creds."
+                + ("sid" if sid is None else "client_secret"),
+            )
         if not isinstance(sid, str) or not isinstance(secret, str):
-            raise MatrixError(Codes.BAD_JSON, "auth.threepid_creds.sid and client_secret "
-                              "must be strings")
+            raise MatrixError(
+                Codes.BAD_JSON, "auth.threepid_creds.sid and client_secret must be strings"
+            )
         try:
             owner = await self._email_identity.password_reset_owner(sid, secret)
         except MatrixError as e:
@@ -264,8 +299,9 @@ class UiaService:
         params["threepid_sid"] = sid
         return None
 
-    async def _password_stage(self, auth: JsonDict, params: dict[str, Any],
-                              requester: UserID | None) -> tuple[Codes, str] | None:
+    async def _password_stage(
+        self, auth: JsonDict, params: dict[str, Any], requester: UserID | None
+    ) -> tuple[Codes, str] | None:
         user = auth.get("user")  # deprecated form, before identifiers
         identifier = auth.get("identifier")
         if identifier is not None:
@@ -274,10 +310,14 @@ class UiaService:
             if identifier.get("type") == "m.id.thirdparty":
                 medium, address = identifier.get("medium"), identifier.get("address")
                 if not isinstance(medium, str) or not isinstance(address, str):
-                    raise MatrixError(Codes.BAD_JSON, "auth.identifier.medium and address "
-                                      "must be strings")
-                owner = await self._email_identity.owner_of(medium, address) \
-                    if self._email_identity is not None else None
+                    raise MatrixError(
+                        Codes.BAD_JSON, "auth.identifier.medium and address must be strings"
+                    )
+                owner = (
+                    await self._email_identity.owner_of(medium, address)
+                    if self._email_identity is not None
+                    else None
+                )
                 if owner is None:
                     return Codes.FORBIDDEN, "Invalid username or password"  # spec: 403
                 user = owner
@@ -291,23 +331,28 @@ class UiaService:
         if password is None:
             raise MatrixError(Codes.MISSING_PARAM, "Missing parameter: auth.password")
         if not isinstance(user, str) or not isinstance(password, str):
-            raise MatrixError(Codes.BAD_JSON, "auth.identifier.user and auth.password must be "
-                              "strings")
+            raise MatrixError(
+                Codes.BAD_JSON, "auth.identifier.user and auth.password must be strings"
+            )
         user_id = parse_user_identifier(user, self._server_name)
         if user_id is None or len(user_id.encode()) > MAX_ID_BYTES:
             return Codes.FORBIDDEN, "Invalid username or password"
         self._ratelimiter.check(Action.LOGIN, f"user:{user_id.lower()}")
         account = await self._accounts.get_user_case_insensitive(user_id)
-        if account is None or account.deactivated or not await self._auth.check_password(
-                account.password_hash, password):
+        if (
+            account is None
+            or account.deactivated
+            or not await self._auth.check_password(account.password_hash, password)
+        ):
             return Codes.FORBIDDEN, "Invalid username or password"
         if requester is not None and account.user_id != requester:
             return Codes.FORBIDDEN, "The password is not the one of the logged-in user"
         params["user_id"] = account.user_id
         return None
 
-    async def _registration_token_stage(self, auth: JsonDict, params: dict[str, Any]
-                                        ) -> tuple[Codes, str] | None:
+    async def _registration_token_stage(
+        self, auth: JsonDict, params: dict[str, Any]
+    ) -> tuple[Codes, str] | None:
         token = auth.get("token")
         if token is None:
             raise MatrixError(Codes.MISSING_PARAM, "Missing parameter: auth.token")
@@ -317,7 +362,8 @@ class UiaService:
             params["registration_token"] = token
             return None
         if _REGISTRATION_TOKEN.match(token) and await self._tokens.reserve(
-                token, self._clock.now_ms()):
+            token, self._clock.now_ms()
+        ):
             # The use stays pending until the registration succeeds (``finish``) or the
             # session expires (``_purge_expired``), so a token's last use cannot go twice.
             params["registration_token"] = token
@@ -328,13 +374,18 @@ class UiaService:
     # --- responses -------------------------------------------------------------------------
 
     def _challenge_body(self, flows: Sequence[Sequence[str]], session: UiaSession) -> JsonDict:
-        return {"flows": [{"stages": list(flow)} for flow in flows], "params": {},
-                "session": session.session_id, "completed": list(session.completed)}
+        return {
+            "flows": [{"stages": list(flow)} for flow in flows],
+            "params": {},
+            "session": session.session_id,
+            "completed": list(session.completed),
+        }
 
     def _challenge(self, flows: Sequence[Sequence[str]], session: UiaSession) -> AuthChallenge:
         return AuthChallenge(self._challenge_body(flows, session))
 
-    def _failure(self, flows: Sequence[Sequence[str]], session: UiaSession, code: Codes,
-                 message: str) -> MatrixError:
+    def _failure(
+        self, flows: Sequence[Sequence[str]], session: UiaSession, code: Codes, message: str
+    ) -> MatrixError:
         # spec: a failed attempt the client may retry is the challenge plus errcode and error.
         return MatrixError(code, message, status=401, **self._challenge_body(flows, session))

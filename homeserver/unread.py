@@ -130,8 +130,15 @@ def _counts(notifications: int, highlights: int) -> JsonDict:
 class UnreadCountService:
     """Implements the sync's ``UnreadCounts``: one query for all the rooms of a response."""
 
-    def __init__(self, store: PushStore, ignored: IgnoreLists, events: EventStore,
-                 receipts: ReceiptStore, clock: Clock, retention_ms: int) -> None:
+    def __init__(
+        self,
+        store: PushStore,
+        ignored: IgnoreLists,
+        events: EventStore,
+        receipts: ReceiptStore,
+        clock: Clock,
+        retention_ms: int,
+    ) -> None:
         self._store = store
         self._ignored = ignored
         self._events = events
@@ -140,10 +147,17 @@ class UnreadCountService:
         self._retention_ms = retention_ms  # push.action_retention_ms
         self._batch = _CountBatch(store)
         self._kept: LRUCache[str, _Kept] = LRUCache(
-            maxsize=KEPT_ROOMS, getsizeof=lambda kept: len(kept.rooms) + 1)
+            maxsize=KEPT_ROOMS, getsizeof=lambda kept: len(kept.rooms) + 1
+        )
 
-    async def unread_counts(self, requester: Requester, room_ids: Sequence[str], *,
-                            at: StreamToken, threads: bool = False) -> dict[str, JsonDict]:
+    async def unread_counts(
+        self,
+        requester: Requester,
+        room_ids: Sequence[str],
+        *,
+        at: StreamToken,
+        threads: bool = False,
+    ) -> dict[str, JsonDict]:
         """Per room: ``unread_notifications``, and with ``threads`` the main timeline's only,
         the threads' in ``unread_thread_notifications`` (those with something unread).
         ``at``: a sync's (committed) positions, up to which it counts."""
@@ -153,49 +167,61 @@ class UnreadCountService:
         if ignored:
             # Ignoring someone is rare: such counts are never kept (a window's push actions
             # do not say whose events they are).
-            found = await self._store.count_unread(user_id, room_ids, ignored,
-                                                   upto=at.get(Stream.EVENTS))
+            found = await self._store.count_unread(
+                user_id, room_ids, ignored, upto=at.get(Stream.EVENTS)
+            )
         else:
-            found = await self._kept_counts(user_id, room_ids, at.get(Stream.EVENTS),
-                                            at.get(Stream.RECEIPTS))
+            found = await self._kept_counts(
+                user_id, room_ids, at.get(Stream.EVENTS), at.get(Stream.RECEIPTS)
+            )
         out: dict[str, JsonDict] = {}
         for room_id in room_ids:
             by_thread = found.get(room_id, {})
             if not threads:
-                out[room_id] = {"unread_notifications": _counts(
-                    sum(t.notifications for t in by_thread.values()),
-                    sum(t.highlights for t in by_thread.values()))}
+                out[room_id] = {
+                    "unread_notifications": _counts(
+                        sum(t.notifications for t in by_thread.values()),
+                        sum(t.highlights for t in by_thread.values()),
+                    )
+                }
                 continue
             main = by_thread.get(MAIN_THREAD)
-            entry: JsonDict = {"unread_notifications": _counts(
-                main.notifications, main.highlights) if main else _counts(0, 0)}
-            in_threads = {thread_id: _counts(t.notifications, t.highlights)
-                          for thread_id, t in by_thread.items() if thread_id != MAIN_THREAD}
+            entry: JsonDict = {
+                "unread_notifications": _counts(main.notifications, main.highlights)
+                if main
+                else _counts(0, 0)
+            }
+            in_threads = {
+                thread_id: _counts(t.notifications, t.highlights)
+                for thread_id, t in by_thread.items()
+                if thread_id != MAIN_THREAD
+            }
             if in_threads:
                 entry["unread_thread_notifications"] = in_threads
             out[room_id] = entry
         return out
 
-    async def prepare(self, requester: Requester, room_ids: Sequence[str],
-                      at: StreamToken) -> None:
+    async def prepare(self, requester: Requester, room_ids: Sequence[str], at: StreamToken) -> None:
         """Counts the rooms now if nothing of the user's is kept (their first long-poll here,
         after a sync that left the rooms out, or on another worker), so that the sync a
         message wakes moves the counts on instead of counting while it is awaited."""
         user_id = requester.user_id
-        if not room_ids or user_id in self._kept or \
-                await self._ignored.ignored_users(user_id):
+        if not room_ids or user_id in self._kept or await self._ignored.ignored_users(user_id):
             return
-        await self._kept_counts(user_id, room_ids, at.get(Stream.EVENTS),
-                                at.get(Stream.RECEIPTS))
+        await self._kept_counts(user_id, room_ids, at.get(Stream.EVENTS), at.get(Stream.RECEIPTS))
 
-    async def _kept_counts(self, user_id: str, room_ids: Sequence[str], events: int,
-                           receipts: int) -> Counts:
+    async def _kept_counts(
+        self, user_id: str, room_ids: Sequence[str], events: int, receipts: int
+    ) -> Counts:
         """The counts up to these positions: the kept ones moved on, the others counted (and
         then kept, unless newer ones were kept meanwhile)."""
         now_ms = self._clock.now_ms()
         kept = self._kept.get(user_id)
-        moved_on = await self._moved_on(user_id, kept, events, receipts, now_ms) \
-            if kept is not None else None
+        moved_on = (
+            await self._moved_on(user_id, kept, events, receipts, now_ms)
+            if kept is not None
+            else None
+        )
         if moved_on is None:
             rooms: dict[str, Mapping[str, ThreadUnread]] = {}
             counted_ms, oldest_ts = now_ms, None
@@ -211,21 +237,25 @@ class UnreadCountService:
                 for thread in threads.values():
                     oldest_ts = _min(oldest_ts, thread.oldest_ts)
         latest = self._kept.get(user_id)
-        if len(rooms) < KEPT_ROOMS and (latest is None or (latest.events <= events and
-                                                            latest.receipts <= receipts)):
+        if len(rooms) < KEPT_ROOMS and (
+            latest is None or (latest.events <= events and latest.receipts <= receipts)
+        ):
             self._kept[user_id] = _Kept(events, receipts, counted_ms, oldest_ts, rooms)
         return rooms
 
-    async def _moved_on(self, user_id: str, kept: _Kept, events: int, receipts: int,
-                        now_ms: int) -> tuple[dict[str, Mapping[str, ThreadUnread]],
-                                              int | None] | None:
+    async def _moved_on(
+        self, user_id: str, kept: _Kept, events: int, receipts: int, now_ms: int
+    ) -> tuple[dict[str, Mapping[str, ThreadUnread]], int | None] | None:
         """``kept``'s rooms with their counts up to the positions, less those whose read
         marks may have moved, and when their oldest push action was made; None when they
         cannot be moved on: too old, with a push action the pruner may have deleted (older
         than the retention), too far behind, or ahead."""
-        if now_ms - kept.counted_ms > KEPT_MS or kept.events > events or \
-                kept.receipts > receipts or (kept.oldest_ts is not None and
-                                             kept.oldest_ts < now_ms - self._retention_ms):
+        if (
+            now_ms - kept.counted_ms > KEPT_MS
+            or kept.events > events
+            or kept.receipts > receipts
+            or (kept.oldest_ts is not None and kept.oldest_ts < now_ms - self._retention_ms)
+        ):
             return None
         if kept.events == events and kept.receipts == receipts:
             return dict(kept.rooms), kept.oldest_ts
@@ -235,23 +265,31 @@ class UnreadCountService:
         if window is None or actions is None or moved is None:
             return None
         marked = window.senders.get(user_id, frozenset()) | moved.get(user_id, frozenset())
-        rooms = {room_id: threads for room_id, threads in kept.rooms.items()
-                 if room_id not in marked}
+        rooms = {
+            room_id: threads for room_id, threads in kept.rooms.items() if room_id not in marked
+        }
         oldest_ts = kept.oldest_ts
         for action in actions.get(user_id, ()):
             threads = rooms.get(action.room_id)
             if threads is None:
                 continue
             thread = threads.get(action.thread_id)
-            rooms[action.room_id] = {**threads, action.thread_id: ThreadUnread(
-                1, int(action.highlight), action.ts) if thread is None else
-                ThreadUnread(thread.notifications + 1, thread.highlights + action.highlight,
-                             min(thread.oldest_ts, action.ts))}
+            rooms[action.room_id] = {
+                **threads,
+                action.thread_id: ThreadUnread(1, int(action.highlight), action.ts)
+                if thread is None
+                else ThreadUnread(
+                    thread.notifications + 1,
+                    thread.highlights + action.highlight,
+                    min(thread.oldest_ts, action.ts),
+                ),
+            }
             oldest_ts = _min(oldest_ts, action.ts)
         return rooms, oldest_ts
 
     async def total_unread(self, user_id: str, room_ids: Sequence[str]) -> int:
         """Notifications across the rooms (a push's ``counts.unread``)."""
-        found = await self._store.count_unread(user_id, room_ids,
-                                               await self._ignored.ignored_users(user_id))
+        found = await self._store.count_unread(
+            user_id, room_ids, await self._ignored.ignored_users(user_id)
+        )
         return sum(t.notifications for threads in found.values() for t in threads.values())

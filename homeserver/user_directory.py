@@ -28,8 +28,9 @@ class UserDirectoryService:
     def __init__(self, store: UserDirectoryStore) -> None:
         self._store = store
 
-    async def search(self, requester: Requester, search_term: str,
-                     limit: int = DEFAULT_LIMIT) -> DirectorySearch:
+    async def search(
+        self, requester: Requester, search_term: str, limit: int = DEFAULT_LIMIT
+    ) -> DirectorySearch:
         """Case-insensitive: every word of the term is in the user ID or the display name."""
         words = search_term[:MAX_TERM_CHARS].lower().split()[:MAX_WORDS]
         limit = min(limit, MAX_LIMIT)

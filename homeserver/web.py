@@ -39,8 +39,9 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-def json_response(content: Any, status_code: int = 200,
-                  headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    content: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return JSONResponse(content, status_code=status_code, headers=headers)
 
 
@@ -123,16 +124,23 @@ async def require_user(request: Request) -> Requester:
     return requester
 
 
-def query_int(request: Request, name: str, default: int | None = None, *,
-              minimum: int | None = None, maximum: int | None = None) -> int | None:
+def query_int(
+    request: Request,
+    name: str,
+    default: int | None = None,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int | None:
     raw = request.query_params.get(name)
     if raw is None:
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise MatrixError(Codes.INVALID_PARAM, f"Query parameter {name} must be an integer"
-                          ) from None
+        raise MatrixError(
+            Codes.INVALID_PARAM, f"Query parameter {name} must be an integer"
+        ) from None
     if minimum is not None and value < minimum:
         raise MatrixError(Codes.INVALID_PARAM, f"Query parameter {name} must be >= {minimum}")
     if maximum is not None and value > maximum:
@@ -163,14 +171,19 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code in (404, 405):
         # spec: unknown endpoints (and unknown methods on known ones) are M_UNRECOGNIZED.
-        return json_response({"errcode": Codes.UNRECOGNIZED, "error": "Unrecognized request"},
-                             status_code=exc.status_code)
-    return json_response({"errcode": Codes.UNKNOWN, "error": str(exc.detail)},
-                         status_code=exc.status_code)
+        return json_response(
+            {"errcode": Codes.UNRECOGNIZED, "error": "Unrecognized request"},
+            status_code=exc.status_code,
+        )
+    return json_response(
+        {"errcode": Codes.UNKNOWN, "error": str(exc.detail)}, status_code=exc.status_code
+    )
 
 
 async def internal_error_handler(request: Request, exc: Exception) -> Response:
-    logger.error("unhandled error", exc_info=exc,
-                 extra={"path": request.url.path, "method": request.method})
-    return json_response({"errcode": Codes.UNKNOWN, "error": "Internal server error"},
-                         status_code=500)
+    logger.error(
+        "unhandled error", exc_info=exc, extra={"path": request.url.path, "method": request.method}
+    )
+    return json_response(
+        {"errcode": Codes.UNKNOWN, "error": "Internal server error"}, status_code=500
+    )

@@ -86,8 +86,7 @@ class FilesystemBackend:
         # One thread hop per chunk: open, seek and the first read share one, and the last
         # read closes the file, so a file of one chunk (most media) costs a single hop.
         remaining = end - start + 1
-        f, chunk = await anyio.to_thread.run_sync(_open_and_read, self._path(key), start,
-                                                  remaining)
+        f, chunk = await anyio.to_thread.run_sync(_open_and_read, self._path(key), start, remaining)
         try:
             while chunk:
                 remaining -= len(chunk)

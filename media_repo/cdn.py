@@ -51,7 +51,8 @@ def download_path(server_name: str, media_id: str) -> str:
     return f"{CDN_PREFIX}/download/{server_name}/{media_id}"
 
 
-def thumbnail_path(server_name: str, media_id: str, width: int, height: int, method: str,
-                   animated: bool) -> str:
+def thumbnail_path(
+    server_name: str, media_id: str, width: int, height: int, method: str, animated: bool
+) -> str:
     spec = f"{width}x{height}-{method}" + ("-animated" if animated else "")
     return f"{CDN_PREFIX}/thumbnail/{server_name}/{media_id}/{spec}"

@@ -46,7 +46,7 @@ class MxcUri:
     def parse(cls, uri: str) -> Self:
         if not isinstance(uri, str) or not uri.startswith("mxc://"):
             raise MatrixError(Codes.INVALID_PARAM, "Invalid content URI: must start with mxc://")
-        server_name, sep, media_id = uri[len("mxc://"):].partition("/")
+        server_name, sep, media_id = uri[len("mxc://") :].partition("/")
         if not sep:
             raise MatrixError(Codes.INVALID_PARAM, f"Invalid content URI: {uri!r}")
         return cls.of(server_name, media_id)

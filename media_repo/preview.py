@@ -61,9 +61,15 @@ def is_public(ip: IPAddress) -> bool:
             return is_public(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
     elif ip in _CGNAT:
         return False
-    return (ip.is_global and not ip.is_multicast and not ip.is_reserved
-            and not ip.is_unspecified and not ip.is_loopback and not ip.is_link_local
-            and not ip.is_private)
+    return (
+        ip.is_global
+        and not ip.is_multicast
+        and not ip.is_reserved
+        and not ip.is_unspecified
+        and not ip.is_loopback
+        and not ip.is_link_local
+        and not ip.is_private
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +125,18 @@ class UrlPreviewer:
     async def _store_image(self, requester: Requester, fetched: Fetched) -> dict[str, Any]:
         try:
             content_type = check_content_type(fetched.content_type)
-            mxc = await self._media.upload(requester, _one(fetched.body), len(fetched.body),
-                                           content_type, None)
+            mxc = await self._media.upload(
+                requester, _one(fetched.body), len(fetched.body), content_type, None
+            )
             media = await self._media.get_media(mxc, timeout_ms=0)
         except MatrixError as e:  # e.g. the user's quota
             logger.info("preview image not stored", extra={"errcode": str(e.code)})
             return {}
-        out: dict[str, Any] = {"og:image": str(mxc), "og:image:type": content_type,
-                               "matrix:image:size": len(fetched.body)}
+        out: dict[str, Any] = {
+            "og:image": str(mxc),
+            "og:image:type": content_type,
+            "matrix:image:size": len(fetched.body),
+        }
         if media.width is not None:
             out["og:image:width"], out["og:image:height"] = media.width, media.height
         return out
@@ -142,30 +152,41 @@ class UrlPreviewer:
             port = parts.port or (443 if parts.scheme == "https" else 80)
             address = await self._resolve(host, port)
             netloc = f"[{address}]" if address.version == 6 else str(address)
-            target = urlunsplit((parts.scheme, f"{netloc}:{port}", parts.path or "/",
-                                 parts.query, ""))
-            headers = {"Host": parts.netloc, "User-Agent": self._config.user_agent,
-                       "Accept": "text/html, application/xhtml+xml, image/*;q=0.9, */*;q=0.1"}
-            async with httpx.AsyncClient(trust_env=False, follow_redirects=False,
-                                         timeout=self._config.timeout_ms / 1000) as client:
-                request = client.build_request("GET", target, headers=headers,
-                                               extensions={"sni_hostname": host})
+            target = urlunsplit(
+                (parts.scheme, f"{netloc}:{port}", parts.path or "/", parts.query, "")
+            )
+            headers = {
+                "Host": parts.netloc,
+                "User-Agent": self._config.user_agent,
+                "Accept": "text/html, application/xhtml+xml, image/*;q=0.9, */*;q=0.1",
+            }
+            async with httpx.AsyncClient(
+                trust_env=False, follow_redirects=False, timeout=self._config.timeout_ms / 1000
+            ) as client:
+                request = client.build_request(
+                    "GET", target, headers=headers, extensions={"sni_hostname": host}
+                )
                 try:
                     response = await client.send(request, stream=True)
                 except httpx.HTTPError as e:
-                    raise MatrixError(Codes.UNKNOWN, "Could not fetch the URL",
-                                      status=502) from e
+                    raise MatrixError(Codes.UNKNOWN, "Could not fetch the URL", status=502) from e
                 try:
                     location = response.headers.get("location")
                     if response.status_code in _REDIRECTS and location:
                         url = urljoin(url, location)
                         continue
                     if response.status_code != 200:
-                        raise MatrixError(Codes.UNKNOWN, f"The URL answered "
-                                          f"{response.status_code}", status=502)
+                        raise MatrixError(
+                            Codes.UNKNOWN, f"The URL answered {response.status_code}", status=502
+                        )
                     body = await self._read(response)
-                    return Fetched(url=url, body=body, content_type=response.headers.get(
-                        "content-type", "application/octet-stream"))
+                    return Fetched(
+                        url=url,
+                        body=body,
+                        content_type=response.headers.get(
+                            "content-type", "application/octet-stream"
+                        ),
+                    )
                 finally:
                     await response.aclose()
         raise MatrixError(Codes.UNKNOWN, "Too many redirects", status=502)
@@ -179,7 +200,7 @@ class UrlPreviewer:
         size = 0
         try:
             async for chunk in response.aiter_raw():
-                chunks.append(chunk[:limit - size])
+                chunks.append(chunk[: limit - size])
                 size += len(chunks[-1])
                 if size >= limit:
                     break
@@ -194,17 +215,16 @@ class UrlPreviewer:
             try:
                 infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except OSError as e:
-                raise MatrixError(Codes.UNKNOWN, "Could not resolve the host",
-                                  status=502) from e
-            addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-                         for info in infos]
+                raise MatrixError(Codes.UNKNOWN, "Could not resolve the host", status=502) from e
+            addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
         if not addresses:
             raise MatrixError(Codes.UNKNOWN, "Could not resolve the host", status=502)
         # Every address must pass: a name with one public and one private answer is refused.
         for address in addresses:
             if not self.address_allowed(address):
-                raise MatrixError(Codes.FORBIDDEN, "URL previews of private addresses are "
-                                                   "not allowed")
+                raise MatrixError(
+                    Codes.FORBIDDEN, "URL previews of private addresses are not allowed"
+                )
         return addresses[0]
 
 
@@ -272,7 +292,7 @@ def parse_opengraph(body: bytes, content_type: str) -> dict[str, Any]:
         text = body.decode("utf-8", errors="replace")
     parser = _OpenGraphParser()
     for start in range(0, min(len(text), MAX_HTML_PARSE_CHARS), 16 * 1024):
-        parser.feed(text[start:start + 16 * 1024])
+        parser.feed(text[start : start + 16 * 1024])
         if parser.done:
             break
     og: dict[str, Any] = {k: v for k, v in parser.meta.items() if k.startswith("og:")}

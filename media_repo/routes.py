@@ -26,19 +26,44 @@ from media_repo.thumbnailer import Method
 
 # spec, "Serving inline content": only these types may be served inline; anything else is an
 # attachment, so a browser never renders an uploaded page or script from our origin.
-INLINE_CONTENT_TYPES = frozenset({
-    "text/css", "text/plain", "text/csv", "application/json", "application/ld+json",
-    "image/jpeg", "image/gif", "image/png", "image/apng", "image/webp", "image/avif",
-    "video/mp4", "video/webm", "video/ogg", "video/quicktime",
-    "audio/mp4", "audio/webm", "audio/aac", "audio/mpeg", "audio/ogg", "audio/wave",
-    "audio/wav", "audio/x-wav", "audio/x-pn-wav", "audio/flac", "audio/x-flac",
-})
+INLINE_CONTENT_TYPES = frozenset(
+    {
+        "text/css",
+        "text/plain",
+        "text/csv",
+        "application/json",
+        "application/ld+json",
+        "image/jpeg",
+        "image/gif",
+        "image/png",
+        "image/apng",
+        "image/webp",
+        "image/avif",
+        "video/mp4",
+        "video/webm",
+        "video/ogg",
+        "video/quicktime",
+        "audio/mp4",
+        "audio/webm",
+        "audio/aac",
+        "audio/mpeg",
+        "audio/ogg",
+        "audio/wave",
+        "audio/wav",
+        "audio/x-wav",
+        "audio/x-pn-wav",
+        "audio/flac",
+        "audio/x-flac",
+    }
+)
 # Media is immutable: a year, and browsers need not revalidate.
 CACHE_FOREVER = "max-age=31536000, immutable"
 # Nothing an uploaded file contains may run or load anything, even if opened directly.
-MEDIA_CSP = ("sandbox; default-src 'none'; script-src 'none'; object-src 'none'; "
-             "img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'; "
-             "frame-ancestors 'none'")
+MEDIA_CSP = (
+    "sandbox; default-src 'none'; script-src 'none'; object-src 'none'; "
+    "img-src 'self' data:; media-src 'self'; style-src 'unsafe-inline'; "
+    "frame-ancestors 'none'"
+)
 DEFAULT_TIMEOUT_MS = 20_000
 MAX_THUMBNAIL_REQUEST = 65_535
 _CDN_THUMBNAIL = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})-(crop|scale)(-animated)?$")
@@ -55,8 +80,9 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
         async for chunk in request.stream():
             yield chunk
     except ClientDisconnect:
-        raise MatrixError(Codes.UNKNOWN, "The client went away during the upload",
-                          status=400) from None
+        raise MatrixError(
+            Codes.UNKNOWN, "The client went away during the upload", status=400
+        ) from None
 
 
 def _mxc(request: Request) -> MxcUri:
@@ -65,14 +91,16 @@ def _mxc(request: Request) -> MxcUri:
 
 # --- uploads -------------------------------------------------------------------------------
 
+
 async def post_upload(request: Request) -> Response:
     """POST /_matrix/media/v3/upload"""
     hs = homeserver_of(request)
     requester = await require_user(request)
     content_type = check_content_type(request.headers.get("content-type"))
     filename = check_filename(request.query_params.get("filename"))
-    mxc = await hs.media.upload(requester, _body(request), _declared_length(request),
-                                content_type, filename)
+    mxc = await hs.media.upload(
+        requester, _body(request), _declared_length(request), content_type, filename
+    )
     return json_response({"content_uri": str(mxc)})
 
 
@@ -91,8 +119,9 @@ async def put_upload(request: Request) -> Response:
     mxc = _mxc(request)
     content_type = check_content_type(request.headers.get("content-type"))
     filename = check_filename(request.query_params.get("filename"))
-    await hs.media.upload_pending(requester, mxc, _body(request), _declared_length(request),
-                                  content_type, filename)
+    await hs.media.upload_pending(
+        requester, mxc, _body(request), _declared_length(request), content_type, filename
+    )
     return json_response({})
 
 
@@ -118,6 +147,7 @@ async def get_preview_url(request: Request) -> Response:
 
 # --- downloads -----------------------------------------------------------------------------
 
+
 async def get_download(request: Request) -> Response:
     """GET /_matrix/client/v1/media/download/{serverName}/{mediaId}[/{fileName}]"""
     await require_user(request)
@@ -137,8 +167,9 @@ async def _download(request: Request, *, legacy: bool) -> Response:
     timeout_ms = query_int(request, "timeout_ms", DEFAULT_TIMEOUT_MS, minimum=0)
     allow_remote = query_bool(request, "allow_remote", True)
     redirect_ok = not legacy or query_bool(request, "allow_redirect", False)
-    media = await hs.media.get_media(mxc, timeout_ms=timeout_ms or 0, allow_remote=allow_remote,
-                                     legacy=legacy)
+    media = await hs.media.get_media(
+        mxc, timeout_ms=timeout_ms or 0, allow_remote=allow_remote, legacy=legacy
+    )
     if redirect_ok and filename is None:
         location = hs.media.cdn_download_url(mxc)
         if location is not None:
@@ -184,8 +215,9 @@ async def _thumbnail(request: Request, *, legacy: bool) -> Response:
     timeout_ms = query_int(request, "timeout_ms", DEFAULT_TIMEOUT_MS, minimum=0)
     allow_remote = query_bool(request, "allow_remote", True)
     redirect_ok = not legacy or query_bool(request, "allow_redirect", False)
-    media = await hs.media.get_media(mxc, timeout_ms=timeout_ms or 0, allow_remote=allow_remote,
-                                     legacy=legacy)
+    media = await hs.media.get_media(
+        mxc, timeout_ms=timeout_ms or 0, allow_remote=allow_remote, legacy=legacy
+    )
     if redirect_ok and hs.media.cdn is not None and hs.config.media.thumbnails.enabled:
         spec = hs.media.thumbnail_spec(media, width, height, method, animated)
         location = hs.media.cdn_thumbnail_url(mxc, spec) if spec is not None else None
@@ -197,13 +229,16 @@ async def _thumbnail(request: Request, *, legacy: bool) -> Response:
 
 # --- the CDN's origin ----------------------------------------------------------------------
 
+
 async def get_cdn_download(request: Request) -> Response:
     """GET /_matrix/media/cdn/download/{serverName}/{mediaId}?md5=&expires= (the edge asks)"""
     hs = homeserver_of(request)
     mxc = _mxc(request)
-    hs.media.check_cdn_signature(download_path(mxc.server_name, mxc.media_id),
-                                 request.query_params.get("md5"),
-                                 request.query_params.get("expires"))
+    hs.media.check_cdn_signature(
+        download_path(mxc.server_name, mxc.media_id),
+        request.query_params.get("md5"),
+        request.query_params.get("expires"),
+    )
     media = await hs.media.get_media(mxc, timeout_ms=0, allow_remote=False)
     return _media_response(request, hs.media.download_blob(media, None), public=True)
 
@@ -220,7 +255,9 @@ async def get_cdn_thumbnail(request: Request) -> Response:
     animated = match[4] is not None
     hs.media.check_cdn_signature(
         thumbnail_path(mxc.server_name, mxc.media_id, width, height, method, animated),
-        request.query_params.get("md5"), request.query_params.get("expires"))
+        request.query_params.get("md5"),
+        request.query_params.get("expires"),
+    )
     if width < 1 or height < 1:
         raise MatrixError(Codes.INVALID_PARAM, "Invalid thumbnail")
     media = await hs.media.get_media(mxc, timeout_ms=0, allow_remote=False)
@@ -229,6 +266,7 @@ async def get_cdn_thumbnail(request: Request) -> Response:
 
 
 # --- responses -----------------------------------------------------------------------------
+
 
 def _redirect(location: str) -> Response:
     # The signed URL lives minutes: the redirect itself is not cached.
@@ -268,7 +306,7 @@ def parse_range(header: str | None, size: int) -> RangeResult:
     a Range that cannot be parsed, or asks for several ranges, is ignored)."""
     if header is None or not header.startswith("bytes="):
         return None
-    spec = header[len("bytes="):].strip()
+    spec = header[len("bytes=") :].strip()
     first, sep, last = spec.partition("-")
     first, last = first.strip(), last.strip()
     if not sep or "," in spec:
@@ -291,8 +329,9 @@ def parse_range(header: str | None, size: int) -> RangeResult:
     return start, end
 
 
-def _media_response(request: Request, blob: Blob, *, public: bool,
-                    disposition: str | None = None) -> Response:
+def _media_response(
+    request: Request, blob: Blob, *, public: bool, disposition: str | None = None
+) -> Response:
     hs = homeserver_of(request)
     etag = f'"{blob.etag}"'
     kind = disposition or ("inline" if _is_inline_safe(blob.content_type) else "attachment")
@@ -318,8 +357,11 @@ def _media_response(request: Request, blob: Blob, *, public: bool,
     if if_range is not None and if_range.strip() != etag:
         byte_range = None  # the client's copy is another version: send it all
     if byte_range == "unsatisfiable":
-        return json_response({"errcode": Codes.INVALID_PARAM, "error": "Range not satisfiable"},
-                             status_code=416, headers={"Content-Range": f"bytes */{blob.size}"})
+        return json_response(
+            {"errcode": Codes.INVALID_PARAM, "error": "Range not satisfiable"},
+            status_code=416,
+            headers={"Content-Range": f"bytes */{blob.size}"},
+        )
     status, start, end = 200, 0, blob.size - 1
     if byte_range is not None:
         status, (start, end) = 206, byte_range
@@ -327,13 +369,16 @@ def _media_response(request: Request, blob: Blob, *, public: bool,
     headers["Content-Length"] = str(end - start + 1)
     if blob.size == 0 or request.method == "HEAD":
         return Response(b"", status_code=status, headers=headers)  # no storage read for HEAD
-    return StreamingResponse(hs.media.read(blob, start, end), status_code=status,
-                             headers=headers)
+    return StreamingResponse(hs.media.read(blob, start, end), status_code=status, headers=headers)
 
 
 def _extension(content_type: str) -> str:
-    return {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp",
-            "image/gif": ".gif"}.get(content_type, "")
+    return {
+        "image/jpeg": ".jpg",
+        "image/png": ".png",
+        "image/webp": ".webp",
+        "image/gif": ".gif",
+    }.get(content_type, "")
 
 
 _DOWNLOAD = "/download/{server_name}/{media_id}"
@@ -355,13 +400,15 @@ media_routes: list[BaseRoute] = [
     Route("/v1/create", post_create, methods=["POST"]),
     Route("/v3/upload/{server_name}/{media_id}", put_upload, methods=["PUT"]),
     Route("/v3/download/{server_name}/{media_id}", get_download_legacy, methods=["GET"]),
-    Route("/v3/download/{server_name}/{media_id}/{file_name:path}", get_download_legacy,
-          methods=["GET"]),
+    Route(
+        "/v3/download/{server_name}/{media_id}/{file_name:path}",
+        get_download_legacy,
+        methods=["GET"],
+    ),
     Route("/v3/thumbnail/{server_name}/{media_id}", get_thumbnail_legacy, methods=["GET"]),
     # Deprecated spellings of the authenticated endpoints; they need a token too.
     Route("/v3/config", get_config, methods=["GET"]),
     Route("/v3/preview_url", get_preview_url, methods=["GET"]),
     Route("/cdn/download/{server_name}/{media_id}", get_cdn_download, methods=["GET"]),
-    Route("/cdn/thumbnail/{server_name}/{media_id}/{spec}", get_cdn_thumbnail,
-          methods=["GET"]),
+    Route("/cdn/thumbnail/{server_name}/{media_id}/{spec}", get_cdn_thumbnail, methods=["GET"]),
 ]

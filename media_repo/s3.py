@@ -47,14 +47,20 @@ class S3Backend:
             if self._client is None:
                 session = aioboto3.Session()
                 stack = AsyncExitStack()
-                client = await stack.enter_async_context(session.client(
-                    "s3", endpoint_url=self._config.endpoint_url,
-                    region_name=self._config.region,
-                    aws_access_key_id=self._config.access_key_id,
-                    aws_secret_access_key=self._config.secret_access_key,
-                    config=AioConfig(signature_version="s3v4",
-                                     s3={"addressing_style": "path"},
-                                     retries={"max_attempts": 3, "mode": "standard"})))
+                client = await stack.enter_async_context(
+                    session.client(
+                        "s3",
+                        endpoint_url=self._config.endpoint_url,
+                        region_name=self._config.region,
+                        aws_access_key_id=self._config.access_key_id,
+                        aws_secret_access_key=self._config.secret_access_key,
+                        config=AioConfig(
+                            signature_version="s3v4",
+                            s3={"addressing_style": "path"},
+                            retries={"max_attempts": 3, "mode": "standard"},
+                        ),
+                    )
+                )
                 try:
                     await self._ensure_bucket(client)
                 except BaseException:
@@ -83,43 +89,54 @@ class S3Backend:
         try:
             if size <= PART_BYTES:
                 data = await anyio.Path(path).read_bytes()
-                await s3.put_object(Bucket=self._bucket, Key=self._key(key), Body=data,
-                                    ContentType=content_type)
+                await s3.put_object(
+                    Bucket=self._bucket, Key=self._key(key), Body=data, ContentType=content_type
+                )
             else:
                 await self._multipart(s3, key, path, content_type)
         finally:
             await anyio.Path(path).unlink(missing_ok=True)
 
     async def _multipart(self, s3: Any, key: str, path: Path, content_type: str) -> None:
-        upload = await s3.create_multipart_upload(Bucket=self._bucket, Key=self._key(key),
-                                                  ContentType=content_type)
+        upload = await s3.create_multipart_upload(
+            Bucket=self._bucket, Key=self._key(key), ContentType=content_type
+        )
         upload_id = upload["UploadId"]
         parts: list[dict[str, Any]] = []
         try:
             async with await anyio.open_file(path, "rb") as f:
                 number = 1
                 while chunk := await f.read(PART_BYTES):
-                    part = await s3.upload_part(Bucket=self._bucket, Key=self._key(key),
-                                                UploadId=upload_id, PartNumber=number,
-                                                Body=chunk)
+                    part = await s3.upload_part(
+                        Bucket=self._bucket,
+                        Key=self._key(key),
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=chunk,
+                    )
                     parts.append({"PartNumber": number, "ETag": part["ETag"]})
                     number += 1
-            await s3.complete_multipart_upload(Bucket=self._bucket, Key=self._key(key),
-                                               UploadId=upload_id,
-                                               MultipartUpload={"Parts": parts})
+            await s3.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=self._key(key),
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
         except BaseException:
             with anyio.CancelScope(shield=True):
                 try:
-                    await s3.abort_multipart_upload(Bucket=self._bucket, Key=self._key(key),
-                                                    UploadId=upload_id)
+                    await s3.abort_multipart_upload(
+                        Bucket=self._bucket, Key=self._key(key), UploadId=upload_id
+                    )
                 except Exception:
                     logger.warning("could not abort a multipart upload", exc_info=True)
             raise
 
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         s3 = await self._s3()
-        await s3.put_object(Bucket=self._bucket, Key=self._key(key), Body=data,
-                            ContentType=content_type)
+        await s3.put_object(
+            Bucket=self._bucket, Key=self._key(key), Body=data, ContentType=content_type
+        )
 
     async def exists(self, key: str) -> bool:
         s3 = await self._s3()
@@ -133,8 +150,9 @@ class S3Backend:
 
     async def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
         s3 = await self._s3()
-        response = await s3.get_object(Bucket=self._bucket, Key=self._key(key),
-                                       Range=f"bytes={start}-{end}")
+        response = await s3.get_object(
+            Bucket=self._bucket, Key=self._key(key), Range=f"bytes={start}-{end}"
+        )
         body = response["Body"]
         try:
             while chunk := await body.read(READ_CHUNK_BYTES):

@@ -77,8 +77,10 @@ def content_key(sha256: str) -> str:
 
 def thumbnail_key(sha256: str, spec: ThumbnailSpec) -> str:
     suffix = "-animated" if spec.animated else ""
-    return (f"thumbnails/{sha256[:2]}/{sha256[2:4]}/{sha256}/"
-            f"{spec.width}x{spec.height}-{spec.method}{suffix}")
+    return (
+        f"thumbnails/{sha256[:2]}/{sha256[2:4]}/{sha256}/"
+        f"{spec.width}x{spec.height}-{spec.method}{suffix}"
+    )
 
 
 def check_content_type(raw: str | None) -> str:
@@ -94,16 +96,24 @@ def check_filename(raw: str | None) -> str | None:
     if not raw:
         return None
     if len(raw.encode()) > MAX_FILENAME_BYTES:
-        raise MatrixError(Codes.INVALID_PARAM, f"File name is longer than {MAX_FILENAME_BYTES} "
-                                               f"bytes")
+        raise MatrixError(
+            Codes.INVALID_PARAM, f"File name is longer than {MAX_FILENAME_BYTES} bytes"
+        )
     if any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in raw):
         raise MatrixError(Codes.INVALID_PARAM, "File name has control characters")
     return raw
 
 
 class MediaService:
-    def __init__(self, store: MediaStore, backend: MediaBackend, clock: Clock,
-                 server_name: str, config: MediaConfig, spool_dir: Path) -> None:
+    def __init__(
+        self,
+        store: MediaStore,
+        backend: MediaBackend,
+        clock: Clock,
+        server_name: str,
+        config: MediaConfig,
+        spool_dir: Path,
+    ) -> None:
         self._store = store
         self._backend = backend
         self._clock = clock
@@ -115,8 +125,7 @@ class MediaService:
         self._arrivals: dict[str, asyncio.Event] = {}
         self.cdn: CdnSigner | None = None
         if config.cdn.base_url is not None and config.cdn.secret is not None:
-            self.cdn = CdnSigner(config.cdn.base_url, config.cdn.secret,
-                                 config.cdn.url_lifetime_ms)
+            self.cdn = CdnSigner(config.cdn.base_url, config.cdn.secret, config.cdn.url_lifetime_ms)
 
     async def close(self) -> None:
         await self._backend.close()
@@ -139,11 +148,18 @@ class MediaService:
             return
         used = await self._store.usage_bytes(requester.user_id)
         if used + size > quota:
-            raise MatrixError(Codes.FORBIDDEN, f"Upload quota exceeded: {used} of {quota} "
-                                               f"bytes used")
+            raise MatrixError(
+                Codes.FORBIDDEN, f"Upload quota exceeded: {used} of {quota} bytes used"
+            )
 
-    async def upload(self, requester: Requester, body: AsyncIterator[bytes],
-                     declared: int | None, content_type: str, filename: str | None) -> MxcUri:
+    async def upload(
+        self,
+        requester: Requester,
+        body: AsyncIterator[bytes],
+        declared: int | None,
+        content_type: str,
+        filename: str | None,
+    ) -> MxcUri:
         """POST /upload: store the body under a new media ID."""
         await self.check_upload_allowed(requester, declared)
         content = await self._receive(requester, body, content_type, filename)
@@ -157,21 +173,28 @@ class MediaService:
         now = self._clock.now_ms()
         expires = now + self.config.pending_upload_lifetime_ms
         media_id = new_media_id()
-        if not await self._store.add_pending(media_id, requester.user_id, now, expires,
-                                             self.config.max_pending_uploads):
-            raise MatrixError(Codes.LIMIT_EXCEEDED, "Too many pending uploads",
-                              retry_after_ms=60_000)
+        if not await self._store.add_pending(
+            media_id, requester.user_id, now, expires, self.config.max_pending_uploads
+        ):
+            raise MatrixError(
+                Codes.LIMIT_EXCEEDED, "Too many pending uploads", retry_after_ms=60_000
+            )
         return MxcUri(self.server_name, media_id), expires
 
-    async def upload_pending(self, requester: Requester, mxc: MxcUri,
-                             body: AsyncIterator[bytes], declared: int | None,
-                             content_type: str, filename: str | None) -> None:
+    async def upload_pending(
+        self,
+        requester: Requester,
+        mxc: MxcUri,
+        body: AsyncIterator[bytes],
+        declared: int | None,
+        content_type: str,
+        filename: str | None,
+    ) -> None:
         """PUT /upload/{serverName}/{mediaId}: the content of a media ID from /create."""
         media = await self._pending_of(requester, mxc)
         await self.check_upload_allowed(requester, declared)
         content = await self._receive(requester, body, content_type, filename)
-        if not await self._store.complete_pending(media.media_id, self._clock.now_ms(),
-                                                  content):
+        if not await self._store.complete_pending(media.media_id, self._clock.now_ms(), content):
             # Raced with another upload to it, or it lapsed while the body streamed in.
             await self._pending_of(requester, mxc)
             raise MatrixError(Codes.NOT_FOUND, "Unknown media ID")
@@ -193,8 +216,13 @@ class MediaService:
             raise MatrixError(Codes.NOT_FOUND, "The media ID has expired")
         return media
 
-    async def _receive(self, requester: Requester, body: AsyncIterator[bytes],
-                       content_type: str, filename: str | None) -> ContentInfo:
+    async def _receive(
+        self,
+        requester: Requester,
+        body: AsyncIterator[bytes],
+        content_type: str,
+        filename: str | None,
+    ) -> ContentInfo:
         """Spool, check the quota, store content (once per sha256) and its thumbnails."""
         spooled = await self._spool(body)
         try:
@@ -212,11 +240,15 @@ class MediaService:
                 await self._keep_thumbnail(spooled.sha256, item)
         finally:
             await anyio.Path(spooled.path).unlink(missing_ok=True)
-        return ContentInfo(size=spooled.size, sha256=spooled.sha256, content_type=content_type,
-                           upload_name=filename,
-                           width=probe.width if probe else None,
-                           height=probe.height if probe else None,
-                           animated=probe.animated if probe else False)
+        return ContentInfo(
+            size=spooled.size,
+            sha256=spooled.sha256,
+            content_type=content_type,
+            upload_name=filename,
+            width=probe.width if probe else None,
+            height=probe.height if probe else None,
+            animated=probe.animated if probe else False,
+        )
 
     async def _spool(self, body: AsyncIterator[bytes]) -> Spooled:
         limit = self.config.max_upload_bytes
@@ -236,8 +268,9 @@ class MediaService:
             async for chunk in body:
                 size += len(chunk)
                 if size > limit:
-                    raise MatrixError(Codes.TOO_LARGE,
-                                      f"Cannot upload files larger than {limit} bytes")
+                    raise MatrixError(
+                        Codes.TOO_LARGE, f"Cannot upload files larger than {limit} bytes"
+                    )
                 pending.append(chunk)
                 pending_bytes += len(chunk)
                 if pending_bytes >= SPOOL_WRITE_BYTES:
@@ -259,8 +292,9 @@ class MediaService:
             self._limiter = anyio.CapacityLimiter(self.config.thumbnails.concurrency)
         return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
 
-    async def _probe(self, path: Path, size: int,
-                     content_type: str) -> thumbnailer.ImageProbe | None:
+    async def _probe(
+        self, path: Path, size: int, content_type: str
+    ) -> thumbnailer.ImageProbe | None:
         """The image's size, for images that can be thumbnailed; None for anything else."""
         if not content_type.lower().startswith("image/"):
             return None
@@ -273,38 +307,62 @@ class MediaService:
             logger.info("uploaded image not thumbnailable", extra={"reason": e.kind})
             return None
 
-    def _spec(self, probe_width: int, probe_height: int, width: int, height: int,
-              method: Method, animated: bool) -> ThumbnailSpec:
+    def _spec(
+        self,
+        probe_width: int,
+        probe_height: int,
+        width: int,
+        height: int,
+        method: Method,
+        animated: bool,
+    ) -> ThumbnailSpec:
         w, h = thumbnailer.thumbnail_size(probe_width, probe_height, width, height, method)
         return ThumbnailSpec(w, h, method, animated)
 
-    async def _pregenerate(self, spooled: Spooled,
-                           probe: thumbnailer.ImageProbe) -> list[thumbnailer.Rendered]:
+    async def _pregenerate(
+        self, spooled: Spooled, probe: thumbnailer.ImageProbe
+    ) -> list[thumbnailer.Rendered]:
         specs: list[ThumbnailSpec] = []
         for size in self.config.thumbnails.sizes:
-            spec = self._spec(probe.width, probe.height, size.width, size.height, size.method,
-                              False)
-            if spec not in specs and await self._store.get_thumbnail(
-                    spooled.sha256, spec.width, spec.height, spec.method, False) is None:
+            spec = self._spec(
+                probe.width, probe.height, size.width, size.height, size.method, False
+            )
+            if (
+                spec not in specs
+                and await self._store.get_thumbnail(
+                    spooled.sha256, spec.width, spec.height, spec.method, False
+                )
+                is None
+            ):
                 specs.append(spec)
         max_pixels = self.config.thumbnails.max_image_pixels
         try:
             return await self._in_thread(
-                lambda: thumbnailer.render(spooled.path, specs, max_pixels))
+                lambda: thumbnailer.render(spooled.path, specs, max_pixels)
+            )
         except ThumbnailError as e:
             # The upload stands; asking for a thumbnail later gives the error.
             logger.info("thumbnails not made on upload", extra={"reason": e.kind})
             return []
 
-    async def _keep_thumbnail(self, sha256: str, item: thumbnailer.Rendered,
-                              spec: ThumbnailSpec | None = None) -> None:
+    async def _keep_thumbnail(
+        self, sha256: str, item: thumbnailer.Rendered, spec: ThumbnailSpec | None = None
+    ) -> None:
         """Store a thumbnail under ``spec`` (what was asked) or its own spec."""
         spec = spec or item.spec
         await self._backend.put_bytes(thumbnail_key(sha256, spec), item.data, item.content_type)
-        await self._store.add_thumbnail(ThumbnailInfo(
-            sha256=sha256, width=spec.width, height=spec.height, method=spec.method,
-            animated=spec.animated, content_type=item.content_type, size=len(item.data)),
-            self._clock.now_ms())
+        await self._store.add_thumbnail(
+            ThumbnailInfo(
+                sha256=sha256,
+                width=spec.width,
+                height=spec.height,
+                method=spec.method,
+                animated=spec.animated,
+                content_type=item.content_type,
+                size=len(item.data),
+            ),
+            self._clock.now_ms(),
+        )
 
     # --- downloads -------------------------------------------------------------------------
 
@@ -316,11 +374,13 @@ class MediaService:
         store it like an upload (spool, sha256, backend) in a remote media table, and
         return it; until then, remote media is not found.
         """
-        raise MatrixError(Codes.NOT_FOUND, "Remote media needs federation, which this "
-                                           "server does not have yet")
+        raise MatrixError(
+            Codes.NOT_FOUND, "Remote media needs federation, which this server does not have yet"
+        )
 
-    async def get_media(self, mxc: MxcUri, *, timeout_ms: int, allow_remote: bool = True,
-                        legacy: bool = False) -> MediaInfo:
+    async def get_media(
+        self, mxc: MxcUri, *, timeout_ms: int, allow_remote: bool = True, legacy: bool = False
+    ) -> MediaInfo:
         """The uploaded media at ``mxc``, waiting up to ``timeout_ms`` for pending content."""
         if mxc.server_name != self.server_name:
             if not allow_remote:
@@ -350,62 +410,92 @@ class MediaService:
                 del self._arrivals[mxc.media_id]
 
     def _legacy_allowed(self, media: MediaInfo) -> bool:
-        return (self.config.allow_unauthenticated_downloads
-                or media.created_ts < self.config.unauthenticated_freeze_ts)
+        return (
+            self.config.allow_unauthenticated_downloads
+            or media.created_ts < self.config.unauthenticated_freeze_ts
+        )
 
     def download_blob(self, media: MediaInfo, filename: str | None) -> Blob:
         assert media.sha256 is not None and media.size is not None
-        return Blob(size=media.size, content_type=media.content_type or DEFAULT_CONTENT_TYPE,
-                    etag=media.sha256, filename=filename or media.upload_name,
-                    key=content_key(media.sha256))
+        return Blob(
+            size=media.size,
+            content_type=media.content_type or DEFAULT_CONTENT_TYPE,
+            etag=media.sha256,
+            filename=filename or media.upload_name,
+            key=content_key(media.sha256),
+        )
 
     def read(self, blob: Blob, start: int, end: int) -> AsyncIterator[bytes]:
         """Bytes ``start`` to ``end`` (inclusive) of ``blob``."""
         if blob.data is not None:
-            return _one_chunk(blob.data[start:end + 1])
+            return _one_chunk(blob.data[start : end + 1])
         return self._backend.read(blob.key, start, end)
 
-    def thumbnail_spec(self, media: MediaInfo, width: int, height: int, method: Method,
-                       animated: bool) -> ThumbnailSpec | None:
+    def thumbnail_spec(
+        self, media: MediaInfo, width: int, height: int, method: Method, animated: bool
+    ) -> ThumbnailSpec | None:
         """The thumbnail that answers a request, or None if the image size is unknown."""
         if media.width is None or media.height is None:
             return None
-        configured = [s for s in self.config.thumbnails.sizes
-                      if s.method == method and s.width >= width and s.height >= height
-                      and (method == "scale" or s.width * height == s.height * width)]
+        configured = [
+            s
+            for s in self.config.thumbnails.sizes
+            if s.method == method
+            and s.width >= width
+            and s.height >= height
+            and (method == "scale" or s.width * height == s.height * width)
+        ]
         if configured:
             best = min(configured, key=lambda s: s.width * s.height)
             width, height = best.width, best.height
-        return self._spec(media.width, media.height, width, height, method,
-                          animated and media.animated)
+        return self._spec(
+            media.width, media.height, width, height, method, animated and media.animated
+        )
 
-    async def thumbnail(self, media: MediaInfo, width: int, height: int, method: Method,
-                        animated: bool) -> Blob:
+    async def thumbnail(
+        self, media: MediaInfo, width: int, height: int, method: Method, animated: bool
+    ) -> Blob:
         """A stored thumbnail, or one made now (and kept, within bounds)."""
         if not self.config.thumbnails.enabled:
-            raise MatrixError(Codes.UNKNOWN, "Thumbnails are disabled on this server",
-                              status=400)
+            raise MatrixError(Codes.UNKNOWN, "Thumbnails are disabled on this server", status=400)
         assert media.sha256 is not None and media.size is not None
         if media.size > self.config.thumbnails.max_source_bytes:
             raise MatrixError(Codes.TOO_LARGE, "Content is too large to thumbnail")
         spec = self.thumbnail_spec(media, width, height, method, animated)
         if spec is not None:
-            stored = await self._store.get_thumbnail(media.sha256, spec.width, spec.height,
-                                                     spec.method, spec.animated)
+            stored = await self._store.get_thumbnail(
+                media.sha256, spec.width, spec.height, spec.method, spec.animated
+            )
             if stored is not None:
-                return Blob(size=stored.size, content_type=stored.content_type,
-                            etag=_thumbnail_etag(media.sha256, spec), filename=None,
-                            key=thumbnail_key(media.sha256, spec))
+                return Blob(
+                    size=stored.size,
+                    content_type=stored.content_type,
+                    etag=_thumbnail_etag(media.sha256, spec),
+                    filename=None,
+                    key=thumbnail_key(media.sha256, spec),
+                )
         item = await self._render(media, spec, width, height, method, animated)
         spec = spec or item.spec
         if await self._store.count_thumbnails(media.sha256) < MAX_STORED_THUMBNAILS_PER_CONTENT:
             await self._keep_thumbnail(media.sha256, item, spec)
-        return Blob(size=len(item.data), content_type=item.content_type,
-                    etag=_thumbnail_etag(media.sha256, spec), filename=None,
-                    key=thumbnail_key(media.sha256, spec), data=item.data)
+        return Blob(
+            size=len(item.data),
+            content_type=item.content_type,
+            etag=_thumbnail_etag(media.sha256, spec),
+            filename=None,
+            key=thumbnail_key(media.sha256, spec),
+            data=item.data,
+        )
 
-    async def _render(self, media: MediaInfo, spec: ThumbnailSpec | None, width: int,
-                      height: int, method: Method, animated: bool) -> thumbnailer.Rendered:
+    async def _render(
+        self,
+        media: MediaInfo,
+        spec: ThumbnailSpec | None,
+        width: int,
+        height: int,
+        method: Method,
+        animated: bool,
+    ) -> thumbnailer.Rendered:
         assert media.sha256 is not None
         key = content_key(media.sha256)
         local = self._backend.local_path(key)
@@ -421,8 +511,9 @@ class MediaService:
                     # Not probed at upload (not an image, or not decodable): try now, so the
                     # client learns why.
                     probe = thumbnailer.probe(path, max_pixels)
-                    w, h = thumbnailer.thumbnail_size(probe.width, probe.height, width,
-                                                      height, method)
+                    w, h = thumbnailer.thumbnail_size(
+                        probe.width, probe.height, width, height, method
+                    )
                     wanted = ThumbnailSpec(w, h, method, animated and probe.animated)
                 return thumbnailer.render(path, [wanted], max_pixels)[0]
 
@@ -444,8 +535,9 @@ class MediaService:
     def cdn_thumbnail_url(self, mxc: MxcUri, spec: ThumbnailSpec) -> str | None:
         if self.cdn is None or mxc.server_name != self.server_name:
             return None
-        path = thumbnail_path(mxc.server_name, mxc.media_id, spec.width, spec.height,
-                              spec.method, spec.animated)
+        path = thumbnail_path(
+            mxc.server_name, mxc.media_id, spec.width, spec.height, spec.method, spec.animated
+        )
         return self.cdn.url(path, self._clock.now_ms())
 
     def check_cdn_signature(self, path: str, md5: str | None, expires: str | None) -> None:

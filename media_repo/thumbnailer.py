@@ -92,8 +92,9 @@ class Rendered:
     content_type: str
 
 
-def thumbnail_size(src_width: int, src_height: int, width: int, height: int,
-                   method: Method) -> tuple[int, int]:
+def thumbnail_size(
+    src_width: int, src_height: int, width: int, height: int, method: Method
+) -> tuple[int, int]:
     """The size of the thumbnail of a ``src`` image asked as ``width`` x ``height``.
 
     scale: the largest size of the image's aspect ratio that fits the box; crop: the box's
@@ -118,8 +119,9 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     width, height = image.size
     if width < 1 or height < 1 or width * height > max_pixels:
         image.close()
-        raise ThumbnailError("too_large", f"The image is too large to thumbnail "
-                                          f"({width}x{height} pixels)")
+        raise ThumbnailError(
+            "too_large", f"The image is too large to thumbnail ({width}x{height} pixels)"
+        )
     return image
 
 
@@ -163,8 +165,11 @@ def render(path: Path, specs: list[ThumbnailSpec], max_pixels: int) -> list[Rend
                 if rendered is not None:
                     out.append(rendered)
         image.seek(0)
-        still = [ThumbnailSpec(s.width, s.height, s.method)
-                 for s in specs if not any(r.spec == s for r in out)]
+        still = [
+            ThumbnailSpec(s.width, s.height, s.method)
+            for s in specs
+            if not any(r.spec == s for r in out)
+        ]
         if still:
             out.extend(_render_still(image, still))
         return out
@@ -176,8 +181,9 @@ class _guard:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: object) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
         if exc is None or isinstance(exc, ThumbnailError) or not isinstance(exc, Exception):
             return
         if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
@@ -185,8 +191,9 @@ class _guard:
         raise ThumbnailError("corrupt", "The image is corrupt or truncated") from exc
 
 
-def draft_box(stored: tuple[int, int], transposed: bool,
-              specs: list[ThumbnailSpec]) -> tuple[int, int]:
+def draft_box(
+    stored: tuple[int, int], transposed: bool, specs: list[ThumbnailSpec]
+) -> tuple[int, int]:
     """The smallest stored-orientation size that every thumbnail in ``specs`` can be made
     from without upscaling: what a JPEG may be decoded at (``Image.draft``).
 
@@ -228,8 +235,9 @@ def _render_still(image: Image.Image, specs: list[ThumbnailSpec]) -> list[Render
     return out
 
 
-def _resize_all(frame: Image.Image, specs: list[ThumbnailSpec],
-                transposed: bool) -> list[Image.Image]:
+def _resize_all(
+    frame: Image.Image, specs: list[ThumbnailSpec], transposed: bool
+) -> list[Image.Image]:
     """Each spec's thumbnail of ``frame``, in stored orientation (``transposed``: the spec is
     the displayed size, width and height swapped), in the order of ``specs``.
 
@@ -244,8 +252,14 @@ def _resize_all(frame: Image.Image, specs: list[ThumbnailSpec],
     made: dict[int, Image.Image] = {}
     for i in order:
         width, height = sizes[i]
-        source = next((s for s in reversed(sources)
-                       if min(s.width / width, s.height / height) >= CASCADE_MIN_RATIO), frame)
+        source = next(
+            (
+                s
+                for s in reversed(sources)
+                if min(s.width / width, s.height / height) >= CASCADE_MIN_RATIO
+            ),
+            frame,
+        )
         made[i] = _resize(source, sizes[i], specs[i].method)
         if specs[i].method == "scale":
             sources.append(made[i])
@@ -260,21 +274,34 @@ def _render_animated(image: Image.Image, spec: ThumbnailSpec) -> Rendered | None
     decoded = 0
     for index, frame in enumerate(ImageSequence.Iterator(image)):
         decoded += src_pixels
-        if (index >= MAX_ANIMATED_FRAMES or decoded > MAX_ANIMATED_DECODED_PIXELS
-                or (index + 1) * spec.width * spec.height > MAX_ANIMATED_OUTPUT_PIXELS):
+        if (
+            index >= MAX_ANIMATED_FRAMES
+            or decoded > MAX_ANIMATED_DECODED_PIXELS
+            or (index + 1) * spec.width * spec.height > MAX_ANIMATED_OUTPUT_PIXELS
+        ):
             return None
         thumb = _resize(frame.convert("RGBA"), (spec.width, spec.height), spec.method)
         thumb.info.clear()
         frames.append(thumb)
         duration = frame.info.get("duration")
-        durations.append(int(duration) if isinstance(duration, (int, float)) and duration > 0
-                         else DEFAULT_FRAME_MS)
+        durations.append(
+            int(duration)
+            if isinstance(duration, (int, float)) and duration > 0
+            else DEFAULT_FRAME_MS
+        )
     if len(frames) < 2:
         return None
     buf = io.BytesIO()
     loop = image.info.get("loop", 0)
-    frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], duration=durations,
-                   loop=loop if isinstance(loop, int) else 0, quality=WEBP_QUALITY)
+    frames[0].save(
+        buf,
+        "WEBP",
+        save_all=True,
+        append_images=frames[1:],
+        duration=durations,
+        loop=loop if isinstance(loop, int) else 0,
+        quality=WEBP_QUALITY,
+    )
     return Rendered(spec, buf.getvalue(), "image/webp")
 
 

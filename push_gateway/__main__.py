@@ -18,16 +18,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--config", type=Path, default=Path("gateway.yaml"))
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     try:
         config = load_gateway_config(args.config)
     except GatewayConfigError as e:
         print(f"push_gateway: {e}", file=sys.stderr)
         return 2
     app = create_app(Gateway(config))
-    uvicorn.run(app, host=config.listen.host, port=config.listen.port,
-                log_level=args.log_level.lower(), lifespan="on")
+    uvicorn.run(
+        app,
+        host=config.listen.host,
+        port=config.listen.port,
+        log_level=args.log_level.lower(),
+        lifespan="on",
+    )
     return 0
 
 

@@ -47,12 +47,16 @@ def build_backend(app: WebPushApp | ApnsApp | FcmApp, timeout_s: float) -> Backe
 class Gateway:
     """The backends of every configured app, and the notify endpoint that uses them."""
 
-    def __init__(self, config: GatewayConfig,
-                 backends: dict[str, Backend] | None = None) -> None:
+    def __init__(self, config: GatewayConfig, backends: dict[str, Backend] | None = None) -> None:
         self.config = config
-        self.backends = backends if backends is not None else {
-            app_id: build_backend(app, config.request_timeout_s)
-            for app_id, app in config.apps.items()}
+        self.backends = (
+            backends
+            if backends is not None
+            else {
+                app_id: build_backend(app, config.request_timeout_s)
+                for app_id, app in config.apps.items()
+            }
+        )
 
     async def aclose(self) -> None:
         for backend in self.backends.values():
@@ -75,18 +79,28 @@ class Gateway:
         if not isinstance(notification, dict):
             return _error("M_BAD_JSON", "notification must be an object", 400)
         devices = notification.get("devices")
-        if not isinstance(devices, list) or not devices or len(devices) > MAX_DEVICES or \
-                not all(isinstance(d, dict) and isinstance(d.get("app_id"), str)
-                        and isinstance(d.get("pushkey"), str) for d in devices):
-            return _error("M_BAD_JSON", "devices must be a list of objects with app_id "
-                          "and pushkey", 400)
+        if (
+            not isinstance(devices, list)
+            or not devices
+            or len(devices) > MAX_DEVICES
+            or not all(
+                isinstance(d, dict)
+                and isinstance(d.get("app_id"), str)
+                and isinstance(d.get("pushkey"), str)
+                for d in devices
+            )
+        ):
+            return _error(
+                "M_BAD_JSON", "devices must be a list of objects with app_id and pushkey", 400
+            )
         results = await asyncio.gather(*(self._send(notification, d) for d in devices))
         if any(r is Result.RETRY for r in results):
             # The homeserver retries the whole request; providers dedupe nothing, but the
             # devices already reached are few and a repeat is better than a loss.
             return _error("M_UNKNOWN", "A push provider failed; try again later", 502)
-        rejected = [d["pushkey"] for d, r in zip(devices, results, strict=True)
-                    if r is Result.REJECTED]
+        rejected = [
+            d["pushkey"] for d, r in zip(devices, results, strict=True) if r is Result.REJECTED
+        ]
         return _json({"rejected": rejected})
 
     async def _send(self, notification: JsonDict, device: JsonDict) -> Result:
@@ -124,8 +138,10 @@ def create_app(gateway: Gateway) -> Starlette:
         finally:
             await gateway.aclose()
 
-    app = Starlette(routes=gateway.routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: _http_error,
-                                        Exception: _internal_error})
+    app = Starlette(
+        routes=gateway.routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
     app.state.gateway = gateway
     return app

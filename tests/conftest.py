@@ -42,9 +42,11 @@ def lean_reads_checked() -> Iterator[None]:
 
     def is_read(result: Any, statement: Any) -> bool:
         # A SELECT with data-modifying CTEs (add_cte) writes: it runs once.
-        return isinstance(result, LeanResult) and \
-            isinstance(statement, sa.Select | sa.CompoundSelect) and \
-            not getattr(statement, "_independent_ctes", ())
+        return (
+            isinstance(result, LeanResult)
+            and isinstance(statement, sa.Select | sa.CompoundSelect)
+            and not getattr(statement, "_independent_ctes", ())
+        )
 
     async def checked(cls: type[Any], conn: Any, statement: Any, parameters: Any) -> Any:
         result = await lean[cls](conn, statement, parameters)
@@ -63,8 +65,7 @@ def lean_reads_checked() -> Iterator[None]:
             assert found is None, (statement, found)
         return result
 
-    async def sqlite_checked(self: SqliteConnection, statement: Any,
-                             parameters: Any = None) -> Any:
+    async def sqlite_checked(self: SqliteConnection, statement: Any, parameters: Any = None) -> Any:
         return await checked(SqliteConnection, self, statement, parameters)
 
     async def pg_checked(self: PgConnection, statement: Any, parameters: Any = None) -> Any:
@@ -113,8 +114,9 @@ async def truncate(url: str) -> None:
     db = Database(url)
     try:
         async with db.write() as conn:
-            names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables
-                              if t.name != "stream_positions")
+            names = ", ".join(
+                f'"{t.name}"' for t in metadata.sorted_tables if t.name != "stream_positions"
+            )
             await conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY"))
             await conn.execute(sa.update(stream_positions).values(position=0))
     finally:

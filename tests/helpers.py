@@ -24,8 +24,9 @@ DEFAULT_PASSWORD = "correct horse battery"
 _LINK = re.compile(r"https?://\S+/_homeserver/client/email/submit_token\?\S+")
 
 
-async def register(client: httpx.AsyncClient, localpart: str,
-                   password: str = DEFAULT_PASSWORD) -> tuple[str, str]:
+async def register(
+    client: httpx.AsyncClient, localpart: str, password: str = DEFAULT_PASSWORD
+) -> tuple[str, str]:
     """Register ``localpart`` through ``POST /register`` (UIA ``m.login.dummy``).
 
     Returns ``(user_id, access_token)``.
@@ -46,8 +47,9 @@ def auth_header(access_token: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def serve(config: HomeserverConfig, clock: FakeClock | None = None
-                ) -> AsyncIterator[tuple[Homeserver, httpx.AsyncClient]]:
+async def serve(
+    config: HomeserverConfig, clock: FakeClock | None = None
+) -> AsyncIterator[tuple[Homeserver, httpx.AsyncClient]]:
     """A homeserver of one's own config (the ``hs`` fixture's is fixed) and a client to it."""
     async with running_homeserver(config, clock=clock or FakeClock(), migrate=False) as hs:
         transport = httpx.ASGITransport(app=hs.app)
@@ -55,20 +57,29 @@ async def serve(config: HomeserverConfig, clock: FakeClock | None = None
             yield hs, client
 
 
-async def login(client: httpx.AsyncClient, user: str, password: str = DEFAULT_PASSWORD,
-                **extra: object) -> dict[str, Any]:
+async def login(
+    client: httpx.AsyncClient, user: str, password: str = DEFAULT_PASSWORD, **extra: object
+) -> dict[str, Any]:
     """``POST /login`` with ``m.login.password``; returns the 200 body."""
-    body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user},
-            "password": password, **extra}
+    body = {
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": user},
+        "password": password,
+        **extra,
+    }
     response = await client.post("/_matrix/client/v3/login", json=body)
     assert response.status_code == 200, response.text
     data: dict[str, Any] = response.json()
     return data
 
 
-async def assert_errors(client: httpx.AsyncClient, method: str, path: str,
-                        cases: Sequence[tuple[object, int, str]],
-                        headers: dict[str, str] | None = None) -> None:
+async def assert_errors(
+    client: httpx.AsyncClient,
+    method: str,
+    path: str,
+    cases: Sequence[tuple[object, int, str]],
+    headers: dict[str, str] | None = None,
+) -> None:
     """Send each body (``bytes`` as is, anything else as JSON); check status and errcode.
 
     One server for many bad inputs keeps the suite fast; the failing case is in the message.
@@ -82,16 +93,16 @@ async def assert_errors(client: httpx.AsyncClient, method: str, path: str,
         assert got == (status, errcode), (body, response.text)
 
 
-def checked(r: httpx.Response, status: int = 200, errcode: str | None = None,
-            *, documented: bool = True) -> Any:
+def checked(
+    r: httpx.Response, status: int = 200, errcode: str | None = None, *, documented: bool = True
+) -> Any:
     """Assert status (and errcode); validate the body against the spec when it documents it."""
     assert r.status_code == status, r.text
     body = r.json()
     if errcode is not None:
         assert body["errcode"] == errcode, r.text
     if documented:
-        assert_response_matches(r.request.method, r.request.url.raw_path.decode(), status,
-                                body)
+        assert_response_matches(r.request.method, r.request.url.raw_path.decode(), status, body)
     return body
 
 
@@ -103,9 +114,15 @@ async def create_room(client: httpx.AsyncClient, token: str, **body: Any) -> str
 
 def email_config(smtp: SmtpServer, **extra: Any) -> dict[str, Any]:
     """The ``email`` config section that mails to a test SMTP server."""
-    return {"enabled": True, "smtp_host": "127.0.0.1", "smtp_port": smtp.port,
-            "smtp_security": "none", "from_address": "Chat <chat@test.org>",
-            "app_name": "Chat", **extra}
+    return {
+        "enabled": True,
+        "smtp_host": "127.0.0.1",
+        "smtp_port": smtp.port,
+        "smtp_security": "none",
+        "from_address": "Chat <chat@test.org>",
+        "app_name": "Chat",
+        **extra,
+    }
 
 
 def last_mail(smtp: SmtpServer, to: str) -> EmailMessage:
@@ -125,18 +142,35 @@ def mailed_link(mail: EmailMessage) -> str:
     return f"{url.path}?{url.query}"
 
 
-async def bind_email(client: httpx.AsyncClient, smtp: SmtpServer, access_token: str,
-                     user_id: str, address: str, password: str = DEFAULT_PASSWORD) -> None:
+async def bind_email(
+    client: httpx.AsyncClient,
+    smtp: SmtpServer,
+    access_token: str,
+    user_id: str,
+    address: str,
+    password: str = DEFAULT_PASSWORD,
+) -> None:
     """Add ``address`` to the account the real way: requestToken, the mailed link, then
     /account/3pid/add with the password."""
     secret = f"secret-{secrets.token_hex(6)}"
-    r = await client.post("/_matrix/client/v3/account/3pid/email/requestToken",
-                          json={"client_secret": secret, "email": address, "send_attempt": 1})
+    r = await client.post(
+        "/_matrix/client/v3/account/3pid/email/requestToken",
+        json={"client_secret": secret, "email": address, "send_attempt": 1},
+    )
     sid = checked(r)["sid"]
     r = await client.get(mailed_link(last_mail(smtp, address.lower())))
     assert r.status_code == 200, r.text
-    r = await client.post("/_matrix/client/v3/account/3pid/add", headers=auth_header(
-        access_token), json={"sid": sid, "client_secret": secret, "auth": {
-            "type": "m.login.password", "identifier": {"type": "m.id.user", "user": user_id},
-            "password": password}})
+    r = await client.post(
+        "/_matrix/client/v3/account/3pid/add",
+        headers=auth_header(access_token),
+        json={
+            "sid": sid,
+            "client_secret": secret,
+            "auth": {
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": user_id},
+                "password": password,
+            },
+        },
+    )
     checked(r)

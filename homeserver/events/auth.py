@@ -35,8 +35,13 @@ StateKey = tuple[str, str]
 # spec, server-server API "Definitions" and m.room.power_levels: the levels used when the
 # power levels event, or the key in it, is absent.
 DEFAULT_LEVELS: dict[str, int] = {
-    "invite": 0, "kick": 50, "ban": 50, "redact": 50,
-    "users_default": 0, "events_default": 0, "state_default": 50,
+    "invite": 0,
+    "kick": 50,
+    "ban": 50,
+    "redact": 50,
+    "users_default": 0,
+    "events_default": 0,
+    "state_default": 50,
 }
 # m.room.power_levels `notifications`: `room` (an @room mention) defaults to 50.
 DEFAULT_NOTIFICATION_LEVEL = 50
@@ -44,8 +49,15 @@ DEFAULT_NOTIFICATION_LEVEL = 50
 CREATOR_DEFAULT_LEVEL = 100
 
 # Rule 9.1 / 9.5: the scalar properties of m.room.power_levels.
-_SCALAR_LEVELS = ("users_default", "events_default", "state_default", "ban", "redact", "kick",
-                  "invite")
+_SCALAR_LEVELS = (
+    "users_default",
+    "events_default",
+    "state_default",
+    "ban",
+    "redact",
+    "kick",
+    "invite",
+)
 
 
 def _deny(reason: str) -> MatrixError:
@@ -65,8 +77,11 @@ def _domain(identifier: object) -> str | None:
 
 def _is_int(value: object) -> TypeGuard[int]:
     """A canonical JSON integer; `True` is a JSON boolean, not an integer."""
-    return (isinstance(value, int) and not isinstance(value, bool)
-            and -MAX_SAFE_INT <= value <= MAX_SAFE_INT)
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and -MAX_SAFE_INT <= value <= MAX_SAFE_INT
+    )
 
 
 def _to_level(value: object, default: int) -> int:
@@ -113,9 +128,12 @@ def is_creator(version: RoomVersion, user_id: str, create_event: JsonDict | None
     return create_event is not None and user_id in get_creators(version, create_event)
 
 
-def get_user_power_level(version: RoomVersion, user_id: str,
-                         power_levels_content: JsonDict | None,
-                         create_event: JsonDict | None) -> int | float:
+def get_user_power_level(
+    version: RoomVersion,
+    user_id: str,
+    power_levels_content: JsonDict | None,
+    create_event: JsonDict | None,
+) -> int | float:
     """The user's power level; `math.inf` for room creators in room version 12.
 
     `math.inf` compares above every integer, which is exactly the v12 rule ("infinitely high");
@@ -127,15 +145,15 @@ def get_user_power_level(version: RoomVersion, user_id: str,
         users = power_levels_content.get("users")
         if isinstance(users, dict) and user_id in users:
             return _to_level(users[user_id], DEFAULT_LEVELS["users_default"])
-        return _to_level(power_levels_content.get("users_default"),
-                         DEFAULT_LEVELS["users_default"])
+        return _to_level(power_levels_content.get("users_default"), DEFAULT_LEVELS["users_default"])
     if is_creator(version, user_id, create_event):
         return CREATOR_DEFAULT_LEVEL
     return DEFAULT_LEVELS["users_default"]
 
 
-def get_named_level(power_levels_content: JsonDict | None, name: str,
-                    default: int | None = None) -> int:
+def get_named_level(
+    power_levels_content: JsonDict | None, name: str, default: int | None = None
+) -> int:
     """`invite`, `kick`, `ban`, `redact`, `users_default`, `events_default`, `state_default`,
     with the spec's default when the event or the key is absent."""
     if default is None:
@@ -145,8 +163,9 @@ def get_named_level(power_levels_content: JsonDict | None, name: str,
     return _to_level(power_levels_content.get(name), default)
 
 
-def get_send_level(version: RoomVersion, event_type: str, is_state: bool,
-                   power_levels_content: JsonDict | None) -> int:
+def get_send_level(
+    version: RoomVersion, event_type: str, is_state: bool, power_levels_content: JsonDict | None
+) -> int:
     """The *required power level* for an event type (server-server API "Definitions")."""
     if power_levels_content is not None:
         events = power_levels_content.get("events")
@@ -162,8 +181,13 @@ def get_notification_level(power_levels_content: JsonDict | None, key: str = "ro
     return _to_level(value, DEFAULT_NOTIFICATION_LEVEL)
 
 
-def can_redact(version: RoomVersion, redaction_sender: str, original_sender: str,
-               power_levels_content: JsonDict | None, create_event: JsonDict | None) -> bool:
+def can_redact(
+    version: RoomVersion,
+    redaction_sender: str,
+    original_sender: str,
+    power_levels_content: JsonDict | None,
+    create_event: JsonDict | None,
+) -> bool:
     """Whether a redaction that passed the auth rules is applied (rooms/fragments/
     v3-handling-redactions.md): the sender has the redact level, or the same server sent both.
     """
@@ -173,9 +197,13 @@ def can_redact(version: RoomVersion, redaction_sender: str, original_sender: str
     return _domain(redaction_sender) == _domain(original_sender)
 
 
-def client_can_redact(version: RoomVersion, user_id: str, original_sender: str,
-                      power_levels_content: JsonDict | None,
-                      create_event: JsonDict | None) -> bool:
+def client_can_redact(
+    version: RoomVersion,
+    user_id: str,
+    original_sender: str,
+    power_levels_content: JsonDict | None,
+    create_event: JsonDict | None,
+) -> bool:
     """The stricter check for a local user (m.room.power_levels description): their own
     events, or another user's with the redact level. Sharing a server is not enough here."""
     if user_id == original_sender:
@@ -188,8 +216,9 @@ def client_can_redact(version: RoomVersion, user_id: str, original_sender: str,
 # Auth events selection
 
 
-def auth_types_for_event(version: RoomVersion, event_type: str, state_key: str | None,
-                         sender: str, content: JsonDict) -> list[StateKey]:
+def auth_types_for_event(
+    version: RoomVersion, event_type: str, state_key: str | None, sender: str, content: JsonDict
+) -> list[StateKey]:
     """The state the event's `auth_events` must cite (server-server API "Auth events
     selection"), in order, without duplicates."""
     if event_type == CREATE:
@@ -214,8 +243,9 @@ def auth_types_for_event(version: RoomVersion, event_type: str, state_key: str |
     return list(dict.fromkeys(keys))
 
 
-def check_auth_events_selection(version: RoomVersion, event: JsonDict,
-                                auth_events: Sequence[JsonDict]) -> dict[StateKey, JsonDict]:
+def check_auth_events_selection(
+    version: RoomVersion, event: JsonDict, auth_events: Sequence[JsonDict]
+) -> dict[StateKey, JsonDict]:
     """Rule 2 (v12: 3) on the event's own `auth_events`; returns them keyed for `check_auth`.
 
     Whether an auth event was itself rejected (rule 2.3) is for the caller, who knows.
@@ -224,9 +254,15 @@ def check_auth_events_selection(version: RoomVersion, event: JsonDict,
         if auth_events:
             raise _deny("The m.room.create event must have no auth events")
         return {}
-    allowed = set(auth_types_for_event(
-        version, str(event.get("type")), event.get("state_key"), str(event.get("sender")),
-        _content(event)))
+    allowed = set(
+        auth_types_for_event(
+            version,
+            str(event.get("type")),
+            event.get("state_key"),
+            str(event.get("sender")),
+            _content(event),
+        )
+    )
     keyed: dict[StateKey, JsonDict] = {}
     for auth_event in auth_events:
         auth_type, state_key = auth_event.get("type"), auth_event.get("state_key")
@@ -249,8 +285,12 @@ def check_auth_events_selection(version: RoomVersion, event: JsonDict,
 # The authorisation rules
 
 
-def check_auth(version: RoomVersion, event: JsonDict, auth_events: Mapping[StateKey, JsonDict],
-               create_event: JsonDict | None = None) -> None:
+def check_auth(
+    version: RoomVersion,
+    event: JsonDict,
+    auth_events: Mapping[StateKey, JsonDict],
+    create_event: JsonDict | None = None,
+) -> None:
     """Raise `M_FORBIDDEN` naming the failed rule unless `event` is allowed given the state.
 
     `auth_events` may hold more state than the selection; only the selected keys are read.
@@ -276,15 +316,17 @@ def check_auth(version: RoomVersion, event: JsonDict, auth_events: Mapping[State
         raise _deny("The m.room.create event belongs to a different room")
     state_key = event.get("state_key")
     content = _content(event)
-    for key in auth_types_for_event(version, event_type, state_key if isinstance(
-            state_key, str) else None, sender, content):
+    for key in auth_types_for_event(
+        version, event_type, state_key if isinstance(state_key, str) else None, sender, content
+    ):
         auth_event = auth_events.get(key)
         if auth_event is not None and auth_event.get("room_id") != room_id:  # rule 2.5
             raise _deny(f"Auth event {key} belongs to a different room")
 
     # Rule 3: m.federate false keeps other servers out.
-    if (_content(create_event).get("m.federate") is False
-            and _domain(sender) != _domain(create_event.get("sender"))):
+    if _content(create_event).get("m.federate") is False and _domain(sender) != _domain(
+        create_event.get("sender")
+    ):
         raise _deny("This room does not federate with the sender's server")
 
     power_levels = _power_levels_content(auth_events)
@@ -333,7 +375,9 @@ def _join_rule(version: RoomVersion, auth_events: Mapping[StateKey, JsonDict]) -
         return "invite"
     rule = _content(event).get("join_rule")
     supported = {
-        "public": True, "invite": True, "knock": version.knock_join_rule,
+        "public": True,
+        "invite": True,
+        "knock": version.knock_join_rule,
         "restricted": version.restricted_join_rule,
         "knock_restricted": version.knock_restricted_join_rule,
     }
@@ -351,8 +395,9 @@ def _check_create(version: RoomVersion, event: JsonDict) -> None:
         raise _deny("The room ID's server does not match the sender's")
     content = _content(event)
     room_version = content.get("room_version")
-    if "room_version" in content and not (isinstance(room_version, str)
-                                          and room_version in KNOWN_ROOM_VERSIONS):  # 1.3
+    if "room_version" in content and not (
+        isinstance(room_version, str) and room_version in KNOWN_ROOM_VERSIONS
+    ):  # 1.3
         raise _deny("Unknown room version in m.room.create")
     if version.creator_in_content and "creator" not in content:  # v10 1.4
         raise _deny("The m.room.create content has no creator")
@@ -368,11 +413,17 @@ def _has_signature_from(event: JsonDict, server_name: str | None) -> bool:
         return False
     server_signatures = signatures.get(server_name)
     return isinstance(server_signatures, dict) and any(
-        isinstance(k, str) and k.startswith("ed25519:") for k in server_signatures)
+        isinstance(k, str) and k.startswith("ed25519:") for k in server_signatures
+    )
 
 
-def _check_member(version: RoomVersion, event: JsonDict, auth_events: Mapping[StateKey, JsonDict],
-                  create_event: JsonDict, power_levels: JsonDict | None) -> None:
+def _check_member(
+    version: RoomVersion,
+    event: JsonDict,
+    auth_events: Mapping[StateKey, JsonDict],
+    create_event: JsonDict,
+    power_levels: JsonDict | None,
+) -> None:
     """Rule 4 (v12: 5)."""
     sender = str(event.get("sender"))
     target = event.get("state_key")
@@ -421,8 +472,7 @@ def _check_member(version: RoomVersion, event: JsonDict, auth_events: Mapping[St
             raise _deny("The sender is not joined to the room")
         if target_membership == "ban" and level(sender) < get_named_level(power_levels, "ban"):
             raise _deny("The sender's power level is below the ban level: cannot unban")
-        if (level(sender) >= get_named_level(power_levels, "kick")
-                and level(target) < level(sender)):
+        if level(sender) >= get_named_level(power_levels, "kick") and level(target) < level(sender):
             return
         raise _deny("The sender's power level is too low to kick this user")
     if membership == "ban":  # 4.6
@@ -442,17 +492,29 @@ def _check_member(version: RoomVersion, event: JsonDict, auth_events: Mapping[St
     raise _deny(f"Unknown membership {membership!r}")  # 4.8
 
 
-def _check_join(version: RoomVersion, event: JsonDict, auth_events: Mapping[StateKey, JsonDict],
-                create_event: JsonDict, power_levels: JsonDict | None) -> None:
+def _check_join(
+    version: RoomVersion,
+    event: JsonDict,
+    auth_events: Mapping[StateKey, JsonDict],
+    create_event: JsonDict,
+    power_levels: JsonDict | None,
+) -> None:
     """Rule 4.3 (v12: 5.3)."""
     sender, target = str(event.get("sender")), str(event.get("state_key"))
     prev_events = event.get("prev_events")
     # 4.3.1: the creator's own join straight after the create event. v11 and v12 name the
     # create event's sender (not v12's additional creators); v10 its `content.creator`.
-    creator = (_content(create_event).get("creator") if version.creator_in_content
-               else create_event.get("sender"))
-    if (isinstance(prev_events, list) and len(prev_events) == 1 and target == creator
-            and prev_events[0] == compute_event_id(create_event, version)):
+    creator = (
+        _content(create_event).get("creator")
+        if version.creator_in_content
+        else create_event.get("sender")
+    )
+    if (
+        isinstance(prev_events, list)
+        and len(prev_events) == 1
+        and target == creator
+        and prev_events[0] == compute_event_id(create_event, version)
+    ):
         return
     if sender != target:  # 4.3.2
         raise _deny("Cannot join on behalf of another user")
@@ -472,8 +534,9 @@ def _check_join(version: RoomVersion, event: JsonDict, auth_events: Mapping[Stat
             raise _deny("A restricted join needs join_authorised_via_users_server")
         if _membership(auth_events, authoriser) != "join":
             raise _deny("The join_authorised_via_users_server user is not joined")
-        if (get_user_power_level(version, authoriser, power_levels, create_event)
-                < get_named_level(power_levels, "invite")):
+        if get_user_power_level(version, authoriser, power_levels, create_event) < get_named_level(
+            power_levels, "invite"
+        ):
             raise _deny("The join_authorised_via_users_server user cannot invite")
         return
     if join_rule == "public":  # 4.3.6
@@ -481,8 +544,9 @@ def _check_join(version: RoomVersion, event: JsonDict, auth_events: Mapping[Stat
     raise _deny("The room's join rule does not allow joining")  # 4.3.7
 
 
-def _check_third_party_invite(event: JsonDict, third_party_invite: object,
-                              auth_events: Mapping[StateKey, JsonDict]) -> None:
+def _check_third_party_invite(
+    event: JsonDict, third_party_invite: object, auth_events: Mapping[StateKey, JsonDict]
+) -> None:
     """Rule 4.4.1.2-8 (v12: 5.4.1.2-8): the invite is backed by an identity server's signature
     over `signed`, made with a key the room's m.room.third_party_invite event published."""
     signed = third_party_invite.get("signed") if isinstance(third_party_invite, dict) else None
@@ -507,8 +571,11 @@ def _third_party_public_keys(content: JsonDict) -> list[str]:
     keys = [content["public_key"]] if isinstance(content.get("public_key"), str) else []
     public_keys = content.get("public_keys")
     if isinstance(public_keys, list):
-        keys += [k["public_key"] for k in public_keys
-                 if isinstance(k, dict) and isinstance(k.get("public_key"), str)]
+        keys += [
+            k["public_key"]
+            for k in public_keys
+            if isinstance(k, dict) and isinstance(k.get("public_key"), str)
+        ]
     return keys
 
 
@@ -517,12 +584,16 @@ def _signed_by_any_key(signed: JsonDict, public_keys: list[str]) -> bool:
     signatures = signed.get("signatures")
     if not isinstance(signatures, dict):
         return False
-    message = canonical_json({k: v for k, v in signed.items()
-                              if k not in ("signatures", "unsigned")})
-    candidates = [sig for entity in signatures.values() if isinstance(entity, dict)
-                  for key_id, sig in entity.items()
-                  if isinstance(key_id, str) and key_id.startswith("ed25519:")
-                  and isinstance(sig, str)]
+    message = canonical_json(
+        {k: v for k, v in signed.items() if k not in ("signatures", "unsigned")}
+    )
+    candidates = [
+        sig
+        for entity in signatures.values()
+        if isinstance(entity, dict)
+        for key_id, sig in entity.items()
+        if isinstance(key_id, str) and key_id.startswith("ed25519:") and isinstance(sig, str)
+    ]
     for public_key in public_keys:
         try:
             verify_key = VerifyKey(decode_base64(public_key))
@@ -537,9 +608,13 @@ def _signed_by_any_key(signed: JsonDict, public_keys: list[str]) -> bool:
     return False
 
 
-def _check_power_levels(version: RoomVersion, event: JsonDict,
-                        auth_events: Mapping[StateKey, JsonDict], create_event: JsonDict,
-                        sender_level: int | float) -> None:
+def _check_power_levels(
+    version: RoomVersion,
+    event: JsonDict,
+    auth_events: Mapping[StateKey, JsonDict],
+    create_event: JsonDict,
+    sender_level: int | float,
+) -> None:
     """Rule 9 (v12: 10)."""
     sender = str(event.get("sender"))
     new = _content(event)
@@ -547,8 +622,9 @@ def _check_power_levels(version: RoomVersion, event: JsonDict,
         if key in new and not _is_int(new[key]):
             raise _deny(f"Power level {key!r} must be an integer")
     for key in ("events", "notifications"):  # 9.2
-        if key in new and not (isinstance(new[key], dict)
-                               and all(_is_int(v) for v in new[key].values())):
+        if key in new and not (
+            isinstance(new[key], dict) and all(_is_int(v) for v in new[key].values())
+        ):
             raise _deny(f"Power levels {key!r} must be an object of integers")
     # 9.3. An absent `users` is no user listed: only a present one must be well-formed.
     if "users" in new:
@@ -588,11 +664,17 @@ def _check_power_levels(version: RoomVersion, event: JsonDict,
 
     old_users, new_users = _dict(old.get("users")), _dict(new.get("users"))
     for user_id in sorted(old_users.keys() | new_users.keys()):  # 9.8, 9.9
-        if user_id in old_users and user_id in new_users and (
-                old_users[user_id] == new_users[user_id]):
+        if (
+            user_id in old_users
+            and user_id in new_users
+            and (old_users[user_id] == new_users[user_id])
+        ):
             continue
-        if (user_id in old_users and user_id != sender
-                and _to_level(old_users[user_id], 0) >= sender_level):
+        if (
+            user_id in old_users
+            and user_id != sender
+            and _to_level(old_users[user_id], 0) >= sender_level
+        ):
             raise _deny(f"Cannot change the power level of {user_id}: not below yours")
         if user_id in new_users and new_users[user_id] > sender_level:
             raise _deny(f"Cannot give {user_id} a power level above your own")

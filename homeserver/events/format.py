@@ -32,15 +32,41 @@ MAX_KEY_BYTES = 255
 # Top-level keys the redaction algorithm keeps (spec, rooms/fragments/v9-redactions.md and
 # v11-redactions.md). v11 stops protecting `origin`, `membership` and `prev_state`.
 _TOP_LEVEL_KEYS: dict[RedactionRules, frozenset[str]] = {
-    RedactionRules.V9: frozenset({
-        "event_id", "type", "room_id", "sender", "state_key", "content", "hashes",
-        "signatures", "depth", "prev_events", "prev_state", "auth_events", "origin",
-        "origin_server_ts", "membership",
-    }),
-    RedactionRules.V11: frozenset({
-        "event_id", "type", "room_id", "sender", "state_key", "content", "hashes",
-        "signatures", "depth", "prev_events", "auth_events", "origin_server_ts",
-    }),
+    RedactionRules.V9: frozenset(
+        {
+            "event_id",
+            "type",
+            "room_id",
+            "sender",
+            "state_key",
+            "content",
+            "hashes",
+            "signatures",
+            "depth",
+            "prev_events",
+            "prev_state",
+            "auth_events",
+            "origin",
+            "origin_server_ts",
+            "membership",
+        }
+    ),
+    RedactionRules.V11: frozenset(
+        {
+            "event_id",
+            "type",
+            "room_id",
+            "sender",
+            "state_key",
+            "content",
+            "hashes",
+            "signatures",
+            "depth",
+            "prev_events",
+            "auth_events",
+            "origin_server_ts",
+        }
+    ),
 }
 
 # Content keys kept per event type. v11: `m.room.power_levels` also keeps `invite`,
@@ -51,19 +77,36 @@ _CONTENT_KEYS: dict[RedactionRules, dict[str, frozenset[str]]] = {
         "m.room.member": frozenset({"membership", "join_authorised_via_users_server"}),
         "m.room.create": frozenset({"creator"}),
         "m.room.join_rules": frozenset({"join_rule", "allow"}),
-        "m.room.power_levels": frozenset({
-            "ban", "events", "events_default", "kick", "redact", "state_default", "users",
-            "users_default",
-        }),
+        "m.room.power_levels": frozenset(
+            {
+                "ban",
+                "events",
+                "events_default",
+                "kick",
+                "redact",
+                "state_default",
+                "users",
+                "users_default",
+            }
+        ),
         "m.room.history_visibility": frozenset({"history_visibility"}),
     },
     RedactionRules.V11: {
         "m.room.member": frozenset({"membership", "join_authorised_via_users_server"}),
         "m.room.join_rules": frozenset({"join_rule", "allow"}),
-        "m.room.power_levels": frozenset({
-            "ban", "events", "events_default", "invite", "kick", "redact", "state_default",
-            "users", "users_default",
-        }),
+        "m.room.power_levels": frozenset(
+            {
+                "ban",
+                "events",
+                "events_default",
+                "invite",
+                "kick",
+                "redact",
+                "state_default",
+                "users",
+                "users_default",
+            }
+        ),
         "m.room.history_visibility": frozenset({"history_visibility"}),
         "m.room.redaction": frozenset({"redacts"}),
     },
@@ -102,17 +145,25 @@ def _redact(event: JsonDict, version: RoomVersion, clone: Callable[[Any], Any]) 
     if rules is RedactionRules.V11 and event_type == "m.room.create":
         new_content = clone(content)
     else:
-        allowed = _CONTENT_KEYS[rules].get(event_type, frozenset()) if isinstance(
-            event_type, str) else frozenset()
+        allowed = (
+            _CONTENT_KEYS[rules].get(event_type, frozenset())
+            if isinstance(event_type, str)
+            else frozenset()
+        )
         new_content = {k: clone(v) for k, v in content.items() if k in allowed}
         third_party_invite = content.get("third_party_invite")
-        if (rules is RedactionRules.V11 and event_type == "m.room.member"
-                and isinstance(third_party_invite, dict)):
+        if (
+            rules is RedactionRules.V11
+            and event_type == "m.room.member"
+            and isinstance(third_party_invite, dict)
+        ):
             # v11: "it allows the `signed` key of the `third_party_invite` key", so that
             # a redacted third-party invite can still be authorised.
             new_content["third_party_invite"] = (
                 {"signed": clone(third_party_invite["signed"])}
-                if "signed" in third_party_invite else {})
+                if "signed" in third_party_invite
+                else {}
+            )
     redacted["content"] = new_content
     return redacted
 
@@ -147,8 +198,9 @@ def compute_room_id_v12(create_event: JsonDict, version: RoomVersion) -> str:
     return "!" + encode_base64(compute_reference_hash(create_event, version), urlsafe=True)
 
 
-def sign_event(event: JsonDict, server_name: str, signing_key: SigningKey,
-               version: RoomVersion) -> None:
+def sign_event(
+    event: JsonDict, server_name: str, signing_key: SigningKey, version: RoomVersion
+) -> None:
     """Sign the redacted form of `event` and store the signature in `event["signatures"]`.
 
     The content hash must already be set (see `add_content_hash`): the signature covers the
@@ -160,15 +212,17 @@ def sign_event(event: JsonDict, server_name: str, signing_key: SigningKey,
     signatures.setdefault(server_name, {})[key_id] = encode_base64(signature)
 
 
-def hash_and_sign_event(event: JsonDict, server_name: str, signing_key: SigningKey,
-                        version: RoomVersion) -> None:
+def hash_and_sign_event(
+    event: JsonDict, server_name: str, signing_key: SigningKey, version: RoomVersion
+) -> None:
     """`add_content_hash` then `sign_event`, the order the spec requires."""
     add_content_hash(event)
     sign_event(event, server_name, signing_key, version)
 
 
-def verify_event_signature(event: JsonDict, server_name: str, verify_key: VerifyKey,
-                           version: RoomVersion) -> bool:
+def verify_event_signature(
+    event: JsonDict, server_name: str, verify_key: VerifyKey, version: RoomVersion
+) -> bool:
     """Whether `event` carries a valid signature by `verify_key` from `server_name`.
 
     The redacted form is checked, so this holds for the full event and for a redacted copy
@@ -203,8 +257,9 @@ def check_event_size_and_shape(event: JsonDict) -> None:
             raise MatrixError(Codes.BAD_JSON, f"Event '{key}' must be a string")
     for key in ("type", "sender", "room_id", "state_key", "event_id"):
         if key in event and len(event[key].encode()) > MAX_KEY_BYTES:
-            raise MatrixError(Codes.TOO_LARGE,
-                              f"Event '{key}' is longer than {MAX_KEY_BYTES} bytes")
+            raise MatrixError(
+                Codes.TOO_LARGE, f"Event '{key}' is longer than {MAX_KEY_BYTES} bytes"
+            )
     # Room versions 6+ require canonical JSON (rooms/fragments/v6-canonical-json.md): no
     # floats, integers within [-(2**53)+1, (2**53)-1]; otherwise 400 M_BAD_JSON.
     check_json_numbers(event)

@@ -40,8 +40,14 @@ class RoomMembers:
 
 
 class PushActionGenerator:
-    def __init__(self, rules: PushRuleService, store: PushStore, events: EventStore,
-                 server_name: str, ignored: IgnoreLists) -> None:
+    def __init__(
+        self,
+        rules: PushRuleService,
+        store: PushStore,
+        events: EventStore,
+        server_name: str,
+        ignored: IgnoreLists,
+    ) -> None:
         self._rules = rules
         self._store = store
         self._events = events
@@ -51,17 +57,26 @@ class PushActionGenerator:
         # members only change with a state event, which makes a new group).
         self._members: LRUCache[str, RoomMembers] = LRUCache(maxsize=MAX_CACHED_ROOMS)
 
-    async def actions_for(self, room: Room, pdu: JsonDict, event_id: str,
-                          auth_events: Mapping[tuple[str, str], JsonDict],
-                          create: JsonDict | None) -> tuple[PushAction, ...]:
+    async def actions_for(
+        self,
+        room: Room,
+        pdu: JsonDict,
+        event_id: str,
+        auth_events: Mapping[tuple[str, str], JsonDict],
+        create: JsonDict | None,
+    ) -> tuple[PushAction, ...]:
         members = await self._room_members(room)
         sender = pdu["sender"]
         targets = [(u, dn) for u, dn in members.local if u != sender]
         invitee = pdu.get("state_key")
-        if pdu["type"] == "m.room.member" and isinstance(invitee, str) and \
-                invitee != sender and invitee.endswith(self._suffix) and \
-                pdu.get("content", {}).get("membership") == "invite" and \
-                all(u != invitee for u, _ in targets):
+        if (
+            pdu["type"] == "m.room.member"
+            and isinstance(invitee, str)
+            and invitee != sender
+            and invitee.endswith(self._suffix)
+            and pdu.get("content", {}).get("membership") == "invite"
+            and all(u != invitee for u, _ in targets)
+        ):
             targets.append((invitee, None))  # spec: .m.rule.invite_for_me
         if not targets:
             return ()
@@ -74,10 +89,13 @@ class PushActionGenerator:
         version = KNOWN_ROOM_VERSIONS[room.room_version]
         power_levels = auth_events.get(("m.room.power_levels", ""))
         pl_content = power_levels.get("content") if power_levels is not None else None
-        ctx = EventContext(pdu, event_id, member_count=members.joined_count,
-                           sender_power=get_user_power_level(version, sender, pl_content,
-                                                             create),
-                           power_levels=pl_content)
+        ctx = EventContext(
+            pdu,
+            event_id,
+            member_count=members.joined_count,
+            sender_power=get_user_power_level(version, sender, pl_content, create),
+            power_levels=pl_content,
+        )
         rulesets = await self._rules.compiled_for([u for u, _ in targets])
         # Members who share a compiled ruleset (all who changed nothing) go through it
         # together.
@@ -85,14 +103,19 @@ class PushActionGenerator:
         for member in targets:
             ruleset = rulesets[member[0]]
             groups.setdefault(id(ruleset), (ruleset, []))[1].append(member)
-        notified = [(user_id, outcome) for ruleset, members in groups.values()
-                    for user_id, outcome in ruleset.evaluate_many(ctx, members)
-                    if outcome.notify]
+        notified = [
+            (user_id, outcome)
+            for ruleset, members in groups.values()
+            for user_id, outcome in ruleset.evaluate_many(ctx, members)
+            if outcome.notify
+        ]
         if not notified:
             return ()
         thread_id = await self._thread_of(pdu, room.room_id)
-        return tuple(PushAction(user_id, thread_id, outcome.actions_json, outcome.highlight)
-                     for user_id, outcome in notified)
+        return tuple(
+            PushAction(user_id, thread_id, outcome.actions_json, outcome.highlight)
+            for user_id, outcome in notified
+        )
 
     async def _room_members(self, room: Room) -> RoomMembers:
         assert room.current_state_group is not None
@@ -100,8 +123,11 @@ class PushActionGenerator:
         if cached is not None and cached.state_group == room.current_state_group:
             return cached
         joined = await self._store.get_joined_members(room.room_id)
-        members = RoomMembers(room.current_state_group, len(joined),
-                              tuple((u, dn) for u, dn in joined if u.endswith(self._suffix)))
+        members = RoomMembers(
+            room.current_state_group,
+            len(joined),
+            tuple((u, dn) for u, dn in joined if u.endswith(self._suffix)),
+        )
         self._members[room.room_id] = members
         return members
 

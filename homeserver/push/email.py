@@ -39,7 +39,7 @@ class MailedRoom:
 
 
 def _excerpt(text: str) -> str:
-    return text if len(text) <= MAX_BODY_CHARS else text[:MAX_BODY_CHARS - 1] + "…"
+    return text if len(text) <= MAX_BODY_CHARS else text[: MAX_BODY_CHARS - 1] + "…"
 
 
 class Mailer:
@@ -50,18 +50,20 @@ class Mailer:
         base = self._config.client_url
         return f"{base.rstrip('/')}/#/room/{room_id}" if base else None
 
-    def missed_messages(self, to: str, user_name: str, rooms: list[MailedRoom],
-                        unsubscribe_url: str) -> EmailMessage:
+    def missed_messages(
+        self, to: str, user_name: str, rooms: list[MailedRoom], unsubscribe_url: str
+    ) -> EmailMessage:
         app = self._config.app_name
         count = sum(len(r.events) for r in rooms)
         if len(rooms) == 1:
             subject = f"[{app}] {count} unread in {rooms[0].name}"
         else:
             subject = f"[{app}] {count} unread in {len(rooms)} rooms"
-        lines = [f"Hello {user_name},", "",
-                 f"You have unread messages on {app}:", ""]
-        parts = [f"<p>Hello {html.escape(user_name)},</p>",
-                 f"<p>You have unread messages on {html.escape(app)}:</p>"]
+        lines = [f"Hello {user_name},", "", f"You have unread messages on {app}:", ""]
+        parts = [
+            f"<p>Hello {html.escape(user_name)},</p>",
+            f"<p>You have unread messages on {html.escape(app)}:</p>",
+        ]
         for room in rooms:
             link = self.room_link(room.room_id)
             lines.append(f"{room.name}" + (f" ({link})" if link else ""))
@@ -71,24 +73,27 @@ class Mailer:
             parts.append(f"<h3>{title}</h3><ul>")
             for e in room.events:
                 lines.append(f"  {e.sender}: {_excerpt(e.text)}")
-                parts.append(f"<li><b>{html.escape(e.sender)}</b>: "
-                             f"{html.escape(_excerpt(e.text))}</li>")
+                parts.append(
+                    f"<li><b>{html.escape(e.sender)}</b>: {html.escape(_excerpt(e.text))}</li>"
+                )
             parts.append("</ul>")
             lines.append("")
         lines += ["--", f"Unsubscribe from these mails: {unsubscribe_url}"]
-        parts.append(f'<p><small><a href="{html.escape(unsubscribe_url, quote=True)}">'
-                     f"Unsubscribe from these mails</a></small></p>")
+        parts.append(
+            f'<p><small><a href="{html.escape(unsubscribe_url, quote=True)}">'
+            f"Unsubscribe from these mails</a></small></p>"
+        )
         msg = self._message(to, subject)
         # RFC 2369 and RFC 8058: mail clients offer a one-click unsubscribe (a POST).
         msg["List-Unsubscribe"] = f"<{unsubscribe_url}>"
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         msg.set_content("\n".join(lines))
-        msg.add_alternative("<html><body>" + "".join(parts) + "</body></html>",
-                            subtype="html")
+        msg.add_alternative("<html><body>" + "".join(parts) + "</body></html>", subtype="html")
         return msg
 
-    def validation(self, to: str, purpose: str, link: str, token: str,
-                   lifetime_ms: int) -> EmailMessage:
+    def validation(
+        self, to: str, purpose: str, link: str, token: str, lifetime_ms: int
+    ) -> EmailMessage:
         """The mail that validates an address: ``purpose`` is ``add`` (to an account) or
         ``password_reset``. The link validates the session; the token is the same proof, for
         a client that asks its user to type it."""
@@ -96,14 +101,20 @@ class Mailer:
         minutes = max(1, lifetime_ms // 60_000)
         if purpose == "password_reset":
             subject = f"[{app}] Password reset"
-            intro = (f"Someone asked to reset the password of the {app} account with this "
-                     "e-mail address. To go on, open this link and confirm:")
-            outro = ("If it was not you, ignore this mail: nothing changes unless the link "
-                     "is opened and confirmed.")
+            intro = (
+                f"Someone asked to reset the password of the {app} account with this "
+                "e-mail address. To go on, open this link and confirm:"
+            )
+            outro = (
+                "If it was not you, ignore this mail: nothing changes unless the link "
+                "is opened and confirmed."
+            )
         else:
             subject = f"[{app}] Confirm your e-mail address"
-            intro = (f"Someone asked to add this e-mail address to a {app} account. If it was "
-                     "you, open this link to confirm:")
+            intro = (
+                f"Someone asked to add this e-mail address to a {app} account. If it was "
+                "you, open this link to confirm:"
+            )
             outro = "If it was not you, ignore this mail: the address will not be added."
         expiry = f"The link works for {minutes} minutes. Or enter this code: {token}"
         msg = self._message(to, subject)
@@ -113,7 +124,8 @@ class Mailer:
             f"<html><body><p>Hello,</p><p>{html.escape(intro)}</p>"
             f'<p><a href="{quoted}">{html.escape(link)}</a></p>'
             f"<p>{html.escape(expiry)}</p><p>{html.escape(outro)}</p></body></html>",
-            subtype="html")
+            subtype="html",
+        )
         return msg
 
     def _message(self, to: str, subject: str) -> EmailMessage:
@@ -129,7 +141,12 @@ class Mailer:
     async def send(self, message: EmailMessage) -> None:
         c = self._config
         await aiosmtplib.send(
-            message, hostname=c.smtp_host, port=c.smtp_port, username=c.smtp_username,
-            password=c.smtp_password, use_tls=c.smtp_security == "tls",
+            message,
+            hostname=c.smtp_host,
+            port=c.smtp_port,
+            username=c.smtp_username,
+            password=c.smtp_password,
+            use_tls=c.smtp_security == "tls",
             start_tls=True if c.smtp_security == "starttls" else False,
-            timeout=SMTP_TIMEOUT_S)
+            timeout=SMTP_TIMEOUT_S,
+        )

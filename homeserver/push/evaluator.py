@@ -61,18 +61,23 @@ def tweaks_of(actions: Sequence[Any]) -> JsonDict:
 def outcome_of(actions: Sequence[Any]) -> Outcome:
     notify = "notify" in actions
     highlight = tweaks_of(actions).get("highlight") is True
-    return Outcome(notify, highlight, tuple(actions),
-                   orjson.dumps(list(actions)).decode())
+    return Outcome(notify, highlight, tuple(actions), orjson.dumps(list(actions)).decode())
 
 
 class EventContext:
     """One event, ready to be evaluated against every member's rules."""
 
-    __slots__ = ("pdu", "member_count", "sender_power", "power_levels", "memo", "_values",
-                 "_sets")
+    __slots__ = ("pdu", "member_count", "sender_power", "power_levels", "memo", "_values", "_sets")
 
-    def __init__(self, pdu: JsonDict, event_id: str, *, member_count: int,
-                 sender_power: float, power_levels: JsonDict | None) -> None:
+    def __init__(
+        self,
+        pdu: JsonDict,
+        event_id: str,
+        *,
+        member_count: int,
+        sender_power: float,
+        power_levels: JsonDict | None,
+    ) -> None:
         self.pdu = {**pdu, "event_id": event_id}
         self.member_count = member_count
         self.sender_power = sender_power
@@ -99,9 +104,13 @@ class EventContext:
         """The array at ``path`` as a set of typed scalars (None when it is not an array)."""
         if path not in self._sets:
             array = self.value(path)
-            self._sets[path] = frozenset(
-                (type(v), v) for v in array if v is None or isinstance(v, (str, int, bool))
-            ) if isinstance(array, list) else None
+            self._sets[path] = (
+                frozenset(
+                    (type(v), v) for v in array if v is None or isinstance(v, (str, int, bool))
+                )
+                if isinstance(array, list)
+                else None
+            )
         return self._sets[path]
 
 
@@ -180,8 +189,10 @@ def _event_match(c: JsonDict) -> Condition:
         return lambda v: isinstance(v, str) and regex.fullmatch(v) is not None
 
     if USER_ID in pattern:
+
         def dependent(ctx: EventContext, user_id: str, _dn: str | None) -> bool:
             return matcher(pattern.replace(USER_ID, user_id))(ctx.value(path))
+
         return Condition(lambda ctx: isinstance(ctx.value(path), str), dependent)
     match = matcher(pattern)
     return Condition(lambda ctx: match(ctx.value(path)), None)
@@ -193,8 +204,10 @@ def _property_is(c: JsonDict) -> Condition:
         return _NEVER
     path = split_path(key)
     if wanted == USER_ID:
-        return Condition(lambda ctx: isinstance(ctx.value(path), str),
-                         lambda ctx, user_id, _dn: _same(ctx.value(path), user_id))
+        return Condition(
+            lambda ctx: isinstance(ctx.value(path), str),
+            lambda ctx, user_id, _dn: _same(ctx.value(path), user_id),
+        )
     return Condition(lambda ctx: _same(ctx.value(path), wanted), None)
 
 
@@ -205,15 +218,18 @@ def _property_contains(c: JsonDict) -> Condition:
     path = split_path(key)
 
     if wanted == USER_ID:
+
         def dependent(ctx: EventContext, user_id: str, _dn: str | None) -> bool:
             found = ctx.scalar_set(path)
             return found is not None and (str, user_id) in found
+
         return Condition(lambda ctx: bool(ctx.scalar_set(path)), dependent)
     item = (type(wanted), wanted)
 
     def independent(ctx: EventContext) -> bool:
         found = ctx.scalar_set(path)
         return found is not None and item in found
+
     return Condition(independent, None)
 
 
@@ -225,12 +241,16 @@ def _contains_display_name(c: JsonDict) -> Condition:
         if not display_name or not isinstance(body, str):
             return False
         return _display_name_regex(display_name).search(body) is not None
+
     return Condition(lambda ctx: isinstance(ctx.value(body_path), str), dependent)
 
 
 _COMPARE: dict[str, Callable[[int, int], bool]] = {
-    "==": lambda a, b: a == b, "<": lambda a, b: a < b, ">": lambda a, b: a > b,
-    "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b,
+    "<": lambda a, b: a < b,
+    ">": lambda a, b: a > b,
+    "<=": lambda a, b: a <= b,
+    ">=": lambda a, b: a >= b,
 }
 
 
@@ -248,7 +268,8 @@ def _sender_permission(c: JsonDict) -> Condition:
     if not isinstance(key, str):
         return _NEVER
     return Condition(
-        lambda ctx: ctx.sender_power >= get_notification_level(ctx.power_levels, key), None)
+        lambda ctx: ctx.sender_power >= get_notification_level(ctx.power_levels, key), None
+    )
 
 
 _BUILDERS: dict[str, Callable[[JsonDict], Condition]] = {
@@ -332,11 +353,13 @@ class CompiledRuleset:
     __slots__ = ("rules",)
 
     def __init__(self, ruleset: Ruleset) -> None:
-        self.rules = tuple(compile_rule(rule) for kind in KINDS for rule in ruleset[kind]
-                           if rule.enabled)
+        self.rules = tuple(
+            compile_rule(rule) for kind in KINDS for rule in ruleset[kind] if rule.enabled
+        )
 
-    def evaluate_many(self, ctx: EventContext, members: Sequence[tuple[str, str | None]]
-                      ) -> list[tuple[str, Outcome]]:
+    def evaluate_many(
+        self, ctx: EventContext, members: Sequence[tuple[str, str | None]]
+    ) -> list[tuple[str, Outcome]]:
         """``evaluate`` for every member sharing this ruleset, rule by rule: a rule that does
         not depend on the member decides for all the members still undecided at once."""
         out: list[tuple[str, Outcome]] = []
@@ -377,8 +400,7 @@ class CompiledRuleset:
                 break
         return out
 
-    def evaluate(self, ctx: EventContext, user_id: str, display_name: str | None
-                 ) -> Outcome | None:
+    def evaluate(self, ctx: EventContext, user_id: str, display_name: str | None) -> Outcome | None:
         """The outcome of the first matching rule (None: no rule matched)."""
         memo = ctx.memo
         for rule in self.rules:

@@ -27,15 +27,17 @@ PRUNE_BATCH = 1000
 
 
 class NotificationService:
-    def __init__(self, store: PushStore, events: EventStore, rooms: RoomService,
-                 ignored: IgnoreLists) -> None:
+    def __init__(
+        self, store: PushStore, events: EventStore, rooms: RoomService, ignored: IgnoreLists
+    ) -> None:
         self._store = store
         self._events = events
         self._rooms = rooms
         self._ignored = ignored
 
-    async def get_notifications(self, requester: Requester, from_token: str | None,
-                                limit: int | None, only: str | None) -> JsonDict:
+    async def get_notifications(
+        self, requester: Requester, from_token: str | None, limit: int | None, only: str | None
+    ) -> JsonDict:
         before: int | None = None
         if from_token is not None:
             if not from_token.isdigit():
@@ -44,8 +46,9 @@ class NotificationService:
         if only is not None and only != "highlight":
             raise MatrixError(Codes.INVALID_PARAM, "only must be 'highlight'")
         limit = min(limit or DEFAULT_LIMIT, MAX_LIMIT)
-        found = await self._store.get_notifications(requester.user_id, before, limit,
-                                                    only == "highlight")
+        found = await self._store.get_notifications(
+            requester.user_id, before, limit, only == "highlight"
+        )
         loaded = await self._events.get_events(n.event_id for n, _ in found)
         # Made before the user ignored their sender (none are made after).
         ignored = await self._ignored.ignored_users(requester.user_id)
@@ -57,10 +60,20 @@ class NotificationService:
                 continue
             if n.room_id not in versions:
                 versions[n.room_id] = await self._rooms.room_version(n.room_id)
-            serialized = (await self._rooms.serialize(requester, [event], versions[n.room_id],
-                                                      with_room_id=False))[0]
-            out.append({"actions": orjson.loads(n.actions_json), "event": serialized,
-                        "read": read, "room_id": n.room_id, "ts": n.ts})
+            serialized = (
+                await self._rooms.serialize(
+                    requester, [event], versions[n.room_id], with_room_id=False
+                )
+            )[0]
+            out.append(
+                {
+                    "actions": orjson.loads(n.actions_json),
+                    "event": serialized,
+                    "read": read,
+                    "room_id": n.room_id,
+                    "ts": n.ts,
+                }
+            )
         response: JsonDict = {"notifications": out}
         if len(found) == limit:
             response["next_token"] = str(found[-1][0].stream_ordering)

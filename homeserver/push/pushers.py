@@ -54,10 +54,15 @@ class PusherRequest:
 
 
 def pusher_json(p: Pusher) -> JsonDict:
-    out: JsonDict = {"pushkey": p.pushkey, "kind": p.kind, "app_id": p.app_id,
-                     "app_display_name": p.app_display_name,
-                     "device_display_name": p.device_display_name, "lang": p.lang,
-                     "data": p.data}
+    out: JsonDict = {
+        "pushkey": p.pushkey,
+        "kind": p.kind,
+        "app_id": p.app_id,
+        "app_display_name": p.app_display_name,
+        "device_display_name": p.device_display_name,
+        "lang": p.lang,
+        "data": p.data,
+    }
     if p.profile_tag is not None:
         out["profile_tag"] = p.profile_tag
     return out
@@ -80,8 +85,7 @@ async def check_gateway_url(url: Any, config: PushConfig) -> str:
     if parts.scheme not in allowed:
         raise MatrixError(Codes.INVALID_PARAM, "data.url must be an https:// URL")
     if not parts.hostname or parts.username or parts.password:
-        raise MatrixError(Codes.INVALID_PARAM, "data.url must name a host, without "
-                          "credentials")
+        raise MatrixError(Codes.INVALID_PARAM, "data.url must name a host, without credentials")
     if not parts.path.endswith(NOTIFY_PATH) or parts.query or parts.fragment:
         raise MatrixError(Codes.INVALID_PARAM, f"data.url must end with {NOTIFY_PATH}")
     try:
@@ -91,11 +95,12 @@ async def check_gateway_url(url: Any, config: PushConfig) -> str:
     if not config.allow_private_addresses:
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(
-                parts.hostname, port or (443 if parts.scheme == "https" else 80),
-                type=socket.SOCK_STREAM)
+                parts.hostname,
+                port or (443 if parts.scheme == "https" else 80),
+                type=socket.SOCK_STREAM,
+            )
         except OSError:
-            raise MatrixError(Codes.INVALID_PARAM, "data.url's host does not resolve"
-                              ) from None
+            raise MatrixError(Codes.INVALID_PARAM, "data.url's host does not resolve") from None
         if any(is_forbidden_address(str(info[4][0])) for info in infos):
             raise MatrixError(Codes.INVALID_PARAM, "data.url leads to a private address")
     return url
@@ -129,9 +134,15 @@ class Unsubscriber:
 
 
 class PusherService:
-    def __init__(self, store: PushStore, config: PushConfig, email: EmailConfig,
-                 clock: Clock, unsubscriber: Unsubscriber,
-                 email_identity: EmailIdentity) -> None:
+    def __init__(
+        self,
+        store: PushStore,
+        config: PushConfig,
+        email: EmailConfig,
+        clock: Clock,
+        unsubscriber: Unsubscriber,
+        email_identity: EmailIdentity,
+    ) -> None:
         self._store = store
         self._config = config
         self._email = email
@@ -150,8 +161,11 @@ class PusherService:
             # spec: kind null deletes the pusher; deleting what is not there is a no-op.
             await self._store.delete_pusher(requester.user_id, req.app_id, req.pushkey)
             return
-        missing = [name for name in ("app_display_name", "device_display_name", "lang",
-                                     "data") if getattr(req, name) is None]
+        missing = [
+            name
+            for name in ("app_display_name", "device_display_name", "lang", "data")
+            if getattr(req, name) is None
+        ]
         if missing:
             raise MatrixError(Codes.MISSING_PARAM, f"Missing parameters: {', '.join(missing)}")
         assert req.data is not None and req.lang is not None
@@ -171,28 +185,37 @@ class PusherService:
         else:
             raise MatrixError(Codes.INVALID_PARAM, "kind must be http, email or null")
         await self._store.set_pusher(
-            user_id=requester.user_id, kind=req.kind, app_id=req.app_id, pushkey=req.pushkey,
+            user_id=requester.user_id,
+            kind=req.kind,
+            app_id=req.app_id,
+            pushkey=req.pushkey,
             app_display_name=req.app_display_name or "",
-            device_display_name=req.device_display_name or "", profile_tag=req.profile_tag,
-            lang=req.lang, data=req.data, ts=self._clock.now_ms(),
-            device_id=requester.device_id, append=req.append)
+            device_display_name=req.device_display_name or "",
+            profile_tag=req.profile_tag,
+            lang=req.lang,
+            data=req.data,
+            ts=self._clock.now_ms(),
+            device_id=requester.device_id,
+            append=req.append,
+        )
 
     async def _check_email(self, requester: Requester, req: PusherRequest) -> None:
         if not self._email.enabled:
-            raise MatrixError(Codes.INVALID_PARAM, "E-mail notifications are not configured "
-                              "on this server")
+            raise MatrixError(
+                Codes.INVALID_PARAM, "E-mail notifications are not configured on this server"
+            )
         if req.app_id != EMAIL_APP_ID:
-            raise MatrixError(Codes.INVALID_PARAM, f"An email pusher's app_id is "
-                              f"{EMAIL_APP_ID}")
+            raise MatrixError(Codes.INVALID_PARAM, f"An email pusher's app_id is {EMAIL_APP_ID}")
         if canonical_email(req.pushkey) is None:
-            raise MatrixError(Codes.INVALID_PARAM, "An email pusher's pushkey is an e-mail "
-                              "address")
+            raise MatrixError(Codes.INVALID_PARAM, "An email pusher's pushkey is an e-mail address")
         # As Synapse: 400 M_THREEPID_NOT_FOUND unless the account has the address (added
         # through /account/3pid/add, which proved the user reads it).
-        if await self._email_identity.owner_of(MEDIUM_EMAIL, req.pushkey) != \
-                requester.user_id:
-            raise MatrixError(Codes.THREEPID_NOT_FOUND, "This e-mail address is not bound to "
-                              "your account: add it first (/account/3pid/add)")
+        if await self._email_identity.owner_of(MEDIUM_EMAIL, req.pushkey) != requester.user_id:
+            raise MatrixError(
+                Codes.THREEPID_NOT_FOUND,
+                "This e-mail address is not bound to "
+                "your account: add it first (/account/3pid/add)",
+            )
 
     async def unsubscribe(self, token: str) -> bool:
         """The link in a missed-message mail: removes that e-mail pusher."""
@@ -209,8 +232,6 @@ class PusherService:
 
 def _check_ids(req: PusherRequest) -> None:
     if not req.app_id or len(req.app_id) > MAX_APP_ID_CHARS:
-        raise MatrixError(Codes.INVALID_PARAM, f"app_id must be 1 to {MAX_APP_ID_CHARS} "
-                          "characters")
+        raise MatrixError(Codes.INVALID_PARAM, f"app_id must be 1 to {MAX_APP_ID_CHARS} characters")
     if not req.pushkey or len(req.pushkey.encode()) > MAX_PUSHKEY_BYTES:
-        raise MatrixError(Codes.INVALID_PARAM, f"pushkey must be 1 to {MAX_PUSHKEY_BYTES} "
-                          "bytes")
+        raise MatrixError(Codes.INVALID_PARAM, f"pushkey must be 1 to {MAX_PUSHKEY_BYTES} bytes")

@@ -39,53 +39,103 @@ _HIGHLIGHT: JsonDict = {"set_tweak": "highlight"}
 # spec, "Predefined Rules" (v1.17+: the legacy body-based mention rules are gone), in order.
 DEFAULT_OVERRIDE: tuple[JsonDict, ...] = (
     {"rule_id": ".m.rule.master", "enabled": False, "conditions": [], "actions": []},
-    {"rule_id": ".m.rule.suppress_notices",
-     "conditions": [_event_match("content.msgtype", "m.notice")], "actions": []},
-    {"rule_id": ".m.rule.invite_for_me",
-     "conditions": [_event_match("type", "m.room.member"),
-                    _event_match("content.membership", "invite"),
-                    _event_match("state_key", USER_ID)],
-     "actions": ["notify", _SOUND_DEFAULT]},
-    {"rule_id": ".m.rule.member_event",
-     "conditions": [_event_match("type", "m.room.member")], "actions": []},
-    {"rule_id": ".m.rule.is_user_mention",
-     "conditions": [{"kind": "event_property_contains", "key": "content.m\\.mentions.user_ids",
-                     "value": USER_ID}],
-     "actions": ["notify", _SOUND_DEFAULT, _HIGHLIGHT]},
-    {"rule_id": ".m.rule.is_room_mention",
-     "conditions": [{"kind": "event_property_is", "key": "content.m\\.mentions.room",
-                     "value": True},
-                    {"kind": "sender_notification_permission", "key": "room"}],
-     "actions": ["notify", _HIGHLIGHT]},
-    {"rule_id": ".m.rule.tombstone",
-     "conditions": [_event_match("type", "m.room.tombstone"), _event_match("state_key", "")],
-     "actions": ["notify", _HIGHLIGHT]},
-    {"rule_id": ".m.rule.reaction",
-     "conditions": [_event_match("type", "m.reaction")], "actions": []},
-    {"rule_id": ".m.rule.room.server_acl",
-     "conditions": [_event_match("type", "m.room.server_acl"), _event_match("state_key", "")],
-     "actions": []},
-    {"rule_id": ".m.rule.suppress_edits",
-     "conditions": [{"kind": "event_property_is", "key": "content.m\\.relates_to.rel_type",
-                     "value": "m.replace"}],
-     "actions": []},
+    {
+        "rule_id": ".m.rule.suppress_notices",
+        "conditions": [_event_match("content.msgtype", "m.notice")],
+        "actions": [],
+    },
+    {
+        "rule_id": ".m.rule.invite_for_me",
+        "conditions": [
+            _event_match("type", "m.room.member"),
+            _event_match("content.membership", "invite"),
+            _event_match("state_key", USER_ID),
+        ],
+        "actions": ["notify", _SOUND_DEFAULT],
+    },
+    {
+        "rule_id": ".m.rule.member_event",
+        "conditions": [_event_match("type", "m.room.member")],
+        "actions": [],
+    },
+    {
+        "rule_id": ".m.rule.is_user_mention",
+        "conditions": [
+            {
+                "kind": "event_property_contains",
+                "key": "content.m\\.mentions.user_ids",
+                "value": USER_ID,
+            }
+        ],
+        "actions": ["notify", _SOUND_DEFAULT, _HIGHLIGHT],
+    },
+    {
+        "rule_id": ".m.rule.is_room_mention",
+        "conditions": [
+            {"kind": "event_property_is", "key": "content.m\\.mentions.room", "value": True},
+            {"kind": "sender_notification_permission", "key": "room"},
+        ],
+        "actions": ["notify", _HIGHLIGHT],
+    },
+    {
+        "rule_id": ".m.rule.tombstone",
+        "conditions": [_event_match("type", "m.room.tombstone"), _event_match("state_key", "")],
+        "actions": ["notify", _HIGHLIGHT],
+    },
+    {
+        "rule_id": ".m.rule.reaction",
+        "conditions": [_event_match("type", "m.reaction")],
+        "actions": [],
+    },
+    {
+        "rule_id": ".m.rule.room.server_acl",
+        "conditions": [_event_match("type", "m.room.server_acl"), _event_match("state_key", "")],
+        "actions": [],
+    },
+    {
+        "rule_id": ".m.rule.suppress_edits",
+        "conditions": [
+            {
+                "kind": "event_property_is",
+                "key": "content.m\\.relates_to.rel_type",
+                "value": "m.replace",
+            }
+        ],
+        "actions": [],
+    },
 )
 DEFAULT_UNDERRIDE: tuple[JsonDict, ...] = (
-    {"rule_id": ".m.rule.call",
-     "conditions": [_event_match("type", "m.call.invite")],
-     "actions": ["notify", {"set_tweak": "sound", "value": "ring"}]},
-    {"rule_id": ".m.rule.encrypted_room_one_to_one",
-     "conditions": [{"kind": "room_member_count", "is": "2"},
-                    _event_match("type", "m.room.encrypted")],
-     "actions": ["notify", _SOUND_DEFAULT]},
-    {"rule_id": ".m.rule.room_one_to_one",
-     "conditions": [{"kind": "room_member_count", "is": "2"},
-                    _event_match("type", "m.room.message")],
-     "actions": ["notify", _SOUND_DEFAULT]},
-    {"rule_id": ".m.rule.message",
-     "conditions": [_event_match("type", "m.room.message")], "actions": ["notify"]},
-    {"rule_id": ".m.rule.encrypted",
-     "conditions": [_event_match("type", "m.room.encrypted")], "actions": ["notify"]},
+    {
+        "rule_id": ".m.rule.call",
+        "conditions": [_event_match("type", "m.call.invite")],
+        "actions": ["notify", {"set_tweak": "sound", "value": "ring"}],
+    },
+    {
+        "rule_id": ".m.rule.encrypted_room_one_to_one",
+        "conditions": [
+            {"kind": "room_member_count", "is": "2"},
+            _event_match("type", "m.room.encrypted"),
+        ],
+        "actions": ["notify", _SOUND_DEFAULT],
+    },
+    {
+        "rule_id": ".m.rule.room_one_to_one",
+        "conditions": [
+            {"kind": "room_member_count", "is": "2"},
+            _event_match("type", "m.room.message"),
+        ],
+        "actions": ["notify", _SOUND_DEFAULT],
+    },
+    {
+        "rule_id": ".m.rule.message",
+        "conditions": [_event_match("type", "m.room.message")],
+        "actions": ["notify"],
+    },
+    {
+        "rule_id": ".m.rule.encrypted",
+        "conditions": [_event_match("type", "m.room.encrypted")],
+        "actions": ["notify"],
+    },
 )
 DEFAULT_RULE_KINDS: dict[str, str] = {
     **{r["rule_id"]: "override" for r in DEFAULT_OVERRIDE},
@@ -105,8 +155,12 @@ class PushRule:
     pattern: str | None = None  # content
 
     def to_json(self) -> JsonDict:
-        out: JsonDict = {"rule_id": self.rule_id, "default": self.default,
-                         "enabled": self.enabled, "actions": list(self.actions)}
+        out: JsonDict = {
+            "rule_id": self.rule_id,
+            "default": self.default,
+            "enabled": self.enabled,
+            "actions": list(self.actions),
+        }
         if self.conditions is not None:
             out["conditions"] = [dict(c) for c in self.conditions]
         if self.pattern is not None:
@@ -127,8 +181,9 @@ def _substitute(value: Any, user_id: str) -> Any:
     return value
 
 
-def _default_rule(kind: str, template: JsonDict, change: DefaultChange | None,
-                  user_id: str | None) -> PushRule:
+def _default_rule(
+    kind: str, template: JsonDict, change: DefaultChange | None, user_id: str | None
+) -> PushRule:
     conditions = template["conditions"]
     if user_id is not None:
         conditions = _substitute(conditions, user_id)
@@ -137,8 +192,7 @@ def _default_rule(kind: str, template: JsonDict, change: DefaultChange | None,
     if change is not None:
         enabled = change.enabled if change.enabled is not None else enabled
         actions = change.actions if change.actions is not None else actions
-    return PushRule(kind, template["rule_id"], actions, enabled, True,
-                    conditions=tuple(conditions))
+    return PushRule(kind, template["rule_id"], actions, enabled, True, conditions=tuple(conditions))
 
 
 def build_ruleset(rules: UserRules, user_id: str | None) -> Ruleset:
@@ -147,16 +201,26 @@ def build_ruleset(rules: UserRules, user_id: str | None) -> Ruleset:
     changes = rules.defaults or {}
     out: Ruleset = {kind: [] for kind in KINDS}
     mine = sorted(rules.rules, key=lambda r: (-r.priority, r.rule_id))
-    overrides = [_default_rule("override", t, changes.get(t["rule_id"]), user_id)
-                 for t in DEFAULT_OVERRIDE]
+    overrides = [
+        _default_rule("override", t, changes.get(t["rule_id"]), user_id) for t in DEFAULT_OVERRIDE
+    ]
     out["override"].append(overrides[0])  # .m.rule.master comes before everything
     for rule in mine:
-        out[rule.kind].append(PushRule(rule.kind, rule.rule_id, rule.actions, rule.enabled,
-                                       False, conditions=rule.conditions,
-                                       pattern=rule.pattern))
+        out[rule.kind].append(
+            PushRule(
+                rule.kind,
+                rule.rule_id,
+                rule.actions,
+                rule.enabled,
+                False,
+                conditions=rule.conditions,
+                pattern=rule.pattern,
+            )
+        )
     out["override"].extend(overrides[1:])
-    out["underride"].extend(_default_rule("underride", t, changes.get(t["rule_id"]), user_id)
-                            for t in DEFAULT_UNDERRIDE)
+    out["underride"].extend(
+        _default_rule("underride", t, changes.get(t["rule_id"]), user_id) for t in DEFAULT_UNDERRIDE
+    )
     return out
 
 
@@ -177,8 +241,9 @@ def find_rule(ruleset: Ruleset, kind: str, rule_id: str) -> PushRule | None:
 
 def check_kind(kind: str) -> None:
     if kind not in KINDS:
-        raise MatrixError(Codes.INVALID_PARAM, f"Unknown push rule kind {kind!r}; one of "
-                          f"{', '.join(KINDS)}")
+        raise MatrixError(
+            Codes.INVALID_PARAM, f"Unknown push rule kind {kind!r}; one of {', '.join(KINDS)}"
+        )
 
 
 def check_scope(scope: str) -> None:
@@ -191,13 +256,15 @@ def check_new_rule_id(kind: str, rule_id: str) -> None:
     if not rule_id:
         raise MatrixError(Codes.INVALID_PARAM, "The rule ID is empty")
     if rule_id.startswith("."):
-        raise MatrixError(Codes.INVALID_PARAM, "Rule IDs starting with '.' are reserved for "
-                          "server-default rules")
+        raise MatrixError(
+            Codes.INVALID_PARAM, "Rule IDs starting with '.' are reserved for server-default rules"
+        )
     if "/" in rule_id or "\\" in rule_id:
         raise MatrixError(Codes.INVALID_PARAM, "Rule IDs may not contain '/' or '\\'")
     if len(rule_id.encode()) > MAX_RULE_ID_BYTES:
-        raise MatrixError(Codes.INVALID_PARAM,
-                          f"The rule ID is longer than {MAX_RULE_ID_BYTES} bytes")
+        raise MatrixError(
+            Codes.INVALID_PARAM, f"The rule ID is longer than {MAX_RULE_ID_BYTES} bytes"
+        )
     # spec: a room rule's ID is the room's ID, a sender rule's the user's.
     if kind == "room" and not rule_id.startswith("!"):
         raise MatrixError(Codes.INVALID_PARAM, "A room rule's ID must be a room ID")
@@ -222,10 +289,8 @@ def normalize_actions(actions: Any) -> tuple[Any, ...]:
         elif isinstance(action, dict):
             tweak = action.get("set_tweak")
             if not isinstance(tweak, str) or not tweak:
-                raise MatrixError(Codes.BAD_JSON, "An object action must have a string "
-                                  "set_tweak")
-            if tweak == "highlight" and "value" in action and \
-                    not isinstance(action["value"], bool):
+                raise MatrixError(Codes.BAD_JSON, "An object action must have a string set_tweak")
+            if tweak == "highlight" and "value" in action and not isinstance(action["value"], bool):
                 raise MatrixError(Codes.BAD_JSON, "The highlight tweak's value is a boolean")
             if tweak == "sound" and not isinstance(action.get("value"), str):
                 raise MatrixError(Codes.BAD_JSON, "The sound tweak's value is a string")
@@ -257,19 +322,28 @@ def normalize_conditions(conditions: Any) -> tuple[JsonDict, ...]:
         if not isinstance(c, dict) or not isinstance(c.get("kind"), str):
             raise MatrixError(Codes.BAD_JSON, "A condition is an object with a string kind")
         kind = c["kind"]
-        if kind in ("event_match", "event_property_is", "event_property_contains",
-                    "sender_notification_permission") and not isinstance(c.get("key"), str):
+        if kind in (
+            "event_match",
+            "event_property_is",
+            "event_property_contains",
+            "sender_notification_permission",
+        ) and not isinstance(c.get("key"), str):
             raise MatrixError(Codes.BAD_JSON, f"A {kind} condition needs a string key")
         if kind == "event_match":
             check_pattern(c.get("pattern"))
         elif kind in ("event_property_is", "event_property_contains"):
             if "value" not in c or not _is_scalar(c["value"]):
-                raise MatrixError(Codes.BAD_JSON, f"A {kind} condition needs a value: a "
-                                  "string, integer, boolean or null")
+                raise MatrixError(
+                    Codes.BAD_JSON,
+                    f"A {kind} condition needs a value: a string, integer, boolean or null",
+                )
         elif kind == "room_member_count":
             if not isinstance(c.get("is"), str) or not _ROOM_MEMBER_COUNT.match(c["is"]):
-                raise MatrixError(Codes.BAD_JSON, "room_member_count needs 'is': a number "
-                                  "with an optional ==, <, >, <= or >= prefix")
+                raise MatrixError(
+                    Codes.BAD_JSON,
+                    "room_member_count needs 'is': a number "
+                    "with an optional ==, <, >, <= or >= prefix",
+                )
         out.append(c)
     return tuple(out)
 
@@ -290,5 +364,6 @@ def parse_member_count(spec: str) -> tuple[str, int] | None:
 
 
 def all_rule_ids(rules: Iterable[StoredRule], kind: str) -> Sequence[str]:
-    return [r.rule_id for r in sorted(rules, key=lambda r: (-r.priority, r.rule_id))
-            if r.kind == kind]
+    return [
+        r.rule_id for r in sorted(rules, key=lambda r: (-r.priority, r.rule_id)) if r.kind == kind
+    ]

@@ -62,10 +62,23 @@ def backoff_ms(attempts: int, config: PushConfig) -> int:
 
 
 class PusherSender:
-    def __init__(self, db: Database, store: PushStore, events: EventStore, rooms: RoomStore,
-                 unread: UnreadCountService, clock: Clock, bus: Bus, *, config: PushConfig,
-                 email: EmailConfig, presence: PresenceConfig, base_url: str,
-                 unsubscriber: Unsubscriber, ignored: IgnoreLists) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: PushStore,
+        events: EventStore,
+        rooms: RoomStore,
+        unread: UnreadCountService,
+        clock: Clock,
+        bus: Bus,
+        *,
+        config: PushConfig,
+        email: EmailConfig,
+        presence: PresenceConfig,
+        base_url: str,
+        unsubscriber: Unsubscriber,
+        ignored: IgnoreLists,
+    ) -> None:
         self._db = db
         self._store = store
         self._events = events
@@ -145,8 +158,10 @@ class PusherSender:
         if cursor is None:
             cursor = self._cursor = await self._store.get_cursor(upto)
         while max(cursor, self._scanned) < upto:
-            if self._scanned > cursor and \
-                    self._clock.now_ms() - self._cursor_saved_ms > CURSOR_SAVE_INTERVAL_MS:
+            if (
+                self._scanned > cursor
+                and self._clock.now_ms() - self._cursor_saved_ms > CURSOR_SAVE_INTERVAL_MS
+            ):
                 # Save the skipped range now and then, so a restart does not rescan it all.
                 if not await self._store.enqueue([], cursor, self._scanned):
                     cursor = self._cursor = await self._store.get_cursor(upto)
@@ -160,7 +175,8 @@ class PusherSender:
             if self._config.only_when_offline and self._presence.enabled:
                 connected = await self._store.get_connected_users(
                     {a.user_id for a, p in pending if p.kind == "http"},
-                    now - self._presence.offline_after_ms)
+                    now - self._presence.offline_after_ms,
+                )
             rows = []
             for action, pusher in pending:
                 if pusher.kind == "email":
@@ -171,9 +187,18 @@ class PusherSender:
                     due = now
                 else:
                     continue
-                rows.append(QueuedPush(pusher.id, action.stream_ordering, action.user_id,
-                                       action.room_id, action.event_id, action.actions_json,
-                                       action.ts, due))
+                rows.append(
+                    QueuedPush(
+                        pusher.id,
+                        action.stream_ordering,
+                        action.user_id,
+                        action.room_id,
+                        action.event_id,
+                        action.actions_json,
+                        action.ts,
+                        due,
+                    )
+                )
             if not rows:
                 # Nothing to queue: move on in memory, without a write transaction per event.
                 # Whoever scans this range again finds nothing either (push actions commit
@@ -206,11 +231,14 @@ class PusherSender:
             attempts = 0
             queue = await self._store.get_queue(pusher.id, QUEUE_BATCH)
             now = self._clock.now_ms()
-            stale = [q.stream_ordering for q in queue
-                     if q.event_ts < now - self._config.give_up_after_ms]
+            stale = [
+                q.stream_ordering for q in queue if q.event_ts < now - self._config.give_up_after_ms
+            ]
             if stale:
-                logger.warning("pushes dropped after retrying too long",
-                               extra={"pusher_id": pusher.id, "count": len(stale)})
+                logger.warning(
+                    "pushes dropped after retrying too long",
+                    extra={"pusher_id": pusher.id, "count": len(stale)},
+                )
                 await self._store.delete_queued(pusher.id, stale)
             dropped = set(stale)
             queue = [q for q in queue if q.stream_ordering not in dropped]
@@ -229,8 +257,9 @@ class PusherSender:
             attempts = pusher.attempts + 1
             next_ts = self._clock.now_ms() + backoff_ms(attempts, self._config)
         finally:
-            await self._store.release_pusher(pusher.id, claim, attempts=attempts,
-                                             next_attempt_ts=next_ts)
+            await self._store.release_pusher(
+                pusher.id, claim, attempts=attempts, next_attempt_ts=next_ts
+            )
 
     async def _send_http(self, pusher: Pusher, queue: Sequence[QueuedPush]) -> bool | None:
         """True when the queue went out, False to back off, None when the pusher was removed
@@ -250,12 +279,16 @@ class PusherSender:
             try:
                 response = await self._client().post(url, json=body)
             except httpx.HTTPError as e:
-                logger.info("push gateway unreachable",
-                            extra={"pusher_id": pusher.id, "error": type(e).__name__})
+                logger.info(
+                    "push gateway unreachable",
+                    extra={"pusher_id": pusher.id, "error": type(e).__name__},
+                )
                 return False
             if response.status_code // 100 != 2:
-                logger.info("push gateway error", extra={"pusher_id": pusher.id,
-                                                          "status": response.status_code})
+                logger.info(
+                    "push gateway error",
+                    extra={"pusher_id": pusher.id, "status": response.status_code},
+                )
                 return False
             if pusher.pushkey in _rejected(response):
                 logger.info("pushkey rejected: pusher removed", extra={"pusher_id": pusher.id})
@@ -267,24 +300,33 @@ class PusherSender:
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
             # No redirects: a gateway must not bounce us to an address we did not check.
-            self._http = httpx.AsyncClient(timeout=self._config.request_timeout_ms / 1000,
-                                           follow_redirects=False)
+            self._http = httpx.AsyncClient(
+                timeout=self._config.request_timeout_ms / 1000, follow_redirects=False
+            )
         return self._http
 
     async def _notification(self, pusher: Pusher, item: QueuedPush) -> JsonDict | None:
         """The /_matrix/push/v1/notify body (spec, push gateway API)."""
         actions = orjson.loads(item.actions_json)
         tweaks = tweaks_of(actions)
-        device: JsonDict = {"app_id": pusher.app_id, "pushkey": pusher.pushkey,
-                            "pushkey_ts": pusher.pushkey_ts // 1000,
-                            "data": {k: v for k, v in pusher.data.items() if k != "url"},
-                            "tweaks": tweaks}
-        joined = [m.room_id for m in await self._rooms.get_user_memberships(
-            pusher.user_id, ["join"])]
+        device: JsonDict = {
+            "app_id": pusher.app_id,
+            "pushkey": pusher.pushkey,
+            "pushkey_ts": pusher.pushkey_ts // 1000,
+            "data": {k: v for k, v in pusher.data.items() if k != "url"},
+            "tweaks": tweaks,
+        }
+        joined = [
+            m.room_id for m in await self._rooms.get_user_memberships(pusher.user_id, ["join"])
+        ]
         unread = await self._unread.total_unread(pusher.user_id, joined)
         counts: JsonDict = {"unread": unread} if unread else {}
-        note: JsonDict = {"event_id": item.event_id, "room_id": item.room_id,
-                          "counts": counts, "devices": [device]}
+        note: JsonDict = {
+            "event_id": item.event_id,
+            "room_id": item.room_id,
+            "counts": counts,
+            "devices": [device],
+        }
         # Queued before the user ignored its sender: not pushed after all.
         ignored = await self._ignored.ignored_users(pusher.user_id)
         if pusher.data.get("format") == "event_id_only" and not ignored:
@@ -294,14 +336,21 @@ class PusherSender:
             return None
         if pusher.data.get("format") == "event_id_only":
             return {"notification": note}
-        note.update({"type": event.type, "sender": event.sender,
-                     "prio": "high" if tweaks.get("sound") or tweaks.get("highlight")
-                     else "low"})
+        note.update(
+            {
+                "type": event.type,
+                "sender": event.sender,
+                "prio": "high" if tweaks.get("sound") or tweaks.get("highlight") else "low",
+            }
+        )
         member = await self._rooms.get_membership(item.room_id, event.sender)
         if member is not None and member.displayname:
             note["sender_display_name"] = member.displayname
-        state = (await self._rooms.get_current_state_contents(
-            [item.room_id], ["m.room.name", "m.room.canonical_alias"])).get(item.room_id, {})
+        state = (
+            await self._rooms.get_current_state_contents(
+                [item.room_id], ["m.room.name", "m.room.canonical_alias"]
+            )
+        ).get(item.room_id, {})
         name = _state_field(state.get("m.room.name"), "name")
         alias = _state_field(state.get("m.room.canonical_alias"), "alias")
         if name:
@@ -320,26 +369,26 @@ class PusherSender:
         if not self._email.enabled:
             await self._store.delete_queued(pusher.id, [q.stream_ordering for q in queue])
             return True
-        unread = await self._store.unread_among(pusher.user_id,
-                                                [q.stream_ordering for q in queue])
+        unread = await self._store.unread_among(pusher.user_id, [q.stream_ordering for q in queue])
         wanted = [q for q in queue if q.stream_ordering in unread]
         if wanted:
             rooms = await self._mailed_rooms(pusher.user_id, wanted)
             if rooms:
                 user_name = await self._user_name(pusher.user_id, wanted[0].room_id)
                 message = self._mailer.missed_messages(
-                    pusher.pushkey, user_name, rooms, self._unsubscribe_url(pusher))
+                    pusher.pushkey, user_name, rooms, self._unsubscribe_url(pusher)
+                )
                 try:
                     await self._mailer.send(message)
                 except Exception as e:  # aiosmtplib's errors and OSError alike
-                    logger.info("mail not sent", extra={"pusher_id": pusher.id,
-                                                        "error": type(e).__name__})
+                    logger.info(
+                        "mail not sent", extra={"pusher_id": pusher.id, "error": type(e).__name__}
+                    )
                     return False
         await self._store.delete_queued(pusher.id, [q.stream_ordering for q in queue])
         return True
 
-    async def _mailed_rooms(self, user_id: str, items: Sequence[QueuedPush]
-                            ) -> list[MailedRoom]:
+    async def _mailed_rooms(self, user_id: str, items: Sequence[QueuedPush]) -> list[MailedRoom]:
         loaded = await self._events.get_events(q.event_id for q in items)
         ignored = await self._ignored.ignored_users(user_id)
         by_room: dict[str, list[StoredEvent]] = {}
@@ -348,7 +397,8 @@ class PusherSender:
             if event is not None and event.sender not in ignored:
                 by_room.setdefault(q.room_id, []).append(event)
         state = await self._rooms.get_current_state_contents(
-            list(by_room), ["m.room.name", "m.room.canonical_alias"])
+            list(by_room), ["m.room.name", "m.room.canonical_alias"]
+        )
         out = []
         for room_id, room_events in by_room.items():
             names: dict[str, str] = {}
@@ -356,14 +406,16 @@ class PusherSender:
             for event in room_events:
                 if event.sender not in names:
                     m = await self._rooms.get_membership(room_id, event.sender)
-                    names[event.sender] = (m.displayname if m and m.displayname
-                                           else event.sender)
-                mailed.append(MailedEvent(names[event.sender], _event_text(event),
-                                          event.origin_server_ts))
+                    names[event.sender] = m.displayname if m and m.displayname else event.sender
+                mailed.append(
+                    MailedEvent(names[event.sender], _event_text(event), event.origin_server_ts)
+                )
             room_state = state.get(room_id, {})
-            name = _state_field(room_state.get("m.room.name"), "name") or \
-                _state_field(room_state.get("m.room.canonical_alias"), "alias") or \
-                await self._room_fallback_name(room_id, user_id)
+            name = (
+                _state_field(room_state.get("m.room.name"), "name")
+                or _state_field(room_state.get("m.room.canonical_alias"), "alias")
+                or await self._room_fallback_name(room_id, user_id)
+            )
             out.append(MailedRoom(room_id, name, tuple(mailed)))
         return out
 
@@ -409,7 +461,10 @@ def _event_text(event: StoredEvent) -> str:
     if event.type == "m.room.encrypted":
         return "(encrypted message)"
     if event.type == "m.room.member":
-        return "invited you to the room" if event.content.get("membership") == "invite" \
+        return (
+            "invited you to the room"
+            if event.content.get("membership") == "invite"
             else "membership change"
+        )
     body = event.content.get("body")
     return body if isinstance(body, str) else f"({event.type})"

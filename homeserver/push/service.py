@@ -41,8 +41,9 @@ MAX_CACHED_USERS = 50_000
 class ServerAccountData(Protocol):
     """Where ``m.push_rules`` is written (AccountDataService)."""
 
-    async def set_server_account_data(self, user_id: str, room_id: str | None,
-                                      data_type: str, content: JsonDict) -> None: ...
+    async def set_server_account_data(
+        self, user_id: str, room_id: str | None, data_type: str, content: JsonDict
+    ) -> None: ...
 
 
 class PushRuleService:
@@ -77,8 +78,9 @@ class PushRuleService:
             stored = await self._store.get_user_rules(missing)
             for user_id in missing:
                 rules = stored.get(user_id)
-                compiled = self._default if rules is None else \
-                    CompiledRuleset(build_ruleset(rules, None))
+                compiled = (
+                    self._default if rules is None else CompiledRuleset(build_ruleset(rules, None))
+                )
                 self._compiled[user_id] = out[user_id] = compiled
         return out
 
@@ -92,8 +94,7 @@ class PushRuleService:
         """GET /pushrules/ and /pushrules/global/"""
         return ruleset_json(await self.ruleset(requester.user_id))
 
-    async def get_rule(self, requester: Requester, scope: str, kind: str,
-                       rule_id: str) -> PushRule:
+    async def get_rule(self, requester: Requester, scope: str, kind: str, rule_id: str) -> PushRule:
         check_scope(scope)
         check_kind(kind)
         rule = find_rule(await self.ruleset(requester.user_id), kind, rule_id)
@@ -101,8 +102,16 @@ class PushRuleService:
             raise MatrixError(Codes.NOT_FOUND, "The push rule was not found")
         return rule
 
-    async def put_rule(self, requester: Requester, scope: str, kind: str, rule_id: str,
-                       body: JsonDict, before: str | None, after: str | None) -> None:
+    async def put_rule(
+        self,
+        requester: Requester,
+        scope: str,
+        kind: str,
+        rule_id: str,
+        body: JsonDict,
+        before: str | None,
+        after: str | None,
+    ) -> None:
         """PUT /pushrules/global/{kind}/{ruleId}"""
         check_scope(scope)
         check_kind(kind)
@@ -120,19 +129,25 @@ class PushRuleService:
             pattern = check_pattern(body["pattern"])
         for relative in (before, after):
             if relative is not None and relative.startswith("."):
-                raise MatrixError(Codes.INVALID_PARAM, "Rules cannot be placed relative to "
-                                  "server-default rules")
-        missing = await self._store.put_rule(requester.user_id, kind, rule_id,
-                                             conditions=conditions, pattern=pattern,
-                                             actions=actions, before=before, after=after)
+                raise MatrixError(
+                    Codes.INVALID_PARAM, "Rules cannot be placed relative to server-default rules"
+                )
+        missing = await self._store.put_rule(
+            requester.user_id,
+            kind,
+            rule_id,
+            conditions=conditions,
+            pattern=pattern,
+            actions=actions,
+            before=before,
+            after=after,
+        )
         if missing is not None:
             # spec's own example: 400 M_UNKNOWN "before/after rule not found".
-            raise MatrixError(Codes.UNKNOWN, f"before/after rule not found: {missing}",
-                              status=400)
+            raise MatrixError(Codes.UNKNOWN, f"before/after rule not found: {missing}", status=400)
         await self._changed(requester.user_id)
 
-    async def delete_rule(self, requester: Requester, scope: str, kind: str,
-                          rule_id: str) -> None:
+    async def delete_rule(self, requester: Requester, scope: str, kind: str, rule_id: str) -> None:
         check_scope(scope)
         check_kind(kind)
         if rule_id.startswith("."):
@@ -142,25 +157,35 @@ class PushRuleService:
             raise MatrixError(Codes.NOT_FOUND, "The push rule was not found")
         await self._changed(requester.user_id)
 
-    async def set_enabled(self, requester: Requester, scope: str, kind: str, rule_id: str,
-                          enabled: bool) -> None:
+    async def set_enabled(
+        self, requester: Requester, scope: str, kind: str, rule_id: str, enabled: bool
+    ) -> None:
         await self._update(requester, scope, kind, rule_id, enabled=enabled)
 
-    async def set_actions(self, requester: Requester, scope: str, kind: str, rule_id: str,
-                          actions: Any) -> None:
-        await self._update(requester, scope, kind, rule_id,
-                           actions=normalize_actions(actions))
+    async def set_actions(
+        self, requester: Requester, scope: str, kind: str, rule_id: str, actions: Any
+    ) -> None:
+        await self._update(requester, scope, kind, rule_id, actions=normalize_actions(actions))
 
-    async def _update(self, requester: Requester, scope: str, kind: str, rule_id: str, *,
-                      enabled: bool | None = None, actions: Sequence[Any] | None = None
-                      ) -> None:
+    async def _update(
+        self,
+        requester: Requester,
+        scope: str,
+        kind: str,
+        rule_id: str,
+        *,
+        enabled: bool | None = None,
+        actions: Sequence[Any] | None = None,
+    ) -> None:
         check_scope(scope)
         check_kind(kind)
         if DEFAULT_RULE_KINDS.get(rule_id) == kind:
-            await self._store.change_default(requester.user_id, rule_id, enabled=enabled,
-                                             actions=actions)
+            await self._store.change_default(
+                requester.user_id, rule_id, enabled=enabled, actions=actions
+            )
         elif rule_id.startswith(".") or not await self._store.update_rule(
-                requester.user_id, kind, rule_id, enabled=enabled, actions=actions):
+            requester.user_id, kind, rule_id, enabled=enabled, actions=actions
+        ):
             raise MatrixError(Codes.NOT_FOUND, "The push rule was not found")
         await self._changed(requester.user_id)
 
@@ -178,10 +203,12 @@ class AccountDataWithPushRules:
         self._inner = inner
         self._rules = rules
 
-    async def global_events(self, requester: Requester, since: StreamToken | None,
-                            now: StreamToken) -> list[JsonDict]:
+    async def global_events(
+        self, requester: Requester, since: StreamToken | None, now: StreamToken
+    ) -> list[JsonDict]:
         events = await self._inner.global_events(requester, since, now)
         if since is None and not any(e.get("type") == PUSH_RULES for e in events):
-            events.append({"type": PUSH_RULES,
-                           "content": {"global": await self._rules.get_all(requester)}})
+            events.append(
+                {"type": PUSH_RULES, "content": {"global": await self._rules.get_all(requester)}}
+            )
         return events

@@ -21,15 +21,21 @@ PRESETS = ("private_chat", "public_chat", "trusted_private_chat")
 
 # spec, createRoom: the events each preset sets (join rules, history, guest access).
 _PRESET_STATE: dict[str, dict[str, JsonDict]] = {
-    "private_chat": {"m.room.join_rules": {"join_rule": "invite"},
-                     "m.room.history_visibility": {"history_visibility": "shared"},
-                     "m.room.guest_access": {"guest_access": "can_join"}},
-    "trusted_private_chat": {"m.room.join_rules": {"join_rule": "invite"},
-                             "m.room.history_visibility": {"history_visibility": "shared"},
-                             "m.room.guest_access": {"guest_access": "can_join"}},
-    "public_chat": {"m.room.join_rules": {"join_rule": "public"},
-                    "m.room.history_visibility": {"history_visibility": "shared"},
-                    "m.room.guest_access": {"guest_access": "forbidden"}},
+    "private_chat": {
+        "m.room.join_rules": {"join_rule": "invite"},
+        "m.room.history_visibility": {"history_visibility": "shared"},
+        "m.room.guest_access": {"guest_access": "can_join"},
+    },
+    "trusted_private_chat": {
+        "m.room.join_rules": {"join_rule": "invite"},
+        "m.room.history_visibility": {"history_visibility": "shared"},
+        "m.room.guest_access": {"guest_access": "can_join"},
+    },
+    "public_chat": {
+        "m.room.join_rules": {"join_rule": "public"},
+        "m.room.history_visibility": {"history_visibility": "shared"},
+        "m.room.guest_access": {"guest_access": "forbidden"},
+    },
 }
 
 
@@ -49,9 +55,16 @@ class CreateRoomRequest:
 
 
 class RoomCreator:
-    def __init__(self, sender: EventSender, rooms: RoomStore, memberships: MembershipService,
-                 directory: DirectoryService, server_name: str, default_version: str,
-                 clock: Clock) -> None:
+    def __init__(
+        self,
+        sender: EventSender,
+        rooms: RoomStore,
+        memberships: MembershipService,
+        directory: DirectoryService,
+        server_name: str,
+        default_version: str,
+        clock: Clock,
+    ) -> None:
         self._sender = sender
         self._rooms = rooms
         self._memberships = memberships
@@ -64,8 +77,9 @@ class RoomCreator:
         version_id = self._default_version if req.room_version is None else req.room_version
         version = KNOWN_ROOM_VERSIONS.get(version_id)
         if version is None:
-            raise MatrixError(Codes.UNSUPPORTED_ROOM_VERSION,
-                              f"Room version {version_id!r} is not supported")
+            raise MatrixError(
+                Codes.UNSUPPORTED_ROOM_VERSION, f"Room version {version_id!r} is not supported"
+            )
         preset = req.preset or ("public_chat" if req.visibility == "public" else "private_chat")
         invitees = [UserID.parse(u) for u in dict.fromkeys(req.invite)]
         for invitee in invitees:
@@ -79,8 +93,9 @@ class RoomCreator:
 
         creator = requester.user_id
         create_content = self._create_content(version, creator, req, preset, invitees)
-        power_levels = self._power_levels(version, creator, preset, invitees,
-                                          req.power_level_content_override)
+        power_levels = self._power_levels(
+            version, creator, preset, invitees, req.power_level_content_override
+        )
         setup = self._initial_state(req, preset, alias, power_levels)
         now = self._clock.now_ms()
         self._check_setup(version, creator, create_content, setup, invitees, now)
@@ -89,9 +104,11 @@ class RoomCreator:
             # creating two rooms alike in the same millisecond would get the same ID, so the
             # timestamp moves on until the ID is new.
             room_id, create_pdu, create_id = self._sender.build_create_event(
-                version, creator, create_content, now + attempt)
-            if await self._rooms.create_room(room_id, version.identifier, creator, now,
-                                             is_public=req.visibility == "public"):
+                version, creator, create_content, now + attempt
+            )
+            if await self._rooms.create_room(
+                room_id, version.identifier, creator, now, is_public=req.visibility == "public"
+            ):
                 break
         else:
             raise MatrixError(Codes.UNKNOWN, "Could not pick a room ID, try again", status=503)
@@ -105,52 +122,81 @@ class RoomCreator:
             await self._memberships.invite(requester, room_id, invitee, is_direct=req.is_direct)
         return room_id
 
-    def _initial_state(self, req: CreateRoomRequest, preset: str, alias: RoomAlias | None,
-                       power_levels: JsonDict) -> list[tuple[str, str, JsonDict]]:
+    def _initial_state(
+        self, req: CreateRoomRequest, preset: str, alias: RoomAlias | None, power_levels: JsonDict
+    ) -> list[tuple[str, str, JsonDict]]:
         """(type, state_key, content) of the state events after the creator's join, in order."""
         out: list[tuple[str, str, JsonDict]] = [("m.room.power_levels", "", power_levels)]
         if alias is not None:
             out.append(("m.room.canonical_alias", "", {"alias": alias}))
         initial = {(s["type"], s.get("state_key", "")): s["content"] for s in req.initial_state}
-        out += [(event_type, "", content) for event_type, content in _PRESET_STATE[preset].items()
-                if (event_type, "") not in initial]
-        out += [(event_type, state_key, content)
-                for (event_type, state_key), content in initial.items()]
+        out += [
+            (event_type, "", content)
+            for event_type, content in _PRESET_STATE[preset].items()
+            if (event_type, "") not in initial
+        ]
+        out += [
+            (event_type, state_key, content) for (event_type, state_key), content in initial.items()
+        ]
         if req.name is not None:
             out.append(("m.room.name", "", {"name": req.name}))
         if req.topic is not None:
             out.append(("m.room.topic", "", _topic_content(req.topic)))
         return out
 
-    def _check_setup(self, version: RoomVersion, creator: str, create_content: JsonDict,
-                     state: list[tuple[str, str, JsonDict]], invitees: list[UserID],
-                     now: int) -> None:
+    def _check_setup(
+        self,
+        version: RoomVersion,
+        creator: str,
+        create_content: JsonDict,
+        state: list[tuple[str, str, JsonDict]],
+        invitees: list[UserID],
+        now: int,
+    ) -> None:
         """Run the room's first events through the auth rules before any is stored: a room
         that cannot be set up as asked is refused whole, not left half made (spec, createRoom:
         400 M_INVALID_ROOM_STATE, e.g. power levels too low to set the name)."""
         room_id, create, create_id = self._sender.build_create_event(
-            version, creator, create_content, now)
+            version, creator, create_content, now
+        )
         auth_state: dict[tuple[str, str], JsonDict] = {("m.room.create", ""): create}
-        events = [("m.room.member", creator, {"membership": "join"}), *state,
-                  *(("m.room.member", str(u), {"membership": "invite"}) for u in invitees)]
+        events = [
+            ("m.room.member", creator, {"membership": "join"}),
+            *state,
+            *(("m.room.member", str(u), {"membership": "invite"}) for u in invitees),
+        ]
         for event_type, state_key, content in events:
-            pdu: JsonDict = {"room_id": room_id, "sender": creator, "type": event_type,
-                             "state_key": state_key, "content": content,
-                             "origin_server_ts": now, "prev_events": [create_id]}
+            pdu: JsonDict = {
+                "room_id": room_id,
+                "sender": creator,
+                "type": event_type,
+                "state_key": state_key,
+                "content": content,
+                "origin_server_ts": now,
+                "prev_events": [create_id],
+            }
             check_event_size_and_shape(pdu)
             try:
                 check_auth(version, pdu, auth_state, create_event=create)
             except MatrixError as e:
-                raise MatrixError(Codes.INVALID_ROOM_STATE,
-                                  f"Cannot send {event_type}: {e.message}") from e
+                raise MatrixError(
+                    Codes.INVALID_ROOM_STATE, f"Cannot send {event_type}: {e.message}"
+                ) from e
             auth_state[(event_type, state_key)] = pdu
 
-    async def _send_state(self, room_id: str, sender: str, event_type: str, content: JsonDict,
-                          state_key: str = "") -> None:
+    async def _send_state(
+        self, room_id: str, sender: str, event_type: str, content: JsonDict, state_key: str = ""
+    ) -> None:
         await self._sender.send(room_id, sender, event_type, content, state_key=state_key)
 
-    def _create_content(self, version: RoomVersion, creator: str, req: CreateRoomRequest,
-                        preset: str, invitees: list[UserID]) -> JsonDict:
+    def _create_content(
+        self,
+        version: RoomVersion,
+        creator: str,
+        req: CreateRoomRequest,
+        preset: str,
+        invitees: list[UserID],
+    ) -> JsonDict:
         content = dict(req.creation_content)
         content["room_version"] = version.identifier
         if version.creator_in_content:
@@ -163,8 +209,14 @@ class RoomCreator:
             content["additional_creators"] = list(dict.fromkeys([*extra, *invitees]))
         return content
 
-    def _power_levels(self, version: RoomVersion, creator: str, preset: str,
-                      invitees: list[UserID], override: JsonDict | None) -> JsonDict:
+    def _power_levels(
+        self,
+        version: RoomVersion,
+        creator: str,
+        preset: str,
+        invitees: list[UserID],
+        override: JsonDict | None,
+    ) -> JsonDict:
         users: dict[str, int] = {}
         if not version.creators_have_infinite_power:
             # str(): orjson refuses str subclasses (UserID) as keys.
@@ -172,13 +224,26 @@ class RoomCreator:
             if preset == "trusted_private_chat":
                 users.update({str(u): 100 for u in invitees})
         content: JsonDict = {
-            "users": users, "users_default": 0,
-            "events": {"m.room.name": 50, "m.room.power_levels": 100,
-                       "m.room.history_visibility": 100, "m.room.canonical_alias": 50,
-                       "m.room.avatar": 50, "m.room.tombstone": 100, "m.room.server_acl": 100,
-                       "m.room.encryption": 100, "m.room.topic": 50},
-            "events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50,
-            "invite": 50 if preset == "public_chat" else 0, "notifications": {"room": 50},
+            "users": users,
+            "users_default": 0,
+            "events": {
+                "m.room.name": 50,
+                "m.room.power_levels": 100,
+                "m.room.history_visibility": 100,
+                "m.room.canonical_alias": 50,
+                "m.room.avatar": 50,
+                "m.room.tombstone": 100,
+                "m.room.server_acl": 100,
+                "m.room.encryption": 100,
+                "m.room.topic": 50,
+            },
+            "events_default": 0,
+            "state_default": 50,
+            "ban": 50,
+            "kick": 50,
+            "redact": 50,
+            "invite": 50 if preset == "public_chat" else 0,
+            "notifications": {"room": 50},
         }
         if version.creators_have_infinite_power:
             content["events"]["m.room.tombstone"] = 150  # v12: upgrades are for creators

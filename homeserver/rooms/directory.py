@@ -12,9 +12,16 @@ from homeserver.storage.rooms import RoomStore
 from homeserver.types import JsonDict, Requester
 
 MAX_PUBLIC_ROOMS_LIMIT = 500
-_DIRECTORY_STATE = ("m.room.name", "m.room.topic", "m.room.avatar", "m.room.canonical_alias",
-                    "m.room.join_rules", "m.room.history_visibility", "m.room.guest_access",
-                    "m.room.create")
+_DIRECTORY_STATE = (
+    "m.room.name",
+    "m.room.topic",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.join_rules",
+    "m.room.history_visibility",
+    "m.room.guest_access",
+    "m.room.create",
+)
 
 
 class DirectoryService:
@@ -35,8 +42,9 @@ class DirectoryService:
         if await self._rooms.get_alias(alias) is not None:
             raise MatrixError(Codes.ROOM_IN_USE, "Room alias already taken")
 
-    async def create_alias(self, requester: Requester, alias: RoomAlias, room_id: str, *,
-                           check_power: bool = True) -> None:
+    async def create_alias(
+        self, requester: Requester, alias: RoomAlias, room_id: str, *, check_power: bool = True
+    ) -> None:
         if alias.server_name != self._server_name:
             raise MatrixError(Codes.INVALID_PARAM, "Aliases must be on this server")
         if await self._rooms.get_room(room_id) is None:
@@ -70,8 +78,7 @@ class DirectoryService:
             raise MatrixError(Codes.NOT_FOUND, f"Room alias {alias} not found")
         room_id, creator = found
         if creator != requester.user_id and not requester.is_admin:
-            if not await self.can_send_state(requester.user_id, room_id,
-                                             "m.room.canonical_alias"):
+            if not await self.can_send_state(requester.user_id, room_id, "m.room.canonical_alias"):
                 raise MatrixError(Codes.FORBIDDEN, "You may not delete this alias")
         await self._rooms.delete_alias(alias)
 
@@ -86,8 +93,9 @@ class DirectoryService:
         version = KNOWN_ROOM_VERSIONS[room.room_version]
         pl = await self._events.get_current_state_event(room_id, "m.room.power_levels", "")
         create = await self._events.get_current_state_event(room_id, "m.room.create", "")
-        level = get_user_power_level(version, user_id, pl.content if pl else None,
-                                     create.pdu if create else None)
+        level = get_user_power_level(
+            version, user_id, pl.content if pl else None, create.pdu if create else None
+        )
         return level >= get_send_level(version, event_type, True, pl.content if pl else None)
 
     async def _require_member_or_world_readable(self, user_id: str, room_id: str) -> None:
@@ -98,8 +106,7 @@ class DirectoryService:
         m = await self._rooms.get_membership(room_id, user_id)
         if m is not None and m.membership == "join":
             return
-        hv = await self._events.get_current_state_event(room_id, "m.room.history_visibility",
-                                                        "")
+        hv = await self._events.get_current_state_event(room_id, "m.room.history_visibility", "")
         if hv is None or hv.content.get("history_visibility") != "world_readable":
             raise MatrixError(Codes.FORBIDDEN, "You are not in this room")
 
@@ -115,23 +122,33 @@ class DirectoryService:
         if await self._rooms.get_room(room_id) is None:
             raise MatrixError(Codes.NOT_FOUND, "Unknown room")
         if not requester.is_admin and not await self.can_send_state(
-                requester.user_id, room_id, "m.room.canonical_alias"):
+            requester.user_id, room_id, "m.room.canonical_alias"
+        ):
             raise MatrixError(Codes.FORBIDDEN, "You may not change this room's visibility")
         await self._rooms.set_public(room_id, visibility == "public")
 
-    async def public_rooms(self, *, limit: int | None, since: str | None,
-                           search_term: str | None,
-                           room_types: tuple[str | None, ...] | None) -> JsonDict:
+    async def public_rooms(
+        self,
+        *,
+        limit: int | None,
+        since: str | None,
+        search_term: str | None,
+        room_types: tuple[str | None, ...] | None,
+    ) -> JsonDict:
         rooms = await self._rooms.get_public_room_ids()
         contents = await self._rooms.get_current_state_contents(
-            [r for r, _ in rooms], _DIRECTORY_STATE)
-        chunk = [entry for room_id, joined in rooms
-                 if (entry := _directory_entry(room_id, joined, contents.get(room_id, {})))
-                 is not None and _matches(entry, search_term)
-                 and (room_types is None or entry.get("room_type") in room_types)]
+            [r for r, _ in rooms], _DIRECTORY_STATE
+        )
+        chunk = [
+            entry
+            for room_id, joined in rooms
+            if (entry := _directory_entry(room_id, joined, contents.get(room_id, {}))) is not None
+            and _matches(entry, search_term)
+            and (room_types is None or entry.get("room_type") in room_types)
+        ]
         offset = _parse_since(since)
         limit = MAX_PUBLIC_ROOMS_LIMIT if limit is None else min(limit, MAX_PUBLIC_ROOMS_LIMIT)
-        page = chunk[offset:offset + limit]
+        page = chunk[offset : offset + limit]
         out: JsonDict = {"chunk": page, "total_room_count_estimate": len(chunk)}
         if limit > 0 and offset + limit < len(chunk):
             out["next_batch"] = f"p{offset + limit}"
@@ -154,16 +171,17 @@ def _directory_entry(room_id: str, joined: int, state: dict[str, str]) -> JsonDi
     entry: JsonDict = {
         "room_id": room_id,
         "num_joined_members": joined,
-        "world_readable": content.get("m.room.history_visibility", {}).get(
-            "history_visibility") == "world_readable",
-        "guest_can_join": content.get("m.room.guest_access", {}).get(
-            "guest_access") == "can_join",
+        "world_readable": content.get("m.room.history_visibility", {}).get("history_visibility")
+        == "world_readable",
+        "guest_can_join": content.get("m.room.guest_access", {}).get("guest_access") == "can_join",
         "join_rule": join_rule,
     }
-    for key, event_type, field in (("name", "m.room.name", "name"),
-                                   ("topic", "m.room.topic", "topic"),
-                                   ("avatar_url", "m.room.avatar", "url"),
-                                   ("canonical_alias", "m.room.canonical_alias", "alias")):
+    for key, event_type, field in (
+        ("name", "m.room.name", "name"),
+        ("topic", "m.room.topic", "topic"),
+        ("avatar_url", "m.room.avatar", "url"),
+        ("canonical_alias", "m.room.canonical_alias", "alias"),
+    ):
         value = content.get(event_type, {}).get(field)
         if isinstance(value, str) and value:
             entry[key] = value
@@ -177,5 +195,7 @@ def _matches(entry: JsonDict, term: str | None) -> bool:
     if not term:
         return True
     needle = term.casefold()
-    return any(needle in str(entry.get(k, "")).casefold()
-               for k in ("name", "topic", "canonical_alias", "room_id"))
+    return any(
+        needle in str(entry.get(k, "")).casefold()
+        for k in ("name", "topic", "canonical_alias", "room_id")
+    )

@@ -15,8 +15,9 @@ ProfileLookup = Callable[[str], Awaitable[tuple[str | None, str | None] | None]]
 
 
 class MembershipService:
-    def __init__(self, sender: EventSender, rooms: RoomStore, server_name: str,
-                 profile_of: ProfileLookup) -> None:
+    def __init__(
+        self, sender: EventSender, rooms: RoomStore, server_name: str, profile_of: ProfileLookup
+    ) -> None:
         self._sender = sender
         self._rooms = rooms
         self._server_name = server_name
@@ -24,15 +25,18 @@ class MembershipService:
 
     async def check_invitable(self, user_id: UserID) -> None:
         if user_id.server_name != self._server_name:
-            raise MatrixError(Codes.FORBIDDEN,
-                              "Inviting users of other servers needs federation, which this "
-                              "server does not run yet")
+            raise MatrixError(
+                Codes.FORBIDDEN,
+                "Inviting users of other servers needs federation, which this "
+                "server does not run yet",
+            )
         if await self._profile_of(user_id) is None:
             # 400: createRoom and /invite document no 404 ("the request is invalid").
             raise MatrixError(Codes.INVALID_PARAM, f"Unknown user {user_id}")
 
-    async def _member_content(self, user_id: str, membership: str, reason: str | None,
-                              **extra: object) -> JsonDict:
+    async def _member_content(
+        self, user_id: str, membership: str, reason: str | None, **extra: object
+    ) -> JsonDict:
         content: JsonDict = {"membership": membership}
         if membership in ("join", "invite", "knock"):
             profile = await self._profile_of(user_id)
@@ -51,39 +55,57 @@ class MembershipService:
         if await self._rooms.get_room(room_id) is None:
             raise MatrixError(Codes.NOT_FOUND, "Unknown room")
 
-    async def send_own_membership(self, room_id: str, user_id: str, membership: str,
-                                  reason: str | None = None) -> SentEvent:
+    async def send_own_membership(
+        self, room_id: str, user_id: str, membership: str, reason: str | None = None
+    ) -> SentEvent:
         content = await self._member_content(user_id, membership, reason)
-        return await self._sender.send(room_id, user_id, "m.room.member", content,
-                                       state_key=user_id)
+        return await self._sender.send(
+            room_id, user_id, "m.room.member", content, state_key=user_id
+        )
 
-    async def join(self, requester: Requester, room_id: str, reason: str | None = None
-                   ) -> SentEvent:
+    async def join(
+        self, requester: Requester, room_id: str, reason: str | None = None
+    ) -> SentEvent:
         await self._require_room(room_id)
         return await self.send_own_membership(room_id, requester.user_id, "join", reason)
 
-    async def knock(self, requester: Requester, room_id: str, reason: str | None = None
-                    ) -> SentEvent:
+    async def knock(
+        self, requester: Requester, room_id: str, reason: str | None = None
+    ) -> SentEvent:
         """The auth rules decide: a `knock` or `knock_restricted` join rule, and the user
         neither joined, invited nor banned (spec: "Knocking on rooms")."""
         await self._require_room(room_id)
         return await self.send_own_membership(room_id, requester.user_id, "knock", reason)
 
-    async def invite(self, requester: Requester, room_id: str, target: UserID, *,
-                     reason: str | None = None, is_direct: bool = False) -> SentEvent:
+    async def invite(
+        self,
+        requester: Requester,
+        room_id: str,
+        target: UserID,
+        *,
+        reason: str | None = None,
+        is_direct: bool = False,
+    ) -> SentEvent:
         await self._require_room(room_id)
         await self.check_invitable(target)
         current = await self._rooms.get_membership(room_id, target)
         if current is not None and current.membership in ("join", "ban"):
-            raise MatrixError(Codes.FORBIDDEN, f"{target} is already {current.membership}ed"
-                              if current.membership == "join" else f"{target} is banned")
-        content = await self._member_content(target, "invite", reason,
-                                             is_direct=True if is_direct else None)
-        return await self._sender.send(room_id, requester.user_id, "m.room.member", content,
-                                       state_key=target)
+            raise MatrixError(
+                Codes.FORBIDDEN,
+                f"{target} is already {current.membership}ed"
+                if current.membership == "join"
+                else f"{target} is banned",
+            )
+        content = await self._member_content(
+            target, "invite", reason, is_direct=True if is_direct else None
+        )
+        return await self._sender.send(
+            room_id, requester.user_id, "m.room.member", content, state_key=target
+        )
 
-    async def leave(self, requester: Requester, room_id: str, reason: str | None = None
-                    ) -> SentEvent | None:
+    async def leave(
+        self, requester: Requester, room_id: str, reason: str | None = None
+    ) -> SentEvent | None:
         await self._require_room(room_id)
         current = await self._rooms.get_membership(room_id, requester.user_id)
         if current is None or current.membership in ("leave", "ban"):
@@ -92,29 +114,39 @@ class MembershipService:
             raise MatrixError(Codes.FORBIDDEN, "You are not in this room")
         return await self.send_own_membership(room_id, requester.user_id, "leave", reason)
 
-    async def set_membership_of(self, requester: Requester, room_id: str, target: UserID,
-                                membership: str, reason: str | None) -> SentEvent:
+    async def set_membership_of(
+        self,
+        requester: Requester,
+        room_id: str,
+        target: UserID,
+        membership: str,
+        reason: str | None,
+    ) -> SentEvent:
         """kick (leave), ban and unban (leave) of another user, checked by the auth rules."""
         await self._require_room(room_id)
         current = await self._rooms.get_membership(room_id, target)
         # spec, kick: "the kickee is not currently in the room" is a 403; a kick also revokes
         # an invite or refuses a knock, but never lifts a ban (that is /unban).
-        if membership == "leave" and (current is None
-                                      or current.membership not in ("join", "invite", "knock")):
+        if membership == "leave" and (
+            current is None or current.membership not in ("join", "invite", "knock")
+        ):
             raise MatrixError(Codes.FORBIDDEN, f"{target} is not in this room")
         content = await self._member_content(target, membership, reason)
-        return await self._sender.send(room_id, requester.user_id, "m.room.member", content,
-                                       state_key=target)
+        return await self._sender.send(
+            room_id, requester.user_id, "m.room.member", content, state_key=target
+        )
 
-    async def unban(self, requester: Requester, room_id: str, target: UserID,
-                    reason: str | None) -> SentEvent:
+    async def unban(
+        self, requester: Requester, room_id: str, target: UserID, reason: str | None
+    ) -> SentEvent:
         await self._require_room(room_id)
         current = await self._rooms.get_membership(room_id, target)
         if current is None or current.membership != "ban":
             raise MatrixError(Codes.FORBIDDEN, f"{target} is not banned")
         content = await self._member_content(target, "leave", reason)
-        return await self._sender.send(room_id, requester.user_id, "m.room.member", content,
-                                       state_key=target)
+        return await self._sender.send(
+            room_id, requester.user_id, "m.room.member", content, state_key=target
+        )
 
     async def forget(self, requester: Requester, room_id: str) -> None:
         current = await self._rooms.get_membership(room_id, requester.user_id)
@@ -125,8 +157,9 @@ class MembershipService:
         await self._rooms.set_forgotten(room_id, requester.user_id)
 
     async def joined_rooms(self, requester: Requester) -> list[str]:
-        return sorted(m.room_id for m in await self._rooms.get_user_memberships(
-            requester.user_id, ["join"]))
+        return sorted(
+            m.room_id for m in await self._rooms.get_user_memberships(requester.user_id, ["join"])
+        )
 
     async def update_profile_everywhere(self, user_id: str) -> None:
         """Send a fresh join event into every joined room after a profile change."""

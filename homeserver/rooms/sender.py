@@ -55,14 +55,26 @@ class Txn:
 class PushActions(Protocol):
     """Evaluates the members' push rules for an event about to be persisted (issue 6)."""
 
-    async def actions_for(self, room: Room, pdu: JsonDict, event_id: str,
-                          auth_events: Mapping[tuple[str, str], JsonDict],
-                          create: JsonDict | None) -> tuple[PushAction, ...]: ...
+    async def actions_for(
+        self,
+        room: Room,
+        pdu: JsonDict,
+        event_id: str,
+        auth_events: Mapping[tuple[str, str], JsonDict],
+        create: JsonDict | None,
+    ) -> tuple[PushAction, ...]: ...
 
 
 class EventSender:
-    def __init__(self, events: EventStore, rooms: RoomStore, notifier: Notifier, clock: Clock,
-                 server_name: str, signing_key: SigningKey) -> None:
+    def __init__(
+        self,
+        events: EventStore,
+        rooms: RoomStore,
+        notifier: Notifier,
+        clock: Clock,
+        server_name: str,
+        signing_key: SigningKey,
+    ) -> None:
         self._events = events
         self._rooms = rooms
         self._notifier = notifier
@@ -90,12 +102,18 @@ class EventSender:
             raise MatrixError(Codes.TOO_LARGE, f"Event is larger than {MAX_PDU_BYTES} bytes")
         return compute_event_id(pdu, version)
 
-    def build_create_event(self, version: RoomVersion, sender: str, content: JsonDict,
-                           origin_server_ts: int) -> tuple[str, JsonDict, str]:
+    def build_create_event(
+        self, version: RoomVersion, sender: str, content: JsonDict, origin_server_ts: int
+    ) -> tuple[str, JsonDict, str]:
         """(room_id, pdu, event_id) of a new room's ``m.room.create`` event."""
         pdu: JsonDict = {
-            "type": "m.room.create", "state_key": "", "sender": sender, "content": content,
-            "origin_server_ts": origin_server_ts, "depth": 1, "prev_events": [],
+            "type": "m.room.create",
+            "state_key": "",
+            "sender": sender,
+            "content": content,
+            "origin_server_ts": origin_server_ts,
+            "depth": 1,
+            "prev_events": [],
             "auth_events": [],
         }
         if version.room_id_is_create_event_hash:
@@ -111,16 +129,26 @@ class EventSender:
 
     async def persist_create_event(self, room_id: str, pdu: JsonDict, event_id: str) -> SentEvent:
         position = await self._events.persist_event(
-            NewEvent(pdu, event_id, room_id, {}), expected_latest=None)
+            NewEvent(pdu, event_id, room_id, {}), expected_latest=None
+        )
         if position is None:
             raise MatrixError(Codes.ROOM_IN_USE, "Room already exists")
-        await self._notifier.notify(Stream.EVENTS, position, room_id=room_id,
-                                    user_ids=(pdu["sender"],))
+        await self._notifier.notify(
+            Stream.EVENTS, position, room_id=room_id, user_ids=(pdu["sender"],)
+        )
         return SentEvent(event_id, position)
 
-    async def send(self, room_id: str, sender: str, event_type: str, content: JsonDict, *,
-                   state_key: str | None = None, txn: Txn | None = None,
-                   redacts: str | None = None) -> SentEvent:
+    async def send(
+        self,
+        room_id: str,
+        sender: str,
+        event_type: str,
+        content: JsonDict,
+        *,
+        state_key: str | None = None,
+        txn: Txn | None = None,
+        redacts: str | None = None,
+    ) -> SentEvent:
         """Build the next event of the room on its current state, check it, persist it."""
         lock = self._locks.get(room_id)
         if lock is None:
@@ -133,8 +161,9 @@ class EventSender:
                     if room is None or room.current_state_group is None:
                         raise MatrixError(Codes.NOT_FOUND, "Unknown room")
                 async with self._events.pinned_reads():  # one connection for its reads
-                    new = await self._build(room, sender, event_type, content, state_key, txn,
-                                            redacts)
+                    new = await self._build(
+                        room, sender, event_type, content, state_key, txn, redacts
+                    )
                 try:
                     position = await self._events.persist_event(new, room.latest_event_id)
                 except DuplicateTxn:
@@ -149,26 +178,32 @@ class EventSender:
                     break
                 self._heads.pop(room_id, None)
             else:
-                raise MatrixError(Codes.UNKNOWN, "The room is too busy, try again",
-                                  status=503)
+                raise MatrixError(Codes.UNKNOWN, "The room is too busy, try again", status=503)
             if state_key is None:
-                self._heads[room_id] = replace(room, latest_event_id=new.event_id,
-                                               current_depth=new.pdu["depth"])
+                self._heads[room_id] = replace(
+                    room, latest_event_id=new.event_id, current_depth=new.pdu["depth"]
+                )
             else:  # a new state group, which only the store knows: read the room next time
                 self._heads.pop(room_id, None)
         concerned = (state_key,) if event_type == "m.room.member" and state_key else ()
-        await self._notifier.notify(Stream.EVENTS, position, room_id=room_id,
-                                    user_ids=concerned)
+        await self._notifier.notify(Stream.EVENTS, position, room_id=room_id, user_ids=concerned)
         return SentEvent(new.event_id, position)
 
     async def _known_txn(self, sender: str, txn: Txn) -> SentEvent | None:
-        event_id = await self._events.get_txn_event_id(sender, txn.device_id, txn.scope,
-                                                       txn.txn_id)
+        event_id = await self._events.get_txn_event_id(sender, txn.device_id, txn.scope, txn.txn_id)
         event = await self._events.get_event(event_id) if event_id is not None else None
         return SentEvent(event.event_id, event.stream_ordering) if event is not None else None
 
-    async def _build(self, room: Room, sender: str, event_type: str, content: JsonDict,
-                     state_key: str | None, txn: Txn | None, redacts: str | None) -> NewEvent:
+    async def _build(
+        self,
+        room: Room,
+        sender: str,
+        event_type: str,
+        content: JsonDict,
+        state_key: str | None,
+        txn: Txn | None,
+        redacts: str | None,
+    ) -> NewEvent:
         version = self.version(room)
         assert room.current_state_group is not None
         state = await self._events.get_state_ids(room.current_state_group)
@@ -176,11 +211,17 @@ class EventSender:
         auth_ids = [state[k] for k in wanted if k in state]
         create_id = state.get(("m.room.create", ""))
         loaded = await self._events.get_events(
-            [*auth_ids, create_id] if create_id is not None else auth_ids)
+            [*auth_ids, create_id] if create_id is not None else auth_ids
+        )
         pdu: JsonDict = {
-            "room_id": room.room_id, "sender": sender, "type": event_type, "content": content,
-            "origin_server_ts": self._clock.now_ms(), "depth": room.current_depth + 1,
-            "prev_events": [room.latest_event_id], "auth_events": auth_ids,
+            "room_id": room.room_id,
+            "sender": sender,
+            "type": event_type,
+            "content": content,
+            "origin_server_ts": self._clock.now_ms(),
+            "depth": room.current_depth + 1,
+            "prev_events": [room.latest_event_id],
+            "auth_events": auth_ids,
         }
         if state_key is not None:
             pdu["state_key"] = state_key
@@ -191,9 +232,11 @@ class EventSender:
                 pdu["redacts"] = redacts
         check_event_size_and_shape(pdu)
         # A redacted auth event counts in its redacted form, as every server sees it.
-        auth_events = {(e.type, e.state_key or ""):
-                       e.pdu if e.redacted_by is None else redact(e.pdu, version)
-                       for e in loaded.values() if e.event_id in auth_ids}
+        auth_events = {
+            (e.type, e.state_key or ""): e.pdu if e.redacted_by is None else redact(e.pdu, version)
+            for e in loaded.values()
+            if e.event_id in auth_ids
+        }
         create = loaded[create_id].pdu if create_id in loaded else None
         check_auth(version, pdu, auth_events, create_event=create)
         event_id = self._finish(pdu, version)
@@ -206,12 +249,21 @@ class EventSender:
                 if previous is not None:
                     unsigned["prev_content"] = previous.content
                     unsigned["prev_sender"] = previous.sender
-        push_actions = await self._push.actions_for(room, pdu, event_id, auth_events, create) \
-            if self._push is not None else ()
-        return NewEvent(pdu, event_id, room.room_id, unsigned,
-                        device_id=txn.device_id if txn else None,
-                        txn_id=txn.txn_id if txn else None,
-                        txn_scope=txn.scope if txn else None, push_actions=push_actions)
+        push_actions = (
+            await self._push.actions_for(room, pdu, event_id, auth_events, create)
+            if self._push is not None
+            else ()
+        )
+        return NewEvent(
+            pdu,
+            event_id,
+            room.room_id,
+            unsigned,
+            device_id=txn.device_id if txn else None,
+            txn_id=txn.txn_id if txn else None,
+            txn_scope=txn.scope if txn else None,
+            push_actions=push_actions,
+        )
 
 
 def _random_room_id(server_name: str) -> str:

@@ -8,9 +8,15 @@ from homeserver.storage.events import StoredEvent
 from homeserver.types import JsonDict, Requester
 
 
-def client_event(event: StoredEvent, now_ms: int, room_version: str, *,
-                 requester: Requester | None = None, redaction: StoredEvent | None = None,
-                 with_room_id: bool = True) -> JsonDict:
+def client_event(
+    event: StoredEvent,
+    now_ms: int,
+    room_version: str,
+    *,
+    requester: Requester | None = None,
+    redaction: StoredEvent | None = None,
+    with_room_id: bool = True,
+) -> JsonDict:
     """``redaction`` is the event that redacted this one, if ``redacted_by`` is set."""
     pdu = event.pdu
     content = pdu.get("content", {})
@@ -33,11 +39,16 @@ def client_event(event: StoredEvent, now_ms: int, room_version: str, *,
         out["redacts"] = content["redacts"]  # spec: v11+ clients may still read it at the top
     unsigned: JsonDict = dict(event.unsigned)
     unsigned["age"] = max(0, now_ms - event.origin_server_ts)
-    if (requester is not None and event.txn_id is not None and event.sender == requester.user_id
-            and event.device_id == requester.device_id):
+    if (
+        requester is not None
+        and event.txn_id is not None
+        and event.sender == requester.user_id
+        and event.device_id == requester.device_id
+    ):
         unsigned["transaction_id"] = event.txn_id
     if event.redacted_by is not None and redaction is not None:
-        unsigned["redacted_because"] = client_event(redaction, now_ms, room_version,
-                                                    with_room_id=with_room_id)
+        unsigned["redacted_because"] = client_event(
+            redaction, now_ms, room_version, with_room_id=with_room_id
+        )
     out["unsigned"] = unsigned
     return out

@@ -48,9 +48,16 @@ def parse_position(token: str) -> int:
 
 
 class RoomService:
-    def __init__(self, sender: EventSender, events: EventStore, rooms: RoomStore,
-                 visibility: Visibility, clock: Clock, *,
-                 aggregations: Aggregations | None = None) -> None:
+    def __init__(
+        self,
+        sender: EventSender,
+        events: EventStore,
+        rooms: RoomStore,
+        visibility: Visibility,
+        clock: Clock,
+        *,
+        aggregations: Aggregations | None = None,
+    ) -> None:
         self._sender = sender
         self._events = events
         self._rooms = rooms
@@ -65,8 +72,9 @@ class RoomService:
 
     # --- sending ---------------------------------------------------------------------------
 
-    async def send_event(self, requester: Requester, room_id: str, event_type: str,
-                         txn_id: str, content: JsonDict) -> str:
+    async def send_event(
+        self, requester: Requester, room_id: str, event_type: str, txn_id: str, content: JsonDict
+    ) -> str:
         """PUT /send: idempotent per device and transaction ID.
 
         A retry is not looked for up front (a read on every send for the odd retry): its
@@ -79,24 +87,33 @@ class RoomService:
             async with self._events.pinned_reads():
                 check_json_numbers(content, "content")
                 if event_type == _MEMBERSHIP:
-                    raise MatrixError(Codes.FORBIDDEN,
-                                      "Use the membership endpoints for m.room.member")
+                    raise MatrixError(
+                        Codes.FORBIDDEN, "Use the membership endpoints for m.room.member"
+                    )
                 await self._require_joined(requester.user_id, room_id)
                 if self._aggregations is not None:
-                    await self._aggregations.check_new_relation(requester.user_id, room_id,
-                                                                event_type, content)
-            sent = await self._sender.send(room_id, requester.user_id, event_type, content,
-                                           txn=Txn(requester.device_id, txn_id, scope))
+                    await self._aggregations.check_new_relation(
+                        requester.user_id, room_id, event_type, content
+                    )
+            sent = await self._sender.send(
+                room_id,
+                requester.user_id,
+                event_type,
+                content,
+                txn=Txn(requester.device_id, txn_id, scope),
+            )
         except MatrixError:
-            known = await self._events.get_txn_event_id(requester.user_id,
-                                                        requester.device_id, scope, txn_id)
+            known = await self._events.get_txn_event_id(
+                requester.user_id, requester.device_id, scope, txn_id
+            )
             if known is None:
                 raise
             return known
         return sent.event_id
 
-    async def set_state(self, requester: Requester, room_id: str, event_type: str,
-                        state_key: str, content: JsonDict) -> str:
+    async def set_state(
+        self, requester: Requester, room_id: str, event_type: str, state_key: str, content: JsonDict
+    ) -> str:
         check_json_numbers(content, "content")
         if event_type == _MEMBERSHIP:
             raise MatrixError(Codes.FORBIDDEN, "Use the membership endpoints for m.room.member")
@@ -107,15 +124,18 @@ class RoomService:
         if current is not None and current.content == content and current.redacted_by is None:
             # Same content: no new event (as current servers do, and clients rely on).
             return current.event_id
-        sent = await self._sender.send(room_id, requester.user_id, event_type, content,
-                                       state_key=state_key)
+        sent = await self._sender.send(
+            room_id, requester.user_id, event_type, content, state_key=state_key
+        )
         return sent.event_id
 
-    async def redact(self, requester: Requester, room_id: str, event_id: str, txn_id: str,
-                     reason: str | None) -> str:
+    async def redact(
+        self, requester: Requester, room_id: str, event_id: str, txn_id: str, reason: str | None
+    ) -> str:
         scope = f"redact:{room_id}"
-        known = await self._events.get_txn_event_id(requester.user_id, requester.device_id,
-                                                    scope, txn_id)
+        known = await self._events.get_txn_event_id(
+            requester.user_id, requester.device_id, scope, txn_id
+        )
         if known is not None:
             return known
         await self._require_joined(requester.user_id, room_id)
@@ -125,13 +145,23 @@ class RoomService:
         version = KNOWN_ROOM_VERSIONS[await self.room_version(room_id)]
         pl = await self._events.get_current_state_event(room_id, "m.room.power_levels", "")
         create = await self._events.get_current_state_event(room_id, "m.room.create", "")
-        if not client_can_redact(version, requester.user_id, target.sender,
-                                 pl.content if pl else None, create.pdu if create else None):
+        if not client_can_redact(
+            version,
+            requester.user_id,
+            target.sender,
+            pl.content if pl else None,
+            create.pdu if create else None,
+        ):
             raise MatrixError(Codes.FORBIDDEN, "You may not redact this event")
         content: JsonDict = {"reason": reason} if reason is not None else {}
-        sent = await self._sender.send(room_id, requester.user_id, "m.room.redaction", content,
-                                       txn=Txn(requester.device_id, txn_id, scope),
-                                       redacts=event_id)
+        sent = await self._sender.send(
+            room_id,
+            requester.user_id,
+            "m.room.redaction",
+            content,
+            txn=Txn(requester.device_id, txn_id, scope),
+            redacts=event_id,
+        )
         return sent.event_id
 
     async def _require_joined(self, user_id: str, room_id: str) -> None:
@@ -143,8 +173,9 @@ class RoomService:
 
     # --- reading ---------------------------------------------------------------------------
 
-    async def _access(self, user_id: str, room_id: str, *, allow_departed: bool = True
-                      ) -> tuple[Room, Membership | None]:
+    async def _access(
+        self, user_id: str, room_id: str, *, allow_departed: bool = True
+    ) -> tuple[Room, Membership | None]:
         """The room, and the user's membership; M_FORBIDDEN if they may see nothing in it.
 
         Members, and (``allow_departed``) users who left, who see the room as of their leave.
@@ -157,7 +188,8 @@ class RoomService:
         allowed = ("join", "leave", "ban") if allow_departed else ("join",)
         if m is None or m.membership not in allowed:
             hv = await self._events.get_current_state_event(
-                room_id, "m.room.history_visibility", "")
+                room_id, "m.room.history_visibility", ""
+            )
             if hv is None or hv.content.get("history_visibility") != "world_readable":
                 raise MatrixError(Codes.FORBIDDEN, "You are not in this room")
         return room, m
@@ -168,39 +200,57 @@ class RoomService:
             return m.stream_ordering
         return None
 
-    async def serialize(self, requester: Requester, events: Sequence[StoredEvent],
-                        room_version: str, *, with_room_id: bool = True,
-                        may_have_children: bool = True) -> list[JsonDict]:
+    async def serialize(
+        self,
+        requester: Requester,
+        events: Sequence[StoredEvent],
+        room_version: str,
+        *,
+        with_room_id: bool = True,
+        may_have_children: bool = True,
+    ) -> list[JsonDict]:
         """Client events; ``may_have_children`` False: the caller knows that none of them has
         a child event, so there is nothing to bundle (and no need to look)."""
         redaction_ids = [e.redacted_by for e in events if e.redacted_by is not None]
         redactions = await self._events.get_events(redaction_ids) if redaction_ids else {}
         now = self._clock.now_ms()
-        out = [client_event(e, now, room_version, requester=requester,
-                            redaction=redactions.get(e.redacted_by) if e.redacted_by else None,
-                            with_room_id=with_room_id) for e in events]
+        out = [
+            client_event(
+                e,
+                now,
+                room_version,
+                requester=requester,
+                redaction=redactions.get(e.redacted_by) if e.redacted_by else None,
+                with_room_id=with_room_id,
+            )
+            for e in events
+        ]
         if self._aggregations is not None and may_have_children:
             # spec: "Aggregations of child events"
-            bundles = await self._aggregations.bundle(requester, events, room_version,
-                                                      with_room_id=with_room_id)
+            bundles = await self._aggregations.bundle(
+                requester, events, room_version, with_room_id=with_room_id
+            )
             for event, serialized in zip(events, out, strict=True):
                 if event.event_id in bundles:
                     serialized["unsigned"]["m.relations"] = bundles[event.event_id]
         return out
 
-    async def access(self, requester: Requester, room_id: str
-                     ) -> tuple[Room, Membership | None]:
+    async def access(self, requester: Requester, room_id: str) -> tuple[Room, Membership | None]:
         """The room and the requester's membership; M_FORBIDDEN if they may see nothing."""
         return await self._access(requester.user_id, room_id)
 
-    async def visible_event(self, requester: Requester, room_id: str, event_id: str
-                            ) -> tuple[Room, Membership | None, StoredEvent]:
+    async def visible_event(
+        self, requester: Requester, room_id: str, event_id: str
+    ) -> tuple[Room, Membership | None, StoredEvent]:
         """An event of the room the requester may see: M_FORBIDDEN outside the room,
         M_NOT_FOUND for an unknown event or one hidden by history visibility."""
         room, m = await self._access(requester.user_id, room_id)
         event = await self._events.get_event(event_id)
-        if event is None or event.room_id != room_id or not \
-                await self._visibility.filter_events(requester.user_id, [event]):
+        if (
+            event is None
+            or event.room_id != room_id
+            or not await self._visibility.filter_events(requester.user_id, [event])
+        ):
             raise MatrixError(Codes.NOT_FOUND, "Event not found")
         return room, m, event
 
@@ -224,8 +274,9 @@ class RoomService:
             state = list((await self._events.get_events(ids.values())).values())
         return await self.serialize(requester, state, room.room_version)
 
-    async def get_state_event(self, requester: Requester, room_id: str, event_type: str,
-                              state_key: str) -> StoredEvent:
+    async def get_state_event(
+        self, requester: Requester, room_id: str, event_type: str, state_key: str
+    ) -> StoredEvent:
         _, m = await self._access(requester.user_id, room_id)
         upto = self._upto(m)
         if upto is None:
@@ -239,38 +290,55 @@ class RoomService:
             raise MatrixError(Codes.NOT_FOUND, "No such state event")
         return event
 
-    async def state_content(self, requester: Requester, room_id: str, event_type: str,
-                            state_key: str) -> JsonDict:
+    async def state_content(
+        self, requester: Requester, room_id: str, event_type: str, state_key: str
+    ) -> JsonDict:
         event = await self.get_state_event(requester, room_id, event_type, state_key)
         room = await self._rooms.get_room(room_id)
         assert room is not None
-        content: JsonDict = (await self.serialize(requester, [event],
-                                                  room.room_version))[0]["content"]
+        content: JsonDict = (await self.serialize(requester, [event], room.room_version))[0][
+            "content"
+        ]
         return content
 
-    async def members(self, requester: Requester, room_id: str, *, at: str | None,
-                      membership: str | None, not_membership: str | None) -> list[JsonDict]:
+    async def members(
+        self,
+        requester: Requester,
+        room_id: str,
+        *,
+        at: str | None,
+        membership: str | None,
+        not_membership: str | None,
+    ) -> list[JsonDict]:
         room, m = await self._access(requester.user_id, room_id)
         upto = self._upto(m)
         if at is not None:
             position = parse_position(at)
             upto = position if upto is None else min(upto, position)
         if upto is None:
-            events = [e for e in await self._events.get_current_state_events(room_id)
-                      if e.type == _MEMBERSHIP]
+            events = [
+                e
+                for e in await self._events.get_current_state_events(room_id)
+                if e.type == _MEMBERSHIP
+            ]
         else:
             last = await self._events.get_max_stream_ordering_before(room_id, upto)
             events = []
             if last is not None:
-                latest = await self._events.get_room_events(room_id, upto=last, limit=1,
-                                                            descending=True)
+                latest = await self._events.get_room_events(
+                    room_id, upto=last, limit=1, descending=True
+                )
                 ids = await self._events.get_state_ids(latest[0].state_group)
                 loaded = await self._events.get_events(
-                    i for (t, _), i in ids.items() if t == _MEMBERSHIP)
+                    i for (t, _), i in ids.items() if t == _MEMBERSHIP
+                )
                 events = list(loaded.values())
-        events = [e for e in events
-                  if (membership is None or e.content.get("membership") == membership)
-                  and (not_membership is None or e.content.get("membership") != not_membership)]
+        events = [
+            e
+            for e in events
+            if (membership is None or e.content.get("membership") == membership)
+            and (not_membership is None or e.content.get("membership") != not_membership)
+        ]
         events.sort(key=lambda e: e.state_key or "")
         return await self.serialize(requester, events, room.room_version)
 
@@ -288,14 +356,22 @@ class RoomService:
             out[member.user_id] = entry
         return out
 
-    async def messages(self, requester: Requester, room_id: str, *, from_token: str | None,
-                       to_token: str | None, backwards: bool, limit: int | None,
-                       event_filter: EventFilter) -> Page:
+    async def messages(
+        self,
+        requester: Requester,
+        room_id: str,
+        *,
+        from_token: str | None,
+        to_token: str | None,
+        backwards: bool,
+        limit: int | None,
+        event_filter: EventFilter,
+    ) -> Page:
         room, m = await self._access(requester.user_id, room_id)
-        ignored = await self._ignored.ignored_users(requester.user_id) if self._ignored \
-            else frozenset()
-        limit = DEFAULT_MESSAGES_LIMIT if limit is None else max(0, min(limit,
-                                                                          MAX_MESSAGES_LIMIT))
+        ignored = (
+            await self._ignored.ignored_users(requester.user_id) if self._ignored else frozenset()
+        )
+        limit = DEFAULT_MESSAGES_LIMIT if limit is None else max(0, min(limit, MAX_MESSAGES_LIMIT))
         if event_filter.limit is not None:
             limit = min(limit, event_filter.limit)
         upto_membership = self._upto(m)
@@ -314,20 +390,28 @@ class RoomService:
             upto: int | None
             if backwards:
                 upto = cursor if upto_membership is None else min(cursor, upto_membership)
-                batch = await self._events.get_room_events(room_id, after=bound, upto=upto,
-                                                           limit=want, descending=True)
+                batch = await self._events.get_room_events(
+                    room_id, after=bound, upto=upto, limit=want, descending=True
+                )
                 if batch:
                     cursor = batch[-1].stream_ordering - 1
             else:
-                upto = bound if upto_membership is None else (
-                    upto_membership if bound is None else min(bound, upto_membership))
-                batch = await self._events.get_room_events(room_id, after=cursor, upto=upto,
-                                                           limit=want, descending=False)
+                upto = (
+                    bound
+                    if upto_membership is None
+                    else (upto_membership if bound is None else min(bound, upto_membership))
+                )
+                batch = await self._events.get_room_events(
+                    room_id, after=cursor, upto=upto, limit=want, descending=False
+                )
                 if batch:
                     cursor = batch[-1].stream_ordering
             exhausted = len(batch) < want
-            allowed = [e for e in batch if event_filter.allows(e)
-                       and (e.sender not in ignored or e.state_key is not None)]
+            allowed = [
+                e
+                for e in batch
+                if event_filter.allows(e) and (e.sender not in ignored or e.state_key is not None)
+            ]
             chunk.extend(await self._visibility.filter_events(requester.user_id, allowed))
             if limit == 0:
                 break
@@ -338,8 +422,9 @@ class RoomService:
         end = None if exhausted or limit == 0 else position_token(cursor)
         return Page(serialized, from_token or position_token(start), end, state)
 
-    async def _member_events_for(self, requester: Requester, room: Room,
-                                 events: Sequence[StoredEvent]) -> list[JsonDict]:
+    async def _member_events_for(
+        self, requester: Requester, room: Room, events: Sequence[StoredEvent]
+    ) -> list[JsonDict]:
         """Lazy-loading: the member events of the senders, as of the events' state."""
         wanted: dict[str, str] = {}
         for event in events:
@@ -352,30 +437,44 @@ class RoomService:
         loaded = await self._events.get_events(wanted.values())
         return await self.serialize(requester, list(loaded.values()), room.room_version)
 
-    async def context(self, requester: Requester, room_id: str, event_id: str, limit: int,
-                      event_filter: EventFilter) -> JsonDict:
+    async def context(
+        self,
+        requester: Requester,
+        room_id: str,
+        event_id: str,
+        limit: int,
+        event_filter: EventFilter,
+    ) -> JsonDict:
         room, m = await self._access(requester.user_id, room_id)
         event = await self._events.get_event(event_id)
-        if event is None or event.room_id != room_id or not \
-                await self._visibility.filter_events(requester.user_id, [event]):
+        if (
+            event is None
+            or event.room_id != room_id
+            or not await self._visibility.filter_events(requester.user_id, [event])
+        ):
             raise MatrixError(Codes.NOT_FOUND, "Event not found")
         before_n = limit // 2
         after_n = limit - before_n
         upto = self._upto(m)
-        before = await self._events.get_room_events(room_id, upto=event.stream_ordering - 1,
-                                                    limit=before_n, descending=True)
+        before = await self._events.get_room_events(
+            room_id, upto=event.stream_ordering - 1, limit=before_n, descending=True
+        )
         after = await self._events.get_room_events(
-            room_id, after=event.stream_ordering, upto=upto, limit=after_n, descending=False)
+            room_id, after=event.stream_ordering, upto=upto, limit=after_n, descending=False
+        )
         before = await self._visibility.filter_events(
-            requester.user_id, [e for e in before if event_filter.allows(e)])
+            requester.user_id, [e for e in before if event_filter.allows(e)]
+        )
         after = await self._visibility.filter_events(
-            requester.user_id, [e for e in after if event_filter.allows(e)])
+            requester.user_id, [e for e in after if event_filter.allows(e)]
+        )
         last = after[-1] if after else event
         state_ids = await self._events.get_state_ids(last.state_group)
         if event_filter.lazy_load_members:
             senders = {e.sender for e in (*before, event, *after)}
-            state_ids = {k: v for k, v in state_ids.items()
-                         if k[0] != _MEMBERSHIP or k[1] in senders}
+            state_ids = {
+                k: v for k, v in state_ids.items() if k[0] != _MEMBERSHIP or k[1] in senders
+            }
         state = list((await self._events.get_events(state_ids.values())).values())
         start = (before[-1].stream_ordering - 1) if before else event.stream_ordering - 1
         end = after[-1].stream_ordering if after else event.stream_ordering

@@ -34,9 +34,16 @@ TOMBSTONE = "m.room.tombstone"
 POWER_LEVELS = "m.room.power_levels"
 CANONICAL_ALIAS = "m.room.canonical_alias"
 # spec: "the recommended state events to transfer" (membership is never transferred).
-TRANSFERRED_STATE = ("m.room.server_acl", "m.room.encryption", "m.room.name", "m.room.avatar",
-                     "m.room.topic", "m.room.guest_access", "m.room.history_visibility",
-                     "m.room.join_rules")
+TRANSFERRED_STATE = (
+    "m.room.server_acl",
+    "m.room.encryption",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.topic",
+    "m.room.guest_access",
+    "m.room.history_visibility",
+    "m.room.join_rules",
+)
 # Keys of m.room.create that describe the room rather than its version; copied as they are.
 COPIED_CREATE_KEYS = ("type", "m.federate")
 # spec: the old room's `events_default` and `invite` become the greater of 50 and
@@ -47,21 +54,33 @@ TOMBSTONE_BODY = "This room has been replaced"
 
 
 class RoomUpgrader:
-    def __init__(self, sender: EventSender, events: EventStore, rooms: RoomStore,
-                 memberships: MembershipService, clock: Clock) -> None:
+    def __init__(
+        self,
+        sender: EventSender,
+        events: EventStore,
+        rooms: RoomStore,
+        memberships: MembershipService,
+        clock: Clock,
+    ) -> None:
         self._sender = sender
         self._events = events
         self._rooms = rooms
         self._memberships = memberships
         self._clock = clock
 
-    async def upgrade(self, requester: Requester, room_id: str, new_version: str,
-                      additional_creators: Sequence[str] = ()) -> str:
+    async def upgrade(
+        self,
+        requester: Requester,
+        room_id: str,
+        new_version: str,
+        additional_creators: Sequence[str] = (),
+    ) -> str:
         """Returns the replacement room's ID."""
         version = KNOWN_ROOM_VERSIONS.get(new_version)
         if version is None:
-            raise MatrixError(Codes.UNSUPPORTED_ROOM_VERSION,
-                              f"Room version {new_version!r} is not supported")
+            raise MatrixError(
+                Codes.UNSUPPORTED_ROOM_VERSION, f"Room version {new_version!r} is not supported"
+            )
         extra_creators = [str(UserID.parse(u)) for u in dict.fromkeys(additional_creators)]
         user_id = str(requester.user_id)
         old = await self._rooms.get_room(room_id)
@@ -69,8 +88,10 @@ class RoomUpgrader:
         if old is None or m is None or m.membership != "join":
             raise MatrixError(Codes.FORBIDDEN, "You are not in this room")
         old_version = KNOWN_ROOM_VERSIONS[old.room_version]
-        state = {(e.type, e.state_key or ""): e
-                 for e in await self._events.get_current_state_events(room_id)}
+        state = {
+            (e.type, e.state_key or ""): e
+            for e in await self._events.get_current_state_events(room_id)
+        }
         create = state[("m.room.create", "")]
         pl_event = state.get((POWER_LEVELS, ""))
         pl = dict(pl_event.content) if pl_event is not None else None
@@ -78,20 +99,25 @@ class RoomUpgrader:
         if level < get_send_level(old_version, TOMBSTONE, True, pl):
             raise MatrixError(Codes.FORBIDDEN, "You cannot upgrade this room")
 
-        new_room_id = await self._create(version, user_id, room_id, old.latest_event_id,
-                                         create, extra_creators, old.is_public)
+        new_room_id = await self._create(
+            version, user_id, room_id, old.latest_event_id, create, extra_creators, old.is_public
+        )
         await self._memberships.send_own_membership(new_room_id, user_id, "join")
-        creators = {user_id, *extra_creators} if version.creators_have_infinite_power \
-            else set()
+        creators = {user_id, *extra_creators} if version.creators_have_infinite_power else set()
         final_pl = _new_power_levels(old_version, create, pl or {}, user_id, level, creators)
-        copied = [(t, state[(t, "")].content) for t in TRANSFERRED_STATE
-                  if (t, "") in state and state[(t, "")].content]
+        copied = [
+            (t, state[(t, "")].content)
+            for t in TRANSFERRED_STATE
+            if (t, "") in state and state[(t, "")].content
+        ]
         initial_pl = final_pl
         if not version.creators_have_infinite_power:
             # The upgrader sends all the copied state: for that moment they get the highest
             # level it needs, then the copied power levels, exactly, take over.
-            needed = max(get_send_level(version, t, True, final_pl)
-                         for t in (POWER_LEVELS, CANONICAL_ALIAS, *(t for t, _ in copied)))
+            needed = max(
+                get_send_level(version, t, True, final_pl)
+                for t in (POWER_LEVELS, CANONICAL_ALIAS, *(t for t, _ in copied))
+            )
             own = get_user_power_level(version, user_id, final_pl, None)
             if own < needed:
                 initial_pl = {**final_pl, "users": {**final_pl["users"], user_id: needed}}
@@ -105,24 +131,38 @@ class RoomUpgrader:
         if initial_pl is not final_pl:
             await self._send_state(new_room_id, user_id, POWER_LEVELS, final_pl)
 
-        await self._send_state(room_id, user_id, TOMBSTONE,
-                               {"body": TOMBSTONE_BODY, "replacement_room": new_room_id})
+        await self._send_state(
+            room_id, user_id, TOMBSTONE, {"body": TOMBSTONE_BODY, "replacement_room": new_room_id}
+        )
         if old.is_public:
             await self._rooms.set_public(room_id, False)
         if canonical is not None and canonical.content:
             await self._try_state(room_id, user_id, CANONICAL_ALIAS, {})
         if pl is not None:
             restricted = max(RESTRICTED_LEVEL, get_named_level(pl, "users_default") + 1)
-            if get_named_level(pl, "events_default") < restricted \
-                    or get_named_level(pl, "invite") < restricted:
-                await self._try_state(room_id, user_id, POWER_LEVELS,
-                                      {**pl, "events_default": restricted, "invite": restricted})
+            if (
+                get_named_level(pl, "events_default") < restricted
+                or get_named_level(pl, "invite") < restricted
+            ):
+                await self._try_state(
+                    room_id,
+                    user_id,
+                    POWER_LEVELS,
+                    {**pl, "events_default": restricted, "invite": restricted},
+                )
         logger.info("room upgraded", extra={"room_id": room_id, "replacement": new_room_id})
         return new_room_id
 
-    async def _create(self, version: RoomVersion, user_id: str, old_room_id: str,
-                      old_latest: str | None, old_create: StoredEvent,
-                      extra_creators: list[str], is_public: bool) -> str:
+    async def _create(
+        self,
+        version: RoomVersion,
+        user_id: str,
+        old_room_id: str,
+        old_latest: str | None,
+        old_create: StoredEvent,
+        extra_creators: list[str],
+        is_public: bool,
+    ) -> str:
         # spec v1.16: `predecessor.event_id` is deprecated but SHOULD be set where practical:
         # the last event of the old room known here.
         predecessor: JsonDict = {"room_id": old_room_id}
@@ -142,9 +182,11 @@ class RoomUpgrader:
         for attempt in range(MAX_CREATE_ATTEMPTS):
             # v12 room IDs are the create event's hash: move the timestamp on until it is new.
             new_room_id, pdu, event_id = self._sender.build_create_event(
-                version, user_id, content, now + attempt)
-            if await self._rooms.create_room(new_room_id, version.identifier, user_id, now,
-                                             is_public=is_public):
+                version, user_id, content, now + attempt
+            )
+            if await self._rooms.create_room(
+                new_room_id, version.identifier, user_id, now, is_public=is_public
+            ):
                 break
         else:
             raise MatrixError(Codes.UNKNOWN, "Could not pick a room ID, try again", status=503)
@@ -159,22 +201,32 @@ class RoomUpgrader:
             await self._rooms.delete_alias(alias)
             await self._rooms.create_alias(alias, new_room_id, found[1])
 
-    async def _send_state(self, room_id: str, sender: str, event_type: str,
-                          content: JsonDict) -> None:
+    async def _send_state(
+        self, room_id: str, sender: str, event_type: str, content: JsonDict
+    ) -> None:
         await self._sender.send(room_id, sender, event_type, content, state_key="")
 
-    async def _try_state(self, room_id: str, sender: str, event_type: str,
-                         content: JsonDict) -> None:
+    async def _try_state(
+        self, room_id: str, sender: str, event_type: str, content: JsonDict
+    ) -> None:
         """spec: "If possible": the upgrade stands even if the upgrader lacks this power."""
         try:
             await self._send_state(room_id, sender, event_type, content)
         except MatrixError as e:
-            logger.info("old room left as it was after upgrade",
-                        extra={"room_id": room_id, "type": event_type, "errcode": e.code})
+            logger.info(
+                "old room left as it was after upgrade",
+                extra={"room_id": room_id, "type": event_type, "errcode": e.code},
+            )
 
 
-def _new_power_levels(old_version: RoomVersion, create: StoredEvent, pl: JsonDict,
-                      user_id: str, level: int | float, creators: set[str]) -> JsonDict:
+def _new_power_levels(
+    old_version: RoomVersion,
+    create: StoredEvent,
+    pl: JsonDict,
+    user_id: str,
+    level: int | float,
+    creators: set[str],
+) -> JsonDict:
     """The old room's power levels for the new room.
 
     Creators of the new room (v12) may not be listed; creators of an old v12 room, who had no

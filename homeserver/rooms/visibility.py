@@ -15,8 +15,9 @@ class Visibility:
         self._events = events
         self._rooms = rooms
 
-    async def filter_events(self, user_id: str, events: Sequence[StoredEvent],
-                            membership: Membership | None = None) -> list[StoredEvent]:
+    async def filter_events(
+        self, user_id: str, events: Sequence[StoredEvent], membership: Membership | None = None
+    ) -> list[StoredEvent]:
         """The events ``user_id`` may see, in the same order.
 
         ``membership``: the user's current membership of the events' room, when the caller
@@ -33,11 +34,13 @@ class Visibility:
         plans: list[tuple[StoredEvent, str | None, str | None]] = []
         for event in events:
             if event.room_id not in current:
-                current[event.room_id] = await self._rooms.get_membership(event.room_id,
-                                                                          user_id)
+                current[event.room_id] = await self._rooms.get_membership(event.room_id, user_id)
             m = current[event.room_id]
-            if m is not None and m.membership == "join" and \
-                    event.stream_ordering > m.stream_ordering:
+            if (
+                m is not None
+                and m.membership == "join"
+                and event.stream_ordering > m.stream_ordering
+            ):
                 # Joined since before this event, and still: it was sent while they were in.
                 plans.append((event, None, None))
                 continue
@@ -50,8 +53,13 @@ class Visibility:
         visible = []
         for event, hv_id, member_id in plans:
             now = current[event.room_id]
-            if hv_id is None and member_id is None and now is not None and \
-                    now.membership == "join" and event.stream_ordering > now.stream_ordering:
+            if (
+                hv_id is None
+                and member_id is None
+                and now is not None
+                and now.membership == "join"
+                and event.stream_ordering > now.stream_ordering
+            ):
                 visible.append(event)
                 continue
             hv = "shared"
@@ -76,8 +84,9 @@ class Visibility:
         return await self._events.get_state_before(event)
 
 
-def _visible(event: StoredEvent, user_id: str, hv: str, membership_then: object,
-             membership_now: str | None) -> bool:
+def _visible(
+    event: StoredEvent, user_id: str, hv: str, membership_then: object, membership_now: str | None
+) -> bool:
     if event.type == "m.room.member" and event.state_key == user_id:
         return True
     if hv == "world_readable":

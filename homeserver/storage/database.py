@@ -49,18 +49,17 @@ class Connection(Protocol):
     async def __aexit__(self, *_: object) -> None: ...
 
     @overload
-    async def execute(self, statement: TypedReturnsRows[*Ts],
-                      parameters: Params = None) -> CursorResult[*Ts]: ...
+    async def execute(
+        self, statement: TypedReturnsRows[*Ts], parameters: Params = None
+    ) -> CursorResult[*Ts]: ...
 
     @overload
-    async def execute(self, statement: Executable,
-                      parameters: Params = None) -> CursorResult[*tuple[Any, ...]]: ...
+    async def execute(
+        self, statement: Executable, parameters: Params = None
+    ) -> CursorResult[*tuple[Any, ...]]: ...
 
 
-
-
-def prepared(statement: S, columns: Sequence[str] | None = None,
-             dialect: str | None = None) -> S:
+def prepared(statement: S, columns: Sequence[str] | None = None, dialect: str | None = None) -> S:
     """Marks a statement built once (at import, or cached for good) with bound parameters.
 
     It then runs on the lean path: compiled once per dialect, executed on the driver's own
@@ -155,14 +154,32 @@ class _Plan:
     first use, so a list expanded in the middle renumbers the ones after it.
     """
 
-    __slots__ = ("converters", "defaults", "dollar_names", "expanding", "order", "parts",
-                 "processors", "required", "row", "slots", "sql")
+    __slots__ = (
+        "converters",
+        "defaults",
+        "dollar_names",
+        "expanding",
+        "order",
+        "parts",
+        "processors",
+        "required",
+        "row",
+        "slots",
+        "sql",
+    )
 
-    def __init__(self, sql: str, order: tuple[str, ...], defaults: dict[str, Any],
-                 required: frozenset[str], processors: dict[str, Callable[[Any], Any]],
-                 expanding: frozenset[str], row: type[LeanRow] | None,
-                 converters: tuple[Callable[[Any], Any] | None, ...] | None,
-                 numbered: bool) -> None:
+    def __init__(
+        self,
+        sql: str,
+        order: tuple[str, ...],
+        defaults: dict[str, Any],
+        required: frozenset[str],
+        processors: dict[str, Callable[[Any], Any]],
+        expanding: frozenset[str],
+        row: type[LeanRow] | None,
+        converters: tuple[Callable[[Any], Any] | None, ...] | None,
+        numbered: bool,
+    ) -> None:
         self.sql = sql
         self.order = order
         self.defaults = defaults
@@ -180,49 +197,66 @@ class _Plan:
             self.parts = []
             last = 0
             for match in (_PLACEHOLDER if numbered else _EXPANDED).finditer(sql):
-                self.parts.append(sql[last:match.start()])
+                self.parts.append(sql[last : match.start()])
                 number, name = match.groups()
                 self.parts.append(int(number) if number else (name,))
                 last = match.end()
             self.parts.append(sql[last:])
         # Without lists to expand, each value in order: its name, converter and default.
-        self.slots = None if expanding else tuple(
-            (name, processors.get(name), defaults.get(name))
-            for name in (self.dollar_names if self.dollar_names is not None else order))
+        self.slots = (
+            None
+            if expanding
+            else tuple(
+                (name, processors.get(name), defaults.get(name))
+                for name in (self.dollar_names if self.dollar_names is not None else order)
+            )
+        )
 
     @classmethod
-    def compile(cls, statement: Executable, dialect: Dialect,
-                columns: Sequence[str]) -> _Plan | None:
+    def compile(
+        cls, statement: Executable, dialect: Dialect, columns: Sequence[str]
+    ) -> _Plan | None:
         """None for what the lean path does not handle (SQLAlchemy runs those). An INSERT or
         UPDATE is compiled for the ``columns`` given, as SQLAlchemy does."""
         if dialect.paramstyle not in ("qmark", "numeric_dollar"):
             return None
         compiled: Any = cast(sa.ClauseElement, statement).compile(
-            dialect=dialect, column_keys=list(columns))
+            dialect=dialect, column_keys=list(columns)
+        )
         names = compiled.bind_names
-        if compiled.literal_execute_params or compiled.insert_prefetch or \
-                compiled.update_prefetch or any(
-                    not b.expanding for b in compiled.post_compile_params):
+        if (
+            compiled.literal_execute_params
+            or compiled.insert_prefetch
+            or compiled.update_prefetch
+            or any(not b.expanding for b in compiled.post_compile_params)
+        ):
             return None  # defaults computed in Python, values rendered into the SQL
         keys = [entry.keyname for entry in compiled._result_columns]
         if len(set(keys)) != len(keys) or not all(
-                k.isidentifier() and not k.startswith("_") and not keyword.iskeyword(k)
-                for k in keys):
+            k.isidentifier() and not k.startswith("_") and not keyword.iskeyword(k) for k in keys
+        ):
             return None
         row: type[LeanRow] | None = None
         converters = None
         if keys:
             base = namedtuple("Row", keys)  # type: ignore[misc]  # noqa: PYI024
             row = type("Row", (base, LeanRow), {"__slots__": ()})
-            found = tuple(entry.type._cached_result_processor(dialect, None)
-                          for entry in compiled._result_columns)
+            found = tuple(
+                entry.type._cached_result_processor(dialect, None)
+                for entry in compiled._result_columns
+            )
             converters = found if any(found) else None
-        return cls(compiled.string, tuple(compiled.positiontup),
-                   compiled.construct_params(_check=False),
-                   frozenset(name for b, name in names.items() if b.required),
-                   dict(compiled._bind_processors),
-                   frozenset(names[b] for b in compiled.post_compile_params), row, converters,
-                   numbered=dialect.paramstyle == "numeric_dollar")
+        return cls(
+            compiled.string,
+            tuple(compiled.positiontup),
+            compiled.construct_params(_check=False),
+            frozenset(name for b, name in names.items() if b.required),
+            dict(compiled._bind_processors),
+            frozenset(names[b] for b in compiled.post_compile_params),
+            row,
+            converters,
+            numbered=dialect.paramstyle == "numeric_dollar",
+        )
 
     def arguments(self, params: Mapping[str, Any] | None) -> tuple[str, list[Any]] | None:
         """The SQL and its positional values; None when a value is missing (SQLAlchemy says
@@ -233,9 +267,10 @@ class _Plan:
             params = {}
         if self.slots is not None:  # the common case, without building a merged dict
             get = params.get
-            return self.sql, [get(name, default) if process is None
-                              else process(get(name, default))
-                              for name, process, default in self.slots]
+            return self.sql, [
+                get(name, default) if process is None else process(get(name, default))
+                for name, process, default in self.slots
+            ]
         merged = {**self.defaults, **params}
         lists: dict[str, list[Any]] = {}
         for name in self.expanding:
@@ -253,11 +288,15 @@ class _Plan:
                 values += lists[name]
             else:
                 values.append(self._value(merged, name))
-        return "".join(part if isinstance(part, str) else ", ".join("?" * len(lists[part[0]]))
-                       for part in self.parts if not isinstance(part, int)), values
+        return "".join(
+            part if isinstance(part, str) else ", ".join("?" * len(lists[part[0]]))
+            for part in self.parts
+            if not isinstance(part, int)
+        ), values
 
-    def _numbered(self, merged: dict[str, Any], lists: dict[str, list[Any]]
-                  ) -> tuple[str, list[Any]]:
+    def _numbered(
+        self, merged: dict[str, Any], lists: dict[str, list[Any]]
+    ) -> tuple[str, list[Any]]:
         assert self.dollar_names is not None and self.parts is not None
         out: list[str] = []
         values: list[Any] = []
@@ -286,12 +325,21 @@ class _Plan:
             return []
         if converters is None:
             return list(map(row._make, raw))  # type: ignore[attr-defined]
-        return [row._make(  # type: ignore[attr-defined]
-            [v if c is None else c(v) for c, v in zip(converters, r, strict=True)])
-            for r in raw]
+        return [
+            row._make(  # type: ignore[attr-defined]
+                [v if c is None else c(v) for c, v in zip(converters, r, strict=True)]
+            )
+            for r in raw
+        ]
 
-    def run(self, dbapi_conn: sqlite3.Connection, sql: str, values: list[Any],
-            dialect: Dialect, many: bool = False) -> LeanResult:
+    def run(
+        self,
+        dbapi_conn: sqlite3.Connection,
+        sql: str,
+        values: list[Any],
+        dialect: Dialect,
+        many: bool = False,
+    ) -> LeanResult:
         cursor = dbapi_conn.cursor()
         try:
             if many:
@@ -301,22 +349,22 @@ class _Plan:
             raw = cursor.fetchall() if cursor.description is not None else []
             rowcount = cursor.rowcount
         except sqlite3.Error as err:
-            raise DBAPIError.instance(sql, values, err, sqlite3.Error,
-                                      dialect=dialect) from err
+            raise DBAPIError.instance(sql, values, err, sqlite3.Error, dialect=dialect) from err
         finally:
             cursor.close()
         return LeanResult(self._rows(raw), rowcount)
 
-    async def run_pg(self, adapter: Any, sql: str, values: list[Any],
-                     dialect: Dialect, many: bool = False) -> LeanResult:
+    async def run_pg(
+        self, adapter: Any, sql: str, values: list[Any], dialect: Dialect, many: bool = False
+    ) -> LeanResult:
         """On SQLAlchemy's asyncpg connection adapter, as its cursor does it: the same lock,
         transaction (begun on first use, unless autocommit) and prepared-statement cache."""
         async with adapter._execute_mutex:
             try:
                 if adapter._transaction is None:
                     await adapter._start_transaction()
-                prepared_statement, _ = await adapter._prepare(
-                    sql, dialect._invalidate_schema_cache_asof)  # type: ignore[attr-defined]
+                schema_asof = dialect._invalidate_schema_cache_asof  # type: ignore[attr-defined]
+                prepared_statement, _ = await adapter._prepare(sql, schema_asof)
                 if many:  # one round trip for all the rows; no count, as SQLAlchemy's
                     await prepared_statement.executemany(values)
                     return LeanResult([], -1)
@@ -327,8 +375,9 @@ class _Plan:
                 try:
                     adapter._handle_exception(error)  # raises the driver's DB-API error
                 except dbapi_error as translated:
-                    raise DBAPIError.instance(sql, values, translated, dbapi_error,
-                                              dialect=dialect) from error
+                    raise DBAPIError.instance(
+                        sql, values, translated, dbapi_error, dialect=dialect
+                    ) from error
                 raise
         counted = _STATUS_COUNT.match(status or "")
         return LeanResult(self._rows(raw), int(counted.group(1)) if counted else -1)
@@ -361,23 +410,27 @@ class SqliteConnection:
         return None
 
     @overload
-    async def execute(self, statement: TypedReturnsRows[*Ts],
-                      parameters: Params = None) -> CursorResult[*Ts]: ...
+    async def execute(
+        self, statement: TypedReturnsRows[*Ts], parameters: Params = None
+    ) -> CursorResult[*Ts]: ...
 
     @overload
-    async def execute(self, statement: Executable,
-                      parameters: Params = None) -> CursorResult[*tuple[Any, ...]]: ...
+    async def execute(
+        self, statement: Executable, parameters: Params = None
+    ) -> CursorResult[*tuple[Any, ...]]: ...
 
-    async def execute(self, statement: Executable,
-                      parameters: Params = None) -> CursorResult[*tuple[Any, ...]]:
+    async def execute(
+        self, statement: Executable, parameters: Params = None
+    ) -> CursorResult[*tuple[Any, ...]]:
         lean = _lean(self._plans, statement, parameters, self._conn.dialect)
         if lean is None:
             return self._conn.execute(statement, parameters)
         plan, sql, values, many = lean
         dbapi_conn = self._conn.connection.dbapi_connection
         assert dbapi_conn is not None
-        result = plan.run(cast(sqlite3.Connection, dbapi_conn), sql, values, self._conn.dialect,
-                          many)
+        result = plan.run(
+            cast(sqlite3.Connection, dbapi_conn), sql, values, self._conn.dialect, many
+        )
         # The subset of CursorResult that storage code uses (LeanResult).
         return cast("CursorResult[*tuple[Any, ...]]", result)
 
@@ -402,15 +455,18 @@ class PgConnection:
         return None
 
     @overload
-    async def execute(self, statement: TypedReturnsRows[*Ts],
-                      parameters: Params = None) -> CursorResult[*Ts]: ...
+    async def execute(
+        self, statement: TypedReturnsRows[*Ts], parameters: Params = None
+    ) -> CursorResult[*Ts]: ...
 
     @overload
-    async def execute(self, statement: Executable,
-                      parameters: Params = None) -> CursorResult[*tuple[Any, ...]]: ...
+    async def execute(
+        self, statement: Executable, parameters: Params = None
+    ) -> CursorResult[*tuple[Any, ...]]: ...
 
-    async def execute(self, statement: Executable,
-                      parameters: Params = None) -> CursorResult[*tuple[Any, ...]]:
+    async def execute(
+        self, statement: Executable, parameters: Params = None
+    ) -> CursorResult[*tuple[Any, ...]]:
         dialect = self._conn.dialect
         lean = _lean(self._plans, statement, parameters, dialect)
         if lean is None:
@@ -437,8 +493,9 @@ class PgConnection:
             await self._conn.close()
 
 
-def _lean(plans: dict[Any, _Plan | None], statement: Executable, parameters: Params,
-          dialect: Dialect) -> tuple[_Plan, str, list[Any], bool] | None:
+def _lean(
+    plans: dict[Any, _Plan | None], statement: Executable, parameters: Params, dialect: Dialect
+) -> tuple[_Plan, str, list[Any], bool] | None:
     """The plan of a prepared statement, its SQL and values for these parameters, and
     whether they are many rows of values (an INSERT, UPDATE or DELETE without RETURNING, run
     once per row, as ``executemany``); None for SQLAlchemy to run it (not prepared, or not
@@ -449,9 +506,12 @@ def _lean(plans: dict[Any, _Plan | None], statement: Executable, parameters: Par
     rows: Sequence[Mapping[str, Any]] | None = None
     if parameters is None or isinstance(parameters, Mapping):
         columns: Mapping[str, Any] = parameters or {}
-    elif isinstance(statement, UpdateBase) and isinstance(parameters, list) and parameters \
-            and all(isinstance(r, Mapping) and r.keys() == parameters[0].keys()
-                    for r in parameters):
+    elif (
+        isinstance(statement, UpdateBase)
+        and isinstance(parameters, list)
+        and parameters
+        and all(isinstance(r, Mapping) and r.keys() == parameters[0].keys() for r in parameters)
+    ):
         rows = parameters
         columns = rows[0]
     else:
@@ -554,8 +614,8 @@ class _AutocommitPool:
                     item = await self._idle.get()
             except TimeoutError:
                 raise sa.exc.TimeoutError(
-                    f"All {self.size} read connections stayed in use for "
-                    f"{READ_POOL_TIMEOUT_S} s") from None
+                    f"All {self.size} read connections stayed in use for {READ_POOL_TIMEOUT_S} s"
+                ) from None
         if item is None:
             try:
                 item = PgConnection(await self._engine.connect(), self._plans)
@@ -664,18 +724,23 @@ class Database:
             # A fixed number of connections, none opened on demand: opening one (and preparing
             # its statements again) under load cost more than waiting for one.
             self._pool_size = pool_size
-            self._async_engine = create_async_engine(url, pool_size=pool_size,
-                                                     max_overflow=0, pool_pre_ping=False)
+            self._async_engine = create_async_engine(
+                url, pool_size=pool_size, max_overflow=0, pool_pre_ping=False
+            )
             # Reads are autocommit: no BEGIN and ROLLBACK round trips around each one (read
             # committed gives every statement its own snapshot either way); so are the writes
             # of one statement (write_alone). Twice the connections: a burst of syncs (a
             # message to a big room) waits for one rather than opening connections,
             # preparing their statements again and closing them (that churn cost more CPU
             # than the reads themselves).
-            self._pg_reader = create_async_engine(url, pool_size=2 * pool_size,
-                                                  max_overflow=0, pool_pre_ping=False,
-                                                  isolation_level="AUTOCOMMIT",
-                                                  pool_reset_on_return=None)
+            self._pg_reader = create_async_engine(
+                url,
+                pool_size=2 * pool_size,
+                max_overflow=0,
+                pool_pre_ping=False,
+                isolation_level="AUTOCOMMIT",
+                pool_reset_on_return=None,
+            )
             self._autocommit = _AutocommitPool(self._pg_reader, 2 * pool_size, self._plans)
         # The read connection that pinned_reads() holds for the current task, if any.
         self._pinned: ContextVar[_Pin | None] = ContextVar(f"pinned-{id(self)}", default=None)
@@ -716,8 +781,9 @@ class Database:
         # Acknowledged once the group's COMMIT is on disk (its error is this body's too).
         await asyncio.shield(group.committed)
 
-    async def write_alone(self, statement: Executable,
-                          parameters: Params = None) -> CursorResult[*tuple[Any, ...]]:
+    async def write_alone(
+        self, statement: Executable, parameters: Params = None
+    ) -> CursorResult[*tuple[Any, ...]]:
         """One statement as a transaction of its own, committed when this returns.
 
         On PostgreSQL it runs on an autocommit connection: one round trip instead of three
@@ -778,8 +844,11 @@ class Database:
         if self._group is not group:
             return  # already ended (failed)
         waiting = self._queued - (group.flusher is not None)  # its flusher waits too
-        if (group.flusher is not None or waiting >= GROUP_WHEN_QUEUED) and waiting > 0 \
-                and group.members < MAX_GROUP_MEMBERS:
+        if (
+            (group.flusher is not None or waiting >= GROUP_WHEN_QUEUED)
+            and waiting > 0
+            and group.members < MAX_GROUP_MEMBERS
+        ):
             if group.flusher is None:
                 group.flusher = asyncio.create_task(self._flush(group))
             return
@@ -801,8 +870,9 @@ class Database:
             self._rollback_writer()
             group.committed.set_result(None)
             return
-        future = asyncio.get_running_loop().run_in_executor(self._write_thread,
-                                                           group.transaction.commit)
+        future = asyncio.get_running_loop().run_in_executor(
+            self._write_thread, group.transaction.commit
+        )
         cancelled = await _until_done(future)
         error = future.exception()
         if error is None:
@@ -842,15 +912,16 @@ class Database:
             elif key in _DML_COLUMNS or key in self._own_dml:
                 columns = _DML_COLUMNS.get(key) or self._own_dml[key]
                 if (key, columns) not in self._plans:
-                    self._plans[(key, columns)] = _Plan.compile(statement, dialect,
-                                                                sorted(columns))
+                    self._plans[(key, columns)] = _Plan.compile(statement, dialect, sorted(columns))
         if self.is_sqlite:
             return
-        fixed = [plan.sql for plan in self._plans.values() if plan is not None and
-                 plan.parts is None]
+        fixed = [
+            plan.sql for plan in self._plans.values() if plan is not None and plan.parts is None
+        ]
         schema_asof = cast(Any, dialect)._invalidate_schema_cache_asof
-        writers = [PgConnection(await self.engine.connect(), self._plans)
-                   for _ in range(self._pool_size)]
+        writers = [
+            PgConnection(await self.engine.connect(), self._plans) for _ in range(self._pool_size)
+        ]
         readers = [await self._autocommit.acquire() for _ in range(self._autocommit.size)]
         try:
             for conn in writers + readers:
@@ -928,8 +999,13 @@ class Database:
         if self._async_engine is not None:
             await self._async_engine.dispose()
 
-    def upsert(self, table: sa.Table, row: Mapping[str, Any], keys: Sequence[str],
-               update: Sequence[str] | None = None) -> sa.Insert:
+    def upsert(
+        self,
+        table: sa.Table,
+        row: Mapping[str, Any],
+        keys: Sequence[str],
+        update: Sequence[str] | None = None,
+    ) -> sa.Insert:
         """INSERT ... ON CONFLICT (keys) DO UPDATE the other columns (or ``update`` only)."""
         insert = sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
         stmt = insert.values(**row)
@@ -937,10 +1013,12 @@ class Database:
         if not columns:
             return stmt.on_conflict_do_nothing(index_elements=list(keys))
         return stmt.on_conflict_do_update(
-            index_elements=list(keys), set_={c: stmt.excluded[c] for c in columns})
+            index_elements=list(keys), set_={c: stmt.excluded[c] for c in columns}
+        )
 
-    def insert_ignore_statement(self, table: sa.Table, keys: Sequence[str],
-                                columns: Sequence[str] | None = None) -> sa.Insert:
+    def insert_ignore_statement(
+        self, table: sa.Table, keys: Sequence[str], columns: Sequence[str] | None = None
+    ) -> sa.Insert:
         """INSERT ... ON CONFLICT (keys) DO NOTHING without values (bind them at execute),
         built once per table and keys; ``columns``, those it is always run with, lets
         start-up compile it (``prepared``)."""
@@ -948,14 +1026,16 @@ class Database:
         statement = self._ignoring.get(key)
         if statement is None:
             insert = sqlite.insert(table) if self.is_sqlite else postgresql.insert(table)
-            statement = self._ignoring[key] = prepared(insert.on_conflict_do_nothing(
-                index_elements=list(keys)))
+            statement = self._ignoring[key] = prepared(
+                insert.on_conflict_do_nothing(index_elements=list(keys))
+            )
         if columns is not None:  # this database's dialect only: not in the global registry
             self._own_dml[id(statement)] = frozenset(columns)
         return statement
 
-    def insert_ignore(self, table: sa.Table, row: Mapping[str, Any],
-                      keys: Sequence[str]) -> sa.Insert:
+    def insert_ignore(
+        self, table: sa.Table, row: Mapping[str, Any], keys: Sequence[str]
+    ) -> sa.Insert:
         return self.insert_ignore_statement(table, keys).values(**row)
 
     async def next_position(self, conn: Connection, stream: Stream) -> int:
@@ -978,16 +1058,18 @@ class Database:
 
 _STREAMS = {s.value: s for s in Stream}
 _POSITIONS = prepared(sa.select(stream_positions.c.stream, stream_positions.c.position))
-_NEXT_POSITION = prepared(sa.update(stream_positions)
-                          .where(stream_positions.c.stream == sa.bindparam("name"))
-                          .values(position=stream_positions.c.position + 1)
-                          .returning(stream_positions.c.position), columns=("name",))
+_NEXT_POSITION = prepared(
+    sa.update(stream_positions)
+    .where(stream_positions.c.stream == sa.bindparam("name"))
+    .values(position=stream_positions.c.position + 1)
+    .returning(stream_positions.c.position),
+    columns=("name",),
+)
 
 
 def _sqlite_engine(url: sa.URL, *, writer: bool) -> sa.Engine:
     """The writer begins with BEGIN IMMEDIATE; the reader never begins (autocommit)."""
-    engine = sa.create_engine(url, poolclass=sa.NullPool,
-                              connect_args={"check_same_thread": False})
+    engine = sa.create_engine(url, poolclass=sa.NullPool, connect_args={"check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -1007,6 +1089,7 @@ def _sqlite_engine(url: sa.URL, *, writer: bool) -> sa.Engine:
         cursor.close()
 
     if writer:
+
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
             # Take the write lock at once, so a write never fails half-way on an upgrade.

@@ -34,16 +34,18 @@ def _membership_changes_query() -> sa.CompoundSelect[Any]:
     a range, and those of others in the rooms the user is in now; ``own`` tells them apart."""
     m = room_memberships
     user_id: sa.BindParameter[str] = sa.bindparam("user_id")
-    in_range = (m.c.stream_ordering > sa.bindparam("after"),
-                m.c.stream_ordering <= sa.bindparam("upto"))
-    own = sa.select(sa.literal(True).label("own"), m.c.room_id, m.c.user_id,
-                    m.c.membership).where(m.c.user_id == user_id, *in_range)
+    in_range = (
+        m.c.stream_ordering > sa.bindparam("after"),
+        m.c.stream_ordering <= sa.bindparam("upto"),
+    )
+    own = sa.select(sa.literal(True).label("own"), m.c.room_id, m.c.user_id, m.c.membership).where(
+        m.c.user_id == user_id, *in_range
+    )
     mine = m.alias("mine")
-    my_rooms = sa.select(mine.c.room_id).where(mine.c.user_id == user_id,
-                                               mine.c.membership == JOIN)
-    others = sa.select(sa.literal(False).label("own"), m.c.room_id, m.c.user_id,
-                       m.c.membership).where(m.c.room_id.in_(my_rooms),
-                                             m.c.user_id != user_id, *in_range)
+    my_rooms = sa.select(mine.c.room_id).where(mine.c.user_id == user_id, mine.c.membership == JOIN)
+    others = sa.select(
+        sa.literal(False).label("own"), m.c.room_id, m.c.user_id, m.c.membership
+    ).where(m.c.room_id.in_(my_rooms), m.c.user_id != user_id, *in_range)
     return sa.union_all(own, others)
 
 
@@ -58,32 +60,45 @@ class DeviceListStore:
         """Record that the user's devices or keys changed; returns the new position."""
         async with self._db.write() as conn:
             position = await self._db.next_position(conn, Stream.DEVICE_LISTS)
-            await conn.execute(self._db.upsert(device_list_changes, {
-                "user_id": user_id, "stream_position": position}, keys=("user_id",)))
+            await conn.execute(
+                self._db.upsert(
+                    device_list_changes,
+                    {"user_id": user_id, "stream_position": position},
+                    keys=("user_id",),
+                )
+            )
         return position
 
     async def changed_between(self, after: int, upto: int) -> set[str]:
         """Users whose latest change is in (after, upto]; a later change shows up later."""
         t = device_list_changes
         async with self._db.read() as conn:
-            rows = (await conn.execute(sa.select(t.c.user_id).where(
-                t.c.stream_position > after, t.c.stream_position <= upto))).all()
+            rows = (
+                await conn.execute(
+                    sa.select(t.c.user_id).where(
+                        t.c.stream_position > after, t.c.stream_position <= upto
+                    )
+                )
+            ).all()
         return {r.user_id for r in rows}
 
     async def users_sharing_room(self, user_id: str) -> set[str]:
         """Everyone joined to a room the user is joined to, the user included."""
         mine = room_memberships.alias("mine")
         theirs = room_memberships.alias("theirs")
-        query = (sa.select(theirs.c.user_id).distinct()
-                 .join(mine, mine.c.room_id == theirs.c.room_id)
-                 .where(mine.c.user_id == user_id, mine.c.membership == JOIN,
-                        theirs.c.membership == JOIN))
+        query = (
+            sa.select(theirs.c.user_id)
+            .distinct()
+            .join(mine, mine.c.room_id == theirs.c.room_id)
+            .where(
+                mine.c.user_id == user_id, mine.c.membership == JOIN, theirs.c.membership == JOIN
+            )
+        )
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
         return {r.user_id for r in rows}
 
-    async def membership_changes(self, user_id: str, after: int, upto: int
-                                 ) -> MembershipChanges:
+    async def membership_changes(self, user_id: str, after: int, upto: int) -> MembershipChanges:
         """Membership changes in (after, upto] that matter to ``user_id``'s device lists.
 
         Reads current memberships: one changed again after ``upto`` is seen by the next
@@ -97,9 +112,11 @@ class DeviceListStore:
             own = [r for r in rows if r.own]
             # The user's own joins and departures: everyone joined there arrives or departs.
             arrived |= await self._joined_members(
-                conn, [r.room_id for r in own if r.membership == JOIN], user_id)
+                conn, [r.room_id for r in own if r.membership == JOIN], user_id
+            )
             departed |= await self._joined_members(
-                conn, [r.room_id for r in own if r.membership in DEPARTED], user_id)
+                conn, [r.room_id for r in own if r.membership in DEPARTED], user_id
+            )
             # Others joining or leaving the rooms the user is in now.
             others = [r for r in rows if not r.own]
         for r in others:
@@ -109,11 +126,15 @@ class DeviceListStore:
                 departed.add(r.user_id)
         return MembershipChanges(frozenset(arrived), frozenset(departed))
 
-    async def _joined_members(self, conn: Connection, room_ids: list[str],
-                              but: str) -> set[str]:
+    async def _joined_members(self, conn: Connection, room_ids: list[str], but: str) -> set[str]:
         if not room_ids:
             return set()
         m = room_memberships
-        rows = (await conn.execute(sa.select(m.c.user_id).where(
-            m.c.room_id.in_(room_ids), m.c.membership == JOIN, m.c.user_id != but))).all()
+        rows = (
+            await conn.execute(
+                sa.select(m.c.user_id).where(
+                    m.c.room_id.in_(room_ids), m.c.membership == JOIN, m.c.user_id != but
+                )
+            )
+        ).all()
         return {r.user_id for r in rows}

@@ -93,8 +93,9 @@ class StreamWindow:
     parents: frozenset[str]
     senders: Mapping[str, frozenset[str]]
     rows: tuple[Any, ...] | None = None
-    _parsed: dict[str, tuple[StoredEvent, ...]] = field(default_factory=dict, compare=False,
-                                                         repr=False)
+    _parsed: dict[str, tuple[StoredEvent, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def events_of(self, room_id: str) -> tuple[StoredEvent, ...] | None:
         """The room's events in the window, oldest first (shared: do not change them); None
@@ -103,8 +104,9 @@ class StreamWindow:
             return None
         found = self._parsed.get(room_id)
         if found is None:
-            found = self._parsed[room_id] = tuple(_to_event(r) for r in self.rows
-                                                  if r.room_id == room_id)
+            found = self._parsed[room_id] = tuple(
+                _to_event(r) for r in self.rows if r.room_id == room_id
+            )
         return found
 
     @property
@@ -134,46 +136,100 @@ class NewEvent:
     push_actions: tuple[PushAction, ...] = ()
 
 
-_EVENT_COLUMNS = (events.c.stream_ordering, events.c.event_id, events.c.room_id, events.c.type,
-                  events.c.state_key, events.c.sender, events.c.origin_server_ts, events.c.depth,
-                  events.c.json, events.c.unsigned_json, events.c.state_group,
-                  events.c.redacted_by, events.c.device_id, events.c.txn_id)
+_EVENT_COLUMNS = (
+    events.c.stream_ordering,
+    events.c.event_id,
+    events.c.room_id,
+    events.c.type,
+    events.c.state_key,
+    events.c.sender,
+    events.c.origin_server_ts,
+    events.c.depth,
+    events.c.json,
+    events.c.unsigned_json,
+    events.c.state_group,
+    events.c.redacted_by,
+    events.c.device_id,
+    events.c.txn_id,
+)
 
 
 # Hot statements, built once: building a statement costs more than running it on SQLite.
 _e = events
-_LOCK_ROOM = prepared(sa.select(rooms.c.latest_event_id, rooms.c.current_state_group)
-                      .where(rooms.c.room_id == sa.bindparam("room_id")).with_for_update())
-_MOVE_ROOM = prepared(sa.update(rooms).where(rooms.c.room_id == sa.bindparam("id"))
-                      .values(latest_event_id=sa.bindparam("latest"),
-                              current_depth=sa.bindparam("depth"),
-                              current_state_group=sa.bindparam("group")),
-                      columns=("id", "latest", "depth", "group"))
+_LOCK_ROOM = prepared(
+    sa.select(rooms.c.latest_event_id, rooms.c.current_state_group)
+    .where(rooms.c.room_id == sa.bindparam("room_id"))
+    .with_for_update()
+)
+_MOVE_ROOM = prepared(
+    sa.update(rooms)
+    .where(rooms.c.room_id == sa.bindparam("id"))
+    .values(
+        latest_event_id=sa.bindparam("latest"),
+        current_depth=sa.bindparam("depth"),
+        current_state_group=sa.bindparam("group"),
+    ),
+    columns=("id", "latest", "depth", "group"),
+)
 # The columns persist_event gives every new event.
-_INSERT_EVENT = prepared(sa.insert(events), columns=(
-    "stream_ordering", "event_id", "room_id", "type", "state_key", "sender", "depth",
-    "origin_server_ts", "json", "unsigned_json", "state_group", "device_id", "txn_id"))
-_EVENTS_BY_ID = prepared(sa.select(*_EVENT_COLUMNS).where(
-    _e.c.event_id.in_(sa.bindparam("ids", expanding=True))))
-_TXN = prepared(sa.select(event_txns.c.event_id).where(
-    event_txns.c.user_id == sa.bindparam("user_id"),
-    event_txns.c.device_id == sa.bindparam("device_id"),
-    event_txns.c.scope == sa.bindparam("scope"), event_txns.c.txn_id == sa.bindparam("txn_id")))
+_INSERT_EVENT = prepared(
+    sa.insert(events),
+    columns=(
+        "stream_ordering",
+        "event_id",
+        "room_id",
+        "type",
+        "state_key",
+        "sender",
+        "depth",
+        "origin_server_ts",
+        "json",
+        "unsigned_json",
+        "state_group",
+        "device_id",
+        "txn_id",
+    ),
+)
+_EVENTS_BY_ID = prepared(
+    sa.select(*_EVENT_COLUMNS).where(_e.c.event_id.in_(sa.bindparam("ids", expanding=True)))
+)
+_TXN = prepared(
+    sa.select(event_txns.c.event_id).where(
+        event_txns.c.user_id == sa.bindparam("user_id"),
+        event_txns.c.device_id == sa.bindparam("device_id"),
+        event_txns.c.scope == sa.bindparam("scope"),
+        event_txns.c.txn_id == sa.bindparam("txn_id"),
+    )
+)
 _WINDOW_FROM = _e.outerjoin(event_relations, event_relations.c.event_id == _e.c.event_id)
-_IN_WINDOW = (_e.c.stream_ordering > sa.bindparam("after"),
-              _e.c.stream_ordering <= sa.bindparam("upto"))
+_IN_WINDOW = (
+    _e.c.stream_ordering > sa.bindparam("after"),
+    _e.c.stream_ordering <= sa.bindparam("upto"),
+)
 _WINDOW = prepared(
-    sa.select(_e.c.room_id, _e.c.type, _e.c.state_key, _e.c.sender,
-              event_relations.c.relates_to_id).select_from(_WINDOW_FROM).where(*_IN_WINDOW))
+    sa.select(_e.c.room_id, _e.c.type, _e.c.state_key, _e.c.sender, event_relations.c.relates_to_id)
+    .select_from(_WINDOW_FROM)
+    .where(*_IN_WINDOW)
+)
 # A short window's: the events themselves too.
 _WINDOW_EVENTS = prepared(
-    sa.select(*_EVENT_COLUMNS, event_relations.c.relates_to_id).select_from(_WINDOW_FROM)
-    .where(*_IN_WINDOW).order_by(_e.c.stream_ordering))
-_ROOMS_CHANGED = prepared(sa.select(_e.c.room_id).distinct().where(
-    _e.c.stream_ordering > sa.bindparam("after"), _e.c.stream_ordering <= sa.bindparam("upto"),
-    _e.c.room_id.in_(sa.bindparam("rooms", expanding=True))))
-_PREV_GROUP = prepared(sa.select(state_groups.c.prev_group)
-                       .where(state_groups.c.id == sa.bindparam("id")))
+    sa.select(*_EVENT_COLUMNS, event_relations.c.relates_to_id)
+    .select_from(_WINDOW_FROM)
+    .where(*_IN_WINDOW)
+    .order_by(_e.c.stream_ordering)
+)
+_ROOMS_CHANGED = prepared(
+    sa.select(_e.c.room_id)
+    .distinct()
+    .where(
+        _e.c.stream_ordering > sa.bindparam("after"),
+        _e.c.stream_ordering <= sa.bindparam("upto"),
+        _e.c.room_id.in_(sa.bindparam("rooms", expanding=True)),
+    )
+)
+_PREV_GROUP = prepared(
+    sa.select(state_groups.c.prev_group).where(state_groups.c.id == sa.bindparam("id"))
+)
 
 
 def _text(name: str) -> sa.BindParameter[str]:
@@ -191,60 +247,147 @@ def _message_statement(claim: bool, relation: bool) -> sa.Select[Any]:
     room's row, then the position's, stay locked until the commit, in that order, as in
     ``persist_event``'s transaction.
     """
-    moved = (sa.update(rooms)
-             .where(rooms.c.room_id == sa.bindparam("room_id"),
-                    rooms.c.latest_event_id == sa.bindparam("expected"))
-             .values(latest_event_id=sa.bindparam("event_id"),
-                     current_depth=sa.bindparam("depth"))
-             .returning(rooms.c.current_state_group).cte("moved"))
-    position = (sa.update(stream_positions)
-                .where(stream_positions.c.stream == Stream.EVENTS.value,
-                       sa.select(moved).exists())
-                .values(position=stream_positions.c.position + 1)
-                .returning(stream_positions.c.position).cte("position"))
-    event = sa.insert(events).from_select(
-        ["stream_ordering", "event_id", "room_id", "type", "sender", "depth",
-         "origin_server_ts", "json", "unsigned_json", "state_group", "device_id", "txn_id"],
-        sa.select(position.c.position, _text("event_id"), _text("room_id"), _text("type"),
-                  _text("sender"), sa.bindparam("depth", type_=BigInt),
-                  sa.bindparam("ts", type_=BigInt), _text("json"), _text("unsigned_json"),
-                  moved.c.current_state_group, _text("device_id"), _text("txn_id"))
-        .select_from(position.join(moved, sa.true())),
-    ).cte("event")
-    notified = sa.func.unnest(
-        sa.bindparam("users", type_=postgresql.ARRAY(sa.Text)),
-        sa.bindparam("threads", type_=postgresql.ARRAY(sa.Text)),
-        sa.bindparam("actions", type_=postgresql.ARRAY(sa.Text)),
-        sa.bindparam("highlights", type_=postgresql.ARRAY(sa.Boolean)),
-    ).table_valued("user_id", "thread_id", "actions", "highlight").render_derived()
-    pushed = sa.insert(event_push_actions).from_select(
-        ["stream_ordering", "user_id", "room_id", "event_id", "thread_id", "actions",
-         "highlight", "ts"],
-        sa.select(position.c.position, notified.c.user_id, _text("room_id"),
-                  _text("event_id"), notified.c.thread_id, notified.c.actions,
-                  notified.c.highlight, sa.bindparam("ts", type_=BigInt))
-        .select_from(position.join(notified, sa.true())),
-    ).cte("pushed")
+    moved = (
+        sa.update(rooms)
+        .where(
+            rooms.c.room_id == sa.bindparam("room_id"),
+            rooms.c.latest_event_id == sa.bindparam("expected"),
+        )
+        .values(latest_event_id=sa.bindparam("event_id"), current_depth=sa.bindparam("depth"))
+        .returning(rooms.c.current_state_group)
+        .cte("moved")
+    )
+    position = (
+        sa.update(stream_positions)
+        .where(stream_positions.c.stream == Stream.EVENTS.value, sa.select(moved).exists())
+        .values(position=stream_positions.c.position + 1)
+        .returning(stream_positions.c.position)
+        .cte("position")
+    )
+    event = (
+        sa.insert(events)
+        .from_select(
+            [
+                "stream_ordering",
+                "event_id",
+                "room_id",
+                "type",
+                "sender",
+                "depth",
+                "origin_server_ts",
+                "json",
+                "unsigned_json",
+                "state_group",
+                "device_id",
+                "txn_id",
+            ],
+            sa.select(
+                position.c.position,
+                _text("event_id"),
+                _text("room_id"),
+                _text("type"),
+                _text("sender"),
+                sa.bindparam("depth", type_=BigInt),
+                sa.bindparam("ts", type_=BigInt),
+                _text("json"),
+                _text("unsigned_json"),
+                moved.c.current_state_group,
+                _text("device_id"),
+                _text("txn_id"),
+            ).select_from(position.join(moved, sa.true())),
+        )
+        .cte("event")
+    )
+    notified = (
+        sa.func.unnest(
+            sa.bindparam("users", type_=postgresql.ARRAY(sa.Text)),
+            sa.bindparam("threads", type_=postgresql.ARRAY(sa.Text)),
+            sa.bindparam("actions", type_=postgresql.ARRAY(sa.Text)),
+            sa.bindparam("highlights", type_=postgresql.ARRAY(sa.Boolean)),
+        )
+        .table_valued("user_id", "thread_id", "actions", "highlight")
+        .render_derived()
+    )
+    pushed = (
+        sa.insert(event_push_actions)
+        .from_select(
+            [
+                "stream_ordering",
+                "user_id",
+                "room_id",
+                "event_id",
+                "thread_id",
+                "actions",
+                "highlight",
+                "ts",
+            ],
+            sa.select(
+                position.c.position,
+                notified.c.user_id,
+                _text("room_id"),
+                _text("event_id"),
+                notified.c.thread_id,
+                notified.c.actions,
+                notified.c.highlight,
+                sa.bindparam("ts", type_=BigInt),
+            ).select_from(position.join(notified, sa.true())),
+        )
+        .cte("pushed")
+    )
     statement = sa.select(position.c.position).add_cte(event, pushed)
     if claim:
-        statement = statement.add_cte(sa.insert(event_txns).from_select(
-            ["user_id", "device_id", "scope", "txn_id", "event_id", "created_ts"],
-            sa.select(_text("sender"), _text("device_id"), _text("scope"), _text("txn_id"),
-                      _text("event_id"), sa.bindparam("ts", type_=BigInt))
-            .select_from(position)).cte("claimed"))
+        statement = statement.add_cte(
+            sa.insert(event_txns)
+            .from_select(
+                ["user_id", "device_id", "scope", "txn_id", "event_id", "created_ts"],
+                sa.select(
+                    _text("sender"),
+                    _text("device_id"),
+                    _text("scope"),
+                    _text("txn_id"),
+                    _text("event_id"),
+                    sa.bindparam("ts", type_=BigInt),
+                ).select_from(position),
+            )
+            .cte("claimed")
+        )
     if relation:
-        statement = statement.add_cte(sa.insert(event_relations).from_select(
-            ["event_id", "relates_to_id", "rel_type", "room_id", "type", "sender",
-             "aggregation_key", "origin_server_ts", "stream_ordering"],
-            sa.select(_text("event_id"), _text("relates_to_id"), _text("rel_type"),
-                      _text("room_id"), _text("type"), _text("sender"),
-                      _text("aggregation_key"), sa.bindparam("ts", type_=BigInt),
-                      position.c.position)).cte("related"))
+        statement = statement.add_cte(
+            sa.insert(event_relations)
+            .from_select(
+                [
+                    "event_id",
+                    "relates_to_id",
+                    "rel_type",
+                    "room_id",
+                    "type",
+                    "sender",
+                    "aggregation_key",
+                    "origin_server_ts",
+                    "stream_ordering",
+                ],
+                sa.select(
+                    _text("event_id"),
+                    _text("relates_to_id"),
+                    _text("rel_type"),
+                    _text("room_id"),
+                    _text("type"),
+                    _text("sender"),
+                    _text("aggregation_key"),
+                    sa.bindparam("ts", type_=BigInt),
+                    position.c.position,
+                ),
+            )
+            .cte("related")
+        )
     return statement
 
 
-_MESSAGE = {(c, r): prepared(_message_statement(c, r), dialect="postgresql")
-            for c in (False, True) for r in (False, True)}
+_MESSAGE = {
+    (c, r): prepared(_message_statement(c, r), dialect="postgresql")
+    for c in (False, True)
+    for r in (False, True)
+}
 # The constraint a taken transaction ID violates.
 _TXN_KEY = str(event_txns.primary_key.name)
 
@@ -262,31 +405,60 @@ def _room_events_query(after: bool, upto: bool, descending: bool) -> sa.Select[A
 def _state_of_group_query() -> sa.Select[Any]:
     """The entries of :group and of its chain back to the nearest snapshot, oldest first
     (later ones override earlier ones)."""
-    chain = sa.select(state_groups.c.id, state_groups.c.prev_group,
-                      state_groups.c.is_snapshot, sa.literal(0).label("n")).where(
-        state_groups.c.id == sa.bindparam("group")).cte("chain", recursive=True)
+    chain = (
+        sa.select(
+            state_groups.c.id,
+            state_groups.c.prev_group,
+            state_groups.c.is_snapshot,
+            sa.literal(0).label("n"),
+        )
+        .where(state_groups.c.id == sa.bindparam("group"))
+        .cte("chain", recursive=True)
+    )
     parent = state_groups.alias("parent")
     chain = chain.union_all(
-        sa.select(parent.c.id, parent.c.prev_group, parent.c.is_snapshot,
-                  (chain.c.n + 1).label("n"))
-        .where(parent.c.id == chain.c.prev_group, chain.c.is_snapshot.is_(False)))
-    return (sa.select(chain.c.n, state_group_entries.c.type, state_group_entries.c.state_key,
-                      state_group_entries.c.event_id)
-            .join(state_group_entries, state_group_entries.c.state_group == chain.c.id)
-            .order_by(chain.c.n.desc()))
+        sa.select(
+            parent.c.id, parent.c.prev_group, parent.c.is_snapshot, (chain.c.n + 1).label("n")
+        ).where(parent.c.id == chain.c.prev_group, chain.c.is_snapshot.is_(False))
+    )
+    return (
+        sa.select(
+            chain.c.n,
+            state_group_entries.c.type,
+            state_group_entries.c.state_key,
+            state_group_entries.c.event_id,
+        )
+        .join(state_group_entries, state_group_entries.c.state_group == chain.c.id)
+        .order_by(chain.c.n.desc())
+    )
 
 
 _STATE_OF_GROUP = prepared(_state_of_group_query())
-_ROOM_EVENTS = {(a, u, d): prepared(_room_events_query(a, u, d))
-                for a in (False, True) for u in (False, True) for d in (False, True)}
+_ROOM_EVENTS = {
+    (a, u, d): prepared(_room_events_query(a, u, d))
+    for a in (False, True)
+    for u in (False, True)
+    for d in (False, True)
+}
 
 
 def _to_event(r: Any) -> StoredEvent:
     return StoredEvent(
-        int(r.stream_ordering), r.event_id, r.room_id, r.type, r.state_key, r.sender,
-        int(r.origin_server_ts), int(r.depth), jsonutil.loads(r.json),
-        jsonutil.loads(r.unsigned_json) if r.unsigned_json else {}, int(r.state_group),
-        r.redacted_by, r.device_id, r.txn_id)
+        int(r.stream_ordering),
+        r.event_id,
+        r.room_id,
+        r.type,
+        r.state_key,
+        r.sender,
+        int(r.origin_server_ts),
+        int(r.depth),
+        jsonutil.loads(r.json),
+        jsonutil.loads(r.unsigned_json) if r.unsigned_json else {},
+        int(r.state_group),
+        r.redacted_by,
+        r.device_id,
+        r.txn_id,
+    )
 
 
 class EventStore:
@@ -296,11 +468,14 @@ class EventStore:
         self._state_cache: LRUCache[int, StateMap] = LRUCache(maxsize=2000)
         # Nor does what lies between two committed positions.
         self._windows: RangeReads[StreamWindow] = RangeReads(
-            WINDOWS_KEPT, WINDOW_MAX_EVENTS, _EMPTY_WINDOW, lambda window: window.weight)
+            WINDOWS_KEPT, WINDOW_MAX_EVENTS, _EMPTY_WINDOW, lambda window: window.weight
+        )
         # Built here, so that start-up compiles it (Database.prepare_statements).
         self._claim_txn = db.insert_ignore_statement(
-            event_txns, ("user_id", "device_id", "scope", "txn_id"),
-            columns=("user_id", "device_id", "scope", "txn_id", "event_id", "created_ts"))
+            event_txns,
+            ("user_id", "device_id", "scope", "txn_id"),
+            columns=("user_id", "device_id", "scope", "txn_id", "event_id", "created_ts"),
+        )
 
     def pinned_reads(self) -> AbstractAsyncContextManager[None]:
         """Reads of every store inside share one connection (see Database.pinned_reads)."""
@@ -319,10 +494,13 @@ class EventStore:
         state_key: str | None = pdu.get("state_key")
         event_json = jsonutil.dumps_str(pdu)
         unsigned_json = jsonutil.dumps_str(new.unsigned) if new.unsigned else None
-        if not self._db.is_sqlite and state_key is None and expected_latest is not None \
-                and pdu["type"] != "m.room.redaction":
-            return await self._persist_message(new, expected_latest, event_json,
-                                               unsigned_json)
+        if (
+            not self._db.is_sqlite
+            and state_key is None
+            and expected_latest is not None
+            and pdu["type"] != "m.room.redaction"
+        ):
+            return await self._persist_message(new, expected_latest, event_json, unsigned_json)
         async with self._db.write() as conn:
             room = (await conn.execute(_LOCK_ROOM, {"room_id": new.room_id})).first()
             if room is None or room.latest_event_id != expected_latest:
@@ -330,35 +508,64 @@ class EventStore:
             # Everything that needs no stream position comes first: on PostgreSQL the
             # position's row stays locked from next_position to COMMIT, for every room.
             if new.txn_id is not None and new.device_id is not None:
-                taken = await conn.execute(self._claim_txn, {
-                    "user_id": pdu["sender"], "device_id": new.device_id,
-                    "scope": new.txn_scope or "", "txn_id": new.txn_id,
-                    "event_id": new.event_id, "created_ts": pdu["origin_server_ts"]})
+                taken = await conn.execute(
+                    self._claim_txn,
+                    {
+                        "user_id": pdu["sender"],
+                        "device_id": new.device_id,
+                        "scope": new.txn_scope or "",
+                        "txn_id": new.txn_id,
+                        "event_id": new.event_id,
+                        "created_ts": pdu["origin_server_ts"],
+                    },
+                )
                 if taken.rowcount == 0:
                     raise DuplicateTxn(new.txn_id)  # rolls the whole transaction back
             group = before = room.current_state_group
             if state_key is not None:
-                group = await self._add_state_group(conn, new.room_id, before,
-                                                    {(pdu["type"], state_key): new.event_id})
-            await conn.execute(_MOVE_ROOM, {"id": new.room_id, "latest": new.event_id,
-                                            "depth": pdu["depth"], "group": group})
+                group = await self._add_state_group(
+                    conn, new.room_id, before, {(pdu["type"], state_key): new.event_id}
+                )
+            await conn.execute(
+                _MOVE_ROOM,
+                {"id": new.room_id, "latest": new.event_id, "depth": pdu["depth"], "group": group},
+            )
             position = await self._db.next_position(conn, Stream.EVENTS)
-            await conn.execute(_INSERT_EVENT, {
-                "stream_ordering": position, "event_id": new.event_id, "room_id": new.room_id,
-                "type": pdu["type"], "state_key": state_key, "sender": pdu["sender"],
-                "depth": pdu["depth"], "origin_server_ts": pdu["origin_server_ts"],
-                "json": event_json, "unsigned_json": unsigned_json, "state_group": group,
-                "device_id": new.device_id, "txn_id": new.txn_id})
+            await conn.execute(
+                _INSERT_EVENT,
+                {
+                    "stream_ordering": position,
+                    "event_id": new.event_id,
+                    "room_id": new.room_id,
+                    "type": pdu["type"],
+                    "state_key": state_key,
+                    "sender": pdu["sender"],
+                    "depth": pdu["depth"],
+                    "origin_server_ts": pdu["origin_server_ts"],
+                    "json": event_json,
+                    "unsigned_json": unsigned_json,
+                    "state_group": group,
+                    "device_id": new.device_id,
+                    "txn_id": new.txn_id,
+                },
+            )
             if state_key is not None:
                 await self._update_current_state(conn, new, state_key, position)
             redacts = _redacts(pdu)
             if pdu["type"] == "m.room.redaction" and redacts is not None:
-                await conn.execute(sa.update(events).where(
-                    events.c.event_id == redacts, events.c.room_id == new.room_id,
-                    events.c.redacted_by.is_(None)).values(redacted_by=new.event_id))
+                await conn.execute(
+                    sa.update(events)
+                    .where(
+                        events.c.event_id == redacts,
+                        events.c.room_id == new.room_id,
+                        events.c.redacted_by.is_(None),
+                    )
+                    .values(redacted_by=new.event_id)
+                )
             await record_relation(conn, pdu, new.event_id, new.room_id, position, redacts)
-            await record_push_actions(conn, new.push_actions, new.room_id, new.event_id,
-                                      position, pdu["origin_server_ts"])
+            await record_push_actions(
+                conn, new.push_actions, new.room_id, new.event_id, position, pdu["origin_server_ts"]
+            )
         if state_key is not None:
             # Committed: the new group's state is the previous one's plus this event, so the
             # room's next send does not load it (an uncommitted group's ID may be reused).
@@ -367,27 +574,39 @@ class EventStore:
                 self._state_cache[group] = {**previous, (pdu["type"], state_key): new.event_id}
         return position
 
-    async def _persist_message(self, new: NewEvent, expected_latest: str, event_json: str,
-                               unsigned_json: str | None) -> int | None:
+    async def _persist_message(
+        self, new: NewEvent, expected_latest: str, event_json: str, unsigned_json: str | None
+    ) -> int | None:
         """``persist_event`` of a message on PostgreSQL: one statement (``_MESSAGE``)."""
         pdu = new.pdu
         claim = new.txn_id is not None and new.device_id is not None
         relation = parse_relation(pdu.get("content"), event_type=pdu["type"])
         actions = new.push_actions
         try:
-            result = await self._db.write_alone(_MESSAGE[(claim, relation is not None)], {
-                "room_id": new.room_id, "expected": expected_latest,
-                "event_id": new.event_id, "type": pdu["type"], "sender": pdu["sender"],
-                "depth": pdu["depth"], "ts": pdu["origin_server_ts"], "json": event_json,
-                "unsigned_json": unsigned_json, "device_id": new.device_id,
-                "txn_id": new.txn_id, "scope": new.txn_scope or "",
-                "users": [a.user_id for a in actions],
-                "threads": [a.thread_id for a in actions],
-                "actions": [a.actions_json for a in actions],
-                "highlights": [a.highlight for a in actions],
-                "relates_to_id": relation.parent_id if relation else None,
-                "rel_type": relation.rel_type if relation else None,
-                "aggregation_key": relation.key if relation else None})
+            result = await self._db.write_alone(
+                _MESSAGE[(claim, relation is not None)],
+                {
+                    "room_id": new.room_id,
+                    "expected": expected_latest,
+                    "event_id": new.event_id,
+                    "type": pdu["type"],
+                    "sender": pdu["sender"],
+                    "depth": pdu["depth"],
+                    "ts": pdu["origin_server_ts"],
+                    "json": event_json,
+                    "unsigned_json": unsigned_json,
+                    "device_id": new.device_id,
+                    "txn_id": new.txn_id,
+                    "scope": new.txn_scope or "",
+                    "users": [a.user_id for a in actions],
+                    "threads": [a.thread_id for a in actions],
+                    "actions": [a.actions_json for a in actions],
+                    "highlights": [a.highlight for a in actions],
+                    "relates_to_id": relation.parent_id if relation else None,
+                    "rel_type": relation.rel_type if relation else None,
+                    "aggregation_key": relation.key if relation else None,
+                },
+            )
         except sa.exc.IntegrityError as error:
             if claim and _TXN_KEY in str(error.orig):
                 raise DuplicateTxn(new.txn_id) from error
@@ -395,43 +614,83 @@ class EventStore:
         position = result.scalar()
         return None if position is None else int(position)
 
-    async def _add_state_group(self, conn: Connection, room_id: str, prev: int | None,
-                               delta: StateMap) -> int:
+    async def _add_state_group(
+        self, conn: Connection, room_id: str, prev: int | None, delta: StateMap
+    ) -> int:
         chain = 0
         if prev is not None:
-            chain = int((await conn.execute(sa.select(state_groups.c.chain_length)
-                                            .where(state_groups.c.id == prev))).scalar_one())
+            chain = int(
+                (
+                    await conn.execute(
+                        sa.select(state_groups.c.chain_length).where(state_groups.c.id == prev)
+                    )
+                ).scalar_one()
+            )
         snapshot = prev is None or chain + 1 >= MAX_STATE_CHAIN
         entries = delta
         if snapshot and prev is not None:
             entries = {**await self._state_for_group(conn, prev), **delta}
-        group = int((await conn.execute(sa.insert(state_groups).values(
-            room_id=room_id, prev_group=prev, is_snapshot=snapshot,
-            chain_length=0 if snapshot else chain + 1).returning(state_groups.c.id)))
-            .scalar_one())
-        await conn.execute(sa.insert(state_group_entries), [
-            {"state_group": group, "type": t, "state_key": k, "event_id": e}
-            for (t, k), e in entries.items()])
+        group = int(
+            (
+                await conn.execute(
+                    sa.insert(state_groups)
+                    .values(
+                        room_id=room_id,
+                        prev_group=prev,
+                        is_snapshot=snapshot,
+                        chain_length=0 if snapshot else chain + 1,
+                    )
+                    .returning(state_groups.c.id)
+                )
+            ).scalar_one()
+        )
+        await conn.execute(
+            sa.insert(state_group_entries),
+            [
+                {"state_group": group, "type": t, "state_key": k, "event_id": e}
+                for (t, k), e in entries.items()
+            ],
+        )
         return group
 
-    async def _update_current_state(self, conn: Connection, new: NewEvent, state_key: str,
-                                    position: int) -> None:
+    async def _update_current_state(
+        self, conn: Connection, new: NewEvent, state_key: str, position: int
+    ) -> None:
         pdu = new.pdu
-        await conn.execute(self._db.upsert(current_state, {
-            "room_id": new.room_id, "type": pdu["type"], "state_key": state_key,
-            "event_id": new.event_id}, keys=("room_id", "type", "state_key")))
+        await conn.execute(
+            self._db.upsert(
+                current_state,
+                {
+                    "room_id": new.room_id,
+                    "type": pdu["type"],
+                    "state_key": state_key,
+                    "event_id": new.event_id,
+                },
+                keys=("room_id", "type", "state_key"),
+            )
+        )
         if pdu["type"] != "m.room.member":
             return
         content = pdu.get("content", {})
         displayname = content.get("displayname")
         avatar_url = content.get("avatar_url")
-        await conn.execute(self._db.upsert(room_memberships, {
-            "room_id": new.room_id, "user_id": state_key,
-            "membership": content.get("membership"), "event_id": new.event_id,
-            "sender": pdu["sender"], "stream_ordering": position, "forgotten": False,
-            "displayname": displayname if isinstance(displayname, str) else None,
-            "avatar_url": avatar_url if isinstance(avatar_url, str) else None,
-        }, keys=("room_id", "user_id")))
+        await conn.execute(
+            self._db.upsert(
+                room_memberships,
+                {
+                    "room_id": new.room_id,
+                    "user_id": state_key,
+                    "membership": content.get("membership"),
+                    "event_id": new.event_id,
+                    "sender": pdu["sender"],
+                    "stream_ordering": position,
+                    "forgotten": False,
+                    "displayname": displayname if isinstance(displayname, str) else None,
+                    "avatar_url": avatar_url if isinstance(avatar_url, str) else None,
+                },
+                keys=("room_id", "user_id"),
+            )
+        )
 
     # --- reading events --------------------------------------------------------------------
 
@@ -447,21 +706,35 @@ class EventStore:
             rows = (await conn.execute(_EVENTS_BY_ID, {"ids": ids})).all()
         return {r.event_id: _to_event(r) for r in rows}
 
-    async def get_txn_event_id(self, user_id: str, device_id: str, scope: str,
-                               txn_id: str) -> str | None:
+    async def get_txn_event_id(
+        self, user_id: str, device_id: str, scope: str, txn_id: str
+    ) -> str | None:
         async with self._db.read() as conn:
-            value = (await conn.execute(_TXN, {"user_id": user_id, "device_id": device_id,
-                                               "scope": scope, "txn_id": txn_id})).scalar()
+            value = (
+                await conn.execute(
+                    _TXN,
+                    {"user_id": user_id, "device_id": device_id, "scope": scope, "txn_id": txn_id},
+                )
+            ).scalar()
         return value
 
-    async def get_room_events(self, room_id: str, *, after: int | None = None,
-                              upto: int | None = None, limit: int,
-                              descending: bool) -> list[StoredEvent]:
+    async def get_room_events(
+        self,
+        room_id: str,
+        *,
+        after: int | None = None,
+        upto: int | None = None,
+        limit: int,
+        descending: bool,
+    ) -> list[StoredEvent]:
         """Events of one room with ``after < stream_ordering <= upto``, newest or oldest first."""
         query = _ROOM_EVENTS[(after is not None, upto is not None, descending)]
         async with self._db.read() as conn:
-            rows = (await conn.execute(query, {"room_id": room_id, "after": after,
-                                               "upto": upto, "limit": limit})).all()
+            rows = (
+                await conn.execute(
+                    query, {"room_id": room_id, "after": after, "upto": upto, "limit": limit}
+                )
+            ).all()
         return [_to_event(r) for r in rows]
 
     async def get_window(self, after: int, upto: int) -> StreamWindow | None:
@@ -473,21 +746,27 @@ class EventStore:
     async def _read_window(self, after: int, upto: int) -> StreamWindow:
         short = upto - after <= SHARED_TIMELINE_MAX_EVENTS
         async with self._db.read() as conn:
-            rows = (await conn.execute(_WINDOW_EVENTS if short else _WINDOW,
-                                       {"after": after, "upto": upto})).all()
+            rows = (
+                await conn.execute(
+                    _WINDOW_EVENTS if short else _WINDOW, {"after": after, "upto": upto}
+                )
+            ).all()
         senders: dict[str, set[str]] = {}
         for r in rows:
             senders.setdefault(r.sender, set()).add(r.room_id)
         return StreamWindow(
             frozenset(r.room_id for r in rows),
-            frozenset(r.state_key for r in rows
-                      if r.type == "m.room.member" and r.state_key is not None),
+            frozenset(
+                r.state_key for r in rows if r.type == "m.room.member" and r.state_key is not None
+            ),
             frozenset(r.relates_to_id for r in rows if r.relates_to_id is not None),
             {sender: frozenset(rooms) for sender, rooms in senders.items()},
-            tuple(rows) if short else None)
+            tuple(rows) if short else None,
+        )
 
-    async def get_recent_events(self, room_id: str, after: int, upto: int,
-                                limit: int) -> list[StoredEvent]:
+    async def get_recent_events(
+        self, room_id: str, after: int, upto: int, limit: int
+    ) -> list[StoredEvent]:
         """A sync's timeline: the room's newest ``limit`` events in ``(after, upto]``, newest
         first. ``upto`` must be committed: from a short range they come from its window (the
         sync has it already), read once for every sync woken by the same events."""
@@ -496,11 +775,11 @@ class EventStore:
             events = window.events_of(room_id) if window is not None else None
             if events is not None:
                 return list(reversed(events[-limit:]))
-        return await self.get_room_events(room_id, after=after, upto=upto, limit=limit,
-                                          descending=True)
+        return await self.get_room_events(
+            room_id, after=after, upto=upto, limit=limit, descending=True
+        )
 
-    async def get_rooms_changed(self, room_ids: Sequence[str], after: int, upto: int
-                                ) -> set[str]:
+    async def get_rooms_changed(self, room_ids: Sequence[str], after: int, upto: int) -> set[str]:
         """Which of ``room_ids`` have events in ``(after, upto]`` (``upto`` committed)."""
         if not room_ids or upto <= after:
             return set()
@@ -508,14 +787,22 @@ class EventStore:
         if window is not None:
             return set(window.rooms.intersection(room_ids))
         async with self._db.read() as conn:
-            rows = (await conn.execute(_ROOMS_CHANGED, {"after": after, "upto": upto,
-                                                        "rooms": list(room_ids)})).all()
+            rows = (
+                await conn.execute(
+                    _ROOMS_CHANGED, {"after": after, "upto": upto, "rooms": list(room_ids)}
+                )
+            ).all()
         return {r.room_id for r in rows}
 
     async def get_max_stream_ordering_before(self, room_id: str, upto: int) -> int | None:
         async with self._db.read() as conn:
-            value = (await conn.execute(sa.select(sa.func.max(events.c.stream_ordering)).where(
-                events.c.room_id == room_id, events.c.stream_ordering <= upto))).scalar()
+            value = (
+                await conn.execute(
+                    sa.select(sa.func.max(events.c.stream_ordering)).where(
+                        events.c.room_id == room_id, events.c.stream_ordering <= upto
+                    )
+                )
+            ).scalar()
         return int(value) if value is not None else None
 
     # --- reading state ---------------------------------------------------------------------
@@ -543,30 +830,40 @@ class EventStore:
             state[(r.type, r.state_key)] = r.event_id
         return state
 
-    async def get_current_state_ids(self, room_id: str,
-                                    types: Iterable[str] | None = None) -> StateMap:
-        query = sa.select(current_state.c.type, current_state.c.state_key,
-                          current_state.c.event_id).where(current_state.c.room_id == room_id)
+    async def get_current_state_ids(
+        self, room_id: str, types: Iterable[str] | None = None
+    ) -> StateMap:
+        query = sa.select(
+            current_state.c.type, current_state.c.state_key, current_state.c.event_id
+        ).where(current_state.c.room_id == room_id)
         if types is not None:
             query = query.where(current_state.c.type.in_(list(types)))
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
         return {(r.type, r.state_key): r.event_id for r in rows}
 
-    async def get_current_state_event(self, room_id: str, event_type: str,
-                                      state_key: str) -> StoredEvent | None:
-        query = (sa.select(*_EVENT_COLUMNS)
-                 .join(current_state, current_state.c.event_id == events.c.event_id)
-                 .where(current_state.c.room_id == room_id, current_state.c.type == event_type,
-                        current_state.c.state_key == state_key))
+    async def get_current_state_event(
+        self, room_id: str, event_type: str, state_key: str
+    ) -> StoredEvent | None:
+        query = (
+            sa.select(*_EVENT_COLUMNS)
+            .join(current_state, current_state.c.event_id == events.c.event_id)
+            .where(
+                current_state.c.room_id == room_id,
+                current_state.c.type == event_type,
+                current_state.c.state_key == state_key,
+            )
+        )
         async with self._db.read() as conn:
             r = (await conn.execute(query)).first()
         return _to_event(r) if r is not None else None
 
     async def get_current_state_events(self, room_id: str) -> list[StoredEvent]:
-        query = (sa.select(*_EVENT_COLUMNS)
-                 .join(current_state, current_state.c.event_id == events.c.event_id)
-                 .where(current_state.c.room_id == room_id))
+        query = (
+            sa.select(*_EVENT_COLUMNS)
+            .join(current_state, current_state.c.event_id == events.c.event_id)
+            .where(current_state.c.room_id == room_id)
+        )
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
         return [_to_event(r) for r in rows]

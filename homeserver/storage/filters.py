@@ -21,11 +21,19 @@ class FilterStore:
         for attempt in range(_ATTEMPTS):
             try:
                 async with self._db.write() as conn:
-                    last = (await conn.execute(sa.select(sa.func.max(filters.c.filter_id))
-                                               .where(filters.c.user_id == user_id))).scalar()
+                    last = (
+                        await conn.execute(
+                            sa.select(sa.func.max(filters.c.filter_id)).where(
+                                filters.c.user_id == user_id
+                            )
+                        )
+                    ).scalar()
                     filter_id = 0 if last is None else int(last) + 1
-                    await conn.execute(sa.insert(filters).values(
-                        user_id=user_id, filter_id=filter_id, filter_json=filter_json))
+                    await conn.execute(
+                        sa.insert(filters).values(
+                            user_id=user_id, filter_id=filter_id, filter_json=filter_json
+                        )
+                    )
                 return filter_id
             except sa.exc.IntegrityError:
                 # On PostgreSQL two uploads of one user may race for the same ID: the primary
@@ -36,8 +44,13 @@ class FilterStore:
 
     async def get_filter(self, user_id: UserID, filter_id: int) -> JsonDict | None:
         async with self._db.read() as conn:
-            row = (await conn.execute(sa.select(filters.c.filter_json).where(
-                filters.c.user_id == user_id, filters.c.filter_id == filter_id))).first()
+            row = (
+                await conn.execute(
+                    sa.select(filters.c.filter_json).where(
+                        filters.c.user_id == user_id, filters.c.filter_id == filter_id
+                    )
+                )
+            ).first()
         if row is None:
             return None
         value: JsonDict = row.filter_json

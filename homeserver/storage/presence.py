@@ -37,18 +37,29 @@ class SweepResult:
 
 
 def _state(r: sa.Row[tuple[object, ...]]) -> PresenceState:
-    return PresenceState(r.user_id, r.state, r.status_msg, int(r.last_active_ts),
-                         int(r.last_sync_ts), bool(r.currently_active), int(r.stream_position))
+    return PresenceState(
+        r.user_id,
+        r.state,
+        r.status_msg,
+        int(r.last_active_ts),
+        int(r.last_sync_ts),
+        bool(r.currently_active),
+        int(r.stream_position),
+    )
 
 
 def _sharing_users(user_id: str | sa.BindParameter[str]) -> sa.Select[tuple[str]]:
     """Users joined to a room that ``user_id`` is joined to (themselves included)."""
     mine = room_memberships.alias("mine")
     theirs = room_memberships.alias("theirs")
-    return (sa.select(theirs.c.user_id).distinct()
-            .join(mine, mine.c.room_id == theirs.c.room_id)
-            .where(mine.c.user_id == user_id, mine.c.membership == "join",
-                   theirs.c.membership == "join"))
+    return (
+        sa.select(theirs.c.user_id)
+        .distinct()
+        .join(mine, mine.c.room_id == theirs.c.room_id)
+        .where(
+            mine.c.user_id == user_id, mine.c.membership == "join", theirs.c.membership == "join"
+        )
+    )
 
 
 def _newly_shared_query(exclude_offline: bool) -> sa.Select[Any]:
@@ -57,13 +68,22 @@ def _newly_shared_query(exclude_offline: bool) -> sa.Select[Any]:
     theirs = room_memberships.alias("theirs")
     after: sa.BindParameter[int] = sa.bindparam("after")
     upto: sa.BindParameter[int] = sa.bindparam("upto")
-    joined = sa.or_(sa.and_(mine.c.stream_ordering > after, mine.c.stream_ordering <= upto),
-                    sa.and_(theirs.c.stream_ordering > after, theirs.c.stream_ordering <= upto))
+    joined = sa.or_(
+        sa.and_(mine.c.stream_ordering > after, mine.c.stream_ordering <= upto),
+        sa.and_(theirs.c.stream_ordering > after, theirs.c.stream_ordering <= upto),
+    )
     user_id: sa.BindParameter[str] = sa.bindparam("user_id")
-    newcomers = (sa.select(theirs.c.user_id)
-                 .join(mine, mine.c.room_id == theirs.c.room_id)
-                 .where(mine.c.user_id == user_id, mine.c.membership == "join",
-                        theirs.c.membership == "join", theirs.c.user_id != user_id, joined))
+    newcomers = (
+        sa.select(theirs.c.user_id)
+        .join(mine, mine.c.room_id == theirs.c.room_id)
+        .where(
+            mine.c.user_id == user_id,
+            mine.c.membership == "join",
+            theirs.c.membership == "join",
+            theirs.c.user_id != user_id,
+            joined,
+        )
+    )
     query = sa.select(presence).where(presence.c.user_id.in_(newcomers))
     if exclude_offline:
         query = query.where(presence.c.state != OFFLINE)
@@ -72,17 +92,19 @@ def _newly_shared_query(exclude_offline: bool) -> sa.Select[Any]:
 
 def _changed_query() -> sa.Select[Any]:
     user_id: sa.BindParameter[str] = sa.bindparam("user_id")
-    return (sa.select(presence)
-            .where(presence.c.stream_position > sa.bindparam("after"),
-                   presence.c.stream_position <= sa.bindparam("upto"),
-                   sa.or_(presence.c.user_id == user_id,
-                          presence.c.user_id.in_(_sharing_users(user_id))))
-            .order_by(presence.c.user_id))
+    return (
+        sa.select(presence)
+        .where(
+            presence.c.stream_position > sa.bindparam("after"),
+            presence.c.stream_position <= sa.bindparam("upto"),
+            sa.or_(presence.c.user_id == user_id, presence.c.user_id.in_(_sharing_users(user_id))),
+        )
+        .order_by(presence.c.user_id)
+    )
 
 
 # Every incremental sync runs these: built once.
-_NEWLY_SHARED = {exclude: prepared(_newly_shared_query(exclude))
-                 for exclude in (False, True)}
+_NEWLY_SHARED = {exclude: prepared(_newly_shared_query(exclude)) for exclude in (False, True)}
 _CHANGED = prepared(_changed_query())
 _GET = prepared(sa.select(presence).where(presence.c.user_id == sa.bindparam("user_id")))
 
@@ -96,20 +118,39 @@ class PresenceStore:
             r = (await conn.execute(_GET, {"user_id": user_id})).first()
         return _state(r) if r is not None else None
 
-    async def put(self, user_id: str, *, state: str, status_msg: str | None,
-                  last_active_ts: int, last_sync_ts: int, currently_active: bool) -> int:
+    async def put(
+        self,
+        user_id: str,
+        *,
+        state: str,
+        status_msg: str | None,
+        last_active_ts: int,
+        last_sync_ts: int,
+        currently_active: bool,
+    ) -> int:
         """Store what others see of ``user_id``; returns its new presence position."""
         async with self._db.write() as conn:
             position = await self._db.next_position(conn, Stream.PRESENCE)
-            await conn.execute(self._db.upsert(presence, {
-                "user_id": user_id, "state": state, "status_msg": status_msg,
-                "last_active_ts": last_active_ts, "last_sync_ts": last_sync_ts,
-                "currently_active": currently_active, "stream_position": position,
-            }, keys=("user_id",)))
+            await conn.execute(
+                self._db.upsert(
+                    presence,
+                    {
+                        "user_id": user_id,
+                        "state": state,
+                        "status_msg": status_msg,
+                        "last_active_ts": last_active_ts,
+                        "last_sync_ts": last_sync_ts,
+                        "currently_active": currently_active,
+                        "stream_position": position,
+                    },
+                    keys=("user_id",),
+                )
+            )
         return position
 
-    async def touch(self, user_id: str, *, last_active_ts: int | None = None,
-                    last_sync_ts: int | None = None) -> None:
+    async def touch(
+        self, user_id: str, *, last_active_ts: int | None = None, last_sync_ts: int | None = None
+    ) -> None:
         """Move timestamps that others are not told about (no new position)."""
         values: dict[str, int] = {}
         if last_active_ts is not None:
@@ -119,21 +160,24 @@ class PresenceStore:
         if not values:
             return
         async with self._db.write() as conn:
-            await conn.execute(sa.update(presence).where(presence.c.user_id == user_id)
-                               .values(**values))
+            await conn.execute(
+                sa.update(presence).where(presence.c.user_id == user_id).values(**values)
+            )
 
     async def keep_connected(self, user_ids: Sequence[str], now_ms: int) -> None:
         """Connections are open on this worker for these users: they are not gone."""
         if not user_ids:
             return
         async with self._db.write() as conn:
-            await conn.execute(sa.update(presence)
-                               .where(presence.c.user_id.in_(list(user_ids)),
-                                      presence.c.last_sync_ts < now_ms)
-                               .values(last_sync_ts=now_ms))
+            await conn.execute(
+                sa.update(presence)
+                .where(presence.c.user_id.in_(list(user_ids)), presence.c.last_sync_ts < now_ms)
+                .values(last_sync_ts=now_ms)
+            )
 
-    async def sweep(self, *, offline_before: int, idle_before: int,
-                    inactive_before: int) -> SweepResult:
+    async def sweep(
+        self, *, offline_before: int, idle_before: int, inactive_before: int
+    ) -> SweepResult:
         """Apply the timers: offline when no connection or activity since ``offline_before``,
         unavailable when online without activity since ``idle_before``, no longer
         ``currently_active`` without activity since ``inactive_before``.
@@ -141,15 +185,23 @@ class PresenceStore:
         Any worker may run it: each change is a conditional UPDATE, so two sweepers never
         apply one twice, and it reads nothing but the database.
         """
-        gone = sa.and_(presence.c.state != OFFLINE,
-                       presence.c.last_sync_ts < offline_before,
-                       presence.c.last_active_ts < offline_before)
+        gone = sa.and_(
+            presence.c.state != OFFLINE,
+            presence.c.last_sync_ts < offline_before,
+            presence.c.last_active_ts < offline_before,
+        )
         idle = sa.and_(presence.c.state == ONLINE, presence.c.last_active_ts < idle_before)
-        inactive = sa.and_(presence.c.state == ONLINE, presence.c.currently_active.is_(True),
-                           presence.c.last_active_ts < inactive_before)
+        inactive = sa.and_(
+            presence.c.state == ONLINE,
+            presence.c.currently_active.is_(True),
+            presence.c.last_active_ts < inactive_before,
+        )
         async with self._db.read() as conn:
-            due = (await conn.execute(sa.select(presence.c.user_id)
-                                      .where(sa.or_(gone, idle, inactive)).limit(1))).first()
+            due = (
+                await conn.execute(
+                    sa.select(presence.c.user_id).where(sa.or_(gone, idle, inactive)).limit(1)
+                )
+            ).first()
         if due is None:
             return SweepResult(0, ())
         changed: set[str] = set()
@@ -158,37 +210,50 @@ class PresenceStore:
             steps: list[tuple[sa.ColumnElement[bool], dict[str, object]]] = [
                 (gone, {"state": OFFLINE, "currently_active": False}),
                 (idle, {"state": UNAVAILABLE, "currently_active": False}),
-                (inactive, {"currently_active": False})]
+                (inactive, {"currently_active": False}),
+            ]
             for condition, values in steps:
                 changed.update(await _update_returning(conn, condition, values, position))
         return SweepResult(position, tuple(sorted(changed)))
 
-    async def get_changed(self, user_id: str, since: int, upto: int
-                          ) -> list[PresenceState]:
+    async def get_changed(self, user_id: str, since: int, upto: int) -> list[PresenceState]:
         """States moved in (since, upto] of users who share a room with ``user_id``, and
         of ``user_id`` themselves."""
         async with self._db.read() as conn:
-            rows = (await conn.execute(_CHANGED, {"user_id": user_id, "after": since,
-                                                  "upto": upto})).all()
+            rows = (
+                await conn.execute(_CHANGED, {"user_id": user_id, "after": since, "upto": upto})
+            ).all()
         return [_state(r) for r in rows]
 
-    async def get_newly_shared(self, user_id: str, since_event: int, upto_event: int,
-                               exclude_offline: bool = True) -> list[PresenceState]:
+    async def get_newly_shared(
+        self, user_id: str, since_event: int, upto_event: int, exclude_offline: bool = True
+    ) -> list[PresenceState]:
         """Current states of users who began to share a room with ``user_id`` (either joined)
         in (since_event, upto_event] of the events stream."""
         async with self._db.read() as conn:
-            rows = (await conn.execute(_NEWLY_SHARED[exclude_offline], {
-                "user_id": user_id, "after": since_event, "upto": upto_event})).all()
+            rows = (
+                await conn.execute(
+                    _NEWLY_SHARED[exclude_offline],
+                    {"user_id": user_id, "after": since_event, "upto": upto_event},
+                )
+            ).all()
         return [_state(r) for r in rows]
 
     async def get_all_shared(self, user_id: str, upto: int) -> list[PresenceState]:
         """An initial sync: everyone sharing a room who is not offline, and oneself."""
-        query = (sa.select(presence)
-                 .where(presence.c.stream_position <= upto,
-                        sa.or_(presence.c.user_id == user_id,
-                               sa.and_(presence.c.state != OFFLINE,
-                                       presence.c.user_id.in_(_sharing_users(user_id)))))
-                 .order_by(presence.c.user_id))
+        query = (
+            sa.select(presence)
+            .where(
+                presence.c.stream_position <= upto,
+                sa.or_(
+                    presence.c.user_id == user_id,
+                    sa.and_(
+                        presence.c.state != OFFLINE, presence.c.user_id.in_(_sharing_users(user_id))
+                    ),
+                ),
+            )
+            .order_by(presence.c.user_id)
+        )
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
         return [_state(r) for r in rows]
@@ -196,10 +261,17 @@ class PresenceStore:
     async def shares_a_room(self, user_id: str, other: str) -> bool:
         mine = room_memberships.alias("mine")
         theirs = room_memberships.alias("theirs")
-        query = (sa.select(mine.c.room_id)
-                 .join(theirs, theirs.c.room_id == mine.c.room_id)
-                 .where(mine.c.user_id == user_id, mine.c.membership == "join",
-                        theirs.c.user_id == other, theirs.c.membership == "join").limit(1))
+        query = (
+            sa.select(mine.c.room_id)
+            .join(theirs, theirs.c.room_id == mine.c.room_id)
+            .where(
+                mine.c.user_id == user_id,
+                mine.c.membership == "join",
+                theirs.c.user_id == other,
+                theirs.c.membership == "join",
+            )
+            .limit(1)
+        )
         async with self._db.read() as conn:
             r = (await conn.execute(query)).first()
         return r is not None
@@ -211,18 +283,28 @@ class PresenceStore:
             return set()
         mine = room_memberships.alias("mine")
         theirs = room_memberships.alias("theirs")
-        query = (sa.select(theirs.c.user_id).distinct()
-                 .join(mine, mine.c.room_id == theirs.c.room_id)
-                 .where(mine.c.user_id.in_(subjects), mine.c.membership == "join",
-                        theirs.c.membership == "join"))
+        query = (
+            sa.select(theirs.c.user_id)
+            .distinct()
+            .join(mine, mine.c.room_id == theirs.c.room_id)
+            .where(
+                mine.c.user_id.in_(subjects),
+                mine.c.membership == "join",
+                theirs.c.membership == "join",
+            )
+        )
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
         return {r.user_id for r in rows} | set(subjects)
 
 
-async def _update_returning(conn: Connection, condition: sa.ColumnElement[bool],
-                            values: dict[str, object], position: int) -> list[str]:
-    result = await conn.execute(sa.update(presence).where(condition)
-                                .values(**values, stream_position=position)
-                                .returning(presence.c.user_id))
+async def _update_returning(
+    conn: Connection, condition: sa.ColumnElement[bool], values: dict[str, object], position: int
+) -> list[str]:
+    result = await conn.execute(
+        sa.update(presence)
+        .where(condition)
+        .values(**values, stream_position=position)
+        .returning(presence.c.user_id)
+    )
     return [r.user_id for r in result.all()]

@@ -31,16 +31,19 @@ class Receipt:
 
 # Whose receipts moved after a position is read for ranges of up to this many positions.
 MOVED_MAX_POSITIONS = 100
-_MOVED = prepared(sa.select(receipts.c.user_id, receipts.c.room_id)
-                  .where(receipts.c.stream_position > sa.bindparam("after"))
-                  .limit(sa.bindparam("limit")))
+_MOVED = prepared(
+    sa.select(receipts.c.user_id, receipts.c.room_id)
+    .where(receipts.c.stream_position > sa.bindparam("after"))
+    .limit(sa.bindparam("limit"))
+)
 
 
 class ReceiptStore:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._moved: RangeReads[Mapping[str, frozenset[str]] | None] = \
-            RangeReads(32, MOVED_MAX_POSITIONS, {})
+        self._moved: RangeReads[Mapping[str, frozenset[str]] | None] = RangeReads(
+            32, MOVED_MAX_POSITIONS, {}
+        )
 
     async def get_moved(self, after: int, upto: int) -> Mapping[str, frozenset[str]] | None:
         """The rooms in which each user's receipts moved in ``(after, upto]`` (read-only),
@@ -63,46 +66,86 @@ class ReceiptStore:
             moved.setdefault(r.user_id, set()).add(r.room_id)
         return {user_id: frozenset(rooms) for user_id, rooms in moved.items()}
 
-    async def put_receipt(self, room_id: str, receipt_type: str, user_id: str,
-                          thread_id: str | None, event_id: str, event_stream_ordering: int,
-                          ts: int) -> int | None:
+    async def put_receipt(
+        self,
+        room_id: str,
+        receipt_type: str,
+        user_id: str,
+        thread_id: str | None,
+        event_id: str,
+        event_stream_ordering: int,
+        ts: int,
+    ) -> int | None:
         """Move the user's receipt forward to ``event_id``; its receipts position, or None
         when the receipt already is at or after that event (receipts are "up to" marks)."""
-        key = {"room_id": room_id, "receipt_type": receipt_type, "user_id": user_id,
-               "thread_id": thread_id if thread_id is not None else UNTHREADED}
+        key = {
+            "room_id": room_id,
+            "receipt_type": receipt_type,
+            "user_id": user_id,
+            "thread_id": thread_id if thread_id is not None else UNTHREADED,
+        }
         async with self._db.write() as conn:
-            current = (await conn.execute(
-                sa.select(receipts.c.event_stream_ordering)
-                .where(*(receipts.c[k] == v for k, v in key.items())))).first()
+            current = (
+                await conn.execute(
+                    sa.select(receipts.c.event_stream_ordering).where(
+                        *(receipts.c[k] == v for k, v in key.items())
+                    )
+                )
+            ).first()
             if current is not None and int(current.event_stream_ordering) >= event_stream_ordering:
                 return None
             position = await self._db.next_position(conn, Stream.RECEIPTS)
-            await conn.execute(self._db.upsert(receipts, {
-                **key, "event_id": event_id, "event_stream_ordering": event_stream_ordering,
-                "ts": ts, "stream_position": position}, keys=tuple(key)))
+            await conn.execute(
+                self._db.upsert(
+                    receipts,
+                    {
+                        **key,
+                        "event_id": event_id,
+                        "event_stream_ordering": event_stream_ordering,
+                        "ts": ts,
+                        "stream_position": position,
+                    },
+                    keys=tuple(key),
+                )
+            )
         return position
 
-    async def get_receipts(self, room_ids: Sequence[str], user_id: str, since: int | None,
-                           upto: int) -> list[Receipt]:
+    async def get_receipts(
+        self, room_ids: Sequence[str], user_id: str, since: int | None, upto: int
+    ) -> list[Receipt]:
         """Receipts in the rooms that moved in (since, upto] (all of them without ``since``),
         as ``user_id`` may see them: everyone's public ones, and only their own private."""
         if not room_ids:
             return []
-        query = (sa.select(receipts)
-                 .where(receipts.c.room_id.in_(list(room_ids)),
-                        receipts.c.stream_position <= upto,
-                        sa.or_(receipts.c.receipt_type == READ,
-                               receipts.c.user_id == user_id))
-                 .order_by(receipts.c.stream_position))
+        query = (
+            sa.select(receipts)
+            .where(
+                receipts.c.room_id.in_(list(room_ids)),
+                receipts.c.stream_position <= upto,
+                sa.or_(receipts.c.receipt_type == READ, receipts.c.user_id == user_id),
+            )
+            .order_by(receipts.c.stream_position)
+        )
         if since is not None:
             query = query.where(receipts.c.stream_position > since)
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
-        return [Receipt(r.room_id, r.receipt_type, r.user_id, r.thread_id or None, r.event_id,
-                        int(r.ts), int(r.stream_position)) for r in rows]
+        return [
+            Receipt(
+                r.room_id,
+                r.receipt_type,
+                r.user_id,
+                r.thread_id or None,
+                r.event_id,
+                int(r.ts),
+                int(r.stream_position),
+            )
+            for r in rows
+        ]
 
-    async def count_unread(self, user_id: str, room_ids: Sequence[str],
-                           event_types: Sequence[str]) -> dict[str, int]:
+    async def count_unread(
+        self, user_id: str, room_ids: Sequence[str], event_types: Sequence[str]
+    ) -> dict[str, int]:
         """Events of ``event_types`` from others after the user's read mark, by room, in one
         query. The mark is the later of their latest unthreaded or main-timeline ``m.read`` /
         ``m.read.private`` receipt and their own latest event (spec, "Marking notifications
@@ -111,27 +154,41 @@ class ReceiptStore:
             return {}
         rooms = list(room_ids)
         marks = sa.union_all(
-            sa.select(receipts.c.room_id.label("room_id"),
-                      sa.func.max(receipts.c.event_stream_ordering).label("mark"))
-            .where(receipts.c.room_id.in_(rooms), receipts.c.user_id == user_id,
-                   receipts.c.receipt_type.in_((READ, READ_PRIVATE)),
-                   receipts.c.thread_id.in_((UNTHREADED, MAIN_THREAD)))
+            sa.select(
+                receipts.c.room_id.label("room_id"),
+                sa.func.max(receipts.c.event_stream_ordering).label("mark"),
+            )
+            .where(
+                receipts.c.room_id.in_(rooms),
+                receipts.c.user_id == user_id,
+                receipts.c.receipt_type.in_((READ, READ_PRIVATE)),
+                receipts.c.thread_id.in_((UNTHREADED, MAIN_THREAD)),
+            )
             .group_by(receipts.c.room_id),
-            sa.select(events.c.room_id.label("room_id"),
-                      sa.func.max(events.c.stream_ordering).label("mark"))
+            sa.select(
+                events.c.room_id.label("room_id"),
+                sa.func.max(events.c.stream_ordering).label("mark"),
+            )
             .where(events.c.room_id.in_(rooms), events.c.sender == user_id)
             .group_by(events.c.room_id),
         ).subquery()
-        read_upto = (sa.select(marks.c.room_id, sa.func.max(marks.c.mark).label("mark"))
-                     .group_by(marks.c.room_id).subquery())
-        query = (sa.select(events.c.room_id, sa.func.count().label("n"))
-                 .join(read_upto, read_upto.c.room_id == events.c.room_id)
-                 .where(events.c.stream_ordering > read_upto.c.mark,
-                        events.c.sender != user_id,
-                        events.c.type.in_(list(event_types)),
-                        events.c.state_key.is_(None),
-                        events.c.redacted_by.is_(None))
-                 .group_by(events.c.room_id))
+        read_upto = (
+            sa.select(marks.c.room_id, sa.func.max(marks.c.mark).label("mark"))
+            .group_by(marks.c.room_id)
+            .subquery()
+        )
+        query = (
+            sa.select(events.c.room_id, sa.func.count().label("n"))
+            .join(read_upto, read_upto.c.room_id == events.c.room_id)
+            .where(
+                events.c.stream_ordering > read_upto.c.mark,
+                events.c.sender != user_id,
+                events.c.type.in_(list(event_types)),
+                events.c.state_key.is_(None),
+                events.c.redacted_by.is_(None),
+            )
+            .group_by(events.c.room_id)
+        )
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
         return {r.room_id: int(r.n) for r in rows}

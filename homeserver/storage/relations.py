@@ -70,8 +70,9 @@ class ThreadRoot:
     latest_stream_ordering: int
 
 
-def parse_relation(content: object, *, event_type: str | None = None,
-                   is_state: bool = False) -> Relation | None:
+def parse_relation(
+    content: object, *, event_type: str | None = None, is_state: bool = False
+) -> Relation | None:
     """The relation an event's content declares, or None if it declares none or a malformed one.
 
     An edit needs `m.new_content` (in the clear, unless the event is `m.room.encrypted`, whose
@@ -84,75 +85,124 @@ def parse_relation(content: object, *, event_type: str | None = None,
         return None
     rel_type = relates_to.get("rel_type")
     parent_id = relates_to.get("event_id")
-    if not isinstance(rel_type, str) or not rel_type or not isinstance(parent_id, str) \
-            or not parent_id.startswith("$"):
+    if (
+        not isinstance(rel_type, str)
+        or not rel_type
+        or not isinstance(parent_id, str)
+        or not parent_id.startswith("$")
+    ):
         return None
     key = relates_to.get("key")
     if rel_type == ANNOTATION and not isinstance(key, str):
         return None
-    if rel_type == REPLACE and (is_state or (
-            event_type != "m.room.encrypted"
-            and not isinstance(content.get("m.new_content"), dict))):
+    if rel_type == REPLACE and (
+        is_state
+        or (event_type != "m.room.encrypted" and not isinstance(content.get("m.new_content"), dict))
+    ):
         return None
     return Relation(rel_type, parent_id, key if rel_type == ANNOTATION else None)
 
 
-async def record_relation(conn: Connection, pdu: JsonDict, event_id: str, room_id: str,
-                          position: int, redacts: str | None) -> None:
+async def record_relation(
+    conn: Connection, pdu: JsonDict, event_id: str, room_id: str, position: int, redacts: str | None
+) -> None:
     """Called inside ``EventStore.persist_event``'s transaction for every event.
 
     Indexes the event's own relation, and drops the relation of the event it redacts.
     """
     if pdu.get("type") == "m.room.redaction" and redacts is not None:
-        await conn.execute(sa.delete(event_relations).where(
-            event_relations.c.event_id == redacts, event_relations.c.room_id == room_id))
-    relation = parse_relation(pdu.get("content"), event_type=pdu.get("type"),
-                              is_state="state_key" in pdu)
+        await conn.execute(
+            sa.delete(event_relations).where(
+                event_relations.c.event_id == redacts, event_relations.c.room_id == room_id
+            )
+        )
+    relation = parse_relation(
+        pdu.get("content"), event_type=pdu.get("type"), is_state="state_key" in pdu
+    )
     if relation is None:
         return
-    await conn.execute(sa.insert(event_relations).values(
-        event_id=event_id, relates_to_id=relation.parent_id, rel_type=relation.rel_type,
-        room_id=room_id, type=pdu["type"], sender=pdu["sender"],
-        aggregation_key=relation.key, origin_server_ts=pdu["origin_server_ts"],
-        stream_ordering=position))
+    await conn.execute(
+        sa.insert(event_relations).values(
+            event_id=event_id,
+            relates_to_id=relation.parent_id,
+            rel_type=relation.rel_type,
+            room_id=room_id,
+            type=pdu["type"],
+            sender=pdu["sender"],
+            aggregation_key=relation.key,
+            origin_server_ts=pdu["origin_server_ts"],
+            stream_ordering=position,
+        )
+    )
 
 
 def _child(r: sa.Row[tuple[object, ...]]) -> Child:
-    return Child(r.event_id, r.relates_to_id, r.rel_type, r.type, r.sender,
-                 int(r.origin_server_ts), int(r.stream_ordering))
+    return Child(
+        r.event_id,
+        r.relates_to_id,
+        r.rel_type,
+        r.type,
+        r.sender,
+        int(r.origin_server_ts),
+        int(r.stream_ordering),
+    )
 
 
 _r = event_relations
 
 
-_ANY_CHILD = prepared(sa.select(_r.c.relates_to_id).where(
-    _r.c.relates_to_id.in_(sa.bindparam("ids", expanding=True)),
-    _r.c.room_id == sa.bindparam("room_id")).limit(1))
+_ANY_CHILD = prepared(
+    sa.select(_r.c.relates_to_id)
+    .where(
+        _r.c.relates_to_id.in_(sa.bindparam("ids", expanding=True)),
+        _r.c.room_id == sa.bindparam("room_id"),
+    )
+    .limit(1)
+)
 
 
 class RelationStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def has_annotation(self, parent_id: str, sender: str, event_type: str,
-                             key: str) -> bool:
+    async def has_annotation(self, parent_id: str, sender: str, event_type: str, key: str) -> bool:
         """Whether ``sender`` already annotated the parent with this type and key."""
         async with self._db.read() as conn:
-            found = (await conn.execute(sa.select(_r.c.event_id).where(
-                _r.c.relates_to_id == parent_id, _r.c.rel_type == ANNOTATION,
-                _r.c.sender == sender, _r.c.type == event_type,
-                _r.c.aggregation_key == key).limit(1))).first()
+            found = (
+                await conn.execute(
+                    sa.select(_r.c.event_id)
+                    .where(
+                        _r.c.relates_to_id == parent_id,
+                        _r.c.rel_type == ANNOTATION,
+                        _r.c.sender == sender,
+                        _r.c.type == event_type,
+                        _r.c.aggregation_key == key,
+                    )
+                    .limit(1)
+                )
+            ).first()
         return found is not None
 
-    async def get_children(self, room_id: str, parent_id: str, *, rel_type: str | None,
-                           event_type: str | None, after: int | None, upto: int | None,
-                           backwards: bool, limit: int, depth: int) -> list[Child]:
+    async def get_children(
+        self,
+        room_id: str,
+        parent_id: str,
+        *,
+        rel_type: str | None,
+        event_type: str | None,
+        after: int | None,
+        upto: int | None,
+        backwards: bool,
+        limit: int,
+        depth: int,
+    ) -> list[Child]:
         """Children of the parent with ``after < stream_ordering <= upto``, newest first when
         ``backwards``; with ``depth`` > 1 also their children, down to that many levels.
 
         The filters apply at every level: a child reached only through a non-matching one is
         left out (spec: "Relationships API").
         """
+
         def matching(table: sa.FromClause) -> list[sa.ColumnElement[bool]]:
             conditions = [table.c.room_id == room_id]
             if rel_type is not None:
@@ -161,18 +211,36 @@ class RelationStore:
                 conditions.append(table.c.type == event_type)
             return conditions
 
-        columns = (_r.c.event_id, _r.c.relates_to_id, _r.c.rel_type, _r.c.type, _r.c.sender,
-                   _r.c.origin_server_ts, _r.c.stream_ordering)
-        tree = sa.select(*columns, sa.literal(1).label("depth")).where(
-            _r.c.relates_to_id == parent_id, *matching(_r)).cte("tree", recursive=True)
+        columns = (
+            _r.c.event_id,
+            _r.c.relates_to_id,
+            _r.c.rel_type,
+            _r.c.type,
+            _r.c.sender,
+            _r.c.origin_server_ts,
+            _r.c.stream_ordering,
+        )
+        tree = (
+            sa.select(*columns, sa.literal(1).label("depth"))
+            .where(_r.c.relates_to_id == parent_id, *matching(_r))
+            .cte("tree", recursive=True)
+        )
         if depth > 1:
             child = _r.alias("child")
             tree = tree.union_all(
-                sa.select(child.c.event_id, child.c.relates_to_id, child.c.rel_type,
-                          child.c.type, child.c.sender, child.c.origin_server_ts,
-                          child.c.stream_ordering, (tree.c.depth + 1).label("depth"))
-                .where(child.c.relates_to_id == tree.c.event_id, tree.c.depth < depth,
-                       *matching(child)))
+                sa.select(
+                    child.c.event_id,
+                    child.c.relates_to_id,
+                    child.c.rel_type,
+                    child.c.type,
+                    child.c.sender,
+                    child.c.origin_server_ts,
+                    child.c.stream_ordering,
+                    (tree.c.depth + 1).label("depth"),
+                ).where(
+                    child.c.relates_to_id == tree.c.event_id, tree.c.depth < depth, *matching(child)
+                )
+            )
         query = sa.select(tree)
         if after is not None:
             query = query.where(tree.c.stream_ordering > after)
@@ -183,8 +251,14 @@ class RelationStore:
             rows = (await conn.execute(query.order_by(order).limit(limit))).all()
         return [_child(r) for r in rows]
 
-    async def get_children_of(self, room_id: str, parent_ids: Sequence[str], user_id: str, *,
-                              ignored: Collection[str] = ()) -> ChildrenOf:
+    async def get_children_of(
+        self,
+        room_id: str,
+        parent_ids: Sequence[str],
+        user_id: str,
+        *,
+        ignored: Collection[str] = (),
+    ) -> ChildrenOf:
         """Edits, references and thread summaries of a batch of parents, in two queries.
 
         Children sent by ``ignored`` users are left out, and so are those sent after
@@ -197,29 +271,52 @@ class RelationStore:
             # Most events have no children: one cheap indexed probe instead of two queries.
             if (await conn.execute(_ANY_CHILD, {"ids": ids, "room_id": room_id})).first() is None:
                 return ChildrenOf({}, {}, {})
-        left_at = sa.select(room_memberships.c.stream_ordering).where(
-            room_memberships.c.room_id == room_id, room_memberships.c.user_id == user_id,
-            room_memberships.c.membership.in_(["leave", "ban"])).scalar_subquery()
+        left_at = (
+            sa.select(room_memberships.c.stream_ordering)
+            .where(
+                room_memberships.c.room_id == room_id,
+                room_memberships.c.user_id == user_id,
+                room_memberships.c.membership.in_(["leave", "ban"]),
+            )
+            .scalar_subquery()
+        )
 
         def scope(table: sa.FromClause) -> list[sa.ColumnElement[bool]]:
-            conditions = [table.c.relates_to_id.in_(ids), table.c.room_id == room_id,
-                          table.c.stream_ordering <= sa.func.coalesce(left_at, _END)]
+            conditions = [
+                table.c.relates_to_id.in_(ids),
+                table.c.room_id == room_id,
+                table.c.stream_ordering <= sa.func.coalesce(left_at, _END),
+            ]
             if ignored:
                 conditions.append(table.c.sender.not_in(list(ignored)))
             return conditions
 
         mine = sa.func.max(sa.case((_r.c.sender == user_id, 1), else_=0))
-        summary = (sa.select(_r.c.relates_to_id, sa.func.count().label("n"),
-                             sa.func.max(_r.c.stream_ordering).label("latest"),
-                             mine.label("mine"))
-                   .where(_r.c.rel_type == THREAD, *scope(_r))
-                   .group_by(_r.c.relates_to_id).subquery("summary"))
+        summary = (
+            sa.select(
+                _r.c.relates_to_id,
+                sa.func.count().label("n"),
+                sa.func.max(_r.c.stream_ordering).label("latest"),
+                mine.label("mine"),
+            )
+            .where(_r.c.rel_type == THREAD, *scope(_r))
+            .group_by(_r.c.relates_to_id)
+            .subquery("summary")
+        )
         latest = _r.alias("latest")
-        threads_query = (sa.select(summary, latest.c.event_id).join(latest, sa.and_(
-            latest.c.relates_to_id == summary.c.relates_to_id, latest.c.rel_type == THREAD,
-            latest.c.stream_ordering == summary.c.latest)))
-        others_query = (sa.select(_r).where(_r.c.rel_type.in_([REPLACE, REFERENCE]), *scope(_r))
-                        .order_by(_r.c.stream_ordering))
+        threads_query = sa.select(summary, latest.c.event_id).join(
+            latest,
+            sa.and_(
+                latest.c.relates_to_id == summary.c.relates_to_id,
+                latest.c.rel_type == THREAD,
+                latest.c.stream_ordering == summary.c.latest,
+            ),
+        )
+        others_query = (
+            sa.select(_r)
+            .where(_r.c.rel_type.in_([REPLACE, REFERENCE]), *scope(_r))
+            .order_by(_r.c.stream_ordering)
+        )
         async with self._db.read() as conn:
             others = (await conn.execute(others_query)).all()
             thread_rows = (await conn.execute(threads_query)).all()
@@ -230,32 +327,46 @@ class RelationStore:
                 edits.setdefault(r.relates_to_id, []).append(_child(r))
             else:
                 references.setdefault(r.relates_to_id, []).append(r.event_id)
-        threads = {r.relates_to_id: ThreadSummary(r.relates_to_id, int(r.n), r.event_id,
-                                                  int(r.latest), bool(r.mine))
-                   for r in thread_rows}
+        threads = {
+            r.relates_to_id: ThreadSummary(
+                r.relates_to_id, int(r.n), r.event_id, int(r.latest), bool(r.mine)
+            )
+            for r in thread_rows
+        }
         return ChildrenOf(edits, references, threads)
 
-    async def get_thread_roots(self, room_id: str, *, user_id: str, participated_only: bool,
-                               before: int | None, visible_upto: int | None,
-                               limit: int) -> list[ThreadRoot]:
+    async def get_thread_roots(
+        self,
+        room_id: str,
+        *,
+        user_id: str,
+        participated_only: bool,
+        before: int | None,
+        visible_upto: int | None,
+        limit: int,
+    ) -> list[ThreadRoot]:
         """Thread roots of the room by latest activity, newest first, whose latest thread event
         is at or before ``before``; ``participated_only``: threads the user started or wrote
         in. Thread events after ``visible_upto`` (the user left) do not count.
         """
         mine = sa.func.max(sa.case((_r.c.sender == user_id, 1), else_=0))
         latest = sa.func.max(_r.c.stream_ordering)
-        summary = (sa.select(_r.c.relates_to_id, latest.label("latest"), mine.label("mine"))
-                   .where(_r.c.room_id == room_id, _r.c.rel_type == THREAD)
-                   .group_by(_r.c.relates_to_id))
+        summary = (
+            sa.select(_r.c.relates_to_id, latest.label("latest"), mine.label("mine"))
+            .where(_r.c.room_id == room_id, _r.c.rel_type == THREAD)
+            .group_by(_r.c.relates_to_id)
+        )
         if visible_upto is not None:
             summary = summary.where(_r.c.stream_ordering <= visible_upto)
         if before is not None:
             summary = summary.having(latest <= before)
         grouped = summary.subquery("summary")
         # Only roots this server has (and in this room): a root is what the list returns.
-        query = (sa.select(grouped.c.relates_to_id, grouped.c.latest)
-                 .join(events, events.c.event_id == grouped.c.relates_to_id)
-                 .where(events.c.room_id == room_id))
+        query = (
+            sa.select(grouped.c.relates_to_id, grouped.c.latest)
+            .join(events, events.c.event_id == grouped.c.relates_to_id)
+            .where(events.c.room_id == room_id)
+        )
         if participated_only:
             query = query.where(sa.or_(grouped.c.mine == 1, events.c.sender == user_id))
         query = query.order_by(grouped.c.latest.desc()).limit(limit)

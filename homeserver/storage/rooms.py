@@ -43,26 +43,46 @@ class Membership:
 
 
 def _membership(r: sa.Row[tuple[object, ...]]) -> Membership:
-    return Membership(r.room_id, r.user_id, r.membership, r.event_id, r.sender,
-                      int(r.stream_ordering), bool(r.forgotten), r.displayname, r.avatar_url)
+    return Membership(
+        r.room_id,
+        r.user_id,
+        r.membership,
+        r.event_id,
+        r.sender,
+        int(r.stream_ordering),
+        bool(r.forgotten),
+        r.displayname,
+        r.avatar_url,
+    )
 
 
 # Hot statements, built once: building a statement costs more than running it on SQLite.
 _m = room_memberships
 _GET_ROOM = prepared(sa.select(rooms).where(rooms.c.room_id == sa.bindparam("room_id")))
-_GET_MEMBERSHIP = prepared(sa.select(_m).where(_m.c.room_id == sa.bindparam("room_id"),
-                                               _m.c.user_id == sa.bindparam("user_id")))
+_GET_MEMBERSHIP = prepared(
+    sa.select(_m).where(
+        _m.c.room_id == sa.bindparam("room_id"), _m.c.user_id == sa.bindparam("user_id")
+    )
+)
 _USER_MEMBERSHIPS = prepared(sa.select(_m).where(_m.c.user_id == sa.bindparam("user_id")))
-_USER_MEMBERSHIPS_IN = prepared(_USER_MEMBERSHIPS.where(
-    _m.c.membership.in_(sa.bindparam("memberships", expanding=True))))
-_COUNT_MEMBERSHIPS = prepared(sa.select(_m.c.membership, sa.func.count())
-                              .where(_m.c.room_id == sa.bindparam("room_id"))
-                              .group_by(_m.c.membership))
-_HEROES = prepared(sa.select(_m.c.user_id)
-                   .where(_m.c.room_id == sa.bindparam("room_id"),
-                          _m.c.membership.in_(["join", "invite"]),
-                          _m.c.user_id != sa.bindparam("exclude"))
-                   .order_by(_m.c.user_id).limit(sa.bindparam("limit")))
+_USER_MEMBERSHIPS_IN = prepared(
+    _USER_MEMBERSHIPS.where(_m.c.membership.in_(sa.bindparam("memberships", expanding=True)))
+)
+_COUNT_MEMBERSHIPS = prepared(
+    sa.select(_m.c.membership, sa.func.count())
+    .where(_m.c.room_id == sa.bindparam("room_id"))
+    .group_by(_m.c.membership)
+)
+_HEROES = prepared(
+    sa.select(_m.c.user_id)
+    .where(
+        _m.c.room_id == sa.bindparam("room_id"),
+        _m.c.membership.in_(["join", "invite"]),
+        _m.c.user_id != sa.bindparam("exclude"),
+    )
+    .order_by(_m.c.user_id)
+    .limit(sa.bindparam("limit"))
+)
 
 
 class RoomStore:
@@ -73,15 +93,27 @@ class RoomStore:
         # syncs: checked against the events since (``events``' windows) before use.
         self._events = events
         self._for_sync: LRUCache[str, tuple[int, tuple[Membership, ...]]] = LRUCache(
-            maxsize=SYNC_MEMBERSHIPS_KEPT, getsizeof=lambda kept: len(kept[1]) + 1)
+            maxsize=SYNC_MEMBERSHIPS_KEPT, getsizeof=lambda kept: len(kept[1]) + 1
+        )
 
-    async def create_room(self, room_id: str, room_version: str, creator: str,
-                          created_ts: int, is_public: bool) -> bool:
+    async def create_room(
+        self, room_id: str, room_version: str, creator: str, created_ts: int, is_public: bool
+    ) -> bool:
         async with self._db.write() as conn:
-            result = await conn.execute(self._db.insert_ignore(rooms, {
-                "room_id": room_id, "room_version": room_version, "creator": creator,
-                "created_ts": created_ts, "is_public": is_public, "current_depth": 0},
-                keys=("room_id",)))
+            result = await conn.execute(
+                self._db.insert_ignore(
+                    rooms,
+                    {
+                        "room_id": room_id,
+                        "room_version": room_version,
+                        "creator": creator,
+                        "created_ts": created_ts,
+                        "is_public": is_public,
+                        "current_depth": 0,
+                    },
+                    keys=("room_id",),
+                )
+            )
         return result.rowcount > 0
 
     async def get_room(self, room_id: str) -> Room | None:
@@ -89,8 +121,15 @@ class RoomStore:
             r = (await conn.execute(_GET_ROOM, {"room_id": room_id})).first()
         if r is None:
             return None
-        return Room(r.room_id, r.room_version, r.creator, bool(r.is_public), r.latest_event_id,
-                    int(r.current_depth), r.current_state_group)
+        return Room(
+            r.room_id,
+            r.room_version,
+            r.creator,
+            bool(r.is_public),
+            r.latest_event_id,
+            int(r.current_depth),
+            r.current_state_group,
+        )
 
     async def get_room_version(self, room_id: str) -> str | None:
         """The room's version; it never changes, so it is cached."""
@@ -104,26 +143,31 @@ class RoomStore:
 
     async def set_public(self, room_id: str, is_public: bool) -> None:
         async with self._db.write() as conn:
-            await conn.execute(sa.update(rooms).where(rooms.c.room_id == room_id)
-                               .values(is_public=is_public))
+            await conn.execute(
+                sa.update(rooms).where(rooms.c.room_id == room_id).values(is_public=is_public)
+            )
 
     # --- memberships -----------------------------------------------------------------------
 
     async def get_membership(self, room_id: str, user_id: str) -> Membership | None:
         async with self._db.read() as conn:
-            r = (await conn.execute(_GET_MEMBERSHIP,
-                                    {"room_id": room_id, "user_id": user_id})).first()
+            r = (
+                await conn.execute(_GET_MEMBERSHIP, {"room_id": room_id, "user_id": user_id})
+            ).first()
         return _membership(r) if r is not None else None
 
-    async def get_user_memberships(self, user_id: str,
-                                   memberships: Sequence[str] | None = None
-                                   ) -> list[Membership]:
+    async def get_user_memberships(
+        self, user_id: str, memberships: Sequence[str] | None = None
+    ) -> list[Membership]:
         async with self._db.read() as conn:
             if memberships is None:
                 rows = (await conn.execute(_USER_MEMBERSHIPS, {"user_id": user_id})).all()
             else:
-                rows = (await conn.execute(_USER_MEMBERSHIPS_IN, {
-                    "user_id": user_id, "memberships": list(memberships)})).all()
+                rows = (
+                    await conn.execute(
+                        _USER_MEMBERSHIPS_IN, {"user_id": user_id, "memberships": list(memberships)}
+                    )
+                ).all()
         return [_membership(r) for r in rows]
 
     async def get_sync_memberships(self, user_id: str, upto: int) -> Sequence[Membership]:
@@ -154,8 +198,9 @@ class RoomStore:
         if len(found) < SYNC_MEMBERSHIPS_KEPT:  # the cache refuses what exceeds it whole
             self._for_sync[user_id] = (position, found)
 
-    async def get_room_members(self, room_id: str, memberships: Sequence[str] | None = None
-                               ) -> list[Membership]:
+    async def get_room_members(
+        self, room_id: str, memberships: Sequence[str] | None = None
+    ) -> list[Membership]:
         query = sa.select(room_memberships).where(room_memberships.c.room_id == room_id)
         if memberships is not None:
             query = query.where(room_memberships.c.membership.in_(list(memberships)))
@@ -171,30 +216,45 @@ class RoomStore:
     async def get_heroes(self, room_id: str, exclude: str, limit: int) -> list[str]:
         """Joined or invited members other than ``exclude``, by user ID."""
         async with self._db.read() as conn:
-            rows = (await conn.execute(_HEROES, {"room_id": room_id, "exclude": exclude,
-                                                 "limit": limit})).all()
+            rows = (
+                await conn.execute(
+                    _HEROES, {"room_id": room_id, "exclude": exclude, "limit": limit}
+                )
+            ).all()
         return [r.user_id for r in rows]
 
     async def set_forgotten(self, room_id: str, user_id: str) -> None:
         async with self._db.write() as conn:
-            await conn.execute(sa.update(room_memberships).where(
-                room_memberships.c.room_id == room_id, room_memberships.c.user_id == user_id)
-                .values(forgotten=True))
+            await conn.execute(
+                sa.update(room_memberships)
+                .where(room_memberships.c.room_id == room_id, room_memberships.c.user_id == user_id)
+                .values(forgotten=True)
+            )
         self._for_sync.pop(user_id, None)
 
     # --- aliases ---------------------------------------------------------------------------
 
     async def create_alias(self, alias: str, room_id: str, creator: str) -> bool:
         async with self._db.write() as conn:
-            result = await conn.execute(self._db.insert_ignore(room_aliases, {
-                "alias": alias, "room_id": room_id, "creator": creator}, keys=("alias",)))
+            result = await conn.execute(
+                self._db.insert_ignore(
+                    room_aliases,
+                    {"alias": alias, "room_id": room_id, "creator": creator},
+                    keys=("alias",),
+                )
+            )
         return result.rowcount > 0
 
     async def get_alias(self, alias: str) -> tuple[str, str] | None:
         """(room_id, creator) of an alias."""
         async with self._db.read() as conn:
-            r = (await conn.execute(sa.select(room_aliases.c.room_id, room_aliases.c.creator)
-                                    .where(room_aliases.c.alias == alias))).first()
+            r = (
+                await conn.execute(
+                    sa.select(room_aliases.c.room_id, room_aliases.c.creator).where(
+                        room_aliases.c.alias == alias
+                    )
+                )
+            ).first()
         return (r.room_id, r.creator) if r is not None else None
 
     async def delete_alias(self, alias: str) -> None:
@@ -203,35 +263,50 @@ class RoomStore:
 
     async def get_aliases(self, room_id: str) -> list[str]:
         async with self._db.read() as conn:
-            rows = (await conn.execute(sa.select(room_aliases.c.alias).where(
-                room_aliases.c.room_id == room_id).order_by(room_aliases.c.alias))).all()
+            rows = (
+                await conn.execute(
+                    sa.select(room_aliases.c.alias)
+                    .where(room_aliases.c.room_id == room_id)
+                    .order_by(room_aliases.c.alias)
+                )
+            ).all()
         return [r.alias for r in rows]
 
     # --- directory -------------------------------------------------------------------------
 
     async def get_public_room_ids(self) -> list[tuple[str, int]]:
         """Public rooms with their joined-member counts, largest first (then by room ID)."""
-        joined = (sa.select(room_memberships.c.room_id, sa.func.count().label("n"))
-                  .where(room_memberships.c.membership == "join")
-                  .group_by(room_memberships.c.room_id).subquery())
-        query = (sa.select(rooms.c.room_id, sa.func.coalesce(joined.c.n, 0).label("n"))
-                 .outerjoin(joined, joined.c.room_id == rooms.c.room_id)
-                 .where(rooms.c.is_public.is_(True))
-                 .order_by(sa.desc("n"), rooms.c.room_id))
+        joined = (
+            sa.select(room_memberships.c.room_id, sa.func.count().label("n"))
+            .where(room_memberships.c.membership == "join")
+            .group_by(room_memberships.c.room_id)
+            .subquery()
+        )
+        query = (
+            sa.select(rooms.c.room_id, sa.func.coalesce(joined.c.n, 0).label("n"))
+            .outerjoin(joined, joined.c.room_id == rooms.c.room_id)
+            .where(rooms.c.is_public.is_(True))
+            .order_by(sa.desc("n"), rooms.c.room_id)
+        )
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
         return [(r.room_id, int(r.n)) for r in rows]
 
-    async def get_current_state_contents(self, room_ids: Sequence[str], types: Sequence[str]
-                                         ) -> dict[str, dict[str, str]]:
+    async def get_current_state_contents(
+        self, room_ids: Sequence[str], types: Sequence[str]
+    ) -> dict[str, dict[str, str]]:
         """room_id -> event type -> event JSON, for the state events with empty state keys."""
         if not room_ids:
             return {}
-        query = (sa.select(current_state.c.room_id, current_state.c.type, events.c.json)
-                 .join(events, events.c.event_id == current_state.c.event_id)
-                 .where(current_state.c.room_id.in_(list(room_ids)),
-                        current_state.c.type.in_(list(types)),
-                        current_state.c.state_key == ""))
+        query = (
+            sa.select(current_state.c.room_id, current_state.c.type, events.c.json)
+            .join(events, events.c.event_id == current_state.c.event_id)
+            .where(
+                current_state.c.room_id.in_(list(room_ids)),
+                current_state.c.type.in_(list(types)),
+                current_state.c.state_key == "",
+            )
+        )
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
         out: dict[str, dict[str, str]] = {}

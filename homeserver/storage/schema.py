@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-metadata = sa.MetaData(naming_convention={
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-})
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
 
 BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 stream_positions = sa.Table(
-    "stream_positions", metadata,
+    "stream_positions",
+    metadata,
     sa.Column("stream", sa.Text, primary_key=True),
     sa.Column("position", BigInt, nullable=False),
 )
@@ -23,7 +26,8 @@ stream_positions = sa.Table(
 # --- accounts ---------------------------------------------------------------------------
 
 users = sa.Table(
-    "users", metadata,
+    "users",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("password_hash", sa.Text, nullable=True),
     sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
@@ -32,14 +36,16 @@ users = sa.Table(
 )
 
 profiles = sa.Table(
-    "profiles", metadata,
+    "profiles",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("displayname", sa.Text, nullable=True),
     sa.Column("avatar_url", sa.Text, nullable=True),
 )
 
 devices = sa.Table(
-    "devices", metadata,
+    "devices",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("device_id", sa.Text, primary_key=True),
     sa.Column("display_name", sa.Text, nullable=True),
@@ -49,7 +55,8 @@ devices = sa.Table(
 )
 
 access_tokens = sa.Table(
-    "access_tokens", metadata,
+    "access_tokens",
+    metadata,
     sa.Column("id", BigInt, primary_key=True, autoincrement=True),
     sa.Column("token_hash", sa.LargeBinary, nullable=False, unique=True),
     sa.Column("user_id", sa.Text, nullable=False, index=True),
@@ -61,7 +68,8 @@ access_tokens = sa.Table(
 )
 
 refresh_tokens = sa.Table(
-    "refresh_tokens", metadata,
+    "refresh_tokens",
+    metadata,
     sa.Column("id", BigInt, primary_key=True, autoincrement=True),
     sa.Column("token_hash", sa.LargeBinary, nullable=False, unique=True),
     sa.Column("user_id", sa.Text, nullable=False),
@@ -73,7 +81,8 @@ refresh_tokens = sa.Table(
 )
 
 registration_tokens = sa.Table(
-    "registration_tokens", metadata,
+    "registration_tokens",
+    metadata,
     sa.Column("token", sa.Text, primary_key=True),
     sa.Column("uses_allowed", sa.Integer, nullable=True),
     sa.Column("pending", sa.Integer, nullable=False, default=0),
@@ -82,7 +91,8 @@ registration_tokens = sa.Table(
 )
 
 uia_sessions = sa.Table(
-    "uia_sessions", metadata,
+    "uia_sessions",
+    metadata,
     sa.Column("session_id", sa.Text, primary_key=True),
     sa.Column("created_ts", BigInt, nullable=False),
     sa.Column("completed", sa.JSON, nullable=False),  # stage types done, in order
@@ -91,7 +101,8 @@ uia_sessions = sa.Table(
 )
 
 filters = sa.Table(
-    "filters", metadata,
+    "filters",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("filter_id", BigInt, primary_key=True),
     sa.Column("filter_json", sa.JSON, nullable=False),
@@ -100,7 +111,8 @@ filters = sa.Table(
 # --- rooms and events ---------------------------------------------------------------------
 
 rooms = sa.Table(
-    "rooms", metadata,
+    "rooms",
+    metadata,
     sa.Column("room_id", sa.Text, primary_key=True),
     sa.Column("room_version", sa.Text, nullable=False),
     sa.Column("creator", sa.Text, nullable=False),
@@ -114,7 +126,8 @@ rooms = sa.Table(
 )
 
 events = sa.Table(
-    "events", metadata,
+    "events",
+    metadata,
     sa.Column("stream_ordering", BigInt, primary_key=True, autoincrement=False),
     sa.Column("event_id", sa.Text, nullable=False, unique=True),
     sa.Column("room_id", sa.Text, nullable=False),
@@ -136,7 +149,8 @@ events = sa.Table(
 )
 
 event_txns = sa.Table(
-    "event_txns", metadata,
+    "event_txns",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("device_id", sa.Text, primary_key=True),
     sa.Column("scope", sa.Text, primary_key=True),  # the endpoint: send, redact
@@ -146,7 +160,8 @@ event_txns = sa.Table(
 )
 
 state_groups = sa.Table(
-    "state_groups", metadata,
+    "state_groups",
+    metadata,
     sa.Column("id", BigInt, primary_key=True, autoincrement=True),
     sa.Column("room_id", sa.Text, nullable=False),
     # The group this one changes (its state before the change); NULL for the first.
@@ -157,7 +172,8 @@ state_groups = sa.Table(
 )
 
 state_group_entries = sa.Table(
-    "state_group_entries", metadata,
+    "state_group_entries",
+    metadata,
     sa.Column("state_group", BigInt, primary_key=True),
     sa.Column("type", sa.Text, primary_key=True),
     sa.Column("state_key", sa.Text, primary_key=True),
@@ -165,7 +181,8 @@ state_group_entries = sa.Table(
 )
 
 current_state = sa.Table(
-    "current_state", metadata,
+    "current_state",
+    metadata,
     sa.Column("room_id", sa.Text, primary_key=True),
     sa.Column("type", sa.Text, primary_key=True),
     sa.Column("state_key", sa.Text, primary_key=True),
@@ -173,7 +190,8 @@ current_state = sa.Table(
 )
 
 room_memberships = sa.Table(
-    "room_memberships", metadata,
+    "room_memberships",
+    metadata,
     sa.Column("room_id", sa.Text, primary_key=True),
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("membership", sa.Text, nullable=False),
@@ -188,7 +206,8 @@ room_memberships = sa.Table(
 )
 
 room_aliases = sa.Table(
-    "room_aliases", metadata,
+    "room_aliases",
+    metadata,
     sa.Column("alias", sa.Text, primary_key=True),
     sa.Column("room_id", sa.Text, nullable=False, index=True),
     sa.Column("creator", sa.Text, nullable=False),
@@ -197,7 +216,8 @@ room_aliases = sa.Table(
 # --- account data, to-device messages -----------------------------------------------------
 
 account_data = sa.Table(
-    "account_data", metadata,
+    "account_data",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("room_id", sa.Text, primary_key=True),  # "" for global account data
     sa.Column("type", sa.Text, primary_key=True),
@@ -207,7 +227,8 @@ account_data = sa.Table(
 )
 
 room_tags = sa.Table(
-    "room_tags", metadata,
+    "room_tags",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("room_id", sa.Text, primary_key=True),
     sa.Column("tag", sa.Text, primary_key=True),
@@ -219,7 +240,8 @@ room_tags = sa.Table(
 )
 
 device_inbox = sa.Table(
-    "device_inbox", metadata,
+    "device_inbox",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("device_id", sa.Text, primary_key=True),
     sa.Column("stream_position", BigInt, primary_key=True),  # Stream.TO_DEVICE
@@ -232,7 +254,8 @@ device_inbox = sa.Table(
 )
 
 to_device_txns = sa.Table(
-    "to_device_txns", metadata,
+    "to_device_txns",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("device_id", sa.Text, primary_key=True),
     sa.Column("txn_id", sa.Text, primary_key=True),
@@ -242,7 +265,8 @@ to_device_txns = sa.Table(
 # --- presence, typing, receipts (issue 3) ---------------------------------------------------
 
 presence = sa.Table(
-    "presence", metadata,
+    "presence",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("state", sa.Text, nullable=False),  # online, unavailable, offline
     sa.Column("status_msg", sa.Text, nullable=True),
@@ -255,7 +279,8 @@ presence = sa.Table(
 )
 
 typing_notifications = sa.Table(
-    "typing_notifications", metadata,
+    "typing_notifications",
+    metadata,
     sa.Column("room_id", sa.Text, primary_key=True),
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("expires_ts", BigInt, nullable=False, index=True),
@@ -264,13 +289,15 @@ typing_notifications = sa.Table(
 # The typing position of each room's last change: a user who stops typing leaves no row behind,
 # so the room remembers that its list changed.
 typing_rooms = sa.Table(
-    "typing_rooms", metadata,
+    "typing_rooms",
+    metadata,
     sa.Column("room_id", sa.Text, primary_key=True),
     sa.Column("stream_position", BigInt, nullable=False, index=True),
 )
 
 receipts = sa.Table(
-    "receipts", metadata,
+    "receipts",
+    metadata,
     sa.Column("room_id", sa.Text, primary_key=True),
     sa.Column("receipt_type", sa.Text, primary_key=True),  # m.read, m.read.private
     sa.Column("user_id", sa.Text, primary_key=True),
@@ -294,7 +321,8 @@ sa.Index(None, events.c.room_id, events.c.sender, events.c.stream_ordering)
 # One row per event whose content has a well-formed `m.relates_to` with a `rel_type` (a reply's
 # `m.in_reply_to` is not one). Redacting the child deletes its row: the relation is broken.
 event_relations = sa.Table(
-    "event_relations", metadata,
+    "event_relations",
+    metadata,
     sa.Column("event_id", sa.Text, primary_key=True),  # the child
     sa.Column("relates_to_id", sa.Text, nullable=False),  # the parent
     sa.Column("rel_type", sa.Text, nullable=False),
@@ -313,7 +341,8 @@ event_relations = sa.Table(
 
 # The device's identity keys as uploaded and signed by the device (without `unsigned`).
 e2e_device_keys = sa.Table(
-    "e2e_device_keys", metadata,
+    "e2e_device_keys",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("device_id", sa.Text, primary_key=True),
     sa.Column("key_json", sa.Text, nullable=False),  # canonical JSON
@@ -321,7 +350,8 @@ e2e_device_keys = sa.Table(
 
 # Claimed keys are deleted. `id` orders them by upload (spec: given out in upload order).
 e2e_one_time_keys = sa.Table(
-    "e2e_one_time_keys", metadata,
+    "e2e_one_time_keys",
+    metadata,
     sa.Column("id", BigInt, primary_key=True, autoincrement=True),
     sa.Column("user_id", sa.Text, nullable=False),
     sa.Column("device_id", sa.Text, nullable=False),
@@ -334,7 +364,8 @@ e2e_one_time_keys = sa.Table(
 # One fallback key per device and algorithm; handed out (and marked used) when no one-time
 # key is left, until the device replaces it.
 e2e_fallback_keys = sa.Table(
-    "e2e_fallback_keys", metadata,
+    "e2e_fallback_keys",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("device_id", sa.Text, primary_key=True),
     sa.Column("algorithm", sa.Text, primary_key=True),
@@ -345,7 +376,8 @@ e2e_fallback_keys = sa.Table(
 
 # A user's current master, self-signing and user-signing keys.
 e2e_cross_signing_keys = sa.Table(
-    "e2e_cross_signing_keys", metadata,
+    "e2e_cross_signing_keys",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("key_type", sa.Text, primary_key=True),  # master, self_signing, user_signing
     sa.Column("public_key", sa.Text, nullable=False),  # unpadded base64 ed25519
@@ -355,7 +387,8 @@ e2e_cross_signing_keys = sa.Table(
 # Signatures uploaded through /keys/signatures/upload, verified before they were stored.
 # The target is a device (its device ID) or a cross-signing key (its public key).
 e2e_signatures = sa.Table(
-    "e2e_signatures", metadata,
+    "e2e_signatures",
+    metadata,
     sa.Column("target_user_id", sa.Text, primary_key=True),
     sa.Column("target_key_id", sa.Text, primary_key=True),
     sa.Column("signer_user_id", sa.Text, primary_key=True),
@@ -365,14 +398,16 @@ e2e_signatures = sa.Table(
 
 # The device-lists position of each user's latest change of devices or keys.
 device_list_changes = sa.Table(
-    "device_list_changes", metadata,
+    "device_list_changes",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("stream_position", BigInt, nullable=False, index=True),
 )
 
 # Server-side key backup versions; a deleted one keeps its row so its number is never reused.
 room_key_backup_versions = sa.Table(
-    "room_key_backup_versions", metadata,
+    "room_key_backup_versions",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("version", BigInt, primary_key=True, autoincrement=False),
     sa.Column("algorithm", sa.Text, nullable=False),
@@ -382,7 +417,8 @@ room_key_backup_versions = sa.Table(
 )
 
 room_key_backup_keys = sa.Table(
-    "room_key_backup_keys", metadata,
+    "room_key_backup_keys",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("version", BigInt, primary_key=True),
     sa.Column("room_id", sa.Text, primary_key=True),
@@ -397,7 +433,8 @@ room_key_backup_keys = sa.Table(
 
 # A user's own push rules; within a kind, the higher priority is evaluated first.
 push_rules = sa.Table(
-    "push_rules", metadata,
+    "push_rules",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("kind", sa.Text, primary_key=True),  # override, content, room, sender, underride
     sa.Column("rule_id", sa.Text, primary_key=True),
@@ -410,7 +447,8 @@ push_rules = sa.Table(
 
 # What a user changed in a server-default rule: NULL keeps the server's value.
 push_rule_defaults = sa.Table(
-    "push_rule_defaults", metadata,
+    "push_rule_defaults",
+    metadata,
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("rule_id", sa.Text, primary_key=True),
     sa.Column("enabled", sa.Boolean, nullable=True),
@@ -420,7 +458,8 @@ push_rule_defaults = sa.Table(
 # The notifying outcome of each event for each local member, written with the event (one row
 # per member it notifies, none for the rest): unread counts, /notifications and pushers.
 event_push_actions = sa.Table(
-    "event_push_actions", metadata,
+    "event_push_actions",
+    metadata,
     # By position first: the pusher sender tails the table, and a large room's event writes
     # a thousand rows, so every index costs on the send path (one secondary index only).
     sa.Column("stream_ordering", BigInt, primary_key=True),
@@ -437,7 +476,8 @@ event_push_actions = sa.Table(
 # Pushers; also the unit the sender claims: one worker at a time holds a pusher (until
 # claimed_until) and sends its queue in order, backing off per pusher after a failure.
 pushers = sa.Table(
-    "pushers", metadata,
+    "pushers",
+    metadata,
     sa.Column("id", BigInt, primary_key=True, autoincrement=True),
     sa.Column("user_id", sa.Text, nullable=False, index=True),
     sa.Column("kind", sa.Text, nullable=False),  # http, email
@@ -461,7 +501,8 @@ pushers = sa.Table(
 
 # Notifications waiting for a pusher: one row per pusher and event, deleted once delivered.
 push_queue = sa.Table(
-    "push_queue", metadata,
+    "push_queue",
+    metadata,
     sa.Column("pusher_id", BigInt, primary_key=True),
     sa.Column("stream_ordering", BigInt, primary_key=True),
     sa.Column("user_id", sa.Text, nullable=False),
@@ -474,7 +515,8 @@ push_queue = sa.Table(
 
 # How far the sender has turned push actions into queue rows (one row, "pusher").
 push_cursors = sa.Table(
-    "push_cursors", metadata,
+    "push_cursors",
+    metadata,
     sa.Column("name", sa.Text, primary_key=True),
     sa.Column("stream_ordering", BigInt, nullable=False),
 )
@@ -484,7 +526,8 @@ push_cursors = sa.Table(
 # Addresses bound to accounts (medium "email", the address in lower case); an address belongs
 # to one account at most: login, password reset and e-mail pushers go by it.
 user_threepids = sa.Table(
-    "user_threepids", metadata,
+    "user_threepids",
+    metadata,
     sa.Column("medium", sa.Text, primary_key=True),
     sa.Column("address", sa.Text, primary_key=True),
     sa.Column("user_id", sa.Text, nullable=False, index=True),
@@ -496,7 +539,8 @@ user_threepids = sa.Table(
 # server: one per client_secret, address and purpose (adding the address, resetting a
 # password), validated by a mailed token, used up by the request it authorises.
 threepid_sessions = sa.Table(
-    "threepid_sessions", metadata,
+    "threepid_sessions",
+    metadata,
     sa.Column("session_id", sa.Text, primary_key=True),
     sa.Column("purpose", sa.Text, nullable=False),  # add, password_reset
     sa.Column("medium", sa.Text, nullable=False),
@@ -513,7 +557,8 @@ threepid_sessions = sa.Table(
 # The tokens mailed for a session (each mail has its own; an earlier mail's link keeps
 # working until it expires), stored as SHA-256 hashes.
 threepid_tokens = sa.Table(
-    "threepid_tokens", metadata,
+    "threepid_tokens",
+    metadata,
     sa.Column("token_hash", sa.LargeBinary, primary_key=True),
     sa.Column("session_id", sa.Text, nullable=False, index=True),
     sa.Column("expires_ts", BigInt, nullable=False),
@@ -525,7 +570,8 @@ threepid_tokens = sa.Table(
 # (identical uploads share it); a row from POST /media/v1/create has no upload_ts until its
 # content arrives, and lapses at expires_ts. Remote media (federation) gets its own table.
 media = sa.Table(
-    "media", metadata,
+    "media",
+    metadata,
     sa.Column("media_id", sa.Text, primary_key=True),
     sa.Column("user_id", sa.Text, nullable=False),  # the uploader
     sa.Column("created_ts", BigInt, nullable=False),
@@ -546,7 +592,8 @@ media = sa.Table(
 # Thumbnails belong to content (sha256), not to a media ID: identical uploads share them.
 # width and height are the thumbnail's own, so two requests that give the same image share it.
 media_thumbnails = sa.Table(
-    "media_thumbnails", metadata,
+    "media_thumbnails",
+    metadata,
     sa.Column("sha256", sa.Text, primary_key=True),
     sa.Column("width", sa.Integer, primary_key=True),
     sa.Column("height", sa.Integer, primary_key=True),

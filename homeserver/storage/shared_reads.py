@@ -68,14 +68,16 @@ class RangeReads(Generic[V]):
     ranges of at most ``longest`` positions: an empty range is ``empty`` without a read, a
     longer one None (the caller asks about what concerns it instead)."""
 
-    def __init__(self, maxsize: int, longest: int, empty: V,
-                 getsizeof: Callable[[V], int] | None = None) -> None:
+    def __init__(
+        self, maxsize: int, longest: int, empty: V, getsizeof: Callable[[V], int] | None = None
+    ) -> None:
         self._reads: SharedReads[tuple[int, int], V] = SharedReads(maxsize, getsizeof)
         self._longest = longest
         self._empty = empty
 
-    async def get(self, after: int, upto: int,
-                  read: Callable[[int, int], Awaitable[V]]) -> V | None:
+    async def get(
+        self, after: int, upto: int, read: Callable[[int, int], Awaitable[V]]
+    ) -> V | None:
         if upto <= after:
             return self._empty
         if upto - after > self._longest:

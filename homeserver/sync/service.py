@@ -25,8 +25,15 @@ from homeserver.sync.sources import (
 from homeserver.types import JsonDict, Requester
 
 # spec, "Stripped state": what an invited user sees of the room.
-STRIPPED_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
-                        "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
+STRIPPED_STATE_TYPES = (
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+)
 MEMBER = "m.room.member"
 MAX_HEROES = 5  # spec: "m.heroes": up to 5 members, for naming rooms without a name
 
@@ -40,9 +47,16 @@ class SyncRequest:
 
 
 class SyncService:
-    def __init__(self, db: Database, events: EventStore, rooms: RoomStore,
-                 room_service: RoomService, visibility: Visibility, notifier: Notifier,
-                 clock: Clock) -> None:
+    def __init__(
+        self,
+        db: Database,
+        events: EventStore,
+        rooms: RoomStore,
+        room_service: RoomService,
+        visibility: Visibility,
+        notifier: Notifier,
+        clock: Clock,
+    ) -> None:
         # Filled in by the app as the services that feed sync are built.
         self._global_sources: dict[str, GlobalSource] = {}
         self._room_sources: dict[str, RoomSource] = {}
@@ -86,8 +100,9 @@ class SyncService:
         if known is None:
             known = await self._db.current_positions()
             self._notifier.learn(known)
-        memberships = await self._rooms.get_sync_memberships(requester.user_id,
-                                                             known.get(Stream.EVENTS, 0))
+        memberships = await self._rooms.get_sync_memberships(
+            requester.user_id, known.get(Stream.EVENTS, 0)
+        )
         room_ids = [m.room_id for m in memberships if m.membership in ("join", "invite")]
         # Listen before computing, so that a wake-up during the computation is not lost.
         listener = self._notifier.listen(requester.user_id, room_ids)
@@ -100,8 +115,11 @@ class SyncService:
                 # every client coming back to wait after a response). A wake-up since listen()
                 # is not lost: the listener stays set.
                 if self._unread is not None:
-                    await self._unread.prepare(requester, [
-                        m.room_id for m in memberships if m.membership == "join"], req.since)
+                    await self._unread.prepare(
+                        requester,
+                        [m.room_id for m in memberships if m.membership == "join"],
+                        req.since,
+                    )
                 if not await listener.wait(deadline - time.monotonic()):
                     return await self._compute(requester, req)
                 now = self._woken_at(known)
@@ -127,8 +145,9 @@ class SyncService:
     async def _compute(self, requester: Requester, req: SyncRequest) -> JsonDict:
         return (await self._compute_at(requester, req, None))[1]
 
-    async def _compute_at(self, requester: Requester, req: SyncRequest,
-                          now: StreamToken | None) -> tuple[StreamToken, JsonDict]:
+    async def _compute_at(
+        self, requester: Requester, req: SyncRequest, now: StreamToken | None
+    ) -> tuple[StreamToken, JsonDict]:
         """The response up to ``now`` (None: the current positions), and that token."""
         async with self._db.pinned_reads():  # one connection for its dozen reads
             if now is None:
@@ -137,22 +156,30 @@ class SyncService:
                 now = StreamToken(positions)
             return now, await self._compute_pinned(requester, req, now)
 
-    async def _compute_pinned(self, requester: Requester, req: SyncRequest,
-                              now: StreamToken) -> JsonDict:
+    async def _compute_pinned(
+        self, requester: Requester, req: SyncRequest, now: StreamToken
+    ) -> JsonDict:
         since = req.since
         upto = now.get(Stream.EVENTS)
         after = since.get(Stream.EVENTS) if since is not None else None
-        memberships = [m for m in await self._rooms.get_sync_memberships(requester.user_id, upto)
-                       if req.filter.allows_room(m.room_id) and m.stream_ordering <= upto]
+        memberships = [
+            m
+            for m in await self._rooms.get_sync_memberships(requester.user_id, upto)
+            if req.filter.allows_room(m.room_id) and m.stream_ordering <= upto
+        ]
         # A membership after our token is left for the next sync, which carries it.
         joined_ids = [m.room_id for m in memberships if m.membership == "join"]
-        changed = set(joined_ids) if after is None else await self._events.get_rooms_changed(
-            [m.room_id for m in memberships], after, upto)
+        changed = (
+            set(joined_ids)
+            if after is None
+            else await self._events.get_rooms_changed([m.room_id for m in memberships], after, upto)
+        )
         # The events since the token, when few (woken syncs share it): whose got children.
         window = await self._events.get_window(after, upto) if after is not None else None
         extras = await self._room_extras(requester, joined_ids, req, now)
-        ignored = await self._ignored.ignored_users(requester.user_id) if self._ignored \
-            else frozenset()
+        ignored = (
+            await self._ignored.ignored_users(requester.user_id) if self._ignored else frozenset()
+        )
         joined: JsonDict = {}
         invited: JsonDict = {}
         knocked: JsonDict = {}
@@ -161,38 +188,67 @@ class SyncService:
             membership_changed = after is None or m.stream_ordering > after
             if m.membership == "join":
                 if req.full_state or m.room_id in changed or m.room_id in extras:
-                    newly = after is not None and membership_changed and \
-                        not await self._was_joined_before(m)
+                    newly = (
+                        after is not None
+                        and membership_changed
+                        and not await self._was_joined_before(m)
+                    )
                     entry = await self._room_entry(
-                        requester, m, after, upto, req, ignored, window,
-                        full=after is None or req.full_state or newly)
+                        requester,
+                        m,
+                        after,
+                        upto,
+                        req,
+                        ignored,
+                        window,
+                        full=after is None or req.full_state or newly,
+                    )
                     entry.update(extras.get(m.room_id, {}))
                     joined[m.room_id] = entry
             elif m.membership == "invite":
                 if membership_changed and m.sender not in ignored:
-                    invited[m.room_id] = {"invite_state": {
-                        "events": await self._stripped_state(m)}}
+                    invited[m.room_id] = {"invite_state": {"events": await self._stripped_state(m)}}
             elif m.membership == "knock":  # spec: the knocker sees the room as an invitee does
                 if membership_changed:
-                    knocked[m.room_id] = {"knock_state": {
-                        "events": await self._stripped_state(m)}}
+                    knocked[m.room_id] = {"knock_state": {"events": await self._stripped_state(m)}}
             elif m.membership in ("leave", "ban") and not m.forgotten:
-                include = (req.filter.include_leave or req.full_state) if after is None \
+                include = (
+                    (req.filter.include_leave or req.full_state)
+                    if after is None
                     else membership_changed
+                )
                 if include and await self._was_in_room(m):
                     left[m.room_id] = await self._room_entry(
-                        requester, m, after, m.stream_ordering, req, ignored, window,
-                        full=after is None or req.full_state)
+                        requester,
+                        m,
+                        after,
+                        m.stream_ordering,
+                        req,
+                        ignored,
+                        window,
+                        full=after is None or req.full_state,
+                    )
         if self._unread is not None and joined:
             counts = await self._unread.unread_counts(
-                requester, list(joined), threads=req.filter.timeline.unread_thread_notifications,
-                at=now)
+                requester,
+                list(joined),
+                threads=req.filter.timeline.unread_thread_notifications,
+                at=now,
+            )
             for room_id, entry in joined.items():
-                entry.update(counts.get(room_id, {"unread_notifications": {
-                    "notification_count": 0, "highlight_count": 0}}))
+                entry.update(
+                    counts.get(
+                        room_id,
+                        {"unread_notifications": {"notification_count": 0, "highlight_count": 0}},
+                    )
+                )
         rooms: JsonDict = {}
-        for key, section in (("join", joined), ("invite", invited), ("knock", knocked),
-                             ("leave", left)):
+        for key, section in (
+            ("join", joined),
+            ("invite", invited),
+            ("knock", knocked),
+            ("leave", left),
+        ):
             if section:
                 rooms[key] = section
         response: JsonDict = {"next_batch": now.serialize()}
@@ -207,13 +263,15 @@ class SyncService:
             response.update(await extension.top_level(requester, since, now))
         return response
 
-    async def _room_extras(self, requester: Requester, room_ids: list[str], req: SyncRequest,
-                           now: StreamToken) -> dict[str, JsonDict]:
+    async def _room_extras(
+        self, requester: Requester, room_ids: list[str], req: SyncRequest, now: StreamToken
+    ) -> dict[str, JsonDict]:
         """Ephemeral events and room account data, by room: {room_id: {section: {...}}}."""
         extras: dict[str, JsonDict] = {}
         for key, source in self._room_sources.items():
-            event_filter = req.filter.ephemeral if key == "ephemeral" \
-                else req.filter.room_account_data
+            event_filter = (
+                req.filter.ephemeral if key == "ephemeral" else req.filter.room_account_data
+            )
             found = await source.room_events(requester, room_ids, req.since, now)
             for room_id, events in found.items():
                 allowed = [e for e in events if event_filter.allows_json(e)]
@@ -233,23 +291,38 @@ class SyncService:
         prev = event.unsigned.get("prev_content", {}) if event else {}
         return isinstance(prev, dict) and prev.get("membership") in ("join", "invite", "knock")
 
-    async def _room_entry(self, requester: Requester, membership: Membership,
-                          after: int | None, upto: int, req: SyncRequest,
-                          ignored: frozenset[str], window: StreamWindow | None, *,
-                          full: bool) -> JsonDict:
+    async def _room_entry(
+        self,
+        requester: Requester,
+        membership: Membership,
+        after: int | None,
+        upto: int,
+        req: SyncRequest,
+        ignored: frozenset[str],
+        window: StreamWindow | None,
+        *,
+        full: bool,
+    ) -> JsonDict:
         room_id = membership.room_id
         f = req.filter
         limit = f.timeline_limit
-        raw = await self._events.get_room_events(
-            room_id, upto=upto, limit=limit + 1, descending=True) if after is None \
+        raw = (
+            await self._events.get_room_events(room_id, upto=upto, limit=limit + 1, descending=True)
+            if after is None
             else await self._events.get_recent_events(room_id, after, upto, limit + 1)
+        )
         limited = len(raw) > limit
         raw = list(reversed(raw[:limit]))
         timeline = await self._visibility.filter_events(
             requester.user_id,
             # spec, ignoring users: their state events are still sent, the rest is hidden.
-            [e for e in raw if f.timeline.allows(e)
-             and (e.sender not in ignored or e.state_key is not None)], membership)
+            [
+                e
+                for e in raw
+                if f.timeline.allows(e) and (e.sender not in ignored or e.state_key is not None)
+            ],
+            membership,
+        )
         room_version = await self._room_service.room_version(room_id)
 
         state_ids: StateMap = {}
@@ -274,16 +347,29 @@ class SyncService:
         prev_batch = position_token(raw[0].stream_ordering - 1) if raw else position_token(upto)
         entry: JsonDict = {
             "timeline": {
-                "events": self._shape(await self._room_service.serialize(
-                    requester, timeline, room_version, with_room_id=False,
-                    # Its events lie in the window: a child of one would lie there too.
-                    may_have_children=window is None or
-                    any(e.event_id in window.parents for e in timeline)), f),
+                "events": self._shape(
+                    await self._room_service.serialize(
+                        requester,
+                        timeline,
+                        room_version,
+                        with_room_id=False,
+                        # Its events lie in the window: a child of one would lie there too.
+                        may_have_children=window is None
+                        or any(e.event_id in window.parents for e in timeline),
+                    ),
+                    f,
+                ),
                 "limited": limited,
                 "prev_batch": prev_batch,
             },
-            "state": {"events": self._shape(await self._room_service.serialize(
-                requester, state, room_version, with_room_id=False), f)},
+            "state": {
+                "events": self._shape(
+                    await self._room_service.serialize(
+                        requester, state, room_version, with_room_id=False
+                    ),
+                    f,
+                )
+            },
         }
         # The summary (member counts, heroes) only changes with memberships: sent when the
         # client starts from scratch, lazy-loads members, or a membership changed.
@@ -296,24 +382,26 @@ class SyncService:
             return events
         return [apply_event_fields(e, f.event_fields) for e in events]
 
-    async def _members_of(self, room_id: str, raw: Sequence[StoredEvent], senders: set[str],
-                          have: StateMap) -> StateMap:
+    async def _members_of(
+        self, room_id: str, raw: Sequence[StoredEvent], senders: set[str], have: StateMap
+    ) -> StateMap:
         """Lazy-loading in an incremental sync: the senders' member events (redundantly)."""
         if not raw:
             return {}
         state = await self._state_before_timeline(room_id, raw, raw[-1].stream_ordering)
-        return {k: v for k, v in state.items()
-                if k[0] == MEMBER and k[1] in senders and k not in have}
+        return {
+            k: v for k, v in state.items() if k[0] == MEMBER and k[1] in senders and k not in have
+        }
 
-    async def _state_before_timeline(self, room_id: str, raw: Sequence[StoredEvent],
-                                     upto: int) -> StateMap:
+    async def _state_before_timeline(
+        self, room_id: str, raw: Sequence[StoredEvent], upto: int
+    ) -> StateMap:
         if raw:
             return await self._events.get_state_before(raw[0])
         return await self._state_at_position(room_id, upto)
 
     async def _state_at_position(self, room_id: str, position: int) -> StateMap:
-        last = await self._events.get_room_events(room_id, upto=position, limit=1,
-                                                  descending=True)
+        last = await self._events.get_room_events(room_id, upto=position, limit=1, descending=True)
         if not last:
             return {}
         return await self._events.get_state_ids(last[0].state_group)
@@ -321,20 +409,31 @@ class SyncService:
     async def _summary(self, user_id: str, room_id: str) -> JsonDict:
         counts = await self._rooms.count_memberships(room_id)
         heroes = await self._rooms.get_heroes(room_id, user_id, MAX_HEROES)
-        return {"m.joined_member_count": counts.get("join", 0),
-                "m.invited_member_count": counts.get("invite", 0), "m.heroes": heroes}
+        return {
+            "m.joined_member_count": counts.get("join", 0),
+            "m.invited_member_count": counts.get("invite", 0),
+            "m.heroes": heroes,
+        }
 
     async def _stripped_state(self, m: Membership) -> list[JsonDict]:
         state = await self._events.get_current_state_ids(m.room_id, STRIPPED_STATE_TYPES)
         ids = [i for (_, k), i in state.items() if k == ""] + [m.event_id]
         loaded = await self._events.get_events(ids)
-        return [{"type": e.type, "state_key": e.state_key or "", "sender": e.sender,
-                 "content": e.content} for e in loaded.values()]
+        return [
+            {
+                "type": e.type,
+                "state_key": e.state_key or "",
+                "sender": e.sender,
+                "content": e.content,
+            }
+            for e in loaded.values()
+        ]
 
 
 # Keys that every response may carry without being news: a long-poll keeps waiting.
-_NOT_NEWS = frozenset({"next_batch", "device_one_time_keys_count",
-                       "device_unused_fallback_key_types"})
+_NOT_NEWS = frozenset(
+    {"next_batch", "device_one_time_keys_count", "device_unused_fallback_key_types"}
+)
 
 
 def _is_empty(response: JsonDict) -> bool:

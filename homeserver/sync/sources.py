@@ -17,8 +17,9 @@ from homeserver.types import JsonDict, Requester
 class GlobalSource(Protocol):
     """A top-level section: ``account_data``, ``presence`` or ``to_device``."""
 
-    async def global_events(self, requester: Requester, since: StreamToken | None,
-                            now: StreamToken) -> list[JsonDict]: ...
+    async def global_events(
+        self, requester: Requester, since: StreamToken | None, now: StreamToken
+    ) -> list[JsonDict]: ...
 
 
 class RoomSource(Protocol):
@@ -27,9 +28,13 @@ class RoomSource(Protocol):
     Returns only the rooms that have something; with ``since`` None, everything current.
     """
 
-    async def room_events(self, requester: Requester, room_ids: Sequence[str],
-                          since: StreamToken | None, now: StreamToken
-                          ) -> dict[str, list[JsonDict]]: ...
+    async def room_events(
+        self,
+        requester: Requester,
+        room_ids: Sequence[str],
+        since: StreamToken | None,
+        now: StreamToken,
+    ) -> dict[str, list[JsonDict]]: ...
 
 
 class UnreadCounts(Protocol):
@@ -37,11 +42,16 @@ class UnreadCounts(Protocol):
     (the filter's ``unread_thread_notifications``), ``unread_thread_notifications``; up to
     the positions ``at``."""
 
-    async def unread_counts(self, requester: Requester, room_ids: Sequence[str], *,
-                            at: StreamToken, threads: bool = False) -> dict[str, JsonDict]: ...
+    async def unread_counts(
+        self,
+        requester: Requester,
+        room_ids: Sequence[str],
+        *,
+        at: StreamToken,
+        threads: bool = False,
+    ) -> dict[str, JsonDict]: ...
 
-    async def prepare(self, requester: Requester, room_ids: Sequence[str],
-                      at: StreamToken) -> None:
+    async def prepare(self, requester: Requester, room_ids: Sequence[str], at: StreamToken) -> None:
         """Before a long-poll waits: get ready to answer quickly when it is woken."""
 
 
@@ -54,8 +64,9 @@ class TopLevelSource(Protocol):
     counts may come in every response (clients expect them) and never end a long-poll.
     """
 
-    async def top_level(self, requester: Requester, since: StreamToken | None,
-                        now: StreamToken) -> JsonDict: ...
+    async def top_level(
+        self, requester: Requester, since: StreamToken | None, now: StreamToken
+    ) -> JsonDict: ...
 
 
 class IgnoredUsers(Protocol):

@@ -25,5 +25,12 @@ from homeserver.websocket.protocol import (
 )
 from homeserver.websocket.service import WebSocketService
 
-__all__ = ["PATH", "UNSTABLE_FEATURE", "CloseCode", "Connection", "Transport",
-           "TransportClosed", "WebSocketService"]
+__all__ = [
+    "PATH",
+    "UNSTABLE_FEATURE",
+    "CloseCode",
+    "Connection",
+    "Transport",
+    "TransportClosed",
+    "WebSocketService",
+]

@@ -109,8 +109,9 @@ class Connection:
 
     # --- life cycle -------------------------------------------------------------------------
 
-    async def run(self, authorization: str | None, token_in_url: bool,
-                  query: Mapping[str, str]) -> None:
+    async def run(
+        self, authorization: str | None, token_in_url: bool, query: Mapping[str, str]
+    ) -> None:
         writer = asyncio.create_task(self._write_loop())
         main = asyncio.create_task(self._main(authorization, token_in_url, query))
         closing = asyncio.create_task(self._closing.wait())
@@ -124,11 +125,16 @@ class Connection:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        peer_gone = writer.done() or (main.done() and not main.cancelled()
-                                      and main.exception() is None and self._close is None)
+        peer_gone = writer.done() or (
+            main.done()
+            and not main.cancelled()
+            and main.exception() is None
+            and self._close is None
+        )
         if main.done() and not main.cancelled() and main.exception() is not None:
-            logger.error("websocket connection failed", exc_info=main.exception(),
-                         extra=self._log_fields())
+            logger.error(
+                "websocket connection failed", exc_info=main.exception(), extra=self._log_fields()
+            )
             self._shut(CloseCode.INTERNAL_ERROR, "internal error: resume from your token")
         if peer_gone:
             writer.cancel()
@@ -140,16 +146,24 @@ class Connection:
                 # asyncio.timeout, not wait_for: wait_for can swallow a cancellation (3.11).
                 async with asyncio.timeout(self._ping_timeout_s):
                     await writer
-        logger.info("websocket closed", extra={
-            **self._log_fields(), "code": self._close.code if self._close else None})
+        logger.info(
+            "websocket closed",
+            extra={**self._log_fields(), "code": self._close.code if self._close else None},
+        )
 
     def _log_fields(self) -> dict[str, str]:
         if self._requester is None:
             return {}
         return {"user_id": self._requester.user_id, "device_id": self._requester.device_id}
 
-    def _shut(self, code: CloseCode, reason: str, error: MatrixError | None = None, *,
-              drop_queued: bool = False) -> None:
+    def _shut(
+        self,
+        code: CloseCode,
+        reason: str,
+        error: MatrixError | None = None,
+        *,
+        drop_queued: bool = False,
+    ) -> None:
         """Close after what is queued (or instead of it), with ``error`` as the last frame."""
         if self._close is not None:
             return
@@ -169,8 +183,9 @@ class Connection:
         if self._outbox.put(dumps_str(frame)):
             return True
         logger.info("websocket client too slow", extra=self._log_fields())
-        self._shut(CloseCode.TOO_SLOW, "too slow: resume from your last next_batch",
-                   drop_queued=True)
+        self._shut(
+            CloseCode.TOO_SLOW, "too slow: resume from your last next_batch", drop_queued=True
+        )
         return False
 
     async def _write_loop(self) -> None:
@@ -183,8 +198,9 @@ class Connection:
 
     # --- reading ----------------------------------------------------------------------------
 
-    async def _main(self, authorization: str | None, token_in_url: bool,
-                    query: Mapping[str, str]) -> None:
+    async def _main(
+        self, authorization: str | None, token_in_url: bool, query: Mapping[str, str]
+    ) -> None:
         """Authenticate, start the stream, then answer frames until the peer goes away."""
         if not await self._authenticate(authorization, token_in_url):
             return
@@ -195,8 +211,13 @@ class Connection:
         except MatrixError as e:
             self._shut(CloseCode.BAD_REQUEST, f"{e.code}: bad sync parameters", e)
             return
-        self._enqueue({"type": "ready", "user_id": self._requester.user_id,
-                       "device_id": self._requester.device_id})
+        self._enqueue(
+            {
+                "type": "ready",
+                "user_id": self._requester.user_id,
+                "device_id": self._requester.device_id,
+            }
+        )
         self._start_sync(req, params.set_presence)
         self._heartbeat_task = asyncio.create_task(self._heartbeat())
         while self._close is None:
@@ -213,12 +234,20 @@ class Connection:
                 return None
             self._received.set()
             if isinstance(raw, bytes):
-                self._enqueue({"type": "error", "error": {
-                    "errcode": Codes.NOT_JSON, "error": "Frames are JSON text, not binary"}})
+                self._enqueue(
+                    {
+                        "type": "error",
+                        "error": {
+                            "errcode": Codes.NOT_JSON,
+                            "error": "Frames are JSON text, not binary",
+                        },
+                    }
+                )
                 continue
             if len(raw) > self._max_frame_bytes or len(raw.encode()) > self._max_frame_bytes:
-                error = MatrixError(Codes.TOO_LARGE,
-                                    f"Frame is larger than {self._max_frame_bytes} bytes")
+                error = MatrixError(
+                    Codes.TOO_LARGE, f"Frame is larger than {self._max_frame_bytes} bytes"
+                )
                 self._shut(CloseCode.TOO_LARGE, "frame too large", error)
                 return None
             return raw
@@ -227,8 +256,11 @@ class Connection:
         try:
             if token_in_url:
                 # Tokens in URLs end up in proxy and server logs; the spec dropped them too.
-                raise MatrixError(Codes.INVALID_PARAM, "access_token in the URL is refused: "
-                                  "send an Authorization header or an auth frame")
+                raise MatrixError(
+                    Codes.INVALID_PARAM,
+                    "access_token in the URL is refused: "
+                    "send an Authorization header or an auth frame",
+                )
             token = bearer_token(authorization)
             if token is None:
                 token = await self._auth_frame()
@@ -251,8 +283,9 @@ class Connection:
             raise MatrixError(Codes.MISSING_TOKEN, "No auth frame")
         frame = _loads(raw)
         if not isinstance(frame, dict) or frame.get("type") != "auth":
-            raise MatrixError(Codes.MISSING_TOKEN,
-                              "Expected an Authorization header or an auth frame")
+            raise MatrixError(
+                Codes.MISSING_TOKEN, "Expected an Authorization header or an auth frame"
+            )
         token = frame.get("access_token")
         if not isinstance(token, str) or not token:
             raise MatrixError(Codes.MISSING_TOKEN, "auth frame without access_token")
@@ -261,12 +294,20 @@ class Connection:
     async def _handle(self, raw: str) -> None:
         frame = _loads(raw)
         if frame is _NOT_JSON:
-            self._enqueue({"type": "error", "error": {
-                "errcode": Codes.NOT_JSON, "error": "Frame is not valid JSON"}})
+            self._enqueue(
+                {
+                    "type": "error",
+                    "error": {"errcode": Codes.NOT_JSON, "error": "Frame is not valid JSON"},
+                }
+            )
             return
         if not isinstance(frame, dict):
-            self._enqueue({"type": "error", "error": {
-                "errcode": Codes.BAD_JSON, "error": "Frame must be a JSON object"}})
+            self._enqueue(
+                {
+                    "type": "error",
+                    "error": {"errcode": Codes.BAD_JSON, "error": "Frame must be a JSON object"},
+                }
+            )
             return
         if "id" not in frame:
             kind = frame.get("type")
@@ -275,9 +316,16 @@ class Connection:
             elif kind == "auth":
                 self._enqueue(_error_frame(MatrixError(Codes.BAD_JSON, "Already authenticated")))
             elif kind != "pong":
-                self._enqueue({"type": "error", "error": {
-                    "errcode": Codes.UNRECOGNIZED,
-                    "error": f"Unknown frame type {kind!r}: expected a request, ping or pong"}})
+                self._enqueue(
+                    {
+                        "type": "error",
+                        "error": {
+                            "errcode": Codes.UNRECOGNIZED,
+                            "error": f"Unknown frame type {kind!r}: "
+                            "expected a request, ping or pong",
+                        },
+                    }
+                )
             return
         request_id = frame["id"] if isinstance(frame["id"], str) else None
         try:
@@ -288,10 +336,13 @@ class Connection:
             return
         except Exception:
             # A bug answers this request, not the connection: the others still work.
-            logger.exception("websocket request failed",
-                             extra={**self._log_fields(), "method": frame.get("method")})
-            self._enqueue(_error_frame(MatrixError(Codes.UNKNOWN, "Internal server error"),
-                                       request_id))
+            logger.exception(
+                "websocket request failed",
+                extra={**self._log_fields(), "method": frame.get("method")},
+            )
+            self._enqueue(
+                _error_frame(MatrixError(Codes.UNKNOWN, "Internal server error"), request_id)
+            )
             return
         self._enqueue({"id": request.id, "result": result})
 
@@ -341,8 +392,9 @@ class Connection:
                     if not self._enqueue({"type": "sync", **response}):
                         return
                 first = False
-                req = SyncRequest(StreamToken.parse(response["next_batch"]), SYNC_WAIT_MS,
-                                  False, req.filter)
+                req = SyncRequest(
+                    StreamToken.parse(response["next_batch"]), SYNC_WAIT_MS, False, req.filter
+                )
 
     async def _heartbeat(self) -> None:
         while True:
@@ -360,8 +412,10 @@ class Connection:
                 async with asyncio.timeout(self._ping_timeout_s):
                     await self._received.wait()
             except TimeoutError:
-                self._shut(CloseCode.HEARTBEAT_TIMEOUT,
-                           f"no frame within {self._ping_timeout_s * 1000:.0f} ms of a ping")
+                self._shut(
+                    CloseCode.HEARTBEAT_TIMEOUT,
+                    f"no frame within {self._ping_timeout_s * 1000:.0f} ms of a ping",
+                )
                 return
 
 

@@ -128,4 +128,3 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         raise MatrixError(Codes.MISSING_TOKEN, "Invalid Authorization header")
     return token.strip()
-

@@ -37,10 +37,18 @@ Method = Callable[[Requester, JsonDict], Awaitable[JsonDict]]
 
 
 class WebSocketService:
-    def __init__(self, config: WebSocketConfig, auth: AuthService, sync: SyncService,
-                 filters: FilterService, rooms: RoomService, ratelimiter: RateLimiter,
-                 typing: TypingService, receipts: ReceiptService,
-                 presence: PresenceService) -> None:
+    def __init__(
+        self,
+        config: WebSocketConfig,
+        auth: AuthService,
+        sync: SyncService,
+        filters: FilterService,
+        rooms: RoomService,
+        ratelimiter: RateLimiter,
+        typing: TypingService,
+        receipts: ReceiptService,
+        presence: PresenceService,
+    ) -> None:
         self.config = config
         self._auth = auth
         self._sync = sync
@@ -51,13 +59,22 @@ class WebSocketService:
         self._receipts = receipts
         self._presence = presence
         # Request methods besides sync and ping (which act on the connection itself).
-        self.methods: dict[str, Method] = {"send": self._send, "typing": self._set_typing,
-                                           "receipt": self._post_receipt,
-                                           "presence": self._set_presence}
+        self.methods: dict[str, Method] = {
+            "send": self._send,
+            "typing": self._set_typing,
+            "receipt": self._post_receipt,
+            "presence": self._set_presence,
+        }
         self.connections: set[Connection] = set()  # open on this worker
 
-    async def serve(self, transport: Transport, *, authorization: str | None,
-                    token_in_url: bool, query: Mapping[str, str]) -> None:
+    async def serve(
+        self,
+        transport: Transport,
+        *,
+        authorization: str | None,
+        token_in_url: bool,
+        query: Mapping[str, str],
+    ) -> None:
         """Run one connection, already accepted, until either side closes it."""
         connection = Connection(self, transport)
         self.connections.add(connection)
@@ -83,9 +100,11 @@ class WebSocketService:
                 raise MatrixError(Codes.BAD_JSON, "filter is not valid JSON") from None
         else:
             sync_filter = SyncFilter.from_json(
-                await self._filters.get_filter(UserID(requester.user_id), params.filter))
-        return SyncRequest(since=since, timeout_ms=SYNC_WAIT_MS, full_state=params.full_state,
-                           filter=sync_filter)
+                await self._filters.get_filter(UserID(requester.user_id), params.filter)
+            )
+        return SyncRequest(
+            since=since, timeout_ms=SYNC_WAIT_MS, full_state=params.full_state, filter=sync_filter
+        )
 
     async def sync(self, requester: Requester, req: SyncRequest) -> JsonDict:
         return await self._sync.sync(requester, req)
@@ -99,16 +118,22 @@ class WebSocketService:
         params = validate(raw, SendParams)
         room_id = RoomID.parse(params.room_id)
         self._ratelimiter.check(Action.MESSAGE, requester.user_id)
-        event_id = await self._rooms.send_event(requester, room_id, params.event_type,
-                                                params.txn_id, params.content)
+        event_id = await self._rooms.send_event(
+            requester, room_id, params.event_type, params.txn_id, params.content
+        )
         await self._presence.bump_active(requester.user_id)  # sending is activity, as over HTTP
         return {"event_id": event_id}
 
     async def _set_typing(self, requester: Requester, raw: JsonDict) -> JsonDict:
         """As PUT /rooms/{roomId}/typing/{userId}, for the connection's own user."""
         params = validate(raw, TypingParams)
-        await self._typing.set_typing(requester, RoomID.parse(params.room_id),
-                                      requester.user_id, params.typing, params.timeout)
+        await self._typing.set_typing(
+            requester,
+            RoomID.parse(params.room_id),
+            requester.user_id,
+            params.typing,
+            params.timeout,
+        )
         return {}
 
     async def _post_receipt(self, requester: Requester, raw: JsonDict) -> JsonDict:
@@ -116,16 +141,23 @@ class WebSocketService:
         params = validate(raw, ReceiptParams)
         if params.thread_id == "":
             raise MatrixError(Codes.INVALID_PARAM, "thread_id must be a non-empty string")
-        await self._receipts.post_receipt(requester, RoomID.parse(params.room_id),
-                                          params.receipt_type, EventID.parse(params.event_id),
-                                          params.thread_id)
+        await self._receipts.post_receipt(
+            requester,
+            RoomID.parse(params.room_id),
+            params.receipt_type,
+            EventID.parse(params.event_id),
+            params.thread_id,
+        )
         return {}
 
     async def _set_presence(self, requester: Requester, raw: JsonDict) -> JsonDict:
         """As PUT /presence/{userId}/status, for the connection's own user."""
         params = validate(raw, PresenceParams)
         await self._presence.set_presence(
-            requester, requester.user_id, params.presence, params.status_msg,
-            status_msg_given="status_msg" in params.model_fields_set)
+            requester,
+            requester.user_id,
+            params.presence,
+            params.status_msg,
+            status_msg_given="status_msg" in params.model_fields_set,
+        )
         return {}
-

@@ -18,8 +18,11 @@ depends_on = None
 def upgrade() -> None:
     # Every sync wake-up asks which members of the user's rooms changed in a range of
     # positions (device lists): a range seek per room instead of a scan of its members.
-    op.create_index("ix_room_memberships_room_id_stream_ordering", "room_memberships",
-                    ["room_id", "stream_ordering"])
+    op.create_index(
+        "ix_room_memberships_room_id_stream_ordering",
+        "room_memberships",
+        ["room_id", "stream_ordering"],
+    )
 
 
 def downgrade() -> None:

@@ -15,8 +15,9 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-_POSITIONS = sa.table("stream_positions", sa.column("stream", sa.Text),
-                      sa.column("position", sa.BigInteger))
+_POSITIONS = sa.table(
+    "stream_positions", sa.column("stream", sa.Text), sa.column("position", sa.BigInteger)
+)
 
 
 def upgrade() -> None:

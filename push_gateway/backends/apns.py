@@ -46,8 +46,9 @@ class ApnsBackend:
         self._config = config
         self._key = Path(config.key_file).read_text()
         self._token: tuple[str, float] | None = None
-        self._http = httpx.AsyncClient(http2=True, timeout=timeout_s,
-                                       verify=ssl_context(config.ca_file))
+        self._http = httpx.AsyncClient(
+            http2=True, timeout=timeout_s, verify=ssl_context(config.ca_file)
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -55,8 +56,12 @@ class ApnsBackend:
     def _provider_token(self, *, fresh: bool = False) -> str:
         now = time.time()
         if fresh or self._token is None or now - self._token[1] > TOKEN_REFRESH_S:
-            token = jwt.encode({"iss": self._config.team_id, "iat": int(now)}, self._key,
-                               algorithm="ES256", headers={"kid": self._config.key_id})
+            token = jwt.encode(
+                {"iss": self._config.team_id, "iat": int(now)},
+                self._key,
+                algorithm="ES256",
+                headers={"kid": self._config.key_id},
+            )
             self._token = (token, now)
         return self._token[0]
 
@@ -68,13 +73,19 @@ class ApnsBackend:
         body = self._body(notification, device)
         high = notification.get("prio", "high") == "high"
         for attempt in range(2):
-            headers = {"authorization": f"bearer {self._provider_token(fresh=attempt > 0)}",
-                       "apns-topic": self._config.topic, "apns-push-type": "alert",
-                       "apns-priority": "10" if high else "5", "apns-expiration": "0"}
+            headers = {
+                "authorization": f"bearer {self._provider_token(fresh=attempt > 0)}",
+                "apns-topic": self._config.topic,
+                "apns-push-type": "alert",
+                "apns-priority": "10" if high else "5",
+                "apns-expiration": "0",
+            }
             try:
                 response = await self._http.post(
-                    f"{self._config.base_url.rstrip('/')}/3/device/{token}", json=body,
-                    headers=headers)
+                    f"{self._config.base_url.rstrip('/')}/3/device/{token}",
+                    json=body,
+                    headers=headers,
+                )
             except httpx.HTTPError:
                 return Result.RETRY
             if response.status_code == 200:
@@ -82,27 +93,30 @@ class ApnsBackend:
             reason = _reason(response)
             if response.status_code == 410 or reason in DEAD_TOKEN_REASONS:
                 return Result.REJECTED
-            if response.status_code == 403 and reason in ("ExpiredProviderToken",
-                                                          "InvalidProviderToken") \
-                    and attempt == 0:
+            if (
+                response.status_code == 403
+                and reason in ("ExpiredProviderToken", "InvalidProviderToken")
+                and attempt == 0
+            ):
                 continue  # a new provider token, once
             if response.status_code == 429 or response.status_code >= 500:
                 return Result.RETRY
-            logger.warning("apns refused", extra={"status": response.status_code,
-                                                  "reason": reason})
+            logger.warning("apns refused", extra={"status": response.status_code, "reason": reason})
             return Result.RETRY if response.status_code == 403 else Result.SENT
         return Result.RETRY
 
     def _body(self, notification: JsonDict, device: JsonDict) -> JsonDict:
         data = summary(notification, device)
-        content = notification.get("content") if isinstance(notification.get("content"),
-                                                                dict) else {}
+        content = (
+            notification.get("content") if isinstance(notification.get("content"), dict) else {}
+        )
         assert isinstance(content, dict)
         sender = notification.get("sender_display_name") or notification.get("sender")
         text = content.get("body") if isinstance(content.get("body"), str) else None
-        alert: JsonDict = {"title": notification.get("room_name") or sender or "New event",
-                           "body": f"{sender}: {text}" if sender and text
-                           else text or "New event"}
+        alert: JsonDict = {
+            "title": notification.get("room_name") or sender or "New event",
+            "body": f"{sender}: {text}" if sender and text else text or "New event",
+        }
         aps: JsonDict = {"alert": alert, "mutable-content": 1}  # the app may fetch the event
         if isinstance(data.get("unread"), int):
             aps["badge"] = data["unread"]

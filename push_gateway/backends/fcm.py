@@ -39,7 +39,8 @@ class FcmBackend:
         self._key = account["private_key"]
         self._key_id = account.get("private_key_id")
         self._token_uri = config.token_uri or account.get(
-            "token_uri", "https://oauth2.googleapis.com/token")
+            "token_uri", "https://oauth2.googleapis.com/token"
+        )
         self._base_url = config.base_url.rstrip("/")
         self._access: tuple[str, float] | None = None
         self._lock = asyncio.Lock()
@@ -58,12 +59,21 @@ class FcmBackend:
 
     async def _grant(self, now: float) -> str | None:
         assertion = jwt.encode(
-            {"iss": self._email, "scope": SCOPE, "aud": self._token_uri, "iat": int(now),
-             "exp": int(now) + ASSERTION_LIFETIME_S}, self._key, algorithm="RS256",
-            headers={"kid": self._key_id} if self._key_id else None)
+            {
+                "iss": self._email,
+                "scope": SCOPE,
+                "aud": self._token_uri,
+                "iat": int(now),
+                "exp": int(now) + ASSERTION_LIFETIME_S,
+            },
+            self._key,
+            algorithm="RS256",
+            headers={"kid": self._key_id} if self._key_id else None,
+        )
         try:
-            response = await self._http.post(self._token_uri, data={
-                "grant_type": GRANT_TYPE, "assertion": assertion})
+            response = await self._http.post(
+                self._token_uri, data={"grant_type": GRANT_TYPE, "assertion": assertion}
+            )
             body = response.json()
         except (httpx.HTTPError, ValueError):
             return None
@@ -80,12 +90,15 @@ class FcmBackend:
         pushkey = device.get("pushkey")
         if not isinstance(pushkey, str) or not pushkey:
             return Result.REJECTED
-        message = {"message": {
-            "token": pushkey,
-            "data": self._data(notification, device),
-            "android": {"priority": "high" if notification.get("prio", "high") == "high"
-                        else "normal"},
-        }}
+        message = {
+            "message": {
+                "token": pushkey,
+                "data": self._data(notification, device),
+                "android": {
+                    "priority": "high" if notification.get("prio", "high") == "high" else "normal"
+                },
+            }
+        }
         url = f"{self._base_url}/v1/projects/{self._project}/messages:send"
         for attempt in range(2):
             token = await self._access_token(fresh=attempt > 0)
@@ -93,7 +106,8 @@ class FcmBackend:
                 return Result.RETRY
             try:
                 response = await self._http.post(
-                    url, json=message, headers={"Authorization": f"Bearer {token}"})
+                    url, json=message, headers={"Authorization": f"Bearer {token}"}
+                )
             except httpx.HTTPError:
                 return Result.RETRY
             if response.status_code == 200:
@@ -105,8 +119,7 @@ class FcmBackend:
                 return Result.REJECTED
             if response.status_code == 429 or response.status_code >= 500:
                 return Result.RETRY
-            logger.warning("fcm refused", extra={"status": response.status_code,
-                                                 "code": code})
+            logger.warning("fcm refused", extra={"status": response.status_code, "code": code})
             return Result.SENT
         return Result.RETRY
 

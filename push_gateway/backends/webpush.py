@@ -28,8 +28,7 @@ VAPID_LIFETIME_S = 12 * 3600  # RFC 8292: at most 24 hours
 
 async def _is_private(host: str, port: int) -> bool:
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port,
-                                                             type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
         return True
     for info in infos:
@@ -58,34 +57,43 @@ class WebPushBackend:
         assert isinstance(data, dict)
         endpoint, auth = data.get("endpoint"), data.get("auth")
         pushkey = device.get("pushkey")
-        if not isinstance(endpoint, str) or not isinstance(auth, str) or \
-                not isinstance(pushkey, str):
+        if (
+            not isinstance(endpoint, str)
+            or not isinstance(auth, str)
+            or not isinstance(pushkey, str)
+        ):
             return Result.REJECTED  # not a WebPush subscription: it can never work
         parts = urlsplit(endpoint)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             return Result.REJECTED
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        if not self._config.allow_private_endpoints and \
-                await _is_private(parts.hostname, port):
+        if not self._config.allow_private_endpoints and await _is_private(parts.hostname, port):
             logger.warning("webpush endpoint refused: private address")
             return Result.REJECTED
         payload = self._payload(notification, device)
         try:
-            pusher = WebPusher({"endpoint": endpoint, "keys": {"p256dh": pushkey,
-                                                               "auth": auth}})
+            pusher = WebPusher({"endpoint": endpoint, "keys": {"p256dh": pushkey, "auth": auth}})
             encoded = pusher.encode(payload, content_encoding="aes128gcm")
         except (WebPushException, ValueError, TypeError):
             return Result.REJECTED  # keys that are not keys
         origin = f"{parts.scheme}://{parts.netloc}"
-        headers = self._vapid.sign({"sub": self._config.vapid_contact, "aud": origin,
-                                    "exp": int(time.time()) + VAPID_LIFETIME_S})
-        headers.update({"Content-Encoding": "aes128gcm", "TTL": str(self._config.ttl_s),
-                        "Urgency": "high" if notification.get("prio", "high") == "high"
-                        else "normal",
-                        "Content-Type": "application/octet-stream"})
+        headers = self._vapid.sign(
+            {
+                "sub": self._config.vapid_contact,
+                "aud": origin,
+                "exp": int(time.time()) + VAPID_LIFETIME_S,
+            }
+        )
+        headers.update(
+            {
+                "Content-Encoding": "aes128gcm",
+                "TTL": str(self._config.ttl_s),
+                "Urgency": "high" if notification.get("prio", "high") == "high" else "normal",
+                "Content-Type": "application/octet-stream",
+            }
+        )
         try:
-            response = await self._http.post(endpoint, content=encoded["body"],
-                                             headers=headers)
+            response = await self._http.post(endpoint, content=encoded["body"], headers=headers)
         except httpx.HTTPError:
             return Result.RETRY
         if response.status_code in (200, 201, 202):

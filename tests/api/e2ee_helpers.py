@@ -56,25 +56,36 @@ class Device:
 
     def device_keys(self, **extra: Any) -> dict[str, Any]:
         """The device's keys, signed by itself."""
-        keys = {"user_id": self.user_id, "device_id": self.device_id, "algorithms": ALGORITHMS,
-                "keys": {self.key_name: self.ed25519,
-                         f"curve25519:{self.device_id}": public_of(SigningKey.generate())},
-                **extra}
+        keys = {
+            "user_id": self.user_id,
+            "device_id": self.device_id,
+            "algorithms": ALGORITHMS,
+            "keys": {
+                self.key_name: self.ed25519,
+                f"curve25519:{self.device_id}": public_of(SigningKey.generate()),
+            },
+            **extra,
+        }
         return sign(keys, self.user_id, self.key, self.key_name)
 
-    def one_time_keys(self, count: int, start: int = 0,
-                      algorithm: str = "signed_curve25519") -> dict[str, Any]:
-        return {f"{algorithm}:K{i}": sign({"key": public_of(SigningKey.generate())},
-                                          self.user_id, self.key, self.key_name)
-                for i in range(start, start + count)}
+    def one_time_keys(
+        self, count: int, start: int = 0, algorithm: str = "signed_curve25519"
+    ) -> dict[str, Any]:
+        return {
+            f"{algorithm}:K{i}": sign(
+                {"key": public_of(SigningKey.generate())}, self.user_id, self.key, self.key_name
+            )
+            for i in range(start, start + count)
+        }
 
     def fallback_key(self, key_id: str = "F1") -> dict[str, Any]:
         key = {"key": public_of(SigningKey.generate()), "fallback": True}
         return {f"signed_curve25519:{key_id}": sign(key, self.user_id, self.key, self.key_name)}
 
 
-async def new_device(client: httpx.AsyncClient, localpart: str, *,
-                     registered: bool = False) -> Device:
+async def new_device(
+    client: httpx.AsyncClient, localpart: str, *, registered: bool = False
+) -> Device:
     """Register ``localpart`` (unless ``registered``) and log a new device in."""
     if not registered:
         await register(client, localpart)
@@ -82,8 +93,7 @@ async def new_device(client: httpx.AsyncClient, localpart: str, *,
     return Device(str(data["user_id"]), str(data["device_id"]), str(data["access_token"]))
 
 
-async def upload(client: httpx.AsyncClient, device: Device, body: dict[str, Any]
-                 ) -> dict[str, Any]:
+async def upload(client: httpx.AsyncClient, device: Device, body: dict[str, Any]) -> dict[str, Any]:
     r = await client.post(f"{V3}/keys/upload", json=body, headers=device.headers)
     assert r.status_code == 200, r.text
     assert_response_matches("POST", r.request.url.raw_path.decode(), 200, r.json())
@@ -91,20 +101,22 @@ async def upload(client: httpx.AsyncClient, device: Device, body: dict[str, Any]
     return data
 
 
-async def query(client: httpx.AsyncClient, device: Device, users: dict[str, list[str]]
-                ) -> dict[str, Any]:
-    r = await client.post(f"{V3}/keys/query", json={"device_keys": users},
-                          headers=device.headers)
+async def query(
+    client: httpx.AsyncClient, device: Device, users: dict[str, list[str]]
+) -> dict[str, Any]:
+    r = await client.post(f"{V3}/keys/query", json={"device_keys": users}, headers=device.headers)
     assert r.status_code == 200, r.text
     assert_response_matches("POST", r.request.url.raw_path.decode(), 200, r.json())
     data: dict[str, Any] = r.json()
     return data
 
 
-async def claim(client: httpx.AsyncClient, device: Device, wanted: dict[str, dict[str, str]]
-                ) -> dict[str, Any]:
-    r = await client.post(f"{V3}/keys/claim", json={"one_time_keys": wanted},
-                          headers=device.headers)
+async def claim(
+    client: httpx.AsyncClient, device: Device, wanted: dict[str, dict[str, str]]
+) -> dict[str, Any]:
+    r = await client.post(
+        f"{V3}/keys/claim", json={"one_time_keys": wanted}, headers=device.headers
+    )
     assert r.status_code == 200, r.text
     assert_response_matches("POST", r.request.url.raw_path.decode(), 200, r.json())
     data: dict[str, Any] = r.json()
@@ -112,18 +124,21 @@ async def claim(client: httpx.AsyncClient, device: Device, wanted: dict[str, dic
 
 
 async def sync(client: httpx.AsyncClient, device: Device, **params: Any) -> dict[str, Any]:
-    r = await client.get(f"{V3}/sync", params={k: str(v) for k, v in params.items()},
-                         headers=device.headers)
+    r = await client.get(
+        f"{V3}/sync", params={k: str(v) for k, v in params.items()}, headers=device.headers
+    )
     assert r.status_code == 200, r.text
     assert_response_matches("GET", r.request.url.raw_path.decode(), 200, r.json())
     data: dict[str, Any] = r.json()
     return data
 
 
-async def create_room(client: httpx.AsyncClient, device: Device, invite: list[str] | None = None,
-                      **extra: Any) -> str:
-    r = await client.post(f"{V3}/createRoom", json={"invite": invite or [], **extra},
-                          headers=device.headers)
+async def create_room(
+    client: httpx.AsyncClient, device: Device, invite: list[str] | None = None, **extra: Any
+) -> str:
+    r = await client.post(
+        f"{V3}/createRoom", json={"invite": invite or [], **extra}, headers=device.headers
+    )
     assert r.status_code == 200, r.text
     return str(r.json()["room_id"])
 

@@ -20,8 +20,9 @@ async def create(client: httpx.AsyncClient, token: str, **body: Any) -> str:
     return str(r.json()["room_id"])
 
 
-async def state(client: httpx.AsyncClient, token: str, room_id: str) -> dict[tuple[str, str],
-                                                                             dict[str, Any]]:
+async def state(
+    client: httpx.AsyncClient, token: str, room_id: str
+) -> dict[tuple[str, str], dict[str, Any]]:
     r = await client.get(f"{V3}/rooms/{room_id}/state", headers=auth_header(token))
     assert r.status_code == 200, r.text
     assert_response_matches("GET", r.request.url.raw_path.decode(), 200, r.json())
@@ -48,8 +49,7 @@ async def test_presets(client: httpx.AsyncClient, version: str) -> None:
         room_id = await create(client, tok, preset=preset, room_version=version, invite=[bob])
         s = await state(client, tok, room_id)
         assert s[("m.room.join_rules", "")]["content"] == {"join_rule": join_rule}
-        assert s[("m.room.history_visibility", "")]["content"] == {
-            "history_visibility": history}
+        assert s[("m.room.history_visibility", "")]["content"] == {"history_visibility": history}
         assert s[("m.room.guest_access", "")]["content"] == {"guest_access": guests}
         create_event = s[("m.room.create", "")]
         assert create_event["content"]["room_version"] == version
@@ -67,7 +67,8 @@ async def test_presets(client: httpx.AsyncClient, version: str) -> None:
             assert alice not in pl["users"]
             assert bob not in pl["users"]
             assert create_event["content"].get("additional_creators", []) == (
-                [bob] if trusted else [])
+                [bob] if trusted else []
+            )
             assert "creator" not in create_event["content"]
         else:
             assert pl["users"].get(alice) == 100
@@ -83,11 +84,15 @@ async def test_presets(client: httpx.AsyncClient, version: str) -> None:
         else:
             assert room_id.startswith("!") and room_id.endswith(":test")
         # The room works: a message goes in and comes back.
-        r = await client.put(f"{V3}/rooms/{room_id}/send/m.room.message/{preset}",
-                             headers=auth_header(tok), json={"msgtype": "m.text", "body": "hi"})
+        r = await client.put(
+            f"{V3}/rooms/{room_id}/send/m.room.message/{preset}",
+            headers=auth_header(tok),
+            json={"msgtype": "m.text", "body": "hi"},
+        )
         assert r.status_code == 200, r.text
-        r = await client.get(f"{V3}/rooms/{room_id}/event/{r.json()['event_id']}",
-                             headers=auth_header(tok))
+        r = await client.get(
+            f"{V3}/rooms/{room_id}/event/{r.json()['event_id']}", headers=auth_header(tok)
+        )
         assert r.status_code == 200, r.text
         assert (r.json()["content"]["body"], r.json()["room_id"]) == ("hi", room_id)
 
@@ -129,8 +134,9 @@ async def test_unsupported_room_version(client: httpx.AsyncClient) -> None:
 async def test_name_topic_and_alias(client: httpx.AsyncClient) -> None:
     _, tok = await register(client, "alice")
     _, b_tok = await register(client, "bob")
-    room_id = await create(client, tok, name="Tea", topic="Earl Grey",
-                           room_alias_name="tea", preset="public_chat")
+    room_id = await create(
+        client, tok, name="Tea", topic="Earl Grey", room_alias_name="tea", preset="public_chat"
+    )
     s = await state(client, tok, room_id)
     assert s[("m.room.name", "")]["content"] == {"name": "Tea"}
     assert s[("m.room.topic", "")]["content"]["topic"] == "Earl Grey"
@@ -156,13 +162,11 @@ async def test_invite_and_is_direct(client: httpx.AsyncClient) -> None:
     alice, tok = await register(client, "alice")
     bob, b_tok = await register(client, "bob")
     carol, c_tok = await register(client, "carol")
-    room_id = await create(client, tok, invite=[bob], is_direct=True,
-                           preset="trusted_private_chat")
+    room_id = await create(client, tok, invite=[bob], is_direct=True, preset="trusted_private_chat")
     r = await client.get(f"{V3}/sync", headers=auth_header(b_tok))
     assert r.status_code == 200, r.text
     invite_state = r.json()["rooms"]["invite"][room_id]["invite_state"]["events"]
-    member = [e for e in invite_state
-              if e["type"] == "m.room.member" and e["state_key"] == bob][0]
+    member = [e for e in invite_state if e["type"] == "m.room.member" and e["state_key"] == bob][0]
     assert member["content"]["membership"] == "invite"
     assert member["content"]["is_direct"] is True
     assert member["sender"] == alice
@@ -186,12 +190,20 @@ async def test_invite_unknown_or_remote_user(client: httpx.AsyncClient) -> None:
 
 async def test_initial_state(client: httpx.AsyncClient) -> None:
     _, tok = await register(client, "alice")
-    room_id = await create(client, tok, preset="private_chat", initial_state=[
-        {"type": "m.room.history_visibility", "content": {"history_visibility": "joined"}},
-        {"type": "m.room.encryption", "state_key": "",
-         "content": {"algorithm": "m.megolm.v1.aes-sha2"}},
-        {"type": "org.example.custom", "state_key": "k", "content": {"x": 1}},
-    ])
+    room_id = await create(
+        client,
+        tok,
+        preset="private_chat",
+        initial_state=[
+            {"type": "m.room.history_visibility", "content": {"history_visibility": "joined"}},
+            {
+                "type": "m.room.encryption",
+                "state_key": "",
+                "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+            },
+            {"type": "org.example.custom", "state_key": "k", "content": {"x": 1}},
+        ],
+    )
     s = await state(client, tok, room_id)
     # initial_state overrides the preset's event of the same type.
     assert s[("m.room.history_visibility", "")]["content"] == {"history_visibility": "joined"}
@@ -199,8 +211,12 @@ async def test_initial_state(client: httpx.AsyncClient) -> None:
     assert s[("org.example.custom", "k")]["content"] == {"x": 1}
     assert s[("m.room.join_rules", "")]["content"] == {"join_rule": "invite"}
     # `name` and `topic` win over initial_state.
-    room_id = await create(client, tok, name="Explicit", initial_state=[
-        {"type": "m.room.name", "content": {"name": "From state"}}])
+    room_id = await create(
+        client,
+        tok,
+        name="Explicit",
+        initial_state=[{"type": "m.room.name", "content": {"name": "From state"}}],
+    )
     s = await state(client, tok, room_id)
     assert s[("m.room.name", "")]["content"] == {"name": "Explicit"}
 
@@ -208,9 +224,13 @@ async def test_initial_state(client: httpx.AsyncClient) -> None:
 async def test_power_level_content_override(client: httpx.AsyncClient) -> None:
     alice, tok = await register(client, "alice")
     bob, _ = await register(client, "bob")
-    room_id = await create(client, tok, room_version="11", invite=[bob],
-                           power_level_content_override={
-                               "events_default": 20, "users": {alice: 100, bob: 30}})
+    room_id = await create(
+        client,
+        tok,
+        room_version="11",
+        invite=[bob],
+        power_level_content_override={"events_default": 20, "users": {alice: 100, bob: 30}},
+    )
     s = await state(client, tok, room_id)
     pl = s[("m.room.power_levels", "")]["content"]
     assert pl["events_default"] == 20
@@ -220,17 +240,21 @@ async def test_power_level_content_override(client: httpx.AsyncClient) -> None:
 
 async def test_creation_content(client: httpx.AsyncClient) -> None:
     alice, tok = await register(client, "alice")
-    room_id = await create(client, tok, room_version="11",
-                           creation_content={"m.federate": False, "type": "m.space",
-                                             "creator": "@mallory:test"})
+    room_id = await create(
+        client,
+        tok,
+        room_version="11",
+        creation_content={"m.federate": False, "type": "m.space", "creator": "@mallory:test"},
+    )
     s = await state(client, tok, room_id)
     content = s[("m.room.create", "")]["content"]
     assert content["m.federate"] is False
     assert content["type"] == "m.space"
     assert content["room_version"] == "11"
     assert "creator" not in content  # v11: the sender is the creator
-    room_id = await create(client, tok, room_version="10",
-                           creation_content={"creator": "@mallory:test"})
+    room_id = await create(
+        client, tok, room_version="10", creation_content={"creator": "@mallory:test"}
+    )
     s = await state(client, tok, room_id)
     assert s[("m.room.create", "")]["content"]["creator"] == alice
 
@@ -282,8 +306,11 @@ async def test_invalid_room_state_makes_no_room(client: httpx.AsyncClient) -> No
         {"room_version": "12", "power_level_content_override": {"users": {alice: 100}}},
         # The creator demoted below what setting up the room needs (the join rules: 50).
         {"room_version": "11", "power_level_content_override": {"users": {alice: 10}}},
-        {"room_version": "11", "name": "x",
-         "power_level_content_override": {"events": {"m.room.name": 101}}},
+        {
+            "room_version": "11",
+            "name": "x",
+            "power_level_content_override": {"events": {"m.room.name": 101}},
+        },
         # State keys that are other users' IDs belong to them.
         {"initial_state": [{"type": "org.example", "state_key": bob, "content": {}}]},
         # Inviting oneself: already joined.
@@ -291,19 +318,25 @@ async def test_invalid_room_state_makes_no_room(client: httpx.AsyncClient) -> No
     ]
     for body in bodies:
         r = await create_error(client, tok, body)
-        assert (r.status_code, r.json()["errcode"]) == (400, "M_INVALID_ROOM_STATE"), (
-            body, r.text)
+        assert (r.status_code, r.json()["errcode"]) == (400, "M_INVALID_ROOM_STATE"), (body, r.text)
     # Too large: a state key over 255 bytes.
-    r = await client.post(f"{V3}/createRoom", headers=auth_header(tok), json={
-        "initial_state": [{"type": "org.example", "state_key": "k" * 256, "content": {}}]})
+    r = await client.post(
+        f"{V3}/createRoom",
+        headers=auth_header(tok),
+        json={"initial_state": [{"type": "org.example", "state_key": "k" * 256, "content": {}}]},
+    )
     assert (r.status_code, r.json()["errcode"]) == (413, "M_TOO_LARGE"), r.text
     r = await client.get(f"{V3}/joined_rooms", headers=auth_header(tok))
     assert r.json() == {"joined_rooms": []}
     r = await client.get(f"{V3}/sync", headers=auth_header(tok))
     assert "rooms" not in r.json()
     # The creator may lower themselves as long as the setup still passes.
-    room_id = await create(client, tok, room_version="11", power_level_content_override={
-        "users": {alice: 50}, "events": {}})
+    room_id = await create(
+        client,
+        tok,
+        room_version="11",
+        power_level_content_override={"users": {alice: 50}, "events": {}},
+    )
     s = await state(client, tok, room_id)
     assert s[("m.room.power_levels", "")]["content"]["users"] == {alice: 50}
     assert s[("m.room.history_visibility", "")]["sender"] == alice

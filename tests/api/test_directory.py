@@ -10,11 +10,8 @@ from tests.helpers import create_room as create
 V3 = "/_matrix/client/v3"
 
 
-
-
 async def join(client: httpx.AsyncClient, token: str, room_id: str) -> None:
-    checked(await client.post(f"{V3}/rooms/{room_id}/join", headers=auth_header(token),
-                              json={}))
+    checked(await client.post(f"{V3}/rooms/{room_id}/join", headers=auth_header(token), json={}))
 
 
 def alias_url(alias: str) -> str:
@@ -24,18 +21,21 @@ def alias_url(alias: str) -> str:
 async def test_alias_round_trip(client: httpx.AsyncClient) -> None:
     _, tok = await register(client, "alice")
     room_id = await create(client, tok)
-    r = await client.put(alias_url("#lounge:test"), headers=auth_header(tok),
-                         json={"room_id": room_id})
+    r = await client.put(
+        alias_url("#lounge:test"), headers=auth_header(tok), json={"room_id": room_id}
+    )
     assert checked(r) == {}
     r = await client.get(alias_url("#lounge:test"))  # no authentication needed
     assert checked(r) == {"room_id": room_id, "servers": ["test"]}
     # Taken: 409.
     other = await create(client, tok)
-    r = await client.put(alias_url("#lounge:test"), headers=auth_header(tok),
-                         json={"room_id": other})
+    r = await client.put(
+        alias_url("#lounge:test"), headers=auth_header(tok), json={"room_id": other}
+    )
     checked(r, 409, "M_ROOM_IN_USE")
-    r = await client.put(alias_url("#second:test"), headers=auth_header(tok),
-                         json={"room_id": room_id})
+    r = await client.put(
+        alias_url("#second:test"), headers=auth_header(tok), json={"room_id": room_id}
+    )
     checked(r)
     r = await client.get(f"{V3}/rooms/{room_id}/aliases", headers=auth_header(tok))
     assert checked(r) == {"aliases": ["#lounge:test", "#second:test"]}
@@ -48,8 +48,9 @@ async def test_alias_round_trip(client: httpx.AsyncClient) -> None:
     r = await client.get(f"{V3}/rooms/{room_id}/aliases", headers=auth_header(tok))
     assert checked(r) == {"aliases": ["#second:test"]}
     # Freed, the alias can point elsewhere.
-    r = await client.put(alias_url("#lounge:test"), headers=auth_header(tok),
-                         json={"room_id": other})
+    r = await client.put(
+        alias_url("#lounge:test"), headers=auth_header(tok), json={"room_id": other}
+    )
     checked(r)
     r = await client.get(alias_url("#lounge:test"))
     assert checked(r)["room_id"] == other
@@ -60,22 +61,25 @@ async def test_alias_errors(client: httpx.AsyncClient) -> None:
     _, b_tok = await register(client, "bob")
     room_id = await create(client, tok)
     # Not our server, not an alias, no room, unknown room, not in the room.
-    r = await client.put(alias_url("#x:elsewhere"), headers=auth_header(tok),
-                         json={"room_id": room_id})
+    r = await client.put(
+        alias_url("#x:elsewhere"), headers=auth_header(tok), json={"room_id": room_id}
+    )
     checked(r, 400, "M_INVALID_PARAM")
-    r = await client.put(alias_url("nohash:test"), headers=auth_header(tok),
-                         json={"room_id": room_id})
+    r = await client.put(
+        alias_url("nohash:test"), headers=auth_header(tok), json={"room_id": room_id}
+    )
     checked(r, 400, "M_INVALID_PARAM", documented=False)  # the path itself is off-spec
     r = await client.put(alias_url("#x:test"), headers=auth_header(tok), json={})
     checked(r, 400, "M_MISSING_PARAM")
     r = await client.put(alias_url("#x:test"), headers=auth_header(tok), json={"room_id": 1})
     checked(r, 400, "M_BAD_JSON")
-    r = await client.put(alias_url("#x:test"), headers=auth_header(tok),
-                         json={"room_id": "!unknown:test"})
-    assert r.status_code in (403, 404) and r.json()["errcode"] in ("M_NOT_FOUND",
-                                                                   "M_FORBIDDEN")
-    r = await client.put(alias_url("#x:test"), headers=auth_header(b_tok),
-                         json={"room_id": room_id})
+    r = await client.put(
+        alias_url("#x:test"), headers=auth_header(tok), json={"room_id": "!unknown:test"}
+    )
+    assert r.status_code in (403, 404) and r.json()["errcode"] in ("M_NOT_FOUND", "M_FORBIDDEN")
+    r = await client.put(
+        alias_url("#x:test"), headers=auth_header(b_tok), json={"room_id": room_id}
+    )
     checked(r, 403, "M_FORBIDDEN", documented=False)
     r = await client.put(alias_url("#x:test"), json={"room_id": room_id})
     checked(r, 401, "M_MISSING_TOKEN", documented=False)
@@ -89,16 +93,23 @@ async def test_alias_delete_permissions(client: httpx.AsyncClient) -> None:
     alice, tok = await register(client, "alice")
     bob, b_tok = await register(client, "bob")
     carol, c_tok = await register(client, "carol")
-    room_id = await create(client, tok, preset="public_chat", room_version="11",
-                           power_level_content_override={"users": {alice: 100, carol: 50}})
+    room_id = await create(
+        client,
+        tok,
+        preset="public_chat",
+        room_version="11",
+        power_level_content_override={"users": {alice: 100, carol: 50}},
+    )
     await join(client, b_tok, room_id)
     await join(client, c_tok, room_id)
     # bob (power 0) may make an alias and delete his own ...
-    r = await client.put(alias_url("#bobs:test"), headers=auth_header(b_tok),
-                         json={"room_id": room_id})
+    r = await client.put(
+        alias_url("#bobs:test"), headers=auth_header(b_tok), json={"room_id": room_id}
+    )
     checked(r)
-    r = await client.put(alias_url("#alices:test"), headers=auth_header(tok),
-                         json={"room_id": room_id})
+    r = await client.put(
+        alias_url("#alices:test"), headers=auth_header(tok), json={"room_id": room_id}
+    )
     checked(r)
     # ... but not alice's: not the creator, and below the canonical alias level.
     r = await client.delete(alias_url("#alices:test"), headers=auth_header(b_tok))
@@ -124,9 +135,17 @@ async def test_room_aliases_access(client: httpx.AsyncClient) -> None:
     checked(r, 403, "M_FORBIDDEN")
     r = await client.get(f"{V3}/rooms/!unknown:test/aliases", headers=auth_header(b_tok))
     checked(r, 403, "M_FORBIDDEN")
-    readable = await create(client, tok, room_alias_name="open", initial_state=[
-        {"type": "m.room.history_visibility",
-         "content": {"history_visibility": "world_readable"}}])
+    readable = await create(
+        client,
+        tok,
+        room_alias_name="open",
+        initial_state=[
+            {
+                "type": "m.room.history_visibility",
+                "content": {"history_visibility": "world_readable"},
+            }
+        ],
+    )
     r = await client.get(f"{V3}/rooms/{readable}/aliases", headers=auth_header(b_tok))
     assert checked(r) == {"aliases": ["#open:test"]}
     r = await client.get(f"{V3}/rooms/{room_id}/aliases")
@@ -154,8 +173,11 @@ async def test_directory_visibility(client: httpx.AsyncClient) -> None:
     checked(r, 400, "M_MISSING_PARAM", documented=False)
     r = await client.get(f"{V3}/directory/list/room/!unknown:test")
     checked(r, 404, "M_NOT_FOUND")
-    r = await client.put(f"{V3}/directory/list/room/!unknown:test", headers=auth_header(tok),
-                         json={"visibility": "public"})
+    r = await client.put(
+        f"{V3}/directory/list/room/!unknown:test",
+        headers=auth_header(tok),
+        json={"visibility": "public"},
+    )
     checked(r, 404, "M_NOT_FOUND")
     r = await client.put(url, headers=auth_header(tok), json={"visibility": "private"})
     checked(r)
@@ -169,11 +191,18 @@ async def test_public_rooms(client: httpx.AsyncClient) -> None:
     tok = users[0][1]
     # Rooms of 1 to 4 members; and one private room that never shows.
     rooms = []
-    for size, (name, topic) in enumerate([("Tea", "Earl Grey"), ("Coffee", "espresso"),
-                                          ("Chess", "openings"), ("Jazz", "Monk & co")],
-                                         start=1):
-        room_id = await create(client, tok, visibility="public", name=name, topic=topic,
-                               room_alias_name=name.lower())
+    for size, (name, topic) in enumerate(
+        [
+            ("Tea", "Earl Grey"),
+            ("Coffee", "espresso"),
+            ("Chess", "openings"),
+            ("Jazz", "Monk & co"),
+        ],
+        start=1,
+    ):
+        room_id = await create(
+            client, tok, visibility="public", name=name, topic=topic, room_alias_name=name.lower()
+        )
         for _, member_tok in users[1:size]:
             await join(client, member_tok, room_id)
         rooms.append(room_id)
@@ -184,22 +213,27 @@ async def test_public_rooms(client: httpx.AsyncClient) -> None:
     assert body["total_room_count_estimate"] == 4
     assert "next_batch" not in body and "prev_batch" not in body
     jazz = body["chunk"][0]
-    assert jazz == {"room_id": rooms[3], "name": "Jazz", "topic": "Monk & co",
-                    "canonical_alias": "#jazz:test", "num_joined_members": 4,
-                    "world_readable": False, "guest_can_join": False, "join_rule": "public"}
+    assert jazz == {
+        "room_id": rooms[3],
+        "name": "Jazz",
+        "topic": "Monk & co",
+        "canonical_alias": "#jazz:test",
+        "num_joined_members": 4,
+        "world_readable": False,
+        "guest_can_join": False,
+        "join_rule": "public",
+    }
     assert [e["num_joined_members"] for e in body["chunk"]] == [4, 3, 2, 1]
     # Pages of 3, forward and back.
     r = await client.get(f"{V3}/publicRooms", params={"limit": "3"})
     first = checked(r)
     assert [e["room_id"] for e in first["chunk"]] == rooms[:0:-1]
     assert "prev_batch" not in first
-    r = await client.get(f"{V3}/publicRooms", params={"limit": "3",
-                                                       "since": first["next_batch"]})
+    r = await client.get(f"{V3}/publicRooms", params={"limit": "3", "since": first["next_batch"]})
     second = checked(r)
     assert [e["room_id"] for e in second["chunk"]] == rooms[:1]
     assert "next_batch" not in second
-    r = await client.get(f"{V3}/publicRooms", params={"limit": "3",
-                                                       "since": second["prev_batch"]})
+    r = await client.get(f"{V3}/publicRooms", params={"limit": "3", "since": second["prev_batch"]})
     assert checked(r)["chunk"] == first["chunk"]
     r = await client.get(f"{V3}/publicRooms", params={"since": "garbage"})
     checked(r, 400, "M_INVALID_PARAM", documented=False)
@@ -207,22 +241,26 @@ async def test_public_rooms(client: httpx.AsyncClient) -> None:
     checked(r, 400, "M_INVALID_PARAM", documented=False)
     # POST: a search term over name, topic and alias; same pagination.
     url = f"{V3}/publicRooms"
-    r = await client.post(url, headers=auth_header(tok),
-                          json={"filter": {"generic_search_term": "ESPRESSO"}})
+    r = await client.post(
+        url, headers=auth_header(tok), json={"filter": {"generic_search_term": "ESPRESSO"}}
+    )
     body = checked(r)
     assert [e["room_id"] for e in body["chunk"]] == [rooms[1]]
     assert body["total_room_count_estimate"] == 1
-    r = await client.post(url, headers=auth_header(tok),
-                          json={"filter": {"generic_search_term": "#chess"}})
+    r = await client.post(
+        url, headers=auth_header(tok), json={"filter": {"generic_search_term": "#chess"}}
+    )
     assert [e["room_id"] for e in checked(r)["chunk"]] == [rooms[2]]
-    r = await client.post(url, headers=auth_header(tok),
-                          json={"filter": {"generic_search_term": "nothing here"}})
+    r = await client.post(
+        url, headers=auth_header(tok), json={"filter": {"generic_search_term": "nothing here"}}
+    )
     assert checked(r)["chunk"] == []
     r = await client.post(url, headers=auth_header(tok), json={"limit": 2})
     page = checked(r)
     assert [e["room_id"] for e in page["chunk"]] == rooms[:1:-1]
-    r = await client.post(url, headers=auth_header(tok),
-                          json={"limit": 2, "since": page["next_batch"]})
+    r = await client.post(
+        url, headers=auth_header(tok), json={"limit": 2, "since": page["next_batch"]}
+    )
     page = checked(r)
     assert [e["room_id"] for e in page["chunk"]] == rooms[1::-1]
     assert "next_batch" not in page and "prev_batch" in page
@@ -230,14 +268,16 @@ async def test_public_rooms(client: httpx.AsyncClient) -> None:
     assert len(checked(r)["chunk"]) == 4
     r = await client.post(url, headers=auth_header(tok), json={"limit": "2"})
     checked(r, 400, "M_BAD_JSON", documented=False)
-    r = await client.post(url, headers=auth_header(tok),
-                          json={"filter": {"generic_search_term": 5}})
+    r = await client.post(
+        url, headers=auth_header(tok), json={"filter": {"generic_search_term": 5}}
+    )
     checked(r, 400, "M_BAD_JSON", documented=False)
     r = await client.post(url, json={})
     checked(r, 401, "M_MISSING_TOKEN", documented=False)
     # Counts follow the members: bob leaves Jazz.
-    checked(await client.post(f"{V3}/rooms/{rooms[3]}/leave",
-                              headers=auth_header(users[1][1]), json={}))
+    checked(
+        await client.post(f"{V3}/rooms/{rooms[3]}/leave", headers=auth_header(users[1][1]), json={})
+    )
     r = await client.get(f"{V3}/publicRooms")
     counts = {e["room_id"]: e["num_joined_members"] for e in checked(r)["chunk"]}
     assert counts == {rooms[0]: 1, rooms[1]: 2, rooms[2]: 3, rooms[3]: 3}
@@ -246,13 +286,15 @@ async def test_public_rooms(client: httpx.AsyncClient) -> None:
 async def test_public_rooms_room_types(client: httpx.AsyncClient) -> None:
     _, tok = await register(client, "alice")
     room = await create(client, tok, visibility="public", name="Room")
-    space = await create(client, tok, visibility="public", name="Space",
-                         creation_content={"type": "m.space"})
+    space = await create(
+        client, tok, visibility="public", name="Space", creation_content={"type": "m.space"}
+    )
     url = f"{V3}/publicRooms"
 
     async def listed(room_types: list[str | None]) -> set[str]:
-        r = await client.post(url, headers=auth_header(tok),
-                              json={"filter": {"room_types": room_types}})
+        r = await client.post(
+            url, headers=auth_header(tok), json={"filter": {"room_types": room_types}}
+        )
         return {e["room_id"] for e in checked(r)["chunk"]}
 
     assert await listed(["m.space"]) == {space}

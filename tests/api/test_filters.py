@@ -14,8 +14,12 @@ from tests.openapi_schema import assert_response_matches
 FILTER = {
     "room": {
         "state": {"types": ["m.room.*"], "not_rooms": ["!726s6s6q:example.com"]},
-        "timeline": {"limit": 10, "types": ["m.room.message"],
-                     "not_senders": ["@spam:example.com"], "lazy_load_members": True},
+        "timeline": {
+            "limit": 10,
+            "types": ["m.room.message"],
+            "not_senders": ["@spam:example.com"],
+            "lazy_load_members": True,
+        },
         "ephemeral": {"types": ["m.receipt", "m.typing"]},
         "include_leave": False,
     },
@@ -52,8 +56,7 @@ async def test_ids_are_per_user(client: httpx.AsyncClient) -> None:
     a = await client.post(path(alice), headers=auth_header(alice_token), json={"room": {}})
     b = await client.post(path(bob), headers=auth_header(bob_token), json={"presence": {}})
     assert a.json()["filter_id"] == b.json()["filter_id"]
-    response = await client.get(path(bob, b.json()["filter_id"]),
-                                headers=auth_header(bob_token))
+    response = await client.get(path(bob, b.json()["filter_id"]), headers=auth_header(bob_token))
     assert response.json() == {"presence": {}}
 
 
@@ -73,8 +76,9 @@ async def test_other_users_filters(client: httpx.AsyncClient) -> None:
     response = await client.post(path(alice), headers=auth_header(bob_token), json={})
     assert response.status_code == 403
     assert response.json()["errcode"] == "M_FORBIDDEN"
-    filter_id = (await client.post(path(alice), headers=auth_header(alice_token),
-                                   json={})).json()["filter_id"]
+    filter_id = (await client.post(path(alice), headers=auth_header(alice_token), json={})).json()[
+        "filter_id"
+    ]
     response = await client.get(path(alice, filter_id), headers=auth_header(bob_token))
     assert response.status_code == 403
     assert response.json()["errcode"] == "M_FORBIDDEN"
@@ -108,10 +112,16 @@ BAD_FILTERS: list[object] = [
 
 async def test_bad_filter(client: httpx.AsyncClient) -> None:
     user_id, token = await register(client, "alice")
-    await assert_errors(client, "POST", path(user_id), headers=auth_header(token), cases=[
-        *((data, 400, "M_BAD_JSON") for data in BAD_FILTERS),
-        (b"{", 400, "M_NOT_JSON"),
-    ])
+    await assert_errors(
+        client,
+        "POST",
+        path(user_id),
+        headers=auth_header(token),
+        cases=[
+            *((data, 400, "M_BAD_JSON") for data in BAD_FILTERS),
+            (b"{", 400, "M_NOT_JSON"),
+        ],
+    )
 
 
 async def test_needs_a_token(client: httpx.AsyncClient) -> None:

@@ -22,33 +22,56 @@ def checked(r: httpx.Response, status: int = 200, errcode: str | None = None) ->
     return body
 
 
-async def knock(client: httpx.AsyncClient, token: str, target: str,
-                body: Any = None) -> httpx.Response:
-    return await client.post(f"{V3}/knock/{target.replace('#', '%23')}",
-                             json={} if body is None else body, headers=auth_header(token))
+async def knock(
+    client: httpx.AsyncClient, token: str, target: str, body: Any = None
+) -> httpx.Response:
+    return await client.post(
+        f"{V3}/knock/{target.replace('#', '%23')}",
+        json={} if body is None else body,
+        headers=auth_header(token),
+    )
 
 
-async def sync(client: httpx.AsyncClient, token: str, since: str | None = None
-               ) -> dict[str, Any]:
+async def sync(client: httpx.AsyncClient, token: str, since: str | None = None) -> dict[str, Any]:
     params = {"since": since} if since is not None else {}
-    body: dict[str, Any] = checked(await client.get(f"{V3}/sync", params=params,
-                                                    headers=auth_header(token)))
+    body: dict[str, Any] = checked(
+        await client.get(f"{V3}/sync", params=params, headers=auth_header(token))
+    )
     return body
 
 
-async def membership(client: httpx.AsyncClient, token: str, room_id: str,
-                     user_id: str) -> str:
-    r = await client.get(f"{V3}/rooms/{room_id}/state/m.room.member/{user_id}",
-                         headers=auth_header(token))
+async def membership(client: httpx.AsyncClient, token: str, room_id: str, user_id: str) -> str:
+    r = await client.get(
+        f"{V3}/rooms/{room_id}/state/m.room.member/{user_id}", headers=auth_header(token)
+    )
     return str(checked(r)["membership"])
 
 
-async def knock_room(client: httpx.AsyncClient, token: str, join_rule: str = "knock",
-                     version: str = "11", **extra: Any) -> str:
-    r = await client.post(f"{V3}/createRoom", headers=auth_header(token), json={
-        "room_version": version, "name": "Clubhouse", **extra,
-        "initial_state": [{"type": "m.room.join_rules", "content": {
-            "join_rule": join_rule, **({"allow": []} if "restricted" in join_rule else {})}}]})
+async def knock_room(
+    client: httpx.AsyncClient,
+    token: str,
+    join_rule: str = "knock",
+    version: str = "11",
+    **extra: Any,
+) -> str:
+    r = await client.post(
+        f"{V3}/createRoom",
+        headers=auth_header(token),
+        json={
+            "room_version": version,
+            "name": "Clubhouse",
+            **extra,
+            "initial_state": [
+                {
+                    "type": "m.room.join_rules",
+                    "content": {
+                        "join_rule": join_rule,
+                        **({"allow": []} if "restricted" in join_rule else {}),
+                    },
+                }
+            ],
+        },
+    )
     return str(checked(r)["room_id"])
 
 
@@ -63,8 +86,9 @@ async def test_knock_then_invite_then_join(client: httpx.AsyncClient, version: s
 
     # The knock is state: members who may invite see it.
     assert await membership(client, atok, room_id, bob) == "knock"
-    r = await client.get(f"{V3}/rooms/{room_id}/members", params={"membership": "knock"},
-                         headers=auth_header(atok))
+    r = await client.get(
+        f"{V3}/rooms/{room_id}/members", params={"membership": "knock"}, headers=auth_header(atok)
+    )
     knocks = checked(r)["chunk"]
     assert [e["state_key"] for e in knocks] == [bob]
     assert knocks[0]["content"]["reason"] == "let me in"
@@ -82,8 +106,9 @@ async def test_knock_then_invite_then_join(client: httpx.AsyncClient, version: s
     assert r.status_code == 403
 
     since = body["next_batch"]
-    r = await client.post(f"{V3}/rooms/{room_id}/invite", json={"user_id": bob},
-                          headers=auth_header(atok))
+    r = await client.post(
+        f"{V3}/rooms/{room_id}/invite", json={"user_id": bob}, headers=auth_header(atok)
+    )
     checked(r)
     body = await sync(client, btok, since)
     assert room_id in body["rooms"]["invite"]
@@ -117,13 +142,17 @@ async def test_leave_retracts_and_kick_rejects_a_knock(client: httpx.AsyncClient
 
     # Knock again; alice says no.
     checked(await knock(client, btok, room_id))
-    r = await client.post(f"{V3}/rooms/{room_id}/kick", json={"user_id": bob, "reason": "no"},
-                          headers=auth_header(atok))
+    r = await client.post(
+        f"{V3}/rooms/{room_id}/kick",
+        json={"user_id": bob, "reason": "no"},
+        headers=auth_header(atok),
+    )
     checked(r)
     assert await membership(client, atok, room_id, bob) == "leave"
     # A ban keeps them from knocking at all.
-    r = await client.post(f"{V3}/rooms/{room_id}/ban", json={"user_id": bob},
-                          headers=auth_header(atok))
+    r = await client.post(
+        f"{V3}/rooms/{room_id}/ban", json={"user_id": bob}, headers=auth_header(atok)
+    )
     checked(r)
     checked(await knock(client, btok, room_id), 403, "M_FORBIDDEN")
 
@@ -139,8 +168,9 @@ async def test_who_may_not_knock(client: httpx.AsyncClient) -> None:
     knockable = await knock_room(client, atok)
     # Already joined, or already invited: no knocking.
     checked(await knock(client, atok, knockable), 403, "M_FORBIDDEN")
-    r = await client.post(f"{V3}/rooms/{knockable}/invite", json={"user_id": bob},
-                          headers=auth_header(atok))
+    r = await client.post(
+        f"{V3}/rooms/{knockable}/invite", json={"user_id": bob}, headers=auth_header(atok)
+    )
     checked(r)
     checked(await knock(client, btok, knockable), 403, "M_FORBIDDEN")
     # Unknown rooms and aliases.
@@ -160,12 +190,12 @@ async def test_knock_bad_requests(client: httpx.AsyncClient) -> None:
     bad(await knock(client, btok, "lobby"), "M_INVALID_PARAM")
     bad(await knock(client, btok, room_id, {"reason": 5}), "M_BAD_JSON")
     bad(await knock(client, btok, room_id, ["reason"]), "M_BAD_JSON")
-    r = await client.post(f"{V3}/knock/{room_id}", content=b"{oops",
-                          headers=auth_header(btok))
+    r = await client.post(f"{V3}/knock/{room_id}", content=b"{oops", headers=auth_header(btok))
     bad(r, "M_NOT_JSON")
     r = await client.post(f"{V3}/knock/{room_id}", json={})
     assert r.status_code == 401 and r.json()["errcode"] == "M_MISSING_TOKEN"
     # `via` is accepted (every room is local here).
-    r = await client.post(f"{V3}/knock/{room_id}", params={"via": "test"}, json={},
-                          headers=auth_header(btok))
+    r = await client.post(
+        f"{V3}/knock/{room_id}", params={"via": "test"}, json={}, headers=auth_header(btok)
+    )
     assert checked(r) == {"room_id": room_id}

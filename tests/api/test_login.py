@@ -21,10 +21,14 @@ PASSWORD = "/_matrix/client/v3/account/password"
 DEACTIVATE = "/_matrix/client/v3/account/deactivate"
 
 
-def password_auth(user: str = "alice", password: str = DEFAULT_PASSWORD,
-                  session: str | None = None) -> dict[str, Any]:
-    auth: dict[str, Any] = {"type": "m.login.password", "password": password,
-                            "identifier": {"type": "m.id.user", "user": user}}
+def password_auth(
+    user: str = "alice", password: str = DEFAULT_PASSWORD, session: str | None = None
+) -> dict[str, Any]:
+    auth: dict[str, Any] = {
+        "type": "m.login.password",
+        "password": password,
+        "identifier": {"type": "m.id.user", "user": user},
+    }
     if session is not None:
         auth["session"] = session
     return auth
@@ -57,66 +61,138 @@ async def test_login_with_identifier(client: httpx.AsyncClient) -> None:
 
 async def test_login_with_deprecated_user(client: httpx.AsyncClient) -> None:
     await register(client, "alice")
-    response = await client.post(LOGIN, json={"type": "m.login.password", "user": "alice",
-                                              "password": DEFAULT_PASSWORD})
+    response = await client.post(
+        LOGIN, json={"type": "m.login.password", "user": "alice", "password": DEFAULT_PASSWORD}
+    )
     assert response.status_code == 200, response.text
     assert response.json()["user_id"] == "@alice:test"
 
 
 async def test_login_bad_input(client: httpx.AsyncClient) -> None:
     await register(client, "alice")
-    await assert_errors(client, "POST", LOGIN, [
-        *((_password_login(user, password), 403, "M_FORBIDDEN") for user, password in (
-            ("alice", "wrong password"), ("nobody", DEFAULT_PASSWORD),
-            ("@alice:elsewhere", DEFAULT_PASSWORD), ("not a user", DEFAULT_PASSWORD))),
-        # An address bound to no account is a 403 (tests/api/test_threepids.py binds one).
-        ({"type": "m.login.password", "password": DEFAULT_PASSWORD, "identifier": {
-            "type": "m.id.thirdparty", "medium": "email", "address": "a@example.org"}},
-         403, "M_FORBIDDEN"),
-        ({"type": "m.login.password", "password": DEFAULT_PASSWORD, "medium": "email",
-          "address": "a@example.org"}, 403, "M_FORBIDDEN"),
-        ({"type": "m.login.token", "token": "abc"}, 400, "M_UNKNOWN"),
-        ({"identifier": {"type": "m.id.user", "user": "alice"}, "password": "x"}, 400,
-         "M_MISSING_PARAM"),
-        ({"type": "m.login.password", "identifier": {"user": "alice"}, "password": "x"}, 400,
-         "M_MISSING_PARAM"),
-        ({"type": "m.login.password", "identifier": {"type": "m.id.user"}, "password": "x"},
-         400, "M_MISSING_PARAM"),
-        ({"type": "m.login.password", "password": "x"}, 400, "M_MISSING_PARAM"),
-        ({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}},
-         400, "M_MISSING_PARAM"),
-        ({"type": "m.login.password", "identifier": {"type": "m.id.unknown"},
-          "password": "x"}, 400, "M_UNKNOWN"),
-        ({"type": 1}, 400, "M_BAD_JSON"),
-        ({"type": "m.login.password", "identifier": "alice", "password": "x"}, 400,
-         "M_BAD_JSON"),
-        ({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": 1},
-          "password": "x"}, 400, "M_BAD_JSON"),
-        ({"type": "m.login.password", "user": "alice", "password": 12345678}, 400,
-         "M_BAD_JSON"),
-        ({"type": "m.login.password", "user": "alice", "password": "x",
-          "refresh_token": "yes"}, 400, "M_BAD_JSON"),
-        ({"type": "m.login.password", "user": "alice", "password": "x", "device_id": ""},
-         400, "M_INVALID_PARAM"),
-        ([], 400, "M_BAD_JSON"),
-        (b"type=m.login.password", 400, "M_NOT_JSON"),
-    ])
+    await assert_errors(
+        client,
+        "POST",
+        LOGIN,
+        [
+            *(
+                (_password_login(user, password), 403, "M_FORBIDDEN")
+                for user, password in (
+                    ("alice", "wrong password"),
+                    ("nobody", DEFAULT_PASSWORD),
+                    ("@alice:elsewhere", DEFAULT_PASSWORD),
+                    ("not a user", DEFAULT_PASSWORD),
+                )
+            ),
+            # An address bound to no account is a 403 (tests/api/test_threepids.py binds one).
+            (
+                {
+                    "type": "m.login.password",
+                    "password": DEFAULT_PASSWORD,
+                    "identifier": {
+                        "type": "m.id.thirdparty",
+                        "medium": "email",
+                        "address": "a@example.org",
+                    },
+                },
+                403,
+                "M_FORBIDDEN",
+            ),
+            (
+                {
+                    "type": "m.login.password",
+                    "password": DEFAULT_PASSWORD,
+                    "medium": "email",
+                    "address": "a@example.org",
+                },
+                403,
+                "M_FORBIDDEN",
+            ),
+            ({"type": "m.login.token", "token": "abc"}, 400, "M_UNKNOWN"),
+            (
+                {"identifier": {"type": "m.id.user", "user": "alice"}, "password": "x"},
+                400,
+                "M_MISSING_PARAM",
+            ),
+            (
+                {"type": "m.login.password", "identifier": {"user": "alice"}, "password": "x"},
+                400,
+                "M_MISSING_PARAM",
+            ),
+            (
+                {"type": "m.login.password", "identifier": {"type": "m.id.user"}, "password": "x"},
+                400,
+                "M_MISSING_PARAM",
+            ),
+            ({"type": "m.login.password", "password": "x"}, 400, "M_MISSING_PARAM"),
+            (
+                {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}},
+                400,
+                "M_MISSING_PARAM",
+            ),
+            (
+                {
+                    "type": "m.login.password",
+                    "identifier": {"type": "m.id.unknown"},
+                    "password": "x",
+                },
+                400,
+                "M_UNKNOWN",
+            ),
+            ({"type": 1}, 400, "M_BAD_JSON"),
+            (
+                {"type": "m.login.password", "identifier": "alice", "password": "x"},
+                400,
+                "M_BAD_JSON",
+            ),
+            (
+                {
+                    "type": "m.login.password",
+                    "identifier": {"type": "m.id.user", "user": 1},
+                    "password": "x",
+                },
+                400,
+                "M_BAD_JSON",
+            ),
+            (
+                {"type": "m.login.password", "user": "alice", "password": 12345678},
+                400,
+                "M_BAD_JSON",
+            ),
+            (
+                {
+                    "type": "m.login.password",
+                    "user": "alice",
+                    "password": "x",
+                    "refresh_token": "yes",
+                },
+                400,
+                "M_BAD_JSON",
+            ),
+            (
+                {"type": "m.login.password", "user": "alice", "password": "x", "device_id": ""},
+                400,
+                "M_INVALID_PARAM",
+            ),
+            ([], 400, "M_BAD_JSON"),
+            (b"type=m.login.password", 400, "M_NOT_JSON"),
+        ],
+    )
 
 
 async def test_login_reusing_a_device_replaces_its_tokens(client: httpx.AsyncClient) -> None:
     await register(client, "alice")
-    first = await login(client, "alice", device_id="PHONE",
-                        initial_device_display_name="Phone")
+    first = await login(client, "alice", device_id="PHONE", initial_device_display_name="Phone")
     other = await login(client, "alice", device_id="LAPTOP")
-    second = await login(client, "alice", device_id="PHONE",
-                         initial_device_display_name="Renamed?")
+    second = await login(client, "alice", device_id="PHONE", initial_device_display_name="Renamed?")
     assert second["device_id"] == "PHONE"
     status, error = await whoami_status(client, first["access_token"])
     assert status == 401 and error["errcode"] == "M_UNKNOWN_TOKEN"
     assert (await whoami_status(client, second["access_token"]))[1]["device_id"] == "PHONE"
     assert (await whoami_status(client, other["access_token"]))[0] == 200
-    device = await client.get("/_matrix/client/v3/devices/PHONE",
-                              headers=auth_header(second["access_token"]))
+    device = await client.get(
+        "/_matrix/client/v3/devices/PHONE", headers=auth_header(second["access_token"])
+    )
     assert device.json()["display_name"] == "Phone"  # ignored for a known device
 
 
@@ -128,24 +204,34 @@ async def test_login_generates_distinct_devices(client: httpx.AsyncClient) -> No
 
 async def test_login_deactivated(client: httpx.AsyncClient) -> None:
     _, token = await register(client, "alice")
-    response = await client.post(DEACTIVATE, headers=auth_header(token),
-                                 json={"auth": password_auth()})
+    response = await client.post(
+        DEACTIVATE, headers=auth_header(token), json={"auth": password_auth()}
+    )
     assert response.status_code == 200, response.text
-    response = await client.post(LOGIN, json={
-        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
-        "password": DEFAULT_PASSWORD})
+    response = await client.post(
+        LOGIN,
+        json={
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "alice"},
+            "password": DEFAULT_PASSWORD,
+        },
+    )
     assert response.status_code == 403
     assert response.json()["errcode"] == "M_USER_DEACTIVATED"
 
 
 async def test_login_rate_limits(tmp_path: Path, db_url: str) -> None:
-    config = make_config(tmp_path, db_url, rate_limits={
-        "enabled": True, "login": {"per_second": 0.1, "burst": 3}})
+    config = make_config(
+        tmp_path, db_url, rate_limits={"enabled": True, "login": {"per_second": 0.1, "burst": 3}}
+    )
     clock = FakeClock()
     async with serve(config, clock) as (_, client):
         await register(client, "alice")
-        wrong = {"type": "m.login.password", "password": "wrong password",
-                 "identifier": {"type": "m.id.user", "user": "alice"}}
+        wrong = {
+            "type": "m.login.password",
+            "password": "wrong password",
+            "identifier": {"type": "m.id.user", "user": "alice"},
+        }
         for _ in range(3):
             assert (await client.post(LOGIN, json=wrong)).status_code == 403
         response = await client.post(LOGIN, json=wrong)
@@ -158,13 +244,18 @@ async def test_login_rate_limits(tmp_path: Path, db_url: str) -> None:
 
 
 async def test_login_rate_limit_per_user(tmp_path: Path, db_url: str) -> None:
-    config = make_config(tmp_path, db_url, rate_limits={
-        "enabled": True, "login": {"per_second": 0.1, "burst": 2}})
+    config = make_config(
+        tmp_path, db_url, rate_limits={"enabled": True, "login": {"per_second": 0.1, "burst": 2}}
+    )
     async with serve(config) as (hs, _):
         await hs.accounts.register_user_admin("alice", DEFAULT_PASSWORD, admin=False)
         await hs.accounts.register_user_admin("bob", DEFAULT_PASSWORD, admin=False)
-        first, second = (httpx.AsyncClient(base_url="http://test", transport=httpx.ASGITransport(
-            app=hs.app, client=(ip, 1234))) for ip in ("10.0.0.1", "10.0.0.2"))
+        first, second = (
+            httpx.AsyncClient(
+                base_url="http://test", transport=httpx.ASGITransport(app=hs.app, client=(ip, 1234))
+            )
+            for ip in ("10.0.0.1", "10.0.0.2")
+        )
         async with first, second:
             for _ in range(2):
                 response = await first.post(LOGIN, json=_password_login("alice", "x"))
@@ -177,8 +268,11 @@ async def test_login_rate_limit_per_user(tmp_path: Path, db_url: str) -> None:
 
 
 def _password_login(user: str, password: str) -> dict[str, Any]:
-    return {"type": "m.login.password", "password": password,
-            "identifier": {"type": "m.id.user", "user": user}}
+    return {
+        "type": "m.login.password",
+        "password": password,
+        "identifier": {"type": "m.id.user", "user": user},
+    }
 
 
 # --- refresh --------------------------------------------------------------------------------
@@ -191,15 +285,19 @@ async def test_refresh_flow(client: httpx.AsyncClient, hs: Homeserver, clock: Fa
     assert data["expires_in_ms"] == hs.config.auth.access_token_lifetime_ms
     clock.advance(data["expires_in_ms"])
     status, error = await whoami_status(client, data["access_token"])
-    assert status == 401 and error == {"errcode": "M_UNKNOWN_TOKEN", "soft_logout": True,
-                                       "error": error["error"]}
+    assert status == 401 and error == {
+        "errcode": "M_UNKNOWN_TOKEN",
+        "soft_logout": True,
+        "error": error["error"],
+    }
     response = await client.post(REFRESH, json={"refresh_token": data["refresh_token"]})
     assert response.status_code == 200
     refreshed = response.json()
     assert_response_matches("POST", REFRESH, 200, refreshed)
     assert refreshed["refresh_token"] != data["refresh_token"]
-    assert (await whoami_status(client, refreshed["access_token"]))[1]["device_id"] == \
-        data["device_id"]
+    assert (await whoami_status(client, refreshed["access_token"]))[1]["device_id"] == data[
+        "device_id"
+    ]
     # A refresh token works once.
     response = await client.post(REFRESH, json={"refresh_token": data["refresh_token"]})
     assert response.status_code == 401
@@ -208,12 +306,17 @@ async def test_refresh_flow(client: httpx.AsyncClient, hs: Homeserver, clock: Fa
 
 
 async def test_refresh_bad_input(client: httpx.AsyncClient) -> None:
-    await assert_errors(client, "POST", REFRESH, [
-        ({"refresh_token": "mar_unknown"}, 401, "M_UNKNOWN_TOKEN"),
-        ({}, 400, "M_MISSING_PARAM"),
-        ({"refresh_token": 1}, 400, "M_BAD_JSON"),
-        (b"refresh", 400, "M_NOT_JSON"),
-    ])
+    await assert_errors(
+        client,
+        "POST",
+        REFRESH,
+        [
+            ({"refresh_token": "mar_unknown"}, 401, "M_UNKNOWN_TOKEN"),
+            ({}, 400, "M_MISSING_PARAM"),
+            ({"refresh_token": 1}, 400, "M_BAD_JSON"),
+            (b"refresh", 400, "M_NOT_JSON"),
+        ],
+    )
 
 
 # --- logout and whoami ----------------------------------------------------------------------
@@ -230,9 +333,11 @@ async def test_whoami(client: httpx.AsyncClient) -> None:
 
 
 async def test_whoami_without_valid_token(client: httpx.AsyncClient) -> None:
-    for headers, errcode in (({}, "M_MISSING_TOKEN"),
-                             ({"Authorization": "Bearer mat_nope"}, "M_UNKNOWN_TOKEN"),
-                             ({"Authorization": "Basic abc"}, "M_MISSING_TOKEN")):
+    for headers, errcode in (
+        ({}, "M_MISSING_TOKEN"),
+        ({"Authorization": "Bearer mat_nope"}, "M_UNKNOWN_TOKEN"),
+        ({"Authorization": "Basic abc"}, "M_MISSING_TOKEN"),
+    ):
         response = await client.get(WHOAMI, headers=headers)
         assert response.status_code == 401
         assert response.json()["errcode"] == errcode
@@ -273,8 +378,9 @@ async def test_logout_needs_a_token(client: httpx.AsyncClient) -> None:
 async def test_change_password(client: httpx.AsyncClient) -> None:
     _, token = await register(client, "alice")
     other = (await login(client, "alice"))["access_token"]
-    response = await client.post(PASSWORD, headers=auth_header(token),
-                                 json={"new_password": "a new password"})
+    response = await client.post(
+        PASSWORD, headers=auth_header(token), json={"new_password": "a new password"}
+    )
     assert response.status_code == 401
     challenge = response.json()
     assert challenge["flows"] == [{"stages": ["m.login.password"]}]
@@ -282,16 +388,24 @@ async def test_change_password(client: httpx.AsyncClient) -> None:
     assert_response_matches("POST", PASSWORD, 401, challenge)
     session = challenge["session"]
 
-    response = await client.post(PASSWORD, headers=auth_header(token), json={
-        "new_password": "a new password", "auth": password_auth(password="wrong",
-                                                                session=session)})
+    response = await client.post(
+        PASSWORD,
+        headers=auth_header(token),
+        json={
+            "new_password": "a new password",
+            "auth": password_auth(password="wrong", session=session),
+        },
+    )
     assert response.status_code == 401
     assert response.json()["errcode"] == "M_FORBIDDEN"
     assert response.json()["session"] == session
     assert_response_matches("POST", PASSWORD, 401, response.json())
 
-    response = await client.post(PASSWORD, headers=auth_header(token), json={
-        "new_password": "a new password", "auth": password_auth(session=session)})
+    response = await client.post(
+        PASSWORD,
+        headers=auth_header(token),
+        json={"new_password": "a new password", "auth": password_auth(session=session)},
+    )
     assert response.status_code == 200, response.text
     assert response.json() == {}
     assert (await whoami_status(client, token))[0] == 200  # the requesting device stays
@@ -304,16 +418,20 @@ async def test_change_password(client: httpx.AsyncClient) -> None:
 async def test_change_password_keeping_devices(client: httpx.AsyncClient) -> None:
     _, token = await register(client, "alice")
     other = (await login(client, "alice"))["access_token"]
-    response = await client.post(PASSWORD, headers=auth_header(token), json={
-        "new_password": "a new password", "logout_devices": False, "auth": password_auth()})
+    response = await client.post(
+        PASSWORD,
+        headers=auth_header(token),
+        json={"new_password": "a new password", "logout_devices": False, "auth": password_auth()},
+    )
     assert response.status_code == 200, response.text
     assert (await whoami_status(client, other))[0] == 200
 
 
 async def test_change_password_without_token(client: httpx.AsyncClient) -> None:
     _, token = await register(client, "alice")
-    response = await client.post(PASSWORD, json={"new_password": "a new password",
-                                                 "auth": password_auth()})
+    response = await client.post(
+        PASSWORD, json={"new_password": "a new password", "auth": password_auth()}
+    )
     assert response.status_code == 200, response.text
     assert (await whoami_status(client, token))[0] == 401  # every device logged out
     await login(client, "alice", "a new password")
@@ -322,8 +440,11 @@ async def test_change_password_without_token(client: httpx.AsyncClient) -> None:
 async def test_change_password_of_another_user(client: httpx.AsyncClient) -> None:
     _, token = await register(client, "alice")
     await register(client, "bob")
-    response = await client.post(PASSWORD, headers=auth_header(token), json={
-        "new_password": "a new password", "auth": password_auth("bob")})
+    response = await client.post(
+        PASSWORD,
+        headers=auth_header(token),
+        json={"new_password": "a new password", "auth": password_auth("bob")},
+    )
     assert response.status_code == 401
     assert response.json()["errcode"] == "M_FORBIDDEN"
 
@@ -331,11 +452,15 @@ async def test_change_password_of_another_user(client: httpx.AsyncClient) -> Non
 async def test_password_session_belongs_to_its_user(client: httpx.AsyncClient) -> None:
     _, alice = await register(client, "alice")
     _, bob = await register(client, "bob")
-    response = await client.post(PASSWORD, headers=auth_header(alice),
-                                 json={"new_password": "a new password"})
+    response = await client.post(
+        PASSWORD, headers=auth_header(alice), json={"new_password": "a new password"}
+    )
     session = response.json()["session"]
-    response = await client.post(PASSWORD, headers=auth_header(bob), json={
-        "new_password": "a new password", "auth": password_auth("bob", session=session)})
+    response = await client.post(
+        PASSWORD,
+        headers=auth_header(bob),
+        json={"new_password": "a new password", "auth": password_auth("bob", session=session)},
+    )
     assert response.status_code == 403
     assert response.json()["errcode"] == "M_FORBIDDEN"
 
@@ -343,27 +468,58 @@ async def test_password_session_belongs_to_its_user(client: httpx.AsyncClient) -
 async def test_change_password_bad_input(client: httpx.AsyncClient) -> None:
     _, token = await register(client, "alice")
     new = "a new password"
-    await assert_errors(client, "POST", PASSWORD, headers=auth_header(token), cases=[
-        ({"new_password": "short", "auth": password_auth()}, 400, "M_WEAK_PASSWORD"),
-        ({"auth": password_auth()}, 400, "M_MISSING_PARAM"),
-        ({"new_password": 12345678}, 400, "M_BAD_JSON"),
-        ({"new_password": new, "logout_devices": "no"}, 400, "M_BAD_JSON"),
-        ({"new_password": new, "auth": []}, 400, "M_BAD_JSON"),
-        ({"new_password": new, "auth": {"type": "m.login.password", "identifier": {
-            "type": "m.id.user", "user": "alice"}}}, 400, "M_MISSING_PARAM"),
-        ({"new_password": new, "auth": {"type": "m.login.password", "password": "x"}}, 400,
-         "M_MISSING_PARAM"),
-        ({"new_password": new, "auth": {"type": "m.login.password", "password": 1,
-                                        "user": "alice"}}, 400, "M_BAD_JSON"),
-        ({"new_password": new, "auth": {"type": "m.login.password", "password": "x",
-                                        "identifier": "alice"}}, 400, "M_BAD_JSON"),
-        (b"new_password=x", 400, "M_NOT_JSON"),
-    ])
+    await assert_errors(
+        client,
+        "POST",
+        PASSWORD,
+        headers=auth_header(token),
+        cases=[
+            ({"new_password": "short", "auth": password_auth()}, 400, "M_WEAK_PASSWORD"),
+            ({"auth": password_auth()}, 400, "M_MISSING_PARAM"),
+            ({"new_password": 12345678}, 400, "M_BAD_JSON"),
+            ({"new_password": new, "logout_devices": "no"}, 400, "M_BAD_JSON"),
+            ({"new_password": new, "auth": []}, 400, "M_BAD_JSON"),
+            (
+                {
+                    "new_password": new,
+                    "auth": {
+                        "type": "m.login.password",
+                        "identifier": {"type": "m.id.user", "user": "alice"},
+                    },
+                },
+                400,
+                "M_MISSING_PARAM",
+            ),
+            (
+                {"new_password": new, "auth": {"type": "m.login.password", "password": "x"}},
+                400,
+                "M_MISSING_PARAM",
+            ),
+            (
+                {
+                    "new_password": new,
+                    "auth": {"type": "m.login.password", "password": 1, "user": "alice"},
+                },
+                400,
+                "M_BAD_JSON",
+            ),
+            (
+                {
+                    "new_password": new,
+                    "auth": {"type": "m.login.password", "password": "x", "identifier": "alice"},
+                },
+                400,
+                "M_BAD_JSON",
+            ),
+            (b"new_password=x", 400, "M_NOT_JSON"),
+        ],
+    )
 
 
 async def test_change_password_bad_token(client: httpx.AsyncClient) -> None:
-    response = await client.post(PASSWORD, headers=auth_header("mat_nope"),
-                                 json={"new_password": "a new password"})
+    response = await client.post(
+        PASSWORD, headers=auth_header("mat_nope"), json={"new_password": "a new password"}
+    )
     assert response.status_code == 401
     assert response.json()["errcode"] == "M_UNKNOWN_TOKEN"
 
@@ -384,8 +540,9 @@ async def test_deactivate(client: httpx.AsyncClient, hs: Homeserver) -> None:
     assert response.status_code == 401
     assert_response_matches("POST", DEACTIVATE, 401, response.json())
     session = response.json()["session"]
-    response = await client.post(DEACTIVATE, headers=auth_header(token), json={
-        "auth": password_auth(session=session)})
+    response = await client.post(
+        DEACTIVATE, headers=auth_header(token), json={"auth": password_auth(session=session)}
+    )
     assert response.status_code == 200, response.text
     assert_response_matches("POST", DEACTIVATE, 200, response.json())
     assert response.json() == {"id_server_unbind_result": "success"}
@@ -394,15 +551,19 @@ async def test_deactivate(client: httpx.AsyncClient, hs: Homeserver) -> None:
         status, error = await whoami_status(client, t)
         assert status == 401 and error["errcode"] == "M_UNKNOWN_TOKEN"
     # The user ID stays taken.
-    response = await client.get("/_matrix/client/v3/register/available",
-                                params={"username": "alice"})
+    response = await client.get(
+        "/_matrix/client/v3/register/available", params={"username": "alice"}
+    )
     assert response.json()["errcode"] == "M_USER_IN_USE"
 
 
 async def test_deactivate_wrong_password(client: httpx.AsyncClient) -> None:
     _, token = await register(client, "alice")
-    response = await client.post(DEACTIVATE, headers=auth_header(token), json={
-        "auth": password_auth(password="wrong password")})
+    response = await client.post(
+        DEACTIVATE,
+        headers=auth_header(token),
+        json={"auth": password_auth(password="wrong password")},
+    )
     assert response.status_code == 401
     assert response.json()["errcode"] == "M_FORBIDDEN"
     assert (await whoami_status(client, token))[0] == 200
@@ -417,8 +578,14 @@ async def test_deactivate_without_token(client: httpx.AsyncClient) -> None:
 
 async def test_deactivate_bad_input(client: httpx.AsyncClient) -> None:
     _, token = await register(client, "alice")
-    await assert_errors(client, "POST", DEACTIVATE, headers=auth_header(token), cases=[
-        (b"not json", 400, "M_NOT_JSON"),
-        ({"auth": 1}, 400, "M_BAD_JSON"),
-        ({"erase": "yes"}, 400, "M_BAD_JSON"),
-    ])
+    await assert_errors(
+        client,
+        "POST",
+        DEACTIVATE,
+        headers=auth_header(token),
+        cases=[
+            (b"not json", 400, "M_NOT_JSON"),
+            ({"auth": 1}, 400, "M_BAD_JSON"),
+            ({"erase": "yes"}, 400, "M_BAD_JSON"),
+        ],
+    )

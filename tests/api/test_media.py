@@ -27,9 +27,13 @@ MEDIA = "/_matrix/client/v1/media"
 LEGACY = "/_matrix/media/v3"
 
 
-async def upload(client: httpx.AsyncClient, token: str, data: bytes | AsyncIterator[bytes],
-                 content_type: str | None = "application/octet-stream",
-                 filename: str | None = None) -> str:
+async def upload(
+    client: httpx.AsyncClient,
+    token: str,
+    data: bytes | AsyncIterator[bytes],
+    content_type: str | None = "application/octet-stream",
+    filename: str | None = None,
+) -> str:
     headers = auth_header(token)
     if content_type is not None:
         headers["Content-Type"] = content_type
@@ -43,12 +47,12 @@ async def upload(client: httpx.AsyncClient, token: str, data: bytes | AsyncItera
 
 def path_of(mxc: str) -> str:
     assert mxc.startswith("mxc://")
-    return mxc[len("mxc://"):]
+    return mxc[len("mxc://") :]
 
 
 async def chunks(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
     for start in range(0, len(data), size):
-        yield data[start:start + size]
+        yield data[start : start + size]
 
 
 async def test_round_trip_keeps_name_and_type(client: httpx.AsyncClient, hs: Homeserver) -> None:
@@ -73,10 +77,15 @@ async def test_round_trip_keeps_name_and_type(client: httpx.AsyncClient, hs: Hom
     # The metadata: uploader, size, type, hash.
     media = await hs.media.get_media(_mxc(mxc), timeout_ms=0)
     assert (media.user_id, media.size, media.content_type, media.sha256) == (
-        user_id, 1024, "image/png", sha)
+        user_id,
+        1024,
+        "image/png",
+        sha,
+    )
     # A file name in the path replaces the stored one; nio's empty one does not.
-    response = await client.get(f"{MEDIA}/download/{path_of(mxc)}/other%20name.png",
-                                headers=auth_header(token))
+    response = await client.get(
+        f"{MEDIA}/download/{path_of(mxc)}/other%20name.png", headers=auth_header(token)
+    )
     assert response.headers["content-disposition"] == 'inline; filename="other name.png"'
     response = await client.get(f"{MEDIA}/download/{path_of(mxc)}/", headers=auth_header(token))
     assert response.headers["content-disposition"] == 'inline; filename="holiday photo.png"'
@@ -105,8 +114,7 @@ async def test_ten_megabytes_streamed(client: httpx.AsyncClient, hs: Homeserver)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-async def test_identical_content_is_stored_once(client: httpx.AsyncClient,
-                                                hs: Homeserver) -> None:
+async def test_identical_content_is_stored_once(client: httpx.AsyncClient, hs: Homeserver) -> None:
     _, alice = await register(client, "alice")
     _, bob = await register(client, "bob")
     data = b"the same bytes" * 100
@@ -128,15 +136,16 @@ async def test_identical_content_is_stored_once(client: httpx.AsyncClient,
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_unsafe_types_are_attachments(client: httpx.AsyncClient) -> None:
     _, token = await register(client, "alice")
-    cases = [("text/html", "page.html", 'attachment; filename="page.html"'),
-             ("image/svg+xml", "x.svg", 'attachment; filename="x.svg"'),
-             ("application/javascript", None, "attachment"),
-             ("image/jpeg", "été.jpg", "inline; filename*=utf-8''%C3%A9t%C3%A9.jpg"),
-             ("text/plain", 'say "hi".txt', "inline; filename*=utf-8''say%20%22hi%22.txt")]
+    cases = [
+        ("text/html", "page.html", 'attachment; filename="page.html"'),
+        ("image/svg+xml", "x.svg", 'attachment; filename="x.svg"'),
+        ("application/javascript", None, "attachment"),
+        ("image/jpeg", "été.jpg", "inline; filename*=utf-8''%C3%A9t%C3%A9.jpg"),
+        ("text/plain", 'say "hi".txt', "inline; filename*=utf-8''say%20%22hi%22.txt"),
+    ]
     for content_type, filename, disposition in cases:
         mxc = await upload(client, token, b"<script>alert(1)</script>", content_type, filename)
-        response = await client.get(f"{MEDIA}/download/{path_of(mxc)}",
-                                    headers=auth_header(token))
+        response = await client.get(f"{MEDIA}/download/{path_of(mxc)}", headers=auth_header(token))
         assert response.headers["content-disposition"] == disposition, content_type
         assert response.headers["x-content-type-options"] == "nosniff"
         assert "sandbox" in response.headers["content-security-policy"]
@@ -188,13 +197,15 @@ async def test_ranges_and_etags(client: httpx.AsyncClient) -> None:
     empty = await upload(client, token, b"")
     r = await client.get(f"{MEDIA}/download/{path_of(empty)}", headers=auth_header(token))
     assert (r.status_code, r.content, r.headers["content-length"]) == (200, b"", "0")
-    r = await client.get(f"{MEDIA}/download/{path_of(empty)}",
-                         headers={**auth_header(token), "Range": "bytes=0-"})
+    r = await client.get(
+        f"{MEDIA}/download/{path_of(empty)}", headers={**auth_header(token), "Range": "bytes=0-"}
+    )
     assert r.status_code == 416
 
 
-async def test_downloads_take_one_thread_hop_per_chunk(client: httpx.AsyncClient, hs: Homeserver,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_downloads_take_one_thread_hop_per_chunk(
+    client: httpx.AsyncClient, hs: Homeserver, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, token = await register(client, "alice")
     data = os.urandom(5000)
     mxc = await upload(client, token, data)
@@ -254,8 +265,9 @@ async def test_too_large_refused_before_the_body_is_read(tmp_path: Path, db_url:
                 consumed.append(b"x")
                 yield b"x" * 500
 
-        response = await client.post(UPLOAD, content=body(), headers={
-            **auth_header(token), "Content-Length": "2000"})
+        response = await client.post(
+            UPLOAD, content=body(), headers={**auth_header(token), "Content-Length": "2000"}
+        )
         assert (response.status_code, response.json()["errcode"]) == (413, "M_TOO_LARGE")
         assert consumed == []  # refused on Content-Length alone
         # Without Content-Length the limit holds as the body streams in.
@@ -280,14 +292,16 @@ async def test_quota(tmp_path: Path, db_url: str) -> None:
         await upload(client, alice, b"d" * 500)  # exactly the quota
         await upload(client, bob, b"e" * 1500)  # per user
         mxc = (await client.post(CREATE, headers=auth_header(alice))).json()["content_uri"]
-        response = await client.put(f"{UPLOAD}/{path_of(mxc)}", content=b"f",
-                                    headers=auth_header(alice))
+        response = await client.put(
+            f"{UPLOAD}/{path_of(mxc)}", content=b"f", headers=auth_header(alice)
+        )
         assert (response.status_code, response.json()["errcode"]) == (403, "M_FORBIDDEN")
 
 
 @pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
-async def test_create_then_upload(client: httpx.AsyncClient, hs: Homeserver,
-                                  clock: FakeClock) -> None:
+async def test_create_then_upload(
+    client: httpx.AsyncClient, hs: Homeserver, clock: FakeClock
+) -> None:
     _, alice = await register(client, "alice")
     _, bob = await register(client, "bob")
     response = await client.post(CREATE, headers=auth_header(alice))
@@ -298,26 +312,35 @@ async def test_create_then_upload(client: httpx.AsyncClient, hs: Homeserver,
     url = f"{MEDIA}/download/{path_of(mxc)}"
     response = await client.get(url, params={"timeout_ms": "0"}, headers=auth_header(bob))
     assert (response.status_code, response.json()["errcode"]) == (504, "M_NOT_YET_UPLOADED")
-    response = await client.put(f"{UPLOAD}/{path_of(mxc)}", content=b"bob's",
-                                headers=auth_header(bob))
+    response = await client.put(
+        f"{UPLOAD}/{path_of(mxc)}", content=b"bob's", headers=auth_header(bob)
+    )
     assert (response.status_code, response.json()["errcode"]) == (403, "M_FORBIDDEN")
-    response = await client.put(f"{UPLOAD}/{path_of(mxc)}", content=b"alice's",
-                                headers={**auth_header(alice), "Content-Type": "text/plain"},
-                                params={"filename": "note.txt"})
+    response = await client.put(
+        f"{UPLOAD}/{path_of(mxc)}",
+        content=b"alice's",
+        headers={**auth_header(alice), "Content-Type": "text/plain"},
+        params={"filename": "note.txt"},
+    )
     assert (response.status_code, response.json()) == (200, {})
     assert_response_matches("PUT", f"{UPLOAD}/{path_of(mxc)}", 200, response.json())
-    response = await client.put(f"{UPLOAD}/{path_of(mxc)}", content=b"again",
-                                headers=auth_header(alice))
-    assert (response.status_code, response.json()["errcode"]) == (409,
-                                                                  "M_CANNOT_OVERWRITE_MEDIA")
+    response = await client.put(
+        f"{UPLOAD}/{path_of(mxc)}", content=b"again", headers=auth_header(alice)
+    )
+    assert (response.status_code, response.json()["errcode"]) == (409, "M_CANNOT_OVERWRITE_MEDIA")
     response = await client.get(url, headers=auth_header(bob))
     assert response.content == b"alice's"
     assert response.headers["content-disposition"] == 'inline; filename="note.txt"'
     # An ID that lapsed, one never created, one of another server.
     lapsed = (await client.post(CREATE, headers=auth_header(alice))).json()["content_uri"]
     clock.advance(24 * 3600 * 1000 + 1)
-    await assert_errors(client, "PUT", f"{UPLOAD}/{path_of(lapsed)}", [
-        (b"x", 404, "M_NOT_FOUND")], headers=auth_header(alice))
+    await assert_errors(
+        client,
+        "PUT",
+        f"{UPLOAD}/{path_of(lapsed)}",
+        [(b"x", 404, "M_NOT_FOUND")],
+        headers=auth_header(alice),
+    )
     response = await client.get(f"{MEDIA}/download/{path_of(lapsed)}", headers=auth_header(bob))
     assert (response.status_code, response.json()["errcode"]) == (404, "M_NOT_FOUND")
     for path in ("test/neverCreated", "other.example/abc", "test/bad.id", "bad!name/abc"):
@@ -344,13 +367,18 @@ async def test_pending_upload_limit(tmp_path: Path, db_url: str) -> None:
 async def test_download_waits_for_pending_content(client: httpx.AsyncClient) -> None:
     _, token = await register(client, "alice")
     mxc = (await client.post(CREATE, headers=auth_header(token))).json()["content_uri"]
-    download = asyncio.create_task(client.get(
-        f"{MEDIA}/download/{path_of(mxc)}", params={"timeout_ms": "10000"},
-        headers=auth_header(token)))
+    download = asyncio.create_task(
+        client.get(
+            f"{MEDIA}/download/{path_of(mxc)}",
+            params={"timeout_ms": "10000"},
+            headers=auth_header(token),
+        )
+    )
     await asyncio.sleep(0.05)
     assert not download.done()
-    response = await client.put(f"{UPLOAD}/{path_of(mxc)}", content=b"late",
-                                headers=auth_header(token))
+    response = await client.put(
+        f"{UPLOAD}/{path_of(mxc)}", content=b"late", headers=auth_header(token)
+    )
     assert response.status_code == 200
     response = await asyncio.wait_for(download, 5)
     assert (response.status_code, response.content) == (200, b"late")
@@ -360,22 +388,25 @@ async def test_download_waits_for_pending_content(client: httpx.AsyncClient) -> 
 async def test_tokens_required(client: httpx.AsyncClient) -> None:
     _, token = await register(client, "alice")
     mxc = await upload(client, token, b"secret")
-    for method, path in [("POST", UPLOAD), ("POST", CREATE), ("PUT", f"{UPLOAD}/test/abc"),
-                         ("GET", f"{MEDIA}/download/{path_of(mxc)}"),
-                         ("GET", f"{MEDIA}/download/{path_of(mxc)}/name.txt"),
-                         ("GET", f"{MEDIA}/thumbnail/{path_of(mxc)}?width=1&height=1"),
-                         ("GET", f"{MEDIA}/config"), ("GET", f"{LEGACY}/config"),
-                         ("GET", f"{MEDIA}/preview_url?url=https://example.org")]:
+    for method, path in [
+        ("POST", UPLOAD),
+        ("POST", CREATE),
+        ("PUT", f"{UPLOAD}/test/abc"),
+        ("GET", f"{MEDIA}/download/{path_of(mxc)}"),
+        ("GET", f"{MEDIA}/download/{path_of(mxc)}/name.txt"),
+        ("GET", f"{MEDIA}/thumbnail/{path_of(mxc)}?width=1&height=1"),
+        ("GET", f"{MEDIA}/config"),
+        ("GET", f"{LEGACY}/config"),
+        ("GET", f"{MEDIA}/preview_url?url=https://example.org"),
+    ]:
         response = await client.request(method, path, content=b"x")
-        assert (response.status_code, response.json()["errcode"]) == (
-            401, "M_MISSING_TOKEN"), path
-        response = await client.request(method, path, content=b"x",
-                                        headers=auth_header("not-a-token"))
-        assert (response.status_code, response.json()["errcode"]) == (
-            401, "M_UNKNOWN_TOKEN"), path
+        assert (response.status_code, response.json()["errcode"]) == (401, "M_MISSING_TOKEN"), path
+        response = await client.request(
+            method, path, content=b"x", headers=auth_header("not-a-token")
+        )
+        assert (response.status_code, response.json()["errcode"]) == (401, "M_UNKNOWN_TOKEN"), path
     # The access token in the query (nio does this) is accepted.
-    response = await client.get(f"{MEDIA}/download/{path_of(mxc)}",
-                                params={"access_token": token})
+    response = await client.get(f"{MEDIA}/download/{path_of(mxc)}", params={"access_token": token})
     assert response.content == b"secret"
 
 
@@ -391,20 +422,31 @@ async def test_bad_ids_and_missing_media(client: httpx.AsyncClient) -> None:
         ("remote.example/abc", 404, "M_NOT_FOUND"),
     ]
     for path, status, errcode in cases:
-        for url in (f"{MEDIA}/download/{path}",
-                    f"{MEDIA}/thumbnail/{path}?width=32&height=32"):
+        for url in (f"{MEDIA}/download/{path}", f"{MEDIA}/thumbnail/{path}?width=32&height=32"):
             response = await client.get(url, headers=auth_header(token))
             assert (response.status_code, response.json()["errcode"]) == (status, errcode), url
-    response = await client.get(f"{MEDIA}/download/remote.example/abc",
-                                headers=auth_header(token))
+    response = await client.get(f"{MEDIA}/download/remote.example/abc", headers=auth_header(token))
     assert "federation" in response.json()["error"]
-    response = await client.get(f"{MEDIA}/download/remote.example/abc",
-                                params={"allow_remote": "false"}, headers=auth_header(token))
+    response = await client.get(
+        f"{MEDIA}/download/remote.example/abc",
+        params={"allow_remote": "false"},
+        headers=auth_header(token),
+    )
     assert response.status_code == 404
-    await assert_errors(client, "GET", f"{MEDIA}/download/test/abc?timeout_ms=-1",
-                        [(b"", 400, "M_INVALID_PARAM")], headers=auth_header(token))
-    await assert_errors(client, "GET", f"{MEDIA}/download/test/abc?allow_remote=perhaps",
-                        [(b"", 400, "M_INVALID_PARAM")], headers=auth_header(token))
+    await assert_errors(
+        client,
+        "GET",
+        f"{MEDIA}/download/test/abc?timeout_ms=-1",
+        [(b"", 400, "M_INVALID_PARAM")],
+        headers=auth_header(token),
+    )
+    await assert_errors(
+        client,
+        "GET",
+        f"{MEDIA}/download/test/abc?allow_remote=perhaps",
+        [(b"", 400, "M_INVALID_PARAM")],
+        headers=auth_header(token),
+    )
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -418,10 +460,13 @@ async def test_bad_upload_parameters(client: httpx.AsyncClient) -> None:
         ({}, {"filename": "é" * 128}),  # 256 bytes
     ]
     for headers, params in cases:
-        response = await client.post(UPLOAD, content=b"x", params=params,
-                                     headers={**auth_header(token), **headers})
+        response = await client.post(
+            UPLOAD, content=b"x", params=params, headers={**auth_header(token), **headers}
+        )
         assert (response.status_code, response.json()["errcode"]) == (400, "M_INVALID_PARAM"), (
-            headers, params)
+            headers,
+            params,
+        )
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -430,13 +475,14 @@ async def test_legacy_unauthenticated_downloads(tmp_path: Path, db_url: str) -> 
     async with _config_server(tmp_path, db_url) as (_, client):
         _, token = await register(client, "alice")
         mxc = await upload(client, token, b"legacy", "text/plain")
-        for url in (f"{LEGACY}/download/{path_of(mxc)}",
-                    f"{LEGACY}/download/{path_of(mxc)}/a.txt",
-                    f"{LEGACY}/thumbnail/{path_of(mxc)}?width=32&height=32"):
+        for url in (
+            f"{LEGACY}/download/{path_of(mxc)}",
+            f"{LEGACY}/download/{path_of(mxc)}/a.txt",
+            f"{LEGACY}/thumbnail/{path_of(mxc)}?width=32&height=32",
+        ):
             response = await client.get(url)
             assert (response.status_code, response.json()["errcode"]) == (404, "M_NOT_FOUND")
-    config = make_config(tmp_path, db_url,
-                         media={"unauthenticated_freeze_ts": clock.now_ms() + 1})
+    config = make_config(tmp_path, db_url, media={"unauthenticated_freeze_ts": clock.now_ms() + 1})
     async with serve(config, clock) as (_, client):
         response = await client.get(f"{LEGACY}/download/{path_of(mxc)}")
         assert (response.status_code, response.content) == (200, b"legacy")
@@ -445,8 +491,7 @@ async def test_legacy_unauthenticated_downloads(tmp_path: Path, db_url: str) -> 
         newer = await upload(client, token, b"new")
         response = await client.get(f"{LEGACY}/download/{path_of(newer)}")
         assert response.status_code == 404
-    config = make_config(tmp_path, db_url,
-                         media={"allow_unauthenticated_downloads": True})
+    config = make_config(tmp_path, db_url, media={"allow_unauthenticated_downloads": True})
     async with serve(config) as (_, client):
         response = await client.get(f"{LEGACY}/download/{path_of(newer)}/n.bin")
         assert (response.status_code, response.content) == (200, b"new")
@@ -456,13 +501,13 @@ async def test_legacy_unauthenticated_downloads(tmp_path: Path, db_url: str) -> 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_cdn_redirects_and_origin_checks(tmp_path: Path, db_url: str) -> None:
     clock = FakeClock()
-    config = make_config(tmp_path, db_url, media={
-        "cdn": {"base_url": "https://cdn.example.org", "secret": "s" * 32}})
+    config = make_config(
+        tmp_path, db_url, media={"cdn": {"base_url": "https://cdn.example.org", "secret": "s" * 32}}
+    )
     async with serve(config, clock) as (_, client):
         _, token = await register(client, "alice")
         mxc = await upload(client, token, b"via the edge", "text/plain")
-        response = await client.get(f"{MEDIA}/download/{path_of(mxc)}",
-                                    headers=auth_header(token))
+        response = await client.get(f"{MEDIA}/download/{path_of(mxc)}", headers=auth_header(token))
         assert response.status_code == 307
         assert response.headers["cache-control"] == "no-store"
         location = urlsplit(response.headers["location"])
@@ -478,15 +523,19 @@ async def test_cdn_redirects_and_origin_checks(tmp_path: Path, db_url: str) -> N
         first = "B" if query["md5"][0] == "A" else "A"
         tampered = {**query, "md5": first + query["md5"][1:]}
         other = f"/_matrix/media/cdn/download/test/{'x' * 24}"
-        for path, params in [(location.path, {}), (location.path, tampered),
-                             (location.path, {"md5": query["md5"]}),
-                             (location.path, {**query, "expires": "nope"}),
-                             (other, query)]:
+        for path, params in [
+            (location.path, {}),
+            (location.path, tampered),
+            (location.path, {"md5": query["md5"]}),
+            (location.path, {**query, "expires": "nope"}),
+            (other, query),
+        ]:
             response = await client.get(path, params=params)
             assert (response.status_code, response.json()["errcode"]) == (403, "M_FORBIDDEN")
         # A name override is served directly (the edge caches one name per file).
-        response = await client.get(f"{MEDIA}/download/{path_of(mxc)}/x.txt",
-                                    headers=auth_header(token))
+        response = await client.get(
+            f"{MEDIA}/download/{path_of(mxc)}/x.txt", headers=auth_header(token)
+        )
         assert response.status_code == 200
         clock.advance(10 * 60 * 1000)
         response = await client.get(location.path, params=query)
@@ -495,6 +544,7 @@ async def test_cdn_redirects_and_origin_checks(tmp_path: Path, db_url: str) -> N
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_cdn_origin_without_cdn(client: httpx.AsyncClient) -> None:
-    response = await client.get("/_matrix/media/cdn/download/test/abc",
-                                params={"md5": "x", "expires": "1"})
+    response = await client.get(
+        "/_matrix/media/cdn/download/test/abc", params={"md5": "x", "expires": "1"}
+    )
     assert (response.status_code, response.json()["errcode"]) == (404, "M_NOT_FOUND")

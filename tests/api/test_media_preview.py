@@ -70,8 +70,12 @@ class LocalSite:
             if path in self.hang:
                 await asyncio.sleep(30)
             status, headers, body = self.routes.get(path, (404, {}, b"not found"))
-            lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}",
-                     "Connection: close", *(f"{k}: {v}" for k, v in headers.items())]
+            lines = [
+                f"HTTP/1.1 {status} X",
+                f"Content-Length: {len(body)}",
+                "Connection: close",
+                *(f"{k}: {v}" for k, v in headers.items()),
+            ]
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -92,15 +96,15 @@ async def site() -> AsyncIterator[LocalSite]:
 
 
 def _serve(tmp_path: Path, db_url: str, **preview: Any) -> Any:
-    return serve(make_config(tmp_path, db_url, media={"url_preview": {"enabled": True,
-                                                                      **preview}}))
+    return serve(make_config(tmp_path, db_url, media={"url_preview": {"enabled": True, **preview}}))
 
 
 @SQLITE
 async def test_disabled_by_default(client: httpx.AsyncClient) -> None:
     _, token = await register(client, "alice")
-    response = await client.get(PREVIEW, params={"url": "https://example.org"},
-                                headers=auth_header(token))
+    response = await client.get(
+        PREVIEW, params={"url": "https://example.org"}, headers=auth_header(token)
+    )
     assert (response.status_code, response.json()["errcode"]) == (404, "M_UNRECOGNIZED")
 
 
@@ -112,8 +116,9 @@ async def test_open_graph_and_image(tmp_path: Path, db_url: str, site: LocalSite
     site.routes["/picture.png"] = (200, {"Content-Type": "image/png"}, picture)
     async with _serve(tmp_path, db_url, ip_range_allowlist=["127.0.0.1/32"]) as (_, client):
         _, token = await register(client, "alice")
-        response = await client.get(PREVIEW, params={"url": site.url("/moved"), "ts": "1"},
-                                    headers=auth_header(token))
+        response = await client.get(
+            PREVIEW, params={"url": site.url("/moved"), "ts": "1"}, headers=auth_header(token)
+        )
         assert response.status_code == 200, response.text
         og = response.json()
         assert_response_matches("GET", PREVIEW, 200, og)
@@ -121,14 +126,16 @@ async def test_open_graph_and_image(tmp_path: Path, db_url: str, site: LocalSite
         assert og["og:description"] == "What this page is about"
         assert (og["og:image:width"], og["og:image:height"]) == (64, 48)
         assert (og["og:image:type"], og["matrix:image:size"]) == ("image/png", len(picture))
-        image = await client.get(f"{MEDIA}/download/{path_of(og['og:image'])}",
-                                 headers=auth_header(token))
+        image = await client.get(
+            f"{MEDIA}/download/{path_of(og['og:image'])}", headers=auth_header(token)
+        )
         assert image.content == picture
         assert "Host: 127.0.0.1:" in site.requests[0]
         # Cached: a second preview fetches nothing.
         count = len(site.requests)
-        again = await client.get(PREVIEW, params={"url": site.url("/moved")},
-                                 headers=auth_header(token))
+        again = await client.get(
+            PREVIEW, params={"url": site.url("/moved")}, headers=auth_header(token)
+        )
         assert again.json() == og and len(site.requests) == count
 
 
@@ -139,20 +146,31 @@ async def test_private_addresses_refused(tmp_path: Path, db_url: str, site: Loca
     site.routes["/to-loopback"] = (302, {"Location": "http://[::1]:1/"}, b"")
     async with _serve(tmp_path, db_url) as (_, client):
         _, token = await register(client, "alice")
-        for url in [site.url("/page"), f"http://localhost:{site.port}/page",
-                    "http://10.1.2.3/", "http://192.168.0.1/", "http://169.254.169.254/latest",
-                    "http://[::1]/", "http://[::ffff:127.0.0.1]/", "http://[fe80::1]/",
-                    "http://100.64.0.1/", "http://0.0.0.0/", "http://2130706433/",
-                    "http://127.1/", "http://224.0.0.1/", "http://[64:ff9b::a00:1]/"]:
-            response = await client.get(PREVIEW, params={"url": url},
-                                        headers=auth_header(token))
+        for url in [
+            site.url("/page"),
+            f"http://localhost:{site.port}/page",
+            "http://10.1.2.3/",
+            "http://192.168.0.1/",
+            "http://169.254.169.254/latest",
+            "http://[::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://[fe80::1]/",
+            "http://100.64.0.1/",
+            "http://0.0.0.0/",
+            "http://2130706433/",
+            "http://127.1/",
+            "http://224.0.0.1/",
+            "http://[64:ff9b::a00:1]/",
+        ]:
+            response = await client.get(PREVIEW, params={"url": url}, headers=auth_header(token))
             assert (response.status_code, response.json()["errcode"]) == (403, "M_FORBIDDEN"), url
         assert site.requests == []  # nothing reached the private server
     async with _serve(tmp_path, db_url, ip_range_allowlist=["127.0.0.1/32"]) as (_, client):
         # Allowed to the first hop, but a redirect to a private address is checked again.
         for path in ("/to-private", "/to-loopback"):
-            response = await client.get(PREVIEW, params={"url": site.url(path)},
-                                        headers=auth_header(token))
+            response = await client.get(
+                PREVIEW, params={"url": site.url(path)}, headers=auth_header(token)
+            )
             assert (response.status_code, response.json()["errcode"]) == (403, "M_FORBIDDEN")
 
 
@@ -162,15 +180,23 @@ async def test_bad_urls(tmp_path: Path, db_url: str) -> None:
         _, token = await register(client, "alice")
         response = await client.get(PREVIEW, headers=auth_header(token))
         assert (response.status_code, response.json()["errcode"]) == (400, "M_MISSING_PARAM")
-        for url in ("ftp://example.org/", "file:///etc/passwd", "javascript:alert(1)",
-                    "http://", "not a url", "http://user:pw@example.org/",
-                    "http://example.org:99999/", "https://example.org/" + "a" * 3000):
-            response = await client.get(PREVIEW, params={"url": url},
-                                        headers=auth_header(token))
-            assert (response.status_code, response.json()["errcode"]) == (
-                400, "M_INVALID_PARAM"), url
-        response = await client.get(PREVIEW, params={"url": "https://example.org", "ts": "x"},
-                                    headers=auth_header(token))
+        for url in (
+            "ftp://example.org/",
+            "file:///etc/passwd",
+            "javascript:alert(1)",
+            "http://",
+            "not a url",
+            "http://user:pw@example.org/",
+            "http://example.org:99999/",
+            "https://example.org/" + "a" * 3000,
+        ):
+            response = await client.get(PREVIEW, params={"url": url}, headers=auth_header(token))
+            assert (response.status_code, response.json()["errcode"]) == (400, "M_INVALID_PARAM"), (
+                url
+            )
+        response = await client.get(
+            PREVIEW, params={"url": "https://example.org", "ts": "x"}, headers=auth_header(token)
+        )
         assert (response.status_code, response.json()["errcode"]) == (400, "M_INVALID_PARAM")
 
 
@@ -182,38 +208,60 @@ async def test_bounded_size_and_time(tmp_path: Path, db_url: str, site: LocalSit
     site.hang.add("/slow")
     site.routes["/gone"] = (500, {}, b"")
     site.routes["/file"] = (200, {"Content-Type": "application/zip"}, b"PK")
-    async with _serve(tmp_path, db_url, ip_range_allowlist=["127.0.0.0/8"], max_bytes=65536,
-                      timeout_ms=500) as (_, client):
+    async with _serve(
+        tmp_path, db_url, ip_range_allowlist=["127.0.0.0/8"], max_bytes=65536, timeout_ms=500
+    ) as (_, client):
         _, token = await register(client, "alice")
-        response = await client.get(PREVIEW, params={"url": site.url("/big")},
-                                    headers=auth_header(token))
+        response = await client.get(
+            PREVIEW, params={"url": site.url("/big")}, headers=auth_header(token)
+        )
         assert response.status_code == 200 and response.json()["og:title"] == "A & B"
-        response = await client.get(PREVIEW, params={"url": site.url("/slow")},
-                                    headers=auth_header(token))
+        response = await client.get(
+            PREVIEW, params={"url": site.url("/slow")}, headers=auth_header(token)
+        )
         assert (response.status_code, response.json()["errcode"]) == (504, "M_UNKNOWN")
-        response = await client.get(PREVIEW, params={"url": site.url("/gone")},
-                                    headers=auth_header(token))
+        response = await client.get(
+            PREVIEW, params={"url": site.url("/gone")}, headers=auth_header(token)
+        )
         assert (response.status_code, response.json()["errcode"]) == (502, "M_UNKNOWN")
-        response = await client.get(PREVIEW, params={"url": site.url("/file")},
-                                    headers=auth_header(token))
+        response = await client.get(
+            PREVIEW, params={"url": site.url("/file")}, headers=auth_header(token)
+        )
         assert (response.status_code, response.json()) == (200, {})
 
 
 def test_address_classes() -> None:
     for public in ("8.8.8.8", "2606:4700:4700::1111", "1.1.1.1"):
         assert is_public(ipaddress.ip_address(public)), public
-    for private in ("127.0.0.1", "10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.1.1",
-                    "100.64.0.1", "0.0.0.0", "255.255.255.255", "224.0.0.1", "::1", "::",
-                    "fc00::1", "fe80::1", "ff02::1", "::ffff:10.0.0.1", "2002:7f00:1::1",
-                    "64:ff9b::7f00:1", "2001::8000:ffff:80ff:fffe"):
+    for private in (
+        "127.0.0.1",
+        "10.0.0.1",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.1.1",
+        "100.64.0.1",
+        "0.0.0.0",
+        "255.255.255.255",
+        "224.0.0.1",
+        "::1",
+        "::",
+        "fc00::1",
+        "fe80::1",
+        "ff02::1",
+        "::ffff:10.0.0.1",
+        "2002:7f00:1::1",
+        "64:ff9b::7f00:1",
+        "2001::8000:ffff:80ff:fffe",
+    ):
         assert not is_public(ipaddress.ip_address(private)), private
 
 
 def test_open_graph_parsing() -> None:
-    og = parse_opengraph(b"<html><head><title>  Only\n a title </title></head></html>",
-                         "text/html")
+    og = parse_opengraph(b"<html><head><title>  Only\n a title </title></head></html>", "text/html")
     assert og == {"og:title": "Only a title"}
-    og = parse_opengraph("<meta property='og:title' content='caf\xe9'>".encode("latin-1"),
-                         "text/html; charset=latin-1")
+    og = parse_opengraph(
+        "<meta property='og:title' content='caf\xe9'>".encode("latin-1"),
+        "text/html; charset=latin-1",
+    )
     assert og == {"og:title": "caf\xe9"}
     assert parse_opengraph(b"\xff\xfe<<<>>>", "text/html; charset=bogus") == {}

@@ -20,11 +20,20 @@ from tests.unit.test_thumbnailer import make_animation, make_image, make_png_hea
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
-async def thumbnail(client: httpx.AsyncClient, token: str, mxc: str, width: int, height: int,
-                    method: str = "scale", **params: str) -> httpx.Response:
-    return await client.get(f"{MEDIA}/thumbnail/{path_of(mxc)}", headers=auth_header(token),
-                            params={"width": width, "height": height, "method": method,
-                                    **params})
+async def thumbnail(
+    client: httpx.AsyncClient,
+    token: str,
+    mxc: str,
+    width: int,
+    height: int,
+    method: str = "scale",
+    **params: str,
+) -> httpx.Response:
+    return await client.get(
+        f"{MEDIA}/thumbnail/{path_of(mxc)}",
+        headers=auth_header(token),
+        params={"width": width, "height": height, "method": method, **params},
+    )
 
 
 def image_of(response: httpx.Response) -> Image.Image:
@@ -38,11 +47,18 @@ async def _count(hs: Homeserver, data: bytes) -> int:
     return await hs.media._store.count_thumbnails(hashlib.sha256(data).hexdigest())
 
 
-@pytest.mark.parametrize(("fmt", "content_type", "thumb_type"), [
-    ("PNG", "image/png", "image/png"), ("JPEG", "image/jpeg", "image/jpeg"),
-    ("GIF", "image/gif", "image/png"), ("WEBP", "image/webp", "image/png")])
-async def test_sizes_and_formats(client: httpx.AsyncClient, hs: Homeserver, fmt: str,
-                                 content_type: str, thumb_type: str) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "content_type", "thumb_type"),
+    [
+        ("PNG", "image/png", "image/png"),
+        ("JPEG", "image/jpeg", "image/jpeg"),
+        ("GIF", "image/gif", "image/png"),
+        ("WEBP", "image/webp", "image/png"),
+    ],
+)
+async def test_sizes_and_formats(
+    client: httpx.AsyncClient, hs: Homeserver, fmt: str, content_type: str, thumb_type: str
+) -> None:
     _, token = await register(client, "alice")
     data = make_image(fmt, 1000, 500)
     mxc = await upload(client, token, data, content_type, "picture")
@@ -66,8 +82,9 @@ async def test_sizes_and_formats(client: httpx.AsyncClient, hs: Homeserver, fmt:
     assert await _count(hs, data) == 6
 
 
-async def test_on_demand_sizes_are_kept_and_never_upscaled(client: httpx.AsyncClient,
-                                                           hs: Homeserver) -> None:
+async def test_on_demand_sizes_are_kept_and_never_upscaled(
+    client: httpx.AsyncClient, hs: Homeserver
+) -> None:
     _, token = await register(client, "alice")
     data = make_image("PNG", 1200, 900)
     mxc = await upload(client, token, data, "image/png")
@@ -79,23 +96,24 @@ async def test_on_demand_sizes_are_kept_and_never_upscaled(client: httpx.AsyncCl
     assert await _count(hs, data) == 6
     response = await thumbnail(client, token, mxc, 5000, 5000)
     assert image_of(response).size == (1200, 900)  # the image's own size, not more
-    r304 = await client.get(f"{MEDIA}/thumbnail/{path_of(mxc)}?width=5000&height=5000",
-                            headers={**auth_header(token),
-                                     "If-None-Match": response.headers["etag"]})
+    r304 = await client.get(
+        f"{MEDIA}/thumbnail/{path_of(mxc)}?width=5000&height=5000",
+        headers={**auth_header(token), "If-None-Match": response.headers["etag"]},
+    )
     assert r304.status_code == 304
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
-async def test_exif_rotation_and_no_metadata(client: httpx.AsyncClient, hs: Homeserver,
-                                             fmt: str) -> None:
+async def test_exif_rotation_and_no_metadata(
+    client: httpx.AsyncClient, hs: Homeserver, fmt: str
+) -> None:
     _, token = await register(client, "alice")
     data = make_image(fmt, 800, 400, orientation=6, gps=True)
     mxc = await upload(client, token, data, f"image/{fmt.lower()}")
     media = await hs.media.get_media(MxcUri.parse(mxc), timeout_ms=0)
     assert (media.width, media.height) == (400, 800)  # the displayed size
     # Every size, made on upload from one another (largest first), is shown upright.
-    for box, size in [((800, 600), (300, 600)), ((640, 480), (240, 480)),
-                      ((320, 240), (120, 240))]:
+    for box, size in [((800, 600), (300, 600)), ((640, 480), (240, 480)), ((320, 240), (120, 240))]:
         image = image_of(await thumbnail(client, token, mxc, *box)).convert("RGB")
         assert image.size == size  # taller than wide
         top = image.getpixel((size[0] // 2, 5))
@@ -112,8 +130,9 @@ async def test_exif_rotation_and_no_metadata(client: httpx.AsyncClient, hs: Home
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
 async def test_animated(client: httpx.AsyncClient, fmt: str) -> None:
     _, token = await register(client, "alice")
-    mxc = await upload(client, token, make_animation(fmt, 300, 300, frames=6),
-                       f"image/{fmt.lower()}")
+    mxc = await upload(
+        client, token, make_animation(fmt, 300, 300, frames=6), f"image/{fmt.lower()}"
+    )
     response = await thumbnail(client, token, mxc, 96, 96, "crop", animated="true")
     assert response.headers["content-type"] == "image/webp"
     image = image_of(response)
@@ -142,8 +161,7 @@ async def test_refusals(client: httpx.AsyncClient) -> None:
         mxc = await upload(client, token, data, content_type)  # the upload itself stands
         response = await thumbnail(client, token, mxc, 32, 32)
         assert (response.status_code, response.json()["errcode"]) == (status, errcode), data[:20]
-        response = await client.get(f"{MEDIA}/download/{path_of(mxc)}",
-                                    headers=auth_header(token))
+        response = await client.get(f"{MEDIA}/download/{path_of(mxc)}", headers=auth_header(token))
         assert response.content == data
 
 
@@ -162,16 +180,25 @@ async def test_bad_parameters(client: httpx.AsyncClient) -> None:
         ("width=32&height=32&animated=maybe", 400, "M_INVALID_PARAM"),
         ("width=32&height=32&timeout_ms=x", 400, "M_INVALID_PARAM"),
     ]:
-        await assert_errors(client, "GET", f"{base}?{query}", [(b"", status, errcode)],
-                            headers=auth_header(token))
+        await assert_errors(
+            client, "GET", f"{base}?{query}", [(b"", status, errcode)], headers=auth_header(token)
+        )
     response = await thumbnail(client, token, mxc, 10**9, 10**9)
     assert image_of(response).size == (64, 64)
 
 
 async def test_limits_from_config(tmp_path: Path, db_url: str) -> None:
-    config = make_config(tmp_path, db_url, media={"thumbnails": {
-        "max_image_pixels": 10_000, "max_source_bytes": 5000,
-        "sizes": [{"width": 10, "height": 10, "method": "crop"}]}})
+    config = make_config(
+        tmp_path,
+        db_url,
+        media={
+            "thumbnails": {
+                "max_image_pixels": 10_000,
+                "max_source_bytes": 5000,
+                "sizes": [{"width": 10, "height": 10, "method": "crop"}],
+            }
+        },
+    )
     async with serve(config) as (hs, client):
         _, token = await register(client, "alice")
         small = make_image("PNG", 90, 90)
@@ -189,8 +216,11 @@ async def test_limits_from_config(tmp_path: Path, db_url: str) -> None:
 
 
 async def test_cdn_thumbnail_redirect(tmp_path: Path, db_url: str) -> None:
-    config = make_config(tmp_path, db_url, media={
-        "cdn": {"base_url": "http://cdn.test", "secret": "a-long-shared-secret"}})
+    config = make_config(
+        tmp_path,
+        db_url,
+        media={"cdn": {"base_url": "http://cdn.test", "secret": "a-long-shared-secret"}},
+    )
     async with serve(config) as (_, client):
         _, token = await register(client, "alice")
         mxc = await upload(client, token, make_image("PNG", 1000, 500), "image/png")
@@ -202,11 +232,13 @@ async def test_cdn_thumbnail_redirect(tmp_path: Path, db_url: str) -> None:
         assert image_of(response).size == (320, 160)
         assert response.headers["cache-control"].startswith("public,")
         for bad in ("320x160-zoom", "0x0-crop", "x-scale"):
-            response = await client.get(f"/_matrix/media/cdn/thumbnail/{path_of(mxc)}/{bad}",
-                                        params=dict(location.params))
+            response = await client.get(
+                f"/_matrix/media/cdn/thumbnail/{path_of(mxc)}/{bad}", params=dict(location.params)
+            )
             assert response.status_code in (400, 403)
             assert response.json()["errcode"] in ("M_INVALID_PARAM", "M_FORBIDDEN")
         # Signed for one size, not another.
-        response = await client.get(location.path.replace("320x160", "640x320"),
-                                    params=dict(location.params))
+        response = await client.get(
+            location.path.replace("320x160", "640x320"), params=dict(location.params)
+        )
         assert (response.status_code, response.json()["errcode"]) == (403, "M_FORBIDDEN")

@@ -30,12 +30,19 @@ NEW_PASSWORD = "a new password, long enough"
 
 
 def _email_auth(sid: str, secret: str = "reset", **extra: Any) -> dict[str, Any]:
-    return {"type": "m.login.email.identity",
-            "threepid_creds": {"sid": sid, "client_secret": secret}, **extra}
+    return {
+        "type": "m.login.email.identity",
+        "threepid_creds": {"sid": sid, "client_secret": secret},
+        **extra,
+    }
 
 
-async def _reset(client: httpx.AsyncClient, auth: dict[str, Any] | None,
-                 headers: dict[str, str] | None = None, **extra: Any) -> httpx.Response:
+async def _reset(
+    client: httpx.AsyncClient,
+    auth: dict[str, Any] | None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> httpx.Response:
     body: dict[str, Any] = {"new_password": NEW_PASSWORD, **extra}
     if auth is not None:
         body["auth"] = auth
@@ -49,19 +56,22 @@ async def _whoami(client: httpx.AsyncClient, token: str) -> int:
 
 async def test_reset_by_email(tmp_path: Path, db_url: str) -> None:
     with SmtpServer() as smtp:
-        async with serve(make_config(tmp_path, db_url, email=email_config(smtp))) as (
-                _, client):
+        async with serve(make_config(tmp_path, db_url, email=email_config(smtp))) as (_, client):
             bob, token = await register(client, "bob")
             phone = (await login(client, "bob"))["access_token"]
             await bind_email(client, smtp, token, bob, "bob@example.org")
             # Unknown addresses: the spec's M_THREEPID_NOT_FOUND, and no mail.
             sent = len(smtp.messages)
-            r = await client.post(REQUEST_TOKEN, json={
-                "client_secret": "reset", "email": "nobody@example.org", "send_attempt": 1})
+            r = await client.post(
+                REQUEST_TOKEN,
+                json={"client_secret": "reset", "email": "nobody@example.org", "send_attempt": 1},
+            )
             checked(r, 400, "M_THREEPID_NOT_FOUND")
             assert len(smtp.messages) == sent
-            r = await client.post(REQUEST_TOKEN, json={
-                "client_secret": "reset", "email": "BOB@example.org", "send_attempt": 1})
+            r = await client.post(
+                REQUEST_TOKEN,
+                json={"client_secret": "reset", "email": "BOB@example.org", "send_attempt": 1},
+            )
             sid = checked(r)["sid"]
             mail = last_mail(smtp, "bob@example.org")
             assert mail["Subject"] == "[Chat] Password reset"
@@ -87,9 +97,14 @@ async def test_reset_by_email(tmp_path: Path, db_url: str) -> None:
             assert checked(r) == {}
             assert await _whoami(client, token) == 401
             assert await _whoami(client, phone) == 401
-            r = await client.post(f"{CS}/login", json={
-                "type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"},
-                "password": DEFAULT_PASSWORD})
+            r = await client.post(
+                f"{CS}/login",
+                json={
+                    "type": "m.login.password",
+                    "identifier": {"type": "m.id.user", "user": "bob"},
+                    "password": DEFAULT_PASSWORD,
+                },
+            )
             checked(r, 403, "M_FORBIDDEN")
             await login(client, "bob", NEW_PASSWORD)
             # One validation, one reset.
@@ -99,18 +114,23 @@ async def test_reset_by_email(tmp_path: Path, db_url: str) -> None:
 
 async def test_reset_keeping_devices_and_errors(tmp_path: Path, db_url: str) -> None:
     with SmtpServer() as smtp:
-        async with serve(make_config(tmp_path, db_url, email=email_config(smtp))) as (
-                _, client):
+        async with serve(make_config(tmp_path, db_url, email=email_config(smtp))) as (_, client):
             bob, token = await register(client, "bob")
             await bind_email(client, smtp, token, bob, "bob@example.org")
             _, carol = await register(client, "carol")
-            r = await client.post(REQUEST_TOKEN, json={
-                "client_secret": "reset", "email": "bob@example.org", "send_attempt": 1})
+            r = await client.post(
+                REQUEST_TOKEN,
+                json={"client_secret": "reset", "email": "bob@example.org", "send_attempt": 1},
+            )
             sid = checked(r)["sid"]
-            r = await client.post(mailed_link(last_mail(smtp, "bob@example.org")).split("?")[0],
-                                  json={"sid": sid, "client_secret": "reset",
-                                        "token": mailed_link(last_mail(
-                                            smtp, "bob@example.org")).rsplit("=", 1)[1]})
+            r = await client.post(
+                mailed_link(last_mail(smtp, "bob@example.org")).split("?")[0],
+                json={
+                    "sid": sid,
+                    "client_secret": "reset",
+                    "token": mailed_link(last_mail(smtp, "bob@example.org")).rsplit("=", 1)[1],
+                },
+            )
             assert checked(r, documented=False) == {"success": True}
             # Bad credentials: a failed stage, the challenge with an errcode.
             for auth, errcode in [
@@ -119,33 +139,64 @@ async def test_reset_keeping_devices_and_errors(tmp_path: Path, db_url: str) -> 
             ]:
                 r = await _reset(client, auth)
                 checked(r, 401, errcode)
-            await assert_errors(client, "POST", f"{CS}/account/password", [
-                ({"new_password": NEW_PASSWORD, "auth": {"type": "m.login.email.identity"}},
-                 400, "M_MISSING_PARAM"),
-                ({"new_password": NEW_PASSWORD, "auth": {
-                    "type": "m.login.email.identity", "threepid_creds": {"sid": sid}}},
-                 400, "M_MISSING_PARAM"),
-                ({"new_password": NEW_PASSWORD, "auth": {
-                    "type": "m.login.email.identity", "threepid_creds": "x"}},
-                 400, "M_BAD_JSON"),
-                ({"new_password": NEW_PASSWORD, "auth": {
-                    "type": "m.login.email.identity",
-                    "threepid_creds": {"sid": 1, "client_secret": "reset"}}},
-                 400, "M_BAD_JSON"),
-                ({"new_password": "short", "auth": _email_auth(sid)}, 400, "M_WEAK_PASSWORD"),
-            ])
+            await assert_errors(
+                client,
+                "POST",
+                f"{CS}/account/password",
+                [
+                    (
+                        {"new_password": NEW_PASSWORD, "auth": {"type": "m.login.email.identity"}},
+                        400,
+                        "M_MISSING_PARAM",
+                    ),
+                    (
+                        {
+                            "new_password": NEW_PASSWORD,
+                            "auth": {
+                                "type": "m.login.email.identity",
+                                "threepid_creds": {"sid": sid},
+                            },
+                        },
+                        400,
+                        "M_MISSING_PARAM",
+                    ),
+                    (
+                        {
+                            "new_password": NEW_PASSWORD,
+                            "auth": {"type": "m.login.email.identity", "threepid_creds": "x"},
+                        },
+                        400,
+                        "M_BAD_JSON",
+                    ),
+                    (
+                        {
+                            "new_password": NEW_PASSWORD,
+                            "auth": {
+                                "type": "m.login.email.identity",
+                                "threepid_creds": {"sid": 1, "client_secret": "reset"},
+                            },
+                        },
+                        400,
+                        "M_BAD_JSON",
+                    ),
+                    ({"new_password": "short", "auth": _email_auth(sid)}, 400, "M_WEAK_PASSWORD"),
+                ],
+            )
             # Another user's access token with bob's validated address: refused.
             r = await _reset(client, _email_auth(sid), headers=auth_header(carol))
             checked(r, 401, "M_FORBIDDEN")
             # Bob himself, logged in, keeping his devices.
-            r = await _reset(client, _email_auth(sid), headers=auth_header(token),
-                             logout_devices=False)
+            r = await _reset(
+                client, _email_auth(sid), headers=auth_header(token), logout_devices=False
+            )
             assert checked(r) == {}
             assert await _whoami(client, token) == 200
             await login(client, "bob", NEW_PASSWORD)
             # An add session cannot reset a password, nor a reset session add an address.
-            r = await client.post(f"{CS}/account/3pid/email/requestToken", json={
-                "client_secret": "add", "email": "new@example.org", "send_attempt": 1})
+            r = await client.post(
+                f"{CS}/account/3pid/email/requestToken",
+                json={"client_secret": "add", "email": "new@example.org", "send_attempt": 1},
+            )
             add_sid = checked(r)["sid"]
             await client.get(mailed_link(last_mail(smtp, "new@example.org")))
             r = await _reset(client, _email_auth(add_sid, "add"))

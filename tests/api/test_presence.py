@@ -22,8 +22,9 @@ def _status(user_id: str) -> str:
 
 
 async def _sync(client: httpx.AsyncClient, token: str, **params: Any) -> dict[str, Any]:
-    r = await client.get(SYNC, params={k: str(v) for k, v in params.items()},
-                         headers=auth_header(token))
+    r = await client.get(
+        SYNC, params={k: str(v) for k, v in params.items()}, headers=auth_header(token)
+    )
     assert r.status_code == 200, r.text
     assert_response_matches("GET", r.request.url.raw_path.decode(), 200, r.json())
     body: dict[str, Any] = r.json()
@@ -36,8 +37,7 @@ def _presence_of(body: dict[str, Any], user_id: str) -> dict[str, Any] | None:
     return found[-1]["content"] if found else None
 
 
-async def _put(client: httpx.AsyncClient, token: str, user_id: str,
-               body: dict[str, Any]) -> None:
+async def _put(client: httpx.AsyncClient, token: str, user_id: str, body: dict[str, Any]) -> None:
     r = await client.put(_status(user_id), json=body, headers=auth_header(token))
     assert r.status_code == 200, r.text
     assert_response_matches("PUT", _status(user_id), 200, r.json())
@@ -52,12 +52,16 @@ async def _get(client: httpx.AsyncClient, token: str, user_id: str) -> dict[str,
 
 
 async def _shared_room(client: httpx.AsyncClient, a_token: str, b_token: str) -> str:
-    r = await client.post("/_matrix/client/v3/createRoom", json={"preset": "public_chat"},
-                          headers=auth_header(a_token))
+    r = await client.post(
+        "/_matrix/client/v3/createRoom",
+        json={"preset": "public_chat"},
+        headers=auth_header(a_token),
+    )
     assert r.status_code == 200, r.text
     room_id = str(r.json()["room_id"])
-    r = await client.post(f"/_matrix/client/v3/join/{room_id}", json={},
-                          headers=auth_header(b_token))
+    r = await client.post(
+        f"/_matrix/client/v3/join/{room_id}", json={}, headers=auth_header(b_token)
+    )
     assert r.status_code == 200, r.text
     return room_id
 
@@ -68,13 +72,19 @@ async def test_put_and_get_own_presence(client: httpx.AsyncClient, clock: FakeCl
     await _put(client, token, alice, {"presence": "online", "status_msg": "at lunch"})
     clock.advance(1500)
     assert await _get(client, token, alice) == {
-        "presence": "online", "status_msg": "at lunch", "currently_active": True,
-        "last_active_ago": 1500}
+        "presence": "online",
+        "status_msg": "at lunch",
+        "currently_active": True,
+        "last_active_ago": 1500,
+    }
     # Without status_msg the message stays; an empty one clears it.
     await _put(client, token, alice, {"presence": "unavailable"})
     got = await _get(client, token, alice)
     assert (got["presence"], got["status_msg"], got["last_active_ago"]) == (
-        "unavailable", "at lunch", 0)
+        "unavailable",
+        "at lunch",
+        0,
+    )
     assert "currently_active" not in got
     await _put(client, token, alice, {"presence": "unavailable", "status_msg": ""})
     assert "status_msg" not in await _get(client, token, alice)
@@ -89,13 +99,20 @@ async def test_presence_goes_only_to_those_who_share_a_room(client: httpx.AsyncC
     c_since = (await _sync(client, c_token, set_presence="offline"))["next_batch"]
 
     mine = await _sync(client, a_token)  # a sync brings alice online
-    assert _presence_of(mine, alice) == {"presence": "online", "currently_active": True,
-                                         "last_active_ago": 0}
+    assert _presence_of(mine, alice) == {
+        "presence": "online",
+        "currently_active": True,
+        "last_active_ago": 0,
+    }
     await _put(client, a_token, alice, {"presence": "online", "status_msg": "hello"})
 
     seen = await _sync(client, b_token, since=b_since, set_presence="offline")
-    assert _presence_of(seen, alice) == {"presence": "online", "currently_active": True,
-                                         "last_active_ago": 0, "status_msg": "hello"}
+    assert _presence_of(seen, alice) == {
+        "presence": "online",
+        "currently_active": True,
+        "last_active_ago": 0,
+        "status_msg": "hello",
+    }
     stranger = await _sync(client, c_token, since=c_since, set_presence="offline")
     assert _presence_of(stranger, alice) is None
     assert _presence_of(await _sync(client, c_token, set_presence="offline"), alice) is None
@@ -120,13 +137,17 @@ async def test_someone_new_in_a_room_brings_their_presence(client: httpx.AsyncCl
     await _shared_room(client, a_token, b_token)
     # Alice's presence did not change, but bob shares a room with her now.
     body = await _sync(client, b_token, since=b_since)
-    assert _presence_of(body, alice) == {"presence": "online", "currently_active": True,
-                                         "last_active_ago": 0}
+    assert _presence_of(body, alice) == {
+        "presence": "online",
+        "currently_active": True,
+        "last_active_ago": 0,
+    }
     assert bob
 
 
-async def test_timers_idle_and_offline(client: httpx.AsyncClient, hs: Homeserver,
-                                       clock: FakeClock) -> None:
+async def test_timers_idle_and_offline(
+    client: httpx.AsyncClient, hs: Homeserver, clock: FakeClock
+) -> None:
     alice, a_token = await register(client, "alice")
     _, b_token = await register(client, "bob")
     await _shared_room(client, a_token, b_token)
@@ -140,11 +161,17 @@ async def test_timers_idle_and_offline(client: httpx.AsyncClient, hs: Homeserver
     clock.advance(hs.config.presence.offline_after_ms + 31_000)
     await hs.presence.sweep_once()
     body = await asyncio.wait_for(poll, 10)
-    assert _presence_of(body, alice) == {"presence": "online", "currently_active": False,
-                                         "last_active_ago": 61_000}
+    assert _presence_of(body, alice) == {
+        "presence": "online",
+        "currently_active": False,
+        "last_active_ago": 61_000,
+    }
     seen = await _sync(client, b_token, since=b_since, set_presence="offline")
-    assert _presence_of(seen, alice) == {"presence": "online", "currently_active": False,
-                                         "last_active_ago": 61_000}
+    assert _presence_of(seen, alice) == {
+        "presence": "online",
+        "currently_active": False,
+        "last_active_ago": 61_000,
+    }
 
     # Idle for idle_after_ms with a sync open: unavailable.
     poll = asyncio.create_task(_sync(client, a_token, since=body["next_batch"], timeout=30_000))
@@ -195,8 +222,11 @@ async def test_presence_change_wakes_a_long_poll(client: httpx.AsyncClient) -> N
     assert not waiting.done()
     await _put(client, a_token, alice, {"presence": "unavailable", "status_msg": "away"})
     body = await asyncio.wait_for(waiting, 10)
-    assert _presence_of(body, alice) == {"presence": "unavailable", "status_msg": "away",
-                                         "last_active_ago": 0}
+    assert _presence_of(body, alice) == {
+        "presence": "unavailable",
+        "status_msg": "away",
+        "last_active_ago": 0,
+    }
 
 
 async def test_timers_survive_a_restart(tmp_path: Path, db_url: str) -> None:
@@ -240,21 +270,26 @@ async def test_bad_inputs(client: httpx.AsyncClient) -> None:
     ]
     for method, path, body, status, errcode in cases:
         kwargs: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
-        r = await client.request(method, path, headers=auth_header(token),
-                                 **(kwargs if body is not None else {}))
+        r = await client.request(
+            method, path, headers=auth_header(token), **(kwargs if body is not None else {})
+        )
         assert (r.status_code, r.json()["errcode"]) == (status, errcode), (path, body)
     r = await client.get(_status(alice))
     assert (r.status_code, r.json()["errcode"]) == (401, "M_MISSING_TOKEN")
 
 
-async def test_activity_brings_an_idle_user_back(client: httpx.AsyncClient, hs: Homeserver,
-                                                 clock: FakeClock) -> None:
+async def test_activity_brings_an_idle_user_back(
+    client: httpx.AsyncClient, hs: Homeserver, clock: FakeClock
+) -> None:
     alice, token = await register(client, "alice")
     await _put(client, token, alice, {"presence": "unavailable"})
     clock.advance(5_000)
     await hs.presence.bump_active(alice)  # what sending an event does
-    assert await _get(client, token, alice) == {"presence": "online", "currently_active": True,
-                                                "last_active_ago": 0}
+    assert await _get(client, token, alice) == {
+        "presence": "online",
+        "currently_active": True,
+        "last_active_ago": 0,
+    }
 
 
 async def test_sending_a_message_is_activity(client: httpx.AsyncClient) -> None:
@@ -264,11 +299,13 @@ async def test_sending_a_message_is_activity(client: httpx.AsyncClient) -> None:
     send = f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message"
     # A first send marks alice active; going unavailable by hand and sending again, even at
     # once, brings her back (the in-memory shortcut must not skip that).
-    r = await client.put(f"{send}/1", json={"msgtype": "m.text", "body": "a"},
-                         headers=auth_header(token))
+    r = await client.put(
+        f"{send}/1", json={"msgtype": "m.text", "body": "a"}, headers=auth_header(token)
+    )
     assert r.status_code == 200, r.text
     await _put(client, token, alice, {"presence": "unavailable"})
-    r = await client.put(f"{send}/2", json={"msgtype": "m.text", "body": "b"},
-                         headers=auth_header(token))
+    r = await client.put(
+        f"{send}/2", json={"msgtype": "m.text", "body": "b"}, headers=auth_header(token)
+    )
     assert r.status_code == 200, r.text
     assert (await _get(client, token, alice))["presence"] == "online"

@@ -23,50 +23,67 @@ async def test_new_user_profile(client: httpx.AsyncClient) -> None:
 async def test_set_and_get_fields(client: httpx.AsyncClient, hs: Homeserver) -> None:
     changes: list[tuple[UserID, str | None, str | None]] = []
 
-    async def on_profile_changed(user_id: UserID, displayname: str | None,
-                                 avatar_url: str | None) -> None:
+    async def on_profile_changed(
+        user_id: UserID, displayname: str | None, avatar_url: str | None
+    ) -> None:
         changes.append((user_id, displayname, avatar_url))
 
     hs.profiles.on_profile_changed = on_profile_changed
     user_id, token = await register(client, "alice")
-    response = await client.put(f"{PROFILE}/{user_id}/displayname", headers=auth_header(token),
-                                json={"displayname": "Alice Margatroid"})
+    response = await client.put(
+        f"{PROFILE}/{user_id}/displayname",
+        headers=auth_header(token),
+        json={"displayname": "Alice Margatroid"},
+    )
     assert response.status_code == 200 and response.json() == {}
     assert_response_matches("PUT", f"{PROFILE}/{user_id}/displayname", 200, response.json())
-    response = await client.put(f"{PROFILE}/{user_id}/avatar_url", headers=auth_header(token),
-                                json={"avatar_url": "mxc://test/SDGdghriugerRg"})
+    response = await client.put(
+        f"{PROFILE}/{user_id}/avatar_url",
+        headers=auth_header(token),
+        json={"avatar_url": "mxc://test/SDGdghriugerRg"},
+    )
     assert response.status_code == 200
     response = await client.get(f"{PROFILE}/{user_id}/displayname")
     assert response.json() == {"displayname": "Alice Margatroid"}
     assert_response_matches("GET", f"{PROFILE}/{user_id}/displayname", 200, response.json())
     response = await client.get(f"{PROFILE}/{user_id}")
-    assert response.json() == {"displayname": "Alice Margatroid",
-                               "avatar_url": "mxc://test/SDGdghriugerRg"}
+    assert response.json() == {
+        "displayname": "Alice Margatroid",
+        "avatar_url": "mxc://test/SDGdghriugerRg",
+    }
     assert_response_matches("GET", f"{PROFILE}/{user_id}", 200, response.json())
     assert changes == [
         (user_id, "Alice Margatroid", None),
-        (user_id, "Alice Margatroid", "mxc://test/SDGdghriugerRg")]
+        (user_id, "Alice Margatroid", "mxc://test/SDGdghriugerRg"),
+    ]
 
 
 async def test_clear_fields(client: httpx.AsyncClient) -> None:
     user_id, token = await register(client, "alice")
-    response = await client.put(f"{PROFILE}/{user_id}/displayname", headers=auth_header(token),
-                                json={"displayname": ""})
+    response = await client.put(
+        f"{PROFILE}/{user_id}/displayname", headers=auth_header(token), json={"displayname": ""}
+    )
     assert response.status_code == 200
     assert (await client.get(f"{PROFILE}/{user_id}")).json() == {}
     response = await client.get(f"{PROFILE}/{user_id}/displayname")
     assert response.status_code == 404
     assert response.json()["errcode"] == "M_NOT_FOUND"
-    await client.put(f"{PROFILE}/{user_id}/avatar_url", headers=auth_header(token),
-                     json={"avatar_url": "mxc://test/abc"})
+    await client.put(
+        f"{PROFILE}/{user_id}/avatar_url",
+        headers=auth_header(token),
+        json={"avatar_url": "mxc://test/abc"},
+    )
     response = await client.delete(f"{PROFILE}/{user_id}/avatar_url", headers=auth_header(token))
     assert response.status_code == 200
     assert (await client.get(f"{PROFILE}/{user_id}")).json() == {}
 
 
 async def test_unknown_user(client: httpx.AsyncClient) -> None:
-    for path in (f"{PROFILE}/@nobody:test", f"{PROFILE}/@nobody:test/displayname",
-                 f"{PROFILE}/@someone:elsewhere"):
+    for path in (
+        f"{PROFILE}/@nobody:test",
+        f"{PROFILE}/@nobody:test/displayname",
+        f"{PROFILE}/@someone:elsewhere",
+    ):
         response = await client.get(path)
         assert response.status_code == 404
         assert response.json()["errcode"] == "M_NOT_FOUND"
@@ -82,8 +99,9 @@ async def test_only_ones_own_profile(client: httpx.AsyncClient) -> None:
     alice, _ = await register(client, "alice")
     _, bob = await register(client, "bob")
     for key in ("displayname", "avatar_url"):
-        response = await client.put(f"{PROFILE}/{alice}/{key}", headers=auth_header(bob),
-                                    json={key: ""})
+        response = await client.put(
+            f"{PROFILE}/{alice}/{key}", headers=auth_header(bob), json={key: ""}
+        )
         assert response.status_code == 403
         assert response.json()["errcode"] == "M_FORBIDDEN"
     response = await client.delete(f"{PROFILE}/{alice}/displayname", headers=auth_header(bob))
@@ -110,14 +128,22 @@ async def test_set_bad_input(client: httpx.AsyncClient) -> None:
         ("m.tz", {"m.tz": "Europe/London"}, 403, "M_FORBIDDEN"),
     ]
     for key, data, status, errcode in cases:
-        await assert_errors(client, "PUT", f"{PROFILE}/{user_id}/{key}",
-                            headers=auth_header(token), cases=[(data, status, errcode)])
+        await assert_errors(
+            client,
+            "PUT",
+            f"{PROFILE}/{user_id}/{key}",
+            headers=auth_header(token),
+            cases=[(data, status, errcode)],
+        )
 
 
 async def test_set_displayname_of_256_chars(client: httpx.AsyncClient) -> None:
     user_id, token = await register(client, "alice")
-    response = await client.put(f"{PROFILE}/{user_id}/displayname", headers=auth_header(token),
-                                json={"displayname": "é" * 256})
+    response = await client.put(
+        f"{PROFILE}/{user_id}/displayname",
+        headers=auth_header(token),
+        json={"displayname": "é" * 256},
+    )
     assert response.status_code == 200
 
 
@@ -132,7 +158,10 @@ async def test_set_needs_a_token(client: httpx.AsyncClient) -> None:
     response = await client.put(f"{PROFILE}/{user_id}/displayname", json={"displayname": "x"})
     assert response.status_code == 401
     assert response.json()["errcode"] == "M_MISSING_TOKEN"
-    response = await client.put(f"{PROFILE}/{user_id}/displayname", json={"displayname": "x"},
-                                headers=auth_header("mat_unknown"))
+    response = await client.put(
+        f"{PROFILE}/{user_id}/displayname",
+        json={"displayname": "x"},
+        headers=auth_header("mat_unknown"),
+    )
     assert response.status_code == 401
     assert response.json()["errcode"] == "M_UNKNOWN_TOKEN"

@@ -23,32 +23,40 @@ from tests.helpers import (
 from tests.push_servers import FakeGateway, SmtpServer, until
 
 CS = "/_matrix/client/v3"
-PUSH = {"allow_http": True, "allow_private_addresses": True, "poll_interval_ms": 600_000,
-        "only_when_offline": False}
+PUSH = {
+    "allow_http": True,
+    "allow_private_addresses": True,
+    "poll_interval_ms": 600_000,
+    "only_when_offline": False,
+}
 
 
 async def _counts(client: httpx.AsyncClient, token: str, room_id: str) -> tuple[int, int]:
-    r = await client.get(f"{CS}/sync", params={"set_presence": "offline"},
-                         headers=auth_header(token))
+    r = await client.get(
+        f"{CS}/sync", params={"set_presence": "offline"}, headers=auth_header(token)
+    )
     counts = checked(r)["rooms"]["join"][room_id]["unread_notifications"]
     return counts["notification_count"], counts["highlight_count"]
 
 
-async def _send(client: httpx.AsyncClient, token: str, room_id: str, txn: str,
-                mention: str | None = None) -> str:
+async def _send(
+    client: httpx.AsyncClient, token: str, room_id: str, txn: str, mention: str | None = None
+) -> str:
     content: dict[str, Any] = {"msgtype": "m.text", "body": f"text {txn}"}
     if mention is not None:
         content["m.mentions"] = {"user_ids": [mention]}
-    r = await client.put(f"{CS}/rooms/{room_id}/send/m.room.message/{txn}", json=content,
-                         headers=auth_header(token))
+    r = await client.put(
+        f"{CS}/rooms/{room_id}/send/m.room.message/{txn}", json=content, headers=auth_header(token)
+    )
     return str(checked(r)["event_id"])
 
 
-async def _ignore(client: httpx.AsyncClient, token: str, user_id: str,
-                  ignored: list[str]) -> None:
-    r = await client.put(f"{CS}/user/{user_id}/account_data/m.ignored_user_list",
-                         json={"ignored_users": {u: {} for u in ignored}},
-                         headers=auth_header(token))
+async def _ignore(client: httpx.AsyncClient, token: str, user_id: str, ignored: list[str]) -> None:
+    r = await client.put(
+        f"{CS}/user/{user_id}/account_data/m.ignored_user_list",
+        json={"ignored_users": {u: {} for u in ignored}},
+        headers=auth_header(token),
+    )
     checked(r)
 
 
@@ -68,21 +76,34 @@ async def _room(client: httpx.AsyncClient, creator: str, *others: str) -> str:
 async def test_ignored_users_do_not_notify(tmp_path: Path, db_url: str) -> None:
     clock = FakeClock()
     with SmtpServer() as smtp:
-        config = make_config(tmp_path, db_url, push=PUSH,
-                             email=email_config(smtp, notif_delay_ms=60_000))
+        config = make_config(
+            tmp_path, db_url, push=PUSH, email=email_config(smtp, notif_delay_ms=60_000)
+        )
         async with FakeGateway() as gateway, serve(config, clock) as (hs, client):
             alice, a = await register(client, "alice")
             _, b = await register(client, "bob")
             _, c = await register(client, "carol")
             room_id = await _room(client, a, b, c)
             await bind_email(client, smtp, a, alice, "alice@example.org")
-            for pusher in ({"kind": "http", "app_id": "org.example.app", "pushkey": "k",
-                            "data": {"url": gateway.url}},
-                           {"kind": "email", "app_id": "m.email",
-                            "pushkey": "alice@example.org", "data": {}}):
-                r = await client.post(f"{CS}/pushers/set", headers=auth_header(a), json={
-                    **pusher, "lang": "en", "app_display_name": "App",
-                    "device_display_name": "Phone"})
+            for pusher in (
+                {
+                    "kind": "http",
+                    "app_id": "org.example.app",
+                    "pushkey": "k",
+                    "data": {"url": gateway.url},
+                },
+                {"kind": "email", "app_id": "m.email", "pushkey": "alice@example.org", "data": {}},
+            ):
+                r = await client.post(
+                    f"{CS}/pushers/set",
+                    headers=auth_header(a),
+                    json={
+                        **pusher,
+                        "lang": "en",
+                        "app_display_name": "App",
+                        "device_display_name": "Phone",
+                    },
+                )
                 checked(r)
             # Made before alice ignores carol: counted until then, not after; the mail that
             # was waiting to report it leaves it out.

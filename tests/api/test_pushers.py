@@ -25,19 +25,31 @@ from tests.openapi_schema import assert_response_matches
 from tests.push_servers import FakeGateway, SmtpServer, until, until_async
 
 CS = "/_matrix/client/v3"
-PUSH = {"allow_http": True, "allow_private_addresses": True, "poll_interval_ms": 600_000,
-        "retry_initial_ms": 1000}
+PUSH = {
+    "allow_http": True,
+    "allow_private_addresses": True,
+    "poll_interval_ms": 600_000,
+    "retry_initial_ms": 1000,
+}
 
 
-def _config(tmp_path: Path, db_url: str, push: dict[str, Any] | None = None,
-            **extra: Any) -> HomeserverConfig:
+def _config(
+    tmp_path: Path, db_url: str, push: dict[str, Any] | None = None, **extra: Any
+) -> HomeserverConfig:
     return make_config(tmp_path, db_url, push={**PUSH, **(push or {})}, **extra)
 
 
 def _http_pusher(url: str, pushkey: str = "key1", **data: Any) -> dict[str, Any]:
-    return {"kind": "http", "app_id": "org.example.app", "pushkey": pushkey,
-            "app_display_name": "Example", "device_display_name": "Phone", "lang": "en",
-            "profile_tag": "tag", "data": {"url": url, **data}}
+    return {
+        "kind": "http",
+        "app_id": "org.example.app",
+        "pushkey": pushkey,
+        "app_display_name": "Example",
+        "device_display_name": "Phone",
+        "lang": "en",
+        "profile_tag": "tag",
+        "data": {"url": url, **data},
+    }
 
 
 async def _set(client: httpx.AsyncClient, token: str, body: dict[str, Any]) -> None:
@@ -59,18 +71,23 @@ async def _dm(client: httpx.AsyncClient, a: str, b: str, name: str | None = None
         body["name"] = name
     r = await client.post(f"{CS}/createRoom", json=body, headers=auth_header(a))
     room_id = str(r.json()["room_id"])
-    r = await client.post(f"{CS}/rooms/{room_id}/invite", json={"user_id": "@bob:test"},
-                          headers=auth_header(a))
+    r = await client.post(
+        f"{CS}/rooms/{room_id}/invite", json={"user_id": "@bob:test"}, headers=auth_header(a)
+    )
     assert r.status_code == 200, r.text
     r = await client.post(f"{CS}/join/{room_id}", json={}, headers=auth_header(b))
     assert r.status_code == 200, r.text
     return room_id
 
 
-async def _send(client: httpx.AsyncClient, token: str, room_id: str, txn: str,
-                body: str = "hello") -> str:
-    r = await client.put(f"{CS}/rooms/{room_id}/send/m.room.message/{txn}",
-                         json={"msgtype": "m.text", "body": body}, headers=auth_header(token))
+async def _send(
+    client: httpx.AsyncClient, token: str, room_id: str, txn: str, body: str = "hello"
+) -> str:
+    r = await client.put(
+        f"{CS}/rooms/{room_id}/send/m.room.message/{txn}",
+        json={"msgtype": "m.text", "body": body},
+        headers=auth_header(token),
+    )
     assert r.status_code == 200, r.text
     return str(r.json()["event_id"])
 
@@ -88,21 +105,28 @@ async def test_set_list_update_delete(tmp_path: Path, db_url: str) -> None:
         _, token = await register(client, "bob")
         url = "http://127.0.0.1:1/_matrix/push/v1/notify"
         await _set(client, token, _http_pusher(url, format="event_id_only", custom=1))
-        assert await _pushers(client, token) == [{
-            "pushkey": "key1", "kind": "http", "app_id": "org.example.app",
-            "app_display_name": "Example", "device_display_name": "Phone", "lang": "en",
-            "profile_tag": "tag", "data": {"url": url, "format": "event_id_only",
-                                           "custom": 1}}]
+        assert await _pushers(client, token) == [
+            {
+                "pushkey": "key1",
+                "kind": "http",
+                "app_id": "org.example.app",
+                "app_display_name": "Example",
+                "device_display_name": "Phone",
+                "lang": "en",
+                "profile_tag": "tag",
+                "data": {"url": url, "format": "event_id_only", "custom": 1},
+            }
+        ]
         await _set(client, token, {**_http_pusher(url), "device_display_name": "Tablet"})
         [pusher] = await _pushers(client, token)
         assert pusher["device_display_name"] == "Tablet"
         await _set(client, token, _http_pusher(url, pushkey="key2"))
         assert len(await _pushers(client, token)) == 2
-        await _set(client, token, {"kind": None, "app_id": "org.example.app",
-                                   "pushkey": "key1"})
+        await _set(client, token, {"kind": None, "app_id": "org.example.app", "pushkey": "key1"})
         assert [p["pushkey"] for p in await _pushers(client, token)] == ["key2"]
-        await _set(client, token, {"kind": None, "app_id": "org.example.app",
-                                   "pushkey": "unknown"})  # deleting nothing is fine
+        await _set(
+            client, token, {"kind": None, "app_id": "org.example.app", "pushkey": "unknown"}
+        )  # deleting nothing is fine
         # Another user with the same pushkey replaces this one, unless appending.
         _, carol = await register(client, "carol")
         await _set(client, carol, {**_http_pusher(url, pushkey="key2"), "append": True})
@@ -113,56 +137,86 @@ async def test_set_list_update_delete(tmp_path: Path, db_url: str) -> None:
 
 
 async def test_bad_pushers(tmp_path: Path, db_url: str) -> None:
-    config = _config(tmp_path, db_url, push={"allow_http": False,
-                                             "allow_private_addresses": False})
+    config = _config(tmp_path, db_url, push={"allow_http": False, "allow_private_addresses": False})
     async with serve(config) as (_, client):
         _, token = await register(client, "bob")
         good = "https://push.example.org/_matrix/push/v1/notify"
         base = _http_pusher(good)
-        await assert_errors(client, "POST", f"{CS}/pushers/set", [
-            ({k: v for k, v in base.items() if k != "kind"}, 400, "M_MISSING_PARAM"),
-            ({k: v for k, v in base.items() if k != "app_id"}, 400, "M_MISSING_PARAM"),
-            ({k: v for k, v in base.items() if k != "pushkey"}, 400, "M_MISSING_PARAM"),
-            ({k: v for k, v in base.items() if k != "lang"}, 400, "M_MISSING_PARAM"),
-            ({k: v for k, v in base.items() if k != "data"}, 400, "M_MISSING_PARAM"),
-            ({k: v for k, v in base.items() if k != "app_display_name"}, 400,
-             "M_MISSING_PARAM"),
-            ({**base, "kind": "carrier-pigeon"}, 400, "M_INVALID_PARAM"),
-            ({**base, "kind": 1}, 400, "M_BAD_JSON"),
-            ({**base, "append": "yes"}, 400, "M_BAD_JSON"),
-            ({**base, "data": []}, 400, "M_BAD_JSON"),
-            ({**base, "pushkey": "k" * 513}, 400, "M_INVALID_PARAM"),
-            ({**base, "pushkey": ""}, 400, "M_INVALID_PARAM"),
-            ({**base, "app_id": "a" * 65}, 400, "M_INVALID_PARAM"),
-            ({**base, "data": {}}, 400, "M_INVALID_PARAM"),
-            ({**base, "data": {"url": good, "format": "full"}}, 400, "M_INVALID_PARAM"),
-            ({**base, "data": {"url": good, "x": "y" * 5000}}, 400, "M_INVALID_PARAM"),
-            (_http_pusher("https://push.example.org/notify"), 400, "M_INVALID_PARAM"),
-            (_http_pusher(good + "?x=1"), 400, "M_INVALID_PARAM"),
-            (_http_pusher("http://push.example.org/_matrix/push/v1/notify"), 400,
-             "M_INVALID_PARAM"),  # not https
-            (_http_pusher("ftp://push.example.org/_matrix/push/v1/notify"), 400,
-             "M_INVALID_PARAM"),
-            (_http_pusher("https://u:p@push.example.org/_matrix/push/v1/notify"), 400,
-             "M_INVALID_PARAM"),
-            (_http_pusher("https://127.0.0.1/_matrix/push/v1/notify"), 400,
-             "M_INVALID_PARAM"),  # loopback: SSRF
-            (_http_pusher("https://10.1.2.3/_matrix/push/v1/notify"), 400, "M_INVALID_PARAM"),
-            (_http_pusher("https://[::1]/_matrix/push/v1/notify"), 400, "M_INVALID_PARAM"),
-            (_http_pusher("https://169.254.169.254/_matrix/push/v1/notify"), 400,
-             "M_INVALID_PARAM"),
-            (_http_pusher("https://localhost:99999/_matrix/push/v1/notify"), 400,
-             "M_INVALID_PARAM"),
-            ({**base, "kind": "email", "app_id": "m.email", "pushkey": "bob@example.org"},
-             400, "M_INVALID_PARAM"),  # e-mail is not configured here
-            (b"not json", 400, "M_NOT_JSON"),
-        ], headers=auth_header(token))
+        await assert_errors(
+            client,
+            "POST",
+            f"{CS}/pushers/set",
+            [
+                ({k: v for k, v in base.items() if k != "kind"}, 400, "M_MISSING_PARAM"),
+                ({k: v for k, v in base.items() if k != "app_id"}, 400, "M_MISSING_PARAM"),
+                ({k: v for k, v in base.items() if k != "pushkey"}, 400, "M_MISSING_PARAM"),
+                ({k: v for k, v in base.items() if k != "lang"}, 400, "M_MISSING_PARAM"),
+                ({k: v for k, v in base.items() if k != "data"}, 400, "M_MISSING_PARAM"),
+                (
+                    {k: v for k, v in base.items() if k != "app_display_name"},
+                    400,
+                    "M_MISSING_PARAM",
+                ),
+                ({**base, "kind": "carrier-pigeon"}, 400, "M_INVALID_PARAM"),
+                ({**base, "kind": 1}, 400, "M_BAD_JSON"),
+                ({**base, "append": "yes"}, 400, "M_BAD_JSON"),
+                ({**base, "data": []}, 400, "M_BAD_JSON"),
+                ({**base, "pushkey": "k" * 513}, 400, "M_INVALID_PARAM"),
+                ({**base, "pushkey": ""}, 400, "M_INVALID_PARAM"),
+                ({**base, "app_id": "a" * 65}, 400, "M_INVALID_PARAM"),
+                ({**base, "data": {}}, 400, "M_INVALID_PARAM"),
+                ({**base, "data": {"url": good, "format": "full"}}, 400, "M_INVALID_PARAM"),
+                ({**base, "data": {"url": good, "x": "y" * 5000}}, 400, "M_INVALID_PARAM"),
+                (_http_pusher("https://push.example.org/notify"), 400, "M_INVALID_PARAM"),
+                (_http_pusher(good + "?x=1"), 400, "M_INVALID_PARAM"),
+                (
+                    _http_pusher("http://push.example.org/_matrix/push/v1/notify"),
+                    400,
+                    "M_INVALID_PARAM",
+                ),  # not https
+                (
+                    _http_pusher("ftp://push.example.org/_matrix/push/v1/notify"),
+                    400,
+                    "M_INVALID_PARAM",
+                ),
+                (
+                    _http_pusher("https://u:p@push.example.org/_matrix/push/v1/notify"),
+                    400,
+                    "M_INVALID_PARAM",
+                ),
+                (
+                    _http_pusher("https://127.0.0.1/_matrix/push/v1/notify"),
+                    400,
+                    "M_INVALID_PARAM",
+                ),  # loopback: SSRF
+                (_http_pusher("https://10.1.2.3/_matrix/push/v1/notify"), 400, "M_INVALID_PARAM"),
+                (_http_pusher("https://[::1]/_matrix/push/v1/notify"), 400, "M_INVALID_PARAM"),
+                (
+                    _http_pusher("https://169.254.169.254/_matrix/push/v1/notify"),
+                    400,
+                    "M_INVALID_PARAM",
+                ),
+                (
+                    _http_pusher("https://localhost:99999/_matrix/push/v1/notify"),
+                    400,
+                    "M_INVALID_PARAM",
+                ),
+                (
+                    {**base, "kind": "email", "app_id": "m.email", "pushkey": "bob@example.org"},
+                    400,
+                    "M_INVALID_PARAM",
+                ),  # e-mail is not configured here
+                (b"not json", 400, "M_NOT_JSON"),
+            ],
+            headers=auth_header(token),
+        )
         r = await client.get(f"{CS}/pushers")
         assert r.status_code == 401
 
 
-async def _setup(client: httpx.AsyncClient, gateway: FakeGateway, **data: Any
-                 ) -> tuple[str, str, str]:
+async def _setup(
+    client: httpx.AsyncClient, gateway: FakeGateway, **data: Any
+) -> tuple[str, str, str]:
     _, a = await register(client, "alice")
     _, b = await register(client, "bob")
     room_id = await _dm(client, a, b, name="Lunch")
@@ -261,8 +315,9 @@ async def test_online_users_are_not_pushed(tmp_path: Path, db_url: str) -> None:
         gateway_url = gateway.url
         _, a = await register(client, "alice2")
         _, b = await register(client, "bob2")
-        r = await client.post(f"{CS}/createRoom", json={"invite": ["@bob2:test"]},
-                              headers=auth_header(a))
+        r = await client.post(
+            f"{CS}/createRoom", json={"invite": ["@bob2:test"]}, headers=auth_header(a)
+        )
         room_id = r.json()["room_id"]
         await client.post(f"{CS}/join/{room_id}", json={}, headers=auth_header(b))
         await _set(client, b, _http_pusher(gateway_url))
@@ -280,21 +335,42 @@ async def test_missed_message_mails(tmp_path: Path, db_url: str) -> None:
             _, a = await register(client, "alice")
             _, b = await register(client, "bob")
             room_id = await _dm(client, a, b, name="Plans <&>")
-            mail_pusher = {"kind": "email", "app_id": "m.email", "pushkey": "bob@test.org",
-                           "app_display_name": "E", "device_display_name": "E", "lang": "en",
-                           "data": {}}
-            await assert_errors(client, "POST", f"{CS}/pushers/set", [
-                ({**mail_pusher, "pushkey": "not-an-address"}, 400, "M_INVALID_PARAM"),
-                ({**mail_pusher, "app_id": "org.example"}, 400, "M_INVALID_PARAM"),
-                # As Synapse: only an address bound to the account (validated by mail).
-                (mail_pusher, 400, "M_THREEPID_NOT_FOUND"),
-            ], headers=auth_header(b))
+            mail_pusher = {
+                "kind": "email",
+                "app_id": "m.email",
+                "pushkey": "bob@test.org",
+                "app_display_name": "E",
+                "device_display_name": "E",
+                "lang": "en",
+                "data": {},
+            }
+            await assert_errors(
+                client,
+                "POST",
+                f"{CS}/pushers/set",
+                [
+                    ({**mail_pusher, "pushkey": "not-an-address"}, 400, "M_INVALID_PARAM"),
+                    ({**mail_pusher, "app_id": "org.example"}, 400, "M_INVALID_PARAM"),
+                    # As Synapse: only an address bound to the account (validated by mail).
+                    (mail_pusher, 400, "M_THREEPID_NOT_FOUND"),
+                ],
+                headers=auth_header(b),
+            )
             await bind_email(client, smtp, b, "@bob:test", "bob@test.org")
             smtp.messages.clear()
-            await _set(client, b, {"kind": "email", "app_id": "m.email",
-                                   "pushkey": "bob@test.org", "app_display_name": "E-mail",
-                                   "device_display_name": "bob@test.org", "lang": "en",
-                                   "data": {}})
+            await _set(
+                client,
+                b,
+                {
+                    "kind": "email",
+                    "app_id": "m.email",
+                    "pushkey": "bob@test.org",
+                    "app_display_name": "E-mail",
+                    "device_display_name": "bob@test.org",
+                    "lang": "en",
+                    "data": {},
+                },
+            )
             await _send(client, a, room_id, "1", "first <b>bold</b>")
             await _send(client, a, room_id, "2", "second")
             await hs.pusher_sender.run_once()
@@ -318,8 +394,9 @@ async def test_missed_message_mails(tmp_path: Path, db_url: str) -> None:
             assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
             # What was read before the delay ran out is not mailed.
             read = await _send(client, a, room_id, "3", "third")
-            r = await client.post(f"{CS}/rooms/{room_id}/receipt/m.read/{read}", json={},
-                                  headers=auth_header(b))
+            r = await client.post(
+                f"{CS}/rooms/{room_id}/receipt/m.read/{read}", json={}, headers=auth_header(b)
+            )
             assert r.status_code == 200
             clock.advance(60_000)
             await hs.pusher_sender.run_once()

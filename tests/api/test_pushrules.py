@@ -20,14 +20,12 @@ async def _get(client: httpx.AsyncClient, token: str, path: str) -> Any:
     return r.json()
 
 
-async def _put(client: httpx.AsyncClient, token: str, path: str, body: Any,
-               **params: str) -> None:
+async def _put(client: httpx.AsyncClient, token: str, path: str, body: Any, **params: str) -> None:
     r = await client.put(path, json=body, params=params, headers=auth_header(token))
     assert r.status_code == 200, r.text
 
 
-async def _sync(client: httpx.AsyncClient, token: str, since: str | None = None
-                ) -> dict[str, Any]:
+async def _sync(client: httpx.AsyncClient, token: str, since: str | None = None) -> dict[str, Any]:
     params = {"set_presence": "offline", **({"since": since} if since else {})}
     r = await client.get(f"{CS}/sync", params=params, headers=auth_header(token))
     assert r.status_code == 200, r.text
@@ -63,24 +61,40 @@ async def test_defaults_and_account_data(client: httpx.AsyncClient) -> None:
 async def test_user_rules_order_update_delete(client: httpx.AsyncClient) -> None:
     _, token = await register(client, "alice")
     for name in ("a", "b"):
-        await _put(client, token, f"{RULES}/content/{name}",
-                   {"pattern": f"word{name}", "actions": ["notify"]})
+        await _put(
+            client,
+            token,
+            f"{RULES}/content/{name}",
+            {"pattern": f"word{name}", "actions": ["notify"]},
+        )
     # A new rule goes first; before/after place it; an update keeps its place.
     await _put(client, token, f"{RULES}/content/c", {"pattern": "c", "actions": []}, after="a")
-    await _put(client, token, f"{RULES}/content/d", {"pattern": "d", "actions": []},
-               before="b", after="a")  # both given: before wins
+    await _put(
+        client, token, f"{RULES}/content/d", {"pattern": "d", "actions": []}, before="b", after="a"
+    )  # both given: before wins
     order = [r["rule_id"] for r in (await _get(client, token, f"{RULES}/"))["content"]]
     assert order == ["d", "b", "a", "c"]
     await _put(client, token, f"{RULES}/content/a", {"pattern": "new", "actions": ["notify"]})
     order = [r["rule_id"] for r in (await _get(client, token, f"{RULES}/"))["content"]]
     assert order == ["d", "b", "a", "c"]
     rule = await _get(client, token, f"{RULES}/content/a")
-    assert rule == {"rule_id": "a", "default": False, "enabled": True, "actions": ["notify"],
-                    "pattern": "new"}
+    assert rule == {
+        "rule_id": "a",
+        "default": False,
+        "enabled": True,
+        "actions": ["notify"],
+        "pattern": "new",
+    }
     # User override rules come after .m.rule.master and before the other defaults.
-    await _put(client, token, f"{RULES}/override/mine",
-               {"conditions": [{"kind": "event_match", "key": "type", "pattern": "x"}],
-                "actions": ["dont_notify"]})
+    await _put(
+        client,
+        token,
+        f"{RULES}/override/mine",
+        {
+            "conditions": [{"kind": "event_match", "key": "type", "pattern": "x"}],
+            "actions": ["dont_notify"],
+        },
+    )
     overrides = [r["rule_id"] for r in (await _get(client, token, f"{RULES}/"))["override"]]
     assert overrides[:3] == [".m.rule.master", "mine", ".m.rule.suppress_notices"]
     assert (await _get(client, token, f"{RULES}/override/mine"))["actions"] == []
@@ -110,23 +124,41 @@ async def test_bad_requests(client: httpx.AsyncClient) -> None:
     _, token = await register(client, "alice")
     h = auth_header(token)
     await _put(client, token, f"{RULES}/content/x", {"pattern": "x", "actions": []})
-    await assert_errors(client, "PUT", f"{RULES}/content/y", [
-        ({"pattern": "y"}, 400, "M_MISSING_PARAM"),
-        ({"actions": []}, 400, "M_MISSING_PARAM"),  # content rules need a pattern
-        ({"pattern": 3, "actions": []}, 400, "M_BAD_JSON"),
-        ({"pattern": "y", "actions": "notify"}, 400, "M_BAD_JSON"),
-        ({"pattern": "y", "actions": ["wiggle"]}, 400, "M_BAD_JSON"),
-        ({"pattern": "y", "actions": [{"set_tweak": "sound"}]}, 400, "M_BAD_JSON"),
-        (b"{not json", 400, "M_NOT_JSON"),
-        ([], 400, "M_BAD_JSON"),
-    ], headers=h)
-    await assert_errors(client, "PUT", f"{RULES}/override/y", [
-        ({"actions": [], "conditions": {}}, 400, "M_BAD_JSON"),
-        ({"actions": [], "conditions": [{"kind": "event_match", "key": "type"}]}, 400,
-         "M_BAD_JSON"),
-        ({"actions": [], "conditions": [{"kind": "room_member_count", "is": "x"}]}, 400,
-         "M_BAD_JSON"),
-    ], headers=h)
+    await assert_errors(
+        client,
+        "PUT",
+        f"{RULES}/content/y",
+        [
+            ({"pattern": "y"}, 400, "M_MISSING_PARAM"),
+            ({"actions": []}, 400, "M_MISSING_PARAM"),  # content rules need a pattern
+            ({"pattern": 3, "actions": []}, 400, "M_BAD_JSON"),
+            ({"pattern": "y", "actions": "notify"}, 400, "M_BAD_JSON"),
+            ({"pattern": "y", "actions": ["wiggle"]}, 400, "M_BAD_JSON"),
+            ({"pattern": "y", "actions": [{"set_tweak": "sound"}]}, 400, "M_BAD_JSON"),
+            (b"{not json", 400, "M_NOT_JSON"),
+            ([], 400, "M_BAD_JSON"),
+        ],
+        headers=h,
+    )
+    await assert_errors(
+        client,
+        "PUT",
+        f"{RULES}/override/y",
+        [
+            ({"actions": [], "conditions": {}}, 400, "M_BAD_JSON"),
+            (
+                {"actions": [], "conditions": [{"kind": "event_match", "key": "type"}]},
+                400,
+                "M_BAD_JSON",
+            ),
+            (
+                {"actions": [], "conditions": [{"kind": "room_member_count", "is": "x"}]},
+                400,
+                "M_BAD_JSON",
+            ),
+        ],
+        headers=h,
+    )
     cases = [
         ("PUT", f"{RULES}/bogus/y", {"actions": []}, 400, "M_INVALID_PARAM"),
         ("PUT", f"{CS}/pushrules/device/override/y", {"actions": []}, 400, "M_INVALID_PARAM"),
@@ -134,12 +166,21 @@ async def test_bad_requests(client: httpx.AsyncClient) -> None:
         ("PUT", f"{RULES}/override/a%2Fb", {"actions": []}, 400, "M_INVALID_PARAM"),
         ("PUT", f"{RULES}/room/not-a-room", {"actions": []}, 400, "M_INVALID_PARAM"),
         ("PUT", f"{RULES}/sender/not-a-user", {"actions": []}, 400, "M_INVALID_PARAM"),
-        ("PUT", f"{RULES}/content/y?before=nope", {"pattern": "y", "actions": []}, 400,
-         "M_UNKNOWN"),
-        ("PUT", f"{RULES}/content/y?after=nope", {"pattern": "y", "actions": []}, 400,
-         "M_UNKNOWN"),
-        ("PUT", f"{RULES}/override/y?before=.m.rule.master", {"actions": []}, 400,
-         "M_INVALID_PARAM"),
+        (
+            "PUT",
+            f"{RULES}/content/y?before=nope",
+            {"pattern": "y", "actions": []},
+            400,
+            "M_UNKNOWN",
+        ),
+        ("PUT", f"{RULES}/content/y?after=nope", {"pattern": "y", "actions": []}, 400, "M_UNKNOWN"),
+        (
+            "PUT",
+            f"{RULES}/override/y?before=.m.rule.master",
+            {"actions": []},
+            400,
+            "M_INVALID_PARAM",
+        ),
         ("GET", f"{RULES}/content/nope", None, 404, "M_NOT_FOUND"),
         ("GET", f"{RULES}/bogus/x", None, 400, "M_INVALID_PARAM"),
         ("GET", f"{CS}/pushrules/device/", None, 400, "M_INVALID_PARAM"),
@@ -148,8 +189,13 @@ async def test_bad_requests(client: httpx.AsyncClient) -> None:
         ("DELETE", f"{RULES}/override/.m.rule.nope", None, 404, "M_NOT_FOUND"),
         ("GET", f"{RULES}/content/nope/enabled", None, 404, "M_NOT_FOUND"),
         ("PUT", f"{RULES}/content/nope/enabled", {"enabled": True}, 404, "M_NOT_FOUND"),
-        ("PUT", f"{RULES}/override/.m.rule.message/enabled", {"enabled": True}, 404,
-         "M_NOT_FOUND"),  # an underride rule, asked for as an override
+        (
+            "PUT",
+            f"{RULES}/override/.m.rule.message/enabled",
+            {"enabled": True},
+            404,
+            "M_NOT_FOUND",
+        ),  # an underride rule, asked for as an override
         ("PUT", f"{RULES}/content/x/enabled", {"enabled": "yes"}, 400, "M_BAD_JSON"),
         ("PUT", f"{RULES}/content/x/enabled", {}, 400, "M_MISSING_PARAM"),
         ("GET", f"{RULES}/content/nope/actions", None, 404, "M_NOT_FOUND"),
@@ -159,15 +205,15 @@ async def test_bad_requests(client: httpx.AsyncClient) -> None:
     ]
     for method, path, body, status, errcode in cases:
         r = await client.request(method, path, json=body, headers=h)
-        assert (r.status_code, r.json().get("errcode")) == (status, errcode), (method, path,
-                                                                               r.text)
+        assert (r.status_code, r.json().get("errcode")) == (status, errcode), (method, path, r.text)
     r = await client.get(f"{CS}/pushrules/")
     assert (r.status_code, r.json()["errcode"]) == (401, "M_MISSING_TOKEN")
 
 
 async def _room(client: httpx.AsyncClient, owner: str, *members: str) -> str:
-    r = await client.post(f"{CS}/createRoom", json={"preset": "public_chat"},
-                          headers=auth_header(owner))
+    r = await client.post(
+        f"{CS}/createRoom", json={"preset": "public_chat"}, headers=auth_header(owner)
+    )
     room_id = str(r.json()["room_id"])
     for token in members:
         r = await client.post(f"{CS}/join/{room_id}", json={}, headers=auth_header(token))
@@ -175,10 +221,12 @@ async def _room(client: httpx.AsyncClient, owner: str, *members: str) -> str:
     return room_id
 
 
-async def _send(client: httpx.AsyncClient, token: str, room_id: str, txn: str,
-                content: dict[str, Any]) -> str:
-    r = await client.put(f"{CS}/rooms/{room_id}/send/m.room.message/{txn}", json=content,
-                         headers=auth_header(token))
+async def _send(
+    client: httpx.AsyncClient, token: str, room_id: str, txn: str, content: dict[str, Any]
+) -> str:
+    r = await client.put(
+        f"{CS}/rooms/{room_id}/send/m.room.message/{txn}", json=content, headers=auth_header(token)
+    )
     assert r.status_code == 200, r.text
     return str(r.json()["event_id"])
 
@@ -188,13 +236,22 @@ async def test_rules_decide_counts(client: httpx.AsyncClient) -> None:
     _, b = await register(client, "bob")
     _, c = await register(client, "carol")
     room_id = await _room(client, a, b, c)  # three members: no one-to-one rules
-    await _put(client, b, f"{RULES}/content/cake",
-               {"pattern": "cake", "actions": ["notify", {"set_tweak": "highlight"}]})
+    await _put(
+        client,
+        b,
+        f"{RULES}/content/cake",
+        {"pattern": "cake", "actions": ["notify", {"set_tweak": "highlight"}]},
+    )
     await _send(client, a, room_id, "1", {"msgtype": "m.text", "body": "hello"})
     await _send(client, a, room_id, "2", {"msgtype": "m.text", "body": "cake time"})
     await _send(client, a, room_id, "3", {"msgtype": "m.notice", "body": "bot says"})
-    await _send(client, a, room_id, "4", {"msgtype": "m.text", "body": "bob?",
-                                          "m.mentions": {"user_ids": ["@carol:test"]}})
+    await _send(
+        client,
+        a,
+        room_id,
+        "4",
+        {"msgtype": "m.text", "body": "bob?", "m.mentions": {"user_ids": ["@carol:test"]}},
+    )
     counts_b = (await _sync(client, b))["rooms"]["join"][room_id]["unread_notifications"]
     counts_c = (await _sync(client, c))["rooms"]["join"][room_id]["unread_notifications"]
     assert counts_b == {"notification_count": 3, "highlight_count": 1}

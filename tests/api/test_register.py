@@ -46,18 +46,23 @@ async def test_dummy_flow_in_two_rounds(client: httpx.AsyncClient) -> None:
     assert "errcode" not in challenge
     assert_response_matches("POST", REGISTER, 401, challenge)
 
-    response = await client.post(REGISTER, json=body(
-        auth={"type": "m.login.dummy", "session": challenge["session"]}))
+    response = await client.post(
+        REGISTER, json=body(auth={"type": "m.login.dummy", "session": challenge["session"]})
+    )
     assert response.status_code == 200, response.text
     data = response.json()
     assert_response_matches("POST", REGISTER, 200, data)
     assert data["user_id"] == "@alice:test"
     assert data["device_id"]
     assert "refresh_token" not in data and "expires_in_ms" not in data
-    whoami = await client.get("/_matrix/client/v3/account/whoami",
-                              headers=auth_header(data["access_token"]))
-    assert whoami.json() == {"user_id": "@alice:test", "device_id": data["device_id"],
-                             "is_guest": False}
+    whoami = await client.get(
+        "/_matrix/client/v3/account/whoami", headers=auth_header(data["access_token"])
+    )
+    assert whoami.json() == {
+        "user_id": "@alice:test",
+        "device_id": data["device_id"],
+        "is_guest": False,
+    }
 
 
 async def test_session_is_used_up(client: httpx.AsyncClient) -> None:
@@ -88,21 +93,29 @@ async def test_generated_localpart(client: httpx.AsyncClient) -> None:
 
 
 async def test_device_id_and_display_name(client: httpx.AsyncClient) -> None:
-    response = await client.post(REGISTER, json=body(
-        auth={"type": "m.login.dummy"}, device_id="MYDEVICE",
-        initial_device_display_name="Jungle Phone"))
+    response = await client.post(
+        REGISTER,
+        json=body(
+            auth={"type": "m.login.dummy"},
+            device_id="MYDEVICE",
+            initial_device_display_name="Jungle Phone",
+        ),
+    )
     assert response.status_code == 200, response.text
     data = response.json()
     assert data["device_id"] == "MYDEVICE"
-    devices = await client.get("/_matrix/client/v3/devices",
-                               headers=auth_header(data["access_token"]))
+    devices = await client.get(
+        "/_matrix/client/v3/devices", headers=auth_header(data["access_token"])
+    )
     assert [(d["device_id"], d.get("display_name")) for d in devices.json()["devices"]] == [
-        ("MYDEVICE", "Jungle Phone")]
+        ("MYDEVICE", "Jungle Phone")
+    ]
 
 
 async def test_inhibit_login(client: httpx.AsyncClient) -> None:
-    response = await client.post(REGISTER, json=body(auth={"type": "m.login.dummy"},
-                                                     inhibit_login=True))
+    response = await client.post(
+        REGISTER, json=body(auth={"type": "m.login.dummy"}, inhibit_login=True)
+    )
     assert response.status_code == 200
     data = response.json()
     assert_response_matches("POST", REGISTER, 200, data)
@@ -112,14 +125,16 @@ async def test_inhibit_login(client: httpx.AsyncClient) -> None:
 
 
 async def test_refresh_token(client: httpx.AsyncClient) -> None:
-    response = await client.post(REGISTER, json=body(auth={"type": "m.login.dummy"},
-                                                     refresh_token=True))
+    response = await client.post(
+        REGISTER, json=body(auth={"type": "m.login.dummy"}, refresh_token=True)
+    )
     assert response.status_code == 200
     data = response.json()
     assert_response_matches("POST", REGISTER, 200, data)
     assert data["refresh_token"] and data["expires_in_ms"] > 0
-    refreshed = await client.post("/_matrix/client/v3/refresh",
-                                  json={"refresh_token": data["refresh_token"]})
+    refreshed = await client.post(
+        "/_matrix/client/v3/refresh", json={"refresh_token": data["refresh_token"]}
+    )
     assert refreshed.status_code == 200
 
 
@@ -134,36 +149,58 @@ async def test_user_in_use_before_uia(client: httpx.AsyncClient) -> None:
 async def test_user_taken_during_uia(client: httpx.AsyncClient) -> None:
     session = await start(client, body())
     await register(client, "alice")
-    response = await client.post(REGISTER, json={"password": DEFAULT_PASSWORD,
-                                                 "auth": {"type": "m.login.dummy",
-                                                          "session": session},
-                                                 "username": "alice"})
+    response = await client.post(
+        REGISTER,
+        json={
+            "password": DEFAULT_PASSWORD,
+            "auth": {"type": "m.login.dummy", "session": session},
+            "username": "alice",
+        },
+    )
     assert response.status_code == 400
     assert response.json()["errcode"] == "M_USER_IN_USE"
 
 
 async def test_bad_input(client: httpx.AsyncClient) -> None:
     dummy = {"type": "m.login.dummy"}
-    await assert_errors(client, "POST", REGISTER, [
-        *((body(name, auth=dummy), 400, "M_INVALID_USERNAME")
-          for name in ("al ice", "alice:test", "émile", "a" * 250, "", "@alice")),
-        (body(password="short"), 400, "M_WEAK_PASSWORD"),
-        (body(password="x" * 600), 400, "M_INVALID_PARAM"),
-        ({"username": "alice", "auth": dummy}, 400, "M_MISSING_PARAM"),
-        (body(device_id="", auth=dummy), 400, "M_INVALID_PARAM"),
-        (b"{not json", 400, "M_NOT_JSON"),
-        ([], 400, "M_BAD_JSON"),
-        ("alice", 400, "M_BAD_JSON"),
-        *(({**body(), **extra}, 400, "M_BAD_JSON") for extra in (
-            {"username": 1}, {"password": 12345678}, {"inhibit_login": "yes"},
-            {"refresh_token": 1}, {"device_id": ["x"]}, {"auth": "m.login.dummy"},
-            {"auth": {"type": 1}}, {"auth": {"type": "m.login.dummy", "session": 5}})),
-        ({**body(), "auth": {"type": "m.login.dummy", "session": "nope"}}, 400, "M_UNKNOWN"),
-    ])
-    await assert_errors(client, "POST", REGISTER + "?kind=guest", [
-        ({}, 403, "M_GUEST_ACCESS_FORBIDDEN")])
-    await assert_errors(client, "POST", REGISTER + "?kind=robot", [
-        (body(), 400, "M_INVALID_PARAM")])
+    await assert_errors(
+        client,
+        "POST",
+        REGISTER,
+        [
+            *(
+                (body(name, auth=dummy), 400, "M_INVALID_USERNAME")
+                for name in ("al ice", "alice:test", "émile", "a" * 250, "", "@alice")
+            ),
+            (body(password="short"), 400, "M_WEAK_PASSWORD"),
+            (body(password="x" * 600), 400, "M_INVALID_PARAM"),
+            ({"username": "alice", "auth": dummy}, 400, "M_MISSING_PARAM"),
+            (body(device_id="", auth=dummy), 400, "M_INVALID_PARAM"),
+            (b"{not json", 400, "M_NOT_JSON"),
+            ([], 400, "M_BAD_JSON"),
+            ("alice", 400, "M_BAD_JSON"),
+            *(
+                ({**body(), **extra}, 400, "M_BAD_JSON")
+                for extra in (
+                    {"username": 1},
+                    {"password": 12345678},
+                    {"inhibit_login": "yes"},
+                    {"refresh_token": 1},
+                    {"device_id": ["x"]},
+                    {"auth": "m.login.dummy"},
+                    {"auth": {"type": 1}},
+                    {"auth": {"type": "m.login.dummy", "session": 5}},
+                )
+            ),
+            ({**body(), "auth": {"type": "m.login.dummy", "session": "nope"}}, 400, "M_UNKNOWN"),
+        ],
+    )
+    await assert_errors(
+        client, "POST", REGISTER + "?kind=guest", [({}, 403, "M_GUEST_ACCESS_FORBIDDEN")]
+    )
+    await assert_errors(
+        client, "POST", REGISTER + "?kind=robot", [(body(), 400, "M_INVALID_PARAM")]
+    )
 
 
 async def test_first_round_needs_no_password(client: httpx.AsyncClient) -> None:
@@ -176,17 +213,26 @@ async def test_first_round_needs_no_password(client: httpx.AsyncClient) -> None:
 async def test_expired_session(client: httpx.AsyncClient, clock: FakeClock) -> None:
     session = await start(client, body())
     clock.advance(SESSION_LIFETIME_MS + 1)
-    response = await client.post(REGISTER, json=body(auth={"type": "m.login.dummy",
-                                                           "session": session}))
+    response = await client.post(
+        REGISTER, json=body(auth={"type": "m.login.dummy", "session": session})
+    )
     assert response.status_code == 400
     assert response.json()["errcode"] == "M_UNKNOWN"
 
 
 async def test_unexpected_stage(client: httpx.AsyncClient) -> None:
     session = await start(client, body())
-    response = await client.post(REGISTER, json=body(auth={
-        "type": "m.login.password", "session": session, "password": "x",
-        "identifier": {"type": "m.id.user", "user": "alice"}}))
+    response = await client.post(
+        REGISTER,
+        json=body(
+            auth={
+                "type": "m.login.password",
+                "session": session,
+                "password": "x",
+                "identifier": {"type": "m.id.user", "user": "alice"},
+            }
+        ),
+    )
     assert response.status_code == 401
     data = response.json()
     assert data["errcode"] == "M_FORBIDDEN"
@@ -195,11 +241,16 @@ async def test_unexpected_stage(client: httpx.AsyncClient) -> None:
 
 async def test_session_bound_to_its_request(client: httpx.AsyncClient) -> None:
     _, token = await register(client, "alice")
-    other = await client.post("/_matrix/client/v3/account/password", headers=auth_header(token),
-                              json={"new_password": "another password"})
+    other = await client.post(
+        "/_matrix/client/v3/account/password",
+        headers=auth_header(token),
+        json={"new_password": "another password"},
+    )
     assert other.status_code == 401
-    response = await client.post(REGISTER, json=body("bob", auth={
-        "type": "m.login.dummy", "session": other.json()["session"]}))
+    response = await client.post(
+        REGISTER,
+        json=body("bob", auth={"type": "m.login.dummy", "session": other.json()["session"]}),
+    )
     assert response.status_code == 403
     assert response.json()["errcode"] == "M_FORBIDDEN"
 
@@ -242,26 +293,34 @@ async def test_closed_without_tokens(tmp_path: Path, db_url: str) -> None:
 
 
 async def test_static_token(tmp_path: Path, db_url: str) -> None:
-    config = make_config(tmp_path, db_url,
-                         registration={"enabled": False, "tokens": ["letmein"]})
+    config = make_config(tmp_path, db_url, registration={"enabled": False, "tokens": ["letmein"]})
     async with serve(config) as (_, client):
         response = await client.post(REGISTER, json=body())
         assert response.status_code == 401
         assert response.json()["flows"] == [{"stages": ["m.login.registration_token"]}]
         session = response.json()["session"]
         # The dummy stage is not offered when registration is closed.
-        response = await client.post(REGISTER, json=body(auth={"type": "m.login.dummy",
-                                                               "session": session}))
+        response = await client.post(
+            REGISTER, json=body(auth={"type": "m.login.dummy", "session": session})
+        )
         assert response.status_code == 401
         assert response.json()["errcode"] == "M_FORBIDDEN"
-        response = await client.post(REGISTER, json=body(auth={
-            "type": "m.login.registration_token", "token": "wrong", "session": session}))
+        response = await client.post(
+            REGISTER,
+            json=body(
+                auth={"type": "m.login.registration_token", "token": "wrong", "session": session}
+            ),
+        )
         assert response.status_code == 401
         assert response.json()["errcode"] == "M_UNAUTHORIZED"
         assert response.json()["session"] == session
         assert_response_matches("POST", REGISTER, 401, response.json())
-        response = await client.post(REGISTER, json=body(auth={
-            "type": "m.login.registration_token", "token": "letmein", "session": session}))
+        response = await client.post(
+            REGISTER,
+            json=body(
+                auth={"type": "m.login.registration_token", "token": "letmein", "session": session}
+            ),
+        )
         assert response.status_code == 200, response.text
 
         for token, valid in (("letmein", True), ("wrong", False)):
@@ -272,15 +331,16 @@ async def test_static_token(tmp_path: Path, db_url: str) -> None:
 
 
 async def test_token_stage_errors(tmp_path: Path, db_url: str) -> None:
-    config = make_config(tmp_path, db_url,
-                         registration={"enabled": False, "tokens": ["letmein"]})
+    config = make_config(tmp_path, db_url, registration={"enabled": False, "tokens": ["letmein"]})
     async with serve(config) as (_, client):
-        response = await client.post(REGISTER, json=body(auth={
-            "type": "m.login.registration_token"}))
+        response = await client.post(
+            REGISTER, json=body(auth={"type": "m.login.registration_token"})
+        )
         assert response.status_code == 400
         assert response.json()["errcode"] == "M_MISSING_PARAM"
-        response = await client.post(REGISTER, json=body(auth={
-            "type": "m.login.registration_token", "token": 5}))
+        response = await client.post(
+            REGISTER, json=body(auth={"type": "m.login.registration_token", "token": 5})
+        )
         assert response.status_code == 400
         assert response.json()["errcode"] == "M_BAD_JSON"
         response = await client.get(VALIDITY)
@@ -289,17 +349,22 @@ async def test_token_stage_errors(tmp_path: Path, db_url: str) -> None:
 
 
 async def test_require_token_while_open(tmp_path: Path, db_url: str) -> None:
-    config = make_config(tmp_path, db_url, registration={
-        "enabled": True, "require_token": True, "tokens": ["letmein"]})
+    config = make_config(
+        tmp_path,
+        db_url,
+        registration={"enabled": True, "require_token": True, "tokens": ["letmein"]},
+    )
     async with serve(config) as (_, client):
         response = await client.post(REGISTER, json=body())
         assert response.json()["flows"] == [{"stages": ["m.login.registration_token"]}]
 
 
-async def _register_with_token(client: httpx.AsyncClient, username: str,
-                               token: str) -> httpx.Response:
-    return await client.post(REGISTER, json=body(username, auth={
-        "type": "m.login.registration_token", "token": token}))
+async def _register_with_token(
+    client: httpx.AsyncClient, username: str, token: str
+) -> httpx.Response:
+    return await client.post(
+        REGISTER, json=body(username, auth={"type": "m.login.registration_token", "token": token})
+    )
 
 
 async def test_database_token_uses(tmp_path: Path, db_url: str) -> None:
@@ -323,8 +388,9 @@ async def test_database_token_uses(tmp_path: Path, db_url: str) -> None:
         assert (await client.get(VALIDITY, params={"token": "once"})).json() == {"valid": False}
 
 
-async def test_pending_use_is_released_when_the_session_expires(tmp_path: Path,
-                                                                 db_url: str) -> None:
+async def test_pending_use_is_released_when_the_session_expires(
+    tmp_path: Path, db_url: str
+) -> None:
     config = make_config(tmp_path, db_url, registration={"enabled": False})
     clock = FakeClock()
     async with serve(config, clock) as (hs, client):
@@ -351,8 +417,10 @@ async def test_reserved_use_serves_a_retry(tmp_path: Path, db_url: str) -> None:
         await hs.registration_tokens.create_token("once", uses_allowed=1, expiry_time=None)
         session = await reserve(hs, "once")
         # The stage is done in this session: the use it reserved is the one counted.
-        response = await client.post(REGISTER, json=body(
-            "carol2", auth={"type": "m.login.registration_token", "session": session}))
+        response = await client.post(
+            REGISTER,
+            json=body("carol2", auth={"type": "m.login.registration_token", "session": session}),
+        )
         assert response.status_code == 200, response.text
         token = await hs.registration_tokens.get_token("once")
         assert token is not None and (token.pending, token.completed) == (0, 1)
@@ -360,8 +428,11 @@ async def test_reserved_use_serves_a_retry(tmp_path: Path, db_url: str) -> None:
 
 async def reserve(hs: Homeserver, token: str) -> str:
     """Complete the token stage of a registration session (as if the request then failed)."""
-    result = await hs.uia.authenticate({"type": "m.login.registration_token", "token": token},
-                                       [["m.login.registration_token"]], f"POST {REGISTER}")
+    result = await hs.uia.authenticate(
+        {"type": "m.login.registration_token", "token": token},
+        [["m.login.registration_token"]],
+        f"POST {REGISTER}",
+    )
     assert isinstance(result, UiaResult)
     return result.session_id
 
@@ -370,8 +441,9 @@ async def test_expired_database_token(tmp_path: Path, db_url: str) -> None:
     config = make_config(tmp_path, db_url, registration={"enabled": False})
     clock = FakeClock()
     async with serve(config, clock) as (hs, client):
-        await hs.registration_tokens.create_token("soon", uses_allowed=None,
-                                                  expiry_time=clock.now_ms() + 1000)
+        await hs.registration_tokens.create_token(
+            "soon", uses_allowed=None, expiry_time=clock.now_ms() + 1000
+        )
         assert (await client.get(VALIDITY, params={"token": "soon"})).json() == {"valid": True}
         clock.advance(1000)
         assert (await client.get(VALIDITY, params={"token": "soon"})).json() == {"valid": False}
@@ -400,8 +472,11 @@ async def test_register_user_admin(hs: Homeserver, client: httpx.AsyncClient) ->
 
 
 async def test_registration_rate_limit(tmp_path: Path, db_url: str) -> None:
-    config = make_config(tmp_path, db_url, rate_limits={
-        "enabled": True, "registration": {"per_second": 0.5, "burst": 2}})
+    config = make_config(
+        tmp_path,
+        db_url,
+        rate_limits={"enabled": True, "registration": {"per_second": 0.5, "burst": 2}},
+    )
     clock = FakeClock()
     async with serve(config, clock) as (_, client):
         for _ in range(2):

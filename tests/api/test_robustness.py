@@ -63,9 +63,13 @@ async def test_junk_never_gives_500(hs: Homeserver, client: httpx.AsyncClient) -
         for param in JUNK_PARAMS:
             path = _fill(template, param)
             for body in JUNK_BODIES if method in ("POST", "PUT") else [b""]:
-                r = await client.request(method, path, content=body, headers=headers,
-                                         params={"limit": "x", "from": "?", "since": "s-1",
-                                                 "dir": "q", "filter": "{"})
+                r = await client.request(
+                    method,
+                    path,
+                    content=body,
+                    headers=headers,
+                    params={"limit": "x", "from": "?", "since": "s-1", "dir": "q", "filter": "{"},
+                )
                 _check(r, f"{method} {path} {body[:40]!r}")
 
 
@@ -79,18 +83,27 @@ async def test_unknown_endpoint_and_method(client: httpx.AsyncClient) -> None:
 async def test_body_limits(client: httpx.AsyncClient, hs: Homeserver) -> None:
     _, token = await register(client, "big")
     limit = hs.config.limits.max_request_body_bytes
-    r = await client.post("/_matrix/client/v3/createRoom", headers=auth_header(token),
-                          content=b"{" + b" " * limit + b"}")
+    r = await client.post(
+        "/_matrix/client/v3/createRoom",
+        headers=auth_header(token),
+        content=b"{" + b" " * limit + b"}",
+    )
     assert (r.status_code, r.json()["errcode"]) == (413, "M_TOO_LARGE")
-    r = await client.post("/_matrix/client/v3/createRoom", headers=auth_header(token),
-                          content=b"{nope")
+    r = await client.post(
+        "/_matrix/client/v3/createRoom", headers=auth_header(token), content=b"{nope"
+    )
     assert (r.status_code, r.json()["errcode"]) == (400, "M_NOT_JSON")
 
 
 async def test_cors_on_client_endpoints(client: httpx.AsyncClient) -> None:
-    r = await client.options("/_matrix/client/v3/sync", headers={
-        "Origin": "https://app.element.io", "Access-Control-Request-Method": "GET",
-        "Access-Control-Request-Headers": "Authorization"})
+    r = await client.options(
+        "/_matrix/client/v3/sync",
+        headers={
+            "Origin": "https://app.element.io",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "Authorization",
+        },
+    )
     assert r.status_code == 200
     assert r.headers["access-control-allow-origin"] == "*"
     assert "Authorization" in r.headers["access-control-allow-headers"]
@@ -103,6 +116,8 @@ async def test_cors_on_client_endpoints(client: httpx.AsyncClient) -> None:
     r = await client.get("/_matrix/client/v3/sync")
     assert (r.status_code, r.headers["access-control-allow-origin"]) == (401, "*")
     assert "Content-Type" in r.headers["access-control-allow-headers"]
-    r = await client.options("/_matrix/media/v3/upload", headers={
-        "Origin": "https://app.element.io", "Access-Control-Request-Method": "POST"})
+    r = await client.options(
+        "/_matrix/media/v3/upload",
+        headers={"Origin": "https://app.element.io", "Access-Control-Request-Method": "POST"},
+    )
     assert (r.status_code, r.headers["access-control-allow-origin"]) == (200, "*")

@@ -14,8 +14,9 @@ SYNC = "/_matrix/client/v3/sync"
 
 
 async def _sync(client: httpx.AsyncClient, token: str, **params: Any) -> dict[str, Any]:
-    r = await client.get(SYNC, params={k: str(v) for k, v in params.items()},
-                         headers=auth_header(token))
+    r = await client.get(
+        SYNC, params={k: str(v) for k, v in params.items()}, headers=auth_header(token)
+    )
     assert r.status_code == 200, r.text
     assert_response_matches("GET", r.request.url.raw_path.decode(), 200, r.json())
     body: dict[str, Any] = r.json()
@@ -28,17 +29,20 @@ async def _room(client: httpx.AsyncClient, token: str, **body: Any) -> str:
     return str(r.json()["room_id"])
 
 
-async def _send(client: httpx.AsyncClient, token: str, room_id: str, text: str,
-                txn: str | None = None) -> str:
-    r = await client.put(f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn or text}",
-                         json={"msgtype": "m.text", "body": text}, headers=auth_header(token))
+async def _send(
+    client: httpx.AsyncClient, token: str, room_id: str, text: str, txn: str | None = None
+) -> str:
+    r = await client.put(
+        f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn or text}",
+        json={"msgtype": "m.text", "body": text},
+        headers=auth_header(token),
+    )
     assert r.status_code == 200, r.text
     return str(r.json()["event_id"])
 
 
 async def _join(client: httpx.AsyncClient, token: str, room_id: str) -> None:
-    r = await client.post(f"/_matrix/client/v3/join/{room_id}", json={},
-                          headers=auth_header(token))
+    r = await client.post(f"/_matrix/client/v3/join/{room_id}", json={}, headers=auth_header(token))
     assert r.status_code == 200, r.text
 
 
@@ -56,8 +60,13 @@ async def test_initial_sync_has_state_and_timeline(client: httpx.AsyncClient) ->
     state_types = {e["type"] for e in room["state"]["events"]}
     timeline_types = {e["type"] for e in timeline}
     # State at the start of the timeline plus the timeline's own state events cover the room.
-    assert {"m.room.create", "m.room.member", "m.room.power_levels", "m.room.name",
-            "m.room.topic"} <= state_types | timeline_types
+    assert {
+        "m.room.create",
+        "m.room.member",
+        "m.room.power_levels",
+        "m.room.name",
+        "m.room.topic",
+    } <= state_types | timeline_types
     assert room["summary"]["m.joined_member_count"] == 1
     assert all("room_id" not in e for e in timeline)
 
@@ -90,7 +99,8 @@ async def test_long_poll_returns_when_a_message_arrives(client: httpx.AsyncClien
     event_id = await _send(client, a_token, room_id, "wake up")
     body = await asyncio.wait_for(waiting, 10)
     assert [e["event_id"] for e in body["rooms"]["join"][room_id]["timeline"]["events"]] == [
-        event_id]
+        event_id
+    ]
 
 
 async def test_long_poll_times_out_empty(client: httpx.AsyncClient) -> None:
@@ -104,7 +114,8 @@ async def test_long_poll_times_out_empty(client: httpx.AsyncClient) -> None:
 
 
 async def test_long_poll_on_a_current_token_wakes_for_every_stream(
-        client: httpx.AsyncClient) -> None:
+    client: httpx.AsyncClient,
+) -> None:
     """A long-poll whose token is current waits before computing anything; each kind of
     news still wakes it: a message, account data, a to-device message."""
     alice, a_token = await register(client, "alice")
@@ -125,14 +136,19 @@ async def test_long_poll_on_a_current_token_wakes_for_every_stream(
         await _send(client, a_token, room_id, "news")
 
     async def account_data() -> None:
-        r = await client.put(f"/_matrix/client/v3/user/{alice}/account_data/org.example",
-                             json={"x": 1}, headers=auth_header(a_token))
+        r = await client.put(
+            f"/_matrix/client/v3/user/{alice}/account_data/org.example",
+            json={"x": 1},
+            headers=auth_header(a_token),
+        )
         assert r.status_code == 200, r.text
 
     async def to_device() -> None:
-        r = await client.put("/_matrix/client/v3/sendToDevice/org.example/t1",
-                             json={"messages": {alice: {"*": {"hello": True}}}},
-                             headers=auth_header(a_token))
+        r = await client.put(
+            "/_matrix/client/v3/sendToDevice/org.example/t1",
+            json={"messages": {alice: {"*": {"hello": True}}}},
+            headers=auth_header(a_token),
+        )
         assert r.status_code == 200, r.text
 
     body = await poll_during(message)
@@ -163,15 +179,15 @@ async def test_limited_timeline_then_messages_from_prev_batch(client: httpx.Asyn
     room_id = await _room(client, token)
     since = (await _sync(client, token))["next_batch"]
     sent = [await _send(client, token, room_id, f"m{i}") for i in range(25)]
-    body = await _sync(client, token, since=since,
-                       filter='{"room":{"timeline":{"limit":5}}}')
+    body = await _sync(client, token, since=since, filter='{"room":{"timeline":{"limit":5}}}')
     timeline = body["rooms"]["join"][room_id]["timeline"]
     assert timeline["limited"] is True
     assert [e["event_id"] for e in timeline["events"]] == sent[-5:]
-    r = await client.get(f"/_matrix/client/v3/rooms/{room_id}/messages",
-                         params={"from": timeline["prev_batch"], "dir": "b", "limit": "20",
-                                 "to": since},
-                         headers=auth_header(token))
+    r = await client.get(
+        f"/_matrix/client/v3/rooms/{room_id}/messages",
+        params={"from": timeline["prev_batch"], "dir": "b", "limit": "20", "to": since},
+        headers=auth_header(token),
+    )
     assert r.status_code == 200, r.text
     older = [e["event_id"] for e in r.json()["chunk"]]
     assert older == list(reversed(sent[:-5]))
@@ -197,8 +213,9 @@ async def test_leave_and_rejected_invite_in_leave_section(client: httpx.AsyncCli
     await _join(client, b_token, public)
     since = (await _sync(client, b_token))["next_batch"]
     for room_id in (public, private):
-        r = await client.post(f"/_matrix/client/v3/rooms/{room_id}/leave", json={},
-                              headers=auth_header(b_token))
+        r = await client.post(
+            f"/_matrix/client/v3/rooms/{room_id}/leave", json={}, headers=auth_header(b_token)
+        )
         assert r.status_code == 200, r.text
     await _send(client, a_token, public, "after bob left")
     body = await _sync(client, b_token, since=since)
@@ -219,13 +236,18 @@ async def test_filters_inline_and_stored(client: httpx.AsyncClient) -> None:
     body = await _sync(client, token, filter='{"room":{"timeline":{"types":["m.room.message"]}}}')
     types = {e["type"] for e in body["rooms"]["join"][room_id]["timeline"]["events"]}
     assert types == {"m.room.message"}
-    r = await client.post(f"/_matrix/client/v3/user/{alice}/filter", headers=auth_header(token),
-                          json={"room": {"timeline": {"not_types": ["m.room.*"]}}})
+    r = await client.post(
+        f"/_matrix/client/v3/user/{alice}/filter",
+        headers=auth_header(token),
+        json={"room": {"timeline": {"not_types": ["m.room.*"]}}},
+    )
     assert r.status_code == 200, r.text
     body = await _sync(client, token, filter=r.json()["filter_id"])
     assert room_id not in body.get("rooms", {}).get("join", {}) or not [
-        e for e in body["rooms"]["join"][room_id]["timeline"]["events"]
-        if e["type"].startswith("m.room.")]
+        e
+        for e in body["rooms"]["join"][room_id]["timeline"]["events"]
+        if e["type"].startswith("m.room.")
+    ]
     excluded = await _sync(client, token, filter=f'{{"room":{{"not_rooms":["{room_id}"]}}}}')
     assert room_id not in excluded.get("rooms", {}).get("join", {})
 
@@ -240,14 +262,19 @@ async def test_lazy_loading_members(client: httpx.AsyncClient) -> None:
         await _send(client, a_token, room_id, f"x{i}")
     talker, talker_token = users[0]
     await _send(client, talker_token, room_id, "from user0")
-    body = await _sync(client, a_token,
-                       filter='{"room":{"state":{"lazy_load_members":true},'
-                              '"timeline":{"limit":3}}}')
+    body = await _sync(
+        client,
+        a_token,
+        filter='{"room":{"state":{"lazy_load_members":true},"timeline":{"limit":3}}}',
+    )
     room = body["rooms"]["join"][room_id]
     members = {e["state_key"] for e in room["state"]["events"] if e["type"] == "m.room.member"}
     assert talker in members
-    assert members <= {talker, body["rooms"]["join"][room_id]["timeline"]["events"][0]["sender"],
-                       "@alice:test"}
+    assert members <= {
+        talker,
+        body["rooms"]["join"][room_id]["timeline"]["events"][0]["sender"],
+        "@alice:test",
+    }
     assert room["summary"]["m.joined_member_count"] == 5
 
 

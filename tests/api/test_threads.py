@@ -12,7 +12,6 @@ V1 = "/_matrix/client/v1"
 V3 = "/_matrix/client/v3"
 
 
-
 class Room:
     """A public room of alice (creator), bob and carol, all joined; dave is an outsider."""
 
@@ -26,20 +25,26 @@ class Room:
     async def setup(self) -> Room:
         for name in ("alice", "bob", "carol", "dave"):
             self.ids[name], self.tokens[name] = await register(self.client, name)
-        r = await self.client.post(f"{V3}/createRoom", json={"preset": "public_chat"},
-                                   headers=auth_header(self.tokens["alice"]))
+        r = await self.client.post(
+            f"{V3}/createRoom",
+            json={"preset": "public_chat"},
+            headers=auth_header(self.tokens["alice"]),
+        )
         self.room_id = checked(r)["room_id"]
         for name in ("bob", "carol"):
-            r = await self.client.post(f"{V3}/join/{self.room_id}", json={},
-                                       headers=auth_header(self.tokens[name]))
+            r = await self.client.post(
+                f"{V3}/join/{self.room_id}", json={}, headers=auth_header(self.tokens[name])
+            )
             checked(r)
         return self
 
     async def send_raw(self, who: str, content: dict[str, Any]) -> httpx.Response:
         self._txn += 1
         return await self.client.put(
-            f"{V3}/rooms/{self.room_id}/send/m.room.message/t{self._txn}", json=content,
-            headers=auth_header(self.tokens[who]))
+            f"{V3}/rooms/{self.room_id}/send/m.room.message/t{self._txn}",
+            json=content,
+            headers=auth_header(self.tokens[who]),
+        )
 
     async def text(self, who: str, body: str, relates_to: dict[str, Any] | None = None) -> str:
         content: dict[str, Any] = {"msgtype": "m.text", "body": body}
@@ -51,15 +56,18 @@ class Room:
         return await self.text(who, body, {"rel_type": "m.thread", "event_id": root})
 
     async def event(self, who: str, event_id: str) -> dict[str, Any]:
-        r = await self.client.get(f"{V3}/rooms/{self.room_id}/event/{event_id}",
-                                  headers=auth_header(self.tokens[who]))
+        r = await self.client.get(
+            f"{V3}/rooms/{self.room_id}/event/{event_id}", headers=auth_header(self.tokens[who])
+        )
         body: dict[str, Any] = checked(r)
         return body
 
     async def threads_raw(self, who: str, **params: Any) -> httpx.Response:
-        return await self.client.get(f"{V1}/rooms/{self.room_id}/threads",
-                                     params={k: str(v) for k, v in params.items()},
-                                     headers=auth_header(self.tokens[who]))
+        return await self.client.get(
+            f"{V1}/rooms/{self.room_id}/threads",
+            params={k: str(v) for k, v in params.items()},
+            headers=auth_header(self.tokens[who]),
+        )
 
     async def threads(self, who: str, **params: Any) -> dict[str, Any]:
         body: dict[str, Any] = checked(await self.threads_raw(who, **params))
@@ -76,11 +84,15 @@ async def test_thread_summary_is_bundled(client: httpx.AsyncClient) -> None:
     root = await room.text("alice", "topic")
     await room.reply_in_thread("bob", root, "first")
     latest = await room.reply_in_thread("bob", root, "second")
-    r = await room.send_raw("bob", {"msgtype": "m.text", "body": "* second!!",
-                                    "m.new_content": {"msgtype": "m.text",
-                                                      "body": "second!!"},
-                                    "m.relates_to": {"rel_type": "m.replace",
-                                                     "event_id": latest}})
+    r = await room.send_raw(
+        "bob",
+        {
+            "msgtype": "m.text",
+            "body": "* second!!",
+            "m.new_content": {"msgtype": "m.text", "body": "second!!"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": latest},
+        },
+    )
     edit = checked(r)["event_id"]
 
     summary = thread_of(await room.event("alice", root))
@@ -93,21 +105,29 @@ async def test_thread_summary_is_bundled(client: httpx.AsyncClient) -> None:
     assert thread_of(await room.event("bob", root))["current_user_participated"] is True
     assert thread_of(await room.event("carol", root))["current_user_participated"] is False
 
-    r = await client.get(f"{V3}/rooms/{room.room_id}/messages", params={"limit": "20"},
-                         headers=auth_header(room.tokens["carol"]))
+    r = await client.get(
+        f"{V3}/rooms/{room.room_id}/messages",
+        params={"limit": "20"},
+        headers=auth_header(room.tokens["carol"]),
+    )
     chunk = {e["event_id"]: e for e in checked(r)["chunk"]}
     assert thread_of(chunk[root])["count"] == 2
 
-    r = await client.get(f"{V3}/sync", params={"filter": '{"room":{"timeline":{"limit":20}}}'},
-                         headers=auth_header(room.tokens["carol"]))
+    r = await client.get(
+        f"{V3}/sync",
+        params={"filter": '{"room":{"timeline":{"limit":20}}}'},
+        headers=auth_header(room.tokens["carol"]),
+    )
     timeline = checked(r)["rooms"]["join"][room.room_id]["timeline"]["events"]
     synced = next(e for e in timeline if e["event_id"] == root)
     assert thread_of(synced)["latest_event"]["event_id"] == latest
     assert "room_id" not in thread_of(synced)["latest_event"]
 
     # The replies themselves, through /relations.
-    r = await client.get(f"{V1}/rooms/{room.room_id}/relations/{root}/m.thread",
-                         headers=auth_header(room.tokens["carol"]))
+    r = await client.get(
+        f"{V1}/rooms/{room.room_id}/relations/{root}/m.thread",
+        headers=auth_header(room.tokens["carol"]),
+    )
     assert [e["content"]["body"] for e in checked(r)["chunk"]] == ["second", "first"]
 
 
@@ -116,8 +136,11 @@ async def test_redacted_thread_reply_leaves_the_thread(client: httpx.AsyncClient
     root = await room.text("alice", "topic")
     first = await room.reply_in_thread("bob", root, "first")
     second = await room.reply_in_thread("bob", root, "second")
-    r = await client.put(f"{V3}/rooms/{room.room_id}/redact/{second}/r1", json={},
-                         headers=auth_header(room.tokens["bob"]))
+    r = await client.put(
+        f"{V3}/rooms/{room.room_id}/redact/{second}/r1",
+        json={},
+        headers=auth_header(room.tokens["bob"]),
+    )
     checked(r)
     summary = thread_of(await room.event("alice", root))
     assert summary["count"] == 1
@@ -129,9 +152,11 @@ async def test_ignored_users_are_left_out_of_the_summary(client: httpx.AsyncClie
     root = await room.text("alice", "topic")
     mine = await room.reply_in_thread("carol", root, "carol's")
     await room.reply_in_thread("bob", root, "bob's")
-    r = await client.put(f"{V3}/user/{room.ids['carol']}/account_data/m.ignored_user_list",
-                         json={"ignored_users": {room.ids["bob"]: {}}},
-                         headers=auth_header(room.tokens["carol"]))
+    r = await client.put(
+        f"{V3}/user/{room.ids['carol']}/account_data/m.ignored_user_list",
+        json={"ignored_users": {room.ids["bob"]: {}}},
+        headers=auth_header(room.tokens["carol"]),
+    )
     checked(r)
     summary = thread_of(await room.event("carol", root))
     assert summary["count"] == 1
@@ -144,17 +169,27 @@ async def test_no_thread_off_an_event_with_a_relation(client: httpx.AsyncClient)
     root = await room.text("alice", "topic")
     reply = await room.reply_in_thread("bob", root, "in thread")
     # spec, "Validation of m.thread relationships": 400 M_UNKNOWN.
-    r = await room.send_raw("carol", {"msgtype": "m.text", "body": "nested", "m.relates_to": {
-        "rel_type": "m.thread", "event_id": reply}})
+    r = await room.send_raw(
+        "carol",
+        {
+            "msgtype": "m.text",
+            "body": "nested",
+            "m.relates_to": {"rel_type": "m.thread", "event_id": reply},
+        },
+    )
     checked(r, 400, "M_UNKNOWN")
     edit = await room.text("alice", "* topic", {"rel_type": "m.replace", "event_id": root})
-    r = await room.send_raw("carol", {"msgtype": "m.text", "body": "off an edit",
-                                      "m.relates_to": {"rel_type": "m.thread",
-                                                       "event_id": edit}})
+    r = await room.send_raw(
+        "carol",
+        {
+            "msgtype": "m.text",
+            "body": "off an edit",
+            "m.relates_to": {"rel_type": "m.thread", "event_id": edit},
+        },
+    )
     checked(r, 400, "M_UNKNOWN")
     # A plain reply (m.in_reply_to, no rel_type) can be a thread root.
-    plain_reply = await room.text("bob", "> topic\n\nyes", {
-        "m.in_reply_to": {"event_id": root}})
+    plain_reply = await room.text("bob", "> topic\n\nyes", {"m.in_reply_to": {"event_id": root}})
     await room.reply_in_thread("carol", plain_reply, "fine")
 
 
@@ -202,18 +237,21 @@ async def test_thread_list_errors(client: httpx.AsyncClient) -> None:
     checked(await room.threads_raw("bob", **{"from": "page2"}), 400, "M_INVALID_PARAM")
     r = await client.get(f"{V1}/rooms/{room.room_id}/threads")
     checked(r, 401, "M_MISSING_TOKEN", documented=False)
-    r = await client.get(f"{V1}/rooms/!nowhere:test/threads",
-                         headers=auth_header(room.tokens["bob"]))
+    r = await client.get(
+        f"{V1}/rooms/!nowhere:test/threads", headers=auth_header(room.tokens["bob"])
+    )
     checked(r, 403, "M_FORBIDDEN")
 
 
-async def test_thread_list_of_a_departed_member_stops_at_the_leave(client: httpx.AsyncClient
-                                                                   ) -> None:
+async def test_thread_list_of_a_departed_member_stops_at_the_leave(
+    client: httpx.AsyncClient,
+) -> None:
     room = await Room(client).setup()
     old = await room.text("alice", "old topic")
     await room.reply_in_thread("bob", old, "before")
-    r = await client.post(f"{V3}/rooms/{room.room_id}/leave", json={},
-                          headers=auth_header(room.tokens["carol"]))
+    r = await client.post(
+        f"{V3}/rooms/{room.room_id}/leave", json={}, headers=auth_header(room.tokens["carol"])
+    )
     checked(r)
     new = await room.text("alice", "new topic")
     await room.reply_in_thread("bob", new, "after")

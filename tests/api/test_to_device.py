@@ -19,18 +19,27 @@ V3 = "/_matrix/client/v3"
 
 
 async def _sync(client: httpx.AsyncClient, token: str, **params: Any) -> dict[str, Any]:
-    r = await client.get(f"{V3}/sync", params={k: str(v) for k, v in params.items()},
-                         headers=auth_header(token))
+    r = await client.get(
+        f"{V3}/sync", params={k: str(v) for k, v in params.items()}, headers=auth_header(token)
+    )
     assert r.status_code == 200, r.text
     assert_response_matches("GET", r.request.url.raw_path.decode(), 200, r.json())
     body: dict[str, Any] = r.json()
     return body
 
 
-async def _send(client: httpx.AsyncClient, token: str, txn: str, messages: dict[str, Any],
-                event_type: str = "org.example.ping") -> None:
-    r = await client.put(f"{V3}/sendToDevice/{event_type}/{txn}", json={"messages": messages},
-                         headers=auth_header(token))
+async def _send(
+    client: httpx.AsyncClient,
+    token: str,
+    txn: str,
+    messages: dict[str, Any],
+    event_type: str = "org.example.ping",
+) -> None:
+    r = await client.put(
+        f"{V3}/sendToDevice/{event_type}/{txn}",
+        json={"messages": messages},
+        headers=auth_header(token),
+    )
     assert r.status_code == 200, r.text
     assert_response_matches("PUT", r.request.url.raw_path.decode(), 200, r.json())
     assert r.json() == {}
@@ -54,8 +63,7 @@ async def test_delivered_exactly_once(client: httpx.AsyncClient) -> None:
     since = (await _sync(client, b_token))["next_batch"]
     await _send(client, a_token, "t1", {bob: {bob_device: {"n": 1}}})
     first = await _sync(client, b_token, since=since)
-    assert _to_device(first) == [{"type": "org.example.ping", "sender": alice,
-                                  "content": {"n": 1}}]
+    assert _to_device(first) == [{"type": "org.example.ping", "sender": alice, "content": {"n": 1}}]
     # The next sync acknowledges it: never again.
     second = await _sync(client, b_token, since=first["next_batch"])
     assert _to_device(second) == []
@@ -121,9 +129,16 @@ async def test_wildcard_reaches_every_device(client: httpx.AsyncClient) -> None:
 async def test_unknown_targets_are_skipped(client: httpx.AsyncClient) -> None:
     _, a_token = await register(client, "alice")
     bob, b_token = await register(client, "bob")
-    await _send(client, a_token, "t1", {"@nobody:test": {"X": {}},
-                                        "@remote:elsewhere.example": {"Y": {}},
-                                        bob: {"NOSUCHDEVICE": {"lost": True}}})
+    await _send(
+        client,
+        a_token,
+        "t1",
+        {
+            "@nobody:test": {"X": {}},
+            "@remote:elsewhere.example": {"Y": {}},
+            bob: {"NOSUCHDEVICE": {"lost": True}},
+        },
+    )
     assert _to_device(await _sync(client, b_token)) == []
 
 
@@ -178,8 +193,9 @@ async def test_capped_per_sync_without_loss(hs: Homeserver, client: httpx.AsyncC
     assert received == list(range(total))
 
 
-async def test_deleting_a_device_deletes_its_messages(hs: Homeserver,
-                                                       client: httpx.AsyncClient) -> None:
+async def test_deleting_a_device_deletes_its_messages(
+    hs: Homeserver, client: httpx.AsyncClient
+) -> None:
     _, a_token = await register(client, "alice")
     await register(client, "bob")
     bob, bob_device, b_token = await _device(client, "bob")

@@ -21,8 +21,9 @@ def _typing_path(room_id: str, user_id: str) -> str:
 
 async def _sync(client: httpx.AsyncClient, token: str, **params: Any) -> dict[str, Any]:
     params.setdefault("set_presence", "offline")
-    r = await client.get(SYNC, params={k: str(v) for k, v in params.items()},
-                         headers=auth_header(token))
+    r = await client.get(
+        SYNC, params={k: str(v) for k, v in params.items()}, headers=auth_header(token)
+    )
     assert r.status_code == 200, r.text
     assert_response_matches("GET", r.request.url.raw_path.decode(), 200, r.json())
     body: dict[str, Any] = r.json()
@@ -39,8 +40,9 @@ def _typing_in(body: dict[str, Any], room_id: str) -> list[str] | None:
     return user_ids
 
 
-async def _set_typing(client: httpx.AsyncClient, token: str, room_id: str, user_id: str,
-                      body: dict[str, Any]) -> None:
+async def _set_typing(
+    client: httpx.AsyncClient, token: str, room_id: str, user_id: str, body: dict[str, Any]
+) -> None:
     path = _typing_path(room_id, user_id)
     r = await client.put(path, json=body, headers=auth_header(token))
     assert r.status_code == 200, r.text
@@ -50,11 +52,15 @@ async def _set_typing(client: httpx.AsyncClient, token: str, room_id: str, user_
 async def _room_of_two(client: httpx.AsyncClient) -> tuple[str, str, str, str, str]:
     alice, a_token = await register(client, "alice")
     _, b_token = await register(client, "bob")
-    r = await client.post("/_matrix/client/v3/createRoom", json={"preset": "public_chat"},
-                          headers=auth_header(a_token))
+    r = await client.post(
+        "/_matrix/client/v3/createRoom",
+        json={"preset": "public_chat"},
+        headers=auth_header(a_token),
+    )
     room_id = str(r.json()["room_id"])
-    r = await client.post(f"/_matrix/client/v3/join/{room_id}", json={},
-                          headers=auth_header(b_token))
+    r = await client.post(
+        f"/_matrix/client/v3/join/{room_id}", json={}, headers=auth_header(b_token)
+    )
     assert r.status_code == 200, r.text
     return room_id, alice, a_token, "@bob:test", b_token
 
@@ -82,8 +88,9 @@ async def test_start_and_stop_typing(client: httpx.AsyncClient) -> None:
     assert _typing_in(await _sync(client, b_token, since=stopped["next_batch"]), room_id) is None
 
 
-async def test_typing_expires_on_time(client: httpx.AsyncClient, hs: Homeserver,
-                                      clock: FakeClock) -> None:
+async def test_typing_expires_on_time(
+    client: httpx.AsyncClient, hs: Homeserver, clock: FakeClock
+) -> None:
     room_id, alice, a_token, _, b_token = await _room_of_two(client)
     await _set_typing(client, a_token, room_id, alice, {"typing": True, "timeout": 10_000})
     since = (await _sync(client, b_token))["next_batch"]
@@ -103,8 +110,9 @@ async def test_typing_expires_on_time(client: httpx.AsyncClient, hs: Homeserver,
     assert _typing_in(await _sync(client, b_token), room_id) is None
 
 
-async def test_long_timeouts_are_capped(client: httpx.AsyncClient, hs: Homeserver,
-                                        clock: FakeClock) -> None:
+async def test_long_timeouts_are_capped(
+    client: httpx.AsyncClient, hs: Homeserver, clock: FakeClock
+) -> None:
     room_id, alice, a_token, _, b_token = await _room_of_two(client)
     await _set_typing(client, a_token, room_id, alice, {"typing": True, "timeout": 10**12})
     clock.advance(120_000)
@@ -140,10 +148,14 @@ async def test_bad_inputs(client: httpx.AsyncClient) -> None:
         (a_token, _typing_path(room_id, alice), {"timeout": 1000}, 400, "M_MISSING_PARAM"),
         (a_token, _typing_path(room_id, alice), {"typing": "yes"}, 400, "M_BAD_JSON"),
         (a_token, _typing_path(room_id, alice), {"typing": 1}, 400, "M_BAD_JSON"),
-        (a_token, _typing_path(room_id, alice), {"typing": True, "timeout": -1}, 400,
-         "M_BAD_JSON"),
-        (a_token, _typing_path(room_id, alice), {"typing": True, "timeout": "1"}, 400,
-         "M_BAD_JSON"),
+        (a_token, _typing_path(room_id, alice), {"typing": True, "timeout": -1}, 400, "M_BAD_JSON"),
+        (
+            a_token,
+            _typing_path(room_id, alice),
+            {"typing": True, "timeout": "1"},
+            400,
+            "M_BAD_JSON",
+        ),
         (a_token, _typing_path(room_id, alice), b"not json", 400, "M_NOT_JSON"),
         (a_token, _typing_path("nope", alice), ok, 400, "M_INVALID_PARAM"),
         (a_token, _typing_path(room_id, "alice"), ok, 400, "M_INVALID_PARAM"),

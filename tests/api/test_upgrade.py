@@ -31,37 +31,48 @@ async def create(client: httpx.AsyncClient, token: str, **body: Any) -> str:
     return str(checked(r)["room_id"])
 
 
-async def state(client: httpx.AsyncClient, token: str, room_id: str, event_type: str,
-                state_key: str = "") -> dict[str, Any]:
-    r = await client.get(f"{V3}/rooms/{room_id}/state/{event_type}/{state_key}",
-                         headers=auth_header(token))
+async def state(
+    client: httpx.AsyncClient, token: str, room_id: str, event_type: str, state_key: str = ""
+) -> dict[str, Any]:
+    r = await client.get(
+        f"{V3}/rooms/{room_id}/state/{event_type}/{state_key}", headers=auth_header(token)
+    )
     body: dict[str, Any] = checked(r)
     return body
 
 
-async def upgrade(client: httpx.AsyncClient, token: str, room_id: str,
-                  body: Any) -> httpx.Response:
-    return await client.post(f"{V3}/rooms/{room_id}/upgrade", json=body,
-                             headers=auth_header(token))
+async def upgrade(client: httpx.AsyncClient, token: str, room_id: str, body: Any) -> httpx.Response:
+    return await client.post(f"{V3}/rooms/{room_id}/upgrade", json=body, headers=auth_header(token))
 
 
 @pytest.mark.parametrize("old_version", ["10", "11"])
 async def test_upgrade_to_v12_copies_state_and_retires_the_old_room(
-        client: httpx.AsyncClient, old_version: str) -> None:
+    client: httpx.AsyncClient, old_version: str
+) -> None:
     alice, atok = await register(client, "alice")
     bob, btok = await register(client, "bob")
-    old = await create(client, atok, preset="public_chat", room_version=old_version,
-                       visibility="public", name="Kitchen", topic="tea",
-                       room_alias_name="kitchen",
-                       power_level_content_override={"users": {alice: 100, bob: 50}})
+    old = await create(
+        client,
+        atok,
+        preset="public_chat",
+        room_version=old_version,
+        visibility="public",
+        name="Kitchen",
+        topic="tea",
+        room_alias_name="kitchen",
+        power_level_content_override={"users": {alice: 100, bob: 50}},
+    )
     r = await client.post(f"{V3}/join/{old}", json={}, headers=auth_header(btok))
     checked(r)
-    r = await client.put(f"{V3}/rooms/{old}/state/m.room.history_visibility/",
-                         json={"history_visibility": "world_readable"},
-                         headers=auth_header(atok))
+    r = await client.put(
+        f"{V3}/rooms/{old}/state/m.room.history_visibility/",
+        json={"history_visibility": "world_readable"},
+        headers=auth_header(atok),
+    )
     checked(r)
-    r = await client.get(f"{V3}/rooms/{old}/messages", params={"limit": "1"},
-                         headers=auth_header(atok))
+    r = await client.get(
+        f"{V3}/rooms/{old}/messages", params={"limit": "1"}, headers=auth_header(atok)
+    )
     last_event = checked(r)["chunk"][0]["event_id"]
 
     new = checked(await upgrade(client, atok, old, {"new_version": "12"}))["replacement_room"]
@@ -75,14 +86,13 @@ async def test_upgrade_to_v12_copies_state_and_retires_the_old_room(
     assert (await state(client, atok, new, "m.room.topic"))["topic"] == "tea"
     assert (await state(client, atok, new, "m.room.join_rules"))["join_rule"] == "public"
     assert (await state(client, atok, new, "m.room.history_visibility"))[
-        "history_visibility"] == "world_readable"
-    assert (await state(client, atok, new, "m.room.guest_access"))["guest_access"] == \
-        "forbidden"
+        "history_visibility"
+    ] == "world_readable"
+    assert (await state(client, atok, new, "m.room.guest_access"))["guest_access"] == "forbidden"
     pl = await state(client, atok, new, "m.room.power_levels")
     # v12: the creator has infinite power and may not be listed; others keep their levels.
     assert pl["users"] == {bob: 50}
-    assert (await state(client, atok, new, "m.room.canonical_alias"))["alias"] == \
-        "#kitchen:test"
+    assert (await state(client, atok, new, "m.room.canonical_alias"))["alias"] == "#kitchen:test"
     r = await client.get(alias_url("#kitchen:test"))
     assert checked(r)["room_id"] == new
     r = await client.get(f"{V3}/directory/list/room/{new}")
@@ -99,8 +109,11 @@ async def test_upgrade_to_v12_copies_state_and_retires_the_old_room(
     assert old_pl["events_default"] == 50 and old_pl["invite"] == 50
     assert await state(client, atok, old, "m.room.canonical_alias") == {}
     # Bob (50) can still speak in the old room; a newcomer at 0 could not.
-    r = await client.put(f"{V3}/rooms/{old}/send/m.room.message/t1",
-                         json={"msgtype": "m.text", "body": "hi"}, headers=auth_header(btok))
+    r = await client.put(
+        f"{V3}/rooms/{old}/send/m.room.message/t1",
+        json={"msgtype": "m.text", "body": "hi"},
+        headers=auth_header(btok),
+    )
     checked(r)
     # Bob follows the tombstone.
     r = await client.post(f"{V3}/join/{new}", json={}, headers=auth_header(btok))
@@ -111,8 +124,14 @@ async def test_upgrade_from_v12_with_additional_creators(client: httpx.AsyncClie
     alice, atok = await register(client, "alice")
     bob, btok = await register(client, "bob")
     carol, _ = await register(client, "carol")
-    old = await create(client, atok, preset="private_chat", room_version="12",
-                       invite=[bob], power_level_content_override={"users": {bob: 100}})
+    old = await create(
+        client,
+        atok,
+        preset="private_chat",
+        room_version="12",
+        invite=[bob],
+        power_level_content_override={"users": {bob: 100}},
+    )
     r = await client.post(f"{V3}/join/{old}", json={}, headers=auth_header(btok))
     checked(r)
     # Bob has 100, not infinite: in v12 only creators may send the tombstone (150).
@@ -137,24 +156,36 @@ async def test_upgrade_to_an_older_version_lists_the_creator(client: httpx.Async
     pl = await state(client, atok, new, "m.room.power_levels")
     # The v12 creator had no entry; without infinite power in v10 they need one.
     assert pl["users"] == {alice: 100}
-    r = await client.put(f"{V3}/rooms/{new}/state/m.room.name/", json={"name": "again"},
-                         headers=auth_header(atok))
+    r = await client.put(
+        f"{V3}/rooms/{new}/state/m.room.name/", json={"name": "again"}, headers=auth_header(atok)
+    )
     checked(r)
 
 
 async def test_moderator_with_tombstone_power_upgrades(client: httpx.AsyncClient) -> None:
     alice, atok = await register(client, "alice")
     bob, btok = await register(client, "bob")
-    old = await create(client, atok, preset="public_chat", room_version="11",
-                       power_level_content_override={
-                           "users": {alice: 100, bob: 60},
-                           "events": {"m.room.tombstone": 60, "m.room.server_acl": 100,
-                                      "m.room.power_levels": 100}})
+    old = await create(
+        client,
+        atok,
+        preset="public_chat",
+        room_version="11",
+        power_level_content_override={
+            "users": {alice: 100, bob: 60},
+            "events": {
+                "m.room.tombstone": 60,
+                "m.room.server_acl": 100,
+                "m.room.power_levels": 100,
+            },
+        },
+    )
     r = await client.post(f"{V3}/join/{old}", json={}, headers=auth_header(btok))
     checked(r)
-    r = await client.put(f"{V3}/rooms/{old}/state/m.room.server_acl/",
-                         json={"allow": ["*"], "deny": ["evil.example"],
-                               "allow_ip_literals": False}, headers=auth_header(atok))
+    r = await client.put(
+        f"{V3}/rooms/{old}/state/m.room.server_acl/",
+        json={"allow": ["*"], "deny": ["evil.example"], "allow_ip_literals": False},
+        headers=auth_header(atok),
+    )
     checked(r)
     new = checked(await upgrade(client, btok, old, {"new_version": "11"}))["replacement_room"]
     # Bob sent the server ACL (level 100) for a moment, then went back to 60.
@@ -174,24 +205,29 @@ async def test_upgrade_errors(client: httpx.AsyncClient) -> None:
     room = await create(client, atok, preset="public_chat", room_version="11")
     r = await client.post(f"{V3}/join/{room}", json={}, headers=auth_header(btok))
     checked(r)
-    checked(await upgrade(client, atok, room, {"new_version": "9"}), 400,
-            "M_UNSUPPORTED_ROOM_VERSION")
-    checked(await upgrade(client, atok, room, {"new_version": "bogus"}), 400,
-            "M_UNSUPPORTED_ROOM_VERSION")
+    checked(
+        await upgrade(client, atok, room, {"new_version": "9"}), 400, "M_UNSUPPORTED_ROOM_VERSION"
+    )
+    checked(
+        await upgrade(client, atok, room, {"new_version": "bogus"}),
+        400,
+        "M_UNSUPPORTED_ROOM_VERSION",
+    )
     checked(await upgrade(client, btok, room, {"new_version": "12"}), 403, "M_FORBIDDEN")
     checked(await upgrade(client, ctok, room, {"new_version": "12"}), 403, "M_FORBIDDEN")
-    checked(await upgrade(client, atok, "!unknown:test", {"new_version": "12"}), 403,
-            "M_FORBIDDEN")
+    checked(await upgrade(client, atok, "!unknown:test", {"new_version": "12"}), 403, "M_FORBIDDEN")
     checked(await upgrade(client, atok, room, {}), 400, "M_MISSING_PARAM")
     checked(await upgrade(client, atok, room, {"new_version": 12}), 400, "M_BAD_JSON")
     checked(await upgrade(client, atok, room, ["12"]), 400, "M_BAD_JSON")
-    checked(await upgrade(client, atok, room, {"new_version": "12",
-                                               "additional_creators": ["nobody"]}),
-            400, "M_INVALID_PARAM")
-    r = await client.post(f"{V3}/rooms/{room}/upgrade", content=b"{not json",
-                          headers=auth_header(atok))
+    checked(
+        await upgrade(client, atok, room, {"new_version": "12", "additional_creators": ["nobody"]}),
+        400,
+        "M_INVALID_PARAM",
+    )
+    r = await client.post(
+        f"{V3}/rooms/{room}/upgrade", content=b"{not json", headers=auth_header(atok)
+    )
     checked(r, 400, "M_NOT_JSON")
     # Nothing happened to the room through all of that.
-    r = await client.get(f"{V3}/rooms/{room}/state/m.room.tombstone/",
-                         headers=auth_header(atok))
+    r = await client.get(f"{V3}/rooms/{room}/state/m.room.tombstone/", headers=auth_header(atok))
     assert r.status_code == 404

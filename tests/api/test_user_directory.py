@@ -13,10 +13,8 @@ V3 = "/_matrix/client/v3"
 SEARCH = f"{V3}/user_directory/search"
 
 
-async def _search(client: httpx.AsyncClient, token: str, term: str,
-                  **extra: Any) -> dict[str, Any]:
-    r = await client.post(SEARCH, json={"search_term": term, **extra},
-                          headers=auth_header(token))
+async def _search(client: httpx.AsyncClient, token: str, term: str, **extra: Any) -> dict[str, Any]:
+    r = await client.post(SEARCH, json={"search_term": term, **extra}, headers=auth_header(token))
     assert r.status_code == 200, r.text
     assert_response_matches("POST", SEARCH, 200, r.json())
     body: dict[str, Any] = r.json()
@@ -40,8 +38,9 @@ async def _join(client: httpx.AsyncClient, token: str, room_id: str) -> None:
 
 async def _profile(client: httpx.AsyncClient, token: str, user_id: str, **fields: str) -> None:
     for key, value in fields.items():
-        r = await client.put(f"{V3}/profile/{user_id}/{key}", json={key: value},
-                             headers=auth_header(token))
+        r = await client.put(
+            f"{V3}/profile/{user_id}/{key}", json={key: value}, headers=auth_header(token)
+        )
         assert r.status_code == 200, r.text
 
 
@@ -49,15 +48,18 @@ async def test_shared_private_room_only_for_members(client: httpx.AsyncClient) -
     _, a_token = await register(client, "alice")
     bob, b_token = await register(client, "bob")
     _, c_token = await register(client, "carol")
-    await _profile(client, b_token, bob, displayname="Bobby Tables",
-                   avatar_url="mxc://test/bobby")
+    await _profile(client, b_token, bob, displayname="Bobby Tables", avatar_url="mxc://test/bobby")
     room_id = await _room(client, a_token, preset="private_chat", invite=[bob])
     # An invite is not a shared room yet.
     assert _ids(await _search(client, a_token, "bobby")) == []
     await _join(client, b_token, room_id)
     body = await _search(client, a_token, "bobby")
-    assert body == {"limited": False, "results": [
-        {"user_id": bob, "display_name": "Bobby Tables", "avatar_url": "mxc://test/bobby"}]}
+    assert body == {
+        "limited": False,
+        "results": [
+            {"user_id": bob, "display_name": "Bobby Tables", "avatar_url": "mxc://test/bobby"}
+        ],
+    }
     # carol shares no room with bob and bob is in no public room: never found.
     for term in ("bobby", "bob", bob, "tables"):
         assert bob not in _ids(await _search(client, c_token, term))
@@ -84,8 +86,11 @@ async def test_public_room_members_are_found_by_anyone(client: httpx.AsyncClient
     # carol is in no room at all, yet sees the public room's members.
     assert dave in _ids(await _search(client, c_token, "dave"))
     # The join rule turning to invite hides them again.
-    r = await client.put(f"{V3}/rooms/{room_id}/state/m.room.join_rules/",
-                         json={"join_rule": "invite"}, headers=auth_header(a_token))
+    r = await client.put(
+        f"{V3}/rooms/{room_id}/state/m.room.join_rules/",
+        json={"join_rule": "invite"},
+        headers=auth_header(a_token),
+    )
     assert r.status_code == 200, r.text
     assert _ids(await _search(client, c_token, "dave")) == []
 
@@ -96,9 +101,11 @@ async def test_world_readable_room_members_are_found(client: httpx.AsyncClient) 
     _, c_token = await register(client, "carol")
     await _room(client, a_token, preset="private_chat", invite=[erin])
     room_id = await _room(client, a_token, preset="private_chat")
-    r = await client.put(f"{V3}/rooms/{room_id}/state/m.room.history_visibility/",
-                         json={"history_visibility": "world_readable"},
-                         headers=auth_header(a_token))
+    r = await client.put(
+        f"{V3}/rooms/{room_id}/state/m.room.history_visibility/",
+        json={"history_visibility": "world_readable"},
+        headers=auth_header(a_token),
+    )
     assert r.status_code == 200, r.text
     assert "@alice:test" in _ids(await _search(client, c_token, "alice"))
     assert _ids(await _search(client, c_token, "erin")) == []

@@ -50,17 +50,18 @@ async def _until(condition: Any) -> None:
 
 
 async def test_a_client_that_never_reads_holds_at_most_max_queued_frames(
-        tmp_path: Path, db_url: str) -> None:
+    tmp_path: Path, db_url: str
+) -> None:
     limit = 4
     config = make_config(tmp_path, db_url, websocket={"max_queued_frames": limit})
     async with serve(config) as (hs, client):
         _, token = await register(client, "alice")
-        r = await client.post("/_matrix/client/v3/createRoom", json={},
-                              headers=auth_header(token))
+        r = await client.post("/_matrix/client/v3/createRoom", json={}, headers=auth_header(token))
         room_id = r.json()["room_id"]
         stuck = StuckClient()
-        task = asyncio.create_task(hs.websocket.serve(
-            stuck, authorization=f"Bearer {token}", token_in_url=False, query={}))
+        task = asyncio.create_task(
+            hs.websocket.serve(stuck, authorization=f"Bearer {token}", token_in_url=False, query={})
+        )
         await _until(lambda: hs.websocket.connections)
         (connection,) = hs.websocket.connections
         await _until(lambda: connection.queued_frames == 1)  # "ready" in flight, the sync
@@ -68,14 +69,17 @@ async def test_a_client_that_never_reads_holds_at_most_max_queued_frames(
         sent = 0
         while connection.close_code is None:
             before = connection.queued_frames
-            r = await client.put(f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/"
-                                 f"t{sent}", json={"body": str(sent)},
-                                 headers=auth_header(token))
+            r = await client.put(
+                f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t{sent}",
+                json={"body": str(sent)},
+                headers=auth_header(token),
+            )
             assert r.status_code == 200
             sent += 1
             # One frame per event (waiting for it keeps batches from merging).
-            await _until(lambda b=before: connection.queued_frames > b
-                         or connection.close_code is not None)
+            await _until(
+                lambda b=before: connection.queued_frames > b or connection.close_code is not None
+            )
             most = max(most, connection.queued_frames)
             assert sent <= limit, "the outbox grew past its bound"
         assert connection.close_code == CloseCode.TOO_SLOW
@@ -93,8 +97,9 @@ async def test_a_peer_that_goes_away_ends_its_connection(tmp_path: Path, db_url:
         _, token = await register(client, "alice")
         peer = StuckClient()
         peer.reading.set()
-        task = asyncio.create_task(hs.websocket.serve(
-            peer, authorization=f"Bearer {token}", token_in_url=False, query={}))
+        task = asyncio.create_task(
+            hs.websocket.serve(peer, authorization=f"Bearer {token}", token_in_url=False, query={})
+        )
         await _until(lambda: len(peer.sent) == 2)
         assert [f["type"] for f in peer.sent] == ["ready", "sync"]
         await peer.incoming.put(None)
@@ -103,23 +108,36 @@ async def test_a_peer_that_goes_away_ends_its_connection(tmp_path: Path, db_url:
         assert not hs.websocket.connections
 
 
-async def test_send_has_the_rate_limit_of_the_http_endpoint(tmp_path: Path,
-                                                           db_url: str) -> None:
-    config = make_config(tmp_path, db_url, rate_limits={
-        "enabled": True, "message": {"per_second": 0.001, "burst": 1}})
+async def test_send_has_the_rate_limit_of_the_http_endpoint(tmp_path: Path, db_url: str) -> None:
+    config = make_config(
+        tmp_path,
+        db_url,
+        rate_limits={"enabled": True, "message": {"per_second": 0.001, "burst": 1}},
+    )
     async with serve(config) as (hs, client):
         _, token = await register(client, "alice")
-        r = await client.post("/_matrix/client/v3/createRoom", json={},
-                              headers=auth_header(token))
+        r = await client.post("/_matrix/client/v3/createRoom", json={}, headers=auth_header(token))
         room_id = r.json()["room_id"]
         peer = StuckClient()
         peer.reading.set()
-        task = asyncio.create_task(hs.websocket.serve(
-            peer, authorization=f"Bearer {token}", token_in_url=False, query={}))
+        task = asyncio.create_task(
+            hs.websocket.serve(peer, authorization=f"Bearer {token}", token_in_url=False, query={})
+        )
         for i in range(2):
-            await peer.incoming.put(orjson.dumps({"id": str(i), "method": "send", "params": {
-                "room_id": room_id, "event_type": "m.room.message", "txn_id": f"t{i}",
-                "content": {"body": "hi"}}}).decode())
+            await peer.incoming.put(
+                orjson.dumps(
+                    {
+                        "id": str(i),
+                        "method": "send",
+                        "params": {
+                            "room_id": room_id,
+                            "event_type": "m.room.message",
+                            "txn_id": f"t{i}",
+                            "content": {"body": "hi"},
+                        },
+                    }
+                ).decode()
+            )
         await _until(lambda: sum("id" in f for f in peer.sent) == 2)
         first, second = [f for f in peer.sent if "id" in f]
         assert "event_id" in first["result"]
@@ -131,11 +149,20 @@ async def test_send_has_the_rate_limit_of_the_http_endpoint(tmp_path: Path,
 
 async def _websocket_upgrade(app: Any) -> list[dict[str, Any]]:
     """Ask ``app`` for an upgrade as an ASGI server would; what it sends back."""
-    scope = {"type": "websocket", "path": f"/_matrix/client{PATH}", "raw_path": b"",
-             "query_string": b"", "headers": [], "subprotocols": [],
-             "extensions": {"websocket.http.response": {}}, "client": ("127.0.0.1", 1),
-             "server": ("127.0.0.1", 8008), "scheme": "ws", "root_path": "",
-             "asgi": {"version": "3.0"}}
+    scope = {
+        "type": "websocket",
+        "path": f"/_matrix/client{PATH}",
+        "raw_path": b"",
+        "query_string": b"",
+        "headers": [],
+        "subprotocols": [],
+        "extensions": {"websocket.http.response": {}},
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8008),
+        "scheme": "ws",
+        "root_path": "",
+        "asgi": {"version": "3.0"},
+    }
     incoming = [{"type": "websocket.connect"}]
     sent: list[dict[str, Any]] = []
 

@@ -48,8 +48,20 @@ class ServerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open
         env = {k: v for k, v in os.environ.items() if not k.startswith("HS_")}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "homeserver", "-c", str(self.config_path), "run",
-             "--log-level", "WARNING"], stdout=log, stderr=log, env=env)
+            [
+                sys.executable,
+                "-m",
+                "homeserver",
+                "-c",
+                str(self.config_path),
+                "run",
+                "--log-level",
+                "WARNING",
+            ],
+            stdout=log,
+            stderr=log,
+            env=env,
+        )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:

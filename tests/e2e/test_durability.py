@@ -25,14 +25,17 @@ async def test_acknowledged_events_survive_kill_9(server: ServerProcess) -> None
                     r = await client.put(
                         f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t{i}",
                         json={"msgtype": "m.text", "body": f"message {i}"},
-                        headers=auth_header(token))
+                        headers=auth_header(token),
+                    )
                 except httpx.TransportError:
                     return  # the server is gone
                 if r.status_code == 200:
                     acknowledged.append((token, room_id, r.json()["event_id"]))
 
-        senders = [asyncio.create_task(send(token, room_id))
-                   for (_, token), room_id in zip(users, rooms, strict=True)]
+        senders = [
+            asyncio.create_task(send(token, room_id))
+            for (_, token), room_id in zip(users, rooms, strict=True)
+        ]
         await asyncio.sleep(1.5)
         server.kill()
         await asyncio.wait_for(asyncio.gather(*senders), 30)
@@ -41,12 +44,15 @@ async def test_acknowledged_events_survive_kill_9(server: ServerProcess) -> None
     server.start()
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
         for token, room_id, event_id in acknowledged:
-            r = await client.get(f"/_matrix/client/v3/rooms/{room_id}/event/{event_id}",
-                                 headers=auth_header(token))
+            r = await client.get(
+                f"/_matrix/client/v3/rooms/{room_id}/event/{event_id}", headers=auth_header(token)
+            )
             assert r.status_code == 200, (event_id, r.text)
         # The rooms still take events after the restart.
         token, room_id, _ = acknowledged[-1]
-        r = await client.put(f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/after",
-                             json={"msgtype": "m.text", "body": "after"},
-                             headers=auth_header(token))
+        r = await client.put(
+            f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/after",
+            json={"msgtype": "m.text", "body": "after"},
+            headers=auth_header(token),
+        )
         assert r.status_code == 200, r.text

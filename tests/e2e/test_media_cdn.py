@@ -35,17 +35,18 @@ APT_TIMEOUT_S = 600
 
 def _ensure_nginx() -> str:
     """nginx from Debian: installed here if missing (CI runs as root on a Debian machine)."""
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
-                                      else None)
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
     if found:
         return found
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "--no-install-recommends", "nginx"]
     if subprocess.run(install, env=env, capture_output=True, timeout=APT_TIMEOUT_S).returncode:
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True,
-                       timeout=APT_TIMEOUT_S)
-        subprocess.run(install, env=env, capture_output=True, check=True,
-                       timeout=APT_TIMEOUT_S)
+        subprocess.run(
+            ["apt-get", "update"], env=env, capture_output=True, check=True, timeout=APT_TIMEOUT_S
+        )
+        subprocess.run(install, env=env, capture_output=True, check=True, timeout=APT_TIMEOUT_S)
     for path in (shutil.which("nginx"), "/usr/sbin/nginx"):
         if path and Path(path).exists():
             return path
@@ -63,10 +64,12 @@ class Nginx:
     def start(self) -> None:
         binary = _ensure_nginx()
         conf = (ROOT / "config" / "nginx-media.conf").read_text()
-        for old, new in [("server 127.0.0.1:8008;", f"server 127.0.0.1:{self._upstream_port};"),
-                         ("listen 127.0.0.1:8090;", f"listen 127.0.0.1:{self.port};"),
-                         ("CHANGE_ME_TO_MEDIA_CDN_SECRET", SECRET),
-                         ("worker_processes auto;", "worker_processes 1;")]:
+        for old, new in [
+            ("server 127.0.0.1:8008;", f"server 127.0.0.1:{self._upstream_port};"),
+            ("listen 127.0.0.1:8090;", f"listen 127.0.0.1:{self.port};"),
+            ("CHANGE_ME_TO_MEDIA_CDN_SECRET", SECRET),
+            ("worker_processes auto;", "worker_processes 1;"),
+        ]:
             assert old in conf, old
             conf = conf.replace(old, new)
         (self.run_dir / "tmp").mkdir(parents=True, exist_ok=True)
@@ -75,8 +78,9 @@ class Nginx:
         check = subprocess.run([*base, "-t"], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
         # In the foreground, so that this process owns it and stops it by PID.
-        self._proc = subprocess.Popen([*base, "-g", "daemon off;"], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL)
+        self._proc = subprocess.Popen(
+            [*base, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -102,8 +106,9 @@ class Nginx:
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Nginx]]:
     workdir = tmp_path_factory.mktemp("cdn")
     port = free_port()
-    server = ServerProcess(workdir, None, media={"cdn": {
-        "base_url": f"http://127.0.0.1:{port}", "secret": SECRET}})
+    server = ServerProcess(
+        workdir, None, media={"cdn": {"base_url": f"http://127.0.0.1:{port}", "secret": SECRET}}
+    )
     # nginx workers run as nobody: their directory must be reachable, which pytest's
     # private temporary directories are not.
     edge_dir = Path(tempfile.mkdtemp(prefix="media-edge-"))
@@ -122,8 +127,10 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProce
 
 
 async def _register(client: httpx.AsyncClient, name: str) -> dict[str, str]:
-    response = await client.post("/_matrix/client/v3/register", json={
-        "username": name, "password": PASSWORD, "auth": {"type": "m.login.dummy"}})
+    response = await client.post(
+        "/_matrix/client/v3/register",
+        json={"username": name, "password": PASSWORD, "auth": {"type": "m.login.dummy"}},
+    )
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
@@ -133,10 +140,13 @@ async def test_download_through_the_edge(edge: tuple[ServerProcess, Nginx]) -> N
     data = os.urandom(300_000)
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as hs:
         auth = await _register(hs, "alice")
-        response = await hs.post("/_matrix/media/v3/upload", content=data,
-                                 headers={**auth, "Content-Type": "video/mp4"},
-                                 params={"filename": "clip.mp4"})
-        path = response.json()["content_uri"][len("mxc://"):]
+        response = await hs.post(
+            "/_matrix/media/v3/upload",
+            content=data,
+            headers={**auth, "Content-Type": "video/mp4"},
+            params={"filename": "clip.mp4"},
+        )
+        path = response.json()["content_uri"][len("mxc://") :]
         response = await hs.get(f"/_matrix/client/v1/media/download/{path}", headers=auth)
         assert response.status_code == 307
         location = response.headers["location"]
@@ -181,17 +191,24 @@ async def test_download_through_the_edge(edge: tuple[ServerProcess, Nginx]) -> N
 
 async def test_thumbnail_through_the_edge(edge: tuple[ServerProcess, Nginx]) -> None:
     server, _ = edge
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=30,
-                                 follow_redirects=True) as client:
+    async with httpx.AsyncClient(
+        base_url=server.base_url, timeout=30, follow_redirects=True
+    ) as client:
         auth = await _register(client, "bob")
-        response = await client.post("/_matrix/media/v3/upload", headers={
-            **auth, "Content-Type": "image/jpeg"}, content=make_image("JPEG", 1200, 800))
-        path = response.json()["content_uri"][len("mxc://"):]
+        response = await client.post(
+            "/_matrix/media/v3/upload",
+            headers={**auth, "Content-Type": "image/jpeg"},
+            content=make_image("JPEG", 1200, 800),
+        )
+        path = response.json()["content_uri"][len("mxc://") :]
         statuses = []
         for _ in range(2):
             # A client that follows the redirect, as matrix-nio and browsers do.
-            response = await client.get(f"/_matrix/client/v1/media/thumbnail/{path}",
-                                        params={"width": 320, "height": 240}, headers=auth)
+            response = await client.get(
+                f"/_matrix/client/v1/media/thumbnail/{path}",
+                params={"width": 320, "height": 240},
+                headers=auth,
+            )
             assert response.status_code == 200, response.text
             assert response.history[0].status_code == 307
             assert Image.open(io.BytesIO(response.content)).size == (320, 213)

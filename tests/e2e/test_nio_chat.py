@@ -31,8 +31,9 @@ async def people(server: ServerProcess) -> AsyncIterator[dict[str, nio.AsyncClie
             await client.close()
 
 
-async def _wait_for_message(client: nio.AsyncClient, room_id: str, body: str,
-                            timeout_s: float = 20) -> nio.RoomMessageText:
+async def _wait_for_message(
+    client: nio.AsyncClient, room_id: str, body: str, timeout_s: float = 20
+) -> nio.RoomMessageText:
     """Long-poll sync until ``body`` arrives in ``room_id``."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while asyncio.get_running_loop().time() < deadline:
@@ -59,22 +60,23 @@ async def _accept_invite(client: nio.AsyncClient, room_id: str) -> None:
 
 async def test_direct_message_both_ways(people: dict[str, nio.AsyncClient]) -> None:
     alice, bob = people["alice"], people["bob"]
-    created = await alice.room_create(is_direct=True, invite=[bob.user_id],
-                                      preset=nio.RoomPreset.trusted_private_chat)
+    created = await alice.room_create(
+        is_direct=True, invite=[bob.user_id], preset=nio.RoomPreset.trusted_private_chat
+    )
     assert isinstance(created, nio.RoomCreateResponse), created
     room_id = created.room_id
     await alice.sync(timeout=0)
     await _accept_invite(bob, room_id)
 
-    sent = await alice.room_send(room_id, "m.room.message",
-                                 {"msgtype": "m.text", "body": "hi Bob"})
+    sent = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "hi Bob"})
     assert isinstance(sent, nio.RoomSendResponse), sent
     received = await _wait_for_message(bob, room_id, "hi Bob")
     assert received.sender == alice.user_id
     assert received.event_id == sent.event_id
 
-    reply = await bob.room_send(room_id, "m.room.message",
-                                {"msgtype": "m.text", "body": "hi Alice"})
+    reply = await bob.room_send(
+        room_id, "m.room.message", {"msgtype": "m.text", "body": "hi Alice"}
+    )
     assert isinstance(reply, nio.RoomSendResponse), reply
     got = await _wait_for_message(alice, room_id, "hi Alice")
     assert got.sender == bob.user_id
@@ -95,15 +97,17 @@ async def test_group_room_everyone_receives(people: dict[str, nio.AsyncClient]) 
     # Everyone is already waiting in a long-poll when the message is sent.
     waiting = [asyncio.create_task(_wait_for_message(c, room_id, "standup in 5")) for c in others]
     await asyncio.sleep(0.2)
-    sent = await alice.room_send(room_id, "m.room.message",
-                                 {"msgtype": "m.text", "body": "standup in 5"})
+    sent = await alice.room_send(
+        room_id, "m.room.message", {"msgtype": "m.text", "body": "standup in 5"}
+    )
     assert isinstance(sent, nio.RoomSendResponse), sent
     for event in await asyncio.gather(*waiting):
         assert event.event_id == sent.event_id
 
     # And a reply from one reaches the others, the sender included.
-    reply = await people["carol"].room_send(room_id, "m.room.message",
-                                            {"msgtype": "m.text", "body": "on my way"})
+    reply = await people["carol"].room_send(
+        room_id, "m.room.message", {"msgtype": "m.text", "body": "on my way"}
+    )
     assert isinstance(reply, nio.RoomSendResponse), reply
     for client in (alice, people["bob"], people["dan"]):
         await _wait_for_message(client, room_id, "on my way")

@@ -16,8 +16,11 @@ from nio.crypto.sas import SasState
 from tests.e2e.conftest import ServerProcess
 
 PASSWORD = "correct horse battery"
-ENCRYPTION = {"type": "m.room.encryption", "state_key": "",
-              "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+ENCRYPTION = {
+    "type": "m.room.encryption",
+    "state_key": "",
+    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+}
 # A timeline long enough for the whole (short) history of the test room.
 LONG_TIMELINE = {"room": {"timeline": {"limit": 50}}}
 ROUNDS = 20
@@ -35,8 +38,9 @@ class People:
     def _new(self, name: str) -> nio.AsyncClient:
         store = self._tmp_path / f"store-{name}-{len(self.clients)}"
         store.mkdir()
-        config = nio.AsyncClientConfig(max_timeouts=3, store_sync_tokens=False,
-                                       encryption_enabled=True)
+        config = nio.AsyncClientConfig(
+            max_timeouts=3, store_sync_tokens=False, encryption_enabled=True
+        )
         client = nio.AsyncClient(self._server.base_url, store_path=str(store), config=config)
         self.clients.append(client)
         return client
@@ -68,8 +72,9 @@ async def people(server: ServerProcess, tmp_path: Path) -> AsyncIterator[People]
             await client.close()
 
 
-async def step(client: nio.AsyncClient, timeout_ms: int = 0,
-               sync_filter: dict[str, Any] | None = None) -> nio.SyncResponse:
+async def step(
+    client: nio.AsyncClient, timeout_ms: int = 0, sync_filter: dict[str, Any] | None = None
+) -> nio.SyncResponse:
     """One round of what ``sync_forever`` does: sync, then send, upload, query, claim."""
     response = await client.sync(timeout=timeout_ms, sync_filter=sync_filter)
     assert isinstance(response, nio.SyncResponse), response
@@ -93,8 +98,9 @@ async def until(what: str, check: Callable[[], Awaitable[bool]]) -> None:
 
 
 async def create_encrypted_room(creator: nio.AsyncClient, *members: nio.AsyncClient) -> str:
-    created = await creator.room_create(invite=[m.user_id for m in members],
-                                        initial_state=[ENCRYPTION])
+    created = await creator.room_create(
+        invite=[m.user_id for m in members], initial_state=[ENCRYPTION]
+    )
     assert isinstance(created, nio.RoomCreateResponse), created
     for member in members:
         await join(member, created.room_id)
@@ -115,14 +121,19 @@ async def join(client: nio.AsyncClient, room_id: str) -> None:
 async def send(client: nio.AsyncClient, room_id: str, body: str) -> str:
     # Let the sender see the latest memberships and device lists first, as sync_forever does.
     await step(client)
-    sent = await client.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": body},
-                                  ignore_unverified_devices=True)
+    sent = await client.room_send(
+        room_id,
+        "m.room.message",
+        {"msgtype": "m.text", "body": body},
+        ignore_unverified_devices=True,
+    )
     assert isinstance(sent, nio.RoomSendResponse), sent
     return str(sent.event_id)
 
 
-async def receive(client: nio.AsyncClient, room_id: str, event_id: str,
-                  sync_filter: dict[str, Any] | None = None) -> nio.Event:
+async def receive(
+    client: nio.AsyncClient, room_id: str, event_id: str, sync_filter: dict[str, Any] | None = None
+) -> nio.Event:
     """Sync until ``event_id`` arrives in ``room_id``; the event as nio made it of it."""
     found: list[nio.Event] = []
 
@@ -156,8 +167,10 @@ async def test_exchange_and_late_joiner(people: People) -> None:
 
     # What the server stored is ciphertext only.
     async with httpx.AsyncClient(base_url=people.base_url) as http:
-        r = await http.get(f"/_matrix/client/v3/rooms/{room_id}/event/{first}",
-                           headers={"Authorization": f"Bearer {bob.access_token}"})
+        r = await http.get(
+            f"/_matrix/client/v3/rooms/{room_id}/event/{first}",
+            headers={"Authorization": f"Bearer {bob.access_token}"},
+        )
     assert r.status_code == 200 and r.json()["type"] == "m.room.encrypted", r.text
     assert "secret" not in r.text
 
@@ -267,8 +280,11 @@ async def test_sas_verification_over_to_device(people: People) -> None:
 
     async def bob_sees_start() -> bool:
         response = await step(bob, 500)
-        transactions.extend(e.transaction_id for e in response.to_device_events
-                            if isinstance(e, nio.KeyVerificationStart))
+        transactions.extend(
+            e.transaction_id
+            for e in response.to_device_events
+            if isinstance(e, nio.KeyVerificationStart)
+        )
         return bool(transactions)
 
     await until("Bob receives the verification request", bob_sees_start)
@@ -279,8 +295,7 @@ async def test_sas_verification_over_to_device(people: People) -> None:
     async def keys_exchanged() -> bool:
         await step(alice, 200)
         await step(bob, 200)
-        return all(c.key_verifications[txn].state == SasState.key_received
-                   for c in (alice, bob))
+        return all(c.key_verifications[txn].state == SasState.key_received for c in (alice, bob))
 
     await until("the SAS keys are exchanged", keys_exchanged)
     emoji = alice.key_verifications[txn].get_emoji()
@@ -292,7 +307,11 @@ async def test_sas_verification_over_to_device(people: People) -> None:
     async def verified() -> bool:
         await step(alice, 200)
         await step(bob, 200)
-        return alice.olm is not None and bob.olm is not None and \
-            alice.olm.is_device_verified(bob_device) and bob.olm.is_device_verified(alice_device)
+        return (
+            alice.olm is not None
+            and bob.olm is not None
+            and alice.olm.is_device_verified(bob_device)
+            and bob.olm.is_device_verified(alice_device)
+        )
 
     await until("both devices are verified", verified)

@@ -31,9 +31,12 @@ async def pair(server: ServerProcess) -> AsyncIterator[tuple[nio.AsyncClient, ni
         await bob.close()
 
 
-async def _sync_until(client: nio.AsyncClient, what: str,
-                      check: Callable[[nio.SyncResponse], bool],
-                      timeout_s: float = 20) -> nio.SyncResponse:
+async def _sync_until(
+    client: nio.AsyncClient,
+    what: str,
+    check: Callable[[nio.SyncResponse], bool],
+    timeout_s: float = 20,
+) -> nio.SyncResponse:
     """Long-poll sync until ``check`` holds for a response."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while asyncio.get_running_loop().time() < deadline:
@@ -50,8 +53,7 @@ def _ephemeral(response: nio.SyncResponse, room_id: str) -> list[object]:
 
 
 def _typing(response: nio.SyncResponse, room_id: str) -> list[list[str]]:
-    return [e.users for e in _ephemeral(response, room_id)
-            if isinstance(e, nio.TypingNoticeEvent)]
+    return [e.users for e in _ephemeral(response, room_id) if isinstance(e, nio.TypingNoticeEvent)]
 
 
 def _unread(response: nio.SyncResponse, room_id: str) -> int | None:
@@ -63,10 +65,12 @@ def _unread(response: nio.SyncResponse, room_id: str) -> int | None:
 
 
 async def test_typing_receipts_unread_counts_and_presence(
-        pair: tuple[nio.AsyncClient, nio.AsyncClient]) -> None:
+    pair: tuple[nio.AsyncClient, nio.AsyncClient],
+) -> None:
     alice, bob = pair
-    created = await alice.room_create(is_direct=True, invite=[bob.user_id],
-                                      preset=nio.RoomPreset.trusted_private_chat)
+    created = await alice.room_create(
+        is_direct=True, invite=[bob.user_id], preset=nio.RoomPreset.trusted_private_chat
+    )
     assert isinstance(created, nio.RoomCreateResponse), created
     room_id = created.room_id
     await alice.sync(timeout=0)
@@ -91,18 +95,23 @@ async def test_typing_receipts_unread_counts_and_presence(
     assert isinstance(marked, nio.UpdateReceiptMarkerResponse), marked
 
     def has_receipt(response: nio.SyncResponse) -> bool:
-        return any(receipt.user_id == alice.user_id and receipt.event_id == sent.event_id
-                   and receipt.receipt_type == "m.read"
-                   for e in _ephemeral(response, room_id) if isinstance(e, nio.ReceiptEvent)
-                   for receipt in e.receipts)
+        return any(
+            receipt.user_id == alice.user_id
+            and receipt.event_id == sent.event_id
+            and receipt.receipt_type == "m.read"
+            for e in _ephemeral(response, room_id)
+            if isinstance(e, nio.ReceiptEvent)
+            for receipt in e.receipts
+        )
 
     await _sync_until(bob, "alice's receipt", has_receipt)
     await _sync_until(alice, "no unread message", lambda r: _unread(r, room_id) == 0)
 
     # Alice is online (she syncs); then she goes offline and Bob sees it.
     def presence_of_alice(state: str) -> Callable[[nio.SyncResponse], bool]:
-        return lambda r: any(e.user_id == alice.user_id and e.presence == state
-                             for e in r.presence_events)
+        return lambda r: any(
+            e.user_id == alice.user_id and e.presence == state for e in r.presence_events
+        )
 
     shown = await bob.get_presence(alice.user_id)
     assert isinstance(shown, nio.PresenceGetResponse), shown

@@ -46,27 +46,38 @@ def _unb64url(text: str) -> bytes:
 
 
 def _notification(*devices: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"notification": {
-        "event_id": "$ev1", "room_id": "!room:example.org", "type": "m.room.message",
-        "sender": "@alice:example.org", "sender_display_name": "Alice", "room_name": "Lunch",
-        "prio": "high", "content": {"msgtype": "m.text", "body": "I'm floating"},
-        "counts": {"unread": 2}, "devices": list(devices), **extra}}
+    return {
+        "notification": {
+            "event_id": "$ev1",
+            "room_id": "!room:example.org",
+            "type": "m.room.message",
+            "sender": "@alice:example.org",
+            "sender_display_name": "Alice",
+            "room_name": "Lunch",
+            "prio": "high",
+            "content": {"msgtype": "m.text", "body": "I'm floating"},
+            "counts": {"unread": 2},
+            "devices": list(devices),
+            **extra,
+        }
+    }
 
 
 @pytest.fixture
 async def gateway_client(tmp_path: Path) -> AsyncIterator[tuple[Gateway, httpx.AsyncClient]]:
     gateway = Gateway(parse_gateway_config({"apps": {}}))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)),
-                                 base_url="http://gw") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(gateway)), base_url="http://gw"
+    ) as client:
         yield gateway, client
     await gateway.aclose()
 
 
-async def _serve_gateway(config: dict[str, Any]
-                         ) -> tuple[Gateway, httpx.AsyncClient]:
+async def _serve_gateway(config: dict[str, Any]) -> tuple[Gateway, httpx.AsyncClient]:
     gateway = Gateway(parse_gateway_config(config))
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(gateway)),
-                               base_url="http://gw")
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(gateway)), base_url="http://gw"
+    )
     return gateway, client
 
 
@@ -74,9 +85,14 @@ async def test_notify_api_errors(gateway_client: tuple[Gateway, httpx.AsyncClien
     _, client = gateway_client
     r = await client.post(NOTIFY, content=b"{nope")
     assert (r.status_code, r.json()["errcode"]) == (400, "M_NOT_JSON")
-    bodies: list[Any] = [[], {}, {"notification": []}, {"notification": {"devices": []}},
-                 {"notification": {"devices": [{"app_id": "a"}]}},
-                         {"notification": {"devices": ["x"]}}]
+    bodies: list[Any] = [
+        [],
+        {},
+        {"notification": []},
+        {"notification": {"devices": []}},
+        {"notification": {"devices": [{"app_id": "a"}]}},
+        {"notification": {"devices": ["x"]}},
+    ]
     for body in bodies:
         r = await client.post(NOTIFY, json=body)
         assert (r.status_code, r.json()["errcode"]) == (400, "M_BAD_JSON"), body
@@ -85,8 +101,7 @@ async def test_notify_api_errors(gateway_client: tuple[Gateway, httpx.AsyncClien
     r = await client.post("/_matrix/push/v1/other", json={})
     assert (r.status_code, r.json()["errcode"]) == (404, "M_UNRECOGNIZED")
     # An app this gateway does not serve: the pushkey is rejected.
-    r = await client.post(NOTIFY, json=_notification({"app_id": "com.unknown",
-                                                      "pushkey": "k"}))
+    r = await client.post(NOTIFY, json=_notification({"app_id": "com.unknown", "pushkey": "k"}))
     assert r.json() == {"rejected": ["k"]}
 
 
@@ -99,8 +114,11 @@ async def test_webpush_encrypted_and_vapid_signed(tmp_path: Path) -> None:
     vapid.save_key(str(tmp_path / "vapid.pem"))
     # The subscriber: a browser's key pair and auth secret (RFC 8291).
     client_key = ec.generate_private_key(ec.SECP256R1())
-    p256dh = _b64url(client_key.public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint))
+    p256dh = _b64url(
+        client_key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+    )
     auth = os.urandom(16)
     received: list[tuple[dict[str, str], bytes]] = []
 
@@ -115,18 +133,38 @@ async def test_webpush_encrypted_and_vapid_signed(tmp_path: Path) -> None:
     app.router.add_post("/push/sub1", push)
     app.router.add_post("/push/gone", gone)
     async with LocalHTTP(app) as endpoint:
-        gateway, client = await _serve_gateway({"apps": {"org.example.web": {
-            "type": "webpush", "vapid_private_key_file": str(tmp_path / "vapid.pem"),
-            "vapid_contact": "mailto:admin@example.org", "allow_private_endpoints": True}}})
-        device: dict[str, Any] = {"app_id": "org.example.web", "pushkey": p256dh,
-                  "data": {"endpoint": f"{endpoint.base_url}/push/sub1", "auth": _b64url(auth),
-                           "default_payload": {"from": "gateway"}},
-                  "tweaks": {"sound": "default"}}
-        dead = {**device, "pushkey": p256dh + "", "data": {
-            **device["data"], "endpoint": f"{endpoint.base_url}/push/gone"}}
-        dead["pushkey"] = _b64url(ec.generate_private_key(ec.SECP256R1()).public_key()
-                                  .public_bytes(serialization.Encoding.X962,
-                                                serialization.PublicFormat.UncompressedPoint))
+        gateway, client = await _serve_gateway(
+            {
+                "apps": {
+                    "org.example.web": {
+                        "type": "webpush",
+                        "vapid_private_key_file": str(tmp_path / "vapid.pem"),
+                        "vapid_contact": "mailto:admin@example.org",
+                        "allow_private_endpoints": True,
+                    }
+                }
+            }
+        )
+        device: dict[str, Any] = {
+            "app_id": "org.example.web",
+            "pushkey": p256dh,
+            "data": {
+                "endpoint": f"{endpoint.base_url}/push/sub1",
+                "auth": _b64url(auth),
+                "default_payload": {"from": "gateway"},
+            },
+            "tweaks": {"sound": "default"},
+        }
+        dead = {
+            **device,
+            "pushkey": p256dh + "",
+            "data": {**device["data"], "endpoint": f"{endpoint.base_url}/push/gone"},
+        }
+        dead["pushkey"] = _b64url(
+            ec.generate_private_key(ec.SECP256R1())
+            .public_key()
+            .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        )
         r = await client.post(NOTIFY, json=_notification(device, dead))
         assert r.status_code == 200, r.text
         assert r.json() == {"rejected": [dead["pushkey"]]}
@@ -135,8 +173,9 @@ async def test_webpush_encrypted_and_vapid_signed(tmp_path: Path) -> None:
     [(headers, body)] = received
     assert headers["Content-Encoding"] == "aes128gcm"
     assert headers["Urgency"] == "high" and int(headers["TTL"]) > 0
-    payload = json.loads(http_ece.decrypt(body, private_key=client_key, auth_secret=auth,
-                                          version="aes128gcm"))
+    payload = json.loads(
+        http_ece.decrypt(body, private_key=client_key, auth_secret=auth, version="aes128gcm")
+    )
     assert payload["event_id"] == "$ev1" and payload["room_id"] == "!room:example.org"
     assert payload["unread"] == 2 and payload["sender_display_name"] == "Alice"
     assert payload["content"]["body"] == "I'm floating" and payload["from"] == "gateway"
@@ -144,10 +183,10 @@ async def test_webpush_encrypted_and_vapid_signed(tmp_path: Path) -> None:
     scheme, _, params = headers["Authorization"].partition(" ")
     assert scheme == "vapid"
     fields = dict(p.strip().split("=", 1) for p in params.split(","))
-    public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(),
-                                                          _unb64url(fields["k"]))
-    claims = jwt.decode(fields["t"], public, algorithms=["ES256"],
-                        audience=f"http://127.0.0.1:{endpoint.port}")
+    public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), _unb64url(fields["k"]))
+    claims = jwt.decode(
+        fields["t"], public, algorithms=["ES256"], audience=f"http://127.0.0.1:{endpoint.port}"
+    )
     assert claims["sub"] == "mailto:admin@example.org"
 
 
@@ -155,15 +194,21 @@ async def test_webpush_refuses_private_endpoints_and_bad_keys(tmp_path: Path) ->
     vapid = Vapid02()
     vapid.generate_keys()
     vapid.save_key(str(tmp_path / "vapid.pem"))
-    gateway, client = await _serve_gateway({"apps": {"w": {
-        "type": "webpush", "vapid_private_key_file": str(tmp_path / "vapid.pem"),
-        "vapid_contact": "mailto:a@example.org"}}})
+    gateway, client = await _serve_gateway(
+        {
+            "apps": {
+                "w": {
+                    "type": "webpush",
+                    "vapid_private_key_file": str(tmp_path / "vapid.pem"),
+                    "vapid_contact": "mailto:a@example.org",
+                }
+            }
+        }
+    )
     devices = [
-        {"app_id": "w", "pushkey": "k1", "data": {"endpoint": "http://127.0.0.1:9/p",
-                                                  "auth": "x"}},
+        {"app_id": "w", "pushkey": "k1", "data": {"endpoint": "http://127.0.0.1:9/p", "auth": "x"}},
         {"app_id": "w", "pushkey": "k2", "data": {}},
-        {"app_id": "w", "pushkey": "k3", "data": {"endpoint": "ftp://example.org/p",
-                                                  "auth": "x"}},
+        {"app_id": "w", "pushkey": "k3", "data": {"endpoint": "ftp://example.org/p", "auth": "x"}},
     ]
     r = await client.post(NOTIFY, json=_notification(*devices))
     assert r.json() == {"rejected": ["k1", "k2", "k3"]}
@@ -178,19 +223,30 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path
 
 
@@ -208,8 +264,9 @@ class FakeApns:
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> FakeApns:
-        self._server = await asyncio.start_server(self._connection, "127.0.0.1", self.port,
-                                                  ssl=self._context)
+        self._server = await asyncio.start_server(
+            self._connection, "127.0.0.1", self.port, ssl=self._context
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -217,8 +274,7 @@ class FakeApns:
         self._server.close()
         await self._server.wait_closed()
 
-    async def _connection(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         ssl_object = writer.get_extra_info("ssl_object")
         assert ssl_object.selected_alpn_protocol() == "h2"
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
@@ -231,20 +287,29 @@ class FakeApns:
                 for event in conn.receive_data(data):
                     if isinstance(event, h2.events.RequestReceived):
                         headers[event.stream_id] = {
-                            (k.decode() if isinstance(k, bytes) else k):
-                            (v.decode() if isinstance(v, bytes) else v)
-                            for k, v in event.headers}
+                            (k.decode() if isinstance(k, bytes) else k): (
+                                v.decode() if isinstance(v, bytes) else v
+                            )
+                            for k, v in event.headers
+                        }
                         bodies[event.stream_id] = b""
                     elif isinstance(event, h2.events.DataReceived):
                         bodies[event.stream_id] += event.data
-                        conn.acknowledge_received_data(event.flow_controlled_length,
-                                                       event.stream_id)
+                        conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
                     elif isinstance(event, h2.events.StreamEnded):
-                        status, body = self._answer(headers[event.stream_id],
-                                                    bodies[event.stream_id])
-                        conn.send_headers(event.stream_id, [
-                            (":status", str(status)), ("apns-id", "A1B2"),
-                            ("content-length", str(len(body)))])
+                        status, body = self._answer(
+                            headers[event.stream_id], bodies[event.stream_id]
+                        )
+                        conn.send_headers(
+                            event.stream_id,
+                            [
+                                (":status", str(status)),
+                                ("apns-id", "A1B2"),
+                                ("content-length", str(len(body))),
+                            ],
+                        )
                         conn.send_data(event.stream_id, body, end_stream=True)
                 writer.write(conn.data_to_send())
                 await writer.drain()
@@ -281,21 +346,40 @@ class FakeApns:
 async def test_apns_http2_token_auth(tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
     auth_key = ec.generate_private_key(ec.SECP256R1())
-    (tmp_path / "AuthKey.p8").write_bytes(auth_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    (tmp_path / "AuthKey.p8").write_bytes(
+        auth_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     async with FakeApns(cert, key, auth_key.public_key()) as apns:
-        gateway, client = await _serve_gateway({"apps": {"org.example.ios": {
-            "type": "apns", "team_id": "TEAM123", "key_id": "KEY123",
-            "key_file": str(tmp_path / "AuthKey.p8"), "topic": "org.example.ios",
-            "base_url": f"https://127.0.0.1:{apns.port}", "ca_file": str(cert)}}})
+        gateway, client = await _serve_gateway(
+            {
+                "apps": {
+                    "org.example.ios": {
+                        "type": "apns",
+                        "team_id": "TEAM123",
+                        "key_id": "KEY123",
+                        "key_file": str(tmp_path / "AuthKey.p8"),
+                        "topic": "org.example.ios",
+                        "base_url": f"https://127.0.0.1:{apns.port}",
+                        "ca_file": str(cert),
+                    }
+                }
+            }
+        )
         token = bytes(range(32))
         devices: list[dict[str, Any]] = [
-                   {"app_id": "org.example.ios", "pushkey": base64.b64encode(token).decode(),
-                    "tweaks": {"sound": "default"}},
-                   {"app_id": "org.example.ios", "pushkey": "dead" + "0" * 60},
-                   {"app_id": "org.example.ios", "pushkey": "bad" + "0" * 61},
-                   {"app_id": "org.example.ios", "pushkey": "%%% not base64"}]
+            {
+                "app_id": "org.example.ios",
+                "pushkey": base64.b64encode(token).decode(),
+                "tweaks": {"sound": "default"},
+            },
+            {"app_id": "org.example.ios", "pushkey": "dead" + "0" * 60},
+            {"app_id": "org.example.ios", "pushkey": "bad" + "0" * 61},
+            {"app_id": "org.example.ios", "pushkey": "%%% not base64"},
+        ]
         r = await client.post(NOTIFY, json=_notification(*devices))
         assert r.status_code == 200, r.text
         assert r.json() == {"rejected": [d["pushkey"] for d in devices[1:]]}
@@ -314,14 +398,23 @@ async def test_apns_http2_token_auth(tmp_path: Path) -> None:
 
 async def test_fcm_v1_service_account(tmp_path: Path) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     port = free_port()
     token_uri = f"http://127.0.0.1:{port}/token"
-    (tmp_path / "sa.json").write_text(json.dumps({
-        "type": "service_account", "project_id": "proj-1", "private_key_id": "kid-1",
-        "private_key": pem, "client_email": "push@proj-1.iam.gserviceaccount.com",
-        "token_uri": "https://oauth2.googleapis.com/token"}))
+    (tmp_path / "sa.json").write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "proj-1",
+                "private_key_id": "kid-1",
+                "private_key": pem,
+                "client_email": "push@proj-1.iam.gserviceaccount.com",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        )
+    )
     errors: list[str] = []
     sent: list[dict[str, Any]] = []
     grants = 0
@@ -333,8 +426,9 @@ async def test_fcm_v1_service_account(tmp_path: Path) -> None:
             assert form["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
             assertion = str(form["assertion"])
             assert jwt.get_unverified_header(assertion)["kid"] == "kid-1"
-            claims = jwt.decode(assertion, key.public_key(), algorithms=["RS256"],
-                                audience=token_uri)
+            claims = jwt.decode(
+                assertion, key.public_key(), algorithms=["RS256"], audience=token_uri
+            )
             assert claims["iss"] == "push@proj-1.iam.gserviceaccount.com"
             assert claims["scope"] == "https://www.googleapis.com/auth/firebase.messaging"
             assert 0 < claims["exp"] - claims["iat"] <= 3600
@@ -342,8 +436,9 @@ async def test_fcm_v1_service_account(tmp_path: Path) -> None:
             errors.append(repr(e))
             return web.json_response({"error": "invalid_grant"}, status=400)
         grants += 1
-        return web.json_response({"access_token": "ya29.token", "expires_in": 3599,
-                                  "token_type": "Bearer"})
+        return web.json_response(
+            {"access_token": "ya29.token", "expires_in": 3599, "token_type": "Bearer"}
+        )
 
     async def send(request: web.Request) -> web.Response:
         body = await request.json()
@@ -355,13 +450,24 @@ async def test_fcm_v1_service_account(tmp_path: Path) -> None:
             errors.append("data values must be strings")
         sent.append(message)
         if message["token"] == "dead-token":
-            return web.json_response({"error": {
-                "code": 404, "status": "NOT_FOUND", "message": "Requested entity not found",
-                "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
-                             "errorCode": "UNREGISTERED"}]}}, status=404)
+            return web.json_response(
+                {
+                    "error": {
+                        "code": 404,
+                        "status": "NOT_FOUND",
+                        "message": "Requested entity not found",
+                        "details": [
+                            {
+                                "@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+                                "errorCode": "UNREGISTERED",
+                            }
+                        ],
+                    }
+                },
+                status=404,
+            )
         if message["token"] == "busy-token":
-            return web.json_response({"error": {"code": 503, "status": "UNAVAILABLE"}},
-                                     status=503)
+            return web.json_response({"error": {"code": 503, "status": "UNAVAILABLE"}}, status=503)
         return web.json_response({"name": "projects/proj-1/messages/1"})
 
     app = web.Application()
@@ -370,17 +476,29 @@ async def test_fcm_v1_service_account(tmp_path: Path) -> None:
     server = LocalHTTP(app)
     server.port, server.base_url = port, f"http://127.0.0.1:{port}"
     async with server:
-        gateway, client = await _serve_gateway({"apps": {"org.example.android": {
-            "type": "fcm", "service_account_file": str(tmp_path / "sa.json"),
-            "base_url": server.base_url, "token_uri": token_uri}}})
-        devices = [{"app_id": "org.example.android", "pushkey": "live-token"},
-                   {"app_id": "org.example.android", "pushkey": "dead-token"}]
+        gateway, client = await _serve_gateway(
+            {
+                "apps": {
+                    "org.example.android": {
+                        "type": "fcm",
+                        "service_account_file": str(tmp_path / "sa.json"),
+                        "base_url": server.base_url,
+                        "token_uri": token_uri,
+                    }
+                }
+            }
+        )
+        devices = [
+            {"app_id": "org.example.android", "pushkey": "live-token"},
+            {"app_id": "org.example.android", "pushkey": "dead-token"},
+        ]
         r = await client.post(NOTIFY, json=_notification(*devices))
         assert r.status_code == 200, r.text
         assert r.json() == {"rejected": ["dead-token"]}
         # A provider's passing failure: 502, so that the homeserver retries.
-        r = await client.post(NOTIFY, json=_notification(
-            {"app_id": "org.example.android", "pushkey": "busy-token"}))
+        r = await client.post(
+            NOTIFY, json=_notification({"app_id": "org.example.android", "pushkey": "busy-token"})
+        )
         assert r.status_code == 502
         await client.aclose()
         await gateway.aclose()
@@ -389,5 +507,4 @@ async def test_fcm_v1_service_account(tmp_path: Path) -> None:
     live = next(m for m in sent if m["token"] == "live-token")
     assert live["android"] == {"priority": "high"}
     assert live["data"]["event_id"] == "$ev1" and live["data"]["unread"] == "2"
-    assert json.loads(live["data"]["content"]) == {"msgtype": "m.text",
-                                                   "body": "I'm floating"}
+    assert json.loads(live["data"]["content"]) == {"msgtype": "m.text", "body": "I'm floating"}

@@ -106,11 +106,18 @@ def ws_url(server: ServerProcess, query: str = "") -> str:
 
 
 @asynccontextmanager
-async def ws_connect(server: ServerProcess, token: str | None = None, query: str = "",
-                     **kwargs: Any) -> AsyncIterator[Ws]:
+async def ws_connect(
+    server: ServerProcess, token: str | None = None, query: str = "", **kwargs: Any
+) -> AsyncIterator[Ws]:
     headers = auth_header(token) if token else None
-    async with connect(ws_url(server, query), additional_headers=headers, max_size=None,
-                       proxy=None, ping_interval=None, **kwargs) as conn:
+    async with connect(
+        ws_url(server, query),
+        additional_headers=headers,
+        max_size=None,
+        proxy=None,
+        ping_interval=None,
+        **kwargs,
+    ) as conn:
         yield Ws(conn)
 
 
@@ -120,8 +127,7 @@ def timeline(frame: dict[str, Any], room_id: str) -> list[dict[str, Any]]:
 
 
 def bodies(frame: dict[str, Any], room_id: str) -> list[str]:
-    return [e["content"]["body"] for e in timeline(frame, room_id)
-            if e["type"] == "m.room.message"]
+    return [e["content"]["body"] for e in timeline(frame, room_id) if e["type"] == "m.room.message"]
 
 
 def without_age(value: Any) -> Any:
@@ -143,13 +149,17 @@ class Chat:
         return await register(self.http, f"u{secrets.token_hex(4)}")
 
     async def room(self, owner: str, *members: str) -> str:
-        r = await self.http.post("/_matrix/client/v3/createRoom", headers=auth_header(owner),
-                                 json={"preset": "public_chat"})
+        r = await self.http.post(
+            "/_matrix/client/v3/createRoom",
+            headers=auth_header(owner),
+            json={"preset": "public_chat"},
+        )
         assert r.status_code == 200, r.text
         room_id = str(r.json()["room_id"])
         for token in members:
-            r = await self.http.post(f"/_matrix/client/v3/join/{room_id}",
-                                     headers=auth_header(token), json={})
+            r = await self.http.post(
+                f"/_matrix/client/v3/join/{room_id}", headers=auth_header(token), json={}
+            )
             assert r.status_code == 200, r.text
         return room_id
 
@@ -158,8 +168,11 @@ class Chat:
         events: list[dict[str, Any]] = []
         params = {"dir": "f", "limit": "500"}
         while True:
-            r = await self.http.get(f"/_matrix/client/v3/rooms/{room_id}/messages",
-                                    headers=auth_header(token), params=params)
+            r = await self.http.get(
+                f"/_matrix/client/v3/rooms/{room_id}/messages",
+                headers=auth_header(token),
+                params=params,
+            )
             assert r.status_code == 200, r.text
             events += r.json()["chunk"]
             if "end" not in r.json():
@@ -170,7 +183,9 @@ class Chat:
         r = await self.http.put(
             f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/"
             f"{txn_id or secrets.token_hex(8)}",
-            headers=auth_header(token), json={"msgtype": "m.text", "body": body})
+            headers=auth_header(token),
+            json={"msgtype": "m.text", "body": body},
+        )
         assert r.status_code == 200, r.text
         return str(r.json()["event_id"])
 
@@ -238,8 +253,11 @@ async def test_push_on_new_message(sqlite_server: ServerProcess) -> None:
             frame = await ws.next_sync()
             assert [e["event_id"] for e in timeline(frame, room_id)] == [event_id]
             # The frame is a /sync response: the same body from the same token (but "age").
-            r = await c.http.get("/_matrix/client/v3/sync", headers=auth_header(alice_token),
-                                 params={"since": initial["next_batch"]})
+            r = await c.http.get(
+                "/_matrix/client/v3/sync",
+                headers=auth_header(alice_token),
+                params={"since": initial["next_batch"]},
+            )
             del frame["type"]
             assert without_age(r.json()) == without_age(frame)
 
@@ -255,16 +273,18 @@ async def test_sync_request_changes_the_filter(sqlite_server: ServerProcess) -> 
             answer = await ws.request("f1", "sync", {"since": since, "filter": only_custom})
             assert answer == {"id": "f1", "result": {}}
             await c.say(token, room_id, "not shown")
-            r = await c.http.put(f"/_matrix/client/v3/rooms/{room_id}/send/org.example.custom/x",
-                                 headers=auth_header(token), json={"n": 1})
+            r = await c.http.put(
+                f"/_matrix/client/v3/rooms/{room_id}/send/org.example.custom/x",
+                headers=auth_header(token),
+                json={"n": 1},
+            )
             frame = await ws.next_sync()
             while not timeline(frame, room_id):
                 frame = await ws.next_sync()
             assert [e["event_id"] for e in timeline(frame, room_id)] == [r.json()["event_id"]]
 
 
-async def test_resume_after_disconnects_no_gap_no_duplicate(
-        sqlite_server: ServerProcess) -> None:
+async def test_resume_after_disconnects_no_gap_no_duplicate(sqlite_server: ServerProcess) -> None:
     """1 000 events sent over HTTP while the client reconnects again and again from its last
     next_batch: it sees each exactly once, in the room's order."""
     total, senders, per_connection = 1000, 4, 150
@@ -307,8 +327,11 @@ async def test_resume_after_disconnects_no_gap_no_duplicate(
         finally:
             if sender is not None:
                 await sender
-        in_room = [e["content"]["body"] for e in await c.history(token, room_id)
-                   if e["type"] == "m.room.message"]
+        in_room = [
+            e["content"]["body"]
+            for e in await c.history(token, room_id)
+            if e["type"] == "m.room.message"
+        ]
         assert sorted(in_room) == sorted(f"m{i}" for i in range(total))
         assert seen == in_room
         assert connections >= 5
@@ -334,24 +357,41 @@ async def test_long_poll_and_websocket_see_the_same_order(any_server: ServerProc
                 nonlocal bob_since
                 ids: list[str] = []
                 while len(ids) < 2 * rounds:
-                    r = await c.http.get("/_matrix/client/v3/sync",
-                                         headers=auth_header(bob_token),
-                                         params={"since": bob_since, "timeout": 10_000,
-                                                 "filter": json.dumps(
-                                                     {"room": {"timeline": {"limit": 1000}}})})
+                    r = await c.http.get(
+                        "/_matrix/client/v3/sync",
+                        headers=auth_header(bob_token),
+                        params={
+                            "since": bob_since,
+                            "timeout": 10_000,
+                            "filter": json.dumps({"room": {"timeline": {"limit": 1000}}}),
+                        },
+                    )
                     bob_since = r.json()["next_batch"]
-                    ids += [e["event_id"] for e in timeline(r.json(), room_id)
-                            if e["type"] == "m.room.message"]
+                    ids += [
+                        e["event_id"]
+                        for e in timeline(r.json(), room_id)
+                        if e["type"] == "m.room.message"
+                    ]
                 return ids
 
             poller = asyncio.create_task(bob_long_polls())
             sender = asyncio.create_task(bob_sends())
             # Alice sends over the socket, pipelined, while both streams run.
             for i in range(rounds):
-                await ws.conn.send(json.dumps({
-                    "id": f"a{i}", "method": "send", "params": {
-                        "room_id": room_id, "event_type": "m.room.message", "txn_id": f"a{i}",
-                        "content": {"msgtype": "m.text", "body": f"alice {i}"}}}))
+                await ws.conn.send(
+                    json.dumps(
+                        {
+                            "id": f"a{i}",
+                            "method": "send",
+                            "params": {
+                                "room_id": room_id,
+                                "event_type": "m.room.message",
+                                "txn_id": f"a{i}",
+                                "content": {"msgtype": "m.text", "body": f"alice {i}"},
+                            },
+                        }
+                    )
+                )
             alice_ids: list[str] = []
             answered = 0
             while len(alice_ids) < 2 * rounds or answered < rounds:
@@ -360,8 +400,11 @@ async def test_long_poll_and_websocket_see_the_same_order(any_server: ServerProc
                     assert "result" in frame, frame
                     answered += 1
                 elif frame["type"] == "sync":
-                    alice_ids += [e["event_id"] for e in timeline(frame, room_id)
-                                  if e["type"] == "m.room.message"]
+                    alice_ids += [
+                        e["event_id"]
+                        for e in timeline(frame, room_id)
+                        if e["type"] == "m.room.message"
+                    ]
             await sender
             assert await poller == alice_ids
             assert len(set(alice_ids)) == 2 * rounds
@@ -375,8 +418,12 @@ async def test_send_over_the_socket_is_idempotent(sqlite_server: ServerProcess) 
         _, token = await c.user()
         _, stranger_token = await c.user()
         room_id = await c.room(token)
-        params = {"room_id": room_id, "event_type": "m.room.message", "txn_id": "txn-1",
-                  "content": {"msgtype": "m.text", "body": "once"}}
+        params = {
+            "room_id": room_id,
+            "event_type": "m.room.message",
+            "txn_id": "txn-1",
+            "content": {"msgtype": "m.text", "body": "once"},
+        }
         async with ws_connect(sqlite_server, token, f"?filter={BIG_TIMELINE}") as ws:
             await ws.next()
             since = (await ws.next_sync())["next_batch"]
@@ -390,11 +437,15 @@ async def test_send_over_the_socket_is_idempotent(sqlite_server: ServerProcess) 
             retry = await ws.request("3", "send", params)
             assert retry["result"]["event_id"] == event_id
         # The same transaction over HTTP, from the same device, is the same event too.
-        r = await c.http.put(f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/txn-1",
-                             headers=auth_header(token), json=params["content"])
+        r = await c.http.put(
+            f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/txn-1",
+            headers=auth_header(token),
+            json=params["content"],
+        )
         assert r.json()["event_id"] == event_id
-        r = await c.http.get("/_matrix/client/v3/sync", headers=auth_header(token),
-                             params={"since": since})
+        r = await c.http.get(
+            "/_matrix/client/v3/sync", headers=auth_header(token), params={"since": since}
+        )
         assert [e["event_id"] for e in timeline(r.json(), room_id)] == [event_id]
 
         async with ws_connect(sqlite_server, stranger_token) as ws:
@@ -415,18 +466,34 @@ async def test_typing_receipt_and_presence_requests(sqlite_server: ServerProcess
         _, bob_token = await c.user()
         room_id = await c.room(alice_token, bob_token)
         event_id = await c.say(bob_token, room_id, "read me")
-        async with ws_connect(sqlite_server, alice_token) as ws, \
-                ws_connect(sqlite_server, bob_token) as bob:
+        async with (
+            ws_connect(sqlite_server, alice_token) as ws,
+            ws_connect(sqlite_server, bob_token) as bob,
+        ):
             await ws.next()
             await bob.next()
             await bob.next_sync()
-            assert (await ws.request("t", "typing", {"room_id": room_id, "typing": True,
-                                                     "timeout": 30_000}))["result"] == {}
-            assert (await ws.request("r", "receipt", {
-                "room_id": room_id, "receipt_type": "m.read", "event_id": event_id,
-            }))["result"] == {}
-            assert (await ws.request("p", "presence", {
-                "presence": "unavailable", "status_msg": "lunch"}))["result"] == {}
+            assert (
+                await ws.request(
+                    "t", "typing", {"room_id": room_id, "typing": True, "timeout": 30_000}
+                )
+            )["result"] == {}
+            assert (
+                await ws.request(
+                    "r",
+                    "receipt",
+                    {
+                        "room_id": room_id,
+                        "receipt_type": "m.read",
+                        "event_id": event_id,
+                    },
+                )
+            )["result"] == {}
+            assert (
+                await ws.request(
+                    "p", "presence", {"presence": "unavailable", "status_msg": "lunch"}
+                )
+            )["result"] == {}
             bad = await ws.request("b", "typing", {"room_id": room_id, "typing": "yes"})
             assert bad["error"]["errcode"] == "M_BAD_JSON"
             # Bob's stream carries all three.
@@ -434,10 +501,16 @@ async def test_typing_receipt_and_presence_requests(sqlite_server: ServerProcess
             while not {"m.typing", "m.receipt", "m.presence"} <= seen:
                 frame = await bob.next_sync()
                 room = frame.get("rooms", {}).get("join", {}).get(room_id, {})
-                seen |= {e["type"] for e in room.get("ephemeral", {}).get("events", [])
-                         if e["type"] != "m.typing" or alice in e["content"]["user_ids"]}
-                seen |= {e["type"] for e in frame.get("presence", {}).get("events", [])
-                         if e["sender"] == alice and e["content"]["presence"] == "unavailable"}
+                seen |= {
+                    e["type"]
+                    for e in room.get("ephemeral", {}).get("events", [])
+                    if e["type"] != "m.typing" or alice in e["content"]["user_ids"]
+                }
+                seen |= {
+                    e["type"]
+                    for e in frame.get("presence", {}).get("events", [])
+                    if e["sender"] == alice and e["content"]["presence"] == "unavailable"
+                }
 
 
 # --- bad input ----------------------------------------------------------------------------
@@ -460,8 +533,10 @@ async def test_bad_frames_get_error_frames(sqlite_server: ServerProcess) -> None
             await ws.conn.send('{"id": "n", "method": "ping", "params": {"x": NaN}}')
             assert (await ws.next())["error"]["errcode"] == "M_NOT_JSON"
             unknown = await ws.request("u", "fly", {})
-            assert unknown == {"id": "u", "error": {"errcode": "M_UNRECOGNIZED",
-                                                    "error": "Unknown method 'fly'"}}
+            assert unknown == {
+                "id": "u",
+                "error": {"errcode": "M_UNRECOGNIZED", "error": "Unknown method 'fly'"},
+            }
             await ws.conn.send(json.dumps({"id": "m"}))
             assert (await ws.next())["error"]["errcode"] == "M_MISSING_PARAM"
             await ws.conn.send(json.dumps({"id": 7, "method": "ping"}))
@@ -473,22 +548,27 @@ async def test_bad_frames_get_error_frames(sqlite_server: ServerProcess) -> None
             await ws.conn.send(json.dumps({"type": "ping"}))
             assert await ws.next() == {"type": "pong"}
             # An oversized frame ends the connection: 1009, after an error frame.
-            await ws.conn.send(json.dumps({"id": "big", "method": "ping",
-                                           "params": {"pad": "x" * 131_072}}))
+            await ws.conn.send(
+                json.dumps({"id": "big", "method": "ping", "params": {"pad": "x" * 131_072}})
+            )
             code, _, frames = await ws.closed()
             assert code == 1009
             assert frames[-1]["error"]["errcode"] == "M_TOO_LARGE"
 
 
-@pytest.mark.parametrize(("how", "errcode"), [
-    ("unknown token", "M_UNKNOWN_TOKEN"),
-    ("token in the URL", "M_INVALID_PARAM"),
-    ("bad header", "M_MISSING_TOKEN"),
-    ("no auth frame", "M_MISSING_TOKEN"),
-    ("bad auth frame", "M_UNKNOWN_TOKEN"),
-])
-async def test_bad_credentials_are_closed_4001(sqlite_server: ServerProcess, how: str,
-                                               errcode: str) -> None:
+@pytest.mark.parametrize(
+    ("how", "errcode"),
+    [
+        ("unknown token", "M_UNKNOWN_TOKEN"),
+        ("token in the URL", "M_INVALID_PARAM"),
+        ("bad header", "M_MISSING_TOKEN"),
+        ("no auth frame", "M_MISSING_TOKEN"),
+        ("bad auth frame", "M_UNKNOWN_TOKEN"),
+    ],
+)
+async def test_bad_credentials_are_closed_4001(
+    sqlite_server: ServerProcess, how: str, errcode: str
+) -> None:
     async with chat(sqlite_server) as c:
         _, token = await c.user()
     headers: dict[str, str] = {}
@@ -499,8 +579,9 @@ async def test_bad_credentials_are_closed_4001(sqlite_server: ServerProcess, how
         headers, query = auth_header(token), f"?access_token={token}"
     elif how == "bad header":
         headers = {"Authorization": f"Basic {token}"}
-    async with connect(ws_url(sqlite_server, query), additional_headers=headers,
-                       proxy=None) as conn:
+    async with connect(
+        ws_url(sqlite_server, query), additional_headers=headers, proxy=None
+    ) as conn:
         if how == "no auth frame":
             await conn.send(json.dumps({"id": "1", "method": "ping"}))
         elif how == "bad auth frame":
@@ -527,9 +608,16 @@ async def test_browser_auth_frame_and_bad_since(sqlite_server: ServerProcess) ->
 # --- heartbeats, presence, revocation -----------------------------------------------------
 
 
-@pytest.mark.parametrize("tuned_server", [{
-    "websocket": {"ping_interval_ms": 200, "ping_timeout_ms": 600},
-    "presence": {"offline_after_ms": 1000}}], indirect=True)
+@pytest.mark.parametrize(
+    "tuned_server",
+    [
+        {
+            "websocket": {"ping_interval_ms": 200, "ping_timeout_ms": 600},
+            "presence": {"offline_after_ms": 1000},
+        }
+    ],
+    indirect=True,
+)
 async def test_heartbeats_presence_and_revocation(tuned_server: ServerProcess) -> None:
     async with chat(tuned_server) as c:
         alice, alice_token = await c.user()
@@ -537,8 +625,9 @@ async def test_heartbeats_presence_and_revocation(tuned_server: ServerProcess) -
         await c.room(alice_token, bob_token)
 
         async def alice_presence() -> str:
-            r = await c.http.get(f"/_matrix/client/v3/presence/{alice}/status",
-                                 headers=auth_header(bob_token))
+            r = await c.http.get(
+                f"/_matrix/client/v3/presence/{alice}/status", headers=auth_header(bob_token)
+            )
             return str(r.json()["presence"])
 
         # A peer that reads but never answers a ping is closed with 4002.
@@ -568,9 +657,19 @@ async def test_heartbeats_presence_and_revocation(tuned_server: ServerProcess) -
 # --- backpressure -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tuned_server", [{
-    "websocket": {"max_queued_frames": 8, "ping_interval_ms": 60_000,
-                  "ping_timeout_ms": 30_000}}], indirect=True)
+@pytest.mark.parametrize(
+    "tuned_server",
+    [
+        {
+            "websocket": {
+                "max_queued_frames": 8,
+                "ping_interval_ms": 60_000,
+                "ping_timeout_ms": 30_000,
+            }
+        }
+    ],
+    indirect=True,
+)
 async def test_slow_reader_is_closed_4008_and_resumes(tuned_server: ServerProcess) -> None:
     """A client that stops reading is cut off with 4008 while another in the same room gets
     everything; the slow one then resumes from its last token and misses nothing."""
@@ -585,9 +684,17 @@ async def test_slow_reader_is_closed_4008_and_resumes(tuned_server: ServerProces
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", tuned_server.port))
-        async with ws_connect(tuned_server, token, f"?filter={BIG_TIMELINE}", sock=sock,
-                              max_queue=1, compression=None) as slow, \
-                ws_connect(tuned_server, fast_token, f"?filter={BIG_TIMELINE}") as fast:
+        async with (
+            ws_connect(
+                tuned_server,
+                token,
+                f"?filter={BIG_TIMELINE}",
+                sock=sock,
+                max_queue=1,
+                compression=None,
+            ) as slow,
+            ws_connect(tuned_server, fast_token, f"?filter={BIG_TIMELINE}") as fast,
+        ):
             await slow.next()
             since = (await slow.next_sync())["next_batch"]
             await fast.next()
@@ -606,15 +713,19 @@ async def test_slow_reader_is_closed_4008_and_resumes(tuned_server: ServerProces
 
             code, reason, frames = await slow.closed()
             assert code == 4008, reason
-            got = [b.split(" ")[0] for f in frames if f.get("type") == "sync"
-                   for b in bodies(f, room_id)]
+            got = [
+                b.split(" ")[0]
+                for f in frames
+                if f.get("type") == "sync"
+                for b in bodies(f, room_id)
+            ]
             assert len(got) < total  # it was cut off, not buffered without end
-            assert got == expected[:len(got)]
-            since = next((f["next_batch"] for f in reversed(frames)
-                          if f.get("type") == "sync"), since)
+            assert got == expected[: len(got)]
+            since = next(
+                (f["next_batch"] for f in reversed(frames) if f.get("type") == "sync"), since
+            )
 
-        async with ws_connect(tuned_server, token,
-                              f"?filter={BIG_TIMELINE}&since={since}") as ws:
+        async with ws_connect(tuned_server, token, f"?filter={BIG_TIMELINE}&since={since}") as ws:
             await ws.next()
             while len(got) < total:
                 got += [b.split(" ")[0] for b in bodies(await ws.next_sync(), room_id)]

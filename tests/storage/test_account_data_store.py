@@ -22,6 +22,7 @@ async def _position(db: Database, stream: Stream) -> int:
 
 # --- account data ------------------------------------------------------------------------
 
+
 async def test_put_get_and_positions(db: Database) -> None:
     store = AccountDataStore(db)
     assert await store.get(ALICE, None, "t") is None
@@ -41,14 +42,19 @@ async def test_get_changed(db: Database) -> None:
     p3 = await store.put(ALICE, None, "b", {"v": 1})
     await store.put(BOB, None, "a", {"bob": True})
     assert await store.get_changed(ALICE, rooms=False, after=None, upto=p3) == [
-        AccountData(None, "a", {"v": 1}, p1), AccountData(None, "b", {"v": 1}, p3)]
+        AccountData(None, "a", {"v": 1}, p1),
+        AccountData(None, "b", {"v": 1}, p3),
+    ]
     assert await store.get_changed(ALICE, rooms=False, after=p1, upto=p3) == [
-        AccountData(None, "b", {"v": 1}, p3)]
+        AccountData(None, "b", {"v": 1}, p3)
+    ]
     # Past the upper bound: left for the next sync.
     assert await store.get_changed(ALICE, rooms=False, after=None, upto=p2) == [
-        AccountData(None, "a", {"v": 1}, p1)]
+        AccountData(None, "a", {"v": 1}, p1)
+    ]
     assert await store.get_changed(ALICE, rooms=True, after=None, upto=p3) == [
-        AccountData(ROOM, "r", {"v": 1}, p2)]
+        AccountData(ROOM, "r", {"v": 1}, p2)
+    ]
     assert await store.get_changed(ALICE, rooms=True, after=p2, upto=p3) == []
 
 
@@ -58,20 +64,26 @@ async def test_tags(db: Database) -> None:
     p2 = await store.put_room_tag(ALICE, OTHER_ROOM, "u.x", {})
     assert await store.get_room_tags(ALICE, ROOM) == {"m.favourite": {"order": 0.5}}
     assert await store.get_tags_changed(ALICE, [ROOM, OTHER_ROOM], after=None, upto=p2) == {
-        ROOM: {"m.favourite": {"order": 0.5}}, OTHER_ROOM: {"u.x": {}}}
+        ROOM: {"m.favourite": {"order": 0.5}},
+        OTHER_ROOM: {"u.x": {}},
+    }
     # Only the rooms asked for, and only those changed after the token.
     assert await store.get_tags_changed(ALICE, [ROOM], after=None, upto=p2) == {
-        ROOM: {"m.favourite": {"order": 0.5}}}
+        ROOM: {"m.favourite": {"order": 0.5}}
+    }
     assert await store.get_tags_changed(ALICE, [ROOM, OTHER_ROOM], after=p1, upto=p2) == {
-        OTHER_ROOM: {"u.x": {}}}
+        OTHER_ROOM: {"u.x": {}}
+    }
     p3 = await store.delete_room_tag(ALICE, OTHER_ROOM, "u.x")
     assert p3 > p2
     assert await store.get_room_tags(ALICE, OTHER_ROOM) == {}
     # An incremental sync sees the room emptied; an initial one does not see it at all.
     assert await store.get_tags_changed(ALICE, [ROOM, OTHER_ROOM], after=p2, upto=p3) == {
-        OTHER_ROOM: {}}
+        OTHER_ROOM: {}
+    }
     assert await store.get_tags_changed(ALICE, [ROOM, OTHER_ROOM], after=None, upto=p3) == {
-        ROOM: {"m.favourite": {"order": 0.5}}}
+        ROOM: {"m.favourite": {"order": 0.5}}
+    }
     # Re-adding a deleted tag brings it back.
     await store.put_room_tag(ALICE, OTHER_ROOM, "u.x", {"order": 1})
     assert await store.get_room_tags(ALICE, OTHER_ROOM) == {"u.x": {"order": 1}}
@@ -79,6 +91,7 @@ async def test_tags(db: Database) -> None:
 
 
 # --- to-device ---------------------------------------------------------------------------
+
 
 async def _devices(db: Database, user_id: UserID, *device_ids: str) -> None:
     accounts = AccountStore(db)
@@ -89,8 +102,14 @@ async def _devices(db: Database, user_id: UserID, *device_ids: str) -> None:
 async def test_add_messages_skips_unknown_and_is_idempotent(db: Database) -> None:
     await _devices(db, BOB, "B1", "B2")
     store = ToDeviceStore(db)
-    result = await store.add_messages(ALICE, "A1", "txn", "t", {
-        BOB: {"*": {"all": 1}, "B2": {"one": 2}, "GONE": {}}, "@nobody:test": {"X": {}}}, NOW)
+    result = await store.add_messages(
+        ALICE,
+        "A1",
+        "txn",
+        "t",
+        {BOB: {"*": {"all": 1}, "B2": {"one": 2}, "GONE": {}}, "@nobody:test": {"X": {}}},
+        NOW,
+    )
     assert result is not None
     position, recipients = result
     assert recipients == [BOB] and position == await _position(db, Stream.TO_DEVICE)
@@ -150,5 +169,7 @@ async def test_delete_for_devices(db: Database) -> None:
     # B1's transaction IDs went too: a new device with that ID starts afresh.
     await _devices(db, ALICE, "A1")
     assert await store.add_messages(BOB, "B1", "own", "t", {ALICE: {"A1": {}}}, NOW) not in (
-        None, (0, []))
+        None,
+        (0, []),
+    )
     await store.delete_for_devices(BOB, [])

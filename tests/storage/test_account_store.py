@@ -18,10 +18,12 @@ NOW = 1_700_000_000_000
 
 async def test_create_and_get_user(db: Database) -> None:
     store = AccountStore(db)
-    assert await store.create_user(ALICE, "hash", is_admin=False, created_ts=NOW,
-                                   displayname="alice")
-    assert not await store.create_user(ALICE, "other", is_admin=True, created_ts=NOW,
-                                       displayname=None)
+    assert await store.create_user(
+        ALICE, "hash", is_admin=False, created_ts=NOW, displayname="alice"
+    )
+    assert not await store.create_user(
+        ALICE, "other", is_admin=True, created_ts=NOW, displayname=None
+    )
     user = await store.get_user(ALICE)
     assert user is not None and user.password_hash == "hash" and not user.is_admin
     assert await store.get_user_case_insensitive(UserID("@ALICE:test")) == user
@@ -41,17 +43,18 @@ async def test_profile_fields(db: Database) -> None:
     store = AccountStore(db)
     await store.create_user(ALICE, "hash", is_admin=False, created_ts=NOW, displayname="alice")
     assert await store.get_profile(ALICE) == Profile("alice", None)
-    assert await store.set_profile_field(ALICE, "avatar_url", "mxc://test/a") == \
-        Profile("alice", "mxc://test/a")
-    assert await store.set_profile_field(ALICE, "displayname", None) == \
-        Profile(None, "mxc://test/a")
+    assert await store.set_profile_field(ALICE, "avatar_url", "mxc://test/a") == Profile(
+        "alice", "mxc://test/a"
+    )
+    assert await store.set_profile_field(ALICE, "displayname", None) == Profile(
+        None, "mxc://test/a"
+    )
     assert await store.get_profile(BOB) is None
     with pytest.raises(ValueError):
         await store.set_profile_field(ALICE, "user_id", "x")
 
 
-async def _device_with_token(store: AccountStore, user: UserID, device: str,
-                             token: bytes) -> None:
+async def _device_with_token(store: AccountStore, user: UserID, device: str, token: bytes) -> None:
     # Token lookups join the user: create it on first use.
     await store.create_user(user, None, is_admin=False, created_ts=NOW, displayname=None)
     await store.upsert_device(user, device, None, NOW)

@@ -15,9 +15,11 @@ from sqlalchemy import event
 from homeserver.storage.database import Database
 
 # A foreign key checked only at COMMIT: the way to make a real COMMIT fail.
-SCHEMA = ("CREATE TABLE parent (id INTEGER PRIMARY KEY)",
-          "CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER "
-          "REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)")
+SCHEMA = (
+    "CREATE TABLE parent (id INTEGER PRIMARY KEY)",
+    "CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER "
+    "REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)",
+)
 
 
 @pytest.fixture
@@ -32,8 +34,7 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
 
 async def _ids(db: Database, table: str) -> list[int]:
     async with db.read() as conn:
-        return list((await conn.execute(sa.text(f"SELECT id FROM {table} ORDER BY id")))
-                    .scalars())
+        return list((await conn.execute(sa.text(f"SELECT id FROM {table} ORDER BY id"))).scalars())
 
 
 async def _writes_again(db: Database, parent: int) -> None:
@@ -132,8 +133,9 @@ async def test_a_failed_body_in_a_group_undoes_only_itself(db: Database) -> None
                 raise RuntimeError(f"body {n} changed its mind")
 
     results = await asyncio.gather(*(write(n) for n in range(1, 13)), return_exceptions=True)
-    assert [n for n, r in zip(range(1, 13), results, strict=True)
-            if isinstance(r, RuntimeError)] == [3, 6, 9, 12]
+    assert [
+        n for n, r in zip(range(1, 13), results, strict=True) if isinstance(r, RuntimeError)
+    ] == [3, 6, 9, 12]
     assert await _ids(db, "parent") == [1, 2, 4, 5, 7, 8, 10, 11]
 
 
@@ -143,8 +145,7 @@ async def test_a_failed_group_commit_fails_every_member(db: Database) -> None:
             # Deferred: a missing parent is only found by COMMIT.
             await conn.execute(sa.text("INSERT INTO child VALUES (:n, :p)"), {"n": n, "p": parent})
 
-    results = await asyncio.gather(write(1, 1), write(2, 99), write(3, 1),
-                                   return_exceptions=True)
+    results = await asyncio.gather(write(1, 1), write(2, 99), write(3, 1), return_exceptions=True)
     # Those that shared the failed COMMIT were not acknowledged, and nothing was kept.
     assert any(isinstance(r, sa.exc.IntegrityError) for r in results)
     assert all(r is None or isinstance(r, sa.exc.IntegrityError) for r in results)
@@ -177,7 +178,8 @@ async def test_a_writer_cancelled_in_the_queue_does_not_hold_up_the_group(db: Da
 
 
 async def test_a_group_whose_transaction_is_gone_fails_and_the_writer_recovers(
-        db: Database) -> None:
+    db: Database,
+) -> None:
     async def write(n: int) -> None:
         async with db.write() as conn:
             await conn.execute(sa.text("INSERT INTO parent VALUES (:n)"), {"n": n})

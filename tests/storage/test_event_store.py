@@ -43,13 +43,19 @@ class Room:
         self.depth = 0
         self.count = 0
 
-    def event(self, event_type: str, content: dict[str, Any], state_key: str | None = None,
-              **extra: Any) -> NewEvent:
+    def event(
+        self, event_type: str, content: dict[str, Any], state_key: str | None = None, **extra: Any
+    ) -> NewEvent:
         self.count += 1
-        pdu: dict[str, Any] = {"room_id": self.room_id, "type": event_type, "sender": ALICE,
-                               "content": content, "depth": self.depth + 1,
-                               "origin_server_ts": NOW + self.count,
-                               "prev_events": [self.latest] if self.latest else []}
+        pdu: dict[str, Any] = {
+            "room_id": self.room_id,
+            "type": event_type,
+            "sender": ALICE,
+            "content": content,
+            "depth": self.depth + 1,
+            "origin_server_ts": NOW + self.count,
+            "prev_events": [self.latest] if self.latest else [],
+        }
         if state_key is not None:
             pdu["state_key"] = state_key
         return NewEvent(pdu, f"${self.room_id}-{self.count}", self.room_id, {}, **extra)
@@ -99,10 +105,18 @@ async def test_state_groups_snapshot_every_50(db: Database) -> None:
             assert message.state_group == before.state_group
     # One group per state event (121 with the create); a snapshot every MAX_STATE_CHAIN.
     async with db.read() as conn:
-        rows = (await conn.execute(sa.select(
-            state_groups.c.id, state_groups.c.prev_group, state_groups.c.is_snapshot,
-            state_groups.c.chain_length).where(state_groups.c.room_id == ROOM)
-            .order_by(state_groups.c.id))).all()
+        rows = (
+            await conn.execute(
+                sa.select(
+                    state_groups.c.id,
+                    state_groups.c.prev_group,
+                    state_groups.c.is_snapshot,
+                    state_groups.c.chain_length,
+                )
+                .where(state_groups.c.room_id == ROOM)
+                .order_by(state_groups.c.id)
+            )
+        ).all()
     assert len(rows) == 121
     snapshots = [i for i, r in enumerate(rows) if r.is_snapshot]
     assert snapshots == list(range(0, 121, MAX_STATE_CHAIN))
@@ -161,8 +175,9 @@ async def test_memberships_redactions_and_txns(db: Database) -> None:
     m = await rooms.get_membership(ROOM, ALICE)
     assert m is not None and (m.membership, m.displayname) == ("join", "Alice")
     assert (m.event_id, m.stream_ordering) == (join.event_id, join_position)
-    message = room.event("m.room.message", {"body": "x"}, device_id="DEV", txn_id="t1",
-                         txn_scope="send")
+    message = room.event(
+        "m.room.message", {"body": "x"}, device_id="DEV", txn_id="t1", txn_scope="send"
+    )
     await room.persist(message)
     assert await room.store.get_txn_event_id(ALICE, "DEV", "send", "t1") == message.event_id
     assert await room.store.get_txn_event_id(ALICE, "OTHER", "send", "t1") is None
@@ -184,8 +199,12 @@ async def test_memberships_redactions_and_txns(db: Database) -> None:
 
 async def _rows_of(db: Database, table: sa.Table, event_id: str) -> list[tuple[Any, ...]]:
     async with db.read() as conn:
-        return [tuple(r) for r in (await conn.execute(
-            sa.select(table).where(table.c.event_id == event_id))).all()]
+        return [
+            tuple(r)
+            for r in (
+                await conn.execute(sa.select(table).where(table.c.event_id == event_id))
+            ).all()
+        ]
 
 
 async def test_a_message_writes_everything_or_nothing(db: Database) -> None:
@@ -195,40 +214,71 @@ async def test_a_message_writes_everything_or_nothing(db: Database) -> None:
     room = await new_room(db)
     parent = room.latest
     assert parent is not None
-    actions = (PushAction("@bob:test", "main", '["notify"]', False),
-               PushAction("@carol:test", "main", '["notify",{"set_tweak":"highlight"}]',
-                          True))
+    actions = (
+        PushAction("@bob:test", "main", '["notify"]', False),
+        PushAction("@carol:test", "main", '["notify",{"set_tweak":"highlight"}]', True),
+    )
     stale = room.latest
-    reaction = room.event("m.reaction", {"m.relates_to": {
-        "rel_type": "m.annotation", "event_id": parent, "key": "+1"}},
-        device_id="DEV", txn_id="t1", txn_scope="send", push_actions=actions)
+    reaction = room.event(
+        "m.reaction",
+        {"m.relates_to": {"rel_type": "m.annotation", "event_id": parent, "key": "+1"}},
+        device_id="DEV",
+        txn_id="t1",
+        txn_scope="send",
+        push_actions=actions,
+    )
     position = await room.persist(reaction)
     stored = await room.store.get_event(reaction.event_id)
     room_row = await RoomStore(db).get_room(ROOM)
     assert stored is not None and room_row is not None
-    assert (stored.stream_ordering, stored.depth, stored.device_id, stored.txn_id) == \
-        (position, reaction.pdu["depth"], "DEV", "t1")
+    assert (stored.stream_ordering, stored.depth, stored.device_id, stored.txn_id) == (
+        position,
+        reaction.pdu["depth"],
+        "DEV",
+        "t1",
+    )
     assert stored.pdu == reaction.pdu and stored.unsigned == {}
     assert stored.state_group == room_row.current_state_group
-    assert (room_row.latest_event_id, room_row.current_depth) == \
-        (reaction.event_id, reaction.pdu["depth"])
+    assert (room_row.latest_event_id, room_row.current_depth) == (
+        reaction.event_id,
+        reaction.pdu["depth"],
+    )
     pushed = await _rows_of(db, event_push_actions, reaction.event_id)
     assert sorted((r[1], r[0], r[4], r[5], r[6], r[7]) for r in pushed) == [
-        (a.user_id, position, a.thread_id, a.actions_json, a.highlight,
-         reaction.pdu["origin_server_ts"]) for a in actions]
+        (
+            a.user_id,
+            position,
+            a.thread_id,
+            a.actions_json,
+            a.highlight,
+            reaction.pdu["origin_server_ts"],
+        )
+        for a in actions
+    ]
     related = await _rows_of(db, event_relations, reaction.event_id)
-    assert [(r[1], r[2], r[6], r[8]) for r in related] == \
-        [(parent, "m.annotation", "+1", position)]
+    assert [(r[1], r[2], r[6], r[8]) for r in related] == [(parent, "m.annotation", "+1", position)]
     assert await room.store.get_txn_event_id(ALICE, "DEV", "send", "t1") == reaction.event_id
 
     # Built on a stale latest event: nothing of it, not even its transaction ID.
-    lost = room.event("m.room.message", {"body": "lost"}, device_id="DEV", txn_id="t2",
-                      txn_scope="send", push_actions=actions[:1])
+    lost = room.event(
+        "m.room.message",
+        {"body": "lost"},
+        device_id="DEV",
+        txn_id="t2",
+        txn_scope="send",
+        push_actions=actions[:1],
+    )
     assert await room.store.persist_event(lost, stale) is None
     assert await room.store.get_txn_event_id(ALICE, "DEV", "send", "t2") is None
     # The transaction ID of the first, again: refused whole.
-    again = room.event("m.room.message", {"body": "again"}, device_id="DEV", txn_id="t1",
-                       txn_scope="send", push_actions=actions[:1])
+    again = room.event(
+        "m.room.message",
+        {"body": "again"},
+        device_id="DEV",
+        txn_id="t1",
+        txn_scope="send",
+        push_actions=actions[:1],
+    )
     with pytest.raises(DuplicateTxn):
         await room.store.persist_event(again, room.latest)
     for refused in (lost, again):
@@ -247,8 +297,9 @@ async def test_messages_sent_at_once_get_one_position_each(db: Database) -> None
     start = await rooms[0].persist(rooms[0].event("m.room.message", {"body": "start"}))
 
     async def send(room: Room) -> list[int]:
-        return [await room.persist(room.event("m.room.message", {"body": str(i)}))
-                for i in range(5)]
+        return [
+            await room.persist(room.event("m.room.message", {"body": str(i)})) for i in range(5)
+        ]
 
     sent = await asyncio.gather(*(send(room) for room in rooms))
     positions = sorted(p for per_room in sent for p in per_room)
@@ -261,16 +312,19 @@ async def test_messages_sent_at_once_get_one_position_each(db: Database) -> None
 
 async def test_room_events_bounds(db: Database) -> None:
     room = await new_room(db)
-    positions = [await room.persist(room.event("m.room.message", {"body": str(i)}))
-                 for i in range(10)]
+    positions = [
+        await room.persist(room.event("m.room.message", {"body": str(i)})) for i in range(10)
+    ]
     other = await new_room(db, "!other:test")
     await other.persist(other.event("m.room.message", {"body": "elsewhere"}))
     store = room.store
-    got = await store.get_room_events(ROOM, after=positions[2], upto=positions[6], limit=10,
-                                      descending=False)
+    got = await store.get_room_events(
+        ROOM, after=positions[2], upto=positions[6], limit=10, descending=False
+    )
     assert [e.content["body"] for e in got] == ["3", "4", "5", "6"]
-    got = await store.get_room_events(ROOM, after=positions[2], upto=positions[6], limit=2,
-                                      descending=True)
+    got = await store.get_room_events(
+        ROOM, after=positions[2], upto=positions[6], limit=2, descending=True
+    )
     assert [e.content["body"] for e in got] == ["6", "5"]
     assert await store.get_max_stream_ordering_before(ROOM, positions[4] + 0) == positions[4]
     assert await store.get_max_stream_ordering_before("!nothing:test", 10**9) is None
@@ -302,8 +356,12 @@ async def test_stream_window_lists_rooms_and_membership_changes(db: Database) ->
     assert window.parents == frozenset()
     # A reaction to the last message: its parent got a child in the window.
     parent = room.latest
-    reaction = await room.persist(room.event("m.reaction", {"m.relates_to": {
-        "rel_type": "m.annotation", "event_id": parent, "key": "+1"}}))
+    reaction = await room.persist(
+        room.event(
+            "m.reaction",
+            {"m.relates_to": {"rel_type": "m.annotation", "event_id": parent, "key": "+1"}},
+        )
+    )
     with_child = await store.get_window(start, reaction)
     assert with_child is not None and with_child.parents == {parent}
     # Further back than WINDOW_MAX_EVENTS: no window, and syncs ask about their rooms.
@@ -313,8 +371,7 @@ async def test_stream_window_lists_rooms_and_membership_changes(db: Database) ->
     assert await store.get_rooms_changed(["!other:test"], end - 1, end) == set()
 
 
-async def test_recent_events_match_the_room_events_and_are_not_shared_mutably(
-        db: Database) -> None:
+async def test_recent_events_match_the_room_events_and_are_not_shared_mutably(db: Database) -> None:
     room = await new_room(db)
     other = await new_room(db, "!other:test")
     start = await room.persist(room.event("m.room.message", {"body": "0"}))
@@ -323,10 +380,20 @@ async def test_recent_events_match_the_room_events_and_are_not_shared_mutably(
         await other.persist(other.event("m.room.message", {"body": f"other {i}"}))
     store = EventStore(db)
     short = end - SHARED_TIMELINE_MAX_EVENTS
-    for after, limit in ((start, 3), (start, 30), (end - 1, 3), (end - 2, 3), (short, 4),
-                         (short, 0), (short - 1, 5), (0, 4), (end, 3)):
-        expected = await store.get_room_events(ROOM, after=after, upto=end, limit=limit,
-                                               descending=True)
+    for after, limit in (
+        (start, 3),
+        (start, 30),
+        (end - 1, 3),
+        (end - 2, 3),
+        (short, 4),
+        (short, 0),
+        (short - 1, 5),
+        (0, 4),
+        (end, 3),
+    ):
+        expected = await store.get_room_events(
+            ROOM, after=after, upto=end, limit=limit, descending=True
+        )
         first = await store.get_recent_events(ROOM, after, end, limit)
         first.clear()  # a caller's list is its own
         assert await store.get_recent_events(ROOM, after, end, limit) == expected
@@ -334,14 +401,14 @@ async def test_recent_events_match_the_room_events_and_are_not_shared_mutably(
     window = await store.get_window(short, end)
     assert window is not None and window.rows is not None
     assert len(window.rows) == SHARED_TIMELINE_MAX_EVENTS
-    assert [e.content["body"] for e in window.events_of(ROOM) or ()] == \
-        [str(i) for i in range(5, 15)]
+    assert [e.content["body"] for e in window.events_of(ROOM) or ()] == [
+        str(i) for i in range(5, 15)
+    ]
     longer = await store.get_window(short - 1, end)
     assert longer is not None and longer.rows is None and longer.events_of(ROOM) is None
 
 
-async def test_sync_memberships_are_read_again_only_after_a_membership_change(
-        db: Database) -> None:
+async def test_sync_memberships_are_read_again_only_after_a_membership_change(db: Database) -> None:
     room = await new_room(db)
     events = EventStore(db)
     store = RoomStore(db, events)
@@ -352,8 +419,11 @@ async def test_sync_memberships_are_read_again_only_after_a_membership_change(
     # otherwise, which only a membership event can make it do).
     message = await room.persist(room.event("m.room.message", {"body": "hi"}))
     async with db.write() as conn:
-        await conn.execute(sa.update(room_memberships).where(
-            room_memberships.c.user_id == bob).values(displayname="unseen"))
+        await conn.execute(
+            sa.update(room_memberships)
+            .where(room_memberships.c.user_id == bob)
+            .values(displayname="unseen")
+        )
     kept = await store.get_sync_memberships(bob, message)
     assert [m.displayname for m in kept] == [None]
     # Someone else's membership event does not concern bob either.
@@ -370,13 +440,17 @@ async def test_sync_memberships_are_read_again_only_after_a_membership_change(
     for i in range(WINDOW_MAX_EVENTS + 1):
         last = await room.persist(room.event("m.room.message", {"body": str(i)}))
     async with db.write() as conn:
-        await conn.execute(sa.update(room_memberships).where(
-            room_memberships.c.user_id == bob).values(displayname="seen"))
+        await conn.execute(
+            sa.update(room_memberships)
+            .where(room_memberships.c.user_id == bob)
+            .values(displayname="seen")
+        )
     assert [m.displayname for m in await store.get_sync_memberships(bob, last)] == ["seen"]
 
 
 async def test_kept_memberships_are_bounded_by_their_number(
-        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(rooms_module, "SYNC_MEMBERSHIPS_KEPT", 3)
     events = EventStore(db)
     store = RoomStore(db, events)
@@ -393,9 +467,20 @@ async def test_kept_memberships_are_bounded_by_their_number(
     assert len(await store.get_sync_memberships("@d:test", upto)) == 1
     assert set(store._for_sync) == {"@d:test"}
     async with db.write() as conn:
-        await conn.execute(sa.insert(room_memberships), [
-            {"room_id": f"!extra{i}:test", "user_id": "@carol:test", "membership": "join",
-             "event_id": f"$x{i}", "sender": "@carol:test", "stream_ordering": 1,
-             "forgotten": False} for i in range(2)])
+        await conn.execute(
+            sa.insert(room_memberships),
+            [
+                {
+                    "room_id": f"!extra{i}:test",
+                    "user_id": "@carol:test",
+                    "membership": "join",
+                    "event_id": f"$x{i}",
+                    "sender": "@carol:test",
+                    "stream_ordering": 1,
+                    "forgotten": False,
+                }
+                for i in range(2)
+            ],
+        )
     assert len(await store.get_sync_memberships("@carol:test", upto)) == 4
     assert "@carol:test" not in store._for_sync

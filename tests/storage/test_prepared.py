@@ -15,17 +15,24 @@ from homeserver.storage.database import Database, LeanResult, prepared
 from homeserver.storage.schema import filters, users
 
 # A list expanded between other values: on PostgreSQL the $n after it are renumbered.
-_USERS = prepared(sa.select(users.c.user_id, users.c.is_admin, users.c.created_ts)
-                  .where(users.c.created_ts > sa.bindparam("after"),
-                         users.c.user_id.in_(sa.bindparam("ids", expanding=True)),
-                         users.c.is_admin == sa.bindparam("admin"))
-                  .order_by(users.c.user_id).limit(sa.bindparam("limit")))
+_USERS = prepared(
+    sa.select(users.c.user_id, users.c.is_admin, users.c.created_ts)
+    .where(
+        users.c.created_ts > sa.bindparam("after"),
+        users.c.user_id.in_(sa.bindparam("ids", expanding=True)),
+        users.c.is_admin == sa.bindparam("admin"),
+    )
+    .order_by(users.c.user_id)
+    .limit(sa.bindparam("limit"))
+)
 _ADD_USER = prepared(sa.insert(users))
-_PROMOTE = prepared(sa.update(users).where(users.c.created_ts >= sa.bindparam("since"))
-                    .values(is_admin=True))
+_PROMOTE = prepared(
+    sa.update(users).where(users.c.created_ts >= sa.bindparam("since")).values(is_admin=True)
+)
 _ADD_FILTER = prepared(sa.insert(filters))
-_FILTER = prepared(sa.select(filters.c.filter_json).where(
-    filters.c.user_id == sa.bindparam("user_id")))
+_FILTER = prepared(
+    sa.select(filters.c.filter_json).where(filters.c.user_id == sa.bindparam("user_id"))
+)
 
 
 @pytest.fixture
@@ -42,24 +49,32 @@ async def db(db_url: str) -> AsyncIterator[Database]:
 async def _add(db: Database, *rows: tuple[str, bool, int]) -> None:
     async with db.write() as conn:
         for user_id, admin, ts in rows:
-            await conn.execute(_ADD_USER, {"user_id": user_id, "password_hash": None,
-                                           "is_admin": admin, "deactivated": False,
-                                           "created_ts": ts})
+            await conn.execute(
+                _ADD_USER,
+                {
+                    "user_id": user_id,
+                    "password_hash": None,
+                    "is_admin": admin,
+                    "deactivated": False,
+                    "created_ts": ts,
+                },
+            )
 
 
 async def test_values_in_place_and_a_list_in_the_middle(db: Database) -> None:
     await _add(db, ("@a:t", False, 1), ("@b:t", False, 2), ("@c:t", True, 3), ("@d:t", False, 4))
     async with db.read() as conn:
-        result = await conn.execute(_USERS, {"after": 1, "ids": ["@d:t", "@b:t", "@c:t", "@x:t"],
-                                             "admin": False, "limit": 10})
+        result = await conn.execute(
+            _USERS,
+            {"after": 1, "ids": ["@d:t", "@b:t", "@c:t", "@x:t"], "admin": False, "limit": 10},
+        )
         assert isinstance(result, LeanResult)
         rows = result.all()
         assert [tuple(r) for r in rows] == [("@b:t", False, 2), ("@d:t", False, 4)]
         assert rows[0].is_admin is False and rows[0].created_ts == 2
         assert rows[0]._mapping == {"user_id": "@b:t", "is_admin": False, "created_ts": 2}
         # Another length of the same list, and a single row's accessors.
-        one = await conn.execute(_USERS, {"after": 0, "ids": ["@c:t"], "admin": True,
-                                          "limit": 1})
+        one = await conn.execute(_USERS, {"after": 0, "ids": ["@c:t"], "admin": True, "limit": 1})
         assert one.scalar() == "@c:t"
         assert one.one().is_admin is True
 
@@ -67,12 +82,18 @@ async def test_values_in_place_and_a_list_in_the_middle(db: Database) -> None:
 async def test_json_is_converted_both_ways(db: Database) -> None:
     await _add(db, ("@a:t", False, 1))
     async with db.write() as conn:
-        await conn.execute(_ADD_FILTER,
-                           {"user_id": "@a:t", "filter_id": 0,
-                            "filter_json": {"room": {"timeline": {"limit": 5}}}})
+        await conn.execute(
+            _ADD_FILTER,
+            {
+                "user_id": "@a:t",
+                "filter_id": 0,
+                "filter_json": {"room": {"timeline": {"limit": 5}}},
+            },
+        )
     async with db.read() as conn:
-        assert (await conn.execute(_FILTER, {"user_id": "@a:t"})).scalar_one() == \
-            {"room": {"timeline": {"limit": 5}}}
+        assert (await conn.execute(_FILTER, {"user_id": "@a:t"})).scalar_one() == {
+            "room": {"timeline": {"limit": 5}}
+        }
 
 
 async def test_counts_of_changed_rows(db: Database) -> None:
@@ -87,14 +108,24 @@ async def test_a_constraint_error_is_sqlalchemys_and_rolls_back(db: Database) ->
     with pytest.raises(sa.exc.IntegrityError):
         async with db.write() as conn:
             await conn.execute(_PROMOTE, {"since": 0})
-            await conn.execute(_ADD_USER, {"user_id": "@a:t", "password_hash": None,
-                                           "is_admin": False, "deactivated": False,
-                                           "created_ts": 9})
+            await conn.execute(
+                _ADD_USER,
+                {
+                    "user_id": "@a:t",
+                    "password_hash": None,
+                    "is_admin": False,
+                    "deactivated": False,
+                    "created_ts": 9,
+                },
+            )
     # Nothing of the failed transaction is left, and the next one works.
     await _add(db, ("@b:t", False, 2))
     async with db.read() as conn:
-        rows = (await conn.execute(_USERS, {"after": 0, "ids": ["@a:t", "@b:t"],
-                                            "admin": False, "limit": 10})).all()
+        rows = (
+            await conn.execute(
+                _USERS, {"after": 0, "ids": ["@a:t", "@b:t"], "admin": False, "limit": 10}
+            )
+        ).all()
     assert [r.user_id for r in rows] == ["@a:t", "@b:t"]
 
 
@@ -103,12 +134,12 @@ async def test_what_the_lean_path_leaves_to_sqlalchemy(db: Database) -> None:
     async with db.write() as conn:
         await conn.execute(_ADD_USER, {"user_id": "@a:t", "created_ts": 1})
     async with db.read() as conn:
-        rows = (await conn.execute(_USERS, {"after": 0, "ids": ["@a:t"], "admin": False,
-                                            "limit": 5})).all()
+        rows = (
+            await conn.execute(_USERS, {"after": 0, "ids": ["@a:t"], "admin": False, "limit": 5})
+        ).all()
         assert [r.user_id for r in rows] == ["@a:t"]
         # An empty list, which SQLAlchemy renders as an empty set.
-        empty = await conn.execute(_USERS, {"after": 0, "ids": [], "admin": False,
-                                            "limit": 5})
+        empty = await conn.execute(_USERS, {"after": 0, "ids": [], "admin": False, "limit": 5})
         assert not isinstance(empty, LeanResult) and empty.all() == []
         # A missing value: SQLAlchemy's error, not a NULL compared.
         with pytest.raises(sa.exc.StatementError):
@@ -116,8 +147,14 @@ async def test_what_the_lean_path_leaves_to_sqlalchemy(db: Database) -> None:
 
 
 def _user(user_id: str, ts: int, **extra: object) -> dict[str, object]:
-    return {"user_id": user_id, "password_hash": None, "is_admin": False, "deactivated": False,
-            "created_ts": ts, **extra}
+    return {
+        "user_id": user_id,
+        "password_hash": None,
+        "is_admin": False,
+        "deactivated": False,
+        "created_ts": ts,
+        **extra,
+    }
 
 
 async def test_many_rows_of_values_in_one_execution(db: Database) -> None:
@@ -125,22 +162,35 @@ async def test_many_rows_of_values_in_one_execution(db: Database) -> None:
         result = await conn.execute(_ADD_USER, [_user(f"@{i}:t", i) for i in range(5)])
         assert isinstance(result, LeanResult)
         # Rows that leave Python-side defaults to fill in: SQLAlchemy runs them.
-        defaults = await conn.execute(_ADD_USER, [{"user_id": "@x:t", "created_ts": 7},
-                                                  {"user_id": "@y:t", "created_ts": 8}])
+        defaults = await conn.execute(
+            _ADD_USER, [{"user_id": "@x:t", "created_ts": 7}, {"user_id": "@y:t", "created_ts": 8}]
+        )
         assert not isinstance(defaults, LeanResult)
     async with db.read() as conn:
-        rows = (await conn.execute(_USERS, {"after": -1, "admin": False, "limit": 10,
-                                            "ids": [f"@{i}:t" for i in range(5)] + ["@x:t"]}
-                                   )).all()
-    assert [(r.user_id, r.created_ts) for r in rows] == \
-        [(f"@{i}:t", i) for i in range(5)] + [("@x:t", 7)]
+        rows = (
+            await conn.execute(
+                _USERS,
+                {
+                    "after": -1,
+                    "admin": False,
+                    "limit": 10,
+                    "ids": [f"@{i}:t" for i in range(5)] + ["@x:t"],
+                },
+            )
+        ).all()
+    assert [(r.user_id, r.created_ts) for r in rows] == [(f"@{i}:t", i) for i in range(5)] + [
+        ("@x:t", 7)
+    ]
     # A duplicate among the rows: SQLAlchemy's error, and none of them is kept.
     with pytest.raises(sa.exc.IntegrityError):
         async with db.write() as conn:
             await conn.execute(_ADD_USER, [_user("@new:t", 20), _user("@0:t", 21)])
     async with db.read() as conn:
-        assert (await conn.execute(_USERS, {"after": -1, "admin": False, "limit": 10,
-                                            "ids": ["@new:t"]})).all() == []
+        assert (
+            await conn.execute(
+                _USERS, {"after": -1, "admin": False, "limit": 10, "ids": ["@new:t"]}
+            )
+        ).all() == []
 
 
 # --- PostgreSQL's read connections, kept out of SQLAlchemy's pool between uses --------------

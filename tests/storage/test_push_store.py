@@ -12,20 +12,45 @@ ROOM = "!room:test"
 
 
 async def _pusher(store: PushStore, user_id: str) -> None:
-    await store.set_pusher(user_id=user_id, kind="http", app_id="app", pushkey=user_id,
-                           app_display_name="App", device_display_name="Phone",
-                           profile_tag=None, lang="en", data={"url": "http://push.test"},
-                           ts=1, device_id=None, append=True)
+    await store.set_pusher(
+        user_id=user_id,
+        kind="http",
+        app_id="app",
+        pushkey=user_id,
+        app_display_name="App",
+        device_display_name="Phone",
+        profile_tag=None,
+        lang="en",
+        data={"url": "http://push.test"},
+        ts=1,
+        device_id=None,
+        append=True,
+    )
 
 
 async def _notify(db: Database, position: int, users: list[str]) -> None:
     async with db.write() as conn:
-        await conn.execute(sa.insert(event_push_actions), [
-            {"stream_ordering": position, "user_id": u, "room_id": ROOM,
-             "event_id": f"$e{position}", "thread_id": "main", "actions": '["notify"]',
-             "highlight": False, "ts": position} for u in users])
-        await conn.execute(sa.update(stream_positions).where(
-            stream_positions.c.stream == "events").values(position=position))
+        await conn.execute(
+            sa.insert(event_push_actions),
+            [
+                {
+                    "stream_ordering": position,
+                    "user_id": u,
+                    "room_id": ROOM,
+                    "event_id": f"$e{position}",
+                    "thread_id": "main",
+                    "actions": '["notify"]',
+                    "highlight": False,
+                    "ts": position,
+                }
+                for u in users
+            ],
+        )
+        await conn.execute(
+            sa.update(stream_positions)
+            .where(stream_positions.c.stream == "events")
+            .values(position=position)
+        )
 
 
 async def test_pending_comes_in_whole_events_and_only_for_pushers(db: Database) -> None:

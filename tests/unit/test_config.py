@@ -44,9 +44,14 @@ def test_every_key_is_documented() -> None:
 def test_environment_overrides(tmp_path: Path) -> None:
     path = tmp_path / "hs.yaml"
     path.write_text("server_name: example.org\nlisten: {port: 9000}\n")
-    config = load_config(path, environ={"HS_LISTEN__PORT": "8448",
-                                        "HS_DATABASE__URL": "postgresql+asyncpg://h/db",
-                                        "HS_REGISTRATION__ENABLED": "true"})
+    config = load_config(
+        path,
+        environ={
+            "HS_LISTEN__PORT": "8448",
+            "HS_DATABASE__URL": "postgresql+asyncpg://h/db",
+            "HS_REGISTRATION__ENABLED": "true",
+        },
+    )
     assert config.listen.port == 8448
     assert config.database.url == "postgresql+asyncpg://h/db"
     assert config.registration.enabled is True
@@ -59,12 +64,15 @@ def test_sqlite_path_is_inside_the_data_dir(tmp_path: Path) -> None:
     assert config.database_url == f"sqlite+aiosqlite:///{tmp_path.resolve()}/homeserver.db"
 
 
-@pytest.mark.parametrize("data", [
-    {"server_nme": "typo"},
-    {"listen": {"port": 70000}},
-    {"server_name": "bad name!"},
-    {"registration": {"enabled": "perhaps"}},
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"server_nme": "typo"},
+        {"listen": {"port": 70000}},
+        {"server_name": "bad name!"},
+        {"registration": {"enabled": "perhaps"}},
+    ],
+)
 def test_bad_config_refused(data: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         parse_config(data)

@@ -47,15 +47,22 @@ ERIN = "@erin:b.test"
 class Room:
     """A room's state, built event by event; `check` runs `check_auth` against it."""
 
-    def __init__(self, version: RoomVersion, creator: str = ALICE,
-                 create_content: JsonDict | None = None) -> None:
+    def __init__(
+        self, version: RoomVersion, creator: str = ALICE, create_content: JsonDict | None = None
+    ) -> None:
         self.version = version
         content: JsonDict = {"room_version": version.identifier, **(create_content or {})}
         if version.creator_in_content:
             content.setdefault("creator", creator)
         self.create: JsonDict = {
-            "type": CREATE, "state_key": "", "sender": creator, "content": content,
-            "origin_server_ts": 0, "depth": 1, "prev_events": [], "auth_events": [],
+            "type": CREATE,
+            "state_key": "",
+            "sender": creator,
+            "content": content,
+            "origin_server_ts": 0,
+            "depth": 1,
+            "prev_events": [],
+            "auth_events": [],
             "hashes": {"sha256": "x"},
         }
         if version.room_id_is_create_event_hash:
@@ -68,21 +75,34 @@ class Room:
         self.last = self.create_id
         self.depth = 1
 
-    def event(self, event_type: str, sender: str, content: JsonDict,
-              state_key: str | None = None, **extra: Any) -> JsonDict:
+    def event(
+        self,
+        event_type: str,
+        sender: str,
+        content: JsonDict,
+        state_key: str | None = None,
+        **extra: Any,
+    ) -> JsonDict:
         self.depth += 1
         event: JsonDict = {
-            "type": event_type, "sender": sender, "content": content, "room_id": self.room_id,
-            "origin_server_ts": self.depth, "depth": self.depth, "prev_events": [self.last],
-            "auth_events": [], "hashes": {"sha256": "x"},
+            "type": event_type,
+            "sender": sender,
+            "content": content,
+            "room_id": self.room_id,
+            "origin_server_ts": self.depth,
+            "depth": self.depth,
+            "prev_events": [self.last],
+            "auth_events": [],
+            "hashes": {"sha256": "x"},
         }
         if state_key is not None:
             event["state_key"] = state_key
         event.update(extra)
         return event
 
-    def member(self, target: str, membership: str, sender: str | None = None,
-               **content: Any) -> JsonDict:
+    def member(
+        self, target: str, membership: str, sender: str | None = None, **content: Any
+    ) -> JsonDict:
         return self.event(MEMBER, sender or target, {"membership": membership, **content}, target)
 
     def check(self, event: JsonDict) -> None:
@@ -141,6 +161,7 @@ def make_room(version: RoomVersion, join_rule: str = "public", **levels: int) ->
 
 # --- m.room.create (rule 1) --------------------------------------------------------------------
 
+
 @ALL_VERSIONS
 def test_create_is_allowed(version: RoomVersion) -> None:
     room = Room(version)
@@ -167,8 +188,9 @@ def test_v12_create_must_not_have_room_id() -> None:
 
 @ALL_VERSIONS
 @pytest.mark.parametrize("room_version", ["9", "1", "999", 12, None])
-def test_create_with_unknown_room_version_is_rejected(version: RoomVersion,
-                                                      room_version: Any) -> None:
+def test_create_with_unknown_room_version_is_rejected(
+    version: RoomVersion, room_version: Any
+) -> None:
     room = Room(version, create_content={"room_version": room_version})
     room.deny(room.create, "room version")
 
@@ -191,9 +213,18 @@ def test_v11_create_needs_no_creator(version: RoomVersion) -> None:
     Room(version).check(Room(version).create)
 
 
-@pytest.mark.parametrize("additional", [
-    "@bob:b.test", [1], ["bob"], ["@bob"], [None], ["@bob:b.test", "not a user"], {"a": 1},
-])
+@pytest.mark.parametrize(
+    "additional",
+    [
+        "@bob:b.test",
+        [1],
+        ["bob"],
+        ["@bob"],
+        [None],
+        ["@bob:b.test", "not a user"],
+        {"a": 1},
+    ],
+)
 def test_v12_invalid_additional_creators_are_rejected(additional: Any) -> None:
     room = Room(V12, create_content={"additional_creators": additional})
     room.deny(room.create, "additional_creators")
@@ -212,6 +243,7 @@ def test_additional_creators_is_not_validated_before_v12(version: RoomVersion) -
 
 
 # --- the create event and the room (rules 2, v12 rule 2, rule 3) ---------------------------------
+
 
 @ALL_VERSIONS
 def test_event_without_create_event_is_rejected(version: RoomVersion) -> None:
@@ -261,6 +293,7 @@ def test_m_federate_false_rejects_other_servers(version: RoomVersion) -> None:
 
 
 # --- joins (rule 4.3) ---------------------------------------------------------------------------
+
 
 @ALL_VERSIONS
 def test_creator_joins_right_after_create(version: RoomVersion) -> None:
@@ -371,8 +404,10 @@ def test_restricted_join_rejections(version: RoomVersion, rule: str) -> None:
     unsigned_join = room.member(BOB, "join", join_authorised_via_users_server=CAROL)
     room.deny(unsigned_join, "not signed")
     room.deny(signed_by(dict(unsigned_join), "b.test"), "not signed")
-    room.deny(signed_by(room.member(BOB, "join", join_authorised_via_users_server="carol"),
-                        "a.test"), "not a valid user ID")
+    room.deny(
+        signed_by(room.member(BOB, "join", join_authorised_via_users_server="carol"), "a.test"),
+        "not a valid user ID",
+    )
 
 
 @ALL_VERSIONS
@@ -384,6 +419,7 @@ def test_restricted_join_with_invite_needs_no_authoriser(version: RoomVersion, r
 
 
 # --- membership shape (rule 4.1, 4.8) -----------------------------------------------------------
+
 
 @ALL_VERSIONS
 def test_member_event_needs_state_key_and_membership(version: RoomVersion) -> None:
@@ -401,6 +437,7 @@ def test_unknown_membership_is_rejected(version: RoomVersion) -> None:
 
 # --- invites (rule 4.4) -------------------------------------------------------------------------
 
+
 @ALL_VERSIONS
 def test_invite(version: RoomVersion) -> None:
     room = make_room(version, join_rule="invite")
@@ -410,8 +447,7 @@ def test_invite(version: RoomVersion) -> None:
 
 @ALL_VERSIONS
 @pytest.mark.parametrize("membership", ["join", "ban"])
-def test_invite_of_joined_or_banned_user_is_rejected(version: RoomVersion,
-                                                     membership: str) -> None:
+def test_invite_of_joined_or_banned_user_is_rejected(version: RoomVersion, membership: str) -> None:
     room = make_room(version)
     room.set_membership(BOB, membership)
     room.deny(room.member(BOB, "invite", sender=ALICE), f"membership is {membership}")
@@ -419,8 +455,9 @@ def test_invite_of_joined_or_banned_user_is_rejected(version: RoomVersion,
 
 @ALL_VERSIONS
 @pytest.mark.parametrize("membership", ["invite", "leave", "knock"])
-def test_invite_of_left_invited_or_knocking_user_is_allowed(version: RoomVersion,
-                                                            membership: str) -> None:
+def test_invite_of_left_invited_or_knocking_user_is_allowed(
+    version: RoomVersion, membership: str
+) -> None:
     room = make_room(version)
     room.set_membership(BOB, membership)
     room.check(room.member(BOB, "invite", sender=ALICE))
@@ -441,8 +478,9 @@ IDENTITY_KEY = nacl.signing.SigningKey(b"\x01" * 32)
 IDENTITY_PUBLIC_KEY = encode_base64(IDENTITY_KEY.verify_key.encode())
 
 
-def third_party_signed(mxid: str = BOB, token: str = "tok",
-                       key: nacl.signing.SigningKey = IDENTITY_KEY) -> JsonDict:
+def third_party_signed(
+    mxid: str = BOB, token: str = "tok", key: nacl.signing.SigningKey = IDENTITY_KEY
+) -> JsonDict:
     signed: JsonDict = {"mxid": mxid, "token": token, "sender": ALICE}
     signature = key.sign(canonical_json(signed)).signature
     signed["signatures"] = {"id.test": {"ed25519:0": encode_base64(signature)}}
@@ -451,15 +489,19 @@ def third_party_signed(mxid: str = BOB, token: str = "tok",
 
 def third_party_room(version: RoomVersion, **invite_content: Any) -> Room:
     room = make_room(version, join_rule="invite")
-    content = invite_content or {"display_name": "b...", "public_key": IDENTITY_PUBLIC_KEY,
-                                 "key_validity_url": "https://id.test/isvalid"}
+    content = invite_content or {
+        "display_name": "b...",
+        "public_key": IDENTITY_PUBLIC_KEY,
+        "key_validity_url": "https://id.test/isvalid",
+    }
     room.apply(room.event(THIRD_PARTY_INVITE, ALICE, content, "tok"))
     return room
 
 
 def third_party_invite(room: Room, signed: Any, sender: str = ALICE) -> JsonDict:
-    return room.member(BOB, "invite", sender=sender,
-                       third_party_invite={"display_name": "b...", "signed": signed})
+    return room.member(
+        BOB, "invite", sender=sender, third_party_invite={"display_name": "b...", "signed": signed}
+    )
 
 
 @ALL_VERSIONS
@@ -471,8 +513,11 @@ def test_third_party_invite_is_allowed(version: RoomVersion) -> None:
 @ALL_VERSIONS
 def test_third_party_invite_with_public_keys_list(version: RoomVersion) -> None:
     other = encode_base64(nacl.signing.SigningKey(b"\x02" * 32).verify_key.encode())
-    room = third_party_room(version, public_key=other, public_keys=[
-        {"public_key": "bad key"}, {"public_key": IDENTITY_PUBLIC_KEY}])
+    room = third_party_room(
+        version,
+        public_key=other,
+        public_keys=[{"public_key": "bad key"}, {"public_key": IDENTITY_PUBLIC_KEY}],
+    )
     room.check(third_party_invite(room, third_party_signed()))
 
 
@@ -501,6 +546,7 @@ def test_third_party_invite_rejections(version: RoomVersion) -> None:
 
 # --- leave, kick, unban (rule 4.5) --------------------------------------------------------------
 
+
 @ALL_VERSIONS
 @pytest.mark.parametrize("membership", ["join", "invite", "knock"])
 def test_user_may_leave(version: RoomVersion, membership: str) -> None:
@@ -511,8 +557,9 @@ def test_user_may_leave(version: RoomVersion, membership: str) -> None:
 
 @ALL_VERSIONS
 @pytest.mark.parametrize("membership", [None, "leave", "ban"])
-def test_user_may_not_leave_without_membership(version: RoomVersion,
-                                               membership: str | None) -> None:
+def test_user_may_not_leave_without_membership(
+    version: RoomVersion, membership: str | None
+) -> None:
     room = make_room(version)
     if membership:
         room.set_membership(BOB, membership)
@@ -547,6 +594,7 @@ def test_unban_needs_ban_and_kick_level(version: RoomVersion) -> None:
 
 # --- ban (rule 4.6) -----------------------------------------------------------------------------
 
+
 @ALL_VERSIONS
 def test_ban(version: RoomVersion) -> None:
     room = make_room(version, carol=50, dave=50)
@@ -564,6 +612,7 @@ def test_ban(version: RoomVersion) -> None:
 
 
 # --- knock (rule 4.7) ---------------------------------------------------------------------------
+
 
 @ALL_VERSIONS
 @pytest.mark.parametrize("rule", ["knock", "knock_restricted"])
@@ -589,6 +638,7 @@ def test_knock_needs_a_knock_join_rule(version: RoomVersion, rule: str) -> None:
 
 # --- other events (rules 5-8) -------------------------------------------------------------------
 
+
 @ALL_VERSIONS
 @pytest.mark.parametrize("membership", [None, "invite", "leave", "ban", "knock"])
 def test_sender_must_be_joined(version: RoomVersion, membership: str | None) -> None:
@@ -607,8 +657,11 @@ def test_messages_need_events_default(version: RoomVersion) -> None:
     room.set_power_levels(users=creator_users(version, carol=10), events_default=10)
     room.deny(room.event("m.room.message", BOB, {"body": "hi"}), "too low to send m.room.message")
     room.check(room.event("m.room.message", CAROL, {"body": "hi"}))
-    room.set_power_levels(users=creator_users(version, carol=10), events_default=10,
-                          events={"m.room.message": 20, "m.reaction": 0})
+    room.set_power_levels(
+        users=creator_users(version, carol=10),
+        events_default=10,
+        events={"m.room.message": 20, "m.reaction": 0},
+    )
     room.deny(room.event("m.room.message", CAROL, {"body": "hi"}), "too low")
     room.check(room.event("m.reaction", BOB, {}))
 
@@ -620,8 +673,9 @@ def test_state_needs_state_default(version: RoomVersion) -> None:
     room.set_membership(CAROL, "join")
     room.deny(room.event("m.room.topic", BOB, {"topic": "t"}, ""), "too low to send m.room.topic")
     room.check(room.event("m.room.topic", CAROL, {"topic": "t"}, ""))
-    room.set_power_levels(users=creator_users(version, carol=50), state_default=0,
-                          events={"m.room.name": 60})
+    room.set_power_levels(
+        users=creator_users(version, carol=50), state_default=0, events={"m.room.name": 60}
+    )
     room.check(room.event("m.room.topic", BOB, {"topic": "t"}, ""))
     room.deny(room.event("m.room.name", CAROL, {"name": "n"}, ""), "too low")
 
@@ -681,12 +735,19 @@ def test_event_without_type_or_sender_is_rejected(version: RoomVersion) -> None:
 
 # --- m.room.power_levels (rule 9; v12 rule 10) --------------------------------------------------
 
+
 @ALL_VERSIONS
 def test_creator_sets_first_power_levels(version: RoomVersion) -> None:
     room = Room(version)
     room.apply(room.member(ALICE, "join"))
-    room.check(room.event(POWER_LEVELS, ALICE, {"users": creator_users(version, bob=100),
-                                                "ban": 100, "events": {"m.x": 100}}, ""))
+    room.check(
+        room.event(
+            POWER_LEVELS,
+            ALICE,
+            {"users": creator_users(version, bob=100), "ban": 100, "events": {"m.x": 100}},
+            "",
+        )
+    )
 
 
 SCALARS = ["users_default", "events_default", "state_default", "ban", "redact", "kick", "invite"]
@@ -704,16 +765,18 @@ def test_power_levels_must_be_integers(version: RoomVersion, key: str, value: An
 @ALL_VERSIONS
 @pytest.mark.parametrize("key", ["events", "notifications"])
 @pytest.mark.parametrize("value", [{"m.x": "50"}, {"m.x": False}, [], "x", {"m.x": 1.5}])
-def test_events_and_notifications_must_map_to_integers(version: RoomVersion, key: str,
-                                                       value: Any) -> None:
+def test_events_and_notifications_must_map_to_integers(
+    version: RoomVersion, key: str, value: Any
+) -> None:
     room = make_room(version)
     content = {"users": creator_users(version), key: value}
     room.deny(room.event(POWER_LEVELS, ALICE, content, ""), "object of integers")
 
 
 @ALL_VERSIONS
-@pytest.mark.parametrize("users", [
-    [], "x", {"bob": 1}, {"@bob": 1}, {BOB: "50"}, {BOB: None}, {BOB: True}])
+@pytest.mark.parametrize(
+    "users", [[], "x", {"bob": 1}, {"@bob": 1}, {BOB: "50"}, {BOB: None}, {BOB: True}]
+)
 def test_users_must_map_user_ids_to_integers(version: RoomVersion, users: Any) -> None:
     room = make_room(version)
     room.deny(room.event(POWER_LEVELS, ALICE, {"users": users}, ""), "users")
@@ -733,8 +796,7 @@ def test_power_levels_without_users_are_allowed(version: RoomVersion) -> None:
 def test_scalar_changes_limited_to_own_level(version: RoomVersion, key: str) -> None:
     room = make_room(version, carol=50)
     room.set_membership(CAROL, "join")
-    room.set_power_levels(users=creator_users(version, carol=50),
-                          events={POWER_LEVELS: 50})
+    room.set_power_levels(users=creator_users(version, carol=50), events={POWER_LEVELS: 50})
     base: JsonDict = {"users": creator_users(version, carol=50), "events": {POWER_LEVELS: 50}}
     room.check(room.event(POWER_LEVELS, CAROL, {**base, key: 50}, ""))  # added, not above
     room.deny(room.event(POWER_LEVELS, CAROL, {**base, key: 51}, ""), "above your own")
@@ -746,8 +808,9 @@ def test_scalar_changes_limited_to_own_level(version: RoomVersion, key: str) -> 
 
 @ALL_VERSIONS
 @pytest.mark.parametrize("key", ["events", "notifications"])
-def test_events_and_notifications_changes_limited_to_own_level(version: RoomVersion,
-                                                                key: str) -> None:
+def test_events_and_notifications_changes_limited_to_own_level(
+    version: RoomVersion, key: str
+) -> None:
     room = make_room(version, carol=50)
     room.set_membership(CAROL, "join")
     users = creator_users(version, carol=50)
@@ -755,14 +818,21 @@ def test_events_and_notifications_changes_limited_to_own_level(version: RoomVers
 
     def pl(entries: dict[str, int]) -> JsonDict:
         if key == "events":
-            return room.event(POWER_LEVELS, CAROL, {"users": users,
-                                                    "events": {POWER_LEVELS: 50, **entries}}, "")
-        return room.event(POWER_LEVELS, CAROL, {"users": users, "events": events,
-                                                "notifications": entries}, "")
+            return room.event(
+                POWER_LEVELS, CAROL, {"users": users, "events": {POWER_LEVELS: 50, **entries}}, ""
+            )
+        return room.event(
+            POWER_LEVELS, CAROL, {"users": users, "events": events, "notifications": entries}, ""
+        )
 
-    room.set_power_levels(users=users, **({"events": {POWER_LEVELS: 50, "m.high": 60}}
-                                          if key == "events" else
-                                          {"events": events, "notifications": {"m.high": 60}}))
+    room.set_power_levels(
+        users=users,
+        **(
+            {"events": {POWER_LEVELS: 50, "m.high": 60}}
+            if key == "events"
+            else {"events": events, "notifications": {"m.high": 60}}
+        ),
+    )
     keep = {"m.high": 60}
     room.check(pl({**keep, "m.new": 50}))
     room.deny(pl({**keep, "m.new": 51}), "above your own")
@@ -775,8 +845,9 @@ def test_user_level_changes(version: RoomVersion) -> None:
     room = make_room(version, carol=50, dave=50, bob=10)
     for user in (BOB, CAROL, DAVE):
         room.set_membership(user, "join")
-    room.set_power_levels(users=creator_users(version, carol=50, dave=50, bob=10),
-                          events={POWER_LEVELS: 50})
+    room.set_power_levels(
+        users=creator_users(version, carol=50, dave=50, bob=10), events={POWER_LEVELS: 50}
+    )
 
     def change(**levels: int) -> JsonDict:
         users = creator_users(version, carol=50, dave=50, bob=10)
@@ -792,20 +863,24 @@ def test_user_level_changes(version: RoomVersion) -> None:
     room.check(change(carol=20))  # demoting herself
     room.deny(change(carol=51), "above your own")
     removed = creator_users(version, carol=50, dave=50)
-    room.check(room.event(POWER_LEVELS, CAROL, {"users": removed,
-                                                "events": {POWER_LEVELS: 50}}, ""))
+    room.check(
+        room.event(POWER_LEVELS, CAROL, {"users": removed, "events": {POWER_LEVELS: 50}}, "")
+    )
     removed.pop(DAVE)
-    room.deny(room.event(POWER_LEVELS, CAROL, {"users": removed,
-                                               "events": {POWER_LEVELS: 50}}, ""),
-              "not below yours")
+    room.deny(
+        room.event(POWER_LEVELS, CAROL, {"users": removed, "events": {POWER_LEVELS: 50}}, ""),
+        "not below yours",
+    )
 
 
 @ALL_VERSIONS
 def test_power_levels_need_the_send_level(version: RoomVersion) -> None:
     room = make_room(version, carol=49)
     room.set_membership(CAROL, "join")
-    room.deny(room.event(POWER_LEVELS, CAROL, {"users": creator_users(version, carol=49)}, ""),
-              "too low to send m.room.power_levels")
+    room.deny(
+        room.event(POWER_LEVELS, CAROL, {"users": creator_users(version, carol=49)}, ""),
+        "too low to send m.room.power_levels",
+    )
 
 
 @BEFORE_V12
@@ -814,11 +889,13 @@ def test_creator_has_no_special_power_before_v12(version: RoomVersion) -> None:
     room.set_membership(BOB, "join")
     room.deny(room.member(ALICE, "ban", sender=BOB), "too low to ban")
     room.check(room.event(POWER_LEVELS, ALICE, {"users": {ALICE: 100, BOB: 100}}, ""))
-    room.deny(room.event(POWER_LEVELS, ALICE, {"users": {ALICE: 100, BOB: 50}}, ""),
-              "not below yours")
+    room.deny(
+        room.event(POWER_LEVELS, ALICE, {"users": {ALICE: 100, BOB: 50}}, ""), "not below yours"
+    )
 
 
 # --- room version 12: creators ------------------------------------------------------------------
+
 
 def test_v12_creator_listed_in_users_is_rejected() -> None:
     room = Room(V12, create_content={"additional_creators": [BOB]})
@@ -831,9 +908,20 @@ def test_v12_creator_listed_in_users_is_rejected() -> None:
 def test_v12_creators_have_infinite_power() -> None:
     room = Room(V12, create_content={"additional_creators": [BOB]})
     room.apply(room.member(ALICE, "join"))
-    room.apply(room.event(POWER_LEVELS, ALICE, {
-        "users": {CAROL: 2**53 - 1}, "ban": 2**53 - 1, "kick": 2**53 - 1,
-        "state_default": 2**53 - 1, "events_default": 2**53 - 1}, ""))
+    room.apply(
+        room.event(
+            POWER_LEVELS,
+            ALICE,
+            {
+                "users": {CAROL: 2**53 - 1},
+                "ban": 2**53 - 1,
+                "kick": 2**53 - 1,
+                "state_default": 2**53 - 1,
+                "events_default": 2**53 - 1,
+            },
+            "",
+        )
+    )
     room.apply(room.event(JOIN_RULES, ALICE, {"join_rule": "public"}, ""))
     room.apply(room.member(BOB, "join"))
     room.apply(room.member(CAROL, "join"))
@@ -857,8 +945,10 @@ def test_v12_power_level_of_creators() -> None:
 
 # --- helpers ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("version", "creators"), [
-    (V10, [CAROL]), (V11, [ALICE]), (V12, [ALICE, BOB])])
+
+@pytest.mark.parametrize(
+    ("version", "creators"), [(V10, [CAROL]), (V11, [ALICE]), (V12, [ALICE, BOB])]
+)
 def test_get_creators(version: RoomVersion, creators: list[str]) -> None:
     room = Room(version, create_content={"creator": CAROL, "additional_creators": [BOB, ALICE]})
     assert get_creators(version, room.create) == creators
@@ -881,7 +971,11 @@ def test_get_user_power_level_before_v12(version: RoomVersion) -> None:
 
 def test_get_named_level_defaults() -> None:
     assert [get_named_level(None, n) for n in ("invite", "kick", "ban", "redact")] == [
-        0, 50, 50, 50]
+        0,
+        50,
+        50,
+        50,
+    ]
     assert get_named_level({}, "state_default") == 50
     assert get_named_level({}, "events_default") == 0
     assert get_named_level({"kick": 10}, "kick") == 10
@@ -920,6 +1014,7 @@ def test_can_redact(version: RoomVersion) -> None:
 
 # --- auth events selection ----------------------------------------------------------------------
 
+
 @ALL_VERSIONS
 def test_auth_types_for_event(version: RoomVersion) -> None:
     create = [(CREATE, "")] if version.create_event_in_auth_events else []
@@ -928,24 +1023,42 @@ def test_auth_types_for_event(version: RoomVersion) -> None:
     assert auth_types_for_event(version, "m.room.message", None, ALICE, {}) == base
     assert auth_types_for_event(version, "m.room.topic", "", ALICE, {}) == base
     assert auth_types_for_event(version, MEMBER, BOB, ALICE, {"membership": "invite"}) == [
-        *base, (MEMBER, BOB), (JOIN_RULES, "")]
+        *base,
+        (MEMBER, BOB),
+        (JOIN_RULES, ""),
+    ]
     assert auth_types_for_event(version, MEMBER, ALICE, ALICE, {"membership": "join"}) == [
-        *base, (JOIN_RULES, "")]
+        *base,
+        (JOIN_RULES, ""),
+    ]
     assert auth_types_for_event(version, MEMBER, BOB, ALICE, {"membership": "ban"}) == [
-        *base, (MEMBER, BOB)]
+        *base,
+        (MEMBER, BOB),
+    ]
     assert auth_types_for_event(version, MEMBER, ALICE, ALICE, {"membership": "knock"}) == [
-        *base, (JOIN_RULES, "")]
+        *base,
+        (JOIN_RULES, ""),
+    ]
     tpi = {"membership": "invite", "third_party_invite": {"signed": {"token": "t"}}}
     assert auth_types_for_event(version, MEMBER, BOB, ALICE, tpi) == [
-        *base, (MEMBER, BOB), (JOIN_RULES, ""), (THIRD_PARTY_INVITE, "t")]
+        *base,
+        (MEMBER, BOB),
+        (JOIN_RULES, ""),
+        (THIRD_PARTY_INVITE, "t"),
+    ]
     restricted = {"membership": "join", "join_authorised_via_users_server": CAROL}
     assert auth_types_for_event(version, MEMBER, ALICE, ALICE, restricted) == [
-        *base, (JOIN_RULES, ""), (MEMBER, CAROL)]
+        *base,
+        (JOIN_RULES, ""),
+        (MEMBER, CAROL),
+    ]
     # Only joins name an authorising user; only invites a third-party token.
     assert (MEMBER, CAROL) not in auth_types_for_event(
-        version, MEMBER, ALICE, ALICE, {**restricted, "membership": "leave"})
+        version, MEMBER, ALICE, ALICE, {**restricted, "membership": "leave"}
+    )
     assert (THIRD_PARTY_INVITE, "t") not in auth_types_for_event(
-        version, MEMBER, BOB, BOB, {**tpi, "membership": "join"})
+        version, MEMBER, BOB, BOB, {**tpi, "membership": "join"}
+    )
 
 
 @ALL_VERSIONS

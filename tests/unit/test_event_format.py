@@ -44,40 +44,63 @@ SPEC_KEY = decode_signing_key_base64("ed25519", "1", SPEC_SEED)
 def spec_minimal_event() -> JsonDict:
     """The spec's "minimally-sized event" test vector, before signing."""
     return {
-        "room_id": "!x:domain", "sender": "@a:domain", "origin": "domain",
-        "origin_server_ts": 1000000, "signatures": {}, "hashes": {}, "type": "X", "content": {},
-        "prev_events": [], "auth_events": [], "depth": 3, "unsigned": {"age_ts": 1000000},
+        "room_id": "!x:domain",
+        "sender": "@a:domain",
+        "origin": "domain",
+        "origin_server_ts": 1000000,
+        "signatures": {},
+        "hashes": {},
+        "type": "X",
+        "content": {},
+        "prev_events": [],
+        "auth_events": [],
+        "depth": 3,
+        "unsigned": {"age_ts": 1000000},
     }
 
 
 def spec_message_event() -> JsonDict:
     """The spec's "event containing redactable content" test vector, before signing."""
     return {
-        "content": {"body": "Here is the message content"}, "event_id": "$0:domain",
-        "origin": "domain", "origin_server_ts": 1000000, "type": "m.room.message",
-        "room_id": "!r:domain", "sender": "@u:domain", "signatures": {},
+        "content": {"body": "Here is the message content"},
+        "event_id": "$0:domain",
+        "origin": "domain",
+        "origin_server_ts": 1000000,
+        "type": "m.room.message",
+        "room_id": "!r:domain",
+        "sender": "@u:domain",
+        "signatures": {},
         "unsigned": {"age_ts": 1000000},
     }
 
 
 # --- room versions ------------------------------------------------------------------------------
 
+
 def test_known_room_versions() -> None:
     assert sorted(KNOWN_ROOM_VERSIONS, key=int) == ["10", "11", "12"]
     assert DEFAULT_ROOM_VERSION == "12"
-    assert all(v.stable and v.strict_canonical_json and v.integer_power_levels
-               for v in KNOWN_ROOM_VERSIONS.values())
-    assert all(v.knock_join_rule and v.restricted_join_rule and v.knock_restricted_join_rule
-               for v in KNOWN_ROOM_VERSIONS.values())
+    assert all(
+        v.stable and v.strict_canonical_json and v.integer_power_levels
+        for v in KNOWN_ROOM_VERSIONS.values()
+    )
+    assert all(
+        v.knock_join_rule and v.restricted_join_rule and v.knock_restricted_join_rule
+        for v in KNOWN_ROOM_VERSIONS.values()
+    )
 
 
-@pytest.mark.parametrize(("version", "creator_in_content", "rules", "hash_room_id"), [
-    (V10, True, RedactionRules.V9, False),
-    (V11, False, RedactionRules.V11, False),
-    (V12, False, RedactionRules.V11, True),
-])
-def test_room_version_flags(version: RoomVersion, creator_in_content: bool,
-                            rules: RedactionRules, hash_room_id: bool) -> None:
+@pytest.mark.parametrize(
+    ("version", "creator_in_content", "rules", "hash_room_id"),
+    [
+        (V10, True, RedactionRules.V9, False),
+        (V11, False, RedactionRules.V11, False),
+        (V12, False, RedactionRules.V11, True),
+    ],
+)
+def test_room_version_flags(
+    version: RoomVersion, creator_in_content: bool, rules: RedactionRules, hash_room_id: bool
+) -> None:
     assert version.creator_in_content is creator_in_content
     assert version.redaction_rules is rules
     assert version.redacts_in_content is (not creator_in_content)
@@ -88,16 +111,20 @@ def test_room_version_flags(version: RoomVersion, creator_in_content: bool,
 
 # --- canonical JSON and content hash ------------------------------------------------------------
 
+
 def test_canonical_json_sorts_keys_without_whitespace_and_utf8() -> None:
     assert canonical_json({"b": 1, "a": {"d": [1, 2], "c": "é"}}) == (
-        '{"a":{"c":"é","d":[1,2]},"b":1}'.encode())
+        '{"a":{"c":"é","d":[1,2]},"b":1}'.encode()
+    )
 
 
 def test_content_hash_matches_spec_vectors() -> None:
     assert compute_content_hash(spec_minimal_event()) == (
-        "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos")
+        "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos"
+    )
     assert compute_content_hash(spec_message_event()) == (
-        "onLKD1bGljeBWQhWZ1kaP9SorVmRQNdN5aM2JYU2n/g")
+        "onLKD1bGljeBWQhWZ1kaP9SorVmRQNdN5aM2JYU2n/g"
+    )
 
 
 def test_content_hash_ignores_unsigned_signatures_and_hashes() -> None:
@@ -125,12 +152,22 @@ def test_add_content_hash() -> None:
 
 # --- signing (spec test vectors) ------------------------------------------------------------------
 
-@pytest.mark.parametrize(("make", "expected"), [
-    (spec_minimal_event, "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAW"
-                         "bOoMszkwsQma+lYAg"),
-    (spec_message_event, "Wm+VzmOUOz08Ds+0NTWb1d4CZrVsJSikkeRxh6aCcUwu6pNC78FunoD7KNWzqFn241eYH"
-                         "YMGCA5McEiVPdhzBA"),
-])
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (
+            spec_minimal_event,
+            "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAW"
+            "bOoMszkwsQma+lYAg",
+        ),
+        (
+            spec_message_event,
+            "Wm+VzmOUOz08Ds+0NTWb1d4CZrVsJSikkeRxh6aCcUwu6pNC78FunoD7KNWzqFn241eYH"
+            "YMGCA5McEiVPdhzBA",
+        ),
+    ],
+)
 def test_signing_matches_spec_vectors(make: Any, expected: str) -> None:
     # The vectors predate v11 and keep `origin`: the v9 redaction rules (room version 10).
     event = make()
@@ -144,7 +181,8 @@ def test_v11_signature_does_not_cover_origin() -> None:
     event = spec_minimal_event()
     hash_and_sign_event(event, "domain", SPEC_KEY, V11)
     assert event["signatures"]["domain"]["ed25519:1"] != (
-        "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszkwsQma+lYAg")
+        "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszkwsQma+lYAg"
+    )
     event["origin"] = "elsewhere"  # not protected from redaction in v11, so not signed
     assert verify_event_signature(event, "domain", get_verify_key(SPEC_KEY), V11)
 
@@ -153,9 +191,15 @@ def test_v11_signature_does_not_cover_origin() -> None:
 def test_sign_and_verify_round_trip(version: RoomVersion) -> None:
     key = generate_signing_key("abc")
     event: JsonDict = {
-        "type": "m.room.message", "room_id": "!r:hs.test", "sender": "@u:hs.test",
-        "content": {"body": "hi"}, "origin_server_ts": 1, "depth": 2,
-        "prev_events": ["$p"], "auth_events": ["$a"], "unsigned": {"age": 1},
+        "type": "m.room.message",
+        "room_id": "!r:hs.test",
+        "sender": "@u:hs.test",
+        "content": {"body": "hi"},
+        "origin_server_ts": 1,
+        "depth": 2,
+        "prev_events": ["$p"],
+        "auth_events": ["$a"],
+        "unsigned": {"age": 1},
     }
     hash_and_sign_event(event, "hs.test", key, version)
     verify_key = get_verify_key(key)
@@ -193,11 +237,19 @@ def test_sign_event_without_hash_signs_what_is_there() -> None:
     assert verify_event_signature(event, "domain", get_verify_key(SPEC_KEY), V10)
 
 
-@pytest.mark.parametrize("signatures", [
-    None, {}, {"domain": {}}, {"domain": "x"}, {"other": {"ed25519:1": "x"}},
-    {"domain": {"ed25519:1": "not base64 !!"}}, {"domain": {"ed25519:1": "AAAA"}},
-    {"domain": {"ed25519:1": 5}},
-])
+@pytest.mark.parametrize(
+    "signatures",
+    [
+        None,
+        {},
+        {"domain": {}},
+        {"domain": "x"},
+        {"other": {"ed25519:1": "x"}},
+        {"domain": {"ed25519:1": "not base64 !!"}},
+        {"domain": {"ed25519:1": "AAAA"}},
+        {"domain": {"ed25519:1": 5}},
+    ],
+)
 def test_verify_rejects_missing_or_bad_signatures(signatures: Any) -> None:
     event = spec_minimal_event()
     add_content_hash(event)
@@ -218,50 +270,132 @@ def test_verify_rejects_another_key() -> None:
 # --- redaction ----------------------------------------------------------------------------------
 
 ALL_TOP_LEVEL = {
-    "event_id": "$e", "type": "m.room.message", "room_id": "!r:s", "sender": "@u:s",
-    "state_key": "", "content": {}, "hashes": {"sha256": "h"}, "signatures": {"s": {}},
-    "depth": 1, "prev_events": [], "prev_state": [], "auth_events": [], "origin": "s",
-    "origin_server_ts": 1, "membership": "join", "unsigned": {"age": 1}, "redacts": "$x",
+    "event_id": "$e",
+    "type": "m.room.message",
+    "room_id": "!r:s",
+    "sender": "@u:s",
+    "state_key": "",
+    "content": {},
+    "hashes": {"sha256": "h"},
+    "signatures": {"s": {}},
+    "depth": 1,
+    "prev_events": [],
+    "prev_state": [],
+    "auth_events": [],
+    "origin": "s",
+    "origin_server_ts": 1,
+    "membership": "join",
+    "unsigned": {"age": 1},
+    "redacts": "$x",
     "custom": "x",
 }
-V9_TOP_LEVEL = {"event_id", "type", "room_id", "sender", "state_key", "content", "hashes",
-                "signatures", "depth", "prev_events", "prev_state", "auth_events", "origin",
-                "origin_server_ts", "membership"}
+V9_TOP_LEVEL = {
+    "event_id",
+    "type",
+    "room_id",
+    "sender",
+    "state_key",
+    "content",
+    "hashes",
+    "signatures",
+    "depth",
+    "prev_events",
+    "prev_state",
+    "auth_events",
+    "origin",
+    "origin_server_ts",
+    "membership",
+}
 V11_TOP_LEVEL = V9_TOP_LEVEL - {"origin", "membership", "prev_state"}
 
 
-@pytest.mark.parametrize(("version", "kept"), [
-    (V10, V9_TOP_LEVEL), (V11, V11_TOP_LEVEL), (V12, V11_TOP_LEVEL)])
+@pytest.mark.parametrize(
+    ("version", "kept"), [(V10, V9_TOP_LEVEL), (V11, V11_TOP_LEVEL), (V12, V11_TOP_LEVEL)]
+)
 def test_redact_top_level_keys(version: RoomVersion, kept: set[str]) -> None:
     assert set(redact(dict(ALL_TOP_LEVEL), version)) == kept
 
 
 # Every content key an event type might carry, and what each redaction rule set keeps.
 CONTENT_CASES: list[tuple[str, JsonDict, set[str], set[str]]] = [
-    ("m.room.member",
-     {"membership": "join", "join_authorised_via_users_server": "@a:s", "displayname": "A",
-      "avatar_url": "mxc://s/a", "reason": "r", "is_direct": True},
-     {"membership", "join_authorised_via_users_server"},
-     {"membership", "join_authorised_via_users_server"}),
-    ("m.room.create",
-     {"creator": "@a:s", "room_version": "10", "m.federate": False, "type": "m.space",
-      "predecessor": {"room_id": "!o:s"}, "additional_creators": ["@b:s"]},
-     {"creator"},
-     {"creator", "room_version", "m.federate", "type", "predecessor", "additional_creators"}),
-    ("m.room.join_rules",
-     {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": "!a:s"}],
-      "other": 1},
-     {"join_rule", "allow"}, {"join_rule", "allow"}),
-    ("m.room.power_levels",
-     {"ban": 50, "events": {"m.x": 1}, "events_default": 0, "invite": 0, "kick": 50,
-      "redact": 50, "state_default": 50, "users": {"@a:s": 100}, "users_default": 0,
-      "notifications": {"room": 50}},
-     {"ban", "events", "events_default", "kick", "redact", "state_default", "users",
-      "users_default"},
-     {"ban", "events", "events_default", "invite", "kick", "redact", "state_default", "users",
-      "users_default"}),
-    ("m.room.history_visibility", {"history_visibility": "shared", "other": 1},
-     {"history_visibility"}, {"history_visibility"}),
+    (
+        "m.room.member",
+        {
+            "membership": "join",
+            "join_authorised_via_users_server": "@a:s",
+            "displayname": "A",
+            "avatar_url": "mxc://s/a",
+            "reason": "r",
+            "is_direct": True,
+        },
+        {"membership", "join_authorised_via_users_server"},
+        {"membership", "join_authorised_via_users_server"},
+    ),
+    (
+        "m.room.create",
+        {
+            "creator": "@a:s",
+            "room_version": "10",
+            "m.federate": False,
+            "type": "m.space",
+            "predecessor": {"room_id": "!o:s"},
+            "additional_creators": ["@b:s"],
+        },
+        {"creator"},
+        {"creator", "room_version", "m.federate", "type", "predecessor", "additional_creators"},
+    ),
+    (
+        "m.room.join_rules",
+        {
+            "join_rule": "restricted",
+            "allow": [{"type": "m.room_membership", "room_id": "!a:s"}],
+            "other": 1,
+        },
+        {"join_rule", "allow"},
+        {"join_rule", "allow"},
+    ),
+    (
+        "m.room.power_levels",
+        {
+            "ban": 50,
+            "events": {"m.x": 1},
+            "events_default": 0,
+            "invite": 0,
+            "kick": 50,
+            "redact": 50,
+            "state_default": 50,
+            "users": {"@a:s": 100},
+            "users_default": 0,
+            "notifications": {"room": 50},
+        },
+        {
+            "ban",
+            "events",
+            "events_default",
+            "kick",
+            "redact",
+            "state_default",
+            "users",
+            "users_default",
+        },
+        {
+            "ban",
+            "events",
+            "events_default",
+            "invite",
+            "kick",
+            "redact",
+            "state_default",
+            "users",
+            "users_default",
+        },
+    ),
+    (
+        "m.room.history_visibility",
+        {"history_visibility": "shared", "other": 1},
+        {"history_visibility"},
+        {"history_visibility"},
+    ),
     ("m.room.redaction", {"redacts": "$x", "reason": "spam"}, set(), {"redacts"}),
     ("m.room.message", {"body": "hi", "msgtype": "m.text"}, set(), set()),
     ("m.room.name", {"name": "Room"}, set(), set()),
@@ -274,11 +408,15 @@ CONTENT_CASES: list[tuple[str, JsonDict, set[str], set[str]]] = [
 ]
 
 
-@pytest.mark.parametrize(("event_type", "content", "v9_kept", "v11_kept"), CONTENT_CASES,
-                         ids=[c[0] for c in CONTENT_CASES])
+@pytest.mark.parametrize(
+    ("event_type", "content", "v9_kept", "v11_kept"),
+    CONTENT_CASES,
+    ids=[c[0] for c in CONTENT_CASES],
+)
 @ALL_VERSIONS
-def test_redact_content_per_event_type(version: RoomVersion, event_type: str, content: JsonDict,
-                                       v9_kept: set[str], v11_kept: set[str]) -> None:
+def test_redact_content_per_event_type(
+    version: RoomVersion, event_type: str, content: JsonDict, v9_kept: set[str], v11_kept: set[str]
+) -> None:
     event = {"type": event_type, "state_key": "", "sender": "@a:s", "content": content}
     kept = v9_kept if version.redaction_rules is RedactionRules.V9 else v11_kept
     redacted = redact(event, version)
@@ -288,8 +426,14 @@ def test_redact_content_per_event_type(version: RoomVersion, event_type: str, co
 @ALL_VERSIONS
 def test_redact_member_third_party_invite(version: RoomVersion) -> None:
     signed = {"mxid": "@b:s", "token": "t", "signatures": {"id": {"ed25519:0": "sig"}}}
-    event = {"type": "m.room.member", "state_key": "@b:s", "content": {
-        "membership": "invite", "third_party_invite": {"display_name": "b", "signed": signed}}}
+    event = {
+        "type": "m.room.member",
+        "state_key": "@b:s",
+        "content": {
+            "membership": "invite",
+            "third_party_invite": {"display_name": "b", "signed": signed},
+        },
+    }
     content = redact(event, version)["content"]
     if version.redaction_rules is RedactionRules.V9:
         assert content == {"membership": "invite"}
@@ -298,8 +442,10 @@ def test_redact_member_third_party_invite(version: RoomVersion) -> None:
 
 
 def test_redact_third_party_invite_without_signed_v11() -> None:
-    event: JsonDict = {"type": "m.room.member", "content": {
-        "membership": "invite", "third_party_invite": {"display_name": "b"}}}
+    event: JsonDict = {
+        "type": "m.room.member",
+        "content": {"membership": "invite", "third_party_invite": {"display_name": "b"}},
+    }
     assert redact(event, V11)["content"] == {"membership": "invite", "third_party_invite": {}}
     event["content"]["third_party_invite"] = "junk"
     assert redact(event, V11)["content"] == {"membership": "invite"}
@@ -307,9 +453,15 @@ def test_redact_third_party_invite_without_signed_v11() -> None:
 
 @ALL_VERSIONS
 def test_redact_does_not_mutate_or_share(version: RoomVersion) -> None:
-    event = {"type": "m.room.power_levels", "state_key": "", "sender": "@a:s",
-             "content": {"users": {"@a:s": 100}, "x": 1}, "unsigned": {"age": 1},
-             "prev_events": ["$p"], "signatures": {"s": {"ed25519:1": "x"}}}
+    event = {
+        "type": "m.room.power_levels",
+        "state_key": "",
+        "sender": "@a:s",
+        "content": {"users": {"@a:s": 100}, "x": 1},
+        "unsigned": {"age": 1},
+        "prev_events": ["$p"],
+        "signatures": {"s": {"ed25519:1": "x"}},
+    }
     original = copy.deepcopy(event)
     redacted = redact(event, version)
     assert event == original
@@ -322,33 +474,49 @@ def test_redact_does_not_mutate_or_share(version: RoomVersion) -> None:
 
 @ALL_VERSIONS
 def test_redact_is_idempotent(version: RoomVersion) -> None:
-    event = dict(ALL_TOP_LEVEL, type="m.room.member",
-                 content={"membership": "join", "displayname": "x"})
+    event = dict(
+        ALL_TOP_LEVEL, type="m.room.member", content={"membership": "join", "displayname": "x"}
+    )
     once = redact(event, version)
     assert redact(once, version) == once
 
 
 def test_redact_event_without_or_with_bad_content() -> None:
     assert redact({"type": "m.room.message", "sender": "@a:s"}, V11) == {
-        "type": "m.room.message", "sender": "@a:s"}
+        "type": "m.room.message",
+        "sender": "@a:s",
+    }
     assert redact({"type": "m.room.member", "content": "junk"}, V10) == {
-        "type": "m.room.member", "content": {}}
+        "type": "m.room.member",
+        "content": {},
+    }
     assert redact({"type": 5, "content": {"a": 1}}, V11) == {"type": 5, "content": {}}
 
 
 # --- reference hash, event ID, room ID ------------------------------------------------------------
 
+
 def test_event_id_against_hand_computed_value() -> None:
     event = {
-        "type": "m.room.message", "room_id": "!r:s", "sender": "@u:s", "origin": "s",
-        "origin_server_ts": 5, "depth": 2, "prev_events": ["$p"], "auth_events": ["$a"],
-        "content": {"body": "hello"}, "hashes": {"sha256": "abc"},
-        "signatures": {"s": {"ed25519:1": "sig"}}, "unsigned": {"age": 3},
+        "type": "m.room.message",
+        "room_id": "!r:s",
+        "sender": "@u:s",
+        "origin": "s",
+        "origin_server_ts": 5,
+        "depth": 2,
+        "prev_events": ["$p"],
+        "auth_events": ["$a"],
+        "content": {"body": "hello"},
+        "hashes": {"sha256": "abc"},
+        "signatures": {"s": {"ed25519:1": "sig"}},
+        "unsigned": {"age": 3},
     }
     # The v9-redacted event without signatures/unsigned, written out by hand in canonical form.
-    v10_bytes = (b'{"auth_events":["$a"],"content":{},"depth":2,"hashes":{"sha256":"abc"},'
-                 b'"origin":"s","origin_server_ts":5,"prev_events":["$p"],"room_id":"!r:s",'
-                 b'"sender":"@u:s","type":"m.room.message"}')
+    v10_bytes = (
+        b'{"auth_events":["$a"],"content":{},"depth":2,"hashes":{"sha256":"abc"},'
+        b'"origin":"s","origin_server_ts":5,"prev_events":["$p"],"room_id":"!r:s",'
+        b'"sender":"@u:s","type":"m.room.message"}'
+    )
     v11_bytes = v10_bytes.replace(b'"origin":"s",', b"")
     for version, expected in ((V10, v10_bytes), (V11, v11_bytes), (V12, v11_bytes)):
         digest = hashlib.sha256(expected).digest()
@@ -359,10 +527,17 @@ def test_event_id_against_hand_computed_value() -> None:
 @ALL_VERSIONS
 def test_event_id_shape_and_stability(version: RoomVersion) -> None:
     event: JsonDict = {
-             "type": "m.room.member", "state_key": "@u:s", "sender": "@u:s", "room_id": "!r:s",
-             "content": {"membership": "join", "displayname": "U"}, "depth": 1,
-             "prev_events": [], "auth_events": [], "origin_server_ts": 0,
-             "hashes": {"sha256": "h"}}
+        "type": "m.room.member",
+        "state_key": "@u:s",
+        "sender": "@u:s",
+        "room_id": "!r:s",
+        "content": {"membership": "join", "displayname": "U"},
+        "depth": 1,
+        "prev_events": [],
+        "auth_events": [],
+        "origin_server_ts": 0,
+        "hashes": {"sha256": "h"},
+    }
     event_id = compute_event_id(event, version)
     assert event_id.startswith("$") and len(event_id) == 44
     assert not set(event_id) & set("+/=")
@@ -370,17 +545,27 @@ def test_event_id_shape_and_stability(version: RoomVersion) -> None:
     assert compute_event_id(redact(event, version), version) == event_id
     assert compute_event_id(dict(event, unsigned={"age": 9}), version) == event_id
     assert compute_event_id(dict(event, signatures={"s": {"k": "v"}}), version) == event_id
-    assert compute_event_id(dict(event, content={**event["content"], "displayname": "V"}),
-                            version) == event_id
+    assert (
+        compute_event_id(dict(event, content={**event["content"], "displayname": "V"}), version)
+        == event_id
+    )
     # ... but not by essential keys.
     assert compute_event_id(dict(event, content={"membership": "leave"}), version) != event_id
     assert compute_event_id(dict(event, depth=2), version) != event_id
 
 
 def test_v12_room_id_is_create_event_reference_hash() -> None:
-    create = {"type": "m.room.create", "state_key": "", "sender": "@u:s",
-              "content": {"room_version": "12"}, "depth": 1, "prev_events": [],
-              "auth_events": [], "origin_server_ts": 0, "hashes": {"sha256": "h"}}
+    create = {
+        "type": "m.room.create",
+        "state_key": "",
+        "sender": "@u:s",
+        "content": {"room_version": "12"},
+        "depth": 1,
+        "prev_events": [],
+        "auth_events": [],
+        "origin_server_ts": 0,
+        "hashes": {"sha256": "h"},
+    }
     room_id = compute_room_id_v12(create, V12)
     assert room_id.startswith("!") and ":" not in room_id and len(room_id) == 44
     assert room_id == "!" + compute_event_id(create, V12)[1:]
@@ -397,10 +582,18 @@ def test_room_id_derivation_refused_before_v12(version: RoomVersion) -> None:
 
 # --- size and shape -----------------------------------------------------------------------------
 
+
 def small_event(**overrides: Any) -> JsonDict:
-    event: JsonDict = {"type": "m.room.message", "room_id": "!r:s", "sender": "@u:s",
-                       "content": {"body": "x"}, "depth": 1, "prev_events": [],
-                       "auth_events": [], "origin_server_ts": 0}
+    event: JsonDict = {
+        "type": "m.room.message",
+        "room_id": "!r:s",
+        "sender": "@u:s",
+        "content": {"body": "x"},
+        "depth": 1,
+        "prev_events": [],
+        "auth_events": [],
+        "origin_server_ts": 0,
+    }
     event.update(overrides)
     return event
 
@@ -434,11 +627,19 @@ def test_keys_over_255_bytes_are_too_large(key: str) -> None:
         assert e.value.code == Codes.TOO_LARGE
 
 
-@pytest.mark.parametrize(("overrides", "drop"), [
-    ({"type": 5}, None), ({}, "type"), ({"state_key": 1}, None), ({"sender": None}, None),
-    ({"room_id": ["!r:s"]}, None), ({"content": {"n": 1.5}}, None),
-    ({"content": {"n": 2**53}}, None), ({"depth": -(2**53)}, None),
-])
+@pytest.mark.parametrize(
+    ("overrides", "drop"),
+    [
+        ({"type": 5}, None),
+        ({}, "type"),
+        ({"state_key": 1}, None),
+        ({"sender": None}, None),
+        ({"room_id": ["!r:s"]}, None),
+        ({"content": {"n": 1.5}}, None),
+        ({"content": {"n": 2**53}}, None),
+        ({"depth": -(2**53)}, None),
+    ],
+)
 def test_shape_errors_are_bad_json(overrides: JsonDict, drop: str | None) -> None:
     event = small_event(**overrides)
     if drop:

@@ -10,10 +10,10 @@ from homeserver.errors import Codes, MatrixError
 from homeserver.ratelimit import Action, RateLimiter
 
 
-def limiter(clock: FakeClock, *, enabled: bool = True, per_second: float = 1.0,
-            burst: int = 3) -> RateLimiter:
-    config = RateLimitsConfig(enabled=enabled,
-                              login=RateLimit(per_second=per_second, burst=burst))
+def limiter(
+    clock: FakeClock, *, enabled: bool = True, per_second: float = 1.0, burst: int = 3
+) -> RateLimiter:
+    config = RateLimitsConfig(enabled=enabled, login=RateLimit(per_second=per_second, burst=burst))
     return RateLimiter(config, clock)
 
 

@@ -20,8 +20,9 @@ class _Store:
         self.release = asyncio.Event()
         self.fail: Exception | None = None
 
-    async def count_unread_of(self, user_ids: Sequence[str], room_ids: Sequence[str],
-                              upto: int | None = None) -> dict[str, Any]:
+    async def count_unread_of(
+        self, user_ids: Sequence[str], room_ids: Sequence[str], upto: int | None = None
+    ) -> dict[str, Any]:
         self.calls.append((sorted(user_ids), tuple(room_ids), upto))
         await self.release.wait()
         if self.fail is not None:
@@ -42,8 +43,11 @@ async def test_counts_asked_meanwhile_are_made_together() -> None:
     for task in others:
         assert set(await task) == {"!q", "!r"}
     assert set(await elsewhere) == {"!r"}
-    assert store.calls == [(["@a:t"], ("!q", "!r"), 7), (["@d:t"], ("!r",), 7),
-                           (["@b:t", "@c:t"], ("!q", "!r"), 7)]
+    assert store.calls == [
+        (["@a:t"], ("!q", "!r"), 7),
+        (["@d:t"], ("!r",), 7),
+        (["@b:t", "@c:t"], ("!q", "!r"), 7),
+    ]
 
 
 async def test_a_failed_count_fails_everyone_waiting_for_it() -> None:
