@@ -62,6 +62,7 @@ from homeserver.storage.events import EventStore
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.media import MediaStore
+from homeserver.storage.pool_guard import PoolExhausted
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.push import PushStore
 from homeserver.storage.receipts import ReceiptStore
@@ -80,7 +81,12 @@ from homeserver.typing_notifications import TypingService
 from homeserver.uia import UiaService
 from homeserver.unread import UnreadCountService
 from homeserver.user_directory import UserDirectoryService
-from homeserver.web import http_error_handler, internal_error_handler, matrix_error_handler
+from homeserver.web import (
+    http_error_handler,
+    internal_error_handler,
+    matrix_error_handler,
+    pool_exhausted_handler,
+)
 from homeserver.websocket import WebSocketService
 from media_repo.backends import build_backend, spool_dir
 from media_repo.preview import UrlPreviewer
@@ -98,6 +104,14 @@ STOP_WAIT_S = 0.5
 
 class Homeserver:
     """Everything one worker runs, built once from the config."""
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: long-polls answer now with what they have, WebSockets close (1001), and
+        requests that would wait for a database connection get a 503 instead; in-flight
+        writes finish (the server waits for its requests, up to listen.shutdown_timeout_ms)."""
+        self.notifier.close()
+        self.websocket.shut_down()
+        self.db.begin_shutdown()
 
     def __init__(
         self, config: HomeserverConfig, db: Database, signing_key: SigningKey, clock: Clock
@@ -396,6 +410,7 @@ def create_app(hs: Homeserver) -> Starlette:
         exception_handlers={
             MatrixError: matrix_error_handler,
             HTTPException: http_error_handler,
+            PoolExhausted: pool_exhausted_handler,
             Exception: internal_error_handler,
         },
     )
@@ -409,7 +424,11 @@ async def running_homeserver(
 ) -> AsyncIterator[Homeserver]:
     """Open the database (migrated to head), build the services, close them on exit."""
     config.data_path.mkdir(parents=True, exist_ok=True)
-    db = Database(config.database_url, pool_size=config.database.pool_size)
+    db = Database(
+        config.database_url,
+        pool_size=config.database.pool_size,
+        pool_timeout_s=config.database.pool_timeout_ms / 1000,
+    )
     try:
         if migrate:
             await upgrade_head(db.engine)
@@ -483,6 +502,12 @@ def asgi_app(config: HomeserverConfig) -> Any:
             return
         await holder["hs"].app(scope, receive, send)
 
+    def begin_shutdown() -> None:
+        hs = holder.get("hs")
+        if hs is not None:
+            hs.begin_shutdown()
+
+    app.begin_shutdown = begin_shutdown  # type: ignore[attr-defined]  # called by cli.py
     return app
 
 

@@ -6,9 +6,15 @@ import argparse
 import asyncio
 import ctypes
 import getpass
+import math
 import os
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+
+import uvicorn
 
 from homeserver.config import ConfigError, HomeserverConfig, default_config_yaml, load_config
 from homeserver.errors import MatrixError
@@ -59,8 +65,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from homeserver.app import asgi_app
     from homeserver.logging import configure_logging
 
@@ -71,8 +75,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"Serving {config.server_name} on http://{config.listen.host}:{config.listen.port}",
         file=sys.stderr,
     )
-    uvicorn.run(
-        asgi_app(config),
+    app = asgi_app(config)
+    shutdown_timeout_s = config.listen.shutdown_timeout_ms / 1000
+    uvicorn_config = uvicorn.Config(
+        app,
         host=config.listen.host,
         port=config.listen.port,
         log_level=args.log_level.lower(),
@@ -86,8 +92,50 @@ def cmd_run(args: argparse.Namespace) -> int:
         ws_ping_interval=None,
         ws_ping_timeout=None,
         ws_max_size=2 * config.websocket.max_frame_bytes,
+        # Requests still running this long after SIGTERM are cancelled.
+        timeout_graceful_shutdown=math.ceil(shutdown_timeout_s),
     )
+    _Server(uvicorn_config, app.begin_shutdown, shutdown_timeout_s).run()
     return 0
+
+
+# After the requests' time is up, what is left (closing the database and the background
+# jobs) gets this long before the process exits regardless.
+EXIT_GRACE_S = 3.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which tells the homeserver as soon as a signal asks it to stop:
+    uvicorn itself only stops accepting and waits for the requests in flight, and a
+    long-poll would hold it up for its whole timeout."""
+
+    def __init__(
+        self, config: uvicorn.Config, begin_shutdown: Callable[[], None], timeout_s: float
+    ) -> None:
+        super().__init__(config)
+        self._begin_shutdown = begin_shutdown
+        self._timeout_s = timeout_s
+        self._watchdog: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self._watchdog is not None:
+            return
+        # Bounded whatever happens (a pool that never frees, a stuck close): the database
+        # holds everything acknowledged, so exiting loses nothing.
+        self._watchdog = threading.Timer(self._timeout_s + EXIT_GRACE_S, _exit_now)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.call_soon_threadsafe(self._begin_shutdown)
+
+
+def _exit_now() -> None:
+    print("shut-down took too long; exiting", file=sys.stderr)
+    os._exit(1)
 
 
 def _return_large_blocks_to_the_system() -> None:

@@ -28,6 +28,8 @@ class Section(BaseModel):
 class ListenConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8008, ge=0, le=65535)
+    # After SIGTERM: how long requests in flight get to finish before they are cancelled.
+    shutdown_timeout_ms: int = Field(default=5_000, ge=0)
 
 
 class DatabaseConfig(Section):
@@ -35,6 +37,8 @@ class DatabaseConfig(Section):
     # "postgresql+asyncpg://user@host:5432/dbname".
     url: str = "sqlite+aiosqlite:///homeserver.db"
     pool_size: int = Field(default=10, ge=1)
+    # How long a request waits for a free connection before it gets a 503.
+    pool_timeout_ms: int = Field(default=10_000, ge=1)
 
 
 class RegistrationConfig(Section):

@@ -7,16 +7,19 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from homeserver.bus import Bus, Wakeup
+from homeserver.storage.pool_guard import check_not_holding
 from homeserver.streams import Stream
 
 
 class Listener:
-    """One waiting request. ``wait`` returns True when woken, False on timeout."""
+    """One waiting request. ``wait`` returns True when woken, False on timeout (or when
+    the notifier is closing: the server is shutting down)."""
 
-    __slots__ = ("_event",)
+    __slots__ = ("_event", "closing")
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self.closing = False
 
     def wake(self) -> None:
         self._event.set()
@@ -25,6 +28,10 @@ class Listener:
         self._event.clear()
 
     async def wait(self, timeout_s: float) -> bool:
+        # A wait may be long: a pooled connection held across it is kept from everyone else.
+        check_not_holding("a wake-up")
+        if self.closing:
+            return False
         if self._event.is_set():
             return True
         try:
@@ -33,7 +40,7 @@ class Listener:
                 await self._event.wait()
         except TimeoutError:
             return False
-        return True
+        return not self.closing
 
 
 class Notifier:
@@ -45,7 +52,19 @@ class Notifier:
         # (every position is announced after its commit, and positions commit in order) or
         # read from the database (``learn``).
         self._committed: dict[Stream, int] = {}
+        self.closing = False
         bus.subscribe(self._on_wakeup)
+
+    def close(self) -> None:
+        """At shut-down: every waiting request, and every later one, stops waiting at once
+        (a long-poll answers with what it has; a WebSocket closes)."""
+        self.closing = True
+        listeners = {listener for group in self._by_user.values() for listener in group}
+        for group in self._by_room.values():
+            listeners.update(group)
+        for listener in listeners:
+            listener.closing = True
+            listener.wake()
 
     def committed(self) -> dict[Stream, int] | None:
         """A copy of the highest committed position of each stream known here; None until
@@ -71,6 +90,7 @@ class Notifier:
         room_id: str | None = None,
         user_ids: Iterable[str] = (),
     ) -> None:
+        check_not_holding("the bus")  # Redis: the network
         await self._bus.publish(Wakeup(stream, position, room_id, tuple(user_ids)))
 
     async def _on_wakeup(self, wakeup: Wakeup) -> None:
@@ -85,6 +105,7 @@ class Notifier:
 
     def listen(self, user_id: str, room_ids: Iterable[str]) -> Listener:
         listener = Listener()
+        listener.closing = self.closing
         self._by_user[user_id].add(listener)
         for room_id in room_ids:
             self._by_room[room_id].add(listener)

@@ -28,6 +28,7 @@ from cachetools import LRUCache
 from homeserver.clock import Clock
 from homeserver.push.ignored import IgnoreLists
 from homeserver.storage.events import EventStore
+from homeserver.storage.pool_guard import before_waiting
 from homeserver.storage.push import PushStore, ThreadUnread
 from homeserver.storage.receipts import ReceiptStore
 from homeserver.streams import Stream, StreamToken
@@ -84,6 +85,8 @@ class _CountBatch:
         future = batch.get(user_id)
         if future is None:
             future = batch[user_id] = asyncio.get_running_loop().create_future()
+        # Not holding a connection meanwhile: the batch's count may be waiting for one.
+        await before_waiting("another request's count")
         # Shielded: a caller that goes away does not take the others' answer with it.
         return await asyncio.shield(future)
 

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from homeserver.errors import Codes, MatrixError
+from homeserver.storage.pool_guard import PoolExhausted
 from homeserver.types import Requester
 
 if TYPE_CHECKING:
@@ -165,6 +166,20 @@ async def matrix_error_handler(request: Request, exc: Exception) -> Response:
     if exc.code == Codes.LIMIT_EXCEEDED and "retry_after_ms" in exc.extra:
         headers = {"Retry-After": str(max(1, int(exc.extra["retry_after_ms"]) // 1000))}
     return json_response(exc.to_json(), status_code=exc.status, headers=headers)
+
+
+async def pool_exhausted_handler(request: Request, exc: Exception) -> Response:
+    """No database connection became free in time: backpressure, not a bug (the pool
+    counts and logs it); the client retries after a while, as it would on a rate limit."""
+    assert isinstance(exc, PoolExhausted)
+    retry_after_ms = int(exc.retry_after_s * 1000)
+    error = MatrixError(
+        Codes.LIMIT_EXCEEDED,
+        "The server is busy; try again later",
+        status=503,
+        retry_after_ms=retry_after_ms,
+    )
+    return await matrix_error_handler(request, error)
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:

@@ -20,8 +20,12 @@ from homeserver.app import Homeserver, running_homeserver
 from homeserver.clock import FakeClock
 from homeserver.config import HomeserverConfig, parse_config
 from homeserver.migrate import upgrade_head
+from homeserver.storage import pool_guard
 from homeserver.storage.database import Database, LeanResult, PgConnection, SqliteConnection
 from homeserver.storage.schema import metadata, stream_positions
+
+# Holding a pooled connection across a wait for anything but the database raises in tests.
+pool_guard.STRICT = True
 
 PG_ADMIN_URL = os.environ.get("HS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -26,6 +26,14 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.selectable import TypedReturnsRows
 
+from homeserver.storage.pool_guard import (
+    before_waiting,
+    current_task,
+    drop,
+    exhausted,
+    hold,
+    keep_pin,
+)
 from homeserver.storage.schema import stream_positions
 from homeserver.streams import Stream
 
@@ -585,6 +593,12 @@ class _Group:
             self.committed.exception()  # retrieved: members that left early do not care
 
 
+# How long a request waits for a connection when all are in use, by default (config:
+# database.pool_timeout_ms); then it gets a 503. Nothing holds a connection across a wait
+# for anything but the database, so a wait this long means the database is overloaded.
+POOL_TIMEOUT_S = 10.0
+
+
 class _AutocommitPool:
     """PostgreSQL's autocommit connections (reads, and ``Database.write_alone``), kept
     checked out of SQLAlchemy's pool between uses.
@@ -597,25 +611,29 @@ class _AutocommitPool:
     ``None`` in the list is such a free place.
     """
 
-    def __init__(self, engine: AsyncEngine, size: int, plans: dict[Any, _Plan | None]) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        size: int,
+        plans: dict[Any, _Plan | None],
+        timeout_s: float = POOL_TIMEOUT_S,
+    ) -> None:
         self._engine = engine
         self._plans = plans
         self.size = size
+        self.timeout_s = timeout_s
         self._idle: asyncio.LifoQueue[PgConnection | None] = asyncio.LifoQueue()
         for _ in range(size):
             self._idle.put_nowait(None)
+        # Set at shut-down: waiting requests give up at once (a 503) rather than hold up
+        # the exit for the pool's timeout.
+        self._closing: asyncio.Future[None] | None = None
 
     async def acquire(self) -> PgConnection:
         try:  # the most recently used, whose caches are warm
             item = self._idle.get_nowait()
         except asyncio.QueueEmpty:
-            try:
-                async with asyncio.timeout(READ_POOL_TIMEOUT_S):
-                    item = await self._idle.get()
-            except TimeoutError:
-                raise sa.exc.TimeoutError(
-                    f"All {self.size} read connections stayed in use for {READ_POOL_TIMEOUT_S} s"
-                ) from None
+            item = await self._wait_for_one()
         if item is None:
             try:
                 item = PgConnection(await self._engine.connect(), self._plans)
@@ -624,6 +642,36 @@ class _AutocommitPool:
                 self._idle.put_nowait(None)
                 raise
         return item
+
+    async def _wait_for_one(self) -> PgConnection | None:
+        """The next connection given back, in order of asking; PoolExhausted after
+        ``timeout_s`` or at shut-down."""
+        if self._closing is not None and self._closing.done():
+            raise exhausted("the server is shutting down", 1)
+        getter = asyncio.ensure_future(self._idle.get())
+        waits: set[asyncio.Future[Any]] = {getter}
+        if self._closing is not None:
+            waits.add(self._closing)
+        try:
+            await asyncio.wait(waits, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        if self._closing is not None and self._closing.done():
+            raise exhausted("the server is shutting down", 1)
+        raise exhausted(
+            f"all {self.size} read connections stayed in use for {self.timeout_s} s",
+            max(1.0, self.timeout_s / 2),
+        )
+
+    def begin_shutdown(self) -> None:
+        """Requests waiting for a connection, and later ones, get PoolExhausted at once."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_future()
+        if not self._closing.done():
+            self._closing.set_result(None)
 
     async def release(self, item: PgConnection, error: BaseException | None) -> None:
         if error is None or not isinstance(error, _CONNECTION_SUSPECT):
@@ -636,12 +684,19 @@ class _AutocommitPool:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[PgConnection]:
+        # A task that holds a connection and waits for another can deadlock the pool: every
+        # connection held by tasks that each wait for one more. A pinned one goes back first.
+        await before_waiting("another database connection")
         item = await self.acquire()
+        task = current_task()
+        hold(task)
         try:
             yield item
         except BaseException as error:
+            drop(task)
             await self.release(item, error)
             raise
+        drop(task)
         await self.release(item, None)
 
     async def close(self) -> None:
@@ -653,32 +708,45 @@ class _AutocommitPool:
 
 
 class _Pin:
-    """The read connection ``pinned_reads`` holds for a task, checked out by its first read
-    (a read is ``async with``; the connection stays checked out until the pin ends)."""
+    """The read connection ``pinned_reads`` holds for its task, checked out by its first
+    read (a read is ``async with``) and kept until the pin ends, or until the task waits
+    for something other than the database (``Database.unpin``): the next read takes one
+    again. Only its own task reads through it (a task it starts has a copy of its
+    context, and reads from the pool)."""
 
-    __slots__ = ("_pool", "conn", "error")
+    __slots__ = ("_pool", "conn", "error", "owner", "reading")
 
     def __init__(self, pool: _AutocommitPool) -> None:
         self._pool = pool
+        self.owner = current_task()
         self.conn: PgConnection | None = None
         self.error: BaseException | None = None  # of a read, for the release
+        self.reading = 0  # reads under way: the connection is not given back under them
 
     async def __aenter__(self) -> Connection:
         if self.conn is None:
             conn = await self._pool.acquire()
-            if self.conn is None:
-                self.conn = conn
-            else:  # another task of the pin's got one meanwhile
-                await self._pool.release(conn, None)
+            hold(self.owner)
+            keep_pin(self.owner, self)
+            self.conn = conn
+        self.reading += 1
         return self.conn
 
     async def __aexit__(self, _type: object, error: BaseException | None, _tb: object) -> None:
+        self.reading -= 1
         if error is not None and isinstance(error, _CONNECTION_SUSPECT):
             self.error = error
 
+    async def give_back(self, error: BaseException | None = None) -> None:
+        """Returns the connection to the pool (if it has one and no read is under way)."""
+        conn = self.conn
+        if conn is None or self.reading:
+            return
+        self.conn = None
+        drop(self.owner, self)
+        failed, self.error = self.error or error, None
+        await self._pool.release(conn, failed)
 
-# How long a read waits for a connection when all are in use (SQLAlchemy's default).
-READ_POOL_TIMEOUT_S = 30.0
 
 # After these a connection may be mid-statement or broken: never reused. Other errors (a
 # MatrixError raised while reading) leave it as it was.
@@ -698,8 +766,11 @@ class Database:
     transactions and autocommit (its own commits share fsyncs already).
     """
 
-    def __init__(self, url: str, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, pool_size: int = 10, pool_timeout_s: float = POOL_TIMEOUT_S
+    ) -> None:
         self.url = url
+        self.pool_timeout_s = pool_timeout_s
         self.is_sqlite = url.startswith("sqlite")
         self._async_engine: AsyncEngine | None = None
         # Lean-path plans of prepared statements, by statement (and columns, for DML).
@@ -725,7 +796,11 @@ class Database:
             # its statements again) under load cost more than waiting for one.
             self._pool_size = pool_size
             self._async_engine = create_async_engine(
-                url, pool_size=pool_size, max_overflow=0, pool_pre_ping=False
+                url,
+                pool_size=pool_size,
+                max_overflow=0,
+                pool_pre_ping=False,
+                pool_timeout=pool_timeout_s,
             )
             # Reads are autocommit: no BEGIN and ROLLBACK round trips around each one (read
             # committed gives every statement its own snapshot either way); so are the writes
@@ -741,7 +816,9 @@ class Database:
                 isolation_level="AUTOCOMMIT",
                 pool_reset_on_return=None,
             )
-            self._autocommit = _AutocommitPool(self._pg_reader, 2 * pool_size, self._plans)
+            self._autocommit = _AutocommitPool(
+                self._pg_reader, 2 * pool_size, self._plans, pool_timeout_s
+            )
         # The read connection that pinned_reads() holds for the current task, if any.
         self._pinned: ContextVar[_Pin | None] = ContextVar(f"pinned-{id(self)}", default=None)
 
@@ -755,8 +832,23 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Connection]:
         if not self.is_sqlite:
-            async with self.engine.begin() as conn:
-                yield PgConnection(conn, self._plans)
+            # A pinned read's connection goes back first: a task holding one connection
+            # while it waits for another can leave every connection so held.
+            await before_waiting("a write connection")
+            task = current_task()
+            try:
+                async with self.engine.begin() as conn:
+                    hold(task)
+                    try:
+                        yield PgConnection(conn, self._plans)
+                    finally:
+                        drop(task)
+            except sa.exc.TimeoutError:  # SQLAlchemy's pool: no connection within its timeout
+                raise exhausted(
+                    f"all {self._pool_size} write connections stayed in use for "
+                    f"{self.pool_timeout_s} s",
+                    max(1.0, self.pool_timeout_s / 2),
+                ) from None
             return
         await self._take_writer()
         try:
@@ -950,7 +1042,11 @@ class Database:
         what they read kept by the first of them, and must not queue for connections they
         do not use. The code inside must not read from concurrent tasks (they would share
         the connection)."""
-        if self.is_sqlite or self._pinned.get() is not None:
+        if self.is_sqlite:
+            yield
+            return
+        outer = self._pinned.get()
+        if outer is not None and outer.owner is current_task():
             yield
             return
         pin = _Pin(self._autocommit)
@@ -963,8 +1059,20 @@ class Database:
             raise
         finally:
             self._pinned.reset(token)
-            if pin.conn is not None:
-                await self._autocommit.release(pin.conn, pin.error or error)
+            await pin.give_back(error)
+
+    async def unpin(self) -> None:
+        """Before the current task waits for something other than the database (another
+        task's read, a lock): the connection its ``pinned_reads`` holds goes back to the
+        pool, and its next read takes one again."""
+        pin = None if self.is_sqlite else self._pinned.get()
+        if pin is not None and pin.owner is current_task():
+            await pin.give_back()
+
+    def begin_shutdown(self) -> None:
+        """Requests that wait for a connection from now on get PoolExhausted at once."""
+        if not self.is_sqlite:
+            self._autocommit.begin_shutdown()
 
     def read(self) -> AbstractAsyncContextManager[Connection]:
         """A connection for reads: SQLite's one reader, or the connection ``pinned_reads``
@@ -975,7 +1083,7 @@ class Database:
                 self._read_conn = SqliteConnection(self._sqlite_reader.connect(), self._plans)
             return self._read_conn
         pinned = self._pinned.get()
-        if pinned is not None:
+        if pinned is not None and pinned.owner is current_task():
             return pinned
         return self._autocommit.connection()
 

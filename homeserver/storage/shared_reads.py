@@ -16,6 +16,8 @@ from typing import Generic, TypeVar
 
 from cachetools import LRUCache
 
+from homeserver.storage.pool_guard import before_waiting
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
@@ -45,6 +47,8 @@ class SharedReads(Generic[K, V]):
             pending = self._reading.get(key)
             if pending is None:
                 break
+            # Not holding a connection meanwhile: the reader may be waiting for one.
+            await before_waiting("another request's read")
             found = await asyncio.shield(pending)
             if not isinstance(found, _Failed):
                 return found

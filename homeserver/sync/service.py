@@ -121,7 +121,7 @@ class SyncService:
                         req.since,
                     )
                 if not await listener.wait(deadline - time.monotonic()):
-                    return await self._compute(requester, req)
+                    return await self._after_wait(requester, req, listener.closing)
                 now = self._woken_at(known)
             while True:
                 listener.clear()
@@ -130,10 +130,18 @@ class SyncService:
                 if not _is_empty(response) or remaining <= 0:
                     return response
                 if not await listener.wait(remaining):
-                    return await self._compute(requester, req)
+                    return await self._after_wait(requester, req, listener.closing)
                 now = self._woken_at(now.positions)
         finally:
             self._notifier.unlisten(listener, requester.user_id, room_ids)
+
+    async def _after_wait(self, requester: Requester, req: SyncRequest, closing: bool) -> JsonDict:
+        """The answer of a long-poll whose wait ended without a wake-up: what came meanwhile
+        (a lost wake-up costs latency, never an event); at shut-down, nothing, read nothing,
+        and the same token back (the client resumes from it on another worker or later)."""
+        if closing and req.since is not None:
+            return {"next_batch": req.since.serialize()}
+        return await self._compute(requester, req)
 
     def _woken_at(self, known: dict[Stream, int]) -> StreamToken:
         """Where a woken long-poll computes up to, without reading the positions again: the

@@ -14,6 +14,7 @@ import orjson
 
 from homeserver.errors import Codes, MatrixError
 from homeserver.jsonutil import dumps_str
+from homeserver.storage.pool_guard import PoolExhausted
 from homeserver.streams import StreamToken
 from homeserver.sync.service import SyncRequest, has_news
 from homeserver.types import JsonDict, Requester
@@ -155,6 +156,11 @@ class Connection:
         if self._requester is None:
             return {}
         return {"user_id": self._requester.user_id, "device_id": self._requester.device_id}
+
+    def going_away(self) -> None:
+        """The server is shutting down: close after what is queued; the client resumes
+        from its last ``next_batch``."""
+        self._shut(CloseCode.GOING_AWAY, "server shutting down")
 
     def _shut(
         self,
@@ -334,6 +340,15 @@ class Connection:
         except MatrixError as e:
             self._enqueue(_error_frame(e, request_id))
             return
+        except PoolExhausted as e:  # backpressure (counted and logged by the pool)
+            busy = MatrixError(
+                Codes.LIMIT_EXCEEDED,
+                "The server is busy; try again later",
+                status=503,
+                retry_after_ms=int(e.retry_after_s * 1000),
+            )
+            self._enqueue(_error_frame(busy, request_id))
+            return
         except Exception:
             # A bug answers this request, not the connection: the others still work.
             logger.exception(
@@ -375,6 +390,8 @@ class Connection:
         error = task.exception()
         if isinstance(error, MatrixError):
             self._shut(CloseCode.BAD_REQUEST, f"{error.code}: sync failed", error)
+        elif isinstance(error, PoolExhausted):
+            self._shut(CloseCode.TRY_AGAIN_LATER, "server busy: resume from your token")
         elif error is not None:
             logger.error("websocket sync failed", exc_info=error, extra=self._log_fields())
             self._shut(CloseCode.INTERNAL_ERROR, "internal error: resume from your token")

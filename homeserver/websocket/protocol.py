@@ -27,8 +27,10 @@ MAX_CLOSE_REASON_BYTES = 123
 class CloseCode(IntEnum):
     """Why the server closed a connection (4000-4999 are ours, RFC 6455 section 7.4.2)."""
 
+    GOING_AWAY = 1001  # the server is shutting down: reconnect (to it or another worker)
     TOO_LARGE = 1009  # a frame over max_frame_bytes
     INTERNAL_ERROR = 1011  # a bug or the database is down: reconnect with your token
+    TRY_AGAIN_LATER = 1013  # no database connection free in time: reconnect after a while
     BAD_REQUEST = 4000  # the sync parameters given at connect are invalid
     UNAUTHORIZED = 4001  # no token, a token in the URL, an unknown or revoked one
     HEARTBEAT_TIMEOUT = 4002  # nothing received for ping_timeout_ms after a ping

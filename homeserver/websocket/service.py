@@ -83,6 +83,11 @@ class WebSocketService:
         finally:
             self.connections.discard(connection)
 
+    def shut_down(self) -> None:
+        """At shut-down: every open connection closes (1001) after what is queued."""
+        for connection in list(self.connections):
+            connection.going_away()
+
     async def authenticate(self, access_token: str) -> Requester:
         return await self._auth.get_requester(access_token)
 
