@@ -106,12 +106,11 @@ class Homeserver:
     """Everything one worker runs, built once from the config."""
 
     def begin_shutdown(self) -> None:
-        """SIGTERM: long-polls answer now with what they have, WebSockets close (1001), and
-        requests that would wait for a database connection get a 503 instead; in-flight
-        writes finish (the server waits for its requests, up to listen.shutdown_timeout_ms)."""
+        """SIGTERM: long-polls answer now, WebSockets close (1001); the other requests in
+        flight, writes among them, finish (uvicorn waits for them up to
+        listen.shutdown_timeout_ms, then cancels what is left)."""
         self.notifier.close()
         self.websocket.shut_down()
-        self.db.begin_shutdown()
 
     def __init__(
         self, config: HomeserverConfig, db: Database, signing_key: SigningKey, clock: Clock

@@ -625,9 +625,6 @@ class _AutocommitPool:
         self._idle: asyncio.LifoQueue[PgConnection | None] = asyncio.LifoQueue()
         for _ in range(size):
             self._idle.put_nowait(None)
-        # Set at shut-down: waiting requests give up at once (a 503) rather than hold up
-        # the exit for the pool's timeout.
-        self._closing: asyncio.Future[None] | None = None
 
     async def acquire(self) -> PgConnection:
         try:  # the most recently used, whose caches are warm
@@ -645,33 +642,15 @@ class _AutocommitPool:
 
     async def _wait_for_one(self) -> PgConnection | None:
         """The next connection given back, in order of asking; PoolExhausted after
-        ``timeout_s`` or at shut-down."""
-        if self._closing is not None and self._closing.done():
-            raise exhausted("the server is shutting down", 1)
-        getter = asyncio.ensure_future(self._idle.get())
-        waits: set[asyncio.Future[Any]] = {getter}
-        if self._closing is not None:
-            waits.add(self._closing)
+        ``timeout_s``."""
         try:
-            await asyncio.wait(waits, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not getter.done():
-                getter.cancel()
-        if getter.done() and not getter.cancelled():
-            return getter.result()
-        if self._closing is not None and self._closing.done():
-            raise exhausted("the server is shutting down", 1)
-        raise exhausted(
-            f"all {self.size} read connections stayed in use for {self.timeout_s} s",
-            max(1.0, self.timeout_s / 2),
-        )
-
-    def begin_shutdown(self) -> None:
-        """Requests waiting for a connection, and later ones, get PoolExhausted at once."""
-        if self._closing is None:
-            self._closing = asyncio.get_running_loop().create_future()
-        if not self._closing.done():
-            self._closing.set_result(None)
+            async with asyncio.timeout(self.timeout_s):
+                return await self._idle.get()
+        except TimeoutError:
+            raise exhausted(
+                f"all {self.size} read connections stayed in use for {self.timeout_s} s",
+                max(1.0, self.timeout_s / 2),
+            ) from None
 
     async def release(self, item: PgConnection, error: BaseException | None) -> None:
         if error is None or not isinstance(error, _CONNECTION_SUSPECT):
@@ -1068,11 +1047,6 @@ class Database:
         pin = None if self.is_sqlite else self._pinned.get()
         if pin is not None and pin.owner is current_task():
             await pin.give_back()
-
-    def begin_shutdown(self) -> None:
-        """Requests that wait for a connection from now on get PoolExhausted at once."""
-        if not self.is_sqlite:
-            self._autocommit.begin_shutdown()
 
     def read(self) -> AbstractAsyncContextManager[Connection]:
         """A connection for reads: SQLite's one reader, or the connection ``pinned_reads``

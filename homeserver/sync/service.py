@@ -92,6 +92,8 @@ class SyncService:
     async def sync(self, requester: Requester, req: SyncRequest) -> JsonDict:
         if req.since is None or req.full_state or req.timeout_ms <= 0:
             return await self._compute(requester, req)
+        if self._notifier.closing:  # shutting down: come back later (or to another worker)
+            return {"next_batch": req.since.serialize()}
         # The committed positions known here (from wake-ups and earlier reads): coming back
         # with the token of the last response, a client finds them equal and waits, without
         # a statement. A position taken without a wake-up (a to-device message for no known

@@ -38,7 +38,10 @@ class ServerProcess:
         }
         if database_url is not None:
             data["database"] = {"url": database_url}
+        listen = config.pop("listen", {})
+        assert isinstance(listen, dict)
         data.update(config)
+        data["listen"] = {"host": "127.0.0.1", "port": self.port, **listen}
         self.config_path = workdir / "homeserver.yaml"
         self.config_path.write_text(yaml.safe_dump(data))
         self.log_path = workdir / "server.log"
@@ -81,6 +84,17 @@ class ServerProcess:
         assert self._proc is not None
         os.kill(self._proc.pid, signal.SIGKILL)
         self._proc.wait()
+
+    def terminate_and_wait(self, timeout_s: float) -> int | None:
+        """SIGTERM; the exit code, or None (and SIGKILL) if it is still running after
+        ``timeout_s``."""
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGTERM)
+        try:
+            return self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
 
     def stop(self) -> None:
         if self._proc is None or self._proc.poll() is not None:
