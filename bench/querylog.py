@@ -2,7 +2,7 @@
 LOG [homeserver args]``. For counting database round trips; the server code is unchanged.
 
 Statements are taken from the drivers, not from SQLAlchemy, since prepared statements
-bypass SQLAlchemy's execution (homeserver/storage/database.py): SQLite's trace callback
+bypass SQLAlchemy's execution (homeserver/storage/database/): SQLite's trace callback
 (which also sees BEGIN, COMMIT and the savepoints of group commit) and asyncpg's query
 logger.
 """
