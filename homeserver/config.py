@@ -38,7 +38,7 @@ class DatabaseConfig(Section):
     url: str = "sqlite+aiosqlite:///homeserver.db"
     pool_size: int = Field(default=10, ge=1)
     # How long a request waits for a free connection before it gets a 503.
-    pool_timeout_ms: int = Field(default=10_000, ge=1)
+    pool_timeout_ms: int = Field(default=30_000, ge=1)
 
 
 class RegistrationConfig(Section):

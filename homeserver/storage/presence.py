@@ -159,21 +159,21 @@ class PresenceStore:
             values["last_sync_ts"] = last_sync_ts
         if not values:
             return
-        async with self._db.write() as conn:
-            await conn.execute(
-                sa.update(presence).where(presence.c.user_id == user_id).values(**values)
-            )
+        # One statement on its own: one round trip on PostgreSQL (no BEGIN and COMMIT), so a
+        # crowd of long-polls ending together does not queue for the transaction pool.
+        await self._db.write_alone(
+            sa.update(presence).where(presence.c.user_id == user_id).values(**values)
+        )
 
     async def keep_connected(self, user_ids: Sequence[str], now_ms: int) -> None:
         """Connections are open on this worker for these users: they are not gone."""
         if not user_ids:
             return
-        async with self._db.write() as conn:
-            await conn.execute(
-                sa.update(presence)
-                .where(presence.c.user_id.in_(list(user_ids)), presence.c.last_sync_ts < now_ms)
-                .values(last_sync_ts=now_ms)
-            )
+        await self._db.write_alone(
+            sa.update(presence)
+            .where(presence.c.user_id.in_(list(user_ids)), presence.c.last_sync_ts < now_ms)
+            .values(last_sync_ts=now_ms)
+        )
 
     async def sweep(
         self, *, offline_before: int, idle_before: int, inactive_before: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,7 +160,11 @@ class SyncService:
         self, requester: Requester, req: SyncRequest, now: StreamToken | None
     ) -> tuple[StreamToken, JsonDict]:
         """The response up to ``now`` (None: the current positions), and that token."""
-        async with self._db.pinned_reads():  # one connection for its dozen reads
+        # An incremental sync keeps one connection for its dozen reads. A sync from scratch
+        # (or of full state) takes one per read: between its reads it builds whole rooms,
+        # and it must not keep a connection from the woken long-polls meanwhile.
+        incremental = req.since is not None and not req.full_state
+        async with self._db.pinned_reads() if incremental else contextlib.nullcontext():
             if now is None:
                 positions = await self._db.current_positions()
                 self._notifier.learn(positions)

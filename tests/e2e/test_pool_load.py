@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import orjson
 import pytest
+import yaml
 
 from bench.client import _Connection, timeline_event_ids
 from tests.conftest import in_thread, truncate
@@ -64,15 +64,25 @@ class Client:
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(raw_body)}\r\n"
         data = (head + "\r\n").encode() + raw_body
-        if self._conn is None or self._conn.closed:
-            _, self._conn = await asyncio.get_running_loop().create_connection(
-                _Connection, "127.0.0.1", self._port
-            )
-        try:
-            status, raw, _ = await self._conn.request(data, timeout_s)
-        except BaseException:
-            self.close()
-            raise
+        reused = self._conn is not None and not self._conn.closed
+        while True:
+            if self._conn is None or self._conn.closed:
+                _, self._conn = await asyncio.get_running_loop().create_connection(
+                    _Connection, "127.0.0.1", self._port
+                )
+            try:
+                status, raw, _ = await self._conn.request(data, timeout_s)
+                break
+            except ConnectionError:
+                # A kept connection the server closed meanwhile (idle past its keep-alive
+                # time): once more on a new one.
+                self.close()
+                if not reused:
+                    raise
+                reused = False
+            except BaseException:
+                self.close()
+                raise
         return status, orjson.loads(raw) if raw else None
 
     def close(self) -> None:
@@ -155,15 +165,26 @@ class Member:
                 assert not room["timeline"]["limited"], "a gap in the timeline"
 
 
-def start_server(tmp_path: Path, database_url: str, **config: object) -> ServerProcess:
+def start_server(tmp_path: Path, database_url: str) -> ServerProcess:
+    in_thread(lambda: truncate(database_url))
+    # The pool's size is the default; its timeout is longer than the default's 30 s: on a
+    # CI machine whose cores are shared with other jobs, a request may wait that long for
+    # a connection under this load, and the 503 it would then get is the designed answer
+    # to overload, not the failure this test looks for (a 500, a connection held across a
+    # wait, an event lost).
+    proc = ServerProcess(
+        tmp_path, database_url, database={"url": database_url, "pool_timeout_ms": 120_000}
+    )
+    start_server_again(proc)
+    return proc
+
+
+def start_server_again(proc: ServerProcess) -> None:
     os.environ["HOMESERVER_STRICT_POOL"] = "1"  # a connection held across a wait: a 500
     try:
-        in_thread(lambda: truncate(database_url))
-        proc = ServerProcess(tmp_path, database_url, **config)
         proc.start()
     finally:
         del os.environ["HOMESERVER_STRICT_POOL"]
-    return proc
 
 
 class Crowd:
@@ -197,30 +218,34 @@ class Crowd:
                 await checked(
                     client, self.tally, "join", "POST", f"/_matrix/client/v3/rooms/{room}/join", {}
                 )
-                m = Member(client, self.tally)
+                return Member(client, self.tally)
+
+        async def prime(m: Member) -> None:
+            async with gate:
                 await m.prime()
-                return m
 
         self.members = list(await asyncio.gather(*(member(i) for i in range(members))))
+        # Every member from after the last join: the crowd's own arrival is not the load.
+        await asyncio.gather(*(prime(m) for m in self.members))
         for m in self.members:
             m.task = asyncio.create_task(m.run())
 
-    async def send_all(self, count: int) -> None:
+    async def send_all(self, count: int, phase: str) -> None:
         assert self.sender is not None
         room = quote(self.room_id, safe="")
         for i in range(count):
             status, answer = await self.sender.call(
                 "PUT",
-                f"/_matrix/client/v3/rooms/{room}/send/m.room.message/load{i}",
+                f"/_matrix/client/v3/rooms/{room}/send/m.room.message/{phase}{i}",
                 {"msgtype": "m.text", "body": f"message {i}"},
             )
             self.tally.count("send", status, answer)
             if status == 200:
                 self.acknowledged.append(answer["event_id"])
 
-    async def registrations(self, count: int) -> None:
+    async def registrations(self, count: int, phase: str) -> None:
         await asyncio.gather(
-            *(register(self.port, f"newcomer{i}", self.tally) for i in range(count))
+            *(register(self.port, f"{phase}-newcomer{i}", self.tally) for i in range(count))
         )
 
     async def initial_syncs(self, count: int) -> None:
@@ -246,6 +271,38 @@ class Crowd:
             await asyncio.sleep(0.2)
         return [len(wanted - m.received) for m in self.members]
 
+    async def load(self, phase: str) -> float:
+        """The load of a phase: events sent while accounts register and members sync from
+        scratch; how long until every member had every event."""
+        self.acknowledged = []
+        started = time.monotonic()
+        await asyncio.gather(
+            self.send_all(MESSAGES, phase),
+            self.registrations(REGISTRATIONS, phase),
+            self.initial_syncs(INITIAL_SYNCS),
+        )
+        missed = await self.everyone_received(DELIVERY_TIMEOUT_S)
+        elapsed = time.monotonic() - started
+        print(f"{MEMBERS} members, {phase}: {elapsed:.1f} s, {self.tally.statuses}")
+        assert self.tally.server_errors == []
+        assert len(self.acknowledged) == MESSAGES
+        assert max(missed) == 0, f"{sum(1 for n in missed if n)} members missed events"
+        return elapsed
+
+    async def pause(self) -> None:
+        """The long-polls stop (their tokens are kept), for a restart."""
+        for m in self.members:
+            if m.task is not None:
+                m.task.cancel()
+        await asyncio.gather(*(m.task for m in self.members if m.task), return_exceptions=True)
+        for m in self.members:
+            m.client.close()
+            m.task = None
+
+    def resume(self) -> None:
+        for m in self.members:
+            m.task = asyncio.create_task(m.run())
+
     async def stop(self) -> None:
         for m in self.members:
             if m.task is not None:
@@ -257,56 +314,45 @@ class Crowd:
             self.sender.close()
 
 
-@pytest.fixture
-def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    url: str = request.getfixturevalue("pg_database")
-    yield url
+def reconfigure(server: ServerProcess, **sections: dict[str, object]) -> None:
+    """Updates sections of the server's config file (read at its next start)."""
+    data = yaml.safe_load(server.config_path.read_text())
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    server.config_path.write_text(yaml.safe_dump(data))
 
 
-@pytest.mark.parametrize("pool_size", [None, 2], ids=["default-pool", "pool-2"])
-async def test_a_crowd_long_polling_one_room(
-    pg_url: str, tmp_path: Path, pool_size: int | None
+@pytest.mark.timeout(1200)  # one set-up for three phases: longer than a test's default
+async def test_a_crowd_on_the_default_pool_on_a_pool_of_2_and_at_sigterm(
+    pg_database: str, tmp_path: Path
 ) -> None:
-    config: dict[str, object] = {"database": {"url": pg_url}}
-    if pool_size is not None:
-        config["database"] = {"url": pg_url, "pool_size": pool_size}
-    server = start_server(tmp_path, pg_url, **config)
+    """One crowd (its set-up is most of the time), three phases on the same database: the
+    default pool; a restart on a pool of 2; SIGTERM under the same load on the pool of 2,
+    then a restart that has every event acknowledged in any phase."""
+    server = start_server(tmp_path, pg_database)
     crowd = Crowd(server.port)
+    acknowledged: list[str] = []
     try:
         await crowd.set_up(MEMBERS)
-        started = time.monotonic()
-        await asyncio.gather(
-            crowd.send_all(MESSAGES),
-            crowd.registrations(REGISTRATIONS),
-            crowd.initial_syncs(INITIAL_SYNCS),
-        )
-        missed = await crowd.everyone_received(DELIVERY_TIMEOUT_S)
-        elapsed = time.monotonic() - started
-    finally:
-        await crowd.stop()
+        await crowd.load("default-pool")
+        acknowledged += crowd.acknowledged
+
+        await crowd.pause()
         server.stop()
-    print(
-        f"{MEMBERS} members, pool {pool_size or 'default'}: {elapsed:.1f} s, {crowd.tally.statuses}"
-    )
-    assert crowd.tally.server_errors == []
-    assert len(crowd.acknowledged) == MESSAGES
-    assert max(missed) == 0, f"{sum(1 for n in missed if n)} members missed events"
+        reconfigure(
+            server,
+            database={"pool_size": 2},
+            listen={"shutdown_timeout_ms": SHUTDOWN_TIMEOUT_MS},
+        )
+        start_server_again(server)
+        crowd.resume()
+        await crowd.load("pool-of-2")
+        acknowledged += crowd.acknowledged
 
-
-async def test_sigterm_under_load_exits_in_time_and_loses_nothing(
-    pg_url: str, tmp_path: Path
-) -> None:
-    config = {
-        "database": {"url": pg_url, "pool_size": 2},
-        "listen": {"shutdown_timeout_ms": SHUTDOWN_TIMEOUT_MS},
-    }
-    server = start_server(tmp_path, pg_url, **config)
-    crowd = Crowd(server.port)
-    try:
-        await crowd.set_up(MEMBERS // 3)
+        crowd.acknowledged = []
         load = asyncio.gather(
-            crowd.send_all(10_000),  # until the server goes
-            crowd.registrations(REGISTRATIONS),
+            crowd.send_all(10_000, "sigterm"),  # until the server goes
+            crowd.registrations(REGISTRATIONS, "sigterm"),
             crowd.initial_syncs(INITIAL_SYNCS),
             return_exceptions=True,
         )
@@ -321,16 +367,17 @@ async def test_sigterm_under_load_exits_in_time_and_loses_nothing(
         await asyncio.wait_for(
             asyncio.gather(*(m.task for m in crowd.members if m.task), return_exceptions=True), 30
         )
+        acknowledged += crowd.acknowledged
     finally:
         await crowd.stop()
-    print(
-        f"exit after SIGTERM: {took:.2f} s (code {exit_code}); "
-        f"acknowledged {len(crowd.acknowledged)}"
-    )
+        server.stop()
+    print(f"exit after SIGTERM: {took:.2f} s (code {exit_code})")
     assert took < SHUTDOWN_TIMEOUT_MS / 1000 + EXIT_MARGIN_S
-    assert crowd.tally.server_errors == [] or all(
-        status == 503 for _, status, _ in crowd.tally.server_errors
-    ), crowd.tally.server_errors[:5]
+    # At the signal, requests waiting for a database connection may be refused (503); none
+    # fails otherwise.
+    assert all(status == 503 for _, status, _ in crowd.tally.server_errors), (
+        crowd.tally.server_errors[:5]
+    )
     # The long-polls waiting at the signal got a normal answer.
     answered = [m.after_signal for m in crowd.members if m.after_signal]
     assert len(answered) >= len(crowd.members) * 0.9
@@ -338,11 +385,11 @@ async def test_sigterm_under_load_exits_in_time_and_loses_nothing(
     assert firsts.count(200) == len(firsts), firsts
 
     # Every acknowledged event is there after a restart.
-    server.start()
+    start_server_again(server)
     try:
         reader = Client(server.port, crowd.members[0].client.token)
         room = quote(crowd.room_id, safe="")
-        for event_id in crowd.acknowledged:
+        for event_id in acknowledged:
             status, answer = await reader.call(
                 "GET", f"/_matrix/client/v3/rooms/{room}/event/{quote(event_id, safe='')}"
             )

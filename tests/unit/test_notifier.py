@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from homeserver.bus import InMemoryBus
 from homeserver.notifier import Notifier
 from homeserver.streams import Stream
@@ -24,3 +26,16 @@ async def test_committed_positions_are_known_once_learned_and_only_rise() -> Non
     notifier.learn({stream: 1 for stream in Stream})
     await notifier.notify(Stream.EVENTS, 6, room_id="!r:t")
     assert notifier.committed() == {**read, Stream.EVENTS: 7, Stream.RECEIPTS: 9}
+
+
+async def test_closing_releases_every_waiter_and_later_ones() -> None:
+    notifier = Notifier(InMemoryBus())
+    listeners = [notifier.listen(f"@u{i}:t", ["!r:t"]) for i in range(3)]
+    waits = [asyncio.create_task(listener.wait(30)) for listener in listeners]
+    await asyncio.sleep(0.01)
+    notifier.close()
+    # Not woken by news: False, as a timeout, and marked closing.
+    assert await asyncio.wait_for(asyncio.gather(*waits), 1) == [False] * 3
+    assert all(listener.closing for listener in listeners)
+    later = notifier.listen("@v:t", ["!r:t"])
+    assert await asyncio.wait_for(later.wait(30), 1) is False

@@ -99,8 +99,10 @@ class PgConnection:
 
 # How long a request waits for a connection when all are in use, by default (config:
 # database.pool_timeout_ms); then it gets a 503. Nothing holds a connection across a wait
-# for anything but the database, so a wait this long means the database is overloaded.
-POOL_TIMEOUT_S = 10.0
+# for anything but the database, but a connection is held until its task runs again: with
+# the worker's CPU saturated that takes turns of a long event loop, and a long-poll client
+# is better served by waiting than by a retry. A wait this long means sustained overload.
+POOL_TIMEOUT_S = 30.0
 
 
 class AutocommitPool:
@@ -194,7 +196,10 @@ class Pin:
     """The read connection ``pinned_reads`` holds for its task, checked out by its first
     read (a read is ``async with``) and kept until the pin ends, or until the task waits
     for something other than the database (``pool_guard.before_waiting``): the next read
-    takes one again. Only its own task reads through it (a task it starts has a copy of its
+    takes one again. Kept between reads even when others wait: a computation that has a
+    connection finishes, rather than queue again for each of its reads behind every
+    request that came after it (which, with the CPU saturated, makes each of them as slow
+    as all of them together). Only its own task reads through it (a task it starts has a copy of its
     context, and reads from the pool)."""
 
     __slots__ = ("_pool", "conn", "error", "owner", "reading")
