@@ -129,10 +129,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="servers started here on every core but the last, this client "
         "on the last (with 2 cores or more; default off); see bench/README.md",
     )
+    parser.add_argument(
+        "--fanout-sizes",
+        default="50,200",
+        help="comma-separated member counts of the fan-out rooms, each multiplied by "
+        "--scale (default 50,200; e.g. 200,1000)",
+    )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     args.servers = [s for s in args.servers.split(",") if s]
     args.scenarios = [s for s in args.scenarios.split(",") if s]
+    try:
+        args.fanout_sizes = [int(s) for s in args.fanout_sizes.split(",") if s]
+    except ValueError:
+        parser.error("--fanout-sizes takes comma-separated member counts")
+    if not args.fanout_sizes or min(args.fanout_sizes) < 2:
+        parser.error("--fanout-sizes: each room needs at least 2 members")
     for scenario in args.scenarios:
         if scenario not in SCENARIOS:
             parser.error(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
@@ -183,6 +195,7 @@ async def run_server(
             args.throughput_seconds,
             args.budget_seconds,
             profiler,
+            args.fanout_sizes,
         )
         for scenario in args.scenarios:
             started = time.monotonic()

@@ -124,6 +124,10 @@ class Result:
         }
 
 
+# Members of the fan-out rooms (before --scale); --fanout-sizes sets others.
+FANOUT_SIZES = (50, 200)
+
+
 class Bench:
     """Runs the scenarios against one server; users are pooled across scenarios."""
 
@@ -137,6 +141,7 @@ class Bench:
         throughput_seconds: float,
         budget_seconds: float,
         profiler: Callable[[str], Any] | None = None,
+        fanout_sizes: Sequence[int] = FANOUT_SIZES,
     ) -> None:
         self.mx = mx
         self.watch = watch
@@ -148,6 +153,7 @@ class Bench:
         # A slow server must not stretch the run: a latency scenario stops sending once its
         # measured part has run this long, and reports what it measured.
         self.budget_seconds = budget_seconds
+        self.fanout_sizes = tuple(fanout_sizes)
         self.pool: list[User] = []
         self._profiler = profiler
         self._counter = 0
@@ -322,7 +328,7 @@ class Bench:
     # -- 2. Group fan-out -----------------------------------------------------------------
 
     async def fanout(self) -> list[Result]:
-        return [await self._fanout(self.n(50, 2)), await self._fanout(self.n(200, 2))]
+        return [await self._fanout(self.n(size, 2)) for size in self.fanout_sizes]
 
     async def _fanout(self, size: int) -> Result:
         events = self.n(10, 3)
