@@ -109,8 +109,8 @@ class Homeserver:
         """SIGTERM: long-polls answer now, WebSockets close (1001); the other requests in
         flight, writes among them, finish (uvicorn waits for them up to
         listen.shutdown_timeout_ms, then cancels what is left)."""
+        self.websocket.shut_down()  # first: their streams then stop at their next answer
         self.notifier.close()
-        self.websocket.shut_down()
 
     def __init__(
         self, config: HomeserverConfig, db: Database, signing_key: SigningKey, clock: Clock

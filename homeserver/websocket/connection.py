@@ -401,7 +401,8 @@ class Connection:
         assert requester is not None
         first = True
         async with self._service.online(requester, set_presence):
-            while True:
+            # Until the connection closes: at shut-down a sync answers at once with nothing.
+            while self._close is None:
                 response = await self._service.sync(requester, req)
                 # An initial sync is always sent (it is the client's starting point); after
                 # that only batches with something in them.
