@@ -1,0 +1,33 @@
+"""Events, room state, memberships and the room graph: what commits together when an event
+is persisted, and how it is read back.
+
+``writing`` persists (``EventStore``), ``reading`` reads events and the stream's windows,
+``state`` keeps state groups and current state, ``message`` is PostgreSQL's one-statement
+persist of a message.
+"""
+
+from __future__ import annotations
+
+from homeserver.storage.events.model import DuplicateTxn, NewEvent, StateKey, StateMap, StoredEvent
+from homeserver.storage.events.reading import (
+    SHARED_TIMELINE_MAX_EVENTS,
+    WINDOW_MAX_EVENTS,
+    WINDOWS_KEPT,
+    StreamWindow,
+)
+from homeserver.storage.events.state import MAX_STATE_CHAIN
+from homeserver.storage.events.writing import EventStore
+
+__all__ = [
+    "MAX_STATE_CHAIN",
+    "SHARED_TIMELINE_MAX_EVENTS",
+    "WINDOWS_KEPT",
+    "WINDOW_MAX_EVENTS",
+    "DuplicateTxn",
+    "EventStore",
+    "NewEvent",
+    "StateKey",
+    "StateMap",
+    "StoredEvent",
+    "StreamWindow",
+]
