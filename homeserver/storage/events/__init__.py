@@ -8,6 +8,7 @@ persist of a message.
 
 from __future__ import annotations
 
+from homeserver.storage.events.graph import Extremity, referenced_ids
 from homeserver.storage.events.model import DuplicateTxn, NewEvent, StateKey, StateMap, StoredEvent
 from homeserver.storage.events.reading import (
     SHARED_TIMELINE_MAX_EVENTS,
@@ -24,10 +25,12 @@ __all__ = [
     "WINDOWS_KEPT",
     "WINDOW_MAX_EVENTS",
     "DuplicateTxn",
+    "Extremity",
     "EventStore",
     "NewEvent",
     "StateKey",
     "StateMap",
     "StoredEvent",
     "StreamWindow",
+    "referenced_ids",
 ]

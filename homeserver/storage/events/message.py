@@ -11,6 +11,9 @@ from homeserver.core.streams import Stream
 from homeserver.storage.database import prepared
 from homeserver.storage.schema import (
     BigInt,
+    event_auth,
+    event_edges,
+    event_forward_extremities,
     event_push_actions,
     event_relations,
     event_txns,
@@ -33,7 +36,9 @@ def _message_statement(claim: bool, relation: bool) -> sa.Select[Any]:
     position is taken, and the event, its push actions, its transaction ID (a taken one
     fails the whole statement on the primary key) and its relation are inserted at it. The
     room's row, then the position's, stay locked until the commit, in that order, as in
-    ``persist_event``'s transaction.
+    ``persist_event``'s transaction. The event's edges (``prevs``, ``auths``) are recorded
+    and it replaces its prev_events among the room's forward extremities, as
+    ``record_graph`` does there.
     """
     moved = (
         sa.update(rooms)
@@ -122,7 +127,60 @@ def _message_statement(claim: bool, relation: bool) -> sa.Select[Any]:
         )
         .cte("pushed")
     )
-    statement = sa.select(position.c.position).add_cte(event, pushed)
+    prevs = (
+        sa.func.unnest(sa.bindparam("prevs", type_=postgresql.ARRAY(sa.Text)))
+        .table_valued("prev_event_id")
+        .render_derived()
+    )
+    auths = (
+        sa.func.unnest(sa.bindparam("auths", type_=postgresql.ARRAY(sa.Text)))
+        .table_valued("auth_id")
+        .render_derived()
+    )
+    _f = event_forward_extremities
+    # The graph: the event replaces its prev_events among the room's forward extremities
+    # (other rows than the one inserted, so the two do not meet in one statement) and its
+    # edges are recorded.
+    unlinked = (
+        sa.delete(_f)
+        .where(
+            _f.c.room_id == _text("room_id"),
+            _f.c.event_id == sa.func.any(sa.bindparam("prevs", type_=postgresql.ARRAY(sa.Text))),
+            sa.select(position).exists(),
+        )
+        .cte("unlinked")
+    )
+    linked = (
+        sa.insert(_f)
+        .from_select(
+            ["room_id", "event_id"],
+            sa.select(_text("room_id"), _text("event_id")).select_from(position),
+        )
+        .cte("linked")
+    )
+    edged = (
+        sa.insert(event_edges)
+        .from_select(
+            ["event_id", "prev_event_id"],
+            sa.select(_text("event_id"), prevs.c.prev_event_id).select_from(
+                position.join(prevs, sa.true())
+            ),
+        )
+        .cte("edged")
+    )
+    authed = (
+        sa.insert(event_auth)
+        .from_select(
+            ["event_id", "auth_id"],
+            sa.select(_text("event_id"), auths.c.auth_id).select_from(
+                position.join(auths, sa.true())
+            ),
+        )
+        .cte("authed")
+    )
+    statement = sa.select(position.c.position).add_cte(
+        event, pushed, unlinked, linked, edged, authed
+    )
     if claim:
         statement = statement.add_cte(
             sa.insert(event_txns)

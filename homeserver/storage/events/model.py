@@ -60,6 +60,10 @@ class NewEvent:
     txn_scope: str | None = None
     # The members it notifies (push rules evaluated before persisting; issue 6).
     push_actions: tuple[PushAction, ...] = ()
+    # The state before it when its prev_events are several forward extremities whose states
+    # differ (resolved by the builder); None when it is the room's current state, the usual
+    # case of one extremity.
+    prev_state: StateMap | None = None
 
 
 EVENT_COLUMNS = (

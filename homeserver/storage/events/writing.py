@@ -9,7 +9,9 @@ from cachetools import LRUCache
 
 from homeserver.core import jsonutil
 from homeserver.core.streams import Stream
+from homeserver.core.types import JsonDict
 from homeserver.storage.database import Connection, Database, prepared
+from homeserver.storage.events.graph import GraphReads, record_graph, referenced_ids
 from homeserver.storage.events.message import MESSAGE
 from homeserver.storage.events.model import DuplicateTxn, NewEvent, StateMap, redacts_of
 from homeserver.storage.events.reading import (
@@ -69,7 +71,7 @@ _INSERT_EVENT = prepared(
 _TXN_KEY = str(event_txns.primary_key.name)
 
 
-class EventStore(EventReads, StateGroups):
+class EventStore(EventReads, StateGroups, GraphReads):
     """Events, room state and memberships."""
 
     def __init__(self, db: Database) -> None:
@@ -94,23 +96,32 @@ class EventStore(EventReads, StateGroups):
     # --- writing ---------------------------------------------------------------------------
 
     async def persist_event(self, new: NewEvent, expected_latest: str | None) -> int | None:
-        """Persist one event as the room's new forward extremity, in one transaction.
+        """Persist one event as a forward extremity of its room in place of its prev_events,
+        with its edges, its state, and the room's current state after it, in one transaction.
 
-        Returns its stream position, or None when the room's latest event is no longer
-        ``expected_latest`` (another writer got there first: rebuild and try again). Raises
-        ``DuplicateTxn`` when a retry of the same transaction persisted its event first.
+        ``expected_latest`` is the room's latest event (``rooms.latest_event_id``) the event
+        was built on: every event that moves the room's extremities replaces it, so it stands
+        for the set of extremities the builder saw. Returns the event's stream position, or
+        None when the room moved on since (another writer got there first: rebuild and try
+        again). Raises ``DuplicateTxn`` when a retry of the same transaction persisted its
+        event first.
         """
         pdu = new.pdu
         state_key: str | None = pdu.get("state_key")
         event_json = jsonutil.dumps_str(pdu)
         unsigned_json = jsonutil.dumps_str(new.unsigned) if new.unsigned else None
+        prevs = referenced_ids(pdu, "prev_events")
+        auths = referenced_ids(pdu, "auth_events")
         if (
             not self._db.is_sqlite
             and state_key is None
             and expected_latest is not None
+            and new.prev_state is None
             and pdu["type"] != "m.room.redaction"
         ):
-            return await self._persist_message(new, expected_latest, event_json, unsigned_json)
+            return await self._persist_message(
+                new, expected_latest, event_json, unsigned_json, prevs, auths
+            )
         async with self._db.write() as conn:
             room = (await conn.execute(_LOCK_ROOM, {"room_id": new.room_id})).first()
             if room is None or room.latest_event_id != expected_latest:
@@ -131,10 +142,16 @@ class EventStore(EventReads, StateGroups):
                 )
                 if taken.rowcount == 0:
                     raise DuplicateTxn(new.txn_id)  # rolls the whole transaction back
-            group = before = room.current_state_group
+            group = base = before = room.current_state_group
+            if new.prev_state is not None:
+                # Built on several extremities: its state before is theirs resolved, written
+                # whole (a merge is rare; a snapshot keeps its reads short).
+                group = base = await self._add_state_group(
+                    conn, new.room_id, None, dict(new.prev_state)
+                )
             if state_key is not None:
                 group = await self._add_state_group(
-                    conn, new.room_id, before, {(pdu["type"], state_key): new.event_id}
+                    conn, new.room_id, base, {(pdu["type"], state_key): new.event_id}
                 )
             await conn.execute(
                 _MOVE_ROOM,
@@ -159,8 +176,15 @@ class EventStore(EventReads, StateGroups):
                     "txn_id": new.txn_id,
                 },
             )
-            if state_key is not None:
+            if new.prev_state is not None:
+                after = dict(new.prev_state)
+                if state_key is not None:
+                    after[(pdu["type"], state_key)] = new.event_id
+                current = {} if before is None else await self._state_for_group(conn, before)
+                await self._replace_current_state(conn, new.room_id, current, after, position)
+            elif state_key is not None:
                 await self._update_current_state(conn, new, state_key, position)
+            await record_graph(conn, new.room_id, new.event_id, prevs, auths)
             redacts = redacts_of(pdu)
             if pdu["type"] == "m.room.redaction" and redacts is not None:
                 await conn.execute(
@@ -176,16 +200,31 @@ class EventStore(EventReads, StateGroups):
             await record_push_actions(
                 conn, new.push_actions, new.room_id, new.event_id, position, pdu["origin_server_ts"]
             )
-        if state_key is not None:
+        if state_key is not None or new.prev_state is not None:
             # Committed: the new group's state is the previous one's plus this event, so the
             # room's next send does not load it (an uncommitted group's ID may be reused).
-            previous = {} if before is None else self._state_cache.get(before)
+            previous = (
+                new.prev_state
+                if new.prev_state is not None
+                else {}
+                if before is None
+                else self._state_cache.get(before)
+            )
             if previous is not None:
-                self._state_cache[group] = {**previous, (pdu["type"], state_key): new.event_id}
+                state = dict(previous)
+                if state_key is not None:
+                    state[(pdu["type"], state_key)] = new.event_id
+                self._state_cache[group] = state
         return position
 
     async def _persist_message(
-        self, new: NewEvent, expected_latest: str, event_json: str, unsigned_json: str | None
+        self,
+        new: NewEvent,
+        expected_latest: str,
+        event_json: str,
+        unsigned_json: str | None,
+        prevs: list[str],
+        auths: list[str],
     ) -> int | None:
         """``persist_event`` of a message on PostgreSQL: one statement (``MESSAGE``)."""
         pdu = new.pdu
@@ -208,6 +247,8 @@ class EventStore(EventReads, StateGroups):
                     "device_id": new.device_id,
                     "txn_id": new.txn_id,
                     "scope": new.txn_scope or "",
+                    "prevs": prevs,
+                    "auths": auths,
                     "users": [a.user_id for a in actions],
                     "threads": [a.thread_id for a in actions],
                     "actions": [a.actions_json for a in actions],
@@ -223,6 +264,62 @@ class EventStore(EventReads, StateGroups):
             raise
         position = result.scalar()
         return None if position is None else int(position)
+
+    async def _replace_current_state(
+        self, conn: Connection, room_id: str, current: StateMap, after: StateMap, position: int
+    ) -> None:
+        """The room's current state becomes ``after`` (a resolved state): the entries that
+        differ from ``current`` are written, memberships with them, at ``position`` so that
+        syncs from before it see them change."""
+        gone = [key for key in current if key not in after]
+        changed = {key: e for key, e in after.items() if current.get(key) != e}
+        for event_type, state_key in gone:
+            await conn.execute(
+                sa.delete(current_state).where(
+                    current_state.c.room_id == room_id,
+                    current_state.c.type == event_type,
+                    current_state.c.state_key == state_key,
+                )
+            )
+        loaded = {
+            r.event_id: r
+            for r in (
+                await conn.execute(
+                    sa.select(events.c.event_id, events.c.sender, events.c.json).where(
+                        events.c.event_id.in_(
+                            [e for (t, _), e in changed.items() if t == "m.room.member"]
+                        )
+                    )
+                )
+            ).all()
+        }
+        for (event_type, state_key), event_id in changed.items():
+            await conn.execute(
+                self._db.upsert(
+                    current_state,
+                    {
+                        "room_id": room_id,
+                        "type": event_type,
+                        "state_key": state_key,
+                        "event_id": event_id,
+                    },
+                    keys=("room_id", "type", "state_key"),
+                )
+            )
+            member = loaded.get(event_id)
+            if event_type == "m.room.member" and member is not None:
+                content = jsonutil.loads(member.json).get("content", {})
+                await self._record_membership(
+                    conn, room_id, state_key, event_id, member.sender, content, position
+                )
+        for event_type, state_key in gone:
+            if event_type == "m.room.member":
+                await conn.execute(
+                    sa.delete(room_memberships).where(
+                        room_memberships.c.room_id == room_id,
+                        room_memberships.c.user_id == state_key,
+                    )
+                )
 
     async def _update_current_state(
         self, conn: Connection, new: NewEvent, state_key: str, position: int
@@ -240,20 +337,38 @@ class EventStore(EventReads, StateGroups):
                 keys=("room_id", "type", "state_key"),
             )
         )
-        if pdu["type"] != "m.room.member":
-            return
-        content = pdu.get("content", {})
+        if pdu["type"] == "m.room.member":
+            await self._record_membership(
+                conn,
+                new.room_id,
+                state_key,
+                new.event_id,
+                pdu["sender"],
+                pdu.get("content", {}),
+                position,
+            )
+
+    async def _record_membership(
+        self,
+        conn: Connection,
+        room_id: str,
+        user_id: str,
+        event_id: str,
+        sender: str,
+        content: JsonDict,
+        position: int,
+    ) -> None:
         displayname = content.get("displayname")
         avatar_url = content.get("avatar_url")
         await conn.execute(
             self._db.upsert(
                 room_memberships,
                 {
-                    "room_id": new.room_id,
-                    "user_id": state_key,
+                    "room_id": room_id,
+                    "user_id": user_id,
                     "membership": content.get("membership"),
-                    "event_id": new.event_id,
-                    "sender": pdu["sender"],
+                    "event_id": event_id,
+                    "sender": sender,
                     "stream_ordering": position,
                     "forgotten": False,
                     "displayname": displayname if isinstance(displayname, str) else None,
