@@ -9,6 +9,7 @@ persist of a message.
 from __future__ import annotations
 
 from homeserver.storage.events.graph import Extremity, referenced_ids
+from homeserver.storage.events.incoming import IncomingEvent
 from homeserver.storage.events.model import DuplicateTxn, NewEvent, StateKey, StateMap, StoredEvent
 from homeserver.storage.events.reading import (
     SHARED_TIMELINE_MAX_EVENTS,
@@ -27,6 +28,7 @@ __all__ = [
     "DuplicateTxn",
     "Extremity",
     "EventStore",
+    "IncomingEvent",
     "NewEvent",
     "StateKey",
     "StateMap",

@@ -84,22 +84,22 @@ async def record_graph(
     prevs: Sequence[str],
     auths: Sequence[str],
     *,
+    link: bool = True,
     extremity: bool = True,
 ) -> None:
-    """Inside the persisting transaction: the event's edges, and unless ``extremity`` is
-    False (a soft-failed event), the event replaces its prev_events among the room's forward
-    extremities."""
-    if extremity:
-        moved = 0
-        if len(prevs) == 1:
-            result = await conn.execute(
-                _MOVE_EXTREMITY, {"room": room_id, "prev": prevs[0], "new": event_id}
-            )
-            moved = result.rowcount
-        elif prevs:
-            await conn.execute(_DROP_EXTREMITIES, {"room_id": room_id, "prevs": list(prevs)})
-        if not moved:
-            await conn.execute(_ADD_EXTREMITY, {"room_id": room_id, "event_id": event_id})
+    """Inside the persisting transaction: the event's edges; with ``link``, its prev_events
+    are no longer forward extremities of the room, and with ``extremity`` it is one (not
+    when it has a child already, nor when it is soft-failed)."""
+    moved = 0
+    if link and extremity and len(prevs) == 1:
+        result = await conn.execute(
+            _MOVE_EXTREMITY, {"room": room_id, "prev": prevs[0], "new": event_id}
+        )
+        moved = result.rowcount
+    elif link and prevs:
+        await conn.execute(_DROP_EXTREMITIES, {"room_id": room_id, "prevs": list(prevs)})
+    if extremity and not moved:
+        await conn.execute(_ADD_EXTREMITY, {"room_id": room_id, "event_id": event_id})
     if prevs:
         await conn.execute(_ADD_EDGE, [{"event_id": event_id, "prev_event_id": p} for p in prevs])
     if auths:
@@ -188,6 +188,21 @@ class GraphReads:
         for r in rows:
             chains[int(r.s)].add(r.event_id)
         return chains
+
+    async def get_rejections(self, event_ids: Iterable[str]) -> dict[str, str]:
+        """Which of the events were rejected, and why (never the auth event of another)."""
+        ids = list(event_ids)
+        if not ids:
+            return {}
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(rejections.c.event_id, rejections.c.reason).where(
+                        rejections.c.event_id.in_(ids)
+                    )
+                )
+            ).all()
+        return {r.event_id: r.reason for r in rows}
 
     async def get_rejection(self, event_id: str) -> str | None:
         """Why the event was rejected, or None when it was not (or is unknown)."""

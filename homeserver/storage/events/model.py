@@ -42,6 +42,12 @@ class StoredEvent:
     def is_state(self) -> bool:
         return self.state_key is not None
 
+    @property
+    def served(self) -> bool:
+        """False for an outlier, a rejected or a soft-failed event: never shown to clients
+        (they are numbered below the events stream)."""
+        return self.stream_ordering > 0
+
 
 class DuplicateTxn(Exception):
     """The event's transaction ID was taken by another event: nothing was persisted."""

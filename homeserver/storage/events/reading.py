@@ -112,6 +112,8 @@ def _room_events_query(after: bool, upto: bool, descending: bool) -> sa.Select[A
     query = sa.select(*EVENT_COLUMNS).where(_e.c.room_id == sa.bindparam("room_id"))
     if after:
         query = query.where(_e.c.stream_ordering > sa.bindparam("after"))
+    else:  # events never served are numbered below 0
+        query = query.where(_e.c.stream_ordering > 0)
     if upto:
         query = query.where(_e.c.stream_ordering <= sa.bindparam("upto"))
     order = _e.c.stream_ordering.desc() if descending else _e.c.stream_ordering.asc()

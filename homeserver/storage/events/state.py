@@ -9,11 +9,14 @@ from typing import Any
 import sqlalchemy as sa
 from cachetools import LRUCache
 
+from homeserver.core import jsonutil
+from homeserver.core.types import JsonDict
 from homeserver.storage.database import Connection, Database, prepared
-from homeserver.storage.events.model import EVENT_COLUMNS, StateMap, StoredEvent, to_event
+from homeserver.storage.events.model import EVENT_COLUMNS, NewEvent, StateMap, StoredEvent, to_event
 from homeserver.storage.schema import (
     current_state,
     events,
+    room_memberships,
     state_group_entries,
     state_groups,
 )
@@ -169,3 +172,118 @@ class StateGroups:
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
         return [to_event(r) for r in rows]
+
+    # --- writing current state (inside a persisting transaction) ---------------------------
+
+    async def _replace_current_state(
+        self, conn: Connection, room_id: str, current: StateMap, after: StateMap, position: int
+    ) -> None:
+        """The room's current state becomes ``after`` (a resolved state): the entries that
+        differ from ``current`` are written, memberships with them, at ``position`` so that
+        syncs from before it see them change."""
+        gone = [key for key in current if key not in after]
+        changed = {key: e for key, e in after.items() if current.get(key) != e}
+        for event_type, state_key in gone:
+            await conn.execute(
+                sa.delete(current_state).where(
+                    current_state.c.room_id == room_id,
+                    current_state.c.type == event_type,
+                    current_state.c.state_key == state_key,
+                )
+            )
+        loaded = {
+            r.event_id: r
+            for r in (
+                await conn.execute(
+                    sa.select(events.c.event_id, events.c.sender, events.c.json).where(
+                        events.c.event_id.in_(
+                            [e for (t, _), e in changed.items() if t == "m.room.member"]
+                        )
+                    )
+                )
+            ).all()
+        }
+        for (event_type, state_key), event_id in changed.items():
+            await conn.execute(
+                self._db.upsert(
+                    current_state,
+                    {
+                        "room_id": room_id,
+                        "type": event_type,
+                        "state_key": state_key,
+                        "event_id": event_id,
+                    },
+                    keys=("room_id", "type", "state_key"),
+                )
+            )
+            member = loaded.get(event_id)
+            if event_type == "m.room.member" and member is not None:
+                content = jsonutil.loads(member.json).get("content", {})
+                await self._record_membership(
+                    conn, room_id, state_key, event_id, member.sender, content, position
+                )
+        for event_type, state_key in gone:
+            if event_type == "m.room.member":
+                await conn.execute(
+                    sa.delete(room_memberships).where(
+                        room_memberships.c.room_id == room_id,
+                        room_memberships.c.user_id == state_key,
+                    )
+                )
+
+    async def _update_current_state(
+        self, conn: Connection, new: NewEvent, state_key: str, position: int
+    ) -> None:
+        pdu = new.pdu
+        await conn.execute(
+            self._db.upsert(
+                current_state,
+                {
+                    "room_id": new.room_id,
+                    "type": pdu["type"],
+                    "state_key": state_key,
+                    "event_id": new.event_id,
+                },
+                keys=("room_id", "type", "state_key"),
+            )
+        )
+        if pdu["type"] == "m.room.member":
+            await self._record_membership(
+                conn,
+                new.room_id,
+                state_key,
+                new.event_id,
+                pdu["sender"],
+                pdu.get("content", {}),
+                position,
+            )
+
+    async def _record_membership(
+        self,
+        conn: Connection,
+        room_id: str,
+        user_id: str,
+        event_id: str,
+        sender: str,
+        content: JsonDict,
+        position: int,
+    ) -> None:
+        displayname = content.get("displayname")
+        avatar_url = content.get("avatar_url")
+        await conn.execute(
+            self._db.upsert(
+                room_memberships,
+                {
+                    "room_id": room_id,
+                    "user_id": user_id,
+                    "membership": content.get("membership"),
+                    "event_id": event_id,
+                    "sender": sender,
+                    "stream_ordering": position,
+                    "forgotten": False,
+                    "displayname": displayname if isinstance(displayname, str) else None,
+                    "avatar_url": avatar_url if isinstance(avatar_url, str) else None,
+                },
+                keys=("room_id", "user_id"),
+            )
+        )
