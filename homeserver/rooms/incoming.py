@@ -114,8 +114,9 @@ class IncomingEvents:
         pdu = checked
         prevs = referenced_ids(pdu, "prev_events")
         auths = referenced_ids(pdu, "auth_events")
-        if event_id in prevs or event_id in auths or pdu.get("room_id", room_id) != room_id:
-            return Received(event_id, Outcome.DROPPED, "refers to itself or another room")
+        problem = _graph_problem(pdu, event_id, room_id, prevs, auths)
+        if problem is not None:
+            return Received(event_id, Outcome.DROPPED, problem)
         if await self._events.get_event(event_id) is not None:
             return Received(event_id, Outcome.KNOWN)
         loaded = await self._events.get_events([*prevs, *auths])
@@ -262,3 +263,28 @@ _AUTH_TYPES = frozenset(
         "m.room.third_party_invite",
     )
 )
+
+# Server-server API, "Checks performed on receipt of a PDU": a PDU with more than these is
+# refused (the numbers Synapse enforces too).
+MAX_PREV_EVENTS = 20
+MAX_AUTH_EVENTS = 10
+# Canonical JSON's integer range: a depth past it is not a valid PDU.
+MAX_DEPTH = 2**53 - 1
+
+
+def _graph_problem(
+    pdu: JsonDict, event_id: str, room_id: str, prevs: Sequence[str], auths: Sequence[str]
+) -> str | None:
+    """Why the PDU cannot take a place in the room's graph, or None."""
+    depth = pdu.get("depth")
+    if not isinstance(depth, int) or isinstance(depth, bool) or not 0 <= depth <= MAX_DEPTH:
+        return "depth is not an integer in range"
+    if pdu.get("room_id", room_id) != room_id:
+        return "another room's event"
+    if len(prevs) > MAX_PREV_EVENTS or len(auths) > MAX_AUTH_EVENTS:
+        return "too many prev_events or auth_events"
+    if event_id in prevs or event_id in auths:
+        return "refers to itself"
+    if pdu.get("type") != "m.room.create" and not prevs:
+        return "no prev_events"
+    return None

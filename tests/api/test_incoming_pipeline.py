@@ -183,3 +183,22 @@ async def test_a_remote_fork_is_merged_by_the_next_local_send(
     assert sorted(await hs.event_store.get_prev_event_ids(merged)) == sorted(extremities)
     heads = [e.event_id for e in await hs.event_store.get_forward_extremities(room_id)]
     assert heads == [merged]
+
+
+async def test_malformed_places_in_the_graph_are_dropped(
+    client: httpx.AsyncClient, hs: Homeserver
+) -> None:
+    room_id, _ = await public_room_with_eve(client, hs)
+    current = await hs.event_store.get_current_state_ids(room_id)
+    for change in (
+        {"depth": 2**63},
+        {"depth": -1},
+        {"depth": "3"},
+        {"prev_events": []},
+        {"prev_events": [f"$p{i}" for i in range(21)]},
+    ):
+        pdu, _ = await remote_pdu(hs, room_id, "m.room.message", {"body": "x"})
+        pdu.update(change)
+        [received] = await pipeline(hs).receive(room_id, [pdu], NOW)
+        assert received.outcome is Outcome.DROPPED, change
+    assert await hs.event_store.get_current_state_ids(room_id) == current

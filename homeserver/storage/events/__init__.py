@@ -1,9 +1,10 @@
 """Events, room state, memberships and the room graph: what commits together when an event
 is persisted, and how it is read back.
 
-``writing`` persists (``EventStore``), ``reading`` reads events and the stream's windows,
-``state`` keeps state groups and current state, ``message`` is PostgreSQL's one-statement
-persist of a message.
+``writing`` persists local events (``EventStore``), ``incoming`` events from other servers
+with their verdict, ``graph`` keeps forward extremities, edges and auth chains, ``reading``
+reads events and the stream's windows, ``state`` keeps state groups and current state,
+``message`` is PostgreSQL's one-statement persist of a message.
 """
 
 from __future__ import annotations
