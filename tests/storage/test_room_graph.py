@@ -3,6 +3,7 @@ auth chains, and an event built on several extremities with their state resolved
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import sqlalchemy as sa
@@ -180,3 +181,32 @@ async def test_an_event_on_resolved_state_replaces_current_state(db: Database) -
             )
         ).scalars()
         assert sorted(rows) == sorted(t for t, _ in after)
+
+
+async def test_auth_chains_match_a_walk_of_the_graph_on_random_dags(db: Database) -> None:
+    """The recursive queries against a plain walk, on seeded random auth graphs."""
+    rng = random.Random(17)
+    for dag in range(5):
+        ids = [f"$d{dag}e{i}" for i in range(40)]
+        parents = {e: rng.sample(ids[:i], min(i, rng.randint(0, 4))) for i, e in enumerate(ids)}
+        async with db.write() as conn:
+            rows = [{"event_id": e, "auth_id": a} for e, auths in parents.items() for a in auths]
+            await conn.execute(sa.insert(event_auth), rows)
+
+        def chain(events: list[str], parents: dict[str, list[str]] = parents) -> set[str]:
+            seen: set[str] = set()
+            todo = [a for e in events for a in parents[e]]
+            while todo:
+                a = todo.pop()
+                if a not in seen:
+                    seen.add(a)
+                    todo.extend(parents[a])
+            return seen
+
+        store = EventStore(db)
+        for _ in range(5):
+            sets = [rng.sample(ids, rng.randint(1, 5)) for _ in range(rng.randint(1, 4))]
+            assert await store.get_auth_chain(sets[0]) == chain(sets[0])
+            chains = [chain(s) for s in sets]
+            expected = set().union(*chains) - chains[0].intersection(*chains[1:])
+            assert await store.get_auth_chain_difference(sets) == expected
