@@ -27,7 +27,6 @@ from tests.push_servers import FakeGateway, SmtpServer, until, until_async
 CS = "/_matrix/client/v3"
 PUSH = {
     "allow_http": True,
-    "allow_private_addresses": True,
     "poll_interval_ms": 600_000,
     "retry_initial_ms": 1000,
 }
@@ -36,6 +35,7 @@ PUSH = {
 def _config(
     tmp_path: Path, db_url: str, push: dict[str, Any] | None = None, **extra: Any
 ) -> HomeserverConfig:
+    extra.setdefault("outbound", {"allow_addresses": ["127.0.0.1/32"]})  # the local gateway
     return make_config(tmp_path, db_url, push={**PUSH, **(push or {})}, **extra)
 
 
@@ -137,7 +137,7 @@ async def test_set_list_update_delete(tmp_path: Path, db_url: str) -> None:
 
 
 async def test_bad_pushers(tmp_path: Path, db_url: str) -> None:
-    config = _config(tmp_path, db_url, push={"allow_http": False, "allow_private_addresses": False})
+    config = _config(tmp_path, db_url, push={"allow_http": False}, outbound={})
     async with serve(config) as (_, client):
         _, token = await register(client, "bob")
         good = "https://push.example.org/_matrix/push/v1/notify"

@@ -140,9 +140,9 @@ async def test_webpush_encrypted_and_vapid_signed(tmp_path: Path) -> None:
                         "type": "webpush",
                         "vapid_private_key_file": str(tmp_path / "vapid.pem"),
                         "vapid_contact": "mailto:admin@example.org",
-                        "allow_private_endpoints": True,
                     }
-                }
+                },
+                "outbound": {"allow_addresses": ["127.0.0.1/32"]},
             }
         )
         device: dict[str, Any] = {
