@@ -160,11 +160,11 @@ class MediaCdnConfig(Section):
         return self
 
 
-def moved_to_outbound(data: Any, key: str, section: str, unset: object) -> Any:
-    """A key that outbound.allow_addresses replaced: its default is dropped, anything else
-    stops the start-up with what to write instead."""
+def moved_to_outbound(data: Any, key: str, section: str) -> Any:
+    """A key that outbound.allow_addresses replaced: at its default (false, empty) it is
+    dropped; set, it stops the start-up with what to write instead."""
     if isinstance(data, dict) and key in data:
-        if data[key] != unset and data[key] is not None:
+        if data[key]:
             raise ValueError(
                 f"{section}.{key} was replaced by outbound.allow_addresses, one list of CIDR "
                 f"ranges for every outbound request (e.g. [127.0.0.1/32]); see docs/config.md"
@@ -199,7 +199,7 @@ class UrlPreviewConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _moved(cls, data: Any) -> Any:
-        return moved_to_outbound(data, "ip_range_allowlist", "media.url_preview", [])
+        return moved_to_outbound(data, "ip_range_allowlist", "media.url_preview")
 
 
 class MediaConfig(Section):
@@ -273,7 +273,7 @@ class PushConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _moved(cls, data: Any) -> Any:
-        return moved_to_outbound(data, "allow_private_addresses", "push", False)
+        return moved_to_outbound(data, "allow_private_addresses", "push")
 
 
 class HomeserverConfig(BaseModel):

@@ -32,7 +32,7 @@ class WebPushApp(Section):
     @model_validator(mode="before")
     @classmethod
     def _moved(cls, data: Any) -> Any:
-        return moved_to_outbound(data, "allow_private_endpoints", "apps.<app_id>", False)
+        return moved_to_outbound(data, "allow_private_endpoints", "apps.<app_id>")
 
 
 class ApnsApp(Section):

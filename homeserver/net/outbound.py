@@ -43,6 +43,7 @@ from homeserver.net.addresses import AddressPolicy, IPAddress
 Resolver = Callable[[str, int], Awaitable[Sequence[IPAddress]]]
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
 
 class Reason(StrEnum):
@@ -347,7 +348,17 @@ class OutboundClient:
             try:
                 location = response.headers.get("location")
                 if follow and response.status_code in _REDIRECTS and location:
-                    url = str(response.url.join(location))
+                    target = response.url.join(location)
+                    if headers and (target.scheme, target.host, target.port) != (
+                        response.url.scheme,
+                        response.url.host,
+                        response.url.port,
+                    ):
+                        # Credentials were meant for the first origin only.
+                        headers = {
+                            k: v for k, v in headers.items() if k.lower() not in _CREDENTIALS
+                        }
+                    url = str(target)
                     continue
                 body, truncated = await _read(response, max_bytes, truncate)
                 return OutboundResponse(

@@ -246,6 +246,27 @@ async def test_redirects_followed_within_the_limit(site: Site) -> None:
         assert response.status_code == 302
 
 
+async def test_credentials_stay_with_their_origin(site: Site) -> None:
+    async with Site("127.0.0.2") as other:
+        other.routes["/"] = ("HTTP/1.1 200 OK", b"elsewhere")
+        site.routes["/same"] = ("HTTP/1.1 302 Found\r\nLocation: /", b"")
+        site.routes["/away"] = (
+            f"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.2:{other.port}/",
+            b"",
+        )
+        outbound = _outbound(["127.0.0.1/32", "127.0.0.2/32"])
+        async with outbound.client(timeout_s=5, max_redirects=1) as http:
+            for path in ("/same", "/away"):
+                await http.request(
+                    "GET",
+                    f"http://127.0.0.1:{site.port}{path}",
+                    max_bytes=64,
+                    headers={"Authorization": "X-Matrix secret", "X-Other": "kept"},
+                )
+        assert "Authorization: X-Matrix secret" in site.requests[-1].splitlines()
+        assert "Authorization" not in other.requests[0] and "X-Other: kept" in other.requests[0]
+
+
 async def test_size_and_time_limits(site: Site) -> None:
     site.routes["/big"] = ("HTTP/1.1 200 OK", b"x" * 100_000)
     site.routes["/gzip"] = ("HTTP/1.1 200 OK\r\nContent-Encoding: gzip", b"\x1f\x8b")
