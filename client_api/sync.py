@@ -6,13 +6,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver import jsonutil
-from homeserver.errors import Codes, MatrixError
-from homeserver.filtering import SyncFilter
-from homeserver.ids import UserID
-from homeserver.streams import StreamToken
+from homeserver.core import jsonutil
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import UserID
+from homeserver.core.streams import StreamToken
+from homeserver.filters.matching import SyncFilter
 from homeserver.sync.service import SyncRequest
-from homeserver.web import homeserver_of, json_response, query_bool, query_int, require_user
+from homeserver.web.edge import homeserver_of, json_response, query_bool, query_int, require_user
 
 
 async def sync(request: Request) -> Response:

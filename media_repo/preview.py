@@ -19,10 +19,10 @@ from urllib.parse import urljoin, urlsplit
 import anyio
 from cachetools import TTLCache
 
-from homeserver.config import UrlPreviewConfig
-from homeserver.errors import Codes, MatrixError
+from homeserver.core.config import UrlPreviewConfig
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.types import Requester
 from homeserver.net.outbound import Outbound, OutboundError, Reason
-from homeserver.types import Requester
 from media_repo.service import MediaService, check_content_type
 
 logger = logging.getLogger(__name__)

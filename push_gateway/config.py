@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from homeserver.config import OutboundConfig, moved_to_outbound
+from homeserver.core.config import OutboundConfig, moved_to_outbound
 
 
 class Section(BaseModel):

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from homeserver.app import Homeserver, running_homeserver
-from homeserver.clock import FakeClock
-from homeserver.config import HomeserverConfig
+from homeserver.core.clock import FakeClock
+from homeserver.core.config import HomeserverConfig
 from homeserver.net.addresses import IPAddress
 from homeserver.net.outbound import Outbound
 from tests.openapi_schema import assert_response_matches
