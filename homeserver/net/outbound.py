@@ -110,10 +110,14 @@ class Outbound:
                 raise OutboundError(Reason.REFUSED, f"{host} leads to a refused address ({why})")
         return list(dict.fromkeys(addresses))
 
-    async def check_url(self, url: str) -> None:
+    async def check_url(self, url: str, timeout_s: float = 10) -> None:
         """Whether ``url`` could be requested now (a request checks again, as DNS changes)."""
         _, host, port = parse_url(url)
-        await self.resolve(host, port)
+        try:
+            with anyio.fail_after(timeout_s):
+                await self.resolve(host, port)
+        except TimeoutError:
+            raise OutboundError(Reason.TIMEOUT, f"resolving {host} timed out") from None
 
     def client(
         self,

@@ -93,7 +93,7 @@ async def check_gateway_url(url: Any, config: PushConfig, outbound: Outbound) ->
     try:
         await outbound.check_url(checked)
     except OutboundError as e:
-        if e.reason is Reason.UNRESOLVABLE:
+        if e.reason in (Reason.UNRESOLVABLE, Reason.TIMEOUT):
             raise MatrixError(Codes.INVALID_PARAM, "data.url's host does not resolve") from None
         if e.reason is Reason.REFUSED:
             raise MatrixError(Codes.INVALID_PARAM, "data.url leads to a private address") from None
