@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from homeserver.accounts.threepids import MEDIUM_EMAIL, canonical_email
+from homeserver.accounts.email_validation import MEDIUM_EMAIL, canonical_email
 from homeserver.accounts.uia import EmailIdentity
 from homeserver.core.clock import Clock
 from homeserver.core.config import EmailConfig, PushConfig

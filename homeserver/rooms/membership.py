@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID
 from homeserver.core.types import JsonDict, Requester
 from homeserver.rooms.sender import EventSender, SentEvent
+from homeserver.storage.accounts import Profile
 from homeserver.storage.rooms import RoomStore
 
-# (user_id) -> (displayname, avatar_url), or None for an unknown local user.
-ProfileLookup = Callable[[str], Awaitable[tuple[str | None, str | None] | None]]
+
+class Profiles(Protocol):
+    """The profiles of local users (the account store): None for an unknown user."""
+
+    async def get_profile(self, user_id: UserID) -> Profile | None: ...
 
 
 class MembershipService:
     def __init__(
-        self, sender: EventSender, rooms: RoomStore, server_name: str, profile_of: ProfileLookup
+        self, sender: EventSender, rooms: RoomStore, server_name: str, profiles: Profiles
     ) -> None:
         self._sender = sender
         self._rooms = rooms
         self._server_name = server_name
-        self._profile_of = profile_of
+        self._profiles = profiles
 
     async def check_invitable(self, user_id: UserID) -> None:
         if user_id.server_name != self._server_name:
@@ -30,7 +34,7 @@ class MembershipService:
                 "Inviting users of other servers needs federation, which this "
                 "server does not run yet",
             )
-        if await self._profile_of(user_id) is None:
+        if await self._profiles.get_profile(user_id) is None:
             # 400: createRoom and /invite document no 404 ("the request is invalid").
             raise MatrixError(Codes.INVALID_PARAM, f"Unknown user {user_id}")
 
@@ -39,9 +43,9 @@ class MembershipService:
     ) -> JsonDict:
         content: JsonDict = {"membership": membership}
         if membership in ("join", "invite", "knock"):
-            profile = await self._profile_of(user_id)
+            profile = await self._profiles.get_profile(UserID(user_id))
             if profile is not None:
-                displayname, avatar_url = profile
+                displayname, avatar_url = profile.displayname, profile.avatar_url
                 if displayname is not None:
                     content["displayname"] = displayname
                 if avatar_url is not None:
@@ -169,7 +173,7 @@ class MembershipService:
             except MatrixError:
                 continue  # e.g. the user lost the right to join since: the profile stays old
 
-    async def leave_all(self, user_id: str) -> None:
+    async def deactivate_user(self, user_id: UserID) -> None:
         """A deactivated user leaves every room and declines every invite."""
         for m in await self._rooms.get_user_memberships(user_id, ["join", "invite", "knock"]):
             try:

@@ -68,14 +68,13 @@ def _latest_edit(parent: StoredEvent, edits: Sequence[Child]) -> Child | None:
 class Aggregations:
     """Bundled aggregations (``unsigned.m.relations``) and the checks made before sending."""
 
-    def __init__(self, relations: RelationStore, events: EventStore, clock: Clock) -> None:
+    def __init__(
+        self, relations: RelationStore, events: EventStore, clock: Clock, ignored: IgnoredUsers
+    ) -> None:
         self._relations = relations
         self._events = events
         self._clock = clock
-        self._ignored: IgnoredUsers | None = None
-
-    def set_ignored_users(self, ignored: IgnoredUsers) -> None:
-        """Children sent by users the requester ignores are left out of aggregations."""
+        # Children sent by users the requester ignores are left out of aggregations.
         self._ignored = ignored
 
     async def check_new_relation(
@@ -122,9 +121,7 @@ class Aggregations:
                 by_room.setdefault(event.room_id, []).append(event)
         if not by_room:
             return {}
-        ignored = (
-            await self._ignored.ignored_users(requester.user_id) if self._ignored else frozenset()
-        )
+        ignored = await self._ignored.ignored_users(requester.user_id)
         out: dict[str, JsonDict] = {}
         for room_id, parents in by_room.items():
             out.update(

@@ -28,7 +28,7 @@ from homeserver.events.format import (
     redact,
 )
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from homeserver.storage.events import DuplicateTxn, EventStore, NewEvent
+from homeserver.storage.events import EventStore, NewEvent
 from homeserver.storage.push import PushAction
 from homeserver.storage.rooms import Room, RoomStore
 from homeserver.wakeups.notifier import Notifier
@@ -74,6 +74,7 @@ class EventSender:
         clock: Clock,
         server_name: str,
         signing_key: SigningKey,
+        push: PushActions,
     ) -> None:
         self._events = events
         self._rooms = rooms
@@ -87,10 +88,6 @@ class EventSender:
         # Each room's row as this worker last moved it on. Only a starting guess: a stale one
         # fails the compare-and-swap and the room is read again.
         self._heads: LRUCache[str, Room] = LRUCache(maxsize=10_000)
-        self._push: PushActions | None = None
-
-    def set_push_actions(self, push: PushActions) -> None:
-        """Push rules are built after the sender (they need account data)."""
         self._push = push
 
     def version(self, room: Room) -> RoomVersion:
@@ -164,16 +161,8 @@ class EventSender:
                     new = await self._build(
                         room, sender, event_type, content, state_key, txn, redacts
                     )
-                try:
-                    position = await self._events.persist_event(new, room.latest_event_id)
-                except DuplicateTxn:
-                    # A retry of the same transaction raced this one (here, or on another
-                    # worker): its event is the answer.
-                    assert txn is not None
-                    known = await self._known_txn(sender, txn)
-                    if known is None:
-                        raise
-                    return known
+                # A taken transaction ID raises DuplicateTxn: the send service answers it.
+                position = await self._events.persist_event(new, room.latest_event_id)
                 if position is not None:
                     break
                 self._heads.pop(room_id, None)
@@ -188,11 +177,6 @@ class EventSender:
         concerned = (state_key,) if event_type == "m.room.member" and state_key else ()
         await self._notifier.notify(Stream.EVENTS, position, room_id=room_id, user_ids=concerned)
         return SentEvent(new.event_id, position)
-
-    async def _known_txn(self, sender: str, txn: Txn) -> SentEvent | None:
-        event_id = await self._events.get_txn_event_id(sender, txn.device_id, txn.scope, txn.txn_id)
-        event = await self._events.get_event(event_id) if event_id is not None else None
-        return SentEvent(event.event_id, event.stream_ordering) if event is not None else None
 
     async def _build(
         self,
@@ -249,11 +233,7 @@ class EventSender:
                 if previous is not None:
                     unsigned["prev_content"] = previous.content
                     unsigned["prev_sender"] = previous.sender
-        push_actions = (
-            await self._push.actions_for(room, pdu, event_id, auth_events, create)
-            if self._push is not None
-            else ()
-        )
+        push_actions = await self._push.actions_for(room, pdu, event_id, auth_events, create)
         return NewEvent(
             pdu,
             event_id,
