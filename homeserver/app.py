@@ -536,7 +536,7 @@ def asgi_app(config: HomeserverConfig) -> Any:
             holder["hs"] = hs
             await hs.db.prepare_statements()
             # What start-up built lives as long as the process: keep full collections from
-            # walking it again and again (they were the DM latency's tail, ~100 ms each).
+            # walking it again and again (each one stalls every request in flight).
             gc.collect()
             gc.freeze()
             logger.info("homeserver started", extra={"server_name": config.server_name})
