@@ -30,6 +30,7 @@ from homeserver.accounts.ignored import IgnoreLists
 from homeserver.core.clock import Clock
 from homeserver.core.config import EmailConfig, PresenceConfig, PushConfig
 from homeserver.core.errors import MatrixError
+from homeserver.core.ids import UserID
 from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.push.email import MailedEvent, MailedRoom, Mailer
@@ -432,7 +433,7 @@ class PusherSender:
         return m.displayname if m and m.displayname else user_id
 
     def _unsubscribe_url(self, pusher: Pusher) -> str:
-        token = self._unsubscriber.token(pusher.user_id, pusher.app_id, pusher.pushkey)
+        token = self._unsubscriber.token(UserID(pusher.user_id), pusher.app_id, pusher.pushkey)
         return f"{self._base_url}{UNSUBSCRIBE_PATH}?token={quote(token)}"
 
 

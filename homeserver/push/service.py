@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from cachetools import LRUCache
 
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import RoomID, UserID
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.push.evaluator import CompiledRuleset
@@ -42,7 +43,7 @@ class ServerAccountData(Protocol):
     """Where ``m.push_rules`` is written (AccountDataService)."""
 
     async def set_server_account_data(
-        self, user_id: str, room_id: str | None, data_type: str, content: JsonDict
+        self, user_id: UserID, room_id: RoomID | None, data_type: str, content: JsonDict
     ) -> None: ...
 
 
@@ -84,7 +85,7 @@ class PushRuleService:
                 self._compiled[user_id] = out[user_id] = compiled
         return out
 
-    async def ruleset(self, user_id: str) -> Ruleset:
+    async def ruleset(self, user_id: UserID) -> Ruleset:
         stored = await self._store.get_user_rules([user_id])
         return build_ruleset(stored.get(user_id, UserRules()), user_id)
 
@@ -189,7 +190,7 @@ class PushRuleService:
             raise MatrixError(Codes.NOT_FOUND, "The push rule was not found")
         await self._changed(requester.user_id)
 
-    async def _changed(self, user_id: str) -> None:
+    async def _changed(self, user_id: UserID) -> None:
         self._compiled.pop(user_id, None)
         content = {"global": ruleset_json(await self.ruleset(user_id))}
         await self._account_data.set_server_account_data(user_id, None, PUSH_RULES, content)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.core.ids import UserID
+from homeserver.core.ids import RoomID, UserID
 from homeserver.core.types import JsonDict, Requester
 from homeserver.rooms.sender import EventSender, SentEvent
 from homeserver.storage.accounts import Profile
@@ -60,7 +60,7 @@ class MembershipService:
             raise MatrixError(Codes.NOT_FOUND, "Unknown room")
 
     async def send_own_membership(
-        self, room_id: str, user_id: str, membership: str, reason: str | None = None
+        self, room_id: RoomID, user_id: UserID, membership: str, reason: str | None = None
     ) -> SentEvent:
         content = await self._member_content(user_id, membership, reason)
         return await self._sender.send(
@@ -68,13 +68,13 @@ class MembershipService:
         )
 
     async def join(
-        self, requester: Requester, room_id: str, reason: str | None = None
+        self, requester: Requester, room_id: RoomID, reason: str | None = None
     ) -> SentEvent:
         await self._require_room(room_id)
         return await self.send_own_membership(room_id, requester.user_id, "join", reason)
 
     async def knock(
-        self, requester: Requester, room_id: str, reason: str | None = None
+        self, requester: Requester, room_id: RoomID, reason: str | None = None
     ) -> SentEvent:
         """The auth rules decide: a `knock` or `knock_restricted` join rule, and the user
         neither joined, invited nor banned (spec: "Knocking on rooms")."""
@@ -84,7 +84,7 @@ class MembershipService:
     async def invite(
         self,
         requester: Requester,
-        room_id: str,
+        room_id: RoomID,
         target: UserID,
         *,
         reason: str | None = None,
@@ -108,7 +108,7 @@ class MembershipService:
         )
 
     async def leave(
-        self, requester: Requester, room_id: str, reason: str | None = None
+        self, requester: Requester, room_id: RoomID, reason: str | None = None
     ) -> SentEvent | None:
         await self._require_room(room_id)
         current = await self._rooms.get_membership(room_id, requester.user_id)
@@ -121,7 +121,7 @@ class MembershipService:
     async def set_membership_of(
         self,
         requester: Requester,
-        room_id: str,
+        room_id: RoomID,
         target: UserID,
         membership: str,
         reason: str | None,
@@ -141,7 +141,7 @@ class MembershipService:
         )
 
     async def unban(
-        self, requester: Requester, room_id: str, target: UserID, reason: str | None
+        self, requester: Requester, room_id: RoomID, target: UserID, reason: str | None
     ) -> SentEvent:
         await self._require_room(room_id)
         current = await self._rooms.get_membership(room_id, target)
@@ -152,7 +152,7 @@ class MembershipService:
             room_id, requester.user_id, "m.room.member", content, state_key=target
         )
 
-    async def forget(self, requester: Requester, room_id: str) -> None:
+    async def forget(self, requester: Requester, room_id: RoomID) -> None:
         current = await self._rooms.get_membership(room_id, requester.user_id)
         if current is None:
             raise MatrixError(Codes.NOT_FOUND, "You have never been in this room")
@@ -165,11 +165,11 @@ class MembershipService:
             m.room_id for m in await self._rooms.get_user_memberships(requester.user_id, ["join"])
         )
 
-    async def update_profile_everywhere(self, user_id: str) -> None:
+    async def update_profile_everywhere(self, user_id: UserID) -> None:
         """Send a fresh join event into every joined room after a profile change."""
         for m in await self._rooms.get_user_memberships(user_id, ["join"]):
             try:
-                await self.send_own_membership(m.room_id, user_id, "join")
+                await self.send_own_membership(RoomID(m.room_id), user_id, "join")
             except MatrixError:
                 continue  # e.g. the user lost the right to join since: the profile stays old
 
@@ -177,6 +177,6 @@ class MembershipService:
         """A deactivated user leaves every room and declines every invite."""
         for m in await self._rooms.get_user_memberships(user_id, ["join", "invite", "knock"]):
             try:
-                await self.send_own_membership(m.room_id, user_id, "leave")
+                await self.send_own_membership(RoomID(m.room_id), user_id, "leave")
             except MatrixError:
                 continue  # already unable to leave (e.g. the room was left meanwhile)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import EventID, RoomID
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.rooms.serialize import client_event
@@ -78,7 +79,7 @@ class Aggregations:
         self._ignored = ignored
 
     async def check_new_relation(
-        self, sender: str, room_id: str, event_type: str, content: JsonDict
+        self, sender: str, room_id: RoomID, event_type: str, content: JsonDict
     ) -> None:
         """Refuse what the spec says a server should refuse from its own clients."""
         relation = parse_relation(content)
@@ -217,8 +218,8 @@ class RelationsService:
     async def relations(
         self,
         requester: Requester,
-        room_id: str,
-        event_id: str,
+        room_id: RoomID,
+        event_id: EventID,
         *,
         rel_type: str | None,
         event_type: str | None,
@@ -280,7 +281,7 @@ class RelationsService:
     async def threads(
         self,
         requester: Requester,
-        room_id: str,
+        room_id: RoomID,
         *,
         participated_only: bool,
         from_token: str | None,

@@ -14,6 +14,7 @@ from cachetools import LRUCache
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import RoomID
 from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.crypto.signing import SigningKey
@@ -101,7 +102,7 @@ class EventSender:
 
     def build_create_event(
         self, version: RoomVersion, sender: str, content: JsonDict, origin_server_ts: int
-    ) -> tuple[str, JsonDict, str]:
+    ) -> tuple[RoomID, JsonDict, str]:
         """(room_id, pdu, event_id) of a new room's ``m.room.create`` event."""
         pdu: JsonDict = {
             "type": "m.room.create",
@@ -117,7 +118,7 @@ class EventSender:
             check_event_size_and_shape(pdu)
             check_auth(version, pdu, {})
             event_id = self._finish(pdu, version)
-            return compute_room_id_v12(pdu, version), pdu, event_id
+            return RoomID(compute_room_id_v12(pdu, version)), pdu, event_id
         room_id = _random_room_id(self._server_name)
         pdu["room_id"] = room_id
         check_event_size_and_shape(pdu)
@@ -246,5 +247,5 @@ class EventSender:
         )
 
 
-def _random_room_id(server_name: str) -> str:
-    return f"!{secrets.token_urlsafe(18)}:{server_name}"
+def _random_room_id(server_name: str) -> RoomID:
+    return RoomID(f"!{secrets.token_urlsafe(18)}:{server_name}")

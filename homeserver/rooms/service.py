@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import EventID, RoomID, UserID
 from homeserver.core.jsonutil import check_json_numbers
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
@@ -68,7 +69,12 @@ class RoomService:
     # --- sending state ----------------------------------------------------------------------
 
     async def set_state(
-        self, requester: Requester, room_id: str, event_type: str, state_key: str, content: JsonDict
+        self,
+        requester: Requester,
+        room_id: RoomID,
+        event_type: str,
+        state_key: str,
+        content: JsonDict,
     ) -> str:
         check_json_numbers(content, "content")
         if event_type == MEMBERSHIP:
@@ -85,7 +91,7 @@ class RoomService:
         )
         return sent.event_id
 
-    async def require_joined(self, user_id: str, room_id: str) -> None:
+    async def require_joined(self, user_id: UserID, room_id: RoomID) -> None:
         # A membership row exists only for a stored room: no separate room read on the
         # send path (the sender reads the room row itself, under its lock).
         m = await self._rooms.get_membership(room_id, user_id)
@@ -156,12 +162,12 @@ class RoomService:
                     serialized["unsigned"]["m.relations"] = bundles[event.event_id]
         return out
 
-    async def access(self, requester: Requester, room_id: str) -> tuple[Room, Membership | None]:
+    async def access(self, requester: Requester, room_id: RoomID) -> tuple[Room, Membership | None]:
         """The room and the requester's membership; M_FORBIDDEN if they may see nothing."""
         return await self._access(requester.user_id, room_id)
 
     async def visible_event(
-        self, requester: Requester, room_id: str, event_id: str
+        self, requester: Requester, room_id: RoomID, event_id: EventID
     ) -> tuple[Room, Membership | None, StoredEvent]:
         """An event of the room the requester may see: M_FORBIDDEN outside the room,
         M_NOT_FOUND for an unknown event or one hidden by history visibility."""
@@ -175,7 +181,7 @@ class RoomService:
             raise MatrixError(Codes.NOT_FOUND, "Event not found")
         return room, m, event
 
-    async def get_event(self, requester: Requester, room_id: str, event_id: str) -> JsonDict:
+    async def get_event(self, requester: Requester, room_id: RoomID, event_id: EventID) -> JsonDict:
         room, _ = await self._access(requester.user_id, room_id)
         event = await self._events.get_event(event_id)
         if event is None or event.room_id != room_id:
@@ -184,7 +190,7 @@ class RoomService:
             raise MatrixError(Codes.NOT_FOUND, "Event not found")
         return (await self.serialize(requester, [event], room.room_version))[0]
 
-    async def get_state(self, requester: Requester, room_id: str) -> list[JsonDict]:
+    async def get_state(self, requester: Requester, room_id: RoomID) -> list[JsonDict]:
         room, m = await self._access(requester.user_id, room_id)
         upto = self._upto(m)
         if upto is None:
@@ -196,7 +202,7 @@ class RoomService:
         return await self.serialize(requester, state, room.room_version)
 
     async def get_state_event(
-        self, requester: Requester, room_id: str, event_type: str, state_key: str
+        self, requester: Requester, room_id: RoomID, event_type: str, state_key: str
     ) -> StoredEvent:
         _, m = await self._access(requester.user_id, room_id)
         upto = self._upto(m)
@@ -212,7 +218,7 @@ class RoomService:
         return event
 
     async def state_content(
-        self, requester: Requester, room_id: str, event_type: str, state_key: str
+        self, requester: Requester, room_id: RoomID, event_type: str, state_key: str
     ) -> JsonDict:
         event = await self.get_state_event(requester, room_id, event_type, state_key)
         room = await self._rooms.get_room(room_id)
@@ -225,7 +231,7 @@ class RoomService:
     async def members(
         self,
         requester: Requester,
-        room_id: str,
+        room_id: RoomID,
         *,
         at: str | None,
         membership: str | None,
@@ -263,7 +269,7 @@ class RoomService:
         events.sort(key=lambda e: e.state_key or "")
         return await self.serialize(requester, events, room.room_version)
 
-    async def joined_members(self, requester: Requester, room_id: str) -> JsonDict:
+    async def joined_members(self, requester: Requester, room_id: RoomID) -> JsonDict:
         # spec: "The current user must be in the room"; this is the current membership.
         await self._access(requester.user_id, room_id, allow_departed=False)
         members = await self._rooms.get_room_members(room_id, ["join"])
@@ -280,7 +286,7 @@ class RoomService:
     async def messages(
         self,
         requester: Requester,
-        room_id: str,
+        room_id: RoomID,
         *,
         from_token: str | None,
         to_token: str | None,
@@ -359,8 +365,8 @@ class RoomService:
     async def context(
         self,
         requester: Requester,
-        room_id: str,
-        event_id: str,
+        room_id: RoomID,
+        event_id: EventID,
         limit: int,
         event_filter: EventFilter,
     ) -> JsonDict:
@@ -406,7 +412,7 @@ class RoomService:
             "end": position_token(end),
         }
 
-    async def room_version(self, room_id: str) -> str:
+    async def room_version(self, room_id: RoomID) -> str:
         version = await self._rooms.get_room_version(room_id)
         if version is None:
             raise MatrixError(Codes.NOT_FOUND, "Unknown room")

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from homeserver.core.clock import Clock
+from homeserver.core.ids import RoomID
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.filters.matching import EventFilter, SyncFilter, apply_event_fields
@@ -310,7 +311,7 @@ class SyncService:
             ],
             membership,
         )
-        room_version = await self._room_service.room_version(room_id)
+        room_version = await self._room_service.room_version(RoomID(room_id))
 
         state_ids: StateMap = {}
         if full or limited:
