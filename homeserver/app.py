@@ -95,6 +95,8 @@ from homeserver.storage.media import MediaStore
 from homeserver.storage.migrate import upgrade_head
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.push import PushStore
+from homeserver.storage.push_rules import PushRuleStore
+from homeserver.storage.pushers import PusherStore
 from homeserver.storage.receipts import ReceiptStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.relations import RelationStore
@@ -200,6 +202,8 @@ class Homeserver:
         self.room_store = RoomStore(db, self.event_store)
         self.relation_store = RelationStore(db)
         self.push_store = PushStore(db)
+        self.push_rule_store = PushRuleStore(db)
+        self.pusher_store = PusherStore(db)
         self.account_data_store = AccountDataStore(db)
         self.receipt_store = ReceiptStore(db)
         self.threepid_store = ThreepidStore(db)
@@ -212,7 +216,7 @@ class Homeserver:
         # Cached (dropped on every worker by the account-data wake-up): read by every sync
         # and, for every member of a room, as events are sent.
         self.ignore_lists = IgnoreLists(self.account_data_store, self.bus)
-        self.push_rules = PushRuleService(self.push_store, self.account_data, self.bus)
+        self.push_rules = PushRuleService(self.push_rule_store, self.account_data, self.bus)
 
     def _build_rooms(self, config: HomeserverConfig, signing_key: SigningKey, clock: Clock) -> None:
         server_name = config.server_name
@@ -225,7 +229,11 @@ class Homeserver:
             signing_key,
             # Push rules are evaluated as events are persisted (issue 6).
             PushActionGenerator(
-                self.push_rules, self.push_store, self.event_store, server_name, self.ignore_lists
+                self.push_rules,
+                self.push_rule_store,
+                self.event_store,
+                server_name,
+                self.ignore_lists,
             ),
         )
         self.visibility = Visibility(self.event_store, self.room_store)
@@ -299,7 +307,7 @@ class Homeserver:
             self.email_validation,
         )
         self.threepids = ThreepidService(
-            self.threepid_store, self.push_store, self.email_validation, self.uia, clock
+            self.threepid_store, self.pusher_store, self.email_validation, self.uia, clock
         )
         self.to_device = ToDeviceService(ToDeviceStore(db), self.notifier, clock, server_name)
         self.device_lists = DeviceListService(DeviceListStore(db), self.notifier, self.event_store)
@@ -309,7 +317,7 @@ class Homeserver:
         self.key_backup = KeyBackupService(KeyBackupStore(db))
         self.unsubscriber = Unsubscriber(bytes(signing_key.encode()))
         self.pushers = PusherService(
-            self.push_store,
+            self.pusher_store,
             config.push,
             config.email,
             clock,
@@ -361,6 +369,7 @@ class Homeserver:
         )
         self.pusher_sender = PusherSender(
             db,
+            self.pusher_store,
             self.push_store,
             self.event_store,
             self.room_store,

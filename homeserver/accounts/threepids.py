@@ -20,7 +20,7 @@ from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID
 from homeserver.core.types import JsonDict, Requester
-from homeserver.storage.push import PushStore
+from homeserver.storage.pushers import PusherStore
 from homeserver.storage.threepids import ThreepidStore
 
 logger = logging.getLogger(__name__)
@@ -42,13 +42,13 @@ class ThreepidService:
     def __init__(
         self,
         store: ThreepidStore,
-        push_store: PushStore,
+        pushers: PusherStore,
         validation: EmailValidation,
         uia: UiaService,
         clock: Clock,
     ) -> None:
         self._store = store
-        self._push_store = push_store
+        self._pushers = pushers
         self._validation = validation
         self._uia = uia
         self._clock = clock
@@ -126,11 +126,11 @@ class ThreepidService:
     async def delete_email_pushers(self, user_id: str, addresses: Sequence[str]) -> None:
         gone = [
             p.id
-            for p in await self._push_store.get_pushers(user_id)
+            for p in await self._pushers.get_pushers(user_id)
             if p.kind == MEDIUM_EMAIL and canonical_email(p.pushkey) in addresses
         ]
         if gone:
-            await self._push_store.delete_pushers_by_id(gone)
+            await self._pushers.delete_pushers_by_id(gone)
 
     async def deactivate_user(self, user_id: UserID) -> None:
         """A deactivated account lets go of its addresses (another may bind them)."""

@@ -28,7 +28,7 @@ from homeserver.core.config import EmailConfig, PushConfig
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID
 from homeserver.core.types import JsonDict, Requester
-from homeserver.storage.push import Pusher, PushStore
+from homeserver.storage.pushers import Pusher, PusherStore
 
 NOTIFY_PATH = "/_matrix/push/v1/notify"
 MAX_PUSHKEY_BYTES = 512  # spec
@@ -137,7 +137,7 @@ class Unsubscriber:
 class PusherService:
     def __init__(
         self,
-        store: PushStore,
+        store: PusherStore,
         config: PushConfig,
         email: EmailConfig,
         clock: Clock,

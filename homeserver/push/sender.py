@@ -39,7 +39,8 @@ from homeserver.push.pushers import Unsubscriber, check_gateway_url
 from homeserver.push.unread import UnreadCountService
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, StoredEvent
-from homeserver.storage.push import Pusher, PushStore, QueuedPush
+from homeserver.storage.push import PushStore
+from homeserver.storage.pushers import Pusher, PusherStore, QueuedPush
 from homeserver.storage.rooms import RoomStore
 from homeserver.wakeups.bus import Bus, Wakeup
 
@@ -66,7 +67,8 @@ class PusherSender:
     def __init__(
         self,
         db: Database,
-        store: PushStore,
+        store: PusherStore,
+        actions: PushStore,
         events: EventStore,
         rooms: RoomStore,
         unread: UnreadCountService,
@@ -82,6 +84,7 @@ class PusherSender:
     ) -> None:
         self._db = db
         self._store = store
+        self._actions = actions
         self._events = events
         self._rooms = rooms
         self._unread = unread
@@ -370,7 +373,9 @@ class PusherSender:
         if not self._email.enabled:
             await self._store.delete_queued(pusher.id, [q.stream_ordering for q in queue])
             return True
-        unread = await self._store.unread_among(pusher.user_id, [q.stream_ordering for q in queue])
+        unread = await self._actions.unread_among(
+            pusher.user_id, [q.stream_ordering for q in queue]
+        )
         wanted = [q for q in queue if q.stream_ordering in unread]
         if wanted:
             rooms = await self._mailed_rooms(pusher.user_id, wanted)

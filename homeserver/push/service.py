@@ -31,7 +31,7 @@ from homeserver.push.rules import (
     normalize_conditions,
     ruleset_json,
 )
-from homeserver.storage.push import PushStore, UserRules
+from homeserver.storage.push_rules import PushRuleStore, UserRules
 from homeserver.sync.sources import GlobalSource
 from homeserver.wakeups.bus import Bus, Wakeup
 
@@ -48,7 +48,7 @@ class ServerAccountData(Protocol):
 
 
 class PushRuleService:
-    def __init__(self, store: PushStore, account_data: ServerAccountData, bus: Bus) -> None:
+    def __init__(self, store: PushRuleStore, account_data: ServerAccountData, bus: Bus) -> None:
         self._store = store
         self._account_data = account_data
         self._compiled: LRUCache[str, CompiledRuleset] = LRUCache(maxsize=MAX_CACHED_USERS)
