@@ -74,10 +74,11 @@ from homeserver.push.pushers import PusherService, Unsubscriber
 from homeserver.push.sender import PusherSender
 from homeserver.push.service import AccountDataWithPushRules, PushRuleService
 from homeserver.push.unread import UnreadCountService
+from homeserver.rooms.aggregations import Aggregations
 from homeserver.rooms.create import RoomCreator
 from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.membership import MembershipService
-from homeserver.rooms.relations import Aggregations, RelationsService
+from homeserver.rooms.relations import RelationsService
 from homeserver.rooms.send import SendService
 from homeserver.rooms.sender import EventSender
 from homeserver.rooms.service import RoomService

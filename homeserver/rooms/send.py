@@ -21,7 +21,7 @@ from homeserver.core.ratelimit import Action, RateLimiter
 from homeserver.core.types import JsonDict, Requester
 from homeserver.events.auth import client_can_redact
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
-from homeserver.rooms.relations import Aggregations
+from homeserver.rooms.aggregations import Aggregations
 from homeserver.rooms.sender import EventSender, Txn
 from homeserver.rooms.service import MEMBERSHIP, RoomService
 from homeserver.storage.events import DuplicateTxn, EventStore

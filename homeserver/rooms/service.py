@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
@@ -13,15 +12,13 @@ from homeserver.core.jsonutil import check_json_numbers
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.filters.matching import EventFilter
+from homeserver.rooms.aggregations import Aggregations
 from homeserver.rooms.sender import EventSender
 from homeserver.rooms.serialize import client_event
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.rooms import Membership, Room, RoomStore
 from homeserver.sync.sources import IgnoredUsers
-
-if TYPE_CHECKING:
-    from homeserver.rooms.relations import Aggregations
 
 DEFAULT_MESSAGES_LIMIT = 10
 MAX_MESSAGES_LIMIT = 1000
