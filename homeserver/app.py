@@ -65,6 +65,8 @@ from homeserver.ephemeral.presence import PresenceService
 from homeserver.ephemeral.receipts import EphemeralSource, ReceiptService
 from homeserver.ephemeral.typing import TypingService
 from homeserver.filters.service import FilterService
+from homeserver.net.addresses import AddressPolicy
+from homeserver.net.outbound import Outbound
 from homeserver.push.actions import PushActionGenerator
 from homeserver.push.notifications import NotificationService, PushActionPruner
 from homeserver.push.pushers import PusherService, Unsubscriber
@@ -134,9 +136,16 @@ class Homeserver:
     """
 
     def __init__(
-        self, config: HomeserverConfig, db: Database, signing_key: SigningKey, clock: Clock
+        self,
+        config: HomeserverConfig,
+        db: Database,
+        signing_key: SigningKey,
+        clock: Clock,
+        outbound: Outbound | None = None,
     ) -> None:
         self.config = config
+        # Every request to a URL someone else chose (previews, push gateways) goes through it.
+        self.outbound = outbound or Outbound(AddressPolicy(config.outbound.allow_addresses))
         self.db = db
         self.clock = clock
         self.signing_key = signing_key
@@ -315,6 +324,7 @@ class Homeserver:
             clock,
             self.unsubscriber,
             self.email_validation,
+            self.outbound,
         )
         self.accounts = AccountService(
             self.account_store,
@@ -374,6 +384,7 @@ class Homeserver:
             base_url=config.base_url,
             unsubscriber=self.unsubscriber,
             ignored=self.ignore_lists,
+            outbound=self.outbound,
         )
         self.background_jobs.append(self.pusher_sender.run)
         self.push_action_pruner = PushActionPruner(self.push_store, clock, config.push)
@@ -383,7 +394,9 @@ class Homeserver:
             from push_gateway.app import Gateway
             from push_gateway.config import load_gateway_config
 
-            gateway = Gateway(load_gateway_config(Path(config.push.gateway_config)))
+            gateway = Gateway(
+                load_gateway_config(Path(config.push.gateway_config)), outbound=self.outbound
+            )
             self.push_gateway_routes = gateway.routes
 
             async def close_gateway_at_exit() -> None:  # a "job" that only waits to close
@@ -404,7 +417,7 @@ class Homeserver:
             config.media,
             spool_dir(config.media.storage, config.data_path),
         )
-        self.url_previews = UrlPreviewer(config.media.url_preview, self.media)
+        self.url_previews = UrlPreviewer(config.media.url_preview, self.media, self.outbound)
 
 
 def route_services(hs: Homeserver) -> list[object]:

@@ -14,6 +14,7 @@ from homeserver.app import BackgroundJob, Homeserver
 from homeserver.core.clock import Clock, SystemClock
 from homeserver.core.config import HomeserverConfig
 from homeserver.crypto.signing import load_or_create_signing_key
+from homeserver.net.outbound import Outbound
 from homeserver.storage.database import Database
 from homeserver.storage.migrate import upgrade_head
 
@@ -27,7 +28,11 @@ STOP_WAIT_S = 0.5
 
 @asynccontextmanager
 async def running_homeserver(
-    config: HomeserverConfig, *, clock: Clock | None = None, migrate: bool = True
+    config: HomeserverConfig,
+    *,
+    clock: Clock | None = None,
+    migrate: bool = True,
+    outbound: Outbound | None = None,
 ) -> AsyncIterator[Homeserver]:
     """Open the database (migrated to head), build the services, close them on exit."""
     config.data_path.mkdir(parents=True, exist_ok=True)
@@ -36,7 +41,7 @@ async def running_homeserver(
         if migrate:
             await upgrade_head(db.engine)
         signing_key = load_or_create_signing_key(config.signing_key_file)
-        hs = Homeserver(config, db, signing_key, clock or SystemClock())
+        hs = Homeserver(config, db, signing_key, clock or SystemClock(), outbound)
         # Plain tasks, not a task group: the caller may leave this context from another task
         # than the one that entered it (test fixtures, lifespans).
         tasks = [asyncio.create_task(_run_forever(job)) for job in hs.background_jobs]
