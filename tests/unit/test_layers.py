@@ -65,6 +65,7 @@ def test_services_do_not_import_routes() -> None:
         ("homeserver.core", ("homeserver.core",)),
         ("homeserver.storage", ("homeserver.core", "homeserver.storage")),
         ("homeserver.wakeups", ("homeserver.core", "homeserver.wakeups")),
+        ("homeserver.net", ("homeserver.core", "homeserver.net")),
     ],
 )
 def test_lower_layers_import_only_below_them(layer: str, allowed: tuple[str, ...]) -> None:
