@@ -190,13 +190,14 @@ async def test_malformed_places_in_the_graph_are_dropped(
 ) -> None:
     room_id, _ = await public_room_with_eve(client, hs)
     current = await hs.event_store.get_current_state_ids(room_id)
-    for change in (
+    changes: list[dict[str, Any]] = [
         {"depth": 2**63},
         {"depth": -1},
         {"depth": "3"},
         {"prev_events": []},
         {"prev_events": [f"$p{i}" for i in range(21)]},
-    ):
+    ]
+    for change in changes:
         pdu, _ = await remote_pdu(hs, room_id, "m.room.message", {"body": "x"})
         pdu.update(change)
         [received] = await pipeline(hs).receive(room_id, [pdu], NOW)

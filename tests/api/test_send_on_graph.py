@@ -128,7 +128,7 @@ class RecordingResolver:
 async def test_differing_states_are_resolved(client: httpx.AsyncClient, hs: Homeserver) -> None:
     resolver = RecordingResolver()
     checked_resolver: StateResolver = resolver
-    hs.event_sender.set_state_resolver(checked_resolver)
+    hs.event_sender._resolve = checked_resolver  # what the composition root passes
     _, tok = await register(client, "alice")
     room_id = await create(client, tok)
     first = await send(client, tok, room_id, "t1")
@@ -152,7 +152,13 @@ async def test_two_senders_at_once_lose_nothing(client: httpx.AsyncClient, hs: H
     room_id = await create(client, tok)
     alice = "@alice:test"
     other = EventSender(
-        hs.event_store, hs.room_store, hs.notifier, hs.clock, "test", hs.signing_key
+        hs.event_store,
+        hs.room_store,
+        hs.notifier,
+        hs.clock,
+        "test",
+        hs.signing_key,
+        hs.event_sender._push,
     )
     senders = [hs.event_sender, other]
     sent = await asyncio.gather(
