@@ -1,5 +1,6 @@
-"""Migration 0007 turns the rooms of a database made at 0006 (rooms as lines) into graphs
-without losing anything: extremities, prev_events edges and auth_events edges."""
+"""Migration 0007 (room_dag) turns the rooms of a database made at the revision before it
+(rooms as lines) into graphs without losing anything: extremities, prev_events edges and
+auth_events edges."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import asyncpg
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from alembic.script import ScriptDirectory
 
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, NewEvent
@@ -37,6 +39,14 @@ async def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+def before_room_dag(url: str) -> str:
+    """The revision the room-graph migration follows (whatever number it gets at a merge)."""
+    script = ScriptDirectory.from_config(alembic_config(url))
+    [dag] = [r for r in script.walk_revisions() if r.path.endswith("_room_dag.py")]
+    assert isinstance(dag.down_revision, str)
+    return dag.down_revision
 
 
 async def upgrade_to(db: Database, revision: str) -> None:
@@ -66,8 +76,9 @@ def pdu(room_id: str, event_type: str, depth: int, prevs: list[object], auths: l
     return json.dumps(event)
 
 
-# Two rooms as 0006 stored them: a v11 room (event IDs in prev_events and auth_events) and a
-# v1 room ([event ID, hashes] pairs); each a line whose last event is rooms.latest_event_id.
+# Two rooms as the revision before stored them: a v11 room (event IDs in prev_events and
+# auth_events) and a v1 room ([event ID, hashes] pairs); each a line whose last event is
+# rooms.latest_event_id.
 ROOMS = {
     "!new:test": (
         "11",
@@ -93,10 +104,10 @@ ROOMS = {
 }
 
 
-async def test_upgrade_from_0006_keeps_every_room_and_event(fresh_url: str) -> None:
+async def test_upgrade_to_the_room_graph_keeps_every_room_and_event(fresh_url: str) -> None:
     db = Database(fresh_url)
     try:
-        await upgrade_to(db, "0006")
+        await upgrade_to(db, before_room_dag(fresh_url))
         position = 0
         async with db.engine.begin() as conn:
             for room_id, (version, chain) in ROOMS.items():
