@@ -9,10 +9,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver import jsonutil
 from homeserver.errors import Codes, MatrixError
 from homeserver.filtering import EventFilter
 from homeserver.ids import RoomID, UserID
+from homeserver.json_limits import query_json
 from homeserver.jsonutil import check_json_numbers
 from homeserver.ratelimit import Action
 from homeserver.rooms.create import CreateRoomRequest
@@ -262,10 +262,7 @@ def _filter_param(request: Request) -> EventFilter:
     raw = request.query_params.get("filter")
     if raw is None:
         return EventFilter()
-    try:
-        data = jsonutil.loads(raw)
-    except ValueError:
-        raise MatrixError(Codes.BAD_JSON, "filter is not valid JSON") from None
+    data = query_json(raw, "filter")
     if not isinstance(data, dict):
         raise MatrixError(Codes.BAD_JSON, "filter must be a JSON object")
     return EventFilter.from_json(data)

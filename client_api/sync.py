@@ -6,10 +6,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver import jsonutil
 from homeserver.errors import Codes, MatrixError
 from homeserver.filtering import SyncFilter
 from homeserver.ids import UserID
+from homeserver.json_limits import query_json
 from homeserver.streams import StreamToken
 from homeserver.sync.service import SyncRequest
 from homeserver.web import homeserver_of, json_response, query_bool, query_int, require_user
@@ -48,11 +48,7 @@ async def _sync_filter(request: Request, user_id: str) -> SyncFilter:
     if raw is None:
         return SyncFilter()
     if raw.startswith("{"):
-        try:
-            data = jsonutil.loads(raw)
-        except ValueError:
-            raise MatrixError(Codes.BAD_JSON, "filter is not valid JSON") from None
-        return SyncFilter.from_json(data)
+        return SyncFilter.from_json(query_json(raw, "filter"))
     hs = homeserver_of(request)
     return SyncFilter.from_json(await hs.filters.get_filter(UserID(user_id), raw))
 

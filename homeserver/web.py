@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from homeserver.errors import Codes, MatrixError
+from homeserver.json_limits import loads_limited
 from homeserver.types import Requester
 
 if TYPE_CHECKING:
@@ -51,18 +52,15 @@ def homeserver_of(request: Request) -> Homeserver:
 
 
 async def read_json(request: Request, *, empty_ok: bool = False) -> Any:
-    """The decoded body; ``M_NOT_JSON`` unless it is JSON, ``M_TOO_LARGE`` past the limit.
+    """The decoded body; ``M_NOT_JSON`` unless it is JSON, ``M_TOO_LARGE`` past the size limit,
+    ``M_BAD_JSON`` past the structure limits of ``homeserver.json_limits``.
 
     ``empty_ok``: an empty body reads as ``{}`` (clients send none to /join and /leave).
     """
     raw = await read_body(request)
     if empty_ok and not raw.strip():
         return {}
-    try:
-        # orjson refuses NaN, Infinity and integers past 64 bits, as Matrix JSON must.
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise MatrixError(Codes.NOT_JSON, "Content not JSON") from e
+    return loads_limited(raw)
 
 
 async def read_body(request: Request) -> bytes:

@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from homeserver.errors import Codes, MatrixError
+from homeserver.json_limits import loads_limited
 from homeserver.jsonutil import dumps_str
 from homeserver.streams import StreamToken
 from homeserver.sync.service import SyncRequest, has_news
@@ -293,13 +292,8 @@ class Connection:
 
     async def _handle(self, raw: str) -> None:
         frame = _loads(raw)
-        if frame is _NOT_JSON:
-            self._enqueue(
-                {
-                    "type": "error",
-                    "error": {"errcode": Codes.NOT_JSON, "error": "Frame is not valid JSON"},
-                }
-            )
+        if isinstance(frame, MatrixError):
+            self._enqueue({"type": "error", "error": frame.to_json()})
             return
         if not isinstance(frame, dict):
             self._enqueue(
@@ -419,12 +413,11 @@ class Connection:
                 return
 
 
-_NOT_JSON = object()
-
-
 def _loads(raw: str) -> Any:
+    """The frame, or the ``MatrixError`` that refuses it (not JSON, past the JSON limits)."""
     try:
-        # orjson refuses NaN, Infinity and integers past 64 bits, as Matrix JSON must.
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return _NOT_JSON
+        return loads_limited(raw)
+    except MatrixError as e:
+        if e.code == Codes.NOT_JSON:
+            return MatrixError(Codes.NOT_JSON, "Frame is not valid JSON")
+        return e

@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 
-import orjson
-
 from homeserver.auth import AuthService
 from homeserver.config import WebSocketConfig
 from homeserver.errors import Codes, MatrixError
 from homeserver.filtering import SyncFilter
 from homeserver.filters import FilterService
 from homeserver.ids import EventID, RoomID, UserID
+from homeserver.json_limits import query_json
 from homeserver.presence import PresenceService
 from homeserver.ratelimit import Action, RateLimiter
 from homeserver.receipts import ReceiptService
@@ -94,10 +93,7 @@ class WebSocketService:
         elif isinstance(params.filter, dict):
             sync_filter = SyncFilter.from_json(params.filter)
         elif params.filter.startswith("{"):
-            try:
-                sync_filter = SyncFilter.from_json(orjson.loads(params.filter))
-            except orjson.JSONDecodeError:
-                raise MatrixError(Codes.BAD_JSON, "filter is not valid JSON") from None
+            sync_filter = SyncFilter.from_json(query_json(params.filter, "filter"))
         else:
             sync_filter = SyncFilter.from_json(
                 await self._filters.get_filter(UserID(requester.user_id), params.filter)
