@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.web import homeserver_of, json_response, query_int, require_user
+from homeserver.web import homeserver_of, items_response, query_int, require_user
 
 
 async def get_notifications(request: Request) -> Response:
@@ -14,10 +14,11 @@ async def get_notifications(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     q = request.query_params
-    return json_response(
+    return items_response(
         await hs.push_notifications.get_notifications(
             requester, q.get("from"), query_int(request, "limit", minimum=1), q.get("only")
-        )
+        ),
+        "notifications",
     )
 
 

@@ -8,7 +8,7 @@ from starlette.routing import Route
 
 from homeserver.errors import Codes, MatrixError
 from homeserver.ids import RoomID
-from homeserver.web import homeserver_of, json_response, query_bool, query_int, require_user
+from homeserver.web import homeserver_of, items_response, query_bool, query_int, require_user
 
 
 async def _get_relations(request: Request) -> Response:
@@ -19,7 +19,7 @@ async def _get_relations(request: Request) -> Response:
     if direction not in ("b", "f"):
         raise MatrixError(Codes.INVALID_PARAM, "dir must be 'b' or 'f'")
     recurse = query_bool(request, "recurse") if "recurse" in q else None
-    return json_response(
+    return items_response(
         await hs.relations.relations(
             requester,
             RoomID.parse(request.path_params["room_id"]),
@@ -31,7 +31,8 @@ async def _get_relations(request: Request) -> Response:
             backwards=direction == "b",
             limit=query_int(request, "limit", None, minimum=1),
             recurse=recurse,
-        )
+        ),
+        "relations",
     )
 
 
@@ -57,14 +58,15 @@ async def get_threads(request: Request) -> Response:
     include = request.query_params.get("include", "all")
     if include not in ("all", "participated"):
         raise MatrixError(Codes.INVALID_PARAM, "include must be 'all' or 'participated'")
-    return json_response(
+    return items_response(
         await hs.relations.threads(
             requester,
             RoomID.parse(request.path_params["room_id"]),
             participated_only=include == "participated",
             from_token=request.query_params.get("from"),
             limit=query_int(request, "limit", None, minimum=1),
-        )
+        ),
+        "threads",
     )
 
 

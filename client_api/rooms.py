@@ -19,6 +19,7 @@ from homeserver.rooms.create import CreateRoomRequest
 from homeserver.web import (
     RequestBody,
     homeserver_of,
+    items_response,
     json_response,
     parse_body,
     query_int,
@@ -223,7 +224,7 @@ async def get_state_event(request: Request) -> Response:
         serialized = await hs.rooms.serialize(
             requester, [event], await hs.rooms.room_version(room_id)
         )
-        return json_response(serialized[0])
+        return items_response(serialized[0], "state event")
     return json_response(await hs.rooms.state_content(requester, room_id, event_type, state_key))
 
 
@@ -231,7 +232,7 @@ async def get_state(request: Request) -> Response:
     """GET /_matrix/client/v3/rooms/{roomId}/state"""
     hs = homeserver_of(request)
     requester = await require_user(request)
-    return json_response(await hs.rooms.get_state(requester, _room_id(request)))
+    return items_response(await hs.rooms.get_state(requester, _room_id(request)), "state")
 
 
 async def redact_event(request: Request) -> Response:
@@ -253,8 +254,9 @@ async def get_event(request: Request) -> Response:
     """GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}"""
     hs = homeserver_of(request)
     requester = await require_user(request)
-    return json_response(
-        await hs.rooms.get_event(requester, _room_id(request), request.path_params["event_id"])
+    return items_response(
+        await hs.rooms.get_event(requester, _room_id(request), request.path_params["event_id"]),
+        "event",
     )
 
 
@@ -289,7 +291,7 @@ async def get_messages(request: Request) -> Response:
         body["end"] = page.end
     if page.state:
         body["state"] = page.state
-    return json_response(body)
+    return items_response(body, "messages")
 
 
 async def get_context(request: Request) -> Response:
@@ -298,14 +300,15 @@ async def get_context(request: Request) -> Response:
     requester = await require_user(request)
     limit = query_int(request, "limit", 10, minimum=0, maximum=100)
     assert limit is not None
-    return json_response(
+    return items_response(
         await hs.rooms.context(
             requester,
             _room_id(request),
             request.path_params["event_id"],
             limit,
             _filter_param(request),
-        )
+        ),
+        "context",
     )
 
 
@@ -325,7 +328,7 @@ async def get_members(request: Request) -> Response:
         membership=q.get("membership"),
         not_membership=q.get("not_membership"),
     )
-    return json_response({"chunk": chunk})
+    return items_response({"chunk": chunk}, "members")
 
 
 async def get_joined_members(request: Request) -> Response:

@@ -12,7 +12,7 @@ from homeserver.ids import UserID
 from homeserver.json_limits import query_json
 from homeserver.streams import StreamToken
 from homeserver.sync.service import SyncRequest
-from homeserver.web import homeserver_of, json_response, query_bool, query_int, require_user
+from homeserver.web import homeserver_of, items_response, query_bool, query_int, require_user
 
 
 async def sync(request: Request) -> Response:
@@ -40,7 +40,7 @@ async def sync(request: Request) -> Response:
                 filter=sync_filter,
             ),
         )
-    return json_response(response)
+    return items_response(response, "sync")
 
 
 async def _sync_filter(request: Request, user_id: str) -> SyncFilter:

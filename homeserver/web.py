@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from homeserver.errors import Codes, MatrixError
 from homeserver.json_limits import loads_limited
+from homeserver.render import dumps_items
 from homeserver.types import Requester
 
 if TYPE_CHECKING:
@@ -44,6 +45,13 @@ def json_response(
     content: Any, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     return JSONResponse(content, status_code=status_code, headers=headers)
+
+
+def items_response(content: Any, what: str) -> Response:
+    """A response listing stored items (events, account data, to-device messages): an item
+    that cannot be rendered is logged and left out, the rest is served (homeserver.render).
+    ``what`` names the response in the log."""
+    return Response(dumps_items(content, what), media_type="application/json")
 
 
 def homeserver_of(request: Request) -> Homeserver:

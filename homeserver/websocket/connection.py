@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from homeserver.errors import Codes, MatrixError
 from homeserver.json_limits import loads_limited
 from homeserver.jsonutil import dumps_str
+from homeserver.render import dumps_items
 from homeserver.streams import StreamToken
 from homeserver.sync.service import SyncRequest, has_news
 from homeserver.types import JsonDict, Requester
@@ -179,7 +180,13 @@ class Connection:
         """Queue a frame; a full outbox means the client stopped reading: close it."""
         if self._close is not None:
             return False
-        if self._outbox.put(dumps_str(frame)):
+        try:
+            text = dumps_items(frame, "websocket frame").decode()
+        except MatrixError as e:
+            # The frame is one item that cannot be rendered (a result of one event).
+            request_id = frame.get("id")
+            text = dumps_str(_error_frame(e, request_id if isinstance(request_id, str) else None))
+        if self._outbox.put(text):
             return True
         logger.info("websocket client too slow", extra=self._log_fields())
         self._shut(
