@@ -7,7 +7,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from homeserver.errors import Codes, MatrixError
-from homeserver.ids import RoomID
+from homeserver.ids import EventID, RoomID
 from homeserver.web import homeserver_of, items_response, query_bool, query_int, require_user
 
 
@@ -23,7 +23,7 @@ async def _get_relations(request: Request) -> Response:
         await hs.relations.relations(
             requester,
             RoomID.parse(request.path_params["room_id"]),
-            request.path_params["event_id"],
+            EventID.parse(request.path_params["event_id"]),
             rel_type=request.path_params.get("rel_type"),
             event_type=request.path_params.get("event_type"),
             from_token=q.get("from"),

@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from homeserver.errors import Codes, MatrixError
 from homeserver.filtering import EventFilter
-from homeserver.ids import RoomID, UserID
+from homeserver.ids import EventID, RoomID, UserID
 from homeserver.json_limits import query_json
 from homeserver.jsonutil import check_json_numbers
 from homeserver.ratelimit import Action
@@ -243,7 +243,7 @@ async def redact_event(request: Request) -> Response:
     event_id = await hs.rooms.redact(
         requester,
         _room_id(request),
-        request.path_params["event_id"],
+        EventID.parse(request.path_params["event_id"]),
         request.path_params["txn_id"],
         body.reason,
     )
@@ -255,7 +255,9 @@ async def get_event(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     return items_response(
-        await hs.rooms.get_event(requester, _room_id(request), request.path_params["event_id"]),
+        await hs.rooms.get_event(
+            requester, _room_id(request), EventID.parse(request.path_params["event_id"])
+        ),
         "event",
     )
 
@@ -304,7 +306,7 @@ async def get_context(request: Request) -> Response:
         await hs.rooms.context(
             requester,
             _room_id(request),
-            request.path_params["event_id"],
+            EventID.parse(request.path_params["event_id"]),
             limit,
             _filter_param(request),
         ),

@@ -46,6 +46,7 @@ from homeserver.push.service import AccountDataWithPushRules, PushRuleService
 from homeserver.ratelimit import RateLimiter
 from homeserver.receipts import EphemeralSource, ReceiptService
 from homeserver.relations import Aggregations, RelationsService
+from homeserver.request_guard import RequestGuardMiddleware
 from homeserver.rooms.create import RoomCreator
 from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.membership import MembershipService
@@ -392,7 +393,7 @@ def create_app(hs: Homeserver) -> Starlette:
             *client_routes.root_routes,
             *hs.push_gateway_routes,
         ],
-        middleware=[Middleware(CorsMiddleware)],
+        middleware=[Middleware(CorsMiddleware), Middleware(RequestGuardMiddleware)],
         exception_handlers={
             MatrixError: matrix_error_handler,
             HTTPException: http_error_handler,

@@ -15,6 +15,8 @@ can later fail to render:
 - integers within the canonical JSON range ``[-(2**53)+1, (2**53)-1]`` (spec, appendices
   "Canonical JSON"): what every client's JSON (JavaScript's doubles) reads exactly. orjson
   already refuses ``NaN``, ``Infinity`` and integers past 64 bits.
+- no NUL character (``\\u0000``) in a string or key of a client's document: PostgreSQL's
+  text columns cannot hold one, and names, types and keys from bodies land in them.
 
 The spec's other limits (an event is at most 65 536 bytes, ``type`` and ``state_key`` at
 most 255 bytes, identifiers at most 255 bytes) are checked where they apply, in
@@ -47,11 +49,13 @@ def loads_limited(raw: bytes | str) -> Any:
     except orjson.JSONDecodeError as e:
         raise MatrixError(Codes.NOT_JSON, "Content not JSON") from e
     data = raw.encode() if isinstance(raw, str) else raw
-    # Both tests run in C over the raw bytes: the walk in Python only runs for a document
-    # that could break a limit (more opening brackets than the depth, or a long number).
+    # These tests run in C over the raw bytes: the walk in Python only runs for a document
+    # that could break a limit (more opening brackets than the depth, a long number, an
+    # escaped NUL).
     brackets = data.count(b"[") + data.count(b"{")
-    if brackets > MAX_JSON_DEPTH or _LONG_DIGITS.search(data) is not None:
-        check_json_limits(value)
+    nul = b"\\u0000" in data
+    if brackets > MAX_JSON_DEPTH or nul or _LONG_DIGITS.search(data) is not None:
+        check_json_limits(value, allow_nul=False)
     return value
 
 
@@ -65,16 +69,23 @@ def query_json(raw: str, name: str) -> Any:
         raise
 
 
-def check_json_limits(value: Any, where: str = "", *, allow_floats: bool = True) -> None:
+def check_json_limits(
+    value: Any, where: str = "", *, allow_floats: bool = True, allow_nul: bool = True
+) -> None:
     """Refuse, with ``M_BAD_JSON``, JSON nested deeper than ``MAX_JSON_DEPTH``, integers out of
-    the canonical range and, unless ``allow_floats``, floats (canonical JSON has none).
+    the canonical range, unless ``allow_floats`` floats (canonical JSON has none) and unless
+    ``allow_nul`` a NUL character in a string or key.
 
     Iterative: a document of any depth is walked without recursion.
     """
     stack: list[tuple[Any, int, str]] = [(value, 0, where)]
     while stack:
         item, depth, path = stack.pop()
-        if isinstance(item, str) or isinstance(item, bool) or item is None:
+        if isinstance(item, str):
+            if not allow_nul and "\x00" in item:
+                raise MatrixError(Codes.BAD_JSON, f"NUL character at {path or 'body'}")
+            continue
+        if isinstance(item, bool) or item is None:
             continue
         if isinstance(item, int):
             if not -MAX_SAFE_INT <= item <= MAX_SAFE_INT:
@@ -90,6 +101,8 @@ def check_json_limits(value: Any, where: str = "", *, allow_floats: bool = True)
                 raise MatrixError(
                     Codes.BAD_JSON, f"JSON is nested deeper than {MAX_JSON_DEPTH} levels"
                 )
+            if not allow_nul and any("\x00" in k for k in item):
+                raise MatrixError(Codes.BAD_JSON, f"NUL character in a key at {path or 'body'}")
             stack.extend((v, depth, f"{path}.{k}" if path else str(k)) for k, v in item.items())
         elif isinstance(item, list | tuple):
             depth += 1
