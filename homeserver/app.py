@@ -26,6 +26,7 @@ from homeserver.bus import InMemoryBus
 from homeserver.clock import Clock, SystemClock
 from homeserver.config import HomeserverConfig
 from homeserver.cors import CorsMiddleware
+from homeserver.derived_keys import SERVER_SECRET_FILE, load_or_create_server_secret
 from homeserver.device_lists import DeviceListService
 from homeserver.e2e_keys import E2eKeyService
 from homeserver.errors import MatrixError
@@ -40,7 +41,7 @@ from homeserver.profile import ProfileService
 from homeserver.push.actions import PushActionGenerator
 from homeserver.push.ignored import IgnoreLists
 from homeserver.push.notifications import NotificationService, PushActionPruner
-from homeserver.push.pushers import PusherService, Unsubscriber
+from homeserver.push.pushers import LEGACY_UNSUBSCRIBE_GRACE_MS, PusherService, Unsubscriber
 from homeserver.push.sender import PusherSender
 from homeserver.push.service import AccountDataWithPushRules, PushRuleService
 from homeserver.ratelimit import RateLimiter
@@ -285,7 +286,17 @@ class Homeserver:
         self.sync.add_global_source(
             "account_data", AccountDataWithPushRules(self.account_data, self.push_rules)
         )
-        unsubscriber = Unsubscriber(bytes(signing_key.encode()))
+        # Link secrets come from the server's own secret, never the signing key; links
+        # signed with the signing key before are honoured for a grace period.
+        server_secret = load_or_create_server_secret(
+            config.data_path / SERVER_SECRET_FILE, clock.now_ms()
+        )
+        unsubscriber = Unsubscriber(
+            server_secret.derive("push-unsubscribe"),
+            clock,
+            legacy_secret=bytes(signing_key.encode()),
+            legacy_until_ms=server_secret.created_ms + LEGACY_UNSUBSCRIBE_GRACE_MS,
+        )
         self.pushers = PusherService(
             push_store, config.push, config.email, clock, unsubscriber, self.threepids
         )
