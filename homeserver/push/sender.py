@@ -30,6 +30,7 @@ from homeserver.bus import Bus, Wakeup
 from homeserver.clock import Clock
 from homeserver.config import EmailConfig, PresenceConfig, PushConfig
 from homeserver.errors import MatrixError
+from homeserver.push.delivery_log import DeliveryFailures, gateway_host
 from homeserver.push.email import MailedEvent, MailedRoom, Mailer
 from homeserver.push.evaluator import tweaks_of
 from homeserver.push.ignored import IgnoreLists
@@ -92,6 +93,8 @@ class PusherSender:
         self._unsubscriber = unsubscriber
         self._ignored = ignored
         self._mailer = Mailer(email)
+        # Failed deliveries: counted (for metrics) and logged, rate-limited per pusher.
+        self.failures = DeliveryFailures(clock)
         self._worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
         # Events up to here were looked at and had nothing to queue; the stored cursor may be
@@ -269,7 +272,7 @@ class PusherSender:
             try:
                 await check_gateway_url(url, self._config)
             except MatrixError:
-                logger.warning("push gateway URL refused", extra={"pusher_id": pusher.id})
+                self._failed(pusher, url, "gateway URL refused")
                 return False
             assert isinstance(url, str)
             body = await self._notification(pusher, item)
@@ -279,16 +282,10 @@ class PusherSender:
             try:
                 response = await self._client().post(url, json=body)
             except httpx.HTTPError as e:
-                logger.info(
-                    "push gateway unreachable",
-                    extra={"pusher_id": pusher.id, "error": type(e).__name__},
-                )
+                self._failed(pusher, url, f"unreachable: {type(e).__name__}")
                 return False
             if response.status_code // 100 != 2:
-                logger.info(
-                    "push gateway error",
-                    extra={"pusher_id": pusher.id, "status": response.status_code},
-                )
+                self._failed(pusher, url, f"HTTP {response.status_code}")
                 return False
             if pusher.pushkey in _rejected(response):
                 logger.info("pushkey rejected: pusher removed", extra={"pusher_id": pusher.id})
@@ -296,6 +293,15 @@ class PusherSender:
                 return None
             await self._store.delete_queued(pusher.id, [item.stream_ordering])
         return True
+
+    def _failed(self, pusher: Pusher, url: object, reason: str) -> None:
+        self.failures.failed(
+            pusher_id=pusher.id,
+            app_id=pusher.app_id,
+            pushkey=pusher.pushkey,
+            host=gateway_host(url) if url is not None else "smtp",
+            reason=reason,
+        )
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -381,9 +387,7 @@ class PusherSender:
                 try:
                     await self._mailer.send(message)
                 except Exception as e:  # aiosmtplib's errors and OSError alike
-                    logger.info(
-                        "mail not sent", extra={"pusher_id": pusher.id, "error": type(e).__name__}
-                    )
+                    self._failed(pusher, None, f"mail not sent: {type(e).__name__}")
                     return False
         await self._store.delete_queued(pusher.id, [q.stream_ordering for q in queue])
         return True
