@@ -11,6 +11,7 @@ from homeserver.ids import RoomID, UserID
 from homeserver.web import (
     RequestBody,
     homeserver_of,
+    item_response,
     json_response,
     parse_body,
     read_json_object,
@@ -27,10 +28,11 @@ async def get_account_data(request: Request) -> Response:
     """GET /_matrix/client/v3/user/{userId}/account_data/{type}"""
     hs = homeserver_of(request)
     requester = await require_user(request)
-    return json_response(
+    return item_response(
         await hs.account_data.get_account_data(
             requester, UserID.parse(request.path_params["user_id"]), request.path_params["type"]
-        )
+        ),
+        "account data",
     )
 
 
@@ -48,13 +50,14 @@ async def get_room_account_data(request: Request) -> Response:
     """GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}"""
     hs = homeserver_of(request)
     requester = await require_user(request)
-    return json_response(
+    return item_response(
         await hs.account_data.get_room_account_data(
             requester,
             UserID.parse(request.path_params["user_id"]),
             RoomID.parse(request.path_params["room_id"]),
             request.path_params["type"],
-        )
+        ),
+        "room account data",
     )
 
 

@@ -19,6 +19,7 @@ from homeserver.rooms.create import CreateRoomRequest
 from homeserver.web import (
     RequestBody,
     homeserver_of,
+    item_response,
     items_response,
     json_response,
     parse_body,
@@ -225,7 +226,9 @@ async def get_state_event(request: Request) -> Response:
             requester, [event], await hs.rooms.room_version(room_id)
         )
         return items_response(serialized[0], "state event")
-    return json_response(await hs.rooms.state_content(requester, room_id, event_type, state_key))
+    return item_response(
+        await hs.rooms.state_content(requester, room_id, event_type, state_key), "state content"
+    )
 
 
 async def get_state(request: Request) -> Response:

@@ -42,6 +42,16 @@ def dumps_items(value: Any, what: str) -> bytes:
     raise MatrixError(Codes.NOT_FOUND, "The item cannot be rendered")
 
 
+def dumps_item(value: Any, what: str) -> bytes:
+    """One stored item as JSON bytes (the content of one account-data entry or state
+    event); ``M_NOT_FOUND``, logged, if it cannot be rendered: never rendered in part."""
+    try:
+        return orjson.dumps(value)
+    except _ENCODE_ERRORS:
+        logger.warning("item cannot be rendered", extra={"response": what})
+        raise MatrixError(Codes.NOT_FOUND, "The item cannot be rendered") from None
+
+
 def _encodes(value: Any) -> bool:
     try:
         orjson.dumps(value)

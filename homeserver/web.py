@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from homeserver.errors import Codes, MatrixError
 from homeserver.json_limits import loads_limited
-from homeserver.render import dumps_items
+from homeserver.render import dumps_item, dumps_items
 from homeserver.types import Requester
 
 if TYPE_CHECKING:
@@ -52,6 +52,11 @@ def items_response(content: Any, what: str) -> Response:
     that cannot be rendered is logged and left out, the rest is served (homeserver.render).
     ``what`` names the response in the log."""
     return Response(dumps_items(content, what), media_type="application/json")
+
+
+def item_response(content: Any, what: str) -> Response:
+    """A response that is one stored item: 404 ``M_NOT_FOUND`` if it cannot be rendered."""
+    return Response(dumps_item(content, what), media_type="application/json")
 
 
 def homeserver_of(request: Request) -> Homeserver:

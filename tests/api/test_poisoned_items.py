@@ -128,6 +128,13 @@ async def test_every_member_still_syncs(hs: Homeserver, client: httpx.AsyncClien
         f"/_matrix/client/v1/rooms/{quote(room)}/relations/{quote(after)}", headers=h
     )
     assert r.status_code == 200, r.text
+    r = await client.get(f"/_matrix/client/v3/user/{quote(bob)}/account_data/m.poison", headers=h)
+    assert (r.status_code, r.json()["errcode"]) == (404, "M_NOT_FOUND")
+    r = await client.get(
+        f"/_matrix/client/v3/user/{quote(bob)}/rooms/{quote(room)}/account_data/m.poison",
+        headers=h,
+    )
+    assert (r.status_code, r.json()["errcode"]) == (404, "M_NOT_FOUND")
     r = await client.get("/_matrix/client/v3/notifications", headers=h)
     assert r.status_code == 200, r.text
     assert poisoned not in [n["event"]["event_id"] for n in r.json()["notifications"]]
