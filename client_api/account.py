@@ -9,12 +9,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.accounts import LoginRequest, RegistrationRequest
-from homeserver.auth import Session
-from homeserver.errors import Codes, MatrixError
-from homeserver.types import JsonDict, Requester
-from homeserver.uia import AuthChallenge
-from homeserver.web import (
+from homeserver.accounts.service import LoginRequest, RegistrationRequest
+from homeserver.accounts.tokens import Session
+from homeserver.accounts.uia import AuthChallenge
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.types import JsonDict, Requester
+from homeserver.web.edge import (
     RequestBody,
     access_token_of,
     homeserver_of,

@@ -7,8 +7,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.ids import RoomID, UserID
-from homeserver.web import (
+from homeserver.core.ids import RoomID, UserID
+from homeserver.web.edge import (
     RequestBody,
     homeserver_of,
     item_response,

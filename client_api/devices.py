@@ -9,9 +9,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from client_api.account import challenge_response, uia_fingerprint
+from homeserver.core.types import JsonDict
 from homeserver.storage.accounts import Device
-from homeserver.types import JsonDict
-from homeserver.web import (
+from homeserver.web.edge import (
     BodyT,
     RequestBody,
     homeserver_of,

@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.ids import UserID
-from homeserver.web import homeserver_of, json_response, read_json_object, require_user
+from homeserver.core.ids import UserID
+from homeserver.web.edge import homeserver_of, json_response, read_json_object, require_user
 
 
 async def post_filter(request: Request) -> Response:

@@ -9,10 +9,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.errors import Codes, MatrixError
-from homeserver.jsonutil import MAX_SAFE_INT
-from homeserver.key_backup import KeyData
-from homeserver.web import RequestBody, homeserver_of, json_response, parse_body, require_user
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.jsonutil import MAX_SAFE_INT
+from homeserver.e2ee.key_backup import KeyData
+from homeserver.web.edge import RequestBody, homeserver_of, json_response, parse_body, require_user
 
 
 class CreateVersionBody(RequestBody):

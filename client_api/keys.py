@@ -10,10 +10,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from client_api.account import challenge_response, uia_fingerprint
-from homeserver.errors import Codes, MatrixError
-from homeserver.streams import StreamToken
-from homeserver.types import JsonDict
-from homeserver.web import (
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.streams import StreamToken
+from homeserver.core.types import JsonDict
+from homeserver.web.edge import (
     RequestBody,
     homeserver_of,
     json_response,

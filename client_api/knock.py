@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.ratelimit import Action
-from homeserver.web import RequestBody, homeserver_of, json_response, parse_body, require_user
+from homeserver.core.ratelimit import Action
+from homeserver.web.edge import RequestBody, homeserver_of, json_response, parse_body, require_user
 
 
 class KnockBody(RequestBody):

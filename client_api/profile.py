@@ -6,9 +6,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.errors import Codes, MatrixError
-from homeserver.ids import UserID
-from homeserver.web import homeserver_of, json_response, read_json_object, require_user
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import UserID
+from homeserver.web.edge import homeserver_of, json_response, read_json_object, require_user
 
 
 async def get_profile(request: Request) -> Response:

@@ -10,9 +10,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from homeserver.errors import Codes, MatrixError
+from homeserver.core.errors import Codes, MatrixError
 from homeserver.push.pushers import PusherRequest
-from homeserver.web import RequestBody, homeserver_of, json_response, parse_body, require_user
+from homeserver.web.edge import RequestBody, homeserver_of, json_response, parse_body, require_user
 
 
 class PusherBody(RequestBody):

@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.errors import Codes, MatrixError
-from homeserver.web import (
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.web.edge import (
     RequestBody,
     homeserver_of,
     json_response,

@@ -6,9 +6,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.errors import Codes, MatrixError
-from homeserver.ids import EventID, RoomID
-from homeserver.web import homeserver_of, items_response, query_bool, query_int, require_user
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import EventID, RoomID
+from homeserver.web.edge import (
+    homeserver_of,
+    items_response,
+    query_bool,
+    query_int,
+    require_user,
+)
 
 
 async def _get_relations(request: Request) -> Response:

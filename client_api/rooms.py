@@ -9,14 +9,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.errors import Codes, MatrixError
-from homeserver.filtering import EventFilter
-from homeserver.ids import EventID, RoomID, UserID
-from homeserver.json_limits import query_json
-from homeserver.jsonutil import check_json_numbers
-from homeserver.ratelimit import Action
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import EventID, RoomID, UserID
+from homeserver.core.json_limits import query_json
+from homeserver.core.jsonutil import check_json_numbers
+from homeserver.core.ratelimit import Action
+from homeserver.filters.matching import EventFilter
 from homeserver.rooms.create import CreateRoomRequest
-from homeserver.web import (
+from homeserver.web.edge import (
     RequestBody,
     homeserver_of,
     item_response,

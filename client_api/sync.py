@@ -6,13 +6,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.errors import Codes, MatrixError
-from homeserver.filtering import SyncFilter
-from homeserver.ids import UserID
-from homeserver.json_limits import query_json
-from homeserver.streams import StreamToken
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import UserID
+from homeserver.core.json_limits import query_json
+from homeserver.core.streams import StreamToken
+from homeserver.filters.matching import SyncFilter
 from homeserver.sync.service import SyncRequest
-from homeserver.web import homeserver_of, items_response, query_bool, query_int, require_user
+from homeserver.web.edge import (
+    homeserver_of,
+    items_response,
+    query_bool,
+    query_int,
+    require_user,
+)
 
 
 async def sync(request: Request) -> Response:

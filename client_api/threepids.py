@@ -16,9 +16,14 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from client_api.account import challenge_response, client_ip, uia_fingerprint
-from homeserver.errors import Codes, MatrixError
-from homeserver.threepids import PURPOSE_ADD, PURPOSE_PASSWORD_RESET, TokenRequest, Validated
-from homeserver.web import (
+from homeserver.accounts.threepids import (
+    PURPOSE_ADD,
+    PURPOSE_PASSWORD_RESET,
+    TokenRequest,
+    Validated,
+)
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.web.edge import (
     RequestBody,
     homeserver_of,
     json_response,

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.web import RequestBody, homeserver_of, json_response, parse_body, require_user
+from homeserver.web.edge import RequestBody, homeserver_of, json_response, parse_body, require_user
 
 
 class SendToDeviceBody(RequestBody):

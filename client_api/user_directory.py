@@ -7,9 +7,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.types import JsonDict
-from homeserver.user_directory import DEFAULT_LIMIT
-from homeserver.web import RequestBody, homeserver_of, json_response, parse_body, require_user
+from homeserver.accounts.user_directory import DEFAULT_LIMIT
+from homeserver.core.types import JsonDict
+from homeserver.web.edge import RequestBody, homeserver_of, json_response, parse_body, require_user
 
 
 class SearchBody(RequestBody):

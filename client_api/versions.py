@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.web import homeserver_of, json_response, require_user
+from homeserver.web.edge import homeserver_of, json_response, require_user
 from homeserver.websocket import UNSTABLE_FEATURE
 
 SUPPORTED_VERSIONS = [

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from homeserver.errors import Codes
-from homeserver.web import JSONResponse
+from homeserver.core.errors import Codes
+from homeserver.web.edge import JSONResponse
 from homeserver.websocket import PATH, TransportClosed
 
 if TYPE_CHECKING:

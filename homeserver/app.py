@@ -19,38 +19,39 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 
-from homeserver.account_data import AccountDataService
-from homeserver.accounts import AccountService
-from homeserver.auth import AuthService
-from homeserver.bus import InMemoryBus
-from homeserver.clock import Clock, SystemClock
-from homeserver.config import HomeserverConfig
-from homeserver.cors import CorsMiddleware
-from homeserver.derived_keys import SERVER_SECRET_FILE, load_or_create_server_secret
-from homeserver.device_lists import DeviceListService
-from homeserver.e2e_keys import E2eKeyService
-from homeserver.errors import MatrixError
-from homeserver.filters import FilterService
-from homeserver.ids import UserID
-from homeserver.key_backup import KeyBackupService
-from homeserver.keys import SigningKey, load_or_create_signing_key
-from homeserver.migrate import upgrade_head
-from homeserver.notifier import Notifier
-from homeserver.presence import PresenceService
-from homeserver.profile import ProfileService
+from homeserver.accounts.account_data import AccountDataService
+from homeserver.accounts.ignored import IgnoreLists
+from homeserver.accounts.profile import ProfileService
+from homeserver.accounts.service import AccountService
+from homeserver.accounts.threepids import ThreepidService
+from homeserver.accounts.tokens import AuthService
+from homeserver.accounts.uia import UiaService
+from homeserver.accounts.user_directory import UserDirectoryService
+from homeserver.core.clock import Clock, SystemClock
+from homeserver.core.config import HomeserverConfig
+from homeserver.core.errors import MatrixError
+from homeserver.core.ids import UserID
+from homeserver.core.ratelimit import RateLimiter
+from homeserver.crypto.derived_keys import SERVER_SECRET_FILE, load_or_create_server_secret
+from homeserver.crypto.signing import SigningKey, load_or_create_signing_key
+from homeserver.e2ee.device_lists import DeviceListService
+from homeserver.e2ee.key_backup import KeyBackupService
+from homeserver.e2ee.keys import E2eKeyService
+from homeserver.e2ee.to_device import ToDeviceService
+from homeserver.ephemeral.presence import PresenceService
+from homeserver.ephemeral.receipts import EphemeralSource, ReceiptService
+from homeserver.ephemeral.typing import TypingService
+from homeserver.filters.service import FilterService
 from homeserver.push.actions import PushActionGenerator
-from homeserver.push.ignored import IgnoreLists
 from homeserver.push.notifications import NotificationService, PushActionPruner
 from homeserver.push.pushers import LEGACY_UNSUBSCRIBE_GRACE_MS, PusherService, Unsubscriber
 from homeserver.push.sender import PusherSender
 from homeserver.push.service import AccountDataWithPushRules, PushRuleService
-from homeserver.ratelimit import RateLimiter
-from homeserver.receipts import EphemeralSource, ReceiptService
-from homeserver.relations import Aggregations, RelationsService
-from homeserver.request_guard import RequestGuardMiddleware
+from homeserver.push.unread import UnreadCountService
 from homeserver.rooms.create import RoomCreator
 from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.membership import MembershipService
+from homeserver.rooms.relations import Aggregations, RelationsService
 from homeserver.rooms.sender import EventSender
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.upgrade import RoomUpgrader
@@ -64,6 +65,7 @@ from homeserver.storage.events import EventStore
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.media import MediaStore
+from homeserver.storage.migrate import upgrade_head
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.push import PushStore
 from homeserver.storage.receipts import ReceiptStore
@@ -76,13 +78,11 @@ from homeserver.storage.typing_notifications import TypingStore
 from homeserver.storage.uia import UiaStore
 from homeserver.storage.user_directory import UserDirectoryStore
 from homeserver.sync.service import SyncService
-from homeserver.threepids import ThreepidService
-from homeserver.to_device import ToDeviceService
-from homeserver.typing_notifications import TypingService
-from homeserver.uia import UiaService
-from homeserver.unread import UnreadCountService
-from homeserver.user_directory import UserDirectoryService
-from homeserver.web import http_error_handler, internal_error_handler, matrix_error_handler
+from homeserver.wakeups.bus import InMemoryBus
+from homeserver.wakeups.notifier import Notifier
+from homeserver.web.cors import CorsMiddleware
+from homeserver.web.edge import http_error_handler, internal_error_handler, matrix_error_handler
+from homeserver.web.request_guard import RequestGuardMiddleware
 from homeserver.websocket import WebSocketService
 from media_repo.backends import build_backend, spool_dir
 from media_repo.preview import UrlPreviewer

@@ -10,8 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from homeserver.config import ConfigError, HomeserverConfig, default_config_yaml, load_config
-from homeserver.errors import MatrixError
+from homeserver.core.config import ConfigError, HomeserverConfig, default_config_yaml, load_config
+from homeserver.core.errors import MatrixError
 
 DEFAULT_CONFIG = "homeserver.yaml"
 
@@ -40,8 +40,8 @@ def cmd_generate_config(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from homeserver.migrate import upgrade_head
     from homeserver.storage.database import Database
+    from homeserver.storage.migrate import upgrade_head
 
     config = _load(_config_path(args), create=False)
     config.data_path.mkdir(parents=True, exist_ok=True)
@@ -62,8 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from homeserver.app import asgi_app
-    from homeserver.http_protocol import MAX_HEADER_BYTES, MAX_TARGET_BYTES, http_protocol_class
-    from homeserver.logging import configure_logging
+    from homeserver.core.logging import configure_logging
+    from homeserver.web.http_protocol import MAX_HEADER_BYTES, MAX_TARGET_BYTES, http_protocol_class
 
     config = _load(_config_path(args), create=True)
     configure_logging(args.log_level)
@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         access_log=False,
         loop="auto",
         # uvicorn's protocol with bounds on the request head and JSON Matrix errors for
-        # the requests it refuses itself (homeserver/http_protocol.py).
+        # the requests it refuses itself (homeserver/web/http_protocol.py).
         http=http_protocol_class(),
         h11_max_incomplete_event_size=MAX_TARGET_BYTES + MAX_HEADER_BYTES,
         lifespan="on",

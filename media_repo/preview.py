@@ -23,9 +23,9 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import anyio
 from cachetools import TTLCache
 
-from homeserver.config import UrlPreviewConfig
-from homeserver.errors import Codes, MatrixError
-from homeserver.types import Requester
+from homeserver.core.config import UrlPreviewConfig
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.types import Requester
 from media_repo.service import MediaService, check_content_type
 
 if TYPE_CHECKING:

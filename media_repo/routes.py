@@ -17,8 +17,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from homeserver.errors import Codes, MatrixError
-from homeserver.web import homeserver_of, json_response, query_bool, query_int, require_user
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.web.edge import homeserver_of, json_response, query_bool, query_int, require_user
 from media_repo.cdn import download_path, thumbnail_path
 from media_repo.mxc import MxcUri
 from media_repo.service import Blob, check_content_type, check_filename

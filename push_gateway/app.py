@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from homeserver.errors import MatrixError
-from homeserver.json_limits import loads_limited
+from homeserver.core.errors import MatrixError
+from homeserver.core.json_limits import loads_limited
 from push_gateway.backends import Backend, JsonDict, Result
 from push_gateway.backends.apns import ApnsBackend
 from push_gateway.backends.fcm import FcmBackend

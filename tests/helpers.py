@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from homeserver.app import Homeserver, running_homeserver
-from homeserver.clock import FakeClock
-from homeserver.config import HomeserverConfig
+from homeserver.core.clock import FakeClock
+from homeserver.core.config import HomeserverConfig
 from tests.openapi_schema import assert_response_matches
 
 if TYPE_CHECKING:

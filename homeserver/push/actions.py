@@ -14,15 +14,15 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 
+from homeserver.accounts.ignored import IgnoreLists
+from homeserver.core.types import JsonDict
 from homeserver.events.auth import get_user_power_level
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.push.evaluator import CompiledRuleset, EventContext
-from homeserver.push.ignored import IgnoreLists
 from homeserver.push.service import PushRuleService
 from homeserver.storage.events import EventStore
 from homeserver.storage.push import PushAction, PushStore
 from homeserver.storage.rooms import Room
-from homeserver.types import JsonDict
 
 logger = logging.getLogger(__name__)
 

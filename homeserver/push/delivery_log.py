@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from cachetools import LRUCache
 
-from homeserver.clock import Clock
+from homeserver.core.clock import Clock
 
 logger = logging.getLogger(__name__)
 

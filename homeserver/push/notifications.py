@@ -8,14 +8,14 @@ import logging
 
 import orjson
 
-from homeserver.clock import Clock
-from homeserver.config import PushConfig
-from homeserver.errors import Codes, MatrixError
-from homeserver.push.ignored import IgnoreLists
+from homeserver.accounts.ignored import IgnoreLists
+from homeserver.core.clock import Clock
+from homeserver.core.config import PushConfig
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.types import JsonDict, Requester
 from homeserver.rooms.service import RoomService
 from homeserver.storage.events import EventStore
 from homeserver.storage.push import PushStore
-from homeserver.types import JsonDict, Requester
 
 logger = logging.getLogger(__name__)
 

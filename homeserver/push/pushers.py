@@ -21,13 +21,13 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from homeserver.clock import Clock
-from homeserver.config import EmailConfig, PushConfig
-from homeserver.errors import Codes, MatrixError
+from homeserver.accounts.threepids import MEDIUM_EMAIL, canonical_email
+from homeserver.accounts.uia import EmailIdentity
+from homeserver.core.clock import Clock
+from homeserver.core.config import EmailConfig, PushConfig
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.types import JsonDict, Requester
 from homeserver.storage.push import Pusher, PushStore
-from homeserver.threepids import MEDIUM_EMAIL, canonical_email
-from homeserver.types import JsonDict, Requester
-from homeserver.uia import EmailIdentity
 
 NOTIFY_PATH = "/_matrix/push/v1/notify"
 MAX_PUSHKEY_BYTES = 512  # spec

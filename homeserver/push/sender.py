@@ -26,22 +26,22 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from homeserver.bus import Bus, Wakeup
-from homeserver.clock import Clock
-from homeserver.config import EmailConfig, PresenceConfig, PushConfig
-from homeserver.errors import MatrixError
+from homeserver.accounts.ignored import IgnoreLists
+from homeserver.core.clock import Clock
+from homeserver.core.config import EmailConfig, PresenceConfig, PushConfig
+from homeserver.core.errors import MatrixError
+from homeserver.core.streams import Stream
+from homeserver.core.types import JsonDict
 from homeserver.push.delivery_log import DeliveryFailures, gateway_host
 from homeserver.push.email import MailedEvent, MailedRoom, Mailer
 from homeserver.push.evaluator import tweaks_of
-from homeserver.push.ignored import IgnoreLists
 from homeserver.push.pushers import Unsubscriber, check_gateway_url
+from homeserver.push.unread import UnreadCountService
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.push import Pusher, PushStore, QueuedPush
 from homeserver.storage.rooms import RoomStore
-from homeserver.streams import Stream
-from homeserver.types import JsonDict
-from homeserver.unread import UnreadCountService
+from homeserver.wakeups.bus import Bus, Wakeup
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,9 @@ from typing import Any, Protocol
 
 from cachetools import LRUCache
 
-from homeserver.bus import Bus, Wakeup
-from homeserver.errors import Codes, MatrixError
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.streams import Stream, StreamToken
+from homeserver.core.types import JsonDict, Requester
 from homeserver.push.evaluator import CompiledRuleset
 from homeserver.push.rules import (
     DEFAULT_RULE_KINDS,
@@ -30,9 +31,8 @@ from homeserver.push.rules import (
     ruleset_json,
 )
 from homeserver.storage.push import PushStore, UserRules
-from homeserver.streams import Stream, StreamToken
 from homeserver.sync.sources import GlobalSource
-from homeserver.types import JsonDict, Requester
+from homeserver.wakeups.bus import Bus, Wakeup
 
 PUSH_RULES = "m.push_rules"
 MAX_CACHED_USERS = 50_000

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from homeserver import jsonutil
-from homeserver.errors import Codes, MatrixError
+from homeserver.core import jsonutil
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import MAX_ID_BYTES, RoomAlias, RoomID, is_valid_new_alias_localpart
+from homeserver.core.types import JsonDict, Requester
 from homeserver.events.auth import get_send_level, get_user_power_level
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
-from homeserver.ids import MAX_ID_BYTES, RoomAlias, RoomID, is_valid_new_alias_localpart
 from homeserver.storage.events import EventStore
 from homeserver.storage.rooms import RoomStore
-from homeserver.types import JsonDict, Requester
 
 MAX_PUBLIC_ROOMS_LIMIT = 500
 _DIRECTORY_STATE = (

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from homeserver.errors import Codes, MatrixError
-from homeserver.ids import UserID
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import UserID
+from homeserver.core.types import JsonDict, Requester
 from homeserver.rooms.sender import EventSender, SentEvent
 from homeserver.storage.rooms import RoomStore
-from homeserver.types import JsonDict, Requester
 
 # (user_id) -> (displayname, avatar_url), or None for an unknown local user.
 ProfileLookup = Callable[[str], Awaitable[tuple[str | None, str | None] | None]]

@@ -12,8 +12,11 @@ from weakref import WeakValueDictionary
 
 from cachetools import LRUCache
 
-from homeserver.clock import Clock
-from homeserver.errors import Codes, MatrixError
+from homeserver.core.clock import Clock
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.streams import Stream
+from homeserver.core.types import JsonDict
+from homeserver.crypto.signing import SigningKey
 from homeserver.events.auth import auth_types_for_event, check_auth
 from homeserver.events.format import (
     MAX_PDU_BYTES,
@@ -25,13 +28,10 @@ from homeserver.events.format import (
     redact,
 )
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from homeserver.keys import SigningKey
-from homeserver.notifier import Notifier
 from homeserver.storage.events import DuplicateTxn, EventStore, NewEvent
 from homeserver.storage.push import PushAction
 from homeserver.storage.rooms import Room, RoomStore
-from homeserver.streams import Stream
-from homeserver.types import JsonDict
+from homeserver.wakeups.notifier import Notifier
 
 logger = logging.getLogger(__name__)
 

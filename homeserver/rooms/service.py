@@ -6,23 +6,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from homeserver.clock import Clock
-from homeserver.errors import Codes, MatrixError
+from homeserver.core.clock import Clock
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.jsonutil import check_json_numbers
+from homeserver.core.streams import Stream, StreamToken
+from homeserver.core.types import JsonDict, Requester
 from homeserver.events.auth import client_can_redact
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
-from homeserver.filtering import EventFilter
-from homeserver.jsonutil import check_json_numbers
+from homeserver.filters.matching import EventFilter
 from homeserver.rooms.sender import EventSender, Txn
 from homeserver.rooms.serialize import client_event
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.rooms import Membership, Room, RoomStore
-from homeserver.streams import Stream, StreamToken
 from homeserver.sync.sources import IgnoredUsers
-from homeserver.types import JsonDict, Requester
 
 if TYPE_CHECKING:
-    from homeserver.relations import Aggregations
+    from homeserver.rooms.relations import Aggregations
 
 DEFAULT_MESSAGES_LIMIT = 10
 MAX_MESSAGES_LIMIT = 1000

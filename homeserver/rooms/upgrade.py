@@ -11,8 +11,10 @@ import logging
 import math
 from collections.abc import Sequence
 
-from homeserver.clock import Clock
-from homeserver.errors import Codes, MatrixError
+from homeserver.core.clock import Clock
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import UserID
+from homeserver.core.types import JsonDict, Requester
 from homeserver.events.auth import (
     CREATOR_DEFAULT_LEVEL,
     get_creators,
@@ -21,12 +23,10 @@ from homeserver.events.auth import (
     get_user_power_level,
 )
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from homeserver.ids import UserID
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.sender import EventSender
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.rooms import RoomStore
-from homeserver.types import JsonDict, Requester
 
 logger = logging.getLogger(__name__)
 

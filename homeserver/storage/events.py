@@ -11,7 +11,9 @@ import sqlalchemy as sa
 from cachetools import LRUCache
 from sqlalchemy.dialects import postgresql
 
-from homeserver import jsonutil
+from homeserver.core import jsonutil
+from homeserver.core.streams import Stream
+from homeserver.core.types import JsonDict
 from homeserver.storage.database import Connection, Database, prepared
 from homeserver.storage.push import PushAction, record_push_actions
 from homeserver.storage.relations import parse_relation, record_relation
@@ -29,8 +31,6 @@ from homeserver.storage.schema import (
     stream_positions,
 )
 from homeserver.storage.shared_reads import RangeReads
-from homeserver.streams import Stream
-from homeserver.types import JsonDict
 
 StateKey = tuple[str, str]
 StateMap = dict[StateKey, str]  # (type, state_key) -> event_id

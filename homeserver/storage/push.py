@@ -10,6 +10,8 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
+from homeserver.core.streams import Stream
+from homeserver.core.types import JsonDict
 from homeserver.storage.database import Connection, Database, prepared
 from homeserver.storage.schema import (
     event_push_actions,
@@ -25,8 +27,6 @@ from homeserver.storage.schema import (
     stream_positions,
 )
 from homeserver.storage.shared_reads import RangeReads
-from homeserver.streams import Stream
-from homeserver.types import JsonDict
 
 READ_RECEIPTS = ("m.read", "m.read.private")
 UNTHREADED = ""  # receipts.thread_id of an unthreaded receipt
@@ -195,7 +195,7 @@ def _pusher(r: Any) -> Pusher:
 # No position reaches this: ``upto`` of a count without a bound.
 MAX_POSITION = 2**63 - 1
 # The push actions between two positions, for all users, are read once for the syncs they
-# wake (homeserver/unread.py), for short ranges of few rows only.
+# wake (homeserver/push/unread.py), for short ranges of few rows only.
 ACTION_WINDOW_MAX_EVENTS = 20
 ACTION_WINDOW_MAX_ROWS = 4096
 _ACTION_WINDOW = prepared(

@@ -6,15 +6,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from homeserver.clock import Clock
-from homeserver.filtering import EventFilter, SyncFilter, apply_event_fields
-from homeserver.notifier import Notifier
+from homeserver.core.clock import Clock
+from homeserver.core.streams import Stream, StreamToken
+from homeserver.core.types import JsonDict, Requester
+from homeserver.filters.matching import EventFilter, SyncFilter, apply_event_fields
 from homeserver.rooms.service import RoomService, position_token
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, StateMap, StoredEvent, StreamWindow
 from homeserver.storage.rooms import Membership, RoomStore
-from homeserver.streams import Stream, StreamToken
 from homeserver.sync.sources import (
     GlobalSource,
     IgnoredUsers,
@@ -22,7 +22,7 @@ from homeserver.sync.sources import (
     TopLevelSource,
     UnreadCounts,
 )
-from homeserver.types import JsonDict, Requester
+from homeserver.wakeups.notifier import Notifier
 
 # spec, "Stripped state": what an invited user sees of the room.
 STRIPPED_STATE_TYPES = (

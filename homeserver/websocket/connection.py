@@ -10,13 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from homeserver.errors import Codes, MatrixError
-from homeserver.json_limits import loads_limited
-from homeserver.jsonutil import dumps_str
-from homeserver.render import dumps_items
-from homeserver.streams import StreamToken
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.json_limits import loads_limited
+from homeserver.core.jsonutil import dumps_str
+from homeserver.core.render import dumps_items
+from homeserver.core.streams import StreamToken
+from homeserver.core.types import JsonDict, Requester
 from homeserver.sync.service import SyncRequest, has_news
-from homeserver.types import JsonDict, Requester
 from homeserver.websocket.protocol import (
     MAX_CLOSE_REASON_BYTES,
     SYNC_WAIT_MS,

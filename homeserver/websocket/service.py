@@ -5,21 +5,21 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 
-from homeserver.auth import AuthService
-from homeserver.config import WebSocketConfig
-from homeserver.errors import Codes, MatrixError
-from homeserver.filtering import SyncFilter
-from homeserver.filters import FilterService
-from homeserver.ids import EventID, RoomID, UserID
-from homeserver.json_limits import query_json
-from homeserver.presence import PresenceService
-from homeserver.ratelimit import Action, RateLimiter
-from homeserver.receipts import ReceiptService
+from homeserver.accounts.tokens import AuthService
+from homeserver.core.config import WebSocketConfig
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import EventID, RoomID, UserID
+from homeserver.core.json_limits import query_json
+from homeserver.core.ratelimit import Action, RateLimiter
+from homeserver.core.streams import StreamToken
+from homeserver.core.types import JsonDict, Requester
+from homeserver.ephemeral.presence import PresenceService
+from homeserver.ephemeral.receipts import ReceiptService
+from homeserver.ephemeral.typing import TypingService
+from homeserver.filters.matching import SyncFilter
+from homeserver.filters.service import FilterService
 from homeserver.rooms.service import RoomService
-from homeserver.streams import StreamToken
 from homeserver.sync.service import SyncRequest, SyncService
-from homeserver.types import JsonDict, Requester
-from homeserver.typing_notifications import TypingService
 from homeserver.websocket.connection import Connection
 from homeserver.websocket.protocol import (
     SYNC_WAIT_MS,

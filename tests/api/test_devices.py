@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 
 from homeserver.app import Homeserver
-from homeserver.clock import FakeClock
-from homeserver.ids import UserID
+from homeserver.core.clock import FakeClock
+from homeserver.core.ids import UserID
 from tests.helpers import DEFAULT_PASSWORD, assert_errors, auth_header, login, register
 from tests.openapi_schema import assert_response_matches
 

@@ -1,4 +1,4 @@
-"""One limit on JSON structure where JSON enters (homeserver/json_limits.py).
+"""One limit on JSON structure where JSON enters (homeserver/core/json_limits.py).
 
 Past the limit: 400 before anything is stored. At the limit: orjson, canonical JSON and both
 databases take it, and every reader (sync, /messages) renders it.
@@ -15,9 +15,9 @@ import orjson
 import pytest
 
 from homeserver.app import Homeserver
-from homeserver.errors import MatrixError
+from homeserver.core.errors import MatrixError
+from homeserver.core.json_limits import MAX_JSON_DEPTH, MAX_SAFE_INT, json_depth, loads_limited
 from homeserver.events.format import canonical_json
-from homeserver.json_limits import MAX_JSON_DEPTH, MAX_SAFE_INT, json_depth, loads_limited
 from tests.helpers import auth_header, create_room, register
 
 

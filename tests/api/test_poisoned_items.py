@@ -1,4 +1,4 @@
-"""No single stored item can fail a whole response (homeserver/render.py).
+"""No single stored item can fail a whole response (homeserver/core/render.py).
 
 Items that no client request can create any more (the JSON limits refuse them) are written
 straight to the database, as an older server or another writer could have: an event whose

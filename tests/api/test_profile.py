@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from homeserver.app import Homeserver
-from homeserver.ids import UserID
+from homeserver.core.ids import UserID
 from tests.helpers import assert_errors, auth_header, register
 from tests.openapi_schema import assert_response_matches
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from homeserver.clock import FakeClock
+from homeserver.core.clock import FakeClock
 from homeserver.push.delivery_log import LOG_INTERVAL_MS, DeliveryFailures, pushkey_hash
 from tests.api.test_pushers import _config, _send, _setup
 from tests.helpers import serve

@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 
-from homeserver.clock import FakeClock
-from homeserver.config import HomeserverConfig
+from homeserver.core.clock import FakeClock
+from homeserver.core.config import HomeserverConfig
 from tests.conftest import make_config
 from tests.helpers import (
     assert_errors,

@@ -1,4 +1,4 @@
-"""What the HTTP layer refuses is a JSON Matrix error too (homeserver/http_protocol.py)."""
+"""What the HTTP layer refuses is a JSON Matrix error too (homeserver/web/http_protocol.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from homeserver.http_protocol import MAX_HEADER_BYTES, MAX_TARGET_BYTES
+from homeserver.web.http_protocol import MAX_HEADER_BYTES, MAX_TARGET_BYTES
 from tests.e2e.conftest import ServerProcess
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from homeserver.config import (
+from homeserver.core.config import (
     ConfigError,
     HomeserverConfig,
     RateLimit,

@@ -1,4 +1,4 @@
-"""Link secrets derived from the server's own secret (homeserver/derived_keys.py), and the
+"""Link secrets derived from the server's own secret (homeserver/crypto/derived_keys.py), and the
 unsubscribe links signed with them."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import orjson
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from homeserver.clock import FakeClock
-from homeserver.derived_keys import hkdf_sha256, load_or_create_server_secret
-from homeserver.keys import load_or_create_signing_key
+from homeserver.core.clock import FakeClock
+from homeserver.crypto.derived_keys import hkdf_sha256, load_or_create_server_secret
+from homeserver.crypto.signing import load_or_create_signing_key
 from homeserver.push.pushers import (
     LEGACY_UNSUBSCRIBE_GRACE_MS,
     UNSUBSCRIBE_LINK_LIFETIME_MS,

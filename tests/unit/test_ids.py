@@ -1,4 +1,4 @@
-"""Identifier grammars (homeserver/ids.py): full-string matches, every class of character."""
+"""Identifier grammars (homeserver/core/ids.py): full-string matches, every class of character."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from homeserver.errors import MatrixError
-from homeserver.ids import (
+from homeserver.core.errors import MatrixError
+from homeserver.core.ids import (
     EventID,
     RoomAlias,
     RoomID,

@@ -1,4 +1,4 @@
-"""Property-based tests of the JSON limits (homeserver/json_limits.py): whatever the limits
+"""Property-based tests of the JSON limits (homeserver/core/json_limits.py): whatever the limits
 let in, every encoder on the way takes; whatever they refuse is a Matrix error, never a
 crash."""
 
@@ -11,9 +11,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from homeserver.errors import MatrixError
+from homeserver.core.errors import MatrixError
+from homeserver.core.json_limits import MAX_JSON_DEPTH, MAX_SAFE_INT, json_depth, loads_limited
 from homeserver.events.format import canonical_json
-from homeserver.json_limits import MAX_JSON_DEPTH, MAX_SAFE_INT, json_depth, loads_limited
 
 _SCALARS = (
     st.none()

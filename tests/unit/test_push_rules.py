@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from homeserver.errors import MatrixError
+from homeserver.core.errors import MatrixError
 from homeserver.push.evaluator import CompiledRuleset, EventContext, Outcome, split_path
 from homeserver.push.rules import (
     DEFAULT_OVERRIDE,
