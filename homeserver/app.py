@@ -42,6 +42,8 @@ from homeserver.ephemeral.presence import PresenceService
 from homeserver.ephemeral.receipts import EphemeralSource, ReceiptService
 from homeserver.ephemeral.typing import TypingService
 from homeserver.filters.service import FilterService
+from homeserver.net.addresses import AddressPolicy
+from homeserver.net.outbound import Outbound
 from homeserver.push.actions import PushActionGenerator
 from homeserver.push.notifications import NotificationService, PushActionPruner
 from homeserver.push.pushers import LEGACY_UNSUBSCRIBE_GRACE_MS, PusherService, Unsubscriber
@@ -102,9 +104,16 @@ class Homeserver:
     """Everything one worker runs, built once from the config."""
 
     def __init__(
-        self, config: HomeserverConfig, db: Database, signing_key: SigningKey, clock: Clock
+        self,
+        config: HomeserverConfig,
+        db: Database,
+        signing_key: SigningKey,
+        clock: Clock,
+        outbound: Outbound | None = None,
     ) -> None:
         self.config = config
+        # Every request to a URL someone else chose (previews, push gateways) goes through it.
+        self.outbound = outbound or Outbound(AddressPolicy(config.outbound.allow_addresses))
         self.db = db
         self.clock = clock
         self.signing_key = signing_key
@@ -298,7 +307,13 @@ class Homeserver:
             legacy_until_ms=server_secret.created_ms + LEGACY_UNSUBSCRIBE_GRACE_MS,
         )
         self.pushers = PusherService(
-            push_store, config.push, config.email, clock, unsubscriber, self.threepids
+            push_store,
+            config.push,
+            config.email,
+            clock,
+            unsubscriber,
+            self.threepids,
+            self.outbound,
         )
         self.push_notifications = NotificationService(
             push_store, self.event_store, self.rooms, self.ignore_lists
@@ -317,6 +332,7 @@ class Homeserver:
             base_url=config.base_url,
             unsubscriber=unsubscriber,
             ignored=self.ignore_lists,
+            outbound=self.outbound,
         )
         self.background_jobs.append(self.pusher_sender.run)
         self.push_action_pruner = PushActionPruner(push_store, clock, config.push)
@@ -326,7 +342,9 @@ class Homeserver:
             from push_gateway.app import Gateway
             from push_gateway.config import load_gateway_config
 
-            gateway = Gateway(load_gateway_config(Path(config.push.gateway_config)))
+            gateway = Gateway(
+                load_gateway_config(Path(config.push.gateway_config)), outbound=self.outbound
+            )
             self.push_gateway_routes = gateway.routes
 
             async def close_gateway_at_exit() -> None:  # a "job" that only waits to close
@@ -361,7 +379,7 @@ class Homeserver:
             config.media,
             spool_dir(config.media.storage, config.data_path),
         )
-        self.url_previews = UrlPreviewer(config.media.url_preview, self.media)
+        self.url_previews = UrlPreviewer(config.media.url_preview, self.media, self.outbound)
 
     async def _on_profile_changed(
         self, user_id: UserID, displayname: str | None, avatar_url: str | None
@@ -417,7 +435,11 @@ def create_app(hs: Homeserver) -> Starlette:
 
 @asynccontextmanager
 async def running_homeserver(
-    config: HomeserverConfig, *, clock: Clock | None = None, migrate: bool = True
+    config: HomeserverConfig,
+    *,
+    clock: Clock | None = None,
+    migrate: bool = True,
+    outbound: Outbound | None = None,
 ) -> AsyncIterator[Homeserver]:
     """Open the database (migrated to head), build the services, close them on exit."""
     config.data_path.mkdir(parents=True, exist_ok=True)
@@ -426,7 +448,7 @@ async def running_homeserver(
         if migrate:
             await upgrade_head(db.engine)
         signing_key = load_or_create_signing_key(config.signing_key_file)
-        hs = Homeserver(config, db, signing_key, clock or SystemClock())
+        hs = Homeserver(config, db, signing_key, clock or SystemClock(), outbound)
         # Plain tasks, not a task group: the caller may leave this context from another task
         # than the one that entered it (test fixtures, lifespans).
         tasks = [asyncio.create_task(_run_forever(job)) for job in hs.background_jobs]

@@ -160,22 +160,46 @@ class MediaCdnConfig(Section):
         return self
 
 
+def moved_to_outbound(data: Any, key: str, section: str) -> Any:
+    """A key that outbound.allow_addresses replaced: at its default (false, empty) it is
+    dropped; set, it stops the start-up with what to write instead."""
+    if isinstance(data, dict) and key in data:
+        if data[key]:
+            raise ValueError(
+                f"{section}.{key} was replaced by outbound.allow_addresses, one list of CIDR "
+                f"ranges for every outbound request (e.g. [127.0.0.1/32]); see docs/config.md"
+            )
+        data = {k: v for k, v in data.items() if k != key}
+    return data
+
+
+class OutboundConfig(Section):
+    """Requests to URLs that others chose: URL previews, push gateways (and WebPush
+    endpoints in push_gateway's config)."""
+
+    # Private, loopback, link-local, CGNAT, NAT64, 6to4, Teredo, documentation and other
+    # special addresses are refused unless inside one of these ranges (CIDRs or addresses).
+    allow_addresses: tuple[str, ...] = ()
+
+    @field_validator("allow_addresses")
+    @classmethod
+    def _check_ranges(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            ipaddress.ip_network(cidr.strip(), strict=False)  # a ValueError names the range
+        return value
+
+
 class UrlPreviewConfig(Section):
     enabled: bool = False
-    # Outbound requests never go to private, loopback, link-local, multicast or reserved
-    # addresses unless the address is inside one of these CIDR ranges.
-    ip_range_allowlist: tuple[str, ...] = ()
     max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     timeout_ms: int = Field(default=10_000, ge=100)
     max_redirects: int = Field(default=5, ge=0)
     user_agent: str = "homeserver-url-preview/0.1"
 
-    @field_validator("ip_range_allowlist")
+    @model_validator(mode="before")
     @classmethod
-    def _check_ranges(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for cidr in value:
-            ipaddress.ip_network(cidr, strict=False)  # a ValueError names the bad range
-        return value
+    def _moved(cls, data: Any) -> Any:
+        return moved_to_outbound(data, "ip_range_allowlist", "media.url_preview")
 
 
 class MediaConfig(Section):
@@ -232,9 +256,8 @@ class PushConfig(Section):
 
     # true: push only to users with no open sync or WebSocket; false: every notifying event.
     only_when_offline: bool = True
-    # SSRF: push gateway URLs resolving to private, loopback or link-local addresses are
-    # refused unless allowed; http:// (not https://) likewise.
-    allow_private_addresses: bool = False
+    # SSRF: push gateway URLs go through the outbound transport (outbound.allow_addresses);
+    # http:// (not https://) is refused unless allowed.
     allow_http: bool = False
     include_content: bool = True  # full-format pushes carry the event's content
     retry_initial_ms: int = Field(default=1000, ge=1)
@@ -246,6 +269,11 @@ class PushConfig(Section):
     # Push actions (unread counts, /notifications) older than this are deleted, read or not.
     action_retention_ms: int = Field(default=30 * 24 * 3600 * 1000, ge=60_000)
     prune_interval_ms: int = Field(default=3600 * 1000, ge=1000)  # how often that runs
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return moved_to_outbound(data, "allow_private_addresses", "push")
 
 
 class HomeserverConfig(BaseModel):
@@ -267,6 +295,7 @@ class HomeserverConfig(BaseModel):
     media: MediaConfig = MediaConfig()
     push: PushConfig = PushConfig()
     email: EmailConfig = EmailConfig()
+    outbound: OutboundConfig = OutboundConfig()
 
     @field_validator("server_name")
     @classmethod

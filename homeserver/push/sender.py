@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import orjson
 
 from homeserver.accounts.ignored import IgnoreLists
@@ -32,10 +31,11 @@ from homeserver.core.config import EmailConfig, PresenceConfig, PushConfig
 from homeserver.core.errors import MatrixError
 from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
+from homeserver.net.outbound import Outbound, OutboundError, OutboundResponse, Reason
 from homeserver.push.delivery_log import DeliveryFailures, gateway_host
 from homeserver.push.email import MailedEvent, MailedRoom, Mailer
 from homeserver.push.evaluator import tweaks_of
-from homeserver.push.pushers import Unsubscriber, check_gateway_url
+from homeserver.push.pushers import Unsubscriber, check_gateway_url_form
 from homeserver.push.unread import UnreadCountService
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, StoredEvent
@@ -55,6 +55,8 @@ CLAIM_BATCH = 20
 QUEUE_BATCH = 100
 LEASE_MS = 5 * 60 * 1000  # a worker that dies holding a pusher frees it after this
 UNSUBSCRIBE_PATH = "_homeserver/client/unsubscribe"
+# A gateway answers {"rejected": [pushkeys]}; more than this is not a gateway's answer.
+MAX_GATEWAY_RESPONSE_BYTES = 64 * 1024
 
 
 def backoff_ms(attempts: int, config: PushConfig) -> int:
@@ -79,6 +81,7 @@ class PusherSender:
         base_url: str,
         unsubscriber: Unsubscriber,
         ignored: IgnoreLists,
+        outbound: Outbound,
     ) -> None:
         self._db = db
         self._store = store
@@ -107,7 +110,8 @@ class PusherSender:
         # The newest events position a wake-up told of (committed).
         self._woken_upto = 0
         self._cursor_saved_ms = clock.now_ms()
-        self._http: httpx.AsyncClient | None = None
+        # No redirects: a pusher's URL is the notify endpoint itself.
+        self._http = outbound.client(timeout_s=config.request_timeout_ms / 1000)
         # One round at a time on this worker: a round run directly (tests, admin tools) waits
         # for the background job's, rather than racing it for the same claims and requests.
         self._round = asyncio.Lock()
@@ -139,9 +143,7 @@ class PusherSender:
                 except TimeoutError:
                     pass
         finally:
-            if self._http is not None:
-                await self._http.aclose()
-                self._http = None
+            await self._http.aclose()
 
     async def run_once(self, upto: int | None = None) -> None:
         """A round: queue what events up to ``upto`` (committed; None: the current position)
@@ -270,7 +272,7 @@ class PusherSender:
         url = pusher.data.get("url")
         for item in queue:
             try:
-                await check_gateway_url(url, self._config)
+                check_gateway_url_form(url, self._config)
             except MatrixError:
                 self._failed(pusher, url, "gateway URL refused")
                 return False
@@ -280,9 +282,14 @@ class PusherSender:
                 await self._store.delete_queued(pusher.id, [item.stream_ordering])
                 continue
             try:
-                response = await self._client().post(url, json=body)
-            except httpx.HTTPError as e:
-                self._failed(pusher, url, f"unreachable: {type(e).__name__}")
+                response = await self._http.request(
+                    "POST", url, json=body, max_bytes=MAX_GATEWAY_RESPONSE_BYTES
+                )
+            except OutboundError as e:
+                if e.reason is Reason.REFUSED:
+                    self._failed(pusher, url, "gateway address refused")
+                else:
+                    self._failed(pusher, url, f"unreachable: {e.reason}")
                 return False
             if response.status_code // 100 != 2:
                 self._failed(pusher, url, f"HTTP {response.status_code}")
@@ -302,14 +309,6 @@ class PusherSender:
             host=gateway_host(url) if url is not None else "smtp",
             reason=reason,
         )
-
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            # No redirects: a gateway must not bounce us to an address we did not check.
-            self._http = httpx.AsyncClient(
-                timeout=self._config.request_timeout_ms / 1000, follow_redirects=False
-            )
-        return self._http
 
     async def _notification(self, pusher: Pusher, item: QueuedPush) -> JsonDict | None:
         """The /_matrix/push/v1/notify body (spec, push gateway API)."""
@@ -440,7 +439,7 @@ class PusherSender:
         return f"{self._base_url}{UNSUBSCRIBE_PATH}?token={quote(token)}"
 
 
-def _rejected(response: httpx.Response) -> set[str]:
+def _rejected(response: OutboundResponse) -> set[str]:
     try:
         body: Any = response.json()
     except ValueError:
