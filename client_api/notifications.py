@@ -6,12 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.web.edge import (
-    homeserver_of,
-    items_response,
-    query_int,
-    require_user,
-)
+from homeserver.web.edge import homeserver_of, items_response, query_int, require_user
 
 
 async def get_notifications(request: Request) -> Response:

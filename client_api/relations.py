@@ -8,13 +8,7 @@ from starlette.routing import Route
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import EventID, RoomID
-from homeserver.web.edge import (
-    homeserver_of,
-    items_response,
-    query_bool,
-    query_int,
-    require_user,
-)
+from homeserver.web.edge import homeserver_of, items_response, query_bool, query_int, require_user
 
 
 async def _get_relations(request: Request) -> Response:

@@ -12,13 +12,7 @@ from homeserver.core.json_limits import query_json
 from homeserver.core.streams import StreamToken
 from homeserver.filters.matching import SyncFilter
 from homeserver.sync.service import SyncRequest
-from homeserver.web.edge import (
-    homeserver_of,
-    items_response,
-    query_bool,
-    query_int,
-    require_user,
-)
+from homeserver.web.edge import homeserver_of, items_response, query_bool, query_int, require_user
 
 
 async def sync(request: Request) -> Response:
