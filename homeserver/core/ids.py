@@ -45,10 +45,6 @@ def is_valid_new_localpart(localpart: str) -> bool:
     return isinstance(localpart, str) and _NEW_LOCALPART.fullmatch(localpart) is not None
 
 
-def is_valid_historical_localpart(localpart: str) -> bool:
-    return isinstance(localpart, str) and _HISTORICAL_LOCALPART.fullmatch(localpart) is not None
-
-
 def is_valid_new_alias_localpart(localpart: str) -> bool:
     return isinstance(localpart, str) and _NEW_ALIAS_LOCALPART.fullmatch(localpart) is not None
 
@@ -102,7 +98,7 @@ class RoomID(str):
     def parse(cls, value: str) -> Self:
         if not isinstance(value, str) or not value.startswith("!") or len(value) < 2:
             raise MatrixError(Codes.INVALID_PARAM, f"Invalid room ID: {value!r}")
-        if len(value.encode()) > MAX_ID_BYTES or _OPAQUE_ID.fullmatch(value) is None:
+        if _OPAQUE_ID.fullmatch(value) is None or len(value) > MAX_ID_BYTES:
             raise MatrixError(Codes.INVALID_PARAM, f"Invalid room ID: {value!r}")
         _, sep, server = value.partition(":")
         if sep and not is_valid_server_name(server):
@@ -117,7 +113,7 @@ class EventID(str):
     def parse(cls, value: str) -> Self:
         if not isinstance(value, str) or not value.startswith("$") or len(value) < 2:
             raise MatrixError(Codes.INVALID_PARAM, f"Invalid event ID: {value!r}")
-        if len(value.encode()) > MAX_ID_BYTES or _OPAQUE_ID.fullmatch(value) is None:
+        if _OPAQUE_ID.fullmatch(value) is None or len(value) > MAX_ID_BYTES:
             raise MatrixError(Codes.INVALID_PARAM, f"Invalid event ID: {value!r}")
         return cls(value)
 
