@@ -61,8 +61,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from homeserver.app import asgi_app
     from homeserver.core.logging import configure_logging
+    from homeserver.lifecycle import asgi_app
     from homeserver.web.http_protocol import MAX_HEADER_BYTES, MAX_TARGET_BYTES, http_protocol_class
 
     config = _load(_config_path(args), create=True)
@@ -107,7 +107,7 @@ def _return_large_blocks_to_the_system() -> None:
 
 
 def cmd_register_user(args: argparse.Namespace) -> int:
-    from homeserver.app import running_homeserver
+    from homeserver.lifecycle import running_homeserver
 
     config = _load(_config_path(args), create=False)
     password = args.password

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID, is_valid_server_name
@@ -23,7 +23,11 @@ _MXC = re.compile(r"^mxc://([^/]+)/([A-Za-z0-9_-]+)\Z")
 # spec, profile: any other key follows the common namespaced identifier grammar.
 _KEY_NAME = re.compile(r"^(avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+)\Z")
 
-OnProfileChanged = Callable[[UserID, str | None, str | None], Awaitable[None]]
+
+class ProfileListener(Protocol):
+    """Who shows profiles elsewhere: room memberships carry the display name and avatar."""
+
+    async def update_profile_everywhere(self, user_id: UserID) -> None: ...
 
 
 def is_valid_mxc_uri(uri: str) -> bool:
@@ -36,13 +40,12 @@ class ProfileService:
         self,
         store: AccountStore,
         server_name: str,
-        *,
-        on_profile_changed: OnProfileChanged | None = None,
+        listener: ProfileListener,
     ) -> None:
         self._store = store
         self._server_name = server_name
-        # Wired by app.py to the room service: a changed profile goes into member events.
-        self.on_profile_changed = on_profile_changed
+        # A changed profile goes into member events.
+        self._listener = listener
 
     async def get_profile(self, user_id: UserID) -> Profile | None:
         """The profile of a local user; None for an unknown or remote one."""
@@ -100,9 +103,8 @@ class ProfileService:
     async def _set(self, user_id: UserID, key: str, value: str | None) -> None:
         if await self.get_profile(user_id) is None:
             raise MatrixError(Codes.NOT_FOUND, "Profile not found")
-        profile = await self._store.set_profile_field(user_id, key, value)
-        if self.on_profile_changed is not None:
-            await self.on_profile_changed(user_id, profile.displayname, profile.avatar_url)
+        await self._store.set_profile_field(user_id, key, value)
+        await self._listener.update_profile_everywhere(user_id)
 
     def _check_key(self, key: str) -> None:
         if not _KEY_NAME.match(key) or len(key.encode()) > 255:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from homeserver.accounts.tokens import AuthService, Session, new_device_id
 from homeserver.accounts.uia import (
@@ -45,8 +46,19 @@ _GENERATED_LOCALPART_ATTEMPTS = 10
 
 PASSWORD_FLOWS: list[list[str]] = [[LOGIN_PASSWORD]]
 
-OnDeactivated = Callable[[UserID], Awaitable[None]]
-OnDevicesDeleted = Callable[[UserID, list[str]], Awaitable[None]]
+
+class UserData(Protocol):
+    """A service that keeps something for an account and lets go of it when the account is
+    deactivated (its rooms, its e-mail addresses)."""
+
+    async def deactivate_user(self, user_id: UserID) -> None: ...
+
+
+class DeviceData(Protocol):
+    """A service that keeps something per device, deleted with the device (its keys, its
+    to-device messages, its pushers)."""
+
+    async def delete_for_devices(self, user_id: UserID, device_ids: list[str]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +104,10 @@ class AccountService:
         clock: Clock,
         server_name: str,
         registration: RegistrationConfig,
+        email_identity: EmailIdentity,
         *,
-        on_deactivated: OnDeactivated | None = None,
-        on_devices_deleted: OnDevicesDeleted | None = None,
+        user_data: Sequence[UserData] = (),
+        device_data: Sequence[DeviceData] = (),
     ) -> None:
         self._store = store
         self._auth = auth
@@ -103,13 +116,10 @@ class AccountService:
         self._clock = clock
         self._server_name = server_name
         self._registration = registration
-        # Wired by app.py once the services that need them exist (rooms leave on deactivation;
-        # device keys and to-device messages go with their device).
-        self.on_deactivated = on_deactivated
-        self.on_devices_deleted = on_devices_deleted
-        # The e-mail addresses bound to accounts (login by address, password reset by mail):
-        # set by app.py when the server can send mail.
-        self.email_identity: EmailIdentity | None = None
+        # The e-mail addresses bound to accounts: login by address, password reset by mail.
+        self._email_identity = email_identity
+        self._user_data = tuple(user_data)
+        self._device_data = tuple(device_data)
 
     # --- registration ----------------------------------------------------------------------
 
@@ -286,11 +296,7 @@ class AccountService:
         if third_party:
             assert request.medium is not None and request.address is not None
             # spec: a 3PID bound to no account is a 403, like a wrong password.
-            user_id = (
-                await self.email_identity.owner_of(request.medium, request.address)
-                if self.email_identity is not None
-                else None
-            )
+            user_id = await self._email_identity.owner_of(request.medium, request.address)
         else:
             assert request.user is not None
             user_id = parse_user_identifier(request.user, self._server_name)
@@ -382,7 +388,7 @@ class AccountService:
         validated e-mail address of ``m.login.email.identity``) says who."""
         self.check_password_strength(new_password)
         flows = PASSWORD_FLOWS
-        if self.email_identity is not None and self.email_identity.enabled:
+        if self._email_identity.enabled:
             flows = [*PASSWORD_FLOWS, [LOGIN_EMAIL_IDENTITY]]  # password reset by mail
         result = await self._uia.authenticate(
             auth, flows, fingerprint, requester=requester.user_id if requester is not None else None
@@ -419,8 +425,8 @@ class AccountService:
         await self._uia.finish(result)
         device_ids, hashes = await self._store.delete_devices_except(user_id, None)
         await self._devices_deleted(user_id, device_ids, hashes)
-        if self.on_deactivated is not None:
-            await self.on_deactivated(user_id)
+        for data in self._user_data:
+            await data.deactivate_user(user_id)
         logger.info("user deactivated", extra={"user_id": user_id})
         return None
 
@@ -475,5 +481,6 @@ class AccountService:
         self, user_id: UserID, device_ids: list[str], token_hashes: list[bytes]
     ) -> None:
         self._auth.forget_cached([bytes(h) for h in token_hashes])
-        if device_ids and self.on_devices_deleted is not None:
-            await self.on_devices_deleted(user_id, device_ids)
+        if device_ids:
+            for data in self._device_data:
+                await data.delete_for_devices(user_id, device_ids)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from homeserver.core.ids import UserID
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.storage.device_lists import DeviceListStore
 from homeserver.storage.events import EventStore
@@ -33,7 +34,7 @@ class DeviceListService:
         self._notifier = notifier
         self._events = events
 
-    async def mark_changed(self, user_id: str) -> None:
+    async def mark_changed(self, user_id: UserID) -> None:
         """The user's devices, device keys or cross-signing keys changed."""
         position = await self._store.mark_changed(user_id)
         peers = await self._store.users_sharing_room(user_id)
@@ -42,7 +43,7 @@ class DeviceListService:
         )
 
     async def changes(
-        self, user_id: str, since: StreamToken, upto: StreamToken, *, committed: bool = False
+        self, user_id: UserID, since: StreamToken, upto: StreamToken, *, committed: bool = False
     ) -> DeviceListChanges:
         """Between two sync tokens, as seen by ``user_id``. ``committed``: ``upto`` is a
         sync's current position, not a client's token, so the events in between may be

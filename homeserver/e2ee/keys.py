@@ -300,7 +300,7 @@ class E2eKeyService:
 
     # --- deleted devices -------------------------------------------------------------------
 
-    async def delete_for_devices(self, user_id: str, device_ids: Sequence[str]) -> None:
+    async def delete_for_devices(self, user_id: UserID, device_ids: Sequence[str]) -> None:
         """Deleted devices lose their keys; the user's contacts refetch the device list."""
         position = await self._store.delete_for_devices(user_id, device_ids)
         if position is not None:
@@ -443,7 +443,7 @@ class E2eKeyService:
         await self._store.add_signatures(accepted)
         for target_user in sorted({s.target_user_id for s in accepted}):
             # Whoever sees the target's keys refetches them (the signer's other devices too).
-            await self._device_lists.mark_changed(target_user)
+            await self._device_lists.mark_changed(UserID(target_user))
         return failures
 
     def _check_signed(

@@ -19,14 +19,15 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from homeserver.accounts.threepids import MEDIUM_EMAIL, canonical_email
+from homeserver.accounts.email_validation import MEDIUM_EMAIL, canonical_email
 from homeserver.accounts.uia import EmailIdentity
 from homeserver.core.clock import Clock
 from homeserver.core.config import EmailConfig, PushConfig
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import UserID
 from homeserver.core.types import JsonDict, Requester
 from homeserver.net.outbound import Outbound, OutboundError, Reason
-from homeserver.storage.push import Pusher, PushStore
+from homeserver.storage.pushers import Pusher, PusherStore
 
 NOTIFY_PATH = "/_matrix/push/v1/notify"
 MAX_PUSHKEY_BYTES = 512  # spec
@@ -135,7 +136,7 @@ class Unsubscriber:
         )
         self._legacy_until_ms = legacy_until_ms
 
-    def token(self, user_id: str, app_id: str, pushkey: str) -> str:
+    def token(self, user_id: UserID, app_id: str, pushkey: str) -> str:
         expires = self._clock.now_ms() + UNSUBSCRIBE_LINK_LIFETIME_MS
         fields = [user_id, app_id, pushkey, expires]
         payload = base64.urlsafe_b64encode(orjson.dumps(fields)).decode()
@@ -189,7 +190,7 @@ def _strings(fields: list[Any]) -> tuple[str, str, str] | None:
 class PusherService:
     def __init__(
         self,
-        store: PushStore,
+        store: PusherStore,
         config: PushConfig,
         email: EmailConfig,
         clock: Clock,
@@ -280,7 +281,7 @@ class PusherService:
         user_id, app_id, pushkey = parsed
         return await self._store.delete_pusher(user_id, app_id, pushkey)
 
-    async def delete_for_devices(self, user_id: str, device_ids: list[str]) -> None:
+    async def delete_for_devices(self, user_id: UserID, device_ids: list[str]) -> None:
         """A deleted device (or logged-out session) takes its pushers with it."""
         await self._store.delete_pushers_for_devices(user_id, device_ids)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.types import JsonDict
-from homeserver.storage.push import DefaultChange, StoredRule, UserRules
+from homeserver.storage.push_rules import DefaultChange, StoredRule, UserRules
 
 KINDS = ("override", "content", "room", "sender", "underride")
 # In server-default rules, where the owner's user ID goes (the spec's own placeholder).

@@ -29,6 +29,7 @@ from homeserver.accounts.ignored import IgnoreLists
 from homeserver.core.clock import Clock
 from homeserver.core.config import EmailConfig, PresenceConfig, PushConfig
 from homeserver.core.errors import MatrixError
+from homeserver.core.ids import UserID
 from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.net.outbound import Outbound, OutboundError, OutboundResponse, Reason
@@ -39,7 +40,8 @@ from homeserver.push.pushers import Unsubscriber, check_gateway_url_form
 from homeserver.push.unread import UnreadCountService
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, StoredEvent
-from homeserver.storage.push import Pusher, PushStore, QueuedPush
+from homeserver.storage.push import PushStore
+from homeserver.storage.pushers import Pusher, PusherStore, QueuedPush
 from homeserver.storage.rooms import RoomStore
 from homeserver.wakeups.bus import Bus, Wakeup
 
@@ -68,7 +70,8 @@ class PusherSender:
     def __init__(
         self,
         db: Database,
-        store: PushStore,
+        store: PusherStore,
+        actions: PushStore,
         events: EventStore,
         rooms: RoomStore,
         unread: UnreadCountService,
@@ -85,6 +88,7 @@ class PusherSender:
     ) -> None:
         self._db = db
         self._store = store
+        self._actions = actions
         self._events = events
         self._rooms = rooms
         self._unread = unread
@@ -374,7 +378,9 @@ class PusherSender:
         if not self._email.enabled:
             await self._store.delete_queued(pusher.id, [q.stream_ordering for q in queue])
             return True
-        unread = await self._store.unread_among(pusher.user_id, [q.stream_ordering for q in queue])
+        unread = await self._actions.unread_among(
+            pusher.user_id, [q.stream_ordering for q in queue]
+        )
         wanted = [q for q in queue if q.stream_ordering in unread]
         if wanted:
             rooms = await self._mailed_rooms(pusher.user_id, wanted)
@@ -435,7 +441,7 @@ class PusherSender:
         return m.displayname if m and m.displayname else user_id
 
     def _unsubscribe_url(self, pusher: Pusher) -> str:
-        token = self._unsubscriber.token(pusher.user_id, pusher.app_id, pusher.pushkey)
+        token = self._unsubscriber.token(UserID(pusher.user_id), pusher.app_id, pusher.pushkey)
         return f"{self._base_url}{UNSUBSCRIBE_PATH}?token={quote(token)}"
 
 

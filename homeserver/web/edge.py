@@ -1,26 +1,29 @@
 """The HTTP edge shared by every route: body parsing, authentication, JSON responses, errors.
 
-Routes import from here; services never do.
+Routes import from here; services never do. Routes reach their services through
+``services_of(request, TheirArea)``: the composition root (``homeserver/app.py``) registers one
+small object per route area on ``app.state.services``, so this module and the routes never
+import the composition root.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from homeserver.accounts.tokens import AuthService
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.json_limits import loads_limited
 from homeserver.core.render import dumps_item, dumps_items
 from homeserver.core.types import Requester
-
-if TYPE_CHECKING:
-    from homeserver.app import Homeserver
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +62,23 @@ def item_response(content: Any, what: str) -> Response:
     return Response(dumps_item(content, what), media_type="application/json")
 
 
-def homeserver_of(request: Request) -> Homeserver:
-    hs: Homeserver = request.app.state.homeserver
-    return hs
+ServicesT = TypeVar("ServicesT")
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeServices:
+    """What the steps every route shares need: whose token it is, how large a body may be."""
+
+    tokens: AuthService
+    max_request_body_bytes: int
+
+
+def services_of(connection: HTTPConnection, area: type[ServicesT]) -> ServicesT:
+    """The services of one route area, as the composition root registered them."""
+    services: Mapping[type, object] = connection.app.state.services
+    found = services[area]
+    assert isinstance(found, area)
+    return found
 
 
 async def read_json(request: Request, *, empty_ok: bool = False) -> Any:
@@ -78,8 +95,7 @@ async def read_json(request: Request, *, empty_ok: bool = False) -> Any:
 
 async def read_body(request: Request) -> bytes:
     """The raw body, ``M_TOO_LARGE`` past the configured limit."""
-    hs = homeserver_of(request)
-    limit = hs.config.limits.max_request_body_bytes
+    limit = services_of(request, EdgeServices).max_request_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise MatrixError(Codes.TOO_LARGE, f"Request body is larger than {limit} bytes")
@@ -137,7 +153,7 @@ async def require_user(request: Request) -> Requester:
     token = access_token_of(request)
     if token is None:
         raise MatrixError(Codes.MISSING_TOKEN, "Missing access token")
-    requester = await homeserver_of(request).auth.get_requester(token)
+    requester = await services_of(request, EdgeServices).tokens.get_requester(token)
     request.state.requester = requester
     return requester
 
