@@ -13,6 +13,7 @@ from homeserver.accounts.account_data import AccountDataService
 from homeserver.core.ids import RoomID, UserID
 from homeserver.web.edge import (
     RequestBody,
+    item_response,
     json_response,
     parse_body,
     read_json_object,
@@ -37,10 +38,11 @@ async def get_account_data(request: Request) -> Response:
     """GET /_matrix/client/v3/user/{userId}/account_data/{type}"""
     hs = services_of(request, AccountDataServices)
     requester = await require_user(request)
-    return json_response(
+    return item_response(
         await hs.account_data.get_account_data(
             requester, UserID.parse(request.path_params["user_id"]), request.path_params["type"]
-        )
+        ),
+        "account data",
     )
 
 
@@ -58,13 +60,14 @@ async def get_room_account_data(request: Request) -> Response:
     """GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}"""
     hs = services_of(request, AccountDataServices)
     requester = await require_user(request)
-    return json_response(
+    return item_response(
         await hs.account_data.get_room_account_data(
             requester,
             UserID.parse(request.path_params["user_id"]),
             RoomID.parse(request.path_params["room_id"]),
             request.path_params["type"],
-        )
+        ),
+        "room account data",
     )
 
 

@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from homeserver.push.notifications import NotificationService
-from homeserver.web.edge import json_response, query_int, require_user, services_of
+from homeserver.web.edge import items_response, query_int, require_user, services_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,10 +24,11 @@ async def get_notifications(request: Request) -> Response:
     hs = services_of(request, NotificationServices)
     requester = await require_user(request)
     q = request.query_params
-    return json_response(
+    return items_response(
         await hs.push_notifications.get_notifications(
             requester, q.get("from"), query_int(request, "limit", minimum=1), q.get("only")
-        )
+        ),
+        "notifications",
     )
 
 

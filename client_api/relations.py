@@ -9,9 +9,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.core.ids import RoomID
+from homeserver.core.ids import EventID, RoomID
 from homeserver.rooms.relations import RelationsService
-from homeserver.web.edge import json_response, query_bool, query_int, require_user, services_of
+from homeserver.web.edge import items_response, query_bool, query_int, require_user, services_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +29,11 @@ async def _get_relations(request: Request) -> Response:
     if direction not in ("b", "f"):
         raise MatrixError(Codes.INVALID_PARAM, "dir must be 'b' or 'f'")
     recurse = query_bool(request, "recurse") if "recurse" in q else None
-    return json_response(
+    return items_response(
         await hs.relations.relations(
             requester,
             RoomID.parse(request.path_params["room_id"]),
-            request.path_params["event_id"],
+            EventID.parse(request.path_params["event_id"]),
             rel_type=request.path_params.get("rel_type"),
             event_type=request.path_params.get("event_type"),
             from_token=q.get("from"),
@@ -41,7 +41,8 @@ async def _get_relations(request: Request) -> Response:
             backwards=direction == "b",
             limit=query_int(request, "limit", None, minimum=1),
             recurse=recurse,
-        )
+        ),
+        "relations",
     )
 
 
@@ -67,14 +68,15 @@ async def get_threads(request: Request) -> Response:
     include = request.query_params.get("include", "all")
     if include not in ("all", "participated"):
         raise MatrixError(Codes.INVALID_PARAM, "include must be 'all' or 'participated'")
-    return json_response(
+    return items_response(
         await hs.relations.threads(
             requester,
             RoomID.parse(request.path_params["room_id"]),
             participated_only=include == "participated",
             from_token=request.query_params.get("from"),
             limit=query_int(request, "limit", None, minimum=1),
-        )
+        ),
+        "threads",
     )
 
 

@@ -10,9 +10,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.core import jsonutil
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import EventID, RoomID, UserID
+from homeserver.core.json_limits import query_json
 from homeserver.core.jsonutil import check_json_numbers
 from homeserver.core.ratelimit import Action, RateLimiter
 from homeserver.filters.matching import EventFilter
@@ -23,6 +23,8 @@ from homeserver.rooms.send import SendService
 from homeserver.rooms.service import RoomService
 from homeserver.web.edge import (
     RequestBody,
+    item_response,
+    items_response,
     json_response,
     parse_body,
     query_int,
@@ -238,15 +240,17 @@ async def get_state_event(request: Request) -> Response:
         serialized = await hs.rooms.serialize(
             requester, [event], await hs.rooms.room_version(room_id)
         )
-        return json_response(serialized[0])
-    return json_response(await hs.rooms.state_content(requester, room_id, event_type, state_key))
+        return items_response(serialized[0], "state event")
+    return item_response(
+        await hs.rooms.state_content(requester, room_id, event_type, state_key), "state content"
+    )
 
 
 async def get_state(request: Request) -> Response:
     """GET /_matrix/client/v3/rooms/{roomId}/state"""
     hs = services_of(request, RoomServices)
     requester = await require_user(request)
-    return json_response(await hs.rooms.get_state(requester, _room_id(request)))
+    return items_response(await hs.rooms.get_state(requester, _room_id(request)), "state")
 
 
 async def redact_event(request: Request) -> Response:
@@ -268,8 +272,11 @@ async def get_event(request: Request) -> Response:
     """GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}"""
     hs = services_of(request, RoomServices)
     requester = await require_user(request)
-    return json_response(
-        await hs.rooms.get_event(requester, _room_id(request), request.path_params["event_id"])
+    return items_response(
+        await hs.rooms.get_event(
+            requester, _room_id(request), EventID.parse(request.path_params["event_id"])
+        ),
+        "event",
     )
 
 
@@ -277,10 +284,7 @@ def _filter_param(request: Request) -> EventFilter:
     raw = request.query_params.get("filter")
     if raw is None:
         return EventFilter()
-    try:
-        data = jsonutil.loads(raw)
-    except ValueError:
-        raise MatrixError(Codes.BAD_JSON, "filter is not valid JSON") from None
+    data = query_json(raw, "filter")
     if not isinstance(data, dict):
         raise MatrixError(Codes.BAD_JSON, "filter must be a JSON object")
     return EventFilter.from_json(data)
@@ -307,7 +311,7 @@ async def get_messages(request: Request) -> Response:
         body["end"] = page.end
     if page.state:
         body["state"] = page.state
-    return json_response(body)
+    return items_response(body, "messages")
 
 
 async def get_context(request: Request) -> Response:
@@ -316,14 +320,15 @@ async def get_context(request: Request) -> Response:
     requester = await require_user(request)
     limit = query_int(request, "limit", 10, minimum=0, maximum=100)
     assert limit is not None
-    return json_response(
+    return items_response(
         await hs.rooms.context(
             requester,
             _room_id(request),
-            request.path_params["event_id"],
+            EventID.parse(request.path_params["event_id"]),
             limit,
             _filter_param(request),
-        )
+        ),
+        "context",
     )
 
 
@@ -343,7 +348,7 @@ async def get_members(request: Request) -> Response:
         membership=q.get("membership"),
         not_membership=q.get("not_membership"),
     )
-    return json_response({"chunk": chunk})
+    return items_response({"chunk": chunk}, "members")
 
 
 async def get_joined_members(request: Request) -> Response:

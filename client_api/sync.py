@@ -8,15 +8,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.core import jsonutil
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID
+from homeserver.core.json_limits import query_json
 from homeserver.core.streams import StreamToken
 from homeserver.ephemeral.presence import PresenceService
 from homeserver.filters.matching import SyncFilter
 from homeserver.filters.service import FilterService
 from homeserver.sync.service import SyncRequest, SyncService
-from homeserver.web.edge import json_response, query_bool, query_int, require_user, services_of
+from homeserver.web.edge import items_response, query_bool, query_int, require_user, services_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ async def sync(request: Request) -> Response:
                 filter=sync_filter,
             ),
         )
-    return json_response(response)
+    return items_response(response, "sync")
 
 
 async def _sync_filter(request: Request, user_id: str) -> SyncFilter:
@@ -60,11 +60,7 @@ async def _sync_filter(request: Request, user_id: str) -> SyncFilter:
     if raw is None:
         return SyncFilter()
     if raw.startswith("{"):
-        try:
-            data = jsonutil.loads(raw)
-        except ValueError:
-            raise MatrixError(Codes.BAD_JSON, "filter is not valid JSON") from None
-        return SyncFilter.from_json(data)
+        return SyncFilter.from_json(query_json(raw, "filter"))
     hs = services_of(request, SyncServices)
     return SyncFilter.from_json(await hs.filters.get_filter(UserID(user_id), raw))
 

@@ -56,6 +56,7 @@ from homeserver.core.clock import Clock
 from homeserver.core.config import HomeserverConfig
 from homeserver.core.errors import MatrixError
 from homeserver.core.ratelimit import RateLimiter
+from homeserver.crypto.derived_keys import SERVER_SECRET_FILE, load_or_create_server_secret
 from homeserver.crypto.signing import SigningKey
 from homeserver.e2ee.device_lists import DeviceListService
 from homeserver.e2ee.key_backup import KeyBackupService
@@ -69,7 +70,7 @@ from homeserver.net.addresses import AddressPolicy
 from homeserver.net.outbound import Outbound
 from homeserver.push.actions import PushActionGenerator
 from homeserver.push.notifications import NotificationService, PushActionPruner
-from homeserver.push.pushers import PusherService, Unsubscriber
+from homeserver.push.pushers import LEGACY_UNSUBSCRIBE_GRACE_MS, PusherService, Unsubscriber
 from homeserver.push.sender import PusherSender
 from homeserver.push.service import AccountDataWithPushRules, PushRuleService
 from homeserver.push.unread import UnreadCountService
@@ -115,6 +116,7 @@ from homeserver.web.edge import (
     internal_error_handler,
     matrix_error_handler,
 )
+from homeserver.web.request_guard import RequestGuardMiddleware
 from homeserver.websocket import WebSocketService
 from media_repo import routes as media_routes
 from media_repo.backends import build_backend, spool_dir
@@ -316,7 +318,17 @@ class Homeserver:
             E2eKeyStore(db), self.device_lists, self.uia, server_name, self.notifier
         )
         self.key_backup = KeyBackupService(KeyBackupStore(db))
-        self.unsubscriber = Unsubscriber(bytes(signing_key.encode()))
+        # Link secrets come from the server's own secret, never the signing key; links
+        # signed with the signing key before are honoured for a grace period.
+        server_secret = load_or_create_server_secret(
+            config.data_path / SERVER_SECRET_FILE, clock.now_ms()
+        )
+        self.unsubscriber = Unsubscriber(
+            server_secret.derive("push-unsubscribe"),
+            clock,
+            legacy_secret=bytes(signing_key.encode()),
+            legacy_until_ms=server_secret.created_ms + LEGACY_UNSUBSCRIBE_GRACE_MS,
+        )
         self.pushers = PusherService(
             self.pusher_store,
             config.push,
@@ -471,7 +483,7 @@ def create_app(hs: Homeserver) -> Starlette:
             *client_routes.root_routes,
             *hs.push_gateway_routes,
         ],
-        middleware=[Middleware(CorsMiddleware)],
+        middleware=[Middleware(CorsMiddleware), Middleware(RequestGuardMiddleware)],
         exception_handlers={
             MatrixError: matrix_error_handler,
             HTTPException: http_error_handler,

@@ -63,6 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from homeserver.core.logging import configure_logging
     from homeserver.lifecycle import asgi_app
+    from homeserver.web.http_protocol import MAX_HEADER_BYTES, MAX_TARGET_BYTES, http_protocol_class
 
     config = _load(_config_path(args), create=True)
     configure_logging(args.log_level)
@@ -78,7 +79,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_level=args.log_level.lower(),
         access_log=False,
         loop="auto",
-        http="auto",
+        # uvicorn's protocol with bounds on the request head and JSON Matrix errors for
+        # the requests it refuses itself (homeserver/web/http_protocol.py).
+        http=http_protocol_class(),
+        h11_max_incomplete_event_size=MAX_TARGET_BYTES + MAX_HEADER_BYTES,
         lifespan="on",
         log_config=None,
         # The WebSocket transport has its own heartbeat (docs/websocket.md) and its

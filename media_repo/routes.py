@@ -79,7 +79,7 @@ MEDIA_CSP = (
 )
 DEFAULT_TIMEOUT_MS = 20_000
 MAX_THUMBNAIL_REQUEST = 65_535
-_CDN_THUMBNAIL = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})-(crop|scale)(-animated)?$")
+_CDN_THUMBNAIL = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})-(crop|scale)(-animated)?\Z")
 
 
 def _declared_length(request: Request) -> int | None:

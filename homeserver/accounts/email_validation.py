@@ -38,10 +38,10 @@ MAX_SEND_ATTEMPT = 2**53  # clients count from 1; past this is not a counter
 # Expired sessions are kept this long, so their links still answer "expired", not "unknown".
 EXPIRED_KEPT_MS = 24 * 3600 * 1000
 # spec: client_secret and sid are [0-9a-zA-Z.=_-], 1 to 255 characters.
-_SECRET = re.compile(r"^[0-9a-zA-Z.=_-]{1,255}$")
+_SECRET = re.compile(r"^[0-9a-zA-Z.=_-]{1,255}\Z")
 # A plain address: no display name, comment, quoting or white space (none is needed to reach
 # a mailbox, and none can smuggle a header into the mail).
-_EMAIL = re.compile(r"^[^@\s<>\"(),;:\\\[\]]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$")
+_EMAIL = re.compile(r"^[^@\s<>\"(),;:\\\[\]]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\Z")
 
 
 def canonical_email(address: str) -> str | None:

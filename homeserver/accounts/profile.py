@@ -19,9 +19,9 @@ FIELDS = (DISPLAYNAME, AVATAR_URL)
 MAX_DISPLAYNAME_CHARS = 256
 MAX_AVATAR_URL_CHARS = 1000  # an mxc URI is short; this only bounds what a member event carries
 # spec, content repository: mxc://<server-name>/<media-id>, media IDs are [A-Za-z0-9_-]+.
-_MXC = re.compile(r"^mxc://([^/]+)/([A-Za-z0-9_-]+)$")
+_MXC = re.compile(r"^mxc://([^/]+)/([A-Za-z0-9_-]+)\Z")
 # spec, profile: any other key follows the common namespaced identifier grammar.
-_KEY_NAME = re.compile(r"^(avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+)$")
+_KEY_NAME = re.compile(r"^(avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+)\Z")
 
 
 class ProfileListener(Protocol):

@@ -26,7 +26,13 @@ from homeserver.accounts.uia import (
 from homeserver.core.clock import Clock
 from homeserver.core.config import RegistrationConfig
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.core.ids import MAX_ID_BYTES, UserID, is_valid_new_localpart
+from homeserver.core.ids import (
+    MAX_DEVICE_ID_BYTES,
+    MAX_ID_BYTES,
+    UserID,
+    is_valid_device_id,
+    is_valid_new_localpart,
+)
 from homeserver.core.ratelimit import Action, RateLimiter
 from homeserver.core.types import JsonDict, Requester
 from homeserver.storage.accounts import AccountStore, Device
@@ -35,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 # argon2 takes any length, but a megabyte "password" is only a way to burn CPU.
 MAX_PASSWORD_BYTES = 512
-MAX_DEVICE_ID_BYTES = 255  # spec leaves it open; an identifier-sized bound
 MAX_DEVICE_DISPLAY_NAME_CHARS = 256
 _GENERATED_LOCALPART_ATTEMPTS = 10
 
@@ -223,7 +228,9 @@ class AccountService:
     def _new_user_id(self, username: str) -> UserID:
         # spec: a server maps a username onto the grammar or refuses it; upper case maps to
         # lower case (user IDs are case-insensitive in practice), anything else is refused.
-        localpart = username.lower()
+        # Only ASCII is lowered: str.lower maps some other letters onto ASCII (the Kelvin
+        # sign onto "k"), which would give one user ID to two different names.
+        localpart = username.lower() if username.isascii() else username
         if not localpart or not is_valid_new_localpart(localpart):
             raise MatrixError(
                 Codes.INVALID_USERNAME,
@@ -352,9 +359,10 @@ class AccountService:
         return await self._auth.create_session(user_id, device_id, refreshable=refreshable)
 
     def _check_device(self, device_id: str | None, display_name: str | None) -> None:
-        if device_id is not None and not 0 < len(device_id.encode()) <= MAX_DEVICE_ID_BYTES:
+        if device_id is not None and not is_valid_device_id(device_id):
             raise MatrixError(
-                Codes.INVALID_PARAM, f"device_id must be 1 to {MAX_DEVICE_ID_BYTES} bytes long"
+                Codes.INVALID_PARAM,
+                f"device_id must be 1 to {MAX_DEVICE_ID_BYTES} printable ASCII characters",
             )
         if display_name is not None:
             self._check_display_name(display_name)

@@ -39,7 +39,7 @@ LOGIN_EMAIL_IDENTITY = "m.login.email.identity"
 # A session not finished within this time is forgotten (and its registration token use freed).
 SESSION_LIFETIME_MS = 30 * 60 * 1000
 # spec, "Token-authenticated registration": opaque identifier grammar, at most 64 characters.
-_REGISTRATION_TOKEN = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
+_REGISTRATION_TOKEN = re.compile(r"^[A-Za-z0-9._~-]{1,64}\Z")
 
 
 @dataclass(frozen=True, slots=True)

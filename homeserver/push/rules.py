@@ -26,7 +26,7 @@ MAX_RULE_ID_BYTES = 255  # ours: rule IDs are path segments and primary keys
 MAX_PATTERN_BYTES = 1024  # ours: a glob is compiled to a regular expression
 MAX_CONDITIONS = 64
 MAX_ACTIONS = 32
-_ROOM_MEMBER_COUNT = re.compile(r"^(==|<=|>=|<|>)?([0-9]{1,9})$")
+_ROOM_MEMBER_COUNT = re.compile(r"^(==|<=|>=|<|>)?([0-9]{1,9})\Z")
 
 
 def _event_match(key: str, pattern: str) -> JsonDict:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from homeserver.core import jsonutil
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.core.ids import MAX_ID_BYTES, RoomAlias, RoomID, UserID
+from homeserver.core.ids import (
+    MAX_ID_BYTES,
+    RoomAlias,
+    RoomID,
+    UserID,
+    is_valid_new_alias_localpart,
+)
 from homeserver.core.types import JsonDict, Requester
 from homeserver.events.auth import get_send_level, get_user_power_level
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
@@ -31,7 +37,7 @@ class DirectoryService:
         self._server_name = server_name
 
     def local_alias(self, localpart: str) -> RoomAlias:
-        if not localpart or any(c in localpart for c in ":#\x00 \t\n"):
+        if "#" in localpart or not is_valid_new_alias_localpart(localpart):
             raise MatrixError(Codes.INVALID_PARAM, "Invalid room alias name")
         alias = f"#{localpart}:{self._server_name}"
         if len(alias.encode()) > MAX_ID_BYTES:
@@ -47,6 +53,8 @@ class DirectoryService:
     ) -> None:
         if alias.server_name != self._server_name:
             raise MatrixError(Codes.INVALID_PARAM, "Aliases must be on this server")
+        if not is_valid_new_alias_localpart(alias.localpart):
+            raise MatrixError(Codes.INVALID_PARAM, "Invalid room alias name")
         if await self._rooms.get_room(room_id) is None:
             raise MatrixError(Codes.NOT_FOUND, "Unknown room")
         if check_power:

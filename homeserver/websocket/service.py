@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 
-import orjson
-
 from homeserver.accounts.tokens import AuthService
 from homeserver.core.config import WebSocketConfig
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import EventID, RoomID, UserID
+from homeserver.core.json_limits import query_json
 from homeserver.core.streams import StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.ephemeral.presence import PresenceService
@@ -91,10 +90,7 @@ class WebSocketService:
         elif isinstance(params.filter, dict):
             sync_filter = SyncFilter.from_json(params.filter)
         elif params.filter.startswith("{"):
-            try:
-                sync_filter = SyncFilter.from_json(orjson.loads(params.filter))
-            except orjson.JSONDecodeError:
-                raise MatrixError(Codes.BAD_JSON, "filter is not valid JSON") from None
+            sync_filter = SyncFilter.from_json(query_json(params.filter, "filter"))
         else:
             sync_filter = SyncFilter.from_json(
                 await self._filters.get_filter(UserID(requester.user_id), params.filter)
