@@ -16,12 +16,13 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from homeserver.app import Homeserver, running_homeserver
-from homeserver.clock import FakeClock
-from homeserver.config import HomeserverConfig, parse_config
-from homeserver.migrate import upgrade_head
-from homeserver.storage import pool_guard
+from homeserver.app import Homeserver
+from homeserver.core import pool_guard
+from homeserver.core.clock import FakeClock
+from homeserver.core.config import HomeserverConfig, parse_config
+from homeserver.lifecycle import running_homeserver
 from homeserver.storage.database import Database, LeanResult, PgConnection, SqliteConnection
+from homeserver.storage.migrate import upgrade_head
 from homeserver.storage.schema import metadata, stream_positions
 
 # Holding a pooled connection across a wait for anything but the database raises in tests.

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 from weakref import WeakValueDictionary
 
 from cachetools import LRUCache
 
-from homeserver.clock import Clock
-from homeserver.errors import Codes, MatrixError
+from homeserver.core.clock import Clock
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import RoomID
+from homeserver.core.streams import Stream
+from homeserver.core.types import JsonDict
+from homeserver.crypto.signing import SigningKey
 from homeserver.events.auth import auth_types_for_event, check_auth
 from homeserver.events.format import (
     MAX_PDU_BYTES,
@@ -25,18 +29,18 @@ from homeserver.events.format import (
     redact,
 )
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from homeserver.keys import SigningKey
-from homeserver.notifier import Notifier
-from homeserver.storage.events import DuplicateTxn, EventStore, NewEvent
+from homeserver.storage.events import EventStore, Extremity, NewEvent, StateKey, StateMap
 from homeserver.storage.push import PushAction
 from homeserver.storage.rooms import Room, RoomStore
-from homeserver.streams import Stream
-from homeserver.types import JsonDict
+from homeserver.wakeups.notifier import Notifier
 
 logger = logging.getLogger(__name__)
 
 # How often a send is rebuilt when another writer moved the room on in between.
 MAX_BUILD_ATTEMPTS = 20
+# A new event's prev_events are at most this many forward extremities, the deepest: the
+# spec advises a bound, and Synapse uses this one; the rest stay extremities for later.
+MAX_PREV_EVENTS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,18 @@ class PushActions(Protocol):
     ) -> tuple[PushAction, ...]: ...
 
 
+class StateResolver(Protocol):
+    """Resolves several state sets of a room (state resolution v2, v2.1; issue 17), loading
+    the events it needs through ``get_events``."""
+
+    async def __call__(
+        self,
+        version: RoomVersion,
+        state_sets: Sequence[StateMap],
+        get_events: Callable[[Collection[str]], Awaitable[Mapping[str, JsonDict]]],
+    ) -> dict[StateKey, str]: ...
+
+
 class EventSender:
     def __init__(
         self,
@@ -74,6 +90,8 @@ class EventSender:
         clock: Clock,
         server_name: str,
         signing_key: SigningKey,
+        push: PushActions,
+        resolve: StateResolver | None = None,
     ) -> None:
         self._events = events
         self._rooms = rooms
@@ -87,11 +105,11 @@ class EventSender:
         # Each room's row as this worker last moved it on. Only a starting guess: a stale one
         # fails the compare-and-swap and the room is read again.
         self._heads: LRUCache[str, Room] = LRUCache(maxsize=10_000)
-        self._push: PushActions | None = None
-
-    def set_push_actions(self, push: PushActions) -> None:
-        """Push rules are built after the sender (they need account data)."""
         self._push = push
+        # How the states of several forward extremities become one (issue 17's state
+        # resolution). Without it, an event on extremities whose states differ is built on
+        # the room's current state, as before rooms were graphs.
+        self._resolve = resolve
 
     def version(self, room: Room) -> RoomVersion:
         return KNOWN_ROOM_VERSIONS[room.room_version]
@@ -104,7 +122,7 @@ class EventSender:
 
     def build_create_event(
         self, version: RoomVersion, sender: str, content: JsonDict, origin_server_ts: int
-    ) -> tuple[str, JsonDict, str]:
+    ) -> tuple[RoomID, JsonDict, str]:
         """(room_id, pdu, event_id) of a new room's ``m.room.create`` event."""
         pdu: JsonDict = {
             "type": "m.room.create",
@@ -120,7 +138,7 @@ class EventSender:
             check_event_size_and_shape(pdu)
             check_auth(version, pdu, {})
             event_id = self._finish(pdu, version)
-            return compute_room_id_v12(pdu, version), pdu, event_id
+            return RoomID(compute_room_id_v12(pdu, version)), pdu, event_id
         room_id = _random_room_id(self._server_name)
         pdu["room_id"] = room_id
         check_event_size_and_shape(pdu)
@@ -157,42 +175,43 @@ class EventSender:
             for attempt in range(MAX_BUILD_ATTEMPTS):
                 room = self._heads.get(room_id) if attempt == 0 else None
                 if room is None:
-                    room = await self._rooms.get_room(room_id)
-                    if room is None or room.current_state_group is None:
+                    room = await self._rooms.get_room_head(room_id)
+                    if (
+                        room is None
+                        or room.current_state_group is None
+                        or not room.forward_extremities
+                    ):
                         raise MatrixError(Codes.NOT_FOUND, "Unknown room")
                 async with self._events.pinned_reads():  # one connection for its reads
                     new = await self._build(
                         room, sender, event_type, content, state_key, txn, redacts
                     )
-                try:
-                    position = await self._events.persist_event(new, room.latest_event_id)
-                except DuplicateTxn:
-                    # A retry of the same transaction raced this one (here, or on another
-                    # worker): its event is the answer.
-                    assert txn is not None
-                    known = await self._known_txn(sender, txn)
-                    if known is None:
-                        raise
-                    return known
+                # A taken transaction ID raises DuplicateTxn: the send service answers it.
+                position = await self._events.persist_event(new, room.latest_event_id)
                 if position is not None:
                     break
                 self._heads.pop(room_id, None)
             else:
                 raise MatrixError(Codes.UNKNOWN, "The room is too busy, try again", status=503)
-            if state_key is None:
+            if (
+                state_key is None
+                and new.prev_state is None
+                and len(room.forward_extremities) <= MAX_PREV_EVENTS
+            ):
+                # It took every extremity's place, and its state is the room's.
+                assert room.current_state_group is not None
+                depth = new.pdu["depth"]
                 self._heads[room_id] = replace(
-                    room, latest_event_id=new.event_id, current_depth=new.pdu["depth"]
+                    room,
+                    latest_event_id=new.event_id,
+                    current_depth=depth,
+                    forward_extremities=(Extremity(new.event_id, depth, room.current_state_group),),
                 )
             else:  # a new state group, which only the store knows: read the room next time
                 self._heads.pop(room_id, None)
         concerned = (state_key,) if event_type == "m.room.member" and state_key else ()
         await self._notifier.notify(Stream.EVENTS, position, room_id=room_id, user_ids=concerned)
         return SentEvent(new.event_id, position)
-
-    async def _known_txn(self, sender: str, txn: Txn) -> SentEvent | None:
-        event_id = await self._events.get_txn_event_id(sender, txn.device_id, txn.scope, txn.txn_id)
-        event = await self._events.get_event(event_id) if event_id is not None else None
-        return SentEvent(event.event_id, event.stream_ordering) if event is not None else None
 
     async def _build(
         self,
@@ -205,8 +224,8 @@ class EventSender:
         redacts: str | None,
     ) -> NewEvent:
         version = self.version(room)
-        assert room.current_state_group is not None
-        state = await self._events.get_state_ids(room.current_state_group)
+        parents = room.forward_extremities[:MAX_PREV_EVENTS]
+        state, prev_state = await self._state_before(room, version, parents)
         wanted = auth_types_for_event(version, event_type, state_key, sender, content)
         auth_ids = [state[k] for k in wanted if k in state]
         create_id = state.get(("m.room.create", ""))
@@ -219,8 +238,8 @@ class EventSender:
             "type": event_type,
             "content": content,
             "origin_server_ts": self._clock.now_ms(),
-            "depth": room.current_depth + 1,
-            "prev_events": [room.latest_event_id],
+            "depth": max(e.depth for e in parents) + 1,
+            "prev_events": [e.event_id for e in parents],
             "auth_events": auth_ids,
         }
         if state_key is not None:
@@ -249,11 +268,7 @@ class EventSender:
                 if previous is not None:
                     unsigned["prev_content"] = previous.content
                     unsigned["prev_sender"] = previous.sender
-        push_actions = (
-            await self._push.actions_for(room, pdu, event_id, auth_events, create)
-            if self._push is not None
-            else ()
-        )
+        push_actions = await self._push.actions_for(room, pdu, event_id, auth_events, create)
         return NewEvent(
             pdu,
             event_id,
@@ -263,8 +278,40 @@ class EventSender:
             txn_id=txn.txn_id if txn else None,
             txn_scope=txn.scope if txn else None,
             push_actions=push_actions,
+            prev_state=prev_state,
         )
 
+    async def _state_before(
+        self, room: Room, version: RoomVersion, parents: Sequence[Extremity]
+    ) -> tuple[StateMap, StateMap | None]:
+        """The state a new event on ``parents`` is sent in, and that again when it is not the
+        room's current state (the event then carries it to the store). One extremity, or
+        several with one state, is the usual case: nothing is resolved."""
+        current = room.current_state_group
+        assert current is not None
+        groups = list(dict.fromkeys(e.state_group for e in parents))
+        if groups == [current]:
+            return await self._events.get_state_ids(current), None
+        states = [await self._events.get_state_ids(g) for g in groups]
+        if len(states) == 1:
+            return states[0], states[0]
+        if self._resolve is None:
+            logger.warning(
+                "no state resolver: built on current state", extra={"room_id": room.room_id}
+            )
+            return await self._events.get_state_ids(current), None
 
-def _random_room_id(server_name: str) -> str:
-    return f"!{secrets.token_urlsafe(18)}:{server_name}"
+        async def load(event_ids: Collection[str]) -> dict[str, JsonDict]:
+            # As every server has them: a redacted event in its redacted form.
+            loaded = await self._events.get_events(event_ids)
+            return {
+                e.event_id: e.pdu if e.redacted_by is None else redact(e.pdu, version)
+                for e in loaded.values()
+            }
+
+        resolved = await self._resolve(version, states, load)
+        return resolved, resolved
+
+
+def _random_room_id(server_name: str) -> RoomID:
+    return RoomID(f"!{secrets.token_urlsafe(18)}:{server_name}")

@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 
 from cachetools import LRUCache
 
-from homeserver.storage.pool_guard import before_waiting
+from homeserver.core.pool_guard import before_waiting
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")

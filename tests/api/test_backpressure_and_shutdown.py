@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from homeserver.app import Homeserver
-from homeserver.storage.pool_guard import PoolExhausted
+from homeserver.core.pool_guard import PoolExhausted
 from homeserver.websocket import CloseCode
 from tests.api.test_websocket_transport import StuckClient, _until
 from tests.conftest import make_config

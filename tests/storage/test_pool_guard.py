@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 import pytest
 import sqlalchemy as sa
 
-from homeserver.bus import InMemoryBus
-from homeserver.notifier import Notifier
-from homeserver.storage import pool_guard
+from homeserver.core import pool_guard
+from homeserver.core.pool_guard import HeldAcrossWait, PoolExhausted
 from homeserver.storage.database import Database
-from homeserver.storage.pool_guard import HeldAcrossWait, PoolExhausted
 from homeserver.storage.shared_reads import SharedReads
+from homeserver.wakeups.bus import InMemoryBus
+from homeserver.wakeups.notifier import Notifier
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.dml import UpdateBase
 
+from homeserver.core.streams import Stream
 from homeserver.storage.database.postgresql import POOL_TIMEOUT_S, PostgresBackend
 from homeserver.storage.database.prepared import (
     DIALECT_ONLY,
@@ -31,7 +32,6 @@ from homeserver.storage.database.prepared import (
 )
 from homeserver.storage.database.sqlite import SqliteBackend
 from homeserver.storage.schema import stream_positions
-from homeserver.streams import Stream
 
 
 class Database:

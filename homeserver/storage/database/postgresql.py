@@ -20,6 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.selectable import TypedReturnsRows
 
+from homeserver.core.pool_guard import (
+    before_waiting,
+    current_task,
+    drop,
+    exhausted,
+    hold,
+    keep_pin,
+)
 from homeserver.storage.database.internals import asyncpg_execute, asyncpg_prepare
 from homeserver.storage.database.prepared import (
     Connection,
@@ -28,14 +36,6 @@ from homeserver.storage.database.prepared import (
     Plan,
     Ts,
     lean,
-)
-from homeserver.storage.pool_guard import (
-    before_waiting,
-    current_task,
-    drop,
-    exhausted,
-    hold,
-    keep_pin,
 )
 
 
