@@ -21,6 +21,7 @@ from client_api import (
     receipts,
     relations,
     rooms,
+    sliding_sync,
     sync,
     threepids,
     to_device,
@@ -35,6 +36,7 @@ from client_api import (
 # they are most of the requests.
 _MODULES = [
     sync,
+    sliding_sync,
     rooms,
     versions,
     directory,

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from client_api.sliding_sync import UNSTABLE_FEATURE as SLIDING_SYNC
 from homeserver.web import homeserver_of, json_response, require_user
 from homeserver.websocket import UNSTABLE_FEATURE
 
@@ -30,7 +31,11 @@ async def get_versions(request: Request) -> Response:
     """GET /_matrix/client/versions"""
     hs = homeserver_of(request)
     # docs/websocket.md: clients look for this flag before trying the WebSocket transport.
-    unstable = {UNSTABLE_FEATURE: hs.config.websocket.enabled}
+    unstable = {
+        UNSTABLE_FEATURE: hs.config.websocket.enabled,
+        # MSC4186: Element X and other sliding sync clients look for this flag.
+        SLIDING_SYNC: True,
+    }
     return json_response({"versions": SUPPORTED_VERSIONS, "unstable_features": unstable})
 
 

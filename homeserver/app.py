@@ -68,12 +68,15 @@ from homeserver.storage.receipts import ReceiptStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.relations import RelationStore
 from homeserver.storage.rooms import RoomStore
+from homeserver.storage.sliding_sync import SlidingSyncStore
 from homeserver.storage.threepids import ThreepidStore
 from homeserver.storage.to_device import ToDeviceStore
 from homeserver.storage.typing_notifications import TypingStore
 from homeserver.storage.uia import UiaStore
 from homeserver.storage.user_directory import UserDirectoryStore
 from homeserver.sync.service import SyncService
+from homeserver.sync.sliding.extensions import ExtensionSources
+from homeserver.sync.sliding.service import SlidingSyncService
 from homeserver.threepids import ThreepidService
 from homeserver.to_device import ToDeviceService
 from homeserver.typing_notifications import TypingService
@@ -152,6 +155,7 @@ class Homeserver:
         self._build_status(config, db, clock)
         self._build_push(config, db, clock, signing_key)
         self._build_e2e(config, db)
+        self._build_sliding_sync(db, clock)
         self._build_websocket(config)
         self._build_media(config, db, clock)
         self.app = create_app(self)
@@ -258,6 +262,32 @@ class Homeserver:
         self.sync.add_extension(self.e2e_keys)
         self.key_backup = KeyBackupService(KeyBackupStore(db))
 
+    def _build_sliding_sync(self, db: Database, clock: Clock) -> None:
+        """Simplified sliding sync (MSC4186, issue 20), fed by the same sources as /sync."""
+        account_data = AccountDataWithPushRules(self.account_data, self.push_rules)
+        sources = ExtensionSources(
+            self.to_device,
+            self.e2e_keys,
+            account_data,
+            self.account_data,
+            self.receipts,
+            self.typing,
+        )
+        self.sliding_sync = SlidingSyncService(
+            db,
+            SlidingSyncStore(db),
+            self.event_store,
+            self.room_store,
+            self.rooms,
+            self.visibility,
+            self.notifier,
+            clock,
+            sources=sources,
+            unread=self.unread,
+            direct=self.account_data,
+        )
+        self.background_jobs.append(self.sliding_sync.run_expiry)
+
     async def _on_deactivated(self, user_id: UserID) -> None:
         """A deactivated account leaves its rooms and lets go of its e-mail addresses."""
         await self.memberships.leave_all(user_id)
@@ -268,6 +298,7 @@ class Homeserver:
         await self.to_device.delete_for_devices(user_id, device_ids)
         await self.e2e_keys.delete_for_devices(user_id, device_ids)
         await self.pushers.delete_for_devices(user_id, device_ids)
+        await self.sliding_sync.delete_for_devices(user_id, device_ids)
 
     def _build_push(
         self, config: HomeserverConfig, db: Database, clock: Clock, signing_key: SigningKey

@@ -603,3 +603,24 @@ media_thumbnails = sa.Table(
     sa.Column("size", BigInt, nullable=False),
     sa.Column("created_ts", BigInt, nullable=False),
 )
+
+# --- simplified sliding sync (MSC4186, issue 20) ------------------------------------------------
+
+# One row per response position of a sliding sync connection (user, device, conn_id): what the
+# client was sent (rooms, their status and position), so that the next request from that
+# position sends only what changed. A client may retry a position until it uses a newer one,
+# which drops the older rows; unused rows expire by ``created_ts``.
+sliding_sync_positions = sa.Table(
+    "sliding_sync_positions",
+    metadata,
+    sa.Column("id", BigInt, primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("device_id", sa.Text, nullable=False),
+    sa.Column("conn_id", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),  # JSON (homeserver/sync/sliding/state.py)
+    sa.Column("created_ts", BigInt, nullable=False, index=True),
+    sa.Index(None, "user_id", "device_id", "conn_id"),
+    # Never reuse an ID (SQLite would, after deleting the newest row): an old ``pos`` must
+    # not name a newer position.
+    sqlite_autoincrement=True,
+)

@@ -1,0 +1,270 @@
+"""One room of a sliding sync response: what to send given what the connection has."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from homeserver.rooms.service import RoomService, position_token
+from homeserver.rooms.visibility import Visibility
+from homeserver.storage.events import EventStore, StateMap, StoredEvent
+from homeserver.storage.rooms import Membership, RoomStore
+from homeserver.storage.sliding_sync import RoomListEntry, SlidingSyncStore
+from homeserver.sync.service import STRIPPED_STATE_TYPES
+from homeserver.sync.sliding.params import MEMBER, RoomParams
+from homeserver.sync.sliding.room_list import bump_stamp
+from homeserver.sync.sliding.state import RoomStatus, with_lazy
+from homeserver.types import JsonDict, Requester
+
+NAME = "m.room.name"
+AVATAR = "m.room.avatar"
+MAX_HEROES = 5  # as /sync's m.heroes
+# State whose change may change what a client shows as the room's name, avatar or heroes.
+_META_TYPES = frozenset({NAME, AVATAR, MEMBER})
+
+
+@dataclass(frozen=True, slots=True)
+class RoomUpdate:
+    """A room's entry in the response (None: nothing to send) and the status it leaves the
+    connection in."""
+
+    entry: JsonDict | None
+    status: RoomStatus
+
+
+class RoomBuilder:
+    def __init__(
+        self,
+        events: EventStore,
+        rooms: RoomStore,
+        store: SlidingSyncStore,
+        room_service: RoomService,
+        visibility: Visibility,
+    ) -> None:
+        self._events = events
+        self._rooms = rooms
+        self._store = store
+        self._room_service = room_service
+        self._visibility = visibility
+
+    async def build(
+        self,
+        requester: Requester,
+        room: RoomListEntry,
+        params: RoomParams,
+        prev: RoomStatus | None,
+        *,
+        after: int | None,
+        upto: int,
+        changed: bool,
+        is_dm: bool,
+    ) -> RoomUpdate:
+        """``changed``: the room has events in ``(after, upto]``."""
+        config = params.required_state.key()
+        initial = prev is None or (
+            prev.membership != room.membership and room.membership in ("join", "invite", "knock")
+        )
+        if room.membership in ("invite", "knock"):
+            status = RoomStatus(True, upto, room.membership, config)
+            if not initial:
+                return RoomUpdate(None, status)
+            return RoomUpdate(await self._invited(requester, room, is_dm), status)
+        if prev is not None and not initial:
+            since = after if prev.live and after is not None else prev.position
+            config_changed = prev.config != config
+            left_before = room.membership not in ("join", "invite", "knock") and (
+                since >= room.stream_ordering
+            )
+            if (prev.live and not changed and not config_changed) or left_before:
+                return RoomUpdate(None, prev)
+            return await self._room(
+                requester,
+                room,
+                params,
+                prev,
+                since,
+                upto,
+                after,
+                full_state=config_changed,
+                is_dm=is_dm,
+            )
+        # Never sent, or sent with another membership (an invite since joined): from scratch.
+        return await self._room(
+            requester, room, params, None, None, upto, after, full_state=True, is_dm=is_dm
+        )
+
+    async def _room(
+        self,
+        requester: Requester,
+        room: RoomListEntry,
+        params: RoomParams,
+        prev: RoomStatus | None,
+        since: int | None,
+        upto: int,
+        after: int | None,
+        *,
+        full_state: bool,
+        is_dm: bool,
+    ) -> RoomUpdate:
+        """``since``: where the room's timeline starts (None: its newest events); ``after``:
+        the request's events position (what is newer is ``num_live``)."""
+        user_id = requester.user_id
+        joined = room.membership == "join"
+        # A room left since: what the user saw up to the leave, and nothing after.
+        room_upto = upto if joined else min(upto, room.stream_ordering)
+        limit = params.timeline_limit
+        if not joined and prev is not None and prev.membership == "invite":
+            leave = await self._events.get_event(room.event_id)
+            raw = [leave] if leave is not None else []  # a rejected invite: only the leave
+        elif since is None:
+            raw = await self._events.get_room_events(
+                room.room_id, upto=room_upto, limit=limit + 1, descending=True
+            )
+        else:
+            raw = await self._events.get_recent_events(room.room_id, since, room_upto, limit + 1)
+        limited = len(raw) > limit
+        raw = list(reversed(raw[:limit]))
+        timeline = await self._visibility.filter_events(user_id, raw, _membership(user_id, room))
+        state_now = await self._state_at(room.room_id, raw, room_upto)
+        rs = params.required_state
+        senders = {e.sender for e in timeline}
+        in_timeline = {e.event_id for e in raw}
+        if full_state:
+            wanted = {k: v for k, v in state_now.items() if rs.wants(k[0], k[1], user_id)}
+        else:
+            assert since is not None
+            moved = limited or any(e.state_key is not None for e in raw)
+            before = await self._state_at_position(room.room_id, since) if moved else state_now
+            wanted = {
+                k: v
+                for k, v in state_now.items()
+                if before.get(k) != v and rs.wants(k[0], k[1], user_id) and v not in in_timeline
+            }
+        lazy_sent: set[str] = set()
+        if rs.lazy_members:
+            known = set(prev.lazy_members) if prev is not None and not full_state else set()
+            for sender in senders - known:
+                member = state_now.get((MEMBER, sender))
+                if member is not None and (full_state or member not in in_timeline):
+                    wanted[(MEMBER, sender)] = member
+                    lazy_sent.add(sender)
+        state_events = await self._events.get_events(wanted.values())
+        room_version = await self._room_service.room_version(room.room_id)
+        entry: JsonDict = {"bump_stamp": bump_stamp(room)}
+        if prev is None:
+            entry["initial"] = True
+        if (
+            full_state
+            or limited
+            or any(e.type in _META_TYPES for e in raw if e.state_key is not None)
+        ):
+            entry.update(await self._meta(user_id, room.room_id, state_now))
+        if state_events:
+            entry["required_state"] = await self._room_service.serialize(
+                requester, list(state_events.values()), room_version, with_room_id=False
+            )
+        if timeline:
+            entry["timeline"] = await self._room_service.serialize(
+                requester, timeline, room_version, with_room_id=False
+            )
+        entry["prev_batch"] = position_token(raw[0].stream_ordering - 1 if raw else room_upto)
+        entry["limited"] = limited
+        entry["num_live"] = (
+            0 if after is None else sum(1 for e in timeline if e.stream_ordering > after)
+        )
+        if is_dm:
+            entry["is_dm"] = True
+        base = prev if prev is not None and not full_state else None
+        status = RoomStatus(
+            True,
+            upto,
+            room.membership,
+            rs.key(),
+            base.lazy_members if base is not None else (),
+        )
+        if lazy_sent:
+            status = with_lazy(status, lazy_sent)
+        return RoomUpdate(entry, status)
+
+    async def _meta(self, user_id: str, room_id: str, state: StateMap) -> JsonDict:
+        """name, avatar, heroes (for a room without a name) and member counts."""
+        out: JsonDict = {}
+        ids = [state[k] for k in ((NAME, ""), (AVATAR, "")) if k in state]
+        loaded = await self._events.get_events(ids)
+        name_event = loaded.get(state.get((NAME, ""), ""))
+        avatar_event = loaded.get(state.get((AVATAR, ""), ""))
+        name = name_event.content.get("name") if name_event else None
+        if isinstance(name, str) and name:
+            out["name"] = name
+        else:
+            heroes = await self._store.get_heroes(room_id, user_id, MAX_HEROES)
+            if heroes:
+                out["heroes"] = [
+                    {
+                        "user_id": h.user_id,
+                        **({"displayname": h.displayname} if h.displayname else {}),
+                        **({"avatar_url": h.avatar_url} if h.avatar_url else {}),
+                    }
+                    for h in heroes
+                ]
+        avatar = avatar_event.content.get("url") if avatar_event else None
+        if isinstance(avatar, str) and avatar:
+            out["avatar"] = avatar
+        counts = await self._rooms.count_memberships(room_id)
+        out["joined_count"] = counts.get("join", 0)
+        out["invited_count"] = counts.get("invite", 0)
+        return out
+
+    async def _invited(self, requester: Requester, room: RoomListEntry, is_dm: bool) -> JsonDict:
+        """An invite (or a knock): the stripped state the spec gives invitees."""
+        state = await self._events.get_current_state_ids(room.room_id, STRIPPED_STATE_TYPES)
+        ids = [i for (_, k), i in state.items() if k == ""] + [room.event_id]
+        loaded = await self._events.get_events(ids)
+        stripped = [
+            {
+                "type": e.type,
+                "state_key": e.state_key or "",
+                "sender": e.sender,
+                "content": e.content,
+            }
+            for e in loaded.values()
+        ]
+        entry: JsonDict = {
+            "initial": True,
+            "bump_stamp": bump_stamp(room),
+            "invite_state": stripped,
+        }
+        name = next((e.content.get("name") for e in loaded.values() if e.type == NAME), None)
+        if isinstance(name, str) and name:
+            entry["name"] = name
+        else:
+            entry["heroes"] = [{"user_id": room.sender}]
+        avatar = next((e.content.get("url") for e in loaded.values() if e.type == AVATAR), None)
+        if isinstance(avatar, str) and avatar:
+            entry["avatar"] = avatar
+        if is_dm:
+            entry["is_dm"] = True
+        return entry
+
+    async def _state_at(self, room_id: str, raw: list[StoredEvent], upto: int) -> StateMap:
+        """The state after the newest event at or below ``upto``."""
+        if raw:  # the room's newest event at or below ``upto``
+            return await self._events.get_state_ids(raw[-1].state_group)
+        return await self._state_at_position(room_id, upto)
+
+    async def _state_at_position(self, room_id: str, position: int) -> StateMap:
+        last = await self._events.get_room_events(room_id, upto=position, limit=1, descending=True)
+        if not last:
+            return {}
+        return await self._events.get_state_ids(last[0].state_group)
+
+
+def _membership(user_id: str, room: RoomListEntry) -> Membership:
+    return Membership(
+        room.room_id,
+        user_id,
+        room.membership,
+        room.event_id,
+        room.sender,
+        room.stream_ordering,
+        room.forgotten,
+    )

@@ -1,0 +1,154 @@
+"""Per-connection state: which rooms a connection was sent, and up to where.
+
+A connection is (user, device, ``conn_id``). Each response gets a new position (the number
+in ``pos``) holding the state after it; the next request names the position it builds on.
+Positions are stored (``sliding_sync_positions``), so a connection survives a restart and
+any worker can serve it; a position never changes, so a worker may keep each connection's
+newest one in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from cachetools import LRUCache
+
+from homeserver import jsonutil
+from homeserver.clock import Clock
+from homeserver.errors import Codes, MatrixError
+from homeserver.storage.sliding_sync import SlidingSyncStore
+from homeserver.streams import StreamToken
+from homeserver.types import Requester
+
+logger = logging.getLogger(__name__)
+
+# A connection unused for this long is forgotten; its client starts over (M_UNKNOWN_POS).
+CONNECTION_TTL_MS = 7 * 24 * 3600 * 1000
+# Connections kept per device: a client opens one or two (Element X: one per process).
+MAX_CONNECTIONS_PER_DEVICE = 10
+# Connections whose newest position this worker keeps in memory.
+CONNECTIONS_KEPT = 10_000
+# Lazily loaded members remembered per room; past this, a member may be sent again (the
+# spec allows redundant members, as in /sync's lazy loading).
+MAX_LAZY_MEMBERS = 100
+EXPIRY_INTERVAL_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class RoomStatus:
+    """What a connection has of a room.
+
+    ``live``: everything up to the connection's events position (the one in ``pos``);
+    otherwise everything up to ``position`` only (events came while the room was out of
+    every window). ``membership`` as sent: a change sends the room from scratch again.
+    ``config``: the ``required_state`` it was sent with (``RequiredState.key()``).
+    """
+
+    live: bool
+    position: int
+    membership: str
+    config: str
+    lazy_members: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionState:
+    rooms: Mapping[str, RoomStatus]
+
+    def to_json(self) -> str:
+        configs: dict[str, int] = {}
+        rooms = {}
+        for room_id, s in self.rooms.items():
+            index = configs.setdefault(s.config, len(configs))
+            rooms[room_id] = [int(s.live), s.position, s.membership, index, list(s.lazy_members)]
+        return jsonutil.dumps_str({"v": 1, "configs": list(configs), "rooms": rooms})
+
+    @classmethod
+    def from_json(cls, raw: str) -> ConnectionState:
+        data = jsonutil.loads(raw)
+        configs = data["configs"]
+        return cls(
+            {
+                room_id: RoomStatus(
+                    bool(live), int(position), membership, configs[index], tuple(lazy)
+                )
+                for room_id, (live, position, membership, index, lazy) in data["rooms"].items()
+            }
+        )
+
+
+EMPTY = ConnectionState({})
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A parsed ``pos``: the connection position and the stream positions it was sent at."""
+
+    connection: int
+    token: StreamToken
+
+    @classmethod
+    def parse(cls, raw: str) -> Position:
+        number, _, token = raw.partition("/")
+        if not number.isdigit() or not token:
+            raise MatrixError(Codes.INVALID_PARAM, "Invalid pos")
+        return cls(int(number), StreamToken.parse(token))
+
+    def serialize(self) -> str:
+        return f"{self.connection}/{self.token.serialize()}"
+
+
+class Connections:
+    """Loads and stores connection positions, checked against the requester."""
+
+    def __init__(self, store: SlidingSyncStore, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+        # Each connection's newest position, which its next request most likely names.
+        self._kept: LRUCache[tuple[str, str, str], tuple[int, ConnectionState]] = LRUCache(
+            maxsize=CONNECTIONS_KEPT
+        )
+
+    async def load(self, requester: Requester, conn_id: str, position: int) -> ConnectionState:
+        """The state at ``position``; ``M_UNKNOWN_POS`` if this connection has no such
+        position (expired, replaced, or another connection's)."""
+        key = (requester.user_id, requester.device_id, conn_id)
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] == position:
+            return kept[1]
+        stored = await self._store.get_position(position)
+        if (
+            stored is None
+            or (stored.user_id, stored.device_id, stored.conn_id) != key
+            or stored.created_ts < self._clock.now_ms() - CONNECTION_TTL_MS
+        ):
+            raise MatrixError(Codes.UNKNOWN_POS, "Unknown position: start the connection over")
+        return ConnectionState.from_json(stored.state)
+
+    async def save(
+        self, requester: Requester, conn_id: str, state: ConnectionState, used: int | None
+    ) -> int:
+        """Store the state after a response; returns its position."""
+        key = (requester.user_id, requester.device_id, conn_id)
+        position = await self._store.add_position(
+            *key,
+            state.to_json(),
+            self._clock.now_ms(),
+            used=used,
+            max_connections=MAX_CONNECTIONS_PER_DEVICE,
+        )
+        self._kept[key] = (position, state)
+        return position
+
+    async def expire_once(self) -> None:
+        dropped = await self._store.expire(self._clock.now_ms() - CONNECTION_TTL_MS)
+        if dropped:
+            logger.info("sliding sync positions expired", extra={"positions": dropped})
+
+
+def with_lazy(status: RoomStatus, members: set[str]) -> RoomStatus:
+    """The status with more lazily loaded members remembered (the newest kept)."""
+    known = [m for m in status.lazy_members if m not in members] + sorted(members)
+    return replace(status, lazy_members=tuple(known[-MAX_LAZY_MEMBERS:]))
