@@ -142,10 +142,12 @@ class SlidingSyncService:
         now: StreamToken,
     ) -> _Result:
         user_id = requester.user_id
+        if since is not None:
+            # Positions come from the database, so none of a real token is past them: a
+            # larger one was made up, and reads as "up to now".
+            since = StreamToken({s: min(since.get(s), now.get(s)) for s in Stream})
         upto = now.get(Stream.EVENTS)
         after = since.get(Stream.EVENTS) if since is not None else None
-        if after is not None and after > upto:
-            after = upto  # a position this worker has not learned yet: nothing to add
         entries = await self._store.get_room_list(user_id, upto)
         listed = candidates(entries, upto, after, previous.rooms)
         by_id: dict[str, RoomListEntry] = {e.room_id: e for e in listed}

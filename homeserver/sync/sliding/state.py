@@ -34,6 +34,7 @@ CONNECTIONS_KEPT = 10_000
 # spec allows redundant members, as in /sync's lazy loading).
 MAX_LAZY_MEMBERS = 100
 EXPIRY_INTERVAL_S = 3600.0
+MAX_DIGITS = 18  # a position fits a signed 64-bit column
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ class Position:
     @classmethod
     def parse(cls, raw: str) -> Position:
         number, _, token = raw.partition("/")
-        if not number.isdigit() or not token:
+        if not (number.isascii() and number.isdigit() and len(number) <= MAX_DIGITS) or not token:
             raise MatrixError(Codes.INVALID_PARAM, "Invalid pos")
         return cls(int(number), StreamToken.parse(token))
 
