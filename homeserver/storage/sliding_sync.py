@@ -3,6 +3,7 @@ of each connection (what it was sent), kept across restarts and shared by worker
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -79,6 +80,12 @@ _ROOM_LIST = prepared(
         _BUMP.label("bump_stamp"),
     ).where(_m.c.user_id == sa.bindparam("user_id"))
 )
+_BUMP_STAMPS = prepared(
+    sa.select(_m.c.room_id, _BUMP.label("bump_stamp")).where(
+        _m.c.user_id == sa.bindparam("user_id"),
+        _m.c.room_id.in_(sa.bindparam("room_ids", expanding=True)),
+    )
+)
 _HEROES = prepared(
     sa.select(_m.c.user_id, _m.c.displayname, _m.c.avatar_url)
     .where(
@@ -123,6 +130,18 @@ class SlidingSyncStore:
             )
             for r in rows
         ]
+
+    async def get_bump_stamps(
+        self, user_id: str, room_ids: Sequence[str], upto: int
+    ) -> dict[str, int | None]:
+        """The bump stamps of some of the user's rooms at ``upto`` (as ``get_room_list``)."""
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    _BUMP_STAMPS, {"user_id": user_id, "room_ids": list(room_ids), "upto": upto}
+                )
+            ).all()
+        return {r.room_id: int(r.bump_stamp) if r.bump_stamp is not None else None for r in rows}
 
     async def get_heroes(self, room_id: str, exclude: str, limit: int) -> list[Hero]:
         """Joined or invited members other than ``exclude``, the earliest first."""

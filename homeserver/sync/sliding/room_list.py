@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
+
+from cachetools import LRUCache
 
 from homeserver import jsonutil
 from homeserver.storage.events import EventStore
 from homeserver.storage.rooms import RoomStore
-from homeserver.storage.sliding_sync import RoomListEntry
+from homeserver.storage.sliding_sync import RoomListEntry, SlidingSyncStore
 from homeserver.sync.sliding.params import ListFilters, ListParams
 from homeserver.sync.sliding.state import RoomStatus
 
@@ -19,6 +21,10 @@ SPACE_CHILD = "m.space.child"
 # MSC4186: rooms the user is in or may enter; a room left since the client's position is
 # listed once more, so that the client learns of the leave.
 LISTED = ("join", "invite", "knock")
+# Memberships kept, all users together (as RoomStore's for /sync): accounts in thousands of
+# rooms cannot make a worker hold more than this many.
+ROOM_LIST_ENTRIES_KEPT = 100_000
+ROOM_FACTS_KEPT = 100_000
 
 
 class DirectRooms(Protocol):
@@ -81,11 +87,84 @@ def candidates(
     return found
 
 
+class RoomListCache:
+    """Each user's room list as of an events position, kept by this worker: a later request
+    reads it again only when the user's memberships moved in between (the events stream's
+    shared window tells), else only the bump stamps of the rooms that had events."""
+
+    def __init__(self, store: SlidingSyncStore, events: EventStore) -> None:
+        self._store = store
+        self._events = events
+        self._kept: LRUCache[str, tuple[int, tuple[RoomListEntry, ...]]] = LRUCache(
+            maxsize=ROOM_LIST_ENTRIES_KEPT, getsizeof=lambda kept: len(kept[1]) + 1
+        )
+
+    async def get(self, user_id: str, upto: int) -> tuple[RoomListEntry, ...]:
+        kept = self._kept.get(user_id)
+        if kept is not None and kept[0] <= upto:
+            position, entries = kept
+            if position == upto:
+                return entries
+            window = await self._events.get_window(position, upto)
+            if window is not None and user_id not in window.members:
+                moved = [e.room_id for e in entries if e.room_id in window.rooms]
+                if moved:
+                    stamps = await self._store.get_bump_stamps(user_id, moved, upto)
+                    entries = tuple(
+                        replace(e, bump_stamp=stamps[e.room_id]) if e.room_id in stamps else e
+                        for e in entries
+                    )
+                self._keep(user_id, upto, entries)
+                return entries
+        # Read after ``upto`` was committed: it holds every change up to there.
+        entries = tuple(await self._store.get_room_list(user_id, upto))
+        self._keep(user_id, upto, entries)
+        return entries
+
+    def _keep(self, user_id: str, upto: int, entries: tuple[RoomListEntry, ...]) -> None:
+        if len(entries) < ROOM_LIST_ENTRIES_KEPT:  # the cache refuses what exceeds it whole
+            self._kept[user_id] = (upto, entries)
+
+
+class RoomFactsCache:
+    """Room types never change (the create event's), and encryption, once on, stays on:
+    both are kept; a room not yet encrypted is read again when a filter asks."""
+
+    def __init__(self, rooms: RoomStore) -> None:
+        self._rooms = rooms
+        self._kept: LRUCache[str, RoomFacts] = LRUCache(maxsize=ROOM_FACTS_KEPT)
+
+    async def get(self, room_ids: Sequence[str], *, encryption: bool) -> dict[str, RoomFacts]:
+        out: dict[str, RoomFacts] = {}
+        missing = []
+        for room_id in room_ids:
+            kept = self._kept.get(room_id)
+            if kept is None or (encryption and not kept.encrypted):
+                missing.append(room_id)
+            else:
+                out[room_id] = kept
+        if missing:
+            state = await self._rooms.get_current_state_contents(missing, (CREATE, ENCRYPTION))
+            for room_id in missing:
+                found = state.get(room_id, {})
+                if CREATE not in found:
+                    continue  # a room whose state this server lacks: no facts, no filter
+                create = jsonutil.loads(found[CREATE])
+                content = create.get("content") if isinstance(create, dict) else None
+                room_type = content.get("type") if isinstance(content, dict) else None
+                facts = RoomFacts(
+                    room_type if isinstance(room_type, str) else None, ENCRYPTION in found
+                )
+                out[room_id] = self._kept[room_id] = facts
+        return out
+
+
 class RoomLists:
     def __init__(self, events: EventStore, rooms: RoomStore, direct: DirectRooms) -> None:
         self._events = events
         self._rooms = rooms
         self._direct = direct
+        self._facts = RoomFactsCache(rooms)
 
     async def compute(
         self,
@@ -103,7 +182,10 @@ class RoomLists:
             )
         facts: dict[str, RoomFacts] = {}
         if any(f.needs_room_facts for f in filters):
-            facts = await self.room_facts([e.room_id for e in listed])
+            facts = await self._facts.get(
+                [e.room_id for e in listed],
+                encryption=any(f.is_encrypted is not None for f in filters),
+            )
         out = {}
         for name, params in lists.items():
             children = (
@@ -135,20 +217,6 @@ class RoomLists:
             return frozenset()
         loaded = await self._events.get_events(invites)
         return frozenset(e.room_id for e in loaded.values() if e.content.get("is_direct") is True)
-
-    async def room_facts(self, room_ids: Sequence[str]) -> dict[str, RoomFacts]:
-        """Each room's type (its create event's ``type``) and whether it is encrypted."""
-        state = await self._rooms.get_current_state_contents(room_ids, (CREATE, ENCRYPTION))
-        out = {}
-        for room_id in room_ids:
-            found = state.get(room_id, {})
-            create = jsonutil.loads(found[CREATE]) if CREATE in found else {}
-            content = create.get("content") if isinstance(create, dict) else None
-            room_type = content.get("type") if isinstance(content, dict) else None
-            out[room_id] = RoomFacts(
-                room_type if isinstance(room_type, str) else None, ENCRYPTION in found
-            )
-        return out
 
     async def _space_children(
         self, spaces: frozenset[str], listed: Sequence[RoomListEntry]

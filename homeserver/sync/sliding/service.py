@@ -20,7 +20,13 @@ from homeserver.storage.sliding_sync import RoomListEntry, SlidingSyncStore
 from homeserver.streams import Stream, StreamToken
 from homeserver.sync.sliding.extensions import ExtensionBuilder, ExtensionScope, ExtensionSources
 from homeserver.sync.sliding.params import RoomParams, SlidingSyncRequest
-from homeserver.sync.sliding.room_list import LISTED, DirectRooms, RoomLists, candidates
+from homeserver.sync.sliding.room_list import (
+    LISTED,
+    DirectRooms,
+    RoomListCache,
+    RoomLists,
+    candidates,
+)
 from homeserver.sync.sliding.rooms import RoomBuilder
 from homeserver.sync.sliding.state import (
     EMPTY,
@@ -68,6 +74,7 @@ class SlidingSyncService:
         self._unread = unread
         self._connections = Connections(store, clock)
         self._lists = RoomLists(events, rooms, direct)
+        self._room_lists = RoomListCache(store, events)
         self._builder = RoomBuilder(events, rooms, store, room_service, visibility)
         self._extensions = ExtensionBuilder(sources)
 
@@ -148,7 +155,7 @@ class SlidingSyncService:
             since = StreamToken({s: min(since.get(s), now.get(s)) for s in Stream})
         upto = now.get(Stream.EVENTS)
         after = since.get(Stream.EVENTS) if since is not None else None
-        entries = await self._store.get_room_list(user_id, upto)
+        entries = await self._room_lists.get(user_id, upto)
         listed = candidates(entries, upto, after, previous.rooms)
         by_id: dict[str, RoomListEntry] = {e.room_id: e for e in listed}
         lists = await self._lists.compute(user_id, req.lists, listed)
