@@ -285,6 +285,7 @@ class Homeserver:
             sources=sources,
             unread=self.unread,
             direct=self.account_data,
+            ignored=self.ignore_lists,
         )
         self.background_jobs.append(self.sliding_sync.run_expiry)
 

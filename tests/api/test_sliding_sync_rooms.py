@@ -232,3 +232,37 @@ async def test_connections_are_separate(client: httpx.AsyncClient) -> None:
             client, token, {"conn_id": conn_id, "lists": {"all": room_list()}}, pos=pos
         )
         assert bodies(body["rooms"][room]) == ["both"]
+
+
+async def test_counts_follow_messages_and_read_receipts(client: httpx.AsyncClient) -> None:
+    alice, alice_token = await register(client, "alice")
+    bob, bob_token = await register(client, "bob")
+    room = await create_room(client, alice_token, invite=[bob])
+    await post(client, bob_token, f"/join/{room}", {})
+    request = {"lists": {"all": room_list(timeline_limit=1)}}
+    first = await sliding(client, alice_token, request)
+    event_id = await send(client, bob_token, room, "unread")
+    second = await sliding(client, alice_token, request, pos=first["pos"])
+    assert second["rooms"][room]["notification_count"] == 1
+    await post(client, alice_token, f"/rooms/{room}/receipt/m.read/{event_id}", {})
+    third = await sliding(client, alice_token, request, pos=second["pos"], timeout=1000)
+    assert third["rooms"][room]["notification_count"] == 0
+    assert "timeline" not in third["rooms"][room]
+
+
+async def test_ignored_users_are_hidden(client: httpx.AsyncClient) -> None:
+    alice, alice_token = await register(client, "alice")
+    bob, bob_token = await register(client, "bob")
+    room = await create_room(client, alice_token, invite=[bob])
+    await post(client, bob_token, f"/join/{room}", {})
+    await put(
+        client,
+        alice_token,
+        f"/user/{alice}/account_data/m.ignored_user_list",
+        {"ignored_users": {bob: {}}},
+    )
+    await send(client, bob_token, room, "shh")
+    await create_room(client, bob_token, invite=[alice])
+    body = await sliding(client, alice_token, {"lists": {"all": room_list(timeline_limit=5)}})
+    assert ids(body) == [room]
+    assert bodies(body["rooms"][room]) == []

@@ -70,12 +70,16 @@ def candidates(
     upto: int,
     after: int | None,
     sent: Mapping[str, RoomStatus],
+    ignored: frozenset[str] = frozenset(),
 ) -> list[RoomListEntry]:
-    """The memberships that list a room, newest activity first."""
+    """The memberships that list a room, newest activity first (spec, ignoring users: no
+    invites from them)."""
     found = []
     for e in entries:
         if e.stream_ordering > upto:
             continue  # committed after this response's position: the next one carries it
+        if e.membership == "invite" and e.sender in ignored:
+            continue
         if e.membership in LISTED or (
             after is not None
             and e.stream_ordering > after

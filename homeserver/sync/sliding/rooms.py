@@ -57,8 +57,11 @@ class RoomBuilder:
         upto: int,
         changed: bool,
         is_dm: bool,
+        ignored: frozenset[str] = frozenset(),
     ) -> RoomUpdate:
-        """``changed``: the room has events in ``(after, upto]``."""
+        """``changed``: the room has something new in ``(after, upto]`` (events, or the
+        user's own read receipt, which changes its counts); ``ignored``: users whose
+        events the user does not see."""
         config = params.required_state.key()
         initial = prev is None or (
             prev.membership != room.membership and room.membership in ("join", "invite", "knock")
@@ -86,10 +89,20 @@ class RoomBuilder:
                 after,
                 full_state=config_changed,
                 is_dm=is_dm,
+                ignored=ignored,
             )
         # Never sent, or sent with another membership (an invite since joined): from scratch.
         return await self._room(
-            requester, room, params, None, None, upto, after, full_state=True, is_dm=is_dm
+            requester,
+            room,
+            params,
+            None,
+            None,
+            upto,
+            after,
+            full_state=True,
+            is_dm=is_dm,
+            ignored=ignored,
         )
 
     async def _room(
@@ -104,6 +117,7 @@ class RoomBuilder:
         *,
         full_state: bool,
         is_dm: bool,
+        ignored: frozenset[str],
     ) -> RoomUpdate:
         """``since``: where the room's timeline starts (None: its newest events); ``after``:
         the request's events position (what is newer is ``num_live``)."""
@@ -123,7 +137,12 @@ class RoomBuilder:
             raw = await self._events.get_recent_events(room.room_id, since, room_upto, limit + 1)
         limited = len(raw) > limit
         raw = list(reversed(raw[:limit]))
-        timeline = await self._visibility.filter_events(user_id, raw, _membership(user_id, room))
+        timeline = await self._visibility.filter_events(
+            user_id,
+            # spec, ignoring users: their state events are still sent, the rest is hidden.
+            [e for e in raw if e.sender not in ignored or e.state_key is not None],
+            _membership(user_id, room),
+        )
         state_now = await self._state_at(room.room_id, raw, room_upto)
         rs = params.required_state
         senders = {e.sender for e in timeline}

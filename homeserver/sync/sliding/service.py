@@ -36,7 +36,7 @@ from homeserver.sync.sliding.state import (
     Position,
     RoomStatus,
 )
-from homeserver.sync.sources import UnreadCounts
+from homeserver.sync.sources import IgnoredUsers, UnreadCounts
 from homeserver.types import JsonDict, Requester
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class SlidingSyncService:
         sources: ExtensionSources,
         unread: UnreadCounts,
         direct: DirectRooms,
+        ignored: IgnoredUsers,
     ) -> None:
         self._db = db
         self._store = store
@@ -72,6 +73,8 @@ class SlidingSyncService:
         self._rooms = rooms
         self._notifier = notifier
         self._unread = unread
+        self._ignored = ignored
+        self._receipts = sources.receipts
         self._connections = Connections(store, clock)
         self._lists = RoomLists(events, rooms, direct)
         self._room_lists = RoomListCache(store, events)
@@ -156,7 +159,8 @@ class SlidingSyncService:
         upto = now.get(Stream.EVENTS)
         after = since.get(Stream.EVENTS) if since is not None else None
         entries = await self._room_lists.get(user_id, upto)
-        listed = candidates(entries, upto, after, previous.rooms)
+        ignored = await self._ignored.ignored_users(user_id)
+        listed = candidates(entries, upto, after, previous.rooms, ignored)
         by_id: dict[str, RoomListEntry] = {e.room_id: e for e in listed}
         lists = await self._lists.compute(user_id, req.lists, listed)
 
@@ -185,6 +189,11 @@ class SlidingSyncService:
             if params
             else frozenset()
         )
+        if since is not None:
+            # The user's own read receipt moved: the room's counts changed, send them.
+            changed |= await self._read_moved(
+                requester, [r for r in live if r in params], since, now
+            )
         rooms: JsonDict = {}
         state: dict[str, RoomStatus] = dict(previous.rooms)
         for room_id, room_params in params.items():
@@ -197,6 +206,7 @@ class SlidingSyncService:
                 upto=upto,
                 changed=room_id in changed,
                 is_dm=room_id in direct,
+                ignored=ignored,
             )
             if update.entry is not None:
                 rooms[room_id] = update.entry
@@ -226,6 +236,23 @@ class SlidingSyncService:
             "extensions": extensions,
         }
         return _Result(now, response, ConnectionState(state), news or bool(rooms))
+
+    async def _read_moved(
+        self, requester: Requester, room_ids: list[str], since: StreamToken, now: StreamToken
+    ) -> set[str]:
+        if not room_ids or since.get(Stream.RECEIPTS) >= now.get(Stream.RECEIPTS):
+            return set()
+        found = await self._receipts.room_events(requester, room_ids, since, now)
+        return {
+            room_id
+            for room_id, events in found.items()
+            if any(
+                requester.user_id in users
+                for event in events
+                for by_type in event.get("content", {}).values()
+                for users in by_type.values()
+            )
+        }
 
     async def _add_counts(
         self,
