@@ -266,3 +266,23 @@ async def test_ignored_users_are_hidden(client: httpx.AsyncClient) -> None:
     body = await sliding(client, alice_token, {"lists": {"all": room_list(timeline_limit=5)}})
     assert ids(body) == [room]
     assert bodies(body["rooms"][room]) == []
+
+
+async def test_longer_timeline_for_a_room_already_sent(client: httpx.AsyncClient) -> None:
+    """As Element X opens a room from its list: a subscription with a longer timeline gets
+    the room's newest events again, flagged as an expanded timeline (Synapse's behaviour)."""
+    _, token = await register(client, "alice")
+    room = await create_room(client, token)
+    for text in ("a", "b", "c"):
+        await send(client, token, room, text)
+    listing = {"lists": {"all": room_list(timeline_limit=1)}}
+    first = await sliding(client, token, listing)
+    assert bodies(first["rooms"][room]) == ["c"]
+    opened = {**listing, "room_subscriptions": {room: {"timeline_limit": 3, "required_state": []}}}
+    second = await sliding(client, token, opened, pos=first["pos"])
+    entry = second["rooms"][room]
+    assert bodies(entry) == ["a", "b", "c"]
+    assert entry["unstable_expanded_timeline"] is True
+    assert "initial" not in entry
+    third = await sliding(client, token, opened, pos=second["pos"])
+    assert third["rooms"] == {}

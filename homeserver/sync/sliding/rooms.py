@@ -71,36 +71,33 @@ class RoomBuilder:
             if not initial:
                 return RoomUpdate(None, status)
             return RoomUpdate(await self._invited(requester, room, is_dm), status)
-        if prev is not None and not initial:
-            since = after if prev.live and after is not None else prev.position
-            config_changed = prev.config != config
-            left_before = room.membership not in ("join", "invite", "knock") and (
-                since >= room.stream_ordering
-            )
-            if (prev.live and not changed and not config_changed) or left_before:
-                return RoomUpdate(None, prev)
+        if prev is None or initial:
+            # Never sent, or sent with another membership (an invite since joined): from
+            # scratch.
             return await self._room(
-                requester,
-                room,
-                params,
-                prev,
-                since,
-                upto,
-                after,
-                full_state=config_changed,
-                is_dm=is_dm,
-                ignored=ignored,
+                requester, room, params, None, None, upto, after, is_dm=is_dm, ignored=ignored
             )
-        # Never sent, or sent with another membership (an invite since joined): from scratch.
+        since = after if prev.live and after is not None else prev.position
+        config_changed = prev.config != config
+        # Synapse's behaviour, which Element X expects: a room already sent, now asked for
+        # with a longer timeline (opened from the room list), gets that many of its newest
+        # events again, flagged as an expanded timeline.
+        expanded = params.timeline_limit > prev.timeline_limit
+        left_before = room.membership not in ("join", "invite", "knock") and (
+            since >= room.stream_ordering
+        )
+        if left_before or (prev.live and not changed and not config_changed and not expanded):
+            return RoomUpdate(None, prev)
         return await self._room(
             requester,
             room,
             params,
-            None,
-            None,
+            prev,
+            since,
             upto,
             after,
-            full_state=True,
+            full_state=config_changed,
+            expanded=expanded,
             is_dm=is_dm,
             ignored=ignored,
         )
@@ -115,12 +112,15 @@ class RoomBuilder:
         upto: int,
         after: int | None,
         *,
-        full_state: bool,
+        full_state: bool = True,
+        expanded: bool = False,
         is_dm: bool,
         ignored: frozenset[str],
     ) -> RoomUpdate:
-        """``since``: where the room's timeline starts (None: its newest events); ``after``:
-        the request's events position (what is newer is ``num_live``)."""
+        """``prev`` None: the room from scratch. Else ``since``: what the client has of it
+        (the timeline starts there unless ``expanded``; state is what changed since, or all
+        that is asked for with ``full_state``). ``after``: the request's events position
+        (what is newer is ``num_live``)."""
         user_id = requester.user_id
         joined = room.membership == "join"
         # A room left since: what the user saw up to the leave, and nothing after.
@@ -129,7 +129,7 @@ class RoomBuilder:
         if not joined and prev is not None and prev.membership == "invite":
             leave = await self._events.get_event(room.event_id)
             raw = [leave] if leave is not None else []  # a rejected invite: only the leave
-        elif since is None:
+        elif since is None or expanded:
             raw = await self._events.get_room_events(
                 room.room_id, upto=room_upto, limit=limit + 1, descending=True
             )
@@ -145,13 +145,13 @@ class RoomBuilder:
         )
         state_now = await self._state_at(room.room_id, raw, room_upto)
         rs = params.required_state
-        senders = {e.sender for e in timeline}
         in_timeline = {e.event_id for e in raw}
-        if full_state:
+        if prev is None or full_state:
             wanted = {k: v for k, v in state_now.items() if rs.wants(k[0], k[1], user_id)}
         else:
             assert since is not None
-            moved = limited or any(e.state_key is not None for e in raw)
+            new = [e for e in raw if e.stream_ordering > since]
+            moved = limited or expanded or any(e.state_key is not None for e in new)
             before = await self._state_at_position(room.room_id, since) if moved else state_now
             wanted = {
                 k: v
@@ -160,19 +160,28 @@ class RoomBuilder:
             }
         lazy_sent: set[str] = set()
         if rs.lazy_members:
+            # MSC4186 $LAZY: the members the timeline mentions, as senders or as targets of
+            # membership changes, each once per connection.
+            mentioned = {e.sender for e in timeline} | {
+                e.state_key for e in timeline if e.type == MEMBER and e.state_key
+            }
             known = set(prev.lazy_members) if prev is not None and not full_state else set()
-            for sender in senders - known:
-                member = state_now.get((MEMBER, sender))
-                if member is not None and (full_state or member not in in_timeline):
-                    wanted[(MEMBER, sender)] = member
-                    lazy_sent.add(sender)
+            for member_id in mentioned - known:
+                member = state_now.get((MEMBER, member_id))
+                if member is not None:
+                    wanted[(MEMBER, member_id)] = member
+                    lazy_sent.add(member_id)
         state_events = await self._events.get_events(wanted.values())
         room_version = await self._room_service.room_version(room.room_id)
         entry: JsonDict = {"bump_stamp": bump_stamp(room)}
         if prev is None:
             entry["initial"] = True
+        if expanded:
+            entry["unstable_expanded_timeline"] = True
+            entry["expanded_timeline"] = True
         if (
-            full_state
+            prev is None
+            or full_state
             or limited
             or any(e.type in _META_TYPES for e in raw if e.state_key is not None)
         ):
@@ -192,13 +201,14 @@ class RoomBuilder:
         )
         if is_dm:
             entry["is_dm"] = True
-        base = prev if prev is not None and not full_state else None
+        keep = prev is not None and not full_state
         status = RoomStatus(
             True,
             upto,
             room.membership,
             rs.key(),
-            base.lazy_members if base is not None else (),
+            prev.lazy_members if prev is not None and keep else (),
+            _timeline_limit(prev, limit, limited),
         )
         if lazy_sent:
             status = with_lazy(status, lazy_sent)
@@ -287,3 +297,11 @@ def _membership(user_id: str, room: RoomListEntry) -> Membership:
         room.stream_ordering,
         room.forgotten,
     )
+
+
+def _timeline_limit(prev: RoomStatus | None, limit: int, limited: bool) -> int:
+    """How much timeline the client holds of the room, for telling an expansion: at least
+    what it had, unless this response cut the timeline shorter (Synapse's rule)."""
+    if prev is None or limit > prev.timeline_limit or limited:
+        return limit
+    return prev.timeline_limit

@@ -52,6 +52,7 @@ class RoomStatus:
     membership: str
     config: str
     lazy_members: tuple[str, ...] = ()
+    timeline_limit: int = 0  # the longest timeline the client holds (see rooms.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,14 @@ class ConnectionState:
         rooms = {}
         for room_id, s in self.rooms.items():
             index = configs.setdefault(s.config, len(configs))
-            rooms[room_id] = [int(s.live), s.position, s.membership, index, list(s.lazy_members)]
+            rooms[room_id] = [
+                int(s.live),
+                s.position,
+                s.membership,
+                index,
+                list(s.lazy_members),
+                s.timeline_limit,
+            ]
         return jsonutil.dumps_str({"v": 1, "configs": list(configs), "rooms": rooms})
 
     @classmethod
@@ -73,9 +81,11 @@ class ConnectionState:
         return cls(
             {
                 room_id: RoomStatus(
-                    bool(live), int(position), membership, configs[index], tuple(lazy)
+                    bool(live), int(position), membership, configs[index], tuple(lazy), int(limit)
                 )
-                for room_id, (live, position, membership, index, lazy) in data["rooms"].items()
+                for room_id, (live, position, membership, index, lazy, limit) in data[
+                    "rooms"
+                ].items()
             }
         )
 
