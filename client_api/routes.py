@@ -20,6 +20,7 @@ from client_api import (
     pushrules,
     receipts,
     relations,
+    room_summary,
     rooms,
     sliding_sync,
     sync,
@@ -60,6 +61,7 @@ _MODULES = [
     pushers,
     notifications,
     threepids,
+    room_summary,
 ]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]

@@ -51,6 +51,7 @@ from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.sender import EventSender
 from homeserver.rooms.service import RoomService
+from homeserver.rooms.summary import RoomSummaryService
 from homeserver.rooms.upgrade import RoomUpgrader
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.account_data import AccountDataStore
@@ -173,6 +174,7 @@ class Homeserver:
             self.event_sender, self.room_store, config.server_name, self._profile_of
         )
         self.directory = DirectoryService(self.room_store, self.event_store, config.server_name)
+        self.room_summaries = RoomSummaryService(self.event_store, self.room_store, self.directory)
         self.room_creator = RoomCreator(
             self.event_sender,
             self.room_store,
