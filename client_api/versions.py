@@ -35,6 +35,8 @@ async def get_versions(request: Request) -> Response:
         UNSTABLE_FEATURE: hs.config.websocket.enabled,
         # MSC4186: Element X and other sliding sync clients look for this flag.
         SLIDING_SYNC: True,
+        # MSC4222: /sync's use_state_after (the unstable name too).
+        "org.matrix.msc4222": True,
     }
     return json_response({"versions": SUPPORTED_VERSIONS, "unstable_features": unstable})
 
