@@ -20,6 +20,7 @@ from client_api import (
     pushrules,
     receipts,
     relations,
+    reports,
     room_summary,
     rooms,
     sliding_sync,
@@ -62,6 +63,7 @@ _MODULES = [
     notifications,
     threepids,
     room_summary,
+    reports,
 ]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]

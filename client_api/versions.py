@@ -24,6 +24,10 @@ SUPPORTED_VERSIONS = [
     "v1.10",
     "v1.11",
     "v1.12",
+    # Room reports (v1.13) and user reports (v1.14); v1.15 needs /hierarchy, which is not
+    # served yet (issue 20's checklist).
+    "v1.13",
+    "v1.14",
 ]
 
 

@@ -46,6 +46,7 @@ from homeserver.push.service import AccountDataWithPushRules, PushRuleService
 from homeserver.ratelimit import RateLimiter
 from homeserver.receipts import EphemeralSource, ReceiptService
 from homeserver.relations import Aggregations, RelationsService
+from homeserver.reports import ReportService
 from homeserver.rooms.create import RoomCreator
 from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.membership import MembershipService
@@ -68,6 +69,7 @@ from homeserver.storage.push import PushStore
 from homeserver.storage.receipts import ReceiptStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.relations import RelationStore
+from homeserver.storage.reports import ReportStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.sliding_sync import SlidingSyncStore
 from homeserver.storage.threepids import ThreepidStore
@@ -175,6 +177,15 @@ class Homeserver:
         )
         self.directory = DirectoryService(self.room_store, self.event_store, config.server_name)
         self.room_summaries = RoomSummaryService(self.event_store, self.room_store, self.directory)
+        self.reports = ReportService(
+            ReportStore(db),
+            self.room_store,
+            self.event_store,
+            self.account_store,
+            self.ratelimiter,
+            clock,
+            config.server_name,
+        )
         self.room_creator = RoomCreator(
             self.event_sender,
             self.room_store,

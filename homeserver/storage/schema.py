@@ -624,3 +624,18 @@ sliding_sync_positions = sa.Table(
     # not name a newer position.
     sqlite_autoincrement=True,
 )
+
+# --- reports of rooms, events and users (spec: "Reporting content") ------------------------------
+
+# What users report for the server's administrators to review (no admin API reads them yet).
+content_reports = sa.Table(
+    "content_reports",
+    metadata,
+    sa.Column("id", BigInt, primary_key=True, autoincrement=True),
+    sa.Column("reporter", sa.Text, nullable=False),
+    sa.Column("room_id", sa.Text, nullable=True),  # a room or an event report
+    sa.Column("event_id", sa.Text, nullable=True),  # an event report
+    sa.Column("user_id", sa.Text, nullable=True),  # a user report
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("created_ts", BigInt, nullable=False, index=True),
+)
