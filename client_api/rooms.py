@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from client_api import delayed_events
 from homeserver import jsonutil
 from homeserver.errors import Codes, MatrixError
 from homeserver.filtering import EventFilter
@@ -185,6 +186,17 @@ async def send_event(request: Request) -> Response:
     requester = await require_user(request)
     content = await read_json_object(request)
     hs.ratelimiter.check(Action.MESSAGE, requester.user_id)
+    delay = delayed_events.delay_of(request) if request.query_params else None
+    if delay is not None:
+        return await delayed_events.schedule(
+            request,
+            requester,
+            _room_id(request),
+            request.path_params["event_type"],
+            None,
+            content,
+            delay,
+        )
     event_id = await hs.rooms.send_event(
         requester,
         _room_id(request),
@@ -201,6 +213,17 @@ async def put_state(request: Request) -> Response:
     hs = homeserver_of(request)
     requester = await require_user(request)
     content = await read_json_object(request)
+    delay = delayed_events.delay_of(request) if request.query_params else None
+    if delay is not None:
+        return await delayed_events.schedule(
+            request,
+            requester,
+            _room_id(request),
+            request.path_params["event_type"],
+            request.path_params.get("state_key", ""),
+            content,
+            delay,
+        )
     event_id = await hs.rooms.set_state(
         requester,
         _room_id(request),

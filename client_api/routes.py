@@ -7,6 +7,7 @@ from starlette.routing import BaseRoute
 from client_api import (
     account,
     account_data,
+    delayed_events,
     devices,
     directory,
     filters,
@@ -64,6 +65,7 @@ _MODULES = [
     threepids,
     room_summary,
     reports,
+    delayed_events,
 ]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]

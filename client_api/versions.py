@@ -41,6 +41,8 @@ async def get_versions(request: Request) -> Response:
         SLIDING_SYNC: True,
         # MSC4222: /sync's use_state_after (the unstable name too).
         "org.matrix.msc4222": True,
+        # MSC4140: delayed events (Element Call).
+        "org.matrix.msc4140": True,
     }
     return json_response({"versions": SUPPORTED_VERSIONS, "unstable_features": unstable})
 

@@ -26,6 +26,7 @@ from homeserver.bus import InMemoryBus
 from homeserver.clock import Clock, SystemClock
 from homeserver.config import HomeserverConfig
 from homeserver.cors import CorsMiddleware
+from homeserver.delayed_events import DelayedEventService
 from homeserver.device_lists import DeviceListService
 from homeserver.e2e_keys import E2eKeyService
 from homeserver.errors import MatrixError
@@ -58,6 +59,7 @@ from homeserver.rooms.visibility import Visibility
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.database import Database
+from homeserver.storage.delayed_events import DelayedEventStore
 from homeserver.storage.device_lists import DeviceListStore
 from homeserver.storage.e2e_keys import E2eKeyStore
 from homeserver.storage.events import EventStore
@@ -214,6 +216,10 @@ class Homeserver:
         self.sync = SyncService(
             db, self.event_store, self.room_store, self.rooms, self.visibility, self.notifier, clock
         )
+        self.delayed_events = DelayedEventService(
+            DelayedEventStore(db), self.rooms, self.room_store, clock
+        )
+        self.background_jobs.append(self.delayed_events.run)
         self.profiles.on_profile_changed = self._on_profile_changed
         self.accounts.on_deactivated = self._on_deactivated
 

@@ -639,3 +639,22 @@ content_reports = sa.Table(
     sa.Column("reason", sa.Text, nullable=True),
     sa.Column("created_ts", BigInt, nullable=False, index=True),
 )
+
+# --- delayed events (MSC4140, issue 20) -----------------------------------------------------------
+
+# Events a user asked to be sent later (Element Call: "leave the call if I vanish"). Sent by
+# whichever worker finds them due, with the delay ID as the transaction ID, so a second
+# worker sending the same one gets the same event; then the row goes.
+delayed_events = sa.Table(
+    "delayed_events",
+    metadata,
+    sa.Column("delay_id", sa.Text, primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False, index=True),
+    sa.Column("device_id", sa.Text, nullable=False),
+    sa.Column("room_id", sa.Text, nullable=False),
+    sa.Column("event_type", sa.Text, nullable=False),
+    sa.Column("state_key", sa.Text, nullable=True),  # None: not a state event
+    sa.Column("content", sa.JSON, nullable=False),
+    sa.Column("delay", BigInt, nullable=False),  # ms, as asked (a restart waits it again)
+    sa.Column("send_at", BigInt, nullable=False, index=True),
+)
