@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from client_api.sliding_sync import UNSTABLE_FEATURE as SLIDING_SYNC
+from homeserver.sync.sliding.body import UNSTABLE_FEATURE as SLIDING_SYNC
 from homeserver.web import homeserver_of, json_response, require_user
 from homeserver.websocket import UNSTABLE_FEATURE
 
