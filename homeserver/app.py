@@ -388,6 +388,7 @@ class Homeserver:
             self.typing,
             self.receipts,
             self.presence,
+            self.sliding_sync,
         )
 
     def _build_media(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
