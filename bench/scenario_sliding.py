@@ -1,8 +1,7 @@
 """Scenario 8, ``sliding_sync``: simplified sliding sync (MSC4186) for a user in many rooms.
 
 A user in 1 000 rooms (``--scale`` times that) asks for the 20 most recently active, as
-Element X's room list does (timeline of one event, a few state types, the e2ee and
-to-device extensions): the first response of a new connection (x5, each its own
+Element X's room list does (``_request``): the first response of a new connection (x5, each its own
 ``conn_id``), then the incremental response after one new message (x5). A server without
 simplified sliding sync gets an error for the scenario.
 
@@ -36,7 +35,10 @@ REPEATS = 5
 
 
 def _request(conn_id: str) -> dict[str, Any]:
-    """Shaped as Element X's room list asks (matrix-rust-sdk's room list service)."""
+    """Shaped as matrix-rust-sdk's room list service (Element X) asks for its first window:
+    crates/matrix-sdk-ui/src/room_list_service/mod.rs at 8c234f0 (list ``all_rooms``,
+    range 0..=19, timeline 1, avatar, encryption and power levels, no invites, no spaces;
+    account data, e2ee and to-device extensions)."""
     return {
         "conn_id": conn_id,
         "lists": {
@@ -44,17 +46,18 @@ def _request(conn_id: str) -> dict[str, Any]:
                 "ranges": [[0, WINDOW - 1]],
                 "timeline_limit": 1,
                 "required_state": [
+                    ["m.room.avatar", ""],
                     ["m.room.encryption", ""],
-                    ["m.room.member", "$LAZY"],
-                    ["m.room.member", "$ME"],
-                    ["m.room.name", ""],
-                    ["m.room.canonical_alias", ""],
                     ["m.room.power_levels", ""],
                 ],
-                "filters": {"not_room_types": ["m.space"]},
+                "filters": {"is_invite": False, "not_room_types": ["m.space"]},
             }
         },
-        "extensions": {"to_device": {"enabled": True}, "e2ee": {"enabled": True}},
+        "extensions": {
+            "account_data": {"enabled": True},
+            "e2ee": {"enabled": True},
+            "to_device": {"enabled": True},
+        },
     }
 
 
