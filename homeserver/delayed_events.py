@@ -127,12 +127,14 @@ class DelayedEventService:
     async def run(self) -> None:
         """Background job: sends events as they fall due, these of before a restart too."""
         while True:
-            await self.send_due()
-            next_at = await self._store.next_send_at()
+            self._scheduled.clear()  # before reading: a schedule() from now on wakes us
+            next_at = await self._store.next_send_at()  # one statement a round when idle
+            if next_at is not None and next_at <= self._clock.now_ms():
+                await self.send_due()
+                continue
             wait = POLL_INTERVAL_S
             if next_at is not None:
                 wait = min(wait, max(0.0, (next_at - self._clock.now_ms()) / 1000))
-            self._scheduled.clear()
             try:
                 async with asyncio.timeout(wait):
                     await self._scheduled.wait()
