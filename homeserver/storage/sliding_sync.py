@@ -165,13 +165,14 @@ class SlidingSyncStore:
         user_id: str,
         device_id: str,
         conn_id: str,
+        position: int,
         state: str,
         now_ms: int,
         *,
         used: int | None,
         max_connections: int,
-    ) -> int:
-        """Store a new position of the connection; returns its ID.
+    ) -> None:
+        """Store a new position of the connection.
 
         ``used``: the position the request came from: the client holds it, so the older ones
         are dropped (it may still retry ``used`` itself). None: the connection starts over,
@@ -184,22 +185,18 @@ class SlidingSyncStore:
                 await conn.execute(sa.delete(_p).where(*same))
             else:
                 await conn.execute(sa.delete(_p).where(*same, _p.c.id < used))
-            position = (
-                await conn.execute(
-                    sa.insert(_p)
-                    .values(
-                        user_id=user_id,
-                        device_id=device_id,
-                        conn_id=conn_id,
-                        state=state,
-                        created_ts=now_ms,
-                    )
-                    .returning(_p.c.id)
+            await conn.execute(
+                sa.insert(_p).values(
+                    id=position,
+                    user_id=user_id,
+                    device_id=device_id,
+                    conn_id=conn_id,
+                    state=state,
+                    created_ts=now_ms,
                 )
-            ).scalar_one()
+            )
             if used is None:
                 await self._drop_oldest_connections(conn, user_id, device_id, max_connections)
-        return int(position)
 
     async def _drop_oldest_connections(
         self, conn: Connection, user_id: str, device_id: str, keep: int

@@ -273,10 +273,15 @@ class SlidingSyncService:
         await self._store.delete_connections(user_id, list(device_ids))
 
     async def run_expiry(self) -> None:
-        """Background job: forgets the connections unused for too long."""
-        while True:
-            await self._connections.expire_once()
-            await asyncio.sleep(EXPIRY_INTERVAL_S)
+        """Background job: forgets the connections unused for too long; at shutdown, waits
+        for the positions still being stored."""
+        try:
+            while True:
+                await self._connections.expire_once()
+                await asyncio.sleep(EXPIRY_INTERVAL_S)
+        finally:
+            # Stopping: the positions already answered are stored before the database goes.
+            await asyncio.shield(self._connections.flush())
 
 
 def _visible_left(entry: RoomListEntry | None, upto: int) -> RoomListEntry | None:

@@ -9,7 +9,9 @@ newest one in memory.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -112,7 +114,15 @@ class Position:
 
 
 class Connections:
-    """Loads and stores connection positions, checked against the requester."""
+    """Loads and stores connection positions, checked against the requester.
+
+    A response does not wait for its position to be stored: the write (a durable commit)
+    would be most of an incremental response's time. The position is kept in memory, so the
+    connection's next request on this worker needs no read; a read here first waits for this
+    worker's pending writes of the connection. A position lost to a crash before its write,
+    or asked of another worker before it, answers M_UNKNOWN_POS: the client starts over,
+    which the MSC allows at any time.
+    """
 
     def __init__(self, store: SlidingSyncStore, clock: Clock) -> None:
         self._store = store
@@ -121,6 +131,11 @@ class Connections:
         self._kept: LRUCache[tuple[str, str, str], tuple[int, ConnectionState]] = LRUCache(
             maxsize=CONNECTIONS_KEPT
         )
+        # Each connection's last pending write: the next one waits for it (they apply in
+        # order).
+        self._writing: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+        self._last_position = 0
+        self._worker_bits = secrets.randbits(8)
 
     async def load(self, requester: Requester, conn_id: str, position: int) -> ConnectionState:
         """The state at ``position``; ``M_UNKNOWN_POS`` if this connection has no such
@@ -129,6 +144,9 @@ class Connections:
         kept = self._kept.get(key)
         if kept is not None and kept[0] == position:
             return kept[1]
+        pending = self._writing.get(key)
+        if pending is not None:
+            await asyncio.gather(asyncio.shield(pending), return_exceptions=True)
         stored = await self._store.get_position(position)
         if (
             stored is None
@@ -141,17 +159,53 @@ class Connections:
     async def save(
         self, requester: Requester, conn_id: str, state: ConnectionState, used: int | None
     ) -> int:
-        """Store the state after a response; returns its position."""
+        """Keep the state after a response and start storing it; returns its position."""
         key = (requester.user_id, requester.device_id, conn_id)
-        position = await self._store.add_position(
-            *key,
-            state.to_json(),
-            self._clock.now_ms(),
-            used=used,
-            max_connections=MAX_CONNECTIONS_PER_DEVICE,
-        )
+        position = self._new_position()
         self._kept[key] = (position, state)
+        previous = self._writing.get(key)
+        task = asyncio.create_task(
+            self._write(key, previous, position, state.to_json(), self._clock.now_ms(), used)
+        )
+        self._writing[key] = task
+        task.add_done_callback(lambda done: self._written(key, done))
         return position
+
+    async def flush(self) -> None:
+        """Wait for every pending write (at shutdown)."""
+        await asyncio.gather(*self._writing.values(), return_exceptions=True)
+
+    def _new_position(self) -> int:
+        """Increasing on this worker and with time (a connection's newer position is larger,
+        which dropping the older ones relies on); unique across workers by a random byte."""
+        candidate = (self._clock.now_ms() << 16) | (self._worker_bits << 8)
+        self._last_position = max(candidate, self._last_position + 1)
+        return self._last_position
+
+    async def _write(
+        self,
+        key: tuple[str, str, str],
+        previous: asyncio.Task[None] | None,
+        position: int,
+        state: str,
+        now_ms: int,
+        used: int | None,
+    ) -> None:
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        await self._store.add_position(
+            *key, position, state, now_ms, used=used, max_connections=MAX_CONNECTIONS_PER_DEVICE
+        )
+
+    def _written(self, key: tuple[str, str, str], task: asyncio.Task[None]) -> None:
+        if self._writing.get(key) is task:
+            del self._writing[key]
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning(
+                "sliding sync position not stored",
+                exc_info=task.exception(),
+                extra={"user_id": key[0]},
+            )
 
     async def expire_once(self) -> None:
         dropped = await self._store.expire(self._clock.now_ms() - CONNECTION_TTL_MS)
