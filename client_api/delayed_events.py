@@ -3,54 +3,47 @@ management endpoints under /unstable/org.matrix.msc4140/delayed_events."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.errors import Codes, MatrixError
-from homeserver.types import JsonDict, Requester
-from homeserver.web import (
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.types import Requester
+from homeserver.rooms.delayed import DelayedEventService
+from homeserver.web.edge import (
     RequestBody,
-    homeserver_of,
     json_response,
     parse_body,
     query_int,
     require_user,
+    services_of,
 )
 
 DELAY_PARAM = "org.matrix.msc4140.delay"
 _BASE = "/unstable/org.matrix.msc4140/delayed_events"
 
 
+@dataclass(frozen=True, slots=True)
+class DelayedEventServices:
+    """What the routes of delayed events call (built by the composition root)."""
+
+    delayed_events: DelayedEventService
+
+
 def delay_of(request: Request) -> int | None:
-    """The ``org.matrix.msc4140.delay`` of a send or state request (ms), if any."""
+    """The ``org.matrix.msc4140.delay`` of a send or state request (ms), if any; the send
+    and state routes (``client_api/rooms.py``) schedule the event when it is given."""
     if DELAY_PARAM not in request.query_params:
         return None
     return query_int(request, DELAY_PARAM, minimum=0)
 
 
-async def schedule(
-    request: Request,
-    requester: Requester,
-    room_id: str,
-    event_type: str,
-    state_key: str | None,
-    content: JsonDict,
-    delay_ms: int,
-) -> Response:
-    """PUT .../send/{eventType}/{txnId} or .../state/{eventType}/{stateKey} with a delay."""
-    hs = homeserver_of(request)
-    delay_id = await hs.delayed_events.schedule(
-        requester, room_id, event_type, state_key, content, delay_ms
-    )
-    return json_response({"delay_id": delay_id})
-
-
 async def get_delayed_events(request: Request) -> Response:
     """GET /_matrix/client/unstable/org.matrix.msc4140/delayed_events"""
-    hs = homeserver_of(request)
+    hs = services_of(request, DelayedEventServices)
     requester = await require_user(request)
     return json_response({"delayed_events": await hs.delayed_events.list_for_user(requester)})
 
@@ -73,7 +66,7 @@ async def act_on_delayed_event(request: Request) -> Response:
 
 
 async def _act(request: Request, requester: Requester, action: str) -> Response:
-    hs = homeserver_of(request)
+    hs = services_of(request, DelayedEventServices)
     delay_id = request.path_params["delay_id"]
     if action == "cancel":
         await hs.delayed_events.cancel(requester, delay_id)

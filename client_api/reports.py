@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import StrictStr
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.ids import EventID, RoomID, UserID
-from homeserver.web import RequestBody, homeserver_of, json_response, parse_body, require_user
+from homeserver.core.ids import EventID, RoomID, UserID
+from homeserver.rooms.reports import ReportService
+from homeserver.web.edge import RequestBody, json_response, parse_body, require_user, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class ReportServices:
+    """What the routes of reports call (built by the composition root)."""
+
+    reports: ReportService
 
 
 class ReasonBody(RequestBody):
@@ -22,7 +32,7 @@ class OptionalReasonBody(RequestBody):
 
 async def report_room(request: Request) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/report"""
-    hs = homeserver_of(request)
+    hs = services_of(request, ReportServices)
     requester = await require_user(request)
     body = await parse_body(request, ReasonBody)
     await hs.reports.report_room(
@@ -33,7 +43,7 @@ async def report_room(request: Request) -> Response:
 
 async def report_event(request: Request) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/report/{eventId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, ReportServices)
     requester = await require_user(request)
     body = await parse_body(request, OptionalReasonBody, empty_ok=True)
     await hs.reports.report_event(
@@ -47,7 +57,7 @@ async def report_event(request: Request) -> Response:
 
 async def report_user(request: Request) -> Response:
     """POST /_matrix/client/v3/users/{userId}/report"""
-    hs = homeserver_of(request)
+    hs = services_of(request, ReportServices)
     requester = await require_user(request)
     body = await parse_body(request, ReasonBody)
     await hs.reports.report_user(

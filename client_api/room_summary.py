@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.web import access_token_of, homeserver_of, json_response, require_user
+from homeserver.rooms.summary import RoomSummaryService
+from homeserver.web.edge import access_token_of, json_response, require_user, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSummaryServices:
+    """What the route of room summaries calls (built by the composition root)."""
+
+    room_summaries: RoomSummaryService
 
 
 async def get_room_summary(request: Request) -> Response:
     """GET /_matrix/client/v1/room_summary/{roomIdOrAlias}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomSummaryServices)
     # spec: servers MAY answer without authentication (for rooms anyone may look at).
     user_id = (await require_user(request)).user_id if access_token_of(request) else None
     summary = await hs.room_summaries.summary(user_id, request.path_params["room"])

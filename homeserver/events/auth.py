@@ -17,12 +17,12 @@ from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 from unpaddedbase64 import decode_base64
 
-from homeserver.errors import Codes, MatrixError
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import UserID
+from homeserver.core.jsonutil import MAX_SAFE_INT
+from homeserver.core.types import JsonDict
 from homeserver.events.format import canonical_json, compute_event_id
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from homeserver.ids import UserID
-from homeserver.jsonutil import MAX_SAFE_INT
-from homeserver.types import JsonDict
 
 CREATE = "m.room.create"
 MEMBER = "m.room.member"

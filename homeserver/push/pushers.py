@@ -1,7 +1,8 @@
 """Pushers (spec: "Pushers"): GET /pushers and POST /pushers/set, validated.
 
-An ``http`` pusher's URL must be a push gateway's notify endpoint and, unless the config
-allows it, must not lead to a private address (SSRF: the server makes requests to it). An
+An ``http`` pusher's URL must be a push gateway's notify endpoint and must not lead to an
+address the outbound policy refuses (SSRF: the server makes requests to it; the sender's
+requests are checked again by the outbound transport, as the name may resolve elsewhere). An
 ``email`` pusher sends missed-message mails to its pushkey, when e-mail is configured, and
 only to an address bound to the account (validated by mail, as Synapse requires): the server
 mails nobody who did not ask for it.
@@ -9,25 +10,24 @@ mails nobody who did not ask for it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
-import ipaddress
-import socket
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
-from homeserver.clock import Clock
-from homeserver.config import EmailConfig, PushConfig
-from homeserver.errors import Codes, MatrixError
-from homeserver.storage.push import Pusher, PushStore
-from homeserver.threepids import MEDIUM_EMAIL, canonical_email
-from homeserver.types import JsonDict, Requester
-from homeserver.uia import EmailIdentity
+from homeserver.accounts.email_validation import MEDIUM_EMAIL, canonical_email
+from homeserver.accounts.uia import EmailIdentity
+from homeserver.core.clock import Clock
+from homeserver.core.config import EmailConfig, PushConfig
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import UserID
+from homeserver.core.types import JsonDict, Requester
+from homeserver.net.outbound import Outbound, OutboundError, Reason
+from homeserver.storage.pushers import Pusher, PusherStore
 
 NOTIFY_PATH = "/_matrix/push/v1/notify"
 MAX_PUSHKEY_BYTES = 512  # spec
@@ -68,16 +68,9 @@ def pusher_json(p: Pusher) -> JsonDict:
     return out
 
 
-def is_forbidden_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not ip.is_global or ip.is_multicast
-
-
-async def check_gateway_url(url: Any, config: PushConfig) -> str:
-    """The URL, if pushes may go there; M_INVALID_PARAM otherwise. Also checked before
-    every request, as the name may resolve elsewhere by then."""
+def check_gateway_url_form(url: Any, config: PushConfig) -> str:
+    """The URL, if it is a push gateway's as the config accepts them; M_INVALID_PARAM
+    otherwise. Its address is checked by the outbound transport at every connection."""
     if not isinstance(url, str) or not url:
         raise MatrixError(Codes.INVALID_PARAM, "data.url must be the push gateway's URL")
     parts = urlsplit(url)
@@ -89,59 +82,121 @@ async def check_gateway_url(url: Any, config: PushConfig) -> str:
     if not parts.path.endswith(NOTIFY_PATH) or parts.query or parts.fragment:
         raise MatrixError(Codes.INVALID_PARAM, f"data.url must end with {NOTIFY_PATH}")
     try:
-        port = parts.port
+        parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
         raise MatrixError(Codes.INVALID_PARAM, "data.url has an invalid port") from None
-    if not config.allow_private_addresses:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                parts.hostname,
-                port or (443 if parts.scheme == "https" else 80),
-                type=socket.SOCK_STREAM,
-            )
-        except OSError:
-            raise MatrixError(Codes.INVALID_PARAM, "data.url's host does not resolve") from None
-        if any(is_forbidden_address(str(info[4][0])) for info in infos):
-            raise MatrixError(Codes.INVALID_PARAM, "data.url leads to a private address")
     return url
 
 
+async def check_gateway_url(url: Any, config: PushConfig, outbound: Outbound) -> str:
+    """The URL, if pushes may go there now; M_INVALID_PARAM otherwise."""
+    checked = check_gateway_url_form(url, config)
+    try:
+        await outbound.check_url(checked)
+    except OutboundError as e:
+        if e.reason in (Reason.UNRESOLVABLE, Reason.TIMEOUT):
+            raise MatrixError(Codes.INVALID_PARAM, "data.url's host does not resolve") from None
+        if e.reason is Reason.REFUSED:
+            raise MatrixError(Codes.INVALID_PARAM, "data.url leads to a private address") from None
+        raise MatrixError(Codes.INVALID_PARAM, "data.url is not a valid URL") from None
+    return checked
+
+
+# A link in a missed-message mail unsubscribes for this long after the mail was sent.
+UNSUBSCRIBE_LINK_LIFETIME_MS = 365 * 24 * 3600 * 1000
+# Links from before the link key (signed with a key derived from the federation signing
+# key, without an expiry) are still honoured for this long after the server's secret was
+# created, that is after the upgrade that introduced it; then only new links verify.
+LEGACY_UNSUBSCRIBE_GRACE_MS = 90 * 24 * 3600 * 1000
+_TOKEN_VERSION = "v2"
+
+
 class Unsubscriber:
-    """Signed one-click unsubscribe tokens for e-mail pushers (no login needed)."""
+    """Signed one-click unsubscribe tokens for e-mail pushers (no login needed).
 
-    def __init__(self, secret: bytes) -> None:
-        self._key = hmac.new(secret, b"push-unsubscribe", hashlib.sha256).digest()
+    ``key`` is this purpose's own key (``ServerSecret.derive("push-unsubscribe")``); a token
+    carries its expiry. ``legacy_secret`` is the signing key's bytes that signed tokens
+    before, accepted until ``legacy_until_ms``.
+    """
 
-    def token(self, user_id: str, app_id: str, pushkey: str) -> str:
-        payload = base64.urlsafe_b64encode(orjson.dumps([user_id, app_id, pushkey])).decode()
-        return f"{payload}.{self._sign(payload)}"
+    def __init__(
+        self,
+        key: bytes,
+        clock: Clock,
+        *,
+        legacy_secret: bytes | None = None,
+        legacy_until_ms: int = 0,
+    ) -> None:
+        self._key = key
+        self._clock = clock
+        self._legacy_key = (
+            hmac.new(legacy_secret, b"push-unsubscribe", hashlib.sha256).digest()
+            if legacy_secret is not None
+            else None
+        )
+        self._legacy_until_ms = legacy_until_ms
+
+    def token(self, user_id: UserID, app_id: str, pushkey: str) -> str:
+        expires = self._clock.now_ms() + UNSUBSCRIBE_LINK_LIFETIME_MS
+        fields = [user_id, app_id, pushkey, expires]
+        payload = base64.urlsafe_b64encode(orjson.dumps(fields)).decode()
+        signed = f"{_TOKEN_VERSION}.{payload}"
+        return f"{signed}.{_sign(self._key, signed)}"
 
     def parse(self, token: str) -> tuple[str, str, str] | None:
+        version, _, rest = token.partition(".")
+        if version == _TOKEN_VERSION:
+            payload, _, signature = rest.partition(".")
+            if not hmac.compare_digest(signature, _sign(self._key, f"{version}.{payload}")):
+                return None
+            fields = _decode(payload)
+            if fields is None or len(fields) != 4 or not isinstance(fields[3], int):
+                return None
+            if fields[3] < self._clock.now_ms():
+                return None
+            return _strings(fields[:3])
+        # A link from before the link key: "payload.signature", no expiry.
         payload, _, signature = token.partition(".")
-        if not hmac.compare_digest(signature, self._sign(payload)):
+        if self._legacy_key is None or self._clock.now_ms() > self._legacy_until_ms:
             return None
-        try:
-            user_id, app_id, pushkey = orjson.loads(base64.urlsafe_b64decode(payload))
-        except (ValueError, TypeError):
+        if not hmac.compare_digest(signature, _sign(self._legacy_key, payload)):
             return None
-        if not all(isinstance(v, str) for v in (user_id, app_id, pushkey)):
+        fields = _decode(payload)
+        if fields is None or len(fields) != 3:
             return None
-        return user_id, app_id, pushkey
+        return _strings(fields)
 
-    def _sign(self, payload: str) -> str:
-        digest = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+def _sign(key: bytes, payload: str) -> str:
+    digest = hmac.new(key, payload.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def _decode(payload: str) -> list[Any] | None:
+    try:
+        fields = orjson.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, TypeError):
+        return None
+    return fields if isinstance(fields, list) else None
+
+
+def _strings(fields: list[Any]) -> tuple[str, str, str] | None:
+    user_id, app_id, pushkey = fields
+    if not all(isinstance(v, str) for v in (user_id, app_id, pushkey)):
+        return None
+    return user_id, app_id, pushkey
 
 
 class PusherService:
     def __init__(
         self,
-        store: PushStore,
+        store: PusherStore,
         config: PushConfig,
         email: EmailConfig,
         clock: Clock,
         unsubscriber: Unsubscriber,
         email_identity: EmailIdentity,
+        outbound: Outbound,
     ) -> None:
         self._store = store
         self._config = config
@@ -149,6 +204,7 @@ class PusherService:
         self._clock = clock
         self.unsubscriber = unsubscriber
         self._email_identity = email_identity
+        self._outbound = outbound
 
     async def get_pushers(self, requester: Requester) -> list[JsonDict]:
         """GET /pushers"""
@@ -179,7 +235,7 @@ class PusherService:
         if fmt is not None and fmt not in FORMATS:
             raise MatrixError(Codes.INVALID_PARAM, "data.format must be event_id_only")
         if req.kind == "http":
-            await check_gateway_url(req.data.get("url"), self._config)
+            await check_gateway_url(req.data.get("url"), self._config, self._outbound)
         elif req.kind == "email":
             await self._check_email(requester, req)
         else:
@@ -225,7 +281,7 @@ class PusherService:
         user_id, app_id, pushkey = parsed
         return await self._store.delete_pusher(user_id, app_id, pushkey)
 
-    async def delete_for_devices(self, user_id: str, device_ids: list[str]) -> None:
+    async def delete_for_devices(self, user_id: UserID, device_ids: list[str]) -> None:
         """A deleted device (or logged-out session) takes its pushers with it."""
         await self._store.delete_pushers_for_devices(user_id, device_ids)
 

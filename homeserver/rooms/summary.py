@@ -3,11 +3,12 @@ that may not be in it yet (a link preview, Element Call joining a call room)."""
 
 from __future__ import annotations
 
-from homeserver.errors import Codes, MatrixError
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import UserID
+from homeserver.core.types import JsonDict
 from homeserver.rooms.directory import DirectoryService
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.rooms import RoomStore
-from homeserver.types import JsonDict
 
 _CREATE = "m.room.create"
 _JOIN_RULES = "m.room.join_rules"
@@ -34,7 +35,7 @@ class RoomSummaryService:
         self._rooms = rooms
         self._directory = directory
 
-    async def summary(self, user_id: str | None, room_id_or_alias: str) -> JsonDict:
+    async def summary(self, user_id: UserID | None, room_id_or_alias: str) -> JsonDict:
         """The summary, for ``user_id`` (None: an unauthenticated request). A room the user
         may not see is "not found", as an unknown one is: its existence is not revealed."""
         room_id = await self._directory.resolve_room(room_id_or_alias)

@@ -7,9 +7,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from homeserver.core.types import JsonDict
 from homeserver.storage.database import Database
 from homeserver.storage.schema import delayed_events
-from homeserver.types import JsonDict
 
 _d = delayed_events
 

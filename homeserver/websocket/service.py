@@ -5,25 +5,23 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 
-import orjson
-
-from homeserver.auth import AuthService
-from homeserver.config import WebSocketConfig
-from homeserver.errors import Codes, MatrixError
-from homeserver.filtering import SyncFilter
-from homeserver.filters import FilterService
-from homeserver.ids import EventID, RoomID, UserID
-from homeserver.presence import PresenceService
-from homeserver.ratelimit import Action, RateLimiter
-from homeserver.receipts import ReceiptService
-from homeserver.rooms.service import RoomService
-from homeserver.streams import StreamToken
+from homeserver.accounts.tokens import AuthService
+from homeserver.core.config import WebSocketConfig
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import EventID, RoomID, UserID
+from homeserver.core.json_limits import query_json
+from homeserver.core.streams import StreamToken
+from homeserver.core.types import JsonDict, Requester
+from homeserver.ephemeral.presence import PresenceService
+from homeserver.ephemeral.receipts import ReceiptService
+from homeserver.ephemeral.typing import TypingService
+from homeserver.filters.matching import SyncFilter
+from homeserver.filters.service import FilterService
+from homeserver.rooms.send import SendService
 from homeserver.sync.service import SyncRequest, SyncService
 from homeserver.sync.sliding.body import parse_request
 from homeserver.sync.sliding.service import SlidingSyncService
 from homeserver.sync.sliding.state import Position
-from homeserver.types import JsonDict, Requester
-from homeserver.typing_notifications import TypingService
 from homeserver.websocket.connection import Connection
 from homeserver.websocket.protocol import (
     SYNC_WAIT_MS,
@@ -47,19 +45,17 @@ class WebSocketService:
         auth: AuthService,
         sync: SyncService,
         filters: FilterService,
-        rooms: RoomService,
-        ratelimiter: RateLimiter,
+        sending: SendService,
         typing: TypingService,
         receipts: ReceiptService,
         presence: PresenceService,
-        sliding: SlidingSyncService | None = None,
+        sliding: SlidingSyncService,
     ) -> None:
         self.config = config
         self._auth = auth
         self._sync = sync
         self._filters = filters
-        self._rooms = rooms
-        self._ratelimiter = ratelimiter
+        self._sending = sending
         self._typing = typing
         self._receipts = receipts
         self._presence = presence
@@ -100,10 +96,7 @@ class WebSocketService:
         elif isinstance(params.filter, dict):
             sync_filter = SyncFilter.from_json(params.filter)
         elif params.filter.startswith("{"):
-            try:
-                sync_filter = SyncFilter.from_json(orjson.loads(params.filter))
-            except orjson.JSONDecodeError:
-                raise MatrixError(Codes.BAD_JSON, "filter is not valid JSON") from None
+            sync_filter = SyncFilter.from_json(query_json(params.filter, "filter"))
         else:
             sync_filter = SyncFilter.from_json(
                 await self._filters.get_filter(UserID(requester.user_id), params.filter)
@@ -118,8 +111,6 @@ class WebSocketService:
     async def sliding_sync(self, requester: Requester, raw: JsonDict) -> JsonDict:
         """As POST .../org.matrix.simplified_msc3575/sync: ``params`` is its body, with
         ``pos`` and ``timeout`` (ms, at most the stream's wait) beside the body's fields."""
-        if self._sliding is None:
-            raise MatrixError(Codes.UNRECOGNIZED, "Unknown method 'sliding_sync'")
         params = validate(raw, SlidingParams)
         pos = Position.parse(params.pos) if params.pos else None
         req = parse_request(raw, "params")
@@ -134,12 +125,13 @@ class WebSocketService:
     async def _send(self, requester: Requester, raw: JsonDict) -> JsonDict:
         """As PUT /rooms/{roomId}/send/{eventType}/{txnId}: same limit, same idempotency."""
         params = validate(raw, SendParams)
-        room_id = RoomID.parse(params.room_id)
-        self._ratelimiter.check(Action.MESSAGE, requester.user_id)
-        event_id = await self._rooms.send_event(
-            requester, room_id, params.event_type, params.txn_id, params.content
+        event_id = await self._sending.send_event(
+            requester,
+            RoomID.parse(params.room_id),
+            params.event_type,
+            params.txn_id,
+            params.content,
         )
-        await self._presence.bump_active(requester.user_id)  # sending is activity, as over HTTP
         return {"event_id": event_id}
 
     async def _set_typing(self, requester: Requester, raw: JsonDict) -> JsonDict:

@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 
 from homeserver.app import Homeserver
-from homeserver.clock import FakeClock
-from homeserver.config import HomeserverConfig
+from homeserver.core.clock import FakeClock
+from homeserver.core.config import HomeserverConfig
 from tests.helpers import auth_header, create_room, register, serve
 
 V3 = "/_matrix/client/v3"

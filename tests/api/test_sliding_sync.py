@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from homeserver.clock import FakeClock
+from homeserver.core.clock import FakeClock
 from tests.api.sliding_helpers import bodies, ids, post, room_list, send, sliding
 from tests.helpers import create_room, register
 

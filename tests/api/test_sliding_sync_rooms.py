@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
-from homeserver.clock import FakeClock
-from homeserver.config import HomeserverConfig
+from homeserver.core.clock import FakeClock
+from homeserver.core.config import HomeserverConfig
 from tests.api.sliding_helpers import bodies, ids, post, put, room_list, send, sliding
 from tests.helpers import create_room, register, serve
 

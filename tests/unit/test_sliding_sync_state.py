@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from homeserver.errors import MatrixError
-from homeserver.streams import StreamToken
+from homeserver.core.errors import MatrixError
+from homeserver.core.streams import StreamToken
 from homeserver.sync.sliding.params import RequiredState
 from homeserver.sync.sliding.state import ConnectionState, Position, RoomStatus, with_lazy
 

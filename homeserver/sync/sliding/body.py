@@ -15,8 +15,8 @@ from pydantic import (
     field_validator,
 )
 
-from homeserver.errors import Codes, MatrixError
-from homeserver.ids import RoomID
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import RoomID
 from homeserver.sync.sliding.params import (
     Extensions,
     ListFilters,

@@ -7,11 +7,11 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from homeserver.streams import Stream, StreamToken
+from homeserver.core.streams import Stream, StreamToken
+from homeserver.core.types import JsonDict, Requester
 from homeserver.sync.sliding.params import WILDCARD, Extensions, ScopedExtension
 from homeserver.sync.sliding.room_list import ListResult
 from homeserver.sync.sources import GlobalSource, RoomSource, TopLevelSource
-from homeserver.types import JsonDict, Requester
 
 
 class ToDeviceSource(Protocol):

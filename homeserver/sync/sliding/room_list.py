@@ -8,7 +8,8 @@ from typing import Protocol
 
 from cachetools import LRUCache
 
-from homeserver import jsonutil
+from homeserver.core import jsonutil
+from homeserver.core.ids import UserID
 from homeserver.storage.events import EventStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.sliding_sync import RoomListEntry, SlidingSyncStore
@@ -28,7 +29,7 @@ ROOM_FACTS_KEPT = 100_000
 
 
 class DirectRooms(Protocol):
-    async def direct_room_ids(self, user_id: str) -> frozenset[str]: ...
+    async def direct_room_ids(self, user_id: UserID) -> frozenset[str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +173,7 @@ class RoomLists:
 
     async def compute(
         self,
-        user_id: str,
+        user_id: UserID,
         lists: Mapping[str, ListParams],
         listed: Sequence[RoomListEntry],
     ) -> dict[str, ListResult]:
@@ -211,7 +212,9 @@ class RoomLists:
             out[name] = ListResult(len(rooms), tuple(ranges))
         return out
 
-    async def is_direct(self, user_id: str, entries: Collection[RoomListEntry]) -> frozenset[str]:
+    async def is_direct(
+        self, user_id: UserID, entries: Collection[RoomListEntry]
+    ) -> frozenset[str]:
         """Which of the rooms are direct chats: in ``m.direct``, or invited to as one."""
         return await self._direct.direct_room_ids(user_id) | await self._invited_direct(entries)
 

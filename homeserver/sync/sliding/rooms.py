@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from homeserver.core.ids import RoomID
+from homeserver.core.types import JsonDict, Requester
 from homeserver.rooms.service import RoomService, position_token
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.events import EventStore, StateMap, StoredEvent
@@ -13,7 +15,6 @@ from homeserver.sync.service import STRIPPED_STATE_TYPES
 from homeserver.sync.sliding.params import MEMBER, RoomParams
 from homeserver.sync.sliding.room_list import bump_stamp
 from homeserver.sync.sliding.state import RoomStatus, with_lazy
-from homeserver.types import JsonDict, Requester
 
 NAME = "m.room.name"
 AVATAR = "m.room.avatar"
@@ -172,7 +173,7 @@ class RoomBuilder:
                     wanted[(MEMBER, member_id)] = member
                     lazy_sent.add(member_id)
         state_events = await self._events.get_events(wanted.values())
-        room_version = await self._room_service.room_version(room.room_id)
+        room_version = await self._room_service.room_version(RoomID(room.room_id))
         entry: JsonDict = {"bump_stamp": bump_stamp(room)}
         if prev is None:
             entry["initial"] = True

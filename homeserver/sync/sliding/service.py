@@ -9,15 +9,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from homeserver.clock import Clock
-from homeserver.notifier import Notifier
+from homeserver.core.clock import Clock
+from homeserver.core.ids import UserID
+from homeserver.core.streams import Stream, StreamToken
+from homeserver.core.types import JsonDict, Requester
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.sliding_sync import RoomListEntry, SlidingSyncStore
-from homeserver.streams import Stream, StreamToken
 from homeserver.sync.sliding.extensions import ExtensionBuilder, ExtensionScope, ExtensionSources
 from homeserver.sync.sliding.params import RoomParams, SlidingSyncRequest
 from homeserver.sync.sliding.room_list import (
@@ -37,7 +38,7 @@ from homeserver.sync.sliding.state import (
     RoomStatus,
 )
 from homeserver.sync.sources import IgnoredUsers, UnreadCounts
-from homeserver.types import JsonDict, Requester
+from homeserver.wakeups.notifier import Notifier
 
 logger = logging.getLogger(__name__)
 
@@ -268,9 +269,9 @@ class SlidingSyncService:
             entry["notification_count"] = unread.get("notification_count", 0)
             entry["highlight_count"] = unread.get("highlight_count", 0)
 
-    async def delete_for_devices(self, user_id: str, device_ids: Sequence[str]) -> None:
+    async def delete_for_devices(self, user_id: UserID, device_ids: list[str]) -> None:
         """Deleted devices take their connections with them."""
-        await self._store.delete_connections(user_id, list(device_ids))
+        await self._store.delete_connections(user_id, device_ids)
 
     async def run_expiry(self) -> None:
         """Background job: forgets the connections unused for too long; at shutdown, waits

@@ -17,12 +17,12 @@ from dataclasses import dataclass, replace
 
 from cachetools import LRUCache
 
-from homeserver import jsonutil
-from homeserver.clock import Clock
-from homeserver.errors import Codes, MatrixError
+from homeserver.core import jsonutil
+from homeserver.core.clock import Clock
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.streams import StreamToken
+from homeserver.core.types import Requester
 from homeserver.storage.sliding_sync import SlidingSyncStore
-from homeserver.streams import StreamToken
-from homeserver.types import Requester
 
 logger = logging.getLogger(__name__)
 
