@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -9,6 +10,7 @@ import httpx
 from homeserver.app import Homeserver
 from homeserver.core.clock import FakeClock
 from homeserver.core.config import HomeserverConfig
+from tests.conftest import make_config
 from tests.helpers import auth_header, create_room, register, serve
 
 V3 = "/_matrix/client/v3"
@@ -172,3 +174,27 @@ async def test_limit_per_user(client: httpx.AsyncClient) -> None:
         await _schedule(client, token, f"/rooms/{room}/send/m.room.message/t{i}", {}, 1000)
     body = await _schedule(client, token, f"/rooms/{room}/send/m.room.message/over", {}, 1000, 429)
     assert body["errcode"] == "M_LIMIT_EXCEEDED"
+
+
+async def test_rate_limited_when_scheduled_not_when_sent(tmp_path: Path, db_url: str) -> None:
+    """A delayed message counts against the sender's message rate limit when it is
+    scheduled; it is sent through the one send path when due, without counting again."""
+    config = make_config(
+        tmp_path,
+        db_url,
+        rate_limits={"enabled": True, "message": {"per_second": 0.001, "burst": 2}},
+    )
+    clock = FakeClock()
+    async with serve(config, clock) as (hs, client):
+        _, token = await register(client, "alice")
+        room = await create_room(client, token)
+        send = f"/rooms/{room}/send/m.room.message"
+        await _schedule(client, token, f"{send}/d", {"body": "later"}, 5000)
+        r = await client.put(f"{V3}{send}/n", json={"body": "now"}, headers=auth_header(token))
+        assert r.status_code == 200, r.text
+        body = await _schedule(client, token, f"{send}/x", {"body": "x"}, 5000, 429)
+        assert body["errcode"] == "M_LIMIT_EXCEEDED"
+        clock.advance(5000)
+        await hs.delayed_events.send_due()  # the background job may have sent it already
+        bodies = [e["content"].get("body") for e in await _messages(client, token, room)]
+        assert bodies.count("later") == 1 and "x" not in bodies
