@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bench.servers import SYNAPSE_VENV as BENCH_VENV
 from bench.servers import SYNAPSE_VERSION
 from homeserver.events.room_versions import ROOM_VERSIONS
 from homeserver.events.state_res import resolve_state
@@ -40,13 +41,20 @@ OFFLINE_MARKERS = (
 )
 
 
-def _synapse_python() -> Path:
-    python = VENV / "bin" / "python"
+def _has_synapse(python: Path) -> bool:
+    if not python.exists():
+        return False
     check = [str(python), "-c", "import synapse; print(synapse.__version__)"]
-    if python.exists():
-        done = subprocess.run(check, capture_output=True, text=True, cwd=HERE)
-        if done.returncode == 0 and done.stdout.startswith(SYNAPSE_VERSION):
-            return python
+    done = subprocess.run(check, capture_output=True, text=True, cwd=HERE)
+    return done.returncode == 0 and done.stdout.startswith(SYNAPSE_VERSION)
+
+
+def _synapse_python() -> Path:
+    # The benchmarks' Synapse virtualenv, when it exists, has the same pinned version.
+    for venv in (VENV, BENCH_VENV):
+        if _has_synapse(venv / "bin" / "python"):
+            return venv / "bin" / "python"
+    python = VENV / "bin" / "python"
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", "--clear", str(VENV)], check=True)
     install = subprocess.run(

@@ -23,6 +23,7 @@ from homeserver.events.auth import (
 )
 from homeserver.events.format import (
     auth_event_ids,
+    canonical_json,
     compute_event_id,
     compute_reference_hash,
     event_id_of,
@@ -139,14 +140,36 @@ def test_version_flags(version: RoomVersion) -> None:
 def test_spec_signing_vectors(version: RoomVersion, make: Any, expected: str) -> None:
     event = make()
     hash_and_sign_event(event, "domain", SPEC_KEY, version)
-    if make is spec_minimal_event:
-        assert event["hashes"] == {"sha256": "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos"}
+    expected_hash = (
+        "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos"
+        if make is spec_minimal_event
+        else "onLKD1bGljeBWQhWZ1kaP9SorVmRQNdN5aM2JYU2n/g"
+    )
+    assert event["hashes"] == {"sha256": expected_hash}
     signature = event["signatures"]["domain"]["ed25519:1"]
     # The vectors redact with the rules of v1-v10, which keep `origin`; v11 drops it.
     assert (signature == expected) is (int(version.identifier) <= 10)
     verify_key = get_verify_key(SPEC_KEY)
     assert verify_event_signature(event, "domain", verify_key, version)
     assert verify_event_signature(redact(event, version), "domain", verify_key, version)
+
+
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        (
+            {},
+            "K8280/U9SSy9IVtjBuVeLr+HpOB4BQFWbg+UZaADMtTdGYI7Geitb76LTrr5QV/7Xg4ahLwYGYZzuHGZKM5ZAQ",
+        ),
+        (
+            {"one": 1, "two": "Two"},
+            "KqmLSbO39/Bzb0QIYE82zqLwsA+PDzYIpIRA2sRQ4sL53+sN6/fpNSoqE7BP7vBZhG6kYdD13EIMJpvhJI+6Bw",
+        ),
+    ],
+)
+def test_spec_json_signing_vectors(obj: JsonDict, expected: str) -> None:
+    """appendices, "Signing JSON": the signature of canonical JSON with the spec's key."""
+    assert encode_base64(SPEC_KEY.sign(canonical_json(obj)).signature) == expected
 
 
 def test_spec_message_vector_redacts_to_the_signed_form() -> None:
