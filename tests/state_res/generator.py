@@ -2,7 +2,8 @@
 
 A DAG starts like a real room (create, the creator's join, power levels, join rules, members
 joining), then grows branches: each new event extends a branch from that branch's own state,
-and new branches fork from any earlier point of another, so their states drift apart by power
+new branches fork from any earlier point of another, and now and then two branches merge (an
+event with both heads as parents, on their resolved state), so their states drift apart by power
 level changes, joins, leaves, kicks, bans, unbans, invites, knocks, join-rule changes and topic
 changes. Every event is built from the state at its branch tip: its `auth_events` are the
 auth events selection from that state, and it is kept only if the auth rules allow it there.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Collection, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +31,21 @@ from homeserver.events.auth import (
 )
 from homeserver.events.format import compute_event_id, compute_room_id_v12
 from homeserver.events.room_versions import ROOM_VERSIONS, RoomVersion
+from homeserver.events.state_res import resolve_state
 from homeserver.types import JsonDict
 
 TOPIC = "m.room.topic"
+
+
+def run_sync(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine that never waits (an event source that answers at once) to its end,
+    without the cost of an event loop."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("the coroutine waited on something")
 
 
 @dataclass
@@ -61,6 +75,8 @@ class _Branch:
     ts: int
     state: dict[StateKey, str]
     history: list[tuple[str, int, int, dict[StateKey, str]]] = field(default_factory=list)
+    # Other parents of the branch's next event: set when two branches merge.
+    merged_heads: list[str] = field(default_factory=list)
 
 
 class _Room:
@@ -115,7 +131,7 @@ class _Room:
             "content": content,
             "origin_server_ts": ts,
             "depth": branch.depth + 1,
-            "prev_events": self._refs([branch.head]),
+            "prev_events": self._refs([branch.head, *branch.merged_heads]),
             "auth_events": self._refs(auth_ids),
             "hashes": {"sha256": "aGFzaA"},
             "signatures": {},
@@ -130,6 +146,7 @@ class _Room:
         self.events[event_id] = event
         branch.history.append((branch.head, branch.depth, branch.ts, dict(branch.state)))
         branch.head, branch.depth, branch.ts = event_id, branch.depth + 1, ts
+        branch.merged_heads = []
         branch.state[(event_type, state_key)] = event_id
         return True
 
@@ -143,6 +160,24 @@ class _Room:
             event["event_id"] = f"${self.rng.getrandbits(64):016x}:{event['sender'].split(':')[1]}"
             return str(event["event_id"])
         return compute_event_id(event, self.version)
+
+    def merge(self, one: _Branch, other: _Branch) -> _Branch | None:
+        """A branch whose next event has both heads as parents, on their resolved state (our
+        resolver's: the differential test only compares the final resolution)."""
+        if one.head == other.head:
+            return None
+        state = run_sync(resolve_state(self.version, [one.state, other.state], self._get_events))
+        merged = _Branch(
+            head=one.head,
+            depth=max(one.depth, other.depth),
+            ts=max(one.ts, other.ts),
+            state=state,
+            merged_heads=[other.head],
+        )
+        return merged if self.act(merged) else None
+
+    def _get_events(self, ids: Collection[str]) -> dict[str, JsonDict]:
+        return {i: self.events[i] for i in ids if i in self.events}
 
     # -- what the members do --------------------------------------------------------------
 
@@ -239,6 +274,12 @@ def generate(seed: int, room_version: str, n_events: int = 300) -> Dag:
     attempts = 0
     while len(room.events) < n_events and attempts < n_events * 20:
         attempts += 1
+        if rng.random() < 0.03 and len(branches) >= 2 and room.version.identifier != "1":
+            one, other = rng.sample(branches, 2)
+            merged = room.merge(one, other)
+            if merged is not None:
+                branches[branches.index(one)] = merged
+            continue
         if rng.random() < 0.04 or len(branches) < 2:
             parent = rng.choice(branches)
             if parent.history and rng.random() < 0.7:

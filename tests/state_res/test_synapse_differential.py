@@ -22,7 +22,7 @@ from bench.servers import SYNAPSE_VENV as BENCH_VENV
 from bench.servers import SYNAPSE_VERSION
 from homeserver.events.room_versions import ROOM_VERSIONS
 from homeserver.events.state_res import resolve_state
-from tests.state_res.generator import Dag, generate
+from tests.state_res.generator import Dag, generate, run_sync
 
 HERE = Path(__file__).parent
 VENV = HERE.parent / ".venv-synapse"
@@ -99,13 +99,11 @@ def _synapse_resolve(python: Path, dags: list[Dag]) -> list[dict[str, Any]]:
 
 
 def _ours(dag: Dag) -> list[list[str]]:
-    import asyncio
-
     def get_events(ids: Any) -> dict[str, Any]:
         return {i: dag.events[i] for i in ids if i in dag.events}
 
     version = ROOM_VERSIONS[dag.room_version]
-    resolved = asyncio.run(resolve_state(version, dag.state_sets, get_events))
+    resolved = run_sync(resolve_state(version, dag.state_sets, get_events))
     return sorted([t, k, e] for (t, k), e in resolved.items())
 
 
