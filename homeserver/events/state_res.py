@@ -18,7 +18,7 @@ import heapq
 import inspect
 import math
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from typing import TypeAlias
+from typing import Protocol, TypeAlias
 
 from homeserver.errors import MatrixError
 from homeserver.events.auth import (
@@ -42,16 +42,31 @@ EventSource: TypeAlias = Callable[
 ]
 
 
+class AuthChainIndex(Protocol):
+    """What a store with an auth chain index answers, so that a resolution loads only the
+    events it touches instead of the whole auth chains of the state sets."""
+
+    async def auth_chain_difference(self, state_sets: Sequence[Collection[str]]) -> set[str]:
+        """∪ Cᵢ − ∩ Cᵢ, where Cᵢ is the set's events and all their auth chains."""
+        ...
+
+    async def conflicted_subgraph(self, conflicted: Collection[str]) -> set[str]:
+        """The events on an auth path between two of `conflicted`, endpoints included."""
+        ...
+
+
 async def resolve_state(
     version: RoomVersion,
     state_sets: Sequence[StateMap],
     get_events: EventSource,
     rejected: Collection[str] = frozenset(),
+    auth_index: AuthChainIndex | None = None,
 ) -> dict[StateKey, str]:
     """The resolution of `state_sets` in a room of `version` (v2 or v2.1).
 
     `rejected` holds the IDs of events rejected on receipt: they are never used as the auth
-    event of another during the iterative auth checks (spec, "Rejected events").
+    event of another during the iterative auth checks (spec, "Rejected events"). Without an
+    `auth_index` the auth chains of every state set are loaded through `get_events`.
     """
     if version.state_resolution is StateResolution.V1:
         raise ValueError("Room version 1 uses state_res_v1.resolve_state_v1")
@@ -60,15 +75,23 @@ async def resolve_state(
         return dict(unconflicted)
     graph = _AuthGraph(version, get_events)
     conflicted_ids = {eid for ids in conflicted.values() for eid in ids}
-    await graph.load({eid for state in state_sets for eid in state.values()})
-
-    full = conflicted_ids | graph.auth_difference(state_sets)
-    if version.state_resolution is StateResolution.V2_1:
-        full |= graph.conflicted_subgraph(conflicted_ids)
+    v2_1 = version.state_resolution is StateResolution.V2_1
+    if auth_index is None:
+        await graph.load({eid for state in state_sets for eid in state.values()})
+        full = conflicted_ids | graph.auth_difference(state_sets)
+        if v2_1:
+            full |= graph.conflicted_subgraph(conflicted_ids)
+    else:
+        sets = [set(state.values()) for state in state_sets]
+        full = conflicted_ids | set(await auth_index.auth_chain_difference(sets))
+        if v2_1:
+            full |= set(await auth_index.conflicted_subgraph(conflicted_ids))
+    await graph.load_parents(full)
     # An event nobody could give us cannot take part (the other servers skip it as well).
     full = {eid for eid in full if eid in graph.events}
 
     power = {eid for eid in full if is_power_event(graph.events[eid])}
+    await graph.load(power)
     power_chain = (graph.auth_closure(power) & full) | power
     sorted_power = graph.reverse_topological_power_order(power_chain)
 
@@ -78,7 +101,9 @@ async def resolve_state(
     partial = await _iterative_auth_checks(graph, sorted_power, base, rejected)
 
     leftover = [eid for eid in full if eid not in power_chain]
-    ordered = graph.mainline_order(leftover, partial.get((POWER_LEVELS, "")))
+    resolved_levels = partial.get((POWER_LEVELS, ""))
+    await graph.load_power_chains(leftover + ([resolved_levels] if resolved_levels else []))
+    ordered = graph.mainline_order(leftover, resolved_levels)
     resolved = await _iterative_auth_checks(graph, ordered, partial, rejected)
     resolved.update(unconflicted)
     return resolved
@@ -138,22 +163,34 @@ class _AuthGraph:
             if event is not None:
                 self.events[eid] = event
 
+    async def load_parents(self, ids: Collection[str]) -> None:
+        """Load `ids` and their auth events (one level), in two batches at most."""
+        await self.fetch(ids)
+        new = [eid for eid in ids if eid in self.events and eid not in self.auth]
+        parents = {eid: self._auth_ids(self.events[eid]) for eid in new}
+        await self.fetch({p for ps in parents.values() for p in ps})
+        for eid, ps in parents.items():
+            self.auth[eid] = [p for p in ps if p in self.events]
+
     async def load(self, roots: Iterable[str]) -> None:
-        """Load `roots` and everything reachable from them through auth events."""
-        layer = set(roots)
+        """Load `roots` and everything reachable from them through auth events, a layer of
+        the graph per batch."""
+        seen = set(roots)
+        layer = set(seen)
         while layer:
-            await self.fetch(layer)
-            next_layer: set[str] = set()
-            for eid in layer:
-                event = self.events.get(eid)
-                if event is None or eid in self.auth:
-                    continue
-                parents = self._auth_ids(event)
-                self.auth[eid] = parents
-                next_layer.update(p for p in parents if p not in self.auth)
-            layer = next_layer
-        for eid, parents in self.auth.items():
-            self.auth[eid] = [p for p in parents if p in self.events]
+            await self.load_parents(layer)
+            layer = {p for eid in layer for p in self.auth.get(eid, ()) if p not in seen}
+            seen |= layer
+
+    async def load_power_chains(self, ids: Collection[str]) -> None:
+        """Load the chains of power levels events that `ids` cite, for the mainline ordering."""
+        seen = set(ids)
+        layer = set(seen)
+        while layer:
+            await self.load_parents(layer)
+            nxt = {self._power_levels_parent(eid) for eid in layer if eid in self.events}
+            layer = {eid for eid in nxt if eid is not None and eid not in seen}
+            seen |= layer
 
     def _auth_ids(self, event: JsonDict) -> list[str]:
         ids = auth_event_ids(event, self.version)
@@ -320,7 +357,11 @@ async def _iterative_auth_checks(
     (not rejected) auth events."""
     version = graph.version
     state = dict(base)
-    await graph.fetch(state.values())
+    # The state events the rules will read, in one batch; any later value of `state` comes
+    # from `ordered`, which is loaded already.
+    await graph.fetch(
+        {state[k] for e in ordered for k in _auth_keys(version, graph.events[e]) if k in state}
+    )
     for event_id in ordered:
         event = graph.events[event_id]
         auth: dict[StateKey, JsonDict] = {}
@@ -329,15 +370,8 @@ async def _iterative_auth_checks(
                 continue
             parent_event = graph.events[parent]
             auth[(str(parent_event.get("type")), str(parent_event.get("state_key")))] = parent_event
-        sender, state_key = event.get("sender"), event.get("state_key")
-        content = event.get("content")
-        for key in auth_types_for_event(
-            version,
-            str(event.get("type")),
-            state_key if isinstance(state_key, str) else None,
-            str(sender),
-            content if isinstance(content, dict) else {},
-        ):
+        state_key = event.get("state_key")
+        for key in _auth_keys(version, event):
             held = state.get(key)
             if held is not None and held not in rejected and held in graph.events:
                 auth[key] = graph.events[held]
@@ -349,3 +383,14 @@ async def _iterative_auth_checks(
         if isinstance(state_key, str):
             state[(str(event.get("type")), state_key)] = event_id
     return state
+
+
+def _auth_keys(version: RoomVersion, event: JsonDict) -> list[StateKey]:
+    state_key, content = event.get("state_key"), event.get("content")
+    return auth_types_for_event(
+        version,
+        str(event.get("type")),
+        state_key if isinstance(state_key, str) else None,
+        str(event.get("sender")),
+        content if isinstance(content, dict) else {},
+    )

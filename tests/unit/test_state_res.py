@@ -10,6 +10,8 @@ tests/state_res/test_synapse_differential.py.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
+from typing import Any
 
 import pytest
 
@@ -19,9 +21,11 @@ from homeserver.events.auth import (
     MEMBER,
     POWER_LEVELS,
 )
+from homeserver.events.format import auth_event_ids
 from homeserver.events.room_versions import ROOM_VERSIONS, RoomVersion
-from homeserver.events.state_res import is_power_event, separate
+from homeserver.events.state_res import is_power_event, resolve_state, separate
 from homeserver.types import JsonDict
+from tests.state_res.generator import generate, run_sync
 from tests.state_res.room import A, B, C, D, Room
 
 TOPIC = "m.room.topic"
@@ -218,3 +222,57 @@ def test_conflicted_state_subgraph_is_the_paths_between_conflicted_events() -> N
     assert graph.conflicted_subgraph({"$x1", "$x2"}) == {"$x1", "$m", "$x2"}
     assert graph.conflicted_subgraph({"$x1"}) == {"$x1"}
     assert graph.auth_difference([{("t", "a"): "$x1"}, {("t", "a"): "$m"}]) == {"$x1", "$o"}
+
+
+class _Index:
+    """An auth chain index over an in-memory event map, computed the plain way."""
+
+    def __init__(self, version: RoomVersion, events: dict[str, JsonDict]) -> None:
+        self.parents = {}
+        for event_id, event in events.items():
+            ids = auth_event_ids(event, version)
+            if version.room_id_is_create_event_hash and event["type"] != CREATE:
+                ids = [*ids, "$" + event["room_id"][1:]]
+            self.parents[event_id] = ids
+
+    def chain(self, event_id: str) -> set[str]:
+        seen, stack = {event_id}, [event_id]
+        while stack:
+            for parent in self.parents.get(stack.pop(), []):
+                if parent not in seen:
+                    seen.add(parent)
+                    stack.append(parent)
+        return seen
+
+    async def auth_chain_difference(self, state_sets: Any) -> set[str]:
+        chains = [set().union(*(self.chain(e) for e in s)) for s in state_sets]
+        return set().union(*chains) - set.intersection(*chains)
+
+    async def conflicted_subgraph(self, conflicted: Any) -> set[str]:
+        return {
+            e
+            for c in conflicted
+            for e in self.chain(c)
+            if any(d in self.chain(e) for d in conflicted)
+        }
+
+
+@pytest.mark.parametrize("room_version", ["3", "10", "12"])
+def test_an_auth_chain_index_gives_the_same_resolution_loading_less(room_version: str) -> None:
+    for seed in range(6):
+        dag = generate(seed, room_version, 150)
+        loaded: list[int] = []
+
+        def get_events(
+            ids: Collection[str], dag: Any = dag, loaded: list[int] = loaded
+        ) -> dict[str, JsonDict]:
+            loaded.append(len(ids))
+            return {i: dag.events[i] for i in ids if i in dag.events}
+
+        version = ROOM_VERSIONS[room_version]
+        plain = run_sync(resolve_state(version, dag.state_sets, get_events))
+        loaded_plain, loaded[:] = sum(loaded), []
+        index = _Index(version, dag.events)
+        indexed = run_sync(resolve_state(version, dag.state_sets, get_events, auth_index=index))
+        assert indexed == plain
+        assert sum(loaded) <= loaded_plain
