@@ -134,7 +134,8 @@ class _Room:
             "prev_events": self._refs([branch.head, *branch.merged_heads]),
             "auth_events": self._refs(auth_ids),
             "hashes": {"sha256": "aGFzaA"},
-            "signatures": {},
+            # Signatures are not checked here; a restricted join must name its authoriser's.
+            "signatures": {server: {"ed25519:1": "c2ln"} for server in _servers(sender, content)},
         }
         auth = {k: self.events[branch.state[k]] for k in keys if k in branch.state}
         create = self.create_event if self.version.room_id_is_create_event_hash else None
@@ -213,7 +214,10 @@ class _Room:
         if action == "power":
             return self.send(branch, POWER_LEVELS, "", sender, self._new_levels(branch, sender))
         if action == "join":
-            return self.send(branch, MEMBER, target, target, {"membership": "join"})
+            content: JsonDict = {"membership": "join"}
+            if self._join_rule(branch) in ("restricted", "knock_restricted") and rng.random() < 0.7:
+                content["join_authorised_via_users_server"] = rng.choice(by_power[:3])
+            return self.send(branch, MEMBER, target, target, content)
         if action == "leave":
             return self.send(branch, MEMBER, sender, sender, {"membership": "leave"})
         if action in ("kick", "unban"):
@@ -224,8 +228,19 @@ class _Room:
             return self.send(branch, MEMBER, target, sender, {"membership": "invite"})
         if action == "knock":
             return self.send(branch, MEMBER, target, target, {"membership": "knock"})
-        rules = ["public", "invite"] + (["knock"] if self.version.knock_join_rule else [])
-        return self.send(branch, JOIN_RULES, "", sender, {"join_rule": rng.choice(rules)})
+        rules = ["public", "invite"]
+        rules += ["knock"] if self.version.knock_join_rule else []
+        rules += ["restricted"] if self.version.restricted_join_rule else []
+        rules += ["knock_restricted"] if self.version.knock_restricted_join_rule else []
+        rule = rng.choice(rules)
+        content = {"join_rule": rule}
+        if rule.endswith("restricted"):
+            content["allow"] = [{"type": "m.room_membership", "room_id": "!space:a.test"}]
+        return self.send(branch, JOIN_RULES, "", sender, content)
+
+    def _join_rule(self, branch: _Branch) -> str | None:
+        event_id = branch.state.get((JOIN_RULES, ""))
+        return self.events[event_id]["content"].get("join_rule") if event_id else None
 
     def _new_levels(self, branch: _Branch, sender: str) -> JsonDict:
         rng = self.rng
@@ -291,3 +306,11 @@ def generate(seed: int, room_version: str, n_events: int = 300) -> Dag:
         room.act(rng.choice(branches[-4:] if rng.random() < 0.7 else branches))
     tips = rng.sample(branches, k=min(len(branches), rng.randint(2, 4)))
     return Dag(seed, room_version, room.events, [dict(b.state) for b in tips])
+
+
+def _servers(sender: str, content: JsonDict) -> list[str]:
+    servers = [sender.split(":", 1)[1]]
+    authoriser = content.get("join_authorised_via_users_server")
+    if isinstance(authoriser, str):
+        servers.append(authoriser.split(":", 1)[1])
+    return servers
