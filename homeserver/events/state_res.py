@@ -90,9 +90,13 @@ async def resolve_state(
     # An event nobody could give us cannot take part (the other servers skip it as well).
     full = {eid for eid in full if eid in graph.events}
 
+    # Step 1 enlarges the power events by their auth chains within the full conflicted set,
+    # walking auth edges between events of that set only, as Synapse does. Read literally, the
+    # spec would also take a conflicted event reached only through an unconflicted one (a
+    # member event under a join that every state's chain holds); a server must land where the
+    # rest of the room lands, so the reading the deployed servers share is the one used.
     power = {eid for eid in full if is_power_event(graph.events[eid])}
-    await graph.load(power)
-    power_chain = (graph.auth_closure(power) & full) | power
+    power_chain = graph.auth_closure(power, within=full)
     sorted_power = graph.reverse_topological_power_order(power_chain)
 
     base: dict[StateKey, str] = (
@@ -202,13 +206,14 @@ class _AuthGraph:
                 ids = [*ids, "$" + room_id[1:]]
         return ids
 
-    def auth_closure(self, roots: Iterable[str]) -> set[str]:
-        """`roots` and every event in their auth chains."""
+    def auth_closure(self, roots: Iterable[str], within: set[str] | None = None) -> set[str]:
+        """`roots` and every event in their auth chains; with `within`, only the events
+        reached through auth edges between members of `within`."""
         seen = set(roots)
         stack = list(seen)
         while stack:
             for parent in self.auth.get(stack.pop(), ()):
-                if parent not in seen:
+                if parent not in seen and (within is None or parent in within):
                     seen.add(parent)
                     stack.append(parent)
         return seen

@@ -27,6 +27,7 @@ from tests.state_res.generator import Dag, generate, run_sync
 HERE = Path(__file__).parent
 VENV = HERE.parent / ".venv-synapse"
 ADAPTER = HERE / "synapse_adapter.py"
+FAILURES = HERE.parent / ".state-res-failures"
 DEFAULT_DAGS = 150  # CI-sized; see the module docstring
 EVENTS_PER_DAG = 300
 V2_VERSIONS = [str(n) for n in range(2, 12)]
@@ -121,7 +122,7 @@ def _disagrees(dag: Dag, answer: dict[str, Any]) -> str | None:
     return "; ".join(f"{k}: ours {mine.get(k)} Synapse {theirs.get(k)}" for k in keys)
 
 
-def _smallest_failures(python: Path, dags: list[Dag], tmp_path: Path) -> list[str]:
+def _smallest_failures(python: Path, dags: list[Dag]) -> list[str]:
     """Regenerate each failing seed at growing sizes, all in one Synapse run; report the
     smallest DAG of each that still fails, written to a file for replay."""
     batches = [
@@ -138,7 +139,10 @@ def _smallest_failures(python: Path, dags: list[Dag], tmp_path: Path) -> list[st
                 found = (candidate, problem)
         assert found is not None
         candidate, problem = found
-        path = tmp_path / f"state-res-seed-{candidate.seed}-v{candidate.room_version}.json"
+        # Kept outside pytest's temporary directories, which later runs clean up; a DAG with
+        # Synapse's answer goes into regressions/ once understood.
+        FAILURES.mkdir(exist_ok=True)
+        path = FAILURES / f"seed-{candidate.seed}-v{candidate.room_version}.json"
         path.write_text(candidate.to_json())
         reports.append(
             f"seed {candidate.seed}, room version {candidate.room_version}: the smallest "
@@ -150,7 +154,7 @@ def _smallest_failures(python: Path, dags: list[Dag], tmp_path: Path) -> list[st
 
 
 @pytest.mark.timeout(1800)
-def test_state_resolution_matches_synapse(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+def test_state_resolution_matches_synapse(request: pytest.FixtureRequest) -> None:
     python = _synapse_python()
     count = _count(request.config)
     dags = [generate(_seed_of(i), _version_of(i), EVENTS_PER_DAG) for i in range(count)]
@@ -161,7 +165,7 @@ def test_state_resolution_matches_synapse(request: pytest.FixtureRequest, tmp_pa
         if (problem := _disagrees(dag, answer)) is not None
     ]
     if failures:
-        reports = _smallest_failures(python, [dag for dag, _ in failures[:3]], tmp_path)
+        reports = _smallest_failures(python, [dag for dag, _ in failures[:3]])
         pytest.fail(
             f"{len(failures)} of {count} DAGs resolve differently from Synapse "
             f"{SYNAPSE_VERSION}:\n" + "\n".join(reports)

@@ -10,7 +10,9 @@ tests/state_res/test_synapse_differential.py.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -276,3 +278,21 @@ def test_an_auth_chain_index_gives_the_same_resolution_loading_less(room_version
         indexed = run_sync(resolve_state(version, dag.state_sets, get_events, auth_index=index))
         assert indexed == plain
         assert sum(loaded) <= loaded_plain
+
+
+REGRESSIONS = sorted((Path(__file__).parents[1] / "state_res" / "regressions").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", REGRESSIONS, ids=lambda p: p.stem)
+def test_dags_that_once_disagreed_with_synapse(path: Path) -> None:
+    """Each file is a DAG the differential test once failed on, with Synapse's answer."""
+    case = json.loads(path.read_text())
+    dag = case["dag"]
+    events = dag["events"]
+    state_sets = [{(t, k): e for t, k, e in s} for s in dag["state_sets"]]
+
+    def get_events(ids: Collection[str]) -> dict[str, JsonDict]:
+        return {i: events[i] for i in ids if i in events}
+
+    resolved = run_sync(resolve_state(ROOM_VERSIONS[dag["room_version"]], state_sets, get_events))
+    assert sorted([t, k, e] for (t, k), e in resolved.items()) == case["synapse_resolved"]
