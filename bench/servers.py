@@ -154,7 +154,7 @@ class OurServer(ManagedServer):
             "rate_limits": {"enabled": False},
             "media": {"max_upload_bytes": MAX_UPLOAD_BYTES},
         }
-        from homeserver.config import HomeserverConfig
+        from homeserver.core.config import HomeserverConfig
 
         # Presence on both servers or on neither; a version without presence has no key.
         if "presence" in HomeserverConfig.model_fields:
@@ -242,7 +242,7 @@ def synapse_overrides(
     port: int, database: str | None, presence: bool, media_store: Path
 ) -> dict[str, Any]:
     """The keys changed in Synapse's generated config, to match our server's benchmark config."""
-    from homeserver.config import ThumbnailsConfig
+    from homeserver.core.config import ThumbnailsConfig
 
     # Our default thumbnail sizes, made on upload by both (Synapse's defaults are the same).
     thumbnail_sizes = [size.model_dump() for size in ThumbnailsConfig().sizes]

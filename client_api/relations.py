@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.errors import Codes, MatrixError
-from homeserver.ids import RoomID
-from homeserver.web import homeserver_of, json_response, query_bool, query_int, require_user
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import RoomID
+from homeserver.rooms.relations import RelationsService
+from homeserver.web.edge import json_response, query_bool, query_int, require_user, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class RelationServices:
+    """What the routes of relations and threads call (built by the composition root)."""
+
+    relations: RelationsService
 
 
 async def _get_relations(request: Request) -> Response:
-    hs = homeserver_of(request)
+    hs = services_of(request, RelationServices)
     requester = await require_user(request)
     q = request.query_params
     direction = q.get("dir", "b")
@@ -52,7 +62,7 @@ async def get_relations_with_rel_type_and_event_type(request: Request) -> Respon
 
 async def get_threads(request: Request) -> Response:
     """GET /_matrix/client/v1/rooms/{roomId}/threads"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RelationServices)
     requester = await require_user(request)
     include = request.query_params.get("include", "all")
     if include not in ("all", "participated"):

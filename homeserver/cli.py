@@ -10,8 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from homeserver.config import ConfigError, HomeserverConfig, default_config_yaml, load_config
-from homeserver.errors import MatrixError
+from homeserver.core.config import ConfigError, HomeserverConfig, default_config_yaml, load_config
+from homeserver.core.errors import MatrixError
 
 DEFAULT_CONFIG = "homeserver.yaml"
 
@@ -40,8 +40,8 @@ def cmd_generate_config(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from homeserver.migrate import upgrade_head
     from homeserver.storage.database import Database
+    from homeserver.storage.migrate import upgrade_head
 
     config = _load(_config_path(args), create=False)
     config.data_path.mkdir(parents=True, exist_ok=True)
@@ -61,8 +61,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from homeserver.app import asgi_app
-    from homeserver.logging import configure_logging
+    from homeserver.core.logging import configure_logging
+    from homeserver.lifecycle import asgi_app
 
     config = _load(_config_path(args), create=True)
     configure_logging(args.log_level)
@@ -103,7 +103,7 @@ def _return_large_blocks_to_the_system() -> None:
 
 
 def cmd_register_user(args: argparse.Namespace) -> int:
-    from homeserver.app import running_homeserver
+    from homeserver.lifecycle import running_homeserver
 
     config = _load(_config_path(args), create=False)
     password = args.password

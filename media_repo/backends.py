@@ -15,7 +15,7 @@ from typing import BinaryIO, Protocol
 
 import anyio
 
-from homeserver.config import MediaStorageConfig
+from homeserver.core.config import MediaStorageConfig
 
 # Reads are done in chunks of this size, each in a worker thread: large enough that a
 # 100 MB download costs ~200 thread hops, small enough that memory per download stays flat.

@@ -11,8 +11,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Self
 
-from homeserver.errors import Codes, MatrixError
-from homeserver.ids import is_valid_server_name
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import is_valid_server_name
 
 MAX_MEDIA_ID_CHARS = 255
 _MEDIA_ID = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -1,39 +1,32 @@
 """URL previews (``/preview_url``): OpenGraph data of a page, fetched without SSRF.
 
-The server fetches what users post, so every outbound connection is checked: the host is
-resolved here, every address it resolves to must be public (not private, loopback,
-link-local, CGNAT, multicast, reserved, nor one of those inside an IPv6 mapping) unless the
-config allows its range, and the connection goes to that checked address (the name is only
-sent as ``Host`` and TLS SNI), so a second DNS answer cannot point elsewhere. Redirects are
-followed by hand and checked the same way. Bodies are read up to ``max_bytes``; the whole
-preview (DNS, redirects, page, image) has one deadline.
+The server fetches what users post, so pages and their images are fetched through the outbound
+transport (``homeserver.net.outbound``): the host is resolved once, every address must be
+public unless ``outbound.allow_addresses`` allows it, the connection goes to that checked
+address, and each redirect is checked the same way. Bodies are read up to ``max_bytes``; the
+whole preview (DNS, redirects, page, image) has one deadline.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import anyio
 from cachetools import TTLCache
 
-from homeserver.config import UrlPreviewConfig
-from homeserver.errors import Codes, MatrixError
-from homeserver.types import Requester
+from homeserver.core.config import UrlPreviewConfig
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.types import Requester
+from homeserver.net.outbound import Outbound, OutboundError, Reason
 from media_repo.service import MediaService, check_content_type
-
-if TYPE_CHECKING:
-    import httpx
 
 logger = logging.getLogger(__name__)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_URL_CHARS = 2048
 # A page's preview is kept this long per worker: posting a link in a busy room fetches once.
 CACHE_TTL_S = 3600
@@ -42,34 +35,7 @@ CACHE_SIZE = 1024
 MAX_HTML_PARSE_CHARS = 1024 * 1024
 MAX_VALUE_CHARS = 1000
 MAX_PROPERTIES = 50
-_REDIRECTS = (301, 302, 303, 307, 308)
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_CGNAT = ipaddress.ip_network("100.64.0.0/10")
-
-
-def is_public(ip: IPAddress) -> bool:
-    """Whether ``ip`` is an ordinary address on the Internet."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        # Addresses that carry an IPv4 address inside are judged by that address.
-        if ip.ipv4_mapped is not None:
-            return is_public(ip.ipv4_mapped)
-        if ip.sixtofour is not None:
-            return is_public(ip.sixtofour)
-        if ip.teredo is not None:
-            return is_public(ip.teredo[1])
-        if ip in _NAT64:
-            return is_public(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    elif ip in _CGNAT:
-        return False
-    return (
-        ip.is_global
-        and not ip.is_multicast
-        and not ip.is_reserved
-        and not ip.is_unspecified
-        and not ip.is_loopback
-        and not ip.is_link_local
-        and not ip.is_private
-    )
+ACCEPT = "text/html, application/xhtml+xml, image/*;q=0.9, */*;q=0.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +46,11 @@ class Fetched:
 
 
 class UrlPreviewer:
-    def __init__(self, config: UrlPreviewConfig, media: MediaService) -> None:
+    def __init__(self, config: UrlPreviewConfig, media: MediaService, outbound: Outbound) -> None:
         self._config = config
         self._media = media
-        self._allowed = [ipaddress.ip_network(c, strict=False) for c in config.ip_range_allowlist]
+        self._outbound = outbound
         self._cache: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=CACHE_SIZE, ttl=CACHE_TTL_S)
-
-    def address_allowed(self, ip: IPAddress) -> bool:
-        return any(ip in net for net in self._allowed) or is_public(ip)
 
     async def preview(self, requester: Requester, url: str) -> dict[str, Any]:
         _check_url(url)
@@ -142,90 +105,44 @@ class UrlPreviewer:
         return out
 
     async def fetch(self, url: str) -> Fetched:
-        """GET ``url`` through checked addresses, following redirects; at most max_bytes."""
-        import httpx  # only here: a worker that never previews never loads it
-
-        for _ in range(self._config.max_redirects + 1):
-            _check_url(url)
-            parts = urlsplit(url)
-            host = parts.hostname or ""
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            address = await self._resolve(host, port)
-            netloc = f"[{address}]" if address.version == 6 else str(address)
-            target = urlunsplit(
-                (parts.scheme, f"{netloc}:{port}", parts.path or "/", parts.query, "")
-            )
-            headers = {
-                "Host": parts.netloc,
-                "User-Agent": self._config.user_agent,
-                "Accept": "text/html, application/xhtml+xml, image/*;q=0.9, */*;q=0.1",
-            }
-            async with httpx.AsyncClient(
-                trust_env=False, follow_redirects=False, timeout=self._config.timeout_ms / 1000
-            ) as client:
-                request = client.build_request(
-                    "GET", target, headers=headers, extensions={"sni_hostname": host}
-                )
-                try:
-                    response = await client.send(request, stream=True)
-                except httpx.HTTPError as e:
-                    raise MatrixError(Codes.UNKNOWN, "Could not fetch the URL", status=502) from e
-                try:
-                    location = response.headers.get("location")
-                    if response.status_code in _REDIRECTS and location:
-                        url = urljoin(url, location)
-                        continue
-                    if response.status_code != 200:
-                        raise MatrixError(
-                            Codes.UNKNOWN, f"The URL answered {response.status_code}", status=502
-                        )
-                    body = await self._read(response)
-                    return Fetched(
-                        url=url,
-                        body=body,
-                        content_type=response.headers.get(
-                            "content-type", "application/octet-stream"
-                        ),
-                    )
-                finally:
-                    await response.aclose()
-        raise MatrixError(Codes.UNKNOWN, "Too many redirects", status=502)
-
-    async def _read(self, response: httpx.Response) -> bytes:
-        """At most max_bytes of the body; the rest is never downloaded."""
-        import httpx
-
-        limit = self._config.max_bytes
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async for chunk in response.aiter_raw():
-                chunks.append(chunk[: limit - size])
-                size += len(chunks[-1])
-                if size >= limit:
-                    break
-        except httpx.HTTPError as e:
-            raise MatrixError(Codes.UNKNOWN, "Could not fetch the URL", status=502) from e
-        return b"".join(chunks)
-
-    async def _resolve(self, host: str, port: int) -> IPAddress:
-        try:
-            addresses: list[IPAddress] = [ipaddress.ip_address(host)]
-        except ValueError:
+        """GET ``url`` through the outbound transport, following redirects; at most
+        max_bytes of its body."""
+        _check_url(url)
+        # A client per fetch: no connection outlives the preview that opened it.
+        async with self._outbound.client(
+            timeout_s=self._config.timeout_ms / 1000,
+            max_redirects=self._config.max_redirects,
+            user_agent=self._config.user_agent,
+        ) as http:
             try:
-                infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError as e:
-                raise MatrixError(Codes.UNKNOWN, "Could not resolve the host", status=502) from e
-            addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
-        if not addresses:
-            raise MatrixError(Codes.UNKNOWN, "Could not resolve the host", status=502)
-        # Every address must pass: a name with one public and one private answer is refused.
-        for address in addresses:
-            if not self.address_allowed(address):
-                raise MatrixError(
-                    Codes.FORBIDDEN, "URL previews of private addresses are not allowed"
+                response = await http.request(
+                    "GET",
+                    url,
+                    max_bytes=self._config.max_bytes,
+                    truncate=True,  # the head of a page is what matters
+                    headers={"Accept": ACCEPT},
                 )
-        return addresses[0]
+            except OutboundError as e:
+                raise _matrix_error(e) from e
+        if response.status_code != 200:
+            raise MatrixError(Codes.UNKNOWN, f"The URL answered {response.status_code}", status=502)
+        return Fetched(
+            url=response.url,
+            body=response.body,
+            content_type=response.headers.get("content-type", "application/octet-stream"),
+        )
+
+
+def _matrix_error(e: OutboundError) -> MatrixError:
+    if e.reason is Reason.REFUSED:
+        return MatrixError(Codes.FORBIDDEN, "URL previews of private addresses are not allowed")
+    if e.reason is Reason.TIMEOUT:
+        return MatrixError(Codes.UNKNOWN, "Timed out fetching the URL", status=504)
+    if e.reason is Reason.UNRESOLVABLE:
+        return MatrixError(Codes.UNKNOWN, "Could not resolve the host", status=502)
+    if e.reason is Reason.TOO_MANY_REDIRECTS:
+        return MatrixError(Codes.UNKNOWN, "Too many redirects", status=502)
+    return MatrixError(Codes.UNKNOWN, "Could not fetch the URL", status=502)
 
 
 def _check_url(url: str) -> None:

@@ -19,7 +19,7 @@ import anyio
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
-from homeserver.config import MediaStorageS3Config
+from homeserver.core.config import MediaStorageS3Config
 from media_repo.backends import READ_CHUNK_BYTES
 
 logger = logging.getLogger(__name__)

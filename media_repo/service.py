@@ -21,11 +21,11 @@ from typing import Any, BinaryIO, TypeVar
 
 import anyio
 
-from homeserver.clock import Clock
-from homeserver.config import MediaConfig
-from homeserver.errors import Codes, MatrixError
+from homeserver.core.clock import Clock
+from homeserver.core.config import MediaConfig
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.types import Requester
 from homeserver.storage.media import ContentInfo, MediaInfo, MediaStore, ThumbnailInfo
-from homeserver.types import Requester
 from media_repo import thumbnailer
 from media_repo.backends import MediaBackend
 from media_repo.cdn import CdnSigner, download_path, thumbnail_path

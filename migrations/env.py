@@ -15,7 +15,7 @@ config = context.config
 
 
 def _url() -> str:
-    # homeserver.migrate passes the URL through the Alembic config; the CLI's
+    # homeserver.storage.migrate passes the URL through the Alembic config; the CLI's
     # `alembic revision --autogenerate` takes it from HS_DATABASE__URL.
     url = config.get_main_option("sqlalchemy.url") or os.environ.get("HS_DATABASE__URL")
     if not url:

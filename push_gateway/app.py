@@ -15,11 +15,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from homeserver.net.addresses import AddressPolicy
+from homeserver.net.outbound import Outbound
 from push_gateway.backends import Backend, JsonDict, Result
 from push_gateway.backends.apns import ApnsBackend
 from push_gateway.backends.fcm import FcmBackend
 from push_gateway.backends.webpush import WebPushBackend
-from push_gateway.config import ApnsApp, FcmApp, GatewayConfig, WebPushApp
+from push_gateway.config import ApnsApp, FcmApp, GatewayConfig, GatewayConfigError, WebPushApp
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +38,11 @@ def _error(errcode: str, message: str, status: int) -> Response:
     return _json({"errcode": errcode, "error": message}, status)
 
 
-def build_backend(app: WebPushApp | ApnsApp | FcmApp, timeout_s: float) -> Backend:
+def build_backend(
+    app: WebPushApp | ApnsApp | FcmApp, timeout_s: float, outbound: Outbound
+) -> Backend:
     if isinstance(app, WebPushApp):
-        return WebPushBackend(app, timeout_s)
+        return WebPushBackend(app, timeout_s, outbound)
     if isinstance(app, ApnsApp):
         return ApnsBackend(app, timeout_s)
     return FcmBackend(app, timeout_s)
@@ -47,13 +51,26 @@ def build_backend(app: WebPushApp | ApnsApp | FcmApp, timeout_s: float) -> Backe
 class Gateway:
     """The backends of every configured app, and the notify endpoint that uses them."""
 
-    def __init__(self, config: GatewayConfig, backends: dict[str, Backend] | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        backends: dict[str, Backend] | None = None,
+        outbound: Outbound | None = None,
+    ) -> None:
         self.config = config
+        if outbound is None:
+            outbound = Outbound(AddressPolicy(config.outbound.allow_addresses))
+        elif config.outbound.allow_addresses:
+            # Served by the homeserver: one allow list for the process, the homeserver's.
+            raise GatewayConfigError(
+                "a gateway served by the homeserver (push.gateway_config) uses the "
+                "homeserver's outbound.allow_addresses: move its outbound section there"
+            )
         self.backends = (
             backends
             if backends is not None
             else {
-                app_id: build_backend(app, config.request_timeout_s)
+                app_id: build_backend(app, config.request_timeout_s, outbound)
                 for app_id, app in config.apps.items()
             }
         )

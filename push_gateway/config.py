@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from homeserver.core.config import OutboundConfig, moved_to_outbound
 
 
 class Section(BaseModel):
@@ -25,10 +27,12 @@ class WebPushApp(Section):
     vapid_private_key: str | None = None
     vapid_contact: str  # "mailto:admin@example.org", the JWT's sub
     ttl_s: int = Field(default=24 * 3600, ge=0)  # how long the push service keeps a push
-    # SSRF: subscription endpoints come from clients; private addresses are refused unless
-    # allowed (tests: a loopback endpoint).
-    allow_private_endpoints: bool = False
     max_payload_bytes: int = Field(default=3000, ge=256)  # push services accept ~4 KiB
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return moved_to_outbound(data, "allow_private_endpoints", "apps.<app_id>")
 
 
 class ApnsApp(Section):
@@ -56,6 +60,9 @@ class GatewayConfig(Section):
     listen: ListenConfig = ListenConfig()
     request_timeout_s: float = Field(default=10.0, gt=0)
     apps: dict[str, AppConfig] = {}
+    # SSRF: WebPush endpoints come from clients; addresses that are not public are refused
+    # unless listed here (as the homeserver's outbound.allow_addresses).
+    outbound: OutboundConfig = OutboundConfig()
 
 
 class GatewayConfigError(Exception):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from email.message import EmailMessage
@@ -12,9 +14,12 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from homeserver.app import Homeserver, running_homeserver
-from homeserver.clock import FakeClock
-from homeserver.config import HomeserverConfig
+from homeserver.app import Homeserver
+from homeserver.core.clock import FakeClock
+from homeserver.core.config import HomeserverConfig
+from homeserver.lifecycle import running_homeserver
+from homeserver.net.addresses import IPAddress
+from homeserver.net.outbound import Outbound
 from tests.openapi_schema import assert_response_matches
 
 if TYPE_CHECKING:
@@ -48,10 +53,13 @@ def auth_header(access_token: str) -> dict[str, str]:
 
 @asynccontextmanager
 async def serve(
-    config: HomeserverConfig, clock: FakeClock | None = None
+    config: HomeserverConfig, clock: FakeClock | None = None, outbound: Outbound | None = None
 ) -> AsyncIterator[tuple[Homeserver, httpx.AsyncClient]]:
-    """A homeserver of one's own config (the ``hs`` fixture's is fixed) and a client to it."""
-    async with running_homeserver(config, clock=clock or FakeClock(), migrate=False) as hs:
+    """A homeserver of one's own config (the ``hs`` fixture's is fixed) and a client to it;
+    ``outbound`` replaces the config's (e.g. with a resolver that answers test names)."""
+    async with running_homeserver(
+        config, clock=clock or FakeClock(), migrate=False, outbound=outbound
+    ) as hs:
         transport = httpx.ASGITransport(app=hs.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield hs, client
@@ -174,3 +182,20 @@ async def bind_email(
         },
     )
     checked(r)
+
+
+class FakeResolver:
+    """DNS for outbound requests in tests: answers per name, one per lookup (the last one
+    repeats); other names do not resolve."""
+
+    def __init__(self, answers: dict[str, list[list[str]]]) -> None:
+        self.answers = answers
+        self.calls: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> Sequence[IPAddress]:
+        self.calls.append(host)
+        if host not in self.answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        replies = self.answers[host]
+        reply = replies.pop(0) if len(replies) > 1 else replies[0]
+        return [ipaddress.ip_address(a) for a in reply]

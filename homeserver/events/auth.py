@@ -19,7 +19,9 @@ from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 from unpaddedbase64 import decode_base64
 
-from homeserver.errors import Codes, MatrixError
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import UserID
+from homeserver.core.types import JsonDict
 from homeserver.events.format import (
     canonical_json,
     compute_event_id,
@@ -44,8 +46,6 @@ from homeserver.events.power_levels import is_creator as is_creator
 from homeserver.events.power_levels import is_int as _is_int
 from homeserver.events.power_levels import parse_level, to_level
 from homeserver.events.room_versions import ROOM_VERSIONS, RoomVersion
-from homeserver.ids import UserID
-from homeserver.types import JsonDict
 
 CREATE = "m.room.create"
 MEMBER = "m.room.member"

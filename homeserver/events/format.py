@@ -18,12 +18,12 @@ from nacl.exceptions import CryptoError
 from signedjson.types import SigningKey, VerifyKey
 from unpaddedbase64 import decode_base64, encode_base64
 
-from homeserver.errors import Codes, MatrixError
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.jsonutil import check_json_numbers
+from homeserver.core.types import JsonDict
 from homeserver.events.redaction import redact as redact
 from homeserver.events.redaction import redact_with
 from homeserver.events.room_versions import EventFormat, RoomVersion
-from homeserver.jsonutil import check_json_numbers
-from homeserver.types import JsonDict
 
 # spec, client-server API "Size limits": the whole PDU, signatures included, in canonical JSON.
 MAX_PDU_BYTES = 65536

@@ -12,9 +12,9 @@ import math
 import re
 from typing import Any, TypeGuard
 
+from homeserver.core.jsonutil import MAX_SAFE_INT
+from homeserver.core.types import JsonDict
 from homeserver.events.room_versions import RoomVersion
-from homeserver.jsonutil import MAX_SAFE_INT
-from homeserver.types import JsonDict
 
 # spec, server-server API "Definitions" and m.room.power_levels: the levels used when the
 # power levels event, or the key in it, is absent.

@@ -11,8 +11,8 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+from homeserver.core.types import JsonDict
 from homeserver.events.room_versions import RedactionRules, RoomVersion
-from homeserver.types import JsonDict
 
 _V1_TOP_LEVEL = frozenset(
     {

@@ -20,7 +20,8 @@ import math
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Protocol, TypeAlias
 
-from homeserver.errors import MatrixError
+from homeserver.core.errors import MatrixError
+from homeserver.core.types import JsonDict
 from homeserver.events.auth import (
     CREATE,
     JOIN_RULES,
@@ -33,7 +34,6 @@ from homeserver.events.auth import (
 from homeserver.events.format import auth_event_ids
 from homeserver.events.power_levels import CREATOR_DEFAULT_LEVEL, get_creators, to_level
 from homeserver.events.room_versions import RoomVersion, StateResolution
-from homeserver.types import JsonDict
 
 StateMap: TypeAlias = Mapping[StateKey, str]
 # Loads events by ID; IDs it does not know are left out of the answer. Sync or async.

@@ -13,7 +13,8 @@ import hashlib
 import inspect
 from collections.abc import Collection, Mapping, Sequence
 
-from homeserver.errors import MatrixError
+from homeserver.core.errors import MatrixError
+from homeserver.core.types import JsonDict
 from homeserver.events.auth import (
     CREATE,
     JOIN_RULES,
@@ -25,7 +26,6 @@ from homeserver.events.auth import (
 )
 from homeserver.events.room_versions import RoomVersion
 from homeserver.events.state_res import EventSource, StateMap
-from homeserver.types import JsonDict
 
 
 def _sha1(event_id: str) -> bytes:

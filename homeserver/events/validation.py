@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 from signedjson.types import VerifyKey
 
-from homeserver.errors import Codes, MatrixError
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import UserID
+from homeserver.core.types import JsonDict
 from homeserver.events.auth import (
     CREATE,
     MEMBER,
@@ -35,8 +37,6 @@ from homeserver.events.format import (
 )
 from homeserver.events.power_levels import domain_of, is_int
 from homeserver.events.room_versions import EventFormat, RoomVersion
-from homeserver.ids import UserID
-from homeserver.types import JsonDict
 
 # Bounds other servers apply too: an event citing more parents or auth events than this is not
 # one a correct server builds, and each entry costs a lookup.

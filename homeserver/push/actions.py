@@ -14,15 +14,16 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 
+from homeserver.accounts.ignored import IgnoreLists
+from homeserver.core.types import JsonDict
 from homeserver.events.auth import get_user_power_level
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.push.evaluator import CompiledRuleset, EventContext
-from homeserver.push.ignored import IgnoreLists
 from homeserver.push.service import PushRuleService
 from homeserver.storage.events import EventStore
-from homeserver.storage.push import PushAction, PushStore
+from homeserver.storage.push import PushAction
+from homeserver.storage.push_rules import PushRuleStore
 from homeserver.storage.rooms import Room
-from homeserver.types import JsonDict
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class PushActionGenerator:
     def __init__(
         self,
         rules: PushRuleService,
-        store: PushStore,
+        store: PushRuleStore,
         events: EventStore,
         server_name: str,
         ignored: IgnoreLists,

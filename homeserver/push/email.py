@@ -16,7 +16,7 @@ from email.utils import formatdate, make_msgid, parseaddr
 
 import aiosmtplib
 
-from homeserver.config import EmailConfig
+from homeserver.core.config import EmailConfig
 
 logger = logging.getLogger(__name__)
 

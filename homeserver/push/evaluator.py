@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from homeserver.core.types import JsonDict
 from homeserver.events.auth import get_notification_level
 from homeserver.push.rules import (
     KINDS,
@@ -27,7 +28,6 @@ from homeserver.push.rules import (
     Ruleset,
     parse_member_count,
 )
-from homeserver.types import JsonDict
 
 _MISSING = object()
 # spec: a word boundary in content.body is any character outside [A-Za-z0-9_].

@@ -1,7 +1,8 @@
 """Pushers (spec: "Pushers"): GET /pushers and POST /pushers/set, validated.
 
-An ``http`` pusher's URL must be a push gateway's notify endpoint and, unless the config
-allows it, must not lead to a private address (SSRF: the server makes requests to it). An
+An ``http`` pusher's URL must be a push gateway's notify endpoint and must not lead to an
+address the outbound policy refuses (SSRF: the server makes requests to it; the sender's
+requests are checked again by the outbound transport, as the name may resolve elsewhere). An
 ``email`` pusher sends missed-message mails to its pushkey, when e-mail is configured, and
 only to an address bound to the account (validated by mail, as Synapse requires): the server
 mails nobody who did not ask for it.
@@ -9,25 +10,24 @@ mails nobody who did not ask for it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
-import ipaddress
-import socket
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
-from homeserver.clock import Clock
-from homeserver.config import EmailConfig, PushConfig
-from homeserver.errors import Codes, MatrixError
-from homeserver.storage.push import Pusher, PushStore
-from homeserver.threepids import MEDIUM_EMAIL, canonical_email
-from homeserver.types import JsonDict, Requester
-from homeserver.uia import EmailIdentity
+from homeserver.accounts.email_validation import MEDIUM_EMAIL, canonical_email
+from homeserver.accounts.uia import EmailIdentity
+from homeserver.core.clock import Clock
+from homeserver.core.config import EmailConfig, PushConfig
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import UserID
+from homeserver.core.types import JsonDict, Requester
+from homeserver.net.outbound import Outbound, OutboundError, Reason
+from homeserver.storage.pushers import Pusher, PusherStore
 
 NOTIFY_PATH = "/_matrix/push/v1/notify"
 MAX_PUSHKEY_BYTES = 512  # spec
@@ -68,16 +68,9 @@ def pusher_json(p: Pusher) -> JsonDict:
     return out
 
 
-def is_forbidden_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not ip.is_global or ip.is_multicast
-
-
-async def check_gateway_url(url: Any, config: PushConfig) -> str:
-    """The URL, if pushes may go there; M_INVALID_PARAM otherwise. Also checked before
-    every request, as the name may resolve elsewhere by then."""
+def check_gateway_url_form(url: Any, config: PushConfig) -> str:
+    """The URL, if it is a push gateway's as the config accepts them; M_INVALID_PARAM
+    otherwise. Its address is checked by the outbound transport at every connection."""
     if not isinstance(url, str) or not url:
         raise MatrixError(Codes.INVALID_PARAM, "data.url must be the push gateway's URL")
     parts = urlsplit(url)
@@ -89,21 +82,24 @@ async def check_gateway_url(url: Any, config: PushConfig) -> str:
     if not parts.path.endswith(NOTIFY_PATH) or parts.query or parts.fragment:
         raise MatrixError(Codes.INVALID_PARAM, f"data.url must end with {NOTIFY_PATH}")
     try:
-        port = parts.port
+        parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
         raise MatrixError(Codes.INVALID_PARAM, "data.url has an invalid port") from None
-    if not config.allow_private_addresses:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                parts.hostname,
-                port or (443 if parts.scheme == "https" else 80),
-                type=socket.SOCK_STREAM,
-            )
-        except OSError:
-            raise MatrixError(Codes.INVALID_PARAM, "data.url's host does not resolve") from None
-        if any(is_forbidden_address(str(info[4][0])) for info in infos):
-            raise MatrixError(Codes.INVALID_PARAM, "data.url leads to a private address")
     return url
+
+
+async def check_gateway_url(url: Any, config: PushConfig, outbound: Outbound) -> str:
+    """The URL, if pushes may go there now; M_INVALID_PARAM otherwise."""
+    checked = check_gateway_url_form(url, config)
+    try:
+        await outbound.check_url(checked)
+    except OutboundError as e:
+        if e.reason in (Reason.UNRESOLVABLE, Reason.TIMEOUT):
+            raise MatrixError(Codes.INVALID_PARAM, "data.url's host does not resolve") from None
+        if e.reason is Reason.REFUSED:
+            raise MatrixError(Codes.INVALID_PARAM, "data.url leads to a private address") from None
+        raise MatrixError(Codes.INVALID_PARAM, "data.url is not a valid URL") from None
+    return checked
 
 
 class Unsubscriber:
@@ -112,7 +108,7 @@ class Unsubscriber:
     def __init__(self, secret: bytes) -> None:
         self._key = hmac.new(secret, b"push-unsubscribe", hashlib.sha256).digest()
 
-    def token(self, user_id: str, app_id: str, pushkey: str) -> str:
+    def token(self, user_id: UserID, app_id: str, pushkey: str) -> str:
         payload = base64.urlsafe_b64encode(orjson.dumps([user_id, app_id, pushkey])).decode()
         return f"{payload}.{self._sign(payload)}"
 
@@ -136,12 +132,13 @@ class Unsubscriber:
 class PusherService:
     def __init__(
         self,
-        store: PushStore,
+        store: PusherStore,
         config: PushConfig,
         email: EmailConfig,
         clock: Clock,
         unsubscriber: Unsubscriber,
         email_identity: EmailIdentity,
+        outbound: Outbound,
     ) -> None:
         self._store = store
         self._config = config
@@ -149,6 +146,7 @@ class PusherService:
         self._clock = clock
         self.unsubscriber = unsubscriber
         self._email_identity = email_identity
+        self._outbound = outbound
 
     async def get_pushers(self, requester: Requester) -> list[JsonDict]:
         """GET /pushers"""
@@ -179,7 +177,7 @@ class PusherService:
         if fmt is not None and fmt not in FORMATS:
             raise MatrixError(Codes.INVALID_PARAM, "data.format must be event_id_only")
         if req.kind == "http":
-            await check_gateway_url(req.data.get("url"), self._config)
+            await check_gateway_url(req.data.get("url"), self._config, self._outbound)
         elif req.kind == "email":
             await self._check_email(requester, req)
         else:
@@ -225,7 +223,7 @@ class PusherService:
         user_id, app_id, pushkey = parsed
         return await self._store.delete_pusher(user_id, app_id, pushkey)
 
-    async def delete_for_devices(self, user_id: str, device_ids: list[str]) -> None:
+    async def delete_for_devices(self, user_id: UserID, device_ids: list[str]) -> None:
         """A deleted device (or logged-out session) takes its pushers with it."""
         await self._store.delete_pushers_for_devices(user_id, device_ids)
 

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.errors import Codes, MatrixError
-from homeserver.storage.push import DefaultChange, StoredRule, UserRules
-from homeserver.types import JsonDict
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.types import JsonDict
+from homeserver.storage.push_rules import DefaultChange, StoredRule, UserRules
 
 KINDS = ("override", "content", "room", "sender", "underride")
 # In server-default rules, where the owner's user ID goes (the spec's own placeholder).

@@ -23,24 +23,26 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import orjson
 
-from homeserver.bus import Bus, Wakeup
-from homeserver.clock import Clock
-from homeserver.config import EmailConfig, PresenceConfig, PushConfig
-from homeserver.errors import MatrixError
+from homeserver.accounts.ignored import IgnoreLists
+from homeserver.core.clock import Clock
+from homeserver.core.config import EmailConfig, PresenceConfig, PushConfig
+from homeserver.core.errors import MatrixError
+from homeserver.core.ids import UserID
+from homeserver.core.streams import Stream
+from homeserver.core.types import JsonDict
+from homeserver.net.outbound import Outbound, OutboundError, OutboundResponse, Reason
 from homeserver.push.email import MailedEvent, MailedRoom, Mailer
 from homeserver.push.evaluator import tweaks_of
-from homeserver.push.ignored import IgnoreLists
-from homeserver.push.pushers import Unsubscriber, check_gateway_url
+from homeserver.push.pushers import Unsubscriber, check_gateway_url_form
+from homeserver.push.unread import UnreadCountService
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, StoredEvent
-from homeserver.storage.push import Pusher, PushStore, QueuedPush
+from homeserver.storage.push import PushStore
+from homeserver.storage.pushers import Pusher, PusherStore, QueuedPush
 from homeserver.storage.rooms import RoomStore
-from homeserver.streams import Stream
-from homeserver.types import JsonDict
-from homeserver.unread import UnreadCountService
+from homeserver.wakeups.bus import Bus, Wakeup
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ CLAIM_BATCH = 20
 QUEUE_BATCH = 100
 LEASE_MS = 5 * 60 * 1000  # a worker that dies holding a pusher frees it after this
 UNSUBSCRIBE_PATH = "_homeserver/client/unsubscribe"
+# A gateway answers {"rejected": [pushkeys]}; more than this is not a gateway's answer.
+MAX_GATEWAY_RESPONSE_BYTES = 64 * 1024
 
 
 def backoff_ms(attempts: int, config: PushConfig) -> int:
@@ -65,7 +69,8 @@ class PusherSender:
     def __init__(
         self,
         db: Database,
-        store: PushStore,
+        store: PusherStore,
+        actions: PushStore,
         events: EventStore,
         rooms: RoomStore,
         unread: UnreadCountService,
@@ -78,9 +83,11 @@ class PusherSender:
         base_url: str,
         unsubscriber: Unsubscriber,
         ignored: IgnoreLists,
+        outbound: Outbound,
     ) -> None:
         self._db = db
         self._store = store
+        self._actions = actions
         self._events = events
         self._rooms = rooms
         self._unread = unread
@@ -104,7 +111,8 @@ class PusherSender:
         # The newest events position a wake-up told of (committed).
         self._woken_upto = 0
         self._cursor_saved_ms = clock.now_ms()
-        self._http: httpx.AsyncClient | None = None
+        # No redirects: a pusher's URL is the notify endpoint itself.
+        self._http = outbound.client(timeout_s=config.request_timeout_ms / 1000)
         # One round at a time on this worker: a round run directly (tests, admin tools) waits
         # for the background job's, rather than racing it for the same claims and requests.
         self._round = asyncio.Lock()
@@ -136,9 +144,7 @@ class PusherSender:
                 except TimeoutError:
                     pass
         finally:
-            if self._http is not None:
-                await self._http.aclose()
-                self._http = None
+            await self._http.aclose()
 
     async def run_once(self, upto: int | None = None) -> None:
         """A round: queue what events up to ``upto`` (committed; None: the current position)
@@ -267,7 +273,7 @@ class PusherSender:
         url = pusher.data.get("url")
         for item in queue:
             try:
-                await check_gateway_url(url, self._config)
+                check_gateway_url_form(url, self._config)
             except MatrixError:
                 logger.warning("push gateway URL refused", extra={"pusher_id": pusher.id})
                 return False
@@ -277,12 +283,17 @@ class PusherSender:
                 await self._store.delete_queued(pusher.id, [item.stream_ordering])
                 continue
             try:
-                response = await self._client().post(url, json=body)
-            except httpx.HTTPError as e:
-                logger.info(
-                    "push gateway unreachable",
-                    extra={"pusher_id": pusher.id, "error": type(e).__name__},
+                response = await self._http.request(
+                    "POST", url, json=body, max_bytes=MAX_GATEWAY_RESPONSE_BYTES
                 )
+            except OutboundError as e:
+                if e.reason is Reason.REFUSED:
+                    logger.warning("push gateway URL refused", extra={"pusher_id": pusher.id})
+                else:
+                    logger.info(
+                        "push gateway unreachable",
+                        extra={"pusher_id": pusher.id, "error": str(e.reason)},
+                    )
                 return False
             if response.status_code // 100 != 2:
                 logger.info(
@@ -296,14 +307,6 @@ class PusherSender:
                 return None
             await self._store.delete_queued(pusher.id, [item.stream_ordering])
         return True
-
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            # No redirects: a gateway must not bounce us to an address we did not check.
-            self._http = httpx.AsyncClient(
-                timeout=self._config.request_timeout_ms / 1000, follow_redirects=False
-            )
-        return self._http
 
     async def _notification(self, pusher: Pusher, item: QueuedPush) -> JsonDict | None:
         """The /_matrix/push/v1/notify body (spec, push gateway API)."""
@@ -369,7 +372,9 @@ class PusherSender:
         if not self._email.enabled:
             await self._store.delete_queued(pusher.id, [q.stream_ordering for q in queue])
             return True
-        unread = await self._store.unread_among(pusher.user_id, [q.stream_ordering for q in queue])
+        unread = await self._actions.unread_among(
+            pusher.user_id, [q.stream_ordering for q in queue]
+        )
         wanted = [q for q in queue if q.stream_ordering in unread]
         if wanted:
             rooms = await self._mailed_rooms(pusher.user_id, wanted)
@@ -432,11 +437,11 @@ class PusherSender:
         return m.displayname if m and m.displayname else user_id
 
     def _unsubscribe_url(self, pusher: Pusher) -> str:
-        token = self._unsubscriber.token(pusher.user_id, pusher.app_id, pusher.pushkey)
+        token = self._unsubscriber.token(UserID(pusher.user_id), pusher.app_id, pusher.pushkey)
         return f"{self._base_url}{UNSUBSCRIBE_PATH}?token={quote(token)}"
 
 
-def _rejected(response: httpx.Response) -> set[str]:
+def _rejected(response: OutboundResponse) -> set[str]:
     try:
         body: Any = response.json()
     except ValueError:

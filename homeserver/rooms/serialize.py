@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from homeserver.core.types import JsonDict, Requester
 from homeserver.events.format import redact
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.storage.events import StoredEvent
-from homeserver.types import JsonDict, Requester
 
 
 def client_event(

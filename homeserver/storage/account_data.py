@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from homeserver.core.streams import Stream
+from homeserver.core.types import JsonDict
 from homeserver.storage.database import Database
 from homeserver.storage.schema import account_data, room_tags
-from homeserver.streams import Stream
-from homeserver.types import JsonDict
 
 GLOBAL = ""  # the room_id of global account data
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from homeserver.ids import UserID
+from homeserver.core.ids import UserID
 from homeserver.storage.database import Connection, Database
 from homeserver.storage.schema import access_tokens, devices, profiles, refresh_tokens, users
 

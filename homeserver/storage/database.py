@@ -26,8 +26,8 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.selectable import TypedReturnsRows
 
+from homeserver.core.streams import Stream
 from homeserver.storage.schema import stream_positions
-from homeserver.streams import Stream
 
 T = TypeVar("T")
 S = TypeVar("S", bound=Executable)

@@ -15,6 +15,8 @@ from typing import Any
 import sqlalchemy as sa
 from canonicaljson import encode_canonical_json
 
+from homeserver.core.streams import Stream
+from homeserver.core.types import JsonDict
 from homeserver.storage.database import Connection, Database, prepared
 from homeserver.storage.schema import (
     devices,
@@ -24,8 +26,6 @@ from homeserver.storage.schema import (
     e2e_one_time_keys,
     e2e_signatures,
 )
-from homeserver.streams import Stream
-from homeserver.types import JsonDict
 
 
 def canonical(value: Any) -> str:

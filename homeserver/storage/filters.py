@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from homeserver.ids import UserID
+from homeserver.core.ids import UserID
+from homeserver.core.types import JsonDict
 from homeserver.storage.database import Database
 from homeserver.storage.schema import filters
-from homeserver.types import JsonDict
 
 _ATTEMPTS = 5
 

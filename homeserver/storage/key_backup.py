@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from homeserver.core.types import JsonDict
 from homeserver.storage.database import Connection, Database
 from homeserver.storage.schema import room_key_backup_keys, room_key_backup_versions
-from homeserver.types import JsonDict
 
 # A new version races another creation for the same number at most this many times.
 _CREATE_ATTEMPTS = 5

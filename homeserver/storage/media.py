@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from homeserver.ids import UserID
+from homeserver.core.ids import UserID
 from homeserver.storage.database import Database
 from homeserver.storage.schema import media, media_thumbnails
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from homeserver.core.streams import Stream
 from homeserver.storage.database import Connection, Database, prepared
 from homeserver.storage.schema import presence, room_memberships
-from homeserver.streams import Stream
 
 OFFLINE = "offline"
 ONLINE = "online"

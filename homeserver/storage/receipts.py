@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from homeserver.core.streams import Stream
 from homeserver.storage.database import Database, prepared
 from homeserver.storage.schema import events, receipts
 from homeserver.storage.shared_reads import RangeReads
-from homeserver.streams import Stream
 
 READ = "m.read"
 READ_PRIVATE = "m.read.private"

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from homeserver.core.types import JsonDict
 from homeserver.storage.database import Connection, Database, prepared
 from homeserver.storage.schema import event_relations, events, room_memberships
-from homeserver.types import JsonDict
 
 REPLACE = "m.replace"
 ANNOTATION = "m.annotation"

@@ -308,7 +308,7 @@ receipts = sa.Table(
     sa.Column("stream_position", BigInt, nullable=False),
     sa.Index(None, "room_id", "stream_position"),
     # Whose receipts moved after a position, in all rooms: a woken sync keeps its unread
-    # counts unless its user's read marks moved (homeserver/unread.py).
+    # counts unless its user's read marks moved (homeserver/push/unread.py).
     sa.Index(None, "stream_position"),
 )
 

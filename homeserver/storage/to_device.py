@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from cachetools import LRUCache
 
+from homeserver.core.streams import Stream
+from homeserver.core.types import JsonDict
 from homeserver.storage.database import Database, prepared
 from homeserver.storage.schema import device_inbox, devices, to_device_txns
-from homeserver.streams import Stream
-from homeserver.types import JsonDict
 
 ALL_DEVICES = "*"
 

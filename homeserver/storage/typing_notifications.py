@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from homeserver.core.streams import Stream
 from homeserver.storage.database import Connection, Database
 from homeserver.storage.schema import typing_notifications, typing_rooms
-from homeserver.streams import Stream
 
 
 @dataclass(frozen=True, slots=True)

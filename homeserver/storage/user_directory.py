@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from homeserver import jsonutil
+from homeserver.core import jsonutil
 from homeserver.storage.database import Connection, Database
 from homeserver.storage.schema import current_state, events, profiles, room_memberships
 

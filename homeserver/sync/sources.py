@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from homeserver.streams import StreamToken
-from homeserver.types import JsonDict, Requester
+from homeserver.core.streams import StreamToken
+from homeserver.core.types import JsonDict, Requester
 
 
 class GlobalSource(Protocol):

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from homeserver.errors import Codes, MatrixError
-from homeserver.jsonutil import dumps_str
-from homeserver.streams import StreamToken
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.jsonutil import dumps_str
+from homeserver.core.streams import StreamToken
+from homeserver.core.types import JsonDict, Requester
 from homeserver.sync.service import SyncRequest, has_news
-from homeserver.types import JsonDict, Requester
 from homeserver.websocket.protocol import (
     MAX_CLOSE_REASON_BYTES,
     SYNC_WAIT_MS,

@@ -7,20 +7,19 @@ from contextlib import AbstractAsyncContextManager
 
 import orjson
 
-from homeserver.auth import AuthService
-from homeserver.config import WebSocketConfig
-from homeserver.errors import Codes, MatrixError
-from homeserver.filtering import SyncFilter
-from homeserver.filters import FilterService
-from homeserver.ids import EventID, RoomID, UserID
-from homeserver.presence import PresenceService
-from homeserver.ratelimit import Action, RateLimiter
-from homeserver.receipts import ReceiptService
-from homeserver.rooms.service import RoomService
-from homeserver.streams import StreamToken
+from homeserver.accounts.tokens import AuthService
+from homeserver.core.config import WebSocketConfig
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import EventID, RoomID, UserID
+from homeserver.core.streams import StreamToken
+from homeserver.core.types import JsonDict, Requester
+from homeserver.ephemeral.presence import PresenceService
+from homeserver.ephemeral.receipts import ReceiptService
+from homeserver.ephemeral.typing import TypingService
+from homeserver.filters.matching import SyncFilter
+from homeserver.filters.service import FilterService
+from homeserver.rooms.send import SendService
 from homeserver.sync.service import SyncRequest, SyncService
-from homeserver.types import JsonDict, Requester
-from homeserver.typing_notifications import TypingService
 from homeserver.websocket.connection import Connection
 from homeserver.websocket.protocol import (
     SYNC_WAIT_MS,
@@ -43,8 +42,7 @@ class WebSocketService:
         auth: AuthService,
         sync: SyncService,
         filters: FilterService,
-        rooms: RoomService,
-        ratelimiter: RateLimiter,
+        sending: SendService,
         typing: TypingService,
         receipts: ReceiptService,
         presence: PresenceService,
@@ -53,8 +51,7 @@ class WebSocketService:
         self._auth = auth
         self._sync = sync
         self._filters = filters
-        self._rooms = rooms
-        self._ratelimiter = ratelimiter
+        self._sending = sending
         self._typing = typing
         self._receipts = receipts
         self._presence = presence
@@ -116,12 +113,13 @@ class WebSocketService:
     async def _send(self, requester: Requester, raw: JsonDict) -> JsonDict:
         """As PUT /rooms/{roomId}/send/{eventType}/{txnId}: same limit, same idempotency."""
         params = validate(raw, SendParams)
-        room_id = RoomID.parse(params.room_id)
-        self._ratelimiter.check(Action.MESSAGE, requester.user_id)
-        event_id = await self._rooms.send_event(
-            requester, room_id, params.event_type, params.txn_id, params.content
+        event_id = await self._sending.send_event(
+            requester,
+            RoomID.parse(params.room_id),
+            params.event_type,
+            params.txn_id,
+            params.content,
         )
-        await self._presence.bump_active(requester.user_id)  # sending is activity, as over HTTP
         return {"event_id": event_id}
 
     async def _set_typing(self, requester: Requester, raw: JsonDict) -> JsonDict:

@@ -15,7 +15,7 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-# The streams as of this revision (homeserver.streams.Stream); later streams get their own.
+# The streams as of this revision (homeserver.core.streams.Stream); later streams get their own.
 STREAMS = ["events", "account_data", "receipts", "typing", "presence", "to_device", "device_lists"]
 
 

@@ -22,7 +22,7 @@ _POSITIONS = sa.table(
 
 def upgrade() -> None:
     # Uploads and claims of one-time and fallback keys take a position on it, so that a sync
-    # can keep a device's key counts until it moves (homeserver/e2e_keys.py).
+    # can keep a device's key counts until it moves (homeserver/e2ee/keys.py).
     op.bulk_insert(_POSITIONS, [{"stream": "one_time_keys", "position": 0}])
 
 

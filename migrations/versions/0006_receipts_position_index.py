@@ -17,7 +17,7 @@ depends_on = None
 
 def upgrade() -> None:
     # Woken syncs keep each user's unread counts and ask whose read receipts moved after a
-    # position (homeserver/unread.py): a range seek instead of a scan of every receipt.
+    # position (homeserver/push/unread.py): a range seek instead of a scan of every receipt.
     op.create_index("ix_receipts_stream_position", "receipts", ["stream_position"])
 
 

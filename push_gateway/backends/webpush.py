@@ -2,44 +2,31 @@
 
 The pushkey is the subscription's ``p256dh`` key; the device's ``data`` has the subscription
 ``endpoint`` and ``auth`` secret (the convention web clients use with Matrix push gateways).
+Endpoints come from clients, so they are reached through the outbound transport (SSRF).
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import logging
-import socket
 import time
 from urllib.parse import urlsplit
 
-import httpx
 import orjson
 from py_vapid import Vapid02  # type: ignore[import-untyped]
 from pywebpush import WebPusher, WebPushException  # type: ignore[import-untyped]
 
+from homeserver.net.outbound import Outbound, OutboundError, Reason
 from push_gateway.backends import JsonDict, Result, summary
 from push_gateway.config import WebPushApp
 
 logger = logging.getLogger(__name__)
 
 VAPID_LIFETIME_S = 12 * 3600  # RFC 8292: at most 24 hours
-
-
-async def _is_private(host: str, port: int) -> bool:
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return True
-    for info in infos:
-        ip = ipaddress.ip_address(str(info[4][0]))
-        if not ip.is_global or ip.is_multicast:
-            return True
-    return False
+MAX_RESPONSE_BYTES = 64 * 1024  # only the status matters
 
 
 class WebPushBackend:
-    def __init__(self, config: WebPushApp, timeout_s: float) -> None:
+    def __init__(self, config: WebPushApp, timeout_s: float, outbound: Outbound) -> None:
         self._config = config
         if config.vapid_private_key_file is not None:
             self._vapid = Vapid02.from_file(config.vapid_private_key_file)
@@ -47,7 +34,7 @@ class WebPushBackend:
             self._vapid = Vapid02.from_string(config.vapid_private_key)
         else:
             raise ValueError("a webpush app needs vapid_private_key_file or vapid_private_key")
-        self._http = httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
+        self._http = outbound.client(timeout_s=timeout_s)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -65,10 +52,6 @@ class WebPushBackend:
             return Result.REJECTED  # not a WebPush subscription: it can never work
         parts = urlsplit(endpoint)
         if parts.scheme not in ("https", "http") or not parts.hostname:
-            return Result.REJECTED
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        if not self._config.allow_private_endpoints and await _is_private(parts.hostname, port):
-            logger.warning("webpush endpoint refused: private address")
             return Result.REJECTED
         payload = self._payload(notification, device)
         try:
@@ -93,8 +76,18 @@ class WebPushBackend:
             }
         )
         try:
-            response = await self._http.post(endpoint, content=encoded["body"], headers=headers)
-        except httpx.HTTPError:
+            response = await self._http.request(
+                "POST",
+                endpoint,
+                content=encoded["body"],
+                headers=headers,
+                max_bytes=MAX_RESPONSE_BYTES,
+                truncate=True,
+            )
+        except OutboundError as e:
+            if e.reason in (Reason.REFUSED, Reason.UNRESOLVABLE, Reason.INVALID_URL):
+                logger.warning("webpush endpoint refused", extra={"reason": str(e.reason)})
+                return Result.REJECTED
             return Result.RETRY
         if response.status_code in (200, 201, 202):
             return Result.SENT

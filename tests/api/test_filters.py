@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from homeserver.app import Homeserver
-from homeserver.errors import MatrixError
-from homeserver.ids import UserID
+from homeserver.core.errors import MatrixError
+from homeserver.core.ids import UserID
 from tests.helpers import assert_errors, auth_header, register
 from tests.openapi_schema import assert_response_matches
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from homeserver.app import Homeserver
-from homeserver.clock import FakeClock
+from homeserver.core.clock import FakeClock
 from media_repo import backends
 from tests.conftest import make_config
 from tests.helpers import assert_errors, auth_header, register, serve

@@ -11,10 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
-from media_repo.preview import is_public, parse_opengraph
+from homeserver.net.addresses import AddressPolicy, is_public
+from homeserver.net.outbound import Outbound
+from media_repo.preview import parse_opengraph
 from tests.api.test_media import MEDIA, path_of
 from tests.conftest import make_config
-from tests.helpers import auth_header, register, serve
+from tests.helpers import FakeResolver, auth_header, register, serve
 from tests.openapi_schema import assert_response_matches
 from tests.unit.test_thumbnailer import make_image
 
@@ -95,8 +97,15 @@ async def site() -> AsyncIterator[LocalSite]:
         await server.stop()
 
 
-def _serve(tmp_path: Path, db_url: str, **preview: Any) -> Any:
-    return serve(make_config(tmp_path, db_url, media={"url_preview": {"enabled": True, **preview}}))
+def _serve(tmp_path: Path, db_url: str, allow: tuple[str, ...] = (), **preview: Any) -> Any:
+    return serve(
+        make_config(
+            tmp_path,
+            db_url,
+            media={"url_preview": {"enabled": True, **preview}},
+            outbound={"allow_addresses": list(allow)},
+        )
+    )
 
 
 @SQLITE
@@ -114,7 +123,7 @@ async def test_open_graph_and_image(tmp_path: Path, db_url: str, site: LocalSite
     site.routes["/moved"] = (302, {"Location": "/page"}, b"")
     picture = make_image("PNG", 64, 48)
     site.routes["/picture.png"] = (200, {"Content-Type": "image/png"}, picture)
-    async with _serve(tmp_path, db_url, ip_range_allowlist=["127.0.0.1/32"]) as (_, client):
+    async with _serve(tmp_path, db_url, allow=("127.0.0.1/32",)) as (_, client):
         _, token = await register(client, "alice")
         response = await client.get(
             PREVIEW, params={"url": site.url("/moved"), "ts": "1"}, headers=auth_header(token)
@@ -165,13 +174,40 @@ async def test_private_addresses_refused(tmp_path: Path, db_url: str, site: Loca
             response = await client.get(PREVIEW, params={"url": url}, headers=auth_header(token))
             assert (response.status_code, response.json()["errcode"]) == (403, "M_FORBIDDEN"), url
         assert site.requests == []  # nothing reached the private server
-    async with _serve(tmp_path, db_url, ip_range_allowlist=["127.0.0.1/32"]) as (_, client):
+    async with _serve(tmp_path, db_url, allow=("127.0.0.1/32",)) as (_, client):
         # Allowed to the first hop, but a redirect to a private address is checked again.
         for path in ("/to-private", "/to-loopback"):
             response = await client.get(
                 PREVIEW, params={"url": site.url(path)}, headers=auth_header(token)
             )
             assert (response.status_code, response.json()["errcode"]) == (403, "M_FORBIDDEN")
+
+
+@SQLITE
+async def test_names_are_checked_and_connected_by_address(
+    tmp_path: Path, db_url: str, site: LocalSite
+) -> None:
+    site.routes["/page"] = (200, {"Content-Type": "text/html"}, PAGE)
+    site.routes["/away"] = (302, {"Location": f"http://inside.test:{site.port}/page"}, b"")
+    dns = FakeResolver({"site.test": [["127.0.0.1"]], "inside.test": [["127.0.0.2"]]})
+    config = make_config(
+        tmp_path,
+        db_url,
+        media={"url_preview": {"enabled": True}},
+        outbound={"allow_addresses": ["127.0.0.1/32"]},
+    )
+    outbound = Outbound(AddressPolicy(config.outbound.allow_addresses), dns)
+    async with serve(config, outbound=outbound) as (_, client):
+        _, token = await register(client, "alice")
+        url = f"http://site.test:{site.port}/page"
+        response = await client.get(PREVIEW, params={"url": url}, headers=auth_header(token))
+        assert response.status_code == 200 and response.json()["og:title"] == "A & B"
+        assert f"Host: site.test:{site.port}" in site.requests[0].splitlines()
+        # A redirect to a name of a refused address: refused before any connection.
+        url = f"http://site.test:{site.port}/away"
+        response = await client.get(PREVIEW, params={"url": url}, headers=auth_header(token))
+        assert (response.status_code, response.json()["errcode"]) == (403, "M_FORBIDDEN")
+        assert dns.calls[-2:] == ["site.test", "inside.test"]  # then no connection
 
 
 @SQLITE
@@ -209,7 +245,7 @@ async def test_bounded_size_and_time(tmp_path: Path, db_url: str, site: LocalSit
     site.routes["/gone"] = (500, {}, b"")
     site.routes["/file"] = (200, {"Content-Type": "application/zip"}, b"PK")
     async with _serve(
-        tmp_path, db_url, ip_range_allowlist=["127.0.0.0/8"], max_bytes=65536, timeout_ms=500
+        tmp_path, db_url, allow=("127.0.0.0/8",), max_bytes=65536, timeout_ms=2000
     ) as (_, client):
         _, token = await register(client, "alice")
         response = await client.get(

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from homeserver.app import Homeserver
-from homeserver.clock import FakeClock
+from homeserver.core.clock import FakeClock
 from tests.conftest import make_config
 from tests.helpers import auth_header, register, serve
 from tests.openapi_schema import assert_response_matches

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from homeserver.clock import FakeClock
+from homeserver.core.clock import FakeClock
 from homeserver.storage.push import PushStore
 from tests.conftest import make_config
 from tests.helpers import (
@@ -25,7 +25,6 @@ from tests.push_servers import FakeGateway, SmtpServer, until
 CS = "/_matrix/client/v3"
 PUSH = {
     "allow_http": True,
-    "allow_private_addresses": True,
     "poll_interval_ms": 600_000,
     "only_when_offline": False,
 }
@@ -77,7 +76,11 @@ async def test_ignored_users_do_not_notify(tmp_path: Path, db_url: str) -> None:
     clock = FakeClock()
     with SmtpServer() as smtp:
         config = make_config(
-            tmp_path, db_url, push=PUSH, email=email_config(smtp, notif_delay_ms=60_000)
+            tmp_path,
+            db_url,
+            push=PUSH,
+            email=email_config(smtp, notif_delay_ms=60_000),
+            outbound={"allow_addresses": ["127.0.0.1/32"]},
         )
         async with FakeGateway() as gateway, serve(config, clock) as (hs, client):
             alice, a = await register(client, "alice")

@@ -9,10 +9,13 @@ from typing import Any
 
 import httpx
 
-from homeserver.clock import FakeClock
-from homeserver.config import HomeserverConfig
+from homeserver.core.clock import FakeClock
+from homeserver.core.config import HomeserverConfig
+from homeserver.net.addresses import AddressPolicy
+from homeserver.net.outbound import Outbound
 from tests.conftest import make_config
 from tests.helpers import (
+    FakeResolver,
     assert_errors,
     auth_header,
     bind_email,
@@ -27,7 +30,6 @@ from tests.push_servers import FakeGateway, SmtpServer, until, until_async
 CS = "/_matrix/client/v3"
 PUSH = {
     "allow_http": True,
-    "allow_private_addresses": True,
     "poll_interval_ms": 600_000,
     "retry_initial_ms": 1000,
 }
@@ -36,6 +38,7 @@ PUSH = {
 def _config(
     tmp_path: Path, db_url: str, push: dict[str, Any] | None = None, **extra: Any
 ) -> HomeserverConfig:
+    extra.setdefault("outbound", {"allow_addresses": ["127.0.0.1/32"]})  # the local gateway
     return make_config(tmp_path, db_url, push={**PUSH, **(push or {})}, **extra)
 
 
@@ -137,7 +140,7 @@ async def test_set_list_update_delete(tmp_path: Path, db_url: str) -> None:
 
 
 async def test_bad_pushers(tmp_path: Path, db_url: str) -> None:
-    config = _config(tmp_path, db_url, push={"allow_http": False, "allow_private_addresses": False})
+    config = _config(tmp_path, db_url, push={"allow_http": False}, outbound={})
     async with serve(config) as (_, client):
         _, token = await register(client, "bob")
         good = "https://push.example.org/_matrix/push/v1/notify"
@@ -287,6 +290,34 @@ async def test_retry_with_backoff_and_restart(tmp_path: Path, db_url: str) -> No
     delivered = _events_pushed(gateway)[2:]
     assert delivered == [first, second]  # in order, once each
     assert _events_pushed(gateway)[:2] == [first, first]
+
+
+async def test_gateway_name_rebound_to_loopback_is_not_reached(tmp_path: Path, db_url: str) -> None:
+    """The gateway's name resolves to a public address when the pusher is set, then to
+    loopback: the sender's own connection is checked, refused, and retried later."""
+    clock = FakeClock()
+    dns = FakeResolver({"gw.test": [["93.184.215.14"], ["127.0.0.1"]]})
+    config = _config(tmp_path, db_url, outbound={})
+    async with FakeGateway() as gateway:
+        async with serve(config, clock, Outbound(AddressPolicy(), dns)) as (hs, client):
+            _, a = await register(client, "alice")
+            _, b = await register(client, "bob")
+            room_id = await _dm(client, a, b)
+            url = f"http://gw.test:{gateway.server.port}/_matrix/push/v1/notify"
+            await _set(client, b, _http_pusher(url))
+            await _send(client, a, room_id, "1")
+            await hs.pusher_sender.run_once()
+            clock.advance(1000)
+            await hs.pusher_sender.run_once()
+            assert gateway.received == [] and len(dns.calls) == 3
+            assert len(await _pushers(client, b)) == 1  # kept: refused now, maybe not later
+        # Allowed, the same name reaches the gateway at the address it resolved to.
+        dns = FakeResolver({"gw.test": [["127.0.0.1"]]})
+        outbound = Outbound(AddressPolicy(["127.0.0.1/32"]), dns)
+        async with serve(config, clock, outbound) as (hs, client):
+            clock.advance(10_000)
+            await hs.pusher_sender.run_once()
+            await until(lambda: len(gateway.received) == 1)
 
 
 async def test_rejected_pushkey_removes_the_pusher(tmp_path: Path, db_url: str) -> None:

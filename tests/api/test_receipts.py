@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from homeserver.clock import FakeClock
+from homeserver.core.clock import FakeClock
 from tests.helpers import auth_header, register
 from tests.openapi_schema import assert_response_matches
 

@@ -8,11 +8,11 @@ from typing import Any
 import httpx
 import pytest
 
+from homeserver.accounts.uia import SESSION_LIFETIME_MS, UiaResult
 from homeserver.app import Homeserver
-from homeserver.clock import FakeClock
-from homeserver.errors import MatrixError
-from homeserver.ids import UserID, is_valid_new_localpart
-from homeserver.uia import SESSION_LIFETIME_MS, UiaResult
+from homeserver.core.clock import FakeClock
+from homeserver.core.errors import MatrixError
+from homeserver.core.ids import UserID, is_valid_new_localpart
 from tests.conftest import make_config
 from tests.helpers import DEFAULT_PASSWORD, assert_errors, auth_header, login, register, serve
 from tests.openapi_schema import assert_response_matches

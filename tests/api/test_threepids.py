@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from homeserver.clock import FakeClock
+from homeserver.core.clock import FakeClock
 from tests.conftest import make_config
 from tests.helpers import (
     assert_errors,

@@ -8,10 +8,10 @@ from typing import Any
 import httpx
 
 from homeserver.app import Homeserver
-from homeserver.ids import UserID
+from homeserver.core.ids import UserID
+from homeserver.core.types import Requester
+from homeserver.e2ee.to_device import MAX_PER_SYNC
 from homeserver.storage.to_device import ToDeviceStore
-from homeserver.to_device import MAX_PER_SYNC
-from homeserver.types import Requester
 from tests.helpers import auth_header, login, register
 from tests.openapi_schema import assert_response_matches
 

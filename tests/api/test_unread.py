@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 from homeserver.app import Homeserver
+from homeserver.core.streams import Stream, StreamToken
 from homeserver.storage.push import PushStore
-from homeserver.streams import Stream, StreamToken
 from tests.helpers import auth_header, register
 from tests.openapi_schema import assert_response_matches
 

@@ -26,7 +26,7 @@ import nio  # type: ignore[import-untyped]
 import pytest
 from PIL import Image
 
-from homeserver.config import MediaStorageS3Config
+from homeserver.core.config import MediaStorageS3Config
 from media_repo.s3 import PART_BYTES, S3Backend
 from tests.e2e.conftest import ServerProcess, free_port
 from tests.unit.test_thumbnailer import make_image

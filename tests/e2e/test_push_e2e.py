@@ -56,9 +56,9 @@ def gateway(tmp_path: Path) -> Iterator[str]:
                         "type": "webpush",
                         "vapid_private_key_file": str(tmp_path / "vapid.pem"),
                         "vapid_contact": "mailto:a@test.org",
-                        "allow_private_endpoints": True,
                     }
                 },
+                "outbound": {"allow_addresses": ["127.0.0.1/32"]},
             }
         )
     )
@@ -103,7 +103,8 @@ async def pair(
         server = ServerProcess(
             tmp_path,
             None,
-            push={"allow_http": True, "allow_private_addresses": True, "poll_interval_ms": 200},
+            push={"allow_http": True, "poll_interval_ms": 200},
+            outbound={"allow_addresses": ["127.0.0.1/32"]},
             presence={"offline_after_ms": 1000},
             email={
                 "enabled": True,

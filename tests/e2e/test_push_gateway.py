@@ -30,8 +30,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from py_vapid import Vapid02  # type: ignore[import-untyped]
 
+from homeserver.net.addresses import AddressPolicy
+from homeserver.net.outbound import Outbound
 from push_gateway.app import Gateway, create_app
-from push_gateway.config import parse_gateway_config
+from push_gateway.config import GatewayConfigError, parse_gateway_config
+from tests.helpers import FakeResolver
 from tests.push_servers import LocalHTTP, free_port
 
 NOTIFY = "/_matrix/push/v1/notify"
@@ -140,9 +143,9 @@ async def test_webpush_encrypted_and_vapid_signed(tmp_path: Path) -> None:
                         "type": "webpush",
                         "vapid_private_key_file": str(tmp_path / "vapid.pem"),
                         "vapid_contact": "mailto:admin@example.org",
-                        "allow_private_endpoints": True,
                     }
-                }
+                },
+                "outbound": {"allow_addresses": ["127.0.0.1/32"]},
             }
         )
         device: dict[str, Any] = {
@@ -214,6 +217,76 @@ async def test_webpush_refuses_private_endpoints_and_bad_keys(tmp_path: Path) ->
     assert r.json() == {"rejected": ["k1", "k2", "k3"]}
     await client.aclose()
     await gateway.aclose()
+
+
+async def test_webpush_endpoints_go_through_the_outbound_transport(tmp_path: Path) -> None:
+    vapid = Vapid02()
+    vapid.generate_keys()
+    vapid.save_key(str(tmp_path / "vapid.pem"))
+    p256dh = _b64url(
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    )
+    received: list[str] = []
+
+    async def push(request: web.Request) -> web.Response:
+        received.append(request.headers["Host"])
+        return web.Response(status=201)
+
+    app = web.Application()
+    app.router.add_post("/push/sub1", push)
+    config = {
+        "apps": {
+            "w": {
+                "type": "webpush",
+                "vapid_private_key_file": str(tmp_path / "vapid.pem"),
+                "vapid_contact": "mailto:a@example.org",
+            }
+        }
+    }
+    dns = FakeResolver({"push.test": [["127.0.0.1"]]})
+    async with LocalHTTP(app) as endpoint:
+        device = {
+            "app_id": "w",
+            "pushkey": p256dh,
+            "data": {"endpoint": f"{endpoint.base_url}/push/sub1", "auth": _b64url(os.urandom(16))},
+        }
+        by_name = {
+            **device,
+            "data": {**device["data"], "endpoint": f"http://push.test:{endpoint.port}/push/sub1"},
+        }
+        # Valid keys, a loopback endpoint, no allow list: refused without a connection.
+        gateway = Gateway(parse_gateway_config(config), outbound=Outbound(AddressPolicy(), dns))
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(gateway)), base_url="http://gw"
+        ) as client:
+            r = await client.post(NOTIFY, json=_notification(device, by_name))
+            assert r.json() == {"rejected": [p256dh, p256dh]}
+        await gateway.aclose()
+        assert received == []
+        # Allowed: the name is resolved by the transport and connected at that address.
+        allowed = Outbound(AddressPolicy(["127.0.0.1/32"]), dns)
+        gateway = Gateway(parse_gateway_config(config), outbound=allowed)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(gateway)), base_url="http://gw"
+        ) as client:
+            r = await client.post(NOTIFY, json=_notification(by_name))
+            assert r.json() == {"rejected": []}
+        await gateway.aclose()
+        assert received == [f"push.test:{endpoint.port}"]
+
+
+def test_old_allow_keys_stop_the_start_up() -> None:
+    app = {"type": "webpush", "vapid_private_key": "x", "vapid_contact": "mailto:a@b.c"}
+    with pytest.raises(GatewayConfigError, match="outbound.allow_addresses"):
+        parse_gateway_config({"apps": {"w": {**app, "allow_private_endpoints": True}}})
+    parsed = parse_gateway_config({"apps": {"w": {**app, "allow_private_endpoints": False}}})
+    assert parsed.outbound.allow_addresses == ()
+    # Served by the homeserver, the gateway takes the homeserver's list.
+    listed = parse_gateway_config({"outbound": {"allow_addresses": ["127.0.0.1/32"]}})
+    with pytest.raises(GatewayConfigError, match="homeserver's outbound.allow_addresses"):
+        Gateway(listed, outbound=Outbound(AddressPolicy()))
 
 
 # --- APNs -------------------------------------------------------------------------------------

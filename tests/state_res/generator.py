@@ -18,7 +18,8 @@ from collections.abc import Collection, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from homeserver.errors import MatrixError
+from homeserver.core.errors import MatrixError
+from homeserver.core.types import JsonDict
 from homeserver.events.auth import (
     CREATE,
     JOIN_RULES,
@@ -32,7 +33,6 @@ from homeserver.events.auth import (
 from homeserver.events.format import compute_event_id, compute_room_id_v12
 from homeserver.events.room_versions import ROOM_VERSIONS, RoomVersion
 from homeserver.events.state_res import resolve_state
-from homeserver.types import JsonDict
 
 TOPIC = "m.room.topic"
 

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Collection
 from typing import Any
 
+from homeserver.core.types import JsonDict
 from homeserver.events.auth import (
     CREATE,
     JOIN_RULES,
@@ -24,7 +25,6 @@ from homeserver.events.format import compute_event_id, compute_room_id_v12, prev
 from homeserver.events.room_versions import RoomVersion
 from homeserver.events.state_res import resolve_state
 from homeserver.events.state_res_v1 import resolve_state_v1
-from homeserver.types import JsonDict
 
 A, B, C, D = "@alice:a.test", "@bob:b.test", "@carol:c.test", "@dave:d.test"
 

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from homeserver.migrate import upgrade_head
 from homeserver.storage.database import Database
+from homeserver.storage.migrate import upgrade_head
 
 
 @pytest.fixture

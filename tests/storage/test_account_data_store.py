@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from homeserver.ids import UserID
+from homeserver.core.ids import UserID
+from homeserver.core.streams import Stream
 from homeserver.storage.account_data import AccountData, AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.database import Database
 from homeserver.storage.to_device import ToDeviceStore
-from homeserver.streams import Stream
 
 ALICE = UserID("@alice:test")
 BOB = UserID("@bob:test")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from homeserver.ids import UserID
+from homeserver.core.ids import UserID
 from homeserver.storage.accounts import AccountStore, Profile
 from homeserver.storage.database import Database
 from homeserver.storage.filters import FilterStore

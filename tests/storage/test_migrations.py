@@ -6,10 +6,10 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from homeserver.migrate import upgrade_head
+from homeserver.core.streams import Stream
 from homeserver.storage.database import Database
+from homeserver.storage.migrate import upgrade_head
 from homeserver.storage.schema import metadata, stream_positions
-from homeserver.streams import Stream
 
 
 async def test_upgrade_head_matches_schema(db_url: str) -> None:

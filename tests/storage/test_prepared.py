@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 import sqlalchemy as sa
 
-from homeserver.migrate import upgrade_head
 from homeserver.storage.database import Database, LeanResult, prepared
+from homeserver.storage.migrate import upgrade_head
 from homeserver.storage.schema import filters, users
 
 # A list expanded between other values: on PostgreSQL the $n after it are renumbered.

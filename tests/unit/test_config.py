@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from homeserver.config import (
+from homeserver.core.config import (
     ConfigError,
     HomeserverConfig,
     RateLimit,
@@ -57,6 +57,26 @@ def test_environment_overrides(tmp_path: Path) -> None:
     assert config.registration.enabled is True
     assert config.server_name == "example.org"
     assert Path(config.data_dir) == tmp_path / "data"
+
+
+def test_outbound_allow_list_and_the_keys_it_replaced() -> None:
+    config = parse_config({"outbound": {"allow_addresses": ["10.0.5.0/24", "127.0.0.1"]}})
+    assert config.outbound.allow_addresses == ("10.0.5.0/24", "127.0.0.1")
+    with pytest.raises(ConfigError, match="not-a-cidr"):
+        parse_config({"outbound": {"allow_addresses": ["not-a-cidr"]}})
+    # The old keys at their defaults still load; set, they say where the setting went.
+    parse_config(
+        {
+            "push": {"allow_private_addresses": False},
+            "media": {"url_preview": {"ip_range_allowlist": []}},
+        }
+    )
+    for data in (
+        {"push": {"allow_private_addresses": True}},
+        {"media": {"url_preview": {"ip_range_allowlist": ["127.0.0.1/32"]}}},
+    ):
+        with pytest.raises(ConfigError, match="replaced by outbound.allow_addresses"):
+            parse_config(data)
 
 
 def test_sqlite_path_is_inside_the_data_dir(tmp_path: Path) -> None:

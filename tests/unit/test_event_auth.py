@@ -9,7 +9,8 @@ import nacl.signing
 import pytest
 from unpaddedbase64 import encode_base64
 
-from homeserver.errors import Codes, MatrixError
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.types import JsonDict
 from homeserver.events.auth import (
     CREATE,
     JOIN_RULES,
@@ -31,7 +32,6 @@ from homeserver.events.auth import (
 )
 from homeserver.events.format import canonical_json, compute_event_id, compute_room_id_v12
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from homeserver.types import JsonDict
 
 V10, V11, V12 = (KNOWN_ROOM_VERSIONS[v] for v in ("10", "11", "12"))
 ALL_VERSIONS = pytest.mark.parametrize("version", [V10, V11, V12], ids=lambda v: f"v{v.identifier}")

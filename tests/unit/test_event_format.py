@@ -10,7 +10,8 @@ import pytest
 from signedjson.key import decode_signing_key_base64, generate_signing_key, get_verify_key
 from unpaddedbase64 import encode_base64
 
-from homeserver.errors import Codes, MatrixError
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.types import JsonDict
 from homeserver.events.format import (
     MAX_PDU_BYTES,
     add_content_hash,
@@ -31,7 +32,6 @@ from homeserver.events.room_versions import (
     RedactionRules,
     RoomVersion,
 )
-from homeserver.types import JsonDict
 
 V10, V11, V12 = (KNOWN_ROOM_VERSIONS[v] for v in ("10", "11", "12"))
 ALL_VERSIONS = pytest.mark.parametrize("version", [V10, V11, V12], ids=lambda v: f"v{v.identifier}")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from homeserver.bus import InMemoryBus
-from homeserver.notifier import Notifier
-from homeserver.streams import Stream
+from homeserver.core.streams import Stream
+from homeserver.wakeups.bus import InMemoryBus
+from homeserver.wakeups.notifier import Notifier
 
 
 async def test_committed_positions_are_known_once_learned_and_only_rise() -> None:

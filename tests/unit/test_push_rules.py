@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from homeserver.errors import MatrixError
+from homeserver.core.errors import MatrixError
 from homeserver.push.evaluator import CompiledRuleset, EventContext, Outcome, split_path
 from homeserver.push.rules import (
     DEFAULT_OVERRIDE,
@@ -17,7 +17,7 @@ from homeserver.push.rules import (
     normalize_conditions,
     ruleset_json,
 )
-from homeserver.storage.push import DefaultChange, StoredRule, UserRules
+from homeserver.storage.push_rules import DefaultChange, StoredRule, UserRules
 
 ALICE = "@alice:test"
 BOB = "@bob:test"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from homeserver.clock import FakeClock
-from homeserver.config import RateLimit, RateLimitsConfig
-from homeserver.errors import Codes, MatrixError
-from homeserver.ratelimit import Action, RateLimiter
+from homeserver.core.clock import FakeClock
+from homeserver.core.config import RateLimit, RateLimitsConfig
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ratelimit import Action, RateLimiter
 
 
 def limiter(

@@ -12,7 +12,8 @@ import pytest
 from signedjson.key import decode_signing_key_base64, generate_signing_key, get_verify_key
 from unpaddedbase64 import encode_base64
 
-from homeserver.errors import Codes, MatrixError
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.types import JsonDict
 from homeserver.events.auth import (
     JOIN_RULES,
     MEMBER,
@@ -49,7 +50,6 @@ from homeserver.events.validation import (
     check_signatures,
     validate_received_pdu,
 )
-from homeserver.types import JsonDict
 from tests.state_res.room import A, B, C, D, Room
 
 ALL = [ROOM_VERSIONS[str(n)] for n in range(1, 13)]

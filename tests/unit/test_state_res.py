@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from homeserver.core.types import JsonDict
 from homeserver.events.auth import (
     CREATE,
     JOIN_RULES,
@@ -26,7 +27,6 @@ from homeserver.events.auth import (
 from homeserver.events.format import auth_event_ids
 from homeserver.events.room_versions import ROOM_VERSIONS, RoomVersion
 from homeserver.events.state_res import is_power_event, resolve_state, separate
-from homeserver.types import JsonDict
 from tests.state_res.generator import generate, run_sync
 from tests.state_res.room import A, B, C, D, Room
 

@@ -8,8 +8,8 @@ from typing import Any, cast
 
 import pytest
 
+from homeserver.push.unread import _CountBatch
 from homeserver.storage.push import PushStore, ThreadUnread
-from homeserver.unread import _CountBatch
 
 
 class _Store:

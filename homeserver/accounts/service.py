@@ -1,0 +1,478 @@
+"""Accounts: registration, login, logout, passwords, deactivation and devices.
+
+Routes hand in plain values; the UIA-protected operations return an ``AuthChallenge`` while
+the client still has stages to complete (rendered as a 401 without ``errcode``).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from homeserver.accounts.tokens import AuthService, Session, new_device_id
+from homeserver.accounts.uia import (
+    LOGIN_DUMMY,
+    LOGIN_EMAIL_IDENTITY,
+    LOGIN_PASSWORD,
+    LOGIN_REGISTRATION_TOKEN,
+    AuthChallenge,
+    EmailIdentity,
+    UiaService,
+    parse_user_identifier,
+)
+from homeserver.core.clock import Clock
+from homeserver.core.config import RegistrationConfig
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import MAX_ID_BYTES, UserID, is_valid_new_localpart
+from homeserver.core.ratelimit import Action, RateLimiter
+from homeserver.core.types import JsonDict, Requester
+from homeserver.storage.accounts import AccountStore, Device
+
+logger = logging.getLogger(__name__)
+
+# argon2 takes any length, but a megabyte "password" is only a way to burn CPU.
+MAX_PASSWORD_BYTES = 512
+MAX_DEVICE_ID_BYTES = 255  # spec leaves it open; an identifier-sized bound
+MAX_DEVICE_DISPLAY_NAME_CHARS = 256
+_GENERATED_LOCALPART_ATTEMPTS = 10
+
+PASSWORD_FLOWS: list[list[str]] = [[LOGIN_PASSWORD]]
+
+
+class UserData(Protocol):
+    """A service that keeps something for an account and lets go of it when the account is
+    deactivated (its rooms, its e-mail addresses)."""
+
+    async def deactivate_user(self, user_id: UserID) -> None: ...
+
+
+class DeviceData(Protocol):
+    """A service that keeps something per device, deleted with the device (its keys, its
+    to-device messages, its pushers)."""
+
+    async def delete_for_devices(self, user_id: UserID, device_ids: list[str]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationRequest:
+    username: str | None
+    password: str | None
+    device_id: str | None
+    initial_device_display_name: str | None
+    inhibit_login: bool
+    refresh_token: bool
+    auth: JsonDict | None
+    client_ip: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    user_id: UserID
+    session: Session | None  # None with ``inhibit_login``
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRequest:
+    login_type: str
+    identifier_type: str | None  # from ``identifier``; None when it is absent
+    user: str | None  # ``identifier.user``, or the deprecated top-level ``user``
+    # ``identifier.medium``/``address`` of m.id.thirdparty, or the deprecated top-level ones
+    medium: str | None
+    address: str | None
+    password: str | None
+    device_id: str | None
+    initial_device_display_name: str | None
+    refresh_token: bool
+    client_ip: str | None
+
+
+class AccountService:
+    def __init__(
+        self,
+        store: AccountStore,
+        auth: AuthService,
+        uia: UiaService,
+        ratelimiter: RateLimiter,
+        clock: Clock,
+        server_name: str,
+        registration: RegistrationConfig,
+        email_identity: EmailIdentity,
+        *,
+        user_data: Sequence[UserData] = (),
+        device_data: Sequence[DeviceData] = (),
+    ) -> None:
+        self._store = store
+        self._auth = auth
+        self._uia = uia
+        self._ratelimiter = ratelimiter
+        self._clock = clock
+        self._server_name = server_name
+        self._registration = registration
+        # The e-mail addresses bound to accounts: login by address, password reset by mail.
+        self._email_identity = email_identity
+        self._user_data = tuple(user_data)
+        self._device_data = tuple(device_data)
+
+    # --- registration ----------------------------------------------------------------------
+
+    async def registration_flows(self, *, in_session: bool = False) -> list[list[str]]:
+        """The flows /register offers; ``M_FORBIDDEN`` when nobody could register now.
+
+        ``in_session``: the client continues a session, which may hold the last use of a
+        token (reserved by its completed stage), so tokens still count as possible.
+        """
+        if self._registration.enabled and not self._registration.require_token:
+            return [[LOGIN_DUMMY]]
+        if in_session or await self._uia.registration_token_possible():
+            return [[LOGIN_REGISTRATION_TOKEN]]
+        raise MatrixError(Codes.FORBIDDEN, "Registration is disabled")
+
+    async def register(
+        self, request: RegistrationRequest, fingerprint: str
+    ) -> Registered | AuthChallenge:
+        if request.client_ip is not None:
+            self._ratelimiter.check(Action.REGISTRATION, f"ip:{request.client_ip}")
+        flows = await self.registration_flows(
+            in_session=request.auth is not None and request.auth.get("session") is not None
+        )
+        # spec: the user ID and password are checked before user-interactive authentication.
+        user_id = None
+        if request.username is not None:
+            user_id = self._new_user_id(request.username)
+            if await self._store.user_exists_ignoring_case(user_id):
+                raise MatrixError(Codes.USER_IN_USE, "User ID already taken")
+        if request.password is not None:
+            self.check_password_strength(request.password)
+        elif request.auth is not None:
+            raise MatrixError(Codes.MISSING_PARAM, "Missing parameter: password")
+        self._check_device(request.device_id, request.initial_device_display_name)
+        result = await self._uia.authenticate(request.auth, flows, fingerprint)
+        if isinstance(result, AuthChallenge):
+            return result
+        assert request.password is not None  # checked above: ``auth`` was given
+        password_hash = await self._auth.hash_password(request.password)
+        if user_id is None:
+            user_id = await self._create_generated_user(password_hash)
+        elif not await self._create_user(user_id, password_hash, is_admin=False):
+            # Taken while the client was authenticating; the session stays for another try.
+            raise MatrixError(Codes.USER_IN_USE, "User ID already taken")
+        await self._uia.finish(result)
+        logger.info("user registered", extra={"user_id": user_id})
+        if request.inhibit_login:
+            return Registered(user_id, None)
+        session = await self._start_session(
+            user_id,
+            request.device_id,
+            request.initial_device_display_name,
+            refreshable=request.refresh_token,
+            client_ip=request.client_ip,
+        )
+        return Registered(user_id, session)
+
+    async def check_username_available(self, username: str, client_ip: str | None) -> None:
+        """Nothing if ``username`` could be registered now; ``M_USER_IN_USE`` etc. otherwise."""
+        if client_ip is not None:
+            self._ratelimiter.check(Action.REGISTRATION, f"available:{client_ip}")
+        user_id = self._new_user_id(username)
+        if await self._store.user_exists_ignoring_case(user_id):
+            raise MatrixError(Codes.USER_IN_USE, "User ID already taken")
+
+    async def registration_token_validity(self, token: str, client_ip: str | None) -> bool:
+        # spec: rate-limited against brute force.
+        if client_ip is not None:
+            self._ratelimiter.check(Action.REGISTRATION, f"token-validity:{client_ip}")
+        if await self._uia.registration_token_valid(token):
+            return True
+        open_to_all = self._registration.enabled and not self._registration.require_token
+        if (
+            not open_to_all
+            and not await self._uia.registration_token_possible()
+            and not await self._uia.registration_token_known(token)
+        ):
+            # spec: 403 where registration is closed, so every token is invalid. A known but
+            # used-up or expired token is rather reported invalid: it tells its holder why.
+            raise MatrixError(Codes.FORBIDDEN, "Registration is disabled")
+        return False
+
+    async def register_user_admin(self, localpart: str, password: str, admin: bool) -> UserID:
+        """Create an account from the command line (``homeserver register-user``)."""
+        user_id = self._new_user_id(localpart)
+        self.check_password_strength(password)
+        if await self._store.user_exists_ignoring_case(user_id) or not await self._create_user(
+            user_id, await self._auth.hash_password(password), is_admin=admin
+        ):
+            raise MatrixError(Codes.USER_IN_USE, "User ID already taken")
+        logger.info("user registered by an administrator", extra={"user_id": user_id})
+        return user_id
+
+    def check_password_strength(self, password: str) -> None:
+        if len(password) < self._registration.min_password_length:
+            raise MatrixError(
+                Codes.WEAK_PASSWORD,
+                "Password must be at least "
+                f"{self._registration.min_password_length} characters long",
+            )
+        if len(password.encode()) > MAX_PASSWORD_BYTES:
+            raise MatrixError(
+                Codes.INVALID_PARAM, f"Password is longer than {MAX_PASSWORD_BYTES} bytes"
+            )
+
+    def _new_user_id(self, username: str) -> UserID:
+        # spec: a server maps a username onto the grammar or refuses it; upper case maps to
+        # lower case (user IDs are case-insensitive in practice), anything else is refused.
+        localpart = username.lower()
+        if not localpart or not is_valid_new_localpart(localpart):
+            raise MatrixError(
+                Codes.INVALID_USERNAME,
+                "User ID may only contain a-z, 0-9, '.', '_', '=', '-', '/' and '+'",
+            )
+        user_id = UserID.of(localpart, self._server_name)
+        if len(user_id.encode()) > MAX_ID_BYTES:
+            raise MatrixError(
+                Codes.INVALID_USERNAME, f"User ID is longer than {MAX_ID_BYTES} bytes"
+            )
+        return user_id
+
+    async def _create_user(self, user_id: UserID, password_hash: str, *, is_admin: bool) -> bool:
+        return await self._store.create_user(
+            user_id,
+            password_hash,
+            is_admin=is_admin,
+            created_ts=self._clock.now_ms(),
+            displayname=user_id.localpart,
+        )
+
+    async def _create_generated_user(self, password_hash: str) -> UserID:
+        # spec: without ``username`` the server picks the localpart.
+        for _ in range(_GENERATED_LOCALPART_ATTEMPTS):
+            user_id = UserID.of(f"user-{secrets.token_hex(5)}", self._server_name)
+            if await self._create_user(user_id, password_hash, is_admin=False):
+                return user_id
+        raise MatrixError(Codes.UNKNOWN, "Could not generate a free user ID")
+
+    # --- login, logout, refresh ------------------------------------------------------------
+
+    def login_flows(self) -> list[JsonDict]:
+        return [{"type": LOGIN_PASSWORD}]
+
+    async def login(self, request: LoginRequest) -> Session:
+        if request.client_ip is not None:
+            self._ratelimiter.check(Action.LOGIN, f"ip:{request.client_ip}")
+        if request.login_type != LOGIN_PASSWORD:
+            raise MatrixError(Codes.UNKNOWN, f"Unknown login type {request.login_type}", status=400)
+        if request.identifier_type == "m.id.phone":
+            # No phone number is ever bound to an account here (spec: unknown 3PID: 403).
+            raise MatrixError(Codes.FORBIDDEN, "Unknown third-party identifier")
+        third_party = request.identifier_type == "m.id.thirdparty" or (
+            request.identifier_type is None
+            and request.user is None
+            and (request.medium is not None or request.address is not None)
+        )
+        if request.identifier_type not in (None, "m.id.user", "m.id.thirdparty"):
+            raise MatrixError(
+                Codes.UNKNOWN, f"Unknown identifier type {request.identifier_type}", status=400
+            )
+        if third_party:
+            for name in ("medium", "address"):
+                if getattr(request, name) is None:
+                    where = f"identifier.{name}" if request.identifier_type else name
+                    raise MatrixError(Codes.MISSING_PARAM, f"Missing parameter: {where}")
+        elif request.user is None:
+            where = "identifier.user" if request.identifier_type else "identifier"
+            raise MatrixError(Codes.MISSING_PARAM, f"Missing parameter: {where}")
+        if request.password is None:
+            raise MatrixError(Codes.MISSING_PARAM, "Missing parameter: password")
+        self._check_device(request.device_id, request.initial_device_display_name)
+        if third_party:
+            assert request.medium is not None and request.address is not None
+            # spec: a 3PID bound to no account is a 403, like a wrong password.
+            user_id = await self._email_identity.owner_of(request.medium, request.address)
+        else:
+            assert request.user is not None
+            user_id = parse_user_identifier(request.user, self._server_name)
+        if user_id is None:
+            raise MatrixError(Codes.FORBIDDEN, "Invalid username or password")
+        self._ratelimiter.check(Action.LOGIN, f"user:{user_id.lower()}")
+        user = await self._store.get_user_case_insensitive(user_id)
+        if user is not None and user.deactivated:
+            # Its password is wiped on deactivation, so say why rather than "wrong password".
+            raise MatrixError(Codes.USER_DEACTIVATED, "This account has been deactivated")
+        if user is None or not await self._auth.check_password(
+            user.password_hash, request.password
+        ):
+            raise MatrixError(Codes.FORBIDDEN, "Invalid username or password")
+        session = await self._start_session(
+            user.user_id,
+            request.device_id,
+            request.initial_device_display_name,
+            refreshable=request.refresh_token,
+            client_ip=request.client_ip,
+        )
+        logger.info(
+            "user logged in", extra={"user_id": user.user_id, "device_id": session.device_id}
+        )
+        return session
+
+    async def refresh(self, refresh_token: str) -> Session:
+        return await self._auth.refresh(refresh_token)
+
+    async def logout(self, requester: Requester) -> None:
+        """Revoke the token and delete its device (spec: /logout deletes the device)."""
+        await self._delete_devices(requester.user_id, [requester.device_id])
+
+    async def logout_all(self, requester: Requester) -> None:
+        device_ids, hashes = await self._store.delete_devices_except(requester.user_id, None)
+        await self._devices_deleted(requester.user_id, device_ids, hashes)
+
+    def whoami(self, requester: Requester) -> JsonDict:
+        return {"user_id": requester.user_id, "device_id": requester.device_id, "is_guest": False}
+
+    async def _start_session(
+        self,
+        user_id: UserID,
+        device_id: str | None,
+        display_name: str | None,
+        *,
+        refreshable: bool,
+        client_ip: str | None,
+    ) -> Session:
+        if device_id is None:
+            device_id = new_device_id()
+        elif await self._store.get_device(user_id, device_id) is not None:
+            # spec: a client that names its device gets it back, but the device's previous
+            # access and refresh tokens stop working; its display name is kept.
+            self._auth.forget_cached(await self._store.delete_device_tokens(user_id, device_id))
+            display_name = None
+        await self._store.upsert_device(
+            user_id, device_id, display_name, self._clock.now_ms(), client_ip
+        )
+        return await self._auth.create_session(user_id, device_id, refreshable=refreshable)
+
+    def _check_device(self, device_id: str | None, display_name: str | None) -> None:
+        if device_id is not None and not 0 < len(device_id.encode()) <= MAX_DEVICE_ID_BYTES:
+            raise MatrixError(
+                Codes.INVALID_PARAM, f"device_id must be 1 to {MAX_DEVICE_ID_BYTES} bytes long"
+            )
+        if display_name is not None:
+            self._check_display_name(display_name)
+
+    def _check_display_name(self, display_name: str) -> None:
+        if len(display_name) > MAX_DEVICE_DISPLAY_NAME_CHARS:
+            raise MatrixError(
+                Codes.INVALID_PARAM,
+                f"Device display name is longer than {MAX_DEVICE_DISPLAY_NAME_CHARS} characters",
+            )
+
+    # --- password and deactivation ---------------------------------------------------------
+
+    async def change_password(
+        self,
+        requester: Requester | None,
+        new_password: str,
+        logout_devices: bool,
+        auth: JsonDict | None,
+        fingerprint: str,
+    ) -> AuthChallenge | None:
+        """spec: /account/password; without an access token the password stage (or the
+        validated e-mail address of ``m.login.email.identity``) says who."""
+        self.check_password_strength(new_password)
+        flows = PASSWORD_FLOWS
+        if self._email_identity.enabled:
+            flows = [*PASSWORD_FLOWS, [LOGIN_EMAIL_IDENTITY]]  # password reset by mail
+        result = await self._uia.authenticate(
+            auth, flows, fingerprint, requester=requester.user_id if requester is not None else None
+        )
+        if isinstance(result, AuthChallenge):
+            return result
+        user_id = requester.user_id if requester is not None else result.user_id
+        assert user_id is not None  # the password stage names the user
+        await self._store.set_password_hash(user_id, await self._auth.hash_password(new_password))
+        await self._uia.finish(result)
+        if logout_devices:
+            # spec: the other devices go, with their tokens; the requesting one stays.
+            keep = requester.device_id if requester is not None else None
+            device_ids, hashes = await self._store.delete_devices_except(user_id, keep)
+            await self._devices_deleted(user_id, device_ids, hashes)
+        logger.info("password changed", extra={"user_id": user_id})
+        return None
+
+    async def deactivate(
+        self, requester: Requester | None, auth: JsonDict | None, fingerprint: str
+    ) -> AuthChallenge | None:
+        result = await self._uia.authenticate(
+            auth,
+            PASSWORD_FLOWS,
+            fingerprint,
+            requester=requester.user_id if requester is not None else None,
+        )
+        if isinstance(result, AuthChallenge):
+            return result
+        user_id = requester.user_id if requester is not None else result.user_id
+        assert user_id is not None
+        # The flag stops every token at once (token lookups check it); then they go for good.
+        await self._store.set_deactivated(user_id)
+        await self._uia.finish(result)
+        device_ids, hashes = await self._store.delete_devices_except(user_id, None)
+        await self._devices_deleted(user_id, device_ids, hashes)
+        for data in self._user_data:
+            await data.deactivate_user(user_id)
+        logger.info("user deactivated", extra={"user_id": user_id})
+        return None
+
+    # --- devices ---------------------------------------------------------------------------
+
+    async def get_devices(self, requester: Requester) -> list[Device]:
+        return await self._store.get_devices(requester.user_id)
+
+    async def get_device(self, requester: Requester, device_id: str) -> Device:
+        device = await self._store.get_device(requester.user_id, device_id)
+        if device is None:
+            raise MatrixError(Codes.NOT_FOUND, "Unknown device")
+        return device
+
+    async def update_device(
+        self, requester: Requester, device_id: str, display_name: str | None
+    ) -> None:
+        """spec: only application services may create devices here; others update theirs."""
+        if display_name is None:
+            await self.get_device(requester, device_id)
+            return
+        self._check_display_name(display_name)
+        if not await self._store.set_device_display_name(
+            requester.user_id, device_id, display_name
+        ):
+            raise MatrixError(Codes.NOT_FOUND, "Unknown device")
+
+    async def delete_devices(
+        self,
+        requester: Requester,
+        device_ids: Sequence[str],
+        auth: JsonDict | None,
+        fingerprint: str,
+    ) -> AuthChallenge | None:
+        result = await self._uia.authenticate(
+            auth, PASSWORD_FLOWS, fingerprint, requester=requester.user_id
+        )
+        if isinstance(result, AuthChallenge):
+            return result
+        await self._uia.finish(result)
+        # spec: devices already gone count as deleted.
+        await self._delete_devices(requester.user_id, list(dict.fromkeys(device_ids)))
+        return None
+
+    async def _delete_devices(self, user_id: UserID, device_ids: list[str]) -> None:
+        if not device_ids:
+            return
+        hashes = await self._store.delete_devices(user_id, device_ids)
+        await self._devices_deleted(user_id, device_ids, hashes)
+
+    async def _devices_deleted(
+        self, user_id: UserID, device_ids: list[str], token_hashes: list[bytes]
+    ) -> None:
+        self._auth.forget_cached([bytes(h) for h in token_hashes])
+        if device_ids:
+            for data in self._device_data:
+                await data.delete_for_devices(user_id, device_ids)

@@ -1,0 +1,163 @@
+"""Access tokens and passwords: who a request comes from.
+
+Tokens are random, stored as their SHA-256 and looked up through a small cache; a token
+revoked on this worker leaves the cache at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+
+import anyio
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from cachetools import TTLCache
+
+from homeserver.core.clock import Clock
+from homeserver.core.config import AuthConfig
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import UserID
+from homeserver.core.types import Requester
+from homeserver.storage.accounts import AccountStore
+
+# A cached token is re-read from the database at least this often, so that a token revoked
+# by another worker stops working within this time.
+TOKEN_CACHE_TTL_S = 30.0
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def new_token(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def new_device_id() -> str:
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return "".join(secrets.choice(alphabet) for _ in range(10))
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """What /login and /register hand a client."""
+
+    user_id: UserID
+    device_id: str
+    access_token: str
+    refresh_token: str | None
+    expires_in_ms: int | None
+
+
+class AuthService:
+    def __init__(self, store: AccountStore, clock: Clock, config: AuthConfig) -> None:
+        self._store = store
+        self._clock = clock
+        self._config = config
+        self._hasher = PasswordHasher(
+            time_cost=config.password_hash_time_cost,
+            memory_cost=config.password_hash_memory_kib,
+            parallelism=1,
+        )
+        self._cache: TTLCache[bytes, tuple[Requester, int | None]] = TTLCache(
+            maxsize=max(1, config.token_cache_size), ttl=TOKEN_CACHE_TTL_S
+        )
+        # Hashing is CPU-bound and takes password_hash_memory_kib each: more at once than
+        # there are cores adds no speed, only memory (eight at once held 150 MB more).
+        self._hashing = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
+
+    # --- passwords -------------------------------------------------------------------------
+
+    async def hash_password(self, password: str) -> str:
+        return await anyio.to_thread.run_sync(self._hasher.hash, password, limiter=self._hashing)
+
+    async def check_password(self, password_hash: str | None, password: str) -> bool:
+        if password_hash is None:
+            return False
+
+        def verify() -> bool:
+            try:
+                return self._hasher.verify(password_hash, password)
+            except (VerificationError, InvalidHashError):
+                return False
+
+        return await anyio.to_thread.run_sync(verify, limiter=self._hashing)
+
+    # --- tokens ----------------------------------------------------------------------------
+
+    async def get_requester(self, token: str) -> Requester:
+        key = hash_token(token)
+        cached = self._cache.get(key)
+        if cached is None:
+            info = await self._store.get_token(key)
+            if info is None:
+                raise MatrixError(Codes.UNKNOWN_TOKEN, "Unknown access token", soft_logout=False)
+            if info.deactivated:
+                raise MatrixError(Codes.UNKNOWN_TOKEN, "User is deactivated", soft_logout=False)
+            cached = (
+                Requester(info.user_id, info.device_id, info.token_id, info.is_admin),
+                info.valid_until_ms,
+            )
+            self._cache[key] = cached
+        requester, valid_until_ms = cached
+        if valid_until_ms is not None and self._clock.now_ms() >= valid_until_ms:
+            # spec: an expired token that can be refreshed is a soft logout.
+            raise MatrixError(Codes.UNKNOWN_TOKEN, "Access token has expired", soft_logout=True)
+        return requester
+
+    async def create_session(
+        self, user_id: UserID, device_id: str, *, refreshable: bool
+    ) -> Session:
+        now = self._clock.now_ms()
+        access = new_token("mat")
+        if not refreshable:
+            await self._store.add_access_token(
+                user_id, device_id, hash_token(access), now, None, None
+            )
+            return Session(user_id, device_id, access, None, None)
+        refresh = new_token("mar")
+        lifetime = self._config.access_token_lifetime_ms
+        refresh_id = await self._store.add_refresh_token(
+            user_id, device_id, hash_token(refresh), now
+        )
+        await self._store.add_access_token(
+            user_id, device_id, hash_token(access), now, now + lifetime, refresh_id
+        )
+        return Session(user_id, device_id, access, refresh, lifetime)
+
+    async def refresh(self, refresh_token: str) -> Session:
+        info = await self._store.get_refresh_token(hash_token(refresh_token))
+        if info is None or info.next_token_id is not None:
+            raise MatrixError(Codes.UNKNOWN_TOKEN, "Unknown refresh token", soft_logout=False)
+        now = self._clock.now_ms()
+        access, refresh = new_token("mat"), new_token("mar")
+        lifetime = self._config.access_token_lifetime_ms
+        if not await self._store.replace_refresh_token(
+            info.token_id,
+            info.user_id,
+            info.device_id,
+            hash_token(refresh),
+            hash_token(access),
+            now,
+            now + lifetime,
+        ):
+            raise MatrixError(Codes.UNKNOWN_TOKEN, "Refresh token already used", soft_logout=False)
+        self.forget_tokens_of_device_cache(info.user_id, info.device_id)
+        return Session(info.user_id, info.device_id, access, refresh, lifetime)
+
+    async def revoke(self, requester: Requester) -> None:
+        token_hash = await self._store.delete_access_token(requester.token_id)
+        if token_hash is not None:
+            self._cache.pop(token_hash, None)
+
+    def forget_cached(self, token_hashes: list[bytes]) -> None:
+        for token_hash in token_hashes:
+            self._cache.pop(token_hash, None)
+
+    def forget_tokens_of_device_cache(self, user_id: UserID, device_id: str) -> None:
+        for key, (requester, _) in list(self._cache.items()):
+            if requester.user_id == user_id and requester.device_id == device_id:
+                self._cache.pop(key, None)

@@ -1,0 +1,21 @@
+"""Type aliases and small types shared across layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from homeserver.core.ids import UserID
+
+# A JSON object as parsed from the wire: events in PDU form and the `content` the spec leaves open.
+JsonDict: TypeAlias = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    """Who is making a request: the authenticated user and device."""
+
+    user_id: UserID
+    device_id: str
+    token_id: int
+    is_admin: bool = False

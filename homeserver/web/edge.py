@@ -1,0 +1,205 @@
+"""The HTTP edge shared by every route: body parsing, authentication, JSON responses, errors.
+
+Routes import from here; services never do. Routes reach their services through
+``services_of(request, TheirArea)``: the composition root (``homeserver/app.py``) registers one
+small object per route area on ``app.state.services``, so this module and the routes never
+import the composition root.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+
+from homeserver.accounts.tokens import AuthService
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.types import Requester
+
+logger = logging.getLogger(__name__)
+
+
+class RequestBody(BaseModel):
+    """A request body: strict (``"1"`` is not a number, ``true`` is not an int)."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+
+BodyT = TypeVar("BodyT", bound=RequestBody)
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def json_response(
+    content: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return JSONResponse(content, status_code=status_code, headers=headers)
+
+
+ServicesT = TypeVar("ServicesT")
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeServices:
+    """What the steps every route shares need: whose token it is, how large a body may be."""
+
+    tokens: AuthService
+    max_request_body_bytes: int
+
+
+def services_of(connection: HTTPConnection, area: type[ServicesT]) -> ServicesT:
+    """The services of one route area, as the composition root registered them."""
+    services: Mapping[type, object] = connection.app.state.services
+    found = services[area]
+    assert isinstance(found, area)
+    return found
+
+
+async def read_json(request: Request, *, empty_ok: bool = False) -> Any:
+    """The decoded body; ``M_NOT_JSON`` unless it is JSON, ``M_TOO_LARGE`` past the limit.
+
+    ``empty_ok``: an empty body reads as ``{}`` (clients send none to /join and /leave).
+    """
+    raw = await read_body(request)
+    if empty_ok and not raw.strip():
+        return {}
+    try:
+        # orjson refuses NaN, Infinity and integers past 64 bits, as Matrix JSON must.
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise MatrixError(Codes.NOT_JSON, "Content not JSON") from e
+
+
+async def read_body(request: Request) -> bytes:
+    """The raw body, ``M_TOO_LARGE`` past the configured limit."""
+    limit = services_of(request, EdgeServices).max_request_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise MatrixError(Codes.TOO_LARGE, f"Request body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise MatrixError(Codes.TOO_LARGE, f"Request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json_object(request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
+    body = await read_json(request, empty_ok=empty_ok)
+    if not isinstance(body, dict):
+        raise MatrixError(Codes.BAD_JSON, "Body must be a JSON object")
+    return body
+
+
+def validate_body(body: dict[str, Any], model: type[BodyT]) -> BodyT:
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        if first["type"] == "missing":
+            raise MatrixError(Codes.MISSING_PARAM, f"Missing parameter: {where}") from e
+        raise MatrixError(Codes.BAD_JSON, f"Invalid parameter {where}: {first['msg']}") from e
+
+
+async def parse_body(request: Request, model: type[BodyT], *, empty_ok: bool = False) -> BodyT:
+    return validate_body(await read_json_object(request, empty_ok=empty_ok), model)
+
+
+def access_token_of(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise MatrixError(Codes.MISSING_TOKEN, "Invalid Authorization header")
+        return token.strip()
+    # Deprecated in spec v1.11 but still part of the API; clients may use it.
+    return request.query_params.get("access_token")
+
+
+async def require_user(request: Request) -> Requester:
+    token = access_token_of(request)
+    if token is None:
+        raise MatrixError(Codes.MISSING_TOKEN, "Missing access token")
+    requester = await services_of(request, EdgeServices).tokens.get_requester(token)
+    request.state.requester = requester
+    return requester
+
+
+def query_int(
+    request: Request,
+    name: str,
+    default: int | None = None,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise MatrixError(
+            Codes.INVALID_PARAM, f"Query parameter {name} must be an integer"
+        ) from None
+    if minimum is not None and value < minimum:
+        raise MatrixError(Codes.INVALID_PARAM, f"Query parameter {name} must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        value = maximum
+    return value
+
+
+def query_bool(request: Request, name: str, default: bool = False) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if raw in ("true", "1"):
+        return True
+    if raw in ("false", "0"):
+        return False
+    raise MatrixError(Codes.INVALID_PARAM, f"Query parameter {name} must be true or false")
+
+
+async def matrix_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MatrixError)
+    headers = None
+    if exc.code == Codes.LIMIT_EXCEEDED and "retry_after_ms" in exc.extra:
+        headers = {"Retry-After": str(max(1, int(exc.extra["retry_after_ms"]) // 1000))}
+    return json_response(exc.to_json(), status_code=exc.status, headers=headers)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (404, 405):
+        # spec: unknown endpoints (and unknown methods on known ones) are M_UNRECOGNIZED.
+        return json_response(
+            {"errcode": Codes.UNRECOGNIZED, "error": "Unrecognized request"},
+            status_code=exc.status_code,
+        )
+    return json_response(
+        {"errcode": Codes.UNKNOWN, "error": str(exc.detail)}, status_code=exc.status_code
+    )
+
+
+async def internal_error_handler(request: Request, exc: Exception) -> Response:
+    logger.error(
+        "unhandled error", exc_info=exc, extra={"path": request.url.path, "method": request.method}
+    )
+    return json_response(
+        {"errcode": Codes.UNKNOWN, "error": "Internal server error"}, status_code=500
+    )
