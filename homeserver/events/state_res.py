@@ -65,7 +65,9 @@ async def resolve_state(
     """The resolution of `state_sets` in a room of `version` (v2 or v2.1).
 
     `rejected` holds the IDs of events rejected on receipt: they are never used as the auth
-    event of another during the iterative auth checks (spec, "Rejected events"). Without an
+    event of another during the iterative auth checks, but one that is itself conflicted is
+    checked like any other and may enter the state (spec, "Rejected events"; Synapse keeps
+    such an event out, which its code notes as a departure from the spec). Without an
     `auth_index` the auth chains of every state set are loaded through `get_events`.
     """
     if version.state_resolution is StateResolution.V1:
