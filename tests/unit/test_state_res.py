@@ -296,3 +296,22 @@ def test_dags_that_once_disagreed_with_synapse(path: Path) -> None:
 
     resolved = run_sync(resolve_state(ROOM_VERSIONS[dag["room_version"]], state_sets, get_events))
     assert sorted([t, k, e] for (t, k), e in resolved.items()) == case["synapse_resolved"]
+
+
+@VERSIONS
+def test_rejected_events_are_never_auth_events_but_are_checked_themselves(
+    version: RoomVersion,
+) -> None:
+    room = Room(version)  # B is a moderator (50) through the power levels event "pl"
+    room.add("t_a", TOPIC, A, {"topic": "a"}, ["cjoin"], ts=100)
+    room.add("t_b", TOPIC, B, {"topic": "b"}, ["cjoin"], ts=200)
+    sets = [room.after["t_a"], room.after["t_b"]]
+    assert run_sync(resolve_state(version, sets, room.get_events))[(TOPIC, "")] == room.ids["t_b"]
+    # Without "pl" as an auth event, B is back to the default level and may not set the topic.
+    rejected = {room.ids["pl"]}
+    state = run_sync(resolve_state(version, sets, room.get_events, rejected=rejected))
+    assert state[(TOPIC, "")] == room.ids["t_a"]
+    # A conflicted event rejected on receipt is still checked, and here allowed.
+    rejected = {room.ids["t_b"]}
+    state = run_sync(resolve_state(version, sets, room.get_events, rejected=rejected))
+    assert state[(TOPIC, "")] == room.ids["t_b"]
