@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ from homeserver.events.room_versions import EventFormat, RoomVersion
 # one a correct server builds, and each entry costs a lookup.
 MAX_PREV_EVENTS = 20
 MAX_AUTH_EVENTS = 10
+_HASH_ROOM_ID = re.compile(r"![A-Za-z0-9_-]{43}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,10 @@ def check_pdu_format(event: JsonDict, version: RoomVersion) -> None:
             raise _bad("A room version 12 m.room.create event has no room_id")
     elif not isinstance(room_id, str) or not room_id.startswith("!"):
         raise _bad("The PDU's room_id is not a room ID")
+    elif version.room_id_is_create_event_hash and not _HASH_ROOM_ID.fullmatch(room_id):
+        # v12: `!` and the create event's reference hash, URL-safe base64 (appendices, room
+        # IDs); no server name.
+        raise _bad("A room version 12 room_id is the create event's hash")
     for key, limit in (("prev_events", MAX_PREV_EVENTS), ("auth_events", MAX_AUTH_EVENTS)):
         entries = event.get(key)
         if not isinstance(entries, list):

@@ -384,6 +384,8 @@ def pdu(version: RoomVersion, **overrides: Any) -> JsonDict:
     }
     if version.event_id_in_event:
         event["event_id"] = "$e:b.test"
+    if version.room_id_is_create_event_hash:
+        event["room_id"] = "!" + "r" * 43
     event.update(overrides)
     return event
 
@@ -469,6 +471,14 @@ def test_malformed_pdus_are_bad_json(overrides: JsonDict, fragment: str) -> None
     with pytest.raises(MatrixError, match=fragment) as e:
         check_pdu_format(pdu(version, **overrides), version)
     assert e.value.code in (Codes.BAD_JSON, Codes.TOO_LARGE)
+
+
+def test_v12_room_ids_are_create_event_hashes() -> None:
+    v12 = ROOM_VERSIONS["12"]
+    check_pdu_format(pdu(v12, room_id="!" + "A" * 42 + "_"), v12)
+    for bad in ("!r:a.test", "!" + "A" * 42 + "+", "!" + "A" * 44):
+        with pytest.raises(MatrixError, match="hash"):
+            check_pdu_format(pdu(v12, room_id=bad), v12)
 
 
 def test_out_of_range_integers_are_tolerated_before_v6_but_not_depth() -> None:
