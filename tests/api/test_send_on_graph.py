@@ -9,8 +9,10 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 import httpx
+import pytest
 
 from homeserver.app import Homeserver
+from homeserver.core.clock import FakeClock
 from homeserver.core.types import JsonDict
 from homeserver.events.room_versions import RoomVersion
 from homeserver.rooms.sender import MAX_PREV_EVENTS, EventSender, StateResolver
@@ -33,7 +35,9 @@ async def extremities(hs: Homeserver, room_id: str) -> list[str]:
     return [e.event_id for e in await hs.event_store.get_forward_extremities(room_id)]
 
 
-async def fork(hs: Homeserver, room_id: str, parent: str, n: int, state: bool = False) -> list[str]:
+async def fork(
+    hs: Homeserver, room_id: str, parent: str, n: int, state: bool = False, ts: int | None = None
+) -> list[str]:
     """``n`` events on ``parent`` beside the room's line, as another server's would arrive
     (persisted as they are: the store does not check them)."""
     base = await hs.event_store.get_event(parent)
@@ -48,7 +52,7 @@ async def fork(hs: Homeserver, room_id: str, parent: str, n: int, state: bool = 
             "sender": base.sender,
             "content": {"topic": f"fork {i}"} if state else {"body": f"fork {i}"},
             "depth": base.depth + 1 + i,  # deeper and deeper, to check the order
-            "origin_server_ts": base.origin_server_ts + 1,
+            "origin_server_ts": base.origin_server_ts + 1 if ts is None else ts,
             "prev_events": [parent],
             "auth_events": base.pdu["auth_events"],
         }
@@ -144,6 +148,36 @@ async def test_differing_states_are_resolved(client: httpx.AsyncClient, hs: Home
     # One extremity again: the next send resolves nothing.
     await send(client, tok, room_id, "t3")
     assert len(resolver.calls) == 1
+
+
+@pytest.mark.parametrize("fork_is_later", [False, True])
+async def test_a_topic_war_across_a_fork_is_resolved_by_the_room_version(
+    client: httpx.AsyncClient, hs: Homeserver, clock: FakeClock, fork_is_later: bool
+) -> None:
+    """The composition root's resolver: two topics by one user on two branches. Their power
+    is equal, so state resolution v2.1 orders them by time and the later one wins, whichever
+    branch holds it."""
+    _, tok = await register(client, "alice")
+    room_id = await create(client, tok)
+    first = await send(client, tok, room_id, "t1")
+    [parent] = await hs.event_store.get_prev_event_ids(first)
+    clock.advance(10_000)
+    r = await client.put(
+        f"{V3}/rooms/{room_id}/state/m.room.topic/",
+        headers=auth_header(tok),
+        json={"topic": "on the line"},
+    )
+    line_topic = str(checked(r)["event_id"])
+    line_event = await hs.event_store.get_event(line_topic)
+    assert line_event is not None
+    # The fork's topic was sent just after the line's, or long before it.
+    ts = line_event.origin_server_ts + (1 if fork_is_later else -5_000)
+    [fork_topic] = await fork(hs, room_id, parent, 1, state=True, ts=ts)
+    merged = await send(client, tok, room_id, "t2")
+    event = await hs.event_store.get_event(merged)
+    assert event is not None and len(event.pdu["prev_events"]) == 2
+    state = await hs.event_store.get_current_state_ids(room_id)
+    assert state[("m.room.topic", "")] == (fork_topic if fork_is_later else line_topic)
 
 
 async def test_two_senders_at_once_lose_nothing(client: httpx.AsyncClient, hs: Homeserver) -> None:
