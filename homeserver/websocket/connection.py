@@ -79,6 +79,16 @@ class _Outbox:
         return self._items.popleft()
 
 
+def _busy(error: PoolExhausted) -> MatrixError:
+    """No database connection came free in time: the 503 an HTTP request would get."""
+    return MatrixError(
+        Codes.LIMIT_EXCEEDED,
+        "The server is busy; try again later",
+        status=503,
+        retry_after_ms=int(error.retry_after_s * 1000),
+    )
+
+
 def _error_frame(error: MatrixError, request_id: str | None = None) -> JsonDict:
     """The answer to a request, or ``{"type": "error"}`` for a frame that is not one."""
     if request_id is not None:
@@ -354,13 +364,7 @@ class Connection:
             self._enqueue(_error_frame(e, request_id))
             return
         except PoolExhausted as e:  # backpressure (counted and logged by the pool)
-            busy = MatrixError(
-                Codes.LIMIT_EXCEEDED,
-                "The server is busy; try again later",
-                status=503,
-                retry_after_ms=int(e.retry_after_s * 1000),
-            )
-            self._enqueue(_error_frame(busy, request_id))
+            self._enqueue(_error_frame(_busy(e), request_id))
             return
         except Exception:
             # A bug answers this request, not the connection: the others still work.
@@ -403,6 +407,9 @@ class Connection:
             result = await self._service.sliding_sync(self._requester, request.params)
         except MatrixError as e:
             self._enqueue(_error_frame(e, request.id))
+            return
+        except PoolExhausted as e:  # backpressure, as for the other requests
+            self._enqueue(_error_frame(_busy(e), request.id))
             return
         except Exception:
             logger.exception("websocket sliding sync failed", extra=self._log_fields())
