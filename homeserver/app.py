@@ -40,6 +40,17 @@ from homeserver.e2ee.to_device import ToDeviceService
 from homeserver.ephemeral.presence import PresenceService
 from homeserver.ephemeral.receipts import EphemeralSource, ReceiptService
 from homeserver.ephemeral.typing import TypingService
+from homeserver.federation.auth import FederationAuthenticator
+from homeserver.federation.client import FederationClient, ssl_context
+from homeserver.federation.discovery import (
+    DnsSrvLookup,
+    HttpsWellKnownFetch,
+    ServerResolver,
+    WellKnownResolver,
+)
+from homeserver.federation.keyring import Keyring
+from homeserver.federation.local_keys import LocalKeys, load_old_verify_keys, old_keys_path
+from homeserver.federation.policy import ServerPolicy
 from homeserver.filters.service import FilterService
 from homeserver.net.addresses import AddressPolicy
 from homeserver.net.outbound import Outbound
@@ -73,6 +84,7 @@ from homeserver.storage.receipts import ReceiptStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.relations import RelationStore
 from homeserver.storage.rooms import RoomStore
+from homeserver.storage.server_keys import ServerKeyStore
 from homeserver.storage.threepids import ThreepidStore
 from homeserver.storage.to_device import ToDeviceStore
 from homeserver.storage.typing_notifications import TypingStore
@@ -108,6 +120,7 @@ class Homeserver:
         signing_key: SigningKey,
         clock: Clock,
         outbound: Outbound | None = None,
+        server_resolver: ServerResolver | None = None,
     ) -> None:
         self.config = config
         # Every request to a URL someone else chose (previews, push gateways) goes through it.
@@ -163,6 +176,7 @@ class Homeserver:
         self._build_e2e(config, db)
         self._build_websocket(config)
         self._build_media(config, db, clock)
+        self._build_federation(config, db, signing_key, clock, server_resolver)
         self.app = create_app(self)
 
     def _build_rooms(
@@ -369,6 +383,61 @@ class Homeserver:
         )
         self.url_previews = UrlPreviewer(config.media.url_preview, self.media, self.outbound)
 
+    def _build_federation(
+        self,
+        config: HomeserverConfig,
+        db: Database,
+        signing_key: SigningKey,
+        clock: Clock,
+        server_resolver: ServerResolver | None,
+    ) -> None:
+        """Server identity, discovery, the signing client and request authentication
+        (issue 18)."""
+        fed = config.federation
+        self.server_policy = ServerPolicy(fed.enabled, fed.allow_servers, fed.deny_servers)
+        self.local_keys = LocalKeys(
+            config.server_name,
+            signing_key,
+            load_old_verify_keys(old_keys_path(config.signing_key_file)),
+            clock,
+            fed.key_validity_ms,
+        )
+        tls = ssl_context(fed.tls_ca_bundle)
+        timeout_s = fed.request_timeout_ms / 1000
+        # Redirects of the well-known are followed (spec), each hop checked like the first.
+        self._well_known_client = self.outbound.client(
+            timeout_s=timeout_s, max_redirects=5, verify=tls
+        )
+        self.server_resolver = server_resolver or ServerResolver(
+            WellKnownResolver(HttpsWellKnownFetch(self._well_known_client), clock),
+            DnsSrvLookup(),
+        )
+        self.federation_client = FederationClient(
+            self.local_keys,
+            self.server_resolver,
+            self.outbound,
+            self.server_policy,
+            tls=tls,
+            timeout_s=timeout_s,
+        )
+        self.keyring = Keyring(
+            self.local_keys,
+            ServerKeyStore(db),
+            self.federation_client,
+            self.server_policy,
+            clock,
+            trusted_key_servers=fed.trusted_key_servers,
+            denied_verify_keys=fed.denied_verify_keys,
+        )
+        self.federation_auth = FederationAuthenticator(
+            config.server_name, self.keyring, self.server_policy, clock
+        )
+
+    async def close(self) -> None:
+        await self.media.close()
+        await self.federation_client.aclose()
+        await self._well_known_client.aclose()
+
     async def _on_profile_changed(
         self, user_id: UserID, displayname: str | None, avatar_url: str | None
     ) -> None:
@@ -399,10 +468,15 @@ class Homeserver:
 
 def create_app(hs: Homeserver) -> Starlette:
     from client_api import routes as client_routes
+    from federation import routes as federation_routes
     from media_repo import routes as media_routes
 
+    federation: list[BaseRoute] = [Mount("/_matrix/key", routes=federation_routes.key_routes)]
+    if hs.config.federation.enabled:
+        federation.append(Mount("/_matrix/federation", routes=federation_routes.federation_routes))
     app = Starlette(
         routes=[
+            *federation,
             Mount("/_matrix/media", routes=media_routes.media_routes),
             # Before /_matrix/client: a Mount that matches a prefix never falls through.
             Mount("/_matrix/client/v1/media", routes=media_routes.client_media_routes),
@@ -428,6 +502,7 @@ async def running_homeserver(
     clock: Clock | None = None,
     migrate: bool = True,
     outbound: Outbound | None = None,
+    server_resolver: ServerResolver | None = None,
 ) -> AsyncIterator[Homeserver]:
     """Open the database (migrated to head), build the services, close them on exit."""
     config.data_path.mkdir(parents=True, exist_ok=True)
@@ -436,7 +511,7 @@ async def running_homeserver(
         if migrate:
             await upgrade_head(db.engine)
         signing_key = load_or_create_signing_key(config.signing_key_file)
-        hs = Homeserver(config, db, signing_key, clock or SystemClock(), outbound)
+        hs = Homeserver(config, db, signing_key, clock or SystemClock(), outbound, server_resolver)
         # Plain tasks, not a task group: the caller may leave this context from another task
         # than the one that entered it (test fixtures, lifespans).
         tasks = [asyncio.create_task(_run_forever(job)) for job in hs.background_jobs]
@@ -444,7 +519,7 @@ async def running_homeserver(
             yield hs
         finally:
             await _stop(tasks)
-            await hs.media.close()
+            await hs.close()
     finally:
         await db.close()
 
