@@ -16,7 +16,7 @@ def request_uri(request: Request) -> str:
     """The request target as the sender signed it: the path as sent (still percent-encoded)
     and the query string, if any."""
     raw = request.scope.get("raw_path")
-    path = raw.decode("latin-1") if raw else quote(request.scope["path"])
+    path = raw.split(b"?")[0].decode("latin-1") if raw else quote(request.scope["path"])
     query = request.scope.get("query_string", b"")
     return path + ("?" + query.decode("latin-1") if query else "")
 
