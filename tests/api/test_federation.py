@@ -3,7 +3,6 @@ queries, through the in-process client."""
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -312,7 +311,7 @@ async def test_notary_bad_input(fed: tuple[Homeserver, httpx.AsyncClient]) -> No
 async def test_denied_server_gets_403(
     tmp_path: Path, db_url: str, clock: FakeClock, remote: FakeRemote
 ) -> None:
-    async for hs, client in _served(
+    async for _, client in _served(
         tmp_path, db_url, clock, federation={"deny_servers": ["*.test"]}
     ):
         uri = f"{FED}/query/profile?user_id=%40alice%3Atest"
