@@ -432,6 +432,13 @@ class Homeserver:
         self.federation_auth = FederationAuthenticator(
             config.server_name, self.keyring, self.server_policy, clock
         )
+        if fed.enabled:
+            self.profiles.remote_query = self._query_remote_profile
+
+    async def _query_remote_profile(self, server_name: str, user_id: UserID) -> Any:
+        return await self.federation_client.get_json(
+            server_name, "/_matrix/federation/v1/query/profile", query={"user_id": user_id}
+        )
 
     async def close(self) -> None:
         await self.media.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID, is_valid_server_name
@@ -24,6 +25,9 @@ _MXC = re.compile(r"^mxc://([^/]+)/([A-Za-z0-9_-]+)$")
 _KEY_NAME = re.compile(r"^(avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+)$")
 
 OnProfileChanged = Callable[[UserID, str | None, str | None], Awaitable[None]]
+# (server name, user ID) -> the remote server's /query/profile answer; raises
+# FederationError. Wired by app.py to the federation client.
+RemoteProfileQuery = Callable[[str, UserID], Awaitable[Any]]
 
 
 def is_valid_mxc_uri(uri: str) -> bool:
@@ -43,6 +47,7 @@ class ProfileService:
         self._server_name = server_name
         # Wired by app.py to the room service: a changed profile goes into member events.
         self.on_profile_changed = on_profile_changed
+        self.remote_query: RemoteProfileQuery | None = None
 
     async def get_profile(self, user_id: UserID) -> Profile | None:
         """The profile of a local user; None for an unknown or remote one."""
@@ -51,7 +56,10 @@ class ProfileService:
         return await self._store.get_profile(user_id)
 
     async def get_profile_json(self, user_id: UserID) -> JsonDict:
-        """spec: GET /profile/{userId}: the fields that are set; 404 for an unknown user."""
+        """spec: GET /profile/{userId}: the fields that are set; 404 for an unknown user.
+        A remote user's profile is asked of their server (/query/profile)."""
+        if user_id.server_name != self._server_name and self.remote_query is not None:
+            return await self._remote_profile(user_id)
         profile = await self.get_profile(user_id)
         if profile is None:
             raise MatrixError(Codes.NOT_FOUND, "Profile not found")
@@ -103,6 +111,36 @@ class ProfileService:
         profile = await self._store.set_profile_field(user_id, key, value)
         if self.on_profile_changed is not None:
             await self.on_profile_changed(user_id, profile.displayname, profile.avatar_url)
+
+    async def _remote_profile(self, user_id: UserID) -> JsonDict:
+        from homeserver.federation.client import FederationError
+
+        assert self.remote_query is not None
+        try:
+            answer = await self.remote_query(user_id.server_name, user_id)
+        except FederationError as e:
+            # The remote error is not passed on as ours: a 404 there is "no such profile",
+            # anything else is a server we could not get an answer from.
+            if e.status == 404:
+                raise MatrixError(Codes.NOT_FOUND, "Profile not found") from None
+            logger.info("remote profile query failed", extra={"server": user_id.server_name})
+            raise MatrixError(
+                Codes.UNKNOWN, "Could not get the profile from the user's server", status=502
+            ) from None
+        # Only fields we could have stored ourselves, so nothing odd reaches a client.
+        fields: JsonDict = {}
+        if isinstance(answer, dict):
+            name = answer.get(DISPLAYNAME)
+            if isinstance(name, str) and len(name) <= MAX_DISPLAYNAME_CHARS:
+                fields[DISPLAYNAME] = name
+            avatar = answer.get(AVATAR_URL)
+            if (
+                isinstance(avatar, str)
+                and len(avatar) <= MAX_AVATAR_URL_CHARS
+                and is_valid_mxc_uri(avatar)
+            ):
+                fields[AVATAR_URL] = avatar
+        return fields
 
     def _check_key(self, key: str) -> None:
         if not _KEY_NAME.match(key) or len(key.encode()) > 255:
