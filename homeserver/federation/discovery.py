@@ -124,16 +124,35 @@ def order_srv(records: Sequence[SrvRecord]) -> list[SrvRecord]:
 
 
 class DnsSrvLookup:
-    """SRV records through dnspython's resolver (its cache honours the records' TTLs)."""
+    """SRV records through dnspython's resolver (its cache honours the records' TTLs).
 
-    def __init__(self, timeout_s: float = 5.0) -> None:
-        self._resolver = dns.asyncresolver.Resolver()
-        self._resolver.cache = dns.resolver.Cache()
-        self._resolver.lifetime = timeout_s
+    ``nameservers``: ask these (``(address, port)``) instead of the system's (tests)."""
+
+    def __init__(
+        self, timeout_s: float = 5.0, nameservers: Sequence[tuple[str, int]] | None = None
+    ) -> None:
+        self._timeout_s = timeout_s
+        self._nameservers = nameservers
+        self._resolver: dns.asyncresolver.Resolver | None = None
+
+    def _get_resolver(self) -> dns.asyncresolver.Resolver:
+        # Built on first use: reading the system's configuration may fail (no
+        # resolv.conf), which must not stop a server that never needs SRV.
+        if self._resolver is None:
+            if self._nameservers is None:
+                resolver = dns.asyncresolver.Resolver()
+            else:
+                resolver = dns.asyncresolver.Resolver(configure=False)
+                resolver.nameservers = [host for host, _ in self._nameservers]
+                resolver.port = self._nameservers[0][1]
+            resolver.cache = dns.resolver.Cache()
+            resolver.lifetime = self._timeout_s
+            self._resolver = resolver
+        return self._resolver
 
     async def __call__(self, name: str) -> list[SrvRecord]:
         try:
-            answer = await self._resolver.resolve(name, "SRV")
+            answer = await self._get_resolver().resolve(name, "SRV")
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return []
         except dns.exception.DNSException as e:

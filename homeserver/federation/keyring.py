@@ -10,6 +10,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cachetools
 from canonicaljson import encode_canonical_json
 from signedjson.key import decode_verify_key_bytes
 from signedjson.sign import SignatureVerifyException, verify_signed_json
@@ -34,6 +35,8 @@ MAX_NOTARY_RESPONSE_BYTES = 1024 * 1024
 # A server that did not give us the key we asked for is not asked again this soon: a flood
 # of requests naming unknown key IDs does not become a flood of fetches.
 REFETCH_AFTER_MS = 30 * 1000
+# Servers whose keys are kept in memory (every inbound request is verified with them).
+KEY_CACHE_SIZE = 10_000
 SIGNING_ALGORITHM = "ed25519"
 
 
@@ -169,7 +172,11 @@ class Keyring:
         self._notaries = tuple(trusted_key_servers)
         self._denied = frozenset(k.rstrip("=") for k in denied_verify_keys)
         self._inflight: dict[str, asyncio.Future[None]] = {}
-        self._last_fetch: dict[str, int] = {}
+        self._last_fetch: cachetools.LRUCache[str, int] = cachetools.LRUCache(KEY_CACHE_SIZE)
+        # The database's keys of a server, kept after a read: a key is refused here once it
+        # expires like in the database, and a missing or expired one reads the database
+        # again (another worker may have fetched it) before fetching.
+        self._cache: cachetools.LRUCache[str, list[VerifyKey]] = cachetools.LRUCache(KEY_CACHE_SIZE)
 
     def is_denied(self, key: str) -> bool:
         return key.rstrip("=") in self._denied
@@ -201,19 +208,21 @@ class Keyring:
         ``min_valid_until_ts`` and not denied."""
         if server_name == self._local.server_name:
             return self._usable(self._own_keys(), key_ids, min_valid_until_ts)
-        found = self._usable(
-            [_effective(k) for k in await self._store.get_keys(server_name, key_ids)],
-            key_ids,
-            min_valid_until_ts,
-        )
+        cached = self._cache.get(server_name)
+        if cached is not None:
+            found = self._usable(cached, key_ids, min_valid_until_ts)
+            if found:
+                return found
+        found = self._usable(await self._read(server_name), key_ids, min_valid_until_ts)
         if found:
             return found
         await self._fetch(server_name, key_ids, min_valid_until_ts)
-        return self._usable(
-            [_effective(k) for k in await self._store.get_keys(server_name, key_ids)],
-            key_ids,
-            min_valid_until_ts,
-        )
+        return self._usable(await self._read(server_name), key_ids, min_valid_until_ts)
+
+    async def _read(self, server_name: str) -> list[VerifyKey]:
+        keys = [_effective(k) for k in await self._store.get_keys(server_name)]
+        self._cache[server_name] = keys
+        return keys
 
     def _own_keys(self) -> list[VerifyKey]:
         local = self._local

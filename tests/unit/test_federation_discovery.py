@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -351,3 +352,71 @@ async def test_well_known_refused_without_the_ca_or_the_allow_list(
         with pytest.raises(OutboundError) as e:
             await HttpsWellKnownFetch(c, port=port)("localhost")
         assert e.value.reason is Reason.REFUSED
+
+
+# --- SRV through dnspython, from a DNS server on loopback -----------------------------------
+
+
+class _DnsServer(asyncio.DatagramProtocol):
+    """Answers SRV queries from a table; NXDOMAIN for any other name."""
+
+    def __init__(self, records: dict[str, list[str]]) -> None:
+        self.records = records
+        self.transport: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        import dns.message
+        import dns.rcode
+        import dns.rrset
+
+        query = dns.message.from_wire(data)
+        response = dns.message.make_response(query)
+        question = query.question[0]
+        name = question.name.to_text()
+        if name in self.records:
+            response.answer.append(
+                dns.rrset.from_text_list(name, 300, "IN", "SRV", self.records[name])
+            )
+        else:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        assert self.transport is not None
+        self.transport.sendto(response.to_wire(), addr)
+
+
+async def test_srv_lookup_through_dnspython() -> None:
+    from homeserver.federation.discovery import DnsSrvLookup
+
+    server = _DnsServer(
+        {
+            "_matrix-fed._tcp.p.example.": ["10 5 8449 fed.p.example.", "20 0 8450 backup.p."],
+            "_matrix._tcp.q.example.": ["0 0 8448 ."],
+        }
+    )
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: server, local_addr=("127.0.0.1", 0))
+    try:
+        port = transport.get_extra_info("sockname")[1]
+        lookup = DnsSrvLookup(timeout_s=2, nameservers=[("127.0.0.1", port)])
+        got = await lookup("_matrix-fed._tcp.p.example")
+        assert sorted(got, key=lambda r: r.priority) == [
+            SrvRecord(10, 5, 8449, "fed.p.example"),
+            SrvRecord(20, 0, 8450, "backup.p"),
+        ]
+        assert await lookup("_matrix-fed._tcp.nothing.example") == []
+        # A "." target: the service is not offered; resolution goes on to 8448.
+        r = ServerResolver(WellKnownResolver(FakeWellKnown(), FakeClock()), lookup)
+        assert await r.resolve("q.example") == [
+            ServerAddress("q.example", 8448, "q.example", "q.example")
+        ]
+        assert await r.resolve("p.example") == [
+            ServerAddress("fed.p.example", 8449, "p.example", "p.example"),
+            ServerAddress("backup.p", 8450, "p.example", "p.example"),
+        ]
+    finally:
+        transport.close()
+    # Nobody answers: no records, not an error.
+    silent = DnsSrvLookup(timeout_s=0.2, nameservers=[("127.0.0.1", port)])
+    assert await silent("_matrix-fed._tcp.p.example") == []
