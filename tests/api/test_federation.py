@@ -325,3 +325,49 @@ async def test_federation_disabled(tmp_path: Path, db_url: str, clock: FakeClock
         assert (response.status_code, response.json()["errcode"]) == (404, "M_UNRECOGNIZED")
         # The key server still answers: our keys are public.
         assert (await client.get("/_matrix/key/v2/server")).status_code == 200
+
+
+async def test_remote_profile_is_filtered_and_errors_are_ours(
+    fed: tuple[Homeserver, httpx.AsyncClient],
+) -> None:
+    from homeserver.federation.client import FederationError
+
+    hs, client = fed
+    _, token = await register(client, "alice")
+    answers: dict[str, Any] = {
+        "ok.test": {"displayname": "Bob", "avatar_url": "mxc://ok.test/abc", "x": 1},
+        "odd.test": {"displayname": 5, "avatar_url": "javascript:alert(1)"},
+        "list.test": ["not", "a", "profile"],
+        "long.test": {"displayname": "x" * 10_000},
+        "missing.test": FederationError("missing.test", "404", status=404, errcode="M_NOT_FOUND"),
+        "broken.test": FederationError("broken.test", "500", status=500, errcode="M_UNKNOWN"),
+        "down.test": FederationError("down.test", "unreachable"),
+    }
+
+    async def remote(server_name: str, user_id: str) -> Any:
+        answer = answers[server_name]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    hs.profiles.remote_query = remote
+    expected = {
+        "ok.test": (200, {"displayname": "Bob", "avatar_url": "mxc://ok.test/abc"}),
+        "odd.test": (200, {}),
+        "list.test": (200, {}),
+        "long.test": (200, {}),
+        "missing.test": (404, "M_NOT_FOUND"),
+        "broken.test": (502, "M_UNKNOWN"),
+        "down.test": (502, "M_UNKNOWN"),
+    }
+    for server, (status, body) in expected.items():
+        response = await client.get(
+            f"/_matrix/client/v3/profile/@bob:{server}", headers=auth_header(token)
+        )
+        assert response.status_code == status, server
+        got = response.json() if status == 200 else response.json()["errcode"]
+        assert got == body, server
+    response = await client.get(
+        "/_matrix/client/v3/profile/@bob:ok.test/displayname", headers=auth_header(token)
+    )
+    assert response.json() == {"displayname": "Bob"}
