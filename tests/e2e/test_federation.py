@@ -137,45 +137,53 @@ def test_two_servers_fetch_keys_and_sign_requests(
     check_signed_by(answer, name_a, keys_a)
     check_signed_by(answer, name_b, keys_b)
 
-    # Signed requests made as server A (its key, from its data directory) to B's /version
-    # and /query/profile, through our client: discovery, TLS, X-Matrix.
-    uri = "/_matrix/federation/v1/query/profile?" + urlencode({"user_id": f"@bob:{name_b}"})
+    # Signed requests made as each server (its key, from its data directory) to the other's
+    # /version and /query/profile, through our client: discovery, TLS, X-Matrix.
+    asyncio.run(signed_requests_as(tmp_path, name_a, tmp_path / "a", name_b, b, "@bob", "Bob"))
+    asyncio.run(signed_requests_as(tmp_path, name_b, tmp_path / "b", name_a, a, "@alice", "Alice"))
 
-    async def as_a() -> None:
-        outbound = Outbound(AddressPolicy(LOOPBACK))
-        tls = ssl_context(str(tmp_path / "tls" / "ca.pem"))
-        async with outbound.client(timeout_s=10, verify=tls) as wk_client:
-            resolver = ServerResolver(
-                WellKnownResolver(HttpsWellKnownFetch(wk_client), SystemClock()), DnsSrvLookup()
-            )
-            key = load_or_create_signing_key(tmp_path / "a" / "data" / "signing.key")
-            local = LocalKeys(name_a, key, {}, SystemClock(), 60_000)
-            client = FederationClient(
-                local, resolver, outbound, ServerPolicy(), tls=tls, timeout_s=10
-            )
-            try:
-                version = await client.get_json(name_b, "/_matrix/federation/v1/version")
-                assert version["server"]["name"] == "homeserver"
-                profile = await client.get_json(
-                    name_b,
-                    "/_matrix/federation/v1/query/profile",
-                    query={"user_id": f"@bob:{name_b}", "field": "displayname"},
-                )
-                assert profile == {"displayname": "Bob"}
-                # A server nobody answers for: an error, not a hang.
-                with pytest.raises(FederationError) as e:
-                    await client.get_json("localhost:1", "/x")
-                assert e.value.status is None
-                # Correctly signed by A, but for another destination than B.
-                wrong = client.authorization("someone.else", "GET", uri, None)
-                right = client.authorization(name_b, "GET", uri, None)
-            finally:
-                await client.aclose()
-        with httpx.Client(base_url=b.base_url, verify=b.verify, timeout=10) as c:
-            for headers in ({"Authorization": wrong}, {}):
-                r = c.get(uri, headers=headers)
-                assert (r.status_code, r.json()["errcode"]) == (401, "M_UNAUTHORIZED")
-            r = c.get(uri, headers={"Authorization": right})
-            assert r.json() == {"displayname": "Bob"}
 
-    asyncio.run(as_a())
+async def signed_requests_as(
+    tmp_path: Path,
+    origin: str,
+    origin_dir: Path,
+    destination: str,
+    target: ServerProcess,
+    localpart: str,
+    displayname: str,
+) -> None:
+    user_id = f"{localpart}:{destination}"
+    uri = "/_matrix/federation/v1/query/profile?" + urlencode({"user_id": user_id})
+    outbound = Outbound(AddressPolicy(LOOPBACK))
+    tls = ssl_context(str(tmp_path / "tls" / "ca.pem"))
+    async with outbound.client(timeout_s=10, verify=tls) as wk_client:
+        resolver = ServerResolver(
+            WellKnownResolver(HttpsWellKnownFetch(wk_client), SystemClock()), DnsSrvLookup()
+        )
+        key = load_or_create_signing_key(origin_dir / "data" / "signing.key")
+        local = LocalKeys(origin, key, {}, SystemClock(), 60_000)
+        client = FederationClient(local, resolver, outbound, ServerPolicy(), tls=tls, timeout_s=10)
+        try:
+            version = await client.get_json(destination, "/_matrix/federation/v1/version")
+            assert version["server"]["name"] == "homeserver"
+            profile = await client.get_json(
+                destination,
+                "/_matrix/federation/v1/query/profile",
+                query={"user_id": user_id, "field": "displayname"},
+            )
+            assert profile == {"displayname": displayname}
+            # A server nobody answers for: an error, not a hang.
+            with pytest.raises(FederationError) as e:
+                await client.get_json("localhost:1", "/x")
+            assert e.value.status is None
+            # Correctly signed by the origin, but for another destination.
+            wrong = client.authorization("someone.else", "GET", uri, None)
+            right = client.authorization(destination, "GET", uri, None)
+        finally:
+            await client.aclose()
+    with httpx.Client(base_url=target.base_url, verify=target.verify, timeout=10) as c:
+        for headers in ({"Authorization": wrong}, {}):
+            r = c.get(uri, headers=headers)
+            assert (r.status_code, r.json()["errcode"]) == (401, "M_UNAUTHORIZED")
+        r = c.get(uri, headers={"Authorization": right})
+        assert r.json() == {"displayname": displayname}
