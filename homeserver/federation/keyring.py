@@ -18,7 +18,7 @@ from unpaddedbase64 import decode_base64
 
 from homeserver.core.clock import Clock
 from homeserver.core.config import TrustedKeyServer
-from homeserver.core.jsonutil import loads
+from homeserver.core.jsonutil import MAX_SAFE_INT, loads
 from homeserver.core.types import JsonDict
 from homeserver.federation.client import FederationClient, FederationError
 from homeserver.federation.local_keys import LocalKeys
@@ -38,6 +38,8 @@ REFETCH_AFTER_MS = 30 * 1000
 # Servers whose keys are kept in memory (every inbound request is verified with them).
 KEY_CACHE_SIZE = 10_000
 SIGNING_ALGORITHM = "ed25519"
+MAX_KEY_ID_CHARS = 255  # spec: identifiers are at most 255 bytes
+MAX_KEY_CHARS = 256  # an ed25519 public key is 43 characters of unpadded base64
 
 
 class SignatureError(Exception):
@@ -60,8 +62,19 @@ def _effective(key: StoredServerKey) -> VerifyKey:
     return VerifyKey(key.key_id, key.verify_key, valid_until, key.expired_ts)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _is_timestamp(value: Any) -> bool:
+    # Within canonical JSON's integer range: a stored timestamp fits every database.
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SAFE_INT
+
+
+def _is_key_entry(kid: Any, entry: Any) -> bool:
+    return (
+        isinstance(kid, str)
+        and len(kid) <= MAX_KEY_ID_CHARS
+        and isinstance(entry, dict)
+        and isinstance(entry.get("key"), str)
+        and len(entry["key"]) <= MAX_KEY_CHARS
+    )
 
 
 def verify_signature(obj: JsonDict, server_name: str, key: VerifyKey) -> None:
@@ -87,7 +100,7 @@ def parse_key_response(
     old_verify_keys = data.get("old_verify_keys", {})
     signatures = data.get("signatures")
     if (
-        not _is_int(valid_until_ts)
+        not _is_timestamp(valid_until_ts)
         or not isinstance(verify_keys, dict)
         or not isinstance(old_verify_keys, dict)
         or not isinstance(signatures, dict)
@@ -103,8 +116,8 @@ def parse_key_response(
     for kid, entry in verify_keys.items():
         if not kid.startswith(SIGNING_ALGORITHM + ":"):
             continue  # an algorithm we do not know is not a key we can use
-        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
-            raise SignatureError(f"malformed key {kid} of {server_name}")
+        if not _is_key_entry(kid, entry):
+            raise SignatureError(f"malformed key of {server_name}")
         current.append(
             StoredServerKey(
                 server_name,
@@ -128,12 +141,8 @@ def parse_key_response(
     for kid, entry in old_verify_keys.items():
         if not kid.startswith(SIGNING_ALGORITHM + ":"):
             continue
-        if (
-            not isinstance(entry, dict)
-            or not isinstance(entry.get("key"), str)
-            or not _is_int(entry.get("expired_ts"))
-        ):
-            raise SignatureError(f"malformed old key {kid} of {server_name}")
+        if not _is_key_entry(kid, entry) or not _is_timestamp(entry.get("expired_ts")):
+            raise SignatureError(f"malformed old key of {server_name}")
         if kid in verify_keys:
             continue
         expired_ts = entry["expired_ts"]

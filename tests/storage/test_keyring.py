@@ -139,6 +139,29 @@ async def test_key_responses_that_do_not_prove_themselves_are_refused(
             }
         ),
         ["not", "an", "object"],
+        # Out of canonical JSON's range (would not fit a BIGINT column), signed all the same.
+        remote.sign(
+            {
+                "server_name": "remote.test",
+                "valid_until_ts": 2**63,
+                "verify_keys": {remote.key_id: {"key": remote.verify_key}},
+            }
+        ),
+        remote.sign(
+            {
+                "server_name": "remote.test",
+                "valid_until_ts": clock.now_ms() + DAY_MS,
+                "verify_keys": {remote.key_id: {"key": remote.verify_key}},
+                "old_verify_keys": {"ed25519:old": {"key": "abc", "expired_ts": -1}},
+            }
+        ),
+        remote.sign(
+            {
+                "server_name": "remote.test",
+                "valid_until_ts": clock.now_ms() + DAY_MS,
+                "verify_keys": {remote.key_id: {"key": remote.verify_key}, "ed25519:x": {}},
+            }
+        ),
     ]
     for answer in bad:
         fed.key_responses["remote.test"] = answer  # type: ignore[assignment]
