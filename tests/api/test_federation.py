@@ -160,6 +160,12 @@ async def test_unauthenticated_and_badly_signed_requests_get_401(
         ("unknown server", {"Authorization": good.replace("remote.test", "nowhere.test")}),
         ("claims to be us", {"Authorization": good.replace("remote.test", "test")}),
         ("not base64", {"Authorization": good.rsplit("sig=", 1)[0] + 'sig="!!!"'}),
+        ("empty sig", {"Authorization": good.rsplit("sig=", 1)[0] + 'sig=""'}),
+        ("IP origin", {"Authorization": good.replace("remote.test", "[::1]")}),
+        ("port out of range", {"Authorization": good.replace("remote.test", "a.test:99999")}),
+        ("long origin", {"Authorization": good.replace("remote.test", "a" * 300)}),
+        ("long key", {"Authorization": good.replace("ed25519:r1", "ed25519:" + "k" * 5000)}),
+        ("no scheme params", {"Authorization": "X-Matrix "}),
     ]
     for name, headers in cases:
         response = await client.get(uri, headers=headers)
