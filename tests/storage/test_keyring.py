@@ -251,3 +251,23 @@ async def test_notary_serving_co_signs_what_we_hold(
     assert len(fed.calls) == 2
     # An unreachable server with nothing cached: an empty answer, not an error.
     assert await keyring.key_responses("gone.test", (), clock.now_ms()) == []
+
+
+async def test_notary_without_configured_keys_has_its_keys_fetched_from_it(
+    db: Database, fed: FakeFederation, clock: FakeClock
+) -> None:
+    remote = FakeRemote("remote.test")
+    notary = FakeRemote("notary.test")
+    fed.key_responses["notary.test"] = notary.key_response(clock.now_ms() + DAY_MS)
+    fed.notary_answers["notary.test"] = {
+        "server_keys": [notary.sign(remote.key_response(clock.now_ms() + DAY_MS))]
+    }
+    keyring = make_keyring(
+        db, fed, clock, trusted_key_servers=[TrustedKeyServer(server_name="notary.test")]
+    )
+    await keyring.verify_json_for_server("remote.test", remote.sign({}), clock.now_ms())
+    assert fed.calls == [
+        ("remote.test", "GET", "/_matrix/key/v2/server"),
+        ("notary.test", "POST", "/_matrix/key/v2/query"),
+        ("notary.test", "GET", "/_matrix/key/v2/server"),
+    ]
