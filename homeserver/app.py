@@ -123,7 +123,8 @@ class Homeserver:
         server_resolver: ServerResolver | None = None,
     ) -> None:
         self.config = config
-        # Every request to a URL someone else chose (previews, push gateways) goes through it.
+        # Every request to a URL someone else chose (previews, push gateways, other homeservers)
+        # goes through it.
         self.outbound = outbound or Outbound(AddressPolicy(config.outbound.allow_addresses))
         self.db = db
         self.clock = clock
@@ -406,7 +407,7 @@ class Homeserver:
         timeout_s = fed.request_timeout_ms / 1000
         # Redirects of the well-known are followed (spec), each hop checked like the first.
         self._well_known_client = self.outbound.client(
-            timeout_s=timeout_s, max_redirects=5, verify=tls
+            timeout_s=timeout_s, max_redirects=5, verify=tls, user_agent="homeserver"
         )
         self.server_resolver = server_resolver or ServerResolver(
             WellKnownResolver(HttpsWellKnownFetch(self._well_known_client), clock),

@@ -54,14 +54,13 @@ async def _served(
     tmp_path: Path, db_url: str, clock: FakeClock, **overrides: object
 ) -> AsyncIterator[tuple[Homeserver, httpx.AsyncClient]]:
     config = make_config(tmp_path, db_url, **overrides)
-    async with serve(config, clock, outbound=Outbound(AddressPolicy(), resolver=_no_dns)) as (
-        hs,
-        client,
-    ):
-        # No network: other servers are only known by the keys the tests store.
-        hs.federation_client._resolver = ServerResolver(
-            WellKnownResolver(_no_well_known, clock), _no_srv
-        )
+    # No network: other servers are only known by the keys the tests store.
+    async with serve(
+        config,
+        clock,
+        outbound=Outbound(AddressPolicy(), resolver=_no_dns),
+        server_resolver=ServerResolver(WellKnownResolver(_no_well_known, clock), _no_srv),
+    ) as (hs, client):
         yield hs, client
 
 
