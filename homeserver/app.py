@@ -51,6 +51,7 @@ from homeserver.federation.discovery import (
 from homeserver.federation.keyring import Keyring
 from homeserver.federation.local_keys import LocalKeys, load_old_verify_keys, old_keys_path
 from homeserver.federation.policy import ServerPolicy
+from homeserver.federation.queries import FederationQueries
 from homeserver.filters.service import FilterService
 from homeserver.net.addresses import AddressPolicy
 from homeserver.net.outbound import Outbound
@@ -168,7 +169,12 @@ class Homeserver:
         )
         self.uia.set_email_identity(self.threepids)
         self.accounts.email_identity = self.threepids
-        self.profiles = ProfileService(self.account_store, config.server_name)
+        self._build_federation(config, db, signing_key, clock, server_resolver)
+        self.profiles = ProfileService(
+            self.account_store,
+            config.server_name,
+            remote=self.federation_queries if config.federation.enabled else None,
+        )
         self.filters = FilterService(FilterStore(db))
         self._build_rooms(config, db, signing_key, clock)
         self._build_user_data(config, db, clock)
@@ -177,7 +183,6 @@ class Homeserver:
         self._build_e2e(config, db)
         self._build_websocket(config)
         self._build_media(config, db, clock)
-        self._build_federation(config, db, signing_key, clock, server_resolver)
         self.app = create_app(self)
 
     def _build_rooms(
@@ -433,13 +438,7 @@ class Homeserver:
         self.federation_auth = FederationAuthenticator(
             config.server_name, self.keyring, self.server_policy, clock
         )
-        if fed.enabled:
-            self.profiles.remote_query = self._query_remote_profile
-
-    async def _query_remote_profile(self, server_name: str, user_id: UserID) -> Any:
-        return await self.federation_client.get_json(
-            server_name, "/_matrix/federation/v1/query/profile", query={"user_id": user_id}
-        )
+        self.federation_queries = FederationQueries(self.federation_client)
 
     async def close(self) -> None:
         await self.media.close()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID, is_valid_server_name
 from homeserver.core.types import JsonDict, Requester
+from homeserver.federation.client import FederationError
 from homeserver.storage.accounts import AccountStore, Profile
 
 logger = logging.getLogger(__name__)
@@ -25,9 +26,14 @@ _MXC = re.compile(r"^mxc://([^/]+)/([A-Za-z0-9_-]+)$")
 _KEY_NAME = re.compile(r"^(avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+)$")
 
 OnProfileChanged = Callable[[UserID, str | None, str | None], Awaitable[None]]
-# (server name, user ID) -> the remote server's /query/profile answer; raises
-# FederationError. Wired by app.py to the federation client.
-RemoteProfileQuery = Callable[[str, UserID], Awaitable[Any]]
+
+
+class RemoteProfiles(Protocol):
+    """Asks a remote user's server for their profile (federation /query/profile)."""
+
+    async def query_profile(self, user_id: UserID) -> Any:
+        """The remote answer as it came; FederationError when there is none."""
+        ...
 
 
 def is_valid_mxc_uri(uri: str) -> bool:
@@ -42,12 +48,14 @@ class ProfileService:
         server_name: str,
         *,
         on_profile_changed: OnProfileChanged | None = None,
+        remote: RemoteProfiles | None = None,
     ) -> None:
         self._store = store
         self._server_name = server_name
         # Wired by app.py to the room service: a changed profile goes into member events.
         self.on_profile_changed = on_profile_changed
-        self.remote_query: RemoteProfileQuery | None = None
+        # None (federation off): a remote user's profile is not found.
+        self._remote = remote
 
     async def get_profile(self, user_id: UserID) -> Profile | None:
         """The profile of a local user; None for an unknown or remote one."""
@@ -58,8 +66,8 @@ class ProfileService:
     async def get_profile_json(self, user_id: UserID) -> JsonDict:
         """spec: GET /profile/{userId}: the fields that are set; 404 for an unknown user.
         A remote user's profile is asked of their server (/query/profile)."""
-        if user_id.server_name != self._server_name and self.remote_query is not None:
-            return await self._remote_profile(user_id)
+        if user_id.server_name != self._server_name and self._remote is not None:
+            return await self._remote_profile(self._remote, user_id)
         profile = await self.get_profile(user_id)
         if profile is None:
             raise MatrixError(Codes.NOT_FOUND, "Profile not found")
@@ -112,12 +120,9 @@ class ProfileService:
         if self.on_profile_changed is not None:
             await self.on_profile_changed(user_id, profile.displayname, profile.avatar_url)
 
-    async def _remote_profile(self, user_id: UserID) -> JsonDict:
-        from homeserver.federation.client import FederationError
-
-        assert self.remote_query is not None
+    async def _remote_profile(self, remote: RemoteProfiles, user_id: UserID) -> JsonDict:
         try:
-            answer = await self.remote_query(user_id.server_name, user_id)
+            answer = await remote.query_profile(user_id)
         except FederationError as e:
             # The remote error is not passed on as ours: a 404 there is "no such profile",
             # anything else is a server we could not get an answer from.

@@ -14,6 +14,7 @@ from signedjson.sign import verify_signed_json
 
 from homeserver.app import Homeserver
 from homeserver.core.clock import FakeClock
+from homeserver.core.ids import UserID
 from homeserver.federation.discovery import ServerResolver, WellKnownResolver
 from homeserver.federation.keyring import parse_key_response
 from homeserver.net.addresses import AddressPolicy, IPAddress
@@ -333,7 +334,7 @@ async def test_federation_disabled(tmp_path: Path, db_url: str, clock: FakeClock
 
 
 async def test_remote_profile_is_filtered_and_errors_are_ours(
-    fed: tuple[Homeserver, httpx.AsyncClient],
+    fed: tuple[Homeserver, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from homeserver.federation.client import FederationError
 
@@ -349,13 +350,13 @@ async def test_remote_profile_is_filtered_and_errors_are_ours(
         "down.test": FederationError("down.test", "unreachable"),
     }
 
-    async def remote(server_name: str, user_id: str) -> Any:
-        answer = answers[server_name]
+    async def query_profile(user_id: UserID) -> Any:
+        answer = answers[user_id.server_name]
         if isinstance(answer, Exception):
             raise answer
         return answer
 
-    hs.profiles.remote_query = remote
+    monkeypatch.setattr(hs.federation_queries, "query_profile", query_profile)
     expected = {
         "ok.test": (200, {"displayname": "Bob", "avatar_url": "mxc://ok.test/abc"}),
         "odd.test": (200, {}),
