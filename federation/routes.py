@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from federation import keys, query, version
+from federation import keys, query, user_keys, version
 
 # Mounted at /_matrix/federation (when federation is enabled).
-federation_routes = [*version.routes, *query.routes]
+federation_routes = [*version.routes, *query.routes, *user_keys.routes]
 # Mounted at /_matrix/key (always: our keys are public).
 key_routes = keys.key_routes

@@ -209,20 +209,39 @@ class E2eKeyService:
                 local[user_id] = [check_name(d, "device ID") for d in device_ids]
             else:
                 failures[server] = REMOTE_FAILURE
+        response = await self._query_local(requester.user_id, local, display_names=True)
+        response["failures"] = failures
+        return response
+
+    async def query_keys_for_server(self, wanted: Mapping[str, Sequence[str]]) -> JsonDict:
+        """spec, federation POST /user/keys/query: our users' keys for another server. Only
+        what every user may see: no user-signing key, no signature a user made of another
+        user's keys, and no device display name (they stay on this server, as Synapse
+        keeps them by default)."""
+        local = {
+            user_id: [check_name(d, "device ID") for d in device_ids]
+            for user_id, device_ids in wanted.items()
+            if UserID.parse(user_id).server_name == self._server_name
+        }
+        return await self._query_local("", local, display_names=False)
+
+    async def _query_local(
+        self, viewer: str, local: Mapping[str, Sequence[str]], *, display_names: bool
+    ) -> JsonDict:
         device_keys: JsonDict = {user_id: {} for user_id in local}
-        signatures = _SignatureIndex(requester.user_id, await self._store.get_signatures(local))
+        signatures = _SignatureIndex(viewer, await self._store.get_signatures(local))
         for d in await self._store.get_device_keys(local):
             keys = signatures.merge(d.keys, d.user_id, d.device_id)
-            if d.display_name is not None:
+            if display_names and d.display_name is not None:
                 keys["unsigned"] = {"device_display_name": d.display_name}
             device_keys[d.user_id][d.device_id] = keys
-        response: JsonDict = {"device_keys": device_keys, "failures": failures}
+        response: JsonDict = {"device_keys": device_keys}
         cross_signing = await self._store.get_cross_signing_keys(local)
         for key_type in CROSS_SIGNING_TYPES:
             section: JsonDict = {}
             for user_id, keys in cross_signing.items():
                 # spec: a user-signing key is only ever shown to its owner.
-                if key_type in keys and (key_type != USER_SIGNING or user_id == requester.user_id):
+                if key_type in keys and (key_type != USER_SIGNING or user_id == viewer):
                     key = keys[key_type]
                     section[user_id] = signatures.merge(key.key, user_id, key.public_key)
             if section:
@@ -257,6 +276,15 @@ class E2eKeyService:
                 Stream.ONE_TIME_KEYS, position, user_ids=sorted(one_time_keys)
             )
         return {"one_time_keys": one_time_keys, "failures": failures}
+
+    async def claim_keys_for_server(self, wanted: Mapping[str, Mapping[str, str]]) -> JsonDict:
+        """spec, federation POST /user/keys/claim: one-time keys of our users."""
+        local = {
+            user_id: by_device
+            for user_id, by_device in wanted.items()
+            if UserID.parse(user_id).server_name == self._server_name
+        }
+        return {"one_time_keys": (await self.claim_keys(local))["one_time_keys"]}
 
     # --- /keys/changes and the sync extension ----------------------------------------------
 

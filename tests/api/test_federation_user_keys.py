@@ -1,0 +1,151 @@
+"""Our users' end-to-end keys served to other servers: POST /user/keys/query and
+/user/keys/claim over federation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from homeserver.app import Homeserver
+from homeserver.core.clock import FakeClock
+from homeserver.federation.keyring import parse_key_response
+from homeserver.storage.server_keys import ServerKeyStore
+from tests.api.e2ee_helpers import new_device, upload
+from tests.api.test_cross_signing import CrossSigning, _device_signing
+from tests.api.test_federation import _served
+from tests.federation_helpers import DAY_MS, FakeRemote
+from tests.helpers import assert_errors
+
+FED = "/_matrix/federation/v1"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def remote() -> FakeRemote:
+    return FakeRemote("remote.test")
+
+
+@pytest.fixture
+async def fed(
+    tmp_path: Path, db_url: str, clock: FakeClock, remote: FakeRemote
+) -> AsyncIterator[tuple[Homeserver, httpx.AsyncClient]]:
+    async for hs, client in _served(tmp_path, db_url, clock):
+        keys = parse_key_response(
+            remote.key_response(clock.now_ms() + DAY_MS),
+            "remote.test",
+            "remote.test",
+            clock.now_ms(),
+        )
+        await ServerKeyStore(hs.db).store_keys(keys)
+        yield hs, client
+
+
+async def post_signed(
+    client: httpx.AsyncClient, remote: FakeRemote, path: str, body: Any
+) -> httpx.Response:
+    header = remote.authorization("test", "POST", path, body)
+    return await client.post(
+        path, content=json.dumps(body).encode(), headers={"Authorization": header}
+    )
+
+
+async def test_query_serves_public_keys_only(
+    fed: tuple[Homeserver, httpx.AsyncClient], remote: FakeRemote
+) -> None:
+    _, client = fed
+    alice = await new_device(client, "alice")
+    device_keys = alice.device_keys()
+    await upload(client, alice, {"device_keys": device_keys})
+    await client.put(
+        f"/_matrix/client/v3/devices/{alice.device_id}",
+        json={"display_name": "Alice's phone"},
+        headers=alice.headers,
+    )
+    cross = CrossSigning(alice.user_id)
+    assert (await _device_signing(client, alice, cross.all_keys())).status_code == 200
+
+    path = f"{FED}/user/keys/query"
+    body = {"device_keys": {alice.user_id: [], "@bob:elsewhere": [], "@ghost:test": []}}
+    r = await post_signed(client, remote, path, body)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    # Only our users; the device keys as uploaded, without the device's display name.
+    assert set(data["device_keys"]) == {alice.user_id, "@ghost:test"}
+    assert data["device_keys"][alice.user_id] == {alice.device_id: device_keys}
+    assert data["device_keys"]["@ghost:test"] == {}
+    assert data["master_keys"][alice.user_id] == cross.key("master")
+    assert data["self_signing_keys"][alice.user_id] == cross.key("self_signing")
+    assert "user_signing_keys" not in data  # never leaves its owner
+    assert "failures" not in data
+    # One device by ID.
+    body = {"device_keys": {alice.user_id: [alice.device_id, "NOPE"]}}
+    r = await post_signed(client, remote, path, body)
+    assert list(r.json()["device_keys"][alice.user_id]) == [alice.device_id]
+
+
+async def test_claim_takes_one_time_keys(
+    fed: tuple[Homeserver, httpx.AsyncClient], remote: FakeRemote
+) -> None:
+    _, client = fed
+    alice = await new_device(client, "alice")
+    otks = alice.one_time_keys(2)
+    await upload(client, alice, {"device_keys": alice.device_keys(), "one_time_keys": otks})
+    path = f"{FED}/user/keys/claim"
+    body = {
+        "one_time_keys": {
+            alice.user_id: {alice.device_id: "signed_curve25519"},
+            "@bob:elsewhere": {"DEV": "signed_curve25519"},
+        }
+    }
+    claimed = []
+    for _ in range(3):
+        r = await post_signed(client, remote, path, body)
+        assert r.status_code == 200, r.text
+        assert set(r.json()) == {"one_time_keys"}
+        claimed.append(r.json()["one_time_keys"].get(alice.user_id, {}))
+    got = [next(iter(c[alice.device_id])) for c in claimed[:2]]
+    assert sorted(got) == sorted(otks)  # each key once
+    assert claimed[2] == {}  # none left (no fallback key uploaded)
+
+
+async def test_unsigned_and_bad_bodies(
+    fed: tuple[Homeserver, httpx.AsyncClient], remote: FakeRemote
+) -> None:
+    _, client = fed
+    for path in (f"{FED}/user/keys/query", f"{FED}/user/keys/claim"):
+        r = await client.post(path, json={"device_keys": {}, "one_time_keys": {}})
+        assert (r.status_code, r.json()["errcode"]) == (401, "M_UNAUTHORIZED")
+    path = f"{FED}/user/keys/query"
+    cases: list[tuple[Any, int, str]] = [
+        ([], 400, "M_BAD_JSON"),
+        ({}, 400, "M_MISSING_PARAM"),
+        ({"device_keys": []}, 400, "M_BAD_JSON"),
+        ({"device_keys": {"@a:test": "DEV"}}, 400, "M_BAD_JSON"),
+        ({"device_keys": {"@a:test": [1]}}, 400, "M_BAD_JSON"),
+        ({"device_keys": {"not-a-user": []}}, 400, "M_INVALID_PARAM"),
+        ({"device_keys": {f"@u{i}:test": [] for i in range(1001)}}, 413, "M_TOO_LARGE"),
+    ]
+    for body, status, errcode in cases:
+        r = await post_signed(client, remote, path, body)
+        assert (r.status_code, r.json()["errcode"]) == (status, errcode), body
+    path = f"{FED}/user/keys/claim"
+    cases = [
+        ({}, 400, "M_MISSING_PARAM"),
+        ({"one_time_keys": {"@a:test": ["DEV"]}}, 400, "M_BAD_JSON"),
+        ({"one_time_keys": {"@a:test": {"DEV": 5}}}, 400, "M_BAD_JSON"),
+        ({"one_time_keys": {"bad": {}}}, 400, "M_INVALID_PARAM"),
+    ]
+    for body, status, errcode in cases:
+        r = await post_signed(client, remote, path, body)
+        assert (r.status_code, r.json()["errcode"]) == (status, errcode), body
+    # A body that is not JSON is refused before anything else.
+    await assert_errors(client, "POST", path, [(b"{nope", 400, "M_NOT_JSON")])
