@@ -282,7 +282,12 @@ class Homeserver:
         (issue 7)."""
         self.device_lists = DeviceListService(DeviceListStore(db), self.notifier, self.event_store)
         self.e2e_keys = E2eKeyService(
-            E2eKeyStore(db), self.device_lists, self.uia, config.server_name, self.notifier
+            E2eKeyStore(db),
+            self.device_lists,
+            self.uia,
+            config.server_name,
+            self.notifier,
+            remote=self.federation_queries if config.federation.enabled else None,
         )
         self.sync.add_extension(self.e2e_keys)
         self.key_backup = KeyBackupService(KeyBackupStore(db))

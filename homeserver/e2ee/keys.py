@@ -30,6 +30,7 @@ from homeserver.core.jsonutil import check_json_numbers
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.e2ee.device_lists import DeviceListService
+from homeserver.e2ee.remote_keys import RemoteKeys, claim_remote, query_remote
 from homeserver.storage.e2e_keys import (
     ClaimRequest,
     CrossSigningKey,
@@ -50,7 +51,7 @@ CROSS_SIGNING_TYPES = (MASTER, SELF_SIGNING, USER_SIGNING)
 # Ours: an algorithm or key ID is an identifier; clients use short ones.
 MAX_KEY_NAME_BYTES = 255
 ED25519_KEY_BYTES = 32
-# What /keys/query reports for a server it cannot ask (federation queries are not spoken).
+# What /keys/query reports for a server it does not ask (federation is off).
 REMOTE_FAILURE: JsonDict = {"status": 503, "message": "Keys of remote users are not available"}
 
 
@@ -113,8 +114,12 @@ class E2eKeyService:
         uia: UiaService,
         server_name: str,
         notifier: Notifier,
+        *,
+        remote: RemoteKeys | None = None,
     ) -> None:
         self._store = store
+        # None (federation off): remote users' keys are reported in ``failures``.
+        self._remote = remote
         self._device_lists = device_lists
         self._uia = uia
         self._server_name = server_name
@@ -199,17 +204,29 @@ class E2eKeyService:
     # --- /keys/query -----------------------------------------------------------------------
 
     async def query_keys(
-        self, requester: Requester, wanted: Mapping[str, Sequence[str]]
+        self,
+        requester: Requester,
+        wanted: Mapping[str, Sequence[str]],
+        timeout_ms: int | None = None,
     ) -> JsonDict:
         local: dict[str, Sequence[str]] = {}
+        remote: dict[str, Sequence[str]] = {}
         failures: JsonDict = {}
         for user_id, device_ids in wanted.items():
             server = UserID.parse(user_id).server_name
             if server == self._server_name:
                 local[user_id] = [check_name(d, "device ID") for d in device_ids]
+            elif self._remote is not None:
+                remote[user_id] = [check_name(d, "device ID") for d in device_ids]
             else:
                 failures[server] = REMOTE_FAILURE
         response = await self._query_local(requester.user_id, local, display_names=True)
+        if remote and self._remote is not None:
+            found, remote_failures = await query_remote(self._remote, remote, timeout_ms)
+            response["device_keys"].update(found.pop("device_keys"))
+            for section, keys in found.items():
+                response.setdefault(section, {}).update(keys)
+            failures.update(remote_failures)
         response["failures"] = failures
         return response
 
@@ -250,13 +267,22 @@ class E2eKeyService:
 
     # --- /keys/claim -----------------------------------------------------------------------
 
-    async def claim_keys(self, wanted: Mapping[str, Mapping[str, str]]) -> JsonDict:
+    async def claim_keys(
+        self, wanted: Mapping[str, Mapping[str, str]], timeout_ms: int | None = None
+    ) -> JsonDict:
         requests: list[ClaimRequest] = []
+        remote: dict[str, Mapping[str, str]] = {}
         failures: JsonDict = {}
         for user_id, by_device in wanted.items():
             server = UserID.parse(user_id).server_name
             if server != self._server_name:
-                failures[server] = REMOTE_FAILURE
+                if self._remote is None:
+                    failures[server] = REMOTE_FAILURE
+                else:
+                    remote[user_id] = {
+                        check_name(d, "device ID"): check_name(a, "algorithm")
+                        for d, a in by_device.items()
+                    }
                 continue
             requests.extend(
                 ClaimRequest(
@@ -275,6 +301,10 @@ class E2eKeyService:
             await self._notifier.notify(
                 Stream.ONE_TIME_KEYS, position, user_ids=sorted(one_time_keys)
             )
+        if remote and self._remote is not None:
+            found, remote_failures = await claim_remote(self._remote, remote, timeout_ms)
+            one_time_keys.update(found)
+            failures.update(remote_failures)
         return {"one_time_keys": one_time_keys, "failures": failures}
 
     async def claim_keys_for_server(self, wanted: Mapping[str, Mapping[str, str]]) -> JsonDict:

@@ -149,3 +149,90 @@ async def test_unsigned_and_bad_bodies(
         assert (r.status_code, r.json()["errcode"]) == (status, errcode), body
     # A body that is not JSON is refused before anything else.
     await assert_errors(client, "POST", path, [(b"{nope", 400, "M_NOT_JSON")])
+
+
+async def test_client_query_and_claim_of_remote_users(
+    fed: tuple[Homeserver, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hs, client = fed
+    alice = await new_device(client, "alice")
+    good_device = {
+        "user_id": "@bob:ok.test",
+        "device_id": "BOBDEV",
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+        "keys": {"ed25519:BOBDEV": "abc"},
+        "signatures": {"@bob:ok.test": {"ed25519:BOBDEV": "sig"}},
+    }
+    master = {"user_id": "@bob:ok.test", "usage": ["master"], "keys": {"ed25519:M": "M"}}
+    asked: list[tuple[str, Any]] = []
+
+    async def query_user_keys(server_name: str, wanted: Any) -> Any:
+        asked.append((server_name, wanted))
+        if server_name == "down.test":
+            from homeserver.federation.client import FederationError
+
+            raise FederationError(server_name, "unreachable")
+        if server_name == "slow.test":
+            import asyncio
+
+            await asyncio.sleep(5)
+        return {
+            "device_keys": {
+                "@bob:ok.test": {
+                    "BOBDEV": good_device,
+                    "LIAR": {**good_device, "device_id": "OTHER"},  # keys of another device
+                    "FLOAT": {**good_device, "device_id": "FLOAT", "x": 1.5},
+                },
+                "@carol:ok.test": {"C": "not an object"},
+                "@mallory:elsewhere.test": {"M": good_device},  # not this server's user
+            },
+            "master_keys": {
+                "@bob:ok.test": master,
+                "@alice:test": {**master, "user_id": "@alice:test"},  # one of ours: ignored
+            },
+            "user_signing_keys": {"@bob:ok.test": master},  # never shown to another user
+        }
+
+    async def claim_user_keys(server_name: str, wanted: Any) -> Any:
+        return {
+            "one_time_keys": {
+                "@bob:ok.test": {"BOBDEV": {"signed_curve25519:AAA": {"key": "k"}}},
+                "@eve:ok.test": {"EVE": {"signed_curve25519:B": {"key": "k"}}},  # not asked
+            }
+        }
+
+    monkeypatch.setattr(hs.federation_queries, "query_user_keys", query_user_keys)
+    monkeypatch.setattr(hs.federation_queries, "claim_user_keys", claim_user_keys)
+    r = await client.post(
+        "/_matrix/client/v3/keys/query",
+        json={
+            "device_keys": {
+                "@bob:ok.test": [],
+                "@carol:ok.test": [],
+                "@dan:down.test": [],
+                "@sam:slow.test": [],
+            },
+            "timeout": 200,
+        },
+        headers=alice.headers,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["device_keys"] == {"@bob:ok.test": {"BOBDEV": good_device}, "@carol:ok.test": {}}
+    assert body["master_keys"] == {"@bob:ok.test": master}
+    assert "user_signing_keys" not in body
+    assert body["failures"] == {
+        "down.test": {"status": 503, "message": "The server could not be reached"},
+        "slow.test": {"status": 504, "message": "The server did not answer in time"},
+    }
+    assert ("ok.test", {"@bob:ok.test": [], "@carol:ok.test": []}) in asked
+
+    r = await client.post(
+        "/_matrix/client/v3/keys/claim",
+        json={"one_time_keys": {"@bob:ok.test": {"BOBDEV": "signed_curve25519"}}},
+        headers=alice.headers,
+    )
+    assert r.json() == {
+        "one_time_keys": {"@bob:ok.test": {"BOBDEV": {"signed_curve25519:AAA": {"key": "k"}}}},
+        "failures": {},
+    }

@@ -137,6 +137,10 @@ def test_two_servers_fetch_keys_and_sign_requests(
     check_signed_by(answer, name_a, keys_a)
     check_signed_by(answer, name_b, keys_b)
 
+    # End-to-end keys across the servers: alice's device keys and one-time key, uploaded to
+    # A, are queried and claimed by bob through B.
+    exchange_e2e_keys(a, alice, b, bob)
+
     # Signed requests made as each server (its key, from its data directory) to the other's
     # /version and /query/profile, through our client: discovery, TLS, X-Matrix.
     asyncio.run(signed_requests_as(tmp_path, name_a, tmp_path / "a", name_b, b, "@bob", "Bob"))
@@ -187,3 +191,41 @@ async def signed_requests_as(
             assert (r.status_code, r.json()["errcode"]) == (401, "M_UNAUTHORIZED")
         r = c.get(uri, headers={"Authorization": right})
         assert r.json() == {"displayname": displayname}
+
+
+def exchange_e2e_keys(a: ServerProcess, alice: str, b: ServerProcess, bob: str) -> None:
+    from tests.api.e2ee_helpers import Device
+
+    with httpx.Client(base_url=a.base_url, verify=a.verify, timeout=20) as c:
+        me = c.get(
+            "/_matrix/client/v3/account/whoami", headers={"Authorization": f"Bearer {alice}"}
+        ).json()
+        device = Device(me["user_id"], me["device_id"], alice)
+        device_keys = device.device_keys()
+        otks = device.one_time_keys(1)
+        r = c.post(
+            "/_matrix/client/v3/keys/upload",
+            json={"device_keys": device_keys, "one_time_keys": otks},
+            headers=device.headers,
+        )
+        assert r.status_code == 200, r.text
+    with httpx.Client(base_url=b.base_url, verify=b.verify, timeout=20) as c:
+        headers = {"Authorization": f"Bearer {bob}"}
+        r = c.post(
+            "/_matrix/client/v3/keys/query",
+            json={"device_keys": {device.user_id: []}},
+            headers=headers,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["failures"] == {}
+        assert r.json()["device_keys"] == {device.user_id: {device.device_id: device_keys}}
+        r = c.post(
+            "/_matrix/client/v3/keys/claim",
+            json={"one_time_keys": {device.user_id: {device.device_id: "signed_curve25519"}}},
+            headers=headers,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json() == {
+            "one_time_keys": {device.user_id: {device.device_id: otks}},
+            "failures": {},
+        }
