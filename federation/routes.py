@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from federation import keys, query, user_keys, version
+from federation import keys, public_rooms, query, user_keys, version
 
 # Mounted at /_matrix/federation (when federation is enabled).
-federation_routes = [*version.routes, *query.routes, *user_keys.routes]
+federation_routes = [
+    *version.routes,
+    *query.routes,
+    *user_keys.routes,
+    *public_rooms.routes,
+]
 # Mounted at /_matrix/key (always: our keys are public).
 key_routes = keys.key_routes

@@ -377,3 +377,41 @@ async def test_remote_profile_is_filtered_and_errors_are_ours(
         "/_matrix/client/v3/profile/@bob:ok.test/displayname", headers=auth_header(token)
     )
     assert response.json() == {"displayname": "Bob"}
+
+
+async def test_public_rooms_over_federation(
+    fed: tuple[Homeserver, httpx.AsyncClient], remote: FakeRemote
+) -> None:
+    _, client = fed
+    _, token = await register(client, "alice")
+    for name in ("Lounge", "Garden"):
+        r = await client.post(
+            "/_matrix/client/v3/createRoom",
+            headers=auth_header(token),
+            json={"visibility": "public", "name": name},
+        )
+        assert r.status_code == 200, r.text
+    path = f"{FED}/publicRooms"
+    r = await client.get(path)
+    assert (r.status_code, r.json()["errcode"]) == (401, "M_UNAUTHORIZED")
+    r = await client.get(path, headers=signed_get(remote, path))
+    assert r.status_code == 200, r.text
+    assert sorted(e["name"] for e in r.json()["chunk"]) == ["Garden", "Lounge"]
+    uri = f"{path}?limit=1"
+    r = await client.get(uri, headers=signed_get(remote, uri))
+    assert len(r.json()["chunk"]) == 1 and "next_batch" in r.json()
+    body = {"filter": {"generic_search_term": "gard"}}
+    header = remote.authorization("test", "POST", path, body)
+    r = await client.post(path, json=body, headers={"Authorization": header})
+    assert [e["name"] for e in r.json()["chunk"]] == ["Garden"]
+    for bad, errcode in (
+        ([], "M_BAD_JSON"),
+        ({"limit": "x"}, "M_BAD_JSON"),
+        ({"limit": -1}, "M_BAD_JSON"),
+    ):
+        header = remote.authorization("test", "POST", path, bad)
+        r = await client.post(path, json=bad, headers={"Authorization": header})
+        assert (r.status_code, r.json()["errcode"]) == (400, errcode), bad
+    uri = f"{path}?limit=x"
+    r = await client.get(uri, headers=signed_get(remote, uri))
+    assert (r.status_code, r.json()["errcode"]) == (400, "M_INVALID_PARAM")
