@@ -1,5 +1,5 @@
-"""End-to-end encryption keys of our users, for other servers: device and cross-signing
-keys, one-time keys."""
+"""End-to-end encryption keys of our users, for other servers: devices with their keys,
+cross-signing keys, one-time keys."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from federation.edge import authenticated_origin
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import UserID
 from homeserver.web.edge import RequestBody, homeserver_of, json_response, validate_body
 
 # Bounds on one request: each user is a condition of one database query.
@@ -57,7 +58,16 @@ async def post_user_keys_claim(request: Request) -> Response:
     return json_response(await hs.e2e_keys.claim_keys_for_server(body.one_time_keys))
 
 
+async def get_user_devices(request: Request) -> Response:
+    """GET /_matrix/federation/v1/user/devices/{userId}"""
+    hs = homeserver_of(request)
+    await authenticated_origin(request)
+    user_id = UserID.parse(request.path_params["user_id"])
+    return json_response(await hs.e2e_keys.user_devices_for_server(user_id))
+
+
 routes = [
+    Route("/v1/user/devices/{user_id:path}", get_user_devices, methods=["GET"]),
     Route("/v1/user/keys/query", post_user_keys_query, methods=["POST"]),
     Route("/v1/user/keys/claim", post_user_keys_claim, methods=["POST"]),
 ]

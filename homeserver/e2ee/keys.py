@@ -242,6 +242,28 @@ class E2eKeyService:
         }
         return await self._query_local("", local, display_names=False)
 
+    async def user_devices_for_server(self, user_id: UserID) -> JsonDict:
+        """spec, federation GET /user/devices/{userId}: the devices of one of our users
+        that have keys, with the user's public cross-signing keys."""
+        if user_id.server_name != self._server_name:
+            raise MatrixError(Codes.INVALID_PARAM, "The user is not on this server")
+        # The stream ID first: a change after it is announced with a later one.
+        stream_id = await self._device_lists.stream_id(user_id)
+        found = await self._query_local("", {user_id: []}, display_names=False)
+        response: JsonDict = {
+            "user_id": user_id,
+            "stream_id": stream_id,
+            "devices": [
+                {"device_id": device_id, "keys": keys}
+                for device_id, keys in sorted(found["device_keys"][user_id].items())
+            ],
+        }
+        for key_type in (MASTER, SELF_SIGNING):
+            key = found.get(f"{key_type}_keys", {}).get(user_id)
+            if key is not None:
+                response[f"{key_type}_key"] = key
+        return response
+
     async def _query_local(
         self, viewer: str, local: Mapping[str, Sequence[str]], *, display_names: bool
     ) -> JsonDict:

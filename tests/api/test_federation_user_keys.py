@@ -236,3 +236,43 @@ async def test_client_query_and_claim_of_remote_users(
         "one_time_keys": {"@bob:ok.test": {"BOBDEV": {"signed_curve25519:AAA": {"key": "k"}}}},
         "failures": {},
     }
+
+
+async def test_user_devices(fed: tuple[Homeserver, httpx.AsyncClient], remote: FakeRemote) -> None:
+    _, client = fed
+    alice = await new_device(client, "alice")
+    device_keys = alice.device_keys()
+    await upload(client, alice, {"device_keys": device_keys})
+    cross = CrossSigning(alice.user_id)
+    assert (await _device_signing(client, alice, cross.all_keys())).status_code == 200
+    uri = f"{FED}/user/devices/%40alice%3Atest"
+    headers = {"Authorization": remote.authorization("test", "GET", uri)}
+    r = await client.get(uri, headers=headers)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["user_id"] == alice.user_id
+    assert body["devices"] == [{"device_id": alice.device_id, "keys": device_keys}]
+    assert body["master_key"] == cross.key("master")
+    assert body["self_signing_key"] == cross.key("self_signing")
+    assert "user_signing_key" not in body
+    first = body["stream_id"]
+    assert isinstance(first, int) and first > 0
+    # A new device with keys: a later stream_id.
+    second = await new_device(client, "alice", registered=True)
+    await upload(client, second, {"device_keys": second.device_keys()})
+    r = await client.get(uri, headers=headers)
+    assert r.json()["stream_id"] > first
+    assert len(r.json()["devices"]) == 2
+    # Unknown user: no devices; not ours, not a user ID, unsigned: errors.
+    uri = f"{FED}/user/devices/%40ghost%3Atest"
+    r = await client.get(uri, headers={"Authorization": remote.authorization("test", "GET", uri)})
+    assert r.json() == {"user_id": "@ghost:test", "stream_id": 0, "devices": []}
+    for uri, status, errcode in (
+        (f"{FED}/user/devices/%40bob%3Aelsewhere", 400, "M_INVALID_PARAM"),
+        (f"{FED}/user/devices/nobody", 400, "M_INVALID_PARAM"),
+    ):
+        auth = {"Authorization": remote.authorization("test", "GET", uri)}
+        r = await client.get(uri, headers=auth)
+        assert (r.status_code, r.json()["errcode"]) == (status, errcode), uri
+    r = await client.get(f"{FED}/user/devices/%40alice%3Atest")
+    assert (r.status_code, r.json()["errcode"]) == (401, "M_UNAUTHORIZED")
