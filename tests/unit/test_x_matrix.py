@@ -106,3 +106,15 @@ def test_malformed_old_keys_file_stops_start_up(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="expired_ts"):
         load_old_verify_keys(path)
     assert load_old_verify_keys(tmp_path / "absent.json") == {}
+
+
+def test_rotate_signing_key_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from homeserver.cli import main
+
+    config = tmp_path / "homeserver.yaml"
+    config.write_text(f"server_name: a.test\ndata_dir: {tmp_path / 'data'}\n")
+    first = load_or_create_signing_key(tmp_path / "data" / "signing.key")
+    assert main(["-c", str(config), "rotate-signing-key"]) == 0
+    assert f"ed25519:{first.version} replaced by" in capsys.readouterr().out
+    old = load_old_verify_keys(tmp_path / "data" / "old_verify_keys.json")
+    assert list(old) == [f"ed25519:{first.version}"]
