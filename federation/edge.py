@@ -32,7 +32,7 @@ async def authenticated_origin(request: Request) -> tuple[str, Any]:
             content = orjson.loads(body)
         except orjson.JSONDecodeError:
             raise MatrixError(Codes.NOT_JSON, "Content not JSON") from None
-    origin = await hs.federation_auth.authenticate(
+    origin = await hs.federation.auth.authenticate(
         request.method, request_uri(request), request.headers.getlist("authorization"), content
     )
     return origin, content

@@ -20,7 +20,7 @@ MAX_QUERY_KEY_IDS = 100
 
 async def get_server_keys(request: Request) -> Response:
     """GET /_matrix/key/v2/server"""
-    return json_response(homeserver_of(request).local_keys.key_response())
+    return json_response(homeserver_of(request).federation.local_keys.key_response())
 
 
 def _server_name(value: Any) -> str:
@@ -34,7 +34,7 @@ async def get_query_keys(request: Request) -> Response:
     hs = homeserver_of(request)
     server_name = _server_name(request.path_params["server_name"])
     minimum = query_int(request, "minimum_valid_until_ts", minimum=0)
-    responses = await hs.keyring.key_responses(
+    responses = await hs.federation.keyring.key_responses(
         server_name, (), hs.clock.now_ms() if minimum is None else minimum
     )
     return json_response({"server_keys": responses})
@@ -75,7 +75,10 @@ async def post_query_keys(request: Request) -> Response:
         wanted.append((server_name, tuple(criteria), minimum))
     # Each server's keys are fetched, where need be, at the same time as the others'.
     answers = await asyncio.gather(
-        *(hs.keyring.key_responses(name, key_ids, minimum) for name, key_ids, minimum in wanted)
+        *(
+            hs.federation.keyring.key_responses(name, key_ids, minimum)
+            for name, key_ids, minimum in wanted
+        )
     )
     return json_response({"server_keys": [r for answer in answers for r in answer]})
 

@@ -40,18 +40,8 @@ from homeserver.e2ee.to_device import ToDeviceService
 from homeserver.ephemeral.presence import PresenceService
 from homeserver.ephemeral.receipts import EphemeralSource, ReceiptService
 from homeserver.ephemeral.typing import TypingService
-from homeserver.federation.auth import FederationAuthenticator
-from homeserver.federation.client import FederationClient, ssl_context
-from homeserver.federation.discovery import (
-    DnsSrvLookup,
-    HttpsWellKnownFetch,
-    ServerResolver,
-    WellKnownResolver,
-)
-from homeserver.federation.keyring import Keyring
-from homeserver.federation.local_keys import LocalKeys, load_old_verify_keys, old_keys_path
-from homeserver.federation.policy import ServerPolicy
-from homeserver.federation.queries import FederationQueries
+from homeserver.federation.discovery import ServerResolver
+from homeserver.federation.services import build_federation
 from homeserver.filters.service import FilterService
 from homeserver.net.addresses import AddressPolicy
 from homeserver.net.outbound import Outbound
@@ -85,7 +75,6 @@ from homeserver.storage.receipts import ReceiptStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.relations import RelationStore
 from homeserver.storage.rooms import RoomStore
-from homeserver.storage.server_keys import ServerKeyStore
 from homeserver.storage.threepids import ThreepidStore
 from homeserver.storage.to_device import ToDeviceStore
 from homeserver.storage.typing_notifications import TypingStore
@@ -169,12 +158,13 @@ class Homeserver:
         )
         self.uia.set_email_identity(self.threepids)
         self.accounts.email_identity = self.threepids
-        self._build_federation(config, db, signing_key, clock, server_resolver)
-        self.profiles = ProfileService(
-            self.account_store,
-            config.server_name,
-            remote=self.federation_queries if config.federation.enabled else None,
+        # Server identity, discovery, signed requests both ways (issue 18); built early, as
+        # services that answer about remote users ask through it.
+        self.federation = build_federation(
+            config, db, signing_key, clock, self.outbound, server_resolver
         )
+        remote = self.federation.queries if config.federation.enabled else None
+        self.profiles = ProfileService(self.account_store, config.server_name, remote=remote)
         self.filters = FilterService(FilterStore(db))
         self._build_rooms(config, db, signing_key, clock)
         self._build_user_data(config, db, clock)
@@ -287,7 +277,7 @@ class Homeserver:
             self.uia,
             config.server_name,
             self.notifier,
-            remote=self.federation_queries if config.federation.enabled else None,
+            remote=self.federation.queries if config.federation.enabled else None,
         )
         self.sync.add_extension(self.e2e_keys)
         self.key_backup = KeyBackupService(KeyBackupStore(db))
@@ -394,61 +384,9 @@ class Homeserver:
         )
         self.url_previews = UrlPreviewer(config.media.url_preview, self.media, self.outbound)
 
-    def _build_federation(
-        self,
-        config: HomeserverConfig,
-        db: Database,
-        signing_key: SigningKey,
-        clock: Clock,
-        server_resolver: ServerResolver | None,
-    ) -> None:
-        """Server identity, discovery, the signing client and request authentication
-        (issue 18)."""
-        fed = config.federation
-        self.server_policy = ServerPolicy(fed.enabled, fed.allow_servers, fed.deny_servers)
-        self.local_keys = LocalKeys(
-            config.server_name,
-            signing_key,
-            load_old_verify_keys(old_keys_path(config.signing_key_file)),
-            clock,
-            fed.key_validity_ms,
-        )
-        tls = ssl_context(fed.tls_ca_bundle)
-        timeout_s = fed.request_timeout_ms / 1000
-        # Redirects of the well-known are followed (spec), each hop checked like the first.
-        self._well_known_client = self.outbound.client(
-            timeout_s=timeout_s, max_redirects=5, verify=tls, user_agent="homeserver"
-        )
-        self.server_resolver = server_resolver or ServerResolver(
-            WellKnownResolver(HttpsWellKnownFetch(self._well_known_client), clock),
-            DnsSrvLookup(),
-        )
-        self.federation_client = FederationClient(
-            self.local_keys,
-            self.server_resolver,
-            self.outbound,
-            self.server_policy,
-            tls=tls,
-            timeout_s=timeout_s,
-        )
-        self.keyring = Keyring(
-            self.local_keys,
-            ServerKeyStore(db),
-            self.federation_client,
-            self.server_policy,
-            clock,
-            trusted_key_servers=fed.trusted_key_servers,
-            denied_verify_keys=fed.denied_verify_keys,
-        )
-        self.federation_auth = FederationAuthenticator(
-            config.server_name, self.keyring, self.server_policy, clock
-        )
-        self.federation_queries = FederationQueries(self.federation_client)
-
     async def close(self) -> None:
         await self.media.close()
-        await self.federation_client.aclose()
-        await self._well_known_client.aclose()
+        await self.federation.aclose()
 
     async def _on_profile_changed(
         self, user_id: UserID, displayname: str | None, avatar_url: str | None
