@@ -46,7 +46,7 @@ async def post_user_keys_query(request: Request) -> Response:
     _, content = await authenticated_origin(request)
     body = validate_body(_object(content), QueryKeysBody)
     _check_size(len(body.device_keys), sum(len(d) for d in body.device_keys.values()))
-    return json_response(await hs.e2e_keys.query_keys_for_server(body.device_keys))
+    return json_response(await hs.federation_keys.query_keys(body.device_keys))
 
 
 async def post_user_keys_claim(request: Request) -> Response:
@@ -55,7 +55,7 @@ async def post_user_keys_claim(request: Request) -> Response:
     _, content = await authenticated_origin(request)
     body = validate_body(_object(content), ClaimKeysBody)
     _check_size(len(body.one_time_keys), sum(len(d) for d in body.one_time_keys.values()))
-    return json_response(await hs.e2e_keys.claim_keys_for_server(body.one_time_keys))
+    return json_response(await hs.federation_keys.claim_keys(body.one_time_keys))
 
 
 async def get_user_devices(request: Request) -> Response:
@@ -63,7 +63,7 @@ async def get_user_devices(request: Request) -> Response:
     hs = homeserver_of(request)
     await authenticated_origin(request)
     user_id = UserID.parse(request.path_params["user_id"])
-    return json_response(await hs.e2e_keys.user_devices_for_server(user_id))
+    return json_response(await hs.federation_keys.user_devices(user_id))
 
 
 routes = [

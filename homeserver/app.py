@@ -34,6 +34,7 @@ from homeserver.core.ids import UserID
 from homeserver.core.ratelimit import RateLimiter
 from homeserver.crypto.signing import SigningKey, load_or_create_signing_key
 from homeserver.e2ee.device_lists import DeviceListService
+from homeserver.e2ee.federation_keys import FederationKeyService
 from homeserver.e2ee.key_backup import KeyBackupService
 from homeserver.e2ee.keys import E2eKeyService
 from homeserver.e2ee.to_device import ToDeviceService
@@ -280,6 +281,9 @@ class Homeserver:
             remote=self.federation.queries if config.federation.enabled else None,
         )
         self.sync.add_extension(self.e2e_keys)
+        self.federation_keys = FederationKeyService(
+            self.e2e_keys, self.device_lists, config.server_name
+        )
         self.key_backup = KeyBackupService(KeyBackupStore(db))
 
     async def _on_deactivated(self, user_id: UserID) -> None:

@@ -220,7 +220,7 @@ class E2eKeyService:
                 remote[user_id] = [check_name(d, "device ID") for d in device_ids]
             else:
                 failures[server] = REMOTE_FAILURE
-        response = await self._query_local(requester.user_id, local, display_names=True)
+        response = await self.local_keys(requester.user_id, local, display_names=True)
         if remote and self._remote is not None:
             found, remote_failures = await query_remote(self._remote, remote, timeout_ms)
             response["device_keys"].update(found.pop("device_keys"))
@@ -230,43 +230,11 @@ class E2eKeyService:
         response["failures"] = failures
         return response
 
-    async def query_keys_for_server(self, wanted: Mapping[str, Sequence[str]]) -> JsonDict:
-        """spec, federation POST /user/keys/query: our users' keys for another server. Only
-        what every user may see: no user-signing key, no signature a user made of another
-        user's keys, and no device display name (they stay on this server, as Synapse
-        keeps them by default)."""
-        local = {
-            user_id: [check_name(d, "device ID") for d in device_ids]
-            for user_id, device_ids in wanted.items()
-            if UserID.parse(user_id).server_name == self._server_name
-        }
-        return await self._query_local("", local, display_names=False)
-
-    async def user_devices_for_server(self, user_id: UserID) -> JsonDict:
-        """spec, federation GET /user/devices/{userId}: the devices of one of our users
-        that have keys, with the user's public cross-signing keys."""
-        if user_id.server_name != self._server_name:
-            raise MatrixError(Codes.INVALID_PARAM, "The user is not on this server")
-        # The stream ID first: a change after it is announced with a later one.
-        stream_id = await self._device_lists.stream_id(user_id)
-        found = await self._query_local("", {user_id: []}, display_names=False)
-        response: JsonDict = {
-            "user_id": user_id,
-            "stream_id": stream_id,
-            "devices": [
-                {"device_id": device_id, "keys": keys}
-                for device_id, keys in sorted(found["device_keys"][user_id].items())
-            ],
-        }
-        for key_type in (MASTER, SELF_SIGNING):
-            key = found.get(f"{key_type}_keys", {}).get(user_id)
-            if key is not None:
-                response[f"{key_type}_key"] = key
-        return response
-
-    async def _query_local(
+    async def local_keys(
         self, viewer: str, local: Mapping[str, Sequence[str]], *, display_names: bool
     ) -> JsonDict:
+        """Device and cross-signing keys of our users as ``viewer`` may see them ("" for
+        another server: only what every user may see)."""
         device_keys: JsonDict = {user_id: {} for user_id in local}
         signatures = _SignatureIndex(viewer, await self._store.get_signatures(local))
         for d in await self._store.get_device_keys(local):
@@ -328,15 +296,6 @@ class E2eKeyService:
             one_time_keys.update(found)
             failures.update(remote_failures)
         return {"one_time_keys": one_time_keys, "failures": failures}
-
-    async def claim_keys_for_server(self, wanted: Mapping[str, Mapping[str, str]]) -> JsonDict:
-        """spec, federation POST /user/keys/claim: one-time keys of our users."""
-        local = {
-            user_id: by_device
-            for user_id, by_device in wanted.items()
-            if UserID.parse(user_id).server_name == self._server_name
-        }
-        return {"one_time_keys": (await self.claim_keys(local))["one_time_keys"]}
 
     # --- /keys/changes and the sync extension ----------------------------------------------
 
