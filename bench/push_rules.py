@@ -25,7 +25,8 @@ from homeserver.push.evaluator import CompiledRuleset, EventContext
 from homeserver.push.rules import build_ruleset
 from homeserver.storage.database import Database
 from homeserver.storage.migrate import upgrade_head
-from homeserver.storage.push import PushAction, StoredRule, UserRules, record_push_actions
+from homeserver.storage.push import PushAction, record_push_actions
+from homeserver.storage.push_rules import StoredRule, UserRules
 from homeserver.storage.schema import event_push_actions
 
 ROOM = "!bench:bench"

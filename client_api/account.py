@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ConfigDict
@@ -9,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.accounts.service import LoginRequest, RegistrationRequest
+from homeserver.accounts.service import AccountService, LoginRequest, RegistrationRequest
 from homeserver.accounts.tokens import Session
 from homeserver.accounts.uia import AuthChallenge
 from homeserver.core.errors import Codes, MatrixError
@@ -17,11 +18,21 @@ from homeserver.core.types import JsonDict, Requester
 from homeserver.web.edge import (
     RequestBody,
     access_token_of,
-    homeserver_of,
     json_response,
     parse_body,
     require_user,
+    services_of,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class AccountServices:
+    """What the account routes call: registration, login, logout, passwords, deactivation."""
+
+    accounts: AccountService
+    server_name: str
+    base_url: str
+
 
 # --- helpers shared with the other UIA-protected routes (devices) ---------------------------
 
@@ -74,7 +85,7 @@ class RegisterBody(RequestBody):
 
 async def post_register(request: Request) -> Response:
     """POST /_matrix/client/v3/register"""
-    hs = homeserver_of(request)
+    hs = services_of(request, AccountServices)
     kind = request.query_params.get("kind", "user")
     if kind == "guest":
         raise MatrixError(Codes.GUEST_ACCESS_FORBIDDEN, "Guest access is not supported")
@@ -103,7 +114,7 @@ async def post_register(request: Request) -> Response:
 
 async def get_register_available(request: Request) -> Response:
     """GET /_matrix/client/v3/register/available"""
-    hs = homeserver_of(request)
+    hs = services_of(request, AccountServices)
     username = request.query_params.get("username")
     if username is None:
         raise MatrixError(Codes.MISSING_PARAM, "Missing query parameter: username")
@@ -113,7 +124,7 @@ async def get_register_available(request: Request) -> Response:
 
 async def get_registration_token_validity(request: Request) -> Response:
     """GET /_matrix/client/v1/register/m.login.registration_token/validity"""
-    hs = homeserver_of(request)
+    hs = services_of(request, AccountServices)
     token = request.query_params.get("token")
     if token is None:
         raise MatrixError(Codes.MISSING_PARAM, "Missing query parameter: token")
@@ -146,12 +157,12 @@ class LoginBody(RequestBody):
 
 async def get_login(request: Request) -> Response:
     """GET /_matrix/client/v3/login"""
-    return json_response({"flows": homeserver_of(request).accounts.login_flows()})
+    return json_response({"flows": services_of(request, AccountServices).accounts.login_flows()})
 
 
 async def post_login(request: Request) -> Response:
     """POST /_matrix/client/v3/login"""
-    hs = homeserver_of(request)
+    hs = services_of(request, AccountServices)
     body = await parse_body(request, LoginBody)
     identifier = body.identifier
     session = await hs.accounts.login(
@@ -172,7 +183,7 @@ async def post_login(request: Request) -> Response:
         {
             **session_json(session),
             "home_server": hs.server_name,
-            "well_known": {"m.homeserver": {"base_url": hs.config.base_url}},
+            "well_known": {"m.homeserver": {"base_url": hs.base_url}},
         }
     )
 
@@ -183,7 +194,7 @@ class RefreshBody(RequestBody):
 
 async def post_refresh(request: Request) -> Response:
     """POST /_matrix/client/v3/refresh"""
-    hs = homeserver_of(request)
+    hs = services_of(request, AccountServices)
     body = await parse_body(request, RefreshBody)
     session = await hs.accounts.refresh(body.refresh_token)
     out: JsonDict = {"access_token": session.access_token}
@@ -196,7 +207,7 @@ async def post_refresh(request: Request) -> Response:
 
 async def post_logout(request: Request) -> Response:
     """POST /_matrix/client/v3/logout"""
-    hs = homeserver_of(request)
+    hs = services_of(request, AccountServices)
     requester = await require_user(request)
     await hs.accounts.logout(requester)
     return json_response({})
@@ -204,7 +215,7 @@ async def post_logout(request: Request) -> Response:
 
 async def post_logout_all(request: Request) -> Response:
     """POST /_matrix/client/v3/logout/all"""
-    hs = homeserver_of(request)
+    hs = services_of(request, AccountServices)
     requester = await require_user(request)
     await hs.accounts.logout_all(requester)
     return json_response({})
@@ -212,7 +223,7 @@ async def post_logout_all(request: Request) -> Response:
 
 async def get_whoami(request: Request) -> Response:
     """GET /_matrix/client/v3/account/whoami"""
-    hs = homeserver_of(request)
+    hs = services_of(request, AccountServices)
     requester = await require_user(request)
     return json_response(hs.accounts.whoami(requester))
 
@@ -228,7 +239,7 @@ class PasswordBody(RequestBody):
 
 async def post_password(request: Request) -> Response:
     """POST /_matrix/client/v3/account/password"""
-    hs = homeserver_of(request)
+    hs = services_of(request, AccountServices)
     requester = await optional_user(request)
     body = await parse_body(request, PasswordBody)
     challenge = await hs.accounts.change_password(
@@ -247,7 +258,7 @@ class DeactivateBody(RequestBody):
 
 async def post_deactivate(request: Request) -> Response:
     """POST /_matrix/client/v3/account/deactivate"""
-    hs = homeserver_of(request)
+    hs = services_of(request, AccountServices)
     requester = await optional_user(request)
     body = await parse_body(request, DeactivateBody)
     challenge = await hs.accounts.deactivate(requester, body.auth, uia_fingerprint(request))

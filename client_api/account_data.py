@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from homeserver.accounts.account_data import AccountDataService
 from homeserver.core.ids import RoomID, UserID
 from homeserver.web.edge import (
     RequestBody,
-    homeserver_of,
+    item_response,
     json_response,
     parse_body,
     read_json_object,
     require_user,
+    services_of,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class AccountDataServices:
+    """What the routes of account data and room tags call (built by the composition root)."""
+
+    account_data: AccountDataService
 
 
 class TagBody(RequestBody):
@@ -25,18 +36,19 @@ class TagBody(RequestBody):
 
 async def get_account_data(request: Request) -> Response:
     """GET /_matrix/client/v3/user/{userId}/account_data/{type}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, AccountDataServices)
     requester = await require_user(request)
-    return json_response(
+    return item_response(
         await hs.account_data.get_account_data(
             requester, UserID.parse(request.path_params["user_id"]), request.path_params["type"]
-        )
+        ),
+        "account data",
     )
 
 
 async def put_account_data(request: Request) -> Response:
     """PUT /_matrix/client/v3/user/{userId}/account_data/{type}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, AccountDataServices)
     requester = await require_user(request)
     user_id = UserID.parse(request.path_params["user_id"])
     content = await read_json_object(request)
@@ -46,21 +58,22 @@ async def put_account_data(request: Request) -> Response:
 
 async def get_room_account_data(request: Request) -> Response:
     """GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, AccountDataServices)
     requester = await require_user(request)
-    return json_response(
+    return item_response(
         await hs.account_data.get_room_account_data(
             requester,
             UserID.parse(request.path_params["user_id"]),
             RoomID.parse(request.path_params["room_id"]),
             request.path_params["type"],
-        )
+        ),
+        "room account data",
     )
 
 
 async def put_room_account_data(request: Request) -> Response:
     """PUT /_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, AccountDataServices)
     requester = await require_user(request)
     user_id = UserID.parse(request.path_params["user_id"])
     room_id = RoomID.parse(request.path_params["room_id"])
@@ -73,7 +86,7 @@ async def put_room_account_data(request: Request) -> Response:
 
 async def get_tags(request: Request) -> Response:
     """GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags"""
-    hs = homeserver_of(request)
+    hs = services_of(request, AccountDataServices)
     requester = await require_user(request)
     tags = await hs.account_data.get_room_tags(
         requester,
@@ -85,7 +98,7 @@ async def get_tags(request: Request) -> Response:
 
 async def put_tag(request: Request) -> Response:
     """PUT /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, AccountDataServices)
     requester = await require_user(request)
     body = await parse_body(request, TagBody)
     await hs.account_data.set_room_tag(
@@ -100,7 +113,7 @@ async def put_tag(request: Request) -> Response:
 
 async def delete_tag(request: Request) -> Response:
     """DELETE /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, AccountDataServices)
     requester = await require_user(request)
     await hs.account_data.delete_room_tag(
         requester,

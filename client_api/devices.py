@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -9,17 +10,25 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from client_api.account import challenge_response, uia_fingerprint
+from homeserver.accounts.service import AccountService
 from homeserver.core.types import JsonDict
 from homeserver.storage.accounts import Device
 from homeserver.web.edge import (
     BodyT,
     RequestBody,
-    homeserver_of,
     json_response,
     parse_body,
     require_user,
+    services_of,
     validate_body,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceServices:
+    """What the routes of devices call (built by the composition root)."""
+
+    accounts: AccountService
 
 
 def device_json(device: Device) -> JsonDict:
@@ -45,7 +54,7 @@ async def parse_body_or_empty(request: Request, model: type[BodyT]) -> BodyT:
 
 async def get_devices(request: Request) -> Response:
     """GET /_matrix/client/v3/devices"""
-    hs = homeserver_of(request)
+    hs = services_of(request, DeviceServices)
     requester = await require_user(request)
     devices = await hs.accounts.get_devices(requester)
     return json_response({"devices": [device_json(d) for d in devices]})
@@ -53,7 +62,7 @@ async def get_devices(request: Request) -> Response:
 
 async def get_device(request: Request) -> Response:
     """GET /_matrix/client/v3/devices/{deviceId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, DeviceServices)
     requester = await require_user(request)
     device = await hs.accounts.get_device(requester, request.path_params["device_id"])
     return json_response(device_json(device))
@@ -65,7 +74,7 @@ class UpdateDeviceBody(RequestBody):
 
 async def put_device(request: Request) -> Response:
     """PUT /_matrix/client/v3/devices/{deviceId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, DeviceServices)
     requester = await require_user(request)
     body = await parse_body(request, UpdateDeviceBody)
     await hs.accounts.update_device(requester, request.path_params["device_id"], body.display_name)
@@ -78,7 +87,7 @@ class DeleteDeviceBody(RequestBody):
 
 async def delete_device(request: Request) -> Response:
     """DELETE /_matrix/client/v3/devices/{deviceId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, DeviceServices)
     requester = await require_user(request)
     body = await parse_body_or_empty(request, DeleteDeviceBody)
     challenge = await hs.accounts.delete_devices(
@@ -96,7 +105,7 @@ class DeleteDevicesBody(RequestBody):
 
 async def post_delete_devices(request: Request) -> Response:
     """POST /_matrix/client/v3/delete_devices"""
-    hs = homeserver_of(request)
+    hs = services_of(request, DeviceServices)
     requester = await require_user(request)
     body = await parse_body(request, DeleteDevicesBody)
     challenge = await hs.accounts.delete_devices(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
@@ -11,14 +12,23 @@ from starlette.routing import Route
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomAlias, RoomID
+from homeserver.rooms.directory import DirectoryService
 from homeserver.web.edge import (
     RequestBody,
-    homeserver_of,
     json_response,
     parse_body,
     query_int,
     require_user,
+    services_of,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryServices:
+    """What the routes of room aliases and the room directory call."""
+
+    directory: DirectoryService
+    server_name: str
 
 
 class AliasBody(RequestBody):
@@ -48,14 +58,14 @@ def _alias(request: Request) -> RoomAlias:
 
 async def get_alias(request: Request) -> Response:
     """GET /_matrix/client/v3/directory/room/{roomAlias}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, DirectoryServices)
     room_id, servers = await hs.directory.resolve_alias(_alias(request))
     return json_response({"room_id": room_id, "servers": servers})
 
 
 async def put_alias(request: Request) -> Response:
     """PUT /_matrix/client/v3/directory/room/{roomAlias}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, DirectoryServices)
     requester = await require_user(request)
     body = await parse_body(request, AliasBody)
     await hs.directory.create_alias(requester, _alias(request), RoomID.parse(body.room_id))
@@ -64,7 +74,7 @@ async def put_alias(request: Request) -> Response:
 
 async def delete_alias(request: Request) -> Response:
     """DELETE /_matrix/client/v3/directory/room/{roomAlias}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, DirectoryServices)
     requester = await require_user(request)
     await hs.directory.delete_alias(requester, _alias(request))
     return json_response({})
@@ -72,7 +82,7 @@ async def delete_alias(request: Request) -> Response:
 
 async def get_room_aliases(request: Request) -> Response:
     """GET /_matrix/client/v3/rooms/{roomId}/aliases"""
-    hs = homeserver_of(request)
+    hs = services_of(request, DirectoryServices)
     requester = await require_user(request)
     aliases = await hs.directory.room_aliases(
         requester, RoomID.parse(request.path_params["room_id"])
@@ -82,14 +92,14 @@ async def get_room_aliases(request: Request) -> Response:
 
 async def get_room_visibility(request: Request) -> Response:
     """GET /_matrix/client/v3/directory/list/room/{roomId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, DirectoryServices)
     visibility = await hs.directory.get_visibility(RoomID.parse(request.path_params["room_id"]))
     return json_response({"visibility": visibility})
 
 
 async def put_room_visibility(request: Request) -> Response:
     """PUT /_matrix/client/v3/directory/list/room/{roomId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, DirectoryServices)
     requester = await require_user(request)
     body = await parse_body(request, VisibilityBody)
     await hs.directory.set_visibility(
@@ -105,7 +115,7 @@ def _check_server(server: str | None, ours: str) -> None:
 
 async def get_public_rooms(request: Request) -> Response:
     """GET /_matrix/client/v3/publicRooms"""
-    hs = homeserver_of(request)
+    hs = services_of(request, DirectoryServices)
     _check_server(request.query_params.get("server"), hs.server_name)
     result = await hs.directory.public_rooms(
         limit=query_int(request, "limit", None, minimum=0),
@@ -118,7 +128,7 @@ async def get_public_rooms(request: Request) -> Response:
 
 async def post_public_rooms(request: Request) -> Response:
     """POST /_matrix/client/v3/publicRooms"""
-    hs = homeserver_of(request)
+    hs = services_of(request, DirectoryServices)
     await require_user(request)
     _check_server(request.query_params.get("server"), hs.server_name)
     body = await parse_body(request, PublicRoomsBody)

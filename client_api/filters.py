@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from homeserver.core.ids import UserID
-from homeserver.web.edge import homeserver_of, json_response, read_json_object, require_user
+from homeserver.filters.service import FilterService
+from homeserver.web.edge import json_response, read_json_object, require_user, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class FilterServices:
+    """What the routes of filters call (built by the composition root)."""
+
+    filters: FilterService
 
 
 async def post_filter(request: Request) -> Response:
     """POST /_matrix/client/v3/user/{userId}/filter"""
-    hs = homeserver_of(request)
+    hs = services_of(request, FilterServices)
     requester = await require_user(request)
     user_id = UserID.parse(request.path_params["user_id"])
     # The filter service validates the body against the spec's filter shape.
@@ -23,7 +33,7 @@ async def post_filter(request: Request) -> Response:
 
 async def get_filter(request: Request) -> Response:
     """GET /_matrix/client/v3/user/{userId}/filter/{filterId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, FilterServices)
     requester = await require_user(request)
     user_id = UserID.parse(request.path_params["user_id"])
     return json_response(

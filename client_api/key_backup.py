@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field
@@ -11,8 +12,15 @@ from starlette.routing import Route
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.jsonutil import MAX_SAFE_INT
-from homeserver.e2ee.key_backup import KeyData
-from homeserver.web.edge import RequestBody, homeserver_of, json_response, parse_body, require_user
+from homeserver.e2ee.key_backup import KeyBackupService, KeyData
+from homeserver.web.edge import RequestBody, json_response, parse_body, require_user, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class KeyBackupServices:
+    """What the routes of server-side key backup call (built by the composition root)."""
+
+    key_backup: KeyBackupService
 
 
 class CreateVersionBody(RequestBody):
@@ -55,7 +63,7 @@ def _version_param(request: Request) -> str:
 
 async def post_version(request: Request) -> Response:
     """POST /_matrix/client/v3/room_keys/version"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyBackupServices)
     requester = await require_user(request)
     body = await parse_body(request, CreateVersionBody)
     version = await hs.key_backup.create_version(requester, body.algorithm, body.auth_data)
@@ -64,21 +72,21 @@ async def post_version(request: Request) -> Response:
 
 async def get_latest_version(request: Request) -> Response:
     """GET /_matrix/client/v3/room_keys/version"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyBackupServices)
     requester = await require_user(request)
     return json_response(await hs.key_backup.get_version(requester, None))
 
 
 async def get_version(request: Request) -> Response:
     """GET /_matrix/client/v3/room_keys/version/{version}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyBackupServices)
     requester = await require_user(request)
     return json_response(await hs.key_backup.get_version(requester, request.path_params["version"]))
 
 
 async def put_version(request: Request) -> Response:
     """PUT /_matrix/client/v3/room_keys/version/{version}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyBackupServices)
     requester = await require_user(request)
     body = await parse_body(request, UpdateVersionBody)
     await hs.key_backup.update_version(
@@ -89,7 +97,7 @@ async def put_version(request: Request) -> Response:
 
 async def delete_version(request: Request) -> Response:
     """DELETE /_matrix/client/v3/room_keys/version/{version}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyBackupServices)
     requester = await require_user(request)
     await hs.key_backup.delete_version(requester, request.path_params["version"])
     return json_response({})
@@ -97,7 +105,7 @@ async def delete_version(request: Request) -> Response:
 
 async def put_keys(request: Request) -> Response:
     """PUT /_matrix/client/v3/room_keys/keys"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyBackupServices)
     requester = await require_user(request)
     version = _version_param(request)
     body = await parse_body(request, RoomKeysBody)
@@ -110,7 +118,7 @@ async def put_keys(request: Request) -> Response:
 
 async def put_room_keys(request: Request) -> Response:
     """PUT /_matrix/client/v3/room_keys/keys/{roomId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyBackupServices)
     requester = await require_user(request)
     version = _version_param(request)
     body = await parse_body(request, RoomKeyBackupBody)
@@ -120,7 +128,7 @@ async def put_room_keys(request: Request) -> Response:
 
 async def put_session_key(request: Request) -> Response:
     """PUT /_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyBackupServices)
     requester = await require_user(request)
     version = _version_param(request)
     body = await parse_body(request, KeyBackupDataBody)
@@ -131,7 +139,7 @@ async def put_session_key(request: Request) -> Response:
 
 async def get_keys(request: Request) -> Response:
     """GET /_matrix/client/v3/room_keys/keys[/{roomId}[/{sessionId}]]"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyBackupServices)
     requester = await require_user(request)
     p = request.path_params
     return json_response(
@@ -143,7 +151,7 @@ async def get_keys(request: Request) -> Response:
 
 async def delete_keys(request: Request) -> Response:
     """DELETE /_matrix/client/v3/room_keys/keys[/{roomId}[/{sessionId}]]"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyBackupServices)
     requester = await require_user(request)
     p = request.path_params
     return json_response(

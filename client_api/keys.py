@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ConfigDict, Field
@@ -13,14 +14,23 @@ from client_api.account import challenge_response, uia_fingerprint
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.streams import StreamToken
 from homeserver.core.types import JsonDict
+from homeserver.e2ee.keys import E2eKeyService
 from homeserver.web.edge import (
     RequestBody,
-    homeserver_of,
     json_response,
     parse_body,
     read_json_object,
     require_user,
+    services_of,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyServices:
+    """What the routes of device and cross-signing keys call (built by the composition root)."""
+
+    e2e_keys: E2eKeyService
+
 
 Signatures = dict[str, dict[str, str]]
 
@@ -55,7 +65,7 @@ def _signed(value: str | RequestBody) -> Any:
 
 async def post_keys_upload(request: Request) -> Response:
     """POST /_matrix/client/v3/keys/upload"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyServices)
     requester = await require_user(request)
     body = await parse_body(request, UploadKeysBody)
     counts = await hs.e2e_keys.upload_keys(
@@ -74,7 +84,7 @@ class QueryKeysBody(RequestBody):
 
 async def post_keys_query(request: Request) -> Response:
     """POST /_matrix/client/v3/keys/query"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyServices)
     requester = await require_user(request)
     body = await parse_body(request, QueryKeysBody)
     return json_response(await hs.e2e_keys.query_keys(requester, body.device_keys, body.timeout))
@@ -87,7 +97,7 @@ class ClaimKeysBody(RequestBody):
 
 async def post_keys_claim(request: Request) -> Response:
     """POST /_matrix/client/v3/keys/claim"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyServices)
     await require_user(request)
     body = await parse_body(request, ClaimKeysBody)
     return json_response(await hs.e2e_keys.claim_keys(body.one_time_keys, body.timeout))
@@ -95,7 +105,7 @@ async def post_keys_claim(request: Request) -> Response:
 
 async def get_keys_changes(request: Request) -> Response:
     """GET /_matrix/client/v3/keys/changes"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyServices)
     requester = await require_user(request)
     tokens = []
     for name in ("from", "to"):
@@ -123,7 +133,7 @@ class DeviceSigningUploadBody(RequestBody):
 
 async def post_device_signing_upload(request: Request) -> Response:
     """POST /_matrix/client/v3/keys/device_signing/upload"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyServices)
     requester = await require_user(request)
     body = await parse_body(request, DeviceSigningUploadBody)
     keys = {
@@ -145,7 +155,7 @@ async def post_device_signing_upload(request: Request) -> Response:
 
 async def post_signatures_upload(request: Request) -> Response:
     """POST /_matrix/client/v3/keys/signatures/upload"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyServices)
     requester = await require_user(request)
     body = await read_json_object(request)
     signed: dict[str, dict[str, JsonDict]] = {}

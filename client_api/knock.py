@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.core.ratelimit import Action
-from homeserver.web.edge import RequestBody, homeserver_of, json_response, parse_body, require_user
+from homeserver.core.ratelimit import Action, RateLimiter
+from homeserver.rooms.directory import DirectoryService
+from homeserver.rooms.membership import MembershipService
+from homeserver.web.edge import RequestBody, json_response, parse_body, require_user, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class KnockServices:
+    """What the routes of knocking call (built by the composition root)."""
+
+    directory: DirectoryService
+    memberships: MembershipService
+    ratelimiter: RateLimiter
 
 
 class KnockBody(RequestBody):
@@ -16,7 +29,7 @@ class KnockBody(RequestBody):
 
 async def knock_room(request: Request) -> Response:
     """POST /_matrix/client/v3/knock/{roomIdOrAlias}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KnockServices)
     requester = await require_user(request)
     # `via` names servers to knock through; every room this server knows is local to it.
     body = await parse_body(request, KnockBody, empty_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from starlette.requests import Request
@@ -9,7 +10,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from homeserver.core.ids import UserID
-from homeserver.web.edge import RequestBody, homeserver_of, json_response, parse_body, require_user
+from homeserver.ephemeral.presence import PresenceService
+from homeserver.web.edge import RequestBody, json_response, parse_body, require_user, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceServices:
+    """What the routes of presence call (built by the composition root)."""
+
+    presence: PresenceService
 
 
 class PresenceBody(RequestBody):
@@ -19,7 +28,7 @@ class PresenceBody(RequestBody):
 
 async def put_presence(request: Request) -> Response:
     """PUT /_matrix/client/v3/presence/{userId}/status"""
-    hs = homeserver_of(request)
+    hs = services_of(request, PresenceServices)
     requester = await require_user(request)
     user_id = UserID.parse(request.path_params["user_id"])
     body = await parse_body(request, PresenceBody)
@@ -35,7 +44,7 @@ async def put_presence(request: Request) -> Response:
 
 async def get_presence(request: Request) -> Response:
     """GET /_matrix/client/v3/presence/{userId}/status"""
-    hs = homeserver_of(request)
+    hs = services_of(request, PresenceServices)
     requester = await require_user(request)
     user_id = UserID.parse(request.path_params["user_id"])
     return json_response(await hs.presence.get_presence(requester, user_id))

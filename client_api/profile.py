@@ -2,32 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from homeserver.accounts.profile import ProfileService
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID
-from homeserver.web.edge import homeserver_of, json_response, read_json_object, require_user
+from homeserver.web.edge import json_response, read_json_object, require_user, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileServices:
+    """What the routes of profiles call (built by the composition root)."""
+
+    profiles: ProfileService
 
 
 async def get_profile(request: Request) -> Response:
     """GET /_matrix/client/v3/profile/{userId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, ProfileServices)
     user_id = UserID.parse(request.path_params["user_id"])
     return json_response(await hs.profiles.get_profile_json(user_id))
 
 
 async def get_profile_field(request: Request) -> Response:
     """GET /_matrix/client/v3/profile/{userId}/{keyName}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, ProfileServices)
     user_id = UserID.parse(request.path_params["user_id"])
     return json_response(await hs.profiles.get_field(user_id, request.path_params["key_name"]))
 
 
 async def put_profile_field(request: Request) -> Response:
     """PUT /_matrix/client/v3/profile/{userId}/{keyName}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, ProfileServices)
     requester = await require_user(request)
     user_id = UserID.parse(request.path_params["user_id"])
     key = request.path_params["key_name"]
@@ -40,7 +50,7 @@ async def put_profile_field(request: Request) -> Response:
 
 async def delete_profile_field(request: Request) -> Response:
     """DELETE /_matrix/client/v3/profile/{userId}/{keyName}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, ProfileServices)
     requester = await require_user(request)
     user_id = UserID.parse(request.path_params["user_id"])
     await hs.profiles.delete_field(requester, user_id, request.path_params["key_name"])

@@ -4,6 +4,7 @@ missed-message mails."""
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -11,8 +12,15 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.push.pushers import PusherRequest
-from homeserver.web.edge import RequestBody, homeserver_of, json_response, parse_body, require_user
+from homeserver.push.pushers import PusherRequest, PusherService
+from homeserver.web.edge import RequestBody, json_response, parse_body, require_user, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class PusherServices:
+    """What the routes of pushers call (built by the composition root)."""
+
+    pushers: PusherService
 
 
 class PusherBody(RequestBody):
@@ -29,14 +37,14 @@ class PusherBody(RequestBody):
 
 async def get_pushers(request: Request) -> Response:
     """GET /_matrix/client/v3/pushers"""
-    hs = homeserver_of(request)
+    hs = services_of(request, PusherServices)
     requester = await require_user(request)
     return json_response({"pushers": await hs.pushers.get_pushers(requester)})
 
 
 async def post_pushers_set(request: Request) -> Response:
     """POST /_matrix/client/v3/pushers/set"""
-    hs = homeserver_of(request)
+    hs = services_of(request, PusherServices)
     requester = await require_user(request)
     body = await parse_body(request, PusherBody)
     await hs.pushers.set_pusher(requester, PusherRequest(**body.model_dump()))
@@ -51,7 +59,7 @@ _PAGE = (
 
 async def unsubscribe(request: Request) -> Response:
     """GET (a page with a button) and POST (RFC 8058 one-click) of the link in a mail."""
-    hs = homeserver_of(request)
+    hs = services_of(request, PusherServices)
     token = request.query_params.get("token", "")
     if request.method == "GET":
         if hs.pushers.unsubscriber.parse(token) is None:

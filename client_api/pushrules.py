@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.push.service import PushRuleService
 from homeserver.web.edge import (
     RequestBody,
-    homeserver_of,
     json_response,
     parse_body,
     read_json_object,
     require_user,
+    services_of,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class PushRuleServices:
+    """What the routes of push rules call (built by the composition root)."""
+
+    push_rules: PushRuleService
 
 
 class EnabledBody(RequestBody):
@@ -28,14 +38,14 @@ def _where(request: Request) -> tuple[str, str, str]:
 
 async def get_push_rules(request: Request) -> Response:
     """GET /_matrix/client/v3/pushrules/"""
-    hs = homeserver_of(request)
+    hs = services_of(request, PushRuleServices)
     requester = await require_user(request)
     return json_response({"global": await hs.push_rules.get_all(requester)})
 
 
 async def get_push_rules_scope(request: Request) -> Response:
     """GET /_matrix/client/v3/pushrules/global/"""
-    hs = homeserver_of(request)
+    hs = services_of(request, PushRuleServices)
     requester = await require_user(request)
     if request.path_params["scope"] != "global":
         raise MatrixError(Codes.INVALID_PARAM, "The only push rule scope is 'global'")
@@ -44,7 +54,7 @@ async def get_push_rules_scope(request: Request) -> Response:
 
 async def get_push_rule(request: Request) -> Response:
     """GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, PushRuleServices)
     requester = await require_user(request)
     rule = await hs.push_rules.get_rule(requester, *_where(request))
     return json_response(rule.to_json())
@@ -52,7 +62,7 @@ async def get_push_rule(request: Request) -> Response:
 
 async def put_push_rule(request: Request) -> Response:
     """PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, PushRuleServices)
     requester = await require_user(request)
     body = await read_json_object(request)
     scope, kind, rule_id = _where(request)
@@ -70,7 +80,7 @@ async def put_push_rule(request: Request) -> Response:
 
 async def delete_push_rule(request: Request) -> Response:
     """DELETE /_matrix/client/v3/pushrules/global/{kind}/{ruleId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, PushRuleServices)
     requester = await require_user(request)
     await hs.push_rules.delete_rule(requester, *_where(request))
     return json_response({})
@@ -78,7 +88,7 @@ async def delete_push_rule(request: Request) -> Response:
 
 async def get_push_rule_enabled(request: Request) -> Response:
     """GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled"""
-    hs = homeserver_of(request)
+    hs = services_of(request, PushRuleServices)
     requester = await require_user(request)
     rule = await hs.push_rules.get_rule(requester, *_where(request))
     return json_response({"enabled": rule.enabled})
@@ -86,7 +96,7 @@ async def get_push_rule_enabled(request: Request) -> Response:
 
 async def put_push_rule_enabled(request: Request) -> Response:
     """PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled"""
-    hs = homeserver_of(request)
+    hs = services_of(request, PushRuleServices)
     requester = await require_user(request)
     body = await parse_body(request, EnabledBody)
     await hs.push_rules.set_enabled(requester, *_where(request), body.enabled)
@@ -95,7 +105,7 @@ async def put_push_rule_enabled(request: Request) -> Response:
 
 async def get_push_rule_actions(request: Request) -> Response:
     """GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions"""
-    hs = homeserver_of(request)
+    hs = services_of(request, PushRuleServices)
     requester = await require_user(request)
     rule = await hs.push_rules.get_rule(requester, *_where(request))
     return json_response({"actions": list(rule.actions)})
@@ -103,7 +113,7 @@ async def get_push_rule_actions(request: Request) -> Response:
 
 async def put_push_rule_actions(request: Request) -> Response:
     """PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions"""
-    hs = homeserver_of(request)
+    hs = services_of(request, PushRuleServices)
     requester = await require_user(request)
     body = await read_json_object(request)
     if "actions" not in body:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from homeserver.core.ids import EventID, RoomID
-from homeserver.web.edge import RequestBody, homeserver_of, json_response, parse_body, require_user
+from homeserver.ephemeral.receipts import ReceiptService
+from homeserver.web.edge import RequestBody, json_response, parse_body, require_user, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptServices:
+    """What the routes of receipts and read markers call (built by the composition root)."""
+
+    receipts: ReceiptService
 
 
 class ReceiptBody(RequestBody):
@@ -23,7 +33,7 @@ class ReadMarkersBody(RequestBody):
 
 async def post_receipt(request: Request) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, ReceiptServices)
     requester = await require_user(request)
     room_id = RoomID.parse(request.path_params["room_id"])
     event_id = EventID.parse(request.path_params["event_id"])
@@ -37,7 +47,7 @@ async def post_receipt(request: Request) -> Response:
 
 async def post_read_markers(request: Request) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/read_markers"""
-    hs = homeserver_of(request)
+    hs = services_of(request, ReceiptServices)
     requester = await require_user(request)
     room_id = RoomID.parse(request.path_params["room_id"])
     body = await parse_body(request, ReadMarkersBody)

@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.core.ids import RoomID
-from homeserver.web.edge import homeserver_of, json_response, query_bool, query_int, require_user
+from homeserver.core.ids import EventID, RoomID
+from homeserver.rooms.relations import RelationsService
+from homeserver.web.edge import items_response, query_bool, query_int, require_user, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class RelationServices:
+    """What the routes of relations and threads call (built by the composition root)."""
+
+    relations: RelationsService
 
 
 async def _get_relations(request: Request) -> Response:
-    hs = homeserver_of(request)
+    hs = services_of(request, RelationServices)
     requester = await require_user(request)
     q = request.query_params
     direction = q.get("dir", "b")
     if direction not in ("b", "f"):
         raise MatrixError(Codes.INVALID_PARAM, "dir must be 'b' or 'f'")
     recurse = query_bool(request, "recurse") if "recurse" in q else None
-    return json_response(
+    return items_response(
         await hs.relations.relations(
             requester,
             RoomID.parse(request.path_params["room_id"]),
-            request.path_params["event_id"],
+            EventID.parse(request.path_params["event_id"]),
             rel_type=request.path_params.get("rel_type"),
             event_type=request.path_params.get("event_type"),
             from_token=q.get("from"),
@@ -31,7 +41,8 @@ async def _get_relations(request: Request) -> Response:
             backwards=direction == "b",
             limit=query_int(request, "limit", None, minimum=1),
             recurse=recurse,
-        )
+        ),
+        "relations",
     )
 
 
@@ -52,19 +63,20 @@ async def get_relations_with_rel_type_and_event_type(request: Request) -> Respon
 
 async def get_threads(request: Request) -> Response:
     """GET /_matrix/client/v1/rooms/{roomId}/threads"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RelationServices)
     requester = await require_user(request)
     include = request.query_params.get("include", "all")
     if include not in ("all", "participated"):
         raise MatrixError(Codes.INVALID_PARAM, "include must be 'all' or 'participated'")
-    return json_response(
+    return items_response(
         await hs.relations.threads(
             requester,
             RoomID.parse(request.path_params["room_id"]),
             participated_only=include == "participated",
             from_token=request.query_params.get("from"),
             limit=query_int(request, "limit", None, minimum=1),
-        )
+        ),
+        "threads",
     )
 
 

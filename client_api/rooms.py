@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
@@ -9,23 +10,41 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.core import jsonutil
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.core.ids import RoomID, UserID
+from homeserver.core.ids import EventID, RoomID, UserID
+from homeserver.core.json_limits import query_json
 from homeserver.core.jsonutil import check_json_numbers
-from homeserver.core.ratelimit import Action
+from homeserver.core.ratelimit import Action, RateLimiter
 from homeserver.filters.matching import EventFilter
-from homeserver.rooms.create import CreateRoomRequest
+from homeserver.rooms.create import CreateRoomRequest, RoomCreator
+from homeserver.rooms.directory import DirectoryService
+from homeserver.rooms.membership import MembershipService
+from homeserver.rooms.send import SendService
+from homeserver.rooms.service import RoomService
 from homeserver.web.edge import (
     RequestBody,
-    homeserver_of,
+    item_response,
+    items_response,
     json_response,
     parse_body,
     query_int,
     read_json_object,
     require_user,
+    services_of,
     validate_body,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class RoomServices:
+    """What the routes of rooms call (built by the composition root)."""
+
+    rooms: RoomService
+    room_creator: RoomCreator
+    memberships: MembershipService
+    directory: DirectoryService
+    sending: SendService
+    ratelimiter: RateLimiter
 
 
 class CreateRoomBody(RequestBody):
@@ -54,7 +73,7 @@ class TargetBody(RequestBody):
 
 async def create_room(request: Request) -> Response:
     """POST /_matrix/client/v3/createRoom"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     raw = await read_json_object(request)
     check_json_numbers(raw)
@@ -90,7 +109,7 @@ def _room_id(request: Request) -> RoomID:
 
 async def join_room_by_id(request: Request) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/join"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     body = await parse_body(request, ReasonBody, empty_ok=True)
     room_id = _room_id(request)
@@ -101,7 +120,7 @@ async def join_room_by_id(request: Request) -> Response:
 
 async def join_room(request: Request) -> Response:
     """POST /_matrix/client/v3/join/{roomIdOrAlias}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     body = await parse_body(request, ReasonBody, empty_ok=True)
     room_id = await hs.directory.resolve_room(request.path_params["room_id_or_alias"])
@@ -112,7 +131,7 @@ async def join_room(request: Request) -> Response:
 
 async def leave_room(request: Request) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/leave"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     body = await parse_body(request, ReasonBody, empty_ok=True)
     await hs.memberships.leave(requester, _room_id(request), body.reason)
@@ -121,7 +140,7 @@ async def leave_room(request: Request) -> Response:
 
 async def forget_room(request: Request) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/forget"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     await read_json_object(request, empty_ok=True)
     await hs.memberships.forget(requester, _room_id(request))
@@ -130,7 +149,7 @@ async def forget_room(request: Request) -> Response:
 
 async def invite_user(request: Request) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/invite"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     body = await parse_body(request, TargetBody)
     await hs.memberships.invite(
@@ -141,7 +160,7 @@ async def invite_user(request: Request) -> Response:
 
 async def kick_user(request: Request) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/kick"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     body = await parse_body(request, TargetBody)
     await hs.memberships.set_membership_of(
@@ -152,7 +171,7 @@ async def kick_user(request: Request) -> Response:
 
 async def ban_user(request: Request) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/ban"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     body = await parse_body(request, TargetBody)
     await hs.memberships.set_membership_of(
@@ -163,7 +182,7 @@ async def ban_user(request: Request) -> Response:
 
 async def unban_user(request: Request) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/unban"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     body = await parse_body(request, TargetBody)
     await hs.memberships.unban(
@@ -174,31 +193,29 @@ async def unban_user(request: Request) -> Response:
 
 async def joined_rooms(request: Request) -> Response:
     """GET /_matrix/client/v3/joined_rooms"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     return json_response({"joined_rooms": await hs.memberships.joined_rooms(requester)})
 
 
 async def send_event(request: Request) -> Response:
     """PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     content = await read_json_object(request)
-    hs.ratelimiter.check(Action.MESSAGE, requester.user_id)
-    event_id = await hs.rooms.send_event(
+    event_id = await hs.sending.send_event(
         requester,
         _room_id(request),
         request.path_params["event_type"],
         request.path_params["txn_id"],
         content,
     )
-    await hs.presence.bump_active(requester.user_id)
     return json_response({"event_id": event_id})
 
 
 async def put_state(request: Request) -> Response:
     """PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     content = await read_json_object(request)
     event_id = await hs.rooms.set_state(
@@ -213,7 +230,7 @@ async def put_state(request: Request) -> Response:
 
 async def get_state_event(request: Request) -> Response:
     """GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     room_id = _room_id(request)
     event_type = request.path_params["event_type"]
@@ -223,26 +240,28 @@ async def get_state_event(request: Request) -> Response:
         serialized = await hs.rooms.serialize(
             requester, [event], await hs.rooms.room_version(room_id)
         )
-        return json_response(serialized[0])
-    return json_response(await hs.rooms.state_content(requester, room_id, event_type, state_key))
+        return items_response(serialized[0], "state event")
+    return item_response(
+        await hs.rooms.state_content(requester, room_id, event_type, state_key), "state content"
+    )
 
 
 async def get_state(request: Request) -> Response:
     """GET /_matrix/client/v3/rooms/{roomId}/state"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
-    return json_response(await hs.rooms.get_state(requester, _room_id(request)))
+    return items_response(await hs.rooms.get_state(requester, _room_id(request)), "state")
 
 
 async def redact_event(request: Request) -> Response:
     """PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     body = await parse_body(request, ReasonBody, empty_ok=True)
-    event_id = await hs.rooms.redact(
+    event_id = await hs.sending.redact(
         requester,
         _room_id(request),
-        request.path_params["event_id"],
+        EventID(request.path_params["event_id"]),  # an unknown one is a 404, as any other
         request.path_params["txn_id"],
         body.reason,
     )
@@ -251,10 +270,13 @@ async def redact_event(request: Request) -> Response:
 
 async def get_event(request: Request) -> Response:
     """GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
-    return json_response(
-        await hs.rooms.get_event(requester, _room_id(request), request.path_params["event_id"])
+    return items_response(
+        await hs.rooms.get_event(
+            requester, _room_id(request), EventID.parse(request.path_params["event_id"])
+        ),
+        "event",
     )
 
 
@@ -262,10 +284,7 @@ def _filter_param(request: Request) -> EventFilter:
     raw = request.query_params.get("filter")
     if raw is None:
         return EventFilter()
-    try:
-        data = jsonutil.loads(raw)
-    except ValueError:
-        raise MatrixError(Codes.BAD_JSON, "filter is not valid JSON") from None
+    data = query_json(raw, "filter")
     if not isinstance(data, dict):
         raise MatrixError(Codes.BAD_JSON, "filter must be a JSON object")
     return EventFilter.from_json(data)
@@ -273,7 +292,7 @@ def _filter_param(request: Request) -> EventFilter:
 
 async def get_messages(request: Request) -> Response:
     """GET /_matrix/client/v3/rooms/{roomId}/messages"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     direction = request.query_params.get("dir", "b")
     if direction not in ("b", "f"):
@@ -292,29 +311,30 @@ async def get_messages(request: Request) -> Response:
         body["end"] = page.end
     if page.state:
         body["state"] = page.state
-    return json_response(body)
+    return items_response(body, "messages")
 
 
 async def get_context(request: Request) -> Response:
     """GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     limit = query_int(request, "limit", 10, minimum=0, maximum=100)
     assert limit is not None
-    return json_response(
+    return items_response(
         await hs.rooms.context(
             requester,
             _room_id(request),
-            request.path_params["event_id"],
+            EventID.parse(request.path_params["event_id"]),
             limit,
             _filter_param(request),
-        )
+        ),
+        "context",
     )
 
 
 async def get_members(request: Request) -> Response:
     """GET /_matrix/client/v3/rooms/{roomId}/members"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     q = request.query_params
     memberships = ("join", "invite", "knock", "leave", "ban")
@@ -328,12 +348,12 @@ async def get_members(request: Request) -> Response:
         membership=q.get("membership"),
         not_membership=q.get("not_membership"),
     )
-    return json_response({"chunk": chunk})
+    return items_response({"chunk": chunk}, "members")
 
 
 async def get_joined_members(request: Request) -> Response:
     """GET /_matrix/client/v3/rooms/{roomId}/joined_members"""
-    hs = homeserver_of(request)
+    hs = services_of(request, RoomServices)
     requester = await require_user(request)
     return json_response({"joined": await hs.rooms.joined_members(requester, _room_id(request))})
 

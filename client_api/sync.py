@@ -2,28 +2,40 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.core import jsonutil
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID
+from homeserver.core.json_limits import query_json
 from homeserver.core.streams import StreamToken
+from homeserver.ephemeral.presence import PresenceService
 from homeserver.filters.matching import SyncFilter
-from homeserver.sync.service import SyncRequest
-from homeserver.web.edge import homeserver_of, json_response, query_bool, query_int, require_user
+from homeserver.filters.service import FilterService
+from homeserver.sync.service import SyncRequest, SyncService
+from homeserver.web.edge import items_response, query_bool, query_int, require_user, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class SyncServices:
+    """What the routes of /sync call (built by the composition root)."""
+
+    sync: SyncService
+    filters: FilterService
+    presence: PresenceService
+    sync_timeout_max_ms: int
 
 
 async def sync(request: Request) -> Response:
     """GET /_matrix/client/v3/sync"""
-    hs = homeserver_of(request)
+    hs = services_of(request, SyncServices)
     requester = await require_user(request)
     q = request.query_params
     since = StreamToken.parse(q["since"]) if q.get("since") else None
-    timeout = query_int(
-        request, "timeout", 0, minimum=0, maximum=hs.config.limits.sync_timeout_max_ms
-    )
+    timeout = query_int(request, "timeout", 0, minimum=0, maximum=hs.sync_timeout_max_ms)
     presence = q.get("set_presence", "online")
     if presence not in ("online", "offline", "unavailable"):
         raise MatrixError(
@@ -40,7 +52,7 @@ async def sync(request: Request) -> Response:
                 filter=sync_filter,
             ),
         )
-    return json_response(response)
+    return items_response(response, "sync")
 
 
 async def _sync_filter(request: Request, user_id: str) -> SyncFilter:
@@ -48,12 +60,8 @@ async def _sync_filter(request: Request, user_id: str) -> SyncFilter:
     if raw is None:
         return SyncFilter()
     if raw.startswith("{"):
-        try:
-            data = jsonutil.loads(raw)
-        except ValueError:
-            raise MatrixError(Codes.BAD_JSON, "filter is not valid JSON") from None
-        return SyncFilter.from_json(data)
-    hs = homeserver_of(request)
+        return SyncFilter.from_json(query_json(raw, "filter"))
+    hs = services_of(request, SyncServices)
     return SyncFilter.from_json(await hs.filters.get_filter(UserID(user_id), raw))
 
 

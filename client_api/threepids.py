@@ -8,6 +8,7 @@ address and identity-server binds are refused with the spec's error codes.
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -16,22 +17,33 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from client_api.account import challenge_response, client_ip, uia_fingerprint
-from homeserver.accounts.threepids import (
+from homeserver.accounts.email_validation import (
     PURPOSE_ADD,
     PURPOSE_PASSWORD_RESET,
+    EmailValidation,
     TokenRequest,
     Validated,
 )
+from homeserver.accounts.threepids import ThreepidService
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.web.edge import (
     RequestBody,
-    homeserver_of,
     json_response,
     parse_body,
     read_body,
     require_user,
+    services_of,
     validate_body,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ThreepidServices:
+    """What the routes of e-mail addresses and their validation call."""
+
+    threepids: ThreepidService
+    email_validation: EmailValidation
+
 
 # --- requestToken ------------------------------------------------------------------------------
 
@@ -45,9 +57,9 @@ class RequestTokenBody(RequestBody):
 
 
 async def _request_token(request: Request, purpose: str) -> Response:
-    hs = homeserver_of(request)
+    hs = services_of(request, ThreepidServices)
     body = await parse_body(request, RequestTokenBody)
-    result = await hs.threepids.request_token(
+    result = await hs.email_validation.request_token(
         purpose,
         TokenRequest(
             client_secret=body.client_secret,
@@ -91,7 +103,7 @@ async def post_msisdn_request_token(request: Request) -> Response:
 
 async def get_3pids(request: Request) -> Response:
     """GET /_matrix/client/v3/account/3pid"""
-    hs = homeserver_of(request)
+    hs = services_of(request, ThreepidServices)
     requester = await require_user(request)
     return json_response({"threepids": await hs.threepids.get_threepids(requester)})
 
@@ -104,7 +116,7 @@ class AddBody(RequestBody):
 
 async def post_3pid_add(request: Request) -> Response:
     """POST /_matrix/client/v3/account/3pid/add"""
-    hs = homeserver_of(request)
+    hs = services_of(request, ThreepidServices)
     requester = await require_user(request)
     body = await parse_body(request, AddBody)
     challenge = await hs.threepids.add_threepid(
@@ -153,7 +165,7 @@ class ThreepidBody(RequestBody):
 
 async def post_3pid_delete(request: Request) -> Response:
     """POST /_matrix/client/v3/account/3pid/delete"""
-    hs = homeserver_of(request)
+    hs = services_of(request, ThreepidServices)
     requester = await require_user(request)
     body = await parse_body(request, ThreepidBody)
     await hs.threepids.delete_threepid(requester, body.medium, body.address)
@@ -238,10 +250,10 @@ def _error_page(e: MatrixError) -> Response:
 
 async def get_submit_token(request: Request) -> Response:
     """GET of the link in a validation mail (the Identity Service's GET submitToken)."""
-    hs = homeserver_of(request)
+    hs = services_of(request, ThreepidServices)
     try:
         body = validate_body(dict(request.query_params), SubmitBody)
-        validated = await hs.threepids.open_link(body.sid, body.client_secret, body.token)
+        validated = await hs.email_validation.open_link(body.sid, body.client_secret, body.token)
     except MatrixError as e:
         if _wants_html(request):
             return _error_page(e)
@@ -260,16 +272,16 @@ async def get_submit_token(request: Request) -> Response:
 async def post_submit_token(request: Request) -> Response:
     """The submit_url of requestToken (spec: as the Identity Service's POST submitToken), and
     the confirmation form of the link's page (a form post: answered with a page)."""
-    hs = homeserver_of(request)
+    hs = services_of(request, ThreepidServices)
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("application/x-www-form-urlencoded"):
         body = await parse_body(request, SubmitBody)
-        await hs.threepids.submit_token(body.sid, body.client_secret, body.token)
+        await hs.email_validation.submit_token(body.sid, body.client_secret, body.token)
         return json_response({"success": True})
     try:
         form = dict(parse_qsl((await read_body(request)).decode("utf-8", "replace")))
         body = validate_body(form, SubmitBody)
-        validated = await hs.threepids.submit_token(body.sid, body.client_secret, body.token)
+        validated = await hs.email_validation.submit_token(body.sid, body.client_secret, body.token)
     except MatrixError as e:
         return _error_page(e)
     return _done(validated)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.web.edge import RequestBody, homeserver_of, json_response, parse_body, require_user
+from homeserver.e2ee.to_device import ToDeviceService
+from homeserver.web.edge import RequestBody, json_response, parse_body, require_user, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class ToDeviceServices:
+    """What the routes of to-device messages call (built by the composition root)."""
+
+    to_device: ToDeviceService
 
 
 class SendToDeviceBody(RequestBody):
@@ -18,7 +27,7 @@ class SendToDeviceBody(RequestBody):
 
 async def put_send_to_device(request: Request) -> Response:
     """PUT /_matrix/client/v3/sendToDevice/{eventType}/{txnId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, ToDeviceServices)
     requester = await require_user(request)
     body = await parse_body(request, SendToDeviceBody)
     await hs.to_device.send(

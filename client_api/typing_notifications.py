@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from homeserver.core.ids import RoomID, UserID
-from homeserver.web.edge import RequestBody, homeserver_of, json_response, parse_body, require_user
+from homeserver.ephemeral.typing import TypingService
+from homeserver.web.edge import RequestBody, json_response, parse_body, require_user, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class TypingServices:
+    """What the routes of typing notifications call (built by the composition root)."""
+
+    typing: TypingService
 
 
 class TypingBody(RequestBody):
@@ -18,7 +28,7 @@ class TypingBody(RequestBody):
 
 async def put_typing(request: Request) -> Response:
     """PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, TypingServices)
     requester = await require_user(request)
     room_id = RoomID.parse(request.path_params["room_id"])
     user_id = UserID.parse(request.path_params["user_id"])

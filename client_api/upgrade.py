@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from homeserver.core.ids import RoomID
-from homeserver.web.edge import RequestBody, homeserver_of, json_response, parse_body, require_user
+from homeserver.rooms.upgrade import RoomUpgrader
+from homeserver.web.edge import RequestBody, json_response, parse_body, require_user, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeServices:
+    """What the routes of room upgrades call (built by the composition root)."""
+
+    room_upgrader: RoomUpgrader
 
 
 class UpgradeBody(RequestBody):
@@ -18,7 +28,7 @@ class UpgradeBody(RequestBody):
 
 async def upgrade_room(request: Request) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/upgrade"""
-    hs = homeserver_of(request)
+    hs = services_of(request, UpgradeServices)
     requester = await require_user(request)
     body = await parse_body(request, UpgradeBody)
     replacement = await hs.room_upgrader.upgrade(

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.accounts.user_directory import DEFAULT_LIMIT
+from homeserver.accounts.user_directory import DEFAULT_LIMIT, UserDirectoryService
 from homeserver.core.types import JsonDict
-from homeserver.web.edge import RequestBody, homeserver_of, json_response, parse_body, require_user
+from homeserver.web.edge import RequestBody, json_response, parse_body, require_user, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class UserDirectoryServices:
+    """What the routes of the user directory call (built by the composition root)."""
+
+    user_directory: UserDirectoryService
 
 
 class SearchBody(RequestBody):
@@ -19,7 +28,7 @@ class SearchBody(RequestBody):
 
 async def post_user_directory_search(request: Request) -> Response:
     """POST /_matrix/client/v3/user_directory/search"""
-    hs = homeserver_of(request)
+    hs = services_of(request, UserDirectoryServices)
     requester = await require_user(request)
     body = await parse_body(request, SearchBody)
     found = await hs.user_directory.search(requester, body.search_term, body.limit)

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.web.edge import homeserver_of, json_response, require_user
+from homeserver.core.types import JsonDict
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from homeserver.web.edge import json_response, require_user, services_of
 from homeserver.websocket import UNSTABLE_FEATURE
+
+
+@dataclass(frozen=True, slots=True)
+class VersionServices:
+    """What the routes of discovery call (built by the composition root)."""
+
+    base_url: str
+    websocket_enabled: bool
+    default_room_version: str
+    email_enabled: bool
+
 
 SUPPORTED_VERSIONS = [
     "r0.6.1",
@@ -26,25 +41,41 @@ SUPPORTED_VERSIONS = [
 ]
 
 
+def capabilities(hs: VersionServices) -> JsonDict:
+    """spec: GET /capabilities."""
+    return {
+        "m.change_password": {"enabled": True},
+        "m.room_versions": {
+            "default": hs.default_room_version,
+            "available": {v: "stable" for v in KNOWN_ROOM_VERSIONS},
+        },
+        "m.set_displayname": {"enabled": True},
+        "m.set_avatar_url": {"enabled": True},
+        # E-mail addresses can be added and removed once the server can mail.
+        "m.3pid_changes": {"enabled": hs.email_enabled},
+        "m.get_login_token": {"enabled": False},
+    }
+
+
 async def get_versions(request: Request) -> Response:
     """GET /_matrix/client/versions"""
-    hs = homeserver_of(request)
+    hs = services_of(request, VersionServices)
     # docs/websocket.md: clients look for this flag before trying the WebSocket transport.
-    unstable = {UNSTABLE_FEATURE: hs.config.websocket.enabled}
+    unstable = {UNSTABLE_FEATURE: hs.websocket_enabled}
     return json_response({"versions": SUPPORTED_VERSIONS, "unstable_features": unstable})
 
 
 async def get_well_known_client(request: Request) -> Response:
     """GET /.well-known/matrix/client"""
-    hs = homeserver_of(request)
-    return json_response({"m.homeserver": {"base_url": hs.config.base_url}})
+    hs = services_of(request, VersionServices)
+    return json_response({"m.homeserver": {"base_url": hs.base_url}})
 
 
 async def get_capabilities(request: Request) -> Response:
     """GET /_matrix/client/v3/capabilities"""
-    hs = homeserver_of(request)
+    hs = services_of(request, VersionServices)
     await require_user(request)
-    return json_response({"capabilities": hs.capabilities()})
+    return json_response({"capabilities": capabilities(hs)})
 
 
 client_routes = [

@@ -1,21 +1,26 @@
 """The WebSocket sync endpoint (docs/websocket.md): accepts, then hands over to the service.
 
-Only the transport lives here; the protocol is ``homeserver/websocket.py``.
+Only the transport lives here; the protocol is in ``homeserver/websocket/``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from homeserver.core.errors import Codes
-from homeserver.web.edge import JSONResponse
-from homeserver.websocket import PATH, TransportClosed
+from homeserver.web.edge import JSONResponse, services_of
+from homeserver.websocket import PATH, TransportClosed, WebSocketService
 
-if TYPE_CHECKING:
-    from homeserver.app import Homeserver
+
+@dataclass(frozen=True, slots=True)
+class WebSocketServices:
+    """What the routes of the WebSocket transport call (built by the composition root)."""
+
+    websocket: WebSocketService
+    enabled: bool
 
 
 class StarletteTransport:
@@ -51,8 +56,8 @@ class StarletteTransport:
 
 async def websocket_sync(websocket: WebSocket) -> None:
     """GET /_matrix/client/unstable/org.homeserver.ws/v1/sync (WebSocket upgrade)"""
-    hs: Homeserver = websocket.app.state.homeserver
-    if not hs.config.websocket.enabled:
+    hs = services_of(websocket, WebSocketServices)
+    if not hs.enabled:
         await websocket.send_denial_response(
             JSONResponse(
                 {"errcode": Codes.UNRECOGNIZED, "error": "Unrecognized request"}, status_code=404

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import orjson
 from starlette.requests import Request
 
-from homeserver.core.errors import Codes, MatrixError
-from homeserver.web.edge import homeserver_of, read_body
+from homeserver.core.json_limits import loads_limited
+from homeserver.federation.auth import FederationAuthenticator
+from homeserver.web.edge import read_body, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class FederationEdgeServices:
+    """What authenticating a request from another server needs (built by the composition
+    root)."""
+
+    auth: FederationAuthenticator
 
 
 def request_uri(request: Request) -> str:
@@ -23,16 +32,14 @@ def request_uri(request: Request) -> str:
 
 async def authenticated_origin(request: Request) -> tuple[str, Any]:
     """The server a request comes from, verified by its X-Matrix signature, and its JSON
-    body (None without one). 401 M_UNAUTHORIZED unless the signature is right."""
-    hs = homeserver_of(request)
+    body (None without one). 401 M_UNAUTHORIZED unless the signature is right.
+
+    The body is read as a client's is: within the body limit (``M_TOO_LARGE``), JSON
+    (``M_NOT_JSON``) within the limits of ``homeserver.core.json_limits`` (``M_BAD_JSON``)."""
+    auth = services_of(request, FederationEdgeServices).auth
     body = await read_body(request)
-    content = None
-    if body.strip():
-        try:
-            content = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise MatrixError(Codes.NOT_JSON, "Content not JSON") from None
-    origin = await hs.federation.auth.authenticate(
+    content = loads_limited(body) if body.strip() else None
+    origin = await auth.authenticate(
         request.method, request_uri(request), request.headers.getlist("authorization"), content
     )
     return origin, content

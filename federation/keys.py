@@ -3,24 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import is_valid_server_name
-from homeserver.web.edge import homeserver_of, json_response, query_int, read_json_object
+from homeserver.federation.keyring import Keyring
+from homeserver.federation.local_keys import LocalKeys
+from homeserver.web.edge import json_response, query_int, read_json_object, services_of
 
 # One notary query fetches, at worst, from each server it names: a bound on the fan-out.
 MAX_QUERY_SERVERS = 100
 MAX_QUERY_KEY_IDS = 100
 
 
+@dataclass(frozen=True, slots=True)
+class KeyServerServices:
+    """What the key server's routes call (built by the composition root)."""
+
+    local_keys: LocalKeys
+    keyring: Keyring
+    clock: Clock
+
+
 async def get_server_keys(request: Request) -> Response:
     """GET /_matrix/key/v2/server"""
-    return json_response(homeserver_of(request).federation.local_keys.key_response())
+    return json_response(services_of(request, KeyServerServices).local_keys.key_response())
 
 
 def _server_name(value: Any) -> str:
@@ -31,10 +44,10 @@ def _server_name(value: Any) -> str:
 
 async def get_query_keys(request: Request) -> Response:
     """GET /_matrix/key/v2/query/{serverName}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyServerServices)
     server_name = _server_name(request.path_params["server_name"])
     minimum = query_int(request, "minimum_valid_until_ts", minimum=0)
-    responses = await hs.federation.keyring.key_responses(
+    responses = await hs.keyring.key_responses(
         server_name, (), hs.clock.now_ms() if minimum is None else minimum
     )
     return json_response({"server_keys": responses})
@@ -42,7 +55,7 @@ async def get_query_keys(request: Request) -> Response:
 
 async def post_query_keys(request: Request) -> Response:
     """POST /_matrix/key/v2/query"""
-    hs = homeserver_of(request)
+    hs = services_of(request, KeyServerServices)
     body = await read_json_object(request)
     query = body.get("server_keys")
     if not isinstance(query, dict):
@@ -75,10 +88,7 @@ async def post_query_keys(request: Request) -> Response:
         wanted.append((server_name, tuple(criteria), minimum))
     # Each server's keys are fetched, where need be, at the same time as the others'.
     answers = await asyncio.gather(
-        *(
-            hs.federation.keyring.key_responses(name, key_ids, minimum)
-            for name, key_ids, minimum in wanted
-        )
+        *(hs.keyring.key_responses(name, key_ids, minimum) for name, key_ids, minimum in wanted)
     )
     return json_response({"server_keys": [r for answer in answers for r in answer]})
 

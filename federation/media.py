@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -14,7 +15,7 @@ from starlette.routing import Route
 
 from federation.edge import authenticated_origin
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.web.edge import homeserver_of, query_bool, query_int
+from homeserver.web.edge import query_bool, query_int, services_of
 from media_repo.mxc import MxcUri
 from media_repo.routes import (
     DEFAULT_TIMEOUT_MS,
@@ -26,8 +27,16 @@ from media_repo.service import Blob, MediaService
 from media_repo.thumbnailer import Method
 
 
-def _mxc(request: Request) -> MxcUri:
-    return MxcUri.of(homeserver_of(request).server_name, request.path_params["media_id"])
+@dataclass(frozen=True, slots=True)
+class FederationMediaServices:
+    """What the federation media routes call (built by the composition root)."""
+
+    media: MediaService
+    server_name: str
+
+
+def _mxc(hs: FederationMediaServices, request: Request) -> MxcUri:
+    return MxcUri.of(hs.server_name, request.path_params["media_id"])
 
 
 def _multipart(media: MediaService, blob: Blob, default_name: str | None) -> Response:
@@ -62,10 +71,10 @@ def _multipart(media: MediaService, blob: Blob, default_name: str | None) -> Res
 
 async def get_media_download(request: Request) -> Response:
     """GET /_matrix/federation/v1/media/download/{mediaId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, FederationMediaServices)
     await authenticated_origin(request)
     timeout_ms = query_int(request, "timeout_ms", DEFAULT_TIMEOUT_MS, minimum=0) or 0
-    media = await hs.media.get_media(_mxc(request), timeout_ms=timeout_ms, allow_remote=False)
+    media = await hs.media.get_media(_mxc(hs, request), timeout_ms=timeout_ms, allow_remote=False)
     return _multipart(hs.media, hs.media.download_blob(media, None), None)
 
 
@@ -88,9 +97,9 @@ def _method(request: Request) -> Method:
 
 async def get_media_thumbnail(request: Request) -> Response:
     """GET /_matrix/federation/v1/media/thumbnail/{mediaId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, FederationMediaServices)
     await authenticated_origin(request)
-    mxc = _mxc(request)
+    mxc = _mxc(hs, request)
     width, height = _dimension(request, "width"), _dimension(request, "height")
     method = _method(request)
     animated = query_bool(request, "animated", False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field
@@ -11,13 +12,15 @@ from starlette.routing import Route
 
 from federation.edge import authenticated_origin
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.web.edge import (
-    RequestBody,
-    homeserver_of,
-    json_response,
-    query_int,
-    validate_body,
-)
+from homeserver.rooms.directory import DirectoryService
+from homeserver.web.edge import RequestBody, json_response, query_int, services_of, validate_body
+
+
+@dataclass(frozen=True, slots=True)
+class PublicRoomServices:
+    """What the federation room directory routes call (built by the composition root)."""
+
+    directory: DirectoryService
 
 
 class PublicRoomsFilter(RequestBody):
@@ -35,7 +38,7 @@ class PublicRoomsBody(RequestBody):
 
 async def get_public_rooms(request: Request) -> Response:
     """GET /_matrix/federation/v1/publicRooms"""
-    hs = homeserver_of(request)
+    hs = services_of(request, PublicRoomServices)
     await authenticated_origin(request)
     result = await hs.directory.public_rooms(
         limit=query_int(request, "limit", None, minimum=0),
@@ -48,7 +51,7 @@ async def get_public_rooms(request: Request) -> Response:
 
 async def post_public_rooms(request: Request) -> Response:
     """POST /_matrix/federation/v1/publicRooms"""
-    hs = homeserver_of(request)
+    hs = services_of(request, PublicRoomServices)
     _, content = await authenticated_origin(request)
     if not isinstance(content, dict):
         raise MatrixError(Codes.BAD_JSON, "The body must be a JSON object")

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from federation.edge import authenticated_origin
+from homeserver.accounts.profile import ProfileService
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomAlias, UserID
-from homeserver.web.edge import homeserver_of, json_response
+from homeserver.rooms.directory import DirectoryService
+from homeserver.web.edge import json_response, services_of
+
+
+@dataclass(frozen=True, slots=True)
+class QueryServices:
+    """What the federation query routes call (built by the composition root)."""
+
+    profiles: ProfileService
+    directory: DirectoryService
+    server_name: str
 
 
 def _required(request: Request, name: str) -> str:
@@ -21,7 +34,7 @@ def _required(request: Request, name: str) -> str:
 
 async def query_profile(request: Request) -> Response:
     """GET /_matrix/federation/v1/query/profile"""
-    hs = homeserver_of(request)
+    hs = services_of(request, QueryServices)
     await authenticated_origin(request)
     user_id = UserID.parse(_required(request, "user_id"))
     if user_id.server_name != hs.server_name:
@@ -35,7 +48,7 @@ async def query_profile(request: Request) -> Response:
 
 async def query_directory(request: Request) -> Response:
     """GET /_matrix/federation/v1/query/directory"""
-    hs = homeserver_of(request)
+    hs = services_of(request, QueryServices)
     await authenticated_origin(request)
     alias = RoomAlias.parse(_required(request, "room_alias"))
     if alias.server_name != hs.server_name:

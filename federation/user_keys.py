@@ -3,6 +3,7 @@ cross-signing keys, one-time keys."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -12,7 +13,16 @@ from starlette.routing import Route
 from federation.edge import authenticated_origin
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID
-from homeserver.web.edge import RequestBody, homeserver_of, json_response, validate_body
+from homeserver.e2ee.federation_keys import FederationKeyService
+from homeserver.web.edge import RequestBody, json_response, services_of, validate_body
+
+
+@dataclass(frozen=True, slots=True)
+class UserKeyServices:
+    """What the federation routes of our users' keys call (built by the composition root)."""
+
+    federation_keys: FederationKeyService
+
 
 # Bounds on one request: each user is a condition of one database query.
 MAX_USERS = 1000
@@ -42,7 +52,7 @@ def _check_size(users: int, devices: int) -> None:
 
 async def post_user_keys_query(request: Request) -> Response:
     """POST /_matrix/federation/v1/user/keys/query"""
-    hs = homeserver_of(request)
+    hs = services_of(request, UserKeyServices)
     _, content = await authenticated_origin(request)
     body = validate_body(_object(content), QueryKeysBody)
     _check_size(len(body.device_keys), sum(len(d) for d in body.device_keys.values()))
@@ -51,7 +61,7 @@ async def post_user_keys_query(request: Request) -> Response:
 
 async def post_user_keys_claim(request: Request) -> Response:
     """POST /_matrix/federation/v1/user/keys/claim"""
-    hs = homeserver_of(request)
+    hs = services_of(request, UserKeyServices)
     _, content = await authenticated_origin(request)
     body = validate_body(_object(content), ClaimKeysBody)
     _check_size(len(body.one_time_keys), sum(len(d) for d in body.one_time_keys.values()))
@@ -60,7 +70,7 @@ async def post_user_keys_claim(request: Request) -> Response:
 
 async def get_user_devices(request: Request) -> Response:
     """GET /_matrix/federation/v1/user/devices/{userId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, UserKeyServices)
     await authenticated_origin(request)
     user_id = UserID.parse(request.path_params["user_id"])
     return json_response(await hs.federation_keys.user_devices(user_id))

@@ -1,25 +1,55 @@
-"""Builds the homeserver: database, stores, bus, services and the ASGI app.
+"""The composition root: builds stores, bus, services and the ASGI app from the config.
 
 The one module of ``homeserver/`` that imports routes; everything is wired by plain
-constructor injection here.
+constructor injection here, in dependency order. Running it (database, background jobs,
+uvicorn's lifespan) is ``homeserver/lifecycle.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 
+from client_api import (
+    account,
+    account_data,
+    devices,
+    directory,
+    filters,
+    key_backup,
+    keys,
+    knock,
+    notifications,
+    presence,
+    profile,
+    pushers,
+    pushrules,
+    receipts,
+    relations,
+    rooms,
+    sync,
+    threepids,
+    to_device,
+    typing_notifications,
+    upgrade,
+    user_directory,
+    versions,
+    websocket,
+)
+from client_api import routes as client_routes
+from federation import edge as federation_edge
+from federation import keys as key_server
+from federation import media as federation_media
+from federation import public_rooms, query, user_keys
+from federation import routes as federation_routes
 from homeserver.accounts.account_data import AccountDataService
+from homeserver.accounts.email_validation import EmailValidation
 from homeserver.accounts.ignored import IgnoreLists
 from homeserver.accounts.profile import ProfileService
 from homeserver.accounts.service import AccountService
@@ -27,12 +57,12 @@ from homeserver.accounts.threepids import ThreepidService
 from homeserver.accounts.tokens import AuthService
 from homeserver.accounts.uia import UiaService
 from homeserver.accounts.user_directory import UserDirectoryService
-from homeserver.core.clock import Clock, SystemClock
+from homeserver.core.clock import Clock
 from homeserver.core.config import HomeserverConfig
 from homeserver.core.errors import MatrixError
-from homeserver.core.ids import UserID
 from homeserver.core.ratelimit import RateLimiter
-from homeserver.crypto.signing import SigningKey, load_or_create_signing_key
+from homeserver.crypto.derived_keys import SERVER_SECRET_FILE, load_or_create_server_secret
+from homeserver.crypto.signing import SigningKey
 from homeserver.e2ee.device_lists import DeviceListService
 from homeserver.e2ee.federation_keys import FederationKeyService
 from homeserver.e2ee.key_backup import KeyBackupService
@@ -41,21 +71,33 @@ from homeserver.e2ee.to_device import ToDeviceService
 from homeserver.ephemeral.presence import PresenceService
 from homeserver.ephemeral.receipts import EphemeralSource, ReceiptService
 from homeserver.ephemeral.typing import TypingService
-from homeserver.federation.discovery import ServerResolver
-from homeserver.federation.services import build_federation
+from homeserver.federation.auth import FederationAuthenticator
+from homeserver.federation.client import FederationClient, ssl_context
+from homeserver.federation.discovery import (
+    DnsSrvLookup,
+    HttpsWellKnownFetch,
+    ServerResolver,
+    WellKnownResolver,
+)
+from homeserver.federation.keyring import Keyring
+from homeserver.federation.local_keys import LocalKeys, load_old_verify_keys, old_keys_path
+from homeserver.federation.policy import ServerPolicy
+from homeserver.federation.queries import FederationQueries
 from homeserver.filters.service import FilterService
 from homeserver.net.addresses import AddressPolicy
 from homeserver.net.outbound import Outbound
 from homeserver.push.actions import PushActionGenerator
 from homeserver.push.notifications import NotificationService, PushActionPruner
-from homeserver.push.pushers import PusherService, Unsubscriber
+from homeserver.push.pushers import LEGACY_UNSUBSCRIBE_GRACE_MS, PusherService, Unsubscriber
 from homeserver.push.sender import PusherSender
 from homeserver.push.service import AccountDataWithPushRules, PushRuleService
 from homeserver.push.unread import UnreadCountService
+from homeserver.rooms.aggregations import Aggregations
 from homeserver.rooms.create import RoomCreator
 from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.membership import MembershipService
-from homeserver.rooms.relations import Aggregations, RelationsService
+from homeserver.rooms.relations import RelationsService
+from homeserver.rooms.send import SendService
 from homeserver.rooms.sender import EventSender
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.upgrade import RoomUpgrader
@@ -69,13 +111,15 @@ from homeserver.storage.events import EventStore
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.media import MediaStore
-from homeserver.storage.migrate import upgrade_head
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.push import PushStore
+from homeserver.storage.push_rules import PushRuleStore
+from homeserver.storage.pushers import PusherStore
 from homeserver.storage.receipts import ReceiptStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.relations import RelationStore
 from homeserver.storage.rooms import RoomStore
+from homeserver.storage.server_keys import ServerKeyStore
 from homeserver.storage.threepids import ThreepidStore
 from homeserver.storage.to_device import ToDeviceStore
 from homeserver.storage.typing_notifications import TypingStore
@@ -85,24 +129,32 @@ from homeserver.sync.service import SyncService
 from homeserver.wakeups.bus import InMemoryBus
 from homeserver.wakeups.notifier import Notifier
 from homeserver.web.cors import CorsMiddleware
-from homeserver.web.edge import http_error_handler, internal_error_handler, matrix_error_handler
+from homeserver.web.edge import (
+    EdgeServices,
+    http_error_handler,
+    internal_error_handler,
+    matrix_error_handler,
+)
+from homeserver.web.request_guard import RequestGuardMiddleware
 from homeserver.websocket import WebSocketService
+from media_repo import routes as media_routes
 from media_repo.backends import build_backend, spool_dir
 from media_repo.preview import UrlPreviewer
 from media_repo.service import MediaService
 
-logger = logging.getLogger(__name__)
-
-# A background job runs for the life of the worker (a loop with its own sleeps); one that
-# raises is logged and restarted after this pause.
+# A background job runs for the life of the worker (a loop with its own sleeps);
+# homeserver/lifecycle.py runs them, and restarts one that raises.
 BackgroundJob = Callable[[], Awaitable[None]]
-BACKGROUND_RETRY_S = 5.0
-STOP_ATTEMPTS = 20
-STOP_WAIT_S = 0.5
 
 
 class Homeserver:
-    """Everything one worker runs, built once from the config."""
+    """Everything one worker runs, built once from the config.
+
+    Built in dependency order, each service from the ones before it: no setter or callback is
+    wired after construction. Where two services need each other, one of them sees the other
+    through a small protocol of its own (``ProfileListener``, ``UserData``, ``DeviceData``,
+    ``EmailIdentity``) and is built second.
+    """
 
     def __init__(
         self,
@@ -113,9 +165,10 @@ class Homeserver:
         outbound: Outbound | None = None,
         server_resolver: ServerResolver | None = None,
     ) -> None:
+        """``server_resolver`` replaces the discovery of other homeservers (tests)."""
         self.config = config
-        # Every request to a URL someone else chose (previews, push gateways, other homeservers)
-        # goes through it.
+        # Every request to a URL someone else chose (previews, push gateways, other
+        # homeservers) goes through it.
         self.outbound = outbound or Outbound(AddressPolicy(config.outbound.allow_addresses))
         self.db = db
         self.clock = clock
@@ -125,88 +178,172 @@ class Homeserver:
         self.background_jobs: list[BackgroundJob] = []
         self.bus = InMemoryBus()
         self.notifier = Notifier(self.bus)
-        self.account_store = AccountStore(db)
-        self.auth = AuthService(self.account_store, clock, config.auth)
         self.ratelimiter = RateLimiter(config.rate_limits, clock)
-        self.registration_tokens = RegistrationTokenStore(db)
-        self.uia = UiaService(
-            UiaStore(db),
-            self.account_store,
-            self.registration_tokens,
-            self.auth,
-            self.ratelimiter,
-            clock,
-            config.server_name,
-            config.registration,
-        )
-        self.accounts = AccountService(
-            self.account_store,
-            self.auth,
-            self.uia,
-            self.ratelimiter,
-            clock,
-            config.server_name,
-            config.registration,
-        )
-        self.threepids = ThreepidService(
-            ThreepidStore(db),
-            PushStore(db),
-            self.uia,
-            self.ratelimiter,
-            clock,
-            config.email,
-            config.base_url,
-        )
-        self.uia.set_email_identity(self.threepids)
-        self.accounts.email_identity = self.threepids
-        # Server identity, discovery, signed requests both ways (issue 18); built early, as
-        # services that answer about remote users ask through it.
-        self.federation = build_federation(
-            config, db, signing_key, clock, self.outbound, server_resolver
-        )
-        remote = self.federation.queries if config.federation.enabled else None
-        self.profiles = ProfileService(self.account_store, config.server_name, remote=remote)
-        self.filters = FilterService(FilterStore(db))
-        self._build_rooms(config, db, signing_key, clock)
-        self._build_user_data(config, db, clock)
+        self._build_stores(db)
+        # Server identity, discovery, signed requests both ways (issue 18): built first, as
+        # the services that answer about remote users ask through it.
+        self._build_federation(config, signing_key, clock, server_resolver)
+        self._build_user_data(config)
+        self._build_rooms(config, signing_key, clock)
+        self._build_accounts(config, db, clock, signing_key)
         self._build_status(config, db, clock)
-        self._build_push(config, db, clock, signing_key)
-        self._build_e2e(config, db)
-        self._build_websocket(config)
+        self.sync = SyncService(
+            db,
+            self.event_store,
+            self.room_store,
+            self.rooms,
+            self.visibility,
+            self.notifier,
+            clock,
+            global_sources={
+                # m.push_rules is part of every initial sync's account data.
+                "account_data": AccountDataWithPushRules(self.account_data, self.push_rules),
+                "to_device": self.to_device,
+                "presence": self.presence,
+            },
+            room_sources={
+                "account_data": self.account_data,
+                "ephemeral": EphemeralSource(self.typing, self.receipts),
+            },
+            extensions=[self.e2e_keys],
+            unread=self.unread,
+            ignored=self.ignore_lists,
+        )
+        self._build_push_delivery(config, db, clock)
+        self.websocket = WebSocketService(
+            config.websocket,
+            self.auth,
+            self.sync,
+            self.filters,
+            self.sending,
+            self.typing,
+            self.receipts,
+            self.presence,
+        )
         self._build_media(config, db, clock)
         self.app = create_app(self)
 
-    def _build_rooms(
-        self, config: HomeserverConfig, db: Database, signing_key: SigningKey, clock: Clock
-    ) -> None:
+    def _build_stores(self, db: Database) -> None:
+        self.account_store = AccountStore(db)
+        self.registration_tokens = RegistrationTokenStore(db)
         self.event_store = EventStore(db)
         self.room_store = RoomStore(db, self.event_store)
+        self.relation_store = RelationStore(db)
+        self.push_store = PushStore(db)
+        self.push_rule_store = PushRuleStore(db)
+        self.pusher_store = PusherStore(db)
+        self.account_data_store = AccountDataStore(db)
+        self.receipt_store = ReceiptStore(db)
+        self.threepid_store = ThreepidStore(db)
+        self.server_key_store = ServerKeyStore(db)
+
+    def _build_federation(
+        self,
+        config: HomeserverConfig,
+        signing_key: SigningKey,
+        clock: Clock,
+        server_resolver: ServerResolver | None,
+    ) -> None:
+        """Our server keys, other servers' keys (the keyring), discovery, the signing client,
+        the authentication of requests from other servers, and the queries we ask of them."""
+        fed = config.federation
+        self.federation_policy = ServerPolicy(fed.enabled, fed.allow_servers, fed.deny_servers)
+        self.local_keys = LocalKeys(
+            config.server_name,
+            signing_key,
+            load_old_verify_keys(old_keys_path(config.signing_key_file)),
+            clock,
+            fed.key_validity_ms,
+        )
+        tls = ssl_context(fed.tls_ca_bundle)
+        timeout_s = fed.request_timeout_ms / 1000
+        # Redirects of the well-known are followed (spec), each hop checked like the first.
+        self.well_known_client = self.outbound.client(
+            timeout_s=timeout_s, max_redirects=5, verify=tls, user_agent="homeserver"
+        )
+        self.server_resolver = server_resolver or ServerResolver(
+            WellKnownResolver(HttpsWellKnownFetch(self.well_known_client), clock), DnsSrvLookup()
+        )
+        self.federation_client = FederationClient(
+            self.local_keys,
+            self.server_resolver,
+            self.outbound,
+            self.federation_policy,
+            tls=tls,
+            timeout_s=timeout_s,
+        )
+        self.keyring = Keyring(
+            self.local_keys,
+            self.server_key_store,
+            self.federation_client,
+            self.federation_policy,
+            clock,
+            trusted_key_servers=fed.trusted_key_servers,
+            denied_verify_keys=fed.denied_verify_keys,
+        )
+        self.federation_auth = FederationAuthenticator(
+            config.server_name, self.keyring, self.federation_policy, clock
+        )
+        self.federation_queries = FederationQueries(self.federation_client)
+        # Services that answer about remote users ask their servers only with federation on.
+        self.remote_queries = self.federation_queries if fed.enabled else None
+
+    def _build_user_data(self, config: HomeserverConfig) -> None:
+        """Account data, ignore lists and push rules: the room send path reads them."""
+        self.account_data = AccountDataService(
+            self.account_data_store, self.room_store, self.notifier
+        )
+        # Cached (dropped on every worker by the account-data wake-up): read by every sync
+        # and, for every member of a room, as events are sent.
+        self.ignore_lists = IgnoreLists(self.account_data_store, self.bus)
+        self.push_rules = PushRuleService(self.push_rule_store, self.account_data, self.bus)
+
+    def _build_rooms(self, config: HomeserverConfig, signing_key: SigningKey, clock: Clock) -> None:
+        server_name = config.server_name
         self.event_sender = EventSender(
-            self.event_store, self.room_store, self.notifier, clock, config.server_name, signing_key
+            self.event_store,
+            self.room_store,
+            self.notifier,
+            clock,
+            server_name,
+            signing_key,
+            # Push rules are evaluated as events are persisted (issue 6).
+            PushActionGenerator(
+                self.push_rules,
+                self.push_rule_store,
+                self.event_store,
+                server_name,
+                self.ignore_lists,
+            ),
         )
         self.visibility = Visibility(self.event_store, self.room_store)
         self.memberships = MembershipService(
-            self.event_sender, self.room_store, config.server_name, self._profile_of
+            self.event_sender, self.room_store, server_name, self.account_store
         )
-        self.directory = DirectoryService(self.room_store, self.event_store, config.server_name)
+        self.profiles = ProfileService(
+            self.account_store, server_name, self.memberships, self.remote_queries
+        )
+        self.directory = DirectoryService(self.room_store, self.event_store, server_name)
         self.room_creator = RoomCreator(
             self.event_sender,
             self.room_store,
             self.memberships,
             self.directory,
-            config.server_name,
+            server_name,
             config.rooms.default_room_version,
             clock,
         )
-        self.relation_store = RelationStore(db)
-        self.aggregations = Aggregations(self.relation_store, self.event_store, clock)
+        self.aggregations = Aggregations(
+            self.relation_store, self.event_store, clock, self.ignore_lists
+        )
         self.rooms = RoomService(
             self.event_sender,
             self.event_store,
             self.room_store,
             self.visibility,
             clock,
-            aggregations=self.aggregations,
+            self.ignore_lists,
+            self.aggregations,
         )
         self.relations = RelationsService(
             self.relation_store, self.event_store, self.rooms, self.visibility
@@ -214,120 +351,126 @@ class Homeserver:
         self.room_upgrader = RoomUpgrader(
             self.event_sender, self.event_store, self.room_store, self.memberships, clock
         )
-        self.sync = SyncService(
-            db, self.event_store, self.room_store, self.rooms, self.visibility, self.notifier, clock
+        self.presence = PresenceService(
+            PresenceStore(self.db), self.notifier, clock, config.presence, self.event_store
         )
-        self.profiles.on_profile_changed = self._on_profile_changed
-        self.accounts.on_deactivated = self._on_deactivated
+        if self.presence.enabled:
+            self.background_jobs.append(self.presence.run_sweeper)
+        # The one path of "a user sends an event" (HTTP and WebSocket).
+        self.sending = SendService(
+            self.event_sender,
+            self.event_store,
+            self.rooms,
+            self.aggregations,
+            self.ratelimiter,
+            self.presence,
+        )
 
-    def _build_user_data(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
-        """Account data (with tags and ignored users), to-device messages, user directory."""
-        self.account_data = AccountDataService(AccountDataStore(db), self.room_store, self.notifier)
-        self.sync.add_global_source("account_data", self.account_data)
-        self.sync.add_room_source("account_data", self.account_data)
-        # Cached (dropped on every worker by the account-data wake-up): read by every sync
-        # and, for every member of a room, as events are sent.
-        self.ignore_lists = IgnoreLists(AccountDataStore(db), self.bus)
-        self.sync.set_ignored_users(self.ignore_lists)
-        self.rooms.set_ignored_users(self.ignore_lists)
-        self.aggregations.set_ignored_users(self.ignore_lists)
-        self.to_device = ToDeviceService(
-            ToDeviceStore(db), self.notifier, clock, config.server_name
+    def _build_accounts(
+        self, config: HomeserverConfig, db: Database, clock: Clock, signing_key: SigningKey
+    ) -> None:
+        """Tokens, UIA, e-mail validation and addresses, end-to-end keys, pushers, accounts:
+        an account's deletion reaches the services that keep something for it or its devices,
+        so AccountService comes after them."""
+        server_name = config.server_name
+        self.auth = AuthService(self.account_store, clock, config.auth)
+        self.email_validation = EmailValidation(
+            self.threepid_store, self.ratelimiter, clock, config.email, config.base_url
         )
-        self.sync.add_global_source("to_device", self.to_device)
-        self.accounts.on_devices_deleted = self._on_devices_deleted
+        self.uia = UiaService(
+            UiaStore(db),
+            self.account_store,
+            self.registration_tokens,
+            self.auth,
+            self.ratelimiter,
+            clock,
+            server_name,
+            config.registration,
+            self.email_validation,
+        )
+        self.threepids = ThreepidService(
+            self.threepid_store, self.pusher_store, self.email_validation, self.uia, clock
+        )
+        self.to_device = ToDeviceService(ToDeviceStore(db), self.notifier, clock, server_name)
+        self.device_lists = DeviceListService(DeviceListStore(db), self.notifier, self.event_store)
+        self.e2e_keys = E2eKeyService(
+            E2eKeyStore(db),
+            self.device_lists,
+            self.uia,
+            server_name,
+            self.notifier,
+            remote=self.remote_queries,
+        )
+        # What other servers see of our users' keys (federation /user/keys, /user/devices).
+        self.federation_keys = FederationKeyService(self.e2e_keys, self.device_lists, server_name)
+        self.key_backup = KeyBackupService(KeyBackupStore(db))
+        # Link secrets come from the server's own secret, never the signing key; links
+        # signed with the signing key before are honoured for a grace period.
+        server_secret = load_or_create_server_secret(
+            config.data_path / SERVER_SECRET_FILE, clock.now_ms()
+        )
+        self.unsubscriber = Unsubscriber(
+            server_secret.derive("push-unsubscribe"),
+            clock,
+            legacy_secret=bytes(signing_key.encode()),
+            legacy_until_ms=server_secret.created_ms + LEGACY_UNSUBSCRIBE_GRACE_MS,
+        )
+        self.pushers = PusherService(
+            self.pusher_store,
+            config.push,
+            config.email,
+            clock,
+            self.unsubscriber,
+            self.email_validation,
+            self.outbound,
+        )
+        self.accounts = AccountService(
+            self.account_store,
+            self.auth,
+            self.uia,
+            self.ratelimiter,
+            clock,
+            server_name,
+            config.registration,
+            self.email_validation,
+            # A deactivated account leaves its rooms and lets go of its e-mail addresses.
+            user_data=(self.memberships, self.threepids),
+            # Deleted devices take their to-device messages, keys and pushers with them.
+            device_data=(self.to_device, self.e2e_keys, self.pushers),
+        )
+        self.filters = FilterService(FilterStore(db))
         self.user_directory = UserDirectoryService(UserDirectoryStore(db))
 
     def _build_status(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
-        """Presence, typing, receipts and read markers, unread counts (issue 3)."""
-        self.presence = PresenceService(
-            PresenceStore(db), self.notifier, clock, config.presence, self.event_store
-        )
-        self.sync.add_global_source("presence", self.presence)
-        if self.presence.enabled:
-            self.background_jobs.append(self.presence.run_sweeper)
+        """Typing, receipts and read markers, unread counts (issue 3)."""
         self.typing = TypingService(TypingStore(db), self.room_store, self.notifier, clock)
         self.background_jobs.append(self.typing.run_expiry)
-        receipt_store = ReceiptStore(db)
         self.receipts = ReceiptService(
-            receipt_store,
+            self.receipt_store,
             self.event_store,
             self.room_store,
             self.account_data,
             self.notifier,
             clock,
         )
-        self.sync.add_room_source("ephemeral", EphemeralSource(self.typing, self.receipts))
         self.unread = UnreadCountService(
-            PushStore(db),
+            self.push_store,
             self.ignore_lists,
             self.event_store,
-            receipt_store,
+            self.receipt_store,
             clock,
             config.push.action_retention_ms,
         )
-        self.sync.set_unread_counts(self.unread)
 
-    def _build_e2e(self, config: HomeserverConfig, db: Database) -> None:
-        """End-to-end encryption: device and cross-signing keys, device lists, key backup
-        (issue 7)."""
-        self.device_lists = DeviceListService(DeviceListStore(db), self.notifier, self.event_store)
-        self.e2e_keys = E2eKeyService(
-            E2eKeyStore(db),
-            self.device_lists,
-            self.uia,
-            config.server_name,
-            self.notifier,
-            remote=self.federation.queries if config.federation.enabled else None,
-        )
-        self.sync.add_extension(self.e2e_keys)
-        self.federation_keys = FederationKeyService(
-            self.e2e_keys, self.device_lists, config.server_name
-        )
-        self.key_backup = KeyBackupService(KeyBackupStore(db))
-
-    async def _on_deactivated(self, user_id: UserID) -> None:
-        """A deactivated account leaves its rooms and lets go of its e-mail addresses."""
-        await self.memberships.leave_all(user_id)
-        await self.threepids.delete_all(user_id)
-
-    async def _on_devices_deleted(self, user_id: UserID, device_ids: list[str]) -> None:
-        """Deleted devices take their to-device messages and keys with them."""
-        await self.to_device.delete_for_devices(user_id, device_ids)
-        await self.e2e_keys.delete_for_devices(user_id, device_ids)
-        await self.pushers.delete_for_devices(user_id, device_ids)
-
-    def _build_push(
-        self, config: HomeserverConfig, db: Database, clock: Clock, signing_key: SigningKey
-    ) -> None:
-        """Push rules (evaluated as events are persisted), pushers, the pusher sender and
-        missed-message e-mails (issue 6)."""
-        push_store = PushStore(db)
-        self.push_rules = PushRuleService(push_store, self.account_data, self.bus)
-        self.event_sender.set_push_actions(
-            PushActionGenerator(
-                self.push_rules, push_store, self.event_store, config.server_name, self.ignore_lists
-            )
-        )
-        self.sync.add_global_source(
-            "account_data", AccountDataWithPushRules(self.account_data, self.push_rules)
-        )
-        unsubscriber = Unsubscriber(bytes(signing_key.encode()))
-        self.pushers = PusherService(
-            push_store,
-            config.push,
-            config.email,
-            clock,
-            unsubscriber,
-            self.threepids,
-            self.outbound,
-        )
+    def _build_push_delivery(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
+        """/notifications, the pusher sender and missed-message e-mails (issue 6)."""
         self.push_notifications = NotificationService(
-            push_store, self.event_store, self.rooms, self.ignore_lists
+            self.push_store, self.event_store, self.rooms, self.ignore_lists
         )
         self.pusher_sender = PusherSender(
             db,
-            push_store,
+            self.pusher_store,
+            self.push_store,
             self.event_store,
             self.room_store,
             self.unread,
@@ -337,12 +480,12 @@ class Homeserver:
             email=config.email,
             presence=config.presence,
             base_url=config.base_url,
-            unsubscriber=unsubscriber,
+            unsubscriber=self.unsubscriber,
             ignored=self.ignore_lists,
             outbound=self.outbound,
         )
         self.background_jobs.append(self.pusher_sender.run)
-        self.push_action_pruner = PushActionPruner(push_store, clock, config.push)
+        self.push_action_pruner = PushActionPruner(self.push_store, clock, config.push)
         self.background_jobs.append(self.push_action_pruner.run)
         self.push_gateway_routes: list[BaseRoute] = []
         if config.push.gateway_config is not None:
@@ -362,20 +505,6 @@ class Homeserver:
 
             self.background_jobs.append(close_gateway_at_exit)
 
-    def _build_websocket(self, config: HomeserverConfig) -> None:
-        """The WebSocket transport: built last, it answers requests with the other services."""
-        self.websocket = WebSocketService(
-            config.websocket,
-            self.auth,
-            self.sync,
-            self.filters,
-            self.rooms,
-            self.ratelimiter,
-            self.typing,
-            self.receipts,
-            self.presence,
-        )
-
     def _build_media(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
         """The media repository (issue 5): storage backend, uploads, thumbnails, previews."""
         self.media = MediaService(
@@ -388,49 +517,64 @@ class Homeserver:
         )
         self.url_previews = UrlPreviewer(config.media.url_preview, self.media, self.outbound)
 
-    async def close(self) -> None:
-        await self.media.close()
-        await self.federation.aclose()
 
-    async def _on_profile_changed(
-        self, user_id: UserID, displayname: str | None, avatar_url: str | None
-    ) -> None:
-        await self.memberships.update_profile_everywhere(user_id)
-
-    async def _profile_of(self, user_id: str) -> tuple[str | None, str | None] | None:
-        profile = await self.profiles.get_profile(UserID(user_id))
-        if profile is None:
-            return None
-        return profile.displayname, profile.avatar_url
-
-    def capabilities(self) -> dict[str, Any]:
-        from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
-
-        return {
-            "m.change_password": {"enabled": True},
-            "m.room_versions": {
-                "default": self.config.rooms.default_room_version,
-                "available": {v: "stable" for v in KNOWN_ROOM_VERSIONS},
-            },
-            "m.set_displayname": {"enabled": True},
-            "m.set_avatar_url": {"enabled": True},
-            # E-mail addresses can be added and removed once the server can mail.
-            "m.3pid_changes": {"enabled": self.threepids.enabled},
-            "m.get_login_token": {"enabled": False},
-        }
+def route_services(hs: Homeserver) -> list[object]:
+    """What each route area calls (``services_of`` in homeserver/web/edge.py): routes see
+    these, never the whole Homeserver."""
+    config = hs.config
+    return [
+        EdgeServices(hs.auth, config.limits.max_request_body_bytes),
+        account.AccountServices(hs.accounts, hs.server_name, config.base_url),
+        account_data.AccountDataServices(hs.account_data),
+        devices.DeviceServices(hs.accounts),
+        directory.DirectoryServices(hs.directory, hs.server_name),
+        filters.FilterServices(hs.filters),
+        key_backup.KeyBackupServices(hs.key_backup),
+        keys.KeyServices(hs.e2e_keys),
+        knock.KnockServices(hs.directory, hs.memberships, hs.ratelimiter),
+        notifications.NotificationServices(hs.push_notifications),
+        presence.PresenceServices(hs.presence),
+        profile.ProfileServices(hs.profiles),
+        pushers.PusherServices(hs.pushers),
+        pushrules.PushRuleServices(hs.push_rules),
+        receipts.ReceiptServices(hs.receipts),
+        relations.RelationServices(hs.relations),
+        rooms.RoomServices(
+            hs.rooms, hs.room_creator, hs.memberships, hs.directory, hs.sending, hs.ratelimiter
+        ),
+        sync.SyncServices(hs.sync, hs.filters, hs.presence, config.limits.sync_timeout_max_ms),
+        threepids.ThreepidServices(hs.threepids, hs.email_validation),
+        to_device.ToDeviceServices(hs.to_device),
+        typing_notifications.TypingServices(hs.typing),
+        upgrade.UpgradeServices(hs.room_upgrader),
+        user_directory.UserDirectoryServices(hs.user_directory),
+        versions.VersionServices(
+            config.base_url,
+            config.websocket.enabled,
+            config.rooms.default_room_version,
+            hs.email_validation.enabled,
+        ),
+        websocket.WebSocketServices(hs.websocket, config.websocket.enabled),
+        media_routes.MediaServices(hs.media, hs.url_previews, config.media),
+        federation_edge.FederationEdgeServices(hs.federation_auth),
+        key_server.KeyServerServices(hs.local_keys, hs.keyring, hs.clock),
+        query.QueryServices(hs.profiles, hs.directory, hs.server_name),
+        user_keys.UserKeyServices(hs.federation_keys),
+        public_rooms.PublicRoomServices(hs.directory),
+        federation_media.FederationMediaServices(hs.media, hs.server_name),
+    ]
 
 
 def create_app(hs: Homeserver) -> Starlette:
-    from client_api import routes as client_routes
-    from federation import routes as federation_routes
-    from media_repo import routes as media_routes
-
-    federation: list[BaseRoute] = [Mount("/_matrix/key", routes=federation_routes.key_routes)]
+    # Our keys are public; the Server-Server API is served only with federation on.
+    server_server: list[BaseRoute] = [Mount("/_matrix/key", routes=federation_routes.key_routes)]
     if hs.config.federation.enabled:
-        federation.append(Mount("/_matrix/federation", routes=federation_routes.federation_routes))
+        server_server.append(
+            Mount("/_matrix/federation", routes=federation_routes.federation_routes)
+        )
     app = Starlette(
         routes=[
-            *federation,
+            *server_server,
             Mount("/_matrix/media", routes=media_routes.media_routes),
             # Before /_matrix/client: a Mount that matches a prefix never falls through.
             Mount("/_matrix/client/v1/media", routes=media_routes.client_media_routes),
@@ -438,117 +582,12 @@ def create_app(hs: Homeserver) -> Starlette:
             *client_routes.root_routes,
             *hs.push_gateway_routes,
         ],
-        middleware=[Middleware(CorsMiddleware)],
+        middleware=[Middleware(CorsMiddleware), Middleware(RequestGuardMiddleware)],
         exception_handlers={
             MatrixError: matrix_error_handler,
             HTTPException: http_error_handler,
             Exception: internal_error_handler,
         },
     )
-    app.state.homeserver = hs
+    app.state.services = {type(s): s for s in route_services(hs)}
     return app
-
-
-@asynccontextmanager
-async def running_homeserver(
-    config: HomeserverConfig,
-    *,
-    clock: Clock | None = None,
-    migrate: bool = True,
-    outbound: Outbound | None = None,
-    server_resolver: ServerResolver | None = None,
-) -> AsyncIterator[Homeserver]:
-    """Open the database (migrated to head), build the services, close them on exit."""
-    config.data_path.mkdir(parents=True, exist_ok=True)
-    db = Database(config.database_url, pool_size=config.database.pool_size)
-    try:
-        if migrate:
-            await upgrade_head(db.engine)
-        signing_key = load_or_create_signing_key(config.signing_key_file)
-        hs = Homeserver(config, db, signing_key, clock or SystemClock(), outbound, server_resolver)
-        # Plain tasks, not a task group: the caller may leave this context from another task
-        # than the one that entered it (test fixtures, lifespans).
-        tasks = [asyncio.create_task(_run_forever(job)) for job in hs.background_jobs]
-        try:
-            yield hs
-        finally:
-            await _stop(tasks)
-            await hs.close()
-    finally:
-        await db.close()
-
-
-async def _stop(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel the background tasks and wait for them, cancelling again while any is left: a
-    cancellation can be lost in a race inside the job (asyncio.wait_for before 3.12)."""
-    for _ in range(STOP_ATTEMPTS):
-        tasks = [t for t in tasks if not t.done()]
-        if not tasks:
-            return
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks, timeout=STOP_WAIT_S)
-    logger.error("background jobs did not stop", extra={"jobs": len(tasks)})
-
-
-async def _run_forever(job: BackgroundJob) -> None:
-    """Run a background job; if it fails, log it and start it again after a pause.
-
-    Stops for good once the task is being cancelled, even when the job turned the
-    cancellation into another exception (a driver cancelled mid-query may) or returned.
-    """
-    task = asyncio.current_task()
-    while True:
-        try:
-            await job()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            if task is not None and task.cancelling():
-                return
-            logger.exception("background job failed", extra={"job": repr(job)})
-        if task is not None and task.cancelling():
-            return
-        await asyncio.sleep(BACKGROUND_RETRY_S)
-
-
-def asgi_app(config: HomeserverConfig) -> Any:
-    """The app uvicorn serves: the homeserver is built in the lifespan, once per worker."""
-    holder: dict[str, Homeserver] = {}
-
-    @asynccontextmanager
-    async def lifespan(_: Any) -> AsyncIterator[None]:
-        async with running_homeserver(config) as hs:
-            holder["hs"] = hs
-            await hs.db.prepare_statements()
-            # What start-up built lives as long as the process: keep full collections from
-            # walking it again and again (they were the DM latency's tail, ~100 ms each).
-            gc.collect()
-            gc.freeze()
-            logger.info("homeserver started", extra={"server_name": config.server_name})
-            yield
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            await _run_lifespan(lifespan, scope, receive, send)
-            return
-        await holder["hs"].app(scope, receive, send)
-
-    return app
-
-
-async def _run_lifespan(lifespan: Any, scope: Any, receive: Any, send: Any) -> None:
-    message = await receive()
-    assert message["type"] == "lifespan.startup"
-    try:
-        cm = lifespan(None)
-        await cm.__aenter__()
-    except Exception as e:
-        logger.exception("start-up failed")
-        await send({"type": "lifespan.startup.failed", "message": str(e)})
-        return
-    await send({"type": "lifespan.startup.complete"})
-    message = await receive()
-    assert message["type"] == "lifespan.shutdown"
-    await cm.__aexit__(None, None, None)
-    await send({"type": "lifespan.shutdown.complete"})

@@ -61,8 +61,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from homeserver.app import asgi_app
     from homeserver.core.logging import configure_logging
+    from homeserver.lifecycle import asgi_app
+    from homeserver.web.http_protocol import MAX_HEADER_BYTES, MAX_TARGET_BYTES, http_protocol_class
 
     config = _load(_config_path(args), create=True)
     configure_logging(args.log_level)
@@ -79,7 +80,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_level=args.log_level.lower(),
         access_log=False,
         loop="auto",
-        http="auto",
+        # uvicorn's protocol with bounds on the request head and JSON Matrix errors for
+        # the requests it refuses itself (homeserver/web/http_protocol.py).
+        http=http_protocol_class(),
+        h11_max_incomplete_event_size=MAX_TARGET_BYTES + MAX_HEADER_BYTES,
         lifespan="on",
         log_config=None,
         # The WebSocket transport has its own heartbeat (docs/websocket.md) and its
@@ -118,7 +122,7 @@ def _return_large_blocks_to_the_system() -> None:
 
 
 def cmd_register_user(args: argparse.Namespace) -> int:
-    from homeserver.app import running_homeserver
+    from homeserver.lifecycle import running_homeserver
 
     config = _load(_config_path(args), create=False)
     password = args.password

@@ -15,7 +15,7 @@ from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import is_valid_server_name
 
 MAX_MEDIA_ID_CHARS = 255
-_MEDIA_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+_MEDIA_ID = re.compile(r"^[A-Za-z0-9_-]+\Z")
 # 24 URL-safe characters: 144 random bits, so media IDs cannot be guessed.
 MEDIA_ID_BYTES = 18
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
 
@@ -17,12 +18,24 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from homeserver.core.config import MediaConfig
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.web.edge import homeserver_of, json_response, query_bool, query_int, require_user
+from homeserver.web.edge import json_response, query_bool, query_int, require_user, services_of
 from media_repo.cdn import download_path, thumbnail_path
 from media_repo.mxc import MxcUri
-from media_repo.service import Blob, check_content_type, check_filename
+from media_repo.preview import UrlPreviewer
+from media_repo.service import Blob, MediaService, check_content_type, check_filename
 from media_repo.thumbnailer import Method
+
+
+@dataclass(frozen=True, slots=True)
+class MediaServices:
+    """What the routes of the media repository call (built by the composition root)."""
+
+    media: MediaService
+    url_previews: UrlPreviewer
+    config: MediaConfig
+
 
 # spec, "Serving inline content": only these types may be served inline; anything else is an
 # attachment, so a browser never renders an uploaded page or script from our origin.
@@ -66,7 +79,7 @@ MEDIA_CSP = (
 )
 DEFAULT_TIMEOUT_MS = 20_000
 MAX_THUMBNAIL_REQUEST = 65_535
-_CDN_THUMBNAIL = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})-(crop|scale)(-animated)?$")
+_CDN_THUMBNAIL = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})-(crop|scale)(-animated)?\Z")
 
 
 def _declared_length(request: Request) -> int | None:
@@ -94,7 +107,7 @@ def _mxc(request: Request) -> MxcUri:
 
 async def post_upload(request: Request) -> Response:
     """POST /_matrix/media/v3/upload"""
-    hs = homeserver_of(request)
+    hs = services_of(request, MediaServices)
     requester = await require_user(request)
     content_type = check_content_type(request.headers.get("content-type"))
     filename = check_filename(request.query_params.get("filename"))
@@ -106,7 +119,7 @@ async def post_upload(request: Request) -> Response:
 
 async def post_create(request: Request) -> Response:
     """POST /_matrix/media/v1/create"""
-    hs = homeserver_of(request)
+    hs = services_of(request, MediaServices)
     requester = await require_user(request)
     mxc, expires = await hs.media.create(requester)
     return json_response({"content_uri": str(mxc), "unused_expires_at": expires})
@@ -114,7 +127,7 @@ async def post_create(request: Request) -> Response:
 
 async def put_upload(request: Request) -> Response:
     """PUT /_matrix/media/v3/upload/{serverName}/{mediaId}"""
-    hs = homeserver_of(request)
+    hs = services_of(request, MediaServices)
     requester = await require_user(request)
     mxc = _mxc(request)
     content_type = check_content_type(request.headers.get("content-type"))
@@ -127,16 +140,16 @@ async def put_upload(request: Request) -> Response:
 
 async def get_config(request: Request) -> Response:
     """GET /_matrix/client/v1/media/config"""
-    hs = homeserver_of(request)
+    hs = services_of(request, MediaServices)
     await require_user(request)
     return json_response(hs.media.public_config())
 
 
 async def get_preview_url(request: Request) -> Response:
     """GET /_matrix/client/v1/media/preview_url"""
-    hs = homeserver_of(request)
+    hs = services_of(request, MediaServices)
     requester = await require_user(request)
-    if not hs.config.media.url_preview.enabled:
+    if not hs.config.url_preview.enabled:
         raise MatrixError(Codes.UNRECOGNIZED, "URL previews are disabled on this server")
     url = request.query_params.get("url")
     if not url:
@@ -160,7 +173,7 @@ async def get_download_legacy(request: Request) -> Response:
 
 
 async def _download(request: Request, *, legacy: bool) -> Response:
-    hs = homeserver_of(request)
+    hs = services_of(request, MediaServices)
     mxc = _mxc(request)
     # An empty name (nio asks for ".../{mediaId}/") is no override.
     filename = check_filename(request.path_params.get("file_name") or None)
@@ -207,7 +220,7 @@ def _method(request: Request) -> Method:
 
 
 async def _thumbnail(request: Request, *, legacy: bool) -> Response:
-    hs = homeserver_of(request)
+    hs = services_of(request, MediaServices)
     mxc = _mxc(request)
     width, height = _dimension(request, "width"), _dimension(request, "height")
     method = _method(request)
@@ -218,7 +231,7 @@ async def _thumbnail(request: Request, *, legacy: bool) -> Response:
     media = await hs.media.get_media(
         mxc, timeout_ms=timeout_ms or 0, allow_remote=allow_remote, legacy=legacy
     )
-    if redirect_ok and hs.media.cdn is not None and hs.config.media.thumbnails.enabled:
+    if redirect_ok and hs.media.cdn is not None and hs.config.thumbnails.enabled:
         spec = hs.media.thumbnail_spec(media, width, height, method, animated)
         location = hs.media.cdn_thumbnail_url(mxc, spec) if spec is not None else None
         if location is not None:
@@ -232,7 +245,7 @@ async def _thumbnail(request: Request, *, legacy: bool) -> Response:
 
 async def get_cdn_download(request: Request) -> Response:
     """GET /_matrix/media/cdn/download/{serverName}/{mediaId}?md5=&expires= (the edge asks)"""
-    hs = homeserver_of(request)
+    hs = services_of(request, MediaServices)
     mxc = _mxc(request)
     hs.media.check_cdn_signature(
         download_path(mxc.server_name, mxc.media_id),
@@ -245,7 +258,7 @@ async def get_cdn_download(request: Request) -> Response:
 
 async def get_cdn_thumbnail(request: Request) -> Response:
     """GET /_matrix/media/cdn/thumbnail/{serverName}/{mediaId}/{W}x{H}-{method}[-animated]"""
-    hs = homeserver_of(request)
+    hs = services_of(request, MediaServices)
     mxc = _mxc(request)
     match = _CDN_THUMBNAIL.match(request.path_params["spec"])
     if match is None:
@@ -332,7 +345,7 @@ def parse_range(header: str | None, size: int) -> RangeResult:
 def _media_response(
     request: Request, blob: Blob, *, public: bool, disposition: str | None = None
 ) -> Response:
-    hs = homeserver_of(request)
+    hs = services_of(request, MediaServices)
     etag = f'"{blob.etag}"'
     kind = disposition or ("inline" if _is_inline_safe(blob.content_type) else "attachment")
     headers = {

@@ -48,7 +48,7 @@ PENDING_POLL_S = 1.0
 MAX_STORED_THUMBNAILS_PER_CONTENT = 32
 MAX_CONTENT_TYPE_CHARS = 255
 MAX_FILENAME_BYTES = 255
-_CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[\x20-\x7e]*)?$")
+_CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[\x20-\x7e]*)?\Z")
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 

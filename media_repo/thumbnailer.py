@@ -39,7 +39,7 @@ DEFAULT_FRAME_MS = 100
 # A thumbnail is made from a larger one already made (of the whole image) when that one is at
 # least this many times its size on both sides, else from the decoded image: from 2x or more,
 # the second Lanczos pass stays above 50 dB PSNR against resizing the full image, even on
-# noise, at a sixth to a twentieth of the time; from 1.25x (640x480 out of 800x600) fine
+# noise, in a fraction of the time; from 1.25x (640x480 out of 800x600) fine
 # detail visibly softens (40 dB on noise).
 CASCADE_MIN_RATIO = 2.0
 # EXIF orientations 5-8 turn the image a quarter: its displayed width is its stored height.

@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from homeserver.core.errors import MatrixError
+from homeserver.core.json_limits import loads_limited
 from homeserver.net.addresses import AddressPolicy
 from homeserver.net.outbound import Outbound
 from push_gateway.backends import Backend, JsonDict, Result
@@ -89,9 +91,11 @@ class Gateway:
         if len(raw) > MAX_BODY_BYTES:
             return _error("M_TOO_LARGE", "Request body too large", 413)
         try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return _error("M_NOT_JSON", "Content not JSON", 400)
+            # The homeserver's JSON limits: a notification nested past them could not be
+            # encoded again for the provider.
+            body = loads_limited(raw)
+        except MatrixError as e:
+            return _error(str(e.code), e.message, 400)
         notification = body.get("notification") if isinstance(body, dict) else None
         if not isinstance(notification, dict):
             return _error("M_BAD_JSON", "notification must be an object", 400)

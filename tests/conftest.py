@@ -16,9 +16,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from homeserver.app import Homeserver, running_homeserver
+from homeserver.app import Homeserver
 from homeserver.core.clock import FakeClock
 from homeserver.core.config import HomeserverConfig, parse_config
+from homeserver.lifecycle import running_homeserver
 from homeserver.storage.database import Database, LeanResult, PgConnection, SqliteConnection
 from homeserver.storage.migrate import upgrade_head
 from homeserver.storage.schema import metadata, stream_positions

@@ -14,10 +14,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from homeserver.app import Homeserver, running_homeserver
+from homeserver.app import Homeserver
 from homeserver.core.clock import FakeClock
 from homeserver.core.config import HomeserverConfig
 from homeserver.federation.discovery import ServerResolver
+from homeserver.lifecycle import running_homeserver
 from homeserver.net.addresses import IPAddress
 from homeserver.net.outbound import Outbound
 from tests.openapi_schema import assert_response_matches

@@ -5,7 +5,7 @@
 
 `path` is the path as sent, still percent-encoded (`response.request.url.raw_path.decode()`),
 with or without a query string; a decoded `/` is accepted only in a last parameter (a state key,
-a tag). The spec is read from `$MATRIX_SPEC_DIR`, else `<repo>/../shared/matrix-spec`.
+a tag). The spec is found (or fetched, pinned and checked) by `tests/matrix_spec.py`.
 
 Schemas are validated as JSON Schema 2020-12, as OpenAPI 3.1 defines them: OpenAPI-only keywords
 (`example`, `x-...`) are annotations and ignored. `format` is asserted for the Matrix formats
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -32,20 +31,13 @@ from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SPEC_DIR_ENV = "MATRIX_SPEC_DIR"
+from tests.matrix_spec import SPEC_DIR_ENV, spec_dir
+
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "head", "patch", "options"})
 MAX_ERRORS_SHOWN = 5
 MAX_MESSAGE_CHARS = 300  # "... is not valid under any of the given schemas" repeats the instance
 
 _PARAM = re.compile(r"\{[^{}/]+\}")
-
-
-def spec_dir() -> Path:
-    """The matrix-spec checkout: `$MATRIX_SPEC_DIR`, else `shared/matrix-spec` beside the repo."""
-    override = os.environ.get(SPEC_DIR_ENV)
-    if override:
-        return Path(override).resolve()
-    return Path(__file__).resolve().parents[2] / "shared" / "matrix-spec"
 
 
 @functools.cache
@@ -170,8 +162,8 @@ class SpecIndex:
         api_dir = root / "data" / "api" / "client-server"
         if not api_dir.is_dir():
             raise FileNotFoundError(
-                f"Matrix spec not found at {api_dir}; clone matrix-spec beside the repository"
-                f" as ../shared/matrix-spec or set {SPEC_DIR_ENV}"
+                f"Matrix spec not found at {api_dir}; set {SPEC_DIR_ENV} to a matrix-spec"
+                " checkout, or unset it to let the tests fetch the pinned release"
             )
         self.root = root
         operations: list[Operation] = []

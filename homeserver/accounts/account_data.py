@@ -57,7 +57,7 @@ class AccountDataService:
         return content
 
     async def set_server_account_data(
-        self, user_id: str, room_id: str | None, data_type: str, content: JsonDict
+        self, user_id: UserID, room_id: RoomID | None, data_type: str, content: JsonDict
     ) -> None:
         """Write any type unchecked: for services that own a type (read markers' m.fully_read,
         push rules' m.push_rules). Wakes the user's syncs."""
@@ -165,7 +165,7 @@ class AccountDataService:
             out.setdefault(room_id, []).append({"type": TAG, "content": {"tags": room_tags}})
         return out
 
-    async def ignored_users(self, user_id: str) -> frozenset[str]:
+    async def ignored_users(self, user_id: UserID) -> frozenset[str]:
         """``IgnoredUsers``: the keys of the user's ``m.ignored_user_list``."""
         return parse_ignored_users(await self._store.get(user_id, None, IGNORED_USER_LIST))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from homeserver.core.errors import Codes, MatrixError
@@ -21,11 +20,15 @@ FIELDS = (DISPLAYNAME, AVATAR_URL)
 MAX_DISPLAYNAME_CHARS = 256
 MAX_AVATAR_URL_CHARS = 1000  # an mxc URI is short; this only bounds what a member event carries
 # spec, content repository: mxc://<server-name>/<media-id>, media IDs are [A-Za-z0-9_-]+.
-_MXC = re.compile(r"^mxc://([^/]+)/([A-Za-z0-9_-]+)$")
+_MXC = re.compile(r"^mxc://([^/]+)/([A-Za-z0-9_-]+)\Z")
 # spec, profile: any other key follows the common namespaced identifier grammar.
-_KEY_NAME = re.compile(r"^(avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+)$")
+_KEY_NAME = re.compile(r"^(avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+)\Z")
 
-OnProfileChanged = Callable[[UserID, str | None, str | None], Awaitable[None]]
+
+class ProfileListener(Protocol):
+    """Who shows profiles elsewhere: room memberships carry the display name and avatar."""
+
+    async def update_profile_everywhere(self, user_id: UserID) -> None: ...
 
 
 class RemoteProfiles(Protocol):
@@ -46,14 +49,13 @@ class ProfileService:
         self,
         store: AccountStore,
         server_name: str,
-        *,
-        on_profile_changed: OnProfileChanged | None = None,
+        listener: ProfileListener,
         remote: RemoteProfiles | None = None,
     ) -> None:
         self._store = store
         self._server_name = server_name
-        # Wired by app.py to the room service: a changed profile goes into member events.
-        self.on_profile_changed = on_profile_changed
+        # A changed profile goes into member events.
+        self._listener = listener
         # None (federation off): a remote user's profile is not found.
         self._remote = remote
 
@@ -116,9 +118,8 @@ class ProfileService:
     async def _set(self, user_id: UserID, key: str, value: str | None) -> None:
         if await self.get_profile(user_id) is None:
             raise MatrixError(Codes.NOT_FOUND, "Profile not found")
-        profile = await self._store.set_profile_field(user_id, key, value)
-        if self.on_profile_changed is not None:
-            await self.on_profile_changed(user_id, profile.displayname, profile.avatar_url)
+        await self._store.set_profile_field(user_id, key, value)
+        await self._listener.update_profile_everywhere(user_id)
 
     async def _remote_profile(self, remote: RemoteProfiles, user_id: UserID) -> JsonDict:
         try:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from homeserver.accounts.tokens import AuthService, Session, new_device_id
 from homeserver.accounts.uia import (
@@ -25,7 +26,13 @@ from homeserver.accounts.uia import (
 from homeserver.core.clock import Clock
 from homeserver.core.config import RegistrationConfig
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.core.ids import MAX_ID_BYTES, UserID, is_valid_new_localpart
+from homeserver.core.ids import (
+    MAX_DEVICE_ID_BYTES,
+    MAX_ID_BYTES,
+    UserID,
+    is_valid_device_id,
+    is_valid_new_localpart,
+)
 from homeserver.core.ratelimit import Action, RateLimiter
 from homeserver.core.types import JsonDict, Requester
 from homeserver.storage.accounts import AccountStore, Device
@@ -34,14 +41,24 @@ logger = logging.getLogger(__name__)
 
 # argon2 takes any length, but a megabyte "password" is only a way to burn CPU.
 MAX_PASSWORD_BYTES = 512
-MAX_DEVICE_ID_BYTES = 255  # spec leaves it open; an identifier-sized bound
 MAX_DEVICE_DISPLAY_NAME_CHARS = 256
 _GENERATED_LOCALPART_ATTEMPTS = 10
 
 PASSWORD_FLOWS: list[list[str]] = [[LOGIN_PASSWORD]]
 
-OnDeactivated = Callable[[UserID], Awaitable[None]]
-OnDevicesDeleted = Callable[[UserID, list[str]], Awaitable[None]]
+
+class UserData(Protocol):
+    """A service that keeps something for an account and lets go of it when the account is
+    deactivated (its rooms, its e-mail addresses)."""
+
+    async def deactivate_user(self, user_id: UserID) -> None: ...
+
+
+class DeviceData(Protocol):
+    """A service that keeps something per device, deleted with the device (its keys, its
+    to-device messages, its pushers)."""
+
+    async def delete_for_devices(self, user_id: UserID, device_ids: list[str]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +104,10 @@ class AccountService:
         clock: Clock,
         server_name: str,
         registration: RegistrationConfig,
+        email_identity: EmailIdentity,
         *,
-        on_deactivated: OnDeactivated | None = None,
-        on_devices_deleted: OnDevicesDeleted | None = None,
+        user_data: Sequence[UserData] = (),
+        device_data: Sequence[DeviceData] = (),
     ) -> None:
         self._store = store
         self._auth = auth
@@ -98,13 +116,10 @@ class AccountService:
         self._clock = clock
         self._server_name = server_name
         self._registration = registration
-        # Wired by app.py once the services that need them exist (rooms leave on deactivation;
-        # device keys and to-device messages go with their device).
-        self.on_deactivated = on_deactivated
-        self.on_devices_deleted = on_devices_deleted
-        # The e-mail addresses bound to accounts (login by address, password reset by mail):
-        # set by app.py when the server can send mail.
-        self.email_identity: EmailIdentity | None = None
+        # The e-mail addresses bound to accounts: login by address, password reset by mail.
+        self._email_identity = email_identity
+        self._user_data = tuple(user_data)
+        self._device_data = tuple(device_data)
 
     # --- registration ----------------------------------------------------------------------
 
@@ -213,7 +228,9 @@ class AccountService:
     def _new_user_id(self, username: str) -> UserID:
         # spec: a server maps a username onto the grammar or refuses it; upper case maps to
         # lower case (user IDs are case-insensitive in practice), anything else is refused.
-        localpart = username.lower()
+        # Only ASCII is lowered: str.lower maps some other letters onto ASCII (the Kelvin
+        # sign onto "k"), which would give one user ID to two different names.
+        localpart = username.lower() if username.isascii() else username
         if not localpart or not is_valid_new_localpart(localpart):
             raise MatrixError(
                 Codes.INVALID_USERNAME,
@@ -279,11 +296,7 @@ class AccountService:
         if third_party:
             assert request.medium is not None and request.address is not None
             # spec: a 3PID bound to no account is a 403, like a wrong password.
-            user_id = (
-                await self.email_identity.owner_of(request.medium, request.address)
-                if self.email_identity is not None
-                else None
-            )
+            user_id = await self._email_identity.owner_of(request.medium, request.address)
         else:
             assert request.user is not None
             user_id = parse_user_identifier(request.user, self._server_name)
@@ -346,9 +359,10 @@ class AccountService:
         return await self._auth.create_session(user_id, device_id, refreshable=refreshable)
 
     def _check_device(self, device_id: str | None, display_name: str | None) -> None:
-        if device_id is not None and not 0 < len(device_id.encode()) <= MAX_DEVICE_ID_BYTES:
+        if device_id is not None and not is_valid_device_id(device_id):
             raise MatrixError(
-                Codes.INVALID_PARAM, f"device_id must be 1 to {MAX_DEVICE_ID_BYTES} bytes long"
+                Codes.INVALID_PARAM,
+                f"device_id must be 1 to {MAX_DEVICE_ID_BYTES} printable ASCII characters",
             )
         if display_name is not None:
             self._check_display_name(display_name)
@@ -374,7 +388,7 @@ class AccountService:
         validated e-mail address of ``m.login.email.identity``) says who."""
         self.check_password_strength(new_password)
         flows = PASSWORD_FLOWS
-        if self.email_identity is not None and self.email_identity.enabled:
+        if self._email_identity.enabled:
             flows = [*PASSWORD_FLOWS, [LOGIN_EMAIL_IDENTITY]]  # password reset by mail
         result = await self._uia.authenticate(
             auth, flows, fingerprint, requester=requester.user_id if requester is not None else None
@@ -411,8 +425,8 @@ class AccountService:
         await self._uia.finish(result)
         device_ids, hashes = await self._store.delete_devices_except(user_id, None)
         await self._devices_deleted(user_id, device_ids, hashes)
-        if self.on_deactivated is not None:
-            await self.on_deactivated(user_id)
+        for data in self._user_data:
+            await data.deactivate_user(user_id)
         logger.info("user deactivated", extra={"user_id": user_id})
         return None
 
@@ -467,5 +481,6 @@ class AccountService:
         self, user_id: UserID, device_ids: list[str], token_hashes: list[bytes]
     ) -> None:
         self._auth.forget_cached([bytes(h) for h in token_hashes])
-        if device_ids and self.on_devices_deleted is not None:
-            await self.on_devices_deleted(user_id, device_ids)
+        if device_ids:
+            for data in self._device_data:
+                await data.delete_for_devices(user_id, device_ids)

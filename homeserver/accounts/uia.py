@@ -39,7 +39,7 @@ LOGIN_EMAIL_IDENTITY = "m.login.email.identity"
 # A session not finished within this time is forgotten (and its registration token use freed).
 SESSION_LIFETIME_MS = 30 * 60 * 1000
 # spec, "Token-authenticated registration": opaque identifier grammar, at most 64 characters.
-_REGISTRATION_TOKEN = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
+_REGISTRATION_TOKEN = re.compile(r"^[A-Za-z0-9._~-]{1,64}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +105,7 @@ class UiaService:
         clock: Clock,
         server_name: str,
         registration: RegistrationConfig,
+        email_identity: EmailIdentity,
     ) -> None:
         self._store = store
         self._accounts = accounts
@@ -114,10 +115,6 @@ class UiaService:
         self._clock = clock
         self._server_name = server_name
         self._registration = registration
-        self._email_identity: EmailIdentity | None = None
-
-    def set_email_identity(self, email_identity: EmailIdentity) -> None:
-        """Wired by app.py once the e-mail service exists (it authenticates through us)."""
         self._email_identity = email_identity
 
     async def authenticate(
@@ -190,11 +187,7 @@ class UiaService:
         session = await self._store.delete_session(result.session_id)
         if session is not None and session.params.get("token_in_db"):
             await self._tokens.complete(str(session.params["registration_token"]))
-        if (
-            session is not None
-            and session.params.get("threepid_sid")
-            and self._email_identity is not None
-        ):
+        if session is not None and session.params.get("threepid_sid"):
             # A validated mail authorises one request (one password reset), not several.
             await self._email_identity.use_session(str(session.params["threepid_sid"]))
 
@@ -258,7 +251,7 @@ class UiaService:
             return await self._password_stage(auth, params, requester)
         if stage == LOGIN_REGISTRATION_TOKEN:
             return await self._registration_token_stage(auth, params)
-        if stage == LOGIN_EMAIL_IDENTITY and self._email_identity is not None:
+        if stage == LOGIN_EMAIL_IDENTITY:
             return await self._email_identity_stage(auth, params, requester)
         return Codes.FORBIDDEN, f"Unsupported authentication stage {stage}"
 
@@ -269,7 +262,6 @@ class UiaService:
         identity server fields are ignored: we are our own). It establishes the address's
         owner; a session still waiting for its link fails with M_UNAUTHORIZED, which clients
         retry once the user has opened the link."""
-        assert self._email_identity is not None
         creds = auth.get("threepid_creds", auth.get("threePidCreds"))  # the latter: legacy
         if creds is None:
             raise MatrixError(Codes.MISSING_PARAM, "Missing parameter: auth.threepid_creds")
@@ -313,11 +305,7 @@ class UiaService:
                     raise MatrixError(
                         Codes.BAD_JSON, "auth.identifier.medium and address must be strings"
                     )
-                owner = (
-                    await self._email_identity.owner_of(medium, address)
-                    if self._email_identity is not None
-                    else None
-                )
+                owner = await self._email_identity.owner_of(medium, address)
                 if owner is None:
                     return Codes.FORBIDDEN, "Invalid username or password"  # spec: 403
                 user = owner

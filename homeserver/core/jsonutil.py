@@ -6,10 +6,9 @@ from typing import Any
 
 import orjson
 
-from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.json_limits import MAX_SAFE_INT, check_json_limits
 
-# spec, appendices "Canonical JSON": integers must be in [-(2**53)+1, (2**53)-1].
-MAX_SAFE_INT = 2**53 - 1
+__all__ = ["MAX_SAFE_INT", "check_json_numbers", "dumps", "dumps_str", "loads"]
 
 
 def dumps(value: Any) -> bytes:
@@ -25,20 +24,6 @@ def loads(data: bytes | str) -> Any:
 
 
 def check_json_numbers(value: Any, path: str = "") -> None:
-    """Refuse floats and integers outside the canonical JSON range in client-supplied data."""
-    stack: list[tuple[Any, str]] = [(value, path)]
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, bool) or item is None or isinstance(item, str):
-            continue
-        if isinstance(item, int):
-            if not -MAX_SAFE_INT <= item <= MAX_SAFE_INT:
-                raise MatrixError(Codes.BAD_JSON, f"Integer out of range at {where or 'body'}")
-        elif isinstance(item, float):
-            raise MatrixError(
-                Codes.BAD_JSON, f"Floats are not allowed in canonical JSON at {where or 'body'}"
-            )
-        elif isinstance(item, dict):
-            stack.extend((v, f"{where}.{k}" if where else k) for k, v in item.items())
-        elif isinstance(item, list):
-            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+    """Refuse floats, integers outside the canonical JSON range and JSON nested past
+    ``MAX_JSON_DEPTH`` in client-supplied data that becomes canonical JSON (events, keys)."""
+    check_json_limits(value, path, allow_floats=False)

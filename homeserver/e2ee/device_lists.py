@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from homeserver.core.ids import UserID
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.storage.device_lists import DeviceListStore
 from homeserver.storage.events import EventStore
@@ -33,7 +34,7 @@ class DeviceListService:
         self._notifier = notifier
         self._events = events
 
-    async def mark_changed(self, user_id: str) -> None:
+    async def mark_changed(self, user_id: UserID) -> None:
         """The user's devices, device keys or cross-signing keys changed."""
         position = await self._store.mark_changed(user_id)
         peers = await self._store.users_sharing_room(user_id)
@@ -41,13 +42,13 @@ class DeviceListService:
             Stream.DEVICE_LISTS, position, user_ids=sorted(peers | {user_id})
         )
 
-    async def stream_id(self, user_id: str) -> int:
+    async def stream_id(self, user_id: UserID) -> int:
         """A number that grows with each change of the user's devices (federation
         /user/devices ``stream_id``): the position of the last change, 0 before any."""
         return await self._store.position_of(user_id) or 0
 
     async def changes(
-        self, user_id: str, since: StreamToken, upto: StreamToken, *, committed: bool = False
+        self, user_id: UserID, since: StreamToken, upto: StreamToken, *, committed: bool = False
     ) -> DeviceListChanges:
         """Between two sync tokens, as seen by ``user_id``. ``committed``: ``upto`` is a
         sync's current position, not a client's token, so the events in between may be

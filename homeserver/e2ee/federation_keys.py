@@ -13,7 +13,7 @@ from homeserver.core.types import JsonDict
 from homeserver.e2ee.device_lists import DeviceListService
 from homeserver.e2ee.keys import MASTER, SELF_SIGNING, E2eKeyService, check_name
 
-ANY_SERVER = ""  # the viewer that is no user: only what every user may see
+ANY_SERVER = None  # the viewer that is no user: only what every user may see
 
 
 class FederationKeyService:
@@ -44,7 +44,7 @@ class FederationKeyService:
     async def user_devices(self, user_id: UserID) -> JsonDict:
         """GET /user/devices/{userId}: the devices of one of our users that have keys, with
         the user's public cross-signing keys."""
-        if not self._ours(user_id):
+        if user_id.server_name != self._server_name:
             raise MatrixError(Codes.INVALID_PARAM, "The user is not on this server")
         # The stream ID first: a change after it is announced with a later one.
         stream_id = await self._device_lists.stream_id(user_id)

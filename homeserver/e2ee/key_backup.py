@@ -157,7 +157,7 @@ class KeyBackupService:
         self,
         requester: Requester,
         version: str,
-        room_id: str | None = None,
+        room_id: RoomID | None = None,
         session_id: str | None = None,
     ) -> JsonDict:
         self._check_location(room_id, session_id)
@@ -180,7 +180,7 @@ class KeyBackupService:
         self,
         requester: Requester,
         version: str,
-        room_id: str | None = None,
+        room_id: RoomID | None = None,
         session_id: str | None = None,
     ) -> JsonDict:
         self._check_location(room_id, session_id)

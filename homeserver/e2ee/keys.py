@@ -231,9 +231,9 @@ class E2eKeyService:
         return response
 
     async def local_keys(
-        self, viewer: str, local: Mapping[str, Sequence[str]], *, display_names: bool
+        self, viewer: UserID | None, local: Mapping[str, Sequence[str]], *, display_names: bool
     ) -> JsonDict:
-        """Device and cross-signing keys of our users as ``viewer`` may see them ("" for
+        """Device and cross-signing keys of our users as ``viewer`` may see them (None for
         another server: only what every user may see)."""
         device_keys: JsonDict = {user_id: {} for user_id in local}
         signatures = _SignatureIndex(viewer, await self._store.get_signatures(local))
@@ -339,7 +339,7 @@ class E2eKeyService:
 
     # --- deleted devices -------------------------------------------------------------------
 
-    async def delete_for_devices(self, user_id: str, device_ids: Sequence[str]) -> None:
+    async def delete_for_devices(self, user_id: UserID, device_ids: Sequence[str]) -> None:
         """Deleted devices lose their keys; the user's contacts refetch the device list."""
         position = await self._store.delete_for_devices(user_id, device_ids)
         if position is not None:
@@ -482,7 +482,7 @@ class E2eKeyService:
         await self._store.add_signatures(accepted)
         for target_user in sorted({s.target_user_id for s in accepted}):
             # Whoever sees the target's keys refetches them (the signer's other devices too).
-            await self._device_lists.mark_changed(target_user)
+            await self._device_lists.mark_changed(UserID(target_user))
         return failures
 
     def _check_signed(
@@ -546,7 +546,7 @@ class _SignatureIndex:
     key's signatures of a third user.
     """
 
-    def __init__(self, requester: str, signatures: Sequence[Signature]) -> None:
+    def __init__(self, requester: str | None, signatures: Sequence[Signature]) -> None:
         self._requester = requester
         self._by_target: dict[tuple[str, str], list[Signature]] = {}
         for s in signatures:

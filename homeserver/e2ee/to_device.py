@@ -76,6 +76,6 @@ class ToDeviceService:
         )
         return [{"type": m.type, "sender": m.sender, "content": m.content} for m in messages]
 
-    async def delete_for_devices(self, user_id: str, device_ids: Sequence[str]) -> None:
+    async def delete_for_devices(self, user_id: UserID, device_ids: Sequence[str]) -> None:
         """Deleted devices take their pending messages with them."""
         await self._store.delete_for_devices(user_id, device_ids)

@@ -124,7 +124,7 @@ class PresenceService:
         await self._store.touch(user_id, last_sync_ts=now)
         self._touched[user_id] = now
 
-    async def bump_active(self, user_id: str) -> None:
+    async def bump_active(self, user_id: UserID) -> None:
         """The user did something (sent an event): online and currently active again."""
         if not self.enabled:
             return

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.core.ids import EventID, RoomID
+from homeserver.core.ids import EventID, RoomID, UserID
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.storage.events import EventStore, StoredEvent
@@ -32,7 +32,7 @@ class ServerAccountData(Protocol):
     """Where ``m.fully_read`` goes: room account data that clients cannot write directly."""
 
     async def set_server_account_data(
-        self, user_id: str, room_id: str | None, data_type: str, content: JsonDict
+        self, user_id: UserID, room_id: RoomID | None, data_type: str, content: JsonDict
     ) -> None: ...
 
 
@@ -155,7 +155,7 @@ class ReceiptService:
         else:
             await self._notifier.notify(Stream.RECEIPTS, position, room_id=room_id)
 
-    async def _set_fully_read(self, user_id: str, room_id: str, event_id: str) -> None:
+    async def _set_fully_read(self, user_id: UserID, room_id: RoomID, event_id: str) -> None:
         await self._account_data.set_server_account_data(
             user_id, room_id, FULLY_READ, {"event_id": event_id}
         )

@@ -21,7 +21,8 @@ from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.push.evaluator import CompiledRuleset, EventContext
 from homeserver.push.service import PushRuleService
 from homeserver.storage.events import EventStore
-from homeserver.storage.push import PushAction, PushStore
+from homeserver.storage.push import PushAction
+from homeserver.storage.push_rules import PushRuleStore
 from homeserver.storage.rooms import Room
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class PushActionGenerator:
     def __init__(
         self,
         rules: PushRuleService,
-        store: PushStore,
+        store: PushRuleStore,
         events: EventStore,
         server_name: str,
         ignored: IgnoreLists,

@@ -12,6 +12,7 @@ from homeserver.accounts.ignored import IgnoreLists
 from homeserver.core.clock import Clock
 from homeserver.core.config import PushConfig
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import RoomID
 from homeserver.core.types import JsonDict, Requester
 from homeserver.rooms.service import RoomService
 from homeserver.storage.events import EventStore
@@ -59,7 +60,7 @@ class NotificationService:
             if event is None or event.sender in ignored:
                 continue
             if n.room_id not in versions:
-                versions[n.room_id] = await self._rooms.room_version(n.room_id)
+                versions[n.room_id] = await self._rooms.room_version(RoomID(n.room_id))
             serialized = (
                 await self._rooms.serialize(
                     requester, [event], versions[n.room_id], with_room_id=False

@@ -19,14 +19,15 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from homeserver.accounts.threepids import MEDIUM_EMAIL, canonical_email
+from homeserver.accounts.email_validation import MEDIUM_EMAIL, canonical_email
 from homeserver.accounts.uia import EmailIdentity
 from homeserver.core.clock import Clock
 from homeserver.core.config import EmailConfig, PushConfig
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import UserID
 from homeserver.core.types import JsonDict, Requester
 from homeserver.net.outbound import Outbound, OutboundError, Reason
-from homeserver.storage.push import Pusher, PushStore
+from homeserver.storage.pushers import Pusher, PusherStore
 
 NOTIFY_PATH = "/_matrix/push/v1/notify"
 MAX_PUSHKEY_BYTES = 512  # spec
@@ -101,37 +102,95 @@ async def check_gateway_url(url: Any, config: PushConfig, outbound: Outbound) ->
     return checked
 
 
+# A link in a missed-message mail unsubscribes for this long after the mail was sent.
+UNSUBSCRIBE_LINK_LIFETIME_MS = 365 * 24 * 3600 * 1000
+# Links from before the link key (signed with a key derived from the federation signing
+# key, without an expiry) are still honoured for this long after the server's secret was
+# created, that is after the upgrade that introduced it; then only new links verify.
+LEGACY_UNSUBSCRIBE_GRACE_MS = 90 * 24 * 3600 * 1000
+_TOKEN_VERSION = "v2"
+
+
 class Unsubscriber:
-    """Signed one-click unsubscribe tokens for e-mail pushers (no login needed)."""
+    """Signed one-click unsubscribe tokens for e-mail pushers (no login needed).
 
-    def __init__(self, secret: bytes) -> None:
-        self._key = hmac.new(secret, b"push-unsubscribe", hashlib.sha256).digest()
+    ``key`` is this purpose's own key (``ServerSecret.derive("push-unsubscribe")``); a token
+    carries its expiry. ``legacy_secret`` is the signing key's bytes that signed tokens
+    before, accepted until ``legacy_until_ms``.
+    """
 
-    def token(self, user_id: str, app_id: str, pushkey: str) -> str:
-        payload = base64.urlsafe_b64encode(orjson.dumps([user_id, app_id, pushkey])).decode()
-        return f"{payload}.{self._sign(payload)}"
+    def __init__(
+        self,
+        key: bytes,
+        clock: Clock,
+        *,
+        legacy_secret: bytes | None = None,
+        legacy_until_ms: int = 0,
+    ) -> None:
+        self._key = key
+        self._clock = clock
+        self._legacy_key = (
+            hmac.new(legacy_secret, b"push-unsubscribe", hashlib.sha256).digest()
+            if legacy_secret is not None
+            else None
+        )
+        self._legacy_until_ms = legacy_until_ms
+
+    def token(self, user_id: UserID, app_id: str, pushkey: str) -> str:
+        expires = self._clock.now_ms() + UNSUBSCRIBE_LINK_LIFETIME_MS
+        fields = [user_id, app_id, pushkey, expires]
+        payload = base64.urlsafe_b64encode(orjson.dumps(fields)).decode()
+        signed = f"{_TOKEN_VERSION}.{payload}"
+        return f"{signed}.{_sign(self._key, signed)}"
 
     def parse(self, token: str) -> tuple[str, str, str] | None:
+        version, _, rest = token.partition(".")
+        if version == _TOKEN_VERSION:
+            payload, _, signature = rest.partition(".")
+            if not hmac.compare_digest(signature, _sign(self._key, f"{version}.{payload}")):
+                return None
+            fields = _decode(payload)
+            if fields is None or len(fields) != 4 or not isinstance(fields[3], int):
+                return None
+            if fields[3] < self._clock.now_ms():
+                return None
+            return _strings(fields[:3])
+        # A link from before the link key: "payload.signature", no expiry.
         payload, _, signature = token.partition(".")
-        if not hmac.compare_digest(signature, self._sign(payload)):
+        if self._legacy_key is None or self._clock.now_ms() > self._legacy_until_ms:
             return None
-        try:
-            user_id, app_id, pushkey = orjson.loads(base64.urlsafe_b64decode(payload))
-        except (ValueError, TypeError):
+        if not hmac.compare_digest(signature, _sign(self._legacy_key, payload)):
             return None
-        if not all(isinstance(v, str) for v in (user_id, app_id, pushkey)):
+        fields = _decode(payload)
+        if fields is None or len(fields) != 3:
             return None
-        return user_id, app_id, pushkey
+        return _strings(fields)
 
-    def _sign(self, payload: str) -> str:
-        digest = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+def _sign(key: bytes, payload: str) -> str:
+    digest = hmac.new(key, payload.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def _decode(payload: str) -> list[Any] | None:
+    try:
+        fields = orjson.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, TypeError):
+        return None
+    return fields if isinstance(fields, list) else None
+
+
+def _strings(fields: list[Any]) -> tuple[str, str, str] | None:
+    user_id, app_id, pushkey = fields
+    if not all(isinstance(v, str) for v in (user_id, app_id, pushkey)):
+        return None
+    return user_id, app_id, pushkey
 
 
 class PusherService:
     def __init__(
         self,
-        store: PushStore,
+        store: PusherStore,
         config: PushConfig,
         email: EmailConfig,
         clock: Clock,
@@ -222,7 +281,7 @@ class PusherService:
         user_id, app_id, pushkey = parsed
         return await self._store.delete_pusher(user_id, app_id, pushkey)
 
-    async def delete_for_devices(self, user_id: str, device_ids: list[str]) -> None:
+    async def delete_for_devices(self, user_id: UserID, device_ids: list[str]) -> None:
         """A deleted device (or logged-out session) takes its pushers with it."""
         await self._store.delete_pushers_for_devices(user_id, device_ids)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.types import JsonDict
-from homeserver.storage.push import DefaultChange, StoredRule, UserRules
+from homeserver.storage.push_rules import DefaultChange, StoredRule, UserRules
 
 KINDS = ("override", "content", "room", "sender", "underride")
 # In server-default rules, where the owner's user ID goes (the spec's own placeholder).
@@ -26,7 +26,7 @@ MAX_RULE_ID_BYTES = 255  # ours: rule IDs are path segments and primary keys
 MAX_PATTERN_BYTES = 1024  # ours: a glob is compiled to a regular expression
 MAX_CONDITIONS = 64
 MAX_ACTIONS = 32
-_ROOM_MEMBER_COUNT = re.compile(r"^(==|<=|>=|<|>)?([0-9]{1,9})$")
+_ROOM_MEMBER_COUNT = re.compile(r"^(==|<=|>=|<|>)?([0-9]{1,9})\Z")
 
 
 def _event_match(key: str, pattern: str) -> JsonDict:

@@ -29,16 +29,19 @@ from homeserver.accounts.ignored import IgnoreLists
 from homeserver.core.clock import Clock
 from homeserver.core.config import EmailConfig, PresenceConfig, PushConfig
 from homeserver.core.errors import MatrixError
+from homeserver.core.ids import UserID
 from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.net.outbound import Outbound, OutboundError, OutboundResponse, Reason
+from homeserver.push.delivery_log import DeliveryFailures, gateway_host
 from homeserver.push.email import MailedEvent, MailedRoom, Mailer
 from homeserver.push.evaluator import tweaks_of
 from homeserver.push.pushers import Unsubscriber, check_gateway_url_form
 from homeserver.push.unread import UnreadCountService
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, StoredEvent
-from homeserver.storage.push import Pusher, PushStore, QueuedPush
+from homeserver.storage.push import PushStore
+from homeserver.storage.pushers import Pusher, PusherStore, QueuedPush
 from homeserver.storage.rooms import RoomStore
 from homeserver.wakeups.bus import Bus, Wakeup
 
@@ -67,7 +70,8 @@ class PusherSender:
     def __init__(
         self,
         db: Database,
-        store: PushStore,
+        store: PusherStore,
+        actions: PushStore,
         events: EventStore,
         rooms: RoomStore,
         unread: UnreadCountService,
@@ -84,6 +88,7 @@ class PusherSender:
     ) -> None:
         self._db = db
         self._store = store
+        self._actions = actions
         self._events = events
         self._rooms = rooms
         self._unread = unread
@@ -95,6 +100,8 @@ class PusherSender:
         self._unsubscriber = unsubscriber
         self._ignored = ignored
         self._mailer = Mailer(email)
+        # Failed deliveries: counted (for metrics) and logged, rate-limited per pusher.
+        self.failures = DeliveryFailures(clock)
         self._worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
         # Events up to here were looked at and had nothing to queue; the stored cursor may be
@@ -271,7 +278,7 @@ class PusherSender:
             try:
                 check_gateway_url_form(url, self._config)
             except MatrixError:
-                logger.warning("push gateway URL refused", extra={"pusher_id": pusher.id})
+                self._failed(pusher, url, "gateway URL refused")
                 return False
             assert isinstance(url, str)
             body = await self._notification(pusher, item)
@@ -284,18 +291,12 @@ class PusherSender:
                 )
             except OutboundError as e:
                 if e.reason is Reason.REFUSED:
-                    logger.warning("push gateway URL refused", extra={"pusher_id": pusher.id})
+                    self._failed(pusher, url, "gateway address refused")
                 else:
-                    logger.info(
-                        "push gateway unreachable",
-                        extra={"pusher_id": pusher.id, "error": str(e.reason)},
-                    )
+                    self._failed(pusher, url, f"unreachable: {e.reason}")
                 return False
             if response.status_code // 100 != 2:
-                logger.info(
-                    "push gateway error",
-                    extra={"pusher_id": pusher.id, "status": response.status_code},
-                )
+                self._failed(pusher, url, f"HTTP {response.status_code}")
                 return False
             if pusher.pushkey in _rejected(response):
                 logger.info("pushkey rejected: pusher removed", extra={"pusher_id": pusher.id})
@@ -303,6 +304,15 @@ class PusherSender:
                 return None
             await self._store.delete_queued(pusher.id, [item.stream_ordering])
         return True
+
+    def _failed(self, pusher: Pusher, url: object, reason: str) -> None:
+        self.failures.failed(
+            pusher_id=pusher.id,
+            app_id=pusher.app_id,
+            pushkey=pusher.pushkey,
+            host=gateway_host(url) if url is not None else "smtp",
+            reason=reason,
+        )
 
     async def _notification(self, pusher: Pusher, item: QueuedPush) -> JsonDict | None:
         """The /_matrix/push/v1/notify body (spec, push gateway API)."""
@@ -368,7 +378,9 @@ class PusherSender:
         if not self._email.enabled:
             await self._store.delete_queued(pusher.id, [q.stream_ordering for q in queue])
             return True
-        unread = await self._store.unread_among(pusher.user_id, [q.stream_ordering for q in queue])
+        unread = await self._actions.unread_among(
+            pusher.user_id, [q.stream_ordering for q in queue]
+        )
         wanted = [q for q in queue if q.stream_ordering in unread]
         if wanted:
             rooms = await self._mailed_rooms(pusher.user_id, wanted)
@@ -380,9 +392,7 @@ class PusherSender:
                 try:
                     await self._mailer.send(message)
                 except Exception as e:  # aiosmtplib's errors and OSError alike
-                    logger.info(
-                        "mail not sent", extra={"pusher_id": pusher.id, "error": type(e).__name__}
-                    )
+                    self._failed(pusher, None, f"mail not sent: {type(e).__name__}")
                     return False
         await self._store.delete_queued(pusher.id, [q.stream_ordering for q in queue])
         return True
@@ -431,7 +441,7 @@ class PusherSender:
         return m.displayname if m and m.displayname else user_id
 
     def _unsubscribe_url(self, pusher: Pusher) -> str:
-        token = self._unsubscriber.token(pusher.user_id, pusher.app_id, pusher.pushkey)
+        token = self._unsubscriber.token(UserID(pusher.user_id), pusher.app_id, pusher.pushkey)
         return f"{self._base_url}{UNSUBSCRIBE_PATH}?token={quote(token)}"
 
 

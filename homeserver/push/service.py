@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from cachetools import LRUCache
 
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import RoomID, UserID
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.push.evaluator import CompiledRuleset
@@ -30,7 +31,7 @@ from homeserver.push.rules import (
     normalize_conditions,
     ruleset_json,
 )
-from homeserver.storage.push import PushStore, UserRules
+from homeserver.storage.push_rules import PushRuleStore, UserRules
 from homeserver.sync.sources import GlobalSource
 from homeserver.wakeups.bus import Bus, Wakeup
 
@@ -42,12 +43,12 @@ class ServerAccountData(Protocol):
     """Where ``m.push_rules`` is written (AccountDataService)."""
 
     async def set_server_account_data(
-        self, user_id: str, room_id: str | None, data_type: str, content: JsonDict
+        self, user_id: UserID, room_id: RoomID | None, data_type: str, content: JsonDict
     ) -> None: ...
 
 
 class PushRuleService:
-    def __init__(self, store: PushStore, account_data: ServerAccountData, bus: Bus) -> None:
+    def __init__(self, store: PushRuleStore, account_data: ServerAccountData, bus: Bus) -> None:
         self._store = store
         self._account_data = account_data
         self._compiled: LRUCache[str, CompiledRuleset] = LRUCache(maxsize=MAX_CACHED_USERS)
@@ -84,7 +85,7 @@ class PushRuleService:
                 self._compiled[user_id] = out[user_id] = compiled
         return out
 
-    async def ruleset(self, user_id: str) -> Ruleset:
+    async def ruleset(self, user_id: UserID) -> Ruleset:
         stored = await self._store.get_user_rules([user_id])
         return build_ruleset(stored.get(user_id, UserRules()), user_id)
 
@@ -189,7 +190,7 @@ class PushRuleService:
             raise MatrixError(Codes.NOT_FOUND, "The push rule was not found")
         await self._changed(requester.user_id)
 
-    async def _changed(self, user_id: str) -> None:
+    async def _changed(self, user_id: UserID) -> None:
         self._compiled.pop(user_id, None)
         content = {"global": ruleset_json(await self.ruleset(user_id))}
         await self._account_data.set_server_account_data(user_id, None, PUSH_RULES, content)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.core.ids import RoomAlias, UserID
+from homeserver.core.ids import RoomAlias, RoomID, UserID
 from homeserver.core.types import JsonDict, Requester
 from homeserver.events.auth import check_auth
 from homeserver.events.format import check_event_size_and_shape
@@ -73,7 +73,7 @@ class RoomCreator:
         self._default_version = default_version
         self._clock = clock
 
-    async def create_room(self, requester: Requester, req: CreateRoomRequest) -> str:
+    async def create_room(self, requester: Requester, req: CreateRoomRequest) -> RoomID:
         version_id = self._default_version if req.room_version is None else req.room_version
         version = KNOWN_ROOM_VERSIONS.get(version_id)
         if version is None:

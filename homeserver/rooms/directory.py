@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from homeserver.core import jsonutil
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.core.ids import MAX_ID_BYTES, RoomAlias, RoomID
+from homeserver.core.ids import (
+    MAX_ID_BYTES,
+    RoomAlias,
+    RoomID,
+    UserID,
+    is_valid_new_alias_localpart,
+)
 from homeserver.core.types import JsonDict, Requester
 from homeserver.events.auth import get_send_level, get_user_power_level
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
@@ -31,7 +37,7 @@ class DirectoryService:
         self._server_name = server_name
 
     def local_alias(self, localpart: str) -> RoomAlias:
-        if not localpart or any(c in localpart for c in ":#\x00 \t\n"):
+        if "#" in localpart or not is_valid_new_alias_localpart(localpart):
             raise MatrixError(Codes.INVALID_PARAM, "Invalid room alias name")
         alias = f"#{localpart}:{self._server_name}"
         if len(alias.encode()) > MAX_ID_BYTES:
@@ -43,10 +49,12 @@ class DirectoryService:
             raise MatrixError(Codes.ROOM_IN_USE, "Room alias already taken")
 
     async def create_alias(
-        self, requester: Requester, alias: RoomAlias, room_id: str, *, check_power: bool = True
+        self, requester: Requester, alias: RoomAlias, room_id: RoomID, *, check_power: bool = True
     ) -> None:
         if alias.server_name != self._server_name:
             raise MatrixError(Codes.INVALID_PARAM, "Aliases must be on this server")
+        if not is_valid_new_alias_localpart(alias.localpart):
+            raise MatrixError(Codes.INVALID_PARAM, "Invalid room alias name")
         if await self._rooms.get_room(room_id) is None:
             raise MatrixError(Codes.NOT_FOUND, "Unknown room")
         if check_power:
@@ -63,11 +71,11 @@ class DirectoryService:
             raise MatrixError(Codes.NOT_FOUND, f"Room alias {alias} not found")
         return found[0], [self._server_name]
 
-    async def resolve_room(self, room_id_or_alias: str) -> str:
+    async def resolve_room(self, room_id_or_alias: str) -> RoomID:
         """A room ID, or the room an alias points to (join and knock take either)."""
         if room_id_or_alias.startswith("#"):
             room_id, _ = await self.resolve_alias(RoomAlias.parse(room_id_or_alias))
-            return room_id
+            return RoomID(room_id)
         if room_id_or_alias.startswith("!"):
             return RoomID.parse(room_id_or_alias)
         raise MatrixError(Codes.INVALID_PARAM, "Expected a room ID or a room alias")
@@ -78,15 +86,17 @@ class DirectoryService:
             raise MatrixError(Codes.NOT_FOUND, f"Room alias {alias} not found")
         room_id, creator = found
         if creator != requester.user_id and not requester.is_admin:
-            if not await self.can_send_state(requester.user_id, room_id, "m.room.canonical_alias"):
+            if not await self.can_send_state(
+                requester.user_id, RoomID(room_id), "m.room.canonical_alias"
+            ):
                 raise MatrixError(Codes.FORBIDDEN, "You may not delete this alias")
         await self._rooms.delete_alias(alias)
 
-    async def room_aliases(self, requester: Requester, room_id: str) -> list[str]:
+    async def room_aliases(self, requester: Requester, room_id: RoomID) -> list[str]:
         await self._require_member_or_world_readable(requester.user_id, room_id)
         return await self._rooms.get_aliases(room_id)
 
-    async def can_send_state(self, user_id: str, room_id: str, event_type: str) -> bool:
+    async def can_send_state(self, user_id: UserID, room_id: RoomID, event_type: str) -> bool:
         room = await self._rooms.get_room(room_id)
         if room is None:
             return False
@@ -112,13 +122,13 @@ class DirectoryService:
 
     # --- the public room directory ---------------------------------------------------------
 
-    async def get_visibility(self, room_id: str) -> str:
+    async def get_visibility(self, room_id: RoomID) -> str:
         room = await self._rooms.get_room(room_id)
         if room is None:
             raise MatrixError(Codes.NOT_FOUND, "Unknown room")
         return "public" if room.is_public else "private"
 
-    async def set_visibility(self, requester: Requester, room_id: str, visibility: str) -> None:
+    async def set_visibility(self, requester: Requester, room_id: RoomID, visibility: str) -> None:
         if await self._rooms.get_room(room_id) is None:
             raise MatrixError(Codes.NOT_FOUND, "Unknown room")
         if not requester.is_admin and not await self.can_send_state(

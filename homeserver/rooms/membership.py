@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.core.ids import UserID
+from homeserver.core.ids import RoomID, UserID
 from homeserver.core.types import JsonDict, Requester
 from homeserver.rooms.sender import EventSender, SentEvent
+from homeserver.storage.accounts import Profile
 from homeserver.storage.rooms import RoomStore
 
-# (user_id) -> (displayname, avatar_url), or None for an unknown local user.
-ProfileLookup = Callable[[str], Awaitable[tuple[str | None, str | None] | None]]
+
+class Profiles(Protocol):
+    """The profiles of local users (the account store): None for an unknown user."""
+
+    async def get_profile(self, user_id: UserID) -> Profile | None: ...
 
 
 class MembershipService:
     def __init__(
-        self, sender: EventSender, rooms: RoomStore, server_name: str, profile_of: ProfileLookup
+        self, sender: EventSender, rooms: RoomStore, server_name: str, profiles: Profiles
     ) -> None:
         self._sender = sender
         self._rooms = rooms
         self._server_name = server_name
-        self._profile_of = profile_of
+        self._profiles = profiles
 
     async def check_invitable(self, user_id: UserID) -> None:
         if user_id.server_name != self._server_name:
@@ -30,7 +34,7 @@ class MembershipService:
                 "Inviting users of other servers needs federation, which this "
                 "server does not run yet",
             )
-        if await self._profile_of(user_id) is None:
+        if await self._profiles.get_profile(user_id) is None:
             # 400: createRoom and /invite document no 404 ("the request is invalid").
             raise MatrixError(Codes.INVALID_PARAM, f"Unknown user {user_id}")
 
@@ -39,9 +43,9 @@ class MembershipService:
     ) -> JsonDict:
         content: JsonDict = {"membership": membership}
         if membership in ("join", "invite", "knock"):
-            profile = await self._profile_of(user_id)
+            profile = await self._profiles.get_profile(UserID(user_id))
             if profile is not None:
-                displayname, avatar_url = profile
+                displayname, avatar_url = profile.displayname, profile.avatar_url
                 if displayname is not None:
                     content["displayname"] = displayname
                 if avatar_url is not None:
@@ -56,7 +60,7 @@ class MembershipService:
             raise MatrixError(Codes.NOT_FOUND, "Unknown room")
 
     async def send_own_membership(
-        self, room_id: str, user_id: str, membership: str, reason: str | None = None
+        self, room_id: RoomID, user_id: UserID, membership: str, reason: str | None = None
     ) -> SentEvent:
         content = await self._member_content(user_id, membership, reason)
         return await self._sender.send(
@@ -64,13 +68,13 @@ class MembershipService:
         )
 
     async def join(
-        self, requester: Requester, room_id: str, reason: str | None = None
+        self, requester: Requester, room_id: RoomID, reason: str | None = None
     ) -> SentEvent:
         await self._require_room(room_id)
         return await self.send_own_membership(room_id, requester.user_id, "join", reason)
 
     async def knock(
-        self, requester: Requester, room_id: str, reason: str | None = None
+        self, requester: Requester, room_id: RoomID, reason: str | None = None
     ) -> SentEvent:
         """The auth rules decide: a `knock` or `knock_restricted` join rule, and the user
         neither joined, invited nor banned (spec: "Knocking on rooms")."""
@@ -80,7 +84,7 @@ class MembershipService:
     async def invite(
         self,
         requester: Requester,
-        room_id: str,
+        room_id: RoomID,
         target: UserID,
         *,
         reason: str | None = None,
@@ -104,7 +108,7 @@ class MembershipService:
         )
 
     async def leave(
-        self, requester: Requester, room_id: str, reason: str | None = None
+        self, requester: Requester, room_id: RoomID, reason: str | None = None
     ) -> SentEvent | None:
         await self._require_room(room_id)
         current = await self._rooms.get_membership(room_id, requester.user_id)
@@ -117,7 +121,7 @@ class MembershipService:
     async def set_membership_of(
         self,
         requester: Requester,
-        room_id: str,
+        room_id: RoomID,
         target: UserID,
         membership: str,
         reason: str | None,
@@ -137,7 +141,7 @@ class MembershipService:
         )
 
     async def unban(
-        self, requester: Requester, room_id: str, target: UserID, reason: str | None
+        self, requester: Requester, room_id: RoomID, target: UserID, reason: str | None
     ) -> SentEvent:
         await self._require_room(room_id)
         current = await self._rooms.get_membership(room_id, target)
@@ -148,7 +152,7 @@ class MembershipService:
             room_id, requester.user_id, "m.room.member", content, state_key=target
         )
 
-    async def forget(self, requester: Requester, room_id: str) -> None:
+    async def forget(self, requester: Requester, room_id: RoomID) -> None:
         current = await self._rooms.get_membership(room_id, requester.user_id)
         if current is None:
             raise MatrixError(Codes.NOT_FOUND, "You have never been in this room")
@@ -161,18 +165,18 @@ class MembershipService:
             m.room_id for m in await self._rooms.get_user_memberships(requester.user_id, ["join"])
         )
 
-    async def update_profile_everywhere(self, user_id: str) -> None:
+    async def update_profile_everywhere(self, user_id: UserID) -> None:
         """Send a fresh join event into every joined room after a profile change."""
         for m in await self._rooms.get_user_memberships(user_id, ["join"]):
             try:
-                await self.send_own_membership(m.room_id, user_id, "join")
+                await self.send_own_membership(RoomID(m.room_id), user_id, "join")
             except MatrixError:
                 continue  # e.g. the user lost the right to join since: the profile stays old
 
-    async def leave_all(self, user_id: str) -> None:
+    async def deactivate_user(self, user_id: UserID) -> None:
         """A deactivated user leaves every room and declines every invite."""
         for m in await self._rooms.get_user_memberships(user_id, ["join", "invite", "knock"]):
             try:
-                await self.send_own_membership(m.room_id, user_id, "leave")
+                await self.send_own_membership(RoomID(m.room_id), user_id, "leave")
             except MatrixError:
                 continue  # already unable to leave (e.g. the room was left meanwhile)

@@ -14,6 +14,7 @@ from cachetools import LRUCache
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import RoomID
 from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.crypto.signing import SigningKey
@@ -28,7 +29,7 @@ from homeserver.events.format import (
     redact,
 )
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from homeserver.storage.events import DuplicateTxn, EventStore, NewEvent
+from homeserver.storage.events import EventStore, NewEvent
 from homeserver.storage.push import PushAction
 from homeserver.storage.rooms import Room, RoomStore
 from homeserver.wakeups.notifier import Notifier
@@ -74,6 +75,7 @@ class EventSender:
         clock: Clock,
         server_name: str,
         signing_key: SigningKey,
+        push: PushActions,
     ) -> None:
         self._events = events
         self._rooms = rooms
@@ -87,10 +89,6 @@ class EventSender:
         # Each room's row as this worker last moved it on. Only a starting guess: a stale one
         # fails the compare-and-swap and the room is read again.
         self._heads: LRUCache[str, Room] = LRUCache(maxsize=10_000)
-        self._push: PushActions | None = None
-
-    def set_push_actions(self, push: PushActions) -> None:
-        """Push rules are built after the sender (they need account data)."""
         self._push = push
 
     def version(self, room: Room) -> RoomVersion:
@@ -104,7 +102,7 @@ class EventSender:
 
     def build_create_event(
         self, version: RoomVersion, sender: str, content: JsonDict, origin_server_ts: int
-    ) -> tuple[str, JsonDict, str]:
+    ) -> tuple[RoomID, JsonDict, str]:
         """(room_id, pdu, event_id) of a new room's ``m.room.create`` event."""
         pdu: JsonDict = {
             "type": "m.room.create",
@@ -120,7 +118,7 @@ class EventSender:
             check_event_size_and_shape(pdu)
             check_auth(version, pdu, {})
             event_id = self._finish(pdu, version)
-            return compute_room_id_v12(pdu, version), pdu, event_id
+            return RoomID(compute_room_id_v12(pdu, version)), pdu, event_id
         room_id = _random_room_id(self._server_name)
         pdu["room_id"] = room_id
         check_event_size_and_shape(pdu)
@@ -164,16 +162,8 @@ class EventSender:
                     new = await self._build(
                         room, sender, event_type, content, state_key, txn, redacts
                     )
-                try:
-                    position = await self._events.persist_event(new, room.latest_event_id)
-                except DuplicateTxn:
-                    # A retry of the same transaction raced this one (here, or on another
-                    # worker): its event is the answer.
-                    assert txn is not None
-                    known = await self._known_txn(sender, txn)
-                    if known is None:
-                        raise
-                    return known
+                # A taken transaction ID raises DuplicateTxn: the send service answers it.
+                position = await self._events.persist_event(new, room.latest_event_id)
                 if position is not None:
                     break
                 self._heads.pop(room_id, None)
@@ -188,11 +178,6 @@ class EventSender:
         concerned = (state_key,) if event_type == "m.room.member" and state_key else ()
         await self._notifier.notify(Stream.EVENTS, position, room_id=room_id, user_ids=concerned)
         return SentEvent(new.event_id, position)
-
-    async def _known_txn(self, sender: str, txn: Txn) -> SentEvent | None:
-        event_id = await self._events.get_txn_event_id(sender, txn.device_id, txn.scope, txn.txn_id)
-        event = await self._events.get_event(event_id) if event_id is not None else None
-        return SentEvent(event.event_id, event.stream_ordering) if event is not None else None
 
     async def _build(
         self,
@@ -249,11 +234,7 @@ class EventSender:
                 if previous is not None:
                     unsigned["prev_content"] = previous.content
                     unsigned["prev_sender"] = previous.sender
-        push_actions = (
-            await self._push.actions_for(room, pdu, event_id, auth_events, create)
-            if self._push is not None
-            else ()
-        )
+        push_actions = await self._push.actions_for(room, pdu, event_id, auth_events, create)
         return NewEvent(
             pdu,
             event_id,
@@ -266,5 +247,5 @@ class EventSender:
         )
 
 
-def _random_room_id(server_name: str) -> str:
-    return f"!{secrets.token_urlsafe(18)}:{server_name}"
+def _random_room_id(server_name: str) -> RoomID:
+    return RoomID(f"!{secrets.token_urlsafe(18)}:{server_name}")

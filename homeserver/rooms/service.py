@@ -4,30 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import EventID, RoomID, UserID
 from homeserver.core.jsonutil import check_json_numbers
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
-from homeserver.events.auth import client_can_redact
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.filters.matching import EventFilter
-from homeserver.rooms.sender import EventSender, Txn
+from homeserver.rooms.aggregations import Aggregations
+from homeserver.rooms.sender import EventSender
 from homeserver.rooms.serialize import client_event
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.rooms import Membership, Room, RoomStore
 from homeserver.sync.sources import IgnoredUsers
 
-if TYPE_CHECKING:
-    from homeserver.rooms.relations import Aggregations
-
 DEFAULT_MESSAGES_LIMIT = 10
 MAX_MESSAGES_LIMIT = 1000
 # Event types clients may not send through /send or /state: they go through their own APIs.
-_MEMBERSHIP = "m.room.member"
+MEMBERSHIP = "m.room.member"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +51,8 @@ class RoomService:
         rooms: RoomStore,
         visibility: Visibility,
         clock: Clock,
-        *,
-        aggregations: Aggregations | None = None,
+        ignored: IgnoredUsers,
+        aggregations: Aggregations,
     ) -> None:
         self._sender = sender
         self._events = events
@@ -64,62 +60,25 @@ class RoomService:
         self._visibility = visibility
         self._clock = clock
         self._aggregations = aggregations
-        self._ignored: IgnoredUsers | None = None
-
-    def set_ignored_users(self, ignored: IgnoredUsers) -> None:
-        """Whose events /messages hides from a user (built after this service)."""
+        # Whose events /messages hides from a user.
         self._ignored = ignored
 
-    # --- sending ---------------------------------------------------------------------------
-
-    async def send_event(
-        self, requester: Requester, room_id: str, event_type: str, txn_id: str, content: JsonDict
-    ) -> str:
-        """PUT /send: idempotent per device and transaction ID.
-
-        A retry is not looked for up front (a read on every send for the odd retry): its
-        event is built again and refused by the store on the transaction ID, whose event is
-        then the answer (``EventSender.send``); and so it is when the retry would be refused
-        now (its sender has left since; a reaction, a duplicate of itself).
-        """
-        scope = f"send:{room_id}:{event_type}"
-        try:
-            async with self._events.pinned_reads():
-                check_json_numbers(content, "content")
-                if event_type == _MEMBERSHIP:
-                    raise MatrixError(
-                        Codes.FORBIDDEN, "Use the membership endpoints for m.room.member"
-                    )
-                await self._require_joined(requester.user_id, room_id)
-                if self._aggregations is not None:
-                    await self._aggregations.check_new_relation(
-                        requester.user_id, room_id, event_type, content
-                    )
-            sent = await self._sender.send(
-                room_id,
-                requester.user_id,
-                event_type,
-                content,
-                txn=Txn(requester.device_id, txn_id, scope),
-            )
-        except MatrixError:
-            known = await self._events.get_txn_event_id(
-                requester.user_id, requester.device_id, scope, txn_id
-            )
-            if known is None:
-                raise
-            return known
-        return sent.event_id
+    # --- sending state ----------------------------------------------------------------------
 
     async def set_state(
-        self, requester: Requester, room_id: str, event_type: str, state_key: str, content: JsonDict
+        self,
+        requester: Requester,
+        room_id: RoomID,
+        event_type: str,
+        state_key: str,
+        content: JsonDict,
     ) -> str:
         check_json_numbers(content, "content")
-        if event_type == _MEMBERSHIP:
+        if event_type == MEMBERSHIP:
             raise MatrixError(Codes.FORBIDDEN, "Use the membership endpoints for m.room.member")
         if event_type == "m.room.create":
             raise MatrixError(Codes.FORBIDDEN, "The create event cannot be replaced")
-        await self._require_joined(requester.user_id, room_id)
+        await self.require_joined(requester.user_id, room_id)
         current = await self._events.get_current_state_event(room_id, event_type, state_key)
         if current is not None and current.content == content and current.redacted_by is None:
             # Same content: no new event (as current servers do, and clients rely on).
@@ -129,42 +88,7 @@ class RoomService:
         )
         return sent.event_id
 
-    async def redact(
-        self, requester: Requester, room_id: str, event_id: str, txn_id: str, reason: str | None
-    ) -> str:
-        scope = f"redact:{room_id}"
-        known = await self._events.get_txn_event_id(
-            requester.user_id, requester.device_id, scope, txn_id
-        )
-        if known is not None:
-            return known
-        await self._require_joined(requester.user_id, room_id)
-        target = await self._events.get_event(event_id)
-        if target is None or target.room_id != room_id:
-            raise MatrixError(Codes.NOT_FOUND, "Event not found")
-        version = KNOWN_ROOM_VERSIONS[await self.room_version(room_id)]
-        pl = await self._events.get_current_state_event(room_id, "m.room.power_levels", "")
-        create = await self._events.get_current_state_event(room_id, "m.room.create", "")
-        if not client_can_redact(
-            version,
-            requester.user_id,
-            target.sender,
-            pl.content if pl else None,
-            create.pdu if create else None,
-        ):
-            raise MatrixError(Codes.FORBIDDEN, "You may not redact this event")
-        content: JsonDict = {"reason": reason} if reason is not None else {}
-        sent = await self._sender.send(
-            room_id,
-            requester.user_id,
-            "m.room.redaction",
-            content,
-            txn=Txn(requester.device_id, txn_id, scope),
-            redacts=event_id,
-        )
-        return sent.event_id
-
-    async def _require_joined(self, user_id: str, room_id: str) -> None:
+    async def require_joined(self, user_id: UserID, room_id: RoomID) -> None:
         # A membership row exists only for a stored room: no separate room read on the
         # send path (the sender reads the room row itself, under its lock).
         m = await self._rooms.get_membership(room_id, user_id)
@@ -225,7 +149,7 @@ class RoomService:
             )
             for e in events
         ]
-        if self._aggregations is not None and may_have_children:
+        if may_have_children:
             # spec: "Aggregations of child events"
             bundles = await self._aggregations.bundle(
                 requester, events, room_version, with_room_id=with_room_id
@@ -235,12 +159,12 @@ class RoomService:
                     serialized["unsigned"]["m.relations"] = bundles[event.event_id]
         return out
 
-    async def access(self, requester: Requester, room_id: str) -> tuple[Room, Membership | None]:
+    async def access(self, requester: Requester, room_id: RoomID) -> tuple[Room, Membership | None]:
         """The room and the requester's membership; M_FORBIDDEN if they may see nothing."""
         return await self._access(requester.user_id, room_id)
 
     async def visible_event(
-        self, requester: Requester, room_id: str, event_id: str
+        self, requester: Requester, room_id: RoomID, event_id: EventID
     ) -> tuple[Room, Membership | None, StoredEvent]:
         """An event of the room the requester may see: M_FORBIDDEN outside the room,
         M_NOT_FOUND for an unknown event or one hidden by history visibility."""
@@ -254,7 +178,7 @@ class RoomService:
             raise MatrixError(Codes.NOT_FOUND, "Event not found")
         return room, m, event
 
-    async def get_event(self, requester: Requester, room_id: str, event_id: str) -> JsonDict:
+    async def get_event(self, requester: Requester, room_id: RoomID, event_id: EventID) -> JsonDict:
         room, _ = await self._access(requester.user_id, room_id)
         event = await self._events.get_event(event_id)
         if event is None or event.room_id != room_id:
@@ -263,7 +187,7 @@ class RoomService:
             raise MatrixError(Codes.NOT_FOUND, "Event not found")
         return (await self.serialize(requester, [event], room.room_version))[0]
 
-    async def get_state(self, requester: Requester, room_id: str) -> list[JsonDict]:
+    async def get_state(self, requester: Requester, room_id: RoomID) -> list[JsonDict]:
         room, m = await self._access(requester.user_id, room_id)
         upto = self._upto(m)
         if upto is None:
@@ -275,7 +199,7 @@ class RoomService:
         return await self.serialize(requester, state, room.room_version)
 
     async def get_state_event(
-        self, requester: Requester, room_id: str, event_type: str, state_key: str
+        self, requester: Requester, room_id: RoomID, event_type: str, state_key: str
     ) -> StoredEvent:
         _, m = await self._access(requester.user_id, room_id)
         upto = self._upto(m)
@@ -291,7 +215,7 @@ class RoomService:
         return event
 
     async def state_content(
-        self, requester: Requester, room_id: str, event_type: str, state_key: str
+        self, requester: Requester, room_id: RoomID, event_type: str, state_key: str
     ) -> JsonDict:
         event = await self.get_state_event(requester, room_id, event_type, state_key)
         room = await self._rooms.get_room(room_id)
@@ -304,7 +228,7 @@ class RoomService:
     async def members(
         self,
         requester: Requester,
-        room_id: str,
+        room_id: RoomID,
         *,
         at: str | None,
         membership: str | None,
@@ -319,7 +243,7 @@ class RoomService:
             events = [
                 e
                 for e in await self._events.get_current_state_events(room_id)
-                if e.type == _MEMBERSHIP
+                if e.type == MEMBERSHIP
             ]
         else:
             last = await self._events.get_max_stream_ordering_before(room_id, upto)
@@ -330,7 +254,7 @@ class RoomService:
                 )
                 ids = await self._events.get_state_ids(latest[0].state_group)
                 loaded = await self._events.get_events(
-                    i for (t, _), i in ids.items() if t == _MEMBERSHIP
+                    i for (t, _), i in ids.items() if t == MEMBERSHIP
                 )
                 events = list(loaded.values())
         events = [
@@ -342,7 +266,7 @@ class RoomService:
         events.sort(key=lambda e: e.state_key or "")
         return await self.serialize(requester, events, room.room_version)
 
-    async def joined_members(self, requester: Requester, room_id: str) -> JsonDict:
+    async def joined_members(self, requester: Requester, room_id: RoomID) -> JsonDict:
         # spec: "The current user must be in the room"; this is the current membership.
         await self._access(requester.user_id, room_id, allow_departed=False)
         members = await self._rooms.get_room_members(room_id, ["join"])
@@ -359,7 +283,7 @@ class RoomService:
     async def messages(
         self,
         requester: Requester,
-        room_id: str,
+        room_id: RoomID,
         *,
         from_token: str | None,
         to_token: str | None,
@@ -368,9 +292,7 @@ class RoomService:
         event_filter: EventFilter,
     ) -> Page:
         room, m = await self._access(requester.user_id, room_id)
-        ignored = (
-            await self._ignored.ignored_users(requester.user_id) if self._ignored else frozenset()
-        )
+        ignored = await self._ignored.ignored_users(requester.user_id)
         limit = DEFAULT_MESSAGES_LIMIT if limit is None else max(0, min(limit, MAX_MESSAGES_LIMIT))
         if event_filter.limit is not None:
             limit = min(limit, event_filter.limit)
@@ -431,7 +353,7 @@ class RoomService:
             if event.sender in wanted:
                 continue
             state = await self._events.get_state_ids(event.state_group)
-            member_id = state.get((_MEMBERSHIP, event.sender))
+            member_id = state.get((MEMBERSHIP, event.sender))
             if member_id is not None:
                 wanted[event.sender] = member_id
         loaded = await self._events.get_events(wanted.values())
@@ -440,8 +362,8 @@ class RoomService:
     async def context(
         self,
         requester: Requester,
-        room_id: str,
-        event_id: str,
+        room_id: RoomID,
+        event_id: EventID,
         limit: int,
         event_filter: EventFilter,
     ) -> JsonDict:
@@ -473,7 +395,7 @@ class RoomService:
         if event_filter.lazy_load_members:
             senders = {e.sender for e in (*before, event, *after)}
             state_ids = {
-                k: v for k, v in state_ids.items() if k[0] != _MEMBERSHIP or k[1] in senders
+                k: v for k, v in state_ids.items() if k[0] != MEMBERSHIP or k[1] in senders
             }
         state = list((await self._events.get_events(state_ids.values())).values())
         start = (before[-1].stream_ordering - 1) if before else event.stream_ordering - 1
@@ -487,7 +409,7 @@ class RoomService:
             "end": position_token(end),
         }
 
-    async def room_version(self, room_id: str) -> str:
+    async def room_version(self, room_id: RoomID) -> str:
         version = await self._rooms.get_room_version(room_id)
         if version is None:
             raise MatrixError(Codes.NOT_FOUND, "Unknown room")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.core.ids import UserID
+from homeserver.core.ids import RoomID, UserID
 from homeserver.core.types import JsonDict, Requester
 from homeserver.events.auth import (
     CREATOR_DEFAULT_LEVEL,
@@ -71,10 +71,10 @@ class RoomUpgrader:
     async def upgrade(
         self,
         requester: Requester,
-        room_id: str,
+        room_id: RoomID,
         new_version: str,
         additional_creators: Sequence[str] = (),
-    ) -> str:
+    ) -> RoomID:
         """Returns the replacement room's ID."""
         version = KNOWN_ROOM_VERSIONS.get(new_version)
         if version is None:
@@ -82,7 +82,7 @@ class RoomUpgrader:
                 Codes.UNSUPPORTED_ROOM_VERSION, f"Room version {new_version!r} is not supported"
             )
         extra_creators = [str(UserID.parse(u)) for u in dict.fromkeys(additional_creators)]
-        user_id = str(requester.user_id)
+        user_id = requester.user_id
         old = await self._rooms.get_room(room_id)
         m = await self._rooms.get_membership(room_id, user_id) if old is not None else None
         if old is None or m is None or m.membership != "join":
@@ -162,7 +162,7 @@ class RoomUpgrader:
         old_create: StoredEvent,
         extra_creators: list[str],
         is_public: bool,
-    ) -> str:
+    ) -> RoomID:
         # spec v1.16: `predecessor.event_id` is deprecated but SHOULD be set where practical:
         # the last event of the old room known here.
         predecessor: JsonDict = {"room_id": old_room_id}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from homeserver.core.clock import Clock
+from homeserver.core.ids import RoomID
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.filters.matching import EventFilter, SyncFilter, apply_event_fields
@@ -56,13 +57,21 @@ class SyncService:
         visibility: Visibility,
         notifier: Notifier,
         clock: Clock,
+        *,
+        global_sources: Mapping[str, GlobalSource],
+        room_sources: Mapping[str, RoomSource],
+        extensions: Sequence[TopLevelSource],
+        unread: UnreadCounts,
+        ignored: IgnoredUsers,
     ) -> None:
-        # Filled in by the app as the services that feed sync are built.
-        self._global_sources: dict[str, GlobalSource] = {}
-        self._room_sources: dict[str, RoomSource] = {}
-        self._unread: UnreadCounts | None = None
-        self._extensions: list[TopLevelSource] = []
-        self._ignored: IgnoredUsers | None = None
+        # ``global_sources``: ``account_data``, ``presence``, ``to_device``; ``room_sources``:
+        # ``ephemeral``, ``account_data``; ``extensions`` add top-level keys that are not event
+        # lists (``device_lists``, key counts).
+        self._global_sources = dict(global_sources)
+        self._room_sources = dict(room_sources)
+        self._extensions = list(extensions)
+        self._unread = unread
+        self._ignored = ignored
         self._db = db
         self._events = events
         self._rooms = rooms
@@ -70,24 +79,6 @@ class SyncService:
         self._visibility = visibility
         self._notifier = notifier
         self._clock = clock
-
-    def add_global_source(self, key: str, source: GlobalSource) -> None:
-        """``key``: ``account_data``, ``presence`` or ``to_device``."""
-        self._global_sources[key] = source
-
-    def add_room_source(self, key: str, source: RoomSource) -> None:
-        """``key``: ``ephemeral`` or ``account_data``."""
-        self._room_sources[key] = source
-
-    def add_extension(self, extension: TopLevelSource) -> None:
-        """Adds top-level keys that are not event lists (``device_lists``, key counts)."""
-        self._extensions.append(extension)
-
-    def set_unread_counts(self, unread: UnreadCounts) -> None:
-        self._unread = unread
-
-    def set_ignored_users(self, ignored: IgnoredUsers) -> None:
-        self._ignored = ignored
 
     async def sync(self, requester: Requester, req: SyncRequest) -> JsonDict:
         if req.since is None or req.full_state or req.timeout_ms <= 0:
@@ -114,12 +105,11 @@ class SyncService:
                 # wake-up before computing (one statement instead of a whole computation, for
                 # every client coming back to wait after a response). A wake-up since listen()
                 # is not lost: the listener stays set.
-                if self._unread is not None:
-                    await self._unread.prepare(
-                        requester,
-                        [m.room_id for m in memberships if m.membership == "join"],
-                        req.since,
-                    )
+                await self._unread.prepare(
+                    requester,
+                    [m.room_id for m in memberships if m.membership == "join"],
+                    req.since,
+                )
                 if not await listener.wait(deadline - time.monotonic()):
                     return await self._compute(requester, req)
                 now = self._woken_at(known)
@@ -177,9 +167,7 @@ class SyncService:
         # The events since the token, when few (woken syncs share it): whose got children.
         window = await self._events.get_window(after, upto) if after is not None else None
         extras = await self._room_extras(requester, joined_ids, req, now)
-        ignored = (
-            await self._ignored.ignored_users(requester.user_id) if self._ignored else frozenset()
-        )
+        ignored = await self._ignored.ignored_users(requester.user_id)
         joined: JsonDict = {}
         invited: JsonDict = {}
         knocked: JsonDict = {}
@@ -228,7 +216,7 @@ class SyncService:
                         window,
                         full=after is None or req.full_state,
                     )
-        if self._unread is not None and joined:
+        if joined:
             counts = await self._unread.unread_counts(
                 requester,
                 list(joined),
@@ -323,7 +311,7 @@ class SyncService:
             ],
             membership,
         )
-        room_version = await self._room_service.room_version(room_id)
+        room_version = await self._room_service.room_version(RoomID(room_id))
 
         state_ids: StateMap = {}
         if full or limited:

@@ -4,7 +4,7 @@ path, so that browser clients (Element Web) can call the API from their own orig
 
 A plain ASGI middleware: it appends the same three headers to every response start. It
 replaces Starlette's CORSMiddleware, which parsed the request's headers and rebuilt the
-response's for every request (~20 µs each, a tenth of what answering a woken sync costs).
+response's for every request, a noticeable share of what answering a woken sync costs.
 """
 
 from __future__ import annotations

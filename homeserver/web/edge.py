@@ -1,24 +1,29 @@
 """The HTTP edge shared by every route: body parsing, authentication, JSON responses, errors.
 
-Routes import from here; services never do.
+Routes import from here; services never do. Routes reach their services through
+``services_of(request, TheirArea)``: the composition root (``homeserver/app.py``) registers one
+small object per route area on ``app.state.services``, so this module and the routes never
+import the composition root.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from homeserver.accounts.tokens import AuthService
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.json_limits import loads_limited
+from homeserver.core.render import dumps_item, dumps_items
 from homeserver.core.types import Requester
-
-if TYPE_CHECKING:
-    from homeserver.app import Homeserver
 
 logger = logging.getLogger(__name__)
 
@@ -45,30 +50,52 @@ def json_response(
     return JSONResponse(content, status_code=status_code, headers=headers)
 
 
-def homeserver_of(request: Request) -> Homeserver:
-    hs: Homeserver = request.app.state.homeserver
-    return hs
+def items_response(content: Any, what: str) -> Response:
+    """A response listing stored items (events, account data, to-device messages): an item
+    that cannot be rendered is logged and left out, the rest is served (homeserver.core.render).
+    ``what`` names the response in the log."""
+    return Response(dumps_items(content, what), media_type="application/json")
+
+
+def item_response(content: Any, what: str) -> Response:
+    """A response that is one stored item: 404 ``M_NOT_FOUND`` if it cannot be rendered."""
+    return Response(dumps_item(content, what), media_type="application/json")
+
+
+ServicesT = TypeVar("ServicesT")
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeServices:
+    """What the steps every route shares need: whose token it is, how large a body may be."""
+
+    tokens: AuthService
+    max_request_body_bytes: int
+
+
+def services_of(connection: HTTPConnection, area: type[ServicesT]) -> ServicesT:
+    """The services of one route area, as the composition root registered them."""
+    services: Mapping[type, object] = connection.app.state.services
+    found = services[area]
+    assert isinstance(found, area)
+    return found
 
 
 async def read_json(request: Request, *, empty_ok: bool = False) -> Any:
-    """The decoded body; ``M_NOT_JSON`` unless it is JSON, ``M_TOO_LARGE`` past the limit.
+    """The decoded body; ``M_NOT_JSON`` unless it is JSON, ``M_TOO_LARGE`` past the size limit,
+    ``M_BAD_JSON`` past the structure limits of ``homeserver.core.json_limits``.
 
     ``empty_ok``: an empty body reads as ``{}`` (clients send none to /join and /leave).
     """
     raw = await read_body(request)
     if empty_ok and not raw.strip():
         return {}
-    try:
-        # orjson refuses NaN, Infinity and integers past 64 bits, as Matrix JSON must.
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise MatrixError(Codes.NOT_JSON, "Content not JSON") from e
+    return loads_limited(raw)
 
 
 async def read_body(request: Request) -> bytes:
     """The raw body, ``M_TOO_LARGE`` past the configured limit."""
-    hs = homeserver_of(request)
-    limit = hs.config.limits.max_request_body_bytes
+    limit = services_of(request, EdgeServices).max_request_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise MatrixError(Codes.TOO_LARGE, f"Request body is larger than {limit} bytes")
@@ -106,6 +133,13 @@ async def parse_body(request: Request, model: type[BodyT], *, empty_ok: bool = F
 
 def access_token_of(request: Request) -> str | None:
     header = request.headers.get("authorization")
+    if header is not None and "access_token" in request.query_params:
+        # The spec asks clients to use one or the other; which one to believe cannot be
+        # guessed, so neither is (as Synapse): docs/security.md.
+        raise MatrixError(
+            Codes.MISSING_TOKEN,
+            "Access token given in both the Authorization header and the query string",
+        )
     if header is not None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -119,7 +153,7 @@ async def require_user(request: Request) -> Requester:
     token = access_token_of(request)
     if token is None:
         raise MatrixError(Codes.MISSING_TOKEN, "Missing access token")
-    requester = await homeserver_of(request).auth.get_requester(token)
+    requester = await services_of(request, EdgeServices).tokens.get_requester(token)
     request.state.requester = requester
     return requester
 

@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.json_limits import loads_limited
 from homeserver.core.jsonutil import dumps_str
+from homeserver.core.render import dumps_items
 from homeserver.core.streams import StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.sync.service import SyncRequest, has_news
@@ -180,7 +180,13 @@ class Connection:
         """Queue a frame; a full outbox means the client stopped reading: close it."""
         if self._close is not None:
             return False
-        if self._outbox.put(dumps_str(frame)):
+        try:
+            text = dumps_items(frame, "websocket frame").decode()
+        except MatrixError as e:
+            # The frame is one item that cannot be rendered (a result of one event).
+            request_id = frame.get("id")
+            text = dumps_str(_error_frame(e, request_id if isinstance(request_id, str) else None))
+        if self._outbox.put(text):
             return True
         logger.info("websocket client too slow", extra=self._log_fields())
         self._shut(
@@ -293,13 +299,8 @@ class Connection:
 
     async def _handle(self, raw: str) -> None:
         frame = _loads(raw)
-        if frame is _NOT_JSON:
-            self._enqueue(
-                {
-                    "type": "error",
-                    "error": {"errcode": Codes.NOT_JSON, "error": "Frame is not valid JSON"},
-                }
-            )
+        if isinstance(frame, MatrixError):
+            self._enqueue({"type": "error", "error": frame.to_json()})
             return
         if not isinstance(frame, dict):
             self._enqueue(
@@ -419,12 +420,11 @@ class Connection:
                 return
 
 
-_NOT_JSON = object()
-
-
 def _loads(raw: str) -> Any:
+    """The frame, or the ``MatrixError`` that refuses it (not JSON, past the JSON limits)."""
     try:
-        # orjson refuses NaN, Infinity and integers past 64 bits, as Matrix JSON must.
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return _NOT_JSON
+        return loads_limited(raw)
+    except MatrixError as e:
+        if e.code == Codes.NOT_JSON:
+            return MatrixError(Codes.NOT_JSON, "Frame is not valid JSON")
+        return e

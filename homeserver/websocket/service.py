@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 
-import orjson
-
 from homeserver.accounts.tokens import AuthService
 from homeserver.core.config import WebSocketConfig
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import EventID, RoomID, UserID
-from homeserver.core.ratelimit import Action, RateLimiter
+from homeserver.core.json_limits import query_json
 from homeserver.core.streams import StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.ephemeral.presence import PresenceService
@@ -19,7 +17,7 @@ from homeserver.ephemeral.receipts import ReceiptService
 from homeserver.ephemeral.typing import TypingService
 from homeserver.filters.matching import SyncFilter
 from homeserver.filters.service import FilterService
-from homeserver.rooms.service import RoomService
+from homeserver.rooms.send import SendService
 from homeserver.sync.service import SyncRequest, SyncService
 from homeserver.websocket.connection import Connection
 from homeserver.websocket.protocol import (
@@ -43,8 +41,7 @@ class WebSocketService:
         auth: AuthService,
         sync: SyncService,
         filters: FilterService,
-        rooms: RoomService,
-        ratelimiter: RateLimiter,
+        sending: SendService,
         typing: TypingService,
         receipts: ReceiptService,
         presence: PresenceService,
@@ -53,8 +50,7 @@ class WebSocketService:
         self._auth = auth
         self._sync = sync
         self._filters = filters
-        self._rooms = rooms
-        self._ratelimiter = ratelimiter
+        self._sending = sending
         self._typing = typing
         self._receipts = receipts
         self._presence = presence
@@ -94,10 +90,7 @@ class WebSocketService:
         elif isinstance(params.filter, dict):
             sync_filter = SyncFilter.from_json(params.filter)
         elif params.filter.startswith("{"):
-            try:
-                sync_filter = SyncFilter.from_json(orjson.loads(params.filter))
-            except orjson.JSONDecodeError:
-                raise MatrixError(Codes.BAD_JSON, "filter is not valid JSON") from None
+            sync_filter = SyncFilter.from_json(query_json(params.filter, "filter"))
         else:
             sync_filter = SyncFilter.from_json(
                 await self._filters.get_filter(UserID(requester.user_id), params.filter)
@@ -116,12 +109,13 @@ class WebSocketService:
     async def _send(self, requester: Requester, raw: JsonDict) -> JsonDict:
         """As PUT /rooms/{roomId}/send/{eventType}/{txnId}: same limit, same idempotency."""
         params = validate(raw, SendParams)
-        room_id = RoomID.parse(params.room_id)
-        self._ratelimiter.check(Action.MESSAGE, requester.user_id)
-        event_id = await self._rooms.send_event(
-            requester, room_id, params.event_type, params.txn_id, params.content
+        event_id = await self._sending.send_event(
+            requester,
+            RoomID.parse(params.room_id),
+            params.event_type,
+            params.txn_id,
+            params.content,
         )
-        await self._presence.bump_active(requester.user_id)  # sending is activity, as over HTTP
         return {"event_id": event_id}
 
     async def _set_typing(self, requester: Requester, raw: JsonDict) -> JsonDict:

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 # Apple: a provider token is valid for an hour and must not be refreshed more often than
 # every 20 minutes.
 TOKEN_REFRESH_S = 50 * 60
-_HEX = re.compile(r"^[0-9a-fA-F]{32,200}$")
+_HEX = re.compile(r"^[0-9a-fA-F]{32,200}\Z")
 # Apple's reasons (status 400 / 410) that mean the token will never work.
 DEAD_TOKEN_REASONS = frozenset({"BadDeviceToken", "Unregistered", "DeviceTokenNotForTopic"})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from homeserver.app import Homeserver
 from homeserver.core.clock import FakeClock
@@ -126,13 +127,17 @@ async def test_devices_need_a_token(client: httpx.AsyncClient) -> None:
         assert response.json()["errcode"] == "M_UNKNOWN_TOKEN"
 
 
-async def test_delete_device_with_uia(client: httpx.AsyncClient, hs: Homeserver) -> None:
+async def test_delete_device_with_uia(
+    client: httpx.AsyncClient, hs: Homeserver, monkeypatch: pytest.MonkeyPatch
+) -> None:
     deleted: list[tuple[UserID, list[str]]] = []
+    delete_messages = hs.to_device.delete_for_devices
 
-    async def on_devices_deleted(user_id: UserID, device_ids: list[str]) -> None:
+    async def delete_for_devices(user_id: UserID, device_ids: list[str]) -> None:
         deleted.append((user_id, device_ids))
+        await delete_messages(user_id, device_ids)
 
-    hs.accounts.on_devices_deleted = on_devices_deleted
+    monkeypatch.setattr(hs.to_device, "delete_for_devices", delete_for_devices)
     token, phone = await alice(client)
     response = await client.delete(f"{DEVICES}/PHONE", headers=auth_header(token))
     assert response.status_code == 401

@@ -196,11 +196,11 @@ async def test_signed_body_is_checked(
     hs, _ = fed
     content = {"a": 1}
     header = remote.authorization("test", "PUT", "/x", content)
-    assert await hs.federation.auth.authenticate("PUT", "/x", [header], content) == "remote.test"
+    assert await hs.federation_auth.authenticate("PUT", "/x", [header], content) == "remote.test"
     from homeserver.core.errors import MatrixError
 
     with pytest.raises(MatrixError) as e:
-        await hs.federation.auth.authenticate("PUT", "/x", [header], {"a": 2})
+        await hs.federation_auth.authenticate("PUT", "/x", [header], {"a": 2})
     assert e.value.status == 401
 
 
@@ -243,7 +243,7 @@ async def test_notary_serves_held_keys_co_signed(
     fed: tuple[Homeserver, httpx.AsyncClient], remote: FakeRemote, clock: FakeClock
 ) -> None:
     hs, client = fed
-    our_key = hs.federation.local_keys.verify_key
+    our_key = hs.local_keys.verify_key
     for response in (
         await client.get("/_matrix/key/v2/query/remote.test"),
         await client.post(
@@ -260,9 +260,7 @@ async def test_notary_serves_held_keys_co_signed(
         verify_signed_json(
             answer,
             "test",
-            decode_verify_key_base64(
-                "ed25519", hs.federation.local_keys.key_id.split(":")[1], our_key
-            ),
+            decode_verify_key_base64("ed25519", hs.local_keys.key_id.split(":")[1], our_key),
         )
     # Our own keys, and nothing (not an error) for a server we cannot reach.
     response = await client.post(
@@ -358,7 +356,7 @@ async def test_remote_profile_is_filtered_and_errors_are_ours(
             raise answer
         return answer
 
-    monkeypatch.setattr(hs.federation.queries, "query_profile", query_profile)
+    monkeypatch.setattr(hs.federation_queries, "query_profile", query_profile)
     expected = {
         "ok.test": (200, {"displayname": "Bob", "avatar_url": "mxc://ok.test/abc"}),
         "odd.test": (200, {}),

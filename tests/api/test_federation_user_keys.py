@@ -201,8 +201,8 @@ async def test_client_query_and_claim_of_remote_users(
             }
         }
 
-    monkeypatch.setattr(hs.federation.queries, "query_user_keys", query_user_keys)
-    monkeypatch.setattr(hs.federation.queries, "claim_user_keys", claim_user_keys)
+    monkeypatch.setattr(hs.federation_queries, "query_user_keys", query_user_keys)
+    monkeypatch.setattr(hs.federation_queries, "claim_user_keys", claim_user_keys)
     r = await client.post(
         "/_matrix/client/v3/keys/query",
         json={

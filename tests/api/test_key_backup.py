@@ -297,7 +297,11 @@ async def test_keys_bad_inputs(client: httpx.AsyncClient) -> None:
             ({"rooms": {"not-a-room": {"sessions": {}}}}, 400, "M_INVALID_PARAM"),
             ({"rooms": {ROOM: {"sessions": {"s": {}}}}}, 400, "M_MISSING_PARAM"),
             ({"rooms": {ROOM: {"sessions": {"x" * 256: _data()}}}}, 400, "M_INVALID_PARAM"),
-            ({"rooms": {ROOM: {"sessions": {"a\u0000b": _data()}}}}, 400, "M_INVALID_PARAM"),
+            (
+                {"rooms": {ROOM: {"sessions": {"a\u0000b": _data()}}}},
+                400,
+                "M_BAD_JSON",
+            ),  # NUL: refused with the JSON
         ],
         headers=alice.headers,
     )

@@ -146,7 +146,7 @@ async def test_upload_bad_inputs(client: httpx.AsyncClient) -> None:
             ({"device_keys": {**good, "keys": {alice.key_name: 1}}}, 400, "M_BAD_JSON"),
             ({"one_time_keys": {"no_colon": "abc"}}, 400, "M_INVALID_PARAM"),
             ({"one_time_keys": {"signed_curve25519:": "abc"}}, 400, "M_INVALID_PARAM"),
-            ({"one_time_keys": {"signed_curve25519:A\u0000": "abc"}}, 400, "M_INVALID_PARAM"),
+            ({"one_time_keys": {"signed_curve25519:A\u0000": "abc"}}, 400, "M_BAD_JSON"),
             ({"fallback_keys": {"signed_curve25519:" + "A" * 256: "abc"}}, 400, "M_INVALID_PARAM"),
             ({"one_time_keys": {"signed_curve25519:A": {"key": "abc"}}}, 400, "M_BAD_JSON"),
             ({"one_time_keys": {"signed_curve25519:A": 5}}, 400, "M_BAD_JSON"),
@@ -217,7 +217,7 @@ async def test_query_and_claim_bad_inputs(client: httpx.AsyncClient) -> None:
             ({"device_keys": {alice.user_id: "DEVICE"}}, 400, "M_BAD_JSON"),
             ({"device_keys": {"not-a-user": []}}, 400, "M_INVALID_PARAM"),
             ({"device_keys": {}, "timeout": "10"}, 400, "M_BAD_JSON"),
-            ({"device_keys": {alice.user_id: ["A\u0000"]}}, 400, "M_INVALID_PARAM"),
+            ({"device_keys": {alice.user_id: ["A\u0000"]}}, 400, "M_BAD_JSON"),
         ],
         headers=alice.headers,
     )
@@ -230,8 +230,8 @@ async def test_query_and_claim_bad_inputs(client: httpx.AsyncClient) -> None:
             ({"one_time_keys": {alice.user_id: ["signed_curve25519"]}}, 400, "M_BAD_JSON"),
             ({"one_time_keys": {alice.user_id: {"DEV": 1}}}, 400, "M_BAD_JSON"),
             ({"one_time_keys": {"not-a-user": {}}}, 400, "M_INVALID_PARAM"),
-            ({"one_time_keys": {alice.user_id: {"DEV": "alg\u0000"}}}, 400, "M_INVALID_PARAM"),
-            ({"one_time_keys": {alice.user_id: {"\u0000": "alg"}}}, 400, "M_INVALID_PARAM"),
+            ({"one_time_keys": {alice.user_id: {"DEV": "alg\u0000"}}}, 400, "M_BAD_JSON"),
+            ({"one_time_keys": {alice.user_id: {"\u0000": "alg"}}}, 400, "M_BAD_JSON"),
         ],
         headers=alice.headers,
     )

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from homeserver.app import Homeserver
 from homeserver.core.clock import FakeClock
@@ -527,13 +528,17 @@ async def test_change_password_bad_token(client: httpx.AsyncClient) -> None:
 # --- deactivation ---------------------------------------------------------------------------
 
 
-async def test_deactivate(client: httpx.AsyncClient, hs: Homeserver) -> None:
+async def test_deactivate(
+    client: httpx.AsyncClient, hs: Homeserver, monkeypatch: pytest.MonkeyPatch
+) -> None:
     deactivated: list[UserID] = []
+    leave_rooms = hs.memberships.deactivate_user
 
-    async def on_deactivated(user_id: UserID) -> None:
+    async def deactivate_user(user_id: UserID) -> None:
         deactivated.append(user_id)
+        await leave_rooms(user_id)
 
-    hs.accounts.on_deactivated = on_deactivated
+    monkeypatch.setattr(hs.memberships, "deactivate_user", deactivate_user)
     user_id, token = await register(client, "alice")
     other = (await login(client, "alice"))["access_token"]
     response = await client.post(DEACTIVATE, headers=auth_header(token), json={})

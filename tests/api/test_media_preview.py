@@ -245,7 +245,7 @@ async def test_bounded_size_and_time(tmp_path: Path, db_url: str, site: LocalSit
     site.routes["/gone"] = (500, {}, b"")
     site.routes["/file"] = (200, {"Content-Type": "application/zip"}, b"PK")
     async with _serve(
-        tmp_path, db_url, allow=("127.0.0.0/8",), max_bytes=65536, timeout_ms=500
+        tmp_path, db_url, allow=("127.0.0.0/8",), max_bytes=65536, timeout_ms=2000
     ) as (_, client):
         _, token = await register(client, "alice")
         response = await client.get(

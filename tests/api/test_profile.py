@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from homeserver.app import Homeserver
 from homeserver.core.ids import UserID
@@ -20,15 +21,20 @@ async def test_new_user_profile(client: httpx.AsyncClient) -> None:
     assert_response_matches("GET", f"{PROFILE}/{user_id}", 200, response.json())
 
 
-async def test_set_and_get_fields(client: httpx.AsyncClient, hs: Homeserver) -> None:
+async def test_set_and_get_fields(
+    client: httpx.AsyncClient, hs: Homeserver, monkeypatch: pytest.MonkeyPatch
+) -> None:
     changes: list[tuple[UserID, str | None, str | None]] = []
+    update_everywhere = hs.memberships.update_profile_everywhere
 
-    async def on_profile_changed(
-        user_id: UserID, displayname: str | None, avatar_url: str | None
-    ) -> None:
-        changes.append((user_id, displayname, avatar_url))
+    async def update_profile_everywhere(user_id: UserID) -> None:
+        profile = await hs.account_store.get_profile(user_id)
+        assert profile is not None
+        changes.append((user_id, profile.displayname, profile.avatar_url))
+        await update_everywhere(user_id)
 
-    hs.profiles.on_profile_changed = on_profile_changed
+    # The member events of a changed profile: what the profile service tells the rooms.
+    monkeypatch.setattr(hs.memberships, "update_profile_everywhere", update_profile_everywhere)
     user_id, token = await register(client, "alice")
     response = await client.put(
         f"{PROFILE}/{user_id}/displayname",

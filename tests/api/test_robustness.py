@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -121,3 +122,71 @@ async def test_cors_on_client_endpoints(client: httpx.AsyncClient) -> None:
         headers={"Origin": "https://app.element.io", "Access-Control-Request-Method": "POST"},
     )
     assert (r.status_code, r.headers["access-control-allow-origin"]) == (200, "*")
+
+
+_DEEP_OBJECT = b'{"a":' * 101 + b"1" + b"}" * 101
+_DEEP_LIST = b'{"body": "x", "a": ' + b"[" * 300 + b"]" * 300 + b"}"
+HOSTILE_BODIES: list[bytes] = [
+    _DEEP_OBJECT,
+    _DEEP_LIST,
+    # Unicode everywhere a body may carry a name or an ID.
+    '{"body": "é\u2028😀\u202e", "msgtype": "m.text", "displayname": "😀\u0301", '
+    '"user_id": "@é:test", "room_id": "!é:test", "name": "\u2028", "device_id": "é", '
+    '"username": "é", "type": "m.é", "app_id": "😀", "pushkey": "\u2028"}'.encode(),
+    b'{"body": "a\\u0000b", "displayname": "\\u0000", "type": "m.\\u0000"}',
+    b'{"n": 9007199254740992, "body": "x", "order": 9007199254740992}',
+    # Under the body limit, over the event limit.
+    b'{"msgtype": "m.text", "body": "' + b"a" * 70_000 + b'"}',
+]
+# Percent-encoded: a newline, a space, non-ASCII, a line separator and an emoji, alone and
+# after a valid-looking ID.
+HOSTILE_PARAMS = ["%0A", "%20", "%C3%A9", "%E2%80%A8", "@u:test%0A", "!r:test%F0%9F%98%80"]
+
+
+def _fill_real(path: str, values: dict[str, str]) -> str:
+    return re.sub(r"\{([^}:]+)(:[^}]+)?\}", lambda m: values.get(m.group(1), "m.x"), path)
+
+
+async def test_hostile_input_never_gives_500_and_never_breaks_a_read(
+    hs: Homeserver, client: httpx.AsyncClient
+) -> None:
+    """Deep nesting, Unicode and oversized bodies at real IDs (so that bodies reach the
+    services), and hostile parameters, on both databases; then everything still reads."""
+    user, token = await register(client, "fuzzer")
+    headers = {**auth_header(token), "Content-Type": "application/json"}
+    r = await client.post("/_matrix/client/v3/createRoom", json={}, headers=headers)
+    room = r.json()["room_id"]
+    r = await client.put(
+        f"/_matrix/client/v3/rooms/{quote(room)}/send/m.room.message/t0",
+        json={"msgtype": "m.text", "body": "hi"},
+        headers=headers,
+    )
+    real = {"user_id": quote(user), "room_id": quote(room), "event_id": quote(r.json()["event_id"])}
+    for method, template in _routes(hs):
+        if template.endswith(("/logout", "/logout/all", "/deactivate")):
+            continue  # would end the session the rest of the walk needs
+        path = _fill_real(template, real)
+        for body in HOSTILE_BODIES if method in ("POST", "PUT") else [b""]:
+            r = await client.request(method, path, content=body, headers=headers)
+            _check(r, f"{method} {path} {body[:40]!r}")
+        for param in HOSTILE_PARAMS:
+            hostile = _fill(template, param)
+            r = await client.request(
+                method,
+                hostile,
+                content=b"{}" if method in ("POST", "PUT") else b"",
+                headers=headers,
+            )
+            _check(r, f"{method} {hostile}")
+    # Whatever was stored still renders.
+    for path in (
+        "/_matrix/client/v3/sync",
+        f"/_matrix/client/v3/rooms/{quote(room)}/messages?dir=b",
+        f"/_matrix/client/v3/rooms/{quote(room)}/state",
+        "/_matrix/client/v3/notifications",
+        "/_matrix/client/v3/pushers",
+        "/_matrix/client/v3/pushrules/",
+        f"/_matrix/client/v3/profile/{quote(user)}",
+    ):
+        r = await client.get(path, headers=headers)
+        assert r.status_code == 200, (path, r.text)

@@ -1,17 +1,17 @@
-"""PushStore on both databases: the push sender's scan of push actions, batch by batch."""
+"""PusherStore on both databases: the push sender's scan of push actions, batch by batch."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
 from homeserver.storage.database import Database
-from homeserver.storage.push import PendingAction, Pusher, PushStore
+from homeserver.storage.pushers import PendingAction, Pusher, PusherStore
 from homeserver.storage.schema import event_push_actions, stream_positions
 
 ROOM = "!room:test"
 
 
-async def _pusher(store: PushStore, user_id: str) -> None:
+async def _pusher(store: PusherStore, user_id: str) -> None:
     await store.set_pusher(
         user_id=user_id,
         kind="http",
@@ -54,7 +54,7 @@ async def _notify(db: Database, position: int, users: list[str]) -> None:
 
 
 async def test_pending_comes_in_whole_events_and_only_for_pushers(db: Database) -> None:
-    store = PushStore(db)
+    store = PusherStore(db)
     pushing = ["@a:test", "@b:test", "@c:test"]
     for user in pushing:
         await _pusher(store, user)

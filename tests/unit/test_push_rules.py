@@ -17,7 +17,7 @@ from homeserver.push.rules import (
     normalize_conditions,
     ruleset_json,
 )
-from homeserver.storage.push import DefaultChange, StoredRule, UserRules
+from homeserver.storage.push_rules import DefaultChange, StoredRule, UserRules
 
 ALICE = "@alice:test"
 BOB = "@bob:test"
