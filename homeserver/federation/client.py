@@ -13,6 +13,8 @@ from urllib.parse import urlencode
 import cachetools
 import orjson
 
+from homeserver.core.errors import MatrixError
+from homeserver.core.json_limits import loads_limited
 from homeserver.core.types import JsonDict
 from homeserver.federation.discovery import ServerAddress, ServerResolver, is_ip_literal
 from homeserver.federation.local_keys import LocalKeys
@@ -171,13 +173,17 @@ class FederationClient:
 
     @staticmethod
     def _decode(destination: str, status: int, body: bytes) -> Any:
+        # A remote answer enters like a client's body: JSON within the limits of
+        # homeserver.core.json_limits, or no answer at all.
         try:
-            data = orjson.loads(body) if body else None
-        except orjson.JSONDecodeError:
+            data = loads_limited(body) if body else None
+        except MatrixError:
             data = None
         if 200 <= status < 300:
             if data is None:
-                raise FederationError(destination, "answer is not JSON", status=status)
+                raise FederationError(
+                    destination, "answer is not JSON within the limits", status=status
+                )
             return data
         errcode = data.get("errcode") if isinstance(data, dict) else None
         raise FederationError(

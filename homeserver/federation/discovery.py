@@ -27,10 +27,11 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 import httpx
-import orjson
 
 from homeserver.core.clock import Clock
+from homeserver.core.errors import MatrixError
 from homeserver.core.ids import is_valid_server_name
+from homeserver.core.json_limits import loads_limited
 from homeserver.net.outbound import OutboundClient, OutboundError, Reason
 
 logger = logging.getLogger(__name__)
@@ -218,8 +219,8 @@ def cache_ttl_ms(headers: httpx.Headers, now_ms: int) -> int:
 def parse_well_known(body: bytes) -> str | None:
     """The valid ``m.server`` of a well-known body, or None."""
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        data = loads_limited(body)
+    except MatrixError:
         return None
     if not isinstance(data, dict):
         return None

@@ -147,8 +147,20 @@ async def test_unsigned_and_bad_bodies(
     for body, status, errcode in cases:
         r = await post_signed(client, remote, path, body)
         assert (r.status_code, r.json()["errcode"]) == (status, errcode), body
-    # A body that is not JSON is refused before anything else.
-    await assert_errors(client, "POST", path, [(b"{nope", 400, "M_NOT_JSON")])
+    # A body that is not JSON, or past the limits every client body is held to (depth,
+    # integer range, NUL), is refused before anything else.
+    deep = b'{"one_time_keys": {}, "a": ' + b"[" * 101 + b"]" * 101 + b"}"
+    await assert_errors(
+        client,
+        "POST",
+        path,
+        [
+            (b"{nope", 400, "M_NOT_JSON"),
+            (deep, 400, "M_BAD_JSON"),
+            (b'{"one_time_keys": {}, "n": 9007199254740992}', 400, "M_BAD_JSON"),
+            (b'{"one_time_keys": {"@a\\u0000:test": {}}}', 400, "M_BAD_JSON"),
+        ],
+    )
 
 
 async def test_client_query_and_claim_of_remote_users(

@@ -223,6 +223,14 @@ async def test_next_address_is_tried_and_errors_are_reported(
         await client.aclose()
 
 
+def test_an_answer_past_the_json_limits_is_no_answer() -> None:
+    decode = FederationClient._decode
+    assert decode("a.org", 200, b'{"n": 9007199254740991}') == {"n": 9007199254740991}
+    for body in (b'{"n": 9007199254740992}', b"[" * 101 + b"]" * 101, b"{nope"):
+        with pytest.raises(FederationError, match="not JSON"):
+            decode("a.org", 200, body)
+
+
 async def test_policy_refuses_before_any_request(
     echo_server: tuple[int, Path, list[dict[str, Any]]],
 ) -> None:

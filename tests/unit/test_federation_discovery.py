@@ -166,6 +166,9 @@ async def test_no_well_known_uses_srv_of_the_hostname_then_8448() -> None:
         b'{"m.server": "bad name!"}',
         b'{"m.server": "x.org:70000"}',
         b'{"m.server": ""}',
+        # Past the JSON limits of homeserver.core.json_limits: no answer.
+        b'{"m.server": "x.org", "n": 1152921504606846976}',
+        b'{"m.server": "x.org", "a": ' + b"[" * 101 + b"]" * 101 + b"}",
     ],
 )
 async def test_invalid_well_known_is_ignored(body: bytes) -> None:
