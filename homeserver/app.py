@@ -97,6 +97,7 @@ from homeserver.rooms.create import RoomCreator
 from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.relations import RelationsService
+from homeserver.rooms.resolution import resolve_room_state
 from homeserver.rooms.send import SendService
 from homeserver.rooms.sender import EventSender
 from homeserver.rooms.service import RoomService
@@ -315,6 +316,8 @@ class Homeserver:
                 server_name,
                 self.ignore_lists,
             ),
+            # The states of several forward extremities become one (issue 17).
+            resolve=resolve_room_state,
         )
         self.visibility = Visibility(self.event_store, self.room_store)
         self.memberships = MembershipService(

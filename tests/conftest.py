@@ -27,6 +27,16 @@ from homeserver.storage.schema import metadata, stream_positions
 PG_ADMIN_URL = os.environ.get("HS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--state-res-dags",
+        type=int,
+        default=None,
+        help="How many random DAGs the Synapse differential test of state resolution runs "
+        "(default: STATE_RES_DAGS, else a CI-sized count; the issue's full run is 1000).",
+    )
+
+
 @pytest.fixture(autouse=True, scope="session")
 def lean_reads_checked() -> Iterator[None]:
     """Every read on the lean path (prepared statements, both databases) is run through

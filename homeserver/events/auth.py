@@ -1,17 +1,19 @@
-"""The authorisation rules of room versions 10, 11 and 12, and the power level helpers.
+"""The authorisation rules of room versions 1 to 12.
 
 Rule numbers in comments follow the room version 11 text (rooms/v11.md "Authorisation rules");
 room version 12 (rooms/v12.md) inserts a rule 2 (the room ID names the create event), so its
-rules 3-11 are v11's 2-10. "State" below is the `auth_events` mapping: the event's own auth
-events, the state before it, or the current state, depending on which check the caller runs
-(server-server API "Checks performed on receipt of a PDU").
+rules 3-11 are v11's 2-10; room versions 1-5 insert the m.room.aliases rule 4 and v1-v2 end with
+a rule for m.room.redaction (rooms/fragments/v1-auth-rules.md). The power level helpers live in
+`homeserver.events.power_levels` and are re-exported here for the callers that predate it.
+"State" below is the `auth_events` mapping: the event's own auth events, the state before it, or
+the current state, depending on which check the caller runs (server-server API "Checks
+performed on receipt of a PDU").
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeGuard
+from typing import TypeGuard
 
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
@@ -19,34 +21,41 @@ from unpaddedbase64 import decode_base64
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID
-from homeserver.core.jsonutil import MAX_SAFE_INT
 from homeserver.core.types import JsonDict
-from homeserver.events.format import canonical_json, compute_event_id
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from homeserver.events.format import (
+    canonical_json,
+    compute_event_id,
+    event_id_of,
+    prev_event_ids,
+)
+from homeserver.events.power_levels import CREATOR_DEFAULT_LEVEL as CREATOR_DEFAULT_LEVEL
+from homeserver.events.power_levels import DEFAULT_LEVELS as DEFAULT_LEVELS
+from homeserver.events.power_levels import (
+    DEFAULT_NOTIFICATION_LEVEL as DEFAULT_NOTIFICATION_LEVEL,
+)
+from homeserver.events.power_levels import can_redact as can_redact
+from homeserver.events.power_levels import client_can_redact as client_can_redact
+from homeserver.events.power_levels import dict_or_empty as _dict
+from homeserver.events.power_levels import domain_of as _domain
+from homeserver.events.power_levels import get_creators as get_creators
+from homeserver.events.power_levels import get_named_level as get_named_level
+from homeserver.events.power_levels import get_notification_level as get_notification_level
+from homeserver.events.power_levels import get_send_level as get_send_level
+from homeserver.events.power_levels import get_user_power_level as get_user_power_level
+from homeserver.events.power_levels import is_creator as is_creator
+from homeserver.events.power_levels import is_int as _is_int
+from homeserver.events.power_levels import parse_level, to_level
+from homeserver.events.room_versions import ROOM_VERSIONS, RoomVersion
 
 CREATE = "m.room.create"
 MEMBER = "m.room.member"
 POWER_LEVELS = "m.room.power_levels"
 JOIN_RULES = "m.room.join_rules"
 THIRD_PARTY_INVITE = "m.room.third_party_invite"
+ALIASES = "m.room.aliases"
+REDACTION = "m.room.redaction"
 
 StateKey = tuple[str, str]
-
-# spec, server-server API "Definitions" and m.room.power_levels: the levels used when the
-# power levels event, or the key in it, is absent.
-DEFAULT_LEVELS: dict[str, int] = {
-    "invite": 0,
-    "kick": 50,
-    "ban": 50,
-    "redact": 50,
-    "users_default": 0,
-    "events_default": 0,
-    "state_default": 50,
-}
-# m.room.power_levels `notifications`: `room` (an @room mention) defaults to 50.
-DEFAULT_NOTIFICATION_LEVEL = 50
-# m.room.power_levels: without a power levels event the creator has 100 (v10/v11).
-CREATOR_DEFAULT_LEVEL = 100
 
 # Rule 9.1 / 9.5: the scalar properties of m.room.power_levels.
 _SCALAR_LEVELS = (
@@ -69,31 +78,7 @@ def _content(event: JsonDict | None) -> JsonDict:
     return content if isinstance(content, dict) else {}
 
 
-def _domain(identifier: object) -> str | None:
-    if not isinstance(identifier, str) or ":" not in identifier:
-        return None
-    return identifier.partition(":")[2]
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    """A canonical JSON integer; `True` is a JSON boolean, not an integer."""
-    return (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and -MAX_SAFE_INT <= value <= MAX_SAFE_INT
-    )
-
-
-def _to_level(value: object, default: int) -> int:
-    # Accepted v10+ power levels are integers (rule 9.1); anything else is treated as unset.
-    return value if _is_int(value) else default
-
-
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _is_user_id(value: object) -> bool:
+def _is_user_id(value: object) -> TypeGuard[str]:
     if not isinstance(value, str):
         return False
     try:
@@ -101,115 +86,6 @@ def _is_user_id(value: object) -> bool:
     except MatrixError:
         return False
     return True
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers for the room service
-
-
-def get_creators(version: RoomVersion, create_event: JsonDict) -> list[str]:
-    """The room creators: `content.creator` (v10), the `sender` (v11), plus, in v12, any
-    `additional_creators` of the create event."""
-    content = _content(create_event)
-    if version.creator_in_content:
-        creator = content.get("creator")
-        return [creator] if isinstance(creator, str) else []
-    creators: list[str] = []
-    sender = create_event.get("sender")
-    if isinstance(sender, str):
-        creators.append(sender)
-    additional = content.get("additional_creators")
-    if version.creators_have_infinite_power and isinstance(additional, list):
-        creators.extend(u for u in additional if isinstance(u, str) and u not in creators)
-    return creators
-
-
-def is_creator(version: RoomVersion, user_id: str, create_event: JsonDict | None) -> bool:
-    return create_event is not None and user_id in get_creators(version, create_event)
-
-
-def get_user_power_level(
-    version: RoomVersion,
-    user_id: str,
-    power_levels_content: JsonDict | None,
-    create_event: JsonDict | None,
-) -> int | float:
-    """The user's power level; `math.inf` for room creators in room version 12.
-
-    `math.inf` compares above every integer, which is exactly the v12 rule ("infinitely high");
-    it must never be serialised: clients are shown the creators, not a number.
-    """
-    if version.creators_have_infinite_power and is_creator(version, user_id, create_event):
-        return math.inf
-    if power_levels_content is not None:
-        users = power_levels_content.get("users")
-        if isinstance(users, dict) and user_id in users:
-            return _to_level(users[user_id], DEFAULT_LEVELS["users_default"])
-        return _to_level(power_levels_content.get("users_default"), DEFAULT_LEVELS["users_default"])
-    if is_creator(version, user_id, create_event):
-        return CREATOR_DEFAULT_LEVEL
-    return DEFAULT_LEVELS["users_default"]
-
-
-def get_named_level(
-    power_levels_content: JsonDict | None, name: str, default: int | None = None
-) -> int:
-    """`invite`, `kick`, `ban`, `redact`, `users_default`, `events_default`, `state_default`,
-    with the spec's default when the event or the key is absent."""
-    if default is None:
-        default = DEFAULT_LEVELS[name]
-    if power_levels_content is None:
-        return default
-    return _to_level(power_levels_content.get(name), default)
-
-
-def get_send_level(
-    version: RoomVersion, event_type: str, is_state: bool, power_levels_content: JsonDict | None
-) -> int:
-    """The *required power level* for an event type (server-server API "Definitions")."""
-    if power_levels_content is not None:
-        events = power_levels_content.get("events")
-        if isinstance(events, dict) and _is_int(events.get(event_type)):
-            return int(events[event_type])
-    return get_named_level(power_levels_content, "state_default" if is_state else "events_default")
-
-
-def get_notification_level(power_levels_content: JsonDict | None, key: str = "room") -> int:
-    """The level needed to trigger a notification of kind `key` (`room`: @room mentions)."""
-    notifications = (power_levels_content or {}).get("notifications")
-    value = notifications.get(key) if isinstance(notifications, dict) else None
-    return _to_level(value, DEFAULT_NOTIFICATION_LEVEL)
-
-
-def can_redact(
-    version: RoomVersion,
-    redaction_sender: str,
-    original_sender: str,
-    power_levels_content: JsonDict | None,
-    create_event: JsonDict | None,
-) -> bool:
-    """Whether a redaction that passed the auth rules is applied (rooms/fragments/
-    v3-handling-redactions.md): the sender has the redact level, or the same server sent both.
-    """
-    level = get_user_power_level(version, redaction_sender, power_levels_content, create_event)
-    if level >= get_named_level(power_levels_content, "redact"):
-        return True
-    return _domain(redaction_sender) == _domain(original_sender)
-
-
-def client_can_redact(
-    version: RoomVersion,
-    user_id: str,
-    original_sender: str,
-    power_levels_content: JsonDict | None,
-    create_event: JsonDict | None,
-) -> bool:
-    """The stricter check for a local user (m.room.power_levels description): their own
-    events, or another user's with the redact level. Sharing a server is not enough here."""
-    if user_id == original_sender:
-        return True
-    level = get_user_power_level(version, user_id, power_levels_content, create_event)
-    return level >= get_named_level(power_levels_content, "redact")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,6 +205,13 @@ def check_auth(
     ):
         raise _deny("This room does not federate with the sender's server")
 
+    if version.special_case_aliases_auth and event_type == ALIASES:  # v1-v5 rule 4
+        if not isinstance(state_key, str):
+            raise _deny("An m.room.aliases event needs a state_key")
+        if state_key != _domain(sender):
+            raise _deny("The m.room.aliases state_key is not the sender's server")
+        return
+
     power_levels = _power_levels_content(auth_events)
     sender_level = get_user_power_level(version, sender, power_levels, create_event)
 
@@ -340,7 +223,7 @@ def check_auth(
         raise _deny("The sender is not joined to the room")
 
     if event_type == THIRD_PARTY_INVITE:  # rule 6
-        if sender_level >= get_named_level(power_levels, "invite"):
+        if sender_level >= get_named_level(power_levels, "invite", version=version):
             return
         raise _deny("The sender's power level is below the invite level")
 
@@ -354,6 +237,14 @@ def check_auth(
 
     if event_type == POWER_LEVELS:  # rule 9
         _check_power_levels(version, event, auth_events, create_event, sender_level)
+
+    if version.redaction_in_auth_rules and event_type == REDACTION:  # v1-v2 rule 11
+        if sender_level >= get_named_level(power_levels, "redact", version=version):
+            return
+        redacts = event.get("redacts")
+        if _domain(redacts) is not None and _domain(redacts) == _domain(event.get("event_id")):
+            return
+        raise _deny("The sender may not redact this event")
 
 
 def _power_levels_content(auth_events: Mapping[StateKey, JsonDict]) -> JsonDict | None:
@@ -396,7 +287,7 @@ def _check_create(version: RoomVersion, event: JsonDict) -> None:
     content = _content(event)
     room_version = content.get("room_version")
     if "room_version" in content and not (
-        isinstance(room_version, str) and room_version in KNOWN_ROOM_VERSIONS
+        isinstance(room_version, str) and room_version in ROOM_VERSIONS
     ):  # 1.3
         raise _deny("Unknown room version in m.room.create")
     if version.creator_in_content and "creator" not in content:  # v10 1.4
@@ -433,7 +324,7 @@ def _check_member(
         raise _deny("A membership event needs a state_key and content.membership")
 
     authoriser = content.get("join_authorised_via_users_server")
-    if "join_authorised_via_users_server" in content:  # 4.2
+    if version.restricted_join_rule and "join_authorised_via_users_server" in content:  # 4.2
         if not _is_user_id(authoriser):
             raise _deny("join_authorised_via_users_server is not a valid user ID")
         # "Validly signed" is reduced to "carries a signature": verifying it needs that
@@ -460,7 +351,7 @@ def _check_member(
             raise _deny("The sender is not joined to the room")
         if target_membership in ("join", "ban"):
             raise _deny(f"The invited user's membership is {target_membership}")
-        if level(sender) >= get_named_level(power_levels, "invite"):
+        if level(sender) >= get_named_level(power_levels, "invite", version=version):
             return
         raise _deny("The sender's power level is below the invite level")
     if membership == "leave":  # 4.5
@@ -470,18 +361,24 @@ def _check_member(
             raise _deny("Cannot leave a room you are not invited to, joined to or knocking on")
         if sender_membership != "join":
             raise _deny("The sender is not joined to the room")
-        if target_membership == "ban" and level(sender) < get_named_level(power_levels, "ban"):
+        if target_membership == "ban" and level(sender) < get_named_level(
+            power_levels, "ban", version=version
+        ):
             raise _deny("The sender's power level is below the ban level: cannot unban")
-        if level(sender) >= get_named_level(power_levels, "kick") and level(target) < level(sender):
+        if level(sender) >= get_named_level(power_levels, "kick", version=version) and level(
+            target
+        ) < level(sender):
             return
         raise _deny("The sender's power level is too low to kick this user")
     if membership == "ban":  # 4.6
         if sender_membership != "join":
             raise _deny("The sender is not joined to the room")
-        if level(sender) >= get_named_level(power_levels, "ban") and level(target) < level(sender):
+        if level(sender) >= get_named_level(power_levels, "ban", version=version) and level(
+            target
+        ) < level(sender):
             return
         raise _deny("The sender's power level is too low to ban this user")
-    if membership == "knock":  # 4.7
+    if membership == "knock" and version.knock_join_rule:  # 4.7 (v7+)
         if _join_rule(version, auth_events) not in ("knock", "knock_restricted"):
             raise _deny("The room's join rule does not allow knocking")
         if sender != target:
@@ -501,19 +398,18 @@ def _check_join(
 ) -> None:
     """Rule 4.3 (v12: 5.3)."""
     sender, target = str(event.get("sender")), str(event.get("state_key"))
-    prev_events = event.get("prev_events")
+    prev_events = prev_event_ids(event, version)
     # 4.3.1: the creator's own join straight after the create event. v11 and v12 name the
-    # create event's sender (not v12's additional creators); v10 its `content.creator`.
+    # create event's sender (not v12's additional creators); v1-v10 its `content.creator`.
     creator = (
         _content(create_event).get("creator")
         if version.creator_in_content
         else create_event.get("sender")
     )
     if (
-        isinstance(prev_events, list)
-        and len(prev_events) == 1
+        len(prev_events) == 1
         and target == creator
-        and prev_events[0] == compute_event_id(create_event, version)
+        and prev_events[0] == _event_id(create_event, version)
     ):
         return
     if sender != target:  # 4.3.2
@@ -535,7 +431,7 @@ def _check_join(
         if _membership(auth_events, authoriser) != "join":
             raise _deny("The join_authorised_via_users_server user is not joined")
         if get_user_power_level(version, authoriser, power_levels, create_event) < get_named_level(
-            power_levels, "invite"
+            power_levels, "invite", version=version
         ):
             raise _deny("The join_authorised_via_users_server user cannot invite")
         return
@@ -618,21 +514,27 @@ def _check_power_levels(
     """Rule 9 (v12: 10)."""
     sender = str(event.get("sender"))
     new = _content(event)
-    for key in _SCALAR_LEVELS:  # 9.1: v10+ accepts integers only, never "50"
-        if key in new and not _is_int(new[key]):
-            raise _deny(f"Power level {key!r} must be an integer")
-    for key in ("events", "notifications"):  # 9.2
-        if key in new and not (
-            isinstance(new[key], dict) and all(_is_int(v) for v in new[key].values())
-        ):
-            raise _deny(f"Power levels {key!r} must be an object of integers")
-    # 9.3. An absent `users` is no user listed: only a present one must be well-formed.
+
+    def valid(value: object) -> bool:
+        return parse_level(value, version) is not None
+
+    if version.integer_power_levels:
+        for key in _SCALAR_LEVELS:  # 9.1: v10+ accepts integers only, never "50"
+            if key in new and not _is_int(new[key]):
+                raise _deny(f"Power level {key!r} must be an integer")
+        for key in ("events", "notifications"):  # 9.2
+            if key in new and not (
+                isinstance(new[key], dict) and all(_is_int(v) for v in new[key].values())
+            ):
+                raise _deny(f"Power levels {key!r} must be an object of integers")
+    # 9.3 (v1-v9: 10.1, where a string that is an integer also counts). An absent `users` is
+    # no user listed: only a present one must be well-formed.
     if "users" in new:
         users = new["users"]
         if not isinstance(users, dict):
             raise _deny("Power levels 'users' must be an object")
         for user_id, value in users.items():
-            if not _is_user_id(user_id) or not _is_int(value):
+            if not _is_user_id(user_id) or not valid(value):
                 raise _deny("Power levels 'users' must map valid user IDs to integers")
     if version.creators_have_infinite_power:  # v12 10.4: creators cannot be (de)moted
         listed = set(_dict(new.get("users")))
@@ -644,22 +546,29 @@ def _check_power_levels(
         return
     old = _content(old_event)
 
+    def level_of(value: object, default: int) -> int | float:
+        # A value that is not a level (only possible before v10, where 9.1 does not apply)
+        # cannot be compared; it is read as the default, as everywhere else.
+        return to_level(value, default, version)
+
     for key in _SCALAR_LEVELS:  # 9.5
         if (key in old) == (key in new) and old.get(key) == new.get(key):
             continue
-        if key in old and _to_level(old[key], DEFAULT_LEVELS[key]) > sender_level:
+        if key in old and level_of(old[key], DEFAULT_LEVELS[key]) > sender_level:
             raise _deny(f"Cannot change {key!r}: its current value is above your level")
-        if key in new and new[key] > sender_level:
+        if key in new and level_of(new[key], DEFAULT_LEVELS[key]) > sender_level:
             raise _deny(f"Cannot set {key!r} above your own power level")
 
-    for key in ("events", "notifications"):  # 9.6, 9.7
+    # 9.6, 9.7; `notifications` only from v6 (rooms/v6.md, rule 10.4 and 10.5).
+    maps = ("events", "notifications") if version.limit_notifications_power_levels else ("events",)
+    for key in maps:
         old_map, new_map = _dict(old.get(key)), _dict(new.get(key))
         for name in sorted(old_map.keys() | new_map.keys()):
             if name in old_map and name in new_map and old_map[name] == new_map[name]:
                 continue
-            if name in old_map and _to_level(old_map[name], 0) > sender_level:
+            if name in old_map and level_of(old_map[name], 0) > sender_level:
                 raise _deny(f"Cannot change {key}[{name!r}]: its level is above yours")
-            if name in new_map and new_map[name] > sender_level:
+            if name in new_map and level_of(new_map[name], 0) > sender_level:
                 raise _deny(f"Cannot set {key}[{name!r}] above your own power level")
 
     old_users, new_users = _dict(old.get("users")), _dict(new.get("users"))
@@ -673,8 +582,15 @@ def _check_power_levels(
         if (
             user_id in old_users
             and user_id != sender
-            and _to_level(old_users[user_id], 0) >= sender_level
+            and level_of(old_users[user_id], 0) >= sender_level
         ):
             raise _deny(f"Cannot change the power level of {user_id}: not below yours")
-        if user_id in new_users and new_users[user_id] > sender_level:
+        if user_id in new_users and level_of(new_users[user_id], 0) > sender_level:
             raise _deny(f"Cannot give {user_id} a power level above your own")
+
+
+def _event_id(event: JsonDict, version: RoomVersion) -> str | None:
+    try:
+        return event_id_of(event, version)
+    except ValueError:
+        return None

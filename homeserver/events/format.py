@@ -1,16 +1,16 @@
-"""The PDU format: canonical JSON, content and reference hashes, redaction, signing, IDs.
+"""The PDU format: canonical JSON, content and reference hashes, signing, IDs.
 
-Events are plain JSON objects in PDU form (spec, server-server API "PDUs"). In room versions 4
-and later a PDU carries no `event_id`: the ID is derived from the reference hash. Callers must
-not add one before hashing, since the v9 redaction rules (room version 10) keep a top-level
-`event_id` and it would then change the hash.
+Events are plain JSON objects in PDU form (spec, server-server API "PDUs"). In room versions 1
+and 2 the `event_id` is part of the event (`$opaque:domain`) and `prev_events`/`auth_events`
+are `[event_id, hashes]` pairs. From room version 3 a PDU carries no `event_id`: the ID is
+derived from the reference hash (standard base64 in v3, URL-safe from v4). Callers must not add
+one before hashing, since the redaction rules up to v10 keep a top-level `event_id` and it
+would then change the hash.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
 from canonicaljson import encode_canonical_json
@@ -21,96 +21,15 @@ from unpaddedbase64 import decode_base64, encode_base64
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.jsonutil import check_json_numbers
 from homeserver.core.types import JsonDict
-from homeserver.events.room_versions import RedactionRules, RoomVersion
+from homeserver.events.redaction import redact as redact
+from homeserver.events.redaction import redact_with
+from homeserver.events.room_versions import EventFormat, RoomVersion
 
 # spec, client-server API "Size limits": the whole PDU, signatures included, in canonical JSON.
 MAX_PDU_BYTES = 65536
 # spec, "Size limits": `type` and `state_key` at most 255 bytes; `sender`, `room_id` and
 # `event_id` at most the identifier limit of the appendices, also 255 bytes.
 MAX_KEY_BYTES = 255
-
-# Top-level keys the redaction algorithm keeps (spec, rooms/fragments/v9-redactions.md and
-# v11-redactions.md). v11 stops protecting `origin`, `membership` and `prev_state`.
-_TOP_LEVEL_KEYS: dict[RedactionRules, frozenset[str]] = {
-    RedactionRules.V9: frozenset(
-        {
-            "event_id",
-            "type",
-            "room_id",
-            "sender",
-            "state_key",
-            "content",
-            "hashes",
-            "signatures",
-            "depth",
-            "prev_events",
-            "prev_state",
-            "auth_events",
-            "origin",
-            "origin_server_ts",
-            "membership",
-        }
-    ),
-    RedactionRules.V11: frozenset(
-        {
-            "event_id",
-            "type",
-            "room_id",
-            "sender",
-            "state_key",
-            "content",
-            "hashes",
-            "signatures",
-            "depth",
-            "prev_events",
-            "auth_events",
-            "origin_server_ts",
-        }
-    ),
-}
-
-# Content keys kept per event type. v11: `m.room.power_levels` also keeps `invite`,
-# `m.room.redaction` keeps `redacts`; `m.room.create` (all content) and the `signed` part of
-# a member's `third_party_invite` are handled in `redact` itself.
-_CONTENT_KEYS: dict[RedactionRules, dict[str, frozenset[str]]] = {
-    RedactionRules.V9: {
-        "m.room.member": frozenset({"membership", "join_authorised_via_users_server"}),
-        "m.room.create": frozenset({"creator"}),
-        "m.room.join_rules": frozenset({"join_rule", "allow"}),
-        "m.room.power_levels": frozenset(
-            {
-                "ban",
-                "events",
-                "events_default",
-                "kick",
-                "redact",
-                "state_default",
-                "users",
-                "users_default",
-            }
-        ),
-        "m.room.history_visibility": frozenset({"history_visibility"}),
-    },
-    RedactionRules.V11: {
-        "m.room.member": frozenset({"membership", "join_authorised_via_users_server"}),
-        "m.room.join_rules": frozenset({"join_rule", "allow"}),
-        "m.room.power_levels": frozenset(
-            {
-                "ban",
-                "events",
-                "events_default",
-                "invite",
-                "kick",
-                "redact",
-                "state_default",
-                "users",
-                "users_default",
-            }
-        ),
-        "m.room.history_visibility": frozenset({"history_visibility"}),
-        "m.room.redaction": frozenset({"redacts"}),
-    },
-}
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -128,46 +47,6 @@ def add_content_hash(event: JsonDict) -> None:
     event["hashes"] = {"sha256": compute_content_hash(event)}
 
 
-def redact(event: JsonDict, version: RoomVersion) -> JsonDict:
-    """Apply the room version's redaction algorithm; returns a new dict, `event` is untouched."""
-    return _redact(event, version, copy.deepcopy)
-
-
-def _redact(event: JsonDict, version: RoomVersion, clone: Callable[[Any], Any]) -> JsonDict:
-    """``redact`` with the kept values passed through ``clone``: a deep copy for a redacted
-    event that lives on, as they are for one that is only encoded (hashing, signing)."""
-    rules = version.redaction_rules
-    redacted = {k: clone(v) for k, v in event.items() if k in _TOP_LEVEL_KEYS[rules]}
-    if "content" not in event:
-        return redacted
-    content = event["content"] if isinstance(event["content"], dict) else {}
-    event_type = event.get("type")
-    if rules is RedactionRules.V11 and event_type == "m.room.create":
-        new_content = clone(content)
-    else:
-        allowed = (
-            _CONTENT_KEYS[rules].get(event_type, frozenset())
-            if isinstance(event_type, str)
-            else frozenset()
-        )
-        new_content = {k: clone(v) for k, v in content.items() if k in allowed}
-        third_party_invite = content.get("third_party_invite")
-        if (
-            rules is RedactionRules.V11
-            and event_type == "m.room.member"
-            and isinstance(third_party_invite, dict)
-        ):
-            # v11: "it allows the `signed` key of the `third_party_invite` key", so that
-            # a redacted third-party invite can still be authorised.
-            new_content["third_party_invite"] = (
-                {"signed": clone(third_party_invite["signed"])}
-                if "signed" in third_party_invite
-                else {}
-            )
-    redacted["content"] = new_content
-    return redacted
-
-
 def _same(value: Any) -> Any:
     return value
 
@@ -175,7 +54,7 @@ def _same(value: Any) -> Any:
 def _signable(event: JsonDict, version: RoomVersion) -> JsonDict:
     """The redacted event without `signatures` and `unsigned`: what is hashed and signed.
     Only encoded, never changed below the top level: its values are the event's own."""
-    redacted = _redact(event, version, _same)
+    redacted = redact_with(event, version, _same)
     redacted.pop("signatures", None)
     redacted.pop("unsigned", None)
     return redacted
@@ -187,8 +66,47 @@ def compute_reference_hash(event: JsonDict, version: RoomVersion) -> bytes:
 
 
 def compute_event_id(event: JsonDict, version: RoomVersion) -> str:
-    """`$` + URL-safe unpadded base64 reference hash (rooms/fragments/v4-event-ids.md)."""
-    return "$" + encode_base64(compute_reference_hash(event, version), urlsafe=True)
+    """`$` + the unpadded base64 reference hash: standard base64 in room version 3 (rooms/v3.md
+    "Event IDs"), URL-safe from v4 (rooms/fragments/v4-event-ids.md).
+
+    Room versions 1 and 2 do not derive IDs: see `event_id_of`.
+    """
+    if version.event_format is EventFormat.V1:
+        raise ValueError(f"Room version {version.identifier} does not derive event IDs")
+    urlsafe = version.event_format is not EventFormat.V3
+    return "$" + encode_base64(compute_reference_hash(event, version), urlsafe=urlsafe)
+
+
+def event_id_of(event: JsonDict, version: RoomVersion) -> str:
+    """The event's ID: its `event_id` in room versions 1-2, the derived one from v3."""
+    if version.event_format is EventFormat.V1:
+        event_id = event.get("event_id")
+        if not isinstance(event_id, str):
+            raise ValueError("A room version 1-2 event has no event_id")
+        return event_id
+    return compute_event_id(event, version)
+
+
+def _reference_ids(event: JsonDict, key: str, version: RoomVersion) -> list[str]:
+    """The IDs in `prev_events` or `auth_events`; malformed entries are left out (the format
+    check refuses them before anything relies on this)."""
+    entries = event.get(key)
+    if not isinstance(entries, list):
+        return []
+    if version.event_format is EventFormat.V1:
+        return [
+            e[0] for e in entries if isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
+        ]
+    return [e for e in entries if isinstance(e, str)]
+
+
+def prev_event_ids(event: JsonDict, version: RoomVersion) -> list[str]:
+    return _reference_ids(event, "prev_events", version)
+
+
+def auth_event_ids(event: JsonDict, version: RoomVersion) -> list[str]:
+    """The IDs in `auth_events`, as listed (in v12 the create event is implied, not listed)."""
+    return _reference_ids(event, "auth_events", version)
 
 
 def compute_room_id_v12(create_event: JsonDict, version: RoomVersion) -> str:
@@ -244,10 +162,11 @@ def verify_event_signature(
     return True
 
 
-def check_event_size_and_shape(event: JsonDict) -> None:
+def check_event_size_and_shape(event: JsonDict, version: RoomVersion | None = None) -> None:
     """Enforce the spec's size limits and the types of the keys they apply to.
 
     A key over 255 bytes is `M_TOO_LARGE`, like the whole event: both are "Size limits".
+    `version` None applies the strict canonical JSON rules of room version 6 and later.
     """
     event_type = event.get("type")
     if not isinstance(event_type, str):
@@ -262,7 +181,8 @@ def check_event_size_and_shape(event: JsonDict) -> None:
             )
     # Room versions 6+ require canonical JSON (rooms/fragments/v6-canonical-json.md): no
     # floats, integers within [-(2**53)+1, (2**53)-1]; otherwise 400 M_BAD_JSON.
-    check_json_numbers(event)
+    if version is None or version.strict_canonical_json:
+        check_json_numbers(event)
     try:
         size = len(canonical_json(event))
     except (RecursionError, ValueError, TypeError) as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 from weakref import WeakValueDictionary
@@ -29,7 +29,7 @@ from homeserver.events.format import (
     redact,
 )
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from homeserver.storage.events import EventStore, NewEvent
+from homeserver.storage.events import EventStore, Extremity, NewEvent, StateKey, StateMap
 from homeserver.storage.push import PushAction
 from homeserver.storage.rooms import Room, RoomStore
 from homeserver.wakeups.notifier import Notifier
@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 # How often a send is rebuilt when another writer moved the room on in between.
 MAX_BUILD_ATTEMPTS = 20
+# A new event's prev_events are at most this many forward extremities, the deepest: the
+# spec advises a bound, and Synapse uses this one; the rest stay extremities for later.
+MAX_PREV_EVENTS = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,18 @@ class PushActions(Protocol):
     ) -> tuple[PushAction, ...]: ...
 
 
+class StateResolver(Protocol):
+    """Resolves several state sets of a room (state resolution v2, v2.1; issue 17), loading
+    the events it needs through ``get_events``."""
+
+    async def __call__(
+        self,
+        version: RoomVersion,
+        state_sets: Sequence[StateMap],
+        get_events: Callable[[Collection[str]], Awaitable[Mapping[str, JsonDict]]],
+    ) -> dict[StateKey, str]: ...
+
+
 class EventSender:
     def __init__(
         self,
@@ -76,6 +91,7 @@ class EventSender:
         server_name: str,
         signing_key: SigningKey,
         push: PushActions,
+        resolve: StateResolver | None = None,
     ) -> None:
         self._events = events
         self._rooms = rooms
@@ -90,6 +106,10 @@ class EventSender:
         # fails the compare-and-swap and the room is read again.
         self._heads: LRUCache[str, Room] = LRUCache(maxsize=10_000)
         self._push = push
+        # How the states of several forward extremities become one (issue 17's state
+        # resolution). Without it, an event on extremities whose states differ is built on
+        # the room's current state, as before rooms were graphs.
+        self._resolve = resolve
 
     def version(self, room: Room) -> RoomVersion:
         return KNOWN_ROOM_VERSIONS[room.room_version]
@@ -155,8 +175,12 @@ class EventSender:
             for attempt in range(MAX_BUILD_ATTEMPTS):
                 room = self._heads.get(room_id) if attempt == 0 else None
                 if room is None:
-                    room = await self._rooms.get_room(room_id)
-                    if room is None or room.current_state_group is None:
+                    room = await self._rooms.get_room_head(room_id)
+                    if (
+                        room is None
+                        or room.current_state_group is None
+                        or not room.forward_extremities
+                    ):
                         raise MatrixError(Codes.NOT_FOUND, "Unknown room")
                 async with self._events.pinned_reads():  # one connection for its reads
                     new = await self._build(
@@ -169,9 +193,19 @@ class EventSender:
                 self._heads.pop(room_id, None)
             else:
                 raise MatrixError(Codes.UNKNOWN, "The room is too busy, try again", status=503)
-            if state_key is None:
+            if (
+                state_key is None
+                and new.prev_state is None
+                and len(room.forward_extremities) <= MAX_PREV_EVENTS
+            ):
+                # It took every extremity's place, and its state is the room's.
+                assert room.current_state_group is not None
+                depth = new.pdu["depth"]
                 self._heads[room_id] = replace(
-                    room, latest_event_id=new.event_id, current_depth=new.pdu["depth"]
+                    room,
+                    latest_event_id=new.event_id,
+                    current_depth=depth,
+                    forward_extremities=(Extremity(new.event_id, depth, room.current_state_group),),
                 )
             else:  # a new state group, which only the store knows: read the room next time
                 self._heads.pop(room_id, None)
@@ -190,8 +224,8 @@ class EventSender:
         redacts: str | None,
     ) -> NewEvent:
         version = self.version(room)
-        assert room.current_state_group is not None
-        state = await self._events.get_state_ids(room.current_state_group)
+        parents = room.forward_extremities[:MAX_PREV_EVENTS]
+        state, prev_state = await self._state_before(room, version, parents)
         wanted = auth_types_for_event(version, event_type, state_key, sender, content)
         auth_ids = [state[k] for k in wanted if k in state]
         create_id = state.get(("m.room.create", ""))
@@ -204,8 +238,8 @@ class EventSender:
             "type": event_type,
             "content": content,
             "origin_server_ts": self._clock.now_ms(),
-            "depth": room.current_depth + 1,
-            "prev_events": [room.latest_event_id],
+            "depth": max(e.depth for e in parents) + 1,
+            "prev_events": [e.event_id for e in parents],
             "auth_events": auth_ids,
         }
         if state_key is not None:
@@ -244,7 +278,39 @@ class EventSender:
             txn_id=txn.txn_id if txn else None,
             txn_scope=txn.scope if txn else None,
             push_actions=push_actions,
+            prev_state=prev_state,
         )
+
+    async def _state_before(
+        self, room: Room, version: RoomVersion, parents: Sequence[Extremity]
+    ) -> tuple[StateMap, StateMap | None]:
+        """The state a new event on ``parents`` is sent in, and that again when it is not the
+        room's current state (the event then carries it to the store). One extremity, or
+        several with one state, is the usual case: nothing is resolved."""
+        current = room.current_state_group
+        assert current is not None
+        groups = list(dict.fromkeys(e.state_group for e in parents))
+        if groups == [current]:
+            return await self._events.get_state_ids(current), None
+        states = [await self._events.get_state_ids(g) for g in groups]
+        if len(states) == 1:
+            return states[0], states[0]
+        if self._resolve is None:
+            logger.warning(
+                "no state resolver: built on current state", extra={"room_id": room.room_id}
+            )
+            return await self._events.get_state_ids(current), None
+
+        async def load(event_ids: Collection[str]) -> dict[str, JsonDict]:
+            # As every server has them: a redacted event in its redacted form.
+            loaded = await self._events.get_events(event_ids)
+            return {
+                e.event_id: e.pdu if e.redacted_by is None else redact(e.pdu, version)
+                for e in loaded.values()
+            }
+
+        resolved = await self._resolve(version, states, load)
+        return resolved, resolved
 
 
 def _random_room_id(server_name: str) -> RoomID:

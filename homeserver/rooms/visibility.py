@@ -23,6 +23,9 @@ class Visibility:
         ``membership``: the user's current membership of the events' room, when the caller
         has it (one query fewer).
         """
+        # Outliers, rejected and soft-failed events are never served (spec, "Rejected
+        # events", "Soft failure").
+        events = [e for e in events if e.served]
         if not events:
             return []
         # Memberships are read once per room: "shared" history opens to current members.

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sqlalchemy as sa
 from cachetools import LRUCache
 
 from homeserver.storage.database import Database, prepared
-from homeserver.storage.events import EventStore
-from homeserver.storage.schema import current_state, events, room_aliases, room_memberships, rooms
+from homeserver.storage.events import EventStore, Extremity
+from homeserver.storage.schema import (
+    current_state,
+    event_forward_extremities,
+    events,
+    room_aliases,
+    room_memberships,
+    rooms,
+)
 
 # How many memberships syncs keep, all users together (RoomStore.get_sync_memberships):
 # counted by membership, not by user, so that accounts in thousands of rooms cannot make
@@ -27,6 +34,9 @@ class Room:
     latest_event_id: str | None
     current_depth: int
     current_state_group: int | None
+    # Filled by get_room_head only: what the room's next local event builds on, deepest
+    # (then newest) first.
+    forward_extremities: tuple[Extremity, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +66,39 @@ def _membership(r: sa.Row[tuple[object, ...]]) -> Membership:
     )
 
 
+def _room(r: sa.Row[tuple[object, ...]]) -> Room:
+    return Room(
+        r.room_id,
+        r.room_version,
+        r.creator,
+        bool(r.is_public),
+        r.latest_event_id,
+        int(r.current_depth),
+        r.current_state_group,
+    )
+
+
 # Hot statements, built once: building a statement costs more than running it on SQLite.
 _m = room_memberships
 _GET_ROOM = prepared(sa.select(rooms).where(rooms.c.room_id == sa.bindparam("room_id")))
+# The room and its forward extremities in one read, so that they agree: rooms.latest_event_id
+# (the sender's compare-and-swap token) moves with every change of the extremities.
+_f = event_forward_extremities
+_GET_ROOM_HEAD = prepared(
+    sa.select(
+        rooms,
+        _f.c.event_id.label("extremity"),
+        events.c.depth.label("extremity_depth"),
+        events.c.state_group.label("extremity_state_group"),
+    )
+    .select_from(
+        rooms.outerjoin(_f, _f.c.room_id == rooms.c.room_id).outerjoin(
+            events, events.c.event_id == _f.c.event_id
+        )
+    )
+    .where(rooms.c.room_id == sa.bindparam("room_id"))
+    .order_by(events.c.depth.desc(), events.c.stream_ordering.desc())
+)
 _GET_MEMBERSHIP = prepared(
     sa.select(_m).where(
         _m.c.room_id == sa.bindparam("room_id"), _m.c.user_id == sa.bindparam("user_id")
@@ -119,17 +159,20 @@ class RoomStore:
     async def get_room(self, room_id: str) -> Room | None:
         async with self._db.read() as conn:
             r = (await conn.execute(_GET_ROOM, {"room_id": room_id})).first()
-        if r is None:
+        return _room(r) if r is not None else None
+
+    async def get_room_head(self, room_id: str) -> Room | None:
+        """The room with its forward extremities (what a local send builds on)."""
+        async with self._db.read() as conn:
+            rows = (await conn.execute(_GET_ROOM_HEAD, {"room_id": room_id})).all()
+        if not rows:
             return None
-        return Room(
-            r.room_id,
-            r.room_version,
-            r.creator,
-            bool(r.is_public),
-            r.latest_event_id,
-            int(r.current_depth),
-            r.current_state_group,
+        extremities = tuple(
+            Extremity(r.extremity, int(r.extremity_depth), int(r.extremity_state_group))
+            for r in rows
+            if r.extremity is not None and r.extremity_depth is not None
         )
+        return replace(_room(rows[0]), forward_extremities=extremities)
 
     async def get_room_version(self, room_id: str) -> str | None:
         """The room's version; it never changes, so it is cached."""

@@ -22,6 +22,10 @@ stream_positions = sa.Table(
     sa.Column("stream", sa.Text, primary_key=True),
     sa.Column("position", BigInt, nullable=False),
 )
+# Not a stream: the row that numbers events never served (outliers, rejected, soft-failed)
+# downwards from 0, below every position of the events stream, so that no read of the
+# stream meets them.
+UNSERVED_EVENTS = "unserved_events"
 
 # --- accounts ---------------------------------------------------------------------------
 
@@ -118,11 +122,49 @@ rooms = sa.Table(
     sa.Column("creator", sa.Text, nullable=False),
     sa.Column("created_ts", BigInt, nullable=False),
     sa.Column("is_public", sa.Boolean, nullable=False, default=False),  # in the room directory
-    # The forward extremity and its state: the next local event builds on these, and
-    # persisting compares-and-swaps them so two writers never fork the room by accident.
+    # The last event added to the room's graph, with its depth: a local send compares and
+    # swaps it, so it stands for the forward extremities the sender built on (each event
+    # that changes them replaces it). Also the "last known event" a room upgrade names.
     sa.Column("latest_event_id", sa.Text, nullable=True),
     sa.Column("current_depth", BigInt, nullable=False, default=0),
+    # The room's current state (that of its forward extremities, resolved).
     sa.Column("current_state_group", BigInt, nullable=True),
+)
+
+# The room's events that no event points at yet: the next local event's prev_events.
+event_forward_extremities = sa.Table(
+    "event_forward_extremities",
+    metadata,
+    sa.Column("room_id", sa.Text, primary_key=True),
+    sa.Column("event_id", sa.Text, primary_key=True),
+)
+
+# The room's graph: one row per prev_event of each event (outliers have none).
+event_edges = sa.Table(
+    "event_edges",
+    metadata,
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("prev_event_id", sa.Text, primary_key=True),
+    sa.Index(None, "prev_event_id"),  # an event's children: is it still an extremity
+)
+
+# The auth graph: one row per auth_event of each event. Auth chains are its closures
+# (a recursive query, EventStore.get_auth_chain).
+event_auth = sa.Table(
+    "event_auth",
+    metadata,
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("auth_id", sa.Text, primary_key=True),
+)
+
+# Events refused by the auth rules, kept so that they are not fetched and checked again;
+# never served, never the auth event of another (spec, "Rejected events").
+rejections = sa.Table(
+    "rejections",
+    metadata,
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("rejected_ts", BigInt, nullable=False),
 )
 
 events = sa.Table(
@@ -145,6 +187,12 @@ events = sa.Table(
     # The sending device and its transaction ID, echoed to that device only (spec: unsigned).
     sa.Column("device_id", sa.Text, nullable=True),
     sa.Column("txn_id", sa.Text, nullable=True),
+    # Known without its place in the graph (an auth event fetched on its own): no edges, no
+    # state group of its own, never served from the timeline.
+    sa.Column("outlier", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Passed the auth rules against the state before it but not against the room's current
+    # state (spec, "Soft failure"): stored, never served, never a forward extremity.
+    sa.Column("soft_failed", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index(None, "room_id", "stream_ordering"),
 )
 

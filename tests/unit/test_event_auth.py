@@ -187,7 +187,7 @@ def test_v12_create_must_not_have_room_id() -> None:
 
 
 @ALL_VERSIONS
-@pytest.mark.parametrize("room_version", ["9", "1", "999", 12, None])
+@pytest.mark.parametrize("room_version", ["13", "0", "999", "org.example.x", 12, None])
 def test_create_with_unknown_room_version_is_rejected(
     version: RoomVersion, room_version: Any
 ) -> None:

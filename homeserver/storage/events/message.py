@@ -1,6 +1,4 @@
-"""The SQL the event store runs: prepared statements and the query shapes built once at import
-(so that start-up compiles them: Database.prepare_statements). Only storage/events.py uses
-them (their names stay private to that pair of modules)."""
+"""PostgreSQL's one-statement persist of a message (writable CTEs)."""
 
 from __future__ import annotations
 
@@ -13,109 +11,15 @@ from homeserver.core.streams import Stream
 from homeserver.storage.database import prepared
 from homeserver.storage.schema import (
     BigInt,
+    event_auth,
+    event_edges,
+    event_forward_extremities,
     event_push_actions,
     event_relations,
     event_txns,
     events,
     rooms,
-    state_group_entries,
-    state_groups,
     stream_positions,
-)
-
-_EVENT_COLUMNS = (
-    events.c.stream_ordering,
-    events.c.event_id,
-    events.c.room_id,
-    events.c.type,
-    events.c.state_key,
-    events.c.sender,
-    events.c.origin_server_ts,
-    events.c.depth,
-    events.c.json,
-    events.c.unsigned_json,
-    events.c.state_group,
-    events.c.redacted_by,
-    events.c.device_id,
-    events.c.txn_id,
-)
-
-
-# Hot statements, built once: building a statement costs more than running it on SQLite.
-_e = events
-_LOCK_ROOM = prepared(
-    sa.select(rooms.c.latest_event_id, rooms.c.current_state_group)
-    .where(rooms.c.room_id == sa.bindparam("room_id"))
-    .with_for_update()
-)
-_MOVE_ROOM = prepared(
-    sa.update(rooms)
-    .where(rooms.c.room_id == sa.bindparam("id"))
-    .values(
-        latest_event_id=sa.bindparam("latest"),
-        current_depth=sa.bindparam("depth"),
-        current_state_group=sa.bindparam("group"),
-    ),
-    columns=("id", "latest", "depth", "group"),
-)
-# The columns persist_event gives every new event.
-_INSERT_EVENT = prepared(
-    sa.insert(events),
-    columns=(
-        "stream_ordering",
-        "event_id",
-        "room_id",
-        "type",
-        "state_key",
-        "sender",
-        "depth",
-        "origin_server_ts",
-        "json",
-        "unsigned_json",
-        "state_group",
-        "device_id",
-        "txn_id",
-    ),
-)
-_EVENTS_BY_ID = prepared(
-    sa.select(*_EVENT_COLUMNS).where(_e.c.event_id.in_(sa.bindparam("ids", expanding=True)))
-)
-_TXN = prepared(
-    sa.select(event_txns.c.event_id).where(
-        event_txns.c.user_id == sa.bindparam("user_id"),
-        event_txns.c.device_id == sa.bindparam("device_id"),
-        event_txns.c.scope == sa.bindparam("scope"),
-        event_txns.c.txn_id == sa.bindparam("txn_id"),
-    )
-)
-_WINDOW_FROM = _e.outerjoin(event_relations, event_relations.c.event_id == _e.c.event_id)
-_IN_WINDOW = (
-    _e.c.stream_ordering > sa.bindparam("after"),
-    _e.c.stream_ordering <= sa.bindparam("upto"),
-)
-_WINDOW = prepared(
-    sa.select(_e.c.room_id, _e.c.type, _e.c.state_key, _e.c.sender, event_relations.c.relates_to_id)
-    .select_from(_WINDOW_FROM)
-    .where(*_IN_WINDOW)
-)
-# A short window's: the events themselves too.
-_WINDOW_EVENTS = prepared(
-    sa.select(*_EVENT_COLUMNS, event_relations.c.relates_to_id)
-    .select_from(_WINDOW_FROM)
-    .where(*_IN_WINDOW)
-    .order_by(_e.c.stream_ordering)
-)
-_ROOMS_CHANGED = prepared(
-    sa.select(_e.c.room_id)
-    .distinct()
-    .where(
-        _e.c.stream_ordering > sa.bindparam("after"),
-        _e.c.stream_ordering <= sa.bindparam("upto"),
-        _e.c.room_id.in_(sa.bindparam("rooms", expanding=True)),
-    )
-)
-_PREV_GROUP = prepared(
-    sa.select(state_groups.c.prev_group).where(state_groups.c.id == sa.bindparam("id"))
 )
 
 
@@ -132,7 +36,9 @@ def _message_statement(claim: bool, relation: bool) -> sa.Select[Any]:
     position is taken, and the event, its push actions, its transaction ID (a taken one
     fails the whole statement on the primary key) and its relation are inserted at it. The
     room's row, then the position's, stay locked until the commit, in that order, as in
-    ``persist_event``'s transaction.
+    ``persist_event``'s transaction. The event's edges (``prevs``, ``auths``) are recorded
+    and it replaces its prev_events among the room's forward extremities, as
+    ``record_graph`` does there.
     """
     moved = (
         sa.update(rooms)
@@ -221,7 +127,60 @@ def _message_statement(claim: bool, relation: bool) -> sa.Select[Any]:
         )
         .cte("pushed")
     )
-    statement = sa.select(position.c.position).add_cte(event, pushed)
+    prevs = (
+        sa.func.unnest(sa.bindparam("prevs", type_=postgresql.ARRAY(sa.Text)))
+        .table_valued("prev_event_id")
+        .render_derived()
+    )
+    auths = (
+        sa.func.unnest(sa.bindparam("auths", type_=postgresql.ARRAY(sa.Text)))
+        .table_valued("auth_id")
+        .render_derived()
+    )
+    _f = event_forward_extremities
+    # The graph: the event replaces its prev_events among the room's forward extremities
+    # (other rows than the one inserted, so the two do not meet in one statement) and its
+    # edges are recorded.
+    unlinked = (
+        sa.delete(_f)
+        .where(
+            _f.c.room_id == _text("room_id"),
+            _f.c.event_id == sa.func.any(sa.bindparam("prevs", type_=postgresql.ARRAY(sa.Text))),
+            sa.select(position).exists(),
+        )
+        .cte("unlinked")
+    )
+    linked = (
+        sa.insert(_f)
+        .from_select(
+            ["room_id", "event_id"],
+            sa.select(_text("room_id"), _text("event_id")).select_from(position),
+        )
+        .cte("linked")
+    )
+    edged = (
+        sa.insert(event_edges)
+        .from_select(
+            ["event_id", "prev_event_id"],
+            sa.select(_text("event_id"), prevs.c.prev_event_id).select_from(
+                position.join(prevs, sa.true())
+            ),
+        )
+        .cte("edged")
+    )
+    authed = (
+        sa.insert(event_auth)
+        .from_select(
+            ["event_id", "auth_id"],
+            sa.select(_text("event_id"), auths.c.auth_id).select_from(
+                position.join(auths, sa.true())
+            ),
+        )
+        .cte("authed")
+    )
+    statement = sa.select(position.c.position).add_cte(
+        event, pushed, unlinked, linked, edged, authed
+    )
     if claim:
         statement = statement.add_cte(
             sa.insert(event_txns)
@@ -270,60 +229,9 @@ def _message_statement(claim: bool, relation: bool) -> sa.Select[Any]:
     return statement
 
 
-_MESSAGE = {
+MESSAGE = {
     (c, r): prepared(_message_statement(c, r), dialect="postgresql")
     for c in (False, True)
     for r in (False, True)
 }
 # The constraint a taken transaction ID violates.
-_TXN_KEY = str(event_txns.primary_key.name)
-
-
-def _room_events_query(after: bool, upto: bool, descending: bool) -> sa.Select[Any]:
-    query = sa.select(*_EVENT_COLUMNS).where(_e.c.room_id == sa.bindparam("room_id"))
-    if after:
-        query = query.where(_e.c.stream_ordering > sa.bindparam("after"))
-    if upto:
-        query = query.where(_e.c.stream_ordering <= sa.bindparam("upto"))
-    order = _e.c.stream_ordering.desc() if descending else _e.c.stream_ordering.asc()
-    return query.order_by(order).limit(sa.bindparam("limit"))
-
-
-def _state_of_group_query() -> sa.Select[Any]:
-    """The entries of :group and of its chain back to the nearest snapshot, oldest first
-    (later ones override earlier ones)."""
-    chain = (
-        sa.select(
-            state_groups.c.id,
-            state_groups.c.prev_group,
-            state_groups.c.is_snapshot,
-            sa.literal(0).label("n"),
-        )
-        .where(state_groups.c.id == sa.bindparam("group"))
-        .cte("chain", recursive=True)
-    )
-    parent = state_groups.alias("parent")
-    chain = chain.union_all(
-        sa.select(
-            parent.c.id, parent.c.prev_group, parent.c.is_snapshot, (chain.c.n + 1).label("n")
-        ).where(parent.c.id == chain.c.prev_group, chain.c.is_snapshot.is_(False))
-    )
-    return (
-        sa.select(
-            chain.c.n,
-            state_group_entries.c.type,
-            state_group_entries.c.state_key,
-            state_group_entries.c.event_id,
-        )
-        .join(state_group_entries, state_group_entries.c.state_group == chain.c.id)
-        .order_by(chain.c.n.desc())
-    )
-
-
-_STATE_OF_GROUP = prepared(_state_of_group_query())
-_ROOM_EVENTS = {
-    (a, u, d): prepared(_room_events_query(a, u, d))
-    for a in (False, True)
-    for u in (False, True)
-    for d in (False, True)
-}

@@ -1,0 +1,215 @@
+"""The room graph: forward extremities, prev_events edges, auth_events edges and auth chains,
+rejections.
+
+Persisting an event records its edges and moves the room's forward extremities in the same
+transaction (``record_graph``); the reads here answer what building an event and resolving
+state ask of the graph.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from homeserver.core.types import JsonDict
+from homeserver.storage.database import Connection, Database, prepared
+from homeserver.storage.schema import (
+    event_auth,
+    event_edges,
+    event_forward_extremities,
+    events,
+    rejections,
+)
+
+_f = event_forward_extremities
+
+
+def referenced_ids(pdu: JsonDict, key: str) -> list[str]:
+    """The event IDs of a PDU's ``prev_events`` or ``auth_events``, each once, in order: an
+    element is an ID, or in room versions 1 and 2 an [ID, hashes] pair."""
+    value = pdu.get(key)
+    if not isinstance(value, list):
+        return []
+    found: dict[str, None] = {}
+    for item in value:
+        if isinstance(item, list) and item:
+            item = item[0]
+        if isinstance(item, str):
+            found[item] = None
+    return list(found)
+
+
+@dataclass(frozen=True, slots=True)
+class Extremity:
+    """A forward extremity of a room, with what building on it needs."""
+
+    event_id: str
+    depth: int
+    state_group: int
+
+
+# Hot statements, built once: building a statement costs more than running it on SQLite.
+# The usual move: the one prev_event was an extremity and the new event takes its row.
+_MOVE_EXTREMITY = prepared(
+    sa.update(_f)
+    .where(_f.c.room_id == sa.bindparam("room"), _f.c.event_id == sa.bindparam("prev"))
+    .values(event_id=sa.bindparam("new")),
+    columns=("room", "prev", "new"),
+)
+_DROP_EXTREMITIES = prepared(
+    sa.delete(_f).where(
+        _f.c.room_id == sa.bindparam("room_id"),
+        _f.c.event_id.in_(sa.bindparam("prevs", expanding=True)),
+    )
+)
+_ADD_EXTREMITY = prepared(sa.insert(_f), columns=("room_id", "event_id"))
+_ADD_EDGE = prepared(sa.insert(event_edges), columns=("event_id", "prev_event_id"))
+_ADD_AUTH = prepared(sa.insert(event_auth), columns=("event_id", "auth_id"))
+_EXTREMITIES = prepared(
+    sa.select(_f.c.event_id, events.c.depth, events.c.state_group)
+    .join(events, events.c.event_id == _f.c.event_id)
+    .where(_f.c.room_id == sa.bindparam("room_id"))
+    .order_by(events.c.depth.desc(), events.c.stream_ordering.desc())
+)
+
+
+async def record_graph(
+    conn: Connection,
+    room_id: str,
+    event_id: str,
+    prevs: Sequence[str],
+    auths: Sequence[str],
+    *,
+    link: bool = True,
+    extremity: bool = True,
+) -> None:
+    """Inside the persisting transaction: the event's edges; with ``link``, its prev_events
+    are no longer forward extremities of the room, and with ``extremity`` it is one (not
+    when it has a child already, nor when it is soft-failed)."""
+    moved = 0
+    if link and extremity and len(prevs) == 1:
+        result = await conn.execute(
+            _MOVE_EXTREMITY, {"room": room_id, "prev": prevs[0], "new": event_id}
+        )
+        moved = result.rowcount
+    elif link and prevs:
+        await conn.execute(_DROP_EXTREMITIES, {"room_id": room_id, "prevs": list(prevs)})
+    if extremity and not moved:
+        await conn.execute(_ADD_EXTREMITY, {"room_id": room_id, "event_id": event_id})
+    if prevs:
+        await conn.execute(_ADD_EDGE, [{"event_id": event_id, "prev_event_id": p} for p in prevs])
+    if auths:
+        await conn.execute(_ADD_AUTH, [{"event_id": event_id, "auth_id": a} for a in auths])
+
+
+@functools.lru_cache(maxsize=16)
+def _auth_chain_query(sets: int) -> sa.Select[Any]:
+    """(set, event_id) for every event in the auth chain of each of ``sets`` sets of events
+    (bound as ``ids0``, ``ids1``, ...): their auth events, theirs, and so on. ``UNION``
+    stops at events already reached, so each event is visited once per set."""
+    firsts = [
+        sa.select(sa.literal(i).label("s"), event_auth.c.auth_id.label("event_id")).where(
+            event_auth.c.event_id.in_(sa.bindparam(f"ids{i}", expanding=True))
+        )
+        for i in range(sets)
+    ]
+    if sets == 1:
+        first = firsts[0]
+    else:  # a recursive CTE unions onto a plain SELECT, not a compound one
+        each = sa.union_all(*firsts).subquery("seeds")
+        first = sa.select(each.c.s, each.c.event_id)
+    seeds = first.cte("chain", recursive=True)
+    step = event_auth.alias("step")
+    chain = seeds.union(
+        sa.select(seeds.c.s, step.c.auth_id).where(step.c.event_id == seeds.c.event_id)
+    )
+    return sa.select(chain.c.s, chain.c.event_id)
+
+
+class GraphReads:
+    """The event store's reads of the room graph (a part of ``EventStore``)."""
+
+    _db: Database
+
+    async def get_forward_extremities(self, room_id: str) -> list[Extremity]:
+        """The room's forward extremities, deepest (then newest) first."""
+        async with self._db.read() as conn:
+            rows = (await conn.execute(_EXTREMITIES, {"room_id": room_id})).all()
+        return [Extremity(r.event_id, int(r.depth), int(r.state_group)) for r in rows]
+
+    async def get_prev_event_ids(self, event_id: str) -> list[str]:
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(event_edges.c.prev_event_id)
+                    .where(event_edges.c.event_id == event_id)
+                    .order_by(event_edges.c.prev_event_id)
+                )
+            ).all()
+        return [r.prev_event_id for r in rows]
+
+    async def get_auth_event_ids(self, event_id: str) -> list[str]:
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(event_auth.c.auth_id)
+                    .where(event_auth.c.event_id == event_id)
+                    .order_by(event_auth.c.auth_id)
+                )
+            ).all()
+        return [r.auth_id for r in rows]
+
+    async def get_auth_chain(self, event_ids: Iterable[str]) -> set[str]:
+        """The auth chain of the events (spec: their auth events, theirs, and so on; not the
+        events themselves), in one recursive query."""
+        found = await self._auth_chains([list(event_ids)])
+        return found[0]
+
+    async def get_auth_chain_difference(self, state_sets: Sequence[Collection[str]]) -> set[str]:
+        """spec, state resolution v2 "Auth difference": the union of the auth chains of the
+        events of each state set, less their intersection."""
+        chains = await self._auth_chains([list(s) for s in state_sets])
+        if not chains:
+            return set()
+        union: set[str] = set().union(*chains)
+        return union - chains[0].intersection(*chains[1:])
+
+    async def _auth_chains(self, sets: Sequence[list[str]]) -> list[set[str]]:
+        if not sets:
+            return []
+        params = {f"ids{i}": ids for i, ids in enumerate(sets)}
+        async with self._db.read() as conn:
+            rows = (await conn.execute(_auth_chain_query(len(sets)), params)).all()
+        chains: list[set[str]] = [set() for _ in sets]
+        for r in rows:
+            chains[int(r.s)].add(r.event_id)
+        return chains
+
+    async def get_rejections(self, event_ids: Iterable[str]) -> dict[str, str]:
+        """Which of the events were rejected, and why (never the auth event of another)."""
+        ids = list(event_ids)
+        if not ids:
+            return {}
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(rejections.c.event_id, rejections.c.reason).where(
+                        rejections.c.event_id.in_(ids)
+                    )
+                )
+            ).all()
+        return {r.event_id: r.reason for r in rows}
+
+    async def get_rejection(self, event_id: str) -> str | None:
+        """Why the event was rejected, or None when it was not (or is unknown)."""
+        async with self._db.read() as conn:
+            value = (
+                await conn.execute(
+                    sa.select(rejections.c.reason).where(rejections.c.event_id == event_id)
+                )
+            ).scalar()
+        return value if isinstance(value, str) else None

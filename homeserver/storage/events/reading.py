@@ -1,0 +1,248 @@
+"""Reading events: by ID, a room's timeline, and the events stream's shared windows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from homeserver.storage.database import Database, prepared
+from homeserver.storage.events.model import EVENT_COLUMNS, StoredEvent, to_event
+from homeserver.storage.schema import (
+    event_relations,
+    event_txns,
+    events,
+)
+from homeserver.storage.shared_reads import RangeReads
+
+# A sync from at most this many positions back reads the events stream in between once for
+# everyone (a StreamWindow); from further back it asks about its own rooms only.
+WINDOW_MAX_EVENTS = 100
+# A window of at most this many positions holds the events themselves: a sync's timeline
+# from that far back is taken from it, not read (so at most this many events per window).
+SHARED_TIMELINE_MAX_EVENTS = 20
+# Windows kept, weighed as one each plus the events they hold.
+WINDOWS_KEPT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class StreamWindow:
+    """The events stream between two committed positions, when few events lie there: the
+    rooms that have events, the users whose membership of a room changed, the events that
+    got a child (a relation to them: edit, reaction, thread reply, reference), and the rooms
+    each sender sent to (read-only).
+
+    A short window also holds the rows of its events (``rows``, oldest first), which become
+    events a room at a time (``events_of``), when a sync first asks for that room's.
+    """
+
+    rooms: frozenset[str]
+    members: frozenset[str]
+    parents: frozenset[str]
+    senders: Mapping[str, frozenset[str]]
+    rows: tuple[Any, ...] | None = None
+    _parsed: dict[str, tuple[StoredEvent, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def events_of(self, room_id: str) -> tuple[StoredEvent, ...] | None:
+        """The room's events in the window, oldest first (shared: do not change them); None
+        when the window does not hold its events."""
+        if self.rows is None:
+            return None
+        found = self._parsed.get(room_id)
+        if found is None:
+            found = self._parsed[room_id] = tuple(
+                to_event(r) for r in self.rows if r.room_id == room_id
+            )
+        return found
+
+    @property
+    def weight(self) -> int:
+        return 1 + len(self.rows or ())
+
+
+EMPTY_WINDOW = StreamWindow(frozenset(), frozenset(), frozenset(), {}, ())
+
+
+# Hot statements, built once: building a statement costs more than running it on SQLite.
+_e = events
+_EVENTS_BY_ID = prepared(
+    sa.select(*EVENT_COLUMNS).where(_e.c.event_id.in_(sa.bindparam("ids", expanding=True)))
+)
+_TXN = prepared(
+    sa.select(event_txns.c.event_id).where(
+        event_txns.c.user_id == sa.bindparam("user_id"),
+        event_txns.c.device_id == sa.bindparam("device_id"),
+        event_txns.c.scope == sa.bindparam("scope"),
+        event_txns.c.txn_id == sa.bindparam("txn_id"),
+    )
+)
+_WINDOW_FROM = _e.outerjoin(event_relations, event_relations.c.event_id == _e.c.event_id)
+_IN_WINDOW = (
+    _e.c.stream_ordering > sa.bindparam("after"),
+    _e.c.stream_ordering <= sa.bindparam("upto"),
+)
+_WINDOW = prepared(
+    sa.select(_e.c.room_id, _e.c.type, _e.c.state_key, _e.c.sender, event_relations.c.relates_to_id)
+    .select_from(_WINDOW_FROM)
+    .where(*_IN_WINDOW)
+)
+# A short window's: the events themselves too.
+_WINDOW_EVENTS = prepared(
+    sa.select(*EVENT_COLUMNS, event_relations.c.relates_to_id)
+    .select_from(_WINDOW_FROM)
+    .where(*_IN_WINDOW)
+    .order_by(_e.c.stream_ordering)
+)
+_ROOMS_CHANGED = prepared(
+    sa.select(_e.c.room_id)
+    .distinct()
+    .where(
+        _e.c.stream_ordering > sa.bindparam("after"),
+        _e.c.stream_ordering <= sa.bindparam("upto"),
+        _e.c.room_id.in_(sa.bindparam("rooms", expanding=True)),
+    )
+)
+
+
+def _room_events_query(after: bool, upto: bool, descending: bool) -> sa.Select[Any]:
+    query = sa.select(*EVENT_COLUMNS).where(_e.c.room_id == sa.bindparam("room_id"))
+    if after:
+        query = query.where(_e.c.stream_ordering > sa.bindparam("after"))
+    else:  # events never served are numbered below 0
+        query = query.where(_e.c.stream_ordering > 0)
+    if upto:
+        query = query.where(_e.c.stream_ordering <= sa.bindparam("upto"))
+    order = _e.c.stream_ordering.desc() if descending else _e.c.stream_ordering.asc()
+    return query.order_by(order).limit(sa.bindparam("limit"))
+
+
+_ROOM_EVENTS = {
+    (a, u, d): prepared(_room_events_query(a, u, d))
+    for a in (False, True)
+    for u in (False, True)
+    for d in (False, True)
+}
+
+
+class EventReads:
+    """The event store's reads of events (a part of ``EventStore``)."""
+
+    _db: Database
+    _windows: RangeReads[StreamWindow]
+
+    # --- reading events --------------------------------------------------------------------
+
+    async def get_event(self, event_id: str) -> StoredEvent | None:
+        found = await self.get_events([event_id])
+        return found.get(event_id)
+
+    async def get_events(self, event_ids: Iterable[str]) -> dict[str, StoredEvent]:
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return {}
+        async with self._db.read() as conn:
+            rows = (await conn.execute(_EVENTS_BY_ID, {"ids": ids})).all()
+        return {r.event_id: to_event(r) for r in rows}
+
+    async def get_txn_event_id(
+        self, user_id: str, device_id: str, scope: str, txn_id: str
+    ) -> str | None:
+        async with self._db.read() as conn:
+            value = (
+                await conn.execute(
+                    _TXN,
+                    {"user_id": user_id, "device_id": device_id, "scope": scope, "txn_id": txn_id},
+                )
+            ).scalar()
+        return value
+
+    async def get_room_events(
+        self,
+        room_id: str,
+        *,
+        after: int | None = None,
+        upto: int | None = None,
+        limit: int,
+        descending: bool,
+    ) -> list[StoredEvent]:
+        """Events of one room with ``after < stream_ordering <= upto``, newest or oldest first."""
+        query = _ROOM_EVENTS[(after is not None, upto is not None, descending)]
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    query, {"room_id": room_id, "after": after, "upto": upto, "limit": limit}
+                )
+            ).all()
+        return [to_event(r) for r in rows]
+
+    async def get_window(self, after: int, upto: int) -> StreamWindow | None:
+        """The events stream in ``(after, upto]``; None when more than ``WINDOW_MAX_EVENTS``
+        positions lie there. ``upto`` must be committed (a sync's current position): the
+        answer is kept for everyone who asks for the same range."""
+        return await self._windows.get(after, upto, self._read_window)
+
+    async def _read_window(self, after: int, upto: int) -> StreamWindow:
+        short = upto - after <= SHARED_TIMELINE_MAX_EVENTS
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    _WINDOW_EVENTS if short else _WINDOW, {"after": after, "upto": upto}
+                )
+            ).all()
+        senders: dict[str, set[str]] = {}
+        for r in rows:
+            senders.setdefault(r.sender, set()).add(r.room_id)
+        return StreamWindow(
+            frozenset(r.room_id for r in rows),
+            frozenset(
+                r.state_key for r in rows if r.type == "m.room.member" and r.state_key is not None
+            ),
+            frozenset(r.relates_to_id for r in rows if r.relates_to_id is not None),
+            {sender: frozenset(rooms) for sender, rooms in senders.items()},
+            tuple(rows) if short else None,
+        )
+
+    async def get_recent_events(
+        self, room_id: str, after: int, upto: int, limit: int
+    ) -> list[StoredEvent]:
+        """A sync's timeline: the room's newest ``limit`` events in ``(after, upto]``, newest
+        first. ``upto`` must be committed: from a short range they come from its window (the
+        sync has it already), read once for every sync woken by the same events."""
+        if upto - after <= SHARED_TIMELINE_MAX_EVENTS and limit > 0:
+            window = await self.get_window(after, upto)
+            events = window.events_of(room_id) if window is not None else None
+            if events is not None:
+                return list(reversed(events[-limit:]))
+        return await self.get_room_events(
+            room_id, after=after, upto=upto, limit=limit, descending=True
+        )
+
+    async def get_rooms_changed(self, room_ids: Sequence[str], after: int, upto: int) -> set[str]:
+        """Which of ``room_ids`` have events in ``(after, upto]`` (``upto`` committed)."""
+        if not room_ids or upto <= after:
+            return set()
+        window = await self.get_window(after, upto)
+        if window is not None:
+            return set(window.rooms.intersection(room_ids))
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    _ROOMS_CHANGED, {"after": after, "upto": upto, "rooms": list(room_ids)}
+                )
+            ).all()
+        return {r.room_id for r in rows}
+
+    async def get_max_stream_ordering_before(self, room_id: str, upto: int) -> int | None:
+        async with self._db.read() as conn:
+            value = (
+                await conn.execute(
+                    sa.select(sa.func.max(events.c.stream_ordering)).where(
+                        events.c.room_id == room_id, events.c.stream_ordering <= upto
+                    )
+                )
+            ).scalar()
+        return int(value) if value is not None else None
