@@ -30,7 +30,16 @@ from bench.stats import percentile, rate, summarize
 
 SETUP_CONCURRENCY = 8  # bounded: password hashing and joins are CPU heavy on both servers
 DELIVERY_TIMEOUT_S = 30
-SCENARIOS = ("dm", "fanout", "throughput", "initial_sync", "register", "media", "websocket")
+SCENARIOS = (
+    "dm",
+    "fanout",
+    "throughput",
+    "initial_sync",
+    "register",
+    "media",
+    "websocket",
+    "sliding_sync",
+)
 
 
 class PairListener(Protocol):
@@ -533,6 +542,11 @@ class Bench:
 
         return await websocket(self)
 
+    async def sliding_sync(self) -> list[Result]:
+        from bench.scenario_sliding import sliding_sync
+
+        return await sliding_sync(self)
+
 
 def figures_for(result_name: str) -> dict[str, Figure]:
     """The figures of a result: those of the longest key of ``FIGURES`` that is its name or a
@@ -548,10 +562,12 @@ def figures_for(result_name: str) -> dict[str, Figure]:
 
 def _add_module_figures() -> None:
     from bench.scenario_media import MEDIA_FIGURES
+    from bench.scenario_sliding import SLIDING_FIGURES
     from bench.scenario_ws import WS_FIGURES
 
     FIGURES.update(MEDIA_FIGURES)
     FIGURES.update(WS_FIGURES)
+    FIGURES.update(SLIDING_FIGURES)
 
 
 _add_module_figures()

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from client_api.delayed_events import delay_of
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import EventID, RoomID, UserID
 from homeserver.core.json_limits import query_json
@@ -17,6 +18,7 @@ from homeserver.core.jsonutil import check_json_numbers
 from homeserver.core.ratelimit import Action, RateLimiter
 from homeserver.filters.matching import EventFilter
 from homeserver.rooms.create import CreateRoomRequest, RoomCreator
+from homeserver.rooms.delayed import DelayedEventService
 from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.send import SendService
@@ -45,6 +47,7 @@ class RoomServices:
     directory: DirectoryService
     sending: SendService
     ratelimiter: RateLimiter
+    delayed_events: DelayedEventService
 
 
 class CreateRoomBody(RequestBody):
@@ -203,12 +206,16 @@ async def send_event(request: Request) -> Response:
     hs = services_of(request, RoomServices)
     requester = await require_user(request)
     content = await read_json_object(request)
+    room_id = _room_id(request)
+    event_type = request.path_params["event_type"]
+    delay = delay_of(request)
+    if delay is not None:  # MSC4140: sent later, by the same path
+        delay_id = await hs.delayed_events.schedule(
+            requester, room_id, event_type, None, content, delay
+        )
+        return json_response({"delay_id": delay_id})
     event_id = await hs.sending.send_event(
-        requester,
-        _room_id(request),
-        request.path_params["event_type"],
-        request.path_params["txn_id"],
-        content,
+        requester, room_id, event_type, request.path_params["txn_id"], content
     )
     return json_response({"event_id": event_id})
 
@@ -218,13 +225,16 @@ async def put_state(request: Request) -> Response:
     hs = services_of(request, RoomServices)
     requester = await require_user(request)
     content = await read_json_object(request)
-    event_id = await hs.rooms.set_state(
-        requester,
-        _room_id(request),
-        request.path_params["event_type"],
-        request.path_params.get("state_key", ""),
-        content,
-    )
+    room_id = _room_id(request)
+    event_type = request.path_params["event_type"]
+    state_key = request.path_params.get("state_key", "")
+    delay = delay_of(request)
+    if delay is not None:  # MSC4140
+        delay_id = await hs.delayed_events.schedule(
+            requester, room_id, event_type, state_key, content, delay
+        )
+        return json_response({"delay_id": delay_id})
+    event_id = await hs.rooms.set_state(requester, room_id, event_type, state_key, content)
     return json_response({"event_id": event_id})
 
 

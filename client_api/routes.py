@@ -7,6 +7,7 @@ from starlette.routing import BaseRoute
 from client_api import (
     account,
     account_data,
+    delayed_events,
     devices,
     directory,
     filters,
@@ -20,7 +21,10 @@ from client_api import (
     pushrules,
     receipts,
     relations,
+    reports,
+    room_summary,
     rooms,
+    sliding_sync,
     sync,
     threepids,
     to_device,
@@ -35,6 +39,7 @@ from client_api import (
 # they are most of the requests.
 _MODULES = [
     sync,
+    sliding_sync,
     rooms,
     versions,
     directory,
@@ -58,6 +63,9 @@ _MODULES = [
     pushers,
     notifications,
     threepids,
+    room_summary,
+    reports,
+    delayed_events,
 ]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]

@@ -50,9 +50,20 @@ async def sync(request: Request) -> Response:
                 timeout_ms=timeout or 0,
                 full_state=query_bool(request, "full_state"),
                 filter=sync_filter,
+                state_after=_state_after_key(request),
             ),
         )
     return items_response(response, "sync")
+
+
+def _state_after_key(request: Request) -> str | None:
+    """MSC4222: where the state up to the end of the timeline goes, if it was asked for
+    (spec v1.16 ``use_state_after``, or its unstable name, answered under its own)."""
+    if query_bool(request, "use_state_after"):
+        return "state_after"
+    if query_bool(request, "org.matrix.msc4222.use_state_after"):
+        return "org.matrix.msc4222.state_after"
+    return None
 
 
 async def _sync_filter(request: Request, user_id: str) -> SyncFilter:

@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from homeserver.core.types import JsonDict
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from homeserver.sync.sliding.body import UNSTABLE_FEATURE as SLIDING_SYNC
 from homeserver.web.edge import json_response, require_user, services_of
 from homeserver.websocket import UNSTABLE_FEATURE
 
@@ -38,6 +39,10 @@ SUPPORTED_VERSIONS = [
     "v1.10",
     "v1.11",
     "v1.12",
+    # Room reports (v1.13) and user reports (v1.14); v1.15 needs /hierarchy, which is not
+    # served yet (issue 20's checklist).
+    "v1.13",
+    "v1.14",
 ]
 
 
@@ -61,7 +66,15 @@ async def get_versions(request: Request) -> Response:
     """GET /_matrix/client/versions"""
     hs = services_of(request, VersionServices)
     # docs/websocket.md: clients look for this flag before trying the WebSocket transport.
-    unstable = {UNSTABLE_FEATURE: hs.websocket_enabled}
+    unstable = {
+        UNSTABLE_FEATURE: hs.websocket_enabled,
+        # MSC4186: Element X and other sliding sync clients look for this flag.
+        SLIDING_SYNC: True,
+        # MSC4222: /sync's use_state_after (the unstable name too).
+        "org.matrix.msc4222": True,
+        # MSC4140: delayed events (Element Call).
+        "org.matrix.msc4140": True,
+    }
     return json_response({"versions": SUPPORTED_VERSIONS, "unstable_features": unstable})
 
 

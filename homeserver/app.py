@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Mount
 from client_api import (
     account,
     account_data,
+    delayed_events,
     devices,
     directory,
     filters,
@@ -32,7 +33,10 @@ from client_api import (
     pushrules,
     receipts,
     relations,
+    reports,
+    room_summary,
     rooms,
+    sliding_sync,
     sync,
     threepids,
     to_device,
@@ -94,18 +98,22 @@ from homeserver.push.service import AccountDataWithPushRules, PushRuleService
 from homeserver.push.unread import UnreadCountService
 from homeserver.rooms.aggregations import Aggregations
 from homeserver.rooms.create import RoomCreator
+from homeserver.rooms.delayed import DelayedEventService
 from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.relations import RelationsService
+from homeserver.rooms.reports import ReportService
 from homeserver.rooms.resolution import resolve_room_state
 from homeserver.rooms.send import SendService
 from homeserver.rooms.sender import EventSender
 from homeserver.rooms.service import RoomService
+from homeserver.rooms.summary import RoomSummaryService
 from homeserver.rooms.upgrade import RoomUpgrader
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.database import Database
+from homeserver.storage.delayed_events import DelayedEventStore
 from homeserver.storage.device_lists import DeviceListStore
 from homeserver.storage.e2e_keys import E2eKeyStore
 from homeserver.storage.events import EventStore
@@ -119,14 +127,18 @@ from homeserver.storage.pushers import PusherStore
 from homeserver.storage.receipts import ReceiptStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.relations import RelationStore
+from homeserver.storage.reports import ReportStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.server_keys import ServerKeyStore
+from homeserver.storage.sliding_sync import SlidingSyncStore
 from homeserver.storage.threepids import ThreepidStore
 from homeserver.storage.to_device import ToDeviceStore
 from homeserver.storage.typing_notifications import TypingStore
 from homeserver.storage.uia import UiaStore
 from homeserver.storage.user_directory import UserDirectoryStore
 from homeserver.sync.service import SyncService
+from homeserver.sync.sliding.extensions import ExtensionSources
+from homeserver.sync.sliding.service import SlidingSyncService
 from homeserver.wakeups.bus import InMemoryBus
 from homeserver.wakeups.notifier import Notifier
 from homeserver.web.cors import CorsMiddleware
@@ -210,6 +222,10 @@ class Homeserver:
             unread=self.unread,
             ignored=self.ignore_lists,
         )
+        self.sliding_sync = self._build_sliding_sync(db, clock)
+        # Last of the account services: deleting an account or a device reaches every
+        # service that keeps something for it (sliding sync's connections too).
+        self._build_account_service(config, clock)
         self._build_push_delivery(config, db, clock)
         self.websocket = WebSocketService(
             config.websocket,
@@ -220,6 +236,7 @@ class Homeserver:
             self.typing,
             self.receipts,
             self.presence,
+            self.sliding_sync,
         )
         self._build_media(config, db, clock)
         self.app = create_app(self)
@@ -327,6 +344,16 @@ class Homeserver:
             self.account_store, server_name, self.memberships, self.remote_queries
         )
         self.directory = DirectoryService(self.room_store, self.event_store, server_name)
+        self.room_summaries = RoomSummaryService(self.event_store, self.room_store, self.directory)
+        self.reports = ReportService(
+            ReportStore(self.db),
+            self.room_store,
+            self.event_store,
+            self.account_store,
+            self.ratelimiter,
+            clock,
+            server_name,
+        )
         self.room_creator = RoomCreator(
             self.event_sender,
             self.room_store,
@@ -368,13 +395,18 @@ class Homeserver:
             self.ratelimiter,
             self.presence,
         )
+        # Delayed events (MSC4140) are scheduled beside it and sent through it.
+        self.delayed_events = DelayedEventService(
+            DelayedEventStore(self.db), self.sending, self.rooms, self.ratelimiter, clock
+        )
+        self.background_jobs.append(self.delayed_events.run)
 
     def _build_accounts(
         self, config: HomeserverConfig, db: Database, clock: Clock, signing_key: SigningKey
     ) -> None:
-        """Tokens, UIA, e-mail validation and addresses, end-to-end keys, pushers, accounts:
-        an account's deletion reaches the services that keep something for it or its devices,
-        so AccountService comes after them."""
+        """Tokens, UIA, e-mail validation and addresses, end-to-end keys, pushers. The
+        AccountService comes later (``_build_account_service``), after everything an
+        account's deletion reaches."""
         server_name = config.server_name
         self.auth = AuthService(self.account_store, clock, config.auth)
         self.email_validation = EmailValidation(
@@ -427,20 +459,6 @@ class Homeserver:
             self.email_validation,
             self.outbound,
         )
-        self.accounts = AccountService(
-            self.account_store,
-            self.auth,
-            self.uia,
-            self.ratelimiter,
-            clock,
-            server_name,
-            config.registration,
-            self.email_validation,
-            # A deactivated account leaves its rooms and lets go of its e-mail addresses.
-            user_data=(self.memberships, self.threepids),
-            # Deleted devices take their to-device messages, keys and pushers with them.
-            device_data=(self.to_device, self.e2e_keys, self.pushers),
-        )
         self.filters = FilterService(FilterStore(db))
         self.user_directory = UserDirectoryService(UserDirectoryStore(db))
 
@@ -463,6 +481,52 @@ class Homeserver:
             self.receipt_store,
             clock,
             config.push.action_retention_ms,
+        )
+
+    def _build_sliding_sync(self, db: Database, clock: Clock) -> SlidingSyncService:
+        """Simplified sliding sync (MSC4186, issue 20), fed by the same sources as /sync."""
+        sources = ExtensionSources(
+            self.to_device,
+            self.e2e_keys,
+            AccountDataWithPushRules(self.account_data, self.push_rules),
+            self.account_data,
+            self.receipts,
+            self.typing,
+        )
+        sliding_sync = SlidingSyncService(
+            db,
+            SlidingSyncStore(db),
+            self.event_store,
+            self.room_store,
+            self.rooms,
+            self.visibility,
+            self.notifier,
+            clock,
+            sources=sources,
+            unread=self.unread,
+            direct=self.account_data,
+            ignored=self.ignore_lists,
+        )
+        self.background_jobs.append(sliding_sync.run_expiry)
+        return sliding_sync
+
+    def _build_account_service(self, config: HomeserverConfig, clock: Clock) -> None:
+        """Registration, login, devices, deactivation: built after the services that keep
+        something for an account or its devices, which its deletions reach."""
+        self.accounts = AccountService(
+            self.account_store,
+            self.auth,
+            self.uia,
+            self.ratelimiter,
+            clock,
+            config.server_name,
+            config.registration,
+            self.email_validation,
+            # A deactivated account leaves its rooms and lets go of its e-mail addresses.
+            user_data=(self.memberships, self.threepids),
+            # Deleted devices take their to-device messages, keys, pushers and sliding sync
+            # connections with them.
+            device_data=(self.to_device, self.e2e_keys, self.pushers, self.sliding_sync),
         )
 
     def _build_push_delivery(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
@@ -529,6 +593,7 @@ def route_services(hs: Homeserver) -> list[object]:
         EdgeServices(hs.auth, config.limits.max_request_body_bytes),
         account.AccountServices(hs.accounts, hs.server_name, config.base_url),
         account_data.AccountDataServices(hs.account_data),
+        delayed_events.DelayedEventServices(hs.delayed_events),
         devices.DeviceServices(hs.accounts),
         directory.DirectoryServices(hs.directory, hs.server_name),
         filters.FilterServices(hs.filters),
@@ -542,8 +607,19 @@ def route_services(hs: Homeserver) -> list[object]:
         pushrules.PushRuleServices(hs.push_rules),
         receipts.ReceiptServices(hs.receipts),
         relations.RelationServices(hs.relations),
+        reports.ReportServices(hs.reports),
+        room_summary.RoomSummaryServices(hs.room_summaries),
         rooms.RoomServices(
-            hs.rooms, hs.room_creator, hs.memberships, hs.directory, hs.sending, hs.ratelimiter
+            hs.rooms,
+            hs.room_creator,
+            hs.memberships,
+            hs.directory,
+            hs.sending,
+            hs.ratelimiter,
+            hs.delayed_events,
+        ),
+        sliding_sync.SlidingSyncServices(
+            hs.sliding_sync, hs.presence, config.limits.sync_timeout_max_ms
         ),
         sync.SyncServices(hs.sync, hs.filters, hs.presence, config.limits.sync_timeout_max_ms),
         threepids.ThreepidServices(hs.threepids, hs.email_validation),

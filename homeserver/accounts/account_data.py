@@ -165,6 +165,17 @@ class AccountDataService:
             out.setdefault(room_id, []).append({"type": TAG, "content": {"tags": room_tags}})
         return out
 
+    async def direct_room_ids(self, user_id: UserID) -> frozenset[str]:
+        """The rooms the user's ``m.direct`` lists as direct chats (sliding sync's ``is_dm``)."""
+        content = await self._store.get(user_id, None, DIRECT) or {}
+        return frozenset(
+            room_id
+            for rooms in content.values()
+            if isinstance(rooms, list)
+            for room_id in rooms
+            if isinstance(room_id, str)
+        )
+
     async def ignored_users(self, user_id: UserID) -> frozenset[str]:
         """``IgnoredUsers``: the keys of the user's ``m.ignored_user_list``."""
         return parse_ignored_users(await self._store.get(user_id, None, IGNORED_USER_LIST))

@@ -61,9 +61,14 @@ class ToDeviceService:
             await self._notifier.notify(Stream.TO_DEVICE, position, user_ids=recipients)
 
     async def global_events(
-        self, requester: Requester, since: StreamToken | None, now: StreamToken
+        self,
+        requester: Requester,
+        since: StreamToken | None,
+        now: StreamToken,
+        *,
+        limit: int = MAX_PER_SYNC,
     ) -> list[JsonDict]:
-        """``GlobalSource``: the device's pending messages, oldest first, at most 100.
+        """``GlobalSource``: the device's pending messages, oldest first, at most ``limit``.
 
         Syncing from ``since`` acknowledges what the response that gave ``since`` carried.
         """
@@ -72,7 +77,7 @@ class ToDeviceService:
             requester.device_id,
             acknowledged=since.get(Stream.TO_DEVICE) if since is not None else None,
             upto=now.get(Stream.TO_DEVICE),
-            limit=MAX_PER_SYNC,
+            limit=limit,
         )
         return [{"type": m.type, "sender": m.sender, "content": m.content} for m in messages]
 

@@ -61,6 +61,21 @@ class SendService:
         """PUT /rooms/{roomId}/send/{eventType}/{txnId}: idempotent per device and
         transaction ID; rate-limited; the sender is active."""
         self._ratelimiter.check(Action.MESSAGE, requester.user_id)
+        event_id = await self.send_scheduled(requester, room_id, event_type, txn_id, content)
+        await self._activity.bump_active(requester.user_id)
+        return event_id
+
+    async def send_scheduled(
+        self,
+        requester: Requester,
+        room_id: RoomID,
+        event_type: str,
+        txn_id: str,
+        content: JsonDict,
+    ) -> EventID:
+        """An event its sender scheduled earlier (a delayed event, ``rooms/delayed.py``):
+        the checks and idempotency of ``send_event``, without the rate limit (counted when
+        it was scheduled) and without activity (the sender did nothing now)."""
 
         async def send(txn: Txn) -> str:
             async with self._events.pinned_reads():
@@ -76,9 +91,7 @@ class SendService:
             sent = await self._sender.send(room_id, requester.user_id, event_type, content, txn=txn)
             return sent.event_id
 
-        event_id = await self._once(requester, f"send:{room_id}:{event_type}", txn_id, send)
-        await self._activity.bump_active(requester.user_id)
-        return event_id
+        return await self._once(requester, f"send:{room_id}:{event_type}", txn_id, send)
 
     async def redact(
         self,

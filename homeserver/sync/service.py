@@ -45,6 +45,9 @@ class SyncRequest:
     timeout_ms: int
     full_state: bool
     filter: SyncFilter
+    # MSC4222 (spec v1.16 ``use_state_after``): the state up to the end of the timeline, in
+    # ``state_after`` (or, asked under the unstable name, ``org.matrix.msc4222.state_after``).
+    state_after: str | None = None
 
 
 class SyncService:
@@ -314,7 +317,11 @@ class SyncService:
         room_version = await self._room_service.room_version(RoomID(room_id))
 
         state_ids: StateMap = {}
-        if full or limited:
+        if req.state_after is not None:
+            state_ids = await self._state_after_ids(
+                room_id, raw, None if full else after, upto, limited
+            )
+        elif full or limited:
             start_state = await self._state_before_timeline(room_id, raw, upto)
             if full:
                 state_ids = start_state
@@ -323,12 +330,16 @@ class SyncService:
                 since_state = await self._state_at_position(room_id, after)
                 state_ids = {k: v for k, v in start_state.items() if since_state.get(k) != v}
         timeline_ids = {e.event_id for e in raw}
-        state_ids = {k: v for k, v in state_ids.items() if v not in timeline_ids}
+        if req.state_after is None:
+            # Without state_after, the timeline's own state events are the client's to apply.
+            state_ids = {k: v for k, v in state_ids.items() if v not in timeline_ids}
         if f.lazy_load_members:
             senders = {e.sender for e in timeline} | {requester.user_id}
             state_ids = {k: v for k, v in state_ids.items() if k[0] != MEMBER or k[1] in senders}
-            if not full:
+            if not full and req.state_after is None:
                 state_ids.update(await self._members_of(room_id, raw, senders, state_ids))
+            elif not full:
+                state_ids.update(await self._members_after(room_id, raw, upto, senders, state_ids))
         loaded = await self._events.get_events(state_ids.values())
         state = [e for e in loaded.values() if f.state.allows(e)]
 
@@ -350,7 +361,7 @@ class SyncService:
                 "limited": limited,
                 "prev_batch": prev_batch,
             },
-            "state": {
+            req.state_after or "state": {
                 "events": self._shape(
                     await self._room_service.serialize(
                         requester, state, room_version, with_room_id=False
@@ -364,6 +375,45 @@ class SyncService:
         if full or f.lazy_load_members or any(e.type == MEMBER for e in raw):
             entry["summary"] = await self._summary(requester.user_id, room_id)
         return entry
+
+    async def _state_after_ids(
+        self,
+        room_id: str,
+        raw: Sequence[StoredEvent],
+        after: int | None,
+        upto: int,
+        changed: bool,
+    ) -> StateMap:
+        """MSC4222: all state at the end of the timeline (``after`` None), or what differs
+        there from the state at ``after``, timeline events included. ``changed`` False (no
+        gap, no full state): only the timeline's own state events can differ."""
+        end = (
+            await self._events.get_state_ids(raw[-1].state_group)
+            if raw
+            else await self._state_at_position(room_id, upto)
+        )
+        if after is None:
+            return end
+        if not changed and not any(e.state_key is not None for e in raw):
+            return {}
+        before = await self._state_at_position(room_id, after)
+        return {k: v for k, v in end.items() if before.get(k) != v}
+
+    async def _members_after(
+        self,
+        room_id: str,
+        raw: Sequence[StoredEvent],
+        upto: int,
+        senders: set[str],
+        have: StateMap,
+    ) -> StateMap:
+        """Lazy-loading with state_after: the senders' member events at the timeline's end."""
+        if not raw:
+            return {}
+        end = await self._events.get_state_ids(raw[-1].state_group)
+        return {
+            k: v for k, v in end.items() if k[0] == MEMBER and k[1] in senders and k not in have
+        }
 
     def _shape(self, events: list[JsonDict], f: SyncFilter) -> list[JsonDict]:
         if f.event_fields is None:

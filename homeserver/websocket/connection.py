@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Sliding sync requests pending at once on one connection (a client needs one, two while it
+# changes its request).
+MAX_SLIDING_REQUESTS = 2
+
 
 @dataclass(frozen=True, slots=True)
 class _Close:
@@ -97,6 +101,9 @@ class Connection:
         self._requester: Requester | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+        # Sliding sync requests long-poll: each runs on its own, answered when ready, so
+        # that the requests behind it are not held up.
+        self._sliding_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def queued_frames(self) -> int:
@@ -122,6 +129,7 @@ class Connection:
             raise
         finally:
             tasks = [t for t in (main, closing, self._sync_task, self._heartbeat_task) if t]
+            tasks.extend(self._sliding_tasks)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -224,7 +232,8 @@ class Connection:
                 "device_id": self._requester.device_id,
             }
         )
-        self._start_sync(req, params.set_presence)
+        if query.get("stream") != "none":  # a sliding sync client may do without it
+            self._start_sync(req, params.set_presence)
         self._heartbeat_task = asyncio.create_task(self._heartbeat())
         while self._close is None:
             raw = await self._receive()
@@ -331,6 +340,9 @@ class Connection:
         request_id = frame["id"] if isinstance(frame["id"], str) else None
         try:
             request = validate(frame, Request, "frame")
+            if request.method == "sliding_sync":
+                self._start_sliding(request)
+                return
             result = await self._call(request)
         except MatrixError as e:
             self._enqueue(_error_frame(e, request_id))
@@ -360,6 +372,30 @@ class Connection:
         if method is None:
             raise MatrixError(Codes.UNRECOGNIZED, f"Unknown method {request.method!r}")
         return await method(self._requester, request.params)
+
+    def _start_sliding(self, request: Request) -> None:
+        if len(self._sliding_tasks) >= MAX_SLIDING_REQUESTS:
+            raise MatrixError(
+                Codes.LIMIT_EXCEEDED, f"At most {MAX_SLIDING_REQUESTS} sliding_sync at a time"
+            )
+        task = asyncio.create_task(self._sliding(request))
+        self._sliding_tasks.add(task)
+        task.add_done_callback(self._sliding_tasks.discard)
+
+    async def _sliding(self, request: Request) -> None:
+        assert self._requester is not None
+        try:
+            result = await self._service.sliding_sync(self._requester, request.params)
+        except MatrixError as e:
+            self._enqueue(_error_frame(e, request.id))
+            return
+        except Exception:
+            logger.exception("websocket sliding sync failed", extra=self._log_fields())
+            self._enqueue(
+                _error_frame(MatrixError(Codes.UNKNOWN, "Internal server error"), request.id)
+            )
+            return
+        self._enqueue({"id": request.id, "result": result})
 
     # --- the stream and the heartbeat -------------------------------------------------------
 

@@ -66,6 +66,13 @@ class SyncParams(Params):
     set_presence: Presence = "online"
 
 
+class SlidingParams(Params):
+    """Beside the fields of a sliding sync body (MSC4186), parsed as the HTTP body is."""
+
+    pos: str | None = None
+    timeout: int | None = Field(default=None, ge=0)
+
+
 class SendParams(Params):
     room_id: str
     event_type: str

@@ -19,12 +19,16 @@ from homeserver.filters.matching import SyncFilter
 from homeserver.filters.service import FilterService
 from homeserver.rooms.send import SendService
 from homeserver.sync.service import SyncRequest, SyncService
+from homeserver.sync.sliding.body import parse_request
+from homeserver.sync.sliding.service import SlidingSyncService
+from homeserver.sync.sliding.state import Position
 from homeserver.websocket.connection import Connection
 from homeserver.websocket.protocol import (
     SYNC_WAIT_MS,
     PresenceParams,
     ReceiptParams,
     SendParams,
+    SlidingParams,
     SyncParams,
     Transport,
     TypingParams,
@@ -45,6 +49,7 @@ class WebSocketService:
         typing: TypingService,
         receipts: ReceiptService,
         presence: PresenceService,
+        sliding: SlidingSyncService,
     ) -> None:
         self.config = config
         self._auth = auth
@@ -54,6 +59,7 @@ class WebSocketService:
         self._typing = typing
         self._receipts = receipts
         self._presence = presence
+        self._sliding = sliding
         # Request methods besides sync and ping (which act on the connection itself).
         self.methods: dict[str, Method] = {
             "send": self._send,
@@ -101,6 +107,16 @@ class WebSocketService:
 
     async def sync(self, requester: Requester, req: SyncRequest) -> JsonDict:
         return await self._sync.sync(requester, req)
+
+    async def sliding_sync(self, requester: Requester, raw: JsonDict) -> JsonDict:
+        """As POST .../org.matrix.simplified_msc3575/sync: ``params`` is its body, with
+        ``pos`` and ``timeout`` (ms, at most the stream's wait) beside the body's fields."""
+        params = validate(raw, SlidingParams)
+        pos = Position.parse(params.pos) if params.pos else None
+        req = parse_request(raw, "params")
+        timeout = min(params.timeout or 0, SYNC_WAIT_MS)
+        async with self._presence.syncing(requester, "online"):
+            return await self._sliding.sync(requester, req, pos, timeout)
 
     def online(self, requester: Requester, set_presence: str) -> AbstractAsyncContextManager[None]:
         """Presence counts an open stream as a connected client, as it does a long-poll."""

@@ -160,3 +160,21 @@ async def test_websocket_sync_leaves_the_item_out(
     assert after in ids and poisoned not in ids
     await peer.incoming.put(None)
     await asyncio.wait_for(task, 30)
+
+
+async def test_sliding_sync_leaves_the_item_out(hs: Homeserver, client: httpx.AsyncClient) -> None:
+    """Sliding sync renders as /sync does: the poisoned event is left out of the timeline,
+    the room and the rest of the response are served (HTTP here; WebSocket frames go
+    through the same encoder)."""
+    from tests.api.sliding_helpers import room_list, sliding
+
+    alice, alice_token = await register(client, "alice")
+    room = await create_room(client, alice_token, preset="public_chat")
+    before = await _send(client, alice_token, room, "t0", "before")
+    poisoned = await _send(client, alice_token, room, "t1", "poisoned")
+    after = await _send(client, alice_token, room, "t2", "after")
+    await _poison_event(hs, poisoned)
+    body = await sliding(client, alice_token, {"lists": {"all": room_list(timeline_limit=5)}})
+    timeline = [e["event_id"] for e in body["rooms"][room]["timeline"]]
+    assert poisoned not in timeline
+    assert before in timeline and after in timeline
