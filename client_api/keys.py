@@ -79,7 +79,7 @@ async def post_keys_upload(request: Request) -> Response:
 
 class QueryKeysBody(RequestBody):
     device_keys: dict[str, list[str]]
-    timeout: int | None = None  # for remote servers, which are not asked
+    timeout: int | None = None  # ms to wait for remote servers
 
 
 async def post_keys_query(request: Request) -> Response:
@@ -87,7 +87,7 @@ async def post_keys_query(request: Request) -> Response:
     hs = services_of(request, KeyServices)
     requester = await require_user(request)
     body = await parse_body(request, QueryKeysBody)
-    return json_response(await hs.e2e_keys.query_keys(requester, body.device_keys))
+    return json_response(await hs.e2e_keys.query_keys(requester, body.device_keys, body.timeout))
 
 
 class ClaimKeysBody(RequestBody):
@@ -100,7 +100,7 @@ async def post_keys_claim(request: Request) -> Response:
     hs = services_of(request, KeyServices)
     await require_user(request)
     body = await parse_body(request, ClaimKeysBody)
-    return json_response(await hs.e2e_keys.claim_keys(body.one_time_keys))
+    return json_response(await hs.e2e_keys.claim_keys(body.one_time_keys, body.timeout))
 
 
 async def get_keys_changes(request: Request) -> Response:

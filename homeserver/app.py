@@ -47,6 +47,11 @@ from client_api import (
     websocket,
 )
 from client_api import routes as client_routes
+from federation import edge as federation_edge
+from federation import keys as key_server
+from federation import media as federation_media
+from federation import public_rooms, query, user_keys
+from federation import routes as federation_routes
 from homeserver.accounts.account_data import AccountDataService
 from homeserver.accounts.email_validation import EmailValidation
 from homeserver.accounts.ignored import IgnoreLists
@@ -64,12 +69,25 @@ from homeserver.core.ratelimit import RateLimiter
 from homeserver.crypto.derived_keys import SERVER_SECRET_FILE, load_or_create_server_secret
 from homeserver.crypto.signing import SigningKey
 from homeserver.e2ee.device_lists import DeviceListService
+from homeserver.e2ee.federation_keys import FederationKeyService
 from homeserver.e2ee.key_backup import KeyBackupService
 from homeserver.e2ee.keys import E2eKeyService
 from homeserver.e2ee.to_device import ToDeviceService
 from homeserver.ephemeral.presence import PresenceService
 from homeserver.ephemeral.receipts import EphemeralSource, ReceiptService
 from homeserver.ephemeral.typing import TypingService
+from homeserver.federation.auth import FederationAuthenticator
+from homeserver.federation.client import FederationClient, ssl_context
+from homeserver.federation.discovery import (
+    DnsSrvLookup,
+    HttpsWellKnownFetch,
+    ServerResolver,
+    WellKnownResolver,
+)
+from homeserver.federation.keyring import Keyring
+from homeserver.federation.local_keys import LocalKeys, load_old_verify_keys, old_keys_path
+from homeserver.federation.policy import ServerPolicy
+from homeserver.federation.queries import FederationQueries
 from homeserver.filters.service import FilterService
 from homeserver.net.addresses import AddressPolicy
 from homeserver.net.outbound import Outbound
@@ -112,6 +130,7 @@ from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.relations import RelationStore
 from homeserver.storage.reports import ReportStore
 from homeserver.storage.rooms import RoomStore
+from homeserver.storage.server_keys import ServerKeyStore
 from homeserver.storage.sliding_sync import SlidingSyncStore
 from homeserver.storage.threepids import ThreepidStore
 from homeserver.storage.to_device import ToDeviceStore
@@ -166,9 +185,12 @@ class Homeserver:
         signing_key: SigningKey,
         clock: Clock,
         outbound: Outbound | None = None,
+        server_resolver: ServerResolver | None = None,
     ) -> None:
+        """``server_resolver`` replaces the discovery of other homeservers (tests)."""
         self.config = config
-        # Every request to a URL someone else chose (previews, push gateways) goes through it.
+        # Every request to a URL someone else chose (previews, push gateways, other
+        # homeservers) goes through it.
         self.outbound = outbound or Outbound(AddressPolicy(config.outbound.allow_addresses))
         self.db = db
         self.clock = clock
@@ -180,6 +202,9 @@ class Homeserver:
         self.notifier = Notifier(self.bus)
         self.ratelimiter = RateLimiter(config.rate_limits, clock)
         self._build_stores(db)
+        # Server identity, discovery, signed requests both ways (issue 18): built first, as
+        # the services that answer about remote users ask through it.
+        self._build_federation(config, signing_key, clock, server_resolver)
         self._build_user_data(config)
         self._build_rooms(config, signing_key, clock)
         self._build_accounts(config, db, clock, signing_key)
@@ -237,6 +262,58 @@ class Homeserver:
         self.account_data_store = AccountDataStore(db)
         self.receipt_store = ReceiptStore(db)
         self.threepid_store = ThreepidStore(db)
+        self.server_key_store = ServerKeyStore(db)
+
+    def _build_federation(
+        self,
+        config: HomeserverConfig,
+        signing_key: SigningKey,
+        clock: Clock,
+        server_resolver: ServerResolver | None,
+    ) -> None:
+        """Our server keys, other servers' keys (the keyring), discovery, the signing client,
+        the authentication of requests from other servers, and the queries we ask of them."""
+        fed = config.federation
+        self.federation_policy = ServerPolicy(fed.enabled, fed.allow_servers, fed.deny_servers)
+        self.local_keys = LocalKeys(
+            config.server_name,
+            signing_key,
+            load_old_verify_keys(old_keys_path(config.signing_key_file)),
+            clock,
+            fed.key_validity_ms,
+        )
+        tls = ssl_context(fed.tls_ca_bundle)
+        timeout_s = fed.request_timeout_ms / 1000
+        # Redirects of the well-known are followed (spec), each hop checked like the first.
+        self.well_known_client = self.outbound.client(
+            timeout_s=timeout_s, max_redirects=5, verify=tls, user_agent="homeserver"
+        )
+        self.server_resolver = server_resolver or ServerResolver(
+            WellKnownResolver(HttpsWellKnownFetch(self.well_known_client), clock), DnsSrvLookup()
+        )
+        self.federation_client = FederationClient(
+            self.local_keys,
+            self.server_resolver,
+            self.outbound,
+            self.federation_policy,
+            tls=tls,
+            timeout_s=timeout_s,
+        )
+        self.keyring = Keyring(
+            self.local_keys,
+            self.server_key_store,
+            self.federation_client,
+            self.federation_policy,
+            clock,
+            trusted_key_servers=fed.trusted_key_servers,
+            denied_verify_keys=fed.denied_verify_keys,
+        )
+        self.federation_auth = FederationAuthenticator(
+            config.server_name, self.keyring, self.federation_policy, clock
+        )
+        self.federation_queries = FederationQueries(self.federation_client)
+        # Services that answer about remote users ask their servers only with federation on.
+        self.remote_queries = self.federation_queries if fed.enabled else None
 
     def _build_user_data(self, config: HomeserverConfig) -> None:
         """Account data, ignore lists and push rules: the room send path reads them."""
@@ -272,7 +349,9 @@ class Homeserver:
         self.memberships = MembershipService(
             self.event_sender, self.room_store, server_name, self.account_store
         )
-        self.profiles = ProfileService(self.account_store, server_name, self.memberships)
+        self.profiles = ProfileService(
+            self.account_store, server_name, self.memberships, self.remote_queries
+        )
         self.directory = DirectoryService(self.room_store, self.event_store, server_name)
         self.room_summaries = RoomSummaryService(self.event_store, self.room_store, self.directory)
         self.reports = ReportService(
@@ -359,8 +438,15 @@ class Homeserver:
         self.to_device = ToDeviceService(ToDeviceStore(db), self.notifier, clock, server_name)
         self.device_lists = DeviceListService(DeviceListStore(db), self.notifier, self.event_store)
         self.e2e_keys = E2eKeyService(
-            E2eKeyStore(db), self.device_lists, self.uia, server_name, self.notifier
+            E2eKeyStore(db),
+            self.device_lists,
+            self.uia,
+            server_name,
+            self.notifier,
+            remote=self.remote_queries,
         )
+        # What other servers see of our users' keys (federation /user/keys, /user/devices).
+        self.federation_keys = FederationKeyService(self.e2e_keys, self.device_lists, server_name)
         self.key_backup = KeyBackupService(KeyBackupStore(db))
         # Link secrets come from the server's own secret, never the signing key; links
         # signed with the signing key before are honoured for a grace period.
@@ -558,12 +644,25 @@ def route_services(hs: Homeserver) -> list[object]:
         ),
         websocket.WebSocketServices(hs.websocket, config.websocket.enabled),
         media_routes.MediaServices(hs.media, hs.url_previews, config.media),
+        federation_edge.FederationEdgeServices(hs.federation_auth),
+        key_server.KeyServerServices(hs.local_keys, hs.keyring, hs.clock),
+        query.QueryServices(hs.profiles, hs.directory, hs.server_name),
+        user_keys.UserKeyServices(hs.federation_keys),
+        public_rooms.PublicRoomServices(hs.directory),
+        federation_media.FederationMediaServices(hs.media, hs.server_name),
     ]
 
 
 def create_app(hs: Homeserver) -> Starlette:
+    # Our keys are public; the Server-Server API is served only with federation on.
+    server_server: list[BaseRoute] = [Mount("/_matrix/key", routes=federation_routes.key_routes)]
+    if hs.config.federation.enabled:
+        server_server.append(
+            Mount("/_matrix/federation", routes=federation_routes.federation_routes)
+        )
     app = Starlette(
         routes=[
+            *server_server,
             Mount("/_matrix/media", routes=media_routes.media_routes),
             # Before /_matrix/client: a Mount that matches a prefix never falls through.
             Mount("/_matrix/client/v1/media", routes=media_routes.client_media_routes),

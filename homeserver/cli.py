@@ -72,8 +72,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(_config_path(args), create=True)
     configure_logging(args.log_level)
     _return_large_blocks_to_the_system()
+    scheme = "https" if config.listen.tls else "http"
     print(
-        f"Serving {config.server_name} on http://{config.listen.host}:{config.listen.port}",
+        f"Serving {config.server_name} on {scheme}://{config.listen.host}:{config.listen.port}",
         file=sys.stderr,
     )
     app = asgi_app(config)
@@ -98,6 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         ws_max_size=2 * config.websocket.max_frame_bytes,
         # Requests still running this long after SIGTERM are cancelled.
         timeout_graceful_shutdown=math.ceil(shutdown_timeout_s),
+        ssl_certfile=config.listen.tls_certificate_path,
+        ssl_keyfile=config.listen.tls_private_key_path,
     )
     _Server(uvicorn_config, app.begin_shutdown, shutdown_timeout_s).run()
     return 0
@@ -140,6 +143,18 @@ class _Server(uvicorn.Server):
 def _exit_now() -> None:
     print("shut-down took too long; exiting", file=sys.stderr)
     os._exit(1)
+
+
+def cmd_rotate_signing_key(args: argparse.Namespace) -> int:
+    """A new signing key; the old public key stays published in old_verify_keys."""
+    import time
+
+    from homeserver.federation.local_keys import rotate_signing_key
+
+    config = _load(_config_path(args), create=False)
+    old, new = rotate_signing_key(config.signing_key_file, int(time.time() * 1000))
+    print(f"Signing key {old} replaced by {new}; restart the server to use it")
+    return 0
 
 
 def _return_large_blocks_to_the_system() -> None:
@@ -188,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="serve; generates a config and a key on first run")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=cmd_run)
+
+    rot = sub.add_parser(
+        "rotate-signing-key", help="new signing key; the old one stays as an old verify key"
+    )
+    rot.set_defaults(func=cmd_rotate_signing_key)
 
     gen = sub.add_parser("generate-config", help="write a config file with the defaults")
     gen.add_argument("--server-name", default="localhost")

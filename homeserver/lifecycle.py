@@ -14,6 +14,7 @@ from homeserver.app import BackgroundJob, Homeserver
 from homeserver.core.clock import Clock, SystemClock
 from homeserver.core.config import HomeserverConfig
 from homeserver.crypto.signing import load_or_create_signing_key
+from homeserver.federation.discovery import ServerResolver
 from homeserver.net.outbound import Outbound
 from homeserver.storage.database import Database
 from homeserver.storage.migrate import upgrade_head
@@ -33,8 +34,10 @@ async def running_homeserver(
     clock: Clock | None = None,
     migrate: bool = True,
     outbound: Outbound | None = None,
+    server_resolver: ServerResolver | None = None,
 ) -> AsyncIterator[Homeserver]:
-    """Open the database (migrated to head), build the services, close them on exit."""
+    """Open the database (migrated to head), build the services, close them on exit.
+    ``outbound`` and ``server_resolver`` replace the config's (tests)."""
     config.data_path.mkdir(parents=True, exist_ok=True)
     db = Database(
         config.database_url,
@@ -45,7 +48,7 @@ async def running_homeserver(
         if migrate:
             await upgrade_head(db.engine)
         signing_key = load_or_create_signing_key(config.signing_key_file)
-        hs = Homeserver(config, db, signing_key, clock or SystemClock(), outbound)
+        hs = Homeserver(config, db, signing_key, clock or SystemClock(), outbound, server_resolver)
         # Plain tasks, not a task group: the caller may leave this context from another task
         # than the one that entered it (test fixtures, lifespans).
         tasks = [asyncio.create_task(_run_forever(job)) for job in hs.background_jobs]
@@ -54,6 +57,8 @@ async def running_homeserver(
         finally:
             await _stop(tasks)
             await hs.media.close()
+            await hs.federation_client.aclose()
+            await hs.well_known_client.aclose()
     finally:
         await db.close()
 

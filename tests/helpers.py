@@ -17,6 +17,7 @@ import httpx
 from homeserver.app import Homeserver
 from homeserver.core.clock import FakeClock
 from homeserver.core.config import HomeserverConfig
+from homeserver.federation.discovery import ServerResolver
 from homeserver.lifecycle import running_homeserver
 from homeserver.net.addresses import IPAddress
 from homeserver.net.outbound import Outbound
@@ -53,12 +54,20 @@ def auth_header(access_token: str) -> dict[str, str]:
 
 @asynccontextmanager
 async def serve(
-    config: HomeserverConfig, clock: FakeClock | None = None, outbound: Outbound | None = None
+    config: HomeserverConfig,
+    clock: FakeClock | None = None,
+    outbound: Outbound | None = None,
+    server_resolver: ServerResolver | None = None,
 ) -> AsyncIterator[tuple[Homeserver, httpx.AsyncClient]]:
     """A homeserver of one's own config (the ``hs`` fixture's is fixed) and a client to it;
-    ``outbound`` replaces the config's (e.g. with a resolver that answers test names)."""
+    ``outbound`` replaces the config's (e.g. with a resolver that answers test names),
+    ``server_resolver`` the discovery of other homeservers."""
     async with running_homeserver(
-        config, clock=clock or FakeClock(), migrate=False, outbound=outbound
+        config,
+        clock=clock or FakeClock(),
+        migrate=False,
+        outbound=outbound,
+        server_resolver=server_resolver,
     ) as hs:
         transport = httpx.ASGITransport(app=hs.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Protocol
+from typing import Any, Protocol
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID, is_valid_server_name
 from homeserver.core.types import JsonDict, Requester
+from homeserver.federation.client import FederationError
 from homeserver.storage.accounts import AccountStore, Profile
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,14 @@ class ProfileListener(Protocol):
     async def update_profile_everywhere(self, user_id: UserID) -> None: ...
 
 
+class RemoteProfiles(Protocol):
+    """Asks a remote user's server for their profile (federation /query/profile)."""
+
+    async def query_profile(self, user_id: UserID) -> Any:
+        """The remote answer as it came; FederationError when there is none."""
+        ...
+
+
 def is_valid_mxc_uri(uri: str) -> bool:
     match = _MXC.match(uri)
     return match is not None and is_valid_server_name(match.group(1))
@@ -41,11 +50,14 @@ class ProfileService:
         store: AccountStore,
         server_name: str,
         listener: ProfileListener,
+        remote: RemoteProfiles | None = None,
     ) -> None:
         self._store = store
         self._server_name = server_name
         # A changed profile goes into member events.
         self._listener = listener
+        # None (federation off): a remote user's profile is not found.
+        self._remote = remote
 
     async def get_profile(self, user_id: UserID) -> Profile | None:
         """The profile of a local user; None for an unknown or remote one."""
@@ -54,7 +66,10 @@ class ProfileService:
         return await self._store.get_profile(user_id)
 
     async def get_profile_json(self, user_id: UserID) -> JsonDict:
-        """spec: GET /profile/{userId}: the fields that are set; 404 for an unknown user."""
+        """spec: GET /profile/{userId}: the fields that are set; 404 for an unknown user.
+        A remote user's profile is asked of their server (/query/profile)."""
+        if user_id.server_name != self._server_name and self._remote is not None:
+            return await self._remote_profile(self._remote, user_id)
         profile = await self.get_profile(user_id)
         if profile is None:
             raise MatrixError(Codes.NOT_FOUND, "Profile not found")
@@ -105,6 +120,33 @@ class ProfileService:
             raise MatrixError(Codes.NOT_FOUND, "Profile not found")
         await self._store.set_profile_field(user_id, key, value)
         await self._listener.update_profile_everywhere(user_id)
+
+    async def _remote_profile(self, remote: RemoteProfiles, user_id: UserID) -> JsonDict:
+        try:
+            answer = await remote.query_profile(user_id)
+        except FederationError as e:
+            # The remote error is not passed on as ours: a 404 there is "no such profile",
+            # anything else is a server we could not get an answer from.
+            if e.status == 404:
+                raise MatrixError(Codes.NOT_FOUND, "Profile not found") from None
+            logger.info("remote profile query failed", extra={"server": user_id.server_name})
+            raise MatrixError(
+                Codes.UNKNOWN, "Could not get the profile from the user's server", status=502
+            ) from None
+        # Only fields we could have stored ourselves, so nothing odd reaches a client.
+        fields: JsonDict = {}
+        if isinstance(answer, dict):
+            name = answer.get(DISPLAYNAME)
+            if isinstance(name, str) and len(name) <= MAX_DISPLAYNAME_CHARS:
+                fields[DISPLAYNAME] = name
+            avatar = answer.get(AVATAR_URL)
+            if (
+                isinstance(avatar, str)
+                and len(avatar) <= MAX_AVATAR_URL_CHARS
+                and is_valid_mxc_uri(avatar)
+            ):
+                fields[AVATAR_URL] = avatar
+        return fields
 
     def _check_key(self, key: str) -> None:
         if not _KEY_NAME.match(key) or len(key.encode()) > 255:

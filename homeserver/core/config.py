@@ -30,6 +30,20 @@ class ListenConfig(Section):
     port: int = Field(default=8008, ge=0, le=65535)
     # After SIGTERM: how long requests in flight get to finish before they are cancelled.
     shutdown_timeout_ms: int = Field(default=5_000, ge=0)
+    # Both set: the listener serves HTTPS (PEM files). Federation needs HTTPS on the port
+    # other servers reach (8448 by default, see docs/federation.md), here or on a proxy.
+    tls_certificate_path: str | None = None
+    tls_private_key_path: str | None = None
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> ListenConfig:
+        if (self.tls_certificate_path is None) != (self.tls_private_key_path is None):
+            raise ValueError("listen.tls_certificate_path and tls_private_key_path go together")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_certificate_path is not None
 
 
 class DatabaseConfig(Section):
@@ -280,6 +294,43 @@ class PushConfig(Section):
         return moved_to_outbound(data, "allow_private_addresses", "push")
 
 
+class TrustedKeyServer(Section):
+    """A notary whose answers about other servers' keys we accept."""
+
+    server_name: str
+    # key ID -> unpadded base64 public key; empty: the notary's keys are fetched from it.
+    verify_keys: dict[str, str] = {}
+
+    @field_validator("server_name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not is_valid_server_name(value):
+            raise ValueError(f"not a valid server name: {value!r}")
+        return value
+
+
+class FederationConfig(Section):
+    """The Server-Server API (docs/federation.md)."""
+
+    # false: /_matrix/federation answers M_UNRECOGNIZED and nothing is sent to other
+    # servers; the key server (/_matrix/key/v2) still answers.
+    enabled: bool = True
+    # Server names (globs: * any characters, ? one) we talk to; None: every server.
+    allow_servers: tuple[str, ...] | None = None
+    deny_servers: tuple[str, ...] = ()  # checked after allow_servers
+    # Notaries asked for a server's keys when the server itself does not answer; none by
+    # default: a notary is trusted to tell the truth about every server's keys.
+    trusted_key_servers: tuple[TrustedKeyServer, ...] = ()
+    # Public keys (unpadded base64) known to be compromised: never used to verify anything.
+    denied_verify_keys: tuple[str, ...] = ()
+    # The valid_until_ts we publish for our keys: others fetch them again after this.
+    key_validity_ms: int = Field(default=24 * 3600 * 1000, ge=60_000)
+    # PEM file of the CAs that outbound federation trusts; None: the system's (tests use
+    # their own CA here).
+    tls_ca_bundle: str | None = None
+    request_timeout_ms: int = Field(default=30_000, ge=100)
+
+
 class HomeserverConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -300,6 +351,7 @@ class HomeserverConfig(BaseModel):
     push: PushConfig = PushConfig()
     email: EmailConfig = EmailConfig()
     outbound: OutboundConfig = OutboundConfig()
+    federation: FederationConfig = FederationConfig()
 
     @field_validator("server_name")
     @classmethod
@@ -332,7 +384,8 @@ class HomeserverConfig(BaseModel):
         if self.public_baseurl:
             return self.public_baseurl.rstrip("/") + "/"
         host = "localhost" if self.listen.host in ("0.0.0.0", "::") else self.listen.host
-        return f"http://{host}:{self.listen.port}/"
+        scheme = "https" if self.listen.tls else "http"
+        return f"{scheme}://{host}:{self.listen.port}/"
 
 
 class ConfigError(Exception):

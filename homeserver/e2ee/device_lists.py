@@ -42,6 +42,11 @@ class DeviceListService:
             Stream.DEVICE_LISTS, position, user_ids=sorted(peers | {user_id})
         )
 
+    async def stream_id(self, user_id: UserID) -> int:
+        """A number that grows with each change of the user's devices (federation
+        /user/devices ``stream_id``): the position of the last change, 0 before any."""
+        return await self._store.position_of(user_id) or 0
+
     async def changes(
         self, user_id: UserID, since: StreamToken, upto: StreamToken, *, committed: bool = False
     ) -> DeviceListChanges:

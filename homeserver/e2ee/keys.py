@@ -30,6 +30,7 @@ from homeserver.core.jsonutil import check_json_numbers
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.e2ee.device_lists import DeviceListService
+from homeserver.e2ee.remote_keys import RemoteKeys, claim_remote, query_remote
 from homeserver.storage.e2e_keys import (
     ClaimRequest,
     CrossSigningKey,
@@ -50,7 +51,7 @@ CROSS_SIGNING_TYPES = (MASTER, SELF_SIGNING, USER_SIGNING)
 # Ours: an algorithm or key ID is an identifier; clients use short ones.
 MAX_KEY_NAME_BYTES = 255
 ED25519_KEY_BYTES = 32
-# What /keys/query reports for a server it cannot ask (federation queries are not spoken).
+# What /keys/query reports for a server it does not ask (federation is off).
 REMOTE_FAILURE: JsonDict = {"status": 503, "message": "Keys of remote users are not available"}
 
 
@@ -113,8 +114,12 @@ class E2eKeyService:
         uia: UiaService,
         server_name: str,
         notifier: Notifier,
+        *,
+        remote: RemoteKeys | None = None,
     ) -> None:
         self._store = store
+        # None (federation off): remote users' keys are reported in ``failures``.
+        self._remote = remote
         self._device_lists = device_lists
         self._uia = uia
         self._server_name = server_name
@@ -199,30 +204,51 @@ class E2eKeyService:
     # --- /keys/query -----------------------------------------------------------------------
 
     async def query_keys(
-        self, requester: Requester, wanted: Mapping[str, Sequence[str]]
+        self,
+        requester: Requester,
+        wanted: Mapping[str, Sequence[str]],
+        timeout_ms: int | None = None,
     ) -> JsonDict:
         local: dict[str, Sequence[str]] = {}
+        remote: dict[str, Sequence[str]] = {}
         failures: JsonDict = {}
         for user_id, device_ids in wanted.items():
             server = UserID.parse(user_id).server_name
             if server == self._server_name:
                 local[user_id] = [check_name(d, "device ID") for d in device_ids]
+            elif self._remote is not None:
+                remote[user_id] = [check_name(d, "device ID") for d in device_ids]
             else:
                 failures[server] = REMOTE_FAILURE
+        response = await self.local_keys(requester.user_id, local, display_names=True)
+        if remote and self._remote is not None:
+            found, remote_failures = await query_remote(self._remote, remote, timeout_ms)
+            response["device_keys"].update(found.pop("device_keys"))
+            for section, keys in found.items():
+                response.setdefault(section, {}).update(keys)
+            failures.update(remote_failures)
+        response["failures"] = failures
+        return response
+
+    async def local_keys(
+        self, viewer: UserID | None, local: Mapping[str, Sequence[str]], *, display_names: bool
+    ) -> JsonDict:
+        """Device and cross-signing keys of our users as ``viewer`` may see them (None for
+        another server: only what every user may see)."""
         device_keys: JsonDict = {user_id: {} for user_id in local}
-        signatures = _SignatureIndex(requester.user_id, await self._store.get_signatures(local))
+        signatures = _SignatureIndex(viewer, await self._store.get_signatures(local))
         for d in await self._store.get_device_keys(local):
             keys = signatures.merge(d.keys, d.user_id, d.device_id)
-            if d.display_name is not None:
+            if display_names and d.display_name is not None:
                 keys["unsigned"] = {"device_display_name": d.display_name}
             device_keys[d.user_id][d.device_id] = keys
-        response: JsonDict = {"device_keys": device_keys, "failures": failures}
+        response: JsonDict = {"device_keys": device_keys}
         cross_signing = await self._store.get_cross_signing_keys(local)
         for key_type in CROSS_SIGNING_TYPES:
             section: JsonDict = {}
             for user_id, keys in cross_signing.items():
                 # spec: a user-signing key is only ever shown to its owner.
-                if key_type in keys and (key_type != USER_SIGNING or user_id == requester.user_id):
+                if key_type in keys and (key_type != USER_SIGNING or user_id == viewer):
                     key = keys[key_type]
                     section[user_id] = signatures.merge(key.key, user_id, key.public_key)
             if section:
@@ -231,13 +257,22 @@ class E2eKeyService:
 
     # --- /keys/claim -----------------------------------------------------------------------
 
-    async def claim_keys(self, wanted: Mapping[str, Mapping[str, str]]) -> JsonDict:
+    async def claim_keys(
+        self, wanted: Mapping[str, Mapping[str, str]], timeout_ms: int | None = None
+    ) -> JsonDict:
         requests: list[ClaimRequest] = []
+        remote: dict[str, Mapping[str, str]] = {}
         failures: JsonDict = {}
         for user_id, by_device in wanted.items():
             server = UserID.parse(user_id).server_name
             if server != self._server_name:
-                failures[server] = REMOTE_FAILURE
+                if self._remote is None:
+                    failures[server] = REMOTE_FAILURE
+                else:
+                    remote[user_id] = {
+                        check_name(d, "device ID"): check_name(a, "algorithm")
+                        for d, a in by_device.items()
+                    }
                 continue
             requests.extend(
                 ClaimRequest(
@@ -256,6 +291,10 @@ class E2eKeyService:
             await self._notifier.notify(
                 Stream.ONE_TIME_KEYS, position, user_ids=sorted(one_time_keys)
             )
+        if remote and self._remote is not None:
+            found, remote_failures = await claim_remote(self._remote, remote, timeout_ms)
+            one_time_keys.update(found)
+            failures.update(remote_failures)
         return {"one_time_keys": one_time_keys, "failures": failures}
 
     # --- /keys/changes and the sync extension ----------------------------------------------
@@ -507,7 +546,7 @@ class _SignatureIndex:
     key's signatures of a third user.
     """
 
-    def __init__(self, requester: str, signatures: Sequence[Signature]) -> None:
+    def __init__(self, requester: str | None, signatures: Sequence[Signature]) -> None:
         self._requester = requester
         self._by_target: dict[tuple[str, str], list[Signature]] = {}
         for s in signatures:

@@ -319,13 +319,18 @@ class OutboundClient:
         headers: dict[str, str] | None = None,
         content: bytes | None = None,
         json: Any = None,
+        sni_hostname: str | None = None,
     ) -> OutboundResponse:
         """The response, its body read up to ``max_bytes`` (past it: cut when ``truncate``,
         else TOO_LARGE). Redirects of GET and HEAD are followed up to ``max_redirects``;
-        any other redirect is returned as it is."""
+        any other redirect is returned as it is. ``sni_hostname``: the name TLS sends and
+        checks the certificate for when it is not the URL's host (federation connects to an
+        SRV target but expects the server name's certificate); redirects drop it."""
         try:
             with anyio.fail_after(self._timeout_s):
-                return await self._request(method, url, max_bytes, truncate, headers, content, json)
+                return await self._request(
+                    method, url, max_bytes, truncate, headers, content, json, sni_hostname
+                )
         except TimeoutError:
             raise OutboundError(Reason.TIMEOUT, "timed out") from None
 
@@ -338,13 +343,15 @@ class OutboundClient:
         headers: dict[str, str] | None,
         content: bytes | None,
         json: Any,
+        sni_hostname: str | None = None,
     ) -> OutboundResponse:
         follow = method in ("GET", "HEAD") and self._max_redirects > 0
         for _ in range(self._max_redirects + 1):
             parse_url(url)
+            extensions = {} if sni_hostname is None else {"sni_hostname": sni_hostname}
             try:
                 request = self._client().build_request(
-                    method, url, headers=headers, content=content, json=json
+                    method, url, headers=headers, content=content, json=json, extensions=extensions
                 )
                 response = await self._client().send(request, stream=True)
             except (httpx.HTTPError, httpx.InvalidURL) as e:
@@ -363,6 +370,7 @@ class OutboundClient:
                             k: v for k, v in headers.items() if k.lower() not in _CREDENTIALS
                         }
                     url = str(target)
+                    sni_hostname = None
                     continue
                 body, truncated = await _read(response, max_bytes, truncate)
                 return OutboundResponse(

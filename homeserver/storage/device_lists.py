@@ -69,6 +69,17 @@ class DeviceListStore:
             )
         return position
 
+    async def position_of(self, user_id: str) -> int | None:
+        """The position of the user's last device-list change; None if there was none."""
+        async with self._db.read() as conn:
+            return (
+                await conn.execute(
+                    sa.select(device_list_changes.c.stream_position).where(
+                        device_list_changes.c.user_id == user_id
+                    )
+                )
+            ).scalar_one_or_none()
+
     async def changed_between(self, after: int, upto: int) -> set[str]:
         """Users whose latest change is in (after, upto]; a later change shows up later."""
         t = device_list_changes

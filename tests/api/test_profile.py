@@ -88,11 +88,14 @@ async def test_unknown_user(client: httpx.AsyncClient) -> None:
     for path in (
         f"{PROFILE}/@nobody:test",
         f"{PROFILE}/@nobody:test/displayname",
-        f"{PROFILE}/@someone:elsewhere",
     ):
         response = await client.get(path)
         assert response.status_code == 404
         assert response.json()["errcode"] == "M_NOT_FOUND"
+    # A remote user's profile is asked of their server; one that cannot be reached is a 502
+    # of ours (as Synapse answers), never the remote server's error passed on.
+    response = await client.get(f"{PROFILE}/@someone:elsewhere.invalid")
+    assert (response.status_code, response.json()["errcode"]) == (502, "M_UNKNOWN")
 
 
 async def test_invalid_user_id(client: httpx.AsyncClient) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -41,7 +42,14 @@ class ServerProcess:
         listen = config.pop("listen", {})
         assert isinstance(listen, dict)
         data.update(config)
-        data["listen"] = {"host": "127.0.0.1", "port": self.port, **listen}
+        # A config may choose its own port and serve TLS (federation tests), or add to the
+        # default listener (a shut-down timeout).
+        listen = {"host": "127.0.0.1", "port": self.port, **listen}
+        data["listen"] = listen
+        self.port = int(listen["port"])
+        scheme = "https" if listen.get("tls_certificate_path") else "http"
+        self.base_url = f"{scheme}://127.0.0.1:{self.port}"
+        self.verify: ssl.SSLContext | bool = True  # what the start-up probe trusts
         self.config_path = workdir / "homeserver.yaml"
         self.config_path.write_text(yaml.safe_dump(data))
         self.log_path = workdir / "server.log"
@@ -71,7 +79,8 @@ class ServerProcess:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.base_url}/_matrix/client/versions", timeout=1).is_success:
+                probe = f"{self.base_url}/_matrix/client/versions"
+                if httpx.get(probe, timeout=1, verify=self.verify).is_success:
                     return
             except httpx.TransportError:
                 pass
