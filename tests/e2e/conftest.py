@@ -38,7 +38,9 @@ class ServerProcess:
             "auth": {"password_hash_memory_kib": 64, "password_hash_time_cost": 1},
         }
         if database_url is not None:
-            data["database"] = {"url": database_url}
+            # Small pools: test servers on several xdist workers share PostgreSQL's 100
+            # connections. A test about pools passes its own database section.
+            data["database"] = {"url": database_url, "pool_size": 3}
         listen = config.pop("listen", {})
         assert isinstance(listen, dict)
         data.update(config)
