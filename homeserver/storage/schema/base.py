@@ -1,0 +1,28 @@
+"""The metadata every table is on, the integer type, and the stream positions."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+stream_positions = sa.Table(
+    "stream_positions",
+    metadata,
+    sa.Column("stream", sa.Text, primary_key=True),
+    sa.Column("position", BigInt, nullable=False),
+)
+# Not a stream: the row that numbers events never served (outliers, rejected, soft-failed)
+# downwards from 0, below every position of the events stream, so that no read of the
+# stream meets them.
+UNSERVED_EVENTS = "unserved_events"
