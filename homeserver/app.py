@@ -1,7 +1,8 @@
 """The composition root: builds stores, bus, services and the ASGI app from the config.
 
-The one module of ``homeserver/`` that imports routes; everything is wired by plain
-constructor injection here, in dependency order. Running it (database, background jobs,
+Everything is wired by plain constructor injection here, in dependency order; the routes
+and the ASGI app on top are ``homeserver/routing.py``, the one module of ``homeserver/`` that
+imports routes. Running it (database, background jobs,
 uvicorn's lifespan) is ``homeserver/lifecycle.py``.
 """
 
@@ -12,46 +13,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute
 
-from client_api import (
-    account,
-    account_data,
-    delayed_events,
-    devices,
-    directory,
-    filters,
-    key_backup,
-    keys,
-    knock,
-    notifications,
-    presence,
-    profile,
-    pushers,
-    pushrules,
-    receipts,
-    relations,
-    reports,
-    room_summary,
-    rooms,
-    sliding_sync,
-    sync,
-    threepids,
-    to_device,
-    typing_notifications,
-    upgrade,
-    user_directory,
-    versions,
-    websocket,
-)
-from client_api import routes as client_routes
-from federation import edge as federation_edge
-from federation import keys as key_server
-from federation import media as federation_media
-from federation import public_rooms, query, user_keys
-from federation import routes as federation_routes
 from homeserver.accounts.account_data import AccountDataService
 from homeserver.accounts.email_validation import EmailValidation
 from homeserver.accounts.ignored import IgnoreLists
@@ -63,8 +26,6 @@ from homeserver.accounts.uia import UiaService
 from homeserver.accounts.user_directory import UserDirectoryService
 from homeserver.core.clock import Clock
 from homeserver.core.config import HomeserverConfig
-from homeserver.core.errors import MatrixError
-from homeserver.core.pool_guard import PoolExhausted
 from homeserver.core.ratelimit import RateLimiter
 from homeserver.crypto.derived_keys import SERVER_SECRET_FILE, load_or_create_server_secret
 from homeserver.crypto.signing import SigningKey
@@ -142,17 +103,7 @@ from homeserver.sync.sliding.extensions import ExtensionSources
 from homeserver.sync.sliding.service import SlidingSyncService
 from homeserver.wakeups.bus import InMemoryBus
 from homeserver.wakeups.notifier import Notifier
-from homeserver.web.cors import CorsMiddleware
-from homeserver.web.edge import (
-    EdgeServices,
-    http_error_handler,
-    internal_error_handler,
-    matrix_error_handler,
-    pool_exhausted_handler,
-)
-from homeserver.web.request_guard import RequestGuardMiddleware
 from homeserver.websocket import WebSocketService
-from media_repo import routes as media_routes
 from media_repo.backends import build_backend, spool_dir
 from media_repo.preview import UrlPreviewer
 from media_repo.service import MediaService
@@ -184,10 +135,13 @@ class Homeserver:
         db: Database,
         signing_key: SigningKey,
         clock: Clock,
+        app_factory: Callable[[Homeserver], Starlette],
         outbound: Outbound | None = None,
         server_resolver: ServerResolver | None = None,
     ) -> None:
-        """``server_resolver`` replaces the discovery of other homeservers (tests)."""
+        """``app_factory`` builds the ASGI app on the services (``homeserver/routing.py``,
+        which imports the routes); ``server_resolver`` replaces the discovery of other
+        homeservers (tests)."""
         self.config = config
         # Every request to a URL someone else chose (previews, push gateways, other
         # homeservers) goes through it.
@@ -248,7 +202,7 @@ class Homeserver:
             self.sliding_sync,
         )
         self._build_media(config, db, clock)
-        self.app = create_app(self)
+        self.app = app_factory(self)
 
     def _build_stores(self, db: Database) -> None:
         self.account_store = AccountStore(db)
@@ -592,91 +546,3 @@ class Homeserver:
             spool_dir(config.media.storage, config.data_path),
         )
         self.url_previews = UrlPreviewer(config.media.url_preview, self.media, self.outbound)
-
-
-def route_services(hs: Homeserver) -> list[object]:
-    """What each route area calls (``services_of`` in homeserver/web/edge.py): routes see
-    these, never the whole Homeserver."""
-    config = hs.config
-    return [
-        EdgeServices(hs.auth, config.limits.max_request_body_bytes),
-        account.AccountServices(hs.accounts, hs.server_name, config.base_url),
-        account_data.AccountDataServices(hs.account_data),
-        delayed_events.DelayedEventServices(hs.delayed_events),
-        devices.DeviceServices(hs.accounts),
-        directory.DirectoryServices(hs.directory, hs.server_name),
-        filters.FilterServices(hs.filters),
-        key_backup.KeyBackupServices(hs.key_backup),
-        keys.KeyServices(hs.e2e_keys),
-        knock.KnockServices(hs.directory, hs.memberships, hs.ratelimiter),
-        notifications.NotificationServices(hs.push_notifications),
-        presence.PresenceServices(hs.presence),
-        profile.ProfileServices(hs.profiles),
-        pushers.PusherServices(hs.pushers),
-        pushrules.PushRuleServices(hs.push_rules),
-        receipts.ReceiptServices(hs.receipts),
-        relations.RelationServices(hs.relations),
-        reports.ReportServices(hs.reports),
-        room_summary.RoomSummaryServices(hs.room_summaries),
-        rooms.RoomServices(
-            hs.rooms,
-            hs.room_creator,
-            hs.memberships,
-            hs.directory,
-            hs.sending,
-            hs.ratelimiter,
-            hs.delayed_events,
-        ),
-        sliding_sync.SlidingSyncServices(
-            hs.sliding_sync, hs.presence, config.limits.sync_timeout_max_ms
-        ),
-        sync.SyncServices(hs.sync, hs.filters, hs.presence, config.limits.sync_timeout_max_ms),
-        threepids.ThreepidServices(hs.threepids, hs.email_validation),
-        to_device.ToDeviceServices(hs.to_device),
-        typing_notifications.TypingServices(hs.typing),
-        upgrade.UpgradeServices(hs.room_upgrader),
-        user_directory.UserDirectoryServices(hs.user_directory),
-        versions.VersionServices(
-            config.base_url,
-            config.websocket.enabled,
-            config.rooms.default_room_version,
-            hs.email_validation.enabled,
-        ),
-        websocket.WebSocketServices(hs.websocket, config.websocket.enabled),
-        media_routes.MediaServices(hs.media, hs.url_previews, config.media),
-        federation_edge.FederationEdgeServices(hs.federation_auth),
-        key_server.KeyServerServices(hs.local_keys, hs.keyring, hs.clock),
-        query.QueryServices(hs.profiles, hs.directory, hs.server_name),
-        user_keys.UserKeyServices(hs.federation_keys),
-        public_rooms.PublicRoomServices(hs.directory),
-        federation_media.FederationMediaServices(hs.media, hs.server_name),
-    ]
-
-
-def create_app(hs: Homeserver) -> Starlette:
-    # Our keys are public; the Server-Server API is served only with federation on.
-    server_server: list[BaseRoute] = [Mount("/_matrix/key", routes=federation_routes.key_routes)]
-    if hs.config.federation.enabled:
-        server_server.append(
-            Mount("/_matrix/federation", routes=federation_routes.federation_routes)
-        )
-    app = Starlette(
-        routes=[
-            *server_server,
-            Mount("/_matrix/media", routes=media_routes.media_routes),
-            # Before /_matrix/client: a Mount that matches a prefix never falls through.
-            Mount("/_matrix/client/v1/media", routes=media_routes.client_media_routes),
-            Mount("/_matrix/client", routes=client_routes.client_routes),
-            *client_routes.root_routes,
-            *hs.push_gateway_routes,
-        ],
-        middleware=[Middleware(CorsMiddleware), Middleware(RequestGuardMiddleware)],
-        exception_handlers={
-            MatrixError: matrix_error_handler,
-            HTTPException: http_error_handler,
-            PoolExhausted: pool_exhausted_handler,
-            Exception: internal_error_handler,
-        },
-    )
-    app.state.services = {type(s): s for s in route_services(hs)}
-    return app

@@ -16,6 +16,7 @@ from homeserver.core.config import HomeserverConfig
 from homeserver.crypto.signing import load_or_create_signing_key
 from homeserver.federation.discovery import ServerResolver
 from homeserver.net.outbound import Outbound
+from homeserver.routing import create_app
 from homeserver.storage.database import Database
 from homeserver.storage.migrate import upgrade_head
 
@@ -48,7 +49,15 @@ async def running_homeserver(
         if migrate:
             await upgrade_head(db.engine)
         signing_key = load_or_create_signing_key(config.signing_key_file)
-        hs = Homeserver(config, db, signing_key, clock or SystemClock(), outbound, server_resolver)
+        hs = Homeserver(
+            config,
+            db,
+            signing_key,
+            clock or SystemClock(),
+            create_app,
+            outbound,
+            server_resolver,
+        )
         # Plain tasks, not a task group: the caller may leave this context from another task
         # than the one that entered it (test fixtures, lifespans).
         tasks = [asyncio.create_task(_run_forever(job)) for job in hs.background_jobs]

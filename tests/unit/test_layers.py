@@ -9,7 +9,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("homeserver", "client_api", "federation", "media_repo", "push_gateway")
-COMPOSITION = {"homeserver.app", "homeserver.lifecycle", "homeserver.cli", "homeserver.__main__"}
+COMPOSITION = {
+    "homeserver.app",
+    "homeserver.routing",
+    "homeserver.lifecycle",
+    "homeserver.cli",
+    "homeserver.__main__",
+}
 
 
 def _modules() -> dict[str, set[str]]:

@@ -1,0 +1,148 @@
+"""The ASGI app on the composition root's services: which routes are served, and what each
+route area may call (``services_of``). The one module of ``homeserver/`` that imports routes.
+"""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Mount
+
+from client_api import (
+    account,
+    account_data,
+    delayed_events,
+    devices,
+    directory,
+    filters,
+    key_backup,
+    keys,
+    knock,
+    notifications,
+    presence,
+    profile,
+    pushers,
+    pushrules,
+    receipts,
+    relations,
+    reports,
+    room_summary,
+    rooms,
+    sliding_sync,
+    sync,
+    threepids,
+    to_device,
+    typing_notifications,
+    upgrade,
+    user_directory,
+    versions,
+    websocket,
+)
+from client_api import routes as client_routes
+from federation import edge as federation_edge
+from federation import keys as key_server
+from federation import media as federation_media
+from federation import public_rooms, query, user_keys
+from federation import routes as federation_routes
+from homeserver.app import Homeserver
+from homeserver.core.errors import MatrixError
+from homeserver.core.pool_guard import PoolExhausted
+from homeserver.web.cors import CorsMiddleware
+from homeserver.web.edge import (
+    EdgeServices,
+    http_error_handler,
+    internal_error_handler,
+    matrix_error_handler,
+    pool_exhausted_handler,
+)
+from homeserver.web.request_guard import RequestGuardMiddleware
+from media_repo import routes as media_routes
+
+
+def route_services(hs: Homeserver) -> list[object]:
+    """What each route area calls (``services_of`` in homeserver/web/edge.py): routes see
+    these, never the whole Homeserver."""
+    config = hs.config
+    return [
+        EdgeServices(hs.auth, config.limits.max_request_body_bytes),
+        account.AccountServices(hs.accounts, hs.server_name, config.base_url),
+        account_data.AccountDataServices(hs.account_data),
+        delayed_events.DelayedEventServices(hs.delayed_events),
+        devices.DeviceServices(hs.accounts),
+        directory.DirectoryServices(hs.directory, hs.server_name),
+        filters.FilterServices(hs.filters),
+        key_backup.KeyBackupServices(hs.key_backup),
+        keys.KeyServices(hs.e2e_keys),
+        knock.KnockServices(hs.directory, hs.memberships, hs.ratelimiter),
+        notifications.NotificationServices(hs.push_notifications),
+        presence.PresenceServices(hs.presence),
+        profile.ProfileServices(hs.profiles),
+        pushers.PusherServices(hs.pushers),
+        pushrules.PushRuleServices(hs.push_rules),
+        receipts.ReceiptServices(hs.receipts),
+        relations.RelationServices(hs.relations),
+        reports.ReportServices(hs.reports),
+        room_summary.RoomSummaryServices(hs.room_summaries),
+        rooms.RoomServices(
+            hs.rooms,
+            hs.room_creator,
+            hs.memberships,
+            hs.directory,
+            hs.sending,
+            hs.ratelimiter,
+            hs.delayed_events,
+        ),
+        sliding_sync.SlidingSyncServices(
+            hs.sliding_sync, hs.presence, config.limits.sync_timeout_max_ms
+        ),
+        sync.SyncServices(hs.sync, hs.filters, hs.presence, config.limits.sync_timeout_max_ms),
+        threepids.ThreepidServices(hs.threepids, hs.email_validation),
+        to_device.ToDeviceServices(hs.to_device),
+        typing_notifications.TypingServices(hs.typing),
+        upgrade.UpgradeServices(hs.room_upgrader),
+        user_directory.UserDirectoryServices(hs.user_directory),
+        versions.VersionServices(
+            config.base_url,
+            config.websocket.enabled,
+            config.rooms.default_room_version,
+            hs.email_validation.enabled,
+        ),
+        websocket.WebSocketServices(hs.websocket, config.websocket.enabled),
+        media_routes.MediaServices(hs.media, hs.url_previews, config.media),
+        federation_edge.FederationEdgeServices(hs.federation_auth),
+        key_server.KeyServerServices(hs.local_keys, hs.keyring, hs.clock),
+        query.QueryServices(hs.profiles, hs.directory, hs.server_name),
+        user_keys.UserKeyServices(hs.federation_keys),
+        public_rooms.PublicRoomServices(hs.directory),
+        federation_media.FederationMediaServices(hs.media, hs.server_name),
+    ]
+
+
+def create_app(hs: Homeserver) -> Starlette:
+    # Our keys are public; the Server-Server API is served only with federation on.
+    server_server: list[BaseRoute] = [Mount("/_matrix/key", routes=federation_routes.key_routes)]
+    if hs.config.federation.enabled:
+        server_server.append(
+            Mount("/_matrix/federation", routes=federation_routes.federation_routes)
+        )
+    app = Starlette(
+        routes=[
+            *server_server,
+            Mount("/_matrix/media", routes=media_routes.media_routes),
+            # Before /_matrix/client: a Mount that matches a prefix never falls through.
+            Mount("/_matrix/client/v1/media", routes=media_routes.client_media_routes),
+            Mount("/_matrix/client", routes=client_routes.client_routes),
+            *client_routes.root_routes,
+            *hs.push_gateway_routes,
+        ],
+        middleware=[Middleware(CorsMiddleware), Middleware(RequestGuardMiddleware)],
+        exception_handlers={
+            MatrixError: matrix_error_handler,
+            HTTPException: http_error_handler,
+            PoolExhausted: pool_exhausted_handler,
+            Exception: internal_error_handler,
+        },
+    )
+    app.state.services = {type(s): s for s in route_services(hs)}
+    return app
