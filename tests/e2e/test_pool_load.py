@@ -6,8 +6,8 @@ within its shut-down time, long-polls get a normal answer, and every acknowledge
 in the database after a restart.
 
 ``HS_TEST_LOAD_MEMBERS`` sets the crowd (200 by default: 20 times the default pool, 100
-times the pool of 2, within CI's time; 1 000 is the issue's figure, a run of many minutes on
-a small machine).
+times the pool of 2, and short beside the rest of CI, which runs beside it on the other
+core). 1 000 is the issue's figure: run it with ``HS_TEST_LOAD_MEMBERS=1000``.
 """
 
 from __future__ import annotations
