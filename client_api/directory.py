@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomAlias, RoomID
+from homeserver.core.types import JsonDict
 from homeserver.rooms.directory import DirectoryService
 from homeserver.web.edge import (
     RequestBody,
@@ -132,15 +133,20 @@ async def post_public_rooms(request: Request) -> Response:
     await require_user(request)
     _check_server(request.query_params.get("server"), hs.server_name)
     body = await parse_body(request, PublicRoomsBody)
+    return json_response(await search_public_rooms(hs.directory, body))
+
+
+async def search_public_rooms(directory: DirectoryService, body: PublicRoomsBody) -> JsonDict:
+    """A page of the room directory for a ``POST publicRooms`` body: the Client-Server and
+    the Server-Server API take the same body."""
     room_filter = body.filter or PublicRoomsFilter()
     room_types: Any = room_filter.room_types
-    result = await hs.directory.public_rooms(
+    return await directory.public_rooms(
         limit=body.limit,
         since=body.since,
         search_term=room_filter.generic_search_term,
         room_types=tuple(room_types) if room_types is not None else None,
     )
-    return json_response(result)
 
 
 client_routes = [
