@@ -41,8 +41,8 @@ from homeserver.storage.database.prepared import (
 
 class PgConnection:
     """SQLAlchemy's ``AsyncConnection`` behind ``execute``; ``prepared`` statements skip
-    SQLAlchemy's execution machinery and its greenlet hand-off (~100 µs of CPU each) and go
-    to asyncpg through SQLAlchemy's own connection adapter."""
+    SQLAlchemy's execution machinery and its greenlet hand-off and go to asyncpg through
+    SQLAlchemy's own connection adapter."""
 
     __slots__ = ("_adapter", "_conn", "_plans")
 
@@ -110,7 +110,7 @@ class AutocommitPool:
     checked out of SQLAlchemy's pool between uses.
 
     Checking a connection out of SQLAlchemy's async engine and back costs three greenlet
-    hand-offs and the pool's bookkeeping (~60 µs of CPU), and every woken sync takes two.
+    hand-offs and the pool's bookkeeping, and every woken sync takes two.
     Here a read takes an idle connection off a list and puts it back. A connection whose
     user failed on the database or was cancelled is invalidated and given back to
     SQLAlchemy, which discards it; its place is opened again by the next read that needs it.

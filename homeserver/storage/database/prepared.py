@@ -58,8 +58,8 @@ def prepared(statement: S, columns: Sequence[str] | None = None, dialect: str | 
     It then runs on the lean path: compiled once per dialect, executed on the driver's own
     cursor (SQLite) or asyncpg prepared statement (PostgreSQL), rows as named tuples.
     SQLAlchemy's execution machinery (cache key, compiled cache, execution context, result
-    metadata; on PostgreSQL also a greenlet hand-off) costs ~50 to 100 µs per statement,
-    several times what an indexed SQLite statement costs.
+    metadata; on PostgreSQL also a greenlet hand-off) costs several times what an indexed
+    SQLite statement costs.
 
     An INSERT or UPDATE is compiled for the parameter names it is run with; ``columns``, the
     names it is always run with, lets start-up compile (and prepare) it ahead of use.
