@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 from signedjson.key import encode_verify_key_base64, generate_signing_key, get_verify_key
 from signedjson.sign import sign_json
 
+from homeserver.app import Homeserver
+from homeserver.core.clock import FakeClock
 from homeserver.core.types import JsonDict
 from homeserver.federation.client import FederationError, x_matrix_header
+from homeserver.federation.discovery import ServerResolver, WellKnownResolver
+from homeserver.net.addresses import AddressPolicy, IPAddress
+from homeserver.net.outbound import Outbound
+from tests.conftest import make_config
+from tests.helpers import serve
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -97,3 +107,31 @@ class FakeFederation:
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+
+async def _no_dns(host: str, port: int) -> list[IPAddress]:
+    raise OSError("no DNS in tests")
+
+
+async def _no_well_known(hostname: str) -> Any:
+    from homeserver.net.outbound import OutboundError, Reason
+
+    raise OutboundError(Reason.UNREACHABLE, "no network in tests")
+
+
+async def _no_srv(name: str) -> list[Any]:
+    return []
+
+
+async def served_offline(
+    tmp_path: Path, db_url: str, clock: FakeClock, **overrides: object
+) -> AsyncIterator[tuple[Homeserver, httpx.AsyncClient]]:
+    """A homeserver with no network: other servers are known only by the keys tests store."""
+    config = make_config(tmp_path, db_url, **overrides)
+    async with serve(
+        config,
+        clock,
+        outbound=Outbound(AddressPolicy(), resolver=_no_dns),
+        server_resolver=ServerResolver(WellKnownResolver(_no_well_known, clock), _no_srv),
+    ) as (hs, client):
+        yield hs, client

@@ -3,7 +3,6 @@ queries, through the in-process client."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,69 +14,10 @@ from signedjson.sign import verify_signed_json
 from homeserver.app import Homeserver
 from homeserver.core.clock import FakeClock
 from homeserver.core.ids import UserID
-from homeserver.federation.discovery import ServerResolver, WellKnownResolver
-from homeserver.federation.keyring import parse_key_response
-from homeserver.net.addresses import AddressPolicy, IPAddress
-from homeserver.net.outbound import Outbound
-from homeserver.storage.server_keys import ServerKeyStore
-from tests.conftest import make_config
-from tests.federation_helpers import DAY_MS, FakeRemote
-from tests.helpers import auth_header, register, serve
+from tests.federation_helpers import FakeRemote, served_offline
+from tests.helpers import auth_header, register
 
 FED = "/_matrix/federation/v1"
-
-
-async def _no_dns(host: str, port: int) -> list[IPAddress]:
-    raise OSError("no DNS in tests")
-
-
-async def _no_well_known(hostname: str) -> Any:
-    from homeserver.net.outbound import OutboundError, Reason
-
-    raise OutboundError(Reason.UNREACHABLE, "no network in tests")
-
-
-async def _no_srv(name: str) -> list[Any]:
-    return []
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def remote() -> FakeRemote:
-    return FakeRemote("remote.test")
-
-
-async def _served(
-    tmp_path: Path, db_url: str, clock: FakeClock, **overrides: object
-) -> AsyncIterator[tuple[Homeserver, httpx.AsyncClient]]:
-    config = make_config(tmp_path, db_url, **overrides)
-    # No network: other servers are only known by the keys the tests store.
-    async with serve(
-        config,
-        clock,
-        outbound=Outbound(AddressPolicy(), resolver=_no_dns),
-        server_resolver=ServerResolver(WellKnownResolver(_no_well_known, clock), _no_srv),
-    ) as (hs, client):
-        yield hs, client
-
-
-@pytest.fixture
-async def fed(
-    tmp_path: Path, db_url: str, clock: FakeClock, remote: FakeRemote
-) -> AsyncIterator[tuple[Homeserver, httpx.AsyncClient]]:
-    async for hs, client in _served(tmp_path, db_url, clock):
-        keys = parse_key_response(
-            remote.key_response(clock.now_ms() + DAY_MS),
-            "remote.test",
-            "remote.test",
-            clock.now_ms(),
-        )
-        await ServerKeyStore(hs.db).store_keys(keys)
-        yield hs, client
 
 
 def signed_get(remote: FakeRemote, uri: str, destination: str | None = "test") -> dict[str, str]:
@@ -317,7 +257,7 @@ async def test_notary_bad_input(fed: tuple[Homeserver, httpx.AsyncClient]) -> No
 async def test_denied_server_gets_403(
     tmp_path: Path, db_url: str, clock: FakeClock, remote: FakeRemote
 ) -> None:
-    async for _, client in _served(
+    async for _, client in served_offline(
         tmp_path, db_url, clock, federation={"deny_servers": ["*.test"]}
     ):
         uri = f"{FED}/query/profile?user_id=%40alice%3Atest"
@@ -326,7 +266,7 @@ async def test_denied_server_gets_403(
 
 
 async def test_federation_disabled(tmp_path: Path, db_url: str, clock: FakeClock) -> None:
-    async for _, client in _served(tmp_path, db_url, clock, federation={"enabled": False}):
+    async for _, client in served_offline(tmp_path, db_url, clock, federation={"enabled": False}):
         response = await client.get(f"{FED}/version")
         assert (response.status_code, response.json()["errcode"]) == (404, "M_UNRECOGNIZED")
         # The key server still answers: our keys are public.

@@ -3,53 +3,22 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 from email.parser import BytesParser
 from email.policy import HTTP
-from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
 from homeserver.app import Homeserver
-from homeserver.core.clock import FakeClock
-from homeserver.federation.keyring import parse_key_response
-from homeserver.storage.server_keys import ServerKeyStore
-from tests.api.test_federation import _served
 from tests.api.test_media import upload
-from tests.federation_helpers import DAY_MS, FakeRemote
+from tests.federation_helpers import FakeRemote
 from tests.helpers import register
 from tests.unit.test_thumbnailer import make_image
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 FED = "/_matrix/federation/v1/media"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def remote() -> FakeRemote:
-    return FakeRemote("remote.test")
-
-
-@pytest.fixture
-async def fed(
-    tmp_path: Path, db_url: str, clock: FakeClock, remote: FakeRemote
-) -> AsyncIterator[tuple[Homeserver, httpx.AsyncClient]]:
-    async for hs, client in _served(tmp_path, db_url, clock):
-        keys = parse_key_response(
-            remote.key_response(clock.now_ms() + DAY_MS),
-            "remote.test",
-            "remote.test",
-            clock.now_ms(),
-        )
-        await ServerKeyStore(hs.db).store_keys(keys)
-        yield hs, client
 
 
 def parts(response: httpx.Response) -> list[tuple[dict[str, str], bytes]]:

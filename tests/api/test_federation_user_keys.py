@@ -4,49 +4,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from homeserver.app import Homeserver
-from homeserver.core.clock import FakeClock
-from homeserver.federation.keyring import parse_key_response
-from homeserver.storage.server_keys import ServerKeyStore
 from tests.api.e2ee_helpers import new_device, upload
 from tests.api.test_cross_signing import CrossSigning, _device_signing
-from tests.api.test_federation import _served
-from tests.federation_helpers import DAY_MS, FakeRemote
+from tests.federation_helpers import FakeRemote
 from tests.helpers import assert_errors
 
 FED = "/_matrix/federation/v1"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def remote() -> FakeRemote:
-    return FakeRemote("remote.test")
-
-
-@pytest.fixture
-async def fed(
-    tmp_path: Path, db_url: str, clock: FakeClock, remote: FakeRemote
-) -> AsyncIterator[tuple[Homeserver, httpx.AsyncClient]]:
-    async for hs, client in _served(tmp_path, db_url, clock):
-        keys = parse_key_response(
-            remote.key_response(clock.now_ms() + DAY_MS),
-            "remote.test",
-            "remote.test",
-            clock.now_ms(),
-        )
-        await ServerKeyStore(hs.db).store_keys(keys)
-        yield hs, client
 
 
 async def post_signed(
