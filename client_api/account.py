@@ -208,7 +208,7 @@ async def post_refresh(request: Request) -> Response:
 async def post_logout(request: Request) -> Response:
     """POST /_matrix/client/v3/logout"""
     hs = services_of(request, AccountServices)
-    requester = await require_user(request)
+    requester = await require_user(request, allow_locked=True)
     await hs.accounts.logout(requester)
     return json_response({})
 
@@ -216,7 +216,7 @@ async def post_logout(request: Request) -> Response:
 async def post_logout_all(request: Request) -> Response:
     """POST /_matrix/client/v3/logout/all"""
     hs = services_of(request, AccountServices)
-    requester = await require_user(request)
+    requester = await require_user(request, allow_locked=True)
     await hs.accounts.logout_all(requester)
     return json_response({})
 

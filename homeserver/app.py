@@ -24,6 +24,8 @@ from homeserver.accounts.threepids import ThreepidService
 from homeserver.accounts.tokens import AuthService
 from homeserver.accounts.uia import UiaService
 from homeserver.accounts.user_directory import UserDirectoryService
+from homeserver.admin.sessions import SessionRecorder
+from homeserver.admin.users import AdminUsers
 from homeserver.core.clock import Clock
 from homeserver.core.config import HomeserverConfig
 from homeserver.core.ratelimit import RateLimiter
@@ -74,6 +76,7 @@ from homeserver.rooms.upgrade import RoomUpgrader
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
+from homeserver.storage.admin import AdminStore
 from homeserver.storage.database import Database
 from homeserver.storage.delayed_events import DelayedEventStore
 from homeserver.storage.device_lists import DeviceListStore
@@ -202,10 +205,12 @@ class Homeserver:
             self.sliding_sync,
         )
         self._build_media(config, db, clock)
+        self._build_admin(config, clock)
         self.app = app_factory(self)
 
     def _build_stores(self, db: Database) -> None:
         self.account_store = AccountStore(db)
+        self.admin_store = AdminStore(db)
         self.registration_tokens = RegistrationTokenStore(db)
         self.event_store = EventStore(db)
         self.room_store = RoomStore(db, self.event_store)
@@ -534,6 +539,23 @@ class Homeserver:
                     await gateway.aclose()
 
             self.background_jobs.append(close_gateway_at_exit)
+
+    def _build_admin(self, config: HomeserverConfig, clock: Clock) -> None:
+        """The admin API (issue 22): after every service it administers."""
+        self.session_recorder = SessionRecorder(self.admin_store, clock)
+        self.admin_users = AdminUsers(
+            self.admin_store,
+            self.accounts,
+            self.account_store,
+            self.auth,
+            self.profiles,
+            self.threepid_store,
+            self.room_store,
+            self.ratelimiter,
+            clock,
+            config.server_name,
+        )
+        self.background_jobs.append(self.admin_users.run_overrides_refresh)
 
     def _build_media(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
         """The media repository (issue 5): storage backend, uploads, thumbnails, previews."""

@@ -9,6 +9,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 
+from admin_api import routes as admin_routes
+from admin_api import users as admin_users
 from client_api import (
     account,
     account_data,
@@ -65,7 +67,8 @@ def route_services(hs: Homeserver) -> list[object]:
     these, never the whole Homeserver."""
     config = hs.config
     return [
-        EdgeServices(hs.auth, config.limits.max_request_body_bytes),
+        EdgeServices(hs.auth, config.limits.max_request_body_bytes, hs.session_recorder),
+        admin_users.AdminUserServices(hs.admin_users),
         account.AccountServices(hs.accounts, hs.server_name, config.base_url),
         account_data.AccountDataServices(hs.account_data),
         delayed_events.DelayedEventServices(hs.delayed_events),
@@ -132,7 +135,11 @@ def create_app(hs: Homeserver) -> Starlette:
             Mount("/_matrix/media", routes=media_routes.media_routes),
             # Before /_matrix/client: a Mount that matches a prefix never falls through.
             Mount("/_matrix/client/v1/media", routes=media_routes.client_media_routes),
-            Mount("/_matrix/client", routes=client_routes.client_routes),
+            Mount(
+                "/_matrix/client",
+                routes=[*admin_routes.client_admin_routes, *client_routes.client_routes],
+            ),
+            Mount("/_synapse/admin", routes=admin_routes.admin_routes),
             *client_routes.root_routes,
             *hs.push_gateway_routes,
         ],

@@ -6,4 +6,4 @@ source scripts/venv.sh
 ensure_venv test
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy homeserver client_api media_repo push_gateway federation
+.venv/bin/mypy homeserver client_api admin_api media_repo push_gateway federation

@@ -430,6 +430,69 @@ class AccountService:
         logger.info("user deactivated", extra={"user_id": user_id})
         return None
 
+    # --- for the server's administrators (the admin API) -----------------------------------
+
+    async def create_user_as_admin(
+        self, user_id: UserID, password: str | None, *, admin: bool, displayname: str | None
+    ) -> bool:
+        """Create a local account of this exact ID; False if it (or another case of it) is
+        taken. Without a password nobody can log in to it until one is set."""
+        if user_id.server_name != self._server_name or not is_valid_new_localpart(
+            user_id.localpart
+        ):
+            raise MatrixError(Codes.INVALID_USERNAME, "Not a valid user ID for this server")
+        password_hash = None
+        if password is not None:
+            self.check_password_strength(password)
+            password_hash = await self._auth.hash_password(password)
+        if await self._store.user_exists_ignoring_case(user_id):
+            return False
+        created = await self._store.create_user(
+            user_id,
+            password_hash,
+            is_admin=admin,
+            created_ts=self._clock.now_ms(),
+            displayname=displayname if displayname is not None else user_id.localpart,
+        )
+        if created:
+            logger.info("user registered by an administrator", extra={"user_id": user_id})
+        return created
+
+    async def set_password_as_admin(
+        self, user_id: UserID, new_password: str, *, logout_devices: bool
+    ) -> None:
+        self.check_password_strength(new_password)
+        await self._store.set_password_hash(user_id, await self._auth.hash_password(new_password))
+        if logout_devices:
+            device_ids, hashes = await self._store.delete_devices_except(user_id, None)
+            await self._devices_deleted(user_id, device_ids, hashes)
+        logger.info("password reset by an administrator", extra={"user_id": user_id})
+
+    async def deactivate_as_admin(self, user_id: UserID) -> None:
+        """What /account/deactivate does once authenticated: the tokens stop, the devices
+        go, the user leaves every room and lets go of every e-mail address."""
+        await self._store.set_deactivated(user_id)
+        device_ids, hashes = await self._store.delete_devices_except(user_id, None)
+        await self._devices_deleted(user_id, device_ids, hashes)
+        for data in self._user_data:
+            await data.deactivate_user(user_id)
+        logger.info("user deactivated by an administrator", extra={"user_id": user_id})
+
+    async def delete_devices_as_admin(self, user_id: UserID, device_ids: Sequence[str]) -> None:
+        await self._delete_devices(user_id, list(dict.fromkeys(device_ids)))
+
+    async def create_device_as_admin(self, user_id: UserID, device_id: str) -> None:
+        """Create the device if it does not exist (an existing one is left as it is)."""
+        self._check_device(device_id, None)
+        if await self._store.get_device(user_id, device_id) is None:
+            await self._store.upsert_device(user_id, device_id, None, self._clock.now_ms())
+
+    async def update_device_as_admin(
+        self, user_id: UserID, device_id: str, display_name: str | None
+    ) -> None:
+        requester = Requester(user_id, device_id, 0)
+        await self.update_device(requester, device_id, display_name)
+
     # --- devices ---------------------------------------------------------------------------
 
     async def get_devices(self, requester: Requester) -> list[Device]:

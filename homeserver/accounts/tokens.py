@@ -62,7 +62,7 @@ class AuthService:
             memory_cost=config.password_hash_memory_kib,
             parallelism=1,
         )
-        self._cache: TTLCache[bytes, tuple[Requester, int | None]] = TTLCache(
+        self._cache: TTLCache[bytes, tuple[Requester, int | None, bool]] = TTLCache(
             maxsize=max(1, config.token_cache_size), ttl=TOKEN_CACHE_TTL_S
         )
         # Hashing is CPU-bound and takes password_hash_memory_kib each: more at once than
@@ -88,7 +88,10 @@ class AuthService:
 
     # --- tokens ----------------------------------------------------------------------------
 
-    async def get_requester(self, token: str) -> Requester:
+    async def get_requester(self, token: str, *, allow_locked: bool = False) -> Requester:
+        """Who holds ``token``. A locked account's tokens are refused (spec, "Account
+        locking": 401 ``M_USER_LOCKED``, a soft logout) except where ``allow_locked`` (the
+        logout endpoints)."""
         key = hash_token(token)
         cached = self._cache.get(key)
         if cached is None:
@@ -98,11 +101,21 @@ class AuthService:
             if info.deactivated:
                 raise MatrixError(Codes.UNKNOWN_TOKEN, "User is deactivated", soft_logout=False)
             cached = (
-                Requester(info.user_id, info.device_id, info.token_id, info.is_admin),
+                Requester(
+                    info.user_id,
+                    info.device_id,
+                    info.token_id,
+                    info.is_admin,
+                    shadow_banned=info.shadow_banned,
+                    suspended=info.suspended,
+                ),
                 info.valid_until_ms,
+                info.locked,
             )
             self._cache[key] = cached
-        requester, valid_until_ms = cached
+        requester, valid_until_ms, locked = cached
+        if locked and not allow_locked:
+            raise MatrixError(Codes.USER_LOCKED, "This account has been locked", soft_logout=True)
         if valid_until_ms is not None and self._clock.now_ms() >= valid_until_ms:
             # spec: an expired token that can be refreshed is a soft logout.
             raise MatrixError(Codes.UNKNOWN_TOKEN, "Access token has expired", soft_logout=True)
@@ -127,6 +140,17 @@ class AuthService:
             user_id, device_id, hash_token(access), now, now + lifetime, refresh_id
         )
         return Session(user_id, device_id, access, refresh, lifetime)
+
+    async def create_token(
+        self, user_id: UserID, device_id: str, valid_until_ms: int | None
+    ) -> str:
+        """An access token alone, for a device that need not exist (an administrator acting
+        as the user); it expires at ``valid_until_ms`` if given."""
+        access = new_token("mat")
+        await self._store.add_access_token(
+            user_id, device_id, hash_token(access), self._clock.now_ms(), valid_until_ms, None
+        )
+        return access
 
     async def refresh(self, refresh_token: str) -> Session:
         info = await self._store.get_refresh_token(hash_token(refresh_token))
@@ -158,6 +182,12 @@ class AuthService:
             self._cache.pop(token_hash, None)
 
     def forget_tokens_of_device_cache(self, user_id: UserID, device_id: str) -> None:
-        for key, (requester, _) in list(self._cache.items()):
+        for key, (requester, _, _) in list(self._cache.items()):
             if requester.user_id == user_id and requester.device_id == device_id:
+                self._cache.pop(key, None)
+
+    def forget_user_cache(self, user_id: UserID) -> None:
+        """Read the user's tokens again (an administrator changed the account's flags)."""
+        for key, (requester, _, _) in list(self._cache.items()):
+            if requester.user_id == user_id:
                 self._cache.pop(key, None)

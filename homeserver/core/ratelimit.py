@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
+from typing import Any
 
 from cachetools import TTLCache
 
@@ -37,6 +38,11 @@ class RateLimiter:
         self._config = config
         self._clock = clock
         self._buckets: dict[Action, TTLCache[str, tuple[float, int]]] = {}
+        # Per-key limits an administrator set (the admin API's override_ratelimit), with
+        # their own buckets: a few keys, never evicted while the override stands. ``None``:
+        # not limited at all.
+        self._overrides: dict[tuple[Action, str], RateLimit | None] = {}
+        self._override_buckets: dict[tuple[Action, str], tuple[float, int]] = {}
         for action in Action:
             limit = self.limit_of(action)
             # A bucket untouched for the time it takes to refill is full: forget it.
@@ -51,12 +57,27 @@ class RateLimiter:
         limit: RateLimit = getattr(self._config, action.value)
         return limit
 
+    def set_overrides(self, action: Action, overrides: dict[str, RateLimit | None]) -> None:
+        """Replace the per-key limits of ``action`` (``None``: that key is not limited)."""
+        for known in [k for k in self._overrides if k[0] == action]:
+            if known[1] not in overrides or overrides[known[1]] != self._overrides[known]:
+                self._overrides.pop(known)
+                self._override_buckets.pop(known, None)
+        for key, limit in overrides.items():
+            self._overrides[(action, key)] = limit
+
     def check(self, action: Action, key: str, *, exempt: bool = False) -> None:
         """Take a token for ``key``; else ``M_LIMIT_EXCEEDED`` with ``retry_after_ms``."""
         if not self._config.enabled or exempt:
             return
-        limit = self.limit_of(action)
-        buckets = self._buckets[action]
+        if (action, key) in self._overrides:
+            override = self._overrides[(action, key)]
+            if override is not None:
+                self._take(override, self._override_buckets, (action, key))
+            return
+        self._take(self.limit_of(action), self._buckets[action], key)
+
+    def _take(self, limit: RateLimit, buckets: Any, key: object) -> None:
         now_ms = self._clock.now_ms()
         tokens, last_ms = buckets.get(key, (float(limit.burst), now_ms))
         tokens = min(

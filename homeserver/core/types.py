@@ -19,3 +19,8 @@ class Requester:
     device_id: str
     token_id: int
     is_admin: bool = False
+    # Set by the server's administrators (the admin API): a shadow-banned user's sends look
+    # successful but reach nobody; a suspended one may read and leave, not act
+    # (spec, "Account suspension").
+    shadow_banned: bool = False
+    suspended: bool = False

@@ -8,7 +8,14 @@ import sqlalchemy as sa
 
 from homeserver.core.ids import UserID
 from homeserver.storage.database import Connection, Database
-from homeserver.storage.schema import access_tokens, devices, profiles, refresh_tokens, users
+from homeserver.storage.schema import (
+    access_tokens,
+    devices,
+    profiles,
+    refresh_tokens,
+    user_moderation,
+    users,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,10 @@ class TokenInfo:
     valid_until_ms: int | None
     is_admin: bool
     deactivated: bool
+    # What administrators set on the account (homeserver/storage/admin.py).
+    shadow_banned: bool = False
+    suspended: bool = False
+    locked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,8 +375,12 @@ class AccountStore:
                 access_tokens.c.valid_until_ms,
                 users.c.is_admin,
                 users.c.deactivated,
+                user_moderation.c.shadow_banned,
+                user_moderation.c.suspended,
+                user_moderation.c.locked,
             )
             .join(users, users.c.user_id == access_tokens.c.user_id)
+            .outerjoin(user_moderation, user_moderation.c.user_id == access_tokens.c.user_id)
             .where(access_tokens.c.token_hash == token_hash)
         )
         async with self._db.read() as conn:
@@ -373,7 +388,15 @@ class AccountStore:
         if r is None:
             return None
         return TokenInfo(
-            r.id, UserID(r.user_id), r.device_id, r.valid_until_ms, r.is_admin, r.deactivated
+            r.id,
+            UserID(r.user_id),
+            r.device_id,
+            r.valid_until_ms,
+            r.is_admin,
+            r.deactivated,
+            bool(r.shadow_banned),
+            bool(r.suspended),
+            bool(r.locked),
         )
 
     async def get_refresh_token(self, token_hash: bytes) -> RefreshTokenInfo | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -72,6 +72,12 @@ class EdgeServices:
 
     tokens: AuthService
     max_request_body_bytes: int
+    # Records where sessions are seen from (the admin API's whois, devices' last seen).
+    sessions: SessionRecorder | None = None
+
+
+class SessionRecorder(Protocol):
+    async def seen(self, requester: Requester, ip: str, user_agent: str) -> None: ...
 
 
 def services_of(connection: HTTPConnection, area: type[ServicesT]) -> ServicesT:
@@ -150,12 +156,22 @@ def access_token_of(request: Request) -> str | None:
     return request.query_params.get("access_token")
 
 
-async def require_user(request: Request) -> Requester:
+async def require_user(request: Request, *, allow_locked: bool = False) -> Requester:
+    """The requester; ``allow_locked``: a locked account's token is accepted (only the
+    logout endpoints, spec "Account locking")."""
     token = access_token_of(request)
     if token is None:
         raise MatrixError(Codes.MISSING_TOKEN, "Missing access token")
-    requester = await services_of(request, EdgeServices).tokens.get_requester(token)
+    edge = services_of(request, EdgeServices)
+    requester = await edge.tokens.get_requester(token, allow_locked=allow_locked)
     request.state.requester = requester
+    if edge.sessions is not None:
+        client = request.client
+        await edge.sessions.seen(
+            requester,
+            client.host if client is not None else "",
+            request.headers.get("user-agent", ""),
+        )
     return requester
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("homeserver", "client_api", "federation", "media_repo", "push_gateway")
+PACKAGES = ("homeserver", "client_api", "admin_api", "federation", "media_repo", "push_gateway")
 COMPOSITION = {
     "homeserver.app",
     "homeserver.routing",
@@ -56,7 +56,7 @@ def test_nothing_outside_the_composition_root_imports_it() -> None:
 
 
 def test_services_do_not_import_routes() -> None:
-    routes = ("client_api", "federation", "media_repo.routes", "push_gateway.app")
+    routes = ("client_api", "admin_api", "federation", "media_repo.routes", "push_gateway.app")
     offenders = {
         m: sorted(i for i in imported if _in(i, *routes))
         for m, imported in GRAPH.items()
@@ -120,7 +120,7 @@ def test_no_import_cycle_through_routes_or_the_composition_root() -> None:
         c
         for c in cycles
         if any(
-            _in(m, "client_api", "federation", "media_repo.routes", "homeserver.web")
+            _in(m, "client_api", "admin_api", "federation", "media_repo.routes", "homeserver.web")
             or m in COMPOSITION
             for m in c
         )

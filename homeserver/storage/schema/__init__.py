@@ -13,6 +13,12 @@ from homeserver.storage.schema.accounts import (
     uia_sessions,
     users,
 )
+from homeserver.storage.schema.admin import (
+    blocked_rooms,
+    ratelimit_overrides,
+    user_ips,
+    user_moderation,
+)
 from homeserver.storage.schema.base import (
     UNSERVED_EVENTS,
     BigInt,
@@ -83,6 +89,10 @@ from homeserver.storage.schema.threepids import (
 )
 
 __all__ = [
+    "blocked_rooms",
+    "ratelimit_overrides",
+    "user_ips",
+    "user_moderation",
     "BigInt",
     "UNSERVED_EVENTS",
     "access_tokens",

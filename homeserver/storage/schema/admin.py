@@ -1,0 +1,56 @@
+"""What the server's administrators set on accounts and rooms, and what they read about
+sessions (the admin API, issue 22)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from homeserver.storage.schema.base import BigInt, metadata
+
+# One row per account an administrator has acted on; an account without a row has every
+# flag off. Read with the access token (tokens carry the flags), so a change reaches a
+# worker's token cache within its lifetime, or at once on the worker that made it.
+user_moderation = sa.Table(
+    "user_moderation",
+    metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    # Sends look successful but reach nobody.
+    sa.Column("shadow_banned", sa.Boolean, nullable=False, default=False),
+    # spec v1.13 "Account suspension": 403 M_USER_SUSPENDED on sending, joining, profile...
+    sa.Column("suspended", sa.Boolean, nullable=False, default=False),
+    # spec v1.12 "Account locking": 401 M_USER_LOCKED (soft logout) on all but /logout.
+    sa.Column("locked", sa.Boolean, nullable=False, default=False),
+    # Deactivated with erase: the profile is gone and stays gone.
+    sa.Column("erased", sa.Boolean, nullable=False, default=False),
+    sa.Column("user_type", sa.Text, nullable=True),  # "bot", "support" or None
+)
+
+# Per-user rate limit of sending, replacing the configured one (0 and 0: not limited).
+ratelimit_overrides = sa.Table(
+    "ratelimit_overrides",
+    metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("messages_per_second", sa.Integer, nullable=False),
+    sa.Column("burst_count", sa.Integer, nullable=False),
+)
+
+# Where and with what each device was seen: /admin/whois. One row per (device, address,
+# user agent); written at most once per a few minutes per session (homeserver/admin/sessions).
+user_ips = sa.Table(
+    "user_ips",
+    metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("device_id", sa.Text, primary_key=True),
+    sa.Column("ip", sa.Text, primary_key=True),
+    sa.Column("user_agent", sa.Text, primary_key=True),
+    sa.Column("last_seen", BigInt, nullable=False),
+)
+
+# Rooms nobody of this server may join (PUT /_synapse/admin/v1/rooms/{roomId}/block).
+blocked_rooms = sa.Table(
+    "blocked_rooms",
+    metadata,
+    sa.Column("room_id", sa.Text, primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False),  # the administrator who blocked it
+    sa.Column("blocked_ts", BigInt, nullable=False),
+)

@@ -1,0 +1,64 @@
+"""admin api: account moderation, rate-limit overrides, sessions, blocked rooms
+
+Revision ID: 0017
+Revises: 0011
+Create Date: 2026-12-07
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0017"
+down_revision = "0011"
+branch_labels = None
+depends_on = None
+
+_BIGINT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def upgrade() -> None:
+    # What administrators set on accounts (issue 22): shadow-ban, suspension, lock, erasure.
+    op.create_table(
+        "user_moderation",
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("shadow_banned", sa.Boolean(), nullable=False),
+        sa.Column("suspended", sa.Boolean(), nullable=False),
+        sa.Column("locked", sa.Boolean(), nullable=False),
+        sa.Column("erased", sa.Boolean(), nullable=False),
+        sa.Column("user_type", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_user_moderation")),
+    )
+    op.create_table(
+        "ratelimit_overrides",
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("messages_per_second", sa.Integer(), nullable=False),
+        sa.Column("burst_count", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_ratelimit_overrides")),
+    )
+    op.create_table(
+        "user_ips",
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("device_id", sa.Text(), nullable=False),
+        sa.Column("ip", sa.Text(), nullable=False),
+        sa.Column("user_agent", sa.Text(), nullable=False),
+        sa.Column("last_seen", _BIGINT, nullable=False),
+        sa.PrimaryKeyConstraint(
+            "user_id", "device_id", "ip", "user_agent", name=op.f("pk_user_ips")
+        ),
+    )
+    op.create_table(
+        "blocked_rooms",
+        sa.Column("room_id", sa.Text(), nullable=False),
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("blocked_ts", _BIGINT, nullable=False),
+        sa.PrimaryKeyConstraint("room_id", name=op.f("pk_blocked_rooms")),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("blocked_rooms")
+    op.drop_table("user_ips")
+    op.drop_table("ratelimit_overrides")
+    op.drop_table("user_moderation")
