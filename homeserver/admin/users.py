@@ -11,7 +11,12 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from homeserver.accounts.profile import ProfileService
+from homeserver.accounts.profile import (
+    MAX_AVATAR_URL_CHARS,
+    MAX_DISPLAYNAME_CHARS,
+    ProfileService,
+    is_valid_mxc_uri,
+)
 from homeserver.accounts.service import AccountService
 from homeserver.accounts.tokens import AuthService, new_device_id
 from homeserver.core.clock import Clock
@@ -206,6 +211,15 @@ class AdminUsers:
             raise MatrixError(Codes.INVALID_PARAM, f"user_type must be one of {USER_TYPES}")
         if changes.password is not None:
             self._accounts.check_password_strength(changes.password)
+        # Checked before anything changes, so that a refused request creates no account.
+        if changes.displayname is not None and len(changes.displayname) > MAX_DISPLAYNAME_CHARS:
+            raise MatrixError(
+                Codes.INVALID_PARAM,
+                f"displayname is longer than {MAX_DISPLAYNAME_CHARS} characters",
+            )
+        avatar = changes.avatar_url
+        if avatar and (len(avatar) > MAX_AVATAR_URL_CHARS or not is_valid_mxc_uri(avatar)):
+            raise MatrixError(Codes.INVALID_PARAM, "avatar_url must be an mxc:// URI")
         for medium, _ in changes.threepids or ():
             if medium != "email":
                 raise MatrixError(Codes.INVALID_PARAM, "Only e-mail addresses are supported")
