@@ -306,7 +306,11 @@ class Homeserver:
         )
         self.visibility = Visibility(self.event_store, self.room_store)
         self.memberships = MembershipService(
-            self.event_sender, self.room_store, server_name, self.account_store
+            self.event_sender,
+            self.room_store,
+            server_name,
+            self.account_store,
+            invite_permissions=self.account_data,
         )
         self.profiles = ProfileService(
             self.account_store, server_name, self.memberships, self.remote_queries

@@ -26,6 +26,9 @@ DIRECT = "m.direct"
 IGNORED_USER_LIST = "m.ignored_user_list"
 
 
+INVITE_PERMISSION_CONFIG = "m.invite_permission_config"
+
+
 class AccountDataService:
     """Implements the sync sources ``GlobalSource``, ``RoomSource`` and ``IgnoredUsers``."""
 
@@ -164,6 +167,11 @@ class AccountDataService:
         for room_id, room_tags in tags.items():
             out.setdefault(room_id, []).append({"type": TAG, "content": {"tags": room_tags}})
         return out
+
+    async def blocks_invites(self, user_id: UserID) -> bool:
+        """spec v1.18, "Invite permission": ``default_action: block`` refuses every invite."""
+        content = await self._store.get(user_id, None, INVITE_PERMISSION_CONFIG)
+        return content is not None and content.get("default_action") == "block"
 
     async def direct_room_ids(self, user_id: UserID) -> frozenset[str]:
         """The rooms the user's ``m.direct`` lists as direct chats (sliding sync's ``is_dm``)."""

@@ -89,6 +89,7 @@ class ProfileService:
         self._check_key(key)
         if requester.user_id != user_id:
             raise MatrixError(Codes.FORBIDDEN, "Cannot change another user's profile")
+        requester.check_not_suspended()
         if key not in FIELDS:
             raise MatrixError(Codes.FORBIDDEN, f"Profile field {key} cannot be changed here")
         if not isinstance(value, str):
@@ -111,6 +112,7 @@ class ProfileService:
         self._check_key(key)
         if requester.user_id != user_id:
             raise MatrixError(Codes.FORBIDDEN, "Cannot change another user's profile")
+        requester.check_not_suspended()
         if key not in FIELDS:
             raise MatrixError(Codes.FORBIDDEN, f"Profile field {key} cannot be changed here")
         await self._set(user_id, key, None)

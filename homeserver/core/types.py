@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID
 
 # A JSON object as parsed from the wire: events in PDU form and the `content` the spec leaves open.
@@ -24,3 +25,11 @@ class Requester:
     # (spec, "Account suspension").
     shadow_banned: bool = False
     suspended: bool = False
+
+    def check_not_suspended(self) -> None:
+        """spec, "Account suspension": 403 ``M_USER_SUSPENDED`` on what a suspended user
+        may not do (send, join, knock, invite, change their profile, redact others)."""
+        if self.suspended:
+            raise MatrixError(
+                Codes.USER_SUSPENDED, "You cannot perform this action while suspended"
+            )

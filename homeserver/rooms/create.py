@@ -74,6 +74,7 @@ class RoomCreator:
         self._clock = clock
 
     async def create_room(self, requester: Requester, req: CreateRoomRequest) -> RoomID:
+        requester.check_not_suspended()  # creating a room is joining one
         version_id = self._default_version if req.room_version is None else req.room_version
         version = KNOWN_ROOM_VERSIONS.get(version_id)
         if version is None:
@@ -119,7 +120,12 @@ class RoomCreator:
         for event_type, state_key, content in setup:
             await self._send_state(room_id, creator, event_type, content, state_key)
         for invitee in invitees:
-            await self._memberships.invite(requester, room_id, invitee, is_direct=req.is_direct)
+            try:
+                await self._memberships.invite(requester, room_id, invitee, is_direct=req.is_direct)
+            except MatrixError as e:
+                # spec, "Invite permission": the room is created without this invitee.
+                if e.code != Codes.INVITE_BLOCKED:
+                    raise
         return room_id
 
     def _initial_state(

@@ -18,10 +18,23 @@ class Profiles(Protocol):
     async def get_profile(self, user_id: UserID) -> Profile | None: ...
 
 
+class InvitePermissions(Protocol):
+    """Whether a user refuses invites (spec v1.18, "Invite permission": the
+    ``m.invite_permission_config`` account data)."""
+
+    async def blocks_invites(self, user_id: UserID) -> bool: ...
+
+
 class MembershipService:
     def __init__(
-        self, sender: EventSender, rooms: RoomStore, server_name: str, profiles: Profiles
+        self,
+        sender: EventSender,
+        rooms: RoomStore,
+        server_name: str,
+        profiles: Profiles,
+        invite_permissions: InvitePermissions | None = None,
     ) -> None:
+        self._invite_permissions = invite_permissions
         self._sender = sender
         self._rooms = rooms
         self._server_name = server_name
@@ -70,6 +83,7 @@ class MembershipService:
     async def join(
         self, requester: Requester, room_id: RoomID, reason: str | None = None
     ) -> SentEvent:
+        requester.check_not_suspended()
         await self._require_room(room_id)
         return await self.send_own_membership(room_id, requester.user_id, "join", reason)
 
@@ -78,6 +92,7 @@ class MembershipService:
     ) -> SentEvent:
         """The auth rules decide: a `knock` or `knock_restricted` join rule, and the user
         neither joined, invited nor banned (spec: "Knocking on rooms")."""
+        requester.check_not_suspended()
         await self._require_room(room_id)
         return await self.send_own_membership(room_id, requester.user_id, "knock", reason)
 
@@ -90,8 +105,13 @@ class MembershipService:
         reason: str | None = None,
         is_direct: bool = False,
     ) -> SentEvent:
+        requester.check_not_suspended()
         await self._require_room(room_id)
         await self.check_invitable(target)
+        if self._invite_permissions is not None and await self._invite_permissions.blocks_invites(
+            target
+        ):
+            raise MatrixError(Codes.INVITE_BLOCKED, f"{target} does not accept invites")
         current = await self._rooms.get_membership(room_id, target)
         if current is not None and current.membership in ("join", "ban"):
             raise MatrixError(

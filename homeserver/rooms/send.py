@@ -11,6 +11,8 @@ transaction ID is already taken answers with the event that took it.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -31,6 +33,15 @@ class Activity(Protocol):
     """Presence: sending is activity (the user is online and active again)."""
 
     async def bump_active(self, user_id: UserID) -> None: ...
+
+
+def shadow_event_id(requester: Requester, scope: str, txn_id: str) -> EventID:
+    """The event ID a shadow-banned user is answered with: nothing is sent, and a retry of
+    the same transaction gets the same ID, as a real send's would."""
+    digest = hashlib.sha256(
+        f"{requester.user_id}\0{requester.device_id}\0{scope}\0{txn_id}".encode()
+    ).digest()
+    return EventID("$" + base64.urlsafe_b64encode(digest).decode().rstrip("="))
 
 
 class SendService:
@@ -60,7 +71,11 @@ class SendService:
     ) -> EventID:
         """PUT /rooms/{roomId}/send/{eventType}/{txnId}: idempotent per device and
         transaction ID; rate-limited; the sender is active."""
+        if event_type != "m.room.redaction":
+            requester.check_not_suspended()
         self._ratelimiter.check(Action.MESSAGE, requester.user_id)
+        if requester.shadow_banned:
+            return shadow_event_id(requester, f"send:{room_id}:{event_type}", txn_id)
         event_id = await self.send_scheduled(requester, room_id, event_type, txn_id, content)
         await self._activity.bump_active(requester.user_id)
         return event_id
@@ -102,12 +117,16 @@ class SendService:
         reason: str | None,
     ) -> EventID:
         """PUT /rooms/{roomId}/redact/{eventId}/{txnId}: idempotent as /send is."""
+        if requester.shadow_banned:
+            return shadow_event_id(requester, f"redact:{room_id}", txn_id)
 
         async def send(txn: Txn) -> str:
             await self._rooms.require_joined(requester.user_id, room_id)
             target = await self._events.get_event(event_id)
             if target is None or target.room_id != room_id:
                 raise MatrixError(Codes.NOT_FOUND, "Event not found")
+            if target.sender != requester.user_id:
+                requester.check_not_suspended()  # spec: their own events they may redact
             version = KNOWN_ROOM_VERSIONS[await self._rooms.room_version(room_id)]
             pl = await self._events.get_current_state_event(room_id, "m.room.power_levels", "")
             create = await self._events.get_current_state_event(room_id, "m.room.create", "")

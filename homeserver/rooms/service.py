@@ -73,6 +73,7 @@ class RoomService:
         state_key: str,
         content: JsonDict,
     ) -> str:
+        requester.check_not_suspended()
         check_json_numbers(content, "content")
         if event_type == MEMBERSHIP:
             raise MatrixError(Codes.FORBIDDEN, "Use the membership endpoints for m.room.member")
