@@ -24,6 +24,7 @@ from homeserver.accounts.threepids import ThreepidService
 from homeserver.accounts.tokens import AuthService
 from homeserver.accounts.uia import UiaService
 from homeserver.accounts.user_directory import UserDirectoryService
+from homeserver.admin.rooms import AdminRooms
 from homeserver.admin.sessions import SessionRecorder
 from homeserver.admin.users import AdminUsers
 from homeserver.core.clock import Clock
@@ -77,6 +78,7 @@ from homeserver.rooms.visibility import Visibility
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.admin import AdminStore
+from homeserver.storage.admin_rooms import AdminRoomStore
 from homeserver.storage.database import Database
 from homeserver.storage.delayed_events import DelayedEventStore
 from homeserver.storage.device_lists import DeviceListStore
@@ -311,6 +313,7 @@ class Homeserver:
             server_name,
             self.account_store,
             invite_permissions=self.account_data,
+            blocks=self.admin_store,
         )
         self.profiles = ProfileService(
             self.account_store, server_name, self.memberships, self.remote_queries
@@ -560,6 +563,19 @@ class Homeserver:
             config.server_name,
         )
         self.background_jobs.append(self.admin_users.run_overrides_refresh)
+        self.admin_rooms = AdminRooms(
+            AdminRoomStore(self.db),
+            self.admin_store,
+            self.room_store,
+            self.event_store,
+            self.rooms,
+            self.memberships,
+            self.room_creator,
+            self.directory,
+            self.event_sender,
+            clock,
+            config.server_name,
+        )
 
     def _build_media(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
         """The media repository (issue 5): storage backend, uploads, thumbnails, previews."""

@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 
+from admin_api import rooms as admin_rooms
 from admin_api import routes as admin_routes
 from admin_api import users as admin_users
 from client_api import (
@@ -69,6 +70,7 @@ def route_services(hs: Homeserver) -> list[object]:
     return [
         EdgeServices(hs.auth, config.limits.max_request_body_bytes, hs.session_recorder),
         admin_users.AdminUserServices(hs.admin_users),
+        admin_rooms.AdminRoomServices(hs.admin_rooms, hs.admin_users),
         account.AccountServices(hs.accounts, hs.server_name, config.base_url),
         account_data.AccountDataServices(hs.account_data),
         delayed_events.DelayedEventServices(hs.delayed_events),

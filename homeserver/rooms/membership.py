@@ -18,6 +18,12 @@ class Profiles(Protocol):
     async def get_profile(self, user_id: UserID) -> Profile | None: ...
 
 
+class RoomBlocks(Protocol):
+    """Rooms the server's administrators blocked: nobody of this server may join them."""
+
+    async def is_room_blocked(self, room_id: str) -> bool: ...
+
+
 class InvitePermissions(Protocol):
     """Whether a user refuses invites (spec v1.18, "Invite permission": the
     ``m.invite_permission_config`` account data)."""
@@ -33,7 +39,9 @@ class MembershipService:
         server_name: str,
         profiles: Profiles,
         invite_permissions: InvitePermissions | None = None,
+        blocks: RoomBlocks | None = None,
     ) -> None:
+        self._blocks = blocks
         self._invite_permissions = invite_permissions
         self._sender = sender
         self._rooms = rooms
@@ -68,6 +76,10 @@ class MembershipService:
         content.update({k: v for k, v in extra.items() if v is not None})
         return content
 
+    async def _check_not_blocked(self, room_id: str) -> None:
+        if self._blocks is not None and await self._blocks.is_room_blocked(room_id):
+            raise MatrixError(Codes.FORBIDDEN, "This room has been blocked on this server")
+
     async def _require_room(self, room_id: str) -> None:
         if await self._rooms.get_room(room_id) is None:
             raise MatrixError(Codes.NOT_FOUND, "Unknown room")
@@ -84,6 +96,7 @@ class MembershipService:
         self, requester: Requester, room_id: RoomID, reason: str | None = None
     ) -> SentEvent:
         requester.check_not_suspended()
+        await self._check_not_blocked(room_id)
         await self._require_room(room_id)
         return await self.send_own_membership(room_id, requester.user_id, "join", reason)
 
@@ -93,6 +106,7 @@ class MembershipService:
         """The auth rules decide: a `knock` or `knock_restricted` join rule, and the user
         neither joined, invited nor banned (spec: "Knocking on rooms")."""
         requester.check_not_suspended()
+        await self._check_not_blocked(room_id)
         await self._require_room(room_id)
         return await self.send_own_membership(room_id, requester.user_id, "knock", reason)
 

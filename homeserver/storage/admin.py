@@ -334,6 +334,9 @@ class AdminStore:
         async with self._db.write() as conn:
             await conn.execute(sa.delete(blocked_rooms).where(blocked_rooms.c.room_id == room_id))
 
+    async def is_room_blocked(self, room_id: str) -> bool:
+        return await self.get_room_block(room_id) is not None
+
     async def get_room_block(self, room_id: str) -> RoomBlock | None:
         async with self._db.read() as conn:
             r = (

@@ -275,6 +275,12 @@ class RoomStore:
             )
         self._for_sync.pop(user_id, None)
 
+    def forget_cached_room(self, room_id: str) -> None:
+        """The room was purged (the admin API): no kept membership may name it."""
+        for user_id, (_, found) in list(self._for_sync.items()):
+            if any(m.room_id == room_id for m in found):
+                self._for_sync.pop(user_id, None)
+
     # --- aliases ---------------------------------------------------------------------------
 
     async def create_alias(self, alias: str, room_id: str, creator: str) -> bool:

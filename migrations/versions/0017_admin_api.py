@@ -49,6 +49,19 @@ def upgrade() -> None:
         ),
     )
     op.create_table(
+        "room_delete_tasks",
+        sa.Column("delete_id", sa.Text(), nullable=False),
+        sa.Column("room_id", sa.Text(), nullable=False),
+        sa.Column("status", sa.Text(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("result", sa.JSON(), nullable=True),
+        sa.Column("created_ts", _BIGINT, nullable=False),
+        sa.PrimaryKeyConstraint("delete_id", name=op.f("pk_room_delete_tasks")),
+    )
+    op.create_index(
+        op.f("ix_room_delete_tasks_room_id"), "room_delete_tasks", ["room_id"], unique=False
+    )
+    op.create_table(
         "blocked_rooms",
         sa.Column("room_id", sa.Text(), nullable=False),
         sa.Column("user_id", sa.Text(), nullable=False),
@@ -59,6 +72,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("blocked_rooms")
+    op.drop_index(op.f("ix_room_delete_tasks_room_id"), table_name="room_delete_tasks")
+    op.drop_table("room_delete_tasks")
     op.drop_table("user_ips")
     op.drop_table("ratelimit_overrides")
     op.drop_table("user_moderation")

@@ -110,6 +110,11 @@ class StateGroups:
         )
         return group
 
+    def forget_state_groups(self, groups: list[int]) -> None:
+        """Groups purged with their room (the admin API): their IDs may be given again."""
+        for group in groups:
+            self._state_cache.pop(group, None)
+
     # --- reading state ---------------------------------------------------------------------
 
     async def get_state_ids(self, state_group: int) -> StateMap:

@@ -16,6 +16,7 @@ from homeserver.storage.schema.accounts import (
 from homeserver.storage.schema.admin import (
     blocked_rooms,
     ratelimit_overrides,
+    room_delete_tasks,
     user_ips,
     user_moderation,
 )
@@ -91,6 +92,7 @@ from homeserver.storage.schema.threepids import (
 __all__ = [
     "blocked_rooms",
     "ratelimit_overrides",
+    "room_delete_tasks",
     "user_ips",
     "user_moderation",
     "BigInt",

@@ -46,6 +46,19 @@ user_ips = sa.Table(
     sa.Column("last_seen", BigInt, nullable=False),
 )
 
+# Room deletions (DELETE /_synapse/admin/v2/rooms/{roomId}): run in the background, their
+# status read by ID or by room from any worker.
+room_delete_tasks = sa.Table(
+    "room_delete_tasks",
+    metadata,
+    sa.Column("delete_id", sa.Text, primary_key=True),
+    sa.Column("room_id", sa.Text, nullable=False, index=True),
+    sa.Column("status", sa.Text, nullable=False),  # shutting_down, purging, complete, failed
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("result", sa.JSON, nullable=True),  # kicked users, aliases, the new room
+    sa.Column("created_ts", BigInt, nullable=False),
+)
+
 # Rooms nobody of this server may join (PUT /_synapse/admin/v1/rooms/{roomId}/block).
 blocked_rooms = sa.Table(
     "blocked_rooms",

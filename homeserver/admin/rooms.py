@@ -1,0 +1,492 @@
+"""The admin API on rooms (Synapse's ``/_synapse/admin/.../rooms``, issue 22): list with
+search and ordering, details, members, state, block, join a user, make a room admin, and
+deletion with a replacement room and a purge from every table.
+
+Every method takes the requester and refuses anyone but a server administrator first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from homeserver.admin.users import require_admin
+from homeserver.core.clock import Clock
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import RoomID, UserID
+from homeserver.core.types import JsonDict, Requester
+from homeserver.rooms.create import CreateRoomRequest, RoomCreator
+from homeserver.rooms.directory import DirectoryService
+from homeserver.rooms.membership import MembershipService
+from homeserver.rooms.sender import EventSender
+from homeserver.rooms.service import RoomService
+from homeserver.storage.admin import AdminStore
+from homeserver.storage.admin_rooms import AdminRoomStore, DeleteTask, RoomCounts
+from homeserver.storage.events import EventStore
+from homeserver.storage.rooms import RoomStore
+
+logger = logging.getLogger(__name__)
+
+# The state the room list and details show, by event type (empty state keys).
+SUMMARY_TYPES = (
+    "m.room.create",
+    "m.room.name",
+    "m.room.topic",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.join_rules",
+    "m.room.guest_access",
+    "m.room.history_visibility",
+    "m.room.tombstone",
+)
+# order_by of the room list: the field of the room's entry; True: largest first (as Synapse).
+ROOM_ORDERS: dict[str, tuple[str, bool]] = {
+    "name": ("name", False),
+    "alphabetical": ("name", False),
+    "canonical_alias": ("canonical_alias", False),
+    "joined_members": ("joined_members", True),
+    "size": ("joined_members", True),
+    "joined_local_members": ("joined_local_members", True),
+    "version": ("version", True),
+    "creator": ("creator", False),
+    "encryption": ("encryption", False),
+    "federatable": ("federatable", False),
+    "public": ("public", False),
+    "join_rules": ("join_rules", False),
+    "guest_access": ("guest_access", False),
+    "history_visibility": ("history_visibility", False),
+    "state_events": ("state_events", True),
+}
+DEFAULT_NEW_ROOM_NAME = "Content Violation Notification"
+DEFAULT_NEW_ROOM_MESSAGE = (
+    "Sharing illegal content on this server is not permitted and rooms in violation will be "
+    "blocked."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomQuery:
+    offset: int
+    limit: int
+    order_by: str = "name"
+    backwards: bool = False
+    search_term: str | None = None
+    public_rooms: bool | None = None
+    empty_rooms: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRequest:
+    new_room_user_id: UserID | None = None
+    room_name: str | None = None
+    message: str | None = None
+    block: bool = False
+    purge: bool = True
+    force_purge: bool = False
+
+
+def _content(pdus: dict[str, Any], event_type: str) -> JsonDict:
+    pdu = pdus.get(event_type)
+    content = pdu.get("content") if isinstance(pdu, dict) else None
+    return content if isinstance(content, dict) else {}
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _sort_key(value: object) -> tuple[int, Any]:
+    # Rooms without the field go last in either direction's natural order (as nulls do).
+    if value is None:
+        return (1, "")
+    return (0, value)
+
+
+class AdminRooms:
+    def __init__(
+        self,
+        store: AdminRoomStore,
+        admin_store: AdminStore,
+        room_store: RoomStore,
+        events: EventStore,
+        rooms: RoomService,
+        memberships: MembershipService,
+        creator: RoomCreator,
+        directory: DirectoryService,
+        sender: EventSender,
+        clock: Clock,
+        server_name: str,
+    ) -> None:
+        self._store = store
+        self._admin_store = admin_store
+        self._room_store = room_store
+        self._events = events
+        self._rooms = rooms
+        self._memberships = memberships
+        self._creator = creator
+        self._directory = directory
+        self._sender = sender
+        self._clock = clock
+        self._server_name = server_name
+        # Deletions running on this worker, kept so that they are not garbage-collected.
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    # --- reading -----------------------------------------------------------------------------
+
+    async def _entries(self, counts: list[RoomCounts]) -> list[JsonDict]:
+        raw = await self._room_store.get_current_state_contents(
+            [c.room_id for c in counts], SUMMARY_TYPES
+        )
+        out = []
+        for c in counts:
+            pdus = {t: _parse(j) for t, j in raw.get(c.room_id, {}).items()}
+            create = _content(pdus, "m.room.create")
+            out.append(
+                {
+                    "room_id": c.room_id,
+                    "name": _str_or_none(_content(pdus, "m.room.name").get("name")),
+                    "canonical_alias": _str_or_none(
+                        _content(pdus, "m.room.canonical_alias").get("alias")
+                    ),
+                    "joined_members": c.joined_members,
+                    "joined_local_members": c.joined_local_members,
+                    "version": c.room_version,
+                    "creator": c.creator,
+                    "encryption": _str_or_none(
+                        _content(pdus, "m.room.encryption").get("algorithm")
+                    ),
+                    "federatable": create.get("m.federate", True) is not False,
+                    "public": c.is_public,
+                    "join_rules": _str_or_none(
+                        _content(pdus, "m.room.join_rules").get("join_rule")
+                    ),
+                    "guest_access": _str_or_none(
+                        _content(pdus, "m.room.guest_access").get("guest_access")
+                    ),
+                    "history_visibility": _str_or_none(
+                        _content(pdus, "m.room.history_visibility").get("history_visibility")
+                    ),
+                    "state_events": c.state_events,
+                    "room_type": _str_or_none(create.get("type")),
+                    "_state": pdus,
+                }
+            )
+        return out
+
+    async def list_rooms(self, requester: Requester, query: RoomQuery) -> JsonDict:
+        """Rooms are filtered and ordered here, on their summaries: the admin list is read
+        rarely, and the fields it orders by live in state events."""
+        require_admin(requester)
+        entries = await self._entries(await self._store.room_counts(self._server_name))
+        if query.search_term is not None:
+            term = query.search_term
+            lowered = term.lower()
+            entries = [
+                e
+                for e in entries
+                if lowered in (e["name"] or "").lower()
+                or lowered in _alias_localpart(e["canonical_alias"]).lower()
+                or term in e["room_id"]
+            ]
+        if query.public_rooms is not None:
+            entries = [e for e in entries if e["public"] is query.public_rooms]
+        if query.empty_rooms is not None:
+            entries = [e for e in entries if (e["joined_members"] == 0) is query.empty_rooms]
+        field, largest_first = ROOM_ORDERS[query.order_by]
+        entries.sort(key=lambda e: e["room_id"])
+        entries.sort(key=lambda e: _sort_key(e[field]), reverse=largest_first != query.backwards)
+        total = len(entries)
+        page = entries[query.offset : query.offset + query.limit]
+        for e in page:
+            e.pop("_state")
+        out: JsonDict = {"rooms": page, "offset": query.offset, "total_rooms": total}
+        if query.offset + len(page) < total:
+            out["next_batch"] = query.offset + len(page)
+        if query.offset > 0:
+            out["prev_batch"] = max(0, query.offset - query.limit)
+        return out
+
+    async def _counts(self, room_id: RoomID) -> RoomCounts:
+        found = await self._store.room_counts(self._server_name, room_id)
+        if not found:
+            raise MatrixError(Codes.NOT_FOUND, "Room not found")
+        return found[0]
+
+    async def room_details(self, requester: Requester, room_id: RoomID) -> JsonDict:
+        require_admin(requester)
+        entry = (await self._entries([await self._counts(room_id)]))[0]
+        pdus = entry.pop("_state")
+        members = await self._room_store.get_room_members(room_id)
+        local = [m for m in members if UserID(m.user_id).server_name == self._server_name]
+        tombstone = _content(pdus, "m.room.tombstone")
+        entry.update(
+            topic=_str_or_none(_content(pdus, "m.room.topic").get("topic")),
+            avatar=_str_or_none(_content(pdus, "m.room.avatar").get("url")),
+            forgotten=bool(local) and all(m.forgotten for m in local),
+            tombstoned="m.room.tombstone" in pdus,
+            replacement_room=_str_or_none(tombstone.get("replacement_room")),
+        )
+        return entry
+
+    async def members(self, requester: Requester, room_id: RoomID) -> list[str]:
+        require_admin(requester)
+        await self._counts(room_id)
+        return [m.user_id for m in await self._room_store.get_room_members(room_id, ["join"])]
+
+    async def state(
+        self, requester: Requester, room_id: RoomID, event_type: str | None
+    ) -> list[JsonDict]:
+        require_admin(requester)
+        counts = await self._counts(room_id)
+        state = await self._events.get_current_state_events(room_id)
+        if event_type is not None:
+            state = [e for e in state if e.type == event_type]
+        state.sort(key=lambda e: (e.type, e.state_key or ""))
+        return await self._rooms.serialize(requester, state, counts.room_version)
+
+    # --- blocking, joining, power --------------------------------------------------------------
+
+    async def set_block(self, requester: Requester, room_id: RoomID, block: bool) -> None:
+        """A room may be blocked before this server knows it."""
+        require_admin(requester)
+        if block:
+            await self._admin_store.block_room(room_id, requester.user_id, self._clock.now_ms())
+        else:
+            await self._admin_store.unblock_room(room_id)
+
+    async def get_block(self, requester: Requester, room_id: RoomID) -> JsonDict:
+        require_admin(requester)
+        found = await self._admin_store.get_room_block(room_id)
+        return {"block": False} if found is None else {"block": True, "user_id": found.user_id}
+
+    async def join_user(
+        self, requester: Requester, room_id_or_alias: str, user_id: UserID
+    ) -> RoomID:
+        """Join a local user to a room: a room they may not join by themselves is joined
+        through an invite of the administrator's, who must be in it then (as Synapse)."""
+        require_admin(requester)
+        room_id = await self._directory.resolve_room(room_id_or_alias)
+        await self._counts(room_id)
+        if user_id.server_name != self._server_name:
+            raise MatrixError(Codes.INVALID_PARAM, "Only local users can be joined to rooms")
+        if await self._admin_store.get_user(user_id) is None:
+            raise MatrixError(Codes.NOT_FOUND, "User not found")
+        if await self._join_rule(room_id) != "public":
+            mine = await self._room_store.get_membership(room_id, requester.user_id)
+            if mine is None or mine.membership != "join":
+                raise MatrixError(
+                    Codes.FORBIDDEN, "The room is not public and you are not in it to invite"
+                )
+            current = await self._room_store.get_membership(room_id, user_id)
+            if current is None or current.membership not in ("join", "invite"):
+                await self._memberships.invite(requester, room_id, user_id)
+        await self._memberships.join(Requester(user_id, "", 0), room_id)
+        return room_id
+
+    async def _join_rule(self, room_id: str) -> str | None:
+        event = await self._events.get_current_state_event(room_id, "m.room.join_rules", "")
+        return None if event is None else _str_or_none(event.content.get("join_rule"))
+
+    async def make_room_admin(
+        self, requester: Requester, room_id_or_alias: str, user_id: UserID
+    ) -> None:
+        """Give ``user_id`` the highest power level in the room, through the local member
+        who has the most power (as Synapse); invite them if they are not in it."""
+        require_admin(requester)
+        room_id = await self._directory.resolve_room(room_id_or_alias)
+        await self._counts(room_id)
+        if user_id.server_name != self._server_name:
+            raise MatrixError(Codes.INVALID_PARAM, "Only local users can be made room admins")
+        pl_event = await self._events.get_current_state_event(room_id, "m.room.power_levels", "")
+        if pl_event is None:
+            raise MatrixError(Codes.UNKNOWN, "The room has no power levels", status=400)
+        content = dict(pl_event.content)
+        users = dict(content.get("users") or {})
+        default = content.get("users_default", 0)
+        joined = await self._room_store.get_room_members(room_id, ["join"])
+        local = [m.user_id for m in joined if UserID(m.user_id).server_name == self._server_name]
+        if not local:
+            raise MatrixError(Codes.FORBIDDEN, "No local user is in the room", status=400)
+        acting = max(local, key=lambda u: (users.get(u, default), u))
+        level = users.get(acting, default)
+        if not isinstance(level, int) or level < content.get("state_default", 50):
+            raise MatrixError(
+                Codes.FORBIDDEN, "No local member has the power to change power levels", status=400
+            )
+        users[user_id] = level
+        content["users"] = users
+        await self._sender.send(room_id, acting, "m.room.power_levels", content, state_key="")
+        current = await self._room_store.get_membership(room_id, user_id)
+        if current is None or current.membership not in ("join", "invite"):
+            await self._memberships.invite(Requester(UserID(acting), "", 0), room_id, user_id)
+
+    # --- deletion ------------------------------------------------------------------------------
+
+    async def delete_room(
+        self, requester: Requester, room_id: RoomID, request: DeleteRequest
+    ) -> str:
+        """Start deleting the room in the background; returns the deletion's ID."""
+        require_admin(requester)
+        known = bool(await self._store.room_counts(self._server_name, room_id))
+        if not known:
+            if request.block:
+                # Synapse: an unknown room can be blocked ahead; nothing else to do.
+                await self.set_block(requester, room_id, True)
+            else:
+                raise MatrixError(Codes.NOT_FOUND, "Room not found")
+        if request.new_room_user_id is not None:
+            new_user = request.new_room_user_id
+            if new_user.server_name != self._server_name:
+                raise MatrixError(Codes.INVALID_PARAM, "new_room_user_id must be a local user")
+            if await self._admin_store.get_user(new_user) is None:
+                raise MatrixError(Codes.NOT_FOUND, "new_room_user_id: user not found")
+        for task in await self._store.get_delete_tasks(room_id):
+            if task.status in ("shutting_down", "purging"):
+                raise MatrixError(
+                    Codes.UNKNOWN, "A deletion of this room is already running", status=400
+                )
+        delete_id = secrets.token_urlsafe(12)
+        await self._store.add_delete_task(delete_id, room_id, self._clock.now_ms())
+        if not known:
+            await self._store.update_delete_task(delete_id, "complete", result=_result())
+            return delete_id
+        self._tasks[delete_id] = asyncio.create_task(
+            self._delete(requester, delete_id, room_id, request)
+        )
+        self._tasks[delete_id].add_done_callback(lambda _: self._tasks.pop(delete_id, None))
+        return delete_id
+
+    async def wait_for_deletion(self, delete_id: str) -> None:
+        """Until a deletion this worker runs is over (tests, shut-down)."""
+        task = self._tasks.get(delete_id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def _delete(
+        self, requester: Requester, delete_id: str, room_id: RoomID, request: DeleteRequest
+    ) -> None:
+        try:
+            result = await self._shut_down(requester, room_id, request)
+            if request.purge:
+                await self._store.update_delete_task(delete_id, "purging", result=result)
+                joined = await self._room_store.get_room_members(room_id, ["join"])
+                local = [m for m in joined if UserID(m.user_id).server_name == self._server_name]
+                if local and not request.force_purge:
+                    raise MatrixError(
+                        Codes.UNKNOWN,
+                        "Local users are still in the room (use force_purge)",
+                        status=400,
+                    )
+                groups = await self._store.purge_room(room_id)
+                self._events.forget_state_groups(groups)
+                self._room_store.forget_cached_room(room_id)
+            await self._store.update_delete_task(delete_id, "complete", result=result)
+            logger.info(
+                "room deleted by an administrator",
+                extra={"room_id": room_id, "admin": requester.user_id, "purge": request.purge},
+            )
+        except Exception as e:  # the status says what failed; the task must not die silently
+            logger.exception("room deletion failed", extra={"room_id": room_id})
+            message = e.message if isinstance(e, MatrixError) else "Internal error"
+            await self._store.update_delete_task(delete_id, "failed", error=message)
+
+    async def _shut_down(
+        self, requester: Requester, room_id: RoomID, request: DeleteRequest
+    ) -> JsonDict:
+        """Block, move the local members and aliases to a new room (if asked), make every
+        local member leave."""
+        if request.block:
+            await self._admin_store.block_room(room_id, requester.user_id, self._clock.now_ms())
+        new_room_id: RoomID | None = None
+        if request.new_room_user_id is not None:
+            new_owner = Requester(request.new_room_user_id, "", 0)
+            new_room_id = await self._creator.create_room(
+                new_owner,
+                CreateRoomRequest(
+                    name=request.room_name or DEFAULT_NEW_ROOM_NAME,
+                    preset="public_chat",
+                    power_level_content_override={"users_default": -10},
+                ),
+            )
+            await self._sender.send(
+                new_room_id,
+                request.new_room_user_id,
+                "m.room.message",
+                {"msgtype": "m.text", "body": request.message or DEFAULT_NEW_ROOM_MESSAGE},
+            )
+        kicked: list[str] = []
+        failed: list[str] = []
+        members = await self._room_store.get_room_members(room_id, ["join", "invite", "knock"])
+        for m in members:
+            user = UserID(m.user_id)
+            if user.server_name != self._server_name:
+                continue
+            try:
+                await self._memberships.send_own_membership(room_id, user, "leave")
+                if new_room_id is not None and m.membership == "join":
+                    if user != request.new_room_user_id:
+                        await self._memberships.join(Requester(user, "", 0), new_room_id)
+                kicked.append(user)
+            except MatrixError:
+                failed.append(user)
+        aliases = await self._room_store.get_aliases(room_id)
+        for alias in aliases:
+            await self._room_store.delete_alias(alias)
+            if new_room_id is not None and request.new_room_user_id is not None:
+                await self._room_store.create_alias(alias, new_room_id, request.new_room_user_id)
+        return _result(kicked, failed, aliases, new_room_id)
+
+    def _status(self, task: DeleteTask) -> JsonDict:
+        return {
+            "delete_id": task.delete_id,
+            "status": task.status,
+            "error": task.error or "",
+            "shutdown_room": task.result or _result(),
+        }
+
+    async def delete_status(self, requester: Requester, delete_id: str) -> JsonDict:
+        require_admin(requester)
+        task = await self._store.get_delete_task(delete_id)
+        if task is None:
+            raise MatrixError(Codes.NOT_FOUND, "Delete ID not found")
+        status = self._status(task)
+        status.pop("delete_id")
+        return status
+
+    async def delete_statuses(self, requester: Requester, room_id: RoomID) -> list[JsonDict]:
+        require_admin(requester)
+        tasks = await self._store.get_delete_tasks(room_id)
+        if not tasks:
+            raise MatrixError(Codes.NOT_FOUND, "No deletion found for this room")
+        return [self._status(t) for t in tasks]
+
+
+def _result(
+    kicked: list[str] | None = None,
+    failed: list[str] | None = None,
+    aliases: list[str] | None = None,
+    new_room_id: str | None = None,
+) -> JsonDict:
+    return {
+        "kicked_users": kicked or [],
+        "failed_to_kick_users": failed or [],
+        "local_aliases": aliases or [],
+        "new_room_id": new_room_id,
+    }
+
+
+def _alias_localpart(alias: str | None) -> str:
+    return "" if alias is None else alias[1:].partition(":")[0]
+
+
+def _parse(raw: str) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
