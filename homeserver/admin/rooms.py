@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomID, UserID
 from homeserver.core.types import JsonDict, Requester
+from homeserver.events.power_levels import get_send_level, get_user_power_level
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.rooms.create import CreateRoomRequest, RoomCreator
 from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.membership import MembershipService
@@ -303,23 +306,32 @@ class AdminRooms:
         await self._counts(room_id)
         if user_id.server_name != self._server_name:
             raise MatrixError(Codes.INVALID_PARAM, "Only local users can be made room admins")
+        version = KNOWN_ROOM_VERSIONS[(await self._counts(room_id)).room_version]
         pl_event = await self._events.get_current_state_event(room_id, "m.room.power_levels", "")
-        if pl_event is None:
+        create = await self._events.get_current_state_event(room_id, "m.room.create", "")
+        if pl_event is None or create is None:
             raise MatrixError(Codes.UNKNOWN, "The room has no power levels", status=400)
         content = dict(pl_event.content)
-        users = dict(content.get("users") or {})
-        default = content.get("users_default", 0)
         joined = await self._room_store.get_room_members(room_id, ["join"])
-        local = [m.user_id for m in joined if UserID(m.user_id).server_name == self._server_name]
-        if not local:
+        levels = {
+            m.user_id: get_user_power_level(version, m.user_id, content, create.pdu)
+            for m in joined
+            if UserID(m.user_id).server_name == self._server_name
+        }
+        if not levels:
             raise MatrixError(Codes.FORBIDDEN, "No local user is in the room", status=400)
-        acting = max(local, key=lambda u: (users.get(u, default), u))
-        level = users.get(acting, default)
-        if not isinstance(level, int) or level < content.get("state_default", 50):
+        acting = max(levels, key=lambda u: (levels[u], u))
+        needed = get_send_level(version, "m.room.power_levels", True, content)
+        if levels[acting] < needed:
             raise MatrixError(
                 Codes.FORBIDDEN, "No local member has the power to change power levels", status=400
             )
-        users[user_id] = level
+        users = dict(content.get("users") or {})
+        finite = [v for v in users.values() if isinstance(v, int)]
+        # A room creator of room version 12 has infinite power: the user gets the highest
+        # level anyone is given (100 at least); otherwise that of the acting member.
+        granted = max([*finite, 100]) if levels[acting] == math.inf else int(levels[acting])
+        users[str(user_id)] = granted
         content["users"] = users
         await self._sender.send(room_id, acting, "m.room.power_levels", content, state_key="")
         current = await self._room_store.get_membership(room_id, user_id)

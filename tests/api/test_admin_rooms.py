@@ -1,0 +1,282 @@
+"""The admin API on rooms (/_synapse/admin/.../rooms), on both databases; a purged room is
+gone from every table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from homeserver.app import Homeserver
+from homeserver.storage.admin_rooms import KEPT_AFTER_PURGE
+from homeserver.storage.schema import metadata
+from tests.api.admin_helpers import call, make_admin, refused_to_non_admins
+from tests.api.sliding_helpers import send
+from tests.helpers import auth_header, create_room, register
+
+V3 = "/_matrix/client/v3"
+
+
+async def _join(client: httpx.AsyncClient, token: str, room: str, status: int = 200) -> Any:
+    r = await client.post(f"{V3}/join/{room}", headers=auth_header(token), json={})
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+async def test_non_admins_are_refused(client: httpx.AsyncClient) -> None:
+    bob, token = await register(client, "bob")
+    room = await create_room(client, token)
+    await refused_to_non_admins(
+        client,
+        token,
+        [
+            ("GET", "/v1/rooms", None),
+            ("GET", f"/v1/rooms/{room}", None),
+            ("GET", f"/v1/rooms/{room}/members", None),
+            ("GET", f"/v1/rooms/{room}/state", None),
+            ("GET", f"/v1/rooms/{room}/block", None),
+            ("PUT", f"/v1/rooms/{room}/block", {"block": True}),
+            ("POST", f"/v1/join/{room}", {"user_id": bob}),
+            ("POST", f"/v1/rooms/{room}/make_room_admin", {}),
+            ("DELETE", f"/v2/rooms/{room}", {}),
+            ("GET", f"/v2/rooms/{room}/delete_status", None),
+            ("GET", "/v2/rooms/delete_status/abc", None),
+        ],
+    )
+
+
+async def test_list_search_order_and_details(client: httpx.AsyncClient, hs: Homeserver) -> None:
+    admin = await make_admin(hs, client)
+    alice, token = await register(client, "alice")
+    bob, bob_token = await register(client, "bob")
+    music = await create_room(
+        client,
+        token,
+        name="Music Theory",
+        topic="Notes",
+        room_alias_name="music",
+        preset="public_chat",
+        visibility="public",
+    )
+    quiet = await create_room(client, token, name="Quiet")
+    await _join(client, bob_token, music)
+    listed = await call(client, admin, "GET", "/v1/rooms")
+    assert [r["room_id"] for r in listed["rooms"]] == [music, quiet]  # by name
+    assert listed["total_rooms"] == 2 and listed["offset"] == 0
+    entry = listed["rooms"][0]
+    assert entry["name"] == "Music Theory" and entry["canonical_alias"] == "#music:test"
+    assert entry["joined_members"] == 2 and entry["joined_local_members"] == 2
+    assert entry["public"] is True and entry["join_rules"] == "public"
+    assert entry["creator"] == alice and entry["federatable"] is True
+    assert entry["encryption"] is None and entry["room_type"] is None
+    assert entry["state_events"] >= 6
+    by_size = await call(client, admin, "GET", "/v1/rooms?order_by=joined_members&dir=b")
+    assert [r["room_id"] for r in by_size["rooms"]] == [quiet, music]
+    page = await call(client, admin, "GET", "/v1/rooms?limit=1")
+    assert page["next_batch"] == 1 and len(page["rooms"]) == 1
+    page2 = await call(client, admin, "GET", "/v1/rooms?limit=1&from=1")
+    assert page2["prev_batch"] == 0 and "next_batch" not in page2
+    for term, found in (
+        ("theory", [music]),
+        ("music", [music]),
+        (quiet, [quiet]),
+        ("nothing-like-this", []),
+    ):
+        got = await call(client, admin, "GET", f"/v1/rooms?search_term={term}")
+        assert [r["room_id"] for r in got["rooms"]] == found, term
+    public = await call(client, admin, "GET", "/v1/rooms?public_rooms=false")
+    assert [r["room_id"] for r in public["rooms"]] == [quiet]
+    details = await call(client, admin, "GET", f"/v1/rooms/{music}")
+    assert details["topic"] == "Notes" and details["tombstoned"] is False
+    assert details["forgotten"] is False and details["replacement_room"] is None
+    members = await call(client, admin, "GET", f"/v1/rooms/{music}/members")
+    assert members == {"members": [alice, bob], "total": 2}
+    state = (await call(client, admin, "GET", f"/v1/rooms/{music}/state"))["state"]
+    assert {"m.room.create", "m.room.name", "m.room.topic"} <= {e["type"] for e in state}
+    names = await call(client, admin, "GET", f"/v1/rooms/{music}/state?type=m.room.name")
+    assert [e["content"]["name"] for e in names["state"]] == ["Music Theory"]
+    for path, status, errcode in (
+        ("/v1/rooms?order_by=colour", 400, "M_INVALID_PARAM"),
+        ("/v1/rooms?dir=x", 400, "M_INVALID_PARAM"),
+        ("/v1/rooms?from=-2", 400, "M_INVALID_PARAM"),
+        ("/v1/rooms?limit=many", 400, "M_INVALID_PARAM"),
+        ("/v1/rooms?public_rooms=perhaps", 400, "M_INVALID_PARAM"),
+        ("/v1/rooms?search_term=", 400, "M_INVALID_PARAM"),
+        ("/v1/rooms/!nowhere:test", 404, "M_NOT_FOUND"),
+        ("/v1/rooms/nowhere", 400, "M_INVALID_PARAM"),
+        ("/v1/rooms/!nowhere:test/members", 404, "M_NOT_FOUND"),
+        ("/v1/rooms/!nowhere:test/state", 404, "M_NOT_FOUND"),
+    ):
+        await call(client, admin, "GET", path, None, status, errcode)
+
+
+async def test_block_join_and_make_room_admin(client: httpx.AsyncClient, hs: Homeserver) -> None:
+    admin = await make_admin(hs, client)
+    alice, token = await register(client, "alice")
+    bob, bob_token = await register(client, "bob")
+    public = await create_room(client, token, preset="public_chat", room_alias_name="open")
+    private = await create_room(client, token)
+    # Blocking: nobody may join; it can be lifted; unknown rooms can be blocked ahead.
+    assert await call(client, admin, "GET", f"/v1/rooms/{public}/block") == {"block": False}
+    await call(client, admin, "PUT", f"/v1/rooms/{public}/block", {"block": True})
+    assert await call(client, admin, "GET", f"/v1/rooms/{public}/block") == {
+        "block": True,
+        "user_id": "@root:test",
+    }
+    assert (await _join(client, bob_token, public, 403))["errcode"] == "M_FORBIDDEN"
+    await call(client, admin, "PUT", f"/v1/rooms/{public}/block", {"block": False})
+    await call(client, admin, "PUT", "/v1/rooms/!future:test/block", {"block": True})
+    await call(client, admin, "PUT", f"/v1/rooms/{public}/block", {}, 400, "M_MISSING_PARAM")
+    await call(client, admin, "PUT", f"/v1/rooms/{public}/block", {"block": 1}, 400, "M_BAD_JSON")
+    # Joining a user: a public room by alias; a private one needs the admin inside it.
+    assert await call(client, admin, "POST", "/v1/join/%23open:test", {"user_id": bob}) == {
+        "room_id": public
+    }
+    await call(client, admin, "POST", f"/v1/join/{private}", {"user_id": bob}, 403, "M_FORBIDDEN")
+    # make_room_admin: the room's most powerful local member gives the admin its power.
+    await call(client, admin, "POST", f"/v1/rooms/{private}/make_room_admin", {})
+    r = await client.get(
+        f"{V3}/rooms/{private}/state/m.room.power_levels", headers=auth_header(token)
+    )
+    assert r.json()["users"]["@root:test"] == 100
+    members = await client.get(f"{V3}/rooms/{private}/members", headers=auth_header(token))
+    invited = [
+        e["state_key"] for e in members.json()["chunk"] if e["content"]["membership"] == "invite"
+    ]
+    assert invited == ["@root:test"]
+    await _join(client, admin, private)
+    await call(client, admin, "POST", f"/v1/join/{private}", {"user_id": bob})
+    joined = await call(client, admin, "GET", f"/v1/rooms/{private}/members")
+    assert bob in joined["members"]
+    for path, body, status, errcode in (
+        ("/v1/join/!nowhere:test", {"user_id": bob}, 404, "M_NOT_FOUND"),
+        ("/v1/join/%23missing:test", {"user_id": bob}, 404, "M_NOT_FOUND"),
+        ("/v1/join/nothing", {"user_id": bob}, 400, "M_INVALID_PARAM"),
+        (f"/v1/join/{public}", {}, 400, "M_MISSING_PARAM"),
+        (f"/v1/join/{public}", {"user_id": "@x:elsewhere"}, 400, "M_INVALID_PARAM"),
+        (f"/v1/join/{public}", {"user_id": "@ghost:test"}, 404, "M_NOT_FOUND"),
+        ("/v1/rooms/!nowhere:test/make_room_admin", {}, 404, "M_NOT_FOUND"),
+        (f"/v1/rooms/{public}/make_room_admin", {"user_id": 5}, 400, "M_BAD_JSON"),
+    ):
+        await call(client, admin, "POST", path, body, status, errcode)
+    assert alice
+
+
+async def _rows_mentioning(hs: Homeserver, needles: set[str]) -> dict[str, int]:
+    """table -> rows of it in which any text holds one of ``needles`` (every table of the
+    schema, every column, read as text)."""
+    found: dict[str, int] = {}
+    async with hs.db.read() as conn:
+        for table in metadata.sorted_tables:
+            rows = (await conn.execute(sa.select(table))).all()
+            hits = sum(1 for row in rows if any(n in str(v) for v in row for n in needles))
+            if hits:
+                found[table.name] = hits
+    return found
+
+
+async def test_delete_with_purge_and_replacement_room(
+    client: httpx.AsyncClient, hs: Homeserver
+) -> None:
+    admin = await make_admin(hs, client)
+    alice, token = await register(client, "alice")
+    bob, bob_token = await register(client, "bob")
+    mod, _ = await register(client, "mod")
+    room = await create_room(
+        client, token, preset="public_chat", room_alias_name="bad", name="Bad room"
+    )
+    await _join(client, bob_token, room)
+    event_id = await send(client, bob_token, room, "bad content")
+    await send(client, token, room, "more")
+    await client.post(
+        f"{V3}/rooms/{room}/receipt/m.read/{event_id}", headers=auth_header(token), json={}
+    )
+    await client.put(
+        f"{V3}/user/{alice}/rooms/{room}/tags/u.work", headers=auth_header(token), json={}
+    )
+    await client.post(f"{V3}/rooms/{room}/report/{event_id}", headers=auth_header(token), json={})
+    other = await create_room(client, token, name="Other")
+    await send(client, token, other, "stays")
+    # The scan finds the room where it is kept (so its finding nothing later means something).
+    before = await _rows_mentioning(hs, {room, event_id})
+    assert {
+        "rooms",
+        "events",
+        "current_state",
+        "room_memberships",
+        "state_groups",
+        "event_edges",
+        "receipts",
+        "room_tags",
+        "content_reports",
+        "room_aliases",
+        "event_forward_extremities",
+    } <= set(before), before
+    deleted = await call(
+        client,
+        admin,
+        "DELETE",
+        f"/v2/rooms/{room}",
+        {"new_room_user_id": mod, "message": "Moved", "block": True},
+    )
+    await hs.admin_rooms.wait_for_deletion(deleted["delete_id"])
+    status = await call(client, admin, "GET", f"/v2/rooms/delete_status/{deleted['delete_id']}")
+    assert status["status"] == "complete", status
+    shutdown = status["shutdown_room"]
+    assert sorted(shutdown["kicked_users"]) == [alice, bob]
+    assert shutdown["local_aliases"] == ["#bad:test"] and shutdown["failed_to_kick_users"] == []
+    new_room = shutdown["new_room_id"]
+    by_room = await call(client, admin, "GET", f"/v2/rooms/{room}/delete_status")
+    assert [r["delete_id"] for r in by_room["results"]] == [deleted["delete_id"]]
+    # Gone from every table but the deletion's status and the block.
+    event_ids = {event_id}
+    left = await _rows_mentioning(hs, {room, *event_ids})
+    assert set(left) <= KEPT_AFTER_PURGE, left
+    # The members are in the new room, which holds the message; the alias points there.
+    members = await call(client, admin, "GET", f"/v1/rooms/{new_room}/members")
+    assert set(members["members"]) == {alice, bob, mod}
+    r = await client.get(
+        f"{V3}/rooms/{new_room}/messages?dir=b&limit=10", headers=auth_header(bob_token)
+    )
+    assert "Moved" in [e["content"].get("body") for e in r.json()["chunk"]]
+    r = await client.get(f"{V3}/directory/room/%23bad:test")
+    assert r.json()["room_id"] == new_room
+    # The other room is untouched; syncs of the members still work; the room is blocked.
+    assert (await call(client, admin, "GET", f"/v1/rooms/{other}"))["name"] == "Other"
+    for t in (token, bob_token):
+        r = await client.get(f"{V3}/sync", headers=auth_header(t))
+        assert r.status_code == 200, r.text
+        assert room not in r.json().get("rooms", {}).get("join", {})
+    assert (await _join(client, bob_token, room, 403))["errcode"] == "M_FORBIDDEN"
+    await call(client, admin, "GET", f"/v1/rooms/{room}", None, 404, "M_NOT_FOUND")
+
+
+async def test_delete_without_purge_and_bad_requests(
+    client: httpx.AsyncClient, hs: Homeserver
+) -> None:
+    admin = await make_admin(hs, client)
+    alice, token = await register(client, "alice")
+    room = await create_room(client, token)
+    deleted = await call(client, admin, "DELETE", f"/v2/rooms/{room}", {"purge": False})
+    await hs.admin_rooms.wait_for_deletion(deleted["delete_id"])
+    status = await call(client, admin, "GET", f"/v2/rooms/delete_status/{deleted['delete_id']}")
+    assert status["status"] == "complete" and status["shutdown_room"]["kicked_users"] == [alice]
+    # Not purged: still listed, nobody in it.
+    assert (await call(client, admin, "GET", f"/v1/rooms/{room}"))["joined_members"] == 0
+    # An unknown room can only be blocked ahead.
+    ahead = await call(client, admin, "DELETE", "/v2/rooms/!unknown:test", {"block": True})
+    status = await call(client, admin, "GET", f"/v2/rooms/delete_status/{ahead['delete_id']}")
+    assert status["status"] == "complete"
+    assert (await call(client, admin, "GET", "/v1/rooms/!unknown:test/block"))["block"] is True
+    for path, body, status_code, errcode in (
+        ("/v2/rooms/!unknown2:test", {}, 404, "M_NOT_FOUND"),
+        (f"/v2/rooms/{room}", {"purge": "yes"}, 400, "M_BAD_JSON"),
+        (f"/v2/rooms/{room}", {"new_room_user_id": "nobody"}, 400, "M_INVALID_PARAM"),
+        (f"/v2/rooms/{room}", {"new_room_user_id": "@x:elsewhere"}, 400, "M_INVALID_PARAM"),
+        (f"/v2/rooms/{room}", {"new_room_user_id": "@ghost:test"}, 404, "M_NOT_FOUND"),
+        ("/v2/rooms/not-a-room", {}, 400, "M_INVALID_PARAM"),
+    ):
+        await call(client, admin, "DELETE", path, body, status_code, errcode)
+    await call(client, admin, "GET", "/v2/rooms/delete_status/nope", None, 404, "M_NOT_FOUND")
+    await call(client, admin, "GET", "/v2/rooms/!none:test/delete_status", None, 404, "M_NOT_FOUND")
