@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from admin_api import rooms, users
+from admin_api import rooms, server, users
 
-admin_routes: list[BaseRoute] = [*users.routes, *rooms.routes]
+admin_routes: list[BaseRoute] = [*users.routes, *rooms.routes, *server.routes]
 # The spec's own administration endpoints, mounted under /_matrix/client.
 client_admin_routes: list[BaseRoute] = [*users.client_routes]

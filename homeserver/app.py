@@ -25,6 +25,7 @@ from homeserver.accounts.tokens import AuthService
 from homeserver.accounts.uia import UiaService
 from homeserver.accounts.user_directory import UserDirectoryService
 from homeserver.admin.rooms import AdminRooms
+from homeserver.admin.server import AdminServer
 from homeserver.admin.sessions import SessionRecorder
 from homeserver.admin.users import AdminUsers
 from homeserver.core.clock import Clock
@@ -79,6 +80,7 @@ from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.admin import AdminStore
 from homeserver.storage.admin_rooms import AdminRoomStore
+from homeserver.storage.admin_server import AdminServerStore
 from homeserver.storage.database import Database
 from homeserver.storage.delayed_events import DelayedEventStore
 from homeserver.storage.device_lists import DeviceListStore
@@ -575,6 +577,20 @@ class Homeserver:
             self.event_sender,
             clock,
             config.server_name,
+        )
+        self.admin_server = AdminServer(
+            AdminServerStore(self.db),
+            self.registration_tokens,
+            self.room_store,
+            self.event_store,
+            self.accounts,
+            self.account_data,
+            self.memberships,
+            self.room_creator,
+            self.event_sender,
+            clock,
+            config.server_name,
+            config.server_notices,
         )
 
     def _build_media(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:

@@ -11,6 +11,7 @@ from starlette.routing import BaseRoute, Mount
 
 from admin_api import rooms as admin_rooms
 from admin_api import routes as admin_routes
+from admin_api import server as admin_server
 from admin_api import users as admin_users
 from client_api import (
     account,
@@ -71,6 +72,7 @@ def route_services(hs: Homeserver) -> list[object]:
         EdgeServices(hs.auth, config.limits.max_request_body_bytes, hs.session_recorder),
         admin_users.AdminUserServices(hs.admin_users),
         admin_rooms.AdminRoomServices(hs.admin_rooms, hs.admin_users),
+        admin_server.AdminServerServices(hs.admin_server, hs.admin_users),
         account.AccountServices(hs.accounts, hs.server_name, config.base_url),
         account_data.AccountDataServices(hs.account_data),
         delayed_events.DelayedEventServices(hs.delayed_events),

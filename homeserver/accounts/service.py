@@ -458,6 +458,9 @@ class AccountService:
             logger.info("user registered by an administrator", extra={"user_id": user_id})
         return created
 
+    async def user_exists(self, user_id: UserID) -> bool:
+        return await self._store.get_user(user_id) is not None
+
     async def set_password_as_admin(
         self, user_id: UserID, new_password: str, *, logout_devices: bool
     ) -> None:

@@ -309,6 +309,17 @@ class TrustedKeyServer(Section):
         return value
 
 
+class ServerNoticesConfig(Section):
+    """Notices from the server to a user (the admin API's send_server_notice): each user
+    gets one room with the system user, tagged ``m.server_notice`` (spec, "Server
+    Notices")."""
+
+    enabled: bool = False
+    system_user_localpart: str = Field(default="server", min_length=1, max_length=64)
+    system_user_display_name: str = Field(default="Server Notices", max_length=256)
+    room_name: str = Field(default="Server Notices", max_length=256)
+
+
 class FederationConfig(Section):
     """The Server-Server API (docs/federation.md)."""
 
@@ -352,6 +363,7 @@ class HomeserverConfig(BaseModel):
     email: EmailConfig = EmailConfig()
     outbound: OutboundConfig = OutboundConfig()
     federation: FederationConfig = FederationConfig()
+    server_notices: ServerNoticesConfig = ServerNoticesConfig()
 
     @field_validator("server_name")
     @classmethod

@@ -62,6 +62,12 @@ def upgrade() -> None:
         op.f("ix_room_delete_tasks_room_id"), "room_delete_tasks", ["room_id"], unique=False
     )
     op.create_table(
+        "server_notice_rooms",
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("room_id", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_server_notice_rooms")),
+    )
+    op.create_table(
         "blocked_rooms",
         sa.Column("room_id", sa.Text(), nullable=False),
         sa.Column("user_id", sa.Text(), nullable=False),
@@ -72,6 +78,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("blocked_rooms")
+    op.drop_table("server_notice_rooms")
     op.drop_index(op.f("ix_room_delete_tasks_room_id"), table_name="room_delete_tasks")
     op.drop_table("room_delete_tasks")
     op.drop_table("user_ips")

@@ -17,6 +17,7 @@ from homeserver.storage.schema.admin import (
     blocked_rooms,
     ratelimit_overrides,
     room_delete_tasks,
+    server_notice_rooms,
     user_ips,
     user_moderation,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "blocked_rooms",
     "ratelimit_overrides",
     "room_delete_tasks",
+    "server_notice_rooms",
     "user_ips",
     "user_moderation",
     "BigInt",

@@ -59,6 +59,14 @@ room_delete_tasks = sa.Table(
     sa.Column("created_ts", BigInt, nullable=False),
 )
 
+# The server-notices room of each user (POST /_synapse/admin/v1/send_server_notice).
+server_notice_rooms = sa.Table(
+    "server_notice_rooms",
+    metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("room_id", sa.Text, nullable=False),
+)
+
 # Rooms nobody of this server may join (PUT /_synapse/admin/v1/rooms/{roomId}/block).
 blocked_rooms = sa.Table(
     "blocked_rooms",
