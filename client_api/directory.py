@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomAlias, RoomID
+from homeserver.core.ratelimit import Action, RateLimiter
 from homeserver.core.types import JsonDict
 from homeserver.rooms.directory import DirectoryService
 from homeserver.web.edge import (
@@ -30,6 +31,7 @@ class DirectoryServices:
 
     directory: DirectoryService
     server_name: str
+    ratelimiter: RateLimiter | None = None
 
 
 class AliasBody(RequestBody):
@@ -117,6 +119,9 @@ def _check_server(server: str | None, ours: str) -> None:
 async def get_public_rooms(request: Request) -> Response:
     """GET /_matrix/client/v3/publicRooms"""
     hs = services_of(request, DirectoryServices)
+    if hs.ratelimiter is not None:  # no token needed: limited per client address
+        client = request.client
+        hs.ratelimiter.check(Action.PUBLIC_ROOMS, f"ip:{client.host if client else ''}")
     _check_server(request.query_params.get("server"), hs.server_name)
     result = await hs.directory.public_rooms(
         limit=query_int(request, "limit", None, minimum=0),
@@ -130,7 +135,9 @@ async def get_public_rooms(request: Request) -> Response:
 async def post_public_rooms(request: Request) -> Response:
     """POST /_matrix/client/v3/publicRooms"""
     hs = services_of(request, DirectoryServices)
-    await require_user(request)
+    requester = await require_user(request)
+    if hs.ratelimiter is not None:
+        hs.ratelimiter.check(Action.PUBLIC_ROOMS, requester.user_id, exempt=requester.is_admin)
     _check_server(request.query_params.get("server"), hs.server_name)
     body = await parse_body(request, PublicRoomsBody)
     return json_response(await search_public_rooms(hs.directory, body))

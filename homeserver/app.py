@@ -24,6 +24,7 @@ from homeserver.accounts.threepids import ThreepidService
 from homeserver.accounts.tokens import AuthService
 from homeserver.accounts.uia import UiaService
 from homeserver.accounts.user_directory import UserDirectoryService
+from homeserver.admin.media import AdminMedia
 from homeserver.admin.rooms import AdminRooms
 from homeserver.admin.server import AdminServer
 from homeserver.admin.sessions import SessionRecorder
@@ -79,6 +80,7 @@ from homeserver.rooms.visibility import Visibility
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.admin import AdminStore
+from homeserver.storage.admin_media import AdminMediaStore
 from homeserver.storage.admin_rooms import AdminRoomStore
 from homeserver.storage.admin_server import AdminServerStore
 from homeserver.storage.database import Database
@@ -578,6 +580,9 @@ class Homeserver:
             clock,
             config.server_name,
         )
+        self.admin_media = AdminMedia(
+            self.admin_media_store, self.media, self.room_store, clock, config.server_name
+        )
         self.admin_server = AdminServer(
             AdminServerStore(self.db),
             self.registration_tokens,
@@ -595,6 +600,8 @@ class Homeserver:
 
     def _build_media(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
         """The media repository (issue 5): storage backend, uploads, thumbnails, previews."""
+        # Quarantined media (the admin API) is served to nobody.
+        self.admin_media_store = AdminMediaStore(db, config.server_name)
         self.media = MediaService(
             MediaStore(db),
             build_backend(config.media.storage, config.data_path),
@@ -602,5 +609,7 @@ class Homeserver:
             config.server_name,
             config.media,
             spool_dir(config.media.storage, config.data_path),
+            ratelimiter=self.ratelimiter,
+            quarantine=self.admin_media_store,
         )
         self.url_previews = UrlPreviewer(config.media.url_preview, self.media, self.outbound)

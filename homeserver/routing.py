@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 
+from admin_api import media as admin_media
 from admin_api import rooms as admin_rooms
 from admin_api import routes as admin_routes
 from admin_api import server as admin_server
@@ -73,11 +74,12 @@ def route_services(hs: Homeserver) -> list[object]:
         admin_users.AdminUserServices(hs.admin_users),
         admin_rooms.AdminRoomServices(hs.admin_rooms, hs.admin_users),
         admin_server.AdminServerServices(hs.admin_server, hs.admin_users),
+        admin_media.AdminMediaServices(hs.admin_media, hs.admin_users),
         account.AccountServices(hs.accounts, hs.server_name, config.base_url),
         account_data.AccountDataServices(hs.account_data),
         delayed_events.DelayedEventServices(hs.delayed_events),
         devices.DeviceServices(hs.accounts),
-        directory.DirectoryServices(hs.directory, hs.server_name),
+        directory.DirectoryServices(hs.directory, hs.server_name, hs.ratelimiter),
         filters.FilterServices(hs.filters),
         key_backup.KeyBackupServices(hs.key_backup),
         keys.KeyServices(hs.e2e_keys),

@@ -30,6 +30,9 @@ class MediaBackend(Protocol):
 
     async def exists(self, key: str) -> bool: ...
 
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; one already gone is fine."""
+
     def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
         """Bytes ``start`` to ``end`` (inclusive) of ``key``, in chunks."""
 
@@ -81,6 +84,9 @@ class FilesystemBackend:
 
     async def exists(self, key: str) -> bool:
         return await anyio.to_thread.run_sync(self._path(key).is_file)
+
+    async def delete(self, key: str) -> None:
+        await anyio.Path(self._path(key)).unlink(missing_ok=True)
 
     async def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
         # One thread hop per chunk: open, seek and the first read share one, and the last

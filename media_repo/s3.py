@@ -148,6 +148,10 @@ class S3Backend:
             raise
         return True
 
+    async def delete(self, key: str) -> None:
+        s3 = await self._s3()
+        await s3.delete_object(Bucket=self._bucket, Key=self._key(key))  # absent: no error
+
     async def read(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
         s3 = await self._s3()
         response = await s3.get_object(

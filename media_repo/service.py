@@ -17,13 +17,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import anyio
 
 from homeserver.core.clock import Clock
 from homeserver.core.config import MediaConfig
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ratelimit import Action, RateLimiter
 from homeserver.core.types import Requester
 from homeserver.storage.media import ContentInfo, MediaInfo, MediaStore, ThumbnailInfo
 from media_repo import thumbnailer
@@ -104,6 +105,10 @@ def check_filename(raw: str | None) -> str | None:
     return raw
 
 
+class Quarantine(Protocol):
+    async def is_quarantined(self, server_name: str, media_id: str) -> bool: ...
+
+
 class MediaService:
     def __init__(
         self,
@@ -113,7 +118,13 @@ class MediaService:
         server_name: str,
         config: MediaConfig,
         spool_dir: Path,
+        *,
+        ratelimiter: RateLimiter | None = None,
+        quarantine: Quarantine | None = None,
     ) -> None:
+        self._ratelimiter = ratelimiter
+        # Media the server's administrators quarantined is served to nobody (the admin API).
+        self._quarantine = quarantine
         self._store = store
         self._backend = backend
         self._clock = clock
@@ -170,6 +181,10 @@ class MediaService:
 
     async def create(self, requester: Requester) -> tuple[MxcUri, int]:
         """POST /create: a media ID whose content comes later; returns its expiry."""
+        if self._ratelimiter is not None:
+            self._ratelimiter.check(
+                Action.MEDIA_CREATE, requester.user_id, exempt=requester.is_admin
+            )
         now = self._clock.now_ms()
         expires = now + self.config.pending_upload_lifetime_ms
         media_id = new_media_id()
@@ -364,6 +379,25 @@ class MediaService:
             self._clock.now_ms(),
         )
 
+    async def delete_content(
+        self, sha256s: list[str], thumbnails: list[tuple[str, int, int, str, bool]]
+    ) -> None:
+        """Remove content no media uses any more, and its thumbnails, from the backend (the
+        admin API deletes the rows first: a download in between finds no media)."""
+        for sha256, width, height, method, animated in thumbnails:
+            if method not in ("crop", "scale"):
+                continue  # a row no thumbnailer wrote: no object of its
+            spec = ThumbnailSpec(
+                width=width,
+                height=height,
+                method="crop" if method == "crop" else "scale",
+                animated=animated,
+            )
+            await self._backend.delete(thumbnail_key(sha256, spec))
+        for sha256 in sha256s:
+            await self._backend.delete(content_key(sha256))
+        logger.info("media content deleted", extra={"count": len(sha256s)})
+
     # --- downloads -------------------------------------------------------------------------
 
     async def fetch_remote_media(self, mxc: MxcUri) -> MediaInfo:
@@ -390,7 +424,10 @@ class MediaService:
         deadline = time.monotonic() + wait_s
         while True:
             media = await self._store.get_media(mxc.media_id)
-            if media is None:
+            if media is None or (
+                self._quarantine is not None
+                and await self._quarantine.is_quarantined(mxc.server_name, mxc.media_id)
+            ):
                 raise MatrixError(Codes.NOT_FOUND, "Media not found")
             if legacy and not self._legacy_allowed(media):
                 # spec 1.11: unauthenticated media is frozen; new media is only authenticated.

@@ -76,6 +76,10 @@ class RateLimitsConfig(Section):
     # Validation mails (requestToken), per client IP and per e-mail address: each one is a
     # mail to an address the requester may not own.
     threepid_validation: RateLimit = RateLimit(per_second=0.003, burst=5)
+    # POST /media/v1/create, per user: each is a row (and a pending quota slot) kept a while.
+    media_create: RateLimit = RateLimit(per_second=10, burst=50)
+    # /publicRooms, per user (POST) or client IP (GET): each reads every public room's state.
+    public_rooms: RateLimit = RateLimit(per_second=1, burst=20)
 
 
 class AuthConfig(Section):

@@ -31,6 +31,8 @@ class Action(StrEnum):
     MESSAGE = "message"
     JOIN = "join"
     THREEPID_VALIDATION = "threepid_validation"
+    MEDIA_CREATE = "media_create"
+    PUBLIC_ROOMS = "public_rooms"
 
 
 class RateLimiter:

@@ -68,6 +68,15 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("user_id", name=op.f("pk_server_notice_rooms")),
     )
     op.create_table(
+        "media_moderation",
+        sa.Column("media_origin", sa.Text(), nullable=False),
+        sa.Column("media_id", sa.Text(), nullable=False),
+        sa.Column("quarantined_by", sa.Text(), nullable=True),
+        sa.Column("quarantined_ts", _BIGINT, nullable=True),
+        sa.Column("safe_from_quarantine", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("media_origin", "media_id", name=op.f("pk_media_moderation")),
+    )
+    op.create_table(
         "blocked_rooms",
         sa.Column("room_id", sa.Text(), nullable=False),
         sa.Column("user_id", sa.Text(), nullable=False),
@@ -78,6 +87,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("blocked_rooms")
+    op.drop_table("media_moderation")
     op.drop_table("server_notice_rooms")
     op.drop_index(op.f("ix_room_delete_tasks_room_id"), table_name="room_delete_tasks")
     op.drop_table("room_delete_tasks")

@@ -15,6 +15,7 @@ from homeserver.storage.schema.accounts import (
 )
 from homeserver.storage.schema.admin import (
     blocked_rooms,
+    media_moderation,
     ratelimit_overrides,
     room_delete_tasks,
     server_notice_rooms,
@@ -92,6 +93,7 @@ from homeserver.storage.schema.threepids import (
 
 __all__ = [
     "blocked_rooms",
+    "media_moderation",
     "ratelimit_overrides",
     "room_delete_tasks",
     "server_notice_rooms",

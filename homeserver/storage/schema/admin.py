@@ -67,6 +67,18 @@ server_notice_rooms = sa.Table(
     sa.Column("room_id", sa.Text, nullable=False),
 )
 
+# Media an administrator quarantined (served to nobody) or protected from quarantine, local
+# or remote, by server name and media ID.
+media_moderation = sa.Table(
+    "media_moderation",
+    metadata,
+    sa.Column("media_origin", sa.Text, primary_key=True),
+    sa.Column("media_id", sa.Text, primary_key=True),
+    sa.Column("quarantined_by", sa.Text, nullable=True),
+    sa.Column("quarantined_ts", BigInt, nullable=True),
+    sa.Column("safe_from_quarantine", sa.Boolean, nullable=False, default=False),
+)
+
 # Rooms nobody of this server may join (PUT /_synapse/admin/v1/rooms/{roomId}/block).
 blocked_rooms = sa.Table(
     "blocked_rooms",
