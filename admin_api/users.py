@@ -350,6 +350,45 @@ async def account_data(request: Request) -> Response:
     return json_response(await _users(request).account_data(requester, _user_id(request)))
 
 
+async def memberships(request: Request) -> Response:
+    """GET /_synapse/admin/v1/users/{userId}/memberships"""
+    requester = await require_user(request)
+    found = await _users(request).memberships(requester, _user_id(request))
+    return json_response({"memberships": found})
+
+
+async def pushers(request: Request) -> Response:
+    """GET /_synapse/admin/v1/users/{userId}/pushers"""
+    requester = await require_user(request)
+    found = await _users(request).pushers(requester, _user_id(request))
+    return json_response({"pushers": found, "total": len(found)})
+
+
+class AdminBody(RequestBody):
+    admin: bool
+
+
+async def user_admin(request: Request) -> Response:
+    """GET and PUT /_synapse/admin/v1/users/{userId}/admin"""
+    requester = await require_user(request)
+    user_id = _user_id(request)
+    users = _users(request)
+    if request.method == "PUT":
+        body = await parse_body(request, AdminBody)
+        await users.set_admin(requester, user_id, body.admin)
+        return json_response({})
+    return json_response({"admin": await users.is_admin(requester, user_id)})
+
+
+async def threepid_user(request: Request) -> Response:
+    """GET /_synapse/admin/v1/threepid/{medium}/users/{address}"""
+    requester = await require_user(request)
+    owner = await _users(request).user_of_threepid(
+        requester, request.path_params["medium"], request.path_params["address"]
+    )
+    return json_response({"user_id": owner})
+
+
 async def username_available(request: Request) -> Response:
     """GET /_synapse/admin/v1/username_available"""
     requester = await require_user(request)
@@ -384,6 +423,10 @@ routes = [
     Route("/v1/users/{user_id}/joined_rooms", joined_rooms, methods=["GET"]),
     Route("/v1/users/{user_id}/accountdata", account_data, methods=["GET"]),
     Route("/v1/username_available", username_available, methods=["GET"]),
+    Route("/v1/users/{user_id}/memberships", memberships, methods=["GET"]),
+    Route("/v1/users/{user_id}/pushers", pushers, methods=["GET"]),
+    Route("/v1/users/{user_id}/admin", user_admin, methods=["GET", "PUT"]),
+    Route("/v1/threepid/{medium}/users/{address}", threepid_user, methods=["GET"]),
 ]
 
 # Mounted under /_matrix/client (spec v1.18, "Account moderation"; whois since r0).

@@ -565,6 +565,7 @@ class Homeserver:
             self.ratelimiter,
             clock,
             config.server_name,
+            self.pushers,
         )
         self.background_jobs.append(self.admin_users.run_overrides_refresh)
         self.admin_rooms = AdminRooms(

@@ -25,6 +25,7 @@ from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID, is_valid_new_localpart
 from homeserver.core.ratelimit import Action, RateLimiter
 from homeserver.core.types import JsonDict, Requester
+from homeserver.push.pushers import PusherService
 from homeserver.storage.accounts import AccountStore, Device
 from homeserver.storage.admin import AdminStore, UserQuery, UserRecord
 from homeserver.storage.rooms import RoomStore
@@ -110,7 +111,9 @@ class AdminUsers:
         ratelimiter: RateLimiter,
         clock: Clock,
         server_name: str,
+        pushers: PusherService,
     ) -> None:
+        self._pushers = pushers
         self._store = store
         self._accounts = accounts
         self._account_store = account_store
@@ -395,6 +398,36 @@ class AdminUsers:
     async def joined_rooms(self, requester: Requester, user_id: UserID) -> list[str]:
         require_admin(requester)
         return sorted(m.room_id for m in await self._rooms.get_user_memberships(user_id, ["join"]))
+
+    async def memberships(self, requester: Requester, user_id: UserID) -> dict[str, str]:
+        """Every room the server knows the user in, with their membership (left ones too)."""
+        require_admin(requester)
+        found = await self._rooms.get_user_memberships(user_id)
+        return {m.room_id: m.membership for m in sorted(found, key=lambda m: m.room_id)}
+
+    async def pushers(self, requester: Requester, user_id: UserID) -> list[JsonDict]:
+        require_admin(requester)
+        await self._existing(user_id)
+        return await self._pushers.get_pushers(Requester(user_id, "", 0))
+
+    async def is_admin(self, requester: Requester, user_id: UserID) -> bool:
+        require_admin(requester)
+        return (await self._existing(user_id)).is_admin
+
+    async def set_admin(self, requester: Requester, user_id: UserID, admin: bool) -> None:
+        require_admin(requester)
+        await self._existing(user_id)
+        if user_id == requester.user_id and not admin:
+            raise MatrixError(Codes.FORBIDDEN, "You may not demote yourself")
+        await self._store.set_admin(user_id, admin)
+        self._auth.forget_user_cache(user_id)
+
+    async def user_of_threepid(self, requester: Requester, medium: str, address: str) -> str:
+        require_admin(requester)
+        owner = await self._threepids.get_owner(medium, address.lower())
+        if owner is None:
+            raise MatrixError(Codes.NOT_FOUND, "User not found")
+        return owner
 
     async def account_data(self, requester: Requester, user_id: UserID) -> JsonDict:
         require_admin(requester)

@@ -443,3 +443,79 @@ async def test_user_id_with_encoded_characters(client: httpx.AsyncClient, hs: Ho
     got = await call(client, admin, "GET", f"/v2/users/{quote(bob)}")
     assert got["name"] == bob
     assert DEFAULT_PASSWORD
+
+
+async def test_memberships_pushers_admin_flag_and_threepid_lookup(
+    tmp_path: Path, db_url: str, clock: FakeClock
+) -> None:
+    config = make_config(
+        tmp_path,
+        db_url,
+        push={"allow_http": True, "poll_interval_ms": 600_000},
+        outbound={"allow_addresses": ["127.0.0.1/32"]},
+    )
+    async with serve(config, clock) as (hs, client):
+        await _memberships_pushers_admin_flag_and_threepid_lookup(hs, client)
+
+
+async def _memberships_pushers_admin_flag_and_threepid_lookup(
+    hs: Homeserver, client: httpx.AsyncClient
+) -> None:
+    admin = await make_admin(hs, client)
+    bob, token = await register(client, "bob")
+    await refused_to_non_admins(
+        client,
+        token,
+        [
+            ("GET", f"/v1/users/{bob}/memberships", None),
+            ("GET", f"/v1/users/{bob}/pushers", None),
+            ("GET", f"/v1/users/{bob}/admin", None),
+            ("PUT", f"/v1/users/{bob}/admin", {"admin": True}),
+            ("GET", "/v1/threepid/email/users/a@b.c", None),
+        ],
+    )
+    kept = await create_room(client, token)
+    left = await create_room(client, token)
+    r = await client.post(f"{V3}/rooms/{left}/leave", headers=auth_header(token), json={})
+    assert r.status_code == 200
+    assert await call(client, admin, "GET", f"/v1/users/{bob}/memberships") == {
+        "memberships": dict(sorted({kept: "join", left: "leave"}.items()))
+    }
+    r = await client.post(
+        f"{V3}/pushers/set",
+        headers=auth_header(token),
+        json={
+            "kind": "http",
+            "app_id": "org.example.app",
+            "pushkey": "key1",
+            "app_display_name": "App",
+            "device_display_name": "Phone",
+            "lang": "en",
+            "data": {"url": "http://127.0.0.1:1/_matrix/push/v1/notify"},
+        },
+    )
+    assert r.status_code == 200, r.text
+    found = await call(client, admin, "GET", f"/v1/users/{bob}/pushers")
+    assert found["total"] == 1 and found["pushers"][0]["pushkey"] == "key1"
+    assert await call(client, admin, "GET", f"/v1/users/{bob}/admin") == {"admin": False}
+    await call(client, admin, "PUT", f"/v1/users/{bob}/admin", {"admin": True})
+    assert await call(client, admin, "GET", f"/v1/users/{bob}/admin") == {"admin": True}
+    await call(client, token, "GET", "/v2/users")  # at once
+    await call(
+        client, admin, "PUT", "/v1/users/@root:test/admin", {"admin": False}, 403, "M_FORBIDDEN"
+    )
+    await call(client, admin, "PUT", f"/v1/users/{bob}/admin", {}, 400, "M_MISSING_PARAM")
+    await call(client, admin, "GET", "/v1/users/@ghost:test/admin", None, 404, "M_NOT_FOUND")
+    await call(
+        client,
+        admin,
+        "PUT",
+        f"/v2/users/{bob}",
+        {"threepids": [{"medium": "email", "address": "bob@example.org"}]},
+    )
+    assert await call(client, admin, "GET", "/v1/threepid/email/users/Bob@Example.org") == {
+        "user_id": bob
+    }
+    await call(
+        client, admin, "GET", "/v1/threepid/email/users/no@example.org", None, 404, "M_NOT_FOUND"
+    )
