@@ -193,6 +193,7 @@ class Homeserver:
             extensions=[self.e2e_keys],
             unread=self.unread,
             ignored=self.ignore_lists,
+            invite_permissions=self.account_data,
         )
         self.sliding_sync = self._build_sliding_sync(db, clock)
         # Last of the account services: deleting an account or a device reaches every

@@ -12,6 +12,7 @@ from homeserver.core.ids import RoomID
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.filters.matching import EventFilter, SyncFilter, apply_event_fields
+from homeserver.rooms.membership import InvitePermissions
 from homeserver.rooms.service import RoomService, position_token
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.database import Database
@@ -67,7 +68,10 @@ class SyncService:
         extensions: Sequence[TopLevelSource],
         unread: UnreadCounts,
         ignored: IgnoredUsers,
+        invite_permissions: InvitePermissions | None = None,
     ) -> None:
+        # spec v1.18, "Invite permission": a user who blocks invites is served none.
+        self._invite_permissions = invite_permissions
         # ``global_sources``: ``account_data``, ``presence``, ``to_device``; ``room_sources``:
         # ``ephemeral``, ``account_data``; ``extensions`` add top-level keys that are not event
         # lists (``device_lists``, key counts).
@@ -190,6 +194,7 @@ class SyncService:
         invited: JsonDict = {}
         knocked: JsonDict = {}
         left: JsonDict = {}
+        blocks_invites: bool | None = None  # read once, and only if there is an invite
         for m in memberships:
             membership_changed = after is None or m.stream_ordering > after
             if m.membership == "join":
@@ -212,7 +217,12 @@ class SyncService:
                     entry.update(extras.get(m.room_id, {}))
                     joined[m.room_id] = entry
             elif m.membership == "invite":
-                if membership_changed and m.sender not in ignored:
+                if blocks_invites is None:
+                    blocks_invites = (
+                        self._invite_permissions is not None
+                        and await self._invite_permissions.blocks_invites(requester.user_id)
+                    )
+                if membership_changed and m.sender not in ignored and not blocks_invites:
                     invited[m.room_id] = {"invite_state": {"events": await self._stripped_state(m)}}
             elif m.membership == "knock":  # spec: the knocker sees the room as an invitee does
                 if membership_changed:

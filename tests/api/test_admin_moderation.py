@@ -167,3 +167,28 @@ async def test_invite_blocking(client: httpx.AsyncClient) -> None:
         f"{V3}/rooms/{room}/invite", headers=auth_header(alice_token), json={"user_id": bob}
     )
     assert r.status_code == 200, r.text
+
+
+async def test_invites_of_a_blocking_user_are_not_synced(client: httpx.AsyncClient) -> None:
+    _, alice_token = await register(client, "alice")
+    bob, bob_token = await register(client, "bob")
+    room = await create_room(client, alice_token)
+    r = await client.post(
+        f"{V3}/rooms/{room}/invite", headers=auth_header(alice_token), json={"user_id": bob}
+    )
+    assert r.status_code == 200
+
+    async def invites() -> set[str]:
+        r = await client.get(f"{V3}/sync", headers=auth_header(bob_token))
+        assert r.status_code == 200, r.text
+        return set(r.json().get("rooms", {}).get("invite", {}))
+
+    assert await invites() == {room}
+    for content, expected in (({"default_action": "block"}, set()), ({}, {room})):
+        r = await client.put(
+            f"{V3}/user/{bob}/account_data/m.invite_permission_config",
+            headers=auth_header(bob_token),
+            json=content,
+        )
+        assert r.status_code == 200
+        assert await invites() == expected
