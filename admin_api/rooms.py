@@ -14,6 +14,8 @@ from homeserver.admin.rooms import ROOM_ORDERS, AdminRooms, DeleteRequest, RoomQ
 from homeserver.admin.users import AdminUsers
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomID, UserID
+from homeserver.core.json_limits import query_json
+from homeserver.filters.matching import EventFilter
 from homeserver.web.edge import (
     RequestBody,
     items_response,
@@ -26,6 +28,7 @@ from homeserver.web.edge import (
 )
 
 DEFAULT_LIMIT = 100
+DEFAULT_MESSAGES_LIMIT = 10  # as Synapse
 MAX_LIMIT = 1000
 MAX_TEXT_CHARS = 1000
 
@@ -101,6 +104,36 @@ async def get_state(request: Request) -> Response:
         requester, _room_id(request), request.query_params.get("type")
     )
     return items_response({"state": state}, "admin room state")
+
+
+async def get_messages(request: Request) -> Response:
+    """GET /_synapse/admin/v1/rooms/{roomId}/messages"""
+    requester = await require_user(request)
+    direction = request.query_params.get("dir", "f")
+    if direction not in ("b", "f"):
+        raise MatrixError(Codes.INVALID_PARAM, "Query parameter dir must be f or b")
+    event_filter = EventFilter()
+    raw = request.query_params.get("filter")
+    if raw is not None:
+        data = query_json(raw, "filter")
+        if not isinstance(data, dict):
+            raise MatrixError(Codes.BAD_JSON, "filter must be a JSON object")
+        event_filter = EventFilter.from_json(data)
+    limit = query_int(request, "limit", DEFAULT_MESSAGES_LIMIT, minimum=0, maximum=MAX_LIMIT)
+    assert limit is not None
+    page = await _rooms(request).messages(
+        requester,
+        _room_id(request),
+        from_token=request.query_params.get("from"),
+        to_token=request.query_params.get("to"),
+        backwards=direction == "b",
+        limit=limit,
+        event_filter=event_filter,
+    )
+    body: dict[str, object] = {"chunk": page.chunk, "start": page.start}
+    if page.end is not None:
+        body["end"] = page.end
+    return items_response(body, "admin messages")
 
 
 class BlockBody(RequestBody):
@@ -209,6 +242,7 @@ routes = [
     Route("/v1/rooms/{room_id}", get_room, methods=["GET"]),
     Route("/v1/rooms/{room_id}/members", get_members, methods=["GET"]),
     Route("/v1/rooms/{room_id}/state", get_state, methods=["GET"]),
+    Route("/v1/rooms/{room_id}/messages", get_messages, methods=["GET"]),
     Route("/v1/rooms/{room_id}/block", block, methods=["GET", "PUT"]),
     Route("/v1/rooms/{room_id_or_alias}/make_room_admin", make_room_admin, methods=["POST"]),
     Route("/v1/join/{room_id_or_alias}", join_user, methods=["POST"]),

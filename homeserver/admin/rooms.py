@@ -23,14 +23,15 @@ from homeserver.core.ids import RoomID, UserID
 from homeserver.core.types import JsonDict, Requester
 from homeserver.events.power_levels import get_send_level, get_user_power_level
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from homeserver.filters.matching import EventFilter
 from homeserver.rooms.create import CreateRoomRequest, RoomCreator
 from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.sender import EventSender
-from homeserver.rooms.service import RoomService
+from homeserver.rooms.service import Page, RoomService, parse_position, position_token
 from homeserver.storage.admin import AdminStore
 from homeserver.storage.admin_rooms import AdminRoomStore, DeleteTask, RoomCounts
-from homeserver.storage.events import EventStore
+from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.rooms import RoomStore
 
 logger = logging.getLogger(__name__)
@@ -252,6 +253,51 @@ class AdminRooms:
             state = [e for e in state if e.type == event_type]
         state.sort(key=lambda e: (e.type, e.state_key or ""))
         return await self._rooms.serialize(requester, state, counts.room_version)
+
+    async def messages(
+        self,
+        requester: Requester,
+        room_id: RoomID,
+        *,
+        from_token: str | None,
+        to_token: str | None,
+        backwards: bool,
+        limit: int,
+        event_filter: EventFilter,
+    ) -> Page:
+        """Every event of the room in a range, as /messages pages them, but whoever could
+        see them (an administrator reads the room's whole history)."""
+        require_admin(requester)
+        counts = await self._counts(room_id)
+        if from_token is not None:
+            start = parse_position(from_token)
+        elif backwards:
+            start = (await self._events.get_max_stream_ordering_before(room_id, 2**62)) or 0
+        else:
+            start = 0
+        bound = parse_position(to_token) if to_token is not None else None
+        chunk: list[StoredEvent] = []
+        cursor = start
+        exhausted = False
+        while len(chunk) < limit and not exhausted:
+            want = limit - len(chunk)
+            if backwards:
+                batch = await self._events.get_room_events(
+                    room_id, after=bound, upto=cursor, limit=want, descending=True
+                )
+                if batch:
+                    cursor = batch[-1].stream_ordering - 1
+            else:
+                batch = await self._events.get_room_events(
+                    room_id, after=cursor, upto=bound, limit=want, descending=False
+                )
+                if batch:
+                    cursor = batch[-1].stream_ordering
+            exhausted = len(batch) < want
+            chunk.extend(e for e in batch if event_filter.allows(e))
+        serialized = await self._rooms.serialize(requester, chunk, counts.room_version)
+        end = None if exhausted or limit == 0 else position_token(cursor)
+        return Page(serialized, from_token or position_token(start), end, [])
 
     # --- blocking, joining, power --------------------------------------------------------------
 

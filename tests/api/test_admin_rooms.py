@@ -280,3 +280,47 @@ async def test_delete_without_purge_and_bad_requests(
         await call(client, admin, "DELETE", path, body, status_code, errcode)
     await call(client, admin, "GET", "/v2/rooms/delete_status/nope", None, 404, "M_NOT_FOUND")
     await call(client, admin, "GET", "/v2/rooms/!none:test/delete_status", None, 404, "M_NOT_FOUND")
+
+
+async def test_messages_of_a_room_the_admin_is_not_in(
+    client: httpx.AsyncClient, hs: Homeserver
+) -> None:
+    admin = await make_admin(hs, client)
+    _, token = await register(client, "alice")
+    _, bob_token = await register(client, "bob")
+    room = await create_room(client, token, preset="private_chat")
+    texts = [f"m{n}" for n in range(5)]
+    for text in texts:
+        await send(client, token, room, text)
+    await call(client, bob_token, "GET", f"/v1/rooms/{room}/messages", None, 403, "M_FORBIDDEN")
+
+    def bodies(page: Any) -> list[str]:
+        return [e["content"]["body"] for e in page["chunk"] if e["type"] == "m.room.message"]
+
+    newest = await call(client, admin, "GET", f"/v1/rooms/{room}/messages?dir=b&limit=3")
+    assert bodies(newest) == ["m4", "m3", "m2"] and "end" in newest
+    older = await call(
+        client, admin, "GET", f"/v1/rooms/{room}/messages?dir=b&limit=3&from={newest['end']}"
+    )
+    assert bodies(older)[:2] == ["m1", "m0"]
+    forwards = await call(client, admin, "GET", f"/v1/rooms/{room}/messages?limit=100")
+    assert bodies(forwards) == texts and "end" not in forwards
+    assert forwards["chunk"][0]["type"] == "m.room.create"
+    only = await call(
+        client,
+        admin,
+        "GET",
+        f"/v1/rooms/{room}/messages?limit=100&filter=%7B%22types%22%3A%5B%22m.room.create%22%5D%7D",
+    )
+    assert [e["type"] for e in only["chunk"]] == ["m.room.create"]
+    for query, status, errcode in (
+        ("dir=x", 400, "M_INVALID_PARAM"),
+        ("from=nonsense", 400, "M_INVALID_PARAM"),
+        ("limit=-1", 400, "M_INVALID_PARAM"),
+        ("filter=%5B%5D", 400, "M_BAD_JSON"),
+        ("filter=notjson", 400, "M_BAD_JSON"),
+    ):
+        await call(
+            client, admin, "GET", f"/v1/rooms/{room}/messages?{query}", None, status, errcode
+        )
+    await call(client, admin, "GET", "/v1/rooms/!nowhere:test/messages", None, 404, "M_NOT_FOUND")
