@@ -311,6 +311,9 @@ class AccountService:
             user.password_hash, request.password
         ):
             raise MatrixError(Codes.FORBIDDEN, "Invalid username or password")
+        if await self._store.is_locked(user.user_id):
+            # spec, "Soft logout": a locked account gets no new token until it is unlocked.
+            raise MatrixError(Codes.USER_LOCKED, "This account has been locked", soft_logout=True)
         session = await self._start_session(
             user.user_id,
             request.device_id,

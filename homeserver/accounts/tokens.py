@@ -156,6 +156,8 @@ class AuthService:
         info = await self._store.get_refresh_token(hash_token(refresh_token))
         if info is None or info.next_token_id is not None:
             raise MatrixError(Codes.UNKNOWN_TOKEN, "Unknown refresh token", soft_logout=False)
+        if await self._store.is_locked(info.user_id):
+            raise MatrixError(Codes.USER_LOCKED, "This account has been locked", soft_logout=True)
         now = self._clock.now_ms()
         access, refresh = new_token("mat"), new_token("mar")
         lifetime = self._config.access_token_lifetime_ms

@@ -144,6 +144,16 @@ class AccountStore:
             ).first()
         return row is not None
 
+    async def is_locked(self, user_id: UserID) -> bool:
+        """Whether an administrator locked the account (homeserver/storage/admin.py)."""
+        async with self._db.read() as conn:
+            found = (
+                await conn.execute(
+                    sa.select(user_moderation.c.locked).where(user_moderation.c.user_id == user_id)
+                )
+            ).scalar()
+        return bool(found)
+
     async def set_password_hash(self, user_id: UserID, password_hash: str | None) -> None:
         async with self._db.write() as conn:
             await conn.execute(

@@ -8,7 +8,7 @@ import httpx
 from homeserver.app import Homeserver
 from tests.api.admin_helpers import call, make_admin
 from tests.api.sliding_helpers import send
-from tests.helpers import auth_header, create_room, register
+from tests.helpers import DEFAULT_PASSWORD, auth_header, create_room, login, register
 
 V3 = "/_matrix/client/v3"
 CLIENT = "/_matrix/client"
@@ -100,6 +100,7 @@ async def test_locked_user_gets_soft_logout_but_may_log_out(
 ) -> None:
     admin = await make_admin(hs, client)
     bob, bob_token = await register(client, "bob")
+    refresh_token = (await login(client, "bob", refresh_token=True))["refresh_token"]
     r = await client.put(
         f"{CLIENT}/v1/admin/lock/{bob}", headers=auth_header(admin), json={"locked": True}
     )
@@ -123,6 +124,21 @@ async def test_locked_user_gets_soft_logout_but_may_log_out(
     assert r.status_code == 200, r.text
     r = await client.get(f"{CLIENT}/v1/admin/lock/{bob}", headers=auth_header(admin))
     assert r.json() == {"locked": True}
+    # No new token while locked (spec, "Soft logout"): neither by login nor by refresh.
+    r = await client.post(
+        f"{V3}/login",
+        json={
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "bob"},
+            "password": DEFAULT_PASSWORD,
+        },
+    )
+    assert (r.status_code, r.json()["errcode"]) == (401, "M_USER_LOCKED")
+    r = await client.post(f"{V3}/refresh", json={"refresh_token": refresh_token})
+    assert (r.status_code, r.json()["errcode"]) == (401, "M_USER_LOCKED")
+    await call(client, admin, "PUT", f"/v2/users/{bob}", {"locked": False})
+    r = await client.post(f"{V3}/refresh", json={"refresh_token": refresh_token})
+    assert r.status_code == 200, r.text
     for body in ({}, {"locked": "yes"}):
         r = await client.put(f"{CLIENT}/v1/admin/lock/{bob}", headers=auth_header(admin), json=body)
         assert r.status_code == 400, r.text
