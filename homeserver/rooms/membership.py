@@ -118,7 +118,8 @@ class MembershipService:
         *,
         reason: str | None = None,
         is_direct: bool = False,
-    ) -> SentEvent:
+    ) -> SentEvent | None:
+        """None: the inviter is shadow-banned, and the invite, which looks sent, is not."""
         requester.check_not_suspended()
         await self._require_room(room_id)
         await self.check_invitable(target)
@@ -134,6 +135,8 @@ class MembershipService:
                 if current.membership == "join"
                 else f"{target} is banned",
             )
+        if requester.shadow_banned:
+            return None
         content = await self._member_content(
             target, "invite", reason, is_direct=True if is_direct else None
         )

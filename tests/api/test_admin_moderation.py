@@ -37,6 +37,15 @@ async def test_shadow_banned_sends_reach_nobody(client: httpx.AsyncClient, hs: H
     assert "hidden" not in await _messages(client, alice_token, room)
     r = await client.get(f"{V3}/rooms/{room}/event/{first}", headers=auth_header(alice_token))
     assert r.status_code == 404
+    # So do invites: answered as sent, never delivered.
+    carol, carol_token = await register(client, "carol")
+    own = await create_room(client, bob_token)
+    r = await client.post(
+        f"{V3}/rooms/{own}/invite", headers=auth_header(bob_token), json={"user_id": carol}
+    )
+    assert r.status_code == 200, r.text
+    r = await client.get(f"{V3}/sync", headers=auth_header(carol_token))
+    assert "invite" not in r.json().get("rooms", {})
     await call(client, admin, "DELETE", f"/v1/users/{bob}/shadow_ban")
     await send(client, bob_token, room, "after")
     assert await _messages(client, alice_token, room) == ["after", "before"]
