@@ -555,6 +555,7 @@ class Homeserver:
     def _build_admin(self, config: HomeserverConfig, clock: Clock) -> None:
         """The admin API (issue 22): after every service it administers."""
         self.session_recorder = SessionRecorder(self.admin_store, clock)
+        self.background_jobs.append(self.session_recorder.run_pruner)
         self.admin_users = AdminUsers(
             self.admin_store,
             self.accounts,

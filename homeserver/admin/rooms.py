@@ -67,6 +67,9 @@ ROOM_ORDERS: dict[str, tuple[str, bool]] = {
     "history_visibility": ("history_visibility", False),
     "state_events": ("state_events", True),
 }
+# A deletion still unfinished this long after it started was interrupted (its worker
+# stopped): it is marked failed and the room may be deleted again.
+STALE_DELETION_MS = 3600 * 1000
 DEFAULT_NEW_ROOM_NAME = "Content Violation Notification"
 DEFAULT_NEW_ROOM_MESSAGE = (
     "Sharing illegal content on this server is not permitted and rooms in violation will be "
@@ -404,11 +407,18 @@ class AdminRooms:
                 raise MatrixError(Codes.INVALID_PARAM, "new_room_user_id must be a local user")
             if await self._admin_store.get_user(new_user) is None:
                 raise MatrixError(Codes.NOT_FOUND, "new_room_user_id: user not found")
+        now = self._clock.now_ms()
         for task in await self._store.get_delete_tasks(room_id):
-            if task.status in ("shutting_down", "purging"):
+            if task.status not in ("shutting_down", "purging"):
+                continue
+            if task.delete_id in self._tasks or task.created_ts > now - STALE_DELETION_MS:
                 raise MatrixError(
                     Codes.UNKNOWN, "A deletion of this room is already running", status=400
                 )
+            # Interrupted (a restart): a new deletion takes over.
+            await self._store.update_delete_task(
+                task.delete_id, "failed", error="Interrupted before it finished"
+            )
         delete_id = secrets.token_urlsafe(12)
         await self._store.add_delete_task(delete_id, room_id, self._clock.now_ms())
         if not known:

@@ -315,6 +315,11 @@ class AdminStore:
                 found[c.device_id] = (c.last_seen, c.user_agent)
         return {device: agent for device, (_, agent) in found.items()}
 
+    async def prune_connections(self, before_ms: int) -> int:
+        async with self._db.write() as conn:
+            result = await conn.execute(sa.delete(user_ips).where(user_ips.c.last_seen < before_ms))
+        return int(result.rowcount)
+
     async def delete_connections(self, user_id: UserID, device_ids: Sequence[str]) -> None:
         async with self._db.write() as conn:
             await conn.execute(

@@ -53,10 +53,11 @@ class DeleteTask:
     status: str
     error: str | None
     result: dict[str, Any] | None
+    created_ts: int
 
 
 def _task(r: Any) -> DeleteTask:
-    return DeleteTask(r.delete_id, r.room_id, r.status, r.error, r.result)
+    return DeleteTask(r.delete_id, r.room_id, r.status, r.error, r.result, int(r.created_ts))
 
 
 class AdminRoomStore:

@@ -9,7 +9,8 @@ import httpx
 import sqlalchemy as sa
 
 from homeserver.app import Homeserver
-from homeserver.storage.admin_rooms import KEPT_AFTER_PURGE
+from homeserver.core.clock import FakeClock
+from homeserver.storage.admin_rooms import KEPT_AFTER_PURGE, AdminRoomStore
 from homeserver.storage.schema import metadata
 from tests.api.admin_helpers import call, make_admin, refused_to_non_admins
 from tests.api.sliding_helpers import send
@@ -250,6 +251,27 @@ async def test_delete_with_purge_and_replacement_room(
         assert room not in r.json().get("rooms", {}).get("join", {})
     assert (await _join(client, bob_token, room, 403))["errcode"] == "M_FORBIDDEN"
     await call(client, admin, "GET", f"/v1/rooms/{room}", None, 404, "M_NOT_FOUND")
+
+
+async def test_interrupted_deletion_is_taken_over(
+    client: httpx.AsyncClient, hs: Homeserver, clock: FakeClock
+) -> None:
+    admin = await make_admin(hs, client)
+    _, token = await register(client, "alice")
+    room = await create_room(client, token)
+    # A deletion whose worker stopped half-way (its row says it is still purging).
+    store = AdminRoomStore(hs.db)
+    await store.add_delete_task("lost", room, clock.now_ms())
+    await store.update_delete_task("lost", "purging")
+    await call(client, admin, "DELETE", f"/v2/rooms/{room}", {}, 400, "M_UNKNOWN")
+    clock.advance(2 * 3600 * 1000)
+    deleted = await call(client, admin, "DELETE", f"/v2/rooms/{room}", {})
+    await hs.admin_rooms.wait_for_deletion(deleted["delete_id"])
+    results = (await call(client, admin, "GET", f"/v2/rooms/{room}/delete_status"))["results"]
+    assert [(r["delete_id"], r["status"]) for r in results] == [
+        ("lost", "failed"),
+        (deleted["delete_id"], "complete"),
+    ]
 
 
 async def test_delete_without_purge_and_bad_requests(

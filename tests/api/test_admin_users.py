@@ -304,6 +304,23 @@ async def test_devices_and_whois(client: httpx.AsyncClient, hs: Homeserver) -> N
         await call(client, admin, method, path, body, status, errcode)
 
 
+async def test_session_addresses_are_forgotten_after_28_days(
+    client: httpx.AsyncClient, hs: Homeserver, clock: FakeClock
+) -> None:
+    admin = await make_admin(hs, client)
+    bob, token = await register(client, "bob")
+    await client.get(f"{V3}/account/whoami", headers=auth_header(token))
+    who = await call(client, admin, "GET", f"/v1/whois/{bob}")
+    assert who["devices"][""]["sessions"]
+    clock.advance(27 * 24 * 3600 * 1000)
+    await hs.session_recorder.prune()
+    assert (await call(client, admin, "GET", f"/v1/whois/{bob}"))["devices"][""]["sessions"]
+    clock.advance(2 * 24 * 3600 * 1000)
+    await hs.session_recorder.prune()
+    who = await call(client, admin, "GET", f"/v1/whois/{bob}")
+    assert who["devices"][""]["sessions"] == []
+
+
 async def test_login_as_user(client: httpx.AsyncClient, hs: Homeserver, clock: FakeClock) -> None:
     admin = await make_admin(hs, client)
     bob, _ = await register(client, "bob")
