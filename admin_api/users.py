@@ -65,8 +65,9 @@ def _text(request: Request, name: str) -> str | None:
 
 
 async def list_users(request: Request) -> Response:
-    """GET /_synapse/admin/v2/users"""
+    """GET /_synapse/admin/v2/users and /v3/users (``deactivated`` a filter both ways)"""
     requester = await require_user(request)
+    v2 = request.url.path.endswith("/v2/users")
     order_by = request.query_params.get("order_by", "name")
     if order_by not in USER_ORDERS:
         raise MatrixError(
@@ -81,7 +82,8 @@ async def list_users(request: Request) -> Response:
         name=_text(request, "name"),
         user_id=_text(request, "user_id"),
         guests=query_bool(request, "guests", True),
-        deactivated=query_bool(request, "deactivated", False),
+        deactivated=query_bool(request, "deactivated", False) if v2 else True,
+        only_deactivated=None if v2 else _optional_bool(request, "deactivated"),
         admins=_optional_bool(request, "admins"),
         locked=query_bool(request, "locked", False),
         order_by=order_by,
@@ -401,6 +403,7 @@ async def username_available(request: Request) -> Response:
 
 routes = [
     Route("/v2/users", list_users, methods=["GET"]),
+    Route("/v3/users", list_users, methods=["GET"]),
     Route("/v2/users/{user_id}", get_user, methods=["GET"]),
     Route("/v2/users/{user_id}", put_user, methods=["PUT"]),
     Route("/v2/users/{user_id}/devices", list_devices, methods=["GET"]),

@@ -57,6 +57,8 @@ class UserQuery:
     user_id: str | None = None  # in the user ID
     guests: bool = True  # there are no guest accounts: nothing to leave out
     deactivated: bool = False  # include deactivated accounts
+    # v3: True only deactivated accounts, False none, None both (``deactivated`` is unused).
+    only_deactivated: bool | None = None
     admins: bool | None = None  # only admins, no admins, or both
     locked: bool = False  # include locked accounts
     order_by: str = "name"
@@ -161,7 +163,9 @@ class AdminStore:
             )
         elif query.user_id is not None:
             where.append(sa.func.lower(users.c.user_id).like(_like(query.user_id), escape="\\"))
-        if not query.deactivated:
+        if query.only_deactivated is not None:
+            where.append(users.c.deactivated.is_(query.only_deactivated))
+        elif not query.deactivated:
             where.append(users.c.deactivated.is_(False))
         if not query.locked:
             where.append(sa.func.coalesce(_m.locked, False).is_(False))

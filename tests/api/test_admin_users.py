@@ -83,6 +83,12 @@ async def test_list_users_filters_orders_and_pages(
     assert "@bob:test" not in names
     with_gone = await call(client, admin, "GET", "/v2/users?deactivated=true")
     assert with_gone["total"] == 5
+    # v3: deactivated filters both ways; absent, it includes them.
+    only = await call(client, admin, "GET", "/v3/users?deactivated=true")
+    assert [u["name"] for u in only["users"]] == ["@bob:test"]
+    assert (await call(client, admin, "GET", "/v3/users?deactivated=false"))["total"] == 4
+    assert (await call(client, admin, "GET", "/v3/users"))["total"] == 5
+    await call(client, admin, "GET", "/v3/users?deactivated=x", None, 400, "M_INVALID_PARAM")
     for query in (
         "order_by=password",
         "dir=up",
