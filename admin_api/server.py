@@ -4,6 +4,7 @@ shapes (and ``/v1/room_reports``, ``/v1/user_reports`` of our own, in the same s
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from homeserver.web.edge import (
     validate_body,
 )
 
+Endpoint = Callable[[Request], Awaitable[Response]]
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_TEXT_CHARS = 1000
@@ -52,7 +54,7 @@ async def server_version(request: Request) -> Response:
 # --- reports --------------------------------------------------------------------------------
 
 
-def _reports(kind: str) -> Any:
+def _reports(kind: str) -> Endpoint:
     async def list_reports(request: Request) -> Response:
         """GET /_synapse/admin/v1/event_reports (and room_reports, user_reports)"""
         requester = await require_user(request)
@@ -69,6 +71,7 @@ def _reports(kind: str) -> Any:
             reporter=request.query_params.get("user_id"),
             room_id=request.query_params.get("room_id"),
             event_sender=request.query_params.get("event_sender_user_id"),
+            target_user_id=request.query_params.get("target_user_id"),
             kind=kind,
         )
         found, total, next_offset = await _server(request).list_reports(requester, query)
@@ -87,14 +90,17 @@ def _report_id(request: Request) -> int:
     return int(raw)
 
 
-async def report(request: Request) -> Response:
-    """GET and DELETE /_synapse/admin/v1/event_reports/{reportId}"""
-    requester = await require_user(request)
-    report_id = _report_id(request)
-    if request.method == "DELETE":
-        await _server(request).delete_report(requester, report_id)
-        return json_response({})
-    return json_response(await _server(request).get_report(requester, report_id))
+def _report(kind: str) -> Endpoint:
+    async def report(request: Request) -> Response:
+        """GET and DELETE /_synapse/admin/v1/event_reports/{reportId} (and room_, user_)"""
+        requester = await require_user(request)
+        report_id = _report_id(request)
+        if request.method == "DELETE":
+            await _server(request).delete_report(requester, report_id, kind)
+            return json_response({})
+        return json_response(await _server(request).get_report(requester, report_id, kind))
+
+    return report
 
 
 # --- registration tokens --------------------------------------------------------------------
@@ -179,9 +185,9 @@ routes = [
     Route("/v1/event_reports", _reports("event"), methods=["GET"]),
     Route("/v1/room_reports", _reports("room"), methods=["GET"]),
     Route("/v1/user_reports", _reports("user"), methods=["GET"]),
-    Route("/v1/event_reports/{report_id}", report, methods=["GET", "DELETE"]),
-    Route("/v1/room_reports/{report_id}", report, methods=["GET", "DELETE"]),
-    Route("/v1/user_reports/{report_id}", report, methods=["GET", "DELETE"]),
+    Route("/v1/event_reports/{report_id}", _report("event"), methods=["GET", "DELETE"]),
+    Route("/v1/room_reports/{report_id}", _report("room"), methods=["GET", "DELETE"]),
+    Route("/v1/user_reports/{report_id}", _report("user"), methods=["GET", "DELETE"]),
     Route("/v1/registration_tokens", list_tokens, methods=["GET"]),
     Route("/v1/registration_tokens/new", new_token, methods=["POST"]),
     Route("/v1/registration_tokens/{token}", token, methods=["GET", "PUT", "DELETE"]),

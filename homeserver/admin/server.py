@@ -121,9 +121,9 @@ class AdminServer:
             next_offset if next_offset < total else None,
         )
 
-    async def get_report(self, requester: Requester, report_id: int) -> JsonDict:
+    async def get_report(self, requester: Requester, report_id: int, kind: str) -> JsonDict:
         require_admin(requester)
-        report = await self._store.get_report(report_id)
+        report = await self._store.get_report(report_id, kind)
         if report is None:
             raise MatrixError(Codes.NOT_FOUND, "Report not found")
         out = await self._report_json(report)
@@ -132,10 +132,10 @@ class AdminServer:
             out["event_json"] = event.pdu if event is not None else None
         return out
 
-    async def delete_report(self, requester: Requester, report_id: int) -> None:
+    async def delete_report(self, requester: Requester, report_id: int, kind: str) -> None:
         """The report is dealt with: it goes (as Synapse)."""
         require_admin(requester)
-        if not await self._store.delete_report(report_id):
+        if not await self._store.delete_report(report_id, kind):
             raise MatrixError(Codes.NOT_FOUND, "Report not found")
 
     # --- registration tokens -----------------------------------------------------------------

@@ -38,6 +38,7 @@ class ReportQuery:
     reporter: str | None = None
     room_id: str | None = None
     event_sender: str | None = None
+    target_user_id: str | None = None  # the reported user
     kind: str = "event"  # "event", "room" or "user"
 
 
@@ -80,6 +81,8 @@ class AdminServerStore:
             where.append(_r.room_id == query.room_id)
         if query.event_sender is not None:
             where.append(events.c.sender == query.event_sender)
+        if query.target_user_id is not None:
+            where.append(_r.user_id == query.target_user_id)
         joined = content_reports.outerjoin(events, events.c.event_id == _r.event_id)
         order = _r.id.desc() if query.backwards else _r.id.asc()
         select = (
@@ -96,7 +99,7 @@ class AdminServerStore:
             total = int((await conn.execute(count)).scalar_one())
         return [_report(r) for r in rows], total
 
-    async def get_report(self, report_id: int) -> Report | None:
+    async def get_report(self, report_id: int, kind: str) -> Report | None:
         async with self._db.read() as conn:
             r = (
                 await conn.execute(
@@ -104,14 +107,16 @@ class AdminServerStore:
                     .select_from(
                         content_reports.outerjoin(events, events.c.event_id == _r.event_id)
                     )
-                    .where(_r.id == report_id)
+                    .where(_r.id == report_id, _KINDS[kind])
                 )
             ).first()
         return None if r is None else _report(r)
 
-    async def delete_report(self, report_id: int) -> bool:
+    async def delete_report(self, report_id: int, kind: str) -> bool:
         async with self._db.write() as conn:
-            result = await conn.execute(sa.delete(content_reports).where(_r.id == report_id))
+            result = await conn.execute(
+                sa.delete(content_reports).where(_r.id == report_id, _KINDS[kind])
+            )
         return result.rowcount > 0
 
     # --- registration tokens -----------------------------------------------------------------

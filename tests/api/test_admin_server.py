@@ -78,6 +78,13 @@ async def test_event_reports(client: httpx.AsyncClient, hs: Homeserver) -> None:
     assert [(e["room_id"], e["reason"]) for e in rooms["room_reports"]] == [(room, "r")]
     users = await call(client, admin, "GET", "/v1/user_reports")
     assert [e["target_user_id"] for e in users["user_reports"]] == [bob]
+    by_target = await call(client, admin, "GET", "/v1/user_reports?target_user_id=@x:test")
+    assert by_target["total"] == 0
+    user_report = users["user_reports"][0]["id"]
+    # Each kind's report is read under its own path.
+    await call(client, admin, "GET", f"/v1/event_reports/{user_report}", None, 404, "M_NOT_FOUND")
+    one_user = await call(client, admin, "GET", f"/v1/user_reports/{user_report}")
+    assert one_user["reason"] == "u" and one_user["user_id"] == alice
     one = await call(client, admin, "GET", f"/v1/event_reports/{newest['id']}")
     assert one["event_json"]["content"]["body"] == "bad 2"
     # Resolved: deleted.
