@@ -117,9 +117,14 @@ def _protect(on: bool) -> Endpoint:
     return protect
 
 
-async def delete_one(request: Request) -> Response:
-    """DELETE /_synapse/admin/v1/media/{serverName}/{mediaId}"""
+async def media_one(request: Request) -> Response:
+    """GET and DELETE /_synapse/admin/v1/media/{serverName}/{mediaId}"""
     requester = await require_user(request)
+    if request.method == "GET":
+        info = await _media(request).media_info(
+            requester, request.path_params["server_name"], request.path_params["media_id"]
+        )
+        return json_response({"media_info": info})
     deleted = await _media(request).delete_one(
         requester, request.path_params["server_name"], request.path_params["media_id"]
     )
@@ -181,6 +186,8 @@ routes = [
     Route("/v1/media/unprotect/{media_id}", _protect(False), methods=["POST"]),
     Route("/v1/media/delete", delete_by_age, methods=["POST"]),
     Route("/v1/media/{server_name}/delete", delete_by_age, methods=["POST"]),
-    Route("/v1/media/{server_name}/{media_id}", delete_one, methods=["DELETE"]),
+    Route("/v1/media/{server_name}/{media_id}", media_one, methods=["GET", "DELETE"]),
+    # The older path of the room's quarantine.
+    Route("/v1/quarantine_media/{room_id}", quarantine_room, methods=["POST"]),
     Route("/v1/statistics/users/media", statistics, methods=["GET"]),
 ]

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from homeserver.admin.rooms import ROOM_ORDERS, AdminRooms, DeleteRequest, RoomQuery
 from homeserver.admin.users import AdminUsers
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.core.ids import RoomID, UserID
+from homeserver.core.ids import EventID, RoomID, UserID
 from homeserver.core.json_limits import query_json
 from homeserver.filters.matching import EventFilter
 from homeserver.web.edge import (
@@ -136,6 +136,18 @@ async def get_messages(request: Request) -> Response:
     return items_response(body, "admin messages")
 
 
+async def fetch_event(request: Request) -> Response:
+    """GET /_synapse/admin/v1/fetch_event/{eventId}"""
+    requester = await require_user(request)
+    raw = request.path_params["event_id"]
+    try:
+        event_id = EventID.parse(raw)
+    except ValueError:
+        raise MatrixError(Codes.INVALID_PARAM, f"Invalid event ID: {raw}") from None
+    event = await _rooms(request).fetch_event(requester, event_id)
+    return items_response({"event": event}, "admin event")
+
+
 class BlockBody(RequestBody):
     block: bool
 
@@ -246,6 +258,7 @@ routes = [
     Route("/v1/rooms/{room_id}/block", block, methods=["GET", "PUT"]),
     Route("/v1/rooms/{room_id_or_alias}/make_room_admin", make_room_admin, methods=["POST"]),
     Route("/v1/join/{room_id_or_alias}", join_user, methods=["POST"]),
+    Route("/v1/fetch_event/{event_id}", fetch_event, methods=["GET"]),
     Route("/v2/rooms/{room_id}", delete_room, methods=["DELETE"]),
     Route("/v2/rooms/{room_id}/delete_status", room_delete_status, methods=["GET"]),
 ]

@@ -84,6 +84,24 @@ class AdminMedia:
         next_offset = query.offset + len(found)
         return [media_json(m) for m in found], total, next_offset if next_offset < total else None
 
+    async def media_info(self, requester: Requester, server_name: str, media_id: str) -> JsonDict:
+        require_admin(requester)
+        found = (
+            await self._store.get_local_media(media_id)
+            if server_name == self._server_name
+            else None  # no cache of other servers' media yet
+        )
+        if found is None:
+            raise MatrixError(Codes.NOT_FOUND, "Media not found")
+        return {
+            **media_json(found),
+            "media_origin": server_name,
+            "user_id": found.user_id,
+            "sha256": found.sha256,
+            "authenticated": True,
+            "url_cache": None,
+        }
+
     async def room_media(self, requester: Requester, room_id: RoomID) -> JsonDict:
         require_admin(requester)
         if await self._rooms.get_room(room_id) is None:

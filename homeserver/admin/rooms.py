@@ -302,6 +302,14 @@ class AdminRooms:
         end = None if exhausted or limit == 0 else position_token(cursor)
         return Page(serialized, from_token or position_token(start), end, [])
 
+    async def fetch_event(self, requester: Requester, event_id: str) -> JsonDict:
+        """An event as the server keeps it (its PDU), whoever could see it."""
+        require_admin(requester)
+        event = await self._events.get_event(event_id)
+        if event is None:
+            raise MatrixError(Codes.NOT_FOUND, "Event not found")
+        return event.pdu
+
     # --- blocking, joining, power --------------------------------------------------------------
 
     async def set_block(self, requester: Requester, room_id: RoomID, block: bool) -> None:

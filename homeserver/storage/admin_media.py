@@ -33,6 +33,7 @@ class MediaRecord:
     upload_name: str | None
     quarantined_by: str | None
     safe_from_quarantine: bool
+    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ def _record(r: Any) -> MediaRecord:
         r.upload_name,
         r.quarantined_by,
         bool(r.safe_from_quarantine),
+        r.sha256,
     )
 
 

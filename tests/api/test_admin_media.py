@@ -257,3 +257,33 @@ async def test_rate_limits_of_media_create_and_public_rooms(
                 for _ in range(3)
             ]
             assert got == [200, 200, 429], method
+
+
+async def test_media_info_and_the_older_quarantine_path(
+    client: httpx.AsyncClient, hs: Homeserver
+) -> None:
+    admin = await make_admin(hs, client)
+    bob, token = await register(client, "bob")
+    data = os.urandom(50)
+    uri = await upload(client, token, data, "text/plain", filename="notes.txt")
+    media_id = uri.rsplit("/", 1)[1]
+    await call(client, token, "GET", f"/v1/media/test/{media_id}", None, 403, "M_FORBIDDEN")
+    info = (await call(client, admin, "GET", f"/v1/media/test/{media_id}"))["media_info"]
+    assert info["media_origin"] == "test" and info["user_id"] == bob
+    assert info["media_length"] == 50 and info["media_type"] == "text/plain"
+    assert info["upload_name"] == "notes.txt" and info["quarantined_by"] is None
+    await call(client, admin, "GET", "/v1/media/test/unknown", None, 404, "M_NOT_FOUND")
+    await call(client, admin, "GET", "/v1/media/elsewhere.org/abc", None, 404, "M_NOT_FOUND")
+    room = await create_room(client, token)
+    r = await client.put(
+        f"{V3}/rooms/{room}/send/m.room.message/1",
+        headers=auth_header(token),
+        json={"msgtype": "m.file", "body": "f", "url": uri},
+    )
+    assert r.status_code == 200
+    await call(client, token, "POST", f"/v1/quarantine_media/{room}", None, 403, "M_FORBIDDEN")
+    assert await call(client, admin, "POST", f"/v1/quarantine_media/{room}") == {
+        "num_quarantined": 1
+    }
+    info = (await call(client, admin, "GET", f"/v1/media/test/{media_id}"))["media_info"]
+    assert info["quarantined_by"] == "@root:test"

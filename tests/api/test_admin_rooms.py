@@ -346,3 +346,16 @@ async def test_messages_of_a_room_the_admin_is_not_in(
             client, admin, "GET", f"/v1/rooms/{room}/messages?{query}", None, status, errcode
         )
     await call(client, admin, "GET", "/v1/rooms/!nowhere:test/messages", None, 404, "M_NOT_FOUND")
+
+
+async def test_fetch_event(client: httpx.AsyncClient, hs: Homeserver) -> None:
+    admin = await make_admin(hs, client)
+    _, token = await register(client, "alice")
+    room = await create_room(client, token)
+    event_id = await send(client, token, room, "secret")
+    await call(client, token, "GET", f"/v1/fetch_event/{event_id}", None, 403, "M_FORBIDDEN")
+    event = (await call(client, admin, "GET", f"/v1/fetch_event/{event_id}"))["event"]
+    assert event["content"]["body"] == "secret" and event["room_id"] == room
+    assert "signatures" in event and "hashes" in event
+    await call(client, admin, "GET", "/v1/fetch_event/$unknown", None, 404, "M_NOT_FOUND")
+    await call(client, admin, "GET", "/v1/fetch_event/nonsense", None, 400, "M_INVALID_PARAM")
