@@ -10,7 +10,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.admin.rooms import ROOM_ORDERS, AdminRooms, DeleteRequest, RoomQuery
+from homeserver.admin.rooms import (
+    ROOM_ORDERS,
+    AdminRooms,
+    DeleteRequest,
+    RedactRequest,
+    RoomQuery,
+)
 from homeserver.admin.users import AdminUsers
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import EventID, RoomID, UserID
@@ -148,6 +154,53 @@ async def fetch_event(request: Request) -> Response:
     return items_response({"event": event}, "admin event")
 
 
+class RedactBody(RequestBody):
+    rooms: list[str] = Field(max_length=1000)
+    reason: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    limit: int = Field(default=1000, ge=1, le=100_000)
+    use_admin: bool = False
+    after_ts: int | None = Field(default=None, ge=0, le=2**53)
+    before_ts: int | None = Field(default=None, ge=0, le=2**53)
+
+
+async def redact_user(request: Request) -> Response:
+    """POST /_synapse/admin/v1/user/{userId}/redact"""
+    requester = await require_user(request)
+    raw = request.path_params["user_id"]
+    try:
+        user_id = UserID.parse(raw)
+    except ValueError:
+        raise MatrixError(Codes.INVALID_PARAM, f"Invalid user ID: {raw}") from None
+    body = await parse_body(request, RedactBody)
+    rooms = []
+    for room in body.rooms:
+        try:
+            rooms.append(RoomID.parse(room))
+        except ValueError:
+            raise MatrixError(Codes.INVALID_PARAM, f"Invalid room ID: {room}") from None
+    redact_id = await _rooms(request).redact_user_events(
+        requester,
+        user_id,
+        RedactRequest(
+            rooms=tuple(rooms),
+            reason=body.reason,
+            limit=body.limit,
+            use_admin=body.use_admin,
+            after_ts=body.after_ts,
+            before_ts=body.before_ts,
+        ),
+    )
+    return json_response({"redact_id": redact_id})
+
+
+async def redact_status(request: Request) -> Response:
+    """GET /_synapse/admin/v1/user/redact_status/{redactId}"""
+    requester = await require_user(request)
+    return json_response(
+        await _rooms(request).redaction_status(requester, request.path_params["redact_id"])
+    )
+
+
 class BlockBody(RequestBody):
     block: bool
 
@@ -259,6 +312,8 @@ routes = [
     Route("/v1/rooms/{room_id_or_alias}/make_room_admin", make_room_admin, methods=["POST"]),
     Route("/v1/join/{room_id_or_alias}", join_user, methods=["POST"]),
     Route("/v1/fetch_event/{event_id}", fetch_event, methods=["GET"]),
+    Route("/v1/user/redact_status/{redact_id}", redact_status, methods=["GET"]),
+    Route("/v1/user/{user_id}/redact", redact_user, methods=["POST"]),
     Route("/v2/rooms/{room_id}", delete_room, methods=["DELETE"]),
     Route("/v2/rooms/{room_id}/delete_status", room_delete_status, methods=["GET"]),
 ]

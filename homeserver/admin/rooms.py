@@ -89,6 +89,16 @@ class RoomQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class RedactRequest:
+    rooms: tuple[RoomID, ...] = ()  # none: every room the user has a membership in
+    reason: str | None = None
+    limit: int = 1000  # events per room, newest first
+    use_admin: bool = False
+    after_ts: int | None = None
+    before_ts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DeleteRequest:
     new_room_user_id: UserID | None = None
     room_name: str | None = None
@@ -439,7 +449,7 @@ class AdminRooms:
         return delete_id
 
     async def wait_for_deletion(self, delete_id: str) -> None:
-        """Until a deletion this worker runs is over (tests, shut-down)."""
+        """Until a deletion (or redaction) this worker runs is over (tests, shut-down)."""
         task = self._tasks.get(delete_id)
         if task is not None:
             await asyncio.shield(task)
@@ -517,6 +527,62 @@ class AdminRooms:
             if new_room_id is not None and request.new_room_user_id is not None:
                 await self._room_store.create_alias(alias, new_room_id, request.new_room_user_id)
         return _result(kicked, failed, aliases, new_room_id)
+
+    # --- redacting a user's events --------------------------------------------------------------
+
+    async def redact_user_events(
+        self, requester: Requester, user_id: UserID, request: RedactRequest
+    ) -> str:
+        """Start redacting the user's events in the background; returns the task's ID.
+        A local user's events are redacted by the user (puppeted) unless ``use_admin``;
+        another server's, by the administrator, as the room's power levels allow."""
+        require_admin(requester)
+        for room_id in request.rooms:
+            if not await self._store.room_counts(self._server_name, room_id):
+                raise MatrixError(Codes.NOT_FOUND, f"Room not found: {room_id}")
+        redact_id = secrets.token_urlsafe(12)
+        await self._store.add_redaction_task(redact_id, user_id, self._clock.now_ms())
+        task = asyncio.create_task(self._redact(requester, redact_id, user_id, request))
+        self._tasks[redact_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(redact_id, None))
+        return redact_id
+
+    async def _redact(
+        self, requester: Requester, redact_id: str, user_id: UserID, request: RedactRequest
+    ) -> None:
+        failed: dict[str, str] = {}
+        try:
+            await self._store.update_redaction_task(redact_id, "active", failed)
+            rooms = list(request.rooms) or await self._store.user_room_ids(user_id)
+            found = await self._store.user_events(
+                user_id, rooms, request.limit, request.after_ts, request.before_ts
+            )
+            puppet = user_id.server_name == self._server_name and not request.use_admin
+            sender = user_id if puppet else requester.user_id
+            content: JsonDict = {} if request.reason is None else {"reason": request.reason}
+            for room_id, event_id in found:
+                try:
+                    await self._sender.send(
+                        room_id, sender, "m.room.redaction", dict(content), redacts=event_id
+                    )
+                except MatrixError as e:
+                    failed[event_id] = e.message
+            await self._store.update_redaction_task(redact_id, "completed", failed)
+            logger.info(
+                "user's events redacted by an administrator",
+                extra={"user_id": user_id, "admin": requester.user_id, "count": len(found)},
+            )
+        except Exception:
+            logger.exception("redacting a user's events failed", extra={"user_id": user_id})
+            await self._store.update_redaction_task(redact_id, "failed", failed)
+
+    async def redaction_status(self, requester: Requester, redact_id: str) -> JsonDict:
+        require_admin(requester)
+        found = await self._store.get_redaction_task(redact_id)
+        if found is None:
+            raise MatrixError(Codes.NOT_FOUND, "Redaction not found")
+        status, failed = found
+        return {"status": status, "failed_redactions": failed}
 
     def _status(self, task: DeleteTask) -> JsonDict:
         return {

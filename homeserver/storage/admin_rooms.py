@@ -18,6 +18,7 @@ from homeserver.storage.schema import (
     room_memberships,
     rooms,
     state_groups,
+    user_redactions,
 )
 
 # Tables that keep a purged room's ID on purpose: the deletion's own status, and the block
@@ -169,6 +170,87 @@ class AdminRoomStore:
                 )
             ).all()
         return [_task(r) for r in rows]
+
+    # --- redacting a user's events ----------------------------------------------------------
+
+    async def user_events(
+        self,
+        user_id: str,
+        room_ids: Sequence[str],
+        limit_per_room: int,
+        after_ts: int | None,
+        before_ts: int | None,
+    ) -> list[tuple[str, str]]:
+        """(room ID, event ID) of the user's events not yet redacted, newest first in each
+        room: what a redaction can take (no state, no redactions)."""
+        e = events.c
+        found: list[tuple[str, str]] = []
+        async with self._db.read() as conn:
+            for room_id in room_ids:
+                query = sa.select(e.event_id).where(
+                    e.sender == user_id,
+                    e.room_id == room_id,
+                    e.state_key.is_(None),
+                    e.type != "m.room.redaction",
+                    e.redacted_by.is_(None),
+                    e.stream_ordering > 0,  # served events only (not outliers or rejected)
+                )
+                if after_ts is not None:
+                    query = query.where(e.origin_server_ts >= after_ts)
+                if before_ts is not None:
+                    query = query.where(e.origin_server_ts <= before_ts)
+                rows = (
+                    await conn.execute(
+                        query.order_by(e.stream_ordering.desc()).limit(limit_per_room)
+                    )
+                ).all()
+                found.extend((room_id, r.event_id) for r in rows)
+        return found
+
+    async def user_room_ids(self, user_id: str) -> list[str]:
+        """Every room the user has a membership in, of any kind."""
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(room_memberships.c.room_id)
+                    .where(room_memberships.c.user_id == user_id)
+                    .order_by(room_memberships.c.room_id)
+                )
+            ).all()
+        return [r.room_id for r in rows]
+
+    async def add_redaction_task(self, redact_id: str, user_id: str, now_ms: int) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                sa.insert(user_redactions).values(
+                    redact_id=redact_id,
+                    user_id=user_id,
+                    status="scheduled",
+                    failed={},
+                    created_ts=now_ms,
+                )
+            )
+
+    async def update_redaction_task(
+        self, redact_id: str, status: str, failed: dict[str, str]
+    ) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                sa.update(user_redactions)
+                .where(user_redactions.c.redact_id == redact_id)
+                .values(status=status, failed=failed)
+            )
+
+    async def get_redaction_task(self, redact_id: str) -> tuple[str, dict[str, str]] | None:
+        async with self._db.read() as conn:
+            r = (
+                await conn.execute(
+                    sa.select(user_redactions.c.status, user_redactions.c.failed).where(
+                        user_redactions.c.redact_id == redact_id
+                    )
+                )
+            ).first()
+        return None if r is None else (r.status, dict(r.failed))
 
     # --- purge -------------------------------------------------------------------------------
 

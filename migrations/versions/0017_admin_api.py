@@ -77,6 +77,15 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("media_origin", "media_id", name=op.f("pk_media_moderation")),
     )
     op.create_table(
+        "user_redactions",
+        sa.Column("redact_id", sa.Text(), nullable=False),
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("status", sa.Text(), nullable=False),
+        sa.Column("failed", sa.JSON(), nullable=False),
+        sa.Column("created_ts", _BIGINT, nullable=False),
+        sa.PrimaryKeyConstraint("redact_id", name=op.f("pk_user_redactions")),
+    )
+    op.create_table(
         "blocked_rooms",
         sa.Column("room_id", sa.Text(), nullable=False),
         sa.Column("user_id", sa.Text(), nullable=False),
@@ -87,6 +96,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("blocked_rooms")
+    op.drop_table("user_redactions")
     op.drop_table("media_moderation")
     op.drop_table("server_notice_rooms")
     op.drop_index(op.f("ix_room_delete_tasks_room_id"), table_name="room_delete_tasks")

@@ -359,3 +359,75 @@ async def test_fetch_event(client: httpx.AsyncClient, hs: Homeserver) -> None:
     assert "signatures" in event and "hashes" in event
     await call(client, admin, "GET", "/v1/fetch_event/$unknown", None, 404, "M_NOT_FOUND")
     await call(client, admin, "GET", "/v1/fetch_event/nonsense", None, 400, "M_INVALID_PARAM")
+
+
+async def test_redact_a_users_events(
+    client: httpx.AsyncClient, hs: Homeserver, clock: FakeClock
+) -> None:
+    admin = await make_admin(hs, client)
+    alice, token = await register(client, "alice")
+    bob, bob_token = await register(client, "bob")
+    first = await create_room(client, token, preset="public_chat")
+    second = await create_room(client, token, preset="public_chat")
+    for room in (first, second):
+        await _join(client, bob_token, room)
+    old = await send(client, bob_token, first, "old spam")
+    clock.advance(60_000)
+    cutoff = clock.now_ms()
+    spam = [await send(client, bob_token, first, f"spam {n}") for n in range(2)]
+    other = await send(client, bob_token, second, "more spam")
+    hers = await send(client, token, first, "not spam")
+    await call(
+        client, bob_token, "POST", f"/v1/user/{bob}/redact", {"rooms": []}, 403, "M_FORBIDDEN"
+    )
+
+    async def content_of(room: str, event_id: str) -> dict[str, Any]:
+        r = await client.get(f"{V3}/rooms/{room}/event/{event_id}", headers=auth_header(token))
+        assert r.status_code == 200, r.text
+        content: dict[str, Any] = r.json()["content"]
+        return content
+
+    # In one room, from a time on: the older message stays.
+    started = await call(
+        client,
+        admin,
+        "POST",
+        f"/v1/user/{bob}/redact",
+        {"rooms": [first], "after_ts": cutoff, "reason": "spam"},
+    )
+    await hs.admin_rooms.wait_for_deletion(started["redact_id"])
+    status = await call(client, admin, "GET", f"/v1/user/redact_status/{started['redact_id']}")
+    assert status == {"status": "completed", "failed_redactions": {}}
+    for event_id in spam:
+        assert await content_of(first, event_id) == {}
+    assert (await content_of(first, old))["body"] == "old spam"
+    assert (await content_of(second, other))["body"] == "more spam"
+    assert (await content_of(first, hers))["body"] == "not spam"
+    # Every room: the rest goes; joins and other state stay.
+    everything = await call(client, admin, "POST", f"/v1/user/{bob}/redact", {"rooms": []})
+    await hs.admin_rooms.wait_for_deletion(everything["redact_id"])
+    assert (await call(client, admin, "GET", f"/v1/user/redact_status/{everything['redact_id']}"))[
+        "status"
+    ] == "completed"
+    assert await content_of(first, old) == {} and await content_of(second, other) == {}
+    members = await call(client, admin, "GET", f"/v1/rooms/{first}/members")
+    assert bob in members["members"]
+    # As the administrator, who is in neither room: the room refuses each one.
+    late = await send(client, bob_token, second, "late spam")
+    by_admin = await call(
+        client, admin, "POST", f"/v1/user/{bob}/redact", {"rooms": [second], "use_admin": True}
+    )
+    await hs.admin_rooms.wait_for_deletion(by_admin["redact_id"])
+    status = await call(client, admin, "GET", f"/v1/user/redact_status/{by_admin['redact_id']}")
+    assert status["status"] == "completed" and set(status["failed_redactions"]) == {late}
+    for path, body, code, errcode in (
+        (f"/v1/user/{bob}/redact", {}, 400, "M_MISSING_PARAM"),
+        (f"/v1/user/{bob}/redact", {"rooms": "all"}, 400, "M_BAD_JSON"),
+        (f"/v1/user/{bob}/redact", {"rooms": ["nope"]}, 400, "M_INVALID_PARAM"),
+        (f"/v1/user/{bob}/redact", {"rooms": ["!nowhere:test"]}, 404, "M_NOT_FOUND"),
+        (f"/v1/user/{bob}/redact", {"rooms": [], "limit": 0}, 400, "M_BAD_JSON"),
+        ("/v1/user/nobody/redact", {"rooms": []}, 400, "M_INVALID_PARAM"),
+    ):
+        await call(client, admin, "POST", path, body, code, errcode)
+    await call(client, admin, "GET", "/v1/user/redact_status/unknown", None, 404, "M_NOT_FOUND")
+    assert alice

@@ -21,6 +21,7 @@ from homeserver.storage.schema.admin import (
     server_notice_rooms,
     user_ips,
     user_moderation,
+    user_redactions,
 )
 from homeserver.storage.schema.base import (
     UNSERVED_EVENTS,
@@ -97,6 +98,7 @@ __all__ = [
     "ratelimit_overrides",
     "room_delete_tasks",
     "server_notice_rooms",
+    "user_redactions",
     "user_ips",
     "user_moderation",
     "BigInt",

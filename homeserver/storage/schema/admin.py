@@ -79,6 +79,18 @@ media_moderation = sa.Table(
     sa.Column("safe_from_quarantine", sa.Boolean, nullable=False, default=False),
 )
 
+# Redactions of a user's events (POST /_synapse/admin/v1/user/{userId}/redact): run in the
+# background, their status read from any worker.
+user_redactions = sa.Table(
+    "user_redactions",
+    metadata,
+    sa.Column("redact_id", sa.Text, primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),  # scheduled, active, completed, failed
+    sa.Column("failed", sa.JSON, nullable=False),  # event ID -> why it was not redacted
+    sa.Column("created_ts", BigInt, nullable=False),
+)
+
 # Rooms nobody of this server may join (PUT /_synapse/admin/v1/rooms/{roomId}/block).
 blocked_rooms = sa.Table(
     "blocked_rooms",
