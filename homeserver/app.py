@@ -486,6 +486,7 @@ class Homeserver:
             unread=self.unread,
             direct=self.account_data,
             ignored=self.ignore_lists,
+            invite_permissions=self.account_data,
         )
         self.background_jobs.append(sliding_sync.run_expiry)
         return sliding_sync

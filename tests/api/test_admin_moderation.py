@@ -7,7 +7,7 @@ import httpx
 
 from homeserver.app import Homeserver
 from tests.api.admin_helpers import call, make_admin
-from tests.api.sliding_helpers import send
+from tests.api.sliding_helpers import ids, room_list, send, sliding
 from tests.helpers import DEFAULT_PASSWORD, auth_header, create_room, login, register
 
 V3 = "/_matrix/client/v3"
@@ -208,7 +208,11 @@ async def test_invites_of_a_blocking_user_are_not_synced(client: httpx.AsyncClie
         assert r.status_code == 200, r.text
         return set(r.json().get("rooms", {}).get("invite", {}))
 
-    assert await invites() == {room}
+    async def sliding_invites() -> set[str]:
+        found = await sliding(client, bob_token, {"lists": {"all": room_list()}})
+        return set(ids(found))
+
+    assert await invites() == {room} and await sliding_invites() == {room}
     for content, expected in (({"default_action": "block"}, set()), ({}, {room})):
         r = await client.put(
             f"{V3}/user/{bob}/account_data/m.invite_permission_config",
@@ -217,3 +221,4 @@ async def test_invites_of_a_blocking_user_are_not_synced(client: httpx.AsyncClie
         )
         assert r.status_code == 200
         assert await invites() == expected
+        assert await sliding_invites() == expected

@@ -72,14 +72,15 @@ def candidates(
     after: int | None,
     sent: Mapping[str, RoomStatus],
     ignored: frozenset[str] = frozenset(),
+    blocks_invites: bool = False,
 ) -> list[RoomListEntry]:
     """The memberships that list a room, newest activity first (spec, ignoring users: no
-    invites from them)."""
+    invites from them; invite permission: none for a user who blocks invites)."""
     found = []
     for e in entries:
         if e.stream_ordering > upto:
             continue  # committed after this response's position: the next one carries it
-        if e.membership == "invite" and e.sender in ignored:
+        if e.membership == "invite" and (blocks_invites or e.sender in ignored):
             continue
         if e.membership in LISTED or (
             after is not None

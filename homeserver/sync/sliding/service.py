@@ -13,6 +13,7 @@ from homeserver.core.clock import Clock
 from homeserver.core.ids import UserID
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
+from homeserver.rooms.membership import InvitePermissions
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.database import Database
@@ -67,7 +68,10 @@ class SlidingSyncService:
         unread: UnreadCounts,
         direct: DirectRooms,
         ignored: IgnoredUsers,
+        invite_permissions: InvitePermissions | None = None,
     ) -> None:
+        # spec v1.18, "Invite permission": a user who blocks invites is listed none.
+        self._invite_permissions = invite_permissions
         self._db = db
         self._store = store
         self._events = events
@@ -161,7 +165,12 @@ class SlidingSyncService:
         after = since.get(Stream.EVENTS) if since is not None else None
         entries = await self._room_lists.get(user_id, upto)
         ignored = await self._ignored.ignored_users(user_id)
-        listed = candidates(entries, upto, after, previous.rooms, ignored)
+        blocks_invites = (
+            self._invite_permissions is not None
+            and any(e.membership == "invite" for e in entries)
+            and await self._invite_permissions.blocks_invites(user_id)
+        )
+        listed = candidates(entries, upto, after, previous.rooms, ignored, blocks_invites)
         by_id: dict[str, RoomListEntry] = {e.room_id: e for e in listed}
         lists = await self._lists.compute(user_id, req.lists, listed)
 
