@@ -10,13 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.admin.rooms import (
-    ROOM_ORDERS,
-    AdminRooms,
-    DeleteRequest,
-    RedactRequest,
-    RoomQuery,
-)
+from homeserver.admin.room_tasks import AdminRoomTasks, DeleteRequest, RedactRequest
+from homeserver.admin.rooms import ROOM_ORDERS, AdminRooms, RoomQuery
 from homeserver.admin.users import AdminUsers
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import EventID, RoomID, UserID
@@ -42,11 +37,16 @@ MAX_TEXT_CHARS = 1000
 @dataclass(frozen=True, slots=True)
 class AdminRoomServices:
     rooms: AdminRooms
+    tasks: AdminRoomTasks
     users: AdminUsers
 
 
 def _rooms(request: Request) -> AdminRooms:
     return services_of(request, AdminRoomServices).rooms
+
+
+def _tasks(request: Request) -> AdminRoomTasks:
+    return services_of(request, AdminRoomServices).tasks
 
 
 def _room_id(request: Request) -> RoomID:
@@ -178,7 +178,7 @@ async def redact_user(request: Request) -> Response:
             rooms.append(RoomID.parse(room))
         except ValueError:
             raise MatrixError(Codes.INVALID_PARAM, f"Invalid room ID: {room}") from None
-    redact_id = await _rooms(request).redact_user_events(
+    redact_id = await _tasks(request).redact_user_events(
         requester,
         user_id,
         RedactRequest(
@@ -197,7 +197,7 @@ async def redact_status(request: Request) -> Response:
     """GET /_synapse/admin/v1/user/redact_status/{redactId}"""
     requester = await require_user(request)
     return json_response(
-        await _rooms(request).redaction_status(requester, request.path_params["redact_id"])
+        await _tasks(request).redaction_status(requester, request.path_params["redact_id"])
     )
 
 
@@ -271,7 +271,7 @@ async def delete_room(request: Request) -> Response:
             new_user = UserID.parse(body.new_room_user_id)
         except ValueError:
             raise MatrixError(Codes.INVALID_PARAM, "new_room_user_id is not a user ID") from None
-    delete_id = await _rooms(request).delete_room(
+    delete_id = await _tasks(request).delete_room(
         requester,
         room_id,
         DeleteRequest(
@@ -289,7 +289,7 @@ async def delete_room(request: Request) -> Response:
 async def room_delete_status(request: Request) -> Response:
     """GET /_synapse/admin/v2/rooms/{roomId}/delete_status"""
     requester = await require_user(request)
-    results = await _rooms(request).delete_statuses(requester, _room_id(request))
+    results = await _tasks(request).delete_statuses(requester, _room_id(request))
     return json_response({"results": results})
 
 
@@ -297,7 +297,7 @@ async def delete_status(request: Request) -> Response:
     """GET /_synapse/admin/v2/rooms/delete_status/{deleteId}"""
     requester = await require_user(request)
     return json_response(
-        await _rooms(request).delete_status(requester, request.path_params["delete_id"])
+        await _tasks(request).delete_status(requester, request.path_params["delete_id"])
     )
 
 

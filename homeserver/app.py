@@ -25,6 +25,7 @@ from homeserver.accounts.tokens import AuthService
 from homeserver.accounts.uia import UiaService
 from homeserver.accounts.user_directory import UserDirectoryService
 from homeserver.admin.media import AdminMedia
+from homeserver.admin.room_tasks import AdminRoomTasks
 from homeserver.admin.rooms import AdminRooms
 from homeserver.admin.server import AdminServer
 from homeserver.admin.sessions import SessionRecorder
@@ -578,8 +579,18 @@ class Homeserver:
             self.event_store,
             self.rooms,
             self.memberships,
-            self.room_creator,
             self.directory,
+            self.event_sender,
+            clock,
+            config.server_name,
+        )
+        self.admin_room_tasks = AdminRoomTasks(
+            AdminRoomStore(self.db),
+            self.admin_store,
+            self.room_store,
+            self.event_store,
+            self.memberships,
+            self.room_creator,
             self.event_sender,
             clock,
             config.server_name,

@@ -221,7 +221,7 @@ async def test_delete_with_purge_and_replacement_room(
         f"/v2/rooms/{room}",
         {"new_room_user_id": mod, "message": "Moved", "block": True},
     )
-    await hs.admin_rooms.wait_for_deletion(deleted["delete_id"])
+    await hs.admin_room_tasks.wait_for(deleted["delete_id"])
     status = await call(client, admin, "GET", f"/v2/rooms/delete_status/{deleted['delete_id']}")
     assert status["status"] == "complete", status
     shutdown = status["shutdown_room"]
@@ -266,7 +266,7 @@ async def test_interrupted_deletion_is_taken_over(
     await call(client, admin, "DELETE", f"/v2/rooms/{room}", {}, 400, "M_UNKNOWN")
     clock.advance(2 * 3600 * 1000)
     deleted = await call(client, admin, "DELETE", f"/v2/rooms/{room}", {})
-    await hs.admin_rooms.wait_for_deletion(deleted["delete_id"])
+    await hs.admin_room_tasks.wait_for(deleted["delete_id"])
     results = (await call(client, admin, "GET", f"/v2/rooms/{room}/delete_status"))["results"]
     assert [(r["delete_id"], r["status"]) for r in results] == [
         ("lost", "failed"),
@@ -281,7 +281,7 @@ async def test_delete_without_purge_and_bad_requests(
     alice, token = await register(client, "alice")
     room = await create_room(client, token)
     deleted = await call(client, admin, "DELETE", f"/v2/rooms/{room}", {"purge": False})
-    await hs.admin_rooms.wait_for_deletion(deleted["delete_id"])
+    await hs.admin_room_tasks.wait_for(deleted["delete_id"])
     status = await call(client, admin, "GET", f"/v2/rooms/delete_status/{deleted['delete_id']}")
     assert status["status"] == "complete" and status["shutdown_room"]["kicked_users"] == [alice]
     # Not purged: still listed, nobody in it.
@@ -395,7 +395,7 @@ async def test_redact_a_users_events(
         f"/v1/user/{bob}/redact",
         {"rooms": [first], "after_ts": cutoff, "reason": "spam"},
     )
-    await hs.admin_rooms.wait_for_deletion(started["redact_id"])
+    await hs.admin_room_tasks.wait_for(started["redact_id"])
     status = await call(client, admin, "GET", f"/v1/user/redact_status/{started['redact_id']}")
     assert status == {"status": "completed", "failed_redactions": {}}
     for event_id in spam:
@@ -405,7 +405,7 @@ async def test_redact_a_users_events(
     assert (await content_of(first, hers))["body"] == "not spam"
     # Every room: the rest goes; joins and other state stay.
     everything = await call(client, admin, "POST", f"/v1/user/{bob}/redact", {"rooms": []})
-    await hs.admin_rooms.wait_for_deletion(everything["redact_id"])
+    await hs.admin_room_tasks.wait_for(everything["redact_id"])
     assert (await call(client, admin, "GET", f"/v1/user/redact_status/{everything['redact_id']}"))[
         "status"
     ] == "completed"
@@ -417,7 +417,7 @@ async def test_redact_a_users_events(
     by_admin = await call(
         client, admin, "POST", f"/v1/user/{bob}/redact", {"rooms": [second], "use_admin": True}
     )
-    await hs.admin_rooms.wait_for_deletion(by_admin["redact_id"])
+    await hs.admin_room_tasks.wait_for(by_admin["redact_id"])
     status = await call(client, admin, "GET", f"/v1/user/redact_status/{by_admin['redact_id']}")
     assert status["status"] == "completed" and set(status["failed_redactions"]) == {late}
     for path, body, code, errcode in (
