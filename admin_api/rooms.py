@@ -261,7 +261,7 @@ class DeleteBody(RequestBody):
 
 
 async def delete_room(request: Request) -> Response:
-    """DELETE /_synapse/admin/v2/rooms/{roomId}"""
+    """DELETE /_synapse/admin/v2/rooms/{roomId}; v1: the same, answered once done"""
     requester = await require_user(request)
     room_id = _room_id(request)
     body = await parse_body(request, DeleteBody, empty_ok=True)
@@ -283,6 +283,11 @@ async def delete_room(request: Request) -> Response:
             force_purge=body.force_purge,
         ),
     )
+    if request.url.path.startswith("/_synapse/admin/v1/"):
+        status = await _tasks(request).finish(requester, delete_id)
+        if status["status"] != "complete":
+            raise MatrixError(Codes.UNKNOWN, status["error"] or "The deletion failed", status=400)
+        return json_response(status["shutdown_room"])
     return json_response({"delete_id": delete_id})
 
 
@@ -315,5 +320,6 @@ routes = [
     Route("/v1/user/redact_status/{redact_id}", redact_status, methods=["GET"]),
     Route("/v1/user/{user_id}/redact", redact_user, methods=["POST"]),
     Route("/v2/rooms/{room_id}", delete_room, methods=["DELETE"]),
+    Route("/v1/rooms/{room_id}", delete_room, methods=["DELETE"]),
     Route("/v2/rooms/{room_id}/delete_status", room_delete_status, methods=["GET"]),
 ]

@@ -125,6 +125,12 @@ class AdminRoomTasks:
         self._tasks[delete_id].add_done_callback(lambda _: self._tasks.pop(delete_id, None))
         return delete_id
 
+    async def finish(self, requester: Requester, delete_id: str) -> JsonDict:
+        """Wait for a deletion this worker started, then its status (the v1 API, which
+        answers once the deletion is over)."""
+        await self.wait_for(delete_id)
+        return await self.delete_status(requester, delete_id)
+
     async def wait_for(self, task_id: str) -> None:
         """Until a deletion or redaction this worker runs is over (tests, shut-down)."""
         task = self._tasks.get(task_id)

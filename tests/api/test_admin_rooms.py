@@ -286,6 +286,12 @@ async def test_delete_without_purge_and_bad_requests(
     assert status["status"] == "complete" and status["shutdown_room"]["kicked_users"] == [alice]
     # Not purged: still listed, nobody in it.
     assert (await call(client, admin, "GET", f"/v1/rooms/{room}"))["joined_members"] == 0
+    # v1 answers once done, with what v2's status holds.
+    other = await create_room(client, token)
+    done = await call(client, admin, "DELETE", f"/v1/rooms/{other}", {"block": True})
+    assert done["kicked_users"] == [alice] and done["new_room_id"] is None
+    await call(client, admin, "GET", f"/v1/rooms/{other}", None, 404, "M_NOT_FOUND")
+    await call(client, admin, "DELETE", f"/v1/rooms/{other}", {}, 404, "M_NOT_FOUND")
     # An unknown room can only be blocked ahead.
     ahead = await call(client, admin, "DELETE", "/v2/rooms/!unknown:test", {"block": True})
     status = await call(client, admin, "GET", f"/v2/rooms/delete_status/{ahead['delete_id']}")
