@@ -23,6 +23,7 @@ async def test_non_admins_are_refused(client: httpx.AsyncClient) -> None:
         token,
         [
             ("GET", "/v2/users", None),
+            ("GET", "/v3/users", None),
             ("GET", f"/v2/users/{bob}", None),
             ("PUT", "/v2/users/@new:test", {"password": "long enough password"}),
             ("POST", f"/v1/deactivate/{bob}", {}),
@@ -46,9 +47,17 @@ async def test_non_admins_are_refused(client: httpx.AsyncClient) -> None:
             ("GET", "/v1/username_available?username=free", None),
         ],
     )
-    for method, path in (("GET", f"/v1/admin/lock/{bob}"), ("GET", f"/v1/admin/suspend/{bob}")):
-        r = await client.request(method, "/_matrix/client" + path, headers=auth_header(token))
-        assert (r.status_code, r.json()["errcode"]) == (403, "M_FORBIDDEN")
+    for method, path, body in (
+        ("GET", f"/v1/admin/lock/{bob}", None),
+        ("PUT", f"/v1/admin/lock/{bob}", {"locked": False}),
+        ("GET", f"/v1/admin/suspend/{bob}", None),
+        ("PUT", f"/v1/admin/suspend/{bob}", {"suspended": False}),
+        ("GET", f"/v3/admin/whois/{bob}", None),
+    ):
+        r = await client.request(
+            method, "/_matrix/client" + path, headers=auth_header(token), json=body
+        )
+        assert (r.status_code, r.json()["errcode"]) == (403, "M_FORBIDDEN"), path
 
 
 async def test_list_users_filters_orders_and_pages(
