@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from homeserver.admin.shared_secret import SharedSecretRegistration
 from homeserver.admin.users import AdminUsers, UserChanges
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID
@@ -33,6 +34,7 @@ MAX_TEXT_CHARS = 1000  # display names, addresses, passwords have their own, tig
 @dataclass(frozen=True, slots=True)
 class AdminUserServices:
     users: AdminUsers
+    shared_secret: SharedSecretRegistration
 
 
 def _users(request: Request) -> AdminUsers:
@@ -352,6 +354,43 @@ async def account_data(request: Request) -> Response:
     return json_response(await _users(request).account_data(requester, _user_id(request)))
 
 
+class SharedSecretBody(RequestBody):
+    nonce: str = Field(max_length=MAX_TEXT_CHARS)
+    username: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    password: str = Field(max_length=MAX_TEXT_CHARS)
+    admin: bool = False
+    user_type: str | None = Field(default=None, max_length=64)
+    displayname: str | None = Field(default=None, max_length=256)
+    mac: str = Field(max_length=128)
+
+
+async def shared_secret_register(request: Request) -> Response:
+    """GET and POST /_synapse/admin/v1/register (no access token: the shared secret)"""
+    registration = services_of(request, AdminUserServices).shared_secret
+    if request.method == "GET":
+        return json_response({"nonce": registration.new_nonce()})
+    body = await parse_body(request, SharedSecretBody)
+    client = request.client
+    session = await registration.register(
+        body.nonce,
+        body.username,
+        body.password,
+        body.admin,
+        body.user_type,
+        body.displayname,
+        body.mac,
+        client.host if client is not None else None,
+    )
+    return json_response(
+        {
+            "user_id": session.user_id,
+            "access_token": session.access_token,
+            "device_id": session.device_id,
+            "home_server": session.user_id.server_name,
+        }
+    )
+
+
 async def memberships(request: Request) -> Response:
     """GET /_synapse/admin/v1/users/{userId}/memberships"""
     requester = await require_user(request)
@@ -427,6 +466,7 @@ routes = [
     Route("/v1/users/{user_id}/accountdata", account_data, methods=["GET"]),
     Route("/v1/username_available", username_available, methods=["GET"]),
     Route("/v1/users/{user_id}/memberships", memberships, methods=["GET"]),
+    Route("/v1/register", shared_secret_register, methods=["GET", "POST"]),
     Route("/v1/users/{user_id}/pushers", pushers, methods=["GET"]),
     Route("/v1/users/{user_id}/admin", user_admin, methods=["GET", "PUT"]),
     Route("/v1/threepid/{medium}/users/{address}", threepid_user, methods=["GET"]),

@@ -29,6 +29,7 @@ from homeserver.admin.room_tasks import AdminRoomTasks
 from homeserver.admin.rooms import AdminRooms
 from homeserver.admin.server import AdminServer
 from homeserver.admin.sessions import SessionRecorder
+from homeserver.admin.shared_secret import SharedSecretRegistration
 from homeserver.admin.users import AdminUsers
 from homeserver.core.clock import Clock
 from homeserver.core.config import HomeserverConfig
@@ -572,6 +573,13 @@ class Homeserver:
             self.pushers,
         )
         self.background_jobs.append(self.admin_users.run_overrides_refresh)
+        self.shared_secret_registration = SharedSecretRegistration(
+            config.registration.shared_secret,
+            self.accounts,
+            self.admin_store,
+            clock,
+            config.server_name,
+        )
         self.admin_rooms = AdminRooms(
             AdminRoomStore(self.db),
             self.admin_store,

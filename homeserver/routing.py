@@ -71,7 +71,7 @@ def route_services(hs: Homeserver) -> list[object]:
     config = hs.config
     return [
         EdgeServices(hs.auth, config.limits.max_request_body_bytes, hs.session_recorder),
-        admin_users.AdminUserServices(hs.admin_users),
+        admin_users.AdminUserServices(hs.admin_users, hs.shared_secret_registration),
         admin_rooms.AdminRoomServices(hs.admin_rooms, hs.admin_room_tasks, hs.admin_users),
         admin_server.AdminServerServices(hs.admin_server, hs.admin_users),
         admin_media.AdminMediaServices(hs.admin_media, hs.admin_users),

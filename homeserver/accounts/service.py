@@ -461,6 +461,12 @@ class AccountService:
             logger.info("user registered by an administrator", extra={"user_id": user_id})
         return created
 
+    async def open_session(self, user_id: UserID, client_ip: str | None) -> Session:
+        """A new device and access token for the user (the admin API's registration)."""
+        return await self._start_session(
+            user_id, None, None, refreshable=False, client_ip=client_ip
+        )
+
     async def user_exists(self, user_id: UserID) -> bool:
         return await self._store.get_user(user_id) is not None
 

@@ -60,6 +60,9 @@ class RegistrationConfig(Section):
     require_token: bool = False  # with enabled: every registration needs a registration token
     tokens: tuple[str, ...] = ()  # static registration tokens, usable without limit
     min_password_length: int = Field(default=8, ge=1)
+    # The admin API's shared-secret registration (/_synapse/admin/v1/register): whoever
+    # knows it can create accounts, administrators too. None: that endpoint is off.
+    shared_secret: str | None = Field(default=None, min_length=16)
 
 
 class RateLimit(Section):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from pathlib import Path
 from urllib.parse import quote
 
@@ -551,3 +553,78 @@ async def _memberships_pushers_admin_flag_and_threepid_lookup(
     await call(
         client, admin, "GET", "/v1/threepid/email/users/no@example.org", None, 404, "M_NOT_FOUND"
     )
+
+
+def _mac(secret: str, nonce: str, user: str, password: str, admin: bool, kind: str = "") -> str:
+    parts = [nonce, user, password, "admin" if admin else "notadmin"] + ([kind] if kind else [])
+    return hmac.new(secret.encode(), "\0".join(parts).encode(), hashlib.sha1).hexdigest()
+
+
+async def test_shared_secret_registration(tmp_path: Path, db_url: str, clock: FakeClock) -> None:
+    secret = "a very long shared secret"
+    config = make_config(tmp_path, db_url, registration={"enabled": False, "shared_secret": secret})
+    async with serve(config, clock) as (_, client):
+        path = "/_synapse/admin/v1/register"
+        nonce = (await client.get(path)).json()["nonce"]
+        body = {
+            "nonce": nonce,
+            "username": "boss",
+            "password": "boss password",
+            "admin": True,
+            "displayname": "The Boss",
+            "mac": _mac(secret, nonce, "boss", "boss password", True),
+        }
+        r = await client.post(path, json=body)
+        assert r.status_code == 200, r.text
+        made = r.json()
+        assert made["user_id"] == "@boss:test" and made["home_server"] == "test"
+        # The new administrator's token works at once, on the admin API too.
+        got = await call(client, made["access_token"], "GET", "/v2/users/@boss:test")
+        assert got["admin"] is True and got["displayname"] == "The Boss"
+        bot_mac = _mac(secret, nonce, "helper", "bot password", False, "bot")
+        r = await client.post(
+            path,
+            json={
+                "nonce": nonce,
+                "username": "helper",
+                "password": "bot password",
+                "user_type": "bot",
+                "mac": bot_mac,
+            },
+        )
+        assert r.status_code == 200, r.text
+        got = await call(client, made["access_token"], "GET", "/v2/users/@helper:test")
+        assert got["user_type"] == "bot" and got["admin"] is False
+        for changes, status, errcode in (
+            ({"mac": "0" * 40}, 403, "M_FORBIDDEN"),
+            ({"admin": False}, 403, "M_FORBIDDEN"),  # the MAC covers it
+            ({"nonce": "1.2.3"}, 400, "M_UNKNOWN"),
+            ({"mac": _mac(secret, nonce, "boss", "boss password", True)}, 400, "M_USER_IN_USE"),
+            ({"username": 5}, 400, "M_BAD_JSON"),
+            ({"mac": None}, 400, "M_BAD_JSON"),
+        ):
+            r = await client.post(path, json={**body, **changes})
+            assert (r.status_code, r.json()["errcode"]) == (status, errcode), (changes, r.text)
+        r = await client.post(path, json={"nonce": nonce})
+        assert (r.status_code, r.json()["errcode"]) == (400, "M_MISSING_PARAM")
+        bad_name = {
+            **body,
+            "username": "no way",
+            "mac": _mac(secret, nonce, "no way", "boss password", True),
+        }
+        r = await client.post(path, json=bad_name)
+        assert (r.status_code, r.json()["errcode"]) == (400, "M_INVALID_USERNAME")
+        # A nonce lasts a minute.
+        clock.advance(61_000)
+        late = {
+            **body,
+            "username": "late",
+            "mac": _mac(secret, nonce, "late", "boss password", True),
+        }
+        r = await client.post(path, json=late)
+        assert (r.status_code, r.json()["errcode"]) == (400, "M_UNKNOWN")
+
+
+async def test_shared_secret_registration_is_off_by_default(client: httpx.AsyncClient) -> None:
+    r = await client.get("/_synapse/admin/v1/register")
+    assert (r.status_code, r.json()["errcode"]) == (400, "M_UNKNOWN")
