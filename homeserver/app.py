@@ -24,6 +24,10 @@ from homeserver.accounts.threepids import ThreepidService
 from homeserver.accounts.tokens import AuthService
 from homeserver.accounts.uia import UiaService
 from homeserver.accounts.user_directory import UserDirectoryService
+from homeserver.appservice.client import AppServiceClient
+from homeserver.appservice.registration import AppServices, load_registrations
+from homeserver.appservice.sender import AppServiceSender
+from homeserver.appservice.service import AppServiceQueries
 from homeserver.core.clock import Clock
 from homeserver.core.config import HomeserverConfig
 from homeserver.core.ratelimit import RateLimiter
@@ -74,6 +78,7 @@ from homeserver.rooms.upgrade import RoomUpgrader
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
+from homeserver.storage.appservice import AppServiceStore
 from homeserver.storage.database import Database
 from homeserver.storage.delayed_events import DelayedEventStore
 from homeserver.storage.device_lists import DeviceListStore
@@ -156,6 +161,7 @@ class Homeserver:
         self.notifier = Notifier(self.bus)
         self.ratelimiter = RateLimiter(config.rate_limits, clock)
         self._build_stores(db)
+        self._build_appservices(config, db, clock)
         # Server identity, discovery, signed requests both ways (issue 18): built first, as
         # the services that answer about remote users ask through it.
         self._build_federation(config, signing_key, clock, server_resolver)
@@ -217,6 +223,31 @@ class Homeserver:
         self.receipt_store = ReceiptStore(db)
         self.threepid_store = ThreepidStore(db)
         self.server_key_store = ServerKeyStore(db)
+
+    def _build_appservices(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
+        """Application services (issue 22): their registrations, the client that reaches
+        them, the queries clients' requests make of them, and the transaction sender."""
+        self.appservices = AppServices(
+            load_registrations(config.app_service_config_files, config.server_name)
+        )
+        # The operator wrote these URLs: they may be on loopback or a private network,
+        # where bridges run (docs/appservices.md); still one transport, deadline and limit.
+        appservice_outbound = Outbound(AddressPolicy(("0.0.0.0/0", "::/0")))
+        timeout_s = config.appservice.request_timeout_ms / 1000
+        self.appservice_client = AppServiceClient(appservice_outbound, timeout_s=timeout_s)
+        self.appservice_queries = AppServiceQueries(
+            self.appservices, self.appservice_client, self.account_store
+        )
+        self.appservice_sender = AppServiceSender(
+            db,
+            AppServiceStore(db),
+            self.appservices,
+            AppServiceClient(appservice_outbound, timeout_s=timeout_s),
+            clock,
+            self.bus,
+            config.appservice,
+        )
+        self.background_jobs.append(self.appservice_sender.run)
 
     def _build_federation(
         self,
@@ -301,12 +332,18 @@ class Homeserver:
         )
         self.visibility = Visibility(self.event_store, self.room_store)
         self.memberships = MembershipService(
-            self.event_sender, self.room_store, server_name, self.account_store
+            # Unknown users in an application service's namespace are asked of it.
+            self.event_sender,
+            self.room_store,
+            server_name,
+            self.appservice_queries,
         )
         self.profiles = ProfileService(
             self.account_store, server_name, self.memberships, self.remote_queries
         )
-        self.directory = DirectoryService(self.room_store, self.event_store, server_name)
+        self.directory = DirectoryService(
+            self.room_store, self.event_store, server_name, self.appservice_queries
+        )
         self.room_summaries = RoomSummaryService(self.event_store, self.room_store, self.directory)
         self.reports = ReportService(
             ReportStore(self.db),
@@ -371,7 +408,7 @@ class Homeserver:
         AccountService comes later (``_build_account_service``), after everything an
         account's deletion reaches."""
         server_name = config.server_name
-        self.auth = AuthService(self.account_store, clock, config.auth)
+        self.auth = AuthService(self.account_store, clock, config.auth, self.appservices)
         self.email_validation = EmailValidation(
             self.threepid_store, self.ratelimiter, clock, config.email, config.base_url
         )
@@ -490,6 +527,7 @@ class Homeserver:
             # Deleted devices take their to-device messages, keys, pushers and sliding sync
             # connections with them.
             device_data=(self.to_device, self.e2e_keys, self.pushers, self.sliding_sync),
+            appservices=self.appservices,
         )
 
     def _build_push_delivery(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:

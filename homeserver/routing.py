@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Mount
 from client_api import (
     account,
     account_data,
+    appservice,
     delayed_events,
     devices,
     directory,
@@ -31,6 +32,7 @@ from client_api import (
     rooms,
     sliding_sync,
     sync,
+    thirdparty,
     threepids,
     to_device,
     typing_notifications,
@@ -83,6 +85,8 @@ def route_services(hs: Homeserver) -> list[object]:
         receipts.ReceiptServices(hs.receipts),
         relations.RelationServices(hs.relations),
         reports.ReportServices(hs.reports),
+        appservice.AppServiceServices(hs.appservice_queries),
+        thirdparty.ThirdPartyServices(hs.appservice_queries),
         room_summary.RoomSummaryServices(hs.room_summaries),
         rooms.RoomServices(
             hs.rooms,

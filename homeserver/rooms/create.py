@@ -87,7 +87,7 @@ class RoomCreator:
         alias: RoomAlias | None = None
         if req.room_alias_name is not None:
             alias = self._directory.local_alias(req.room_alias_name)
-            await self._directory.check_alias_free(alias)
+            await self._directory.check_alias_free(alias, requester)
         for state in req.initial_state:
             _check_initial_state(state)
 

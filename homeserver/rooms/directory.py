@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from homeserver.appservice.service import AppServiceQueries
 from homeserver.core import jsonutil
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import (
@@ -31,10 +32,18 @@ _DIRECTORY_STATE = (
 
 
 class DirectoryService:
-    def __init__(self, rooms: RoomStore, events: EventStore, server_name: str) -> None:
+    def __init__(
+        self,
+        rooms: RoomStore,
+        events: EventStore,
+        server_name: str,
+        appservices: AppServiceQueries | None = None,
+    ) -> None:
         self._rooms = rooms
         self._events = events
         self._server_name = server_name
+        # Aliases in application services' namespaces: reserved, and asked of them if unknown.
+        self._appservices = appservices
 
     def local_alias(self, localpart: str) -> RoomAlias:
         if "#" in localpart or not is_valid_new_alias_localpart(localpart):
@@ -44,7 +53,9 @@ class DirectoryService:
             raise MatrixError(Codes.INVALID_PARAM, "Room alias is too long")
         return RoomAlias.parse(alias)
 
-    async def check_alias_free(self, alias: RoomAlias) -> None:
+    async def check_alias_free(self, alias: RoomAlias, requester: Requester | None = None) -> None:
+        if requester is not None and self._appservices is not None:
+            self._appservices.check_alias_allowed(requester, alias)
         if await self._rooms.get_alias(alias) is not None:
             raise MatrixError(Codes.ROOM_IN_USE, "Room alias already taken")
 
@@ -55,6 +66,8 @@ class DirectoryService:
             raise MatrixError(Codes.INVALID_PARAM, "Aliases must be on this server")
         if not is_valid_new_alias_localpart(alias.localpart):
             raise MatrixError(Codes.INVALID_PARAM, "Invalid room alias name")
+        if self._appservices is not None:
+            self._appservices.check_alias_allowed(requester, alias)
         if await self._rooms.get_room(room_id) is None:
             raise MatrixError(Codes.NOT_FOUND, "Unknown room")
         if check_power:
@@ -67,6 +80,14 @@ class DirectoryService:
 
     async def resolve_alias(self, alias: RoomAlias) -> tuple[str, list[str]]:
         found = await self._rooms.get_alias(alias)
+        if (
+            found is None
+            and self._appservices is not None
+            and alias.server_name == self._server_name
+            and await self._appservices.query_alias(alias)
+        ):
+            # spec: a service that answers 200 has created the room and its alias.
+            found = await self._rooms.get_alias(alias)
         if found is None:
             raise MatrixError(Codes.NOT_FOUND, f"Room alias {alias} not found")
         return found[0], [self._server_name]

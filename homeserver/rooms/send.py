@@ -60,7 +60,9 @@ class SendService:
     ) -> EventID:
         """PUT /rooms/{roomId}/send/{eventType}/{txnId}: idempotent per device and
         transaction ID; rate-limited; the sender is active."""
-        self._ratelimiter.check(Action.MESSAGE, requester.user_id)
+        self._ratelimiter.check(
+            Action.MESSAGE, requester.user_id, exempt=not requester.rate_limited
+        )
         event_id = await self.send_scheduled(requester, room_id, event_type, txn_id, content)
         await self._activity.bump_active(requester.user_id)
         return event_id
