@@ -134,6 +134,8 @@ def parse_registration(data: Any, server_name: str, source: str) -> AppService:
     as_token = _string(data, "as_token", source)
     hs_token = _string(data, "hs_token", source)
     localpart = _string(data, "sender_localpart", source)
+    if as_token == hs_token:
+        raise _fail(source, "as_token and hs_token must differ")
     # 'url' must be given, as a URL or as null: a missing one is more likely a mistake than a
     # wish to receive nothing (Synapse asks the same).
     if "url" not in data:

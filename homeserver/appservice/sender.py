@@ -38,7 +38,9 @@ from homeserver.wakeups.bus import Bus, Wakeup
 
 logger = logging.getLogger(__name__)
 
-LEASE_MS = 5 * 60 * 1000  # a worker that dies sending for a service frees it after this
+# A worker that dies sending for a service frees it after this plus the request timeout (a
+# round renews the lease as it starts, and lasts at most about one request).
+LEASE_MS = 60 * 1000
 EPHEMERAL_STREAMS = frozenset({Stream.RECEIPTS, Stream.TYPING, Stream.PRESENCE})
 # After a wake-up, what happens in the next moment joins the same transaction.
 GATHER_S = 0.02
@@ -107,6 +109,16 @@ class AppServiceSender:
             await self._client.aclose()
 
     async def _serve(self, service: AppService) -> None:
+        try:
+            await self._serve_forever(service)
+        finally:
+            # Stopping (a restart): the next process takes the service over at once.
+            try:
+                await self._store.release(service.id, self._worker)
+            except Exception:
+                logger.exception("application service lease not released")
+
+    async def _serve_forever(self, service: AppService) -> None:
         wake = self._wake[service.id]
         while True:
             wake.clear()
@@ -135,7 +147,8 @@ class AppServiceSender:
         async with self._locks[service_id]:
             now = self._clock.now_ms()
             state = await self._store.get_state(service_id)
-            if not await self._store.claim(service_id, self._worker, now, LEASE_MS):
+            lease_ms = LEASE_MS + self._config.request_timeout_ms
+            if not await self._store.claim(service_id, self._worker, now, lease_ms):
                 return self._config.poll_interval_ms
             txn = await self._store.get_first_txn(service_id)
             if txn is not None and state.next_attempt_ts > now:
