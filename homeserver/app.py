@@ -339,7 +339,11 @@ class Homeserver:
             self.appservice_queries,
         )
         self.profiles = ProfileService(
-            self.account_store, server_name, self.memberships, self.remote_queries
+            self.account_store,
+            server_name,
+            self.memberships,
+            self.remote_queries,
+            local=self.appservice_queries,
         )
         self.directory = DirectoryService(
             self.room_store, self.event_store, server_name, self.appservice_queries

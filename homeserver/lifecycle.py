@@ -60,6 +60,7 @@ async def running_homeserver(
         )
         # Application services' senders exist as users before their first request.
         await hs.accounts.ensure_app_service_senders()
+        await hs.appservice_sender.prepare()
         # Plain tasks, not a task group: the caller may leave this context from another task
         # than the one that entered it (test fixtures, lifespans).
         tasks = [asyncio.create_task(_run_forever(job)) for job in hs.background_jobs]

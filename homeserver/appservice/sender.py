@@ -95,6 +95,12 @@ class AppServiceSender:
             for event in self._wake.values():
                 event.set()
 
+    async def prepare(self) -> None:
+        """At start-up: a service seen for the first time starts at the current positions,
+        before any request is served (nothing that happens from then on is missed)."""
+        for service in self._services:
+            await self._store.get_state(service.id)
+
     # --- the job -------------------------------------------------------------------------------
 
     async def run(self) -> None:

@@ -481,6 +481,17 @@ async def test_an_unknown_user_of_the_namespace_is_asked_of_the_service(
     )
     checked(r, 400, "M_INVALID_PARAM", documented=False)
     assert fake.user_queries == ["@bridge_new:test", "@bridge_ghost:test"]
+    # A profile lookup asks too.
+    r = await client.get(
+        "/_matrix/client/v3/profile/@bridge_ghost:test", headers=auth_header(token)
+    )
+    checked(r, 404, "M_NOT_FOUND")
+    fake.on_user = create_user
+    r = await client.get(
+        "/_matrix/client/v3/profile/@bridge_shown:test", headers=auth_header(token)
+    )
+    assert checked(r)["displayname"] == "bridge_shown"
+    assert fake.user_queries[-2:] == ["@bridge_ghost:test", "@bridge_shown:test"]
 
 
 async def test_an_unknown_alias_of_the_namespace_is_asked_of_the_service(
