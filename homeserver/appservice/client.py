@@ -21,6 +21,7 @@ import orjson
 
 from homeserver.appservice.registration import AppService
 from homeserver.core.json_limits import loads_limited
+from homeserver.core.pool_guard import before_waiting
 from homeserver.net.outbound import Outbound, OutboundError, Reason
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class AppServiceClient:
         headers = {"Authorization": f"Bearer {service.hs_token}"}
         if content is not None:
             headers["Content-Type"] = "application/json"
+        # A request's pinned database reads let their connection go while the service thinks.
+        await before_waiting("an application service")
         started = time.monotonic()
         try:
             response = await self._http.request(

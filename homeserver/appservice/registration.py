@@ -24,11 +24,9 @@ from homeserver.core.ids import MAX_ID_BYTES, UserID, is_valid_new_localpart
 NAMESPACE_KINDS = ("users", "aliases", "rooms")
 # MSC2409's name for receive_ephemeral, still written by bridges made before spec v1.13.
 UNSTABLE_EPHEMERAL = "de.sorunome.msc2409.push_ephemeral"
-# MSC3202: device masquerading (and, in Synapse, device-list and key-count extensions).
+# MSC3202's opt-in to device-list and key-count extensions: read, not acted on (device
+# masquerading works for every service).
 MSC3202 = "org.matrix.msc3202"
-# MSC4203 (to-device messages in transactions); Synapse's key for the opt-in.
-UNSTABLE_TO_DEVICE = "org.matrix.msc2409.push_to_device"
-# Services that speak MSC4190 manage their devices without UIA; not supported here.
 
 
 class RegistrationError(ConfigError):
@@ -59,8 +57,7 @@ class AppService:
     rooms: tuple[Namespace, ...] = ()
     rate_limited: bool = True
     receive_ephemeral: bool = False
-    receive_to_device: bool = False
-    device_masquerading: bool = False
+    msc3202: bool = False  # asked for MSC3202's transaction extensions (not sent)
     protocols: tuple[str, ...] = ()
     source: str = field(default="", compare=False)
 
@@ -176,9 +173,7 @@ def parse_registration(data: Any, server_name: str, source: str) -> AppService:
         rooms=_namespaces(namespaces.get("rooms"), "rooms", source),
         rate_limited=rate_limited,
         receive_ephemeral=ephemeral,
-        receive_to_device=_flag(data, "receive_to_device", source, False)
-        or _flag(data, UNSTABLE_TO_DEVICE, source, False),
-        device_masquerading=_flag(data, MSC3202, source, False),
+        msc3202=_flag(data, MSC3202, source, False),
         protocols=tuple(protocols),
         source=source,
     )

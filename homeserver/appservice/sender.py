@@ -45,6 +45,7 @@ EPHEMERAL_STREAMS = frozenset({Stream.RECEIPTS, Stream.TYPING, Stream.PRESENCE})
 # After a wake-up, what happens in the next moment joins the same transaction.
 GATHER_S = 0.02
 UNSTABLE_EPHEMERAL_KEY = "de.sorunome.msc2409.ephemeral"
+UNSTABLE_TO_DEVICE_KEY = "de.sorunome.msc2409.to_device"
 
 
 def backoff_ms(attempts: int, config: AppServiceConfig) -> int:
@@ -187,36 +188,38 @@ class AppServiceSender:
         upto = positions.get(Stream.EVENTS, 0)
         new_events = await self._store.get_events(seen.events, upto, limit)
         events_to = upto if len(new_events) < limit else new_events[-1].stream_ordering
-        to = Cursors(max(seen.events, events_to), seen.receipts, seen.typing, seen.presence)
-        if service.receive_ephemeral:
-            to = Cursors(
-                to.events,
-                max(seen.receipts, positions.get(Stream.RECEIPTS, 0)),
-                max(seen.typing, positions.get(Stream.TYPING, 0)),
-                max(seen.presence, positions.get(Stream.PRESENCE, 0)),
-            )
-        else:
-            # Not asked for: skipped, so that turning receive_ephemeral on later does not
-            # send the history of receipts and typing.
-            to = Cursors(
-                to.events,
-                positions.get(Stream.RECEIPTS, 0),
-                positions.get(Stream.TYPING, 0),
-                positions.get(Stream.PRESENCE, 0),
-            )
+        ephemeral_to = (
+            positions.get(Stream.RECEIPTS, 0),
+            positions.get(Stream.TYPING, 0),
+            positions.get(Stream.PRESENCE, 0),
+        )
+        # What the service did not ask for is skipped (its cursor follows the stream), so
+        # that opting in later does not send the history.
+        to = Cursors(
+            max(seen.events, events_to),
+            max(seen.receipts, ephemeral_to[0]),
+            max(seen.typing, ephemeral_to[1]),
+            max(seen.presence, ephemeral_to[2]),
+            max(seen.to_device, positions.get(Stream.TO_DEVICE, 0)),
+        )
         if to == seen:
             return None
         events = await self._events_for(service, new_events)
-        ephemeral = (
-            await self._ephemeral_for(service, seen, to) if service.receive_ephemeral else []
-        )
+        ephemeral: list[JsonDict] = []
+        if service.receive_ephemeral:
+            ephemeral = await self._ephemeral_for(service, seen, to)
+        to_device: list[JsonDict] = []
+        if service.receive_ephemeral and self._config.to_device_messages:
+            to_device = await self._to_device_for(service, seen, to)
         body: str | None = None
-        if events or ephemeral:
+        if events or ephemeral or to_device:
             payload: JsonDict = {"events": events}
             if ephemeral:
                 # spec v1.13 names it "ephemeral"; bridges made before read MSC2409's name.
                 payload["ephemeral"] = ephemeral
                 payload[UNSTABLE_EPHEMERAL_KEY] = ephemeral
+            if to_device:
+                payload[UNSTABLE_TO_DEVICE_KEY] = to_device  # MSC4203, not in the spec yet
             body = orjson.dumps(payload).decode()
         return await self._store.advance(service.id, seen, to, body, self._clock.now_ms())
 
@@ -293,6 +296,24 @@ class AppServiceSender:
                     status["status_msg"] = p.status_msg
                 out.append({"type": "m.presence", "sender": p.user_id, "content": status})
         return out
+
+    async def _to_device_for(
+        self, service: AppService, seen: Cursors, to: Cursors
+    ) -> list[JsonDict]:
+        """To-device messages for the devices of the service's users (MSC4203): each names
+        the user and device it is for, as one transaction carries many users'."""
+        rows = await self._store.get_to_device(seen.to_device, to.to_device)
+        return [
+            {
+                "type": r.type,
+                "sender": r.sender,
+                "content": r.content,
+                "to_user_id": r.user_id,
+                "to_device_id": r.device_id,
+            }
+            for r in rows
+            if service.is_user_in_namespace(r.user_id)
+        ]
 
     # --- for tests and operators ----------------------------------------------------------------
 

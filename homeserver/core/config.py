@@ -341,6 +341,9 @@ class AppServiceConfig(Section):
     request_timeout_ms: int = Field(default=30_000, ge=100)  # a transaction or a query
     poll_interval_ms: int = Field(default=5_000, ge=10)  # besides wake-ups
     max_events_per_transaction: int = Field(default=100, ge=1, le=1000)
+    # MSC4203 (not in the spec yet): services with receive_ephemeral also get the to-device
+    # messages of their users' devices, as Synapse's msc2409_to_device_messages_enabled.
+    to_device_messages: bool = False
 
 
 class HomeserverConfig(BaseModel):

@@ -16,6 +16,7 @@ from homeserver.storage.events.model import EVENT_COLUMNS, StoredEvent, to_event
 from homeserver.storage.schema import (
     appservice_state,
     appservice_txns,
+    device_inbox,
     events,
     presence,
     receipts,
@@ -35,6 +36,7 @@ class Cursors:
     receipts: int
     typing: int
     presence: int
+    to_device: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,15 @@ class ReceiptRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ToDeviceRow:
+    user_id: str
+    device_id: str
+    sender: str
+    type: str
+    content: Any
+
+
+@dataclass(frozen=True, slots=True)
 class PresenceRow:
     user_id: str
     state: str
@@ -81,6 +92,7 @@ def _state(r: Any) -> ServiceState:
             int(r.receipts_cursor),
             int(r.typing_cursor),
             int(r.presence_cursor),
+            int(r.to_device_cursor),
         ),
         int(r.last_txn_id),
         int(r.attempts),
@@ -116,6 +128,7 @@ class AppServiceStore:
                         "receipts_cursor": positions.get(Stream.RECEIPTS, 0),
                         "typing_cursor": positions.get(Stream.TYPING, 0),
                         "presence_cursor": positions.get(Stream.PRESENCE, 0),
+                        "to_device_cursor": positions.get(Stream.TO_DEVICE, 0),
                         "last_txn_id": 0,
                         "attempts": 0,
                         "next_attempt_ts": 0,
@@ -200,6 +213,7 @@ class AppServiceStore:
                         s.receipts_cursor == seen.receipts,
                         s.typing_cursor == seen.typing,
                         s.presence_cursor == seen.presence,
+                        s.to_device_cursor == seen.to_device,
                     )
                 )
             ).first()
@@ -210,6 +224,7 @@ class AppServiceStore:
                 "receipts_cursor": to.receipts,
                 "typing_cursor": to.typing,
                 "presence_cursor": to.presence,
+                "to_device_cursor": to.to_device,
             }
             txn = None
             if body is not None:
@@ -386,3 +401,16 @@ class AppServiceStore:
             )
             for r in rows
         ]
+
+    async def get_to_device(self, after: int, upto: int) -> list[ToDeviceRow]:
+        """To-device messages queued in ``(after, upto]``, oldest first."""
+        d = device_inbox.c
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(d.user_id, d.device_id, d.sender, d.type, d.content)
+                    .where(d.stream_position > after, d.stream_position <= upto)
+                    .order_by(d.stream_position)
+                )
+            ).all()
+        return [ToDeviceRow(r.user_id, r.device_id, r.sender, r.type, r.content) for r in rows]

@@ -283,6 +283,10 @@ async def _puppet_in_room(client: httpx.AsyncClient) -> tuple[str, str]:
     """alice's room with the bridge's puppet joined; (alice's token, room ID)."""
     checked(await as_register(client, "bridge_puppet", inhibit_login=True))
     _, token = await register(client, "alice")
+    return await _puppet_in_room_as(client, token)
+
+
+async def _puppet_in_room_as(client: httpx.AsyncClient, token: str) -> tuple[str, str]:
     room_id = await create_room(client, token, preset="public_chat")
     r = await client.post(
         f"/_matrix/client/v3/join/{room_id}?user_id=@bridge_puppet:test", headers=AS
@@ -622,3 +626,63 @@ async def test_thirdparty_lookups_are_asked_of_the_services(
     )
     r = await client.get("/_matrix/client/v3/thirdparty/protocols")
     checked(r, 401, "M_MISSING_TOKEN", documented=False)
+
+
+async def test_to_device_messages_of_the_services_users(
+    tmp_path: Path, db_url: str, fake: FakeAppService, clock: FakeClock
+) -> None:
+    config = _config(
+        tmp_path, db_url, fake, appservice={"retry_initial_ms": 1000, "to_device_messages": True}
+    )
+    async with serve(config, clock) as (_, client):
+        session = checked(await as_register(client, "bridge_puppet", device_id="PUPPETDEV"))
+        _, token = await register(client, "alice")
+        r = await client.put(
+            "/_matrix/client/v3/sendToDevice/m.room_key_request/t1",
+            headers=auth_header(token),
+            json={
+                "messages": {
+                    "@bridge_puppet:test": {"PUPPETDEV": {"action": "request"}},
+                    "@alice:test": {"*": {"action": "request"}},
+                }
+            },
+        )
+        checked(r)
+
+        def to_device() -> list[dict[str, Any]]:
+            return [
+                m
+                for _, body in fake.transactions
+                for m in body.get("de.sorunome.msc2409.to_device", [])
+            ]
+
+        await until(lambda: bool(to_device()))
+        assert to_device() == [
+            {
+                "type": "m.room_key_request",
+                "sender": "@alice:test",
+                "content": {"action": "request"},
+                "to_user_id": "@bridge_puppet:test",
+                "to_device_id": session["device_id"],
+            }
+        ]
+
+
+async def test_to_device_messages_are_not_sent_unless_turned_on(
+    bridge: tuple[Homeserver, httpx.AsyncClient], fake: FakeAppService
+) -> None:
+    hs, client = bridge
+    checked(await as_register(client, "bridge_puppet", device_id="PUPPETDEV"))
+    _, token = await register(client, "alice")
+    r = await client.put(
+        "/_matrix/client/v3/sendToDevice/m.room_key_request/t1",
+        headers=auth_header(token),
+        json={"messages": {"@bridge_puppet:test": {"PUPPETDEV": {"action": "request"}}}},
+    )
+    checked(r)
+    # A message to a namespaced user's device afterwards, in a room: the round that sends
+    # it has read past the to-device message too.
+    token2, room_id = await _puppet_in_room_as(client, token)
+    event_id = await _send(client, token2, room_id, "later")
+    await until(lambda: _delivered(fake, event_id) == 1)
+    assert not any("de.sorunome.msc2409.to_device" in body for _, body in fake.transactions)

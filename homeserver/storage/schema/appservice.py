@@ -16,6 +16,7 @@ appservice_state = sa.Table(
     sa.Column("receipts_cursor", BigInt, nullable=False),
     sa.Column("typing_cursor", BigInt, nullable=False),
     sa.Column("presence_cursor", BigInt, nullable=False),
+    sa.Column("to_device_cursor", BigInt, nullable=False),
     sa.Column("last_txn_id", BigInt, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),  # failures of the pending transaction
     sa.Column("next_attempt_ts", BigInt, nullable=False),
