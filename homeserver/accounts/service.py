@@ -445,7 +445,10 @@ class AccountService:
         await self._devices_deleted(requester.user_id, device_ids, hashes)
 
     def whoami(self, requester: Requester) -> JsonDict:
-        return {"user_id": requester.user_id, "device_id": requester.device_id, "is_guest": False}
+        out: JsonDict = {"user_id": requester.user_id, "is_guest": False}
+        if requester.device_id:  # an application service acting without a device has none
+            out["device_id"] = requester.device_id
+        return out
 
     async def _start_session(
         self,
@@ -553,16 +556,27 @@ class AccountService:
 
     async def update_device(
         self, requester: Requester, device_id: str, display_name: str | None
-    ) -> None:
-        """spec: only application services may create devices here; others update theirs."""
+    ) -> bool:
+        """spec: only application services may create devices here (v1.17, for their users'
+        encryption); others update theirs. True when the device was created."""
+        if (
+            requester.app_service_id is not None
+            and await self._store.get_device(requester.user_id, device_id) is None
+        ):
+            self._check_device(device_id, display_name)
+            await self._store.upsert_device(
+                requester.user_id, device_id, display_name, self._clock.now_ms()
+            )
+            return True
         if display_name is None:
             await self.get_device(requester, device_id)
-            return
+            return False
         self._check_display_name(display_name)
         if not await self._store.set_device_display_name(
             requester.user_id, device_id, display_name
         ):
             raise MatrixError(Codes.NOT_FOUND, "Unknown device")
+        return False
 
     async def delete_devices(
         self,
@@ -571,12 +585,14 @@ class AccountService:
         auth: JsonDict | None,
         fingerprint: str,
     ) -> AuthChallenge | None:
-        result = await self._uia.authenticate(
-            auth, PASSWORD_FLOWS, fingerprint, requester=requester.user_id
-        )
-        if isinstance(result, AuthChallenge):
-            return result
-        await self._uia.finish(result)
+        if requester.app_service_id is None:
+            # spec v1.17: application services delete their users' devices without UIA.
+            result = await self._uia.authenticate(
+                auth, PASSWORD_FLOWS, fingerprint, requester=requester.user_id
+            )
+            if isinstance(result, AuthChallenge):
+                return result
+            await self._uia.finish(result)
         # spec: devices already gone count as deleted.
         await self._delete_devices(requester.user_id, list(dict.fromkeys(device_ids)))
         return None

@@ -65,6 +65,10 @@ class AuthService:
     ) -> None:
         self._store = store
         self._appservices = appservices or AppServices(())
+        # Users an application service acted as, known to exist (re-read as tokens are).
+        self._app_service_users: TTLCache[str, bool] = TTLCache(
+            maxsize=max(1, config.token_cache_size), ttl=TOKEN_CACHE_TTL_S
+        )
         self._clock = clock
         self._config = config
         self._hasher = PasswordHasher(
@@ -140,13 +144,15 @@ class AuthService:
                 raise MatrixError(Codes.INVALID_PARAM, "user_id is not a valid user ID") from None
             if not service.is_user_in_namespace(acting_as):
                 raise MatrixError(Codes.FORBIDDEN, "Application service cannot act as this user")
-            user = await self._store.get_user(acting_as)
-            if user is None:
-                raise MatrixError(
-                    Codes.FORBIDDEN, "Application service has not registered this user"
-                )
-            if user.deactivated:
-                raise MatrixError(Codes.FORBIDDEN, "This user is deactivated")
+            if acting_as not in self._app_service_users:
+                user = await self._store.get_user(acting_as)
+                if user is None:
+                    raise MatrixError(
+                        Codes.FORBIDDEN, "Application service has not registered this user"
+                    )
+                if user.deactivated:
+                    raise MatrixError(Codes.FORBIDDEN, "This user is deactivated")
+                self._app_service_users[acting_as] = True
         # The sender has no device; a user acting through the service uses the device the
         # service names (encryption bridges, MSC3202 and spec v1.17's device_id), which
         # must exist. Without one, "" stands for "no device": no token row has it.
