@@ -535,6 +535,7 @@ class AccountService:
         assert user_id is not None
         # The flag stops every token at once (token lookups check it); then they go for good.
         await self._store.set_deactivated(user_id)
+        self._auth.forget_user(user_id)
         await self._uia.finish(result)
         device_ids, hashes = await self._store.delete_devices_except(user_id, None)
         await self._devices_deleted(user_id, device_ids, hashes)

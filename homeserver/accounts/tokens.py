@@ -220,6 +220,10 @@ class AuthService:
         if token_hash is not None:
             self._cache.pop(token_hash, None)
 
+    def forget_user(self, user_id: str) -> None:
+        """A deactivated user: application services may no longer act as them."""
+        self._app_service_users.pop(user_id, None)
+
     def forget_cached(self, token_hashes: list[bytes]) -> None:
         for token_hash in token_hashes:
             self._cache.pop(token_hash, None)
