@@ -247,7 +247,8 @@ class Homeserver:
             self.bus,
             config.appservice,
         )
-        self.background_jobs.append(self.appservice_sender.run)
+        if self.appservices:
+            self.background_jobs.append(self.appservice_sender.run)
 
     def _build_federation(
         self,
