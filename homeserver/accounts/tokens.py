@@ -169,7 +169,8 @@ class AuthService:
             APP_SERVICE_TOKEN_ID,
             False,
             app_service_id=service.id,
-            # spec: the sender itself is exempt; the service's users when rate_limited is false.
+            # The sender itself is never limited (as Synapse); its users unless rate_limited
+            # is false.
             rate_limited=service.rate_limited and acting_as != service.sender,
         )
 

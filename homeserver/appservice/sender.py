@@ -134,13 +134,18 @@ class AppServiceSender:
             except Exception:
                 # A database error: logged, tried again at the next poll; the other
                 # services' tasks go on.
-                logger.exception("application service round failed", extra={"id": service.id})
+                logger.exception(
+                    "application service round failed", extra={"app_service": service.id}
+                )
                 wait_ms = self._config.poll_interval_ms
             if wait_ms == 0:
                 continue
-            timeout_s = (wait_ms if wait_ms is not None else self._config.poll_interval_ms) / 1000
+            if wait_ms is not None:
+                # Backing off (or another worker sends): new events change nothing until then.
+                await asyncio.sleep(wait_ms / 1000)
+                continue
             try:
-                async with asyncio.timeout(timeout_s):
+                async with asyncio.timeout(self._config.poll_interval_ms / 1000):
                     await wake.wait()
                 await asyncio.sleep(GATHER_S)
             except TimeoutError:
