@@ -719,3 +719,82 @@ async def test_services_manage_their_users_devices(
         "/_matrix/client/v3/delete_devices", headers=auth_header(token), json={"devices": ["X"]}
     )
     assert r.status_code == 401 and "flows" in r.json()
+
+
+async def test_bad_inputs_of_application_service_requests(
+    bridge: tuple[Homeserver, httpx.AsyncClient],
+) -> None:
+    _, client = bridge
+    checked(await as_register(client, "Bridge Alice"), 400, "M_INVALID_USERNAME")
+    checked(await as_register(client, "bridge_x", device_id=""), 400, "M_INVALID_PARAM")
+    r = await client.post(
+        "/_matrix/client/v3/register",
+        headers=AS,
+        json={"type": "m.login.application_service", "username": 5},
+    )
+    checked(r, 400, "M_BAD_JSON")
+    r = await client.post(
+        "/_matrix/client/v3/login",
+        headers=AS,
+        json={
+            "type": "m.login.application_service",
+            "identifier": {"type": "m.id.thirdparty", "medium": "email", "address": "a@b.c"},
+        },
+    )
+    checked(r, 400, "M_UNKNOWN")
+    r = await client.post(
+        "/_matrix/client/v3/login", headers=AS, json={"type": "m.login.application_service"}
+    )
+    checked(r, 400, "M_MISSING_PARAM")
+    r = await client.post(
+        "/_matrix/client/v1/appservice/bridge/ping", headers=AS, json=["not", "an", "object"]
+    )
+    checked(r, 400, "M_BAD_JSON")
+    r = await client.post(
+        "/_matrix/client/v1/appservice/bridge/ping",
+        headers=AS,
+        json={"transaction_id": "x" * 300},
+    )
+    checked(r, 400, "M_INVALID_PARAM", documented=False)
+
+
+async def test_long_runs_of_events_are_split_into_transactions(
+    tmp_path: Path, db_url: str, fake: FakeAppService, clock: FakeClock
+) -> None:
+    config = _config(tmp_path, db_url, fake, appservice={"max_events_per_transaction": 2})
+    async with serve(config, clock) as (hs, client):
+        token, room_id = await _puppet_in_room(client)
+        await until(lambda: bool(fake.transactions))
+        fake.status = 503  # hold them up, so that they pile up behind one transaction
+        event_ids = [await _send(client, token, room_id, f"m{i}") for i in range(7)]
+        fake.status = 200
+        clock.advance(60_000)
+        await hs.appservice_sender.run_once("bridge")
+        await until(lambda: all(_delivered(fake, e) == 1 for e in event_ids))
+        assert all(len(body["events"]) <= 2 for _, body in fake.transactions)
+        order = [e["event_id"] for e in fake.events() if e["event_id"] in event_ids]
+        assert order == event_ids
+
+
+async def test_presence_of_users_sharing_a_room(
+    bridge: tuple[Homeserver, httpx.AsyncClient], fake: FakeAppService
+) -> None:
+    _, client = bridge
+    token, _ = await _puppet_in_room(client)
+    _, stranger = await register(client, "stranger")
+    for who, tok in (("alice", token), ("stranger", stranger)):
+        r = await client.put(
+            f"/_matrix/client/v3/presence/@{who}:test/status",
+            headers=auth_header(tok),
+            json={"presence": "online", "status_msg": f"{who} here"},
+        )
+        checked(r)
+
+    def presence_of(user_id: str) -> list[dict[str, Any]]:
+        return [e for e in fake.ephemeral() if e["type"] == "m.presence" and e["sender"] == user_id]
+
+    await until(lambda: bool(presence_of("@alice:test")))
+    content = presence_of("@alice:test")[-1]["content"]
+    assert content["presence"] == "online" and content["status_msg"] == "alice here"
+    # Someone who shares no room with the service's users stays private.
+    assert presence_of("@stranger:test") == []
