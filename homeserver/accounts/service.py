@@ -75,7 +75,7 @@ class RegistrationRequest:
     auth: JsonDict | None
     client_ip: str | None
     login_type: str | None = None  # the body's ``type``: m.login.application_service
-    as_token: str | None = None  # the access token sent with an application service's
+    as_token: str | None = None  # the access token sent with m.login.application_service
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,9 +223,8 @@ class AccountService:
                 Codes.EXCLUSIVE, "This user ID is not in the application service's namespaces"
             )
         self._check_device(request.device_id, request.initial_device_display_name)
-        if await self._store.user_exists_ignoring_case(
-            user_id
-        ) or not await self._store.create_user(
+        taken = await self._store.user_exists_ignoring_case(user_id)
+        if taken or not await self._store.create_user(
             user_id,
             None,
             is_admin=False,

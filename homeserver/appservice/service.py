@@ -124,14 +124,14 @@ class AppServiceQueries:
             answer = await self._get_json(service, f"/thirdparty/protocol/{_seg(name)}", None)
             if not isinstance(answer, dict):
                 continue
-            instances = [
-                {**i, "instance_id": i.get("instance_id") or f"{service.id}|{name}"}
-                for i in answer.get("instances", [])
-                if isinstance(i, dict)
-            ]
-            for instance in instances:
-                instance.setdefault("fields", {})
-                instance["network_id"] = instance.get("network_id", service.id)
+            instances = []
+            for n, given in enumerate(answer.get("instances") or []):
+                if not isinstance(given, dict):
+                    continue
+                instance = {"fields": {}, "network_id": service.id, **given}
+                # spec: an instance_id is unique across all instances: the service's ID in front.
+                instance.setdefault("instance_id", f"{service.id}|{instance['network_id']}|{n}")
+                instances.append(instance)
             if merged is None:
                 merged = {**answer, "instances": instances}
             else:
