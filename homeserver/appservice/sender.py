@@ -89,6 +89,8 @@ class AppServiceSender:
         self._wake = {s.id: asyncio.Event() for s in self._services}
         # One round per service at a time on this worker (the job's, or a test's).
         self._locks = {s.id: asyncio.Lock() for s in self._services}
+        # Until when this worker holds each service's lease (as last written).
+        self._held_until: dict[str, int] = {}
         bus.subscribe(self._on_wakeup)
 
     async def _on_wakeup(self, wakeup: Wakeup) -> None:
@@ -120,6 +122,7 @@ class AppServiceSender:
             await self._serve_forever(service)
         finally:
             # Stopping (a restart): the next process takes the service over at once.
+            self._held_until.pop(service.id, None)
             try:
                 await self._store.release(service.id, self._worker)
             except Exception:
@@ -160,8 +163,12 @@ class AppServiceSender:
             now = self._clock.now_ms()
             state = await self._store.get_state(service_id)
             lease_ms = LEASE_MS + self._config.request_timeout_ms
-            if not await self._store.claim(service_id, self._worker, now, lease_ms):
-                return self._config.poll_interval_ms
+            # The lease is renewed once half of it is gone, not at every round (a write).
+            if now + lease_ms // 2 > self._held_until.get(service_id, 0):
+                if not await self._store.claim(service_id, self._worker, now, lease_ms):
+                    self._held_until.pop(service_id, None)
+                    return self._config.poll_interval_ms
+                self._held_until[service_id] = now + lease_ms
             txn = await self._store.get_first_txn(service_id)
             if txn is not None and state.next_attempt_ts > now:
                 return state.next_attempt_ts - now

@@ -798,3 +798,22 @@ async def test_presence_of_users_sharing_a_room(
     assert content["presence"] == "online" and content["status_msg"] == "alice here"
     # Someone who shares no room with the service's users stays private.
     assert presence_of("@stranger:test") == []
+
+
+async def test_two_workers_send_each_transaction_once(
+    tmp_path: Path, db_url: str, fake: FakeAppService, clock: FakeClock
+) -> None:
+    # Each in-process worker has its own bus: the one holding the lease may learn of the
+    # other's events only by polling.
+    config = _config(tmp_path, db_url, fake, appservice={"poll_interval_ms": 200})
+    async with serve(config, clock) as (_, first), serve(config, clock) as (_, second):
+        token, room_id = await _puppet_in_room(first)
+        event_ids = []
+        for i in range(6):
+            client = first if i % 2 else second
+            event_ids.append(await _send(client, token, room_id, f"w{i}"))
+        await until(lambda: all(_delivered(fake, e) >= 1 for e in event_ids))
+        await asyncio.sleep(0.5)  # a second copy would come now
+        assert all(_delivered(fake, e) == 1 for e in event_ids)
+        ids = [int(txn_id) for txn_id, _ in fake.transactions]
+        assert ids == sorted(set(ids))
