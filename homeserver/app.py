@@ -51,6 +51,7 @@ from homeserver.federation.local_keys import LocalKeys, load_old_verify_keys, ol
 from homeserver.federation.membership import FederatedMembership
 from homeserver.federation.policy import ServerPolicy
 from homeserver.federation.queries import FederationQueries
+from homeserver.federation.remote_join import RemoteRooms
 from homeserver.federation.room_reads import RoomReads
 from homeserver.filters.service import FilterService
 from homeserver.net.addresses import AddressPolicy
@@ -166,8 +167,8 @@ class Homeserver:
         # the services that answer about remote users ask through it.
         self._build_federation(config, signing_key, clock, server_resolver)
         self._build_user_data(config)
-        self._build_rooms(config, signing_key, clock)
         self._build_federation_rooms(config, clock)
+        self._build_rooms(config, signing_key, clock)
         self._build_accounts(config, db, clock, signing_key)
         self._build_status(config, db, clock)
         self.sync = SyncService(
@@ -302,6 +303,18 @@ class Homeserver:
             self.notifier,
             self.account_store,
         )
+        # Our users' memberships in other servers' rooms: joins, declined invites, invites.
+        self.remote_rooms = RemoteRooms(
+            self.federation_client,
+            self.keyring,
+            self.event_store,
+            self.room_store,
+            self.notifier,
+            clock,
+            config.server_name,
+            self.signing_key,
+            RemoteRoomWrites(self.db),
+        )
 
     def _build_user_data(self, config: HomeserverConfig) -> None:
         """Account data, ignore lists and push rules: the room send path reads them."""
@@ -335,12 +348,20 @@ class Homeserver:
         )
         self.visibility = Visibility(self.event_store, self.room_store)
         self.memberships = MembershipService(
-            self.event_sender, self.room_store, server_name, self.account_store
+            self.event_sender,
+            self.room_store,
+            server_name,
+            self.account_store,
+            self.remote_rooms if config.federation.enabled else None,
+            self.event_store,
+            self.federation_reads,
         )
         self.profiles = ProfileService(
             self.account_store, server_name, self.memberships, self.remote_queries
         )
-        self.directory = DirectoryService(self.room_store, self.event_store, server_name)
+        self.directory = DirectoryService(
+            self.room_store, self.event_store, server_name, self.remote_queries
+        )
         self.room_summaries = RoomSummaryService(self.event_store, self.room_store, self.directory)
         self.reports = ReportService(
             ReportStore(self.db),

@@ -386,8 +386,13 @@ class FederatedMembership:
             # event of the room.
             return pdu
         state = [e for e in invite_room_state if isinstance(e, dict)][:MAX_INVITE_STATE]
-        position = await self._remote_rooms.store_remote_invite(
-            room_id, version.identifier, event_id, pdu, state, self._clock.now_ms()
+        position = await self._remote_rooms.store_remote_membership(
+            room_id,
+            version.identifier,
+            event_id,
+            pdu,
+            {"invite_room_state": state},
+            self._clock.now_ms(),
         )
         if position is not None:
             await self._notifier.notify(

@@ -126,3 +126,103 @@ def test_synapse_user_joins_a_room_on_our_server(
             events = r.json()["rooms"]["join"][room_id]["timeline"]["events"]
             seen = any(e["type"] == "m.room.member" and e["state_key"] == bob for e in events)
         assert seen
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def sync_rooms(c: httpx.Client, token: str, section: str) -> dict[str, object]:
+    r = c.get("/_matrix/client/v3/sync", headers=auth(token))
+    assert r.status_code == 200, r.text
+    rooms: dict[str, object] = r.json().get("rooms", {}).get(section, {})
+    return rooms
+
+
+def wait_for(check: object, what: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_our_user_joins_invites_and_declines_on_synapse(
+    ours_and_synapse: tuple[ServerProcess, SynapseProcess],
+) -> None:
+    ours, synapse = ours_and_synapse
+    with client(ours.base_url, ours.verify) as a, client(synapse.base_url, synapse.verify) as s:
+        alice, alice_token = register(a, "alice")
+        bob, bob_token = register(s, "bob")
+        carol, carol_token = register(s, "carol")
+        r = s.post(
+            "/_matrix/client/v3/createRoom",
+            headers=auth(bob_token),
+            json={"preset": "public_chat", "name": "On Synapse", "room_alias_name": "lobby"},
+        )
+        assert r.status_code == 200, r.text
+        room_id = r.json()["room_id"]
+
+        # By alias: our server asks Synapse for the alias (query/directory), then joins
+        # through it (make_join, send_join), checking the state and auth chain it answers.
+        alias = f"#lobby:{synapse.server_name}"
+        r = a.post(f"/_matrix/client/v3/join/{quote(alias, safe='')}", headers=auth(alice_token))
+        assert r.status_code == 200, f"{r.text}\n{ours.log_path.read_text()[-3000:]}"
+        assert r.json()["room_id"] == room_id
+        assert joined_members(a, alice_token, room_id) == {alice, bob}
+        assert joined_members(s, bob_token, room_id) == {alice, bob}
+        joined = sync_rooms(a, alice_token, "join")
+        assert room_id in joined
+        entry = joined[room_id]
+        assert isinstance(entry, dict)
+        names = [e for e in entry["state"]["events"] if e["type"] == "m.room.name"]
+        names += [e for e in entry["timeline"]["events"] if e["type"] == "m.room.name"]
+        assert names and names[0]["content"] == {"name": "On Synapse"}
+
+        # An unknown alias on Synapse: 404.
+        r = a.post(
+            f"/_matrix/client/v3/join/{quote(f'#nothing:{synapse.server_name}', safe='')}",
+            headers=auth(alice_token),
+        )
+        assert (r.status_code, r.json()["errcode"]) == (404, "M_NOT_FOUND"), r.text
+
+        # Bob invites alice into an invite-only room: Synapse sends us the invite (v2), and
+        # alice's sync shows it with the room's stripped state; she declines it through
+        # Synapse (make_leave, send_leave).
+        r = s.post(
+            "/_matrix/client/v3/createRoom",
+            headers=auth(bob_token),
+            json={"preset": "private_chat", "name": "Private", "invite": [alice]},
+        )
+        assert r.status_code == 200, f"{r.text}\n{synapse.log_tail()}"
+        private = r.json()["room_id"]
+        wait_for(lambda: private in sync_rooms(a, alice_token, "invite"), "the invite")
+        invite = sync_rooms(a, alice_token, "invite")[private]
+        assert isinstance(invite, dict)
+        state = invite["invite_state"]["events"]
+        assert any(
+            e["type"] == "m.room.name" and e["content"] == {"name": "Private"} for e in state
+        )
+        r = a.post(
+            f"/_matrix/client/v3/rooms/{quote(private, safe='')}/leave", headers=auth(alice_token)
+        )
+        assert r.status_code == 200, f"{r.text}\n{ours.log_path.read_text()[-3000:]}"
+        r = s.get(
+            f"/_matrix/client/v3/rooms/{quote(private, safe='')}/state/m.room.member/"
+            + quote(alice),
+            headers=auth(bob_token),
+        )
+        assert r.status_code == 200 and r.json()["membership"] == "leave", r.text
+        assert private not in sync_rooms(a, alice_token, "invite")
+
+        # Alice invites carol (on Synapse) into a room of ours: Synapse signs the invite and
+        # carol sees it.
+        r = a.post(
+            "/_matrix/client/v3/createRoom",
+            headers=auth(alice_token),
+            json={"preset": "private_chat", "name": "Ours", "invite": [carol]},
+        )
+        assert r.status_code == 200, f"{r.text}\n{ours.log_path.read_text()[-3000:]}"
+        ours_room = r.json()["room_id"]
+        wait_for(lambda: ours_room in sync_rooms(s, carol_token, "invite"), "carol's invite")

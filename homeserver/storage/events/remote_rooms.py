@@ -17,20 +17,21 @@ class RemoteRoomWrites:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def store_remote_invite(
+    async def store_remote_membership(
         self,
         room_id: str,
         room_version: str,
         event_id: str,
         pdu: JsonDict,
-        invite_room_state: list[JsonDict],
+        unsigned: JsonDict,
         received_ts: int,
     ) -> int | None:
-        """Record the invite of one of our users into a room of another server: the room
-        (by its version, without state), the invite event served at a new position of the
-        events stream (so the invitee's sync sees it) with the room's stripped state in its
-        ``unsigned.invite_room_state``, and the invitee's membership. None when the invite
-        was recorded before."""
+        """Record a membership of one of our users in a room of another server that this
+        server is not in (an invite, with the room's stripped state in ``unsigned``
+        ``invite_room_state``; the leave that declines it): the room (by its version,
+        without state), the event served at a new position of the events stream (so the
+        user's sync sees it, as an outlier: no place in the graph), and the user's
+        membership. None when the event was recorded before."""
         state_key = pdu["state_key"]
         async with self._db.write() as conn:
             known = (
@@ -66,7 +67,7 @@ class RemoteRoomWrites:
                     depth=pdu["depth"],
                     origin_server_ts=pdu["origin_server_ts"],
                     json=jsonutil.dumps_str(pdu),
-                    unsigned_json=jsonutil.dumps_str({"invite_room_state": invite_room_state}),
+                    unsigned_json=jsonutil.dumps_str(unsigned) if unsigned else None,
                     state_group=NO_STATE_GROUP,
                     outlier=True,
                 )
@@ -80,7 +81,7 @@ class RemoteRoomWrites:
                     {
                         "room_id": room_id,
                         "user_id": state_key,
-                        "membership": "invite",
+                        "membership": pdu["content"]["membership"],
                         "event_id": event_id,
                         "sender": pdu["sender"],
                         "stream_ordering": position,
