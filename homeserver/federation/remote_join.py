@@ -173,9 +173,17 @@ class RemoteRooms:
         create = checked[create_id]
         if create.get("content", {}).get("room_version", "1") != version.identifier:
             raise MatrixError(Codes.UNKNOWN, "The room's version does not match", status=502)
-        # Our join, against the state it is sent in.
+        # Our join, against the state it is sent in: every auth event the template named
+        # must have passed the checks.
+        unusable = [a for a in _auth_ids(event) if a not in checked or a in rejected]
+        if unusable:
+            raise MatrixError(
+                Codes.UNKNOWN,
+                "The resident server's answer does not hold the join's auth events",
+                status=502,
+            )
         try:
-            auth_events = [checked[a] for a in _auth_ids(event) if a in checked]
+            auth_events = [checked[a] for a in _auth_ids(event)]
             keyed = check_auth_events_selection(version, event, auth_events)
             check_auth(version, event, keyed, create_event=create)
         except MatrixError as e:
