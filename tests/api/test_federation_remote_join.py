@@ -4,7 +4,6 @@ malformed templates and refusals are caught before anything is stored."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import httpx
