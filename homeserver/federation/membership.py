@@ -11,6 +11,7 @@ receipt checks every event from another server passes.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -164,8 +165,13 @@ class FederatedMembership:
         }
         auth_events = await self._keyed(version, state, wanted)
         create = auth_events.get((CREATE, "")) or await self._create_of(version, state)
+        probe = template
+        if "join_authorised_via_users_server" in content:
+            # The auth rules want our signature on a restricted join: send_join adds it.
+            probe = copy.deepcopy(template)
+            sign_event(probe, self._server_name, self._signing_key, version)
         try:
-            check_auth(version, template, auth_events, create_event=create)
+            check_auth(version, probe, auth_events, create_event=create)
         except MatrixError as e:
             raise MatrixError(Codes.FORBIDDEN, f"The room does not allow it: {e.message}") from e
         return template, version.identifier

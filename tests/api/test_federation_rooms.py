@@ -661,3 +661,54 @@ async def test_remote_invites_are_checked(fed: Fed, remote: FakeRemote) -> None:
     for name, where, content, status, errcode in cases:
         r = await signed(client, remote, "PUT", where, content=content)
         assert (r.status_code, r.json().get("errcode")) == (status, errcode), (name, r.text)
+
+
+async def test_restricted_join_is_authorised_by_our_user(
+    fed: Fed, remote: FakeRemote, room: tuple[str, str]
+) -> None:
+    _, client = fed
+    space_id, token = room  # public: bob may join it
+    restricted = await create_room(
+        client,
+        token,
+        initial_state=[
+            {
+                "type": "m.room.join_rules",
+                "content": {
+                    "join_rule": "restricted",
+                    "allow": [{"type": "m.room_membership", "room_id": space_id}],
+                },
+            }
+        ],
+    )
+    path = f"{FED}/v1/make_join/{q(restricted)}/{q('@bob:remote.test')}"
+    # Bob is in no allowed room yet.
+    r = await signed(client, remote, "GET", path, {"ver": "12"})
+    assert (r.status_code, r.json()["errcode"]) == (400, "M_UNABLE_TO_AUTHORISE_JOIN"), r.text
+    await remote_join(client, remote, space_id, "@bob:remote.test")
+    made = await make(client, remote, "join", restricted, "@bob:remote.test")
+    assert made["event"]["content"] == {
+        "membership": "join",
+        "join_authorised_via_users_server": "@alice:test",
+    }
+    pdu, event_id = sign_template(remote, made["event"], made["room_version"])
+    r = await signed(
+        client, remote, "PUT", f"{FED}/v2/send_join/{q(restricted)}/{q(event_id)}", content=pdu
+    )
+    assert r.status_code == 200, r.text
+    # Our signature, which the restricted join needs, is on the event we answer.
+    assert "test" in r.json()["event"]["signatures"]
+    members = await client.get(
+        f"/_matrix/client/v3/rooms/{q(restricted)}/joined_members", headers=auth_header(token)
+    )
+    assert set(members.json()["joined"]) == {"@alice:test", "@bob:remote.test"}
+    # Naming an authoriser who cannot invite is refused by the auth rules.
+    template = {
+        **made["event"],
+        "content": {"membership": "join", "join_authorised_via_users_server": "@nobody:test"},
+    }
+    pdu, event_id = sign_template(remote, template, "12")
+    r = await signed(
+        client, remote, "PUT", f"{FED}/v2/send_join/{q(restricted)}/{q(event_id)}", content=pdu
+    )
+    assert (r.status_code, r.json()["errcode"]) == (403, "M_FORBIDDEN"), r.text
