@@ -45,6 +45,9 @@ CREATE = "m.room.create"
 JOINABLE_VERSIONS = [
     v for v, rv in KNOWN_ROOM_VERSIONS.items() if rv.event_format is not EventFormat.V1
 ]
+KNOCKABLE_VERSIONS = [v for v in JOINABLE_VERSIONS if KNOWN_ROOM_VERSIONS[v].knock_join_rule]
+# Stripped state events kept from a knock's answer.
+MAX_STRIPPED_STATE = 50
 # How many candidate servers one join tries.
 MAX_JOIN_SERVERS = 10
 
@@ -229,6 +232,51 @@ class RemoteRooms:
                 continue
             found[event_id] = pdu if content_hash_matches(pdu) else redact(pdu, version)
         return found
+
+    # --- knocking ----------------------------------------------------------------------------
+
+    async def knock(
+        self, room_id: str, user_id: str, servers: Sequence[str], content: JsonDict
+    ) -> str:
+        """Knock on a room of other servers (make_knock, send_knock); the knock is recorded
+        as the user's membership with the room's stripped state the server answered."""
+        candidates = [s for s in dict.fromkeys(servers) if s != self._server_name]
+        failure: MatrixError = MatrixError(Codes.NOT_FOUND, "No server to knock through")
+        for server in candidates[:MAX_JOIN_SERVERS]:
+            try:
+                made = await self._client.get_json(
+                    server,
+                    f"{FED}/v1/make_knock/{_q(room_id)}/{_q(user_id)}",
+                    query={"ver": KNOCKABLE_VERSIONS},
+                )
+                version, template = _check_template(made, room_id, user_id, "knock")
+                event = self._sign_template(template, version, content)
+                event_id = compute_event_id(event, version)
+                answer = await self._client.request(
+                    server,
+                    "PUT",
+                    f"{FED}/v1/send_knock/{_q(room_id)}/{_q(event_id)}",
+                    content=event,
+                )
+            except FederationError as e:
+                failure = _as_matrix_error(e)
+                continue
+            state = answer.get("knock_room_state") if isinstance(answer, dict) else None
+            stripped = [e for e in state if isinstance(e, dict)] if isinstance(state, list) else []
+            position = await self._remote_rooms.store_remote_membership(
+                room_id,
+                version.identifier,
+                event_id,
+                event,
+                {"knock_room_state": stripped[:MAX_STRIPPED_STATE]},
+                self._clock.now_ms(),
+            )
+            if position is not None:
+                await self._notifier.notify(
+                    Stream.EVENTS, position, room_id=room_id, user_ids=(user_id,)
+                )
+            return event_id
+        raise failure
 
     # --- declining an invite -----------------------------------------------------------------
 

@@ -45,6 +45,10 @@ class RemoteRooms(Protocol):
 
     async def reject_invite(self, room_id: str, user_id: str, servers: Sequence[str]) -> str: ...
 
+    async def knock(
+        self, room_id: str, user_id: str, servers: Sequence[str], content: JsonDict
+    ) -> str: ...
+
     async def invite(
         self, room_id: str, version: str, event: JsonDict, event_id: str, stripped: list[JsonDict]
     ) -> JsonDict: ...
@@ -136,8 +140,9 @@ class MembershipService:
             return False
         if self._reads is None:
             return True
-        joined = await self._reads.joined_servers(room_id)
-        return not joined or self._server_name in joined
+        if await self._reads.server_has_joined_member(room_id, self._server_name):
+            return True
+        return not await self._reads.has_joined_member(room_id)
 
     async def _servers_of(self, room_id: str, user_id: str) -> list[str]:
         """Servers that may know the room: the inviter's, the room ID's (before v12)."""
@@ -150,12 +155,22 @@ class MembershipService:
         return found
 
     async def knock(
-        self, requester: Requester, room_id: RoomID, reason: str | None = None
+        self,
+        requester: Requester,
+        room_id: RoomID,
+        reason: str | None = None,
+        servers: Sequence[str] = (),
     ) -> SentEvent:
         """The auth rules decide: a `knock` or `knock_restricted` join rule, and the user
-        neither joined, invited nor banned (spec: "Knocking on rooms")."""
-        await self._require_room(room_id)
-        return await self.send_own_membership(room_id, requester.user_id, "knock", reason)
+        neither joined, invited nor banned (spec: "Knocking on rooms"). A room this server
+        is not in is knocked on through ``servers`` (make_knock, send_knock)."""
+        if self._remote is None or await self._is_resident(room_id):
+            await self._require_room(room_id)
+            return await self.send_own_membership(room_id, requester.user_id, "knock", reason)
+        content = await self._member_content(requester.user_id, "knock", reason)
+        candidates = [*servers, *await self._servers_of(room_id, requester.user_id)]
+        event_id = await self._remote.knock(room_id, requester.user_id, candidates, content)
+        return SentEvent(event_id, 0)
 
     async def invite(
         self,

@@ -481,9 +481,12 @@ class SyncService:
             }
             for e in loaded.values()
         ]
-        # An invite into another server's room: its state is what the inviting server sent.
+        # An invite into (a knock on) another server's room: its state is what that server
+        # sent.
         own = loaded.get(m.event_id)
-        sent = own.unsigned.get("invite_room_state") if own is not None and not state else None
+        sent = None
+        if own is not None and not state:
+            sent = own.unsigned.get("invite_room_state", own.unsigned.get("knock_room_state"))
         if isinstance(sent, list):
             stripped = [e for e in sent if isinstance(e, dict)] + stripped
         return stripped

@@ -216,6 +216,41 @@ def test_our_user_joins_invites_and_declines_on_synapse(
         assert r.status_code == 200 and r.json()["membership"] == "leave", r.text
         assert private not in sync_rooms(a, alice_token, "invite")
 
+        # Alice knocks on a room of bob's (make_knock, send_knock through Synapse); Synapse
+        # shows her knock, and her sync shows the room as its stripped state.
+        r = s.post(
+            "/_matrix/client/v3/createRoom",
+            headers=auth(bob_token),
+            json={
+                "preset": "private_chat",
+                "name": "Knock first",
+                "initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}],
+            },
+        )
+        assert r.status_code == 200, r.text
+        knock_room = r.json()["room_id"]
+        r = a.post(
+            f"/_matrix/client/v3/knock/{quote(knock_room, safe='')}",
+            params={"via": synapse.server_name},
+            headers=auth(alice_token),
+            json={"reason": "let me in"},
+        )
+        assert r.status_code == 200, f"{r.text}\n{ours.log_path.read_text()[-3000:]}"
+        r = s.get(
+            f"/_matrix/client/v3/rooms/{quote(knock_room, safe='')}/state/m.room.member/"
+            + quote(alice),
+            headers=auth(bob_token),
+        )
+        assert r.status_code == 200 and r.json()["membership"] == "knock", r.text
+        knocked = sync_rooms(a, alice_token, "knock")
+        assert knock_room in knocked, knocked
+        entry = knocked[knock_room]
+        assert isinstance(entry, dict)
+        assert any(
+            e["type"] == "m.room.name" and e["content"] == {"name": "Knock first"}
+            for e in entry["knock_state"]["events"]
+        )
+
         # Alice invites carol (on Synapse) into a room of ours: Synapse signs the invite and
         # carol sees it.
         r = a.post(

@@ -34,6 +34,17 @@ class FederationReads:
             found = (await conn.execute(query)).first()
         return found is not None
 
+    async def has_joined_member(self, room_id: str) -> bool:
+        """Whether anyone is joined to the room now."""
+        query = (
+            sa.select(_m.c.user_id)
+            .where(_m.c.room_id == room_id, _m.c.membership == "join")
+            .limit(1)
+        )
+        async with self._db.read() as conn:
+            found = (await conn.execute(query)).first()
+        return found is not None
+
     async def joined_servers(self, room_id: str) -> list[str]:
         """The servers with a user joined to the room now, by name."""
         query = sa.select(_m.c.user_id).where(_m.c.room_id == room_id, _m.c.membership == "join")
