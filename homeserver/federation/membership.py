@@ -323,8 +323,17 @@ class FederatedMembership:
 
     async def _persist(self, room_id: str, event_id: str, pdu: JsonDict) -> None:
         [result] = await self._incoming.receive(room_id, [pdu], self._clock.now_ms())
-        if result.outcome in (Outcome.ACCEPTED, Outcome.KNOWN):
+        if result.outcome is Outcome.ACCEPTED:
             return
+        if result.outcome is Outcome.KNOWN:
+            # A retry: answered as the first time, unless the first time refused it.
+            known = await self._events.get_event(event_id)
+            if known is not None and known.served:
+                return
+            reason = await self._events.get_rejection(event_id)
+            raise MatrixError(
+                Codes.FORBIDDEN, f"The event is not allowed: {reason or 'soft-failed'}"
+            )
         if result.outcome is Outcome.MISSING:
             raise MatrixError(
                 Codes.BAD_JSON, "The event refers to events this server does not know"

@@ -443,9 +443,12 @@ async def test_make_and_send_join_refuse_bad_input(
         f"/_matrix/client/v3/rooms/{q(room_id)}/joined_members", headers=auth_header(token)
     )
     assert list(members.json()["joined"]) == ["@alice:test"]
-    # The good one still goes through.
+    # The good one still goes through, and again when retried.
     r = await send(good, good_id)
     assert r.status_code == 200, r.text
+    again = await send(good, good_id)
+    assert again.status_code == 200, again.text
+    assert again.json()["state"] == r.json()["state"]
 
 
 async def test_invite_only_room_refuses_uninvited_join(fed: Fed, remote: FakeRemote) -> None:
@@ -708,6 +711,11 @@ async def test_restricted_join_is_authorised_by_our_user(
         "content": {"membership": "join", "join_authorised_via_users_server": "@nobody:test"},
     }
     pdu, event_id = sign_template(remote, template, "12")
+    r = await signed(
+        client, remote, "PUT", f"{FED}/v2/send_join/{q(restricted)}/{q(event_id)}", content=pdu
+    )
+    assert (r.status_code, r.json()["errcode"]) == (403, "M_FORBIDDEN"), r.text
+    # Refused again when retried (it is stored as rejected, never answered as a join).
     r = await signed(
         client, remote, "PUT", f"{FED}/v2/send_join/{q(restricted)}/{q(event_id)}", content=pdu
     )
