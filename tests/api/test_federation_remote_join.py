@@ -152,9 +152,18 @@ async def join(client: httpx.AsyncClient, token: str) -> httpx.Response:
 async def test_join_a_remote_room(fed: Fed, resident: ScriptedResident) -> None:
     hs, client = fed
     alice, token = await register(client, "alice")
+    r = await client.get("/_matrix/client/v3/sync", headers=auth_header(token))
+    since = r.json()["next_batch"]
     r = await join(client, token)
     assert r.status_code == 200, r.text
     assert r.json() == {"room_id": ROOM}
+    # An incremental sync shows the newly joined room whole.
+    r = await client.get(
+        "/_matrix/client/v3/sync", params={"since": since}, headers=auth_header(token)
+    )
+    room = r.json()["rooms"]["join"][ROOM]
+    types = {e["type"] for e in room["state"]["events"] + room["timeline"]["events"]}
+    assert {"m.room.create", "m.room.name", "m.room.power_levels", "m.room.member"} <= types
     assert [c[0] for c in resident.calls] == ["GET", "PUT"]
     assert "/v2/send_join/" in resident.calls[1][1]
     r = await client.get("/_matrix/client/v3/sync", headers=auth_header(token))

@@ -418,6 +418,7 @@ async def test_make_and_send_join_refuse_bad_input(
         ),
         ("sender is not the user", *variant(sender="@eve:remote.test"), 400, "M_BAD_JSON"),
         ("not an object", [good], good_id, 400, "M_BAD_JSON"),
+        ("unknown prev_events", *variant(prev_events=["$unknown"]), 400, "M_BAD_JSON"),
     ]
     for name, pdu, event_id, status, errcode in cases:
         r = await send(pdu, event_id)

@@ -261,3 +261,13 @@ def test_our_user_joins_invites_and_declines_on_synapse(
         assert r.status_code == 200, f"{r.text}\n{ours.log_path.read_text()[-3000:]}"
         ours_room = r.json()["room_id"]
         wait_for(lambda: ours_room in sync_rooms(s, carol_token, "invite"), "carol's invite")
+        # Carol accepts: Synapse is not in that room, so it joins through us (make_join,
+        # send_join on an invite-only room, allowed by her invite).
+        r = s.post(
+            f"/_matrix/client/v3/rooms/{quote(ours_room, safe='')}/join",
+            headers=auth(carol_token),
+            json={},
+        )
+        assert r.status_code == 200, f"{r.text}\n{synapse.log_tail()}"
+        assert joined_members(a, alice_token, ours_room) == {alice, carol}
+        assert joined_members(s, carol_token, ours_room) == {alice, carol}
