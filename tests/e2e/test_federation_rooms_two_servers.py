@@ -114,3 +114,21 @@ def test_join_by_alias_invite_and_decline_between_two_of_ours(
         )
         assert r.json()["membership"] == "leave", r.text
         assert not invited()
+
+        # Invited again, bob accepts: B is not in the room, so it joins through the
+        # inviter's server.
+        r = ca.post(
+            f"/_matrix/client/v3/rooms/{q(private)}/invite",
+            headers=auth(alice_token),
+            json={"user_id": bob},
+        )
+        assert r.status_code == 200, r.text
+        wait_for(invited, "bob's second invite")
+        r = cb.post(f"/_matrix/client/v3/rooms/{q(private)}/join", headers=auth(bob_token))
+        assert r.status_code == 200, f"{r.text}\n{b.log_path.read_text()[-3000:]}"
+        for c, token in ((ca, alice_token), (cb, bob_token)):
+            r = c.get(f"/_matrix/client/v3/rooms/{q(private)}/joined_members", headers=auth(token))
+            assert set(r.json()["joined"]) == {alice, bob}, r.text
+        r = cb.get("/_matrix/client/v3/sync", headers=auth(bob_token))
+        rooms = r.json()["rooms"]
+        assert private in rooms["join"] and private not in rooms.get("invite", {})
