@@ -281,9 +281,9 @@ class RemoteRooms:
     # --- declining an invite -----------------------------------------------------------------
 
     async def reject_invite(self, room_id: str, user_id: str, servers: Sequence[str]) -> str:
-        """Decline an invite into a room of another server (make_leave and send_leave
-        through the inviting server); the leave's event ID. Recorded here as the user's
-        membership once the remote server took it."""
+        """Decline an invite into (or withdraw a knock on) a room of another server
+        (make_leave and send_leave through a server in it); the leave's event ID. Recorded
+        here as the user's membership once the remote server took it."""
         failure: MatrixError | None = None
         for server in [s for s in dict.fromkeys(servers) if s != self._server_name]:
             try:

@@ -145,13 +145,23 @@ class MembershipService:
         return not await self._reads.has_joined_member(room_id)
 
     async def _servers_of(self, room_id: str, user_id: str) -> list[str]:
-        """Servers that may know the room: the inviter's, the room ID's (before v12)."""
+        """Servers that may know the room: the inviter's, the room ID's (before v12), those
+        of the room's stripped state that came with an invite or a knock."""
         found = []
         current = await self._rooms.get_membership(room_id, user_id)
         if current is not None and current.membership == "invite":
             found.append(current.sender.split(":", 1)[1])
         if ":" in room_id:
             found.append(room_id.split(":", 1)[1])
+        if current is not None and self._events is not None:
+            # The servers of the stripped state's senders an invite or knock came with.
+            event = await self._events.get_event(current.event_id)
+            unsigned = event.unsigned if event is not None else {}
+            stripped = unsigned.get("invite_room_state", unsigned.get("knock_room_state"))
+            for e in stripped if isinstance(stripped, list) else []:
+                sender = e.get("sender") if isinstance(e, dict) else None
+                if isinstance(sender, str) and ":" in sender:
+                    found.append(sender.split(":", 1)[1])
         return found
 
     async def knock(

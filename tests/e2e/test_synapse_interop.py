@@ -251,6 +251,20 @@ def test_our_user_joins_invites_and_declines_on_synapse(
             for e in entry["knock_state"]["events"]
         )
 
+        # She withdraws the knock (the room ID names no server in room version 12: the
+        # server comes from the stripped state Synapse answered).
+        r = a.post(
+            f"/_matrix/client/v3/rooms/{quote(knock_room, safe='')}/leave",
+            headers=auth(alice_token),
+        )
+        assert r.status_code == 200, f"{r.text}\n{ours.log_path.read_text()[-3000:]}"
+        r = s.get(
+            f"/_matrix/client/v3/rooms/{quote(knock_room, safe='')}/state/m.room.member/"
+            + quote(alice),
+            headers=auth(bob_token),
+        )
+        assert r.status_code == 200 and r.json()["membership"] == "leave", r.text
+
         # Alice invites carol (on Synapse) into a room of ours: Synapse signs the invite and
         # carol sees it.
         r = a.post(
