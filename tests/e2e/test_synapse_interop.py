@@ -96,6 +96,15 @@ def test_synapse_user_joins_a_room_on_our_server(
         )
         assert r.status_code == 200, r.text
         room_id = r.json()["room_id"]
+        sent = []
+        for n in range(3):
+            r = a.put(
+                f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/send/m.room.message/t{n}",
+                headers={"Authorization": f"Bearer {alice_token}"},
+                json={"msgtype": "m.text", "body": f"before bob {n}"},
+            )
+            assert r.status_code == 200, r.text
+            sent.append(r.json()["event_id"])
 
         # Synapse asks us for a join template, signs it and sends it back (send_join v2),
         # then builds the room from the state and auth chain we answer.
@@ -118,6 +127,16 @@ def test_synapse_user_joins_a_room_on_our_server(
             headers={"Authorization": f"Bearer {bob_token}"},
         )
         assert r.status_code == 200 and r.json() == {"name": "Across servers"}, r.text
+        # Bob pages back past his join: Synapse backfills from us (GET /backfill), and the
+        # history is shared, so he sees alice's messages from before he joined.
+        r = s.get(
+            f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/messages",
+            params={"dir": "b", "limit": 30},
+            headers={"Authorization": f"Bearer {bob_token}"},
+        )
+        assert r.status_code == 200, r.text
+        seen_ids = [e["event_id"] for e in r.json()["chunk"]]
+        assert set(sent) <= set(seen_ids), f"{seen_ids}\n{synapse.log_tail()}"
         # Alice's sync shows bob's join in the room's timeline.
         deadline = time.monotonic() + 10
         seen = False
