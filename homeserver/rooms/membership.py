@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Protocol
+from weakref import WeakValueDictionary
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomID, UserID
@@ -72,6 +74,7 @@ class MembershipService:
         self._remote = remote
         self._events = events
         self._reads = reads
+        self._remote_joins: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
 
     async def check_invitable(self, user_id: UserID) -> None:
         if user_id.server_name != self._server_name:
@@ -127,9 +130,17 @@ class MembershipService:
         if self._remote is None or await self._is_resident(room_id):
             await self._require_room(room_id)
             return await self.send_own_membership(room_id, requester.user_id, "join", reason)
-        content = await self._member_content(requester.user_id, "join", reason)
-        candidates = [*servers, *await self._servers_of(room_id, requester.user_id)]
-        event_id = await self._remote.join(room_id, requester.user_id, candidates, content)
+        # One remote join per room at a time on this worker: a second user's join waits and
+        # then finds this server in the room, and joins here.
+        lock = self._remote_joins.get(room_id)
+        if lock is None:
+            lock = self._remote_joins[room_id] = asyncio.Lock()
+        async with lock:
+            if await self._is_resident(room_id):
+                return await self.send_own_membership(room_id, requester.user_id, "join", reason)
+            content = await self._member_content(requester.user_id, "join", reason)
+            candidates = [*servers, *await self._servers_of(room_id, requester.user_id)]
+            event_id = await self._remote.join(room_id, requester.user_id, candidates, content)
         return SentEvent(event_id, 0)
 
     async def _is_resident(self, room_id: str) -> bool:

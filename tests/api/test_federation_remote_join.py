@@ -289,3 +289,21 @@ async def test_bad_templates_and_refusals(fed: Fed, resident: ScriptedResident) 
         "/_matrix/client/v3/join/" + "%23lobby%3Anowhere.test", headers=auth_header(token)
     )
     assert (r.status_code, r.json()["errcode"]) == (404, "M_NOT_FOUND"), r.text
+
+
+async def test_concurrent_joins_go_to_the_resident_server_once(
+    fed: Fed, resident: ScriptedResident
+) -> None:
+    import asyncio
+
+    _, client = fed
+    alice, alice_token = await register(client, "alice")
+    bob, bob_token = await register(client, "bob")
+    first, second = await asyncio.gather(join(client, alice_token), join(client, bob_token))
+    assert first.status_code == 200 and second.status_code == 200, (first.text, second.text)
+    # One make_join and one send_join: the second user joined on this server's copy.
+    assert [c[0] for c in resident.calls] == ["GET", "PUT"]
+    members = await client.get(
+        f"/_matrix/client/v3/rooms/{ROOM}/joined_members", headers=auth_header(alice_token)
+    )
+    assert set(members.json()["joined"]) == {alice, bob, CAROL}

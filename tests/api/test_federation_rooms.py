@@ -276,6 +276,22 @@ async def test_reads_are_refused_to_servers_not_in_the_room(
             "M_BAD_JSON",
         ),
         ("POST", f"/v1/get_missing_events/{q(room_id)}", None, [1], 400, "M_BAD_JSON"),
+        (
+            "POST",
+            f"/v1/get_missing_events/{q(room_id)}",
+            None,
+            {"earliest_events": [], "latest_events": [create_id] * 101},
+            400,
+            "M_BAD_JSON",
+        ),
+        (
+            "GET",
+            f"/v1/backfill/{q(room_id)}",
+            {"v": [create_id] * 101, "limit": 1},
+            None,
+            400,
+            "M_INVALID_PARAM",
+        ),
     ]:
         r = await signed(client, remote, method, FED + path, query, content)
         assert r.status_code == status, (path, query, r.text)
