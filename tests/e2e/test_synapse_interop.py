@@ -137,6 +137,30 @@ def test_synapse_user_joins_a_room_on_our_server(
         assert r.status_code == 200, r.text
         seen_ids = [e["event_id"] for e in r.json()["chunk"]]
         assert set(sent) <= set(seen_ids), f"{seen_ids}\n{synapse.log_tail()}"
+        # Bob knocks on another room of alice's (make_knock, send_knock against us).
+        r = a.post(
+            "/_matrix/client/v3/createRoom",
+            headers={"Authorization": f"Bearer {alice_token}"},
+            json={
+                "name": "Knock here",
+                "initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}],
+            },
+        )
+        assert r.status_code == 200, r.text
+        knock_room = r.json()["room_id"]
+        r = s.post(
+            f"/_matrix/client/v3/knock/{quote(knock_room, safe='')}",
+            params={"via": our_name},
+            headers={"Authorization": f"Bearer {bob_token}"},
+            json={},
+        )
+        assert r.status_code == 200, f"{r.text}\n{synapse.log_tail()}"
+        r = a.get(
+            f"/_matrix/client/v3/rooms/{quote(knock_room, safe='')}/state/m.room.member/"
+            + quote(bob),
+            headers={"Authorization": f"Bearer {alice_token}"},
+        )
+        assert r.status_code == 200 and r.json()["membership"] == "knock", r.text
         # Alice's sync shows bob's join in the room's timeline.
         deadline = time.monotonic() + 10
         seen = False
