@@ -6,6 +6,7 @@ that CA for its own outbound federation requests and allowed to reach loopback a
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -36,7 +37,15 @@ OFFLINE_MARKERS = (
 
 
 def synapse_python() -> Path:
-    """The virtualenv's python with Synapse ``SYNAPSE_VERSION`` installed (once)."""
+    """The virtualenv's python with Synapse ``SYNAPSE_VERSION`` installed (once; test
+    workers that ask together wait for the one installing)."""
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    with open(HERE / ".venv-synapse.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _installed()
+
+
+def _installed() -> Path:
     python = VENV / "bin" / "python"
     check = [str(python), "-c", "import synapse; print(synapse.__version__)"]
     if python.exists():
