@@ -230,10 +230,9 @@ class FederatedMembership:
         version = await self._room_version(room_id)
         await self._acls.check(room_id, origin)
         pdu = await self._check_membership_pdu(origin, room_id, event_id, pdu, version, "join")
-        # Signed as the resident server: a restricted join we authorised needs it (spec,
-        # "Restricted rooms"; signed before the checks, which require it), and the joining
-        # server then holds a copy that verifies with both. Signatures are not hashed: the
-        # event ID stays.
+        # Signed as the resident server (a restricted join we authorise was signed already,
+        # before the checks that require it): the joining server then holds a copy that
+        # verifies with both. Signatures are not hashed: the event ID stays.
         sign_event(pdu, self._server_name, self._signing_key, version)
         await self._persist(room_id, event_id, pdu)
         stored = await self._events.get_event(event_id)
