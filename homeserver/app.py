@@ -41,6 +41,7 @@ from homeserver.e2ee.to_device import ToDeviceService
 from homeserver.ephemeral.presence import PresenceService
 from homeserver.ephemeral.receipts import EphemeralSource, ReceiptService
 from homeserver.ephemeral.typing import TypingService
+from homeserver.federation.acl import RoomAcls
 from homeserver.federation.auth import FederationAuthenticator
 from homeserver.federation.client import FederationClient, ssl_context
 from homeserver.federation.discovery import (
@@ -51,8 +52,11 @@ from homeserver.federation.discovery import (
 )
 from homeserver.federation.keyring import Keyring
 from homeserver.federation.local_keys import LocalKeys, load_old_verify_keys, old_keys_path
+from homeserver.federation.membership import FederatedMembership
 from homeserver.federation.policy import ServerPolicy
 from homeserver.federation.queries import FederationQueries
+from homeserver.federation.remote_join import RemoteRooms
+from homeserver.federation.room_reads import RoomReads
 from homeserver.filters.service import FilterService
 from homeserver.net.addresses import AddressPolicy
 from homeserver.net.outbound import Outbound
@@ -66,6 +70,7 @@ from homeserver.rooms.aggregations import Aggregations
 from homeserver.rooms.create import RoomCreator
 from homeserver.rooms.delayed import DelayedEventService
 from homeserver.rooms.directory import DirectoryService
+from homeserver.rooms.incoming import IncomingEvents
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.relations import RelationsService
 from homeserver.rooms.reports import ReportService
@@ -84,6 +89,8 @@ from homeserver.storage.delayed_events import DelayedEventStore
 from homeserver.storage.device_lists import DeviceListStore
 from homeserver.storage.e2e_keys import E2eKeyStore
 from homeserver.storage.events import EventStore
+from homeserver.storage.events.federation_reads import FederationReads
+from homeserver.storage.events.remote_rooms import RemoteRoomWrites
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.media import MediaStore
@@ -166,6 +173,7 @@ class Homeserver:
         # the services that answer about remote users ask through it.
         self._build_federation(config, signing_key, clock, server_resolver)
         self._build_user_data(config)
+        self._build_federation_rooms(config, clock)
         self._build_rooms(config, signing_key, clock)
         self._build_accounts(config, db, clock, signing_key)
         self._build_status(config, db, clock)
@@ -301,6 +309,45 @@ class Homeserver:
         # Services that answer about remote users ask their servers only with federation on.
         self.remote_queries = self.federation_queries if fed.enabled else None
 
+    def _build_federation_rooms(self, config: HomeserverConfig, clock: Clock) -> None:
+        """Our rooms across servers (issue 18): server ACLs, the reads other servers make of
+        our rooms, remote users joining, leaving, knocking on them and being invited."""
+        self.room_acls = RoomAcls(self.event_store)
+        self.federation_reads = FederationReads(self.db)
+        self.room_reads = RoomReads(
+            self.event_store, self.room_store, self.federation_reads, self.room_acls
+        )
+        # The receipt checks of other servers' events onto the room graph (issue 17).
+        self.incoming_events = IncomingEvents(
+            self.event_store, self.room_store, self.notifier, resolve=resolve_room_state
+        )
+        self.federated_memberships = FederatedMembership(
+            self.event_store,
+            self.room_store,
+            self.federation_reads,
+            self.room_acls,
+            self.keyring,
+            self.incoming_events,
+            clock,
+            config.server_name,
+            self.signing_key,
+            RemoteRoomWrites(self.db),
+            self.notifier,
+            self.account_store,
+        )
+        # Our users' memberships in other servers' rooms: joins, declined invites, invites.
+        self.remote_rooms = RemoteRooms(
+            self.federation_client,
+            self.keyring,
+            self.event_store,
+            self.room_store,
+            self.notifier,
+            clock,
+            config.server_name,
+            self.signing_key,
+            RemoteRoomWrites(self.db),
+        )
+
     def _build_user_data(self, config: HomeserverConfig) -> None:
         """Account data, ignore lists and push rules: the room send path reads them."""
         self.account_data = AccountDataService(
@@ -333,11 +380,14 @@ class Homeserver:
         )
         self.visibility = Visibility(self.event_store, self.room_store)
         self.memberships = MembershipService(
-            # Unknown users in an application service's namespace are asked of it.
             self.event_sender,
             self.room_store,
             server_name,
+            # Unknown users in an application service's namespace are asked of it.
             self.appservice_queries,
+            self.remote_rooms if config.federation.enabled else None,
+            self.event_store,
+            self.federation_reads,
         )
         self.profiles = ProfileService(
             self.account_store,
@@ -347,7 +397,11 @@ class Homeserver:
             local=self.appservice_queries,
         )
         self.directory = DirectoryService(
-            self.room_store, self.event_store, server_name, self.appservice_queries
+            self.room_store,
+            self.event_store,
+            server_name,
+            self.appservice_queries,
+            remote=self.remote_queries,
         )
         self.room_summaries = RoomSummaryService(self.event_store, self.room_store, self.directory)
         self.reports = ReportService(

@@ -45,7 +45,9 @@ from client_api import routes as client_routes
 from federation import edge as federation_edge
 from federation import keys as key_server
 from federation import media as federation_media
+from federation import membership as federation_membership
 from federation import public_rooms, query, user_keys
+from federation import rooms as federation_rooms
 from federation import routes as federation_routes
 from homeserver.app import Homeserver
 from homeserver.core.errors import MatrixError
@@ -120,6 +122,8 @@ def route_services(hs: Homeserver) -> list[object]:
         user_keys.UserKeyServices(hs.federation_keys),
         public_rooms.PublicRoomServices(hs.directory),
         federation_media.FederationMediaServices(hs.media, hs.server_name),
+        federation_rooms.RoomReadServices(hs.room_reads, hs.server_name, hs.clock),
+        federation_membership.MembershipServices(hs.federated_memberships, hs.server_name),
     ]
 
 
