@@ -22,9 +22,6 @@ SEED = "YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1"
 
 
 def answer(item: dict[str, Any], signing_key: Any) -> dict[str, Any]:
-    from signedjson.key import encode_verify_key_base64  # noqa: F401  (Synapse's own dep)
-    from unpaddedbase64 import encode_base64
-
     from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
     from synapse.crypto.event_signing import (
         compute_content_hash,
@@ -34,6 +31,7 @@ def answer(item: dict[str, Any], signing_key: Any) -> dict[str, Any]:
     from synapse.events import make_event_from_dict
     from synapse.events.utils import prune_event
     from synapse.synapse_rust.events import redact_event_dict
+    from unpaddedbase64 import encode_base64
 
     version = KNOWN_ROOM_VERSIONS[item["room_version"]]
     event_dict = item["event"]

@@ -156,9 +156,14 @@ def random_event(rng: random.Random, version: str) -> JsonDict:
     }
     if not (is_create and version == "12"):
         event["room_id"] = f"!{rng.randint(0, 10**6)}:domain"
-    if is_create or event_type.startswith("m.room.") and event_type not in (
-        "m.room.message",
-        "m.room.redaction",
+    if (
+        is_create
+        or event_type.startswith("m.room.")
+        and event_type
+        not in (
+            "m.room.message",
+            "m.room.redaction",
+        )
     ):
         event["state_key"] = _user(rng) if event_type == "m.room.member" else ""
     if int(version) <= 2:

@@ -188,8 +188,8 @@ MINIMAL_SIGNED = {
     "sender": "@a:domain",
     "signatures": {
         "domain": {
-            "ed25519:1": "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszk"
-            "wsQma+lYAg"
+            "ed25519:1": "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOo"
+            "MszkwsQma+lYAg"
         }
     },
     "type": "X",
@@ -263,8 +263,9 @@ def test_event_signing_vectors(version: RoomVersion, make: Any, expected: JsonDi
     else:
         # v11 stops protecting `origin`: the signature is over the form without it.
         assert "origin" not in signed_form
-        assert event["signatures"]["domain"]["ed25519:1"] != (
-            expected["signatures"]["domain"]["ed25519:1"]
+        assert (
+            event["signatures"]["domain"]["ed25519:1"]
+            != (expected["signatures"]["domain"]["ed25519:1"])
         )
     signature = SPEC_KEY.sign(canonical_json(signed_form)).signature
     assert event["signatures"] == {"domain": {"ed25519:1": encode_base64(signature)}}
