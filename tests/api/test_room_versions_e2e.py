@@ -1,0 +1,321 @@
+"""Every stable room version, 1 to 12, through the Client-Server API (issue 17).
+
+One room per version, on both databases: created in that version, a second and third user
+join, messages, a topic and power levels, redactions (by /redact and by sending an
+m.room.redaction), a kick, a ban, a leave and an upgrade to the next version (12 to 1). Then
+the stored PDUs are checked as another server would check them: each validates with
+`validate_received_pdu` against our signing key, its ID is the version's (its own `$id:server`
+in v1-v2, the reference hash from v3), its prev and auth events are in the version's format,
+and the room's auth chains pass the auth rules.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from signedjson.key import get_verify_key
+from unpaddedbase64 import encode_base64
+
+from homeserver.app import Homeserver
+from homeserver.core.types import JsonDict
+from homeserver.events.format import (
+    auth_event_ids,
+    compute_event_id,
+    compute_reference_hash,
+    compute_room_id_v12,
+    event_id_of,
+    prev_event_ids,
+    redact,
+)
+from homeserver.events.room_versions import ROOM_VERSIONS, RoomVersion
+from homeserver.events.validation import ServerKey, auth_chain_rejections, validate_received_pdu
+from tests.helpers import auth_header, checked, register
+
+V3 = "/_matrix/client/v3"
+VERSIONS = [str(n) for n in range(1, 13)]
+_STANDARD_ID = re.compile(r"\$[A-Za-z0-9+/]{43}")
+_URLSAFE_ID = re.compile(r"\$[A-Za-z0-9_-]{43}")
+
+
+class Users:
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.ids: dict[str, str] = {}
+        self.tokens: dict[str, str] = {}
+
+    async def add(self, name: str) -> None:
+        self.ids[name], self.tokens[name] = await register(self.client, name)
+
+    async def call(
+        self, name: str, method: str, path: str, body: Any = None, status: int = 200
+    ) -> Any:
+        r = await self.client.request(
+            method,
+            f"{V3}{path}",
+            headers=auth_header(self.tokens[name]),
+            json=body if method != "GET" else None,
+        )
+        return checked(r, status)
+
+    async def send(self, name: str, room: str, txn: str, content: JsonDict, kind: str) -> str:
+        body = await self.call(name, "PUT", f"/rooms/{room}/send/{kind}/{txn}", content)
+        return str(body["event_id"])
+
+    async def state(self, name: str, room: str, kind: str, content: JsonDict) -> str:
+        body = await self.call(name, "PUT", f"/rooms/{room}/state/{kind}/", content)
+        return str(body["event_id"])
+
+    async def event(self, name: str, room: str, event_id: str) -> JsonDict:
+        body: JsonDict = await self.call(
+            name, "GET", f"/rooms/{room}/event/{quote(event_id, safe='')}"
+        )
+        return body
+
+
+def _check_room_id(room_id: str, version: RoomVersion) -> None:
+    if version.room_id_is_create_event_hash:
+        assert re.fullmatch(r"![A-Za-z0-9_-]{43}", room_id), room_id
+    else:
+        assert re.fullmatch(r"![^:]+:test", room_id), room_id
+
+
+def _check_stored(hs: Homeserver, version: RoomVersion, events: dict[str, JsonDict]) -> None:
+    """What another server would check of our PDUs, all of them."""
+    verify_key = get_verify_key(hs.signing_key)
+    key_id = f"{verify_key.alg}:{verify_key.version}"
+
+    def keys(server: str, wanted: str) -> ServerKey | None:
+        return ServerKey(verify_key) if (server, wanted) == ("test", key_id) else None
+
+    for event_id, pdu in events.items():
+        assert validate_received_pdu(pdu, version, keys) is pdu  # the content hash matches
+        assert event_id_of(pdu, version) == event_id
+        refs = [*prev_event_ids(pdu, version), *auth_event_ids(pdu, version)]
+        assert all(r in events for r in refs), "every reference is to an event of the room"
+        if version.event_id_in_event:
+            # rooms/fragments/v1-event-ids.md: our own `$opaque:server`, and [ID, hashes]
+            # pairs whose hash is the referenced event's reference hash.
+            assert pdu["event_id"].endswith(":test")
+            with pytest.raises(ValueError):
+                compute_event_id(pdu, version)
+            for key in ("prev_events", "auth_events"):
+                for ref_id, hashes in pdu[key]:
+                    reference = compute_reference_hash(events[ref_id], version)
+                    assert hashes == {"sha256": encode_base64(reference)}
+        else:
+            assert "event_id" not in pdu
+            assert compute_event_id(pdu, version) == event_id
+            shape = _STANDARD_ID if version.identifier == "3" else _URLSAFE_ID
+            assert shape.fullmatch(event_id), event_id
+            assert all(isinstance(r, str) for r in pdu["prev_events"] + pdu["auth_events"])
+        if pdu["type"] == "m.room.create":
+            assert ("creator" in pdu["content"]) is version.creator_in_content
+            if version.room_id_is_create_event_hash:
+                assert "room_id" not in pdu
+        elif version.room_id_is_create_event_hash:
+            create_id = "$" + pdu["room_id"][1:]
+            assert create_id in events and create_id not in pdu["auth_events"]
+        if pdu["type"] == "m.room.redaction":
+            target_key = pdu["content"] if version.redacts_in_content else pdu
+            assert target_key["redacts"] in events
+    assert auth_chain_rejections(events, version) == {}
+
+
+async def _sync_timeline(users: Users, name: str, room: str) -> dict[str, JsonDict]:
+    room_filter = json.dumps({"room": {"timeline": {"limit": 200}}})
+    r = await users.client.get(
+        f"{V3}/sync", params={"filter": room_filter}, headers=auth_header(users.tokens[name])
+    )
+    body = checked(r)
+    timeline = body["rooms"]["join"][room]["timeline"]["events"]
+    return {e["event_id"]: e for e in timeline}
+
+
+@pytest.mark.parametrize("version_id", VERSIONS)
+async def test_room_version_end_to_end(
+    hs: Homeserver, client: httpx.AsyncClient, version_id: str
+) -> None:
+    version = ROOM_VERSIONS[version_id]
+    users = Users(client)
+    for name in ("alice", "bob", "carol"):
+        await users.add(name)
+    alice, bob, carol = (users.ids[n] for n in ("alice", "bob", "carol"))
+
+    caps = await users.call("alice", "GET", "/capabilities")
+    assert caps["capabilities"]["m.room_versions"]["available"][version_id] == "stable"
+
+    body = {"room_version": version_id, "preset": "public_chat", "name": f"v{version_id}"}
+    room = str((await users.call("alice", "POST", "/createRoom", body))["room_id"])
+    _check_room_id(room, version)
+    create = await users.call("alice", "GET", f"/rooms/{room}/state/m.room.create/")
+    assert create["room_version"] == version_id
+    assert (create.get("creator") == alice) is version.creator_in_content
+
+    await users.call("alice", "POST", f"/rooms/{room}/invite", {"user_id": bob})
+    await users.call("bob", "POST", f"/join/{room}", {})
+    await users.call("carol", "POST", f"/join/{room}", {})
+
+    hello = await users.send(
+        "alice", room, "m1", {"msgtype": "m.text", "body": "hi"}, "m.room.message"
+    )
+    from_bob = await users.send(
+        "bob", room, "m2", {"msgtype": "m.text", "body": "yo"}, "m.room.message"
+    )
+    own = await users.send(
+        "bob", room, "m3", {"msgtype": "m.text", "body": "oops"}, "m.room.message"
+    )
+    await users.state("alice", room, "m.room.topic", {"topic": f"version {version_id}"})
+    pl = await users.call("alice", "GET", f"/rooms/{room}/state/m.room.power_levels/")
+    pl["users"][bob] = 50
+    pl_id = await users.state("alice", room, "m.room.power_levels", pl)
+    # bob now moderates: he may set the topic (50), carol (0) may not.
+    await users.state("bob", room, "m.room.topic", {"topic": "by bob"})
+    r = await client.put(
+        f"{V3}/rooms/{room}/state/m.room.topic/",
+        json={"topic": "by carol"},
+        headers=auth_header(users.tokens["carol"]),
+    )
+    checked(r, 403, "M_FORBIDDEN")
+
+    # Redactions: by /redact, and by sending m.room.redaction with `redacts` in content.
+    redaction = (
+        await users.call("alice", "PUT", f"/rooms/{room}/redact/{quote(from_bob, safe='')}/r1", {})
+    )["event_id"]
+    by_send = await users.send("bob", room, "r2", {"redacts": own}, "m.room.redaction")
+    # carol may neither redact others' events through /send nor through /redact.
+    r = await client.put(
+        f"{V3}/rooms/{room}/send/m.room.redaction/r3",
+        json={"redacts": hello},
+        headers=auth_header(users.tokens["carol"]),
+    )
+    checked(r, 403, "M_FORBIDDEN", documented=False)  # as /redact answers
+    r = await client.put(
+        f"{V3}/rooms/{room}/send/m.room.redaction/r4",
+        json={"reason": "no target"},
+        headers=auth_header(users.tokens["alice"]),
+    )
+    checked(r, 400, "M_BAD_JSON")
+    pl_redaction = (
+        await users.call("alice", "PUT", f"/rooms/{room}/redact/{quote(pl_id, safe='')}/r5", {})
+    )["event_id"]
+    for served_redaction, target in ((redaction, from_bob), (by_send, own)):
+        served = await users.event("alice", room, served_redaction)
+        # Servers serve `redacts` at the top level and in content, whatever the version.
+        assert served["redacts"] == served["content"]["redacts"] == target
+        redacted = await users.event("alice", room, target)
+        assert redacted["content"] == {}
+        assert redacted["unsigned"]["redacted_because"]["event_id"] == served_redaction
+    # The power levels keep what the version's algorithm keeps: `invite` from v11 only.
+    served_pl = await users.event("alice", room, pl_id)
+    assert ("invite" in served_pl["content"]) is (int(version_id) >= 11)
+    assert "notifications" not in served_pl["content"]
+    assert served_pl["content"]["users"][bob] == 50
+    stored_pl = (await hs.event_store.get_events([pl_id]))[pl_id].pdu
+    assert served_pl["content"] == redact(stored_pl, version)["content"]
+    timeline = await _sync_timeline(users, "bob", room)
+    assert timeline[pl_id]["content"] == served_pl["content"]
+    assert timeline[from_bob]["content"] == {}
+    assert timeline[pl_redaction]["redacts"] == pl_id
+
+    # Knocking exists from v7 (rooms/v7.md): before, the auth rules know no such membership.
+    jr = await users.state("alice", room, "m.room.join_rules", {"join_rule": "knock"})
+    await users.add("dave")
+    r = await client.post(f"{V3}/knock/{room}", json={}, headers=auth_header(users.tokens["dave"]))
+    if version.knock_join_rule:
+        checked(r)
+    else:
+        checked(r, 403, "M_FORBIDDEN")
+    assert jr in {e for e in (await _sync_timeline(users, "alice", room))}
+    await users.state("alice", room, "m.room.join_rules", {"join_rule": "public"})
+
+    # Kick, rejoin, ban, leave.
+    await users.call("bob", "POST", f"/rooms/{room}/kick", {"user_id": carol, "reason": "x"})
+    await users.call("carol", "POST", f"/join/{room}", {})
+    await users.call("bob", "POST", f"/rooms/{room}/ban", {"user_id": carol})
+    r = await client.post(f"{V3}/join/{room}", json={}, headers=auth_header(users.tokens["carol"]))
+    checked(r, 403, "M_FORBIDDEN")
+    await users.call("bob", "POST", f"/rooms/{room}/leave", {})
+    members = await users.call("alice", "GET", f"/rooms/{room}/joined_members")
+    assert set(members["joined"]) == {alice}
+
+    # Upgrade to the next version (and v12 back to v1).
+    target = ROOM_VERSIONS[str(int(version_id) % 12 + 1)]
+    body = {"new_version": target.identifier}
+    new_room = str(
+        (await users.call("alice", "POST", f"/rooms/{room}/upgrade", body))["replacement_room"]
+    )
+    _check_room_id(new_room, target)
+    tombstone = await users.call("alice", "GET", f"/rooms/{room}/state/m.room.tombstone/")
+    assert tombstone["replacement_room"] == new_room
+    new_create = await users.call("alice", "GET", f"/rooms/{new_room}/state/m.room.create/")
+    assert new_create["room_version"] == target.identifier
+    assert new_create["predecessor"]["room_id"] == room
+    topic = await users.call("alice", "GET", f"/rooms/{new_room}/state/m.room.topic/")
+    assert topic["topic"] == "by bob"
+    await users.send(
+        "alice", new_room, "n1", {"msgtype": "m.text", "body": "moved"}, "m.room.message"
+    )
+    await users.state("alice", new_room, "m.room.name", {"name": "new"})
+
+    for room_id, room_version in ((room, version), (new_room, target)):
+        stored = await hs.event_store.get_room_events(room_id, limit=1000, descending=False)
+        assert len(stored) >= 10
+        _check_stored(hs, room_version, {e.event_id: e.pdu for e in stored})
+    if version.room_id_is_create_event_hash:
+        stored_create = await hs.event_store.get_room_events(room, limit=1, descending=False)
+        assert compute_room_id_v12(stored_create[0].pdu, version) == room
+
+
+@pytest.mark.parametrize("version_id", ["13", "0", "01", " 12", "org.example.x", "1.0", ""])
+async def test_unsupported_room_versions_are_refused(
+    client: httpx.AsyncClient, version_id: str
+) -> None:
+    _, token = await register(client, "alice")
+    r = await client.post(
+        f"{V3}/createRoom", json={"room_version": version_id}, headers=auth_header(token)
+    )
+    checked(r, 400, "M_UNSUPPORTED_ROOM_VERSION")
+    room = str(
+        checked(await client.post(f"{V3}/createRoom", json={}, headers=auth_header(token)))[
+            "room_id"
+        ]
+    )
+    r = await client.post(
+        f"{V3}/rooms/{room}/upgrade", json={"new_version": version_id}, headers=auth_header(token)
+    )
+    checked(r, 400, "M_UNSUPPORTED_ROOM_VERSION")
+    r = await client.get(f"{V3}/joined_rooms", headers=auth_header(token))
+    assert checked(r)["joined_rooms"] == [room]
+
+
+async def test_v3_event_ids_with_a_slash_are_served(client: httpx.AsyncClient) -> None:
+    """Room version 3 IDs are standard base64: `/` is sent as `%2F` and must still route."""
+    users = Users(client)
+    await users.add("alice")
+    body = {"room_version": "3", "preset": "public_chat"}
+    room = str((await users.call("alice", "POST", "/createRoom", body))["room_id"])
+    for n in range(200):
+        content = {"msgtype": "m.text", "body": str(n)}
+        event_id = await users.send("alice", room, f"t{n}", content, "m.room.message")
+        if "/" in event_id:
+            break
+    else:
+        pytest.fail("no ID with a slash in 200 events")
+    encoded = quote(event_id, safe="")
+    assert "%2F" in encoded
+    assert (await users.event("alice", room, event_id))["content"]["body"] == str(n)
+    context = await users.call("alice", "GET", f"/rooms/{room}/context/{encoded}")
+    assert context["event"]["event_id"] == event_id
+    await users.call("alice", "POST", f"/rooms/{room}/receipt/m.read/{encoded}", {})
+    await users.call("alice", "PUT", f"/rooms/{room}/redact/{encoded}/x", {})
+    assert (await users.event("alice", room, event_id))["content"] == {}
+    # A slash that is not encoded still separates segments.
+    r = await client.get(
+        f"{V3}/rooms/{room}/event/{event_id}", headers=auth_header(users.tokens["alice"])
+    )
+    assert r.status_code == 404
