@@ -22,6 +22,7 @@ from signedjson.key import get_verify_key
 from unpaddedbase64 import encode_base64
 
 from homeserver.app import Homeserver
+from homeserver.core.clock import FakeClock
 from homeserver.core.types import JsonDict
 from homeserver.events.format import (
     auth_event_ids,
@@ -29,11 +30,13 @@ from homeserver.events.format import (
     compute_reference_hash,
     compute_room_id_v12,
     event_id_of,
+    hash_and_sign_event,
     prev_event_ids,
     redact,
 )
 from homeserver.events.room_versions import ROOM_VERSIONS, RoomVersion
 from homeserver.events.validation import ServerKey, auth_chain_rejections, validate_received_pdu
+from homeserver.storage.events import NewEvent
 from tests.helpers import auth_header, checked, register
 
 V3 = "/_matrix/client/v3"
@@ -319,3 +322,83 @@ async def test_v3_event_ids_with_a_slash_are_served(client: httpx.AsyncClient) -
         f"{V3}/rooms/{room}/event/{event_id}", headers=auth_header(users.tokens["alice"])
     )
     assert r.status_code == 404
+
+
+async def _fork_topic(
+    hs: Homeserver, version: RoomVersion, room_id: str, parent_id: str, ts: int, depth: int
+) -> str:
+    """A topic on ``parent_id`` beside the room's line, built, hashed and signed in the
+    version's format as another of our workers would have (persisted as it is)."""
+    parent = await hs.event_store.get_event(parent_id)
+    room = await hs.room_store.get_room(room_id)
+    assert parent is not None and room is not None
+    state = await hs.event_store.get_state_ids(parent.state_group)
+    keys = [("m.room.power_levels", ""), ("m.room.member", parent.sender)]
+    if version.create_event_in_auth_events:
+        keys.insert(0, ("m.room.create", ""))
+    auth_ids = [state[k] for k in keys]
+    loaded = await hs.event_store.get_events([parent_id, *auth_ids])
+
+    def refs(ids: list[str]) -> list[Any]:
+        if not version.event_id_in_event:
+            return ids
+        return [
+            [i, {"sha256": encode_base64(compute_reference_hash(loaded[i].pdu, version))}]
+            for i in ids
+        ]
+
+    pdu: JsonDict = {
+        "room_id": room_id,
+        "type": "m.room.topic",
+        "state_key": "",
+        "sender": parent.sender,
+        "content": {"topic": "on the fork"},
+        "depth": parent.depth + depth,
+        "origin_server_ts": ts,
+        "prev_events": refs([parent_id]),
+        "auth_events": refs(auth_ids),
+    }
+    if version.event_id_in_event:
+        pdu["event_id"] = "$fork:test"
+    hash_and_sign_event(pdu, "test", hs.signing_key, version)
+    event_id = event_id_of(pdu, version)
+    position = await hs.event_store.persist_event(
+        NewEvent(pdu, event_id, room_id, {}), room.latest_event_id
+    )
+    assert position is not None
+    return event_id
+
+
+@pytest.mark.parametrize("deeper_fork", [False, True])
+@pytest.mark.parametrize("version_id", VERSIONS)
+async def test_a_fork_is_merged_in_the_version_format_and_resolved_by_its_algorithm(
+    hs: Homeserver, client: httpx.AsyncClient, clock: FakeClock, version_id: str, deeper_fork: bool
+) -> None:
+    """A topic war across a fork, one sender: state resolution v2 and v2.1 let the later
+    topic win, v1 (room version 1) the deeper one. The fork's topic is either later and
+    shallower than the line's, or earlier and deeper. The merging event lists both
+    extremities in the version's format."""
+    version = ROOM_VERSIONS[version_id]
+    users = Users(client)
+    await users.add("alice")
+    body = {"room_version": version_id, "preset": "public_chat"}
+    room = str((await users.call("alice", "POST", "/createRoom", body))["room_id"])
+    first = await users.send("alice", room, "t1", {"body": "1"}, "m.room.message")
+    [parent] = await hs.event_store.get_prev_event_ids(first)
+    clock.advance(10_000)
+    line_topic = await users.state("alice", room, "m.room.topic", {"topic": "on the line"})
+    line = await hs.event_store.get_event(line_topic)
+    assert line is not None
+    if deeper_fork:
+        fork_topic = await _fork_topic(hs, version, room, parent, line.origin_server_ts - 5, 10)
+    else:
+        fork_topic = await _fork_topic(hs, version, room, parent, line.origin_server_ts + 1, 1)
+    merged = await users.send("alice", room, "t2", {"body": "2"}, "m.room.message")
+    event = await hs.event_store.get_event(merged)
+    assert event is not None
+    assert sorted(prev_event_ids(event.pdu, version)) == sorted([line_topic, fork_topic])
+    topic = await users.call("alice", "GET", f"/rooms/{room}/state/m.room.topic/")
+    fork_wins = deeper_fork if version_id == "1" else not deeper_fork
+    assert topic["topic"] == ("on the fork" if fork_wins else "on the line")
+    stored = await hs.event_store.get_room_events(room, limit=1000, descending=False)
+    _check_stored(hs, version, {e.event_id: e.pdu for e in stored})
