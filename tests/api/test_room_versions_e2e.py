@@ -402,3 +402,76 @@ async def test_a_fork_is_merged_in_the_version_format_and_resolved_by_its_algori
     assert topic["topic"] == ("on the fork" if fork_wins else "on the line")
     stored = await hs.event_store.get_room_events(room, limit=1000, descending=False)
     _check_stored(hs, version, {e.event_id: e.pdu for e in stored})
+
+
+async def test_capabilities_list_every_stable_version(client: httpx.AsyncClient) -> None:
+    users = Users(client)
+    await users.add("alice")
+    caps = (await users.call("alice", "GET", "/capabilities"))["capabilities"]
+    assert caps["m.room_versions"] == {
+        "default": "12",
+        "available": {v: "stable" for v in VERSIONS},
+    }
+
+
+async def test_upgrade_from_v1_turns_stringy_power_levels_into_integers(
+    client: httpx.AsyncClient,
+) -> None:
+    """v1-v9 accept levels written as strings; v10+ refuse them, so the copy is rewritten."""
+    users = Users(client)
+    for name in ("alice", "bob"):
+        await users.add(name)
+    alice, bob = users.ids["alice"], users.ids["bob"]
+    body = {"room_version": "1", "preset": "public_chat"}
+    room = str((await users.call("alice", "POST", "/createRoom", body))["room_id"])
+    await users.call("bob", "POST", f"/join/{room}", {})
+    pl = await users.call("alice", "GET", f"/rooms/{room}/state/m.room.power_levels/")
+    pl["users"][bob] = " +60 "
+    pl["ban"] = "70"
+    pl["events"]["m.room.topic"] = "55"
+    await users.state("alice", room, "m.room.power_levels", pl)
+    # In v1 the strings count: bob (60) may set the topic (55) but not ban (70).
+    await users.state("bob", room, "m.room.topic", {"topic": "bob's"})
+    for new_version in ("12", "10"):
+        upgrade = {"new_version": new_version}
+        new_room = (await users.call("alice", "POST", f"/rooms/{room}/upgrade", upgrade))[
+            "replacement_room"
+        ]
+        new_pl = await users.call("alice", "GET", f"/rooms/{new_room}/state/m.room.power_levels/")
+        assert new_pl["users"][bob] == 60
+        assert new_pl["ban"] == 70 and new_pl["events"]["m.room.topic"] == 55
+        # v12: the upgrader is the creator, never listed; v10: listed with their level.
+        assert (alice in new_pl["users"]) is (new_version == "10")
+        await users.call("bob", "POST", f"/join/{new_room}", {})
+        await users.state("bob", new_room, "m.room.topic", {"topic": "bob's again"})
+        room = new_room
+
+
+async def test_downgrade_from_v12_keeps_the_creators_on_top(client: httpx.AsyncClient) -> None:
+    """Creators of a v12 room have no entry in its power levels; in an older version they
+    need one, as high as anything the levels name (the tombstone's 150)."""
+    users = Users(client)
+    for name in ("alice", "bob"):
+        await users.add(name)
+    alice, bob = users.ids["alice"], users.ids["bob"]
+    body = {"preset": "trusted_private_chat", "invite": [bob]}
+    room = str((await users.call("alice", "POST", "/createRoom", body))["room_id"])
+    create = await users.call("alice", "GET", f"/rooms/{room}/state/m.room.create/")
+    assert create["additional_creators"] == [bob]
+    await users.call("bob", "POST", f"/join/{room}", {})
+    new_room = (await users.call("bob", "POST", f"/rooms/{room}/upgrade", {"new_version": "5"}))[
+        "replacement_room"
+    ]
+    new_create = await users.call("bob", "GET", f"/rooms/{new_room}/state/m.room.create/")
+    assert new_create["creator"] == bob and "additional_creators" not in new_create
+    pl = await users.call("bob", "GET", f"/rooms/{new_room}/state/m.room.power_levels/")
+    assert pl["users"] == {alice: 150, bob: 150}
+    # And back to v12 by bob, with alice as an additional creator again.
+    body = {"new_version": "12", "additional_creators": [alice]}
+    again = (await users.call("bob", "POST", f"/rooms/{new_room}/upgrade", body))[
+        "replacement_room"
+    ]
+    create = await users.call("bob", "GET", f"/rooms/{again}/state/m.room.create/")
+    assert create["additional_creators"] == [alice]
+    pl = await users.call("bob", "GET", f"/rooms/{again}/state/m.room.power_levels/")
+    assert pl["users"] == {}
