@@ -475,3 +475,21 @@ async def test_downgrade_from_v12_keeps_the_creators_on_top(client: httpx.AsyncC
     assert create["additional_creators"] == [alice]
     pl = await users.call("bob", "GET", f"/rooms/{again}/state/m.room.power_levels/")
     assert pl["users"] == {}
+
+
+async def test_encoded_slashes_and_percent_signs_reach_the_parameters(
+    client: httpx.AsyncClient,
+) -> None:
+    """`%2F` is a `/` inside its segment, `%252F` the text `%2F`, with or without the other."""
+    users = Users(client)
+    await users.add("alice")
+    room = str((await users.call("alice", "POST", "/createRoom", {}))["room_id"])
+    for raw, state_key in (("a%2Fb%252F", "a/b%2F"), ("c%252F", "c%2F"), ("d%2f", "d/")):
+        await users.call("alice", "PUT", f"/rooms/{room}/state/org.example.k/{raw}", {"k": raw})
+        state = await users.call("alice", "GET", f"/rooms/{room}/state")
+        found = [e for e in state if e["type"] == "org.example.k" and e["content"]["k"] == raw]
+        assert [e["state_key"] for e in found] == [state_key]
+    r = await client.get(
+        f"{V3}/rooms/{room}/event/%24x%2Fy", headers=auth_header(users.tokens["alice"])
+    )
+    checked(r, 404, "M_NOT_FOUND")
