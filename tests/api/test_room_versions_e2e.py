@@ -493,3 +493,22 @@ async def test_encoded_slashes_and_percent_signs_reach_the_parameters(
         f"{V3}/rooms/{room}/event/%24x%2Fy", headers=auth_header(users.tokens["alice"])
     )
     checked(r, 404, "M_NOT_FOUND")
+
+
+@pytest.mark.parametrize("version_id", ["9", "10"])
+async def test_string_power_levels_at_create_follow_the_version(
+    client: httpx.AsyncClient, version_id: str
+) -> None:
+    """Before v10 a level may be a string ("60"); from v10 the auth rules refuse it, and
+    createRoom refuses the room whole (400 M_INVALID_ROOM_STATE), leaving nothing behind."""
+    users = Users(client)
+    await users.add("alice")
+    body = {"room_version": version_id, "power_level_content_override": {"ban": "60"}}
+    r = await client.post(f"{V3}/createRoom", json=body, headers=auth_header(users.tokens["alice"]))
+    if version_id == "9":
+        room = checked(r)["room_id"]
+        pl = await users.call("alice", "GET", f"/rooms/{room}/state/m.room.power_levels/")
+        assert pl["ban"] == "60"
+    else:
+        checked(r, 400, "M_INVALID_ROOM_STATE")
+        assert (await users.call("alice", "GET", "/joined_rooms"))["joined_rooms"] == []
