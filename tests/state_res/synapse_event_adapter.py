@@ -6,8 +6,10 @@ python.
 Each input line is `{"index", "room_version", "event"}`. Each output line gives, from Synapse:
 the content hash, the redacted form, the reference hash, the event ID (and, for a v12 create
 event, the room ID) and the signature with the appendices' seed key as `ed25519:1` of
-`domain`; or the error. This file imports Synapse, never the homeserver: it runs in another
-interpreter.
+`domain`; or the error. A line with `"verify": {"server", "key_id", "key"}` instead asks
+whether Synapse accepts the event as a PDU from that server: parsed as federation parses it,
+its content hash and the server's signature checked. This file imports Synapse, never the
+homeserver: it runs in another interpreter.
 """
 
 from __future__ import annotations
@@ -51,6 +53,33 @@ def answer(item: dict[str, Any], signing_key: Any) -> dict[str, Any]:
     return out
 
 
+def check(item: dict[str, Any]) -> dict[str, Any]:
+    from signedjson.key import decode_verify_key_base64
+    from signedjson.sign import SignatureVerifyException, verify_signed_json
+    from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
+    from synapse.crypto.event_signing import check_event_content_hash
+    from synapse.federation.federation_base import event_from_pdu_json
+    from synapse.synapse_rust.events import redact_event_dict
+
+    version = KNOWN_ROOM_VERSIONS[item["room_version"]]
+    verify = item["verify"]
+    event = event_from_pdu_json(json.loads(json.dumps(item["event"])), version)
+    key = decode_verify_key_base64("ed25519", verify["key_id"].split(":", 1)[1], verify["key"])
+    redacted = redact_event_dict(version, item["event"])
+    redacted.pop("unsigned", None)
+    try:
+        verify_signed_json(redacted, verify["server"], key)
+        signed = True
+    except SignatureVerifyException:
+        signed = False
+    return {
+        "event_id": event.event_id,
+        "room_id": event.room_id,
+        "content_hash_ok": check_event_content_hash(event),
+        "signature_ok": signed,
+    }
+
+
 def main() -> None:
     import synapse
     from signedjson.key import decode_signing_key_base64
@@ -62,7 +91,7 @@ def main() -> None:
             continue
         item = json.loads(line)
         try:
-            result = answer(item, signing_key)
+            result = check(item) if "verify" in item else answer(item, signing_key)
         except Exception:
             result = {"error": traceback.format_exc()}
         result["index"] = item.get("index")

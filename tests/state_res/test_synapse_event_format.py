@@ -17,12 +17,15 @@ import random
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 import pytest
-from signedjson.key import decode_signing_key_base64
+from signedjson.key import decode_signing_key_base64, encode_verify_key_base64, get_verify_key
 from unpaddedbase64 import encode_base64
 
 from bench.servers import SYNAPSE_VERSION
+from homeserver.app import Homeserver
 from homeserver.core.types import JsonDict
 from homeserver.events.format import (
     compute_content_hash,
@@ -33,11 +36,13 @@ from homeserver.events.format import (
     sign_event,
 )
 from homeserver.events.room_versions import ROOM_VERSIONS
+from tests.helpers import auth_header, checked, register
 from tests.state_res.test_synapse_differential import _synapse_python
 
 HERE = Path(__file__).parent
 ADAPTER = HERE / "synapse_event_adapter.py"
 EVENTS_PER_VERSION = 400
+V3 = "/_matrix/client/v3"
 SPEC_KEY = decode_signing_key_base64("ed25519", "1", "YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1")
 SERVERS = ("domain", "b.example", "c.example")
 TYPES = (
@@ -247,3 +252,69 @@ def test_event_format_matches_synapse() -> None:
     # The generator covers what differs between versions.
     covered = {(i["room_version"], i["event"]["type"]) for i in items}
     assert len(covered) == 12 * len(TYPES)
+
+
+async def test_synapse_accepts_the_pdus_we_send_in_every_version(
+    hs: Homeserver, client: httpx.AsyncClient
+) -> None:
+    """Rooms of every version made through the client API; Synapse parses each stored PDU as
+    federation would, finds the same event ID and room ID, and checks its content hash and
+    our server's signature."""
+    alice, alice_token = await register(client, "alice")
+    bob, bob_token = await register(client, "bob")
+    verify_key = get_verify_key(hs.signing_key)
+    verify = {
+        "server": hs.server_name,
+        "key_id": f"{verify_key.alg}:{verify_key.version}",
+        "key": encode_verify_key_base64(verify_key),
+    }
+    items: list[JsonDict] = []
+    for n in range(1, 13):
+        body = {"room_version": str(n), "preset": "public_chat", "name": f"v{n}"}
+        r = await client.post(f"{V3}/createRoom", json=body, headers=auth_header(alice_token))
+        room = checked(r)["room_id"]
+        checked(await client.post(f"{V3}/join/{room}", json={}, headers=auth_header(bob_token)))
+        for i, token in enumerate((alice_token, bob_token)):
+            r = await client.put(
+                f"{V3}/rooms/{room}/send/m.room.message/m{i}",
+                json={"msgtype": "m.text", "body": f"hello {i}"},
+                headers=auth_header(token),
+            )
+            message = checked(r)["event_id"]
+        r = await client.put(
+            f"{V3}/rooms/{room}/redact/{quote(message, safe='')}/r",
+            json={"reason": "r"},
+            headers=auth_header(alice_token),
+        )
+        checked(r)
+        r = await client.put(
+            f"{V3}/rooms/{room}/state/m.room.topic/",
+            json={"topic": "t"},
+            headers=auth_header(bob_token),
+        )
+        assert r.status_code == 403  # bob is not a moderator
+        pl = {"users": {} if n == 12 else {alice: 100}, "users_default": 50}
+        r = await client.put(
+            f"{V3}/rooms/{room}/state/m.room.power_levels/",
+            json=pl,
+            headers=auth_header(alice_token),
+        )
+        checked(r)
+        for e in await hs.event_store.get_room_events(room, limit=100, descending=False):
+            items.append(
+                {
+                    "index": len(items),
+                    "room_version": str(n),
+                    "event": e.pdu,
+                    "verify": verify,
+                    "ours": {"event_id": e.event_id, "room_id": room},
+                }
+            )
+    assert bob
+    answers = _synapse(_synapse_python(), items)
+    for item, theirs in zip(items, answers, strict=True):
+        assert "error" not in theirs, theirs["error"][-2000:]
+        assert theirs["event_id"] == item["ours"]["event_id"], item
+        assert theirs["room_id"] == item["ours"]["room_id"], item
+        assert theirs["content_hash_ok"] and theirs["signature_ok"], item
+    assert {i["room_version"] for i in items} == {str(n) for n in range(1, 13)}
