@@ -137,8 +137,9 @@ class SendService:
     async def _check_redaction(
         self, requester: Requester, room_id: RoomID, event_id: EventID
     ) -> None:
-        """ "Handling redactions": the redact level, or the target's sender on the redacting
-        user's own server (the auth rules leave this to the server from room version 3)."""
+        """The spec's "Handling redactions": the redact level, or the target's sender on the
+        redacting user's own server (the auth rules leave this to servers from room version 3;
+        the auth rules of v1 and v2 check it again)."""
         target = await self._events.get_event(event_id)
         if target is None or target.room_id != room_id:
             raise MatrixError(Codes.NOT_FOUND, "Event not found")

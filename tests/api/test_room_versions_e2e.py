@@ -197,12 +197,19 @@ async def test_room_version_end_to_end(
         headers=auth_header(users.tokens["carol"]),
     )
     checked(r, 403, "M_FORBIDDEN", documented=False)  # as /redact answers
-    r = await client.put(
-        f"{V3}/rooms/{room}/send/m.room.redaction/r4",
-        json={"reason": "no target"},
-        headers=auth_header(users.tokens["alice"]),
-    )
-    checked(r, 400, "M_BAD_JSON")
+    bad_redactions: list[tuple[JsonDict, int, str]] = [
+        ({"reason": "no target"}, 400, "M_BAD_JSON"),
+        ({"redacts": 5}, 400, "M_BAD_JSON"),
+        ({"redacts": "not an ID"}, 400, "M_INVALID_PARAM"),
+        ({"redacts": "$unknown:test"}, 404, "M_NOT_FOUND"),
+    ]
+    for i, (content, status, errcode) in enumerate(bad_redactions):
+        r = await client.put(
+            f"{V3}/rooms/{room}/send/m.room.redaction/bad{i}",
+            json=content,
+            headers=auth_header(users.tokens["alice"]),
+        )
+        checked(r, status, errcode, documented=status == 400)
     pl_redaction = (
         await users.call("alice", "PUT", f"/rooms/{room}/redact/{quote(pl_id, safe='')}/r5", {})
     )["event_id"]
