@@ -60,6 +60,7 @@ from homeserver.web.edge import (
     matrix_error_handler,
     pool_exhausted_handler,
 )
+from homeserver.web.escaped_slash import EscapedSlashMiddleware, restore_slashes
 from homeserver.web.request_guard import RequestGuardMiddleware
 from media_repo import routes as media_routes
 
@@ -144,7 +145,12 @@ def create_app(hs: Homeserver) -> Starlette:
             *client_routes.root_routes,
             *hs.push_gateway_routes,
         ],
-        middleware=[Middleware(CorsMiddleware), Middleware(RequestGuardMiddleware)],
+        middleware=[
+            Middleware(CorsMiddleware),
+            Middleware(RequestGuardMiddleware),
+            # After the guard, which refuses a NUL: it marks encoded slashes with one.
+            Middleware(EscapedSlashMiddleware),
+        ],
         exception_handlers={
             MatrixError: matrix_error_handler,
             HTTPException: http_error_handler,
@@ -152,5 +158,6 @@ def create_app(hs: Homeserver) -> Starlette:
             Exception: internal_error_handler,
         },
     )
+    restore_slashes(app.routes)
     app.state.services = {type(s): s for s in route_services(hs)}
     return app
