@@ -162,8 +162,15 @@ async def require_user(request: Request, *, allow_locked: bool = False) -> Reque
     token = access_token_of(request)
     if token is None:
         raise MatrixError(Codes.MISSING_TOKEN, "Missing access token")
+    query = request.query_params
     edge = services_of(request, EdgeServices)
-    requester = await edge.tokens.get_requester(token, allow_locked=allow_locked)
+    requester = await edge.tokens.get_requester(
+        token,
+        # Application services act as users of their namespaces, and as their devices.
+        user_id=query.get("user_id"),
+        device_id=query.get("device_id", query.get("org.matrix.msc3202.device_id")),
+        allow_locked=allow_locked,
+    )
     request.state.requester = requester
     if edge.sessions is not None:
         client = request.client

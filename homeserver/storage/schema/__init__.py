@@ -23,6 +23,10 @@ from homeserver.storage.schema.admin import (
     user_moderation,
     user_redactions,
 )
+from homeserver.storage.schema.appservice import (
+    appservice_state,
+    appservice_txns,
+)
 from homeserver.storage.schema.base import (
     UNSERVED_EVENTS,
     BigInt,
@@ -105,6 +109,8 @@ __all__ = [
     "UNSERVED_EVENTS",
     "access_tokens",
     "account_data",
+    "appservice_state",
+    "appservice_txns",
     "content_reports",
     "current_state",
     "delayed_events",
