@@ -62,6 +62,7 @@ from homeserver.rooms.aggregations import Aggregations
 from homeserver.rooms.create import RoomCreator
 from homeserver.rooms.delayed import DelayedEventService
 from homeserver.rooms.directory import DirectoryService
+from homeserver.rooms.incoming import IncomingEvents
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.relations import RelationsService
 from homeserver.rooms.reports import ReportService
@@ -297,6 +298,14 @@ class Homeserver:
                 self.ignore_lists,
             ),
             # The states of several forward extremities become one (issue 17).
+            resolve=resolve_room_state,
+        )
+        # Other servers' events onto the room graph (issue 17): federation calls it.
+        self.incoming_events = IncomingEvents(
+            self.event_store,
+            self.room_store,
+            self.notifier,
+            self.keyring,
             resolve=resolve_room_state,
         )
         self.visibility = Visibility(self.event_store, self.room_store)

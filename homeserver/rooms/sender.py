@@ -269,6 +269,7 @@ class EventSender:
                     unsigned["prev_content"] = previous.content
                     unsigned["prev_sender"] = previous.sender
         push_actions = await self._push.actions_for(room, pdu, event_id, auth_events, create)
+        current_state = await self._room_state_after(room, version, state, pdu, event_id)
         return NewEvent(
             pdu,
             event_id,
@@ -279,7 +280,44 @@ class EventSender:
             txn_scope=txn.scope if txn else None,
             push_actions=push_actions,
             prev_state=prev_state,
+            current_state=current_state,
         )
+
+    async def _room_state_after(
+        self, room: Room, version: RoomVersion, state: StateMap, pdu: JsonDict, event_id: str
+    ) -> StateMap | None:
+        """The room's state once the event replaces the extremities it cites, when more are
+        left than it may cite: its state after and theirs, resolved (None when there are no
+        others, or they change nothing: the room's state is then the event's)."""
+        left_out = room.forward_extremities[MAX_PREV_EVENTS:]
+        if not left_out or self._resolve is None:
+            return None
+        after = dict(state)
+        state_key = pdu.get("state_key")
+        if isinstance(state_key, str):
+            after[(pdu["type"], state_key)] = event_id
+        states = [after]
+        for group in dict.fromkeys(e.state_group for e in left_out):
+            other = await self._events.get_state_ids(group)
+            if other != after:
+                states.append(other)
+        if len(states) == 1:
+            return None
+        resolved = await self._resolve(version, states, self._loader(version))
+        return None if resolved == after else resolved
+
+    def _loader(
+        self, version: RoomVersion
+    ) -> Callable[[Collection[str]], Awaitable[Mapping[str, JsonDict]]]:
+        async def load(event_ids: Collection[str]) -> dict[str, JsonDict]:
+            # As every server has them: a redacted event in its redacted form.
+            loaded = await self._events.get_events(event_ids)
+            return {
+                e.event_id: e.pdu if e.redacted_by is None else redact(e.pdu, version)
+                for e in loaded.values()
+            }
+
+        return load
 
     async def _state_before(
         self, room: Room, version: RoomVersion, parents: Sequence[Extremity]
@@ -301,15 +339,7 @@ class EventSender:
             )
             return await self._events.get_state_ids(current), None
 
-        async def load(event_ids: Collection[str]) -> dict[str, JsonDict]:
-            # As every server has them: a redacted event in its redacted form.
-            loaded = await self._events.get_events(event_ids)
-            return {
-                e.event_id: e.pdu if e.redacted_by is None else redact(e.pdu, version)
-                for e in loaded.values()
-            }
-
-        resolved = await self._resolve(version, states, load)
+        resolved = await self._resolve(version, states, self._loader(version))
         return resolved, resolved
 
 

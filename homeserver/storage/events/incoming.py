@@ -28,6 +28,7 @@ from homeserver.storage.relations import record_relation
 from homeserver.storage.schema import (
     UNSERVED_EVENTS,
     event_auth,
+    event_backward_extremities,
     event_edges,
     event_forward_extremities,
     events,
@@ -87,6 +88,19 @@ _HAS_CHILD = prepared(
     .where(event_edges.c.prev_event_id == sa.bindparam("id"), _child.c.stream_ordering > 0)
     .limit(1)
 )
+# Of an event's prev_events, those in the graph (not outliers: they have no state group).
+_IN_GRAPH = prepared(
+    sa.select(events.c.event_id).where(
+        events.c.event_id.in_(sa.bindparam("ids", expanding=True)),
+        events.c.state_group != NO_STATE_GROUP,
+    )
+)
+_b = event_backward_extremities
+_FILLED = prepared(
+    sa.delete(_b).where(
+        _b.c.room_id == sa.bindparam("room_id"), _b.c.event_id == sa.bindparam("id")
+    )
+)
 _EXTREMITIES = prepared(
     sa.select(events.c.event_id, events.c.state_group)
     .join(event_forward_extremities, event_forward_extremities.c.event_id == events.c.event_id)
@@ -104,7 +118,8 @@ class IncomingWrites(StateGroups):
         received_ts: int,
         *,
         current_state: StateMap | None = None,
-    ) -> dict[str, int]:
+        expected_latest: str | None = None,
+    ) -> dict[str, int] | None:
         """Persist ``batch`` (parents before children) in one transaction; returns each new
         event's stream ordering (negative: never served). Events known already are left
         alone, except an outlier now given its place in the graph.
@@ -112,12 +127,19 @@ class IncomingWrites(StateGroups):
         ``current_state`` is the room's state after the batch (its forward extremities'
         states resolved), when the batch leaves several extremities; without it, the room's
         state becomes that of its only extremity, if it has one.
+
+        ``expected_latest`` is the room's latest event (``rooms.latest_event_id``) when the
+        caller read the extremities and current state it computed ``current_state`` from:
+        if another writer moved the room since, nothing is persisted and None is returned
+        (compute again and retry), as ``persist_event`` does for local sends.
         """
         ids = [e.event_id for e in batch]
         async with self._db.write() as conn:
             room = (await conn.execute(_LOCK_ROOM, {"room_id": room_id})).first()
             if room is None:
                 raise LookupError(room_id)
+            if expected_latest is not None and room.latest_event_id != expected_latest:
+                return None
             known = {r.event_id: r for r in (await conn.execute(_KNOWN, {"ids": ids})).all()}
             positions: dict[str, int] = {}
             groups: dict[str, int] = {r.event_id: int(r.state_group) for r in known.values()}
@@ -208,6 +230,8 @@ class IncomingWrites(StateGroups):
             link=event.served,
             extremity=event.served and not await self._has_child(conn, event.event_id),
         )
+        if not event.outlier:
+            await self._record_backward_extremities(conn, room_id, event.event_id, prevs)
         if event.served:
             redacts = redacts_of(pdu)
             if pdu["type"] == "m.room.redaction" and redacts is not None:
@@ -225,6 +249,33 @@ class IncomingWrites(StateGroups):
                 conn, event.push_actions, room_id, event.event_id, position, pdu["origin_server_ts"]
             )
         return position, group
+
+    async def _record_backward_extremities(
+        self, conn: Connection, room_id: str, event_id: str, prevs: Sequence[str]
+    ) -> None:
+        """The event is in the graph now, so no longer where history stops; those of its
+        prev_events we lack are."""
+        await conn.execute(_FILLED, {"room_id": room_id, "id": event_id})
+        if not prevs:
+            return
+        held = {r.event_id for r in (await conn.execute(_IN_GRAPH, {"ids": list(prevs)})).all()}
+        lacking = [p for p in prevs if p not in held]
+        if lacking:
+            await conn.execute(
+                self._db.insert_ignore_statement(_b, ("room_id", "event_id")),
+                [{"room_id": room_id, "event_id": p} for p in lacking],
+            )
+
+    async def get_backward_extremities(self, room_id: str) -> list[str]:
+        """The events the room's graph names as prev_events but lacks: where backfill
+        starts."""
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(_b.c.event_id).where(_b.c.room_id == room_id).order_by(_b.c.event_id)
+                )
+            ).all()
+        return [r.event_id for r in rows]
 
     async def _has_child(self, conn: Connection, event_id: str) -> bool:
         return (await conn.execute(_HAS_CHILD, {"id": event_id})).first() is not None

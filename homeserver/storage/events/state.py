@@ -16,6 +16,7 @@ from homeserver.storage.events.model import EVENT_COLUMNS, NewEvent, StateMap, S
 from homeserver.storage.schema import (
     current_state,
     events,
+    rejections,
     room_memberships,
     state_group_entries,
     state_groups,
@@ -128,6 +129,35 @@ class StateGroups:
             prev = (await conn.execute(_PREV_GROUP, {"id": event.state_group})).scalar()
         return await self.get_state_ids(int(prev)) if prev is not None else {}
 
+    async def state_ids_at(self, event_id: str) -> tuple[StateMap, StateMap] | None:
+        """The room's state before the event and after it (federation's /state_ids and
+        /state), or None when the event is unknown or an outlier (no place in the graph).
+        Both are read through the state-group cache, so the states of a busy room's recent
+        events are read once."""
+        async with self._db.read() as conn:
+            r = (
+                await conn.execute(
+                    sa.select(
+                        events.c.state_key,
+                        events.c.state_group,
+                        state_groups.c.prev_group,
+                        rejections.c.event_id.label("rejected"),
+                    )
+                    .select_from(events)
+                    .join(state_groups, state_groups.c.id == events.c.state_group, isouter=True)
+                    .join(rejections, rejections.c.event_id == events.c.event_id, isouter=True)
+                    .where(events.c.event_id == event_id)
+                )
+            ).first()
+        if r is None or int(r.state_group) == 0:
+            return None
+        after = await self.get_state_ids(int(r.state_group))
+        if r.state_key is None or r.rejected is not None:
+            # A message, or a rejected state event, changes nothing.
+            return after, dict(after)
+        before = await self.get_state_ids(int(r.prev_group)) if r.prev_group is not None else {}
+        return before, after
+
     async def _state_for_group(self, conn: Connection, group: int) -> StateMap:
         rows = (await conn.execute(_STATE_OF_GROUP, {"group": group})).all()
         state: StateMap = {}
@@ -222,13 +252,18 @@ class StateGroups:
                 await self._record_membership(
                     conn, room_id, state_key, event_id, member.sender, content, position
                 )
+        # A member the resolved state no longer has is not in the room: a user's row says
+        # so at ``position`` (syncs see the change, /joined_rooms and member lists drop the
+        # room), naming the membership event it last had, as no event of its own ends it.
         for event_type, state_key in gone:
             if event_type == "m.room.member":
                 await conn.execute(
-                    sa.delete(room_memberships).where(
+                    sa.update(room_memberships)
+                    .where(
                         room_memberships.c.room_id == room_id,
                         room_memberships.c.user_id == state_key,
                     )
+                    .values(membership="leave", stream_ordering=position)
                 )
 
     async def _update_current_state(

@@ -114,6 +114,7 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
             and state_key is None
             and expected_latest is not None
             and new.prev_state is None
+            and new.current_state is None
             and pdu["type"] != "m.room.redaction"
         ):
             return await self._persist_message(
@@ -150,9 +151,19 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
                 group = await self._add_state_group(
                     conn, new.room_id, base, {(pdu["type"], state_key): new.event_id}
                 )
+            room_group = group
+            if new.current_state is not None:
+                room_group = await self._group_for(
+                    conn, new.room_id, new.current_state, [group] if group is not None else []
+                )
             await conn.execute(
                 _MOVE_ROOM,
-                {"id": new.room_id, "latest": new.event_id, "depth": pdu["depth"], "group": group},
+                {
+                    "id": new.room_id,
+                    "latest": new.event_id,
+                    "depth": pdu["depth"],
+                    "group": room_group,
+                },
             )
             position = await self._db.next_position(conn, Stream.EVENTS)
             await conn.execute(
@@ -173,7 +184,12 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
                     "txn_id": new.txn_id,
                 },
             )
-            if new.prev_state is not None:
+            if new.current_state is not None:
+                current = {} if before is None else await self._state_for_group(conn, before)
+                await self._replace_current_state(
+                    conn, new.room_id, current, new.current_state, position
+                )
+            elif new.prev_state is not None:
                 after = dict(new.prev_state)
                 if state_key is not None:
                     after[(pdu["type"], state_key)] = new.event_id
