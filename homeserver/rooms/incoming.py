@@ -480,13 +480,15 @@ class IncomingEvents:
             wanted = {a for a in cited if a not in held} - asked
         if not fetched:
             return
-        # Step 4 over the fetched events and the auth events we hold (good ones only: a
-        # rejected or foreign one leaves what cites it without it, so rejected).
+        # Step 4 over the fetched events and the auth events we hold with their own auth
+        # chains (good ones only: a rejected or foreign one leaves what cites it without
+        # it, so rejected).
         cited = {a for pdu in fetched.values() for a in referenced_ids(pdu, "auth_events")}
         create = await self._events.get_current_state_event(room_id, *CREATE)
         if create is not None:
             cited.add(create.event_id)
         cited -= fetched.keys()
+        cited |= await self._events.get_auth_chain(cited)
         held = await self._events.get_events(cited)
         bad = await self._events.get_rejections(held)
         chain = {
