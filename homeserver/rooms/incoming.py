@@ -528,9 +528,15 @@ class IncomingEvents:
         if isinstance(pdu.get("state_key"), str):
             after[(pdu["type"], pdu["state_key"])] = event_id
         states = [after, *[await self._events.get_state_ids(e.state_group) for e in others]]
-        return await self._resolved(version, states)
+        # The event is not stored yet: the resolver is given it.
+        return await self._resolved(version, states, {event_id: pdu})
 
-    async def _resolved(self, version: RoomVersion, states: Sequence[StateMap]) -> StateMap:
+    async def _resolved(
+        self,
+        version: RoomVersion,
+        states: Sequence[StateMap],
+        pending: Mapping[str, JsonDict] | None = None,
+    ) -> StateMap:
         distinct = list({tuple(sorted(s.items())): s for s in states}.values())
         if len(distinct) <= 1:
             return dict(distinct[0]) if distinct else {}
@@ -539,7 +545,11 @@ class IncomingEvents:
 
         async def load(event_ids: Collection[str]) -> dict[str, JsonDict]:
             loaded = await self._events.get_events(event_ids)
-            return {e.event_id: self._as_seen(e, version) for e in loaded.values()}
+            found = {e.event_id: self._as_seen(e, version) for e in loaded.values()}
+            for event_id in event_ids:
+                if pending is not None and event_id in pending:
+                    found[event_id] = pending[event_id]
+            return found
 
         return await self._resolve(version, distinct, load)
 

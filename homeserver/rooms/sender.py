@@ -303,19 +303,23 @@ class EventSender:
                 states.append(other)
         if len(states) == 1:
             return None
-        resolved = await self._resolve(version, states, self._loader(version))
+        # The event is not stored yet: the resolver is given it.
+        resolved = await self._resolve(version, states, self._loader(version, {event_id: pdu}))
         return None if resolved == after else resolved
 
     def _loader(
-        self, version: RoomVersion
+        self, version: RoomVersion, pending: Mapping[str, JsonDict] | None = None
     ) -> Callable[[Collection[str]], Awaitable[Mapping[str, JsonDict]]]:
         async def load(event_ids: Collection[str]) -> dict[str, JsonDict]:
             # As every server has them: a redacted event in its redacted form.
             loaded = await self._events.get_events(event_ids)
-            return {
+            found = {
                 e.event_id: e.pdu if e.redacted_by is None else redact(e.pdu, version)
                 for e in loaded.values()
             }
+            if pending is not None:
+                found.update({i: p for i, p in pending.items() if i in event_ids})
+            return found
 
         return load
 
