@@ -37,7 +37,7 @@ from unpaddedbase64 import decode_base64
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
-from homeserver.events.auth import check_auth, check_auth_events_selection
+from homeserver.events.auth import auth_types_for_event, check_auth, check_auth_events_selection
 from homeserver.events.format import event_id_of, redact
 from homeserver.events.power_levels import is_int
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
@@ -318,7 +318,9 @@ class IncomingEvents:
             head = await self._rooms.get_room_head(room_id)
             if head is None:
                 raise LookupError(room_id)
-            current = await self._events.get_current_state_ids(room_id)
+            current = await self._events.get_current_state_entries(
+                room_id, _auth_keys(version, pdu)
+            )
             soft = await self._auth_failure_in(version, pdu, current, create_pdu)
             current_state = None
             if soft is None:
@@ -537,7 +539,10 @@ class IncomingEvents:
         states: Sequence[StateMap],
         pending: Mapping[str, JsonDict] | None = None,
     ) -> StateMap:
-        distinct = list({tuple(sorted(s.items())): s for s in states}.values())
+        distinct: list[StateMap] = []
+        for state in states:
+            if all(state != seen for seen in distinct):
+                distinct.append(state)
         if len(distinct) <= 1:
             return dict(distinct[0]) if distinct else {}
         if self._resolve is None:
@@ -560,8 +565,9 @@ class IncomingEvents:
         state: Mapping[StateKey, str],
         create: JsonDict | None,
     ) -> str | None:
-        """Why the auth rules refuse the event in ``state``, or None."""
-        ids = {k: v for k, v in state.items() if k[0] in _AUTH_TYPES}
+        """Why the auth rules refuse the event in ``state``, or None: only the entries the
+        auth events selection picks are read (not a large room's every member)."""
+        ids = {k: state[k] for k in _auth_keys(version, pdu) if k in state}
         loaded = await self._events.get_events(ids.values())
         rejected = await self._events.get_rejections(ids.values())
         keyed = {
@@ -600,16 +606,17 @@ def _in_graph(event: StoredEvent) -> bool:
     return event.state_group != 0
 
 
-# The state check_auth reads.
-_AUTH_TYPES = frozenset(
-    (
-        "m.room.create",
-        "m.room.power_levels",
-        "m.room.member",
-        "m.room.join_rules",
-        "m.room.third_party_invite",
+def _auth_keys(version: RoomVersion, pdu: JsonDict) -> list[StateKey]:
+    """The state entries the auth rules read for ``pdu`` (spec, "auth events selection")."""
+    content = pdu.get("content")
+    return auth_types_for_event(
+        version,
+        str(pdu.get("type")),
+        pdu.get("state_key") if isinstance(pdu.get("state_key"), str) else None,
+        str(pdu.get("sender")),
+        content if isinstance(content, dict) else {},
     )
-)
+
 
 # Server-server API, "Checks performed on receipt of a PDU": a PDU with more than these is
 # refused (the numbers Synapse enforces too).

@@ -144,6 +144,7 @@ class IncomingWrites(StateGroups):
             positions: dict[str, int] = {}
             groups: dict[str, int] = {r.event_id: int(r.state_group) for r in known.values()}
             last: tuple[str, int, int] | None = None  # the last served event, depth, position
+            written: dict[int, StateMap] = {}  # the states of the groups it uses, to cache
             for event in batch:
                 found = known.get(event.event_id)
                 if found is not None and (event.outlier or not found.outlier):
@@ -153,13 +154,17 @@ class IncomingWrites(StateGroups):
                     await conn.execute(
                         sa.delete(event_auth).where(event_auth.c.event_id == event.event_id)
                     )
-                position, group = await self._persist_one(conn, room_id, event, groups, received_ts)
+                position, group = await self._persist_one(
+                    conn, room_id, event, groups, received_ts, written
+                )
                 positions[event.event_id] = position
                 groups[event.event_id] = group
                 if event.served:
                     last = (event.event_id, event.pdu["depth"], position)
             if last is not None:
-                await self._move_room(conn, room_id, room, last, current_state)
+                await self._move_room(conn, room_id, room, last, current_state, written)
+        # Committed: the next event of the room finds its parents' states without a read.
+        self._cache_states(written)
         return positions
 
     async def _persist_one(
@@ -169,6 +174,7 @@ class IncomingWrites(StateGroups):
         event: IncomingEvent,
         groups: dict[str, int],
         received_ts: int,
+        written: dict[int, StateMap],
     ) -> tuple[int, int]:
         pdu = event.pdu
         state_key: str | None = pdu.get("state_key")
@@ -185,11 +191,12 @@ class IncomingWrites(StateGroups):
             group = await self._group_for(
                 conn, room_id, event.state_before, [groups[p] for p in prevs if p in groups]
             )
+            written[group] = dict(event.state_before)
             if state_key is not None and event.rejected is None:
                 # A rejected event changes no state: the state after it is the state before.
-                group = await self._add_state_group(
-                    conn, room_id, group, {(pdu["type"], state_key): event.event_id}
-                )
+                own = {(pdu["type"], state_key): event.event_id}
+                group = await self._add_state_group(conn, room_id, group, own)
+                written[group] = {**event.state_before, **own}
         await conn.execute(
             sa.insert(events).values(
                 stream_ordering=position,
@@ -288,9 +295,7 @@ class IncomingWrites(StateGroups):
         for candidate in dict.fromkeys(candidates):
             if candidate == NO_STATE_GROUP:
                 continue
-            known = self._state_cache.get(candidate)
-            if known is None:
-                known = await self._state_for_group(conn, candidate)
+            known = await self._known_state(conn, candidate)
             if known == state:
                 return candidate
             if all(key in state for key in known):
@@ -305,6 +310,7 @@ class IncomingWrites(StateGroups):
         room: Any,
         last: tuple[str, int, int],
         current_state: StateMap | None,
+        written: dict[int, StateMap],
     ) -> None:
         """The room's token moves to the batch's last served event (it changed the forward
         extremities, so local senders that built on the old ones rebuild), and its current
@@ -317,11 +323,12 @@ class IncomingWrites(StateGroups):
             group = await self._group_for(
                 conn, room_id, current_state, [int(h.state_group) for h in heads]
             )
+            written[group] = dict(current_state)
         elif len(heads) == 1:
             group = int(heads[0].state_group)
         if group is not None and group != before:
-            old = {} if before is None else await self._state_for_group(conn, before)
-            new = await self._state_for_group(conn, group)
+            old = {} if before is None else await self._known_state(conn, before)
+            new = written.get(group) or await self._known_state(conn, group)
             await self._replace_current_state(conn, room_id, old, new, position)
         await conn.execute(
             sa.update(rooms)

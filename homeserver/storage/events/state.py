@@ -3,7 +3,7 @@ room's current state."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,7 +12,14 @@ from cachetools import LRUCache
 from homeserver.core import jsonutil
 from homeserver.core.types import JsonDict
 from homeserver.storage.database import Connection, Database, prepared
-from homeserver.storage.events.model import EVENT_COLUMNS, NewEvent, StateMap, StoredEvent, to_event
+from homeserver.storage.events.model import (
+    EVENT_COLUMNS,
+    NewEvent,
+    StateKey,
+    StateMap,
+    StoredEvent,
+    to_event,
+)
 from homeserver.storage.schema import (
     current_state,
     events,
@@ -25,6 +32,13 @@ from homeserver.storage.schema import (
 # A state group stores only its delta from the previous one; every this many deltas a full
 # snapshot is written, so reading any state walks at most this many groups.
 MAX_STATE_CHAIN = 50
+# The state-group cache is bounded by the entries it holds, not the groups: a room of
+# 10 000 members has as many entries in each of its groups' states.
+STATE_CACHE_ENTRIES = 1_000_000
+
+
+def state_cache_weight(state: StateMap) -> int:
+    return len(state) + 1
 
 
 _PREV_GROUP = prepared(
@@ -87,7 +101,7 @@ class StateGroups:
         snapshot = prev is None or chain + 1 >= MAX_STATE_CHAIN
         entries = delta
         if snapshot and prev is not None:
-            entries = {**await self._state_for_group(conn, prev), **delta}
+            entries = {**await self._known_state(conn, prev), **delta}
         group = int(
             (
                 await conn.execute(
@@ -158,6 +172,19 @@ class StateGroups:
         before = await self.get_state_ids(int(r.prev_group)) if r.prev_group is not None else {}
         return before, after
 
+    async def _known_state(self, conn: Connection, group: int) -> StateMap:
+        """Inside a transaction: the group's state from the cache (committed groups only
+        are there), else read on ``conn`` (which sees the transaction's own groups). Not to
+        be changed: it may be the cached map."""
+        cached = self._state_cache.get(group)
+        return cached if cached is not None else await self._state_for_group(conn, group)
+
+    def _cache_states(self, states: dict[int, StateMap]) -> None:
+        """After the transaction that wrote these groups committed."""
+        for group, state in states.items():
+            if state_cache_weight(state) <= STATE_CACHE_ENTRIES:
+                self._state_cache[group] = state
+
     async def _state_for_group(self, conn: Connection, group: int) -> StateMap:
         rows = (await conn.execute(_STATE_OF_GROUP, {"group": group})).all()
         state: StateMap = {}
@@ -173,6 +200,22 @@ class StateGroups:
         ).where(current_state.c.room_id == room_id)
         if types is not None:
             query = query.where(current_state.c.type.in_(list(types)))
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return {(r.type, r.state_key): r.event_id for r in rows}
+
+    async def get_current_state_entries(self, room_id: str, keys: Collection[StateKey]) -> StateMap:
+        """The room's current state at ``keys`` only (what the auth rules read of it), without
+        reading a large room's whole membership."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        query = sa.select(
+            current_state.c.type, current_state.c.state_key, current_state.c.event_id
+        ).where(
+            current_state.c.room_id == room_id,
+            sa.tuple_(current_state.c.type, current_state.c.state_key).in_(wanted),
+        )
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
         return {(r.type, r.state_key): r.event_id for r in rows}
@@ -221,37 +264,38 @@ class StateGroups:
                     current_state.c.state_key == state_key,
                 )
             )
-        loaded = {
-            r.event_id: r
-            for r in (
-                await conn.execute(
-                    sa.select(events.c.event_id, events.c.sender, events.c.json).where(
-                        events.c.event_id.in_(
-                            [e for (t, _), e in changed.items() if t == "m.room.member"]
-                        )
-                    )
-                )
-            ).all()
-        }
-        for (event_type, state_key), event_id in changed.items():
-            await conn.execute(
-                self._db.upsert(
-                    current_state,
-                    {
-                        "room_id": room_id,
-                        "type": event_type,
-                        "state_key": state_key,
-                        "event_id": event_id,
-                    },
-                    keys=("room_id", "type", "state_key"),
+        members = [e for (t, _), e in changed.items() if t == "m.room.member"]
+        loaded: dict[str, Any] = {}
+        for i in range(0, len(members), _CHUNK):
+            found = await conn.execute(
+                sa.select(events.c.event_id, events.c.sender, events.c.json).where(
+                    events.c.event_id.in_(members[i : i + _CHUNK])
                 )
             )
+            loaded.update((r.event_id, r) for r in found.all())
+        # Joining a large room writes its whole membership: one statement, many rows.
+        state_rows: list[dict[str, Any]] = [
+            {"v_room_id": room_id, "v_type": t, "v_state_key": k, "v_event_id": e}
+            for (t, k), e in changed.items()
+        ]
+        member_rows: list[dict[str, Any]] = []
+        for (event_type, state_key), event_id in changed.items():
             member = loaded.get(event_id)
             if event_type == "m.room.member" and member is not None:
                 content = jsonutil.loads(member.json).get("content", {})
-                await self._record_membership(
-                    conn, room_id, state_key, event_id, member.sender, content, position
+                member_rows.append(
+                    _membership_row(room_id, state_key, event_id, member.sender, content, position)
                 )
+        for table, rows, keys in (
+            (current_state, state_rows, ("room_id", "type", "state_key")),
+            (room_memberships, member_rows, ("room_id", "user_id")),
+        ):
+            if rows:
+                statement = self._db.upsert(
+                    table, {c[2:]: sa.bindparam(c) for c in rows[0]}, keys=keys
+                )
+                for i in range(0, len(rows), _CHUNK):
+                    await conn.execute(statement, rows[i : i + _CHUNK])
         # A member the resolved state no longer has is not in the room: a user's row says
         # so at ``position`` (syncs see the change, /joined_rooms and member lists drop the
         # room), naming the membership event it last had, as no event of its own ends it.
@@ -303,22 +347,34 @@ class StateGroups:
         content: JsonDict,
         position: int,
     ) -> None:
-        displayname = content.get("displayname")
-        avatar_url = content.get("avatar_url")
+        row = _membership_row(room_id, user_id, event_id, sender, content, position)
         await conn.execute(
             self._db.upsert(
-                room_memberships,
-                {
-                    "room_id": room_id,
-                    "user_id": user_id,
-                    "membership": content.get("membership"),
-                    "event_id": event_id,
-                    "sender": sender,
-                    "stream_ordering": position,
-                    "forgotten": False,
-                    "displayname": displayname if isinstance(displayname, str) else None,
-                    "avatar_url": avatar_url if isinstance(avatar_url, str) else None,
-                },
-                keys=("room_id", "user_id"),
+                room_memberships, {k[2:]: v for k, v in row.items()}, keys=("room_id", "user_id")
             )
         )
+
+
+# Rows written by one statement at most (and IDs in one IN list): within every database's
+# limit on bound parameters.
+_CHUNK = 1000
+
+
+def _membership_row(
+    room_id: str, user_id: str, event_id: str, sender: str, content: JsonDict, position: int
+) -> dict[str, Any]:
+    """A room_memberships row, its keys the columns prefixed with ``v_`` (bound parameters
+    may not take a column's name)."""
+    displayname = content.get("displayname")
+    avatar_url = content.get("avatar_url")
+    return {
+        "v_room_id": room_id,
+        "v_user_id": user_id,
+        "v_membership": content.get("membership"),
+        "v_event_id": event_id,
+        "v_sender": sender,
+        "v_stream_ordering": position,
+        "v_forgotten": False,
+        "v_displayname": displayname if isinstance(displayname, str) else None,
+        "v_avatar_url": avatar_url if isinstance(avatar_url, str) else None,
+    }

@@ -21,6 +21,7 @@ from homeserver.storage.events.reading import (
     EventReads,
     StreamWindow,
 )
+from homeserver.storage.events.state import STATE_CACHE_ENTRIES, state_cache_weight
 from homeserver.storage.push import record_push_actions
 from homeserver.storage.relations import parse_relation, record_relation
 from homeserver.storage.schema import (
@@ -74,7 +75,9 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
     def __init__(self, db: Database) -> None:
         self._db = db
         # State groups never change once written.
-        self._state_cache: LRUCache[int, StateMap] = LRUCache(maxsize=2000)
+        self._state_cache: LRUCache[int, StateMap] = LRUCache(
+            maxsize=STATE_CACHE_ENTRIES, getsizeof=state_cache_weight
+        )
         # Nor does what lies between two committed positions.
         self._windows: RangeReads[StreamWindow] = RangeReads(
             WINDOWS_KEPT, WINDOW_MAX_EVENTS, EMPTY_WINDOW, lambda window: window.weight
