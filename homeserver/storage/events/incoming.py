@@ -143,6 +143,13 @@ class IncomingWrites(StateGroups):
             known = {r.event_id: r for r in (await conn.execute(_KNOWN, {"ids": ids})).all()}
             positions: dict[str, int] = {}
             groups: dict[str, int] = {r.event_id: int(r.state_group) for r in known.values()}
+            # The prev_events' groups: an event's state is usually its parent's, or a delta
+            # on it (not a snapshot of a large room's whole state).
+            parents = {p for e in batch for p in referenced_ids(e.pdu, "prev_events")}
+            parents -= set(ids)
+            if parents:
+                rows = (await conn.execute(_KNOWN, {"ids": sorted(parents)})).all()
+                groups.update((r.event_id, int(r.state_group)) for r in rows)
             last: tuple[str, int, int] | None = None  # the last served event, depth, position
             written: dict[int, StateMap] = {}  # the states of the groups it uses, to cache
             for event in batch:
