@@ -233,7 +233,7 @@ class IncomingEvents:
         try:
             event_id = event_id_of(pdu, version)
             pdu = await self._checked(pdu, version)
-        except (MatrixError, ValueError, TypeError, KeyError) as e:
+        except (MatrixError, ValueError, TypeError, KeyError, AttributeError) as e:
             logger.info("pdu dropped", extra={"room_id": room_id, "reason": str(e)})
             return Received("", Outcome.DROPPED, str(e))
         prevs = referenced_ids(pdu, "prev_events")

@@ -205,3 +205,16 @@ async def test_a_forged_power_level_deep_in_an_auth_chain_is_rejected(
             f"{V3}/rooms/{room.room_id}/event/{event_id}", headers=auth_header(tok)
         )
         assert r.status_code == 404
+
+
+async def test_junk_in_place_of_pdus_is_dropped(
+    fed: tuple[Homeserver, httpx.AsyncClient], remote: FakeRemote
+) -> None:
+    hs, client = fed
+    room, _ = await public_room_with_eve(client, hs, remote)
+    state = await hs.event_store.get_current_state_ids(room.room_id)
+    junk: list[Any] = ["$event", 5, None, [], {}, {"type": 1}, {"signatures": "x"}]
+    results = await hs.incoming_events.receive(room.room_id, junk, hs.clock.now_ms(), room)
+    assert [r.outcome for r in results] == [Outcome.DROPPED] * len(junk)
+    assert await hs.event_store.get_current_state_ids(room.room_id) == state
+    assert room.calls == []

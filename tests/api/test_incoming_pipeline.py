@@ -75,8 +75,11 @@ async def test_a_forged_power_level_is_rejected(
     assert await hs.event_store.get_rejection(forged_id) == received.reason
     assert await hs.event_store.get_current_state_ids(room_id) == before
     assert forged_id not in await timeline(client, tok, room_id)
-    r = await client.get(f"{V3}/rooms/{room_id}/event/{forged_id}", headers=auth_header(tok))
-    assert r.status_code == 404
+    for path in (f"event/{forged_id}", f"context/{forged_id}"):
+        r = await client.get(f"{V3}/rooms/{room_id}/{path}", headers=auth_header(tok))
+        assert r.status_code == 404, path
+    r = await client.get(f"{V3}/sync", headers=auth_header(tok))
+    assert forged_id not in str(checked(r))
     # An event citing it as an auth event is rejected too.
     topic, _ = await room.build("m.room.topic", {"topic": "mine"}, "")
     topic["auth_events"] = [*topic["auth_events"], forged_id]
@@ -108,8 +111,9 @@ async def test_an_event_allowed_only_in_its_branch_is_soft_failed(
     assert await hs.event_store.get_forward_extremities(room_id) == heads_before
     assert await hs.event_store.get_current_state_ids(room_id) == state_before
     assert late_id not in await timeline(client, tok, room_id)
-    r = await client.get(f"{V3}/rooms/{room_id}/event/{late_id}", headers=auth_header(tok))
-    assert r.status_code == 404
+    for path in (f"event/{late_id}", f"context/{late_id}"):
+        r = await client.get(f"{V3}/rooms/{room_id}/{path}", headers=auth_header(tok))
+        assert r.status_code == 404, path
     r = await client.get(f"{V3}/sync", headers=auth_header(tok))
     assert late_id not in str(checked(r))
     # The next local event does not build on it.

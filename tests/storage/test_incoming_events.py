@@ -202,3 +202,19 @@ async def test_unserved_events_never_reach_a_window(db: Database) -> None:
     window = await store.get_window(0, position)
     assert window is not None
     assert [e.event_id for e in window.events_of(ROOM) or ()] == ["$create", "$alice", "$pl", "$m"]
+
+
+async def test_backward_extremities_follow_the_gaps(db: Database) -> None:
+    store = (await new_graph(db)).store
+    # An event whose parents we lack (one known only as an outlier): both are gaps.
+    assert await store.persist_incoming(ROOM, [remote("$o", ["$pl"], 4, outlier=True)], NOW)
+    assert await store.persist_incoming(ROOM, [remote("$x", ["$gap", "$o"], 9)], NOW)
+    assert await store.get_backward_extremities(ROOM) == ["$gap", "$o"]
+    # The gap's event arrives, on a parent we lack too: the gap moves back.
+    assert await store.persist_incoming(ROOM, [remote("$gap", ["$older"], 8)], NOW)
+    assert await store.get_backward_extremities(ROOM) == ["$o", "$older"]
+    # The outlier takes its place in the graph.
+    assert await store.persist_incoming(ROOM, [remote("$o", ["$pl"], 4)], NOW)
+    assert await store.get_backward_extremities(ROOM) == ["$older"]
+    # Another room has none.
+    assert await store.get_backward_extremities("!other:test") == []
