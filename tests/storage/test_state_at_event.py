@@ -70,3 +70,9 @@ async def test_state_at_events_of_a_ten_thousand_member_room(db: Database) -> No
     assert await store.state_ids_at("$nothing") is None
     # Asked again: the same (from the state-group cache).
     assert await store.state_ids_at("$msg") == (state, state)
+    # Whole states evicted: each is rebuilt from an ancestor's (read once) and the deltas
+    # since, and stays right.
+    store._state_cache.clear()
+    for i in range(MAX_STATE_CHAIN + 10):
+        at = await store.state_ids_at(f"$leave{i}")
+        assert at is not None and at[1] == expected_after[f"$leave{i}"], i

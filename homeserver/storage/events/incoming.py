@@ -152,6 +152,7 @@ class IncomingWrites(StateGroups):
                 groups.update((r.event_id, int(r.state_group)) for r in rows)
             last: tuple[str, int, int] | None = None  # the last served event, depth, position
             written: dict[int, StateMap] = {}  # the states of the groups it uses, to cache
+            deltas: dict[int, tuple[int, StateMap]] = {}  # and the deltas it wrote
             for event in batch:
                 found = known.get(event.event_id)
                 if found is not None and (event.outlier or not found.outlier):
@@ -162,7 +163,7 @@ class IncomingWrites(StateGroups):
                         sa.delete(event_auth).where(event_auth.c.event_id == event.event_id)
                     )
                 position, group = await self._persist_one(
-                    conn, room_id, event, groups, received_ts, written
+                    conn, room_id, event, groups, received_ts, written, deltas
                 )
                 positions[event.event_id] = position
                 groups[event.event_id] = group
@@ -172,6 +173,7 @@ class IncomingWrites(StateGroups):
                 await self._move_room(conn, room_id, room, last, current_state, written)
         # Committed: the next event of the room finds its parents' states without a read.
         self._cache_states(written)
+        self._state_deltas.update(deltas)
         return positions
 
     async def _persist_one(
@@ -182,6 +184,7 @@ class IncomingWrites(StateGroups):
         groups: dict[str, int],
         received_ts: int,
         written: dict[int, StateMap],
+        deltas: dict[int, tuple[int, StateMap]],
     ) -> tuple[int, int]:
         pdu = event.pdu
         state_key: str | None = pdu.get("state_key")
@@ -202,8 +205,10 @@ class IncomingWrites(StateGroups):
             if state_key is not None and event.rejected is None:
                 # A rejected event changes no state: the state after it is the state before.
                 own = {(pdu["type"], state_key): event.event_id}
+                before_group = group
                 group = await self._add_state_group(conn, room_id, group, own)
                 written[group] = {**event.state_before, **own}
+                deltas[group] = (before_group, own)
         await conn.execute(
             sa.insert(events).values(
                 stream_ordering=position,

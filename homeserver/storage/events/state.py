@@ -3,7 +3,7 @@ room's current state."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,8 +37,18 @@ MAX_STATE_CHAIN = 50
 STATE_CACHE_ENTRIES = 1_000_000
 
 
+# Besides whole states, the deltas of the groups read (a group's entries and the group it
+# is a delta on): a group whose whole state was evicted is rebuilt from a cached ancestor's
+# and the deltas since, without a read. Bounded by entries too.
+STATE_DELTA_ENTRIES = 200_000
+
+
 def state_cache_weight(state: StateMap) -> int:
     return len(state) + 1
+
+
+def delta_cache_weight(link: tuple[int, StateMap]) -> int:
+    return len(link[1]) + 1
 
 
 _PREV_GROUP = prepared(
@@ -68,6 +78,9 @@ def _state_of_group_query() -> sa.Select[Any]:
     return (
         sa.select(
             chain.c.n,
+            chain.c.id,
+            chain.c.prev_group,
+            chain.c.is_snapshot,
             state_group_entries.c.type,
             state_group_entries.c.state_key,
             state_group_entries.c.event_id,
@@ -85,6 +98,7 @@ class StateGroups:
 
     _db: Database
     _state_cache: LRUCache[int, StateMap]
+    _state_deltas: LRUCache[int, tuple[int, StateMap]]
 
     async def _add_state_group(
         self, conn: Connection, room_id: str, prev: int | None, delta: StateMap
@@ -130,10 +144,55 @@ class StateGroups:
     async def get_state_ids(self, state_group: int) -> StateMap:
         cached = self._state_cache.get(state_group)
         if cached is None:
+            cached = self._rebuilt(state_group)
+        if cached is None:
             async with self._db.read() as conn:
-                cached = await self._state_for_group(conn, state_group)
-            self._state_cache[state_group] = cached
+                rows = (await conn.execute(_STATE_OF_GROUP, {"group": state_group})).all()
+            cached = self._remember_chain(rows)
+            self._cache_states({state_group: cached})
         return dict(cached)
+
+    def _rebuilt(self, group: int) -> StateMap | None:
+        """The group's state from the nearest cached ancestor's and the cached deltas since
+        (committed groups only are cached), or None when a link is missing."""
+        deltas: list[StateMap] = []
+        current = group
+        for _ in range(MAX_STATE_CHAIN + 1):
+            base = self._state_cache.get(current)
+            if base is not None:
+                break
+            link = self._state_deltas.get(current)
+            if link is None:
+                return None
+            current, delta = link
+            deltas.append(delta)
+        else:
+            return None
+        state = dict(base)
+        for delta in reversed(deltas):
+            state.update(delta)
+        self._cache_states({group: state})
+        return state
+
+    def _remember_chain(self, rows: Sequence[Any]) -> StateMap:
+        """A group's state from the rows of ``_STATE_OF_GROUP`` (its chain back to a
+        snapshot); the chain's deltas and its snapshot's state are cached on the way."""
+        state: StateMap = {}
+        own: dict[int, StateMap] = {}
+        links: dict[int, tuple[int | None, bool]] = {}
+        for r in rows:
+            key = (r.type, r.state_key)
+            state[key] = r.event_id
+            own.setdefault(int(r.id), {})[key] = r.event_id
+            links[int(r.id)] = (None if r.prev_group is None else int(r.prev_group), r.is_snapshot)
+        for group, (prev, snapshot) in links.items():
+            if snapshot:
+                self._cache_states({group: own[group]})
+            elif prev is not None and delta_cache_weight((prev, own[group])) <= (
+                STATE_DELTA_ENTRIES
+            ):
+                self._state_deltas[group] = (prev, own[group])
+        return state
 
     async def get_state_before(self, event: StoredEvent) -> StateMap:
         """The state the event was sent in (for a state event, without itself)."""

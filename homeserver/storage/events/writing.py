@@ -21,7 +21,12 @@ from homeserver.storage.events.reading import (
     EventReads,
     StreamWindow,
 )
-from homeserver.storage.events.state import STATE_CACHE_ENTRIES, state_cache_weight
+from homeserver.storage.events.state import (
+    STATE_CACHE_ENTRIES,
+    STATE_DELTA_ENTRIES,
+    delta_cache_weight,
+    state_cache_weight,
+)
 from homeserver.storage.push import record_push_actions
 from homeserver.storage.relations import parse_relation, record_relation
 from homeserver.storage.schema import (
@@ -77,6 +82,9 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
         # State groups never change once written.
         self._state_cache: LRUCache[int, StateMap] = LRUCache(
             maxsize=STATE_CACHE_ENTRIES, getsizeof=state_cache_weight
+        )
+        self._state_deltas: LRUCache[int, tuple[int, StateMap]] = LRUCache(
+            maxsize=STATE_DELTA_ENTRIES, getsizeof=delta_cache_weight
         )
         # Nor does what lies between two committed positions.
         self._windows: RangeReads[StreamWindow] = RangeReads(
@@ -230,7 +238,9 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
                 state = dict(previous)
                 if state_key is not None:
                     state[(pdu["type"], state_key)] = new.event_id
-                self._state_cache[group] = state
+                self._cache_states({group: state})
+            if state_key is not None and base is not None:
+                self._state_deltas[group] = (base, {(pdu["type"], state_key): new.event_id})
         return position
 
     async def _persist_message(
