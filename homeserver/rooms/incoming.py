@@ -230,12 +230,13 @@ class IncomingEvents:
         remote: RemoteGraph | None,
         fill_gaps: bool,
     ) -> Received:
+        event_id = ""  # unknown when the PDU cannot even be hashed
         try:
             event_id = event_id_of(pdu, version)
             pdu = await self._checked(pdu, version)
         except (MatrixError, ValueError, TypeError, KeyError, AttributeError) as e:
             logger.info("pdu dropped", extra={"room_id": room_id, "reason": str(e)})
-            return Received("", Outcome.DROPPED, str(e))
+            return Received(event_id, Outcome.DROPPED, str(e))
         prevs = referenced_ids(pdu, "prev_events")
         auths = referenced_ids(pdu, "auth_events")
         problem = _graph_problem(pdu, event_id, room_id, prevs, auths)
