@@ -12,9 +12,10 @@ import pytest
 
 from homeserver.app import Homeserver
 from homeserver.core.types import JsonDict
+from homeserver.events.format import sign_event
 from homeserver.rooms.incoming import Outcome, Received
 from tests.api.test_incoming_pipeline import EVE, V3, public_room_with_eve, timeline
-from tests.federation_helpers import FakeRemote
+from tests.federation_helpers import DAY_MS, FakeRemote
 from tests.helpers import auth_header, checked
 from tests.helpers import create_room as create
 from tests.incoming_helpers import RemoteRoom
@@ -218,3 +219,39 @@ async def test_junk_in_place_of_pdus_is_dropped(
     assert [r.outcome for r in results] == [Outcome.DROPPED] * len(junk)
     assert await hs.event_store.get_current_state_ids(room.room_id) == state
     assert room.calls == []
+
+
+async def test_a_restricted_join_needs_its_authorising_servers_signature(
+    fed: tuple[Homeserver, httpx.AsyncClient], remote: FakeRemote
+) -> None:
+    hs, client = fed
+    room, _ = await public_room_with_eve(client, hs, remote)
+    bob = "@bob:remote.test"
+    content = {"membership": "join", "join_authorised_via_users_server": "@alice:test"}
+    join, join_id = await room.build("m.room.member", content, bob, sender=bob)
+    # Signed by remote.test only: our server, which it names as authoriser, did not sign.
+    received = await unchanged_by(hs, room, join)
+    assert received.outcome is Outcome.DROPPED
+    assert received.reason is not None and received.reason.endswith("signed by test")
+    assert await hs.event_store.get_event(join_id) is None
+    # With the authoriser's signature too, it is checked on (and the public room lets him in).
+    version = await room.version()
+    sign_event(join, hs.config.server_name, hs.signing_key, version)
+    assert (await receive(hs, room, join)).outcome is Outcome.ACCEPTED
+    member = await hs.room_store.get_membership(room.room_id, bob)
+    assert member is not None and member.membership == "join"
+
+
+async def test_a_key_that_expired_before_the_event_was_sent_does_not_count(
+    fed: tuple[Homeserver, httpx.AsyncClient], remote: FakeRemote
+) -> None:
+    hs, client = fed
+    room, _ = await public_room_with_eve(client, hs, remote)
+    # The key ring holds remote.test's key valid for a day from now (the fixture): an event
+    # claiming to be sent two days on is not validly signed (room versions 5 and later).
+    late, late_id = await room.build(
+        "m.room.message", {"body": "later"}, ts=hs.clock.now_ms() + 2 * DAY_MS
+    )
+    received = await unchanged_by(hs, room, late)
+    assert received.outcome is Outcome.DROPPED
+    assert await hs.event_store.get_event(late_id) is None
