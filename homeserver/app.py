@@ -319,7 +319,11 @@ class Homeserver:
         )
         # The receipt checks of other servers' events onto the room graph (issue 17).
         self.incoming_events = IncomingEvents(
-            self.event_store, self.room_store, self.notifier, resolve=resolve_room_state
+            self.event_store,
+            self.room_store,
+            self.notifier,
+            self.keyring,  # signatures: the keys of the servers concerned
+            resolve=resolve_room_state,
         )
         self.federated_memberships = FederatedMembership(
             self.event_store,
@@ -376,14 +380,6 @@ class Homeserver:
                 self.ignore_lists,
             ),
             # The states of several forward extremities become one (issue 17).
-            resolve=resolve_room_state,
-        )
-        # Other servers' events onto the room graph (issue 17): federation calls it.
-        self.incoming_events = IncomingEvents(
-            self.event_store,
-            self.room_store,
-            self.notifier,
-            self.keyring,
             resolve=resolve_room_state,
         )
         self.visibility = Visibility(self.event_store, self.room_store)

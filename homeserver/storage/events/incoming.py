@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import sqlalchemy as sa
 
@@ -110,6 +110,28 @@ _EXTREMITIES = prepared(
 
 class IncomingWrites(StateGroups):
     """The event store's persisting of events from other servers (a part of ``EventStore``)."""
+
+    @overload
+    async def persist_incoming(
+        self,
+        room_id: str,
+        batch: Sequence[IncomingEvent],
+        received_ts: int,
+        *,
+        current_state: StateMap | None = None,
+        expected_latest: None = None,
+    ) -> dict[str, int]: ...
+
+    @overload
+    async def persist_incoming(
+        self,
+        room_id: str,
+        batch: Sequence[IncomingEvent],
+        received_ts: int,
+        *,
+        current_state: StateMap | None = None,
+        expected_latest: str,
+    ) -> dict[str, int] | None: ...
 
     async def persist_incoming(
         self,
