@@ -39,8 +39,8 @@ from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.events.auth import auth_types_for_event, check_auth, check_auth_events_selection
 from homeserver.events.format import event_id_of, redact
-from homeserver.events.power_levels import is_int
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from homeserver.events.power_levels import can_redact, is_int
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
 from homeserver.events.validation import (
     KeyLookup,
     ServerKey,
@@ -315,6 +315,7 @@ class IncomingEvents:
         """6. Against the room's current state, then persisted, the room's extremities and
         current state compared and swapped: read again and redone when another writer moved
         them in between."""
+        redacts = await self._redaction_applied(version, pdu, state_before, create_pdu)
         for _ in range(MAX_PERSIST_ATTEMPTS):
             head = await self._rooms.get_room_head(room_id)
             if head is None:
@@ -332,7 +333,11 @@ class IncomingEvents:
                 room_id,
                 [
                     IncomingEvent(
-                        pdu, event_id, soft_failed=soft is not None, state_before=state_before
+                        pdu,
+                        event_id,
+                        soft_failed=soft is not None,
+                        state_before=state_before,
+                        redacts=redacts,
                     )
                 ],
                 received_ts,
@@ -356,6 +361,42 @@ class IncomingEvents:
                 Stream.EVENTS, position, room_id=room_id, user_ids=concerned
             )
         return Received(event_id, Outcome.ACCEPTED)
+
+    async def _redaction_applied(
+        self,
+        version: RoomVersion,
+        pdu: JsonDict,
+        state_before: StateMap,
+        create: JsonDict | None,
+    ) -> str | None:
+        """The event a redaction redacts, when it may: from room version 3 the auth rules
+        let every redaction in, and a server applies one only when its sender has the redact
+        level in the state before it, or sent from the server of the redacted event's sender
+        (rooms/fragments/v3-handling-redactions.md). The place of `redacts` is the version's
+        (content from v11). A target not known yet is not redacted when it arrives."""
+        if pdu.get("type") != "m.room.redaction":
+            return None
+        holder = pdu.get("content") if version.redacts_in_content else pdu
+        target = holder.get("redacts") if isinstance(holder, dict) else None
+        if not isinstance(target, str):
+            return None
+        original = (await self._events.get_events([target])).get(target)
+        if original is None or original.room_id != pdu.get("room_id", original.room_id):
+            return None
+        sender = pdu.get("sender")
+        if not isinstance(sender, str):
+            return None
+        if version.event_format is EventFormat.V1:
+            # v1-v2: the auth rules checked the redaction itself (the sender's server is the
+            # redacted event ID's, or the sender has the redact level).
+            return target
+        power_id = state_before.get(("m.room.power_levels", ""))
+        power = None
+        if power_id is not None:
+            loaded = (await self._events.get_events([power_id])).get(power_id)
+            power = self._as_seen(loaded, version).get("content") if loaded else None
+        allowed = can_redact(version, sender, original.sender, power, create)
+        return target if allowed else None
 
     # --- completing the graph ----------------------------------------------------------------
 

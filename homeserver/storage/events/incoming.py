@@ -21,7 +21,7 @@ from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.storage.database import Connection, prepared
 from homeserver.storage.events.graph import record_graph, referenced_ids
-from homeserver.storage.events.model import StateMap, redacts_of
+from homeserver.storage.events.model import StateMap
 from homeserver.storage.events.state import StateGroups
 from homeserver.storage.push import PushAction, record_push_actions
 from homeserver.storage.relations import record_relation
@@ -58,6 +58,9 @@ class IncomingEvent:
     # The state before it (its prev_events' states, resolved); required unless an outlier.
     state_before: StateMap | None = None
     push_actions: tuple[PushAction, ...] = ()
+    # For a redaction: the event it redacts, set only when the pipeline found that it
+    # applies (the room version's place for `redacts`, the sender's power or server).
+    redacts: str | None = None
 
     @property
     def served(self) -> bool:
@@ -274,7 +277,7 @@ class IncomingWrites(StateGroups):
         if not event.outlier:
             await self._record_backward_extremities(conn, room_id, event.event_id, prevs)
         if event.served:
-            redacts = redacts_of(pdu)
+            redacts = event.redacts
             if pdu["type"] == "m.room.redaction" and redacts is not None:
                 await conn.execute(
                     sa.update(events)
