@@ -24,6 +24,7 @@ from client_api import (
     reports,
     room_summary,
     rooms,
+    search,
     sliding_sync,
     sync,
     threepids,
@@ -66,6 +67,7 @@ _MODULES = [
     room_summary,
     reports,
     delayed_events,
+    search,
 ]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]

@@ -72,6 +72,7 @@ from homeserver.rooms.service import RoomService
 from homeserver.rooms.summary import RoomSummaryService
 from homeserver.rooms.upgrade import RoomUpgrader
 from homeserver.rooms.visibility import Visibility
+from homeserver.search.service import SearchService
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.database import Database
@@ -91,6 +92,7 @@ from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.relations import RelationStore
 from homeserver.storage.reports import ReportStore
 from homeserver.storage.rooms import RoomStore
+from homeserver.storage.search import SearchStore
 from homeserver.storage.server_keys import ServerKeyStore
 from homeserver.storage.sliding_sync import SlidingSyncStore
 from homeserver.storage.threepids import ThreepidStore
@@ -340,6 +342,14 @@ class Homeserver:
         )
         self.relations = RelationsService(
             self.relation_store, self.event_store, self.rooms, self.visibility
+        )
+        self.search = SearchService(
+            SearchStore(self.db),
+            self.event_store,
+            self.room_store,
+            self.rooms,
+            self.visibility,
+            self.ignore_lists,
         )
         self.room_upgrader = RoomUpgrader(
             self.event_sender, self.event_store, self.room_store, self.memberships, clock

@@ -29,6 +29,7 @@ from client_api import (
     reports,
     room_summary,
     rooms,
+    search,
     sliding_sync,
     sync,
     threepids,
@@ -93,6 +94,7 @@ def route_services(hs: Homeserver) -> list[object]:
             hs.ratelimiter,
             hs.delayed_events,
         ),
+        search.SearchServices(hs.search),
         sliding_sync.SlidingSyncServices(
             hs.sliding_sync, hs.presence, config.limits.sync_timeout_max_ms
         ),
