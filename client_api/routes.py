@@ -11,6 +11,7 @@ from client_api import (
     devices,
     directory,
     filters,
+    hierarchy,
     key_backup,
     keys,
     knock,
@@ -68,6 +69,7 @@ _MODULES = [
     reports,
     delayed_events,
     search,
+    hierarchy,
 ]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]

@@ -62,6 +62,7 @@ from homeserver.rooms.aggregations import Aggregations
 from homeserver.rooms.create import RoomCreator
 from homeserver.rooms.delayed import DelayedEventService
 from homeserver.rooms.directory import DirectoryService
+from homeserver.rooms.hierarchy import SpaceHierarchyService
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.relations import RelationsService
 from homeserver.rooms.reports import ReportService
@@ -310,6 +311,7 @@ class Homeserver:
         )
         self.directory = DirectoryService(self.room_store, self.event_store, server_name)
         self.room_summaries = RoomSummaryService(self.event_store, self.room_store, self.directory)
+        self.space_hierarchy = SpaceHierarchyService(self.event_store, self.room_summaries)
         self.reports = ReportService(
             ReportStore(self.db),
             self.room_store,

@@ -16,6 +16,7 @@ from client_api import (
     devices,
     directory,
     filters,
+    hierarchy,
     key_backup,
     keys,
     knock,
@@ -95,6 +96,7 @@ def route_services(hs: Homeserver) -> list[object]:
             hs.delayed_events,
         ),
         search.SearchServices(hs.search),
+        hierarchy.HierarchyServices(hs.space_hierarchy),
         sliding_sync.SlidingSyncServices(
             hs.sliding_sync, hs.presence, config.limits.sync_timeout_max_ms
         ),

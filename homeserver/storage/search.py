@@ -29,7 +29,7 @@ Order = Literal["rank", "recent"]
 
 # Exactly the expression of ix_events_search (migration 0019): any difference and
 # PostgreSQL reads every event of the rooms instead of the index.
-_PG_VECTOR: sa.ColumnClause[Any] = sa.literal_column(
+PG_VECTOR: sa.ColumnClause[Any] = sa.literal_column(
     "to_tsvector('english'::regconfig, CASE type"
     " WHEN 'm.room.message' THEN (json::jsonb -> 'content' ->> 'body')"
     " WHEN 'm.room.name' THEN (json::jsonb -> 'content' ->> 'name')"
@@ -111,8 +111,8 @@ class SearchStore:
             return source, ranked.c.rank, sa.true()
         # Each word a prefix, all of them required (\w+ words hold no tsquery syntax).
         tsquery = sa.func.to_tsquery(_ENGLISH, " & ".join(f"{w}:*" for w in criteria.words))
-        rank = sa.func.ts_rank(_PG_VECTOR, tsquery)
-        match = _PG_VECTOR.op("@@")(tsquery)
+        rank = sa.func.ts_rank(PG_VECTOR, tsquery)
+        match = PG_VECTOR.op("@@")(tsquery)
         return events, rank, match
 
     async def search(
