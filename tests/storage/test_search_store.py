@@ -10,6 +10,7 @@ from alembic.script import ScriptDirectory
 
 from homeserver.storage.database import Database
 from homeserver.storage.migrate import alembic_config, upgrade_head
+from homeserver.storage.schema import events
 from homeserver.storage.search import (
     PG_VECTOR,
     SearchCriteria,
@@ -17,7 +18,6 @@ from homeserver.storage.search import (
     SearchStore,
     search_words,
 )
-from homeserver.storage.schema import events
 from tests.storage.test_room_dag_migration import fresh_url, upgrade_to
 
 __all__ = ["fresh_url"]  # the fixture, shared with the room graph's migration test
