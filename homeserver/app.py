@@ -50,6 +50,8 @@ from homeserver.federation.local_keys import LocalKeys, load_old_verify_keys, ol
 from homeserver.federation.policy import ServerPolicy
 from homeserver.federation.queries import FederationQueries
 from homeserver.filters.service import FilterService
+from homeserver.metrics.listener import MetricsListener
+from homeserver.metrics.registry import Metrics
 from homeserver.net.addresses import AddressPolicy
 from homeserver.net.outbound import Outbound
 from homeserver.push.actions import PushActionGenerator
@@ -84,6 +86,7 @@ from homeserver.storage.events import EventStore
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.media import MediaStore
+from homeserver.storage.metrics import MetricsStore
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.push import PushStore
 from homeserver.storage.push_rules import PushRuleStore
@@ -155,6 +158,8 @@ class Homeserver:
         self.server_name = config.server_name
         # Jobs the services register (timers, sweepers); started by running_homeserver.
         self.background_jobs: list[BackgroundJob] = []
+        # Prometheus metrics (docs/metrics.md): the hot paths observe into it from the start.
+        self.metrics = Metrics()
         self.bus = InMemoryBus()
         self.notifier = Notifier(self.bus)
         self.ratelimiter = RateLimiter(config.rate_limits, clock)
@@ -205,6 +210,11 @@ class Homeserver:
             self.sliding_sync,
         )
         self._build_media(config, db, clock)
+        self.metrics.watch(self.notifier, self.websocket, db, MetricsStore(db))
+        self.metrics_listener: MetricsListener | None = None
+        if config.metrics.listen is not None:
+            self.metrics_listener = MetricsListener(self.metrics, config.metrics.listen)
+            self.background_jobs.append(self.metrics_listener.run)
         self.app = app_factory(self)
 
     def _build_stores(self, db: Database) -> None:
@@ -301,6 +311,7 @@ class Homeserver:
             ),
             # The states of several forward extremities become one (issue 17).
             resolve=resolve_room_state,
+            observe_persist=self.metrics.event_persist.observe,
         )
         self.visibility = Visibility(self.event_store, self.room_store)
         self.memberships = MembershipService(

@@ -50,6 +50,7 @@ from federation import routes as federation_routes
 from homeserver.app import Homeserver
 from homeserver.core.errors import MatrixError
 from homeserver.core.pool_guard import PoolExhausted
+from homeserver.metrics.requests import RequestMetrics
 from homeserver.web.cors import CorsMiddleware
 from homeserver.web.edge import (
     EdgeServices,
@@ -140,7 +141,12 @@ def create_app(hs: Homeserver) -> Starlette:
             *client_routes.root_routes,
             *hs.push_gateway_routes,
         ],
-        middleware=[Middleware(CorsMiddleware), Middleware(RequestGuardMiddleware)],
+        middleware=[
+            # First: it times what the others do too.
+            Middleware(RequestMetrics, metrics=hs.metrics),
+            Middleware(CorsMiddleware),
+            Middleware(RequestGuardMiddleware),
+        ],
         exception_handlers={
             MatrixError: matrix_error_handler,
             HTTPException: http_error_handler,

@@ -331,6 +331,18 @@ class FederationConfig(Section):
     request_timeout_ms: int = Field(default=30_000, ge=100)
 
 
+class MetricsListenConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9148, ge=0, le=65535)
+
+
+class MetricsConfig(Section):
+    # Prometheus metrics on a listener of their own (GET /metrics), off by default: what a
+    # scrape shows (routes, queue depths, pool use) is for the operator's network, never the
+    # client port. docs/metrics.md lists the families.
+    listen: MetricsListenConfig | None = None
+
+
 class HomeserverConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -352,6 +364,7 @@ class HomeserverConfig(BaseModel):
     email: EmailConfig = EmailConfig()
     outbound: OutboundConfig = OutboundConfig()
     federation: FederationConfig = FederationConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("server_name")
     @classmethod
