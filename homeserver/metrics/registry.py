@@ -65,11 +65,13 @@ class Metrics:
             buckets=REQUEST_BUCKETS,
             registry=self.registry,
         )
-        self.in_flight = Gauge(
+        # A plain count the middleware moves (a gauge's lock costs more), read at a scrape.
+        self.requests_in_flight = 0
+        Gauge(
             PREFIX + "http_requests_in_flight",
             "HTTP requests being answered (long-polls included)",
             registry=self.registry,
-        )
+        ).set_function(lambda: self.requests_in_flight)
         self.event_persist = Histogram(
             PREFIX + "event_persist_duration_seconds",
             "Time to persist one local event (its transaction), sends and state changes",

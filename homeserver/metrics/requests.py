@@ -40,7 +40,6 @@ class RequestMetrics:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self._app = app
         self._metrics = metrics
-        self._in_flight = metrics.in_flight
         # Label lookups are the costly part of an observation: each series is looked up once.
         self._series: dict[tuple[str, str, str], Any] = {}
 
@@ -56,16 +55,17 @@ class RequestMetrics:
                 status = message["status"]
             await send(message)
 
+        metrics = self._metrics
         started = time.perf_counter()
-        self._in_flight.inc()
+        metrics.requests_in_flight += 1
         try:
             await self._app(scope, receive, send_status)
         finally:
             elapsed = time.perf_counter() - started
-            self._in_flight.dec()
+            metrics.requests_in_flight -= 1
             method = scope["method"] if scope["method"] in _METHODS else "other"
             key = (route_template(scope), method, f"{status // 100}xx")
             series = self._series.get(key)
             if series is None:
-                series = self._series[key] = self._metrics.requests.labels(*key)
+                series = self._series[key] = metrics.requests.labels(*key)
             series.observe(elapsed)

@@ -4,6 +4,7 @@ text parser."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 from urllib.parse import quote
@@ -121,3 +122,21 @@ async def test_listener_answers_metrics_only(tmp_path: Path, db_url: str) -> Non
 async def test_off_by_default(hs: Homeserver) -> None:
     assert hs.metrics_listener is None
     assert hs.config.metrics.listen is None
+
+
+def test_dashboard_queries_documented_families() -> None:
+    """config/grafana-dashboard.json asks only for families docs/metrics.md lists."""
+    dashboard = json.loads((DOCS.parents[1] / "config" / "grafana-dashboard.json").read_text())
+    families = documented_families()
+    used: set[str] = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used.update(re.findall(r"\b((?:homeserver|process|python)_[a-z_]+)\b", target["expr"]))
+    assert used
+    suffixes = ("_bucket", "_count", "_sum")
+    unknown = {
+        name
+        for name in used
+        if name not in families and not any(name.removesuffix(s) in families for s in suffixes)
+    }
+    assert unknown == set()
