@@ -93,27 +93,28 @@ class SearchStore:
             where.append(events.c.sender.not_in(list(criteria.not_senders)))
         return where
 
-    def _matches(self, criteria: SearchCriteria) -> tuple[Any, sa.ColumnElement[Any], Any]:
-        """The FROM, the rank (higher is closer) and the match condition, per database."""
+    def _matches(
+        self, criteria: SearchCriteria
+    ) -> tuple[Any, sa.ColumnElement[Any], sa.ColumnElement[bool], sa.ColumnElement[Any]]:
+        """The FROM, the rank (higher is closer), the match condition and the column of the
+        events' order, per database."""
         if self._db.is_sqlite:
             # Each word a prefix, all of them required; quoted, so nothing in a word is
-            # FTS5 syntax. bm25 is lower for a closer match.
+            # FTS5 syntax. bm25 is lower for a closer match. The FTS5 table drives the join
+            # and gives the newest first by its rowid (the stream ordering) without ranking
+            # every match; only the rank order computes bm25 for all of them.
             query = " AND ".join(f'"{w}"*' for w in criteria.words)
-            ranked = (
-                sa.select(
-                    _fts.c.rowid.label("rowid"),
-                    (-sa.func.bm25(sa.literal_column(EVENT_SEARCH))).label("rank"),
-                )
-                .where(sa.literal_column(EVENT_SEARCH).op("MATCH")(sa.literal(query)))
-                .subquery("matched")
+            source = _fts.join(events, _fts.c.rowid == events.c.stream_ordering)
+            rank: sa.ColumnElement[Any] = -sa.func.bm25(sa.literal_column(EVENT_SEARCH))
+            matches: sa.ColumnElement[bool] = sa.literal_column(EVENT_SEARCH).op("MATCH")(
+                sa.literal(query)
             )
-            source = events.join(ranked, ranked.c.rowid == events.c.stream_ordering)
-            return source, ranked.c.rank, sa.true()
+            return source, rank, matches, _fts.c.rowid
         # Each word a prefix, all of them required (\w+ words hold no tsquery syntax).
         tsquery = sa.func.to_tsquery(_ENGLISH, " & ".join(f"{w}:*" for w in criteria.words))
-        rank = sa.func.ts_rank(PG_VECTOR, tsquery)
+        ts_rank: sa.ColumnElement[Any] = sa.func.ts_rank(PG_VECTOR, tsquery)
         match = PG_VECTOR.op("@@")(tsquery)
-        return events, rank, match
+        return events, ts_rank, match, events.c.stream_ordering
 
     async def search(
         self,
@@ -125,9 +126,8 @@ class SearchStore:
         """Up to ``limit`` hits after ``after``, in ``order``."""
         if not criteria.room_ids or not criteria.types:
             return []
-        source, rank, match = self._matches(criteria)
+        source, rank, match, so = self._matches(criteria)
         where = [*self._conditions(criteria), match]
-        so = events.c.stream_ordering
         if after is not None:
             if order == "rank" and after.rank is not None:
                 where.append(
@@ -139,7 +139,9 @@ class SearchStore:
                 where.append(so < after.stream_ordering)
         ordering = (rank.desc(), so.desc()) if order == "rank" else (so.desc(),)
         query = (
-            sa.select(so, events.c.event_id, events.c.room_id, rank.label("rank"))
+            sa.select(
+                events.c.stream_ordering, events.c.event_id, events.c.room_id, rank.label("rank")
+            )
             .select_from(source)
             .where(*where)
             .order_by(*ordering)
@@ -155,7 +157,7 @@ class SearchStore:
         """How many events match, before history visibility (the spec's approximate count)."""
         if not criteria.room_ids or not criteria.types:
             return 0
-        source, _, match = self._matches(criteria)
+        source, _, match, _ = self._matches(criteria)
         query = (
             sa.select(sa.func.count()).select_from(source).where(*self._conditions(criteria), match)
         )
