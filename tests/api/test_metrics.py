@@ -95,6 +95,44 @@ async def test_scrape_has_every_documented_family(tmp_path: Path, db_url: str) -
     assert {s.labels["cache"] for s in reads} >= {"events"}
 
 
+async def test_waiting_syncs_and_wakeups(tmp_path: Path, db_url: str) -> None:
+    config = make_config(tmp_path, db_url, metrics={"listen": {"host": "127.0.0.1", "port": 0}})
+    async with serve(config, FakeClock()) as (hs, client):
+        _, token = await register(client, "alice")
+        room = await create_room(client, token)
+        r = await client.get("/_matrix/client/v3/sync", headers=auth_header(token))
+        since = checked(r)["next_batch"]
+        before = await scrape(hs)
+        assert value(before["homeserver_sync_waiting"], "homeserver_sync_waiting") == 0
+        poll = asyncio.create_task(
+            client.get(
+                "/_matrix/client/v3/sync",
+                params={"since": since, "timeout": "20000"},
+                headers=auth_header(token),
+            )
+        )
+        async with asyncio.timeout(10):
+            while hs.notifier.waiting() == 0:
+                await asyncio.sleep(0.01)  # until the long-poll listens
+        during = await scrape(hs)
+        assert value(during["homeserver_sync_waiting"], "homeserver_sync_waiting") == 1
+        in_flight = during["homeserver_http_requests_in_flight"]
+        assert value(in_flight, "homeserver_http_requests_in_flight") == 1
+        r = await client.put(
+            f"/_matrix/client/v3/rooms/{quote(room)}/send/m.room.message/wake",
+            headers=auth_header(token),
+            json={"msgtype": "m.text", "body": "wake up"},
+        )
+        checked(r)
+        assert checked(await poll)["rooms"]["join"][room]["timeline"]["events"]
+        after = await scrape(hs)
+    woken = "homeserver_wakeups_delivered_total"
+    assert value(after[woken], woken) > value(before[woken], woken)
+    received = "homeserver_wakeups_received_total"
+    assert value(after[received], received) > value(before[received], received)
+    assert value(after["homeserver_sync_waiting"], "homeserver_sync_waiting") == 0
+
+
 async def test_listener_answers_metrics_only(tmp_path: Path, db_url: str) -> None:
     config = make_config(tmp_path, db_url, metrics={"listen": {"host": "127.0.0.1", "port": 0}})
     async with serve(config, FakeClock()) as (hs, _):
