@@ -41,7 +41,12 @@ def upgrade() -> None:
         # An expression index: PostgreSQL keeps it as rows are inserted, so the send path
         # (one statement for a message) writes nothing more. Other types give NULL, which
         # the index holds as one empty entry. Building it indexes the existing events.
-        op.execute(f"CREATE INDEX ix_events_search ON events USING gin (({_PG_VECTOR}))")
+        # fastupdate off: each insert pays its own share, where a pending list would make
+        # the send that fills it merge the whole list (a spike in send latency).
+        op.execute(
+            f"CREATE INDEX ix_events_search ON events USING gin (({_PG_VECTOR}))"
+            " WITH (fastupdate = off)"
+        )
         return
     # SQLite: an FTS5 table whose rowid is the event's stream_ordering, kept by triggers in
     # the transaction that writes the event (no statement more on the send path). Unserved

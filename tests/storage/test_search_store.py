@@ -103,5 +103,10 @@ async def test_migration_indexes_old_events_and_writes_keep_it(fresh_url: str) -
                 )
                 plan = (await conn.execute(sa.text(sql))).all()
             assert "ix_events_search" in " ".join(str(r[0]) for r in plan)
+            async with db.engine.connect() as conn:
+                options = await conn.scalar(
+                    sa.text("SELECT reloptions FROM pg_class WHERE relname = 'ix_events_search'")
+                )
+            assert options == ["fastupdate=off"]
     finally:
         await db.close()
