@@ -7,6 +7,7 @@ from starlette.routing import BaseRoute
 from client_api import (
     account,
     account_data,
+    appservice,
     delayed_events,
     devices,
     directory,
@@ -28,6 +29,7 @@ from client_api import (
     search,
     sliding_sync,
     sync,
+    thirdparty,
     threepids,
     to_device,
     typing_notifications,
@@ -68,6 +70,8 @@ _MODULES = [
     room_summary,
     reports,
     delayed_events,
+    appservice,
+    thirdparty,
     search,
     hierarchy,
 ]

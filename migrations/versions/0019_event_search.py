@@ -1,7 +1,7 @@
 """event search
 
 Revision ID: 0019
-Revises: 0011
+Revises: 0016
 Create Date: 2026-12-07
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0019"
-down_revision = "0011"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
