@@ -3,8 +3,8 @@
 What the hot paths update is kept to a histogram observation per request and per event
 persisted, and a gauge for requests in flight. Everything else is read when a scrape comes
 (``Metrics.collect``): the notifier's waiting requests and wake-up counts, the WebSocket
-connections, the database pools, the shared reads' counts, and the pushers' queues (one
-database read per scrape).
+connections, the database pools, the shared reads' counts, and the pushers' and application
+services' queues (two database reads per scrape).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from homeserver.storage.metrics import MetricsStore, PusherQueues
+from homeserver.storage.metrics import AppServiceQueue, MetricsStore, PusherQueues
 from homeserver.storage.shared_reads import shared_read_stats
 
 PREFIX = "homeserver_"
@@ -115,9 +115,11 @@ class _Live(Collector):
         self._pools = pools
         self._store = store
         self._queues: list[PusherQueues] = []
+        self._appservices: list[AppServiceQueue] = []
 
     async def refresh(self) -> None:
         self._queues = await self._store.pusher_queues()
+        self._appservices = await self._store.appservice_queues()
 
     def describe(self) -> list[object]:
         return []  # what collect() yields depends on the state: nothing to check up front
@@ -189,3 +191,24 @@ class _Live(Collector):
             for field, family in families.items():
                 family.add_metric((queue.kind,), getattr(queue, field))
         yield from families.values()
+        services = {
+            "pending": GaugeMetricFamily(
+                PREFIX + "appservice_pending_transactions",
+                "Transactions built for an application service and not yet taken by it",
+                labels=("service",),
+            ),
+            "events_behind": GaugeMetricFamily(
+                PREFIX + "appservice_events_behind",
+                "Positions of the events stream not yet looked at for an application service",
+                labels=("service",),
+            ),
+            "attempts": GaugeMetricFamily(
+                PREFIX + "appservice_failed_attempts",
+                "Failed attempts in a row at an application service's pending transaction",
+                labels=("service",),
+            ),
+        }
+        for service in self._appservices:
+            for field, family in services.items():
+                family.add_metric((service.service_id,), getattr(service, field))
+        yield from services.values()
