@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -101,6 +102,7 @@ class EventSender:
         signing_key: SigningKey,
         push: PushActions,
         resolve: StateResolver | None = None,
+        observe_persist: Callable[[float], None] | None = None,
     ) -> None:
         self._events = events
         self._rooms = rooms
@@ -115,6 +117,8 @@ class EventSender:
         # fails the compare-and-swap and the room is read again.
         self._heads: LRUCache[str, Room] = LRUCache(maxsize=10_000)
         self._push = push
+        # The metrics' event persist latency (seconds), when there are metrics.
+        self._observe_persist = observe_persist
         # How the states of several forward extremities become one (issue 17's state
         # resolution). Without it, an event on extremities whose states differ is built on
         # the room's current state, as before rooms were graphs.
@@ -204,7 +208,10 @@ class EventSender:
                         room, sender, event_type, content, state_key, txn, redacts
                     )
                 # A taken transaction ID raises DuplicateTxn: the send service answers it.
+                started = time.perf_counter()
                 position = await self._events.persist_event(new, room.latest_event_id)
+                if self._observe_persist is not None:
+                    self._observe_persist(time.perf_counter() - started)
                 if position is not None:
                     break
                 self._heads.pop(room_id, None)

@@ -88,7 +88,11 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
         )
         # Nor does what lies between two committed positions.
         self._windows: RangeReads[StreamWindow] = RangeReads(
-            WINDOWS_KEPT, WINDOW_MAX_EVENTS, EMPTY_WINDOW, lambda window: window.weight
+            WINDOWS_KEPT,
+            WINDOW_MAX_EVENTS,
+            EMPTY_WINDOW,
+            lambda window: window.weight,
+            name="events",
         )
         # Built here, so that start-up compiles it (Database.prepare_statements).
         self._claim_txn = db.insert_ignore_statement(
