@@ -46,13 +46,6 @@ def event_token(event: StoredEvent, *, before: bool = False, cap: int | None = N
     return RoomPosition(event.depth, stream, cap).serialize()
 
 
-def stream_position(token: str) -> int:
-    """The events stream position of a token, for what is kept in stream order
-    (relations, threads): a stream token's own, a topological token's event's (its stream
-    part). Bad tokens: 400 M_INVALID_PARAM."""
-    return RoomPosition.parse(token).stream
-
-
 @dataclass(frozen=True, slots=True)
 class _Bounds:
     """One page's read of the timeline (``EventReads.get_timeline``'s bounds)."""
