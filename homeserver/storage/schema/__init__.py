@@ -13,6 +13,10 @@ from homeserver.storage.schema.accounts import (
     uia_sessions,
     users,
 )
+from homeserver.storage.schema.appservice import (
+    appservice_state,
+    appservice_txns,
+)
 from homeserver.storage.schema.base import (
     UNSERVED_EVENTS,
     BigInt,
@@ -65,6 +69,7 @@ from homeserver.storage.schema.relations import (
 from homeserver.storage.schema.rooms import (
     current_state,
     event_auth,
+    event_backward_extremities,
     event_edges,
     event_forward_extremities,
     event_txns,
@@ -87,6 +92,8 @@ __all__ = [
     "UNSERVED_EVENTS",
     "access_tokens",
     "account_data",
+    "appservice_state",
+    "appservice_txns",
     "content_reports",
     "current_state",
     "delayed_events",
@@ -100,6 +107,7 @@ __all__ = [
     "e2e_signatures",
     "event_auth",
     "event_edges",
+    "event_backward_extremities",
     "event_forward_extremities",
     "event_push_actions",
     "event_relations",
