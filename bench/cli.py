@@ -28,6 +28,7 @@ from bench.querycount import QueryLog, count_queries, describe
 from bench.scenarios import SCENARIOS, Bench
 from bench.servers import (
     REPO,
+    BaselineTree,
     ManagedServer,
     OurServer,
     PostgresDatabase,
@@ -36,6 +37,8 @@ from bench.servers import (
 )
 
 SERVERS = ("ours", "synapse")
+# ``--baseline REV``: our server at another revision, started as a third server.
+BASELINE = "baseline"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -135,6 +138,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated member counts of the fan-out rooms, each multiplied by "
         "--scale (default 50,200; e.g. 200,1000)",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run our server at git revision REV (a detached worktree on this venv) "
+        "as the server 'baseline', after ours; the table adds ours/baseline ratios",
+    )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     args.servers = [s for s in args.servers.split(",") if s]
@@ -148,9 +157,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for scenario in args.scenarios:
         if scenario not in SCENARIOS:
             parser.error(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
+    if args.baseline is not None:
+        if args.url:
+            parser.error("--baseline starts its server here: not with --url")
+        if BASELINE not in args.servers:
+            at = args.servers.index("ours") + 1 if "ours" in args.servers else 0
+            args.servers.insert(at, BASELINE)
+    elif BASELINE in args.servers:
+        parser.error("the server 'baseline' needs --baseline REV")
     if not args.url:
         for name in args.servers:
-            if name not in SERVERS:
+            if name not in (*SERVERS, BASELINE):
                 parser.error(f"unknown server {name!r}; known: {', '.join(SERVERS)}")
     if args.scale <= 0:
         parser.error("--scale must be positive")
@@ -216,7 +233,7 @@ async def run_server(
                 results[scenario] = {"error": repr(e), "figures": {}, "errors": 0}
             log(f"{server.name}: {scenario} took {time.monotonic() - started:.0f} s")
         if query_log is not None:
-            extra["queries"] = await count_queries(mx, QueryLog(query_log), run_id)
+            extra["queries"] = await count_queries(mx, QueryLog(query_log), run_id, server.name)
     if profiler is not None and profiler.outputs:
         from bench.profile import hottest
 
@@ -280,6 +297,40 @@ def main(argv: list[str] | None = None) -> int:
         },
         "servers": {},
     }
+    baseline: BaselineTree | None = None
+    if args.baseline is not None:
+        baseline = BaselineTree(args.baseline, Path(tempfile.mkdtemp(prefix="bench-baseline-")))
+        baseline.create()
+        run["meta"]["baseline"] = baseline.commit
+    try:
+        _run_servers(args, names, urls, pids, server_cpus, run, run_id, directory, baseline)
+    finally:
+        if baseline is not None:
+            baseline.remove()
+            shutil.rmtree(baseline.path.parent, ignore_errors=True)
+    text = report.write(run, directory)
+    print(text)
+    for name, info in run["servers"].items():
+        if "queries" in info:
+            (directory / f"queries-{name}.txt").write_text(describe(info["queries"]))
+            print(f"{name}: " + describe(info["queries"]).split("\n\n")[0] + "\n")
+        if "profile_top" in info:
+            print(f"{name} profile ({directory / 'profile_top.txt'}):\n{info['profile_top']}")
+    log(f"done in {run['meta']['wall_s']:.0f} s: {directory}")
+    return 0
+
+
+def _run_servers(
+    args: argparse.Namespace,
+    names: list[str],
+    urls: dict[str, str],
+    pids: dict[str, str],
+    server_cpus: set[int] | None,
+    run: dict[str, Any],
+    run_id: str,
+    directory: Path,
+    baseline: BaselineTree | None,
+) -> None:
     started = time.monotonic()
     for name in names:
         workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
@@ -293,9 +344,14 @@ def main(argv: list[str] | None = None) -> int:
                 if args.db == "postgresql":
                     database = PostgresDatabase(name)
                     database.create()
-                if name == "ours":
+                if name in ("ours", BASELINE):
+                    source = baseline.path if name == BASELINE and baseline else REPO
                     ours = OurServer(
-                        workdir, database.asyncpg_url if database else None, args.presence == "on"
+                        workdir,
+                        database.asyncpg_url if database else None,
+                        args.presence == "on",
+                        name=name,
+                        source=source,
                     )
                     if args.count_queries:
                         query_log = workdir / "queries.log"
@@ -317,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
             if database is not None:
                 database.drop()
-            if server is not None and isinstance(server, (OurServer, SynapseServer)):
+            if server is not None and isinstance(server, OurServer | SynapseServer):
                 log_path = server.log_path
                 if log_path.exists():
                     shutil.copy(log_path, directory / f"{name}-server.log")
@@ -327,13 +383,3 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     run["meta"]["loadavg_after"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     run["meta"]["wall_s"] = time.monotonic() - started
-    text = report.write(run, directory)
-    print(text)
-    for name, info in run["servers"].items():
-        if "queries" in info:
-            (directory / f"queries-{name}.txt").write_text(describe(info["queries"]))
-            print(f"{name}: " + describe(info["queries"]).split("\n\n")[0] + "\n")
-        if "profile_top" in info:
-            print(f"{name} profile ({directory / 'profile_top.txt'}):\n{info['profile_top']}")
-    log(f"done in {run['meta']['wall_s']:.0f} s: {directory}")
-    return 0

@@ -26,7 +26,9 @@ class QueryLog:
             return f.read().decode(errors="replace").splitlines()
 
 
-async def count_queries(mx: Matrix, qlog: QueryLog, run_id: str) -> dict[str, Any]:
+async def count_queries(
+    mx: Matrix, qlog: QueryLog, run_id: str, name: str = "ours"
+) -> dict[str, Any]:
     """Statements per send with nobody listening, per long-poll wake-up, per idle long-poll."""
     password = f"bench-password-{run_id}"
     alice = await mx.register(f"b{run_id}_qa", password)
@@ -90,7 +92,7 @@ async def count_queries(mx: Matrix, qlog: QueryLog, run_id: str) -> dict[str, An
         "send_plus_wakeup_statements_example": wake_example,
     }
     log(
-        f"ours: {send_q:.1f} SQL statements per send, {both_q - send_q:.1f} per sync "
+        f"{name}: {send_q:.1f} SQL statements per send, {both_q - send_q:.1f} per sync "
         f"wake-up, {avg(enter_counts):.1f} on entering an idle long-poll"
     )
     return result

@@ -10,8 +10,18 @@ from bench.scenarios import USAGE_FIGURES, figures_for
 from bench.stats import format_ratio, format_value, ratio
 
 
+def ratio_pairs(servers: list[str]) -> list[tuple[str, str]]:
+    """The ratios a table shows: the first server over the second when there are two;
+    with more (``--baseline``), ours over each of the others."""
+    if len(servers) == 2:
+        return [(servers[0], servers[1])]
+    if len(servers) > 2 and "ours" in servers:
+        return [("ours", other) for other in servers if other != "ours"]
+    return []
+
+
 def table(run: dict[str, Any]) -> str:
-    """Each figure for every server, and the ratio of the first server to the second."""
+    """Each figure for every server, and the ratios of ``ratio_pairs``."""
     servers = list(run["servers"])
     meta = run["meta"]
     lines = [
@@ -30,13 +40,16 @@ def table(run: dict[str, Any]) -> str:
             f"  {name}: {info['version']} at {info['url']}"
             f"{'' if info.get('pid') else ' (no PID: no CPU/RSS)'}"
         )
-    pair = len(servers) == 2
-    if pair:
+    pairs = ratio_pairs(servers)
+    if pairs:
         lines.append(
-            f"ratio = {servers[0]} / {servers[1]};  lower is better for ms, s, MB; "
-            "higher for 1/s and MiB/s"
+            "ratio = "
+            + ", ".join(f"{a} / {b}" for a, b in pairs)
+            + ";  lower is better for ms, s, MB; higher for 1/s and MiB/s"
         )
-    header = ["scenario", "figure", "unit", *servers] + (["ratio"] if pair else [])
+    ratio_headers = ["ratio"] if len(pairs) == 1 else [f"{a}/{b}" for a, b in pairs]
+    columns = {name: i for i, name in enumerate(servers)}
+    header = ["scenario", "figure", "unit", *servers, *ratio_headers]
     rows: list[list[str]] = []
     names: list[str] = []
     notes: list[str] = []
@@ -58,8 +71,7 @@ def table(run: dict[str, Any]) -> str:
                 else:
                     values.append(r["figures"].get(key))
             row = [result_name, figure.label, figure.unit, *(format_value(v) for v in values)]
-            if pair:
-                row.append(format_ratio(ratio(values[0], values[1])))
+            row += [format_ratio(ratio(values[columns[a]], values[columns[b]])) for a, b in pairs]
             rows.append(row)
         if any(r and r.get("errors") for r in per_server):
             rows.append(
@@ -69,7 +81,7 @@ def table(run: dict[str, Any]) -> str:
                     "",
                     *(str(r["errors"]) if r else "-" for r in per_server),
                 ]
-                + ([""] if pair else [])
+                + [""] * len(pairs)
             )
         for s, r in zip(servers, per_server, strict=True):
             if r and r.get("note"):
@@ -77,7 +89,7 @@ def table(run: dict[str, Any]) -> str:
         for error in errors:
             rows.append(
                 [result_name, f"FAILED: {error[:80]}", "", *("" for _ in servers)]
-                + ([""] if pair else [])
+                + [""] * len(pairs)
             )
     totals = [run["servers"][s]["totals"] for s in servers]
     for key, label, unit in (
@@ -86,8 +98,7 @@ def table(run: dict[str, Any]) -> str:
     ):
         values = [t.get(key) for t in totals]
         row = ["all", label, unit, *(format_value(v) for v in values)]
-        if pair:
-            row.append(format_ratio(ratio(values[0], values[1])))
+        row += [format_ratio(ratio(values[columns[a]], values[columns[b]])) for a, b in pairs]
         rows.append(row)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     out = [*lines, ""]

@@ -142,10 +142,23 @@ class ManagedServer(Server):
 
 
 class OurServer(ManagedServer):
-    """``python -m homeserver -c CONFIG run`` from the repo's venv, default password hashing."""
+    """``python -m homeserver -c CONFIG run`` from the repo's venv, default password hashing.
 
-    def __init__(self, workdir: Path, database_url: str | None, presence: bool) -> None:
-        super().__init__("ours", workdir)
+    ``source`` is the tree whose code runs (``PYTHONPATH``): this checkout, or a worktree of
+    another revision (``--baseline``) run on the same venv under another ``name``.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str | None,
+        presence: bool,
+        *,
+        name: str = "ours",
+        source: Path = REPO,
+    ) -> None:
+        super().__init__(name, workdir)
+        self.source = source
         config: dict[str, Any] = {
             "server_name": "localhost",
             "data_dir": str(workdir / "data"),
@@ -154,19 +167,18 @@ class OurServer(ManagedServer):
             "rate_limits": {"enabled": False},
             "media": {"max_upload_bytes": MAX_UPLOAD_BYTES},
         }
-        from homeserver.core.config import HomeserverConfig
-
         # Presence on both servers or on neither; a version without presence has no key.
-        if "presence" in HomeserverConfig.model_fields:
+        if _has_presence(source):
             config["presence"] = {"enabled": presence}
         elif presence:
-            raise RuntimeError("this version of our server has no presence")
+            raise RuntimeError(f"the server in {source} has no presence")
         if database_url is not None:
             config["database"] = {"url": database_url}
         self.config_path = workdir / "homeserver.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.version = _git_describe()
-        # ``-m bench.querylog LOG`` to log every SQL statement (``--count-queries``).
+        self.version = _git_describe(source)
+        # ``-m bench.querylog LOG`` to log every SQL statement (``--count-queries``); with
+        # ``source`` first on the path, the module of that tree.
         self.wrapper_module = ["-m", "homeserver"]
 
     def command(self) -> list[str]:
@@ -182,8 +194,49 @@ class OurServer(ManagedServer):
 
     def environment(self) -> dict[str, str]:
         env = super().environment()
-        env["PYTHONPATH"] = str(REPO)
+        env["PYTHONPATH"] = str(self.source)
         return env
+
+
+def _has_presence(source: Path) -> bool:
+    """Whether the config of the server in ``source`` has a presence section (read as text:
+    another revision's modules cannot be imported beside this one's)."""
+    for path in ("homeserver/core/config.py", "homeserver/config.py"):
+        config = source / path
+        if config.exists():
+            return "presence: PresenceConfig" in config.read_text()
+    return False
+
+
+class BaselineTree:
+    """A detached ``git worktree`` of another revision, for ``--baseline REV``: its server
+    runs on this venv with its tree on ``PYTHONPATH``; removed afterwards."""
+
+    def __init__(self, revision: str, parent: Path) -> None:
+        self.revision = revision
+        self.path = parent / "baseline"
+        done = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--verify", f"{revision}^{{commit}}"],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise ValueError(f"--baseline: no commit {revision!r} in {REPO}")
+        self.commit = done.stdout.strip()
+
+    def create(self) -> None:
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(self.path), self.commit],
+            check=True,
+            capture_output=True,
+        )
+        log(f"baseline: {self.commit[:10]} checked out in {self.path}")
+
+    def remove(self) -> None:
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(self.path)],
+            capture_output=True,
+        )
 
 
 class SynapseServer(ManagedServer):
@@ -303,10 +356,10 @@ def ensure_synapse_venv() -> None:
     )
 
 
-def _git_describe() -> str:
+def _git_describe(source: Path = REPO) -> str:
     try:
         done = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             timeout=10,

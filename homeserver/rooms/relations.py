@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import EventID, RoomID
-from homeserver.core.streams import Stream, StreamToken
+from homeserver.core.streams import RoomPosition
 from homeserver.core.types import JsonDict, Requester
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.events import EventStore
@@ -37,7 +37,9 @@ def _token(position: int) -> str:
 
 def _position(token: str) -> int:
     # /messages `start`/`end` and /sync `next_batch` are accepted too (spec: `from`).
-    return StreamToken.parse(token).get(Stream.EVENTS)
+    # Relations and threads are kept in stream order: a topological token counts as the
+    # stream position of its event (the same place unless events came late from elsewhere).
+    return RoomPosition.parse(token).stream
 
 
 class RelationsService:

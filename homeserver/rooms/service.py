@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import EventID, RoomID, UserID
 from homeserver.core.jsonutil import check_json_numbers
-from homeserver.core.streams import Stream, StreamToken
+from homeserver.core.streams import RoomPosition
 from homeserver.core.types import JsonDict, Requester
 from homeserver.filters.matching import EventFilter
 from homeserver.rooms.aggregations import Aggregations
@@ -35,12 +35,47 @@ class Page:
 
 
 def position_token(position: int) -> str:
-    """A /messages token: the gap just after the event at ``position``."""
-    return f"s{position}"
+    """A stream token (a sync's ``prev_batch``): the room's timeline as it was at
+    ``position`` of the events stream (``RoomPosition``)."""
+    return RoomPosition.at_stream(position).serialize()
 
 
-def parse_position(token: str) -> int:
-    return StreamToken.parse(token).get(Stream.EVENTS)
+def event_token(event: StoredEvent, *, before: bool = False, cap: int | None = None) -> str:
+    """A topological token: the gap just after ``event`` (``before``: just before it)."""
+    stream = event.stream_ordering - 1 if before else event.stream_ordering
+    return RoomPosition(event.depth, stream, cap).serialize()
+
+
+@dataclass(frozen=True, slots=True)
+class _Bounds:
+    """One page's read of the timeline (``EventReads.get_timeline``'s bounds)."""
+
+    below: tuple[int, int] | None = None
+    above: tuple[int, int] | None = None
+    after: int | None = None
+    upto: int | None = None
+
+
+def _min(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _page_bounds(
+    start: RoomPosition, to: RoomPosition | None, backwards: bool, visible_upto: int | None
+) -> _Bounds:
+    """The bounds of /messages from ``start`` towards ``to`` (``RoomPosition`` says what
+    each form means). ``visible_upto``: the user left at that stream position."""
+    if backwards:
+        below = start.topological
+        upto = _min(start.cap, visible_upto)
+        above = to.topological if to is not None else None
+        after = to.stream if to is not None and to.depth is None else None
+        return _Bounds(below=below, above=above, after=after, upto=upto)
+    above = start.topological
+    after = start.stream if start.depth is None else None
+    below = to.topological if to is not None else None
+    upto = to.stream if to is not None and to.depth is None else None
+    return _Bounds(below=below, above=above, after=after, upto=_min(upto, visible_upto))
 
 
 class RoomService:
@@ -237,22 +272,27 @@ class RoomService:
     ) -> list[JsonDict]:
         room, m = await self._access(requester.user_id, room_id)
         upto = self._upto(m)
-        if at is not None:
-            position = parse_position(at)
-            upto = position if upto is None else min(upto, position)
-        if upto is None:
+        position = RoomPosition.parse(at) if at is not None else None
+        if position is None and upto is None:
             events = [
                 e
                 for e in await self._events.get_current_state_events(room_id)
                 if e.type == MEMBERSHIP
             ]
         else:
-            last = await self._events.get_max_stream_ordering_before(room_id, upto)
-            events = []
-            if last is not None:
-                latest = await self._events.get_room_events(
-                    room_id, upto=last, limit=1, descending=True
+            # The state after the last event at the token: topologically last at or before
+            # a topological token, last in the stream up to a stream token.
+            if position is not None and position.topological is not None:
+                latest = await self._events.get_timeline(
+                    room_id, below=position.topological, upto=upto, limit=1, descending=True
                 )
+            else:
+                stream = _min(position.stream if position is not None else None, upto)
+                latest = await self._events.get_room_events(
+                    room_id, upto=stream, limit=1, descending=True
+                )
+            events = []
+            if latest:
                 ids = await self._events.get_state_ids(latest[0].state_group)
                 loaded = await self._events.get_events(
                     i for (t, _), i in ids.items() if t == MEMBERSHIP
@@ -297,38 +337,37 @@ class RoomService:
         limit = DEFAULT_MESSAGES_LIMIT if limit is None else max(0, min(limit, MAX_MESSAGES_LIMIT))
         if event_filter.limit is not None:
             limit = min(limit, event_filter.limit)
-        upto_membership = self._upto(m)
+        visible_upto = self._upto(m)
         if from_token is not None:
-            start = parse_position(from_token)
+            start = RoomPosition.parse(from_token)
         elif backwards:
-            start = (await self._events.get_max_stream_ordering_before(room_id, 2**62)) or 0
+            latest = await self._events.get_max_stream_ordering_before(room_id, 2**62)
+            start = RoomPosition.at_stream(latest or 0)
         else:
-            start = 0
-        bound = parse_position(to_token) if to_token is not None else None
+            start = RoomPosition.at_stream(0)
+        to = RoomPosition.parse(to_token) if to_token is not None else None
+        bounds = _page_bounds(start, to, backwards, visible_upto)
         chunk: list[StoredEvent] = []
-        cursor = start
+        last: StoredEvent | None = None
         exhausted = False
         while len(chunk) < limit and not exhausted:
             want = limit - len(chunk)
-            upto: int | None
-            if backwards:
-                upto = cursor if upto_membership is None else min(cursor, upto_membership)
-                batch = await self._events.get_room_events(
-                    room_id, after=bound, upto=upto, limit=want, descending=True
-                )
-                if batch:
-                    cursor = batch[-1].stream_ordering - 1
-            else:
-                upto = (
-                    bound
-                    if upto_membership is None
-                    else (upto_membership if bound is None else min(bound, upto_membership))
-                )
-                batch = await self._events.get_room_events(
-                    room_id, after=cursor, upto=upto, limit=want, descending=False
-                )
-                if batch:
-                    cursor = batch[-1].stream_ordering
+            batch = await self._events.get_timeline(
+                room_id,
+                below=bounds.below,
+                above=bounds.above,
+                after=bounds.after,
+                upto=bounds.upto,
+                limit=want,
+                descending=backwards,
+            )
+            if batch:
+                last = batch[-1]
+                # The next batch starts just past the last event read.
+                if backwards:
+                    bounds = replace(bounds, below=(last.depth, last.stream_ordering - 1))
+                else:
+                    bounds = replace(bounds, above=(last.depth, last.stream_ordering))
             exhausted = len(batch) < want
             allowed = [
                 e
@@ -336,14 +375,20 @@ class RoomService:
                 if event_filter.allows(e) and (e.sender not in ignored or e.state_key is not None)
             ]
             chunk.extend(await self._visibility.filter_events(requester.user_id, allowed))
-            if limit == 0:
-                break
         serialized = await self.serialize(requester, chunk, room.room_version)
         state: list[JsonDict] = []
         if event_filter.lazy_load_members and chunk:
             state = await self._member_events_for(requester, room, chunk)
-        end = None if exhausted or limit == 0 else position_token(cursor)
-        return Page(serialized, from_token or position_token(start), end, state)
+        end: str | None = None
+        if not exhausted and limit > 0:
+            if last is None:  # nothing read: the page ends where it started
+                end = start.serialize()
+            elif backwards:
+                # Backwards from a stream token, the events after it stay left out.
+                end = event_token(last, before=True, cap=start.cap)
+            else:
+                end = event_token(last)
+        return Page(serialized, from_token or start.serialize(), end, state)
 
     async def _member_events_for(
         self, requester: Requester, room: Room, events: Sequence[StoredEvent]
@@ -379,12 +424,23 @@ class RoomService:
         before_n = limit // 2
         after_n = limit - before_n
         upto = self._upto(m)
-        before = await self._events.get_room_events(
-            room_id, upto=event.stream_ordering - 1, limit=before_n, descending=True
+        # Around the event in topological order, as /messages pages from the tokens given.
+        before = await self._events.get_timeline(
+            room_id,
+            below=(event.depth, event.stream_ordering - 1),
+            upto=upto,
+            limit=before_n,
+            descending=True,
         )
-        after = await self._events.get_room_events(
-            room_id, after=event.stream_ordering, upto=upto, limit=after_n, descending=False
+        after = await self._events.get_timeline(
+            room_id,
+            above=(event.depth, event.stream_ordering),
+            upto=upto,
+            limit=after_n,
+            descending=False,
         )
+        first_before = before[-1] if before else event
+        last_after = after[-1] if after else event
         before = await self._visibility.filter_events(
             requester.user_id, [e for e in before if event_filter.allows(e)]
         )
@@ -399,15 +455,13 @@ class RoomService:
                 k: v for k, v in state_ids.items() if k[0] != MEMBERSHIP or k[1] in senders
             }
         state = list((await self._events.get_events(state_ids.values())).values())
-        start = (before[-1].stream_ordering - 1) if before else event.stream_ordering - 1
-        end = after[-1].stream_ordering if after else event.stream_ordering
         return {
             "event": (await self.serialize(requester, [event], room.room_version))[0],
             "events_before": await self.serialize(requester, before, room.room_version),
             "events_after": await self.serialize(requester, after, room.room_version),
             "state": await self.serialize(requester, state, room.room_version),
-            "start": position_token(start),
-            "end": position_token(end),
+            "start": event_token(first_before, before=True),
+            "end": event_token(last_after),
         }
 
     async def room_version(self, room_id: RoomID) -> str:

@@ -127,6 +127,50 @@ _ROOM_EVENTS = {
     for d in (False, True)
 }
 
+# A room's timeline in topological order: (depth, stream_ordering), on the index
+# ix_events_room_id_depth_stream_ordering. Every bound is optional: ``below`` and ``above``
+# are topological ((depth, stream) <= below, > above), ``after`` and ``upto`` are positions
+# of the events stream (after < stream <= upto).
+_TOPOLOGICAL = (_e.c.depth, _e.c.stream_ordering)
+TimelineShape = tuple[bool, bool, bool, bool, bool]  # below, above, after, upto, descending
+_TIMELINE: dict[TimelineShape, sa.Select[Any]] = {}
+
+
+def _timeline_query(shape: TimelineShape) -> sa.Select[Any]:
+    below, above, after, upto, descending = shape
+    # The stream bounds are left off the index (``+ 0``: not a range SQLite would scan the
+    # (room_id, stream_ordering) index for) so that the topological index gives the order,
+    # and a page stops after ``limit`` rows. Except forwards from a stream position alone
+    # (no topological bound): the events after it are found on the stream index, usually
+    # few, then sorted.
+    stream: sa.ColumnElement[Any] = _e.c.stream_ordering
+    if descending or above or not after:
+        stream = stream + 0
+    query = sa.select(*EVENT_COLUMNS).where(_e.c.room_id == sa.bindparam("room_id"))
+    query = query.where(stream > (sa.bindparam("after") if after else 0))  # served only
+    if upto:
+        query = query.where(stream <= sa.bindparam("upto"))
+    if below:
+        query = query.where(
+            sa.tuple_(*_TOPOLOGICAL)
+            <= sa.tuple_(sa.bindparam("below_depth"), sa.bindparam("below_stream"))
+        )
+    if above:
+        query = query.where(
+            sa.tuple_(*_TOPOLOGICAL)
+            > sa.tuple_(sa.bindparam("above_depth"), sa.bindparam("above_stream"))
+        )
+    order = [c.desc() if descending else c.asc() for c in _TOPOLOGICAL]
+    return query.order_by(*order).limit(sa.bindparam("limit"))
+
+
+def timeline_query(shape: TimelineShape) -> sa.Select[Any]:
+    """The statement of one shape of timeline read, built once."""
+    query = _TIMELINE.get(shape)
+    if query is None:
+        query = _TIMELINE[shape] = prepared(_timeline_query(shape))
+    return query
+
 
 class EventReads:
     """The event store's reads of events (a part of ``EventStore``)."""
@@ -177,6 +221,34 @@ class EventReads:
                     query, {"room_id": room_id, "after": after, "upto": upto, "limit": limit}
                 )
             ).all()
+        return [to_event(r) for r in rows]
+
+    async def get_timeline(
+        self,
+        room_id: str,
+        *,
+        below: tuple[int, int] | None = None,
+        above: tuple[int, int] | None = None,
+        after: int | None = None,
+        upto: int | None = None,
+        limit: int,
+        descending: bool,
+    ) -> list[StoredEvent]:
+        """Served events of one room in topological order, (depth, stream_ordering), last
+        first when ``descending``: those with ``above < (depth, stream) <= below`` and
+        ``after < stream_ordering <= upto``, each bound where given."""
+        shape = (below is not None, above is not None, after is not None, upto is not None)
+        params: dict[str, Any] = {"room_id": room_id, "limit": limit}
+        if below is not None:
+            params["below_depth"], params["below_stream"] = below
+        if above is not None:
+            params["above_depth"], params["above_stream"] = above
+        if after is not None:
+            params["after"] = after
+        if upto is not None:
+            params["upto"] = upto
+        async with self._db.read() as conn:
+            rows = (await conn.execute(timeline_query((*shape, descending)), params)).all()
         return [to_event(r) for r in rows]
 
     async def get_window(self, after: int, upto: int) -> StreamWindow | None:

@@ -98,6 +98,8 @@ events = sa.Table(
     # state (spec, "Soft failure"): stored, never served, never a forward extremity.
     sa.Column("soft_failed", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index(None, "room_id", "stream_ordering"),
+    # A room's timeline in topological order (/messages, /context).
+    sa.Index(None, "room_id", "depth", "stream_ordering"),
 )
 
 event_txns = sa.Table(
