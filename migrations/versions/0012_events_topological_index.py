@@ -1,7 +1,7 @@
 """events in topological order
 
 Revision ID: 0012
-Revises: 0013
+Revises: 0017
 Create Date: 2026-12-07
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0012"
-down_revision = "0013"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 
