@@ -19,6 +19,7 @@ import httpx
 import pytest
 import yaml
 
+from bench.servers import SYNAPSE_VENV as BENCH_VENV
 from bench.servers import SYNAPSE_VERSION
 from homeserver.federation.client import ssl_context
 
@@ -32,6 +33,7 @@ OFFLINE_MARKERS = (
     "Failed to establish a new connection",
     "Temporary failure in name resolution",
     "Network is unreachable",
+    "ConnectionError",
     "ProxyError",
 )
 
@@ -45,13 +47,20 @@ def synapse_python() -> Path:
         return _installed()
 
 
-def _installed() -> Path:
-    python = VENV / "bin" / "python"
+def _has_synapse(python: Path) -> bool:
+    if not python.exists():
+        return False
     check = [str(python), "-c", "import synapse; print(synapse.__version__)"]
-    if python.exists():
-        done = subprocess.run(check, capture_output=True, text=True, cwd=HERE)
-        if done.returncode == 0 and done.stdout.startswith(SYNAPSE_VERSION):
-            return python
+    done = subprocess.run(check, capture_output=True, text=True, cwd=HERE)
+    return done.returncode == 0 and done.stdout.startswith(SYNAPSE_VERSION)
+
+
+def _installed() -> Path:
+    # The benchmarks' Synapse virtualenv, when it exists, has the same pinned version.
+    for venv in (VENV, BENCH_VENV):
+        if _has_synapse(venv / "bin" / "python"):
+            return venv / "bin" / "python"
+    python = VENV / "bin" / "python"
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", "--clear", str(VENV)], check=True)
     install = subprocess.run(

@@ -18,6 +18,7 @@ from homeserver.admin.users import require_admin
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomID, UserID
+from homeserver.core.streams import RoomPosition
 from homeserver.core.types import JsonDict, Requester
 from homeserver.events.power_levels import get_send_level, get_user_power_level
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
@@ -25,7 +26,7 @@ from homeserver.filters.matching import EventFilter
 from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.sender import EventSender
-from homeserver.rooms.service import Page, RoomService, parse_position, position_token
+from homeserver.rooms.service import Page, RoomService, position_token
 from homeserver.storage.admin import AdminStore
 from homeserver.storage.admin_rooms import AdminRoomStore, RoomCounts
 from homeserver.storage.events import EventStore, StoredEvent
@@ -380,3 +381,9 @@ def _parse(raw: str) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
+
+
+def parse_position(token: str) -> int:
+    """The events stream position of a token the admin room messages handed out (they page in
+    stream order, so a `t` token counts by its stream part)."""
+    return RoomPosition.parse(token).stream

@@ -12,62 +12,27 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.servers import SYNAPSE_VENV as BENCH_VENV
 from bench.servers import SYNAPSE_VERSION
 from homeserver.events.room_versions import ROOM_VERSIONS
 from homeserver.events.state_res import resolve_state
 from tests.state_res.generator import Dag, generate, run_sync
+from tests.synapse_helpers import synapse_python
 
 HERE = Path(__file__).parent
-VENV = HERE.parent / ".venv-synapse"
 ADAPTER = HERE / "synapse_adapter.py"
 FAILURES = HERE.parent / ".state-res-failures"
 DEFAULT_DAGS = 150  # CI-sized; see the module docstring
 EVENTS_PER_DAG = 300
 V2_VERSIONS = [str(n) for n in range(2, 12)]
-# pip's words for "could not reach the index": only then is the test skipped, never in CI.
-OFFLINE_MARKERS = (
-    "NewConnectionError",
-    "Failed to establish a new connection",
-    "Temporary failure in name resolution",
-    "Network is unreachable",
-    "ConnectionError",
-    "ProxyError",
-)
-
-
-def _has_synapse(python: Path) -> bool:
-    if not python.exists():
-        return False
-    check = [str(python), "-c", "import synapse; print(synapse.__version__)"]
-    done = subprocess.run(check, capture_output=True, text=True, cwd=HERE)
-    return done.returncode == 0 and done.stdout.startswith(SYNAPSE_VERSION)
 
 
 def _synapse_python() -> Path:
-    # The benchmarks' Synapse virtualenv, when it exists, has the same pinned version.
-    for venv in (VENV, BENCH_VENV):
-        if _has_synapse(venv / "bin" / "python"):
-            return venv / "bin" / "python"
-    python = VENV / "bin" / "python"
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", "--clear", str(VENV)], check=True)
-    install = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", f"matrix-synapse=={SYNAPSE_VERSION}"],
-        capture_output=True,
-        text=True,
-    )
-    if install.returncode != 0:
-        if any(marker in install.stderr for marker in OFFLINE_MARKERS):
-            pytest.skip(f"matrix-synapse=={SYNAPSE_VERSION} cannot be installed: no network")
-        raise RuntimeError(f"installing matrix-synapse failed:\n{install.stderr[-4000:]}")
-    return python
+    return synapse_python()
 
 
 def _count(config: pytest.Config) -> int:
