@@ -63,7 +63,7 @@ def _config(
             ),
         ),
     ]
-    overrides.setdefault("appservice", {"retry_initial_ms": 1000, "request_timeout_ms": 1000})
+    overrides.setdefault("appservice", {"retry_initial_ms": 1000, "request_timeout_ms": 10_000})
     return make_config(tmp_path, db_url, app_service_config_files=files, **overrides)
 
 
