@@ -26,6 +26,7 @@ from client_api import (
     room_summary,
     rooms,
     sliding_sync,
+    support,
     sync,
     thirdparty,
     threepids,
@@ -34,6 +35,7 @@ from client_api import (
     upgrade,
     user_directory,
     versions,
+    voip,
     websocket,
 )
 
@@ -70,6 +72,8 @@ _MODULES = [
     delayed_events,
     appservice,
     thirdparty,
+    voip,
+    support,
 ]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]

@@ -113,6 +113,7 @@ from homeserver.storage.user_directory import UserDirectoryStore
 from homeserver.sync.service import SyncService
 from homeserver.sync.sliding.extensions import ExtensionSources
 from homeserver.sync.sliding.service import SlidingSyncService
+from homeserver.voip.turn import TurnService
 from homeserver.wakeups.bus import InMemoryBus
 from homeserver.wakeups.notifier import Notifier
 from homeserver.websocket import WebSocketService
@@ -404,6 +405,7 @@ class Homeserver:
             remote=self.remote_queries,
         )
         self.room_summaries = RoomSummaryService(self.event_store, self.room_store, self.directory)
+        self.turn = TurnService(config.voip, clock)
         self.reports = ReportService(
             ReportStore(self.db),
             self.room_store,

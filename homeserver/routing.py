@@ -31,6 +31,7 @@ from client_api import (
     room_summary,
     rooms,
     sliding_sync,
+    support,
     sync,
     thirdparty,
     threepids,
@@ -39,6 +40,7 @@ from client_api import (
     upgrade,
     user_directory,
     versions,
+    voip,
     websocket,
 )
 from client_api import routes as client_routes
@@ -91,6 +93,8 @@ def route_services(hs: Homeserver) -> list[object]:
         appservice.AppServiceServices(hs.appservice_queries),
         thirdparty.ThirdPartyServices(hs.appservice_queries),
         room_summary.RoomSummaryServices(hs.room_summaries),
+        support.SupportServices(config.support),
+        voip.VoipServices(hs.turn),
         rooms.RoomServices(
             hs.rooms,
             hs.room_creator,

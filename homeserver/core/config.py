@@ -62,6 +62,38 @@ class RegistrationConfig(Section):
     min_password_length: int = Field(default=8, ge=1)
 
 
+class VoipConfig(Section):
+    """TURN servers handed to clients by GET /voip/turnServer (docs/config.md)."""
+
+    turn_uris: tuple[str, ...] = ()
+    # coturn's static-auth-secret (use-auth-secret): the credentials are derived from it.
+    turn_shared_secret: str | None = None
+    # How long a set of credentials is valid.
+    turn_user_lifetime_ms: int = Field(default=24 * 3600 * 1000, ge=1000)
+    turn_allow_guests: bool = True
+
+
+class SupportContact(Section):
+    """One contact of /.well-known/matrix/support (at least a Matrix ID or an address)."""
+
+    role: str
+    matrix_id: str | None = None
+    email_address: str | None = None
+
+    @model_validator(mode="after")
+    def _reachable(self) -> SupportContact:
+        if self.matrix_id is None and self.email_address is None:
+            raise ValueError("a support contact needs matrix_id or email_address")
+        return self
+
+
+class SupportConfig(Section):
+    """What GET /.well-known/matrix/support answers (empty: 404)."""
+
+    contacts: tuple[SupportContact, ...] = ()
+    support_page: str | None = None
+
+
 class RateLimit(Section):
     per_second: float = Field(gt=0)
     burst: int = Field(ge=1)
@@ -371,6 +403,8 @@ class HomeserverConfig(BaseModel):
     # relative path is relative to the config file.
     app_service_config_files: tuple[str, ...] = ()
     appservice: AppServiceConfig = AppServiceConfig()
+    voip: VoipConfig = VoipConfig()
+    support: SupportConfig = SupportConfig()
 
     @field_validator("server_name")
     @classmethod
