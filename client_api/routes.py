@@ -15,7 +15,9 @@ from client_api import (
     key_backup,
     keys,
     knock,
+    mutual_rooms,
     notifications,
+    openid,
     presence,
     profile,
     pushers,
@@ -30,6 +32,7 @@ from client_api import (
     sync,
     thirdparty,
     threepids,
+    timestamps,
     to_device,
     typing_notifications,
     upgrade,
@@ -74,6 +77,9 @@ _MODULES = [
     thirdparty,
     voip,
     support,
+    openid,
+    mutual_rooms,
+    timestamps,
 ]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]

@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute
 from homeserver.accounts.account_data import AccountDataService
 from homeserver.accounts.email_validation import EmailValidation
 from homeserver.accounts.ignored import IgnoreLists
+from homeserver.accounts.openid import OpenIdService
 from homeserver.accounts.profile import ProfileService
 from homeserver.accounts.service import AccountService
 from homeserver.accounts.threepids import ThreepidService
@@ -72,6 +73,7 @@ from homeserver.rooms.delayed import DelayedEventService
 from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.incoming import IncomingEvents
 from homeserver.rooms.membership import MembershipService
+from homeserver.rooms.mutual import MutualRooms
 from homeserver.rooms.relations import RelationsService
 from homeserver.rooms.reports import ReportService
 from homeserver.rooms.resolution import resolve_room_state
@@ -79,6 +81,7 @@ from homeserver.rooms.send import SendService
 from homeserver.rooms.sender import EventSender
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.summary import RoomSummaryService
+from homeserver.rooms.timestamps import TimestampService
 from homeserver.rooms.upgrade import RoomUpgrader
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.account_data import AccountDataStore
@@ -88,12 +91,14 @@ from homeserver.storage.database import Database
 from homeserver.storage.delayed_events import DelayedEventStore
 from homeserver.storage.device_lists import DeviceListStore
 from homeserver.storage.e2e_keys import E2eKeyStore
+from homeserver.storage.event_times import EventTimeStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.events.federation_reads import FederationReads
 from homeserver.storage.events.remote_rooms import RemoteRoomWrites
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.media import MediaStore
+from homeserver.storage.openid import OpenIdStore
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.push import PushStore
 from homeserver.storage.push_rules import PushRuleStore
@@ -406,6 +411,8 @@ class Homeserver:
         )
         self.room_summaries = RoomSummaryService(self.event_store, self.room_store, self.directory)
         self.turn = TurnService(config.voip, clock)
+        self.openid = OpenIdService(OpenIdStore(self.db), clock, self.server_name)
+        self.mutual_rooms = MutualRooms(self.room_store)
         self.reports = ReportService(
             ReportStore(self.db),
             self.room_store,
@@ -435,6 +442,9 @@ class Homeserver:
             clock,
             self.ignore_lists,
             self.aggregations,
+        )
+        self.timestamps = TimestampService(
+            EventTimeStore(self.db), self.event_store, self.rooms, self.visibility
         )
         self.relations = RelationsService(
             self.relation_store, self.event_store, self.rooms, self.visibility

@@ -20,7 +20,9 @@ from client_api import (
     key_backup,
     keys,
     knock,
+    mutual_rooms,
     notifications,
+    openid,
     presence,
     profile,
     pushers,
@@ -35,6 +37,7 @@ from client_api import (
     sync,
     thirdparty,
     threepids,
+    timestamps,
     to_device,
     typing_notifications,
     upgrade,
@@ -48,6 +51,7 @@ from federation import edge as federation_edge
 from federation import keys as key_server
 from federation import media as federation_media
 from federation import membership as federation_membership
+from federation import openid as federation_openid
 from federation import public_rooms, query, user_keys
 from federation import rooms as federation_rooms
 from federation import routes as federation_routes
@@ -93,6 +97,10 @@ def route_services(hs: Homeserver) -> list[object]:
         appservice.AppServiceServices(hs.appservice_queries),
         thirdparty.ThirdPartyServices(hs.appservice_queries),
         room_summary.RoomSummaryServices(hs.room_summaries),
+        openid.OpenIdServices(hs.openid),
+        federation_openid.OpenIdUserInfoServices(hs.openid),
+        mutual_rooms.MutualRoomServices(hs.mutual_rooms),
+        timestamps.TimestampServices(hs.timestamps),
         support.SupportServices(config.support),
         voip.VoipServices(hs.turn),
         rooms.RoomServices(
@@ -139,6 +147,8 @@ def create_app(hs: Homeserver) -> Starlette:
         server_server.append(
             Mount("/_matrix/federation", routes=federation_routes.federation_routes)
         )
+    else:
+        server_server.append(Mount("/_matrix/federation", routes=federation_routes.openid_routes))
     app = Starlette(
         routes=[
             *server_server,

@@ -7,6 +7,7 @@ from homeserver.storage.schema.accounts import (
     access_tokens,
     devices,
     filters,
+    openid_tokens,
     profiles,
     refresh_tokens,
     registration_tokens,
@@ -87,6 +88,7 @@ from homeserver.storage.schema.threepids import (
 )
 
 __all__ = [
+    "openid_tokens",
     "BigInt",
     "UNSERVED_EVENTS",
     "access_tokens",
