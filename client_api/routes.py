@@ -11,6 +11,7 @@ from client_api import (
     delayed_events,
     devices,
     directory,
+    events_legacy,
     filters,
     key_backup,
     keys,
@@ -80,6 +81,7 @@ _MODULES = [
     openid,
     mutual_rooms,
     timestamps,
+    events_legacy,
 ]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]

@@ -115,6 +115,7 @@ from homeserver.storage.to_device import ToDeviceStore
 from homeserver.storage.typing_notifications import TypingStore
 from homeserver.storage.uia import UiaStore
 from homeserver.storage.user_directory import UserDirectoryStore
+from homeserver.sync.legacy import LegacySync
 from homeserver.sync.service import SyncService
 from homeserver.sync.sliding.extensions import ExtensionSources
 from homeserver.sync.sliding.service import SlidingSyncService
@@ -204,6 +205,9 @@ class Homeserver:
             extensions=[self.e2e_keys],
             unread=self.unread,
             ignored=self.ignore_lists,
+        )
+        self.legacy_sync = LegacySync(
+            self.sync, self.rooms, self.event_store, self.room_store, self.db, self.notifier
         )
         self.sliding_sync = self._build_sliding_sync(db, clock)
         # Last of the account services: deleting an account or a device reaches every
