@@ -76,6 +76,8 @@ class RegistrationRequest:
     client_ip: str | None
     login_type: str | None = None  # the body's ``type``: m.login.application_service
     as_token: str | None = None  # the access token sent with m.login.application_service
+    # The owner of ``guest_access_token``: registering upgrades this guest account.
+    guest: Requester | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +157,17 @@ class AccountService:
         )
         # spec: the user ID and password are checked before user-interactive authentication.
         user_id = None
-        if request.username is not None:
+        guest = request.guest
+        if guest is not None:
+            if not guest.is_guest:
+                raise MatrixError(Codes.FORBIDDEN, "guest_access_token is not a guest's token")
+            # spec (guest access): the guest's account is upgraded, and keeps its user ID.
+            if request.username is not None and request.username.lower() != guest.user_id.localpart:
+                raise MatrixError(
+                    Codes.INVALID_PARAM, "An upgraded guest keeps its user ID: omit username"
+                )
+            user_id = guest.user_id
+        elif request.username is not None:
             user_id = self._new_user_id(request.username)
             self._check_not_exclusive(user_id)
             if await self._store.user_exists_ignoring_case(user_id):
@@ -170,7 +182,11 @@ class AccountService:
             return result
         assert request.password is not None  # checked above: ``auth`` was given
         password_hash = await self._auth.hash_password(request.password)
-        if user_id is None:
+        if guest is not None and user_id is not None:
+            if not await self._store.upgrade_guest(user_id, password_hash):
+                raise MatrixError(Codes.USER_IN_USE, "This guest account was upgraded already")
+            self._auth.forget_user_cache(user_id)
+        elif user_id is None:
             user_id = await self._create_generated_user(password_hash)
         elif not await self._create_user(user_id, password_hash, is_admin=False):
             # Taken while the client was authenticating; the session stays for another try.
@@ -186,6 +202,41 @@ class AccountService:
             refreshable=request.refresh_token,
             client_ip=request.client_ip,
         )
+        return Registered(user_id, session)
+
+    async def register_guest(
+        self, initial_device_display_name: str | None, client_ip: str | None
+    ) -> Registered:
+        """spec: POST /register?kind=guest: an account without a password, limited to what
+        guests may do, until it is upgraded by a registration with its token."""
+        if not self._registration.allow_guest_access:
+            raise MatrixError(Codes.GUEST_ACCESS_FORBIDDEN, "Guest access is disabled")
+        if client_ip is not None:
+            self._ratelimiter.check(Action.REGISTRATION, f"ip:{client_ip}")
+        self._check_device(None, initial_device_display_name)
+        for _ in range(_GENERATED_LOCALPART_ATTEMPTS):
+            # Numeric localparts, as Synapse's guests have: no user could have chosen one.
+            user_id = UserID.of(str(secrets.randbelow(10**12)), self._server_name)
+            created = await self._store.create_user(
+                user_id,
+                None,
+                is_admin=False,
+                created_ts=self._clock.now_ms(),
+                displayname=None,
+                is_guest=True,
+            )
+            if created:
+                break
+        else:
+            raise MatrixError(Codes.UNKNOWN, "Could not generate a free user ID")
+        session = await self._start_session(
+            user_id,
+            None,
+            initial_device_display_name,
+            refreshable=False,
+            client_ip=client_ip,
+        )
+        logger.info("guest registered", extra={"user_id": user_id})
         return Registered(user_id, session)
 
     async def check_username_available(self, username: str, client_ip: str | None) -> None:
@@ -444,7 +495,7 @@ class AccountService:
         await self._devices_deleted(requester.user_id, device_ids, hashes)
 
     def whoami(self, requester: Requester) -> JsonDict:
-        out: JsonDict = {"user_id": requester.user_id, "is_guest": False}
+        out: JsonDict = {"user_id": requester.user_id, "is_guest": requester.is_guest}
         if requester.device_id:  # an application service acting without a device has none
             out["device_id"] = requester.device_id
         return out

@@ -120,7 +120,13 @@ class AuthService:
             if info.deactivated:
                 raise MatrixError(Codes.UNKNOWN_TOKEN, "User is deactivated", soft_logout=False)
             cached = (
-                Requester(info.user_id, info.device_id, info.token_id, info.is_admin),
+                Requester(
+                    info.user_id,
+                    info.device_id,
+                    info.token_id,
+                    info.is_admin,
+                    is_guest=info.is_guest,
+                ),
                 info.valid_until_ms,
             )
             self._cache[key] = cached
@@ -228,6 +234,12 @@ class AuthService:
     def forget_cached(self, token_hashes: list[bytes]) -> None:
         for token_hash in token_hashes:
             self._cache.pop(token_hash, None)
+
+    def forget_user_cache(self, user_id: UserID) -> None:
+        """Every cached token of the user is read again (a guest account was upgraded)."""
+        for key, (requester, _) in list(self._cache.items()):
+            if requester.user_id == user_id:
+                self._cache.pop(key, None)
 
     def forget_tokens_of_device_cache(self, user_id: UserID, device_id: str) -> None:
         for key, (requester, _) in list(self._cache.items()):

@@ -60,6 +60,9 @@ class RegistrationConfig(Section):
     require_token: bool = False  # with enabled: every registration needs a registration token
     tokens: tuple[str, ...] = ()  # static registration tokens, usable without limit
     min_password_length: int = Field(default=8, ge=1)
+    # Guest accounts (POST /register?kind=guest): limited to the endpoints the spec lists
+    # for guests and to rooms whose m.room.guest_access is can_join.
+    allow_guest_access: bool = False
 
 
 class VoipConfig(Section):

@@ -43,6 +43,7 @@ class TokenInfo:
     valid_until_ms: int | None
     is_admin: bool
     deactivated: bool
+    is_guest: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,7 @@ class AccountStore:
         is_admin: bool,
         created_ts: int,
         displayname: str | None,
+        is_guest: bool = False,
     ) -> bool:
         """Insert the user and their profile; False if the ID is taken."""
         async with self._db.write() as conn:
@@ -81,6 +83,7 @@ class AccountStore:
                         "is_admin": is_admin,
                         "deactivated": False,
                         "created_ts": created_ts,
+                        "is_guest": is_guest,
                     },
                     keys=("user_id",),
                 )
@@ -355,6 +358,15 @@ class AccountStore:
             )
             return int(result.scalar_one())
 
+    async def upgrade_guest(self, user_id: UserID, password_hash: str) -> bool:
+        """A guest account becomes a full one with this password; False if it is no guest."""
+        result = await self._db.write_alone(
+            sa.update(users)
+            .where(users.c.user_id == user_id, users.c.is_guest.is_(True))
+            .values(is_guest=False, password_hash=password_hash)
+        )
+        return bool(result.rowcount)
+
     async def get_token(self, token_hash: bytes) -> TokenInfo | None:
         query = (
             sa.select(
@@ -364,6 +376,7 @@ class AccountStore:
                 access_tokens.c.valid_until_ms,
                 users.c.is_admin,
                 users.c.deactivated,
+                users.c.is_guest,
             )
             .join(users, users.c.user_id == access_tokens.c.user_id)
             .where(access_tokens.c.token_hash == token_hash)
@@ -373,7 +386,13 @@ class AccountStore:
         if r is None:
             return None
         return TokenInfo(
-            r.id, UserID(r.user_id), r.device_id, r.valid_until_ms, r.is_admin, r.deactivated
+            r.id,
+            UserID(r.user_id),
+            r.device_id,
+            r.valid_until_ms,
+            r.is_admin,
+            r.deactivated,
+            bool(r.is_guest),
         )
 
     async def get_refresh_token(self, token_hash: bytes) -> RefreshTokenInfo | None:

@@ -25,6 +25,7 @@ from homeserver.core.json_limits import loads_limited
 from homeserver.core.pool_guard import PoolExhausted
 from homeserver.core.render import dumps_item, dumps_items
 from homeserver.core.types import Requester
+from homeserver.web.guest import guest_may_call
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +162,8 @@ async def require_user(request: Request) -> Requester:
         user_id=query.get("user_id"),
         device_id=query.get("device_id", query.get("org.matrix.msc3202.device_id")),
     )
+    if requester.is_guest and not guest_may_call(request.method, request.url.path):
+        raise MatrixError(Codes.GUEST_ACCESS_FORBIDDEN, "Guest access is not allowed here")
     request.state.requester = requester
     return requester
 
