@@ -174,6 +174,7 @@ class LoginBody(RequestBody):
     medium: str | None = None  # deprecated
     address: str | None = None  # deprecated
     password: str | None = None
+    token: str | None = None  # m.login.token
     device_id: str | None = None
     initial_device_display_name: str | None = None
     refresh_token: bool = False
@@ -202,6 +203,7 @@ async def post_login(request: Request) -> Response:
             refresh_token=body.refresh_token,
             client_ip=client_ip(request),
             as_token=access_token_of(request) if body.type == LOGIN_APPLICATION_SERVICE else None,
+            token=body.token,
         )
     )
     return json_response(

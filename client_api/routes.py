@@ -16,6 +16,7 @@ from client_api import (
     key_backup,
     keys,
     knock,
+    login_token,
     mutual_rooms,
     notifications,
     openid,
@@ -82,6 +83,7 @@ _MODULES = [
     mutual_rooms,
     timestamps,
     events_legacy,
+    login_token,
 ]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]

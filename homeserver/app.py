@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute
 from homeserver.accounts.account_data import AccountDataService
 from homeserver.accounts.email_validation import EmailValidation
 from homeserver.accounts.ignored import IgnoreLists
+from homeserver.accounts.login_tokens import LoginTokens
 from homeserver.accounts.openid import OpenIdService
 from homeserver.accounts.profile import ProfileService
 from homeserver.accounts.service import AccountService
@@ -98,7 +99,7 @@ from homeserver.storage.events.remote_rooms import RemoteRoomWrites
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.media import MediaStore
-from homeserver.storage.openid import OpenIdStore
+from homeserver.storage.openid import LoginTokenStore, OpenIdStore
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.push import PushStore
 from homeserver.storage.push_rules import PushRuleStore
@@ -588,6 +589,7 @@ class Homeserver:
     def _build_account_service(self, config: HomeserverConfig, clock: Clock) -> None:
         """Registration, login, devices, deactivation: built after the services that keep
         something for an account or its devices, which its deletions reach."""
+        self.login_tokens = LoginTokens(LoginTokenStore(self.db), self.uia, clock, config.auth)
         self.accounts = AccountService(
             self.account_store,
             self.auth,
@@ -603,6 +605,7 @@ class Homeserver:
             # connections with them.
             device_data=(self.to_device, self.e2e_keys, self.pushers, self.sliding_sync),
             appservices=self.appservices,
+            login_tokens=self.login_tokens,
         )
 
     def _build_push_delivery(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:

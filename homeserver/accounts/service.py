@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from homeserver.accounts.login_tokens import LOGIN_TOKEN, LoginTokens
 from homeserver.accounts.tokens import AuthService, Session, new_device_id
 from homeserver.accounts.uia import (
     LOGIN_DUMMY,
@@ -100,6 +101,7 @@ class LoginRequest:
     refresh_token: bool
     client_ip: str | None
     as_token: str | None = None  # the access token sent with m.login.application_service
+    token: str | None = None  # m.login.token's login token
 
 
 class AccountService:
@@ -117,8 +119,10 @@ class AccountService:
         user_data: Sequence[UserData] = (),
         device_data: Sequence[DeviceData] = (),
         appservices: AppServices | None = None,
+        login_tokens: LoginTokens | None = None,
     ) -> None:
         self._store = store
+        self._login_tokens = login_tokens
         self._appservices = appservices or AppServices(())
         self._auth = auth
         self._uia = uia
@@ -391,6 +395,8 @@ class AccountService:
         flows: list[JsonDict] = [{"type": LOGIN_PASSWORD}]
         if self._appservices:
             flows.append({"type": LOGIN_APPLICATION_SERVICE})
+        if self._login_tokens is not None and self._login_tokens.enabled:
+            flows.append({"type": LOGIN_TOKEN, "get_login_token": True})
         return flows
 
     async def login(self, request: LoginRequest) -> Session:
@@ -398,6 +404,12 @@ class AccountService:
             return await self._login_app_service_user(request)
         if request.client_ip is not None:
             self._ratelimiter.check(Action.LOGIN, f"ip:{request.client_ip}")
+        if (
+            request.login_type == LOGIN_TOKEN
+            and self._login_tokens is not None
+            and self._login_tokens.enabled
+        ):
+            return await self._login_with_token(request)
         if request.login_type != LOGIN_PASSWORD:
             raise MatrixError(Codes.UNKNOWN, f"Unknown login type {request.login_type}", status=400)
         if request.identifier_type == "m.id.phone":
@@ -452,6 +464,22 @@ class AccountService:
             "user logged in", extra={"user_id": user.user_id, "device_id": session.device_id}
         )
         return session
+
+    async def _login_with_token(self, request: LoginRequest) -> Session:
+        """m.login.token: a token minted by POST /login/get_token, used once."""
+        assert self._login_tokens is not None
+        self._check_device(request.device_id, request.initial_device_display_name)
+        user_id = await self._login_tokens.spend(request.token)
+        user = await self._store.get_user(user_id)
+        if user is None or user.deactivated:
+            raise MatrixError(Codes.USER_DEACTIVATED, "This account has been deactivated")
+        return await self._start_session(
+            user_id,
+            request.device_id,
+            request.initial_device_display_name,
+            refreshable=request.refresh_token,
+            client_ip=request.client_ip,
+        )
 
     async def _login_app_service_user(self, request: LoginRequest) -> Session:
         """spec: m.login.application_service logs in a user of the service's namespaces."""

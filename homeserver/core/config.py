@@ -120,6 +120,11 @@ class AuthConfig(Section):
     # argon2id cost; the defaults are OWASP's minimum for argon2id (19 MiB, 2 passes).
     password_hash_memory_kib: int = Field(default=19_456, ge=8)
     password_hash_time_cost: int = Field(default=2, ge=1)
+    # POST /login/get_token (spec v1.7, MSC3882): a signed-in device mints a short-lived,
+    # single-use m.login.token for a new device (sign in by QR code). Off by default.
+    login_via_existing_session: bool = False
+    login_token_lifetime_ms: int = Field(default=2 * 60 * 1000, ge=1000)
+    login_token_require_uia: bool = True
 
 
 class LimitsConfig(Section):

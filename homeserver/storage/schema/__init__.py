@@ -7,6 +7,7 @@ from homeserver.storage.schema.accounts import (
     access_tokens,
     devices,
     filters,
+    login_tokens,
     openid_tokens,
     profiles,
     refresh_tokens,
@@ -89,6 +90,7 @@ from homeserver.storage.schema.threepids import (
 
 __all__ = [
     "openid_tokens",
+    "login_tokens",
     "BigInt",
     "UNSERVED_EVENTS",
     "access_tokens",

@@ -62,6 +62,15 @@ openid_tokens = sa.Table(
     sa.Column("valid_until_ms", BigInt, nullable=False, index=True),
 )
 
+# Login tokens (POST /login/get_token, m.login.token): single use, short-lived, hashed.
+login_tokens = sa.Table(
+    "login_tokens",
+    metadata,
+    sa.Column("token_hash", sa.LargeBinary, primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("valid_until_ms", BigInt, nullable=False, index=True),
+)
+
 refresh_tokens = sa.Table(
     "refresh_tokens",
     metadata,
