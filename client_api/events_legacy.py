@@ -28,8 +28,8 @@ async def get_initial_sync(request: Request) -> Response:
     hs = services_of(request, LegacySyncServices)
     requester = await require_user(request)
     limit = query_int(request, "limit", None, minimum=0)
-    query_bool(request, "archived")  # checked; rooms left are not listed (see docs)
-    return json_response(await hs.legacy.initial_sync(requester, limit))
+    archived = query_bool(request, "archived")
+    return json_response(await hs.legacy.initial_sync(requester, limit, archived))
 
 
 async def get_events(request: Request) -> Response:

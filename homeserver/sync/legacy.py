@@ -51,9 +51,12 @@ class LegacySync:
 
     # --- GET /initialSync -----------------------------------------------------------------
 
-    async def initial_sync(self, requester: Requester, limit: int | None) -> JsonDict:
+    async def initial_sync(
+        self, requester: Requester, limit: int | None, archived: bool = False
+    ) -> JsonDict:
+        """``archived``: rooms the user left (or was banned from) too, as of their leaving."""
         limit = DEFAULT_LIMIT if limit is None else min(limit, MAX_LIMIT)
-        sync_filter = SyncFilter(timeline=EventFilter(limit=limit))
+        sync_filter = SyncFilter(timeline=EventFilter(limit=limit), include_leave=archived)
         answer = await self._sync.sync(
             requester,
             SyncRequest(since=None, timeout_ms=0, full_state=False, filter=sync_filter),
@@ -62,7 +65,12 @@ class LegacySync:
         rooms = answer.get("rooms", {})
         out: list[JsonDict] = []
         for room_id, entry in rooms.get("join", {}).items():
-            out.append(await self._joined_room(requester, RoomID(room_id), entry, end))
+            out.append(await self._room(requester, RoomID(room_id), entry, end, "join"))
+        for room_id, entry in rooms.get("leave", {}).items():
+            room_id = RoomID(room_id)
+            m = await self._room_store.get_membership(room_id, requester.user_id)
+            membership = m.membership if m is not None else "leave"
+            out.append(await self._room(requester, room_id, entry, end, membership))
         for room_id in rooms.get("invite", {}):
             room: JsonDict = {"room_id": room_id, "membership": "invite"}
             invite = await self._invite_event(requester, RoomID(room_id))
@@ -76,8 +84,8 @@ class LegacySync:
             "account_data": answer.get("account_data", {}).get("events", []),
         }
 
-    async def _joined_room(
-        self, requester: Requester, room_id: RoomID, entry: JsonDict, end: str
+    async def _room(
+        self, requester: Requester, room_id: RoomID, entry: JsonDict, end: str, membership: str
     ) -> JsonDict:
         timeline = entry.get("timeline", {})
         chunk = [_with_room(e, room_id) for e in timeline.get("events", [])]
@@ -87,7 +95,7 @@ class LegacySync:
             messages["start"] = timeline["prev_batch"]
         return {
             "room_id": room_id,
-            "membership": "join",
+            "membership": membership,
             "messages": messages,
             "state": state,
             "visibility": _visibility(state),

@@ -85,6 +85,24 @@ async def test_initial_sync_then_events(client: httpx.AsyncClient) -> None:
     assert all(e["room_id"] == room for e in rooms[room]["messages"]["chunk"])
     assert rooms[invited]["membership"] == "invite"
     assert rooms[invited]["invite"]["sender"] == bob_id
+    # archived=true lists the rooms left too.
+    left = await create_room(client, alice)
+    await send(client, alice, left, "last words")
+    leave = await client.post(
+        f"{V3}/rooms/{quote(left)}/leave", headers=auth_header(alice), json={}
+    )
+    checked(leave)
+    plain = checked(await client.get(f"{V3}/initialSync", headers=auth_header(alice)))
+    assert left not in [r["room_id"] for r in plain["rooms"]]
+    archived = checked(
+        await client.get(
+            f"{V3}/initialSync", params={"archived": "true"}, headers=auth_header(alice)
+        )
+    )
+    gone = {r["room_id"]: r for r in archived["rooms"]}[left]
+    assert gone["membership"] == "leave"
+    assert "last words" in [e["content"].get("body") for e in gone["messages"]["chunk"]]
+    body = plain
     # /events from the end of the initial sync: what happened since.
     second = await send(client, alice, room, "after")
     events = checked(
