@@ -166,6 +166,9 @@ class LegacySync:
     ) -> JsonDict:
         if room_id is not None:
             return await self._peek(requester, room_id, since, timeout_ms)
+        if requester.is_guest:
+            # spec (guest access): guests may call /events only to peek into a room.
+            raise MatrixError(Codes.GUEST_ACCESS_FORBIDDEN, "Guests may only peek: give room_id")
         start = StreamToken.parse(since) if since is not None else await self._now()
         # The timeline's limit is high: a long-poll returns everything since the token.
         sync_filter = SyncFilter(timeline=EventFilter(limit=PEEK_LIMIT))

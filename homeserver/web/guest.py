@@ -39,6 +39,10 @@ _ALLOWED: tuple[tuple[str, str], ...] = (
     ("GET", r"/account/whoami"),
     ("GET", r"/voip/turnServer"),
     ("GET", r"/capabilities"),
+    # Finding a room to join: the public directory and aliases (read only).
+    ("GET", r"/publicRooms"),
+    ("POST", r"/publicRooms"),
+    ("GET", r"/directory/room/[^/]+"),
     ("POST", r"/user/[^/]+/filter"),
     ("GET", r"/user/[^/]+/filter/[^/]+"),
     ("GET", r"/pushrules/.*"),

@@ -55,6 +55,13 @@ async def test_a_guest_is_limited_to_the_guest_endpoints(guests: httpx.AsyncClie
     who = checked(await client.get(f"{V3}/account/whoami", headers=auth_header(guest)))
     assert who == {"user_id": guest_id, "is_guest": True, "device_id": who["device_id"]}
     checked(await client.get(f"{V3}/sync", headers=auth_header(guest)))
+    checked(await client.get(f"{V3}/publicRooms", headers=auth_header(guest)))
+    # /events is for peeking only: with a room.
+    everywhere = await client.get(f"{V3}/events", params={"timeout": 0}, headers=auth_header(guest))
+    assert (everywhere.status_code, everywhere.json()["errcode"]) == (
+        403,
+        "M_GUEST_ACCESS_FORBIDDEN",
+    )
     for method, path, body in [
         ("POST", f"{V3}/createRoom", {}),
         ("GET", f"{V3}/joined_rooms", None),
@@ -154,3 +161,20 @@ async def test_upgrade_bad_inputs(guests: httpx.AsyncClient) -> None:
     for body, status, errcode in cases:
         r = await client.post(REGISTER, json=body)
         assert (r.status_code, r.json()["errcode"]) == (status, errcode), (body, r.text)
+
+
+async def test_a_guest_peeks_into_a_world_readable_room(guests: httpx.AsyncClient) -> None:
+    client = guests
+    _, alice = await register(client, "alice")
+    _, guest = await _guest(client)
+    readable = [
+        {"type": "m.room.history_visibility", "content": {"history_visibility": "world_readable"}}
+    ]
+    room = await create_room(client, alice, initial_state=readable)
+    said = await send(client, alice, room, "visible to all")
+    peek = await client.get(f"{V3}/rooms/{quote(room)}/initialSync", headers=auth_header(guest))
+    assert said in [e["event_id"] for e in checked(peek)["messages"]["chunk"]]
+    events = await client.get(
+        f"{V3}/events", params={"room_id": room, "timeout": 0}, headers=auth_header(guest)
+    )
+    assert checked(events)["chunk"] == []
