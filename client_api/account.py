@@ -21,6 +21,7 @@ from homeserver.accounts.uia import AuthChallenge
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.types import JsonDict, Requester
 from homeserver.web.edge import (
+    EdgeServices,
     RequestBody,
     access_token_of,
     json_response,
@@ -87,17 +88,31 @@ class RegisterBody(RequestBody):
     initial_device_display_name: str | None = None
     inhibit_login: bool = False
     refresh_token: bool = False
+    guest_access_token: str | None = None  # upgrades that guest's account
+
+
+class GuestRegisterBody(RequestBody):
+    initial_device_display_name: str | None = None
 
 
 async def post_register(request: Request) -> Response:
     """POST /_matrix/client/v3/register"""
     hs = services_of(request, AccountServices)
     kind = request.query_params.get("kind", "user")
-    if kind == "guest":
-        raise MatrixError(Codes.GUEST_ACCESS_FORBIDDEN, "Guest access is not supported")
-    if kind != "user":
+    if kind not in ("user", "guest"):
         raise MatrixError(Codes.INVALID_PARAM, "kind must be 'user' or 'guest'")
+    if kind == "guest":
+        guest_body = await parse_body(request, GuestRegisterBody, empty_ok=True)
+        registered = await hs.accounts.register_guest(
+            guest_body.initial_device_display_name, client_ip(request)
+        )
+        assert registered.session is not None
+        return json_response({**session_json(registered.session), "home_server": hs.server_name})
     body = await parse_body(request, RegisterBody)
+    guest = None
+    if body.guest_access_token is not None:
+        tokens = services_of(request, EdgeServices).tokens
+        guest = await tokens.get_requester(body.guest_access_token)
     result = await hs.accounts.register(
         RegistrationRequest(
             username=body.username,
@@ -110,6 +125,7 @@ async def post_register(request: Request) -> Response:
             client_ip=client_ip(request),
             login_type=body.type,
             as_token=access_token_of(request) if body.type == LOGIN_APPLICATION_SERVICE else None,
+            guest=guest,
         ),
         uia_fingerprint(request),
     )
@@ -158,6 +174,7 @@ class LoginBody(RequestBody):
     medium: str | None = None  # deprecated
     address: str | None = None  # deprecated
     password: str | None = None
+    token: str | None = None  # m.login.token
     device_id: str | None = None
     initial_device_display_name: str | None = None
     refresh_token: bool = False
@@ -186,6 +203,7 @@ async def post_login(request: Request) -> Response:
             refresh_token=body.refresh_token,
             client_ip=client_ip(request),
             as_token=access_token_of(request) if body.type == LOGIN_APPLICATION_SERVICE else None,
+            token=body.token,
         )
     )
     return json_response(

@@ -23,6 +23,7 @@ class VersionServices:
     websocket_enabled: bool
     default_room_version: str
     email_enabled: bool
+    get_login_token: bool = False  # POST /login/get_token is served (config)
 
 
 SUPPORTED_VERSIONS = [
@@ -58,7 +59,7 @@ def capabilities(hs: VersionServices) -> JsonDict:
         "m.set_avatar_url": {"enabled": True},
         # E-mail addresses can be added and removed once the server can mail.
         "m.3pid_changes": {"enabled": hs.email_enabled},
-        "m.get_login_token": {"enabled": False},
+        "m.get_login_token": {"enabled": hs.get_login_token},
     }
 
 

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from federation import keys, media, membership, public_rooms, query, rooms, user_keys, version
+from federation import (
+    keys,
+    media,
+    membership,
+    openid,
+    public_rooms,
+    query,
+    rooms,
+    user_keys,
+    version,
+)
 
 # Mounted at /_matrix/federation (when federation is enabled).
 federation_routes = [
@@ -13,6 +23,9 @@ federation_routes = [
     *media.routes,
     *rooms.routes,
     *membership.routes,
+    *openid.routes,
 ]
+# With federation off, third parties still check OpenID tokens here.
+openid_routes = openid.routes
 # Mounted at /_matrix/key (always: our keys are public).
 key_routes = keys.key_routes

@@ -18,6 +18,8 @@ from starlette.routing import BaseRoute
 from homeserver.accounts.account_data import AccountDataService
 from homeserver.accounts.email_validation import EmailValidation
 from homeserver.accounts.ignored import IgnoreLists
+from homeserver.accounts.login_tokens import LoginTokens
+from homeserver.accounts.openid import OpenIdService
 from homeserver.accounts.profile import ProfileService
 from homeserver.accounts.service import AccountService
 from homeserver.accounts.threepids import ThreepidService
@@ -82,6 +84,7 @@ from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.hierarchy import SpaceHierarchyService
 from homeserver.rooms.incoming import IncomingEvents
 from homeserver.rooms.membership import MembershipService
+from homeserver.rooms.mutual import MutualRooms
 from homeserver.rooms.relations import RelationsService
 from homeserver.rooms.reports import ReportService
 from homeserver.rooms.resolution import resolve_room_state
@@ -89,6 +92,7 @@ from homeserver.rooms.send import SendService
 from homeserver.rooms.sender import EventSender
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.summary import RoomSummaryService
+from homeserver.rooms.timestamps import TimestampService
 from homeserver.rooms.upgrade import RoomUpgrader
 from homeserver.rooms.visibility import Visibility
 from homeserver.search.service import SearchService
@@ -103,6 +107,7 @@ from homeserver.storage.database import Database
 from homeserver.storage.delayed_events import DelayedEventStore
 from homeserver.storage.device_lists import DeviceListStore
 from homeserver.storage.e2e_keys import E2eKeyStore
+from homeserver.storage.event_times import EventTimeStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.events.federation_reads import FederationReads
 from homeserver.storage.events.remote_rooms import RemoteRoomWrites
@@ -110,6 +115,7 @@ from homeserver.storage.filters import FilterStore
 from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.media import MediaStore
 from homeserver.storage.metrics import MetricsStore
+from homeserver.storage.openid import LoginTokenStore, OpenIdStore
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.push import PushStore
 from homeserver.storage.push_rules import PushRuleStore
@@ -127,9 +133,11 @@ from homeserver.storage.to_device import ToDeviceStore
 from homeserver.storage.typing_notifications import TypingStore
 from homeserver.storage.uia import UiaStore
 from homeserver.storage.user_directory import UserDirectoryStore
+from homeserver.sync.legacy import LegacySync
 from homeserver.sync.service import SyncService
 from homeserver.sync.sliding.extensions import ExtensionSources
 from homeserver.sync.sliding.service import SlidingSyncService
+from homeserver.voip.turn import TurnService
 from homeserver.wakeups.bus import InMemoryBus
 from homeserver.wakeups.notifier import Notifier
 from homeserver.websocket import WebSocketService
@@ -218,6 +226,9 @@ class Homeserver:
             unread=self.unread,
             ignored=self.ignore_lists,
             invite_permissions=self.account_data,
+        )
+        self.legacy_sync = LegacySync(
+            self.sync, self.rooms, self.event_store, self.room_store, self.db, self.notifier
         )
         self.sliding_sync = self._build_sliding_sync(db, clock)
         # Last of the account services: deleting an account or a device reaches every
@@ -439,6 +450,9 @@ class Homeserver:
         )
         self.room_summaries = RoomSummaryService(self.event_store, self.room_store, self.directory)
         self.space_hierarchy = SpaceHierarchyService(self.event_store, self.room_summaries)
+        self.turn = TurnService(config.voip, clock)
+        self.openid = OpenIdService(OpenIdStore(self.db), clock, self.server_name)
+        self.mutual_rooms = MutualRooms(self.room_store)
         self.reports = ReportService(
             ReportStore(self.db),
             self.room_store,
@@ -468,6 +482,9 @@ class Homeserver:
             clock,
             self.ignore_lists,
             self.aggregations,
+        )
+        self.timestamps = TimestampService(
+            EventTimeStore(self.db), self.event_store, self.rooms, self.visibility
         )
         self.relations = RelationsService(
             self.relation_store, self.event_store, self.rooms, self.visibility
@@ -616,6 +633,7 @@ class Homeserver:
     def _build_account_service(self, config: HomeserverConfig, clock: Clock) -> None:
         """Registration, login, devices, deactivation: built after the services that keep
         something for an account or its devices, which its deletions reach."""
+        self.login_tokens = LoginTokens(LoginTokenStore(self.db), self.uia, clock, config.auth)
         self.accounts = AccountService(
             self.account_store,
             self.auth,
@@ -631,6 +649,7 @@ class Homeserver:
             # connections with them.
             device_data=(self.to_device, self.e2e_keys, self.pushers, self.sliding_sync),
             appservices=self.appservices,
+            login_tokens=self.login_tokens,
         )
 
     def _build_push_delivery(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:

@@ -21,12 +21,16 @@ from client_api import (
     delayed_events,
     devices,
     directory,
+    events_legacy,
     filters,
     hierarchy,
     key_backup,
     keys,
     knock,
+    login_token,
+    mutual_rooms,
     notifications,
+    openid,
     presence,
     profile,
     pushers,
@@ -38,14 +42,17 @@ from client_api import (
     rooms,
     search,
     sliding_sync,
+    support,
     sync,
     thirdparty,
     threepids,
+    timestamps,
     to_device,
     typing_notifications,
     upgrade,
     user_directory,
     versions,
+    voip,
     websocket,
 )
 from client_api import routes as client_routes
@@ -53,6 +60,7 @@ from federation import edge as federation_edge
 from federation import keys as key_server
 from federation import media as federation_media
 from federation import membership as federation_membership
+from federation import openid as federation_openid
 from federation import public_rooms, query, user_keys
 from federation import rooms as federation_rooms
 from federation import routes as federation_routes
@@ -103,6 +111,14 @@ def route_services(hs: Homeserver) -> list[object]:
         appservice.AppServiceServices(hs.appservice_queries),
         thirdparty.ThirdPartyServices(hs.appservice_queries),
         room_summary.RoomSummaryServices(hs.room_summaries),
+        openid.OpenIdServices(hs.openid),
+        login_token.LoginTokenServices(hs.login_tokens),
+        events_legacy.LegacySyncServices(hs.legacy_sync, config.limits.sync_timeout_max_ms),
+        federation_openid.OpenIdUserInfoServices(hs.openid),
+        mutual_rooms.MutualRoomServices(hs.mutual_rooms),
+        timestamps.TimestampServices(hs.timestamps),
+        support.SupportServices(config.support),
+        voip.VoipServices(hs.turn),
         rooms.RoomServices(
             hs.rooms,
             hs.room_creator,
@@ -128,6 +144,7 @@ def route_services(hs: Homeserver) -> list[object]:
             config.websocket.enabled,
             config.rooms.default_room_version,
             hs.email_validation.enabled,
+            config.auth.login_via_existing_session,
         ),
         websocket.WebSocketServices(hs.websocket, config.websocket.enabled),
         media_routes.MediaServices(hs.media, hs.url_previews, config.media),
@@ -149,6 +166,8 @@ def create_app(hs: Homeserver) -> Starlette:
         server_server.append(
             Mount("/_matrix/federation", routes=federation_routes.federation_routes)
         )
+    else:
+        server_server.append(Mount("/_matrix/federation", routes=federation_routes.openid_routes))
     app = Starlette(
         routes=[
             *server_server,

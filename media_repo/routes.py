@@ -150,7 +150,8 @@ async def get_preview_url(request: Request) -> Response:
     hs = services_of(request, MediaServices)
     requester = await require_user(request)
     if not hs.config.url_preview.enabled:
-        raise MatrixError(Codes.UNRECOGNIZED, "URL previews are disabled on this server")
+        # Understood but refused: not M_UNRECOGNIZED, which says the endpoint is unknown.
+        raise MatrixError(Codes.FORBIDDEN, "URL previews are disabled on this server")
     url = request.query_params.get("url")
     if not url:
         raise MatrixError(Codes.MISSING_PARAM, "Missing parameter: url")

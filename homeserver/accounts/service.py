@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from homeserver.accounts.login_tokens import LOGIN_TOKEN, LoginTokens
 from homeserver.accounts.tokens import AuthService, Session, new_device_id
 from homeserver.accounts.uia import (
     LOGIN_DUMMY,
@@ -76,6 +77,8 @@ class RegistrationRequest:
     client_ip: str | None
     login_type: str | None = None  # the body's ``type``: m.login.application_service
     as_token: str | None = None  # the access token sent with m.login.application_service
+    # The owner of ``guest_access_token``: registering upgrades this guest account.
+    guest: Requester | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,7 @@ class LoginRequest:
     refresh_token: bool
     client_ip: str | None
     as_token: str | None = None  # the access token sent with m.login.application_service
+    token: str | None = None  # m.login.token's login token
 
 
 class AccountService:
@@ -115,8 +119,10 @@ class AccountService:
         user_data: Sequence[UserData] = (),
         device_data: Sequence[DeviceData] = (),
         appservices: AppServices | None = None,
+        login_tokens: LoginTokens | None = None,
     ) -> None:
         self._store = store
+        self._login_tokens = login_tokens
         self._appservices = appservices or AppServices(())
         self._auth = auth
         self._uia = uia
@@ -155,7 +161,17 @@ class AccountService:
         )
         # spec: the user ID and password are checked before user-interactive authentication.
         user_id = None
-        if request.username is not None:
+        guest = request.guest
+        if guest is not None:
+            if not guest.is_guest:
+                raise MatrixError(Codes.FORBIDDEN, "guest_access_token is not a guest's token")
+            # spec (guest access): the guest's account is upgraded, and keeps its user ID.
+            if request.username is not None and request.username.lower() != guest.user_id.localpart:
+                raise MatrixError(
+                    Codes.INVALID_PARAM, "An upgraded guest keeps its user ID: omit username"
+                )
+            user_id = guest.user_id
+        elif request.username is not None:
             user_id = self._new_user_id(request.username)
             self._check_not_exclusive(user_id)
             if await self._store.user_exists_ignoring_case(user_id):
@@ -170,7 +186,11 @@ class AccountService:
             return result
         assert request.password is not None  # checked above: ``auth`` was given
         password_hash = await self._auth.hash_password(request.password)
-        if user_id is None:
+        if guest is not None and user_id is not None:
+            if not await self._store.upgrade_guest(user_id, password_hash):
+                raise MatrixError(Codes.USER_IN_USE, "This guest account was upgraded already")
+            self._auth.forget_user_cache(user_id)
+        elif user_id is None:
             user_id = await self._create_generated_user(password_hash)
         elif not await self._create_user(user_id, password_hash, is_admin=False):
             # Taken while the client was authenticating; the session stays for another try.
@@ -186,6 +206,41 @@ class AccountService:
             refreshable=request.refresh_token,
             client_ip=request.client_ip,
         )
+        return Registered(user_id, session)
+
+    async def register_guest(
+        self, initial_device_display_name: str | None, client_ip: str | None
+    ) -> Registered:
+        """spec: POST /register?kind=guest: an account without a password, limited to what
+        guests may do, until it is upgraded by a registration with its token."""
+        if not self._registration.allow_guest_access:
+            raise MatrixError(Codes.GUEST_ACCESS_FORBIDDEN, "Guest access is disabled")
+        if client_ip is not None:
+            self._ratelimiter.check(Action.REGISTRATION, f"ip:{client_ip}")
+        self._check_device(None, initial_device_display_name)
+        for _ in range(_GENERATED_LOCALPART_ATTEMPTS):
+            # Numeric localparts, as Synapse's guests have: no user could have chosen one.
+            user_id = UserID.of(str(secrets.randbelow(10**12)), self._server_name)
+            created = await self._store.create_user(
+                user_id,
+                None,
+                is_admin=False,
+                created_ts=self._clock.now_ms(),
+                displayname=None,
+                is_guest=True,
+            )
+            if created:
+                break
+        else:
+            raise MatrixError(Codes.UNKNOWN, "Could not generate a free user ID")
+        session = await self._start_session(
+            user_id,
+            None,
+            initial_device_display_name,
+            refreshable=False,
+            client_ip=client_ip,
+        )
+        logger.info("guest registered", extra={"user_id": user_id})
         return Registered(user_id, session)
 
     async def check_username_available(self, username: str, client_ip: str | None) -> None:
@@ -340,6 +395,8 @@ class AccountService:
         flows: list[JsonDict] = [{"type": LOGIN_PASSWORD}]
         if self._appservices:
             flows.append({"type": LOGIN_APPLICATION_SERVICE})
+        if self._login_tokens is not None and self._login_tokens.enabled:
+            flows.append({"type": LOGIN_TOKEN, "get_login_token": True})
         return flows
 
     async def login(self, request: LoginRequest) -> Session:
@@ -347,6 +404,12 @@ class AccountService:
             return await self._login_app_service_user(request)
         if request.client_ip is not None:
             self._ratelimiter.check(Action.LOGIN, f"ip:{request.client_ip}")
+        if (
+            request.login_type == LOGIN_TOKEN
+            and self._login_tokens is not None
+            and self._login_tokens.enabled
+        ):
+            return await self._login_with_token(request)
         if request.login_type != LOGIN_PASSWORD:
             raise MatrixError(Codes.UNKNOWN, f"Unknown login type {request.login_type}", status=400)
         if request.identifier_type == "m.id.phone":
@@ -405,6 +468,22 @@ class AccountService:
         )
         return session
 
+    async def _login_with_token(self, request: LoginRequest) -> Session:
+        """m.login.token: a token minted by POST /login/get_token, used once."""
+        assert self._login_tokens is not None
+        self._check_device(request.device_id, request.initial_device_display_name)
+        user_id = await self._login_tokens.spend(request.token)
+        user = await self._store.get_user(user_id)
+        if user is None or user.deactivated:
+            raise MatrixError(Codes.USER_DEACTIVATED, "This account has been deactivated")
+        return await self._start_session(
+            user_id,
+            request.device_id,
+            request.initial_device_display_name,
+            refreshable=request.refresh_token,
+            client_ip=request.client_ip,
+        )
+
     async def _login_app_service_user(self, request: LoginRequest) -> Session:
         """spec: m.login.application_service logs in a user of the service's namespaces."""
         service = self._app_service_of(request.as_token)
@@ -447,7 +526,7 @@ class AccountService:
         await self._devices_deleted(requester.user_id, device_ids, hashes)
 
     def whoami(self, requester: Requester) -> JsonDict:
-        out: JsonDict = {"user_id": requester.user_id, "is_guest": False}
+        out: JsonDict = {"user_id": requester.user_id, "is_guest": requester.is_guest}
         if requester.device_id:  # an application service acting without a device has none
             out["device_id"] = requester.device_id
         return out

@@ -134,6 +134,7 @@ class AuthService:
                     info.is_admin,
                     shadow_banned=info.shadow_banned,
                     suspended=info.suspended,
+                    is_guest=info.is_guest,
                 ),
                 info.valid_until_ms,
                 info.locked,
@@ -265,7 +266,8 @@ class AuthService:
                 self._cache.pop(key, None)
 
     def forget_user_cache(self, user_id: UserID) -> None:
-        """Read the user's tokens again (an administrator changed the account's flags)."""
+        """Read the user's tokens again (an administrator changed the account's flags, or a
+        guest account was upgraded)."""
         for key, (requester, _, _) in list(self._cache.items()):
             if requester.user_id == user_id:
                 self._cache.pop(key, None)

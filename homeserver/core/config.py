@@ -63,6 +63,41 @@ class RegistrationConfig(Section):
     # The admin API's shared-secret registration (/_synapse/admin/v1/register): whoever
     # knows it can create accounts, administrators too. None: that endpoint is off.
     shared_secret: str | None = Field(default=None, min_length=16)
+    # Guest accounts (POST /register?kind=guest): limited to the endpoints the spec lists
+    # for guests and to rooms whose m.room.guest_access is can_join.
+    allow_guest_access: bool = False
+
+
+class VoipConfig(Section):
+    """TURN servers handed to clients by GET /voip/turnServer (docs/config.md)."""
+
+    turn_uris: tuple[str, ...] = ()
+    # coturn's static-auth-secret (use-auth-secret): the credentials are derived from it.
+    turn_shared_secret: str | None = None
+    # How long a set of credentials is valid.
+    turn_user_lifetime_ms: int = Field(default=24 * 3600 * 1000, ge=1000)
+    turn_allow_guests: bool = True
+
+
+class SupportContact(Section):
+    """One contact of /.well-known/matrix/support (at least a Matrix ID or an address)."""
+
+    role: str
+    matrix_id: str | None = None
+    email_address: str | None = None
+
+    @model_validator(mode="after")
+    def _reachable(self) -> SupportContact:
+        if self.matrix_id is None and self.email_address is None:
+            raise ValueError("a support contact needs matrix_id or email_address")
+        return self
+
+
+class SupportConfig(Section):
+    """What GET /.well-known/matrix/support answers (empty: 404)."""
+
+    contacts: tuple[SupportContact, ...] = ()
+    support_page: str | None = None
 
 
 class RateLimit(Section):
@@ -92,6 +127,11 @@ class AuthConfig(Section):
     # argon2id cost; the defaults are OWASP's minimum for argon2id (19 MiB, 2 passes).
     password_hash_memory_kib: int = Field(default=19_456, ge=8)
     password_hash_time_cost: int = Field(default=2, ge=1)
+    # POST /login/get_token (spec v1.7, MSC3882): a signed-in device mints a short-lived,
+    # single-use m.login.token for a new device (sign in by QR code). Off by default.
+    login_via_existing_session: bool = False
+    login_token_lifetime_ms: int = Field(default=2 * 60 * 1000, ge=1000)
+    login_token_require_uia: bool = True
 
 
 class LimitsConfig(Section):
@@ -403,6 +443,8 @@ class HomeserverConfig(BaseModel):
     app_service_config_files: tuple[str, ...] = ()
     appservice: AppServiceConfig = AppServiceConfig()
     metrics: MetricsConfig = MetricsConfig()
+    voip: VoipConfig = VoipConfig()
+    support: SupportConfig = SupportConfig()
 
     @field_validator("server_name")
     @classmethod

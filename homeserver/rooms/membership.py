@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from typing import Protocol
 from weakref import WeakValueDictionary
 
+import orjson
+
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomID, UserID
 from homeserver.core.types import JsonDict, Requester
@@ -150,6 +152,8 @@ class MembershipService:
         the room ID and the inviter's."""
         requester.check_not_suspended()
         await self._check_not_blocked(room_id)
+        if requester.is_guest:
+            await self._check_guest_may_join(room_id)
         if self._remote is None or await self._is_resident(room_id):
             await self._require_room(room_id)
             return await self.send_own_membership(room_id, requester.user_id, "join", reason)
@@ -165,6 +169,15 @@ class MembershipService:
             candidates = [*servers, *await self._servers_of(room_id, requester.user_id)]
             event_id = await self._remote.join(room_id, requester.user_id, candidates, content)
         return SentEvent(event_id, 0)
+
+    async def _check_guest_may_join(self, room_id: RoomID) -> None:
+        """spec (guest access): guests join only rooms whose m.room.guest_access is
+        can_join."""
+        found = await self._rooms.get_current_state_contents([room_id], ["m.room.guest_access"])
+        raw = found.get(room_id, {}).get("m.room.guest_access")
+        content = orjson.loads(raw).get("content", {}) if raw is not None else {}
+        if not isinstance(content, dict) or content.get("guest_access") != "can_join":
+            raise MatrixError(Codes.GUEST_ACCESS_FORBIDDEN, "Guests may not join this room")
 
     async def _is_resident(self, room_id: str) -> bool:
         """Whether the room's state here is live: a user of ours is joined, or nobody is

@@ -54,6 +54,7 @@ class TokenInfo:
     shadow_banned: bool = False
     suspended: bool = False
     locked: bool = False
+    is_guest: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,7 @@ class AccountStore:
         is_admin: bool,
         created_ts: int,
         displayname: str | None,
+        is_guest: bool = False,
     ) -> bool:
         """Insert the user and their profile; False if the ID is taken."""
         async with self._db.write() as conn:
@@ -92,6 +94,7 @@ class AccountStore:
                         "is_admin": is_admin,
                         "deactivated": False,
                         "created_ts": created_ts,
+                        "is_guest": is_guest,
                     },
                     keys=("user_id",),
                 )
@@ -376,6 +379,15 @@ class AccountStore:
             )
             return int(result.scalar_one())
 
+    async def upgrade_guest(self, user_id: UserID, password_hash: str) -> bool:
+        """A guest account becomes a full one with this password; False if it is no guest."""
+        result = await self._db.write_alone(
+            sa.update(users)
+            .where(users.c.user_id == user_id, users.c.is_guest.is_(True))
+            .values(is_guest=False, password_hash=password_hash)
+        )
+        return bool(result.rowcount)
+
     async def get_token(self, token_hash: bytes) -> TokenInfo | None:
         query = (
             sa.select(
@@ -388,6 +400,7 @@ class AccountStore:
                 user_moderation.c.shadow_banned,
                 user_moderation.c.suspended,
                 user_moderation.c.locked,
+                users.c.is_guest,
             )
             .join(users, users.c.user_id == access_tokens.c.user_id)
             .outerjoin(user_moderation, user_moderation.c.user_id == access_tokens.c.user_id)
@@ -407,6 +420,7 @@ class AccountStore:
             bool(r.shadow_banned),
             bool(r.suspended),
             bool(r.locked),
+            bool(r.is_guest),
         )
 
     async def get_refresh_token(self, token_hash: bytes) -> RefreshTokenInfo | None:

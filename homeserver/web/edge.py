@@ -25,6 +25,7 @@ from homeserver.core.json_limits import loads_limited
 from homeserver.core.pool_guard import PoolExhausted
 from homeserver.core.render import dumps_item, dumps_items
 from homeserver.core.types import Requester
+from homeserver.web.guest import guest_may_call
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +172,8 @@ async def require_user(request: Request, *, allow_locked: bool = False) -> Reque
         device_id=query.get("device_id", query.get("org.matrix.msc3202.device_id")),
         allow_locked=allow_locked,
     )
+    if requester.is_guest and not guest_may_call(request.method, request.url.path):
+        raise MatrixError(Codes.GUEST_ACCESS_FORBIDDEN, "Guest access is not allowed here")
     request.state.requester = requester
     if edge.sessions is not None:
         client = request.client

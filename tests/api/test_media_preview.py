@@ -114,7 +114,8 @@ async def test_disabled_by_default(client: httpx.AsyncClient) -> None:
     response = await client.get(
         PREVIEW, params={"url": "https://example.org"}, headers=auth_header(token)
     )
-    assert (response.status_code, response.json()["errcode"]) == (404, "M_UNRECOGNIZED")
+    assert (response.status_code, response.json()["errcode"]) == (403, "M_FORBIDDEN")
+    assert "disabled" in response.json()["error"]
 
 
 @SQLITE

@@ -16,6 +16,8 @@ users = sa.Table(
     sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
     sa.Column("deactivated", sa.Boolean, nullable=False, default=False),
     sa.Column("created_ts", BigInt, nullable=False),
+    # A guest account (spec: guest access) until it is upgraded by a registration.
+    sa.Column("is_guest", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 profiles = sa.Table(
@@ -48,6 +50,25 @@ access_tokens = sa.Table(
     sa.Column("valid_until_ms", BigInt, nullable=True),
     sa.Column("refresh_token_id", BigInt, nullable=True),
     sa.Index(None, "user_id", "device_id"),
+)
+
+# OpenID tokens (POST /user/{userId}/openid/request_token): a third party hands one to
+# /_matrix/federation/v1/openid/userinfo to learn who the user is. Stored as a hash.
+openid_tokens = sa.Table(
+    "openid_tokens",
+    metadata,
+    sa.Column("token_hash", sa.LargeBinary, primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("valid_until_ms", BigInt, nullable=False, index=True),
+)
+
+# Login tokens (POST /login/get_token, m.login.token): single use, short-lived, hashed.
+login_tokens = sa.Table(
+    "login_tokens",
+    metadata,
+    sa.Column("token_hash", sa.LargeBinary, primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("valid_until_ms", BigInt, nullable=False, index=True),
 )
 
 refresh_tokens = sa.Table(

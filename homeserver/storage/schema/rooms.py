@@ -170,3 +170,6 @@ room_aliases = sa.Table(
 # Unread counts start after the user's own latest event in a room (spec: sending an event
 # moves the read receipt), found through this index rather than by scanning the room.
 sa.Index(None, events.c.room_id, events.c.sender, events.c.stream_ordering)
+
+# GET /rooms/{roomId}/timestamp_to_event: the event closest to a time, without a scan.
+sa.Index(None, events.c.room_id, events.c.origin_server_ts)

@@ -1,0 +1,237 @@
+"""The deprecated sync API the spec still lists: ``/initialSync``, ``/events`` (and peeking
+into world-readable rooms with ``/events?room_id=``), ``/rooms/{roomId}/initialSync`` and
+``/events/{eventId}``. Older bridges and bots still call them.
+
+``/initialSync`` and ``/events`` are views of ``SyncService``'s answers (one source of what a
+user may see); a room's initial sync and peeking read through ``RoomService``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import EventID, RoomID
+from homeserver.core.streams import Stream, StreamToken
+from homeserver.core.types import JsonDict, Requester
+from homeserver.filters.matching import EventFilter, SyncFilter
+from homeserver.rooms.service import RoomService
+from homeserver.storage.database import Database
+from homeserver.storage.events import EventStore
+from homeserver.storage.rooms import RoomStore
+from homeserver.sync.service import SyncRequest, SyncService
+from homeserver.wakeups.notifier import Notifier
+
+DEFAULT_LIMIT = 10  # messages per room in an initial sync (Synapse's and the spec's example)
+MAX_LIMIT = 100
+PEEK_LIMIT = 100
+
+
+class LegacySync:
+    def __init__(
+        self,
+        sync: SyncService,
+        rooms: RoomService,
+        events: EventStore,
+        room_store: RoomStore,
+        db: Database,
+        notifier: Notifier,
+    ) -> None:
+        self._sync = sync
+        self._rooms = rooms
+        self._events = events
+        self._room_store = room_store
+        self._db = db
+        self._notifier = notifier
+
+    async def _now(self) -> StreamToken:
+        return StreamToken(await self._db.current_positions())
+
+    # --- GET /initialSync -----------------------------------------------------------------
+
+    async def initial_sync(
+        self, requester: Requester, limit: int | None, archived: bool = False
+    ) -> JsonDict:
+        """``archived``: rooms the user left (or was banned from) too, as of their leaving."""
+        limit = DEFAULT_LIMIT if limit is None else min(limit, MAX_LIMIT)
+        sync_filter = SyncFilter(timeline=EventFilter(limit=limit), include_leave=archived)
+        answer = await self._sync.sync(
+            requester,
+            SyncRequest(since=None, timeout_ms=0, full_state=False, filter=sync_filter),
+        )
+        end = str(answer["next_batch"])
+        rooms = answer.get("rooms", {})
+        out: list[JsonDict] = []
+        for room_id, entry in rooms.get("join", {}).items():
+            out.append(await self._room(requester, RoomID(room_id), entry, end, "join"))
+        for room_id, entry in rooms.get("leave", {}).items():
+            room_id = RoomID(room_id)
+            m = await self._room_store.get_membership(room_id, requester.user_id)
+            membership = m.membership if m is not None else "leave"
+            out.append(await self._room(requester, room_id, entry, end, membership))
+        for room_id in rooms.get("invite", {}):
+            room: JsonDict = {"room_id": room_id, "membership": "invite"}
+            invite = await self._invite_event(requester, RoomID(room_id))
+            if invite is not None:
+                room["invite"] = invite
+            out.append(room)
+        return {
+            "end": end,
+            "rooms": out,
+            "presence": answer.get("presence", {}).get("events", []),
+            "account_data": answer.get("account_data", {}).get("events", []),
+        }
+
+    async def _room(
+        self, requester: Requester, room_id: RoomID, entry: JsonDict, end: str, membership: str
+    ) -> JsonDict:
+        timeline = entry.get("timeline", {})
+        chunk = [_with_room(e, room_id) for e in timeline.get("events", [])]
+        state = await self._rooms.get_state(requester, room_id)
+        messages: JsonDict = {"chunk": chunk, "end": end}
+        if timeline.get("prev_batch"):
+            messages["start"] = timeline["prev_batch"]
+        return {
+            "room_id": room_id,
+            "membership": membership,
+            "messages": messages,
+            "state": state,
+            "visibility": _visibility(state),
+            "account_data": entry.get("account_data", {}).get("events", []),
+        }
+
+    async def _invite_event(self, requester: Requester, room_id: RoomID) -> JsonDict | None:
+        """The invite of the requester into a room, as a client event."""
+        membership = await self._room_store.get_membership(room_id, requester.user_id)
+        if membership is None or membership.membership != "invite":
+            return None
+        event = await self._events.get_event(membership.event_id)
+        if event is None:
+            return None
+        version = await self._rooms.room_version(room_id)
+        return (await self._rooms.serialize(requester, [event], version))[0]
+
+    # --- GET /rooms/{roomId}/initialSync --------------------------------------------------
+
+    async def room_initial_sync(self, requester: Requester, room_id: RoomID) -> JsonDict:
+        _, membership = await self._rooms.access(requester, room_id)
+        page = await self._rooms.messages(
+            requester,
+            room_id,
+            from_token=None,
+            to_token=None,
+            backwards=True,
+            limit=DEFAULT_LIMIT,
+            event_filter=EventFilter(),
+        )
+        chunk = list(reversed(page.chunk))
+        state = await self._rooms.get_state(requester, room_id)
+        now = (await self._now()).serialize()
+        messages: JsonDict = {"chunk": chunk, "end": now}
+        if page.end is not None:
+            messages["start"] = page.end
+        body: JsonDict = {
+            "room_id": room_id,
+            "messages": messages,
+            "state": state,
+            "visibility": _visibility(state),
+            "presence": [],
+            "account_data": [],
+        }
+        # A peeker of a world-readable room has no membership (spec: the field is optional).
+        if membership is not None:
+            body["membership"] = membership.membership
+        return body
+
+    # --- GET /events/{eventId} ------------------------------------------------------------
+
+    async def get_event(self, requester: Requester, event_id: EventID) -> JsonDict:
+        event = await self._events.get_event(event_id)
+        if event is None or event.stream_ordering <= 0:
+            raise MatrixError(Codes.NOT_FOUND, "Event not found")
+        try:
+            return await self._rooms.get_event(requester, RoomID(event.room_id), event_id)
+        except MatrixError as e:
+            # Outside the room, the event is as unknown as any other (no probing).
+            if e.code == Codes.FORBIDDEN:
+                raise MatrixError(Codes.NOT_FOUND, "Event not found") from None
+            raise
+
+    # --- GET /events ----------------------------------------------------------------------
+
+    async def events(
+        self, requester: Requester, since: str | None, timeout_ms: int, room_id: RoomID | None
+    ) -> JsonDict:
+        if room_id is not None:
+            return await self._peek(requester, room_id, since, timeout_ms)
+        if requester.is_guest:
+            # spec (guest access): guests may call /events only to peek into a room.
+            raise MatrixError(Codes.GUEST_ACCESS_FORBIDDEN, "Guests may only peek: give room_id")
+        start = StreamToken.parse(since) if since is not None else await self._now()
+        # The timeline's limit is high: a long-poll returns everything since the token.
+        sync_filter = SyncFilter(timeline=EventFilter(limit=PEEK_LIMIT))
+        answer = await self._sync.sync(
+            requester,
+            SyncRequest(since=start, timeout_ms=timeout_ms, full_state=False, filter=sync_filter),
+        )
+        chunk: list[JsonDict] = []
+        rooms = answer.get("rooms", {})
+        for joined_id, entry in rooms.get("join", {}).items():
+            chunk.extend(
+                _with_room(e, joined_id) for e in entry.get("timeline", {}).get("events", [])
+            )
+            ephemeral = entry.get("ephemeral", {}).get("events", [])
+            chunk.extend(_with_room(e, joined_id) for e in ephemeral)
+        for invited_id in rooms.get("invite", {}):
+            invite = await self._invite_event(requester, RoomID(invited_id))
+            if invite is not None:
+                chunk.append(invite)
+        chunk.extend(answer.get("presence", {}).get("events", []))
+        return {"start": start.serialize(), "end": answer["next_batch"], "chunk": chunk}
+
+    async def _peek(
+        self, requester: Requester, room_id: RoomID, since: str | None, timeout_ms: int
+    ) -> JsonDict:
+        """Events of one room after ``since``: a member's room, or any world-readable one."""
+        await self._rooms.access(requester, room_id)  # M_FORBIDDEN unless it may be seen
+        start = since if since is not None else (await self._now()).serialize()
+        StreamToken.parse(start)  # M_INVALID_PARAM for a token that is none
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            now = await self._now()
+            page = await self._rooms.messages(
+                requester,
+                room_id,
+                from_token=start,
+                to_token=now.serialize(),
+                backwards=False,
+                limit=PEEK_LIMIT,
+                event_filter=EventFilter(),
+            )
+            remaining = deadline - time.monotonic()
+            if page.chunk or remaining <= 0 or self._notifier.closing:
+                end = page.end if page.end is not None else now.serialize()
+                return {"start": start, "end": end, "chunk": page.chunk}
+            listener = self._notifier.listen(requester.user_id, [room_id])
+            try:
+                # A wake-up between the read and listen() is caught by the read after it.
+                if (await self._now()).get(Stream.EVENTS) == now.get(Stream.EVENTS):
+                    await listener.wait(remaining)
+            finally:
+                self._notifier.unlisten(listener, requester.user_id, [room_id])
+
+
+def _with_room(event: Any, room_id: str) -> JsonDict:
+    out: JsonDict = dict(event)
+    out["room_id"] = room_id
+    return out
+
+
+def _visibility(state: Iterable[JsonDict]) -> str:
+    for event in state:
+        if event.get("type") == "m.room.join_rules" and event.get("state_key") == "":
+            if event.get("content", {}).get("join_rule") == "public":
+                return "public"
+    return "private"

@@ -1,0 +1,1 @@
+"""Voice and video calls: the TURN servers clients are given."""
