@@ -30,7 +30,9 @@ def request_uri(request: Request) -> str:
     return path + ("?" + query.decode("latin-1") if query else "")
 
 
-async def authenticated_origin(request: Request) -> tuple[str, Any]:
+async def authenticated_origin(
+    request: Request, max_body_bytes: int | None = None
+) -> tuple[str, Any]:
     """The server a request comes from, verified by its X-Matrix signature, and its JSON
     body (None without one). 401 M_UNAUTHORIZED unless the signature is right.
 

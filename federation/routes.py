@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from federation import keys, media, public_rooms, query, user_keys, version
+from federation import keys, media, public_rooms, query, send, user_keys, version
 
 # Mounted at /_matrix/federation (when federation is enabled).
 federation_routes = [
@@ -11,6 +11,7 @@ federation_routes = [
     *user_keys.routes,
     *public_rooms.routes,
     *media.routes,
+    *send.routes,
 ]
 # Mounted at /_matrix/key (always: our keys are public).
 key_routes = keys.key_routes

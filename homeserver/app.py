@@ -45,10 +45,15 @@ from homeserver.federation.discovery import (
     ServerResolver,
     WellKnownResolver,
 )
+from homeserver.federation.edus import InboundEdus
 from homeserver.federation.keyring import Keyring
 from homeserver.federation.local_keys import LocalKeys, load_old_verify_keys, old_keys_path
+from homeserver.federation.outbox import FederationOutbox
 from homeserver.federation.policy import ServerPolicy
 from homeserver.federation.queries import FederationQueries
+from homeserver.federation.remote_devices import RemoteDeviceLists
+from homeserver.federation.sender import FederationSender
+from homeserver.federation.transactions import TransactionService
 from homeserver.filters.service import FilterService
 from homeserver.net.addresses import AddressPolicy
 from homeserver.net.outbound import Outbound
@@ -62,6 +67,7 @@ from homeserver.rooms.aggregations import Aggregations
 from homeserver.rooms.create import RoomCreator
 from homeserver.rooms.delayed import DelayedEventService
 from homeserver.rooms.directory import DirectoryService
+from homeserver.rooms.incoming import IncomingEvents
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.relations import RelationsService
 from homeserver.rooms.reports import ReportService
@@ -79,6 +85,7 @@ from homeserver.storage.delayed_events import DelayedEventStore
 from homeserver.storage.device_lists import DeviceListStore
 from homeserver.storage.e2e_keys import E2eKeyStore
 from homeserver.storage.events import EventStore
+from homeserver.storage.federation_queue import FederationQueueStore
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.media import MediaStore
@@ -89,6 +96,7 @@ from homeserver.storage.pushers import PusherStore
 from homeserver.storage.receipts import ReceiptStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.relations import RelationStore
+from homeserver.storage.remote_devices import RemoteDeviceStore
 from homeserver.storage.reports import ReportStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.server_keys import ServerKeyStore
@@ -163,6 +171,7 @@ class Homeserver:
         self._build_rooms(config, signing_key, clock)
         self._build_accounts(config, db, clock, signing_key)
         self._build_status(config, db, clock)
+        self._build_transactions(config, db, clock)
         self.sync = SyncService(
             db,
             self.event_store,
@@ -217,6 +226,9 @@ class Homeserver:
         self.receipt_store = ReceiptStore(db)
         self.threepid_store = ThreepidStore(db)
         self.server_key_store = ServerKeyStore(db)
+        self.federation_queue_store = FederationQueueStore(db)
+        self.remote_device_store = RemoteDeviceStore(db)
+        self.device_list_store = DeviceListStore(db)
 
     def _build_federation(
         self,
@@ -268,6 +280,19 @@ class Homeserver:
         self.federation_queries = FederationQueries(self.federation_client)
         # Services that answer about remote users ask their servers only with federation on.
         self.remote_queries = self.federation_queries if fed.enabled else None
+        # Our users' EDUs for other servers (typing, receipts, presence, device lists,
+        # to-device), queued in the database; the sender is woken when one is queued.
+        self.federation_wake = asyncio.Event()
+        self.edu_outbox = (
+            FederationOutbox(
+                self.federation_queue_store,
+                config.server_name,
+                clock,
+                self.federation_wake.set,
+            )
+            if fed.enabled
+            else None
+        )
 
     def _build_user_data(self, config: HomeserverConfig) -> None:
         """Account data, ignore lists and push rules: the room send path reads them."""
@@ -341,11 +366,21 @@ class Homeserver:
         self.relations = RelationsService(
             self.relation_store, self.event_store, self.rooms, self.visibility
         )
+        # Other servers' events enter the room graph through these checks (issue 17).
+        self.incoming_events = IncomingEvents(
+            self.event_store, self.room_store, self.notifier, resolve=resolve_room_state
+        )
         self.room_upgrader = RoomUpgrader(
             self.event_sender, self.event_store, self.room_store, self.memberships, clock
         )
         self.presence = PresenceService(
-            PresenceStore(self.db), self.notifier, clock, config.presence, self.event_store
+            PresenceStore(self.db),
+            self.notifier,
+            clock,
+            config.presence,
+            self.event_store,
+            server_name=server_name,
+            outbox=self.edu_outbox,
         )
         if self.presence.enabled:
             self.background_jobs.append(self.presence.run_sweeper)
@@ -389,8 +424,16 @@ class Homeserver:
         self.threepids = ThreepidService(
             self.threepid_store, self.pusher_store, self.email_validation, self.uia, clock
         )
-        self.to_device = ToDeviceService(ToDeviceStore(db), self.notifier, clock, server_name)
-        self.device_lists = DeviceListService(DeviceListStore(db), self.notifier, self.event_store)
+        self.to_device = ToDeviceService(
+            ToDeviceStore(db), self.notifier, clock, server_name, self.edu_outbox
+        )
+        self.device_lists = DeviceListService(
+            self.device_list_store,
+            self.notifier,
+            self.event_store,
+            server_name=server_name,
+            outbox=self.edu_outbox,
+        )
         self.e2e_keys = E2eKeyService(
             E2eKeyStore(db),
             self.device_lists,
@@ -427,7 +470,9 @@ class Homeserver:
 
     def _build_status(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
         """Typing, receipts and read markers, unread counts (issue 3)."""
-        self.typing = TypingService(TypingStore(db), self.room_store, self.notifier, clock)
+        self.typing = TypingService(
+            TypingStore(db), self.room_store, self.notifier, clock, self.edu_outbox
+        )
         self.background_jobs.append(self.typing.run_expiry)
         self.receipts = ReceiptService(
             self.receipt_store,
@@ -436,6 +481,7 @@ class Homeserver:
             self.account_data,
             self.notifier,
             clock,
+            self.edu_outbox,
         )
         self.unread = UnreadCountService(
             self.push_store,
@@ -445,6 +491,44 @@ class Homeserver:
             clock,
             config.push.action_retention_ms,
         )
+
+    def _build_transactions(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
+        """Transactions both ways (issue 18): inbound PDUs and EDUs, the remote device list
+        cache, and the outbound sender (a background job, with federation on)."""
+        self.remote_devices = RemoteDeviceLists(
+            self.remote_device_store,
+            self.federation_client,
+            self.device_lists,
+            self.device_list_store,
+            clock,
+            config.server_name,
+        )
+        self.inbound_edus = InboundEdus(
+            self.typing, self.receipts, self.presence, self.to_device, self.remote_devices
+        )
+        self.transactions = TransactionService(
+            self.federation_queue_store,
+            self.incoming_events,
+            self.inbound_edus,
+            self.room_store,
+            clock,
+        )
+        # One sender per process; with several workers, issue 21 makes it run on one only.
+        self.federation_sender = FederationSender(
+            db,
+            self.federation_queue_store,
+            self.event_store,
+            self.federation_client,
+            self.federation_keys,
+            clock,
+            self.bus,
+            config.server_name,
+            self.federation_policy.allows,
+            self.federation_wake,
+        )
+        if config.federation.enabled:
+            self.background_jobs.append(self.transactions.run_pruner)
+            self.background_jobs.append(self.federation_sender.run)
 
     def _build_sliding_sync(self, db: Database, clock: Clock) -> SlidingSyncService:
         """Simplified sliding sync (MSC4186, issue 20), fed by the same sources as /sync."""

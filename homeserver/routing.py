@@ -43,7 +43,7 @@ from client_api import routes as client_routes
 from federation import edge as federation_edge
 from federation import keys as key_server
 from federation import media as federation_media
-from federation import public_rooms, query, user_keys
+from federation import public_rooms, query, send, user_keys
 from federation import routes as federation_routes
 from homeserver.app import Homeserver
 from homeserver.core.errors import MatrixError
@@ -116,6 +116,7 @@ def route_services(hs: Homeserver) -> list[object]:
         user_keys.UserKeyServices(hs.federation_keys),
         public_rooms.PublicRoomServices(hs.directory),
         federation_media.FederationMediaServices(hs.media, hs.server_name),
+        send.TransactionServices(hs.transactions),
     ]
 
 

@@ -170,7 +170,7 @@ class E2eKeyService:
                 f"One-time key {result.conflict} already exists with different content",
             )
         if result.device_keys_changed:
-            await self._device_lists.mark_changed(requester.user_id)
+            await self._device_lists.mark_changed(requester.user_id, (requester.device_id,))
         if result.keys_position is not None:
             await self._notifier.notify(
                 Stream.ONE_TIME_KEYS, result.keys_position, user_ids=(requester.user_id,)
@@ -344,7 +344,7 @@ class E2eKeyService:
         position = await self._store.delete_for_devices(user_id, device_ids)
         if position is not None:
             await self._notifier.notify(Stream.ONE_TIME_KEYS, position, user_ids=(user_id,))
-        await self._device_lists.mark_changed(user_id)
+        await self._device_lists.mark_changed(user_id, device_ids, deleted=True)
 
     # --- /keys/device_signing/upload -------------------------------------------------------
 
@@ -482,6 +482,10 @@ class E2eKeyService:
         await self._store.add_signatures(accepted)
         for target_user in sorted({s.target_user_id for s in accepted}):
             # Whoever sees the target's keys refetches them (the signer's other devices too).
+            # The targets are devices or cross-signing keys: federation sends an update for
+            # the devices among them, and the cross-signing keys.
+            targets = sorted({s.target_key_id for s in accepted if s.target_user_id == target_user})
+            await self._device_lists.mark_changed(UserID(target_user), targets)
             await self._device_lists.mark_changed(UserID(target_user))
         return failures
 
