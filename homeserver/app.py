@@ -434,6 +434,15 @@ class Homeserver:
             server_name=server_name,
             outbox=self.edu_outbox,
         )
+        # Remote users' devices, kept from their servers' updates (issue 18).
+        self.remote_devices = RemoteDeviceLists(
+            self.remote_device_store,
+            self.federation_client,
+            self.device_lists,
+            self.device_list_store,
+            clock,
+            server_name,
+        )
         self.e2e_keys = E2eKeyService(
             E2eKeyStore(db),
             self.device_lists,
@@ -441,6 +450,7 @@ class Homeserver:
             server_name,
             self.notifier,
             remote=self.remote_queries,
+            remote_cache=self.remote_devices if config.federation.enabled else None,
         )
         # What other servers see of our users' keys (federation /user/keys, /user/devices).
         self.federation_keys = FederationKeyService(self.e2e_keys, self.device_lists, server_name)
@@ -495,14 +505,6 @@ class Homeserver:
     def _build_transactions(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
         """Transactions both ways (issue 18): inbound PDUs and EDUs, the remote device list
         cache, and the outbound sender (a background job, with federation on)."""
-        self.remote_devices = RemoteDeviceLists(
-            self.remote_device_store,
-            self.federation_client,
-            self.device_lists,
-            self.device_list_store,
-            clock,
-            config.server_name,
-        )
         self.inbound_edus = InboundEdus(
             self.typing, self.receipts, self.presence, self.to_device, self.remote_devices
         )

@@ -30,7 +30,7 @@ from homeserver.core.jsonutil import check_json_numbers
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.e2ee.device_lists import DeviceListService
-from homeserver.e2ee.remote_keys import RemoteKeys, claim_remote, query_remote
+from homeserver.e2ee.remote_keys import CachedDevices, RemoteKeys, claim_remote, query_remote
 from homeserver.storage.e2e_keys import (
     ClaimRequest,
     CrossSigningKey,
@@ -116,8 +116,11 @@ class E2eKeyService:
         notifier: Notifier,
         *,
         remote: RemoteKeys | None = None,
+        remote_cache: CachedDevices | None = None,
     ) -> None:
         self._store = store
+        # Remote users' device lists kept by their servers' updates: asked first.
+        self._remote_cache = remote_cache
         # None (federation off): remote users' keys are reported in ``failures``.
         self._remote = remote
         self._device_lists = device_lists
@@ -222,7 +225,9 @@ class E2eKeyService:
                 failures[server] = REMOTE_FAILURE
         response = await self.local_keys(requester.user_id, local, display_names=True)
         if remote and self._remote is not None:
-            found, remote_failures = await query_remote(self._remote, remote, timeout_ms)
+            found, remote_failures = await query_remote(
+                self._remote, remote, timeout_ms, self._remote_cache
+            )
             response["device_keys"].update(found.pop("device_keys"))
             for section, keys in found.items():
                 response.setdefault(section, {}).update(keys)

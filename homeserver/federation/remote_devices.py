@@ -258,5 +258,8 @@ class RemoteDeviceLists:
         await self._changed.mark_changed(user)
 
     async def current(self, user_ids: Collection[str]) -> dict[str, RemoteDeviceList]:
-        """The cached lists of these users that are current; the others must be asked."""
-        return await self._store.get_lists(user_ids)
+        """The cached lists of these users that are current; the others must be asked. A
+        list is current while its user shares a room with ours: past that, their server
+        stops sending us updates."""
+        found = await self._store.get_lists(user_ids)
+        return {u: found[u] for u in found if await self._tracked(u)}
