@@ -76,7 +76,9 @@ class FederationOutbox:
         data: JsonDict = {"ts": ts}
         if thread_id is not None:
             data["thread_id"] = thread_id
-        content = {room_id: {"m.read": {user_id: {"event_ids": [event_id], "data": data}}}}
+        # str(): orjson takes only exact strings as keys, and these may be RoomID, UserID.
+        receipt = {"event_ids": [str(event_id)], "data": data}
+        content = {str(room_id): {"m.read": {str(user_id): receipt}}}
         await self._queue(
             await self._servers_in_rooms((room_id,)),
             RECEIPT,
@@ -133,7 +135,7 @@ class FederationOutbox:
     ) -> None:
         by_server: dict[str, dict[str, Mapping[str, JsonDict]]] = {}
         for user_id, by_device in messages.items():
-            by_server.setdefault(server_of(user_id), {})[user_id] = by_device
+            by_server.setdefault(server_of(user_id), {})[str(user_id)] = by_device
         rows = [
             (
                 server,
