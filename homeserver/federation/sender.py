@@ -132,10 +132,11 @@ class FederationSender:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _sleep_s(self) -> float:
-        retry = await self._store.next_retry_ts()
+        now = self._clock.now_ms()
+        retry = await self._store.next_retry_ts(now)
         if retry is None:
             return POLL_S
-        return max(0.05, min(POLL_S, (retry - self._clock.now_ms()) / 1000))
+        return max(0.05, min(POLL_S, (retry - now) / 1000))
 
     async def run_once(self) -> None:
         async with self._round:

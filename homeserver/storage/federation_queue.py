@@ -345,14 +345,16 @@ class FederationQueueStore:
         async with self._db.read() as conn:
             return [r.destination for r in (await conn.execute(query)).all()]
 
-    async def next_retry_ts(self) -> int | None:
-        """The earliest retry time of a destination that has something queued and waits."""
+    async def next_retry_ts(self, now_ms: int) -> int | None:
+        """The earliest retry time after ``now_ms`` of a destination that has something
+        queued and waits."""
         pending = sa.union(
             sa.select(federation_outbound_pdus.c.destination),
             sa.select(federation_outbound_edus.c.destination),
         ).subquery()
         query = sa.select(sa.func.min(federation_destinations.c.retry_at_ts)).where(
-            federation_destinations.c.destination.in_(sa.select(pending.c.destination))
+            federation_destinations.c.retry_at_ts > now_ms,
+            federation_destinations.c.destination.in_(sa.select(pending.c.destination)),
         )
         async with self._db.read() as conn:
             found = (await conn.execute(query)).scalar_one_or_none()

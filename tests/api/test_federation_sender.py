@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from homeserver.app import Homeserver
 from homeserver.core.clock import FakeClock
+from homeserver.core.ids import UserID
 from homeserver.federation.auth import parse_x_matrix
 from homeserver.federation.discovery import ServerAddress
 from homeserver.federation.sender import BACKOFF_INITIAL_MS
@@ -32,6 +33,7 @@ from homeserver.net.addresses import AddressPolicy
 from homeserver.net.outbound import Outbound
 from homeserver.rooms.incoming import Outcome
 from tests.api.e2ee_helpers import Device, new_device, upload
+from tests.api.test_cross_signing import CrossSigning, _device_signing
 from tests.api.test_federation_send import pdu_for
 from tests.conftest import make_config
 from tests.e2e.conftest import free_port
@@ -233,6 +235,22 @@ async def test_events_and_edus_reach_the_destination(
     assert second["prev_id"] == [first["stream_id"]]
     assert second["stream_id"] > first["stream_id"]
     assert second["keys"] == new_keys
+    # Cross-signing keys: an m.signing_key_update, never the user-signing key.
+    cross = CrossSigning(alice.user_id)
+    assert (await _device_signing(client, alice, cross.all_keys())).status_code == 200
+    await until(lambda: bool(destination.edus("m.signing_key_update")))
+    [signing] = destination.edus("m.signing_key_update")
+    assert signing == {
+        "user_id": alice.user_id,
+        "master_key": cross.key("master"),
+        "self_signing_key": cross.key("self_signing"),
+    }
+    # A deleted device: an update marked deleted, chained on the last one.
+    await hs.e2e_keys.delete_for_devices(UserID(alice.user_id), [alice.device_id])
+    await until(lambda: len(destination.edus("m.device_list_update")) == 3)
+    third = destination.edus("m.device_list_update")[2]
+    assert third["deleted"] is True and "keys" not in third
+    assert third["prev_id"] == [second["stream_id"]]
 
 
 async def test_a_failing_destination_backs_off_then_catches_up(
