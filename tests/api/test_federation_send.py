@@ -13,6 +13,8 @@ from homeserver.app import Homeserver
 from homeserver.events.auth import auth_types_for_event
 from homeserver.events.format import add_content_hash, compute_event_id
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from homeserver.federation.keyring import parse_key_response
+from homeserver.storage.server_keys import ServerKeyStore
 from tests.api.e2ee_helpers import Device, new_device, sync
 from tests.federation_helpers import FakeRemote
 from tests.helpers import auth_header, checked
@@ -138,9 +140,6 @@ async def test_a_retried_transaction_is_answered_without_processing(
     assert await hs.event_store.get_event(second_id) is None
     # Transaction IDs are per origin: another server's "same" is a new transaction.
     other = FakeRemote("other.test")
-    from homeserver.federation.keyring import parse_key_response
-    from homeserver.storage.server_keys import ServerKeyStore
-
     now = hs.clock.now_ms()
     keys = parse_key_response(other.key_response(now + 3_600_000), "other.test", "other.test", now)
     await ServerKeyStore(hs.db).store_keys(keys)

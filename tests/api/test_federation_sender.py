@@ -28,7 +28,7 @@ from homeserver.core.clock import FakeClock
 from homeserver.core.ids import UserID
 from homeserver.federation.auth import parse_x_matrix
 from homeserver.federation.discovery import ServerAddress
-from homeserver.federation.sender import BACKOFF_INITIAL_MS
+from homeserver.federation.sender import BACKOFF_INITIAL_MS, BACKOFF_MAX_MS, backoff_ms
 from homeserver.net.addresses import AddressPolicy
 from homeserver.net.outbound import Outbound
 from homeserver.rooms.incoming import Outcome
@@ -301,8 +301,6 @@ async def test_a_failing_destination_backs_off_then_catches_up(
 
 
 async def test_the_back_off_doubles_up_to_a_day() -> None:
-    from homeserver.federation.sender import BACKOFF_MAX_MS, backoff_ms
-
     interval = 0
     seen = []
     for _ in range(40):

@@ -1,6 +1,7 @@
 """Transactions between two of our servers on loopback over TLS: once a user of each shares
-a room, messages both ways, typing, read receipts, presence and to-device messages reach
-the other server's clients through PUT /send, sent by each server's federation sender.
+a room, messages both ways, typing, read receipts, presence, to-device messages and device
+list updates reach the other server's clients through PUT /send, sent by each server's
+federation sender.
 
 Joining a room across servers (make_join/send_join) is not on this branch: the shared room
 is built as send_join would leave it. Bob's join (made and signed with B's key, from B's data
@@ -42,6 +43,7 @@ from homeserver.storage.events import EventStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.wakeups.bus import InMemoryBus
 from homeserver.wakeups.notifier import Notifier
+from tests.api.e2ee_helpers import Device
 from tests.e2e.conftest import ServerProcess
 from tests.e2e.test_federation_two_servers import LOOPBACK, register, two_servers
 
@@ -280,3 +282,16 @@ def test_messages_and_edus_flow_between_two_servers(
     assert data["to_device"]["events"] == [
         {"type": "m.test", "sender": alice_id, "content": {"hello": "device"}}
     ]
+
+    # Device lists: Alice's new keys on A reach B (an m.device_list_update, then B fetches
+    # her list from A); Bob hears of the change, and B answers his /keys/query from its cache
+    # even with A gone.
+    me = whoami(a, alice)
+    device = Device(alice_id, me["device_id"], alice)
+    keys = device.device_keys()
+    call(a, "POST", f"{V3}/keys/upload", alice, json={"device_keys": keys})
+    wait_for(b, bob, lambda d: alice_id in d.get("device_lists", {}).get("changed", []), since_b)
+    a.stop()
+    answer = call(b, "POST", f"{V3}/keys/query", bob, json={"device_keys": {alice_id: []}})
+    assert answer["failures"] == {}
+    assert answer["device_keys"][alice_id] == {device.device_id: keys}
