@@ -46,8 +46,8 @@ class FederationOutbox:
         self._wake = wake
 
     async def _servers_in_rooms(self, room_ids: Iterable[str]) -> set[str]:
-        joined = await self._store.get_joined_users(list(room_ids))
-        servers = {server_of(u) for users in joined.values() for u in users}
+        remote = await self._store.get_remote_members(list(room_ids), self._server_name)
+        servers = {server_of(u) for users in remote.values() for u in users}
         servers.discard(self._server_name)
         return servers
 

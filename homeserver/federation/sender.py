@@ -161,7 +161,9 @@ class FederationSender:
             found = await self._store.get_new_events(cursor, upto, SCAN_BATCH)
             reach = found[-1].stream_ordering if len(found) == SCAN_BATCH else upto
             local = [e for e in found if UserID(e.sender).server_name == self._server_name]
-            joined = await self._store.get_joined_users({e.room_id for e in local})
+            joined = await self._store.get_remote_members(
+                {e.room_id for e in local}, self._server_name
+            )
             rows: list[OutboundPdu] = []
             for event in local:
                 servers = {UserID(u).server_name for u in joined.get(event.room_id, ())}
@@ -202,7 +204,12 @@ class FederationSender:
             while await self._send_one(destination):
                 pass
         except Exception:
+            # A failure of ours (the database, a queued EDU we cannot render): backed off
+            # like a failure of the destination, rather than retried at every wake-up.
             logger.exception("federation sender failed", extra={"destination": destination})
+            state = await self._store.get_destination(destination)
+            interval = backoff_ms(state.retry_interval_ms if state is not None else 0)
+            await self._store.backed_off(destination, interval, self._clock.now_ms() + interval)
 
     async def _send_one(self, destination: str) -> bool:
         """One transaction; True if there may be more to send now."""

@@ -40,6 +40,9 @@ MAX_EDUS = 100
 MAX_TRANSACTION_BYTES = 10 * 1024 * 1024
 MAX_EDU_BYTES = 65_536
 MAX_TXN_ID_BYTES = 255
+# Rooms processed side by side at most (all transactions together): each holds a pooled
+# database connection at a time, and the pool serves the clients too.
+MAX_ROOMS_AT_ONCE = 4
 # Answers are kept this long: a server retries a transaction within minutes, never days.
 KEEP_ANSWERS_MS = 24 * 3600 * 1000
 PRUNE_INTERVAL_S = 3600.0
@@ -80,6 +83,7 @@ class TransactionService:
         self._rooms = rooms
         self._clock = clock
         self._origins: dict[str, asyncio.Lock] = {}
+        self._rooms_at_once = asyncio.Semaphore(MAX_ROOMS_AT_ONCE)
 
     async def on_send(self, origin: str, txn_id: str, body: Any) -> JsonDict:
         """PUT /send/{txnId} from ``origin`` (authenticated): ``{"pdus": {event_id: {} or
@@ -135,6 +139,12 @@ class TransactionService:
         return answers
 
     async def _receive_room(
+        self, origin: str, room_id: str, pdus: list[JsonDict], received_ts: int
+    ) -> dict[str, JsonDict]:
+        async with self._rooms_at_once:
+            return await self._receive_room_now(origin, room_id, pdus, received_ts)
+
+    async def _receive_room_now(
         self, origin: str, room_id: str, pdus: list[JsonDict], received_ts: int
     ) -> dict[str, JsonDict]:
         version_id = await self._rooms.get_room_version(room_id)

@@ -152,19 +152,23 @@ class FederationQueueStore:
             for r in rows
         ]
 
-    async def get_joined_users(self, room_ids: Collection[str]) -> dict[str, list[str]]:
-        """The joined members of each room."""
+    async def get_remote_members(
+        self, room_ids: Collection[str], local_server: str
+    ) -> dict[str, set[str]]:
+        """The joined members of each room who are not on ``local_server`` (a room of our
+        users only reads no row)."""
         if not room_ids:
             return {}
         query = sa.select(room_memberships.c.room_id, room_memberships.c.user_id).where(
             room_memberships.c.room_id.in_(list(room_ids)),
             room_memberships.c.membership == "join",
+            ~room_memberships.c.user_id.endswith(f":{local_server}", autoescape=True),
         )
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
-        out: dict[str, list[str]] = {}
+        out: dict[str, set[str]] = {}
         for r in rows:
-            out.setdefault(r.room_id, []).append(r.user_id)
+            out.setdefault(r.room_id, set()).add(r.user_id)
         return out
 
     async def get_rooms_of(self, user_ids: Iterable[str]) -> dict[str, list[str]]:
