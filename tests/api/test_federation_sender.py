@@ -54,6 +54,9 @@ class Destination:
     ca: Path
     received: list[dict[str, Any]] = field(default_factory=list)
     status: int = 200  # what /send answers
+    hang_for: str | None = None  # requests for this server name never get an answer
+    hung: list[str] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # set at teardown
 
     def pdus(self) -> list[dict[str, Any]]:
         return [p for t in self.received for p in t["body"]["pdus"]]
@@ -73,10 +76,13 @@ async def destination(tmp_path: Path) -> AsyncIterator[Destination]:
     dest = Destination(free_port(), cert.ca_path)
 
     async def send(request: Request) -> Response:
+        header = parse_x_matrix(request.headers["authorization"])
+        if header.destination is not None and header.destination == dest.hang_for:
+            dest.hung.append(request.path_params["txn_id"])
+            await dest.release.wait()
         if dest.status != 200:
             return JSONResponse({"errcode": "M_UNKNOWN", "error": "down"}, dest.status)
         body = json.loads(await request.body())
-        header = parse_x_matrix(request.headers["authorization"])
         dest.received.append(
             {"txn_id": request.path_params["txn_id"], "origin": header.origin, "body": body}
         )
@@ -100,6 +106,7 @@ async def destination(tmp_path: Path) -> AsyncIterator[Destination]:
     try:
         yield dest
     finally:
+        dest.release.set()
         server.should_exit = True
         await task
 
@@ -373,3 +380,23 @@ async def test_the_queue_survives_a_restart(
         )
         assert bodies(destination) == ["m1"]
         assert destination.edus("m.direct_to_device")[0]["messages"] == {EVE: {"EVEDEV": {"a": 1}}}
+
+
+async def test_a_dead_destination_does_not_hold_up_the_others(
+    sending: tuple[Homeserver, httpx.AsyncClient], destination: Destination, clock: FakeClock
+) -> None:
+    hs, client = sending
+    alice, room_id = await shared_room(hs, client)
+    dan = "@dan:dead.test"
+    join, _ = await pdu_for(hs, room_id, "m.room.member", {"membership": "join"}, dan, dan)
+    [received] = await hs.incoming_events.receive(room_id, [join], clock.now_ms())
+    assert received.outcome is Outcome.ACCEPTED
+    destination.hang_for = "dead.test"  # accepts the connection, never answers
+    await send_message(client, alice, room_id, 1)
+    await until(lambda: bool(destination.hung) and bodies(destination) == ["m1"])
+    # dead.test's transaction is still waiting for its answer; dest.test gets the next ones.
+    await send_message(client, alice, room_id, 2)
+    await send_message(client, alice, room_id, 3)
+    await until(lambda: bodies(destination) == ["m1", "m2", "m3"], timeout_s=3)
+    assert len(destination.hung) == 1  # one transaction in flight per destination
+    assert await hs.federation_queue_store.count_pdus("dead.test") == 3
