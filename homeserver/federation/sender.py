@@ -34,7 +34,7 @@ from homeserver.core.ids import UserID
 from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.federation.client import FederationError
-from homeserver.federation.outbox import DEVICE_LIST_UPDATE, SIGNING_KEY_UPDATE
+from homeserver.federation.outbox import DEVICE_LIST_UPDATE, SIGNING_KEY_UPDATE, TYPING
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore
 from homeserver.storage.federation_queue import (
@@ -54,6 +54,9 @@ BACKOFF_MAX_MS = 24 * 3600 * 1000
 SCAN_BATCH = 500  # events read from the stream per round trip
 DUE_BATCH = 100  # destinations looked up per round
 POLL_S = 5.0  # a lost wake-up (another worker's EDU) costs at most this
+# A typing notification older than this is not sent: the user stopped long ago (a client
+# renews typing well within it), and the destination would show them typing again.
+TYPING_STALE_MS = 60_000
 # 4xx answers that a retry may fix: a timeout, a rate limit.
 RETRYABLE_4XX = frozenset((408, 429))
 
@@ -279,7 +282,10 @@ class FederationSender:
         now."""
         devices: dict[str, JsonDict] = {}
         out: list[JsonDict] = []
+        now = self._clock.now_ms()
         for edu in edus:
+            if edu.edu_type == TYPING and edu.queued_ts < now - TYPING_STALE_MS:
+                continue
             content: JsonDict = orjson.loads(edu.content_json)
             if edu.edu_type in (DEVICE_LIST_UPDATE, SIGNING_KEY_UPDATE):
                 user_id = UserID(content["user_id"])

@@ -43,6 +43,7 @@ class QueuedEdu:
     id: int
     edu_type: str
     content_json: str
+    queued_ts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +392,7 @@ class FederationQueueStore:
                 federation_outbound_edus.c.id,
                 federation_outbound_edus.c.edu_type,
                 federation_outbound_edus.c.content_json,
+                federation_outbound_edus.c.queued_ts,
             )
             .where(federation_outbound_edus.c.destination == destination)
             .order_by(federation_outbound_edus.c.id)
@@ -401,7 +403,7 @@ class FederationQueueStore:
             edus = (await conn.execute(edus_q)).all()
         return (
             [QueuedPdu(int(r.stream_ordering), r.room_id, r.event_id) for r in pdus],
-            [QueuedEdu(int(r.id), r.edu_type, r.content_json) for r in edus],
+            [QueuedEdu(int(r.id), r.edu_type, r.content_json, int(r.queued_ts)) for r in edus],
         )
 
     async def count_pdus(self, destination: str) -> int:

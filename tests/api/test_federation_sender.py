@@ -362,6 +362,12 @@ async def test_the_queue_survives_a_restart(
             headers=alice.headers,
         )
         checked(r)
+        r = await client.put(
+            f"{V3}/rooms/{room_id}/typing/{alice.user_id}",
+            json={"typing": True, "timeout": 10_000},
+            headers=alice.headers,
+        )
+        checked(r)
         store = hs.federation_queue_store
 
         async def backed_off() -> bool:
@@ -379,6 +385,8 @@ async def test_the_queue_survives_a_restart(
             lambda: bool(destination.received) and bool(destination.edus("m.direct_to_device"))
         )
         assert bodies(destination) == ["m1"]
+        # Typing from two days ago is not news: left out.
+        assert destination.edus("m.typing") == []
         assert destination.edus("m.direct_to_device")[0]["messages"] == {EVE: {"EVEDEV": {"a": 1}}}
 
 
