@@ -384,6 +384,8 @@ class Homeserver:
         )
         if self.presence.enabled:
             self.background_jobs.append(self.presence.run_sweeper)
+            if self.edu_outbox is not None:
+                self.background_jobs.append(self.presence.run_federation_pings)
         # The one path of "a user sends an event" (HTTP and WebSocket).
         self.sending = SendService(
             self.event_sender,

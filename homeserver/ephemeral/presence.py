@@ -47,6 +47,9 @@ MAX_ACTIVE_SEEN = 100_000  # bound on the in-memory activity cache
 # A remote user whose server stops telling us about them is offline after this (Synapse's
 # federation timeout): their server sends changes, not a heartbeat per sync.
 REMOTE_PRESENCE_TIMEOUT_MS = 30 * 60 * 1000
+# Our users who are not offline are announced to other servers this often, within their
+# timeout (the same pair of figures as Synapse's), so that they stay online there.
+FEDERATION_PING_INTERVAL_S = 25 * 60.0
 
 
 class PresenceService:
@@ -314,6 +317,22 @@ class PresenceService:
             state = await self._store.get(user_id)
             if state is not None:
                 await self._outbox.presence(user_id, self._content(state, now))
+
+    async def ping_remote_servers(self) -> int:
+        """Tell other servers again about our users who are not offline; how many."""
+        if self._outbox is None or not self.enabled:
+            return 0
+        now = self._clock.now_ms()
+        present = await self._store.get_present(self._server_name)
+        for state in present:
+            await self._outbox.presence(state.user_id, self._content(state, now))
+        return len(present)
+
+    async def run_federation_pings(self) -> None:
+        """The background job of ``ping_remote_servers``, for ever."""
+        while True:
+            await asyncio.sleep(FEDERATION_PING_INTERVAL_S)
+            await self.ping_remote_servers()
 
     async def put_remote(
         self,

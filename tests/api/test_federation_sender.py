@@ -226,6 +226,12 @@ async def test_events_and_edus_reach_the_destination(
     pushes = [p for e in destination.edus("m.presence") for p in e["push"]]
     assert pushes[-1]["user_id"] == alice.user_id
     assert pushes[-1]["presence"] == "online" and pushes[-1]["status_msg"] == "hi"
+    # The periodic announcement of our users who are online keeps Alice online there.
+    before = len(destination.edus("m.presence"))
+    assert await hs.presence.ping_remote_servers() == 1
+    await until(lambda: len(destination.edus("m.presence")) == before + 1)
+    [again] = destination.edus("m.presence")[-1]["push"]
+    assert again["user_id"] == alice.user_id and again["presence"] == "online"
     [to_device] = destination.edus("m.direct_to_device")
     assert to_device["sender"] == alice.user_id and to_device["type"] == "m.test"
     assert to_device["messages"] == {EVE: {"EVEDEV": {"a": 1}}}  # ours stay here
