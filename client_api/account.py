@@ -10,7 +10,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from homeserver.accounts.service import AccountService, LoginRequest, RegistrationRequest
+from homeserver.accounts.service import (
+    LOGIN_APPLICATION_SERVICE,
+    AccountService,
+    LoginRequest,
+    RegistrationRequest,
+)
 from homeserver.accounts.tokens import Session
 from homeserver.accounts.uia import AuthChallenge
 from homeserver.core.errors import Codes, MatrixError
@@ -74,6 +79,7 @@ def session_json(session: Session) -> JsonDict:
 
 
 class RegisterBody(RequestBody):
+    type: str | None = None  # m.login.application_service
     auth: dict[str, Any] | None = None
     username: str | None = None
     password: str | None = None
@@ -102,6 +108,8 @@ async def post_register(request: Request) -> Response:
             refresh_token=body.refresh_token,
             auth=body.auth,
             client_ip=client_ip(request),
+            login_type=body.type,
+            as_token=access_token_of(request) if body.type == LOGIN_APPLICATION_SERVICE else None,
         ),
         uia_fingerprint(request),
     )
@@ -177,6 +185,7 @@ async def post_login(request: Request) -> Response:
             initial_device_display_name=body.initial_device_display_name,
             refresh_token=body.refresh_token,
             client_ip=client_ip(request),
+            as_token=access_token_of(request) if body.type == LOGIN_APPLICATION_SERVICE else None,
         )
     )
     return json_response(

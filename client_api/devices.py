@@ -77,8 +77,11 @@ async def put_device(request: Request) -> Response:
     hs = services_of(request, DeviceServices)
     requester = await require_user(request)
     body = await parse_body(request, UpdateDeviceBody)
-    await hs.accounts.update_device(requester, request.path_params["device_id"], body.display_name)
-    return json_response({})
+    created = await hs.accounts.update_device(
+        requester, request.path_params["device_id"], body.display_name
+    )
+    # spec v1.17: 201 when an application service created the device.
+    return json_response({}, status_code=201 if created else 200)
 
 
 class DeleteDeviceBody(RequestBody):

@@ -31,11 +31,14 @@ async def knock_room(request: Request) -> Response:
     """POST /_matrix/client/v3/knock/{roomIdOrAlias}"""
     hs = services_of(request, KnockServices)
     requester = await require_user(request)
-    # `via` names servers to knock through; every room this server knows is local to it.
     body = await parse_body(request, KnockBody, empty_ok=True)
-    room_id = await hs.directory.resolve_room(request.path_params["room_id_or_alias"])
+    room_id, servers = await hs.directory.resolve_room_and_servers(
+        request.path_params["room_id_or_alias"]
+    )
     hs.ratelimiter.check(Action.JOIN, requester.user_id)
-    await hs.memberships.knock(requester, room_id, body.reason)
+    # `via` (and `server_name`, its deprecated name): servers to knock through.
+    via = [*request.query_params.getlist("via"), *request.query_params.getlist("server_name")]
+    await hs.memberships.knock(requester, room_id, body.reason, servers=[*via, *servers])
     return json_response({"room_id": room_id})
 
 

@@ -126,9 +126,13 @@ async def join_room(request: Request) -> Response:
     hs = services_of(request, RoomServices)
     requester = await require_user(request)
     body = await parse_body(request, ReasonBody, empty_ok=True)
-    room_id = await hs.directory.resolve_room(request.path_params["room_id_or_alias"])
+    room_id, servers = await hs.directory.resolve_room_and_servers(
+        request.path_params["room_id_or_alias"]
+    )
     hs.ratelimiter.check(Action.JOIN, requester.user_id)
-    await hs.memberships.join(requester, room_id, body.reason)
+    # spec: `via` (v1.12), and `server_name`, its deprecated name: servers to join through.
+    via = [*request.query_params.getlist("via"), *request.query_params.getlist("server_name")]
+    await hs.memberships.join(requester, room_id, body.reason, servers=[*via, *servers])
     return json_response({"room_id": room_id})
 
 

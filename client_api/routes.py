@@ -7,6 +7,7 @@ from starlette.routing import BaseRoute
 from client_api import (
     account,
     account_data,
+    appservice,
     delayed_events,
     devices,
     directory,
@@ -26,6 +27,7 @@ from client_api import (
     rooms,
     sliding_sync,
     sync,
+    thirdparty,
     threepids,
     to_device,
     typing_notifications,
@@ -66,6 +68,8 @@ _MODULES = [
     room_summary,
     reports,
     delayed_events,
+    appservice,
+    thirdparty,
 ]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]

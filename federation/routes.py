@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from federation import keys, media, public_rooms, query, send, user_keys, version
+from federation import (
+    keys,
+    media,
+    membership,
+    public_rooms,
+    query,
+    rooms,
+    send,
+    user_keys,
+    version,
+)
 
 # Mounted at /_matrix/federation (when federation is enabled).
 federation_routes = [
@@ -11,6 +21,8 @@ federation_routes = [
     *user_keys.routes,
     *public_rooms.routes,
     *media.routes,
+    *rooms.routes,
+    *membership.routes,
     *send.routes,
 ]
 # Mounted at /_matrix/key (always: our keys are public).

@@ -24,6 +24,10 @@ from homeserver.accounts.threepids import ThreepidService
 from homeserver.accounts.tokens import AuthService
 from homeserver.accounts.uia import UiaService
 from homeserver.accounts.user_directory import UserDirectoryService
+from homeserver.appservice.client import AppServiceClient
+from homeserver.appservice.registration import AppServices, load_registrations
+from homeserver.appservice.sender import AppServiceSender
+from homeserver.appservice.service import AppServiceQueries
 from homeserver.core.clock import Clock
 from homeserver.core.config import HomeserverConfig
 from homeserver.core.ratelimit import RateLimiter
@@ -37,6 +41,7 @@ from homeserver.e2ee.to_device import ToDeviceService
 from homeserver.ephemeral.presence import PresenceService
 from homeserver.ephemeral.receipts import EphemeralSource, ReceiptService
 from homeserver.ephemeral.typing import TypingService
+from homeserver.federation.acl import RoomAcls
 from homeserver.federation.auth import FederationAuthenticator
 from homeserver.federation.client import FederationClient, ssl_context
 from homeserver.federation.discovery import (
@@ -48,10 +53,13 @@ from homeserver.federation.discovery import (
 from homeserver.federation.edus import InboundEdus
 from homeserver.federation.keyring import Keyring
 from homeserver.federation.local_keys import LocalKeys, load_old_verify_keys, old_keys_path
+from homeserver.federation.membership import FederatedMembership
 from homeserver.federation.outbox import FederationOutbox
 from homeserver.federation.policy import ServerPolicy
 from homeserver.federation.queries import FederationQueries
 from homeserver.federation.remote_devices import RemoteDeviceLists
+from homeserver.federation.remote_join import RemoteRooms
+from homeserver.federation.room_reads import RoomReads
 from homeserver.federation.sender import FederationSender
 from homeserver.federation.transactions import TransactionService
 from homeserver.filters.service import FilterService
@@ -80,11 +88,14 @@ from homeserver.rooms.upgrade import RoomUpgrader
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
+from homeserver.storage.appservice import AppServiceStore
 from homeserver.storage.database import Database
 from homeserver.storage.delayed_events import DelayedEventStore
 from homeserver.storage.device_lists import DeviceListStore
 from homeserver.storage.e2e_keys import E2eKeyStore
 from homeserver.storage.events import EventStore
+from homeserver.storage.events.federation_reads import FederationReads
+from homeserver.storage.events.remote_rooms import RemoteRoomWrites
 from homeserver.storage.federation_queue import FederationQueueStore
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.key_backup import KeyBackupStore
@@ -164,10 +175,12 @@ class Homeserver:
         self.notifier = Notifier(self.bus)
         self.ratelimiter = RateLimiter(config.rate_limits, clock)
         self._build_stores(db)
+        self._build_appservices(config, db, clock)
         # Server identity, discovery, signed requests both ways (issue 18): built first, as
         # the services that answer about remote users ask through it.
         self._build_federation(config, signing_key, clock, server_resolver)
         self._build_user_data(config)
+        self._build_federation_rooms(config, clock)
         self._build_rooms(config, signing_key, clock)
         self._build_accounts(config, db, clock, signing_key)
         self._build_status(config, db, clock)
@@ -229,6 +242,32 @@ class Homeserver:
         self.federation_queue_store = FederationQueueStore(db)
         self.remote_device_store = RemoteDeviceStore(db)
         self.device_list_store = DeviceListStore(db)
+
+    def _build_appservices(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
+        """Application services (issue 22): their registrations, the client that reaches
+        them, the queries clients' requests make of them, and the transaction sender."""
+        self.appservices = AppServices(
+            load_registrations(config.app_service_config_files, config.server_name)
+        )
+        # The operator wrote these URLs: they may be on loopback or a private network,
+        # where bridges run (docs/appservices.md); still one transport, deadline and limit.
+        appservice_outbound = Outbound(AddressPolicy(("0.0.0.0/0", "::/0")))
+        timeout_s = config.appservice.request_timeout_ms / 1000
+        self.appservice_client = AppServiceClient(appservice_outbound, timeout_s=timeout_s)
+        self.appservice_queries = AppServiceQueries(
+            self.appservices, self.appservice_client, self.account_store
+        )
+        self.appservice_sender = AppServiceSender(
+            db,
+            AppServiceStore(db),
+            self.appservices,
+            AppServiceClient(appservice_outbound, timeout_s=timeout_s),
+            clock,
+            self.bus,
+            config.appservice,
+        )
+        if self.appservices:
+            self.background_jobs.append(self.appservice_sender.run)
 
     def _build_federation(
         self,
@@ -294,6 +333,45 @@ class Homeserver:
             else None
         )
 
+    def _build_federation_rooms(self, config: HomeserverConfig, clock: Clock) -> None:
+        """Our rooms across servers (issue 18): server ACLs, the reads other servers make of
+        our rooms, remote users joining, leaving, knocking on them and being invited."""
+        self.room_acls = RoomAcls(self.event_store)
+        self.federation_reads = FederationReads(self.db)
+        self.room_reads = RoomReads(
+            self.event_store, self.room_store, self.federation_reads, self.room_acls
+        )
+        # The receipt checks of other servers' events onto the room graph (issue 17).
+        self.incoming_events = IncomingEvents(
+            self.event_store, self.room_store, self.notifier, resolve=resolve_room_state
+        )
+        self.federated_memberships = FederatedMembership(
+            self.event_store,
+            self.room_store,
+            self.federation_reads,
+            self.room_acls,
+            self.keyring,
+            self.incoming_events,
+            clock,
+            config.server_name,
+            self.signing_key,
+            RemoteRoomWrites(self.db),
+            self.notifier,
+            self.account_store,
+        )
+        # Our users' memberships in other servers' rooms: joins, declined invites, invites.
+        self.remote_rooms = RemoteRooms(
+            self.federation_client,
+            self.keyring,
+            self.event_store,
+            self.room_store,
+            self.notifier,
+            clock,
+            config.server_name,
+            self.signing_key,
+            RemoteRoomWrites(self.db),
+        )
+
     def _build_user_data(self, config: HomeserverConfig) -> None:
         """Account data, ignore lists and push rules: the room send path reads them."""
         self.account_data = AccountDataService(
@@ -326,12 +404,29 @@ class Homeserver:
         )
         self.visibility = Visibility(self.event_store, self.room_store)
         self.memberships = MembershipService(
-            self.event_sender, self.room_store, server_name, self.account_store
+            self.event_sender,
+            self.room_store,
+            server_name,
+            # Unknown users in an application service's namespace are asked of it.
+            self.appservice_queries,
+            self.remote_rooms if config.federation.enabled else None,
+            self.event_store,
+            self.federation_reads,
         )
         self.profiles = ProfileService(
-            self.account_store, server_name, self.memberships, self.remote_queries
+            self.account_store,
+            server_name,
+            self.memberships,
+            self.remote_queries,
+            local=self.appservice_queries,
         )
-        self.directory = DirectoryService(self.room_store, self.event_store, server_name)
+        self.directory = DirectoryService(
+            self.room_store,
+            self.event_store,
+            server_name,
+            self.appservice_queries,
+            remote=self.remote_queries,
+        )
         self.room_summaries = RoomSummaryService(self.event_store, self.room_store, self.directory)
         self.reports = ReportService(
             ReportStore(self.db),
@@ -365,10 +460,6 @@ class Homeserver:
         )
         self.relations = RelationsService(
             self.relation_store, self.event_store, self.rooms, self.visibility
-        )
-        # Other servers' events enter the room graph through these checks (issue 17).
-        self.incoming_events = IncomingEvents(
-            self.event_store, self.room_store, self.notifier, resolve=resolve_room_state
         )
         self.room_upgrader = RoomUpgrader(
             self.event_sender, self.event_store, self.room_store, self.memberships, clock
@@ -408,7 +499,7 @@ class Homeserver:
         AccountService comes later (``_build_account_service``), after everything an
         account's deletion reaches."""
         server_name = config.server_name
-        self.auth = AuthService(self.account_store, clock, config.auth)
+        self.auth = AuthService(self.account_store, clock, config.auth, self.appservices)
         self.email_validation = EmailValidation(
             self.threepid_store, self.ratelimiter, clock, config.email, config.base_url
         )
@@ -578,6 +669,7 @@ class Homeserver:
             # Deleted devices take their to-device messages, keys, pushers and sliding sync
             # connections with them.
             device_data=(self.to_device, self.e2e_keys, self.pushers, self.sliding_sync),
+            appservices=self.appservices,
         )
 
     def _build_push_delivery(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:

@@ -70,6 +70,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from homeserver.web.http_protocol import MAX_HEADER_BYTES, MAX_TARGET_BYTES, http_protocol_class
 
     config = _load(_config_path(args), create=True)
+    # Unusable application service registrations stop the start-up here, with the file named.
+    from homeserver.appservice.registration import load_registrations
+
+    load_registrations(config.app_service_config_files, config.server_name)
     configure_logging(args.log_level)
     _return_large_blocks_to_the_system()
     scheme = "https" if config.listen.tls else "http"

@@ -58,6 +58,9 @@ async def running_homeserver(
             outbound,
             server_resolver,
         )
+        # Application services' senders exist as users before their first request.
+        await hs.accounts.ensure_app_service_senders()
+        await hs.appservice_sender.prepare()
         # Plain tasks, not a task group: the caller may leave this context from another task
         # than the one that entered it (test fixtures, lifespans).
         tasks = [asyncio.create_task(_run_forever(job)) for job in hs.background_jobs]
@@ -68,6 +71,7 @@ async def running_homeserver(
             await hs.media.close()
             await hs.federation_client.aclose()
             await hs.well_known_client.aclose()
+            await hs.appservice_client.aclose()
     finally:
         await db.close()
 

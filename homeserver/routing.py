@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Mount
 from client_api import (
     account,
     account_data,
+    appservice,
     delayed_events,
     devices,
     directory,
@@ -31,6 +32,7 @@ from client_api import (
     rooms,
     sliding_sync,
     sync,
+    thirdparty,
     threepids,
     to_device,
     typing_notifications,
@@ -43,7 +45,9 @@ from client_api import routes as client_routes
 from federation import edge as federation_edge
 from federation import keys as key_server
 from federation import media as federation_media
+from federation import membership as federation_membership
 from federation import public_rooms, query, send, user_keys
+from federation import rooms as federation_rooms
 from federation import routes as federation_routes
 from homeserver.app import Homeserver
 from homeserver.core.errors import MatrixError
@@ -56,6 +60,7 @@ from homeserver.web.edge import (
     matrix_error_handler,
     pool_exhausted_handler,
 )
+from homeserver.web.escaped_slash import EscapedSlashMiddleware, restore_slashes
 from homeserver.web.request_guard import RequestGuardMiddleware
 from media_repo import routes as media_routes
 
@@ -83,6 +88,8 @@ def route_services(hs: Homeserver) -> list[object]:
         receipts.ReceiptServices(hs.receipts),
         relations.RelationServices(hs.relations),
         reports.ReportServices(hs.reports),
+        appservice.AppServiceServices(hs.appservice_queries),
+        thirdparty.ThirdPartyServices(hs.appservice_queries),
         room_summary.RoomSummaryServices(hs.room_summaries),
         rooms.RoomServices(
             hs.rooms,
@@ -116,6 +123,8 @@ def route_services(hs: Homeserver) -> list[object]:
         user_keys.UserKeyServices(hs.federation_keys),
         public_rooms.PublicRoomServices(hs.directory),
         federation_media.FederationMediaServices(hs.media, hs.server_name),
+        federation_rooms.RoomReadServices(hs.room_reads, hs.server_name, hs.clock),
+        federation_membership.MembershipServices(hs.federated_memberships, hs.server_name),
         send.TransactionServices(hs.transactions),
     ]
 
@@ -137,7 +146,12 @@ def create_app(hs: Homeserver) -> Starlette:
             *client_routes.root_routes,
             *hs.push_gateway_routes,
         ],
-        middleware=[Middleware(CorsMiddleware), Middleware(RequestGuardMiddleware)],
+        middleware=[
+            Middleware(CorsMiddleware),
+            Middleware(RequestGuardMiddleware),
+            # After the guard, which refuses a NUL: it marks encoded slashes with one.
+            Middleware(EscapedSlashMiddleware),
+        ],
         exception_handlers={
             MatrixError: matrix_error_handler,
             HTTPException: http_error_handler,
@@ -145,5 +159,6 @@ def create_app(hs: Homeserver) -> Starlette:
             Exception: internal_error_handler,
         },
     )
+    restore_slashes(app.routes)
     app.state.services = {type(s): s for s in route_services(hs)}
     return app

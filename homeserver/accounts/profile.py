@@ -39,6 +39,13 @@ class RemoteProfiles(Protocol):
         ...
 
 
+class LocalProfiles(Protocol):
+    """Local users' profiles: the account store, or what asks application services about
+    unknown users of their namespaces first."""
+
+    async def get_profile(self, user_id: UserID) -> Profile | None: ...
+
+
 def is_valid_mxc_uri(uri: str) -> bool:
     match = _MXC.match(uri)
     return match is not None and is_valid_server_name(match.group(1))
@@ -51,8 +58,10 @@ class ProfileService:
         server_name: str,
         listener: ProfileListener,
         remote: RemoteProfiles | None = None,
+        local: LocalProfiles | None = None,
     ) -> None:
         self._store = store
+        self._local: LocalProfiles = local or store
         self._server_name = server_name
         # A changed profile goes into member events.
         self._listener = listener
@@ -63,7 +72,7 @@ class ProfileService:
         """The profile of a local user; None for an unknown or remote one."""
         if user_id.server_name != self._server_name:
             return None
-        return await self._store.get_profile(user_id)
+        return await self._local.get_profile(user_id)
 
     async def get_profile_json(self, user_id: UserID) -> JsonDict:
         """spec: GET /profile/{userId}: the fields that are set; 404 for an unknown user.

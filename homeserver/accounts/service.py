@@ -23,6 +23,7 @@ from homeserver.accounts.uia import (
     UiaService,
     parse_user_identifier,
 )
+from homeserver.appservice.registration import AppService, AppServices
 from homeserver.core.clock import Clock
 from homeserver.core.config import RegistrationConfig
 from homeserver.core.errors import Codes, MatrixError
@@ -45,6 +46,8 @@ MAX_DEVICE_DISPLAY_NAME_CHARS = 256
 _GENERATED_LOCALPART_ATTEMPTS = 10
 
 PASSWORD_FLOWS: list[list[str]] = [[LOGIN_PASSWORD]]
+# spec: application services register and log in their users with their as_token.
+LOGIN_APPLICATION_SERVICE = "m.login.application_service"
 
 
 class UserData(Protocol):
@@ -71,6 +74,8 @@ class RegistrationRequest:
     refresh_token: bool
     auth: JsonDict | None
     client_ip: str | None
+    login_type: str | None = None  # the body's ``type``: m.login.application_service
+    as_token: str | None = None  # the access token sent with m.login.application_service
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,7 @@ class LoginRequest:
     initial_device_display_name: str | None
     refresh_token: bool
     client_ip: str | None
+    as_token: str | None = None  # the access token sent with m.login.application_service
 
 
 class AccountService:
@@ -108,8 +114,10 @@ class AccountService:
         *,
         user_data: Sequence[UserData] = (),
         device_data: Sequence[DeviceData] = (),
+        appservices: AppServices | None = None,
     ) -> None:
         self._store = store
+        self._appservices = appservices or AppServices(())
         self._auth = auth
         self._uia = uia
         self._ratelimiter = ratelimiter
@@ -138,6 +146,8 @@ class AccountService:
     async def register(
         self, request: RegistrationRequest, fingerprint: str
     ) -> Registered | AuthChallenge:
+        if request.login_type == LOGIN_APPLICATION_SERVICE:
+            return await self._register_app_service_user(request)
         if request.client_ip is not None:
             self._ratelimiter.check(Action.REGISTRATION, f"ip:{request.client_ip}")
         flows = await self.registration_flows(
@@ -147,6 +157,7 @@ class AccountService:
         user_id = None
         if request.username is not None:
             user_id = self._new_user_id(request.username)
+            self._check_not_exclusive(user_id)
             if await self._store.user_exists_ignoring_case(user_id):
                 raise MatrixError(Codes.USER_IN_USE, "User ID already taken")
         if request.password is not None:
@@ -182,8 +193,71 @@ class AccountService:
         if client_ip is not None:
             self._ratelimiter.check(Action.REGISTRATION, f"available:{client_ip}")
         user_id = self._new_user_id(username)
+        self._check_not_exclusive(user_id)
         if await self._store.user_exists_ignoring_case(user_id):
             raise MatrixError(Codes.USER_IN_USE, "User ID already taken")
+
+    def _check_not_exclusive(self, user_id: UserID) -> None:
+        if self._appservices.exclusive_owner_of_user(user_id) is not None:
+            raise MatrixError(Codes.EXCLUSIVE, "This user ID is reserved by an application service")
+
+    def _app_service_of(self, as_token: str | None) -> AppService:
+        if as_token is None:
+            raise MatrixError(Codes.MISSING_TOKEN, "m.login.application_service needs the as_token")
+        service = self._auth.app_service_of_token(as_token)
+        if service is None:
+            raise MatrixError(
+                Codes.UNKNOWN_TOKEN, "Not an application service token", soft_logout=False
+            )
+        return service
+
+    async def _register_app_service_user(self, request: RegistrationRequest) -> Registered:
+        """spec: an application service registers users of its namespaces with its as_token,
+        without user-interactive authentication, even with registration closed."""
+        service = self._app_service_of(request.as_token)
+        if request.username is None:
+            raise MatrixError(Codes.MISSING_PARAM, "Missing parameter: username")
+        user_id = self._new_user_id(request.username)
+        if not service.is_user_in_namespace(user_id):
+            raise MatrixError(
+                Codes.EXCLUSIVE, "This user ID is not in the application service's namespaces"
+            )
+        self._check_device(request.device_id, request.initial_device_display_name)
+        taken = await self._store.user_exists_ignoring_case(user_id)
+        if taken or not await self._store.create_user(
+            user_id,
+            None,
+            is_admin=False,
+            created_ts=self._clock.now_ms(),
+            displayname=user_id.localpart,
+        ):
+            raise MatrixError(Codes.USER_IN_USE, "User ID already taken")
+        logger.info(
+            "user registered by an application service",
+            extra={"user_id": user_id, "app_service": service.id},
+        )
+        if request.inhibit_login:
+            return Registered(user_id, None)
+        session = await self._start_session(
+            user_id,
+            request.device_id,
+            request.initial_device_display_name,
+            refreshable=request.refresh_token,
+            client_ip=request.client_ip,
+        )
+        return Registered(user_id, session)
+
+    async def ensure_app_service_senders(self) -> None:
+        """Each service's sender exists as a user (created at start-up, without a password)."""
+        for service in self._appservices.all:
+            if await self._store.get_user(service.sender) is None:
+                await self._store.create_user(
+                    service.sender,
+                    None,
+                    is_admin=False,
+                    created_ts=self._clock.now_ms(),
+                    displayname=service.sender.localpart,
+                )
 
     async def registration_token_validity(self, token: str, client_ip: str | None) -> bool:
         # spec: rate-limited against brute force.
@@ -263,9 +337,14 @@ class AccountService:
     # --- login, logout, refresh ------------------------------------------------------------
 
     def login_flows(self) -> list[JsonDict]:
-        return [{"type": LOGIN_PASSWORD}]
+        flows: list[JsonDict] = [{"type": LOGIN_PASSWORD}]
+        if self._appservices:
+            flows.append({"type": LOGIN_APPLICATION_SERVICE})
+        return flows
 
     async def login(self, request: LoginRequest) -> Session:
+        if request.login_type == LOGIN_APPLICATION_SERVICE:
+            return await self._login_app_service_user(request)
         if request.client_ip is not None:
             self._ratelimiter.check(Action.LOGIN, f"ip:{request.client_ip}")
         if request.login_type != LOGIN_PASSWORD:
@@ -323,11 +402,41 @@ class AccountService:
         )
         return session
 
+    async def _login_app_service_user(self, request: LoginRequest) -> Session:
+        """spec: m.login.application_service logs in a user of the service's namespaces."""
+        service = self._app_service_of(request.as_token)
+        if request.identifier_type not in (None, "m.id.user"):
+            raise MatrixError(
+                Codes.UNKNOWN, f"Unknown identifier type {request.identifier_type}", status=400
+            )
+        if request.user is None:
+            raise MatrixError(Codes.MISSING_PARAM, "Missing parameter: identifier.user")
+        self._check_device(request.device_id, request.initial_device_display_name)
+        user_id = parse_user_identifier(request.user, self._server_name)
+        if user_id is None or not service.is_user_in_namespace(user_id):
+            raise MatrixError(
+                Codes.FORBIDDEN, "This user is not in the application service's namespaces"
+            )
+        user = await self._store.get_user(user_id)
+        if user is None:
+            raise MatrixError(Codes.FORBIDDEN, "Unknown user")
+        if user.deactivated:
+            raise MatrixError(Codes.USER_DEACTIVATED, "This account has been deactivated")
+        return await self._start_session(
+            user.user_id,
+            request.device_id,
+            request.initial_device_display_name,
+            refreshable=request.refresh_token,
+            client_ip=request.client_ip,
+        )
+
     async def refresh(self, refresh_token: str) -> Session:
         return await self._auth.refresh(refresh_token)
 
     async def logout(self, requester: Requester) -> None:
         """Revoke the token and delete its device (spec: /logout deletes the device)."""
+        if requester.app_service_id is not None and not requester.device_id:
+            return  # an as_token without a device: nothing to log out
         await self._delete_devices(requester.user_id, [requester.device_id])
 
     async def logout_all(self, requester: Requester) -> None:
@@ -335,7 +444,10 @@ class AccountService:
         await self._devices_deleted(requester.user_id, device_ids, hashes)
 
     def whoami(self, requester: Requester) -> JsonDict:
-        return {"user_id": requester.user_id, "device_id": requester.device_id, "is_guest": False}
+        out: JsonDict = {"user_id": requester.user_id, "is_guest": False}
+        if requester.device_id:  # an application service acting without a device has none
+            out["device_id"] = requester.device_id
+        return out
 
     async def _start_session(
         self,
@@ -422,6 +534,7 @@ class AccountService:
         assert user_id is not None
         # The flag stops every token at once (token lookups check it); then they go for good.
         await self._store.set_deactivated(user_id)
+        self._auth.forget_user(user_id)
         await self._uia.finish(result)
         device_ids, hashes = await self._store.delete_devices_except(user_id, None)
         await self._devices_deleted(user_id, device_ids, hashes)
@@ -443,16 +556,27 @@ class AccountService:
 
     async def update_device(
         self, requester: Requester, device_id: str, display_name: str | None
-    ) -> None:
-        """spec: only application services may create devices here; others update theirs."""
+    ) -> bool:
+        """spec: only application services may create devices here (v1.17, for their users'
+        encryption); others update theirs. True when the device was created."""
+        if (
+            requester.app_service_id is not None
+            and await self._store.get_device(requester.user_id, device_id) is None
+        ):
+            self._check_device(device_id, display_name)
+            await self._store.upsert_device(
+                requester.user_id, device_id, display_name, self._clock.now_ms()
+            )
+            return True
         if display_name is None:
             await self.get_device(requester, device_id)
-            return
+            return False
         self._check_display_name(display_name)
         if not await self._store.set_device_display_name(
             requester.user_id, device_id, display_name
         ):
             raise MatrixError(Codes.NOT_FOUND, "Unknown device")
+        return False
 
     async def delete_devices(
         self,
@@ -461,12 +585,14 @@ class AccountService:
         auth: JsonDict | None,
         fingerprint: str,
     ) -> AuthChallenge | None:
-        result = await self._uia.authenticate(
-            auth, PASSWORD_FLOWS, fingerprint, requester=requester.user_id
-        )
-        if isinstance(result, AuthChallenge):
-            return result
-        await self._uia.finish(result)
+        if requester.app_service_id is None:
+            # spec v1.17: application services delete their users' devices without UIA.
+            result = await self._uia.authenticate(
+                auth, PASSWORD_FLOWS, fingerprint, requester=requester.user_id
+            )
+            if isinstance(result, AuthChallenge):
+                return result
+            await self._uia.finish(result)
         # spec: devices already gone count as deleted.
         await self._delete_devices(requester.user_id, list(dict.fromkeys(device_ids)))
         return None

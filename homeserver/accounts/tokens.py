@@ -16,6 +16,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from cachetools import TTLCache
 
+from homeserver.appservice.registration import AppService, AppServices
 from homeserver.core.clock import Clock
 from homeserver.core.config import AuthConfig
 from homeserver.core.errors import Codes, MatrixError
@@ -26,6 +27,8 @@ from homeserver.storage.accounts import AccountStore
 # A cached token is re-read from the database at least this often, so that a token revoked
 # by another worker stops working within this time.
 TOKEN_CACHE_TTL_S = 30.0
+# An application service's requests come with its as_token, which has no row: no token ID.
+APP_SERVICE_TOKEN_ID = 0
 
 
 def hash_token(token: str) -> bytes:
@@ -53,8 +56,19 @@ class Session:
 
 
 class AuthService:
-    def __init__(self, store: AccountStore, clock: Clock, config: AuthConfig) -> None:
+    def __init__(
+        self,
+        store: AccountStore,
+        clock: Clock,
+        config: AuthConfig,
+        appservices: AppServices | None = None,
+    ) -> None:
         self._store = store
+        self._appservices = appservices or AppServices(())
+        # Users an application service acted as, known to exist (re-read as tokens are).
+        self._app_service_users: TTLCache[str, bool] = TTLCache(
+            maxsize=max(1, config.token_cache_size), ttl=TOKEN_CACHE_TTL_S
+        )
         self._clock = clock
         self._config = config
         self._hasher = PasswordHasher(
@@ -88,7 +102,15 @@ class AuthService:
 
     # --- tokens ----------------------------------------------------------------------------
 
-    async def get_requester(self, token: str) -> Requester:
+    async def get_requester(
+        self, token: str, *, user_id: str | None = None, device_id: str | None = None
+    ) -> Requester:
+        """Whose token it is. ``user_id`` and ``device_id`` are the query parameters with
+        which an application service acts as a user (and a device) of its namespaces; they
+        mean nothing with a user's token (spec: identity assertion)."""
+        service = self._appservices.by_token(token)
+        if service is not None:
+            return await self._app_service_requester(service, user_id, device_id)
         key = hash_token(token)
         cached = self._cache.get(key)
         if cached is None:
@@ -107,6 +129,50 @@ class AuthService:
             # spec: an expired token that can be refreshed is a soft logout.
             raise MatrixError(Codes.UNKNOWN_TOKEN, "Access token has expired", soft_logout=True)
         return requester
+
+    def app_service_of_token(self, token: str) -> AppService | None:
+        return self._appservices.by_token(token)
+
+    async def _app_service_requester(
+        self, service: AppService, user_id: str | None, device_id: str | None
+    ) -> Requester:
+        acting_as = service.sender
+        if user_id is not None and user_id != service.sender:
+            try:
+                acting_as = UserID.parse(user_id)
+            except MatrixError:
+                raise MatrixError(Codes.INVALID_PARAM, "user_id is not a valid user ID") from None
+            if not service.is_user_in_namespace(acting_as):
+                raise MatrixError(Codes.FORBIDDEN, "Application service cannot act as this user")
+            if acting_as not in self._app_service_users:
+                user = await self._store.get_user(acting_as)
+                if user is None:
+                    raise MatrixError(
+                        Codes.FORBIDDEN, "Application service has not registered this user"
+                    )
+                if user.deactivated:
+                    raise MatrixError(Codes.FORBIDDEN, "This user is deactivated")
+                self._app_service_users[acting_as] = True
+        # The sender has no device; a user acting through the service uses the device the
+        # service names (encryption bridges, MSC3202 and spec v1.17's device_id), which
+        # must exist. Without one, "" stands for "no device": no token row has it.
+        acting_device = ""
+        if device_id is not None:
+            if await self._store.get_device(acting_as, device_id) is None:
+                raise MatrixError(
+                    Codes.UNKNOWN_DEVICE, f"User {acting_as} has no device {device_id}"
+                )
+            acting_device = device_id
+        return Requester(
+            acting_as,
+            acting_device,
+            APP_SERVICE_TOKEN_ID,
+            False,
+            app_service_id=service.id,
+            # The sender itself is never limited (as Synapse); its users unless rate_limited
+            # is false.
+            rate_limited=service.rate_limited and acting_as != service.sender,
+        )
 
     async def create_session(
         self, user_id: UserID, device_id: str, *, refreshable: bool
@@ -149,9 +215,15 @@ class AuthService:
         return Session(info.user_id, info.device_id, access, refresh, lifetime)
 
     async def revoke(self, requester: Requester) -> None:
+        if requester.app_service_id is not None:
+            return  # an as_token is the operator's, not revocable by /logout
         token_hash = await self._store.delete_access_token(requester.token_id)
         if token_hash is not None:
             self._cache.pop(token_hash, None)
+
+    def forget_user(self, user_id: str) -> None:
+        """A deactivated user: application services may no longer act as them."""
+        self._app_service_users.pop(user_id, None)
 
     def forget_cached(self, token_hashes: list[bytes]) -> None:
         for token_hash in token_hashes:

@@ -331,6 +331,21 @@ class FederationConfig(Section):
     request_timeout_ms: int = Field(default=30_000, ge=100)
 
 
+class AppServiceConfig(Section):
+    """How transactions and queries reach application services (docs/appservices.md)."""
+
+    # A failed transaction is sent again after 1, 2, 4, ... times this, up to retry_max_ms;
+    # it is never dropped: a service gets every transaction, in order, once it answers.
+    retry_initial_ms: int = Field(default=1000, ge=1)
+    retry_max_ms: int = Field(default=5 * 60 * 1000, ge=1)
+    request_timeout_ms: int = Field(default=30_000, ge=100)  # a transaction or a query
+    poll_interval_ms: int = Field(default=5_000, ge=10)  # besides wake-ups
+    max_events_per_transaction: int = Field(default=100, ge=1, le=1000)
+    # MSC4203 (not in the spec yet): services with receive_ephemeral also get the to-device
+    # messages of their users' devices, as Synapse's msc2409_to_device_messages_enabled.
+    to_device_messages: bool = False
+
+
 class HomeserverConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -352,6 +367,10 @@ class HomeserverConfig(BaseModel):
     email: EmailConfig = EmailConfig()
     outbound: OutboundConfig = OutboundConfig()
     federation: FederationConfig = FederationConfig()
+    # Application service registration files (YAML; Synapse's name for the option). A
+    # relative path is relative to the config file.
+    app_service_config_files: tuple[str, ...] = ()
+    appservice: AppServiceConfig = AppServiceConfig()
 
     @field_validator("server_name")
     @classmethod
@@ -434,6 +453,9 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Homeser
     if not Path(config.data_dir).is_absolute():
         # A relative data directory is relative to the config file, not the working directory.
         config = config.model_copy(update={"data_dir": str(path.parent / config.data_dir)})
+    if config.app_service_config_files:
+        files = tuple(str(path.parent / f) for f in config.app_service_config_files)
+        config = config.model_copy(update={"app_service_config_files": files})
     return config
 
 

@@ -19,3 +19,7 @@ class Requester:
     device_id: str
     token_id: int
     is_admin: bool = False
+    # Set when an application service's as_token made the request (acting as its sender or
+    # as a user of its namespaces): the service's ID, and whether its rate limits apply.
+    app_service_id: str | None = None
+    rate_limited: bool = True

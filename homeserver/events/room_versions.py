@@ -2,9 +2,9 @@
 
 `ROOM_VERSIONS` is the spec's table: the event layer (formats, redaction, auth rules, state
 resolution) handles all of it, so that rooms that already exist on the network can be joined.
-`KNOWN_ROOM_VERSIONS` is the subset this server creates rooms in and sends events to today:
-the local send path still builds v4+ PDUs with one `prev_event` (TODO: issue 17 widens it once
-events flow through the DAG pipeline).
+`KNOWN_ROOM_VERSIONS` are the versions this server creates rooms in, sends events to and
+advertises in `/capabilities`: every stable one, each sent in its own format (v1-v2 with the
+event ID in the event, v3 and later with reference hashes). New rooms are v12 unless asked.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ ROOM_VERSION_11 = ROOM_VERSIONS["11"]
 ROOM_VERSION_12 = ROOM_VERSIONS["12"]
 
 KNOWN_ROOM_VERSIONS: dict[str, RoomVersion] = {
-    v.identifier: v for v in (ROOM_VERSION_10, ROOM_VERSION_11, ROOM_VERSION_12)
+    identifier: version for identifier, version in ROOM_VERSIONS.items() if version.stable
 }
 
 DEFAULT_ROOM_VERSION = "12"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from homeserver.core.ids import UserID
+from homeserver.core.ids import RoomAlias, UserID
 from homeserver.federation.client import FederationClient
 
 
@@ -20,6 +20,14 @@ class FederationQueries:
             user_id.server_name,
             "/_matrix/federation/v1/query/profile",
             query={"user_id": user_id},
+        )
+
+    async def query_directory(self, alias: RoomAlias) -> Any:
+        """GET /_matrix/federation/v1/query/directory on the alias's server."""
+        return await self._client.get_json(
+            alias.server_name,
+            "/_matrix/federation/v1/query/directory",
+            query={"room_alias": alias},
         )
 
     async def query_user_keys(self, server_name: str, wanted: Mapping[str, Sequence[str]]) -> Any:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from unpaddedbase64 import encode_base64
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomAlias, RoomID, UserID
 from homeserver.core.types import JsonDict, Requester
 from homeserver.events.auth import check_auth
-from homeserver.events.format import check_event_size_and_shape
+from homeserver.events.format import check_event_size_and_shape, compute_reference_hash
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.membership import MembershipService
@@ -87,7 +90,7 @@ class RoomCreator:
         alias: RoomAlias | None = None
         if req.room_alias_name is not None:
             alias = self._directory.local_alias(req.room_alias_name)
-            await self._directory.check_alias_free(alias)
+            await self._directory.check_alias_free(alias, requester)
         for state in req.initial_state:
             _check_initial_state(state)
 
@@ -160,6 +163,13 @@ class RoomCreator:
             version, creator, create_content, now
         )
         auth_state: dict[tuple[str, str], JsonDict] = {("m.room.create", ""): create}
+        # The auth rules read the creator's join's prev_events (rule 4.2): in the version's
+        # format, `[ID, hashes]` pairs in v1-v2.
+        prev_events: list[Any] = [create_id]
+        if version.event_id_in_event:
+            prev_events = [
+                [create_id, {"sha256": encode_base64(compute_reference_hash(create, version))}]
+            ]
         events = [
             ("m.room.member", creator, {"membership": "join"}),
             *state,
@@ -173,7 +183,7 @@ class RoomCreator:
                 "state_key": state_key,
                 "content": content,
                 "origin_server_ts": now,
-                "prev_events": [create_id],
+                "prev_events": prev_events,
             }
             check_event_size_and_shape(pdu)
             try:

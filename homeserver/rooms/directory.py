@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any, Protocol
+
+from homeserver.appservice.service import AppServiceQueries
 from homeserver.core import jsonutil
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import (
@@ -17,6 +21,8 @@ from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.storage.events import EventStore
 from homeserver.storage.rooms import RoomStore
 
+logger = logging.getLogger(__name__)
+
 MAX_PUBLIC_ROOMS_LIMIT = 500
 _DIRECTORY_STATE = (
     "m.room.name",
@@ -30,11 +36,32 @@ _DIRECTORY_STATE = (
 )
 
 
+class RemoteAliases(Protocol):
+    """Other servers' aliases (federation's ``FederationQueries``; None with federation
+    off)."""
+
+    async def query_directory(self, alias: RoomAlias) -> Any: ...
+
+
+# Servers taken from another server's answer for one alias.
+MAX_ALIAS_SERVERS = 20
+
+
 class DirectoryService:
-    def __init__(self, rooms: RoomStore, events: EventStore, server_name: str) -> None:
+    def __init__(
+        self,
+        rooms: RoomStore,
+        events: EventStore,
+        server_name: str,
+        appservices: AppServiceQueries | None = None,
+        remote: RemoteAliases | None = None,
+    ) -> None:
         self._rooms = rooms
         self._events = events
         self._server_name = server_name
+        # Aliases in application services' namespaces: reserved, and asked of them if unknown.
+        self._appservices = appservices
+        self._remote = remote
 
     def local_alias(self, localpart: str) -> RoomAlias:
         if "#" in localpart or not is_valid_new_alias_localpart(localpart):
@@ -44,7 +71,9 @@ class DirectoryService:
             raise MatrixError(Codes.INVALID_PARAM, "Room alias is too long")
         return RoomAlias.parse(alias)
 
-    async def check_alias_free(self, alias: RoomAlias) -> None:
+    async def check_alias_free(self, alias: RoomAlias, requester: Requester | None = None) -> None:
+        if requester is not None and self._appservices is not None:
+            self._appservices.check_alias_allowed(requester, alias)
         if await self._rooms.get_alias(alias) is not None:
             raise MatrixError(Codes.ROOM_IN_USE, "Room alias already taken")
 
@@ -55,6 +84,8 @@ class DirectoryService:
             raise MatrixError(Codes.INVALID_PARAM, "Aliases must be on this server")
         if not is_valid_new_alias_localpart(alias.localpart):
             raise MatrixError(Codes.INVALID_PARAM, "Invalid room alias name")
+        if self._appservices is not None:
+            self._appservices.check_alias_allowed(requester, alias)
         if await self._rooms.get_room(room_id) is None:
             raise MatrixError(Codes.NOT_FOUND, "Unknown room")
         if check_power:
@@ -66,18 +97,57 @@ class DirectoryService:
             raise MatrixError(Codes.ROOM_IN_USE, "Room alias already taken", status=409)
 
     async def resolve_alias(self, alias: RoomAlias) -> tuple[str, list[str]]:
+        if alias.server_name != self._server_name and self._remote is not None:
+            return await self._resolve_remote_alias(alias)
         found = await self._rooms.get_alias(alias)
+        if (
+            found is None
+            and self._appservices is not None
+            and alias.server_name == self._server_name
+            and await self._appservices.query_alias(alias)
+        ):
+            # spec: a service that answers 200 has created the room and its alias.
+            found = await self._rooms.get_alias(alias)
         if found is None:
             raise MatrixError(Codes.NOT_FOUND, f"Room alias {alias} not found")
         return found[0], [self._server_name]
 
+    async def _resolve_remote_alias(self, alias: RoomAlias) -> tuple[str, list[str]]:
+        """An alias of another server, asked of it (GET /query/directory)."""
+        assert self._remote is not None
+        try:
+            answer = await self._remote.query_directory(alias)
+        except Exception as e:  # unreachable, refused, malformed: the alias is not found
+            logger.info("remote alias not resolved", extra={"alias": alias, "error": str(e)})
+            raise MatrixError(Codes.NOT_FOUND, f"Room alias {alias} not found") from e
+        room_id = answer.get("room_id") if isinstance(answer, dict) else None
+        servers = answer.get("servers") if isinstance(answer, dict) else None
+        try:
+            parsed = RoomID.parse(room_id) if isinstance(room_id, str) else None
+        except MatrixError:
+            parsed = None
+        if parsed is None:
+            raise MatrixError(Codes.NOT_FOUND, f"Room alias {alias} not found")
+        found = (
+            [s for s in servers if isinstance(s, str)][:MAX_ALIAS_SERVERS]
+            if isinstance(servers, list)
+            else []
+        )
+        return parsed, [alias.server_name, *found]
+
     async def resolve_room(self, room_id_or_alias: str) -> RoomID:
         """A room ID, or the room an alias points to (join and knock take either)."""
+        room_id, _ = await self.resolve_room_and_servers(room_id_or_alias)
+        return room_id
+
+    async def resolve_room_and_servers(self, room_id_or_alias: str) -> tuple[RoomID, list[str]]:
+        """A room ID, or the room an alias points to, with the servers the alias names (to
+        join through)."""
         if room_id_or_alias.startswith("#"):
-            room_id, _ = await self.resolve_alias(RoomAlias.parse(room_id_or_alias))
-            return RoomID(room_id)
+            room_id, servers = await self.resolve_alias(RoomAlias.parse(room_id_or_alias))
+            return RoomID(room_id), servers
         if room_id_or_alias.startswith("!"):
-            return RoomID.parse(room_id_or_alias)
+            return RoomID.parse(room_id_or_alias), []
         raise MatrixError(Codes.INVALID_PARAM, "Expected a room ID or a room alias")
 
     async def delete_alias(self, requester: Requester, alias: RoomAlias) -> None:

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Sequence
 from typing import Protocol
+from weakref import WeakValueDictionary
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomID, UserID
 from homeserver.core.types import JsonDict, Requester
 from homeserver.rooms.sender import EventSender, SentEvent
 from homeserver.storage.accounts import Profile
+from homeserver.storage.events import EventStore
+from homeserver.storage.events.federation_reads import FederationReads
 from homeserver.storage.rooms import RoomStore
+
+logger = logging.getLogger(__name__)
+
+# spec, "Stripped state": what an invited user's server is told of the room.
+STRIPPED_STATE_TYPES = (
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+)
 
 
 class Profiles(Protocol):
@@ -18,22 +37,53 @@ class Profiles(Protocol):
     async def get_profile(self, user_id: UserID) -> Profile | None: ...
 
 
+class RemoteRooms(Protocol):
+    """Memberships in rooms of other servers (federation's ``RemoteRooms``; None with
+    federation off)."""
+
+    async def join(
+        self, room_id: str, user_id: str, servers: Sequence[str], content: JsonDict
+    ) -> str: ...
+
+    async def reject_invite(self, room_id: str, user_id: str, servers: Sequence[str]) -> str: ...
+
+    async def knock(
+        self, room_id: str, user_id: str, servers: Sequence[str], content: JsonDict
+    ) -> str: ...
+
+    async def invite(
+        self, room_id: str, version: str, event: JsonDict, event_id: str, stripped: list[JsonDict]
+    ) -> JsonDict: ...
+
+
 class MembershipService:
     def __init__(
-        self, sender: EventSender, rooms: RoomStore, server_name: str, profiles: Profiles
+        self,
+        sender: EventSender,
+        rooms: RoomStore,
+        server_name: str,
+        profiles: Profiles,
+        remote: RemoteRooms | None = None,
+        events: EventStore | None = None,
+        reads: FederationReads | None = None,
     ) -> None:
         self._sender = sender
         self._rooms = rooms
         self._server_name = server_name
         self._profiles = profiles
+        self._remote = remote
+        self._events = events
+        self._reads = reads
+        self._remote_joins: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
 
     async def check_invitable(self, user_id: UserID) -> None:
         if user_id.server_name != self._server_name:
-            raise MatrixError(
-                Codes.FORBIDDEN,
-                "Inviting users of other servers needs federation, which this "
-                "server does not run yet",
-            )
+            if self._remote is None:
+                raise MatrixError(
+                    Codes.FORBIDDEN,
+                    "Inviting users of other servers needs federation, which is off",
+                )
+            return  # their server answers for them (PUT /invite)
         if await self._profiles.get_profile(user_id) is None:
             # 400: createRoom and /invite document no 404 ("the request is invalid").
             raise MatrixError(Codes.INVALID_PARAM, f"Unknown user {user_id}")
@@ -68,18 +118,80 @@ class MembershipService:
         )
 
     async def join(
-        self, requester: Requester, room_id: RoomID, reason: str | None = None
+        self,
+        requester: Requester,
+        room_id: RoomID,
+        reason: str | None = None,
+        servers: Sequence[str] = (),
     ) -> SentEvent:
-        await self._require_room(room_id)
-        return await self.send_own_membership(room_id, requester.user_id, "join", reason)
+        """Join a room: here when this server is in it (or it is ours and empty), else
+        through one of ``servers`` (the client's ``via``, an alias's servers), the server of
+        the room ID and the inviter's."""
+        if self._remote is None or await self._is_resident(room_id):
+            await self._require_room(room_id)
+            return await self.send_own_membership(room_id, requester.user_id, "join", reason)
+        # One remote join per room at a time on this worker: a second user's join waits and
+        # then finds this server in the room, and joins here.
+        lock = self._remote_joins.get(room_id)
+        if lock is None:
+            lock = self._remote_joins[room_id] = asyncio.Lock()
+        async with lock:
+            if await self._is_resident(room_id):
+                return await self.send_own_membership(room_id, requester.user_id, "join", reason)
+            content = await self._member_content(requester.user_id, "join", reason)
+            candidates = [*servers, *await self._servers_of(room_id, requester.user_id)]
+            event_id = await self._remote.join(room_id, requester.user_id, candidates, content)
+        return SentEvent(event_id, 0)
+
+    async def _is_resident(self, room_id: str) -> bool:
+        """Whether the room's state here is live: a user of ours is joined, or nobody is
+        (a room of ours that everyone left)."""
+        room = await self._rooms.get_room(room_id)
+        if room is None or room.current_state_group is None:
+            return False
+        if self._reads is None:
+            return True
+        if await self._reads.server_has_joined_member(room_id, self._server_name):
+            return True
+        return not await self._reads.has_joined_member(room_id)
+
+    async def _servers_of(self, room_id: str, user_id: str) -> list[str]:
+        """Servers that may know the room: the inviter's, the room ID's (before v12), those
+        of the room's stripped state that came with an invite or a knock."""
+        found = []
+        current = await self._rooms.get_membership(room_id, user_id)
+        if current is not None and current.membership == "invite":
+            found.append(current.sender.split(":", 1)[1])
+        if ":" in room_id:
+            found.append(room_id.split(":", 1)[1])
+        if current is not None and self._events is not None:
+            # The servers of the stripped state's senders an invite or knock came with.
+            event = await self._events.get_event(current.event_id)
+            unsigned = event.unsigned if event is not None else {}
+            stripped = unsigned.get("invite_room_state", unsigned.get("knock_room_state"))
+            for e in stripped if isinstance(stripped, list) else []:
+                sender = e.get("sender") if isinstance(e, dict) else None
+                if isinstance(sender, str) and ":" in sender:
+                    found.append(sender.split(":", 1)[1])
+        return found
 
     async def knock(
-        self, requester: Requester, room_id: RoomID, reason: str | None = None
+        self,
+        requester: Requester,
+        room_id: RoomID,
+        reason: str | None = None,
+        servers: Sequence[str] = (),
     ) -> SentEvent:
         """The auth rules decide: a `knock` or `knock_restricted` join rule, and the user
-        neither joined, invited nor banned (spec: "Knocking on rooms")."""
-        await self._require_room(room_id)
-        return await self.send_own_membership(room_id, requester.user_id, "knock", reason)
+        neither joined, invited nor banned (spec: "Knocking on rooms"). A room this server
+        is not in is knocked on through ``servers`` (make_knock, send_knock)."""
+        if self._remote is None or await self._is_resident(room_id):
+            await self._require_room(room_id)
+            return await self.send_own_membership(room_id, requester.user_id, "knock", reason)
+        content = await self._member_content(requester.user_id, "knock", reason)
+        candidates = [*servers, *await self._servers_of(room_id, requester.user_id)]
+        event_id = await self._remote.knock(room_id, requester.user_id, candidates, content)
+        return SentEvent(event_id, 0)
 
     async def invite(
         self,
@@ -103,9 +215,51 @@ class MembershipService:
         content = await self._member_content(
             target, "invite", reason, is_direct=True if is_direct else None
         )
-        return await self._sender.send(
+        sent = await self._sender.send(
             room_id, requester.user_id, "m.room.member", content, state_key=target
         )
+        if target.server_name != self._server_name and self._remote is not None:
+            await self._invite_remote(requester, room_id, target, sent)
+        return sent
+
+    async def _invite_remote(
+        self, requester: Requester, room_id: RoomID, target: UserID, sent: SentEvent
+    ) -> None:
+        """The invitee's server is asked to accept the invite (PUT /v2/invite). The invite
+        is in the room already (the send path persists as it builds): if that server
+        refuses, the invite is revoked (a leave) and the refusal answered."""
+        assert self._remote is not None and self._events is not None
+        event = await self._events.get_event(sent.event_id)
+        room = await self._rooms.get_room(room_id)
+        assert event is not None and room is not None
+        state = await self._events.get_current_state_ids(room_id, STRIPPED_STATE_TYPES)
+        loaded = await self._events.get_events(i for (_, k), i in state.items() if k == "")
+        stripped = [
+            {
+                "type": e.type,
+                "state_key": e.state_key or "",
+                "sender": e.sender,
+                "content": e.content,
+            }
+            for e in [*loaded.values(), event]
+        ]
+        try:
+            await self._remote.invite(
+                room_id, room.room_version, event.pdu, event.event_id, stripped
+            )
+        except MatrixError:
+            logger.info("remote invite refused", extra={"room_id": room_id})
+            try:
+                await self._sender.send(
+                    room_id,
+                    requester.user_id,
+                    "m.room.member",
+                    {"membership": "leave", "reason": "The invitee's server refused the invite"},
+                    state_key=target,
+                )
+            except MatrixError:
+                logger.warning("remote invite not revoked", extra={"room_id": room_id})
+            raise
 
     async def leave(
         self, requester: Requester, room_id: RoomID, reason: str | None = None
@@ -116,6 +270,16 @@ class MembershipService:
             if current is not None and current.membership == "leave":
                 return None  # already gone: leaving is idempotent, as clients expect
             raise MatrixError(Codes.FORBIDDEN, "You are not in this room")
+        if (
+            self._remote is not None
+            and current.membership in ("invite", "knock")
+            and not await self._is_resident(room_id)
+        ):
+            # Declining an invite into a room this server is not in: through the inviter's
+            # server (make_leave, send_leave).
+            servers = await self._servers_of(room_id, requester.user_id)
+            event_id = await self._remote.reject_invite(room_id, requester.user_id, servers)
+            return SentEvent(event_id, 0)
         return await self.send_own_membership(room_id, requester.user_id, "leave", reason)
 
     async def set_membership_of(

@@ -26,6 +26,8 @@ from homeserver.rooms.sender import EventSender, Txn
 from homeserver.rooms.service import MEMBERSHIP, RoomService
 from homeserver.storage.events import DuplicateTxn, EventStore
 
+REDACTION = "m.room.redaction"
+
 
 class Activity(Protocol):
     """Presence: sending is activity (the user is online and active again)."""
@@ -60,7 +62,9 @@ class SendService:
     ) -> EventID:
         """PUT /rooms/{roomId}/send/{eventType}/{txnId}: idempotent per device and
         transaction ID; rate-limited; the sender is active."""
-        self._ratelimiter.check(Action.MESSAGE, requester.user_id)
+        self._ratelimiter.check(
+            Action.MESSAGE, requester.user_id, exempt=not requester.rate_limited
+        )
         event_id = await self.send_scheduled(requester, room_id, event_type, txn_id, content)
         await self._activity.bump_active(requester.user_id)
         return event_id
@@ -78,6 +82,7 @@ class SendService:
         it was scheduled) and without activity (the sender did nothing now)."""
 
         async def send(txn: Txn) -> str:
+            redacts: str | None = None
             async with self._events.pinned_reads():
                 check_json_numbers(content, "content")
                 if event_type == MEMBERSHIP:
@@ -85,10 +90,22 @@ class SendService:
                         Codes.FORBIDDEN, "Use the membership endpoints for m.room.member"
                     )
                 await self._rooms.require_joined(requester.user_id, room_id)
+                if event_type == REDACTION:
+                    # A redaction sent as an event names its target in `content` (v11 and
+                    # later, and what newer clients send in any version); it is checked as
+                    # /redact checks, and built in the room version's format.
+                    redacts = content.get("redacts")
+                    if not isinstance(redacts, str):
+                        raise MatrixError(
+                            Codes.BAD_JSON, "An m.room.redaction needs 'redacts' in its content"
+                        )
+                    await self._check_redaction(requester, room_id, EventID.parse(redacts))
                 await self._aggregations.check_new_relation(
                     requester.user_id, room_id, event_type, content
                 )
-            sent = await self._sender.send(room_id, requester.user_id, event_type, content, txn=txn)
+            sent = await self._sender.send(
+                room_id, requester.user_id, event_type, content, txn=txn, redacts=redacts
+            )
             return sent.event_id
 
         return await self._once(requester, f"send:{room_id}:{event_type}", txn_id, send)
@@ -105,25 +122,12 @@ class SendService:
 
         async def send(txn: Txn) -> str:
             await self._rooms.require_joined(requester.user_id, room_id)
-            target = await self._events.get_event(event_id)
-            if target is None or target.room_id != room_id:
-                raise MatrixError(Codes.NOT_FOUND, "Event not found")
-            version = KNOWN_ROOM_VERSIONS[await self._rooms.room_version(room_id)]
-            pl = await self._events.get_current_state_event(room_id, "m.room.power_levels", "")
-            create = await self._events.get_current_state_event(room_id, "m.room.create", "")
-            if not client_can_redact(
-                version,
-                requester.user_id,
-                target.sender,
-                pl.content if pl else None,
-                create.pdu if create else None,
-            ):
-                raise MatrixError(Codes.FORBIDDEN, "You may not redact this event")
+            await self._check_redaction(requester, room_id, event_id)
             content: JsonDict = {"reason": reason} if reason is not None else {}
             sent = await self._sender.send(
                 room_id,
                 requester.user_id,
-                "m.room.redaction",
+                REDACTION,
                 content,
                 txn=txn,
                 redacts=event_id,
@@ -131,6 +135,27 @@ class SendService:
             return sent.event_id
 
         return await self._once(requester, f"redact:{room_id}", txn_id, send)
+
+    async def _check_redaction(
+        self, requester: Requester, room_id: RoomID, event_id: EventID
+    ) -> None:
+        """The spec's "Handling redactions": the redact level, or the target's sender on the
+        redacting user's own server (the auth rules leave this to servers from room version 3;
+        the auth rules of v1 and v2 check it again)."""
+        target = await self._events.get_event(event_id)
+        if target is None or target.room_id != room_id:
+            raise MatrixError(Codes.NOT_FOUND, "Event not found")
+        version = KNOWN_ROOM_VERSIONS[await self._rooms.room_version(room_id)]
+        pl = await self._events.get_current_state_event(room_id, "m.room.power_levels", "")
+        create = await self._events.get_current_state_event(room_id, "m.room.create", "")
+        if not client_can_redact(
+            version,
+            requester.user_id,
+            target.sender,
+            pl.content if pl else None,
+            create.pdu if create else None,
+        ):
+            raise MatrixError(Codes.FORBIDDEN, "You may not redact this event")
 
     async def _once(
         self,

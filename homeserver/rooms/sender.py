@@ -7,10 +7,11 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 from weakref import WeakValueDictionary
 
 from cachetools import LRUCache
+from unpaddedbase64 import encode_base64
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
@@ -23,13 +24,21 @@ from homeserver.events.format import (
     MAX_PDU_BYTES,
     canonical_json,
     check_event_size_and_shape,
-    compute_event_id,
+    compute_reference_hash,
     compute_room_id_v12,
+    event_id_of,
     hash_and_sign_event,
     redact,
 )
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from homeserver.storage.events import EventStore, Extremity, NewEvent, StateKey, StateMap
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
+from homeserver.storage.events import (
+    EventStore,
+    Extremity,
+    NewEvent,
+    StateKey,
+    StateMap,
+    StoredEvent,
+)
 from homeserver.storage.push import PushAction
 from homeserver.storage.rooms import Room, RoomStore
 from homeserver.wakeups.notifier import Notifier
@@ -114,11 +123,18 @@ class EventSender:
     def version(self, room: Room) -> RoomVersion:
         return KNOWN_ROOM_VERSIONS[room.room_version]
 
+    def _name(self, pdu: JsonDict, version: RoomVersion) -> None:
+        """Room versions 1 and 2 (rooms/fragments/v1-event-ids.md): the event carries its ID,
+        `$opaque:our server`, chosen here and hashed and signed with the rest; the auth rules
+        of those versions read its domain (redactions)."""
+        if version.event_id_in_event:
+            pdu["event_id"] = f"${secrets.token_urlsafe(18)}:{self._server_name}"
+
     def _finish(self, pdu: JsonDict, version: RoomVersion) -> str:
         hash_and_sign_event(pdu, self._server_name, self._signing_key, version)
         if len(canonical_json(pdu)) > MAX_PDU_BYTES:
             raise MatrixError(Codes.TOO_LARGE, f"Event is larger than {MAX_PDU_BYTES} bytes")
-        return compute_event_id(pdu, version)
+        return event_id_of(pdu, version)
 
     def build_create_event(
         self, version: RoomVersion, sender: str, content: JsonDict, origin_server_ts: int
@@ -134,6 +150,7 @@ class EventSender:
             "prev_events": [],
             "auth_events": [],
         }
+        self._name(pdu, version)
         if version.room_id_is_create_event_hash:
             check_event_size_and_shape(pdu)
             check_auth(version, pdu, {})
@@ -229,9 +246,11 @@ class EventSender:
         wanted = auth_types_for_event(version, event_type, state_key, sender, content)
         auth_ids = [state[k] for k in wanted if k in state]
         create_id = state.get(("m.room.create", ""))
-        loaded = await self._events.get_events(
-            [*auth_ids, create_id] if create_id is not None else auth_ids
-        )
+        prev_ids = [e.event_id for e in parents]
+        wanted_ids = [*auth_ids, create_id] if create_id is not None else list(auth_ids)
+        if version.event_format is EventFormat.V1:
+            wanted_ids += prev_ids  # their reference hashes go into the new event
+        loaded = await self._events.get_events(wanted_ids)
         pdu: JsonDict = {
             "room_id": room.room_id,
             "sender": sender,
@@ -239,8 +258,8 @@ class EventSender:
             "content": content,
             "origin_server_ts": self._clock.now_ms(),
             "depth": max(e.depth for e in parents) + 1,
-            "prev_events": [e.event_id for e in parents],
-            "auth_events": auth_ids,
+            "prev_events": _references(prev_ids, loaded, version),
+            "auth_events": _references(auth_ids, loaded, version),
         }
         if state_key is not None:
             pdu["state_key"] = state_key
@@ -249,6 +268,7 @@ class EventSender:
                 pdu["content"] = {**content, "redacts": redacts}
             else:
                 pdu["redacts"] = redacts
+        self._name(pdu, version)
         check_event_size_and_shape(pdu)
         # A redacted auth event counts in its redacted form, as every server sees it.
         auth_events = {
@@ -311,6 +331,23 @@ class EventSender:
 
         resolved = await self._resolve(version, states, load)
         return resolved, resolved
+
+
+def _references(
+    event_ids: list[str], loaded: Mapping[str, StoredEvent], version: RoomVersion
+) -> list[Any]:
+    """`prev_events` or `auth_events` in the room version's format: the IDs from v3; in v1
+    and v2 `[ID, {"sha256": reference hash}]` pairs (server-server API, PDUs of v1-v2)."""
+    if version.event_format is not EventFormat.V1:
+        return list(event_ids)
+    out: list[Any] = []
+    for event_id in event_ids:
+        event = loaded.get(event_id)
+        if event is None:
+            raise MatrixError(Codes.UNKNOWN, "An event this one refers to is missing")
+        reference = encode_base64(compute_reference_hash(event.pdu, version))
+        out.append([event_id, {"sha256": reference}])
+    return out
 
 
 def _random_room_id(server_name: str) -> RoomID:

@@ -34,7 +34,11 @@ def client_event(
     if event.state_key is not None:
         out["state_key"] = event.state_key
     if event.type == "m.room.redaction" and "redacts" in pdu:
-        out["redacts"] = pdu["redacts"]  # v10 top-level form, kept for older clients
+        # v1-v10 keep it at the top level; rooms/v11.md: "servers should add a `redacts`
+        # property to the `content` ... in older room versions" for newer clients.
+        out["redacts"] = pdu["redacts"]
+        if event.redacted_by is None:
+            out["content"] = {**content, "redacts": pdu["redacts"]}
     elif event.type == "m.room.redaction" and "redacts" in content:
         out["redacts"] = content["redacts"]  # spec: v11+ clients may still read it at the top
     unsigned: JsonDict = dict(event.unsigned)

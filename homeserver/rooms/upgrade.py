@@ -22,6 +22,7 @@ from homeserver.events.auth import (
     get_send_level,
     get_user_power_level,
 )
+from homeserver.events.power_levels import DEFAULT_LEVELS, parse_level
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.sender import EventSender
@@ -229,16 +230,46 @@ def _new_power_levels(
 ) -> JsonDict:
     """The old room's power levels for the new room.
 
+    Levels are rewritten as integers: rooms before v10 may write them as strings (and before
+    v6 as floats), which the new room's version may refuse (as Synapse does on upgrade).
     Creators of the new room (v12) may not be listed; creators of an old v12 room, who had no
-    entry there, keep the top level unless they are creators again.
+    entry there, keep the top level unless they are creators again: the highest level the
+    power levels name, and at least 100, so that nothing in the new room is out of their reach.
     """
-    raw_users = pl.get("users")
-    users: dict[str, int] = dict(raw_users) if isinstance(raw_users, dict) else {}
+    fixed = _integer_levels(pl, old_version)
+    users: dict[str, int] = fixed.get("users", {})
+    top = max([CREATOR_DEFAULT_LEVEL, *_levels_named(fixed)])
     if old_version.creators_have_infinite_power:
         for creator in get_creators(old_version, create.pdu):
-            users.setdefault(creator, CREATOR_DEFAULT_LEVEL)
+            users.setdefault(creator, top)
     if math.isinf(level):
-        users[user_id] = CREATOR_DEFAULT_LEVEL
+        users[user_id] = top
     for creator in creators:
         users.pop(creator, None)
-    return {**pl, "users": users}
+    return {**fixed, "users": users}
+
+
+def _integer_levels(pl: JsonDict, version: RoomVersion) -> JsonDict:
+    """``pl`` with every level an integer, as ``version`` reads it; what is not a level in
+    ``version`` is left out, so the default applies in the new room as it did in the old."""
+    out: JsonDict = {}
+    for key, value in pl.items():
+        if key in ("users", "events", "notifications"):
+            mapping = value if isinstance(value, dict) else {}
+            levels = {k: parse_level(v, version) for k, v in mapping.items()}
+            out[key] = {k: v for k, v in levels.items() if v is not None}
+        elif key in DEFAULT_LEVELS:
+            level = parse_level(value, version)
+            if level is not None:
+                out[key] = level
+        else:
+            out[key] = value
+    out.setdefault("users", {})
+    return out
+
+
+def _levels_named(pl: JsonDict) -> list[int]:
+    named = [v for k, v in pl.items() if k in DEFAULT_LEVELS]
+    for key in ("events", "notifications"):
+        named += list(pl.get(key, {}).values())
+    return named

@@ -472,7 +472,7 @@ class SyncService:
         state = await self._events.get_current_state_ids(m.room_id, STRIPPED_STATE_TYPES)
         ids = [i for (_, k), i in state.items() if k == ""] + [m.event_id]
         loaded = await self._events.get_events(ids)
-        return [
+        stripped = [
             {
                 "type": e.type,
                 "state_key": e.state_key or "",
@@ -481,6 +481,15 @@ class SyncService:
             }
             for e in loaded.values()
         ]
+        # An invite into (a knock on) another server's room: its state is what that server
+        # sent.
+        own = loaded.get(m.event_id)
+        sent = None
+        if own is not None and not state:
+            sent = own.unsigned.get("invite_room_state", own.unsigned.get("knock_room_state"))
+        if isinstance(sent, list):
+            stripped = [e for e in sent if isinstance(e, dict)] + stripped
+        return stripped
 
 
 # Keys that every response may carry without being news: a long-poll keeps waiting.

@@ -156,7 +156,13 @@ async def require_user(request: Request) -> Requester:
     token = access_token_of(request)
     if token is None:
         raise MatrixError(Codes.MISSING_TOKEN, "Missing access token")
-    requester = await services_of(request, EdgeServices).tokens.get_requester(token)
+    query = request.query_params
+    requester = await services_of(request, EdgeServices).tokens.get_requester(
+        token,
+        # Application services act as users of their namespaces, and as their devices.
+        user_id=query.get("user_id"),
+        device_id=query.get("device_id", query.get("org.matrix.msc3202.device_id")),
+    )
     request.state.requester = requester
     return requester
 

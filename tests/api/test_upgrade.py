@@ -154,12 +154,15 @@ async def test_upgrade_to_an_older_version_lists_the_creator(client: httpx.Async
     create_content = await state(client, atok, new, "m.room.create")
     assert create_content["creator"] == alice and create_content["room_version"] == "10"
     pl = await state(client, atok, new, "m.room.power_levels")
-    # The v12 creator had no entry; without infinite power in v10 they need one.
-    assert pl["users"] == {alice: 100}
+    # The v12 creator had no entry; without infinite power in v10 they need one: the highest
+    # level the power levels name (the v12 tombstone's 150), so that they can still upgrade.
+    assert pl["users"] == {alice: 150}
+    assert pl["events"]["m.room.tombstone"] == 150
     r = await client.put(
         f"{V3}/rooms/{new}/state/m.room.name/", json={"name": "again"}, headers=auth_header(atok)
     )
     checked(r)
+    checked(await upgrade(client, atok, new, {"new_version": "1"}))
 
 
 async def test_moderator_with_tombstone_power_upgrades(client: httpx.AsyncClient) -> None:
@@ -206,7 +209,7 @@ async def test_upgrade_errors(client: httpx.AsyncClient) -> None:
     r = await client.post(f"{V3}/join/{room}", json={}, headers=auth_header(btok))
     checked(r)
     checked(
-        await upgrade(client, atok, room, {"new_version": "9"}), 400, "M_UNSUPPORTED_ROOM_VERSION"
+        await upgrade(client, atok, room, {"new_version": "13"}), 400, "M_UNSUPPORTED_ROOM_VERSION"
     )
     checked(
         await upgrade(client, atok, room, {"new_version": "bogus"}),

@@ -102,7 +102,7 @@ def spec_message_event() -> JsonDict:
 def test_every_stable_version_is_known_and_v12_stays_the_default() -> None:
     assert list(ROOM_VERSIONS) == [str(n) for n in range(1, 13)]
     assert DEFAULT_ROOM_VERSION == "12"
-    assert sorted(KNOWN_ROOM_VERSIONS, key=int) == ["10", "11", "12"]  # creatable today
+    assert sorted(KNOWN_ROOM_VERSIONS, key=int) == [str(n) for n in range(1, 13)]
     assert all(KNOWN_ROOM_VERSIONS[v] is ROOM_VERSIONS[v] for v in KNOWN_ROOM_VERSIONS)
 
 

@@ -13,6 +13,10 @@ from homeserver.storage.schema.accounts import (
     uia_sessions,
     users,
 )
+from homeserver.storage.schema.appservice import (
+    appservice_state,
+    appservice_txns,
+)
 from homeserver.storage.schema.base import (
     UNSERVED_EVENTS,
     BigInt,
@@ -97,6 +101,8 @@ __all__ = [
     "UNSERVED_EVENTS",
     "access_tokens",
     "account_data",
+    "appservice_state",
+    "appservice_txns",
     "content_reports",
     "current_state",
     "delayed_events",

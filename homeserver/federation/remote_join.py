@@ -1,0 +1,391 @@
+"""Our users joining rooms that live on other servers, and declining their invites (server-
+server API, "Joining rooms", "Leaving rooms"), and inviting other servers' users.
+
+A join asks a resident server for a template (make_join), trying each candidate server in
+turn, signs the join in the room's version and sends it (send_join v2). The answer's state
+and auth chain are checked (format, signatures through the keyring, content hashes, each
+event against its own auth events) before anything is stored: the auth chain and the state
+as outliers, then the join on top of that state, which becomes the room's current state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+from homeserver.core.clock import Clock
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.streams import Stream
+from homeserver.core.types import JsonDict
+from homeserver.crypto.signing import SigningKey
+from homeserver.events.auth import check_auth, check_auth_events_selection
+from homeserver.events.format import compute_event_id, hash_and_sign_event, redact
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
+from homeserver.events.validation import (
+    auth_chain_rejections,
+    check_pdu_format,
+    content_hash_matches,
+)
+from homeserver.federation.client import FederationClient, FederationError
+from homeserver.federation.event_checks import check_pdu_signatures, signed_by
+from homeserver.federation.keyring import Keyring
+from homeserver.storage.events import EventStore, IncomingEvent, StateMap
+from homeserver.storage.events.remote_rooms import RemoteRoomWrites
+from homeserver.storage.rooms import RoomStore
+from homeserver.wakeups.notifier import Notifier
+
+logger = logging.getLogger(__name__)
+
+FED = "/_matrix/federation"
+MEMBER = "m.room.member"
+CREATE = "m.room.create"
+# Room versions we join on other servers: those whose event IDs are derived (v3 and later).
+JOINABLE_VERSIONS = [
+    v for v, rv in KNOWN_ROOM_VERSIONS.items() if rv.event_format is not EventFormat.V1
+]
+KNOCKABLE_VERSIONS = [v for v in JOINABLE_VERSIONS if KNOWN_ROOM_VERSIONS[v].knock_join_rule]
+# Stripped state events kept from a knock's answer.
+MAX_STRIPPED_STATE = 50
+# How many candidate servers one join tries.
+MAX_JOIN_SERVERS = 10
+
+
+def _q(value: str) -> str:
+    return quote(value, safe="")
+
+
+class RemoteRooms:
+    def __init__(
+        self,
+        client: FederationClient,
+        keyring: Keyring,
+        events: EventStore,
+        rooms: RoomStore,
+        notifier: Notifier,
+        clock: Clock,
+        server_name: str,
+        signing_key: SigningKey,
+        remote_rooms: RemoteRoomWrites,
+    ) -> None:
+        self._remote_rooms = remote_rooms
+        self._client = client
+        self._keyring = keyring
+        self._events = events
+        self._rooms = rooms
+        self._notifier = notifier
+        self._clock = clock
+        self._server_name = server_name
+        self._signing_key = signing_key
+
+    # --- joining ---------------------------------------------------------------------------
+
+    async def join(
+        self, room_id: str, user_id: str, servers: Sequence[str], content: JsonDict
+    ) -> str:
+        """Join ``user_id`` to a room of other servers through the first of ``servers`` that
+        answers; the join's event ID. 404 M_NOT_FOUND when none can be asked, 403 when they
+        refuse, 502 when none answers."""
+        candidates = [s for s in dict.fromkeys(servers) if s != self._server_name]
+        if not candidates:
+            raise MatrixError(Codes.NOT_FOUND, "No server to join this room through")
+        failure: MatrixError | None = None
+        for server in candidates[:MAX_JOIN_SERVERS]:
+            try:
+                return await self._join_via(server, room_id, user_id, content)
+            except FederationError as e:
+                logger.info(
+                    "remote join failed",
+                    extra={"room_id": room_id, "server": server, "error": str(e)},
+                )
+                failure = _as_matrix_error(e)
+        assert failure is not None
+        raise failure
+
+    async def _join_via(self, server: str, room_id: str, user_id: str, content: JsonDict) -> str:
+        made = await self._client.get_json(
+            server,
+            f"{FED}/v1/make_join/{_q(room_id)}/{_q(user_id)}",
+            query={"ver": JOINABLE_VERSIONS},
+        )
+        version, template = _check_template(made, room_id, user_id, "join")
+        event = self._sign_template(template, version, content)
+        event_id = compute_event_id(event, version)
+        answer = await self._client.request(
+            server, "PUT", f"{FED}/v2/send_join/{_q(room_id)}/{_q(event_id)}", content=event
+        )
+        if not isinstance(answer, dict):
+            raise FederationError(server, "send_join answer is not an object")
+        signed = answer.get("event")
+        if isinstance(signed, dict) and _same_event(signed, event_id, version):
+            # A restricted join comes back with the authorising server's signature.
+            event = signed
+        state = answer.get("state")
+        chain = answer.get("auth_chain")
+        if not isinstance(state, list) or not isinstance(chain, list):
+            raise FederationError(server, "send_join answer has no state or auth chain")
+        await self._persist_join(room_id, version, event, event_id, state, chain)
+        return event_id
+
+    def _sign_template(
+        self, template: JsonDict, version: RoomVersion, content: JsonDict
+    ) -> JsonDict:
+        event: JsonDict = {
+            k: v
+            for k, v in template.items()
+            if k not in ("event_id", "hashes", "signatures", "unsigned")
+        }
+        event["content"] = {**template.get("content", {}), **content}
+        event["origin"] = self._server_name
+        event["origin_server_ts"] = self._clock.now_ms()
+        hash_and_sign_event(event, self._server_name, self._signing_key, version)
+        return event
+
+    async def _persist_join(
+        self,
+        room_id: str,
+        version: RoomVersion,
+        event: JsonDict,
+        event_id: str,
+        state: list[Any],
+        chain: list[Any],
+    ) -> None:
+        checked = await self._checked_events([*chain, *state], version, room_id)
+        # The create event first: in room version 12 no event lists it among its auth
+        # events, and auth_chain_rejections orders events by those lists alone.
+        checked = dict(sorted(checked.items(), key=lambda item: item[1].get("type") != CREATE))
+        rejected = auth_chain_rejections(checked, version)
+        state_ids: StateMap = {}
+        for pdu in state:
+            if not isinstance(pdu, dict):
+                continue
+            try:
+                eid = compute_event_id(pdu, version)
+            except (ValueError, TypeError):
+                continue
+            if eid in checked and eid not in rejected:
+                good = checked[eid]
+                if isinstance(good.get("state_key"), str):
+                    state_ids[(good["type"], good["state_key"])] = eid
+        create_id = state_ids.get((CREATE, ""))
+        if create_id is None:
+            raise MatrixError(
+                Codes.UNKNOWN, "The resident server's answer has no valid m.room.create", status=502
+            )
+        create = checked[create_id]
+        if create.get("content", {}).get("room_version", "1") != version.identifier:
+            raise MatrixError(Codes.UNKNOWN, "The room's version does not match", status=502)
+        # Our join, against the state it is sent in: every auth event the template named
+        # must have passed the checks.
+        unusable = [a for a in _auth_ids(event) if a not in checked or a in rejected]
+        if unusable:
+            raise MatrixError(
+                Codes.UNKNOWN,
+                "The resident server's answer does not hold the join's auth events",
+                status=502,
+            )
+        try:
+            auth_events = [checked[a] for a in _auth_ids(event)]
+            keyed = check_auth_events_selection(version, event, auth_events)
+            check_auth(version, event, keyed, create_event=create)
+        except MatrixError as e:
+            raise MatrixError(Codes.FORBIDDEN, f"The join is not allowed: {e.message}") from e
+        await self._rooms.create_room(
+            room_id, version.identifier, str(create.get("sender")), self._clock.now_ms(), False
+        )
+        outliers = [
+            IncomingEvent(pdu, eid, outlier=True, rejected=rejected.get(eid))
+            for eid, pdu in checked.items()
+        ]
+        now = self._clock.now_ms()
+        if outliers:
+            await self._events.persist_incoming(room_id, outliers, now)
+        positions = await self._events.persist_incoming(
+            room_id, [IncomingEvent(event, event_id, state_before=state_ids)], now
+        )
+        position = positions.get(event_id)
+        if position is not None:
+            await self._notifier.notify(
+                Stream.EVENTS, position, room_id=room_id, user_ids=(event["state_key"],)
+            )
+
+    async def _checked_events(
+        self, pdus: Sequence[Any], version: RoomVersion, room_id: str
+    ) -> dict[str, JsonDict]:
+        """The PDUs that pass steps 1 to 3 (a content hash mismatch leaves the redacted
+        form), by event ID; the others are left out."""
+        found: dict[str, JsonDict] = {}
+        for pdu in pdus:
+            if not isinstance(pdu, dict):
+                continue
+            try:
+                event_id = compute_event_id(pdu, version)
+                if event_id in found:
+                    continue
+                check_pdu_format(pdu, version)
+                if pdu.get("room_id", room_id) != room_id:
+                    continue
+                await check_pdu_signatures(self._keyring, pdu, version)
+            except (MatrixError, ValueError, TypeError) as e:
+                logger.info("state event dropped", extra={"room_id": room_id, "reason": str(e)})
+                continue
+            found[event_id] = pdu if content_hash_matches(pdu) else redact(pdu, version)
+        return found
+
+    # --- knocking ----------------------------------------------------------------------------
+
+    async def knock(
+        self, room_id: str, user_id: str, servers: Sequence[str], content: JsonDict
+    ) -> str:
+        """Knock on a room of other servers (make_knock, send_knock); the knock is recorded
+        as the user's membership with the room's stripped state the server answered."""
+        candidates = [s for s in dict.fromkeys(servers) if s != self._server_name]
+        failure: MatrixError = MatrixError(Codes.NOT_FOUND, "No server to knock through")
+        for server in candidates[:MAX_JOIN_SERVERS]:
+            try:
+                made = await self._client.get_json(
+                    server,
+                    f"{FED}/v1/make_knock/{_q(room_id)}/{_q(user_id)}",
+                    query={"ver": KNOCKABLE_VERSIONS},
+                )
+                version, template = _check_template(made, room_id, user_id, "knock")
+                event = self._sign_template(template, version, content)
+                event_id = compute_event_id(event, version)
+                answer = await self._client.request(
+                    server,
+                    "PUT",
+                    f"{FED}/v1/send_knock/{_q(room_id)}/{_q(event_id)}",
+                    content=event,
+                )
+            except FederationError as e:
+                failure = _as_matrix_error(e)
+                continue
+            state = answer.get("knock_room_state") if isinstance(answer, dict) else None
+            stripped = [e for e in state if isinstance(e, dict)] if isinstance(state, list) else []
+            position = await self._remote_rooms.store_remote_membership(
+                room_id,
+                version.identifier,
+                event_id,
+                event,
+                {"knock_room_state": stripped[:MAX_STRIPPED_STATE]},
+                self._clock.now_ms(),
+            )
+            if position is not None:
+                await self._notifier.notify(
+                    Stream.EVENTS, position, room_id=room_id, user_ids=(user_id,)
+                )
+            return event_id
+        raise failure
+
+    # --- declining an invite -----------------------------------------------------------------
+
+    async def reject_invite(self, room_id: str, user_id: str, servers: Sequence[str]) -> str:
+        """Decline an invite into (or withdraw a knock on) a room of another server
+        (make_leave and send_leave through a server in it); the leave's event ID. Recorded
+        here as the user's membership once the remote server took it."""
+        failure: MatrixError | None = None
+        for server in [s for s in dict.fromkeys(servers) if s != self._server_name]:
+            try:
+                made = await self._client.get_json(
+                    server, f"{FED}/v1/make_leave/{_q(room_id)}/{_q(user_id)}"
+                )
+                version, template = _check_template(made, room_id, user_id, "leave")
+                event = self._sign_template(template, version, {})
+                event_id = compute_event_id(event, version)
+                await self._client.request(
+                    server,
+                    "PUT",
+                    f"{FED}/v2/send_leave/{_q(room_id)}/{_q(event_id)}",
+                    content=event,
+                )
+            except FederationError as e:
+                failure = _as_matrix_error(e)
+                continue
+            position = await self._remote_rooms.store_remote_membership(
+                room_id, version.identifier, event_id, event, {}, self._clock.now_ms()
+            )
+            if position is not None:
+                await self._notifier.notify(
+                    Stream.EVENTS, position, room_id=room_id, user_ids=(user_id,)
+                )
+            return event_id
+        raise failure or MatrixError(Codes.NOT_FOUND, "No server to leave this room through")
+
+    # --- inviting other servers' users --------------------------------------------------------
+
+    async def invite(
+        self, room_id: str, version: str, event: JsonDict, event_id: str, stripped: list[JsonDict]
+    ) -> JsonDict:
+        """PUT /v2/invite on the invitee's server: the invite with its signature added."""
+        invitee = str(event["state_key"])
+        server = invitee.split(":", 1)[1]
+        try:
+            answer = await self._client.request(
+                server,
+                "PUT",
+                f"{FED}/v2/invite/{_q(room_id)}/{_q(event_id)}",
+                content={"room_version": version, "event": event, "invite_room_state": stripped},
+            )
+        except FederationError as e:
+            raise _as_matrix_error(e) from e
+        signed = answer.get("event") if isinstance(answer, dict) else None
+        room_version = KNOWN_ROOM_VERSIONS[version]
+        if not isinstance(signed, dict) or not _same_event(signed, event_id, room_version):
+            raise MatrixError(
+                Codes.UNKNOWN, "The invitee's server answered another event", status=502
+            )
+        if not await signed_by(self._keyring, signed, server, room_version):
+            raise MatrixError(
+                Codes.UNKNOWN, "The invitee's server did not sign the invite", status=502
+            )
+        return signed
+
+
+def _auth_ids(event: JsonDict) -> list[str]:
+    ids = event.get("auth_events")
+    return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
+
+
+def _same_event(pdu: JsonDict, event_id: str, version: RoomVersion) -> bool:
+    try:
+        return compute_event_id(pdu, version) == event_id
+    except (ValueError, TypeError):
+        return False
+
+
+def _check_template(
+    made: Any, room_id: str, user_id: str, membership: str
+) -> tuple[RoomVersion, JsonDict]:
+    """spec, make_join: the template must be the membership of that user in that room; a
+    malformed one is discarded (another server may be tried)."""
+    if not isinstance(made, dict) or not isinstance(made.get("event"), dict):
+        raise FederationError("", f"make_{membership} answer has no event")
+    version = KNOWN_ROOM_VERSIONS.get(str(made.get("room_version", "1")))
+    if version is None or version.event_format is EventFormat.V1:
+        raise FederationError("", "the room's version is not one we join")
+    template: JsonDict = made["event"]
+    content = template.get("content")
+    if (
+        template.get("room_id") != room_id
+        or template.get("sender") != user_id
+        or template.get("state_key") != user_id
+        or template.get("type") != MEMBER
+        or not isinstance(content, dict)
+        or content.get("membership") != membership
+    ):
+        raise FederationError("", f"make_{membership} answered a malformed template")
+    return version, template
+
+
+def _as_matrix_error(e: FederationError) -> MatrixError:
+    """A remote refusal as ours to the client: its meaning, never its words."""
+    if e.status == 403:
+        return MatrixError(Codes.FORBIDDEN, "The room's server refused")
+    if e.status == 404:
+        return MatrixError(Codes.NOT_FOUND, "The room's server does not know this room")
+    if e.status == 400 and e.errcode == Codes.INCOMPATIBLE_ROOM_VERSION:
+        return MatrixError(
+            Codes.UNSUPPORTED_ROOM_VERSION, "The room's version is not one this server supports"
+        )
+    return MatrixError(Codes.UNKNOWN, "The room's server could not be reached", status=502)
