@@ -599,7 +599,12 @@ class Homeserver:
         """Transactions both ways (issue 18): inbound PDUs and EDUs, the remote device list
         cache, and the outbound sender (a background job, with federation on)."""
         self.inbound_edus = InboundEdus(
-            self.typing, self.receipts, self.presence, self.to_device, self.remote_devices
+            self.typing,
+            self.receipts,
+            self.presence,
+            self.to_device,
+            self.remote_devices,
+            self.room_acls,
         )
         self.transactions = TransactionService(
             self.federation_queue_store,
@@ -607,6 +612,8 @@ class Homeserver:
             self.inbound_edus,
             self.room_store,
             clock,
+            self.room_acls,
+            self.keyring,
         )
         # One sender per process; with several workers, issue 21 makes it run on one only.
         self.federation_sender = FederationSender(

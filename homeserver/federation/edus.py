@@ -9,7 +9,7 @@ know) is ignored with a log line; it never fails the transaction.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from homeserver.core.errors import MatrixError
 from homeserver.core.ids import RoomID, UserID
@@ -39,6 +39,12 @@ MAX_TO_DEVICE_USERS = 1000
 MAX_STATUS_MSG_BYTES = 2000
 MAX_TYPE_BYTES = 255  # spec: an event type is at most 255 bytes
 MAX_MESSAGE_ID_BYTES = 255
+
+
+class ServerAcls(Protocol):
+    """Server ACLs of rooms (``homeserver/federation/acl.py``'s ``RoomAcls``)."""
+
+    async def allows(self, room_id: str, server_name: str) -> bool: ...
 
 
 def _user(value: Any, origin: str) -> UserID:
@@ -77,7 +83,9 @@ class InboundEdus:
         presence: PresenceService,
         to_device: ToDeviceService,
         devices: RemoteDeviceLists,
+        acls: ServerAcls,
     ) -> None:
+        self._acls = acls
         self._typing = typing
         self._receipts = receipts
         self._presence = presence
@@ -105,6 +113,7 @@ class InboundEdus:
         typing = content.get("typing")
         if not isinstance(typing, bool):
             raise BadEdu("typing is not a boolean")
+        await self._check_acl(room_id, origin)
         if not await self._typing.set_remote_typing(room_id, user_id, typing):
             raise BadEdu("the user is not joined to the room")
 
@@ -116,6 +125,11 @@ class InboundEdus:
             read = _object(by_type, "receipts").get("m.read")
             if read is None:
                 continue  # other receipt types are not shared between servers here
+            try:
+                await self._check_acl(room_id, origin)
+            except BadEdu as e:
+                logger.info("receipts ignored", extra={"origin": origin, "why": str(e)})
+                continue
             users = _object(read, "m.read")
             if len(users) > MAX_RECEIPT_USERS:
                 raise BadEdu("too many users")
@@ -145,6 +159,11 @@ class InboundEdus:
             raise BadEdu("thread_id is not a string")
         if not await self._receipts.put_remote_receipt(room_id, user_id, event_ids, thread_id, ts):
             raise BadEdu("the user is not joined or the event is unknown")
+
+    async def _check_acl(self, room_id: str, origin: str) -> None:
+        """spec, m.room.server_acl: a denied server's EDUs about the room are ignored."""
+        if not await self._acls.allows(room_id, origin):
+            raise BadEdu("the server is denied by the room's ACL")
 
     async def _on_presence(self, origin: str, content: JsonDict) -> None:
         push = content.get("push")

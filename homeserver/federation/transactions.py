@@ -23,8 +23,12 @@ from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.types import JsonDict
 from homeserver.events.format import event_id_of
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
-from homeserver.federation.edus import InboundEdus
+from homeserver.events.redaction import redact
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from homeserver.events.validation import check_pdu_format, content_hash_matches
+from homeserver.federation.edus import InboundEdus, ServerAcls
+from homeserver.federation.event_checks import check_pdu_signatures
+from homeserver.federation.keyring import Keyring
 from homeserver.rooms.incoming import Outcome, Received
 from homeserver.storage.federation_queue import FederationQueueStore
 from homeserver.storage.rooms import RoomStore
@@ -76,9 +80,13 @@ class TransactionService:
         edus: InboundEdus,
         rooms: RoomStore,
         clock: Clock,
+        acls: ServerAcls,
+        keyring: Keyring,
     ) -> None:
         self._store = store
         self._pipeline = pipeline
+        self._acls = acls
+        self._keyring = keyring
         self._edus = edus
         self._rooms = rooms
         self._clock = clock
@@ -153,28 +161,36 @@ class TransactionService:
             # Not a room of ours (yet): each PDU is answered an error, under the ID it
             # would have in the current room versions (or its own, in versions 1 and 2).
             logger.info("pdus of an unknown room", extra={"origin": origin, "room_id": room_id})
-            answers = {}
+            unknown: dict[str, JsonDict] = {}
             for pdu in pdus:
                 event_id = _guess_event_id(pdu)
                 if event_id is not None:
-                    answers[event_id] = {"error": "Unknown room"}
+                    unknown[event_id] = {"error": "Unknown room"}
+            return unknown
+        if not await self._acls.allows(room_id, origin):
+            # spec, m.room.server_acl: a denied server's PDUs for the room are refused.
+            return _errors(pdus, version, "Server is banned from this room by its ACL")
+        answers: dict[str, JsonDict] = {}
+        passed: list[JsonDict] = []
+        for pdu in pdus:
+            refused = await self._refusal(pdu, version)
+            if isinstance(refused, str):
+                answers.update(_errors([pdu], version, refused))
+            else:
+                passed.append(refused)
+        if not passed:
             return answers
+        pdus = passed
         try:
             received = await self._pipeline.receive(room_id, pdus, received_ts)
         except LookupError:
-            return {}
+            return answers
         except Exception:
             # A failure of ours in one room must not lose the other rooms' answers; the
             # sender retries these PDUs (or fetches them) later.
             logger.exception("pdus of a room failed", extra={"room_id": room_id})
-            answers = {}
-            for pdu in pdus:
-                try:
-                    answers[event_id_of(pdu, version)] = {"error": "Internal error"}
-                except (ValueError, TypeError, KeyError):
-                    continue
-            return answers
-        out: dict[str, JsonDict] = {}
+            return {**answers, **_errors(pdus, version, "Internal error")}
+        out: dict[str, JsonDict] = answers
         for pdu, r in zip(pdus, received, strict=True):
             event_id = r.event_id
             if not event_id:
@@ -184,6 +200,19 @@ class TransactionService:
                     continue
             out[event_id] = _answer(r)
         return out
+
+    async def _refusal(self, pdu: JsonDict, version: RoomVersion) -> JsonDict | str:
+        """Steps 1 to 3 of the checks of a received PDU (spec, "Checks performed on receipt
+        of a PDU"): the reason to refuse it, or the PDU to go on with (redacted when its
+        content hash does not match)."""
+        try:
+            check_pdu_format(pdu, version)
+            await check_pdu_signatures(self._keyring, pdu, version)
+        except MatrixError as e:
+            return e.message
+        if not content_hash_matches(pdu):
+            return redact(pdu, version)
+        return pdu
 
     async def _receive_edu(self, origin: str, edu: Any) -> None:
         try:
@@ -202,6 +231,17 @@ class TransactionService:
         while True:
             await self.prune_once()
             await asyncio.sleep(PRUNE_INTERVAL_S)
+
+
+def _errors(pdus: Sequence[JsonDict], version: RoomVersion, error: str) -> dict[str, JsonDict]:
+    """The same error for each PDU (one whose ID cannot be worked out has no answer)."""
+    out: dict[str, JsonDict] = {}
+    for pdu in pdus:
+        try:
+            out[event_id_of(pdu, version)] = {"error": error}
+        except (ValueError, TypeError, KeyError):
+            continue
+    return out
 
 
 def _guess_event_id(pdu: JsonDict) -> str | None:

@@ -11,7 +11,7 @@ import httpx
 
 from homeserver.app import Homeserver
 from homeserver.events.auth import auth_types_for_event
-from homeserver.events.format import add_content_hash, compute_event_id
+from homeserver.events.format import add_content_hash, compute_event_id, hash_and_sign_event
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.federation.keyring import parse_key_response
 from homeserver.storage.server_keys import ServerKeyStore
@@ -38,6 +38,15 @@ async def put_txn(
     )
 
 
+async def trust(hs: Homeserver, other: FakeRemote) -> None:
+    """The homeserver holds ``other``'s keys (as if fetched)."""
+    now = hs.clock.now_ms()
+    keys = parse_key_response(
+        other.key_response(now + 3_600_000), other.server_name, other.server_name, now
+    )
+    await ServerKeyStore(hs.db).store_keys(keys)
+
+
 def txn(pdus: list[Any] | None = None, edus: list[Any] | None = None) -> dict[str, Any]:
     return {
         "origin": "remote.test",
@@ -54,8 +63,10 @@ async def pdu_for(
     content: dict[str, Any],
     state_key: str | None = None,
     sender: str = EVE,
+    signer: FakeRemote | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """A PDU of ``sender`` on the room's current state and extremities."""
+    """A PDU of ``sender`` on the room's current state and extremities, signed by
+    ``signer`` (the sender's server) if given."""
     room = await hs.room_store.get_room(room_id)
     assert room is not None
     version = KNOWN_ROOM_VERSIONS[room.room_version]
@@ -76,8 +87,11 @@ async def pdu_for(
     }
     if state_key is not None:
         pdu["state_key"] = state_key
-    add_content_hash(pdu)
-    pdu["signatures"] = {}
+    if signer is not None:
+        hash_and_sign_event(pdu, signer.server_name, signer.key, version)
+    else:
+        add_content_hash(pdu)
+        pdu["signatures"] = {}
     return pdu, compute_event_id(pdu, version)
 
 
@@ -86,7 +100,9 @@ async def room_with_eve(fed: Fed, remote: FakeRemote) -> tuple[Device, str]:
     hs, client = fed
     alice = await new_device(client, "alice")
     room_id = await create(client, alice.token, preset="public_chat")
-    join, join_id = await pdu_for(hs, room_id, "m.room.member", {"membership": "join"}, EVE)
+    join, join_id = await pdu_for(
+        hs, room_id, "m.room.member", {"membership": "join"}, EVE, signer=remote
+    )
     r = await put_txn(client, remote, "join", txn([join]))
     assert r.status_code == 200, r.text
     assert r.json() == {"pdus": {join_id: {}}}
@@ -98,13 +114,19 @@ async def room_with_eve(fed: Fed, remote: FakeRemote) -> tuple[Device, str]:
 async def test_pdus_are_answered_one_by_one(fed: Fed, remote: FakeRemote) -> None:
     hs, client = fed
     alice, room_id = await room_with_eve(fed, remote)
-    message, message_id = await pdu_for(hs, room_id, "m.room.message", {"body": "hi"})
+    message, message_id = await pdu_for(
+        hs, room_id, "m.room.message", {"body": "hi"}, signer=remote
+    )
     state = await hs.event_store.get_current_state_ids(room_id)
     pl = await hs.event_store.get_event(state[("m.room.power_levels", "")])
     assert pl is not None
     forged_content = {**pl.content, "users": {**pl.content.get("users", {}), EVE: 100}}
-    forged, forged_id = await pdu_for(hs, room_id, "m.room.power_levels", forged_content, "")
-    stranger, stranger_id = await pdu_for(hs, room_id, "m.room.message", {"body": "x"})
+    forged, forged_id = await pdu_for(
+        hs, room_id, "m.room.power_levels", forged_content, "", signer=remote
+    )
+    stranger, stranger_id = await pdu_for(
+        hs, room_id, "m.room.message", {"body": "x"}, signer=remote
+    )
     stranger["room_id"] = "!unknown:remote.test"
     stranger_id = compute_event_id(stranger, KNOWN_ROOM_VERSIONS["11"])
     r = await put_txn(client, remote, "t1", txn([message, forged, stranger, "not a pdu"]))
@@ -129,20 +151,18 @@ async def test_a_retried_transaction_is_answered_without_processing(
 ) -> None:
     hs, client = fed
     _, room_id = await room_with_eve(fed, remote)
-    first, first_id = await pdu_for(hs, room_id, "m.room.message", {"body": "one"})
+    first, first_id = await pdu_for(hs, room_id, "m.room.message", {"body": "one"}, signer=remote)
     r1 = await put_txn(client, remote, "same", txn([first]))
     assert r1.json() == {"pdus": {first_id: {}}}
     # The same ID with other contents: the first answer, and the new PDU is not processed.
-    second, second_id = await pdu_for(hs, room_id, "m.room.message", {"body": "two"})
+    second, second_id = await pdu_for(hs, room_id, "m.room.message", {"body": "two"}, signer=remote)
     r2 = await put_txn(client, remote, "same", txn([second]))
     assert r2.status_code == 200
     assert r2.json() == r1.json()
     assert await hs.event_store.get_event(second_id) is None
     # Transaction IDs are per origin: another server's "same" is a new transaction.
     other = FakeRemote("other.test")
-    now = hs.clock.now_ms()
-    keys = parse_key_response(other.key_response(now + 3_600_000), "other.test", "other.test", now)
-    await ServerKeyStore(hs.db).store_keys(keys)
+    await trust(hs, other)
     r3 = await put_txn(client, other, "same", txn([second]))
     assert r3.status_code == 200
     assert r3.json() == {"pdus": {second_id: {}}}
@@ -223,7 +243,9 @@ async def test_typing_from_the_users_server_only(fed: Fed, remote: FakeRemote) -
 async def test_read_receipts_from_the_users_server_only(fed: Fed, remote: FakeRemote) -> None:
     hs, client = fed
     alice, room_id = await room_with_eve(fed, remote)
-    message, message_id = await pdu_for(hs, room_id, "m.room.message", {"body": "hi"})
+    message, message_id = await pdu_for(
+        hs, room_id, "m.room.message", {"body": "hi"}, signer=remote
+    )
     assert (await put_txn(client, remote, "m", txn([message]))).status_code == 200
     since = (await sync(client, alice))["next_batch"]
 
@@ -312,10 +334,60 @@ async def test_remote_pdu_from_another_origin_is_accepted(fed: Fed, remote: Fake
     forwards the events of the room it has)."""
     hs, client = fed
     alice, room_id = await room_with_eve(fed, remote)
+    third = FakeRemote("third.test")
+    await trust(hs, third)
+    fred = "@fred:third.test"
     other_join, other_id = await pdu_for(
-        hs, room_id, "m.room.member", {"membership": "join"}, "@fred:third.test", "@fred:third.test"
+        hs, room_id, "m.room.member", {"membership": "join"}, fred, fred, signer=third
     )
     r = await put_txn(client, remote, "forwarded", txn([other_join]))
     assert r.json() == {"pdus": {other_id: {}}}
     r = await client.get(f"{V3}/rooms/{room_id}/joined_members", headers=auth_header(alice.token))
     assert "@fred:third.test" in checked(r)["joined"]
+
+
+async def test_unsigned_and_badly_signed_pdus_are_refused(fed: Fed, remote: FakeRemote) -> None:
+    hs, client = fed
+    _, room_id = await room_with_eve(fed, remote)
+    unsigned, unsigned_id = await pdu_for(hs, room_id, "m.room.message", {"body": "u"})
+    # Signed by remote.test for a sender of third.test: the sender's server did not sign.
+    third = FakeRemote("third.test")
+    await trust(hs, third)
+    fred = "@fred:third.test"
+    foreign, foreign_id = await pdu_for(
+        hs, room_id, "m.room.member", {"membership": "join"}, fred, fred, signer=remote
+    )
+    # Signed, then changed: the signature no longer matches.
+    changed, _ = await pdu_for(hs, room_id, "m.room.message", {"body": "c"}, signer=remote)
+    changed["origin_server_ts"] += 1
+    changed_id = compute_event_id(changed, KNOWN_ROOM_VERSIONS["11"])
+    r = await put_txn(client, remote, "unsigned", txn([unsigned, foreign, changed]))
+    assert r.status_code == 200, r.text
+    answers = r.json()["pdus"]
+    for event_id in (unsigned_id, foreign_id, changed_id):
+        assert "error" in answers[event_id], answers
+        assert await hs.event_store.get_event(event_id) is None
+
+
+async def test_a_server_denied_by_the_acl_is_refused(fed: Fed, remote: FakeRemote) -> None:
+    hs, client = fed
+    alice, room_id = await room_with_eve(fed, remote)
+    r = await client.put(
+        f"{V3}/rooms/{room_id}/state/m.room.server_acl/",
+        json={"allow": ["*"], "deny": ["remote.test"], "allow_ip_literals": True},
+        headers=alice.headers,
+    )
+    checked(r)
+    since = (await sync(client, alice))["next_batch"]
+    message, message_id = await pdu_for(hs, room_id, "m.room.message", {"b": 1}, signer=remote)
+    typing = {
+        "edu_type": "m.typing",
+        "content": {"room_id": room_id, "user_id": EVE, "typing": True},
+    }
+    r = await put_txn(client, remote, "denied", txn([message], [typing]))
+    assert r.status_code == 200, r.text
+    assert r.json()["pdus"][message_id]["error"].startswith("Server is banned")
+    assert await hs.event_store.get_event(message_id) is None
+    data = await sync(client, alice, since=since, timeout=0)
+    room = data.get("rooms", {}).get("join", {}).get(room_id, {})
+    assert not [e for e in room.get("ephemeral", {}).get("events", []) if e["type"] == "m.typing"]
