@@ -146,11 +146,6 @@ class FederationSender:
             await self.enqueue_new()
             await self.send_due()
 
-    async def drain(self) -> None:
-        """Wait for the transactions in flight (tests, shut-down)."""
-        while self._in_flight:
-            await asyncio.gather(*list(self._in_flight.values()), return_exceptions=True)
-
     # --- enqueue -----------------------------------------------------------------------------
 
     async def enqueue_new(self) -> None:
