@@ -614,6 +614,8 @@ class Homeserver:
             clock,
             self.room_acls,
             self.keyring,
+            self.event_store,
+            self.federation_client,
         )
         # One sender per process; with several workers, issue 21 makes it run on one only.
         self.federation_sender = FederationSender(

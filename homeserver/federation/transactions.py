@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import orjson
 
@@ -30,6 +31,7 @@ from homeserver.federation.edus import InboundEdus, ServerAcls
 from homeserver.federation.event_checks import check_pdu_signatures
 from homeserver.federation.keyring import Keyring
 from homeserver.rooms.incoming import Outcome, Received
+from homeserver.storage.events import EventStore
 from homeserver.storage.federation_queue import FederationQueueStore
 from homeserver.storage.rooms import RoomStore
 
@@ -49,11 +51,22 @@ MAX_TXN_ID_BYTES = 255
 MAX_ROOMS_AT_ONCE = 4
 # Answers are kept this long: a server retries a transaction within minutes, never days.
 KEEP_ANSWERS_MS = 24 * 3600 * 1000
+# Events asked of the origin to close a gap before one of its PDUs (spec,
+# get_missing_events: "limit" defaults to 10); a longer gap leaves the PDU unknown-parent.
+MAX_MISSING = 10
 PRUNE_INTERVAL_S = 3600.0
 
 # The checks that leave an event accepted, as the sending server sees it: soft-failed
 # events are stored (spec, "Soft failure": the sender is not told).
 _OK = (Outcome.ACCEPTED, Outcome.KNOWN, Outcome.SOFT_FAILED)
+
+
+class Requests(Protocol):
+    """Signed requests to other servers (``FederationClient.request``)."""
+
+    async def request(
+        self, destination: str, method: str, path: str, *, content: Any | None = None
+    ) -> Any: ...
 
 
 class EventPipeline(Protocol):
@@ -82,8 +95,12 @@ class TransactionService:
         clock: Clock,
         acls: ServerAcls,
         keyring: Keyring,
+        events: EventStore,
+        requests: Requests,
     ) -> None:
         self._store = store
+        self._events = events
+        self._requests = requests
         self._pipeline = pipeline
         self._acls = acls
         self._keyring = keyring
@@ -190,6 +207,11 @@ class TransactionService:
             # sender retries these PDUs (or fetches them) later.
             logger.exception("pdus of a room failed", extra={"room_id": room_id})
             return {**answers, **_errors(pdus, version, "Internal error")}
+        for i, r in enumerate(received):
+            if r.outcome is Outcome.MISSING and await self._fetch_missing(
+                origin, room_id, version, r.event_id, received_ts
+            ):
+                received[i] = (await self._pipeline.receive(room_id, [pdus[i]], received_ts))[0]
         out: dict[str, JsonDict] = answers
         for pdu, r in zip(pdus, received, strict=True):
             event_id = r.event_id
@@ -200,6 +222,43 @@ class TransactionService:
                     continue
             out[event_id] = _answer(r)
         return out
+
+    async def _fetch_missing(
+        self, origin: str, room_id: str, version: RoomVersion, event_id: str, received_ts: int
+    ) -> bool:
+        """Ask ``origin`` for the events between our forward extremities and ``event_id``
+        (POST /get_missing_events) and take them in, oldest first; whether any was."""
+        if not event_id:
+            return False
+        extremities = await self._events.get_forward_extremities(room_id)
+        body = {
+            "earliest_events": [e.event_id for e in extremities],
+            "latest_events": [event_id],
+            "limit": MAX_MISSING,
+            "min_depth": 0,
+        }
+        path = f"/_matrix/federation/v1/get_missing_events/{quote(room_id, safe='')}"
+        try:
+            answer = await self._requests.request(origin, "POST", path, content=body)
+        except Exception as e:  # noqa: BLE001 - any failure leaves the gap, as before
+            logger.info("get_missing_events failed", extra={"origin": origin, "why": str(e)})
+            return False
+        found = answer.get("events") if isinstance(answer, dict) else None
+        if not isinstance(found, list):
+            return False
+        checked: list[JsonDict] = []
+        for pdu in found[:MAX_MISSING]:
+            if not isinstance(pdu, dict) or pdu.get("room_id") != room_id:
+                continue
+            refused = await self._refusal(pdu, version)
+            if not isinstance(refused, str):
+                checked.append(refused)
+        # Parents before children: the receipt checks need each one's prev_events known.
+        checked.sort(key=lambda p: p["depth"] if isinstance(p.get("depth"), int) else 0)
+        if not checked:
+            return False
+        results = await self._pipeline.receive(room_id, checked, received_ts)
+        return any(r.outcome in _OK for r in results)
 
     async def _refusal(self, pdu: JsonDict, version: RoomVersion) -> JsonDict | str:
         """Steps 1 to 3 of the checks of a received PDU (spec, "Checks performed on receipt

@@ -14,6 +14,7 @@ from homeserver.events.auth import auth_types_for_event
 from homeserver.events.format import add_content_hash, compute_event_id, hash_and_sign_event
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.federation.keyring import parse_key_response
+from homeserver.federation.transactions import TransactionService
 from homeserver.storage.server_keys import ServerKeyStore
 from tests.api.e2ee_helpers import Device, new_device, sync
 from tests.federation_helpers import FakeRemote
@@ -64,6 +65,7 @@ async def pdu_for(
     state_key: str | None = None,
     sender: str = EVE,
     signer: FakeRemote | None = None,
+    after: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """A PDU of ``sender`` on the room's current state and extremities, signed by
     ``signer`` (the sender's server) if given."""
@@ -75,6 +77,8 @@ async def pdu_for(
     heads = await hs.event_store.get_forward_extremities(room_id)
     prevs = [e.event_id for e in heads]
     depths = [e.depth for e in (await hs.event_store.get_events(prevs)).values()]
+    if after is not None:  # a child of a PDU we do not have yet
+        prevs, depths = [compute_event_id(after, version)], [after["depth"]]
     pdu: dict[str, Any] = {
         "room_id": room_id,
         "sender": sender,
@@ -391,3 +395,55 @@ async def test_a_server_denied_by_the_acl_is_refused(fed: Fed, remote: FakeRemot
     data = await sync(client, alice, since=since, timeout=0)
     room = data.get("rooms", {}).get("join", {}).get(room_id, {})
     assert not [e for e in room.get("ephemeral", {}).get("events", []) if e["type"] == "m.typing"]
+
+
+class MissingEvents:
+    """The origin answering POST /get_missing_events."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.events = events
+        self.asked: list[Any] = []
+
+    async def request(self, destination: str, method: str, path: str, **kw: Any) -> Any:
+        self.asked.append((destination, method, path, kw.get("content")))
+        return {"events": self.events}
+
+
+def transactions_asking(hs: Homeserver, origin: MissingEvents) -> TransactionService:
+    """The homeserver's transaction service, asking ``origin`` for missing events."""
+    return TransactionService(
+        hs.federation_queue_store,
+        hs.incoming_events,
+        hs.inbound_edus,
+        hs.room_store,
+        hs.clock,
+        hs.room_acls,
+        hs.keyring,
+        hs.event_store,
+        origin,
+    )
+
+
+async def test_a_gap_before_a_pdu_is_fetched_from_the_origin(fed: Fed, remote: FakeRemote) -> None:
+    hs, client = fed
+    alice, room_id = await room_with_eve(fed, remote)
+    m1, m1_id = await pdu_for(hs, room_id, "m.room.message", {"body": "1"}, signer=remote)
+    m2, m2_id = await pdu_for(hs, room_id, "m.room.message", {"body": "2"}, signer=remote, after=m1)
+    m3, m3_id = await pdu_for(hs, room_id, "m.room.message", {"body": "3"}, signer=remote, after=m2)
+    origin = MissingEvents([m2, m1])  # any order: taken in parents first
+    answer = await transactions_asking(hs, origin).on_send("remote.test", "gap", txn([m3]))
+    assert answer == {"pdus": {m3_id: {}}}
+    [(destination, method, path, body)] = origin.asked
+    assert (destination, method) == ("remote.test", "POST")
+    assert path.startswith("/_matrix/federation/v1/get_missing_events/")
+    assert body["latest_events"] == [m3_id] and body["limit"] == 10
+    for event_id in (m1_id, m2_id, m3_id):
+        assert await hs.event_store.get_event(event_id) is not None
+    # An origin that cannot close the gap: the PDU is answered an error, nothing stored.
+    m5, m5_id = await pdu_for(
+        hs, room_id, "m.room.message", {"body": "5"}, signer=remote, after={**m3, "depth": 99}
+    )
+    silent = MissingEvents([])
+    answer = await transactions_asking(hs, silent).on_send("remote.test", "gap2", txn([m5]))
+    assert "error" in answer["pdus"][m5_id]
+    assert await hs.event_store.get_event(m5_id) is None
