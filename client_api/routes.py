@@ -12,6 +12,7 @@ from client_api import (
     devices,
     directory,
     filters,
+    hierarchy,
     key_backup,
     keys,
     knock,
@@ -25,6 +26,7 @@ from client_api import (
     reports,
     room_summary,
     rooms,
+    search,
     sliding_sync,
     sync,
     thirdparty,
@@ -70,6 +72,8 @@ _MODULES = [
     delayed_events,
     appservice,
     thirdparty,
+    search,
+    hierarchy,
 ]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]

@@ -63,6 +63,8 @@ from homeserver.federation.room_reads import RoomReads
 from homeserver.federation.sender import FederationSender
 from homeserver.federation.transactions import TransactionService
 from homeserver.filters.service import FilterService
+from homeserver.metrics.listener import MetricsListener
+from homeserver.metrics.registry import Metrics
 from homeserver.net.addresses import AddressPolicy
 from homeserver.net.outbound import Outbound
 from homeserver.push.actions import PushActionGenerator
@@ -75,6 +77,7 @@ from homeserver.rooms.aggregations import Aggregations
 from homeserver.rooms.create import RoomCreator
 from homeserver.rooms.delayed import DelayedEventService
 from homeserver.rooms.directory import DirectoryService
+from homeserver.rooms.hierarchy import SpaceHierarchyService
 from homeserver.rooms.incoming import IncomingEvents
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.relations import RelationsService
@@ -86,6 +89,7 @@ from homeserver.rooms.service import RoomService
 from homeserver.rooms.summary import RoomSummaryService
 from homeserver.rooms.upgrade import RoomUpgrader
 from homeserver.rooms.visibility import Visibility
+from homeserver.search.service import SearchService
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.appservice import AppServiceStore
@@ -100,6 +104,7 @@ from homeserver.storage.federation_queue import FederationQueueStore
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.media import MediaStore
+from homeserver.storage.metrics import MetricsStore
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.push import PushStore
 from homeserver.storage.push_rules import PushRuleStore
@@ -110,6 +115,7 @@ from homeserver.storage.relations import RelationStore
 from homeserver.storage.remote_devices import RemoteDeviceStore
 from homeserver.storage.reports import ReportStore
 from homeserver.storage.rooms import RoomStore
+from homeserver.storage.search import SearchStore
 from homeserver.storage.server_keys import ServerKeyStore
 from homeserver.storage.sliding_sync import SlidingSyncStore
 from homeserver.storage.threepids import ThreepidStore
@@ -171,6 +177,8 @@ class Homeserver:
         self.server_name = config.server_name
         # Jobs the services register (timers, sweepers); started by running_homeserver.
         self.background_jobs: list[BackgroundJob] = []
+        # Prometheus metrics (docs/metrics.md): the hot paths observe into it from the start.
+        self.metrics = Metrics()
         self.bus = InMemoryBus()
         self.notifier = Notifier(self.bus)
         self.ratelimiter = RateLimiter(config.rate_limits, clock)
@@ -224,6 +232,11 @@ class Homeserver:
             self.sliding_sync,
         )
         self._build_media(config, db, clock)
+        self.metrics.watch(self.notifier, self.websocket, db, MetricsStore(db))
+        self.metrics_listener: MetricsListener | None = None
+        if config.metrics.listen is not None:
+            self.metrics_listener = MetricsListener(self.metrics, config.metrics.listen)
+            self.background_jobs.append(self.metrics_listener.run)
         self.app = app_factory(self)
 
     def _build_stores(self, db: Database) -> None:
@@ -343,7 +356,11 @@ class Homeserver:
         )
         # The receipt checks of other servers' events onto the room graph (issue 17).
         self.incoming_events = IncomingEvents(
-            self.event_store, self.room_store, self.notifier, resolve=resolve_room_state
+            self.event_store,
+            self.room_store,
+            self.notifier,
+            self.keyring,  # signatures: the keys of the servers concerned
+            resolve=resolve_room_state,
         )
         self.federated_memberships = FederatedMembership(
             self.event_store,
@@ -401,6 +418,7 @@ class Homeserver:
             ),
             # The states of several forward extremities become one (issue 17).
             resolve=resolve_room_state,
+            observe_persist=self.metrics.event_persist.observe,
         )
         self.visibility = Visibility(self.event_store, self.room_store)
         self.memberships = MembershipService(
@@ -428,6 +446,7 @@ class Homeserver:
             remote=self.remote_queries,
         )
         self.room_summaries = RoomSummaryService(self.event_store, self.room_store, self.directory)
+        self.space_hierarchy = SpaceHierarchyService(self.event_store, self.room_summaries)
         self.reports = ReportService(
             ReportStore(self.db),
             self.room_store,
@@ -460,6 +479,14 @@ class Homeserver:
         )
         self.relations = RelationsService(
             self.relation_store, self.event_store, self.rooms, self.visibility
+        )
+        self.search = SearchService(
+            SearchStore(self.db),
+            self.event_store,
+            self.room_store,
+            self.rooms,
+            self.visibility,
+            self.ignore_lists,
         )
         self.room_upgrader = RoomUpgrader(
             self.event_sender, self.event_store, self.room_store, self.memberships, clock

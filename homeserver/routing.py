@@ -17,6 +17,7 @@ from client_api import (
     devices,
     directory,
     filters,
+    hierarchy,
     key_backup,
     keys,
     knock,
@@ -30,6 +31,7 @@ from client_api import (
     reports,
     room_summary,
     rooms,
+    search,
     sliding_sync,
     sync,
     thirdparty,
@@ -52,6 +54,7 @@ from federation import routes as federation_routes
 from homeserver.app import Homeserver
 from homeserver.core.errors import MatrixError
 from homeserver.core.pool_guard import PoolExhausted
+from homeserver.metrics.requests import RequestMetrics
 from homeserver.web.cors import CorsMiddleware
 from homeserver.web.edge import (
     EdgeServices,
@@ -100,6 +103,8 @@ def route_services(hs: Homeserver) -> list[object]:
             hs.ratelimiter,
             hs.delayed_events,
         ),
+        search.SearchServices(hs.search),
+        hierarchy.HierarchyServices(hs.space_hierarchy),
         sliding_sync.SlidingSyncServices(
             hs.sliding_sync, hs.presence, config.limits.sync_timeout_max_ms
         ),
@@ -147,6 +152,8 @@ def create_app(hs: Homeserver) -> Starlette:
             *hs.push_gateway_routes,
         ],
         middleware=[
+            # First: it times what the others do too.
+            Middleware(RequestMetrics, metrics=hs.metrics),
             Middleware(CorsMiddleware),
             Middleware(RequestGuardMiddleware),
             # After the guard, which refuses a NUL: it marks encoded slashes with one.

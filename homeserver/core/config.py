@@ -346,6 +346,18 @@ class AppServiceConfig(Section):
     to_device_messages: bool = False
 
 
+class MetricsListenConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9148, ge=0, le=65535)
+
+
+class MetricsConfig(Section):
+    # Prometheus metrics on a listener of their own (GET /metrics), off by default: what a
+    # scrape shows (routes, queue depths, pool use) is for the operator's network, never the
+    # client port. docs/metrics.md lists the families.
+    listen: MetricsListenConfig | None = None
+
+
 class HomeserverConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -371,6 +383,7 @@ class HomeserverConfig(BaseModel):
     # relative path is relative to the config file.
     app_service_config_files: tuple[str, ...] = ()
     appservice: AppServiceConfig = AppServiceConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("server_name")
     @classmethod

@@ -204,12 +204,7 @@ def auth_chain_rejections(events: Mapping[str, JsonDict], version: RoomVersion) 
     for event_id in _auth_order(events, version):
         event = events[event_id]
         ids = auth_event_ids(event, version)
-        if version.room_id_is_create_event_hash and event.get("type") != CREATE:
-            room_id = event.get("room_id")
-            create_id = "$" + room_id[1:] if isinstance(room_id, str) else ""
-            chain_ids = [*ids, create_id]
-        else:
-            chain_ids = ids
+        chain_ids = _chain_ids(event, version)
         missing = [a for a in chain_ids if a not in events]
         if missing:
             rejected[event_id] = f"auth event {missing[0]} is unknown"
@@ -233,6 +228,16 @@ def auth_chain_rejections(events: Mapping[str, JsonDict], version: RoomVersion) 
     return rejected
 
 
+def _chain_ids(event: JsonDict, version: RoomVersion) -> list[str]:
+    """The events `event` is authorised by: its `auth_events`, and in v12 (where the create
+    event is never among them) the create event its room ID names."""
+    ids = auth_event_ids(event, version)
+    if version.room_id_is_create_event_hash and event.get("type") != CREATE:
+        room_id = event.get("room_id")
+        return [*ids, "$" + room_id[1:] if isinstance(room_id, str) else ""]
+    return ids
+
+
 def _auth_order(events: Mapping[str, JsonDict], version: RoomVersion) -> list[str]:
     """The IDs of `events` with every event after its auth events (a cycle, which only a forger
     builds, leaves its members out: they end up unknown to their dependants)."""
@@ -252,7 +257,7 @@ def _auth_order(events: Mapping[str, JsonDict], version: RoomVersion) -> list[st
                 continue
             state[event_id] = 1
             stack.append((event_id, True))
-            for parent in auth_event_ids(events[event_id], version):
+            for parent in _chain_ids(events[event_id], version):
                 if parent in events and not state.get(parent):
                     stack.append((parent, False))
     return order

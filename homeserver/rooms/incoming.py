@@ -1,31 +1,54 @@
 """The checks every event from another server passes, in the spec's order, before it is
 persisted on the room graph (server-server API, "Checks performed on receipt of a PDU").
 
-1. format and size, 2. signatures, 3. content hash: ``Validator`` (issue 17's event layer
-   gives one; signatures need the federation key ring);
+1. format and size, 2. signatures, 3. content hash: ``events/validation.py``
+   (``validate_received_pdu``), with the signing keys of the servers concerned fetched first
+   through the key ring (``ServerKeys``); a content-hash mismatch is stored redacted;
 4. auth against its own ``auth_events``: a rejected or failing event is stored as rejected;
 5. auth against the state before it (its prev_events' states, resolved);
 6. soft-fail against the room's current state;
 then ``EventStore.persist_incoming``, and the notifier wakes the room.
 
-Events whose prev_events or auth_events are unknown are not persisted here: fetching them
-(and the state at a gap) is federation's, which calls this again with them.
+Events whose prev_events or auth_events are unknown are completed through a ``RemoteGraph``
+(the server that sent them, which federation supplies): the missing events between our
+forward extremities and the event (``get_missing_events``), then, for a gap that remains,
+the state at the missing prev_events (``get_state_ids`` and the events we lack, checked and
+stored as outliers with their auth chains), and the missing prev_events become backward
+extremities of the room. Without one, such events are answered MISSING.
+
+One room's events are received one at a time on this worker (a lock per room); the room's
+extremities and current state are compared and swapped when persisting, so a local send or
+another worker in between makes the last steps run again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
+from weakref import WeakValueDictionary
 
-from homeserver.core.errors import MatrixError
+from signedjson.key import decode_verify_key_bytes
+from unpaddedbase64 import decode_base64
+
+from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
-from homeserver.events.auth import check_auth, check_auth_events_selection
-from homeserver.events.format import check_event_size_and_shape, compute_event_id, redact
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from homeserver.events.auth import auth_types_for_event, check_auth, check_auth_events_selection
+from homeserver.events.format import event_id_of, redact
+from homeserver.events.power_levels import can_redact, is_int
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
+from homeserver.events.validation import (
+    KeyLookup,
+    ServerKey,
+    auth_chain_rejections,
+    check_pdu_format,
+    required_signers,
+    validate_received_pdu,
+)
 from homeserver.rooms.sender import StateResolver
 from homeserver.storage.events import (
     EventStore,
@@ -42,19 +65,65 @@ from homeserver.wakeups.notifier import Notifier
 logger = logging.getLogger(__name__)
 
 CREATE = ("m.room.create", "")
+# spec, server-server API "get_missing_events": how many events we ask for at most, as
+# Synapse does; a longer gap is bridged with the state at its far end.
+MISSING_EVENTS_LIMIT = 10
+# How many events (state and auth chains) one gap may make us fetch and check: a room's
+# whole state, with margin, not an unbounded amount a remote could make us store.
+MAX_FETCHED_EVENTS = 50_000
+# A local send or another worker moved the room on between reading and persisting: how often
+# the last steps run again before the event is refused for now (the sender retries).
+MAX_PERSIST_ATTEMPTS = 20
 
 
-class Validator(Protocol):
-    """Steps 1 to 3: raises for a PDU to drop; returns it, or its redacted form when its
-    content hash does not match."""
+class PublishedKey(Protocol):
+    """A server's verify key as the key ring holds it (``federation.keyring.VerifyKey``)."""
 
-    def __call__(self, pdu: JsonDict, version: RoomVersion) -> JsonDict: ...
+    @property
+    def key(self) -> str: ...  # unpadded base64
+
+    @property
+    def valid_until_ts(self) -> int: ...
 
 
-def check_shape_only(pdu: JsonDict, version: RoomVersion) -> JsonDict:
-    """Step 1 alone, until signatures can be checked (federation's key ring)."""
-    check_event_size_and_shape(pdu)
-    return pdu
+class ServerKeys(Protocol):
+    """Other servers' signing keys, fetched if need be (``federation.keyring.Keyring``)."""
+
+    async def get_verify_keys(
+        self, server_name: str, key_ids: Collection[str], min_valid_until_ts: int
+    ) -> Mapping[str, PublishedKey]: ...
+
+
+class RemoteGraphError(Exception):
+    """The remote server could not answer (unreachable, an error, a malformed answer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteState:
+    """A remote server's answer to ``/state_ids``: the state before an event, and the auth
+    chain of that state."""
+
+    state_ids: Sequence[str]
+    auth_chain_ids: Sequence[str]
+
+
+class RemoteGraph(Protocol):
+    """What the server that sent us events tells us of the room's graph (federation's
+    ``/get_missing_events``, ``/state_ids`` and ``/event``). Each method raises
+    ``RemoteGraphError`` when it cannot answer; what it returns is checked like any PDU."""
+
+    async def get_missing_events(
+        self,
+        room_id: str,
+        earliest: Sequence[str],
+        latest: Sequence[str],
+        limit: int,
+        min_depth: int,
+    ) -> Sequence[JsonDict]: ...
+
+    async def get_state_ids(self, room_id: str, event_id: str) -> RemoteState: ...
+
+    async def get_events(self, room_id: str, event_ids: Collection[str]) -> Sequence[JsonDict]: ...
 
 
 class Outcome(StrEnum):
@@ -62,7 +131,7 @@ class Outcome(StrEnum):
     REJECTED = "rejected"
     SOFT_FAILED = "soft_failed"
     KNOWN = "known"  # persisted before: nothing done
-    MISSING = "missing"  # prev_events or auth_events unknown: nothing done
+    MISSING = "missing"  # prev_events or auth_events unknown and not to be had: nothing done
     DROPPED = "dropped"  # failed steps 1 to 3: not stored
 
 
@@ -79,64 +148,145 @@ class IncomingEvents:
         events: EventStore,
         rooms: RoomStore,
         notifier: Notifier,
-        validate: Validator = check_shape_only,
+        keys: ServerKeys,
         resolve: StateResolver | None = None,
     ) -> None:
         self._events = events
         self._rooms = rooms
         self._notifier = notifier
-        self._validate = validate
+        self._keys = keys
         self._resolve = resolve
+        self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
 
     async def receive(
-        self, room_id: str, pdus: Sequence[JsonDict], received_ts: int
+        self,
+        room_id: str,
+        pdus: Sequence[JsonDict],
+        received_ts: int,
+        remote: RemoteGraph | None = None,
     ) -> list[Received]:
         """Check and persist PDUs of one room, parents before children, one at a time (each
-        one's checks see the ones before it)."""
+        one's checks see the ones before it). ``remote`` completes what they refer to and we
+        lack (the server that sent them); without it, such PDUs are answered MISSING."""
         room = await self._rooms.get_room(room_id)
         if room is None:
             raise LookupError(room_id)
         version = KNOWN_ROOM_VERSIONS[room.room_version]
+        lock = self._locks.get(room_id)
+        if lock is None:
+            lock = self._locks[room_id] = asyncio.Lock()
         results = []
-        for pdu in pdus:
-            results.append(await self._receive_one(room_id, version, pdu, received_ts))
+        async with lock:
+            for pdu in pdus:
+                results.append(
+                    await self._receive_one(room_id, version, pdu, received_ts, remote, True)
+                )
         return results
 
+    async def state_ids_at(self, event_id: str) -> tuple[StateMap, StateMap] | None:
+        """The room's state before the event and after it (what federation's /state_ids and
+        /state answer), or None for an event we do not hold in the graph."""
+        return await self._events.state_ids_at(event_id)
+
+    # --- steps 1 to 3 ------------------------------------------------------------------------
+
+    async def _checked(self, pdu: JsonDict, version: RoomVersion) -> JsonDict:
+        """The PDU, or its redacted form on a content-hash mismatch; raises for one to drop.
+        The keys of the servers that must have signed it are fetched first."""
+        if not isinstance(pdu, dict):
+            raise MatrixError(Codes.BAD_JSON, "A PDU is an object")
+        check_pdu_format(pdu, version)
+        signatures = pdu.get("signatures")
+        if not isinstance(signatures, dict):
+            raise MatrixError(Codes.FORBIDDEN, "The PDU carries no signatures")
+        # Room versions 5 and later: the key must have been valid when the event was sent.
+        min_valid = pdu["origin_server_ts"] if version.enforce_key_validity else 0
+        found: dict[tuple[str, str], ServerKey] = {}
+        for server in required_signers(pdu, version):
+            theirs = signatures.get(server)
+            key_ids = [
+                k for k in (theirs if isinstance(theirs, dict) else ()) if k.startswith("ed25519:")
+            ]
+            if not key_ids:
+                continue  # validation says which server's signature is missing
+            for key_id, key in (
+                await self._keys.get_verify_keys(server, key_ids, min_valid)
+            ).items():
+                try:
+                    verify_key = decode_verify_key_bytes(key_id, decode_base64(key.key))
+                except (ValueError, TypeError):
+                    continue
+                found[(server, key_id)] = ServerKey(verify_key, key.valid_until_ts)
+
+        lookup: KeyLookup = lambda server, key_id: found.get((server, key_id))  # noqa: E731
+        return validate_received_pdu(pdu, version, lookup)
+
     async def _receive_one(
-        self, room_id: str, version: RoomVersion, pdu: JsonDict, received_ts: int
+        self,
+        room_id: str,
+        version: RoomVersion,
+        pdu: JsonDict,
+        received_ts: int,
+        remote: RemoteGraph | None,
+        fill_gaps: bool,
     ) -> Received:
+        event_id = ""  # unknown when the PDU cannot even be hashed
         try:
-            event_id = compute_event_id(pdu, version)
-            checked = self._validate(pdu, version)
-        except (MatrixError, ValueError, TypeError) as e:
+            event_id = event_id_of(pdu, version)
+            pdu = await self._checked(pdu, version)
+        except (MatrixError, ValueError, TypeError, KeyError, AttributeError) as e:
             logger.info("pdu dropped", extra={"room_id": room_id, "reason": str(e)})
-            return Received("", Outcome.DROPPED, str(e))
-        pdu = checked
+            return Received(event_id, Outcome.DROPPED, str(e))
         prevs = referenced_ids(pdu, "prev_events")
         auths = referenced_ids(pdu, "auth_events")
         problem = _graph_problem(pdu, event_id, room_id, prevs, auths)
         if problem is not None:
             return Received(event_id, Outcome.DROPPED, problem)
-        if await self._events.get_event(event_id) is not None:
+        existing = await self._events.get_event(event_id)
+        if existing is not None and _in_graph(existing):
             return Received(event_id, Outcome.KNOWN)
+
         loaded = await self._events.get_events([*prevs, *auths])
-        missing = [e for e in (*prevs, *auths) if e not in loaded]
-        if missing or any(not loaded[p].served for p in prevs if p in loaded):
-            return Received(event_id, Outcome.MISSING, f"unknown: {', '.join(missing)}")
+        lacking_auth = [a for a in auths if a not in loaded]
+        if lacking_auth and remote is not None:
+            await self._fetch_outliers(room_id, version, lacking_auth, remote, received_ts)
+            loaded = await self._events.get_events([*prevs, *auths])
+            lacking_auth = [a for a in auths if a not in loaded]
+        if lacking_auth:
+            return Received(event_id, Outcome.MISSING, f"unknown: {', '.join(lacking_auth)}")
+
+        gap = [p for p in prevs if p not in loaded or not _in_graph(loaded[p])]
+        if gap and remote is not None and fill_gaps:
+            await self._fill_gap(room_id, version, pdu, event_id, received_ts, remote)
+            loaded = await self._events.get_events([*prevs, *auths])
+            gap = [p for p in prevs if p not in loaded or not _in_graph(loaded[p])]
+        states: list[StateMap] = [
+            await self._events.get_state_ids(loaded[p].state_group) for p in prevs if p not in gap
+        ]
+        if gap:
+            if remote is None:
+                return Received(event_id, Outcome.MISSING, f"unknown: {', '.join(gap)}")
+            for p in gap:
+                state = await self._state_after_remote(room_id, version, p, remote, received_ts)
+                if state is None:
+                    return Received(event_id, Outcome.MISSING, f"no state at {p}")
+                states.append(state)
         create = await self._events.get_current_state_event(room_id, *CREATE)
         create_pdu = create.pdu if create is not None else None
 
         # 4. Against its own auth_events; a rejected one rejects it (spec, "Rejected events").
         rejected = await self._events.get_rejections(auths)
         reason: str | None = None
-        if rejected:
+        foreign = [a for a in auths if loaded[a].room_id != room_id]
+        if foreign:
+            reason = f"auth event {foreign[0]} belongs to another room"
+        elif rejected:
             reason = f"auth event {next(iter(rejected))} was rejected"
         else:
             reason = self._auth_failure(
                 version, pdu, [self._as_seen(loaded[a], version) for a in auths], create_pdu
             )
         # 5. Against the state before it.
-        states = [await self._events.get_state_ids(loaded[p].state_group) for p in prevs]
         state_before = await self._resolved(version, states)
         if reason is None:
             reason = await self._auth_failure_in(version, pdu, state_before, create_pdu)
@@ -147,22 +297,57 @@ class IncomingEvents:
                 received_ts,
             )
             return Received(event_id, Outcome.REJECTED, reason)
-
-        # 6. Against the room's current state: allowed in its branch, not any more now.
-        current = await self._events.get_current_state_ids(room_id)
-        soft = await self._auth_failure_in(version, pdu, current, create_pdu)
-        extremities = await self._events.get_forward_extremities(room_id)
-        current_state = None
-        if soft is None:
-            current_state = await self._state_after_joining(
-                version, pdu, event_id, state_before, prevs, extremities
-            )
-        positions = await self._events.persist_incoming(
-            room_id,
-            [IncomingEvent(pdu, event_id, soft_failed=soft is not None, state_before=state_before)],
-            received_ts,
-            current_state=current_state,
+        return await self._persist_checked(
+            room_id, version, pdu, event_id, prevs, state_before, create_pdu, received_ts
         )
+
+    async def _persist_checked(
+        self,
+        room_id: str,
+        version: RoomVersion,
+        pdu: JsonDict,
+        event_id: str,
+        prevs: Sequence[str],
+        state_before: StateMap,
+        create_pdu: JsonDict | None,
+        received_ts: int,
+    ) -> Received:
+        """6. Against the room's current state, then persisted, the room's extremities and
+        current state compared and swapped: read again and redone when another writer moved
+        them in between."""
+        redacts = await self._redaction_applied(version, pdu, state_before, create_pdu)
+        for _ in range(MAX_PERSIST_ATTEMPTS):
+            head = await self._rooms.get_room_head(room_id)
+            if head is None:
+                raise LookupError(room_id)
+            current = await self._events.get_current_state_entries(
+                room_id, _auth_keys(version, pdu)
+            )
+            soft = await self._auth_failure_in(version, pdu, current, create_pdu)
+            current_state = None
+            if soft is None:
+                current_state = await self._state_after_joining(
+                    version, pdu, event_id, state_before, prevs, head.forward_extremities
+                )
+            positions = await self._events.persist_incoming(
+                room_id,
+                [
+                    IncomingEvent(
+                        pdu,
+                        event_id,
+                        soft_failed=soft is not None,
+                        state_before=state_before,
+                        redacts=redacts,
+                    )
+                ],
+                received_ts,
+                current_state=current_state,
+                expected_latest=head.latest_event_id,
+            )
+            if positions is not None:
+                break
+        else:
+            raise MatrixError(Codes.UNKNOWN, "The room is too busy, try again", status=503)
         if soft is not None:
             return Received(event_id, Outcome.SOFT_FAILED, soft)
         position = positions.get(event_id)
@@ -176,6 +361,197 @@ class IncomingEvents:
                 Stream.EVENTS, position, room_id=room_id, user_ids=concerned
             )
         return Received(event_id, Outcome.ACCEPTED)
+
+    async def _redaction_applied(
+        self,
+        version: RoomVersion,
+        pdu: JsonDict,
+        state_before: StateMap,
+        create: JsonDict | None,
+    ) -> str | None:
+        """The event a redaction redacts, when it may: from room version 3 the auth rules
+        let every redaction in, and a server applies one only when its sender has the redact
+        level in the state before it, or sent from the server of the redacted event's sender
+        (rooms/fragments/v3-handling-redactions.md). The place of `redacts` is the version's
+        (content from v11). A target not known yet is not redacted when it arrives."""
+        if pdu.get("type") != "m.room.redaction":
+            return None
+        holder = pdu.get("content") if version.redacts_in_content else pdu
+        target = holder.get("redacts") if isinstance(holder, dict) else None
+        if not isinstance(target, str):
+            return None
+        original = (await self._events.get_events([target])).get(target)
+        if original is None or original.room_id != pdu.get("room_id", original.room_id):
+            return None
+        sender = pdu.get("sender")
+        if not isinstance(sender, str):
+            return None
+        if version.event_format is EventFormat.V1:
+            # v1-v2: the auth rules checked the redaction itself (the sender's server is the
+            # redacted event ID's, or the sender has the redact level).
+            return target
+        power_id = state_before.get(("m.room.power_levels", ""))
+        power = None
+        if power_id is not None:
+            loaded = (await self._events.get_events([power_id])).get(power_id)
+            power = self._as_seen(loaded, version).get("content") if loaded else None
+        allowed = can_redact(version, sender, original.sender, power, create)
+        return target if allowed else None
+
+    # --- completing the graph ----------------------------------------------------------------
+
+    async def _fill_gap(
+        self,
+        room_id: str,
+        version: RoomVersion,
+        pdu: JsonDict,
+        event_id: str,
+        received_ts: int,
+        remote: RemoteGraph,
+    ) -> None:
+        """Ask for the events between our forward extremities and ``pdu`` and receive them,
+        oldest first (each may still lack parents: its state then comes from the remote)."""
+        head = await self._rooms.get_room_head(room_id)
+        if head is None or not head.forward_extremities:
+            return
+        extremities = head.forward_extremities
+        try:
+            found = await remote.get_missing_events(
+                room_id,
+                [e.event_id for e in extremities],
+                [event_id],
+                MISSING_EVENTS_LIMIT,
+                min(e.depth for e in extremities),
+            )
+        except RemoteGraphError as e:
+            logger.info("get_missing_events failed", extra={"room_id": room_id, "error": str(e)})
+            return
+        ordered = sorted(
+            (
+                e
+                for e in found[:MISSING_EVENTS_LIMIT]
+                if isinstance(e, dict) and is_int(e.get("depth"))
+            ),
+            key=lambda e: e["depth"],
+        )
+        for missing in ordered:
+            if missing is pdu:
+                continue
+            await self._receive_one(room_id, version, missing, received_ts, remote, False)
+
+    async def _state_after_remote(
+        self,
+        room_id: str,
+        version: RoomVersion,
+        prev_id: str,
+        remote: RemoteGraph,
+        received_ts: int,
+    ) -> StateMap | None:
+        """The state after ``prev_id``, an event we lack, as its server says (the state before
+        it and itself): the events we lack are fetched, checked and stored as outliers; the
+        rejected ones, those of another room and the ones not to be had are left out. None
+        when the remote cannot say."""
+        try:
+            answer = await remote.get_state_ids(room_id, prev_id)
+        except RemoteGraphError as e:
+            logger.info("state_ids failed", extra={"room_id": room_id, "error": str(e)})
+            return None
+        state_ids = [i for i in answer.state_ids if isinstance(i, str)]
+        chain_ids = [i for i in answer.auth_chain_ids if isinstance(i, str)]
+        wanted = list(dict.fromkeys([prev_id, *state_ids, *chain_ids]))
+        if len(wanted) > MAX_FETCHED_EVENTS:
+            logger.info("state too large", extra={"room_id": room_id, "events": len(wanted)})
+            return None
+        held = await self._events.get_events(wanted)
+        lacking = [i for i in wanted if i not in held]
+        if lacking:
+            await self._fetch_outliers(room_id, version, lacking, remote, received_ts)
+            held = await self._events.get_events(wanted)
+        rejected = await self._events.get_rejections(wanted)
+        prev = held.get(prev_id)
+        if prev is None or prev.room_id != room_id:
+            return None
+        state: StateMap = {}
+        for i in state_ids:
+            event = held.get(i)
+            if event is None or event.room_id != room_id or i in rejected:
+                continue
+            if event.state_key is not None:
+                state[(event.type, event.state_key)] = i
+        if prev.state_key is not None and prev_id not in rejected:
+            state[(prev.type, prev.state_key)] = prev_id
+        return state
+
+    async def _fetch_outliers(
+        self,
+        room_id: str,
+        version: RoomVersion,
+        event_ids: Collection[str],
+        remote: RemoteGraph,
+        received_ts: int,
+    ) -> None:
+        """Fetch the events and the parts of their auth chains we lack, check them (steps 1
+        to 3, then each against its own auth events, auth events first) and store them as
+        outliers, the rejected ones as rejected. Events the remote does not give, gives for
+        another ID or another room, or that fail steps 1 to 3, are not stored: what cites
+        them is rejected."""
+        fetched: dict[str, JsonDict] = {}
+        wanted = set(event_ids)
+        asked: set[str] = set()
+        while wanted and len(asked) < MAX_FETCHED_EVENTS:
+            asked |= wanted
+            try:
+                answer = await remote.get_events(room_id, sorted(wanted))
+            except RemoteGraphError as e:
+                logger.info("event fetch failed", extra={"room_id": room_id, "error": str(e)})
+                break
+            for pdu in answer:
+                try:
+                    event_id = event_id_of(pdu, version)
+                    if event_id not in wanted or event_id in fetched:
+                        continue  # not what we asked for
+                    checked = await self._checked(pdu, version)
+                except (MatrixError, ValueError, TypeError, KeyError, AttributeError) as e:
+                    logger.info("fetched pdu dropped", extra={"room_id": room_id, "reason": str(e)})
+                    continue
+                prevs = referenced_ids(checked, "prev_events")
+                auths = referenced_ids(checked, "auth_events")
+                if _graph_problem(checked, event_id, room_id, prevs, auths) is None:
+                    fetched[event_id] = checked
+            cited = {a for pdu in fetched.values() for a in referenced_ids(pdu, "auth_events")}
+            cited -= fetched.keys()
+            held = await self._events.get_events(cited) if cited else {}
+            wanted = {a for a in cited if a not in held} - asked
+        if not fetched:
+            return
+        # Step 4 over the fetched events and the auth events we hold with their own auth
+        # chains (good ones only: a rejected or foreign one leaves what cites it without
+        # it, so rejected).
+        cited = {a for pdu in fetched.values() for a in referenced_ids(pdu, "auth_events")}
+        create = await self._events.get_current_state_event(room_id, *CREATE)
+        if create is not None:
+            cited.add(create.event_id)
+        cited -= fetched.keys()
+        cited |= await self._events.get_auth_chain(cited)
+        held = await self._events.get_events(cited)
+        bad = await self._events.get_rejections(held)
+        chain = {
+            i: self._as_seen(e, version)
+            for i, e in held.items()
+            if i not in bad and e.room_id == room_id
+        }
+        chain.update(fetched)
+        reasons = auth_chain_rejections(chain, version)
+        await self._events.persist_incoming(
+            room_id,
+            [
+                IncomingEvent(pdu, i, outlier=True, rejected=reasons.get(i))
+                for i, pdu in fetched.items()
+            ],
+            received_ts,
+        )
+
+    # --- state -------------------------------------------------------------------------------
 
     async def _state_after_joining(
         self,
@@ -196,10 +572,19 @@ class IncomingEvents:
         if isinstance(pdu.get("state_key"), str):
             after[(pdu["type"], pdu["state_key"])] = event_id
         states = [after, *[await self._events.get_state_ids(e.state_group) for e in others]]
-        return await self._resolved(version, states)
+        # The event is not stored yet: the resolver is given it.
+        return await self._resolved(version, states, {event_id: pdu})
 
-    async def _resolved(self, version: RoomVersion, states: Sequence[StateMap]) -> StateMap:
-        distinct = list({tuple(sorted(s.items())): s for s in states}.values())
+    async def _resolved(
+        self,
+        version: RoomVersion,
+        states: Sequence[StateMap],
+        pending: Mapping[str, JsonDict] | None = None,
+    ) -> StateMap:
+        distinct: list[StateMap] = []
+        for state in states:
+            if all(state != seen for seen in distinct):
+                distinct.append(state)
         if len(distinct) <= 1:
             return dict(distinct[0]) if distinct else {}
         if self._resolve is None:
@@ -207,7 +592,11 @@ class IncomingEvents:
 
         async def load(event_ids: Collection[str]) -> dict[str, JsonDict]:
             loaded = await self._events.get_events(event_ids)
-            return {e.event_id: self._as_seen(e, version) for e in loaded.values()}
+            found = {e.event_id: self._as_seen(e, version) for e in loaded.values()}
+            for event_id in event_ids:
+                if pending is not None and event_id in pending:
+                    found[event_id] = pending[event_id]
+            return found
 
         return await self._resolve(version, distinct, load)
 
@@ -218,8 +607,9 @@ class IncomingEvents:
         state: Mapping[StateKey, str],
         create: JsonDict | None,
     ) -> str | None:
-        """Why the auth rules refuse the event in ``state``, or None."""
-        ids = {k: v for k, v in state.items() if k[0] in _AUTH_TYPES}
+        """Why the auth rules refuse the event in ``state``, or None: only the entries the
+        auth events selection picks are read (not a large room's every member)."""
+        ids = {k: state[k] for k in _auth_keys(version, pdu) if k in state}
         loaded = await self._events.get_events(ids.values())
         rejected = await self._events.get_rejections(ids.values())
         keyed = {
@@ -253,16 +643,22 @@ class IncomingEvents:
         return event.pdu if event.redacted_by is None else redact(event.pdu, version)
 
 
-# The state check_auth reads.
-_AUTH_TYPES = frozenset(
-    (
-        "m.room.create",
-        "m.room.power_levels",
-        "m.room.member",
-        "m.room.join_rules",
-        "m.room.third_party_invite",
+def _in_graph(event: StoredEvent) -> bool:
+    """Held with its place in the graph and its state (an outlier has neither)."""
+    return event.state_group != 0
+
+
+def _auth_keys(version: RoomVersion, pdu: JsonDict) -> list[StateKey]:
+    """The state entries the auth rules read for ``pdu`` (spec, "auth events selection")."""
+    content = pdu.get("content")
+    return auth_types_for_event(
+        version,
+        str(pdu.get("type")),
+        pdu.get("state_key") if isinstance(pdu.get("state_key"), str) else None,
+        str(pdu.get("sender")),
+        content if isinstance(content, dict) else {},
     )
-)
+
 
 # Server-server API, "Checks performed on receipt of a PDU": a PDU with more than these is
 # refused (the numbers Synapse enforces too).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -101,6 +102,7 @@ class EventSender:
         signing_key: SigningKey,
         push: PushActions,
         resolve: StateResolver | None = None,
+        observe_persist: Callable[[float], None] | None = None,
     ) -> None:
         self._events = events
         self._rooms = rooms
@@ -115,6 +117,8 @@ class EventSender:
         # fails the compare-and-swap and the room is read again.
         self._heads: LRUCache[str, Room] = LRUCache(maxsize=10_000)
         self._push = push
+        # The metrics' event persist latency (seconds), when there are metrics.
+        self._observe_persist = observe_persist
         # How the states of several forward extremities become one (issue 17's state
         # resolution). Without it, an event on extremities whose states differ is built on
         # the room's current state, as before rooms were graphs.
@@ -204,7 +208,10 @@ class EventSender:
                         room, sender, event_type, content, state_key, txn, redacts
                     )
                 # A taken transaction ID raises DuplicateTxn: the send service answers it.
+                started = time.perf_counter()
                 position = await self._events.persist_event(new, room.latest_event_id)
+                if self._observe_persist is not None:
+                    self._observe_persist(time.perf_counter() - started)
                 if position is not None:
                     break
                 self._heads.pop(room_id, None)
@@ -289,6 +296,7 @@ class EventSender:
                     unsigned["prev_content"] = previous.content
                     unsigned["prev_sender"] = previous.sender
         push_actions = await self._push.actions_for(room, pdu, event_id, auth_events, create)
+        current_state = await self._room_state_after(room, version, state, pdu, event_id)
         return NewEvent(
             pdu,
             event_id,
@@ -299,7 +307,48 @@ class EventSender:
             txn_scope=txn.scope if txn else None,
             push_actions=push_actions,
             prev_state=prev_state,
+            current_state=current_state,
         )
+
+    async def _room_state_after(
+        self, room: Room, version: RoomVersion, state: StateMap, pdu: JsonDict, event_id: str
+    ) -> StateMap | None:
+        """The room's state once the event replaces the extremities it cites, when more are
+        left than it may cite: its state after and theirs, resolved (None when there are no
+        others, or they change nothing: the room's state is then the event's)."""
+        left_out = room.forward_extremities[MAX_PREV_EVENTS:]
+        if not left_out or self._resolve is None:
+            return None
+        after = dict(state)
+        state_key = pdu.get("state_key")
+        if isinstance(state_key, str):
+            after[(pdu["type"], state_key)] = event_id
+        states = [after]
+        for group in dict.fromkeys(e.state_group for e in left_out):
+            other = await self._events.get_state_ids(group)
+            if other != after:
+                states.append(other)
+        if len(states) == 1:
+            return None
+        # The event is not stored yet: the resolver is given it.
+        resolved = await self._resolve(version, states, self._loader(version, {event_id: pdu}))
+        return None if resolved == after else resolved
+
+    def _loader(
+        self, version: RoomVersion, pending: Mapping[str, JsonDict] | None = None
+    ) -> Callable[[Collection[str]], Awaitable[Mapping[str, JsonDict]]]:
+        async def load(event_ids: Collection[str]) -> dict[str, JsonDict]:
+            # As every server has them: a redacted event in its redacted form.
+            loaded = await self._events.get_events(event_ids)
+            found = {
+                e.event_id: e.pdu if e.redacted_by is None else redact(e.pdu, version)
+                for e in loaded.values()
+            }
+            if pending is not None:
+                found.update({i: p for i, p in pending.items() if i in event_ids})
+            return found
+
+        return load
 
     async def _state_before(
         self, room: Room, version: RoomVersion, parents: Sequence[Extremity]
@@ -321,15 +370,7 @@ class EventSender:
             )
             return await self._events.get_state_ids(current), None
 
-        async def load(event_ids: Collection[str]) -> dict[str, JsonDict]:
-            # As every server has them: a redacted event in its redacted form.
-            loaded = await self._events.get_events(event_ids)
-            return {
-                e.event_id: e.pdu if e.redacted_by is None else redact(e.pdu, version)
-                for e in loaded.values()
-            }
-
-        resolved = await self._resolve(version, states, load)
+        resolved = await self._resolve(version, states, self._loader(version))
         return resolved, resolved
 
 

@@ -239,7 +239,7 @@ class PushStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._action_windows: RangeReads[Mapping[str, tuple[WindowAction, ...]] | None] = (
-            RangeReads(32, ACTION_WINDOW_MAX_EVENTS, {})
+            RangeReads(32, ACTION_WINDOW_MAX_EVENTS, {}, name="push_actions")
         )
 
     # --- counts and notifications ------------------------------------------------------------

@@ -42,7 +42,7 @@ class ReceiptStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._moved: RangeReads[Mapping[str, frozenset[str]] | None] = RangeReads(
-            32, MOVED_MAX_POSITIONS, {}
+            32, MOVED_MAX_POSITIONS, {}, name="receipts"
         )
 
     async def get_moved(self, after: int, upto: int) -> Mapping[str, frozenset[str]] | None:

@@ -11,6 +11,7 @@ PostgreSQL the woken syncs interleave at each statement) instead of each reading
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -29,21 +30,44 @@ class _Failed:
 _FAILED = _Failed()
 
 
+# Every SharedReads of the process, for the metrics: what a scrape reads (shared_read_stats).
+_ALL: weakref.WeakSet[SharedReads[object, object]] = weakref.WeakSet()
+
+
+def shared_read_stats() -> dict[str, tuple[int, int, int]]:
+    """Per name, the reads answered from the cache, by waiting for another caller's read,
+    and by a read of their own, over every SharedReads of the process."""
+    stats: dict[str, tuple[int, int, int]] = {}
+    for reads in list(_ALL):
+        hits, shared, misses = stats.get(reads.name, (0, 0, 0))
+        stats[reads.name] = (hits + reads.hits, shared + reads.shared, misses + reads.misses)
+    return stats
+
+
 class SharedReads(Generic[K, V]):
     """A bounded cache of immutable reads; one read at a time per key."""
 
-    def __init__(self, maxsize: int, getsizeof: Callable[[V], int] | None = None) -> None:
-        """``maxsize`` answers, or of ``getsizeof`` weight (each answer's, 1 without)."""
+    def __init__(
+        self, maxsize: int, getsizeof: Callable[[V], int] | None = None, name: str = "other"
+    ) -> None:
+        """``maxsize`` answers, or of ``getsizeof`` weight (each answer's, 1 without);
+        ``name`` labels its counts in the metrics."""
         self._done: LRUCache[K, V] = LRUCache(maxsize=maxsize, getsizeof=getsizeof)
         self._reading: dict[K, asyncio.Future[V | _Failed]] = {}
+        self.name = name
+        self.hits = self.shared = self.misses = 0
+        _ALL.add(self)  # type: ignore[arg-type]  # counted whatever its key and value
 
     async def get(self, key: K, read: Callable[[], Awaitable[V]]) -> V:
         """The kept answer for ``key``, or ``read()``'s, which is then kept."""
         while True:
             try:
-                return self._done[key]
+                value = self._done[key]
             except KeyError:
                 pass
+            else:
+                self.hits += 1
+                return value
             pending = self._reading.get(key)
             if pending is None:
                 break
@@ -51,8 +75,10 @@ class SharedReads(Generic[K, V]):
             await before_waiting("another request's read")
             found = await asyncio.shield(pending)
             if not isinstance(found, _Failed):
+                self.shared += 1
                 return found
             # The reader failed or was cancelled: the first waiter to get here reads.
+        self.misses += 1
         future: asyncio.Future[V | _Failed] = asyncio.get_running_loop().create_future()
         self._reading[key] = future
         try:
@@ -73,9 +99,14 @@ class RangeReads(Generic[V]):
     longer one None (the caller asks about what concerns it instead)."""
 
     def __init__(
-        self, maxsize: int, longest: int, empty: V, getsizeof: Callable[[V], int] | None = None
+        self,
+        maxsize: int,
+        longest: int,
+        empty: V,
+        getsizeof: Callable[[V], int] | None = None,
+        name: str = "other",
     ) -> None:
-        self._reads: SharedReads[tuple[int, int], V] = SharedReads(maxsize, getsizeof)
+        self._reads: SharedReads[tuple[int, int], V] = SharedReads(maxsize, getsizeof, name)
         self._longest = longest
         self._empty = empty
 

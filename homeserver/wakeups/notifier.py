@@ -53,6 +53,9 @@ class Notifier:
         # read from the database (``learn``).
         self._committed: dict[Stream, int] = {}
         self.closing = False
+        # For the metrics (read at a scrape): wake-ups received, listeners woken by them.
+        self.wakeups_received = 0
+        self.listeners_woken = 0
         bus.subscribe(self._on_wakeup)
 
     def close(self) -> None:
@@ -102,6 +105,12 @@ class Notifier:
             targets.update(self._by_user.get(user_id, ()))
         for listener in targets:
             listener.wake()
+        self.wakeups_received += 1
+        self.listeners_woken += len(targets)
+
+    def waiting(self) -> int:
+        """How many requests wait for a wake-up now (each listens for one user)."""
+        return sum(len(group) for group in self._by_user.values())
 
     def listen(self, user_id: str, room_ids: Iterable[str]) -> Listener:
         listener = Listener()

@@ -65,6 +65,7 @@ async def test_a_fork_from_another_server_and_its_merge(db: Database) -> None:
     positions = await store.persist_incoming(
         ROOM, [remote("$r1", ["$pl"], 4), remote("$r2", ["$pl"], 4)], NOW
     )
+    assert positions is not None
     assert all(p > 0 for p in positions.values())
     assert await extremities(store) == ["$r1", "$r2"]
     topic = remote("$topic", ["$r1", "$r2"], 5, "m.room.topic", "", {"topic": "t"})
@@ -111,6 +112,7 @@ async def test_outliers_are_stored_apart_until_they_take_their_place(db: Databas
     store = (await new_graph(db)).store
     outlier = remote("$out", ["$elsewhere"], 9, outlier=True)
     positions = await store.persist_incoming(ROOM, [outlier], NOW)
+    assert positions is not None
     assert positions["$out"] < 0
     stored = await store.get_event("$out")
     assert stored is not None and not stored.served
@@ -120,6 +122,7 @@ async def test_outliers_are_stored_apart_until_they_take_their_place(db: Databas
     assert "$out" not in await timeline(store)
     # Later it arrives in the graph: served, with edges, an extremity.
     positions = await store.persist_incoming(ROOM, [remote("$out", ["$pl"], 4)], NOW)
+    assert positions is not None
     assert positions["$out"] > 0
     assert await store.get_prev_event_ids("$out") == ["$pl"]
     assert await extremities(store) == ["$out"]
@@ -138,6 +141,7 @@ async def test_rejected_events_are_kept_with_their_reason_and_never_served(db: D
         rejected="sender may not raise their own power level",
     )
     positions = await store.persist_incoming(ROOM, [power], NOW)
+    assert positions is not None
     assert positions["$forged"] < 0
     assert await store.get_rejection("$forged") == "sender may not raise their own power level"
     assert await store.get_rejections(["$forged", "$pl"]) == {
@@ -198,3 +202,19 @@ async def test_unserved_events_never_reach_a_window(db: Database) -> None:
     window = await store.get_window(0, position)
     assert window is not None
     assert [e.event_id for e in window.events_of(ROOM) or ()] == ["$create", "$alice", "$pl", "$m"]
+
+
+async def test_backward_extremities_follow_the_gaps(db: Database) -> None:
+    store = (await new_graph(db)).store
+    # An event whose parents we lack (one known only as an outlier): both are gaps.
+    assert await store.persist_incoming(ROOM, [remote("$o", ["$pl"], 4, outlier=True)], NOW)
+    assert await store.persist_incoming(ROOM, [remote("$x", ["$gap", "$o"], 9)], NOW)
+    assert await store.get_backward_extremities(ROOM) == ["$gap", "$o"]
+    # The gap's event arrives, on a parent we lack too: the gap moves back.
+    assert await store.persist_incoming(ROOM, [remote("$gap", ["$older"], 8)], NOW)
+    assert await store.get_backward_extremities(ROOM) == ["$o", "$older"]
+    # The outlier takes its place in the graph.
+    assert await store.persist_incoming(ROOM, [remote("$o", ["$pl"], 4)], NOW)
+    assert await store.get_backward_extremities(ROOM) == ["$older"]
+    # Another room has none.
+    assert await store.get_backward_extremities("!other:test") == []

@@ -10,6 +10,7 @@ from homeserver.core.streams import Stream
 from homeserver.storage.database import Database
 from homeserver.storage.migrate import upgrade_head
 from homeserver.storage.schema import UNSERVED_EVENTS, metadata, stream_positions
+from homeserver.storage.schema.search import include_name
 
 
 async def test_upgrade_head_matches_schema(db_url: str) -> None:
@@ -19,7 +20,9 @@ async def test_upgrade_head_matches_schema(db_url: str) -> None:
         await upgrade_head(db.engine)  # a second run is a no-op
 
         def diff(connection: sa.Connection) -> list[object]:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True, "include_name": include_name}
+            )
             return list(compare_metadata(context, metadata))
 
         async with db.engine.connect() as conn:

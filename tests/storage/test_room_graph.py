@@ -168,7 +168,11 @@ async def test_an_event_on_resolved_state_replaces_current_state(db: Database) -
     assert stored is not None
     assert await store.get_state_ids(stored.state_group) == after
     assert await store.get_state_before(stored) == resolved
-    assert await RoomStore(db).get_membership(ROOM, BOB) is None
+    # Bob's membership follows the resolved state: he is no longer in the room.
+    bob_now = await RoomStore(db).get_membership(ROOM, BOB)
+    assert bob_now is not None and bob_now.membership == "leave"
+    joined = await RoomStore(db).get_room_members(ROOM, ["join"])
+    assert BOB not in [m.user_id for m in joined]
     assert await graph.extremities() == ["$name"]
     # A message on it keeps the fast path: the room's current state is its state.
     await graph.persist(graph.event("$m", "m.room.message", ["$name"], auths))

@@ -77,6 +77,11 @@ class Database:
         assert self._sqlite is not None
         return self._sqlite.writer_engine
 
+    def pool_use(self) -> list[tuple[str, int, int]]:
+        """(pool, connections in use, pool size) for the metrics: PostgreSQL's two pools;
+        nothing on SQLite (one writer and one reader, never waited for as a pool)."""
+        return self._pg.pool_use() if self._pg is not None else []
+
     def write(self) -> AbstractAsyncContextManager[Connection]:
         """One transaction; on SQLite committed (on disk) when the block has ended."""
         if self._sqlite is not None:

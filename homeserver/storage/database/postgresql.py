@@ -132,6 +132,11 @@ class AutocommitPool:
         for _ in range(size):
             self._idle.put_nowait(None)
 
+    @property
+    def in_use(self) -> int:
+        """Connections handed out now (the metrics)."""
+        return self.size - self._idle.qsize()
+
     async def acquire(self) -> PgConnection:
         try:  # the most recently used, whose caches are warm
             item = self._idle.get_nowait()
@@ -278,6 +283,15 @@ class PostgresBackend:
     @property
     def dialect(self) -> Dialect:
         return self.engine.dialect
+
+    def pool_use(self) -> list[tuple[str, int, int]]:
+        """(pool, connections in use, pool size) of both pools, for the metrics."""
+        pool = self.engine.sync_engine.pool
+        writing = pool.checkedout() if isinstance(pool, sa.QueuePool) else 0
+        return [
+            ("write", writing, self.pool_size),
+            ("read", self.autocommit.in_use, self.autocommit.size),
+        ]
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Connection]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import sqlalchemy as sa
 
@@ -21,13 +21,14 @@ from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.storage.database import Connection, prepared
 from homeserver.storage.events.graph import record_graph, referenced_ids
-from homeserver.storage.events.model import StateMap, redacts_of
+from homeserver.storage.events.model import StateMap
 from homeserver.storage.events.state import StateGroups
 from homeserver.storage.push import PushAction, record_push_actions
 from homeserver.storage.relations import record_relation
 from homeserver.storage.schema import (
     UNSERVED_EVENTS,
     event_auth,
+    event_backward_extremities,
     event_edges,
     event_forward_extremities,
     events,
@@ -57,6 +58,9 @@ class IncomingEvent:
     # The state before it (its prev_events' states, resolved); required unless an outlier.
     state_before: StateMap | None = None
     push_actions: tuple[PushAction, ...] = ()
+    # For a redaction: the event it redacts, set only when the pipeline found that it
+    # applies (the room version's place for `redacts`, the sender's power or server).
+    redacts: str | None = None
 
     @property
     def served(self) -> bool:
@@ -87,6 +91,19 @@ _HAS_CHILD = prepared(
     .where(event_edges.c.prev_event_id == sa.bindparam("id"), _child.c.stream_ordering > 0)
     .limit(1)
 )
+# Of an event's prev_events, those in the graph (not outliers: they have no state group).
+_IN_GRAPH = prepared(
+    sa.select(events.c.event_id).where(
+        events.c.event_id.in_(sa.bindparam("ids", expanding=True)),
+        events.c.state_group != NO_STATE_GROUP,
+    )
+)
+_b = event_backward_extremities
+_FILLED = prepared(
+    sa.delete(_b).where(
+        _b.c.room_id == sa.bindparam("room_id"), _b.c.event_id == sa.bindparam("id")
+    )
+)
 _EXTREMITIES = prepared(
     sa.select(events.c.event_id, events.c.state_group)
     .join(event_forward_extremities, event_forward_extremities.c.event_id == events.c.event_id)
@@ -97,6 +114,7 @@ _EXTREMITIES = prepared(
 class IncomingWrites(StateGroups):
     """The event store's persisting of events from other servers (a part of ``EventStore``)."""
 
+    @overload
     async def persist_incoming(
         self,
         room_id: str,
@@ -104,7 +122,29 @@ class IncomingWrites(StateGroups):
         received_ts: int,
         *,
         current_state: StateMap | None = None,
-    ) -> dict[str, int]:
+        expected_latest: None = None,
+    ) -> dict[str, int]: ...
+
+    @overload
+    async def persist_incoming(
+        self,
+        room_id: str,
+        batch: Sequence[IncomingEvent],
+        received_ts: int,
+        *,
+        current_state: StateMap | None = None,
+        expected_latest: str,
+    ) -> dict[str, int] | None: ...
+
+    async def persist_incoming(
+        self,
+        room_id: str,
+        batch: Sequence[IncomingEvent],
+        received_ts: int,
+        *,
+        current_state: StateMap | None = None,
+        expected_latest: str | None = None,
+    ) -> dict[str, int] | None:
         """Persist ``batch`` (parents before children) in one transaction; returns each new
         event's stream ordering (negative: never served). Events known already are left
         alone, except an outlier now given its place in the graph.
@@ -112,16 +152,32 @@ class IncomingWrites(StateGroups):
         ``current_state`` is the room's state after the batch (its forward extremities'
         states resolved), when the batch leaves several extremities; without it, the room's
         state becomes that of its only extremity, if it has one.
+
+        ``expected_latest`` is the room's latest event (``rooms.latest_event_id``) when the
+        caller read the extremities and current state it computed ``current_state`` from:
+        if another writer moved the room since, nothing is persisted and None is returned
+        (compute again and retry), as ``persist_event`` does for local sends.
         """
         ids = [e.event_id for e in batch]
         async with self._db.write() as conn:
             room = (await conn.execute(_LOCK_ROOM, {"room_id": room_id})).first()
             if room is None:
                 raise LookupError(room_id)
+            if expected_latest is not None and room.latest_event_id != expected_latest:
+                return None
             known = {r.event_id: r for r in (await conn.execute(_KNOWN, {"ids": ids})).all()}
             positions: dict[str, int] = {}
             groups: dict[str, int] = {r.event_id: int(r.state_group) for r in known.values()}
+            # The prev_events' groups: an event's state is usually its parent's, or a delta
+            # on it (not a snapshot of a large room's whole state).
+            parents = {p for e in batch for p in referenced_ids(e.pdu, "prev_events")}
+            parents -= set(ids)
+            if parents:
+                rows = (await conn.execute(_KNOWN, {"ids": sorted(parents)})).all()
+                groups.update((r.event_id, int(r.state_group)) for r in rows)
             last: tuple[str, int, int] | None = None  # the last served event, depth, position
+            written: dict[int, StateMap] = {}  # the states of the groups it uses, to cache
+            deltas: dict[int, tuple[int, StateMap]] = {}  # and the deltas it wrote
             for event in batch:
                 found = known.get(event.event_id)
                 if found is not None and (event.outlier or not found.outlier):
@@ -131,13 +187,18 @@ class IncomingWrites(StateGroups):
                     await conn.execute(
                         sa.delete(event_auth).where(event_auth.c.event_id == event.event_id)
                     )
-                position, group = await self._persist_one(conn, room_id, event, groups, received_ts)
+                position, group = await self._persist_one(
+                    conn, room_id, event, groups, received_ts, written, deltas
+                )
                 positions[event.event_id] = position
                 groups[event.event_id] = group
                 if event.served:
                     last = (event.event_id, event.pdu["depth"], position)
             if last is not None:
-                await self._move_room(conn, room_id, room, last, current_state)
+                await self._move_room(conn, room_id, room, last, current_state, written)
+        # Committed: the next event of the room finds its parents' states without a read.
+        self._cache_states(written)
+        self._state_deltas.update(deltas)
         return positions
 
     async def _persist_one(
@@ -147,6 +208,8 @@ class IncomingWrites(StateGroups):
         event: IncomingEvent,
         groups: dict[str, int],
         received_ts: int,
+        written: dict[int, StateMap],
+        deltas: dict[int, tuple[int, StateMap]],
     ) -> tuple[int, int]:
         pdu = event.pdu
         state_key: str | None = pdu.get("state_key")
@@ -163,11 +226,14 @@ class IncomingWrites(StateGroups):
             group = await self._group_for(
                 conn, room_id, event.state_before, [groups[p] for p in prevs if p in groups]
             )
+            written[group] = dict(event.state_before)
             if state_key is not None and event.rejected is None:
                 # A rejected event changes no state: the state after it is the state before.
-                group = await self._add_state_group(
-                    conn, room_id, group, {(pdu["type"], state_key): event.event_id}
-                )
+                own = {(pdu["type"], state_key): event.event_id}
+                before_group = group
+                group = await self._add_state_group(conn, room_id, group, own)
+                written[group] = {**event.state_before, **own}
+                deltas[group] = (before_group, own)
         await conn.execute(
             sa.insert(events).values(
                 stream_ordering=position,
@@ -208,8 +274,10 @@ class IncomingWrites(StateGroups):
             link=event.served,
             extremity=event.served and not await self._has_child(conn, event.event_id),
         )
+        if not event.outlier:
+            await self._record_backward_extremities(conn, room_id, event.event_id, prevs)
         if event.served:
-            redacts = redacts_of(pdu)
+            redacts = event.redacts
             if pdu["type"] == "m.room.redaction" and redacts is not None:
                 await conn.execute(
                     sa.update(events)
@@ -226,6 +294,33 @@ class IncomingWrites(StateGroups):
             )
         return position, group
 
+    async def _record_backward_extremities(
+        self, conn: Connection, room_id: str, event_id: str, prevs: Sequence[str]
+    ) -> None:
+        """The event is in the graph now, so no longer where history stops; those of its
+        prev_events we lack are."""
+        await conn.execute(_FILLED, {"room_id": room_id, "id": event_id})
+        if not prevs:
+            return
+        held = {r.event_id for r in (await conn.execute(_IN_GRAPH, {"ids": list(prevs)})).all()}
+        lacking = [p for p in prevs if p not in held]
+        if lacking:
+            await conn.execute(
+                self._db.insert_ignore_statement(_b, ("room_id", "event_id")),
+                [{"room_id": room_id, "event_id": p} for p in lacking],
+            )
+
+    async def get_backward_extremities(self, room_id: str) -> list[str]:
+        """The events the room's graph names as prev_events but lacks: where backfill
+        starts."""
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(_b.c.event_id).where(_b.c.room_id == room_id).order_by(_b.c.event_id)
+                )
+            ).all()
+        return [r.event_id for r in rows]
+
     async def _has_child(self, conn: Connection, event_id: str) -> bool:
         return (await conn.execute(_HAS_CHILD, {"id": event_id})).first() is not None
 
@@ -237,9 +332,7 @@ class IncomingWrites(StateGroups):
         for candidate in dict.fromkeys(candidates):
             if candidate == NO_STATE_GROUP:
                 continue
-            known = self._state_cache.get(candidate)
-            if known is None:
-                known = await self._state_for_group(conn, candidate)
+            known = await self._known_state(conn, candidate)
             if known == state:
                 return candidate
             if all(key in state for key in known):
@@ -254,6 +347,7 @@ class IncomingWrites(StateGroups):
         room: Any,
         last: tuple[str, int, int],
         current_state: StateMap | None,
+        written: dict[int, StateMap],
     ) -> None:
         """The room's token moves to the batch's last served event (it changed the forward
         extremities, so local senders that built on the old ones rebuild), and its current
@@ -266,11 +360,12 @@ class IncomingWrites(StateGroups):
             group = await self._group_for(
                 conn, room_id, current_state, [int(h.state_group) for h in heads]
             )
+            written[group] = dict(current_state)
         elif len(heads) == 1:
             group = int(heads[0].state_group)
         if group is not None and group != before:
-            old = {} if before is None else await self._state_for_group(conn, before)
-            new = await self._state_for_group(conn, group)
+            old = {} if before is None else await self._known_state(conn, before)
+            new = written.get(group) or await self._known_state(conn, group)
             await self._replace_current_state(conn, room_id, old, new, position)
         await conn.execute(
             sa.update(rooms)

@@ -70,6 +70,10 @@ class NewEvent:
     # differ (resolved by the builder); None when it is the room's current state, the usual
     # case of one extremity.
     prev_state: StateMap | None = None
+    # The room's current state after it when that is not the state after it: it takes only
+    # some of more forward extremities than an event may cite, and the room's state is the
+    # resolution of all of theirs (the builder's).
+    current_state: StateMap | None = None
 
 
 EVENT_COLUMNS = (

@@ -21,6 +21,12 @@ from homeserver.storage.events.reading import (
     EventReads,
     StreamWindow,
 )
+from homeserver.storage.events.state import (
+    STATE_CACHE_ENTRIES,
+    STATE_DELTA_ENTRIES,
+    delta_cache_weight,
+    state_cache_weight,
+)
 from homeserver.storage.push import record_push_actions
 from homeserver.storage.relations import parse_relation, record_relation
 from homeserver.storage.schema import (
@@ -74,10 +80,19 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
     def __init__(self, db: Database) -> None:
         self._db = db
         # State groups never change once written.
-        self._state_cache: LRUCache[int, StateMap] = LRUCache(maxsize=2000)
+        self._state_cache: LRUCache[int, StateMap] = LRUCache(
+            maxsize=STATE_CACHE_ENTRIES, getsizeof=state_cache_weight
+        )
+        self._state_deltas: LRUCache[int, tuple[int, StateMap]] = LRUCache(
+            maxsize=STATE_DELTA_ENTRIES, getsizeof=delta_cache_weight
+        )
         # Nor does what lies between two committed positions.
         self._windows: RangeReads[StreamWindow] = RangeReads(
-            WINDOWS_KEPT, WINDOW_MAX_EVENTS, EMPTY_WINDOW, lambda window: window.weight
+            WINDOWS_KEPT,
+            WINDOW_MAX_EVENTS,
+            EMPTY_WINDOW,
+            lambda window: window.weight,
+            name="events",
         )
         # Built here, so that start-up compiles it (Database.prepare_statements).
         self._claim_txn = db.insert_ignore_statement(
@@ -114,6 +129,7 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
             and state_key is None
             and expected_latest is not None
             and new.prev_state is None
+            and new.current_state is None
             and pdu["type"] != "m.room.redaction"
         ):
             return await self._persist_message(
@@ -150,9 +166,19 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
                 group = await self._add_state_group(
                     conn, new.room_id, base, {(pdu["type"], state_key): new.event_id}
                 )
+            room_group = group
+            if new.current_state is not None:
+                room_group = await self._group_for(
+                    conn, new.room_id, new.current_state, [group] if group is not None else []
+                )
             await conn.execute(
                 _MOVE_ROOM,
-                {"id": new.room_id, "latest": new.event_id, "depth": pdu["depth"], "group": group},
+                {
+                    "id": new.room_id,
+                    "latest": new.event_id,
+                    "depth": pdu["depth"],
+                    "group": room_group,
+                },
             )
             position = await self._db.next_position(conn, Stream.EVENTS)
             await conn.execute(
@@ -173,7 +199,12 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
                     "txn_id": new.txn_id,
                 },
             )
-            if new.prev_state is not None:
+            if new.current_state is not None:
+                current = {} if before is None else await self._state_for_group(conn, before)
+                await self._replace_current_state(
+                    conn, new.room_id, current, new.current_state, position
+                )
+            elif new.prev_state is not None:
                 after = dict(new.prev_state)
                 if state_key is not None:
                     after[(pdu["type"], state_key)] = new.event_id
@@ -211,7 +242,9 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
                 state = dict(previous)
                 if state_key is not None:
                     state[(pdu["type"], state_key)] = new.event_id
-                self._state_cache[group] = state
+                self._cache_states({group: state})
+            if state_key is not None and base is not None:
+                self._state_deltas[group] = (base, {(pdu["type"], state_key): new.event_id})
         return position
 
     async def _persist_message(

@@ -79,6 +79,7 @@ from homeserver.storage.schema.relations import (
 from homeserver.storage.schema.rooms import (
     current_state,
     event_auth,
+    event_backward_extremities,
     event_edges,
     event_forward_extremities,
     event_txns,
@@ -116,6 +117,7 @@ __all__ = [
     "e2e_signatures",
     "event_auth",
     "event_edges",
+    "event_backward_extremities",
     "event_forward_extremities",
     "event_push_actions",
     "event_relations",

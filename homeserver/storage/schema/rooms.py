@@ -33,6 +33,16 @@ event_forward_extremities = sa.Table(
     sa.Column("event_id", sa.Text, primary_key=True),
 )
 
+# Where the room's history we hold stops: events that events of the graph name as a
+# prev_event but that we lack (or hold only as outliers). Backfill asks for what lies before
+# them; a row goes when its event takes its place in the graph.
+event_backward_extremities = sa.Table(
+    "event_backward_extremities",
+    metadata,
+    sa.Column("room_id", sa.Text, primary_key=True),
+    sa.Column("event_id", sa.Text, primary_key=True),
+)
+
 # The room's graph: one row per prev_event of each event (outliers have none).
 event_edges = sa.Table(
     "event_edges",

@@ -1,0 +1,1 @@
+"""Server-side search (POST /search): ``service`` (``SearchService``)."""

@@ -1,0 +1,98 @@
+"""What a metrics scrape reads from the database: the depth of the pushers' queues and of
+the application services' transactions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from homeserver.core.streams import Stream
+from homeserver.storage.database import Database
+from homeserver.storage.schema import (
+    appservice_state,
+    appservice_txns,
+    push_queue,
+    pushers,
+    stream_positions,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PusherQueues:
+    """The queued pushes of one kind of pusher (http, email)."""
+
+    kind: str
+    queued: int  # rows waiting, all pushers of the kind
+    pushers: int  # pushers with at least one
+    deepest: int  # the longest queue of one pusher
+    backing_off: int  # pushers whose last attempts failed (waiting to try again)
+
+
+@dataclass(frozen=True, slots=True)
+class AppServiceQueue:
+    """One application service's transactions (docs/appservices.md)."""
+
+    service_id: str
+    pending: int  # transactions built and not yet taken by the service
+    events_behind: int  # events stream positions not yet looked at for it
+    attempts: int  # failed attempts at its pending transaction in a row
+
+
+_PER_PUSHER = (
+    sa.select(push_queue.c.pusher_id, sa.func.count().label("n"))
+    .group_by(push_queue.c.pusher_id)
+    .subquery()
+)
+_QUEUES = (
+    sa.select(
+        pushers.c.kind,
+        sa.func.coalesce(sa.func.sum(_PER_PUSHER.c.n), 0).label("queued"),
+        sa.func.count(_PER_PUSHER.c.pusher_id).label("pushers"),
+        sa.func.coalesce(sa.func.max(_PER_PUSHER.c.n), 0).label("deepest"),
+        sa.func.count().filter(pushers.c.attempts > 0).label("backing_off"),
+    )
+    .select_from(pushers.outerjoin(_PER_PUSHER, _PER_PUSHER.c.pusher_id == pushers.c.id))
+    .group_by(pushers.c.kind)
+)
+
+
+_PENDING = (
+    sa.select(appservice_txns.c.service_id, sa.func.count().label("n"))
+    .group_by(appservice_txns.c.service_id)
+    .subquery()
+)
+_EVENTS_POSITION = (
+    sa.select(stream_positions.c.position)
+    .where(stream_positions.c.stream == Stream.EVENTS.value)
+    .scalar_subquery()
+)
+_APPSERVICES = sa.select(
+    appservice_state.c.service_id,
+    sa.func.coalesce(_PENDING.c.n, 0).label("pending"),
+    (_EVENTS_POSITION - appservice_state.c.events_cursor).label("behind"),
+    appservice_state.c.attempts,
+).select_from(
+    appservice_state.outerjoin(_PENDING, _PENDING.c.service_id == appservice_state.c.service_id)
+)
+
+
+class MetricsStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def pusher_queues(self) -> list[PusherQueues]:
+        async with self._db.read() as conn:
+            rows = (await conn.execute(_QUEUES)).all()
+        return [
+            PusherQueues(r.kind, int(r.queued), int(r.pushers), int(r.deepest), int(r.backing_off))
+            for r in rows
+        ]
+
+    async def appservice_queues(self) -> list[AppServiceQueue]:
+        async with self._db.read() as conn:
+            rows = (await conn.execute(_APPSERVICES)).all()
+        return [
+            AppServiceQueue(r.service_id, int(r.pending), max(0, int(r.behind)), int(r.attempts))
+            for r in rows
+        ]
