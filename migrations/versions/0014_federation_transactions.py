@@ -1,7 +1,7 @@
 """federation transactions, outbound queue, remote device lists
 
 Revision ID: 0014
-Revises: 0016
+Revises: 0019
 Create Date: 2026-12-07
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0014"
-down_revision = "0016"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 

@@ -34,15 +34,18 @@ from homeserver.net.outbound import Outbound
 from homeserver.rooms.incoming import Outcome
 from tests.api.e2ee_helpers import Device, new_device, upload
 from tests.api.test_cross_signing import CrossSigning, _device_signing
-from tests.api.test_federation_send import pdu_for
+from tests.api.test_federation_send import pdu_for, trust
 from tests.conftest import make_config
 from tests.e2e.conftest import free_port
+from tests.federation_helpers import FakeRemote
 from tests.helpers import checked, serve
 from tests.helpers import create_room as create
 from tests.tls_helpers import make_certificate
 
 DEST = "dest.test"
 EVE = f"@eve:{DEST}"
+# dest.test's signing key, which the homeserver holds (its PDUs are checked).
+DEST_SERVER = FakeRemote(DEST)
 V3 = "/_matrix/client/v3"
 
 
@@ -155,7 +158,10 @@ async def shared_room(hs: Homeserver, client: httpx.AsyncClient) -> tuple[Device
     rooms are joined across servers by issue 18's make_join/send_join)."""
     alice = await new_device(client, "alice")
     room_id = await create(client, alice.token, preset="public_chat")
-    join, _ = await pdu_for(hs, room_id, "m.room.member", {"membership": "join"}, EVE, EVE)
+    await trust(hs, DEST_SERVER)
+    join, _ = await pdu_for(
+        hs, room_id, "m.room.member", {"membership": "join"}, EVE, EVE, signer=DEST_SERVER
+    )
     [received] = await hs.incoming_events.receive(room_id, [join], hs.clock.now_ms())
     assert received.outcome is Outcome.ACCEPTED
     return alice, room_id
@@ -272,7 +278,9 @@ async def test_a_failing_destination_backs_off_then_catches_up(
     hs, client = sending
     alice, room_id = await shared_room(hs, client)
     other_room = await create(client, alice.token, preset="public_chat")
-    join, _ = await pdu_for(hs, other_room, "m.room.member", {"membership": "join"}, EVE, EVE)
+    join, _ = await pdu_for(
+        hs, other_room, "m.room.member", {"membership": "join"}, EVE, EVE, signer=DEST_SERVER
+    )
     await hs.incoming_events.receive(other_room, [join], clock.now_ms())
     destination.status = 500
     await send_message(client, alice, room_id, 1)
@@ -402,7 +410,11 @@ async def test_a_dead_destination_does_not_hold_up_the_others(
     hs, client = sending
     alice, room_id = await shared_room(hs, client)
     dan = "@dan:dead.test"
-    join, _ = await pdu_for(hs, room_id, "m.room.member", {"membership": "join"}, dan, dan)
+    dead = FakeRemote("dead.test")
+    await trust(hs, dead)
+    join, _ = await pdu_for(
+        hs, room_id, "m.room.member", {"membership": "join"}, dan, dan, signer=dead
+    )
     [received] = await hs.incoming_events.receive(room_id, [join], clock.now_ms())
     assert received.outcome is Outcome.ACCEPTED
     destination.hang_for = "dead.test"  # accepts the connection, never answers
