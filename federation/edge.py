@@ -30,14 +30,18 @@ def request_uri(request: Request) -> str:
     return path + ("?" + query.decode("latin-1") if query else "")
 
 
-async def authenticated_origin(request: Request) -> tuple[str, Any]:
+async def authenticated_origin(
+    request: Request, max_body_bytes: int | None = None
+) -> tuple[str, Any]:
     """The server a request comes from, verified by its X-Matrix signature, and its JSON
     body (None without one). 401 M_UNAUTHORIZED unless the signature is right.
 
     The body is read as a client's is: within the body limit (``M_TOO_LARGE``), JSON
-    (``M_NOT_JSON``) within the limits of ``homeserver.core.json_limits`` (``M_BAD_JSON``)."""
+    (``M_NOT_JSON``) within the limits of ``homeserver.core.json_limits`` (``M_BAD_JSON``).
+    ``max_body_bytes`` replaces the body limit for a route whose bodies may be larger
+    (transactions)."""
     auth = services_of(request, FederationEdgeServices).auth
-    body = await read_body(request)
+    body = await read_body(request, max_body_bytes)
     content = loads_limited(body) if body.strip() else None
     origin = await auth.authenticate(
         request.method, request_uri(request), request.headers.getlist("authorization"), content

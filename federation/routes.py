@@ -10,6 +10,7 @@ from federation import (
     public_rooms,
     query,
     rooms,
+    send,
     user_keys,
     version,
 )
@@ -24,6 +25,7 @@ federation_routes = [
     *rooms.routes,
     *membership.routes,
     *openid.routes,
+    *send.routes,
 ]
 # With federation off, third parties still check OpenID tokens here.
 openid_routes = openid.routes

@@ -59,13 +59,18 @@ from homeserver.federation.discovery import (
     ServerResolver,
     WellKnownResolver,
 )
+from homeserver.federation.edus import InboundEdus
 from homeserver.federation.keyring import Keyring
 from homeserver.federation.local_keys import LocalKeys, load_old_verify_keys, old_keys_path
 from homeserver.federation.membership import FederatedMembership
+from homeserver.federation.outbox import FederationOutbox
 from homeserver.federation.policy import ServerPolicy
 from homeserver.federation.queries import FederationQueries
+from homeserver.federation.remote_devices import RemoteDeviceLists
 from homeserver.federation.remote_join import RemoteRooms
 from homeserver.federation.room_reads import RoomReads
+from homeserver.federation.sender import FederationSender
+from homeserver.federation.transactions import TransactionService
 from homeserver.filters.service import FilterService
 from homeserver.metrics.listener import MetricsListener
 from homeserver.metrics.registry import Metrics
@@ -111,6 +116,7 @@ from homeserver.storage.event_times import EventTimeStore
 from homeserver.storage.events import EventStore
 from homeserver.storage.events.federation_reads import FederationReads
 from homeserver.storage.events.remote_rooms import RemoteRoomWrites
+from homeserver.storage.federation_queue import FederationQueueStore
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.media import MediaStore
@@ -123,6 +129,7 @@ from homeserver.storage.pushers import PusherStore
 from homeserver.storage.receipts import ReceiptStore
 from homeserver.storage.registration_tokens import RegistrationTokenStore
 from homeserver.storage.relations import RelationStore
+from homeserver.storage.remote_devices import RemoteDeviceStore
 from homeserver.storage.reports import ReportStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.search import SearchStore
@@ -204,6 +211,7 @@ class Homeserver:
         self._build_rooms(config, signing_key, clock)
         self._build_accounts(config, db, clock, signing_key)
         self._build_status(config, db, clock)
+        self._build_transactions(config, db, clock)
         self.sync = SyncService(
             db,
             self.event_store,
@@ -269,6 +277,9 @@ class Homeserver:
         self.receipt_store = ReceiptStore(db)
         self.threepid_store = ThreepidStore(db)
         self.server_key_store = ServerKeyStore(db)
+        self.federation_queue_store = FederationQueueStore(db)
+        self.remote_device_store = RemoteDeviceStore(db)
+        self.device_list_store = DeviceListStore(db)
 
     def _build_appservices(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
         """Application services (issue 22): their registrations, the client that reaches
@@ -346,6 +357,19 @@ class Homeserver:
         self.federation_queries = FederationQueries(self.federation_client)
         # Services that answer about remote users ask their servers only with federation on.
         self.remote_queries = self.federation_queries if fed.enabled else None
+        # Our users' EDUs for other servers (typing, receipts, presence, device lists,
+        # to-device), queued in the database; the sender is woken when one is queued.
+        self.federation_wake = asyncio.Event()
+        self.edu_outbox = (
+            FederationOutbox(
+                self.federation_queue_store,
+                config.server_name,
+                clock,
+                self.federation_wake.set,
+            )
+            if fed.enabled
+            else None
+        )
 
     def _build_federation_rooms(self, config: HomeserverConfig, clock: Clock) -> None:
         """Our rooms across servers (issue 18): server ACLs, the reads other servers make of
@@ -501,10 +525,18 @@ class Homeserver:
             self.event_sender, self.event_store, self.room_store, self.memberships, clock
         )
         self.presence = PresenceService(
-            PresenceStore(self.db), self.notifier, clock, config.presence, self.event_store
+            PresenceStore(self.db),
+            self.notifier,
+            clock,
+            config.presence,
+            self.event_store,
+            server_name=server_name,
+            outbox=self.edu_outbox,
         )
         if self.presence.enabled:
             self.background_jobs.append(self.presence.run_sweeper)
+            if self.edu_outbox is not None:
+                self.background_jobs.append(self.presence.run_federation_pings)
         # The one path of "a user sends an event" (HTTP and WebSocket).
         self.sending = SendService(
             self.event_sender,
@@ -545,8 +577,25 @@ class Homeserver:
         self.threepids = ThreepidService(
             self.threepid_store, self.pusher_store, self.email_validation, self.uia, clock
         )
-        self.to_device = ToDeviceService(ToDeviceStore(db), self.notifier, clock, server_name)
-        self.device_lists = DeviceListService(DeviceListStore(db), self.notifier, self.event_store)
+        self.to_device = ToDeviceService(
+            ToDeviceStore(db), self.notifier, clock, server_name, self.edu_outbox
+        )
+        self.device_lists = DeviceListService(
+            self.device_list_store,
+            self.notifier,
+            self.event_store,
+            server_name=server_name,
+            outbox=self.edu_outbox,
+        )
+        # Remote users' devices, kept from their servers' updates (issue 18).
+        self.remote_devices = RemoteDeviceLists(
+            self.remote_device_store,
+            self.federation_client,
+            self.device_lists,
+            self.device_list_store,
+            clock,
+            server_name,
+        )
         self.e2e_keys = E2eKeyService(
             E2eKeyStore(db),
             self.device_lists,
@@ -554,6 +603,7 @@ class Homeserver:
             server_name,
             self.notifier,
             remote=self.remote_queries,
+            remote_cache=self.remote_devices if config.federation.enabled else None,
         )
         # What other servers see of our users' keys (federation /user/keys, /user/devices).
         self.federation_keys = FederationKeyService(self.e2e_keys, self.device_lists, server_name)
@@ -583,7 +633,9 @@ class Homeserver:
 
     def _build_status(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
         """Typing, receipts and read markers, unread counts (issue 3)."""
-        self.typing = TypingService(TypingStore(db), self.room_store, self.notifier, clock)
+        self.typing = TypingService(
+            TypingStore(db), self.room_store, self.notifier, clock, self.edu_outbox
+        )
         self.background_jobs.append(self.typing.run_expiry)
         self.receipts = ReceiptService(
             self.receipt_store,
@@ -592,6 +644,7 @@ class Homeserver:
             self.account_data,
             self.notifier,
             clock,
+            self.edu_outbox,
         )
         self.unread = UnreadCountService(
             self.push_store,
@@ -601,6 +654,45 @@ class Homeserver:
             clock,
             config.push.action_retention_ms,
         )
+
+    def _build_transactions(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
+        """Transactions both ways (issue 18): inbound PDUs and EDUs, the remote device list
+        cache, and the outbound sender (a background job, with federation on)."""
+        self.inbound_edus = InboundEdus(
+            self.typing,
+            self.receipts,
+            self.presence,
+            self.to_device,
+            self.remote_devices,
+            self.room_acls,
+        )
+        self.transactions = TransactionService(
+            self.federation_queue_store,
+            self.incoming_events,
+            self.inbound_edus,
+            self.room_store,
+            clock,
+            self.room_acls,
+            self.keyring,
+            self.event_store,
+            self.federation_client,
+        )
+        # One sender per process; with several workers, issue 21 makes it run on one only.
+        self.federation_sender = FederationSender(
+            db,
+            self.federation_queue_store,
+            self.event_store,
+            self.federation_client,
+            self.federation_keys,
+            clock,
+            self.bus,
+            config.server_name,
+            self.federation_policy.allows,
+            self.federation_wake,
+        )
+        if config.federation.enabled:
+            self.background_jobs.append(self.transactions.run_pruner)
+            self.background_jobs.append(self.federation_sender.run)
 
     def _build_sliding_sync(self, db: Database, clock: Clock) -> SlidingSyncService:
         """Simplified sliding sync (MSC4186, issue 20), fed by the same sources as /sync."""

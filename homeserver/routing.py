@@ -61,7 +61,7 @@ from federation import keys as key_server
 from federation import media as federation_media
 from federation import membership as federation_membership
 from federation import openid as federation_openid
-from federation import public_rooms, query, user_keys
+from federation import public_rooms, query, send, user_keys
 from federation import rooms as federation_rooms
 from federation import routes as federation_routes
 from homeserver.app import Homeserver
@@ -156,6 +156,7 @@ def route_services(hs: Homeserver) -> list[object]:
         federation_media.FederationMediaServices(hs.media, hs.server_name),
         federation_rooms.RoomReadServices(hs.room_reads, hs.server_name, hs.clock),
         federation_membership.MembershipServices(hs.federated_memberships, hs.server_name),
+        send.TransactionServices(hs.transactions),
     ]
 
 

@@ -13,9 +13,11 @@ user it does not track costs it nothing (clients ignore users they do not track)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from homeserver.core.ids import UserID
+from homeserver.core.outbox import EduOutbox
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.storage.device_lists import DeviceListStore
 from homeserver.storage.events import EventStore
@@ -29,18 +31,40 @@ class DeviceListChanges:
 
 
 class DeviceListService:
-    def __init__(self, store: DeviceListStore, notifier: Notifier, events: EventStore) -> None:
+    def __init__(
+        self,
+        store: DeviceListStore,
+        notifier: Notifier,
+        events: EventStore,
+        *,
+        server_name: str = "",
+        outbox: EduOutbox | None = None,
+    ) -> None:
         self._store = store
         self._notifier = notifier
         self._events = events
+        self._server_name = server_name
+        # Other servers sharing a room with our users are told (m.device_list_update).
+        self._outbox = outbox
 
-    async def mark_changed(self, user_id: UserID) -> None:
-        """The user's devices, device keys or cross-signing keys changed."""
-        position = await self._store.mark_changed(user_id)
+    async def mark_changed(
+        self, user_id: UserID, device_ids: Sequence[str] = (), *, deleted: bool = False
+    ) -> None:
+        """The user's devices, device keys or cross-signing keys changed: ``device_ids``
+        those devices (``deleted``: they are gone), none for the cross-signing keys.
+
+        Each device takes a position of its own: it is the stream ID of the update other
+        servers are sent about it."""
         peers = await self._store.users_sharing_room(user_id)
-        await self._notifier.notify(
-            Stream.DEVICE_LISTS, position, user_ids=sorted(peers | {user_id})
-        )
+        for device_id in device_ids or (None,):
+            position = await self._store.mark_changed(user_id)
+            await self._notifier.notify(
+                Stream.DEVICE_LISTS, position, user_ids=sorted(peers | {user_id})
+            )
+            if self._outbox is not None and user_id.server_name == self._server_name:
+                await self._outbox.device_list_changed(
+                    user_id, position, device_id, deleted=deleted
+                )
 
     async def stream_id(self, user_id: UserID) -> int:
         """A number that grows with each change of the user's devices (federation

@@ -30,7 +30,7 @@ from homeserver.core.jsonutil import check_json_numbers
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.e2ee.device_lists import DeviceListService
-from homeserver.e2ee.remote_keys import RemoteKeys, claim_remote, query_remote
+from homeserver.e2ee.remote_keys import CachedDevices, RemoteKeys, claim_remote, query_remote
 from homeserver.storage.e2e_keys import (
     ClaimRequest,
     CrossSigningKey,
@@ -116,8 +116,11 @@ class E2eKeyService:
         notifier: Notifier,
         *,
         remote: RemoteKeys | None = None,
+        remote_cache: CachedDevices | None = None,
     ) -> None:
         self._store = store
+        # Remote users' device lists kept by their servers' updates: asked first.
+        self._remote_cache = remote_cache
         # None (federation off): remote users' keys are reported in ``failures``.
         self._remote = remote
         self._device_lists = device_lists
@@ -170,7 +173,7 @@ class E2eKeyService:
                 f"One-time key {result.conflict} already exists with different content",
             )
         if result.device_keys_changed:
-            await self._device_lists.mark_changed(requester.user_id)
+            await self._device_lists.mark_changed(requester.user_id, (requester.device_id,))
         if result.keys_position is not None:
             await self._notifier.notify(
                 Stream.ONE_TIME_KEYS, result.keys_position, user_ids=(requester.user_id,)
@@ -222,7 +225,9 @@ class E2eKeyService:
                 failures[server] = REMOTE_FAILURE
         response = await self.local_keys(requester.user_id, local, display_names=True)
         if remote and self._remote is not None:
-            found, remote_failures = await query_remote(self._remote, remote, timeout_ms)
+            found, remote_failures = await query_remote(
+                self._remote, remote, timeout_ms, self._remote_cache
+            )
             response["device_keys"].update(found.pop("device_keys"))
             for section, keys in found.items():
                 response.setdefault(section, {}).update(keys)
@@ -344,7 +349,7 @@ class E2eKeyService:
         position = await self._store.delete_for_devices(user_id, device_ids)
         if position is not None:
             await self._notifier.notify(Stream.ONE_TIME_KEYS, position, user_ids=(user_id,))
-        await self._device_lists.mark_changed(user_id)
+        await self._device_lists.mark_changed(user_id, device_ids, deleted=True)
 
     # --- /keys/device_signing/upload -------------------------------------------------------
 
@@ -482,6 +487,10 @@ class E2eKeyService:
         await self._store.add_signatures(accepted)
         for target_user in sorted({s.target_user_id for s in accepted}):
             # Whoever sees the target's keys refetches them (the signer's other devices too).
+            # The targets are devices or cross-signing keys: federation sends an update for
+            # the devices among them, and the cross-signing keys.
+            targets = sorted({s.target_key_id for s in accepted if s.target_user_id == target_user})
+            await self._device_lists.mark_changed(UserID(target_user), targets)
             await self._device_lists.mark_changed(UserID(target_user))
         return failures
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 from homeserver.core.errors import MatrixError
@@ -15,6 +15,7 @@ from homeserver.core.ids import UserID
 from homeserver.core.jsonutil import check_json_numbers
 from homeserver.core.types import JsonDict
 from homeserver.federation.client import FederationError
+from homeserver.storage.remote_devices import RemoteDeviceList
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,13 @@ class RemoteKeys(Protocol):
     async def claim_user_keys(
         self, server_name: str, wanted: Mapping[str, Mapping[str, str]]
     ) -> Any: ...
+
+
+class CachedDevices(Protocol):
+    """Remote users' device lists kept current by their servers' updates (the remote
+    device list cache, ``homeserver/federation/remote_devices.py``)."""
+
+    async def current(self, user_ids: Collection[str]) -> Mapping[str, RemoteDeviceList]: ...
 
 
 def by_server(user_ids: Sequence[str]) -> dict[str, list[str]]:
@@ -80,11 +88,33 @@ async def _ask_all(calls: Mapping[str, Any], timeout_ms: int | None) -> dict[str
     return dict(zip(servers, answers, strict=True))
 
 
+def _from_cache(cached: RemoteDeviceList, asked: Sequence[str]) -> JsonDict:
+    return {
+        d.device_id: d.keys
+        for d in cached.devices
+        if d.keys is not None and (not asked or d.device_id in asked)
+    }
+
+
 async def query_remote(
-    remote: RemoteKeys, wanted: Mapping[str, Sequence[str]], timeout_ms: int | None
+    remote: RemoteKeys,
+    wanted: Mapping[str, Sequence[str]],
+    timeout_ms: int | None,
+    cache: CachedDevices | None = None,
 ) -> tuple[JsonDict, JsonDict]:
-    """(device_keys, master_keys and self_signing_keys sections, failures by server)."""
-    servers = by_server(list(wanted))
+    """(device_keys, master_keys and self_signing_keys sections, failures by server).
+
+    Users whose device list the cache holds current are answered from it; the others are
+    asked of their servers."""
+    response: JsonDict = {"device_keys": {}}
+    cached = await cache.current(list(wanted)) if cache is not None else {}
+    for user_id, found in cached.items():
+        response["device_keys"][user_id] = _from_cache(found, wanted[user_id])
+        for key_type in REMOTE_CROSS_SIGNING:
+            key = found.cross_signing.get(key_type)
+            if key is not None:
+                response.setdefault(f"{key_type}_keys", {})[user_id] = key
+    servers = by_server([u for u in wanted if u not in cached])
     answers = await _ask_all(
         {
             server: remote.query_user_keys(server, {u: wanted[u] for u in users})
@@ -92,7 +122,6 @@ async def query_remote(
         },
         timeout_ms,
     )
-    response: JsonDict = {"device_keys": {}}
     failures: JsonDict = {}
     for server, answer in answers.items():
         if isinstance(answer, BaseException):

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID
+from homeserver.core.outbox import EduOutbox
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.storage.to_device import ToDeviceStore
@@ -22,9 +23,16 @@ class ToDeviceService:
     """Implements the sync source ``GlobalSource`` for the ``to_device`` section."""
 
     def __init__(
-        self, store: ToDeviceStore, notifier: Notifier, clock: Clock, server_name: str
+        self,
+        store: ToDeviceStore,
+        notifier: Notifier,
+        clock: Clock,
+        server_name: str,
+        outbox: EduOutbox | None = None,
     ) -> None:
         self._store = store
+        # Remote users' messages go to their servers (m.direct_to_device); None: dropped.
+        self._outbox = outbox
         self._notifier = notifier
         self._clock = clock
         self._server_name = server_name
@@ -46,16 +54,45 @@ class ToDeviceService:
                 Codes.INVALID_PARAM, f"Transaction ID is longer than {MAX_TXN_ID_BYTES} bytes"
             )
         local: dict[str, Mapping[str, JsonDict]] = {}
+        remote: dict[str, Mapping[str, JsonDict]] = {}
         for user_id, by_device in messages.items():
-            # Remote users would get theirs over federation (m.direct_to_device), which this
-            # server does not speak yet: their messages are dropped, as for unknown devices.
             if UserID.parse(user_id).server_name == self._server_name:
                 local[user_id] = by_device
+            else:
+                remote[user_id] = by_device
         result = await self._store.add_messages(
             requester.user_id, requester.device_id, txn_id, event_type, local, self._clock.now_ms()
         )
         if result is None:
             return  # a retry of a transaction already done
+        position, recipients = result
+        if recipients:
+            await self._notifier.notify(Stream.TO_DEVICE, position, user_ids=recipients)
+        if remote and self._outbox is not None:
+            # The message ID is unique per sending server (spec, m.direct_to_device): the
+            # transaction is, per device, and the store let it through once.
+            message_id = f"{requester.device_id}.{txn_id}"
+            await self._outbox.to_device(requester.user_id, event_type, message_id, remote)
+
+    async def receive_remote(
+        self,
+        sender: str,
+        event_type: str,
+        message_id: str,
+        messages: Mapping[str, Mapping[str, JsonDict]],
+    ) -> None:
+        """An ``m.direct_to_device`` EDU from the sender's server: our users' messages are
+        queued; a ``message_id`` seen before from that sender is not queued again."""
+        local = {
+            u: d for u, d in messages.items() if UserID.parse(u).server_name == self._server_name
+        }
+        # The sender's server stands in for the device in the transaction's key.
+        origin = UserID.parse(sender).server_name
+        result = await self._store.add_messages(
+            sender, f"federation:{origin}", message_id, event_type, local, self._clock.now_ms()
+        )
+        if result is None:
+            return
         position, recipients = result
         if recipients:
             await self._notifier.notify(Stream.TO_DEVICE, position, user_ids=recipients)

@@ -18,6 +18,7 @@ from homeserver.core.clock import Clock
 from homeserver.core.config import PresenceConfig
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID
+from homeserver.core.outbox import EduOutbox
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.storage.events import EventStore
@@ -43,6 +44,12 @@ MAX_SWEEP_INTERVAL_S = 5.0
 
 
 MAX_ACTIVE_SEEN = 100_000  # bound on the in-memory activity cache
+# A remote user whose server stops telling us about them is offline after this (Synapse's
+# federation timeout): their server sends changes, not a heartbeat per sync.
+REMOTE_PRESENCE_TIMEOUT_MS = 30 * 60 * 1000
+# Our users who are not offline are announced to other servers this often, within their
+# timeout (the same pair of figures as Synapse's), so that they stay online there.
+FEDERATION_PING_INTERVAL_S = 25 * 60.0
 
 
 class PresenceService:
@@ -53,8 +60,14 @@ class PresenceService:
         clock: Clock,
         config: PresenceConfig,
         events: EventStore,
+        *,
+        server_name: str = "",
+        outbox: EduOutbox | None = None,
     ) -> None:
         self._store = store
+        self._server_name = server_name
+        # Other servers sharing a room with our users are told their changes (federation).
+        self._outbox = outbox
         self._events = events
         self._notifier = notifier
         self._clock = clock
@@ -290,8 +303,62 @@ class PresenceService:
         await self._announce((user_id,), position)
 
     async def _announce(self, user_ids: Iterable[str], position: int) -> None:
-        """Wake the subjects and everyone who shares a room with them, never strangers."""
+        """Wake the subjects and everyone who shares a room with them, never strangers; tell
+        the other servers sharing a room with our own users."""
+        user_ids = list(user_ids)
         concerned = await self._store.get_sharing_users(user_ids)
+        await self._notifier.notify(Stream.PRESENCE, position, user_ids=sorted(concerned))
+        if self._outbox is None:
+            return
+        now = self._clock.now_ms()
+        for user_id in user_ids:
+            if UserID(user_id).server_name != self._server_name:
+                continue
+            state = await self._store.get(user_id)
+            if state is not None:
+                await self._outbox.presence(user_id, self._content(state, now))
+
+    async def ping_remote_servers(self) -> int:
+        """Tell other servers again about our users who are not offline; how many."""
+        if self._outbox is None or not self.enabled:
+            return 0
+        now = self._clock.now_ms()
+        present = await self._store.get_present(self._server_name)
+        for state in present:
+            await self._outbox.presence(state.user_id, self._content(state, now))
+        return len(present)
+
+    async def run_federation_pings(self) -> None:
+        """The background job of ``ping_remote_servers``, for ever."""
+        while True:
+            await asyncio.sleep(FEDERATION_PING_INTERVAL_S)
+            await self.ping_remote_servers()
+
+    async def put_remote(
+        self,
+        user_id: UserID,
+        presence: str,
+        status_msg: str | None,
+        last_active_ago: int | None,
+        currently_active: bool,
+    ) -> None:
+        """An ``m.presence`` EDU about a remote user, from their server."""
+        if not self.enabled or presence not in PRESENCE_STATES:
+            return
+        now = self._clock.now_ms()
+        last_active = now - max(0, last_active_ago) if last_active_ago is not None else now
+        position = await self._store.put(
+            user_id,
+            state=presence,
+            status_msg=status_msg,
+            last_active_ts=last_active,
+            # The sweeper counts a user offline once their last sync is older than
+            # offline_after_ms: a remote user's "last sync" is put that far past the time
+            # their server last spoke, less the remote timeout.
+            last_sync_ts=now + max(0, REMOTE_PRESENCE_TIMEOUT_MS - self._config.offline_after_ms),
+            currently_active=currently_active and presence == ONLINE,
+        )
+        concerned = await self._store.get_sharing_users((user_id,))
         await self._notifier.notify(Stream.PRESENCE, position, user_ids=sorted(concerned))
 
     @staticmethod

@@ -13,6 +13,7 @@ from typing import Protocol
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import EventID, RoomID, UserID
+from homeserver.core.outbox import EduOutbox
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.storage.events import EventStore, StoredEvent
@@ -45,8 +46,11 @@ class ReceiptService:
         account_data: ServerAccountData,
         notifier: Notifier,
         clock: Clock,
+        outbox: EduOutbox | None = None,
     ) -> None:
         self._store = store
+        # Public read receipts reach the other servers in the room (federation).
+        self._outbox = outbox
         self._events = events
         self._rooms = rooms
         self._account_data = account_data
@@ -154,6 +158,31 @@ class ReceiptService:
             await self._notifier.notify(Stream.RECEIPTS, position, user_ids=(user_id,))
         else:
             await self._notifier.notify(Stream.RECEIPTS, position, room_id=room_id)
+            if self._outbox is not None:
+                await self._outbox.read_receipt(
+                    room_id, user_id, event.event_id, thread_id, self._clock.now_ms()
+                )
+
+    async def put_remote_receipt(
+        self, room_id: str, user_id: str, event_ids: Sequence[str], thread_id: str | None, ts: int
+    ) -> bool:
+        """An ``m.read`` receipt in an ``m.receipt`` EDU from the user's server: moved to the
+        newest of ``event_ids`` we hold in the room. False (ignored) when the user is not
+        joined or none of the events is known here."""
+        membership = await self._rooms.get_membership(room_id, user_id)
+        if membership is None or membership.membership != "join":
+            return False
+        loaded = await self._events.get_events(event_ids)
+        known = [e for e in loaded.values() if e.room_id == room_id and e.served]
+        if not known:
+            return False
+        event = max(known, key=lambda e: e.stream_ordering)
+        position = await self._store.put_receipt(
+            room_id, READ, user_id, thread_id, event.event_id, event.stream_ordering, ts
+        )
+        if position is not None:
+            await self._notifier.notify(Stream.RECEIPTS, position, room_id=room_id)
+        return True
 
     async def _set_fully_read(self, user_id: UserID, room_id: RoomID, event_id: str) -> None:
         await self._account_data.set_server_account_data(

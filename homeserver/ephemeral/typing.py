@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomID, UserID
+from homeserver.core.outbox import EduOutbox
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.storage.rooms import RoomStore
@@ -27,9 +28,16 @@ EXPIRY_INTERVAL_S = 1.0  # how late, at most, a typing notification stops
 
 class TypingService:
     def __init__(
-        self, store: TypingStore, rooms: RoomStore, notifier: Notifier, clock: Clock
+        self,
+        store: TypingStore,
+        rooms: RoomStore,
+        notifier: Notifier,
+        clock: Clock,
+        outbox: EduOutbox | None = None,
     ) -> None:
         self._store = store
+        # Other servers in the room are told (federation); None with federation off.
+        self._outbox = outbox
         self._rooms = rooms
         self._notifier = notifier
         self._clock = clock
@@ -58,6 +66,31 @@ class TypingService:
             position = await self._store.stop(room_id, user_id)
         if position is not None:
             await self._notifier.notify(Stream.TYPING, position, room_id=room_id)
+        if self._outbox is not None:
+            # Every start, not only changes: the other servers time typing out themselves,
+            # and a client renews it while its user types.
+            await self._outbox.typing(room_id, user_id, typing)
+
+    async def set_remote_typing(
+        self, room_id: str, user_id: str, typing: bool, timeout_ms: int | None = None
+    ) -> bool:
+        """An ``m.typing`` EDU from the user's server (federation checked the origin); False
+        when the user is not joined to the room (ignored)."""
+        membership = await self._rooms.get_membership(room_id, user_id)
+        if membership is None or membership.membership != "join":
+            return False
+        now = self._clock.now_ms()
+        if typing:
+            # spec, m.typing EDU: no timeout is sent; the sender stops it (or we time it out).
+            timeout = DEFAULT_TIMEOUT_MS if timeout_ms is None else timeout_ms
+            position = await self._store.start(
+                room_id, user_id, now + min(timeout, MAX_TIMEOUT_MS), now
+            )
+        else:
+            position = await self._store.stop(room_id, user_id)
+        if position is not None:
+            await self._notifier.notify(Stream.TYPING, position, room_id=room_id)
+        return True
 
     async def expire_once(self) -> None:
         expired = await self._store.expire(self._clock.now_ms())

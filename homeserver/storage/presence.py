@@ -258,6 +258,16 @@ class PresenceStore:
             rows = (await conn.execute(query)).all()
         return [_state(r) for r in rows]
 
+    async def get_present(self, server_name: str) -> list[PresenceState]:
+        """The users of ``server_name`` who are not offline (federation's periodic
+        announcement of them to other servers)."""
+        query = sa.select(presence).where(
+            presence.c.state != OFFLINE,
+            presence.c.user_id.endswith(f":{server_name}", autoescape=True),
+        )
+        async with self._db.read() as conn:
+            return [_state(r) for r in (await conn.execute(query.order_by(presence.c.user_id)))]
+
     async def shares_a_room(self, user_id: str, other: str) -> bool:
         mine = room_memberships.alias("mine")
         theirs = room_memberships.alias("theirs")

@@ -130,13 +130,14 @@ class StateGroups:
                 )
             ).scalar_one()
         )
-        await conn.execute(
-            sa.insert(state_group_entries),
-            [
-                {"state_group": group, "type": t, "state_key": k, "event_id": e}
-                for (t, k), e in entries.items()
-            ],
-        )
+        if entries:  # the state before a room's create event is empty
+            await conn.execute(
+                sa.insert(state_group_entries),
+                [
+                    {"state_group": group, "type": t, "state_key": k, "event_id": e}
+                    for (t, k), e in entries.items()
+                ],
+            )
         return group
 
     def forget_state_groups(self, groups: list[int]) -> None:

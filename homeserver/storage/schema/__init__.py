@@ -61,6 +61,16 @@ from homeserver.storage.schema.features import (
     sliding_sync_positions,
 )
 from homeserver.storage.schema.federation import (
+    federation_destinations,
+    federation_device_list_sent,
+    federation_inbound_txns,
+    federation_outbound_edus,
+    federation_outbound_pdus,
+    federation_sender_positions,
+    remote_cross_signing_keys,
+    remote_device_list_updates,
+    remote_device_lists,
+    remote_devices,
     server_keys,
 )
 from homeserver.storage.schema.media import (
@@ -156,6 +166,16 @@ __all__ = [
     "room_memberships",
     "room_tags",
     "rooms",
+    "federation_destinations",
+    "federation_device_list_sent",
+    "federation_inbound_txns",
+    "federation_outbound_edus",
+    "federation_outbound_pdus",
+    "federation_sender_positions",
+    "remote_cross_signing_keys",
+    "remote_device_list_updates",
+    "remote_device_lists",
+    "remote_devices",
     "server_keys",
     "sliding_sync_positions",
     "state_group_entries",

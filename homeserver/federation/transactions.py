@@ -1,0 +1,313 @@
+"""Inbound transactions (spec, server-server API: PUT /_matrix/federation/v1/send/{txnId}).
+
+A transaction carries at most 50 PDUs and 100 EDUs. Its PDUs are grouped by room; each
+room's go through the receipt checks (``IncomingEvents``) in the order sent, the rooms side
+by side. One bad PDU is an error in the answer for that PDU only; a PDU of a room we do not
+know is one too. Then the EDUs, in order; a bad one is ignored.
+
+Transactions of one origin are processed one at a time (as Synapse does: a server sends the
+next only after the answer, and a retry must not race the first attempt). The answer is
+kept per origin and transaction ID, so a retry is answered again without processing again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import orjson
+
+from homeserver.core.clock import Clock
+from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.types import JsonDict
+from homeserver.events.format import event_id_of
+from homeserver.events.redaction import redact
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from homeserver.events.validation import check_pdu_format, content_hash_matches
+from homeserver.federation.edus import InboundEdus, ServerAcls
+from homeserver.federation.event_checks import check_pdu_signatures
+from homeserver.federation.keyring import Keyring
+from homeserver.rooms.incoming import Outcome, Received
+from homeserver.storage.events import EventStore
+from homeserver.storage.federation_queue import FederationQueueStore
+from homeserver.storage.rooms import RoomStore
+
+logger = logging.getLogger(__name__)
+
+# spec, PUT /send/{txnId}: "at most 50 PDUs and 100 EDUs".
+MAX_PDUS = 50
+MAX_EDUS = 100
+# A PDU is at most 65 536 bytes (spec, "Size limits"), so 50 make at most 3.2 MiB; EDUs have
+# no limit of the spec's, and one larger than a PDU's limit is dropped (MAX_EDU_BYTES).
+# Together 50 + 100 items of 64 KiB, with the envelope: 10 MiB holds any valid transaction.
+MAX_TRANSACTION_BYTES = 10 * 1024 * 1024
+MAX_EDU_BYTES = 65_536
+MAX_TXN_ID_BYTES = 255
+# Rooms processed side by side at most (all transactions together): each holds a pooled
+# database connection at a time, and the pool serves the clients too.
+MAX_ROOMS_AT_ONCE = 4
+# Answers are kept this long: a server retries a transaction within minutes, never days.
+KEEP_ANSWERS_MS = 24 * 3600 * 1000
+# Events asked of the origin to close a gap before one of its PDUs (spec,
+# get_missing_events: "limit" defaults to 10); a longer gap leaves the PDU unknown-parent.
+MAX_MISSING = 10
+PRUNE_INTERVAL_S = 3600.0
+
+# The checks that leave an event accepted, as the sending server sees it: soft-failed
+# events are stored (spec, "Soft failure": the sender is not told).
+_OK = (Outcome.ACCEPTED, Outcome.KNOWN, Outcome.SOFT_FAILED)
+
+
+class Requests(Protocol):
+    """Signed requests to other servers (``FederationClient.request``)."""
+
+    async def request(
+        self, destination: str, method: str, path: str, *, content: Any | None = None
+    ) -> Any: ...
+
+
+class EventPipeline(Protocol):
+    """The receipt checks of other servers' events (``rooms/incoming.py``)."""
+
+    async def receive(
+        self, room_id: str, pdus: Sequence[JsonDict], received_ts: int
+    ) -> list[Received]: ...
+
+
+def _answer(received: Received) -> JsonDict:
+    if received.outcome in _OK:
+        return {}
+    if received.outcome is Outcome.MISSING:
+        return {"error": "Unknown prev_events or auth_events"}
+    return {"error": received.reason or str(received.outcome)}
+
+
+class TransactionService:
+    def __init__(
+        self,
+        store: FederationQueueStore,
+        pipeline: EventPipeline,
+        edus: InboundEdus,
+        rooms: RoomStore,
+        clock: Clock,
+        acls: ServerAcls,
+        keyring: Keyring,
+        events: EventStore,
+        requests: Requests,
+    ) -> None:
+        self._store = store
+        self._events = events
+        self._requests = requests
+        self._pipeline = pipeline
+        self._acls = acls
+        self._keyring = keyring
+        self._edus = edus
+        self._rooms = rooms
+        self._clock = clock
+        self._origins: dict[str, asyncio.Lock] = {}
+        self._rooms_at_once = asyncio.Semaphore(MAX_ROOMS_AT_ONCE)
+
+    async def on_send(self, origin: str, txn_id: str, body: Any) -> JsonDict:
+        """PUT /send/{txnId} from ``origin`` (authenticated): ``{"pdus": {event_id: {} or
+        {"error": ...}}}``."""
+        if not txn_id or len(txn_id.encode()) > MAX_TXN_ID_BYTES:
+            raise MatrixError(Codes.INVALID_PARAM, "Bad transaction ID")
+        if not isinstance(body, dict):
+            raise MatrixError(Codes.BAD_JSON, "The body must be a JSON object")
+        pdus = body.get("pdus")
+        edus = body.get("edus", [])
+        if not isinstance(pdus, list):
+            raise MatrixError(Codes.BAD_JSON, "pdus must be a list")
+        if not isinstance(edus, list):
+            raise MatrixError(Codes.BAD_JSON, "edus must be a list")
+        if len(pdus) > MAX_PDUS or len(edus) > MAX_EDUS:
+            raise MatrixError(
+                Codes.TOO_LARGE,
+                f"At most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs per transaction",
+                status=400,
+            )
+        lock = self._origins.setdefault(origin, asyncio.Lock())
+        async with lock:
+            done = await self._store.get_inbound_txn(origin, txn_id)
+            if done is not None:
+                answer: JsonDict = orjson.loads(done)
+                return answer
+            answer = {"pdus": await self._receive_pdus(origin, pdus)}
+            for edu in edus:
+                await self._receive_edu(origin, edu)
+            await self._store.put_inbound_txn(
+                origin, txn_id, orjson.dumps(answer).decode(), self._clock.now_ms()
+            )
+        return answer
+
+    async def _receive_pdus(self, origin: str, pdus: list[Any]) -> dict[str, JsonDict]:
+        answers: dict[str, JsonDict] = {}
+        by_room: dict[str, list[JsonDict]] = {}
+        for pdu in pdus:
+            room_id = pdu.get("room_id") if isinstance(pdu, dict) else None
+            if not isinstance(room_id, str):
+                logger.info("pdu without a room ignored", extra={"origin": origin})
+                continue
+            by_room.setdefault(room_id, []).append(pdu)
+        now = self._clock.now_ms()
+        results = await asyncio.gather(
+            *(
+                self._receive_room(origin, room_id, room_pdus, now)
+                for room_id, room_pdus in by_room.items()
+            )
+        )
+        for found in results:
+            answers.update(found)
+        return answers
+
+    async def _receive_room(
+        self, origin: str, room_id: str, pdus: list[JsonDict], received_ts: int
+    ) -> dict[str, JsonDict]:
+        async with self._rooms_at_once:
+            return await self._receive_room_now(origin, room_id, pdus, received_ts)
+
+    async def _receive_room_now(
+        self, origin: str, room_id: str, pdus: list[JsonDict], received_ts: int
+    ) -> dict[str, JsonDict]:
+        version_id = await self._rooms.get_room_version(room_id)
+        version = KNOWN_ROOM_VERSIONS.get(version_id) if version_id is not None else None
+        if version is None:
+            # Not a room of ours (yet): each PDU is answered an error, under the ID it
+            # would have in the current room versions (or its own, in versions 1 and 2).
+            logger.info("pdus of an unknown room", extra={"origin": origin, "room_id": room_id})
+            unknown: dict[str, JsonDict] = {}
+            for pdu in pdus:
+                event_id = _guess_event_id(pdu)
+                if event_id is not None:
+                    unknown[event_id] = {"error": "Unknown room"}
+            return unknown
+        if not await self._acls.allows(room_id, origin):
+            # spec, m.room.server_acl: a denied server's PDUs for the room are refused.
+            return _errors(pdus, version, "Server is banned from this room by its ACL")
+        answers: dict[str, JsonDict] = {}
+        passed: list[JsonDict] = []
+        for pdu in pdus:
+            refused = await self._refusal(pdu, version)
+            if isinstance(refused, str):
+                answers.update(_errors([pdu], version, refused))
+            else:
+                passed.append(refused)
+        if not passed:
+            return answers
+        pdus = passed
+        try:
+            received = await self._pipeline.receive(room_id, pdus, received_ts)
+        except LookupError:
+            return answers
+        except Exception:
+            # A failure of ours in one room must not lose the other rooms' answers; the
+            # sender retries these PDUs (or fetches them) later.
+            logger.exception("pdus of a room failed", extra={"room_id": room_id})
+            return {**answers, **_errors(pdus, version, "Internal error")}
+        for i, r in enumerate(received):
+            if r.outcome is Outcome.MISSING and await self._fetch_missing(
+                origin, room_id, version, r.event_id, received_ts
+            ):
+                received[i] = (await self._pipeline.receive(room_id, [pdus[i]], received_ts))[0]
+        out: dict[str, JsonDict] = answers
+        for pdu, r in zip(pdus, received, strict=True):
+            event_id = r.event_id
+            if not event_id:
+                try:
+                    event_id = event_id_of(pdu, version)
+                except (ValueError, TypeError, KeyError):
+                    continue
+            out[event_id] = _answer(r)
+        return out
+
+    async def _fetch_missing(
+        self, origin: str, room_id: str, version: RoomVersion, event_id: str, received_ts: int
+    ) -> bool:
+        """Ask ``origin`` for the events between our forward extremities and ``event_id``
+        (POST /get_missing_events) and take them in, oldest first; whether any was."""
+        if not event_id:
+            return False
+        extremities = await self._events.get_forward_extremities(room_id)
+        body = {
+            "earliest_events": [e.event_id for e in extremities],
+            "latest_events": [event_id],
+            "limit": MAX_MISSING,
+            "min_depth": 0,
+        }
+        path = f"/_matrix/federation/v1/get_missing_events/{quote(room_id, safe='')}"
+        try:
+            answer = await self._requests.request(origin, "POST", path, content=body)
+        except Exception as e:  # noqa: BLE001 - any failure leaves the gap, as before
+            logger.info("get_missing_events failed", extra={"origin": origin, "why": str(e)})
+            return False
+        found = answer.get("events") if isinstance(answer, dict) else None
+        if not isinstance(found, list):
+            return False
+        checked: list[JsonDict] = []
+        for pdu in found[:MAX_MISSING]:
+            if not isinstance(pdu, dict) or pdu.get("room_id") != room_id:
+                continue
+            refused = await self._refusal(pdu, version)
+            if not isinstance(refused, str):
+                checked.append(refused)
+        # Parents before children: the receipt checks need each one's prev_events known.
+        checked.sort(key=lambda p: p["depth"] if isinstance(p.get("depth"), int) else 0)
+        if not checked:
+            return False
+        results = await self._pipeline.receive(room_id, checked, received_ts)
+        return any(r.outcome in _OK for r in results)
+
+    async def _refusal(self, pdu: JsonDict, version: RoomVersion) -> JsonDict | str:
+        """Steps 1 to 3 of the checks of a received PDU (spec, "Checks performed on receipt
+        of a PDU"): the reason to refuse it, or the PDU to go on with (redacted when its
+        content hash does not match)."""
+        try:
+            check_pdu_format(pdu, version)
+            await check_pdu_signatures(self._keyring, pdu, version)
+        except MatrixError as e:
+            return e.message
+        if not content_hash_matches(pdu):
+            return redact(pdu, version)
+        return pdu
+
+    async def _receive_edu(self, origin: str, edu: Any) -> None:
+        try:
+            if len(orjson.dumps(edu)) > MAX_EDU_BYTES:
+                logger.info("edu too large ignored", extra={"origin": origin})
+                return
+            await self._edus.receive(origin, edu)
+        except Exception:
+            logger.exception("edu failed", extra={"origin": origin})
+
+    async def prune_once(self) -> None:
+        await self._store.prune_inbound(self._clock.now_ms() - KEEP_ANSWERS_MS)
+
+    async def run_pruner(self) -> None:
+        """The background job: forget old answers, for ever."""
+        while True:
+            await self.prune_once()
+            await asyncio.sleep(PRUNE_INTERVAL_S)
+
+
+def _errors(pdus: Sequence[JsonDict], version: RoomVersion, error: str) -> dict[str, JsonDict]:
+    """The same error for each PDU (one whose ID cannot be worked out has no answer)."""
+    out: dict[str, JsonDict] = {}
+    for pdu in pdus:
+        try:
+            out[event_id_of(pdu, version)] = {"error": error}
+        except (ValueError, TypeError, KeyError):
+            continue
+    return out
+
+
+def _guess_event_id(pdu: JsonDict) -> str | None:
+    event_id = pdu.get("event_id")
+    if isinstance(event_id, str):
+        return event_id
+    try:
+        return event_id_of(pdu, KNOWN_ROOM_VERSIONS["11"])
+    except (ValueError, TypeError, KeyError):
+        return None

@@ -1,0 +1,485 @@
+"""Federation transactions, both ways: inbound transactions already answered, the outbound
+sender's cursor and per-destination queues of PDUs and EDUs, and the back-off of each
+destination."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from homeserver.storage.database import Connection, Database
+from homeserver.storage.schema import (
+    events,
+    federation_destinations,
+    federation_device_list_sent,
+    federation_inbound_txns,
+    federation_outbound_edus,
+    federation_outbound_pdus,
+    federation_sender_positions,
+    room_memberships,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    destination: str
+    retry_interval_ms: int  # 0: answering
+    retry_at_ts: int
+    next_txn_id: int
+    catching_up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedPdu:
+    stream_ordering: int
+    room_id: str
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedEdu:
+    id: int
+    edu_type: str
+    content_json: str
+    queued_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event of the stream, as the sender needs it to pick destinations."""
+
+    stream_ordering: int
+    event_id: str
+    room_id: str
+    type: str
+    state_key: str | None
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundPdu:
+    destination: str
+    stream_ordering: int
+    room_id: str
+    event_id: str
+
+
+def _destination(r: sa.Row[tuple[object, ...]]) -> Destination:
+    return Destination(
+        str(r.destination),
+        int(r.retry_interval_ms),
+        int(r.retry_at_ts),
+        int(r.next_txn_id),
+        bool(r.catching_up),
+    )
+
+
+class FederationQueueStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # --- inbound -------------------------------------------------------------------------
+
+    async def get_inbound_txn(self, origin: str, txn_id: str) -> str | None:
+        """The response already given to this transaction, as JSON; None if it is new."""
+        query = sa.select(federation_inbound_txns.c.response_json).where(
+            federation_inbound_txns.c.origin == origin, federation_inbound_txns.c.txn_id == txn_id
+        )
+        async with self._db.read() as conn:
+            found = (await conn.execute(query)).scalar_one_or_none()
+        return None if found is None else str(found)
+
+    async def put_inbound_txn(
+        self, origin: str, txn_id: str, response_json: str, received_ts: int
+    ) -> None:
+        row = {
+            "origin": origin,
+            "txn_id": txn_id,
+            "response_json": response_json,
+            "received_ts": received_ts,
+        }
+        async with self._db.write() as conn:
+            await conn.execute(
+                self._db.insert_ignore(federation_inbound_txns, row, ("origin", "txn_id"))
+            )
+
+    async def prune_inbound(self, before_ts: int) -> None:
+        """Forget the answers to transactions received before ``before_ts``."""
+        async with self._db.write() as conn:
+            await conn.execute(
+                sa.delete(federation_inbound_txns).where(
+                    federation_inbound_txns.c.received_ts < before_ts
+                )
+            )
+
+    # --- the events stream ---------------------------------------------------------------
+
+    async def get_position(self, name: str) -> int | None:
+        query = sa.select(federation_sender_positions.c.position).where(
+            federation_sender_positions.c.name == name
+        )
+        async with self._db.read() as conn:
+            found = (await conn.execute(query)).scalar_one_or_none()
+        return None if found is None else int(found)
+
+    async def get_new_events(self, after: int, upto: int, limit: int) -> list[NewEvent]:
+        """Events of the stream in ``(after, upto]``, oldest first, at most ``limit``."""
+        query = (
+            sa.select(
+                events.c.stream_ordering,
+                events.c.event_id,
+                events.c.room_id,
+                events.c.type,
+                events.c.state_key,
+                events.c.sender,
+            )
+            .where(events.c.stream_ordering > after, events.c.stream_ordering <= upto)
+            .order_by(events.c.stream_ordering)
+            .limit(limit)
+        )
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            NewEvent(
+                int(r.stream_ordering),
+                r.event_id,
+                r.room_id,
+                r.type,
+                r.state_key,
+                r.sender,
+            )
+            for r in rows
+        ]
+
+    async def get_remote_members(
+        self, room_ids: Collection[str], local_server: str
+    ) -> dict[str, set[str]]:
+        """The joined members of each room who are not on ``local_server`` (a room of our
+        users only reads no row)."""
+        if not room_ids:
+            return {}
+        query = sa.select(room_memberships.c.room_id, room_memberships.c.user_id).where(
+            room_memberships.c.room_id.in_(list(room_ids)),
+            room_memberships.c.membership == "join",
+            ~room_memberships.c.user_id.endswith(f":{local_server}", autoescape=True),
+        )
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        out: dict[str, set[str]] = {}
+        for r in rows:
+            out.setdefault(r.room_id, set()).add(r.user_id)
+        return out
+
+    async def get_rooms_of(self, user_ids: Iterable[str]) -> dict[str, list[str]]:
+        """The rooms each user is joined to."""
+        users = list(user_ids)
+        if not users:
+            return {}
+        query = sa.select(room_memberships.c.user_id, room_memberships.c.room_id).where(
+            room_memberships.c.user_id.in_(users), room_memberships.c.membership == "join"
+        )
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        out: dict[str, list[str]] = {}
+        for r in rows:
+            out.setdefault(r.user_id, []).append(r.room_id)
+        return out
+
+    async def queue_pdus(
+        self, name: str, rows: Sequence[OutboundPdu], after: int | None, upto: int
+    ) -> bool:
+        """Queue PDUs and move the cursor ``name`` from ``after`` to ``upto``, together;
+        False (nothing done) if the cursor is no longer at ``after``."""
+        async with self._db.write() as conn:
+            current = (
+                await conn.execute(
+                    sa.select(federation_sender_positions.c.position).where(
+                        federation_sender_positions.c.name == name
+                    )
+                )
+            ).scalar_one_or_none()
+            if (None if current is None else int(current)) != after:
+                return False
+            await conn.execute(
+                self._db.upsert(
+                    federation_sender_positions, {"name": name, "position": upto}, keys=("name",)
+                )
+            )
+            await self._ensure_destinations(conn, {r.destination for r in rows})
+            for r in rows:
+                await conn.execute(
+                    self._db.insert_ignore(
+                        federation_outbound_pdus,
+                        {
+                            "destination": r.destination,
+                            "stream_ordering": r.stream_ordering,
+                            "room_id": r.room_id,
+                            "event_id": r.event_id,
+                        },
+                        ("destination", "stream_ordering"),
+                    )
+                )
+        return True
+
+    # --- EDUs ----------------------------------------------------------------------------
+
+    async def queue_edu(
+        self,
+        destinations: Collection[str],
+        edu_type: str,
+        content_json: str,
+        coalesce_key: str | None,
+        queued_ts: int,
+    ) -> None:
+        """Queue one EDU for each destination; one of the same ``coalesce_key`` still queued
+        is replaced."""
+        if not destinations:
+            return
+        async with self._db.write() as conn:
+            await self._ensure_destinations(conn, destinations)
+            for destination in sorted(destinations):
+                await self._insert_edu(
+                    conn, destination, edu_type, content_json, coalesce_key, queued_ts
+                )
+
+    async def next_device_list_ids(
+        self, destinations: Collection[str], user_id: str, stream_id: int
+    ) -> dict[str, list[int]]:
+        """For each destination, the prev_id of an update about ``user_id`` numbered
+        ``stream_id`` (the last one sent there, if any), recording ``stream_id`` as the last."""
+        out: dict[str, list[int]] = {}
+        if not destinations:
+            return out
+        async with self._db.write() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(
+                        federation_device_list_sent.c.destination,
+                        federation_device_list_sent.c.stream_id,
+                    ).where(
+                        federation_device_list_sent.c.user_id == user_id,
+                        federation_device_list_sent.c.destination.in_(list(destinations)),
+                    )
+                )
+            ).all()
+            last = {r.destination: int(r.stream_id) for r in rows}
+            for destination in destinations:
+                previous = last.get(destination)
+                out[destination] = [previous] if previous is not None else []
+                await conn.execute(
+                    self._db.upsert(
+                        federation_device_list_sent,
+                        {"destination": destination, "user_id": user_id, "stream_id": stream_id},
+                        keys=("destination", "user_id"),
+                    )
+                )
+        return out
+
+    async def queue_edus(
+        self, edus: Sequence[tuple[str, str, str, str | None]], queued_ts: int
+    ) -> None:
+        """Queue EDUs given as (destination, type, content JSON, coalesce key), together."""
+        if not edus:
+            return
+        async with self._db.write() as conn:
+            await self._ensure_destinations(conn, {e[0] for e in edus})
+            for destination, edu_type, content_json, key in edus:
+                await self._insert_edu(conn, destination, edu_type, content_json, key, queued_ts)
+
+    async def _insert_edu(
+        self,
+        conn: Connection,
+        destination: str,
+        edu_type: str,
+        content_json: str,
+        coalesce_key: str | None,
+        queued_ts: int,
+    ) -> None:
+        if coalesce_key is not None:
+            await conn.execute(
+                sa.delete(federation_outbound_edus).where(
+                    federation_outbound_edus.c.destination == destination,
+                    federation_outbound_edus.c.coalesce_key == coalesce_key,
+                )
+            )
+        await conn.execute(
+            sa.insert(federation_outbound_edus).values(
+                destination=destination,
+                edu_type=edu_type,
+                content_json=content_json,
+                coalesce_key=coalesce_key,
+                queued_ts=queued_ts,
+            )
+        )
+
+    async def _ensure_destinations(self, conn: Connection, destinations: Iterable[str]) -> None:
+        for destination in sorted(destinations):
+            await conn.execute(
+                self._db.insert_ignore(
+                    federation_destinations,
+                    {
+                        "destination": destination,
+                        "retry_interval_ms": 0,
+                        "retry_at_ts": 0,
+                        "next_txn_id": 1,
+                        "catching_up": False,
+                    },
+                    ("destination",),
+                )
+            )
+
+    # --- sending -------------------------------------------------------------------------
+
+    async def due_destinations(self, now_ms: int, limit: int) -> list[str]:
+        """Destinations with something queued whose back-off is over."""
+        pending = sa.union(
+            sa.select(federation_outbound_pdus.c.destination),
+            sa.select(federation_outbound_edus.c.destination),
+        ).subquery()
+        query = (
+            sa.select(federation_destinations.c.destination)
+            .where(
+                federation_destinations.c.retry_at_ts <= now_ms,
+                federation_destinations.c.destination.in_(sa.select(pending.c.destination)),
+            )
+            .order_by(federation_destinations.c.retry_at_ts, federation_destinations.c.destination)
+            .limit(limit)
+        )
+        async with self._db.read() as conn:
+            return [r.destination for r in (await conn.execute(query)).all()]
+
+    async def next_retry_ts(self, now_ms: int) -> int | None:
+        """The earliest retry time after ``now_ms`` of a destination that has something
+        queued and waits."""
+        pending = sa.union(
+            sa.select(federation_outbound_pdus.c.destination),
+            sa.select(federation_outbound_edus.c.destination),
+        ).subquery()
+        query = sa.select(sa.func.min(federation_destinations.c.retry_at_ts)).where(
+            federation_destinations.c.retry_at_ts > now_ms,
+            federation_destinations.c.destination.in_(sa.select(pending.c.destination)),
+        )
+        async with self._db.read() as conn:
+            found = (await conn.execute(query)).scalar_one_or_none()
+        return None if found is None else int(found)
+
+    async def get_destination(self, destination: str) -> Destination | None:
+        query = sa.select(federation_destinations).where(
+            federation_destinations.c.destination == destination
+        )
+        async with self._db.read() as conn:
+            r = (await conn.execute(query)).first()
+        return _destination(r) if r is not None else None
+
+    async def get_batch(
+        self, destination: str, max_pdus: int, max_edus: int
+    ) -> tuple[list[QueuedPdu], list[QueuedEdu]]:
+        """The oldest queued PDUs and EDUs of a destination."""
+        pdus_q = (
+            sa.select(
+                federation_outbound_pdus.c.stream_ordering,
+                federation_outbound_pdus.c.room_id,
+                federation_outbound_pdus.c.event_id,
+            )
+            .where(federation_outbound_pdus.c.destination == destination)
+            .order_by(federation_outbound_pdus.c.stream_ordering)
+            .limit(max_pdus)
+        )
+        edus_q = (
+            sa.select(
+                federation_outbound_edus.c.id,
+                federation_outbound_edus.c.edu_type,
+                federation_outbound_edus.c.content_json,
+                federation_outbound_edus.c.queued_ts,
+            )
+            .where(federation_outbound_edus.c.destination == destination)
+            .order_by(federation_outbound_edus.c.id)
+            .limit(max_edus)
+        )
+        async with self._db.read() as conn:
+            pdus = (await conn.execute(pdus_q)).all()
+            edus = (await conn.execute(edus_q)).all()
+        return (
+            [QueuedPdu(int(r.stream_ordering), r.room_id, r.event_id) for r in pdus],
+            [QueuedEdu(int(r.id), r.edu_type, r.content_json, int(r.queued_ts)) for r in edus],
+        )
+
+    async def count_pdus(self, destination: str) -> int:
+        query = sa.select(sa.func.count()).where(
+            federation_outbound_pdus.c.destination == destination
+        )
+        async with self._db.read() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def catch_up(self, destination: str) -> int:
+        """Keep only the newest queued PDU of each room for ``destination`` (spec: after an
+        outage the destination fetches the rest with /get_missing_events); the number
+        dropped."""
+        newest = (
+            sa.select(sa.func.max(federation_outbound_pdus.c.stream_ordering))
+            .where(federation_outbound_pdus.c.destination == destination)
+            .group_by(federation_outbound_pdus.c.room_id)
+            .scalar_subquery()
+        )
+        async with self._db.write() as conn:
+            result = await conn.execute(
+                sa.delete(federation_outbound_pdus).where(
+                    federation_outbound_pdus.c.destination == destination,
+                    federation_outbound_pdus.c.stream_ordering.not_in(newest),
+                )
+            )
+            return int(result.rowcount or 0)
+
+    async def take_txn_id(self, destination: str) -> int:
+        """A transaction number for ``destination``, never handed out again."""
+        async with self._db.write() as conn:
+            result = await conn.execute(
+                sa.update(federation_destinations)
+                .where(federation_destinations.c.destination == destination)
+                .values(next_txn_id=federation_destinations.c.next_txn_id + 1)
+                .returning(federation_destinations.c.next_txn_id)
+            )
+            return int(result.scalar_one()) - 1
+
+    async def remove_sent(
+        self,
+        destination: str,
+        stream_orderings: Sequence[int],
+        edu_ids: Sequence[int],
+        *,
+        succeeded: bool,
+    ) -> None:
+        """Take a transaction's PDUs and EDUs off the queue; ``succeeded``: the destination
+        answered, so its back-off ends."""
+        async with self._db.write() as conn:
+            if stream_orderings:
+                await conn.execute(
+                    sa.delete(federation_outbound_pdus).where(
+                        federation_outbound_pdus.c.destination == destination,
+                        federation_outbound_pdus.c.stream_ordering.in_(list(stream_orderings)),
+                    )
+                )
+            if edu_ids:
+                await conn.execute(
+                    sa.delete(federation_outbound_edus).where(
+                        federation_outbound_edus.c.id.in_(list(edu_ids))
+                    )
+                )
+            if succeeded:
+                await conn.execute(
+                    sa.update(federation_destinations)
+                    .where(federation_destinations.c.destination == destination)
+                    .values(retry_interval_ms=0, retry_at_ts=0, catching_up=False)
+                )
+
+    async def backed_off(self, destination: str, interval_ms: int, retry_at_ts: int) -> None:
+        """The destination failed: not tried again before ``retry_at_ts``, and caught up
+        (newest event per room) when it is."""
+        async with self._db.write() as conn:
+            await conn.execute(
+                sa.update(federation_destinations)
+                .where(federation_destinations.c.destination == destination)
+                .values(retry_interval_ms=interval_ms, retry_at_ts=retry_at_ts, catching_up=True)
+            )
