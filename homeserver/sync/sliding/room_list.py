@@ -13,6 +13,7 @@ from homeserver.core.ids import UserID
 from homeserver.storage.events import EventStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.sliding_sync import RoomListEntry, SlidingSyncStore
+from homeserver.sync.sliding.names import RoomNames
 from homeserver.sync.sliding.params import ListFilters, ListParams
 from homeserver.sync.sliding.state import RoomStatus
 
@@ -29,7 +30,11 @@ ROOM_FACTS_KEPT = 100_000
 
 
 class DirectRooms(Protocol):
+    """The user's account data that lists read: ``m.direct`` and the room tags."""
+
     async def direct_room_ids(self, user_id: UserID) -> frozenset[str]: ...
+
+    async def tag_names(self, user_id: UserID) -> dict[str, frozenset[str]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,10 +170,13 @@ class RoomFactsCache:
 
 
 class RoomLists:
-    def __init__(self, events: EventStore, rooms: RoomStore, direct: DirectRooms) -> None:
+    def __init__(
+        self, events: EventStore, rooms: RoomStore, names: RoomNames, direct: DirectRooms
+    ) -> None:
         self._events = events
         self._rooms = rooms
         self._direct = direct
+        self._names = names
         self._facts = RoomFactsCache(rooms)
 
     async def compute(
@@ -191,17 +199,27 @@ class RoomLists:
                 [e.room_id for e in listed],
                 encryption=any(f.is_encrypted is not None for f in filters),
             )
+        # Read at each request: a tag set or removed moves the room into or out of a list
+        # at the next response.
+        tags = await self._direct.tag_names(user_id) if any(f.needs_tags for f in filters) else {}
+        names: dict[str, str] = {}
+        if any(f.room_name_like is not None for f in filters):
+            names = await self._names.names(user_id, listed)
         out = {}
         for name, params in lists.items():
+            f = params.filters
             children = (
-                await self._space_children(params.filters.spaces, listed)
-                if params.filters.spaces is not None
-                else None
+                await self._space_children(f.spaces, listed) if f.spaces is not None else None
             )
             rooms = [
                 e.room_id
                 for e in listed
-                if _allows(params.filters, e, direct, facts.get(e.room_id), children)
+                if _allows(f, e, direct, facts.get(e.room_id), children)
+                and _tagged(f, tags.get(e.room_id, frozenset()))
+                and (
+                    f.room_name_like is None
+                    or f.room_name_like.casefold() in names.get(e.room_id, "").casefold()
+                )
             ]
             ranges: list[tuple[int, int, tuple[str, ...]]] = []
             for start, end in (
@@ -241,6 +259,13 @@ class RoomLists:
                 if e.state_key and isinstance(e.content.get("via"), list) and e.content["via"]
             )
         return frozenset(children)
+
+
+def _tagged(f: ListFilters, tags: frozenset[str]) -> bool:
+    """Synapse's rule: with ``tags``, one of them; with ``not_tags``, none of them."""
+    if f.tags is not None and not tags & f.tags:
+        return False
+    return not (f.not_tags is not None and tags & f.not_tags)
 
 
 def _allows(

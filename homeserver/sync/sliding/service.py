@@ -20,6 +20,7 @@ from homeserver.storage.events import EventStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.sliding_sync import RoomListEntry, SlidingSyncStore
 from homeserver.sync.sliding.extensions import ExtensionBuilder, ExtensionScope, ExtensionSources
+from homeserver.sync.sliding.names import RoomNames
 from homeserver.sync.sliding.params import RoomParams, SlidingSyncRequest
 from homeserver.sync.sliding.room_list import (
     LISTED,
@@ -77,7 +78,7 @@ class SlidingSyncService:
         self._ignored = ignored
         self._receipts = sources.receipts
         self._connections = Connections(store, clock)
-        self._lists = RoomLists(events, rooms, direct)
+        self._lists = RoomLists(events, rooms, RoomNames(events, rooms, store), direct)
         self._room_lists = RoomListCache(store, events)
         self._builder = RoomBuilder(events, rooms, store, room_service, visibility)
         self._extensions = ExtensionBuilder(sources)
