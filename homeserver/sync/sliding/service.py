@@ -226,7 +226,11 @@ class SlidingSyncService:
         scope = ExtensionScope(
             lists,
             subscribed,
-            initial=[r for r, entry in rooms.items() if entry.get("initial")],
+            initial={
+                r: frozenset(e["event_id"] for e in entry.get("timeline", ()))
+                for r, entry in rooms.items()
+                if entry.get("initial")
+            },
             joined=[e.room_id for e in listed if e.membership == "join"],
         )
         extensions, news = await self._extensions.build(
