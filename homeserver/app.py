@@ -214,6 +214,7 @@ class Homeserver:
             self.receipts,
             self.presence,
             self.sliding_sync,
+            self.delayed_events,
         )
         self._build_media(config, db, clock)
         self.app = app_factory(self)
