@@ -164,7 +164,8 @@ class SlidingSyncService:
         ignored = await self._ignored.ignored_users(user_id)
         listed = candidates(entries, upto, after, previous.rooms, ignored)
         by_id: dict[str, RoomListEntry] = {e.room_id: e for e in listed}
-        lists = await self._lists.compute(user_id, req.lists, listed)
+        account_data = now.get(Stream.ACCOUNT_DATA)
+        lists = await self._lists.compute(user_id, req.lists, listed, account_data)
 
         params: dict[str, RoomParams] = {}
         for name, list_params in req.lists.items():
@@ -187,7 +188,7 @@ class SlidingSyncService:
             await self._events.get_rooms_changed(live, after, upto) if after is not None else set()
         )
         direct = (
-            await self._lists.is_direct(user_id, [by_id[r] for r in params])
+            await self._lists.is_direct(user_id, [by_id[r] for r in params], account_data)
             if params
             else frozenset()
         )
