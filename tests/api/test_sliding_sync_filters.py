@@ -131,3 +131,19 @@ async def test_room_name_like(client: httpx.AsyncClient) -> None:
         client, token, {"lists": {"secret": room_list(room_name_like="secret")}}, pos=body["pos"]
     )
     assert third["lists"]["secret"]["count"] == 0
+
+
+async def test_m_direct_change_moves_a_room_between_lists(client: httpx.AsyncClient) -> None:
+    alice, token = await register(client, "alice")
+    bob, bob_token = await register(client, "bob")
+    room = await create_room(client, token, invite=[bob])
+    await post(client, bob_token, f"/join/{room}", {})
+    request = {"lists": {"dms": room_list(is_dm=True), "rooms": room_list(is_dm=False)}}
+    first = await sliding(client, token, request)
+    assert ids(first, "rooms") == [room] and first["lists"]["dms"]["count"] == 0
+    await put(client, token, f"/user/{alice}/account_data/m.direct", {bob: [room]})
+    second = await sliding(client, token, request, pos=first["pos"])
+    assert ids(second, "dms") == [room] and second["lists"]["rooms"]["count"] == 0
+    await put(client, token, f"/user/{alice}/account_data/m.direct", {})
+    third = await sliding(client, token, request, pos=second["pos"])
+    assert ids(third, "rooms") == [room] and third["lists"]["dms"]["count"] == 0
