@@ -253,6 +253,7 @@ class Homeserver:
             self.receipts,
             self.presence,
             self.sliding_sync,
+            self.delayed_events,
         )
         self._build_media(config, db, clock)
         self._build_admin(config, clock)

@@ -184,6 +184,10 @@ class AccountDataService:
             if isinstance(room_id, str)
         )
 
+    async def tag_names(self, user_id: UserID) -> dict[str, frozenset[str]]:
+        """Each room the user tagged -> its tags' names (sliding sync's ``tags`` filters)."""
+        return await self._store.get_tag_names(user_id)
+
     async def ignored_users(self, user_id: UserID) -> frozenset[str]:
         """``IgnoredUsers``: the keys of the user's ``m.ignored_user_list``."""
         return parse_ignored_users(await self._store.get(user_id, None, IGNORED_USER_LIST))

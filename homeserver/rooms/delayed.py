@@ -95,6 +95,7 @@ class DelayedEventService:
         return delay_id
 
     async def list_for_user(self, requester: Requester) -> list[JsonDict]:
+        await self._store.cancel_overwritten(user_id=requester.user_id)
         now = self._clock.now_ms()
         out = []
         for e in await self._store.list_for_user(requester.user_id):
@@ -154,6 +155,7 @@ class DelayedEventService:
                 pass
 
     async def _own(self, requester: Requester, delay_id: str) -> DelayedEvent:
+        await self._store.cancel_overwritten(delay_id=delay_id)
         event = await self._store.get(delay_id)
         if event is None or event.user_id != requester.user_id:
             raise _not_found()  # another user's is as unknown as a missing one
@@ -165,6 +167,11 @@ class DelayedEventService:
         (the sender left, lost the power) is dropped."""
         sender = Requester(UserID(event.user_id), event.device_id, 0)
         room_id = RoomID(event.room_id)  # parsed when it was scheduled
+        if event.state_key is not None and await self._store.cancel_overwritten(
+            delay_id=event.delay_id
+        ):
+            # MSC4140: another user set that state since it was scheduled; theirs stands.
+            return
         try:
             if event.state_key is None:
                 await self._sending.send_scheduled(

@@ -138,6 +138,22 @@ class AccountDataStore:
             ).all()
         return {r.tag: r.content for r in rows if r.content is not None}
 
+    async def get_tag_names(self, user_id: str) -> dict[str, frozenset[str]]:
+        """Each room the user tagged -> the names of its current tags."""
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(room_tags.c.room_id, room_tags.c.tag, room_tags.c.content).where(
+                        room_tags.c.user_id == user_id
+                    )
+                )
+            ).all()
+        out: dict[str, set[str]] = {}
+        for r in rows:
+            if r.content is not None:  # a deleted tag (stored as JSON null)
+                out.setdefault(r.room_id, set()).add(r.tag)
+        return {room_id: frozenset(tags) for room_id, tags in out.items()}
+
     async def get_tags_changed(
         self, user_id: str, room_ids: Collection[str], *, after: int | None, upto: int
     ) -> dict[str, dict[str, JsonDict]]:

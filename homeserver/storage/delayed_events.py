@@ -9,9 +9,10 @@ import sqlalchemy as sa
 
 from homeserver.core.types import JsonDict
 from homeserver.storage.database import Database
-from homeserver.storage.schema import delayed_events
+from homeserver.storage.schema import current_state, delayed_events, events, stream_positions
 
 _d = delayed_events
+_EVENTS_STREAM = "events"  # Stream.EVENTS' row in stream_positions
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +67,38 @@ class DelayedEventStore:
                     content=event.content,
                     delay=event.delay,
                     send_at=event.send_at,
+                    # Committed before this statement: a later state event is numbered above.
+                    after_position=sa.select(stream_positions.c.position)
+                    .where(stream_positions.c.stream == _EVENTS_STREAM)
+                    .scalar_subquery(),
                 )
             )
         return True
+
+    async def cancel_overwritten(
+        self, *, user_id: str | None = None, delay_id: str | None = None
+    ) -> int:
+        """MSC4140: drops the delayed state events (of ``user_id``, or the one ``delay_id``)
+        whose type and state key now hold a state event another user sent after they were
+        scheduled; returns how many."""
+        overwritten = (
+            sa.exists()
+            .select_from(current_state.join(events, events.c.event_id == current_state.c.event_id))
+            .where(
+                current_state.c.room_id == _d.c.room_id,
+                current_state.c.type == _d.c.event_type,
+                current_state.c.state_key == _d.c.state_key,
+                events.c.sender != _d.c.user_id,
+                events.c.stream_ordering > _d.c.after_position,
+            )
+        )
+        query = sa.delete(_d).where(_d.c.state_key.is_not(None), overwritten)
+        if user_id is not None:
+            query = query.where(_d.c.user_id == user_id)
+        if delay_id is not None:
+            query = query.where(_d.c.delay_id == delay_id)
+        result = await self._db.write_alone(query)
+        return int(result.rowcount)
 
     async def get(self, delay_id: str) -> DelayedEvent | None:
         async with self._db.read() as conn:

@@ -80,6 +80,15 @@ class SendParams(Params):
     event_type: str
     txn_id: str
     content: dict[str, Any]
+    # MSC4140: sent after this many ms unless cancelled; the answer is then {"delay_id"}.
+    delay: int | None = Field(default=None, ge=0)
+
+
+class DelayedEventParams(Params):
+    """MSC4140: an action on one of the user's delayed events."""
+
+    delay_id: str
+    action: Literal["cancel", "restart", "send"]
 
 
 class TypingParams(Params):

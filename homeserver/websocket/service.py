@@ -17,6 +17,7 @@ from homeserver.ephemeral.receipts import ReceiptService
 from homeserver.ephemeral.typing import TypingService
 from homeserver.filters.matching import SyncFilter
 from homeserver.filters.service import FilterService
+from homeserver.rooms.delayed import DelayedEventService
 from homeserver.rooms.send import SendService
 from homeserver.sync.service import SyncRequest, SyncService
 from homeserver.sync.sliding.body import parse_request
@@ -25,6 +26,7 @@ from homeserver.sync.sliding.state import Position
 from homeserver.websocket.connection import Connection
 from homeserver.websocket.protocol import (
     SYNC_WAIT_MS,
+    DelayedEventParams,
     PresenceParams,
     ReceiptParams,
     SendParams,
@@ -50,6 +52,7 @@ class WebSocketService:
         receipts: ReceiptService,
         presence: PresenceService,
         sliding: SlidingSyncService,
+        delayed: DelayedEventService,
     ) -> None:
         self.config = config
         self._auth = auth
@@ -60,12 +63,15 @@ class WebSocketService:
         self._receipts = receipts
         self._presence = presence
         self._sliding = sliding
+        self._delayed = delayed
         # Request methods besides sync and ping (which act on the connection itself).
         self.methods: dict[str, Method] = {
             "send": self._send,
             "typing": self._set_typing,
             "receipt": self._post_receipt,
             "presence": self._set_presence,
+            "delayed_events": self._list_delayed,
+            "delayed_event": self._act_on_delayed,
         }
         self.connections: set[Connection] = set()  # open on this worker
 
@@ -127,9 +133,36 @@ class WebSocketService:
         """Presence counts an open stream as a connected client, as it does a long-poll."""
         return self._presence.syncing(requester, set_presence)
 
+    async def _list_delayed(self, requester: Requester, raw: JsonDict) -> JsonDict:
+        """As GET /unstable/org.matrix.msc4140/delayed_events."""
+        return {"delayed_events": await self._delayed.list_for_user(requester)}
+
+    async def _act_on_delayed(self, requester: Requester, raw: JsonDict) -> JsonDict:
+        """As POST /unstable/org.matrix.msc4140/delayed_events/{delay_id}: Element Call
+        restarts its "left the call" event this way while the client lives."""
+        params = validate(raw, DelayedEventParams)
+        if params.action == "cancel":
+            await self._delayed.cancel(requester, params.delay_id)
+        elif params.action == "restart":
+            await self._delayed.restart(requester, params.delay_id)
+        else:
+            await self._delayed.send_now(requester, params.delay_id)
+        return {}
+
     async def _send(self, requester: Requester, raw: JsonDict) -> JsonDict:
         """As PUT /rooms/{roomId}/send/{eventType}/{txnId}: same limit, same idempotency."""
         params = validate(raw, SendParams)
+        if params.delay is not None:
+            # As PUT /send with ?org.matrix.msc4140.delay= (the txn_id is not used there).
+            delay_id = await self._delayed.schedule(
+                requester,
+                RoomID.parse(params.room_id),
+                params.event_type,
+                None,
+                params.content,
+                params.delay,
+            )
+            return {"delay_id": delay_id}
         event_id = await self._sending.send_event(
             requester,
             RoomID.parse(params.room_id),

@@ -198,3 +198,74 @@ async def test_rate_limited_when_scheduled_not_when_sent(tmp_path: Path, db_url:
         await hs.delayed_events.send_due()  # the background job may have sent it already
         bodies = [e["content"].get("body") for e in await _messages(client, token, room)]
         assert bodies.count("later") == 1 and "x" not in bodies
+
+
+async def _state(client: httpx.AsyncClient, token: str, room: str, key: str) -> Any:
+    r = await client.get(
+        f"{V3}/rooms/{room}/state/org.matrix.msc3401.call.member/{key}",
+        headers=auth_header(token),
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_delayed_state_cancelled_by_another_users_state(
+    client: httpx.AsyncClient, hs: Homeserver, clock: FakeClock
+) -> None:
+    alice, token = await register(client, "alice")
+    bob, bob_token = await register(client, "bob")
+    room = await create_room(
+        client, token, invite=[bob], power_level_content_override={"users": {bob: 100}}
+    )
+    r = await client.post(f"{V3}/join/{room}", json={}, headers=auth_header(bob_token))
+    assert r.status_code == 200, r.text
+    path = f"/rooms/{room}/state/org.matrix.msc3401.call.member/"
+    # Bob's state at the key from before the scheduling cancels nothing.
+    await client.put(
+        V3 + path + "shared", json={"by": "bob, before"}, headers=auth_header(bob_token)
+    )
+    overwritten = (await _schedule(client, token, path + "shared", {"by": "alice"}, 5000))[
+        "delay_id"
+    ]
+    mine = (await _schedule(client, token, path + "mine", {"by": "alice"}, 5000))["delay_id"]
+    own_later = (await _schedule(client, token, path + "own", {"by": "alice, delayed"}, 5000))[
+        "delay_id"
+    ]
+    listed = (await client.get(DELAYED, headers=auth_header(token))).json()["delayed_events"]
+    assert {e["delay_id"] for e in listed} == {overwritten, mine, own_later}
+
+    r = await client.put(V3 + path + "shared", json={"by": "bob"}, headers=auth_header(bob_token))
+    assert r.status_code == 200, r.text
+    # Alice's own state at a key does not cancel her delayed one there.
+    r = await client.put(V3 + path + "own", json={"by": "alice, now"}, headers=auth_header(token))
+    assert r.status_code == 200, r.text
+    listed = (await client.get(DELAYED, headers=auth_header(token))).json()["delayed_events"]
+    assert {e["delay_id"] for e in listed} == {mine, own_later}
+    await _act(client, token, overwritten, "restart", status=404)
+
+    clock.advance(5000)
+    await hs.delayed_events.send_due()
+    assert await _state(client, token, room, "shared") == {"by": "bob"}
+    assert await _state(client, token, room, "mine") == {"by": "alice"}
+    assert await _state(client, token, room, "own") == {"by": "alice, delayed"}
+
+
+async def test_delayed_state_overwritten_while_nobody_looks_is_not_sent(
+    client: httpx.AsyncClient, hs: Homeserver, clock: FakeClock
+) -> None:
+    """The check is made when it falls due too, not only when the user lists or acts."""
+    alice, token = await register(client, "alice")
+    bob, bob_token = await register(client, "bob")
+    room = await create_room(
+        client, token, invite=[bob], power_level_content_override={"users": {bob: 100}}
+    )
+    r = await client.post(f"{V3}/join/{room}", json={}, headers=auth_header(bob_token))
+    assert r.status_code == 200, r.text
+    path = f"/rooms/{room}/state/org.matrix.msc3401.call.member/key"
+    await _schedule(client, token, path, {"by": "alice"}, 1000)
+    r = await client.put(V3 + path, json={"by": "bob"}, headers=auth_header(bob_token))
+    assert r.status_code == 200, r.text
+    clock.advance(1000)
+    await hs.delayed_events.send_due()
+    assert await _state(client, token, room, "key") == {"by": "bob"}
+    assert (await client.get(DELAYED, headers=auth_header(token))).json()["delayed_events"] == []

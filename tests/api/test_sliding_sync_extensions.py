@@ -158,3 +158,38 @@ async def test_typing_wakes_a_long_poll(client: httpx.AsyncClient) -> None:
     body = await asyncio.wait_for(waiting, 10)
     assert body["extensions"]["typing"]["rooms"][room]["content"]["user_ids"] == [bob]
     assert body["rooms"] == {}
+
+
+async def test_receipts_of_a_room_sent_from_scratch_follow_its_timeline(
+    client: httpx.AsyncClient,
+) -> None:
+    alice, alice_token = await register(client, "alice")
+    bob, bob_token = await register(client, "bob")
+    carol, carol_token = await register(client, "carol")
+    room = await create_room(client, alice_token, invite=[bob, carol])
+    await post(client, bob_token, f"/join/{room}", {})
+    await post(client, carol_token, f"/join/{room}", {})
+    old = await send(client, alice_token, room, "old")
+    mine = await send(client, bob_token, room, "middle")
+    newest = await send(client, bob_token, room, "newest")
+    await post(client, bob_token, f"/rooms/{room}/receipt/m.read/{old}", {})
+    await post(client, alice_token, f"/rooms/{room}/receipt/m.read/{mine}", {})
+    await post(client, carol_token, f"/rooms/{room}/receipt/m.read/{newest}", {})
+    await post(client, bob_token, f"/rooms/{room}/receipt/m.read.private/{newest}", {})
+    request = {
+        "lists": {"all": room_list(timeline_limit=1)},
+        "extensions": {"receipts": {"enabled": True}},
+    }
+    body = await sliding(client, alice_token, request)
+    content = body["extensions"]["receipts"]["rooms"][room]["content"]
+    # The timeline holds ``newest`` only: its receipts, and alice's own elsewhere; bob's
+    # on an event not sent is left out, and his private receipt is his alone.
+    assert set(content) == {newest, mine}
+    assert set(content[newest]) == {"m.read"}
+    assert set(content[newest]["m.read"]) == {carol}
+    assert set(content[mine]["m.read"]) == {alice}
+    # Incrementally, every receipt that moved is sent, on whatever event.
+    await post(client, bob_token, f"/rooms/{room}/receipt/m.read/{mine}", {})
+    second = await sliding(client, alice_token, request, pos=body["pos"])
+    moved = second["extensions"]["receipts"]["rooms"][room]["content"]
+    assert set(moved[mine]["m.read"]) == {bob}

@@ -179,6 +179,30 @@ async def test_heroes_of_a_room_without_name(client: httpx.AsyncClient) -> None:
     assert entry["joined_count"] == 2
 
 
+async def test_heroes_of_an_invite_come_from_its_stripped_state(
+    client: httpx.AsyncClient,
+) -> None:
+    alice, token = await register(client, "alice")
+    bob, bob_token = await register(client, "bob")
+    await put(client, bob_token, f"/profile/{bob}/displayname", {"displayname": "Bobby"})
+    await put(client, bob_token, f"/profile/{bob}/avatar_url", {"avatar_url": "mxc://test/b"})
+    room = await create_room(client, bob_token, invite=[alice])
+    named = await create_room(client, bob_token, invite=[alice], name="Named")
+    body = await sliding(client, token, {"lists": {"all": room_list()}})
+    entry = body["rooms"][room]
+    assert entry["heroes"] == [
+        {"user_id": bob, "displayname": "Bobby", "avatar_url": "mxc://test/b"}
+    ]
+    members = {
+        e["state_key"]: e["content"]["membership"]
+        for e in entry["invite_state"]
+        if e["type"] == "m.room.member"
+    }
+    assert members == {alice: "invite", bob: "join"}
+    assert body["rooms"][named]["name"] == "Named"
+    assert "heroes" not in body["rooms"][named]
+
+
 async def test_long_poll_wakes_on_a_message(client: httpx.AsyncClient) -> None:
     _, token = await register(client, "alice")
     room = await create_room(client, token)

@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 
 from homeserver.app import Homeserver
+from homeserver.core.clock import FakeClock
 from tests.api.sliding_helpers import room_list, send
-from tests.helpers import create_room, register
+from tests.helpers import auth_header, create_room, register
 
 WAIT_S = 30  # a safety net against hangs, not a timing assertion
 
@@ -76,6 +77,57 @@ async def test_sliding_sync_over_websocket(client: Any, hs: Homeserver) -> None:
         peer.request("5", "sliding_sync", {"pos": "nonsense"})
         assert (await peer.answer("5"))["error"]["errcode"] == "M_INVALID_PARAM"
         assert not any(f.get("type") == "sync" for f in peer.frames)
+    finally:
+        peer.incoming.put_nowait(None)
+        await asyncio.wait_for(task, WAIT_S)
+
+
+async def test_delayed_events_over_websocket(client: Any, hs: Homeserver, clock: FakeClock) -> None:
+    _, token = await register(client, "alice")
+    room = await create_room(client, token)
+    peer = FakeClient()
+    task = asyncio.create_task(
+        hs.websocket.serve(
+            peer, authorization=f"Bearer {token}", token_in_url=False, query={"stream": "none"}
+        )
+    )
+    message = {"room_id": room, "event_type": "m.room.message", "txn_id": "t1"}
+    try:
+        peer.request("1", "send", {**message, "content": {"body": "later"}, "delay": 5000})
+        delay_id = (await peer.answer("1"))["result"]["delay_id"]
+        peer.request("2", "send", {**message, "txn_id": "t2", "content": {"body": "x"}, "delay": 1})
+        dropped = (await peer.answer("2"))["result"]["delay_id"]
+        peer.request("3", "delayed_events", {})
+        listed = (await peer.answer("3"))["result"]["delayed_events"]
+        assert {e["delay_id"] for e in listed} == {delay_id, dropped}
+        peer.request("4", "delayed_event", {"delay_id": dropped, "action": "cancel"})
+        assert (await peer.answer("4")) == {"id": "4", "result": {}}
+        clock.advance(4000)
+        peer.request("5", "delayed_event", {"delay_id": delay_id, "action": "restart"})
+        assert (await peer.answer("5")) == {"id": "5", "result": {}}
+        clock.advance(4000)
+        assert await hs.delayed_events.send_due() == 0  # restarted: 1 s to go
+        peer.request("6", "delayed_event", {"delay_id": delay_id, "action": "send"})
+        assert (await peer.answer("6")) == {"id": "6", "result": {}}
+        r = await client.get(
+            f"/_matrix/client/v3/rooms/{room}/messages",
+            params={"dir": "b", "limit": "50"},
+            headers=auth_header(token),
+        )
+        sent = r.json()["chunk"]
+        assert [e["content"].get("body") for e in sent].count("later") == 1
+        assert "x" not in [e["content"].get("body") for e in sent]
+        # Errors as over HTTP.
+        peer.request("7", "delayed_event", {"delay_id": delay_id, "action": "send"})
+        assert (await peer.answer("7"))["error"]["errcode"] == "M_NOT_FOUND"
+        peer.request("8", "delayed_event", {"delay_id": delay_id, "action": "explode"})
+        assert (await peer.answer("8"))["error"]["errcode"] == "M_BAD_JSON"
+        peer.request("9", "send", {**message, "content": {}, "delay": -1})
+        assert (await peer.answer("9"))["error"]["errcode"] == "M_BAD_JSON"
+        peer.request("10", "send", {**message, "content": {}, "delay": 24 * 3600 * 1000 + 1})
+        assert (await peer.answer("10"))["error"]["errcode"] == "M_MAX_DELAY_EXCEEDED"
+        peer.request("11", "delayed_event", {"action": "cancel"})
+        assert (await peer.answer("11"))["error"]["errcode"] == "M_MISSING_PARAM"
     finally:
         peer.incoming.put_nowait(None)
         await asyncio.wait_for(task, WAIT_S)

@@ -59,4 +59,7 @@ delayed_events = sa.Table(
     sa.Column("content", sa.JSON, nullable=False),
     sa.Column("delay", BigInt, nullable=False),  # ms, as asked (a restart waits it again)
     sa.Column("send_at", BigInt, nullable=False, index=True),
+    # The events stream's position when it was scheduled: a state event of another user at
+    # the same type and state key after it cancels it (MSC4140). NULL: never.
+    sa.Column("after_position", BigInt, nullable=True),
 )

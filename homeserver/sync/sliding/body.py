@@ -47,6 +47,7 @@ MAX_REQUIRED_STATE = 1000
 MAX_SUBSCRIPTIONS = 1000
 MAX_SCOPE = 1000
 MAX_TO_DEVICE_LIMIT = 1000
+MAX_NAME_LIKE = 1000  # characters of room_name_like
 
 StatePair = Annotated[tuple[StrictStr, StrictStr], Field(strict=False)]
 Range = Annotated[
@@ -75,6 +76,9 @@ class FiltersBody(RequestBody):
     room_types: list[StrictStr | None] | None = Field(default=None, max_length=MAX_SCOPE)
     not_room_types: list[StrictStr | None] | None = Field(default=None, max_length=MAX_SCOPE)
     spaces: list[StrictStr] | None = Field(default=None, max_length=MAX_SCOPE)
+    tags: list[StrictStr] | None = Field(default=None, max_length=MAX_SCOPE)
+    not_tags: list[StrictStr] | None = Field(default=None, max_length=MAX_SCOPE)
+    room_name_like: StrictStr | None = Field(default=None, max_length=MAX_NAME_LIKE)
 
 
 class ListBody(RoomParamsBody):
@@ -103,6 +107,9 @@ class ListBody(RoomParamsBody):
                     frozenset(f.not_room_types) if f.not_room_types is not None else None
                 ),
                 spaces=frozenset(f.spaces) if f.spaces is not None else None,
+                tags=frozenset(f.tags) if f.tags is not None else None,
+                not_tags=frozenset(f.not_tags) if f.not_tags is not None else None,
+                room_name_like=f.room_name_like,
             ),
         )
 

@@ -38,7 +38,9 @@ class ExtensionScope:
 
     lists: Mapping[str, ListResult]
     subscriptions: Collection[str]
-    initial: Collection[str]  # sent from scratch now: their extension data from scratch too
+    # Rooms sent from scratch now -> the IDs of the timeline events sent with them: their
+    # extension data is from scratch too.
+    initial: Mapping[str, frozenset[str]]
     joined: Collection[str]
 
     def rooms(self, scope: ScopedExtension) -> list[str]:
@@ -98,10 +100,15 @@ class ExtensionBuilder:
             found_receipts = await self._by_room(
                 s.receipts, requester, scope, ext.receipts, since, now
             )
-            receipts = {
-                room_id: {"type": "m.receipt", "content": _merge_receipts(events)}
-                for room_id, events in found_receipts.items()
-            }
+            receipts: JsonDict = {}
+            for room_id, events in found_receipts.items():
+                content = _merge_receipts(events)
+                if since is None or room_id in scope.initial:
+                    content = _for_timeline(
+                        content, scope.initial.get(room_id, frozenset()), requester.user_id
+                    )
+                if content:
+                    receipts[room_id] = {"type": "m.receipt", "content": content}
             out["receipts"] = {"rooms": receipts}
             news = news or bool(receipts)
         if ext.typing is not None:
@@ -131,6 +138,18 @@ class ExtensionBuilder:
         if known:
             out.update(await source.room_events(requester, known, since, now))
         return out
+
+
+def _for_timeline(content: JsonDict, timeline: frozenset[str], me: str) -> JsonDict:
+    """A room sent from scratch gets the receipts on the timeline events sent with it and
+    the user's own wherever they are (Synapse's rule): not every member's latest."""
+    out: JsonDict = {}
+    for event_id, by_type in content.items():
+        for receipt_type, by_user in by_type.items():
+            kept = by_user if event_id in timeline else {u: by_user[u] for u in by_user if u == me}
+            if kept:
+                out.setdefault(event_id, {})[receipt_type] = kept
+    return out
 
 
 def _merge_receipts(events: list[JsonDict]) -> JsonDict:

@@ -77,6 +77,15 @@ class ListFilters:
     room_types: frozenset[str | None] | None = None
     not_room_types: frozenset[str | None] | None = None
     spaces: frozenset[str] | None = None
+    # Room tags (``m.tag``): any of ``tags``, none of ``not_tags`` (which wins).
+    tags: frozenset[str] | None = None
+    not_tags: frozenset[str] | None = None
+    # A case-insensitive substring of the room's computed name.
+    room_name_like: str | None = None
+
+    @property
+    def needs_tags(self) -> bool:
+        return self.tags is not None or self.not_tags is not None
 
     @property
     def needs_room_facts(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from cachetools import LRUCache
 
@@ -12,7 +12,8 @@ from homeserver.core import jsonutil
 from homeserver.core.ids import UserID
 from homeserver.storage.events import EventStore
 from homeserver.storage.rooms import RoomStore
-from homeserver.storage.sliding_sync import RoomListEntry, SlidingSyncStore
+from homeserver.storage.sliding_sync import BUMP_EVENT_TYPES, RoomListEntry, SlidingSyncStore
+from homeserver.sync.sliding.names import RoomNames
 from homeserver.sync.sliding.params import ListFilters, ListParams
 from homeserver.sync.sliding.state import RoomStatus
 
@@ -26,10 +27,15 @@ LISTED = ("join", "invite", "knock")
 # rooms cannot make a worker hold more than this many.
 ROOM_LIST_ENTRIES_KEPT = 100_000
 ROOM_FACTS_KEPT = 100_000
+USERS_KEPT = 10_000  # users whose m.direct and tags are kept
 
 
 class DirectRooms(Protocol):
+    """The user's account data that lists read: ``m.direct`` and the room tags."""
+
     async def direct_room_ids(self, user_id: UserID) -> frozenset[str]: ...
+
+    async def tag_names(self, user_id: UserID) -> dict[str, frozenset[str]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +121,11 @@ class RoomListCache:
             if window is not None and user_id not in window.members:
                 moved = [e.room_id for e in entries if e.room_id in window.rooms]
                 if moved:
-                    stamps = await self._store.get_bump_stamps(user_id, moved, upto)
+                    stamps = (
+                        _window_bump_stamps(window.rows, moved)
+                        if window.rows is not None
+                        else await self._store.get_bump_stamps(user_id, moved, upto)
+                    )
                     entries = tuple(
                         replace(e, bump_stamp=stamps[e.room_id]) if e.room_id in stamps else e
                         for e in entries
@@ -130,6 +140,17 @@ class RoomListCache:
     def _keep(self, user_id: str, upto: int, entries: tuple[RoomListEntry, ...]) -> None:
         if len(entries) < ROOM_LIST_ENTRIES_KEPT:  # the cache refuses what exceeds it whole
             self._kept[user_id] = (upto, entries)
+
+
+def _window_bump_stamps(rows: Sequence[Any], room_ids: Sequence[str]) -> dict[str, int | None]:
+    """The newest bumping event of each room among a short window's rows (oldest first),
+    for the rooms that have one there: the others' stamps did not move."""
+    wanted = set(room_ids)
+    stamps: dict[str, int | None] = {}
+    for r in rows:
+        if r.room_id in wanted and r.type in BUMP_EVENT_TYPES:
+            stamps[r.room_id] = int(r.stream_ordering)
+    return stamps
 
 
 class RoomFactsCache:
@@ -166,44 +187,82 @@ class RoomFactsCache:
 
 
 class RoomLists:
-    def __init__(self, events: EventStore, rooms: RoomStore, direct: DirectRooms) -> None:
+    def __init__(
+        self, events: EventStore, rooms: RoomStore, names: RoomNames, direct: DirectRooms
+    ) -> None:
         self._events = events
         self._rooms = rooms
         self._direct = direct
+        self._names = names
         self._facts = RoomFactsCache(rooms)
+        # user -> (account-data position it was read at, value): read again only once the
+        # account-data stream moved (any user's write moves it, on any worker).
+        self._direct_kept: LRUCache[str, tuple[int, frozenset[str]]] = LRUCache(USERS_KEPT)
+        self._tags_kept: LRUCache[str, tuple[int, dict[str, frozenset[str]]]] = LRUCache(USERS_KEPT)
+
+    async def _direct_ids(self, user_id: UserID, account_data: int) -> frozenset[str]:
+        kept = self._direct_kept.get(user_id)
+        if kept is not None and kept[0] == account_data:
+            return kept[1]
+        found = await self._direct.direct_room_ids(user_id)
+        self._direct_kept[user_id] = (account_data, found)
+        return found
+
+    async def _tag_names(self, user_id: UserID, account_data: int) -> dict[str, frozenset[str]]:
+        kept = self._tags_kept.get(user_id)
+        if kept is not None and kept[0] == account_data:
+            return kept[1]
+        found = await self._direct.tag_names(user_id)
+        self._tags_kept[user_id] = (account_data, found)
+        return found
 
     async def compute(
         self,
         user_id: UserID,
         lists: Mapping[str, ListParams],
         listed: Sequence[RoomListEntry],
+        account_data: int,
     ) -> dict[str, ListResult]:
+        """``account_data``: the response's account-data position."""
         if not lists:
             return {}
         filters = [p.filters for p in lists.values()]
         direct: frozenset[str] = frozenset()
         if any(f.is_dm is not None for f in filters):
-            direct = await self._direct.direct_room_ids(user_id) | await self._invited_direct(
-                listed
-            )
+            direct = await self.is_direct(user_id, listed, account_data)
         facts: dict[str, RoomFacts] = {}
         if any(f.needs_room_facts for f in filters):
             facts = await self._facts.get(
                 [e.room_id for e in listed],
                 encryption=any(f.is_encrypted is not None for f in filters),
             )
+        # Read at each request: a tag set or removed moves the room into or out of a list
+        # at the next response.
+        tags = (
+            await self._tag_names(user_id, account_data)
+            if any(f.needs_tags for f in filters)
+            else {}
+        )
+        names: dict[str, str] = {}
+        if any(f.room_name_like is not None for f in filters):
+            names = await self._names.names(user_id, listed)
         out = {}
         for name, params in lists.items():
+            f = params.filters
             children = (
-                await self._space_children(params.filters.spaces, listed)
-                if params.filters.spaces is not None
-                else None
+                await self._space_children(f.spaces, listed) if f.spaces is not None else None
             )
-            rooms = [
-                e.room_id
-                for e in listed
-                if _allows(params.filters, e, direct, facts.get(e.room_id), children)
-            ]
+            if f == NO_FILTERS:
+                rooms = [e.room_id for e in listed]  # the common case, without a test a room
+            else:
+                like = f.room_name_like.casefold() if f.room_name_like is not None else None
+                rooms = [
+                    e.room_id
+                    for e in listed
+                    if _allows(f, e, direct, facts.get(e.room_id), children)
+                    and (not f.needs_tags or _tagged(f, tags.get(e.room_id, frozenset())))
+                    and (like is None or like in names.get(e.room_id, "").casefold())
+                ]
             ranges: list[tuple[int, int, tuple[str, ...]]] = []
             for start, end in (
                 params.ranges if params.ranges is not None else ((0, len(rooms) - 1),)
@@ -214,10 +273,10 @@ class RoomLists:
         return out
 
     async def is_direct(
-        self, user_id: UserID, entries: Collection[RoomListEntry]
+        self, user_id: UserID, entries: Collection[RoomListEntry], account_data: int
     ) -> frozenset[str]:
         """Which of the rooms are direct chats: in ``m.direct``, or invited to as one."""
-        return await self._direct.direct_room_ids(user_id) | await self._invited_direct(entries)
+        return await self._direct_ids(user_id, account_data) | await self._invited_direct(entries)
 
     async def _invited_direct(self, entries: Collection[RoomListEntry]) -> frozenset[str]:
         invites = [e.event_id for e in entries if e.membership == "invite"]
@@ -242,6 +301,16 @@ class RoomLists:
                 if e.state_key and isinstance(e.content.get("via"), list) and e.content["via"]
             )
         return frozenset(children)
+
+
+NO_FILTERS = ListFilters()
+
+
+def _tagged(f: ListFilters, tags: frozenset[str]) -> bool:
+    """Synapse's rule: with ``tags``, one of them; with ``not_tags``, none of them."""
+    if f.tags is not None and not tags & f.tags:
+        return False
+    return not (f.not_tags is not None and tags & f.not_tags)
 
 
 def _allows(

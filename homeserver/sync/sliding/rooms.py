@@ -245,9 +245,14 @@ class RoomBuilder:
         return out
 
     async def _invited(self, requester: Requester, room: RoomListEntry, is_dm: bool) -> JsonDict:
-        """An invite (or a knock): the stripped state the spec gives invitees."""
+        """An invite (or a knock): the stripped state the spec gives invitees, with the
+        inviter's own membership (as Synapse sends it), which names a room without a name."""
         state = await self._events.get_current_state_ids(room.room_id, STRIPPED_STATE_TYPES)
         ids = [i for (_, k), i in state.items() if k == ""] + [room.event_id]
+        if room.sender != requester.user_id:
+            inviter = await self._events.get_current_state_event(room.room_id, MEMBER, room.sender)
+            if inviter is not None:
+                ids.append(inviter.event_id)
         loaded = await self._events.get_events(ids)
         stripped = [
             {
@@ -267,7 +272,9 @@ class RoomBuilder:
         if isinstance(name, str) and name:
             entry["name"] = name
         else:
-            entry["heroes"] = [{"user_id": room.sender}]
+            heroes = _stripped_heroes(stripped, requester.user_id)
+            if heroes:
+                entry["heroes"] = heroes
         avatar = next((e.content.get("url") for e in loaded.values() if e.type == AVATAR), None)
         if isinstance(avatar, str) and avatar:
             entry["avatar"] = avatar
@@ -286,6 +293,28 @@ class RoomBuilder:
         if not last:
             return {}
         return await self._events.get_state_ids(last[0].state_group)
+
+
+def _stripped_heroes(stripped: list[JsonDict], me: str) -> list[JsonDict]:
+    """The heroes of an invite or a knock: every member the stripped state lists (joined
+    or invited, not the user), with the name and avatar it gives them."""
+    heroes: list[JsonDict] = []
+    for event in stripped:
+        content = event["content"]
+        if (
+            event["type"] != MEMBER
+            or event["state_key"] == me
+            or content.get("membership") not in ("join", "invite")
+        ):
+            continue
+        hero: JsonDict = {"user_id": event["state_key"]}
+        displayname, avatar_url = content.get("displayname"), content.get("avatar_url")
+        if isinstance(displayname, str) and displayname:
+            hero["displayname"] = displayname
+        if isinstance(avatar_url, str) and avatar_url:
+            hero["avatar_url"] = avatar_url
+        heroes.append(hero)
+    return heroes[:MAX_HEROES]
 
 
 def _membership(user_id: str, room: RoomListEntry) -> Membership:

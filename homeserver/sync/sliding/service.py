@@ -21,6 +21,7 @@ from homeserver.storage.events import EventStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.sliding_sync import RoomListEntry, SlidingSyncStore
 from homeserver.sync.sliding.extensions import ExtensionBuilder, ExtensionScope, ExtensionSources
+from homeserver.sync.sliding.names import RoomNames
 from homeserver.sync.sliding.params import RoomParams, SlidingSyncRequest
 from homeserver.sync.sliding.room_list import (
     LISTED,
@@ -81,7 +82,7 @@ class SlidingSyncService:
         self._ignored = ignored
         self._receipts = sources.receipts
         self._connections = Connections(store, clock)
-        self._lists = RoomLists(events, rooms, direct)
+        self._lists = RoomLists(events, rooms, RoomNames(events, rooms, store), direct)
         self._room_lists = RoomListCache(store, events)
         self._builder = RoomBuilder(events, rooms, store, room_service, visibility)
         self._extensions = ExtensionBuilder(sources)
@@ -172,7 +173,8 @@ class SlidingSyncService:
         )
         listed = candidates(entries, upto, after, previous.rooms, ignored, blocks_invites)
         by_id: dict[str, RoomListEntry] = {e.room_id: e for e in listed}
-        lists = await self._lists.compute(user_id, req.lists, listed)
+        account_data = now.get(Stream.ACCOUNT_DATA)
+        lists = await self._lists.compute(user_id, req.lists, listed, account_data)
 
         params: dict[str, RoomParams] = {}
         for name, list_params in req.lists.items():
@@ -195,7 +197,7 @@ class SlidingSyncService:
             await self._events.get_rooms_changed(live, after, upto) if after is not None else set()
         )
         direct = (
-            await self._lists.is_direct(user_id, [by_id[r] for r in params])
+            await self._lists.is_direct(user_id, [by_id[r] for r in params], account_data)
             if params
             else frozenset()
         )
@@ -234,7 +236,11 @@ class SlidingSyncService:
         scope = ExtensionScope(
             lists,
             subscribed,
-            initial=[r for r, entry in rooms.items() if entry.get("initial")],
+            initial={
+                r: frozenset(e["event_id"] for e in entry.get("timeline", ()))
+                for r, entry in rooms.items()
+                if entry.get("initial")
+            },
             joined=[e.room_id for e in listed if e.membership == "join"],
         )
         extensions, news = await self._extensions.build(
