@@ -1,7 +1,7 @@
 """delayed events: the events position they were scheduled at
 
 Revision ID: 0022
-Revises: 0016
+Revises: 0014
 Create Date: 2026-12-07
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0022"
-down_revision = "0016"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
