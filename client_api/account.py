@@ -161,6 +161,7 @@ class LoginBody(RequestBody):
     device_id: str | None = None
     initial_device_display_name: str | None = None
     refresh_token: bool = False
+    token: str | None = None  # org.matrix.login.jwt
 
 
 async def get_login(request: Request) -> Response:
@@ -186,6 +187,7 @@ async def post_login(request: Request) -> Response:
             refresh_token=body.refresh_token,
             client_ip=client_ip(request),
             as_token=access_token_of(request) if body.type == LOGIN_APPLICATION_SERVICE else None,
+            token=body.token,
         )
     )
     return json_response(

@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute
 from homeserver.accounts.account_data import AccountDataService
 from homeserver.accounts.email_validation import EmailValidation
 from homeserver.accounts.ignored import IgnoreLists
+from homeserver.accounts.jwt_login import JwtLogin
 from homeserver.accounts.profile import ProfileService
 from homeserver.accounts.service import AccountService
 from homeserver.accounts.threepids import ThreepidService
@@ -587,6 +588,8 @@ class Homeserver:
             # connections with them.
             device_data=(self.to_device, self.e2e_keys, self.pushers, self.sliding_sync),
             appservices=self.appservices,
+            jwt_login=JwtLogin(config.jwt_login, clock) if config.jwt_login.enabled else None,
+            password_login=config.auth.password_login_enabled,
         )
 
     def _build_push_delivery(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from homeserver.accounts.jwt_login import LOGIN_JWT, JwtLogin
 from homeserver.accounts.tokens import AuthService, Session, new_device_id
 from homeserver.accounts.uia import (
     LOGIN_DUMMY,
@@ -98,6 +99,7 @@ class LoginRequest:
     refresh_token: bool
     client_ip: str | None
     as_token: str | None = None  # the access token sent with m.login.application_service
+    token: str | None = None  # the body's ``token``: org.matrix.login.jwt
 
 
 class AccountService:
@@ -115,8 +117,12 @@ class AccountService:
         user_data: Sequence[UserData] = (),
         device_data: Sequence[DeviceData] = (),
         appservices: AppServices | None = None,
+        jwt_login: JwtLogin | None = None,
+        password_login: bool = True,
     ) -> None:
         self._store = store
+        self._jwt_login = jwt_login
+        self._password_login = password_login
         self._appservices = appservices or AppServices(())
         self._auth = auth
         self._uia = uia
@@ -317,7 +323,9 @@ class AccountService:
             )
         return user_id
 
-    async def _create_user(self, user_id: UserID, password_hash: str, *, is_admin: bool) -> bool:
+    async def _create_user(
+        self, user_id: UserID, password_hash: str | None, *, is_admin: bool
+    ) -> bool:
         return await self._store.create_user(
             user_id,
             password_hash,
@@ -337,7 +345,11 @@ class AccountService:
     # --- login, logout, refresh ------------------------------------------------------------
 
     def login_flows(self) -> list[JsonDict]:
-        flows: list[JsonDict] = [{"type": LOGIN_PASSWORD}]
+        flows: list[JsonDict] = []
+        if self._password_login:
+            flows.append({"type": LOGIN_PASSWORD})
+        if self._jwt_login is not None:
+            flows.append({"type": LOGIN_JWT})
         if self._appservices:
             flows.append({"type": LOGIN_APPLICATION_SERVICE})
         return flows
@@ -347,7 +359,9 @@ class AccountService:
             return await self._login_app_service_user(request)
         if request.client_ip is not None:
             self._ratelimiter.check(Action.LOGIN, f"ip:{request.client_ip}")
-        if request.login_type != LOGIN_PASSWORD:
+        if request.login_type == LOGIN_JWT and self._jwt_login is not None:
+            return await self._login_jwt(self._jwt_login, request)
+        if request.login_type != LOGIN_PASSWORD or not self._password_login:
             raise MatrixError(Codes.UNKNOWN, f"Unknown login type {request.login_type}", status=400)
         if request.identifier_type == "m.id.phone":
             # No phone number is ever bound to an account here (spec: unknown 3PID: 403).
@@ -399,6 +413,43 @@ class AccountService:
         )
         logger.info(
             "user logged in", extra={"user_id": user.user_id, "device_id": session.device_id}
+        )
+        return session
+
+    async def _login_jwt(self, jwt_login: JwtLogin, request: LoginRequest) -> Session:
+        """org.matrix.login.jwt: the token's subject claim is the localpart."""
+        if request.token is None:
+            raise MatrixError(Codes.FORBIDDEN, "JWT validation failed: no token given")
+        self._check_device(request.device_id, request.initial_device_display_name)
+        subject = jwt_login.subject_of(request.token)
+        localpart = subject.lower() if subject.isascii() else subject
+        if not is_valid_new_localpart(localpart):
+            raise MatrixError(Codes.FORBIDDEN, "JWT validation failed: subject is not a localpart")
+        user_id = UserID.of(localpart, self._server_name)
+        if len(user_id.encode()) > MAX_ID_BYTES:
+            raise MatrixError(Codes.FORBIDDEN, "JWT validation failed: subject is too long")
+        user = await self._store.get_user(user_id)
+        if user is None:
+            if not jwt_login.create_accounts:
+                raise MatrixError(Codes.FORBIDDEN, "No account for this token's subject")
+            # A lost race with another first login of the same subject still finds it below.
+            if await self._create_user(user_id, None, is_admin=False):
+                logger.info("account created by JWT login", extra={"user_id": user_id})
+            user = await self._store.get_user(user_id)
+            if user is None:
+                raise MatrixError(Codes.UNKNOWN, "Could not create the account")
+        if user.deactivated:
+            raise MatrixError(Codes.USER_DEACTIVATED, "This account has been deactivated")
+        session = await self._start_session(
+            user.user_id,
+            request.device_id,
+            request.initial_device_display_name,
+            refreshable=request.refresh_token,
+            client_ip=request.client_ip,
+        )
+        logger.info(
+            "user logged in with a JWT",
+            extra={"user_id": user.user_id, "device_id": session.device_id},
         )
         return session
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -85,6 +86,61 @@ class AuthConfig(Section):
     # argon2id cost; the defaults are OWASP's minimum for argon2id (19 MiB, 2 passes).
     password_hash_memory_kib: int = Field(default=19_456, ge=8)
     password_hash_time_cost: int = Field(default=2, ge=1)
+    # m.login.password on /login (and its offer in GET /login); false leaves sign-in to
+    # JWT, single sign-on or the OAuth 2.0 API.
+    password_login_enabled: bool = True
+
+
+_HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+_PUBLIC_KEY_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+class JwtLoginConfig(Section):
+    """``org.matrix.login.jwt`` on /login (docs/sign-in.md): a JSON Web Token signed by the
+    operator's identity system names the account."""
+
+    enabled: bool = False
+    # One of the two: the shared secret of the HS* algorithms, or the PEM public key of the
+    # others. Never both: a public key must not be usable as an HMAC secret.
+    secret: str | None = None
+    public_key: str | None = None
+    algorithms: tuple[str, ...] = ("HS256",)
+    issuer: str | None = None  # when set, the token's ``iss`` must be this
+    # When set, the token's ``aud`` must name one of them; when empty, a token with ``aud``
+    # is refused (it was meant for someone else).
+    audiences: tuple[str, ...] = ()
+    subject_claim: str = "sub"  # the claim that holds the localpart
+    create_accounts: bool = True  # false: only accounts that already exist sign in
+    leeway_seconds: int = Field(default=0, ge=0, le=300)  # clock skew allowed on exp/nbf
+
+    @model_validator(mode="after")
+    def _check(self) -> JwtLoginConfig:
+        if not self.enabled:
+            return self
+        if not self.algorithms:
+            raise ValueError("jwt_login.algorithms must name at least one algorithm")
+        unknown = [a for a in self.algorithms if a not in _HMAC_ALGORITHMS | _PUBLIC_KEY_ALGORITHMS]
+        if unknown:
+            raise ValueError(f"jwt_login.algorithms: unsupported {unknown} (never 'none')")
+        hmac = [a for a in self.algorithms if a in _HMAC_ALGORITHMS]
+        if hmac and len(hmac) != len(self.algorithms):
+            raise ValueError("jwt_login.algorithms: do not mix HS* with public-key algorithms")
+        if (self.secret is None) == (self.public_key is None):
+            raise ValueError("jwt_login needs exactly one of secret and public_key")
+        if hmac and self.secret is None:
+            raise ValueError("jwt_login: HS* algorithms need secret")
+        if not hmac and self.public_key is None:
+            raise ValueError("jwt_login: public-key algorithms need public_key")
+        if self.secret is not None and len(self.secret.encode()) < 32:
+            raise ValueError("jwt_login.secret must be at least 32 bytes")
+        if self.public_key is not None:
+            try:
+                load_pem_public_key(self.public_key.encode())
+            except ValueError as e:
+                raise ValueError(f"jwt_login.public_key is not a PEM public key: {e}") from e
+        return self
 
 
 class LimitsConfig(Section):
@@ -358,6 +414,7 @@ class HomeserverConfig(BaseModel):
     registration: RegistrationConfig = RegistrationConfig()
     rate_limits: RateLimitsConfig = RateLimitsConfig()
     auth: AuthConfig = AuthConfig()
+    jwt_login: JwtLoginConfig = JwtLoginConfig()
     limits: LimitsConfig = LimitsConfig()
     rooms: RoomsConfig = RoomsConfig()
     websocket: WebSocketConfig = WebSocketConfig()
