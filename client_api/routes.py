@@ -16,6 +16,7 @@ from client_api import (
     keys,
     knock,
     notifications,
+    oauth,
     presence,
     profile,
     pushers,
@@ -70,6 +71,7 @@ _MODULES = [
     delayed_events,
     appservice,
     thirdparty,
+    oauth,
 ]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]

@@ -61,6 +61,7 @@ from homeserver.federation.room_reads import RoomReads
 from homeserver.filters.service import FilterService
 from homeserver.net.addresses import AddressPolicy
 from homeserver.net.outbound import Outbound
+from homeserver.oauth.service import OAuthService
 from homeserver.push.actions import PushActionGenerator
 from homeserver.push.notifications import NotificationService, PushActionPruner
 from homeserver.push.pushers import LEGACY_UNSUBSCRIBE_GRACE_MS, PusherService, Unsubscriber
@@ -95,6 +96,7 @@ from homeserver.storage.events.remote_rooms import RemoteRoomWrites
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.media import MediaStore
+from homeserver.storage.oauth import OAuthStore
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.push import PushStore
 from homeserver.storage.push_rules import PushRuleStore
@@ -591,6 +593,17 @@ class Homeserver:
             jwt_login=JwtLogin(config.jwt_login, clock) if config.jwt_login.enabled else None,
             password_login=config.auth.password_login_enabled,
         )
+        self.oauth: OAuthService | None = None
+        if config.oauth.enabled:
+            self.oauth = OAuthService(
+                config.oauth,
+                OAuthStore(self.db),
+                self.account_store,
+                self.accounts,
+                clock,
+                config.base_url,
+                config.auth.access_token_lifetime_ms,
+            )
 
     def _build_push_delivery(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
         """/notifications, the pusher sender and missed-message e-mails (issue 6)."""

@@ -21,6 +21,7 @@ from client_api import (
     keys,
     knock,
     notifications,
+    oauth,
     presence,
     profile,
     pushers,
@@ -72,6 +73,7 @@ def route_services(hs: Homeserver) -> list[object]:
     return [
         EdgeServices(hs.auth, config.limits.max_request_body_bytes),
         account.AccountServices(hs.accounts, hs.server_name, config.base_url),
+        oauth.OAuthServices(hs.oauth, hs.server_name, config.base_url.startswith("https:")),
         account_data.AccountDataServices(hs.account_data),
         delayed_events.DelayedEventServices(hs.delayed_events),
         devices.DeviceServices(hs.accounts),

@@ -416,6 +416,41 @@ class AccountService:
         )
         return session
 
+    # --- sessions for the OAuth 2.0 API (homeserver/oauth) ---------------------------------
+
+    async def check_password_sign_in(
+        self, username: str, password: str, client_ip: str | None
+    ) -> UserID:
+        """The account a sign-in page's username and password name; the same limits and
+        answers as m.login.password."""
+        if client_ip is not None:
+            self._ratelimiter.check(Action.LOGIN, f"ip:{client_ip}")
+        if not self._password_login:
+            raise MatrixError(Codes.FORBIDDEN, "Password sign-in is turned off")
+        user_id = parse_user_identifier(username, self._server_name)
+        if user_id is None:
+            raise MatrixError(Codes.FORBIDDEN, "Invalid username or password")
+        self._ratelimiter.check(Action.LOGIN, f"user:{user_id.lower()}")
+        user = await self._store.get_user_case_insensitive(user_id)
+        if user is not None and user.deactivated:
+            raise MatrixError(Codes.USER_DEACTIVATED, "This account has been deactivated")
+        if user is None or not await self._auth.check_password(user.password_hash, password):
+            raise MatrixError(Codes.FORBIDDEN, "Invalid username or password")
+        return user.user_id
+
+    async def start_refreshable_session(
+        self, user_id: UserID, device_id: str, client_ip: str | None
+    ) -> Session:
+        """A session of an OAuth grant: the device is created, or reused (its old tokens go)."""
+        self._check_device(device_id, None)
+        return await self._start_session(
+            user_id, device_id, None, refreshable=True, client_ip=client_ip
+        )
+
+    async def end_session(self, user_id: UserID, device_id: str) -> None:
+        """An OAuth session revoked: its device goes with its tokens (as /logout)."""
+        await self._delete_devices(user_id, [device_id])
+
     async def _login_jwt(self, jwt_login: JwtLogin, request: LoginRequest) -> Session:
         """org.matrix.login.jwt: the token's subject claim is the localpart."""
         if request.token is None:

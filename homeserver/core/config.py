@@ -143,6 +143,14 @@ class JwtLoginConfig(Section):
         return self
 
 
+class OAuthConfig(Section):
+    """The spec's OAuth 2.0 API (docs/sign-in.md): clients register, users sign in on the
+    server's own page."""
+
+    enabled: bool = False
+    code_lifetime_ms: int = Field(default=60_000, ge=1000, le=600_000)
+
+
 class LimitsConfig(Section):
     max_request_body_bytes: int = Field(default=1024 * 1024, ge=65_536)
     sync_timeout_max_ms: int = Field(default=60_000, ge=0)
@@ -415,6 +423,7 @@ class HomeserverConfig(BaseModel):
     rate_limits: RateLimitsConfig = RateLimitsConfig()
     auth: AuthConfig = AuthConfig()
     jwt_login: JwtLoginConfig = JwtLoginConfig()
+    oauth: OAuthConfig = OAuthConfig()
     limits: LimitsConfig = LimitsConfig()
     rooms: RoomsConfig = RoomsConfig()
     websocket: WebSocketConfig = WebSocketConfig()

@@ -55,6 +55,7 @@ from homeserver.storage.schema.media import (
     media,
     media_thumbnails,
 )
+from homeserver.storage.schema.oauth import oauth_clients, oauth_codes
 from homeserver.storage.schema.push import (
     event_push_actions,
     push_cursors,
@@ -115,6 +116,8 @@ __all__ = [
     "media",
     "media_thumbnails",
     "metadata",
+    "oauth_clients",
+    "oauth_codes",
     "presence",
     "profiles",
     "push_cursors",

@@ -1,0 +1,104 @@
+"""The OAuth 2.0 API's sign-in page: server-rendered, small, no script, no third-party
+assets; its one style sheet is inline and allowed by its hash in the Content-Security-Policy."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from html import escape
+from urllib.parse import urlsplit
+
+from starlette.responses import HTMLResponse
+
+from homeserver.oauth.service import AuthorizationRequest
+
+_CSS = (
+    "body{font:1rem/1.5 system-ui,sans-serif;margin:0;background:#fff;color:#111}"
+    "main{max-width:26rem;margin:2rem auto;padding:0 1rem}"
+    "h1{font-size:1.4rem}label{display:block;margin-top:1rem;font-weight:600}"
+    "input{width:100%;box-sizing:border-box;padding:.5rem;font:inherit;"
+    "border:1px solid #555;border-radius:4px}"
+    "button{margin-top:1.2rem;margin-right:.5rem;padding:.5rem 1.2rem;font:inherit;"
+    "border-radius:4px;border:1px solid #0b4f9c;cursor:pointer}"
+    ".allow{background:#0b4f9c;color:#fff}.deny{background:#fff;color:#0b4f9c}"
+    "button:focus,input:focus{outline:3px solid #e8a200;outline-offset:2px}"
+    ".error{color:#a00000;font-weight:600}"
+    "@media (prefers-color-scheme:dark){body{background:#111;color:#eee}"
+    "input{background:#222;color:#eee;border-color:#aaa}"
+    ".deny{background:#111;color:#8cc4ff;border-color:#8cc4ff}.error{color:#ff8a8a}}"
+)
+_CSS_HASH = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
+
+
+def _csp(form_target: str | None) -> str:
+    form_action = "'self'"
+    if form_target is not None:
+        parts = urlsplit(form_target)
+        origin = f"{parts.scheme}://{parts.netloc}" if parts.netloc else f"{parts.scheme}:"
+        form_action += f" {origin}"
+    return (
+        f"default-src 'none'; style-src 'sha256-{_CSS_HASH}'; form-action {form_action}; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+
+
+def _page(title: str, body: str, status: int, form_target: str | None = None) -> HTMLResponse:
+    html = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
+        f"<body><main>{body}</main></body></html>"
+    )
+    return HTMLResponse(
+        html,
+        status_code=status,
+        headers={
+            "Content-Security-Policy": _csp(form_target),
+            "X-Frame-Options": "DENY",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+def error_page(description: str, status: int = 400) -> HTMLResponse:
+    body = f'<h1>Sign-in failed</h1><p class="error" role="alert">{escape(description)}</p>'
+    return _page("Sign-in failed", body, status)
+
+
+def sign_in_page(
+    request: AuthorizationRequest,
+    params: dict[str, str],
+    csrf: str,
+    server_name: str,
+    *,
+    error: str | None = None,
+    username: str = "",
+    status: int = 200,
+) -> HTMLResponse:
+    hidden = "".join(
+        f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">'
+        for k, v in sorted(params.items())
+        if k not in ("csrf", "username", "password", "action")
+    )
+    alert = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
+    body = (
+        f"<h1>Sign in to {escape(server_name)}</h1>"
+        f"<p><strong>{escape(request.client_name)}</strong> "
+        f"(<span>{escape(request.client_uri)}</span>) asks to use your account.</p>"
+        f"{alert}"
+        '<form method="post" action="authorize">'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">{hidden}'
+        '<label for="username">Username</label>'
+        f'<input id="username" name="username" autocomplete="username" required '
+        f'value="{escape(username)}" autofocus>'
+        '<label for="password">Password</label>'
+        '<input id="password" name="password" type="password" '
+        'autocomplete="current-password" required>'
+        '<button class="allow" type="submit" name="action" value="allow">'
+        "Sign in and allow</button>"
+        '<button class="deny" type="submit" name="action" value="deny" formnovalidate>'
+        "Deny</button></form>"
+    )
+    return _page(f"Sign in to {server_name}", body, status, request.redirect_uri)

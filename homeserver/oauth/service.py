@@ -1,0 +1,320 @@
+"""The OAuth 2.0 API's server side: metadata, clients, the authorization code grant with
+PKCE, refresh with rotation, revocation (docs/sign-in.md)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+
+from homeserver.accounts.service import AccountService
+from homeserver.accounts.tokens import hash_token, new_device_id
+from homeserver.core.clock import Clock
+from homeserver.core.config import OAuthConfig
+from homeserver.core.errors import MatrixError
+from homeserver.core.ids import UserID, is_valid_device_id
+from homeserver.core.types import JsonDict
+from homeserver.oauth.clients import (
+    GRANT_AUTHORIZATION_CODE,
+    GRANT_REFRESH_TOKEN,
+    redirect_uri_matches,
+    validate_client_metadata,
+)
+from homeserver.oauth.errors import OAuthError
+from homeserver.storage.accounts import AccountStore
+from homeserver.storage.oauth import AuthorizationCode, OAuthStore
+
+logger = logging.getLogger(__name__)
+
+API_SCOPE = "urn:matrix:client:api:*"
+DEVICE_SCOPE_PREFIX = "urn:matrix:client:device:"
+_PKCE_VERIFIER_CHARS = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationRequest:
+    """A checked authorization request: what the sign-in page shows and then grants."""
+
+    client_id: str
+    client_name: str
+    client_uri: str
+    redirect_uri: str
+    state: str | None
+    response_mode: str  # query or fragment
+    device_id: str
+    code_challenge: str
+
+    @property
+    def scope(self) -> str:
+        return f"{API_SCOPE} {DEVICE_SCOPE_PREFIX}{self.device_id}"
+
+
+class RedirectError(Exception):
+    """An error the client hears at its (checked) redirect URI."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.location = location
+
+
+def s256(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _redirect(redirect_uri: str, response_mode: str, params: dict[str, str]) -> str:
+    encoded = urlencode(params)
+    if response_mode == "fragment":
+        return f"{redirect_uri}#{encoded}"
+    separator = "&" if urlsplit(redirect_uri).query else "?"
+    return f"{redirect_uri}{separator}{encoded}"
+
+
+class OAuthService:
+    def __init__(
+        self,
+        config: OAuthConfig,
+        store: OAuthStore,
+        account_store: AccountStore,
+        accounts: AccountService,
+        clock: Clock,
+        base_url: str,
+        access_token_lifetime_ms: int,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._account_store = account_store
+        self._accounts = accounts
+        self._clock = clock
+        self._issuer = base_url
+        self._access_token_lifetime_ms = access_token_lifetime_ms
+
+    # --- discovery and registration --------------------------------------------------------
+
+    def metadata(self) -> JsonDict:
+        base = self._issuer
+        return {
+            "issuer": base,
+            "authorization_endpoint": f"{base}oauth2/authorize",
+            "token_endpoint": f"{base}oauth2/token",
+            "registration_endpoint": f"{base}oauth2/register",
+            "revocation_endpoint": f"{base}oauth2/revoke",
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query", "fragment"],
+            "grant_types_supported": [GRANT_AUTHORIZATION_CODE, GRANT_REFRESH_TOKEN],
+            "code_challenge_methods_supported": ["S256"],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "revocation_endpoint_auth_methods_supported": ["none"],
+            "scopes_supported": [API_SCOPE, f"{DEVICE_SCOPE_PREFIX}*"],
+        }
+
+    async def register_client(self, body: JsonDict) -> JsonDict:
+        kept = validate_client_metadata(body)
+        client_id = secrets.token_urlsafe(16)
+        now = self._clock.now_ms()
+        await self._store.add_client(client_id, kept, now)
+        logger.info("OAuth client registered", extra={"client_id": client_id})
+        return {"client_id": client_id, "client_id_issued_at": now // 1000, **kept}
+
+    # --- the authorization endpoint --------------------------------------------------------
+
+    async def check_authorization_request(self, params: dict[str, str]) -> AuthorizationRequest:
+        """``OAuthError`` when the client or redirect URI cannot be trusted (shown on a page,
+        never redirected); ``RedirectError`` for the rest (sent back to the client)."""
+        client_id = params.get("client_id", "")
+        client = await self._store.get_client(client_id) if client_id else None
+        if client is None:
+            raise OAuthError("invalid_client", "Unknown client")
+        redirect_uri = params.get("redirect_uri", "")
+        if not redirect_uri_matches(client["redirect_uris"], redirect_uri):
+            raise OAuthError("invalid_request", "The redirect URI is not one the client registered")
+        response_mode = params.get("response_mode", "query")
+        if response_mode not in ("query", "fragment"):
+            response_mode = "query"
+        state = params.get("state")
+
+        def fail(error: str, description: str) -> RedirectError:
+            out = {"error": error, "error_description": description}
+            if state is not None:
+                out["state"] = state
+            return RedirectError(_redirect(redirect_uri, response_mode, out))
+
+        if params.get("response_type") != "code":
+            raise fail("unsupported_response_type", "response_type must be code")
+        if params.get("code_challenge_method") != "S256":
+            raise fail("invalid_request", "code_challenge_method must be S256")
+        challenge = params.get("code_challenge", "")
+        if len(challenge) != 43 or not set(challenge) <= _PKCE_VERIFIER_CHARS:
+            raise fail("invalid_request", "code_challenge must be a S256 challenge")
+        if params.get("prompt") not in (None, "", "login", "consent"):
+            raise fail("invalid_request", "unsupported prompt value")
+        scopes = params.get("scope", "").split()
+        device_id: str | None = None
+        if API_SCOPE not in scopes:
+            raise fail("invalid_scope", f"the scope must include {API_SCOPE}")
+        for scope in scopes:
+            if scope == API_SCOPE:
+                continue
+            if scope.startswith(DEVICE_SCOPE_PREFIX) and device_id is None:
+                device_id = scope[len(DEVICE_SCOPE_PREFIX) :]
+                if not is_valid_device_id(device_id):
+                    raise fail("invalid_scope", "the device ID in the scope is not valid")
+                continue
+            raise fail("invalid_scope", f"unsupported or repeated scope {scope}")
+        return AuthorizationRequest(
+            client_id=client_id,
+            client_name=str(client.get("client_name") or client["client_uri"]),
+            client_uri=client["client_uri"],
+            redirect_uri=redirect_uri,
+            state=state,
+            response_mode=response_mode,
+            device_id=device_id or new_device_id(),
+            code_challenge=challenge,
+        )
+
+    async def check_password(self, username: str, password: str, client_ip: str | None) -> UserID:
+        """The sign-in page's username and password (``MatrixError`` when refused)."""
+        return await self._accounts.check_password_sign_in(username, password, client_ip)
+
+    async def grant(self, request: AuthorizationRequest, user_id: UserID) -> str:
+        """The user said yes: a short-lived code, and where the browser goes with it."""
+        code = secrets.token_urlsafe(32)
+        await self._store.add_code(
+            hash_token(code),
+            AuthorizationCode(
+                request.client_id,
+                user_id,
+                request.device_id,
+                request.scope,
+                request.redirect_uri,
+                request.code_challenge,
+                self._clock.now_ms() + self._config.code_lifetime_ms,
+            ),
+        )
+        params = {"code": code}
+        if request.state is not None:
+            params["state"] = request.state
+        return _redirect(request.redirect_uri, request.response_mode, params)
+
+    def denied(self, request: AuthorizationRequest) -> str:
+        params = {"error": "access_denied", "error_description": "The user said no"}
+        if request.state is not None:
+            params["state"] = request.state
+        return _redirect(request.redirect_uri, request.response_mode, params)
+
+    # --- the token endpoint ----------------------------------------------------------------
+
+    async def token(self, form: dict[str, str], client_ip: str | None) -> JsonDict:
+        grant_type = form.get("grant_type")
+        if grant_type == GRANT_AUTHORIZATION_CODE:
+            return await self._exchange_code(form, client_ip)
+        if grant_type == GRANT_REFRESH_TOKEN:
+            return await self._refresh(form)
+        raise OAuthError("unsupported_grant_type", f"unsupported grant_type {grant_type!r}")
+
+    async def _client(self, form: dict[str, str]) -> JsonDict:
+        client_id = form.get("client_id", "")
+        client = await self._store.get_client(client_id) if client_id else None
+        if client is None:
+            raise OAuthError("invalid_client", "Unknown client", status=401)
+        return client
+
+    async def _exchange_code(self, form: dict[str, str], client_ip: str | None) -> JsonDict:
+        client = await self._client(form)
+        if GRANT_AUTHORIZATION_CODE not in client["grant_types"]:
+            raise OAuthError("unauthorized_client", "the client did not register this grant")
+        code = form.get("code")
+        verifier = form.get("code_verifier")
+        if not code:
+            raise OAuthError("invalid_request", "code is missing")
+        if not verifier:
+            raise OAuthError("invalid_request", "code_verifier is missing")
+        # Taken (deleted) before any check: a code is tried once, right or wrong.
+        grant = await self._store.take_code(hash_token(code))
+        if grant is None:
+            raise OAuthError("invalid_grant", "unknown or already used code")
+        if grant.expires_ts <= self._clock.now_ms():
+            raise OAuthError("invalid_grant", "the code has expired")
+        if grant.client_id != form.get("client_id"):
+            raise OAuthError("invalid_grant", "the code was given to another client")
+        if grant.redirect_uri != form.get("redirect_uri"):
+            raise OAuthError("invalid_grant", "redirect_uri differs from the authorization's")
+        if not (43 <= len(verifier) <= 128 and set(verifier) <= _PKCE_VERIFIER_CHARS):
+            raise OAuthError("invalid_grant", "code_verifier is not a PKCE verifier")
+        if not hmac.compare_digest(s256(verifier), grant.code_challenge):
+            raise OAuthError("invalid_grant", "code_verifier does not match the challenge")
+        try:
+            session = await self._accounts.start_refreshable_session(
+                UserID(grant.user_id), grant.device_id, client_ip
+            )
+        except MatrixError as e:
+            raise OAuthError("invalid_grant", e.message) from e
+        logger.info(
+            "OAuth session started",
+            extra={"user_id": grant.user_id, "device_id": grant.device_id},
+        )
+        return self._token_response(session.access_token, session.refresh_token, grant.device_id)
+
+    async def _refresh(self, form: dict[str, str]) -> JsonDict:
+        await self._client(form)
+        token = form.get("refresh_token")
+        if not token:
+            raise OAuthError("invalid_request", "refresh_token is missing")
+        info = await self._account_store.get_refresh_token(hash_token(token))
+        if info is None:
+            raise OAuthError("invalid_grant", "unknown refresh token")
+        if info.next_token_id is not None:
+            # A used refresh token again: a copy is in someone else's hands. The session
+            # ends, for the thief and for the client alike (OAuth 2.0 Security BCP 4.14).
+            await self._accounts.end_session(info.user_id, info.device_id)
+            logger.warning(
+                "refresh token reused: session ended",
+                extra={"user_id": info.user_id, "device_id": info.device_id},
+            )
+            raise OAuthError("invalid_grant", "refresh token already used: session ended")
+        try:
+            session = await self._accounts.refresh(token)
+        except MatrixError as e:
+            raise OAuthError("invalid_grant", e.message) from e
+        return self._token_response(session.access_token, session.refresh_token, info.device_id)
+
+    def _token_response(self, access: str, refresh: str | None, device_id: str) -> JsonDict:
+        out: JsonDict = {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": self._access_token_lifetime_ms // 1000,
+            "scope": f"{API_SCOPE} {DEVICE_SCOPE_PREFIX}{device_id}",
+        }
+        if refresh is not None:
+            out["refresh_token"] = refresh
+        return out
+
+    # --- revocation (RFC 7009) -------------------------------------------------------------
+
+    async def revoke(self, form: dict[str, str]) -> None:
+        """Ends the session of an access or refresh token; an unknown token is no error."""
+        await self._client(form)
+        token = form.get("token")
+        if not token:
+            raise OAuthError("invalid_request", "token is missing")
+        token_hash = hash_token(token)
+        hint = form.get("token_type_hint")
+        owner: tuple[UserID, str] | None = None
+        if hint != "refresh_token":
+            access = await self._account_store.get_token(token_hash)
+            if access is not None:
+                owner = (access.user_id, access.device_id)
+        if owner is None:
+            refresh = await self._account_store.get_refresh_token(token_hash)
+            if refresh is not None and refresh.next_token_id is None:
+                owner = (refresh.user_id, refresh.device_id)
+        if owner is None:
+            return
+        await self._accounts.end_session(*owner)
+        logger.info("OAuth session revoked", extra={"user_id": owner[0], "device_id": owner[1]})

@@ -1,0 +1,49 @@
+"""OAuth 2.0 API: clients and authorization codes
+
+Revision ID: 0021
+Revises: 0016
+Create Date: 2026-12-07
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0021"
+down_revision = "0016"
+branch_labels = None
+depends_on = None
+
+BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def upgrade() -> None:
+    # Dynamically registered OAuth clients (issue 23).
+    op.create_table(
+        "oauth_clients",
+        sa.Column("client_id", sa.Text(), nullable=False),
+        sa.Column("metadata", sa.Text(), nullable=False),
+        sa.Column("created_ts", BigInt, nullable=False),
+        sa.PrimaryKeyConstraint("client_id", name=op.f("pk_oauth_clients")),
+    )
+    # Authorization codes by their hash: short-lived and used once.
+    op.create_table(
+        "oauth_codes",
+        sa.Column("code_hash", sa.LargeBinary(), nullable=False),
+        sa.Column("client_id", sa.Text(), nullable=False),
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("device_id", sa.Text(), nullable=False),
+        sa.Column("scope", sa.Text(), nullable=False),
+        sa.Column("redirect_uri", sa.Text(), nullable=False),
+        sa.Column("code_challenge", sa.Text(), nullable=False),
+        sa.Column("expires_ts", BigInt, nullable=False),
+        sa.PrimaryKeyConstraint("code_hash", name=op.f("pk_oauth_codes")),
+    )
+    op.create_index(op.f("ix_oauth_codes_expires_ts"), "oauth_codes", ["expires_ts"])
+
+
+def downgrade() -> None:
+    op.drop_index(op.f("ix_oauth_codes_expires_ts"), table_name="oauth_codes")
+    op.drop_table("oauth_codes")
+    op.drop_table("oauth_clients")
