@@ -12,7 +12,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from client_api.account import client_ip
-from client_api.oauth_pages import error_page, sign_in_page
+from client_api.oauth_pages import device_link_page, error_page, message_page, sign_in_page
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.json_limits import loads_limited
 from homeserver.core.types import JsonDict
@@ -147,12 +147,7 @@ async def authorize(request: Request) -> Response:
             username, params.get("password", ""), client_ip(request)
         )
     except MatrixError as e:
-        status = 429 if e.code == Codes.LIMIT_EXCEEDED else 403
-        message = (
-            "Too many attempts; please wait a while before trying again."
-            if e.code == Codes.LIMIT_EXCEEDED
-            else e.message
-        )
+        message, status = _refusal(e)
         page = sign_in_page(
             auth_request,
             params,
@@ -164,6 +159,67 @@ async def authorize(request: Request) -> Response:
         )
         return page
     return RedirectResponse(await oauth.grant(auth_request, user_id), status_code=303)
+
+
+async def post_device(request: Request) -> Response:
+    """POST /oauth2/device (RFC 8628 device authorization)"""
+    _, oauth = _oauth(request)
+    try:
+        out = await oauth.start_device_grant(await _form(request))
+    except OAuthError as e:
+        return _oauth_error(e)
+    return json_response(out, headers=_NO_STORE)
+
+
+def _refusal(e: MatrixError) -> tuple[str, int]:
+    if e.code == Codes.LIMIT_EXCEEDED:
+        return "Too many attempts; please wait a while before trying again.", 429
+    return e.message, 403
+
+
+async def device_link(request: Request) -> Response:
+    """GET /oauth2/device-link (where a person types the device's code), POST (its form)"""
+    hs, oauth = _oauth(request)
+    csrf, new = _csrf_of(request)
+    if request.method == "GET":
+        code = request.query_params.get("code", "")[:20]
+        return _with_cookie(device_link_page(csrf, hs.server_name, user_code=code), hs, csrf, new)
+    try:
+        form = await _form(request)
+    except OAuthError as e:
+        return error_page(e.description)
+    if new or not hmac.compare_digest(form.get("csrf", ""), csrf):
+        page = error_page("This form has expired; please start again.", 403)
+        return _with_cookie(page, hs, csrf, new)
+    user_code, username = form.get("code", "")[:20], form.get("username", "")
+    grant = await oauth.device_grant_for_user_code(user_code)
+    if form.get("action") == "deny":
+        if grant is not None:
+            await oauth.decide_device_grant(grant, None)
+        return message_page("Device not linked", "The device was refused.")
+    try:
+        user_id = await oauth.check_password(username, form.get("password", ""), client_ip(request))
+    except MatrixError as e:
+        message, status = _refusal(e)
+        return device_link_page(
+            csrf,
+            hs.server_name,
+            user_code=user_code,
+            username=username,
+            error=message,
+            status=status,
+        )
+    if grant is None or not await oauth.decide_device_grant(grant, user_id):
+        return device_link_page(
+            csrf,
+            hs.server_name,
+            user_code=user_code,
+            username=username,
+            error="This code is unknown or has expired.",
+            status=400,
+        )
+    name = await oauth.client_name(grant.client_id)
+    return message_page("Device linked", f"{name} is now signed in; you can go back to it.")
 
 
 async def post_token(request: Request) -> Response:
@@ -193,5 +249,7 @@ root_routes = [
     Route("/oauth2/register", post_register, methods=["POST"]),
     Route("/oauth2/authorize", authorize, methods=["GET", "POST"]),
     Route("/oauth2/token", post_token, methods=["POST"]),
+    Route("/oauth2/device", post_device, methods=["POST"]),
+    Route("/oauth2/device-link", device_link, methods=["GET", "POST"]),
     Route("/oauth2/revoke", post_revoke, methods=["POST"]),
 ]

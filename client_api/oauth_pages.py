@@ -102,3 +102,41 @@ def sign_in_page(
         "Deny</button></form>"
     )
     return _page(f"Sign in to {server_name}", body, status, request.redirect_uri)
+
+
+def device_link_page(
+    csrf: str,
+    server_name: str,
+    *,
+    user_code: str = "",
+    username: str = "",
+    error: str | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    alert = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
+    body = (
+        f"<h1>Link a device to {escape(server_name)}</h1>"
+        "<p>Enter the code your device shows, then sign in to allow it.</p>"
+        f"{alert}"
+        '<form method="post" action="device-link">'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+        '<label for="code">Code from your device</label>'
+        f'<input id="code" name="code" required autocomplete="one-time-code" '
+        f'value="{escape(user_code)}" autofocus>'
+        '<label for="username">Username</label>'
+        f'<input id="username" name="username" autocomplete="username" required '
+        f'value="{escape(username)}">'
+        '<label for="password">Password</label>'
+        '<input id="password" name="password" type="password" '
+        'autocomplete="current-password" required>'
+        '<button class="allow" type="submit" name="action" value="allow">'
+        "Sign in and allow</button>"
+        '<button class="deny" type="submit" name="action" value="deny" formnovalidate>'
+        "Deny</button></form>"
+    )
+    return _page(f"Link a device to {server_name}", body, status)
+
+
+def message_page(title: str, message: str) -> HTMLResponse:
+    body = f'<h1>{escape(title)}</h1><p role="status">{escape(message)}</p>'
+    return _page(title, body, 200)

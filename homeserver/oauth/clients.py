@@ -10,7 +10,8 @@ from homeserver.oauth.errors import OAuthError
 
 GRANT_AUTHORIZATION_CODE = "authorization_code"
 GRANT_REFRESH_TOKEN = "refresh_token"
-SUPPORTED_GRANTS = frozenset({GRANT_AUTHORIZATION_CODE, GRANT_REFRESH_TOKEN})
+GRANT_DEVICE_CODE = "urn:ietf:params:oauth:grant-type:device_code"
+SUPPORTED_GRANTS = frozenset({GRANT_AUTHORIZATION_CODE, GRANT_REFRESH_TOKEN, GRANT_DEVICE_CODE})
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 _LOCALISED_URIS = ("logo_uri", "tos_uri", "policy_uri")
 _MAX_URI = 2048
@@ -100,9 +101,10 @@ def validate_client_metadata(body: JsonDict) -> JsonDict:
         raise _invalid(f"unsupported grant types: {unsupported}")
     if GRANT_AUTHORIZATION_CODE in grant_types and not redirect_uris:
         raise _invalid("the authorization code grant needs redirect_uris", "invalid_redirect_uri")
-    response_types = body.get("response_types", ["code"])
-    if response_types not in (["code"], []) or (response_types and not redirect_uris):
-        raise _invalid('response_types must be ["code"]')
+    code_grant = GRANT_AUTHORIZATION_CODE in grant_types
+    response_types = body.get("response_types", ["code"] if code_grant else [])
+    if response_types != (["code"] if code_grant else []):
+        raise _invalid('response_types must be ["code"] with the authorization code grant only')
     method = body.get("token_endpoint_auth_method", "none")
     if method != "none":
         raise _invalid("only public clients (token_endpoint_auth_method none) are supported")
@@ -114,7 +116,7 @@ def validate_client_metadata(body: JsonDict) -> JsonDict:
         "application_type": application_type,
         "redirect_uris": redirect_uris,
         "grant_types": grant_types,
-        "response_types": ["code"],
+        "response_types": response_types,
         "token_endpoint_auth_method": "none",
     }
     for name, value in body.items():

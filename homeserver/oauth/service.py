@@ -20,18 +20,23 @@ from homeserver.core.ids import UserID, is_valid_device_id
 from homeserver.core.types import JsonDict
 from homeserver.oauth.clients import (
     GRANT_AUTHORIZATION_CODE,
+    GRANT_DEVICE_CODE,
     GRANT_REFRESH_TOKEN,
     redirect_uri_matches,
     validate_client_metadata,
 )
 from homeserver.oauth.errors import OAuthError
 from homeserver.storage.accounts import AccountStore
-from homeserver.storage.oauth import AuthorizationCode, OAuthStore
+from homeserver.storage.oauth import AuthorizationCode, DeviceGrant, OAuthStore
 
 logger = logging.getLogger(__name__)
 
 API_SCOPE = "urn:matrix:client:api:*"
 DEVICE_SCOPE_PREFIX = "urn:matrix:client:device:"
+# RFC 8628 section 6.1: no vowels (no words), no look-alikes; 20^8 codes.
+_USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
+DEVICE_GRANT_LIFETIME_MS = 10 * 60 * 1000
+DEVICE_POLL_INTERVAL_MS = 5000
 _PKCE_VERIFIER_CHARS = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
 )
@@ -107,7 +112,12 @@ class OAuthService:
             "revocation_endpoint": f"{base}oauth2/revoke",
             "response_types_supported": ["code"],
             "response_modes_supported": ["query", "fragment"],
-            "grant_types_supported": [GRANT_AUTHORIZATION_CODE, GRANT_REFRESH_TOKEN],
+            "device_authorization_endpoint": f"{base}oauth2/device",
+            "grant_types_supported": [
+                GRANT_AUTHORIZATION_CODE,
+                GRANT_REFRESH_TOKEN,
+                GRANT_DEVICE_CODE,
+            ],
             "code_challenge_methods_supported": ["S256"],
             "token_endpoint_auth_methods_supported": ["none"],
             "revocation_endpoint_auth_methods_supported": ["none"],
@@ -208,6 +218,107 @@ class OAuthService:
             params["state"] = request.state
         return _redirect(request.redirect_uri, request.response_mode, params)
 
+    # --- the device authorization grant (RFC 8628) -----------------------------------------
+
+    def _device_of_scope(self, scope: str) -> str:
+        scopes = scope.split()
+        device_id: str | None = None
+        if API_SCOPE not in scopes:
+            raise OAuthError("invalid_scope", f"the scope must include {API_SCOPE}")
+        for item in scopes:
+            if item == API_SCOPE:
+                continue
+            if item.startswith(DEVICE_SCOPE_PREFIX) and device_id is None:
+                device_id = item[len(DEVICE_SCOPE_PREFIX) :]
+                if is_valid_device_id(device_id):
+                    continue
+            raise OAuthError("invalid_scope", f"unsupported or repeated scope {item}")
+        return device_id or new_device_id()
+
+    async def start_device_grant(self, form: dict[str, str]) -> JsonDict:
+        client = await self._client(form)
+        if GRANT_DEVICE_CODE not in client["grant_types"]:
+            raise OAuthError("unauthorized_client", "the client did not register this grant")
+        device_id = self._device_of_scope(form.get("scope", ""))
+        device_code = secrets.token_urlsafe(32)
+        now = self._clock.now_ms()
+        for _ in range(5):
+            raw = "".join(secrets.choice(_USER_CODE_ALPHABET) for _ in range(8))
+            user_code = f"{raw[:4]}-{raw[4:]}"
+            grant = DeviceGrant(
+                hash_token(device_code),
+                user_code,
+                form["client_id"],
+                device_id,
+                now + DEVICE_GRANT_LIFETIME_MS,
+                DEVICE_POLL_INTERVAL_MS,
+                None,
+                None,
+                False,
+            )
+            if await self._store.add_device_grant(grant):
+                break
+        else:
+            raise OAuthError("server_error", "could not draw a free user code", status=500)
+        verification_uri = f"{self._issuer}oauth2/device-link"
+        return {
+            "device_code": device_code,
+            "user_code": user_code,
+            "verification_uri": verification_uri,
+            "verification_uri_complete": f"{verification_uri}?{urlencode({'code': user_code})}",
+            "expires_in": DEVICE_GRANT_LIFETIME_MS // 1000,
+            "interval": DEVICE_POLL_INTERVAL_MS // 1000,
+        }
+
+    async def device_grant_for_user_code(self, user_code: str) -> DeviceGrant | None:
+        """The pending grant a person typed the code of (any case, with or without the dash)."""
+        letters = "".join(c for c in user_code.upper() if c.isalnum())
+        if len(letters) != 8:
+            return None
+        grant = await self._store.device_grant_by_user_code(f"{letters[:4]}-{letters[4:]}")
+        if grant is None or grant.expires_ts <= self._clock.now_ms():
+            return None
+        if grant.user_id is not None or grant.denied:
+            return None
+        return grant
+
+    async def client_name(self, client_id: str) -> str:
+        client = await self._store.get_client(client_id)
+        if client is None:
+            return client_id
+        return str(client.get("client_name") or client["client_uri"])
+
+    async def decide_device_grant(self, grant: DeviceGrant, user_id: UserID | None) -> bool:
+        return await self._store.decide_device_grant(grant.user_code, user_id)
+
+    async def _poll_device_grant(self, form: dict[str, str], client_ip: str | None) -> JsonDict:
+        await self._client(form)
+        device_code = form.get("device_code")
+        if not device_code:
+            raise OAuthError("invalid_request", "device_code is missing")
+        now = self._clock.now_ms()
+        code_hash = hash_token(device_code)
+        grant = await self._store.poll_device_grant(code_hash, now)
+        if grant is None or grant.client_id != form.get("client_id"):
+            raise OAuthError("invalid_grant", "unknown device code")
+        if grant.expires_ts <= now:
+            raise OAuthError("expired_token", "the device code has expired")
+        if grant.denied:
+            raise OAuthError("access_denied", "the user said no")
+        if grant.user_id is None:
+            if grant.last_poll_ts is not None and now - grant.last_poll_ts < grant.interval_ms:
+                # RFC 8628 section 3.5: slow down, and the interval grows by 5 seconds.
+                await self._store.slow_down_device_grant(code_hash, grant.interval_ms + 5000)
+                raise OAuthError("slow_down", "polling too fast")
+            raise OAuthError("authorization_pending", "the user has not answered yet")
+        try:
+            session = await self._accounts.start_refreshable_session(
+                UserID(grant.user_id), grant.device_id, client_ip
+            )
+        except MatrixError as e:
+            raise OAuthError("invalid_grant", e.message) from e
+        return self._token_response(session.access_token, session.refresh_token, grant.device_id)
+
     # --- the token endpoint ----------------------------------------------------------------
 
     async def token(self, form: dict[str, str], client_ip: str | None) -> JsonDict:
@@ -216,6 +327,8 @@ class OAuthService:
             return await self._exchange_code(form, client_ip)
         if grant_type == GRANT_REFRESH_TOKEN:
             return await self._refresh(form)
+        if grant_type == GRANT_DEVICE_CODE:
+            return await self._poll_device_grant(form, client_ip)
         raise OAuthError("unsupported_grant_type", f"unsupported grant_type {grant_type!r}")
 
     async def _client(self, form: dict[str, str]) -> JsonDict:

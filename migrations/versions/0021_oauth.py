@@ -41,9 +41,29 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("code_hash", name=op.f("pk_oauth_codes")),
     )
     op.create_index(op.f("ix_oauth_codes_expires_ts"), "oauth_codes", ["expires_ts"])
+    # Device authorization grants (RFC 8628).
+    op.create_table(
+        "oauth_device_grants",
+        sa.Column("device_code_hash", sa.LargeBinary(), nullable=False),
+        sa.Column("user_code", sa.Text(), nullable=False),
+        sa.Column("client_id", sa.Text(), nullable=False),
+        sa.Column("device_id", sa.Text(), nullable=False),
+        sa.Column("expires_ts", BigInt, nullable=False),
+        sa.Column("interval_ms", BigInt, nullable=False),
+        sa.Column("last_poll_ts", BigInt, nullable=True),
+        sa.Column("user_id", sa.Text(), nullable=True),
+        sa.Column("denied", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("device_code_hash", name=op.f("pk_oauth_device_grants")),
+        sa.UniqueConstraint("user_code", name=op.f("uq_oauth_device_grants_user_code")),
+    )
+    op.create_index(
+        op.f("ix_oauth_device_grants_expires_ts"), "oauth_device_grants", ["expires_ts"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_oauth_device_grants_expires_ts"), table_name="oauth_device_grants")
+    op.drop_table("oauth_device_grants")
     op.drop_index(op.f("ix_oauth_codes_expires_ts"), table_name="oauth_codes")
     op.drop_table("oauth_codes")
     op.drop_table("oauth_clients")

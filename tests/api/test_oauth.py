@@ -528,3 +528,118 @@ async def test_registration_accepts_what_the_spec_allows(server: Any) -> None:
         response = await client.post("/oauth2/register", content=bad)
         assert response.status_code == 400
         assert response.json()["error"] == "invalid_client_metadata"
+
+
+# --- the device authorization grant (RFC 8628) ----------------------------------------------
+
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+async def device_client(client: httpx.AsyncClient) -> str:
+    return await register_client(
+        client, grant_types=[DEVICE_GRANT, "refresh_token"], redirect_uris=[], response_types=[]
+    )
+
+
+async def test_device_grant(server: Any) -> None:
+    hs, browser, clock = server
+    meta = (await browser.get(METADATA)).json()
+    assert DEVICE_GRANT in meta["grant_types_supported"]
+    assert meta["device_authorization_endpoint"].endswith("/oauth2/device")
+    transport = httpx.ASGITransport(app=hs.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as tv:
+        client_id = await device_client(tv)
+        started = await tv.post(
+            "/oauth2/device",
+            data={"client_id": client_id, "scope": f"{API} urn:matrix:client:device:TV"},
+        )
+        assert started.status_code == 200, started.text
+        grant = started.json()
+        assert re.fullmatch(r"[B-DF-HJ-NP-TV-XZ]{4}-[B-DF-HJ-NP-TV-XZ]{4}", grant["user_code"])
+        assert grant["interval"] == 5 and grant["expires_in"] == 600
+        poll = {"grant_type": DEVICE_GRANT, "device_code": grant["device_code"]}
+        poll["client_id"] = client_id
+        oauth_error(await tv.post("/oauth2/token", data=poll), 400, "authorization_pending")
+        # Again at once: slow down.
+        oauth_error(await tv.post("/oauth2/token", data=poll), 400, "slow_down")
+        clock.advance(11_000)
+        oauth_error(await tv.post("/oauth2/token", data=poll), 400, "authorization_pending")
+
+        # The person opens the link on their phone and types the code (lower case is fine).
+        link = urlsplit(grant["verification_uri_complete"])
+        page = await browser.get(f"{link.path}?{link.query}")
+        assert page.status_code == 200 and grant["user_code"] in page.text
+        csrf = hidden_fields(page.text)["csrf"]
+        form = {"csrf": csrf, "code": grant["user_code"].lower(), "username": "alice"}
+        wrong = await browser.post("/oauth2/device-link", data={**form, "password": "nope"})
+        assert wrong.status_code == 403
+        unknown = await browser.post(
+            "/oauth2/device-link",
+            data={**form, "code": "BBBB-BBBB", "password": DEFAULT_PASSWORD},
+        )
+        assert unknown.status_code == 400 and "unknown or has expired" in unknown.text
+        done = await browser.post(
+            "/oauth2/device-link", data={**form, "password": DEFAULT_PASSWORD}
+        )
+        assert done.status_code == 200 and "Device linked" in done.text
+        # The code is used: a second approval finds nothing.
+        again = await browser.post(
+            "/oauth2/device-link", data={**form, "password": DEFAULT_PASSWORD}
+        )
+        assert again.status_code == 400
+
+        clock.advance(11_000)
+        tokens = await tv.post("/oauth2/token", data=poll)
+        assert tokens.status_code == 200, tokens.text
+        who = await tv.get(WHOAMI, headers=auth_header(tokens.json()["access_token"]))
+        assert who.json()["device_id"] == "TV" and who.json()["user_id"] == "@alice:test"
+        # The device code is spent.
+        oauth_error(await tv.post("/oauth2/token", data=poll), 400, "invalid_grant")
+
+
+async def test_device_grant_denied_expired_and_bad_requests(server: Any) -> None:
+    _, browser, clock = server
+    client_id = await device_client(browser)
+
+    async def start() -> dict[str, Any]:
+        response = await browser.post("/oauth2/device", data={"client_id": client_id, "scope": API})
+        assert response.status_code == 200
+        body: dict[str, Any] = response.json()
+        return body
+
+    denied = await start()
+    page = await browser.get("/oauth2/device-link")
+    csrf = hidden_fields(page.text)["csrf"]
+    no = await browser.post(
+        "/oauth2/device-link", data={"csrf": csrf, "code": denied["user_code"], "action": "deny"}
+    )
+    assert "Device not linked" in no.text
+    poll = {"grant_type": DEVICE_GRANT, "client_id": client_id}
+    response = await browser.post(
+        "/oauth2/token", data={**poll, "device_code": denied["device_code"]}
+    )
+    oauth_error(response, 400, "access_denied")
+
+    expired = await start()
+    clock.advance(601_000)
+    response = await browser.post(
+        "/oauth2/token", data={**poll, "device_code": expired["device_code"]}
+    )
+    oauth_error(response, 400, "expired_token")
+
+    forged = await browser.post(
+        "/oauth2/device-link",
+        data={"csrf": "forged", "code": "X", "username": "alice", "password": DEFAULT_PASSWORD},
+    )
+    assert forged.status_code == 403
+    oauth_error(await browser.post("/oauth2/token", data=poll), 400, "invalid_request")
+    response = await browser.post("/oauth2/token", data={**poll, "device_code": "nope"})
+    oauth_error(response, 400, "invalid_grant")
+    response = await browser.post("/oauth2/device", data={"client_id": client_id, "scope": "x"})
+    oauth_error(response, 400, "invalid_scope")
+    # A client that registered only the code grant may not start a device grant.
+    code_only = await register_client(browser)
+    response = await browser.post("/oauth2/device", data={"client_id": code_only, "scope": API})
+    oauth_error(response, 400, "unauthorized_client")
+    response = await browser.post("/oauth2/device", data={"client_id": "nope", "scope": API})
+    oauth_error(response, 401, "invalid_client")

@@ -55,7 +55,7 @@ from homeserver.storage.schema.media import (
     media,
     media_thumbnails,
 )
-from homeserver.storage.schema.oauth import oauth_clients, oauth_codes
+from homeserver.storage.schema.oauth import oauth_clients, oauth_codes, oauth_device_grants
 from homeserver.storage.schema.push import (
     event_push_actions,
     push_cursors,
@@ -118,6 +118,7 @@ __all__ = [
     "metadata",
     "oauth_clients",
     "oauth_codes",
+    "oauth_device_grants",
     "presence",
     "profiles",
     "push_cursors",

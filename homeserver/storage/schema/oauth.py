@@ -28,3 +28,19 @@ oauth_codes = sa.Table(
     sa.Column("code_challenge", sa.Text, nullable=False),
     sa.Column("expires_ts", BigInt, nullable=False, index=True),
 )
+
+# Device authorization grants (RFC 8628): the device code by its SHA-256, the user code the
+# person types; ``user_id`` is set when they approve, ``denied`` when they refuse.
+oauth_device_grants = sa.Table(
+    "oauth_device_grants",
+    metadata,
+    sa.Column("device_code_hash", sa.LargeBinary, primary_key=True),
+    sa.Column("user_code", sa.Text, nullable=False, unique=True),
+    sa.Column("client_id", sa.Text, nullable=False),
+    sa.Column("device_id", sa.Text, nullable=False),
+    sa.Column("expires_ts", BigInt, nullable=False, index=True),
+    sa.Column("interval_ms", BigInt, nullable=False),
+    sa.Column("last_poll_ts", BigInt, nullable=True),
+    sa.Column("user_id", sa.Text, nullable=True),
+    sa.Column("denied", sa.Boolean, nullable=False),
+)
