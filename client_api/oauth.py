@@ -142,10 +142,14 @@ async def authorize(request: Request) -> Response:
     if params.get("action") == "deny":
         return RedirectResponse(oauth.denied(auth_request), status_code=303)
     username = params.get("username", "")
+    password = params.get("password", "")
     try:
-        user_id = await oauth.check_password(
-            username, params.get("password", ""), client_ip(request)
-        )
+        if auth_request.create:
+            if password != params.get("confirm"):
+                raise MatrixError(Codes.INVALID_PARAM, "The two passwords differ.")
+            user_id = await oauth.register(username, password, client_ip(request))
+        else:
+            user_id = await oauth.check_password(username, password, client_ip(request))
     except MatrixError as e:
         message, status = _refusal(e)
         page = sign_in_page(
@@ -174,7 +178,7 @@ async def post_device(request: Request) -> Response:
 def _refusal(e: MatrixError) -> tuple[str, int]:
     if e.code == Codes.LIMIT_EXCEEDED:
         return "Too many attempts; please wait a while before trying again.", 429
-    return e.message, 403
+    return e.message, 403 if e.status == 403 else 400
 
 
 async def device_link(request: Request) -> Response:

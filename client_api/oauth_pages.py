@@ -80,9 +80,32 @@ def sign_in_page(
     hidden = "".join(
         f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">'
         for k, v in sorted(params.items())
-        if k not in ("csrf", "username", "password", "action")
+        if k not in ("csrf", "username", "password", "confirm", "action")
     )
     alert = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
+    if request.create:
+        body = (
+            f"<h1>Create an account on {escape(server_name)}</h1>"
+            f"<p><strong>{escape(request.client_name)}</strong> "
+            f"(<span>{escape(request.client_uri)}</span>) will use the new account.</p>"
+            f"{alert}"
+            '<form method="post" action="authorize">'
+            f'<input type="hidden" name="csrf" value="{escape(csrf)}">{hidden}'
+            '<label for="username">Username</label>'
+            f'<input id="username" name="username" autocomplete="username" required '
+            f'value="{escape(username)}" autofocus>'
+            '<label for="password">Password</label>'
+            '<input id="password" name="password" type="password" '
+            'autocomplete="new-password" required>'
+            '<label for="confirm">Password again</label>'
+            '<input id="confirm" name="confirm" type="password" '
+            'autocomplete="new-password" required>'
+            '<button class="allow" type="submit" name="action" value="register">'
+            "Create account and allow</button>"
+            '<button class="deny" type="submit" name="action" value="deny" formnovalidate>'
+            "Deny</button></form>"
+        )
+        return _page(f"Create an account on {server_name}", body, status, request.redirect_uri)
     body = (
         f"<h1>Sign in to {escape(server_name)}</h1>"
         f"<p><strong>{escape(request.client_name)}</strong> "

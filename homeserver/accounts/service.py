@@ -438,6 +438,25 @@ class AccountService:
             raise MatrixError(Codes.FORBIDDEN, "Invalid username or password")
         return user.user_id
 
+    def open_registration(self) -> bool:
+        """Whether anyone may register without a token (the OAuth page's prompt=create)."""
+        return self._registration.enabled and not self._registration.require_token
+
+    async def register_on_page(self, username: str, password: str, client_ip: str | None) -> UserID:
+        """An account created on the OAuth 2.0 API's registration page."""
+        if not self.open_registration():
+            raise MatrixError(Codes.FORBIDDEN, "Registration is not open")
+        if client_ip is not None:
+            self._ratelimiter.check(Action.REGISTRATION, f"ip:{client_ip}")
+        user_id = self._new_user_id(username)
+        self.check_password_strength(password)
+        if await self._store.user_exists_ignoring_case(user_id) or not await self._create_user(
+            user_id, await self._auth.hash_password(password), is_admin=False
+        ):
+            raise MatrixError(Codes.USER_IN_USE, "User ID already taken")
+        logger.info("user registered on the sign-in page", extra={"user_id": user_id})
+        return user_id
+
     async def start_refreshable_session(
         self, user_id: UserID, device_id: str, client_ip: str | None
     ) -> Session:

@@ -54,6 +54,7 @@ class AuthorizationRequest:
     response_mode: str  # query or fragment
     device_id: str
     code_challenge: str
+    create: bool  # prompt=create: the page offers registration
 
     @property
     def scope(self) -> str:
@@ -119,6 +120,7 @@ class OAuthService:
                 GRANT_DEVICE_CODE,
             ],
             "code_challenge_methods_supported": ["S256"],
+            "prompt_values_supported": ["create"],
             "token_endpoint_auth_methods_supported": ["none"],
             "revocation_endpoint_auth_methods_supported": ["none"],
             "scopes_supported": [API_SCOPE, f"{DEVICE_SCOPE_PREFIX}*"],
@@ -162,8 +164,10 @@ class OAuthService:
         challenge = params.get("code_challenge", "")
         if len(challenge) != 43 or not set(challenge) <= _PKCE_VERIFIER_CHARS:
             raise fail("invalid_request", "code_challenge must be a S256 challenge")
-        if params.get("prompt") not in (None, "", "login", "consent"):
+        if params.get("prompt") not in (None, "", "login", "consent", "create"):
             raise fail("invalid_request", "unsupported prompt value")
+        if params.get("prompt") == "create" and not self._accounts.open_registration():
+            raise fail("login_required", "registration is not open on this server")
         scopes = params.get("scope", "").split()
         device_id: str | None = None
         if API_SCOPE not in scopes:
@@ -186,11 +190,16 @@ class OAuthService:
             response_mode=response_mode,
             device_id=device_id or new_device_id(),
             code_challenge=challenge,
+            create=params.get("prompt") == "create",
         )
 
     async def check_password(self, username: str, password: str, client_ip: str | None) -> UserID:
         """The sign-in page's username and password (``MatrixError`` when refused)."""
         return await self._accounts.check_password_sign_in(username, password, client_ip)
+
+    async def register(self, username: str, password: str, client_ip: str | None) -> UserID:
+        """prompt=create's form (``MatrixError`` when refused)."""
+        return await self._accounts.register_on_page(username, password, client_ip)
 
     async def grant(self, request: AuthorizationRequest, user_id: UserID) -> str:
         """The user said yes: a short-lived code, and where the browser goes with it."""

@@ -643,3 +643,46 @@ async def test_device_grant_denied_expired_and_bad_requests(server: Any) -> None
     oauth_error(response, 400, "unauthorized_client")
     response = await browser.post("/oauth2/device", data={"client_id": "nope", "scope": API})
     oauth_error(response, 401, "invalid_client")
+
+
+# --- prompt=create ----------------------------------------------------------------------------
+
+
+async def test_prompt_create_registers_then_grants(server: Any) -> None:
+    _, client, _ = server
+    assert (await client.get(METADATA)).json()["prompt_values_supported"] == ["create"]
+    client_id = await register_client(client)
+    verifier = generate_token(48)
+    page = await authorize_raw(client, client_id, verifier, prompt="create")
+    assert page.status_code == 200 and "Create an account" in page.text
+    assert '<label for="confirm">' in page.text
+    form = {**hidden_fields(page.text), "action": "register"}
+
+    async def attempt(username: str, password: str, confirm: str) -> httpx.Response:
+        data = {**form, "username": username, "password": password, "confirm": confirm}
+        return await client.post("/oauth2/authorize", data=data)
+
+    differ = await attempt("bob", DEFAULT_PASSWORD, DEFAULT_PASSWORD + "x")
+    assert differ.status_code == 400 and "differ" in differ.text
+    weak = await attempt("bob", "short", "short")
+    assert weak.status_code == 400 and "Password must be" in weak.text
+    taken = await attempt("alice", DEFAULT_PASSWORD, DEFAULT_PASSWORD)
+    assert taken.status_code == 400 and "taken" in taken.text
+    invalid = await attempt("no spaces", DEFAULT_PASSWORD, DEFAULT_PASSWORD)
+    assert invalid.status_code == 400
+    created = await attempt("Bob", DEFAULT_PASSWORD, DEFAULT_PASSWORD)
+    assert created.status_code == 303, created.text
+    code = parse_qs(urlsplit(created.headers["location"]).query)["code"][0]
+    tokens = (await exchange(client, client_id, code, verifier)).json()
+    who = await client.get(WHOAMI, headers=auth_header(tokens["access_token"]))
+    assert who.json()["user_id"] == "@bob:test"
+
+
+async def test_prompt_create_when_registration_is_closed(tmp_path: Path, db_url: str) -> None:
+    config = oauth_config(tmp_path, db_url, registration={"enabled": False})
+    async with serve(config) as (_, client):
+        client_id = await register_client(client)
+        response = await authorize_raw(client, client_id, generate_token(48), prompt="create")
+        assert response.status_code == 303
+        query = parse_qs(urlsplit(response.headers["location"]).query)
+        assert query["error"] == ["login_required"]
