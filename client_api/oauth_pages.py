@@ -163,3 +163,28 @@ def device_link_page(
 def message_page(title: str, message: str) -> HTMLResponse:
     body = f'<h1>{escape(title)}</h1><p role="status">{escape(message)}</p>'
     return _page(title, body, 200)
+
+
+def choose_username_page(
+    provider_name: str,
+    server_name: str,
+    csrf: str,
+    *,
+    suggestion: str = "",
+    error: str | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    alert = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
+    body = (
+        f"<h1>Choose your username on {escape(server_name)}</h1>"
+        f"<p>You signed in with {escape(provider_name)} for the first time. "
+        "Choose the username of your new account.</p>"
+        f"{alert}"
+        '<form method="post" action="username">'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+        '<label for="username">Username</label>'
+        f'<input id="username" name="username" required autocomplete="username" '
+        f'value="{escape(suggestion)}" autofocus>'
+        '<button class="allow" type="submit">Create account</button></form>'
+    )
+    return _page("Choose your username", body, status)

@@ -27,6 +27,7 @@ from client_api import (
     room_summary,
     rooms,
     sliding_sync,
+    sso,
     sync,
     thirdparty,
     threepids,
@@ -72,6 +73,7 @@ _MODULES = [
     appservice,
     thirdparty,
     oauth,
+    sso,
 ]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]

@@ -21,6 +21,7 @@ from homeserver.accounts.ignored import IgnoreLists
 from homeserver.accounts.jwt_login import JwtLogin
 from homeserver.accounts.profile import ProfileService
 from homeserver.accounts.service import AccountService
+from homeserver.accounts.sso import SsoService
 from homeserver.accounts.threepids import ThreepidService
 from homeserver.accounts.tokens import AuthService
 from homeserver.accounts.uia import UiaService
@@ -108,6 +109,7 @@ from homeserver.storage.reports import ReportStore
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.server_keys import ServerKeyStore
 from homeserver.storage.sliding_sync import SlidingSyncStore
+from homeserver.storage.sso import SsoStore
 from homeserver.storage.threepids import ThreepidStore
 from homeserver.storage.to_device import ToDeviceStore
 from homeserver.storage.typing_notifications import TypingStore
@@ -575,6 +577,7 @@ class Homeserver:
     def _build_account_service(self, config: HomeserverConfig, clock: Clock) -> None:
         """Registration, login, devices, deactivation: built after the services that keep
         something for an account or its devices, which its deletions reach."""
+        self.sso_store = SsoStore(self.db)
         self.accounts = AccountService(
             self.account_store,
             self.auth,
@@ -592,7 +595,23 @@ class Homeserver:
             appservices=self.appservices,
             jwt_login=JwtLogin(config.jwt_login, clock) if config.jwt_login.enabled else None,
             password_login=config.auth.password_login_enabled,
+            login_tokens=self.sso_store if config.sso.providers else None,
+            sso_providers=[(p.id, p.name) for p in config.sso.providers],
         )
+        self.sso: SsoService | None = None
+        if config.sso.providers:
+            # The operator chose the providers' URLs: loopback and private addresses are
+            # allowed, as for application services (docs/sign-in.md).
+            provider_outbound = Outbound(AddressPolicy(("0.0.0.0/0", "::/0")))
+            self.sso = SsoService(
+                config.sso,
+                self.sso_store,
+                self.accounts,
+                provider_outbound.client(timeout_s=config.sso.request_timeout_ms / 1000),
+                clock,
+                config.base_url,
+                config.server_name,
+            )
         self.oauth: OAuthService | None = None
         if config.oauth.enabled:
             self.oauth = OAuthService(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from homeserver.accounts.jwt_login import LOGIN_JWT, JwtLogin
-from homeserver.accounts.tokens import AuthService, Session, new_device_id
+from homeserver.accounts.tokens import AuthService, Session, hash_token, new_device_id
 from homeserver.accounts.uia import (
     LOGIN_DUMMY,
     LOGIN_EMAIL_IDENTITY,
@@ -102,6 +102,16 @@ class LoginRequest:
     token: str | None = None  # the body's ``token``: org.matrix.login.jwt
 
 
+LOGIN_TOKEN = "m.login.token"
+LOGIN_SSO = "m.login.sso"
+
+
+class LoginTokens(Protocol):
+    """The short-lived tokens single sign-on hands a client for m.login.token (SsoStore)."""
+
+    async def take_login_token(self, token_hash: bytes, now: int) -> str | None: ...
+
+
 class AccountService:
     def __init__(
         self,
@@ -119,7 +129,11 @@ class AccountService:
         appservices: AppServices | None = None,
         jwt_login: JwtLogin | None = None,
         password_login: bool = True,
+        login_tokens: LoginTokens | None = None,
+        sso_providers: Sequence[tuple[str, str]] = (),
     ) -> None:
+        self._login_tokens = login_tokens
+        self._sso_providers = tuple(sso_providers)
         self._store = store
         self._jwt_login = jwt_login
         self._password_login = password_login
@@ -324,14 +338,19 @@ class AccountService:
         return user_id
 
     async def _create_user(
-        self, user_id: UserID, password_hash: str | None, *, is_admin: bool
+        self,
+        user_id: UserID,
+        password_hash: str | None,
+        *,
+        is_admin: bool,
+        displayname: str | None = None,
     ) -> bool:
         return await self._store.create_user(
             user_id,
             password_hash,
             is_admin=is_admin,
             created_ts=self._clock.now_ms(),
-            displayname=user_id.localpart,
+            displayname=displayname or user_id.localpart,
         )
 
     async def _create_generated_user(self, password_hash: str) -> UserID:
@@ -350,6 +369,10 @@ class AccountService:
             flows.append({"type": LOGIN_PASSWORD})
         if self._jwt_login is not None:
             flows.append({"type": LOGIN_JWT})
+        if self._sso_providers:
+            providers = [{"id": i, "name": n} for i, n in self._sso_providers]
+            flows.append({"type": LOGIN_SSO, "identity_providers": providers})
+            flows.append({"type": LOGIN_TOKEN})
         if self._appservices:
             flows.append({"type": LOGIN_APPLICATION_SERVICE})
         return flows
@@ -361,6 +384,8 @@ class AccountService:
             self._ratelimiter.check(Action.LOGIN, f"ip:{request.client_ip}")
         if request.login_type == LOGIN_JWT and self._jwt_login is not None:
             return await self._login_jwt(self._jwt_login, request)
+        if request.login_type == LOGIN_TOKEN and self._login_tokens is not None:
+            return await self._login_with_token(self._login_tokens, request)
         if request.login_type != LOGIN_PASSWORD or not self._password_login:
             raise MatrixError(Codes.UNKNOWN, f"Unknown login type {request.login_type}", status=400)
         if request.identifier_type == "m.id.phone":
@@ -469,6 +494,35 @@ class AccountService:
     async def end_session(self, user_id: UserID, device_id: str) -> None:
         """An OAuth session revoked: its device goes with its tokens (as /logout)."""
         await self._delete_devices(user_id, [device_id])
+
+    async def _login_with_token(self, tokens: LoginTokens, request: LoginRequest) -> Session:
+        """m.login.token: a token single sign-on gave, short-lived and used once."""
+        if request.token is None:
+            raise MatrixError(Codes.MISSING_PARAM, "Missing parameter: token")
+        self._check_device(request.device_id, request.initial_device_display_name)
+        user_id = await tokens.take_login_token(hash_token(request.token), self._clock.now_ms())
+        if user_id is None:
+            raise MatrixError(Codes.FORBIDDEN, "Invalid or expired login token")
+        user = await self._store.get_user(UserID(user_id))
+        if user is None or user.deactivated:
+            raise MatrixError(Codes.USER_DEACTIVATED, "This account has been deactivated")
+        return await self._start_session(
+            user.user_id,
+            request.device_id,
+            request.initial_device_display_name,
+            refreshable=request.refresh_token,
+            client_ip=request.client_ip,
+        )
+
+    async def create_sso_user(self, username: str, displayname: str | None) -> UserID:
+        """An account chosen on the first single sign-on (no password)."""
+        user_id = self._new_user_id(username)
+        if await self._store.user_exists_ignoring_case(user_id) or not await self._create_user(
+            user_id, None, is_admin=False, displayname=(displayname or "")[:256] or None
+        ):
+            raise MatrixError(Codes.USER_IN_USE, "User ID already taken")
+        logger.info("user registered by single sign-on", extra={"user_id": user_id})
+        return user_id
 
     async def _login_jwt(self, jwt_login: JwtLogin, request: LoginRequest) -> Session:
         """org.matrix.login.jwt: the token's subject claim is the localpart."""

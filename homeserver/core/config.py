@@ -151,6 +151,33 @@ class OAuthConfig(Section):
     code_lifetime_ms: int = Field(default=60_000, ge=1000, le=600_000)
 
 
+class OidcProviderConfig(Section):
+    """An upstream OpenID Connect provider for single sign-on (docs/sign-in.md)."""
+
+    id: str = Field(pattern=r"^[a-z0-9._~-]{1,64}$")  # the idp_id of /login/sso/redirect
+    name: str
+    issuer: str  # discovery: <issuer>/.well-known/openid-configuration
+    client_id: str
+    client_secret: str | None = None  # sent as client_secret_post; None: a public client
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    localpart_claim: str = "preferred_username"  # suggested on the choose-a-username page
+    displayname_claim: str | None = "name"
+    # When set, the provider's e-mail claim must be verified and in one of these domains.
+    allowed_email_domains: tuple[str, ...] = ()
+
+
+class SsoConfig(Section):
+    providers: tuple[OidcProviderConfig, ...] = ()
+    request_timeout_ms: int = Field(default=10_000, ge=100)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> SsoConfig:
+        ids = [p.id for p in self.providers]
+        if len(set(ids)) != len(ids):
+            raise ValueError("sso.providers: each id must be unique")
+        return self
+
+
 class LimitsConfig(Section):
     max_request_body_bytes: int = Field(default=1024 * 1024, ge=65_536)
     sync_timeout_max_ms: int = Field(default=60_000, ge=0)
@@ -424,6 +451,7 @@ class HomeserverConfig(BaseModel):
     auth: AuthConfig = AuthConfig()
     jwt_login: JwtLoginConfig = JwtLoginConfig()
     oauth: OAuthConfig = OAuthConfig()
+    sso: SsoConfig = SsoConfig()
     limits: LimitsConfig = LimitsConfig()
     rooms: RoomsConfig = RoomsConfig()
     websocket: WebSocketConfig = WebSocketConfig()

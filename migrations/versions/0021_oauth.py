@@ -59,9 +59,45 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_oauth_device_grants_expires_ts"), "oauth_device_grants", ["expires_ts"]
     )
+    # Single sign-on through upstream OpenID Connect providers.
+    op.create_table(
+        "sso_sessions",
+        sa.Column("session_hash", sa.LargeBinary(), nullable=False),
+        sa.Column("provider", sa.Text(), nullable=False),
+        sa.Column("state", sa.Text(), nullable=False),
+        sa.Column("nonce", sa.Text(), nullable=False),
+        sa.Column("code_verifier", sa.Text(), nullable=False),
+        sa.Column("redirect_url", sa.Text(), nullable=False),
+        sa.Column("claims", sa.Text(), nullable=True),
+        sa.Column("expires_ts", BigInt, nullable=False),
+        sa.PrimaryKeyConstraint("session_hash", name=op.f("pk_sso_sessions")),
+    )
+    op.create_index(op.f("ix_sso_sessions_expires_ts"), "sso_sessions", ["expires_ts"])
+    op.create_table(
+        "sso_links",
+        sa.Column("provider", sa.Text(), nullable=False),
+        sa.Column("subject", sa.Text(), nullable=False),
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("provider", "subject", name=op.f("pk_sso_links")),
+    )
+    op.create_index(op.f("ix_sso_links_user_id"), "sso_links", ["user_id"])
+    op.create_table(
+        "login_tokens",
+        sa.Column("token_hash", sa.LargeBinary(), nullable=False),
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("expires_ts", BigInt, nullable=False),
+        sa.PrimaryKeyConstraint("token_hash", name=op.f("pk_login_tokens")),
+    )
+    op.create_index(op.f("ix_login_tokens_expires_ts"), "login_tokens", ["expires_ts"])
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_login_tokens_expires_ts"), table_name="login_tokens")
+    op.drop_table("login_tokens")
+    op.drop_index(op.f("ix_sso_links_user_id"), table_name="sso_links")
+    op.drop_table("sso_links")
+    op.drop_index(op.f("ix_sso_sessions_expires_ts"), table_name="sso_sessions")
+    op.drop_table("sso_sessions")
     op.drop_index(op.f("ix_oauth_device_grants_expires_ts"), table_name="oauth_device_grants")
     op.drop_table("oauth_device_grants")
     op.drop_index(op.f("ix_oauth_codes_expires_ts"), table_name="oauth_codes")

@@ -55,7 +55,14 @@ from homeserver.storage.schema.media import (
     media,
     media_thumbnails,
 )
-from homeserver.storage.schema.oauth import oauth_clients, oauth_codes, oauth_device_grants
+from homeserver.storage.schema.oauth import (
+    login_tokens,
+    oauth_clients,
+    oauth_codes,
+    oauth_device_grants,
+    sso_links,
+    sso_sessions,
+)
 from homeserver.storage.schema.push import (
     event_push_actions,
     push_cursors,
@@ -119,6 +126,9 @@ __all__ = [
     "oauth_clients",
     "oauth_codes",
     "oauth_device_grants",
+    "sso_links",
+    "sso_sessions",
+    "login_tokens",
     "presence",
     "profiles",
     "push_cursors",

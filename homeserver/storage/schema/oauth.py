@@ -44,3 +44,36 @@ oauth_device_grants = sa.Table(
     sa.Column("user_id", sa.Text, nullable=True),
     sa.Column("denied", sa.Boolean, nullable=False),
 )
+
+# Single sign-on through upstream OpenID Connect providers: a browser's sign-in in progress
+# (its cookie holds the ID; ``claims`` are set once the provider answered and a username is
+# still to be chosen), the link of a provider's subject to an account, and the short-lived
+# login tokens of m.login.token.
+sso_sessions = sa.Table(
+    "sso_sessions",
+    metadata,
+    sa.Column("session_hash", sa.LargeBinary, primary_key=True),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("nonce", sa.Text, nullable=False),
+    sa.Column("code_verifier", sa.Text, nullable=False),
+    sa.Column("redirect_url", sa.Text, nullable=False),
+    sa.Column("claims", sa.Text, nullable=True),
+    sa.Column("expires_ts", BigInt, nullable=False, index=True),
+)
+
+sso_links = sa.Table(
+    "sso_links",
+    metadata,
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("subject", sa.Text, primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False, index=True),
+)
+
+login_tokens = sa.Table(
+    "login_tokens",
+    metadata,
+    sa.Column("token_hash", sa.LargeBinary, primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("expires_ts", BigInt, nullable=False, index=True),
+)
