@@ -109,7 +109,9 @@ def _with_cookie(response: Response, hs: OAuthServices, csrf: str, new: bool) ->
             csrf,
             path="/oauth2/",
             httponly=True,
-            samesite="strict",
+            # Lax: the cookie comes back with the redirect chain of single sign-on; forms
+            # are POSTs, which Lax does not send across sites.
+            samesite="lax",
             secure=hs.secure_cookies,
         )
     return response
@@ -129,8 +131,23 @@ async def authorize(request: Request) -> Response:
     except RedirectError as e:
         return RedirectResponse(e.location, status_code=303)
     csrf, new = _csrf_of(request)
+    if request.method == "GET" and "loginToken" in params:
+        # Back from single sign-on: the same browser (its CSRF token) and a valid token.
+        if new or not hmac.compare_digest(params.get("sso_csrf", ""), csrf):
+            return error_page(
+                "This sign-in did not start in this browser; please start again.", 403
+            )
+        user_id = await oauth.user_of_login_token(params["loginToken"])
+        if user_id is None:
+            return error_page("This sign-in has expired; please start again.", 403)
+        return RedirectResponse(await oauth.grant(auth_request, user_id), status_code=303)
     if request.method == "GET":
-        page = sign_in_page(auth_request, params, csrf, hs.server_name)
+        clean = {k: v for k, v in params.items() if k not in ("loginToken", "sso_csrf")}
+        providers = [
+            (name, oauth.sso_redirect_url(idp_id, clean, csrf))
+            for idp_id, name in oauth.sso_providers
+        ]
+        page = sign_in_page(auth_request, clean, csrf, hs.server_name, providers=providers)
         return _with_cookie(page, hs, csrf, new)
     if new or not hmac.compare_digest(params.get("csrf", ""), csrf):
         return _with_cookie(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Sequence
 from html import escape
 from urllib.parse import urlsplit
 
@@ -22,10 +23,12 @@ _CSS = (
     "border-radius:4px;border:1px solid #0b4f9c;cursor:pointer}"
     ".allow{background:#0b4f9c;color:#fff}.deny{background:#fff;color:#0b4f9c}"
     "button:focus,input:focus{outline:3px solid #e8a200;outline-offset:2px}"
-    ".error{color:#a00000;font-weight:600}"
+    ".error{color:#a00000;font-weight:600}h2{font-size:1.1rem;margin-top:2rem}"
+    "a{color:#0b4f9c}"
     "@media (prefers-color-scheme:dark){body{background:#111;color:#eee}"
     "input{background:#222;color:#eee;border-color:#aaa}"
-    ".deny{background:#111;color:#8cc4ff;border-color:#8cc4ff}.error{color:#ff8a8a}}"
+    ".deny{background:#111;color:#8cc4ff;border-color:#8cc4ff}.error{color:#ff8a8a}"
+    "a{color:#8cc4ff}}"
 )
 _CSS_HASH = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
 
@@ -73,6 +76,7 @@ def sign_in_page(
     csrf: str,
     server_name: str,
     *,
+    providers: Sequence[tuple[str, str]] = (),  # (name, URL) of single sign-on
     error: str | None = None,
     username: str = "",
     status: int = 200,
@@ -124,6 +128,11 @@ def sign_in_page(
         '<button class="deny" type="submit" name="action" value="deny" formnovalidate>'
         "Deny</button></form>"
     )
+    if providers:
+        links = "".join(
+            f'<li><a href="{escape(url)}">{escape(name)}</a></li>' for name, url in providers
+        )
+        body += f'<h2>Or sign in with</h2><ul class="sso">{links}</ul>'
     return _page(f"Sign in to {server_name}", body, status, request.redirect_uri)
 
 

@@ -622,6 +622,8 @@ class Homeserver:
                 clock,
                 config.base_url,
                 config.auth.access_token_lifetime_ms,
+                login_tokens=self.sso_store if config.sso.providers else None,
+                sso_providers=[(p.id, p.name) for p in config.sso.providers],
             )
 
     def _build_push_delivery(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:

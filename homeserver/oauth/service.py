@@ -8,10 +8,11 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
-from homeserver.accounts.service import AccountService
+from homeserver.accounts.service import AccountService, LoginTokens
 from homeserver.accounts.tokens import hash_token, new_device_id
 from homeserver.core.clock import Clock
 from homeserver.core.config import OAuthConfig
@@ -92,7 +93,12 @@ class OAuthService:
         clock: Clock,
         base_url: str,
         access_token_lifetime_ms: int,
+        *,
+        login_tokens: LoginTokens | None = None,
+        sso_providers: Sequence[tuple[str, str]] = (),
     ) -> None:
+        self._login_tokens = login_tokens
+        self.sso_providers = tuple(sso_providers)  # (id, name): offered on the sign-in page
         self._config = config
         self._store = store
         self._account_store = account_store
@@ -196,6 +202,20 @@ class OAuthService:
     async def check_password(self, username: str, password: str, client_ip: str | None) -> UserID:
         """The sign-in page's username and password (``MatrixError`` when refused)."""
         return await self._accounts.check_password_sign_in(username, password, client_ip)
+
+    def sso_redirect_url(self, idp_id: str, params: dict[str, str], csrf: str) -> str:
+        """Where a provider's button on the sign-in page goes: single sign-on, coming back
+        to this authorization with a login token and the browser's CSRF token."""
+        back = f"{self._issuer}oauth2/authorize?{urlencode({**params, 'sso_csrf': csrf})}"
+        query = urlencode({"redirectUrl": back})
+        return f"{self._issuer}_matrix/client/v3/login/sso/redirect/{idp_id}?{query}"
+
+    async def user_of_login_token(self, token: str) -> UserID | None:
+        """The account a single sign-on came back with (the token is used up)."""
+        if self._login_tokens is None:
+            return None
+        user_id = await self._login_tokens.take_login_token(hash_token(token), self._clock.now_ms())
+        return None if user_id is None else UserID(user_id)
 
     async def register(self, username: str, password: str, client_ip: str | None) -> UserID:
         """prompt=create's form (``MatrixError`` when refused)."""

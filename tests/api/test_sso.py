@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import AsyncIterator
+from html import unescape
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -27,6 +28,7 @@ from tests.push_servers import LocalHTTP
 LOGIN = "/_matrix/client/v3/login"
 REDIRECT = "/_matrix/client/v3/login/sso/redirect"
 CLIENT_URL = "https://client.example/done"
+OAUTH_REDIRECT = "https://app.example/callback"
 NOW_S = 1_700_000_000
 
 
@@ -286,3 +288,75 @@ async def test_off_without_providers(tmp_path: Path, db_url: str) -> None:
         assert all(f["type"] not in ("m.login.sso", "m.login.token") for f in flows)
         response = await client.get(REDIRECT, params={"redirectUrl": CLIENT_URL})
         assert (response.status_code, response.json()["errcode"]) == (404, "M_UNRECOGNIZED")
+
+
+def relative(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}"
+
+
+async def test_oauth_sign_in_page_offers_the_provider(
+    tmp_path: Path, db_url: str, provider: FakeProvider
+) -> None:
+    config = make_config(tmp_path, db_url, sso=sso_config(provider), oauth={"enabled": True})
+    async with serve(config, FakeClock(NOW_S * 1000)) as (_, client):
+        registered = await client.post(
+            "/oauth2/register",
+            json={"client_uri": "https://app.example", "redirect_uris": [OAUTH_REDIRECT]},
+        )
+        client_id = registered.json()["client_id"]
+        verifier = secrets.token_urlsafe(48)
+        query = {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": OAUTH_REDIRECT,
+            "scope": "urn:matrix:client:api:*",
+            "state": "st",
+            "code_challenge": s256(verifier),
+            "code_challenge_method": "S256",
+        }
+        page = await client.get("/oauth2/authorize", params=query)
+        assert page.status_code == 200
+        link = page.text.split('<ul class="sso"><li><a href="', 1)[1].split('"', 1)[0]
+        assert ">Corp SSO</a>" in page.text
+        started = await client.get(relative(unescape(link)))
+        assert started.status_code == 302
+        async with httpx.AsyncClient() as browser:
+            at_provider = await browser.get(started.headers["location"])
+        chooser = await client.get(relative(at_provider.headers["location"]))
+        csrf = chooser.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        chosen = await client.post(
+            "/oauth2/upstream/username", data={"csrf": csrf, "username": "carol"}
+        )
+        assert chosen.status_code == 303
+        back = chosen.headers["location"]
+        assert "loginToken=" in back and "/oauth2/authorize?" in back
+        # Another browser (no CSRF cookie) cannot use the way back.
+        transport = client._transport
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as other:
+            stolen = await other.get(relative(back))
+            assert stolen.status_code == 403
+        granted = await client.get(relative(back))
+        assert granted.status_code == 303, granted.text
+        location = granted.headers["location"]
+        assert location.startswith(OAUTH_REDIRECT + "?")
+        code = parse_qs(urlsplit(location).query)["code"][0]
+        tokens = await client.post(
+            "/oauth2/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "client_id": client_id,
+                "redirect_uri": OAUTH_REDIRECT,
+                "code_verifier": verifier,
+            },
+        )
+        assert tokens.status_code == 200, tokens.text
+        who = await client.get(
+            "/_matrix/client/v3/account/whoami",
+            headers=auth_header(tokens.json()["access_token"]),
+        )
+        assert who.json()["user_id"] == "@carol:test"
+        # The login token is spent: the same way back again fails.
+        again = await client.get(relative(back))
+        assert again.status_code == 403
