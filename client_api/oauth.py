@@ -12,8 +12,16 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from client_api.account import client_ip
-from client_api.oauth_pages import device_link_page, error_page, message_page, sign_in_page
+from client_api.oauth_pages import (
+    account_page,
+    account_sign_in_page,
+    device_link_page,
+    error_page,
+    message_page,
+    sign_in_page,
+)
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import UserID
 from homeserver.core.json_limits import loads_limited
 from homeserver.core.types import JsonDict
 from homeserver.oauth.errors import OAuthError
@@ -21,6 +29,8 @@ from homeserver.oauth.service import OAuthService, RedirectError
 from homeserver.web.edge import json_response, read_body, services_of
 
 CSRF_COOKIE = "oauth_csrf"
+ACCOUNT_COOKIE = "oauth_account"
+_ACCOUNT = "/oauth2/account"
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -243,6 +253,124 @@ async def device_link(request: Request) -> Response:
     return message_page("Device linked", f"{name} is now signed in; you can go back to it.")
 
 
+async def _account_form(request: Request) -> tuple[OAuthServices, OAuthService, dict[str, str]]:
+    hs, oauth = _oauth(request)
+    try:
+        form = await _form(request)
+    except OAuthError as e:
+        raise _PageError(error_page(e.description)) from e
+    csrf = request.cookies.get(CSRF_COOKIE, "")
+    if not csrf or not hmac.compare_digest(form.get("csrf", ""), csrf):
+        raise _PageError(error_page("This form has expired; please start again.", 403))
+    return hs, oauth, form
+
+
+class _PageError(Exception):
+    def __init__(self, page: Response) -> None:
+        super().__init__("page")
+        self.page = page
+
+
+async def account(request: Request) -> Response:
+    """GET /oauth2/account: the account management URL (spec: actions in the query)"""
+    hs, oauth = _oauth(request)
+    csrf, new = _csrf_of(request)
+    user_id = await oauth.browser_user(request.cookies.get(ACCOUNT_COOKIE))
+    if user_id is None:
+        page = account_sign_in_page(csrf, hs.server_name, request.url.query[:2048])
+        return _with_cookie(page, hs, csrf, new)
+    action = request.query_params.get("action")
+    device_id = request.query_params.get("device_id")
+    devices = await oauth.devices(user_id)
+    known = device_id is not None and any(d.device_id == device_id for d in devices)
+    page = account_page(
+        csrf,
+        hs.server_name,
+        user_id,
+        await oauth.displayname(user_id),
+        [(d.device_id, d.display_name, d.last_seen_ts) for d in devices],
+        focus=device_id if known else None,
+        ending=device_id if known and action == "org.matrix.session_end" else None,
+        error="No such session." if device_id is not None and not known else None,
+    )
+    return _with_cookie(page, hs, csrf, new)
+
+
+async def account_sign_in(request: Request) -> Response:
+    """POST /oauth2/account/sign-in"""
+    try:
+        hs, oauth, form = await _account_form(request)
+    except _PageError as e:
+        return e.page
+    try:
+        user_id = await oauth.check_password(
+            form.get("username", ""), form.get("password", ""), client_ip(request)
+        )
+    except MatrixError as e:
+        message, status = _refusal(e)
+        return account_sign_in_page(
+            form["csrf"], hs.server_name, form.get("next", ""), error=message, status=status
+        )
+    token = await oauth.start_browser_session(user_id)
+    next_query = form.get("next", "")
+    target = _ACCOUNT + (f"?{next_query}" if next_query else "")
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        ACCOUNT_COOKIE,
+        token,
+        path="/oauth2/",
+        httponly=True,
+        samesite="strict",
+        secure=hs.secure_cookies,
+        max_age=3600,
+    )
+    return response
+
+
+async def _signed_in(request: Request) -> tuple[OAuthServices, OAuthService, dict[str, str], str]:
+    hs, oauth, form = await _account_form(request)
+    user_id = await oauth.browser_user(request.cookies.get(ACCOUNT_COOKIE))
+    if user_id is None:
+        raise _PageError(RedirectResponse(_ACCOUNT, status_code=303))
+    return hs, oauth, form, user_id
+
+
+async def account_session_end(request: Request) -> Response:
+    """POST /oauth2/account/session-end"""
+    try:
+        _, oauth, form, user_id = await _signed_in(request)
+    except _PageError as e:
+        return e.page
+    if not await oauth.end_device(UserID(user_id), form.get("device_id", "")):
+        return error_page("No such session.", 404)
+    return RedirectResponse(_ACCOUNT, status_code=303)
+
+
+async def account_profile(request: Request) -> Response:
+    """POST /oauth2/account/profile"""
+    try:
+        _, oauth, form, user_id = await _signed_in(request)
+    except _PageError as e:
+        return e.page
+    try:
+        await oauth.set_displayname(UserID(user_id), form.get("displayname", ""))
+    except MatrixError as e:
+        return error_page(e.message, 400)
+    return RedirectResponse(_ACCOUNT, status_code=303)
+
+
+async def account_sign_out(request: Request) -> Response:
+    """POST /oauth2/account/sign-out"""
+    try:
+        _, oauth, _, _ = await _signed_in(request)
+    except _PageError as e:
+        return e.page
+    await oauth.end_browser_session(request.cookies.get(ACCOUNT_COOKIE, ""))
+    response = RedirectResponse(_ACCOUNT, status_code=303)
+    response.delete_cookie(ACCOUNT_COOKIE, path="/oauth2/")
+    return response
+
+
 async def post_token(request: Request) -> Response:
     """POST /oauth2/token"""
     _, oauth = _oauth(request)
@@ -272,5 +400,10 @@ root_routes = [
     Route("/oauth2/token", post_token, methods=["POST"]),
     Route("/oauth2/device", post_device, methods=["POST"]),
     Route("/oauth2/device-link", device_link, methods=["GET", "POST"]),
+    Route("/oauth2/account", account, methods=["GET"]),
+    Route("/oauth2/account/sign-in", account_sign_in, methods=["POST"]),
+    Route("/oauth2/account/session-end", account_session_end, methods=["POST"]),
+    Route("/oauth2/account/profile", account_profile, methods=["POST"]),
+    Route("/oauth2/account/sign-out", account_sign_out, methods=["POST"]),
     Route("/oauth2/revoke", post_revoke, methods=["POST"]),
 ]

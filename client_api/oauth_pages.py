@@ -23,6 +23,8 @@ _CSS = (
     "border-radius:4px;border:1px solid #0b4f9c;cursor:pointer}"
     ".allow{background:#0b4f9c;color:#fff}.deny{background:#fff;color:#0b4f9c}"
     "button:focus,input:focus{outline:3px solid #e8a200;outline-offset:2px}"
+    "table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.3rem;"
+    "border-bottom:1px solid #888}.current{outline:3px solid #e8a200}"
     ".error{color:#a00000;font-weight:600}h2{font-size:1.1rem;margin-top:2rem}"
     "a{color:#0b4f9c}"
     "@media (prefers-color-scheme:dark){body{background:#111;color:#eee}"
@@ -197,3 +199,83 @@ def choose_username_page(
         '<button class="allow" type="submit">Create account</button></form>'
     )
     return _page("Choose your username", body, status)
+
+
+def account_sign_in_page(
+    csrf: str, server_name: str, query: str, *, error: str | None = None, status: int = 200
+) -> HTMLResponse:
+    alert = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
+    body = (
+        f"<h1>Your account on {escape(server_name)}</h1>{alert}"
+        '<form method="post" action="account/sign-in">'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+        f'<input type="hidden" name="next" value="{escape(query)}">'
+        '<label for="username">Username</label>'
+        '<input id="username" name="username" autocomplete="username" required autofocus>'
+        '<label for="password">Password</label>'
+        '<input id="password" name="password" type="password" '
+        'autocomplete="current-password" required>'
+        '<button class="allow" type="submit">Sign in</button></form>'
+    )
+    return _page("Your account", body, status)
+
+
+def _end_form(csrf: str, device_id: str, label: str) -> str:
+    return (
+        '<form method="post" action="account/session-end">'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+        f'<input type="hidden" name="device_id" value="{escape(device_id)}">'
+        f'<button class="deny" type="submit">{escape(label)}</button></form>'
+    )
+
+
+def account_page(
+    csrf: str,
+    server_name: str,
+    user_id: str,
+    displayname: str | None,
+    devices: Sequence[tuple[str, str | None, int | None]],
+    *,
+    focus: str | None = None,
+    ending: str | None = None,
+    notice: str | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    alert = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
+    if notice:
+        alert += f'<p role="status">{escape(notice)}</p>'
+    confirm = ""
+    if ending is not None:
+        confirm = (
+            f"<h2>End the session {escape(ending)}?</h2>"
+            "<p>The device is signed out and its keys are deleted.</p>"
+            + _end_form(csrf, ending, f"End session {ending}")
+        )
+    rows = ""
+    for device_id, name, seen in devices:
+        marked = ' class="current"' if device_id == focus else ""
+        last = "" if seen is None else str(seen // 1000)
+        rows += (
+            f"<tr{marked}><td>{escape(device_id)}</td><td>{escape(name or '')}</td>"
+            f"<td>{last}</td><td>{_end_form(csrf, device_id, 'End')}</td></tr>"
+        )
+    body = (
+        f"<h1>Your account on {escape(server_name)}</h1>"
+        f"<p>Signed in as <strong>{escape(user_id)}</strong>.</p>{alert}{confirm}"
+        "<h2>Profile</h2>"
+        '<form method="post" action="account/profile">'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+        '<label for="displayname">Display name</label>'
+        f'<input id="displayname" name="displayname" value="{escape(displayname or "")}">'
+        '<button class="allow" type="submit">Save</button></form>'
+        "<h2>Sessions</h2>"
+        '<table><thead><tr><th scope="col">Device</th><th scope="col">Name</th>'
+        '<th scope="col">Last seen (Unix time)</th><th scope="col">'
+        "Action</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+        '<form method="post" action="account/sign-out">'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+        '<button class="deny" type="submit">Sign out of this page</button></form>'
+    )
+    return _page("Your account", body, status)

@@ -624,6 +624,7 @@ class Homeserver:
                 config.auth.access_token_lifetime_ms,
                 login_tokens=self.sso_store if config.sso.providers else None,
                 sso_providers=[(p.id, p.name) for p in config.sso.providers],
+                profiles=self.profiles,
             )
 
     def _build_push_delivery(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:

@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
+from homeserver.accounts.profile import ProfileService
 from homeserver.accounts.service import AccountService, LoginTokens
 from homeserver.accounts.tokens import hash_token, new_device_id
 from homeserver.core.clock import Clock
 from homeserver.core.config import OAuthConfig
-from homeserver.core.errors import MatrixError
+from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID, is_valid_device_id
-from homeserver.core.types import JsonDict
+from homeserver.core.types import JsonDict, Requester
 from homeserver.oauth.clients import (
     GRANT_AUTHORIZATION_CODE,
     GRANT_DEVICE_CODE,
@@ -27,13 +28,20 @@ from homeserver.oauth.clients import (
     validate_client_metadata,
 )
 from homeserver.oauth.errors import OAuthError
-from homeserver.storage.accounts import AccountStore
+from homeserver.storage.accounts import AccountStore, Device
 from homeserver.storage.oauth import AuthorizationCode, DeviceGrant, OAuthStore
 
 logger = logging.getLogger(__name__)
 
 API_SCOPE = "urn:matrix:client:api:*"
 DEVICE_SCOPE_PREFIX = "urn:matrix:client:device:"
+ACCOUNT_ACTIONS = (
+    "org.matrix.profile",
+    "org.matrix.sessions_list",
+    "org.matrix.session_view",
+    "org.matrix.session_end",
+)
+BROWSER_SESSION_LIFETIME_MS = 60 * 60 * 1000
 # RFC 8628 section 6.1: no vowels (no words), no look-alikes; 20^8 codes.
 _USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"
 DEVICE_GRANT_LIFETIME_MS = 10 * 60 * 1000
@@ -96,7 +104,9 @@ class OAuthService:
         *,
         login_tokens: LoginTokens | None = None,
         sso_providers: Sequence[tuple[str, str]] = (),
+        profiles: ProfileService | None = None,
     ) -> None:
+        self._profiles = profiles
         self._login_tokens = login_tokens
         self.sso_providers = tuple(sso_providers)  # (id, name): offered on the sign-in page
         self._config = config
@@ -127,6 +137,8 @@ class OAuthService:
             ],
             "code_challenge_methods_supported": ["S256"],
             "prompt_values_supported": ["create"],
+            "account_management_uri": f"{base}oauth2/account",
+            "account_management_actions_supported": list(ACCOUNT_ACTIONS),
             "token_endpoint_auth_methods_supported": ["none"],
             "revocation_endpoint_auth_methods_supported": ["none"],
             "scopes_supported": [API_SCOPE, f"{DEVICE_SCOPE_PREFIX}*"],
@@ -347,6 +359,47 @@ class OAuthService:
         except MatrixError as e:
             raise OAuthError("invalid_grant", e.message) from e
         return self._token_response(session.access_token, session.refresh_token, grant.device_id)
+
+    # --- the account management pages -----------------------------------------------------
+
+    async def start_browser_session(self, user_id: UserID) -> str:
+        token = secrets.token_urlsafe(32)
+        expires = self._clock.now_ms() + BROWSER_SESSION_LIFETIME_MS
+        await self._store.add_browser_session(hash_token(token), user_id, expires)
+        return token
+
+    async def browser_user(self, token: str | None) -> UserID | None:
+        if not token:
+            return None
+        user_id = await self._store.browser_session_user(hash_token(token), self._clock.now_ms())
+        return None if user_id is None else UserID(user_id)
+
+    async def end_browser_session(self, token: str) -> None:
+        await self._store.delete_browser_session(hash_token(token))
+
+    async def devices(self, user_id: UserID) -> list[Device]:
+        return await self._account_store.get_devices(user_id)
+
+    async def end_device(self, user_id: UserID, device_id: str) -> bool:
+        if await self._account_store.get_device(user_id, device_id) is None:
+            return False
+        await self._accounts.end_session(user_id, device_id)
+        logger.info("session ended on the account page", extra={"user_id": user_id})
+        return True
+
+    async def displayname(self, user_id: UserID) -> str | None:
+        if self._profiles is None:
+            return None
+        profile = await self._profiles.get_profile(user_id)
+        return None if profile is None else profile.displayname
+
+    async def set_displayname(self, user_id: UserID, displayname: str) -> None:
+        """``MatrixError`` when the name is refused (too long)."""
+        if self._profiles is None:
+            raise MatrixError(Codes.FORBIDDEN, "Profiles cannot be changed here")
+        await self._profiles.set_field(
+            Requester(user_id, "", 0), user_id, "displayname", displayname
+        )
 
     # --- the token endpoint ----------------------------------------------------------------
 

@@ -10,11 +10,17 @@ import sqlalchemy as sa
 
 from homeserver.core.types import JsonDict
 from homeserver.storage.database import Database
-from homeserver.storage.schema import oauth_clients, oauth_codes, oauth_device_grants
+from homeserver.storage.schema import (
+    oauth_browser_sessions,
+    oauth_clients,
+    oauth_codes,
+    oauth_device_grants,
+)
 
 _c = oauth_clients
 _k = oauth_codes
 _g = oauth_device_grants
+_b = oauth_browser_sessions
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,3 +190,25 @@ class OAuthStore:
                 .where(_g.c.device_code_hash == device_code_hash)
                 .values(interval_ms=interval_ms)
             )
+
+    # --- browser sessions of the account pages ---------------------------------------------
+
+    async def add_browser_session(self, token_hash: bytes, user_id: str, expires_ts: int) -> None:
+        async with self._db.write() as conn:
+            # Sessions a day past their end go as new ones come.
+            await conn.execute(sa.delete(_b).where(_b.c.expires_ts <= expires_ts - 86_400_000))
+            await conn.execute(
+                sa.insert(_b).values(token_hash=token_hash, user_id=user_id, expires_ts=expires_ts)
+            )
+
+    async def browser_session_user(self, token_hash: bytes, now: int) -> str | None:
+        async with self._db.read() as conn:
+            query = sa.select(_b.c.user_id).where(
+                _b.c.token_hash == token_hash, _b.c.expires_ts > now
+            )
+            value: str | None = (await conn.execute(query)).scalar_one_or_none()
+        return value
+
+    async def delete_browser_session(self, token_hash: bytes) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(sa.delete(_b).where(_b.c.token_hash == token_hash))

@@ -89,9 +89,22 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("token_hash", name=op.f("pk_login_tokens")),
     )
     op.create_index(op.f("ix_login_tokens_expires_ts"), "login_tokens", ["expires_ts"])
+    # Browser sessions of the account management pages.
+    op.create_table(
+        "oauth_browser_sessions",
+        sa.Column("token_hash", sa.LargeBinary(), nullable=False),
+        sa.Column("user_id", sa.Text(), nullable=False),
+        sa.Column("expires_ts", BigInt, nullable=False),
+        sa.PrimaryKeyConstraint("token_hash", name=op.f("pk_oauth_browser_sessions")),
+    )
+    op.create_index(
+        op.f("ix_oauth_browser_sessions_expires_ts"), "oauth_browser_sessions", ["expires_ts"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_oauth_browser_sessions_expires_ts"), table_name="oauth_browser_sessions")
+    op.drop_table("oauth_browser_sessions")
     op.drop_index(op.f("ix_login_tokens_expires_ts"), table_name="login_tokens")
     op.drop_table("login_tokens")
     op.drop_index(op.f("ix_sso_links_user_id"), table_name="sso_links")

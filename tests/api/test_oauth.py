@@ -686,3 +686,92 @@ async def test_prompt_create_when_registration_is_closed(tmp_path: Path, db_url:
         assert response.status_code == 303
         query = parse_qs(urlsplit(response.headers["location"]).query)
         assert query["error"] == ["login_required"]
+
+
+# --- the account management URL -------------------------------------------------------------
+
+
+async def test_account_management(server: Any) -> None:
+    _, client, _ = server
+    meta = (await client.get(METADATA)).json()
+    assert meta["account_management_uri"].endswith("/oauth2/account")
+    assert set(meta["account_management_actions_supported"]) == {
+        "org.matrix.profile",
+        "org.matrix.sessions_list",
+        "org.matrix.session_view",
+        "org.matrix.session_end",
+    }
+    client_id = await register_client(client)
+    verifier = generate_token(48)
+    for device in ("PHONE", "LAPTOP"):
+        page = await authorize_raw(
+            client, client_id, verifier, scope=f"{API} urn:matrix:client:device:{device}"
+        )
+        form = {**hidden_fields(page.text), "username": "alice", "password": DEFAULT_PASSWORD}
+        granted = await client.post("/oauth2/authorize", data=form)
+        code = parse_qs(urlsplit(granted.headers["location"]).query)["code"][0]
+        tokens = (await exchange(client, client_id, code, verifier)).json()
+    phone_query = "action=org.matrix.session_end&device_id=PHONE"
+
+    # Not signed in: the sign-in form, which comes back to the same action.
+    page = await client.get(f"/oauth2/account?{phone_query}")
+    assert page.status_code == 200 and 'action="account/sign-in"' in page.text
+    fields = hidden_fields(page.text)
+    assert fields["next"] == phone_query
+    wrong = await client.post(
+        "/oauth2/account/sign-in", data={**fields, "username": "alice", "password": "no"}
+    )
+    assert wrong.status_code == 403
+    forged = await client.post(
+        "/oauth2/account/sign-in",
+        data={**fields, "csrf": "forged", "username": "alice", "password": DEFAULT_PASSWORD},
+    )
+    assert forged.status_code == 403
+    signed_in = await client.post(
+        "/oauth2/account/sign-in",
+        data={**fields, "username": "alice", "password": DEFAULT_PASSWORD},
+    )
+    assert signed_in.status_code == 303
+    assert signed_in.headers["location"] == f"/oauth2/account?{phone_query}"
+
+    page = await client.get(signed_in.headers["location"])
+    assert page.status_code == 200
+    assert "End the session PHONE?" in page.text and "LAPTOP" in page.text
+    csrf = hidden_fields(page.text)["csrf"]
+    unknown = await client.get("/oauth2/account?action=org.matrix.session_view&device_id=NOPE")
+    assert "No such session." in unknown.text
+    ended = await client.post(
+        "/oauth2/account/session-end", data={"csrf": csrf, "device_id": "PHONE"}
+    )
+    assert ended.status_code == 303
+    page = await client.get("/oauth2/account")
+    assert "PHONE" not in page.text and "LAPTOP" in page.text
+    missing = await client.post(
+        "/oauth2/account/session-end", data={"csrf": csrf, "device_id": "PHONE"}
+    )
+    assert missing.status_code == 404
+    # The LAPTOP session (the last tokens) still works.
+    who = await client.get(WHOAMI, headers=auth_header(tokens["access_token"]))
+    assert who.json()["device_id"] == "LAPTOP"
+
+    renamed = await client.post(
+        "/oauth2/account/profile", data={"csrf": csrf, "displayname": "Alice A."}
+    )
+    assert renamed.status_code == 303
+    profile = await client.get("/_matrix/client/v3/profile/@alice:test")
+    assert profile.json()["displayname"] == "Alice A."
+    too_long = await client.post(
+        "/oauth2/account/profile", data={"csrf": csrf, "displayname": "x" * 1000}
+    )
+    assert too_long.status_code == 400
+
+    out = await client.post("/oauth2/account/sign-out", data={"csrf": csrf})
+    assert out.status_code == 303
+    page = await client.get("/oauth2/account")
+    assert 'action="account/sign-in"' in page.text
+    after = await client.post(
+        "/oauth2/account/session-end", data={"csrf": csrf, "device_id": "LAPTOP"}
+    )
+    assert after.status_code == 303 and after.headers["location"] == "/oauth2/account"
+    who = await client.get(WHOAMI, headers=auth_header(tokens["access_token"]))
+    assert who.status_code == 200

@@ -57,6 +57,7 @@ from homeserver.storage.schema.media import (
 )
 from homeserver.storage.schema.oauth import (
     login_tokens,
+    oauth_browser_sessions,
     oauth_clients,
     oauth_codes,
     oauth_device_grants,
@@ -126,6 +127,7 @@ __all__ = [
     "oauth_clients",
     "oauth_codes",
     "oauth_device_grants",
+    "oauth_browser_sessions",
     "sso_links",
     "sso_sessions",
     "login_tokens",

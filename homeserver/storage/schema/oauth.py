@@ -77,3 +77,12 @@ login_tokens = sa.Table(
     sa.Column("user_id", sa.Text, nullable=False),
     sa.Column("expires_ts", BigInt, nullable=False, index=True),
 )
+
+# Browser sessions of the account management pages, by their cookie's SHA-256.
+oauth_browser_sessions = sa.Table(
+    "oauth_browser_sessions",
+    metadata,
+    sa.Column("token_hash", sa.LargeBinary, primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("expires_ts", BigInt, nullable=False, index=True),
+)
