@@ -98,7 +98,7 @@ async def post_register(request: Request) -> Response:
     if not isinstance(body, dict):
         return _oauth_error(OAuthError("invalid_client_metadata", "the body must be an object"))
     try:
-        registered: JsonDict = await oauth.register_client(body)
+        registered: JsonDict = await oauth.register_client(body, client_ip(request))
     except OAuthError as e:
         return _oauth_error(e)
     return json_response(registered, status_code=201, headers=_NO_STORE)

@@ -625,6 +625,7 @@ class Homeserver:
                 login_tokens=self.sso_store if config.sso.providers else None,
                 sso_providers=[(p.id, p.name) for p in config.sso.providers],
                 profiles=self.profiles,
+                ratelimiter=self.ratelimiter,
             )
 
     def _build_push_delivery(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:

@@ -19,6 +19,7 @@ from homeserver.core.clock import Clock
 from homeserver.core.config import OAuthConfig
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID, is_valid_device_id
+from homeserver.core.ratelimit import Action, RateLimiter
 from homeserver.core.types import JsonDict, Requester
 from homeserver.oauth.clients import (
     GRANT_AUTHORIZATION_CODE,
@@ -105,8 +106,10 @@ class OAuthService:
         login_tokens: LoginTokens | None = None,
         sso_providers: Sequence[tuple[str, str]] = (),
         profiles: ProfileService | None = None,
+        ratelimiter: RateLimiter | None = None,
     ) -> None:
         self._profiles = profiles
+        self._ratelimiter = ratelimiter
         self._login_tokens = login_tokens
         self.sso_providers = tuple(sso_providers)  # (id, name): offered on the sign-in page
         self._config = config
@@ -144,7 +147,13 @@ class OAuthService:
             "scopes_supported": [API_SCOPE, f"{DEVICE_SCOPE_PREFIX}*"],
         }
 
-    async def register_client(self, body: JsonDict) -> JsonDict:
+    async def register_client(self, body: JsonDict, client_ip: str | None = None) -> JsonDict:
+        if self._ratelimiter is not None and client_ip is not None:
+            # Registration is open to anyone: the registration limit, per address.
+            try:
+                self._ratelimiter.check(Action.REGISTRATION, f"oauth-client:{client_ip}")
+            except MatrixError as e:
+                raise OAuthError("slow_down", "too many client registrations", 429) from e
         kept = validate_client_metadata(body)
         client_id = secrets.token_urlsafe(16)
         now = self._clock.now_ms()
@@ -236,6 +245,7 @@ class OAuthService:
     async def grant(self, request: AuthorizationRequest, user_id: UserID) -> str:
         """The user said yes: a short-lived code, and where the browser goes with it."""
         code = secrets.token_urlsafe(32)
+        await self._store.delete_expired_codes(self._clock.now_ms())
         await self._store.add_code(
             hash_token(code),
             AuthorizationCode(

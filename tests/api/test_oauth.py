@@ -775,3 +775,16 @@ async def test_account_management(server: Any) -> None:
     assert after.status_code == 303 and after.headers["location"] == "/oauth2/account"
     who = await client.get(WHOAMI, headers=auth_header(tokens["access_token"]))
     assert who.status_code == 200
+
+
+async def test_client_registration_is_rate_limited(tmp_path: Path, db_url: str) -> None:
+    config = oauth_config(
+        tmp_path,
+        db_url,
+        rate_limits={"enabled": True, "registration": {"per_second": 0.1, "burst": 2}},
+    )
+    async with serve(config, FakeClock()) as (_, client):
+        await register_client(client)
+        await register_client(client)
+        response = await client.post("/oauth2/register", json=CLIENT)
+        oauth_error(response, 429, "slow_down")
