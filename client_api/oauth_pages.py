@@ -181,6 +181,7 @@ def choose_username_page(
     server_name: str,
     csrf: str,
     *,
+    destination: str = "",
     suggestion: str = "",
     error: str | None = None,
     status: int = 200,
@@ -189,7 +190,8 @@ def choose_username_page(
     body = (
         f"<h1>Choose your username on {escape(server_name)}</h1>"
         f"<p>You signed in with {escape(provider_name)} for the first time. "
-        "Choose the username of your new account.</p>"
+        "Choose the username of your new account; you will then be signed in at "
+        f"<strong>{escape(destination)}</strong>.</p>"
         f"{alert}"
         '<form method="post" action="username">'
         f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
@@ -279,3 +281,16 @@ def account_page(
         '<button class="deny" type="submit">Sign out of this page</button></form>'
     )
     return _page("Your account", body, status)
+
+
+def confirm_destination_page(user_id: str, destination: str, csrf: str) -> HTMLResponse:
+    body = (
+        f"<h1>Continue to {escape(destination)}?</h1>"
+        f"<p>You are signing in as <strong>{escape(user_id)}</strong>. "
+        f"<strong>{escape(destination)}</strong> will get access to your account. "
+        "Continue only if you started this sign-in there.</p>"
+        '<form method="post" action="confirm">'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+        '<button class="allow" type="submit">Continue</button></form>'
+    )
+    return _page(f"Continue to {destination}?", body, 200)

@@ -10,8 +10,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from client_api.oauth_pages import choose_username_page, error_page
-from homeserver.accounts.sso import ChooseUsername, SsoFailure, SsoService
+from client_api.oauth_pages import choose_username_page, confirm_destination_page, error_page
+from homeserver.accounts.sso import ChooseUsername, ConfirmDestination, SsoFailure, SsoService
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.web.edge import read_body, services_of
 
@@ -63,8 +63,14 @@ async def upstream_callback(request: Request) -> Response:
         return error_page(e.message, e.status)
     if isinstance(result, ChooseUsername):
         return choose_username_page(
-            result.provider_name, hs.server_name, result.csrf, suggestion=result.suggestion
+            result.provider_name,
+            hs.server_name,
+            result.csrf,
+            suggestion=result.suggestion,
+            destination=result.destination,
         )
+    if isinstance(result, ConfirmDestination):
+        return confirm_destination_page(result.user_id, result.destination, result.csrf)
     response = RedirectResponse(result.location, status_code=302)
     response.delete_cookie(SESSION_COOKIE, path=_COOKIE_PATH)
     return response
@@ -103,6 +109,23 @@ async def choose_username(request: Request) -> Response:
     return response
 
 
+async def confirm(request: Request) -> Response:
+    """POST /oauth2/upstream/confirm (a returning user continues to the client)"""
+    _, sso = _sso(request)
+    raw = await read_body(request)
+    try:
+        form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8")).items()}
+    except UnicodeDecodeError:
+        return error_page("The form is not UTF-8")
+    try:
+        finished = await sso.confirm(request.cookies.get(SESSION_COOKIE), form.get("csrf", ""))
+    except SsoFailure as e:
+        return error_page(e.message, e.status)
+    response = RedirectResponse(finished.location, status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path=_COOKIE_PATH)
+    return response
+
+
 client_routes = [
     Route("/v3/login/sso/redirect", sso_redirect, methods=["GET"]),
     Route("/v3/login/sso/redirect/{idpId}", sso_redirect, methods=["GET"]),
@@ -111,4 +134,5 @@ client_routes = [
 root_routes = [
     Route("/oauth2/upstream/callback", upstream_callback, methods=["GET"]),
     Route("/oauth2/upstream/username", choose_username, methods=["POST"]),
+    Route("/oauth2/upstream/confirm", confirm, methods=["POST"]),
 ]

@@ -64,6 +64,17 @@ class ChooseUsername:
     suggestion: str
     provider_name: str
     csrf: str
+    destination: str  # the host the login token will go to
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmDestination:
+    """A returning user is asked before a login token goes to the client's redirectUrl: a
+    link someone else sent them must not hand their account to that someone."""
+
+    user_id: str
+    destination: str
+    csrf: str
 
 
 class SsoService:
@@ -84,6 +95,9 @@ class SsoService:
         self._clock = clock
         self._server_name = server_name
         self.callback_url = f"{base_url}oauth2/upstream/callback"
+        # Our own OAuth sign-in page asked for this sign-in: it checks its own CSRF cookie,
+        # and its consent was given on it.
+        self._own_authorize = f"{base_url}oauth2/authorize?"
         self._discovery: dict[str, JsonDict] = {}
 
     async def aclose(self) -> None:
@@ -175,7 +189,7 @@ class SsoService:
 
     async def callback(
         self, session_id: str | None, params: dict[str, str]
-    ) -> Finished | ChooseUsername:
+    ) -> Finished | ChooseUsername | ConfirmDestination:
         session = await self._session(session_id)
         state = params.get("state", "")
         if not session.state or not hmac.compare_digest(state, session.state):
@@ -191,17 +205,35 @@ class SsoService:
         claims = await self._claims(provider, session, code)
         subject = claims["sub"]
         user_id = await self._store.linked_user(provider.id, subject)
-        if user_id is not None:
-            await self._store.delete_session(session_hash)
-            return await self._finish(session, UserID(user_id))
         csrf = secrets.token_urlsafe(24)
+        destination = urlsplit(session.redirect_url).netloc or session.redirect_url[:100]
+        if user_id is not None:
+            if session.redirect_url.startswith(self._own_authorize):
+                await self._store.delete_session(session_hash)
+                return await self._finish(session, UserID(user_id))
+            await self._store.set_claims(
+                session_hash, {**claims, "_csrf": csrf, "_user_id": user_id}
+            )
+            return ConfirmDestination(user_id, destination, csrf)
         await self._store.set_claims(session_hash, {**claims, "_csrf": csrf})
         suggestion = claims.get(provider.localpart_claim)
         return ChooseUsername(
             _localpart_suggestion(suggestion if isinstance(suggestion, str) else ""),
             provider.name,
             csrf,
+            destination,
         )
+
+    async def confirm(self, session_id: str | None, csrf: str) -> Finished:
+        """The returning user said yes to the destination."""
+        session, claims = await self.pending(session_id)
+        if not hmac.compare_digest(csrf, str(claims.get("_csrf", ""))):
+            raise SsoFailure("This form has expired; please start again", 403)
+        user_id = claims.get("_user_id")
+        if not isinstance(user_id, str):
+            raise SsoFailure("Nothing is waiting to be confirmed; please start again")
+        await self._store.delete_session(hash_token(session_id or ""))
+        return await self._finish(session, UserID(user_id))
 
     async def _claims(
         self, provider: OidcProviderConfig, session: SsoSession, code: str
@@ -307,6 +339,8 @@ class SsoService:
         session, claims = await self.pending(session_id)
         if not hmac.compare_digest(csrf, str(claims.get("_csrf", ""))):
             raise SsoFailure("This form has expired; please start again", 403)
+        if "_user_id" in claims:
+            raise SsoFailure("This identity has an account already; please start again")
         provider = self.provider(session.provider)
         displayname = claims.get(provider.displayname_claim or "")
         user_id = await self._accounts.create_sso_user(

@@ -201,10 +201,20 @@ async def test_first_sign_in_chooses_a_username_then_the_second_finds_it(
     again = await token_login(client, token)
     assert (again.status_code, again.json()["errcode"]) == (403, "M_FORBIDDEN")
 
-    # The second sign-in of the same subject goes straight back with a token.
+    # The second sign-in of the same subject asks before the token goes to the client.
     second = await through_provider(client)
-    assert second.status_code == 302
-    response = await token_login(client, login_token_of(second))
+    assert second.status_code == 200 and "Continue to client.example?" in second.text
+    confirm_csrf = second.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    forged_confirm = await client.post("/oauth2/upstream/confirm", data={"csrf": "x"})
+    assert forged_confirm.status_code == 403
+    # The chooser cannot make a second account for a linked identity.
+    chooser = await client.post(
+        "/oauth2/upstream/username", data={"csrf": confirm_csrf, "username": "alice2"}
+    )
+    assert chooser.status_code == 400
+    confirmed = await client.post("/oauth2/upstream/confirm", data={"csrf": confirm_csrf})
+    assert confirmed.status_code == 303
+    response = await token_login(client, login_token_of(confirmed))
     assert response.json()["user_id"] == "@alice:test"
     who = await client.get(
         "/_matrix/client/v3/account/whoami", headers=auth_header(response.json()["access_token"])
