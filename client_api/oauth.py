@@ -34,6 +34,11 @@ _ACCOUNT = "/oauth2/account"
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison of secrets; any text (compare_digest refuses non-ASCII str)."""
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
 @dataclass(frozen=True, slots=True)
 class OAuthServices:
     oauth: OAuthService | None  # None: the OAuth 2.0 API is off
@@ -143,7 +148,7 @@ async def authorize(request: Request) -> Response:
     csrf, new = _csrf_of(request)
     if request.method == "GET" and "loginToken" in params:
         # Back from single sign-on: the same browser (its CSRF token) and a valid token.
-        if new or not hmac.compare_digest(params.get("sso_csrf", ""), csrf):
+        if new or not _same(params.get("sso_csrf", ""), csrf):
             return error_page(
                 "This sign-in did not start in this browser; please start again.", 403
             )
@@ -159,7 +164,7 @@ async def authorize(request: Request) -> Response:
         ]
         page = sign_in_page(auth_request, clean, csrf, hs.server_name, providers=providers)
         return _with_cookie(page, hs, csrf, new)
-    if new or not hmac.compare_digest(params.get("csrf", ""), csrf):
+    if new or not _same(params.get("csrf", ""), csrf):
         return _with_cookie(
             error_page("This form has expired; please start signing in again.", 403),
             hs,
@@ -219,7 +224,7 @@ async def device_link(request: Request) -> Response:
         form = await _form(request)
     except OAuthError as e:
         return error_page(e.description)
-    if new or not hmac.compare_digest(form.get("csrf", ""), csrf):
+    if new or not _same(form.get("csrf", ""), csrf):
         page = error_page("This form has expired; please start again.", 403)
         return _with_cookie(page, hs, csrf, new)
     user_code, username = form.get("code", "")[:20], form.get("username", "")
@@ -260,7 +265,7 @@ async def _account_form(request: Request) -> tuple[OAuthServices, OAuthService, 
     except OAuthError as e:
         raise _PageError(error_page(e.description)) from e
     csrf = request.cookies.get(CSRF_COOKIE, "")
-    if not csrf or not hmac.compare_digest(form.get("csrf", ""), csrf):
+    if not csrf or not _same(form.get("csrf", ""), csrf):
         raise _PageError(error_page("This form has expired; please start again.", 403))
     return hs, oauth, form
 

@@ -39,6 +39,11 @@ _MAX_DOCUMENT_BYTES = 256 * 1024
 _ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison of secrets; any text (compare_digest refuses non-ASCII str)."""
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
 class SsoFailure(Exception):
     """Shown to the person in the browser (an error page), never a JSON answer."""
 
@@ -192,7 +197,7 @@ class SsoService:
     ) -> Finished | ChooseUsername | ConfirmDestination:
         session = await self._session(session_id)
         state = params.get("state", "")
-        if not session.state or not hmac.compare_digest(state, session.state):
+        if not session.state or not _same(state, session.state):
             raise SsoFailure("The sign-in's state does not match: the request was forged")
         session_hash = hash_token(session_id or "")
         if "error" in params:
@@ -227,7 +232,7 @@ class SsoService:
     async def confirm(self, session_id: str | None, csrf: str) -> Finished:
         """The returning user said yes to the destination."""
         session, claims = await self.pending(session_id)
-        if not hmac.compare_digest(csrf, str(claims.get("_csrf", ""))):
+        if not _same(csrf, str(claims.get("_csrf", ""))):
             raise SsoFailure("This form has expired; please start again", 403)
         user_id = claims.get("_user_id")
         if not isinstance(user_id, str):
@@ -311,7 +316,7 @@ class SsoService:
         if not isinstance(exp, int | float) or exp <= now_s - 60:
             raise SsoFailure("The ID token has expired", 403)
         nonce = claims.get("nonce")
-        if not isinstance(nonce, str) or not hmac.compare_digest(nonce, session.nonce):
+        if not isinstance(nonce, str) or not _same(nonce, session.nonce):
             raise SsoFailure("The ID token's nonce does not match this sign-in", 403)
         if not isinstance(claims.get("sub"), str) or not claims["sub"]:
             raise SsoFailure("The ID token has no subject", 403)
@@ -337,7 +342,7 @@ class SsoService:
 
     async def choose_username(self, session_id: str | None, csrf: str, username: str) -> Finished:
         session, claims = await self.pending(session_id)
-        if not hmac.compare_digest(csrf, str(claims.get("_csrf", ""))):
+        if not _same(csrf, str(claims.get("_csrf", ""))):
             raise SsoFailure("This form has expired; please start again", 403)
         if "_user_id" in claims:
             raise SsoFailure("This identity has an account already; please start again")

@@ -52,6 +52,11 @@ _PKCE_VERIFIER_CHARS = frozenset(
 )
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison of secrets; any text (compare_digest refuses non-ASCII str)."""
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
 @dataclass(frozen=True, slots=True)
 class AuthorizationRequest:
     """A checked authorization request: what the sign-in page shows and then grants."""
@@ -452,7 +457,7 @@ class OAuthService:
             raise OAuthError("invalid_grant", "redirect_uri differs from the authorization's")
         if not (43 <= len(verifier) <= 128 and set(verifier) <= _PKCE_VERIFIER_CHARS):
             raise OAuthError("invalid_grant", "code_verifier is not a PKCE verifier")
-        if not hmac.compare_digest(s256(verifier), grant.code_challenge):
+        if not _same(s256(verifier), grant.code_challenge):
             raise OAuthError("invalid_grant", "code_verifier does not match the challenge")
         try:
             session = await self._accounts.start_refreshable_session(

@@ -788,3 +788,33 @@ async def test_client_registration_is_rate_limited(tmp_path: Path, db_url: str) 
         await register_client(client)
         response = await client.post("/oauth2/register", json=CLIENT)
         oauth_error(response, 429, "slow_down")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_junk_never_gives_500(server: Any) -> None:
+    _, client, _ = server
+    paths = [
+        "/oauth2/register",
+        "/oauth2/authorize",
+        "/oauth2/token",
+        "/oauth2/revoke",
+        "/oauth2/device",
+        "/oauth2/device-link",
+        "/oauth2/account/sign-in",
+        "/oauth2/account/session-end",
+        "/oauth2/account/profile",
+        "/oauth2/account/sign-out",
+    ]
+    bodies = [b"", b"{", b"\xff\xfe", b"a=1&a=2", b"%ff=%fe", b"grant_type=%00", b"[]", b"x" * 5000]
+    content_types = ["application/x-www-form-urlencoded", "application/json", "text/plain"]
+    for path in paths:
+        for body in bodies:
+            for content_type in content_types:
+                response = await client.post(
+                    path, content=body, headers={"content-type": content_type}
+                )
+                assert response.status_code < 500, (path, body, response.text)
+    for query in ["", "client_id=%00", "client_id=a&client_id=b", "redirect_uri=%ff", "code=ä"]:
+        for path in ("/oauth2/authorize", "/oauth2/account", "/oauth2/device-link"):
+            response = await client.get(f"{path}?{query}")
+            assert response.status_code < 500, (path, query, response.text)

@@ -370,3 +370,21 @@ async def test_oauth_sign_in_page_offers_the_provider(
         # The login token is spent: the same way back again fails.
         again = await client.get(relative(back))
         assert again.status_code == 403
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_junk_never_gives_500(
+    sso_server: tuple[Homeserver, httpx.AsyncClient], provider: FakeProvider
+) -> None:
+    _, client = sso_server
+    await through_provider(client)  # a session cookie, with claims waiting
+    for path in ("/oauth2/upstream/username", "/oauth2/upstream/confirm"):
+        for body in (b"", b"\xff", b"csrf=%ff", b"csrf=a&csrf=b", b"username=" + b"x" * 5000):
+            response = await client.post(
+                path, content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+            )
+            assert response.status_code < 500, (path, body, response.text)
+    for query in ("", "state=%ff", "code=x&state=", "error=x" * 50, "redirectUrl=%ff"):
+        for path in ("/oauth2/upstream/callback", REDIRECT, REDIRECT + "/corp"):
+            response = await client.get(f"{path}?{query}")
+            assert response.status_code < 500, (path, query, response.text)
