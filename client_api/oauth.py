@@ -25,7 +25,7 @@ from homeserver.core.ids import UserID
 from homeserver.core.json_limits import loads_limited
 from homeserver.core.types import JsonDict
 from homeserver.oauth.errors import OAuthError
-from homeserver.oauth.service import OAuthService, RedirectError
+from homeserver.oauth.service import ACCOUNT_ACTION_ALIASES, OAuthService, RedirectError
 from homeserver.web.edge import json_response, read_body, services_of
 
 CSRF_COOKIE = "oauth_csrf"
@@ -284,7 +284,8 @@ async def account(request: Request) -> Response:
     if user_id is None:
         page = account_sign_in_page(csrf, hs.server_name, request.url.query[:2048])
         return _with_cookie(page, hs, csrf, new)
-    action = request.query_params.get("action")
+    action = request.query_params.get("action", "")
+    action = ACCOUNT_ACTION_ALIASES.get(action, action)
     device_id = request.query_params.get("device_id")
     devices = await oauth.devices(user_id)
     known = device_id is not None and any(d.device_id == device_id for d in devices)
@@ -295,7 +296,7 @@ async def account(request: Request) -> Response:
         await oauth.displayname(user_id),
         [(d.device_id, d.display_name, d.last_seen_ts) for d in devices],
         focus=device_id if known else None,
-        ending=device_id if known and action == "org.matrix.session_end" else None,
+        ending=device_id if known and action == "org.matrix.device_delete" else None,
         error="No such session." if device_id is not None and not known else None,
     )
     return _with_cookie(page, hs, csrf, new)

@@ -38,10 +38,16 @@ API_SCOPE = "urn:matrix:client:api:*"
 DEVICE_SCOPE_PREFIX = "urn:matrix:client:device:"
 ACCOUNT_ACTIONS = (
     "org.matrix.profile",
-    "org.matrix.sessions_list",
-    "org.matrix.session_view",
-    "org.matrix.session_end",
+    "org.matrix.devices_list",
+    "org.matrix.device_view",
+    "org.matrix.device_delete",
 )
+# The older names of the same actions (MSC4191's first draft), still sent by some clients.
+ACCOUNT_ACTION_ALIASES = {
+    "org.matrix.sessions_list": "org.matrix.devices_list",
+    "org.matrix.session_view": "org.matrix.device_view",
+    "org.matrix.session_end": "org.matrix.device_delete",
+}
 BROWSER_SESSION_LIFETIME_MS = 60 * 60 * 1000
 # RFC 8628 section 6.1: no vowels (no words), no look-alikes; 20^8 codes.
 _USER_CODE_ALPHABET = "BCDFGHJKLMNPQRSTVWXZ"

@@ -134,6 +134,7 @@ async def test_bad_tokens_are_refused_with_a_reason(tmp_path: Path, db_url: str)
         unsigned = jwt.encode(valid_claims(), None, algorithm="none")
         await refused(client, unsigned, "algorithm")
         await refused(client, "not.a.jwt", "not a valid token")
+        await refused(client, "\u00e4.\u00f6.\u00fc", "")
         await refused(client, "", "")
         no_sub = valid_claims()
         del no_sub["sub"]

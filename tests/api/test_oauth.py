@@ -21,6 +21,7 @@ from homeserver.core.clock import FakeClock
 from homeserver.oauth.service import s256
 from tests.conftest import make_config
 from tests.helpers import DEFAULT_PASSWORD, auth_header, serve
+from tests.openapi_schema import assert_response_matches
 
 METADATA = "/_matrix/client/v1/auth_metadata"
 WHOAMI = "/_matrix/client/v3/account/whoami"
@@ -116,6 +117,7 @@ async def test_metadata(server: Any) -> None:
     assert set(meta["grant_types_supported"]) >= {"authorization_code", "refresh_token"}
     assert meta["code_challenge_methods_supported"] == ["S256"]
     assert set(meta["response_modes_supported"]) == {"query", "fragment"}
+    assert_response_matches("GET", METADATA, 200, meta)
 
 
 async def test_code_flow_refresh_and_revoke_with_authlib(server: Any) -> None:
@@ -697,9 +699,9 @@ async def test_account_management(server: Any) -> None:
     assert meta["account_management_uri"].endswith("/oauth2/account")
     assert set(meta["account_management_actions_supported"]) == {
         "org.matrix.profile",
-        "org.matrix.sessions_list",
-        "org.matrix.session_view",
-        "org.matrix.session_end",
+        "org.matrix.devices_list",
+        "org.matrix.device_view",
+        "org.matrix.device_delete",
     }
     client_id = await register_client(client)
     verifier = generate_token(48)
@@ -711,7 +713,7 @@ async def test_account_management(server: Any) -> None:
         granted = await client.post("/oauth2/authorize", data=form)
         code = parse_qs(urlsplit(granted.headers["location"]).query)["code"][0]
         tokens = (await exchange(client, client_id, code, verifier)).json()
-    phone_query = "action=org.matrix.session_end&device_id=PHONE"
+    phone_query = "action=org.matrix.device_delete&device_id=PHONE"
 
     # Not signed in: the sign-in form, which comes back to the same action.
     page = await client.get(f"/oauth2/account?{phone_query}")
@@ -738,8 +740,11 @@ async def test_account_management(server: Any) -> None:
     assert page.status_code == 200
     assert "End the session PHONE?" in page.text and "LAPTOP" in page.text
     csrf = hidden_fields(page.text)["csrf"]
-    unknown = await client.get("/oauth2/account?action=org.matrix.session_view&device_id=NOPE")
+    unknown = await client.get("/oauth2/account?action=org.matrix.device_view&device_id=NOPE")
     assert "No such session." in unknown.text
+    # The older action names still work.
+    old = await client.get("/oauth2/account?action=org.matrix.session_end&device_id=LAPTOP")
+    assert "End the session LAPTOP?" in old.text
     ended = await client.post(
         "/oauth2/account/session-end", data={"csrf": csrf, "device_id": "PHONE"}
     )

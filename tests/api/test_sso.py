@@ -23,6 +23,7 @@ from homeserver.core.clock import FakeClock
 from homeserver.oauth.service import s256
 from tests.conftest import make_config
 from tests.helpers import auth_header, serve
+from tests.openapi_schema import assert_response_matches
 from tests.push_servers import LocalHTTP
 
 LOGIN = "/_matrix/client/v3/login"
@@ -175,6 +176,7 @@ async def test_first_sign_in_chooses_a_username_then_the_second_finds_it(
         "identity_providers": [{"id": "corp", "name": "Corp SSO"}],
     } in flows
     assert {"type": "m.login.token"} in flows
+    assert_response_matches("GET", LOGIN, 200, {"flows": flows})
 
     page = await through_provider(client)
     assert page.status_code == 200, page.text
