@@ -58,6 +58,19 @@ _PKCE_VERIFIER_CHARS = frozenset(
 )
 
 
+_UNSTABLE_SCOPE_PREFIX = "urn:matrix:org.matrix.msc2967.client:"
+
+
+def _stable_scopes(scope: str) -> list[str]:
+    """The scopes asked for, MSC2967's unstable names (clients still send them) as stable."""
+    return [
+        "urn:matrix:client:" + s[len(_UNSTABLE_SCOPE_PREFIX) :]
+        if s.startswith(_UNSTABLE_SCOPE_PREFIX)
+        else s
+        for s in scope.split()
+    ]
+
+
 def _same(given: str, expected: str) -> bool:
     """Constant-time comparison of secrets; any text (compare_digest refuses non-ASCII str)."""
     return hmac.compare_digest(given.encode(), expected.encode())
@@ -206,7 +219,7 @@ class OAuthService:
             raise fail("invalid_request", "unsupported prompt value")
         if params.get("prompt") == "create" and not self._accounts.open_registration():
             raise fail("login_required", "registration is not open on this server")
-        scopes = params.get("scope", "").split()
+        scopes = _stable_scopes(params.get("scope", ""))
         device_id: str | None = None
         if API_SCOPE not in scopes:
             raise fail("invalid_scope", f"the scope must include {API_SCOPE}")
@@ -283,7 +296,7 @@ class OAuthService:
     # --- the device authorization grant (RFC 8628) -----------------------------------------
 
     def _device_of_scope(self, scope: str) -> str:
-        scopes = scope.split()
+        scopes = _stable_scopes(scope)
         device_id: str | None = None
         if API_SCOPE not in scopes:
             raise OAuthError("invalid_scope", f"the scope must include {API_SCOPE}")

@@ -363,6 +363,18 @@ async def test_authorization_request_checks(server: Any) -> None:
     assert await redirected_error(scope=two) == "invalid_scope"
     assert await redirected_error(prompt="none") == "invalid_request"
 
+    # MSC2967's unstable scope names are understood.
+    unstable = (
+        "urn:matrix:org.matrix.msc2967.client:api:* urn:matrix:org.matrix.msc2967.client:device:OLD"
+    )
+    page = await authorize_raw(client, client_id, verifier, scope=unstable)
+    assert page.status_code == 200
+    form = {**hidden_fields(page.text), "username": "alice", "password": DEFAULT_PASSWORD}
+    granted = await client.post("/oauth2/authorize", data=form)
+    code = parse_qs(urlsplit(granted.headers["location"]).query)["code"][0]
+    tokens = (await exchange(client, client_id, code, verifier)).json()
+    assert tokens["scope"] == f"{API} urn:matrix:client:device:OLD"
+
     # response_mode=fragment puts the answer in the fragment.
     response = await authorize_raw(
         client, client_id, verifier, response_mode="fragment", response_type="x"
