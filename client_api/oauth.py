@@ -162,7 +162,17 @@ async def authorize(request: Request) -> Response:
             (name, oauth.sso_redirect_url(idp_id, clean, csrf))
             for idp_id, name in oauth.sso_providers
         ]
-        page = sign_in_page(auth_request, clean, csrf, hs.server_name, providers=providers)
+        signed_in = None
+        if params.get("prompt") not in ("login", "create"):
+            signed_in = await oauth.browser_user(request.cookies.get(ACCOUNT_COOKIE))
+        page = sign_in_page(
+            auth_request,
+            clean,
+            csrf,
+            hs.server_name,
+            providers=providers,
+            signed_in_as=signed_in,
+        )
         return _with_cookie(page, hs, csrf, new)
     if new or not _same(params.get("csrf", ""), csrf):
         return _with_cookie(
@@ -173,6 +183,19 @@ async def authorize(request: Request) -> Response:
         )
     if params.get("action") == "deny":
         return RedirectResponse(oauth.denied(auth_request), status_code=303)
+    if params.get("action") == "consent" and not auth_request.create:
+        # Consent of a browser already signed in (the account session cookie).
+        signed_in = await oauth.browser_user(request.cookies.get(ACCOUNT_COOKIE))
+        if signed_in is not None:
+            return RedirectResponse(await oauth.grant(auth_request, signed_in), status_code=303)
+        return sign_in_page(
+            auth_request,
+            params,
+            csrf,
+            hs.server_name,
+            error="Your session here has ended; please sign in.",
+            status=403,
+        )
     username = params.get("username", "")
     password = params.get("password", "")
     try:
@@ -194,7 +217,23 @@ async def authorize(request: Request) -> Response:
             status=status,
         )
         return page
-    return RedirectResponse(await oauth.grant(auth_request, user_id), status_code=303)
+    response = RedirectResponse(await oauth.grant(auth_request, user_id), status_code=303)
+    _set_account_cookie(response, hs, await oauth.start_browser_session(user_id))
+    return response
+
+
+def _set_account_cookie(response: Response, hs: OAuthServices, token: str) -> None:
+    """The browser's account session: the account page and later consents need no password
+    for an hour."""
+    response.set_cookie(
+        ACCOUNT_COOKIE,
+        token,
+        path="/oauth2/",
+        httponly=True,
+        samesite="strict",
+        secure=hs.secure_cookies,
+        max_age=3600,
+    )
 
 
 async def post_device(request: Request) -> Response:
@@ -321,15 +360,7 @@ async def account_sign_in(request: Request) -> Response:
     next_query = form.get("next", "")
     target = _ACCOUNT + (f"?{next_query}" if next_query else "")
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(
-        ACCOUNT_COOKIE,
-        token,
-        path="/oauth2/",
-        httponly=True,
-        samesite="strict",
-        secure=hs.secure_cookies,
-        max_age=3600,
-    )
+    _set_account_cookie(response, hs, token)
     return response
 
 

@@ -79,6 +79,7 @@ def sign_in_page(
     server_name: str,
     *,
     providers: Sequence[tuple[str, str]] = (),  # (name, URL) of single sign-on
+    signed_in_as: str | None = None,  # the browser's account session: consent only
     error: str | None = None,
     username: str = "",
     status: int = 200,
@@ -112,6 +113,20 @@ def sign_in_page(
             "Deny</button></form>"
         )
         return _page(f"Create an account on {server_name}", body, status, request.redirect_uri)
+    if signed_in_as is not None:
+        body = (
+            f"<h1>Allow access to your account on {escape(server_name)}?</h1>"
+            f"<p><strong>{escape(request.client_name)}</strong> "
+            f"(<span>{escape(request.client_uri)}</span>) asks to use your account "
+            f"<strong>{escape(signed_in_as)}</strong>.</p>{alert}"
+            '<form method="post" action="authorize">'
+            f'<input type="hidden" name="csrf" value="{escape(csrf)}">{hidden}'
+            '<button class="allow" type="submit" name="action" value="consent" autofocus>'
+            "Allow</button>"
+            '<button class="deny" type="submit" name="action" value="deny">Deny</button></form>'
+            '<p><a href="account">Use another account</a> (sign out on the account page).</p>'
+        )
+        return _page(f"Allow access on {server_name}", body, status, request.redirect_uri)
     body = (
         f"<h1>Sign in to {escape(server_name)}</h1>"
         f"<p><strong>{escape(request.client_name)}</strong> "

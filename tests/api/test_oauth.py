@@ -726,6 +726,8 @@ async def test_account_management(server: Any) -> None:
         code = parse_qs(urlsplit(granted.headers["location"]).query)["code"][0]
         tokens = (await exchange(client, client_id, code, verifier)).json()
     phone_query = "action=org.matrix.device_delete&device_id=PHONE"
+    # Signing in on the authorization page started a browser session: forget it here.
+    client.cookies.delete("oauth_account")
 
     # Not signed in: the sign-in form, which comes back to the same action.
     page = await client.get(f"/oauth2/account?{phone_query}")
@@ -835,3 +837,25 @@ async def test_junk_never_gives_500(server: Any) -> None:
         for path in ("/oauth2/authorize", "/oauth2/account", "/oauth2/device-link"):
             response = await client.get(f"{path}?{query}")
             assert response.status_code < 500, (path, query, response.text)
+
+
+async def test_a_signed_in_browser_only_consents(server: Any) -> None:
+    _, client, _ = server
+    client_id = await register_client(client)
+    verifier = generate_token(48)
+    await code_for(client, client_id, verifier)  # signs in with the password
+    page = await authorize_raw(client, client_id, verifier)
+    assert "Allow access to your account" in page.text and "@alice:test" in page.text
+    assert 'name="password"' not in page.text
+    form = {**hidden_fields(page.text), "action": "consent"}
+    granted = await client.post("/oauth2/authorize", data=form)
+    assert granted.status_code == 303
+    code = parse_qs(urlsplit(granted.headers["location"]).query)["code"][0]
+    assert (await exchange(client, client_id, code, verifier)).status_code == 200
+    # prompt=login asks for the password again.
+    page = await authorize_raw(client, client_id, verifier, prompt="login")
+    assert 'name="password"' in page.text
+    # Without the session, consent alone is refused.
+    client.cookies.delete("oauth_account")
+    refused = await client.post("/oauth2/authorize", data=form)
+    assert refused.status_code == 403 and 'name="password"' in refused.text
