@@ -13,7 +13,7 @@ from starlette.routing import Route
 from client_api.oauth_pages import choose_username_page, confirm_destination_page, error_page
 from homeserver.accounts.sso import ChooseUsername, ConfirmDestination, SsoFailure, SsoService
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.web.edge import read_body, services_of
+from homeserver.web.edge import json_response, read_body, services_of
 
 SESSION_COOKIE = "sso_session"
 _COOKIE_PATH = "/oauth2/upstream/"
@@ -126,6 +126,33 @@ async def confirm(request: Request) -> Response:
     return response
 
 
+async def backchannel_logout(request: Request) -> Response:
+    """POST /oauth2/upstream/backchannel-logout/{idpId} (the provider, server to server)"""
+    _, sso = _sso(request)
+    raw = await read_body(request)
+    try:
+        form = {k: v[0] for k, v in parse_qs(raw.decode("utf-8")).items()}
+    except UnicodeDecodeError:
+        form = {}
+    headers = {"Cache-Control": "no-store"}
+    token = form.get("logout_token")
+    if not token:
+        return json_response(
+            {"error": "invalid_request", "error_description": "logout_token is missing"},
+            status_code=400,
+            headers=headers,
+        )
+    try:
+        await sso.backchannel_logout(request.path_params["idpId"], token)
+    except SsoFailure as e:
+        return json_response(
+            {"error": "invalid_request", "error_description": e.message},
+            status_code=400,
+            headers=headers,
+        )
+    return Response(status_code=200, headers=headers)
+
+
 client_routes = [
     Route("/v3/login/sso/redirect", sso_redirect, methods=["GET"]),
     Route("/v3/login/sso/redirect/{idpId}", sso_redirect, methods=["GET"]),
@@ -135,4 +162,5 @@ root_routes = [
     Route("/oauth2/upstream/callback", upstream_callback, methods=["GET"]),
     Route("/oauth2/upstream/username", choose_username, methods=["POST"]),
     Route("/oauth2/upstream/confirm", confirm, methods=["POST"]),
+    Route("/oauth2/upstream/backchannel-logout/{idpId}", backchannel_logout, methods=["POST"]),
 ]

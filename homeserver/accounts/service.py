@@ -491,6 +491,12 @@ class AccountService:
             user_id, device_id, None, refreshable=True, client_ip=client_ip
         )
 
+    async def end_all_sessions(self, user_id: UserID) -> int:
+        """Every device of the account goes (single sign-on's back-channel logout)."""
+        device_ids, hashes = await self._store.delete_devices_except(user_id, None)
+        await self._devices_deleted(user_id, device_ids, hashes)
+        return len(device_ids)
+
     async def end_session(self, user_id: UserID, device_id: str) -> None:
         """An OAuth session revoked: its device goes with its tokens (as /logout)."""
         await self._delete_devices(user_id, [device_id])

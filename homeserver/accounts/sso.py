@@ -33,6 +33,7 @@ from homeserver.storage.sso import SsoSession, SsoStore
 
 logger = logging.getLogger(__name__)
 
+_BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 SESSION_LIFETIME_MS = 10 * 60 * 1000
 LOGIN_TOKEN_LIFETIME_MS = 2 * 60 * 1000
 _MAX_DOCUMENT_BYTES = 256 * 1024
@@ -331,6 +332,50 @@ class SsoService:
         domain = email.rsplit("@", 1)[1].lower()
         if domain not in {d.lower() for d in provider.allowed_email_domains}:
             raise SsoFailure("Accounts of this e-mail domain may not sign in here", 403)
+
+    # --- back-channel logout (OpenID Connect Back-Channel Logout 1.0) ----------------------
+
+    async def backchannel_logout(self, idp_id: str, logout_token: str) -> None:
+        """The provider says the subject signed out: every session of the linked account
+        ends (which device came from which provider session is not tracked)."""
+        provider = self.provider(idp_id)
+        meta = await self._metadata(provider)
+        jwks = await self._get_json(meta["jwks_uri"])
+        try:
+            key_set = jwt.PyJWKSet.from_dict(jwks)
+            kid = jwt.get_unverified_header(logout_token).get("kid")
+            keys = [k for k in key_set.keys if kid is None or k.key_id == kid]
+            if not keys:
+                raise SsoFailure("The logout token's key is not in the provider's key set")
+            claims: JsonDict = jwt.decode(
+                logout_token,
+                keys[0],
+                algorithms=_ID_TOKEN_ALGORITHMS,
+                audience=provider.client_id,
+                issuer=provider.issuer,
+                options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+            )
+        except jwt.PyJWTError as e:
+            raise SsoFailure(f"The logout token is not valid: {e}") from e
+        events = claims.get("events")
+        if not isinstance(events, dict) or _BACKCHANNEL_EVENT not in events:
+            raise SsoFailure("The logout token has no back-channel logout event")
+        if "nonce" in claims:
+            raise SsoFailure("A logout token must not have a nonce")
+        iat = claims.get("iat")
+        if not isinstance(iat, int | float) or iat < self._clock.now_ms() / 1000 - 600:
+            raise SsoFailure("The logout token is too old")
+        subject = claims.get("sub")
+        if not isinstance(subject, str):
+            # A logout by session ID alone: sessions are not tracked by provider session.
+            raise SsoFailure("The logout token has no subject")
+        user_id = await self._store.linked_user(provider.id, subject)
+        if user_id is None:
+            return
+        ended = await self._accounts.end_all_sessions(UserID(user_id))
+        logger.info(
+            "back-channel logout", extra={"user_id": user_id, "idp": provider.id, "ended": ended}
+        )
 
     # --- choosing a username ---------------------------------------------------------------
 

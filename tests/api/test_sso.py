@@ -390,3 +390,56 @@ async def test_junk_never_gives_500(
         for path in ("/oauth2/upstream/callback", REDIRECT, REDIRECT + "/corp"):
             response = await client.get(f"{path}?{query}")
             assert response.status_code < 500, (path, query, response.text)
+
+
+async def test_backchannel_logout_ends_the_sessions(
+    sso_server: tuple[Homeserver, httpx.AsyncClient], provider: FakeProvider
+) -> None:
+    _, client = sso_server
+    page = await through_provider(client)
+    csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    chosen = await client.post(
+        "/oauth2/upstream/username", data={"csrf": csrf, "username": "alice"}
+    )
+    access = (await token_login(client, login_token_of(chosen))).json()["access_token"]
+    whoami = "/_matrix/client/v3/account/whoami"
+    url = "/oauth2/upstream/backchannel-logout/corp"
+    event = {"http://schemas.openid.net/event/backchannel-logout": {}}
+
+    def logout_token(key: Any = None, **overrides: Any) -> str:
+        claims = {
+            "iss": provider.issuer,
+            "aud": "matrix",
+            "iat": NOW_S,
+            "jti": secrets.token_hex(8),
+            "sub": provider.subject,
+            "events": event,
+            **overrides,
+        }
+        return jwt.encode(claims, key or provider.key, algorithm="RS256", headers={"kid": "k1"})
+
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    for bad in (
+        logout_token(events={}),
+        logout_token(nonce="n"),
+        logout_token(iat=NOW_S - 3600),
+        logout_token(aud="other"),
+        logout_token(key=other_key),
+        "junk",
+    ):
+        response = await client.post(url, data={"logout_token": bad})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "invalid_request"
+    assert (await client.post(url, data={})).status_code == 400
+    assert (await client.get(whoami, headers=auth_header(access))).status_code == 200
+    # Another subject: nothing to end.
+    response = await client.post(url, data={"logout_token": logout_token(sub="someone")})
+    assert response.status_code == 200
+    assert (await client.get(whoami, headers=auth_header(access))).status_code == 200
+    response = await client.post(url, data={"logout_token": logout_token()})
+    assert response.status_code == 200
+    assert (await client.get(whoami, headers=auth_header(access))).status_code == 401
+    unknown = await client.post(
+        "/oauth2/upstream/backchannel-logout/nope", data={"logout_token": logout_token()}
+    )
+    assert unknown.status_code == 404
