@@ -174,7 +174,7 @@ class LoginBody(RequestBody):
     medium: str | None = None  # deprecated
     address: str | None = None  # deprecated
     password: str | None = None
-    token: str | None = None  # m.login.token
+    token: str | None = None  # m.login.token, org.matrix.login.jwt
     device_id: str | None = None
     initial_device_display_name: str | None = None
     refresh_token: bool = False

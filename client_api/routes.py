@@ -20,6 +20,7 @@ from client_api import (
     login_token,
     mutual_rooms,
     notifications,
+    oauth,
     openid,
     presence,
     profile,
@@ -32,6 +33,7 @@ from client_api import (
     rooms,
     search,
     sliding_sync,
+    sso,
     support,
     sync,
     thirdparty,
@@ -88,6 +90,8 @@ _MODULES = [
     timestamps,
     events_legacy,
     login_token,
+    oauth,
+    sso,
 ]
 
 client_routes: list[BaseRoute] = [r for m in _MODULES for r in m.client_routes]

@@ -18,10 +18,12 @@ from starlette.routing import BaseRoute
 from homeserver.accounts.account_data import AccountDataService
 from homeserver.accounts.email_validation import EmailValidation
 from homeserver.accounts.ignored import IgnoreLists
+from homeserver.accounts.jwt_login import JwtLogin
 from homeserver.accounts.login_tokens import LoginTokens
 from homeserver.accounts.openid import OpenIdService
 from homeserver.accounts.profile import ProfileService
 from homeserver.accounts.service import AccountService
+from homeserver.accounts.sso import SsoService
 from homeserver.accounts.threepids import ThreepidService
 from homeserver.accounts.tokens import AuthService
 from homeserver.accounts.uia import UiaService
@@ -76,6 +78,7 @@ from homeserver.metrics.listener import MetricsListener
 from homeserver.metrics.registry import Metrics
 from homeserver.net.addresses import AddressPolicy
 from homeserver.net.outbound import Outbound
+from homeserver.oauth.service import OAuthService
 from homeserver.push.actions import PushActionGenerator
 from homeserver.push.notifications import NotificationService, PushActionPruner
 from homeserver.push.pushers import LEGACY_UNSUBSCRIBE_GRACE_MS, PusherService, Unsubscriber
@@ -121,6 +124,7 @@ from homeserver.storage.filters import FilterStore
 from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.media import MediaStore
 from homeserver.storage.metrics import MetricsStore
+from homeserver.storage.oauth import OAuthStore
 from homeserver.storage.openid import LoginTokenStore, OpenIdStore
 from homeserver.storage.presence import PresenceStore
 from homeserver.storage.push import PushStore
@@ -135,6 +139,7 @@ from homeserver.storage.rooms import RoomStore
 from homeserver.storage.search import SearchStore
 from homeserver.storage.server_keys import ServerKeyStore
 from homeserver.storage.sliding_sync import SlidingSyncStore
+from homeserver.storage.sso import SsoStore
 from homeserver.storage.threepids import ThreepidStore
 from homeserver.storage.to_device import ToDeviceStore
 from homeserver.storage.typing_notifications import TypingStore
@@ -727,6 +732,7 @@ class Homeserver:
         """Registration, login, devices, deactivation: built after the services that keep
         something for an account or its devices, which its deletions reach."""
         self.login_tokens = LoginTokens(LoginTokenStore(self.db), self.uia, clock, config.auth)
+        self.sso_store = SsoStore(self.db)
         self.accounts = AccountService(
             self.account_store,
             self.auth,
@@ -743,7 +749,39 @@ class Homeserver:
             device_data=(self.to_device, self.e2e_keys, self.pushers, self.sliding_sync),
             appservices=self.appservices,
             login_tokens=self.login_tokens,
+            jwt_login=JwtLogin(config.jwt_login, clock) if config.jwt_login.enabled else None,
+            password_login=config.auth.password_login_enabled,
+            sso_providers=[(p.id, p.name) for p in config.sso.providers],
         )
+        self.sso: SsoService | None = None
+        if config.sso.providers:
+            # The operator chose the providers' URLs: loopback and private addresses are
+            # allowed, as for application services (docs/sign-in.md).
+            provider_outbound = Outbound(AddressPolicy(("0.0.0.0/0", "::/0")))
+            self.sso = SsoService(
+                config.sso,
+                self.sso_store,
+                self.accounts,
+                provider_outbound.client(timeout_s=config.sso.request_timeout_ms / 1000),
+                clock,
+                config.base_url,
+                config.server_name,
+            )
+        self.oauth: OAuthService | None = None
+        if config.oauth.enabled:
+            self.oauth = OAuthService(
+                config.oauth,
+                OAuthStore(self.db),
+                self.account_store,
+                self.accounts,
+                clock,
+                config.base_url,
+                config.auth.access_token_lifetime_ms,
+                login_tokens=self.sso_store if config.sso.providers else None,
+                sso_providers=[(p.id, p.name) for p in config.sso.providers],
+                profiles=self.profiles,
+                ratelimiter=self.ratelimiter,
+            )
 
     def _build_push_delivery(self, config: HomeserverConfig, db: Database, clock: Clock) -> None:
         """/notifications, the pusher sender and missed-message e-mails (issue 6)."""

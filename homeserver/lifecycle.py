@@ -72,6 +72,8 @@ async def running_homeserver(
             await hs.federation_client.aclose()
             await hs.well_known_client.aclose()
             await hs.appservice_client.aclose()
+            if hs.sso is not None:
+                await hs.sso.aclose()
     finally:
         await db.close()
 

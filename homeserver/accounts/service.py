@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from homeserver.accounts.jwt_login import LOGIN_JWT, JwtLogin
 from homeserver.accounts.login_tokens import LOGIN_TOKEN, LoginTokens
 from homeserver.accounts.tokens import AuthService, Session, new_device_id
 from homeserver.accounts.uia import (
@@ -101,7 +102,10 @@ class LoginRequest:
     refresh_token: bool
     client_ip: str | None
     as_token: str | None = None  # the access token sent with m.login.application_service
-    token: str | None = None  # m.login.token's login token
+    token: str | None = None  # the body's ``token``: m.login.token, org.matrix.login.jwt
+
+
+LOGIN_SSO = "m.login.sso"
 
 
 class AccountService:
@@ -119,10 +123,16 @@ class AccountService:
         user_data: Sequence[UserData] = (),
         device_data: Sequence[DeviceData] = (),
         appservices: AppServices | None = None,
+        jwt_login: JwtLogin | None = None,
+        password_login: bool = True,
         login_tokens: LoginTokens | None = None,
+        sso_providers: Sequence[tuple[str, str]] = (),
     ) -> None:
-        self._store = store
         self._login_tokens = login_tokens
+        self._sso_providers = tuple(sso_providers)
+        self._store = store
+        self._jwt_login = jwt_login
+        self._password_login = password_login
         self._appservices = appservices or AppServices(())
         self._auth = auth
         self._uia = uia
@@ -372,13 +382,20 @@ class AccountService:
             )
         return user_id
 
-    async def _create_user(self, user_id: UserID, password_hash: str, *, is_admin: bool) -> bool:
+    async def _create_user(
+        self,
+        user_id: UserID,
+        password_hash: str | None,
+        *,
+        is_admin: bool,
+        displayname: str | None = None,
+    ) -> bool:
         return await self._store.create_user(
             user_id,
             password_hash,
             is_admin=is_admin,
             created_ts=self._clock.now_ms(),
-            displayname=user_id.localpart,
+            displayname=displayname or user_id.localpart,
         )
 
     async def _create_generated_user(self, password_hash: str) -> UserID:
@@ -392,25 +409,40 @@ class AccountService:
     # --- login, logout, refresh ------------------------------------------------------------
 
     def login_flows(self) -> list[JsonDict]:
-        flows: list[JsonDict] = [{"type": LOGIN_PASSWORD}]
+        flows: list[JsonDict] = []
+        if self._password_login:
+            flows.append({"type": LOGIN_PASSWORD})
+        if self._jwt_login is not None:
+            flows.append({"type": LOGIN_JWT})
+        if self._sso_providers:
+            providers = [{"id": i, "name": n} for i, n in self._sso_providers]
+            flows.append({"type": LOGIN_SSO, "identity_providers": providers})
+        if self._accepts_login_tokens():
+            flow: JsonDict = {"type": LOGIN_TOKEN}
+            if self._login_tokens is not None and self._login_tokens.enabled:
+                flow["get_login_token"] = True
+            flows.append(flow)
         if self._appservices:
             flows.append({"type": LOGIN_APPLICATION_SERVICE})
-        if self._login_tokens is not None and self._login_tokens.enabled:
-            flows.append({"type": LOGIN_TOKEN, "get_login_token": True})
         return flows
+
+    def _accepts_login_tokens(self) -> bool:
+        """m.login.token: tokens come from POST /login/get_token (when enabled) and from
+        single sign-on (when a provider is configured); both are kept in one store."""
+        return self._login_tokens is not None and (
+            self._login_tokens.enabled or bool(self._sso_providers)
+        )
 
     async def login(self, request: LoginRequest) -> Session:
         if request.login_type == LOGIN_APPLICATION_SERVICE:
             return await self._login_app_service_user(request)
         if request.client_ip is not None:
             self._ratelimiter.check(Action.LOGIN, f"ip:{request.client_ip}")
-        if (
-            request.login_type == LOGIN_TOKEN
-            and self._login_tokens is not None
-            and self._login_tokens.enabled
-        ):
+        if request.login_type == LOGIN_JWT and self._jwt_login is not None:
+            return await self._login_jwt(self._jwt_login, request)
+        if request.login_type == LOGIN_TOKEN and self._accepts_login_tokens():
             return await self._login_with_token(request)
-        if request.login_type != LOGIN_PASSWORD:
+        if request.login_type != LOGIN_PASSWORD or not self._password_login:
             raise MatrixError(Codes.UNKNOWN, f"Unknown login type {request.login_type}", status=400)
         if request.identifier_type == "m.id.phone":
             # No phone number is ever bound to an account here (spec: unknown 3PID: 403).
@@ -468,8 +500,69 @@ class AccountService:
         )
         return session
 
+    # --- sessions for the OAuth 2.0 API (homeserver/oauth) ---------------------------------
+
+    async def check_password_sign_in(
+        self, username: str, password: str, client_ip: str | None
+    ) -> UserID:
+        """The account a sign-in page's username and password name; the same limits and
+        answers as m.login.password."""
+        if client_ip is not None:
+            self._ratelimiter.check(Action.LOGIN, f"ip:{client_ip}")
+        if not self._password_login:
+            raise MatrixError(Codes.FORBIDDEN, "Password sign-in is turned off")
+        user_id = parse_user_identifier(username, self._server_name)
+        if user_id is None:
+            raise MatrixError(Codes.FORBIDDEN, "Invalid username or password")
+        self._ratelimiter.check(Action.LOGIN, f"user:{user_id.lower()}")
+        user = await self._store.get_user_case_insensitive(user_id)
+        if user is not None and user.deactivated:
+            raise MatrixError(Codes.USER_DEACTIVATED, "This account has been deactivated")
+        if user is None or not await self._auth.check_password(user.password_hash, password):
+            raise MatrixError(Codes.FORBIDDEN, "Invalid username or password")
+        return user.user_id
+
+    def open_registration(self) -> bool:
+        """Whether anyone may register without a token (the OAuth page's prompt=create)."""
+        return self._registration.enabled and not self._registration.require_token
+
+    async def register_on_page(self, username: str, password: str, client_ip: str | None) -> UserID:
+        """An account created on the OAuth 2.0 API's registration page."""
+        if not self.open_registration():
+            raise MatrixError(Codes.FORBIDDEN, "Registration is not open")
+        if client_ip is not None:
+            self._ratelimiter.check(Action.REGISTRATION, f"ip:{client_ip}")
+        user_id = self._new_user_id(username)
+        self.check_password_strength(password)
+        if await self._store.user_exists_ignoring_case(user_id) or not await self._create_user(
+            user_id, await self._auth.hash_password(password), is_admin=False
+        ):
+            raise MatrixError(Codes.USER_IN_USE, "User ID already taken")
+        logger.info("user registered on the sign-in page", extra={"user_id": user_id})
+        return user_id
+
+    async def start_refreshable_session(
+        self, user_id: UserID, device_id: str, client_ip: str | None
+    ) -> Session:
+        """A session of an OAuth grant: the device is created, or reused (its old tokens go)."""
+        self._check_device(device_id, None)
+        return await self._start_session(
+            user_id, device_id, None, refreshable=True, client_ip=client_ip
+        )
+
+    async def end_all_sessions(self, user_id: UserID) -> int:
+        """Every device of the account goes (single sign-on's back-channel logout)."""
+        device_ids, hashes = await self._store.delete_devices_except(user_id, None)
+        await self._devices_deleted(user_id, device_ids, hashes)
+        return len(device_ids)
+
+    async def end_session(self, user_id: UserID, device_id: str) -> None:
+        """An OAuth session revoked: its device goes with its tokens (as /logout)."""
+        await self._delete_devices(user_id, [device_id])
+
     async def _login_with_token(self, request: LoginRequest) -> Session:
-        """m.login.token: a token minted by POST /login/get_token, used once."""
+        """m.login.token: a token minted by POST /login/get_token or single sign-on, used
+        once."""
         assert self._login_tokens is not None
         self._check_device(request.device_id, request.initial_device_display_name)
         user_id = await self._login_tokens.spend(request.token)
@@ -483,6 +576,53 @@ class AccountService:
             refreshable=request.refresh_token,
             client_ip=request.client_ip,
         )
+
+    async def create_sso_user(self, username: str, displayname: str | None) -> UserID:
+        """An account chosen on the first single sign-on (no password)."""
+        user_id = self._new_user_id(username)
+        if await self._store.user_exists_ignoring_case(user_id) or not await self._create_user(
+            user_id, None, is_admin=False, displayname=(displayname or "")[:256] or None
+        ):
+            raise MatrixError(Codes.USER_IN_USE, "User ID already taken")
+        logger.info("user registered by single sign-on", extra={"user_id": user_id})
+        return user_id
+
+    async def _login_jwt(self, jwt_login: JwtLogin, request: LoginRequest) -> Session:
+        """org.matrix.login.jwt: the token's subject claim is the localpart."""
+        if request.token is None:
+            raise MatrixError(Codes.FORBIDDEN, "JWT validation failed: no token given")
+        self._check_device(request.device_id, request.initial_device_display_name)
+        subject = jwt_login.subject_of(request.token)
+        localpart = subject.lower() if subject.isascii() else subject
+        if not is_valid_new_localpart(localpart):
+            raise MatrixError(Codes.FORBIDDEN, "JWT validation failed: subject is not a localpart")
+        user_id = UserID.of(localpart, self._server_name)
+        if len(user_id.encode()) > MAX_ID_BYTES:
+            raise MatrixError(Codes.FORBIDDEN, "JWT validation failed: subject is too long")
+        user = await self._store.get_user(user_id)
+        if user is None:
+            if not jwt_login.create_accounts:
+                raise MatrixError(Codes.FORBIDDEN, "No account for this token's subject")
+            # A lost race with another first login of the same subject still finds it below.
+            if await self._create_user(user_id, None, is_admin=False):
+                logger.info("account created by JWT login", extra={"user_id": user_id})
+            user = await self._store.get_user(user_id)
+            if user is None:
+                raise MatrixError(Codes.UNKNOWN, "Could not create the account")
+        if user.deactivated:
+            raise MatrixError(Codes.USER_DEACTIVATED, "This account has been deactivated")
+        session = await self._start_session(
+            user.user_id,
+            request.device_id,
+            request.initial_device_display_name,
+            refreshable=request.refresh_token,
+            client_ip=request.client_ip,
+        )
+        logger.info(
+            "user logged in with a JWT",
+            extra={"user_id": user.user_id, "device_id": session.device_id},
+        )
+        return session
 
     async def _login_app_service_user(self, request: LoginRequest) -> Session:
         """spec: m.login.application_service logs in a user of the service's namespaces."""

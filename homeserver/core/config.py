@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -132,6 +133,96 @@ class AuthConfig(Section):
     login_via_existing_session: bool = False
     login_token_lifetime_ms: int = Field(default=2 * 60 * 1000, ge=1000)
     login_token_require_uia: bool = True
+    # m.login.password on /login (and its offer in GET /login); false leaves sign-in to
+    # JWT, single sign-on or the OAuth 2.0 API.
+    password_login_enabled: bool = True
+
+
+_HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+_PUBLIC_KEY_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+class JwtLoginConfig(Section):
+    """``org.matrix.login.jwt`` on /login (docs/sign-in.md): a JSON Web Token signed by the
+    operator's identity system names the account."""
+
+    enabled: bool = False
+    # One of the two: the shared secret of the HS* algorithms, or the PEM public key of the
+    # others. Never both: a public key must not be usable as an HMAC secret.
+    secret: str | None = None
+    public_key: str | None = None
+    algorithms: tuple[str, ...] = ("HS256",)
+    issuer: str | None = None  # when set, the token's ``iss`` must be this
+    # When set, the token's ``aud`` must name one of them; when empty, a token with ``aud``
+    # is refused (it was meant for someone else).
+    audiences: tuple[str, ...] = ()
+    subject_claim: str = "sub"  # the claim that holds the localpart
+    create_accounts: bool = True  # false: only accounts that already exist sign in
+    leeway_seconds: int = Field(default=0, ge=0, le=300)  # clock skew allowed on exp/nbf
+
+    @model_validator(mode="after")
+    def _check(self) -> JwtLoginConfig:
+        if not self.enabled:
+            return self
+        if not self.algorithms:
+            raise ValueError("jwt_login.algorithms must name at least one algorithm")
+        unknown = [a for a in self.algorithms if a not in _HMAC_ALGORITHMS | _PUBLIC_KEY_ALGORITHMS]
+        if unknown:
+            raise ValueError(f"jwt_login.algorithms: unsupported {unknown} (never 'none')")
+        hmac = [a for a in self.algorithms if a in _HMAC_ALGORITHMS]
+        if hmac and len(hmac) != len(self.algorithms):
+            raise ValueError("jwt_login.algorithms: do not mix HS* with public-key algorithms")
+        if (self.secret is None) == (self.public_key is None):
+            raise ValueError("jwt_login needs exactly one of secret and public_key")
+        if hmac and self.secret is None:
+            raise ValueError("jwt_login: HS* algorithms need secret")
+        if not hmac and self.public_key is None:
+            raise ValueError("jwt_login: public-key algorithms need public_key")
+        if self.secret is not None and len(self.secret.encode()) < 32:
+            raise ValueError("jwt_login.secret must be at least 32 bytes")
+        if self.public_key is not None:
+            try:
+                load_pem_public_key(self.public_key.encode())
+            except ValueError as e:
+                raise ValueError(f"jwt_login.public_key is not a PEM public key: {e}") from e
+        return self
+
+
+class OAuthConfig(Section):
+    """The spec's OAuth 2.0 API (docs/sign-in.md): clients register, users sign in on the
+    server's own page."""
+
+    enabled: bool = False
+    code_lifetime_ms: int = Field(default=60_000, ge=1000, le=600_000)
+
+
+class OidcProviderConfig(Section):
+    """An upstream OpenID Connect provider for single sign-on (docs/sign-in.md)."""
+
+    id: str = Field(pattern=r"^[a-z0-9._~-]{1,64}$")  # the idp_id of /login/sso/redirect
+    name: str
+    issuer: str  # discovery: <issuer>/.well-known/openid-configuration
+    client_id: str
+    client_secret: str | None = None  # sent as client_secret_post; None: a public client
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    localpart_claim: str = "preferred_username"  # suggested on the choose-a-username page
+    displayname_claim: str | None = "name"
+    # When set, the provider's e-mail claim must be verified and in one of these domains.
+    allowed_email_domains: tuple[str, ...] = ()
+
+
+class SsoConfig(Section):
+    providers: tuple[OidcProviderConfig, ...] = ()
+    request_timeout_ms: int = Field(default=10_000, ge=100)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> SsoConfig:
+        ids = [p.id for p in self.providers]
+        if len(set(ids)) != len(ids):
+            raise ValueError("sso.providers: each id must be unique")
+        return self
 
 
 class LimitsConfig(Section):
@@ -428,6 +519,9 @@ class HomeserverConfig(BaseModel):
     registration: RegistrationConfig = RegistrationConfig()
     rate_limits: RateLimitsConfig = RateLimitsConfig()
     auth: AuthConfig = AuthConfig()
+    jwt_login: JwtLoginConfig = JwtLoginConfig()
+    oauth: OAuthConfig = OAuthConfig()
+    sso: SsoConfig = SsoConfig()
     limits: LimitsConfig = LimitsConfig()
     rooms: RoomsConfig = RoomsConfig()
     websocket: WebSocketConfig = WebSocketConfig()

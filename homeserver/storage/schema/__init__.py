@@ -77,6 +77,14 @@ from homeserver.storage.schema.media import (
     media,
     media_thumbnails,
 )
+from homeserver.storage.schema.oauth import (
+    oauth_browser_sessions,
+    oauth_clients,
+    oauth_codes,
+    oauth_device_grants,
+    sso_links,
+    sso_sessions,
+)
 from homeserver.storage.schema.push import (
     event_push_actions,
     push_cursors,
@@ -149,6 +157,12 @@ __all__ = [
     "media",
     "media_thumbnails",
     "metadata",
+    "oauth_clients",
+    "oauth_codes",
+    "oauth_device_grants",
+    "oauth_browser_sessions",
+    "sso_links",
+    "sso_sessions",
     "presence",
     "profiles",
     "push_cursors",

@@ -1,0 +1,445 @@
+"""Single sign-on through an upstream OpenID Connect provider: a small provider of the
+test's own on loopback, the homeserver talking to it through net/outbound."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator
+from html import unescape
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+import jwt
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from homeserver.app import Homeserver
+from homeserver.core.clock import FakeClock
+from homeserver.oauth.service import s256
+from tests.conftest import make_config
+from tests.helpers import auth_header, serve
+from tests.openapi_schema import assert_response_matches
+from tests.push_servers import LocalHTTP
+
+LOGIN = "/_matrix/client/v3/login"
+REDIRECT = "/_matrix/client/v3/login/sso/redirect"
+CLIENT_URL = "https://client.example/done"
+OAUTH_REDIRECT = "https://app.example/callback"
+NOW_S = 1_700_000_000
+
+
+class FakeProvider:
+    """An OpenID Connect provider that signs in ``subject`` at once (no page)."""
+
+    def __init__(self) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.subject = "sub-1"
+        self.claims: dict[str, Any] = {"preferred_username": "Alice.Smith", "name": "Alice"}
+        self.id_token_overrides: dict[str, Any] = {}
+        self.grants: dict[str, dict[str, str]] = {}
+        self.http: LocalHTTP | None = None
+        app = web.Application()
+        app.router.add_get("/.well-known/openid-configuration", self.discovery)
+        app.router.add_get("/authorize", self.authorize)
+        app.router.add_post("/token", self.token)
+        app.router.add_get("/jwks", self.jwks)
+        app.router.add_get("/userinfo", self.userinfo)
+        self.app = app
+
+    @property
+    def issuer(self) -> str:
+        assert self.http is not None
+        return self.http.base_url
+
+    async def discovery(self, _: web.Request) -> web.Response:
+        base = self.issuer
+        return web.json_response(
+            {
+                "issuer": base,
+                "authorization_endpoint": f"{base}/authorize",
+                "token_endpoint": f"{base}/token",
+                "jwks_uri": f"{base}/jwks",
+                "userinfo_endpoint": f"{base}/userinfo",
+            }
+        )
+
+    async def authorize(self, request: web.Request) -> web.Response:
+        q = request.query
+        code = secrets.token_urlsafe(16)
+        self.grants[code] = {
+            "nonce": q["nonce"],
+            "challenge": q["code_challenge"],
+            "redirect_uri": q["redirect_uri"],
+        }
+        target = f"{q['redirect_uri']}?{urlencode({'code': code, 'state': q['state']})}"
+        raise web.HTTPFound(target)
+
+    async def token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        grant = self.grants.pop(str(form["code"]), None)
+        if (
+            grant is None
+            or form["client_secret"] != "s3cret"
+            or s256(str(form["code_verifier"])) != grant["challenge"]
+            or form["redirect_uri"] != grant["redirect_uri"]
+        ):
+            return web.json_response({"error": "invalid_grant"}, status=400)
+        claims = {
+            "iss": self.issuer,
+            "sub": self.subject,
+            "aud": "matrix",
+            "exp": NOW_S + 300,
+            "iat": NOW_S,
+            "nonce": grant["nonce"],
+            **self.id_token_overrides,
+        }
+        id_token = jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": "k1"})
+        return web.json_response({"id_token": id_token, "access_token": "at-" + self.subject})
+
+    async def jwks(self, _: web.Request) -> web.Response:
+        jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
+        return web.json_response({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]})
+
+    async def userinfo(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer at-{self.subject}":
+            return web.json_response({"error": "invalid_token"}, status=401)
+        return web.json_response({"sub": self.subject, **self.claims})
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[FakeProvider]:
+    fake = FakeProvider()
+    async with LocalHTTP(fake.app) as http:
+        fake.http = http
+        yield fake
+
+
+def sso_config(provider: FakeProvider, **extra: Any) -> dict[str, Any]:
+    return {
+        "providers": [
+            {
+                "id": "corp",
+                "name": "Corp SSO",
+                "issuer": provider.issuer,
+                "client_id": "matrix",
+                "client_secret": "s3cret",
+                **extra,
+            }
+        ]
+    }
+
+
+async def through_provider(
+    client: httpx.AsyncClient, redirect_url: str = CLIENT_URL
+) -> httpx.Response:
+    """The browser: /login/sso/redirect, the provider, back to the callback."""
+    started = await client.get(REDIRECT + "/corp", params={"redirectUrl": redirect_url})
+    assert started.status_code == 302, started.text
+    async with httpx.AsyncClient() as browser:
+        at_provider = await browser.get(started.headers["location"])
+    assert at_provider.status_code == 302
+    back = urlsplit(at_provider.headers["location"])
+    return await client.get(f"{back.path}?{back.query}")
+
+
+def login_token_of(response: httpx.Response) -> str:
+    location = response.headers["location"]
+    assert location.startswith(CLIENT_URL + "?")
+    return parse_qs(urlsplit(location).query)["loginToken"][0]
+
+
+async def token_login(client: httpx.AsyncClient, token: str) -> httpx.Response:
+    return await client.post(LOGIN, json={"type": "m.login.token", "token": token})
+
+
+@pytest.fixture
+async def sso_server(
+    tmp_path: Path, db_url: str, provider: FakeProvider
+) -> AsyncIterator[tuple[Homeserver, httpx.AsyncClient]]:
+    config = make_config(tmp_path, db_url, sso=sso_config(provider))
+    async with serve(config, FakeClock(NOW_S * 1000)) as served:
+        yield served
+
+
+async def test_first_sign_in_chooses_a_username_then_the_second_finds_it(
+    sso_server: tuple[Homeserver, httpx.AsyncClient], provider: FakeProvider
+) -> None:
+    _, client = sso_server
+    flows = (await client.get(LOGIN)).json()["flows"]
+    assert {
+        "type": "m.login.sso",
+        "identity_providers": [{"id": "corp", "name": "Corp SSO"}],
+    } in flows
+    assert {"type": "m.login.token"} in flows
+    assert_response_matches("GET", LOGIN, 200, {"flows": flows})
+
+    page = await through_provider(client)
+    assert page.status_code == 200, page.text
+    assert 'value="alice.smith"' in page.text and '<label for="username">' in page.text
+    assert "content-security-policy" in page.headers
+    csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    taken = await client.post(
+        "/oauth2/upstream/username", data={"csrf": csrf, "username": "no spaces"}
+    )
+    assert taken.status_code == 400 and 'role="alert"' in taken.text
+    forged = await client.post("/oauth2/upstream/username", data={"csrf": "x", "username": "a"})
+    assert forged.status_code == 403
+    chosen = await client.post(
+        "/oauth2/upstream/username", data={"csrf": csrf, "username": "alice"}
+    )
+    assert chosen.status_code == 303, chosen.text
+    token = login_token_of(chosen)
+    logged_in = await token_login(client, token)
+    assert logged_in.status_code == 200, logged_in.text
+    assert logged_in.json()["user_id"] == "@alice:test"
+    profile = await client.get("/_matrix/client/v3/profile/@alice:test")
+    assert profile.json()["displayname"] == "Alice"
+    # A login token is used once.
+    again = await token_login(client, token)
+    assert (again.status_code, again.json()["errcode"]) == (403, "M_FORBIDDEN")
+
+    # The second sign-in of the same subject asks before the token goes to the client.
+    second = await through_provider(client)
+    assert second.status_code == 200 and "Continue to client.example?" in second.text
+    confirm_csrf = second.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    forged_confirm = await client.post("/oauth2/upstream/confirm", data={"csrf": "x"})
+    assert forged_confirm.status_code == 403
+    # The chooser cannot make a second account for a linked identity.
+    chooser = await client.post(
+        "/oauth2/upstream/username", data={"csrf": confirm_csrf, "username": "alice2"}
+    )
+    assert chooser.status_code == 400
+    confirmed = await client.post("/oauth2/upstream/confirm", data={"csrf": confirm_csrf})
+    assert confirmed.status_code == 303
+    response = await token_login(client, login_token_of(confirmed))
+    assert response.json()["user_id"] == "@alice:test"
+    who = await client.get(
+        "/_matrix/client/v3/account/whoami", headers=auth_header(response.json()["access_token"])
+    )
+    assert who.json()["user_id"] == "@alice:test"
+
+
+async def test_forged_state_and_missing_session(
+    sso_server: tuple[Homeserver, httpx.AsyncClient], provider: FakeProvider
+) -> None:
+    _, client = sso_server
+    started = await client.get(REDIRECT, params={"redirectUrl": CLIENT_URL})
+    assert started.status_code == 302
+    async with httpx.AsyncClient() as browser:
+        at_provider = await browser.get(started.headers["location"])
+    back = parse_qs(urlsplit(at_provider.headers["location"]).query)
+    forged = await client.get(
+        "/oauth2/upstream/callback", params={"code": back["code"][0], "state": "forged"}
+    )
+    assert forged.status_code == 400 and "forged" in forged.text
+    client.cookies.clear()
+    no_cookie = await client.get(
+        "/oauth2/upstream/callback", params={"code": back["code"][0], "state": back["state"][0]}
+    )
+    assert no_cookie.status_code == 400 and "session cookie" in no_cookie.text
+    refused = await client.get(
+        "/oauth2/upstream/callback", params={"error": "access_denied", "state": "x"}
+    )
+    assert refused.status_code == 400
+
+
+async def test_bad_id_tokens_are_refused(
+    sso_server: tuple[Homeserver, httpx.AsyncClient], provider: FakeProvider
+) -> None:
+    _, client = sso_server
+    for overrides, reason in [
+        ({"nonce": "other"}, "nonce"),
+        ({"aud": "someone-else"}, "not valid"),
+        ({"iss": "https://evil.example"}, "not valid"),
+        ({"exp": NOW_S - 3600}, "expired"),
+    ]:
+        provider.id_token_overrides = overrides
+        page = await through_provider(client)
+        assert page.status_code == 403, (overrides, page.text)
+        assert reason in page.text
+
+
+async def test_redirect_checks(
+    sso_server: tuple[Homeserver, httpx.AsyncClient], provider: FakeProvider
+) -> None:
+    _, client = sso_server
+    missing = await client.get(REDIRECT)
+    assert (missing.status_code, missing.json()["errcode"]) == (400, "M_MISSING_PARAM")
+    relative = await client.get(REDIRECT, params={"redirectUrl": "/relative"})
+    assert (relative.status_code, relative.json()["errcode"]) == (400, "M_INVALID_PARAM")
+    unknown = await client.get(REDIRECT + "/nope", params={"redirectUrl": CLIENT_URL})
+    assert (unknown.status_code, unknown.json()["errcode"]) == (404, "M_NOT_FOUND")
+    bad_token = await token_login(client, "nothing")
+    assert (bad_token.status_code, bad_token.json()["errcode"]) == (403, "M_FORBIDDEN")
+
+
+async def test_allowed_email_domains(tmp_path: Path, db_url: str, provider: FakeProvider) -> None:
+    config = make_config(
+        tmp_path, db_url, sso=sso_config(provider, allowed_email_domains=["corp.example"])
+    )
+    async with serve(config, FakeClock(NOW_S * 1000)) as (_, client):
+        provider.claims = {"email": "a@elsewhere.example", "email_verified": True}
+        page = await through_provider(client)
+        assert page.status_code == 403 and "domain" in page.text
+        provider.claims = {"email": "a@corp.example", "email_verified": False}
+        page = await through_provider(client)
+        assert page.status_code == 403 and "verified" in page.text
+        provider.claims = {"email": "a@CORP.example", "email_verified": True}
+        page = await through_provider(client)
+        assert page.status_code == 200 and "Choose your username" in page.text
+
+
+async def test_off_without_providers(tmp_path: Path, db_url: str) -> None:
+    async with serve(make_config(tmp_path, db_url)) as (_, client):
+        flows = (await client.get(LOGIN)).json()["flows"]
+        assert all(f["type"] not in ("m.login.sso", "m.login.token") for f in flows)
+        response = await client.get(REDIRECT, params={"redirectUrl": CLIENT_URL})
+        assert (response.status_code, response.json()["errcode"]) == (404, "M_UNRECOGNIZED")
+
+
+def relative(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}"
+
+
+async def test_oauth_sign_in_page_offers_the_provider(
+    tmp_path: Path, db_url: str, provider: FakeProvider
+) -> None:
+    config = make_config(tmp_path, db_url, sso=sso_config(provider), oauth={"enabled": True})
+    async with serve(config, FakeClock(NOW_S * 1000)) as (_, client):
+        registered = await client.post(
+            "/oauth2/register",
+            json={"client_uri": "https://app.example", "redirect_uris": [OAUTH_REDIRECT]},
+        )
+        client_id = registered.json()["client_id"]
+        verifier = secrets.token_urlsafe(48)
+        query = {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": OAUTH_REDIRECT,
+            "scope": "urn:matrix:client:api:*",
+            "state": "st",
+            "code_challenge": s256(verifier),
+            "code_challenge_method": "S256",
+        }
+        page = await client.get("/oauth2/authorize", params=query)
+        assert page.status_code == 200
+        link = page.text.split('<ul class="sso"><li><a href="', 1)[1].split('"', 1)[0]
+        assert ">Corp SSO</a>" in page.text
+        started = await client.get(relative(unescape(link)))
+        assert started.status_code == 302
+        async with httpx.AsyncClient() as browser:
+            at_provider = await browser.get(started.headers["location"])
+        chooser = await client.get(relative(at_provider.headers["location"]))
+        csrf = chooser.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        chosen = await client.post(
+            "/oauth2/upstream/username", data={"csrf": csrf, "username": "carol"}
+        )
+        assert chosen.status_code == 303
+        back = chosen.headers["location"]
+        assert "loginToken=" in back and "/oauth2/authorize?" in back
+        # Another browser (no CSRF cookie) cannot use the way back.
+        transport = client._transport
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as other:
+            stolen = await other.get(relative(back))
+            assert stolen.status_code == 403
+        granted = await client.get(relative(back))
+        assert granted.status_code == 303, granted.text
+        location = granted.headers["location"]
+        assert location.startswith(OAUTH_REDIRECT + "?")
+        code = parse_qs(urlsplit(location).query)["code"][0]
+        tokens = await client.post(
+            "/oauth2/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "client_id": client_id,
+                "redirect_uri": OAUTH_REDIRECT,
+                "code_verifier": verifier,
+            },
+        )
+        assert tokens.status_code == 200, tokens.text
+        who = await client.get(
+            "/_matrix/client/v3/account/whoami",
+            headers=auth_header(tokens.json()["access_token"]),
+        )
+        assert who.json()["user_id"] == "@carol:test"
+        # The login token is spent: the same way back again fails.
+        again = await client.get(relative(back))
+        assert again.status_code == 403
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_junk_never_gives_500(
+    sso_server: tuple[Homeserver, httpx.AsyncClient], provider: FakeProvider
+) -> None:
+    _, client = sso_server
+    await through_provider(client)  # a session cookie, with claims waiting
+    for path in ("/oauth2/upstream/username", "/oauth2/upstream/confirm"):
+        for body in (b"", b"\xff", b"csrf=%ff", b"csrf=a&csrf=b", b"username=" + b"x" * 5000):
+            response = await client.post(
+                path, content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+            )
+            assert response.status_code < 500, (path, body, response.text)
+    for query in ("", "state=%ff", "code=x&state=", "error=x" * 50, "redirectUrl=%ff"):
+        for path in ("/oauth2/upstream/callback", REDIRECT, REDIRECT + "/corp"):
+            response = await client.get(f"{path}?{query}")
+            assert response.status_code < 500, (path, query, response.text)
+
+
+async def test_backchannel_logout_ends_the_sessions(
+    sso_server: tuple[Homeserver, httpx.AsyncClient], provider: FakeProvider
+) -> None:
+    _, client = sso_server
+    page = await through_provider(client)
+    csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    chosen = await client.post(
+        "/oauth2/upstream/username", data={"csrf": csrf, "username": "alice"}
+    )
+    access = (await token_login(client, login_token_of(chosen))).json()["access_token"]
+    whoami = "/_matrix/client/v3/account/whoami"
+    url = "/oauth2/upstream/backchannel-logout/corp"
+    event = {"http://schemas.openid.net/event/backchannel-logout": {}}
+
+    def logout_token(key: Any = None, **overrides: Any) -> str:
+        claims = {
+            "iss": provider.issuer,
+            "aud": "matrix",
+            "iat": NOW_S,
+            "jti": secrets.token_hex(8),
+            "sub": provider.subject,
+            "events": event,
+            **overrides,
+        }
+        return jwt.encode(claims, key or provider.key, algorithm="RS256", headers={"kid": "k1"})
+
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    for bad in (
+        logout_token(events={}),
+        logout_token(nonce="n"),
+        logout_token(iat=NOW_S - 3600),
+        logout_token(aud="other"),
+        logout_token(key=other_key),
+        "junk",
+    ):
+        response = await client.post(url, data={"logout_token": bad})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "invalid_request"
+    assert (await client.post(url, data={})).status_code == 400
+    assert (await client.get(whoami, headers=auth_header(access))).status_code == 200
+    # Another subject: nothing to end.
+    response = await client.post(url, data={"logout_token": logout_token(sub="someone")})
+    assert response.status_code == 200
+    assert (await client.get(whoami, headers=auth_header(access))).status_code == 200
+    response = await client.post(url, data={"logout_token": logout_token()})
+    assert response.status_code == 200
+    assert (await client.get(whoami, headers=auth_header(access))).status_code == 401
+    unknown = await client.post(
+        "/oauth2/upstream/backchannel-logout/nope", data={"logout_token": logout_token()}
+    )
+    assert unknown.status_code == 404
