@@ -251,7 +251,8 @@ async def test_a_lying_or_broken_origin_changes_nothing(
     origin.room = room
     state = await hs.event_store.get_current_state_ids(room.room_id)
     before = await timeline(client, tok, room.room_id)
-    _, built = await gap_of(room, GAP)
+    # Messages only: their auth events are known, the gap is all the origin must fill.
+    built = await room.chain(GAP)
     origin.mode = mode
     last, last_id = built[-1]
     r = await put_txn(client, remote, f"lies-{mode}", txn([last]))
