@@ -6,7 +6,8 @@ by side. One bad PDU is an error in the answer for that PDU only; a PDU of a roo
 know is one too. What a PDU refers to and we lack is asked of the origin (``FederatedGraph``):
 the events between our forward extremities and it (up to 10, ``/get_missing_events``), then,
 for a longer gap, the state before its far end (``/state_ids`` and ``/event``, stored as
-outliers), as the spec's "Retrieving events" describes. Then the EDUs, in order; a bad one is ignored.
+outliers), as the spec's "Retrieving events" describes. Then the EDUs, in order; a bad one
+is ignored.
 
 Transactions of one origin are processed one at a time (as Synapse does: a server sends the
 next only after the answer, and a retry must not race the first attempt). The answer is
