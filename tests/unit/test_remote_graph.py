@@ -118,9 +118,7 @@ async def test_events_are_fetched_a_few_at_a_time_and_unknown_ones_left_out() ->
     origin = Scripted(answer)
     graph = FederatedGraph(origin, "remote.test")
     found = await graph.get_events(ROOM, [f"$e{i}" for i in range(1, 41)] + ["$e1"])
-    assert sorted(p["n"] for p in found) == [
-        i for i in range(1, 41) if i % 5 != 0 and i % 7 != 0
-    ]
+    assert sorted(p["n"] for p in found) == [i for i in range(1, 41) if i % 5 != 0 and i % 7 != 0]
     assert len(origin.asked) == 40  # each once
     assert 1 < origin.most_in_flight <= EVENT_FETCH_CONCURRENCY
 
