@@ -56,6 +56,8 @@ class Origin:
     # asked for), "hang" (no answer until the test ends)
     mode: str = "honest"
     asked: list[str] = field(default_factory=list)
+    # state_ids answers these IDs in place of the true ones (a lying origin)
+    state_swaps: dict[str, str] = field(default_factory=dict)
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
     def named(self, what: str) -> list[str]:
@@ -109,9 +111,8 @@ async def origin(tmp_path: Path) -> AsyncIterator[Origin]:
             )
         except RemoteGraphError:
             return JSONResponse({"errcode": "M_NOT_FOUND", "error": "unknown"}, 404)
-        return JSONResponse(
-            {"pdu_ids": list(state.state_ids), "auth_chain_ids": list(state.auth_chain_ids)}
-        )
+        pdu_ids = [fake.state_swaps.get(i, i) for i in state.state_ids]
+        return JSONResponse({"pdu_ids": pdu_ids, "auth_chain_ids": list(state.auth_chain_ids)})
 
     async def event(request: Request) -> Response:
         failed = await misbehaving("event", request)
@@ -271,3 +272,41 @@ async def test_a_lying_or_broken_origin_changes_nothing(
     r = await put_txn(client, remote, f"fine-{mode}", txn([fine]))
     assert r.json() == {"pdus": {fine_id: {}}}
     assert (await timeline(client, tok, room.room_id))[0] == fine_id
+
+
+async def test_a_forged_state_at_the_gap_does_not_take_the_room(
+    fed_online: Fed, origin: Origin, remote: FakeRemote
+) -> None:
+    """The origin claims that the state at the far end of the gap holds a power levels event
+    of Eve's giving her 100: it fails the auth rules, is stored rejected, and counts for
+    nothing, neither at the gap nor in the room's current state."""
+    hs, client = fed_online
+    room, tok = await public_room_with_eve(client, hs, remote)
+    origin.room = room
+    state = await hs.event_store.get_current_state_ids(room.room_id)
+    pl_id = state[("m.room.power_levels", "")]
+    pl = await hs.event_store.get_event(pl_id)
+    assert pl is not None
+    forged_content = {**pl.content, "users": {**pl.content.get("users", {}), EVE: 100}}
+    _, forged_id = await room.build("m.room.power_levels", forged_content, "")
+    built = await room.chain(GAP)
+    origin.state_swaps = {pl_id: forged_id}
+    last, last_id = built[-1]
+    r = await put_txn(client, remote, "forged", txn([last]))
+    assert r.status_code == 200, r.text
+    # Taken, on the state at the gap without the forged event.
+    assert r.json() == {"pdus": {last_id: {}}}
+    assert origin.named("state_ids") == ["state_ids"]
+    assert await hs.event_store.get_rejection(forged_id) is not None
+    current = await hs.event_store.get_current_state_ids(room.room_id)
+    assert current[("m.room.power_levels", "")] == pl_id
+    at = await hs.event_store.state_ids_at(last_id)
+    assert at is not None and at[0].get(("m.room.power_levels", "")) != forged_id
+    # Eve still cannot change the power levels.
+    hs.clock.advance(1)
+    again, again_id = await room.build("m.room.power_levels", forged_content, "")
+    r = await put_txn(client, remote, "forged-again", txn([again]))
+    assert "error" in r.json()["pdus"][again_id]
+    assert (await hs.event_store.get_current_state_ids(room.room_id))[
+        ("m.room.power_levels", "")
+    ] == pl_id
