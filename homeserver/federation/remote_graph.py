@@ -5,7 +5,8 @@ over signed federation requests: ``POST /get_missing_events``, ``GET /state_ids`
 Every answer is shape-checked before the pipeline sees it: an answer that is not what the
 spec describes, too large, an error or no answer at all is a ``RemoteGraphError``; what the
 answers contain (events) is then checked by the pipeline like any PDU. Events are fetched
-one request each, a few at a time; a server that stops answering ends the fetch."""
+one request each, a few at a time; a server that stops answering ends the fetch, and all
+the requests of one ``FederatedGraph`` share a time budget."""
 
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ MAX_STATE_IDS_BYTES = 16 * 1024 * 1024
 MAX_EVENT_BYTES = 2 * MAX_PDU_BYTES
 # Event requests in flight at once to the one server.
 EVENT_FETCH_CONCURRENCY = 8
+# All the requests for one transaction's room together: a slow origin cannot hold a
+# transaction (and the rooms-at-once slot it takes) for longer; it retries later.
+DEFAULT_BUDGET_S = 120.0
 # IDs longer than this are no event IDs of any room version (v1-2 IDs are bounded by the
 # PDU size limit, v3+ are 44 characters).
 MAX_EVENT_ID_BYTES = 255
@@ -62,15 +66,26 @@ class FederatedGraph:
     """``RemoteGraph`` over the federation API of ``origin`` (the server that sent the
     events being received)."""
 
-    def __init__(self, requests: Requests, origin: str) -> None:
+    def __init__(self, requests: Requests, origin: str, budget_s: float = DEFAULT_BUDGET_S) -> None:
         self._requests = requests
         self.origin = origin
+        self._deadline = asyncio.get_running_loop().time() + budget_s
+
+    async def _within_budget(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The request, or TimeoutError once the budget is spent."""
+        left = self._deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise TimeoutError
+        async with asyncio.timeout(left):
+            return await self._requests.request(self.origin, method, path, **kwargs)
 
     async def _ask(self, what: str, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            return await self._requests.request(self.origin, method, path, **kwargs)
+            return await self._within_budget(method, path, **kwargs)
         except FederationError as e:
             raise RemoteGraphError(f"{what}: {e}") from e
+        except TimeoutError as e:
+            raise RemoteGraphError(f"{what}: out of time") from e
 
     async def get_missing_events(
         self,
@@ -157,12 +172,11 @@ class FederatedGraph:
     async def _get_event(self, event_id: str) -> JsonDict | None:
         """One event (GET /event/{eventId}); None when the server says it has none."""
         try:
-            answer = await self._requests.request(
-                self.origin,
-                "GET",
-                f"{FED}/event/{quote(event_id, safe='')}",
-                max_bytes=MAX_EVENT_BYTES,
+            answer = await self._within_budget(
+                "GET", f"{FED}/event/{quote(event_id, safe='')}", max_bytes=MAX_EVENT_BYTES
             )
+        except TimeoutError as e:
+            raise RemoteGraphError("event: out of time") from e
         except FederationError as e:
             if e.status is not None and 400 <= e.status < 500:
                 logger.info("event not given", extra={"origin": self.origin, "event_id": event_id})

@@ -133,3 +133,18 @@ async def test_a_failing_server_ends_the_event_fetch() -> None:
         await graph.get_events(ROOM, [f"$e{i}" for i in range(100)])
     assert len(origin.asked) <= EVENT_FETCH_CONCURRENCY
     assert await graph.get_events(ROOM, []) == []
+
+
+async def test_the_requests_share_a_time_budget() -> None:
+    async def slow(destination: str, method: str, path: str, **kw: Any) -> Any:
+        await asyncio.sleep(0.05)
+        return {"origin": "remote.test", "origin_server_ts": 0, "pdus": [{"p": path}]}
+
+    origin = Scripted(None)
+    origin.request = slow  # type: ignore[method-assign]
+    graph = FederatedGraph(origin, "remote.test", budget_s=0.12)
+    assert len(await graph.get_events(ROOM, ["$a"])) == 1
+    with pytest.raises(RemoteGraphError, match="out of time"):
+        await graph.get_events(ROOM, [f"$e{i}" for i in range(100)])
+    with pytest.raises(RemoteGraphError, match="out of time"):
+        await graph.get_state_ids(ROOM, "$e")
