@@ -679,8 +679,6 @@ class Homeserver:
             self.room_store,
             clock,
             self.room_acls,
-            self.keyring,
-            self.event_store,
             self.federation_client,
         )
         # One sender per process; with several workers, issue 21 makes it run on one only.

@@ -3,7 +3,11 @@
 A transaction carries at most 50 PDUs and 100 EDUs. Its PDUs are grouped by room; each
 room's go through the receipt checks (``IncomingEvents``) in the order sent, the rooms side
 by side. One bad PDU is an error in the answer for that PDU only; a PDU of a room we do not
-know is one too. Then the EDUs, in order; a bad one is ignored.
+know is one too. What a PDU refers to and we lack is asked of the origin (``FederatedGraph``):
+the events between our forward extremities and it (up to 10, ``/get_missing_events``), then,
+for a longer gap, the state before its far end (``/state_ids`` and ``/event``, stored as
+outliers), as the spec's "Retrieving events" describes. Then the EDUs, in order; a bad one
+is ignored.
 
 Transactions of one origin are processed one at a time (as Synapse does: a server sends the
 next only after the answer, and a retry must not race the first attempt). The answer is
@@ -16,7 +20,6 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
-from urllib.parse import quote
 
 import orjson
 
@@ -24,14 +27,10 @@ from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.types import JsonDict
 from homeserver.events.format import event_id_of
-from homeserver.events.redaction import redact
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from homeserver.events.validation import check_pdu_format, content_hash_matches
 from homeserver.federation.edus import InboundEdus, ServerAcls
-from homeserver.federation.event_checks import check_pdu_signatures
-from homeserver.federation.keyring import Keyring
-from homeserver.rooms.incoming import Outcome, Received
-from homeserver.storage.events import EventStore
+from homeserver.federation.remote_graph import FederatedGraph, Requests
+from homeserver.rooms.incoming import Outcome, Received, RemoteGraph
 from homeserver.storage.federation_queue import FederationQueueStore
 from homeserver.storage.rooms import RoomStore
 
@@ -51,9 +50,6 @@ MAX_TXN_ID_BYTES = 255
 MAX_ROOMS_AT_ONCE = 4
 # Answers are kept this long: a server retries a transaction within minutes, never days.
 KEEP_ANSWERS_MS = 24 * 3600 * 1000
-# Events asked of the origin to close a gap before one of its PDUs (spec,
-# get_missing_events: "limit" defaults to 10); a longer gap leaves the PDU unknown-parent.
-MAX_MISSING = 10
 PRUNE_INTERVAL_S = 3600.0
 
 # The checks that leave an event accepted, as the sending server sees it: soft-failed
@@ -61,19 +57,15 @@ PRUNE_INTERVAL_S = 3600.0
 _OK = (Outcome.ACCEPTED, Outcome.KNOWN, Outcome.SOFT_FAILED)
 
 
-class Requests(Protocol):
-    """Signed requests to other servers (``FederationClient.request``)."""
-
-    async def request(
-        self, destination: str, method: str, path: str, *, content: Any | None = None
-    ) -> Any: ...
-
-
 class EventPipeline(Protocol):
     """The receipt checks of other servers' events (``rooms/incoming.py``)."""
 
     async def receive(
-        self, room_id: str, pdus: Sequence[JsonDict], received_ts: int
+        self,
+        room_id: str,
+        pdus: Sequence[JsonDict],
+        received_ts: int,
+        remote: RemoteGraph | None = None,
     ) -> list[Received]: ...
 
 
@@ -94,16 +86,12 @@ class TransactionService:
         rooms: RoomStore,
         clock: Clock,
         acls: ServerAcls,
-        keyring: Keyring,
-        events: EventStore,
         requests: Requests,
     ) -> None:
         self._store = store
-        self._events = events
         self._requests = requests
         self._pipeline = pipeline
         self._acls = acls
-        self._keyring = keyring
         self._edus = edus
         self._rooms = rooms
         self._clock = clock
@@ -187,91 +175,28 @@ class TransactionService:
         if not await self._acls.allows(room_id, origin):
             # spec, m.room.server_acl: a denied server's PDUs for the room are refused.
             return _errors(pdus, version, "Server is banned from this room by its ACL")
-        answers: dict[str, JsonDict] = {}
-        passed: list[JsonDict] = []
-        for pdu in pdus:
-            refused = await self._refusal(pdu, version)
-            if isinstance(refused, str):
-                answers.update(_errors([pdu], version, refused))
-            else:
-                passed.append(refused)
-        if not passed:
-            return answers
-        pdus = passed
+        graph = FederatedGraph(self._requests, origin)
         try:
-            received = await self._pipeline.receive(room_id, pdus, received_ts)
+            # Steps 1 to 6 of the checks, the events the PDUs refer to and we lack asked of
+            # the origin (missing events, then the state at a remaining gap).
+            received = await self._pipeline.receive(room_id, pdus, received_ts, remote=graph)
         except LookupError:
-            return answers
+            return {}
         except Exception:
             # A failure of ours in one room must not lose the other rooms' answers; the
             # sender retries these PDUs (or fetches them) later.
             logger.exception("pdus of a room failed", extra={"room_id": room_id})
-            return {**answers, **_errors(pdus, version, "Internal error")}
-        for i, r in enumerate(received):
-            if r.outcome is Outcome.MISSING and await self._fetch_missing(
-                origin, room_id, version, r.event_id, received_ts
-            ):
-                received[i] = (await self._pipeline.receive(room_id, [pdus[i]], received_ts))[0]
-        out: dict[str, JsonDict] = answers
+            return _errors(pdus, version, "Internal error")
+        out: dict[str, JsonDict] = {}
         for pdu, r in zip(pdus, received, strict=True):
             event_id = r.event_id
             if not event_id:
                 try:
                     event_id = event_id_of(pdu, version)
-                except (ValueError, TypeError, KeyError):
+                except (ValueError, TypeError, KeyError, AttributeError):
                     continue
             out[event_id] = _answer(r)
         return out
-
-    async def _fetch_missing(
-        self, origin: str, room_id: str, version: RoomVersion, event_id: str, received_ts: int
-    ) -> bool:
-        """Ask ``origin`` for the events between our forward extremities and ``event_id``
-        (POST /get_missing_events) and take them in, oldest first; whether any was."""
-        if not event_id:
-            return False
-        extremities = await self._events.get_forward_extremities(room_id)
-        body = {
-            "earliest_events": [e.event_id for e in extremities],
-            "latest_events": [event_id],
-            "limit": MAX_MISSING,
-            "min_depth": 0,
-        }
-        path = f"/_matrix/federation/v1/get_missing_events/{quote(room_id, safe='')}"
-        try:
-            answer = await self._requests.request(origin, "POST", path, content=body)
-        except Exception as e:  # noqa: BLE001 - any failure leaves the gap, as before
-            logger.info("get_missing_events failed", extra={"origin": origin, "why": str(e)})
-            return False
-        found = answer.get("events") if isinstance(answer, dict) else None
-        if not isinstance(found, list):
-            return False
-        checked: list[JsonDict] = []
-        for pdu in found[:MAX_MISSING]:
-            if not isinstance(pdu, dict) or pdu.get("room_id") != room_id:
-                continue
-            refused = await self._refusal(pdu, version)
-            if not isinstance(refused, str):
-                checked.append(refused)
-        # Parents before children: the receipt checks need each one's prev_events known.
-        checked.sort(key=lambda p: p["depth"] if isinstance(p.get("depth"), int) else 0)
-        if not checked:
-            return False
-        results = await self._pipeline.receive(room_id, checked, received_ts)
-        return any(r.outcome in _OK for r in results)
-
-    async def _refusal(self, pdu: JsonDict, version: RoomVersion) -> JsonDict | str:
-        """Steps 1 to 3 of the checks of a received PDU (spec, "Checks performed on receipt
-        of a PDU"): the reason to refuse it, or the PDU to go on with (redacted when its
-        content hash does not match)."""
-        try:
-            check_pdu_format(pdu, version)
-            await check_pdu_signatures(self._keyring, pdu, version)
-        except MatrixError as e:
-            return e.message
-        if not content_hash_matches(pdu):
-            return redact(pdu, version)
-        return pdu
 
     async def _receive_edu(self, origin: str, edu: Any) -> None:
         try:

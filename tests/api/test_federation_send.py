@@ -418,8 +418,6 @@ def transactions_asking(hs: Homeserver, origin: MissingEvents) -> TransactionSer
         hs.room_store,
         hs.clock,
         hs.room_acls,
-        hs.keyring,
-        hs.event_store,
         origin,
     )
 
