@@ -406,6 +406,7 @@ class Homeserver:
             RemoteRoomWrites(self.db),
             self.notifier,
             self.account_store,
+            invite_permissions=self.account_data,
         )
         # Our users' memberships in other servers' rooms: joins, declined invites, invites.
         self.remote_rooms = RemoteRooms(

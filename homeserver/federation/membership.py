@@ -32,6 +32,7 @@ from homeserver.federation.event_checks import check_received_pdu
 from homeserver.federation.keyring import Keyring
 from homeserver.federation.room_reads import as_pdu
 from homeserver.rooms.incoming import IncomingEvents, Outcome
+from homeserver.rooms.membership import InvitePermissions
 from homeserver.rooms.sender import MAX_PREV_EVENTS
 from homeserver.storage.events import EventStore, StateMap, StoredEvent
 from homeserver.storage.events.federation_reads import FederationReads
@@ -100,6 +101,7 @@ class FederatedMembership:
         remote_rooms: RemoteRoomWrites,
         notifier: Notifier,
         local_users: LocalUsers | None = None,
+        invite_permissions: InvitePermissions | None = None,
     ) -> None:
         self._events = events
         self._rooms = rooms
@@ -113,6 +115,7 @@ class FederatedMembership:
         self._remote_rooms = remote_rooms
         self._notifier = notifier
         self._local_users = local_users
+        self._invite_permissions = invite_permissions
 
     # --- make_* ----------------------------------------------------------------------------
 
@@ -385,6 +388,11 @@ class FederatedMembership:
             raise MatrixError(Codes.BAD_JSON, "The invited user is not on this server")
         if self._local_users is not None and await self._local_users.get_profile(invitee) is None:
             raise MatrixError(Codes.NOT_FOUND, "Unknown user")
+        if self._invite_permissions is not None and await self._invite_permissions.blocks_invites(
+            invitee
+        ):
+            # As for a local inviter (rooms/membership.py): the spec's invite permission.
+            raise MatrixError(Codes.INVITE_BLOCKED, f"{invitee} does not accept invites")
         try:
             computed = compute_event_id(pdu, version)
         except (ValueError, TypeError, KeyError) as e:

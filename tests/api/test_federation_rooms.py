@@ -621,6 +621,25 @@ async def test_remote_server_invites_our_user(fed: Fed, remote: FakeRemote) -> N
     assert r.status_code == 200, r.text
 
 
+async def test_a_user_who_blocks_invites_refuses_remote_ones(fed: Fed, remote: FakeRemote) -> None:
+    _, client = fed
+    _, token = await register(client, "alice")
+    r = await client.put(
+        "/_matrix/client/v3/user/@alice:test/account_data/m.invite_permission_config",
+        headers=auth_header(token),
+        json={"default_action": "block"},
+    )
+    assert r.status_code == 200, r.text
+    room_id = "!elsewhere:remote.test"
+    pdu, event_id = remote_invite(remote, "@alice:test", room_id)
+    body = {"room_version": "11", "event": pdu, "invite_room_state": []}
+    r = await signed(
+        client, remote, "PUT", f"{FED}/v2/invite/{q(room_id)}/{q(event_id)}", content=body
+    )
+    assert (r.status_code, r.json()["errcode"]) == (403, "M_INVITE_BLOCKED")
+    assert room_id not in (await sync(client, token)).get("rooms", {}).get("invite", {})
+
+
 async def test_remote_invites_are_checked(fed: Fed, remote: FakeRemote) -> None:
     _, client = fed
     await register(client, "alice")
