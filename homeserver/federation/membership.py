@@ -27,6 +27,7 @@ from homeserver.events.auth import auth_types_for_event, check_auth
 from homeserver.events.format import compute_event_id, redact, sign_event
 from homeserver.events.power_levels import get_named_level, get_user_power_level
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from homeserver.events.stripped import STRIPPED_STATE_TYPES
 from homeserver.federation.acl import RoomAcls
 from homeserver.federation.event_checks import check_received_pdu
 from homeserver.federation.keyring import Keyring
@@ -48,16 +49,6 @@ POWER_LEVELS = "m.room.power_levels"
 CREATE = "m.room.create"
 # Stripped state events kept with an invite from another server (it sends a handful).
 MAX_INVITE_STATE = 50
-# spec, "Stripped state": what a knocking or invited user's server is told of the room.
-STRIPPED_STATE_TYPES = (
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-)
 
 
 @dataclass(frozen=True, slots=True)

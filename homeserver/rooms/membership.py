@@ -13,6 +13,7 @@ import orjson
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomID, UserID
 from homeserver.core.types import JsonDict, Requester
+from homeserver.events.stripped import STRIPPED_STATE_TYPES
 from homeserver.rooms.sender import EventSender, SentEvent
 from homeserver.storage.accounts import Profile
 from homeserver.storage.events import EventStore
@@ -20,17 +21,6 @@ from homeserver.storage.events.federation_reads import FederationReads
 from homeserver.storage.rooms import RoomStore
 
 logger = logging.getLogger(__name__)
-
-# spec, "Stripped state": what an invited user's server is told of the room.
-STRIPPED_STATE_TYPES = (
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-)
 
 
 class Profiles(Protocol):

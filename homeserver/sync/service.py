@@ -11,6 +11,7 @@ from homeserver.core.clock import Clock
 from homeserver.core.ids import RoomID
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
+from homeserver.events.stripped import STRIPPED_STATE_TYPES
 from homeserver.filters.matching import EventFilter, SyncFilter, apply_event_fields
 from homeserver.rooms.membership import InvitePermissions
 from homeserver.rooms.service import RoomService, position_token
@@ -27,16 +28,6 @@ from homeserver.sync.sources import (
 )
 from homeserver.wakeups.notifier import Notifier
 
-# spec, "Stripped state": what an invited user sees of the room.
-STRIPPED_STATE_TYPES = (
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-)
 MEMBER = "m.room.member"
 MAX_HEROES = 5  # spec: "m.heroes": up to 5 members, for naming rooms without a name
 

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 from homeserver.core.ids import RoomID
 from homeserver.core.types import JsonDict, Requester
+from homeserver.events.stripped import STRIPPED_STATE_TYPES
 from homeserver.rooms.service import RoomService, position_token
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.events import EventStore, StateMap, StoredEvent
 from homeserver.storage.rooms import Membership, RoomStore
 from homeserver.storage.sliding_sync import RoomListEntry, SlidingSyncStore
-from homeserver.sync.service import STRIPPED_STATE_TYPES
 from homeserver.sync.sliding.params import MEMBER, RoomParams
 from homeserver.sync.sliding.room_list import bump_stamp
 from homeserver.sync.sliding.state import RoomStatus, with_lazy
