@@ -53,6 +53,7 @@ from homeserver.ephemeral.typing import TypingService
 from homeserver.federation.acl import RoomAcls
 from homeserver.federation.auth import FederationAuthenticator
 from homeserver.federation.client import FederationClient, ssl_context
+from homeserver.federation.remote_media import FederationMediaFetcher
 from homeserver.federation.discovery import (
     DnsSrvLookup,
     HttpsWellKnownFetch,
@@ -341,6 +342,15 @@ class Homeserver:
             self.federation_policy,
             tls=tls,
             timeout_s=timeout_s,
+        )
+        # Other servers' media for our clients; its redirects go to URLs the remote chose.
+        self.media_redirect_client = self.outbound.client(
+            timeout_s=timeout_s, max_redirects=5, verify=tls, user_agent="homeserver"
+        )
+        self.remote_media_fetcher = (
+            FederationMediaFetcher(self.federation_client, self.media_redirect_client)
+            if fed.enabled
+            else None
         )
         self.keyring = Keyring(
             self.local_keys,
@@ -866,5 +876,6 @@ class Homeserver:
             spool_dir(config.media.storage, config.data_path),
             ratelimiter=self.ratelimiter,
             quarantine=self.admin_media_store,
+            remote_source=self.remote_media_fetcher,
         )
         self.url_previews = UrlPreviewer(config.media.url_preview, self.media, self.outbound)

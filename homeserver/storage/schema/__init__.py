@@ -76,6 +76,7 @@ from homeserver.storage.schema.federation import (
 from homeserver.storage.schema.media import (
     media,
     media_thumbnails,
+    remote_media,
 )
 from homeserver.storage.schema.push import (
     event_push_actions,
@@ -148,6 +149,7 @@ __all__ = [
     "filters",
     "media",
     "media_thumbnails",
+    "remote_media",
     "metadata",
     "presence",
     "profiles",
