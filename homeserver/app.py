@@ -52,8 +52,7 @@ from homeserver.ephemeral.receipts import EphemeralSource, ReceiptService
 from homeserver.ephemeral.typing import TypingService
 from homeserver.federation.acl import RoomAcls
 from homeserver.federation.auth import FederationAuthenticator
-from homeserver.federation.client import FederationClient, ssl_context
-from homeserver.federation.remote_media import FederationMediaFetcher
+from homeserver.federation.client import FederationClient, FederationError, ssl_context
 from homeserver.federation.discovery import (
     DnsSrvLookup,
     HttpsWellKnownFetch,
@@ -69,6 +68,7 @@ from homeserver.federation.policy import ServerPolicy
 from homeserver.federation.queries import FederationQueries
 from homeserver.federation.remote_devices import RemoteDeviceLists
 from homeserver.federation.remote_join import RemoteRooms
+from homeserver.federation.remote_media import FederationMediaFetcher
 from homeserver.federation.room_reads import RoomReads
 from homeserver.federation.sender import FederationSender
 from homeserver.federation.transactions import TransactionService
@@ -92,6 +92,7 @@ from homeserver.rooms.incoming import IncomingEvents
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.mutual import MutualRooms
 from homeserver.rooms.relations import RelationsService
+from homeserver.rooms.remote_directory import RemoteDirectories
 from homeserver.rooms.reports import ReportService
 from homeserver.rooms.resolution import resolve_room_state
 from homeserver.rooms.send import SendService
@@ -481,6 +482,11 @@ class Homeserver:
             server_name,
             self.appservice_queries,
             remote=self.remote_queries,
+        )
+        self.remote_directories = (
+            RemoteDirectories(self.federation_client, clock, FederationError)
+            if config.federation.enabled
+            else None
         )
         self.room_summaries = RoomSummaryService(self.event_store, self.room_store, self.directory)
         self.space_hierarchy = SpaceHierarchyService(self.event_store, self.room_summaries)

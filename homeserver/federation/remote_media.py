@@ -130,8 +130,7 @@ class FederationMediaFetcher:
             raise _failure(response, max_bytes)
         logger.info("remote has no federation media endpoint", extra={"server": server_name})
         legacy = (
-            f"/_matrix/media/v3/download/{quote(server_name, safe='')}/"
-            f"{quote(media_id, safe='')}"
+            f"/_matrix/media/v3/download/{quote(server_name, safe='')}/{quote(media_id, safe='')}"
         )
         query = {"allow_remote": "false", "allow_redirect": "true", "timeout_ms": str(timeout_ms)}
         response = await self._send(server_name, legacy, query, max_bytes, max_bytes)
@@ -172,9 +171,10 @@ class FederationMediaFetcher:
         if len(parts) != 2:
             raise _bad_gateway("The remote server's multipart answer has not two parts")
         meta, content = parts
+        raw = meta.get_payload(decode=True)
         try:
-            metadata = orjson.loads(meta.get_payload(decode=True) or b"")
-        except (orjson.JSONDecodeError, TypeError):
+            metadata = orjson.loads(raw) if isinstance(raw, bytes) else None
+        except orjson.JSONDecodeError:
             metadata = None
         if not isinstance(metadata, dict):
             raise _bad_gateway("The remote server's media metadata is not a JSON object")

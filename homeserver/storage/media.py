@@ -212,7 +212,6 @@ class MediaStore:
                 )
             )
 
-
     # --- remote media (issue 18) -------------------------------------------------------------
 
     async def get_remote_media(self, server_name: str, media_id: str) -> ContentInfo | None:
@@ -265,6 +264,7 @@ class MediaStore:
                 )
                 .values(last_access_ts=now_ms)
             )
+
 
 def _content_values(content: ContentInfo) -> dict[str, object]:
     return {

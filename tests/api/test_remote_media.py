@@ -172,7 +172,9 @@ async def test_fetch_cache_and_thumbnail(
     hs, client, token = served
     image = png(300, 200)
     remote.files["pic"] = multipart(
-        b"{}", {"Content-Type": "image/png", "Content-Disposition": 'inline; filename="a.png"'}, image
+        b"{}",
+        {"Content-Type": "image/png", "Content-Disposition": 'inline; filename="a.png"'},
+        image,
     )
     r = await client.get(f"{DOWNLOAD}/{REMOTE}/pic", headers=auth_header(token))
     assert r.status_code == 200, r.text
