@@ -50,6 +50,9 @@ PENDING_POLL_S = 1.0
 # content; past it they are made and served but not stored, so a client asking for every
 # size from 1x1 up cannot fill the disk.
 MAX_STORED_THUMBNAILS_PER_CONTENT = 32
+# Remote files are held in memory (up to max_upload_bytes each) between the federation answer
+# and the spool: this many are fetched at once, the rest wait their turn.
+REMOTE_FETCH_CONCURRENCY = 4
 MAX_CONTENT_TYPE_CHARS = 255
 MAX_FILENAME_BYTES = 255
 _CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[\x20-\x7e]*)?\Z")
@@ -130,6 +133,7 @@ class MediaService:
         # Other servers' media (federation on); None: remote media is not found.
         self._remote_source = remote_source
         self._remote_fetches: SingleFlight[ContentInfo] = SingleFlight()
+        self._remote_limiter: anyio.CapacityLimiter | None = None
         # Media the server's administrators quarantined is served to nobody (the admin API).
         self._quarantine = quarantine
         self._store = store
@@ -447,22 +451,25 @@ class MediaService:
 
     async def _fetch_remote(self, mxc: MxcUri, timeout_ms: int) -> ContentInfo:
         assert self._remote_source is not None
-        fetched = await self._remote_source.fetch(
-            mxc.server_name,
-            mxc.media_id,
-            max_bytes=self.config.max_upload_bytes,
-            timeout_ms=timeout_ms,
-        )
-        # What another server says of its file is kept only when it would pass an upload.
-        try:
-            content_type = check_content_type(fetched.content_type)
-        except MatrixError:
-            content_type = DEFAULT_CONTENT_TYPE
-        try:
-            filename = check_filename(fetched.filename)
-        except MatrixError:
-            filename = None
-        content = await self._receive(None, _one_chunk(fetched.body), content_type, filename)
+        if self._remote_limiter is None:
+            self._remote_limiter = anyio.CapacityLimiter(REMOTE_FETCH_CONCURRENCY)
+        async with self._remote_limiter:
+            fetched = await self._remote_source.fetch(
+                mxc.server_name,
+                mxc.media_id,
+                max_bytes=self.config.max_upload_bytes,
+                timeout_ms=timeout_ms,
+            )
+            # What another server says of its file is kept only when it would pass an upload.
+            try:
+                content_type = check_content_type(fetched.content_type)
+            except MatrixError:
+                content_type = DEFAULT_CONTENT_TYPE
+            try:
+                filename = check_filename(fetched.filename)
+            except MatrixError:
+                filename = None
+            content = await self._receive(None, _one_chunk(fetched.body), content_type, filename)
         await self._store.add_remote_media(
             mxc.server_name, mxc.media_id, self._clock.now_ms(), content
         )
