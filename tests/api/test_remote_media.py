@@ -79,6 +79,7 @@ class FakeMediaServer:
         self.legacy: dict[str, Canned] = {}
         self.plain: dict[str, tuple[str, bytes]] = {}
         self.calls: list[str] = []
+        self.queries: list[dict[str, str]] = []
         self.delay_s = 0.0
         app = web.Application()
         app.router.add_get("/_matrix/federation/v1/media/download/{media_id}", self._download)
@@ -89,6 +90,7 @@ class FakeMediaServer:
     async def _download(self, request: web.Request) -> web.Response:
         media_id = request.match_info["media_id"]
         self.calls.append(f"federation {media_id}")
+        self.queries.append(dict(request.query))
         await asyncio.sleep(self.delay_s)
         return self.files.get(media_id, error(404, "M_NOT_FOUND")).response()
 
@@ -323,3 +325,55 @@ async def test_federation_client_request_raw_unreachable(
         assert (r.status_code, r.json()["errcode"]) == (502, "M_UNKNOWN")
         with pytest.raises(FederationError):
             await hs.federation_client.request_raw("nowhere.test", "GET", "/x")
+
+
+async def test_timeout_is_forwarded_and_bounded(
+    served: tuple[Homeserver, httpx.AsyncClient, str], remote: FakeMediaServer
+) -> None:
+    hs, client, token = served
+    remote.files["t"] = multipart(b"{}", {"Content-Type": "text/plain"}, b"t")
+    r = await client.get(
+        f"{DOWNLOAD}/{REMOTE}/t", params={"timeout_ms": 1234}, headers=auth_header(token)
+    )
+    assert r.status_code == 200, r.text
+    remote.files["u"] = multipart(b"{}", {"Content-Type": "text/plain"}, b"u")
+    r = await client.get(
+        f"{DOWNLOAD}/{REMOTE}/u", params={"timeout_ms": 10**9}, headers=auth_header(token)
+    )
+    assert r.status_code == 200, r.text
+    assert remote.queries == [
+        {"timeout_ms": "1234"},
+        {"timeout_ms": str(hs.config.media.max_download_wait_ms)},
+    ]
+    r = await client.get(
+        f"{DOWNLOAD}/{REMOTE}/v", params={"timeout_ms": "soon"}, headers=auth_header(token)
+    )
+    assert (r.status_code, r.json()["errcode"]) == (400, "M_INVALID_PARAM")
+
+
+async def test_legacy_paths_fetch_when_unauthenticated_downloads_are_allowed(
+    tmp_path: Path, db_url: str, clock: FakeClock, remote: FakeMediaServer
+) -> None:
+    config = make_config(
+        tmp_path,
+        db_url,
+        media={"max_upload_bytes": 50_000, "allow_unauthenticated_downloads": True},
+    )
+    async with serve(
+        config,
+        clock,
+        outbound=Outbound(AddressPolicy(allow=["127.0.0.1/32"])),
+        server_resolver=ServerResolver(WellKnownResolver(_no_well_known, clock), _no_srv),
+    ) as (hs, client):
+        assert hs.remote_media_fetcher is not None
+        hs.remote_media_fetcher._client = PlainFederation(remote.http.base_url, {REMOTE})
+        image = png(64, 64)
+        remote.files["p"] = multipart(b"{}", {"Content-Type": "image/png"}, image)
+        r = await client.get(f"/_matrix/media/v3/download/{REMOTE}/p")
+        assert r.status_code == 200 and r.content == image
+        r = await client.get(
+            f"/_matrix/media/v3/thumbnail/{REMOTE}/p",
+            params={"width": 32, "height": 32, "method": "crop"},
+        )
+        assert r.status_code == 200, r.text
+        assert remote.calls == ["federation p"]
