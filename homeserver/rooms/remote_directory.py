@@ -80,7 +80,12 @@ class RemoteDirectories:
                 return cached[1]
         try:
             if query.filtered:
-                answer = await self._post(server_name, query)
+                try:
+                    answer = await self._post(server_name, query)
+                except self._failure as e:
+                    if not _unknown_endpoint(e):
+                        raise
+                    return await self._filtered_here(server_name, query)
             else:
                 answer = await self._get(server_name, query)
         except self._failure as e:
@@ -92,6 +97,24 @@ class RemoteDirectories:
         if not query.filtered:
             self._cache[key] = (now + CACHE_MS, result)
         return result
+
+    async def _filtered_here(self, server_name: str, query: RemoteRoomsQuery) -> JsonDict:
+        """A server that cannot search (no POST publicRooms): its whole directory, filtered
+        here, one page without pagination (as Synapse does)."""
+        everything = RemoteRoomsQuery(
+            None, None, None, None, query.include_all_networks, query.third_party_instance_id
+        )
+        page = await self.public_rooms(server_name, everything)
+        term = (query.search_term or "").casefold()
+        chunk = [
+            room
+            for room in page["chunk"]
+            if _matches(room, term)
+            and (query.room_types is None or room.get("room_type") in query.room_types)
+        ]
+        if query.limit is not None:
+            chunk = chunk[: query.limit]
+        return {"chunk": chunk}
 
     async def _get(self, server_name: str, query: RemoteRoomsQuery) -> Any:
         params: dict[str, Any] = {"include_all_networks": str(query.include_all_networks).lower()}
@@ -140,3 +163,20 @@ def _checked(answer: Any) -> JsonDict:
     if isinstance(estimate, int) and not isinstance(estimate, bool) and estimate >= 0:
         result["total_room_count_estimate"] = estimate
     return result
+
+
+def _unknown_endpoint(error: Exception) -> bool:
+    status = getattr(error, "status", None)
+    errcode = getattr(error, "errcode", None)
+    if status in (404, 405):
+        return errcode in (None, Codes.UNRECOGNIZED)
+    return status == 400 and errcode == Codes.UNRECOGNIZED
+
+
+def _matches(room: JsonDict, term: str) -> bool:
+    if not term:
+        return True
+    return any(
+        isinstance(room.get(field), str) and term in room[field].casefold()
+        for field in ("name", "topic", "canonical_alias")
+    )

@@ -43,6 +43,7 @@ class FakeDirectory:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.answer: Any = None  # None: the real directory
+        self.can_search = True
         app = web.Application()
         app.router.add_get("/_matrix/federation/v1/publicRooms", self._get)
         app.router.add_post("/_matrix/federation/v1/publicRooms", self._post)
@@ -69,6 +70,8 @@ class FakeDirectory:
     async def _post(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.calls.append(("POST", body))
+        if not self.can_search:
+            return web.json_response({"errcode": "M_UNRECOGNIZED", "error": "?"}, status=404)
         term = (body.get("filter") or {}).get("generic_search_term")
         rooms = [r for r in ROOMS if term is None or term in str(r["name"])]
         return web.json_response(self._page(rooms, body.get("limit"), body.get("since")))
@@ -203,3 +206,26 @@ async def test_federation_off_refuses_other_servers(tmp_path: Path, db_url: str)
         assert (r.status_code, r.json()["errcode"]) == (400, "M_UNKNOWN")
         r = await client.get("/_matrix/client/v3/publicRooms", params={"server": "test"})
         assert r.status_code == 200, r.text
+
+
+async def test_remote_that_cannot_search_is_filtered_here(
+    served: tuple[Homeserver, httpx.AsyncClient, str], directory: FakeDirectory
+) -> None:
+    _, client, token = served
+    directory.can_search = False
+    body = {"limit": 1, "filter": {"generic_search_term": "CATS"}}
+    r = await client.post(
+        "/_matrix/client/v3/publicRooms",
+        params={"server": REMOTE},
+        json=body,
+        headers=auth_header(token),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {"chunk": [ROOMS[1]]}
+    assert directory.calls == [
+        (
+            "POST",
+            {"include_all_networks": False, "limit": 1, "filter": {"generic_search_term": "CATS"}},
+        ),
+        ("GET", {"include_all_networks": "false"}),
+    ]
