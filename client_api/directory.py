@@ -11,10 +11,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.core.ids import RoomAlias, RoomID
+from homeserver.core.ids import RoomAlias, RoomID, is_valid_server_name
 from homeserver.core.ratelimit import Action, RateLimiter
 from homeserver.core.types import JsonDict
 from homeserver.rooms.directory import DirectoryService
+from homeserver.rooms.remote_directory import RemoteDirectories, RemoteRoomsQuery
 from homeserver.web.edge import (
     RequestBody,
     json_response,
@@ -32,6 +33,7 @@ class DirectoryServices:
     directory: DirectoryService
     server_name: str
     ratelimiter: RateLimiter | None = None
+    remote: RemoteDirectories | None = None  # other servers' directories (federation on)
 
 
 class AliasBody(RequestBody):
@@ -111,9 +113,16 @@ async def put_room_visibility(request: Request) -> Response:
     return json_response({})
 
 
-def _check_server(server: str | None, ours: str) -> None:
-    if server is not None and server != ours:
+def _remote_server(hs: DirectoryServices, request: Request) -> str | None:
+    """The other server whose directory is asked for, or None for ours."""
+    server = request.query_params.get("server")
+    if server is None or server == hs.server_name:
+        return None
+    if not is_valid_server_name(server):
+        raise MatrixError(Codes.INVALID_PARAM, "Invalid server name")
+    if hs.remote is None:
         raise MatrixError(Codes.UNKNOWN, "Other servers' directories need federation", status=400)
+    return server
 
 
 async def get_public_rooms(request: Request) -> Response:
@@ -122,12 +131,15 @@ async def get_public_rooms(request: Request) -> Response:
     if hs.ratelimiter is not None:  # no token needed: limited per client address
         client = request.client
         hs.ratelimiter.check(Action.PUBLIC_ROOMS, f"ip:{client.host if client else ''}")
-    _check_server(request.query_params.get("server"), hs.server_name)
+    server = _remote_server(hs, request)
+    limit = query_int(request, "limit", None, minimum=0)
+    since = request.query_params.get("since")
+    if server is not None:
+        assert hs.remote is not None
+        query = RemoteRoomsQuery(limit, since, None, None, False, None)
+        return json_response(await hs.remote.public_rooms(server, query))
     result = await hs.directory.public_rooms(
-        limit=query_int(request, "limit", None, minimum=0),
-        since=request.query_params.get("since"),
-        search_term=None,
-        room_types=None,
+        limit=limit, since=since, search_term=None, room_types=None
     )
     return json_response(result)
 
@@ -138,8 +150,21 @@ async def post_public_rooms(request: Request) -> Response:
     requester = await require_user(request)
     if hs.ratelimiter is not None:
         hs.ratelimiter.check(Action.PUBLIC_ROOMS, requester.user_id, exempt=requester.is_admin)
-    _check_server(request.query_params.get("server"), hs.server_name)
+    server = _remote_server(hs, request)
     body = await parse_body(request, PublicRoomsBody)
+    if server is not None:
+        assert hs.remote is not None
+        room_filter = body.filter or PublicRoomsFilter()
+        types: Any = room_filter.room_types
+        query = RemoteRoomsQuery(
+            limit=body.limit,
+            since=body.since,
+            search_term=room_filter.generic_search_term,
+            room_types=tuple(types) if types is not None else None,
+            include_all_networks=body.include_all_networks,
+            third_party_instance_id=body.third_party_instance_id,
+        )
+        return json_response(await hs.remote.public_rooms(server, query))
     return json_response(await search_public_rooms(hs.directory, body))
 
 

@@ -54,7 +54,7 @@ from homeserver.ephemeral.receipts import EphemeralSource, ReceiptService
 from homeserver.ephemeral.typing import TypingService
 from homeserver.federation.acl import RoomAcls
 from homeserver.federation.auth import FederationAuthenticator
-from homeserver.federation.client import FederationClient, ssl_context
+from homeserver.federation.client import FederationClient, FederationError, ssl_context
 from homeserver.federation.discovery import (
     DnsSrvLookup,
     HttpsWellKnownFetch,
@@ -70,6 +70,7 @@ from homeserver.federation.policy import ServerPolicy
 from homeserver.federation.queries import FederationQueries
 from homeserver.federation.remote_devices import RemoteDeviceLists
 from homeserver.federation.remote_join import RemoteRooms
+from homeserver.federation.remote_media import FederationMediaFetcher
 from homeserver.federation.room_reads import RoomReads
 from homeserver.federation.sender import FederationSender
 from homeserver.federation.transactions import TransactionService
@@ -94,6 +95,7 @@ from homeserver.rooms.incoming import IncomingEvents
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.mutual import MutualRooms
 from homeserver.rooms.relations import RelationsService
+from homeserver.rooms.remote_directory import RemoteDirectories
 from homeserver.rooms.reports import ReportService
 from homeserver.rooms.resolution import resolve_room_state
 from homeserver.rooms.send import SendService
@@ -348,6 +350,15 @@ class Homeserver:
             tls=tls,
             timeout_s=timeout_s,
         )
+        # Other servers' media for our clients; its redirects go to URLs the remote chose.
+        self.media_redirect_client = self.outbound.client(
+            timeout_s=timeout_s, max_redirects=5, verify=tls, user_agent="homeserver"
+        )
+        self.remote_media_fetcher = (
+            FederationMediaFetcher(self.federation_client, self.media_redirect_client)
+            if fed.enabled
+            else None
+        )
         self.keyring = Keyring(
             self.local_keys,
             self.server_key_store,
@@ -478,6 +489,11 @@ class Homeserver:
             server_name,
             self.appservice_queries,
             remote=self.remote_queries,
+        )
+        self.remote_directories = (
+            RemoteDirectories(self.federation_client, clock, FederationError)
+            if config.federation.enabled
+            else None
         )
         self.room_summaries = RoomSummaryService(self.event_store, self.room_store, self.directory)
         self.space_hierarchy = SpaceHierarchyService(self.event_store, self.room_summaries)
@@ -904,5 +920,6 @@ class Homeserver:
             spool_dir(config.media.storage, config.data_path),
             ratelimiter=self.ratelimiter,
             quarantine=self.admin_media_store,
+            remote_source=self.remote_media_fetcher,
         )
         self.url_previews = UrlPreviewer(config.media.url_preview, self.media, self.outbound)

@@ -71,6 +71,7 @@ async def running_homeserver(
             await hs.media.close()
             await hs.federation_client.aclose()
             await hs.well_known_client.aclose()
+            await hs.media_redirect_client.aclose()
             await hs.appservice_client.aclose()
             if hs.sso is not None:
                 await hs.sso.aclose()

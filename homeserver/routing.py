@@ -99,7 +99,9 @@ def route_services(hs: Homeserver) -> list[object]:
         account_data.AccountDataServices(hs.account_data),
         delayed_events.DelayedEventServices(hs.delayed_events),
         devices.DeviceServices(hs.accounts),
-        directory.DirectoryServices(hs.directory, hs.server_name, hs.ratelimiter),
+        directory.DirectoryServices(
+            hs.directory, hs.server_name, hs.ratelimiter, hs.remote_directories
+        ),
         filters.FilterServices(hs.filters),
         key_backup.KeyBackupServices(hs.key_backup),
         keys.KeyServices(hs.e2e_keys),

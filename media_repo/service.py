@@ -3,7 +3,8 @@
 Content is stored once per sha256 under ``content/``; thumbnails once per (content, size,
 method, animation) under ``thumbnails/``. Uploads stream into a spool file (hashing as they
 go, never whole in memory) and are then handed to the backend. Remote media, which needs
-federation, goes through ``fetch_remote_media``: the one seam a federation client will fill.
+federation, goes through ``fetch_remote_media``: fetched once (``media_repo/remote``), stored
+like an upload and kept in the remote media table; served from there afterwards.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import anyio
 from homeserver.core.clock import Clock
 from homeserver.core.config import MediaConfig
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.ids import UserID
 from homeserver.core.ratelimit import Action, RateLimiter
 from homeserver.core.types import Requester
 from homeserver.storage.media import ContentInfo, MediaInfo, MediaStore, ThumbnailInfo
@@ -31,6 +33,7 @@ from media_repo import thumbnailer
 from media_repo.backends import MediaBackend
 from media_repo.cdn import CdnSigner, download_path, thumbnail_path
 from media_repo.mxc import MxcUri, new_media_id
+from media_repo.remote import RemoteMediaSource, SingleFlight
 from media_repo.thumbnailer import Method, ThumbnailError, ThumbnailSpec
 
 logger = logging.getLogger(__name__)
@@ -47,6 +50,9 @@ PENDING_POLL_S = 1.0
 # content; past it they are made and served but not stored, so a client asking for every
 # size from 1x1 up cannot fill the disk.
 MAX_STORED_THUMBNAILS_PER_CONTENT = 32
+# Remote files are held in memory (up to max_upload_bytes each) between the federation answer
+# and the spool: this many are fetched at once, the rest wait their turn.
+REMOTE_FETCH_CONCURRENCY = 4
 MAX_CONTENT_TYPE_CHARS = 255
 MAX_FILENAME_BYTES = 255
 _CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[\x20-\x7e]*)?\Z")
@@ -121,8 +127,13 @@ class MediaService:
         *,
         ratelimiter: RateLimiter | None = None,
         quarantine: Quarantine | None = None,
+        remote_source: RemoteMediaSource | None = None,
     ) -> None:
         self._ratelimiter = ratelimiter
+        # Other servers' media (federation on); None: remote media is not found.
+        self._remote_source = remote_source
+        self._remote_fetches: SingleFlight[ContentInfo] = SingleFlight()
+        self._remote_limiter: anyio.CapacityLimiter | None = None
         # Media the server's administrators quarantined is served to nobody (the admin API).
         self._quarantine = quarantine
         self._store = store
@@ -233,15 +244,17 @@ class MediaService:
 
     async def _receive(
         self,
-        requester: Requester,
+        requester: Requester | None,
         body: AsyncIterator[bytes],
         content_type: str,
         filename: str | None,
     ) -> ContentInfo:
-        """Spool, check the quota, store content (once per sha256) and its thumbnails."""
+        """Spool, check the quota (of a local uploader), store content (once per sha256)
+        and its thumbnails."""
         spooled = await self._spool(body)
         try:
-            await self._check_quota(requester, spooled.size)
+            if requester is not None:
+                await self._check_quota(requester, spooled.size)
             probe = await self._probe(spooled.path, spooled.size, content_type)
             rendered: list[thumbnailer.Rendered] = []
             if probe is not None and self.config.thumbnails.enabled:
@@ -400,17 +413,72 @@ class MediaService:
 
     # --- downloads -------------------------------------------------------------------------
 
-    async def fetch_remote_media(self, mxc: MxcUri) -> MediaInfo:
-        """Media of another server: fetched over federation and cached, once that exists.
-
-        The seam for federation (docs/media.md): a federation client will download the
-        content from ``mxc.server_name`` through the authenticated federation media API,
-        store it like an upload (spool, sha256, backend) in a remote media table, and
-        return it; until then, remote media is not found.
-        """
-        raise MatrixError(
-            Codes.NOT_FOUND, "Remote media needs federation, which this server does not have yet"
+    async def fetch_remote_media(self, mxc: MxcUri, *, timeout_ms: int, legacy: bool) -> MediaInfo:
+        """Media of another server: from the cache, else fetched over federation (once for
+        all the requests that ask meanwhile) and kept."""
+        if self._remote_source is None:
+            raise MatrixError(Codes.NOT_FOUND, "Remote media needs federation, which is off")
+        if legacy and not self.config.allow_unauthenticated_downloads:
+            # spec 1.11: remote media is fetched for authenticated requests only.
+            raise MatrixError(Codes.NOT_FOUND, "Media not found")
+        if self._quarantine is not None and await self._quarantine.is_quarantined(
+            mxc.server_name, mxc.media_id
+        ):
+            raise MatrixError(Codes.NOT_FOUND, "Media not found")
+        now = self._clock.now_ms()
+        content = await self._store.get_remote_media(mxc.server_name, mxc.media_id)
+        if content is None:
+            wait_ms = min(timeout_ms, self.config.max_download_wait_ms)
+            content = await self._remote_fetches.run(
+                (mxc.server_name, mxc.media_id), lambda: self._fetch_remote(mxc, wait_ms)
+            )
+        else:
+            await self._store.touch_remote_media(mxc.server_name, mxc.media_id, now)
+        return MediaInfo(
+            media_id=mxc.media_id,
+            user_id=UserID(""),  # nobody of ours uploaded it
+            created_ts=now,
+            expires_ts=None,
+            upload_ts=now,
+            content_type=content.content_type,
+            upload_name=content.upload_name,
+            size=content.size,
+            sha256=content.sha256,
+            width=content.width,
+            height=content.height,
+            animated=content.animated,
         )
+
+    async def _fetch_remote(self, mxc: MxcUri, timeout_ms: int) -> ContentInfo:
+        assert self._remote_source is not None
+        if self._remote_limiter is None:
+            self._remote_limiter = anyio.CapacityLimiter(REMOTE_FETCH_CONCURRENCY)
+        async with self._remote_limiter:
+            fetched = await self._remote_source.fetch(
+                mxc.server_name,
+                mxc.media_id,
+                max_bytes=self.config.max_upload_bytes,
+                timeout_ms=timeout_ms,
+            )
+            # What another server says of its file is kept only when it would pass an upload.
+            try:
+                content_type = check_content_type(fetched.content_type)
+            except MatrixError:
+                content_type = DEFAULT_CONTENT_TYPE
+            try:
+                filename = check_filename(fetched.filename)
+            except MatrixError:
+                filename = None
+            content = await self._receive(None, _one_chunk(fetched.body), content_type, filename)
+        await self._store.add_remote_media(
+            mxc.server_name, mxc.media_id, self._clock.now_ms(), content
+        )
+        stored = await self._store.get_remote_media(mxc.server_name, mxc.media_id)
+        logger.info(
+            "remote media cached",
+            extra={"server": mxc.server_name, "media_id": mxc.media_id, "size": content.size},
+        )
+        return stored or content
 
     async def get_media(
         self, mxc: MxcUri, *, timeout_ms: int, allow_remote: bool = True, legacy: bool = False
@@ -419,7 +487,7 @@ class MediaService:
         if mxc.server_name != self.server_name:
             if not allow_remote:
                 raise MatrixError(Codes.NOT_FOUND, "Remote media not requested")
-            return await self.fetch_remote_media(mxc)
+            return await self.fetch_remote_media(mxc, timeout_ms=timeout_ms, legacy=legacy)
         wait_s = min(timeout_ms, self.config.max_download_wait_ms) / 1000
         deadline = time.monotonic() + wait_s
         while True:

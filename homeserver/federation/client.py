@@ -19,7 +19,13 @@ from homeserver.core.types import JsonDict
 from homeserver.federation.discovery import ServerAddress, ServerResolver, is_ip_literal
 from homeserver.federation.local_keys import LocalKeys
 from homeserver.federation.policy import ServerPolicy
-from homeserver.net.outbound import Outbound, OutboundClient, OutboundError, Reason
+from homeserver.net.outbound import (
+    Outbound,
+    OutboundClient,
+    OutboundError,
+    OutboundResponse,
+    Reason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +136,23 @@ class FederationClient:
 
         ``path`` is already percent-encoded (``urllib.parse.quote`` each segment); it and
         the query are signed exactly as they are sent."""
+        response = await self.request_raw(
+            destination, method, path, query=query, content=content, max_bytes=max_bytes
+        )
+        return self._decode(destination, response.status_code, response.body)
+
+    async def request_raw(
+        self,
+        destination: str,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        content: Any | None = None,
+        max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> OutboundResponse:
+        """Send a signed request; the answer whatever its status (media is not JSON).
+        FederationError only when no answer came (or it was too large)."""
         if not self._policy.allows(destination):
             raise FederationError(destination, "federation with this server is not allowed")
         if method in ("POST", "PUT") and content is None:
@@ -167,7 +190,7 @@ class FederationClient:
                 if e.reason in (Reason.UNREACHABLE, Reason.TIMEOUT, Reason.UNRESOLVABLE):
                     continue
                 break
-            return self._decode(destination, response.status_code, response.body)
+            return response
         assert failure is not None
         raise FederationError(destination, str(failure), reason=failure.reason) from failure
 

@@ -17,6 +17,7 @@ from homeserver.storage.schema import (
     media_moderation,
     media_thumbnails,
     profiles,
+    remote_media,
 )
 
 _MXC = re.compile(r"mxc://([A-Za-z0-9.\-:\[\]]+)/([A-Za-z0-9_-]+)")
@@ -211,6 +212,18 @@ class AdminMediaStore:
                 if hashes
                 else set()
             )
+            if hashes:
+                # Other servers' media cached here may have the same bytes (issue 18).
+                still_used |= {
+                    r.sha256
+                    for r in (
+                        await conn.execute(
+                            sa.select(remote_media.c.sha256)
+                            .where(remote_media.c.sha256.in_(hashes))
+                            .distinct()
+                        )
+                    ).all()
+                }
             orphans = [h for h in hashes if h not in still_used]
             t = media_thumbnails.c
             thumbs = (

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from homeserver.core.ids import UserID
 from homeserver.storage.database import Database
-from homeserver.storage.schema import media, media_thumbnails
+from homeserver.storage.schema import media, media_thumbnails, remote_media
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +210,59 @@ class MediaStore:
                 self._db.insert_ignore(
                     media_thumbnails, row, keys=("sha256", "width", "height", "method", "animated")
                 )
+            )
+
+    # --- remote media (issue 18) -------------------------------------------------------------
+
+    async def get_remote_media(self, server_name: str, media_id: str) -> ContentInfo | None:
+        """Cached content of another server's media, or None if it was never fetched."""
+        async with self._db.read() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(remote_media).where(
+                        remote_media.c.server_name == server_name,
+                        remote_media.c.media_id == media_id,
+                    )
+                )
+            ).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return ContentInfo(
+            size=int(m["size"]),
+            sha256=m["sha256"],
+            content_type=m["content_type"],
+            upload_name=m["upload_name"],
+            width=m["width"],
+            height=m["height"],
+            animated=bool(m["animated"]),
+        )
+
+    async def add_remote_media(
+        self, server_name: str, media_id: str, now_ms: int, content: ContentInfo
+    ) -> None:
+        """Record fetched content; a row another worker wrote first stands."""
+        row = {
+            "server_name": server_name,
+            "media_id": media_id,
+            "fetched_ts": now_ms,
+            "last_access_ts": now_ms,
+            **_content_values(content),
+        }
+        async with self._db.write() as conn:
+            await conn.execute(
+                self._db.insert_ignore(remote_media, row, keys=("server_name", "media_id"))
+            )
+
+    async def touch_remote_media(self, server_name: str, media_id: str, now_ms: int) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                sa.update(remote_media)
+                .where(
+                    remote_media.c.server_name == server_name,
+                    remote_media.c.media_id == media_id,
+                )
+                .values(last_access_ts=now_ms)
             )
 
 

@@ -76,6 +76,7 @@ from homeserver.storage.schema.federation import (
 from homeserver.storage.schema.media import (
     media,
     media_thumbnails,
+    remote_media,
 )
 from homeserver.storage.schema.oauth import (
     oauth_browser_sessions,
@@ -156,6 +157,7 @@ __all__ = [
     "filters",
     "media",
     "media_thumbnails",
+    "remote_media",
     "metadata",
     "oauth_clients",
     "oauth_codes",

@@ -45,3 +45,22 @@ media_thumbnails = sa.Table(
     sa.Column("size", BigInt, nullable=False),
     sa.Column("created_ts", BigInt, nullable=False),
 )
+
+# Media of other servers, fetched over federation for our clients (issue 18) and kept: one row
+# per mxc://<server_name>/<media_id>. Content is stored by sha256 like local media (the same
+# bytes share it); last_access_ts is when a client last asked, for a later clean-up.
+remote_media = sa.Table(
+    "remote_media",
+    metadata,
+    sa.Column("server_name", sa.Text, primary_key=True),
+    sa.Column("media_id", sa.Text, primary_key=True),
+    sa.Column("fetched_ts", BigInt, nullable=False),
+    sa.Column("last_access_ts", BigInt, nullable=False, index=True),
+    sa.Column("content_type", sa.Text, nullable=False),
+    sa.Column("upload_name", sa.Text, nullable=True),
+    sa.Column("size", BigInt, nullable=False),
+    sa.Column("sha256", sa.Text, nullable=False, index=True),
+    sa.Column("width", sa.Integer, nullable=True),
+    sa.Column("height", sa.Integer, nullable=True),
+    sa.Column("animated", sa.Boolean, nullable=False, default=False),
+)
