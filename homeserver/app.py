@@ -28,6 +28,7 @@ from homeserver.accounts.threepids import ThreepidService
 from homeserver.accounts.tokens import AuthService
 from homeserver.accounts.uia import UiaService
 from homeserver.accounts.user_directory import UserDirectoryService
+from homeserver.admin.federation import AdminFederation
 from homeserver.admin.media import AdminMedia
 from homeserver.admin.room_tasks import AdminRoomTasks
 from homeserver.admin.rooms import AdminRooms
@@ -107,6 +108,7 @@ from homeserver.search.service import SearchService
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.admin import AdminStore
+from homeserver.storage.admin_federation import AdminFederationStore
 from homeserver.storage.admin_media import AdminMediaStore
 from homeserver.storage.admin_rooms import AdminRoomStore
 from homeserver.storage.admin_server import AdminServerStore
@@ -876,6 +878,9 @@ class Homeserver:
         )
         self.admin_media = AdminMedia(
             self.admin_media_store, self.media, self.room_store, clock, config.server_name
+        )
+        self.admin_federation = AdminFederation(
+            AdminFederationStore(self.db), self.federation_wake.set
         )
         self.admin_server = AdminServer(
             AdminServerStore(self.db),
