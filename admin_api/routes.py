@@ -7,9 +7,11 @@ from starlette.routing import BaseRoute
 from admin_api import federation, media, rooms, server, users
 
 admin_routes: list[BaseRoute] = [
-    *users.routes, *rooms.routes, *server.routes, *media.routes,
+    *users.routes,
+    *rooms.routes,
+    *server.routes,
+    *media.routes,
     *federation.routes,
 ]
 # The spec's own administration endpoints, mounted under /_matrix/client.
-client_admin_routes: list[BaseRoute] = [
-    *users.client_routes]
+client_admin_routes: list[BaseRoute] = [*users.client_routes]

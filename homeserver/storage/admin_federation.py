@@ -37,7 +37,7 @@ class DestinationRoom:
     stream_ordering: int
 
 
-def _row(r: sa.Row[Any]) -> DestinationRow:
+def _row(r: Any) -> DestinationRow:
     return DestinationRow(
         str(r.destination), int(r.retry_interval_ms), int(r.retry_at_ts), bool(r.catching_up)
     )
