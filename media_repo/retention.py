@@ -70,10 +70,17 @@ class MediaRetention:
         )
 
     async def run(self) -> None:
-        """The background job: a round at each interval, for ever."""
-        while True:
-            await self.run_once()
-            await asyncio.sleep(self._config.interval_ms / 1000)
+        """The background job: a round at each interval, for ever; the lease is given up
+        when the worker stops, so that a restarted one need not wait for it to lapse."""
+        try:
+            while True:
+                await self.run_once()
+                await asyncio.sleep(self._config.interval_ms / 1000)
+        finally:
+            try:
+                await self.release()
+            except Exception:
+                logger.exception("media retention lease not released")
 
     async def run_once(self) -> int | None:
         """One round, if this worker holds the lease (held until the next round is due, so

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from homeserver.app import Homeserver
 from homeserver.core.clock import FakeClock
 from homeserver.core.config import ConfigError
+from homeserver.storage.database import Database
 from homeserver.storage.media_retention import JobLeaseStore
 from homeserver.storage.schema import room_memberships
 from media_repo.retention import MediaRetention
@@ -183,3 +184,20 @@ def test_lifetimes_below_a_day_are_refused(tmp_path: Path, lifetime: object) -> 
     for key in ("local_media_lifetime_ms", "remote_media_lifetime_ms"):
         with pytest.raises(ConfigError, match=key):
             make_config(tmp_path, "sqlite://", media={"retention": {key: lifetime}})
+
+
+async def test_a_stopped_worker_gives_the_lease_up(tmp_path: Path, db_url: str) -> None:
+    config = make_config(
+        tmp_path, db_url, media={"retention": {"local_media_lifetime_ms": 2 * DAY}}
+    )
+    clock = FakeClock()
+    async with serve(config, clock) as (hs, _):
+        assert await hs.media_retention.run_once() == 0  # this worker holds the lease
+        leases = JobLeaseStore(hs.db)
+        assert not await leases.claim("media_retention", "another", clock.now_ms(), 1000)
+    # Stopped: the job gave the lease up, another worker takes it at once.
+    db = Database(db_url)
+    try:
+        assert await JobLeaseStore(db).claim("media_retention", "another", clock.now_ms(), 1)
+    finally:
+        await db.close()
