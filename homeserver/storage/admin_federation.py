@@ -54,10 +54,12 @@ class AdminFederationStore:
     async def list_destinations(
         self, offset: int, limit: int, order_by: str, backwards: bool, search: str | None
     ) -> tuple[list[DestinationRow], int]:
-        """A page of destinations and how many match; ``search``: a part of the name."""
+        """A page of destinations and how many match; ``search``: a part of the name, in any
+        case."""
         where: list[sa.ColumnElement[bool]] = []
         if search is not None:
-            where.append(_fd.destination.like(f"%{_escape_like(search)}%", escape="\\"))
+            pattern = f"%{_escape_like(search.lower())}%"
+            where.append(sa.func.lower(_fd.destination).like(pattern, escape="\\"))
         column = DESTINATION_ORDERS[order_by]
         ordering = [column.desc() if backwards else column.asc(), _fd.destination.asc()]
         query = (

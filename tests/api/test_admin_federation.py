@@ -86,7 +86,7 @@ async def test_destinations(tmp_path: Path, db_url: str) -> None:
         assert [d["destination"] for d in rest["destinations"]] == ["one.example"]
         by_retry = await call(client, admin, "GET", f"{BASE}?order_by=retry_interval&dir=b")
         assert by_retry["destinations"][0]["destination"] == "two.example"
-        found = await call(client, admin, "GET", f"{BASE}?destination=.example")
+        found = await call(client, admin, "GET", f"{BASE}?destination=.EXAMPLE")
         assert [d["destination"] for d in found["destinations"]] == [
             "one.example",
             "two.example",
