@@ -155,6 +155,8 @@ async def statistics(request: Request) -> Response:
         query = MediaQuery(query.offset, query.limit, query.order_by, False)
     from_ts = query_int(request, "from_ts", None, minimum=0)
     until_ts = query_int(request, "until_ts", None, minimum=0)
+    if until_ts is not None and until_ts <= (from_ts or 0):
+        raise MatrixError(Codes.INVALID_PARAM, "Query parameter until_ts must be after from_ts")
     search = request.query_params.get("search_term")
     if search is not None and not search:
         raise MatrixError(Codes.INVALID_PARAM, "search_term must not be empty")

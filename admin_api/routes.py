@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from admin_api import media, rooms, server, users
+from admin_api import federation, media, rooms, server, users
 
-admin_routes: list[BaseRoute] = [*users.routes, *rooms.routes, *server.routes, *media.routes]
+admin_routes: list[BaseRoute] = [
+    *users.routes,
+    *rooms.routes,
+    *server.routes,
+    *media.routes,
+    *federation.routes,
+]
 # The spec's own administration endpoints, mounted under /_matrix/client.
 client_admin_routes: list[BaseRoute] = [*users.client_routes]

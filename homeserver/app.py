@@ -28,6 +28,7 @@ from homeserver.accounts.threepids import ThreepidService
 from homeserver.accounts.tokens import AuthService
 from homeserver.accounts.uia import UiaService
 from homeserver.accounts.user_directory import UserDirectoryService
+from homeserver.admin.federation import AdminFederation
 from homeserver.admin.media import AdminMedia
 from homeserver.admin.room_tasks import AdminRoomTasks
 from homeserver.admin.rooms import AdminRooms
@@ -109,6 +110,7 @@ from homeserver.search.service import SearchService
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.admin import AdminStore
+from homeserver.storage.admin_federation import AdminFederationStore
 from homeserver.storage.admin_media import AdminMediaStore
 from homeserver.storage.admin_rooms import AdminRoomStore
 from homeserver.storage.admin_server import AdminServerStore
@@ -125,6 +127,7 @@ from homeserver.storage.federation_queue import FederationQueueStore
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.key_backup import KeyBackupStore
 from homeserver.storage.media import MediaStore
+from homeserver.storage.media_retention import JobLeaseStore, MediaAccessStore
 from homeserver.storage.metrics import MetricsStore
 from homeserver.storage.oauth import OAuthStore
 from homeserver.storage.openid import LoginTokenStore, OpenIdStore
@@ -155,8 +158,10 @@ from homeserver.voip.turn import TurnService
 from homeserver.wakeups.bus import InMemoryBus
 from homeserver.wakeups.notifier import Notifier
 from homeserver.websocket import WebSocketService
+from media_repo.access import AccessRecorder
 from media_repo.backends import build_backend, spool_dir
 from media_repo.preview import UrlPreviewer
+from media_repo.retention import MediaRetention
 from media_repo.service import MediaService
 
 # A background job runs for the life of the worker (a loop with its own sleeps);
@@ -892,6 +897,19 @@ class Homeserver:
         self.admin_media = AdminMedia(
             self.admin_media_store, self.media, self.room_store, clock, config.server_name
         )
+        # Media nobody fetched within its lifetime goes, on one worker (the job's lease).
+        self.media_retention = MediaRetention(
+            config.media.retention,
+            self.admin_media_store,
+            JobLeaseStore(self.db),
+            self.admin_media,
+            clock,
+        )
+        if self.media_retention.enabled:
+            self.background_jobs.append(self.media_retention.run)
+        self.admin_federation = AdminFederation(
+            AdminFederationStore(self.db), self.federation_wake.set
+        )
         self.admin_server = AdminServer(
             AdminServerStore(self.db),
             self.registration_tokens,
@@ -911,6 +929,9 @@ class Homeserver:
         """The media repository (issue 5): storage backend, uploads, thumbnails, previews."""
         # Quarantined media (the admin API) is served to nobody.
         self.admin_media_store = AdminMediaStore(db, config.server_name)
+        # Downloads mark the last access of media, written by a job (media retention).
+        self.media_access = AccessRecorder(MediaAccessStore(db), clock)
+        self.background_jobs.append(self.media_access.run)
         self.media = MediaService(
             MediaStore(db),
             build_backend(config.media.storage, config.data_path),
@@ -921,5 +942,6 @@ class Homeserver:
             ratelimiter=self.ratelimiter,
             quarantine=self.admin_media_store,
             remote_source=self.remote_media_fetcher,
+            access=self.media_access,
         )
         self.url_previews = UrlPreviewer(config.media.url_preview, self.media, self.outbound)

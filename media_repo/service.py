@@ -30,6 +30,7 @@ from homeserver.core.ratelimit import Action, RateLimiter
 from homeserver.core.types import Requester
 from homeserver.storage.media import ContentInfo, MediaInfo, MediaStore, ThumbnailInfo
 from media_repo import thumbnailer
+from media_repo.access import AccessRecorder
 from media_repo.backends import MediaBackend
 from media_repo.cdn import CdnSigner, download_path, thumbnail_path
 from media_repo.mxc import MxcUri, new_media_id
@@ -128,7 +129,10 @@ class MediaService:
         ratelimiter: RateLimiter | None = None,
         quarantine: Quarantine | None = None,
         remote_source: RemoteMediaSource | None = None,
+        access: AccessRecorder | None = None,
     ) -> None:
+        # Downloads and thumbnails mark the media's last access (media_repo/access.py).
+        self._access = access
         self._ratelimiter = ratelimiter
         # Other servers' media (federation on); None: remote media is not found.
         self._remote_source = remote_source
@@ -150,6 +154,11 @@ class MediaService:
             self.cdn = CdnSigner(config.cdn.base_url, config.cdn.secret, config.cdn.url_lifetime_ms)
 
     async def close(self) -> None:
+        if self._access is not None:
+            try:
+                await self._access.flush()
+            except Exception:
+                logger.exception("last access of media not written")
         await self._backend.close()
 
     def public_config(self) -> dict[str, Any]:
@@ -501,6 +510,8 @@ class MediaService:
                 # spec 1.11: unauthenticated media is frozen; new media is only authenticated.
                 raise MatrixError(Codes.NOT_FOUND, "Media not found")
             if media.uploaded:
+                if self._access is not None:
+                    self._access.touch(mxc.media_id)
                 return media
             if media.expires_ts is not None and media.expires_ts <= self._clock.now_ms():
                 raise MatrixError(Codes.NOT_FOUND, "Media not found")

@@ -46,7 +46,7 @@ def media_json(m: MediaRecord) -> JsonDict:
     return {
         "media_id": m.media_id,
         "created_ts": m.created_ts,
-        "last_access_ts": None,
+        "last_access_ts": m.last_access_ts,
         "media_length": m.media_length,
         "media_type": m.media_type,
         "upload_name": m.upload_name,
@@ -154,6 +154,14 @@ class AdminMedia:
     # --- deletion ------------------------------------------------------------------------------
 
     async def _delete(self, media_ids: list[str]) -> list[str]:
+        deleted = await self.delete_media(media_ids)
+        if deleted:
+            logger.info("media deleted by an administrator", extra={"count": len(deleted)})
+        return deleted
+
+    async def delete_media(self, media_ids: list[str]) -> list[str]:
+        """Delete local media, rows then stored content and thumbnails: for the admin
+        API's deletions and for the media retention job (homeserver/media_retention.py)."""
         deleted: list[str] = []
         for start in range(0, len(media_ids), DELETE_BATCH):
             batch, orphans = await self._store.delete_local_media(
@@ -161,8 +169,6 @@ class AdminMedia:
             )
             await self._files.delete_content(orphans.content, orphans.thumbnails)
             deleted.extend(batch)
-        if deleted:
-            logger.info("media deleted by an administrator", extra={"count": len(deleted)})
         return deleted
 
     async def delete_one(self, requester: Requester, server_name: str, media_id: str) -> list[str]:

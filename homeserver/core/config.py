@@ -358,6 +358,18 @@ class UrlPreviewConfig(Section):
         return moved_to_outbound(data, "ip_range_allowlist", "media.url_preview")
 
 
+class MediaRetentionConfig(Section):
+    """Media deleted when nobody fetched it for a while (docs/media.md): by last download or
+    thumbnail, else by upload. None keeps it for ever. Downloads are recorded about once an
+    hour per media, so a lifetime is a day at least."""
+
+    local_media_lifetime_ms: int | None = Field(default=None, ge=24 * 3600 * 1000)
+    # Other servers' media cached here (once federation downloads media).
+    remote_media_lifetime_ms: int | None = Field(default=None, ge=24 * 3600 * 1000)
+    # How often the job (on one worker) looks for media past its lifetime.
+    interval_ms: int = Field(default=3600 * 1000, ge=60_000)
+
+
 class MediaConfig(Section):
     """The media repository (docs/media.md)."""
 
@@ -376,6 +388,7 @@ class MediaConfig(Section):
     thumbnails: ThumbnailsConfig = ThumbnailsConfig()
     cdn: MediaCdnConfig = MediaCdnConfig()
     url_preview: UrlPreviewConfig = UrlPreviewConfig()
+    retention: MediaRetentionConfig = MediaRetentionConfig()
 
 
 class EmailConfig(Section):

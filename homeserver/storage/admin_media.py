@@ -18,6 +18,7 @@ from homeserver.storage.schema import (
     media_thumbnails,
     profiles,
     remote_media,
+    room_memberships,
 )
 
 _MXC = re.compile(r"mxc://([A-Za-z0-9.\-:\[\]]+)/([A-Za-z0-9_-]+)")
@@ -35,6 +36,7 @@ class MediaRecord:
     quarantined_by: str | None
     safe_from_quarantine: bool
     sha256: str | None = None
+    last_access_ts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +52,7 @@ MEDIA_ORDERS: dict[str, sa.ColumnElement[Any]] = {
     "media_id": media.c.media_id,
     "upload_name": media.c.upload_name,
     "created_ts": media.c.created_ts,
-    "last_access_ts": media.c.created_ts,  # not recorded: creation stands for it
+    "last_access_ts": sa.func.coalesce(media.c.last_access_ts, media.c.created_ts),
     "media_length": media.c.size,
     "media_type": media.c.content_type,
     "quarantined_by": _mm.quarantined_by,
@@ -70,6 +72,7 @@ def _record(r: Any) -> MediaRecord:
         r.quarantined_by,
         bool(r.safe_from_quarantine),
         r.sha256,
+        None if r.last_access_ts is None else int(r.last_access_ts),
     )
 
 
@@ -150,33 +153,50 @@ class AdminMediaStore:
             ).all()
         return [r.media_id for r in rows]
 
-    async def media_to_delete(self, before_ts: int, size_gt: int, keep_profiles: bool) -> list[str]:
-        """Local media created before ``before_ts`` and larger than ``size_gt``, neither
-        protected nor (with ``keep_profiles``) anyone's avatar."""
+    async def media_to_delete(
+        self,
+        before_ts: int,
+        size_gt: int,
+        keep_profiles: bool,
+        *,
+        by_last_access: bool = False,
+        limit: int | None = None,
+    ) -> list[str]:
+        """Local media created (``by_last_access``: last downloaded, else created) before
+        ``before_ts`` and larger than ``size_gt``, neither protected nor (with
+        ``keep_profiles``) anyone's avatar, in a profile or a room; at most ``limit``."""
+        age = (
+            sa.func.coalesce(media.c.last_access_ts, media.c.created_ts)
+            if by_last_access
+            else media.c.created_ts
+        )
+        where = [
+            age < before_ts,
+            sa.func.coalesce(media.c.size, 0) > size_gt,
+            sa.func.coalesce(_mm.safe_from_quarantine, False).is_(False),
+        ]
+        if by_last_access:
+            where.append(media.c.upload_ts.is_not(None))  # pending IDs lapse on their own
         query = (
             sa.select(media.c.media_id)
             .select_from(self._local_join())
-            .where(
-                media.c.created_ts < before_ts,
-                sa.func.coalesce(media.c.size, 0) > size_gt,
-                sa.func.coalesce(_mm.safe_from_quarantine, False).is_(False),
-            )
+            .where(*where)
             .order_by(media.c.media_id)
         )
         async with self._db.read() as conn:
             ids = [r.media_id for r in (await conn.execute(query)).all()]
             avatars: set[str] = set()
-            if keep_profiles:
+            if keep_profiles and ids:
                 prefix = f"mxc://{self._server_name}/"
-                urls = (
-                    await conn.execute(
-                        sa.select(profiles.c.avatar_url).where(
-                            profiles.c.avatar_url.like(prefix + "%")
+                for column in (profiles.c.avatar_url, room_memberships.c.avatar_url):
+                    urls = (
+                        await conn.execute(
+                            sa.select(column).where(column.like(prefix + "%")).distinct()
                         )
-                    )
-                ).all()
-                avatars = {r.avatar_url[len(prefix) :] for r in urls}
-        return [i for i in ids if i not in avatars]
+                    ).scalars()
+                    avatars.update(url[len(prefix) :] for url in urls)
+        kept = [i for i in ids if i not in avatars]
+        return kept if limit is None else kept[:limit]
 
     async def delete_local_media(self, media_ids: Sequence[str]) -> tuple[list[str], Orphans]:
         """Delete the rows of these media (with their quarantine marks), in one transaction;

@@ -212,7 +212,19 @@ async def test_media_statistics(client: httpx.AsyncClient, hs: Homeserver) -> No
     assert [u["user_id"] for u in top["users"]] == [bob] and top["next_token"] == 1
     found = await call(client, admin, "GET", "/v1/statistics/users/media?search_term=ali")
     assert [u["user_id"] for u in found["users"]] == ["@alice:test"]
-    for query in ("order_by=size", "dir=x", "from=-1", "from_ts=x", "search_term="):
+    window = await call(
+        client, admin, "GET", f"/v1/statistics/users/media?from_ts=0&until_ts={2**52}"
+    )
+    assert window["total"] == 2
+    for query in (
+        "order_by=size",
+        "dir=x",
+        "from=-1",
+        "from_ts=x",
+        "search_term=",
+        "from_ts=10&until_ts=10",
+        "until_ts=0",
+    ):
         await call(
             client,
             admin,

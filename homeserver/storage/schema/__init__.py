@@ -74,6 +74,7 @@ from homeserver.storage.schema.federation import (
     server_keys,
 )
 from homeserver.storage.schema.media import (
+    job_leases,
     media,
     media_thumbnails,
     remote_media,
@@ -156,6 +157,7 @@ __all__ = [
     "events",
     "filters",
     "media",
+    "job_leases",
     "media_thumbnails",
     "remote_media",
     "metadata",

@@ -27,6 +27,9 @@ media = sa.Table(
     sa.Column("width", sa.Integer, nullable=True),
     sa.Column("height", sa.Integer, nullable=True),
     sa.Column("animated", sa.Boolean, nullable=False, default=False),
+    # The last download or thumbnail (written at most about once an hour per media);
+    # None: not fetched since it was uploaded. Media retention goes by it.
+    sa.Column("last_access_ts", BigInt, nullable=True),
     # Quotas sum a user's sizes; pending uploads are counted per user.
     sa.Index(None, "user_id", "upload_ts"),
 )
@@ -63,4 +66,14 @@ remote_media = sa.Table(
     sa.Column("width", sa.Integer, nullable=True),
     sa.Column("height", sa.Integer, nullable=True),
     sa.Column("animated", sa.Boolean, nullable=False, default=False),
+)
+
+# Singleton background jobs (media retention first): a job runs on the worker that holds
+# its lease, renewed as it runs; a worker that dies frees it once until_ts passes.
+job_leases = sa.Table(
+    "job_leases",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("until_ts", BigInt, nullable=False),
 )
