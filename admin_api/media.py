@@ -147,6 +147,16 @@ async def delete_by_age(request: Request) -> Response:
     return json_response({"deleted_media": deleted, "total": len(deleted)})
 
 
+async def purge_media_cache(request: Request) -> Response:
+    """POST /_synapse/admin/v1/purge_media_cache?before_ts=: other servers' media cached here
+    and not asked for since then."""
+    requester = await require_user(request)
+    before_ts = query_int(request, "before_ts", None, minimum=0, maximum=MAX_TIMESTAMP)
+    if before_ts is None:
+        raise MatrixError(Codes.MISSING_PARAM, "Missing query parameter: before_ts")
+    return json_response(await _media(request).purge_media_cache(requester, before_ts))
+
+
 async def statistics(request: Request) -> Response:
     """GET /_synapse/admin/v1/statistics/users/media"""
     requester = await require_user(request)
@@ -187,6 +197,7 @@ routes = [
     Route("/v1/media/protect/{media_id}", _protect(True), methods=["POST"]),
     Route("/v1/media/unprotect/{media_id}", _protect(False), methods=["POST"]),
     Route("/v1/media/delete", delete_by_age, methods=["POST"]),
+    Route("/v1/purge_media_cache", purge_media_cache, methods=["POST"]),
     Route("/v1/media/{server_name}/delete", delete_by_age, methods=["POST"]),
     Route("/v1/media/{server_name}/{media_id}", media_one, methods=["GET", "DELETE"]),
     # The older path of the room's quarantine.

@@ -904,6 +904,7 @@ class Homeserver:
             JobLeaseStore(self.db),
             self.admin_media,
             clock,
+            remote=self.admin_media,
         )
         if self.media_retention.enabled:
             self.background_jobs.append(self.media_retention.run)

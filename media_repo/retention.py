@@ -4,9 +4,9 @@ at a time (the ``media_retention`` lease in ``job_leases``).
 
 Local media goes by its last download or thumbnail (media_repo/access.py), else by its
 upload; protected media and anyone's avatar (profile or room member) are kept, as Synapse
-keeps them. Other servers' media (``remote_media_lifetime_ms``) has no cache on this
-branch yet: ``RemoteMediaCache`` is the hook the cache fills, and the job calls it when it
-is given one.
+keeps them. Other servers' media cached here (``remote_media_lifetime_ms``) goes by its last
+download through ``RemoteMediaCache`` (the admin media service, which also serves
+``purge_media_cache``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class MediaDeleter(Protocol):
 
 class RemoteMediaCache(Protocol):
     """Other servers' media cached here: drop what was not fetched since ``before_ts``
-    (rows, content, thumbnails), keeping quarantined-safe media; the number dropped."""
+    (rows, content and thumbnails no other media shares); the number dropped."""
 
     async def purge_not_accessed_since(self, before_ts: int) -> int: ...
 

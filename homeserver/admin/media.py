@@ -171,6 +171,28 @@ class AdminMedia:
             deleted.extend(batch)
         return deleted
 
+    async def purge_not_accessed_since(self, before_ts: int) -> int:
+        """Delete other servers' media cached here that no client asked for since
+        ``before_ts``, with its content and thumbnails unless other media shares them: for
+        the retention job (``remote_media_lifetime_ms``) and ``purge_media_cache``."""
+        deleted = 0
+        while True:
+            count, orphans = await self._store.delete_remote_media_not_accessed_since(
+                before_ts, DELETE_BATCH
+            )
+            await self._files.delete_content(orphans.content, orphans.thumbnails)
+            deleted += count
+            if count < DELETE_BATCH:
+                return deleted
+
+    async def purge_media_cache(self, requester: Requester, before_ts: int) -> JsonDict:
+        """POST /_synapse/admin/v1/purge_media_cache?before_ts="""
+        require_admin(requester)
+        deleted = await self.purge_not_accessed_since(before_ts)
+        if deleted:
+            logger.info("remote media cache purged", extra={"count": deleted})
+        return {"deleted": deleted}
+
     async def delete_one(self, requester: Requester, server_name: str, media_id: str) -> list[str]:
         require_admin(requester)
         if server_name != self._server_name:

@@ -220,49 +220,33 @@ class AdminMediaStore:
                 )
             )
             hashes = sorted({r.sha256 for r in rows if r.sha256 is not None})
-            still_used = (
-                {
-                    r.sha256
-                    for r in (
-                        await conn.execute(
-                            sa.select(media.c.sha256).where(media.c.sha256.in_(hashes)).distinct()
-                        )
-                    ).all()
-                }
-                if hashes
-                else set()
-            )
-            if hashes:
-                # Other servers' media cached here may have the same bytes (issue 18).
-                still_used |= {
-                    r.sha256
-                    for r in (
-                        await conn.execute(
-                            sa.select(remote_media.c.sha256)
-                            .where(remote_media.c.sha256.in_(hashes))
-                            .distinct()
-                        )
-                    ).all()
-                }
-            orphans = [h for h in hashes if h not in still_used]
-            t = media_thumbnails.c
-            thumbs = (
-                [
-                    (r.sha256, int(r.width), int(r.height), r.method, bool(r.animated))
-                    for r in (
-                        await conn.execute(
-                            sa.select(t.sha256, t.width, t.height, t.method, t.animated).where(
-                                t.sha256.in_(orphans)
-                            )
-                        )
-                    ).all()
-                ]
-                if orphans
-                else []
-            )
-            if orphans:
-                await conn.execute(sa.delete(media_thumbnails).where(t.sha256.in_(orphans)))
-        return deleted, Orphans(orphans, thumbs)
+            found = await _orphans(conn, hashes)
+        return deleted, found
+
+    async def delete_remote_media_not_accessed_since(
+        self, before_ts: int, limit: int
+    ) -> tuple[int, Orphans]:
+        """Delete up to ``limit`` rows of other servers' cached media that no client asked
+        for since ``before_ts``, in one transaction; the count, and the content and
+        thumbnails no remaining media uses."""
+        r_m = remote_media.c
+        async with self._db.write() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(r_m.server_name, r_m.media_id, r_m.sha256)
+                    .where(r_m.last_access_ts < before_ts)
+                    .order_by(r_m.last_access_ts)
+                    .limit(limit)
+                )
+            ).all()
+            for r in rows:
+                await conn.execute(
+                    sa.delete(remote_media).where(
+                        r_m.server_name == r.server_name, r_m.media_id == r.media_id
+                    )
+                )
+            found = await _orphans(conn, sorted({r.sha256 for r in rows}))
+        return len(rows), found
 
     # --- quarantine and protection -----------------------------------------------------------
 
@@ -391,3 +375,43 @@ class AdminMediaStore:
             }
             for r in rows
         ], total
+
+
+async def _orphans(conn: Any, hashes: list[str]) -> Orphans:
+    """Of the content ``hashes`` whose rows were just deleted, those no local or cached
+    remote media uses any more, with their thumbnails (whose rows go too)."""
+    if not hashes:
+        return Orphans([], [])
+    still_used = {
+        r.sha256
+        for r in (
+            await conn.execute(
+                sa.select(media.c.sha256).where(media.c.sha256.in_(hashes)).distinct()
+            )
+        ).all()
+    }
+    # Other servers' media cached here may have the same bytes (issue 18).
+    still_used |= {
+        r.sha256
+        for r in (
+            await conn.execute(
+                sa.select(remote_media.c.sha256).where(remote_media.c.sha256.in_(hashes)).distinct()
+            )
+        ).all()
+    }
+    orphans = [h for h in hashes if h not in still_used]
+    if not orphans:
+        return Orphans([], [])
+    t = media_thumbnails.c
+    thumbs = [
+        (r.sha256, int(r.width), int(r.height), r.method, bool(r.animated))
+        for r in (
+            await conn.execute(
+                sa.select(t.sha256, t.width, t.height, t.method, t.animated).where(
+                    t.sha256.in_(orphans)
+                )
+            )
+        ).all()
+    ]
+    await conn.execute(sa.delete(media_thumbnails).where(t.sha256.in_(orphans)))
+    return Orphans(orphans, thumbs)

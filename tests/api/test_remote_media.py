@@ -28,6 +28,7 @@ from homeserver.federation.client import FederationError
 from homeserver.federation.discovery import ServerResolver, WellKnownResolver
 from homeserver.net.addresses import AddressPolicy
 from homeserver.net.outbound import Outbound, OutboundResponse, Reason
+from tests.api.admin_helpers import call, make_admin, refused_to_non_admins
 from tests.conftest import make_config
 from tests.federation_helpers import _no_dns, _no_srv, _no_well_known
 from tests.helpers import auth_header, register, serve
@@ -377,3 +378,44 @@ async def test_legacy_paths_fetch_when_unauthenticated_downloads_are_allowed(
         )
         assert r.status_code == 200, r.text
         assert remote.calls == ["federation p"]
+
+
+async def test_purge_media_cache_and_retention_forget_unasked_remote_media(
+    served: tuple[Homeserver, httpx.AsyncClient, str], remote: FakeMediaServer, clock: FakeClock
+) -> None:
+    """POST /_synapse/admin/v1/purge_media_cache deletes cached remote media not asked for
+    since `before_ts` (rows, content, thumbnails); the next download fetches it again. The
+    retention job purges through the same code."""
+    hs, client, token = served
+    image = png(64, 64)
+    remote.files["old"] = multipart(b"{}", {"Content-Type": "image/png"}, image)
+    remote.files["new"] = multipart(b"{}", {"Content-Type": "image/png"}, png(40, 40))
+    r = await client.get(f"{DOWNLOAD}/{REMOTE}/old", headers=auth_header(token))
+    assert r.status_code == 200, r.text
+    r = await client.get(
+        f"{THUMBNAIL}/{REMOTE}/old",
+        params={"width": 32, "height": 32, "method": "crop"},
+        headers=auth_header(token),
+    )
+    assert r.status_code == 200, r.text
+    clock.advance(60_000)
+    cutoff = clock.now_ms()
+    clock.advance(60_000)
+    r = await client.get(f"{DOWNLOAD}/{REMOTE}/new", headers=auth_header(token))
+    assert r.status_code == 200, r.text
+    await refused_to_non_admins(
+        client, token, [("POST", f"/v1/purge_media_cache?before_ts={cutoff}", None)]
+    )
+    admin = await make_admin(hs, client)
+    await call(client, admin, "POST", "/v1/purge_media_cache", None, 400, "M_MISSING_PARAM")
+    assert await call(client, admin, "POST", f"/v1/purge_media_cache?before_ts={cutoff}") == {
+        "deleted": 1
+    }
+    assert await hs.media._store.get_remote_media(REMOTE, "old") is None
+    assert await hs.media._store.get_remote_media(REMOTE, "new") is not None
+    r = await client.get(f"{DOWNLOAD}/{REMOTE}/old", headers=auth_header(token))
+    assert r.status_code == 200 and r.content == image
+    assert remote.calls == ["federation old", "federation new", "federation old"]
+    # The retention job's hook is the same deletion.
+    assert await hs.admin_media.purge_not_accessed_since(clock.now_ms() + 1) == 2
+    assert await hs.media._store.get_remote_media(REMOTE, "new") is None
