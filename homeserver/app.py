@@ -269,7 +269,7 @@ class Homeserver:
         )
         self._build_media(config, db, clock)
         self._build_admin(config, clock)
-        self.metrics.watch(self.notifier, self.websocket, db, MetricsStore(db))
+        self.metrics.watch(self.notifier, self.websocket, db, MetricsStore(db), clock)
         self.metrics_listener: MetricsListener | None = None
         if config.metrics.listen is not None:
             self.metrics_listener = MetricsListener(self.metrics, config.metrics.listen)

@@ -24,7 +24,13 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from homeserver.storage.metrics import AppServiceQueue, MetricsStore, PusherQueues
+from homeserver.core.clock import Clock
+from homeserver.storage.metrics import (
+    AppServiceQueue,
+    FederationQueues,
+    MetricsStore,
+    PusherQueues,
+)
 from homeserver.storage.shared_reads import shared_read_stats
 
 PREFIX = "homeserver_"
@@ -89,8 +95,9 @@ class Metrics:
         websockets: Connections,
         pools: Pools,
         store: MetricsStore,
+        clock: Clock,
     ) -> None:
-        self._live = _Live(notifier, websockets, pools, store)
+        self._live = _Live(notifier, websockets, pools, store, clock)
         self.registry.register(self._live)
 
     async def render(self) -> bytes:
@@ -109,17 +116,21 @@ class _Live(Collector):
         websockets: Connections,
         pools: Pools,
         store: MetricsStore,
+        clock: Clock,
     ) -> None:
         self._notifier = notifier
         self._websockets = websockets
         self._pools = pools
         self._store = store
+        self._clock = clock
         self._queues: list[PusherQueues] = []
         self._appservices: list[AppServiceQueue] = []
+        self._federation = FederationQueues(0, 0, 0, 0, 0)
 
     async def refresh(self) -> None:
         self._queues = await self._store.pusher_queues()
         self._appservices = await self._store.appservice_queues()
+        self._federation = await self._store.federation_queues(self._clock.now_ms())
 
     def describe(self) -> list[object]:
         return []  # what collect() yields depends on the state: nothing to check up front
@@ -212,3 +223,24 @@ class _Live(Collector):
             for field, family in services.items():
                 family.add_metric((service.service_id,), getattr(service, field))
         yield from services.values()
+        federation = self._federation
+        for name, text, value in (
+            ("federation_queued_pdus", "Events queued for other servers", federation.pdus),
+            ("federation_queued_edus", "EDUs queued for other servers", federation.edus),
+            (
+                "federation_destinations_queued",
+                "Destinations with events or EDUs queued",
+                federation.destinations,
+            ),
+            (
+                "federation_queue_max_depth",
+                "The longest queue (events and EDUs) of one destination",
+                federation.deepest,
+            ),
+            (
+                "federation_destinations_backing_off",
+                "Destinations not to be tried again before a retry time to come",
+                federation.backing_off,
+            ),
+        ):
+            yield GaugeMetricFamily(PREFIX + name, text, value=value)

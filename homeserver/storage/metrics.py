@@ -1,5 +1,5 @@
-"""What a metrics scrape reads from the database: the depth of the pushers' queues and of
-the application services' transactions."""
+"""What a metrics scrape reads from the database: the depth of the pushers' queues, of the
+application services' transactions and of the federation sender's queues."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from homeserver.storage.database import Database
 from homeserver.storage.schema import (
     appservice_state,
     appservice_txns,
+    federation_destinations,
+    federation_outbound_edus,
+    federation_outbound_pdus,
     push_queue,
     pushers,
     stream_positions,
@@ -37,6 +40,18 @@ class AppServiceQueue:
     pending: int  # transactions built and not yet taken by the service
     events_behind: int  # events stream positions not yet looked at for it
     attempts: int  # failed attempts at its pending transaction in a row
+
+
+@dataclass(frozen=True, slots=True)
+class FederationQueues:
+    """The federation sender's queues, over all destinations: one series per destination
+    would be as many series as servers we talk to."""
+
+    pdus: int  # events queued for other servers
+    edus: int  # EDUs queued for other servers
+    destinations: int  # destinations with something queued
+    deepest: int  # the longest queue (events and EDUs) of one destination
+    backing_off: int  # destinations not to be tried before a retry time still to come
 
 
 _PER_PUSHER = (
@@ -77,6 +92,22 @@ _APPSERVICES = sa.select(
 )
 
 
+_QUEUED = sa.union_all(
+    sa.select(federation_outbound_pdus.c.destination.label("destination")),
+    sa.select(federation_outbound_edus.c.destination.label("destination")),
+).subquery()
+_PER_DESTINATION = sa.select(_QUEUED.c.destination, sa.func.count().label("n")).group_by(
+    _QUEUED.c.destination
+)
+_FEDERATION_TOTALS = sa.select(
+    sa.select(sa.func.count()).select_from(federation_outbound_pdus).scalar_subquery(),
+    sa.select(sa.func.count()).select_from(federation_outbound_edus).scalar_subquery(),
+)
+_BACKING_OFF = sa.select(sa.func.count()).where(
+    federation_destinations.c.retry_at_ts > sa.bindparam("now")
+)
+
+
 class MetricsStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -96,3 +127,12 @@ class MetricsStore:
             AppServiceQueue(r.service_id, int(r.pending), max(0, int(r.behind)), int(r.attempts))
             for r in rows
         ]
+
+    async def federation_queues(self, now_ms: int) -> FederationQueues:
+        async with self._db.read() as conn:
+            pdus, edus = (await conn.execute(_FEDERATION_TOTALS)).one()
+            depths = [int(r.n) for r in (await conn.execute(_PER_DESTINATION)).all()]
+            backing_off = (await conn.execute(_BACKING_OFF, {"now": now_ms})).scalar_one()
+        return FederationQueues(
+            int(pdus), int(edus), len(depths), max(depths, default=0), int(backing_off)
+        )

@@ -6,10 +6,13 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from homeserver.storage.database import Database
-from homeserver.storage.metrics import AppServiceQueue, MetricsStore, PusherQueues
+from homeserver.storage.metrics import AppServiceQueue, FederationQueues, MetricsStore, PusherQueues
 from homeserver.storage.schema import (
     appservice_state,
     appservice_txns,
+    federation_destinations,
+    federation_outbound_edus,
+    federation_outbound_pdus,
     push_queue,
     pushers,
     stream_positions,
@@ -97,3 +100,41 @@ async def test_appservice_queues(db: Database) -> None:
         AppServiceQueue("irc", pending=0, events_behind=0, attempts=0),
         AppServiceQueue("slack", pending=2, events_behind=20, attempts=3),
     ]
+
+
+async def test_federation_queues(db: Database) -> None:
+    store = MetricsStore(db)
+    assert await store.federation_queues(1_000) == FederationQueues(0, 0, 0, 0, 0)
+    async with db.write() as conn:
+        for destination, retry_at in (("a.test", 0), ("b.test", 5_000), ("c.test", 500)):
+            await conn.execute(
+                sa.insert(federation_destinations).values(
+                    destination=destination,
+                    retry_interval_ms=0 if retry_at == 0 else 5_000,
+                    retry_at_ts=retry_at,
+                    next_txn_id=1,
+                    catching_up=False,
+                )
+            )
+        for position in (1, 2, 3):
+            await conn.execute(
+                sa.insert(federation_outbound_pdus).values(
+                    destination="b.test",
+                    stream_ordering=position,
+                    room_id="!r",
+                    event_id=f"$e{position}",
+                )
+            )
+        await conn.execute(
+            sa.insert(federation_outbound_pdus).values(
+                destination="a.test", stream_ordering=3, room_id="!r", event_id="$e3"
+            )
+        )
+        await conn.execute(
+            sa.insert(federation_outbound_edus).values(
+                destination="a.test", edu_type="m.typing", content_json="{}", queued_ts=0
+            )
+        )
+    # b.test: 3 events, backing off until 5 000; a.test: 1 event and 1 EDU; c.test's retry
+    # time has passed.
+    assert await store.federation_queues(1_000) == FederationQueues(4, 1, 2, 3, 1)
