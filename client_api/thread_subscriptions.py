@@ -85,7 +85,8 @@ async def paginate(request: Request) -> Response:
     q = request.query_params
     if q.get("dir") != "b":
         raise MatrixError(Codes.INVALID_PARAM, "dir must be 'b'")
-    limit = min(query_int(request, "limit", PAGE_DEFAULT, minimum=1), PAGE_MAX)
+    # query_int caps at the maximum; the minimum rules out None.
+    limit = query_int(request, "limit", PAGE_DEFAULT, minimum=1, maximum=PAGE_MAX) or PAGE_DEFAULT
     raw_from, raw_to = q.get("from"), q.get("to")
     if raw_from is not None:
         upto = parse_token(raw_from)

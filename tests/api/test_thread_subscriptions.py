@@ -8,7 +8,9 @@ from typing import Any
 
 import httpx
 
+from homeserver.app import Homeserver
 from tests.api.sliding_helpers import sliding
+from tests.api.test_sliding_sync_websocket import WAIT_S, FakeClient
 from tests.helpers import assert_errors, auth_header, create_room, register
 
 CONFLICT = "IO.ELEMENT.MSC4306.M_CONFLICTING_UNSUBSCRIPTION"
@@ -255,3 +257,28 @@ async def test_subscriptions_are_per_user(client: httpx.AsyncClient) -> None:
     r = await client.get(PAGES, params={"dir": "b"}, headers=auth_header(bob_token))
     assert r.json() == {}
     assert alice
+
+
+async def test_extension_over_websocket(client: httpx.AsyncClient, hs: Homeserver) -> None:
+    _, token = await register(client, "alice")
+    room = await create_room(client, token)
+    root = await _send(client, token, room, "root")
+    peer = FakeClient()
+    task = asyncio.create_task(
+        hs.websocket.serve(
+            peer, authorization=f"Bearer {token}", token_in_url=False, query={"stream": "none"}
+        )
+    )
+    try:
+        request = {"extensions": {"thread_subscriptions": {"enabled": True}}}
+        peer.request("1", "sliding_sync", request)
+        first = (await peer.answer("1"))["result"]
+        assert first["extensions"]["thread_subscriptions"] == {}
+        peer.request("2", "sliding_sync", {**request, "pos": first["pos"], "timeout": 30_000})
+        await _call(client, "PUT", token, room, root, {})
+        second = (await peer.answer("2"))["result"]
+        got = second["extensions"]["thread_subscriptions"]["subscribed"][room][root]
+        assert got["automatic"] is False
+    finally:
+        peer.incoming.put_nowait(None)
+        await asyncio.wait_for(task, WAIT_S)
