@@ -103,6 +103,7 @@ from homeserver.rooms.send import SendService
 from homeserver.rooms.sender import EventSender
 from homeserver.rooms.service import RoomService
 from homeserver.rooms.summary import RoomSummaryService
+from homeserver.rooms.thread_subscriptions import ThreadSubscriptionService
 from homeserver.rooms.timestamps import TimestampService
 from homeserver.rooms.upgrade import RoomUpgrader
 from homeserver.rooms.visibility import Visibility
@@ -145,6 +146,7 @@ from homeserver.storage.search import SearchStore
 from homeserver.storage.server_keys import ServerKeyStore
 from homeserver.storage.sliding_sync import SlidingSyncStore
 from homeserver.storage.sso import SsoStore
+from homeserver.storage.thread_subscriptions import ThreadSubscriptionStore
 from homeserver.storage.threepids import ThreepidStore
 from homeserver.storage.to_device import ToDeviceStore
 from homeserver.storage.typing_notifications import TypingStore
@@ -283,6 +285,7 @@ class Homeserver:
         self.event_store = EventStore(db)
         self.room_store = RoomStore(db, self.event_store)
         self.relation_store = RelationStore(db)
+        self.thread_subscription_store = ThreadSubscriptionStore(db)
         self.push_store = PushStore(db)
         self.push_rule_store = PushRuleStore(db)
         self.pusher_store = PusherStore(db)
@@ -541,6 +544,9 @@ class Homeserver:
         self.relations = RelationsService(
             self.relation_store, self.event_store, self.rooms, self.visibility
         )
+        self.thread_subscriptions = ThreadSubscriptionService(
+            self.thread_subscription_store, self.rooms, self.notifier
+        )
         self.search = SearchService(
             SearchStore(self.db),
             self.event_store,
@@ -729,6 +735,7 @@ class Homeserver:
             self.account_data,
             self.receipts,
             self.typing,
+            self.thread_subscription_store,
         )
         sliding_sync = SlidingSyncService(
             db,

@@ -48,6 +48,7 @@ from client_api import (
     support,
     sync,
     thirdparty,
+    thread_subscriptions,
     threepids,
     timestamps,
     to_device,
@@ -100,6 +101,7 @@ def route_services(hs: Homeserver) -> list[object]:
         sso.SsoServices(hs.sso, hs.server_name, config.base_url.startswith("https:")),
         account_data.AccountDataServices(hs.account_data),
         delayed_events.DelayedEventServices(hs.delayed_events),
+        thread_subscriptions.ThreadSubscriptionServices(hs.thread_subscriptions),
         devices.DeviceServices(hs.accounts),
         directory.DirectoryServices(
             hs.directory, hs.server_name, hs.ratelimiter, hs.remote_directories

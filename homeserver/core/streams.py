@@ -18,6 +18,8 @@ class Stream(StrEnum):
     # Moves when a device's one-time or fallback keys change (an upload, a claim): syncs
     # keep each device's key counts until it moves.
     ONE_TIME_KEYS = "one_time_keys"
+    # A user's thread subscriptions (MSC4306) changed.
+    THREAD_SUBSCRIPTIONS = "thread_subscriptions"
 
 
 # The order of positions inside a sync token; append only, never reorder.

@@ -97,6 +97,7 @@ from homeserver.storage.schema.push import (
 )
 from homeserver.storage.schema.relations import (
     event_relations,
+    thread_subscriptions,
 )
 from homeserver.storage.schema.rooms import (
     current_state,
@@ -199,6 +200,7 @@ __all__ = [
     "state_group_entries",
     "state_groups",
     "stream_positions",
+    "thread_subscriptions",
     "threepid_sessions",
     "threepid_tokens",
     "to_device_txns",

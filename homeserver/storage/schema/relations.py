@@ -26,3 +26,23 @@ event_relations = sa.Table(
     # The thread list of a room, by latest activity.
     sa.Index(None, "room_id", "rel_type", "stream_ordering"),
 )
+
+
+# --- thread subscriptions (MSC4306, issue 20) --------------------------------------------------
+
+# A user's latest subscription setting for one thread; `stream_id` is the position on the
+# thread_subscriptions stream of its latest change (what sliding sync's extension reads).
+thread_subscriptions = sa.Table(
+    "thread_subscriptions",
+    metadata,
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("room_id", sa.Text, primary_key=True),
+    sa.Column("thread_root_id", sa.Text, primary_key=True),
+    sa.Column("subscribed", sa.Boolean, nullable=False),
+    sa.Column("automatic", sa.Boolean, nullable=False),
+    sa.Column("stream_id", BigInt, nullable=False),
+    # Unsubscribed: the events stream position at that moment. An automatic subscription
+    # caused by an event at or before it conflicts with the unsubscription.
+    sa.Column("unsubscribed_at", BigInt, nullable=True),
+    sa.Index(None, "user_id", "stream_id"),
+)

@@ -25,6 +25,7 @@ from homeserver.sync.sliding.params import (
     RoomParams,
     ScopedExtension,
     SlidingSyncRequest,
+    ThreadSubscriptionsParams,
     ToDeviceParams,
 )
 
@@ -47,6 +48,7 @@ MAX_REQUIRED_STATE = 1000
 MAX_SUBSCRIPTIONS = 1000
 MAX_SCOPE = 1000
 MAX_TO_DEVICE_LIMIT = 1000
+MAX_THREAD_SUBSCRIPTIONS_LIMIT = 1000
 MAX_NAME_LIKE = 1000  # characters of room_name_like
 
 StatePair = Annotated[tuple[StrictStr, StrictStr], Field(strict=False)]
@@ -144,12 +146,17 @@ class ToDeviceBody(ExtensionBody):
         return value
 
 
+class ThreadSubscriptionsBody(ExtensionBody):
+    limit: int = Field(default=100, ge=1, le=MAX_THREAD_SUBSCRIPTIONS_LIMIT)
+
+
 class ExtensionsBody(RequestBody):
     to_device: ToDeviceBody | None = None
     e2ee: ExtensionBody | None = None
     account_data: ScopedExtensionBody | None = None
     receipts: ScopedExtensionBody | None = None
     typing: ScopedExtensionBody | None = None
+    thread_subscriptions: ThreadSubscriptionsBody | None = None
 
     def extensions(self) -> Extensions:
         td = self.to_device
@@ -163,6 +170,11 @@ class ExtensionsBody(RequestBody):
             account_data=self.account_data.scope() if self.account_data else None,
             receipts=self.receipts.scope() if self.receipts else None,
             typing=self.typing.scope() if self.typing else None,
+            thread_subscriptions=(
+                ThreadSubscriptionsParams(self.thread_subscriptions.limit)
+                if self.thread_subscriptions is not None and self.thread_subscriptions.enabled
+                else None
+            ),
         )
 
 

@@ -1,5 +1,6 @@
 """Sliding sync extensions: to-device (MSC3885), e2ee (MSC3884), account data (MSC3959),
-receipts (MSC3960) and typing (MSC3961), read from the same sources as /sync."""
+receipts (MSC3960) and typing (MSC3961), read from the same sources as /sync; thread
+subscriptions (MSC4308) from the thread_subscriptions stream."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Protocol
 
 from homeserver.core.streams import Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
+from homeserver.rooms.thread_subscriptions import serialize_changes, token
+from homeserver.storage.thread_subscriptions import SubscriptionChange
 from homeserver.sync.sliding.params import WILDCARD, Extensions, ScopedExtension
 from homeserver.sync.sliding.room_list import ListResult
 from homeserver.sync.sources import GlobalSource, RoomSource, TopLevelSource
@@ -22,6 +25,15 @@ class ToDeviceSource(Protocol):
     ) -> list[JsonDict]: ...
 
 
+class ThreadSubscriptionSource(Protocol):
+    """The user's latest ``limit`` thread subscription changes in ``(after, upto]``, oldest
+    first (``ThreadSubscriptionStore``)."""
+
+    async def changes(
+        self, user_id: str, *, after: int, upto: int, limit: int
+    ) -> list[SubscriptionChange]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ExtensionSources:
     to_device: ToDeviceSource
@@ -30,6 +42,7 @@ class ExtensionSources:
     room_account_data: RoomSource
     receipts: RoomSource
     typing: RoomSource
+    thread_subscriptions: ThreadSubscriptionSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +129,22 @@ class ExtensionBuilder:
             typing = {room_id: events[-1] for room_id, events in found_typing.items() if events}
             out["typing"] = {"rooms": typing}
             news = news or bool(typing)
+        if ext.thread_subscriptions is not None:
+            # MSC4308: the latest `limit` changes since the connection's position (all of
+            # them from the start on a new connection); `prev_batch` when there may be older
+            # ones, to fetch from /unstable/io.element.msc4308/thread_subscriptions.
+            after = since.get(Stream.THREAD_SUBSCRIPTIONS) if since is not None else 0
+            changes = await s.thread_subscriptions.changes(
+                requester.user_id,
+                after=after,
+                upto=now.get(Stream.THREAD_SUBSCRIPTIONS),
+                limit=ext.thread_subscriptions.limit,
+            )
+            thread_subscriptions = serialize_changes(changes)
+            if len(changes) == ext.thread_subscriptions.limit:
+                thread_subscriptions["prev_batch"] = token(changes[0].stream_id - 1)
+            out["thread_subscriptions"] = thread_subscriptions
+            news = news or bool(changes)
         return out, news
 
     async def _by_room(

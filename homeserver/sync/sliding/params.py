@@ -121,6 +121,11 @@ class ToDeviceParams:
 
 
 @dataclass(frozen=True, slots=True)
+class ThreadSubscriptionsParams:
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class Extensions:
     """The enabled extensions; None (or False) for those not enabled."""
 
@@ -129,6 +134,7 @@ class Extensions:
     account_data: ScopedExtension | None = None
     receipts: ScopedExtension | None = None
     typing: ScopedExtension | None = None
+    thread_subscriptions: ThreadSubscriptionsParams | None = None
 
 
 @dataclass(frozen=True, slots=True)
