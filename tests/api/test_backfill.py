@@ -286,6 +286,23 @@ async def test_paging_back_fills_the_gap_in_order_and_sync_shows_none_of_it(
         headers=auth_header(tok),
     )
     assert [e["event_id"] for e in checked(r)["chunk"]] == seen[::-1]
+    # Around a backfilled event, and paging on from its context's tokens.
+    middle = ids[20]
+    r = await client.get(
+        f"{V3}/rooms/{room.room_id}/context/{middle}",
+        params={"limit": "4"},
+        headers=auth_header(tok),
+    )
+    context = checked(r)
+    assert context["event"]["event_id"] == middle
+    assert [e["event_id"] for e in context["events_before"]] == ids[18:20][::-1]
+    assert [e["event_id"] for e in context["events_after"]] == ids[21:23]
+    r = await client.get(
+        f"{V3}/rooms/{room.room_id}/messages",
+        params={"dir": "b", "limit": "3", "from": context["start"]},
+        headers=auth_header(tok),
+    )
+    assert [e["event_id"] for e in checked(r)["chunk"]] == ids[15:18][::-1]
 
 
 @pytest.mark.parametrize("mode", ["500", "shapes", "forged", "junk", "elsewhere"])
