@@ -7,7 +7,8 @@ app under uvicorn with TLS on loopback that answers from its copy of the room
 Eve's server sends the last of 50 messages (after a rename) that we never had: the last ten
 come by /get_missing_events, the state at the far end by /state_ids, and the far end is the
 room's backward extremity. Paging back through /messages then fills the gap, in order, with
-no duplicates, and /sync never shows the backfilled events as new."""
+no duplicates, and /sync never shows the backfilled events as new. And after our join to
+another server's room, the 50 events before the join come the same way."""
 
 from __future__ import annotations
 
@@ -35,12 +36,13 @@ from homeserver.rooms.incoming import MISSING_EVENTS_LIMIT, RemoteGraphError
 from homeserver.storage.events import referenced_ids
 from homeserver.storage.schema import BACKFILL_BASE
 from tests.api.test_federation_gaps import ToOrigin, gap_of
+from tests.api.test_federation_remote_join import ROOM, ResidentRoom, ScriptedResident, join
 from tests.api.test_federation_send import put_txn, trust, txn
 from tests.api.test_incoming_pipeline import public_room_with_eve
 from tests.conftest import make_config
 from tests.e2e.conftest import free_port
 from tests.federation_helpers import FakeRemote
-from tests.helpers import auth_header, checked, serve
+from tests.helpers import auth_header, checked, register, serve
 from tests.incoming_helpers import RemoteRoom
 from tests.tls_helpers import make_certificate
 
@@ -336,3 +338,60 @@ def test_a_backfilled_event_has_a_token_with_a_negative_position() -> None:
     for bad in ("t-5_3", "t5_--3", "t5_-", "t5_3_-4", f"t5_-{2**64}"):
         with pytest.raises(Exception, match="Invalid pagination token"):
             RoomPosition.parse(bad)
+
+
+class ResidentHistory:
+    """The resident server of a remote room as FederatedGraph's requests see it: /backfill
+    and /event from its copy of the room (no HTTP: the HTTP path is tested above)."""
+
+    def __init__(self, room: Any) -> None:
+        self.room = room
+        self.asked: list[str] = []
+
+    async def request(self, destination: str, method: str, path: str, **kw: Any) -> Any:
+        self.asked.append(path)
+        events: dict[str, Any] = self.room.events
+        if "/backfill/" in path:
+            found: dict[str, Any] = {}
+            queue = list(kw["query"]["v"])
+            while queue and len(found) < int(kw["query"]["limit"]):
+                event_id = queue.pop(0)
+                if event_id in events and event_id not in found:
+                    found[event_id] = events[event_id]
+                    queue.extend(events[event_id]["prev_events"])
+            return {"origin": destination, "origin_server_ts": 0, "pdus": list(found.values())}
+        if "/event/" in path:
+            event_id = path.rsplit("/", 1)[1].replace("%24", "$")
+            return {"pdus": [events[event_id]]}
+        raise AssertionError(path)
+
+
+async def test_history_before_our_join_to_a_remote_room_is_backfilled(
+    fed: Fed, remote: FakeRemote
+) -> None:
+    hs, client = fed
+    resident = ResidentRoom(remote)
+    before = [resident.add("m.room.message", "", {"body": f"m{i}"}) for i in range(HISTORY)]
+    hs.remote_rooms._client = ScriptedResident(resident)  # type: ignore[assignment]
+    history = ResidentHistory(resident)
+    hs.rooms._backfiller._requests = history  # type: ignore[union-attr]
+    _, tok = await register(client, "alice")
+    since = (await sync(client, tok))["next_batch"]
+    r = await join(client, tok)
+    assert r.status_code == 200, r.text
+    synced = await sync(client, tok, since)
+    since = synced["next_batch"]
+
+    seen = await page_back(client, tok, ROOM, 8)
+
+    assert any("/backfill/" in p for p in history.asked)
+    assert len(seen) == len(set(seen))
+    # Our join, then the 50 messages newest first, then the room's setup.
+    assert seen[1 : HISTORY + 1] == before[::-1]
+    assert seen[-1] == resident.state[("m.room.create", "")]
+    assert await hs.event_store.get_backward_extremities(ROOM) == []
+    body = await sync(client, tok, since)
+    assert (
+        body.get("rooms", {}).get("join", {}).get(ROOM, {}).get("timeline", {}).get("events", [])
+        == []
+    )
