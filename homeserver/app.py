@@ -55,6 +55,7 @@ from homeserver.ephemeral.receipts import EphemeralSource, ReceiptService
 from homeserver.ephemeral.typing import TypingService
 from homeserver.federation.acl import RoomAcls
 from homeserver.federation.auth import FederationAuthenticator
+from homeserver.federation.backfill import RoomBackfill
 from homeserver.federation.client import FederationClient, FederationError, ssl_context
 from homeserver.federation.discovery import (
     DnsSrvLookup,
@@ -537,6 +538,14 @@ class Homeserver:
             clock,
             self.ignore_lists,
             self.aggregations,
+            # /messages reaching a gap asks the room's other servers (issue 18).
+            RoomBackfill(
+                self.federation_client,
+                self.incoming_events,
+                self.federation_reads,
+                clock,
+                server_name,
+            ),
         )
         self.timestamps = TimestampService(
             EventTimeStore(self.db), self.event_store, self.rooms, self.visibility

@@ -77,6 +77,13 @@ def _is_position(part: str) -> bool:
     return _DIGITS.fullmatch(part) is not None and int(part) <= MAX_POSITION
 
 
+def _is_timeline_position(part: str) -> bool:
+    """An event's place in a room's timeline: a position of the events stream, or below 0
+    for events backfilled from other servers (numbered downwards)."""
+    digits = part[1:] if part.startswith("-") else part
+    return _is_position(digits)
+
+
 def _invalid(message: str) -> Exception:
     from homeserver.core.errors import Codes, MatrixError
 
@@ -91,7 +98,8 @@ class RoomPosition:
     The timeline is in topological order: by ``depth``, then ``stream_ordering`` (as
     Synapse). Two forms:
 
-    - ``t<depth>_<stream>``: just after the event at ``(depth, stream)`` in that order.
+    - ``t<depth>_<stream>``: just after the event at ``(depth, stream)`` in that order
+      (``stream`` is negative for history backfilled from other servers).
       Backwards from it come the events at or before it, forwards those after it.
       ``t<depth>_<stream>_<cap>`` is the same place reached by paginating backwards from a
       stream token: backwards it still leaves out the events after the stream position
@@ -111,7 +119,12 @@ class RoomPosition:
     def parse(cls, token: str) -> RoomPosition:
         if token.startswith("t"):
             parts = token[1:].split("_")
-            if len(parts) not in (2, 3) or not all(map(_is_position, parts)):
+            if (
+                len(parts) not in (2, 3)
+                or not _is_position(parts[0])
+                or not _is_timeline_position(parts[1])
+                or not all(map(_is_position, parts[2:]))
+            ):
                 raise _invalid(f"Invalid pagination token {token!r}")
             cap = int(parts[2]) if len(parts) == 3 else None
             return cls(int(parts[0]), int(parts[1]), cap)

@@ -1,6 +1,8 @@
 """The room graph as one other server tells it (``rooms/incoming.py``'s ``RemoteGraph``),
 over signed federation requests: ``POST /get_missing_events``, ``GET /state_ids`` and
-``GET /event`` (server-server API, "Retrieving events" and "Room state").
+``GET /event`` (server-server API, "Retrieving events" and "Room state"), and the room's
+history before some events, ``GET /backfill`` ("Backfilling and retrieving missing
+events").
 
 Every answer is shape-checked before the pipeline sees it: an answer that is not what the
 spec describes, too large, an error or no answer at all is a ``RemoteGraphError``; what the
@@ -31,6 +33,10 @@ MAX_MISSING_LIMIT = 100
 # fetches (MAX_FETCHED_EVENTS) anyway, this bounds what we read and decode.
 MAX_STATE_IDS = 100_000
 MAX_STATE_IDS_BYTES = 16 * 1024 * 1024
+# /backfill: at most this many events asked for, each a PDU, in a transaction envelope;
+# and at most this many events to start from.
+MAX_BACKFILL_LIMIT = 100
+MAX_BACKFILL_FROM = 20
 # /event: one PDU in a transaction envelope.
 MAX_EVENT_BYTES = 2 * MAX_PDU_BYTES
 # Event requests in flight at once to the one server.
@@ -189,3 +195,29 @@ class FederatedGraph:
             return None
         pdu: JsonDict = pdus[0]
         return pdu
+
+    async def backfill(
+        self, room_id: str, from_event_ids: Sequence[str], limit: int
+    ) -> Sequence[JsonDict]:
+        """The events before ``from_event_ids`` (and those events), as the server gives them
+        (``GET /backfill``): at most ``limit``, each an object; what they are is for the
+        pipeline to check (``IncomingEvents.receive_backfilled``)."""
+        limit = max(1, min(limit, MAX_BACKFILL_LIMIT))
+        starts = [i for i in dict.fromkeys(from_event_ids) if _is_id(i)][:MAX_BACKFILL_FROM]
+        if not starts:
+            raise RemoteGraphError("backfill: no event to start from")
+        answer = await self._ask(
+            "backfill",
+            "GET",
+            f"{FED}/backfill/{quote(room_id, safe='')}",
+            query={"v": starts, "limit": str(limit)},
+            max_bytes=(limit + 1) * MAX_PDU_BYTES,
+        )
+        pdus = answer.get("pdus") if isinstance(answer, dict) else None
+        if not isinstance(pdus, list):
+            raise RemoteGraphError("backfill: no pdus list in the answer")
+        if len(pdus) > limit:
+            raise RemoteGraphError("backfill: more events than asked for")
+        if not all(isinstance(e, dict) for e in pdus):
+            raise RemoteGraphError("backfill: an event is not an object")
+        return pdus

@@ -16,6 +16,13 @@ the state at the missing prev_events (``get_state_ids`` and the events we lack, 
 stored as outliers with their auth chains), and the missing prev_events become backward
 extremities of the room. Without one, such events are answered MISSING.
 
+History asked of other servers (federation /backfill) goes through ``receive_backfilled``:
+the same checks 1 to 5, then persisted below the events stream (``/messages`` serves it,
+``/sync`` never meets it as news), with no soft-fail against the current state (it is not
+news: it was the room's state when it was sent that counted), no change to the room's
+current state or forward extremities and no wake-up; its parents that we lack become the
+room's backward extremities, and the backward extremity it was is filled.
+
 One room's events are received one at a time on this worker (a lock per room); the room's
 extremities and current state are compared and swapped when persisting, so a local send or
 another worker in between makes the last steps run again.
@@ -71,6 +78,9 @@ MISSING_EVENTS_LIMIT = 10
 # How many events (state and auth chains) one gap may make us fetch and check: a room's
 # whole state, with margin, not an unbounded amount a remote could make us store.
 MAX_FETCHED_EVENTS = 50_000
+# At most this many events of one backfill answer are received (the federation API asks
+# for a limit; a server that gives more gives no more).
+MAX_BACKFILL_EVENTS = 100
 # A local send or another worker moved the room on between reading and persisting: how often
 # the last steps run again before the event is refused for now (the sender retries).
 MAX_PERSIST_ATTEMPTS = 20
@@ -183,6 +193,43 @@ class IncomingEvents:
                 )
         return results
 
+    async def receive_backfilled(
+        self,
+        room_id: str,
+        pdus: Sequence[object],
+        received_ts: int,
+        remote: RemoteGraph,
+    ) -> list[Received]:
+        """Check and persist history of the room another server gave (its answer to
+        /backfill), oldest first; ``remote`` (that server) completes what the oldest refer to
+        and we lack (the state before them, the auth events). Checks 1 to 5 as ``receive``;
+        the accepted events are served below the events stream and change nothing of the
+        room's present (current state, forward extremities, latest event)."""
+        room = await self._rooms.get_room(room_id)
+        if room is None:
+            raise LookupError(room_id)
+        version = KNOWN_ROOM_VERSIONS[room.room_version]
+        results: list[Received] = []
+        usable: list[JsonDict] = []
+        for pdu in pdus[:MAX_BACKFILL_EVENTS]:
+            if isinstance(pdu, dict) and is_int(pdu.get("depth")):
+                usable.append(pdu)
+            else:
+                results.append(Received("", Outcome.DROPPED, "not a PDU with a depth"))
+        # Parents before children: depth orders a room's graph.
+        usable.sort(key=lambda p: int(p["depth"]))
+        lock = self._locks.get(room_id)
+        if lock is None:
+            lock = self._locks[room_id] = asyncio.Lock()
+        async with lock:
+            for pdu in usable:
+                results.append(
+                    await self._receive_one(
+                        room_id, version, pdu, received_ts, remote, False, backfilled=True
+                    )
+                )
+        return results
+
     async def state_ids_at(self, event_id: str) -> tuple[StateMap, StateMap] | None:
         """The room's state before the event and after it (what federation's /state_ids and
         /state answer), or None for an event we do not hold in the graph."""
@@ -229,6 +276,8 @@ class IncomingEvents:
         received_ts: int,
         remote: RemoteGraph | None,
         fill_gaps: bool,
+        *,
+        backfilled: bool = False,
     ) -> Received:
         event_id = ""  # unknown when the PDU cannot even be hashed
         try:
@@ -297,6 +346,19 @@ class IncomingEvents:
                 received_ts,
             )
             return Received(event_id, Outcome.REJECTED, reason)
+        if backfilled:
+            # No soft-fail and no current state: history, not news.
+            redacts = await self._redaction_applied(version, pdu, state_before, create_pdu)
+            await self._events.persist_incoming(
+                room_id,
+                [
+                    IncomingEvent(
+                        pdu, event_id, state_before=state_before, redacts=redacts, backfilled=True
+                    )
+                ],
+                received_ts,
+            )
+            return Received(event_id, Outcome.ACCEPTED)
         return await self._persist_checked(
             room_id, version, pdu, event_id, prevs, state_before, create_pdu, received_ts
         )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
@@ -20,7 +23,13 @@ from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.rooms import Membership, Room, RoomStore
 from homeserver.sync.sources import IgnoredUsers
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_MESSAGES_LIMIT = 10
+# /messages backwards that reaches a gap in the room's history asks other servers for this
+# many events before it, and waits this long at most (then serves what we hold).
+BACKFILL_LIMIT = 100
+BACKFILL_TIMEOUT_S = 30.0
 MAX_MESSAGES_LIMIT = 1000
 # Event types clients may not send through /send or /state: they go through their own APIs.
 MEMBERSHIP = "m.room.member"
@@ -32,6 +41,13 @@ class Page:
     start: str
     end: str | None
     state: list[JsonDict]
+
+
+class Backfiller(Protocol):
+    """The room's history before some of its events, asked of the other servers in it and
+    persisted (``federation.backfill.RoomBackfill``); returns how many events it took."""
+
+    async def backfill(self, room_id: str, from_event_ids: Sequence[str], limit: int) -> int: ...
 
 
 def position_token(position: int) -> str:
@@ -72,7 +88,8 @@ def _page_bounds(
         after = to.stream if to is not None and to.depth is None else None
         return _Bounds(below=below, above=above, after=after, upto=upto)
     above = start.topological
-    after = start.stream if start.depth is None else None
+    # Forwards from the room's start (stream position 0), backfilled history comes too.
+    after = start.stream if start.depth is None and start.stream > 0 else None
     below = to.topological if to is not None else None
     upto = to.stream if to is not None and to.depth is None else None
     return _Bounds(below=below, above=above, after=after, upto=_min(upto, visible_upto))
@@ -88,7 +105,9 @@ class RoomService:
         clock: Clock,
         ignored: IgnoredUsers,
         aggregations: Aggregations,
+        backfiller: Backfiller | None = None,
     ) -> None:
+        self._backfiller = backfiller
         self._sender = sender
         self._events = events
         self._rooms = rooms
@@ -333,7 +352,6 @@ class RoomService:
         event_filter: EventFilter,
     ) -> Page:
         room, m = await self._access(requester.user_id, room_id)
-        ignored = await self._ignored.ignored_users(requester.user_id)
         limit = DEFAULT_MESSAGES_LIMIT if limit is None else max(0, min(limit, MAX_MESSAGES_LIMIT))
         if event_filter.limit is not None:
             limit = min(limit, event_filter.limit)
@@ -347,6 +365,60 @@ class RoomService:
             start = RoomPosition.at_stream(0)
         to = RoomPosition.parse(to_token) if to_token is not None else None
         bounds = _page_bounds(start, to, backwards, visible_upto)
+        read = await self._read_page(requester, room_id, bounds, backwards, limit, event_filter)
+        if backwards and limit > 0 and await self._backfilled(room_id, read[1], read[2]):
+            read = await self._read_page(requester, room_id, bounds, backwards, limit, event_filter)
+        chunk, last, exhausted = read
+        serialized = await self.serialize(requester, chunk, room.room_version)
+        state: list[JsonDict] = []
+        if event_filter.lazy_load_members and chunk:
+            state = await self._member_events_for(requester, room, chunk)
+        end: str | None = None
+        if not exhausted and limit > 0:
+            if last is None:  # nothing read: the page ends where it started
+                end = start.serialize()
+            elif backwards:
+                # Backwards from a stream token, the events after it stay left out.
+                end = event_token(last, before=True, cap=start.cap)
+            else:
+                end = event_token(last)
+        return Page(serialized, from_token or start.serialize(), end, state)
+
+    async def _backfilled(self, room_id: RoomID, last: StoredEvent | None, exhausted: bool) -> bool:
+        """When a page backwards reached a gap in the room's history (a backward extremity
+        named by an event at or above the page's lowest, or the page ran out while there are
+        gaps), the history before it, asked of the other servers in the room: whether any
+        was taken. A failure or a slow server is logged and the page served as it is."""
+        if self._backfiller is None:
+            return False
+        gaps = await self._events.get_backward_extremity_depths(room_id)
+        lowest = None if exhausted or last is None else last.depth
+        reached = sorted(
+            (e for e, depth in gaps.items() if lowest is None or depth >= lowest),
+            key=lambda e: -gaps[e],
+        )
+        if not reached:
+            return False
+        try:
+            async with asyncio.timeout(BACKFILL_TIMEOUT_S):
+                taken = await self._backfiller.backfill(room_id, reached, BACKFILL_LIMIT)
+        except Exception as e:  # noqa: BLE001 - never fail /messages for another server
+            logger.warning("backfill failed", extra={"room_id": room_id, "error": repr(e)})
+            return False
+        return taken > 0
+
+    async def _read_page(
+        self,
+        requester: Requester,
+        room_id: RoomID,
+        bounds: _Bounds,
+        backwards: bool,
+        limit: int,
+        event_filter: EventFilter,
+    ) -> tuple[list[StoredEvent], StoredEvent | None, bool]:
+        """The page's events the user may see, the last event read and whether the
+        timeline ran out before ``limit``."""
+        ignored = await self._ignored.ignored_users(requester.user_id)
         chunk: list[StoredEvent] = []
         last: StoredEvent | None = None
         exhausted = False
@@ -375,20 +447,7 @@ class RoomService:
                 if event_filter.allows(e) and (e.sender not in ignored or e.state_key is not None)
             ]
             chunk.extend(await self._visibility.filter_events(requester.user_id, allowed))
-        serialized = await self.serialize(requester, chunk, room.room_version)
-        state: list[JsonDict] = []
-        if event_filter.lazy_load_members and chunk:
-            state = await self._member_events_for(requester, room, chunk)
-        end: str | None = None
-        if not exhausted and limit > 0:
-            if last is None:  # nothing read: the page ends where it started
-                end = start.serialize()
-            elif backwards:
-                # Backwards from a stream token, the events after it stay left out.
-                end = event_token(last, before=True, cap=start.cap)
-            else:
-                end = event_token(last)
-        return Page(serialized, from_token or start.serialize(), end, state)
+        return chunk, last, exhausted
 
     async def _member_events_for(
         self, requester: Requester, room: Room, events: Sequence[StoredEvent]

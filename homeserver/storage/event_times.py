@@ -7,10 +7,11 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from homeserver.storage.database import Database
-from homeserver.storage.schema import events
+from homeserver.storage.schema import BACKFILL_BASE, events
 
-# Events never served to clients (outliers, soft-failed) are numbered at or below 0.
-_SERVED = events.c.stream_ordering > 0
+# Events never served to clients (outliers, soft-failed) are numbered at or below 0, above
+# the backfilled ones (served, numbered downwards from BACKFILL_BASE).
+_SERVED = sa.or_(events.c.stream_ordering > 0, events.c.stream_ordering <= BACKFILL_BASE)
 
 
 class EventTimeStore:

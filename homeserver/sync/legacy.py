@@ -149,7 +149,7 @@ class LegacySync:
 
     async def get_event(self, requester: Requester, event_id: EventID) -> JsonDict:
         event = await self._events.get_event(event_id)
-        if event is None or event.stream_ordering <= 0:
+        if event is None or not event.served:
             raise MatrixError(Codes.NOT_FOUND, "Event not found")
         try:
             return await self._rooms.get_event(requester, RoomID(event.room_id), event_id)

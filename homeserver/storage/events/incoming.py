@@ -5,7 +5,10 @@ The checks (signatures, hashes, auth rules, state resolution) belong to the pipe
 calls this; the store records their outcome in one transaction per batch. Events never
 served to clients (outliers, rejected, soft-failed) are numbered downwards from -1 on their
 own counter, below every position of the events stream, so no read of the stream or of a
-room's timeline meets them.
+room's timeline meets them. Backfilled events (history asked of other servers) are served
+but are no news: numbered downwards from ``BACKFILL_BASE`` on a third counter, they are met
+by a room's timeline in topological order (``/messages``), never by the events stream
+(``/sync``); they move neither the room's forward extremities nor its current state.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from homeserver.storage.events.state import StateGroups
 from homeserver.storage.push import PushAction, record_push_actions
 from homeserver.storage.relations import record_relation
 from homeserver.storage.schema import (
+    BACKFILL_BASE,
+    BACKFILLED_EVENTS,
     UNSERVED_EVENTS,
     event_auth,
     event_backward_extremities,
@@ -61,6 +66,9 @@ class IncomingEvent:
     # For a redaction: the event it redacts, set only when the pipeline found that it
     # applies (the room version's place for `redacts`, the sender's power or server).
     redacts: str | None = None
+    # History asked of another server (federation /backfill): served, but below the events
+    # stream, and it changes neither the room's extremities nor its current state.
+    backfilled: bool = False
 
     @property
     def served(self) -> bool:
@@ -70,6 +78,12 @@ class IncomingEvent:
 _NEXT_UNSERVED = prepared(
     sa.update(stream_positions)
     .where(stream_positions.c.stream == UNSERVED_EVENTS)
+    .values(position=stream_positions.c.position + 1)
+    .returning(stream_positions.c.position)
+)
+_NEXT_BACKFILLED = prepared(
+    sa.update(stream_positions)
+    .where(stream_positions.c.stream == BACKFILLED_EVENTS)
     .values(position=stream_positions.c.position + 1)
     .returning(stream_positions.c.position)
 )
@@ -192,7 +206,7 @@ class IncomingWrites(StateGroups):
                 )
                 positions[event.event_id] = position
                 groups[event.event_id] = group
-                if event.served:
+                if event.served and not event.backfilled:
                     last = (event.event_id, event.pdu["depth"], position)
             if last is not None:
                 await self._move_room(conn, room_id, room, last, current_state, written)
@@ -215,7 +229,9 @@ class IncomingWrites(StateGroups):
         state_key: str | None = pdu.get("state_key")
         prevs = referenced_ids(pdu, "prev_events")
         auths = referenced_ids(pdu, "auth_events")
-        if event.served:
+        if event.served and event.backfilled:
+            position = BACKFILL_BASE - int((await conn.execute(_NEXT_BACKFILLED)).scalar_one())
+        elif event.served:
             position = await self._db.next_position(conn, Stream.EVENTS)
         else:
             position = -int((await conn.execute(_NEXT_UNSERVED)).scalar_one())
@@ -271,8 +287,10 @@ class IncomingWrites(StateGroups):
             event.event_id,
             [] if event.outlier else prevs,
             auths,
-            link=event.served,
-            extremity=event.served and not await self._has_child(conn, event.event_id),
+            link=event.served and not event.backfilled,
+            extremity=event.served
+            and not event.backfilled
+            and not await self._has_child(conn, event.event_id),
         )
         if not event.outlier:
             await self._record_backward_extremities(conn, room_id, event.event_id, prevs)
@@ -320,6 +338,22 @@ class IncomingWrites(StateGroups):
                 )
             ).all()
         return [r.event_id for r in rows]
+
+    async def get_backward_extremity_depths(self, room_id: str) -> dict[str, int]:
+        """The room's backward extremities, each with the greatest depth of the events in
+        the graph that name it as a prev_event (the gap lies just below them)."""
+        citing = events.alias("citing")
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(_b.c.event_id, sa.func.max(citing.c.depth).label("depth"))
+                    .join(event_edges, event_edges.c.prev_event_id == _b.c.event_id)
+                    .join(citing, citing.c.event_id == event_edges.c.event_id)
+                    .where(_b.c.room_id == room_id, citing.c.room_id == room_id)
+                    .group_by(_b.c.event_id)
+                )
+            ).all()
+        return {r.event_id: int(r.depth) for r in rows}
 
     async def _has_child(self, conn: Connection, event_id: str) -> bool:
         return (await conn.execute(_HAS_CHILD, {"id": event_id})).first() is not None

@@ -9,8 +9,16 @@ from homeserver.core import jsonutil
 from homeserver.core.types import JsonDict
 from homeserver.storage.push import PushAction
 from homeserver.storage.schema import (
+    BACKFILL_BASE,
     events,
 )
+
+
+def is_served_position(stream_ordering: int) -> bool:
+    """A position of an event shown to clients: on the events stream (above 0), or
+    backfilled (at or below ``BACKFILL_BASE``); those in between are never served."""
+    return stream_ordering > 0 or stream_ordering <= BACKFILL_BASE
+
 
 StateKey = tuple[str, str]
 StateMap = dict[StateKey, str]  # (type, state_key) -> event_id
@@ -45,8 +53,9 @@ class StoredEvent:
     @property
     def served(self) -> bool:
         """False for an outlier, a rejected or a soft-failed event: never shown to clients
-        (they are numbered below the events stream)."""
-        return self.stream_ordering > 0
+        (they are numbered below the events stream, above ``BACKFILL_BASE``; backfilled
+        events, at or below it, are served)."""
+        return is_served_position(self.stream_ordering)
 
 
 class DuplicateTxn(Exception):

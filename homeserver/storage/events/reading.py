@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from homeserver.storage.database import Database, prepared
 from homeserver.storage.events.model import EVENT_COLUMNS, StoredEvent, to_event
 from homeserver.storage.schema import (
+    BACKFILL_BASE,
     event_relations,
     event_txns,
     events,
@@ -147,7 +148,10 @@ def _timeline_query(shape: TimelineShape) -> sa.Select[Any]:
     if descending or above or not after:
         stream = stream + 0
     query = sa.select(*EVENT_COLUMNS).where(_e.c.room_id == sa.bindparam("room_id"))
-    query = query.where(stream > (sa.bindparam("after") if after else 0))  # served only
+    if after:  # backfilled events are below every position of the events stream
+        query = query.where(stream > sa.bindparam("after"))
+    else:  # served only: on the events stream or backfilled
+        query = query.where(sa.or_(stream > 0, stream <= BACKFILL_BASE))
     if upto:
         query = query.where(stream <= sa.bindparam("upto"))
     if below:

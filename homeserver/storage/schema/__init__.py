@@ -30,6 +30,8 @@ from homeserver.storage.schema.appservice import (
     appservice_txns,
 )
 from homeserver.storage.schema.base import (
+    BACKFILL_BASE,
+    BACKFILLED_EVENTS,
     UNSERVED_EVENTS,
     BigInt,
     metadata,
@@ -133,6 +135,8 @@ __all__ = [
     "login_tokens",
     "BigInt",
     "UNSERVED_EVENTS",
+    "BACKFILL_BASE",
+    "BACKFILLED_EVENTS",
     "access_tokens",
     "account_data",
     "appservice_state",

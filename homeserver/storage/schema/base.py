@@ -26,3 +26,10 @@ stream_positions = sa.Table(
 # downwards from 0, below every position of the events stream, so that no read of the
 # stream meets them.
 UNSERVED_EVENTS = "unserved_events"
+# Not a stream either: the row that numbers events backfilled from other servers (history
+# from before we joined or from a gap). They are served (``/messages`` pages through them)
+# but are no news: numbered downwards from BACKFILL_BASE, far below the unserved events,
+# so no read of the events stream (``/sync``) meets them, while a room's timeline, read in
+# topological order, takes them (``SERVED`` below).
+BACKFILLED_EVENTS = "backfilled_events"
+BACKFILL_BASE = -(2**62)
