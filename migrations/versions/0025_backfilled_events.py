@@ -1,7 +1,7 @@
 """backfilled events' counter
 
 Revision ID: 0025
-Revises: 0024
+Revises: 0026
 Create Date: 2026-12-07
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0025"
-down_revision = "0024"
+down_revision = "0026"
 branch_labels = None
 depends_on = None
 
