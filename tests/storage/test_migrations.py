@@ -9,7 +9,7 @@ from alembic.migration import MigrationContext
 from homeserver.core.streams import Stream
 from homeserver.storage.database import Database
 from homeserver.storage.migrate import upgrade_head
-from homeserver.storage.schema import UNSERVED_EVENTS, metadata, stream_positions
+from homeserver.storage.schema import BACKFILLED_EVENTS, UNSERVED_EVENTS, metadata, stream_positions
 from homeserver.storage.schema.search import include_name
 
 
@@ -28,6 +28,6 @@ async def test_upgrade_head_matches_schema(db_url: str) -> None:
         async with db.engine.connect() as conn:
             assert await conn.run_sync(diff) == []
             rows = (await conn.execute(sa.select(stream_positions.c.stream))).scalars().all()
-        assert set(rows) == {s.value for s in Stream} | {UNSERVED_EVENTS}
+        assert set(rows) == {s.value for s in Stream} | {UNSERVED_EVENTS, BACKFILLED_EVENTS}
     finally:
         await db.close()
