@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -95,3 +100,27 @@ def make_certificate(
         )
     )
     return out
+
+
+@asynccontextmanager
+async def serving_tls(app: Any, port: int, cert: TestCertificate) -> AsyncIterator[None]:
+    """``app`` under uvicorn on 127.0.0.1:``port`` with ``cert``, until the block ends."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            ssl_certfile=str(cert.cert_path),
+            ssl_keyfile=str(cert.key_path),
+            log_level="warning",
+            lifespan="off",
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task

@@ -12,7 +12,6 @@ another server's room, the 50 events before the join come the same way."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,7 +20,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -44,7 +42,7 @@ from tests.e2e.conftest import free_port
 from tests.federation_helpers import FakeRemote
 from tests.helpers import auth_header, checked, register, serve
 from tests.incoming_helpers import RemoteRoom
-from tests.tls_helpers import make_certificate
+from tests.tls_helpers import make_certificate, serving_tls
 
 ORIGIN = "remote.test"
 HISTORY = 50
@@ -150,25 +148,8 @@ async def origin(tmp_path: Path) -> AsyncIterator[Origin]:
             Route(f"{FED}/send/{{txn_id}}", send, methods=["PUT"]),
         ]
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=fake.port,
-            ssl_certfile=str(cert.cert_path),
-            ssl_keyfile=str(cert.key_path),
-            log_level="warning",
-            lifespan="off",
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
+    async with serving_tls(app, fake.port, cert):
         yield fake
-    finally:
-        server.should_exit = True
-        await task
 
 
 Fed = tuple[Homeserver, httpx.AsyncClient]

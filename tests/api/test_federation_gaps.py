@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -38,7 +37,7 @@ from tests.e2e.conftest import free_port
 from tests.federation_helpers import FakeRemote
 from tests.helpers import serve
 from tests.incoming_helpers import RemoteRoom
-from tests.tls_helpers import make_certificate
+from tests.tls_helpers import make_certificate, serving_tls
 
 ORIGIN = "remote.test"
 GAP = 30
@@ -141,26 +140,11 @@ async def origin(tmp_path: Path) -> AsyncIterator[Origin]:
             Route(f"{FED}/send/{{txn_id}}", send, methods=["PUT"]),
         ]
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=fake.port,
-            ssl_certfile=str(cert.cert_path),
-            ssl_keyfile=str(cert.key_path),
-            log_level="warning",
-            lifespan="off",
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield fake
-    finally:
-        fake.release.set()
-        server.should_exit = True
-        await task
+    async with serving_tls(app, fake.port, cert):
+        try:
+            yield fake
+        finally:
+            fake.release.set()
 
 
 class ToOrigin:

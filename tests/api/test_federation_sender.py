@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -40,7 +39,7 @@ from tests.e2e.conftest import free_port
 from tests.federation_helpers import FakeRemote
 from tests.helpers import checked, serve
 from tests.helpers import create_room as create
-from tests.tls_helpers import make_certificate
+from tests.tls_helpers import make_certificate, serving_tls
 
 DEST = "dest.test"
 EVE = f"@eve:{DEST}"
@@ -92,26 +91,11 @@ async def destination(tmp_path: Path) -> AsyncIterator[Destination]:
         return JSONResponse({"pdus": {}})
 
     app = Starlette(routes=[Route("/_matrix/federation/v1/send/{txn_id}", send, methods=["PUT"])])
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=dest.port,
-            ssl_certfile=str(cert.cert_path),
-            ssl_keyfile=str(cert.key_path),
-            log_level="warning",
-            lifespan="off",
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield dest
-    finally:
-        dest.release.set()
-        server.should_exit = True
-        await task
+    async with serving_tls(app, dest.port, cert):
+        try:
+            yield dest
+        finally:
+            dest.release.set()
 
 
 class ToDestination:
