@@ -520,6 +520,20 @@ class MetricsConfig(Section):
     listen: MetricsListenConfig | None = None
 
 
+class RedisConfig(Section):
+    """Redis, shared by the workers of one deployment: the wake-up bus and the shared rate
+    limits. None (the default): one process, everything in memory."""
+
+    url: str | None = None  # e.g. redis://127.0.0.1:6379/0
+
+
+class WorkerConfig(Section):
+    """This process among the deployment's workers. Several workers need PostgreSQL and
+    Redis; every worker reads the same config and is told its name (``HS_WORKER__NAME``)."""
+
+    name: str = Field(default="main", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+
 class HomeserverConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -552,6 +566,8 @@ class HomeserverConfig(BaseModel):
     metrics: MetricsConfig = MetricsConfig()
     voip: VoipConfig = VoipConfig()
     support: SupportConfig = SupportConfig()
+    redis: RedisConfig = RedisConfig()
+    worker: WorkerConfig = WorkerConfig()
 
     @field_validator("server_name")
     @classmethod
