@@ -7,7 +7,7 @@ import hashlib
 from typing import Any
 
 import pytest
-from signedjson.key import decode_signing_key_base64, generate_signing_key, get_verify_key
+from signedjson.key import generate_signing_key, get_verify_key
 from unpaddedbase64 import encode_base64
 
 from homeserver.core.errors import Codes, MatrixError
@@ -32,47 +32,10 @@ from homeserver.events.room_versions import (
     RedactionRules,
     RoomVersion,
 )
+from tests.spec_vectors import SPEC_KEY, spec_message_event, spec_minimal_event
 
 V10, V11, V12 = (KNOWN_ROOM_VERSIONS[v] for v in ("10", "11", "12"))
 ALL_VERSIONS = pytest.mark.parametrize("version", [V10, V11, V12], ids=lambda v: f"v{v.identifier}")
-
-# spec, appendices "Cryptographic Test Vectors": seed, server name "domain", key ID "ed25519:1".
-SPEC_SEED = "YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1"
-SPEC_KEY = decode_signing_key_base64("ed25519", "1", SPEC_SEED)
-
-
-def spec_minimal_event() -> JsonDict:
-    """The spec's "minimally-sized event" test vector, before signing."""
-    return {
-        "room_id": "!x:domain",
-        "sender": "@a:domain",
-        "origin": "domain",
-        "origin_server_ts": 1000000,
-        "signatures": {},
-        "hashes": {},
-        "type": "X",
-        "content": {},
-        "prev_events": [],
-        "auth_events": [],
-        "depth": 3,
-        "unsigned": {"age_ts": 1000000},
-    }
-
-
-def spec_message_event() -> JsonDict:
-    """The spec's "event containing redactable content" test vector, before signing."""
-    return {
-        "content": {"body": "Here is the message content"},
-        "event_id": "$0:domain",
-        "origin": "domain",
-        "origin_server_ts": 1000000,
-        "type": "m.room.message",
-        "room_id": "!r:domain",
-        "sender": "@u:domain",
-        "signatures": {},
-        "unsigned": {"age_ts": 1000000},
-    }
-
 
 # --- room versions ------------------------------------------------------------------------------
 

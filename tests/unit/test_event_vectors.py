@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 import pytest
-from signedjson.key import decode_signing_key_base64, get_verify_key
+from signedjson.key import get_verify_key
 from unpaddedbase64 import decode_base64, encode_base64
 
 from homeserver.core.types import JsonDict
@@ -34,12 +34,10 @@ from homeserver.events.format import (
     verify_event_signature,
 )
 from homeserver.events.room_versions import ROOM_VERSIONS, RoomVersion
+from tests.spec_vectors import SPEC_KEY, spec_message_event, spec_minimal_event
 
 ALL = [ROOM_VERSIONS[str(n)] for n in range(1, 13)]
 EVERY_VERSION = pytest.mark.parametrize("version", ALL, ids=lambda v: f"v{v.identifier}")
-SEED = "YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1"
-SPEC_KEY = decode_signing_key_base64("ed25519", "1", SEED)
-
 
 # --- unpadded base64 -------------------------------------------------------------------------
 
@@ -145,37 +143,6 @@ def test_json_signing_vectors(obj: JsonDict, signature: str) -> None:
 # --- event signing ---------------------------------------------------------------------------
 
 
-def minimal_event() -> JsonDict:
-    return {
-        "room_id": "!x:domain",
-        "sender": "@a:domain",
-        "origin": "domain",
-        "origin_server_ts": 1000000,
-        "signatures": {},
-        "hashes": {},
-        "type": "X",
-        "content": {},
-        "prev_events": [],
-        "auth_events": [],
-        "depth": 3,
-        "unsigned": {"age_ts": 1000000},
-    }
-
-
-def redactable_event() -> JsonDict:
-    return {
-        "content": {"body": "Here is the message content"},
-        "event_id": "$0:domain",
-        "origin": "domain",
-        "origin_server_ts": 1000000,
-        "type": "m.room.message",
-        "room_id": "!r:domain",
-        "sender": "@u:domain",
-        "signatures": {},
-        "unsigned": {"age_ts": 1000000},
-    }
-
-
 MINIMAL_SIGNED = {
     "auth_events": [],
     "content": {},
@@ -214,7 +181,7 @@ REDACTABLE_SIGNED = {
 }
 VECTORS = pytest.mark.parametrize(
     ("make", "expected"),
-    [(minimal_event, MINIMAL_SIGNED), (redactable_event, REDACTABLE_SIGNED)],
+    [(spec_minimal_event, MINIMAL_SIGNED), (spec_message_event, REDACTABLE_SIGNED)],
     ids=["minimal", "redactable"],
 )
 

@@ -9,7 +9,7 @@ import hashlib
 from typing import Any
 
 import pytest
-from signedjson.key import decode_signing_key_base64, generate_signing_key, get_verify_key
+from signedjson.key import generate_signing_key, get_verify_key
 from unpaddedbase64 import encode_base64
 
 from homeserver.core.errors import Codes, MatrixError
@@ -50,51 +50,17 @@ from homeserver.events.validation import (
     check_signatures,
     validate_received_pdu,
 )
+from tests.spec_vectors import SPEC_KEY, spec_message_event, spec_minimal_event
 from tests.state_res.room import A, B, C, D, Room
 
 ALL = [ROOM_VERSIONS[str(n)] for n in range(1, 13)]
 EVERY_VERSION = pytest.mark.parametrize("version", ALL, ids=lambda v: f"v{v.identifier}")
-SPEC_KEY = decode_signing_key_base64("ed25519", "1", "YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1")
 MINIMAL_SIG = (
     "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszkwsQma+lYAg"
 )
 MESSAGE_SIG = (
     "Wm+VzmOUOz08Ds+0NTWb1d4CZrVsJSikkeRxh6aCcUwu6pNC78FunoD7KNWzqFn241eYHYMGCA5McEiVPdhzBA"
 )
-
-
-def spec_minimal_event() -> JsonDict:
-    """appendices, "Signing Events": the minimal event, before hashing and signing."""
-    return {
-        "room_id": "!x:domain",
-        "sender": "@a:domain",
-        "origin": "domain",
-        "origin_server_ts": 1000000,
-        "signatures": {},
-        "hashes": {},
-        "type": "X",
-        "content": {},
-        "prev_events": [],
-        "auth_events": [],
-        "depth": 3,
-        "unsigned": {"age_ts": 1000000},
-    }
-
-
-def spec_message_event() -> JsonDict:
-    """appendices, "Signing Events": the event with redactable content."""
-    return {
-        "content": {"body": "Here is the message content"},
-        "event_id": "$0:domain",
-        "origin": "domain",
-        "origin_server_ts": 1000000,
-        "type": "m.room.message",
-        "room_id": "!r:domain",
-        "sender": "@u:domain",
-        "signatures": {},
-        "unsigned": {"age_ts": 1000000},
-    }
-
 
 # --- the table -------------------------------------------------------------------------------
 
