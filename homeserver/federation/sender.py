@@ -4,7 +4,11 @@
    (``federation_sender_positions``). Each new event sent by one of our users is queued for
    every other server with a member joined to the room, and for the server of the member
    an ``m.room.member`` event is about (an invite, a kick). The queue rows and the cursor
-   commit together, so a restart neither loses nor repeats an event.
+   commit together, so a restart neither loses nor repeats an event; a round that queues
+   nothing moves the cursor in memory (saved every few seconds or past a membership event),
+   so a room of our users only costs two indexed reads per round. Rounds are gathered (at
+   most one per ``GATHER_S``), and a server gets an event only if one of its users joined
+   before it (the membership's stream position), as with the state at the event.
 2. *Send*: per destination, one transaction in flight, of at most 50 PDUs and 100 EDUs
    (EDUs come from ``FederationOutbox``), each under a new transaction ID. A destination
    that fails is backed off (5 s, doubling to a day, with jitter) and not tried before its
@@ -65,9 +69,9 @@ GATHER_S = 0.05
 # least this often (and at once with anything queued, or past a membership change), so a
 # restart reads again at most this much of the stream, finding nothing new to queue.
 CURSOR_SAVE_S = 5.0
-# Rooms whose joined members from other servers are known (an empty set: only ours): each is
-# read once, then forgotten when a membership event, or any event from another server, is
-# seen in it, since either may change who is joined.
+# Rooms whose joined members from other servers are known (none: only ours): each is read
+# once, then forgotten when a membership event, or any event from another server, is seen in
+# it, since either may change who is joined.
 REMOTE_ROOMS_CACHED = 50_000
 # A typing notification older than this is not sent: the user stopped long ago (a client
 # renews typing well within it), and the destination would show them typing again.
@@ -119,7 +123,8 @@ class FederationSender:
         self._clock = clock
         self._server_name = server_name
         self._allows = allows
-        # Set by the events stream's wake-ups and by the outbox when it queues an EDU.
+        # Set by the outbox when it queues an EDU, by the admin API, and when a destination's
+        # task ends: a look at the destinations.
         self._wake = wake
         self._round = asyncio.Lock()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
@@ -131,8 +136,9 @@ class FederationSender:
         self._saved: int | None = None
         self._saved_at = -math.inf
         self._retry_ts: int | None = None  # the earliest retry time, as last read
-        # Room ID -> the servers (other than ours) of its joined members.
-        self._remote_rooms: LRUCache[str, frozenset[str]] = LRUCache(REMOTE_ROOMS_CACHED)
+        # Room ID -> each server (other than ours) with a member joined, and the stream
+        # position from which it has one (the earliest of its members' membership events).
+        self._remote_rooms: LRUCache[str, dict[str, int]] = LRUCache(REMOTE_ROOMS_CACHED)
         bus.subscribe(self._on_wakeup)
 
     async def _on_wakeup(self, wakeup: Wakeup) -> None:
@@ -256,20 +262,24 @@ class FederationSender:
         if unknown:
             joined = await self._store.get_remote_members(unknown, self._server_name)
             for room_id in unknown:
-                self._remote_rooms[room_id] = frozenset(
-                    UserID(u).server_name for u in joined.get(room_id, ())
-                )
+                since: dict[str, int] = {}
+                for user_id, position in joined.get(room_id, {}).items():
+                    server = UserID(user_id).server_name
+                    since[server] = min(position, since.get(server, position))
+                self._remote_rooms[room_id] = since
         rows: list[OutboundPdu] = []
         for event in local:
-            remote = self._remote_rooms.get(event.room_id, frozenset())
+            # The servers with a member joined before the event: an event read in the same
+            # batch as a later join is not sent to the joining server.
+            since = self._remote_rooms.get(event.room_id, {})
+            servers = {s for s, joined_at in since.items() if joined_at < event.stream_ordering}
             if event.type == "m.room.member" and event.state_key:
-                remote = remote | {UserID(event.state_key).server_name}
-            if not remote:
-                continue
+                servers.add(UserID(event.state_key).server_name)
+            servers.discard(self._server_name)
             rows.extend(
                 OutboundPdu(s, event.stream_ordering, event.room_id, event.event_id)
-                for s in sorted(remote)
-                if s != self._server_name and self._allows(s)
+                for s in sorted(servers)
+                if self._allows(s)
             )
         return rows, memberships
 

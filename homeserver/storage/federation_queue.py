@@ -104,7 +104,7 @@ _NEW_EVENTS = prepared(
 )
 _m = room_memberships
 _REMOTE_MEMBERS = prepared(
-    sa.select(_m.c.room_id, _m.c.user_id).where(
+    sa.select(_m.c.room_id, _m.c.user_id, _m.c.stream_ordering).where(
         _m.c.room_id.in_(sa.bindparam("room_ids", expanding=True)),
         _m.c.membership == "join",
         _m.c.user_id.not_like(sa.bindparam("local"), escape="/"),
@@ -205,17 +205,18 @@ class FederationQueueStore:
 
     async def get_remote_members(
         self, room_ids: Collection[str], local_server: str
-    ) -> dict[str, set[str]]:
-        """The joined members of each room who are not on ``local_server`` (a room of our
-        users only reads no row)."""
+    ) -> dict[str, dict[str, int]]:
+        """The joined members of each room who are not on ``local_server``, with the stream
+        position of the event that made each what they are (a room of our users only reads
+        no row)."""
         if not room_ids:
             return {}
         params = {"room_ids": list(room_ids), "local": f"%:{_like_literal(local_server)}"}
         async with self._db.read() as conn:
             rows = (await conn.execute(_REMOTE_MEMBERS, params)).all()
-        out: dict[str, set[str]] = {}
+        out: dict[str, dict[str, int]] = {}
         for r in rows:
-            out.setdefault(r.room_id, set()).add(r.user_id)
+            out.setdefault(r.room_id, {})[r.user_id] = int(r.stream_ordering)
         return out
 
     async def get_rooms_of(self, user_ids: Iterable[str]) -> dict[str, list[str]]:
