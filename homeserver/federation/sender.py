@@ -7,8 +7,9 @@
    commit together, so a restart neither loses nor repeats an event; a round that queues
    nothing moves the cursor in memory (saved every few seconds or past a membership event),
    so a room of our users only costs two indexed reads per round. Rounds are gathered (at
-   most one per ``GATHER_S``), and a server gets an event only if one of its users joined
-   before it (the membership's stream position), as with the state at the event.
+   most one per ``GATHER_S``), and a server gets an event only if one of its users was
+   joined at it: a membership older than the event says so, a newer one (read in the same
+   batch) is checked against the state at the event.
 2. *Send*: per destination, one transaction in flight, of at most 50 PDUs and 100 EDUs
    (EDUs come from ``FederationOutbox``), each under a new transaction ID. A destination
    that fails is backed off (5 s, doubling to a day, with jitter) and not tried before its
@@ -136,9 +137,9 @@ class FederationSender:
         self._saved: int | None = None
         self._saved_at = -math.inf
         self._retry_ts: int | None = None  # the earliest retry time, as last read
-        # Room ID -> each server (other than ours) with a member joined, and the stream
-        # position from which it has one (the earliest of its members' membership events).
-        self._remote_rooms: LRUCache[str, dict[str, int]] = LRUCache(REMOTE_ROOMS_CACHED)
+        # Room ID -> each server (other than ours) with a member joined -> those members ->
+        # the stream position of their membership event.
+        self._remote_rooms: LRUCache[str, dict[str, dict[str, int]]] = LRUCache(REMOTE_ROOMS_CACHED)
         bus.subscribe(self._on_wakeup)
 
     async def _on_wakeup(self, wakeup: Wakeup) -> None:
@@ -262,17 +263,18 @@ class FederationSender:
         if unknown:
             joined = await self._store.get_remote_members(unknown, self._server_name)
             for room_id in unknown:
-                since: dict[str, int] = {}
+                by_server: dict[str, dict[str, int]] = {}
                 for user_id, position in joined.get(room_id, {}).items():
-                    server = UserID(user_id).server_name
-                    since[server] = min(position, since.get(server, position))
-                self._remote_rooms[room_id] = since
+                    by_server.setdefault(UserID(user_id).server_name, {})[user_id] = position
+                self._remote_rooms[room_id] = by_server
         rows: list[OutboundPdu] = []
         for event in local:
-            # The servers with a member joined before the event: an event read in the same
-            # batch as a later join is not sent to the joining server.
-            since = self._remote_rooms.get(event.room_id, {})
-            servers = {s for s, joined_at in since.items() if joined_at < event.stream_ordering}
+            servers = set()
+            for server, members in self._remote_rooms.get(event.room_id, {}).items():
+                if min(members.values()) < event.stream_ordering or await self._joined_at(
+                    event, members
+                ):
+                    servers.add(server)
             if event.type == "m.room.member" and event.state_key:
                 servers.add(UserID(event.state_key).server_name)
             servers.discard(self._server_name)
@@ -282,6 +284,20 @@ class FederationSender:
                 if self._allows(s)
             )
         return rows, memberships
+
+    async def _joined_at(self, event: NewEvent, members: dict[str, int]) -> bool:
+        """Whether one of ``members`` (a server's, all with a membership event since
+        ``event``: read in the same batch) was joined at ``event``, by the state at it. A
+        join after the event does not make its server one to send it to; a display name
+        change after it does not make the server one not to."""
+        if event.state_group <= 0:
+            return False
+        state = await self._events.get_state_ids(event.state_group)
+        ids = [e for u in members if (e := state.get(("m.room.member", u))) is not None]
+        if not ids:
+            return False
+        found = await self._events.get_events(ids)
+        return any(e.content.get("membership") == "join" for e in found.values())
 
     # --- send --------------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ class NewEvent:
     type: str
     state_key: str | None
     sender: str
+    state_group: int  # the state at the event (after it, for a state event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,7 @@ _NEW_EVENTS = prepared(
         events.c.type,
         events.c.state_key,
         events.c.sender,
+        events.c.state_group,
     )
     .where(
         events.c.stream_ordering > sa.bindparam("after"),
@@ -199,6 +201,7 @@ class FederationQueueStore:
                 r.type,
                 r.state_key,
                 r.sender,
+                int(r.state_group),
             )
             for r in rows
         ]

@@ -490,3 +490,40 @@ async def test_nothing_is_sent_twice_across_a_restart(
         await asyncio.sleep(0.2)
     assert bodies(destination) == ["m1", "m5"]
     assert len({t["txn_id"] for t in destination.received}) == len(destination.received)
+
+
+async def test_events_read_together_go_by_the_membership_at_each(
+    sending: tuple[Homeserver, httpx.AsyncClient], destination: Destination, clock: FakeClock
+) -> None:
+    """Events read in one round with a later membership event: a server whose user joined
+    after an event does not get it; one whose user only changed their name after it does."""
+    hs, client = sending
+    alice = await new_device(client, "alice")
+    room_id = await create(client, alice.token, preset="public_chat")
+    await hs.federation_sender.run_once()
+    await trust(hs, DEST_SERVER)
+    sender = hs.federation_sender
+    async with sender._round:  # the sender waits: the next round reads all of these
+        await send_message(client, alice, room_id, 1)
+        join, _ = await pdu_for(
+            hs, room_id, "m.room.member", {"membership": "join"}, EVE, EVE, signer=DEST_SERVER
+        )
+        [received] = await hs.incoming_events.receive(room_id, [join], clock.now_ms())
+        assert received.outcome is Outcome.ACCEPTED
+        await send_message(client, alice, room_id, 2)
+    await until(lambda: bodies(destination) == ["m2"])
+    async with sender._round:
+        await send_message(client, alice, room_id, 3)
+        rename, _ = await pdu_for(
+            hs,
+            room_id,
+            "m.room.member",
+            {"membership": "join", "displayname": "Eve E."},
+            EVE,
+            EVE,
+            signer=DEST_SERVER,
+        )
+        [received] = await hs.incoming_events.receive(room_id, [rename], clock.now_ms())
+        assert received.outcome is Outcome.ACCEPTED
+        await send_message(client, alice, room_id, 4)
+    await until(lambda: bodies(destination) == ["m2", "m3", "m4"])
