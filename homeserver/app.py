@@ -108,6 +108,7 @@ from homeserver.rooms.thread_subscriptions import ThreadSubscriptionService
 from homeserver.rooms.timestamps import TimestampService
 from homeserver.rooms.upgrade import RoomUpgrader
 from homeserver.rooms.visibility import Visibility
+from homeserver.search.indexer import SearchIndexer
 from homeserver.search.service import SearchService
 from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
@@ -556,8 +557,11 @@ class Homeserver:
         self.thread_subscriptions = ThreadSubscriptionService(
             self.thread_subscription_store, self.rooms, self.notifier
         )
+        search_store = SearchStore(self.db)
+        if self.db.is_sqlite:  # SQLite's index is written in batches (PostgreSQL's per row)
+            self.background_jobs.append(SearchIndexer(search_store, self.bus).run)
         self.search = SearchService(
-            SearchStore(self.db),
+            search_store,
             self.event_store,
             self.room_store,
             self.rooms,

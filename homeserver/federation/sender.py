@@ -4,7 +4,12 @@
    (``federation_sender_positions``). Each new event sent by one of our users is queued for
    every other server with a member joined to the room, and for the server of the member
    an ``m.room.member`` event is about (an invite, a kick). The queue rows and the cursor
-   commit together, so a restart neither loses nor repeats an event.
+   commit together, so a restart neither loses nor repeats an event; a round that queues
+   nothing moves the cursor in memory (saved every few seconds or past a membership event),
+   so a room of our users only costs two indexed reads per round. Rounds are gathered (at
+   most one per ``GATHER_S``), and a server gets an event only if one of its users was
+   joined at it: a membership older than the event says so, a newer one (read in the same
+   batch) is checked against the state at the event.
 2. *Send*: per destination, one transaction in flight, of at most 50 PDUs and 100 EDUs
    (EDUs come from ``FederationOutbox``), each under a new transaction ID. A destination
    that fails is backed off (5 s, doubling to a day, with jitter) and not tried before its
@@ -22,12 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import quote
 
 import orjson
+from cachetools import LRUCache
 
 from homeserver.core.clock import Clock
 from homeserver.core.ids import UserID
@@ -39,6 +46,7 @@ from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore
 from homeserver.storage.federation_queue import (
     FederationQueueStore,
+    NewEvent,
     OutboundPdu,
     QueuedEdu,
 )
@@ -54,6 +62,18 @@ BACKOFF_MAX_MS = 24 * 3600 * 1000
 SCAN_BATCH = 500  # events read from the stream per round trip
 DUE_BATCH = 100  # destinations looked up per round
 POLL_S = 5.0  # a lost wake-up (another worker's EDU) costs at most this
+# Rounds start at most this often: the wake-ups of a busy server (one per send) that come
+# within it share the next round, which then reads all their events at once. The first
+# wake-up after a quiet spell starts a round at once.
+GATHER_S = 0.05
+# A round that queues nothing moves the cursor in memory only; the database copy follows at
+# least this often (and at once with anything queued, or past a membership change), so a
+# restart reads again at most this much of the stream, finding nothing new to queue.
+CURSOR_SAVE_S = 5.0
+# Rooms whose joined members from other servers are known (none: only ours): each is read
+# once, then forgotten when a membership event, or any event from another server, is seen in
+# it, since either may change who is joined.
+REMOTE_ROOMS_CACHED = 50_000
 # A typing notification older than this is not sent: the user stopped long ago (a client
 # renews typing well within it), and the destination would show them typing again.
 TYPING_STALE_MS = 60_000
@@ -104,80 +124,180 @@ class FederationSender:
         self._clock = clock
         self._server_name = server_name
         self._allows = allows
-        # Set by the events stream's wake-ups and by the outbox when it queues an EDU.
+        # Set by the outbox when it queues an EDU, by the admin API, and when a destination's
+        # task ends: a look at the destinations.
         self._wake = wake
         self._round = asyncio.Lock()
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        # Set by the events stream's wake-ups (which need no look at the destinations).
+        self._events_wake = asyncio.Event()
+        self._events_moved = True
+        # The events cursor as far as read (None: not read yet) and as saved in the database.
+        self._cursor: int | None = None
+        self._saved: int | None = None
+        self._saved_at = -math.inf
+        self._retry_ts: int | None = None  # the earliest retry time, as last read
+        # Room ID -> each server (other than ours) with a member joined -> those members ->
+        # the stream position of their membership event.
+        self._remote_rooms: LRUCache[str, dict[str, dict[str, int]]] = LRUCache(REMOTE_ROOMS_CACHED)
         bus.subscribe(self._on_wakeup)
 
     async def _on_wakeup(self, wakeup: Wakeup) -> None:
         if wakeup.stream == Stream.EVENTS:
-            self._wake.set()
+            self._events_moved = True
+            self._events_wake.set()
 
     # --- the job ---------------------------------------------------------------------------
 
     async def run(self) -> None:
         """The background job: queue and send, then sleep until woken, the next retry time
-        or the poll interval."""
+        or the poll interval. An events wake-up only reads the stream (a room without
+        members elsewhere queues nothing); the destinations are looked at when something
+        was queued, an EDU or the admin API woke the sender, a transaction ended, or the
+        timer ran out."""
+        loop = asyncio.get_running_loop()
+        last_round = -math.inf
+        self._wake.set()  # the first round looks at the queue left by the last run
         try:
             while True:
+                pause = last_round + GATHER_S - loop.time()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                last_round = loop.time()
+                due = self._wake.is_set()
                 self._wake.clear()
-                await self.run_once()
-                try:
-                    async with asyncio.timeout(await self._sleep_s()):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+                events = self._events_moved
+                self._events_moved = False
+                self._events_wake.clear()
+                if await self.run_once(events=events, due=due):
+                    self._retry_ts = await self._store.next_retry_ts(self._clock.now_ms())
+                if not await self._woken(self._sleep_s()):
+                    self._events_moved = True  # the poll: events from another worker
+                    self._wake.set()
         finally:
             tasks = list(self._in_flight.values())
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _sleep_s(self) -> float:
-        now = self._clock.now_ms()
-        retry = await self._store.next_retry_ts(now)
-        if retry is None:
-            return POLL_S
-        return max(0.05, min(POLL_S, (retry - now) / 1000))
+    async def _woken(self, timeout_s: float) -> bool:
+        """Waits for either wake-up; False if ``timeout_s`` passed first."""
+        if self._wake.is_set() or self._events_wake.is_set():
+            return True
+        waiters = [
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(self._events_wake.wait()),
+        ]
+        try:
+            done, _ = await asyncio.wait(
+                waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return bool(done)
 
-    async def run_once(self) -> None:
+    def _sleep_s(self) -> float:
+        """Until the poll, or the earliest retry time of a destination that waits (as last
+        read: only a round that looked at the destinations reads it again)."""
+        if self._retry_ts is None:
+            return POLL_S
+        return max(0.05, min(POLL_S, (self._retry_ts - self._clock.now_ms()) / 1000))
+
+    async def run_once(self, *, events: bool = True, due: bool = True) -> bool:
+        """One round: new events queued (``events``), then the destinations that are due
+        started (``due``, or when events were queued); whether those were looked at."""
         async with self._round:
-            await self.enqueue_new()
-            await self.send_due()
+            if events and await self.enqueue_new():
+                due = True
+            if due:
+                await self.send_due()
+            return due
 
     # --- enqueue -----------------------------------------------------------------------------
 
-    async def enqueue_new(self) -> None:
+    async def enqueue_new(self) -> bool:
+        """Queues the new events of our users for the servers in their rooms; whether any
+        PDU was queued."""
         upto = (await self._db.current_positions()).get(Stream.EVENTS, 0)
-        cursor = await self._store.get_position(CURSOR)
+        if self._cursor is None:
+            self._cursor = self._saved = await self._store.get_position(CURSOR)
+            self._saved_at = asyncio.get_running_loop().time()
+        cursor = self._cursor
         if cursor is None:
             # First start: what was sent before federation had a sender is not sent now.
             await self._store.queue_pdus(CURSOR, [], None, upto)
-            return
+            self._cursor = None  # read back: another sender may have made the row first
+            return False
+        queued = False
         while cursor < upto:
             found = await self._store.get_new_events(cursor, upto, SCAN_BATCH)
             reach = found[-1].stream_ordering if len(found) == SCAN_BATCH else upto
-            local = [e for e in found if UserID(e.sender).server_name == self._server_name]
-            joined = await self._store.get_remote_members(
-                {e.room_id for e in local}, self._server_name
+            rows, memberships = await self._outbound(found)
+            now = asyncio.get_running_loop().time()
+            if rows or memberships or now - self._saved_at >= CURSOR_SAVE_S:
+                if not await self._store.queue_pdus(CURSOR, rows, self._saved, reach):
+                    # Another sender moved the cursor (two running by mistake): follow it.
+                    cursor = await self._store.get_position(CURSOR) or upto
+                    self._cursor = self._saved = cursor
+                    continue
+                self._saved, self._saved_at = reach, now
+                queued = queued or bool(rows)
+            cursor = self._cursor = reach
+        return queued
+
+    async def _outbound(self, found: list[NewEvent]) -> tuple[list[OutboundPdu], bool]:
+        """The PDUs to queue for these events, and whether one is a membership event."""
+        memberships = False
+        local: list[NewEvent] = []
+        for e in found:
+            if e.type == "m.room.member":
+                memberships = True
+                self._remote_rooms.pop(e.room_id, None)
+            if UserID(e.sender).server_name == self._server_name:
+                local.append(e)
+            else:
+                # Another server's event may change the room's state (a state reset).
+                self._remote_rooms.pop(e.room_id, None)
+        unknown = {e.room_id for e in local if e.room_id not in self._remote_rooms}
+        if unknown:
+            joined = await self._store.get_remote_members(unknown, self._server_name)
+            for room_id in unknown:
+                by_server: dict[str, dict[str, int]] = {}
+                for user_id, position in joined.get(room_id, {}).items():
+                    by_server.setdefault(UserID(user_id).server_name, {})[user_id] = position
+                self._remote_rooms[room_id] = by_server
+        rows: list[OutboundPdu] = []
+        for event in local:
+            servers = set()
+            for server, members in self._remote_rooms.get(event.room_id, {}).items():
+                if min(members.values()) < event.stream_ordering or await self._joined_at(
+                    event, members
+                ):
+                    servers.add(server)
+            if event.type == "m.room.member" and event.state_key:
+                servers.add(UserID(event.state_key).server_name)
+            servers.discard(self._server_name)
+            rows.extend(
+                OutboundPdu(s, event.stream_ordering, event.room_id, event.event_id)
+                for s in sorted(servers)
+                if self._allows(s)
             )
-            rows: list[OutboundPdu] = []
-            for event in local:
-                servers = {UserID(u).server_name for u in joined.get(event.room_id, ())}
-                if event.type == "m.room.member" and event.state_key:
-                    servers.add(UserID(event.state_key).server_name)
-                servers.discard(self._server_name)
-                rows.extend(
-                    OutboundPdu(s, event.stream_ordering, event.room_id, event.event_id)
-                    for s in sorted(servers)
-                    if self._allows(s)
-                )
-            if not await self._store.queue_pdus(CURSOR, rows, cursor, reach):
-                # Another sender moved the cursor (two running by mistake): follow it.
-                cursor = await self._store.get_position(CURSOR) or upto
-                continue
-            cursor = reach
+        return rows, memberships
+
+    async def _joined_at(self, event: NewEvent, members: dict[str, int]) -> bool:
+        """Whether one of ``members`` (a server's, all with a membership event since
+        ``event``: read in the same batch) was joined at ``event``, by the state at it. A
+        join after the event does not make its server one to send it to; a display name
+        change after it does not make the server one not to."""
+        if event.state_group <= 0:
+            return False
+        state = await self._events.get_state_ids(event.state_group)
+        ids = [e for u in members if (e := state.get(("m.room.member", u))) is not None]
+        if not ids:
+            return False
+        found = await self._events.get_events(ids)
+        return any(e.content.get("membership") == "join" for e in found.values())
 
     # --- send --------------------------------------------------------------------------------
 
@@ -195,6 +315,9 @@ class FederationSender:
         for destination, running in list(self._in_flight.items()):
             if running is task:
                 del self._in_flight[destination]
+        # Another look at the destinations: PDUs queued while its last batch was read, or a
+        # back-off whose retry time the job must now wait for.
+        self._wake.set()
 
     async def _send_queue(self, destination: str) -> None:
         """Transactions to ``destination`` until its queue is empty or it fails."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from homeserver.storage.database import Connection, Database
+from homeserver.storage.database import Connection, Database, prepared
 from homeserver.storage.schema import (
     events,
     federation_destinations,
@@ -56,6 +56,7 @@ class NewEvent:
     type: str
     state_key: str | None
     sender: str
+    state_group: int  # the state at the event (after it, for a state event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,71 @@ def _destination(r: sa.Row[tuple[object, ...]]) -> Destination:
         int(r.next_txn_id),
         bool(r.catching_up),
     )
+
+
+# The sender's statements run at every round (every send, at most every GATHER_S): built
+# once, on the lean path (building and compiling a statement costs more than running it).
+_fsp = federation_sender_positions
+_POSITION = prepared(sa.select(_fsp.c.position).where(_fsp.c.name == sa.bindparam("cursor")))
+_MOVE_CURSOR = prepared(
+    sa.update(_fsp)
+    .where(_fsp.c.name == sa.bindparam("cursor"), _fsp.c.position == sa.bindparam("after"))
+    .values(position=sa.bindparam("upto")),
+    columns=("cursor", "after", "upto"),
+)
+_NEW_EVENTS = prepared(
+    sa.select(
+        events.c.stream_ordering,
+        events.c.event_id,
+        events.c.room_id,
+        events.c.type,
+        events.c.state_key,
+        events.c.sender,
+        events.c.state_group,
+    )
+    .where(
+        events.c.stream_ordering > sa.bindparam("after"),
+        events.c.stream_ordering <= sa.bindparam("upto"),
+    )
+    .order_by(events.c.stream_ordering)
+    .limit(sa.bindparam("limit"))
+)
+_m = room_memberships
+_REMOTE_MEMBERS = prepared(
+    sa.select(_m.c.room_id, _m.c.user_id, _m.c.stream_ordering).where(
+        _m.c.room_id.in_(sa.bindparam("room_ids", expanding=True)),
+        _m.c.membership == "join",
+        _m.c.user_id.not_like(sa.bindparam("local"), escape="/"),
+    )
+)
+_fd = federation_destinations
+_PENDING = sa.union(
+    sa.select(federation_outbound_pdus.c.destination),
+    sa.select(federation_outbound_edus.c.destination),
+).subquery()
+_DUE = prepared(
+    sa.select(_fd.c.destination)
+    .where(
+        _fd.c.retry_at_ts <= sa.bindparam("now_ms"),
+        _fd.c.destination.in_(sa.select(_PENDING.c.destination)),
+    )
+    .order_by(_fd.c.retry_at_ts, _fd.c.destination)
+    .limit(sa.bindparam("limit"))
+)
+_NEXT_RETRY = prepared(
+    sa.select(sa.func.min(_fd.c.retry_at_ts)).where(
+        _fd.c.retry_at_ts > sa.bindparam("now_ms"),
+        _fd.c.destination.in_(sa.select(_PENDING.c.destination)),
+    )
+)
+
+
+_NEW = ("destination", "retry_interval_ms", "retry_at_ts", "next_txn_id", "catching_up")
+
+
+def _like_literal(text: str) -> str:
+    """``text`` for a LIKE pattern escaped with ``/``."""
+    return text.replace("/", "//").replace("%", "/%").replace("_", "/_")
 
 
 class FederationQueueStore:
@@ -117,30 +183,16 @@ class FederationQueueStore:
     # --- the events stream ---------------------------------------------------------------
 
     async def get_position(self, name: str) -> int | None:
-        query = sa.select(federation_sender_positions.c.position).where(
-            federation_sender_positions.c.name == name
-        )
         async with self._db.read() as conn:
-            found = (await conn.execute(query)).scalar_one_or_none()
+            found = (await conn.execute(_POSITION, {"cursor": name})).scalar_one_or_none()
         return None if found is None else int(found)
 
     async def get_new_events(self, after: int, upto: int, limit: int) -> list[NewEvent]:
         """Events of the stream in ``(after, upto]``, oldest first, at most ``limit``."""
-        query = (
-            sa.select(
-                events.c.stream_ordering,
-                events.c.event_id,
-                events.c.room_id,
-                events.c.type,
-                events.c.state_key,
-                events.c.sender,
-            )
-            .where(events.c.stream_ordering > after, events.c.stream_ordering <= upto)
-            .order_by(events.c.stream_ordering)
-            .limit(limit)
-        )
         async with self._db.read() as conn:
-            rows = (await conn.execute(query)).all()
+            rows = (
+                await conn.execute(_NEW_EVENTS, {"after": after, "upto": upto, "limit": limit})
+            ).all()
         return [
             NewEvent(
                 int(r.stream_ordering),
@@ -149,27 +201,25 @@ class FederationQueueStore:
                 r.type,
                 r.state_key,
                 r.sender,
+                int(r.state_group),
             )
             for r in rows
         ]
 
     async def get_remote_members(
         self, room_ids: Collection[str], local_server: str
-    ) -> dict[str, set[str]]:
-        """The joined members of each room who are not on ``local_server`` (a room of our
-        users only reads no row)."""
+    ) -> dict[str, dict[str, int]]:
+        """The joined members of each room who are not on ``local_server``, with the stream
+        position of the event that made each what they are (a room of our users only reads
+        no row)."""
         if not room_ids:
             return {}
-        query = sa.select(room_memberships.c.room_id, room_memberships.c.user_id).where(
-            room_memberships.c.room_id.in_(list(room_ids)),
-            room_memberships.c.membership == "join",
-            ~room_memberships.c.user_id.endswith(f":{local_server}", autoescape=True),
-        )
+        params = {"room_ids": list(room_ids), "local": f"%:{_like_literal(local_server)}"}
         async with self._db.read() as conn:
-            rows = (await conn.execute(query)).all()
-        out: dict[str, set[str]] = {}
+            rows = (await conn.execute(_REMOTE_MEMBERS, params)).all()
+        out: dict[str, dict[str, int]] = {}
         for r in rows:
-            out.setdefault(r.room_id, set()).add(r.user_id)
+            out.setdefault(r.room_id, {})[r.user_id] = int(r.stream_ordering)
         return out
 
     async def get_rooms_of(self, user_ids: Iterable[str]) -> dict[str, list[str]]:
@@ -193,33 +243,35 @@ class FederationQueueStore:
         """Queue PDUs and move the cursor ``name`` from ``after`` to ``upto``, together;
         False (nothing done) if the cursor is no longer at ``after``."""
         async with self._db.write() as conn:
-            current = (
-                await conn.execute(
-                    sa.select(federation_sender_positions.c.position).where(
-                        federation_sender_positions.c.name == name
-                    )
+            if after is None:
+                insert = self._db.insert_ignore_statement(
+                    federation_sender_positions, ("name",), ("name", "position")
                 )
-            ).scalar_one_or_none()
-            if (None if current is None else int(current)) != after:
+                moved = await conn.execute(insert, {"name": name, "position": upto})
+            else:
+                moved = await conn.execute(
+                    _MOVE_CURSOR, {"cursor": name, "after": after, "upto": upto}
+                )
+            if moved.rowcount != 1:
                 return False
-            await conn.execute(
-                self._db.upsert(
-                    federation_sender_positions, {"name": name, "position": upto}, keys=("name",)
+            if rows:
+                await self._ensure_destinations(conn, {r.destination for r in rows})
+                insert = self._db.insert_ignore_statement(
+                    federation_outbound_pdus,
+                    ("destination", "stream_ordering"),
+                    ("destination", "stream_ordering", "room_id", "event_id"),
                 )
-            )
-            await self._ensure_destinations(conn, {r.destination for r in rows})
-            for r in rows:
                 await conn.execute(
-                    self._db.insert_ignore(
-                        federation_outbound_pdus,
+                    insert,
+                    [
                         {
                             "destination": r.destination,
                             "stream_ordering": r.stream_ordering,
                             "room_id": r.room_id,
                             "event_id": r.event_id,
-                        },
-                        ("destination", "stream_ordering"),
-                    )
+                        }
+                        for r in rows
+                    ],
                 )
         return True
 
@@ -315,54 +367,37 @@ class FederationQueueStore:
         )
 
     async def _ensure_destinations(self, conn: Connection, destinations: Iterable[str]) -> None:
-        for destination in sorted(destinations):
-            await conn.execute(
-                self._db.insert_ignore(
-                    federation_destinations,
-                    {
-                        "destination": destination,
-                        "retry_interval_ms": 0,
-                        "retry_at_ts": 0,
-                        "next_txn_id": 1,
-                        "catching_up": False,
-                    },
-                    ("destination",),
-                )
-            )
+        names = sorted(destinations)
+        if not names:
+            return
+        insert = self._db.insert_ignore_statement(federation_destinations, ("destination",), _NEW)
+        await conn.execute(
+            insert,
+            [
+                {
+                    "destination": d,
+                    "retry_interval_ms": 0,
+                    "retry_at_ts": 0,
+                    "next_txn_id": 1,
+                    "catching_up": False,
+                }
+                for d in names
+            ],
+        )
 
     # --- sending -------------------------------------------------------------------------
 
     async def due_destinations(self, now_ms: int, limit: int) -> list[str]:
         """Destinations with something queued whose back-off is over."""
-        pending = sa.union(
-            sa.select(federation_outbound_pdus.c.destination),
-            sa.select(federation_outbound_edus.c.destination),
-        ).subquery()
-        query = (
-            sa.select(federation_destinations.c.destination)
-            .where(
-                federation_destinations.c.retry_at_ts <= now_ms,
-                federation_destinations.c.destination.in_(sa.select(pending.c.destination)),
-            )
-            .order_by(federation_destinations.c.retry_at_ts, federation_destinations.c.destination)
-            .limit(limit)
-        )
         async with self._db.read() as conn:
-            return [r.destination for r in (await conn.execute(query)).all()]
+            rows = (await conn.execute(_DUE, {"now_ms": now_ms, "limit": limit})).all()
+        return [r.destination for r in rows]
 
     async def next_retry_ts(self, now_ms: int) -> int | None:
         """The earliest retry time after ``now_ms`` of a destination that has something
         queued and waits."""
-        pending = sa.union(
-            sa.select(federation_outbound_pdus.c.destination),
-            sa.select(federation_outbound_edus.c.destination),
-        ).subquery()
-        query = sa.select(sa.func.min(federation_destinations.c.retry_at_ts)).where(
-            federation_destinations.c.retry_at_ts > now_ms,
-            federation_destinations.c.destination.in_(sa.select(pending.c.destination)),
-        )
         async with self._db.read() as conn:
-            found = (await conn.execute(query)).scalar_one_or_none()
+            found = (await conn.execute(_NEXT_RETRY, {"now_ms": now_ms})).scalar_one_or_none()
         return None if found is None else int(found)
 
     async def get_destination(self, destination: str) -> Destination | None:

@@ -4,10 +4,16 @@ PostgreSQL matches the expression index of migration 0019 (``ix_events_search``)
 the FTS5 table ``event_search`` its triggers keep. Both give hits in the same order:
 "rank" (best first, then newest) or "recent" (newest first), from a keyset position, so
 that the service can read on until it has a page of events the user may see.
+
+SQLite's FTS5 table is written in batches (migration 0027), not by a trigger in each event's
+transaction: ``index_pending`` adds the events stored since it last ran, from the background
+job (``homeserver/search/indexer.py``) and before each search, so a search still finds every
+event stored before it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +21,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from homeserver.storage.database import Database
+from homeserver.storage.database import Database, prepared
 from homeserver.storage.schema import events
 from homeserver.storage.schema.search import EVENT_SEARCH
 
@@ -41,6 +47,25 @@ _fts = sa.table(EVENT_SEARCH, sa.column("rowid", sa.Integer), sa.column(EVENT_SE
 # Words as both databases' tokenizers see them (letters and digits, any script).
 _WORD = re.compile(r"\w+")
 MAX_WORDS = 16  # a longer term is cut: each word is one more condition on the index
+
+# SQLite: the searchable text of the events in (after, upto], as migration 0019's trigger
+# took it: served events (stream_ordering > 0), not redacted, text values only.
+_SQLITE_TEXT = (
+    "CASE type"
+    " WHEN 'm.room.message' THEN json_extract(json, '$.content.body')"
+    " WHEN 'm.room.name' THEN json_extract(json, '$.content.name')"
+    " WHEN 'm.room.topic' THEN json_extract(json, '$.content.topic')"
+    " END"
+)
+_INDEX_NEW = sa.text(
+    f"INSERT INTO {EVENT_SEARCH} (rowid, value)"
+    f" SELECT stream_ordering, v FROM (SELECT stream_ordering, {_SQLITE_TEXT} AS v"
+    " FROM events WHERE stream_ordering > :after AND stream_ordering <= :upto"
+    " AND type IN ('m.room.message', 'm.room.name', 'm.room.topic')"
+    " AND redacted_by IS NULL) WHERE typeof(v) = 'text'"
+)
+_LAST_INDEXED = sa.text(f"SELECT coalesce(max(rowid), 0) FROM {EVENT_SEARCH}")
+_LAST_EVENT = prepared(sa.select(sa.func.coalesce(sa.func.max(events.c.stream_ordering), 0)))
 
 
 def search_words(term: str) -> list[str]:
@@ -79,6 +104,36 @@ class SearchPosition:
 class SearchStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        # SQLite: the events up to this stream position are indexed (None: not read yet).
+        self._indexed: int | None = None
+        self._indexing = asyncio.Lock()
+
+    async def index_pending(self) -> int:
+        """SQLite: indexes the events stored since the last call, in one transaction; how
+        many were indexed. Nothing to do on PostgreSQL (its index is kept by each insert).
+
+        SQLite has one writer, so the events below the newest one are all committed, and a
+        redaction or a deletion cannot come between the read and the insert (their triggers
+        take out what is indexed)."""
+        if not self._db.is_sqlite:
+            return 0
+        async with self._indexing:
+            if self._indexed is not None:
+                async with self._db.read() as conn:
+                    newest = int((await conn.execute(_LAST_EVENT)).scalar_one())
+                if newest <= self._indexed:
+                    return 0
+            async with self._db.write() as conn:
+                indexed = self._indexed
+                if indexed is None:
+                    indexed = int((await conn.execute(_LAST_INDEXED)).scalar_one())
+                newest = int((await conn.execute(_LAST_EVENT)).scalar_one())
+                added = 0
+                if newest > indexed:
+                    result = await conn.execute(_INDEX_NEW, {"after": indexed, "upto": newest})
+                    added = int(result.rowcount or 0)
+            self._indexed = newest  # committed
+            return added
 
     def _conditions(self, criteria: SearchCriteria) -> list[sa.ColumnElement[bool]]:
         where = [
@@ -126,6 +181,7 @@ class SearchStore:
         """Up to ``limit`` hits after ``after``, in ``order``."""
         if not criteria.room_ids or not criteria.types:
             return []
+        await self.index_pending()
         source, rank, match, so = self._matches(criteria)
         where = [*self._conditions(criteria), match]
         if after is not None:
@@ -157,6 +213,7 @@ class SearchStore:
         """How many events match, before history visibility (the spec's approximate count)."""
         if not criteria.room_ids or not criteria.types:
             return 0
+        await self.index_pending()
         source, _, match, _ = self._matches(criteria)
         query = (
             sa.select(sa.func.count()).select_from(source).where(*self._conditions(criteria), match)

@@ -410,3 +410,120 @@ async def test_a_dead_destination_does_not_hold_up_the_others(
     await until(lambda: bodies(destination) == ["m1", "m2", "m3"], timeout_s=3)
     assert len(destination.hung) == 1  # one transaction in flight per destination
     assert await hs.federation_queue_store.count_pdus("dead.test") == 3
+
+
+async def test_a_room_that_gains_a_remote_member_sends_to_it_at_once(
+    sending: tuple[Homeserver, httpx.AsyncClient], destination: Destination, clock: FakeClock
+) -> None:
+    """The sender keeps which servers each room has; a join or a leave changes it at once."""
+    hs, client = sending
+    alice = await new_device(client, "alice")
+    room_id = await create(client, alice.token, preset="public_chat")
+    await send_message(client, alice, room_id, 1)
+    # The round lock: once this returns, m1 was read and the room known as ours only.
+    await hs.federation_sender.run_once()
+    assert await hs.federation_queue_store.count_pdus(DEST) == 0
+    await trust(hs, DEST_SERVER)
+    join, _ = await pdu_for(
+        hs, room_id, "m.room.member", {"membership": "join"}, EVE, EVE, signer=DEST_SERVER
+    )
+    [received] = await hs.incoming_events.receive(room_id, [join], clock.now_ms())
+    assert received.outcome is Outcome.ACCEPTED
+    await send_message(client, alice, room_id, 2)
+    await until(lambda: bodies(destination) == ["m2"])
+    # Eve leaves: the room is ours only again, nothing more goes there.
+    leave, _ = await pdu_for(
+        hs, room_id, "m.room.member", {"membership": "leave"}, EVE, EVE, signer=DEST_SERVER
+    )
+    [received] = await hs.incoming_events.receive(room_id, [leave], clock.now_ms())
+    assert received.outcome is Outcome.ACCEPTED
+    await send_message(client, alice, room_id, 3)
+    await hs.federation_sender.run_once()
+    assert await hs.federation_queue_store.count_pdus(DEST) == 0
+    await asyncio.sleep(0.2)
+    assert bodies(destination) == ["m2"]
+
+
+async def test_a_burst_of_sends_reaches_the_destination_once_each_in_order(
+    sending: tuple[Homeserver, httpx.AsyncClient], destination: Destination
+) -> None:
+    """Wake-ups that come together share a round: every event still goes out, once, in
+    stream order, at most 50 to a transaction."""
+    hs, client = sending
+    alice, room_id = await shared_room(hs, client)
+    other = await new_device(client, "bob")
+    r = await client.post(f"{V3}/rooms/{room_id}/join", json={}, headers=other.headers)
+    checked(r)
+    quiet = await create(client, other.token)  # a room of ours only, busy meanwhile
+    sent = await asyncio.gather(
+        *(send_message(client, alice, room_id, n) for n in range(60)),
+        *(send_message(client, other, quiet, 100 + n) for n in range(20)),
+    )
+    await until(lambda: len(bodies(destination)) >= 60)
+    await asyncio.sleep(0.2)
+    got = bodies(destination)
+    assert sorted(got) == sorted(f"m{n}" for n in range(60))  # each once, none of the quiet room's
+    ids = [sent[int(body[1:])] for body in got]
+    loaded = await hs.event_store.get_events(ids)
+    orderings = [loaded[i].stream_ordering for i in ids]
+    assert orderings == sorted(orderings)
+    assert all(len(t["body"]["pdus"]) <= 50 for t in destination.received)
+
+
+async def test_nothing_is_sent_twice_across_a_restart(
+    tmp_path: Path, db_url: str, clock: FakeClock, destination: Destination
+) -> None:
+    """The cursor: saved with what it queues (a room of ours only moves it in memory), so
+    a restart neither sends an event again nor loses one."""
+    async with sending_server(tmp_path, db_url, clock, destination) as (hs, client):
+        alice, room_id = await shared_room(hs, client)
+        await send_message(client, alice, room_id, 1)
+        await until(lambda: bodies(destination) == ["m1"])
+        quiet = await create(client, alice.token)
+        for n in range(2, 5):
+            await send_message(client, alice, quiet, n)
+        await hs.federation_sender.run_once()
+    async with sending_server(tmp_path, db_url, clock, destination) as (hs, client):
+        await send_message(client, alice, room_id, 5)
+        await until(lambda: "m5" in bodies(destination))
+        await hs.federation_sender.run_once()
+        await asyncio.sleep(0.2)
+    assert bodies(destination) == ["m1", "m5"]
+    assert len({t["txn_id"] for t in destination.received}) == len(destination.received)
+
+
+async def test_events_read_together_go_by_the_membership_at_each(
+    sending: tuple[Homeserver, httpx.AsyncClient], destination: Destination, clock: FakeClock
+) -> None:
+    """Events read in one round with a later membership event: a server whose user joined
+    after an event does not get it; one whose user only changed their name after it does."""
+    hs, client = sending
+    alice = await new_device(client, "alice")
+    room_id = await create(client, alice.token, preset="public_chat")
+    await hs.federation_sender.run_once()
+    await trust(hs, DEST_SERVER)
+    sender = hs.federation_sender
+    async with sender._round:  # the sender waits: the next round reads all of these
+        await send_message(client, alice, room_id, 1)
+        join, _ = await pdu_for(
+            hs, room_id, "m.room.member", {"membership": "join"}, EVE, EVE, signer=DEST_SERVER
+        )
+        [received] = await hs.incoming_events.receive(room_id, [join], clock.now_ms())
+        assert received.outcome is Outcome.ACCEPTED
+        await send_message(client, alice, room_id, 2)
+    await until(lambda: bodies(destination) == ["m2"])
+    async with sender._round:
+        await send_message(client, alice, room_id, 3)
+        rename, _ = await pdu_for(
+            hs,
+            room_id,
+            "m.room.member",
+            {"membership": "join", "displayname": "Eve E."},
+            EVE,
+            EVE,
+            signer=DEST_SERVER,
+        )
+        [received] = await hs.incoming_events.receive(room_id, [rename], clock.now_ms())
+        assert received.outcome is Outcome.ACCEPTED
+        await send_message(client, alice, room_id, 4)
+    await until(lambda: bodies(destination) == ["m2", "m3", "m4"])

@@ -110,3 +110,54 @@ async def test_migration_indexes_old_events_and_writes_keep_it(fresh_url: str) -
             assert options == ["fastupdate=off"]
     finally:
         await db.close()
+
+
+async def indexed_rows(db: Database) -> int:
+    async with db.engine.connect() as conn:
+        return int(await conn.scalar(sa.text("SELECT count(*) FROM event_search")) or 0)
+
+
+async def test_sqlite_indexes_new_events_in_batches(fresh_url: str) -> None:
+    """Migration 0027: no trigger writes the index as an event is stored; index_pending adds
+    what was stored since it last ran, in one go, and a search runs it first."""
+    db = Database(fresh_url)
+    try:
+        await upgrade_head(db.engine)
+        store = SearchStore(db)
+        await insert(db, 1, "m.room.message", {"body": "first walrus"})
+        await insert(db, 2, "m.room.message", {"body": "second walrus"})
+        await insert(db, 3, "m.room.message", {"body": "gone walrus"}, redacted_by="$r")
+        await insert(db, 4, "m.room.member", {"membership": "join", "displayname": "walrus"})
+        if not db.is_sqlite:
+            assert await store.index_pending() == 0  # PostgreSQL's index is kept per row
+            assert await found(store, "walrus") == ["$e2", "$e1"]
+            return
+        assert await indexed_rows(db) == 0  # stored, not indexed yet
+        assert await store.index_pending() == 2
+        assert await indexed_rows(db) == 2
+        assert await store.index_pending() == 0  # nothing new: nothing written
+        # Stored after: a search indexes it first, so it is found at once.
+        await insert(db, 5, "m.room.topic", {"topic": "walrus talk"})
+        assert await found(store, "walrus") == ["$e5", "$e2", "$e1"]
+        assert await store.count(criteria("walrus")) == 3
+        # Redacted once indexed: the trigger takes it out.
+        async with db.engine.begin() as conn:
+            await conn.execute(
+                sa.update(events).where(events.c.event_id == "$e2").values(redacted_by="$r2")
+            )
+        assert await found(store, "walrus") == ["$e5", "$e1"]
+        # Redacted before it was indexed: never indexed.
+        await insert(db, 6, "m.room.message", {"body": "secret walrus"})
+        async with db.engine.begin() as conn:
+            await conn.execute(
+                sa.update(events).where(events.c.event_id == "$e6").values(redacted_by="$r3")
+            )
+        assert await found(store, "walrus") == ["$e5", "$e1"]
+        # A restart (a new store) goes on from what the index holds.
+        await insert(db, 7, "m.room.message", {"body": "late walrus"})
+        again = SearchStore(db)
+        assert await again.index_pending() == 1
+        assert await found(again, "walrus") == ["$e7", "$e5", "$e1"]
+        assert await indexed_rows(db) == 3
+    finally:
+        await db.close()
