@@ -13,8 +13,10 @@ the requests of one ``FederatedGraph`` share a time budget."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -72,17 +74,27 @@ class FederatedGraph:
     """``RemoteGraph`` over the federation API of ``origin`` (the server that sent the
     events being received)."""
 
-    def __init__(self, requests: Requests, origin: str, budget_s: float = DEFAULT_BUDGET_S) -> None:
+    def __init__(
+        self,
+        requests: Requests,
+        origin: str,
+        budget_s: float = DEFAULT_BUDGET_S,
+        *,
+        waiting: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext,
+    ) -> None:
+        """``waiting`` is entered around each request (the caller gives up what it must not
+        hold while the origin takes its time)."""
         self._requests = requests
         self.origin = origin
         self._deadline = asyncio.get_running_loop().time() + budget_s
+        self._waiting = waiting
 
     async def _within_budget(self, method: str, path: str, **kwargs: Any) -> Any:
         """The request, or TimeoutError once the budget is spent."""
         left = self._deadline - asyncio.get_running_loop().time()
         if left <= 0:
             raise TimeoutError
-        async with asyncio.timeout(left):
+        async with self._waiting(), asyncio.timeout(left):
             return await self._requests.request(self.origin, method, path, **kwargs)
 
     async def _ask(self, what: str, method: str, path: str, **kwargs: Any) -> Any:
