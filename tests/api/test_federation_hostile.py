@@ -20,7 +20,7 @@ from homeserver.federation.transactions import MAX_WAITING_PER_ORIGIN
 from homeserver.rooms.incoming import Received
 from homeserver.storage.typing_notifications import TypingStore
 from tests.api.e2ee_helpers import Device, new_device, sync
-from tests.api.test_federation_send import EVE, FED, NOW, V3, pdu_for, put_txn, trust, txn
+from tests.api.test_federation_send import EVE, FED, V3, pdu_for, put_txn, trust, txn
 from tests.federation_helpers import FakeRemote
 from tests.helpers import checked
 from tests.helpers import create_room as create
