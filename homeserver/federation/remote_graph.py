@@ -166,25 +166,28 @@ class FederatedGraph:
         queue: asyncio.Queue[str] = asyncio.Queue()
         for event_id in wanted:
             queue.put_nowait(event_id)
+        failures: list[RemoteGraphError] = []
 
         async def worker() -> None:
-            while True:
+            # After a failure no new request starts; the ones under way end by themselves
+            # (cancelling a request in the middle of its answer would leave its connection
+            # to the garbage collector).
+            while not failures:
                 try:
                     event_id = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                pdu = await self._get_event(event_id)
+                try:
+                    pdu = await self._get_event(event_id)
+                except RemoteGraphError as e:
+                    failures.append(e)
+                    return
                 if pdu is not None:
                     found.append(pdu)
 
-        workers = min(EVENT_FETCH_CONCURRENCY, len(wanted))
-        try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(workers):
-                    group.create_task(worker())
-        except* RemoteGraphError as failed:
-            # The first failure ends the fetch (the others were cancelled).
-            raise failed.exceptions[0] from None
+        await asyncio.gather(*(worker() for _ in range(min(EVENT_FETCH_CONCURRENCY, len(wanted)))))
+        if failures:
+            raise failures[0]
         return found
 
     async def _get_event(self, event_id: str) -> JsonDict | None:

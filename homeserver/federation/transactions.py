@@ -15,6 +15,10 @@ wait their turn, and past those an origin is answered 429 ``M_LIMIT_EXCEEDED`` (
 holds neither memory nor workers). The answer is kept per origin and transaction ID, so a
 retry is answered again without processing again.
 
+The signing keys the PDUs need are fetched first, all servers' side by side, before any
+room takes a place: a server whose key query is slow or answers garbage costs the
+transaction one request timeout, not one per PDU nor a place other rooms wait for.
+
 A room's PDUs hold one of a few places (``MAX_ROOMS_AT_ONCE``) while they are checked and
 stored, but not while the pipeline waits on the origin for what they refer to: a slow or
 silent origin holds its own rooms (up to the time budget, ``DEFAULT_BUDGET_S``), never the
@@ -37,9 +41,10 @@ from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.types import JsonDict
 from homeserver.events.format import event_id_of
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from homeserver.events.validation import required_signers
 from homeserver.federation.edus import InboundEdus, ServerAcls
 from homeserver.federation.remote_graph import DEFAULT_BUDGET_S, FederatedGraph, Requests
-from homeserver.rooms.incoming import Outcome, Received, RemoteGraph
+from homeserver.rooms.incoming import Outcome, Received, RemoteGraph, ServerKeys
 from homeserver.storage.federation_queue import FederationQueueStore
 from homeserver.storage.rooms import RoomStore
 
@@ -57,6 +62,8 @@ MAX_TXN_ID_BYTES = 255
 # Rooms processed side by side at most (all transactions together): each holds a pooled
 # database connection at a time, and the pool serves the clients too.
 MAX_ROOMS_AT_ONCE = 4
+# Key queries in flight at once for one transaction's PDUs (distinct servers).
+KEY_FETCHES_AT_ONCE = 8
 # Transactions of one origin waiting behind the one being processed; one more is 429. A
 # server sends one at a time (spec, "Transactions"), so only a retry racing its first attempt
 # or a misbehaving server ever waits; each waiting one holds its body (up to 10 MiB).
@@ -102,8 +109,12 @@ class TransactionService:
         acls: ServerAcls,
         requests: Requests,
         graph_budget_s: float = DEFAULT_BUDGET_S,
+        keys: ServerKeys | None = None,
     ) -> None:
+        """``keys``: the key ring, to fetch the keys a transaction's PDUs need before they
+        are processed (without it, the pipeline fetches them one PDU at a time)."""
         self._store = store
+        self._keys = keys
         self._graph_budget_s = graph_budget_s
         self._requests = requests
         self._pipeline = pipeline
@@ -178,6 +189,13 @@ class TransactionService:
                 logger.info("pdu without a room ignored", extra={"origin": origin})
                 continue
             by_room.setdefault(room_id, []).append(pdu)
+        versions: dict[str, RoomVersion] = {}
+        for room_id in by_room:
+            version_id = await self._rooms.get_room_version(room_id)
+            version = KNOWN_ROOM_VERSIONS.get(version_id) if version_id is not None else None
+            if version is not None:
+                versions[room_id] = version
+        await self._fetch_keys(by_room, versions)
         now = self._clock.now_ms()
         results = await asyncio.gather(
             *(
@@ -188,6 +206,50 @@ class TransactionService:
         for found in results:
             answers.update(found)
         return answers
+
+    async def _fetch_keys(
+        self, by_room: dict[str, list[JsonDict]], versions: dict[str, RoomVersion]
+    ) -> None:
+        """Have the key ring hold the keys the PDUs are signed with (each server once, its
+        key IDs and the latest time a key must be valid at); failures are the pipeline's to
+        report, per PDU."""
+        keys = self._keys
+        if keys is None:
+            return
+        wanted: dict[str, tuple[set[str], int]] = {}
+        for room_id, pdus in by_room.items():
+            version = versions.get(room_id)
+            if version is None:
+                continue
+            for pdu in pdus:
+                signatures = pdu.get("signatures")
+                if not isinstance(signatures, dict):
+                    continue
+                ts = pdu.get("origin_server_ts")
+                valid_at = ts if version.enforce_key_validity and isinstance(ts, int) else 0
+                try:
+                    servers = required_signers(pdu, version)
+                except (ValueError, TypeError, KeyError, AttributeError):
+                    continue
+                for server in servers:
+                    theirs = signatures.get(server)
+                    if not isinstance(theirs, dict):
+                        continue
+                    key_ids, latest = wanted.setdefault(server, (set(), 0))
+                    key_ids.update(k for k in theirs if isinstance(k, str))
+                    wanted[server] = (key_ids, max(latest, valid_at))
+        if not wanted:
+            return
+        at_once = asyncio.Semaphore(KEY_FETCHES_AT_ONCE)
+
+        async def fetch(server: str, key_ids: set[str], valid_at: int) -> None:
+            async with at_once:
+                try:
+                    await keys.get_verify_keys(server, key_ids, valid_at)
+                except Exception:
+                    logger.info("key fetch failed", extra={"server": server}, exc_info=True)
+
+        await asyncio.gather(*(fetch(s, k, v) for s, (k, v) in wanted.items()))
 
     async def _receive_room(
         self, origin: str, room_id: str, pdus: list[JsonDict], received_ts: int
