@@ -163,6 +163,32 @@ async def test_events_signed_by_the_wrong_server_or_for_another_servers_users(
     assert (await timeline(client, alice, room_id))[0] == honest_id
 
 
+async def test_events_for_rooms_the_origin_is_not_in(fed: Fed, remote: FakeRemote) -> None:
+    """A message of a remote.test user who never joined, a message into a room only our users
+    are in, and one into a room we do not know: each refused, nothing stored."""
+    hs, client = fed
+    alice, room_id = await room_with_eve(fed, remote)
+    private = await create(client, alice.token, preset="private_chat")
+    state = await hs.event_store.get_current_state_ids(room_id)
+    zed, zed_id = await pdu_for(
+        hs, room_id, "m.room.message", {"body": "z"}, sender="@zed:remote.test", signer=remote
+    )
+    inside, inside_id = await pdu_for(hs, private, "m.room.message", {"body": "i"}, signer=remote)
+    nowhere, _ = await pdu_for(hs, room_id, "m.room.message", {"body": "n"}, signer=remote)
+    nowhere["room_id"] = "!nowhere:remote.test"
+    nowhere_id = compute_event_id(nowhere, KNOWN_ROOM_VERSIONS["11"])
+    r = await put_txn(client, remote, "not-in", txn([zed, inside, nowhere]))
+    assert r.status_code == 200, r.text
+    answers = r.json()["pdus"]
+    assert answers[nowhere_id] == {"error": "Unknown room"}
+    for event_id in (zed_id, inside_id):
+        assert "error" in answers[event_id], answers
+        stored = await hs.event_store.get_event(event_id)
+        assert stored is None or not stored.served
+    assert await hs.event_store.get_current_state_ids(room_id) == state
+    await honest_message(fed, remote, room_id, "after-not-in")
+
+
 async def test_a_wrong_content_hash_is_served_redacted(fed: Fed, remote: FakeRemote) -> None:
     """spec, "Checks performed on receipt of a PDU": a content hash mismatch redacts the
     event; the signatures (over the redacted form) still hold, so it is not dropped."""
