@@ -302,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline = BaselineTree(args.baseline, Path(tempfile.mkdtemp(prefix="bench-baseline-")))
         baseline.create()
         run["meta"]["baseline"] = baseline.commit
+        # The federation scenario starts its own server of that tree.
+        os.environ["BENCH_BASELINE_TREE"] = str(baseline.path)
     try:
         _run_servers(args, names, urls, pids, server_cpus, run, run_id, directory, baseline)
     finally:

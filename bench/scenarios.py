@@ -39,6 +39,7 @@ SCENARIOS = (
     "media",
     "websocket",
     "sliding_sync",
+    "federation",
 )
 
 
@@ -553,6 +554,11 @@ class Bench:
 
         return await sliding_sync(self)
 
+    async def federation(self) -> list[Result]:
+        from bench.scenario_federation import federation
+
+        return await federation(self)
+
 
 def figures_for(result_name: str) -> dict[str, Figure]:
     """The figures of a result: those of the longest key of ``FIGURES`` that is its name or a
@@ -567,6 +573,7 @@ def figures_for(result_name: str) -> dict[str, Figure]:
 
 
 def _add_module_figures() -> None:
+    from bench.scenario_federation import FEDERATION_FIGURES
     from bench.scenario_media import MEDIA_FIGURES
     from bench.scenario_sliding import SLIDING_FIGURES
     from bench.scenario_ws import WS_FIGURES
@@ -574,6 +581,7 @@ def _add_module_figures() -> None:
     FIGURES.update(MEDIA_FIGURES)
     FIGURES.update(WS_FIGURES)
     FIGURES.update(SLIDING_FIGURES)
+    FIGURES.update(FEDERATION_FIGURES)
 
 
 _add_module_figures()

@@ -721,6 +721,7 @@ class Homeserver:
             clock,
             self.room_acls,
             self.federation_client,
+            keys=self.keyring,
         )
         # One sender per process; with several workers, issue 21 makes it run on one only.
         self.federation_sender = FederationSender(

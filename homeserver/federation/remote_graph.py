@@ -13,8 +13,10 @@ the requests of one ``FederatedGraph`` share a time budget."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -72,17 +74,27 @@ class FederatedGraph:
     """``RemoteGraph`` over the federation API of ``origin`` (the server that sent the
     events being received)."""
 
-    def __init__(self, requests: Requests, origin: str, budget_s: float = DEFAULT_BUDGET_S) -> None:
+    def __init__(
+        self,
+        requests: Requests,
+        origin: str,
+        budget_s: float = DEFAULT_BUDGET_S,
+        *,
+        waiting: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext,
+    ) -> None:
+        """``waiting`` is entered around each request (the caller gives up what it must not
+        hold while the origin takes its time)."""
         self._requests = requests
         self.origin = origin
         self._deadline = asyncio.get_running_loop().time() + budget_s
+        self._waiting = waiting
 
     async def _within_budget(self, method: str, path: str, **kwargs: Any) -> Any:
         """The request, or TimeoutError once the budget is spent."""
         left = self._deadline - asyncio.get_running_loop().time()
         if left <= 0:
             raise TimeoutError
-        async with asyncio.timeout(left):
+        async with self._waiting(), asyncio.timeout(left):
             return await self._requests.request(self.origin, method, path, **kwargs)
 
     async def _ask(self, what: str, method: str, path: str, **kwargs: Any) -> Any:
@@ -154,25 +166,28 @@ class FederatedGraph:
         queue: asyncio.Queue[str] = asyncio.Queue()
         for event_id in wanted:
             queue.put_nowait(event_id)
+        failures: list[RemoteGraphError] = []
 
         async def worker() -> None:
-            while True:
+            # After a failure no new request starts; the ones under way end by themselves
+            # (cancelling a request in the middle of its answer would leave its connection
+            # to the garbage collector).
+            while not failures:
                 try:
                     event_id = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                pdu = await self._get_event(event_id)
+                try:
+                    pdu = await self._get_event(event_id)
+                except RemoteGraphError as e:
+                    failures.append(e)
+                    return
                 if pdu is not None:
                     found.append(pdu)
 
-        workers = min(EVENT_FETCH_CONCURRENCY, len(wanted))
-        try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(workers):
-                    group.create_task(worker())
-        except* RemoteGraphError as failed:
-            # The first failure ends the fetch (the others were cancelled).
-            raise failed.exceptions[0] from None
+        await asyncio.gather(*(worker() for _ in range(min(EVENT_FETCH_CONCURRENCY, len(wanted)))))
+        if failures:
+            raise failures[0]
         return found
 
     async def _get_event(self, event_id: str) -> JsonDict | None:

@@ -10,15 +10,28 @@ outliers), as the spec's "Retrieving events" describes. Then the EDUs, in order;
 is ignored.
 
 Transactions of one origin are processed one at a time (as Synapse does: a server sends the
-next only after the answer, and a retry must not race the first attempt). The answer is
-kept per origin and transaction ID, so a retry is answered again without processing again.
+next only after the answer, and a retry must not race the first attempt); a few more may
+wait their turn, and past those an origin is answered 429 ``M_LIMIT_EXCEEDED`` (a flood
+holds neither memory nor workers). The answer is kept per origin and transaction ID, so a
+retry is answered again without processing again.
+
+The signing keys the PDUs need are fetched first, all servers' side by side, before any
+room takes a place: a server whose key query is slow or answers garbage costs the
+transaction one request timeout, not one per PDU nor a place other rooms wait for.
+
+A room's PDUs hold one of a few places (``MAX_ROOMS_AT_ONCE``) while they are checked and
+stored, but not while the pipeline waits on the origin for what they refer to: a slow or
+silent origin holds its own rooms (up to the time budget, ``DEFAULT_BUDGET_S``), never the
+other servers' rooms.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
 from typing import Any, Protocol
 
 import orjson
@@ -28,9 +41,10 @@ from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.types import JsonDict
 from homeserver.events.format import event_id_of
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from homeserver.events.validation import required_signers
 from homeserver.federation.edus import InboundEdus, ServerAcls
-from homeserver.federation.remote_graph import FederatedGraph, Requests
-from homeserver.rooms.incoming import Outcome, Received, RemoteGraph
+from homeserver.federation.remote_graph import DEFAULT_BUDGET_S, FederatedGraph, Requests
+from homeserver.rooms.incoming import Outcome, Received, RemoteGraph, ServerKeys
 from homeserver.storage.federation_queue import FederationQueueStore
 from homeserver.storage.rooms import RoomStore
 
@@ -48,6 +62,13 @@ MAX_TXN_ID_BYTES = 255
 # Rooms processed side by side at most (all transactions together): each holds a pooled
 # database connection at a time, and the pool serves the clients too.
 MAX_ROOMS_AT_ONCE = 4
+# Key queries in flight at once for one transaction's PDUs (distinct servers).
+KEY_FETCHES_AT_ONCE = 8
+# Transactions of one origin waiting behind the one being processed; one more is 429. A
+# server sends one at a time (spec, "Transactions"), so only a retry racing its first attempt
+# or a misbehaving server ever waits; each waiting one holds its body (up to 10 MiB).
+MAX_WAITING_PER_ORIGIN = 2
+RETRY_AFTER_MS = 1000
 # Answers are kept this long: a server retries a transaction within minutes, never days.
 KEEP_ANSWERS_MS = 24 * 3600 * 1000
 PRUNE_INTERVAL_S = 3600.0
@@ -87,8 +108,14 @@ class TransactionService:
         clock: Clock,
         acls: ServerAcls,
         requests: Requests,
+        graph_budget_s: float = DEFAULT_BUDGET_S,
+        keys: ServerKeys | None = None,
     ) -> None:
+        """``keys``: the key ring, to fetch the keys a transaction's PDUs need before they
+        are processed (without it, the pipeline fetches them one PDU at a time)."""
         self._store = store
+        self._keys = keys
+        self._graph_budget_s = graph_budget_s
         self._requests = requests
         self._pipeline = pipeline
         self._acls = acls
@@ -96,6 +123,8 @@ class TransactionService:
         self._rooms = rooms
         self._clock = clock
         self._origins: dict[str, asyncio.Lock] = {}
+        # Transactions of each origin here now (the one processed and those waiting).
+        self._inside: dict[str, int] = {}
         self._rooms_at_once = asyncio.Semaphore(MAX_ROOMS_AT_ONCE)
 
     async def on_send(self, origin: str, txn_id: str, body: Any) -> JsonDict:
@@ -117,18 +146,38 @@ class TransactionService:
                 f"At most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs per transaction",
                 status=400,
             )
-        lock = self._origins.setdefault(origin, asyncio.Lock())
-        async with lock:
-            done = await self._store.get_inbound_txn(origin, txn_id)
-            if done is not None:
-                answer: JsonDict = orjson.loads(done)
-                return answer
-            answer = {"pdus": await self._receive_pdus(origin, pdus)}
-            for edu in edus:
-                await self._receive_edu(origin, edu)
-            await self._store.put_inbound_txn(
-                origin, txn_id, orjson.dumps(answer).decode(), self._clock.now_ms()
+        inside = self._inside.get(origin, 0)
+        if inside > MAX_WAITING_PER_ORIGIN:
+            logger.info("transaction refused: origin busy", extra={"origin": origin})
+            raise MatrixError(
+                Codes.LIMIT_EXCEEDED,
+                "Too many transactions from this server at once",
+                retry_after_ms=RETRY_AFTER_MS,
             )
+        self._inside[origin] = inside + 1
+        lock = self._origins.setdefault(origin, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._process(origin, txn_id, pdus, edus)
+        finally:
+            self._inside[origin] -= 1
+            if not self._inside[origin]:
+                del self._inside[origin]
+                del self._origins[origin]
+
+    async def _process(
+        self, origin: str, txn_id: str, pdus: list[Any], edus: list[Any]
+    ) -> JsonDict:
+        done = await self._store.get_inbound_txn(origin, txn_id)
+        if done is not None:
+            answer: JsonDict = orjson.loads(done)
+            return answer
+        answer = {"pdus": await self._receive_pdus(origin, pdus)}
+        for edu in edus:
+            await self._receive_edu(origin, edu)
+        await self._store.put_inbound_txn(
+            origin, txn_id, orjson.dumps(answer).decode(), self._clock.now_ms()
+        )
         return answer
 
     async def _receive_pdus(self, origin: str, pdus: list[Any]) -> dict[str, JsonDict]:
@@ -140,6 +189,13 @@ class TransactionService:
                 logger.info("pdu without a room ignored", extra={"origin": origin})
                 continue
             by_room.setdefault(room_id, []).append(pdu)
+        versions: dict[str, RoomVersion] = {}
+        for room_id in by_room:
+            version_id = await self._rooms.get_room_version(room_id)
+            version = KNOWN_ROOM_VERSIONS.get(version_id) if version_id is not None else None
+            if version is not None:
+                versions[room_id] = version
+        await self._fetch_keys(by_room, versions)
         now = self._clock.now_ms()
         results = await asyncio.gather(
             *(
@@ -151,14 +207,63 @@ class TransactionService:
             answers.update(found)
         return answers
 
+    async def _fetch_keys(
+        self, by_room: dict[str, list[JsonDict]], versions: dict[str, RoomVersion]
+    ) -> None:
+        """Have the key ring hold the keys the PDUs are signed with (each server once, its
+        key IDs and the latest time a key must be valid at); failures are the pipeline's to
+        report, per PDU."""
+        keys = self._keys
+        if keys is None:
+            return
+        wanted: dict[str, tuple[set[str], int]] = {}
+        for room_id, pdus in by_room.items():
+            version = versions.get(room_id)
+            if version is None:
+                continue
+            for pdu in pdus:
+                signatures = pdu.get("signatures")
+                if not isinstance(signatures, dict):
+                    continue
+                ts = pdu.get("origin_server_ts")
+                valid_at = ts if version.enforce_key_validity and isinstance(ts, int) else 0
+                try:
+                    servers = required_signers(pdu, version)
+                except (ValueError, TypeError, KeyError, AttributeError):
+                    continue
+                for server in servers:
+                    theirs = signatures.get(server)
+                    if not isinstance(theirs, dict):
+                        continue
+                    key_ids, latest = wanted.setdefault(server, (set(), 0))
+                    key_ids.update(k for k in theirs if isinstance(k, str))
+                    wanted[server] = (key_ids, max(latest, valid_at))
+        if not wanted:
+            return
+        at_once = asyncio.Semaphore(KEY_FETCHES_AT_ONCE)
+
+        async def fetch(server: str, key_ids: set[str], valid_at: int) -> None:
+            async with at_once:
+                try:
+                    await keys.get_verify_keys(server, key_ids, valid_at)
+                except Exception:
+                    logger.info("key fetch failed", extra={"server": server}, exc_info=True)
+
+        await asyncio.gather(*(fetch(s, k, v) for s, (k, v) in wanted.items()))
+
     async def _receive_room(
         self, origin: str, room_id: str, pdus: list[JsonDict], received_ts: int
     ) -> dict[str, JsonDict]:
-        async with self._rooms_at_once:
-            return await self._receive_room_now(origin, room_id, pdus, received_ts)
+        async with _RoomSlot(self._rooms_at_once) as slot:
+            return await self._receive_room_now(origin, room_id, pdus, received_ts, slot)
 
     async def _receive_room_now(
-        self, origin: str, room_id: str, pdus: list[JsonDict], received_ts: int
+        self,
+        origin: str,
+        room_id: str,
+        pdus: list[JsonDict],
+        received_ts: int,
+        slot: _RoomSlot,
     ) -> dict[str, JsonDict]:
         version_id = await self._rooms.get_room_version(room_id)
         version = KNOWN_ROOM_VERSIONS.get(version_id) if version_id is not None else None
@@ -175,7 +280,7 @@ class TransactionService:
         if not await self._acls.allows(room_id, origin):
             # spec, m.room.server_acl: a denied server's PDUs for the room are refused.
             return _errors(pdus, version, "Server is banned from this room by its ACL")
-        graph = FederatedGraph(self._requests, origin)
+        graph = FederatedGraph(self._requests, origin, self._graph_budget_s, waiting=slot.away)
         try:
             # Steps 1 to 6 of the checks, the events the PDUs refer to and we lack asked of
             # the origin (missing events, then the state at a remaining gap).
@@ -215,6 +320,55 @@ class TransactionService:
         while True:
             await self.prune_once()
             await asyncio.sleep(PRUNE_INTERVAL_S)
+
+
+class _RoomSlot:
+    """One of the rooms-at-once places, held while a room's PDUs are processed and given up
+    while they wait on the origin (``away``, entered by each request; concurrent requests
+    share one absence). Never held twice nor released twice, cancelled or not."""
+
+    def __init__(self, places: asyncio.Semaphore) -> None:
+        self._places = places
+        self._held = False
+        self._away = 0
+        self._taking = False
+
+    async def __aenter__(self) -> _RoomSlot:
+        await self._take()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._held:
+            self._held = False
+            self._places.release()
+
+    async def _take(self) -> None:
+        if self._held or self._taking:
+            return
+        self._taking = True
+        try:
+            await self._places.acquire()
+            self._held = True
+        finally:
+            self._taking = False
+
+    @asynccontextmanager
+    async def away(self) -> AsyncIterator[None]:
+        self._away += 1
+        if self._held:
+            self._held = False
+            self._places.release()
+        try:
+            yield
+        finally:
+            self._away -= 1
+            if not self._away:
+                await self._take()
 
 
 def _errors(pdus: Sequence[JsonDict], version: RoomVersion, error: str) -> dict[str, JsonDict]:

@@ -296,6 +296,12 @@ class IncomingEvents:
             return Received(event_id, Outcome.KNOWN)
 
         loaded = await self._events.get_events([*prevs, *auths])
+        foreign_prevs = [p for p in prevs if p in loaded and loaded[p].room_id != room_id]
+        if foreign_prevs:
+            # Another room's event as a parent would make that room's state this one's.
+            return Received(
+                event_id, Outcome.DROPPED, f"prev event {foreign_prevs[0]} belongs to another room"
+            )
         lacking_auth = [a for a in auths if a not in loaded]
         if lacking_auth and remote is not None:
             await self._fetch_outliers(room_id, version, lacking_auth, remote, received_ts)
@@ -561,6 +567,9 @@ class IncomingEvents:
         wanted = set(event_ids)
         asked: set[str] = set()
         while wanted and len(asked) < MAX_FETCHED_EVENTS:
+            # The bound holds for the whole fetch, not per round (a round of a fanning
+            # auth chain may name many times the events of the one before).
+            wanted = set(sorted(wanted)[: MAX_FETCHED_EVENTS - len(asked)])
             asked |= wanted
             try:
                 answer = await remote.get_events(room_id, sorted(wanted))
