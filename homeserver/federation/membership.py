@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from unpaddedbase64 import encode_base64
+
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID
@@ -24,9 +26,9 @@ from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.crypto.signing import SigningKey
 from homeserver.events.auth import auth_types_for_event, check_auth
-from homeserver.events.format import compute_event_id, redact, sign_event
+from homeserver.events.format import compute_reference_hash, event_id_of, redact, sign_event
 from homeserver.events.power_levels import get_named_level, get_user_power_level
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
 from homeserver.events.stripped import STRIPPED_STATE_TYPES
 from homeserver.federation.acl import RoomAcls
 from homeserver.federation.event_checks import check_received_pdu
@@ -66,6 +68,17 @@ class LocalUsers(Protocol):
     """Whether a user of ours exists (the account store)."""
 
     async def get_profile(self, user_id: UserID) -> object | None: ...
+
+
+def _check_event_id(pdu: JsonDict, event_id: str, version: RoomVersion) -> None:
+    """The path's event ID must be the event's: derived from its hash from room version 3,
+    its own ``event_id`` in versions 1 and 2."""
+    try:
+        computed = event_id_of(pdu, version)
+    except (ValueError, TypeError, KeyError) as e:
+        raise MatrixError(Codes.BAD_JSON, "The event cannot be hashed") from e
+    if computed != event_id:
+        raise MatrixError(Codes.BAD_JSON, "The event ID does not match the event")
 
 
 def stripped(event: StoredEvent) -> JsonDict:
@@ -145,6 +158,7 @@ class FederatedMembership:
         parents = room.forward_extremities[:MAX_PREV_EVENTS]
         wanted = auth_types_for_event(version, MEMBER, user_id, user_id, content)
         auth_ids = [state[k] for k in wanted if k in state]
+        prev_ids = [e.event_id for e in parents]
         template: JsonDict = {
             "room_id": room_id,
             "sender": user_id,
@@ -154,8 +168,8 @@ class FederatedMembership:
             "origin": self._server_name,
             "origin_server_ts": self._clock.now_ms(),
             "depth": max(e.depth for e in parents) + 1,
-            "prev_events": [e.event_id for e in parents],
-            "auth_events": auth_ids,
+            "prev_events": await self._references(prev_ids, version),
+            "auth_events": await self._references(auth_ids, version),
         }
         auth_events = await self._keyed(version, state, wanted)
         create = auth_events.get((CREATE, "")) or await self._create_of(version, state)
@@ -298,12 +312,7 @@ class FederatedMembership:
         content = pdu.get("content")
         if not isinstance(content, dict) or content.get("membership") != membership:
             raise MatrixError(Codes.BAD_JSON, f"The event's membership is not {membership!r}")
-        try:
-            computed = compute_event_id(pdu, version)
-        except (ValueError, TypeError, KeyError) as e:
-            raise MatrixError(Codes.BAD_JSON, "The event cannot be hashed") from e
-        if computed != event_id:
-            raise MatrixError(Codes.BAD_JSON, "The event ID does not match the event")
+        _check_event_id(pdu, event_id, version)
         authoriser = content.get("join_authorised_via_users_server")
         if (
             membership == "join"
@@ -384,12 +393,7 @@ class FederatedMembership:
         ):
             # As for a local inviter (rooms/membership.py): the spec's invite permission.
             raise MatrixError(Codes.INVITE_BLOCKED, f"{invitee} does not accept invites")
-        try:
-            computed = compute_event_id(pdu, version)
-        except (ValueError, TypeError, KeyError) as e:
-            raise MatrixError(Codes.BAD_JSON, "The event cannot be hashed") from e
-        if computed != event_id:
-            raise MatrixError(Codes.BAD_JSON, "The event ID does not match the event")
+        _check_event_id(pdu, event_id, version)
         await self._acl_if_known(room_id, origin)
         await check_received_pdu(self._keyring, pdu, version)
         sign_event(pdu, self._server_name, self._signing_key, version)
@@ -429,6 +433,21 @@ class FederatedMembership:
             # A room we only know by an invite of one of our users: not ours to serve.
             raise MatrixError(Codes.NOT_FOUND, "This server is not in the room")
         return KNOWN_ROOM_VERSIONS[identifier]
+
+    async def _references(self, event_ids: list[str], version: RoomVersion) -> list[object]:
+        """``prev_events`` or ``auth_events`` of a template in the room version's format:
+        the IDs from v3; in v1 and v2 ``[ID, {"sha256": reference hash}]`` pairs."""
+        if version.event_format is not EventFormat.V1:
+            return list(event_ids)
+        loaded = await self._events.get_events(event_ids)
+        out: list[object] = []
+        for event_id in event_ids:
+            event = loaded.get(event_id)
+            if event is None:
+                raise MatrixError(Codes.UNKNOWN, "An event of the room is missing")
+            reference = encode_base64(compute_reference_hash(event.pdu, version))
+            out.append([event_id, {"sha256": reference}])
+        return out
 
     async def _keyed(
         self, version: RoomVersion, state: StateMap, wanted: Sequence[tuple[str, str]]
