@@ -81,6 +81,10 @@ def _check_event_id(pdu: JsonDict, event_id: str, version: RoomVersion) -> None:
         raise MatrixError(Codes.BAD_JSON, "The event ID does not match the event")
 
 
+def _signed_part(pdu: JsonDict) -> JsonDict:
+    return {k: v for k, v in pdu.items() if k not in ("signatures", "unsigned")}
+
+
 def stripped(event: StoredEvent) -> JsonDict:
     return {
         "type": event.type,
@@ -328,9 +332,18 @@ class FederatedMembership:
         if result.outcome is Outcome.ACCEPTED:
             return
         if result.outcome is Outcome.KNOWN:
-            # A retry: answered as the first time, unless the first time refused it.
+            # A retry: answered as the first time, unless the first time refused it. In
+            # room versions 1 and 2 the sender names its events, so the ID alone does not
+            # say it is the same event: another one under it (of another room, perhaps) is
+            # refused, never answered with its room's state.
             known = await self._events.get_event(event_id)
-            if known is not None and known.served:
+            if (
+                known is None
+                or known.room_id != room_id
+                or _signed_part(known.pdu) != (_signed_part(pdu))
+            ):
+                raise MatrixError(Codes.BAD_JSON, "Another event has this event ID")
+            if known.served:
                 return
             reason = await self._events.get_rejection(event_id)
             raise MatrixError(

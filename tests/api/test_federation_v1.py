@@ -531,3 +531,35 @@ async def test_inviting_a_remote_user_falls_back_to_v1(
         headers=auth_header(token),
     )
     assert r.status_code != 200 or r.json()["membership"] != "invite", r.text
+
+
+async def test_an_event_id_taken_in_another_room_is_refused(fed: Fed, remote: FakeRemote) -> None:
+    """In versions 1 and 2 the sending server names its events: a join that reuses the ID of
+    one of its events in another room must not be answered as a retry of that one (the
+    answer would give the other room's state)."""
+    _, client = fed
+    alice, token = await register(client, "alice")
+    first = await create_room(client, token, preset="public_chat", room_version="1")
+    second = await create_room(client, token, preset="public_chat", room_version="1")
+    made = await make(client, remote, "join", first, BOB)
+    pdu, join_id = sign_v1(remote, made["event"])
+    r = await signed(
+        client, remote, "PUT", f"{FED}/v2/send_join/{q(first)}/{q(join_id)}", content=pdu
+    )
+    assert r.status_code == 200, r.text
+    made = await make(client, remote, "join", second, BOB)
+    reused = copy.deepcopy(made["event"])
+    reused["origin"] = "remote.test"
+    reused["event_id"] = join_id
+    hash_and_sign_event(reused, "remote.test", remote.key, KNOWN_ROOM_VERSIONS["1"])
+    r = await signed(
+        client, remote, "PUT", f"{FED}/v2/send_join/{q(second)}/{q(join_id)}", content=reused
+    )
+    assert (r.status_code, r.json()["errcode"]) == (400, "M_BAD_JSON"), r.text
+    assert await members(client, token, second) == {alice}
+    # The same join again in its own room is a retry, answered as the first time.
+    r = await signed(
+        client, remote, "PUT", f"{FED}/v2/send_join/{q(first)}/{q(join_id)}", content=pdu
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["event"]["event_id"] == join_id
