@@ -81,10 +81,6 @@ def _check_event_id(pdu: JsonDict, event_id: str, version: RoomVersion) -> None:
         raise MatrixError(Codes.BAD_JSON, "The event ID does not match the event")
 
 
-def _signed_part(pdu: JsonDict) -> JsonDict:
-    return {k: v for k, v in pdu.items() if k not in ("signatures", "unsigned")}
-
-
 def stripped(event: StoredEvent) -> JsonDict:
     return {
         "type": event.type,
@@ -246,7 +242,7 @@ class FederatedMembership:
         # before the checks that require it): the joining server then holds a copy that
         # verifies with both. Signatures are not hashed: the event ID stays.
         sign_event(pdu, self._server_name, self._signing_key, version)
-        await self._persist(room_id, event_id, pdu)
+        await self._persist(room_id, event_id, pdu, version)
         stored = await self._events.get_event(event_id)
         assert stored is not None
         before = await self._events.get_state_before(stored)
@@ -265,7 +261,7 @@ class FederatedMembership:
         await self._acls.check(room_id, origin)
         pdu = await self._check_membership_pdu(origin, room_id, event_id, pdu, version, "leave")
         sign_event(pdu, self._server_name, self._signing_key, version)
-        await self._persist(room_id, event_id, pdu)
+        await self._persist(room_id, event_id, pdu, version)
 
     async def send_knock(
         self, origin: str, room_id: str, event_id: str, pdu: JsonDict
@@ -281,7 +277,7 @@ class FederatedMembership:
         await self._acls.check(room_id, origin)
         pdu = await self._check_membership_pdu(origin, room_id, event_id, pdu, version, "knock")
         sign_event(pdu, self._server_name, self._signing_key, version)
-        await self._persist(room_id, event_id, pdu)
+        await self._persist(room_id, event_id, pdu, version)
         return await self.stripped_state(room_id)
 
     async def stripped_state(self, room_id: str) -> list[JsonDict]:
@@ -327,7 +323,9 @@ class FederatedMembership:
         await check_received_pdu(self._keyring, pdu, version)
         return pdu
 
-    async def _persist(self, room_id: str, event_id: str, pdu: JsonDict) -> None:
+    async def _persist(
+        self, room_id: str, event_id: str, pdu: JsonDict, version: RoomVersion
+    ) -> None:
         [result] = await self._incoming.receive(room_id, [pdu], self._clock.now_ms())
         if result.outcome is Outcome.ACCEPTED:
             return
@@ -335,12 +333,14 @@ class FederatedMembership:
             # A retry: answered as the first time, unless the first time refused it. In
             # room versions 1 and 2 the sender names its events, so the ID alone does not
             # say it is the same event: another one under it (of another room, perhaps) is
-            # refused, never answered with its room's state.
+            # refused, never answered with its room's state. The reference hash leaves out
+            # signatures (ours were added) and is the same for a redacted copy.
             known = await self._events.get_event(event_id)
             if (
                 known is None
                 or known.room_id != room_id
-                or _signed_part(known.pdu) != (_signed_part(pdu))
+                or compute_reference_hash(known.pdu, version)
+                != compute_reference_hash(pdu, version)
             ):
                 raise MatrixError(Codes.BAD_JSON, "Another event has this event ID")
             if known.served:

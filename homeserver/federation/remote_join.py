@@ -24,6 +24,7 @@ from homeserver.crypto.signing import SigningKey
 from homeserver.events.auth import check_auth, check_auth_events_selection
 from homeserver.events.format import (
     auth_event_ids,
+    compute_reference_hash,
     event_id_of,
     hash_and_sign_event,
     redact,
@@ -238,6 +239,20 @@ class RemoteRooms:
                 logger.info("state event dropped", extra={"room_id": room_id, "reason": str(e)})
                 continue
             found[event_id] = pdu if content_hash_matches(pdu) else redact(pdu, version)
+        if version.event_format is EventFormat.V1:
+            # Versions 1 and 2: the sending server names its events, so an ID we already
+            # hold for another event (of another room, say) is not this one: left out. The
+            # reference hash is the same for an event and its redacted form.
+            known = await self._events.get_events(found)
+            for event_id, event in known.items():
+                if event.room_id != room_id or compute_reference_hash(
+                    event.pdu, version
+                ) != compute_reference_hash(found[event_id], version):
+                    logger.info(
+                        "state event with a taken ID dropped",
+                        extra={"room_id": room_id, "event_id": event_id},
+                    )
+                    del found[event_id]
         return found
 
     async def _put_v2_or_v1(self, server: str, path: str, event: JsonDict) -> Any:
@@ -388,10 +403,11 @@ def _same_event(pdu: JsonDict, ours: JsonDict, version: RoomVersion) -> bool:
         return False
     if version.event_format is not EventFormat.V1:
         return True
-    unsigned = ("signatures", "unsigned")
-    return {k: v for k, v in pdu.items() if k not in unsigned} == {
-        k: v for k, v in ours.items() if k not in unsigned
-    }
+    return _signed_part(pdu) == _signed_part(ours)
+
+
+def _signed_part(pdu: JsonDict) -> JsonDict:
+    return {k: v for k, v in pdu.items() if k not in ("signatures", "unsigned")}
 
 
 def _is_unknown_endpoint(e: FederationError) -> bool:

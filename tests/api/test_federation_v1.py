@@ -250,8 +250,9 @@ async def test_v1_invite_of_our_user(fed: Fed, remote: FakeRemote) -> None:
 class OldResidentRoom:
     """A room of version 1 or 2 on remote.test, its events named and signed there."""
 
-    def __init__(self, remote: FakeRemote, version: str = "1") -> None:
+    def __init__(self, remote: FakeRemote, version: str = "1", room_id: str = REMOTE_ROOM) -> None:
         self.remote = remote
+        self.room_id = room_id
         self.version = KNOWN_ROOM_VERSIONS[version]
         self.events: dict[str, JsonDict] = {}
         self.state: dict[tuple[str, str], str] = {}
@@ -277,13 +278,18 @@ class OldResidentRoom:
         return [self.state[k] for k in keys if k in self.state]
 
     def add(
-        self, event_type: str, state_key: str, content: JsonDict, auth: list[str] | None = None
+        self,
+        event_type: str,
+        state_key: str,
+        content: JsonDict,
+        auth: list[str] | None = None,
+        event_id: str | None = None,
     ) -> str:
         self.depth += 1
         auth = self.default_auth(CAROL) if auth is None else auth
         pdu: JsonDict = {
-            "event_id": f"${self.depth}-{secrets.token_hex(4)}:remote.test",
-            "room_id": REMOTE_ROOM,
+            "event_id": event_id or f"${self.depth}-{secrets.token_hex(4)}:remote.test",
+            "room_id": self.room_id,
             "sender": CAROL,
             "type": event_type,
             "state_key": state_key,
@@ -309,7 +315,7 @@ class OldResidentRoom:
         return {
             # Synapse's templates name an event of their own: the joining server replaces it.
             "event_id": "$template:remote.test",
-            "room_id": REMOTE_ROOM,
+            "room_id": self.room_id,
             "sender": user_id,
             "state_key": user_id,
             "type": "m.room.member",
@@ -563,3 +569,36 @@ async def test_an_event_id_taken_in_another_room_is_refused(fed: Fed, remote: Fa
     )
     assert r.status_code == 200, r.text
     assert r.json()["event"]["event_id"] == join_id
+
+
+async def test_a_resident_reusing_an_event_id_of_another_room(
+    fed: Fed, remote: FakeRemote, old_resident: V1OnlyResident
+) -> None:
+    """The state a resident answers must not smuggle in an event we hold in another room
+    under a reused v1 ID: such an event is left out of the new room's state."""
+    _, client = fed
+    alice, token = await register(client, "alice")
+    r = await join_remote(client, token)
+    assert r.status_code == 200, r.text
+    first_name = old_resident.room.state[("m.room.name", "")]
+    other_id = "!other:remote.test"
+    other = OldResidentRoom(remote, room_id=other_id)
+    # Its name event is its own, under the ID of the first room's name event.
+    other.add("m.room.name", "", {"name": "Other room"}, event_id=first_name)
+    old_resident.room = other
+    r = await client.post(
+        f"/_matrix/client/v3/join/{q(other_id)}",
+        params={"via": "remote.test"},
+        headers=auth_header(token),
+    )
+    assert r.status_code == 200, r.text
+    assert await members(client, token, other_id) == {alice, CAROL}
+    r = await client.get(
+        f"/_matrix/client/v3/rooms/{q(other_id)}/state/m.room.name", headers=auth_header(token)
+    )
+    assert r.status_code == 404, r.text  # not the first room's name
+    r = await client.get(
+        f"/_matrix/client/v3/rooms/{q(REMOTE_ROOM)}/state/m.room.name",
+        headers=auth_header(token),
+    )
+    assert r.status_code == 200 and r.json() == {"name": "Old remote room"}, r.text
