@@ -74,33 +74,52 @@ async def make_knock(request: Request) -> Response:
     return await _make(request, "knock", versions)
 
 
-async def send_join(request: Request) -> Response:
-    """PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}"""
+async def _send_join(request: Request) -> JsonDict:
     hs = services_of(request, MembershipServices)
     origin, content = await authenticated_origin(request)
     room_id, event_id = _path_ids(request)
     answer = await hs.memberships.send_join(origin, room_id, event_id, _object(content))
+    return {
+        "origin": hs.server_name,
+        "state": answer.state,
+        "auth_chain": answer.auth_chain,
+        "event": answer.event,
+        "servers_in_room": answer.servers_in_room,
+    }
+
+
+async def send_join(request: Request) -> Response:
+    """PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}"""
     # ``omit_members`` (MSC3706, faster joins) may be asked: the full state is always
     # answered, which the spec allows (members_omitted false).
-    return json_response(
-        {
-            "origin": hs.server_name,
-            "state": answer.state,
-            "auth_chain": answer.auth_chain,
-            "event": answer.event,
-            "members_omitted": False,
-            "servers_in_room": answer.servers_in_room,
-        }
-    )
+    return json_response({**await _send_join(request), "members_omitted": False})
 
 
-async def send_leave(request: Request) -> Response:
-    """PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}"""
+async def send_join_v1(request: Request) -> Response:
+    """PUT /_matrix/federation/v1/send_join/{roomId}/{eventId}
+
+    Deprecated (v2 replaced it), still served as Synapse does for older servers: the same
+    answer as v2, inside ``[200, {...}]``."""
+    return json_response([200, await _send_join(request)])
+
+
+async def _send_leave(request: Request) -> None:
     hs = services_of(request, MembershipServices)
     origin, content = await authenticated_origin(request)
     room_id, event_id = _path_ids(request)
     await hs.memberships.send_leave(origin, room_id, event_id, _object(content))
+
+
+async def send_leave(request: Request) -> Response:
+    """PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}"""
+    await _send_leave(request)
     return json_response({})
+
+
+async def send_leave_v1(request: Request) -> Response:
+    """PUT /_matrix/federation/v1/send_leave/{roomId}/{eventId} (deprecated: ``[200, {}]``)"""
+    await _send_leave(request)
+    return json_response([200, {}])
 
 
 async def send_knock(request: Request) -> Response:
@@ -137,6 +156,44 @@ async def invite(request: Request) -> Response:
     return json_response({"event": signed})
 
 
+class InviteV1Unsigned(RequestBody):
+    invite_room_state: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=MAX_INVITE_STATE
+    )
+
+
+class InviteV1Body(RequestBody):
+    """The v1 body is the invite itself; only ``unsigned`` is read here, the rest is the
+    event's and checked as one."""
+
+    unsigned: InviteV1Unsigned = Field(default_factory=InviteV1Unsigned)
+
+
+def _v1_room_version(invite_room_state: list[dict[str, Any]]) -> str:
+    """spec: a v1 invite is for a room of version 1 or 2; the create event among the
+    stripped state tells which, and version 1 is assumed otherwise."""
+    for event in invite_room_state:
+        content = event.get("content")
+        if event.get("type") == "m.room.create" and isinstance(content, dict):
+            if content.get("room_version") == "2":
+                return "2"
+    return "1"
+
+
+async def invite_v1(request: Request) -> Response:
+    """PUT /_matrix/federation/v1/invite/{roomId}/{eventId}"""
+    hs = services_of(request, MembershipServices)
+    origin, content = await authenticated_origin(request)
+    room_id, event_id = _path_ids(request)
+    event = _object(content)
+    body = validate_body(event, InviteV1Body)
+    state = [dict(e) for e in body.unsigned.invite_room_state]
+    signed = await hs.memberships.on_invite(
+        origin, room_id, event_id, _v1_room_version(state), dict(event), state
+    )
+    return json_response([200, {"event": signed}])
+
+
 routes = [
     Route("/v1/make_join/{room_id}/{user_id}", make_join, methods=["GET"]),
     Route("/v2/send_join/{room_id}/{event_id}", send_join, methods=["PUT"]),
@@ -145,4 +202,8 @@ routes = [
     Route("/v1/make_knock/{room_id}/{user_id}", make_knock, methods=["GET"]),
     Route("/v1/send_knock/{room_id}/{event_id}", send_knock, methods=["PUT"]),
     Route("/v2/invite/{room_id}/{event_id}", invite, methods=["PUT"]),
+    # Deprecated v1 forms, for servers that predate v2.
+    Route("/v1/send_join/{room_id}/{event_id}", send_join_v1, methods=["PUT"]),
+    Route("/v1/send_leave/{room_id}/{event_id}", send_leave_v1, methods=["PUT"]),
+    Route("/v1/invite/{room_id}/{event_id}", invite_v1, methods=["PUT"]),
 ]

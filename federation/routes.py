@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from federation import (
+    hierarchy,
     keys,
     media,
     membership,
@@ -26,6 +27,7 @@ federation_routes = [
     *membership.routes,
     *openid.routes,
     *send.routes,
+    *hierarchy.routes,
 ]
 # With federation off, third parties still check OpenID tokens here.
 openid_routes = openid.routes

@@ -98,6 +98,7 @@ from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.mutual import MutualRooms
 from homeserver.rooms.relations import RelationsService
 from homeserver.rooms.remote_directory import RemoteDirectories
+from homeserver.rooms.remote_hierarchy import RemoteHierarchies
 from homeserver.rooms.reports import ReportService
 from homeserver.rooms.resolution import resolve_room_state
 from homeserver.rooms.send import SendService
@@ -506,7 +507,18 @@ class Homeserver:
             else None
         )
         self.room_summaries = RoomSummaryService(self.event_store, self.room_store, self.directory)
-        self.space_hierarchy = SpaceHierarchyService(self.event_store, self.room_summaries)
+        self.space_hierarchy = SpaceHierarchyService(
+            self.event_store,
+            self.room_summaries,
+            self.room_store,
+            self.federation_reads,
+            server_name,
+            remote=(
+                RemoteHierarchies(self.federation_client, clock, FederationError, server_name)
+                if config.federation.enabled
+                else None
+            ),
+        )
         self.turn = TurnService(config.voip, clock)
         self.openid = OpenIdService(OpenIdStore(self.db), clock, self.server_name)
         self.mutual_rooms = MutualRooms(self.room_store)

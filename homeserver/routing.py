@@ -61,6 +61,7 @@ from client_api import (
 )
 from client_api import routes as client_routes
 from federation import edge as federation_edge
+from federation import hierarchy as federation_hierarchy
 from federation import keys as key_server
 from federation import media as federation_media
 from federation import membership as federation_membership
@@ -167,6 +168,7 @@ def route_services(hs: Homeserver) -> list[object]:
         federation_rooms.RoomReadServices(hs.room_reads, hs.server_name, hs.clock),
         federation_membership.MembershipServices(hs.federated_memberships, hs.server_name),
         send.TransactionServices(hs.transactions),
+        federation_hierarchy.FederationHierarchyServices(hs.space_hierarchy),
     ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -26,7 +26,7 @@ from homeserver.filters.matching import EventFilter
 from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.sender import EventSender
-from homeserver.rooms.service import Page, RoomService, position_token
+from homeserver.rooms.service import Page, RoomService, event_token, page_bounds
 from homeserver.storage.admin import AdminStore
 from homeserver.storage.admin_rooms import AdminRoomStore, RoomCounts
 from homeserver.storage.events import EventStore, StoredEvent
@@ -244,39 +244,52 @@ class AdminRooms:
         limit: int,
         event_filter: EventFilter,
     ) -> Page:
-        """Every event of the room in a range, as /messages pages them, but whoever could
-        see them (an administrator reads the room's whole history)."""
+        """Every event of the room in a range, as /messages pages them (in the room's
+        order, backfilled history included, with the same tokens), but whoever could see
+        them (an administrator reads the room's whole history)."""
         require_admin(requester)
         counts = await self._counts(room_id)
         if from_token is not None:
-            start = parse_position(from_token)
+            start = RoomPosition.parse(from_token)
         elif backwards:
-            start = (await self._events.get_max_stream_ordering_before(room_id, 2**62)) or 0
+            latest = await self._events.get_max_stream_ordering_before(room_id, 2**62)
+            start = RoomPosition.at_stream(latest or 0)
         else:
-            start = 0
-        bound = parse_position(to_token) if to_token is not None else None
+            start = RoomPosition.at_stream(0)
+        to = RoomPosition.parse(to_token) if to_token is not None else None
+        bounds = page_bounds(start, to, backwards, None)
         chunk: list[StoredEvent] = []
-        cursor = start
+        last: StoredEvent | None = None
         exhausted = False
         while len(chunk) < limit and not exhausted:
             want = limit - len(chunk)
-            if backwards:
-                batch = await self._events.get_room_events(
-                    room_id, after=bound, upto=cursor, limit=want, descending=True
-                )
-                if batch:
-                    cursor = batch[-1].stream_ordering - 1
-            else:
-                batch = await self._events.get_room_events(
-                    room_id, after=cursor, upto=bound, limit=want, descending=False
-                )
-                if batch:
-                    cursor = batch[-1].stream_ordering
+            batch = await self._events.get_timeline(
+                room_id,
+                below=bounds.below,
+                above=bounds.above,
+                after=bounds.after,
+                upto=bounds.upto,
+                limit=want,
+                descending=backwards,
+            )
+            if batch:
+                last = batch[-1]
+                if backwards:
+                    bounds = replace(bounds, below=(last.depth, last.stream_ordering - 1))
+                else:
+                    bounds = replace(bounds, above=(last.depth, last.stream_ordering))
             exhausted = len(batch) < want
             chunk.extend(e for e in batch if event_filter.allows(e))
         serialized = await self._rooms.serialize(requester, chunk, counts.room_version)
-        end = None if exhausted or limit == 0 else position_token(cursor)
-        return Page(serialized, from_token or position_token(start), end, [])
+        end: str | None = None
+        if not exhausted and limit > 0:
+            if last is None:
+                end = start.serialize()
+            elif backwards:
+                end = event_token(last, before=True, cap=start.cap)
+            else:
+                end = event_token(last)
+        return Page(serialized, from_token or start.serialize(), end, [])
 
     async def fetch_event(self, requester: Requester, event_id: str) -> JsonDict:
         """An event as the server keeps it (its PDU), whoever could see it."""
@@ -381,9 +394,3 @@ def _parse(raw: str) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-
-
-def parse_position(token: str) -> int:
-    """The events stream position of a token the admin room messages handed out (they page in
-    stream order, so a `t` token counts by its stream part)."""
-    return RoomPosition.parse(token).stream

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from unpaddedbase64 import encode_base64
+
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID
@@ -24,9 +26,9 @@ from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.crypto.signing import SigningKey
 from homeserver.events.auth import auth_types_for_event, check_auth
-from homeserver.events.format import compute_event_id, redact, sign_event
+from homeserver.events.format import compute_reference_hash, event_id_of, redact, sign_event
 from homeserver.events.power_levels import get_named_level, get_user_power_level
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
 from homeserver.events.stripped import STRIPPED_STATE_TYPES
 from homeserver.federation.acl import RoomAcls
 from homeserver.federation.event_checks import check_received_pdu
@@ -66,6 +68,17 @@ class LocalUsers(Protocol):
     """Whether a user of ours exists (the account store)."""
 
     async def get_profile(self, user_id: UserID) -> object | None: ...
+
+
+def _check_event_id(pdu: JsonDict, event_id: str, version: RoomVersion) -> None:
+    """The path's event ID must be the event's: derived from its hash from room version 3,
+    its own ``event_id`` in versions 1 and 2."""
+    try:
+        computed = event_id_of(pdu, version)
+    except (ValueError, TypeError, KeyError) as e:
+        raise MatrixError(Codes.BAD_JSON, "The event cannot be hashed") from e
+    if computed != event_id:
+        raise MatrixError(Codes.BAD_JSON, "The event ID does not match the event")
 
 
 def stripped(event: StoredEvent) -> JsonDict:
@@ -145,6 +158,7 @@ class FederatedMembership:
         parents = room.forward_extremities[:MAX_PREV_EVENTS]
         wanted = auth_types_for_event(version, MEMBER, user_id, user_id, content)
         auth_ids = [state[k] for k in wanted if k in state]
+        prev_ids = [e.event_id for e in parents]
         template: JsonDict = {
             "room_id": room_id,
             "sender": user_id,
@@ -154,8 +168,8 @@ class FederatedMembership:
             "origin": self._server_name,
             "origin_server_ts": self._clock.now_ms(),
             "depth": max(e.depth for e in parents) + 1,
-            "prev_events": [e.event_id for e in parents],
-            "auth_events": auth_ids,
+            "prev_events": await self._references(prev_ids, version),
+            "auth_events": await self._references(auth_ids, version),
         }
         auth_events = await self._keyed(version, state, wanted)
         create = auth_events.get((CREATE, "")) or await self._create_of(version, state)
@@ -228,7 +242,7 @@ class FederatedMembership:
         # before the checks that require it): the joining server then holds a copy that
         # verifies with both. Signatures are not hashed: the event ID stays.
         sign_event(pdu, self._server_name, self._signing_key, version)
-        await self._persist(room_id, event_id, pdu)
+        await self._persist(room_id, event_id, pdu, version)
         stored = await self._events.get_event(event_id)
         assert stored is not None
         before = await self._events.get_state_before(stored)
@@ -247,7 +261,7 @@ class FederatedMembership:
         await self._acls.check(room_id, origin)
         pdu = await self._check_membership_pdu(origin, room_id, event_id, pdu, version, "leave")
         sign_event(pdu, self._server_name, self._signing_key, version)
-        await self._persist(room_id, event_id, pdu)
+        await self._persist(room_id, event_id, pdu, version)
 
     async def send_knock(
         self, origin: str, room_id: str, event_id: str, pdu: JsonDict
@@ -263,7 +277,7 @@ class FederatedMembership:
         await self._acls.check(room_id, origin)
         pdu = await self._check_membership_pdu(origin, room_id, event_id, pdu, version, "knock")
         sign_event(pdu, self._server_name, self._signing_key, version)
-        await self._persist(room_id, event_id, pdu)
+        await self._persist(room_id, event_id, pdu, version)
         return await self.stripped_state(room_id)
 
     async def stripped_state(self, room_id: str) -> list[JsonDict]:
@@ -298,12 +312,7 @@ class FederatedMembership:
         content = pdu.get("content")
         if not isinstance(content, dict) or content.get("membership") != membership:
             raise MatrixError(Codes.BAD_JSON, f"The event's membership is not {membership!r}")
-        try:
-            computed = compute_event_id(pdu, version)
-        except (ValueError, TypeError, KeyError) as e:
-            raise MatrixError(Codes.BAD_JSON, "The event cannot be hashed") from e
-        if computed != event_id:
-            raise MatrixError(Codes.BAD_JSON, "The event ID does not match the event")
+        _check_event_id(pdu, event_id, version)
         authoriser = content.get("join_authorised_via_users_server")
         if (
             membership == "join"
@@ -314,14 +323,27 @@ class FederatedMembership:
         await check_received_pdu(self._keyring, pdu, version)
         return pdu
 
-    async def _persist(self, room_id: str, event_id: str, pdu: JsonDict) -> None:
+    async def _persist(
+        self, room_id: str, event_id: str, pdu: JsonDict, version: RoomVersion
+    ) -> None:
         [result] = await self._incoming.receive(room_id, [pdu], self._clock.now_ms())
         if result.outcome is Outcome.ACCEPTED:
             return
         if result.outcome is Outcome.KNOWN:
-            # A retry: answered as the first time, unless the first time refused it.
+            # A retry: answered as the first time, unless the first time refused it. In
+            # room versions 1 and 2 the sender names its events, so the ID alone does not
+            # say it is the same event: another one under it (of another room, perhaps) is
+            # refused, never answered with its room's state. The reference hash leaves out
+            # signatures (ours were added) and is the same for a redacted copy.
             known = await self._events.get_event(event_id)
-            if known is not None and known.served:
+            if (
+                known is None
+                or known.room_id != room_id
+                or compute_reference_hash(known.pdu, version)
+                != compute_reference_hash(pdu, version)
+            ):
+                raise MatrixError(Codes.BAD_JSON, "Another event has this event ID")
+            if known.served:
                 return
             reason = await self._events.get_rejection(event_id)
             raise MatrixError(
@@ -384,12 +406,7 @@ class FederatedMembership:
         ):
             # As for a local inviter (rooms/membership.py): the spec's invite permission.
             raise MatrixError(Codes.INVITE_BLOCKED, f"{invitee} does not accept invites")
-        try:
-            computed = compute_event_id(pdu, version)
-        except (ValueError, TypeError, KeyError) as e:
-            raise MatrixError(Codes.BAD_JSON, "The event cannot be hashed") from e
-        if computed != event_id:
-            raise MatrixError(Codes.BAD_JSON, "The event ID does not match the event")
+        _check_event_id(pdu, event_id, version)
         await self._acl_if_known(room_id, origin)
         await check_received_pdu(self._keyring, pdu, version)
         sign_event(pdu, self._server_name, self._signing_key, version)
@@ -429,6 +446,21 @@ class FederatedMembership:
             # A room we only know by an invite of one of our users: not ours to serve.
             raise MatrixError(Codes.NOT_FOUND, "This server is not in the room")
         return KNOWN_ROOM_VERSIONS[identifier]
+
+    async def _references(self, event_ids: list[str], version: RoomVersion) -> list[object]:
+        """``prev_events`` or ``auth_events`` of a template in the room version's format:
+        the IDs from v3; in v1 and v2 ``[ID, {"sha256": reference hash}]`` pairs."""
+        if version.event_format is not EventFormat.V1:
+            return list(event_ids)
+        loaded = await self._events.get_events(event_ids)
+        out: list[object] = []
+        for event_id in event_ids:
+            event = loaded.get(event_id)
+            if event is None:
+                raise MatrixError(Codes.UNKNOWN, "An event of the room is missing")
+            reference = encode_base64(compute_reference_hash(event.pdu, version))
+            out.append([event_id, {"sha256": reference}])
+        return out
 
     async def _keyed(
         self, version: RoomVersion, state: StateMap, wanted: Sequence[tuple[str, str]]

@@ -11,6 +11,7 @@ as outliers, then the join on top of that state, which becomes the room's curren
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -21,7 +22,13 @@ from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.crypto.signing import SigningKey
 from homeserver.events.auth import check_auth, check_auth_events_selection
-from homeserver.events.format import compute_event_id, hash_and_sign_event, redact
+from homeserver.events.format import (
+    auth_event_ids,
+    compute_reference_hash,
+    event_id_of,
+    hash_and_sign_event,
+    redact,
+)
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
 from homeserver.events.validation import (
     auth_chain_rejections,
@@ -41,10 +48,9 @@ logger = logging.getLogger(__name__)
 FED = "/_matrix/federation"
 MEMBER = "m.room.member"
 CREATE = "m.room.create"
-# Room versions we join on other servers: those whose event IDs are derived (v3 and later).
-JOINABLE_VERSIONS = [
-    v for v, rv in KNOWN_ROOM_VERSIONS.items() if rv.event_format is not EventFormat.V1
-]
+# Room versions we join on other servers: every one we know (versions 1 and 2 with the
+# event ID ours to choose, as the joining server).
+JOINABLE_VERSIONS = list(KNOWN_ROOM_VERSIONS)
 KNOCKABLE_VERSIONS = [v for v in JOINABLE_VERSIONS if KNOWN_ROOM_VERSIONS[v].knock_join_rule]
 # Stripped state events kept from a knock's answer.
 MAX_STRIPPED_STATE = 50
@@ -111,14 +117,12 @@ class RemoteRooms:
         )
         version, template = _check_template(made, room_id, user_id, "join")
         event = self._sign_template(template, version, content)
-        event_id = compute_event_id(event, version)
-        answer = await self._client.request(
-            server, "PUT", f"{FED}/v2/send_join/{_q(room_id)}/{_q(event_id)}", content=event
-        )
+        event_id = event_id_of(event, version)
+        answer = await self._put_v2_or_v1(server, f"send_join/{_q(room_id)}/{_q(event_id)}", event)
         if not isinstance(answer, dict):
             raise FederationError(server, "send_join answer is not an object")
         signed = answer.get("event")
-        if isinstance(signed, dict) and _same_event(signed, event_id, version):
+        if isinstance(signed, dict) and _same_event(signed, event, version):
             # A restricted join comes back with the authorising server's signature.
             event = signed
         state = answer.get("state")
@@ -139,6 +143,10 @@ class RemoteRooms:
         event["content"] = {**template.get("content", {}), **content}
         event["origin"] = self._server_name
         event["origin_server_ts"] = self._clock.now_ms()
+        if version.event_format is EventFormat.V1:
+            # Room versions 1 and 2: the event names itself, on the server that signs it
+            # (the resident server's template names none, or one of its own).
+            event["event_id"] = f"${secrets.token_urlsafe(18)}:{self._server_name}"
         hash_and_sign_event(event, self._server_name, self._signing_key, version)
         return event
 
@@ -161,7 +169,7 @@ class RemoteRooms:
             if not isinstance(pdu, dict):
                 continue
             try:
-                eid = compute_event_id(pdu, version)
+                eid = event_id_of(pdu, version)
             except (ValueError, TypeError):
                 continue
             if eid in checked and eid not in rejected:
@@ -178,7 +186,7 @@ class RemoteRooms:
             raise MatrixError(Codes.UNKNOWN, "The room's version does not match", status=502)
         # Our join, against the state it is sent in: every auth event the template named
         # must have passed the checks.
-        unusable = [a for a in _auth_ids(event) if a not in checked or a in rejected]
+        unusable = [a for a in auth_event_ids(event, version) if a not in checked or a in rejected]
         if unusable:
             raise MatrixError(
                 Codes.UNKNOWN,
@@ -186,7 +194,7 @@ class RemoteRooms:
                 status=502,
             )
         try:
-            auth_events = [checked[a] for a in _auth_ids(event)]
+            auth_events = [checked[a] for a in auth_event_ids(event, version)]
             keyed = check_auth_events_selection(version, event, auth_events)
             check_auth(version, event, keyed, create_event=create)
         except MatrixError as e:
@@ -220,7 +228,7 @@ class RemoteRooms:
             if not isinstance(pdu, dict):
                 continue
             try:
-                event_id = compute_event_id(pdu, version)
+                event_id = event_id_of(pdu, version)
                 if event_id in found:
                     continue
                 check_pdu_format(pdu, version)
@@ -231,7 +239,33 @@ class RemoteRooms:
                 logger.info("state event dropped", extra={"room_id": room_id, "reason": str(e)})
                 continue
             found[event_id] = pdu if content_hash_matches(pdu) else redact(pdu, version)
+        if version.event_format is EventFormat.V1:
+            # Versions 1 and 2: the sending server names its events, so an ID we already
+            # hold for another event (of another room, say) is not this one: left out. The
+            # reference hash is the same for an event and its redacted form.
+            known = await self._events.get_events(found)
+            for event_id, event in known.items():
+                if event.room_id != room_id or compute_reference_hash(
+                    event.pdu, version
+                ) != compute_reference_hash(found[event_id], version):
+                    logger.info(
+                        "state event with a taken ID dropped",
+                        extra={"room_id": room_id, "event_id": event_id},
+                    )
+                    del found[event_id]
         return found
+
+    async def _put_v2_or_v1(self, server: str, path: str, event: JsonDict) -> Any:
+        """PUT ``/v2/{path}`` (send_join, send_leave), or its deprecated ``/v1/{path}`` when
+        the server does not know v2 (as Synapse falls back); the answer's body."""
+        try:
+            return await self._client.request(server, "PUT", f"{FED}/v2/{path}", content=event)
+        except FederationError as e:
+            if not _is_unknown_endpoint(e):
+                raise
+        logger.info("falling back to a v1 endpoint", extra={"server": server, "path": path})
+        answer = await self._client.request(server, "PUT", f"{FED}/v1/{path}", content=event)
+        return _v1_answer(server, answer)
 
     # --- knocking ----------------------------------------------------------------------------
 
@@ -251,7 +285,7 @@ class RemoteRooms:
                 )
                 version, template = _check_template(made, room_id, user_id, "knock")
                 event = self._sign_template(template, version, content)
-                event_id = compute_event_id(event, version)
+                event_id = event_id_of(event, version)
                 answer = await self._client.request(
                     server,
                     "PUT",
@@ -292,13 +326,8 @@ class RemoteRooms:
                 )
                 version, template = _check_template(made, room_id, user_id, "leave")
                 event = self._sign_template(template, version, {})
-                event_id = compute_event_id(event, version)
-                await self._client.request(
-                    server,
-                    "PUT",
-                    f"{FED}/v2/send_leave/{_q(room_id)}/{_q(event_id)}",
-                    content=event,
-                )
+                event_id = event_id_of(event, version)
+                await self._put_v2_or_v1(server, f"send_leave/{_q(room_id)}/{_q(event_id)}", event)
             except FederationError as e:
                 failure = _as_matrix_error(e)
                 continue
@@ -320,18 +349,39 @@ class RemoteRooms:
         """PUT /v2/invite on the invitee's server: the invite with its signature added."""
         invitee = str(event["state_key"])
         server = invitee.split(":", 1)[1]
+        room_version = KNOWN_ROOM_VERSIONS[version]
+        path = f"invite/{_q(room_id)}/{_q(event_id)}"
         try:
-            answer = await self._client.request(
-                server,
-                "PUT",
-                f"{FED}/v2/invite/{_q(room_id)}/{_q(event_id)}",
-                content={"room_version": version, "event": event, "invite_room_state": stripped},
-            )
+            try:
+                answer = await self._client.request(
+                    server,
+                    "PUT",
+                    f"{FED}/v2/{path}",
+                    content={
+                        "room_version": version,
+                        "event": event,
+                        "invite_room_state": stripped,
+                    },
+                )
+            except FederationError as e:
+                if not _is_unknown_endpoint(e):
+                    raise
+                if room_version.event_format is not EventFormat.V1:
+                    # The v1 invite carries no room version: only rooms of versions 1 and
+                    # 2 may be sent through it.
+                    raise MatrixError(
+                        Codes.UNSUPPORTED_ROOM_VERSION,
+                        "The invitee's server does not support this room version",
+                    ) from e
+                v1_event = {**event, "unsigned": {"invite_room_state": stripped}}
+                answer = _v1_answer(
+                    server,
+                    await self._client.request(server, "PUT", f"{FED}/v1/{path}", content=v1_event),
+                )
         except FederationError as e:
             raise _as_matrix_error(e) from e
         signed = answer.get("event") if isinstance(answer, dict) else None
-        room_version = KNOWN_ROOM_VERSIONS[version]
-        if not isinstance(signed, dict) or not _same_event(signed, event_id, room_version):
+        if not isinstance(signed, dict) or not _same_event(signed, event, room_version):
             raise MatrixError(
                 Codes.UNKNOWN, "The invitee's server answered another event", status=502
             )
@@ -342,16 +392,38 @@ class RemoteRooms:
         return signed
 
 
-def _auth_ids(event: JsonDict) -> list[str]:
-    ids = event.get("auth_events")
-    return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
-
-
-def _same_event(pdu: JsonDict, event_id: str, version: RoomVersion) -> bool:
+def _same_event(pdu: JsonDict, ours: JsonDict, version: RoomVersion) -> bool:
+    """Whether ``pdu`` is ``ours`` with more signatures. From room version 3 the event ID is
+    a hash of everything that matters; in versions 1 and 2 it is only a name, so the rest
+    is compared."""
     try:
-        return compute_event_id(pdu, version) == event_id
+        if event_id_of(pdu, version) != event_id_of(ours, version):
+            return False
     except (ValueError, TypeError):
         return False
+    if version.event_format is not EventFormat.V1:
+        return True
+    return _signed_part(pdu) == _signed_part(ours)
+
+
+def _signed_part(pdu: JsonDict) -> JsonDict:
+    return {k: v for k, v in pdu.items() if k not in ("signatures", "unsigned")}
+
+
+def _is_unknown_endpoint(e: FederationError) -> bool:
+    """A server that predates an endpoint's v2: 400 or 404 ``M_UNRECOGNIZED``, or a 404
+    that is not a Matrix error at all (a plain "not found" page). A 404 ``M_NOT_FOUND``
+    means the room or event, not the endpoint: no fallback then."""
+    if e.errcode == Codes.UNRECOGNIZED:
+        return e.status in (400, 404)
+    return e.status == 404 and e.errcode is None
+
+
+def _v1_answer(server: str, answer: Any) -> Any:
+    """The body of a deprecated v1 answer, ``[200, {...}]``."""
+    if isinstance(answer, list) and len(answer) == 2 and isinstance(answer[1], dict):
+        return answer[1]
+    raise FederationError(server, "the v1 answer is not [200, {...}]")
 
 
 def _check_template(
@@ -362,7 +434,7 @@ def _check_template(
     if not isinstance(made, dict) or not isinstance(made.get("event"), dict):
         raise FederationError("", f"make_{membership} answer has no event")
     version = KNOWN_ROOM_VERSIONS.get(str(made.get("room_version", "1")))
-    if version is None or version.event_format is EventFormat.V1:
+    if version is None:
         raise FederationError("", "the room's version is not one we join")
     template: JsonDict = made["event"]
     content = template.get("content")

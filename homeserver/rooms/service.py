@@ -76,7 +76,7 @@ def _min(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else min(a, b)
 
 
-def _page_bounds(
+def page_bounds(
     start: RoomPosition, to: RoomPosition | None, backwards: bool, visible_upto: int | None
 ) -> _Bounds:
     """The bounds of /messages from ``start`` towards ``to`` (``RoomPosition`` says what
@@ -364,7 +364,7 @@ class RoomService:
         else:
             start = RoomPosition.at_stream(0)
         to = RoomPosition.parse(to_token) if to_token is not None else None
-        bounds = _page_bounds(start, to, backwards, visible_upto)
+        bounds = page_bounds(start, to, backwards, visible_upto)
         read = await self._read_page(requester, room_id, bounds, backwards, limit, event_filter)
         if backwards and limit > 0 and await self._backfilled(room_id, read[1], read[2]):
             read = await self._read_page(requester, room_id, bounds, backwards, limit, event_filter)

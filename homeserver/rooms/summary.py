@@ -35,9 +35,13 @@ class RoomSummaryService:
         self._rooms = rooms
         self._directory = directory
 
-    async def summary(self, user_id: UserID | None, room_id_or_alias: str) -> JsonDict:
+    async def summary(
+        self, user_id: UserID | None, room_id_or_alias: str, *, check_access: bool = True
+    ) -> JsonDict:
         """The summary, for ``user_id`` (None: an unauthenticated request). A room the user
-        may not see is "not found", as an unknown one is: its existence is not revealed."""
+        may not see is "not found", as an unknown one is: its existence is not revealed.
+        ``check_access=False``: for a caller that judges access itself (the space
+        hierarchy, for another server)."""
         room_id = await self._directory.resolve_room(room_id_or_alias)
         room = await self._rooms.get_room(room_id)
         if room is None:
@@ -51,7 +55,7 @@ class RoomSummaryService:
         join_rule = _text(state.get(_JOIN_RULES), "join_rule") or "invite"
         history = _text(state.get(_HISTORY), "history_visibility") or "shared"
         allowed = _allowed_rooms(state.get(_JOIN_RULES)) if join_rule in _RESTRICTED_RULES else []
-        if not (
+        if check_access and not (
             join_rule in _OPEN_RULES
             or history == "world_readable"
             or (membership is not None and membership.membership in ("join", "invite"))

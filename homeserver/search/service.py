@@ -17,9 +17,10 @@ from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomID
 from homeserver.core.types import JsonDict, Requester
 from homeserver.filters.matching import EventFilter
-from homeserver.rooms.service import RoomService, position_token
+from homeserver.rooms.service import RoomService, event_token
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.events import EventStore, StoredEvent
+from homeserver.storage.events.model import is_served_position
 from homeserver.storage.rooms import RoomStore
 from homeserver.storage.search import (
     SEARCH_KEYS,
@@ -63,10 +64,23 @@ class RoomEventsSearch:
 
 
 def batch_token(order: Order, hit: SearchHit) -> str:
-    """A ``next_batch``: the order it belongs to and the last hit's place in it."""
+    """A ``next_batch``: the order it belongs to and the last hit's place in it (in the
+    recent order, a backfilled hit's timestamp and depth too: see ``SearchStore.search``)."""
     if order == "rank":
         return f"r{hit.stream_ordering}_{hit.rank!r}"
-    return f"t{hit.stream_ordering}"
+    if hit.stream_ordering > 0:
+        return f"t{hit.stream_ordering}"
+    return f"t{hit.stream_ordering}_{hit.origin_server_ts}_{hit.depth}"
+
+
+def _integer(text: str) -> int | None:
+    """A 64-bit integer in decimal, with a sign when negative (positions of backfilled
+    events are); None for anything else."""
+    digits = text[1:] if text.startswith("-") else text
+    if not digits.isdigit() or len(digits) > 19:
+        return None
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else None
 
 
 def parse_batch(order: Order, token: str) -> SearchPosition:
@@ -76,18 +90,25 @@ def parse_batch(order: Order, token: str) -> SearchPosition:
     kind, rest = token[:1], token[1:]
     if kind != ("r" if order == "rank" else "t"):
         raise bad
-    position, _, rank = rest.partition("_")
-    if not position.isdigit() or len(position) > 19 or (kind == "t") != (rank == ""):
+    text, _, extra = rest.partition("_")
+    position = _integer(text)
+    if position is None or not is_served_position(position):
         raise bad
     if kind == "t":
-        return SearchPosition(int(position))
+        if position > 0 and extra == "":
+            return SearchPosition(position)
+        ts_text, _, depth_text = extra.partition("_")
+        ts, depth = _integer(ts_text), _integer(depth_text)
+        if position > 0 or ts is None or depth is None or ts < 0 or depth < 0:
+            raise bad
+        return SearchPosition(position, origin_server_ts=ts, depth=depth)
     try:
-        value = float(rank)
+        value = float(extra)
     except ValueError:
         raise bad from None
     if not math.isfinite(value):
         raise bad
-    return SearchPosition(int(position), value)
+    return SearchPosition(position, value)
 
 
 class SearchService:
@@ -173,7 +194,9 @@ class SearchService:
                 for e in await self._visibility.filter_events(requester.user_id, candidates)
             }
             for hit in hits:
-                after = SearchPosition(hit.stream_ordering, hit.rank)
+                after = SearchPosition(
+                    hit.stream_ordering, hit.rank, hit.origin_server_ts, hit.depth
+                )
                 if hit.event_id in visible:
                     found.append((hit, loaded[hit.event_id]))
                     if len(found) == limit:
@@ -209,29 +232,31 @@ class SearchService:
         user_id = requester.user_id
         before: list[StoredEvent] = []
         after: list[StoredEvent] = []
+        # In the room's order, as /context: backfilled history has positions below the
+        # events stream, so the stream order would not find an event's neighbours.
         if context.before_limit:
-            before = await self._events.get_room_events(
+            before = await self._events.get_timeline(
                 event.room_id,
-                upto=event.stream_ordering - 1,
+                below=(event.depth, event.stream_ordering - 1),
                 limit=context.before_limit,
                 descending=True,
             )
             before = await self._visibility.filter_events(user_id, before)
         if context.after_limit:
-            after = await self._events.get_room_events(
+            after = await self._events.get_timeline(
                 event.room_id,
-                after=event.stream_ordering,
+                above=(event.depth, event.stream_ordering),
                 limit=context.after_limit,
                 descending=False,
             )
             after = await self._visibility.filter_events(user_id, after)
-        start = before[-1].stream_ordering - 1 if before else event.stream_ordering - 1
-        end = after[-1].stream_ordering if after else event.stream_ordering
+        start = event_token(before[-1] if before else event, before=True)
+        end = event_token(after[-1] if after else event)
         out: JsonDict = {
             "events_before": await self._room_reads.serialize(requester, before, version),
             "events_after": await self._room_reads.serialize(requester, after, version),
-            "start": position_token(start),
-            "end": position_token(end),
+            "start": start,
+            "end": end,
         }
         if context.include_profile:
             out["profile_info"] = await self._profiles(event, before, after)

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from homeserver.storage.database import Connection, Database
 from homeserver.storage.schema import (
+    BACKFILL_BASE,
     current_state,
     events,
     metadata,
@@ -193,7 +194,9 @@ class AdminRoomStore:
                     e.state_key.is_(None),
                     e.type != "m.room.redaction",
                     e.redacted_by.is_(None),
-                    e.stream_ordering > 0,  # served events only (not outliers or rejected)
+                    # Served events only (not outliers or rejected): on the events stream,
+                    # or backfilled below it.
+                    sa.or_(e.stream_ordering > 0, e.stream_ordering <= BACKFILL_BASE),
                 )
                 if after_ts is not None:
                     query = query.where(e.origin_server_ts >= after_ts)
@@ -201,7 +204,11 @@ class AdminRoomStore:
                     query = query.where(e.origin_server_ts <= before_ts)
                 rows = (
                     await conn.execute(
-                        query.order_by(e.stream_ordering.desc()).limit(limit_per_room)
+                        # Newest first in the room's order: backfilled positions count
+                        # down in the order they were fetched.
+                        query.order_by(e.depth.desc(), e.stream_ordering.desc()).limit(
+                            limit_per_room
+                        )
                     )
                 ).all()
                 found.extend((room_id, r.event_id) for r in rows)

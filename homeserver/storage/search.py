@@ -22,7 +22,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from homeserver.storage.database import Database, prepared
-from homeserver.storage.schema import events
+from homeserver.storage.schema import BACKFILL_BASE, events
 from homeserver.storage.schema.search import EVENT_SEARCH
 
 # The type whose content key each search key names (spec, POST /search ``keys``).
@@ -80,6 +80,8 @@ class SearchHit:
     event_id: str
     room_id: str
     rank: float
+    origin_server_ts: int = 0
+    depth: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +97,13 @@ class SearchCriteria:
 
 @dataclass(frozen=True, slots=True)
 class SearchPosition:
-    """Where the previous page ended: its last hit's rank (rank order) and position."""
+    """Where the previous page ended: its last hit's rank (rank order) and position, and
+    for a backfilled hit in the recent order, its timestamp and depth."""
 
     stream_ordering: int
     rank: float | None = None
+    origin_server_ts: int | None = None
+    depth: int | None = None
 
 
 class SearchStore:
@@ -140,7 +145,8 @@ class SearchStore:
             events.c.room_id.in_(list(criteria.room_ids)),
             events.c.type.in_(list(criteria.types)),
             events.c.redacted_by.is_(None),
-            events.c.stream_ordering > 0,  # never an unserved event
+            # Served events only: on the events stream, or backfilled below it.
+            sa.or_(events.c.stream_ordering > 0, events.c.stream_ordering <= BACKFILL_BASE),
         ]
         if criteria.senders is not None:
             where.append(events.c.sender.in_(list(criteria.senders)))
@@ -178,25 +184,65 @@ class SearchStore:
         after: SearchPosition | None,
         limit: int,
     ) -> list[SearchHit]:
-        """Up to ``limit`` hits after ``after``, in ``order``."""
+        """Up to ``limit`` hits after ``after``, in ``order``.
+
+        "recent": the events of the events stream newest first, then the backfilled ones
+        (older history, whose positions count downwards in the order they were fetched, not
+        in the room's order) by timestamp, then depth, newest first."""
         if not criteria.room_ids or not criteria.types:
             return []
         await self.index_pending()
         source, rank, match, so = self._matches(criteria)
         where = [*self._conditions(criteria), match]
-        if after is not None:
-            if order == "rank" and after.rank is not None:
+        if order == "rank":
+            if after is not None and after.rank is not None:
                 where.append(
                     sa.or_(
                         rank < after.rank, sa.and_(rank == after.rank, so < after.stream_ordering)
                     )
                 )
-            else:
-                where.append(so < after.stream_ordering)
-        ordering = (rank.desc(), so.desc()) if order == "rank" else (so.desc(),)
+            return await self._read(source, rank, where, (rank.desc(), so.desc()), limit)
+        hits: list[SearchHit] = []
+        backfilled_after: SearchPosition | None = after
+        if after is None or after.stream_ordering > 0:
+            live = [*where, so > 0]
+            if after is not None:
+                live.append(so < after.stream_ordering)
+            hits = await self._read(source, rank, live, (so.desc(),), limit)
+            if len(hits) == limit:
+                return hits
+            backfilled_after = None
+        keys = (events.c.origin_server_ts, events.c.depth, events.c.stream_ordering)
+        old = [*where, events.c.stream_ordering <= BACKFILL_BASE]
+        if backfilled_after is not None:
+            old.append(
+                sa.tuple_(*keys)
+                < sa.tuple_(
+                    sa.literal(backfilled_after.origin_server_ts or 0),
+                    sa.literal(backfilled_after.depth or 0),
+                    sa.literal(backfilled_after.stream_ordering),
+                )
+            )
+        return hits + await self._read(
+            source, rank, old, tuple(k.desc() for k in keys), limit - len(hits)
+        )
+
+    async def _read(
+        self,
+        source: Any,
+        rank: sa.ColumnElement[Any],
+        where: list[sa.ColumnElement[bool]],
+        ordering: tuple[sa.ColumnElement[Any], ...],
+        limit: int,
+    ) -> list[SearchHit]:
         query = (
             sa.select(
-                events.c.stream_ordering, events.c.event_id, events.c.room_id, rank.label("rank")
+                events.c.stream_ordering,
+                events.c.event_id,
+                events.c.room_id,
+                events.c.origin_server_ts,
+                events.c.depth,
+                rank.label("rank"),
             )
             .select_from(source)
             .where(*where)
@@ -206,7 +252,15 @@ class SearchStore:
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
         return [
-            SearchHit(int(r.stream_ordering), r.event_id, r.room_id, float(r.rank)) for r in rows
+            SearchHit(
+                int(r.stream_ordering),
+                r.event_id,
+                r.room_id,
+                float(r.rank),
+                int(r.origin_server_ts),
+                int(r.depth),
+            )
+            for r in rows
         ]
 
     async def count(self, criteria: SearchCriteria) -> int:
