@@ -46,7 +46,7 @@ from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.events.auth import auth_types_for_event, check_auth, check_auth_events_selection
 from homeserver.events.format import event_id_of, redact
-from homeserver.events.power_levels import can_redact, is_int
+from homeserver.events.power_levels import can_redact, has_redact_level, is_int
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
 from homeserver.events.validation import (
     KeyLookup,
@@ -150,6 +150,19 @@ class Received:
     event_id: str
     outcome: Outcome
     reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Redaction:
+    """A redaction's verdict: the held event it redacts now, or the one it awaits (and
+    whether it may redact anyone's event then, or only one of its sender's server)."""
+
+    redacts: str | None
+    awaits: str | None
+    any_sender: bool
+
+
+_NO_REDACTION = _Redaction(None, None, False)
 
 
 class IncomingEvents:
@@ -348,12 +361,18 @@ class IncomingEvents:
             return Received(event_id, Outcome.REJECTED, reason)
         if backfilled:
             # No soft-fail and no current state: history, not news.
-            redacts = await self._redaction_applied(version, pdu, state_before, create_pdu)
+            redaction = await self._redaction_applied(version, pdu, state_before, create_pdu)
             await self._events.persist_incoming(
                 room_id,
                 [
                     IncomingEvent(
-                        pdu, event_id, state_before=state_before, redacts=redacts, backfilled=True
+                        pdu,
+                        event_id,
+                        state_before=state_before,
+                        redacts=redaction.redacts,
+                        awaits=redaction.awaits,
+                        redacts_any=redaction.any_sender,
+                        backfilled=True,
                     )
                 ],
                 received_ts,
@@ -377,7 +396,7 @@ class IncomingEvents:
         """6. Against the room's current state, then persisted, the room's extremities and
         current state compared and swapped: read again and redone when another writer moved
         them in between."""
-        redacts = await self._redaction_applied(version, pdu, state_before, create_pdu)
+        redaction = await self._redaction_applied(version, pdu, state_before, create_pdu)
         for _ in range(MAX_PERSIST_ATTEMPTS):
             head = await self._rooms.get_room_head(room_id)
             if head is None:
@@ -399,7 +418,9 @@ class IncomingEvents:
                         event_id,
                         soft_failed=soft is not None,
                         state_before=state_before,
-                        redacts=redacts,
+                        redacts=redaction.redacts,
+                        awaits=redaction.awaits,
+                        redacts_any=redaction.any_sender,
                     )
                 ],
                 received_ts,
@@ -430,35 +451,36 @@ class IncomingEvents:
         pdu: JsonDict,
         state_before: StateMap,
         create: JsonDict | None,
-    ) -> str | None:
-        """The event a redaction redacts, when it may: from room version 3 the auth rules
-        let every redaction in, and a server applies one only when its sender has the redact
+    ) -> _Redaction:
+        """What a redaction redacts, when it may: from room version 3 the auth rules let
+        every redaction in, and a server applies one only when its sender has the redact
         level in the state before it, or sent from the server of the redacted event's sender
         (rooms/fragments/v3-handling-redactions.md). The place of `redacts` is the version's
-        (content from v11). A target not known yet is not redacted when it arrives."""
+        (content from v11). A target not known yet is awaited: the store applies the
+        redaction when it arrives, by the same rules."""
         if pdu.get("type") != "m.room.redaction":
-            return None
+            return _NO_REDACTION
         holder = pdu.get("content") if version.redacts_in_content else pdu
         target = holder.get("redacts") if isinstance(holder, dict) else None
-        if not isinstance(target, str):
-            return None
-        original = (await self._events.get_events([target])).get(target)
-        if original is None or original.room_id != pdu.get("room_id", original.room_id):
-            return None
         sender = pdu.get("sender")
-        if not isinstance(sender, str):
-            return None
+        if not isinstance(target, str) or not isinstance(sender, str):
+            return _NO_REDACTION
+        original = (await self._events.get_events([target])).get(target)
+        if original is not None and original.room_id != pdu.get("room_id", original.room_id):
+            return _NO_REDACTION
         if version.event_format is EventFormat.V1:
             # v1-v2: the auth rules checked the redaction itself (the sender's server is the
             # redacted event ID's, or the sender has the redact level).
-            return target
+            return _Redaction(target, None, True) if original else _Redaction(None, target, True)
         power_id = state_before.get(("m.room.power_levels", ""))
         power = None
         if power_id is not None:
             loaded = (await self._events.get_events([power_id])).get(power_id)
             power = self._as_seen(loaded, version).get("content") if loaded else None
+        if original is None:
+            return _Redaction(None, target, has_redact_level(version, sender, power, create))
         allowed = can_redact(version, sender, original.sender, power, create)
-        return target if allowed else None
+        return _Redaction(target if allowed else None, None, False)
 
     # --- completing the graph ----------------------------------------------------------------
 
