@@ -14,8 +14,8 @@ from homeserver.app import Homeserver
 from homeserver.core.types import JsonDict
 from homeserver.rooms.incoming import IncomingEvents, Outcome
 from homeserver.rooms.resolution import resolve_room_state
-from tests.api.test_incoming_pipeline import EVE, V3, public_room_with_eve
 from tests.api.sliding_helpers import room_list, send, sliding
+from tests.api.test_incoming_pipeline import EVE, V3, public_room_with_eve
 from tests.federation_helpers import FakeRemote
 from tests.helpers import auth_header, checked, register
 
