@@ -195,15 +195,11 @@ class IncomingEvents:
         if room is None:
             raise LookupError(room_id)
         version = KNOWN_ROOM_VERSIONS[room.room_version]
-        lock = self._locks.get(room_id)
-        if lock is None:
-            lock = self._locks[room_id] = asyncio.Lock()
         results = []
-        async with lock:
-            for pdu in pdus:
-                results.append(
-                    await self._receive_one(room_id, version, pdu, received_ts, remote, True)
-                )
+        for pdu in pdus:
+            results.append(
+                await self._receive_one(room_id, version, pdu, received_ts, remote, True)
+            )
         return results
 
     async def receive_backfilled(
@@ -231,16 +227,12 @@ class IncomingEvents:
                 results.append(Received("", Outcome.DROPPED, "not a PDU with a depth"))
         # Parents before children: depth orders a room's graph.
         usable.sort(key=lambda p: int(p["depth"]))
-        lock = self._locks.get(room_id)
-        if lock is None:
-            lock = self._locks[room_id] = asyncio.Lock()
-        async with lock:
-            for pdu in usable:
-                results.append(
-                    await self._receive_one(
-                        room_id, version, pdu, received_ts, remote, False, backfilled=True
-                    )
+        for pdu in usable:
+            results.append(
+                await self._receive_one(
+                    room_id, version, pdu, received_ts, remote, False, backfilled=True
                 )
+            )
         return results
 
     async def state_ids_at(self, event_id: str) -> tuple[StateMap, StateMap] | None:
@@ -308,6 +300,8 @@ class IncomingEvents:
         if existing is not None and _in_graph(existing):
             return Received(event_id, Outcome.KNOWN)
 
+        # What the remote must tell us is asked first, without the room's lock: a slow
+        # remote holds up neither the room's other events nor its local sends.
         loaded = await self._events.get_events([*prevs, *auths])
         lacking_auth = [a for a in auths if a not in loaded]
         if lacking_auth and remote is not None:
@@ -320,11 +314,9 @@ class IncomingEvents:
         gap = [p for p in prevs if p not in loaded or not _in_graph(loaded[p])]
         if gap and remote is not None and fill_gaps:
             await self._fill_gap(room_id, version, pdu, event_id, received_ts, remote)
-            loaded = await self._events.get_events([*prevs, *auths])
+            loaded = await self._events.get_events(prevs)
             gap = [p for p in prevs if p not in loaded or not _in_graph(loaded[p])]
-        states: list[StateMap] = [
-            await self._events.get_state_ids(loaded[p].state_group) for p in prevs if p not in gap
-        ]
+        remote_states: dict[str, StateMap] = {}
         if gap:
             if remote is None:
                 return Received(event_id, Outcome.MISSING, f"unknown: {', '.join(gap)}")
@@ -332,7 +324,59 @@ class IncomingEvents:
                 state = await self._state_after_remote(room_id, version, p, remote, received_ts)
                 if state is None:
                     return Received(event_id, Outcome.MISSING, f"no state at {p}")
-                states.append(state)
+                remote_states[p] = state
+
+        # Then the checks and the persisting, one event of the room at a time on this
+        # worker, on the graph as it is now (another receipt or a local send may have moved
+        # it meanwhile; the store's compare-and-swap covers other workers).
+        async with self._room_lock(room_id):
+            return await self._check_and_persist(
+                room_id,
+                version,
+                pdu,
+                event_id,
+                prevs,
+                auths,
+                remote_states,
+                received_ts,
+                backfilled=backfilled,
+            )
+
+    def _room_lock(self, room_id: str) -> asyncio.Lock:
+        lock = self._locks.get(room_id)
+        if lock is None:
+            lock = self._locks[room_id] = asyncio.Lock()
+        return lock
+
+    async def _check_and_persist(
+        self,
+        room_id: str,
+        version: RoomVersion,
+        pdu: JsonDict,
+        event_id: str,
+        prevs: Sequence[str],
+        auths: Sequence[str],
+        remote_states: Mapping[str, StateMap],
+        received_ts: int,
+        *,
+        backfilled: bool,
+    ) -> Received:
+        """Steps 4 to 6 and the persisting, under the room's lock. ``remote_states`` are the
+        states after the prev_events we lacked, as the remote said."""
+        existing = await self._events.get_event(event_id)
+        if existing is not None and _in_graph(existing):
+            return Received(event_id, Outcome.KNOWN)
+        loaded = await self._events.get_events([*prevs, *auths])
+        if any(a not in loaded for a in auths):
+            return Received(event_id, Outcome.MISSING, "an auth event is gone")
+        states: list[StateMap] = []
+        for p in prevs:
+            if p in loaded and _in_graph(loaded[p]):
+                states.append(await self._events.get_state_ids(loaded[p].state_group))
+            elif p in remote_states:
+                states.append(remote_states[p])
+            else:
+                return Received(event_id, Outcome.MISSING, f"unknown: {p}")
         create = await self._events.get_current_state_event(room_id, *CREATE)
         create_pdu = create.pdu if create is not None else None
 
