@@ -9,9 +9,11 @@ import asyncio
 from collections.abc import Sequence
 
 import httpx
+import pytest
 
 from homeserver.app import Homeserver
 from homeserver.core.types import JsonDict
+from homeserver.rooms import incoming
 from homeserver.rooms.incoming import MISSING_EVENTS_LIMIT, Outcome
 from tests.api.sliding_helpers import send
 from tests.api.test_incoming_pipeline import EVE, public_room_with_eve, timeline
@@ -204,3 +206,26 @@ async def test_a_slow_remote_holds_up_neither_local_sends_nor_other_events_of_th
     stored = await hs.event_store.get_event(merged)
     assert stored is not None
     assert set(stored.pdu["prev_events"]) == {other_id, ids[-1]}
+
+
+async def test_a_state_larger_than_the_fetch_bound_leaves_the_event_missing(
+    fed: tuple[Homeserver, httpx.AsyncClient],
+    remote: FakeRemote,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gap longer than get_missing_events gives is bridged with the state at its far end
+    (above); a state (with its auth chain) of more events than MAX_FETCHED_EVENTS is not
+    fetched event by event: the event stays missing and nothing is stored."""
+    hs, client = fed
+    room, _ = await public_room_with_eve(client, hs, remote)
+    state = await hs.event_store.get_current_state_ids(room.room_id)
+    built = await room.chain(MISSING_EVENTS_LIMIT + 4)
+    monkeypatch.setattr(incoming, "MAX_FETCHED_EVENTS", len(state) - 1)
+    [received] = await hs.incoming_events.receive(
+        room.room_id, [built[-1][0]], hs.clock.now_ms(), remote=room
+    )
+    assert received.outcome is Outcome.MISSING, received
+    # Asked for the state (for each event of the gap that came), never for its events.
+    assert set(room.calls) == {"get_missing_events", "get_state_ids"}
+    assert await hs.event_store.get_event(built[-1][1]) is None
+    assert await hs.event_store.get_current_state_ids(room.room_id) == state
