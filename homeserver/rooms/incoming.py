@@ -23,9 +23,14 @@ news: it was the room's state when it was sent that counted), no change to the r
 current state or forward extremities and no wake-up; its parents that we lack become the
 room's backward extremities, and the backward extremity it was is filled.
 
-One room's events are received one at a time on this worker (a lock per room); the room's
-extremities and current state are compared and swapped when persisting, so a local send or
-another worker in between makes the last steps run again.
+What the remote must tell us is asked first, without a lock; then steps 4 to 6 and the
+persisting run one event of the room at a time on this worker (a lock per room), on the
+graph as it is then. The room's extremities and current state are compared and swapped when
+persisting, so a local send or another worker in between makes the last steps run again.
+
+A redaction whose target we do not hold yet is stored as awaiting it (with whether its
+sender had the redact level in the state before it); the store applies it when the target
+is persisted, by the same rules (``pending_redactions``).
 """
 
 from __future__ import annotations
