@@ -176,10 +176,20 @@ def can_redact(
     """Whether a redaction that passed the auth rules is applied (rooms/fragments/
     v3-handling-redactions.md): the sender has the redact level, or the same server sent both.
     """
-    level = get_user_power_level(version, redaction_sender, power_levels_content, create_event)
-    if level >= get_named_level(power_levels_content, "redact", version=version):
+    if has_redact_level(version, redaction_sender, power_levels_content, create_event):
         return True
     return domain_of(redaction_sender) == domain_of(original_sender)
+
+
+def has_redact_level(
+    version: RoomVersion,
+    user_id: str,
+    power_levels_content: JsonDict | None,
+    create_event: JsonDict | None,
+) -> bool:
+    """Whether the user may redact anyone's event (the `redact` level)."""
+    level = get_user_power_level(version, user_id, power_levels_content, create_event)
+    return level >= get_named_level(power_levels_content, "redact", version=version)
 
 
 def client_can_redact(

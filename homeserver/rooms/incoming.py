@@ -23,9 +23,14 @@ news: it was the room's state when it was sent that counted), no change to the r
 current state or forward extremities and no wake-up; its parents that we lack become the
 room's backward extremities, and the backward extremity it was is filled.
 
-One room's events are received one at a time on this worker (a lock per room); the room's
-extremities and current state are compared and swapped when persisting, so a local send or
-another worker in between makes the last steps run again.
+What the remote must tell us is asked first, without a lock; then steps 4 to 6 and the
+persisting run one event of the room at a time on this worker (a lock per room), on the
+graph as it is then. The room's extremities and current state are compared and swapped when
+persisting, so a local send or another worker in between makes the last steps run again.
+
+A redaction whose target we do not hold yet is stored as awaiting it (with whether its
+sender had the redact level in the state before it); the store applies it when the target
+is persisted, by the same rules (``pending_redactions``).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.events.auth import auth_types_for_event, check_auth, check_auth_events_selection
 from homeserver.events.format import event_id_of, redact
-from homeserver.events.power_levels import can_redact, is_int
+from homeserver.events.power_levels import can_redact, has_redact_level, is_int
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, EventFormat, RoomVersion
 from homeserver.events.validation import (
     KeyLookup,
@@ -152,6 +157,19 @@ class Received:
     reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Redaction:
+    """A redaction's verdict: the held event it redacts now, or the one it awaits (and
+    whether it may redact anyone's event then, or only one of its sender's server)."""
+
+    redacts: str | None
+    awaits: str | None
+    any_sender: bool
+
+
+_NO_REDACTION = _Redaction(None, None, False)
+
+
 class IncomingEvents:
     def __init__(
         self,
@@ -182,15 +200,11 @@ class IncomingEvents:
         if room is None:
             raise LookupError(room_id)
         version = KNOWN_ROOM_VERSIONS[room.room_version]
-        lock = self._locks.get(room_id)
-        if lock is None:
-            lock = self._locks[room_id] = asyncio.Lock()
         results = []
-        async with lock:
-            for pdu in pdus:
-                results.append(
-                    await self._receive_one(room_id, version, pdu, received_ts, remote, True)
-                )
+        for pdu in pdus:
+            results.append(
+                await self._receive_one(room_id, version, pdu, received_ts, remote, True)
+            )
         return results
 
     async def receive_backfilled(
@@ -218,16 +232,12 @@ class IncomingEvents:
                 results.append(Received("", Outcome.DROPPED, "not a PDU with a depth"))
         # Parents before children: depth orders a room's graph.
         usable.sort(key=lambda p: int(p["depth"]))
-        lock = self._locks.get(room_id)
-        if lock is None:
-            lock = self._locks[room_id] = asyncio.Lock()
-        async with lock:
-            for pdu in usable:
-                results.append(
-                    await self._receive_one(
-                        room_id, version, pdu, received_ts, remote, False, backfilled=True
-                    )
+        for pdu in usable:
+            results.append(
+                await self._receive_one(
+                    room_id, version, pdu, received_ts, remote, False, backfilled=True
                 )
+            )
         return results
 
     async def state_ids_at(self, event_id: str) -> tuple[StateMap, StateMap] | None:
@@ -295,6 +305,8 @@ class IncomingEvents:
         if existing is not None and _in_graph(existing):
             return Received(event_id, Outcome.KNOWN)
 
+        # What the remote must tell us is asked first, without the room's lock: a slow
+        # remote holds up neither the room's other events nor its local sends.
         loaded = await self._events.get_events([*prevs, *auths])
         foreign_prevs = [p for p in prevs if p in loaded and loaded[p].room_id != room_id]
         if foreign_prevs:
@@ -313,11 +325,9 @@ class IncomingEvents:
         gap = [p for p in prevs if p not in loaded or not _in_graph(loaded[p])]
         if gap and remote is not None and fill_gaps:
             await self._fill_gap(room_id, version, pdu, event_id, received_ts, remote)
-            loaded = await self._events.get_events([*prevs, *auths])
+            loaded = await self._events.get_events(prevs)
             gap = [p for p in prevs if p not in loaded or not _in_graph(loaded[p])]
-        states: list[StateMap] = [
-            await self._events.get_state_ids(loaded[p].state_group) for p in prevs if p not in gap
-        ]
+        remote_states: dict[str, StateMap] = {}
         if gap:
             if remote is None:
                 return Received(event_id, Outcome.MISSING, f"unknown: {', '.join(gap)}")
@@ -325,7 +335,59 @@ class IncomingEvents:
                 state = await self._state_after_remote(room_id, version, p, remote, received_ts)
                 if state is None:
                     return Received(event_id, Outcome.MISSING, f"no state at {p}")
-                states.append(state)
+                remote_states[p] = state
+
+        # Then the checks and the persisting, one event of the room at a time on this
+        # worker, on the graph as it is now (another receipt or a local send may have moved
+        # it meanwhile; the store's compare-and-swap covers other workers).
+        async with self._room_lock(room_id):
+            return await self._check_and_persist(
+                room_id,
+                version,
+                pdu,
+                event_id,
+                prevs,
+                auths,
+                remote_states,
+                received_ts,
+                backfilled=backfilled,
+            )
+
+    def _room_lock(self, room_id: str) -> asyncio.Lock:
+        lock = self._locks.get(room_id)
+        if lock is None:
+            lock = self._locks[room_id] = asyncio.Lock()
+        return lock
+
+    async def _check_and_persist(
+        self,
+        room_id: str,
+        version: RoomVersion,
+        pdu: JsonDict,
+        event_id: str,
+        prevs: Sequence[str],
+        auths: Sequence[str],
+        remote_states: Mapping[str, StateMap],
+        received_ts: int,
+        *,
+        backfilled: bool,
+    ) -> Received:
+        """Steps 4 to 6 and the persisting, under the room's lock. ``remote_states`` are the
+        states after the prev_events we lacked, as the remote said."""
+        existing = await self._events.get_event(event_id)
+        if existing is not None and _in_graph(existing):
+            return Received(event_id, Outcome.KNOWN)
+        loaded = await self._events.get_events([*prevs, *auths])
+        if any(a not in loaded for a in auths):
+            return Received(event_id, Outcome.MISSING, "an auth event is gone")
+        states: list[StateMap] = []
+        for p in prevs:
+            if p in loaded and _in_graph(loaded[p]):
+                states.append(await self._events.get_state_ids(loaded[p].state_group))
+            elif p in remote_states:
+                states.append(remote_states[p])
+            else:
+                return Received(event_id, Outcome.MISSING, f"unknown: {p}")
         create = await self._events.get_current_state_event(room_id, *CREATE)
         create_pdu = create.pdu if create is not None else None
 
@@ -354,12 +416,18 @@ class IncomingEvents:
             return Received(event_id, Outcome.REJECTED, reason)
         if backfilled:
             # No soft-fail and no current state: history, not news.
-            redacts = await self._redaction_applied(version, pdu, state_before, create_pdu)
+            redaction = await self._redaction_applied(version, pdu, state_before, create_pdu)
             await self._events.persist_incoming(
                 room_id,
                 [
                     IncomingEvent(
-                        pdu, event_id, state_before=state_before, redacts=redacts, backfilled=True
+                        pdu,
+                        event_id,
+                        state_before=state_before,
+                        redacts=redaction.redacts,
+                        awaits=redaction.awaits,
+                        redacts_any=redaction.any_sender,
+                        backfilled=True,
                     )
                 ],
                 received_ts,
@@ -383,7 +451,7 @@ class IncomingEvents:
         """6. Against the room's current state, then persisted, the room's extremities and
         current state compared and swapped: read again and redone when another writer moved
         them in between."""
-        redacts = await self._redaction_applied(version, pdu, state_before, create_pdu)
+        redaction = await self._redaction_applied(version, pdu, state_before, create_pdu)
         for _ in range(MAX_PERSIST_ATTEMPTS):
             head = await self._rooms.get_room_head(room_id)
             if head is None:
@@ -405,7 +473,9 @@ class IncomingEvents:
                         event_id,
                         soft_failed=soft is not None,
                         state_before=state_before,
-                        redacts=redacts,
+                        redacts=redaction.redacts,
+                        awaits=redaction.awaits,
+                        redacts_any=redaction.any_sender,
                     )
                 ],
                 received_ts,
@@ -436,35 +506,36 @@ class IncomingEvents:
         pdu: JsonDict,
         state_before: StateMap,
         create: JsonDict | None,
-    ) -> str | None:
-        """The event a redaction redacts, when it may: from room version 3 the auth rules
-        let every redaction in, and a server applies one only when its sender has the redact
+    ) -> _Redaction:
+        """What a redaction redacts, when it may: from room version 3 the auth rules let
+        every redaction in, and a server applies one only when its sender has the redact
         level in the state before it, or sent from the server of the redacted event's sender
         (rooms/fragments/v3-handling-redactions.md). The place of `redacts` is the version's
-        (content from v11). A target not known yet is not redacted when it arrives."""
+        (content from v11). A target not known yet is awaited: the store applies the
+        redaction when it arrives, by the same rules."""
         if pdu.get("type") != "m.room.redaction":
-            return None
+            return _NO_REDACTION
         holder = pdu.get("content") if version.redacts_in_content else pdu
         target = holder.get("redacts") if isinstance(holder, dict) else None
-        if not isinstance(target, str):
-            return None
-        original = (await self._events.get_events([target])).get(target)
-        if original is None or original.room_id != pdu.get("room_id", original.room_id):
-            return None
         sender = pdu.get("sender")
-        if not isinstance(sender, str):
-            return None
+        if not isinstance(target, str) or not isinstance(sender, str):
+            return _NO_REDACTION
+        original = (await self._events.get_events([target])).get(target)
+        if original is not None and original.room_id != pdu.get("room_id", original.room_id):
+            return _NO_REDACTION
         if version.event_format is EventFormat.V1:
             # v1-v2: the auth rules checked the redaction itself (the sender's server is the
             # redacted event ID's, or the sender has the redact level).
-            return target
+            return _Redaction(target, None, True) if original else _Redaction(None, target, True)
         power_id = state_before.get(("m.room.power_levels", ""))
         power = None
         if power_id is not None:
             loaded = (await self._events.get_events([power_id])).get(power_id)
             power = self._as_seen(loaded, version).get("content") if loaded else None
+        if original is None:
+            return _Redaction(None, target, has_redact_level(version, sender, power, create))
         allowed = can_redact(version, sender, original.sender, power, create)
-        return target if allowed else None
+        return _Redaction(target if allowed else None, None, False)
 
     # --- completing the graph ----------------------------------------------------------------
 

@@ -15,9 +15,7 @@ from homeserver.core.streams import RoomPosition
 from homeserver.core.types import JsonDict, Requester
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.events import EventStore
-from homeserver.storage.relations import (
-    RelationStore,
-)
+from homeserver.storage.relations import RelationStore, TimelineBounds
 
 if TYPE_CHECKING:
     from homeserver.rooms.service import RoomService
@@ -30,16 +28,39 @@ MAX_THREADS_LIMIT = 100
 RECURSION_DEPTH = 3
 
 
-def _token(position: int) -> str:
-    """A pagination token, the same as /messages gives: the gap just after ``position``."""
-    return f"s{position}"
+def _after(depth: int, stream: int, cap: int | None) -> str:
+    """The token just after the event at ``(depth, stream)``, as /messages gives."""
+    return RoomPosition(depth, stream, cap).serialize()
 
 
-def _position(token: str) -> int:
-    # /messages `start`/`end` and /sync `next_batch` are accepted too (spec: `from`).
-    # Relations and threads are kept in stream order: a topological token counts as the
-    # stream position of its event (the same place unless events came late from elsewhere).
-    return RoomPosition.parse(token).stream
+def _before(depth: int, stream: int, cap: int | None) -> str:
+    """The token just before it: backwards from there come the events before it."""
+    return RoomPosition(depth, stream - 1, cap).serialize()
+
+
+def _bounds(
+    start: RoomPosition | None, to: RoomPosition | None, backwards: bool, left_at: int | None
+) -> TimelineBounds:
+    """A page of relations between two tokens of the room's timeline, read as /messages
+    reads them (``RoomPosition``: a topological token is a place in topological order, a
+    stream token the timeline as it was at that stream position). ``left_at``: the user
+    left there, and sees nothing after."""
+    if backwards:
+        return TimelineBounds(
+            below=start.topological if start else None,
+            above=to.topological if to else None,
+            after=to.stream if to is not None and to.depth is None else None,
+            upto=_min(start.cap if start else None, left_at),
+        )
+    return TimelineBounds(
+        below=to.topological if to else None,
+        above=start.topological if start else None,
+        # Forwards from the room's start (stream position 0), backfilled history comes too.
+        after=start.stream
+        if start is not None and start.depth is None and start.stream > 0
+        else None,
+        upto=_min(to.stream if to is not None and to.depth is None else None, left_at),
+    )
 
 
 class RelationsService:
@@ -80,25 +101,22 @@ class RelationsService:
                 raise
             raise MatrixError(Codes.NOT_FOUND, "Event not found") from None
         limit = DEFAULT_RELATIONS_LIMIT if limit is None else min(limit, MAX_RELATIONS_LIMIT)
-        start = _position(from_token) if from_token is not None else None
-        bound = _position(to_token) if to_token is not None else None
+        # spec: `from` and `to` are tokens of /messages or /sync (in the room's topological
+        # order, as Synapse pages relations); a malformed one is 400 M_INVALID_PARAM.
+        start = RoomPosition.parse(from_token) if from_token is not None else None
+        to = RoomPosition.parse(to_token) if to_token is not None else None
         # Users who left see the room as it was when they left.
         left_at = (
             membership.stream_ordering
             if membership is not None and membership.membership in ("leave", "ban")
             else None
         )
-        if backwards:
-            after, upto = bound, _min(start, left_at)
-        else:
-            after, upto = start, _min(bound, left_at)
         found = await self._relations.get_children(
             room_id,
             parent.event_id,
             rel_type=rel_type,
             event_type=event_type,
-            after=after,
-            upto=upto,
+            bounds=_bounds(start, to, backwards, left_at),
             backwards=backwards,
             limit=limit + 1,
             depth=RECURSION_DEPTH if recurse else 1,
@@ -112,8 +130,12 @@ class RelationsService:
             "chunk": await self._rooms.serialize(requester, visible, room.room_version)
         }
         if len(found) > limit and page:
-            last = page[-1].stream_ordering
-            body["next_batch"] = _token(last - 1 if backwards else last)
+            last = page[-1]
+            body["next_batch"] = (
+                _before(last.depth, last.stream_ordering, start.cap if start else None)
+                if backwards
+                else _after(last.depth, last.stream_ordering, None)
+            )
         if from_token is not None:
             body["prev_batch"] = from_token
         if recurse is not None:
@@ -131,7 +153,10 @@ class RelationsService:
     ) -> JsonDict:
         room, membership = await self._rooms.access(requester, room_id)
         limit = DEFAULT_THREADS_LIMIT if limit is None else min(limit, MAX_THREADS_LIMIT)
-        before = _position(from_token) if from_token is not None else None
+        # The list goes back in topological order of each thread's latest event (as
+        # Synapse); a stream token (what this endpoint gave before) still bounds the latest
+        # event's stream position.
+        start = RoomPosition.parse(from_token) if from_token is not None else None
         left_at = (
             membership.stream_ordering
             if membership is not None and membership.membership in ("leave", "ban")
@@ -141,8 +166,9 @@ class RelationsService:
             room_id,
             user_id=requester.user_id,
             participated_only=participated_only,
-            before=before,
-            visible_upto=left_at,
+            below=start.topological if start else None,
+            latest_upto=start.stream if start is not None and start.depth is None else None,
+            upto=left_at,
             limit=limit + 1,
         )
         page = roots[:limit]
@@ -154,7 +180,8 @@ class RelationsService:
             "chunk": await self._rooms.serialize(requester, visible, room.room_version)
         }
         if len(roots) > limit and page:
-            body["next_batch"] = _token(page[-1].latest_stream_ordering - 1)
+            last = page[-1]
+            body["next_batch"] = _before(last.latest_depth, last.latest_stream_ordering, None)
         return body
 
 

@@ -44,6 +44,7 @@ class Child:
     sender: str
     origin_server_ts: int
     stream_ordering: int
+    depth: int = 0  # the child's depth (its place in the room's topological order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,19 @@ class ChildrenOf:
 class ThreadRoot:
     root_id: str
     latest_stream_ordering: int
+    latest_depth: int  # the thread's latest event, in topological order
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineBounds:
+    """Where a page of a room's timeline lies (as ``/messages`` reads it): ``below`` and
+    ``above`` are topological, ``(depth, stream) <= below`` and ``> above``; ``after`` and
+    ``upto`` are positions of the events stream, ``after < stream <= upto``."""
+
+    below: tuple[int, int] | None = None
+    above: tuple[int, int] | None = None
+    after: int | None = None
+    upto: int | None = None
 
 
 def parse_relation(
@@ -145,6 +159,7 @@ def _child(r: sa.Row[tuple[object, ...]]) -> Child:
         r.sender,
         int(r.origin_server_ts),
         int(r.stream_ordering),
+        int(getattr(r, "depth", 0)),
     )
 
 
@@ -190,14 +205,15 @@ class RelationStore:
         *,
         rel_type: str | None,
         event_type: str | None,
-        after: int | None,
-        upto: int | None,
+        bounds: TimelineBounds,
         backwards: bool,
         limit: int,
         depth: int,
     ) -> list[Child]:
-        """Children of the parent with ``after < stream_ordering <= upto``, newest first when
-        ``backwards``; with ``depth`` > 1 also their children, down to that many levels.
+        """Children of the parent within ``bounds``, in the room's topological order
+        (depth, then stream position; history backfilled from other servers in its place),
+        newest first when ``backwards``; with ``depth`` > 1 also their children, down to
+        that many levels.
 
         The filters apply at every level: a child reached only through a non-matching one is
         left out (spec: "Relationships API").
@@ -221,7 +237,7 @@ class RelationStore:
             _r.c.stream_ordering,
         )
         tree = (
-            sa.select(*columns, sa.literal(1).label("depth"))
+            sa.select(*columns, sa.literal(1).label("level"))
             .where(_r.c.relates_to_id == parent_id, *matching(_r))
             .cte("tree", recursive=True)
         )
@@ -236,19 +252,24 @@ class RelationStore:
                     child.c.sender,
                     child.c.origin_server_ts,
                     child.c.stream_ordering,
-                    (tree.c.depth + 1).label("depth"),
+                    (tree.c.level + 1).label("level"),
                 ).where(
-                    child.c.relates_to_id == tree.c.event_id, tree.c.depth < depth, *matching(child)
+                    child.c.relates_to_id == tree.c.event_id, tree.c.level < depth, *matching(child)
                 )
             )
-        query = sa.select(tree)
-        if after is not None:
-            query = query.where(tree.c.stream_ordering > after)
-        if upto is not None:
-            query = query.where(tree.c.stream_ordering <= upto)
-        order = tree.c.stream_ordering.desc() if backwards else tree.c.stream_ordering.asc()
+        place = (events.c.depth, tree.c.stream_ordering)
+        query = sa.select(tree, events.c.depth).join(events, events.c.event_id == tree.c.event_id)
+        if bounds.after is not None:
+            query = query.where(tree.c.stream_ordering > bounds.after)
+        if bounds.upto is not None:
+            query = query.where(tree.c.stream_ordering <= bounds.upto)
+        if bounds.below is not None:
+            query = query.where(sa.tuple_(*place) <= sa.tuple_(*map(sa.literal, bounds.below)))
+        if bounds.above is not None:
+            query = query.where(sa.tuple_(*place) > sa.tuple_(*map(sa.literal, bounds.above)))
+        order = [c.desc() if backwards else c.asc() for c in place]
         async with self._db.read() as conn:
-            rows = (await conn.execute(query.order_by(order).limit(limit))).all()
+            rows = (await conn.execute(query.order_by(*order).limit(limit))).all()
         return [_child(r) for r in rows]
 
     async def get_children_of(
@@ -341,35 +362,59 @@ class RelationStore:
         *,
         user_id: str,
         participated_only: bool,
-        before: int | None,
-        visible_upto: int | None,
+        below: tuple[int, int] | None,
+        latest_upto: int | None,
+        upto: int | None,
         limit: int,
     ) -> list[ThreadRoot]:
-        """Thread roots of the room by latest activity, newest first, whose latest thread event
-        is at or before ``before``; ``participated_only``: threads the user started or wrote
-        in. Thread events after ``visible_upto`` (the user left) do not count.
+        """Thread roots of the room by latest activity, newest first: the latest event of
+        each thread in the room's topological order (depth, then stream position, so history
+        backfilled from other servers counts in its place), with the thread's latest at or
+        before ``below`` (and, given ``latest_upto``, at or before that stream position);
+        ``participated_only``: threads the user started or wrote in.
+        Thread events after the stream position ``upto`` (the user left, or a stream token's
+        view of the room) do not count.
         """
-        mine = sa.func.max(sa.case((_r.c.sender == user_id, 1), else_=0))
-        latest = sa.func.max(_r.c.stream_ordering)
-        summary = (
-            sa.select(_r.c.relates_to_id, latest.label("latest"), mine.label("mine"))
-            .where(_r.c.room_id == room_id, _r.c.rel_type == THREAD)
-            .group_by(_r.c.relates_to_id)
+        mine = sa.func.max(sa.case((_r.c.sender == user_id, 1), else_=0)).over(
+            partition_by=_r.c.relates_to_id
         )
-        if visible_upto is not None:
-            summary = summary.where(_r.c.stream_ordering <= visible_upto)
-        if before is not None:
-            summary = summary.having(latest <= before)
-        grouped = summary.subquery("summary")
+        rank = (
+            sa.func.row_number()
+            .over(
+                partition_by=_r.c.relates_to_id,
+                order_by=(events.c.depth.desc(), _r.c.stream_ordering.desc()),
+            )
+            .label("rank")
+        )
+        threads = (
+            sa.select(
+                _r.c.relates_to_id,
+                _r.c.stream_ordering.label("latest"),
+                events.c.depth.label("latest_depth"),
+                mine.label("mine"),
+                rank,
+            )
+            .join(events, events.c.event_id == _r.c.event_id)
+            .where(_r.c.room_id == room_id, _r.c.rel_type == THREAD)
+        )
+        if upto is not None:
+            threads = threads.where(_r.c.stream_ordering <= upto)
+        ranked = threads.subquery("threads")
+        root = events.alias("root")
+        place = (ranked.c.latest_depth, ranked.c.latest)
         # Only roots this server has (and in this room): a root is what the list returns.
         query = (
-            sa.select(grouped.c.relates_to_id, grouped.c.latest)
-            .join(events, events.c.event_id == grouped.c.relates_to_id)
-            .where(events.c.room_id == room_id)
+            sa.select(ranked.c.relates_to_id, ranked.c.latest, ranked.c.latest_depth)
+            .join(root, root.c.event_id == ranked.c.relates_to_id)
+            .where(ranked.c.rank == 1, root.c.room_id == room_id)
         )
+        if below is not None:
+            query = query.where(sa.tuple_(*place) <= sa.tuple_(*map(sa.literal, below)))
+        if latest_upto is not None:
+            query = query.where(ranked.c.latest <= latest_upto)
         if participated_only:
-            query = query.where(sa.or_(grouped.c.mine == 1, events.c.sender == user_id))
-        query = query.order_by(grouped.c.latest.desc()).limit(limit)
+            query = query.where(sa.or_(ranked.c.mine == 1, root.c.sender == user_id))
+        query = query.order_by(*(c.desc() for c in place)).limit(limit)
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
-        return [ThreadRoot(r.relates_to_id, int(r.latest)) for r in rows]
+        return [ThreadRoot(r.relates_to_id, int(r.latest), int(r.latest_depth)) for r in rows]

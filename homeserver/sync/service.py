@@ -43,6 +43,10 @@ class SyncRequest:
     state_after: str | None = None
 
 
+# Memberships a leave can end.
+IN_ROOM = ("join", "invite", "knock")
+
+
 class SyncService:
     def __init__(
         self,
@@ -293,10 +297,16 @@ class SyncService:
         return isinstance(prev, dict) and prev.get("membership") == "join"
 
     async def _was_in_room(self, m: Membership) -> bool:
-        """A leave that follows a join, invite or knock: a rejected invite counts too."""
+        """A leave that follows a join, invite or knock: a rejected invite counts too. A
+        leave row naming a join, invite or knock is one that state resolution dropped (no
+        event of its own ended it): the user was in the room."""
         event = await self._events.get_event(m.event_id)
-        prev = event.unsigned.get("prev_content", {}) if event else {}
-        return isinstance(prev, dict) and prev.get("membership") in ("join", "invite", "knock")
+        if event is None:
+            return False
+        if m.membership == "leave" and event.content.get("membership") in IN_ROOM:
+            return True
+        prev = event.unsigned.get("prev_content", {})
+        return isinstance(prev, dict) and prev.get("membership") in IN_ROOM
 
     async def _room_entry(
         self,

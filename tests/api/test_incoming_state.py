@@ -14,11 +14,13 @@ from homeserver.app import Homeserver
 from homeserver.core.types import JsonDict
 from homeserver.rooms.incoming import IncomingEvents, Outcome
 from homeserver.rooms.resolution import resolve_room_state
+from tests.api.sliding_helpers import room_list, send, sliding
 from tests.api.test_incoming_pipeline import EVE, V3, public_room_with_eve
 from tests.federation_helpers import FakeRemote
-from tests.helpers import auth_header, checked
+from tests.helpers import auth_header, checked, register
 
 BOB = "@bob:remote.test"
+CAROL = "@carol:test"
 
 
 def another_worker(hs: Homeserver) -> IncomingEvents:
@@ -207,3 +209,77 @@ async def test_state_before_and_after_an_event(
     at_forged = await hs.incoming_events.state_ids_at(forged_id)
     assert at_forged == (at_rename[1], at_rename[1])
     assert await hs.incoming_events.state_ids_at("$unknown") is None
+
+
+async def test_a_local_user_whose_join_resolution_drops_sees_the_room_left(
+    fed: tuple[Homeserver, httpx.AsyncClient], remote: FakeRemote
+) -> None:
+    """Carol (ours) joins; Eve's server had closed the room on a branch that did not see
+    her join. In the merged state Carol is out: /sync moves the room to `leave` (once),
+    sliding sync drops it after showing it once, and she reads nothing sent after."""
+    hs, client = fed
+    room, tok = await public_room_with_eve(client, hs, remote)
+    await make_eve_admin(client, hs, room.room_id, tok)
+    head = sorted(await heads_of(hs, room.room_id))
+    _, carol_tok = await register(client, "carol")
+    r = await client.post(f"{V3}/rooms/{room.room_id}/join", headers=auth_header(carol_tok))
+    checked(r)
+    await send(client, carol_tok, room.room_id, "hello")
+    r = await client.get(f"{V3}/sync", headers=auth_header(carol_tok))
+    since = checked(r)["next_batch"]
+    assert room.room_id in r.json()["rooms"]["join"]
+    request = {"lists": {"all": room_list(timeline_limit=5)}}
+    first = await sliding(client, carol_tok, request)
+    assert first["lists"]["all"]["ops"][0]["room_ids"] == [room.room_id]
+
+    hs.clock.advance(1000)
+    close, _ = await room.build("m.room.join_rules", {"join_rule": "invite"}, "", prevs=head)
+    [received] = await hs.incoming_events.receive(room.room_id, [close], hs.clock.now_ms())
+    assert received.outcome is Outcome.ACCEPTED, received
+    state = await hs.event_store.get_current_state_ids(room.room_id)
+    assert ("m.room.member", CAROL) not in state
+    after_close = await send(client, tok, room.room_id, "after")
+
+    r = await client.get(f"{V3}/sync", params={"since": since}, headers=auth_header(carol_tok))
+    body = checked(r)
+    assert room.room_id not in body.get("rooms", {}).get("join", {})
+    assert room.room_id in body["rooms"]["leave"]
+    left_ids = [e["event_id"] for e in body["rooms"]["leave"][room.room_id]["timeline"]["events"]]
+    assert after_close not in left_ids
+    r = await client.get(
+        f"{V3}/sync", params={"since": body["next_batch"]}, headers=auth_header(carol_tok)
+    )
+    assert room.room_id not in checked(r).get("rooms", {}).get("leave", {})
+    # From scratch: not joined; with include_leave, left.
+    r = await client.get(f"{V3}/sync", headers=auth_header(carol_tok))
+    assert room.room_id not in checked(r).get("rooms", {}).get("join", {})
+
+    second = await sliding(client, carol_tok, request, pos=first["pos"])
+    # Shown once more, up to where she was dropped, so that the client learns of it.
+    timeline = second["rooms"][room.room_id].get("timeline", [])
+    assert after_close not in [e["event_id"] for e in timeline]
+    third = await sliding(client, carol_tok, request, pos=second["pos"])
+    assert third["lists"]["all"]["count"] == 0
+    assert room.room_id not in third.get("rooms", {})
+    fresh = await sliding(client, carol_tok, request)
+    assert fresh["lists"]["all"]["count"] == 0
+
+    # New events are not hers to read, nor can she send.
+    r = await client.get(
+        f"{V3}/rooms/{room.room_id}/event/{after_close}", headers=auth_header(carol_tok)
+    )
+    assert r.status_code == 404, r.text
+    r = await client.get(
+        f"{V3}/rooms/{room.room_id}/messages",
+        params={"dir": "b", "limit": "20"},
+        headers=auth_header(carol_tok),
+    )
+    assert after_close not in [e["event_id"] for e in checked(r)["chunk"]]
+    r = await client.put(
+        f"{V3}/rooms/{room.room_id}/send/m.room.message/late",
+        json={"msgtype": "m.text", "body": "late"},
+        headers=auth_header(carol_tok),
+    )
+    assert r.status_code == 403, r.text
+    r = await client.get(f"{V3}/joined_rooms", headers=auth_header(carol_tok))
+    assert room.room_id not in checked(r)["joined_rooms"]

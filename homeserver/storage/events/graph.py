@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
+from homeserver.core import jsonutil
 from homeserver.core.types import JsonDict
 from homeserver.storage.database import Connection, Database, prepared
 from homeserver.storage.schema import (
@@ -106,14 +108,25 @@ async def record_graph(
         await conn.execute(_ADD_AUTH, [{"event_id": event_id, "auth_id": a} for a in auths])
 
 
-@functools.lru_cache(maxsize=16)
-def _auth_chain_query(sets: int) -> sa.Select[Any]:
+def _seed_ids(name: str, sqlite: bool) -> sa.Select[Any]:
+    """The event IDs bound as one parameter: a JSON array on SQLite (``json_each``), an
+    array on PostgreSQL (``unnest``). A state of thousands of entries is one parameter, not
+    thousands: no statement to expand and plan anew for each length."""
+    if sqlite:
+        return sa.select(sa.column("value", sa.Text)).select_from(
+            sa.func.json_each(sa.bindparam(name, type_=sa.Text))
+        )
+    return sa.select(sa.func.unnest(sa.bindparam(name, type_=postgresql.ARRAY(sa.Text))))
+
+
+@functools.lru_cache(maxsize=32)
+def _auth_chain_query(sets: int, sqlite: bool) -> sa.Select[Any]:
     """(set, event_id) for every event in the auth chain of each of ``sets`` sets of events
     (bound as ``ids0``, ``ids1``, ...): their auth events, theirs, and so on. ``UNION``
     stops at events already reached, so each event is visited once per set."""
     firsts = [
         sa.select(sa.literal(i).label("s"), event_auth.c.auth_id.label("event_id")).where(
-            event_auth.c.event_id.in_(sa.bindparam(f"ids{i}", expanding=True))
+            event_auth.c.event_id.in_(_seed_ids(f"ids{i}", sqlite))
         )
         for i in range(sets)
     ]
@@ -181,9 +194,12 @@ class GraphReads:
     async def _auth_chains(self, sets: Sequence[list[str]]) -> list[set[str]]:
         if not sets:
             return []
-        params = {f"ids{i}": ids for i, ids in enumerate(sets)}
+        sqlite = self._db.is_sqlite
+        params: dict[str, object] = {
+            f"ids{i}": jsonutil.dumps_str(ids) if sqlite else ids for i, ids in enumerate(sets)
+        }
         async with self._db.read() as conn:
-            rows = (await conn.execute(_auth_chain_query(len(sets)), params)).all()
+            rows = (await conn.execute(_auth_chain_query(len(sets), sqlite), params)).all()
         chains: list[set[str]] = [set() for _ in sets]
         for r in rows:
             chains[int(r.s)].add(r.event_id)

@@ -36,7 +36,9 @@ from homeserver.storage.schema import (
     event_backward_extremities,
     event_edges,
     event_forward_extremities,
+    event_relations,
     events,
+    pending_redactions,
     rejections,
     rooms,
     stream_positions,
@@ -66,6 +68,12 @@ class IncomingEvent:
     # For a redaction: the event it redacts, set only when the pipeline found that it
     # applies (the room version's place for `redacts`, the sender's power or server).
     redacts: str | None = None
+    # For a redaction whose target is not held yet: the target. The redaction is applied when
+    # the target is persisted: to anyone's event with ``redacts_any`` (the sender had the
+    # power, or room versions 1-2 whose auth rules checked it), else only to an event whose
+    # sender shares the redaction sender's server.
+    awaits: str | None = None
+    redacts_any: bool = False
     # History asked of another server (federation /backfill): served, but below the events
     # stream, and it changes neither the room's extremities nor its current state.
     backfilled: bool = False
@@ -117,6 +125,12 @@ _FILLED = prepared(
     sa.delete(_b).where(
         _b.c.room_id == sa.bindparam("room_id"), _b.c.event_id == sa.bindparam("id")
     )
+)
+_p = pending_redactions
+_PENDING_FOR = prepared(
+    sa.select(_p.c.redaction_id, _p.c.sender, _p.c.any_sender)
+    .where(_p.c.target_id == sa.bindparam("id"), _p.c.room_id == sa.bindparam("room_id"))
+    .order_by(_p.c.redaction_id)
 )
 _EXTREMITIES = prepared(
     sa.select(events.c.event_id, events.c.state_group)
@@ -306,11 +320,41 @@ class IncomingWrites(StateGroups):
                     )
                     .values(redacted_by=event.event_id)
                 )
+            if pdu["type"] == "m.room.redaction" and event.awaits not in (None, event.event_id):
+                await conn.execute(
+                    self._db.insert_ignore_statement(_p, ("target_id", "redaction_id")),
+                    {
+                        "target_id": event.awaits,
+                        "redaction_id": event.event_id,
+                        "room_id": room_id,
+                        "sender": pdu["sender"],
+                        "any_sender": event.redacts_any,
+                    },
+                )
             await record_relation(conn, pdu, event.event_id, room_id, position, redacts)
             await record_push_actions(
                 conn, event.push_actions, room_id, event.event_id, position, pdu["origin_server_ts"]
             )
+        await self._apply_pending_redaction(conn, room_id, event.event_id, pdu["sender"])
         return position, group
+
+    async def _apply_pending_redaction(
+        self, conn: Connection, room_id: str, event_id: str, sender: str
+    ) -> None:
+        """A redaction that came before the event: applied now, by the rules it was received
+        with (the sender's power then, or a shared server); the event relates to nothing."""
+        server = sender.partition(":")[2]
+        for row in (await conn.execute(_PENDING_FOR, {"id": event_id, "room_id": room_id})).all():
+            if row.any_sender or row.sender.partition(":")[2] == server:
+                await conn.execute(
+                    sa.update(events)
+                    .where(events.c.event_id == event_id)
+                    .values(redacted_by=row.redaction_id)
+                )
+                await conn.execute(
+                    sa.delete(event_relations).where(event_relations.c.event_id == event_id)
+                )
+                return
 
     async def _record_backward_extremities(
         self, conn: Connection, room_id: str, event_id: str, prevs: Sequence[str]

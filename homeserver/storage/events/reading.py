@@ -15,6 +15,7 @@ from homeserver.storage.schema import (
     event_relations,
     event_txns,
     events,
+    room_memberships,
 )
 from homeserver.storage.shared_reads import RangeReads
 
@@ -97,6 +98,20 @@ _WINDOW_EVENTS = prepared(
     .select_from(_WINDOW_FROM)
     .where(*_IN_WINDOW)
     .order_by(_e.c.stream_ordering)
+)
+# Memberships that changed at a window event's position without being its own: state
+# resolution dropped or replaced them (a merge of forks), so their users are in the window's
+# members as well.
+_rm = room_memberships
+_RESOLVED_MEMBERS = prepared(
+    sa.select(_rm.c.user_id)
+    .select_from(
+        _e.join(
+            _rm,
+            sa.and_(_rm.c.room_id == _e.c.room_id, _rm.c.stream_ordering == _e.c.stream_ordering),
+        )
+    )
+    .where(*_IN_WINDOW, _rm.c.event_id != _e.c.event_id)
 )
 _ROOMS_CHANGED = prepared(
     sa.select(_e.c.room_id)
@@ -269,6 +284,11 @@ class EventReads:
                     _WINDOW_EVENTS if short else _WINDOW, {"after": after, "upto": upto}
                 )
             ).all()
+            resolved = (
+                (await conn.execute(_RESOLVED_MEMBERS, {"after": after, "upto": upto})).all()
+                if rows
+                else []
+            )
         senders: dict[str, set[str]] = {}
         for r in rows:
             senders.setdefault(r.sender, set()).add(r.room_id)
@@ -276,7 +296,8 @@ class EventReads:
             frozenset(r.room_id for r in rows),
             frozenset(
                 r.state_key for r in rows if r.type == "m.room.member" and r.state_key is not None
-            ),
+            )
+            | {r.user_id for r in resolved},
             frozenset(r.relates_to_id for r in rows if r.relates_to_id is not None),
             {sender: frozenset(rooms) for sender, rooms in senders.items()},
             tuple(rows) if short else None,

@@ -43,6 +43,22 @@ event_backward_extremities = sa.Table(
     sa.Column("event_id", sa.Text, primary_key=True),
 )
 
+# Redactions from other servers that arrived before the event they redact (issue 17): the
+# redaction is applied when its target is persisted. ``any_sender`` when the redaction may
+# redact anyone's event (room versions 1-2, whose auth rules checked it, or a sender with the
+# redact level in the state before it); otherwise only an event whose sender shares the
+# redaction sender's server. Rows stay after the target arrives, so an outlier later stored
+# again in the graph is redacted again.
+pending_redactions = sa.Table(
+    "pending_redactions",
+    metadata,
+    sa.Column("target_id", sa.Text, primary_key=True),
+    sa.Column("redaction_id", sa.Text, primary_key=True),
+    sa.Column("room_id", sa.Text, nullable=False),
+    sa.Column("sender", sa.Text, nullable=False),
+    sa.Column("any_sender", sa.Boolean, nullable=False),
+)
+
 # The room's graph: one row per prev_event of each event (outliers have none).
 event_edges = sa.Table(
     "event_edges",
