@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from homeserver.storage.database import Database, prepared
+from homeserver.storage.database import Database
 from homeserver.storage.schema import BACKFILL_BASE, events
 from homeserver.storage.schema.search import EVENT_SEARCH
 
@@ -49,7 +49,8 @@ _WORD = re.compile(r"\w+")
 MAX_WORDS = 16  # a longer term is cut: each word is one more condition on the index
 
 # SQLite: the searchable text of the events in (after, upto], as migration 0019's trigger
-# took it: served events (stream_ordering > 0), not redacted, text values only.
+# took it: not redacted, text values only. The ranges asked for hold served events only (on
+# the events stream, or backfilled below it).
 _SQLITE_TEXT = (
     "CASE type"
     " WHEN 'm.room.message' THEN json_extract(json, '$.content.body')"
@@ -64,8 +65,20 @@ _INDEX_NEW = sa.text(
     " AND type IN ('m.room.message', 'm.room.name', 'm.room.topic')"
     " AND redacted_by IS NULL) WHERE typeof(v) = 'text'"
 )
-_LAST_INDEXED = sa.text(f"SELECT coalesce(max(rowid), 0) FROM {EVENT_SEARCH}")
-_LAST_EVENT = prepared(sa.select(sa.func.coalesce(sa.func.max(events.c.stream_ordering), 0)))
+_LAST_INDEXED = sa.text(f"SELECT coalesce(max(rowid), 0) FROM {EVENT_SEARCH} WHERE rowid > 0")
+# Backfilled events (numbered downwards from BACKFILL_BASE) are indexed from the newest
+# fetched downwards: everything below the lowest indexed one down to the oldest stored.
+_OLDEST_INDEXED = sa.text(
+    f"SELECT coalesce(min(rowid), {BACKFILL_BASE + 1}) FROM {EVENT_SEARCH}"
+    f" WHERE rowid <= {BACKFILL_BASE}"
+)
+# The newest event of the stream and the oldest backfilled one (BACKFILL_BASE + 1: none), each
+# its own subquery so that SQLite reads both ends of the index instead of scanning it.
+_ENDS = sa.text(
+    "SELECT (SELECT coalesce(max(stream_ordering), 0) FROM events),"
+    f" (SELECT coalesce(min(stream_ordering), {BACKFILL_BASE + 1}) FROM events"
+    f" WHERE stream_ordering <= {BACKFILL_BASE})"
+)
 
 
 def search_words(term: str) -> list[str]:
@@ -109,8 +122,9 @@ class SearchPosition:
 class SearchStore:
     def __init__(self, db: Database) -> None:
         self._db = db
-        # SQLite: the events up to this stream position are indexed (None: not read yet).
-        self._indexed: int | None = None
+        # SQLite: the events up to this stream position, and the backfilled ones down to this
+        # position, are indexed (None: not read yet).
+        self._indexed: tuple[int, int] | None = None
         self._indexing = asyncio.Lock()
 
     async def index_pending(self) -> int:
@@ -119,25 +133,33 @@ class SearchStore:
 
         SQLite has one writer, so the events below the newest one are all committed, and a
         redaction or a deletion cannot come between the read and the insert (their triggers
-        take out what is indexed)."""
+        take out what is indexed). The same holds at the other end for backfilled events,
+        whose positions only go down."""
         if not self._db.is_sqlite:
             return 0
         async with self._indexing:
             if self._indexed is not None:
                 async with self._db.read() as conn:
-                    newest = int((await conn.execute(_LAST_EVENT)).scalar_one())
-                if newest <= self._indexed:
+                    newest, oldest = (await conn.execute(_ENDS)).one()
+                if newest <= self._indexed[0] and oldest >= self._indexed[1]:
                     return 0
             async with self._db.write() as conn:
-                indexed = self._indexed
-                if indexed is None:
-                    indexed = int((await conn.execute(_LAST_INDEXED)).scalar_one())
-                newest = int((await conn.execute(_LAST_EVENT)).scalar_one())
+                if self._indexed is None:
+                    above = int((await conn.execute(_LAST_INDEXED)).scalar_one())
+                    below = int((await conn.execute(_OLDEST_INDEXED)).scalar_one())
+                else:
+                    above, below = self._indexed
+                newest, oldest = (await conn.execute(_ENDS)).one()
                 added = 0
-                if newest > indexed:
-                    result = await conn.execute(_INDEX_NEW, {"after": indexed, "upto": newest})
-                    added = int(result.rowcount or 0)
-            self._indexed = newest  # committed
+                if newest > above:
+                    result = await conn.execute(_INDEX_NEW, {"after": above, "upto": newest})
+                    added += int(result.rowcount or 0)
+                if oldest < below:
+                    result = await conn.execute(
+                        _INDEX_NEW, {"after": oldest - 1, "upto": below - 1}
+                    )
+                    added += int(result.rowcount or 0)
+            self._indexed = (int(newest), int(oldest))  # committed
             return added
 
     def _conditions(self, criteria: SearchCriteria) -> list[sa.ColumnElement[bool]]:

@@ -8,8 +8,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-import pytest
-
 from homeserver.core.types import JsonDict
 from homeserver.storage.admin_rooms import AdminRoomStore
 from homeserver.storage.schema import BACKFILL_BASE
@@ -87,10 +85,6 @@ async def search(
 async def test_search_finds_backfilled_history(
     fed_online: Fed, origin: Origin, remote: FakeRemote, db_url: str
 ) -> None:
-    if db_url.startswith("sqlite"):
-        # SQLite's FTS5 table is written for events of the events stream only (the index
-        # writer, not this read, decides): the read below is the same on both databases.
-        pytest.skip("SQLite's search index leaves backfilled events out")
     hs, client = fed_online
     room, tok, _, ids = await with_a_gap(client, hs, remote, origin)
     await page_back(client, tok, room.room_id, 50)
