@@ -25,7 +25,7 @@ from bench.client import Matrix
 from bench.procstat import ProcessWatch
 from bench.progress import log
 from bench.querycount import QueryLog, count_queries, describe
-from bench.scenarios import SCENARIOS, Bench
+from bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS, Bench
 from bench.servers import (
     REPO,
     BaselineTree,
@@ -55,8 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenarios",
-        default=",".join(SCENARIOS),
-        help=f"comma-separated subset of {','.join(SCENARIOS)}",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all but federation)",
     )
     parser.add_argument(
         "--scale",
