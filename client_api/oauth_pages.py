@@ -200,6 +200,7 @@ def choose_username_page(
     suggestion: str = "",
     error: str | None = None,
     status: int = 200,
+    form_target: str | None = None,  # where the answer redirects: the client's redirectUrl
 ) -> HTMLResponse:
     alert = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
     body = (
@@ -215,7 +216,7 @@ def choose_username_page(
         f'value="{escape(suggestion)}" autofocus>'
         '<button class="allow" type="submit">Create account</button></form>'
     )
-    return _page("Choose your username", body, status)
+    return _page("Choose your username", body, status, form_target)
 
 
 def account_sign_in_page(
@@ -298,7 +299,9 @@ def account_page(
     return _page("Your account", body, status)
 
 
-def confirm_destination_page(user_id: str, destination: str, csrf: str) -> HTMLResponse:
+def confirm_destination_page(
+    user_id: str, destination: str, csrf: str, form_target: str | None = None
+) -> HTMLResponse:
     body = (
         f"<h1>Continue to {escape(destination)}?</h1>"
         f"<p>You are signing in as <strong>{escape(user_id)}</strong>. "
@@ -308,4 +311,4 @@ def confirm_destination_page(user_id: str, destination: str, csrf: str) -> HTMLR
         f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
         '<button class="allow" type="submit">Continue</button></form>'
     )
-    return _page(f"Continue to {destination}?", body, 200)
+    return _page(f"Continue to {destination}?", body, 200, form_target)

@@ -4,7 +4,7 @@ choose-a-username page (config ``sso``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -68,9 +68,12 @@ async def upstream_callback(request: Request) -> Response:
             result.csrf,
             suggestion=result.suggestion,
             destination=result.destination,
+            form_target=result.redirect_url,
         )
     if isinstance(result, ConfirmDestination):
-        return confirm_destination_page(result.user_id, result.destination, result.csrf)
+        return confirm_destination_page(
+            result.user_id, result.destination, result.csrf, result.redirect_url
+        )
     response = RedirectResponse(result.location, status_code=302)
     response.delete_cookie(SESSION_COOKIE, path=_COOKIE_PATH)
     return response
@@ -103,6 +106,8 @@ async def choose_username(request: Request) -> Response:
             suggestion=username,
             error=e.message,
             status=e.status,
+            destination=urlsplit(session.redirect_url).netloc,
+            form_target=session.redirect_url,
         )
     response = RedirectResponse(finished.location, status_code=303)
     response.delete_cookie(SESSION_COOKIE, path=_COOKIE_PATH)

@@ -71,6 +71,7 @@ class ChooseUsername:
     provider_name: str
     csrf: str
     destination: str  # the host the login token will go to
+    redirect_url: str  # where the form's answer sends the browser (its CSP must allow it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class ConfirmDestination:
     user_id: str
     destination: str
     csrf: str
+    redirect_url: str
 
 
 class SsoService:
@@ -220,7 +222,7 @@ class SsoService:
             await self._store.set_claims(
                 session_hash, {**claims, "_csrf": csrf, "_user_id": user_id}
             )
-            return ConfirmDestination(user_id, destination, csrf)
+            return ConfirmDestination(user_id, destination, csrf, session.redirect_url)
         await self._store.set_claims(session_hash, {**claims, "_csrf": csrf})
         suggestion = claims.get(provider.localpart_claim)
         return ChooseUsername(
@@ -228,6 +230,7 @@ class SsoService:
             provider.name,
             csrf,
             destination,
+            session.redirect_url,
         )
 
     async def confirm(self, session_id: str | None, csrf: str) -> Finished:

@@ -4,6 +4,7 @@ test's own on loopback, the homeserver talking to it through net/outbound."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import AsyncIterator
 from html import unescape
@@ -181,12 +182,15 @@ async def test_first_sign_in_chooses_a_username_then_the_second_finds_it(
     page = await through_provider(client)
     assert page.status_code == 200, page.text
     assert 'value="alice.smith"' in page.text and '<label for="username">' in page.text
-    assert "content-security-policy" in page.headers
+    # The form's answer redirects to the client: its CSP must allow that (browsers apply
+    # form-action to the redirects after a submission).
+    assert "form-action 'self' https://client.example;" in page.headers["content-security-policy"]
     csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
     taken = await client.post(
         "/oauth2/upstream/username", data={"csrf": csrf, "username": "no spaces"}
     )
     assert taken.status_code == 400 and 'role="alert"' in taken.text
+    assert "https://client.example;" in taken.headers["content-security-policy"]
     forged = await client.post("/oauth2/upstream/username", data={"csrf": "x", "username": "a"})
     assert forged.status_code == 403
     chosen = await client.post(
@@ -206,6 +210,7 @@ async def test_first_sign_in_chooses_a_username_then_the_second_finds_it(
     # The second sign-in of the same subject asks before the token goes to the client.
     second = await through_provider(client)
     assert second.status_code == 200 and "Continue to client.example?" in second.text
+    assert "https://client.example;" in second.headers["content-security-policy"]
     confirm_csrf = second.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
     forged_confirm = await client.post("/oauth2/upstream/confirm", data={"csrf": "x"})
     assert forged_confirm.status_code == 403
@@ -348,7 +353,21 @@ async def test_oauth_sign_in_page_offers_the_provider(
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as other:
             stolen = await other.get(relative(back))
             assert stolen.status_code == 403
-        granted = await client.get(relative(back))
+        consent = await client.get(relative(back))
+        # Signed in: the consent page names the account and the client, and its form may
+        # send the browser to the client's redirect URI (CSP form-action), nowhere else.
+        assert consent.status_code == 200, consent.text
+        assert "@carol:test" in consent.text and "https://app.example" in consent.text
+        csp = consent.headers["content-security-policy"]
+        assert "form-action 'self' https://app.example;" in csp
+        form = {
+            name: unescape(value)
+            for name, value in re.findall(
+                r'<input type="hidden" name="([^"]*)" value="([^"]*)">', consent.text
+            )
+        }
+        assert "loginToken" not in form and "sso_csrf" not in form
+        granted = await client.post("/oauth2/authorize", data={**form, "action": "consent"})
         assert granted.status_code == 303, granted.text
         location = granted.headers["location"]
         assert location.startswith(OAUTH_REDIRECT + "?")
