@@ -266,6 +266,16 @@ async def provider_sign_in(browser: Browser, issuer: str, login: str) -> dict[st
     return page
 
 
+async def sso_again(browser: Browser, start: str, provider: Provider) -> str:
+    """A returning person: (the provider,) our confirmation, the client's login token."""
+    page = await browser.do("goto", url=start)
+    if page["url"].startswith(provider.issuer):
+        page = await provider_sign_in(browser, provider.issuer, "alice.smith")
+    page = await browser.do("click", selector="button[type=submit]")
+    assert page["url"].startswith(CLIENT_DONE + "?loginToken="), page
+    return query_of(page["url"])["loginToken"][0]
+
+
 async def assert_labelled(browser: Browser) -> None:
     """The page's form controls each have a label (accessibility: a name for each)."""
     answer = await browser.do("unlabelled")
@@ -344,6 +354,37 @@ async def test_sso_through_a_real_provider_second_sign_in_and_provider_logout(
             json={"type": "m.login.token", "token": query_of(page["url"])["loginToken"][0]},
         )
         assert again.status_code == 403 and again.json()["errcode"] == "M_FORBIDDEN"
+
+        # An account with no password confirms a device deletion with its provider: the UIA
+        # fallback page in the browser, and the client resubmits with the session.
+        await browser.do("watch_auth_done")
+        bearer = {"Authorization": f"Bearer {first}"}
+        body: dict[str, Any] = {"devices": [who.json()["device_id"]]}
+        challenge = await http.post("/_matrix/client/v3/delete_devices", json=body, headers=bearer)
+        assert challenge.json()["flows"] == [{"stages": ["m.login.sso"]}], challenge.text
+        session = challenge.json()["session"]
+        await browser.do("console_errors")  # forget the earlier pages' ones
+        page = await browser.do(
+            "goto",
+            url=f"{server.base_url}/_matrix/client/v3/auth/m.login.sso/fallback/web"
+            f"?session={session}",
+        )
+        assert "delete devices" in (await browser.do("text"))["text"]
+        page = await browser.do("click", selector="a.allow")
+        if page["url"].startswith(provider.issuer):
+            page = await provider_sign_in(browser, provider.issuer, "alice.smith")
+        assert page["url"].startswith(f"{server.base_url}/oauth2/upstream/callback"), page
+        # Its script ran under the page's CSP and told the app.
+        assert page["title"] == "onAuthDone called", page
+        assert (await browser.do("console_errors"))["errors"] == []
+        deleted = await http.post(
+            "/_matrix/client/v3/delete_devices",
+            json={**body, "auth": {"session": session}},
+            headers=bearer,
+        )
+        assert deleted.status_code == 200, deleted.text
+        assert (await whoami(http, first)).status_code == 401
+        first = await token_login(http, await sso_again(browser, start, provider))
 
         # The provider's logout: it tells us over the back channel; both sessions end.
         page = await browser.do("goto", url=f"{provider.issuer}/session/end")
