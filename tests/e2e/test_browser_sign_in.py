@@ -152,10 +152,13 @@ class Provider:
                 self._proc.wait()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def signin(
-    request: pytest.FixtureRequest, tmp_path: Path, node_dir: Path
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, node_dir: Path
 ) -> Iterator[tuple[ServerProcess, Provider]]:
+    """One server and provider for the module's tests (per database): starting a server is
+    most of the module's time; the tests use accounts of their own."""
+    tmp_path = tmp_path_factory.mktemp("signin")
     database_url = None
     if request.param == "postgresql":
         database_url = request.getfixturevalue("pg_database")
