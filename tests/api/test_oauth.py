@@ -679,6 +679,16 @@ async def test_device_grant(server: Any) -> None:
         assert who.json()["device_id"] == "TV" and who.json()["user_id"] == "@alice:test"
         # The device code is spent.
         oauth_error(await tv.post("/oauth2/token", data=poll), 400, "invalid_grant")
+        # The session's refresh token is the device client's alone.
+        refresh = {"grant_type": "refresh_token", "refresh_token": tokens.json()["refresh_token"]}
+        other = await register_client(browser)
+        oauth_error(
+            await tv.post("/oauth2/token", data={**refresh, "client_id": other}),
+            400,
+            "invalid_grant",
+        )
+        renewed = await tv.post("/oauth2/token", data={**refresh, "client_id": client_id})
+        assert renewed.status_code == 200, renewed.text
 
 
 async def test_device_grant_denied_expired_and_bad_requests(server: Any) -> None:
