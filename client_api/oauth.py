@@ -155,9 +155,15 @@ async def authorize(request: Request) -> Response:
         user_id = await oauth.user_of_login_token(params["loginToken"])
         if user_id is None:
             return error_page("This sign-in has expired; please start again.", 403)
-        return RedirectResponse(await oauth.grant(auth_request, user_id), status_code=303)
+        # Signed in here now; the person still sees which client asks and says yes (the
+        # consent form's answer goes to the client, which its CSP allows).
+        page = sign_in_page(
+            auth_request, _without_sso(params), csrf, hs.server_name, signed_in_as=user_id
+        )
+        _set_account_cookie(page, hs, await oauth.start_browser_session(user_id))
+        return page
     if request.method == "GET":
-        clean = {k: v for k, v in params.items() if k not in ("loginToken", "sso_csrf")}
+        clean = _without_sso(params)
         providers = [
             (name, oauth.sso_redirect_url(idp_id, clean, csrf))
             for idp_id, name in oauth.sso_providers
@@ -220,6 +226,10 @@ async def authorize(request: Request) -> Response:
     response = RedirectResponse(await oauth.grant(auth_request, user_id), status_code=303)
     _set_account_cookie(response, hs, await oauth.start_browser_session(user_id))
     return response
+
+
+def _without_sso(params: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in params.items() if k not in ("loginToken", "sso_csrf")}
 
 
 def _set_account_cookie(response: Response, hs: OAuthServices, token: str) -> None:

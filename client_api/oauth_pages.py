@@ -35,30 +35,43 @@ _CSS = (
 _CSS_HASH = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
 
 
-def _csp(form_target: str | None) -> str:
+# spec, User-Interactive Authentication, fallback: the page that ends a fallback tells the
+# client (an embedding app's onAuthDone, or the window that opened it).
+_AUTH_DONE_SCRIPT = (
+    "if(window.onAuthDone){window.onAuthDone();}"
+    'else if(window.opener&&window.opener.postMessage){window.opener.postMessage("authDone","*");}'
+)
+_AUTH_DONE_HASH = base64.b64encode(hashlib.sha256(_AUTH_DONE_SCRIPT.encode()).digest()).decode()
+
+
+def _csp(form_target: str | None, script: bool = False) -> str:
     form_action = "'self'"
     if form_target is not None:
         parts = urlsplit(form_target)
         origin = f"{parts.scheme}://{parts.netloc}" if parts.netloc else f"{parts.scheme}:"
         form_action += f" {origin}"
+    scripts = f"script-src 'sha256-{_AUTH_DONE_HASH}'; " if script else ""
     return (
-        f"default-src 'none'; style-src 'sha256-{_CSS_HASH}'; form-action {form_action}; "
-        "frame-ancestors 'none'; base-uri 'none'"
+        f"default-src 'none'; style-src 'sha256-{_CSS_HASH}'; {scripts}"
+        f"form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
     )
 
 
-def _page(title: str, body: str, status: int, form_target: str | None = None) -> HTMLResponse:
+def _page(
+    title: str, body: str, status: int, form_target: str | None = None, *, script: bool = False
+) -> HTMLResponse:
+    tail = f"<script>{_AUTH_DONE_SCRIPT}</script>" if script else ""
     html = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
-        f"<body><main>{body}</main></body></html>"
+        f"<body><main>{body}</main>{tail}</body></html>"
     )
     return HTMLResponse(
         html,
         status_code=status,
         headers={
-            "Content-Security-Policy": _csp(form_target),
+            "Content-Security-Policy": _csp(form_target, script),
             "X-Frame-Options": "DENY",
             "Referrer-Policy": "no-referrer",
             "Cache-Control": "no-store",
@@ -200,6 +213,7 @@ def choose_username_page(
     suggestion: str = "",
     error: str | None = None,
     status: int = 200,
+    form_target: str | None = None,  # where the answer redirects: the client's redirectUrl
 ) -> HTMLResponse:
     alert = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
     body = (
@@ -215,7 +229,7 @@ def choose_username_page(
         f'value="{escape(suggestion)}" autofocus>'
         '<button class="allow" type="submit">Create account</button></form>'
     )
-    return _page("Choose your username", body, status)
+    return _page("Choose your username", body, status, form_target)
 
 
 def account_sign_in_page(
@@ -298,7 +312,9 @@ def account_page(
     return _page("Your account", body, status)
 
 
-def confirm_destination_page(user_id: str, destination: str, csrf: str) -> HTMLResponse:
+def confirm_destination_page(
+    user_id: str, destination: str, csrf: str, form_target: str | None = None
+) -> HTMLResponse:
     body = (
         f"<h1>Continue to {escape(destination)}?</h1>"
         f"<p>You are signing in as <strong>{escape(user_id)}</strong>. "
@@ -308,4 +324,47 @@ def confirm_destination_page(user_id: str, destination: str, csrf: str) -> HTMLR
         f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
         '<button class="allow" type="submit">Continue</button></form>'
     )
-    return _page(f"Continue to {destination}?", body, 200)
+    return _page(f"Continue to {destination}?", body, 200, form_target)
+
+
+# What a UIA request does, by its path's end: said on the page that confirms it.
+_REAUTH_PURPOSES = (
+    ("/delete_devices", "sign out and delete devices of your account"),
+    ("/account/deactivate", "deactivate your account for good"),
+    ("/keys/device_signing/upload", "replace your cross-signing keys"),
+    ("/account/password", "set a new password"),
+    ("/account/3pid/add", "add an address to your account"),
+    ("/login/get_token", "sign in another device"),
+)
+
+
+def _purpose(request: str) -> str:
+    method, _, path = request.partition(" ")
+    for suffix, purpose in _REAUTH_PURPOSES:
+        if path.endswith(suffix):
+            return purpose
+    if method == "DELETE" and "/devices/" in path:
+        return "sign out and delete a device of your account"
+    return f"make the request {request}"
+
+
+def reauth_page(user_id: str, request: str, provider_name: str, continue_url: str) -> HTMLResponse:
+    """The UIA fallback of ``m.login.sso``: what is confirmed, then off to the provider."""
+    body = (
+        "<h1>Confirm it is you</h1>"
+        f"<p>An app signed in as <strong>{escape(user_id)}</strong> asks to "
+        f"<strong>{escape(_purpose(request))}</strong>.</p>"
+        "<p>Continue only if you asked for this in your app. You will sign in with "
+        f"{escape(provider_name)} to confirm.</p>"
+        f'<p><a class="allow" href="{escape(continue_url)}">Continue with '
+        f"{escape(provider_name)}</a></p>"
+    )
+    return _page("Confirm it is you", body, 200)
+
+
+def reauth_done_page() -> HTMLResponse:
+    body = (
+        '<h1>Confirmed</h1><p role="status">You confirmed your identity. '
+        "Return to your app to finish.</p>"
+    )
+    return _page("Confirmed", body, 200, script=True)

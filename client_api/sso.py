@@ -4,14 +4,27 @@ choose-a-username page (config ``sso``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from client_api.oauth_pages import choose_username_page, confirm_destination_page, error_page
-from homeserver.accounts.sso import ChooseUsername, ConfirmDestination, SsoFailure, SsoService
+from client_api.oauth_pages import (
+    choose_username_page,
+    confirm_destination_page,
+    error_page,
+    reauth_done_page,
+    reauth_page,
+)
+from homeserver.accounts.sso import (
+    ChooseUsername,
+    ConfirmDestination,
+    Reauthenticated,
+    SsoFailure,
+    SsoService,
+    Started,
+)
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.web.edge import json_response, read_body, services_of
 
@@ -40,6 +53,10 @@ async def sso_redirect(request: Request) -> Response:
     if redirect_url is None:
         raise MatrixError(Codes.MISSING_PARAM, "Missing parameter: redirectUrl")
     started = await sso.start(request.path_params.get("idpId"), redirect_url)
+    return _to_provider(hs, started)
+
+
+def _to_provider(hs: SsoServices, started: Started) -> Response:
     response = RedirectResponse(started.location, status_code=302)
     response.set_cookie(
         SESSION_COOKIE,
@@ -68,12 +85,40 @@ async def upstream_callback(request: Request) -> Response:
             result.csrf,
             suggestion=result.suggestion,
             destination=result.destination,
+            form_target=result.redirect_url,
         )
+    if isinstance(result, Reauthenticated):
+        done = reauth_done_page()
+        done.delete_cookie(SESSION_COOKIE, path=_COOKIE_PATH)
+        return done
     if isinstance(result, ConfirmDestination):
-        return confirm_destination_page(result.user_id, result.destination, result.csrf)
+        return confirm_destination_page(
+            result.user_id, result.destination, result.csrf, result.redirect_url
+        )
     response = RedirectResponse(result.location, status_code=302)
     response.delete_cookie(SESSION_COOKIE, path=_COOKIE_PATH)
     return response
+
+
+async def auth_fallback(request: Request) -> Response:
+    """GET /_matrix/client/v3/auth/{authType}/fallback/web (m.login.sso: re-authentication
+    with the account's provider for user-interactive authentication)"""
+    if request.path_params["auth_type"] != "m.login.sso":
+        return error_page("This server has no fallback page for this authentication stage", 404)
+    session = request.query_params.get("session")
+    if not session:
+        return error_page("Missing parameter: session")
+    hs = services_of(request, SsoServices)
+    if hs.sso is None:
+        return error_page("Single sign-on is not configured on this server", 404)
+    try:
+        if request.query_params.get("continue") == "1":
+            return _to_provider(hs, await hs.sso.start_reauth(session))
+        user_id, what, provider_name = await hs.sso.describe_reauth(session)
+    except MatrixError as e:
+        return error_page(e.message, e.status)
+    onward = f"web?{urlencode({'session': session, 'continue': '1'})}"
+    return reauth_page(user_id, what, provider_name, onward)
 
 
 async def choose_username(request: Request) -> Response:
@@ -103,6 +148,8 @@ async def choose_username(request: Request) -> Response:
             suggestion=username,
             error=e.message,
             status=e.status,
+            destination=urlsplit(session.redirect_url).netloc,
+            form_target=session.redirect_url,
         )
     response = RedirectResponse(finished.location, status_code=303)
     response.delete_cookie(SESSION_COOKIE, path=_COOKIE_PATH)
@@ -156,6 +203,7 @@ async def backchannel_logout(request: Request) -> Response:
 client_routes = [
     Route("/v3/login/sso/redirect", sso_redirect, methods=["GET"]),
     Route("/v3/login/sso/redirect/{idpId}", sso_redirect, methods=["GET"]),
+    Route("/v3/auth/{auth_type}/fallback/web", auth_fallback, methods=["GET"]),
 ]
 
 root_routes = [

@@ -819,7 +819,10 @@ class Homeserver:
                 clock,
                 config.base_url,
                 config.server_name,
+                uia=self.uia,
             )
+            # UIA offers m.login.sso to accounts linked to a provider (fallback page).
+            self.uia.use_single_sign_on(self.sso_store, [p.id for p in config.sso.providers])
         self.oauth: OAuthService | None = None
         if config.oauth.enabled:
             self.oauth = OAuthService(

@@ -542,12 +542,18 @@ class AccountService:
         return user_id
 
     async def start_refreshable_session(
-        self, user_id: UserID, device_id: str, client_ip: str | None
+        self, user_id: UserID, device_id: str, client_ip: str | None, oauth_client_id: str
     ) -> Session:
-        """A session of an OAuth grant: the device is created, or reused (its old tokens go)."""
+        """A session of an OAuth grant: the device is created, or reused (its old tokens go);
+        its refresh token is for ``oauth_client_id`` alone."""
         self._check_device(device_id, None)
         return await self._start_session(
-            user_id, device_id, None, refreshable=True, client_ip=client_ip
+            user_id,
+            device_id,
+            None,
+            refreshable=True,
+            client_ip=client_ip,
+            oauth_client_id=oauth_client_id,
         )
 
     async def end_all_sessions(self, user_id: UserID) -> int:
@@ -652,8 +658,8 @@ class AccountService:
             client_ip=request.client_ip,
         )
 
-    async def refresh(self, refresh_token: str) -> Session:
-        return await self._auth.refresh(refresh_token)
+    async def refresh(self, refresh_token: str, oauth_client_id: str | None = None) -> Session:
+        return await self._auth.refresh(refresh_token, oauth_client_id)
 
     async def logout(self, requester: Requester) -> None:
         """Revoke the token and delete its device (spec: /logout deletes the device)."""
@@ -679,6 +685,7 @@ class AccountService:
         *,
         refreshable: bool,
         client_ip: str | None,
+        oauth_client_id: str | None = None,
     ) -> Session:
         if device_id is None:
             device_id = new_device_id()
@@ -690,7 +697,9 @@ class AccountService:
         await self._store.upsert_device(
             user_id, device_id, display_name, self._clock.now_ms(), client_ip
         )
-        return await self._auth.create_session(user_id, device_id, refreshable=refreshable)
+        return await self._auth.create_session(
+            user_id, device_id, refreshable=refreshable, oauth_client_id=oauth_client_id
+        )
 
     def _check_device(self, device_id: str | None, display_name: str | None) -> None:
         if device_id is not None and not is_valid_device_id(device_id):

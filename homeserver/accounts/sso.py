@@ -6,6 +6,10 @@ session, exchanges the code, checks the ID token (signature by the provider's JW
 audience, nonce, expiry); a subject already linked gets a login token at once, a new one
 chooses a username first. The client then logs in with ``m.login.token``.
 
+User-interactive authentication's ``m.login.sso`` stage goes the same way from the fallback
+page (``start_reauth``): the provider must name the account that is asking, and the UIA
+session's stage is then complete.
+
 Every request to a provider goes through ``net/outbound`` (docs/sign-in.md: the operator
 chose these URLs, so loopback and private addresses are allowed).
 """
@@ -22,6 +26,7 @@ import jwt
 
 from homeserver.accounts.service import AccountService
 from homeserver.accounts.tokens import hash_token
+from homeserver.accounts.uia import UiaService
 from homeserver.core.clock import Clock
 from homeserver.core.config import OidcProviderConfig, SsoConfig
 from homeserver.core.errors import Codes, MatrixError
@@ -36,6 +41,8 @@ logger = logging.getLogger(__name__)
 _BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 SESSION_LIFETIME_MS = 10 * 60 * 1000
 LOGIN_TOKEN_LIFETIME_MS = 2 * 60 * 1000
+# An SSO session's redirect_url for UIA re-authentication: this prefix, then the UIA session.
+_UIA_REDIRECT = "uia:"
 _MAX_DOCUMENT_BYTES = 256 * 1024
 _ID_TOKEN_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
 
@@ -71,6 +78,7 @@ class ChooseUsername:
     provider_name: str
     csrf: str
     destination: str  # the host the login token will go to
+    redirect_url: str  # where the form's answer sends the browser (its CSP must allow it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +89,14 @@ class ConfirmDestination:
     user_id: str
     destination: str
     csrf: str
+    redirect_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reauthenticated:
+    """UIA's ``m.login.sso`` stage is complete: the client may resubmit its request."""
+
+    user_id: str
 
 
 class SsoService:
@@ -93,7 +109,10 @@ class SsoService:
         clock: Clock,
         base_url: str,
         server_name: str,
+        *,
+        uia: UiaService | None = None,
     ) -> None:
+        self._uia = uia
         self._providers = {p.id: p for p in config.providers}
         self._store = store
         self._accounts = accounts
@@ -152,6 +171,34 @@ class SsoService:
         parts = urlsplit(redirect_url)
         if not parts.scheme or len(redirect_url) > 2048:
             raise MatrixError(Codes.INVALID_PARAM, "redirectUrl must be an absolute URL")
+        if redirect_url.startswith(_UIA_REDIRECT):
+            # Re-authentication starts on the fallback page only, which says what it is for.
+            raise MatrixError(Codes.INVALID_PARAM, "redirectUrl must be an absolute URL")
+        return await self._begin(provider, redirect_url)
+
+    async def describe_reauth(self, uia_session: str) -> tuple[str, str, str]:
+        """The fallback page's facts: the account, the request it confirms (method and
+        path) and the name of the provider it signs in with."""
+        user_id, request, provider = await self._reauth_provider(uia_session)
+        return user_id, request, provider.name
+
+    async def start_reauth(self, uia_session: str) -> Started:
+        """The fallback page's button: to the account's provider, back to the callback."""
+        _, _, provider = await self._reauth_provider(uia_session)
+        return await self._begin(provider, _UIA_REDIRECT + uia_session)
+
+    async def _reauth_provider(self, uia_session: str) -> tuple[UserID, str, OidcProviderConfig]:
+        if self._uia is None:
+            raise MatrixError(Codes.UNRECOGNIZED, "Single sign-on is not configured", status=404)
+        user_id, request = await self._uia.sso_session(uia_session)
+        providers = await self._uia.sso_providers_of(user_id)
+        if not providers:
+            raise MatrixError(
+                Codes.FORBIDDEN, "This account has no single sign-on identity on this server"
+            )
+        return user_id, request, self._providers[providers[0]]
+
+    async def _begin(self, provider: OidcProviderConfig, redirect_url: str) -> Started:
         try:
             meta = await self._metadata(provider)
         except SsoFailure as e:
@@ -195,7 +242,7 @@ class SsoService:
 
     async def callback(
         self, session_id: str | None, params: dict[str, str]
-    ) -> Finished | ChooseUsername | ConfirmDestination:
+    ) -> Finished | ChooseUsername | ConfirmDestination | Reauthenticated:
         session = await self._session(session_id)
         state = params.get("state", "")
         if not session.state or not _same(state, session.state):
@@ -211,6 +258,9 @@ class SsoService:
         claims = await self._claims(provider, session, code)
         subject = claims["sub"]
         user_id = await self._store.linked_user(provider.id, subject)
+        if session.redirect_url.startswith(_UIA_REDIRECT):
+            await self._store.delete_session(session_hash)
+            return await self._reauthenticated(session.redirect_url, user_id)
         csrf = secrets.token_urlsafe(24)
         destination = urlsplit(session.redirect_url).netloc or session.redirect_url[:100]
         if user_id is not None:
@@ -220,7 +270,7 @@ class SsoService:
             await self._store.set_claims(
                 session_hash, {**claims, "_csrf": csrf, "_user_id": user_id}
             )
-            return ConfirmDestination(user_id, destination, csrf)
+            return ConfirmDestination(user_id, destination, csrf, session.redirect_url)
         await self._store.set_claims(session_hash, {**claims, "_csrf": csrf})
         suggestion = claims.get(provider.localpart_claim)
         return ChooseUsername(
@@ -228,7 +278,18 @@ class SsoService:
             provider.name,
             csrf,
             destination,
+            session.redirect_url,
         )
+
+    async def _reauthenticated(self, redirect_url: str, user_id: str | None) -> Reauthenticated:
+        if user_id is None or self._uia is None:
+            raise SsoFailure("This identity is not linked to an account on this server", 403)
+        try:
+            await self._uia.complete_sso(redirect_url[len(_UIA_REDIRECT) :], UserID(user_id))
+        except MatrixError as e:
+            raise SsoFailure(e.message, 403) from e
+        logger.info("re-authenticated by single sign-on", extra={"user_id": user_id})
+        return Reauthenticated(user_id)
 
     async def confirm(self, session_id: str | None, csrf: str) -> Finished:
         """The returning user said yes to the destination."""

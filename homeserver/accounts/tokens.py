@@ -193,8 +193,15 @@ class AuthService:
         )
 
     async def create_session(
-        self, user_id: UserID, device_id: str, *, refreshable: bool
+        self,
+        user_id: UserID,
+        device_id: str,
+        *,
+        refreshable: bool,
+        oauth_client_id: str | None = None,
     ) -> Session:
+        """A new access token, and a refresh token if ``refreshable`` (bound to the OAuth
+        client ``oauth_client_id`` when the session is one of its grants)."""
         now = self._clock.now_ms()
         access = new_token("mat")
         if not refreshable:
@@ -205,7 +212,7 @@ class AuthService:
         refresh = new_token("mar")
         lifetime = self._config.access_token_lifetime_ms
         refresh_id = await self._store.add_refresh_token(
-            user_id, device_id, hash_token(refresh), now
+            user_id, device_id, hash_token(refresh), now, oauth_client_id
         )
         await self._store.add_access_token(
             user_id, device_id, hash_token(access), now, now + lifetime, refresh_id
@@ -223,10 +230,20 @@ class AuthService:
         )
         return access
 
-    async def refresh(self, refresh_token: str) -> Session:
+    async def refresh(self, refresh_token: str, oauth_client_id: str | None = None) -> Session:
+        """Rotate a session's tokens. ``oauth_client_id``: the OAuth client asking (None for
+        /refresh); a refresh token is only for the client it was issued to."""
         info = await self._store.get_refresh_token(hash_token(refresh_token))
         if info is None or info.next_token_id is not None:
             raise MatrixError(Codes.UNKNOWN_TOKEN, "Unknown refresh token", soft_logout=False)
+        if info.oauth_client_id != oauth_client_id:
+            raise MatrixError(
+                Codes.UNKNOWN_TOKEN,
+                "This refresh token was issued to another client"
+                if oauth_client_id is not None
+                else "This refresh token belongs to an OAuth client: refresh at its token endpoint",
+                soft_logout=False,
+            )
         if await self._store.is_locked(info.user_id):
             raise MatrixError(Codes.USER_LOCKED, "This account has been locked", soft_logout=True)
         now = self._clock.now_ms()
@@ -240,6 +257,7 @@ class AuthService:
             hash_token(access),
             now,
             now + lifetime,
+            info.oauth_client_id,
         ):
             raise MatrixError(Codes.UNKNOWN_TOKEN, "Refresh token already used", soft_logout=False)
         self.forget_tokens_of_device_cache(info.user_id, info.device_id)

@@ -5,8 +5,12 @@ order inside a session, resubmitting its request with an ``auth`` dict each time
 bound to the method and path it was started for (and to the user who started it), so a session
 completed for one request cannot authorise another; it is used up when the request succeeds.
 
-Stages: ``m.login.dummy``, ``m.login.password``, ``m.login.registration_token`` and
-``m.login.email.identity`` (a session validated by the homeserver's own mail).
+Stages: ``m.login.dummy``, ``m.login.password``, ``m.login.registration_token``,
+``m.login.email.identity`` (a session validated by the homeserver's own mail) and
+``m.login.sso`` (re-authentication with the account's single sign-on provider, through the
+fallback page: ``accounts/sso.py``). Where a request asks a signed-in user for their password,
+an account linked to a configured provider is offered ``m.login.sso`` too, and an account with
+no password only that.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ LOGIN_DUMMY = "m.login.dummy"
 LOGIN_PASSWORD = "m.login.password"
 LOGIN_REGISTRATION_TOKEN = "m.login.registration_token"
 LOGIN_EMAIL_IDENTITY = "m.login.email.identity"
+LOGIN_SSO = "m.login.sso"
 
 # A session not finished within this time is forgotten (and its registration token use freed).
 SESSION_LIFETIME_MS = 30 * 60 * 1000
@@ -94,6 +99,12 @@ class EmailIdentity(Protocol):
     async def owner_of(self, medium: str, address: str) -> UserID | None: ...
 
 
+class SsoLinks(Protocol):
+    """The single sign-on identities linked to accounts (``SsoStore``)."""
+
+    async def providers_of_user(self, user_id: str) -> list[str]: ...
+
+
 class UiaService:
     def __init__(
         self,
@@ -116,6 +127,35 @@ class UiaService:
         self._server_name = server_name
         self._registration = registration
         self._email_identity = email_identity
+        self._sso_links: SsoLinks | None = None
+        self._sso_providers: tuple[str, ...] = ()
+
+    def use_single_sign_on(self, links: SsoLinks, provider_ids: Sequence[str]) -> None:
+        """Offer ``m.login.sso`` to accounts linked to one of these (configured) providers."""
+        self._sso_links = links
+        self._sso_providers = tuple(provider_ids)
+
+    async def sso_providers_of(self, user_id: UserID) -> list[str]:
+        """The configured providers this account can re-authenticate with."""
+        if self._sso_links is None:
+            return []
+        linked = await self._sso_links.providers_of_user(user_id)
+        return [p for p in self._sso_providers if p in linked]
+
+    async def _flows_for(
+        self, flows: Sequence[Sequence[str]], requester: UserID | None
+    ) -> list[list[str]]:
+        """A signed-in user asked for their password: the ways this account can prove itself
+        (its password if it has one; single sign-on if it is linked to a provider)."""
+        out = [list(flow) for flow in flows]
+        if requester is None or [LOGIN_PASSWORD] not in out:
+            return out
+        if not await self.sso_providers_of(requester):
+            return out
+        account = await self._accounts.get_user(requester)
+        if account is None or account.password_hash is None:
+            out = [flow for flow in out if flow != [LOGIN_PASSWORD]]
+        return [*out, [LOGIN_SSO]]
 
     async def authenticate(
         self,
@@ -131,6 +171,7 @@ class UiaService:
         access token, if any: ``m.login.password`` must then authenticate that same user.
         A failed stage raises a 401 ``MatrixError`` carrying the challenge.
         """
+        flows = await self._flows_for(flows, requester)
         if auth is None:
             return self._challenge(flows, await self._new_session(fingerprint, requester))
         stage = auth.get("type")
@@ -181,6 +222,30 @@ class UiaService:
                 session.session_id, UserID(user) if user else None, params.get("registration_token")
             )
         return self._challenge(flows, session)
+
+    # --- single sign-on (the fallback page) ------------------------------------------------
+
+    async def sso_session(self, session_id: str) -> tuple[UserID, str]:
+        """The user who must re-authenticate in this session, and the request it is for."""
+        session = await self._get_session(session_id)
+        requester = session.params.get("requester")
+        if not requester:
+            raise MatrixError(
+                Codes.FORBIDDEN, "Single sign-on confirms the identity of a signed-in user only"
+            )
+        return UserID(requester), session.request_fingerprint
+
+    async def complete_sso(self, session_id: str, user_id: UserID) -> None:
+        """The user re-authenticated with their provider: the session's ``m.login.sso``
+        stage is complete (the client then resubmits its request with the session)."""
+        session = await self._get_session(session_id)
+        if session.params.get("requester") != user_id:
+            raise MatrixError(
+                Codes.FORBIDDEN, "You signed in as another account than the one asking"
+            )
+        if LOGIN_SSO not in session.completed:
+            completed = [*session.completed, LOGIN_SSO]
+            await self._store.update_session(session.session_id, completed, session.params)
 
     async def finish(self, result: UiaResult) -> None:
         """The protected request succeeded: use the session up and count its token's use."""
@@ -253,6 +318,13 @@ class UiaService:
             return await self._registration_token_stage(auth, params)
         if stage == LOGIN_EMAIL_IDENTITY:
             return await self._email_identity_stage(auth, params, requester)
+        if stage == LOGIN_SSO:
+            # Completed only by the provider, through the fallback page (complete_sso).
+            return (
+                Codes.UNAUTHORIZED,
+                "Confirm your identity with single sign-on first: open "
+                "/_matrix/client/v3/auth/m.login.sso/fallback/web?session=<session>",
+            )
         return Codes.FORBIDDEN, f"Unsupported authentication stage {stage}"
 
     async def _email_identity_stage(

@@ -396,7 +396,7 @@ class OAuthService:
             raise OAuthError("authorization_pending", "the user has not answered yet")
         try:
             session = await self._accounts.start_refreshable_session(
-                UserID(grant.user_id), grant.device_id, client_ip
+                UserID(grant.user_id), grant.device_id, client_ip, grant.client_id
             )
         except MatrixError as e:
             raise OAuthError("invalid_grant", e.message) from e
@@ -488,7 +488,7 @@ class OAuthService:
             raise OAuthError("invalid_grant", "code_verifier does not match the challenge")
         try:
             session = await self._accounts.start_refreshable_session(
-                UserID(grant.user_id), grant.device_id, client_ip
+                UserID(grant.user_id), grant.device_id, client_ip, grant.client_id
             )
         except MatrixError as e:
             raise OAuthError("invalid_grant", e.message) from e
@@ -499,13 +499,19 @@ class OAuthService:
         return self._token_response(session.access_token, session.refresh_token, grant.device_id)
 
     async def _refresh(self, form: dict[str, str]) -> JsonDict:
-        await self._client(form)
+        client = await self._client(form)
+        if GRANT_REFRESH_TOKEN not in client["grant_types"]:
+            raise OAuthError("unauthorized_client", "the client did not register this grant")
         token = form.get("refresh_token")
         if not token:
             raise OAuthError("invalid_request", "refresh_token is missing")
         info = await self._account_store.get_refresh_token(hash_token(token))
         if info is None:
             raise OAuthError("invalid_grant", "unknown refresh token")
+        if info.oauth_client_id is None or not _same(info.oauth_client_id, form["client_id"]):
+            # RFC 6749 section 6: a refresh token is bound to the client it was issued to
+            # (and one of /login refreshes through /refresh only).
+            raise OAuthError("invalid_grant", "the refresh token was issued to another client")
         if info.next_token_id is not None:
             # A used refresh token again: a copy is in someone else's hands. The session
             # ends, for the thief and for the client alike (OAuth 2.0 Security BCP 4.14).
@@ -516,7 +522,7 @@ class OAuthService:
             )
             raise OAuthError("invalid_grant", "refresh token already used: session ended")
         try:
-            session = await self._accounts.refresh(token)
+            session = await self._accounts.refresh(token, form["client_id"])
         except MatrixError as e:
             raise OAuthError("invalid_grant", e.message) from e
         return self._token_response(session.access_token, session.refresh_token, info.device_id)
@@ -553,5 +559,9 @@ class OAuthService:
                 owner = (refresh.user_id, refresh.device_id)
         if owner is None:
             return
+        # RFC 7009 section 2.1: the token must have been issued to the client revoking it.
+        issued_to = await self._account_store.oauth_client_of_device(*owner)
+        if issued_to is None or not _same(issued_to, form["client_id"]):
+            raise OAuthError("unauthorized_client", "the token was issued to another client")
         await self._accounts.end_session(*owner)
         logger.info("OAuth session revoked", extra={"user_id": owner[0], "device_id": owner[1]})

@@ -63,6 +63,7 @@ class RefreshTokenInfo:
     user_id: UserID
     device_id: str
     next_token_id: int | None
+    oauth_client_id: str | None = None  # the OAuth client the session belongs to
 
 
 class _AlreadyExchanged(Exception):
@@ -367,13 +368,22 @@ class AccountStore:
             return int(result.scalar_one())
 
     async def add_refresh_token(
-        self, user_id: UserID, device_id: str, token_hash: bytes, now_ms: int
+        self,
+        user_id: UserID,
+        device_id: str,
+        token_hash: bytes,
+        now_ms: int,
+        oauth_client_id: str | None = None,
     ) -> int:
         async with self._db.write() as conn:
             result = await conn.execute(
                 sa.insert(refresh_tokens)
                 .values(
-                    token_hash=token_hash, user_id=user_id, device_id=device_id, created_ts=now_ms
+                    token_hash=token_hash,
+                    user_id=user_id,
+                    device_id=device_id,
+                    created_ts=now_ms,
+                    oauth_client_id=oauth_client_id,
                 )
                 .returning(refresh_tokens.c.id)
             )
@@ -423,6 +433,22 @@ class AccountStore:
             bool(r.is_guest),
         )
 
+    async def oauth_client_of_device(self, user_id: UserID, device_id: str) -> str | None:
+        """The OAuth client a device's session was granted to (None: not an OAuth one)."""
+        async with self._db.read() as conn:
+            value = (
+                await conn.execute(
+                    sa.select(refresh_tokens.c.oauth_client_id)
+                    .where(
+                        refresh_tokens.c.user_id == user_id,
+                        refresh_tokens.c.device_id == device_id,
+                        refresh_tokens.c.next_token_id.is_(None),
+                    )
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+        return None if value is None else str(value)
+
     async def get_refresh_token(self, token_hash: bytes) -> RefreshTokenInfo | None:
         async with self._db.read() as conn:
             r = (
@@ -432,7 +458,9 @@ class AccountStore:
             ).first()
         if r is None:
             return None
-        return RefreshTokenInfo(r.id, UserID(r.user_id), r.device_id, r.next_token_id)
+        return RefreshTokenInfo(
+            r.id, UserID(r.user_id), r.device_id, r.next_token_id, r.oauth_client_id
+        )
 
     async def replace_refresh_token(
         self,
@@ -443,8 +471,10 @@ class AccountStore:
         new_access_hash: bytes,
         now_ms: int,
         valid_until_ms: int,
+        oauth_client_id: str | None = None,
     ) -> bool:
-        """Exchange a refresh token once: new refresh and access tokens, old ones revoked.
+        """Exchange a refresh token once: new refresh and access tokens, old ones revoked;
+        the new refresh token belongs to the same OAuth client (``oauth_client_id``).
 
         False when the old token was already exchanged (a replayed refresh token).
         """
@@ -459,6 +489,7 @@ class AccountStore:
                                 user_id=user_id,
                                 device_id=device_id,
                                 created_ts=now_ms,
+                                oauth_client_id=oauth_client_id,
                             )
                             .returning(refresh_tokens.c.id)
                         )

@@ -87,6 +87,14 @@ class SsoStore:
             ).scalar_one_or_none()
         return value
 
+    async def providers_of_user(self, user_id: str) -> list[str]:
+        """The providers an account has an identity linked at."""
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                sa.select(_l.c.provider).where(_l.c.user_id == user_id).distinct()
+            )
+            return [str(r.provider) for r in rows.all()]
+
     async def link(self, provider: str, subject: str, user_id: str) -> bool:
         """False when the subject is linked already (to whichever account)."""
         async with self._db.write() as conn:

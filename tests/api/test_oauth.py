@@ -303,6 +303,76 @@ async def test_refresh_token_reuse_ends_the_session(server: Any) -> None:
     oauth_error(missing, 400, "invalid_request")
 
 
+async def test_refresh_tokens_are_bound_to_their_client(server: Any) -> None:
+    _, client, _ = server
+    owner = await register_client(client)
+    other = await register_client(client)
+    verifier = generate_token(48)
+    tokens = (
+        await exchange(client, owner, await code_for(client, owner, verifier), verifier)
+    ).json()
+    refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+
+    # Another client presenting the token is refused, and the token stays good for its own.
+    stolen = await client.post("/oauth2/token", data={**refresh, "client_id": other})
+    oauth_error(stolen, 400, "invalid_grant")
+    assert "another client" in stolen.json()["error_description"]
+    # The same for revocation (RFC 7009 section 2.1), by access or refresh token.
+    for token in (tokens["access_token"], tokens["refresh_token"]):
+        refused = await client.post("/oauth2/revoke", data={"token": token, "client_id": other})
+        oauth_error(refused, 400, "unauthorized_client")
+    who = await client.get(WHOAMI, headers=auth_header(tokens["access_token"]))
+    assert who.status_code == 200
+    # The legacy /refresh does not rotate an OAuth session either.
+    legacy = await client.post(
+        "/_matrix/client/v3/refresh", json={"refresh_token": tokens["refresh_token"]}
+    )
+    assert (legacy.status_code, legacy.json()["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+    assert legacy.json()["soft_logout"] is False
+    renewed = await client.post("/oauth2/token", data={**refresh, "client_id": owner})
+    assert renewed.status_code == 200, renewed.text
+    # The rotated token is bound as well.
+    next_refresh = {**refresh, "refresh_token": renewed.json()["refresh_token"]}
+    oauth_error(
+        await client.post("/oauth2/token", data={**next_refresh, "client_id": other}),
+        400,
+        "invalid_grant",
+    )
+    assert (
+        await client.post("/oauth2/token", data={**next_refresh, "client_id": owner})
+    ).status_code == 200
+
+    # A session of /login is not any OAuth client's; it refreshes through /refresh.
+    login = await client.post(
+        "/_matrix/client/v3/login",
+        json={
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "alice"},
+            "password": DEFAULT_PASSWORD,
+            "refresh_token": True,
+        },
+    )
+    assert login.status_code == 200, login.text
+    plain = login.json()["refresh_token"]
+    taken = await client.post(
+        "/oauth2/token",
+        data={"grant_type": "refresh_token", "refresh_token": plain, "client_id": owner},
+    )
+    oauth_error(taken, 400, "invalid_grant")
+    refused = await client.post("/oauth2/revoke", data={"token": plain, "client_id": owner})
+    oauth_error(refused, 400, "unauthorized_client")
+    legacy = await client.post("/_matrix/client/v3/refresh", json={"refresh_token": plain})
+    assert legacy.status_code == 200, legacy.text
+
+    # A client that did not register the refresh grant may not use it.
+    no_refresh = await register_client(client, grant_types=["authorization_code"])
+    oauth_error(
+        await client.post("/oauth2/token", data={**refresh, "client_id": no_refresh}),
+        400,
+        "unauthorized_client",
+    )
+
+
 async def test_revoke(server: Any) -> None:
     _, client, _ = server
     client_id = await register_client(client)
@@ -609,6 +679,16 @@ async def test_device_grant(server: Any) -> None:
         assert who.json()["device_id"] == "TV" and who.json()["user_id"] == "@alice:test"
         # The device code is spent.
         oauth_error(await tv.post("/oauth2/token", data=poll), 400, "invalid_grant")
+        # The session's refresh token is the device client's alone.
+        refresh = {"grant_type": "refresh_token", "refresh_token": tokens.json()["refresh_token"]}
+        other = await register_client(browser)
+        oauth_error(
+            await tv.post("/oauth2/token", data={**refresh, "client_id": other}),
+            400,
+            "invalid_grant",
+        )
+        renewed = await tv.post("/oauth2/token", data={**refresh, "client_id": client_id})
+        assert renewed.status_code == 200, renewed.text
 
 
 async def test_device_grant_denied_expired_and_bad_requests(server: Any) -> None:

@@ -4,6 +4,7 @@ test's own on loopback, the homeserver talking to it through net/outbound."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import AsyncIterator
 from html import unescape
@@ -17,10 +18,12 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+from nacl.signing import SigningKey
 
 from homeserver.app import Homeserver
 from homeserver.core.clock import FakeClock
 from homeserver.oauth.service import s256
+from tests.api.e2ee_helpers import public_of
 from tests.conftest import make_config
 from tests.helpers import auth_header, serve
 from tests.openapi_schema import assert_response_matches
@@ -181,12 +184,15 @@ async def test_first_sign_in_chooses_a_username_then_the_second_finds_it(
     page = await through_provider(client)
     assert page.status_code == 200, page.text
     assert 'value="alice.smith"' in page.text and '<label for="username">' in page.text
-    assert "content-security-policy" in page.headers
+    # The form's answer redirects to the client: its CSP must allow that (browsers apply
+    # form-action to the redirects after a submission).
+    assert "form-action 'self' https://client.example;" in page.headers["content-security-policy"]
     csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
     taken = await client.post(
         "/oauth2/upstream/username", data={"csrf": csrf, "username": "no spaces"}
     )
     assert taken.status_code == 400 and 'role="alert"' in taken.text
+    assert "https://client.example;" in taken.headers["content-security-policy"]
     forged = await client.post("/oauth2/upstream/username", data={"csrf": "x", "username": "a"})
     assert forged.status_code == 403
     chosen = await client.post(
@@ -206,6 +212,7 @@ async def test_first_sign_in_chooses_a_username_then_the_second_finds_it(
     # The second sign-in of the same subject asks before the token goes to the client.
     second = await through_provider(client)
     assert second.status_code == 200 and "Continue to client.example?" in second.text
+    assert "https://client.example;" in second.headers["content-security-policy"]
     confirm_csrf = second.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
     forged_confirm = await client.post("/oauth2/upstream/confirm", data={"csrf": "x"})
     assert forged_confirm.status_code == 403
@@ -348,7 +355,21 @@ async def test_oauth_sign_in_page_offers_the_provider(
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as other:
             stolen = await other.get(relative(back))
             assert stolen.status_code == 403
-        granted = await client.get(relative(back))
+        consent = await client.get(relative(back))
+        # Signed in: the consent page names the account and the client, and its form may
+        # send the browser to the client's redirect URI (CSP form-action), nowhere else.
+        assert consent.status_code == 200, consent.text
+        assert "@carol:test" in consent.text and "https://app.example" in consent.text
+        csp = consent.headers["content-security-policy"]
+        assert "form-action 'self' https://app.example;" in csp
+        form = {
+            name: unescape(value)
+            for name, value in re.findall(
+                r'<input type="hidden" name="([^"]*)" value="([^"]*)">', consent.text
+            )
+        }
+        assert "loginToken" not in form and "sso_csrf" not in form
+        granted = await client.post("/oauth2/authorize", data={**form, "action": "consent"})
         assert granted.status_code == 303, granted.text
         location = granted.headers["location"]
         assert location.startswith(OAUTH_REDIRECT + "?")
@@ -443,3 +464,180 @@ async def test_backchannel_logout_ends_the_sessions(
         "/oauth2/upstream/backchannel-logout/nope", data={"logout_token": logout_token()}
     )
     assert unknown.status_code == 404
+
+
+# --- user-interactive authentication by single sign-on (the fallback page) -----------------
+
+FALLBACK = "/_matrix/client/v3/auth/m.login.sso/fallback/web"
+WHOAMI = "/_matrix/client/v3/account/whoami"
+SIGNING_UPLOAD = "/_matrix/client/v3/keys/device_signing/upload"
+
+
+def master_key_body() -> dict[str, Any]:
+    public = public_of(SigningKey.generate())
+    return {
+        "master_key": {
+            "user_id": "@alice:test",
+            "usage": ["master"],
+            "keys": {f"ed25519:{public}": public},
+        }
+    }
+
+
+async def sso_account(client: httpx.AsyncClient, username: str) -> str:
+    """A new account through the provider (no password); its access token."""
+    page = await through_provider(client)
+    csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    chosen = await client.post(
+        "/oauth2/upstream/username", data={"csrf": csrf, "username": username}
+    )
+    assert chosen.status_code == 303, chosen.text
+    response = await token_login(client, login_token_of(chosen))
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
+
+
+async def confirm_in_browser(client: httpx.AsyncClient, session: str) -> httpx.Response:
+    """The fallback page, its button, the provider, back to the callback."""
+    page = await client.get(FALLBACK, params={"session": session})
+    assert page.status_code == 200, page.text
+    onward = unescape(page.text.split('class="allow" href="', 1)[1].split('"', 1)[0])
+    assert onward.startswith("web?")
+    started = await client.get(FALLBACK.rsplit("/", 1)[0] + "/" + onward)
+    assert started.status_code == 302, started.text
+    async with httpx.AsyncClient() as browser:
+        at_provider = await browser.get(started.headers["location"])
+    back = urlsplit(at_provider.headers["location"])
+    return await client.get(f"{back.path}?{back.query}")
+
+
+async def test_an_sso_account_passes_uia_through_the_fallback(
+    sso_server: tuple[Homeserver, httpx.AsyncClient], provider: FakeProvider
+) -> None:
+    _, client = sso_server
+    token = await sso_account(client, "alice")
+    headers = auth_header(token)
+    # A first cross-signing key needs no authentication; replacing it does.
+    first_keys = await client.post(SIGNING_UPLOAD, json=master_key_body(), headers=headers)
+    assert first_keys.status_code == 200, first_keys.text
+    requests: list[tuple[str, str, dict[str, Any], str]] = [
+        ("POST", "/_matrix/client/v3/delete_devices", {"devices": ["GONE"]}, "delete devices"),
+        ("POST", SIGNING_UPLOAD, master_key_body(), "cross-signing"),
+        ("POST", "/_matrix/client/v3/account/password", {"new_password": "n3w-pass"}, "password"),
+    ]
+    for method, path, body, purpose in requests:
+        first = await client.request(method, path, json=body, headers=headers)
+        assert first.status_code == 401, first.text
+        # No password on this account: single sign-on is the only way.
+        assert first.json()["flows"] == [{"stages": ["m.login.sso"]}], first.json()
+        session = first.json()["session"]
+        early = await client.request(
+            method,
+            path,
+            json={**body, "auth": {"type": "m.login.sso", "session": session}},
+            headers=headers,
+        )
+        assert (early.status_code, early.json()["errcode"]) == (401, "M_UNAUTHORIZED")
+        assert early.json()["completed"] == []
+        page = await client.get(FALLBACK, params={"session": session})
+        assert purpose in page.text and "Corp SSO" in page.text and "@alice:test" in page.text
+        done = await confirm_in_browser(client, session)
+        assert done.status_code == 200 and "Confirmed" in done.text
+        csp = done.headers["content-security-policy"]
+        assert "script-src 'sha256-" in csp and 'postMessage("authDone","*")' in done.text
+        again = await client.request(
+            method, path, json={**body, "auth": {"session": session}}, headers=headers
+        )
+        assert again.status_code == 200, again.text
+        if path != SIGNING_UPLOAD:  # the same keys again need no authentication
+            # The session is used up.
+            replay = await client.request(
+                method, path, json={**body, "auth": {"session": session}}, headers=headers
+            )
+            assert replay.status_code == 400, replay.text
+
+    # With a password now (set above), both ways are offered.
+    challenge = await client.post("/_matrix/client/v3/account/deactivate", json={}, headers=headers)
+    assert challenge.json()["flows"] == [
+        {"stages": ["m.login.password"]},
+        {"stages": ["m.login.sso"]},
+    ]
+    session = challenge.json()["session"]
+    assert (await confirm_in_browser(client, session)).status_code == 200
+    gone = await client.post(
+        "/_matrix/client/v3/account/deactivate",
+        json={"auth": {"session": session}},
+        headers=headers,
+    )
+    assert gone.status_code == 200, gone.text
+    assert (await client.get(WHOAMI, headers=headers)).status_code == 401
+
+
+async def test_uia_by_sso_refuses_another_identity_and_bad_sessions(
+    sso_server: tuple[Homeserver, httpx.AsyncClient], provider: FakeProvider
+) -> None:
+    _, client = sso_server
+    alice = await sso_account(client, "alice")
+    provider.subject = "sub-2"
+    provider.claims = {"preferred_username": "bob"}
+    await sso_account(client, "bob")
+    provider.subject = "sub-1"
+
+    start = await client.post(
+        "/_matrix/client/v3/delete_devices", json={"devices": []}, headers=auth_header(alice)
+    )
+    session = start.json()["session"]
+    # Bob's identity at the provider cannot confirm Alice's request.
+    provider.subject = "sub-2"
+    refused = await confirm_in_browser(client, session)
+    assert refused.status_code == 403 and "another account" in refused.text
+    still = await client.post(
+        "/_matrix/client/v3/delete_devices",
+        json={"devices": [], "auth": {"session": session}},
+        headers=auth_header(alice),
+    )
+    assert still.status_code == 401 and still.json()["completed"] == []
+    # An identity linked to no account at all.
+    provider.subject = "sub-unknown"
+    unknown = await confirm_in_browser(client, session)
+    assert unknown.status_code == 403 and "not linked" in unknown.text
+
+    # Bad fallback requests are pages, never 500s.
+    for params, status in (({}, 400), ({"session": "nope"}, 400)):
+        page = await client.get(FALLBACK, params=params)
+        assert page.status_code == status, page.text
+        assert page.headers["content-type"].startswith("text/html")
+    other = await client.get(
+        "/_matrix/client/v3/auth/m.login.password/fallback/web", params={"session": session}
+    )
+    assert other.status_code == 404
+    # A registration's session has no signed-in user to confirm.
+    registration = await client.post("/_matrix/client/v3/register", json={"username": "carol"})
+    assert registration.status_code == 401
+    page = await client.get(FALLBACK, params={"session": registration.json()["session"]})
+    assert page.status_code == 403
+    # Re-authentication starts on the fallback page only, never from /login/sso/redirect.
+    forged = await client.get(REDIRECT + "/corp", params={"redirectUrl": f"uia:{session}"})
+    assert (forged.status_code, forged.json()["errcode"]) == (400, "M_INVALID_PARAM")
+
+
+async def test_password_accounts_are_not_offered_sso(
+    sso_server: tuple[Homeserver, httpx.AsyncClient],
+) -> None:
+    hs, client = sso_server
+    await hs.accounts.register_user_admin("dave", "pa55word-dave", admin=False)
+    login = await client.post(
+        LOGIN,
+        json={
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "dave"},
+            "password": "pa55word-dave",
+        },
+    )
+    headers = auth_header(login.json()["access_token"])
+    challenge = await client.post(
+        "/_matrix/client/v3/delete_devices", json={"devices": []}, headers=headers
+    )
+    assert challenge.json()["flows"] == [{"stages": ["m.login.password"]}]
+    page = await client.get(FALLBACK, params={"session": challenge.json()["session"]})
+    assert page.status_code == 403 and "no single sign-on identity" in page.text

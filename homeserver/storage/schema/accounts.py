@@ -81,6 +81,9 @@ refresh_tokens = sa.Table(
     sa.Column("created_ts", BigInt, nullable=False),
     # Set once the token has been exchanged; a second use of it is refused.
     sa.Column("next_token_id", BigInt, nullable=True),
+    # The OAuth client the session was granted to: only it may refresh (RFC 6749 6); null
+    # for sessions of /login and /register, which refresh through /refresh.
+    sa.Column("oauth_client_id", sa.Text, nullable=True),
     sa.Index(None, "user_id", "device_id"),
 )
 

@@ -1,0 +1,532 @@
+"""Sign-in in a real browser: headless Chromium (playwright-core) against the server under
+uvicorn and a real OpenID Connect provider (node-oidc-provider) on loopback.
+
+- Single sign-on: a new person signs in at the provider, chooses a username on our page and
+  lands in the client with a login token that ``m.login.token`` takes; a second sign-in
+  reaches the same account; the provider's logout ends the sessions (back-channel logout).
+- The OAuth 2.0 API as Element X uses it, with Authlib's client: discovery, dynamic client
+  registration, the authorization code grant with PKCE through our sign-in page (typed with
+  the keyboard), token, ``/sync``, refresh, revoke; and the same page's single sign-on button.
+
+The node packages install from the npm registry at the versions of
+``browser/package-lock.json`` into ``~/.cache/homeserver-tests/`` on first use (``npm ci``);
+Chromium is Debian's (``apt-get install chromium`` when ``/usr/bin/chromium`` is missing).
+A machine where either cannot be installed fails these tests with the reason."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+import httpx
+import pytest
+from authlib.common.security import generate_token
+from authlib.integrations.httpx_client import AsyncOAuth2Client
+from authlib.integrations.httpx_client import OAuthError as ClientOAuthError
+
+from tests.e2e.conftest import ServerProcess, free_port
+
+HERE = Path(__file__).parent / "browser"
+CACHE = Path.home() / ".cache" / "homeserver-tests"
+CHROMIUM = Path("/usr/bin/chromium")
+NPM_TIMEOUT_S = 300
+APT_TIMEOUT_S = 900
+STEP_TIMEOUT_S = 40
+LOGOUT_WAIT_S = 10
+CLIENT_DONE = "https://client.example/done"
+APP = "https://app.example"
+REDIRECT = f"{APP}/callback"
+API = "urn:matrix:client:api:*"
+PASSWORD = "correct horse battery"
+
+
+# --- installing what the browser needs -----------------------------------------------------
+
+
+def _run(command: list[str], timeout: int, cwd: Path | None = None) -> None:
+    try:
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.fail(f"the browser tests could not run {' '.join(command)}: {e}")
+    if done.returncode != 0:
+        pytest.fail(
+            f"the browser tests could not run {' '.join(command)} "
+            f"(exit {done.returncode}): {(done.stderr or done.stdout)[-2000:]}"
+        )
+
+
+def _chromium() -> Path:
+    if CHROMIUM.exists():
+        return CHROMIUM
+    if shutil.which("apt-get") is None:
+        pytest.fail(f"{CHROMIUM} is missing and apt-get is not there to install chromium")
+    lock_timeout = ["-o", f"DPkg::Lock::Timeout={APT_TIMEOUT_S}"]
+    _run(["apt-get", *lock_timeout, "update"], APT_TIMEOUT_S)
+    _run(["apt-get", *lock_timeout, "install", "-y", "chromium"], APT_TIMEOUT_S)
+    if not CHROMIUM.exists():
+        pytest.fail(f"apt-get installed chromium but {CHROMIUM} is still missing")
+    return CHROMIUM
+
+
+def _node_packages() -> Path:
+    """A directory with the scripts beside their node_modules."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.fail("node and npm are needed for the browser tests (oidc-provider, playwright)")
+    lock = (HERE / "package-lock.json").read_bytes()
+    where = CACHE / ("browser-" + hashlib.sha256(lock).hexdigest()[:16])
+    where.mkdir(parents=True, exist_ok=True)
+    with open(where / ".install.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # xdist workers: one installs, the others wait
+        if not (where / "node_modules" / "playwright-core").is_dir():
+            for name in ("package.json", "package-lock.json"):
+                shutil.copy(HERE / name, where / name)
+            _run(
+                ["npm", "ci", "--no-audit", "--no-fund", "--engine-strict=false"],
+                NPM_TIMEOUT_S,
+                cwd=where,
+            )
+        for name in ("provider.mjs", "browser.mjs"):
+            shutil.copy(HERE / name, where / name)
+    return where
+
+
+@pytest.fixture(scope="module")
+def node_dir() -> Path:
+    return _node_packages()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".chromium-install.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        return _chromium()
+
+
+# --- the provider, the server, the browser -------------------------------------------------
+
+
+class Provider:
+    def __init__(self, node_dir: Path, port: int, homeserver: str) -> None:
+        self.issuer = f"http://127.0.0.1:{port}"
+        self.log = node_dir / f"provider-{port}.log"
+        with open(self.log, "w") as log:
+            self._proc = subprocess.Popen(
+                [
+                    "node",
+                    "provider.mjs",
+                    str(port),
+                    f"{homeserver}/oauth2/upstream/callback",
+                    f"{homeserver}/oauth2/upstream/backchannel-logout/corp",
+                ],
+                cwd=node_dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + STEP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                pytest.fail(f"oidc-provider stopped: {self.log.read_text()[-2000:]}")
+            if '"listening"' in self.log.read_text():
+                return
+            time.sleep(0.05)
+        self.stop()
+        pytest.fail(f"oidc-provider did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def signin(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, node_dir: Path
+) -> Iterator[tuple[ServerProcess, Provider]]:
+    """One server and provider for the module's tests (per database): starting a server is
+    most of the module's time; the tests use accounts of their own."""
+    tmp_path = tmp_path_factory.mktemp("signin")
+    database_url = None
+    if request.param == "postgresql":
+        database_url = request.getfixturevalue("pg_database")
+        from tests.conftest import in_thread, truncate
+
+        in_thread(lambda: truncate(database_url))
+    provider_port = free_port()
+    server = ServerProcess(
+        tmp_path,
+        database_url,
+        oauth={"enabled": True},
+        sso={
+            "providers": [
+                {
+                    "id": "corp",
+                    "name": "Corp SSO",
+                    "issuer": f"http://127.0.0.1:{provider_port}",
+                    "client_id": "matrix",
+                    "client_secret": "s3cret",
+                }
+            ]
+        },
+    )
+    provider = Provider(node_dir, provider_port, server.base_url)
+    try:
+        server.start()
+        try:
+            yield server, provider
+        finally:
+            server.stop()
+    finally:
+        provider.stop()
+
+
+class Browser:
+    """One headless Chromium; a command a line to ``browser.mjs`` and its answer back."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+
+    @classmethod
+    async def start(cls, node_dir: Path, chromium: Path) -> Browser:
+        proc = await asyncio.create_subprocess_exec(
+            "node",
+            "browser.mjs",
+            str(chromium),
+            cwd=node_dir,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        browser = cls(proc)
+        await browser._answer()
+        return browser
+
+    async def _answer(self) -> dict[str, Any]:
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        line = await asyncio.wait_for(self._proc.stdout.readline(), STEP_TIMEOUT_S)
+        if not line:
+            error = (await self._proc.stderr.read()).decode(errors="replace")
+            raise AssertionError(f"the browser stopped: {error[-3000:]}")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    async def do(self, op: str, **args: Any) -> dict[str, Any]:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write((json.dumps({"op": op, **args}) + "\n").encode())
+        await self._proc.stdin.drain()
+        answer = await self._answer()
+        assert answer["ok"], f"{op} {args}: {answer}"
+        return answer
+
+    async def stop(self) -> None:
+        if self._proc.returncode is None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            try:
+                await asyncio.wait_for(self._proc.wait(), 10)
+            except TimeoutError:
+                self._proc.kill()
+                await self._proc.wait()
+
+
+@pytest.fixture
+async def browser(node_dir: Path, chromium: Path) -> AsyncIterator[Browser]:
+    started = await Browser.start(node_dir, chromium)
+    try:
+        yield started
+    finally:
+        await started.stop()
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+async def provider_sign_in(browser: Browser, issuer: str, login: str) -> dict[str, Any]:
+    """node-oidc-provider's own pages: any login and password, then its consent page (the
+    first time this browser signs in to our server there)."""
+    page = await browser.do("text")
+    assert "Sign-in" in page["text"], page
+    await browser.do("fill", selector="input[name=login]", value=login)
+    await browser.do("fill", selector="input[name=password]", value="anything")
+    page = await browser.do("click", selector="button[type=submit]")
+    if page["url"].startswith(issuer):
+        text = (await browser.do("text"))["text"]
+        assert "Continue" in text, text
+        page = await browser.do("click", selector="button[type=submit]")
+    return page
+
+
+async def sso_again(browser: Browser, start: str, provider: Provider) -> str:
+    """A returning person: (the provider,) our confirmation, the client's login token."""
+    page = await browser.do("goto", url=start)
+    if page["url"].startswith(provider.issuer):
+        page = await provider_sign_in(browser, provider.issuer, "alice.smith")
+    page = await browser.do("click", selector="button[type=submit]")
+    assert page["url"].startswith(CLIENT_DONE + "?loginToken="), page
+    return query_of(page["url"])["loginToken"][0]
+
+
+async def assert_labelled(browser: Browser) -> None:
+    """The page's form controls each have a label (accessibility: a name for each)."""
+    answer = await browser.do("unlabelled")
+    assert answer["missing"] == [], answer
+
+
+def query_of(url: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(url).query)
+
+
+async def whoami(http: httpx.AsyncClient, token: str) -> httpx.Response:
+    return await http.get(
+        "/_matrix/client/v3/account/whoami", headers={"Authorization": f"Bearer {token}"}
+    )
+
+
+async def token_login(http: httpx.AsyncClient, login_token: str) -> str:
+    r = await http.post(
+        "/_matrix/client/v3/login", json={"type": "m.login.token", "token": login_token}
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["access_token"])
+
+
+# --- single sign-on --------------------------------------------------------------------------
+
+
+async def test_sso_through_a_real_provider_second_sign_in_and_provider_logout(
+    signin: tuple[ServerProcess, Provider], browser: Browser
+) -> None:
+    server, provider = signin
+    start = (
+        f"{server.base_url}/_matrix/client/v3/login/sso/redirect/corp"
+        f"?redirectUrl={quote(CLIENT_DONE, safe='')}"
+    )
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+        flows = (await http.get("/_matrix/client/v3/login")).json()["flows"]
+        sso_flow = next(f for f in flows if f["type"] == "m.login.sso")
+        assert sso_flow["identity_providers"] == [{"id": "corp", "name": "Corp SSO"}]
+
+        # A new person: the provider's pages, then our choose-a-username page.
+        page = await browser.do("goto", url=start)
+        assert page["url"].startswith(provider.issuer), page
+        page = await provider_sign_in(browser, provider.issuer, "alice.smith")
+        assert page["url"].startswith(f"{server.base_url}/oauth2/upstream/callback"), page
+        await assert_labelled(browser)
+        text = (await browser.do("text"))["text"]
+        assert "Corp SSO" in text and "client.example" in text, text
+        await browser.do("fill", selector="#username", value="alice")
+        page = await browser.do("click", selector="button[type=submit]")
+        assert page["url"].startswith(CLIENT_DONE + "?loginToken="), page
+        first = await token_login(http, query_of(page["url"])["loginToken"][0])
+        who = await whoami(http, first)
+        assert who.json()["user_id"] == "@alice:localhost"
+        sync = await http.get(
+            "/_matrix/client/v3/sync?timeout=0", headers={"Authorization": f"Bearer {first}"}
+        )
+        assert sync.status_code == 200, sync.text
+        profile = await http.get("/_matrix/client/v3/profile/@alice:localhost/displayname")
+        assert profile.json() == {"displayname": "Person alice.smith"}
+
+        # The second sign-in: the provider remembers the person; we ask before handing the
+        # account to the client, and it is the same account.
+        page = await browser.do("goto", url=start)
+        if page["url"].startswith(provider.issuer):
+            page = await provider_sign_in(browser, provider.issuer, "alice.smith")
+        text = (await browser.do("text"))["text"]
+        assert "@alice:localhost" in text and "client.example" in text, text
+        page = await browser.do("click", selector="button[type=submit]")
+        assert page["url"].startswith(CLIENT_DONE + "?loginToken="), page
+        second = await token_login(http, query_of(page["url"])["loginToken"][0])
+        assert (await whoami(http, second)).json()["user_id"] == "@alice:localhost"
+        # A login token is used once.
+        again = await http.post(
+            "/_matrix/client/v3/login",
+            json={"type": "m.login.token", "token": query_of(page["url"])["loginToken"][0]},
+        )
+        assert again.status_code == 403 and again.json()["errcode"] == "M_FORBIDDEN"
+
+        # An account with no password confirms a device deletion with its provider: the UIA
+        # fallback page in the browser, and the client resubmits with the session.
+        await browser.do("watch_auth_done")
+        bearer = {"Authorization": f"Bearer {first}"}
+        body: dict[str, Any] = {"devices": [who.json()["device_id"]]}
+        challenge = await http.post("/_matrix/client/v3/delete_devices", json=body, headers=bearer)
+        assert challenge.json()["flows"] == [{"stages": ["m.login.sso"]}], challenge.text
+        session = challenge.json()["session"]
+        await browser.do("console_errors")  # forget the earlier pages' ones
+        page = await browser.do(
+            "goto",
+            url=f"{server.base_url}/_matrix/client/v3/auth/m.login.sso/fallback/web"
+            f"?session={session}",
+        )
+        assert "delete devices" in (await browser.do("text"))["text"]
+        page = await browser.do("click", selector="a.allow")
+        if page["url"].startswith(provider.issuer):
+            page = await provider_sign_in(browser, provider.issuer, "alice.smith")
+        assert page["url"].startswith(f"{server.base_url}/oauth2/upstream/callback"), page
+        # Its script ran under the page's CSP and told the app.
+        assert page["title"] == "onAuthDone called", page
+        assert (await browser.do("console_errors"))["errors"] == []
+        deleted = await http.post(
+            "/_matrix/client/v3/delete_devices",
+            json={**body, "auth": {"session": session}},
+            headers=bearer,
+        )
+        assert deleted.status_code == 200, deleted.text
+        assert (await whoami(http, first)).status_code == 401
+        first = await token_login(http, await sso_again(browser, start, provider))
+
+        # The provider's logout: it tells us over the back channel; both sessions end.
+        page = await browser.do("goto", url=f"{provider.issuer}/session/end")
+        page = await browser.do("click", selector="button[name=logout]")
+        deadline = time.monotonic() + LOGOUT_WAIT_S
+        while (await whoami(http, first)).status_code == 200:
+            assert time.monotonic() < deadline, "the back-channel logout did not arrive"
+            await asyncio.sleep(0.2)
+        for token in (first, second):
+            ended = await whoami(http, token)
+            assert ended.status_code == 401 and ended.json()["errcode"] == "M_UNKNOWN_TOKEN"
+
+
+# --- the OAuth 2.0 API -----------------------------------------------------------------------
+
+
+async def _register_password_user(http: httpx.AsyncClient, name: str) -> None:
+    r = await http.post(
+        "/_matrix/client/v3/register",
+        json={"username": name, "password": PASSWORD, "auth": {"type": "m.login.dummy"}},
+    )
+    assert r.status_code == 200, r.text
+
+
+async def _registered_client(http: httpx.AsyncClient) -> tuple[dict[str, Any], str]:
+    meta: dict[str, Any] = (await http.get("/_matrix/client/v1/auth_metadata")).json()
+    r = await http.post(
+        meta["registration_endpoint"],
+        json={
+            "client_name": "Element X (browser test)",
+            "client_uri": APP,
+            "redirect_uris": [REDIRECT],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "none",
+            "application_type": "web",
+        },
+    )
+    assert r.status_code == 201, r.text
+    return meta, str(r.json()["client_id"])
+
+
+def _oauth_client(client_id: str, device: str) -> AsyncOAuth2Client:
+    return AsyncOAuth2Client(
+        client_id=client_id,
+        redirect_uri=REDIRECT,
+        scope=f"{API} urn:matrix:client:device:{device}",
+        code_challenge_method="S256",
+        token_endpoint_auth_method="none",
+        revocation_endpoint_auth_method="none",
+        timeout=30,
+    )
+
+
+async def test_oauth_code_flow_in_the_browser_then_sync_refresh_revoke(
+    signin: tuple[ServerProcess, Provider], browser: Browser
+) -> None:
+    server, _ = signin
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+        await _register_password_user(http, "bob")
+        meta, client_id = await _registered_client(http)
+        assert meta["issuer"] == f"{server.base_url}/"
+        async with _oauth_client(client_id, "PHONE") as oauth:
+            verifier = generate_token(48)
+            url, state = oauth.create_authorization_url(
+                meta["authorization_endpoint"], code_verifier=verifier
+            )
+            page = await browser.do("goto", url=url)
+            assert page["title"] == "Sign in to localhost", page
+            await assert_labelled(browser)
+            text = (await browser.do("text"))["text"]
+            assert "Element X (browser test)" in text and "Corp SSO" in text, text
+            # Keyboard only: the username field has the focus; Tab to the password, Enter.
+            await browser.do("fill", selector="#username", value="bob")
+            focused = (await browser.do("press", key="Tab"))["focused"]
+            assert focused["id"] == "password", focused
+            await browser.do("fill", selector="#password", value=PASSWORD)
+            page = await browser.do("press_and_wait", key="Enter")
+            assert page["url"].startswith(REDIRECT + "?"), page
+            assert query_of(page["url"])["state"] == [state]
+
+            token = await oauth.fetch_token(
+                meta["token_endpoint"], authorization_response=page["url"], code_verifier=verifier
+            )
+            bearer = {"Authorization": f"Bearer {token['access_token']}"}
+            who = (await http.get("/_matrix/client/v3/account/whoami", headers=bearer)).json()
+            assert who == {"user_id": "@bob:localhost", "device_id": "PHONE", "is_guest": False}
+            sync = await http.get("/_matrix/client/v3/sync?timeout=0", headers=bearer)
+            assert sync.status_code == 200, sync.text
+
+            refreshed = await oauth.refresh_token(meta["token_endpoint"])
+            assert refreshed["access_token"] != token["access_token"]
+            assert (await whoami(http, token["access_token"])).status_code == 401
+            new_bearer = {"Authorization": f"Bearer {refreshed['access_token']}"}
+            since = sync.json()["next_batch"]
+            sync = await http.get(
+                f"/_matrix/client/v3/sync?timeout=0&since={since}", headers=new_bearer
+            )
+            assert sync.status_code == 200, sync.text
+
+            revoked = await oauth.revoke_token(
+                meta["revocation_endpoint"], token=refreshed["refresh_token"]
+            )
+            assert revoked.status_code == 200
+            assert (await whoami(http, refreshed["access_token"])).status_code == 401
+            with pytest.raises(ClientOAuthError) as refused:
+                await oauth.refresh_token(meta["token_endpoint"])
+            assert refused.value.error == "invalid_grant"
+
+
+async def test_oauth_sign_in_page_through_the_upstream_provider(
+    signin: tuple[ServerProcess, Provider], browser: Browser
+) -> None:
+    """Element X against a server whose people sign in with their organisation's provider:
+    our OAuth sign-in page, its single sign-on button, the provider, a new account, consent."""
+    server, provider = signin
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+        meta, client_id = await _registered_client(http)
+        async with _oauth_client(client_id, "TABLET") as oauth:
+            verifier = generate_token(48)
+            url, state = oauth.create_authorization_url(
+                meta["authorization_endpoint"], code_verifier=verifier
+            )
+            await browser.do("goto", url=url)
+            page = await browser.do("click", selector="ul.sso a")
+            assert page["url"].startswith(provider.issuer), page
+            page = await provider_sign_in(browser, provider.issuer, "carol")
+            await browser.do("fill", selector="#username", value="carol")
+            page = await browser.do("click", selector="button[type=submit]")
+            # Back on the authorization: the consent page names the new account.
+            assert page["url"].startswith(f"{server.base_url}/oauth2/authorize"), page
+            text = (await browser.do("text"))["text"]
+            assert "@carol:localhost" in text and "Element X (browser test)" in text, text
+            await assert_labelled(browser)
+            page = await browser.do("click", selector="button[value=consent]")
+            assert page["url"].startswith(REDIRECT + "?"), page
+            assert query_of(page["url"])["state"] == [state]
+            token = await oauth.fetch_token(
+                meta["token_endpoint"], authorization_response=page["url"], code_verifier=verifier
+            )
+            who = (await whoami(http, token["access_token"])).json()
+            assert who == {"user_id": "@carol:localhost", "device_id": "TABLET", "is_guest": False}
