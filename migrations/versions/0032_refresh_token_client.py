@@ -1,7 +1,7 @@
 """refresh tokens bound to the OAuth client that obtained them
 
-Revision ID: 0031
-Revises: 0025
+Revision ID: 0032
+Revises: 0028
 Create Date: 2026-12-07
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0031"
-down_revision = "0025"
+revision = "0032"
+down_revision = "0028"
 branch_labels = None
 depends_on = None
 
