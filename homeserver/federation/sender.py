@@ -132,6 +132,8 @@ class FederationSender:
         # Set by the events stream's wake-ups (which need no look at the destinations).
         self._events_wake = asyncio.Event()
         self._events_moved = True
+        self._woken_upto = 0  # the newest events position a wake-up told of
+        self._poll = True  # the next round reads the events position (a wake-up may be lost)
         # The events cursor as far as read (None: not read yet) and as saved in the database.
         self._cursor: int | None = None
         self._saved: int | None = None
@@ -144,6 +146,8 @@ class FederationSender:
 
     async def _on_wakeup(self, wakeup: Wakeup) -> None:
         if wakeup.stream == Stream.EVENTS:
+            # Announced after its commit, and positions commit in order: all below are in.
+            self._woken_upto = max(self._woken_upto, wakeup.position)
             self._events_moved = True
             self._events_wake.set()
 
@@ -169,10 +173,12 @@ class FederationSender:
                 events = self._events_moved
                 self._events_moved = False
                 self._events_wake.clear()
-                if await self.run_once(events=events, due=due):
+                upto = None if self._poll else self._woken_upto
+                self._poll = False
+                if await self.run_once(events=events, due=due, upto=upto):
                     self._retry_ts = await self._store.next_retry_ts(self._clock.now_ms())
                 if not await self._woken(self._sleep_s()):
-                    self._events_moved = True  # the poll: events from another worker
+                    self._events_moved = self._poll = True  # events from another worker
                     self._wake.set()
         finally:
             tasks = list(self._in_flight.values())
@@ -204,11 +210,14 @@ class FederationSender:
             return POLL_S
         return max(0.05, min(POLL_S, (self._retry_ts - self._clock.now_ms()) / 1000))
 
-    async def run_once(self, *, events: bool = True, due: bool = True) -> bool:
-        """One round: new events queued (``events``), then the destinations that are due
-        started (``due``, or when events were queued); whether those were looked at."""
+    async def run_once(
+        self, *, events: bool = True, due: bool = True, upto: int | None = None
+    ) -> bool:
+        """One round: new events up to ``upto`` (None: the current position) queued
+        (``events``), then the destinations that are due started (``due``, or when events
+        were queued); whether those were looked at."""
         async with self._round:
-            if events and await self.enqueue_new():
+            if events and await self.enqueue_new(upto):
                 due = True
             if due:
                 await self.send_due()
@@ -216,10 +225,11 @@ class FederationSender:
 
     # --- enqueue -----------------------------------------------------------------------------
 
-    async def enqueue_new(self) -> bool:
-        """Queues the new events of our users for the servers in their rooms; whether any
-        PDU was queued."""
-        upto = (await self._db.current_positions()).get(Stream.EVENTS, 0)
+    async def enqueue_new(self, upto: int | None = None) -> bool:
+        """Queues the new events of our users (up to ``upto``, committed; None: the current
+        position) for the servers in their rooms; whether any PDU was queued."""
+        if upto is None:
+            upto = (await self._db.current_positions()).get(Stream.EVENTS, 0)
         if self._cursor is None:
             self._cursor = self._saved = await self._store.get_position(CURSOR)
             self._saved_at = asyncio.get_running_loop().time()

@@ -286,6 +286,9 @@ async def test_a_failing_destination_backs_off_then_catches_up(
         await send_message(client, alice, room_id, n)
     await send_message(client, alice, other_room, 4)
     await send_message(client, alice, other_room, 5)
+    async with asyncio.timeout(15):  # queued by the sender's next rounds
+        while await store.count_pdus(DEST) < 5:
+            await asyncio.sleep(0.02)
     destination.status = 200
     hs.federation_wake.set()
     await asyncio.sleep(0.3)
