@@ -549,6 +549,7 @@ class Homeserver:
                 clock,
                 server_name,
             ),
+            guests=self.account_store,
         )
         self.timestamps = TimestampService(
             EventTimeStore(self.db), self.event_store, self.rooms, self.visibility

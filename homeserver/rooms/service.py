@@ -95,6 +95,15 @@ def _page_bounds(
     return _Bounds(below=below, above=above, after=after, upto=_min(upto, visible_upto))
 
 
+class GuestAccounts(Protocol):
+    """Which users are guests (the account store)."""
+
+    async def guests_among(self, user_ids: list[str]) -> set[str]: ...
+
+
+GUEST_ACCESS = "m.room.guest_access"
+
+
 class RoomService:
     def __init__(
         self,
@@ -106,8 +115,10 @@ class RoomService:
         ignored: IgnoredUsers,
         aggregations: Aggregations,
         backfiller: Backfiller | None = None,
+        guests: GuestAccounts | None = None,
     ) -> None:
         self._backfiller = backfiller
+        self._guests = guests
         self._sender = sender
         self._events = events
         self._rooms = rooms
@@ -141,7 +152,32 @@ class RoomService:
         sent = await self._sender.send(
             room_id, requester.user_id, event_type, content, state_key=state_key
         )
+        if (
+            event_type == GUEST_ACCESS
+            and state_key == ""
+            and content.get("guest_access") != "can_join"
+        ):
+            await self._remove_guests(room_id)
         return sent.event_id
+
+    async def _remove_guests(self, room_id: RoomID) -> None:
+        """Guest access revoked: the guests in the room leave it (as Synapse makes them; the
+        spec's guests may only be in rooms whose m.room.guest_access is can_join)."""
+        if self._guests is None:
+            return
+        members = await self._rooms.get_room_members(room_id, ["join"])
+        for guest in sorted(await self._guests.guests_among([m.user_id for m in members])):
+            try:
+                await self._sender.send(
+                    room_id,
+                    UserID(guest),
+                    MEMBERSHIP,
+                    {"membership": "leave"},
+                    state_key=guest,
+                )
+            except MatrixError as e:
+                # One guest's leave failing (the room changed meanwhile) stops no other.
+                logger.warning("guest not removed", extra={"room_id": room_id, "reason": e.message})
 
     async def require_joined(self, user_id: UserID, room_id: RoomID) -> None:
         # A membership row exists only for a stored room: no separate room read on the
