@@ -14,7 +14,7 @@ from typing import Any
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import EventID, RoomID
-from homeserver.core.streams import Stream, StreamToken
+from homeserver.core.streams import RoomPosition, Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.filters.matching import EventFilter, SyncFilter
 from homeserver.rooms.service import RoomService
@@ -115,7 +115,10 @@ class LegacySync:
 
     # --- GET /rooms/{roomId}/initialSync --------------------------------------------------
 
-    async def room_initial_sync(self, requester: Requester, room_id: RoomID) -> JsonDict:
+    async def room_initial_sync(
+        self, requester: Requester, room_id: RoomID, limit: int | None = None
+    ) -> JsonDict:
+        """``limit``: the most messages (Synapse's parameter, not the spec's; default 10)."""
         _, membership = await self._rooms.access(requester, room_id)
         page = await self._rooms.messages(
             requester,
@@ -123,15 +126,22 @@ class LegacySync:
             from_token=None,
             to_token=None,
             backwards=True,
-            limit=DEFAULT_LIMIT,
+            limit=DEFAULT_LIMIT if limit is None else min(limit, MAX_LIMIT),
             event_filter=EventFilter(),
         )
         chunk = list(reversed(page.chunk))
         state = await self._rooms.get_state(requester, room_id)
         now = (await self._now()).serialize()
-        messages: JsonDict = {"chunk": chunk, "end": now}
+        # ``start`` is always there (as Synapse, and clients of this old endpoint expect):
+        # at the room's beginning when no earlier events are left, where /messages backwards
+        # finds nothing more.
         if page.end is not None:
-            messages["start"] = page.end
+            start = page.end
+        elif limit == 0:  # an empty chunk at the present: everything is before it
+            start = page.start
+        else:
+            start = RoomPosition.at_stream(0).serialize()
+        messages: JsonDict = {"chunk": chunk, "start": start, "end": now}
         body: JsonDict = {
             "room_id": room_id,
             "messages": messages,
