@@ -114,25 +114,36 @@ async def join_room_by_id(request: Request) -> Response:
     """POST /_matrix/client/v3/rooms/{roomId}/join"""
     hs = services_of(request, RoomServices)
     requester = await require_user(request)
-    body = await parse_body(request, ReasonBody, empty_ok=True)
+    raw = await read_json_object(request, empty_ok=True)
+    body = validate_body(raw, ReasonBody)
     room_id = _room_id(request)
     hs.ratelimiter.check(Action.JOIN, requester.user_id)
-    await hs.memberships.join(requester, room_id, body.reason)
+    await hs.memberships.join(requester, room_id, body.reason, extra=_join_extra(raw))
     return json_response({"room_id": room_id})
+
+
+def _join_extra(raw: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a /join body beside the spec's: more content for the member event (as
+    Synapse keeps them; SyTest checks it)."""
+    check_json_numbers(raw)
+    return {k: v for k, v in raw.items() if k not in ("third_party_signed",)}
 
 
 async def join_room(request: Request) -> Response:
     """POST /_matrix/client/v3/join/{roomIdOrAlias}"""
     hs = services_of(request, RoomServices)
     requester = await require_user(request)
-    body = await parse_body(request, ReasonBody, empty_ok=True)
+    raw = await read_json_object(request, empty_ok=True)
+    body = validate_body(raw, ReasonBody)
     room_id, servers = await hs.directory.resolve_room_and_servers(
         request.path_params["room_id_or_alias"]
     )
     hs.ratelimiter.check(Action.JOIN, requester.user_id)
     # spec: `via` (v1.12), and `server_name`, its deprecated name: servers to join through.
     via = [*request.query_params.getlist("via"), *request.query_params.getlist("server_name")]
-    await hs.memberships.join(requester, room_id, body.reason, servers=[*via, *servers])
+    await hs.memberships.join(
+        requester, room_id, body.reason, servers=[*via, *servers], extra=_join_extra(raw)
+    )
     return json_response({"room_id": room_id})
 
 
@@ -238,7 +249,12 @@ async def put_state(request: Request) -> Response:
             requester, room_id, event_type, state_key, content, delay
         )
         return json_response({"delay_id": delay_id})
-    event_id = await hs.rooms.set_state(requester, room_id, event_type, state_key, content)
+    if event_type == "m.room.member":
+        # One's own join (with a per-room display name) or leave, as Synapse takes it.
+        check_json_numbers(content, "content")
+        event_id = await hs.memberships.put_member_state(requester, room_id, state_key, content)
+    else:
+        event_id = await hs.rooms.set_state(requester, room_id, event_type, state_key, content)
     return json_response({"event_id": event_id})
 
 
