@@ -550,6 +550,7 @@ class Homeserver:
                 server_name,
             ),
             guests=self.account_store,
+            server_name=server_name,
         )
         self.timestamps = TimestampService(
             EventTimeStore(self.db), self.event_store, self.rooms, self.visibility
