@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -235,6 +236,23 @@ async def send_event(request: Request) -> Response:
     return json_response({"event_id": event_id})
 
 
+async def post_event(request: Request) -> Response:
+    """POST /_matrix/client/v3/rooms/{roomId}/send/{eventType}: the form without a
+    transaction ID, from before the spec had one (Synapse still serves it; SyTest uses it).
+    Each request is a new event: nothing makes a retry idempotent."""
+    hs = services_of(request, RoomServices)
+    requester = await require_user(request)
+    content = await read_json_object(request)
+    event_id = await hs.sending.send_event(
+        requester,
+        _room_id(request),
+        request.path_params["event_type"],
+        f"post-{secrets.token_urlsafe(18)}",
+        content,
+    )
+    return json_response({"event_id": event_id})
+
+
 async def put_state(request: Request) -> Response:
     """PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}"""
     hs = services_of(request, RoomServices)
@@ -401,6 +419,7 @@ client_routes = [
     Route(f"{_R}/ban", ban_user, methods=["POST"]),
     Route(f"{_R}/unban", unban_user, methods=["POST"]),
     Route(f"{_R}/send/{{event_type}}/{{txn_id}}", send_event, methods=["PUT"]),
+    Route(f"{_R}/send/{{event_type}}", post_event, methods=["POST"]),
     Route(f"{_R}/state", get_state, methods=["GET"]),
     Route(f"{_R}/state/{{event_type}}", put_state, methods=["PUT"]),
     Route(f"{_R}/state/{{event_type}}", get_state_event, methods=["GET"]),
