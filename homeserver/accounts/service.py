@@ -177,6 +177,7 @@ class AccountService:
         password_hash = remembered.get("password_hash")
         request = replace(
             request,
+            inhibit_login=request.inhibit_login or remembered.get("inhibit_login") is True,
             username=_first_str(request.username, remembered.get("username")),
             device_id=_first_str(request.device_id, remembered.get("device_id")),
             initial_device_display_name=_first_str(
@@ -214,6 +215,7 @@ class AccountService:
                     "username": request.username,
                     "device_id": request.device_id,
                     "initial_device_display_name": request.initial_device_display_name,
+                    "inhibit_login": request.inhibit_login or None,
                 }
                 if request.password is not None:
                     remember["password_hash"] = await self._auth.hash_password(request.password)
@@ -268,7 +270,7 @@ class AccountService:
         account = await self._store.get_user(user_id)
         if account is None or account.deactivated:
             raise MatrixError(Codes.FORBIDDEN, "This registration session is used up")
-        if request.inhibit_login:
+        if request.inhibit_login or remembered.get("inhibit_login") is True:
             return Registered(user_id, None)
         device_id = _first_str(request.device_id, remembered.get("device_id"))
         display_name = _first_str(

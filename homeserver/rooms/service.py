@@ -179,8 +179,8 @@ class RoomService:
     async def _check_canonical_aliases(
         self, room_id: RoomID, content: JsonDict, current: JsonDict
     ) -> None:
-        """spec (PUT /state, m.room.canonical_alias): the aliases it adds must be valid and
-        point to this room (400 M_BAD_ALIAS); those already in the event are not checked
+        """spec (PUT /state, m.room.canonical_alias): the aliases it adds must be valid (400
+        M_INVALID_PARAM) and point to this room (400 M_BAD_ALIAS); those already in the event are not checked
         again. Our own aliases are checked in the directory; other servers' only for form."""
         alias = content.get("alias")
         alt = content.get("alt_aliases", [])
@@ -195,7 +195,8 @@ class RoomService:
             try:
                 parsed = RoomAlias.parse(new)
             except MatrixError:
-                raise MatrixError(Codes.BAD_ALIAS, f"Invalid alias: {new}") from None
+                # spec: invalid syntax is M_INVALID_PARAM, a wrong target M_BAD_ALIAS.
+                raise MatrixError(Codes.INVALID_PARAM, f"Invalid alias: {new}") from None
             if parsed.server_name == self._server_name:
                 found = await self._rooms.get_alias(parsed)
                 if found is None or found[0] != room_id:

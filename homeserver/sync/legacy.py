@@ -89,7 +89,7 @@ class LegacySync:
     ) -> JsonDict:
         timeline = entry.get("timeline", {})
         chunk = [_with_room(e, room_id) for e in timeline.get("events", [])]
-        state = await self._rooms.get_state(requester, room_id)
+        state = [_v1(e) for e in await self._rooms.get_state(requester, room_id)]
         messages: JsonDict = {"chunk": chunk, "end": end}
         if timeline.get("prev_batch"):
             messages["start"] = timeline["prev_batch"]
@@ -129,8 +129,8 @@ class LegacySync:
             limit=DEFAULT_LIMIT if limit is None else min(limit, MAX_LIMIT),
             event_filter=EventFilter(),
         )
-        chunk = list(reversed(page.chunk))
-        state = await self._rooms.get_state(requester, room_id)
+        chunk = [_v1(e) for e in reversed(page.chunk)]
+        state = [_v1(e) for e in await self._rooms.get_state(requester, room_id)]
         now = (await self._now()).serialize()
         # ``start`` is always there (as Synapse, and clients of this old endpoint expect):
         # at the room's beginning when no earlier events are left, where /messages backwards
@@ -223,7 +223,7 @@ class LegacySync:
             remaining = deadline - time.monotonic()
             if page.chunk or remaining <= 0 or self._notifier.closing:
                 end = page.end if page.end is not None else now.serialize()
-                return {"start": start, "end": end, "chunk": page.chunk}
+                return {"start": start, "end": end, "chunk": [_v1(e) for e in page.chunk]}
             listener = self._notifier.listen(requester.user_id, [room_id])
             try:
                 # A wake-up between the read and listen() is caught by the read after it.
@@ -234,8 +234,17 @@ class LegacySync:
 
 
 def _with_room(event: Any, room_id: str) -> JsonDict:
-    out: JsonDict = dict(event)
+    out = _v1(event)
     out["room_id"] = room_id
+    return out
+
+
+def _v1(event: Any) -> JsonDict:
+    """An event as these old endpoints gave it: ``user_id`` beside ``sender`` (its name
+    before r0, which clients of these endpoints read; Synapse gives it here too)."""
+    out: JsonDict = dict(event)
+    if "sender" in out:
+        out["user_id"] = out["sender"]
     return out
 
 

@@ -47,6 +47,9 @@ async def test_room_initial_sync(client: httpx.AsyncClient) -> None:
     assert body["visibility"] == "public"
     assert body["messages"]["chunk"][-1]["event_id"] == event_id
     assert {"m.room.create", "m.room.name"} <= {e["type"] for e in body["state"]}
+    # Events carry user_id, the sender's name on these old endpoints (as Synapse).
+    for event in [*body["state"], *body["messages"]["chunk"]]:
+        assert event["user_id"] == event["sender"]
     outsider = await client.get(url, headers=auth_header(bob))
     assert (outsider.status_code, outsider.json()["errcode"]) == (403, "M_FORBIDDEN")
     bad = await client.get(f"{V3}/rooms/nowhere/initialSync", headers=auth_header(alice))

@@ -120,6 +120,16 @@ async def test_registration_remembers_parameters(client: httpx.AsyncClient) -> N
     assert login_data["user_id"] == "@carol:test"
 
 
+async def test_inhibit_login_is_remembered(client: httpx.AsyncClient) -> None:
+    session = await start(client, body("erin", inhibit_login=True))
+    response = await client.post(
+        REGISTER, json={"auth": {"type": "m.login.dummy", "session": session}}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["user_id"] == "@erin:test"
+    assert "access_token" not in response.json() and "device_id" not in response.json()
+
+
 async def test_remembered_parameters_stay_with_their_session(client: httpx.AsyncClient) -> None:
     # Parameters remembered in one session are not another session's.
     await start(client, body("dave"))
