@@ -180,8 +180,9 @@ class RoomService:
         self, room_id: RoomID, content: JsonDict, current: JsonDict
     ) -> None:
         """spec (PUT /state, m.room.canonical_alias): the aliases it adds must be valid (400
-        M_INVALID_PARAM) and point to this room (400 M_BAD_ALIAS); those already in the event are not checked
-        again. Our own aliases are checked in the directory; other servers' only for form."""
+        M_INVALID_PARAM) and point to this room (400 M_BAD_ALIAS); those already in the
+        event are not checked again. Our own aliases are checked in the directory; other
+        servers' only for form."""
         alias = content.get("alias")
         alt = content.get("alt_aliases", [])
         if alias is not None and not isinstance(alias, str):
