@@ -48,7 +48,8 @@ async def get_room_initial_sync(request: Request) -> Response:
     hs = services_of(request, LegacySyncServices)
     requester = await require_user(request)
     room_id = RoomID.parse(request.path_params["room_id"])
-    return json_response(await hs.legacy.room_initial_sync(requester, room_id))
+    limit = query_int(request, "limit", None, minimum=0)
+    return json_response(await hs.legacy.room_initial_sync(requester, room_id, limit))
 
 
 async def get_event(request: Request) -> Response:

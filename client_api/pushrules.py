@@ -9,6 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.push.rules import KINDS
 from homeserver.push.service import PushRuleService
 from homeserver.web.edge import (
     RequestBody,
@@ -53,11 +54,33 @@ async def get_push_rules_scope(request: Request) -> Response:
 
 
 async def get_push_rule(request: Request) -> Response:
-    """GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}"""
+    """GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}; with no rule ID (the path
+    ends in {kind}/), the rules of that kind, as Synapse answers"""
     hs = services_of(request, PushRuleServices)
     requester = await require_user(request)
-    rule = await hs.push_rules.get_rule(requester, *_where(request))
+    scope, kind, rule_id = _where(request)
+    if rule_id == "":
+        if scope != "global":
+            raise MatrixError(Codes.INVALID_PARAM, "The only push rule scope is 'global'")
+        if kind not in KINDS:
+            raise MatrixError(Codes.INVALID_PARAM, f"Unknown push rule kind {kind!r}")
+        rules = (await hs.push_rules.get_all(requester))[kind]
+        return json_response(rules)
+    if "/" in rule_id:
+        # Rule IDs have no "/": what follows one is an attribute, and only /enabled and
+        # /actions exist.
+        raise MatrixError(Codes.INVALID_PARAM, "Unknown push rule attribute")
+    rule = await hs.push_rules.get_rule(requester, scope, kind, rule_id)
     return json_response(rule.to_json())
+
+
+async def put_incomplete(request: Request) -> Response:
+    """PUT on a push rule path without a scope, kind or rule ID: a 400 that says which (not
+    405, nor a redirect to a path that would need one)."""
+    await require_user(request)
+    p = request.path_params
+    missing = "scope" if "scope" not in p else "kind" if "kind" not in p else "rule ID"
+    raise MatrixError(Codes.INVALID_PARAM, f"A push rule path needs a {missing}")
 
 
 async def put_push_rule(request: Request) -> Response:
@@ -134,6 +157,10 @@ client_routes = [
     Route(_RULE + "/enabled", put_push_rule_enabled, methods=["PUT"]),
     Route(_RULE + "/actions", get_push_rule_actions, methods=["GET"]),
     Route(_RULE + "/actions", put_push_rule_actions, methods=["PUT"]),
+    Route("/v3/pushrules/", put_incomplete, methods=["PUT"]),
+    Route("/v3/pushrules/{scope}", put_incomplete, methods=["PUT"]),
+    Route("/v3/pushrules/{scope}/", put_incomplete, methods=["PUT"]),
+    Route("/v3/pushrules/{scope}/{kind}", put_incomplete, methods=["PUT"]),
     Route("/v3/pushrules/{scope}/{kind}/{rule_id:path}", get_push_rule, methods=["GET"]),
     Route("/v3/pushrules/{scope}/{kind}/{rule_id:path}", put_push_rule, methods=["PUT"]),
     Route("/v3/pushrules/{scope}/{kind}/{rule_id:path}", delete_push_rule, methods=["DELETE"]),

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from homeserver.accounts.profile import FIELDS as PROFILE_FIELDS
 from homeserver.core.types import JsonDict
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.sync.sliding.body import UNSTABLE_FEATURE as SLIDING_SYNC
@@ -40,11 +41,17 @@ SUPPORTED_VERSIONS = [
     "v1.10",
     "v1.11",
     "v1.12",
-    # Room reports (v1.13) and user reports (v1.14); v1.15 needs /hierarchy, which is not
-    # served yet (issue 20's checklist).
-    "v1.13",
-    "v1.14",
+    "v1.13",  # room reports
+    "v1.14",  # user reports
+    "v1.15",  # /room_summary; the OAuth 2.0 API (optional: oauth.enabled)
+    "v1.16",  # room version 12, m.profile_fields (displayname and avatar_url only), format
+    "v1.17",  # application services' devices (MSC4190, MSC4326)
+    "v1.18",  # admin lock and suspend, invite permissions, redactions through /send
+    "v1.19",  # /mutual_rooms, unsigned.replaces_state
 ]
+# Not served of those versions, all optional: custom profile fields (m.profile_fields lists
+# the two that exist), the m.oauth UIA stage for devices signed in through OAuth, the
+# m.forget_forced_upon_leave behaviour (its capability's absence says so).
 
 
 def capabilities(hs: VersionServices) -> JsonDict:
@@ -60,6 +67,8 @@ def capabilities(hs: VersionServices) -> JsonDict:
         # E-mail addresses can be added and removed once the server can mail.
         "m.3pid_changes": {"enabled": hs.email_enabled},
         "m.get_login_token": {"enabled": hs.get_login_token},
+        # spec v1.16: only these two profile fields can be set (no custom fields yet).
+        "m.profile_fields": {"enabled": True, "allowed": list(PROFILE_FIELDS)},
     }
 
 

@@ -43,12 +43,16 @@ def _server_name(value: Any) -> str:
 
 
 async def get_query_keys(request: Request) -> Response:
-    """GET /_matrix/key/v2/query/{serverName}"""
+    """GET /_matrix/key/v2/query/{serverName} (and the deprecated .../{keyId}, which older
+    servers and SyTest still call, answered for that key ID)"""
     hs = services_of(request, KeyServerServices)
     server_name = _server_name(request.path_params["server_name"])
+    key_id = request.path_params.get("key_id")
     minimum = query_int(request, "minimum_valid_until_ts", minimum=0)
     responses = await hs.keyring.key_responses(
-        server_name, (), hs.clock.now_ms() if minimum is None else minimum
+        server_name,
+        () if key_id is None else (key_id,),
+        hs.clock.now_ms() if minimum is None else minimum,
     )
     return json_response({"server_keys": responses})
 
@@ -95,6 +99,10 @@ async def post_query_keys(request: Request) -> Response:
 
 key_routes = [
     Route("/v2/server", get_server_keys, methods=["GET"]),
+    # Deprecated forms with a key ID (removed from the spec, still called by older servers
+    # and SyTest): the whole key set answers, as Synapse does.
+    Route("/v2/server/{key_id}", get_server_keys, methods=["GET"]),
+    Route("/v2/query/{server_name}/{key_id}", get_query_keys, methods=["GET"]),
     Route("/v2/query/{server_name}", get_query_keys, methods=["GET"]),
     Route("/v2/query", post_query_keys, methods=["POST"]),
 ]

@@ -206,7 +206,10 @@ class Homeserver:
         self.config = config
         # Every request to a URL someone else chose (previews, push gateways, other
         # homeservers) goes through it.
-        self.outbound = outbound or Outbound(AddressPolicy(config.outbound.allow_addresses))
+        self.outbound = outbound or Outbound(
+            AddressPolicy(config.outbound.allow_addresses),
+            ca_file=config.outbound.tls_ca_bundle,
+        )
         self.db = db
         self.clock = clock
         self.signing_key = signing_key
@@ -559,6 +562,8 @@ class Homeserver:
                 clock,
                 server_name,
             ),
+            guests=self.account_store,
+            server_name=server_name,
         )
         self.timestamps = TimestampService(
             EventTimeStore(self.db), self.event_store, self.rooms, self.visibility

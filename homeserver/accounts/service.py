@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from homeserver.accounts.jwt_login import LOGIN_JWT, JwtLogin
@@ -169,6 +169,22 @@ class AccountService:
         flows = await self.registration_flows(
             in_session=request.auth is not None and request.auth.get("session") is not None
         )
+        # The parameters of the session's first request hold for its later ones, which may
+        # send only ``auth`` (as Synapse; clients such as SyTest's rely on it).
+        remembered = await self._uia.remembered(request.auth, fingerprint)
+        if remembered.get("registered_user_id") is not None:
+            return await self._register_again(request, flows, fingerprint, remembered)
+        password_hash = remembered.get("password_hash")
+        request = replace(
+            request,
+            inhibit_login=request.inhibit_login or remembered.get("inhibit_login") is True,
+            username=_first_str(request.username, remembered.get("username")),
+            device_id=_first_str(request.device_id, remembered.get("device_id")),
+            initial_device_display_name=_first_str(
+                request.initial_device_display_name,
+                remembered.get("initial_device_display_name"),
+            ),
+        )
         # spec: the user ID and password are checked before user-interactive authentication.
         user_id = None
         guest = request.guest
@@ -188,14 +204,28 @@ class AccountService:
                 raise MatrixError(Codes.USER_IN_USE, "User ID already taken")
         if request.password is not None:
             self.check_password_strength(request.password)
-        elif request.auth is not None:
+        elif request.auth is not None and not isinstance(password_hash, str):
             raise MatrixError(Codes.MISSING_PARAM, "Missing parameter: password")
         self._check_device(request.device_id, request.initial_device_display_name)
         result = await self._uia.authenticate(request.auth, flows, fingerprint)
         if isinstance(result, AuthChallenge):
+            session_id = result.body.get("session")
+            if isinstance(session_id, str) and guest is None:
+                remember: JsonDict = {
+                    "username": request.username,
+                    "device_id": request.device_id,
+                    "initial_device_display_name": request.initial_device_display_name,
+                    "inhibit_login": request.inhibit_login or None,
+                }
+                if request.password is not None:
+                    remember["password_hash"] = await self._auth.hash_password(request.password)
+                await self._uia.remember(
+                    session_id, {k: v for k, v in remember.items() if v is not None}
+                )
             return result
-        assert request.password is not None  # checked above: ``auth`` was given
-        password_hash = await self._auth.hash_password(request.password)
+        if request.password is not None:
+            password_hash = await self._auth.hash_password(request.password)
+        assert isinstance(password_hash, str)  # checked above: ``auth`` was given
         if guest is not None and user_id is not None:
             if not await self._store.upgrade_guest(user_id, password_hash):
                 raise MatrixError(Codes.USER_IN_USE, "This guest account was upgraded already")
@@ -205,7 +235,7 @@ class AccountService:
         elif not await self._create_user(user_id, password_hash, is_admin=False):
             # Taken while the client was authenticating; the session stays for another try.
             raise MatrixError(Codes.USER_IN_USE, "User ID already taken")
-        await self._uia.finish(result)
+        await self._uia.finish(result, keep={"registered_user_id": str(user_id)})
         logger.info("user registered", extra={"user_id": user_id})
         if request.inhibit_login:
             return Registered(user_id, None)
@@ -213,6 +243,44 @@ class AccountService:
             user_id,
             request.device_id,
             request.initial_device_display_name,
+            refreshable=request.refresh_token,
+            client_ip=request.client_ip,
+        )
+        return Registered(user_id, session)
+
+    async def _register_again(
+        self,
+        request: RegistrationRequest,
+        flows: Sequence[Sequence[str]],
+        fingerprint: str,
+        remembered: JsonDict,
+    ) -> Registered | AuthChallenge:
+        """A registration repeated in its completed session: the account it made, signed
+        in again (the first answer may have been lost), as Synapse answers."""
+        result = await self._uia.authenticate(request.auth, flows, fingerprint)
+        if isinstance(result, AuthChallenge):
+            return result
+        user_id = UserID.parse(str(remembered["registered_user_id"]))
+        if request.username is not None and request.username.lower() != user_id.localpart:
+            raise MatrixError(
+                Codes.UNKNOWN,
+                "This authentication session registered another account",
+                status=400,
+            )
+        account = await self._store.get_user(user_id)
+        if account is None or account.deactivated:
+            raise MatrixError(Codes.FORBIDDEN, "This registration session is used up")
+        if request.inhibit_login or remembered.get("inhibit_login") is True:
+            return Registered(user_id, None)
+        device_id = _first_str(request.device_id, remembered.get("device_id"))
+        display_name = _first_str(
+            request.initial_device_display_name, remembered.get("initial_device_display_name")
+        )
+        self._check_device(device_id, display_name)
+        session = await self._start_session(
+            user_id,
+            device_id,
+            display_name,
             refreshable=request.refresh_token,
             client_ip=request.client_ip,
         )
@@ -913,3 +981,10 @@ class AccountService:
         if device_ids:
             for data in self._device_data:
                 await data.delete_for_devices(user_id, device_ids)
+
+
+def _first_str(given: str | None, remembered: object) -> str | None:
+    """The request's value, else the one its session remembered (if it is a string)."""
+    if given is not None:
+        return given
+    return remembered if isinstance(remembered, str) else None

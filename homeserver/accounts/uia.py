@@ -45,6 +45,13 @@ LOGIN_SSO = "m.login.sso"
 SESSION_LIFETIME_MS = 30 * 60 * 1000
 # spec, "Token-authenticated registration": opaque identifier grammar, at most 64 characters.
 _REGISTRATION_TOKEN = re.compile(r"^[A-Za-z0-9._~-]{1,64}\Z")
+# The session's params key under which a request's own parameters are remembered.
+_REMEMBERED = "request"
+
+
+def _remembered_of(session: UiaSession) -> JsonDict:
+    value = session.params.get(_REMEMBERED)
+    return dict(value) if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,14 +254,51 @@ class UiaService:
             completed = [*session.completed, LOGIN_SSO]
             await self._store.update_session(session.session_id, completed, session.params)
 
-    async def finish(self, result: UiaResult) -> None:
-        """The protected request succeeded: use the session up and count its token's use."""
-        session = await self._store.delete_session(result.session_id)
+    async def finish(self, result: UiaResult, *, keep: JsonDict | None = None) -> None:
+        """The protected request succeeded: use the session up and count its token's use.
+
+        With ``keep`` the session stays (until it expires) with ``keep`` added to what it
+        remembers of the request: a registration answers the same request again with the
+        same account (``remembered``) instead of failing."""
+        if keep is None:
+            session = await self._store.delete_session(result.session_id)
+        else:
+            session = await self._store.get_session(result.session_id)
         if session is not None and session.params.get("token_in_db"):
             await self._tokens.complete(str(session.params["registration_token"]))
         if session is not None and session.params.get("threepid_sid"):
             # A validated mail authorises one request (one password reset), not several.
             await self._email_identity.use_session(str(session.params["threepid_sid"]))
+        if session is not None and keep is not None:
+            params = {k: v for k, v in session.params.items() if k != "token_in_db"}
+            params[_REMEMBERED] = {**_remembered_of(session), **keep}
+            await self._store.update_session(session.session_id, session.completed, params)
+
+    async def remembered(self, auth: JsonDict | None, fingerprint: str) -> JsonDict:
+        """What earlier requests of the session in ``auth`` left (``remember``): the
+        parameters a client need not send again. Empty without a session, or for a session
+        of another request or a user's (registration's sessions have no requester)."""
+        session_id = auth.get("session") if auth is not None else None
+        if not isinstance(session_id, str):
+            return {}
+        session = await self._store.get_session(session_id)
+        if (
+            session is None
+            or session.request_fingerprint != fingerprint
+            or session.params.get("requester") is not None
+            or self._clock.now_ms() - session.created_ts > SESSION_LIFETIME_MS
+        ):
+            return {}
+        return _remembered_of(session)
+
+    async def remember(self, session_id: str, values: JsonDict) -> None:
+        """Keep request parameters in the session for its later requests."""
+        session = await self._store.get_session(session_id)
+        if session is None:
+            return
+        params = dict(session.params)
+        params[_REMEMBERED] = {**_remembered_of(session), **values}
+        await self._store.update_session(session.session_id, session.completed, params)
 
     # --- registration tokens ---------------------------------------------------------------
 
@@ -406,7 +450,11 @@ class UiaService:
         ):
             return Codes.FORBIDDEN, "Invalid username or password"
         if requester is not None and account.user_id != requester:
-            return Codes.FORBIDDEN, "The password is not the one of the logged-in user"
+            # Right password, wrong account: not a failed stage to retry but a refusal, 403
+            # without a new challenge (as Synapse).
+            raise MatrixError(
+                Codes.FORBIDDEN, "The password is not the one of the logged-in user", status=403
+            )
         params["user_id"] = account.user_id
         return None
 

@@ -336,6 +336,9 @@ class OutboundConfig(Section):
     # Private, loopback, link-local, CGNAT, NAT64, 6to4, Teredo, documentation and other
     # special addresses are refused unless inside one of these ranges (CIDRs or addresses).
     allow_addresses: tuple[str, ...] = ()
+    # PEM file of the CAs these HTTPS requests trust; None: certifi's bundle. (Federation
+    # has its own, federation.tls_ca_bundle.)
+    tls_ca_bundle: str | None = None
 
     @field_validator("allow_addresses")
     @classmethod

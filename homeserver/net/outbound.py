@@ -87,9 +87,18 @@ def parse_url(url: str) -> tuple[str, str, int]:
 class Outbound:
     """The address policy and the resolver that every outbound request shares."""
 
-    def __init__(self, policy: AddressPolicy, resolver: Resolver = system_resolver) -> None:
+    def __init__(
+        self,
+        policy: AddressPolicy,
+        resolver: Resolver = system_resolver,
+        *,
+        ca_file: str | None = None,
+    ) -> None:
         self.policy = policy
         self._resolver = resolver
+        # PEM file of the CAs that HTTPS requests trust (config outbound.tls_ca_bundle);
+        # None: certifi's, as httpx does.
+        self.ca_file = ca_file
 
     async def resolve(self, host: str, port: int) -> list[IPAddress]:
         """The addresses of ``host``, each of them allowed; OutboundError otherwise."""
@@ -217,6 +226,8 @@ class OutboundTransport(httpx.AsyncBaseTransport):
     uses a proxy: a proxy would resolve the name itself."""
 
     def __init__(self, outbound: Outbound, *, verify: ssl.SSLContext | bool = True) -> None:
+        if verify is True and outbound.ca_file is not None:
+            verify = ssl.create_default_context(cafile=outbound.ca_file)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
             network_backend=_CheckedBackend(outbound),

@@ -347,6 +347,9 @@ class PusherSender:
             return {"notification": note}
         note.update(
             {
+                # The event ID's name before the spec's push gateway API: Synapse still
+                # sends it beside event_id, and older gateways (and SyTest) read it.
+                "id": item.event_id,
                 "type": event.type,
                 "sender": event.sender,
                 "prio": "high" if tweaks.get("sound") or tweaks.get("highlight") else "low",

@@ -123,9 +123,19 @@ class MembershipService:
             raise MatrixError(Codes.NOT_FOUND, "Unknown room")
 
     async def send_own_membership(
-        self, room_id: RoomID, user_id: UserID, membership: str, reason: str | None = None
+        self,
+        room_id: RoomID,
+        user_id: UserID,
+        membership: str,
+        reason: str | None = None,
+        extra: JsonDict | None = None,
     ) -> SentEvent:
-        content = await self._member_content(user_id, membership, reason)
+        content = await self._member_content(user_id, membership, reason, **(extra or {}))
+        if membership == "join" and self._events is not None:
+            current = await self._events.get_current_state_event(room_id, "m.room.member", user_id)
+            if current is not None and current.content == content and current.redacted_by is None:
+                # Joined already with this very content: no new event (as Synapse; SyTest).
+                return SentEvent(current.event_id, 0)
         return await self._sender.send(
             room_id, user_id, "m.room.member", content, state_key=user_id
         )
@@ -136,17 +146,20 @@ class MembershipService:
         room_id: RoomID,
         reason: str | None = None,
         servers: Sequence[str] = (),
+        extra: JsonDict | None = None,
     ) -> SentEvent:
         """Join a room: here when this server is in it (or it is ours and empty), else
         through one of ``servers`` (the client's ``via``, an alias's servers), the server of
-        the room ID and the inviter's."""
+        the room ID and the inviter's. ``extra``: more content for the member event (what
+        the client sent beside the spec's keys, as Synapse keeps it)."""
         requester.check_not_suspended()
+        extra = member_extra(extra)
         await self._check_not_blocked(room_id)
         if requester.is_guest:
             await self._check_guest_may_join(room_id)
         if self._remote is None or await self._is_resident(room_id):
             await self._require_room(room_id)
-            return await self.send_own_membership(room_id, requester.user_id, "join", reason)
+            return await self.send_own_membership(room_id, requester.user_id, "join", reason, extra)
         # One remote join per room at a time on this worker: a second user's join waits and
         # then finds this server in the room, and joins here.
         lock = self._remote_joins.get(room_id)
@@ -154,8 +167,10 @@ class MembershipService:
             lock = self._remote_joins[room_id] = asyncio.Lock()
         async with lock:
             if await self._is_resident(room_id):
-                return await self.send_own_membership(room_id, requester.user_id, "join", reason)
-            content = await self._member_content(requester.user_id, "join", reason)
+                return await self.send_own_membership(
+                    room_id, requester.user_id, "join", reason, extra
+                )
+            content = await self._member_content(requester.user_id, "join", reason, **extra)
             candidates = [*servers, *await self._servers_of(room_id, requester.user_id)]
             event_id = await self._remote.join(room_id, requester.user_id, candidates, content)
         return SentEvent(event_id, 0)
@@ -297,6 +312,41 @@ class MembershipService:
                 logger.warning("remote invite not revoked", extra={"room_id": room_id})
             raise
 
+    async def put_member_state(
+        self, requester: Requester, room_id: RoomID, state_key: str, content: JsonDict
+    ) -> str:
+        """PUT /state/m.room.member/{userId} of one's own membership, as Synapse takes it:
+        a join (or, joined, a new member event: a per-room display name) with the client's
+        content, or a leave. Other changes go through the membership endpoints."""
+        membership = content.get("membership")
+        if not isinstance(membership, str):
+            raise MatrixError(Codes.BAD_JSON, "content.membership must be a string")
+        reason = content.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise MatrixError(Codes.BAD_JSON, "content.reason must be a string")
+        if state_key != requester.user_id or membership not in ("join", "leave"):
+            raise MatrixError(
+                Codes.FORBIDDEN,
+                "Use the membership endpoints for m.room.member (other than one's own join "
+                "or leave)",
+            )
+        if membership == "leave":
+            sent = await self.leave(requester, room_id, reason)
+            if sent is None:
+                current = await self._rooms.get_membership(room_id, requester.user_id)
+                return current.event_id if current is not None else ""
+            return sent.event_id
+        current = await self._rooms.get_membership(room_id, requester.user_id)
+        extra = member_extra(content)
+        if current is not None and current.membership == "join":
+            requester.check_not_suspended()
+            # A joined member's new member event: their content as given (the auth rules
+            # judge it), the profile's name and avatar where it leaves them out.
+            return (
+                await self.send_own_membership(room_id, requester.user_id, "join", reason, extra)
+            ).event_id
+        return (await self.join(requester, room_id, reason, extra=extra)).event_id
+
     async def leave(
         self, requester: Requester, room_id: RoomID, reason: str | None = None
     ) -> SentEvent | None:
@@ -380,3 +430,18 @@ class MembershipService:
                 await self.send_own_membership(RoomID(m.room_id), user_id, "leave")
             except MatrixError:
                 continue  # already unable to leave (e.g. the room was left meanwhile)
+
+
+# Keys of a member event's content that only the server sets: a client's extra content
+# never carries them (join_authorised_via_users_server names who authorised a restricted
+# join: the resident server chooses it).
+_SERVER_MEMBER_KEYS = frozenset(
+    {"membership", "reason", "join_authorised_via_users_server", "third_party_invite"}
+)
+
+
+def member_extra(content: JsonDict | None) -> JsonDict:
+    """What a client's join body or member content adds to the member event."""
+    if not content:
+        return {}
+    return {k: v for k, v in content.items() if k not in _SERVER_MEMBER_KEYS}

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
-from homeserver.core.ids import EventID, RoomID, UserID
+from homeserver.core.ids import EventID, RoomAlias, RoomID, UserID
 from homeserver.core.jsonutil import check_json_numbers
 from homeserver.core.streams import RoomPosition
 from homeserver.core.types import JsonDict, Requester
@@ -95,6 +95,25 @@ def page_bounds(
     return _Bounds(below=below, above=above, after=after, upto=_min(upto, visible_upto))
 
 
+class GuestAccounts(Protocol):
+    """Which users are guests (the account store)."""
+
+    async def guests_among(self, user_ids: list[str]) -> set[str]: ...
+
+
+GUEST_ACCESS = "m.room.guest_access"
+CANONICAL_ALIAS = "m.room.canonical_alias"
+
+
+def _aliases_of(content: JsonDict) -> list[str]:
+    alias = content.get("alias")
+    alt = content.get("alt_aliases")
+    out = [alias] if isinstance(alias, str) else []
+    if isinstance(alt, list):
+        out += [a for a in alt if isinstance(a, str)]
+    return out
+
+
 class RoomService:
     def __init__(
         self,
@@ -106,8 +125,12 @@ class RoomService:
         ignored: IgnoredUsers,
         aggregations: Aggregations,
         backfiller: Backfiller | None = None,
+        guests: GuestAccounts | None = None,
+        server_name: str | None = None,
     ) -> None:
         self._backfiller = backfiller
+        self._guests = guests
+        self._server_name = server_name
         self._sender = sender
         self._events = events
         self._rooms = rooms
@@ -138,10 +161,68 @@ class RoomService:
         if current is not None and current.content == content and current.redacted_by is None:
             # Same content: no new event (as current servers do, and clients rely on).
             return current.event_id
+        if event_type == CANONICAL_ALIAS and state_key == "":
+            await self._check_canonical_aliases(
+                room_id, content, current.content if current is not None else {}
+            )
         sent = await self._sender.send(
             room_id, requester.user_id, event_type, content, state_key=state_key
         )
+        if (
+            event_type == GUEST_ACCESS
+            and state_key == ""
+            and content.get("guest_access") != "can_join"
+        ):
+            await self._remove_guests(room_id)
         return sent.event_id
+
+    async def _check_canonical_aliases(
+        self, room_id: RoomID, content: JsonDict, current: JsonDict
+    ) -> None:
+        """spec (PUT /state, m.room.canonical_alias): the aliases it adds must be valid (400
+        M_INVALID_PARAM) and point to this room (400 M_BAD_ALIAS); those already in the
+        event are not checked again. Our own aliases are checked in the directory; other
+        servers' only for form."""
+        alias = content.get("alias")
+        alt = content.get("alt_aliases", [])
+        if alias is not None and not isinstance(alias, str):
+            raise MatrixError(Codes.INVALID_PARAM, "alias must be a string")
+        if not isinstance(alt, list) or not all(isinstance(a, str) for a in alt):
+            raise MatrixError(Codes.INVALID_PARAM, "alt_aliases must be a list of strings")
+        before = set(_aliases_of(current))
+        for new in dict.fromkeys([*([alias] if alias is not None else []), *alt]):
+            if new in before:
+                continue
+            try:
+                parsed = RoomAlias.parse(new)
+            except MatrixError:
+                # spec: invalid syntax is M_INVALID_PARAM, a wrong target M_BAD_ALIAS.
+                raise MatrixError(Codes.INVALID_PARAM, f"Invalid alias: {new}") from None
+            if parsed.server_name == self._server_name:
+                found = await self._rooms.get_alias(parsed)
+                if found is None or found[0] != room_id:
+                    raise MatrixError(
+                        Codes.BAD_ALIAS, f"The alias {new} does not point to this room"
+                    )
+
+    async def _remove_guests(self, room_id: RoomID) -> None:
+        """Guest access revoked: the guests in the room leave it (as Synapse makes them; the
+        spec's guests may only be in rooms whose m.room.guest_access is can_join)."""
+        if self._guests is None:
+            return
+        members = await self._rooms.get_room_members(room_id, ["join"])
+        for guest in sorted(await self._guests.guests_among([m.user_id for m in members])):
+            try:
+                await self._sender.send(
+                    room_id,
+                    UserID(guest),
+                    MEMBERSHIP,
+                    {"membership": "leave"},
+                    state_key=guest,
+                )
+            except MatrixError as e:
+                # One guest's leave failing (the room changed meanwhile) stops no other.
+                logger.warning("guest not removed", extra={"room_id": room_id, "reason": e.message})
 
     async def require_joined(self, user_id: UserID, room_id: RoomID) -> None:
         # A membership row exists only for a stored room: no separate room read on the

@@ -118,6 +118,20 @@ class AccountStore:
             UserID(row.user_id), row.password_hash, row.is_admin, row.deactivated, row.created_ts
         )
 
+    async def guests_among(self, user_ids: list[str]) -> set[str]:
+        """Which of these users are guest accounts (not upgraded)."""
+        if not user_ids:
+            return set()
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(users.c.user_id).where(
+                        users.c.user_id.in_(user_ids), users.c.is_guest.is_(True)
+                    )
+                )
+            ).all()
+        return {r.user_id for r in rows}
+
     async def get_user_case_insensitive(self, user_id: UserID) -> User | None:
         """Login accepts any case of an existing ID (user IDs were once case-sensitive)."""
         user = await self.get_user(user_id)

@@ -14,7 +14,7 @@ from typing import Any
 
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import EventID, RoomID
-from homeserver.core.streams import Stream, StreamToken
+from homeserver.core.streams import RoomPosition, Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
 from homeserver.filters.matching import EventFilter, SyncFilter
 from homeserver.rooms.service import RoomService
@@ -89,7 +89,7 @@ class LegacySync:
     ) -> JsonDict:
         timeline = entry.get("timeline", {})
         chunk = [_with_room(e, room_id) for e in timeline.get("events", [])]
-        state = await self._rooms.get_state(requester, room_id)
+        state = [_v1(e) for e in await self._rooms.get_state(requester, room_id)]
         messages: JsonDict = {"chunk": chunk, "end": end}
         if timeline.get("prev_batch"):
             messages["start"] = timeline["prev_batch"]
@@ -115,7 +115,10 @@ class LegacySync:
 
     # --- GET /rooms/{roomId}/initialSync --------------------------------------------------
 
-    async def room_initial_sync(self, requester: Requester, room_id: RoomID) -> JsonDict:
+    async def room_initial_sync(
+        self, requester: Requester, room_id: RoomID, limit: int | None = None
+    ) -> JsonDict:
+        """``limit``: the most messages (Synapse's parameter, not the spec's; default 10)."""
         _, membership = await self._rooms.access(requester, room_id)
         page = await self._rooms.messages(
             requester,
@@ -123,15 +126,22 @@ class LegacySync:
             from_token=None,
             to_token=None,
             backwards=True,
-            limit=DEFAULT_LIMIT,
+            limit=DEFAULT_LIMIT if limit is None else min(limit, MAX_LIMIT),
             event_filter=EventFilter(),
         )
-        chunk = list(reversed(page.chunk))
-        state = await self._rooms.get_state(requester, room_id)
+        chunk = [_v1(e) for e in reversed(page.chunk)]
+        state = [_v1(e) for e in await self._rooms.get_state(requester, room_id)]
         now = (await self._now()).serialize()
-        messages: JsonDict = {"chunk": chunk, "end": now}
+        # ``start`` is always there (as Synapse, and clients of this old endpoint expect):
+        # at the room's beginning when no earlier events are left, where /messages backwards
+        # finds nothing more.
         if page.end is not None:
-            messages["start"] = page.end
+            start = page.end
+        elif limit == 0:  # an empty chunk at the present: everything is before it
+            start = page.start
+        else:
+            start = RoomPosition.at_stream(0).serialize()
+        messages: JsonDict = {"chunk": chunk, "start": start, "end": now}
         body: JsonDict = {
             "room_id": room_id,
             "messages": messages,
@@ -213,7 +223,7 @@ class LegacySync:
             remaining = deadline - time.monotonic()
             if page.chunk or remaining <= 0 or self._notifier.closing:
                 end = page.end if page.end is not None else now.serialize()
-                return {"start": start, "end": end, "chunk": page.chunk}
+                return {"start": start, "end": end, "chunk": [_v1(e) for e in page.chunk]}
             listener = self._notifier.listen(requester.user_id, [room_id])
             try:
                 # A wake-up between the read and listen() is caught by the read after it.
@@ -224,8 +234,17 @@ class LegacySync:
 
 
 def _with_room(event: Any, room_id: str) -> JsonDict:
-    out: JsonDict = dict(event)
+    out = _v1(event)
     out["room_id"] = room_id
+    return out
+
+
+def _v1(event: Any) -> JsonDict:
+    """An event as these old endpoints gave it: ``user_id`` beside ``sender`` (its name
+    before r0, which clients of these endpoints read; Synapse gives it here too)."""
+    out: JsonDict = dict(event)
+    if "sender" in out:
+        out["user_id"] = out["sender"]
     return out
 
 

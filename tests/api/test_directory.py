@@ -303,3 +303,47 @@ async def test_public_rooms_room_types(client: httpx.AsyncClient) -> None:
     r = await client.get(url)
     types = {e["room_id"]: e.get("room_type") for e in checked(r)["chunk"]}
     assert types == {room: None, space: "m.space"}
+
+
+async def test_canonical_alias_must_point_to_the_room(client: httpx.AsyncClient) -> None:
+    _, token = await register(client, "alice")
+    room = await create(client, token, room_alias_name="hall")
+    await create(client, token, room_alias_name="other")  # #other:test: another room's
+    url = f"{V3}/rooms/{room}/state/m.room.canonical_alias/"
+
+    async def put(content: object) -> httpx.Response:
+        return await client.put(url, headers=auth_header(token), json=content)
+
+    assert (await put({"alias": "#hall:test"})).status_code == 200
+    checked(
+        await client.put(
+            alias_url("#second:test"), headers=auth_header(token), json={"room_id": room}
+        )
+    )
+    assert (await put({"alias": "#hall:test", "alt_aliases": ["#second:test"]})).status_code == 200
+    # spec: an added alias that is unknown or another room's is M_BAD_ALIAS...
+    for content in [
+        {"alias": "#missing:test"},
+        {"alias": "#other:test"},
+        {"alias": "#hall:test", "alt_aliases": ["#missing:test"]},
+    ]:
+        r = await put(content)
+        assert (r.status_code, r.json()["errcode"]) == (400, "M_BAD_ALIAS"), content
+    # ...one that is no alias at all (or no string) M_INVALID_PARAM.
+    for content in [
+        {"alias": "%hall:test"},
+        {"alias": "#hall:test", "alt_aliases": ["no alias"]},
+        {"alias": 5},
+        {"alt_aliases": "#hall:test"},
+        {"alt_aliases": [1]},
+    ]:
+        r = await put(content)
+        assert (r.status_code, r.json()["errcode"]) == (400, "M_INVALID_PARAM"), content
+    # Aliases already in the event are not checked again (this one was deleted since).
+    r = await client.delete(alias_url("#second:test"), headers=auth_header(token))
+    assert r.status_code == 200
+    assert (
+        await put({"alias": "#hall:test", "alt_aliases": ["#second:test", "#x:remote.test"]})
+    ).status_code == 200
+    # Removing the canonical alias altogether needs no check.
+    assert (await put({})).status_code == 200

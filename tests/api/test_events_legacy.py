@@ -47,10 +47,49 @@ async def test_room_initial_sync(client: httpx.AsyncClient) -> None:
     assert body["visibility"] == "public"
     assert body["messages"]["chunk"][-1]["event_id"] == event_id
     assert {"m.room.create", "m.room.name"} <= {e["type"] for e in body["state"]}
+    # Events carry user_id, the sender's name on these old endpoints (as Synapse).
+    for event in [*body["state"], *body["messages"]["chunk"]]:
+        assert event["user_id"] == event["sender"]
     outsider = await client.get(url, headers=auth_header(bob))
     assert (outsider.status_code, outsider.json()["errcode"]) == (403, "M_FORBIDDEN")
     bad = await client.get(f"{V3}/rooms/nowhere/initialSync", headers=auth_header(alice))
     assert (bad.status_code, bad.json()["errcode"]) == (400, "M_INVALID_PARAM")
+    # The whole room fits: ``start`` is still given, and /messages finds nothing before it.
+    earlier = checked(
+        await client.get(
+            f"{V3}/rooms/{quote(room)}/messages",
+            params={"dir": "b", "from": body["messages"]["start"]},
+            headers=auth_header(alice),
+        )
+    )
+    assert earlier["chunk"] == [] and "end" not in earlier
+    # ``limit`` (Synapse's parameter): at most that many messages, 0 for none; the rest
+    # before ``start``.
+    for limit in (0, 2):
+        page = checked(await client.get(url, params={"limit": limit}, headers=auth_header(alice)))
+        assert len(page["messages"]["chunk"]) == limit
+        assert page["messages"]["start"]
+    nothing = checked(await client.get(url, params={"limit": 0}, headers=auth_header(alice)))
+    before_nothing = checked(
+        await client.get(
+            f"{V3}/rooms/{quote(room)}/messages",
+            params={"dir": "b", "from": nothing["messages"]["start"], "limit": 1},
+            headers=auth_header(alice),
+        )
+    )
+    assert before_nothing["chunk"][0]["event_id"] == event_id
+    page = checked(await client.get(url, params={"limit": 2}, headers=auth_header(alice)))
+    before = checked(
+        await client.get(
+            f"{V3}/rooms/{quote(room)}/messages",
+            params={"dir": "b", "from": page["messages"]["start"], "limit": 1},
+            headers=auth_header(alice),
+        )
+    )
+    assert before["chunk"][0]["event_id"] not in {e["event_id"] for e in page["messages"]["chunk"]}
+    for bad_limit in ("x", "-1"):
+        r = await client.get(url, params={"limit": bad_limit}, headers=auth_header(alice))
+        assert (r.status_code, r.json()["errcode"]) == (400, "M_INVALID_PARAM"), bad_limit
 
 
 async def test_room_initial_sync_of_a_world_readable_room(client: httpx.AsyncClient) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -40,6 +41,11 @@ async def test_server_keys_are_signed_by_the_server(
     [(key_id, key)] = body["verify_keys"].items()
     alg, version = key_id.split(":")
     verify_signed_json(body, "test", decode_verify_key_base64(alg, version, key["key"]))
+    # The deprecated form with a key ID in the path (older servers, SyTest) answers the same.
+    for path_key_id in (key_id, "ed25519:other"):
+        again = await client.get(f"/_matrix/key/v2/server/{quote(path_key_id, safe='')}")
+        assert again.status_code == 200
+        assert again.json() == body
 
 
 async def test_version(fed: tuple[Homeserver, httpx.AsyncClient]) -> None:
@@ -186,6 +192,8 @@ async def test_notary_serves_held_keys_co_signed(
     our_key = hs.local_keys.verify_key
     for response in (
         await client.get("/_matrix/key/v2/query/remote.test"),
+        # The deprecated form with a key ID (SyTest's notary tests use it).
+        await client.get(f"/_matrix/key/v2/query/remote.test/{remote.key_id}"),
         await client.post(
             "/_matrix/key/v2/query",
             json={"server_keys": {"remote.test": {remote.key_id: {}}}},
@@ -247,6 +255,7 @@ async def test_notary_bad_input(fed: tuple[Homeserver, httpx.AsyncClient]) -> No
     )
     for uri, status, errcode in [
         ("/_matrix/key/v2/query/bad%20name", 400, "M_INVALID_PARAM"),
+        ("/_matrix/key/v2/query/bad%20name/ed25519:k", 400, "M_INVALID_PARAM"),
         ("/_matrix/key/v2/query/a.test?minimum_valid_until_ts=soon", 400, "M_INVALID_PARAM"),
         ("/_matrix/key/v2/query/a.test?minimum_valid_until_ts=-1", 400, "M_INVALID_PARAM"),
     ]:

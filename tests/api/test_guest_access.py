@@ -178,3 +178,69 @@ async def test_a_guest_peeks_into_a_world_readable_room(guests: httpx.AsyncClien
         f"{V3}/events", params={"room_id": room, "timeout": 0}, headers=auth_header(guest)
     )
     assert checked(events)["chunk"] == []
+
+
+async def test_guests_leave_when_guest_access_is_revoked(guests: httpx.AsyncClient) -> None:
+    client = guests
+    alice_id, alice = await register(client, "alice")
+    bob_id, bob = await register(client, "bob")
+    guest_id, guest = await _guest(client)
+    other_guest_id, other_guest = await _guest(client)
+    room = await create_room(client, alice, preset="public_chat", initial_state=CAN_JOIN)
+    for token in (bob, guest, other_guest):
+        checked(await client.post(f"{V3}/join/{quote(room)}", headers=auth_header(token), json={}))
+    state = f"{V3}/rooms/{quote(room)}/state"
+    # The same content again changes nothing: nobody leaves.
+    checked(
+        await client.put(
+            f"{state}/m.room.guest_access/", headers=auth_header(alice), json=CAN_JOIN[0]["content"]
+        )
+    )
+    members = f"{V3}/rooms/{quote(room)}/joined_members"
+    joined = checked(await client.get(members, headers=auth_header(alice)))["joined"]
+    assert set(joined) == {alice_id, bob_id, guest_id, other_guest_id}
+    checked(
+        await client.put(
+            f"{state}/m.room.guest_access/",
+            headers=auth_header(alice),
+            json={"guest_access": "forbidden"},
+        )
+    )
+    joined = checked(await client.get(members, headers=auth_header(alice)))["joined"]
+    assert set(joined) == {alice_id, bob_id}
+    for gone in (guest_id, other_guest_id):
+        member = checked(
+            await client.get(f"{state}/m.room.member/{quote(gone)}", headers=auth_header(alice))
+        )
+        assert member["membership"] == "leave"
+    # Each guest left on its own (a leave by the guest, not a kick by alice).
+    messages = checked(
+        await client.get(
+            f"{V3}/rooms/{quote(room)}/messages",
+            params={"dir": "b", "limit": 10},
+            headers=auth_header(alice),
+        )
+    )
+    leaves = [
+        e
+        for e in messages["chunk"]
+        if e["type"] == "m.room.member" and e["content"]["membership"] == "leave"
+    ]
+    assert sorted(e["sender"] for e in leaves) == sorted([guest_id, other_guest_id])
+    # They cannot come back while guest access is forbidden.
+    refused = await client.post(f"{V3}/join/{quote(room)}", headers=auth_header(guest))
+    assert (refused.status_code, refused.json()["errcode"]) == (403, "M_GUEST_ACCESS_FORBIDDEN")
+    # Any value but can_join (here not even a string) counts as forbidden.
+    checked(
+        await client.put(
+            f"{state}/m.room.guest_access/", headers=auth_header(alice), json=CAN_JOIN[0]["content"]
+        )
+    )
+    checked(await client.post(f"{V3}/join/{quote(room)}", headers=auth_header(guest), json={}))
+    checked(
+        await client.put(
+            f"{state}/m.room.guest_access/", headers=auth_header(alice), json={"guest_access": 7}
+        )
+    )
+    joined = checked(await client.get(members, headers=auth_header(alice)))["joined"]
+    assert set(joined) == {alice_id, bob_id}

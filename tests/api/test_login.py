@@ -446,8 +446,10 @@ async def test_change_password_of_another_user(client: httpx.AsyncClient) -> Non
         headers=auth_header(token),
         json={"new_password": "a new password", "auth": password_auth("bob")},
     )
-    assert response.status_code == 401
+    # Bob's right password on alice's token: refused outright, no new challenge.
+    assert response.status_code == 403
     assert response.json()["errcode"] == "M_FORBIDDEN"
+    assert "flows" not in response.json()
 
 
 async def test_password_session_belongs_to_its_user(client: httpx.AsyncClient) -> None:

@@ -451,3 +451,79 @@ async def test_invitees_and_leavers_read_no_current_state(client: httpx.AsyncCli
     checked(r)
     r = await client.get(f"{V3}/rooms/{room_id}/joined_members", headers=auth_header(c_tok))
     checked(r, 403, "M_FORBIDDEN", documented=False)
+
+
+async def test_joining_again_with_the_same_content_sends_nothing(client: httpx.AsyncClient) -> None:
+    _, a_tok = await register(client, "alice")
+    bob, b_tok = await register(client, "bob")
+    room_id = await create(client, a_tok, preset="public_chat")
+    checked(await post(client, b_tok, f"/rooms/{room_id}/join"))
+    first = (await membership_of(client, a_tok, room_id, bob))["event_id"]
+    checked(await post(client, b_tok, f"/join/{room_id}"))
+    assert (await membership_of(client, a_tok, room_id, bob))["event_id"] == first
+    # Another content (a reason) is a new event.
+    checked(await post(client, b_tok, f"/join/{room_id}", {"reason": "again"}))
+    assert (await membership_of(client, a_tok, room_id, bob))["event_id"] != first
+
+
+async def test_join_with_custom_content(client: httpx.AsyncClient) -> None:
+    _, a_tok = await register(client, "alice")
+    bob, b_tok = await register(client, "bob")
+    carol, c_tok = await register(client, "carol")
+    room_id = await create(client, a_tok, preset="public_chat", room_alias_name="hall")
+    # Keys beside the spec's go into the member event (as Synapse); those only the server
+    # sets do not.
+    extra = {"foo": "bar", "membership": "leave", "join_authorised_via_users_server": bob}
+    checked(await post(client, b_tok, f"/rooms/{room_id}/join", extra))
+    content = (await membership_of(client, a_tok, room_id, bob))["content"]
+    assert content["foo"] == "bar" and content["membership"] == "join"
+    assert "join_authorised_via_users_server" not in content
+    checked(await post(client, c_tok, "/join/%23hall:test", {"foo": {"nested": [1]}}))
+    content = (await membership_of(client, a_tok, room_id, carol))["content"]
+    assert content["foo"] == {"nested": [1]} and content["displayname"] == "carol"
+    for bad, errcode in [({"reason": 5}, "M_BAD_JSON"), ({"n": 2**60}, "M_BAD_JSON")]:
+        r = await post(client, c_tok, f"/rooms/{room_id}/join", bad)
+        assert (r.status_code, r.json()["errcode"]) == (400, errcode), bad
+
+
+async def test_own_membership_through_the_state_endpoint(client: httpx.AsyncClient) -> None:
+    alice, a_tok = await register(client, "alice")
+    bob, b_tok = await register(client, "bob")
+    room_id = await create(client, a_tok, preset="public_chat")
+    state = f"{V3}/rooms/{room_id}/state/m.room.member"
+    # Joining with a per-room display name...
+    r = await client.put(
+        f"{state}/{bob}",
+        headers=auth_header(b_tok),
+        json={"membership": "join", "displayname": "Bobby"},
+    )
+    assert r.status_code == 200, r.text
+    event = await membership_of(client, a_tok, room_id, bob)
+    assert (event["event_id"], event["content"]["displayname"]) == (r.json()["event_id"], "Bobby")
+    # ...changing it while joined...
+    r = await client.put(
+        f"{state}/{bob}",
+        headers=auth_header(b_tok),
+        json={"membership": "join", "displayname": "B"},
+    )
+    assert r.status_code == 200, r.text
+    assert (await membership_of(client, a_tok, room_id, bob))["content"]["displayname"] == "B"
+    # ...and leaving.
+    r = await client.put(f"{state}/{bob}", headers=auth_header(b_tok), json={"membership": "leave"})
+    assert r.status_code == 200, r.text
+    assert (await membership_of(client, a_tok, room_id, bob))["content"]["membership"] == "leave"
+    # Anything else of m.room.member goes through the membership endpoints.
+    for target, content in [
+        (bob, {"membership": "invite"}),
+        (alice, {"membership": "leave"}),
+        (alice, {"membership": "ban"}),
+    ]:
+        r = await client.put(
+            f"{state}/{target}",
+            headers=auth_header(a_tok if target == bob else b_tok),
+            json=content,
+        )
+        assert (r.status_code, r.json()["errcode"]) == (403, "M_FORBIDDEN"), content
+    for content in [{}, {"membership": 1}, {"membership": "join", "reason": 2}]:
+        r = await client.put(f"{state}/{bob}", headers=auth_header(b_tok), json=content)
+        assert (r.status_code, r.json()["errcode"]) == (400, "M_BAD_JSON"), content

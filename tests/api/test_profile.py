@@ -174,3 +174,32 @@ async def test_set_needs_a_token(client: httpx.AsyncClient) -> None:
     )
     assert response.status_code == 401
     assert response.json()["errcode"] == "M_UNKNOWN_TOKEN"
+
+
+async def test_versions_and_the_profile_fields_capability(client: httpx.AsyncClient) -> None:
+    # /versions names every version whose operations are served, up to the bundled spec's;
+    # v1.16's m.profile_fields says which fields can be set: the two that exist.
+    versions = (await client.get("/_matrix/client/versions")).json()["versions"]
+    assert versions[-5:] == ["v1.15", "v1.16", "v1.17", "v1.18", "v1.19"]
+    user_id, token = await register(client, "alice")
+    r = await client.get("/_matrix/client/v3/capabilities", headers=auth_header(token))
+    assert_response_matches("GET", "/_matrix/client/v3/capabilities", 200, r.json())
+    fields = r.json()["capabilities"]["m.profile_fields"]
+    assert fields == {"enabled": True, "allowed": ["displayname", "avatar_url"]}
+    # The deprecated capabilities agree with it (spec: MUST).
+    assert r.json()["capabilities"]["m.set_displayname"] == {"enabled": True}
+    assert r.json()["capabilities"]["m.set_avatar_url"] == {"enabled": True}
+    for field in fields["allowed"]:
+        value = "Alice" if field == "displayname" else "mxc://test/abc"
+        r = await client.put(
+            f"/_matrix/client/v3/profile/{user_id}/{field}",
+            headers=auth_header(token),
+            json={field: value},
+        )
+        assert r.status_code == 200, r.text
+    r = await client.put(
+        f"/_matrix/client/v3/profile/{user_id}/m.tz",
+        headers=auth_header(token),
+        json={"m.tz": "Europe/Paris"},
+    )
+    assert (r.status_code, r.json()["errcode"]) == (403, "M_FORBIDDEN")

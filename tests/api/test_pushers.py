@@ -235,6 +235,7 @@ async def test_push_format_and_event_id_only(tmp_path: Path, db_url: str) -> Non
         await until(lambda: len(gateway.received) == 1)
         note = gateway.received[0]["notification"]
         assert note["event_id"] == event_id and note["room_id"] == room_id
+        assert note["id"] == event_id  # its older name, for older gateways
         assert note["type"] == "m.room.message" and note["sender"] == "@alice:test"
         assert note["sender_display_name"] == "alice"
         assert note["room_name"] == "Lunch"

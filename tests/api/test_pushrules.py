@@ -164,8 +164,15 @@ async def test_bad_requests(client: httpx.AsyncClient) -> None:
         ("PUT", f"{CS}/pushrules/device/override/y", {"actions": []}, 400, "M_INVALID_PARAM"),
         ("PUT", f"{RULES}/override/.mine", {"actions": []}, 400, "M_INVALID_PARAM"),
         ("PUT", f"{RULES}/override/a%2Fb", {"actions": []}, 400, "M_INVALID_PARAM"),
-        ("PUT", f"{RULES}/room/not-a-room", {"actions": []}, 400, "M_INVALID_PARAM"),
-        ("PUT", f"{RULES}/sender/not-a-user", {"actions": []}, 400, "M_INVALID_PARAM"),
+        # A push rule path short of a rule ID: 400, not 405 or a redirect.
+        ("PUT", f"{CS}/pushrules/", {"actions": []}, 400, "M_INVALID_PARAM"),
+        ("PUT", f"{CS}/pushrules/global", {"actions": []}, 400, "M_INVALID_PARAM"),
+        ("PUT", f"{RULES}/", {"actions": []}, 400, "M_INVALID_PARAM"),
+        ("PUT", f"{RULES}/room", {"actions": []}, 400, "M_INVALID_PARAM"),
+        ("PUT", f"{RULES}/room/", {"actions": []}, 400, "M_INVALID_PARAM"),
+        ("GET", f"{RULES}/override/.m.rule.master/not_an_attr", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{RULES}/bogus/", None, 400, "M_INVALID_PARAM"),
+        ("GET", f"{CS}/pushrules/device/room/", None, 400, "M_INVALID_PARAM"),
         (
             "PUT",
             f"{RULES}/content/y?before=nope",
@@ -264,3 +271,20 @@ async def test_rules_decide_counts(client: httpx.AsyncClient) -> None:
     counts_a = (await _sync(client, a))["rooms"]["join"][room_id]["unread_notifications"]
     assert counts_a == {"notification_count": 0, "highlight_count": 0}
     assert alice == "@alice:test"
+
+
+async def test_rules_of_one_kind_and_ids_that_match_nothing(client: httpx.AsyncClient) -> None:
+    _, token = await register(client, "alice")
+    h = auth_header(token)
+    # A room rule named by something else than a room ID (SyTest uses aliases) is kept,
+    # as Synapse keeps it: it only ever matches a room with that ID, which none has.
+    await _put(client, token, f"{RULES}/room/%23spam:example.com", {"actions": []})
+    await _put(client, token, f"{RULES}/sender/not-a-user", {"actions": []})
+    # GET .../{kind}/: the rules of that kind (as Synapse answers).
+    r = await client.get(f"{RULES}/room/", headers=h)
+    assert r.status_code == 200, r.text
+    assert [rule["rule_id"] for rule in r.json()] == ["#spam:example.com"]
+    r = await client.get(f"{RULES}/sender/", headers=h)
+    assert [rule["rule_id"] for rule in r.json()] == ["not-a-user"]
+    r = await client.get(f"{RULES}/override/", headers=h)
+    assert ".m.rule.master" in [rule["rule_id"] for rule in r.json()]

@@ -65,13 +65,86 @@ async def test_dummy_flow_in_two_rounds(client: httpx.AsyncClient) -> None:
     }
 
 
-async def test_session_is_used_up(client: httpx.AsyncClient) -> None:
+async def test_completed_session_registers_no_other_account(client: httpx.AsyncClient) -> None:
     session = await start(client, body())
     auth = {"type": "m.login.dummy", "session": session}
     assert (await client.post(REGISTER, json=body(auth=auth))).status_code == 200
     response = await client.post(REGISTER, json=body("bob", auth=auth))
     assert response.status_code == 400
     assert response.json()["errcode"] == "M_UNKNOWN"
+    assert (await client.get(f"{AVAILABLE}?username=bob")).json() == {"available": True}
+
+
+@pytest.mark.parametrize("username", ["alice", None])
+async def test_registration_is_idempotent(client: httpx.AsyncClient, username: str | None) -> None:
+    # A client whose answer was lost sends the request again in the same session: the same
+    # account, signed in again on a new device (as Synapse answers; SyTest checks it).
+    session = await start(client, body(username))
+    auth = {"type": "m.login.dummy", "session": session}
+    first = await client.post(REGISTER, json=body(username, auth=auth))
+    assert first.status_code == 200, first.text
+    again = await client.post(REGISTER, json=body(username, auth=auth))
+    assert again.status_code == 200, again.text
+    assert again.json()["user_id"] == first.json()["user_id"]
+    assert again.json()["access_token"] != first.json()["access_token"]
+    assert_response_matches("POST", REGISTER, 200, again.json())
+    for data in (first.json(), again.json()):
+        whoami = await client.get(
+            "/_matrix/client/v3/account/whoami", headers=auth_header(data["access_token"])
+        )
+        assert whoami.json()["user_id"] == first.json()["user_id"]
+
+
+async def test_registration_remembers_parameters(client: httpx.AsyncClient) -> None:
+    # The first request names everything; the one completing the session sends only auth.
+    session = await start(
+        client,
+        body(
+            "carol",
+            password="übers3kr1t-lang",
+            device_id="XYZZY",
+            initial_device_display_name="display name",
+        ),
+    )
+    response = await client.post(
+        REGISTER, json={"auth": {"type": "m.login.dummy", "session": session}}
+    )
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert (data["user_id"], data["device_id"]) == ("@carol:test", "XYZZY")
+    device = await client.get(
+        "/_matrix/client/v3/devices/XYZZY", headers=auth_header(data["access_token"])
+    )
+    assert device.json()["display_name"] == "display name"
+    login_data = await login(client, "carol", password="übers3kr1t-lang")
+    assert login_data["user_id"] == "@carol:test"
+
+
+async def test_inhibit_login_is_remembered(client: httpx.AsyncClient) -> None:
+    session = await start(client, body("erin", inhibit_login=True))
+    response = await client.post(
+        REGISTER, json={"auth": {"type": "m.login.dummy", "session": session}}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["user_id"] == "@erin:test"
+    assert "access_token" not in response.json() and "device_id" not in response.json()
+
+
+async def test_remembered_parameters_stay_with_their_session(client: httpx.AsyncClient) -> None:
+    # Parameters remembered in one session are not another session's.
+    await start(client, body("dave"))
+    other = await start(client, {})
+    response = await client.post(
+        REGISTER, json={"auth": {"type": "m.login.dummy", "session": other}}
+    )
+    assert response.status_code == 400
+    assert response.json()["errcode"] == "M_MISSING_PARAM"
+    # An unknown session remembers nothing.
+    response = await client.post(
+        REGISTER, json={"auth": {"type": "m.login.dummy", "session": "nonexistent"}}
+    )
+    assert response.status_code == 400
+    assert response.json()["errcode"] == "M_MISSING_PARAM"
 
 
 async def test_helper_registers(client: httpx.AsyncClient) -> None:

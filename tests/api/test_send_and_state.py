@@ -393,3 +393,28 @@ async def test_get_event_not_found(client: httpx.AsyncClient) -> None:
     r = await client.get(f"{V3}/rooms/{room_b}/event/{in_b}", headers=auth_header(b_tok))
     assert r.status_code in (403, 404), r.text
     assert r.json()["errcode"] in ("M_FORBIDDEN", "M_NOT_FOUND")
+
+
+async def test_send_without_a_transaction_id(client: httpx.AsyncClient) -> None:
+    # POST /send/{eventType}: the form from before transaction IDs (Synapse serves it).
+    _, tok = await register(client, "alice")
+    _, b_tok = await register(client, "bob")
+    room_id = await create(client, tok, preset="public_chat")
+    url = f"{V3}/rooms/{room_id}/send/m.room.message"
+    ids = []
+    for _ in range(2):
+        r = await client.post(url, headers=auth_header(tok), json=MESSAGE)
+        assert r.status_code == 200, r.text
+        ids.append(r.json()["event_id"])
+    assert ids[0] != ids[1]  # no transaction: two requests, two events
+    r = await client.get(f"{V3}/rooms/{room_id}/event/{ids[0]}", headers=auth_header(tok))
+    assert checked(r)["content"] == MESSAGE
+    for token, body, status, errcode in [
+        (b_tok, MESSAGE, 403, "M_FORBIDDEN"),
+        (tok, [1], 400, "M_BAD_JSON"),
+        (tok, {"n": 1.5}, 400, "M_BAD_JSON"),
+    ]:
+        r = await client.post(url, headers=auth_header(token), json=body)
+        assert (r.status_code, r.json()["errcode"]) == (status, errcode), body
+    r = await client.post(url, json=MESSAGE)
+    assert (r.status_code, r.json()["errcode"]) == (401, "M_MISSING_TOKEN")

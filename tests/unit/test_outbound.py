@@ -341,3 +341,22 @@ async def test_tls_is_verified_for_the_hostname_not_the_address(tmp_path: Path) 
         # The same address under a name the certificate does not carry fails verification.
         for url in (f"https://other.test:{site.port}/", f"https://127.0.0.1:{site.port}/"):
             assert await _reason(outbound, url, verify=client_tls) is Reason.UNREACHABLE, url
+
+
+async def test_configured_ca_bundle_is_trusted(tmp_path: Path) -> None:
+    # outbound.tls_ca_bundle: requests with the default verification trust the configured
+    # CAs (a push gateway or preview site with a private CA), and only those.
+    server_tls, _ = _tls_pair(tmp_path, "gw.test")
+    async with Site(context=server_tls) as site:
+        site.routes["/"] = ("HTTP/1.1 200 OK", b"secure")
+        dns = FakeResolver({"gw.test": [["127.0.0.1"]]})
+        url = f"https://gw.test:{site.port}/"
+        trusting = Outbound(
+            AddressPolicy(("127.0.0.1/32",)), dns, ca_file=str(tmp_path / "cert.pem")
+        )
+        async with trusting.client(timeout_s=5) as http:
+            response = await http.request("GET", url, max_bytes=64)
+            assert response.body == b"secure"
+        # Without the bundle, certifi's CAs do not know this certificate.
+        plain = _outbound(["127.0.0.1/32"], dns)
+        assert await _reason(plain, url) is Reason.UNREACHABLE
