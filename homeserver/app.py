@@ -9,6 +9,9 @@ uvicorn's lifespan) is ``homeserver/lifecycle.py``.
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -42,6 +45,7 @@ from homeserver.appservice.sender import AppServiceSender
 from homeserver.appservice.service import AppServiceQueries
 from homeserver.core.clock import Clock
 from homeserver.core.config import HomeserverConfig
+from homeserver.core.leases import Singleton
 from homeserver.core.ratelimit import RateLimiter
 from homeserver.crypto.derived_keys import SERVER_SECRET_FILE, load_or_create_server_secret
 from homeserver.crypto.signing import SigningKey
@@ -128,8 +132,9 @@ from homeserver.storage.events.remote_rooms import RemoteRoomWrites
 from homeserver.storage.federation_queue import FederationQueueStore
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.key_backup import KeyBackupStore
+from homeserver.storage.leases import JobLeaseStore
 from homeserver.storage.media import MediaStore
-from homeserver.storage.media_retention import JobLeaseStore, MediaAccessStore
+from homeserver.storage.media_retention import MediaAccessStore
 from homeserver.storage.metrics import MetricsStore
 from homeserver.storage.oauth import OAuthStore
 from homeserver.storage.openid import LoginTokenStore, OpenIdStore
@@ -211,6 +216,12 @@ class Homeserver:
         self.server_name = config.server_name
         # Jobs the services register (timers, sweepers); started by running_homeserver.
         self.background_jobs: list[BackgroundJob] = []
+        # Jobs that run on one worker at a time, under a lease (docs/scaling.md, "Singletons").
+        self.job_leases = JobLeaseStore(db)
+        self.worker_id = (
+            f"{config.worker.name}:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        )
+        self.singletons: list[Singleton] = []
         # Prometheus metrics (docs/metrics.md): the hot paths observe into it from the start.
         self.metrics = Metrics()
         self.bus = InMemoryBus()
@@ -279,6 +290,19 @@ class Homeserver:
             self.background_jobs.append(self.metrics_listener.run)
         self.app = app_factory(self)
 
+    def has_background_job(self, job: BackgroundJob) -> bool:
+        """Whether this worker runs ``job``, alone or as a singleton."""
+        return job in self.background_jobs or any(s.job == job for s in self.singletons)
+
+    def _singleton(self, name: str, job: BackgroundJob) -> BackgroundJob:
+        """``job`` on one worker at a time (the lease ``name``). SQLite has one worker: the
+        job runs as it is."""
+        if self.db.is_sqlite:
+            return job
+        singleton = Singleton(name, job, self.job_leases, self.worker_id)
+        self.singletons.append(singleton)
+        return singleton.run
+
     def _build_stores(self, db: Database) -> None:
         self.account_store = AccountStore(db)
         self.admin_store = AdminStore(db)
@@ -322,7 +346,9 @@ class Homeserver:
             config.appservice,
         )
         if self.appservices:
-            self.background_jobs.append(self.appservice_sender.run)
+            self.background_jobs.append(
+                self._singleton("appservice_sender", self.appservice_sender.run)
+            )
 
     def _build_federation(
         self,
@@ -577,9 +603,13 @@ class Homeserver:
             outbox=self.edu_outbox,
         )
         if self.presence.enabled:
-            self.background_jobs.append(self.presence.run_sweeper)
+            self.background_jobs.append(
+                self._singleton("presence_timeouts", self.presence.run_sweeper)
+            )
             if self.edu_outbox is not None:
-                self.background_jobs.append(self.presence.run_federation_pings)
+                self.background_jobs.append(
+                    self._singleton("presence_federation_pings", self.presence.run_federation_pings)
+                )
         # The one path of "a user sends an event" (HTTP and WebSocket).
         self.sending = SendService(
             self.event_sender,
@@ -679,7 +709,7 @@ class Homeserver:
         self.typing = TypingService(
             TypingStore(db), self.room_store, self.notifier, clock, self.edu_outbox
         )
-        self.background_jobs.append(self.typing.run_expiry)
+        self.background_jobs.append(self._singleton("typing_expiry", self.typing.run_expiry))
         self.receipts = ReceiptService(
             self.receipt_store,
             self.event_store,
@@ -718,7 +748,7 @@ class Homeserver:
             self.room_acls,
             self.federation_client,
         )
-        # One sender per process; with several workers, issue 21 makes it run on one only.
+        # Built on every worker; its job runs on one at a time (the lease below).
         self.federation_sender = FederationSender(
             db,
             self.federation_queue_store,
@@ -732,8 +762,12 @@ class Homeserver:
             self.federation_wake,
         )
         if config.federation.enabled:
-            self.background_jobs.append(self.transactions.run_pruner)
-            self.background_jobs.append(self.federation_sender.run)
+            self.background_jobs.append(
+                self._singleton("federation_transaction_pruner", self.transactions.run_pruner)
+            )
+            self.background_jobs.append(
+                self._singleton("federation_sender", self.federation_sender.run)
+            )
 
     def _build_sliding_sync(self, db: Database, clock: Clock) -> SlidingSyncService:
         """Simplified sliding sync (MSC4186, issue 20), fed by the same sources as /sync."""
@@ -761,7 +795,7 @@ class Homeserver:
             ignored=self.ignore_lists,
             invite_permissions=self.account_data,
         )
-        self.background_jobs.append(sliding_sync.run_expiry)
+        self.background_jobs.append(self._singleton("sliding_sync_expiry", sliding_sync.run_expiry))
         return sliding_sync
 
     def _build_account_service(self, config: HomeserverConfig, clock: Clock) -> None:
@@ -841,9 +875,11 @@ class Homeserver:
             ignored=self.ignore_lists,
             outbound=self.outbound,
         )
-        self.background_jobs.append(self.pusher_sender.run)
+        self.background_jobs.append(self._singleton("pusher", self.pusher_sender.run))
         self.push_action_pruner = PushActionPruner(self.push_store, clock, config.push)
-        self.background_jobs.append(self.push_action_pruner.run)
+        self.background_jobs.append(
+            self._singleton("push_action_pruner", self.push_action_pruner.run)
+        )
         self.push_gateway_routes: list[BaseRoute] = []
         if config.push.gateway_config is not None:
             from push_gateway.app import Gateway
@@ -865,7 +901,9 @@ class Homeserver:
     def _build_admin(self, config: HomeserverConfig, clock: Clock) -> None:
         """The admin API (issue 22): after every service it administers."""
         self.session_recorder = SessionRecorder(self.admin_store, clock)
-        self.background_jobs.append(self.session_recorder.run_pruner)
+        self.background_jobs.append(
+            self._singleton("session_pruner", self.session_recorder.run_pruner)
+        )
         self.admin_users = AdminUsers(
             self.admin_store,
             self.accounts,
@@ -917,7 +955,7 @@ class Homeserver:
         self.media_retention = MediaRetention(
             config.media.retention,
             self.admin_media_store,
-            JobLeaseStore(self.db),
+            self.job_leases,
             self.admin_media,
             clock,
             remote=self.admin_media,

@@ -1,0 +1,250 @@
+"""Singleton jobs (issue 21): on PostgreSQL every worker runs a ``Singleton`` per job and one
+holds its lease; when the holder dies (stops renewing) another takes over within 10 s and
+resumes the job's queues from the database."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from homeserver.app import Homeserver
+from homeserver.core.leases import LeaseTiming, Singleton
+from homeserver.storage.database import Database
+from homeserver.storage.leases import JobLeaseStore
+from homeserver.storage.schema import push_queue
+from tests.conftest import make_config, truncate
+from tests.helpers import auth_header, register, serve
+from tests.push_servers import FakeGateway, until
+
+CS = "/_matrix/client/v3"
+# The takeover bound the issue sets: a dead holder's jobs run elsewhere within this.
+TAKEOVER_S = 10.0
+FAST = LeaseTiming(lease_ms=600, renew_ms=150, standby_ms=150)
+
+
+@pytest.fixture
+async def pg_url(pg_database: str) -> str:
+    await truncate(pg_database)
+    return pg_database
+
+
+async def test_a_lease_has_one_holder_until_it_lapses_or_is_released(db_url: str) -> None:
+    db = Database(db_url)
+    try:
+        leases = JobLeaseStore(db)
+        assert await leases.holder("job") is None
+        assert await leases.hold("job", "a", 300)
+        assert await leases.hold("job", "a", 300)  # a renewal
+        assert not await leases.hold("job", "b", 300)
+        assert await leases.holder("job") == "a"
+        assert await leases.hold("other", "b", 300)  # leases are per job
+        await asyncio.sleep(0.5)  # a lapses
+        assert await leases.holder("job") is None
+        assert await leases.hold("job", "b", 60_000)
+        assert not await leases.hold("job", "a", 300)
+        await leases.release("job", "a")  # not a's: nothing changes
+        assert await leases.holder("job") == "b"
+        await leases.release("job", "b")
+        assert await leases.hold("job", "a", 300)
+    finally:
+        await db.close()
+
+
+class Counting:
+    """A job that counts who runs it, and how many run at once."""
+
+    def __init__(self) -> None:
+        self.running: set[str] = set()
+        self.most_at_once = 0
+        self.starts: list[str] = []
+
+    def job(self, who: str) -> Any:
+        async def run() -> None:
+            self.running.add(who)
+            self.starts.append(who)
+            self.most_at_once = max(self.most_at_once, len(self.running))
+            try:
+                await asyncio.Event().wait()
+            finally:
+                self.running.discard(who)
+
+        return run
+
+
+async def test_one_worker_runs_the_job_and_another_takes_over(pg_url: str) -> None:
+    db_a, db_b = Database(pg_url), Database(pg_url)
+    counting = Counting()
+    a = Singleton("job", counting.job("a"), JobLeaseStore(db_a), "worker-a", FAST)
+    b = Singleton("job", counting.job("b"), JobLeaseStore(db_b), "worker-b", FAST)
+    tasks = [asyncio.create_task(a.run())]
+    try:
+        await until(lambda: counting.running == {"a"})
+        tasks.append(asyncio.create_task(b.run()))
+        await asyncio.sleep(1.5)  # several renewals and standby tries
+        assert counting.running == {"a"} and counting.most_at_once == 1
+        assert a.held and not b.held and a.terms == 1
+
+        a.abandon()  # the holder dies: it never releases
+        killed = time.monotonic()
+        await until(lambda: counting.running == {"b"}, timeout_s=TAKEOVER_S)
+        took = time.monotonic() - killed
+        # Not before the lease lapsed; well within its length and a standby period after.
+        assert 0.3 < took < (FAST.lease_ms + FAST.standby_ms) / 1000 + 1
+        assert counting.most_at_once == 1 and b.held
+        assert await JobLeaseStore(db_a).holder("job") == "worker-b"
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await db_a.close()
+        await db_b.close()
+    # A stopped (not killed) holder gives the lease up at once.
+    db = Database(pg_url)
+    try:
+        assert await JobLeaseStore(db).holder("job") is None
+    finally:
+        await db.close()
+
+
+async def test_a_holder_that_cannot_renew_stops_before_the_lease_lapses(pg_url: str) -> None:
+    db = Database(pg_url)
+    counting = Counting()
+
+    class Flaky(JobLeaseStore):
+        fail = False
+
+        async def hold(self, name: str, owner: str, lease_ms: int) -> bool:
+            if self.fail:
+                raise OSError("database unreachable")
+            return await super().hold(name, owner, lease_ms)
+
+    store = Flaky(db)
+    a = Singleton("job", counting.job("a"), store, "worker-a", FAST)
+    task = asyncio.create_task(a.run())
+    try:
+        await until(lambda: counting.running == {"a"})
+        store.fail = True
+        lost = time.monotonic()
+        await until(lambda: not counting.running, timeout_s=5)
+        assert time.monotonic() - lost < FAST.lease_ms / 1000  # stopped while still its
+        assert not a.held
+        store.fail = False
+        await until(lambda: counting.running == {"a"})  # and takes it again
+        assert a.terms == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await db.close()
+
+
+async def test_a_failing_job_gives_the_lease_up(pg_url: str) -> None:
+    db = Database(pg_url)
+
+    async def fails() -> None:
+        raise RuntimeError("boom")
+
+    a = Singleton("job", fails, JobLeaseStore(db), "worker-a", FAST)
+    try:
+        with pytest.raises(RuntimeError):
+            await a.run()
+        assert await JobLeaseStore(db).holder("job") is None
+    finally:
+        await db.close()
+
+
+def _holders(*servers: Homeserver) -> dict[str, list[str]]:
+    held: dict[str, list[str]] = {}
+    for hs in servers:
+        for s in hs.singletons:
+            if s.held:
+                held.setdefault(s.name, []).append(hs.config.worker.name)
+    return held
+
+
+async def test_two_workers_share_the_singletons_and_a_push_is_sent_once(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Two Homeservers on one PostgreSQL database, each with its own bus: A holds every
+    singleton; killed, B takes over within the lease time and sends the push A queued,
+    once."""
+
+    def config(name: str) -> Any:
+        return make_config(
+            tmp_path / name,
+            pg_url,
+            worker={"name": name},
+            push={"allow_http": True, "poll_interval_ms": 200},
+            outbound={"allow_addresses": ["127.0.0.1/32"]},
+            federation={"enabled": True},
+            presence={"enabled": True},
+        )
+
+    async with (
+        FakeGateway() as gateway,
+        serve(config("a")) as (a, client_a),
+    ):
+        names = {s.name for s in a.singletons}
+        assert {"pusher", "federation_sender", "presence_timeouts", "push_action_pruner"} <= names
+        await until(lambda: all(s.held for s in a.singletons))
+        async with serve(config("b")) as (b, client_b):
+            await asyncio.sleep(2.5)  # B's standby tries find every lease taken
+            assert _holders(a, b) == {name: ["a"] for name in names}
+
+            alice, alice_token = await register(client_a, "alice")
+            bob, bob_token = await register(client_a, "bob")
+            r = await client_b.post(
+                f"{CS}/pushers/set",
+                headers=auth_header(bob_token),
+                json={
+                    "kind": "http",
+                    "app_id": "org.example.app",
+                    "pushkey": "bob-phone",
+                    "app_display_name": "App",
+                    "device_display_name": "Phone",
+                    "lang": "en",
+                    "data": {"url": gateway.url},
+                },
+            )
+            assert r.status_code == 200, r.text
+            r = await client_a.post(
+                f"{CS}/createRoom",
+                headers=auth_header(alice_token),
+                json={"preset": "private_chat", "invite": [bob], "is_direct": True},
+            )
+            room_id = r.json()["room_id"]
+            r = await client_b.post(f"{CS}/join/{room_id}", headers=auth_header(bob_token))
+            assert r.status_code == 200, r.text
+            await until(lambda: len(gateway.received) >= 1)  # the invite, pushed by A
+            gateway.received.clear()
+
+            # A dies (its singletons stop without a word) with a push it queued unsent.
+            for singleton in a.singletons:
+                singleton.abandon()
+            await until(lambda: not any(s.held for s in a.singletons))
+            r = await client_a.put(
+                f"{CS}/rooms/{room_id}/send/m.room.message/t1",
+                headers=auth_header(alice_token),
+                json={"msgtype": "m.text", "body": "are you there?"},
+            )
+            event_id = r.json()["event_id"]
+            await a.pusher_sender.enqueue_new()
+            async with a.db.read() as conn:
+                queued = await conn.execute(sa.select(sa.func.count()).select_from(push_queue))
+                assert queued.scalar_one() == 1
+            killed = time.monotonic()
+
+            await until(lambda: len(gateway.received) >= 1, timeout_s=TAKEOVER_S + 2)
+            assert time.monotonic() - killed < TAKEOVER_S
+            assert _holders(a, b) == {name: ["b"] for name in names}
+            # Nothing more comes: B resumed the queue, it did not start it again.
+            await b.pusher_sender.run_once()
+            await asyncio.sleep(0.5)
+            assert [n["notification"]["event_id"] for n in gateway.received] == [event_id]
+            async with b.db.read() as conn:
+                left = await conn.execute(sa.select(sa.func.count()).select_from(push_queue))
+                assert left.scalar_one() == 0
