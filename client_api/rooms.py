@@ -116,7 +116,7 @@ async def join_room_by_id(request: Request) -> Response:
     requester = await require_user(request)
     body = await parse_body(request, ReasonBody, empty_ok=True)
     room_id = _room_id(request)
-    hs.ratelimiter.check(Action.JOIN, requester.user_id)
+    await hs.ratelimiter.check(Action.JOIN, requester.user_id)
     await hs.memberships.join(requester, room_id, body.reason)
     return json_response({"room_id": room_id})
 
@@ -129,7 +129,7 @@ async def join_room(request: Request) -> Response:
     room_id, servers = await hs.directory.resolve_room_and_servers(
         request.path_params["room_id_or_alias"]
     )
-    hs.ratelimiter.check(Action.JOIN, requester.user_id)
+    await hs.ratelimiter.check(Action.JOIN, requester.user_id)
     # spec: `via` (v1.12), and `server_name`, its deprecated name: servers to join through.
     via = [*request.query_params.getlist("via"), *request.query_params.getlist("server_name")]
     await hs.memberships.join(requester, room_id, body.reason, servers=[*via, *servers])

@@ -47,6 +47,7 @@ from homeserver.core.clock import Clock
 from homeserver.core.config import HomeserverConfig
 from homeserver.core.leases import Singleton
 from homeserver.core.ratelimit import RateLimiter
+from homeserver.core.redis import connect as connect_redis
 from homeserver.crypto.derived_keys import SERVER_SECRET_FILE, load_or_create_server_secret
 from homeserver.crypto.signing import SigningKey
 from homeserver.e2ee.device_lists import DeviceListService
@@ -226,7 +227,11 @@ class Homeserver:
         self.metrics = Metrics()
         self.bus = InMemoryBus()
         self.notifier = Notifier(self.bus)
-        self.ratelimiter = RateLimiter(config.rate_limits, clock)
+        # Redis, with several workers (redis.url): rate limits shared across them.
+        self.redis = connect_redis(config)
+        self.ratelimiter = RateLimiter(
+            config.rate_limits, clock, self.redis, prefix=f"{config.server_name}:ratelimit:"
+        )
         self._build_stores(db)
         self._build_appservices(config, db, clock)
         # Server identity, discovery, signed requests both ways (issue 18): built first, as

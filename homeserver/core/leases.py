@@ -116,7 +116,7 @@ class Singleton:
         self.held = True
         self.terms += 1
         logger.info("singleton job taken", extra={"job": self.name, "owner": self._owner})
-        job = asyncio.create_task(self.job(), name=f"singleton:{self.name}")
+        job: asyncio.Future[None] = asyncio.ensure_future(self.job())
         try:
             while True:
                 done, _ = await asyncio.wait({job}, timeout=timing.renew_ms / 1000)

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from homeserver.app import Homeserver
+from homeserver.core.config import HomeserverConfig
 from homeserver.core.leases import LeaseTiming, Singleton
 from homeserver.storage.database import Database
 from homeserver.storage.leases import JobLeaseStore
@@ -173,7 +174,7 @@ async def test_two_workers_share_the_singletons_and_a_push_is_sent_once(
     singleton; killed, B takes over within the lease time and sends the push A queued,
     once."""
 
-    def config(name: str) -> Any:
+    def config(name: str) -> HomeserverConfig:
         return make_config(
             tmp_path / name,
             pg_url,
