@@ -43,6 +43,11 @@ from homeserver.appservice.client import AppServiceClient
 from homeserver.appservice.registration import AppServices, load_registrations
 from homeserver.appservice.sender import AppServiceSender
 from homeserver.appservice.service import AppServiceQueries
+from homeserver.caches.invalidations import (
+    SYNC_MEMBERSHIPS,
+    SYNC_MEMBERSHIPS_OF_ROOM,
+    CacheInvalidations,
+)
 from homeserver.core.clock import Clock
 from homeserver.core.config import HomeserverConfig
 from homeserver.core.leases import Singleton
@@ -122,6 +127,7 @@ from homeserver.storage.admin_media import AdminMediaStore
 from homeserver.storage.admin_rooms import AdminRoomStore
 from homeserver.storage.admin_server import AdminServerStore
 from homeserver.storage.appservice import AppServiceStore
+from homeserver.storage.cache_invalidations import CacheInvalidationStore
 from homeserver.storage.database import Database
 from homeserver.storage.delayed_events import DelayedEventStore
 from homeserver.storage.device_lists import DeviceListStore
@@ -233,6 +239,7 @@ class Homeserver:
             config.rate_limits, clock, self.redis, prefix=f"{config.server_name}:ratelimit:"
         )
         self._build_stores(db)
+        self._build_cache_invalidations(config, db, clock)
         self._build_appservices(config, db, clock)
         # Server identity, discovery, signed requests both ways (issue 18): built first, as
         # the services that answer about remote users ask through it.
@@ -307,6 +314,32 @@ class Homeserver:
         singleton = Singleton(name, job, self.job_leases, self.worker_id)
         self.singletons.append(singleton)
         return singleton.run
+
+    def _build_cache_invalidations(
+        self, config: HomeserverConfig, db: Database, clock: Clock
+    ) -> None:
+        """Caches every worker keeps (tokens, ignore lists, push rules, the memberships kept
+        for syncs) agree through a persisted invalidation stream, read by every worker. One
+        worker (SQLite) has nothing to agree with: its caches drop in place, as before."""
+        self.cache_invalidations: CacheInvalidations | None = None
+        if db.is_sqlite:
+            return
+        self.cache_invalidations = CacheInvalidations(
+            CacheInvalidationStore(db),
+            clock,
+            redis=self.redis,
+            channel=f"{config.server_name}:cache_invalidations",
+        )
+        self.cache_invalidations.register(
+            SYNC_MEMBERSHIPS, self.room_store.forget_cached_user, self.room_store.forget_all_cached
+        )
+        self.cache_invalidations.register(
+            SYNC_MEMBERSHIPS_OF_ROOM, self.room_store.forget_cached_room, lambda: None
+        )
+        self.background_jobs.append(self.cache_invalidations.run)
+        self.background_jobs.append(
+            self._singleton("cache_invalidation_pruner", self.cache_invalidations.run_pruner)
+        )
 
     def _build_stores(self, db: Database) -> None:
         self.account_store = AccountStore(db)
@@ -475,12 +508,14 @@ class Homeserver:
     def _build_user_data(self, config: HomeserverConfig) -> None:
         """Account data, ignore lists and push rules: the room send path reads them."""
         self.account_data = AccountDataService(
-            self.account_data_store, self.room_store, self.notifier
+            self.account_data_store, self.room_store, self.notifier, self.cache_invalidations
         )
         # Cached (dropped on every worker by the account-data wake-up): read by every sync
         # and, for every member of a room, as events are sent.
-        self.ignore_lists = IgnoreLists(self.account_data_store, self.bus)
-        self.push_rules = PushRuleService(self.push_rule_store, self.account_data, self.bus)
+        self.ignore_lists = IgnoreLists(self.account_data_store, self.bus, self.cache_invalidations)
+        self.push_rules = PushRuleService(
+            self.push_rule_store, self.account_data, self.bus, self.cache_invalidations
+        )
 
     def _build_rooms(self, config: HomeserverConfig, signing_key: SigningKey, clock: Clock) -> None:
         server_name = config.server_name
@@ -515,6 +550,7 @@ class Homeserver:
             self.federation_reads,
             invite_permissions=self.account_data,
             blocks=self.admin_store,
+            invalidations=self.cache_invalidations,
         )
         self.profiles = ProfileService(
             self.account_store,
@@ -637,7 +673,9 @@ class Homeserver:
         AccountService comes later (``_build_account_service``), after everything an
         account's deletion reaches."""
         server_name = config.server_name
-        self.auth = AuthService(self.account_store, clock, config.auth, self.appservices)
+        self.auth = AuthService(
+            self.account_store, clock, config.auth, self.appservices, self.cache_invalidations
+        )
         self.email_validation = EmailValidation(
             self.threepid_store, self.ratelimiter, clock, config.email, config.base_url
         )
@@ -952,6 +990,7 @@ class Homeserver:
             self.event_sender,
             clock,
             config.server_name,
+            invalidations=self.cache_invalidations,
         )
         self.admin_media = AdminMedia(
             self.admin_media_store, self.media, self.room_store, clock, config.server_name

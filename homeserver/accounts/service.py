@@ -199,7 +199,7 @@ class AccountService:
         if guest is not None and user_id is not None:
             if not await self._store.upgrade_guest(user_id, password_hash):
                 raise MatrixError(Codes.USER_IN_USE, "This guest account was upgraded already")
-            self._auth.forget_user_cache(user_id)
+            await self._auth.forget_user_cache(user_id)
         elif user_id is None:
             user_id = await self._create_generated_user(password_hash)
         elif not await self._create_user(user_id, password_hash, is_admin=False):
@@ -685,7 +685,9 @@ class AccountService:
         elif await self._store.get_device(user_id, device_id) is not None:
             # spec: a client that names its device gets it back, but the device's previous
             # access and refresh tokens stop working; its display name is kept.
-            self._auth.forget_cached(await self._store.delete_device_tokens(user_id, device_id))
+            await self._auth.forget_cached(
+                await self._store.delete_device_tokens(user_id, device_id)
+            )
             display_name = None
         await self._store.upsert_device(
             user_id, device_id, display_name, self._clock.now_ms(), client_ip
@@ -756,7 +758,7 @@ class AccountService:
         assert user_id is not None
         # The flag stops every token at once (token lookups check it); then they go for good.
         await self._store.set_deactivated(user_id)
-        self._auth.forget_user(user_id)
+        await self._auth.forget_user(user_id)
         await self._uia.finish(result)
         device_ids, hashes = await self._store.delete_devices_except(user_id, None)
         await self._devices_deleted(user_id, device_ids, hashes)
@@ -900,7 +902,7 @@ class AccountService:
     async def _devices_deleted(
         self, user_id: UserID, device_ids: list[str], token_hashes: list[bytes]
     ) -> None:
-        self._auth.forget_cached([bytes(h) for h in token_hashes])
+        await self._auth.forget_cached([bytes(h) for h in token_hashes])
         if device_ids:
             for data in self._device_data:
                 await data.delete_for_devices(user_id, device_ids)

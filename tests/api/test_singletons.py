@@ -179,6 +179,7 @@ async def test_two_workers_share_the_singletons_and_a_push_is_sent_once(
             tmp_path / name,
             pg_url,
             worker={"name": name},
+            database={"url": pg_url, "pool_size": 3},  # two workers on a shared test server
             push={"allow_http": True, "poll_interval_ms": 200},
             outbound={"allow_addresses": ["127.0.0.1/32"]},
             federation={"enabled": True},
