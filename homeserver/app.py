@@ -50,7 +50,7 @@ from homeserver.caches.invalidations import (
 )
 from homeserver.core.clock import Clock
 from homeserver.core.config import HomeserverConfig
-from homeserver.core.leases import Singleton
+from homeserver.core.leases import Singletons
 from homeserver.core.ratelimit import RateLimiter
 from homeserver.core.redis import connect as connect_redis
 from homeserver.crypto.derived_keys import SERVER_SECRET_FILE, load_or_create_server_secret
@@ -228,7 +228,7 @@ class Homeserver:
         self.worker_id = (
             f"{config.worker.name}:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         )
-        self.singletons: list[Singleton] = []
+        self.singletons = Singletons(self.job_leases, self.worker_id)
         # Prometheus metrics (docs/metrics.md): the hot paths observe into it from the start.
         self.metrics = Metrics()
         self.bus = InMemoryBus()
@@ -300,20 +300,23 @@ class Homeserver:
         if config.metrics.listen is not None:
             self.metrics_listener = MetricsListener(self.metrics, config.metrics.listen)
             self.background_jobs.append(self.metrics_listener.run)
+        if self.singletons.jobs:
+            self.background_jobs.append(self.singletons.run)
         self.app = app_factory(self)
 
     def has_background_job(self, job: BackgroundJob) -> bool:
         """Whether this worker runs ``job``, alone or as a singleton."""
-        return job in self.background_jobs or any(s.job == job for s in self.singletons)
+        return job in self.background_jobs or any(
+            s.job == job for s in self.singletons.jobs.values()
+        )
 
-    def _singleton(self, name: str, job: BackgroundJob) -> BackgroundJob:
+    def _singleton(self, name: str, job: BackgroundJob) -> None:
         """``job`` on one worker at a time (the lease ``name``). SQLite has one worker: the
         job runs as it is."""
         if self.db.is_sqlite:
-            return job
-        singleton = Singleton(name, job, self.job_leases, self.worker_id)
-        self.singletons.append(singleton)
-        return singleton.run
+            self.background_jobs.append(job)
+        else:
+            self.singletons.add(name, job)
 
     def _build_cache_invalidations(
         self, config: HomeserverConfig, db: Database, clock: Clock
@@ -337,9 +340,7 @@ class Homeserver:
             SYNC_MEMBERSHIPS_OF_ROOM, self.room_store.forget_cached_room, lambda: None
         )
         self.background_jobs.append(self.cache_invalidations.run)
-        self.background_jobs.append(
-            self._singleton("cache_invalidation_pruner", self.cache_invalidations.run_pruner)
-        )
+        self._singleton("cache_invalidation_pruner", self.cache_invalidations.run_pruner)
 
     def _build_stores(self, db: Database) -> None:
         self.account_store = AccountStore(db)
@@ -384,9 +385,7 @@ class Homeserver:
             config.appservice,
         )
         if self.appservices:
-            self.background_jobs.append(
-                self._singleton("appservice_sender", self.appservice_sender.run)
-            )
+            self._singleton("appservice_sender", self.appservice_sender.run)
 
     def _build_federation(
         self,
@@ -644,13 +643,9 @@ class Homeserver:
             outbox=self.edu_outbox,
         )
         if self.presence.enabled:
-            self.background_jobs.append(
-                self._singleton("presence_timeouts", self.presence.run_sweeper)
-            )
+            self._singleton("presence_timeouts", self.presence.run_sweeper)
             if self.edu_outbox is not None:
-                self.background_jobs.append(
-                    self._singleton("presence_federation_pings", self.presence.run_federation_pings)
-                )
+                self._singleton("presence_federation_pings", self.presence.run_federation_pings)
         # The one path of "a user sends an event" (HTTP and WebSocket).
         self.sending = SendService(
             self.event_sender,
@@ -752,7 +747,7 @@ class Homeserver:
         self.typing = TypingService(
             TypingStore(db), self.room_store, self.notifier, clock, self.edu_outbox
         )
-        self.background_jobs.append(self._singleton("typing_expiry", self.typing.run_expiry))
+        self._singleton("typing_expiry", self.typing.run_expiry)
         self.receipts = ReceiptService(
             self.receipt_store,
             self.event_store,
@@ -805,12 +800,8 @@ class Homeserver:
             self.federation_wake,
         )
         if config.federation.enabled:
-            self.background_jobs.append(
-                self._singleton("federation_transaction_pruner", self.transactions.run_pruner)
-            )
-            self.background_jobs.append(
-                self._singleton("federation_sender", self.federation_sender.run)
-            )
+            self._singleton("federation_transaction_pruner", self.transactions.run_pruner)
+            self._singleton("federation_sender", self.federation_sender.run)
 
     def _build_sliding_sync(self, db: Database, clock: Clock) -> SlidingSyncService:
         """Simplified sliding sync (MSC4186, issue 20), fed by the same sources as /sync."""
@@ -838,7 +829,7 @@ class Homeserver:
             ignored=self.ignore_lists,
             invite_permissions=self.account_data,
         )
-        self.background_jobs.append(self._singleton("sliding_sync_expiry", sliding_sync.run_expiry))
+        self._singleton("sliding_sync_expiry", sliding_sync.run_expiry)
         return sliding_sync
 
     def _build_account_service(self, config: HomeserverConfig, clock: Clock) -> None:
@@ -918,11 +909,9 @@ class Homeserver:
             ignored=self.ignore_lists,
             outbound=self.outbound,
         )
-        self.background_jobs.append(self._singleton("pusher", self.pusher_sender.run))
+        self._singleton("pusher", self.pusher_sender.run)
         self.push_action_pruner = PushActionPruner(self.push_store, clock, config.push)
-        self.background_jobs.append(
-            self._singleton("push_action_pruner", self.push_action_pruner.run)
-        )
+        self._singleton("push_action_pruner", self.push_action_pruner.run)
         self.push_gateway_routes: list[BaseRoute] = []
         if config.push.gateway_config is not None:
             from push_gateway.app import Gateway
@@ -944,9 +933,7 @@ class Homeserver:
     def _build_admin(self, config: HomeserverConfig, clock: Clock) -> None:
         """The admin API (issue 22): after every service it administers."""
         self.session_recorder = SessionRecorder(self.admin_store, clock)
-        self.background_jobs.append(
-            self._singleton("session_pruner", self.session_recorder.run_pruner)
-        )
+        self._singleton("session_pruner", self.session_recorder.run_pruner)
         self.admin_users = AdminUsers(
             self.admin_store,
             self.accounts,

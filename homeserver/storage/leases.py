@@ -5,6 +5,8 @@ lease is held; a holder renews it, and a lease not renewed lapses for another wo
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -36,7 +38,42 @@ class JobLeaseStore:
 
     async def hold(self, name: str, owner: str, lease_ms: int) -> bool:
         """``claim`` by the database's clock."""
-        return await self._claim(name, owner, self._db_now_ms(), lease_ms)
+        return name in await self.hold_many([name], owner, lease_ms)
+
+    async def hold_many(self, names: Collection[str], owner: str, lease_ms: int) -> set[str]:
+        """Renew ``owner``'s leases among ``names`` and take those free or lapsed, until the
+        database's now + ``lease_ms``, in one transaction; the names ``owner`` holds now."""
+        if not names:
+            return set()
+        lease = job_leases.c
+        now = self._db_now_ms()
+        insert = sqlite.insert(job_leases) if self._db.is_sqlite else postgresql.insert(job_leases)
+        async with self._db.write() as conn:
+            # Jobs never run before have no row yet: the first to come takes it.
+            await conn.execute(
+                insert.values(
+                    [{"name": n, "owner": owner, "until_ts": now + lease_ms} for n in names]
+                ).on_conflict_do_nothing(index_elements=["name"])
+            )
+            held = await conn.execute(
+                sa.update(job_leases)
+                .where(
+                    lease.name.in_(sorted(names)),
+                    sa.or_(lease.owner == owner, lease.until_ts <= now),
+                )
+                .values(owner=owner, until_ts=now + lease_ms)
+                .returning(lease.name)
+            )
+            return {str(name) for (name,) in held.all()}
+
+    async def release_many(self, names: Collection[str], owner: str) -> None:
+        lease = job_leases.c
+        async with self._db.write() as conn:
+            await conn.execute(
+                sa.update(job_leases)
+                .where(lease.name.in_(sorted(names)), lease.owner == owner)
+                .values(until_ts=0)
+            )
 
     async def _claim(
         self, name: str, owner: str, now: sa.ColumnElement[int], lease_ms: int
@@ -69,6 +106,17 @@ class JobLeaseStore:
                 .where(lease.name == name, lease.owner == owner)
                 .values(until_ts=0)
             )
+
+    async def holders(self) -> dict[str, str]:
+        """Every lease held now: job name -> owner."""
+        lease = job_leases.c
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(lease.name, lease.owner).where(lease.until_ts > self._db_now_ms())
+                )
+            ).all()
+        return {str(name): str(owner) for name, owner in rows}
 
     async def holder(self, name: str) -> str | None:
         """Who holds the lease of ``name`` now (None: nobody, or it lapsed)."""

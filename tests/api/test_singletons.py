@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from homeserver.app import Homeserver
 from homeserver.core.config import HomeserverConfig
-from homeserver.core.leases import LeaseTiming, Singleton
+from homeserver.core.leases import LeaseTiming, Singletons
 from homeserver.storage.database import Database
 from homeserver.storage.leases import JobLeaseStore
 from homeserver.storage.schema import push_queue
@@ -25,7 +25,7 @@ from tests.push_servers import FakeGateway, until
 CS = "/_matrix/client/v3"
 # The takeover bound the issue sets: a dead holder's jobs run elsewhere within this.
 TAKEOVER_S = 10.0
-FAST = LeaseTiming(lease_ms=600, renew_ms=150, standby_ms=150)
+FAST = LeaseTiming(lease_ms=600, period_ms=150, margin_ms=100)
 
 
 @pytest.fixture
@@ -77,26 +77,47 @@ class Counting:
         return run
 
 
+def _one(store: JobLeaseStore, owner: str, job: Any) -> Singletons:
+    singletons = Singletons(store, owner, FAST)
+    singletons.add("job", job)
+    return singletons
+
+
+async def test_many_leases_are_held_and_renewed_in_one_go(db_url: str) -> None:
+    db = Database(db_url)
+    try:
+        leases = JobLeaseStore(db)
+        assert await leases.hold_many(["x", "y"], "a", 300) == {"x", "y"}
+        assert await leases.hold_many(["x", "y", "z"], "b", 300) == {"z"}
+        assert await leases.hold_many(["x", "y", "z"], "a", 300) == {"x", "y"}
+        await leases.release_many(["x", "z"], "a")  # z is b's: it stays
+        assert await leases.holders() == {"y": "a", "z": "b"}
+        assert await leases.hold_many(["x", "y", "z"], "b", 300) == {"x", "z"}
+        assert await leases.hold_many([], "b", 300) == set()
+    finally:
+        await db.close()
+
+
 async def test_one_worker_runs_the_job_and_another_takes_over(pg_url: str) -> None:
     db_a, db_b = Database(pg_url), Database(pg_url)
     counting = Counting()
-    a = Singleton("job", counting.job("a"), JobLeaseStore(db_a), "worker-a", FAST)
-    b = Singleton("job", counting.job("b"), JobLeaseStore(db_b), "worker-b", FAST)
+    a = _one(JobLeaseStore(db_a), "worker-a", counting.job("a"))
+    b = _one(JobLeaseStore(db_b), "worker-b", counting.job("b"))
     tasks = [asyncio.create_task(a.run())]
     try:
         await until(lambda: counting.running == {"a"})
         tasks.append(asyncio.create_task(b.run()))
-        await asyncio.sleep(1.5)  # several renewals and standby tries
+        await asyncio.sleep(1.5)  # several renewals and tries
         assert counting.running == {"a"} and counting.most_at_once == 1
-        assert a.held and not b.held and a.terms == 1
+        assert a.held() == {"job"} and not b.held() and a.jobs["job"].terms == 1
 
         a.abandon()  # the holder dies: it never releases
         killed = time.monotonic()
         await until(lambda: counting.running == {"b"}, timeout_s=TAKEOVER_S)
         took = time.monotonic() - killed
-        # Not before the lease lapsed; well within its length and a standby period after.
-        assert 0.3 < took < (FAST.lease_ms + FAST.standby_ms) / 1000 + 1
-        assert counting.most_at_once == 1 and b.held
+        # Not before the lease lapsed; well within its length and a period after.
+        assert 0.3 < took < (FAST.lease_ms + FAST.period_ms) / 1000 + 1
+        assert counting.most_at_once == 1 and b.held() == {"job"}
         assert await JobLeaseStore(db_a).holder("job") == "worker-b"
     finally:
         for task in tasks:
@@ -119,13 +140,13 @@ async def test_a_holder_that_cannot_renew_stops_before_the_lease_lapses(pg_url: 
     class Flaky(JobLeaseStore):
         fail = False
 
-        async def hold(self, name: str, owner: str, lease_ms: int) -> bool:
+        async def hold_many(self, names: Any, owner: str, lease_ms: int) -> set[str]:
             if self.fail:
                 raise OSError("database unreachable")
-            return await super().hold(name, owner, lease_ms)
+            return await super().hold_many(names, owner, lease_ms)
 
     store = Flaky(db)
-    a = Singleton("job", counting.job("a"), store, "worker-a", FAST)
+    a = _one(store, "worker-a", counting.job("a"))
     task = asyncio.create_task(a.run())
     try:
         await until(lambda: counting.running == {"a"})
@@ -133,27 +154,40 @@ async def test_a_holder_that_cannot_renew_stops_before_the_lease_lapses(pg_url: 
         lost = time.monotonic()
         await until(lambda: not counting.running, timeout_s=5)
         assert time.monotonic() - lost < FAST.lease_ms / 1000  # stopped while still its
-        assert not a.held
+        assert not a.held()
         store.fail = False
         await until(lambda: counting.running == {"a"})  # and takes it again
-        assert a.terms == 2
+        assert a.jobs["job"].terms == 2
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await db.close()
 
 
-async def test_a_failing_job_gives_the_lease_up(pg_url: str) -> None:
+async def test_a_failing_job_starts_again_and_a_finished_one_does_not(pg_url: str) -> None:
     db = Database(pg_url)
+    runs: list[str] = []
 
     async def fails() -> None:
+        runs.append("fails")
         raise RuntimeError("boom")
 
-    a = Singleton("job", fails, JobLeaseStore(db), "worker-a", FAST)
+    async def returns() -> None:
+        runs.append("returns")
+
+    singletons = Singletons(JobLeaseStore(db), "worker-a", FAST)
+    singletons.add("fails", fails)
+    singletons.add("returns", returns)
+    task = asyncio.create_task(singletons.run())
     try:
-        with pytest.raises(RuntimeError):
-            await a.run()
-        assert await JobLeaseStore(db).holder("job") is None
+        await until(lambda: runs.count("fails") >= 3)
+        assert runs.count("returns") == 1
+        assert singletons.jobs["returns"].finished
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    try:
+        assert await JobLeaseStore(db).holders() == {}  # given up at the stop
     finally:
         await db.close()
 
@@ -161,9 +195,8 @@ async def test_a_failing_job_gives_the_lease_up(pg_url: str) -> None:
 def _holders(*servers: Homeserver) -> dict[str, list[str]]:
     held: dict[str, list[str]] = {}
     for hs in servers:
-        for s in hs.singletons:
-            if s.held:
-                held.setdefault(s.name, []).append(hs.config.worker.name)
+        for name in hs.singletons.held():
+            held.setdefault(name, []).append(hs.config.worker.name)
     return held
 
 
@@ -190,9 +223,9 @@ async def test_two_workers_share_the_singletons_and_a_push_is_sent_once(
         FakeGateway() as gateway,
         serve(config("a")) as (a, client_a),
     ):
-        names = {s.name for s in a.singletons}
+        names = set(a.singletons.jobs)
         assert {"pusher", "federation_sender", "presence_timeouts", "push_action_pruner"} <= names
-        await until(lambda: all(s.held for s in a.singletons))
+        await until(lambda: a.singletons.held() == names)
         async with serve(config("b")) as (b, client_b):
             await asyncio.sleep(2.5)  # B's standby tries find every lease taken
             assert _holders(a, b) == {name: ["a"] for name in names}
@@ -225,9 +258,8 @@ async def test_two_workers_share_the_singletons_and_a_push_is_sent_once(
             gateway.received.clear()
 
             # A dies (its singletons stop without a word) with a push it queued unsent.
-            for singleton in a.singletons:
-                singleton.abandon()
-            await until(lambda: not any(s.held for s in a.singletons))
+            a.singletons.abandon()
+            await until(lambda: not a.singletons.held())
             r = await client_a.put(
                 f"{CS}/rooms/{room_id}/send/m.room.message/t1",
                 headers=auth_header(alice_token),
