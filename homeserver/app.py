@@ -385,7 +385,8 @@ class Homeserver:
             config.appservice,
         )
         if self.appservices:
-            self._singleton("appservice_sender", self.appservice_sender.run)
+            # Per worker: each service's queue has a lease of its own (storage/appservice.py).
+            self.background_jobs.append(self.appservice_sender.run)
 
     def _build_federation(
         self,
@@ -643,7 +644,12 @@ class Homeserver:
             outbox=self.edu_outbox,
         )
         if self.presence.enabled:
-            self._singleton("presence_timeouts", self.presence.run_sweeper)
+            if self.db.is_sqlite:
+                self.background_jobs.append(self.presence.run_sweeper)
+            else:
+                # Each worker keeps its own connections online; one applies the timers.
+                self.background_jobs.append(self.presence.run_keepalive)
+                self._singleton("presence_timeouts", self.presence.run_timeouts)
             if self.edu_outbox is not None:
                 self._singleton("presence_federation_pings", self.presence.run_federation_pings)
         # The one path of "a user sends an event" (HTTP and WebSocket).
@@ -829,7 +835,8 @@ class Homeserver:
             ignored=self.ignore_lists,
             invite_permissions=self.account_data,
         )
-        self._singleton("sliding_sync_expiry", sliding_sync.run_expiry)
+        # Per worker: at the stop it stores this worker's connection positions.
+        self.background_jobs.append(sliding_sync.run_expiry)
         return sliding_sync
 
     def _build_account_service(self, config: HomeserverConfig, clock: Clock) -> None:
