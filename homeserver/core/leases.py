@@ -101,7 +101,8 @@ class Singletons:
             await self._stop(list(self.jobs.values()))
             if held and not self._abandoned:
                 try:
-                    await self._store.release_many(held, self.owner)
+                    # Shielded: the stop may cancel this task again while it releases.
+                    await asyncio.shield(self._store.release_many(held, self.owner))
                 except Exception:
                     logger.exception("leases not released", extra={"jobs": sorted(held)})
 
