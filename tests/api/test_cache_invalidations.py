@@ -208,7 +208,7 @@ async def test_a_read_that_overlaps_a_drop_is_not_kept(tmp_path: Path, pg_url: s
 async def test_positions_that_commit_late_are_not_skipped(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = Database(pg_url)
+    db = Database(pg_url, pool_size=1)
     try:
         store = CacheInvalidationStore(db)
         invalidations = CacheInvalidations(store, FakeClock(), poll_s=60)

@@ -25,6 +25,7 @@ from tests.push_servers import FakeGateway, until
 CS = "/_matrix/client/v3"
 # The takeover bound the issue sets: a dead holder's jobs run elsewhere within this.
 TAKEOVER_S = 10.0
+# The tests' databases open a pool of one (3 connections): PostgreSQL is shared.
 FAST = LeaseTiming(lease_ms=600, period_ms=150, margin_ms=100)
 
 
@@ -35,7 +36,7 @@ async def pg_url(pg_database: str) -> str:
 
 
 async def test_a_lease_has_one_holder_until_it_lapses_or_is_released(db_url: str) -> None:
-    db = Database(db_url)
+    db = Database(db_url, pool_size=1)
     try:
         leases = JobLeaseStore(db)
         assert await leases.holder("job") is None
@@ -84,7 +85,7 @@ def _one(store: JobLeaseStore, owner: str, job: Any) -> Singletons:
 
 
 async def test_many_leases_are_held_and_renewed_in_one_go(db_url: str) -> None:
-    db = Database(db_url)
+    db = Database(db_url, pool_size=1)
     try:
         leases = JobLeaseStore(db)
         assert await leases.hold_many(["x", "y"], "a", 300) == {"x", "y"}
@@ -99,7 +100,7 @@ async def test_many_leases_are_held_and_renewed_in_one_go(db_url: str) -> None:
 
 
 async def test_one_worker_runs_the_job_and_another_takes_over(pg_url: str) -> None:
-    db_a, db_b = Database(pg_url), Database(pg_url)
+    db_a, db_b = Database(pg_url, pool_size=1), Database(pg_url, pool_size=1)
     counting = Counting()
     a = _one(JobLeaseStore(db_a), "worker-a", counting.job("a"))
     b = _one(JobLeaseStore(db_b), "worker-b", counting.job("b"))
@@ -127,7 +128,7 @@ async def test_one_worker_runs_the_job_and_another_takes_over(pg_url: str) -> No
         await db_a.close()
         await db_b.close()
     # A stopped (not killed) holder gives the lease up at once.
-    db = Database(pg_url)
+    db = Database(pg_url, pool_size=1)
     try:
         assert await JobLeaseStore(db).holder("job") is None
     finally:
@@ -135,7 +136,7 @@ async def test_one_worker_runs_the_job_and_another_takes_over(pg_url: str) -> No
 
 
 async def test_a_holder_that_cannot_renew_stops_before_the_lease_lapses(pg_url: str) -> None:
-    db = Database(pg_url)
+    db = Database(pg_url, pool_size=1)
     counting = Counting()
 
     class Flaky(JobLeaseStore):
@@ -166,7 +167,7 @@ async def test_a_holder_that_cannot_renew_stops_before_the_lease_lapses(pg_url: 
 
 
 async def test_a_failing_job_starts_again_and_a_finished_one_does_not(pg_url: str) -> None:
-    db = Database(pg_url)
+    db = Database(pg_url, pool_size=1)
     runs: list[str] = []
 
     async def fails() -> None:

@@ -71,7 +71,7 @@ async def test_kill_the_singleton_holder_then_sigterm_the_other(
     tmp_path: Path, pg_database: str
 ) -> None:
     in_thread(lambda: truncate(pg_database))
-    db = Database(pg_database)
+    db = Database(pg_database, pool_size=1)
     a, b = _worker(tmp_path, pg_database, "a"), _worker(tmp_path, pg_database, "b")
     async with FakeGateway() as gateway:
         a.start()
