@@ -140,10 +140,15 @@ class Singletons:
         if lost:
             logger.warning("singleton leases lost", extra={"jobs": [s.name for s in lost]})
             await self._stop(lost)
-        for name in got:
-            self._start(self.jobs[name])
+        done = [name for name in got if not self._start(self.jobs[name])]
+        if done:  # for the next worker that runs them (a restart)
+            try:
+                await self._store.release_many(done, self.owner)
+            except Exception:
+                logger.exception("leases not released", extra={"jobs": done})
 
-    def _start(self, singleton: Singleton) -> None:
+    def _start(self, singleton: Singleton) -> bool:
+        """Run the job if it is not running; False if it has finished (returned)."""
         task = singleton.task
         if task is not None and task.done():
             # Ended since the last round: a failure is logged and the job starts again
@@ -151,7 +156,7 @@ class Singletons:
             singleton.task = None
             if task.cancelled() or task.exception() is None:
                 singleton.finished = True
-                return
+                return False
             logger.error(
                 "singleton job failed", exc_info=task.exception(), extra={"job": singleton.name}
             )
@@ -159,6 +164,7 @@ class Singletons:
             singleton.terms += 1
             logger.info("singleton job taken", extra={"job": singleton.name, "owner": self.owner})
             singleton.task = asyncio.ensure_future(singleton.job())
+        return not singleton.finished
 
     async def _stop(self, singletons: list[Singleton]) -> None:
         tasks = [s.task for s in singletons if s.task is not None]
