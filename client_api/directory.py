@@ -130,7 +130,7 @@ async def get_public_rooms(request: Request) -> Response:
     hs = services_of(request, DirectoryServices)
     if hs.ratelimiter is not None:  # no token needed: limited per client address
         client = request.client
-        hs.ratelimiter.check(Action.PUBLIC_ROOMS, f"ip:{client.host if client else ''}")
+        await hs.ratelimiter.check(Action.PUBLIC_ROOMS, f"ip:{client.host if client else ''}")
     server = _remote_server(hs, request)
     limit = query_int(request, "limit", None, minimum=0)
     since = request.query_params.get("since")
@@ -149,7 +149,9 @@ async def post_public_rooms(request: Request) -> Response:
     hs = services_of(request, DirectoryServices)
     requester = await require_user(request)
     if hs.ratelimiter is not None:
-        hs.ratelimiter.check(Action.PUBLIC_ROOMS, requester.user_id, exempt=requester.is_admin)
+        await hs.ratelimiter.check(
+            Action.PUBLIC_ROOMS, requester.user_id, exempt=requester.is_admin
+        )
     server = _remote_server(hs, request)
     body = await parse_body(request, PublicRoomsBody)
     if server is not None:

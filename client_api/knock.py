@@ -35,7 +35,7 @@ async def knock_room(request: Request) -> Response:
     room_id, servers = await hs.directory.resolve_room_and_servers(
         request.path_params["room_id_or_alias"]
     )
-    hs.ratelimiter.check(Action.JOIN, requester.user_id)
+    await hs.ratelimiter.check(Action.JOIN, requester.user_id)
     # `via` (and `server_name`, its deprecated name): servers to knock through.
     via = [*request.query_params.getlist("via"), *request.query_params.getlist("server_name")]
     await hs.memberships.knock(requester, room_id, body.reason, servers=[*via, *servers])

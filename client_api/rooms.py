@@ -118,7 +118,7 @@ async def join_room_by_id(request: Request) -> Response:
     raw = await read_json_object(request, empty_ok=True)
     body = validate_body(raw, ReasonBody)
     room_id = _room_id(request)
-    hs.ratelimiter.check(Action.JOIN, requester.user_id)
+    await hs.ratelimiter.check(Action.JOIN, requester.user_id)
     await hs.memberships.join(requester, room_id, body.reason, extra=_join_extra(raw))
     return json_response({"room_id": room_id})
 
@@ -139,7 +139,7 @@ async def join_room(request: Request) -> Response:
     room_id, servers = await hs.directory.resolve_room_and_servers(
         request.path_params["room_id_or_alias"]
     )
-    hs.ratelimiter.check(Action.JOIN, requester.user_id)
+    await hs.ratelimiter.check(Action.JOIN, requester.user_id)
     # spec: `via` (v1.12), and `server_name`, its deprecated name: servers to join through.
     via = [*request.query_params.getlist("via"), *request.query_params.getlist("server_name")]
     await hs.memberships.join(

@@ -9,6 +9,9 @@ uvicorn's lifespan) is ``homeserver/lifecycle.py``.
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -40,9 +43,16 @@ from homeserver.appservice.client import AppServiceClient
 from homeserver.appservice.registration import AppServices, load_registrations
 from homeserver.appservice.sender import AppServiceSender
 from homeserver.appservice.service import AppServiceQueries
+from homeserver.caches.invalidations import (
+    SYNC_MEMBERSHIPS,
+    SYNC_MEMBERSHIPS_OF_ROOM,
+    CacheInvalidations,
+)
 from homeserver.core.clock import Clock
 from homeserver.core.config import HomeserverConfig
+from homeserver.core.leases import Singletons
 from homeserver.core.ratelimit import RateLimiter
+from homeserver.core.redis import connect as connect_redis
 from homeserver.crypto.derived_keys import SERVER_SECRET_FILE, load_or_create_server_secret
 from homeserver.crypto.signing import SigningKey
 from homeserver.e2ee.device_lists import DeviceListService
@@ -119,6 +129,7 @@ from homeserver.storage.admin_media import AdminMediaStore
 from homeserver.storage.admin_rooms import AdminRoomStore
 from homeserver.storage.admin_server import AdminServerStore
 from homeserver.storage.appservice import AppServiceStore
+from homeserver.storage.cache_invalidations import CacheInvalidationStore
 from homeserver.storage.database import Database
 from homeserver.storage.delayed_events import DelayedEventStore
 from homeserver.storage.device_lists import DeviceListStore
@@ -130,8 +141,9 @@ from homeserver.storage.events.remote_rooms import RemoteRoomWrites
 from homeserver.storage.federation_queue import FederationQueueStore
 from homeserver.storage.filters import FilterStore
 from homeserver.storage.key_backup import KeyBackupStore
+from homeserver.storage.leases import JobLeaseStore
 from homeserver.storage.media import MediaStore
-from homeserver.storage.media_retention import JobLeaseStore, MediaAccessStore
+from homeserver.storage.media_retention import MediaAccessStore
 from homeserver.storage.metrics import MetricsStore
 from homeserver.storage.oauth import OAuthStore
 from homeserver.storage.openid import LoginTokenStore, OpenIdStore
@@ -216,12 +228,23 @@ class Homeserver:
         self.server_name = config.server_name
         # Jobs the services register (timers, sweepers); started by running_homeserver.
         self.background_jobs: list[BackgroundJob] = []
+        # Jobs that run on one worker at a time, under a lease (docs/scaling.md, "Singletons").
+        self.job_leases = JobLeaseStore(db)
+        self.worker_id = (
+            f"{config.worker.name}:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        )
+        self.singletons = Singletons(self.job_leases, self.worker_id)
         # Prometheus metrics (docs/metrics.md): the hot paths observe into it from the start.
         self.metrics = Metrics()
         self.bus = InMemoryBus()
         self.notifier = Notifier(self.bus)
-        self.ratelimiter = RateLimiter(config.rate_limits, clock)
+        # Redis, with several workers (redis.url): rate limits shared across them.
+        self.redis = connect_redis(config)
+        self.ratelimiter = RateLimiter(
+            config.rate_limits, clock, self.redis, prefix=f"{config.server_name}:ratelimit:"
+        )
         self._build_stores(db)
+        self._build_cache_invalidations(config, db, clock)
         self._build_appservices(config, db, clock)
         # Server identity, discovery, signed requests both ways (issue 18): built first, as
         # the services that answer about remote users ask through it.
@@ -282,7 +305,47 @@ class Homeserver:
         if config.metrics.listen is not None:
             self.metrics_listener = MetricsListener(self.metrics, config.metrics.listen)
             self.background_jobs.append(self.metrics_listener.run)
+        if self.singletons.jobs:
+            self.background_jobs.append(self.singletons.run)
         self.app = app_factory(self)
+
+    def has_background_job(self, job: BackgroundJob) -> bool:
+        """Whether this worker runs ``job``, alone or as a singleton."""
+        return job in self.background_jobs or any(
+            s.job == job for s in self.singletons.jobs.values()
+        )
+
+    def _singleton(self, name: str, job: BackgroundJob) -> None:
+        """``job`` on one worker at a time (the lease ``name``). SQLite has one worker: the
+        job runs as it is."""
+        if self.db.is_sqlite:
+            self.background_jobs.append(job)
+        else:
+            self.singletons.add(name, job)
+
+    def _build_cache_invalidations(
+        self, config: HomeserverConfig, db: Database, clock: Clock
+    ) -> None:
+        """Caches every worker keeps (tokens, ignore lists, push rules, the memberships kept
+        for syncs) agree through a persisted invalidation stream, read by every worker. One
+        worker (SQLite) has nothing to agree with: its caches drop in place, as before."""
+        self.cache_invalidations: CacheInvalidations | None = None
+        if db.is_sqlite:
+            return
+        self.cache_invalidations = CacheInvalidations(
+            CacheInvalidationStore(db),
+            clock,
+            redis=self.redis,
+            channel=f"{config.server_name}:cache_invalidations",
+        )
+        self.cache_invalidations.register(
+            SYNC_MEMBERSHIPS, self.room_store.forget_cached_user, self.room_store.forget_all_cached
+        )
+        self.cache_invalidations.register(
+            SYNC_MEMBERSHIPS_OF_ROOM, self.room_store.forget_cached_room, lambda: None
+        )
+        self.background_jobs.append(self.cache_invalidations.run)
+        self._singleton("cache_invalidation_pruner", self.cache_invalidations.run_pruner)
 
     def _build_stores(self, db: Database) -> None:
         self.account_store = AccountStore(db)
@@ -327,6 +390,7 @@ class Homeserver:
             config.appservice,
         )
         if self.appservices:
+            # Per worker: each service's queue has a lease of its own (storage/appservice.py).
             self.background_jobs.append(self.appservice_sender.run)
 
     def _build_federation(
@@ -449,12 +513,14 @@ class Homeserver:
     def _build_user_data(self, config: HomeserverConfig) -> None:
         """Account data, ignore lists and push rules: the room send path reads them."""
         self.account_data = AccountDataService(
-            self.account_data_store, self.room_store, self.notifier
+            self.account_data_store, self.room_store, self.notifier, self.cache_invalidations
         )
         # Cached (dropped on every worker by the account-data wake-up): read by every sync
         # and, for every member of a room, as events are sent.
-        self.ignore_lists = IgnoreLists(self.account_data_store, self.bus)
-        self.push_rules = PushRuleService(self.push_rule_store, self.account_data, self.bus)
+        self.ignore_lists = IgnoreLists(self.account_data_store, self.bus, self.cache_invalidations)
+        self.push_rules = PushRuleService(
+            self.push_rule_store, self.account_data, self.bus, self.cache_invalidations
+        )
 
     def _build_rooms(self, config: HomeserverConfig, signing_key: SigningKey, clock: Clock) -> None:
         server_name = config.server_name
@@ -489,6 +555,7 @@ class Homeserver:
             self.federation_reads,
             invite_permissions=self.account_data,
             blocks=self.admin_store,
+            invalidations=self.cache_invalidations,
         )
         self.profiles = ProfileService(
             self.account_store,
@@ -598,9 +665,14 @@ class Homeserver:
             outbox=self.edu_outbox,
         )
         if self.presence.enabled:
-            self.background_jobs.append(self.presence.run_sweeper)
+            if self.db.is_sqlite:
+                self.background_jobs.append(self.presence.run_sweeper)
+            else:
+                # Each worker keeps its own connections online; one applies the timers.
+                self.background_jobs.append(self.presence.run_keepalive)
+                self._singleton("presence_timeouts", self.presence.run_timeouts)
             if self.edu_outbox is not None:
-                self.background_jobs.append(self.presence.run_federation_pings)
+                self._singleton("presence_federation_pings", self.presence.run_federation_pings)
         # The one path of "a user sends an event" (HTTP and WebSocket).
         self.sending = SendService(
             self.event_sender,
@@ -623,7 +695,9 @@ class Homeserver:
         AccountService comes later (``_build_account_service``), after everything an
         account's deletion reaches."""
         server_name = config.server_name
-        self.auth = AuthService(self.account_store, clock, config.auth, self.appservices)
+        self.auth = AuthService(
+            self.account_store, clock, config.auth, self.appservices, self.cache_invalidations
+        )
         self.email_validation = EmailValidation(
             self.threepid_store, self.ratelimiter, clock, config.email, config.base_url
         )
@@ -700,7 +774,7 @@ class Homeserver:
         self.typing = TypingService(
             TypingStore(db), self.room_store, self.notifier, clock, self.edu_outbox
         )
-        self.background_jobs.append(self.typing.run_expiry)
+        self._singleton("typing_expiry", self.typing.run_expiry)
         self.receipts = ReceiptService(
             self.receipt_store,
             self.event_store,
@@ -740,7 +814,7 @@ class Homeserver:
             self.federation_client,
             keys=self.keyring,
         )
-        # One sender per process; with several workers, issue 21 makes it run on one only.
+        # Built on every worker; its job runs on one at a time (the lease below).
         self.federation_sender = FederationSender(
             db,
             self.federation_queue_store,
@@ -754,8 +828,8 @@ class Homeserver:
             self.federation_wake,
         )
         if config.federation.enabled:
-            self.background_jobs.append(self.transactions.run_pruner)
-            self.background_jobs.append(self.federation_sender.run)
+            self._singleton("federation_transaction_pruner", self.transactions.run_pruner)
+            self._singleton("federation_sender", self.federation_sender.run)
 
     def _build_sliding_sync(self, db: Database, clock: Clock) -> SlidingSyncService:
         """Simplified sliding sync (MSC4186, issue 20), fed by the same sources as /sync."""
@@ -783,6 +857,7 @@ class Homeserver:
             ignored=self.ignore_lists,
             invite_permissions=self.account_data,
         )
+        # Per worker: at the stop it stores this worker's connection positions.
         self.background_jobs.append(sliding_sync.run_expiry)
         return sliding_sync
 
@@ -866,9 +941,9 @@ class Homeserver:
             ignored=self.ignore_lists,
             outbound=self.outbound,
         )
-        self.background_jobs.append(self.pusher_sender.run)
+        self._singleton("pusher", self.pusher_sender.run)
         self.push_action_pruner = PushActionPruner(self.push_store, clock, config.push)
-        self.background_jobs.append(self.push_action_pruner.run)
+        self._singleton("push_action_pruner", self.push_action_pruner.run)
         self.push_gateway_routes: list[BaseRoute] = []
         if config.push.gateway_config is not None:
             from push_gateway.app import Gateway
@@ -890,7 +965,7 @@ class Homeserver:
     def _build_admin(self, config: HomeserverConfig, clock: Clock) -> None:
         """The admin API (issue 22): after every service it administers."""
         self.session_recorder = SessionRecorder(self.admin_store, clock)
-        self.background_jobs.append(self.session_recorder.run_pruner)
+        self._singleton("session_pruner", self.session_recorder.run_pruner)
         self.admin_users = AdminUsers(
             self.admin_store,
             self.accounts,
@@ -934,6 +1009,7 @@ class Homeserver:
             self.event_sender,
             clock,
             config.server_name,
+            invalidations=self.cache_invalidations,
         )
         self.admin_media = AdminMedia(
             self.admin_media_store, self.media, self.room_store, clock, config.server_name
@@ -942,7 +1018,7 @@ class Homeserver:
         self.media_retention = MediaRetention(
             config.media.retention,
             self.admin_media_store,
-            JobLeaseStore(self.db),
+            self.job_leases,
             self.admin_media,
             clock,
             remote=self.admin_media,

@@ -75,6 +75,8 @@ async def running_homeserver(
             await hs.appservice_client.aclose()
             if hs.sso is not None:
                 await hs.sso.aclose()
+            if hs.redis is not None:
+                await hs.redis.aclose()
     finally:
         await db.close()
 

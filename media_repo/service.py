@@ -202,7 +202,7 @@ class MediaService:
     async def create(self, requester: Requester) -> tuple[MxcUri, int]:
         """POST /create: a media ID whose content comes later; returns its expiry."""
         if self._ratelimiter is not None:
-            self._ratelimiter.check(
+            await self._ratelimiter.check(
                 Action.MEDIA_CREATE, requester.user_id, exempt=requester.is_admin
             )
         now = self._clock.now_ms()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from homeserver.caches.invalidations import IGNORED_USERS, PUSH_RULES, CacheInvalidations
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomID, UserID
 from homeserver.core.streams import Stream, StreamToken
@@ -27,12 +28,21 @@ IGNORED_USER_LIST = "m.ignored_user_list"
 
 
 INVITE_PERMISSION_CONFIG = "m.invite_permission_config"
+# Global account data that workers keep compiled in a cache, and that cache's name.
+CACHED_TYPES = {IGNORED_USER_LIST: IGNORED_USERS, "m.push_rules": PUSH_RULES}
 
 
 class AccountDataService:
     """Implements the sync sources ``GlobalSource``, ``RoomSource`` and ``IgnoredUsers``."""
 
-    def __init__(self, store: AccountDataStore, rooms: RoomStore, notifier: Notifier) -> None:
+    def __init__(
+        self,
+        store: AccountDataStore,
+        rooms: RoomStore,
+        notifier: Notifier,
+        invalidations: CacheInvalidations | None = None,
+    ) -> None:
+        self._invalidations = invalidations
         self._store = store
         self._rooms = rooms
         self._notifier = notifier
@@ -65,6 +75,10 @@ class AccountDataService:
         """Write any type unchecked: for services that own a type (read markers' m.fully_read,
         push rules' m.push_rules). Wakes the user's syncs."""
         position = await self._store.put(user_id, room_id, data_type, content)
+        cache = CACHED_TYPES.get(data_type) if room_id is None else None
+        if cache is not None and self._invalidations is not None:
+            # Every worker's copy goes, even if this wake-up is lost.
+            await self._invalidations.invalidate(cache, (user_id,))
         await self._notifier.notify(Stream.ACCOUNT_DATA, position, user_ids=(user_id,))
 
     # --- per room --------------------------------------------------------------------------

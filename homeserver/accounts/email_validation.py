@@ -127,7 +127,7 @@ class EmailValidation:
             raise MatrixError(Codes.INVALID_PARAM, "send_attempt must be a positive integer")
         self._check_next_link(req.next_link)
         if req.client_ip is not None:
-            self._ratelimiter.check(Action.THREEPID_VALIDATION, f"ip:{req.client_ip}")
+            await self._ratelimiter.check(Action.THREEPID_VALIDATION, f"ip:{req.client_ip}")
         owner = await self._store.get_owner(MEDIUM_EMAIL, address)
         # spec: adding an address bound to an account is M_THREEPID_IN_USE; resetting the
         # password of an address bound to none may be M_THREEPID_NOT_FOUND. Unless the config
@@ -163,7 +163,7 @@ class EmailValidation:
         out = RequestedToken(session.session_id, self._submit_url)
         if req.send_attempt <= session.last_send_attempt:
             return out  # spec: a retry of this attempt; its mail went out already
-        self._ratelimiter.check(Action.THREEPID_VALIDATION, f"email:{address}")
+        await self._ratelimiter.check(Action.THREEPID_VALIDATION, f"email:{address}")
         token = None if inhibit else secrets.token_urlsafe(24)
         token_hash = _token_hash(token) if token is not None else None
         # The attempt is recorded before the mail goes out, so that concurrent retries send

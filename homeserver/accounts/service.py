@@ -165,7 +165,7 @@ class AccountService:
         if request.login_type == LOGIN_APPLICATION_SERVICE:
             return await self._register_app_service_user(request)
         if request.client_ip is not None:
-            self._ratelimiter.check(Action.REGISTRATION, f"ip:{request.client_ip}")
+            await self._ratelimiter.check(Action.REGISTRATION, f"ip:{request.client_ip}")
         flows = await self.registration_flows(
             in_session=request.auth is not None and request.auth.get("session") is not None
         )
@@ -229,7 +229,7 @@ class AccountService:
         if guest is not None and user_id is not None:
             if not await self._store.upgrade_guest(user_id, password_hash):
                 raise MatrixError(Codes.USER_IN_USE, "This guest account was upgraded already")
-            self._auth.forget_user_cache(user_id)
+            await self._auth.forget_user_cache(user_id)
         elif user_id is None:
             user_id = await self._create_generated_user(password_hash)
         elif not await self._create_user(user_id, password_hash, is_admin=False):
@@ -294,7 +294,7 @@ class AccountService:
         if not self._registration.allow_guest_access:
             raise MatrixError(Codes.GUEST_ACCESS_FORBIDDEN, "Guest access is disabled")
         if client_ip is not None:
-            self._ratelimiter.check(Action.REGISTRATION, f"ip:{client_ip}")
+            await self._ratelimiter.check(Action.REGISTRATION, f"ip:{client_ip}")
         self._check_device(None, initial_device_display_name)
         for _ in range(_GENERATED_LOCALPART_ATTEMPTS):
             # Numeric localparts, as Synapse's guests have: no user could have chosen one.
@@ -324,7 +324,7 @@ class AccountService:
     async def check_username_available(self, username: str, client_ip: str | None) -> None:
         """Nothing if ``username`` could be registered now; ``M_USER_IN_USE`` etc. otherwise."""
         if client_ip is not None:
-            self._ratelimiter.check(Action.REGISTRATION, f"available:{client_ip}")
+            await self._ratelimiter.check(Action.REGISTRATION, f"available:{client_ip}")
         user_id = self._new_user_id(username)
         self._check_not_exclusive(user_id)
         if await self._store.user_exists_ignoring_case(user_id):
@@ -395,7 +395,7 @@ class AccountService:
     async def registration_token_validity(self, token: str, client_ip: str | None) -> bool:
         # spec: rate-limited against brute force.
         if client_ip is not None:
-            self._ratelimiter.check(Action.REGISTRATION, f"token-validity:{client_ip}")
+            await self._ratelimiter.check(Action.REGISTRATION, f"token-validity:{client_ip}")
         if await self._uia.registration_token_valid(token):
             return True
         open_to_all = self._registration.enabled and not self._registration.require_token
@@ -505,7 +505,7 @@ class AccountService:
         if request.login_type == LOGIN_APPLICATION_SERVICE:
             return await self._login_app_service_user(request)
         if request.client_ip is not None:
-            self._ratelimiter.check(Action.LOGIN, f"ip:{request.client_ip}")
+            await self._ratelimiter.check(Action.LOGIN, f"ip:{request.client_ip}")
         if request.login_type == LOGIN_JWT and self._jwt_login is not None:
             return await self._login_jwt(self._jwt_login, request)
         if request.login_type == LOGIN_TOKEN and self._accepts_login_tokens():
@@ -544,7 +544,7 @@ class AccountService:
             user_id = parse_user_identifier(request.user, self._server_name)
         if user_id is None:
             raise MatrixError(Codes.FORBIDDEN, "Invalid username or password")
-        self._ratelimiter.check(Action.LOGIN, f"user:{user_id.lower()}")
+        await self._ratelimiter.check(Action.LOGIN, f"user:{user_id.lower()}")
         user = await self._store.get_user_case_insensitive(user_id)
         if user is not None and user.deactivated:
             # Its password is wiped on deactivation, so say why rather than "wrong password".
@@ -576,13 +576,13 @@ class AccountService:
         """The account a sign-in page's username and password name; the same limits and
         answers as m.login.password."""
         if client_ip is not None:
-            self._ratelimiter.check(Action.LOGIN, f"ip:{client_ip}")
+            await self._ratelimiter.check(Action.LOGIN, f"ip:{client_ip}")
         if not self._password_login:
             raise MatrixError(Codes.FORBIDDEN, "Password sign-in is turned off")
         user_id = parse_user_identifier(username, self._server_name)
         if user_id is None:
             raise MatrixError(Codes.FORBIDDEN, "Invalid username or password")
-        self._ratelimiter.check(Action.LOGIN, f"user:{user_id.lower()}")
+        await self._ratelimiter.check(Action.LOGIN, f"user:{user_id.lower()}")
         user = await self._store.get_user_case_insensitive(user_id)
         if user is not None and user.deactivated:
             raise MatrixError(Codes.USER_DEACTIVATED, "This account has been deactivated")
@@ -599,7 +599,7 @@ class AccountService:
         if not self.open_registration():
             raise MatrixError(Codes.FORBIDDEN, "Registration is not open")
         if client_ip is not None:
-            self._ratelimiter.check(Action.REGISTRATION, f"ip:{client_ip}")
+            await self._ratelimiter.check(Action.REGISTRATION, f"ip:{client_ip}")
         user_id = self._new_user_id(username)
         self.check_password_strength(password)
         if await self._store.user_exists_ignoring_case(user_id) or not await self._create_user(
@@ -760,7 +760,9 @@ class AccountService:
         elif await self._store.get_device(user_id, device_id) is not None:
             # spec: a client that names its device gets it back, but the device's previous
             # access and refresh tokens stop working; its display name is kept.
-            self._auth.forget_cached(await self._store.delete_device_tokens(user_id, device_id))
+            await self._auth.forget_cached(
+                await self._store.delete_device_tokens(user_id, device_id)
+            )
             display_name = None
         await self._store.upsert_device(
             user_id, device_id, display_name, self._clock.now_ms(), client_ip
@@ -833,7 +835,7 @@ class AccountService:
         assert user_id is not None
         # The flag stops every token at once (token lookups check it); then they go for good.
         await self._store.set_deactivated(user_id)
-        self._auth.forget_user(user_id)
+        await self._auth.forget_user(user_id)
         await self._uia.finish(result)
         device_ids, hashes = await self._store.delete_devices_except(user_id, None)
         await self._devices_deleted(user_id, device_ids, hashes)
@@ -977,7 +979,7 @@ class AccountService:
     async def _devices_deleted(
         self, user_id: UserID, device_ids: list[str], token_hashes: list[bytes]
     ) -> None:
-        self._auth.forget_cached([bytes(h) for h in token_hashes])
+        await self._auth.forget_cached([bytes(h) for h in token_hashes])
         if device_ids:
             for data in self._device_data:
                 await data.delete_for_devices(user_id, device_ids)

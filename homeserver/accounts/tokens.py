@@ -1,7 +1,8 @@
 """Access tokens and passwords: who a request comes from.
 
 Tokens are random, stored as their SHA-256 and looked up through a small cache; a token
-revoked on this worker leaves the cache at once.
+revoked on this worker leaves the cache at once, and every other worker's through the cache
+invalidation stream (``caches/invalidations.py``: on its next wake-up or poll).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from cachetools import TTLCache
 
 from homeserver.appservice.registration import AppService, AppServices
+from homeserver.caches.invalidations import TOKENS, CacheInvalidations
 from homeserver.core.clock import Clock
 from homeserver.core.config import AuthConfig
 from homeserver.core.errors import Codes, MatrixError
@@ -24,9 +26,13 @@ from homeserver.core.ids import UserID
 from homeserver.core.types import Requester
 from homeserver.storage.accounts import AccountStore
 
-# A cached token is re-read from the database at least this often, so that a token revoked
-# by another worker stops working within this time.
+# A cached token is re-read from the database at least this often: a backstop behind the
+# invalidation stream, which drops a token revoked on another worker within its poll.
 TOKEN_CACHE_TTL_S = 30.0
+# The cache's keys in the invalidation stream: ``t:<token hash, hex>``, ``d:<user
+# ID>|<device ID>`` (a device's tokens), ``u:<user ID>`` (a user's tokens) and ``a:<user
+# ID>`` (a user an application service acts as).
+TOKENS_CACHE = TOKENS
 # An application service's requests come with its as_token, which has no row: no token ID.
 APP_SERVICE_TOKEN_ID = 0
 
@@ -62,8 +68,10 @@ class AuthService:
         clock: Clock,
         config: AuthConfig,
         appservices: AppServices | None = None,
+        invalidations: CacheInvalidations | None = None,
     ) -> None:
         self._store = store
+        self._invalidations = invalidations
         self._appservices = appservices or AppServices(())
         # Users an application service acted as, known to exist (re-read as tokens are).
         self._app_service_users: TTLCache[str, bool] = TTLCache(
@@ -82,6 +90,8 @@ class AuthService:
         # Hashing is CPU-bound and takes password_hash_memory_kib each: more at once than
         # there are cores adds no speed, only memory (eight at once held 150 MB more).
         self._hashing = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
+        if invalidations is not None:
+            invalidations.register(TOKENS_CACHE, self._drop, self._clear)
 
     # --- passwords -------------------------------------------------------------------------
 
@@ -121,6 +131,7 @@ class AuthService:
         key = hash_token(token)
         cached = self._cache.get(key)
         if cached is None:
+            generation = self._generation()
             info = await self._store.get_token(key)
             if info is None:
                 raise MatrixError(Codes.UNKNOWN_TOKEN, "Unknown access token", soft_logout=False)
@@ -139,7 +150,8 @@ class AuthService:
                 info.valid_until_ms,
                 info.locked,
             )
-            self._cache[key] = cached
+            if self._generation() == generation:  # else it may predate a drop: not kept
+                self._cache[key] = cached
         requester, valid_until_ms, locked = cached
         if locked and not allow_locked:
             raise MatrixError(Codes.USER_LOCKED, "This account has been locked", soft_logout=True)
@@ -163,6 +175,7 @@ class AuthService:
             if not service.is_user_in_namespace(acting_as):
                 raise MatrixError(Codes.FORBIDDEN, "Application service cannot act as this user")
             if acting_as not in self._app_service_users:
+                generation = self._generation()
                 user = await self._store.get_user(acting_as)
                 if user is None:
                     raise MatrixError(
@@ -170,7 +183,8 @@ class AuthService:
                     )
                 if user.deactivated:
                     raise MatrixError(Codes.FORBIDDEN, "This user is deactivated")
-                self._app_service_users[acting_as] = True
+                if self._generation() == generation:
+                    self._app_service_users[acting_as] = True
         # The sender has no device; a user acting through the service uses the device the
         # service names (encryption bridges, MSC3202 and spec v1.17's device_id), which
         # must exist. Without one, "" stands for "no device": no token row has it.
@@ -260,7 +274,7 @@ class AuthService:
             info.oauth_client_id,
         ):
             raise MatrixError(Codes.UNKNOWN_TOKEN, "Refresh token already used", soft_logout=False)
-        self.forget_tokens_of_device_cache(info.user_id, info.device_id)
+        await self.forget_tokens_of_device_cache(info.user_id, info.device_id)
         return Session(info.user_id, info.device_id, access, refresh, lifetime)
 
     async def revoke(self, requester: Requester) -> None:
@@ -268,24 +282,53 @@ class AuthService:
             return  # an as_token is the operator's, not revocable by /logout
         token_hash = await self._store.delete_access_token(requester.token_id)
         if token_hash is not None:
-            self._cache.pop(token_hash, None)
+            await self._forget([f"t:{bytes(token_hash).hex()}"])
 
-    def forget_user(self, user_id: str) -> None:
-        """A deactivated user: application services may no longer act as them."""
-        self._app_service_users.pop(user_id, None)
+    async def forget_user(self, user_id: str) -> None:
+        """A deactivated user: their tokens go, and application services may no longer act
+        as them."""
+        await self._forget([f"u:{user_id}", f"a:{user_id}"])
 
-    def forget_cached(self, token_hashes: list[bytes]) -> None:
-        for token_hash in token_hashes:
-            self._cache.pop(token_hash, None)
+    async def forget_cached(self, token_hashes: list[bytes]) -> None:
+        await self._forget([f"t:{bytes(h).hex()}" for h in token_hashes])
 
-    def forget_tokens_of_device_cache(self, user_id: UserID, device_id: str) -> None:
-        for key, (requester, _, _) in list(self._cache.items()):
-            if requester.user_id == user_id and requester.device_id == device_id:
-                self._cache.pop(key, None)
+    async def forget_tokens_of_device_cache(self, user_id: UserID, device_id: str) -> None:
+        await self._forget([f"d:{user_id}|{device_id}"])
 
-    def forget_user_cache(self, user_id: UserID) -> None:
+    async def forget_user_cache(self, user_id: UserID) -> None:
         """Read the user's tokens again (an administrator changed the account's flags, or a
         guest account was upgraded)."""
-        for key, (requester, _, _) in list(self._cache.items()):
-            if requester.user_id == user_id:
-                self._cache.pop(key, None)
+        await self._forget([f"u:{user_id}"])
+
+    # --- the cache, on every worker --------------------------------------------------------
+
+    async def _forget(self, keys: list[str]) -> None:
+        if self._invalidations is not None:
+            await self._invalidations.invalidate(TOKENS_CACHE, keys)
+        else:
+            for key in keys:
+                self._drop(key)
+
+    def _generation(self) -> int:
+        return 0 if self._invalidations is None else self._invalidations.generation(TOKENS_CACHE)
+
+    def _drop(self, key: str) -> None:
+        kind, _, rest = key.partition(":")
+        if kind == "t":
+            try:
+                self._cache.pop(bytes.fromhex(rest), None)
+            except ValueError:
+                pass
+        elif kind == "a":
+            self._app_service_users.pop(rest, None)
+        elif kind in ("d", "u"):
+            user_id, _, device_id = rest.partition("|")
+            for token_key, (requester, _, _) in list(self._cache.items()):
+                if requester.user_id == user_id and (
+                    kind == "u" or requester.device_id == device_id
+                ):
+                    self._cache.pop(token_key, None)
+
+    def _clear(self) -> None:
+        self._cache.clear()
+        self._app_service_users.clear()

@@ -441,7 +441,7 @@ class UiaService:
         user_id = parse_user_identifier(user, self._server_name)
         if user_id is None or len(user_id.encode()) > MAX_ID_BYTES:
             return Codes.FORBIDDEN, "Invalid username or password"
-        self._ratelimiter.check(Action.LOGIN, f"user:{user_id.lower()}")
+        await self._ratelimiter.check(Action.LOGIN, f"user:{user_id.lower()}")
         account = await self._accounts.get_user_case_insensitive(user_id)
         if (
             account is None

@@ -13,6 +13,10 @@ import secrets
 from dataclasses import dataclass
 
 from homeserver.admin.users import require_admin
+from homeserver.caches.invalidations import (
+    SYNC_MEMBERSHIPS_OF_ROOM,
+    CacheInvalidations,
+)
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomID, UserID
@@ -69,7 +73,9 @@ class AdminRoomTasks:
         sender: EventSender,
         clock: Clock,
         server_name: str,
+        invalidations: CacheInvalidations | None = None,
     ) -> None:
+        self._invalidations = invalidations
         self._store = store
         self._admin_store = admin_store
         self._room_store = room_store
@@ -155,6 +161,8 @@ class AdminRoomTasks:
                 groups = await self._store.purge_room(room_id)
                 self._events.forget_state_groups(groups)
                 self._room_store.forget_cached_room(room_id)
+                if self._invalidations is not None:
+                    await self._invalidations.invalidate(SYNC_MEMBERSHIPS_OF_ROOM, (room_id,))
             await self._store.update_delete_task(delete_id, "complete", result=result)
             logger.info(
                 "room deleted by an administrator",

@@ -206,7 +206,7 @@ class AdminUsers:
         else:
             await self._change_existing(requester, user, changes)
         await self._apply_common(user_id, changes, created=created)
-        self._auth.forget_user_cache(user_id)
+        await self._auth.forget_user_cache(user_id)
         return created, await self._details(user_id)
 
     def _check_changes(self, changes: UserChanges) -> None:
@@ -283,7 +283,7 @@ class AdminUsers:
             await self._account_store.set_profile_field(user_id, "displayname", None)
             await self._account_store.set_profile_field(user_id, "avatar_url", None)
             await self._store.set_moderation(user_id, erased=True)
-        self._auth.forget_user_cache(user_id)
+        await self._auth.forget_user_cache(user_id)
 
     async def reset_password(
         self, requester: Requester, user_id: UserID, new_password: str, *, logout_devices: bool
@@ -306,7 +306,7 @@ class AdminUsers:
         if flag != "shadow_banned" and on and user_id == requester.user_id:
             raise MatrixError(Codes.FORBIDDEN, f"You may not set {flag} on yourself")
         await self._store.set_moderation(user_id, **{flag: on})
-        self._auth.forget_user_cache(user_id)
+        await self._auth.forget_user_cache(user_id)
         logger.info(
             "account flag set by an administrator",
             extra={"user_id": user_id, "flag": flag, "on": on, "admin": requester.user_id},
@@ -420,7 +420,7 @@ class AdminUsers:
         if user_id == requester.user_id and not admin:
             raise MatrixError(Codes.FORBIDDEN, "You may not demote yourself")
         await self._store.set_admin(user_id, admin)
-        self._auth.forget_user_cache(user_id)
+        await self._auth.forget_user_cache(user_id)
 
     async def user_of_threepid(self, requester: Requester, medium: str, address: str) -> str:
         require_admin(requester)

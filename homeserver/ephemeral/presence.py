@@ -220,7 +220,24 @@ class PresenceService:
             await self.sweep_once()
             await asyncio.sleep(self.sweep_interval_s)
 
+    async def run_keepalive(self) -> None:
+        """With several workers, every worker's job: its own open connections stay online."""
+        while True:
+            await self.keep_connected_once()
+            await asyncio.sleep(self.sweep_interval_s)
+
+    async def run_timeouts(self) -> None:
+        """With several workers, the singleton job (one worker): the timers of everyone."""
+        while True:
+            await self.apply_timeouts_once()
+            await asyncio.sleep(self.sweep_interval_s)
+
     async def sweep_once(self) -> None:
+        await self.keep_connected_once()
+        await self.apply_timeouts_once()
+
+    async def keep_connected_once(self) -> None:
+        """The users with a connection open on this worker are still connected."""
         now = self._clock.now_ms()
         connected = [u for u in self._open if now - self._touched.get(u, 0) >= self._touch_ms]
         if connected:
@@ -232,6 +249,10 @@ class PresenceService:
             if u not in self._open and now - ts > self._config.offline_after_ms
         ]:
             del self._touched[user_id]
+
+    async def apply_timeouts_once(self) -> None:
+        """Whoever's timer ran out (on any worker) goes idle or offline."""
+        now = self._clock.now_ms()
         result = await self._store.sweep(
             offline_before=now - self._config.offline_after_ms,
             idle_before=now - self._config.idle_after_ms,

@@ -183,7 +183,7 @@ class OAuthService:
         if self._ratelimiter is not None and client_ip is not None:
             # Registration is open to anyone: the registration limit, per address.
             try:
-                self._ratelimiter.check(Action.REGISTRATION, f"oauth-client:{client_ip}")
+                await self._ratelimiter.check(Action.REGISTRATION, f"oauth-client:{client_ip}")
             except MatrixError as e:
                 raise OAuthError("slow_down", "too many client registrations", 429) from e
         kept = validate_client_metadata(body)

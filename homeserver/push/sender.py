@@ -129,8 +129,15 @@ class PusherSender:
     # --- the job -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """The background job: work, then sleep until woken or the poll interval is up."""
+        """The background job: work, then sleep until woken or the poll interval is up.
+
+        It runs on one worker at a time (a singleton job): starting, it frees the pushers
+        another worker claimed and did not release (it died), instead of waiting out their
+        claims."""
         woken = False
+        freed = await self._store.release_claims_except(self._worker)
+        if freed:
+            logger.info("pushers of a stopped worker freed", extra={"count": freed})
         try:
             while True:
                 self._wake.clear()

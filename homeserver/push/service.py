@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from cachetools import LRUCache
 
+from homeserver.caches.invalidations import PUSH_RULES as PUSH_RULES_CACHE
+from homeserver.caches.invalidations import CacheInvalidations
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomID, UserID
 from homeserver.core.streams import Stream, StreamToken
@@ -48,7 +50,13 @@ class ServerAccountData(Protocol):
 
 
 class PushRuleService:
-    def __init__(self, store: PushRuleStore, account_data: ServerAccountData, bus: Bus) -> None:
+    def __init__(
+        self,
+        store: PushRuleStore,
+        account_data: ServerAccountData,
+        bus: Bus,
+        invalidations: CacheInvalidations | None = None,
+    ) -> None:
         self._store = store
         self._account_data = account_data
         self._compiled: LRUCache[str, CompiledRuleset] = LRUCache(maxsize=MAX_CACHED_USERS)
@@ -56,6 +64,18 @@ class PushRuleService:
         # evaluation).
         self._default = CompiledRuleset(build_ruleset(UserRules(), None))
         bus.subscribe(self._on_wakeup)
+        self._invalidations = invalidations
+        if invalidations is not None:
+            # The wake-up is the fast path; the stream makes sure (a wake-up may be lost).
+            invalidations.register(
+                PUSH_RULES_CACHE,
+                lambda user_id: self._compiled.pop(user_id, None),
+                self._compiled.clear,
+            )
+
+    def _generation(self) -> int:
+        inv = self._invalidations
+        return 0 if inv is None else inv.generation(PUSH_RULES_CACHE)
 
     async def _on_wakeup(self, wakeup: Wakeup) -> None:
         # A change of push rules on any worker writes m.push_rules: account data.
@@ -76,13 +96,17 @@ class PushRuleService:
             else:
                 out[user_id] = found
         if missing:
+            generation = self._generation()
             stored = await self._store.get_user_rules(missing)
+            keep = self._generation() == generation  # else rules read may predate a drop
             for user_id in missing:
                 rules = stored.get(user_id)
                 compiled = (
                     self._default if rules is None else CompiledRuleset(build_ruleset(rules, None))
                 )
-                self._compiled[user_id] = out[user_id] = compiled
+                out[user_id] = compiled
+                if keep:
+                    self._compiled[user_id] = compiled
         return out
 
     async def ruleset(self, user_id: UserID) -> Ruleset:

@@ -61,7 +61,7 @@ class DelayedEventService:
         """Returns the delay ID. The event is checked like any other when it is sent; a
         message counts against the sender's rate limit now, as ``PUT /send`` does."""
         if state_key is None:
-            self._ratelimiter.check(
+            await self._ratelimiter.check(
                 Action.MESSAGE, requester.user_id, exempt=not requester.rate_limited
             )
         if delay_ms < 0:

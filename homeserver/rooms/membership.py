@@ -10,6 +10,10 @@ from weakref import WeakValueDictionary
 
 import orjson
 
+from homeserver.caches.invalidations import (
+    SYNC_MEMBERSHIPS,
+    CacheInvalidations,
+)
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import RoomID, UserID
 from homeserver.core.types import JsonDict, Requester
@@ -73,8 +77,11 @@ class MembershipService:
         reads: FederationReads | None = None,
         invite_permissions: InvitePermissions | None = None,
         blocks: RoomBlocks | None = None,
+        invalidations: CacheInvalidations | None = None,
     ) -> None:
         self._blocks = blocks
+        # Forgetting a room drops the memberships every worker keeps for the user's syncs.
+        self._invalidations = invalidations
         self._invite_permissions = invite_permissions
         self._sender = sender
         self._rooms = rooms
@@ -409,6 +416,8 @@ class MembershipService:
         if current.membership in ("join", "invite", "knock"):
             raise MatrixError(Codes.UNKNOWN, "Leave the room before forgetting it", status=400)
         await self._rooms.set_forgotten(room_id, requester.user_id)
+        if self._invalidations is not None:
+            await self._invalidations.invalidate(SYNC_MEMBERSHIPS, (requester.user_id,))
 
     async def joined_rooms(self, requester: Requester) -> list[str]:
         return sorted(

@@ -41,7 +41,7 @@ class ReportService:
 
     async def report_room(self, requester: Requester, room_id: RoomID, reason: str | None) -> None:
         """Anyone may report a room the server knows (no membership needed)."""
-        self._check(requester, reason)
+        await self._check(requester, reason)
         if await self._rooms.get_room(room_id) is None:
             raise MatrixError(Codes.NOT_FOUND, "The room was not found")
         await self._add(requester, reason, room_id=room_id)
@@ -50,7 +50,7 @@ class ReportService:
         self, requester: Requester, room_id: RoomID, event_id: EventID, reason: str | None
     ) -> None:
         """Only a member of the room may report its events."""
-        self._check(requester, reason)
+        await self._check(requester, reason)
         membership = await self._rooms.get_membership(room_id, requester.user_id)
         event = await self._events.get_event(event_id)
         if (
@@ -65,19 +65,19 @@ class ReportService:
         await self._add(requester, reason, room_id=room_id, event_id=event_id)
 
     async def report_user(self, requester: Requester, user_id: UserID, reason: str | None) -> None:
-        self._check(requester, reason)
+        await self._check(requester, reason)
         local = user_id.endswith(f":{self._server_name}")
         if local and await self._accounts.get_user(user_id) is None:
             raise MatrixError(Codes.NOT_FOUND, "The user was not found")
         await self._add(requester, reason, user_id=user_id)
 
-    def _check(self, requester: Requester, reason: str | None) -> None:
+    async def _check(self, requester: Requester, reason: str | None) -> None:
         if reason is not None and len(reason.encode()) > MAX_REASON_BYTES:
             raise MatrixError(
                 Codes.INVALID_PARAM, f"The reason is longer than {MAX_REASON_BYTES} bytes"
             )
         # Each report is a row for a human to read: as limited as sending an event.
-        self._ratelimiter.check(Action.MESSAGE, requester.user_id, exempt=requester.is_admin)
+        await self._ratelimiter.check(Action.MESSAGE, requester.user_id, exempt=requester.is_admin)
 
     async def _add(
         self,

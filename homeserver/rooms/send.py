@@ -75,7 +75,7 @@ class SendService:
         transaction ID; rate-limited; the sender is active."""
         if event_type != "m.room.redaction":
             requester.check_not_suspended()
-        self._ratelimiter.check(
+        await self._ratelimiter.check(
             Action.MESSAGE, requester.user_id, exempt=not requester.rate_limited
         )
         if requester.shadow_banned:

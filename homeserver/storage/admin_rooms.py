@@ -22,9 +22,10 @@ from homeserver.storage.schema import (
     user_redactions,
 )
 
-# Tables that keep a purged room's ID on purpose: the deletion's own status, and the block
-# that keeps the room from coming back.
-KEPT_AFTER_PURGE = frozenset({"room_delete_tasks", "blocked_rooms"})
+# Tables that keep a purged room's ID on purpose: the deletion's own status, the block that
+# keeps the room from coming back, and the purge's note to the other workers' caches (the
+# cache invalidation stream, pruned after an hour).
+KEPT_AFTER_PURGE = frozenset({"room_delete_tasks", "blocked_rooms", "cache_invalidations"})
 # Columns that hold a room ID, an event ID or a state group, by name, in any table: the purge
 # reads them from the schema, so that a table added later is purged too.
 ROOM_COLUMNS = frozenset({"room_id"})

@@ -1,5 +1,5 @@
-"""What media retention reads and writes (issue 22): the last access of local media, and
-the leases of singleton jobs (``job_leases``), so that one worker runs each."""
+"""What media retention reads and writes (issue 22): the last access of local media; the
+leases of singleton jobs are ``storage/leases.py`` (re-exported here)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from collections.abc import Collection
 import sqlalchemy as sa
 
 from homeserver.storage.database import Database
-from homeserver.storage.schema import job_leases, media
+from homeserver.storage.leases import JobLeaseStore
+from homeserver.storage.schema import media
+
+__all__ = ["JobLeaseStore", "MediaAccessStore"]
 
 
 class MediaAccessStore:
@@ -28,41 +31,4 @@ class MediaAccessStore:
                     sa.or_(media.c.last_access_ts.is_(None), media.c.last_access_ts < now_ms),
                 )
                 .values(last_access_ts=now_ms)
-            )
-
-
-class JobLeaseStore:
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-    async def claim(self, name: str, owner: str, now_ms: int, lease_ms: int) -> bool:
-        """Take or renew the lease of job ``name`` until ``now_ms + lease_ms``; False while
-        another owner holds it."""
-        lease = job_leases.c
-        until = now_ms + lease_ms
-        async with self._db.write() as conn:
-            taken = await conn.execute(
-                sa.update(job_leases)
-                .where(
-                    lease.name == name,
-                    sa.or_(lease.owner == owner, lease.until_ts <= now_ms),
-                )
-                .values(owner=owner, until_ts=until)
-            )
-            if taken.rowcount:
-                return True
-            inserted = await conn.execute(
-                self._db.insert_ignore(
-                    job_leases, {"name": name, "owner": owner, "until_ts": until}, ("name",)
-                )
-            )
-            return bool(inserted.rowcount)
-
-    async def release(self, name: str, owner: str) -> None:
-        lease = job_leases.c
-        async with self._db.write() as conn:
-            await conn.execute(
-                sa.update(job_leases)
-                .where(lease.name == name, lease.owner == owner)
-                .values(until_ts=0)
             )

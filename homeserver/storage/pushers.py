@@ -394,6 +394,20 @@ class PusherStore:
             ).all()
         return [_pusher(r) for r in rows]
 
+    async def release_claims_except(self, worker: str) -> int:
+        """Free the pushers claimed by any worker but ``worker`` (whose claims start with
+        ``worker:``): the one worker that delivers (the singleton job) took over from one
+        that died, whose claims would otherwise hold its pushers until they lapse."""
+        prefix = f"{worker}:"
+        mine = sa.func.substr(pushers.c.claimed_by, 1, len(prefix)) == prefix
+        async with self._db.write() as conn:
+            result = await conn.execute(
+                sa.update(pushers)
+                .where(pushers.c.claimed_by.is_not(None), sa.not_(mine))
+                .values(claimed_by=None, claimed_until=0)
+            )
+        return int(result.rowcount or 0)
+
     async def release_pusher(
         self, pusher_id: int, claim: str, *, attempts: int, next_attempt_ts: int
     ) -> None:

@@ -135,6 +135,9 @@ class RoomStore:
         self._for_sync: LRUCache[str, tuple[int, tuple[Membership, ...]]] = LRUCache(
             maxsize=SYNC_MEMBERSHIPS_KEPT, getsizeof=lambda kept: len(kept[1]) + 1
         )
+        # Moves on every drop from ``_for_sync``: what a read found is kept only if no drop
+        # came during it (a forgotten room on another worker).
+        self._dropped = 0
 
     async def create_room(
         self, room_id: str, room_version: str, creator: str, created_ts: int, is_public: bool
@@ -227,13 +230,16 @@ class RoomStore:
             position, found = kept
             if position >= upto:
                 return found
+            dropped = self._dropped
             window = await events.get_window(position, upto)
             if window is not None and user_id not in window.members:
-                self._keep(user_id, upto, found)
+                if self._dropped == dropped:
+                    self._keep(user_id, upto, found)
                 return found
         # Read after ``upto`` was committed, so it holds every change up to there.
+        dropped = self._dropped
         found = tuple(await self.get_user_memberships(user_id))
-        if events is not None:
+        if events is not None and self._dropped == dropped:  # else it may predate a drop
             self._keep(user_id, upto, found)
         return found
 
@@ -273,10 +279,21 @@ class RoomStore:
                 .where(room_memberships.c.room_id == room_id, room_memberships.c.user_id == user_id)
                 .values(forgotten=True)
             )
+        self._dropped += 1
         self._for_sync.pop(user_id, None)
+
+    def forget_cached_user(self, user_id: str) -> None:
+        """Read the user's memberships again (they forgot a room, on another worker)."""
+        self._dropped += 1
+        self._for_sync.pop(user_id, None)
+
+    def forget_all_cached(self) -> None:
+        self._dropped += 1
+        self._for_sync.clear()
 
     def forget_cached_room(self, room_id: str) -> None:
         """The room was purged (the admin API): no kept membership may name it."""
+        self._dropped += 1
         for user_id, (_, found) in list(self._for_sync.items()):
             if any(m.room_id == room_id for m in found):
                 self._for_sync.pop(user_id, None)

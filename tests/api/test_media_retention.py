@@ -176,7 +176,7 @@ async def test_retention_deletes_media_not_fetched(tmp_path: Path, db_url: str) 
 
 async def test_retention_is_off_by_default(client: httpx.AsyncClient, hs: Homeserver) -> None:
     assert not hs.media_retention.enabled
-    assert hs.media_retention.run not in hs.background_jobs
+    assert not hs.has_background_job(hs.media_retention.run)
 
 
 @pytest.mark.parametrize("lifetime", [0, HOUR, -1, "a day"])

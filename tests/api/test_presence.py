@@ -252,7 +252,7 @@ async def test_disabled_presence(tmp_path: Path, db_url: str) -> None:
         await _put(client, a_token, alice, {"presence": "online", "status_msg": "hi"})
         assert await _get(client, b_token, alice) == {"presence": "offline"}
         assert "presence" not in await _sync(client, b_token)
-        assert hs.presence.run_sweeper not in hs.background_jobs
+        assert not hs.has_background_job(hs.presence.run_sweeper)
 
 
 async def test_bad_inputs(client: httpx.AsyncClient) -> None:

@@ -17,67 +17,67 @@ def limiter(
     return RateLimiter(config, clock)
 
 
-def refused(rl: RateLimiter, key: str = "ip:1.2.3.4") -> int:
+async def refused(rl: RateLimiter, key: str = "ip:1.2.3.4") -> int:
     with pytest.raises(MatrixError) as e:
-        rl.check(Action.LOGIN, key)
+        await rl.check(Action.LOGIN, key)
     assert e.value.code == Codes.LIMIT_EXCEEDED and e.value.status == 429
     retry: int = e.value.extra["retry_after_ms"]
     return retry
 
 
-def test_burst_then_refused() -> None:
+async def test_burst_then_refused() -> None:
     clock = FakeClock()
     rl = limiter(clock)
     for _ in range(3):
-        rl.check(Action.LOGIN, "ip:1.2.3.4")
-    assert refused(rl) == 1000
+        await rl.check(Action.LOGIN, "ip:1.2.3.4")
+    assert await refused(rl) == 1000
 
 
-def test_refills_over_time() -> None:
+async def test_refills_over_time() -> None:
     clock = FakeClock()
     rl = limiter(clock, per_second=2, burst=2)
-    rl.check(Action.LOGIN, "k")
-    rl.check(Action.LOGIN, "k")
+    await rl.check(Action.LOGIN, "k")
+    await rl.check(Action.LOGIN, "k")
     clock.advance(250)
-    assert refused(rl, "k") == 250  # half a token back, half to go
+    assert await refused(rl, "k") == 250  # half a token back, half to go
     clock.advance(250)
-    rl.check(Action.LOGIN, "k")
+    await rl.check(Action.LOGIN, "k")
     clock.advance(10_000)  # never more than the burst
-    rl.check(Action.LOGIN, "k")
-    rl.check(Action.LOGIN, "k")
-    assert refused(rl, "k") == 500
+    await rl.check(Action.LOGIN, "k")
+    await rl.check(Action.LOGIN, "k")
+    assert await refused(rl, "k") == 500
 
 
-def test_keys_and_actions_are_independent() -> None:
+async def test_keys_and_actions_are_independent() -> None:
     clock = FakeClock()
     rl = limiter(clock, burst=1)
-    rl.check(Action.LOGIN, "a")
-    rl.check(Action.LOGIN, "b")
-    refused(rl, "a")
-    rl.check(Action.REGISTRATION, "a")  # its own bucket, its own limit
+    await rl.check(Action.LOGIN, "a")
+    await rl.check(Action.LOGIN, "b")
+    await refused(rl, "a")
+    await rl.check(Action.REGISTRATION, "a")  # its own bucket, its own limit
 
 
-def test_disabled_and_exempt() -> None:
+async def test_disabled_and_exempt() -> None:
     clock = FakeClock()
     off = limiter(clock, enabled=False, burst=1)
     for _ in range(10):
-        off.check(Action.LOGIN, "k")
+        await off.check(Action.LOGIN, "k")
     on = limiter(clock, burst=1)
     for _ in range(10):
-        on.check(Action.LOGIN, "k", exempt=True)
-    on.check(Action.LOGIN, "k")
-    refused(on, "k")
+        await on.check(Action.LOGIN, "k", exempt=True)
+    await on.check(Action.LOGIN, "k")
+    await refused(on, "k")
 
 
-def test_forgotten_bucket_is_full() -> None:
+async def test_forgotten_bucket_is_full() -> None:
     clock = FakeClock()
     rl = limiter(clock, per_second=1, burst=2)
-    rl.check(Action.LOGIN, "k")
-    rl.check(Action.LOGIN, "k")
+    await rl.check(Action.LOGIN, "k")
+    await rl.check(Action.LOGIN, "k")
     clock.advance(60_000)
-    rl.check(Action.LOGIN, "k")
-    rl.check(Action.LOGIN, "k")
-    refused(rl, "k")
+    await rl.check(Action.LOGIN, "k")
+    await rl.check(Action.LOGIN, "k")
+    await refused(rl, "k")
 
 
 def test_every_action_has_a_config_section() -> None:

@@ -37,6 +37,7 @@ from homeserver.storage.schema.base import (
     metadata,
     stream_positions,
 )
+from homeserver.storage.schema.caches import cache_invalidations
 from homeserver.storage.schema.e2ee import (
     device_list_changes,
     e2e_cross_signing_keys,
@@ -165,6 +166,7 @@ __all__ = [
     "filters",
     "media",
     "job_leases",
+    "cache_invalidations",
     "media_thumbnails",
     "remote_media",
     "metadata",

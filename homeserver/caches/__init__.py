@@ -1,0 +1,1 @@
+"""Caches that agree across workers (issue 21): the invalidation stream."""
