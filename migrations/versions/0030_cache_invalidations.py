@@ -1,7 +1,7 @@
 """the cache invalidation stream: what one worker dropped from a cache, for the others
 
 Revision ID: 0030
-Revises: 0025
+Revises: 0032
 Create Date: 2026-12-07
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0030"
-down_revision = "0025"
+down_revision = "0032"
 branch_labels = None
 depends_on = None
 
