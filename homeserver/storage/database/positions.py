@@ -12,12 +12,14 @@ Each database handle (one per worker process) is a *writer* with a row per strea
 - *busy* (something in flight): its position is below every position it has in flight,
   including those whose ``nextval`` has not answered yet (each of those will be above the
   highest this writer had seen when it began, as the sequence only rises);
-- *idle*: it has nothing in flight, and its position is the highest it allocated.
+- *idle*: it has nothing in flight, and its position is the sequence's last value when it
+  wrote the row.
 
-A writer turns its row busy (committed) *before* its first allocation after being idle, so
-a reader that sees it idle knows every allocation it makes later is above what the reader
-can read from the other rows. A stream is committed up to the lowest busy position, and no
-further than the highest position of any row. Rows whose heartbeat is older than
+A writer turns its row busy (committed) *before* its first allocation after being idle, at
+the sequence's last value then; so every position up to a row's is either finished or held
+by a busy row below it, and a writer's later allocations are above its row. A stream is
+committed up to the lowest busy position, and no further than the highest position of any
+row (``least(min(busy), max(all))``). Rows whose heartbeat is older than
 ``STALE_MS`` (a writer that died, its transactions aborted with its connections) are left
 out, and a writer whose own heartbeat is that late refuses to commit what it allocated
 before (``WriterStale``). ``stream_positions`` keeps a floor that every worker raises, so
@@ -53,10 +55,17 @@ FORGET_MS = 3_600_000
 
 _NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
 
+# The last position the stream's sequence gave, to anyone.
+_LAST_VALUE = "coalesce(pg_sequence_last_value(('stream_seq_' || {})::regclass), 0)"
+
+# An idle row is at the last value of the sequence (see _TURN_BUSY for why that is safe).
 _UPSERT = f"""
 WITH mine AS (
     INSERT INTO stream_writers AS w (stream, writer, position, idle, heartbeat_ms)
-    SELECT t.stream, $1, t.position, t.idle, {_NOW_MS}
+    SELECT t.stream, $1,
+           CASE WHEN t.idle THEN greatest(t.position, {_LAST_VALUE.format("t.stream")})
+                ELSE t.position END,
+           t.idle, {_NOW_MS}
     FROM unnest($2::text[], $3::bigint[], $4::boolean[]) AS t(stream, position, idle)
     ON CONFLICT (stream, writer) DO UPDATE
     SET position = greatest(w.position, excluded.position), idle = excluded.idle,
@@ -75,6 +84,19 @@ SELECT live.stream,
        AS upto
 FROM live JOIN stream_positions AS p ON p.stream = live.stream
 GROUP BY live.stream
+"""
+
+# Turning busy: at the sequence's last value. Every position up to it was taken before this
+# statement, by a writer that is either done with it or busy below it (its row turned busy
+# before its nextval), and this writer's next allocation comes after the commit, above it.
+# So turning busy never takes a reader back.
+_TURN_BUSY = f"""
+INSERT INTO stream_writers AS w (stream, writer, position, idle, heartbeat_ms)
+VALUES ($2, $1, greatest($3::bigint, {_LAST_VALUE.format("$2::text")}), false, {_NOW_MS})
+ON CONFLICT (stream, writer) DO UPDATE
+SET position = greatest(w.position, excluded.position), idle = false,
+    heartbeat_ms = excluded.heartbeat_ms
+RETURNING w.position
 """
 
 _HEARTBEAT = f"UPDATE stream_writers SET heartbeat_ms = {_NOW_MS} WHERE writer = $1"
@@ -140,7 +162,10 @@ class _Connection:
             self._conn = await asyncpg.connect(self._dsn)
         try:
             return list(await self._conn.fetch(sql, *args))
-        except (asyncpg.PostgresConnectionStatusError, OSError, asyncio.CancelledError):
+        except asyncpg.PostgresError:
+            raise  # the statement failed; the connection is fine
+        except BaseException:
+            # Lost, or cancelled in the middle of a statement: a new connection next time.
             await self.close()
             raise
 
@@ -188,11 +213,24 @@ class WriterPositions:
             key = self._register(stream)
             if self._row_idle[stream]:
                 try:
-                    await self._write_rows([stream], stream_idle={stream: False})
+                    await self._turn_busy(stream, key)
                 except BaseException:
                     del self._inflight[key]
                     raise
             return key
+
+    async def _turn_busy(self, stream: Stream, key: int) -> None:
+        self._row_idle[stream] = False
+        try:
+            rows = await self._db.fetch(
+                _TURN_BUSY, self.writer, stream.value, self.own_position(stream)
+            )
+        except BaseException:
+            self._row_idle[stream] = True
+            raise
+        position = int(rows[0]["position"])
+        self._inflight[key].floor = max(self._inflight[key].floor, position)
+        self._max_seen[stream] = max(self._max_seen[stream], position)
 
     def _register(self, stream: Stream) -> int:
         key = next(self._ids)
@@ -341,6 +379,7 @@ class WriterPositions:
                     pass
         try:
             if not self._inflight:
+                await self.beat()  # the floor first: leaving must not take readers back
                 await self._db.fetch(_FORGET, self.writer)
         except Exception:
             logger.warning("stream writer rows not removed")
