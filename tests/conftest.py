@@ -20,8 +20,8 @@ from homeserver.app import Homeserver
 from homeserver.core import pool_guard
 from homeserver.core.clock import FakeClock
 from homeserver.core.config import HomeserverConfig, parse_config
-from homeserver.lifecycle import running_homeserver
 from homeserver.core.streams import Stream
+from homeserver.lifecycle import running_homeserver
 from homeserver.storage.database import Database, LeanResult, PgConnection, SqliteConnection
 from homeserver.storage.database.positions import sequence_name
 from homeserver.storage.migrate import upgrade_head
