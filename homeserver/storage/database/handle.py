@@ -148,6 +148,11 @@ class Database:
         await positions.flush()
         return position
 
+    async def ping(self) -> None:
+        """One trivial statement (``/health``); raises when the database cannot answer."""
+        async with self.read() as conn:
+            await conn.execute(_PING)
+
     async def start_positions(self) -> None:
         """PostgreSQL, at start-up: this writer's rows and heartbeats."""
         if self.positions is not None:
@@ -307,6 +312,7 @@ class Database:
 
 _STREAMS = {s.value: s for s in Stream}
 _POSITIONS = prepared(sa.select(stream_positions.c.stream, stream_positions.c.position))
+_PING = sa.text("SELECT 1")
 _NEXT_VALUE = {s: next_value(s) for s in Stream}
 _NEXT_POSITION = prepared(
     sa.update(stream_positions)
