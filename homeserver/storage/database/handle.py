@@ -20,7 +20,12 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.dml import UpdateBase
 
 from homeserver.core.streams import Stream
-from homeserver.storage.database.positions import CURRENT, WriterPositions, next_value
+from homeserver.storage.database.positions import (
+    CURRENT,
+    WriterPositions,
+    committed_sql,
+    next_value,
+)
 from homeserver.storage.database.postgresql import POOL_TIMEOUT_S, PostgresBackend
 from homeserver.storage.database.prepared import (
     DIALECT_ONLY,
@@ -157,6 +162,17 @@ class Database:
         """PostgreSQL, at start-up: this writer's rows and heartbeats."""
         if self.positions is not None:
             await self.positions.start()
+
+    def committed_position(self, stream: Stream) -> sa.ColumnElement[int]:
+        """How far ``stream`` is committed, as an expression inside a statement (the value
+        ``current_positions`` reads)."""
+        if self.positions is None:
+            return (
+                sa.select(stream_positions.c.position)
+                .where(stream_positions.c.stream == stream.value)
+                .scalar_subquery()
+            )
+        return sa.literal_column(committed_sql(stream), type_=sa.BigInteger)
 
     def persisted_upto(self, stream: Stream) -> int | None:
         """How far ``stream`` is committed as this writer last computed it (after its own

@@ -115,6 +115,17 @@ FROM stream_positions AS p LEFT JOIN ({_LIVE_UPTO}) AS w ON w.stream = p.stream
 # Database.current_positions on PostgreSQL.
 CURRENT = sa.text(_CURRENT)
 
+
+def committed_sql(stream: Stream) -> str:
+    """SQL for how far ``stream`` is committed (as ``Database.current_positions``), for
+    statements that need it in place."""
+    return (
+        f"(SELECT greatest(p.position, coalesce(w.upto, 0)) FROM stream_positions AS p "
+        f"LEFT JOIN ({_LIVE_UPTO}) AS w ON w.stream = p.stream "
+        f"WHERE p.stream = '{stream.value}')"
+    )
+
+
 _RAISE_FLOOR = "UPDATE stream_positions SET position = $2 WHERE stream = $1 AND position < $2"
 
 _FORGET = f"DELETE FROM stream_writers WHERE heartbeat_ms < {_NOW_MS} - {FORGET_MS} OR writer = $1"
@@ -192,6 +203,7 @@ class WriterPositions:
         self._epoch = 0
         self._heartbeat_sent = time.monotonic()
         self._floor: dict[Stream, int] = {}
+        self._started = False
         # How far each stream is committed, as last computed here.
         self.upto: dict[Stream, int] = {}
         self.on_advance: list[Callable[[Stream, int], None]] = []
@@ -206,7 +218,8 @@ class WriterPositions:
     async def begin(self, stream: Stream) -> int:
         """Before a ``nextval``: registers the allocation in flight (and turns this writer's
         row busy first if it was idle). Returns its handle for ``allocated`` and ``finish``."""
-        self._start_heartbeats()
+        if not self._started:
+            await self.start()
         if not self._row_idle[stream] and not self._lock.locked():
             return self._register(stream)
         async with self._lock:
@@ -332,10 +345,16 @@ class WriterPositions:
             self._heartbeats = asyncio.create_task(self._beat_forever())
 
     async def start(self) -> None:
-        """At start-up: the first heartbeat, and the rows of every stream (idle)."""
-        self._start_heartbeats()
+        """At start-up (or before the first allocation): the rows of every stream, idle,
+        which are the first heartbeat; then a heartbeat every HEARTBEAT_S."""
         async with self._lock:
+            if self._started:
+                return
+            sent = time.monotonic()
             await self._write_rows(list(Stream), stream_idle=dict.fromkeys(Stream, True))
+            self._heartbeat_sent = sent
+            self._started = True
+        self._start_heartbeats()
 
     async def _beat_forever(self) -> None:
         while True:
