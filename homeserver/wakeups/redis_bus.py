@@ -45,7 +45,9 @@ class RedisBus:
         self._origin = secrets.token_hex(8)
         self._subscribers: list[Subscriber] = []
         self._resyncs: list[Resync] = []
-        self._publisher: Redis = _client(url)
+        # Named, so that an operator (or a test) can tell its connections apart.
+        self.client_name = f"homeserver-bus-{self._origin}"
+        self._publisher: Redis = _client(url, self.client_name)
         # True while subscribed (``/health``); counts for the metrics and tests.
         self.subscribed = False
         self.resyncs = 0
@@ -90,7 +92,7 @@ class RedisBus:
         delay = RECONNECT_FIRST_S
         try:
             while True:
-                client = _client(self._url)
+                client = _client(self._url, self.client_name)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 try:
                     await pubsub.subscribe(self.channel)
@@ -145,9 +147,10 @@ class RedisBus:
         )
 
 
-def _client(url: str) -> Redis:
+def _client(url: str, name: str) -> Redis:
     return Redis.from_url(
         url,
+        client_name=name,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=SOCKET_TIMEOUT_S,
         socket_keepalive=True,
@@ -155,14 +158,13 @@ def _client(url: str) -> Redis:
 
 
 async def _close(pubsub: Any, client: Redis) -> None:
-    try:
-        await pubsub.aclose()
-    except (RedisError, OSError):
-        pass
-    try:
-        await client.aclose()
-    except (RedisError, OSError):
-        pass
+    """Bounded: closing a dead connection must not hold up a reconnect or a shut-down."""
+    for closing in (pubsub, client):
+        try:
+            async with asyncio.timeout(SOCKET_TIMEOUT_S):
+                await closing.aclose()
+        except (RedisError, OSError, TimeoutError):
+            pass
 
 
 def _parse(data: Any, origin: str) -> Wakeup | None:
