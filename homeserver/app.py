@@ -172,8 +172,9 @@ from homeserver.sync.service import SyncService
 from homeserver.sync.sliding.extensions import ExtensionSources
 from homeserver.sync.sliding.service import SlidingSyncService
 from homeserver.voip.turn import TurnService
-from homeserver.wakeups.bus import InMemoryBus
+from homeserver.wakeups.bus import Bus, InMemoryBus
 from homeserver.wakeups.notifier import Notifier
+from homeserver.wakeups.redis_bus import RedisBus
 from homeserver.websocket import WebSocketService
 from media_repo.access import AccessRecorder
 from media_repo.backends import build_backend, spool_dir
@@ -236,8 +237,12 @@ class Homeserver:
         self.singletons = Singletons(self.job_leases, self.worker_id)
         # Prometheus metrics (docs/metrics.md): the hot paths observe into it from the start.
         self.metrics = Metrics()
-        self.bus = InMemoryBus()
-        self.notifier = Notifier(self.bus)
+        self.bus = _build_bus(config)
+        self.notifier = Notifier(self.bus, db.current_positions, db.persisted_upto)
+        if db.positions is not None:
+            db.positions.on_advance.append(self.notifier.advanced)
+        if isinstance(self.bus, RedisBus):
+            self.background_jobs.append(self.bus.run)
         # Redis, with several workers (redis.url): rate limits shared across them.
         self.redis = connect_redis(config)
         self.ratelimiter = RateLimiter(
@@ -1063,3 +1068,10 @@ class Homeserver:
             access=self.media_access,
         )
         self.url_previews = UrlPreviewer(config.media.url_preview, self.media, self.outbound)
+
+
+def _build_bus(config: HomeserverConfig) -> Bus:
+    """Redis when the workers share one (``redis.url``), else in memory (one process)."""
+    if config.redis.url is None:
+        return InMemoryBus()
+    return RedisBus(config.redis.url, channel=f"{config.redis.channel_prefix}wakeups")

@@ -70,6 +70,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from homeserver.web.http_protocol import MAX_HEADER_BYTES, MAX_TARGET_BYTES, http_protocol_class
 
     config = _load(_config_path(args), create=True)
+    problem = several_workers_problem(config, args.workers)
+    if problem is not None:
+        raise ConfigError(problem)
+    if args.workers > 1:
+        return _supervise(args, config)
     # Unusable application service registrations stop the start-up here, with the file named.
     from homeserver.appservice.registration import load_registrations
 
@@ -105,6 +110,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=math.ceil(shutdown_timeout_s),
         ssl_certfile=config.listen.tls_certificate_path,
         ssl_keyfile=config.listen.tls_private_key_path,
+        # X-Forwarded-For is read by our own middleware, from listen.trusted_proxies only
+        # (uvicorn's would trust 127.0.0.1 by default).
+        proxy_headers=False,
     )
     _Server(uvicorn_config, app.begin_shutdown, shutdown_timeout_s).run()
     return 0
@@ -147,6 +155,81 @@ class _Server(uvicorn.Server):
 def _exit_now() -> None:
     print("shut-down took too long; exiting", file=sys.stderr)
     os._exit(1)
+
+
+def several_workers_problem(config: HomeserverConfig, workers: int) -> str | None:
+    """Why this config cannot run as one of several workers (``--workers`` above 1, or a
+    worker name given), or None. Workers share the database and wake each other through
+    Redis: SQLite has one writer, and the in-memory bus reaches one process."""
+    if workers < 1:
+        return "--workers must be at least 1"
+    if workers == 1 and config.worker.name == "main":
+        return None
+    several = f"--workers {workers}" if workers > 1 else f"worker.name {config.worker.name!r}"
+    if config.database_url.startswith("sqlite"):
+        return (
+            f"{several}: several workers need PostgreSQL (database.url); SQLite serves one process"
+        )
+    if config.redis.url is None:
+        return f"{several}: several workers need Redis (redis.url) to wake each other"
+    return None
+
+
+# A worker that exits on its own is started again after this pause.
+RESTART_PAUSE_S = 1.0
+
+
+def _supervise(args: argparse.Namespace, config: HomeserverConfig) -> int:
+    """``run --workers N``: N worker processes of this config, worker ``<name>-<i>`` on port
+    ``listen.port + i - 1``, each its own uvicorn behind the load balancer (which checks
+    each one's /health and stops sending to one that fails). A worker that exits is started
+    again; SIGTERM or SIGINT stops them all (each drains as a single worker does)."""
+    import signal
+    import subprocess
+    import time
+
+    cmd_migrate(args)  # once, before the workers (each then finds the schema current)
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    base = [sys.executable, "-m", "homeserver", "-c", str(_config_path(args)), "run"]
+    base += ["--log-level", args.log_level]
+
+    def start(i: int) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        env["HS_WORKER__NAME"] = f"{config.worker.name}-{i + 1}"
+        env["HS_LISTEN__PORT"] = str(config.listen.port + i)
+        return subprocess.Popen(base, env=env)
+
+    workers = [start(i) for i in range(args.workers)]
+    print(
+        f"Supervising {args.workers} workers on ports {config.listen.port}-"
+        f"{config.listen.port + args.workers - 1}",
+        file=sys.stderr,
+    )
+    while not stopping.wait(0.2):
+        for i, proc in enumerate(workers):
+            if proc.poll() is not None and not stopping.is_set():
+                print(
+                    f"worker {i + 1} exited ({proc.returncode}); starting it again", file=sys.stderr
+                )
+                time.sleep(RESTART_PAUSE_S)
+                workers[i] = start(i)
+    for proc in workers:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + config.listen.shutdown_timeout_ms / 1000 + 2 * EXIT_GRACE_S
+    for proc in workers:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return 0
 
 
 def cmd_rotate_signing_key(args: argparse.Namespace) -> int:
@@ -206,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="serve; generates a config and a key on first run")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on consecutive ports from listen.port (PostgreSQL and Redis)",
+    )
     run.set_defaults(func=cmd_run)
 
     rot = sub.add_parser(

@@ -44,10 +44,12 @@ async def running_homeserver(
         config.database_url,
         pool_size=config.database.pool_size,
         pool_timeout_s=config.database.pool_timeout_ms / 1000,
+        writer=config.worker.name,
     )
     try:
         if migrate:
             await upgrade_head(db.engine)
+        await db.start_positions()
         signing_key = load_or_create_signing_key(config.signing_key_file)
         hs = Homeserver(
             config,
@@ -73,6 +75,9 @@ async def running_homeserver(
             await hs.well_known_client.aclose()
             await hs.media_redirect_client.aclose()
             await hs.appservice_client.aclose()
+            close_bus = getattr(hs.bus, "close", None)
+            if close_bus is not None:
+                await close_bus()
             if hs.sso is not None:
                 await hs.sso.aclose()
             if hs.redis is not None:

@@ -73,6 +73,7 @@ from homeserver.app import Homeserver
 from homeserver.core.errors import MatrixError
 from homeserver.core.pool_guard import PoolExhausted
 from homeserver.metrics.requests import RequestMetrics
+from homeserver.wakeups.redis_bus import RedisBus
 from homeserver.web.cors import CorsMiddleware
 from homeserver.web.edge import (
     EdgeServices,
@@ -82,6 +83,9 @@ from homeserver.web.edge import (
     pool_exhausted_handler,
 )
 from homeserver.web.escaped_slash import EscapedSlashMiddleware, restore_slashes
+from homeserver.web.health import HealthServices
+from homeserver.web.health import routes as health_routes
+from homeserver.web.proxies import TrustedProxiesMiddleware, trusted_networks
 from homeserver.web.request_guard import RequestGuardMiddleware
 from media_repo import routes as media_routes
 
@@ -92,6 +96,7 @@ def route_services(hs: Homeserver) -> list[object]:
     config = hs.config
     return [
         EdgeServices(hs.auth, config.limits.max_request_body_bytes, hs.session_recorder),
+        _health_services(hs),
         admin_users.AdminUserServices(hs.admin_users, hs.shared_secret_registration),
         admin_rooms.AdminRoomServices(hs.admin_rooms, hs.admin_room_tasks, hs.admin_users),
         admin_server.AdminServerServices(hs.admin_server, hs.admin_users),
@@ -172,6 +177,18 @@ def route_services(hs: Homeserver) -> list[object]:
     ]
 
 
+def _health_services(hs: Homeserver) -> HealthServices:
+    bus = hs.bus
+    redis = bus if isinstance(bus, RedisBus) else None
+    return HealthServices(
+        worker=hs.config.worker.name,
+        database=hs.db.ping,
+        redis=redis.ping if redis is not None else None,
+        bus_subscribed=(lambda: redis.subscribed) if redis is not None else None,
+        closing=lambda: hs.notifier.closing,
+    )
+
+
 def create_app(hs: Homeserver) -> Starlette:
     # Our keys are public; the Server-Server API is served only with federation on.
     server_server: list[BaseRoute] = [Mount("/_matrix/key", routes=federation_routes.key_routes)]
@@ -194,10 +211,16 @@ def create_app(hs: Homeserver) -> Starlette:
             Mount("/_synapse/admin", routes=admin_routes.admin_routes),
             *client_routes.root_routes,
             *hs.push_gateway_routes,
+            *health_routes,
         ],
         middleware=[
             # First: it times what the others do too.
             Middleware(RequestMetrics, metrics=hs.metrics),
+            # Before everything that reads the client's address.
+            Middleware(
+                TrustedProxiesMiddleware,
+                networks=trusted_networks(hs.config.listen.trusted_proxies),
+            ),
             Middleware(CorsMiddleware),
             Middleware(RequestGuardMiddleware),
             # After the guard, which refuses a NUL: it marks encoded slashes with one.

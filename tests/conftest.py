@@ -20,8 +20,10 @@ from homeserver.app import Homeserver
 from homeserver.core import pool_guard
 from homeserver.core.clock import FakeClock
 from homeserver.core.config import HomeserverConfig, parse_config
+from homeserver.core.streams import Stream
 from homeserver.lifecycle import running_homeserver
 from homeserver.storage.database import Database, LeanResult, PgConnection, SqliteConnection
+from homeserver.storage.database.positions import sequence_name
 from homeserver.storage.migrate import upgrade_head
 from homeserver.storage.schema import metadata, stream_positions
 
@@ -134,6 +136,8 @@ async def truncate(url: str) -> None:
             )
             await conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY"))
             await conn.execute(sa.update(stream_positions).values(position=0))
+            for stream in Stream:  # the sequences of several writers start again too
+                await conn.execute(sa.text(f"SELECT setval('{sequence_name(stream)}', 1, false)"))
     finally:
         await db.close()
 

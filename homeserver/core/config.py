@@ -35,6 +35,16 @@ class ListenConfig(Section):
     # other servers reach (8448 by default, see docs/federation.md), here or on a proxy.
     tls_certificate_path: str | None = None
     tls_private_key_path: str | None = None
+    # Load balancers (addresses or networks) whose X-Forwarded-For is believed: a request
+    # from one of them counts as from the client address it names (rate limits, logs).
+    trusted_proxies: tuple[str, ...] = ()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for network in value:
+            ipaddress.ip_network(network.strip(), strict=False)  # a ValueError names it
+        return value
 
     @model_validator(mode="after")
     def _check_tls(self) -> ListenConfig:
@@ -528,6 +538,9 @@ class RedisConfig(Section):
     limits. None (the default): one process, everything in memory."""
 
     url: str | None = None  # e.g. redis://127.0.0.1:6379/0
+    # Names of this deployment's channels and keys begin with it (several deployments, or
+    # tests, on one Redis).
+    channel_prefix: str = Field(default="homeserver:", pattern=r"^[A-Za-z0-9_.:-]{0,64}$")
 
 
 class WorkerConfig(Section):

@@ -7,12 +7,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.storage.database import Database
-from homeserver.storage.schema import current_state, delayed_events, events, stream_positions
+from homeserver.storage.schema import current_state, delayed_events, events
 
 _d = delayed_events
-_EVENTS_STREAM = "events"  # Stream.EVENTS' row in stream_positions
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +68,7 @@ class DelayedEventStore:
                     delay=event.delay,
                     send_at=event.send_at,
                     # Committed before this statement: a later state event is numbered above.
-                    after_position=sa.select(stream_positions.c.position)
-                    .where(stream_positions.c.stream == _EVENTS_STREAM)
-                    .scalar_subquery(),
+                    after_position=self._db.committed_position(Stream.EVENTS),
                 )
             )
         return True

@@ -4,6 +4,7 @@ application services' transactions and of the federation sender's queues."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -17,7 +18,6 @@ from homeserver.storage.schema import (
     federation_outbound_pdus,
     push_queue,
     pushers,
-    stream_positions,
 )
 
 
@@ -77,19 +77,17 @@ _PENDING = (
     .group_by(appservice_txns.c.service_id)
     .subquery()
 )
-_EVENTS_POSITION = (
-    sa.select(stream_positions.c.position)
-    .where(stream_positions.c.stream == Stream.EVENTS.value)
-    .scalar_subquery()
-)
-_APPSERVICES = sa.select(
-    appservice_state.c.service_id,
-    sa.func.coalesce(_PENDING.c.n, 0).label("pending"),
-    (_EVENTS_POSITION - appservice_state.c.events_cursor).label("behind"),
-    appservice_state.c.attempts,
-).select_from(
-    appservice_state.outerjoin(_PENDING, _PENDING.c.service_id == appservice_state.c.service_id)
-)
+
+
+def _appservices(events_position: sa.ColumnElement[int]) -> sa.Select[Any]:
+    return sa.select(
+        appservice_state.c.service_id,
+        sa.func.coalesce(_PENDING.c.n, 0).label("pending"),
+        (events_position - appservice_state.c.events_cursor).label("behind"),
+        appservice_state.c.attempts,
+    ).select_from(
+        appservice_state.outerjoin(_PENDING, _PENDING.c.service_id == appservice_state.c.service_id)
+    )
 
 
 _QUEUED = sa.union_all(
@@ -122,7 +120,8 @@ class MetricsStore:
 
     async def appservice_queues(self) -> list[AppServiceQueue]:
         async with self._db.read() as conn:
-            rows = (await conn.execute(_APPSERVICES)).all()
+            statement = _appservices(self._db.committed_position(Stream.EVENTS))
+            rows = (await conn.execute(statement)).all()
         return [
             AppServiceQueue(r.service_id, int(r.pending), max(0, int(r.behind)), int(r.attempts))
             for r in rows

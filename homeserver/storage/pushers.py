@@ -18,7 +18,6 @@ from homeserver.storage.schema import (
     push_cursors,
     push_queue,
     pushers,
-    stream_positions,
 )
 
 PUSHER_CURSOR = "pusher"
@@ -199,11 +198,7 @@ class PusherStore:
                 # A new pusher hears of events from now on, not of those the sender has yet
                 # to reach (as Synapse's last_stream_ordering).
                 start = (
-                    await conn.execute(
-                        sa.select(stream_positions.c.position).where(
-                            stream_positions.c.stream == Stream.EVENTS.value
-                        )
-                    )
+                    await conn.execute(sa.select(self._db.committed_position(Stream.EVENTS)))
                 ).scalar()
                 await conn.execute(
                     sa.insert(pushers).values(

@@ -19,15 +19,23 @@ class Wakeup:
     position: int
     room_id: str | None = None
     user_ids: tuple[str, ...] = ()
+    # Every position of the stream up to this one is committed, as the publisher knew when it
+    # published (several writers: a position may commit before a lower one). None: the
+    # position itself (one writer, positions commit in order).
+    upto: int | None = None
 
 
 Subscriber = Callable[[Wakeup], Awaitable[None]]
+# Called when wake-ups may have been lost (the bus reconnected): read the database again.
+Resync = Callable[[], Awaitable[None]]
 
 
 class Bus(Protocol):
     async def publish(self, wakeup: Wakeup) -> None: ...
 
     def subscribe(self, subscriber: Subscriber) -> None: ...
+
+    def on_resync(self, callback: Resync) -> None: ...
 
 
 class InMemoryBus:
@@ -42,3 +50,6 @@ class InMemoryBus:
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
+
+    def on_resync(self, callback: Resync) -> None:
+        """Nothing is ever lost in one process: never called."""

@@ -286,8 +286,14 @@ async def test_a_message_writes_everything_or_nothing(db: Database) -> None:
         assert await _rows_of(db, event_push_actions, refused.event_id) == []
     room_row = await RoomStore(db).get_room(ROOM)
     assert room_row is not None and room_row.latest_event_id == reaction.event_id
-    # Neither took a position: the next message has the one after the reaction's.
-    assert await room.persist(room.event("m.room.message", {"body": "next"})) == position + 1
+    # Neither took a position on SQLite: the next message has the one after the reaction's.
+    # PostgreSQL's sequence gave the refused transaction ID one (a gap, as every rolled-back
+    # allocation leaves), never given again.
+    following = await room.persist(room.event("m.room.message", {"body": "next"}))
+    if db.is_sqlite:
+        assert following == position + 1
+    else:
+        assert following is not None and following > position
 
 
 async def test_messages_sent_at_once_get_one_position_each(db: Database) -> None:

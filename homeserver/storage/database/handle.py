@@ -8,8 +8,8 @@ module that reads SQLAlchemy's and asyncpg's private parts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,6 +20,12 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.dml import UpdateBase
 
 from homeserver.core.streams import Stream
+from homeserver.storage.database.positions import (
+    CURRENT,
+    WriterPositions,
+    committed_sql,
+    next_value,
+)
 from homeserver.storage.database.postgresql import POOL_TIMEOUT_S, PostgresBackend
 from homeserver.storage.database.prepared import (
     DIALECT_ONLY,
@@ -44,7 +50,11 @@ class Database:
     """
 
     def __init__(
-        self, url: str, pool_size: int = 10, pool_timeout_s: float = POOL_TIMEOUT_S
+        self,
+        url: str,
+        pool_size: int = 10,
+        pool_timeout_s: float = POOL_TIMEOUT_S,
+        writer: str = "main",
     ) -> None:
         self.url = url
         self.pool_timeout_s = pool_timeout_s
@@ -58,11 +68,19 @@ class Database:
         self._own_dml: dict[int, frozenset[str]] = {}
         self._sqlite: SqliteBackend | None = None
         self._pg: PostgresBackend | None = None
+        # PostgreSQL: this handle as one of several writers of stream positions (None on
+        # SQLite, one writer: a counter row per stream, locked until the commit).
+        self.positions: WriterPositions | None = None
+        # The allocations of each open write transaction (PostgreSQL).
+        self._allocating: dict[Connection, list[int]] = {}
+        # The highest positions read here: a reader never sees one go back.
+        self._read_positions: dict[Stream, int] = {}
         if self.is_sqlite:
             self._sqlite = SqliteBackend(url, self._plans)
         else:
             self._pg = PostgresBackend(url, pool_size, pool_timeout_s, self._plans)
             self._async_engine = self._pg.engine
+            self.positions = WriterPositions(writer, url)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -86,8 +104,82 @@ class Database:
         """One transaction; on SQLite committed (on disk) when the block has ended."""
         if self._sqlite is not None:
             return self._sqlite.write()
-        assert self._pg is not None
-        return self._pg.write()
+        return self._pg_write()
+
+    @asynccontextmanager
+    async def _pg_write(self) -> AsyncIterator[Connection]:
+        assert self._pg is not None and self.positions is not None
+        keys: list[int] = []
+        committed = False
+        try:
+            async with self._pg.write() as conn:
+                self._allocating[conn] = keys
+                try:
+                    yield conn
+                    if keys:
+                        self.positions.check(keys)
+                finally:
+                    del self._allocating[conn]
+            committed = True
+        finally:
+            if keys:
+                self.positions.finish(keys)
+                if not committed:
+                    self.positions.request_flush()
+        if keys:
+            # The positions it took count as committed once this writer's row says so.
+            await self.positions.flush()
+
+    async def write_alone_position(
+        self, stream: Stream, statement: Executable, parameters: Params = None
+    ) -> int | None:
+        """PostgreSQL: ``write_alone`` of a statement that takes one position of ``stream``
+        from its sequence and returns it (or no row, having written nothing)."""
+        positions = self.positions
+        assert positions is not None
+        key = await positions.begin(stream)
+        done = False
+        try:
+            positions.check([key])
+            value = (await self.write_alone(statement, parameters)).scalar()
+            position = None if value is None else int(value)
+            if position is not None:
+                positions.allocated(key, position)
+            done = True
+        finally:
+            positions.finish([key])
+            if not done:
+                positions.request_flush()
+        await positions.flush()
+        return position
+
+    async def ping(self) -> None:
+        """One trivial statement (``/health``); raises when the database cannot answer."""
+        async with self.read() as conn:
+            await conn.execute(_PING)
+
+    async def start_positions(self) -> None:
+        """PostgreSQL, at start-up: this writer's rows and heartbeats."""
+        if self.positions is not None:
+            await self.positions.start()
+
+    def committed_position(self, stream: Stream) -> sa.ColumnElement[int]:
+        """How far ``stream`` is committed, as an expression inside a statement (the value
+        ``current_positions`` reads)."""
+        if self.positions is None:
+            return (
+                sa.select(stream_positions.c.position)
+                .where(stream_positions.c.stream == stream.value)
+                .scalar_subquery()
+            )
+        return sa.literal_column(committed_sql(stream), type_=sa.BigInteger)
+
+    def persisted_upto(self, stream: Stream) -> int | None:
+        """How far ``stream`` is committed as this writer last computed it (after its own
+        writes); None on SQLite (positions commit in order)."""
+        if self.positions is None:
+            return None
+        return self.positions.upto.get(stream)
 
     async def write_alone(
         self, statement: Executable, parameters: Params = None
@@ -152,6 +244,8 @@ class Database:
             )
 
     async def close(self) -> None:
+        if self.positions is not None:
+            await self.positions.close()
         if self._sqlite is not None:
             await self._sqlite.close()
         if self._pg is not None:
@@ -201,23 +295,41 @@ class Database:
     async def next_position(self, conn: Connection, stream: Stream) -> int:
         """Allocate the next position of ``stream`` inside the caller's write transaction.
 
-        The row stays locked until the transaction ends, so positions commit in order on
-        every worker: whoever reads position N sees everything below N committed.
+        SQLite: the counter row stays locked until the transaction ends, so positions commit
+        in order. PostgreSQL: the stream's sequence, and this writer keeps the position in
+        flight until the transaction has ended (``positions``), so that readers stop below
+        it: whoever reads position N sees everything below N committed.
         """
-        result = await conn.execute(_NEXT_POSITION, {"name": stream.value})
-        return int(result.scalar_one())
+        if self.positions is None:
+            result = await conn.execute(_NEXT_POSITION, {"name": stream.value})
+            return int(result.scalar_one())
+        keys = self._allocating[conn]  # a write() transaction's connection
+        key = await self.positions.begin(stream)
+        keys.append(key)
+        position = int((await conn.execute(_NEXT_VALUE[stream])).scalar_one())
+        self.positions.allocated(key, position)
+        return position
 
     async def current_positions(self, conn: Connection | None = None) -> dict[Stream, int]:
+        """Every stream's position below which everything is committed."""
+        statement = _POSITIONS if self.positions is None else CURRENT
         if conn is None:
             async with self.read() as c:
-                rows = (await c.execute(_POSITIONS)).all()
+                rows = (await c.execute(statement)).all()
         else:
-            rows = (await conn.execute(_POSITIONS)).all()
-        return {_STREAMS[r.stream]: int(r.position) for r in rows if r.stream in _STREAMS}
+            rows = (await conn.execute(statement)).all()
+        seen = self._read_positions
+        for r in rows:
+            stream = _STREAMS.get(r.stream)
+            if stream is not None and int(r.position) > seen.get(stream, -1):
+                seen[stream] = int(r.position)
+        return {s: seen[s] for s in (_STREAMS[r.stream] for r in rows if r.stream in _STREAMS)}
 
 
 _STREAMS = {s.value: s for s in Stream}
 _POSITIONS = prepared(sa.select(stream_positions.c.stream, stream_positions.c.position))
+_PING = sa.text("SELECT 1")
+_NEXT_VALUE = {s: next_value(s) for s in Stream}
 _NEXT_POSITION = prepared(
     sa.update(stream_positions)
     .where(stream_positions.c.stream == sa.bindparam("name"))

@@ -9,6 +9,7 @@ from sqlalchemy.dialects import postgresql
 
 from homeserver.core.streams import Stream
 from homeserver.storage.database import prepared
+from homeserver.storage.database.positions import sequence_name
 from homeserver.storage.schema import (
     BigInt,
     event_auth,
@@ -19,7 +20,6 @@ from homeserver.storage.schema import (
     event_txns,
     events,
     rooms,
-    stream_positions,
 )
 
 
@@ -33,12 +33,11 @@ def _message_statement(claim: bool, relation: bool) -> sa.Select[Any]:
 
     The room's row is compared-and-swapped (no row when its latest event is no longer
     :expected: nothing else is written and the position is NULL); then the events stream's
-    position is taken, and the event, its push actions, its transaction ID (a taken one
-    fails the whole statement on the primary key) and its relation are inserted at it. The
-    room's row, then the position's, stay locked until the commit, in that order, as in
-    ``persist_event``'s transaction. The event's edges (``prevs``, ``auths``) are recorded
-    and it replaces its prev_events among the room's forward extremities, as
-    ``record_graph`` does there.
+    position is taken from its sequence, and the event, its push actions, its transaction
+    ID (a taken one fails the whole statement on the primary key) and its relation are
+    inserted at it. The room's row stays locked until the commit, as in ``persist_event``'s
+    transaction. The event's edges (``prevs``, ``auths``) are recorded and it replaces its
+    prev_events among the room's forward extremities, as ``record_graph`` does there.
     """
     moved = (
         sa.update(rooms)
@@ -50,11 +49,14 @@ def _message_statement(claim: bool, relation: bool) -> sa.Select[Any]:
         .returning(rooms.c.current_state_group)
         .cte("moved")
     )
+    # The events stream's sequence (storage/database/positions.py): no row lock.
     position = (
-        sa.update(stream_positions)
-        .where(stream_positions.c.stream == Stream.EVENTS.value, sa.select(moved).exists())
-        .values(position=stream_positions.c.position + 1)
-        .returning(stream_positions.c.position)
+        sa.select(
+            sa.func.nextval(sa.literal_column(f"'{sequence_name(Stream.EVENTS)}'")).label(
+                "position"
+            )
+        )
+        .where(sa.select(moved).exists())
         .cte("position")
     )
     event = (

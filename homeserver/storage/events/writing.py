@@ -139,8 +139,8 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
             room = (await conn.execute(_LOCK_ROOM, {"room_id": new.room_id})).first()
             if room is None or room.latest_event_id != expected_latest:
                 return None
-            # Everything that needs no stream position comes first: on PostgreSQL the
-            # position's row stays locked from next_position to COMMIT, for every room.
+            # Everything that needs no stream position comes first: the position is in
+            # flight from next_position to COMMIT, holding readers below it.
             if new.txn_id is not None and new.device_id is not None:
                 taken = await conn.execute(
                     self._claim_txn,
@@ -262,7 +262,8 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
         relation = parse_relation(pdu.get("content"), event_type=pdu["type"])
         actions = new.push_actions
         try:
-            result = await self._db.write_alone(
+            position = await self._db.write_alone_position(
+                Stream.EVENTS,
                 MESSAGE[(claim, relation is not None)],
                 {
                     "room_id": new.room_id,
@@ -292,5 +293,4 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
             if claim and _TXN_KEY in str(error.orig):
                 raise DuplicateTxn(new.txn_id) from error
             raise
-        position = result.scalar()
-        return None if position is None else int(position)
+        return position

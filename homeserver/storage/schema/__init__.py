@@ -36,6 +36,7 @@ from homeserver.storage.schema.base import (
     BigInt,
     metadata,
     stream_positions,
+    stream_writers,
 )
 from homeserver.storage.schema.caches import cache_invalidations
 from homeserver.storage.schema.e2ee import (
@@ -208,6 +209,7 @@ __all__ = [
     "state_group_entries",
     "state_groups",
     "stream_positions",
+    "stream_writers",
     "thread_subscriptions",
     "threepid_sessions",
     "threepid_tokens",

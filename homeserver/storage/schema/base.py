@@ -22,6 +22,19 @@ stream_positions = sa.Table(
     sa.Column("stream", sa.Text, primary_key=True),
     sa.Column("position", BigInt, nullable=False),
 )
+# PostgreSQL, several writers (``storage/database/positions.py``): each database handle's
+# own position per stream, below which everything it allocated is finished; ``idle``: it
+# has nothing in flight (the position is the highest it allocated). Readers take the lowest
+# busy one among the writers whose ``heartbeat_ms`` is recent.
+stream_writers = sa.Table(
+    "stream_writers",
+    metadata,
+    sa.Column("stream", sa.Text, primary_key=True),
+    sa.Column("writer", sa.Text, primary_key=True),
+    sa.Column("position", BigInt, nullable=False),
+    sa.Column("idle", sa.Boolean, nullable=False),
+    sa.Column("heartbeat_ms", BigInt, nullable=False),
+)
 # Not a stream: the row that numbers events never served (outliers, rejected, soft-failed)
 # downwards from 0, below every position of the events stream, so that no read of the
 # stream meets them.
