@@ -1,7 +1,7 @@
 """positions from several writers: per-stream sequences and each writer's position
 
 Revision ID: 0029
-Revises: 0025
+Revises: 0030
 Create Date: 2026-12-07
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0029"
-down_revision = "0025"
+down_revision = "0030"
 branch_labels = None
 depends_on = None
 
