@@ -26,7 +26,8 @@ CS = "/_matrix/client/v3"
 # The takeover bound the issue sets: a dead holder's jobs run elsewhere within this.
 TAKEOVER_S = 10.0
 # The tests' databases open a pool of one (3 connections): PostgreSQL is shared.
-FAST = LeaseTiming(lease_ms=600, period_ms=150, margin_ms=100)
+# Short enough for a quick test, long enough that a loaded machine's stalls do not lapse one.
+FAST = LeaseTiming(lease_ms=1500, period_ms=300, margin_ms=200)
 
 
 @pytest.fixture
@@ -40,19 +41,19 @@ async def test_a_lease_has_one_holder_until_it_lapses_or_is_released(db_url: str
     try:
         leases = JobLeaseStore(db)
         assert await leases.holder("job") is None
-        assert await leases.hold("job", "a", 300)
-        assert await leases.hold("job", "a", 300)  # a renewal
-        assert not await leases.hold("job", "b", 300)
+        assert await leases.hold("job", "a", 2000)
+        assert await leases.hold("job", "a", 2000)  # a renewal
+        assert not await leases.hold("job", "b", 2000)
         assert await leases.holder("job") == "a"
-        assert await leases.hold("other", "b", 300)  # leases are per job
-        await asyncio.sleep(0.5)  # a lapses
+        assert await leases.hold("other", "b", 2000)  # leases are per job
+        await asyncio.sleep(2.2)  # a lapses
         assert await leases.holder("job") is None
         assert await leases.hold("job", "b", 60_000)
-        assert not await leases.hold("job", "a", 300)
+        assert not await leases.hold("job", "a", 2000)
         await leases.release("job", "a")  # not a's: nothing changes
         assert await leases.holder("job") == "b"
         await leases.release("job", "b")
-        assert await leases.hold("job", "a", 300)
+        assert await leases.hold("job", "a", 2000)
     finally:
         await db.close()
 
@@ -88,13 +89,13 @@ async def test_many_leases_are_held_and_renewed_in_one_go(db_url: str) -> None:
     db = Database(db_url, pool_size=1)
     try:
         leases = JobLeaseStore(db)
-        assert await leases.hold_many(["x", "y"], "a", 300) == {"x", "y"}
-        assert await leases.hold_many(["x", "y", "z"], "b", 300) == {"z"}
-        assert await leases.hold_many(["x", "y", "z"], "a", 300) == {"x", "y"}
+        assert await leases.hold_many(["x", "y"], "a", 60_000) == {"x", "y"}
+        assert await leases.hold_many(["x", "y", "z"], "b", 60_000) == {"z"}
+        assert await leases.hold_many(["x", "y", "z"], "a", 60_000) == {"x", "y"}
         await leases.release_many(["x", "z"], "a")  # z is b's: it stays
         assert await leases.holders() == {"y": "a", "z": "b"}
-        assert await leases.hold_many(["x", "y", "z"], "b", 300) == {"x", "z"}
-        assert await leases.hold_many([], "b", 300) == set()
+        assert await leases.hold_many(["x", "y", "z"], "b", 60_000) == {"x", "z"}
+        assert await leases.hold_many([], "b", 60_000) == set()
     finally:
         await db.close()
 

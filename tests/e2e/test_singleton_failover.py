@@ -6,6 +6,7 @@ gives its leases up at once (the other takes them within a standby period) and e
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 import time
 from collections import Counter
@@ -26,7 +27,7 @@ TAKEOVER_S = 10.0
 SHUTDOWN_TIMEOUT_MS = 3000
 
 
-def _worker(tmp_path: Path, pg_url: str, name: str) -> ServerProcess:
+def _worker(tmp_path: Path, pg_url: str, name: str, prefix: str) -> ServerProcess:
     workdir = tmp_path / name
     workdir.mkdir()
     return ServerProcess(
@@ -34,6 +35,8 @@ def _worker(tmp_path: Path, pg_url: str, name: str) -> ServerProcess:
         pg_url,
         data_dir=str(tmp_path / "data"),  # one signing key for both
         worker={"name": name},
+        # Several workers wake each other through Redis (a channel of this test's own).
+        redis={"url": "redis://127.0.0.1:6379/0", "channel_prefix": prefix},
         # Bob is online (he syncs): pushed all the same.
         push={"allow_http": True, "poll_interval_ms": 500, "only_when_offline": False},
         outbound={"allow_addresses": ["127.0.0.1/32"]},
@@ -72,7 +75,8 @@ async def test_kill_the_singleton_holder_then_sigterm_the_other(
 ) -> None:
     in_thread(lambda: truncate(pg_database))
     db = Database(pg_database, pool_size=1)
-    a, b = _worker(tmp_path, pg_database, "a"), _worker(tmp_path, pg_database, "b")
+    prefix = f"test-{secrets.token_hex(4)}:"
+    a, b = _worker(tmp_path, pg_database, "a", prefix), _worker(tmp_path, pg_database, "b", prefix)
     async with FakeGateway() as gateway:
         a.start()
         try:
@@ -140,15 +144,6 @@ async def test_kill_the_singleton_holder_then_sigterm_the_other(
                 )
                 await asyncio.sleep(0.5)
                 assert not waiting.done()
-                m2 = (
-                    await _call(
-                        on_a,
-                        "PUT",
-                        f"{CS}/rooms/{room_id}/send/m.room.message/m2",
-                        alice_token,
-                        json={"msgtype": "m.text", "body": "hello again"},
-                    )
-                )["event_id"]
                 stopped = time.monotonic()
                 exit_code = await asyncio.to_thread(b.terminate_and_wait, 15)
                 # uvicorn re-raises the signal once it has shut down cleanly: killed by
@@ -160,10 +155,27 @@ async def test_kill_the_singleton_holder_then_sigterm_the_other(
                 answer = await asyncio.wait_for(waiting, 5)
                 assert answer.status_code == 200
                 resume = answer.json()["next_batch"]  # a token to resume from, lossless
+                # Sent after B stopped (with Redis, a message sent while B was up would have
+                # woken B's long-poll instead of its shutdown answering it).
+                m2 = (
+                    await _call(
+                        on_a,
+                        "PUT",
+                        f"{CS}/rooms/{room_id}/send/m.room.message/m2",
+                        alice_token,
+                        json={"msgtype": "m.text", "body": "hello again"},
+                    )
+                )["event_id"]
                 # B gave its leases up: A takes them without waiting for them to lapse.
                 await until_async(lambda: _holders_are(db, {"a"}), timeout_s=5)
                 print(f"SIGTERM to leases held by the other: {time.monotonic() - stopped:.2f} s")
-                synced = await _call(on_a, "GET", f"{CS}/sync", bob_token, params={"since": resume})
+                synced = await _call(
+                    on_a,
+                    "GET",
+                    f"{CS}/sync",
+                    bob_token,
+                    params={"since": resume, "timeout": 10_000},
+                )
                 timeline = synced["rooms"]["join"][room_id]["timeline"]["events"]
                 assert m2 in [e["event_id"] for e in timeline]
                 await until(lambda: m2 in _pushed(gateway), timeout_s=TAKEOVER_S)
