@@ -79,6 +79,8 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Moves on whenever this worker marks an event redacted: events read before are stale.
+        self.redaction_epoch = 0
         # State groups never change once written.
         self._state_cache: LRUCache[int, StateMap] = LRUCache(
             maxsize=STATE_CACHE_ENTRIES, getsizeof=state_cache_weight
@@ -215,6 +217,7 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
             await record_graph(conn, new.room_id, new.event_id, prevs, auths)
             redacts = redacts_of(pdu)
             if pdu["type"] == "m.room.redaction" and redacts is not None:
+                self.redaction_epoch += 1
                 await conn.execute(
                     sa.update(events)
                     .where(
