@@ -15,6 +15,7 @@ that is still unread.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import os
 import secrets
@@ -54,6 +55,9 @@ CURSOR_SAVE_INTERVAL_MS = 10_000
 # After a wake-up, events of the next moment are gathered into the same round.
 GATHER_S = 0.02
 CLAIM_BATCH = 20
+# Due times of this worker's queued rows and backed-off pushers remembered at most (beyond,
+# the poll's rounds find them).
+MAX_DUES_KEPT = 10_000
 QUEUE_BATCH = 100
 LEASE_MS = 5 * 60 * 1000  # a worker that dies holding a pusher frees it after this
 UNSUBSCRIBE_PATH = "_homeserver/client/unsubscribe"
@@ -119,6 +123,12 @@ class PusherSender:
         # One round at a time on this worker: a round run directly (tests, admin tools) waits
         # for the background job's, rather than racing it for the same claims and requests.
         self._round = asyncio.Lock()
+        # When rows this worker queued, or pushers it backed off, fall due (a heap of times):
+        # a round woken by new events claims pushers only when one of these is due or it
+        # queued rows itself; the poll's rounds claim always (another worker's rows, a lease
+        # of a worker that died).
+        self._dues: list[int] = []
+        self._queued = False
         bus.subscribe(self._on_wakeup)
 
     async def _on_wakeup(self, wakeup: Wakeup) -> None:
@@ -143,7 +153,7 @@ class PusherSender:
                 self._wake.clear()
                 # Woken, the events position is the wake-ups'; else (the poll: a wake-up
                 # may have been lost) it is read.
-                await self.run_once(self._woken_upto if woken else None)
+                await self._run_round(self._woken_upto if woken else None, claim_always=not woken)
                 woken = False
                 try:
                     # asyncio.timeout, not wait_for: wait_for can swallow a cancellation.
@@ -159,9 +169,22 @@ class PusherSender:
     async def run_once(self, upto: int | None = None) -> None:
         """A round: queue what events up to ``upto`` (committed; None: the current position)
         push, then send what is due."""
+        await self._run_round(upto, claim_always=True)
+
+    async def _run_round(self, upto: int | None, *, claim_always: bool) -> None:
         async with self._round:
+            self._queued = False
             await self.enqueue_new(upto)
-            await self.deliver_due()
+            now = self._clock.now_ms()
+            due = bool(self._dues) and self._dues[0] <= now
+            while self._dues and self._dues[0] <= now:
+                heapq.heappop(self._dues)
+            if claim_always or self._queued or due:
+                await self.deliver_due()
+
+    def _due_later(self, at: int) -> None:
+        if at > self._clock.now_ms() and len(self._dues) < MAX_DUES_KEPT:
+            heapq.heappush(self._dues, at)
 
     # --- enqueue -----------------------------------------------------------------------------
 
@@ -226,6 +249,9 @@ class PusherSender:
                 continue
             cursor = self._cursor = self._scanned = reach
             self._cursor_saved_ms = self._clock.now_ms()
+            self._queued = True
+            for due_at in {r.due_ts for r in rows}:
+                self._due_later(due_at)
 
     # --- deliver -----------------------------------------------------------------------------
 
@@ -276,6 +302,7 @@ class PusherSender:
             await self._store.release_pusher(
                 pusher.id, claim, attempts=attempts, next_attempt_ts=next_ts
             )
+            self._due_later(next_ts)
 
     async def _send_http(self, pusher: Pusher, queue: Sequence[QueuedPush]) -> bool | None:
         """True when the queue went out, False to back off, None when the pusher was removed

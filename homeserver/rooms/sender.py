@@ -51,12 +51,21 @@ MAX_BUILD_ATTEMPTS = 20
 # A new event's prev_events are at most this many forward extremities, the deepest: the
 # spec advises a bound, and Synapse uses this one; the rest stay extremities for later.
 MAX_PREV_EVENTS = 10
+# A room's events kept for its next builds at most (mostly its senders' memberships).
+MAX_KNOWN_EVENTS = 1000
 
 
 @dataclass(frozen=True, slots=True)
 class SentEvent:
     event_id: str
     stream_ordering: int
+
+
+@dataclass(frozen=True, slots=True)
+class _KnownEvents:
+    latest_event_id: str
+    redaction_epoch: int
+    events: dict[str, StoredEvent]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +125,12 @@ class EventSender:
         # Each room's row as this worker last moved it on. Only a starting guess: a stale one
         # fails the compare-and-swap and the room is read again.
         self._heads: LRUCache[str, Room] = LRUCache(maxsize=10_000)
+        # The events the room's last builds here loaded (auth events: create, power levels,
+        # senders' memberships), valid while the room's head is the one this worker moved it
+        # to and no redaction was written since: an event never changes but for its
+        # ``redacted_by``. Another writer's event in the room moves the head, which fails
+        # the compare-and-swap and drops them.
+        self._known: LRUCache[str, _KnownEvents] = LRUCache(maxsize=10_000)
         self._push = push
         # The metrics' event persist latency (seconds), when there are metrics.
         self._observe_persist = observe_persist
@@ -123,6 +138,19 @@ class EventSender:
         # resolution). Without it, an event on extremities whose states differ is built on
         # the room's current state, as before rooms were graphs.
         self._resolve = resolve
+
+    def _known_events(self, room: Room | None) -> dict[str, StoredEvent]:
+        """The events this room's last builds loaded, when still valid for ``room`` (its head
+        as cached here); a fresh map otherwise."""
+        if room is not None:
+            cached = self._known.get(room.room_id)
+            if (
+                cached is not None
+                and cached.latest_event_id == room.latest_event_id
+                and cached.redaction_epoch == self._events.redaction_epoch
+            ):
+                return cached.events
+        return {}
 
     def version(self, room: Room) -> RoomVersion:
         return KNOWN_ROOM_VERSIONS[room.room_version]
@@ -195,6 +223,8 @@ class EventSender:
         async with lock:
             for attempt in range(MAX_BUILD_ATTEMPTS):
                 room = self._heads.get(room_id) if attempt == 0 else None
+                epoch = self._events.redaction_epoch  # before any read of this attempt
+                known = self._known_events(room)
                 if room is None:
                     room = await self._rooms.get_room_head(room_id)
                     if (
@@ -205,7 +235,7 @@ class EventSender:
                         raise MatrixError(Codes.NOT_FOUND, "Unknown room")
                 async with self._events.pinned_reads():  # one connection for its reads
                     new = await self._build(
-                        room, sender, event_type, content, state_key, txn, redacts
+                        room, sender, event_type, content, state_key, txn, redacts, known
                     )
                 # A taken transaction ID raises DuplicateTxn: the send service answers it.
                 started = time.perf_counter()
@@ -215,6 +245,7 @@ class EventSender:
                 if position is not None:
                     break
                 self._heads.pop(room_id, None)
+                self._known.pop(room_id, None)
             else:
                 raise MatrixError(Codes.UNKNOWN, "The room is too busy, try again", status=503)
             if (
@@ -233,6 +264,14 @@ class EventSender:
                 )
             else:  # a new state group, which only the store knows: read the room next time
                 self._heads.pop(room_id, None)
+            if (
+                event_type == "m.room.redaction"
+                or room_id not in self._heads
+                or len(known) > MAX_KNOWN_EVENTS
+            ):
+                self._known.pop(room_id, None)
+            else:
+                self._known[room_id] = _KnownEvents(new.event_id, epoch, known)
         concerned = (state_key,) if event_type == "m.room.member" and state_key else ()
         await self._notifier.notify(Stream.EVENTS, position, room_id=room_id, user_ids=concerned)
         return SentEvent(new.event_id, position)
@@ -246,6 +285,7 @@ class EventSender:
         state_key: str | None,
         txn: Txn | None,
         redacts: str | None,
+        known: dict[str, StoredEvent],
     ) -> NewEvent:
         version = self.version(room)
         parents = room.forward_extremities[:MAX_PREV_EVENTS]
@@ -257,7 +297,11 @@ class EventSender:
         wanted_ids = [*auth_ids, create_id] if create_id is not None else list(auth_ids)
         if version.event_format is EventFormat.V1:
             wanted_ids += prev_ids  # their reference hashes go into the new event
-        loaded = await self._events.get_events(wanted_ids)
+        loaded = {i: known[i] for i in wanted_ids if i in known}
+        if len(loaded) < len(wanted_ids):
+            read = await self._events.get_events(i for i in wanted_ids if i not in loaded)
+            loaded.update(read)
+            known.update(read)
         pdu: JsonDict = {
             "room_id": room.room_id,
             "sender": sender,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -61,3 +62,27 @@ async def test_gateway_failure_logged_with_pusher_host_and_reason(
         assert fields["reason"] == "HTTP 503"
         assert fields["pushkey_hash"] == pushkey_hash("key1")
         assert "key1" not in str(fields)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_woken_round_retries_a_backed_off_pusher_once_it_is_due(
+    tmp_path: Path, db_url: str
+) -> None:
+    """A round woken by new events claims pushers only when it queued rows or when a row or
+    back-off this worker knows of is due: a backed-off pusher is left alone until then."""
+    clock = FakeClock()
+    async with FakeGateway() as gateway, serve(_config(tmp_path, db_url), clock) as (hs, client):
+        sender = hs.pusher_sender
+        gateway.status = 503
+        a, _, room_id = await _setup(client, gateway)
+        await _send(client, a, room_id, "1")
+        await sender._run_round(None, claim_always=False)  # queued here: claimed at once
+        await until(lambda: sender.failures.total == 1)
+        gateway.status = 200
+        await sender._run_round(None, claim_always=False)  # backed off: nothing is due
+        await asyncio.sleep(0.2)
+        assert len(gateway.received) == 1
+        clock.advance(1000)  # the first back-off is over
+        await sender._run_round(None, claim_always=False)
+        await until(lambda: len(gateway.received) == 2)
+        assert sender.failures.total == 1

@@ -13,6 +13,7 @@ import pytest
 
 from homeserver.app import Homeserver
 from homeserver.core.clock import FakeClock
+from homeserver.core.errors import MatrixError
 from homeserver.core.types import JsonDict
 from homeserver.events.room_versions import RoomVersion
 from homeserver.rooms.sender import MAX_PREV_EVENTS, EventSender, StateResolver
@@ -211,3 +212,60 @@ async def test_two_senders_at_once_lose_nothing(client: httpx.AsyncClient, hs: H
         assert await hs.event_store.get_prev_event_ids(after.event_id) == [before.event_id]
         assert after.depth == before.depth + 1
     assert await extremities(hs, room_id) == [ordered[-1].event_id]
+
+
+def _worker(hs: Homeserver) -> EventSender:
+    """Another worker's sender on the same database (its own lock, heads and known events)."""
+    return EventSender(
+        hs.event_store,
+        hs.room_store,
+        hs.notifier,
+        hs.clock,
+        "test",
+        hs.signing_key,
+        hs.event_sender._push,
+    )
+
+
+async def test_another_workers_state_change_is_seen_by_the_next_send(
+    client: httpx.AsyncClient, hs: Homeserver
+) -> None:
+    """The sender keeps the auth events its last build of the room loaded; another worker's
+    event moves the room on, so they are read again and the new power levels apply."""
+    _, tok = await register(client, "alice")
+    _, bob_tok = await register(client, "bob")
+    room_id = await create(client, tok, preset="public_chat")
+    checked(await client.post(f"{V3}/join/{room_id}", headers=auth_header(bob_tok), json={}))
+    alice, bob = "@alice:test", "@bob:test"
+    await hs.event_sender.send(room_id, bob, "m.room.message", {"body": "one"})
+    power = await hs.event_store.get_current_state_ids(room_id)
+    levels = await hs.event_store.get_event(power[("m.room.power_levels", "")])
+    assert levels is not None
+    content = {**levels.content, "events_default": 50}
+    await _worker(hs).send(room_id, alice, "m.room.power_levels", content, state_key="")
+    with pytest.raises(MatrixError) as raised:
+        await hs.event_sender.send(room_id, bob, "m.room.message", {"body": "two"})
+    assert raised.value.to_json()["errcode"] == "M_FORBIDDEN"
+
+
+async def test_a_redaction_drops_the_known_auth_events(
+    client: httpx.AsyncClient, hs: Homeserver
+) -> None:
+    """An event never changes but for its redaction: a redaction written on this worker, in
+    any room, makes the next build read its auth events again."""
+    _, tok = await register(client, "alice")
+    room_id = await create(client, tok)
+    other_room = await create(client, tok)
+    alice = "@alice:test"
+    await hs.event_sender.send(room_id, alice, "m.room.message", {"body": "one"})
+    known = hs.event_sender._known_events(hs.event_sender._heads.get(room_id))
+    assert len(known) == 3  # create, power levels, alice's membership
+    epoch = hs.event_store.redaction_epoch
+    target = await hs.event_sender.send(other_room, alice, "m.room.message", {"body": "x"})
+    await hs.event_sender.send(other_room, alice, "m.room.redaction", {}, redacts=target.event_id)
+    assert hs.event_store.redaction_epoch == epoch + 1
+    assert hs.event_sender._known_events(hs.event_sender._heads.get(room_id)) == {}
+    assert other_room not in hs.event_sender._known
+    # Read again, and kept again.
+    await hs.event_sender.send(room_id, alice, "m.room.message", {"body": "two"})
+    assert len(hs.event_sender._known_events(hs.event_sender._heads.get(room_id))) == 3

@@ -71,6 +71,34 @@ _DROP_EXTREMITIES = prepared(
 _ADD_EXTREMITY = prepared(sa.insert(_f), columns=("room_id", "event_id"))
 _ADD_EDGE = prepared(sa.insert(event_edges), columns=("event_id", "prev_event_id"))
 _ADD_AUTH = prepared(sa.insert(event_auth), columns=("event_id", "auth_id"))
+# An event's edges in one statement of one multi-row INSERT, up to this many (an event of
+# a usual room has three or four auth events and one prev_event); more go row by row.
+_ROWS_PER_INSERT = 12
+
+
+@functools.lru_cache(maxsize=2 * _ROWS_PER_INSERT)
+def _edges_insert(table: sa.Table, rows: int) -> sa.Insert:
+    """``INSERT INTO table VALUES (:event_id, :p0), (:event_id, :p1), ...``: the event's
+    ``rows`` edges to ``table`` (``event_edges`` or ``event_auth``)."""
+    own, other = (c.name for c in table.c)
+    values: list[dict[str, Any]] = [
+        {own: sa.bindparam("event_id"), other: sa.bindparam(f"p{i}")} for i in range(rows)
+    ]
+    return prepared(sa.insert(table).values(values))
+
+
+async def _add_edges(
+    conn: Connection, table: sa.Table, row_by_row: Any, event_id: str, ids: Sequence[str]
+) -> None:
+    if len(ids) > _ROWS_PER_INSERT:
+        own, other = (c.name for c in table.c)
+        await conn.execute(row_by_row, [{own: event_id, other: i} for i in ids])
+        return
+    params: dict[str, object] = {f"p{n}": i for n, i in enumerate(ids)}
+    params["event_id"] = event_id
+    await conn.execute(_edges_insert(table, len(ids)), params)
+
+
 _EXTREMITIES = prepared(
     sa.select(_f.c.event_id, events.c.depth, events.c.state_group)
     .join(events, events.c.event_id == _f.c.event_id)
@@ -103,9 +131,9 @@ async def record_graph(
     if extremity and not moved:
         await conn.execute(_ADD_EXTREMITY, {"room_id": room_id, "event_id": event_id})
     if prevs:
-        await conn.execute(_ADD_EDGE, [{"event_id": event_id, "prev_event_id": p} for p in prevs])
+        await _add_edges(conn, event_edges, _ADD_EDGE, event_id, prevs)
     if auths:
-        await conn.execute(_ADD_AUTH, [{"event_id": event_id, "auth_id": a} for a in auths])
+        await _add_edges(conn, event_auth, _ADD_AUTH, event_id, auths)
 
 
 def _seed_ids(name: str, sqlite: bool) -> sa.Select[Any]:

@@ -142,6 +142,8 @@ _EXTREMITIES = prepared(
 class IncomingWrites(StateGroups):
     """The event store's persisting of events from other servers (a part of ``EventStore``)."""
 
+    redaction_epoch: int
+
     @overload
     async def persist_incoming(
         self,
@@ -311,6 +313,7 @@ class IncomingWrites(StateGroups):
         if event.served:
             redacts = event.redacts
             if pdu["type"] == "m.room.redaction" and redacts is not None:
+                self.redaction_epoch += 1
                 await conn.execute(
                     sa.update(events)
                     .where(
@@ -346,6 +349,7 @@ class IncomingWrites(StateGroups):
         server = sender.partition(":")[2]
         for row in (await conn.execute(_PENDING_FOR, {"id": event_id, "room_id": room_id})).all():
             if row.any_sender or row.sender.partition(":")[2] == server:
+                self.redaction_epoch += 1
                 await conn.execute(
                     sa.update(events)
                     .where(events.c.event_id == event_id)

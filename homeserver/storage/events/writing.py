@@ -52,6 +52,17 @@ _MOVE_ROOM = prepared(
     ),
     columns=("id", "latest", "depth", "group"),
 )
+# A message's compare-and-swap and move of the room in one statement: no state group changes.
+_ADVANCE_ROOM = prepared(
+    sa.update(rooms)
+    .where(
+        rooms.c.room_id == sa.bindparam("id"),
+        rooms.c.latest_event_id == sa.bindparam("expected"),
+    )
+    .values(latest_event_id=sa.bindparam("latest"), current_depth=sa.bindparam("depth"))
+    .returning(rooms.c.current_state_group),
+    columns=("id", "expected", "latest", "depth"),
+)
 # The columns persist_event gives every new event.
 _INSERT_EVENT = prepared(
     sa.insert(events),
@@ -79,6 +90,8 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Moves on whenever this worker marks an event redacted: events read before are stale.
+        self.redaction_epoch = 0
         # State groups never change once written.
         self._state_cache: LRUCache[int, StateMap] = LRUCache(
             maxsize=STATE_CACHE_ENTRIES, getsizeof=state_cache_weight
@@ -135,10 +148,33 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
             return await self._persist_message(
                 new, expected_latest, event_json, unsigned_json, prevs, auths
             )
+        # A message (no state of its own, on the room's current state) moves the room in the
+        # statement that checks it: the compare-and-swap is the UPDATE's condition.
+        advance = (
+            state_key is None
+            and expected_latest is not None
+            and new.prev_state is None
+            and new.current_state is None
+        )
         async with self._db.write() as conn:
-            room = (await conn.execute(_LOCK_ROOM, {"room_id": new.room_id})).first()
-            if room is None or room.latest_event_id != expected_latest:
-                return None
+            if advance:
+                room = (
+                    await conn.execute(
+                        _ADVANCE_ROOM,
+                        {
+                            "id": new.room_id,
+                            "expected": expected_latest,
+                            "latest": new.event_id,
+                            "depth": pdu["depth"],
+                        },
+                    )
+                ).first()
+                if room is None:
+                    return None
+            else:
+                room = (await conn.execute(_LOCK_ROOM, {"room_id": new.room_id})).first()
+                if room is None or room.latest_event_id != expected_latest:
+                    return None
             # Everything that needs no stream position comes first: the position is in
             # flight from next_position to COMMIT, holding readers below it.
             if new.txn_id is not None and new.device_id is not None:
@@ -171,15 +207,16 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
                 room_group = await self._group_for(
                     conn, new.room_id, new.current_state, [group] if group is not None else []
                 )
-            await conn.execute(
-                _MOVE_ROOM,
-                {
-                    "id": new.room_id,
-                    "latest": new.event_id,
-                    "depth": pdu["depth"],
-                    "group": room_group,
-                },
-            )
+            if not advance:
+                await conn.execute(
+                    _MOVE_ROOM,
+                    {
+                        "id": new.room_id,
+                        "latest": new.event_id,
+                        "depth": pdu["depth"],
+                        "group": room_group,
+                    },
+                )
             position = await self._db.next_position(conn, Stream.EVENTS)
             await conn.execute(
                 _INSERT_EVENT,
@@ -215,6 +252,7 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
             await record_graph(conn, new.room_id, new.event_id, prevs, auths)
             redacts = redacts_of(pdu)
             if pdu["type"] == "m.room.redaction" and redacts is not None:
+                self.redaction_epoch += 1
                 await conn.execute(
                     sa.update(events)
                     .where(
