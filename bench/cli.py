@@ -144,6 +144,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run our server at git revision REV (a detached worktree on this venv) "
         "as the server 'baseline', after ours; the table adds ours/baseline ratios",
     )
+    parser.add_argument(
+        "--sliding-rooms",
+        type=int,
+        metavar="N",
+        help="rooms of the sliding_sync scenario's user (default 1000 times --scale)",
+    )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     args.servers = [s for s in args.servers.split(",") if s]
@@ -214,6 +220,7 @@ async def run_server(
             profiler,
             args.fanout_sizes,
         )
+        bench.sliding_rooms = args.sliding_rooms
         for scenario in args.scenarios:
             started = time.monotonic()
             try:

@@ -167,6 +167,8 @@ class Bench:
         # measured part has run this long, and reports what it measured.
         self.budget_seconds = budget_seconds
         self.fanout_sizes = tuple(fanout_sizes)
+        # --sliding-rooms: the sliding_sync scenario's room count, else 1 000 times the scale.
+        self.sliding_rooms: int | None = None
         self.pool: list[User] = []
         self._profiler = profiler
         self._counter = 0
