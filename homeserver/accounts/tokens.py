@@ -22,7 +22,7 @@ from homeserver.core.config import AuthConfig
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID
 from homeserver.core.types import Requester
-from homeserver.storage.accounts import AccountStore
+from homeserver.storage.accounts import AccountStore, ActingUser
 
 # A cached token is re-read from the database at least this often, so that a token revoked
 # by another worker stops working within this time.
@@ -65,8 +65,9 @@ class AuthService:
     ) -> None:
         self._store = store
         self._appservices = appservices or AppServices(())
-        # Users an application service acted as, known to exist (re-read as tokens are).
-        self._app_service_users: TTLCache[str, bool] = TTLCache(
+        # Users an application service acted as, known to exist, with their flags (re-read
+        # as tokens are).
+        self._app_service_users: TTLCache[str, ActingUser] = TTLCache(
             maxsize=max(1, config.token_cache_size), ttl=TOKEN_CACHE_TTL_S
         )
         self._clock = clock
@@ -117,7 +118,7 @@ class AuthService:
         except where ``allow_locked`` (the logout endpoints)."""
         service = self._appservices.by_token(token)
         if service is not None:
-            return await self._app_service_requester(service, user_id, device_id)
+            return await self._app_service_requester(service, user_id, device_id, allow_locked)
         key = hash_token(token)
         cached = self._cache.get(key)
         if cached is None:
@@ -152,9 +153,14 @@ class AuthService:
         return self._appservices.by_token(token)
 
     async def _app_service_requester(
-        self, service: AppService, user_id: str | None, device_id: str | None
+        self,
+        service: AppService,
+        user_id: str | None,
+        device_id: str | None,
+        allow_locked: bool = False,
     ) -> Requester:
         acting_as = service.sender
+        shadow_banned = suspended = False
         if user_id is not None and user_id != service.sender:
             try:
                 acting_as = UserID.parse(user_id)
@@ -162,15 +168,22 @@ class AuthService:
                 raise MatrixError(Codes.INVALID_PARAM, "user_id is not a valid user ID") from None
             if not service.is_user_in_namespace(acting_as):
                 raise MatrixError(Codes.FORBIDDEN, "Application service cannot act as this user")
-            if acting_as not in self._app_service_users:
-                user = await self._store.get_user(acting_as)
-                if user is None:
+            acting = self._app_service_users.get(acting_as)
+            if acting is None:
+                acting = await self._store.get_acting_user(acting_as)
+                if acting is None:
                     raise MatrixError(
                         Codes.FORBIDDEN, "Application service has not registered this user"
                     )
-                if user.deactivated:
+                if acting.deactivated:
                     raise MatrixError(Codes.FORBIDDEN, "This user is deactivated")
-                self._app_service_users[acting_as] = True
+                self._app_service_users[acting_as] = acting
+            # The user's own flags hold when a service acts as them, as with their tokens.
+            if acting.locked and not allow_locked:
+                raise MatrixError(
+                    Codes.USER_LOCKED, "This account has been locked", soft_logout=True
+                )
+            shadow_banned, suspended = acting.shadow_banned, acting.suspended
         # The sender has no device; a user acting through the service uses the device the
         # service names (encryption bridges, MSC3202 and spec v1.17's device_id), which
         # must exist. Without one, "" stands for "no device": no token row has it.
@@ -190,6 +203,8 @@ class AuthService:
             # The sender itself is never limited (as Synapse); its users unless rate_limited
             # is false.
             rate_limited=service.rate_limited and acting_as != service.sender,
+            shadow_banned=shadow_banned,
+            suspended=suspended,
         )
 
     async def create_session(
@@ -271,3 +286,4 @@ class AuthService:
         for key, (requester, _, _) in list(self._cache.items()):
             if requester.user_id == user_id:
                 self._cache.pop(key, None)
+        self._app_service_users.pop(user_id, None)

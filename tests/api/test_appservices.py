@@ -817,3 +817,78 @@ async def test_two_workers_send_each_transaction_once(
         assert all(_delivered(fake, e) == 1 for e in event_ids)
         ids = [int(txn_id) for txn_id, _ in fake.transactions]
         assert ids == sorted(set(ids))
+
+
+async def test_acting_as_a_moderated_user(bridge: tuple[Homeserver, httpx.AsyncClient]) -> None:
+    """A service acting as a suspended, shadow-banned or locked user gets what the user's
+    own token would (spec, "Account suspension" and "Account locking")."""
+    from tests.api.admin_helpers import call, make_admin
+
+    hs, client = bridge
+    admin = await make_admin(hs, client)
+    alice, token = await register(client, "alice")
+    assert (await as_register(client, "bridge_puppet")).status_code == 200
+    puppet = "@bridge_puppet:test"
+    as_puppet = f"?user_id={puppet}"
+    room = await create_room(client, token, preset="public_chat")
+    v3 = "/_matrix/client/v3"
+    r = await client.post(f"{v3}/join/{room}{as_puppet}", headers=AS, json={})
+    assert r.status_code == 200, r.text
+
+    async def send(text: str) -> httpx.Response:
+        return await client.put(
+            f"{v3}/rooms/{room}/send/m.room.message/{len(text)}{text[:3]}{as_puppet}",
+            headers=AS,
+            json={"msgtype": "m.text", "body": text},
+        )
+
+    async def seen_by_alice() -> list[str]:
+        r = await client.get(
+            f"{v3}/rooms/{room}/messages?dir=b&limit=50", headers=auth_header(token)
+        )
+        return [
+            e["content"]["body"]
+            for e in r.json()["chunk"]
+            if e["sender"] == puppet and e["type"] == "m.room.message"
+        ]
+
+    # Suspended: may read, not send; lifted, it sends again.
+    await call(client, admin, "PUT", f"/v1/suspend/{puppet}", {"suspend": True})
+    r = await send("while suspended")
+    assert r.status_code == 403 and r.json()["errcode"] == "M_USER_SUSPENDED"
+    r = await client.get(f"{v3}/rooms/{room}/messages?dir=b&user_id={puppet}", headers=AS)
+    assert r.status_code == 200
+    r = await client.post(  # the service's own sender is not the suspended user
+        f"{v3}/join/{room}", headers=AS, json={}
+    )
+    assert r.status_code == 200
+    await call(client, admin, "PUT", f"/v1/suspend/{puppet}", {"suspend": False})
+    assert (await send("after suspension")).status_code == 200
+
+    # Shadow-banned: the send looks fine and reaches nobody.
+    await call(client, admin, "POST", f"/v1/users/{puppet}/shadow_ban")
+    r = await send("into the void")
+    assert r.status_code == 200 and r.json()["event_id"].startswith("$")
+    await call(client, admin, "DELETE", f"/v1/users/{puppet}/shadow_ban")
+    assert (await send("heard again")).status_code == 200
+    assert await seen_by_alice() == ["heard again", "after suspension"]
+
+    # Locked: 401 M_USER_LOCKED, a soft logout; the sender itself is untouched.
+    r = await client.put(
+        f"/_matrix/client/v1/admin/lock/{puppet}",
+        headers=auth_header(admin),
+        json={"locked": True},
+    )
+    assert r.status_code == 200, r.text
+    r = await whoami(client, as_puppet)
+    assert r.status_code == 401
+    assert r.json()["errcode"] == "M_USER_LOCKED" and r.json()["soft_logout"] is True
+    assert (await whoami(client)).status_code == 200
+    r = await client.put(
+        f"/_matrix/client/v1/admin/lock/{puppet}",
+        headers=auth_header(admin),
+        json={"locked": False},
+    )
+    assert r.status_code == 200
+    r = await whoami(client, as_puppet)
+    assert r.status_code == 200 and r.json()["user_id"] == puppet
