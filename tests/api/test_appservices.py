@@ -892,3 +892,81 @@ async def test_acting_as_a_moderated_user(bridge: tuple[Homeserver, httpx.AsyncC
     assert r.status_code == 200
     r = await whoami(client, as_puppet)
     assert r.status_code == 200 and r.json()["user_id"] == puppet
+
+
+async def test_network_room_directory(bridge: tuple[Homeserver, httpx.AsyncClient]) -> None:
+    """PUT /directory/list/appservice/{networkId}/{roomId}: a service lists rooms in its
+    network's directory, which /publicRooms shows by third_party_instance_id or with
+    include_all_networks, and not in the server's own list."""
+    hs, client = bridge
+    alice, token = await register(client, "alice")
+    v3 = "/_matrix/client/v3"
+    bridged = await create_room(client, token, name="Bridged")
+    ours = await create_room(client, token, name="Ours", preset="public_chat", visibility="public")
+
+    async def listed(body: dict[str, Any]) -> list[str]:
+        r = await client.post(f"{v3}/publicRooms", headers=auth_header(token), json=body)
+        assert r.status_code == 200, r.text
+        return sorted(e["room_id"] for e in r.json()["chunk"])
+
+    path = f"{v3}/directory/list/appservice/irc-libera/{bridged}"
+    r = await client.put(path, headers=AS, json={"visibility": "public"})
+    assert r.status_code == 200 and r.json() == {}
+    assert await listed({}) == [ours]
+    assert await listed({"third_party_instance_id": "bridge|irc-libera"}) == [bridged]
+    assert await listed({"third_party_instance_id": "bridge|irc-libera|0"}) == [bridged]
+    assert await listed({"third_party_instance_id": "bridge|irc-oftc"}) == []
+    assert await listed({"third_party_instance_id": "nourl|irc-libera"}) == []
+    assert await listed({"include_all_networks": True}) == sorted([ours, bridged])
+    # Another service's network of the same name is its own.
+    r = await client.put(
+        f"{v3}/directory/list/appservice/irc-libera/{ours}",
+        headers=auth_header(NOURL_TOKEN),
+        json={"visibility": "public"},
+    )
+    assert r.status_code == 200
+    assert await listed({"third_party_instance_id": "nourl|irc-libera"}) == [ours]
+    assert await listed({"third_party_instance_id": "bridge|irc-libera"}) == [bridged]
+    # Withdrawn (twice: the second changes nothing).
+    for _ in range(2):
+        r = await client.put(path, headers=AS, json={"visibility": "private"})
+        assert r.status_code == 200
+    assert await listed({"third_party_instance_id": "bridge|irc-libera"}) == []
+    assert await listed({"include_all_networks": True}) == [ours]
+
+    # Refused: a user's token, an unknown room, bad bodies, a bad instance ID.
+    for headers, url, body, status, errcode in (
+        (auth_header(token), path, {"visibility": "public"}, 403, "M_FORBIDDEN"),
+        ({}, path, {"visibility": "public"}, 401, "M_MISSING_TOKEN"),
+        (
+            AS,
+            f"{v3}/directory/list/appservice/irc-libera/!nowhere:test",
+            {"visibility": "public"},
+            404,
+            "M_NOT_FOUND",
+        ),
+        (
+            AS,
+            f"{v3}/directory/list/appservice/irc-libera/nowhere",
+            {"visibility": "public"},
+            400,
+            None,
+        ),
+        (AS, path, {"visibility": "hidden"}, 400, None),
+        (AS, path, {}, 400, None),
+        (AS, path, {"visibility": 1}, 400, None),
+    ):
+        r = await client.put(url, headers=headers, json=body)
+        assert r.status_code == status, (url, body, r.text)
+        if errcode is not None:
+            assert r.json()["errcode"] == errcode
+        else:
+            assert r.json()["errcode"].startswith("M_")
+    r = await client.put(path, headers=AS, content=b"{")
+    assert r.status_code == 400 and r.json()["errcode"] == "M_NOT_JSON"
+    r = await client.post(
+        f"{v3}/publicRooms",
+        headers=auth_header(token),
+        json={"third_party_instance_id": "no-separator"},
+    )
+    assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM"
