@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from admin_api import federation, media, rooms, server, users
+from admin_api import federation, jobs, media, rooms, server, users
 
 admin_routes: list[BaseRoute] = [
     *users.routes,
@@ -12,6 +12,7 @@ admin_routes: list[BaseRoute] = [
     *server.routes,
     *media.routes,
     *federation.routes,
+    *jobs.routes,
 ]
 # The spec's own administration endpoints, mounted under /_matrix/client.
 client_admin_routes: list[BaseRoute] = [*users.client_routes]

@@ -113,6 +113,20 @@ async def put_room_visibility(request: Request) -> Response:
     return json_response({})
 
 
+async def put_network_visibility(request: Request) -> Response:
+    """PUT /_matrix/client/v3/directory/list/appservice/{networkId}/{roomId}"""
+    hs = services_of(request, DirectoryServices)
+    requester = await require_user(request)
+    body = await parse_body(request, VisibilityBody)
+    network_id = request.path_params["network_id"]
+    if not network_id or len(network_id) > 255:
+        raise MatrixError(Codes.INVALID_PARAM, "Invalid network ID")
+    await hs.directory.set_network_visibility(
+        requester, network_id, RoomID.parse(request.path_params["room_id"]), body.visibility
+    )
+    return json_response({})
+
+
 def _remote_server(hs: DirectoryServices, request: Request) -> str | None:
     """The other server whose directory is asked for, or None for ours."""
     server = request.query_params.get("server")
@@ -180,6 +194,8 @@ async def search_public_rooms(directory: DirectoryService, body: PublicRoomsBody
         since=body.since,
         search_term=room_filter.generic_search_term,
         room_types=tuple(room_types) if room_types is not None else None,
+        third_party_instance_id=body.third_party_instance_id,
+        include_all_networks=body.include_all_networks,
     )
 
 
@@ -190,6 +206,11 @@ client_routes = [
     Route("/v3/rooms/{room_id}/aliases", get_room_aliases, methods=["GET"]),
     Route("/v3/directory/list/room/{room_id}", get_room_visibility, methods=["GET"]),
     Route("/v3/directory/list/room/{room_id}", put_room_visibility, methods=["PUT"]),
+    Route(
+        "/v3/directory/list/appservice/{network_id}/{room_id}",
+        put_network_visibility,
+        methods=["PUT"],
+    ),
     Route("/v3/publicRooms", get_public_rooms, methods=["GET"]),
     Route("/v3/publicRooms", post_public_rooms, methods=["POST"]),
 ]

@@ -32,6 +32,7 @@ from homeserver.accounts.tokens import AuthService
 from homeserver.accounts.uia import UiaService
 from homeserver.accounts.user_directory import UserDirectoryService
 from homeserver.admin.federation import AdminFederation
+from homeserver.admin.jobs import AdminJobs
 from homeserver.admin.media import AdminMedia
 from homeserver.admin.room_tasks import AdminRoomTasks
 from homeserver.admin.rooms import AdminRooms
@@ -125,6 +126,7 @@ from homeserver.storage.account_data import AccountDataStore
 from homeserver.storage.accounts import AccountStore
 from homeserver.storage.admin import AdminStore
 from homeserver.storage.admin_federation import AdminFederationStore
+from homeserver.storage.admin_jobs import AdminJobsStore
 from homeserver.storage.admin_media import AdminMediaStore
 from homeserver.storage.admin_rooms import AdminRoomStore
 from homeserver.storage.admin_server import AdminServerStore
@@ -1032,6 +1034,13 @@ class Homeserver:
             self.background_jobs.append(self.media_retention.run)
         self.admin_federation = AdminFederation(
             AdminFederationStore(self.db), self.federation_wake.set
+        )
+        self.admin_jobs = AdminJobs(
+            AdminJobsStore(self.db),
+            self.media_retention,
+            clock,
+            federation=config.federation.enabled,
+            appservices=bool(self.appservices),
         )
         self.admin_server = AdminServer(
             AdminServerStore(self.db),

@@ -10,6 +10,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 
 from admin_api import federation as admin_federation
+from admin_api import jobs as admin_jobs
 from admin_api import media as admin_media
 from admin_api import rooms as admin_rooms
 from admin_api import routes as admin_routes
@@ -102,6 +103,7 @@ def route_services(hs: Homeserver) -> list[object]:
         admin_server.AdminServerServices(hs.admin_server, hs.admin_users),
         admin_media.AdminMediaServices(hs.admin_media, hs.admin_users),
         admin_federation.AdminFederationServices(hs.admin_federation),
+        admin_jobs.AdminJobServices(hs.admin_jobs),
         account.AccountServices(hs.accounts, hs.server_name, config.base_url),
         oauth.OAuthServices(hs.oauth, hs.server_name, config.base_url.startswith("https:")),
         sso.SsoServices(hs.sso, hs.server_name, config.base_url.startswith("https:")),

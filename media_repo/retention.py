@@ -61,6 +61,17 @@ class MediaRetention:
         self._clock = clock
         self._remote = remote
         self._worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        # When this worker last ran a round, and how many media it deleted (the admin API).
+        self.last_round: tuple[int, int] | None = None
+
+    @property
+    def interval_ms(self) -> int:
+        return self._config.interval_ms
+
+    @property
+    def lease_ms(self) -> int:
+        """A round holds the lease until the next round is due, and one interval more."""
+        return 2 * self._config.interval_ms
 
     @property
     def enabled(self) -> bool:
@@ -86,8 +97,7 @@ class MediaRetention:
         """One round, if this worker holds the lease (held until the next round is due, so
         one worker keeps it while it lives); the number of media deleted, None without it."""
         now = self._clock.now_ms()
-        lease_ms = 2 * self._config.interval_ms
-        if not await self._leases.claim(LEASE_NAME, self._worker, now, lease_ms):
+        if not await self._leases.claim(LEASE_NAME, self._worker, now, self.lease_ms):
             return None
         deleted = 0
         lifetime = self._config.local_media_lifetime_ms
@@ -108,6 +118,7 @@ class MediaRetention:
             deleted += await self._remote.purge_not_accessed_since(now - remote_lifetime)
         if deleted:
             logger.info("media past its lifetime deleted", extra={"count": deleted})
+        self.last_round = (now, deleted)
         return deleted
 
     async def release(self) -> None:

@@ -24,7 +24,7 @@ from homeserver.core.config import AuthConfig
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import UserID
 from homeserver.core.types import Requester
-from homeserver.storage.accounts import AccountStore
+from homeserver.storage.accounts import AccountStore, ActingUser
 
 # A cached token is re-read from the database at least this often: a backstop behind the
 # invalidation stream, which drops a token revoked on another worker within its poll.
@@ -73,8 +73,9 @@ class AuthService:
         self._store = store
         self._invalidations = invalidations
         self._appservices = appservices or AppServices(())
-        # Users an application service acted as, known to exist (re-read as tokens are).
-        self._app_service_users: TTLCache[str, bool] = TTLCache(
+        # Users an application service acted as, known to exist, with their flags (re-read
+        # as tokens are).
+        self._app_service_users: TTLCache[str, ActingUser] = TTLCache(
             maxsize=max(1, config.token_cache_size), ttl=TOKEN_CACHE_TTL_S
         )
         self._clock = clock
@@ -127,7 +128,7 @@ class AuthService:
         except where ``allow_locked`` (the logout endpoints)."""
         service = self._appservices.by_token(token)
         if service is not None:
-            return await self._app_service_requester(service, user_id, device_id)
+            return await self._app_service_requester(service, user_id, device_id, allow_locked)
         key = hash_token(token)
         cached = self._cache.get(key)
         if cached is None:
@@ -164,9 +165,14 @@ class AuthService:
         return self._appservices.by_token(token)
 
     async def _app_service_requester(
-        self, service: AppService, user_id: str | None, device_id: str | None
+        self,
+        service: AppService,
+        user_id: str | None,
+        device_id: str | None,
+        allow_locked: bool = False,
     ) -> Requester:
         acting_as = service.sender
+        shadow_banned = suspended = False
         if user_id is not None and user_id != service.sender:
             try:
                 acting_as = UserID.parse(user_id)
@@ -174,17 +180,24 @@ class AuthService:
                 raise MatrixError(Codes.INVALID_PARAM, "user_id is not a valid user ID") from None
             if not service.is_user_in_namespace(acting_as):
                 raise MatrixError(Codes.FORBIDDEN, "Application service cannot act as this user")
-            if acting_as not in self._app_service_users:
+            acting = self._app_service_users.get(acting_as)
+            if acting is None:
                 generation = self._generation()
-                user = await self._store.get_user(acting_as)
-                if user is None:
+                acting = await self._store.get_acting_user(acting_as)
+                if acting is None:
                     raise MatrixError(
                         Codes.FORBIDDEN, "Application service has not registered this user"
                     )
-                if user.deactivated:
+                if acting.deactivated:
                     raise MatrixError(Codes.FORBIDDEN, "This user is deactivated")
                 if self._generation() == generation:
-                    self._app_service_users[acting_as] = True
+                    self._app_service_users[acting_as] = acting
+            # The user's own flags hold when a service acts as them, as with their tokens.
+            if acting.locked and not allow_locked:
+                raise MatrixError(
+                    Codes.USER_LOCKED, "This account has been locked", soft_logout=True
+                )
+            shadow_banned, suspended = acting.shadow_banned, acting.suspended
         # The sender has no device; a user acting through the service uses the device the
         # service names (encryption bridges, MSC3202 and spec v1.17's device_id), which
         # must exist. Without one, "" stands for "no device": no token row has it.
@@ -204,6 +217,8 @@ class AuthService:
             # The sender itself is never limited (as Synapse); its users unless rate_limited
             # is false.
             rate_limited=service.rate_limited and acting_as != service.sender,
+            shadow_banned=shadow_banned,
+            suspended=suspended,
         )
 
     async def create_session(
@@ -298,7 +313,7 @@ class AuthService:
     async def forget_user_cache(self, user_id: UserID) -> None:
         """Read the user's tokens again (an administrator changed the account's flags, or a
         guest account was upgraded)."""
-        await self._forget([f"u:{user_id}"])
+        await self._forget([f"u:{user_id}", f"a:{user_id}"])
 
     # --- the cache, on every worker --------------------------------------------------------
 

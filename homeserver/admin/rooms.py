@@ -28,7 +28,7 @@ from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.sender import EventSender
 from homeserver.rooms.service import Page, RoomService, event_token, page_bounds
 from homeserver.storage.admin import AdminStore
-from homeserver.storage.admin_rooms import AdminRoomStore, RoomCounts
+from homeserver.storage.admin_rooms import AdminRoomStore, RoomCounts, RoomListQuery
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.rooms import RoomStore
 
@@ -47,13 +47,14 @@ SUMMARY_TYPES = (
     "m.room.history_visibility",
     "m.room.tombstone",
 )
-# order_by of the room list: the field of the room's entry; True: largest first (as Synapse).
+# order_by of the room list: the ordering of AdminRoomStore.list_rooms; True: largest first
+# (as Synapse). Rooms without the field go last (first, the other way round).
 ROOM_ORDERS: dict[str, tuple[str, bool]] = {
     "name": ("name", False),
     "alphabetical": ("name", False),
     "canonical_alias": ("canonical_alias", False),
     "joined_members": ("joined_members", True),
-    "size": ("joined_members", True),
+    "size": ("joined_members", True),  # Synapse's older names
     "joined_local_members": ("joined_local_members", True),
     "version": ("version", True),
     "creator": ("creator", False),
@@ -86,13 +87,6 @@ def _content(pdus: dict[str, Any], event_type: str) -> JsonDict:
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def _sort_key(value: object) -> tuple[int, Any]:
-    # Rooms without the field go last in either direction's natural order (as nulls do).
-    if value is None:
-        return (1, "")
-    return (0, value)
 
 
 class AdminRooms:
@@ -163,29 +157,23 @@ class AdminRooms:
         return out
 
     async def list_rooms(self, requester: Requester, query: RoomQuery) -> JsonDict:
-        """Rooms are filtered and ordered here, on their summaries: the admin list is read
-        rarely, and the fields it orders by live in state events."""
+        """Rooms are filtered, ordered and paged in SQL (ties by room ID); the page's
+        entries are then read from their state."""
         require_admin(requester)
-        entries = await self._entries(await self._store.room_counts(self._server_name))
-        if query.search_term is not None:
-            term = query.search_term
-            lowered = term.lower()
-            entries = [
-                e
-                for e in entries
-                if lowered in (e["name"] or "").lower()
-                or lowered in _alias_localpart(e["canonical_alias"]).lower()
-                or term in e["room_id"]
-            ]
-        if query.public_rooms is not None:
-            entries = [e for e in entries if e["public"] is query.public_rooms]
-        if query.empty_rooms is not None:
-            entries = [e for e in entries if (e["joined_members"] == 0) is query.empty_rooms]
-        field, largest_first = ROOM_ORDERS[query.order_by]
-        entries.sort(key=lambda e: e["room_id"])
-        entries.sort(key=lambda e: _sort_key(e[field]), reverse=largest_first != query.backwards)
-        total = len(entries)
-        page = entries[query.offset : query.offset + query.limit]
+        order_by, largest_first = ROOM_ORDERS[query.order_by]
+        counts, total = await self._store.list_rooms(
+            self._server_name,
+            RoomListQuery(
+                offset=query.offset,
+                limit=query.limit,
+                order_by=order_by,
+                descending=largest_first != query.backwards,
+                search_term=query.search_term,
+                public_rooms=query.public_rooms,
+                empty_rooms=query.empty_rooms,
+            ),
+        )
+        page = await self._entries(counts)
         for e in page:
             e.pop("_state")
         out: JsonDict = {"rooms": page, "offset": query.offset, "total_rooms": total}
@@ -383,10 +371,6 @@ class AdminRooms:
         current = await self._room_store.get_membership(room_id, user_id)
         if current is None or current.membership not in ("join", "invite"):
             await self._memberships.invite(Requester(UserID(acting), "", 0), room_id, user_id)
-
-
-def _alias_localpart(alias: str | None) -> str:
-    return "" if alias is None else alias[1:].partition(":")[0]
 
 
 def _parse(raw: str) -> Any:

@@ -207,6 +207,21 @@ class DirectoryService:
             raise MatrixError(Codes.FORBIDDEN, "You may not change this room's visibility")
         await self._rooms.set_public(room_id, visibility == "public")
 
+    async def set_network_visibility(
+        self, requester: Requester, network_id: str, room_id: RoomID, visibility: str
+    ) -> None:
+        """PUT /directory/list/appservice/{networkId}/{roomId}: an application service
+        publishes a room in its own network's directory (not the server's own list)."""
+        if requester.app_service_id is None:
+            raise MatrixError(
+                Codes.FORBIDDEN, "Only application services may edit their networks' room lists"
+            )
+        if await self._rooms.get_room(room_id) is None:
+            raise MatrixError(Codes.NOT_FOUND, "Unknown room")
+        await self._rooms.set_network_listing(
+            requester.app_service_id, network_id, room_id, visibility == "public"
+        )
+
     async def public_rooms(
         self,
         *,
@@ -214,8 +229,19 @@ class DirectoryService:
         since: str | None,
         search_term: str | None,
         room_types: tuple[str | None, ...] | None,
+        third_party_instance_id: str | None = None,
+        include_all_networks: bool = False,
     ) -> JsonDict:
-        rooms = await self._rooms.get_public_room_ids()
+        network = None
+        if third_party_instance_id is not None:
+            # Instance IDs are "{service ID}|{network ID}|..." (homeserver/appservice/service.py).
+            parts = third_party_instance_id.split("|")
+            if len(parts) < 2 or not parts[0] or not parts[1]:
+                raise MatrixError(Codes.INVALID_PARAM, "Unknown third_party_instance_id")
+            network = (parts[0], parts[1])
+        rooms = await self._rooms.get_public_room_ids(
+            network=network, all_networks=include_all_networks
+        )
         contents = await self._rooms.get_current_state_contents(
             [r for r, _ in rooms], _DIRECTORY_STATE
         )

@@ -28,6 +28,14 @@ class User:
 
 
 @dataclass(frozen=True, slots=True)
+class ActingUser:
+    deactivated: bool
+    shadow_banned: bool
+    suspended: bool
+    locked: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     displayname: str | None
     avatar_url: str | None
@@ -171,6 +179,28 @@ class AccountStore:
                 )
             ).scalar()
         return bool(found)
+
+    async def get_acting_user(self, user_id: UserID) -> ActingUser | None:
+        """What an application service acting as this user needs: whether the account
+        exists and is active, and an administrator's flags on it (as a token of its own
+        carries them)."""
+        query = (
+            sa.select(
+                users.c.deactivated,
+                user_moderation.c.shadow_banned,
+                user_moderation.c.suspended,
+                user_moderation.c.locked,
+            )
+            .outerjoin(user_moderation, user_moderation.c.user_id == users.c.user_id)
+            .where(users.c.user_id == user_id)
+        )
+        async with self._db.read() as conn:
+            r = (await conn.execute(query)).first()
+        if r is None:
+            return None
+        return ActingUser(
+            bool(r.deactivated), bool(r.shadow_banned), bool(r.suspended), bool(r.locked)
+        )
 
     async def set_password_hash(self, user_id: UserID, password_hash: str | None) -> None:
         async with self._db.write() as conn:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 
 from homeserver.storage.database import Connection, Database
 from homeserver.storage.schema import (
@@ -59,6 +60,44 @@ class DeleteTask:
     created_ts: int
 
 
+@dataclass(frozen=True, slots=True)
+class RoomListQuery:
+    offset: int
+    limit: int
+    order_by: str  # a key of ROOM_STATE_ORDERS, or a column of the room's counts
+    descending: bool
+    search_term: str | None = None  # in the name, the alias' localpart, or the room ID
+    public_rooms: bool | None = None
+    empty_rooms: bool | None = None
+
+
+# Orderings by a string field of a state event's content: (event type, field).
+ROOM_STATE_ORDERS = {
+    "name": ("m.room.name", "name"),
+    "canonical_alias": ("m.room.canonical_alias", "alias"),
+    "encryption": ("m.room.encryption", "algorithm"),
+    "join_rules": ("m.room.join_rules", "join_rule"),
+    "guest_access": ("m.room.guest_access", "guest_access"),
+    "history_visibility": ("m.room.history_visibility", "history_visibility"),
+}
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _counts(r: Any) -> RoomCounts:
+    return RoomCounts(
+        r.room_id,
+        r.room_version,
+        r.creator,
+        bool(r.is_public),
+        int(r.joined or 0),
+        int(r.local_joined or 0),
+        int(r.n or 0),
+    )
+
+
 def _task(r: Any) -> DeleteTask:
     return DeleteTask(r.delete_id, r.room_id, r.status, r.error, r.result, int(r.created_ts))
 
@@ -67,8 +106,9 @@ class AdminRoomStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def room_counts(self, server_name: str, room_id: str | None = None) -> list[RoomCounts]:
-        """Every room (or one) with its joined members, local ones, and state events."""
+    def _counts_query(self, server_name: str) -> tuple[sa.Select[Any], Any, Any]:
+        """Every room with its joined members, local ones, and state events; the two
+        subqueries (``joined``, ``state``) for ordering and filtering on them."""
         m = room_memberships.c
         local = m.user_id.like(f"%:{server_name}")
         joined = (
@@ -86,39 +126,139 @@ class AdminRoomStore:
             .group_by(current_state.c.room_id)
             .subquery("state")
         )
-        query = (
-            sa.select(
-                rooms.c.room_id,
-                rooms.c.room_version,
-                rooms.c.creator,
-                rooms.c.is_public,
-                joined.c.joined,
-                joined.c.local_joined,
-                state.c.n,
+        query = sa.select(
+            rooms.c.room_id,
+            rooms.c.room_version,
+            rooms.c.creator,
+            rooms.c.is_public,
+            joined.c.joined,
+            joined.c.local_joined,
+            state.c.n,
+        ).select_from(
+            rooms.outerjoin(joined, joined.c.room_id == rooms.c.room_id).outerjoin(
+                state, state.c.room_id == rooms.c.room_id
             )
-            .select_from(
-                rooms.outerjoin(joined, joined.c.room_id == rooms.c.room_id).outerjoin(
-                    state, state.c.room_id == rooms.c.room_id
-                )
-            )
-            .order_by(rooms.c.room_id)
         )
+        return query, joined, state
+
+    async def room_counts(self, server_name: str, room_id: str | None = None) -> list[RoomCounts]:
+        """Every room (or one) with its joined members, local ones, and state events."""
+        query, _, _ = self._counts_query(server_name)
+        query = query.order_by(rooms.c.room_id)
         if room_id is not None:
             query = query.where(rooms.c.room_id == room_id)
         async with self._db.read() as conn:
             rows = (await conn.execute(query)).all()
-        return [
-            RoomCounts(
-                r.room_id,
-                r.room_version,
-                r.creator,
-                bool(r.is_public),
-                int(r.joined or 0),
-                int(r.local_joined or 0),
-                int(r.n or 0),
+        return [_counts(r) for r in rows]
+
+    async def list_rooms(
+        self, server_name: str, query: RoomListQuery
+    ) -> tuple[list[RoomCounts], int]:
+        """A page of the admin room list, filtered and ordered in SQL (ties by room ID, so
+        that pages do not overlap), and the number of rooms the filters let through."""
+        select, joined, state = self._counts_query(server_name)
+        where: list[sa.ColumnElement[bool]] = []
+        if query.search_term is not None:
+            pattern = "%" + _like_escape(query.search_term.lower()) + "%"
+            alias = self._state_text("m.room.canonical_alias", "alias")
+            where.append(
+                sa.or_(
+                    sa.func.lower(self._state_text("m.room.name", "name")).like(
+                        pattern, escape="\\"
+                    ),
+                    sa.func.lower(self._alias_localpart(alias)).like(pattern, escape="\\"),
+                    rooms.c.room_id.contains(query.search_term, autoescape=True),
+                )
             )
-            for r in rows
-        ]
+        if query.public_rooms is not None:
+            where.append(rooms.c.is_public.is_(query.public_rooms))
+        if query.empty_rooms is not None:
+            empty = sa.func.coalesce(joined.c.joined, 0) == 0
+            where.append(empty if query.empty_rooms else sa.not_(empty))
+        select = select.where(*where)
+        key = self._order_key(query.order_by, joined, state)
+        ordered = key.desc().nulls_first() if query.descending else key.asc().nulls_last()
+        page = select.order_by(ordered, rooms.c.room_id).offset(query.offset).limit(query.limit)
+        count = sa.select(sa.func.count()).select_from(select.subquery())
+        async with self._db.read() as conn:
+            rows = (await conn.execute(page)).all()
+            total = int((await conn.execute(count)).scalar_one())
+        return [_counts(r) for r in rows], total
+
+    def _order_key(self, order_by: str, joined: Any, state: Any) -> sa.ColumnElement[Any]:
+        if order_by in ROOM_STATE_ORDERS:
+            return self._collated(self._state_text(*ROOM_STATE_ORDERS[order_by]))
+        if order_by == "joined_members":
+            return sa.func.coalesce(joined.c.joined, 0)
+        if order_by == "joined_local_members":
+            return sa.func.coalesce(joined.c.local_joined, 0)
+        if order_by == "state_events":
+            return sa.func.coalesce(state.c.n, 0)
+        if order_by == "version":
+            return self._collated(rooms.c.room_version)
+        if order_by == "creator":
+            return self._collated(rooms.c.creator)
+        if order_by == "public":
+            return rooms.c.is_public
+        if order_by == "federatable":
+            # m.federate in the create event's content: only false turns federation off.
+            return sa.not_(
+                sa.func.coalesce(self._state_json("m.room.create", "m.federate", "false"), False)
+            )
+        raise ValueError(order_by)
+
+    def _collated(self, expr: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """Ordered by code point on both databases (SQLite's default; PostgreSQL's "C")."""
+        return expr if self._db.is_sqlite else sa.collate(expr, "C")
+
+    def _content_of(self, event_type: str) -> sa.ScalarSelect[Any]:
+        """The JSON of the room's current state event of this type (empty state key)."""
+        return (
+            sa.select(events.c.json)
+            .select_from(current_state.join(events, events.c.event_id == current_state.c.event_id))
+            .where(
+                current_state.c.room_id == rooms.c.room_id,
+                current_state.c.type == event_type,
+                current_state.c.state_key == "",
+            )
+            .scalar_subquery()
+        )
+
+    def _state_text(self, event_type: str, key: str) -> sa.ColumnElement[Any]:
+        """``content[key]`` of the state event, when it is a string (else NULL)."""
+        raw = self._content_of(event_type)
+        if self._db.is_sqlite:
+            path = f'$.content."{key}"'
+            return sa.case(
+                (sa.func.json_type(raw, path) == "text", sa.func.json_extract(raw, path)),
+                else_=sa.null(),
+            )
+        content = sa.cast(raw, JSONB)
+        return sa.case(
+            (
+                sa.func.jsonb_typeof(sa.func.jsonb_extract_path(content, "content", key))
+                == "string",
+                sa.func.jsonb_extract_path_text(content, "content", key),
+            ),
+            else_=sa.null(),
+        )
+
+    def _state_json(self, event_type: str, key: str, json_literal: str) -> sa.ColumnElement[bool]:
+        """Whether ``content[key]`` of the state event is this JSON literal (true, false,
+        null); NULL without the event."""
+        raw = self._content_of(event_type)
+        if self._db.is_sqlite:
+            return sa.func.json_type(raw, f'$.content."{key}"') == json_literal
+        value = sa.func.jsonb_extract_path(sa.cast(raw, JSONB), "content", key)
+        return value == sa.cast(sa.literal(json_literal), JSONB)
+
+    def _alias_localpart(self, alias: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """``#local:server`` -> ``local``."""
+        rest = sa.func.substr(alias, 2)
+        if self._db.is_sqlite:
+            colon = sa.func.instr(rest, ":")
+            return sa.case((colon > 0, sa.func.substr(rest, 1, colon - 1)), else_=rest)
+        return sa.func.split_part(rest, ":", 1)
 
     # --- deletion tasks ----------------------------------------------------------------------
 

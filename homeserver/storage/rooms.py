@@ -11,6 +11,7 @@ from cachetools import LRUCache
 from homeserver.storage.database import Database, prepared
 from homeserver.storage.events import EventStore, Extremity
 from homeserver.storage.schema import (
+    appservice_room_list,
     current_state,
     event_forward_extremities,
     events,
@@ -340,8 +341,30 @@ class RoomStore:
 
     # --- directory -------------------------------------------------------------------------
 
-    async def get_public_room_ids(self) -> list[tuple[str, int]]:
-        """Public rooms with their joined-member counts, largest first (then by room ID)."""
+    async def set_network_listing(
+        self, appservice_id: str, network_id: str, room_id: str, public: bool
+    ) -> None:
+        """Publish (or withdraw) a room in an application service's network directory."""
+        row = {"appservice_id": appservice_id, "network_id": network_id, "room_id": room_id}
+        async with self._db.write() as conn:
+            if public:
+                await conn.execute(self._db.insert_ignore(appservice_room_list, row, tuple(row)))
+            else:
+                lst = appservice_room_list.c
+                await conn.execute(
+                    sa.delete(appservice_room_list).where(
+                        lst.appservice_id == appservice_id,
+                        lst.network_id == network_id,
+                        lst.room_id == room_id,
+                    )
+                )
+
+    async def get_public_room_ids(
+        self, *, network: tuple[str, str] | None = None, all_networks: bool = False
+    ) -> list[tuple[str, int]]:
+        """Public rooms with their joined-member counts, largest first (then by room ID):
+        the server's own list; or one application service network's (``network``: service
+        ID and network ID); or, with ``all_networks``, both together."""
         joined = (
             sa.select(room_memberships.c.room_id, sa.func.count().label("n"))
             .where(room_memberships.c.membership == "join")
@@ -351,7 +374,7 @@ class RoomStore:
         query = (
             sa.select(rooms.c.room_id, sa.func.coalesce(joined.c.n, 0).label("n"))
             .outerjoin(joined, joined.c.room_id == rooms.c.room_id)
-            .where(rooms.c.is_public.is_(True))
+            .where(_listed(network, all_networks))
             .order_by(sa.desc("n"), rooms.c.room_id)
         )
         async with self._db.read() as conn:
@@ -379,3 +402,15 @@ class RoomStore:
         for r in rows:
             out.setdefault(r.room_id, {})[r.type] = r.json
         return out
+
+
+def _listed(network: tuple[str, str] | None, all_networks: bool) -> sa.ColumnElement[bool]:
+    """Which rooms a directory lists (see get_public_room_ids)."""
+    lst = appservice_room_list.c
+    in_network = sa.select(lst.room_id).where(lst.room_id == rooms.c.room_id)
+    if network is not None:
+        in_network = in_network.where(lst.appservice_id == network[0], lst.network_id == network[1])
+        return sa.exists(in_network)
+    if all_networks:
+        return sa.or_(rooms.c.is_public.is_(True), sa.exists(in_network))
+    return rooms.c.is_public.is_(True)

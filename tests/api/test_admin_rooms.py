@@ -452,3 +452,133 @@ async def test_redact_a_users_events(
         await call(client, admin, "POST", path, body, code, errcode)
     await call(client, admin, "GET", "/v1/user/redact_status/unknown", None, 404, "M_NOT_FOUND")
     assert alice
+
+
+# Each order_by and which way is "largest first" (as Synapse): the list is read in pages
+# and must equal the rooms ordered by that field, rooms without it last (first, reversed),
+# ties by room ID.
+LARGEST_FIRST = {"joined_members", "size", "joined_local_members", "version", "state_events"}
+ORDER_FIELDS = {
+    "name": "name",
+    "alphabetical": "name",
+    "canonical_alias": "canonical_alias",
+    "joined_members": "joined_members",
+    "size": "joined_members",
+    "joined_local_members": "joined_local_members",
+    "version": "version",
+    "creator": "creator",
+    "encryption": "encryption",
+    "federatable": "federatable",
+    "public": "public",
+    "join_rules": "join_rules",
+    "guest_access": "guest_access",
+    "history_visibility": "history_visibility",
+    "state_events": "state_events",
+}
+
+
+def _expected(entries: list[dict[str, Any]], field: str, descending: bool) -> list[str]:
+    present = sorted(
+        (e for e in entries if e[field] is not None),
+        key=lambda e: (e[field], e["room_id"]) if not descending else e["room_id"],
+    )
+    if descending:  # by the field, largest first, ties still by room ID
+        present = sorted(present, key=lambda e: e[field], reverse=True)
+    missing = sorted(e["room_id"] for e in entries if e[field] is None)
+    ids = [e["room_id"] for e in present]
+    return missing + ids if descending else ids + missing
+
+
+async def test_list_orders_and_pages_in_sql(client: httpx.AsyncClient, hs: Homeserver) -> None:
+    admin = await make_admin(hs, client)
+    alice, token = await register(client, "alice")
+    _, bob_token = await register(client, "bob")
+    _, carol_token = await register(client, "carol")
+    rooms = [
+        await create_room(
+            client,
+            token,
+            name="beta",
+            room_alias_name="zeta",
+            preset="public_chat",
+            visibility="public",
+        ),
+        await create_room(
+            client,
+            bob_token,
+            name="Alpha",  # upper case sorts before lower case (by code point)
+            initial_state=[
+                {"type": "m.room.encryption", "content": {"algorithm": "m.megolm.v1.aes-sha2"}},
+                {"type": "m.room.guest_access", "content": {"guest_access": "can_join"}},
+            ],
+        ),
+        await create_room(
+            client,
+            carol_token,
+            room_version="10",
+            creation_content={"m.federate": False},
+            initial_state=[
+                {"type": "m.room.history_visibility", "content": {"history_visibility": "joined"}}
+            ],
+        ),
+        await create_room(
+            client, token, name="100%_off", room_alias_name="sale", preset="public_chat"
+        ),
+        await create_room(client, token, name="beta"),  # a tie with the first by name
+    ]
+    for joiner in (bob_token, carol_token):
+        await _join(client, joiner, rooms[0])
+    await _join(client, carol_token, rooms[3])
+
+    everything = await call(client, admin, "GET", "/v1/rooms?limit=100")
+    entries = everything["rooms"]
+    assert everything["total_rooms"] == len(rooms) and {e["room_id"] for e in entries} == set(rooms)
+    by_id = {e["room_id"]: e for e in entries}
+    assert by_id[rooms[2]]["name"] is None
+    assert by_id[rooms[2]]["federatable"] is False and by_id[rooms[2]]["version"] == "10"
+    # Names by code point, nameless last; the tie by room ID.
+    named = sorted(rooms[i] for i in (0, 4))
+    assert [e["room_id"] for e in entries][:4] == [rooms[3], rooms[1], *named]
+
+    for order_by, field in ORDER_FIELDS.items():
+        for direction in ("f", "b"):
+            descending = (order_by in LARGEST_FIRST) != (direction == "b")
+            want = _expected(entries, field, descending)
+            got: list[str] = []
+            start = 0
+            while True:
+                page = await call(
+                    client,
+                    admin,
+                    "GET",
+                    f"/v1/rooms?order_by={order_by}&dir={direction}&limit=2&from={start}",
+                )
+                assert page["total_rooms"] == len(rooms)
+                got.extend(r["room_id"] for r in page["rooms"])
+                if "next_batch" not in page:
+                    break
+                start = page["next_batch"]
+            assert got == want, (order_by, direction, [by_id[i][field] for i in got])
+
+    # Filters in SQL: LIKE wildcards in the term are literal; the alias' localpart counts,
+    # without its server name; filters combine, and the total counts what they let through.
+    for term, found in (
+        ("%", [rooms[3]]),
+        ("_off", [rooms[3]]),
+        ("ZETA", [rooms[0]]),
+        ("SALE", [rooms[3]]),
+        ("zeta:", []),  # the localpart only
+        ("ALPHA", [rooms[1]]),
+    ):
+        got = await call(client, admin, "GET", f"/v1/rooms?search_term={term}")
+        assert [r["room_id"] for r in got["rooms"]] == found, term
+        assert got["total_rooms"] == len(found)
+    public = await call(client, admin, "GET", "/v1/rooms?public_rooms=true&search_term=beta")
+    assert [r["room_id"] for r in public["rooms"]] == [rooms[0]]
+    # A room everyone left is empty.
+    await client.post(f"{V3}/rooms/{rooms[2]}/leave", headers=auth_header(carol_token), json={})
+    empty = await call(client, admin, "GET", "/v1/rooms?empty_rooms=true")
+    assert [r["room_id"] for r in empty["rooms"]] == [rooms[2]] and empty["total_rooms"] == 1
+    full = await call(client, admin, "GET", "/v1/rooms?empty_rooms=false&order_by=size")
+    assert full["total_rooms"] == len(rooms) - 1
+    assert full["rooms"][0]["room_id"] == rooms[0]

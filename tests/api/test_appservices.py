@@ -817,3 +817,156 @@ async def test_two_workers_send_each_transaction_once(
         assert all(_delivered(fake, e) == 1 for e in event_ids)
         ids = [int(txn_id) for txn_id, _ in fake.transactions]
         assert ids == sorted(set(ids))
+
+
+async def test_acting_as_a_moderated_user(bridge: tuple[Homeserver, httpx.AsyncClient]) -> None:
+    """A service acting as a suspended, shadow-banned or locked user gets what the user's
+    own token would (spec, "Account suspension" and "Account locking")."""
+    from tests.api.admin_helpers import call, make_admin
+
+    hs, client = bridge
+    admin = await make_admin(hs, client)
+    alice, token = await register(client, "alice")
+    assert (await as_register(client, "bridge_puppet")).status_code == 200
+    puppet = "@bridge_puppet:test"
+    as_puppet = f"?user_id={puppet}"
+    room = await create_room(client, token, preset="public_chat")
+    v3 = "/_matrix/client/v3"
+    r = await client.post(f"{v3}/join/{room}{as_puppet}", headers=AS, json={})
+    assert r.status_code == 200, r.text
+
+    async def send(text: str) -> httpx.Response:
+        return await client.put(
+            f"{v3}/rooms/{room}/send/m.room.message/{len(text)}{text[:3]}{as_puppet}",
+            headers=AS,
+            json={"msgtype": "m.text", "body": text},
+        )
+
+    async def seen_by_alice() -> list[str]:
+        r = await client.get(
+            f"{v3}/rooms/{room}/messages?dir=b&limit=50", headers=auth_header(token)
+        )
+        return [
+            e["content"]["body"]
+            for e in r.json()["chunk"]
+            if e["sender"] == puppet and e["type"] == "m.room.message"
+        ]
+
+    # Suspended: may read, not send; lifted, it sends again.
+    await call(client, admin, "PUT", f"/v1/suspend/{puppet}", {"suspend": True})
+    r = await send("while suspended")
+    assert r.status_code == 403 and r.json()["errcode"] == "M_USER_SUSPENDED"
+    r = await client.get(f"{v3}/rooms/{room}/messages?dir=b&user_id={puppet}", headers=AS)
+    assert r.status_code == 200
+    r = await client.post(  # the service's own sender is not the suspended user
+        f"{v3}/join/{room}", headers=AS, json={}
+    )
+    assert r.status_code == 200
+    await call(client, admin, "PUT", f"/v1/suspend/{puppet}", {"suspend": False})
+    assert (await send("after suspension")).status_code == 200
+
+    # Shadow-banned: the send looks fine and reaches nobody.
+    await call(client, admin, "POST", f"/v1/users/{puppet}/shadow_ban")
+    r = await send("into the void")
+    assert r.status_code == 200 and r.json()["event_id"].startswith("$")
+    await call(client, admin, "DELETE", f"/v1/users/{puppet}/shadow_ban")
+    assert (await send("heard again")).status_code == 200
+    assert await seen_by_alice() == ["heard again", "after suspension"]
+
+    # Locked: 401 M_USER_LOCKED, a soft logout; the sender itself is untouched.
+    r = await client.put(
+        f"/_matrix/client/v1/admin/lock/{puppet}",
+        headers=auth_header(admin),
+        json={"locked": True},
+    )
+    assert r.status_code == 200, r.text
+    r = await whoami(client, as_puppet)
+    assert r.status_code == 401
+    assert r.json()["errcode"] == "M_USER_LOCKED" and r.json()["soft_logout"] is True
+    assert (await whoami(client)).status_code == 200
+    r = await client.put(
+        f"/_matrix/client/v1/admin/lock/{puppet}",
+        headers=auth_header(admin),
+        json={"locked": False},
+    )
+    assert r.status_code == 200
+    r = await whoami(client, as_puppet)
+    assert r.status_code == 200 and r.json()["user_id"] == puppet
+
+
+async def test_network_room_directory(bridge: tuple[Homeserver, httpx.AsyncClient]) -> None:
+    """PUT /directory/list/appservice/{networkId}/{roomId}: a service lists rooms in its
+    network's directory, which /publicRooms shows by third_party_instance_id or with
+    include_all_networks, and not in the server's own list."""
+    hs, client = bridge
+    alice, token = await register(client, "alice")
+    v3 = "/_matrix/client/v3"
+    bridged = await create_room(client, token, name="Bridged")
+    ours = await create_room(client, token, name="Ours", preset="public_chat", visibility="public")
+
+    async def listed(body: dict[str, Any]) -> list[str]:
+        r = await client.post(f"{v3}/publicRooms", headers=auth_header(token), json=body)
+        assert r.status_code == 200, r.text
+        return sorted(e["room_id"] for e in r.json()["chunk"])
+
+    path = f"{v3}/directory/list/appservice/irc-libera/{bridged}"
+    r = await client.put(path, headers=AS, json={"visibility": "public"})
+    assert r.status_code == 200 and r.json() == {}
+    assert await listed({}) == [ours]
+    assert await listed({"third_party_instance_id": "bridge|irc-libera"}) == [bridged]
+    assert await listed({"third_party_instance_id": "bridge|irc-libera|0"}) == [bridged]
+    assert await listed({"third_party_instance_id": "bridge|irc-oftc"}) == []
+    assert await listed({"third_party_instance_id": "nourl|irc-libera"}) == []
+    assert await listed({"include_all_networks": True}) == sorted([ours, bridged])
+    # Another service's network of the same name is its own.
+    r = await client.put(
+        f"{v3}/directory/list/appservice/irc-libera/{ours}",
+        headers=auth_header(NOURL_TOKEN),
+        json={"visibility": "public"},
+    )
+    assert r.status_code == 200
+    assert await listed({"third_party_instance_id": "nourl|irc-libera"}) == [ours]
+    assert await listed({"third_party_instance_id": "bridge|irc-libera"}) == [bridged]
+    # Withdrawn (twice: the second changes nothing).
+    for _ in range(2):
+        r = await client.put(path, headers=AS, json={"visibility": "private"})
+        assert r.status_code == 200
+    assert await listed({"third_party_instance_id": "bridge|irc-libera"}) == []
+    assert await listed({"include_all_networks": True}) == [ours]
+
+    # Refused: a user's token, an unknown room, bad bodies, a bad instance ID.
+    for headers, url, body, status, errcode in (
+        (auth_header(token), path, {"visibility": "public"}, 403, "M_FORBIDDEN"),
+        ({}, path, {"visibility": "public"}, 401, "M_MISSING_TOKEN"),
+        (
+            AS,
+            f"{v3}/directory/list/appservice/irc-libera/!nowhere:test",
+            {"visibility": "public"},
+            404,
+            "M_NOT_FOUND",
+        ),
+        (
+            AS,
+            f"{v3}/directory/list/appservice/irc-libera/nowhere",
+            {"visibility": "public"},
+            400,
+            None,
+        ),
+        (AS, path, {"visibility": "hidden"}, 400, None),
+        (AS, path, {}, 400, None),
+        (AS, path, {"visibility": 1}, 400, None),
+    ):
+        r = await client.put(url, headers=headers, json=body)
+        assert r.status_code == status, (url, body, r.text)
+        if errcode is not None:
+            assert r.json()["errcode"] == errcode
+        else:
+            assert r.json()["errcode"].startswith("M_")
+    r = await client.put(path, headers=AS, content=b"{")
+    assert r.status_code == 400 and r.json()["errcode"] == "M_NOT_JSON"
+    r = await client.post(
+        f"{v3}/publicRooms",
+        headers=auth_header(token),
+        json={"third_party_instance_id": "no-separator"},
+    )
+    assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM"

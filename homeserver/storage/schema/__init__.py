@@ -26,6 +26,7 @@ from homeserver.storage.schema.admin import (
     user_redactions,
 )
 from homeserver.storage.schema.appservice import (
+    appservice_room_list,
     appservice_state,
     appservice_txns,
 )
@@ -142,6 +143,7 @@ __all__ = [
     "BACKFILLED_EVENTS",
     "access_tokens",
     "account_data",
+    "appservice_room_list",
     "appservice_state",
     "appservice_txns",
     "content_reports",

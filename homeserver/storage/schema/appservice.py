@@ -26,6 +26,17 @@ appservice_state = sa.Table(
     sa.Column("lease_until_ts", BigInt, nullable=False),
 )
 
+# Rooms an application service published in its own network's room directory (PUT
+# /directory/list/appservice/{networkId}/{roomId}): listed by /publicRooms with that
+# network's third_party_instance_id, or include_all_networks.
+appservice_room_list = sa.Table(
+    "appservice_room_list",
+    metadata,
+    sa.Column("appservice_id", sa.Text, primary_key=True),
+    sa.Column("network_id", sa.Text, primary_key=True),
+    sa.Column("room_id", sa.Text, primary_key=True, index=True),
+)
+
 # Transactions built but not yet acknowledged with a 200: sent in txn_id order, each until
 # the service takes it; the cursors moved in the same write that queued it.
 appservice_txns = sa.Table(

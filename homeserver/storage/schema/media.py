@@ -30,6 +30,10 @@ media = sa.Table(
     # The last download or thumbnail (written at most about once an hour per media);
     # None: not fetched since it was uploaded. Media retention goes by it.
     sa.Column("last_access_ts", BigInt, nullable=True),
+    # Media retention and deletion by age look for media by last access, else creation
+    # (media_to_delete in homeserver/storage/admin_media.py: a range on each).
+    sa.Index("ix_media_last_access_ts", "last_access_ts", "created_ts"),
+    sa.Index("ix_media_created_ts", "created_ts"),
     # Quotas sum a user's sizes; pending uploads are counted per user.
     sa.Index(None, "user_id", "upload_ts"),
 )
