@@ -159,7 +159,7 @@ class AdminJobs:
         else:
             state = "pending"
         return {
-            "name": "federation_sender",
+            "name": "federation_queue",
             "kind": "queue",
             "state": state,
             "destinations": found.destinations,

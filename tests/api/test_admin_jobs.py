@@ -59,7 +59,7 @@ async def test_status_of_an_idle_server(client: httpx.AsyncClient, hs: Homeserve
     assert retention["state"] == "disabled" and retention["last_run_ts"] is None
     pusher = _job(status, "pusher_sender")
     assert pusher["state"] == "idle" and pusher["queued"] == 0 and pusher["next_run_ts"] is None
-    federation = _job(status, "federation_sender")
+    federation = _job(status, "federation_queue")
     assert federation["state"] == "idle" and federation["queued"] == 0
     assert not [job for job in status["jobs"] if job["name"].startswith("appservice:")]
     assert await call(client, admin, "GET", "/v1/background_updates/enabled") == {"enabled": True}
@@ -248,8 +248,8 @@ async def test_queues(client: httpx.AsyncClient, hs: Homeserver, clock: FakeCloc
         "oldest_queued_ts": now - 1000,
         "next_run_ts": now,
     }
-    assert _job(status, "federation_sender") == {
-        "name": "federation_sender",
+    assert _job(status, "federation_queue") == {
+        "name": "federation_queue",
         "kind": "queue",
         "state": "backing_off",
         "destinations": 2,
