@@ -350,8 +350,9 @@ class Scale:
         )
         pid = bench.watch.pid
         setup_start = time.perf_counter()
-        users = await self.users(longpolls + 1)
-        sender, idlers = users[0], users[1:]
+        # Every user registered before the first RSS reading: only connections in between.
+        users = await self.users(longpolls + 1 + (sockets if has_ws else 0))
+        sender, idlers = users[0], users[1 : longpolls + 1]
         target = idlers[0]
         room_id = await bench.mx.create_room(
             sender, preset="trusted_private_chat", invite=[target.user_id]
@@ -363,7 +364,6 @@ class Scale:
         ws_sessions: list[Any] = []
         after_ws = None
         if has_ws:
-            ws_users = await self.users(longpolls + 1 + sockets)
             url = bench.mx.base_url.replace("http", "ws", 1) + WS_PATH
 
             async def connect(user: User) -> Any:
@@ -378,7 +378,7 @@ class Scale:
 
             await bench.bounded(
                 "idle WebSockets (setup)",
-                [partial(connect, u) for u in ws_users[longpolls + 1 :]],
+                [partial(connect, u) for u in users[longpolls + 1 :]],
                 limit=32,
             )
             # Answer the server's pings meanwhile: a WebSocket that does not is closed.
