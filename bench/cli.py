@@ -25,7 +25,7 @@ from bench.client import Matrix
 from bench.procstat import ProcessWatch
 from bench.progress import log
 from bench.querycount import QueryLog, count_queries, describe
-from bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS, Bench
+from bench.scenarios import DEFAULT_SCENARIOS, SCALE_SCENARIOS, SCENARIOS, Bench
 from bench.servers import (
     REPO,
     BaselineTree,
@@ -150,6 +150,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="rooms of the sliding_sync scenario's user (default 1000 times --scale)",
     )
+    parser.add_argument(
+        "--big-fanout-sizes",
+        default="1000,5000",
+        help="member counts of the big_fanout rooms, times --scale (default 1000,5000)",
+    )
+    parser.add_argument(
+        "--rooms-per-user",
+        default="1000,5000",
+        help="room counts of many_rooms, times --scale (default 1000,5000)",
+    )
+    parser.add_argument(
+        "--listener-cap",
+        type=int,
+        default=1000,
+        help="at most this many members of a big_fanout room long-poll (default 1000)",
+    )
+    parser.add_argument(
+        "--idle-longpolls", type=int, default=2000, help="idle: long-polls, times --scale"
+    )
+    parser.add_argument(
+        "--idle-websockets",
+        type=int,
+        default=10000,
+        help="idle: WebSockets (servers that have them), times --scale",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=120.0,
+        help="seconds of the mixed load (default 120; the issue's run: 600)",
+    )
     parser.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
     args.servers = [s for s in args.servers.split(",") if s]
@@ -175,6 +206,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         for name in args.servers:
             if name not in (*SERVERS, BASELINE):
                 parser.error(f"unknown server {name!r}; known: {', '.join(SERVERS)}")
+    try:
+        args.big_fanout_sizes = [int(s) for s in args.big_fanout_sizes.split(",") if s]
+        args.rooms_per_user = [int(s) for s in args.rooms_per_user.split(",") if s]
+    except ValueError:
+        parser.error("--big-fanout-sizes and --rooms-per-user take comma-separated counts")
+    if args.duration <= 0 or args.listener_cap < 1:
+        parser.error("--duration and --listener-cap must be positive")
     if args.scale <= 0:
         parser.error("--scale must be positive")
     return args
@@ -221,6 +259,16 @@ async def run_server(
             args.fanout_sizes,
         )
         bench.sliding_rooms = args.sliding_rooms
+        from bench.scenario_scale import ScaleOptions
+
+        bench.scale_options = ScaleOptions(
+            fanout_sizes=tuple(args.big_fanout_sizes),
+            rooms_per_user=tuple(args.rooms_per_user),
+            listener_cap=args.listener_cap,
+            idle_longpolls=args.idle_longpolls,
+            idle_websockets=args.idle_websockets,
+            duration_s=args.duration,
+        )
         for scenario in args.scenarios:
             started = time.monotonic()
             try:
@@ -341,6 +389,12 @@ def _run_servers(
     baseline: BaselineTree | None,
 ) -> None:
     started = time.monotonic()
+    appservice = any(s in SCALE_SCENARIOS for s in args.scenarios)
+    if appservice:
+        from bench.scenario_scale import raise_fd_limit
+
+        # Thousands of connections: the servers started here inherit the raised limit.
+        log(f"open-file limit raised to {raise_fd_limit()}")
     for name in names:
         workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
         database: PostgresDatabase | None = None
@@ -361,6 +415,7 @@ def _run_servers(
                         args.presence == "on",
                         name=name,
                         source=source,
+                        appservice=appservice,
                     )
                     if args.count_queries:
                         query_log = workdir / "queries.log"
@@ -368,7 +423,10 @@ def _run_servers(
                     server = ours
                 else:
                     server = SynapseServer(
-                        workdir, database.name if database else None, args.presence == "on"
+                        workdir,
+                        database.name if database else None,
+                        args.presence == "on",
+                        appservice=appservice,
                     )
             log(f"{name}: starting")
             if isinstance(server, ManagedServer):

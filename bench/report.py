@@ -180,4 +180,7 @@ def write(run: dict[str, Any], directory: Path) -> str:
     text = table(run)
     (directory / "table.txt").write_text(text)
     plot(run, directory / "latency.png")
+    from bench.scenario_scale import plot as plot_scale
+
+    plot_scale(run, directory)
     return text

@@ -40,10 +40,17 @@ SCENARIOS = (
     "websocket",
     "sliding_sync",
     "federation",
+    "big_fanout",
+    "many_rooms",
+    "idle",
+    "growth",
+    "mixed",
 )
 # Run when no --scenarios is given: all but federation, whose peer set-up alone takes minutes
 # per server; it runs when asked for by name.
-DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s != "federation")
+# The scale scenarios (bench/scenario_scale.py) too: at --scale 1 their set-up alone is long.
+SCALE_SCENARIOS = ("big_fanout", "many_rooms", "idle", "growth", "mixed")
+DEFAULT_SCENARIOS = tuple(s for s in SCENARIOS if s != "federation" and s not in SCALE_SCENARIOS)
 
 
 class PairListener(Protocol):
@@ -119,6 +126,7 @@ class Result:
     error: str | None = None
     listener_errors: int = 0
     note: str = ""
+    series: dict[str, Any] = field(default_factory=dict)  # figures over time (mixed)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -132,6 +140,7 @@ class Result:
             "error": self.error,
             "listener_errors": self.listener_errors,
             "note": self.note,
+            **({"series": self.series} if self.series else {}),
             "summaries_ms": {k: summarize(v) for k, v in self.samples_ms.items()},
             "samples_ms": {k: [round(x, 3) for x in v] for k, v in self.samples_ms.items()},
         }
@@ -170,6 +179,8 @@ class Bench:
         # --sliding-rooms: the sliding_sync scenario's room count, else 1 000 times the scale.
         self.sliding_rooms: int | None = None
         self.pool: list[User] = []
+        self.scale_options: Any = None  # bench.scenario_scale.ScaleOptions, set by the CLI
+        self._scale: Any = None
         self._profiler = profiler
         self._counter = 0
 
@@ -564,6 +575,28 @@ class Bench:
 
         return await federation(self)
 
+    def scale_runner(self) -> Any:
+        from bench.scenario_scale import Scale, ScaleOptions
+
+        if self._scale is None:
+            self._scale = Scale(self, self.scale_options or ScaleOptions())
+        return self._scale
+
+    async def big_fanout(self) -> list[Result]:
+        return list(await self.scale_runner().big_fanout())
+
+    async def many_rooms(self) -> list[Result]:
+        return list(await self.scale_runner().many_rooms())
+
+    async def idle(self) -> list[Result]:
+        return list(await self.scale_runner().idle())
+
+    async def growth(self) -> list[Result]:
+        return list(await self.scale_runner().growth())
+
+    async def mixed(self) -> list[Result]:
+        return list(await self.scale_runner().mixed())
+
 
 def figures_for(result_name: str) -> dict[str, Figure]:
     """The figures of a result: those of the longest key of ``FIGURES`` that is its name or a
@@ -580,6 +613,7 @@ def figures_for(result_name: str) -> dict[str, Figure]:
 def _add_module_figures() -> None:
     from bench.scenario_federation import FEDERATION_FIGURES
     from bench.scenario_media import MEDIA_FIGURES
+    from bench.scenario_scale import SCALE_FIGURES
     from bench.scenario_sliding import SLIDING_FIGURES
     from bench.scenario_ws import WS_FIGURES
 
@@ -587,6 +621,7 @@ def _add_module_figures() -> None:
     FIGURES.update(WS_FIGURES)
     FIGURES.update(SLIDING_FIGURES)
     FIGURES.update(FEDERATION_FIGURES)
+    FIGURES.update(SCALE_FIGURES)
 
 
 _add_module_figures()
