@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 from weakref import WeakValueDictionary
 
@@ -105,7 +105,11 @@ class MembershipService:
             raise MatrixError(Codes.INVALID_PARAM, f"Unknown user {user_id}")
 
     async def _member_content(
-        self, user_id: str, membership: str, reason: str | None, **extra: object
+        self,
+        user_id: str,
+        membership: str,
+        reason: str | None,
+        extra: Mapping[str, object] | None = None,
     ) -> JsonDict:
         content: JsonDict = {"membership": membership}
         if membership in ("join", "invite", "knock"):
@@ -118,7 +122,10 @@ class MembershipService:
                     content["avatar_url"] = avatar_url
         if reason is not None:
             content["reason"] = reason
-        content.update({k: v for k, v in extra.items() if v is not None})
+        # Keys a client adds (a /join body's) never change the membership itself.
+        content.update(
+            {k: v for k, v in (extra or {}).items() if v is not None and k != "membership"}
+        )
         return content
 
     async def _check_not_blocked(self, room_id: str) -> None:
@@ -137,7 +144,7 @@ class MembershipService:
         reason: str | None = None,
         extra: JsonDict | None = None,
     ) -> SentEvent:
-        content = await self._member_content(user_id, membership, reason, **(extra or {}))
+        content = await self._member_content(user_id, membership, reason, extra)
         if membership == "join" and self._events is not None:
             current = await self._events.get_current_state_event(room_id, "m.room.member", user_id)
             if current is not None and current.content == content and current.redacted_by is None:
@@ -177,7 +184,7 @@ class MembershipService:
                 return await self.send_own_membership(
                     room_id, requester.user_id, "join", reason, extra
                 )
-            content = await self._member_content(requester.user_id, "join", reason, **extra)
+            content = await self._member_content(requester.user_id, "join", reason, extra)
             candidates = [*servers, *await self._servers_of(room_id, requester.user_id)]
             event_id = await self._remote.join(room_id, requester.user_id, candidates, content)
         return SentEvent(event_id, 0)
@@ -271,7 +278,7 @@ class MembershipService:
         if requester.shadow_banned:
             return None
         content = await self._member_content(
-            target, "invite", reason, is_direct=True if is_direct else None
+            target, "invite", reason, {"is_direct": True if is_direct else None}
         )
         sent = await self._sender.send(
             room_id, requester.user_id, "m.room.member", content, state_key=target

@@ -79,12 +79,13 @@ class JobLeaseStore:
         self, name: str, owner: str, now: sa.ColumnElement[int], lease_ms: int
     ) -> bool:
         lease = job_leases.c
+        take = (
+            sa.update(job_leases)
+            .where(lease.name == name, sa.or_(lease.owner == owner, lease.until_ts <= now))
+            .values(owner=owner, until_ts=now + lease_ms)
+        )
         async with self._db.write() as conn:
-            taken = await conn.execute(
-                sa.update(job_leases)
-                .where(lease.name == name, sa.or_(lease.owner == owner, lease.until_ts <= now))
-                .values(owner=owner, until_ts=now + lease_ms)
-            )
+            taken = await conn.execute(take)
             if taken.rowcount:
                 return True
             insert = (
@@ -95,7 +96,11 @@ class JobLeaseStore:
                     name=name, owner=owner, until_ts=now + lease_ms
                 ).on_conflict_do_nothing(index_elements=["name"])
             )
-            return bool(inserted.rowcount)
+            if inserted.rowcount:
+                return True
+            # A concurrent first claim inserted the row meanwhile (PostgreSQL: committed, so
+            # this statement sees it): it may be this owner's own, or lapsed already.
+            return bool((await conn.execute(take)).rowcount)
 
     async def release(self, name: str, owner: str) -> None:
         """Give the lease up (a worker stopping), so that another need not wait it out."""

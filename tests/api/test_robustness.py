@@ -56,6 +56,8 @@ def _check(response: httpx.Response, what: str) -> None:
     status = response.status_code
     assert status < 500 or status == REMOTE_FAILURE, f"{what}: {status} {response.text}"
     if response.status_code >= 400:
+        if response.headers.get("content-type", "").startswith("text/html"):
+            return  # a page for a browser (SSO, the UIA fallback): its error is a page too
         body: Any = response.json()
         if response.status_code == 401 and "flows" in body:
             return  # a user-interactive auth challenge: errcode only after a failed stage
