@@ -56,6 +56,7 @@ class Destination:
     ca: Path
     received: list[dict[str, Any]] = field(default_factory=list)
     status: int = 200  # what /send answers
+    refused: int = 0  # transactions answered with another status
     hang_for: str | None = None  # requests for this server name never get an answer
     hung: list[str] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)  # set at teardown
@@ -83,6 +84,7 @@ async def destination(tmp_path: Path) -> AsyncIterator[Destination]:
             dest.hung.append(request.path_params["txn_id"])
             await dest.release.wait()
         if dest.status != 200:
+            dest.refused += 1
             return JSONResponse({"errcode": "M_UNKNOWN", "error": "down"}, dest.status)
         body = json.loads(await request.body())
         dest.received.append(
@@ -338,7 +340,13 @@ async def test_a_refused_transaction_is_dropped(
     store = hs.federation_queue_store
 
     async def drained() -> bool:
-        return await store.count_pdus(DEST) == 0 and (await store.get_destination(DEST)) is not None
+        # The transaction was tried and refused (the PDU may be queued a round later than
+        # the send's answer), then dropped from the queue.
+        return (
+            destination.refused > 0
+            and await store.count_pdus(DEST) == 0
+            and (await store.get_destination(DEST)) is not None
+        )
 
     async with asyncio.timeout(15):
         while not await drained():
