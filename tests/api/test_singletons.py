@@ -258,6 +258,13 @@ async def test_two_workers_share_the_singletons_and_a_push_is_sent_once(
             r = await client_b.post(f"{CS}/join/{room_id}", headers=auth_header(bob_token))
             assert r.status_code == 200, r.text
             await until(lambda: len(gateway.received) >= 1)  # the invite, pushed by A
+            # ... and its queue row deleted after the gateway's answer (a moment later).
+            for _ in range(200):
+                async with a.db.read() as conn:
+                    left = await conn.execute(sa.select(sa.func.count()).select_from(push_queue))
+                    if left.scalar_one() == 0:
+                        break
+                await asyncio.sleep(0.05)
             gateway.received.clear()
 
             # A dies (its singletons stop without a word) with a push it queued unsent.
