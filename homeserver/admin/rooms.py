@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -26,7 +26,13 @@ from homeserver.filters.matching import EventFilter
 from homeserver.rooms.directory import DirectoryService
 from homeserver.rooms.membership import MembershipService
 from homeserver.rooms.sender import EventSender
-from homeserver.rooms.service import Page, RoomService, event_token, page_bounds
+from homeserver.rooms.service import (
+    Page,
+    RoomService,
+    event_token,
+    page_bounds,
+    read_timeline_page,
+)
 from homeserver.storage.admin import AdminStore
 from homeserver.storage.admin_rooms import AdminRoomStore, RoomCounts, RoomListQuery
 from homeserver.storage.events import EventStore, StoredEvent
@@ -246,28 +252,13 @@ class AdminRooms:
             start = RoomPosition.at_stream(0)
         to = RoomPosition.parse(to_token) if to_token is not None else None
         bounds = page_bounds(start, to, backwards, None)
-        chunk: list[StoredEvent] = []
-        last: StoredEvent | None = None
-        exhausted = False
-        while len(chunk) < limit and not exhausted:
-            want = limit - len(chunk)
-            batch = await self._events.get_timeline(
-                room_id,
-                below=bounds.below,
-                above=bounds.above,
-                after=bounds.after,
-                upto=bounds.upto,
-                limit=want,
-                descending=backwards,
-            )
-            if batch:
-                last = batch[-1]
-                if backwards:
-                    bounds = replace(bounds, below=(last.depth, last.stream_ordering - 1))
-                else:
-                    bounds = replace(bounds, above=(last.depth, last.stream_ordering))
-            exhausted = len(batch) < want
-            chunk.extend(e for e in batch if event_filter.allows(e))
+
+        async def keep(batch: list[StoredEvent]) -> list[StoredEvent]:
+            return [e for e in batch if event_filter.allows(e)]
+
+        chunk, last, exhausted = await read_timeline_page(
+            self._events, room_id, bounds, backwards, limit, keep
+        )
         serialized = await self._rooms.serialize(requester, chunk, counts.room_version)
         end: str | None = None
         if not exhausted and limit > 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -93,6 +93,43 @@ def page_bounds(
     below = to.topological if to is not None else None
     upto = to.stream if to is not None and to.depth is None else None
     return _Bounds(below=below, above=above, after=after, upto=_min(upto, visible_upto))
+
+
+async def read_timeline_page(
+    events: EventStore,
+    room_id: str,
+    bounds: _Bounds,
+    backwards: bool,
+    limit: int,
+    keep: Callable[[list[StoredEvent]], Awaitable[list[StoredEvent]]],
+) -> tuple[list[StoredEvent], StoredEvent | None, bool]:
+    """Up to ``limit`` events of the room's timeline within ``bounds`` that ``keep`` keeps,
+    read in batches; the last event read and whether the timeline ran out before ``limit``.
+    /messages and the admin API's room messages page alike."""
+    chunk: list[StoredEvent] = []
+    last: StoredEvent | None = None
+    exhausted = False
+    while len(chunk) < limit and not exhausted:
+        want = limit - len(chunk)
+        batch = await events.get_timeline(
+            room_id,
+            below=bounds.below,
+            above=bounds.above,
+            after=bounds.after,
+            upto=bounds.upto,
+            limit=want,
+            descending=backwards,
+        )
+        if batch:
+            last = batch[-1]
+            # The next batch starts just past the last event read.
+            if backwards:
+                bounds = replace(bounds, below=(last.depth, last.stream_ordering - 1))
+            else:
+                bounds = replace(bounds, above=(last.depth, last.stream_ordering))
+        exhausted = len(batch) < want
+        chunk.extend(await keep(batch))
+    return chunk, last, exhausted
 
 
 class GuestAccounts(Protocol):
@@ -500,35 +537,16 @@ class RoomService:
         """The page's events the user may see, the last event read and whether the
         timeline ran out before ``limit``."""
         ignored = await self._ignored.ignored_users(requester.user_id)
-        chunk: list[StoredEvent] = []
-        last: StoredEvent | None = None
-        exhausted = False
-        while len(chunk) < limit and not exhausted:
-            want = limit - len(chunk)
-            batch = await self._events.get_timeline(
-                room_id,
-                below=bounds.below,
-                above=bounds.above,
-                after=bounds.after,
-                upto=bounds.upto,
-                limit=want,
-                descending=backwards,
-            )
-            if batch:
-                last = batch[-1]
-                # The next batch starts just past the last event read.
-                if backwards:
-                    bounds = replace(bounds, below=(last.depth, last.stream_ordering - 1))
-                else:
-                    bounds = replace(bounds, above=(last.depth, last.stream_ordering))
-            exhausted = len(batch) < want
+
+        async def keep(batch: list[StoredEvent]) -> list[StoredEvent]:
             allowed = [
                 e
                 for e in batch
                 if event_filter.allows(e) and (e.sender not in ignored or e.state_key is not None)
             ]
-            chunk.extend(await self._visibility.filter_events(requester.user_id, allowed))
-        return chunk, last, exhausted
+            return await self._visibility.filter_events(requester.user_id, allowed)
+
+        return await read_timeline_page(self._events, room_id, bounds, backwards, limit, keep)
 
     async def _member_events_for(
         self, requester: Requester, room: Room, events: Sequence[StoredEvent]
