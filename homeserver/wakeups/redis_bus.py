@@ -48,6 +48,10 @@ class RedisBus:
         # Named, so that an operator (or a test) can tell its connections apart.
         self.client_name = f"homeserver-bus-{self._origin}"
         self._publisher: Redis = _client(url, self.client_name)
+        # The subscriber's connection while ``run`` holds one: ``close`` closes it too, as a
+        # cancelled ``run`` may not have finished closing it (its connections would
+        # otherwise be left to the garbage collector, after the event loop is gone).
+        self._subscription: tuple[Any, Redis] | None = None
         # True while subscribed (``/health``); counts for the metrics and tests.
         self.subscribed = False
         self.resyncs = 0
@@ -94,6 +98,7 @@ class RedisBus:
             while True:
                 client = _client(self._url, self.client_name)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
+                self._subscription = (pubsub, client)
                 try:
                     await pubsub.subscribe(self.channel)
                     self.subscribed = True
@@ -112,13 +117,19 @@ class RedisBus:
                         logger.warning("wake-up bus disconnected", extra={"channel": self.channel})
                     self.subscribed = False
                 finally:
+                    # Forgotten only once closed: a second cancellation (shut-down cancels
+                    # until the job is done) may cut this short, and ``close`` finishes it.
                     await _close(pubsub, client)
+                    self._subscription = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_S)
         finally:
             self.subscribed = False
 
     async def close(self) -> None:
+        if self._subscription is not None:
+            await _close(*self._subscription)
+            self._subscription = None
         await self._publisher.aclose()
 
     async def _on_message(self, data: Any) -> None:
