@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -60,7 +59,11 @@ from bench.servers import (
     SYNAPSE_VENV,
     ensure_synapse_venv,
     free_port,
+    generate_synapse_config,
+    set_synapse_log_level,
+    stop_process,
     synapse_overrides,
+    wait_until_serving,
 )
 from bench.stats import rate, summarize
 
@@ -111,8 +114,6 @@ class TlsServer:
         return dict(os.environ)
 
     def start(self) -> None:
-        import httpx
-
         with open(self.log_path, "ab") as out:
             self._proc = subprocess.Popen(
                 self.command(),
@@ -124,29 +125,12 @@ class TlsServer:
             )
         self.pid = self._proc.pid
         verify = ssl.create_default_context(cafile=str(self.tls / "ca.pem"))
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log_tail()}")
-            try:
-                probe = f"{self.base_url}/_matrix/client/versions"
-                if httpx.get(probe, timeout=2, verify=verify).is_success:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"{self.name} did not start in {START_TIMEOUT_S} s: {self.log_tail()}")
+        wait_until_serving(
+            self._proc, self.base_url, self.name, self.log_tail, START_TIMEOUT_S, verify
+        )
 
     def stop(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        os.kill(self._proc.pid, signal.SIGTERM)
-        try:
-            self._proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
+        stop_process(self._proc)
 
     def log_tail(self) -> str:
         try:
@@ -206,30 +190,9 @@ class SynapseTlsServer(TlsServer):
         super().__init__(name, workdir, tls)
         ensure_synapse_venv()
         self.config_path = workdir / "homeserver.yaml"
-        data_dir = workdir / "data"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                str(SYNAPSE_VENV / "bin" / "python"),
-                "-m",
-                "synapse.app.homeserver",
-                "--server-name",
-                self.server_name,
-                "--config-path",
-                str(self.config_path),
-                "--generate-config",
-                "--report-stats",
-                "no",
-                "--config-directory",
-                str(workdir),
-                "--data-directory",
-                str(data_dir),
-            ],
-            check=True,
-            capture_output=True,
-            cwd=workdir,
+        config, data_dir = generate_synapse_config(
+            SYNAPSE_VENV / "bin" / "python", self.server_name, workdir
         )
-        config = yaml.safe_load(self.config_path.read_text())
         config.update(synapse_overrides(self.port, None, False, data_dir / "media_store"))
         config["listeners"] = [
             {
@@ -251,12 +214,7 @@ class SynapseTlsServer(TlsServer):
             }
         )
         self.config_path.write_text(yaml.safe_dump(config))
-        log_config = Path(config["log_config"])
-        logging_config = yaml.safe_load(log_config.read_text())
-        logging_config["root"]["level"] = "WARNING"
-        for logger in logging_config.get("loggers", {}).values():
-            logger["level"] = "WARNING"
-        log_config.write_text(yaml.safe_dump(logging_config))
+        set_synapse_log_level(config, "WARNING")
 
     def command(self) -> list[str]:
         return [

@@ -6,10 +6,12 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +85,45 @@ def write_appservice(workdir: Path) -> Path:
     return path
 
 
+def wait_until_serving(
+    proc: subprocess.Popen[bytes],
+    base_url: str,
+    name: str,
+    log_tail: Callable[[], str],
+    timeout_s: float = START_TIMEOUT_S,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
+    """Wait until a server just started answers ``/versions``; raise (with its log's tail)
+    if it exits first, or stop it and raise if it does not answer within ``timeout_s``."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited: {log_tail()}")
+        try:
+            probe = f"{base_url}/_matrix/client/versions"
+            if httpx.get(probe, timeout=2, verify=verify).is_success:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    stop_process(proc)
+    raise RuntimeError(f"{name} did not start in {timeout_s} s: {log_tail()}")
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout_s: float = 15) -> None:
+    """SIGTERM, then SIGKILL if it is still running after ``timeout_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -136,29 +177,12 @@ class ManagedServer(Server):
             )
         self.pid = self._proc.pid
         log(f"{self.name}: started as PID {self.pid} on {self.base_url}")
-        deadline = time.monotonic() + START_TIMEOUT_S
-        import httpx
-
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self._log_tail()}")
-            try:
-                if httpx.get(f"{self.base_url}/_matrix/client/versions", timeout=2).is_success:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} did not start in {START_TIMEOUT_S} s: {self._log_tail()}")
+        wait_until_serving(self._proc, self.base_url, self.name, self._log_tail)
 
     def stop(self) -> None:
         if self._proc is None or self._proc.poll() is not None:
             return
-        os.kill(self._proc.pid, signal.SIGTERM)
-        try:
-            self._proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
+        stop_process(self._proc)
         log(f"{self.name}: PID {self._proc.pid} stopped")
 
     def _log_tail(self) -> str:
@@ -280,41 +304,15 @@ class SynapseServer(ManagedServer):
         self.version = SYNAPSE_VERSION
         ensure_synapse_venv()
         self.config_path = workdir / "homeserver.yaml"
-        data_dir = workdir / "data"
-        data_dir.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                str(SYNAPSE_VENV / "bin" / "python"),
-                "-m",
-                "synapse.app.homeserver",
-                "--server-name",
-                "localhost",
-                "--config-path",
-                str(self.config_path),
-                "--generate-config",
-                "--report-stats",
-                "no",
-                "--config-directory",
-                str(workdir),
-                "--data-directory",
-                str(data_dir),
-            ],
-            check=True,
-            capture_output=True,
-            cwd=workdir,
+        config, data_dir = generate_synapse_config(
+            SYNAPSE_VENV / "bin" / "python", "localhost", workdir
         )
-        config = yaml.safe_load(self.config_path.read_text())
         config.update(synapse_overrides(self.port, database, presence, data_dir / "media_store"))
         if appservice:
             config["app_service_config_files"] = [str(write_appservice(workdir))]
         self.config_path.write_text(yaml.safe_dump(config))
-        log_config = workdir / "localhost.log.config"
         # Same log level as ours (WARNING): INFO would log every request.
-        logging_config = yaml.safe_load(log_config.read_text())
-        logging_config["root"]["level"] = "WARNING"
-        for logger in logging_config.get("loggers", {}).values():
-            logger["level"] = "WARNING"
-        log_config.write_text(yaml.safe_dump(logging_config))
+        set_synapse_log_level(config, "WARNING")
 
     def command(self) -> list[str]:
         return [
@@ -324,6 +322,53 @@ class SynapseServer(ManagedServer):
             "--config-path",
             str(self.config_path),
         ]
+
+
+def generate_synapse_config(
+    python: Path, server_name: str, workdir: Path
+) -> tuple[dict[str, Any], Path]:
+    """Synapse's own generated ``homeserver.yaml`` in ``workdir`` (with its signing key and
+    log config), read back for the caller to edit and write; and its data directory."""
+    data_dir = workdir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "homeserver.yaml"
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "synapse.app.homeserver",
+            "--server-name",
+            server_name,
+            "--config-path",
+            str(config_path),
+            "--generate-config",
+            "--report-stats",
+            "no",
+            "--config-directory",
+            str(workdir),
+            "--data-directory",
+            str(data_dir),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=workdir,
+    )
+    return yaml.safe_load(config_path.read_text()), data_dir
+
+
+def set_synapse_log_level(config: dict[str, Any], level: str, log_file: Path | None = None) -> None:
+    """Every logger of a generated Synapse config at ``level``; its file handler (if any)
+    writing to ``log_file`` when given."""
+    log_config = Path(config["log_config"])
+    logging_config = yaml.safe_load(log_config.read_text())
+    logging_config["root"]["level"] = level
+    for logger in logging_config.get("loggers", {}).values():
+        logger["level"] = level
+    if log_file is not None:
+        for handler in logging_config.get("handlers", {}).values():
+            if "filename" in handler:
+                handler["filename"] = str(log_file)
+    log_config.write_text(yaml.safe_dump(logging_config))
 
 
 def synapse_overrides(

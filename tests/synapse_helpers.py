@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import fcntl
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
 from bench.servers import SYNAPSE_VENV as BENCH_VENV
-from bench.servers import SYNAPSE_VERSION
+from bench.servers import (
+    SYNAPSE_VERSION,
+    generate_synapse_config,
+    set_synapse_log_level,
+    stop_process,
+    wait_until_serving,
+)
 from homeserver.federation.client import ssl_context
 
 HERE = Path(__file__).parent
@@ -89,39 +92,10 @@ class SynapseProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self.verify = ssl_context(str(tls_dir / "ca.pem"))
         workdir.mkdir(parents=True, exist_ok=True)
-        data_dir = workdir / "data"
-        data_dir.mkdir(exist_ok=True)
-        subprocess.run(
-            [
-                str(self.python),
-                "-m",
-                "synapse.app.homeserver",
-                "--server-name",
-                self.server_name,
-                "--config-path",
-                str(self.config_path),
-                "--generate-config",
-                "--report-stats",
-                "no",
-                "--config-directory",
-                str(workdir),
-                "--data-directory",
-                str(data_dir),
-            ],
-            check=True,
-            capture_output=True,
-            cwd=workdir,
-        )
-        config = yaml.safe_load(self.config_path.read_text())
+        config, data_dir = generate_synapse_config(self.python, self.server_name, workdir)
         config.update(self._overrides(tls_dir, data_dir))
         self.config_path.write_text(yaml.safe_dump(config))
-        log_config = Path(config["log_config"])
-        logging = yaml.safe_load(log_config.read_text())
-        logging["root"]["level"] = "INFO"
-        for handler in logging.get("handlers", {}).values():
-            if "filename" in handler:
-                handler["filename"] = str(workdir / "homeserver.log")
-        log_config.write_text(yaml.safe_dump(logging))
+        set_synapse_log_level(config, "INFO", workdir / "homeserver.log")
 
     def _overrides(self, tls_dir: Path, data_dir: Path) -> dict[str, Any]:
         return {
@@ -182,29 +156,12 @@ class SynapseProcess:
             cwd=self.workdir,
         )
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"synapse exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                probe = f"{self.base_url}/_matrix/client/versions"
-                if httpx.get(probe, timeout=1, verify=self.verify).is_success:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"synapse did not start: {self.log_path.read_text()[-3000:]}")
+        wait_until_serving(
+            self._proc, self.base_url, "synapse", self.log_tail, START_TIMEOUT_S, self.verify
+        )
 
     def stop(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        os.kill(self._proc.pid, signal.SIGTERM)
-        try:
-            self._proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.kill(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
+        stop_process(self._proc)
 
     def log_tail(self, chars: int = 4000) -> str:
         path = self.workdir / "homeserver.log"

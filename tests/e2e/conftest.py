@@ -8,13 +8,13 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
+
+from bench.servers import stop_process, wait_until_serving
 
 START_TIMEOUT_S = 90  # a loaded 2-core machine starting several servers at once
 
@@ -76,19 +76,14 @@ class ServerProcess:
             env=env,
         )
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                probe = f"{self.base_url}/_matrix/client/versions"
-                if httpx.get(probe, timeout=1, verify=self.verify).is_success:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"server did not start: {self.log_path.read_text()[-2000:]}")
+        wait_until_serving(
+            self._proc,
+            self.base_url,
+            "server",
+            lambda: self.log_path.read_text()[-2000:],
+            START_TIMEOUT_S,
+            self.verify,
+        )
 
     def kill(self) -> None:
         """kill -9: no shutdown of any kind."""
@@ -108,14 +103,7 @@ class ServerProcess:
             return None
 
     def stop(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        os.kill(self._proc.pid, signal.SIGTERM)
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
+        stop_process(self._proc, timeout_s=10)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

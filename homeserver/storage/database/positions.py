@@ -99,8 +99,6 @@ SET position = greatest(w.position, excluded.position), idle = false,
 RETURNING w.position
 """
 
-_HEARTBEAT = f"UPDATE stream_writers SET heartbeat_ms = {_NOW_MS} WHERE writer = $1"
-
 _LIVE_UPTO = f"""
 SELECT stream,
        least(min(position) FILTER (WHERE NOT idle), max(position)) AS upto
@@ -158,19 +156,26 @@ class _Allocation:
 class _Connection:
     """The writer's own connection for its rows: not one of the pools, so that a write
     transaction turning its writer busy holds one pooled connection only, and used under
-    the writer's lock (one statement at a time)."""
+    the writer's lock (one statement at a time).
 
-    def __init__(self, url: str) -> None:
+    ``durable=False``: its commits do not wait for the WAL to reach the disk. Only for a
+    flush after a write, which only ever lets readers move on: a flush a database crash
+    lost takes readers back to where the durable rows held them (a stall, never a skip)
+    until the next heartbeat (durable) writes the rows again. Turning busy and heartbeats
+    stay durable: losing those could let readers pass a position in flight."""
+
+    def __init__(self, url: str, *, durable: bool = True) -> None:
         self._dsn = (
             sa.engine.make_url(url)
             .set(drivername="postgresql")
             .render_as_string(hide_password=False)
         )
+        self._settings = {} if durable else {"synchronous_commit": "off"}
         self._conn: Any = None
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self._dsn)
+            self._conn = await asyncpg.connect(self._dsn, server_settings=self._settings)
         try:
             return list(await self._conn.fetch(sql, *args))
         except asyncpg.PostgresError:
@@ -194,6 +199,9 @@ class WriterPositions:
         # its rows apart from those its previous life left.
         self.writer = f"{name}:{secrets.token_hex(4)}"
         self._db = _Connection(url)
+        # Flushes: each write's flush would otherwise wait for an fsync of its own, under the
+        # lock every write of this worker goes through.
+        self._rows = _Connection(url, durable=False)
         self._ids = itertools.count()
         self._inflight: dict[int, _Allocation] = {}
         self._max_seen: dict[Stream, int] = dict.fromkeys(Stream, 0)
@@ -311,7 +319,7 @@ class WriterPositions:
                     self._dirty.clear()
                     if streams:
                         idle = {s: not self.busy(s) for s in streams}
-                        await self._write_rows(streams, stream_idle=idle)
+                        await self._write_rows(streams, stream_idle=idle, durable=False)
             except Exception:
                 logger.exception("stream positions not written")
                 self._dirty.update(streams)
@@ -319,10 +327,12 @@ class WriterPositions:
             flushed, self._flushed = self._flushed, asyncio.Event()
             flushed.set()
 
-    async def _write_rows(self, streams: list[Stream], *, stream_idle: dict[Stream, bool]) -> None:
+    async def _write_rows(
+        self, streams: list[Stream], *, stream_idle: dict[Stream, bool], durable: bool = True
+    ) -> None:
         for stream, idle in stream_idle.items():
             self._row_idle[stream] = idle  # before the write: an allocation waits for it
-        rows = await self._db.fetch(
+        rows = await (self._db if durable else self._rows).fetch(
             _UPSERT,
             self.writer,
             [s.value for s in streams],
@@ -372,7 +382,10 @@ class WriterPositions:
             if sent - self._heartbeat_sent > GUARD_S:
                 # Readers may have left this writer out: nothing allocated before may commit.
                 self._epoch += 1
-            await self._db.fetch(_HEARTBEAT, self.writer)
+            # Every row as this writer's state has it, durably, not only the heartbeat: a
+            # flush a database crash lost (``_Connection``, durable=False) is written again.
+            idle = {stream: not self.busy(stream) for stream in Stream}
+            await self._write_rows(list(Stream), stream_idle=idle)
             self._heartbeat_sent = sent
             # Raise the floor (a row per statement: no two workers lock rows in two orders).
             rows = await self._db.fetch(_CURRENT)
@@ -404,3 +417,4 @@ class WriterPositions:
             logger.warning("stream writer rows not removed")
         finally:
             await self._db.close()
+            await self._rows.close()
