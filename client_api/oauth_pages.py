@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from datetime import UTC, datetime
 from collections.abc import Sequence
 from html import escape
 from urllib.parse import urlsplit
@@ -40,8 +41,10 @@ _CSS = (
     "a.allow{padding:10px 1.2rem;border-radius:4px;text-decoration:none}"
     "ul.sso{padding-left:1.2rem}"
     "a:focus,button:focus,input:focus{outline:3px solid var(--ring);outline-offset:2px}"
-    "table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.3rem;"
-    "border-bottom:1px solid var(--line)}.current{outline:3px solid var(--ring)}"
+    "table{border-collapse:collapse;width:100%;font-size:.875rem}"
+    "td,th{text-align:left;padding:.3rem .25rem;border-bottom:1px solid var(--line)}"
+    "th,button{overflow-wrap:normal}td button{margin:0;padding:.5rem .75rem}"
+    ".current{outline:3px solid var(--ring)}"
     ".error{color:var(--error);font-weight:600}"
 )
 _CSS_HASH = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
@@ -272,6 +275,10 @@ def _end_form(csrf: str, device_id: str, label: str) -> str:
     )
 
 
+def _utc_minute(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+
+
 def account_page(
     csrf: str,
     server_name: str,
@@ -298,7 +305,7 @@ def account_page(
     rows = ""
     for device_id, name, seen in devices:
         marked = ' class="current"' if device_id == focus else ""
-        last = "" if seen is None else str(seen // 1000)
+        last = "" if seen is None else _utc_minute(seen)
         rows += (
             f"<tr{marked}><td>{escape(device_id)}</td><td>{escape(name or '')}</td>"
             f"<td>{last}</td><td>{_end_form(csrf, device_id, 'End')}</td></tr>"
@@ -314,7 +321,7 @@ def account_page(
         '<button class="allow" type="submit">Save</button></form>'
         "<h2>Sessions</h2>"
         '<table><thead><tr><th scope="col">Device</th><th scope="col">Name</th>'
-        '<th scope="col">Last seen (Unix time)</th><th scope="col">'
+        '<th scope="col">Last seen (UTC)</th><th scope="col">'
         "Action</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
         '<form method="post" action="account/sign-out">'

@@ -335,6 +335,45 @@ async def token_login(http: httpx.AsyncClient, login_token: str) -> str:
     return str(r.json()["access_token"])
 
 
+# --- the audit itself ------------------------------------------------------------------------
+
+_BAD_PAGE = (
+    '<!doctype html><html lang="en"><head><meta name="viewport" content="width=device-width">'
+    "<style>body{margin:0;background:#fff;color:#111}.pale{color:#999}"
+    ".wide{width:600px}.big{font-size:24px;color:#888}"
+    "input{border:0;background:#fff;outline:none}"
+    "button{width:30px;height:20px;padding:0;font-size:10px;background:#eee;border:0}"
+    "#cover{position:absolute;left:0;top:0;width:200px;height:200px;background:#fff}"
+    "@media (prefers-color-scheme:dark){body{background:#000;color:#333}}"
+    "</style></head><body><p class=pale>pale text</p><p class=big>large and grey</p>"
+    '<div class=wide>wide</div><label for=name>Name</label><input id=name value="typed">'
+    "<button>Go</button><a href=#x>hidden link</a><div id=cover></div></body></html>"
+)
+
+
+async def test_the_audit_finds_each_kind_of_problem(browser: Browser, tmp_path: Path) -> None:
+    """The page audit fails a page that breaks each of its rules (so its silence on our pages
+    means something); large grey text at 3.5:1 passes where small would not."""
+    await browser.do("set_content", html=_BAD_PAGE)
+    problems = (await browser.do("audit", name="bad", dir=str(tmp_path)))["problems"]
+    text = "\n".join(problems)
+
+    def found(fragment: str) -> bool:
+        return any(fragment in problem for problem in problems)
+
+    assert found("360px light: horizontal scroll: scrollWidth 600 > 360"), text
+    assert not found("1280px light: horizontal scroll"), text
+    assert found('light: text contrast 2.85 < 4.5 of <p.pale> "pale text"'), text
+    assert not found("<p.big>"), text  # #888 on white is 3.54:1, large text needs 3
+    assert found('dark: text contrast 1.66 < 4.5 of <label> "Name"'), text  # #333 on #000
+    assert found('target 30x20 < 44x44: <button> "Go"'), text
+    assert found("boundary contrast 1.00 < 3 of <input#name>"), text
+    assert found('no focus outline of 2 px or more: <input#name> "typed"'), text
+    assert found('covered by <div#cover> "": <input#name> "typed"'), text
+    assert found('no focus outline of 2 px or more: <a> "hidden link"'), text
+    assert len(list(tmp_path.glob("bad-*.png"))) == 4
+
+
 # --- single sign-on --------------------------------------------------------------------------
 
 

@@ -182,7 +182,7 @@ function AUDIT() {
       problems.push(`focus outline contrast ${got} < 3 of ${describe(el)}`);
     }
   }
-  if (before instanceof HTMLElement) before.focus();
+  if (before instanceof HTMLElement && before !== document.body) before.focus();
   else if (document.activeElement instanceof HTMLElement) document.activeElement.blur();
   window.scrollTo(0, 0);
   return problems;
@@ -206,6 +206,10 @@ const commands = {
   },
   async text() {
     return { ...(await state()), text: await page.innerText("body") };
+  },
+  async set_content({ html }) {
+    await page.setContent(html);
+    return state();
   },
   async html() {
     return { ...(await state()), html: await page.content() };
