@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from html import escape
 from urllib.parse import urlsplit
 

@@ -311,9 +311,7 @@ async def look_at(browser: Browser, shots: Path, name: str) -> None:
     scroll, hidden or small targets, WCAG AA contrast of text, control boundaries, focus)."""
     await assert_labelled(browser)
     answer = await browser.do("audit", name=name, dir=str(shots))
-    assert answer["problems"] == [], f"{name} ({answer['url']}):\n" + "\n".join(
-        answer["problems"]
-    )
+    assert answer["problems"] == [], f"{name} ({answer['url']}):\n" + "\n".join(answer["problems"])
     assert len(answer["shots"]) == 4 and all(Path(p).stat().st_size > 0 for p in answer["shots"])
 
 
