@@ -145,6 +145,8 @@ class Provider:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    def wait_listening(self) -> None:
         deadline = time.monotonic() + STEP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -167,7 +169,7 @@ class Provider:
 
 @pytest.fixture(scope="session")
 def signin(
-    tmp_path_factory: pytest.TempPathFactory, node_dir: Path
+    tmp_path_factory: pytest.TempPathFactory, node_dir: Path, chromium_process: Browser
 ) -> Iterator[tuple[ServerProcess, Provider]]:
     """One server and provider for the run (per xdist worker): starting them was most of
     this file's time. The tests use accounts of their own. SQLite, the server's own file:
@@ -191,10 +193,13 @@ def signin(
             ]
         },
     )
+    # Chromium (a fixture of this one for that reason) and the provider start while the
+    # server does.
     provider = Provider(node_dir, provider_port, server.base_url)
     try:
         server.start()
         try:
+            provider.wait_listening()
             yield server, provider
         finally:
             server.stop()
