@@ -36,6 +36,7 @@ from authlib.integrations.httpx_client import AsyncOAuth2Client
 from authlib.integrations.httpx_client import OAuthError as ClientOAuthError
 
 from tests.e2e.conftest import ServerProcess, free_port
+from tests.helpers import login
 
 HERE = Path(__file__).parent / "browser"
 CACHE = Path.home() / ".cache" / "homeserver-tests"
@@ -651,17 +652,13 @@ async def test_every_other_sign_in_page_wide_narrow_light_and_dark(
         assert page["title"] == "Device not linked", page
         await look_at(browser, shots, "device-not-linked")
 
-        r = await http.post(
-            "/_matrix/client/v3/login",
-            json={
-                "type": "m.login.password",
-                "identifier": {"type": "m.id.user", "user": "dave"},
-                "password": PASSWORD,
-                "device_id": "DAVESPHONE",
-                "initial_device_display_name": "Dave's phone with a long name",
-            },
+        await login(
+            http,
+            "dave",
+            PASSWORD,
+            device_id="DAVESPHONE",
+            initial_device_display_name="Dave's phone with a long name",
         )
-        assert r.status_code == 200, r.text
         page = await browser.do(
             "goto",
             url=f"{server.base_url}/oauth2/account"
