@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from html import escape
 from urllib.parse import urlsplit
 
@@ -13,24 +14,38 @@ from starlette.responses import HTMLResponse
 
 from homeserver.oauth.service import AuthorizationRequest
 
+# Light and dark (the browser's prefers-color-scheme), each passing WCAG AA: text 4.5:1 or
+# more, control boundaries and the focus outline 3:1 or more; every control and link a target
+# of 44x44 CSS px at least; nothing wider than a 360 px screen (tests/e2e/
+# test_browser_sign_in.py measures all of it in Chromium).
 _CSS = (
-    "body{font:1rem/1.5 system-ui,sans-serif;margin:0;background:#fff;color:#111}"
+    ":root{color-scheme:light dark;--bg:#fff;--fg:#111;--field:#fff;--line:#555;"
+    "--accent:#0b4f9c;--on-accent:#fff;--ring:#b35900;--error:#a00000}"
+    "@media (prefers-color-scheme:dark){:root{--bg:#111;--fg:#eee;--field:#222;--line:#aaa;"
+    "--accent:#8cc4ff;--on-accent:#111;--ring:#e8a200;--error:#ff8a8a}}"
+    "body{font:1rem/1.5 system-ui,sans-serif;margin:0;background:var(--bg);color:var(--fg);"
+    "overflow-wrap:anywhere}"
     "main{max-width:26rem;margin:2rem auto;padding:0 1rem}"
-    "h1{font-size:1.4rem}label{display:block;margin-top:1rem;font-weight:600}"
-    "input{width:100%;box-sizing:border-box;padding:.5rem;font:inherit;"
-    "border:1px solid #555;border-radius:4px}"
-    "button{margin-top:1.2rem;margin-right:.5rem;padding:.5rem 1.2rem;font:inherit;"
-    "border-radius:4px;border:1px solid #0b4f9c;cursor:pointer}"
-    ".allow{background:#0b4f9c;color:#fff}.deny{background:#fff;color:#0b4f9c}"
-    "button:focus,input:focus{outline:3px solid #e8a200;outline-offset:2px}"
-    "table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.3rem;"
-    "border-bottom:1px solid #888}.current{outline:3px solid #e8a200}"
-    ".error{color:#a00000;font-weight:600}h2{font-size:1.1rem;margin-top:2rem}"
-    "a{color:#0b4f9c}"
-    "@media (prefers-color-scheme:dark){body{background:#111;color:#eee}"
-    "input{background:#222;color:#eee;border-color:#aaa}"
-    ".deny{background:#111;color:#8cc4ff;border-color:#8cc4ff}.error{color:#ff8a8a}"
-    "a{color:#8cc4ff}}"
+    "h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem}"
+    "label{display:block;margin-top:1rem;font-weight:600}"
+    "input,button{box-sizing:border-box;min-height:44px;min-width:44px;font:inherit;"
+    "border-radius:4px}"
+    "input{width:100%;padding:.5rem;background:var(--field);color:var(--fg);"
+    "border:1px solid var(--line)}"
+    "button{margin-top:1.2rem;margin-right:.5rem;padding:.5rem 1.2rem;cursor:pointer;"
+    "border:1px solid var(--accent)}"
+    ".allow{background:var(--accent);color:var(--on-accent)}"
+    ".deny{background:var(--bg);color:var(--accent)}"
+    "a{display:inline-block;box-sizing:border-box;min-height:44px;min-width:44px;"
+    "padding:10px 0;color:var(--accent)}"
+    "a.allow{padding:10px 1.2rem;border-radius:4px;text-decoration:none}"
+    "ul.sso{padding-left:1.2rem}"
+    "a:focus,button:focus,input:focus{outline:3px solid var(--ring);outline-offset:2px}"
+    "table{border-collapse:collapse;width:100%;font-size:.875rem}"
+    "td,th{text-align:left;padding:.3rem .25rem;border-bottom:1px solid var(--line)}"
+    "th,button{overflow-wrap:normal}td button{margin:0;padding:.5rem .75rem}"
+    ".current{outline:3px solid var(--ring)}"
+    ".error{color:var(--error);font-weight:600}"
 )
 _CSS_HASH = base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode()
 
@@ -260,6 +275,10 @@ def _end_form(csrf: str, device_id: str, label: str) -> str:
     )
 
 
+def _utc_minute(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+
+
 def account_page(
     csrf: str,
     server_name: str,
@@ -286,7 +305,7 @@ def account_page(
     rows = ""
     for device_id, name, seen in devices:
         marked = ' class="current"' if device_id == focus else ""
-        last = "" if seen is None else str(seen // 1000)
+        last = "" if seen is None else _utc_minute(seen)
         rows += (
             f"<tr{marked}><td>{escape(device_id)}</td><td>{escape(name or '')}</td>"
             f"<td>{last}</td><td>{_end_form(csrf, device_id, 'End')}</td></tr>"
@@ -302,7 +321,7 @@ def account_page(
         '<button class="allow" type="submit">Save</button></form>'
         "<h2>Sessions</h2>"
         '<table><thead><tr><th scope="col">Device</th><th scope="col">Name</th>'
-        '<th scope="col">Last seen (Unix time)</th><th scope="col">'
+        '<th scope="col">Last seen (UTC)</th><th scope="col">'
         "Action</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
         '<form method="post" action="account/sign-out">'

@@ -19,10 +19,12 @@ import asyncio
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import subprocess
+import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -34,6 +36,7 @@ from authlib.integrations.httpx_client import AsyncOAuth2Client
 from authlib.integrations.httpx_client import OAuthError as ClientOAuthError
 
 from tests.e2e.conftest import ServerProcess, free_port
+from tests.helpers import login
 
 HERE = Path(__file__).parent / "browser"
 CACHE = Path.home() / ".cache" / "homeserver-tests"
@@ -99,17 +102,28 @@ def _node_packages() -> Path:
     return where
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def node_dir() -> Path:
     return _node_packages()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def chromium() -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".chromium-install.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         return _chromium()
+
+
+@pytest.fixture(scope="session")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the pages' screenshots go: ``$SIGN_IN_SCREENSHOTS`` (to keep them), else a
+    temporary directory of the run."""
+    chosen = os.environ.get("SIGN_IN_SCREENSHOTS")
+    if chosen:
+        Path(chosen).mkdir(parents=True, exist_ok=True)
+        return Path(chosen).resolve()
+    return tmp_path_factory.mktemp("sign-in-screenshots")
 
 
 # --- the provider, the server, the browser -------------------------------------------------
@@ -132,6 +146,8 @@ class Provider:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    def wait_listening(self) -> None:
         deadline = time.monotonic() + STEP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -152,23 +168,19 @@ class Provider:
                 self._proc.wait()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session")
 def signin(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, node_dir: Path
+    tmp_path_factory: pytest.TempPathFactory, node_dir: Path, chromium_process: Browser
 ) -> Iterator[tuple[ServerProcess, Provider]]:
-    """One server and provider for the module's tests (per database): starting a server is
-    most of the module's time; the tests use accounts of their own."""
+    """One server and provider for the run (per xdist worker): starting them was most of
+    this file's time. The tests use accounts of their own. SQLite, the server's own file:
+    the sign-in storage runs on both databases in tests/api/test_oauth.py and test_sso.py,
+    and a session-long server must not share the PostgreSQL database other tests truncate."""
     tmp_path = tmp_path_factory.mktemp("signin")
-    database_url = None
-    if request.param == "postgresql":
-        database_url = request.getfixturevalue("pg_database")
-        from tests.conftest import in_thread, truncate
-
-        in_thread(lambda: truncate(database_url))
     provider_port = free_port()
     server = ServerProcess(
         tmp_path,
-        database_url,
+        None,
         oauth={"enabled": True},
         sso={
             "providers": [
@@ -182,10 +194,13 @@ def signin(
             ]
         },
     )
+    # Chromium (a fixture of this one for that reason) and the provider start while the
+    # server does.
     provider = Provider(node_dir, provider_port, server.base_url)
     try:
         server.start()
         try:
+            provider.wait_listening()
             yield server, provider
         finally:
             server.stop()
@@ -194,31 +209,32 @@ def signin(
 
 
 class Browser:
-    """One headless Chromium; a command a line to ``browser.mjs`` and its answer back."""
+    """One headless Chromium for the run; a command a line to ``browser.mjs`` and its answer
+    back. Blocking pipes, read in a thread: the process outlives each test's event loop."""
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self._proc = proc
-
-    @classmethod
-    async def start(cls, node_dir: Path, chromium: Path) -> Browser:
-        proc = await asyncio.create_subprocess_exec(
-            "node",
-            "browser.mjs",
-            str(chromium),
+    def __init__(self, node_dir: Path, chromium: Path) -> None:
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(
+            ["node", "browser.mjs", str(chromium)],
             cwd=node_dir,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
         )
-        browser = cls(proc)
-        await browser._answer()
-        return browser
+        self._ready = False
+
+    async def new_context(self) -> None:
+        if not self._ready:  # its first line says it started
+            await self._answer()
+            self._ready = True
+        await self.do("new_context")
 
     async def _answer(self) -> dict[str, Any]:
-        assert self._proc.stdout is not None and self._proc.stderr is not None
-        line = await asyncio.wait_for(self._proc.stdout.readline(), STEP_TIMEOUT_S)
+        assert self._proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(self._proc.stdout.readline), STEP_TIMEOUT_S)
         if not line:
-            error = (await self._proc.stderr.read()).decode(errors="replace")
+            self._stderr.seek(0)
+            error = self._stderr.read().decode(errors="replace")
             raise AssertionError(f"the browser stopped: {error[-3000:]}")
         answer: dict[str, Any] = json.loads(line)
         return answer
@@ -226,29 +242,39 @@ class Browser:
     async def do(self, op: str, **args: Any) -> dict[str, Any]:
         assert self._proc.stdin is not None
         self._proc.stdin.write((json.dumps({"op": op, **args}) + "\n").encode())
-        await self._proc.stdin.drain()
+        self._proc.stdin.flush()
         answer = await self._answer()
         assert answer["ok"], f"{op} {args}: {answer}"
         return answer
 
-    async def stop(self) -> None:
-        if self._proc.returncode is None:
+    def stop(self) -> None:
+        if self._proc.poll() is None:
             assert self._proc.stdin is not None
             self._proc.stdin.close()
             try:
-                await asyncio.wait_for(self._proc.wait(), 10)
-            except TimeoutError:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
                 self._proc.kill()
-                await self._proc.wait()
+                self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._stderr.close()
 
 
-@pytest.fixture
-async def browser(node_dir: Path, chromium: Path) -> AsyncIterator[Browser]:
-    started = await Browser.start(node_dir, chromium)
+@pytest.fixture(scope="session")
+def chromium_process(node_dir: Path, chromium: Path) -> Iterator[Browser]:
+    started = Browser(node_dir, chromium)
     try:
         yield started
     finally:
-        await started.stop()
+        started.stop()
+
+
+@pytest.fixture
+async def browser(chromium_process: Browser) -> Browser:
+    """The run's Chromium with a fresh context (no cookies, no scripts of an earlier test)."""
+    await chromium_process.new_context()
+    return chromium_process
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -285,6 +311,16 @@ async def assert_labelled(browser: Browser) -> None:
     assert answer["missing"] == [], answer
 
 
+async def look_at(browser: Browser, shots: Path, name: str) -> None:
+    """One of our pages as a person sees it: labelled controls; screenshots at 1280 and 360
+    CSS px, light and dark; and nothing the audit of ``browser.mjs`` finds (horizontal
+    scroll, hidden or small targets, WCAG AA contrast of text, control boundaries, focus)."""
+    await assert_labelled(browser)
+    answer = await browser.do("audit", name=name, dir=str(shots))
+    assert answer["problems"] == [], f"{name} ({answer['url']}):\n" + "\n".join(answer["problems"])
+    assert len(answer["shots"]) == 4 and all(Path(p).stat().st_size > 0 for p in answer["shots"])
+
+
 def query_of(url: str) -> dict[str, list[str]]:
     return parse_qs(urlsplit(url).query)
 
@@ -303,11 +339,50 @@ async def token_login(http: httpx.AsyncClient, login_token: str) -> str:
     return str(r.json()["access_token"])
 
 
+# --- the audit itself ------------------------------------------------------------------------
+
+_BAD_PAGE = (
+    '<!doctype html><html lang="en"><head><meta name="viewport" content="width=device-width">'
+    "<style>body{margin:0;background:#fff;color:#111}.pale{color:#999}"
+    ".wide{width:600px}.big{font-size:24px;color:#888}"
+    "input{border:0;background:#fff;outline:none}"
+    "button{width:30px;height:20px;padding:0;font-size:10px;background:#eee;border:0}"
+    "#cover{position:absolute;left:0;top:0;width:200px;height:200px;background:#fff}"
+    "@media (prefers-color-scheme:dark){body{background:#000;color:#333}}"
+    "</style></head><body><p class=pale>pale text</p><p class=big>large and grey</p>"
+    '<div class=wide>wide</div><label for=name>Name</label><input id=name value="typed">'
+    "<button>Go</button><a href=#x>hidden link</a><div id=cover></div></body></html>"
+)
+
+
+async def test_the_audit_finds_each_kind_of_problem(browser: Browser, tmp_path: Path) -> None:
+    """The page audit fails a page that breaks each of its rules (so its silence on our pages
+    means something); large grey text at 3.5:1 passes where small would not."""
+    await browser.do("set_content", html=_BAD_PAGE)
+    problems = (await browser.do("audit", name="bad", dir=str(tmp_path)))["problems"]
+    text = "\n".join(problems)
+
+    def found(fragment: str) -> bool:
+        return any(fragment in problem for problem in problems)
+
+    assert found("360px light: horizontal scroll: scrollWidth 600 > 360"), text
+    assert not found("1280px light: horizontal scroll"), text
+    assert found('light: text contrast 2.85 < 4.5 of <p.pale> "pale text"'), text
+    assert not found("<p.big>"), text  # #888 on white is 3.54:1, large text needs 3
+    assert found('dark: text contrast 1.66 < 4.5 of <label> "Name"'), text  # #333 on #000
+    assert found('target 30x20 < 44x44: <button> "Go"'), text
+    assert found("boundary contrast 1.00 < 3 of <input#name>"), text
+    assert found('no focus outline of 2 px or more: <input#name> "typed"'), text
+    assert found('covered by <div#cover> "": <input#name> "typed"'), text
+    assert found('no focus outline of 2 px or more: <a> "hidden link"'), text
+    assert len(list(tmp_path.glob("bad-*.png"))) == 4
+
+
 # --- single sign-on --------------------------------------------------------------------------
 
 
 async def test_sso_through_a_real_provider_second_sign_in_and_provider_logout(
-    signin: tuple[ServerProcess, Provider], browser: Browser
+    signin: tuple[ServerProcess, Provider], browser: Browser, shots: Path
 ) -> None:
     server, provider = signin
     start = (
@@ -324,7 +399,7 @@ async def test_sso_through_a_real_provider_second_sign_in_and_provider_logout(
         assert page["url"].startswith(provider.issuer), page
         page = await provider_sign_in(browser, provider.issuer, "alice.smith")
         assert page["url"].startswith(f"{server.base_url}/oauth2/upstream/callback"), page
-        await assert_labelled(browser)
+        await look_at(browser, shots, "sso-choose-username")
         text = (await browser.do("text"))["text"]
         assert "Corp SSO" in text and "client.example" in text, text
         await browser.do("fill", selector="#username", value="alice")
@@ -347,6 +422,7 @@ async def test_sso_through_a_real_provider_second_sign_in_and_provider_logout(
             page = await provider_sign_in(browser, provider.issuer, "alice.smith")
         text = (await browser.do("text"))["text"]
         assert "@alice:localhost" in text and "client.example" in text, text
+        await look_at(browser, shots, "sso-confirm-destination")
         page = await browser.do("click", selector="button[type=submit]")
         assert page["url"].startswith(CLIENT_DONE + "?loginToken="), page
         second = await token_login(http, query_of(page["url"])["loginToken"][0])
@@ -373,6 +449,7 @@ async def test_sso_through_a_real_provider_second_sign_in_and_provider_logout(
             f"?session={session}",
         )
         assert "delete devices" in (await browser.do("text"))["text"]
+        await look_at(browser, shots, "uia-fallback-sso")
         page = await browser.do("click", selector="a.allow")
         if page["url"].startswith(provider.issuer):
             page = await provider_sign_in(browser, provider.issuer, "alice.smith")
@@ -380,6 +457,7 @@ async def test_sso_through_a_real_provider_second_sign_in_and_provider_logout(
         # Its script ran under the page's CSP and told the app.
         assert page["title"] == "onAuthDone called", page
         assert (await browser.do("console_errors"))["errors"] == []
+        await look_at(browser, shots, "uia-fallback-done")
         deleted = await http.post(
             "/_matrix/client/v3/delete_devices",
             json={**body, "auth": {"session": session}},
@@ -443,7 +521,7 @@ def _oauth_client(client_id: str, device: str) -> AsyncOAuth2Client:
 
 
 async def test_oauth_code_flow_in_the_browser_then_sync_refresh_revoke(
-    signin: tuple[ServerProcess, Provider], browser: Browser
+    signin: tuple[ServerProcess, Provider], browser: Browser, shots: Path
 ) -> None:
     server, _ = signin
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
@@ -457,7 +535,7 @@ async def test_oauth_code_flow_in_the_browser_then_sync_refresh_revoke(
             )
             page = await browser.do("goto", url=url)
             assert page["title"] == "Sign in to localhost", page
-            await assert_labelled(browser)
+            await look_at(browser, shots, "oauth-sign-in")
             text = (await browser.do("text"))["text"]
             assert "Element X (browser test)" in text and "Corp SSO" in text, text
             # Keyboard only: the username field has the focus; Tab to the password, Enter.
@@ -499,7 +577,7 @@ async def test_oauth_code_flow_in_the_browser_then_sync_refresh_revoke(
 
 
 async def test_oauth_sign_in_page_through_the_upstream_provider(
-    signin: tuple[ServerProcess, Provider], browser: Browser
+    signin: tuple[ServerProcess, Provider], browser: Browser, shots: Path
 ) -> None:
     """Element X against a server whose people sign in with their organisation's provider:
     our OAuth sign-in page, its single sign-on button, the provider, a new account, consent."""
@@ -521,7 +599,7 @@ async def test_oauth_sign_in_page_through_the_upstream_provider(
             assert page["url"].startswith(f"{server.base_url}/oauth2/authorize"), page
             text = (await browser.do("text"))["text"]
             assert "@carol:localhost" in text and "Element X (browser test)" in text, text
-            await assert_labelled(browser)
+            await look_at(browser, shots, "oauth-consent")
             page = await browser.do("click", selector="button[value=consent]")
             assert page["url"].startswith(REDIRECT + "?"), page
             assert query_of(page["url"])["state"] == [state]
@@ -530,3 +608,67 @@ async def test_oauth_sign_in_page_through_the_upstream_provider(
             )
             who = (await whoami(http, token["access_token"])).json()
             assert who == {"user_id": "@carol:localhost", "device_id": "TABLET", "is_guest": False}
+
+
+async def test_every_other_sign_in_page_wide_narrow_light_and_dark(
+    signin: tuple[ServerProcess, Provider], browser: Browser, shots: Path
+) -> None:
+    """The pages the journeys above do not reach: an error, the sign-in page refusing a
+    password, registration (``prompt=create``), linking a device and refusing it, the account
+    page's own sign-in and the account page ending a session (its table of sessions)."""
+    server, _ = signin
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+        page = await browser.do("goto", url=f"{server.base_url}/oauth2/authorize")
+        text = (await browser.do("text"))["text"]
+        assert "Sign-in failed" in text and "Unknown client" in text, text
+        await look_at(browser, shots, "error")
+
+        await _register_password_user(http, "dave")
+        meta, client_id = await _registered_client(http)
+        async with _oauth_client(client_id, "LAPTOP") as oauth:
+            url, _ = oauth.create_authorization_url(
+                meta["authorization_endpoint"], code_verifier=generate_token(48)
+            )
+            await browser.do("goto", url=url)
+            await browser.do("fill", selector="#username", value="dave")
+            await browser.do("fill", selector="#password", value="not the password")
+            page = await browser.do("click", selector="button[value=allow]")
+            assert page["url"] == f"{server.base_url}/oauth2/authorize", page
+            alert = (await browser.do("text"))["text"]
+            assert "Sign in to localhost" in alert and "password" in alert.lower(), alert
+            await look_at(browser, shots, "oauth-sign-in-refused")
+
+            url, _ = oauth.create_authorization_url(
+                meta["authorization_endpoint"], code_verifier=generate_token(48), prompt="create"
+            )
+            page = await browser.do("goto", url=url)
+            assert page["title"] == "Create an account on localhost", page
+            await look_at(browser, shots, "oauth-create-account")
+
+        page = await browser.do("goto", url=f"{server.base_url}/oauth2/device-link?code=WDJB-MJHT")
+        assert page["title"] == "Link a device to localhost", page
+        await look_at(browser, shots, "device-link")
+        page = await browser.do("click", selector="button[value=deny]")
+        assert page["title"] == "Device not linked", page
+        await look_at(browser, shots, "device-not-linked")
+
+        await login(
+            http,
+            "dave",
+            PASSWORD,
+            device_id="DAVESPHONE",
+            initial_device_display_name="Dave's phone with a long name",
+        )
+        page = await browser.do(
+            "goto",
+            url=f"{server.base_url}/oauth2/account"
+            "?action=org.matrix.device_delete&device_id=DAVESPHONE",
+        )
+        assert page["title"] == "Your account", page
+        await look_at(browser, shots, "account-sign-in")
+        await browser.do("fill", selector="#username", value="dave")
+        await browser.do("fill", selector="#password", value=PASSWORD)
+        page = await browser.do("click", selector="button[type=submit]")
+        text = (await browser.do("text"))["text"]
+        assert "End the session DAVESPHONE?" in text and "Dave's phone" in text, text
+        await look_at(browser, shots, "account-end-session")
