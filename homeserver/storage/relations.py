@@ -324,14 +324,27 @@ class RelationStore:
             .group_by(_r.c.relates_to_id)
             .subquery("summary")
         )
-        latest = _r.alias("latest")
-        threads_query = sa.select(summary, latest.c.event_id).join(
-            latest,
-            sa.and_(
-                latest.c.relates_to_id == summary.c.relates_to_id,
-                latest.c.rel_type == THREAD,
-                latest.c.stream_ordering == summary.c.latest,
-            ),
+        # Each thread's latest reply in the room's topological order (depth, then stream),
+        # as /messages and /threads order it: a reply from a fork that arrives late, or
+        # history backfilled, takes its place instead of counting as the newest.
+        ranked = (
+            sa.select(
+                _r.c.relates_to_id,
+                _r.c.event_id,
+                sa.func.row_number()
+                .over(
+                    partition_by=_r.c.relates_to_id,
+                    order_by=(events.c.depth.desc(), _r.c.stream_ordering.desc()),
+                )
+                .label("place"),
+            )
+            .join(events, events.c.event_id == _r.c.event_id)
+            .where(_r.c.rel_type == THREAD, *scope(_r))
+            .subquery("ranked")
+        )
+        threads_query = sa.select(summary, ranked.c.event_id).join(
+            ranked,
+            sa.and_(ranked.c.relates_to_id == summary.c.relates_to_id, ranked.c.place == 1),
         )
         others_query = (
             sa.select(_r)

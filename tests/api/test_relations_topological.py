@@ -131,6 +131,14 @@ async def test_a_late_event_of_a_fork_comes_in_its_topological_place(
     expected = [ours[1], fork_id, ours[0]]
     assert await paged(client, tok, room_id, root, limit=1) == expected
     assert await paged(client, tok, room_id, root, limit=2, dir="f") == expected[::-1]
+    # The root's bundled thread summary names the topologically latest reply (ours, the
+    # deepest), not the last to arrive.
+    r = await client.get(
+        f"/_matrix/client/v3/rooms/{room_id}/event/{root}", headers=auth_header(tok)
+    )
+    summary = checked(r)["unsigned"]["m.relations"]["m.thread"]
+    assert summary["count"] == 3
+    assert summary["latest_event"]["event_id"] == ours[1]
     # The thread list goes by each thread's latest event in the same order.
     other_root = await send(client, tok, room_id, "other root")
     await send_reply(client, tok, room_id, other_root, "other")
