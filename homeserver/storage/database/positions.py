@@ -228,7 +228,10 @@ class WriterPositions:
         row busy first if it was idle). Returns its handle for ``allocated`` and ``finish``."""
         if not self._started:
             await self.start()
-        if not self._row_idle[stream] and not self._lock.locked():
+        # Busy in the database already (``_row_idle`` turns False only once that committed,
+        # and True before a flush writes the row idle): no need to wait for a flush or a
+        # heartbeat holding the lock, which keep a busy row at or below this allocation.
+        if not self._row_idle[stream]:
             return self._register(stream)
         async with self._lock:
             key = self._register(stream)
@@ -241,14 +244,11 @@ class WriterPositions:
             return key
 
     async def _turn_busy(self, stream: Stream, key: int) -> None:
+        rows = await self._db.fetch(
+            _TURN_BUSY, self.writer, stream.value, self.own_position(stream)
+        )
+        # Only now: an allocation that sees the row busy takes no lock (``begin``).
         self._row_idle[stream] = False
-        try:
-            rows = await self._db.fetch(
-                _TURN_BUSY, self.writer, stream.value, self.own_position(stream)
-            )
-        except BaseException:
-            self._row_idle[stream] = True
-            raise
         position = int(rows[0]["position"])
         self._inflight[key].floor = max(self._inflight[key].floor, position)
         self._max_seen[stream] = max(self._max_seen[stream], position)
