@@ -98,7 +98,12 @@ def upgrade() -> None:
             (
                 waiting,
                 [
-                    {"event_id": e, "room_id": room_id, "type": kinds[e][0], "state_key": kinds[e][1]}
+                    {
+                        "event_id": e,
+                        "room_id": room_id,
+                        "type": kinds[e][0],
+                        "state_key": kinds[e][1],
+                    }
                     for e in left
                 ],
             ),

@@ -147,9 +147,9 @@ async def test_the_index_answers_as_the_walk_in_order_and_out_of_order(db: Datab
         chains = walked_chains(edges, dag.sets)
         assert await store.get_auth_chain_difference(dag.sets) == difference(chains), seed
         assert await store.get_auth_chain(dag.sets[0]) == chains[0], seed
-        assert await store.get_auth_chain(e[0] for e in dag.events) == walked_chains(
-            edges, [edges]
-        )[0]
+        assert (
+            await store.get_auth_chain(e[0] for e in dag.events) == walked_chains(edges, [edges])[0]
+        )
 
 
 async def test_an_event_whose_auth_event_never_came_waits_and_reads_fall_back(
@@ -199,11 +199,17 @@ def builder_reach(dag: Dag) -> tuple[list[set[str]], int]:
     links: dict[str, list[tuple[int, str, int]]] = {}
     for r in link_rows:
         links.setdefault(str(r["origin_chain_id"]), []).append(
-            (int(r["origin_sequence_number"]), str(r["target_chain_id"]), int(r["target_sequence_number"]))  # type: ignore[call-overload]
+            (
+                int(str(r["origin_sequence_number"])),
+                str(r["target_chain_id"]),
+                int(str(r["target_sequence_number"])),
+            )
         )
     for found in links.values():
         found.sort()
-    where = {str(r["event_id"]): (str(r["chain_id"]), int(r["sequence_number"])) for r in places}  # type: ignore[call-overload]
+    where = {
+        str(r["event_id"]): (str(r["chain_id"]), int(str(r["sequence_number"]))) for r in places
+    }
     chains = []
     for s in dag.sets:
         reach = _reach([where[e] for e in s], links)
@@ -244,7 +250,9 @@ async def test_the_migration_indexes_rooms_stored_before_it(fresh_url: str) -> N
                         )
                     )
                     for a in auths:
-                        await conn.execute(sa.insert(event_auth).values(event_id=event_id, auth_id=a))
+                        await conn.execute(
+                            sa.insert(event_auth).values(event_id=event_id, auth_id=a)
+                        )
             # A message, not indexed; a state event whose auth event never came, waiting.
             for n, (event_id, state_key, auths) in enumerate(
                 (("$msg", None, [dags[0].events[0][0]]), ("$lost", "@x:test", ["$nowhere"]))
@@ -263,7 +271,9 @@ async def test_the_migration_indexes_rooms_stored_before_it(fresh_url: str) -> N
                         state_group=0,
                     )
                 )
-                await conn.execute(sa.insert(event_auth).values(event_id=event_id, auth_id=auths[0]))
+                await conn.execute(
+                    sa.insert(event_auth).values(event_id=event_id, auth_id=auths[0])
+                )
         await upgrade_to(db, "0033")
         assert await count(db, event_auth_chains) == sum(len(d.events) for d in dags)
         async with db.read() as conn:

@@ -54,7 +54,7 @@ _w = event_auth_chain_to_calculate
 def _place_statement() -> sa.Insert:
     """The event's row, when all its ``auths`` are indexed: on the chain of its auth event of
     the same type and state key if that is the chain's last, else a chain of its own."""
-    auths = sa.bindparam("auths", expanding=True)
+    auths: sa.BindParameter[list[str]] = sa.bindparam("auths", expanding=True)
     event_id = sa.bindparam("event_id", type_=sa.Text)
     a = _c.alias("a")
     later = _c.alias("later")
@@ -92,7 +92,7 @@ def _place_statement() -> sa.Insert:
 def _link_statement() -> sa.Insert:
     """The event's links to the chains of its auth events, less those another of its auth
     events already reaches (a later event of the same chain, or a link of its own)."""
-    auths = sa.bindparam("auths", expanding=True)
+    auths: sa.BindParameter[list[str]] = sa.bindparam("auths", expanding=True)
     n = _c.alias("n")
     a = _c.alias("a")
     b = _c.alias("b")
@@ -102,7 +102,8 @@ def _link_statement() -> sa.Insert:
         b.c.event_id != a.c.event_id,
         sa.or_(
             sa.and_(b.c.chain_id == a.c.chain_id, b.c.sequence_number > a.c.sequence_number),
-            sa.exists().where(
+            sa.exists()
+            .where(
                 known.c.origin_chain_id == b.c.chain_id,
                 known.c.target_chain_id == a.c.chain_id,
                 known.c.origin_sequence_number <= b.c.sequence_number,
