@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore
 from homeserver.storage.events.chains import ChainBuilder
-from homeserver.storage.events.graph import _reach, record_graph
+from homeserver.storage.events.graph import record_graph
 from homeserver.storage.schema import (
     event_auth,
     event_auth_chain_links,
@@ -190,6 +190,26 @@ async def test_a_state_event_stored_by_a_local_send_is_indexed(db: Database) -> 
     assert await store.get_auth_chain_difference([["$pl"], ["$alice"]]) == {"$alice"}
 
 
+def reach_of(
+    seeds: Iterable[tuple[str, int]], links: dict[str, list[tuple[int, str, int]]]
+) -> dict[str, int]:
+    """What the reads' query computes, in Python: the highest sequence number each chain is
+    reached at by the auth chains of the events at ``seeds`` (an event reaches its own
+    chain below it, and through the links from its chain at or below it, further chains)."""
+    reached: dict[str, int] = {}
+    todo: list[tuple[str, int]] = []
+    for chain, seq in seeds:
+        reached[chain] = max(reached.get(chain, 0), seq - 1)
+        todo.append((chain, seq))
+    while todo:
+        chain, seq = todo.pop()
+        for origin, target, target_seq in links.get(chain, ()):
+            if origin <= seq and target_seq > reached.get(target, 0):
+                reached[target] = target_seq
+                todo.append((target, target_seq))
+    return reached
+
+
 def builder_reach(dag: Dag) -> tuple[list[set[str]], int]:
     builder = ChainBuilder()
     for event_id, event_type, state_key, auths in reversed(dag.events):  # any order
@@ -205,14 +225,12 @@ def builder_reach(dag: Dag) -> tuple[list[set[str]], int]:
                 int(str(r["target_sequence_number"])),
             )
         )
-    for found in links.values():
-        found.sort()
     where = {
         str(r["event_id"]): (str(r["chain_id"]), int(str(r["sequence_number"]))) for r in places
     }
     chains = []
     for s in dag.sets:
-        reach = _reach([where[e] for e in s], links)
+        reach = reach_of([where[e] for e in s], links)
         chains.append({e for e, (c, n) in where.items() if n <= reach.get(c, 0)})
     return chains, len(link_rows)
 

@@ -185,94 +185,91 @@ def _array(ids: list[str], sqlite: bool) -> object:
     return jsonutil.dumps_str(ids) if sqlite else ids
 
 
-@functools.lru_cache(maxsize=2)
-def _positions_query(sqlite: bool) -> sa.Select[Any]:
-    """The places of the events ``ids`` in the chain cover index."""
-    c = event_auth_chains
-    return sa.select(c.c.event_id, c.c.chain_id, c.c.sequence_number).where(
-        c.c.event_id.in_(_seed_ids("ids", sqlite))
+_INDEXED = {
+    sqlite: prepared(
+        sa.select(sa.func.count()).where(event_auth_chains.c.event_id.in_(_seed_ids("ids", sqlite)))
     )
+    for sqlite in (True, False)
+}
 
 
-@functools.lru_cache(maxsize=2)
-def _links_query(sqlite: bool) -> sa.Select[Any]:
-    """The links of the chains ``chains`` and of every chain they link to, transitively."""
+@functools.lru_cache(maxsize=64)
+def _cover_query(sets: int, sqlite: bool, difference: bool) -> sa.Select[Any]:
+    """From the chain cover index, the events of the auth chains of ``sets`` sets of events
+    (bound as ``ids0``, ``ids1``, ...): with ``difference``, those in some of the chains and
+    not in all; else those in any. All in the database: one round trip, and only the answer
+    comes back.
+
+    ``reach`` holds (set, chain, sequence number, own): the set's events (own = 1: the event
+    itself is not in its auth chain, the events before it on its chain are), and what links
+    from a reached chain at or below the number reached lead to, transitively. A set's auth
+    chain is, on each chain reached, the events up to its highest number reached."""
+    c = event_auth_chains
     links = event_auth_chain_links
-    first = sa.select(_seed_ids("chains", sqlite).subquery().c[0].label("chain_id"))
-    reached = first.cte("reached", recursive=True)
-    reached = reached.union(
-        sa.select(links.c.target_chain_id).where(links.c.origin_chain_id == reached.c.chain_id)
+    groups = sets + 1 if difference else sets  # the last: the events common to all sets
+    firsts = [
+        sa.select(
+            sa.literal(i).label("s"),
+            c.c.chain_id,
+            c.c.sequence_number.label("seq"),
+            sa.literal(1).label("own"),
+        ).where(c.c.event_id.in_(_seed_ids(f"ids{i}", sqlite)))
+        for i in range(groups)
+    ]
+    if groups == 1:
+        first = firsts[0]
+    else:  # a recursive CTE unions onto a plain SELECT, not a compound one
+        each = sa.union_all(*firsts).subquery("seeds")
+        first = sa.select(each.c.s, each.c.chain_id, each.c.seq, each.c.own)
+    reach = first.cte("reach", recursive=True)
+    reach = reach.union(
+        sa.select(
+            reach.c.s,
+            links.c.target_chain_id,
+            links.c.target_sequence_number,
+            sa.literal(0),
+        ).where(
+            links.c.origin_chain_id == reach.c.chain_id,
+            links.c.origin_sequence_number <= reach.c.seq,
+        )
     )
-    return sa.select(
-        links.c.origin_chain_id,
-        links.c.origin_sequence_number,
-        links.c.target_chain_id,
-        links.c.target_sequence_number,
-    ).join(reached, links.c.origin_chain_id == reached.c.chain_id)
-
-
-@functools.lru_cache(maxsize=2)
-def _ranges_query(sqlite: bool) -> sa.Select[Any]:
-    """The event IDs of chains' sequence number ranges (low, high]: on SQLite a JSON array
-    ``ranges`` of [chain, low, high]; on PostgreSQL three arrays ``chains``, ``lows``,
-    ``highs``."""
-    c = event_auth_chains
-    if sqlite:
-        each = sa.func.json_each(sa.bindparam("ranges", type_=sa.Text)).table_valued("value")
-        value = each.c.value
-        ranges = sa.select(
-            sa.func.json_extract(value, "$[0]").label("chain_id"),
-            sa.func.json_extract(value, "$[1]").label("low"),
-            sa.func.json_extract(value, "$[2]").label("high"),
-        ).subquery("ranges")
-    else:
-        ranges = (
-            sa.select(
-                sa.func.unnest(
-                    sa.bindparam("chains", type_=postgresql.ARRAY(sa.Text)),
-                    sa.bindparam("lows", type_=postgresql.ARRAY(sa.Integer)),
-                    sa.bindparam("highs", type_=postgresql.ARRAY(sa.Integer)),
-                )
-                .table_valued("chain_id", "low", "high")
-                .render_derived()
-            )
-        ).subquery("ranges")
+    best = (
+        sa.select(reach.c.s, reach.c.chain_id, sa.func.max(reach.c.seq - reach.c.own).label("top"))
+        .group_by(reach.c.s, reach.c.chain_id)
+        .subquery("best")
+    )
+    if not difference:
+        return (
+            sa.select(c.c.event_id)
+            .join(best, sa.and_(c.c.chain_id == best.c.chain_id, c.c.sequence_number <= best.c.top))
+            .distinct()
+        )
+    # On each chain, a set reaches the higher of its own events' reach and the common
+    # events' (walked once, not once per set); the difference is above the lowest of the
+    # sets' reach (0 when some set reaches it not), up to the highest.
+    own = best.c.s < sets
+    common = sa.func.coalesce(sa.func.max(sa.case((~own, best.c.top))), 0)
+    lowest = sa.case(
+        (sa.func.sum(sa.case((own, 1), else_=0)) < sets, 0),
+        else_=sa.func.min(sa.case((own, best.c.top))),
+    )
+    spans = (
+        sa.select(
+            best.c.chain_id,
+            sa.case((common > lowest, common), else_=lowest).label("low"),
+            sa.func.max(best.c.top).label("high"),
+        )
+        .group_by(best.c.chain_id)
+        .subquery("spans")
+    )
     return sa.select(c.c.event_id).join(
-        ranges,
+        spans,
         sa.and_(
-            c.c.chain_id == ranges.c.chain_id,
-            c.c.sequence_number > ranges.c.low,
-            c.c.sequence_number <= ranges.c.high,
+            c.c.chain_id == spans.c.chain_id,
+            c.c.sequence_number > spans.c.low,
+            c.c.sequence_number <= spans.c.high,
         ),
     )
-
-
-def _reach(
-    seeds: Iterable[tuple[str, int]], links: dict[str, list[tuple[int, str, int]]]
-) -> dict[str, int]:
-    """The highest sequence number reached on each chain by the auth chains of the events at
-    ``seeds``: an event reaches its own chain below it, and through the links from its chain
-    at or below it (sorted by origin), further chains, transitively."""
-    reached: dict[str, int] = {}
-    followed: dict[str, int] = {}
-    todo: list[tuple[str, int]] = []
-    for chain, seq in seeds:
-        if seq > 1:
-            reached[chain] = max(reached.get(chain, 0), seq - 1)
-        todo.append((chain, seq))
-    while todo:
-        chain, seq = todo.pop()
-        if followed.get(chain, 0) >= seq:
-            continue
-        followed[chain] = seq
-        for origin, target, target_seq in links.get(chain, ()):
-            if origin > seq:
-                break
-            if target_seq > reached.get(target, 0):
-                reached[target] = target_seq
-            if target_seq > followed.get(target, 0):
-                todo.append((target, target_seq))
-    return reached
 
 
 class GraphReads:
@@ -311,74 +308,37 @@ class GraphReads:
     async def get_auth_chain(self, event_ids: Iterable[str]) -> set[str]:
         """The auth chain of the events (spec: their auth events, theirs, and so on; not the
         events themselves): from the chain cover index when the events are all in it."""
-        ids = list(event_ids)
-        async with self._db.read() as conn:
-            reach = await self._reach(conn, [ids])
-            if reach is None:
-                return (await self._auth_chains(conn, [ids]))[0]
-            return await self._chain_ranges(conn, {c: (0, s) for c, s in reach[0].items()})
+        return await self._from_index([list(event_ids)], difference=False)
 
     async def get_auth_chain_difference(self, state_sets: Sequence[Collection[str]]) -> set[str]:
         """spec, state resolution v2 "Auth difference": the union of the auth chains of the
-        events of each state set, less their intersection. From the chain cover index, chain
-        by chain the sequence numbers above the lowest reach of the sets up to the highest;
-        the recursive query when some event is not indexed."""
+        events of each state set, less their intersection: from the chain cover index, chain
+        by chain the sequence numbers above the lowest reach of the sets up to the highest."""
         sets = [list(s) for s in state_sets]
         if not sets:
             return set()
-        async with self._db.read() as conn:
-            reach = await self._reach(conn, sets)
-            if reach is None:
-                chains = await self._auth_chains(conn, sets)
-                union: set[str] = set().union(*chains)
-                return union - chains[0].intersection(*chains[1:])
-            ranges: dict[str, tuple[int, int]] = {}
-            for chain in set().union(*reach):
-                seqs = [r.get(chain, 0) for r in reach]
-                if min(seqs) < max(seqs):
-                    ranges[chain] = (min(seqs), max(seqs))
-            return await self._chain_ranges(conn, ranges)
+        return await self._from_index(sets, difference=True)
 
-    async def _reach(
-        self, conn: Connection, sets: Sequence[list[str]]
-    ) -> list[dict[str, int]] | None:
-        """For each set, how far its auth chain reaches on each chain (the highest sequence
-        number in it); None when some event of the sets is not indexed."""
+    async def _from_index(self, sets: list[list[str]], *, difference: bool) -> set[str]:
+        """The answer from the index when it holds every event of the sets; else from the
+        recursive query over ``event_auth`` (an event waiting for its auth events, a message,
+        an event we do not have)."""
         sqlite = self._db.is_sqlite
         ids = sorted({i for s in sets for i in s})
-        rows = (await conn.execute(_positions_query(sqlite), {"ids": _array(ids, sqlite)})).all()
-        places = {r.event_id: (r.chain_id, int(r.sequence_number)) for r in rows}
-        if len(places) < len(ids):
-            return None
-        seeds = sorted({c for c, _ in places.values()})
-        links: dict[str, list[tuple[int, str, int]]] = {}
-        for r in await conn.execute(_links_query(sqlite), {"chains": _array(seeds, sqlite)}):
-            links.setdefault(r.origin_chain_id, []).append(
-                (int(r.origin_sequence_number), r.target_chain_id, int(r.target_sequence_number))
-            )
-        for found in links.values():
-            found.sort()
-        return [_reach([places[i] for i in s], links) for s in sets]
-
-    async def _chain_ranges(self, conn: Connection, ranges: dict[str, tuple[int, int]]) -> set[str]:
-        """The events of each chain whose sequence numbers are above the first number of its
-        range, up to the second."""
-        if not ranges:
-            return set()
-        sqlite = self._db.is_sqlite
-        chains = sorted(ranges)
-        if sqlite:
-            params: dict[str, object] = {
-                "ranges": jsonutil.dumps_str([[c, *ranges[c]] for c in chains])
-            }
-        else:
-            params = {
-                "chains": chains,
-                "lows": [ranges[c][0] for c in chains],
-                "highs": [ranges[c][1] for c in chains],
-            }
-        rows = await conn.execute(_ranges_query(sqlite), params)
-        return {r.event_id for r in rows}
+        async with self._db.read() as conn:
+            indexed = (await conn.execute(_INDEXED[sqlite], {"ids": _array(ids, sqlite)})).scalar()
+            if indexed == len(ids):
+                if difference:  # the events in every set are walked once (the last group)
+                    common = set(sets[0]).intersection(*sets[1:])
+                    sets = [[i for i in s if i not in common] for s in sets] + [sorted(common)]
+                params = {f"ids{i}": _array(s, sqlite) for i, s in enumerate(sets)}
+                query = _cover_query(len(sets) - difference, sqlite, difference)
+                return {r.event_id for r in await conn.execute(query, params)}
+            chains = await self._auth_chains(conn, sets)
+        union: set[str] = set().union(*chains)
+        if not difference:
+            return union
+        return union - chains[0].intersection(*chains[1:])
 
     async def _auth_chains(self, conn: Connection, sets: Sequence[list[str]]) -> list[set[str]]:
         """The fallback for events not in the index: the recursive query over ``event_auth``."""
