@@ -8,11 +8,12 @@ difference of two forks (``EventStore.get_auth_chain_difference``) and an auth c
 
 The room is written straight into ``events``, ``event_auth`` and the chain cover index
 (``homeserver/storage/events/chains.py``, its in-memory builder; ``--no-index`` leaves the
-index empty, so the reads take the recursive query over ``event_auth``): a create event, a creator, power levels and join rules, then state events in a common
-history and in each fork: new members joining, members changing their profile (each
-membership cites the user's previous one), and every ``--pl-every``-th event a power-level
-change (citing the previous one): the auth chains are as deep as the room's history of
-power levels and memberships. The state of each fork is its latest event per key.
+index empty, so the auth difference takes the recursive query over ``event_auth``; the auth
+chain always does): a create event, a creator, power levels and join rules, then state
+events in a common history and in each fork: new members joining, members changing their
+profile (each membership cites the user's previous one), and every ``--pl-every``-th event a
+power-level change (citing the previous one): the auth chains are as deep as the room's
+history of power levels and memberships. The state of each fork is its latest event per key.
 """
 
 from __future__ import annotations

@@ -82,22 +82,30 @@ def difference(chains: list[set[str]]) -> set[str]:
     return set().union(*chains) - chains[0].intersection(*chains[1:])
 
 
+def event_row(
+    room_id: str, event_id: str, event_type: str, state_key: str | None, position: int
+) -> dict[str, object]:
+    """The columns of an event's row that the index reads (the rest: placeholders)."""
+    return {
+        "stream_ordering": position,
+        "event_id": event_id,
+        "room_id": room_id,
+        "type": event_type,
+        "state_key": state_key,
+        "sender": "@u0:test",
+        "depth": 1,
+        "origin_server_ts": 0,
+        "json": "{}",
+        "state_group": 0,
+    }
+
+
 async def store_event(db: Database, room_id: str, event: Event, position: int) -> None:
     event_id, event_type, state_key, auths = event
     async with db.write() as conn:
         await conn.execute(
             sa.insert(events).values(
-                stream_ordering=position,
-                event_id=event_id,
-                room_id=room_id,
-                type=event_type,
-                state_key=state_key,
-                sender="@u0:test",
-                depth=1,
-                origin_server_ts=0,
-                json="{}",
-                state_group=0,
-                outlier=True,
+                {**event_row(room_id, event_id, event_type, state_key, position), "outlier": True}
             )
         )
         await record_graph(
@@ -255,16 +263,7 @@ async def test_the_migration_indexes_rooms_stored_before_it(fresh_url: str) -> N
                     position += 1
                     await conn.execute(
                         sa.insert(events).values(
-                            stream_ordering=position,
-                            event_id=event_id,
-                            room_id=dag.room_id,
-                            type=event_type,
-                            state_key=state_key,
-                            sender="@u0:test",
-                            depth=1,
-                            origin_server_ts=0,
-                            json="{}",
-                            state_group=0,
+                            event_row(dag.room_id, event_id, event_type, state_key, position)
                         )
                     )
                     for a in auths:
@@ -277,16 +276,9 @@ async def test_the_migration_indexes_rooms_stored_before_it(fresh_url: str) -> N
             ):
                 await conn.execute(
                     sa.insert(events).values(
-                        stream_ordering=position + 1 + n,
-                        event_id=event_id,
-                        room_id=dags[0].room_id,
-                        type="m.room.member",
-                        state_key=state_key,
-                        sender="@u0:test",
-                        depth=1,
-                        origin_server_ts=0,
-                        json="{}",
-                        state_group=0,
+                        event_row(
+                            dags[0].room_id, event_id, "m.room.member", state_key, position + 1 + n
+                        )
                     )
                 )
                 await conn.execute(

@@ -194,11 +194,11 @@ _INDEXED = {
 
 
 @functools.lru_cache(maxsize=64)
-def _cover_query(sets: int, sqlite: bool, difference: bool) -> sa.Select[Any]:
-    """From the chain cover index, the events of the auth chains of ``sets`` sets of events
-    (bound as ``ids0``, ``ids1``, ...): with ``difference``, those in some of the chains and
-    not in all; else those in any. All in the database: one round trip, and only the answer
-    comes back.
+def _difference_query(sets: int, sqlite: bool) -> sa.Select[Any]:
+    """From the chain cover index, the auth difference of ``sets`` sets of events, bound as
+    ``ids0``, ``ids1``, ... less the events in every set, which are bound as the last
+    group: the events in some of the sets' auth chains and not in all. All in the database:
+    one round trip, and only the answer comes back.
 
     ``reach`` holds (set, chain, sequence number, own): the set's events (own = 1: the event
     itself is not in its auth chain, the events before it on its chain are), and what links
@@ -206,7 +206,7 @@ def _cover_query(sets: int, sqlite: bool, difference: bool) -> sa.Select[Any]:
     chain is, on each chain reached, the events up to its highest number reached."""
     c = event_auth_chains
     links = event_auth_chain_links
-    groups = sets + 1 if difference else sets  # the last: the events common to all sets
+    groups = sets + 1  # the last: the events common to all sets
     firsts = [
         sa.select(
             sa.literal(i).label("s"),
@@ -216,11 +216,9 @@ def _cover_query(sets: int, sqlite: bool, difference: bool) -> sa.Select[Any]:
         ).where(c.c.event_id.in_(_seed_ids(f"ids{i}", sqlite)))
         for i in range(groups)
     ]
-    if groups == 1:
-        first = firsts[0]
-    else:  # a recursive CTE unions onto a plain SELECT, not a compound one
-        each = sa.union_all(*firsts).subquery("seeds")
-        first = sa.select(each.c.s, each.c.chain_id, each.c.seq, each.c.own)
+    # A recursive CTE unions onto a plain SELECT, not a compound one.
+    each = sa.union_all(*firsts).subquery("seeds")
+    first = sa.select(each.c.s, each.c.chain_id, each.c.seq, each.c.own)
     reach = first.cte("reach", recursive=True)
     reach = reach.union(
         sa.select(
@@ -238,12 +236,6 @@ def _cover_query(sets: int, sqlite: bool, difference: bool) -> sa.Select[Any]:
         .group_by(reach.c.s, reach.c.chain_id)
         .subquery("best")
     )
-    if not difference:
-        return (
-            sa.select(c.c.event_id)
-            .join(best, sa.and_(c.c.chain_id == best.c.chain_id, c.c.sequence_number <= best.c.top))
-            .distinct()
-        )
     # On each chain, a set reaches the higher of its own events' reach and the common
     # events' (walked once, not once per set); the difference is above the lowest of the
     # sets' reach (0 when some set reaches it not), up to the highest.
@@ -307,8 +299,12 @@ class GraphReads:
 
     async def get_auth_chain(self, event_ids: Iterable[str]) -> set[str]:
         """The auth chain of the events (spec: their auth events, theirs, and so on; not the
-        events themselves): from the chain cover index when the events are all in it."""
-        return await self._from_index([list(event_ids)], difference=False)
+        events themselves), in one recursive query. Not from the chain cover index: the
+        answer is every event of the chain either way, and ``bench/auth_chain.py`` found the
+        index no faster at it on SQLite, nor clearly on PostgreSQL."""
+        ids = list(event_ids)
+        async with self._db.read() as conn:
+            return (await self._auth_chains(conn, [ids]))[0]
 
     async def get_auth_chain_difference(self, state_sets: Sequence[Collection[str]]) -> set[str]:
         """spec, state resolution v2 "Auth difference": the union of the auth chains of the
@@ -317,27 +313,25 @@ class GraphReads:
         sets = [list(s) for s in state_sets]
         if not sets:
             return set()
-        return await self._from_index(sets, difference=True)
+        return await self._from_index(sets)
 
-    async def _from_index(self, sets: list[list[str]], *, difference: bool) -> set[str]:
-        """The answer from the index when it holds every event of the sets; else from the
-        recursive query over ``event_auth`` (an event waiting for its auth events, a message,
+    async def _from_index(self, sets: list[list[str]]) -> set[str]:
+        """The auth difference from the index when it holds every event of the sets; else
+        from the recursive query over ``event_auth`` (an event waiting for its auth events,
         an event we do not have)."""
         sqlite = self._db.is_sqlite
         ids = sorted({i for s in sets for i in s})
         async with self._db.read() as conn:
             indexed = (await conn.execute(_INDEXED[sqlite], {"ids": _array(ids, sqlite)})).scalar()
             if indexed == len(ids):
-                if difference:  # the events in every set are walked once (the last group)
-                    common = set(sets[0]).intersection(*sets[1:])
-                    sets = [[i for i in s if i not in common] for s in sets] + [sorted(common)]
-                params = {f"ids{i}": _array(s, sqlite) for i, s in enumerate(sets)}
-                query = _cover_query(len(sets) - difference, sqlite, difference)
-                return {r.event_id for r in await conn.execute(query, params)}
+                # The events in every set are walked once (the last group).
+                common = set(sets[0]).intersection(*sets[1:])
+                groups = [[i for i in s if i not in common] for s in sets] + [sorted(common)]
+                params = {f"ids{i}": _array(g, sqlite) for i, g in enumerate(groups)}
+                rows = await conn.execute(_difference_query(len(sets), sqlite), params)
+                return {r.event_id for r in rows}
             chains = await self._auth_chains(conn, sets)
         union: set[str] = set().union(*chains)
-        if not difference:
-            return union
         return union - chains[0].intersection(*chains[1:])
 
     async def _auth_chains(self, conn: Connection, sets: Sequence[list[str]]) -> list[set[str]]:
