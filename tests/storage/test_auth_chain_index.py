@@ -176,6 +176,14 @@ async def test_an_event_whose_auth_event_never_came_waits_and_reads_fall_back(
         "$orphan",
         "$missing",
     }
+    # Stored again (an outlier becoming a timeline event): its rows rewritten, no conflict.
+    for n, event in enumerate((orphan, create), start=4):
+        async with db.write() as conn:
+            await conn.execute(sa.delete(events).where(events.c.event_id == event[0]))
+            await conn.execute(sa.delete(event_auth).where(event_auth.c.event_id == event[0]))
+        await store_event(db, "!r:test", event, n)
+    assert await count(db, event_auth_chain_to_calculate) == 2
+    assert await count(db, event_auth_chains) == 1
     # An unknown event: an empty auth chain, as the walk has it.
     assert await store.get_auth_chain(["$unknown"]) == set()
     assert await store.get_auth_chain_difference([]) == set()

@@ -126,7 +126,23 @@ def _link_statement() -> sa.Insert:
 
 _PLACE = prepared(_place_statement())
 _LINK = prepared(_link_statement())
-_WAIT = prepared(sa.insert(_w), columns=("event_id", "room_id", "type", "state_key"))
+# Unless it is indexed or waiting already: an outlier stored again (as a timeline event).
+_placed = _c.alias("placed")
+_waiting = _w.alias("waiting")
+_WAIT = prepared(
+    sa.insert(_w).from_select(
+        ["event_id", "room_id", "type", "state_key"],
+        sa.select(
+            sa.bindparam("event_id", type_=sa.Text),
+            sa.bindparam("room_id", type_=sa.Text),
+            sa.bindparam("type", type_=sa.Text),
+            sa.bindparam("state_key", type_=sa.Text),
+        ).where(
+            ~sa.exists().where(_placed.c.event_id == sa.bindparam("event_id")),
+            ~sa.exists().where(_waiting.c.event_id == sa.bindparam("event_id")),
+        ),
+    )
+)
 # The room's waiting events none of whose auth events is unindexed.
 _unindexed = _c.alias("unindexed")
 _READY = prepared(
