@@ -22,11 +22,12 @@ events, so a message (the hot path: ``message.py``'s one statement) writes nothi
 
 Events whose auth events are not all indexed yet (an outlier that came before its auth
 events, an auth event we never received) wait in ``event_auth_chain_to_calculate``: each
-incoming state event that gets indexed looks for waiting events of its room whose auth events
-are now all indexed, and indexes them, in the same transaction. Reads whose events are not all
-indexed use the recursive query over ``event_auth`` (``graph.py``), which is always right: an
-index row is only written once the event's whole auth chain is indexed, so an indexed set's
-answer never depends on a waiting event.
+incoming state event that gets indexed looks for the waiting events of its room that cite
+it and whose auth events are now all indexed, and indexes them (and so on from those), in
+the same transaction: one statement per event placed, a look-up by room when none waits.
+Reads whose events are not all indexed use the recursive query over ``event_auth``
+(``graph.py``), which is always right: an index row is only written once the event's whole
+auth chain is indexed, so an indexed set's answer never depends on a waiting event.
 """
 
 from __future__ import annotations
@@ -143,11 +144,16 @@ _WAIT = prepared(
         ),
     )
 )
-# The room's waiting events none of whose auth events is unindexed.
+# The room's waiting events that cite the event just placed and none of whose auth events
+# is unindexed.
 _unindexed = _c.alias("unindexed")
+_cites = event_auth.alias("cites")
 _READY = prepared(
     sa.select(_w.c.event_id, _w.c.type, _w.c.state_key).where(
         _w.c.room_id == sa.bindparam("room_id"),
+        sa.exists().where(
+            _cites.c.event_id == _w.c.event_id, _cites.c.auth_id == sa.bindparam("placed")
+        ),
         ~sa.exists()
         .select_from(
             event_auth.outerjoin(_unindexed, _unindexed.c.event_id == event_auth.c.auth_id)
@@ -200,13 +206,13 @@ async def index_event(
         return
     if not waiting:
         return
-    while True:
-        ready = (await conn.execute(_READY, {"room_id": room_id})).all()
-        if not ready:
-            return
+    placed = [event_id]  # each event placed may complete the auth events of waiting ones
+    while placed:
+        ready = (await conn.execute(_READY, {"room_id": room_id, "placed": placed.pop()})).all()
         for row in ready:
             ids = [r.auth_id for r in (await conn.execute(_AUTHS, {"event_id": row.event_id}))]
-            await _place(conn, row.event_id, row.type, row.state_key, ids)
+            if await _place(conn, row.event_id, row.type, row.state_key, ids):
+                placed.append(row.event_id)
             await conn.execute(_DONE, {"event_id": row.event_id})
 
 
