@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from homeserver.storage.database import Database
-from homeserver.storage.events import EventStore
+from homeserver.storage.events import EventStore, IncomingEvent
 from homeserver.storage.events.chains import ChainBuilder
 from homeserver.storage.events.graph import record_graph
+from homeserver.storage.rooms import RoomStore
 from homeserver.storage.schema import (
     event_auth,
     event_auth_chain_links,
@@ -310,3 +311,40 @@ async def test_the_migration_indexes_rooms_stored_before_it(fresh_url: str) -> N
         assert await store.get_auth_chain(["$next"]) == walked_chains(edges, [["$next"]])[0]
     finally:
         await db.close()
+
+
+async def test_a_remote_joins_outliers_in_any_order_are_all_indexed(db: Database) -> None:
+    """The state and auth chain of a remote join, persisted as outliers in one batch in no
+    particular order (``EventStore.persist_incoming``): each waits until its auth events
+    are placed, and the difference is then read from the index."""
+    store = EventStore(db)
+    for seed in range(2000, 2006):
+        dag = random_dag(seed)
+        assert await RoomStore(db).create_room(dag.room_id, "11", "@u0:test", 0, is_public=False)
+        batch = []
+        for event_id, event_type, state_key, auths in dag.events:
+            pdu = {
+                "room_id": dag.room_id,
+                "type": event_type,
+                "state_key": state_key,
+                "sender": "@u0:test",
+                "content": {},
+                "depth": 1,
+                "origin_server_ts": 0,
+                "prev_events": [],
+                "auth_events": auths,
+            }
+            batch.append(IncomingEvent(pdu, event_id, outlier=True))
+        random.Random(seed).shuffle(batch)
+        await store.persist_incoming(dag.room_id, batch, 0)
+        assert await count(db, event_auth_chain_to_calculate) == 0
+        edges = {e[0]: e[3] for e in dag.events}
+        async with db.read() as conn:
+            placed = await conn.execute(
+                sa.select(sa.func.count())
+                .select_from(event_auth_chains)
+                .where(event_auth_chains.c.event_id.in_(list(edges)))
+            )
+            assert placed.scalar() == len(edges)
+        chains = walked_chains(edges, dag.sets)
+        assert await store.get_auth_chain_difference(dag.sets) == difference(chains), seed
