@@ -19,8 +19,11 @@ from sqlalchemy.dialects import postgresql
 from homeserver.core import jsonutil
 from homeserver.core.types import JsonDict
 from homeserver.storage.database import Connection, Database, prepared
+from homeserver.storage.events.chains import index_event
 from homeserver.storage.schema import (
     event_auth,
+    event_auth_chain_links,
+    event_auth_chains,
     event_edges,
     event_forward_extremities,
     events,
@@ -116,10 +119,14 @@ async def record_graph(
     *,
     link: bool = True,
     extremity: bool = True,
+    state: tuple[str, str] | None = None,
+    waiting: bool = False,
 ) -> None:
     """Inside the persisting transaction: the event's edges; with ``link``, its prev_events
     are no longer forward extremities of the room, and with ``extremity`` it is one (not
-    when it has a child already, nor when it is soft-failed)."""
+    when it has a child already, nor when it is soft-failed). A state event (``state``, its
+    type and state key) takes its place in the chain cover index (``chains.py``; with
+    ``waiting``, an event from another server, the events that waited for it too)."""
     moved = 0
     if link and extremity and len(prevs) == 1:
         result = await conn.execute(
@@ -134,6 +141,8 @@ async def record_graph(
         await _add_edges(conn, event_edges, _ADD_EDGE, event_id, prevs)
     if auths:
         await _add_edges(conn, event_auth, _ADD_AUTH, event_id, auths)
+    if state is not None:
+        await index_event(conn, room_id, event_id, state[0], state[1], auths, waiting=waiting)
 
 
 def _seed_ids(name: str, sqlite: bool) -> sa.Select[Any]:
@@ -171,6 +180,90 @@ def _auth_chain_query(sets: int, sqlite: bool) -> sa.Select[Any]:
     return sa.select(chain.c.s, chain.c.event_id)
 
 
+def _array(ids: list[str], sqlite: bool) -> object:
+    """A list bound as one parameter (see ``_seed_ids``)."""
+    return jsonutil.dumps_str(ids) if sqlite else ids
+
+
+_INDEXED = {
+    sqlite: prepared(
+        sa.select(sa.func.count()).where(event_auth_chains.c.event_id.in_(_seed_ids("ids", sqlite)))
+    )
+    for sqlite in (True, False)
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _difference_query(sets: int, sqlite: bool) -> sa.Select[Any]:
+    """From the chain cover index, the auth difference of ``sets`` sets of events, bound as
+    ``ids0``, ``ids1``, ... less the events in every set, which are bound as the last
+    group: the events in some of the sets' auth chains and not in all. All in the database:
+    one round trip, and only the answer comes back.
+
+    ``reach`` holds (set, chain, sequence number, own): the set's events (own = 1: the event
+    itself is not in its auth chain, the events before it on its chain are), and what links
+    from a reached chain at or below the number reached lead to, transitively. A set's auth
+    chain is, on each chain reached, the events up to its highest number reached."""
+    c = event_auth_chains
+    links = event_auth_chain_links
+    groups = sets + 1  # the last: the events common to all sets
+    firsts = [
+        sa.select(
+            sa.literal(i).label("s"),
+            c.c.chain_id,
+            c.c.sequence_number.label("seq"),
+            sa.literal(1).label("own"),
+        ).where(c.c.event_id.in_(_seed_ids(f"ids{i}", sqlite)))
+        for i in range(groups)
+    ]
+    # A recursive CTE unions onto a plain SELECT, not a compound one.
+    each = sa.union_all(*firsts).subquery("seeds")
+    first = sa.select(each.c.s, each.c.chain_id, each.c.seq, each.c.own)
+    reach = first.cte("reach", recursive=True)
+    reach = reach.union(
+        sa.select(
+            reach.c.s,
+            links.c.target_chain_id,
+            links.c.target_sequence_number,
+            sa.literal(0),
+        ).where(
+            links.c.origin_chain_id == reach.c.chain_id,
+            links.c.origin_sequence_number <= reach.c.seq,
+        )
+    )
+    best = (
+        sa.select(reach.c.s, reach.c.chain_id, sa.func.max(reach.c.seq - reach.c.own).label("top"))
+        .group_by(reach.c.s, reach.c.chain_id)
+        .subquery("best")
+    )
+    # On each chain, a set reaches the higher of its own events' reach and the common
+    # events' (walked once, not once per set); the difference is above the lowest of the
+    # sets' reach (0 when some set reaches it not), up to the highest.
+    own = best.c.s < sets
+    common = sa.func.coalesce(sa.func.max(sa.case((~own, best.c.top))), 0)
+    lowest = sa.case(
+        (sa.func.sum(sa.case((own, 1), else_=0)) < sets, 0),
+        else_=sa.func.min(sa.case((own, best.c.top))),
+    )
+    spans = (
+        sa.select(
+            best.c.chain_id,
+            sa.case((common > lowest, common), else_=lowest).label("low"),
+            sa.func.max(best.c.top).label("high"),
+        )
+        .group_by(best.c.chain_id)
+        .subquery("spans")
+    )
+    return sa.select(c.c.event_id).join(
+        spans,
+        sa.and_(
+            c.c.chain_id == spans.c.chain_id,
+            c.c.sequence_number > spans.c.low,
+            c.c.sequence_number <= spans.c.high,
+        ),
+    )
+
+
 class GraphReads:
     """The event store's reads of the room graph (a part of ``EventStore``)."""
 
@@ -206,28 +299,46 @@ class GraphReads:
 
     async def get_auth_chain(self, event_ids: Iterable[str]) -> set[str]:
         """The auth chain of the events (spec: their auth events, theirs, and so on; not the
-        events themselves), in one recursive query."""
-        found = await self._auth_chains([list(event_ids)])
-        return found[0]
+        events themselves), in one recursive query. Not from the chain cover index: the
+        answer is every event of the chain either way, and ``bench/auth_chain.py`` found the
+        index no faster at it on SQLite, nor clearly on PostgreSQL."""
+        ids = list(event_ids)
+        async with self._db.read() as conn:
+            return (await self._auth_chains(conn, [ids]))[0]
 
     async def get_auth_chain_difference(self, state_sets: Sequence[Collection[str]]) -> set[str]:
         """spec, state resolution v2 "Auth difference": the union of the auth chains of the
-        events of each state set, less their intersection."""
-        chains = await self._auth_chains([list(s) for s in state_sets])
-        if not chains:
+        events of each state set, less their intersection: from the chain cover index, chain
+        by chain the sequence numbers above the lowest reach of the sets up to the highest."""
+        sets = [list(s) for s in state_sets]
+        if not sets:
             return set()
+        return await self._from_index(sets)
+
+    async def _from_index(self, sets: list[list[str]]) -> set[str]:
+        """The auth difference from the index when it holds every event of the sets; else
+        from the recursive query over ``event_auth`` (an event waiting for its auth events,
+        an event we do not have)."""
+        sqlite = self._db.is_sqlite
+        ids = sorted({i for s in sets for i in s})
+        async with self._db.read() as conn:
+            indexed = (await conn.execute(_INDEXED[sqlite], {"ids": _array(ids, sqlite)})).scalar()
+            if indexed == len(ids):
+                # The events in every set are walked once (the last group).
+                common = set(sets[0]).intersection(*sets[1:])
+                groups = [[i for i in s if i not in common] for s in sets] + [sorted(common)]
+                params = {f"ids{i}": _array(g, sqlite) for i, g in enumerate(groups)}
+                rows = await conn.execute(_difference_query(len(sets), sqlite), params)
+                return {r.event_id for r in rows}
+            chains = await self._auth_chains(conn, sets)
         union: set[str] = set().union(*chains)
         return union - chains[0].intersection(*chains[1:])
 
-    async def _auth_chains(self, sets: Sequence[list[str]]) -> list[set[str]]:
-        if not sets:
-            return []
+    async def _auth_chains(self, conn: Connection, sets: Sequence[list[str]]) -> list[set[str]]:
+        """The fallback for events not in the index: the recursive query over ``event_auth``."""
         sqlite = self._db.is_sqlite
-        params: dict[str, object] = {
-            f"ids{i}": jsonutil.dumps_str(ids) if sqlite else ids for i, ids in enumerate(sets)
-        }
-        async with self._db.read() as conn:
-            rows = (await conn.execute(_auth_chain_query(len(sets), sqlite), params)).all()
+        params = {f"ids{i}": _array(ids, sqlite) for i, ids in enumerate(sets)}
+        rows = (await conn.execute(_auth_chain_query(len(sets), sqlite), params)).all()
         chains: list[set[str]] = [set() for _ in sets]
         for r in rows:
             chains[int(r.s)].add(r.event_id)

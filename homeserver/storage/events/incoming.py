@@ -307,6 +307,8 @@ class IncomingWrites(StateGroups):
             extremity=event.served
             and not event.backfilled
             and not await self._has_child(conn, event.event_id),
+            state=None if state_key is None else (pdu["type"], state_key),
+            waiting=True,
         )
         if not event.outlier:
             await self._record_backward_extremities(conn, room_id, event.event_id, prevs)

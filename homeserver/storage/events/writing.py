@@ -249,7 +249,14 @@ class EventStore(EventReads, IncomingWrites, GraphReads):
                 await self._replace_current_state(conn, new.room_id, current, after, position)
             elif state_key is not None:
                 await self._update_current_state(conn, new, state_key, position)
-            await record_graph(conn, new.room_id, new.event_id, prevs, auths)
+            await record_graph(
+                conn,
+                new.room_id,
+                new.event_id,
+                prevs,
+                auths,
+                state=None if state_key is None else (pdu["type"], state_key),
+            )
             redacts = redacts_of(pdu)
             if pdu["type"] == "m.room.redaction" and redacts is not None:
                 self.redaction_epoch += 1

@@ -77,6 +77,38 @@ event_auth = sa.Table(
     sa.Column("auth_id", sa.Text, primary_key=True),
 )
 
+# The chain cover index of the auth graph (homeserver/storage/events/chains.py): each state
+# event's place on a chain (a line of auth events of one type and state key), ...
+event_auth_chains = sa.Table(
+    "event_auth_chains",
+    metadata,
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("chain_id", sa.Text, nullable=False),  # the event ID of the chain's first event
+    sa.Column("sequence_number", sa.Integer, nullable=False),
+    sa.UniqueConstraint("chain_id", "sequence_number"),
+)
+
+# ... the links between chains: from (origin chain, sequence number) on, an event reaches
+# the target chain up to that sequence number ...
+event_auth_chain_links = sa.Table(
+    "event_auth_chain_links",
+    metadata,
+    sa.Column("origin_chain_id", sa.Text, primary_key=True),
+    sa.Column("target_chain_id", sa.Text, primary_key=True),
+    sa.Column("origin_sequence_number", sa.Integer, primary_key=True),
+    sa.Column("target_sequence_number", sa.Integer, primary_key=True),
+)
+
+# ... and the state events not on a chain yet: some of their auth events are not indexed.
+event_auth_chain_to_calculate = sa.Table(
+    "event_auth_chain_to_calculate",
+    metadata,
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("room_id", sa.Text, nullable=False, index=True),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("state_key", sa.Text, nullable=False),
+)
+
 # Events refused by the auth rules, kept so that they are not fetched and checked again;
 # never served, never the auth event of another (spec, "Rejected events").
 rejections = sa.Table(
