@@ -269,7 +269,9 @@ async def test_deep_json_and_numbers_by_room_version(fed: Fed, remote: FakeRemot
             hs, v12, "m.room.message", {"body": "n", "n": n}, signer=remote
         )
         ok12, ok12_id = await pdu_for(hs, v12, "m.room.message", {"body": f"ok{n}"}, signer=remote)
-        big5, big5_id = await pdu_for(hs, v5, "m.room.message", {"body": "n", "n": n}, signer=remote)
+        big5, big5_id = await pdu_for(
+            hs, v5, "m.room.message", {"body": "n", "n": n}, signer=remote
+        )
         typing = {
             "edu_type": "m.typing",
             "content": {"room_id": v12, "user_id": EVE, "typing": True, "n": n},
@@ -284,7 +286,9 @@ async def test_deep_json_and_numbers_by_room_version(fed: Fed, remote: FakeRemot
         assert await hs.event_store.get_event(ok12_id) is not None
         stored = await hs.event_store.get_event(big5_id)
         assert stored is not None and stored.content["n"] == n
-        served = checked(await client.get(f"{V3}/rooms/{v5}/event/{big5_id}", headers=alice.headers))
+        served = checked(
+            await client.get(f"{V3}/rooms/{v5}/event/{big5_id}", headers=alice.headers)
+        )
         assert served["content"]["n"] == n
         assert EVE not in await typing_in(hs, v12)
     # The same EDU with an integer in range is taken: the one above was refused for its n.
