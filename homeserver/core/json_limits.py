@@ -80,8 +80,8 @@ def check_json_limits(
     int_range: bool = True,
 ) -> None:
     """Refuse, with ``M_BAD_JSON``, JSON nested deeper than ``MAX_JSON_DEPTH``, if
-    ``int_range`` integers out of the canonical range, unless ``allow_floats`` floats (canonical JSON has none) and unless
-    ``allow_nul`` a NUL character in a string or key.
+    ``int_range`` integers out of the canonical range, unless ``allow_floats`` floats
+    (canonical JSON has none) and unless ``allow_nul`` a NUL character in a string or key.
 
     Iterative: a document of any depth is walked without recursion.
     """
