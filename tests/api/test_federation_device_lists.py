@@ -75,6 +75,18 @@ def cache_of(hs: Homeserver, fetch: FakeDevices) -> RemoteDeviceLists:
     )
 
 
+async def stale_eve(fed: Fed, remote: FakeRemote) -> tuple[FakeDevices, RemoteDeviceLists]:
+    """Eve shares a room with ours, and her server is down when her first update needs a
+    resync: her list is stale."""
+    hs, _ = fed
+    await room_with_eve(fed, remote)
+    fetch = FakeDevices()
+    cache = cache_of(hs, fetch)
+    await cache.on_device_list_update("remote.test", update("A", 1, []))
+    assert len(fetch.calls) == 1
+    return fetch, cache
+
+
 async def cached_devices(cache: RemoteDeviceLists) -> list[str] | None:
     found = (await cache.current([EVE])).get(EVE)
     return None if found is None else [d.device_id for d in found.devices]
@@ -149,12 +161,7 @@ async def test_bad_updates_are_refused_and_strangers_ignored(fed: Fed, remote: F
 
 
 async def test_a_failed_resync_leaves_the_list_stale(fed: Fed, remote: FakeRemote) -> None:
-    hs, _ = fed
-    await room_with_eve(fed, remote)
-    fetch = FakeDevices()
-    cache = cache_of(hs, fetch)
-    await cache.on_device_list_update("remote.test", update("A", 1, []))
-    assert len(fetch.calls) == 1
+    fetch, cache = await stale_eve(fed, remote)
     assert await cached_devices(cache) is None
     # A malformed answer is no better.
     fetch.answer = {"user_id": EVE, "stream_id": 2, "devices": [{"device_id": "A", "keys": 1}]}
@@ -227,13 +234,8 @@ async def test_a_stale_list_is_fetched_again_on_a_timer_backed_off(
     fed: Fed, remote: FakeRemote, clock: FakeClock
 ) -> None:
     hs, _ = fed
-    await room_with_eve(fed, remote)
-    fetch = FakeDevices()
-    cache = cache_of(hs, fetch)
     store = hs.remote_device_store
-    # Eve's server is down when an update needs a resync: the list is stale.
-    await cache.on_device_list_update("remote.test", update("A", 1, []))
-    assert len(fetch.calls) == 1
+    fetch, cache = await stale_eve(fed, remote)
     assert await store.get_resync_interval(EVE) == RESYNC_FIRST_MS
     # Not tried again before its time.
     assert await cache.retry_stale_once() == 0
@@ -297,11 +299,7 @@ class FakeUserKeys:
 
 async def test_keys_query_fetches_a_stale_list_again_at_once(fed: Fed, remote: FakeRemote) -> None:
     hs, _ = fed
-    await room_with_eve(fed, remote)
-    fetch = FakeDevices()
-    cache = cache_of(hs, fetch)
-    await cache.on_device_list_update("remote.test", update("A", 1, []))
-    assert len(fetch.calls) == 1
+    fetch, cache = await stale_eve(fed, remote)
     keys = FakeUserKeys()
     # Still down: the query tries the resync (its back-off notwithstanding), then asks
     # /user/keys/query as before; the resync's wait doubles.

@@ -165,6 +165,16 @@ async def send_message(client: httpx.AsyncClient, alice: Device, room_id: str, n
     return str(checked(r)["event_id"])
 
 
+async def until_backed_off(hs: Homeserver) -> None:
+    """Until dest.test's last transaction failed and it waits for its retry time."""
+    async with asyncio.timeout(30):
+        while True:
+            state = await hs.federation_queue_store.get_destination(DEST)
+            if state is not None and state.retry_interval_ms > 0:
+                return
+            await asyncio.sleep(0.02)
+
+
 def bodies(dest: Destination) -> list[str]:
     return [p["content"]["body"] for p in dest.pdus() if p["type"] == "m.room.message"]
 
@@ -274,14 +284,7 @@ async def test_a_failing_destination_backs_off_then_catches_up(
     destination.status = 500
     await send_message(client, alice, room_id, 1)
     store = hs.federation_queue_store
-
-    async def backed_off() -> bool:
-        state = await store.get_destination(DEST)
-        return state is not None and state.retry_interval_ms > 0
-
-    async with asyncio.timeout(15):
-        while not await backed_off():
-            await asyncio.sleep(0.02)
+    await until_backed_off(hs)
     state = await store.get_destination(DEST)
     assert state is not None and state.catching_up
     assert 0.9 * BACKOFF_INITIAL_MS <= state.retry_interval_ms <= 1.1 * BACKOFF_INITIAL_MS
@@ -580,14 +583,7 @@ async def test_ten_thousand_edus_to_a_dead_destination_stay_bounded(
     destination.status = 500
     await send_message(client, alice, room_id, 1)
     store = hs.federation_queue_store
-
-    async def backed_off() -> bool:
-        state = await store.get_destination(DEST)
-        return state is not None and state.retry_interval_ms > 0
-
-    async with asyncio.timeout(30):
-        while not await backed_off():
-            await asyncio.sleep(0.02)
+    await until_backed_off(hs)
     received_before = len(destination.received)
 
     # 10 000 EDUs while it is down (side by side, each group about distinct subjects).
