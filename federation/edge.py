@@ -31,7 +31,7 @@ def request_uri(request: Request) -> str:
 
 
 async def authenticated_origin(
-    request: Request, max_body_bytes: int | None = None
+    request: Request, max_body_bytes: int | None = None, *, int_range: bool = True
 ) -> tuple[str, Any]:
     """The server a request comes from, verified by its X-Matrix signature, and its JSON
     body (None without one). 401 M_UNAUTHORIZED unless the signature is right.
@@ -39,10 +39,11 @@ async def authenticated_origin(
     The body is read as a client's is: within the body limit (``M_TOO_LARGE``), JSON
     (``M_NOT_JSON``) within the limits of ``homeserver.core.json_limits`` (``M_BAD_JSON``).
     ``max_body_bytes`` replaces the body limit for a route whose bodies may be larger
-    (transactions)."""
+    (transactions); ``int_range`` False leaves the integer range to the route (a
+    transaction checks it per PDU, by the room's version, and per EDU)."""
     auth = services_of(request, FederationEdgeServices).auth
     body = await read_body(request, max_body_bytes)
-    content = loads_limited(body) if body.strip() else None
+    content = loads_limited(body, int_range=int_range) if body.strip() else None
     origin = await auth.authenticate(
         request.method, request_uri(request), request.headers.getlist("authorization"), content
     )

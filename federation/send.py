@@ -23,8 +23,10 @@ class TransactionServices:
 async def put_send(request: Request) -> Response:
     """PUT /_matrix/federation/v1/send/{txnId}"""
     hs = services_of(request, TransactionServices)
-    # A transaction may be larger than a client's request: 50 PDUs of up to 64 KiB each.
-    origin, body = await authenticated_origin(request, MAX_TRANSACTION_BYTES)
+    # A transaction may be larger than a client's request: 50 PDUs of up to 64 KiB each. An
+    # integer out of the canonical range refuses only its PDU, and only in room versions 6
+    # and later (before them Synapse takes it too), or only its EDU.
+    origin, body = await authenticated_origin(request, MAX_TRANSACTION_BYTES, int_range=False)
     answer = await hs.transactions.on_send(origin, request.path_params["txn_id"], body)
     return json_response(answer)
 

@@ -837,6 +837,7 @@ class Homeserver:
         if config.federation.enabled:
             self._singleton("federation_transaction_pruner", self.transactions.run_pruner)
             self._singleton("federation_sender", self.federation_sender.run)
+            self._singleton("device_list_resyncs", self.remote_devices.run_resyncs)
 
     def _build_sliding_sync(self, db: Database, clock: Clock) -> SlidingSyncService:
         """Simplified sliding sync (MSC4186, issue 20), fed by the same sources as /sync."""

@@ -40,9 +40,10 @@ MAX_SAFE_INT = 2**53 - 1
 _LONG_DIGITS = re.compile(rb"[0-9]{16}")
 
 
-def loads_limited(raw: bytes | str) -> Any:
+def loads_limited(raw: bytes | str, *, int_range: bool = True) -> Any:
     """Decode JSON that came from outside: ``M_NOT_JSON`` unless it is JSON, ``M_BAD_JSON``
-    past the limits (depth, integer range)."""
+    past the limits (depth, and unless not ``int_range`` integer range: a federation
+    transaction's integers are checked per PDU, by its room's version, and per EDU)."""
     try:
         # orjson refuses NaN, Infinity and integers past 64 bits, as Matrix JSON must.
         value = orjson.loads(raw)
@@ -54,8 +55,9 @@ def loads_limited(raw: bytes | str) -> Any:
     # escaped NUL).
     brackets = data.count(b"[") + data.count(b"{")
     nul = b"\\u0000" in data
-    if brackets > MAX_JSON_DEPTH or nul or _LONG_DIGITS.search(data) is not None:
-        check_json_limits(value, allow_nul=False)
+    long_digits = int_range and _LONG_DIGITS.search(data) is not None
+    if brackets > MAX_JSON_DEPTH or nul or long_digits:
+        check_json_limits(value, allow_nul=False, int_range=int_range)
     return value
 
 
@@ -70,11 +72,16 @@ def query_json(raw: str, name: str) -> Any:
 
 
 def check_json_limits(
-    value: Any, where: str = "", *, allow_floats: bool = True, allow_nul: bool = True
+    value: Any,
+    where: str = "",
+    *,
+    allow_floats: bool = True,
+    allow_nul: bool = True,
+    int_range: bool = True,
 ) -> None:
-    """Refuse, with ``M_BAD_JSON``, JSON nested deeper than ``MAX_JSON_DEPTH``, integers out of
-    the canonical range, unless ``allow_floats`` floats (canonical JSON has none) and unless
-    ``allow_nul`` a NUL character in a string or key.
+    """Refuse, with ``M_BAD_JSON``, JSON nested deeper than ``MAX_JSON_DEPTH``, if
+    ``int_range`` integers out of the canonical range, unless ``allow_floats`` floats
+    (canonical JSON has none) and unless ``allow_nul`` a NUL character in a string or key.
 
     Iterative: a document of any depth is walked without recursion.
     """
@@ -88,7 +95,7 @@ def check_json_limits(
         if isinstance(item, bool) or item is None:
             continue
         if isinstance(item, int):
-            if not -MAX_SAFE_INT <= item <= MAX_SAFE_INT:
+            if int_range and not -MAX_SAFE_INT <= item <= MAX_SAFE_INT:
                 raise MatrixError(Codes.BAD_JSON, f"Integer out of range at {path or 'body'}")
         elif isinstance(item, float):
             if not allow_floats:

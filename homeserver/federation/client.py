@@ -119,8 +119,11 @@ class FederationClient:
         *,
         query: dict[str, Any] | None = None,
         max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        int_range: bool = True,
     ) -> Any:
-        return await self.request(destination, "GET", path, query=query, max_bytes=max_bytes)
+        return await self.request(
+            destination, "GET", path, query=query, max_bytes=max_bytes, int_range=int_range
+        )
 
     async def request(
         self,
@@ -131,15 +134,18 @@ class FederationClient:
         query: dict[str, Any] | None = None,
         content: Any | None = None,
         max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        int_range: bool = True,
     ) -> Any:
         """Send a signed request; the decoded JSON body of a 2xx answer.
 
         ``path`` is already percent-encoded (``urllib.parse.quote`` each segment); it and
-        the query are signed exactly as they are sent."""
+        the query are signed exactly as they are sent. ``int_range`` False: integers out of
+        the canonical range are left to the caller (an answer of PDUs, each checked by its
+        room's version: rooms of versions 1 to 5 may hold them)."""
         response = await self.request_raw(
             destination, method, path, query=query, content=content, max_bytes=max_bytes
         )
-        return self._decode(destination, response.status_code, response.body)
+        return self._decode(destination, response.status_code, response.body, int_range)
 
     async def request_raw(
         self,
@@ -195,11 +201,11 @@ class FederationClient:
         raise FederationError(destination, str(failure), reason=failure.reason) from failure
 
     @staticmethod
-    def _decode(destination: str, status: int, body: bytes) -> Any:
+    def _decode(destination: str, status: int, body: bytes, int_range: bool = True) -> Any:
         # A remote answer enters like a client's body: JSON within the limits of
         # homeserver.core.json_limits, or no answer at all.
         try:
-            data = loads_limited(body) if body else None
+            data = loads_limited(body, int_range=int_range) if body else None
         except MatrixError:
             data = None
         if 200 <= status < 300:

@@ -4,11 +4,16 @@ to-device messages become for other servers (``EduOutbox``, called by those serv
 Each EDU is queued in the database per destination (``FederationQueueStore``) and sent by
 the federation sender with the next transaction to that server. Typing, receipts and
 presence replace a queued EDU of the same subject (a destination that is down gets the
-latest state, not the history); device list updates and to-device messages are each kept.
+latest state, not the history): typing per room and user, receipts per room, user and
+thread, presence per user. A device list update replaces the queued one about the same
+device (its keys are read as it is sent), and past ``MAX_DEVICE_UPDATES_PER_USER`` about one
+user they become one that makes the destination resync the user's list. Signing key updates
+are one per user. To-device messages are each kept until sent: they must not be lost.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 
 from homeserver.core import jsonutil
@@ -20,9 +25,18 @@ from homeserver.storage.federation_queue import FederationQueueStore
 TYPING = "m.typing"
 RECEIPT = "m.receipt"
 PRESENCE = "m.presence"
-DEVICE_LIST_UPDATE = "m.device_list_update"
 SIGNING_KEY_UPDATE = "m.signing_key_update"
+DEVICE_LIST_UPDATE = "m.device_list_update"
 DIRECT_TO_DEVICE = "m.direct_to_device"
+# Device list updates about one user queued for one destination at most: past it (a
+# destination down for long, a user whose devices churn), only the newest stays, marked
+# RESYNC, and is sent with a prev_id the destination cannot know, so it fetches the user's
+# whole list (spec, m.device_list_update; Synapse prunes its outbound pokes the same way).
+MAX_DEVICE_UPDATES_PER_USER = 100
+# A key of ours in a queued update's content, taken out as it is sent.
+RESYNC = "resync"
+
+logger = logging.getLogger(__name__)
 
 
 def server_of(user_id: str) -> str:
@@ -109,21 +123,27 @@ class FederationOutbox:
                 destinations, SIGNING_KEY_UPDATE, {"user_id": user_id}, f"signing {user_id}"
             )
             return
-        # The device-list position is the update's stream ID; each destination's prev_id is
-        # the last update about this user it was sent (spec, m.device_list_update).
-        prev = await self._store.next_device_list_ids(destinations, user_id, stream_id)
-        rows: list[tuple[str, str, str, str | None]] = []
-        for destination in sorted(destinations):
-            content: JsonDict = {
-                "user_id": user_id,
-                "device_id": device_id,
-                "stream_id": stream_id,
-                "prev_id": prev[destination],
-            }
-            if deleted:
-                content["deleted"] = True
-            rows.append((destination, DEVICE_LIST_UPDATE, jsonutil.dumps_str(content), None))
-        await self._store.queue_edus(rows, self._clock.now_ms())
+        # The device-list position is the update's stream ID; its prev_id is set as it is
+        # sent (the last update about the user the destination was sent), so updates
+        # replaced or dropped while it waits leave no hole in the chain it sees.
+        content: JsonDict = {"user_id": user_id, "device_id": device_id, "stream_id": stream_id}
+        if deleted:
+            content["deleted"] = True
+        dropped = await self._store.queue_device_list_update(
+            destinations,
+            DEVICE_LIST_UPDATE,
+            user_id,
+            device_id,
+            jsonutil.dumps_str(content),
+            jsonutil.dumps_str({**content, RESYNC: True}),
+            MAX_DEVICE_UPDATES_PER_USER,
+            self._clock.now_ms(),
+        )
+        if dropped:
+            logger.info(
+                "device list updates collapsed into a resync",
+                extra={"user_id": user_id, "dropped": dropped},
+            )
         self._wake()
 
     async def to_device(

@@ -6,7 +6,10 @@ An update is applied when each of its ``prev_id`` is an update already applied (
 none); otherwise one was lost, and the user's whole list is fetched again from their server
 (``GET /user/devices/{userId}``). Lists are kept only for users who share a room with one of
 ours: nobody here asks about the others. A list whose resync failed is stale, and
-``/keys/query`` asks the user's server instead of answering from it.
+``/keys/query`` asks the user's server instead of answering from it. A stale list is fetched
+again on a timer (``run_resyncs``: 30 s after the failure, doubling up to an hour, per
+user) and whenever one of our clients asks ``/keys/query`` about the user, as Synapse does
+with its ``device_lists_remote_resync``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,21 @@ MAX_DEVICE_ID_BYTES = 255
 MAX_DISPLAY_NAME_BYTES = 1000
 MAX_PREV_IDS = 100
 CROSS_SIGNING = ("master", "self_signing")
+# A stale list is fetched again this long after a failed resync, doubling at each failure.
+RESYNC_FIRST_MS = 30_000
+RESYNC_MAX_MS = 3600 * 1000
+RESYNC_POLL_S = 30.0  # how often the timer looks for stale lists due
+RESYNC_BATCH = 100  # stale lists looked at per round
+RESYNCS_AT_ONCE = 8
+# A /keys/query waits at most this for the resyncs of the stale lists it asks about, then
+# asks the users' servers (/user/keys/query) as it would have without them.
+QUERY_RESYNC_S = 5.0
+
+
+def resync_backoff_ms(previous_ms: int) -> int:
+    """The wait before the next resync of a list whose resync failed after ``previous_ms``
+    (0: the first failure)."""
+    return RESYNC_FIRST_MS if previous_ms <= 0 else min(RESYNC_MAX_MS, previous_ms * 2)
 
 
 class DevicesFetch(Protocol):
@@ -189,23 +207,61 @@ class RemoteDeviceLists:
         await self.resync(user)
 
     async def resync(self, user: UserID) -> bool:
-        """Fetch the user's whole list from their server; False (and the cache stale) when
-        that fails."""
+        """Fetch the user's whole list from their server; False (and the cache stale, to
+        be fetched again later) when that fails."""
         path = f"/_matrix/federation/v1/user/devices/{quote(user, safe='')}"
         try:
             answer = await self._fetch.get_json(user.server_name, path)
             stream_id, devices, cross = self._parse_devices(user, answer)
         except BadEdu as e:
             logger.info("device list resync answered badly", extra={"user_id": user, "why": str(e)})
-            await self._store.mark_stale(user, self._clock.now_ms())
+            await self._failed(user)
             return False
         except Exception as e:  # noqa: BLE001 - any failure of the remote leaves it stale
             logger.info("device list resync failed", extra={"user_id": user, "why": str(e)})
-            await self._store.mark_stale(user, self._clock.now_ms())
+            await self._failed(user)
             return False
         await self._store.replace_all(user, stream_id, devices, cross, self._clock.now_ms())
         await self._changed.mark_changed(user)
         return True
+
+    async def _failed(self, user: UserID) -> None:
+        interval = resync_backoff_ms(await self._store.get_resync_interval(user))
+        await self._store.mark_stale(user, self._clock.now_ms(), interval)
+
+    async def _resync_if_stale(self, user_id: str) -> bool:
+        """A resync of a stale list, unless an update or another resync made it current
+        meanwhile; whether it is current now."""
+        user = UserID(user_id)
+        async with self._locks.setdefault(user_id, asyncio.Lock()):
+            tracked = await self._store.get_tracked(user)
+            if tracked is not None and not tracked[1]:
+                return True
+            return await self.resync(user)
+
+    async def retry_stale_once(self) -> int:
+        """Fetch again the stale lists whose time has come (of users still sharing a room
+        with ours; the others are no longer retried); how many are current now."""
+        due = await self._store.due_resyncs(self._clock.now_ms(), RESYNC_BATCH)
+        at_once = asyncio.Semaphore(RESYNCS_AT_ONCE)
+
+        async def one(user_id: str) -> bool:
+            async with at_once:
+                if not await self._tracked(user_id):
+                    await self._store.stop_resyncs(user_id)
+                    return False
+                return await self._resync_if_stale(user_id)
+
+        return sum(await asyncio.gather(*(one(u) for u in due)))
+
+    async def run_resyncs(self) -> None:
+        """The background job: stale lists fetched again as their back-off ends."""
+        while True:
+            try:
+                await self.retry_stale_once()
+            except Exception:
+                logger.exception("device list resync round failed")
+            await asyncio.sleep(RESYNC_POLL_S)
 
     @staticmethod
     def _parse_devices(
@@ -260,6 +316,16 @@ class RemoteDeviceLists:
     async def current(self, user_ids: Collection[str]) -> dict[str, RemoteDeviceList]:
         """The cached lists of these users that are current; the others must be asked. A
         list is current while its user shares a room with ours: past that, their server
-        stops sending us updates."""
+        stops sending us updates. A stale list is fetched again first (within
+        ``QUERY_RESYNC_S``), whatever its back-off: someone wants it now."""
+        stale = [u for u in await self._store.get_stale(user_ids) if await self._tracked(u)]
+        if stale:
+            try:
+                async with asyncio.timeout(QUERY_RESYNC_S):
+                    await asyncio.gather(*(self._resync_if_stale(u) for u in stale))
+            except TimeoutError:
+                logger.info(
+                    "device list resyncs for a query timed out", extra={"count": len(stale)}
+                )
         found = await self._store.get_lists(user_ids)
         return {u: found[u] for u in found if await self._tracked(u)}

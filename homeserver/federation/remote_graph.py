@@ -63,6 +63,7 @@ class Requests(Protocol):
         query: dict[str, Any] | None = None,
         content: Any | None = None,
         max_bytes: int = ...,
+        int_range: bool = ...,
     ) -> Any: ...
 
 
@@ -126,6 +127,7 @@ class FederatedGraph:
             f"{FED}/get_missing_events/{quote(room_id, safe='')}",
             content=body,
             max_bytes=(limit + 1) * MAX_PDU_BYTES,
+            int_range=False,
         )
         events = answer.get("events") if isinstance(answer, dict) else None
         if not isinstance(events, list):
@@ -194,7 +196,10 @@ class FederatedGraph:
         """One event (GET /event/{eventId}); None when the server says it has none."""
         try:
             answer = await self._within_budget(
-                "GET", f"{FED}/event/{quote(event_id, safe='')}", max_bytes=MAX_EVENT_BYTES
+                "GET",
+                f"{FED}/event/{quote(event_id, safe='')}",
+                max_bytes=MAX_EVENT_BYTES,
+                int_range=False,
             )
         except TimeoutError as e:
             raise RemoteGraphError("event: out of time") from e
@@ -227,6 +232,7 @@ class FederatedGraph:
             f"{FED}/backfill/{quote(room_id, safe='')}",
             query={"v": starts, "limit": str(limit)},
             max_bytes=(limit + 1) * MAX_PDU_BYTES,
+            int_range=False,
         )
         pdus = answer.get("pdus") if isinstance(answer, dict) else None
         if not isinstance(pdus, list):

@@ -259,12 +259,18 @@ class RemoteRooms:
         """PUT ``/v2/{path}`` (send_join, send_leave), or its deprecated ``/v1/{path}`` when
         the server does not know v2 (as Synapse falls back); the answer's body."""
         try:
-            return await self._client.request(server, "PUT", f"{FED}/v2/{path}", content=event)
+            # PDUs out of the canonical integer range are each checked by the room's
+            # version (_checked_events): rooms of versions 1 to 5 may hold them.
+            return await self._client.request(
+                server, "PUT", f"{FED}/v2/{path}", content=event, int_range=False
+            )
         except FederationError as e:
             if not _is_unknown_endpoint(e):
                 raise
         logger.info("falling back to a v1 endpoint", extra={"server": server, "path": path})
-        answer = await self._client.request(server, "PUT", f"{FED}/v1/{path}", content=event)
+        answer = await self._client.request(
+            server, "PUT", f"{FED}/v1/{path}", content=event, int_range=False
+        )
         return _v1_answer(server, answer)
 
     # --- knocking ----------------------------------------------------------------------------

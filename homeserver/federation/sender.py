@@ -41,7 +41,12 @@ from homeserver.core.ids import UserID
 from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.federation.client import FederationError
-from homeserver.federation.outbox import DEVICE_LIST_UPDATE, SIGNING_KEY_UPDATE, TYPING
+from homeserver.federation.outbox import (
+    DEVICE_LIST_UPDATE,
+    RESYNC,
+    SIGNING_KEY_UPDATE,
+    TYPING,
+)
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore
 from homeserver.storage.federation_queue import (
@@ -369,7 +374,7 @@ class FederationSender:
             return False
         loaded = await self._events.get_events([p.event_id for p in pdus])
         pdu_json = [loaded[p.event_id].pdu for p in pdus if p.event_id in loaded]
-        edu_json = await self._render_edus(edus)
+        edu_json, device_lists = await self._render_edus(destination, edus)
         txn_id = f"{now}.{await self._store.take_txn_id(destination)}"
         body = {
             "origin": self._server_name,
@@ -392,7 +397,11 @@ class FederationSender:
                     "transaction refused: dropped",
                     extra={"destination": destination, "status": e.status, "errcode": e.errcode},
                 )
-                await self._store.remove_sent(destination, orderings, edu_ids, succeeded=True)
+                # Recorded as sent: the next update's prev_id names one the destination
+                # lacks, so it fetches the whole list.
+                await self._store.remove_sent(
+                    destination, orderings, edu_ids, succeeded=True, device_lists=device_lists
+                )
                 return True
             interval = backoff_ms(state.retry_interval_ms)
             logger.info(
@@ -402,19 +411,30 @@ class FederationSender:
             await self._store.backed_off(destination, interval, self._clock.now_ms() + interval)
             return False
         self._log_refusals(destination, answer)
-        await self._store.remove_sent(destination, orderings, edu_ids, succeeded=True)
+        await self._store.remove_sent(
+            destination, orderings, edu_ids, succeeded=True, device_lists=device_lists
+        )
         return True
 
-    async def _render_edus(self, edus: list[QueuedEdu]) -> list[JsonDict]:
-        """The EDUs as sent; device list and signing key updates get the keys as they are
-        now."""
+    async def _render_edus(
+        self, destination: str, edus: list[QueuedEdu]
+    ) -> tuple[list[JsonDict], dict[str, int]]:
+        """The EDUs as sent, and the stream ID of the last device list update about each
+        user among them. Device list and signing key updates get the keys as they are now;
+        a device list update's prev_id is the update about its user sent before it (the
+        last one the destination was sent, for the first), or itself for a resync marker:
+        an ID the destination cannot have applied, so it fetches the whole list."""
         devices: dict[str, JsonDict] = {}
         out: list[JsonDict] = []
         now = self._clock.now_ms()
+        contents: list[tuple[QueuedEdu, JsonDict]] = []
         for edu in edus:
             if edu.edu_type == TYPING and edu.queued_ts < now - TYPING_STALE_MS:
                 continue
-            content: JsonDict = orjson.loads(edu.content_json)
+            contents.append((edu, orjson.loads(edu.content_json)))
+        about = {c["user_id"] for e, c in contents if e.edu_type == DEVICE_LIST_UPDATE}
+        last = await self._store.get_device_lists_sent(destination, about)
+        for edu, content in contents:
             if edu.edu_type in (DEVICE_LIST_UPDATE, SIGNING_KEY_UPDATE):
                 user_id = UserID(content["user_id"])
                 if user_id not in devices:
@@ -429,18 +449,30 @@ class FederationSender:
                     if not keys:
                         continue
                     content.update(keys)
-                elif not content.get("deleted"):
-                    device = next(
-                        (d for d in listed["devices"] if d["device_id"] == content["device_id"]),
-                        None,
-                    )
-                    if device is None:
-                        # Gone since, or without keys: what /user/devices says of it too.
-                        content["deleted"] = True
+                else:
+                    stream_id = int(content["stream_id"])
+                    if content.pop(RESYNC, False):
+                        content["prev_id"] = [stream_id]
                     else:
-                        content["keys"] = device["keys"]
+                        previous = last.get(user_id)
+                        content["prev_id"] = [previous] if previous is not None else []
+                    last[user_id] = stream_id
+                    if not content.get("deleted"):
+                        device = next(
+                            (
+                                d
+                                for d in listed["devices"]
+                                if d["device_id"] == content["device_id"]
+                            ),
+                            None,
+                        )
+                        if device is None:
+                            # Gone since, or without keys: what /user/devices says too.
+                            content["deleted"] = True
+                        else:
+                            content["keys"] = device["keys"]
             out.append({"edu_type": edu.edu_type, "content": content})
-        return out
+        return out, {u: last[u] for u in about if u in last}
 
     @staticmethod
     def _log_refusals(destination: str, answer: Any) -> None:

@@ -38,6 +38,7 @@ import orjson
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.json_limits import check_json_limits
 from homeserver.core.types import JsonDict
 from homeserver.events.format import event_id_of
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
@@ -307,6 +308,12 @@ class TransactionService:
         try:
             if len(orjson.dumps(edu)) > MAX_EDU_BYTES:
                 logger.info("edu too large ignored", extra={"origin": origin})
+                return
+            # The transaction's body was read without the integer range (it is per PDU).
+            try:
+                check_json_limits(edu)
+            except MatrixError:
+                logger.info("edu with an integer out of range ignored", extra={"origin": origin})
                 return
             await self._edus.receive(origin, edu)
         except Exception:

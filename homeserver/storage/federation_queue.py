@@ -4,7 +4,7 @@ destination."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -296,38 +296,81 @@ class FederationQueueStore:
                     conn, destination, edu_type, content_json, coalesce_key, queued_ts
                 )
 
-    async def next_device_list_ids(
-        self, destinations: Collection[str], user_id: str, stream_id: int
-    ) -> dict[str, list[int]]:
-        """For each destination, the prev_id of an update about ``user_id`` numbered
-        ``stream_id`` (the last one sent there, if any), recording ``stream_id`` as the last."""
-        out: dict[str, list[int]] = {}
+    async def queue_device_list_update(
+        self,
+        destinations: Collection[str],
+        edu_type: str,
+        user_id: str,
+        device_id: str,
+        content_json: str,
+        marker_json: str,
+        keep: int,
+        queued_ts: int,
+    ) -> int:
+        """Queue an ``m.device_list_update`` about one device for each destination, replacing
+        a queued one about the same device. Past ``keep`` queued about the user for one
+        destination, only the newest stays, as ``marker_json`` (an update that makes the
+        destination fetch the whole list again); the number of updates dropped so."""
         if not destinations:
-            return out
+            return 0
+        prefix = f"device {user_id} "
+        dropped = 0
         async with self._db.write() as conn:
-            rows = (
+            await self._ensure_destinations(conn, destinations)
+            for destination in sorted(destinations):
+                await self._insert_edu(
+                    conn,
+                    destination,
+                    edu_type,
+                    content_json,
+                    prefix + device_id,
+                    queued_ts,
+                )
+                of_user = (
+                    federation_outbound_edus.c.destination == destination,
+                    federation_outbound_edus.c.coalesce_key.like(
+                        _like_literal(prefix) + "%", escape="/"
+                    ),
+                )
+                ids = (
+                    await conn.execute(
+                        sa.select(federation_outbound_edus.c.id)
+                        .where(*of_user)
+                        .order_by(federation_outbound_edus.c.id.desc())
+                    )
+                ).scalars()
+                newest, *older = [int(i) for i in ids]
+                if len(older) < keep:
+                    continue
                 await conn.execute(
-                    sa.select(
-                        federation_device_list_sent.c.destination,
-                        federation_device_list_sent.c.stream_id,
-                    ).where(
-                        federation_device_list_sent.c.user_id == user_id,
-                        federation_device_list_sent.c.destination.in_(list(destinations)),
+                    sa.delete(federation_outbound_edus).where(
+                        *of_user, federation_outbound_edus.c.id != newest
                     )
                 )
-            ).all()
-            last = {r.destination: int(r.stream_id) for r in rows}
-            for destination in destinations:
-                previous = last.get(destination)
-                out[destination] = [previous] if previous is not None else []
                 await conn.execute(
-                    self._db.upsert(
-                        federation_device_list_sent,
-                        {"destination": destination, "user_id": user_id, "stream_id": stream_id},
-                        keys=("destination", "user_id"),
-                    )
+                    sa.update(federation_outbound_edus)
+                    .where(federation_outbound_edus.c.id == newest)
+                    .values(content_json=marker_json)
                 )
-        return out
+                dropped += len(older)
+        return dropped
+
+    async def get_device_lists_sent(
+        self, destination: str, user_ids: Collection[str]
+    ) -> dict[str, int]:
+        """The stream ID of the last device list update about each user that
+        ``destination`` was sent (the next one's ``prev_id``)."""
+        if not user_ids:
+            return {}
+        query = sa.select(
+            federation_device_list_sent.c.user_id, federation_device_list_sent.c.stream_id
+        ).where(
+            federation_device_list_sent.c.destination == destination,
+            federation_device_list_sent.c.user_id.in_(list(user_ids)),
+        )
+        async with self._db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return {r.user_id: int(r.stream_id) for r in rows}
 
     async def queue_edus(
         self, edus: Sequence[tuple[str, str, str, str | None]], queued_ts: int
@@ -485,10 +528,20 @@ class FederationQueueStore:
         edu_ids: Sequence[int],
         *,
         succeeded: bool,
+        device_lists: Mapping[str, int] | None = None,
     ) -> None:
         """Take a transaction's PDUs and EDUs off the queue; ``succeeded``: the destination
-        answered, so its back-off ends."""
+        answered, so its back-off ends. ``device_lists``: the stream ID of the last device
+        list update about each user the transaction carried."""
         async with self._db.write() as conn:
+            for user_id, stream_id in sorted((device_lists or {}).items()):
+                await conn.execute(
+                    self._db.upsert(
+                        federation_device_list_sent,
+                        {"destination": destination, "user_id": user_id, "stream_id": stream_id},
+                        keys=("destination", "user_id"),
+                    )
+                )
             if stream_orderings:
                 await conn.execute(
                     sa.delete(federation_outbound_pdus).where(

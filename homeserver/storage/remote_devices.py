@@ -153,16 +153,68 @@ class RemoteDeviceStore:
                     )
                 )
 
-    async def mark_stale(self, user_id: str, now_ms: int) -> None:
-        """The cached list missed an update and could not be fetched again: not current."""
+    async def mark_stale(self, user_id: str, now_ms: int, retry_in_ms: int) -> None:
+        """The cached list missed an update and could not be fetched again: not current,
+        and fetched again in ``retry_in_ms``."""
         async with self._db.write() as conn:
             await conn.execute(
                 self._db.upsert(
                     remote_device_lists,
-                    {"user_id": user_id, "stream_id": 0, "stale": True, "updated_ts": now_ms},
+                    {
+                        "user_id": user_id,
+                        "stream_id": 0,
+                        "stale": True,
+                        "updated_ts": now_ms,
+                        "resync_interval_ms": retry_in_ms,
+                        "resync_at_ts": now_ms + retry_in_ms,
+                    },
                     keys=("user_id",),
-                    update=("stale", "updated_ts"),
+                    update=("stale", "updated_ts", "resync_interval_ms", "resync_at_ts"),
                 )
+            )
+
+    async def get_resync_interval(self, user_id: str) -> int:
+        """The back-off of a stale list's resync (0: not stale, or never retried)."""
+        query = sa.select(remote_device_lists.c.resync_interval_ms).where(
+            remote_device_lists.c.user_id == user_id, remote_device_lists.c.stale.is_(True)
+        )
+        async with self._db.read() as conn:
+            found = (await conn.execute(query)).scalar_one_or_none()
+        return 0 if found is None else int(found)
+
+    async def get_stale(self, user_ids: Collection[str]) -> list[str]:
+        """Which of these users' cached lists are stale."""
+        if not user_ids:
+            return []
+        query = sa.select(remote_device_lists.c.user_id).where(
+            remote_device_lists.c.user_id.in_(list(user_ids)),
+            remote_device_lists.c.stale.is_(True),
+        )
+        async with self._db.read() as conn:
+            return sorted(r.user_id for r in (await conn.execute(query)).all())
+
+    async def due_resyncs(self, now_ms: int, limit: int) -> list[str]:
+        """Users whose stale list is due to be fetched again, the longest waiting first."""
+        query = (
+            sa.select(remote_device_lists.c.user_id)
+            .where(
+                remote_device_lists.c.resync_at_ts <= now_ms,
+                remote_device_lists.c.stale.is_(True),
+            )
+            .order_by(remote_device_lists.c.resync_at_ts, remote_device_lists.c.user_id)
+            .limit(limit)
+        )
+        async with self._db.read() as conn:
+            return [r.user_id for r in (await conn.execute(query)).all()]
+
+    async def stop_resyncs(self, user_id: str) -> None:
+        """No more timed resyncs of this user's list (nobody here shares a room with them:
+        their server stops sending updates, and /keys/query asks it)."""
+        async with self._db.write() as conn:
+            await conn.execute(
+                sa.update(remote_device_lists)
+                .where(remote_device_lists.c.user_id == user_id)
+                .values(resync_at_ts=None)
             )
 
     async def get_lists(self, user_ids: Collection[str]) -> dict[str, RemoteDeviceList]:
@@ -226,7 +278,14 @@ class RemoteDeviceStore:
         await conn.execute(
             self._db.upsert(
                 remote_device_lists,
-                {"user_id": user_id, "stream_id": stream_id, "stale": stale, "updated_ts": now_ms},
+                {
+                    "user_id": user_id,
+                    "stream_id": stream_id,
+                    "stale": stale,
+                    "updated_ts": now_ms,
+                    "resync_interval_ms": 0,
+                    "resync_at_ts": None,
+                },
                 keys=("user_id",),
             )
         )

@@ -10,9 +10,17 @@ import httpx
 import pytest
 
 from homeserver.app import Homeserver
+from homeserver.core.clock import FakeClock
 from homeserver.core.ids import UserID
+from homeserver.e2ee.remote_keys import query_remote
 from homeserver.federation.client import FederationError
-from homeserver.federation.remote_devices import BadEdu, RemoteDeviceLists
+from homeserver.federation.remote_devices import (
+    RESYNC_FIRST_MS,
+    RESYNC_MAX_MS,
+    BadEdu,
+    RemoteDeviceLists,
+    resync_backoff_ms,
+)
 from tests.api.e2ee_helpers import Device, query, sync
 from tests.api.test_federation_send import EVE, put_txn, room_with_eve, txn
 from tests.federation_helpers import FakeRemote
@@ -65,6 +73,18 @@ def cache_of(hs: Homeserver, fetch: FakeDevices) -> RemoteDeviceLists:
     return RemoteDeviceLists(
         hs.remote_device_store, fetch, hs.device_lists, hs.device_list_store, hs.clock, "test"
     )
+
+
+async def stale_eve(fed: Fed, remote: FakeRemote) -> tuple[FakeDevices, RemoteDeviceLists]:
+    """Eve shares a room with ours, and her server is down when her first update needs a
+    resync: her list is stale."""
+    hs, _ = fed
+    await room_with_eve(fed, remote)
+    fetch = FakeDevices()
+    cache = cache_of(hs, fetch)
+    await cache.on_device_list_update("remote.test", update("A", 1, []))
+    assert len(fetch.calls) == 1
+    return fetch, cache
 
 
 async def cached_devices(cache: RemoteDeviceLists) -> list[str] | None:
@@ -141,12 +161,7 @@ async def test_bad_updates_are_refused_and_strangers_ignored(fed: Fed, remote: F
 
 
 async def test_a_failed_resync_leaves_the_list_stale(fed: Fed, remote: FakeRemote) -> None:
-    hs, _ = fed
-    await room_with_eve(fed, remote)
-    fetch = FakeDevices()
-    cache = cache_of(hs, fetch)
-    await cache.on_device_list_update("remote.test", update("A", 1, []))
-    assert len(fetch.calls) == 1
+    fetch, cache = await stale_eve(fed, remote)
     assert await cached_devices(cache) is None
     # A malformed answer is no better.
     fetch.answer = {"user_id": EVE, "stream_id": 2, "devices": [{"device_id": "A", "keys": 1}]}
@@ -213,3 +228,96 @@ async def test_device_list_edus_in_a_transaction(fed: Fed, remote: FakeRemote) -
     assert r.status_code == 200, r.text
     assert await hs.remote_device_store.get_tracked(UserID(EVE)) == (0, True)
     assert await hs.remote_devices.current([EVE]) == {}
+
+
+async def test_a_stale_list_is_fetched_again_on_a_timer_backed_off(
+    fed: Fed, remote: FakeRemote, clock: FakeClock
+) -> None:
+    hs, _ = fed
+    store = hs.remote_device_store
+    fetch, cache = await stale_eve(fed, remote)
+    assert await store.get_resync_interval(EVE) == RESYNC_FIRST_MS
+    # Not tried again before its time.
+    assert await cache.retry_stale_once() == 0
+    assert len(fetch.calls) == 1
+    clock.advance(RESYNC_FIRST_MS)
+    assert await cache.retry_stale_once() == 0  # tried, still down: the wait doubles
+    assert len(fetch.calls) == 2
+    assert await store.get_resync_interval(EVE) == 2 * RESYNC_FIRST_MS
+    clock.advance(RESYNC_FIRST_MS)
+    assert await cache.retry_stale_once() == 0
+    assert len(fetch.calls) == 2
+    # Back up: the next try makes the list current, and the timer leaves it alone.
+    fetch.answer = {
+        "user_id": EVE,
+        "stream_id": 7,
+        "devices": [{"device_id": "A", "keys": device_keys("A")}],
+    }
+    clock.advance(RESYNC_FIRST_MS)
+    assert await cache.retry_stale_once() == 1
+    assert len(fetch.calls) == 3
+    assert await cached_devices(cache) == ["A"]
+    assert await store.get_tracked(EVE) == (7, False)
+    clock.advance(RESYNC_MAX_MS)
+    assert await cache.retry_stale_once() == 0
+    assert len(fetch.calls) == 3
+    # The wait is capped.
+    interval = 0
+    for _ in range(20):
+        interval = resync_backoff_ms(interval)
+    assert interval == RESYNC_MAX_MS
+
+
+async def test_a_stale_list_of_a_user_nobody_shares_a_room_with_is_not_retried(
+    fed: Fed, remote: FakeRemote, clock: FakeClock
+) -> None:
+    hs, _ = fed
+    fetch = FakeDevices()
+    cache = cache_of(hs, fetch)
+    stranger = "@zed:remote.test"
+    await hs.remote_device_store.mark_stale(stranger, clock.now_ms(), RESYNC_FIRST_MS)
+    clock.advance(RESYNC_FIRST_MS)
+    assert await hs.remote_device_store.due_resyncs(clock.now_ms(), 10) == [stranger]
+    assert await cache.retry_stale_once() == 0
+    assert fetch.calls == []
+    assert await hs.remote_device_store.due_resyncs(clock.now_ms() + RESYNC_MAX_MS, 10) == []
+
+
+class FakeUserKeys:
+    """Eve's server answering /user/keys/query (the fallback for a list not current)."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    async def query_user_keys(self, server_name: str, wanted: Any) -> Any:
+        self.calls.append((server_name, wanted))
+        return {"device_keys": {EVE: {"Q": device_keys("Q")}}}
+
+    async def claim_user_keys(self, server_name: str, wanted: Any) -> Any:
+        raise AssertionError("not claimed here")
+
+
+async def test_keys_query_fetches_a_stale_list_again_at_once(fed: Fed, remote: FakeRemote) -> None:
+    hs, _ = fed
+    fetch, cache = await stale_eve(fed, remote)
+    keys = FakeUserKeys()
+    # Still down: the query tries the resync (its back-off notwithstanding), then asks
+    # /user/keys/query as before; the resync's wait doubles.
+    answer, failures = await query_remote(keys, {EVE: []}, None, cache)
+    assert len(fetch.calls) == 2 and len(keys.calls) == 1
+    assert answer["device_keys"][EVE] == {"Q": device_keys("Q")} and failures == {}
+    assert await hs.remote_device_store.get_resync_interval(EVE) == 2 * RESYNC_FIRST_MS
+    # Back: the query's resync makes the list current, and it answers from it.
+    fetch.answer = {
+        "user_id": EVE,
+        "stream_id": 4,
+        "devices": [{"device_id": "A", "keys": device_keys("A")}],
+        "master_key": master_key(),
+    }
+    answer, failures = await query_remote(keys, {EVE: []}, None, cache)
+    assert len(fetch.calls) == 3 and len(keys.calls) == 1
+    assert answer["device_keys"][EVE] == {"A": device_keys("A")}
+    assert answer["master_keys"][EVE] == master_key()
+    # Current now: the next query reads the cache without asking anyone.
+    await query_remote(keys, {EVE: []}, None, cache)
+    assert len(fetch.calls) == 3 and len(keys.calls) == 1

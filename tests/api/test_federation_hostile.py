@@ -261,14 +261,41 @@ async def test_deep_json_and_numbers_by_room_version(fed: Fed, remote: FakeRemot
     r = await put_txn(client, remote, "deep", txn([pdu]))
     assert (r.status_code, r.json()["errcode"]) == (400, "M_BAD_JSON")
     assert await hs.event_store.get_event(deep_id) is None
-    # Integers out of the canonical range are refused in the body, whatever the room's
-    # version: the server holds no number a client cannot read exactly.
+    # Integers out of the canonical range: refused per PDU in room version 6 and later (its
+    # neighbours taken), taken in versions 1 to 5 where canonical JSON is not required (as
+    # Synapse does); an EDU holding one is ignored.
     for n in (2**53, -(2**53), 2**63):
-        pdu, big_id = await pdu_for(hs, v5, "m.room.message", {"body": "n", "n": n}, signer=remote)
-        r = await put_txn(client, remote, f"int-{n}", txn([pdu]))
-        assert r.status_code == 400, r.text
-        assert r.json()["errcode"] in ("M_BAD_JSON", "M_NOT_JSON")
-        assert await hs.event_store.get_event(big_id) is None
+        bad12, bad12_id = await pdu_for(
+            hs, v12, "m.room.message", {"body": "n", "n": n}, signer=remote
+        )
+        ok12, ok12_id = await pdu_for(hs, v12, "m.room.message", {"body": f"ok{n}"}, signer=remote)
+        big5, big5_id = await pdu_for(
+            hs, v5, "m.room.message", {"body": "n", "n": n}, signer=remote
+        )
+        typing = {
+            "edu_type": "m.typing",
+            "content": {"room_id": v12, "user_id": EVE, "typing": True, "n": n},
+        }
+        r = await put_txn(client, remote, f"int-{n}", txn([bad12, ok12, big5], [typing]))
+        assert r.status_code == 200, r.text
+        answers = r.json()["pdus"]
+        assert "error" in answers[bad12_id]
+        assert answers[ok12_id] == {}
+        assert answers[big5_id] == {}
+        assert await hs.event_store.get_event(bad12_id) is None
+        assert await hs.event_store.get_event(ok12_id) is not None
+        stored = await hs.event_store.get_event(big5_id)
+        assert stored is not None and stored.content["n"] == n
+        served = checked(
+            await client.get(f"{V3}/rooms/{v5}/event/{big5_id}", headers=alice.headers)
+        )
+        assert served["content"]["n"] == n
+        assert EVE not in await typing_in(hs, v12)
+    # The same EDU with an integer in range is taken: the one above was refused for its n.
+    typing["content"]["n"] = 1
+    r = await put_txn(client, remote, "int-in-range", txn([], [typing]))
+    assert r.status_code == 200, r.text
+    assert EVE in await typing_in(hs, v12)
     # Past 64 bits the body is not even JSON to the parser.
     path = f"{FED}/send/huge-int"
     raw = b'{"pdus": [], "edus": [{"edu_type": "x", "content": {"n": 1' + b"0" * 30 + b"}}]}"

@@ -95,6 +95,7 @@ class Scripted:
         query: dict[str, Any] | None = None,
         content: Any | None = None,
         max_bytes: int = 0,
+        int_range: bool = True,
     ) -> Any:
         what, _, arg = path.removeprefix("/_matrix/federation/v1/").partition("/")
         arg = unquote(arg)
@@ -476,6 +477,38 @@ async def test_garbage_answers_to_our_questions(
     fine, fine_id = await room.build("m.room.message", {"body": "fine"}, prevs=heads)
     r = await put_txn(client, remote, f"fine-{route}-{mode}", txn([fine]))
     assert r.json() == {"pdus": {fine_id: {}}}
+
+
+@pytest.mark.parametrize("version", ["5", "11"])
+async def test_out_of_range_integers_in_fetched_events_by_room_version(
+    online: Fed, peer: Peer, remote: FakeRemote, version: str
+) -> None:
+    """An event the origin gives through /get_missing_events holding an integer past the
+    canonical range: taken in a room of version 1 to 5 (as Synapse does), refused alone
+    from version 6; the rest of the answer is used either way."""
+    hs, client = online
+    _, tok = await register(client, "alice")
+    room_id = await create(client, tok, preset="public_chat", room_version=version)
+    room = RemoteRoom(hs, room_id, remote)
+    join, _ = await room.build("m.room.member", {"membership": "join"}, EVE)
+    [received] = await hs.incoming_events.receive(room_id, [join], hs.clock.now_ms())
+    assert received.outcome is Outcome.ACCEPTED, received
+    peer.room = room
+    first, first_id = await room.build("m.room.message", {"body": "first"})
+    big, big_id = await room.build("m.room.message", {"body": "big", "n": 2**53}, prevs=[first_id])
+    last, last_id = await room.build("m.room.message", {"body": "last"}, prevs=[big_id])
+    r = await put_txn(client, remote, f"big-{version}", txn([last]))
+    assert r.status_code == 200, r.text
+    assert "get_missing_events" in peer.asked
+    assert await hs.event_store.get_event(first_id) is not None
+    stored = await hs.event_store.get_event(big_id)
+    if version == "5":
+        assert r.json()["pdus"][last_id] == {}
+        assert stored is not None and stored.content["n"] == 2**53
+        assert (await timeline(client, tok, room_id))[:3] == [last_id, big_id, first_id]
+    else:
+        assert stored is None or not stored.served
+        assert big_id not in await timeline(client, tok, room_id)
 
 
 @pytest.mark.parametrize("mode", ["html", "not-json", "huge", "deep", "wrong-shape", "hang"])

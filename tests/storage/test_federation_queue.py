@@ -77,14 +77,36 @@ async def test_edus_coalesce_by_key_and_keep_their_order(db: Database) -> None:
     assert [e.content_json for e in left] == ['{"typing": false}']
 
 
-async def test_transaction_numbers_and_device_list_prev_ids(db: Database) -> None:
+async def test_transaction_numbers_and_device_lists_sent(db: Database) -> None:
     store = FederationQueueStore(db)
     await store.queue_edu({"d.test"}, "m.typing", "{}", None, 1)
     numbers = [await store.take_txn_id("d.test") for _ in range(3)]
     assert numbers == [1, 2, 3]
-    first = await store.next_device_list_ids({"d.test", "e.test"}, "@u:us", 5)
-    assert first == {"d.test": [], "e.test": []}
-    second = await store.next_device_list_ids({"d.test"}, "@u:us", 9)
-    assert second == {"d.test": [5]}
-    third = await store.next_device_list_ids({"d.test", "e.test"}, "@u:us", 12)
-    assert third == {"d.test": [9], "e.test": [5]}
+    assert await store.get_device_lists_sent("d.test", ["@u:us"]) == {}
+    await store.remove_sent("d.test", [], [], succeeded=True, device_lists={"@u:us": 5})
+    await store.remove_sent("d.test", [], [], succeeded=True, device_lists={"@u:us": 9})
+    await store.remove_sent("e.test", [], [], succeeded=False, device_lists={"@v:us": 3})
+    assert await store.get_device_lists_sent("d.test", ["@u:us", "@v:us"]) == {"@u:us": 9}
+    assert await store.get_device_lists_sent("e.test", ["@u:us", "@v:us"]) == {"@v:us": 3}
+
+
+async def test_device_list_updates_replace_per_device_and_collapse_per_user(db: Database) -> None:
+    store = FederationQueueStore(db)
+    edu = "m.device_list_update"
+
+    async def queue(user: str, device: str, n: int, keep: int = 3) -> int:
+        return await store.queue_device_list_update(
+            {"d.test"}, edu, user, device, f"{device}{n}", f"marker{device}{n}", keep, n
+        )
+
+    assert await queue("@u:us", "A", 1) == 0
+    assert await queue("@u:us", "B", 2) == 0
+    assert await queue("@u:us", "A", 3) == 0  # replaces A1, after B2
+    assert await queue("@u_x:us", "A", 4) == 0  # another user (a LIKE wildcard in the name)
+    _, edus = await store.get_batch("d.test", 10, 10)
+    assert [e.content_json for e in edus] == ["B2", "A3", "A4"]
+    assert await queue("@u:us", "C", 5) == 0  # three about @u:us: within keep
+    # A fourth device: only the newest stays, as the marker.
+    assert await queue("@u:us", "D", 6) == 3
+    _, edus = await store.get_batch("d.test", 10, 10)
+    assert [e.content_json for e in edus] == ["A4", "markerD6"]

@@ -98,7 +98,8 @@ federation_device_list_sent = sa.Table(
 # --- remote users' devices (issue 18) ---------------------------------------------------
 
 # The device list of a remote user we share a room with, as their server announced it.
-# stale: an update could not be applied (a gap) and the resync failed: ask the server.
+# stale: an update could not be applied (a gap) and the resync failed: ask the server, and
+# try the resync again at resync_at_ts (NULL: not stale), backed off by resync_interval_ms.
 remote_device_lists = sa.Table(
     "remote_device_lists",
     metadata,
@@ -106,6 +107,8 @@ remote_device_lists = sa.Table(
     sa.Column("stream_id", BigInt, nullable=False),
     sa.Column("stale", sa.Boolean, nullable=False),
     sa.Column("updated_ts", BigInt, nullable=False),
+    sa.Column("resync_interval_ms", BigInt, nullable=False, server_default="0"),
+    sa.Column("resync_at_ts", BigInt, nullable=True, index=True),
 )
 
 # Stream IDs of the updates applied, per user: what a later update's prev_id may name.
