@@ -60,9 +60,7 @@ def test_a_configured_jwt_public_key_loads_cryptography(tmp_path: Path) -> None:
     pem = (
         ec.generate_private_key(ec.SECP256R1())
         .public_key()
-        .public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
     loaded = _loaded_after_start(

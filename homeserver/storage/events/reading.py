@@ -124,6 +124,18 @@ _ROOMS_CHANGED = prepared(
 )
 
 
+# Rooms read by one statement of ``get_latest_of_rooms`` (a UNION ALL of one arm per room;
+# SQLite allows 500 arms).
+ROOMS_PER_STATEMENT = 100
+
+
+_CHILDREN_OF = prepared(
+    sa.select(event_relations.c.relates_to_id, event_relations.c.room_id)
+    .distinct()
+    .where(event_relations.c.relates_to_id.in_(sa.bindparam("ids", expanding=True)))
+)
+
+
 def _room_events_query(after: bool, upto: bool, descending: bool) -> sa.Select[Any]:
     query = sa.select(*EVENT_COLUMNS).where(_e.c.room_id == sa.bindparam("room_id"))
     if after:
@@ -241,6 +253,47 @@ class EventReads:
                 )
             ).all()
         return [to_event(r) for r in rows]
+
+    async def get_latest_of_rooms(
+        self, room_ids: Sequence[str], *, upto: int, limit: int
+    ) -> dict[str, list[StoredEvent]]:
+        """The newest ``limit`` served events at or below ``upto`` of each room, newest
+        first, in one statement per ``ROOMS_PER_STATEMENT`` rooms (a sliding sync window):
+        as ``get_room_events(room_id, upto=upto, limit=limit, descending=True)`` for each."""
+        found: dict[str, list[StoredEvent]] = {room_id: [] for room_id in room_ids}
+        ids = list(found)
+        for start in range(0, len(ids), ROOMS_PER_STATEMENT):
+            arms = [
+                sa.select(*EVENT_COLUMNS)
+                .where(
+                    _e.c.room_id == room_id,
+                    _e.c.stream_ordering > 0,  # events never served are numbered below 0
+                    _e.c.stream_ordering <= upto,
+                )
+                .order_by(_e.c.stream_ordering.desc())
+                .limit(limit)
+                .subquery()
+                .select()
+                for room_id in ids[start : start + ROOMS_PER_STATEMENT]
+            ]
+            query = arms[0] if len(arms) == 1 else sa.union_all(*arms)
+            async with self._db.read() as conn:
+                rows = (await conn.execute(query)).all()
+            for r in rows:
+                found[r.room_id].append(to_event(r))
+        for room_events in found.values():
+            room_events.sort(key=lambda e: e.stream_ordering, reverse=True)
+        return found
+
+    async def with_children(self, events: Iterable[StoredEvent]) -> set[str]:
+        """Which of the events have a child (a relation to them from their own room), in
+        one statement: the others have nothing to bundle."""
+        rooms = {e.event_id: e.room_id for e in events}
+        if not rooms:
+            return set()
+        async with self._db.read() as conn:
+            rows = (await conn.execute(_CHILDREN_OF, {"ids": list(rooms)})).all()
+        return {r.relates_to_id for r in rows if rooms.get(r.relates_to_id) == r.room_id}
 
     async def get_timeline(
         self,
