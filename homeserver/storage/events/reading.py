@@ -136,6 +136,34 @@ _CHILDREN_OF = prepared(
 )
 
 
+# Statements of ``get_latest_of_rooms`` by their number of arms, built at first use and kept
+# (building one costs more than running it): a few sizes, the unused arms match nothing.
+_LATEST_OF_ROOMS: dict[int, sa.Select[Any] | sa.CompoundSelect[Any]] = {}
+
+
+def _latest_of_rooms(rooms: int) -> tuple[sa.Select[Any] | sa.CompoundSelect[Any], int]:
+    """The statement for ``rooms`` rooms, and its number of arms (at least ``rooms``)."""
+    size = next(n for n in (1, 4, 16, 32, 64, ROOMS_PER_STATEMENT) if n >= rooms)
+    found = _LATEST_OF_ROOMS.get(size)
+    if found is None:
+        arms = [
+            sa.select(*EVENT_COLUMNS)
+            .where(
+                _e.c.room_id == sa.bindparam(f"room_{i}"),
+                _e.c.stream_ordering > 0,  # events never served are numbered below 0
+                _e.c.stream_ordering <= sa.bindparam("upto"),
+            )
+            .order_by(_e.c.stream_ordering.desc())
+            .limit(sa.bindparam("limit"))
+            .subquery()
+            .select()
+            for i in range(size)
+        ]
+        found = prepared(arms[0] if size == 1 else sa.union_all(*arms))
+        _LATEST_OF_ROOMS[size] = found
+    return found, size
+
+
 def _room_events_query(after: bool, upto: bool, descending: bool) -> sa.Select[Any]:
     query = sa.select(*EVENT_COLUMNS).where(_e.c.room_id == sa.bindparam("room_id"))
     if after:
@@ -263,22 +291,14 @@ class EventReads:
         found: dict[str, list[StoredEvent]] = {room_id: [] for room_id in room_ids}
         ids = list(found)
         for start in range(0, len(ids), ROOMS_PER_STATEMENT):
-            arms = [
-                sa.select(*EVENT_COLUMNS)
-                .where(
-                    _e.c.room_id == room_id,
-                    _e.c.stream_ordering > 0,  # events never served are numbered below 0
-                    _e.c.stream_ordering <= upto,
-                )
-                .order_by(_e.c.stream_ordering.desc())
-                .limit(limit)
-                .subquery()
-                .select()
-                for room_id in ids[start : start + ROOMS_PER_STATEMENT]
-            ]
-            query = arms[0] if len(arms) == 1 else sa.union_all(*arms)
+            chunk = ids[start : start + ROOMS_PER_STATEMENT]
+            query, arms = _latest_of_rooms(len(chunk))
+            params: dict[str, Any] = {"upto": upto, "limit": limit}
+            # The arms past the chunk's rooms ask for a room ID no room has.
+            params.update({f"room_{i}": "" for i in range(arms)})
+            params.update({f"room_{i}": room_id for i, room_id in enumerate(chunk)})
             async with self._db.read() as conn:
-                rows = (await conn.execute(query)).all()
+                rows = (await conn.execute(query, params)).all()
             for r in rows:
                 found[r.room_id].append(to_event(r))
         for room_events in found.values():
