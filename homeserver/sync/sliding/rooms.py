@@ -110,14 +110,9 @@ class RoomBuilder:
         self, loaded: Prefetched, event_ids: Iterable[str]
     ) -> dict[str, StoredEvent]:
         """The events by ID: prefetched ones as they are, the rest read."""
-        found: dict[str, StoredEvent] = {}
-        missing = []
-        for event_id in event_ids:
-            event = loaded.events.get(event_id)
-            if event is None:
-                missing.append(event_id)
-            else:
-                found[event_id] = event
+        ids = list(event_ids)
+        found = {i: loaded.events[i] for i in ids if i in loaded.events}
+        missing = [i for i in ids if i not in found]
         if missing:
             found.update(await self._events.get_events(missing))
         return found
