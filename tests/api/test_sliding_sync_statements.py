@@ -3,18 +3,13 @@ not grow with the number of rooms it sends (issue 20: ~62 statements for 20 room
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
-import pytest
 
 from homeserver.app import Homeserver
-from homeserver.storage.database.postgresql import PgConnection
-from homeserver.storage.database.sqlite import SqliteConnection
 from tests.api.sliding_helpers import send, sliding
-from tests.helpers import auth_header, create_room, register
+from tests.helpers import auth_header, count_statements, create_room, register
 
 ROOMS = 24
 
@@ -36,28 +31,10 @@ def _request(window: int) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def _counting() -> Iterator[list[object]]:
-    """Every statement storage runs meanwhile (prepared ones bypass SQLAlchemy's events)."""
-    statements: list[object] = []
-    with pytest.MonkeyPatch.context() as mp:
-        for cls in (SqliteConnection, PgConnection):
-            original = cls.execute
-
-            async def execute(
-                self: Any, statement: Any, parameters: Any = None, _original: Any = original
-            ) -> Any:
-                statements.append(statement)
-                return await _original(self, statement, parameters)
-
-            mp.setattr(cls, "execute", execute)
-        yield statements
-
-
 async def _statements(
     client: httpx.AsyncClient, hs: Homeserver, token: str, body: dict[str, Any], **kw: Any
 ) -> tuple[int, dict[str, Any]]:
-    with _counting() as statements:
+    with count_statements() as statements:
         response = await sliding(client, token, body, **kw)
     import collections
     import os
