@@ -14,6 +14,7 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
@@ -176,13 +177,15 @@ from homeserver.sync.sliding.service import SlidingSyncService
 from homeserver.voip.turn import TurnService
 from homeserver.wakeups.bus import Bus, InMemoryBus
 from homeserver.wakeups.notifier import Notifier
-from homeserver.wakeups.redis_bus import RedisBus
 from homeserver.websocket import WebSocketService
 from media_repo.access import AccessRecorder
 from media_repo.backends import build_backend, spool_dir
 from media_repo.preview import UrlPreviewer
 from media_repo.retention import MediaRetention
 from media_repo.service import MediaService
+
+if TYPE_CHECKING:
+    from homeserver.wakeups.redis_bus import RedisBus
 
 # A background job runs for the life of the worker (a loop with its own sleeps);
 # homeserver/lifecycle.py runs them, and restarts one that raises.
@@ -239,12 +242,14 @@ class Homeserver:
         self.singletons = Singletons(self.job_leases, self.worker_id)
         # Prometheus metrics (docs/metrics.md): the hot paths observe into it from the start.
         self.metrics = Metrics()
-        self.bus = _build_bus(config)
+        # Redis when the workers share one (``redis.url``), else in memory (one process).
+        self.redis_bus = _redis_bus(config)
+        self.bus: Bus = self.redis_bus if self.redis_bus is not None else InMemoryBus()
         self.notifier = Notifier(self.bus, db.current_positions, db.persisted_upto)
         if db.positions is not None:
             db.positions.on_advance.append(self.notifier.advanced)
-        if isinstance(self.bus, RedisBus):
-            self.background_jobs.append(self.bus.run)
+        if self.redis_bus is not None:
+            self.background_jobs.append(self.redis_bus.run)
         # Redis, with several workers (redis.url): rate limits shared across them.
         self.redis = connect_redis(config)
         self.ratelimiter = RateLimiter(
@@ -1080,8 +1085,10 @@ class Homeserver:
         self.url_previews = UrlPreviewer(config.media.url_preview, self.media, self.outbound)
 
 
-def _build_bus(config: HomeserverConfig) -> Bus:
-    """Redis when the workers share one (``redis.url``), else in memory (one process)."""
+def _redis_bus(config: HomeserverConfig) -> RedisBus | None:
+    """The bus through Redis (``redis.url``); redis-py is imported only then."""
     if config.redis.url is None:
-        return InMemoryBus()
+        return None
+    from homeserver.wakeups.redis_bus import RedisBus
+
     return RedisBus(config.redis.url, channel=f"{config.redis.channel_prefix}wakeups")

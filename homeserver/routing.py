@@ -74,7 +74,6 @@ from homeserver.app import Homeserver
 from homeserver.core.errors import MatrixError
 from homeserver.core.pool_guard import PoolExhausted
 from homeserver.metrics.requests import RequestMetrics
-from homeserver.wakeups.redis_bus import RedisBus
 from homeserver.web.cors import CorsMiddleware
 from homeserver.web.edge import (
     EdgeServices,
@@ -180,8 +179,7 @@ def route_services(hs: Homeserver) -> list[object]:
 
 
 def _health_services(hs: Homeserver) -> HealthServices:
-    bus = hs.bus
-    redis = bus if isinstance(bus, RedisBus) else None
+    redis = hs.redis_bus
     return HealthServices(
         worker=hs.config.worker.name,
         database=hs.db.ping,

@@ -6,13 +6,14 @@ import ipaddress
 import re
 import secrets
 import socket
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from homeserver.app import Homeserver
 from homeserver.core.clock import FakeClock
@@ -21,6 +22,8 @@ from homeserver.federation.discovery import ServerResolver
 from homeserver.lifecycle import running_homeserver
 from homeserver.net.addresses import IPAddress
 from homeserver.net.outbound import Outbound
+from homeserver.storage.database.postgresql import PgConnection
+from homeserver.storage.database.sqlite import SqliteConnection
 from tests.openapi_schema import assert_response_matches
 
 if TYPE_CHECKING:
@@ -208,3 +211,21 @@ class FakeResolver:
         replies = self.answers[host]
         reply = replies.pop(0) if len(replies) > 1 else replies[0]
         return [ipaddress.ip_address(a) for a in reply]
+
+
+@contextmanager
+def count_statements() -> Iterator[list[object]]:
+    """Every statement storage runs meanwhile (prepared ones bypass SQLAlchemy's events)."""
+    statements: list[object] = []
+    with pytest.MonkeyPatch.context() as mp:
+        for cls in (SqliteConnection, PgConnection):
+            original = cls.execute
+
+            async def execute(
+                self: Any, statement: Any, parameters: Any = None, _original: Any = original
+            ) -> Any:
+                statements.append(statement)
+                return await _original(self, statement, parameters)
+
+            mp.setattr(cls, "execute", execute)
+        yield statements

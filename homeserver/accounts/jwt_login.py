@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
 from homeserver.core.clock import Clock
 from homeserver.core.config import JwtLoginConfig
 from homeserver.core.errors import Codes, MatrixError
@@ -30,6 +27,8 @@ class JwtLogin:
         self._clock = clock
         self._key: Any
         if config.public_key is not None:
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
             self._key = load_pem_public_key(config.public_key.encode())
         else:
             assert config.secret is not None  # the config's validator
@@ -41,6 +40,10 @@ class JwtLogin:
 
     def subject_of(self, token: str) -> str:
         """The subject claim of a valid token; ``M_FORBIDDEN`` saying why otherwise."""
+        # PyJWT (with cryptography, ~15 MB) is imported by the first JWT login, not at
+        # start-up: most servers never configure it.
+        import jwt
+
         config = self._config
         try:
             claims = jwt.decode(

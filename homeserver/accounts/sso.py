@@ -22,8 +22,6 @@ import secrets
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
-import jwt
-
 from homeserver.accounts.service import AccountService
 from homeserver.accounts.tokens import hash_token
 from homeserver.accounts.uia import UiaService
@@ -356,6 +354,8 @@ class SsoService:
         self, provider: OidcProviderConfig, meta: JsonDict, session: SsoSession, id_token: str
     ) -> JsonDict:
         jwks = await self._get_json(meta["jwks_uri"])
+        import jwt  # at the first OpenID sign-in, not at start-up (~15 MB with cryptography)
+
         try:
             key_set = jwt.PyJWKSet.from_dict(jwks)
             header = jwt.get_unverified_header(id_token)
@@ -402,6 +402,8 @@ class SsoService:
         provider = self.provider(idp_id)
         meta = await self._metadata(provider)
         jwks = await self._get_json(meta["jwks_uri"])
+        import jwt
+
         try:
             key_set = jwt.PyJWKSet.from_dict(jwks)
             kid = jwt.get_unverified_header(logout_token).get("kid")

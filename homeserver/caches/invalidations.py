@@ -23,12 +23,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING
 
 from homeserver.core.clock import Clock
+from homeserver.core.redis import redis_errors
 from homeserver.storage.cache_invalidations import CacheInvalidationStore
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ class CacheInvalidations:
         if self._redis is not None:
             try:
                 await self._redis.publish(self._channel, cache)
-            except (RedisError, OSError):
+            except redis_errors():
                 pass  # the others' poll reads it
 
     def _drop(self, cache: str, keys: Iterable[str]) -> None:
@@ -192,12 +194,12 @@ class CacheInvalidations:
                     message = await pubsub.get_message(timeout=self.poll_s)
                     if message is not None:
                         self._wake.set()
-            except (RedisError, OSError):
+            except redis_errors():
                 await asyncio.sleep(REDIS_RETRY_S)
             finally:
                 try:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
-                except (RedisError, OSError):
+                except redis_errors():
                     pass
 
     async def run_pruner(self) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -193,6 +192,9 @@ class JwtLoginConfig(Section):
         if self.secret is not None and len(self.secret.encode()) < 32:
             raise ValueError("jwt_login.secret must be at least 32 bytes")
         if self.public_key is not None:
+            # Imported only when a key is configured: cryptography costs ~10 MB at start-up.
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
             try:
                 load_pem_public_key(self.public_key.encode())
             except ValueError as e:

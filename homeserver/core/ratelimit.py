@@ -16,16 +16,18 @@ import logging
 import math
 import time
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cachetools import TTLCache
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from homeserver.core.clock import Clock
 from homeserver.core.config import RateLimit, RateLimitsConfig
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.pool_guard import before_waiting
+from homeserver.core.redis import redis_errors
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ class SharedBuckets:
             taken, tokens = await self._script(
                 keys=[self._prefix + key], args=[limit.burst, limit.per_second, now_ms]
             )
-        except (RedisError, OSError) as e:
+        except redis_errors() as e:
             self._down_until = time.monotonic() + REDIS_RETRY_S
             if time.monotonic() - self._logged_at >= REDIS_LOG_INTERVAL_S:
                 self._logged_at = time.monotonic()

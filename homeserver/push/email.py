@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 
-import aiosmtplib
-
 from homeserver.core.config import EmailConfig
 
 logger = logging.getLogger(__name__)
@@ -139,6 +137,8 @@ class Mailer:
         return msg
 
     async def send(self, message: EmailMessage) -> None:
+        import aiosmtplib  # at the first e-mail: most servers send none
+
         c = self._config
         await aiosmtplib.send(
             message,

@@ -82,6 +82,11 @@ def _room(r: sa.Row[tuple[object, ...]]) -> Room:
 # Hot statements, built once: building a statement costs more than running it on SQLite.
 _m = room_memberships
 _GET_ROOM = prepared(sa.select(rooms).where(rooms.c.room_id == sa.bindparam("room_id")))
+_ROOM_VERSIONS = prepared(
+    sa.select(rooms.c.room_id, rooms.c.room_version).where(
+        rooms.c.room_id.in_(sa.bindparam("rooms", expanding=True))
+    )
+)
 # The room and its forward extremities in one read, so that they agree: rooms.latest_event_id
 # (the sender's compare-and-swap token) moves with every change of the extremities.
 _f = event_forward_extremities
@@ -113,6 +118,11 @@ _COUNT_MEMBERSHIPS = prepared(
     sa.select(_m.c.membership, sa.func.count())
     .where(_m.c.room_id == sa.bindparam("room_id"))
     .group_by(_m.c.membership)
+)
+_COUNT_MEMBERSHIPS_OF = prepared(
+    sa.select(_m.c.room_id, _m.c.membership, sa.func.count())
+    .where(_m.c.room_id.in_(sa.bindparam("rooms", expanding=True)))
+    .group_by(_m.c.room_id, _m.c.membership)
 )
 _HEROES = prepared(
     sa.select(_m.c.user_id)
@@ -262,6 +272,28 @@ class RoomStore:
         async with self._db.read() as conn:
             rows = (await conn.execute(_COUNT_MEMBERSHIPS, {"room_id": room_id})).all()
         return {r[0]: int(r[1]) for r in rows}
+
+    async def count_memberships_of(self, room_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """``count_memberships`` of several rooms in one statement."""
+        found: dict[str, dict[str, int]] = {room_id: {} for room_id in room_ids}
+        if not found:
+            return found
+        async with self._db.read() as conn:
+            rows = (await conn.execute(_COUNT_MEMBERSHIPS_OF, {"rooms": list(found)})).all()
+        for r in rows:
+            found[r[0]][r[1]] = int(r[2])
+        return found
+
+    async def load_room_versions(self, room_ids: Sequence[str]) -> None:
+        """Reads the versions of those rooms not cached yet, in one statement: the next
+        ``get_room_version`` of each finds it cached."""
+        missing = [room_id for room_id in room_ids if room_id not in self._versions]
+        if not missing:
+            return
+        async with self._db.read() as conn:
+            rows = (await conn.execute(_ROOM_VERSIONS, {"rooms": missing})).all()
+        for r in rows:
+            self._versions[r.room_id] = r.room_version
 
     async def get_heroes(self, room_id: str, exclude: str, limit: int) -> list[str]:
         """Joined or invited members other than ``exclude``, by user ID."""

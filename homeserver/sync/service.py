@@ -43,6 +43,15 @@ class SyncRequest:
     state_after: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Initial:
+    """What a sync from scratch read for all its joined rooms at once."""
+
+    timelines: dict[str, list[StoredEvent]]  # newest first, timeline_limit + 1 of each
+    counts: dict[str, dict[str, int]]
+    parents: frozenset[str]  # those of the timelines' events that have a child
+
+
 # Memberships a leave can end.
 IN_ROOM = ("join", "invite", "knock")
 
@@ -183,6 +192,20 @@ class SyncService:
         )
         # The events since the token, when few (woken syncs share it): whose got children.
         window = await self._events.get_window(after, upto) if after is not None else None
+        # A sync from scratch reads the joined rooms' timelines, versions and member counts
+        # in a few statements for all of them, not one each per room.
+        initial: _Initial | None = None
+        if after is None and joined_ids:
+            limit = req.filter.timeline_limit + 1
+            await self._rooms.load_room_versions(joined_ids)
+            timelines = await self._events.get_latest_of_rooms(joined_ids, upto=upto, limit=limit)
+            initial = _Initial(
+                timelines,
+                await self._rooms.count_memberships_of(joined_ids),
+                frozenset(
+                    await self._events.with_children(e for raw in timelines.values() for e in raw)
+                ),
+            )
         extras = await self._room_extras(requester, joined_ids, req, now)
         ignored = await self._ignored.ignored_users(requester.user_id)
         joined: JsonDict = {}
@@ -208,6 +231,7 @@ class SyncService:
                         ignored,
                         window,
                         full=after is None or req.full_state or newly,
+                        initial=initial,
                     )
                     entry.update(extras.get(m.room_id, {}))
                     joined[m.room_id] = entry
@@ -319,15 +343,19 @@ class SyncService:
         window: StreamWindow | None,
         *,
         full: bool,
+        initial: _Initial | None = None,
     ) -> JsonDict:
         room_id = membership.room_id
         f = req.filter
         limit = f.timeline_limit
-        raw = (
-            await self._events.get_room_events(room_id, upto=upto, limit=limit + 1, descending=True)
-            if after is None
-            else await self._events.get_recent_events(room_id, after, upto, limit + 1)
-        )
+        if after is None and initial is not None and room_id in initial.timelines:
+            raw = initial.timelines[room_id]
+        elif after is None:
+            raw = await self._events.get_room_events(
+                room_id, upto=upto, limit=limit + 1, descending=True
+            )
+        else:
+            raw = await self._events.get_recent_events(room_id, after, upto, limit + 1)
         limited = len(raw) > limit
         raw = list(reversed(raw[:limit]))
         timeline = await self._visibility.filter_events(
@@ -379,8 +407,7 @@ class SyncService:
                         room_version,
                         with_room_id=False,
                         # Its events lie in the window: a child of one would lie there too.
-                        may_have_children=window is None
-                        or any(e.event_id in window.parents for e in timeline),
+                        may_have_children=_may_have_children(timeline, window, initial),
                     ),
                     f,
                 ),
@@ -399,7 +426,8 @@ class SyncService:
         # The summary (member counts, heroes) only changes with memberships: sent when the
         # client starts from scratch, lazy-loads members, or a membership changed.
         if full or f.lazy_load_members or any(e.type == MEMBER for e in raw):
-            entry["summary"] = await self._summary(requester.user_id, room_id)
+            counts = initial.counts.get(room_id) if initial is not None else None
+            entry["summary"] = await self._summary(requester.user_id, room_id, counts)
         return entry
 
     async def _state_after_ids(
@@ -470,8 +498,11 @@ class SyncService:
             return {}
         return await self._events.get_state_ids(last[0].state_group)
 
-    async def _summary(self, user_id: str, room_id: str) -> JsonDict:
-        counts = await self._rooms.count_memberships(room_id)
+    async def _summary(
+        self, user_id: str, room_id: str, counts: dict[str, int] | None = None
+    ) -> JsonDict:
+        if counts is None:
+            counts = await self._rooms.count_memberships(room_id)
         heroes = await self._rooms.get_heroes(room_id, user_id, MAX_HEROES)
         return {
             "m.joined_member_count": counts.get("join", 0),
@@ -501,6 +532,15 @@ class SyncService:
         if isinstance(sent, list):
             stripped = [e for e in sent if isinstance(e, dict)] + stripped
         return stripped
+
+
+def _may_have_children(
+    timeline: Sequence[StoredEvent], window: StreamWindow | None, initial: _Initial | None
+) -> bool:
+    """Whether a timeline may hold an event with a child (to bundle): known from the window
+    (an incremental sync) or from the batched read (a sync from scratch); else perhaps."""
+    parents = window.parents if window is not None else initial.parents if initial else None
+    return parents is None or any(e.event_id in parents for e in timeline)
 
 
 # Keys that every response may carry without being news: a long-poll keeps waiting.

@@ -37,7 +37,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
 
 from homeserver.core.streams import Stream
@@ -174,6 +173,9 @@ class _Connection:
         self._conn: Any = None
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        # Imported here: a server on SQLite never loads asyncpg (~5 MB).
+        import asyncpg  # type: ignore[import-untyped]
+
         if self._conn is None or self._conn.is_closed():
             self._conn = await asyncpg.connect(self._dsn, server_settings=self._settings)
         try:

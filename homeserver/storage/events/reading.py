@@ -124,6 +124,46 @@ _ROOMS_CHANGED = prepared(
 )
 
 
+# Rooms read by one statement of ``get_latest_of_rooms`` (a UNION ALL of one arm per room;
+# SQLite allows 500 arms).
+ROOMS_PER_STATEMENT = 100
+
+
+_CHILDREN_OF = prepared(
+    sa.select(event_relations.c.relates_to_id, event_relations.c.room_id)
+    .distinct()
+    .where(event_relations.c.relates_to_id.in_(sa.bindparam("ids", expanding=True)))
+)
+
+
+# Statements of ``get_latest_of_rooms`` by their number of arms, built at first use and kept
+# (building one costs more than running it): a few sizes, the unused arms match nothing.
+_LATEST_OF_ROOMS: dict[int, sa.Select[Any] | sa.CompoundSelect[Any]] = {}
+
+
+def _latest_of_rooms(rooms: int) -> tuple[sa.Select[Any] | sa.CompoundSelect[Any], int]:
+    """The statement for ``rooms`` rooms, and its number of arms (at least ``rooms``)."""
+    size = next(n for n in (1, 4, 16, 32, 64, ROOMS_PER_STATEMENT) if n >= rooms)
+    found = _LATEST_OF_ROOMS.get(size)
+    if found is None:
+        arms = [
+            sa.select(*EVENT_COLUMNS)
+            .where(
+                _e.c.room_id == sa.bindparam(f"room_{i}"),
+                _e.c.stream_ordering > 0,  # events never served are numbered below 0
+                _e.c.stream_ordering <= sa.bindparam("upto"),
+            )
+            .order_by(_e.c.stream_ordering.desc())
+            .limit(sa.bindparam("limit"))
+            .subquery()
+            .select()
+            for i in range(size)
+        ]
+        found = prepared(arms[0] if size == 1 else sa.union_all(*arms))
+        _LATEST_OF_ROOMS[size] = found
+    return found, size
+
+
 def _room_events_query(after: bool, upto: bool, descending: bool) -> sa.Select[Any]:
     query = sa.select(*EVENT_COLUMNS).where(_e.c.room_id == sa.bindparam("room_id"))
     if after:
@@ -241,6 +281,39 @@ class EventReads:
                 )
             ).all()
         return [to_event(r) for r in rows]
+
+    async def get_latest_of_rooms(
+        self, room_ids: Sequence[str], *, upto: int, limit: int
+    ) -> dict[str, list[StoredEvent]]:
+        """The newest ``limit`` served events at or below ``upto`` of each room, newest
+        first, in one statement per ``ROOMS_PER_STATEMENT`` rooms (a sliding sync window):
+        as ``get_room_events(room_id, upto=upto, limit=limit, descending=True)`` for each."""
+        found: dict[str, list[StoredEvent]] = {room_id: [] for room_id in room_ids}
+        ids = list(found)
+        for start in range(0, len(ids), ROOMS_PER_STATEMENT):
+            chunk = ids[start : start + ROOMS_PER_STATEMENT]
+            query, arms = _latest_of_rooms(len(chunk))
+            params: dict[str, Any] = {"upto": upto, "limit": limit}
+            # The arms past the chunk's rooms ask for a room ID no room has.
+            params.update({f"room_{i}": "" for i in range(arms)})
+            params.update({f"room_{i}": room_id for i, room_id in enumerate(chunk)})
+            async with self._db.read() as conn:
+                rows = (await conn.execute(query, params)).all()
+            for r in rows:
+                found[r.room_id].append(to_event(r))
+        for room_events in found.values():
+            room_events.sort(key=lambda e: e.stream_ordering, reverse=True)
+        return found
+
+    async def with_children(self, events: Iterable[StoredEvent]) -> set[str]:
+        """Which of the events have a child (a relation to them from their own room), in
+        one statement: the others have nothing to bundle."""
+        rooms = {e.event_id: e.room_id for e in events}
+        if not rooms:
+            return set()
+        async with self._db.read() as conn:
+            rows = (await conn.execute(_CHILDREN_OF, {"ids": list(rooms)})).all()
+        return {r.relates_to_id for r in rows if rooms.get(r.relates_to_id) == r.room_id}
 
     async def get_timeline(
         self,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 from homeserver.core.ids import RoomID
 from homeserver.core.types import JsonDict, Requester
@@ -32,6 +33,25 @@ class RoomUpdate:
     status: RoomStatus
 
 
+@dataclass(frozen=True, slots=True)
+class Prefetched:
+    """What the rooms of one response sent from scratch need, read for all of them at
+    once (a window of 20 rooms: a handful of statements, not a handful per room)."""
+
+    # Newest first, at least ``timeline_limit + 1`` of each room (up to the response's
+    # position).
+    timelines: dict[str, list[StoredEvent]] = field(default_factory=dict)
+    # The state events they ask for, their names and avatars.
+    events: dict[str, StoredEvent] = field(default_factory=dict)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Those of the timelines' events that have a child (whose bundles are worth reading);
+    # None: not known, look.
+    parents: frozenset[str] | None = None
+
+
+NOTHING_PREFETCHED = Prefetched()
+
+
 class RoomBuilder:
     def __init__(
         self,
@@ -47,6 +67,56 @@ class RoomBuilder:
         self._room_service = room_service
         self._visibility = visibility
 
+    async def prefetch(
+        self,
+        user_id: str,
+        rooms: Sequence[tuple[RoomListEntry, RoomParams]],
+        upto: int,
+    ) -> Prefetched:
+        """Reads at once what ``build`` needs for joined rooms that it sends from scratch:
+        their timelines, room versions, member counts, and the state events that their
+        ``required_state``, names, avatars and lazy members want (a few more than
+        ``build`` sends does no harm)."""
+        if not rooms:
+            return NOTHING_PREFETCHED
+        ids = [room.room_id for room, _ in rooms]
+        limit = max(params.timeline_limit for _, params in rooms) + 1
+        timelines = await self._events.get_latest_of_rooms(ids, upto=upto, limit=limit)
+        await self._rooms.load_room_versions(ids)
+        wanted: list[str] = []
+        for room, params in rooms:
+            raw = timelines[room.room_id]
+            if not raw:
+                continue
+            state = await self._events.get_state_ids(raw[0].state_group)
+            rs = params.required_state
+            wanted += [
+                event_id
+                for (kind, key), event_id in state.items()
+                if rs.wants(kind, key, user_id) or (kind in (NAME, AVATAR) and key == "")
+            ]
+            if rs.lazy_members:
+                shown = raw[: params.timeline_limit]
+                mentioned = {e.sender for e in shown} | {
+                    e.state_key for e in shown if e.type == MEMBER and e.state_key
+                }
+                wanted += [state[(MEMBER, m)] for m in mentioned if (MEMBER, m) in state]
+        events = await self._events.get_events(wanted)
+        counts = await self._rooms.count_memberships_of(ids)
+        parents = await self._events.with_children(e for raw in timelines.values() for e in raw)
+        return Prefetched(timelines, events, counts, frozenset(parents))
+
+    async def _events_of(
+        self, loaded: Prefetched, event_ids: Iterable[str]
+    ) -> dict[str, StoredEvent]:
+        """The events by ID: prefetched ones as they are, the rest read."""
+        ids = list(event_ids)
+        found = {i: loaded.events[i] for i in ids if i in loaded.events}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            found.update(await self._events.get_events(missing))
+        return found
+
     async def build(
         self,
         requester: Requester,
@@ -59,6 +129,7 @@ class RoomBuilder:
         changed: bool,
         is_dm: bool,
         ignored: frozenset[str] = frozenset(),
+        loaded: Prefetched = NOTHING_PREFETCHED,
     ) -> RoomUpdate:
         """``changed``: the room has something new in ``(after, upto]`` (events, or the
         user's own read receipt, which changes its counts); ``ignored``: users whose
@@ -76,7 +147,16 @@ class RoomBuilder:
             # Never sent, or sent with another membership (an invite since joined): from
             # scratch.
             return await self._room(
-                requester, room, params, None, None, upto, after, is_dm=is_dm, ignored=ignored
+                requester,
+                room,
+                params,
+                None,
+                None,
+                upto,
+                after,
+                is_dm=is_dm,
+                ignored=ignored,
+                loaded=loaded,
             )
         since = after if prev.live and after is not None else prev.position
         config_changed = prev.config != config
@@ -101,6 +181,7 @@ class RoomBuilder:
             expanded=expanded,
             is_dm=is_dm,
             ignored=ignored,
+            loaded=loaded,
         )
 
     async def _room(
@@ -117,6 +198,7 @@ class RoomBuilder:
         expanded: bool = False,
         is_dm: bool,
         ignored: frozenset[str],
+        loaded: Prefetched,
     ) -> RoomUpdate:
         """``prev`` None: the room from scratch. Else ``since``: what the client has of it
         (the timeline starts there unless ``expanded``; state is what changed since, or all
@@ -127,9 +209,13 @@ class RoomBuilder:
         # A room left since: what the user saw up to the leave, and nothing after.
         room_upto = upto if joined else min(upto, room.stream_ordering)
         limit = params.timeline_limit
+        raw_prefetched = False  # the timeline's events are among ``loaded.timelines``
         if not joined and prev is not None and prev.membership == "invite":
             leave = await self._events.get_event(room.event_id)
             raw = [leave] if leave is not None else []  # a rejected invite: only the leave
+        elif (since is None or expanded) and room_upto == upto and room.room_id in loaded.timelines:
+            raw = loaded.timelines[room.room_id][: limit + 1]
+            raw_prefetched = True
         elif since is None or expanded:
             raw = await self._events.get_room_events(
                 room.room_id, upto=room_upto, limit=limit + 1, descending=True
@@ -172,7 +258,7 @@ class RoomBuilder:
                 if member is not None:
                     wanted[(MEMBER, member_id)] = member
                     lazy_sent.add(member_id)
-        state_events = await self._events.get_events(wanted.values())
+        state_events = await self._events_of(loaded, wanted.values())
         room_version = await self._room_service.room_version(RoomID(room.room_id))
         entry: JsonDict = {"bump_stamp": bump_stamp(room)}
         if prev is None:
@@ -186,14 +272,20 @@ class RoomBuilder:
             or limited
             or any(e.type in _META_TYPES for e in raw if e.state_key is not None)
         ):
-            entry.update(await self._meta(user_id, room.room_id, state_now))
+            entry.update(await self._meta(user_id, room.room_id, state_now, loaded))
         if state_events:
             entry["required_state"] = await self._room_service.serialize(
                 requester, list(state_events.values()), room_version, with_room_id=False
             )
         if timeline:
+            prefetched = raw_prefetched and loaded.parents is not None
             entry["timeline"] = await self._room_service.serialize(
-                requester, timeline, room_version, with_room_id=False
+                requester,
+                timeline,
+                room_version,
+                with_room_id=False,
+                may_have_children=not prefetched
+                or any(e.event_id in (loaded.parents or ()) for e in timeline),
             )
         entry["prev_batch"] = position_token(raw[0].stream_ordering - 1 if raw else room_upto)
         entry["limited"] = limited
@@ -215,11 +307,13 @@ class RoomBuilder:
             status = with_lazy(status, lazy_sent)
         return RoomUpdate(entry, status)
 
-    async def _meta(self, user_id: str, room_id: str, state: StateMap) -> JsonDict:
+    async def _meta(
+        self, user_id: str, room_id: str, state: StateMap, prefetched: Prefetched
+    ) -> JsonDict:
         """name, avatar, heroes (for a room without a name) and member counts."""
         out: JsonDict = {}
         ids = [state[k] for k in ((NAME, ""), (AVATAR, "")) if k in state]
-        loaded = await self._events.get_events(ids)
+        loaded = await self._events_of(prefetched, ids)
         name_event = loaded.get(state.get((NAME, ""), ""))
         avatar_event = loaded.get(state.get((AVATAR, ""), ""))
         name = name_event.content.get("name") if name_event else None
@@ -239,7 +333,9 @@ class RoomBuilder:
         avatar = avatar_event.content.get("url") if avatar_event else None
         if isinstance(avatar, str) and avatar:
             out["avatar"] = avatar
-        counts = await self._rooms.count_memberships(room_id)
+        counts = prefetched.counts.get(room_id)
+        if counts is None:
+            counts = await self._rooms.count_memberships(room_id)
         out["joined_count"] = counts.get("join", 0)
         out["invited_count"] = counts.get("invite", 0)
         return out

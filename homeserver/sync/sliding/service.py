@@ -206,6 +206,15 @@ class SlidingSyncService:
             changed |= await self._read_moved(
                 requester, [r for r in live if r in params], since, now
             )
+        # Joined rooms sent from scratch (a first window, rooms scrolled into view): what they
+        # need read for all of them at once.
+        fresh = [
+            (by_id[room_id], room_params)
+            for room_id, room_params in params.items()
+            if by_id[room_id].membership == "join"
+            and _from_scratch(previous.rooms.get(room_id), by_id[room_id])
+        ]
+        loaded = await self._builder.prefetch(user_id, fresh, upto)
         rooms: JsonDict = {}
         state: dict[str, RoomStatus] = dict(previous.rooms)
         for room_id, room_params in params.items():
@@ -219,6 +228,7 @@ class SlidingSyncService:
                 changed=room_id in changed,
                 is_dm=room_id in direct,
                 ignored=ignored,
+                loaded=loaded,
             )
             if update.entry is not None:
                 rooms[room_id] = update.entry
@@ -298,6 +308,11 @@ class SlidingSyncService:
         finally:
             # Stopping: the positions already answered are stored before the database goes.
             await asyncio.shield(self._connections.flush())
+
+
+def _from_scratch(prev: RoomStatus | None, room: RoomListEntry) -> bool:
+    """Whether ``RoomBuilder.build`` sends the room whole (as its ``initial``)."""
+    return prev is None or (prev.membership != room.membership and room.membership in LISTED)
 
 
 def _visible_left(entry: RoomListEntry | None, upto: int) -> RoomListEntry | None:
