@@ -8,6 +8,7 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -213,19 +214,28 @@ class FakeResolver:
         return [ipaddress.ip_address(a) for a in reply]
 
 
+_COUNTING: ContextVar[bool] = ContextVar("counting_statements", default=False)
+
+
 @contextmanager
 def count_statements() -> Iterator[list[object]]:
-    """Every statement storage runs meanwhile (prepared ones bypass SQLAlchemy's events)."""
+    """Every statement storage runs meanwhile for the calling task and the tasks it starts
+    (prepared ones bypass SQLAlchemy's events); not the background jobs' statements."""
     statements: list[object] = []
-    with pytest.MonkeyPatch.context() as mp:
-        for cls in (SqliteConnection, PgConnection):
-            original = cls.execute
+    token = _COUNTING.set(True)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for cls in (SqliteConnection, PgConnection):
+                original = cls.execute
 
-            async def execute(
-                self: Any, statement: Any, parameters: Any = None, _original: Any = original
-            ) -> Any:
-                statements.append(statement)
-                return await _original(self, statement, parameters)
+                async def execute(
+                    self: Any, statement: Any, parameters: Any = None, _original: Any = original
+                ) -> Any:
+                    if _COUNTING.get():
+                        statements.append(statement)
+                    return await _original(self, statement, parameters)
 
-            mp.setattr(cls, "execute", execute)
-        yield statements
+                mp.setattr(cls, "execute", execute)
+            yield statements
+    finally:
+        _COUNTING.reset(token)

@@ -36,13 +36,6 @@ async def _statements(
 ) -> tuple[int, dict[str, Any]]:
     with count_statements() as statements:
         response = await sliding(client, token, body, **kw)
-    import collections
-    import os
-
-    if os.environ.get("DUMP_STATEMENTS"):
-        c = collections.Counter(" ".join(str(st).split())[:200] for st in statements)
-        for k, v in c.most_common():
-            print(v, k)
     return len(statements), response
 
 
@@ -63,8 +56,9 @@ async def test_statements_do_not_grow_with_the_window(
         assert room["name"] == f"room {rooms.index(room_id)}"
         assert [e["content"]["body"] for e in room["timeline"]] == [f"m{rooms.index(room_id)}"]
         assert {e["type"] for e in room["required_state"]} == {"m.room.power_levels"}
-    # 126 and 19 before the window's reads were batched; 13 and 13 after.
-    assert large - small <= 2, (small, large)
+    # 126 and 19 before the window's reads were batched; 13 and 13 after (a few more on a
+    # loaded PostgreSQL, where a cache may miss: a read per room would add 18).
+    assert large - small <= 5, (small, large)
 
     # Incremental: one new message in one room of the window.
     await send(client, token, rooms[3], "new")
