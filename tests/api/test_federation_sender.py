@@ -92,7 +92,16 @@ async def destination(tmp_path: Path) -> AsyncIterator[Destination]:
         )
         return JSONResponse({"pdus": {}})
 
-    app = Starlette(routes=[Route("/_matrix/federation/v1/send/{txn_id}", send, methods=["PUT"])])
+    async def invite(request: Request) -> Response:
+        body = json.loads(await request.body())
+        return JSONResponse({"event": DEST_SERVER.sign(body["event"])})
+
+    app = Starlette(
+        routes=[
+            Route("/_matrix/federation/v1/send/{txn_id}", send, methods=["PUT"]),
+            Route("/_matrix/federation/v2/invite/{room_id}/{event_id}", invite, methods=["PUT"]),
+        ]
+    )
     async with serving_tls(app, dest.port, cert):
         try:
             yield dest
@@ -538,3 +547,32 @@ async def test_events_read_together_go_by_the_membership_at_each(
         assert received.outcome is Outcome.ACCEPTED
         await send_message(client, alice, room_id, 4)
     await until(lambda: bodies(destination) == ["m2", "m3", "m4"])
+
+
+async def test_an_invite_goes_by_invite_alone_and_its_rescinding_by_send(
+    sending: tuple[Homeserver, httpx.AsyncClient], destination: Destination
+) -> None:
+    """A server whose user is only invited is not in the room: the invite reaches it through
+    /invite and not again in a transaction (SyTest's fake servers fail on a PDU of a room they
+    did not join); a kick that rescinds the invite does go to it, and nothing else does."""
+    hs, client = sending
+    alice = await new_device(client, "alice")
+    room_id = await create(client, alice.token, preset="private_chat")
+    await trust(hs, DEST_SERVER)
+    r = await client.post(
+        f"{V3}/rooms/{room_id}/invite", json={"user_id": EVE}, headers=alice.headers
+    )
+    checked(r)
+    await send_message(client, alice, room_id, 1)
+    r = await client.post(
+        f"{V3}/rooms/{room_id}/kick", json={"user_id": EVE}, headers=alice.headers
+    )
+    checked(r)
+    await until(lambda: len(destination.pdus()) >= 1)
+    await hs.federation_sender.run_once()
+    await asyncio.sleep(0.2)
+    memberships = [
+        (p["type"], p["content"].get("membership"), p["state_key"])
+        for p in destination.pdus()
+    ]
+    assert memberships == [("m.room.member", "leave", EVE)]
