@@ -4,6 +4,7 @@ a real SMTP server."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -452,3 +453,40 @@ async def test_deleted_device_takes_its_pushers(tmp_path: Path, db_url: str) -> 
         assert r.status_code == 200
         token = (await login(client, "bob"))["access_token"]
         assert await _pushers(client, token) == []
+
+
+async def test_a_read_receipt_sends_the_new_badge(tmp_path: Path, db_url: str) -> None:
+    """Reading moves the unread count: each HTTP pusher of the reader gets it alone (no
+    event), once per change; a receipt that changes nothing sends nothing more."""
+    async with FakeGateway() as gateway, serve(_config(tmp_path, db_url)) as (hs, client):
+        a, b, room_id = await _setup(client, gateway)
+        first = await _send(client, a, room_id, "1", "one")
+        second = await _send(client, a, room_id, "2", "two")
+        await hs.pusher_sender.run_once()
+        await until(lambda: len(gateway.received) == 2)
+        assert gateway.received[1]["notification"]["counts"] == {"unread": 2}
+        for event_id, unread in ((first, 1), (second, 0)):
+            r = await client.post(
+                f"{CS}/rooms/{room_id}/receipt/m.read/{event_id}", json={}, headers=auth_header(b)
+            )
+            assert r.status_code == 200, r.text
+            await until(lambda n=unread: gateway.received[-1]["notification"]["counts"] == {"unread": n})
+        badges = [n["notification"] for n in gateway.received[2:]]
+        assert len(badges) == 2
+        assert all(set(n) == {"counts", "devices"} for n in badges)
+        assert badges[1]["devices"][0]["pushkey"] == "key1"
+        # Alice's own receipt, and Bob's again on the same event: no badge changes.
+        r = await client.post(
+            f"{CS}/rooms/{room_id}/receipt/m.read/{second}", json={}, headers=auth_header(a)
+        )
+        assert r.status_code == 200, r.text
+        r = await client.post(
+            f"{CS}/rooms/{room_id}/read_markers",
+            json={"m.read.private": second},
+            headers=auth_header(b),
+        )
+        assert r.status_code == 200, r.text
+        # The in-memory bus starts the badge tasks before the request returns.
+        await asyncio.gather(*hs.pusher_sender._badge_tasks)
+        await hs.pusher_sender.run_once()
+        assert len(gateway.received) == 4
