@@ -470,7 +470,9 @@ async def test_a_read_receipt_sends_the_new_badge(tmp_path: Path, db_url: str) -
                 f"{CS}/rooms/{room_id}/receipt/m.read/{event_id}", json={}, headers=auth_header(b)
             )
             assert r.status_code == 200, r.text
-            await until(lambda n=unread: gateway.received[-1]["notification"]["counts"] == {"unread": n})
+            await until(
+                lambda n=unread: gateway.received[-1]["notification"]["counts"] == {"unread": n}
+            )
         badges = [n["notification"] for n in gateway.received[2:]]
         assert len(badges) == 2
         assert all(set(n) == {"counts", "devices"} for n in badges)
