@@ -572,7 +572,6 @@ async def test_an_invite_goes_by_invite_alone_and_its_rescinding_by_send(
     await hs.federation_sender.run_once()
     await asyncio.sleep(0.2)
     memberships = [
-        (p["type"], p["content"].get("membership"), p["state_key"])
-        for p in destination.pdus()
+        (p["type"], p["content"].get("membership"), p["state_key"]) for p in destination.pdus()
     ]
     assert memberships == [("m.room.member", "leave", EVE)]
