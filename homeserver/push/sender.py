@@ -463,12 +463,19 @@ class PusherSender:
         ).get(item.room_id, {})
         name = _state_field(state.get("m.room.name"), "name")
         alias = _state_field(state.get("m.room.canonical_alias"), "alias")
-        if name:
-            note["room_name"] = name
+        if name or alias:
+            # The room's display name (spec, client-server: "calculating the display name
+            # for a room"): its name, else its canonical alias.
+            note["room_name"] = name or alias
         if alias:
             note["room_alias"] = alias
         if event.type == "m.room.member":
             note["user_is_target"] = event.state_key == pusher.user_id
+            # Not in the push gateway API, but Synapse sends it and gateways read it to
+            # tell an invite from other membership changes.
+            membership = event.content.get("membership")
+            if isinstance(membership, str):
+                note["membership"] = membership
         if self._config.include_content and event.redacted_by is None and event.content:
             note["content"] = event.content
         return {"notification": note}

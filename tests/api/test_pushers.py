@@ -492,3 +492,38 @@ async def test_a_read_receipt_sends_the_new_badge(tmp_path: Path, db_url: str) -
         await asyncio.gather(*hs.pusher_sender._badge_tasks)
         await hs.pusher_sender.run_once()
         assert len(gateway.received) == 4
+
+
+async def test_an_invite_push_and_a_room_named_by_its_alias(tmp_path: Path, db_url: str) -> None:
+    """An invite's push says so (``membership``, ``user_is_target``); a room without a name
+    is named in pushes by its canonical alias."""
+    async with FakeGateway() as gateway, serve(_config(tmp_path, db_url)) as (hs, client):
+        _, a = await register(client, "alice")
+        _, b = await register(client, "bob")
+        await _set(client, b, _http_pusher(gateway.url))
+        r = await client.post(
+            f"{CS}/createRoom",
+            json={"room_alias_name": "lunch", "invite": ["@bob:test"]},
+            headers=auth_header(a),
+        )
+        assert r.status_code == 200, r.text
+        room_id = r.json()["room_id"]
+        await hs.pusher_sender.run_once()
+        await until(lambda: len(gateway.received) == 1)
+        note = gateway.received[0]["notification"]
+        assert note["type"] == "m.room.member" and note["membership"] == "invite"
+        assert note["user_is_target"] is True
+        assert note["room_name"] == "#lunch:test" and note["room_alias"] == "#lunch:test"
+        r = await client.post(f"{CS}/join/{room_id}", json={}, headers=auth_header(b))
+        assert r.status_code == 200, r.text
+        await _send(client, a, room_id, "1")
+        await hs.pusher_sender.run_once()
+        await until(
+            lambda: any(n["notification"].get("type") == "m.room.message" for n in gateway.received)
+        )
+        [message] = [
+            n["notification"]
+            for n in gateway.received
+            if n["notification"].get("type") == "m.room.message"
+        ]
+        assert message["room_name"] == "#lunch:test" and "membership" not in message
