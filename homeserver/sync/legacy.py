@@ -231,7 +231,7 @@ class LegacySync:
         room_id: RoomID | None,
         limit: int | None = None,
     ) -> JsonDict:
-        """``limit``: the most events per room (at most ``PEEK_LIMIT``)."""
+        """``limit``: the most events a peek returns (at most ``PEEK_LIMIT``)."""
         limit = PEEK_LIMIT if limit is None else min(limit, PEEK_LIMIT)
         if room_id is not None:
             return await self._peek(requester, room_id, since, timeout_ms, limit)
@@ -240,7 +240,9 @@ class LegacySync:
             raise MatrixError(Codes.GUEST_ACCESS_FORBIDDEN, "Guests may only peek: give room_id")
         start = StreamToken.parse(since) if since is not None else await self._now()
         # The timeline's limit is high: a long-poll returns everything since the token.
-        sync_filter = SyncFilter(timeline=EventFilter(limit=limit))
+        # The sync's timeline keeps the newest events of a room: ``limit`` (the oldest first)
+        # would drop the earliest, so a long-poll gets every new event (up to PEEK_LIMIT).
+        sync_filter = SyncFilter(timeline=EventFilter(limit=PEEK_LIMIT))
         answer = await self._sync.sync(
             requester,
             SyncRequest(since=start, timeout_ms=timeout_ms, full_state=False, filter=sync_filter),
