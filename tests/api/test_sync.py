@@ -252,6 +252,32 @@ async def test_filters_inline_and_stored(client: httpx.AsyncClient) -> None:
     assert room_id not in excluded.get("rooms", {}).get("join", {})
 
 
+async def test_a_timeline_limit_of_zero_gives_state_and_no_timeline(
+    client: httpx.AsyncClient,
+) -> None:
+    """``limit: 0`` (the filter API takes it): no timeline events, the room's state in
+    ``state`` (here only its members, by the state filter), and a limited timeline whose
+    ``prev_batch`` pages back to the room's events."""
+    _, token = await register(client, "alice")
+    room_id = await _room(client, token)
+    await _send(client, token, room_id, "hello")
+    body = await _sync(
+        client,
+        token,
+        filter='{"room":{"state":{"types":["m.room.member"]},"timeline":{"limit":0}}}',
+    )
+    room = body["rooms"]["join"][room_id]
+    assert room["timeline"]["events"] == [] and room["timeline"]["limited"] is True
+    assert [e["type"] for e in room["state"]["events"]] == ["m.room.member"]
+    r = await client.get(
+        f"/_matrix/client/v3/rooms/{room_id}/messages",
+        params={"dir": "b", "from": room["timeline"]["prev_batch"], "limit": 1},
+        headers=auth_header(token),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["chunk"][0]["content"]["body"] == "hello"
+
+
 async def test_lazy_loading_members(client: httpx.AsyncClient) -> None:
     _, a_token = await register(client, "alice")
     users = [await register(client, f"user{i}") for i in range(4)]
