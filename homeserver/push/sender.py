@@ -43,7 +43,7 @@ from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.push import PushStore
 from homeserver.storage.pushers import Pusher, PusherStore, QueuedPush
-from homeserver.storage.rooms import RoomStore
+from homeserver.storage.rooms import RoomStore, content_field
 from homeserver.wakeups.bus import Bus, Wakeup
 
 logger = logging.getLogger(__name__)
@@ -461,8 +461,8 @@ class PusherSender:
                 [item.room_id], ["m.room.name", "m.room.canonical_alias"]
             )
         ).get(item.room_id, {})
-        name = _state_field(state.get("m.room.name"), "name")
-        alias = _state_field(state.get("m.room.canonical_alias"), "alias")
+        name = content_field(state.get("m.room.name"), "name")
+        alias = content_field(state.get("m.room.canonical_alias"), "alias")
         if name or alias:
             # The room's display name (spec, client-server: "calculating the display name
             # for a room"): its name, else its canonical alias.
@@ -529,8 +529,8 @@ class PusherSender:
                 )
             room_state = state.get(room_id, {})
             name = (
-                _state_field(room_state.get("m.room.name"), "name")
-                or _state_field(room_state.get("m.room.canonical_alias"), "alias")
+                content_field(room_state.get("m.room.name"), "name")
+                or content_field(room_state.get("m.room.canonical_alias"), "alias")
                 or await self._room_fallback_name(room_id, user_id)
             )
             out.append(MailedRoom(room_id, name, tuple(mailed)))
@@ -560,16 +560,6 @@ def _rejected(response: OutboundResponse) -> set[str]:
         return set()
     rejected = body.get("rejected") if isinstance(body, dict) else None
     return {k for k in rejected if isinstance(k, str)} if isinstance(rejected, list) else set()
-
-
-def _state_field(event_json: str | None, key: str) -> str | None:
-    if event_json is None:
-        return None
-    try:
-        value = orjson.loads(event_json).get("content", {}).get(key)
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) and value else None
 
 
 def _event_text(event: StoredEvent) -> str:

@@ -333,3 +333,20 @@ async def test_bad_inputs(client: httpx.AsyncClient) -> None:
     r = await client.get(SYNC, headers=auth_header("nope"))
     assert (r.status_code, r.json()["errcode"]) == (401, "M_UNKNOWN_TOKEN")
     assert r.json()["soft_logout"] is False
+
+
+async def test_heroes_only_for_rooms_without_a_name_or_alias(client: httpx.AsyncClient) -> None:
+    """spec, room summary: ``m.heroes`` is required when the room has no name and no
+    canonical alias; a named room's summary is its counts alone."""
+    _, token = await register(client, "alice")
+    bob, bob_token = await register(client, "bob")
+    named = await _room(client, token, preset="public_chat", name="Kitchen")
+    aliased = await _room(client, token, preset="public_chat", room_alias_name="hall")
+    plain = await _room(client, token, preset="public_chat")
+    for room_id in (named, aliased, plain):
+        await _join(client, bob_token, room_id)
+    rooms = (await _sync(client, token))["rooms"]["join"]
+    counts = {"m.joined_member_count": 2, "m.invited_member_count": 0}
+    assert rooms[named]["summary"] == counts
+    assert rooms[aliased]["summary"] == counts
+    assert rooms[plain]["summary"] == {**counts, "m.heroes": [bob]}
