@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.jsonutil import check_json_numbers
 from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.crypto.signing import SigningKey
@@ -381,6 +382,10 @@ class RemoteRooms:
         except FederationError as e:
             raise _as_matrix_error(e) from e
         signed = answer.get("event") if isinstance(answer, dict) else None
+        if isinstance(signed, dict) and room_version.strict_canonical_json:
+            # Floats or integers out of range: not an event of this room version (400
+            # M_BAD_JSON, as for any such event we are given).
+            check_json_numbers(signed)
         if not isinstance(signed, dict) or not _same_event(signed, event, room_version):
             raise MatrixError(
                 Codes.UNKNOWN, "The invitee's server answered another event", status=502

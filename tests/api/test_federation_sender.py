@@ -59,6 +59,7 @@ class Destination:
     refused: int = 0  # transactions answered with another status
     hang_for: str | None = None  # requests for this server name never get an answer
     hung: list[str] = field(default_factory=list)
+    invite_extra: dict[str, Any] = field(default_factory=dict)  # added to invites it signs
     release: asyncio.Event = field(default_factory=asyncio.Event)  # set at teardown
 
     def pdus(self) -> list[dict[str, Any]]:
@@ -94,7 +95,7 @@ async def destination(tmp_path: Path) -> AsyncIterator[Destination]:
 
     async def invite(request: Request) -> Response:
         body = json.loads(await request.body())
-        return JSONResponse({"event": DEST_SERVER.sign(body["event"])})
+        return JSONResponse({"event": DEST_SERVER.sign({**body["event"], **dest.invite_extra})})
 
     app = Starlette(
         routes=[
@@ -575,3 +576,24 @@ async def test_an_invite_goes_by_invite_alone_and_its_rescinding_by_send(
         (p["type"], p["content"].get("membership"), p["state_key"]) for p in destination.pdus()
     ]
     assert memberships == [("m.room.member", "leave", EVE)]
+
+
+async def test_an_invite_answered_with_a_float_is_bad_json(
+    sending: tuple[Homeserver, httpx.AsyncClient], destination: Destination
+) -> None:
+    """The invitee's server signs an invite it added a float to: not canonical JSON in the
+    room's version, so 400 M_BAD_JSON (not the 502 of an answer that is another event),
+    and the invite is revoked."""
+    hs, client = sending
+    alice = await new_device(client, "alice")
+    room_id = await create(client, alice.token, preset="private_chat")
+    await trust(hs, DEST_SERVER)
+    destination.invite_extra = {"bad_val": 1.1}
+    r = await client.post(
+        f"{V3}/rooms/{room_id}/invite", json={"user_id": EVE}, headers=alice.headers
+    )
+    # documented=False: the schema check finds the third-party invite's operation on this
+    # path (which lists no 400); the user invite's does.
+    checked(r, 400, "M_BAD_JSON", documented=False)
+    member = await hs.room_store.get_membership(room_id, EVE)
+    assert member is not None and member.membership == "leave"
