@@ -361,14 +361,7 @@ class PusherSender:
     async def _send_http(self, pusher: Pusher, queue: Sequence[QueuedPush]) -> bool | None:
         """True when the queue went out, False to back off, None when the pusher was removed
         (the gateway rejected its pushkey)."""
-        url = pusher.data.get("url")
         for item in queue:
-            try:
-                check_gateway_url_form(url, self._config)
-            except MatrixError:
-                self._failed(pusher, url, "gateway URL refused")
-                return False
-            assert isinstance(url, str)
             body = await self._notification(pusher, item)
             if body is None:
                 await self._store.delete_queued(pusher.id, [item.stream_ordering])

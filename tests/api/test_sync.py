@@ -261,12 +261,8 @@ async def test_a_timeline_limit_of_zero_gives_state_and_no_timeline(
     _, token = await register(client, "alice")
     room_id = await _room(client, token)
     await _send(client, token, room_id, "hello")
-    body = await _sync(
-        client,
-        token,
-        filter='{"room":{"state":{"types":["m.room.member"]},"timeline":{"limit":0}}}',
-    )
-    room = body["rooms"]["join"][room_id]
+    members_only = '{"room":{"state":{"types":["m.room.member"]},"timeline":{"limit":0}}}'
+    room = (await _sync(client, token, filter=members_only))["rooms"]["join"][room_id]
     assert room["timeline"]["events"] == [] and room["timeline"]["limited"] is True
     assert [e["type"] for e in room["state"]["events"]] == ["m.room.member"]
     r = await client.get(
