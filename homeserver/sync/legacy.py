@@ -231,19 +231,7 @@ class LegacySync:
         room_id: RoomID | None,
         limit: int | None = None,
     ) -> JsonDict:
-        """``limit``: the most events a peek returns (at most ``PEEK_LIMIT``). The user is
-        online while the request is open, as with /sync's default ``set_presence``."""
-        async with self._presence.syncing(requester, "online"):
-            return await self._stream(requester, since, timeout_ms, room_id, limit)
-
-    async def _stream(
-        self,
-        requester: Requester,
-        since: str | None,
-        timeout_ms: int,
-        room_id: RoomID | None,
-        limit: int | None,
-    ) -> JsonDict:
+        """``limit``: the most events a peek returns (at most ``PEEK_LIMIT``)."""
         limit = PEEK_LIMIT if limit is None else min(limit, PEEK_LIMIT)
         if room_id is not None:
             return await self._peek(requester, room_id, since, timeout_ms, limit)

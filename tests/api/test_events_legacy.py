@@ -294,15 +294,3 @@ async def test_account_data_receipts_and_presence_in_the_old_endpoints(
     gone = checked(await client.get(url, headers=headers))
     assert gone["membership"] == "leave"
     assert gone["presence"] == [] and gone["receipts"] == []
-
-
-async def test_the_event_stream_puts_its_user_online(client: httpx.AsyncClient) -> None:
-    """A /events request marks its user online (as /sync does), so the next /initialSync
-    has their presence, named in ``content.user_id``."""
-    alice_id, alice = await register(client, "alice")
-    headers = auth_header(alice)
-    checked(await client.get(f"{V3}/events", params={"timeout": 0}, headers=headers))
-    body = checked(await client.get(f"{V3}/initialSync", headers=headers))
-    [mine] = [p for p in body["presence"] if p["content"]["user_id"] == alice_id]
-    assert mine["content"]["presence"] == "online"
-    assert "last_active_ago" in mine["content"]
