@@ -332,14 +332,7 @@ class RemoteRooms:
             except FederationError as e:
                 failure = _as_matrix_error(e)
                 continue
-            position = await self._remote_rooms.store_remote_membership(
-                room_id, version.identifier, event_id, event, {}, self._clock.now_ms()
-            )
-            if position is not None:
-                await self._notifier.notify(
-                    Stream.EVENTS, position, room_id=room_id, user_ids=(user_id,)
-                )
-            return event_id
+            return await self._record_leave(room_id, user_id, version, event)
         # No server in the room took the leave (gone, refusing, not answering): the user is
         # still rid of the invite, by a leave made here that only this server knows of (as
         # Synapse's "out-of-band" rejection; the inviter never learns of it).
@@ -373,7 +366,14 @@ class RemoteRooms:
             "auth_events": [reference],
             "depth": invite.depth + 1,
         }
-        event = self._sign_template(template, version, {})
+        return await self._record_leave(
+            room_id, user_id, version, self._sign_template(template, version, {})
+        )
+
+    async def _record_leave(
+        self, room_id: str, user_id: str, version: RoomVersion, event: JsonDict
+    ) -> str:
+        """The user's leave of a room this server is not in, as their membership."""
         event_id = event_id_of(event, version)
         position = await self._remote_rooms.store_remote_membership(
             room_id, version.identifier, event_id, event, {}, self._clock.now_ms()

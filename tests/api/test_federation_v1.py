@@ -450,12 +450,11 @@ async def test_old_room_join_failures(fed: Fed, old_resident: V1OnlyResident) ->
     assert await members(client, token, REMOTE_ROOM) == {alice, CAROL}
 
 
-async def test_declining_an_old_room_invite_through_v1(
-    fed: Fed, remote: FakeRemote, old_resident: V1OnlyResident
-) -> None:
-    _, client = fed
-    alice, token = await register(client, "alice")
-    pdu, event_id = v1_invite(remote, alice)
+async def _invited(
+    client: httpx.AsyncClient, remote: FakeRemote, user_id: str
+) -> tuple[JsonDict, str]:
+    """An invite of ``user_id`` into the old room, received through /v1/invite."""
+    pdu, event_id = v1_invite(remote, user_id)
     r = await signed(
         client,
         remote,
@@ -464,6 +463,15 @@ async def test_declining_an_old_room_invite_through_v1(
         content={**pdu, "unsigned": {"invite_room_state": []}},
     )
     assert r.status_code == 200, r.text
+    return pdu, event_id
+
+
+async def test_declining_an_old_room_invite_through_v1(
+    fed: Fed, remote: FakeRemote, old_resident: V1OnlyResident
+) -> None:
+    _, client = fed
+    alice, token = await register(client, "alice")
+    pdu, event_id = await _invited(client, remote, alice)
     assert REMOTE_ROOM in (await sync(client, token))["rooms"]["invite"]
     r = await client.post(
         f"/_matrix/client/v3/rooms/{q(REMOTE_ROOM)}/leave", headers=auth_header(token), json={}
@@ -612,15 +620,7 @@ async def test_an_invite_the_room_will_not_take_back_is_declined_here(
     reference with the invite's hashes), which only this server knows of."""
     hs, client = fed
     alice, token = await register(client, "alice")
-    pdu, event_id = v1_invite(remote, alice)
-    r = await signed(
-        client,
-        remote,
-        "PUT",
-        f"{FED}/v1/invite/{q(REMOTE_ROOM)}/{q(event_id)}",
-        content={**pdu, "unsigned": {"invite_room_state": []}},
-    )
-    assert r.status_code == 200, r.text
+    pdu, event_id = await _invited(client, remote, alice)
     old_resident.v2_error = FederationError(
         "remote.test", "answered 403", status=403, errcode="M_FORBIDDEN"
     )
