@@ -40,7 +40,8 @@ async def get_events(request: Request) -> Response:
     raw_room = request.query_params.get("room_id")
     room_id = RoomID.parse(raw_room) if raw_room is not None else None
     since = request.query_params.get("from")
-    return json_response(await hs.legacy.events(requester, since, timeout, room_id))
+    limit = query_int(request, "limit", None, minimum=0)
+    return json_response(await hs.legacy.events(requester, since, timeout, room_id, limit))
 
 
 async def get_room_initial_sync(request: Request) -> Response:

@@ -291,7 +291,15 @@ class Homeserver:
             invite_permissions=self.account_data,
         )
         self.legacy_sync = LegacySync(
-            self.sync, self.rooms, self.event_store, self.room_store, self.db, self.notifier
+            self.sync,
+            self.rooms,
+            self.event_store,
+            self.room_store,
+            self.db,
+            self.notifier,
+            self.presence,
+            self.account_data,
+            self.receipts,
         )
         self.sliding_sync = self._build_sliding_sync(db, clock)
         # Last of the account services: deleting an account or a device reaches every

@@ -157,7 +157,10 @@ class ReceiptService:
             # Nobody else may learn of it, so nobody else needs waking.
             await self._notifier.notify(Stream.RECEIPTS, position, user_ids=(user_id,))
         else:
-            await self._notifier.notify(Stream.RECEIPTS, position, room_id=room_id)
+            # The user too: a receipt of theirs may change their push badge.
+            await self._notifier.notify(
+                Stream.RECEIPTS, position, room_id=room_id, user_ids=(user_id,)
+            )
             if self._outbox is not None:
                 await self._outbox.read_receipt(
                     room_id, user_id, event.event_id, thread_id, self._clock.now_ms()

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from homeserver.core.clock import Clock
 from homeserver.core.errors import Codes, MatrixError
+from homeserver.core.jsonutil import check_json_numbers
 from homeserver.core.streams import Stream
 from homeserver.core.types import JsonDict
 from homeserver.crypto.signing import SigningKey
@@ -337,15 +338,57 @@ class RemoteRooms:
             except FederationError as e:
                 failure = _as_matrix_error(e)
                 continue
-            position = await self._remote_rooms.store_remote_membership(
-                room_id, version.identifier, event_id, event, {}, self._clock.now_ms()
-            )
-            if position is not None:
-                await self._notifier.notify(
-                    Stream.EVENTS, position, room_id=room_id, user_ids=(user_id,)
-                )
-            return event_id
+            return await self._record_leave(room_id, user_id, version, event)
+        # No server in the room took the leave (gone, refusing, not answering): the user is
+        # still rid of the invite, by a leave made here that only this server knows of (as
+        # Synapse's "out-of-band" rejection; the inviter never learns of it).
+        local = await self._reject_locally(room_id, user_id)
+        if local is not None:
+            logger.info("invite declined locally", extra={"room_id": room_id, "error": failure})
+            return local
         raise failure or MatrixError(Codes.NOT_FOUND, "No server to leave this room through")
+
+    async def _reject_locally(self, room_id: str, user_id: str) -> str | None:
+        """A leave after the user's invite (or knock), its only prev and auth event, signed
+        by this server and recorded as the user's membership; None without such an event."""
+        membership = await self._rooms.get_membership(room_id, user_id)
+        if membership is None or membership.membership not in ("invite", "knock"):
+            return None
+        invite = await self._events.get_event(membership.event_id)
+        room = await self._rooms.get_room(room_id)
+        version = KNOWN_ROOM_VERSIONS.get(room.room_version) if room is not None else None
+        if invite is None or version is None:
+            return None
+        reference: Any = invite.event_id
+        if version.event_format is EventFormat.V1:
+            reference = [invite.event_id, invite.pdu.get("hashes", {})]
+        template: JsonDict = {
+            "type": "m.room.member",
+            "room_id": room_id,
+            "sender": user_id,
+            "state_key": user_id,
+            "content": {"membership": "leave"},
+            "prev_events": [reference],
+            "auth_events": [reference],
+            "depth": invite.depth + 1,
+        }
+        return await self._record_leave(
+            room_id, user_id, version, self._sign_template(template, version, {})
+        )
+
+    async def _record_leave(
+        self, room_id: str, user_id: str, version: RoomVersion, event: JsonDict
+    ) -> str:
+        """The user's leave of a room this server is not in, as their membership."""
+        event_id = event_id_of(event, version)
+        position = await self._remote_rooms.store_remote_membership(
+            room_id, version.identifier, event_id, event, {}, self._clock.now_ms()
+        )
+        if position is not None:
+            await self._notifier.notify(
+                Stream.EVENTS, position, room_id=room_id, user_ids=(user_id,)
+            )
+        return event_id
 
     # --- inviting other servers' users --------------------------------------------------------
 
@@ -387,6 +430,10 @@ class RemoteRooms:
         except FederationError as e:
             raise _as_matrix_error(e) from e
         signed = answer.get("event") if isinstance(answer, dict) else None
+        if isinstance(signed, dict) and room_version.strict_canonical_json:
+            # Floats or integers out of range: not an event of this room version (400
+            # M_BAD_JSON, as for any such event we are given).
+            check_json_numbers(signed)
         if not isinstance(signed, dict) or not _same_event(signed, event, room_version):
             raise MatrixError(
                 Codes.UNKNOWN, "The invitee's server answered another event", status=502

@@ -291,7 +291,16 @@ class FederationSender:
                 ):
                     servers.add(server)
             if event.type == "m.room.member" and event.state_key:
-                servers.add(UserID(event.state_key).server_name)
+                target = UserID(event.state_key).server_name
+                if (
+                    target != self._server_name
+                    and target not in servers
+                    and await self._is_leave(event)
+                ):
+                    # A kick or a rescinded invite: the target's server learns of it even
+                    # when none of its users is joined. An invite goes through /invite only:
+                    # a server with invited users alone is not in the room.
+                    servers.add(target)
             servers.discard(self._server_name)
             rows.extend(
                 OutboundPdu(s, event.stream_ordering, event.room_id, event.event_id)
@@ -299,6 +308,10 @@ class FederationSender:
                 if self._allows(s)
             )
         return rows, memberships
+
+    async def _is_leave(self, event: NewEvent) -> bool:
+        found = (await self._events.get_events([event.event_id])).get(event.event_id)
+        return found is not None and found.content.get("membership") == "leave"
 
     async def _joined_at(self, event: NewEvent, members: dict[str, int]) -> bool:
         """Whether one of ``members`` (a server's, all with a membership event since

@@ -62,7 +62,9 @@ class EventFilter:
             not_rooms=_strings(data.get("not_rooms")) or (),
             contains_url=contains_url if isinstance(contains_url, bool) else None,
             limit=limit
-            if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0
+            # 0 is asked for by clients that want no timeline (the spec says "greater than
+            # 0"; the filter API takes it, and so does this).
+            if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0
             else None,
             lazy_load_members=data.get("lazy_load_members") is True,
             include_redundant_members=data.get("include_redundant_members") is True,

@@ -43,7 +43,7 @@ from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, StoredEvent
 from homeserver.storage.push import PushStore
 from homeserver.storage.pushers import Pusher, PusherStore, QueuedPush
-from homeserver.storage.rooms import RoomStore
+from homeserver.storage.rooms import RoomStore, content_field
 from homeserver.wakeups.bus import Bus, Wakeup
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,20 @@ LEASE_MS = 5 * 60 * 1000  # a worker that dies holding a pusher frees it after t
 UNSUBSCRIBE_PATH = "_homeserver/client/unsubscribe"
 # A gateway answers {"rejected": [pushkeys]}; more than this is not a gateway's answer.
 MAX_GATEWAY_RESPONSE_BYTES = 64 * 1024
+# Unread counts last sent, remembered for this many pushers at most (then forgotten at once:
+# a forgotten one costs one badge update that changes nothing).
+MAX_BADGES_KEPT = 100_000
+
+
+def _device(pusher: Pusher, tweaks: JsonDict) -> JsonDict:
+    """A notification's ``devices`` entry for the pusher."""
+    return {
+        "app_id": pusher.app_id,
+        "pushkey": pusher.pushkey,
+        "pushkey_ts": pusher.pushkey_ts // 1000,
+        "data": {k: v for k, v in pusher.data.items() if k != "url"},
+        "tweaks": tweaks,
+    }
 
 
 def backoff_ms(attempts: int, config: PushConfig) -> int:
@@ -129,12 +143,48 @@ class PusherSender:
         # of a worker that died).
         self._dues: list[int] = []
         self._queued = False
+        # Whether this worker runs the job now (it alone sends badge updates).
+        self._running = False
+        # The unread count last sent to each pusher as a badge update (or with a push).
+        self._badges: dict[int, int] = {}
+        self._badge_tasks: set[asyncio.Task[None]] = set()
         bus.subscribe(self._on_wakeup)
 
     async def _on_wakeup(self, wakeup: Wakeup) -> None:
         if wakeup.stream == Stream.EVENTS:
             self._woken_upto = max(self._woken_upto, wakeup.position)
             self._wake.set()
+        elif wakeup.stream == Stream.RECEIPTS and wakeup.user_ids and self._running:
+            # A user's own receipt: their badge may have changed. Only the worker running
+            # the job sends (once across workers), in the background.
+            task = asyncio.create_task(self._send_badges(wakeup.user_ids))
+            self._badge_tasks.add(task)
+            task.add_done_callback(self._badge_tasks.discard)
+
+    async def _send_badges(self, user_ids: Sequence[str]) -> None:
+        """Each HTTP pusher of these users gets their unread count alone when it changed
+        since the last one this worker sent (spec, push gateway API: a notification that
+        only updates badge counts has no ``event_id``). Best effort: a failure is counted
+        and not retried; the next push carries the count anyway."""
+        for user_id in user_ids:
+            try:
+                pushers = [p for p in await self._store.get_pushers(user_id) if p.kind == "http"]
+                if not pushers:
+                    continue
+                joined = [
+                    m.room_id for m in await self._rooms.get_user_memberships(user_id, ["join"])
+                ]
+                unread = await self._unread.total_unread(user_id, joined)
+                for pusher in pushers:
+                    if self._badges.get(pusher.id) == unread:
+                        continue
+                    if len(self._badges) >= MAX_BADGES_KEPT:
+                        self._badges.clear()
+                    self._badges[pusher.id] = unread
+                    note = {"counts": {"unread": unread}, "devices": [_device(pusher, {})]}
+                    await self._post(pusher, {"notification": note})
+            except Exception:
+                logger.exception("badge update failed", extra={"user_id": user_id})
 
     # --- the job -----------------------------------------------------------------------------
 
@@ -145,6 +195,7 @@ class PusherSender:
         another worker claimed and did not release (it died), instead of waiting out their
         claims."""
         woken = False
+        self._running = True
         freed = await self._store.release_claims_except(self._worker)
         if freed:
             logger.info("pushers of a stopped worker freed", extra={"count": freed})
@@ -164,6 +215,9 @@ class PusherSender:
                 except TimeoutError:
                     pass
         finally:
+            self._running = False
+            for task in list(self._badge_tasks):
+                task.cancel()
             await self._http.aclose()
 
     async def run_once(self, upto: int | None = None) -> None:
@@ -307,36 +361,44 @@ class PusherSender:
     async def _send_http(self, pusher: Pusher, queue: Sequence[QueuedPush]) -> bool | None:
         """True when the queue went out, False to back off, None when the pusher was removed
         (the gateway rejected its pushkey)."""
-        url = pusher.data.get("url")
         for item in queue:
-            try:
-                check_gateway_url_form(url, self._config)
-            except MatrixError:
-                self._failed(pusher, url, "gateway URL refused")
-                return False
-            assert isinstance(url, str)
             body = await self._notification(pusher, item)
             if body is None:
                 await self._store.delete_queued(pusher.id, [item.stream_ordering])
                 continue
-            try:
-                response = await self._http.request(
-                    "POST", url, json=body, max_bytes=MAX_GATEWAY_RESPONSE_BYTES
-                )
-            except OutboundError as e:
-                if e.reason is Reason.REFUSED:
-                    self._failed(pusher, url, "gateway address refused")
-                else:
-                    self._failed(pusher, url, f"unreachable: {e.reason}")
-                return False
-            if response.status_code // 100 != 2:
-                self._failed(pusher, url, f"HTTP {response.status_code}")
-                return False
-            if pusher.pushkey in _rejected(response):
-                logger.info("pushkey rejected: pusher removed", extra={"pusher_id": pusher.id})
-                await self._store.delete_pushers_by_id([pusher.id])
-                return None
+            sent = await self._post(pusher, body)
+            if sent is not True:
+                return sent
             await self._store.delete_queued(pusher.id, [item.stream_ordering])
+        return True
+
+    async def _post(self, pusher: Pusher, body: JsonDict) -> bool | None:
+        """POST a notification to the pusher's gateway: True when it took it, False when
+        it failed (counted), None when it rejected the pushkey (the pusher is removed)."""
+        url = pusher.data.get("url")
+        try:
+            check_gateway_url_form(url, self._config)
+        except MatrixError:
+            self._failed(pusher, url, "gateway URL refused")
+            return False
+        assert isinstance(url, str)
+        try:
+            response = await self._http.request(
+                "POST", url, json=body, max_bytes=MAX_GATEWAY_RESPONSE_BYTES
+            )
+        except OutboundError as e:
+            if e.reason is Reason.REFUSED:
+                self._failed(pusher, url, "gateway address refused")
+            else:
+                self._failed(pusher, url, f"unreachable: {e.reason}")
+            return False
+        if response.status_code // 100 != 2:
+            self._failed(pusher, url, f"HTTP {response.status_code}")
+            return False
+        if pusher.pushkey in _rejected(response):
+            logger.info("pushkey rejected: pusher removed", extra={"pusher_id": pusher.id})
+            await self._store.delete_pushers_by_id([pusher.id])
+            return None
         return True
 
     def _failed(self, pusher: Pusher, url: object, reason: str) -> None:
@@ -352,17 +414,12 @@ class PusherSender:
         """The /_matrix/push/v1/notify body (spec, push gateway API)."""
         actions = orjson.loads(item.actions_json)
         tweaks = tweaks_of(actions)
-        device: JsonDict = {
-            "app_id": pusher.app_id,
-            "pushkey": pusher.pushkey,
-            "pushkey_ts": pusher.pushkey_ts // 1000,
-            "data": {k: v for k, v in pusher.data.items() if k != "url"},
-            "tweaks": tweaks,
-        }
+        device = _device(pusher, tweaks)
         joined = [
             m.room_id for m in await self._rooms.get_user_memberships(pusher.user_id, ["join"])
         ]
         unread = await self._unread.total_unread(pusher.user_id, joined)
+        self._badges[pusher.id] = unread
         counts: JsonDict = {"unread": unread} if unread else {}
         note: JsonDict = {
             "event_id": item.event_id,
@@ -397,14 +454,21 @@ class PusherSender:
                 [item.room_id], ["m.room.name", "m.room.canonical_alias"]
             )
         ).get(item.room_id, {})
-        name = _state_field(state.get("m.room.name"), "name")
-        alias = _state_field(state.get("m.room.canonical_alias"), "alias")
-        if name:
-            note["room_name"] = name
+        name = content_field(state.get("m.room.name"), "name")
+        alias = content_field(state.get("m.room.canonical_alias"), "alias")
+        if name or alias:
+            # The room's display name (spec, client-server: "calculating the display name
+            # for a room"): its name, else its canonical alias.
+            note["room_name"] = name or alias
         if alias:
             note["room_alias"] = alias
         if event.type == "m.room.member":
             note["user_is_target"] = event.state_key == pusher.user_id
+            # Not in the push gateway API, but Synapse sends it and gateways read it to
+            # tell an invite from other membership changes.
+            membership = event.content.get("membership")
+            if isinstance(membership, str):
+                note["membership"] = membership
         if self._config.include_content and event.redacted_by is None and event.content:
             note["content"] = event.content
         return {"notification": note}
@@ -458,8 +522,8 @@ class PusherSender:
                 )
             room_state = state.get(room_id, {})
             name = (
-                _state_field(room_state.get("m.room.name"), "name")
-                or _state_field(room_state.get("m.room.canonical_alias"), "alias")
+                content_field(room_state.get("m.room.name"), "name")
+                or content_field(room_state.get("m.room.canonical_alias"), "alias")
                 or await self._room_fallback_name(room_id, user_id)
             )
             out.append(MailedRoom(room_id, name, tuple(mailed)))
@@ -489,16 +553,6 @@ def _rejected(response: OutboundResponse) -> set[str]:
         return set()
     rejected = body.get("rejected") if isinstance(body, dict) else None
     return {k for k in rejected if isinstance(k, str)} if isinstance(rejected, list) else set()
-
-
-def _state_field(event_json: str | None, key: str) -> str | None:
-    if event_json is None:
-        return None
-    try:
-        value = orjson.loads(event_json).get("content", {}).get(key)
-    except (ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) and value else None
 
 
 def _event_text(event: StoredEvent) -> str:

@@ -72,8 +72,17 @@ class Visibility:
             membership = None
             if member_id in loaded:
                 membership = loaded[member_id].content.get("membership")
-            if _visible(event, user_id, hv, membership, now.membership if now else None):
+            now_membership = now.membership if now else None
+            if _visible(event, user_id, hv, membership, now_membership):
                 visible.append(event)
+            elif event.type == HISTORY_VISIBILITY and event.state_key == "":
+                # spec, history visibility: such an event is visible to whoever the setting
+                # before or after it lets see it (the one that opens a room is seen).
+                after = event.content.get("history_visibility")
+                if isinstance(after, str) and _visible(
+                    event, user_id, after, membership, now_membership
+                ):
+                    visible.append(event)
         return visible
 
     async def _state_at(self, event: StoredEvent, cache: dict[int, StateMap]) -> StateMap:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import orjson
 import sqlalchemy as sa
 from cachetools import LRUCache
 
@@ -446,3 +447,15 @@ def _listed(network: tuple[str, str] | None, all_networks: bool) -> sa.ColumnEle
     if all_networks:
         return sa.or_(rooms.c.is_public.is_(True), sa.exists(in_network))
     return rooms.c.is_public.is_(True)
+
+
+def content_field(event_json: str | None, key: str) -> str | None:
+    """A non-empty string field of the content of an event of
+    ``get_current_state_contents`` (None when unset, empty or not a string)."""
+    if event_json is None:
+        return None
+    try:
+        value = orjson.loads(event_json).get("content", {}).get(key)
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None

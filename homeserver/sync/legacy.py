@@ -12,10 +12,13 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from homeserver.accounts.account_data import AccountDataService
 from homeserver.core.errors import Codes, MatrixError
 from homeserver.core.ids import EventID, RoomID
 from homeserver.core.streams import RoomPosition, Stream, StreamToken
 from homeserver.core.types import JsonDict, Requester
+from homeserver.ephemeral.presence import PresenceService
+from homeserver.ephemeral.receipts import ReceiptService
 from homeserver.filters.matching import EventFilter, SyncFilter
 from homeserver.rooms.service import RoomService
 from homeserver.storage.database import Database
@@ -27,6 +30,7 @@ from homeserver.wakeups.notifier import Notifier
 DEFAULT_LIMIT = 10  # messages per room in an initial sync (Synapse's and the spec's example)
 MAX_LIMIT = 100
 PEEK_LIMIT = 100
+PUSH_RULES = "m.push_rules"
 
 
 class LegacySync:
@@ -38,7 +42,13 @@ class LegacySync:
         room_store: RoomStore,
         db: Database,
         notifier: Notifier,
+        presence: PresenceService,
+        account_data: AccountDataService,
+        receipts: ReceiptService,
     ) -> None:
+        self._presence = presence
+        self._account_data = account_data
+        self._receipts = receipts
         self._sync = sync
         self._rooms = rooms
         self._events = events
@@ -77,11 +87,23 @@ class LegacySync:
             if invite is not None:
                 room["invite"] = invite
             out.append(room)
+        receipts = [
+            _with_room(e, room_id)
+            for room_id, entry in rooms.get("join", {}).items()
+            for e in entry.get("ephemeral", {}).get("events", [])
+            if e.get("type") == "m.receipt"
+        ]
         return {
             "end": end,
             "rooms": out,
-            "presence": answer.get("presence", {}).get("events", []),
-            "account_data": answer.get("account_data", {}).get("events", []),
+            "presence": [_presence(e) for e in answer.get("presence", {}).get("events", [])],
+            # Push rules have their own endpoint here (as in Synapse's answer).
+            "account_data": [
+                e
+                for e in answer.get("account_data", {}).get("events", [])
+                if e.get("type") != PUSH_RULES
+            ],
+            "receipts": receipts,
         }
 
     async def _room(
@@ -142,13 +164,43 @@ class LegacySync:
         else:
             start = RoomPosition.at_stream(0).serialize()
         messages: JsonDict = {"chunk": chunk, "start": start, "end": now}
+        presence: list[JsonDict] = []
+        receipts: list[JsonDict] = []
+        account_data: list[JsonDict] = []
+        if membership is not None and membership.membership == "join":
+            # A member's view of the present; a departed member's stops at its leaving,
+            # and a peeker has none of these.
+            at = await self._now()
+            joined = {
+                e["state_key"]
+                for e in state
+                if e.get("type") == "m.room.member"
+                and e.get("content", {}).get("membership") == "join"
+            }
+            presence = [
+                _presence(e)
+                for e in await self._presence.global_events(requester, None, at)
+                if e.get("sender") in joined
+            ]
+            receipts = [
+                _with_room(e, room_id)
+                for e in (await self._receipts.room_events(requester, [room_id], None, at)).get(
+                    room_id, []
+                )
+            ]
+        if membership is not None:
+            at = await self._now()
+            account_data = (
+                await self._account_data.room_events(requester, [room_id], None, at)
+            ).get(room_id, [])
         body: JsonDict = {
             "room_id": room_id,
             "messages": messages,
             "state": state,
             "visibility": _visibility(state),
-            "presence": [],
-            "account_data": [],
+            "presence": presence,
+            "receipts": receipts,
+            "account_data": account_data,
         }
         # A peeker of a world-readable room has no membership (spec: the field is optional).
         if membership is not None:
@@ -172,15 +224,24 @@ class LegacySync:
     # --- GET /events ----------------------------------------------------------------------
 
     async def events(
-        self, requester: Requester, since: str | None, timeout_ms: int, room_id: RoomID | None
+        self,
+        requester: Requester,
+        since: str | None,
+        timeout_ms: int,
+        room_id: RoomID | None,
+        limit: int | None = None,
     ) -> JsonDict:
+        """``limit``: the most events a peek returns (at most ``PEEK_LIMIT``)."""
+        limit = PEEK_LIMIT if limit is None else min(limit, PEEK_LIMIT)
         if room_id is not None:
-            return await self._peek(requester, room_id, since, timeout_ms)
+            return await self._peek(requester, room_id, since, timeout_ms, limit)
         if requester.is_guest:
             # spec (guest access): guests may call /events only to peek into a room.
             raise MatrixError(Codes.GUEST_ACCESS_FORBIDDEN, "Guests may only peek: give room_id")
         start = StreamToken.parse(since) if since is not None else await self._now()
         # The timeline's limit is high: a long-poll returns everything since the token.
+        # The sync's timeline keeps the newest events of a room: ``limit`` (the oldest first)
+        # would drop the earliest, so a long-poll gets every new event (up to PEEK_LIMIT).
         sync_filter = SyncFilter(timeline=EventFilter(limit=PEEK_LIMIT))
         answer = await self._sync.sync(
             requester,
@@ -194,15 +255,19 @@ class LegacySync:
             )
             ephemeral = entry.get("ephemeral", {}).get("events", [])
             chunk.extend(_with_room(e, joined_id) for e in ephemeral)
+            # Room account data and tags, each with its room (as Synapse's stream has them).
+            room_data = entry.get("account_data", {}).get("events", [])
+            chunk.extend(_with_room(e, joined_id) for e in room_data)
         for invited_id in rooms.get("invite", {}):
             invite = await self._invite_event(requester, RoomID(invited_id))
             if invite is not None:
                 chunk.append(invite)
-        chunk.extend(answer.get("presence", {}).get("events", []))
+        chunk.extend(_presence(e) for e in answer.get("presence", {}).get("events", []))
+        chunk.extend(answer.get("account_data", {}).get("events", []))
         return {"start": start.serialize(), "end": answer["next_batch"], "chunk": chunk}
 
     async def _peek(
-        self, requester: Requester, room_id: RoomID, since: str | None, timeout_ms: int
+        self, requester: Requester, room_id: RoomID, since: str | None, timeout_ms: int, limit: int
     ) -> JsonDict:
         """Events of one room after ``since``: a member's room, or any world-readable one."""
         await self._rooms.access(requester, room_id)  # M_FORBIDDEN unless it may be seen
@@ -217,7 +282,7 @@ class LegacySync:
                 from_token=start,
                 to_token=now.serialize(),
                 backwards=False,
-                limit=PEEK_LIMIT,
+                limit=limit,
                 event_filter=EventFilter(),
             )
             remaining = deadline - time.monotonic()
@@ -246,6 +311,13 @@ def _v1(event: Any) -> JsonDict:
     if "sender" in out:
         out["user_id"] = out["sender"]
     return out
+
+
+def _presence(event: JsonDict) -> JsonDict:
+    """A presence event as these old endpoints gave it: its user in ``content.user_id``
+    (before r0 presence events had no ``sender``), ``status_msg`` always there."""
+    content = {"status_msg": None, **event.get("content", {}), "user_id": event.get("sender")}
+    return {**event, "content": content}
 
 
 def _visibility(state: Iterable[JsonDict]) -> str:

@@ -18,7 +18,7 @@ from homeserver.rooms.service import RoomService, position_token
 from homeserver.rooms.visibility import Visibility
 from homeserver.storage.database import Database
 from homeserver.storage.events import EventStore, StateMap, StoredEvent, StreamWindow
-from homeserver.storage.rooms import Membership, RoomStore
+from homeserver.storage.rooms import Membership, RoomStore, content_field
 from homeserver.sync.sources import (
     GlobalSource,
     IgnoredUsers,
@@ -503,12 +503,21 @@ class SyncService:
     ) -> JsonDict:
         if counts is None:
             counts = await self._rooms.count_memberships(room_id)
-        heroes = await self._rooms.get_heroes(room_id, user_id, MAX_HEROES)
-        return {
+        summary: JsonDict = {
             "m.joined_member_count": counts.get("join", 0),
             "m.invited_member_count": counts.get("invite", 0),
-            "m.heroes": heroes,
         }
+        # spec: heroes are "required if the room's m.room.name or m.room.canonical_alias
+        # state events are unset or empty"; a room so named is not named by its members.
+        state = (
+            await self._rooms.get_current_state_contents(
+                [room_id], ["m.room.name", "m.room.canonical_alias"]
+            )
+        ).get(room_id, {})
+        name = content_field(state.get("m.room.name"), "name")
+        if name is None and content_field(state.get("m.room.canonical_alias"), "alias") is None:
+            summary["m.heroes"] = await self._rooms.get_heroes(room_id, user_id, MAX_HEROES)
+        return summary
 
     async def _stripped_state(self, m: Membership) -> list[JsonDict]:
         state = await self._events.get_current_state_ids(m.room_id, STRIPPED_STATE_TYPES)

@@ -62,6 +62,7 @@ class Destination:
     refused: int = 0  # transactions answered with another status
     hang_for: str | None = None  # requests for this server name never get an answer
     hung: list[str] = field(default_factory=list)
+    invite_extra: dict[str, Any] = field(default_factory=dict)  # added to invites it signs
     release: asyncio.Event = field(default_factory=asyncio.Event)  # set at teardown
 
     def pdus(self) -> list[dict[str, Any]]:
@@ -95,7 +96,16 @@ async def destination(tmp_path: Path) -> AsyncIterator[Destination]:
         )
         return JSONResponse({"pdus": {}})
 
-    app = Starlette(routes=[Route("/_matrix/federation/v1/send/{txn_id}", send, methods=["PUT"])])
+    async def invite(request: Request) -> Response:
+        body = json.loads(await request.body())
+        return JSONResponse({"event": DEST_SERVER.sign({**body["event"], **dest.invite_extra})})
+
+    app = Starlette(
+        routes=[
+            Route("/_matrix/federation/v1/send/{txn_id}", send, methods=["PUT"]),
+            Route("/_matrix/federation/v2/invite/{room_id}/{event_id}", invite, methods=["PUT"]),
+        ]
+    )
     async with serving_tls(app, dest.port, cert):
         try:
             yield dest
@@ -693,3 +703,52 @@ async def test_ten_thousand_edus_to_a_dead_destination_stay_bounded(
             assert b["prev_id"] == ([a["stream_id"]] if a is not None else [])
     assert max(u["stream_id"] for u in bobs) == stream_id
     assert len(bobs) <= MAX_DEVICE_UPDATES_PER_USER + 10
+
+
+async def test_an_invite_goes_by_invite_alone_and_its_rescinding_by_send(
+    sending: tuple[Homeserver, httpx.AsyncClient], destination: Destination
+) -> None:
+    """A server whose user is only invited is not in the room: the invite reaches it through
+    /invite and not again in a transaction (SyTest's fake servers fail on a PDU of a room they
+    did not join); a kick that rescinds the invite does go to it, and nothing else does."""
+    hs, client = sending
+    alice = await new_device(client, "alice")
+    room_id = await create(client, alice.token, preset="private_chat")
+    await trust(hs, DEST_SERVER)
+    r = await client.post(
+        f"{V3}/rooms/{room_id}/invite", json={"user_id": EVE}, headers=alice.headers
+    )
+    checked(r)
+    await send_message(client, alice, room_id, 1)
+    r = await client.post(
+        f"{V3}/rooms/{room_id}/kick", json={"user_id": EVE}, headers=alice.headers
+    )
+    checked(r)
+    await until(lambda: len(destination.pdus()) >= 1)
+    await hs.federation_sender.run_once()
+    await asyncio.sleep(0.2)
+    memberships = [
+        (p["type"], p["content"].get("membership"), p["state_key"]) for p in destination.pdus()
+    ]
+    assert memberships == [("m.room.member", "leave", EVE)]
+
+
+async def test_an_invite_answered_with_a_float_is_bad_json(
+    sending: tuple[Homeserver, httpx.AsyncClient], destination: Destination
+) -> None:
+    """The invitee's server signs an invite it added a float to: not canonical JSON in the
+    room's version, so 400 M_BAD_JSON (not the 502 of an answer that is another event),
+    and the invite is revoked."""
+    hs, client = sending
+    alice = await new_device(client, "alice")
+    room_id = await create(client, alice.token, preset="private_chat")
+    await trust(hs, DEST_SERVER)
+    destination.invite_extra = {"bad_val": 1.1}
+    r = await client.post(
+        f"{V3}/rooms/{room_id}/invite", json={"user_id": EVE}, headers=alice.headers
+    )
+    # documented=False: the schema check finds the third-party invite's operation on this
+    # path (which lists no 400); the user invite's does.
+    checked(r, 400, "M_BAD_JSON", documented=False)
+    member = await hs.room_store.get_membership(room_id, EVE)
+    assert member is not None and member.membership == "leave"

@@ -450,12 +450,11 @@ async def test_old_room_join_failures(fed: Fed, old_resident: V1OnlyResident) ->
     assert await members(client, token, REMOTE_ROOM) == {alice, CAROL}
 
 
-async def test_declining_an_old_room_invite_through_v1(
-    fed: Fed, remote: FakeRemote, old_resident: V1OnlyResident
-) -> None:
-    _, client = fed
-    alice, token = await register(client, "alice")
-    pdu, event_id = v1_invite(remote, alice)
+async def _invited(
+    client: httpx.AsyncClient, remote: FakeRemote, user_id: str
+) -> tuple[JsonDict, str]:
+    """An invite of ``user_id`` into the old room, received through /v1/invite."""
+    pdu, event_id = v1_invite(remote, user_id)
     r = await signed(
         client,
         remote,
@@ -464,6 +463,15 @@ async def test_declining_an_old_room_invite_through_v1(
         content={**pdu, "unsigned": {"invite_room_state": []}},
     )
     assert r.status_code == 200, r.text
+    return pdu, event_id
+
+
+async def test_declining_an_old_room_invite_through_v1(
+    fed: Fed, remote: FakeRemote, old_resident: V1OnlyResident
+) -> None:
+    _, client = fed
+    alice, token = await register(client, "alice")
+    pdu, event_id = await _invited(client, remote, alice)
     assert REMOTE_ROOM in (await sync(client, token))["rooms"]["invite"]
     r = await client.post(
         f"/_matrix/client/v3/rooms/{q(REMOTE_ROOM)}/leave", headers=auth_header(token), json={}
@@ -602,3 +610,33 @@ async def test_a_resident_reusing_an_event_id_of_another_room(
         headers=auth_header(token),
     )
     assert r.status_code == 200 and r.json() == {"name": "Old remote room"}, r.text
+
+
+async def test_an_invite_the_room_will_not_take_back_is_declined_here(
+    fed: Fed, remote: FakeRemote, old_resident: V1OnlyResident
+) -> None:
+    """The inviting server refuses the leave: the invite is declined all the same, by a
+    leave made and signed here after the invite (its only prev and auth event, a v1
+    reference with the invite's hashes), which only this server knows of."""
+    hs, client = fed
+    alice, token = await register(client, "alice")
+    pdu, event_id = await _invited(client, remote, alice)
+    old_resident.v2_error = FederationError(
+        "remote.test", "answered 403", status=403, errcode="M_FORBIDDEN"
+    )
+    r = await client.post(
+        f"/_matrix/client/v3/rooms/{q(REMOTE_ROOM)}/leave", headers=auth_header(token), json={}
+    )
+    assert r.status_code == 200, r.text
+    assert not any("/v1/send_leave/" in p for _, p in old_resident.calls)
+    assert REMOTE_ROOM not in (await sync(client, token)).get("rooms", {}).get("invite", {})
+    member = await hs.room_store.get_membership(REMOTE_ROOM, alice)
+    assert member is not None and member.membership == "leave"
+    leave = await hs.event_store.get_event(member.event_id)
+    assert leave is not None and leave.event_id.endswith(":test")
+    assert leave.pdu["prev_events"] == [[event_id, pdu["hashes"]]] == leave.pdu["auth_events"]
+    # Leaving again changes nothing.
+    r = await client.post(
+        f"/_matrix/client/v3/rooms/{q(REMOTE_ROOM)}/leave", headers=auth_header(token), json={}
+    )
+    assert r.status_code == 200, r.text

@@ -316,3 +316,27 @@ async def test_context(client: httpx.AsyncClient) -> None:
         f"{V3}/rooms/{room_id}/context/{ids[5]}", headers=auth_header(tok), params={"limit": "-1"}
     )
     assert (r.status_code, r.json()["errcode"]) == (400, "M_INVALID_PARAM")
+
+
+async def test_the_history_visibility_event_is_seen_by_the_setting_before_or_after_it(
+    client: httpx.AsyncClient,
+) -> None:
+    """spec, history visibility: a m.room.history_visibility event is visible to whoever the
+    setting before it or the one after it lets see it: a non-member peeking into a room made
+    world-readable sees that change and what followed, nothing before."""
+    _, tok = await register(client, "alice")
+    _, b_tok = await register(client, "bob")
+    room_id = await create(client, tok, preset="public_chat")
+    await send(client, tok, room_id, "private")
+    r = await client.put(
+        f"{V3}/rooms/{room_id}/state/m.room.history_visibility/",
+        json={"history_visibility": "world_readable"},
+        headers=auth_header(tok),
+    )
+    checked(r)
+    await send(client, tok, room_id, "public")
+    page = await messages(client, b_tok, room_id, dir="b", limit=50)
+    seen = [
+        e["content"].get("history_visibility") or e["content"].get("body") for e in page["chunk"]
+    ]
+    assert seen == ["public", "world_readable"]

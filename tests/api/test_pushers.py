@@ -4,6 +4,7 @@ a real SMTP server."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -452,3 +453,77 @@ async def test_deleted_device_takes_its_pushers(tmp_path: Path, db_url: str) -> 
         assert r.status_code == 200
         token = (await login(client, "bob"))["access_token"]
         assert await _pushers(client, token) == []
+
+
+async def test_a_read_receipt_sends_the_new_badge(tmp_path: Path, db_url: str) -> None:
+    """Reading moves the unread count: each HTTP pusher of the reader gets it alone (no
+    event), once per change; a receipt that changes nothing sends nothing more."""
+    async with FakeGateway() as gateway, serve(_config(tmp_path, db_url)) as (hs, client):
+        a, b, room_id = await _setup(client, gateway)
+        first = await _send(client, a, room_id, "1", "one")
+        second = await _send(client, a, room_id, "2", "two")
+        await hs.pusher_sender.run_once()
+        await until(lambda: len(gateway.received) == 2)
+        assert gateway.received[1]["notification"]["counts"] == {"unread": 2}
+        for event_id, unread in ((first, 1), (second, 0)):
+            r = await client.post(
+                f"{CS}/rooms/{room_id}/receipt/m.read/{event_id}", json={}, headers=auth_header(b)
+            )
+            assert r.status_code == 200, r.text
+            await until(
+                lambda n=unread: gateway.received[-1]["notification"]["counts"] == {"unread": n}
+            )
+        badges = [n["notification"] for n in gateway.received[2:]]
+        assert len(badges) == 2
+        assert all(set(n) == {"counts", "devices"} for n in badges)
+        assert badges[1]["devices"][0]["pushkey"] == "key1"
+        # Alice's own receipt, and Bob's again on the same event: no badge changes.
+        r = await client.post(
+            f"{CS}/rooms/{room_id}/receipt/m.read/{second}", json={}, headers=auth_header(a)
+        )
+        assert r.status_code == 200, r.text
+        r = await client.post(
+            f"{CS}/rooms/{room_id}/read_markers",
+            json={"m.read.private": second},
+            headers=auth_header(b),
+        )
+        assert r.status_code == 200, r.text
+        # The in-memory bus starts the badge tasks before the request returns.
+        await asyncio.gather(*hs.pusher_sender._badge_tasks)
+        await hs.pusher_sender.run_once()
+        assert len(gateway.received) == 4
+
+
+async def test_an_invite_push_and_a_room_named_by_its_alias(tmp_path: Path, db_url: str) -> None:
+    """An invite's push says so (``membership``, ``user_is_target``); a room without a name
+    is named in pushes by its canonical alias."""
+    async with FakeGateway() as gateway, serve(_config(tmp_path, db_url)) as (hs, client):
+        _, a = await register(client, "alice")
+        _, b = await register(client, "bob")
+        await _set(client, b, _http_pusher(gateway.url))
+        r = await client.post(
+            f"{CS}/createRoom",
+            json={"room_alias_name": "lunch", "invite": ["@bob:test"]},
+            headers=auth_header(a),
+        )
+        assert r.status_code == 200, r.text
+        room_id = r.json()["room_id"]
+        await hs.pusher_sender.run_once()
+        await until(lambda: len(gateway.received) == 1)
+        note = gateway.received[0]["notification"]
+        assert note["type"] == "m.room.member" and note["membership"] == "invite"
+        assert note["user_is_target"] is True
+        assert note["room_name"] == "#lunch:test" and note["room_alias"] == "#lunch:test"
+        r = await client.post(f"{CS}/join/{room_id}", json={}, headers=auth_header(b))
+        assert r.status_code == 200, r.text
+        await _send(client, a, room_id, "1")
+        await hs.pusher_sender.run_once()
+        await until(
+            lambda: any(n["notification"].get("type") == "m.room.message" for n in gateway.received)
+        )
+        [message] = [
+            n["notification"]
+            for n in gateway.received
+            if n["notification"].get("type") == "m.room.message"
+        ]
+        assert message["room_name"] == "#lunch:test" and "membership" not in message

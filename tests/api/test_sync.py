@@ -252,6 +252,28 @@ async def test_filters_inline_and_stored(client: httpx.AsyncClient) -> None:
     assert room_id not in excluded.get("rooms", {}).get("join", {})
 
 
+async def test_a_timeline_limit_of_zero_gives_state_and_no_timeline(
+    client: httpx.AsyncClient,
+) -> None:
+    """``limit: 0`` (the filter API takes it): no timeline events, the room's state in
+    ``state`` (here only its members, by the state filter), and a limited timeline whose
+    ``prev_batch`` pages back to the room's events."""
+    _, token = await register(client, "alice")
+    room_id = await _room(client, token)
+    await _send(client, token, room_id, "hello")
+    members_only = '{"room":{"state":{"types":["m.room.member"]},"timeline":{"limit":0}}}'
+    room = (await _sync(client, token, filter=members_only))["rooms"]["join"][room_id]
+    assert room["timeline"]["events"] == [] and room["timeline"]["limited"] is True
+    assert [e["type"] for e in room["state"]["events"]] == ["m.room.member"]
+    r = await client.get(
+        f"/_matrix/client/v3/rooms/{room_id}/messages",
+        params={"dir": "b", "from": room["timeline"]["prev_batch"], "limit": 1},
+        headers=auth_header(token),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["chunk"][0]["content"]["body"] == "hello"
+
+
 async def test_lazy_loading_members(client: httpx.AsyncClient) -> None:
     _, a_token = await register(client, "alice")
     users = [await register(client, f"user{i}") for i in range(4)]
@@ -307,3 +329,20 @@ async def test_bad_inputs(client: httpx.AsyncClient) -> None:
     r = await client.get(SYNC, headers=auth_header("nope"))
     assert (r.status_code, r.json()["errcode"]) == (401, "M_UNKNOWN_TOKEN")
     assert r.json()["soft_logout"] is False
+
+
+async def test_heroes_only_for_rooms_without_a_name_or_alias(client: httpx.AsyncClient) -> None:
+    """spec, room summary: ``m.heroes`` is required when the room has no name and no
+    canonical alias; a named room's summary is its counts alone."""
+    _, token = await register(client, "alice")
+    bob, bob_token = await register(client, "bob")
+    named = await _room(client, token, preset="public_chat", name="Kitchen")
+    aliased = await _room(client, token, preset="public_chat", room_alias_name="hall")
+    plain = await _room(client, token, preset="public_chat")
+    for room_id in (named, aliased, plain):
+        await _join(client, bob_token, room_id)
+    rooms = (await _sync(client, token))["rooms"]["join"]
+    counts = {"m.joined_member_count": 2, "m.invited_member_count": 0}
+    assert rooms[named]["summary"] == counts
+    assert rooms[aliased]["summary"] == counts
+    assert rooms[plain]["summary"] == {**counts, "m.heroes": [bob]}
