@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.conftest import START_TIMEOUT_S, free_port
+from tests.e2e.conftest import START_TIMEOUT_S, free_port, run_command
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_WORKERS = 3  # the servers config/haproxy.cfg and config/nginx.conf name
@@ -124,18 +123,7 @@ class Deployment:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HS_")}
         env["HOMESERVER_STRICT_POOL"] = "1"
         self.supervisor = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "homeserver",
-                "-c",
-                str(self.config_path),
-                "run",
-                "--workers",
-                str(self.workers),
-                "--log-level",
-                "WARNING",
-            ],
+            run_command(self.config_path, "--workers", str(self.workers)),
             stdout=log,
             stderr=log,
             env=env,
