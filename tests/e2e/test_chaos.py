@@ -13,6 +13,7 @@ figure is ``CHAOS_SENDS=10000``). Run with ``-s`` for the counts."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -21,15 +22,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
 
 from homeserver.storage.database import Database
 from homeserver.storage.leases import JobLeaseStore
 from tests.conftest import in_thread, truncate
 from tests.e2e.conftest import free_port
-from tests.e2e.workers import V3, Deployment, Person, ensure_binary, register
+from tests.e2e.workers import V3, WS_PATH, Deployment, Person, ensure_binary, register
 from tests.push_servers import FakeGateway, until, until_async
 from tests.redis_process import start_redis
 
@@ -110,8 +114,7 @@ async def _follow(
     tally: Tally,
 ) -> None:
     """Long-poll the room through HAProxy from one token to the next, as a client does,
-    into ``seen`` (event IDs of messages); a limited timeline is filled from its
-    ``prev_batch`` through ``/messages`` back to the last event seen."""
+    into ``seen`` (event IDs of messages)."""
     filter_id, since = start
     while not stop.is_set():
         try:
@@ -129,14 +132,59 @@ async def _follow(
             await asyncio.sleep(RETRY_PAUSE_S)
             continue
         answer = r.json()
-        timeline = answer.get("rooms", {}).get("join", {}).get(room_id, {}).get("timeline")
-        if timeline is not None:
-            new = _messages(timeline["events"])
-            if timeline.get("limited") and seen:
-                tally.failures["sync limited"] += 1
-                new = await _back_to(person, room_id, timeline["prev_batch"], seen[-1]) + new
-            seen.extend(new)
+        await _absorb(person, room_id, answer, seen, tally)
         since = answer["next_batch"]
+
+
+async def _follow_websocket(
+    url: str,
+    person: Person,
+    room_id: str,
+    start: tuple[str, str],
+    seen: list[str],
+    stop: asyncio.Event,
+    tally: Tally,
+) -> None:
+    """The same over the WebSocket transport through HAProxy (docs/websocket.md): a
+    connection cut (its worker killed, HAProxy with no worker up) is opened again from the
+    ``next_batch`` of the last frame taken in."""
+    filter_id, since = start
+    while not stop.is_set():
+        query = urlencode({"since": since, "filter": filter_id})
+        try:
+            async with connect(
+                f"{url}{WS_PATH}?{query}",
+                additional_headers=person.headers,
+                max_size=None,
+                proxy=None,
+                ping_interval=None,
+            ) as ws:
+                while not stop.is_set():
+                    try:
+                        frame = json.loads(await asyncio.wait_for(ws.recv(), 1.0))
+                    except TimeoutError:
+                        continue
+                    if frame.get("type") == "sync":
+                        await _absorb(person, room_id, frame, seen, tally)
+                        since = frame["next_batch"]
+        except (OSError, WebSocketException) as e:
+            tally.failures[f"websocket {type(e).__name__}"] += 1
+            await asyncio.sleep(RETRY_PAUSE_S)
+
+
+async def _absorb(
+    person: Person, room_id: str, answer: dict[str, Any], seen: list[str], tally: Tally
+) -> None:
+    """A sync answer's messages into ``seen``; a limited timeline is filled from its
+    ``prev_batch`` through ``/messages`` back to the last event seen."""
+    timeline = answer.get("rooms", {}).get("join", {}).get(room_id, {}).get("timeline")
+    if timeline is None:
+        return
+    new = _messages(timeline["events"])
+    if timeline.get("limited") and seen:
+        tally.failures["sync limited"] += 1
+        new = await _back_to(person, room_id, timeline["prev_batch"], seen[-1]) + new
+    seen.extend(new)
 
 
 async def _back_to(person: Person, room_id: str, token: str, last_seen: str) -> list[str]:
@@ -252,12 +300,28 @@ async def _run(
         stop = asyncio.Event()
         seen_by_reader: list[str] = []
         seen_by_sender: list[str] = []
+        seen_on_websocket: list[str] = []
         followers = [
             asyncio.create_task(
                 _follow(http, person, room_id, await _start_following(person), seen, stop, tally)
             )
             for person, seen in ((reader, seen_by_reader), (senders[0], seen_by_sender))
         ]
+        ws_url = deployment.front_url.replace("http://", "ws://")
+        followers.append(
+            asyncio.create_task(
+                _follow_websocket(
+                    ws_url,
+                    senders[1],
+                    room_id,
+                    await _start_following(senders[1]),
+                    seen_on_websocket,
+                    stop,
+                    tally,
+                )
+            )
+        )
+        everyone = (seen_by_reader, seen_by_sender, seen_on_websocket)
         start = time.monotonic()
         lanes = [(s, f"s{i}l{j}") for i, s in enumerate(senders) for j in range(LANES)]
         per_lane = [SENDS // len(lanes) + (k < SENDS % len(lanes)) for k in range(len(lanes))]
@@ -282,7 +346,7 @@ async def _run(
 
         # Both followers catch up; the pusher sends every event.
         def caught_up() -> bool:
-            return all(acked_ids <= set(seen) for seen in (seen_by_reader, seen_by_sender))
+            return all(acked_ids <= set(seen) for seen in everyone)
 
         try:
             await until(lambda: caught_up() or any(f.done() for f in followers), SETTLE_S)
@@ -292,7 +356,7 @@ async def _run(
             await until(lambda: acked_ids <= set(_pushed(gateway)), timeout_s=SETTLE_S)
         except AssertionError:
             print("\n".join(tally.events), dict(tally.failures))
-            for seen in (seen_by_reader, seen_by_sender):
+            for seen in everyone:
                 missing = acked_ids - set(seen)
                 print(f"seen {len(seen)}, missing {len(missing)}: {sorted(missing)[:5]}")
             print(f"not pushed: {len(acked_ids - set(_pushed(gateway)))}")
@@ -333,9 +397,10 @@ async def _run(
     for _, lane in lanes:
         numbers = [int(b.split()[2]) for b in bodies if b.split()[1] == lane]
         assert numbers == sorted(numbers), lane
-    # Every long-poll client saw each event once, in /messages order.
+    # Every client, by long-poll or WebSocket, saw each event once, in /messages order.
     assert seen_by_reader == ids
     assert seen_by_sender == ids
+    assert seen_on_websocket == ids
     # Every event pushed (at least once: a holder killed between the gateway's 200 and the
     # queue row's delete sends that one again, which the spec allows).
     assert acked_ids <= set(pushes)

@@ -23,6 +23,7 @@ from websockets.asyncio.client import connect
 from tests.conftest import in_thread, truncate
 from tests.e2e.conftest import free_port
 from tests.e2e.workers import (
+    WS_PATH,
     Deployment,
     Person,
     consecutive_ports,
@@ -32,7 +33,6 @@ from tests.e2e.workers import (
 )
 
 WORKERS = Deployment.workers
-WS_PATH = "/_matrix/client/unstable/org.homeserver.ws/v1/sync"
 BIG_TIMELINE = {"room": {"timeline": {"limit": 100}}}
 WAIT_S = 20.0  # far below the long-polls' own timeout: only a wake-up answers in time
 

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_WORKERS = 3  # the servers config/haproxy.cfg and config/nginx.conf name
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 V3 = "/_matrix/client/v3"
+WS_PATH = "/_matrix/client/unstable/org.homeserver.ws/v1/sync"
 
 
 def ensure_binary(binary: str, package: str) -> str:
