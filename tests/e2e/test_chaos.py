@@ -58,6 +58,7 @@ class Tally:
 
     def note(self, start: float, what: str) -> None:
         self.events.append(f"{time.monotonic() - start:6.1f} s  {what} (acked {len(self.acked)})")
+        print(self.events[-1], flush=True)  # as it happens, with -s
 
 
 async def _until_acked(
