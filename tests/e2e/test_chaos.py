@@ -97,95 +97,87 @@ async def _send_lane(
         tally.acked[body] = r.json()["event_id"]
 
 
-async def _start_following(person: Person) -> tuple[str, str]:
+@dataclass
+class Following:
+    """One client following the room: its filter, its token, what it saw."""
+
+    person: Person
+    room_id: str
+    filter_id: str
+    since: str
+    stop: asyncio.Event
+    tally: Tally
+    seen: list[str] = field(default_factory=list)  # event IDs of messages, in order
+
+
+async def _start_following(
+    person: Person, room_id: str, stop: asyncio.Event, tally: Tally
+) -> Following:
     """A filter and a first token, taken before anything is sent."""
     path = f"/user/{person.user_id}/filter"
     filter_id = (await person.call("POST", path, FOLLOW_FILTER))["filter_id"]
     since = (await person.call("GET", "/sync", timeout="0", filter=filter_id))["next_batch"]
-    return filter_id, since
+    return Following(person, room_id, filter_id, since, stop, tally)
 
 
-async def _follow(
-    http: httpx.AsyncClient,
-    person: Person,
-    room_id: str,
-    start: tuple[str, str],
-    seen: list[str],
-    stop: asyncio.Event,
-    tally: Tally,
-) -> None:
-    """Long-poll the room through HAProxy from one token to the next, as a client does,
-    into ``seen`` (event IDs of messages)."""
-    filter_id, since = start
-    while not stop.is_set():
+async def _follow(http: httpx.AsyncClient, f: Following) -> None:
+    """Long-poll the room through HAProxy from one token to the next, as a client does."""
+    while not f.stop.is_set():
         try:
             r = await http.get(
                 f"{V3}/sync",
-                params={"since": since, "timeout": "5000", "filter": filter_id},
-                headers=person.headers,
+                params={"since": f.since, "timeout": "5000", "filter": f.filter_id},
+                headers=f.person.headers,
             )
         except httpx.TransportError as e:
-            tally.failures[f"sync {type(e).__name__}"] += 1
+            f.tally.failures[f"sync {type(e).__name__}"] += 1
             await asyncio.sleep(RETRY_PAUSE_S)
             continue
         if r.status_code != 200:
-            tally.failures[f"sync HTTP {r.status_code}"] += 1
+            f.tally.failures[f"sync HTTP {r.status_code}"] += 1
             await asyncio.sleep(RETRY_PAUSE_S)
             continue
-        answer = r.json()
-        await _absorb(person, room_id, answer, seen, tally)
-        since = answer["next_batch"]
+        await _absorb(f, r.json())
 
 
-async def _follow_websocket(
-    url: str,
-    person: Person,
-    room_id: str,
-    start: tuple[str, str],
-    seen: list[str],
-    stop: asyncio.Event,
-    tally: Tally,
-) -> None:
+async def _follow_websocket(url: str, f: Following) -> None:
     """The same over the WebSocket transport through HAProxy (docs/websocket.md): a
     connection cut (its worker killed, HAProxy with no worker up) is opened again from the
     ``next_batch`` of the last frame taken in."""
-    filter_id, since = start
-    while not stop.is_set():
-        query = urlencode({"since": since, "filter": filter_id})
+    while not f.stop.is_set():
+        query = urlencode({"since": f.since, "filter": f.filter_id})
         try:
             async with connect(
                 f"{url}{WS_PATH}?{query}",
-                additional_headers=person.headers,
+                additional_headers=f.person.headers,
                 max_size=None,
                 proxy=None,
                 ping_interval=None,
             ) as ws:
-                while not stop.is_set():
+                while not f.stop.is_set():
                     try:
                         frame = json.loads(await asyncio.wait_for(ws.recv(), 1.0))
                     except TimeoutError:
                         continue
                     if frame.get("type") == "sync":
-                        await _absorb(person, room_id, frame, seen, tally)
-                        since = frame["next_batch"]
+                        await _absorb(f, frame)
         except (OSError, WebSocketException) as e:
-            tally.failures[f"websocket {type(e).__name__}"] += 1
+            f.tally.failures[f"websocket {type(e).__name__}"] += 1
             await asyncio.sleep(RETRY_PAUSE_S)
 
 
-async def _absorb(
-    person: Person, room_id: str, answer: dict[str, Any], seen: list[str], tally: Tally
-) -> None:
-    """A sync answer's messages into ``seen``; a limited timeline is filled from its
-    ``prev_batch`` through ``/messages`` back to the last event seen."""
-    timeline = answer.get("rooms", {}).get("join", {}).get(room_id, {}).get("timeline")
-    if timeline is None:
-        return
-    new = _messages(timeline["events"])
-    if timeline.get("limited") and seen:
-        tally.failures["sync limited"] += 1
-        new = await _back_to(person, room_id, timeline["prev_batch"], seen[-1]) + new
-    seen.extend(new)
+async def _absorb(f: Following, answer: dict[str, Any]) -> None:
+    """A sync answer's messages into ``f.seen`` and its token into ``f.since``; a limited
+    timeline is filled from its ``prev_batch`` through ``/messages`` back to the last
+    event seen."""
+    timeline = answer.get("rooms", {}).get("join", {}).get(f.room_id, {}).get("timeline")
+    if timeline is not None:
+        new = _messages(timeline["events"])
+        if timeline.get("limited") and f.seen:
+            f.tally.failures["sync limited"] += 1
+            new = await _back_to(f.person, f.room_id, timeline["prev_batch"], f.seen[-1]) + new
+        f.seen.extend(new)
+    f.since = answer["next_batch"]
 
 
 async def _back_to(person: Person, room_id: str, token: str, last_seen: str) -> list[str]:
@@ -299,30 +291,17 @@ async def _run(
 
         tally = Tally()
         stop = asyncio.Event()
-        seen_by_reader: list[str] = []
-        seen_by_sender: list[str] = []
-        seen_on_websocket: list[str] = []
-        followers = [
-            asyncio.create_task(
-                _follow(http, person, room_id, await _start_following(person), seen, stop, tally)
-            )
-            for person, seen in ((reader, seen_by_reader), (senders[0], seen_by_sender))
+        reading, writing, on_websocket = [
+            await _start_following(person, room_id, stop, tally)
+            for person in (reader, senders[0], senders[1])
         ]
         ws_url = deployment.front_url.replace("http://", "ws://")
-        followers.append(
-            asyncio.create_task(
-                _follow_websocket(
-                    ws_url,
-                    senders[1],
-                    room_id,
-                    await _start_following(senders[1]),
-                    seen_on_websocket,
-                    stop,
-                    tally,
-                )
-            )
-        )
-        everyone = (seen_by_reader, seen_by_sender, seen_on_websocket)
+        followers = [
+            asyncio.create_task(_follow(http, reading)),
+            asyncio.create_task(_follow(http, writing)),
+            asyncio.create_task(_follow_websocket(ws_url, on_websocket)),
+        ]
+        everyone = (reading.seen, writing.seen, on_websocket.seen)
         start = time.monotonic()
         lanes = [(s, f"s{i}l{j}") for i, s in enumerate(senders) for j in range(LANES)]
         per_lane = [SENDS // len(lanes) + (k < SENDS % len(lanes)) for k in range(len(lanes))]
@@ -345,7 +324,7 @@ async def _run(
         )
         acked_ids = set(tally.acked.values())
 
-        # Both followers catch up; the pusher sends every event.
+        # The three followers catch up; the pusher sends every event.
         def caught_up() -> bool:
             return all(acked_ids <= set(seen) for seen in everyone)
 
@@ -399,9 +378,9 @@ async def _run(
         numbers = [int(b.split()[2]) for b in bodies if b.split()[1] == lane]
         assert numbers == sorted(numbers), lane
     # Every client, by long-poll or WebSocket, saw each event once, in /messages order.
-    assert seen_by_reader == ids
-    assert seen_by_sender == ids
-    assert seen_on_websocket == ids
+    assert reading.seen == ids
+    assert writing.seen == ids
+    assert on_websocket.seen == ids
     # Every event pushed (at least once: a holder killed between the gateway's 200 and the
     # queue row's delete sends that one again, which the spec allows).
     assert acked_ids <= set(pushes)
