@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,8 +56,11 @@ class Tally:
     failures: Counter[str] = field(default_factory=Counter)
     events: list[str] = field(default_factory=list)  # what the chaos did, and when
 
+    pushed: Callable[[], int] = lambda: 0  # pushes the gateway received so far
+
     def note(self, start: float, what: str) -> None:
-        self.events.append(f"{time.monotonic() - start:6.1f} s  {what} (acked {len(self.acked)})")
+        when = f"{time.monotonic() - start:6.1f} s"
+        self.events.append(f"{when}  {what} (acked {len(self.acked)}, pushed {self.pushed()})")
         print(self.events[-1], flush=True)  # as it happens, with -s
 
 
@@ -289,7 +292,7 @@ async def _run(
             },
         )
 
-        tally = Tally()
+        tally = Tally(pushed=lambda: len(gateway.received))
         stop = asyncio.Event()
         reading, writing, on_websocket = [
             await _start_following(person, room_id, stop, tally)
@@ -313,6 +316,7 @@ async def _run(
         try:
             await asyncio.gather(*sending)
             sent_s = time.monotonic() - start
+            tally.note(start, "every send acknowledged")
             await chaos
         finally:
             for task in (*sending, chaos):
@@ -335,7 +339,8 @@ async def _run(
                     follower.result()  # its error, if it failed
             await until(lambda: acked_ids <= set(_pushed(gateway)), timeout_s=SETTLE_S)
         except AssertionError:
-            print("\n".join(tally.events), dict(tally.failures))
+            tally.note(start, "gave up waiting")
+            print(dict(tally.failures))
             for seen in everyone:
                 missing = acked_ids - set(seen)
                 print(f"seen {len(seen)}, missing {len(missing)}: {sorted(missing)[:5]}")
