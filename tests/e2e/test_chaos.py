@@ -444,7 +444,7 @@ async def _chaos(
 
 async def _until_pushed(gateway: FakeGateway, event_ids: set[str]) -> None:
     """Until every event is pushed, for as long as pushes keep coming: one device's pushes
-    go one at a time, in order (5-10 a second at load 10-14 on 2 cores, below the send
+    go one at a time, in order (5-10 a second while the sends load 2 cores, below the send
     rate), so a long run leaves a queue that drains after the last send."""
     count, moved = len(gateway.received), time.monotonic()
     while not event_ids <= set(_pushed(gateway)):
