@@ -19,6 +19,12 @@ from bench.servers import stop_process, wait_until_serving
 START_TIMEOUT_S = 90  # a loaded 2-core machine starting several servers at once
 
 
+def run_command(config_path: Path, *args: str) -> list[str]:
+    """``homeserver run`` of this config at WARNING, with ``args`` after ``run``."""
+    cmd = [sys.executable, "-m", "homeserver", "-c", str(config_path), "run", *args]
+    return [*cmd, "--log-level", "WARNING"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -61,16 +67,7 @@ class ServerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open
         env = {k: v for k, v in os.environ.items() if not k.startswith("HS_")}
         self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "homeserver",
-                "-c",
-                str(self.config_path),
-                "run",
-                "--log-level",
-                "WARNING",
-            ],
+            run_command(self.config_path),
             stdout=log,
             stderr=log,
             env=env,

@@ -9,15 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,176 +18,28 @@ from typing import Any
 import httpx
 import nio
 import pytest
-import yaml
 from websockets.asyncio.client import connect
 
 from tests.conftest import in_thread, truncate
-from tests.e2e.conftest import START_TIMEOUT_S
+from tests.e2e.conftest import free_port
+from tests.e2e.workers import (
+    WS_PATH,
+    Deployment,
+    Person,
+    consecutive_ports,
+    ensure_binary,
+    register,
+    shipped,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-WORKERS = 3
-WS_PATH = "/_matrix/client/unstable/org.homeserver.ws/v1/sync"
-V3 = "/_matrix/client/v3"
+WORKERS = Deployment.workers
 BIG_TIMELINE = {"room": {"timeline": {"limit": 100}}}
 WAIT_S = 20.0  # far below the long-polls' own timeout: only a wake-up answers in time
 
 
-def _ensure(binary: str, package: str) -> str:
-    found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin")
-    if found is not None:
-        return found
-    try:
-        subprocess.run(
-            ["apt-get", "install", "-y", package],
-            check=True,
-            capture_output=True,
-            timeout=300,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
-    except (OSError, subprocess.SubprocessError) as e:
-        pytest.skip(f"{package} is not installed and could not be installed: {e}")
-    found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin")
-    if found is None:
-        pytest.skip(f"{package} installed but {binary} is not on the PATH")
-    return found
-
-
-def _consecutive_ports(count: int) -> int:
-    """A first port with ``count`` free ones from it."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + count > 65535:
-            continue
-        try:
-            held = []
-            for port in range(base, base + count):
-                sock = socket.socket()
-                held.append(sock)
-                sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-        return base
-    raise RuntimeError("no consecutive free ports")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _shipped(name: str, base: int, front: int) -> str:
-    """A shipped load-balancer config with this test's ports for the default ones."""
-    text = (ROOT / "config" / name).read_text()
-    for i in range(WORKERS):
-        text = text.replace(f"127.0.0.1:{8008 + i}", f"127.0.0.1:{base + i}")
-    return text.replace("127.0.0.1:8080", f"127.0.0.1:{front}")
-
-
-class Deployment:
-    def __init__(self, workdir: Path, database_url: str) -> None:
-        self.base = _consecutive_ports(WORKERS)
-        self.front = _free_port()
-        self.workdir = workdir
-        config = {
-            "server_name": "localhost",
-            "data_dir": str(workdir / "data"),
-            "listen": {"host": "127.0.0.1", "port": self.base, "trusted_proxies": ["127.0.0.1"]},
-            "database": {"url": database_url, "pool_size": 3},
-            "redis": {
-                "url": "redis://127.0.0.1:6379/0",
-                "channel_prefix": f"test-{secrets.token_hex(4)}:",
-            },
-            "registration": {"enabled": True},
-            "rate_limits": {"enabled": False},
-            "auth": {"password_hash_memory_kib": 64, "password_hash_time_cost": 1},
-        }
-        self.config_path = workdir / "homeserver.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
-        self.supervisor: subprocess.Popen[bytes] | None = None
-        self.haproxy: subprocess.Popen[bytes] | None = None
-
-    def worker_url(self, i: int) -> str:
-        return f"http://127.0.0.1:{self.base + i - 1}"
-
-    @property
-    def front_url(self) -> str:
-        return f"http://127.0.0.1:{self.front}"
-
-    def start(self, haproxy: str) -> None:
-        log = open(self.workdir / "workers.log", "ab")  # noqa: SIM115 - the child keeps it
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HS_")}
-        env["HOMESERVER_STRICT_POOL"] = "1"
-        self.supervisor = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "homeserver",
-                "-c",
-                str(self.config_path),
-                "run",
-                "--workers",
-                str(WORKERS),
-                "--log-level",
-                "WARNING",
-            ],
-            stdout=log,
-            stderr=log,
-            env=env,
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        for i in range(1, WORKERS + 1):
-            self._wait_healthy(self.worker_url(i), deadline)
-        cfg = self.workdir / "haproxy.cfg"
-        cfg.write_text(_shipped("haproxy.cfg", self.base, self.front))
-        subprocess.run([haproxy, "-c", "-q", "-f", str(cfg)], check=True, timeout=30)
-        self.haproxy = subprocess.Popen(
-            [haproxy, "-db", "-f", str(cfg)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self._wait_healthy(self.front_url, deadline)
-
-    def _wait_healthy(self, url: str, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            assert self.supervisor is not None
-            if self.supervisor.poll() is not None:
-                raise RuntimeError(self.log()[-3000:])
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{url} not healthy: {self.log()[-3000:]}")
-
-    def log(self) -> str:
-        path = self.workdir / "workers.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self) -> None:
-        if self.haproxy is not None and self.haproxy.poll() is None:
-            self.haproxy.terminate()
-            self.haproxy.wait(10)
-        if self.supervisor is not None and self.supervisor.poll() is None:
-            self.supervisor.send_signal(signal.SIGTERM)
-            try:
-                self.supervisor.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.supervisor.pid, signal.SIGKILL)
-                self.supervisor.wait()
-
-
 @pytest.fixture
 def deployment(tmp_path: Path, pg_database: str) -> Iterator[Deployment]:
-    haproxy = _ensure("haproxy", "haproxy")
+    haproxy = ensure_binary("haproxy", "haproxy")
     in_thread(lambda: truncate(pg_database))
     deploy = Deployment(tmp_path, pg_database)
     try:
@@ -202,33 +47,6 @@ def deployment(tmp_path: Path, pg_database: str) -> Iterator[Deployment]:
         yield deploy
     finally:
         deploy.stop()
-
-
-class Person:
-    def __init__(self, http: httpx.AsyncClient, user_id: str, token: str) -> None:
-        self.http = http
-        self.user_id = user_id
-        self.token = token
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-    async def call(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
-        r = await self.http.request(
-            method, f"{V3}{path}", json=body, headers=self.headers, params=params or None
-        )
-        assert r.status_code == 200, (path, r.status_code, r.text)
-        return r.json()
-
-    async def send(self, room_id: str, body: str) -> str:
-        txn = secrets.token_hex(8)
-        answer = await self.call(
-            "PUT",
-            f"/rooms/{room_id}/send/m.room.message/{txn}",
-            {"msgtype": "m.text", "body": body},
-        )
-        return str(answer["event_id"])
 
 
 @pytest.fixture
@@ -245,15 +63,6 @@ async def http_clients(deployment: Deployment) -> AsyncIterator[dict[int, httpx.
             await client.aclose()
 
 
-async def _register(http: httpx.AsyncClient, name: str) -> Person:
-    r = await http.post(
-        f"{V3}/register",
-        json={"username": name, "password": "correct horse", "auth": {"type": "m.login.dummy"}},
-    )
-    assert r.status_code == 200, r.text
-    return Person(http, r.json()["user_id"], r.json()["access_token"])
-
-
 def _bodies(sync: dict[str, Any], room_id: str) -> list[str]:
     room = sync.get("rooms", {}).get("join", {}).get(room_id)
     if not room:
@@ -267,9 +76,9 @@ async def test_three_workers_behind_haproxy_chat_as_one_server(
     deployment: Deployment, http_clients: dict[int, httpx.AsyncClient]
 ) -> None:
     # Alice on worker 1, Bob on worker 3, Carol on worker 2.
-    alice = await _register(http_clients[1], "alice")
-    bob = await _register(http_clients[3], "bob")
-    carol = await _register(http_clients[2], "carol")
+    alice = await register(http_clients[1], "alice")
+    bob = await register(http_clients[3], "bob")
+    carol = await register(http_clients[2], "carol")
     room_id = (await alice.call("POST", "/createRoom", {"preset": "public_chat"}))["room_id"]
     await bob.call("POST", f"/join/{room_id}", {})
     await carol.call("POST", f"/join/{room_id}", {})
@@ -370,10 +179,10 @@ async def test_three_workers_behind_haproxy_chat_as_one_server(
 
 
 def test_the_shipped_nginx_config_is_valid(tmp_path: Path) -> None:
-    nginx = _ensure("nginx", "nginx")
+    nginx = ensure_binary("nginx", "nginx")
     (tmp_path / "tmp").mkdir()
     conf = tmp_path / "nginx.conf"
-    conf.write_text(_shipped("nginx.conf", _consecutive_ports(WORKERS), _free_port()))
+    conf.write_text(shipped("nginx.conf", consecutive_ports(WORKERS), free_port()))
     result = subprocess.run(
         [nginx, "-t", "-p", f"{tmp_path}/", "-c", str(conf), "-e", str(tmp_path / "error.log")],
         capture_output=True,

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import shutil
-import socket
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -20,6 +17,8 @@ from homeserver.core.streams import Stream
 from homeserver.wakeups.bus import Bus, InMemoryBus, Wakeup
 from homeserver.wakeups.notifier import Notifier
 from homeserver.wakeups.redis_bus import RedisBus
+from tests.push_servers import free_port
+from tests.redis_process import start_redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 WAIT_S = 5.0
@@ -164,34 +163,6 @@ async def test_a_worker_cut_off_from_redis_resyncs_from_the_database() -> None:
         await b.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    server = shutil.which("redis-server")
-    assert server is not None, "redis-server is installed on this machine (INFRA.md)"
-    return subprocess.Popen(
-        [
-            server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 async def _ping(url: str) -> None:
     client = Redis.from_url(url)
     try:
@@ -209,9 +180,9 @@ async def _ping(url: str) -> None:
 
 
 async def test_redis_stopped_and_started_again(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
-    proc = _start_redis(port, tmp_path)
+    proc = start_redis(port, tmp_path)
     try:
         await _ping(url)
         a, b = RedisBus(url, "deploy:wakeups"), RedisBus(url, "deploy:wakeups")
@@ -229,7 +200,7 @@ async def test_redis_stopped_and_started_again(tmp_path: Path) -> None:
             await a.publish(Wakeup(Stream.EVENTS, 3, "!r:test"))
             assert at_a == [Wakeup(Stream.EVENTS, 3, "!r:test")] and a.publish_failures >= 1
             before = b.resyncs
-            proc = _start_redis(port, tmp_path)
+            proc = start_redis(port, tmp_path)
             await _resynced(b, before)
             await _subscribed(a, b)
             await a.publish(Wakeup(Stream.EVENTS, 4, "!r:test"))
