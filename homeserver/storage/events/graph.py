@@ -187,7 +187,10 @@ def _array(ids: list[str], sqlite: bool) -> object:
 
 _INDEXED = {
     sqlite: prepared(
-        sa.select(sa.func.count()).where(event_auth_chains.c.event_id.in_(_seed_ids("ids", sqlite)))
+        sa.select(sa.func.count()).where(
+            event_auth_chains.c.event_id.in_(_seed_ids("ids", sqlite))
+        ),
+        dialect="sqlite" if sqlite else "postgresql",
     )
     for sqlite in (True, False)
 }
